@@ -1,0 +1,34 @@
+# One entry point: every target builds .venv from nothing when it is missing.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+.PHONY: test test-all reproduce derivations bench lint clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+test: $(STAMP)          ## fast tests (slow and GPU tests are deselected)
+	$(BIN)/python -m pytest -q
+
+test-all: $(STAMP)      ## every test, slow ones included (GPU tests skip without a GPU)
+	$(BIN)/python -m pytest -q -m ''
+
+reproduce: $(STAMP)     ## every sim -> every figure -> paper PDF (quick profile, CPU)
+	$(BIN)/sigprop reproduce --profile quick
+
+derivations: $(STAMP)   ## run every symbolic derivation script
+	$(BIN)/sigprop derive
+
+bench: $(STAMP)
+	$(BIN)/sigprop bench
+
+lint: $(STAMP)
+	$(BIN)/ruff check sigprop tests
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache .sigprop-cache paper/generated paper/figures

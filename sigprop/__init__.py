@@ -1,0 +1,20 @@
+"""sigprop: signal propagation through very deep residual networks.
+
+Three faces that must agree: symbolic derivations (sympy), the infinite-width theory
+(:func:`theory`) and finite-width Monte Carlo. See DESIGN.md for the conventions.
+"""
+
+from . import presets
+from .data import load, save
+from .errors import ConfigError, OverflowInTheory, SigpropError, UnsupportedComposition
+from .inputs import Inputs
+from .ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Scale, Serial
+from .params import Sweep, sweep
+from .theory import theory
+
+__all__ = [
+    "Act", "BatchNorm", "ConfigError", "Dense", "Inputs", "LayerNorm", "Op", "OverflowInTheory",
+    "RMSNorm", "Repeat", "Residual", "Scale", "Serial", "SigpropError", "Sweep",
+    "UnsupportedComposition", "load", "presets", "save", "sweep", "theory",
+]
+__version__ = "0.1.0"

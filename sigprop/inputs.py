@@ -1,0 +1,119 @@
+"""The B inputs a net is run on: per-input second moment, feature mean and cosine similarity."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from .errors import ConfigError
+from .moments import Moments
+
+LAWS = ("fixed", "gaussian")
+
+
+@dataclass(frozen=True, init=False)
+class Inputs:
+    """B inputs with ``q_a = (1/N)|x_a|^2``, feature mean ``m_a`` and cosines ``c_ab``.
+
+    ``law="fixed"``: Monte Carlo builds inputs in R^N with exactly these values; their features
+    are otherwise arbitrary, so an activation applied straight to the stream is refused by the
+    theory. ``law="gaussian"``: the N features are i.i.d. N(0, K) across inputs (mean must be
+    0); the stream is then a sum of Gaussian parts and pre-activation branches are exact.
+    """
+
+    q: tuple[float, ...]
+    mean: tuple[float, ...]
+    corr: tuple[tuple[float, ...], ...]
+    law: str
+
+    def __init__(self, q=1.0, corr=0.0, mean=0.0, n: int | None = None, law: str = "fixed"):
+        sizes = [len(np.atleast_1d(v)) for v in (q, mean) if np.ndim(v) == 1]
+        if np.ndim(corr) == 2:
+            sizes.append(np.shape(corr)[0])
+        if n is not None:
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
+                raise ConfigError("Inputs.n", n, "an integer >= 1")
+            sizes.append(int(n))
+        if len(set(sizes)) > 1:
+            raise ConfigError("Inputs sizes (q, mean, corr, n)", sizes, "all the same number of inputs")
+        B = sizes[0] if sizes else 1
+        qv = _vector("Inputs.q", q, B)
+        mv = _vector("Inputs.mean", mean, B)
+        if np.any(qv <= 0):
+            raise ConfigError("Inputs.q", q, "> 0 for every input (second moment)")
+        if np.any(mv**2 > qv * (1 + 1e-12)):
+            raise ConfigError("Inputs.mean", mean, "mean^2 <= q for every input (variance >= 0)")
+        C = _matrix("Inputs.corr", corr, B)
+        if law not in LAWS:
+            raise ConfigError("Inputs.law", law, f"one of {LAWS}")
+        if law == "gaussian" and np.any(mv != 0):
+            raise ConfigError("Inputs.mean", mean, "0 when law='gaussian' (features are N(0, K))")
+        K = C * np.sqrt(np.outer(qv, qv))
+        scale = float(np.max(qv))
+        if np.linalg.eigvalsh(K).min() < -1e-10 * scale:
+            raise ConfigError("Inputs.corr", corr, "a positive semi-definite correlation matrix")
+        if np.linalg.eigvalsh(K - np.outer(mv, mv)).min() < -1e-10 * scale:
+            raise ConfigError("Inputs (corr, mean)", (corr, mean),
+                              "a centred Gram K - m m^T that is positive semi-definite")
+        object.__setattr__(self, "q", tuple(qv))
+        object.__setattr__(self, "mean", tuple(mv))
+        object.__setattr__(self, "corr", tuple(map(tuple, C)))
+        object.__setattr__(self, "law", law)
+
+    @property
+    def n(self) -> int:
+        return len(self.q)
+
+    @property
+    def gram(self) -> np.ndarray:
+        """K_ab = c_ab sqrt(q_a q_b)."""
+        q = np.asarray(self.q)
+        return np.asarray(self.corr) * np.sqrt(np.outer(q, q))
+
+    def moments(self) -> Moments:
+        """Infinite-width state of the inputs, canonically scaled (unit diagonal)."""
+        q = np.asarray(self.q)
+        return Moments(K=np.asarray(self.corr, dtype=float), m=np.asarray(self.mean) / np.sqrt(q),
+                       ls=0.5 * np.log(q), gaussian=self.law == "gaussian")
+
+    def to_dict(self) -> dict:
+        return {"q": list(self.q), "mean": list(self.mean), "corr": [list(r) for r in self.corr],
+                "law": self.law}
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Inputs:
+        return cls(q=d["q"], mean=d["mean"], corr=d["corr"], law=d.get("law", "fixed"))
+
+
+def _finite(field, value, shape):
+    try:
+        arr = np.asarray(value, dtype=float)
+    except (TypeError, ValueError):
+        raise ConfigError(field, value, f"real numbers of shape {shape}") from None
+    if not np.all(np.isfinite(arr)):
+        raise ConfigError(field, value, "finite numbers")
+    return arr
+
+
+def _vector(field, value, B):
+    arr = _finite(field, value, f"() or ({B},)")
+    if arr.ndim > 1:
+        raise ConfigError(field, value, f"a number or a list of {B}")
+    return np.broadcast_to(arr, (B,)).astype(float)
+
+
+def _matrix(field, value, B):
+    arr = _finite(field, value, f"() or ({B}, {B})")
+    if arr.ndim == 0:
+        C = np.full((B, B), float(arr))
+        np.fill_diagonal(C, 1.0)
+    elif arr.shape == (B, B):
+        C = arr.astype(float)
+        if not np.allclose(C, C.T) or not np.allclose(np.diag(C), 1.0):
+            raise ConfigError(field, value, "a symmetric matrix with unit diagonal")
+    else:
+        raise ConfigError(field, value, f"a number or a {B}x{B} matrix")
+    if np.any(np.abs(C) > 1):
+        raise ConfigError(field, value, "cosines in [-1, 1]")
+    return C

@@ -1,0 +1,153 @@
+"""Infinite-width state of a signal and of its cotangent, in log-scaled form.
+
+At infinite width the N features of a signal are i.i.d.; across the B inputs a feature has
+Gram ``K_ab = (1/N) sum_i x_ia x_ib`` and feature mean ``m_a = (1/N) sum_i x_ia``. We store
+``K = exp(ls_a + ls_b) * Kt`` and ``m = exp(ls_a) * mt`` with a per-input log scale ``ls``, so
+that a stack whose scale grows like ``c^L`` stays finite in float64 at any depth (DESIGN.md).
+
+Residual sums need the cross moment ``X_ab = (1/N) sum_i r_ia s_ib`` between the residual's
+input ``r`` and the current signal ``s`` inside its branch. Each enclosing residual pushes a
+:class:`Ref`; ops update every ref. Once the branch passes a ``Dense``, the features of ``s``
+are independent of those of ``r`` and ``X = m_r m_s^T`` (:data:`DECOUPLED`); where an op cannot
+say what ``X`` becomes the ref holds ``None`` and a residual sum that needs it raises.
+
+Cotangents use the same two types: ``Moments.K`` is then the gradient Gram ``G`` (mean 0 under
+the independent-readout law, so a decoupled cross moment is 0).
+
+Numeric laws run on float64 arrays of shape ``(*grid, B, B)`` / ``(*grid, B)``; symbolic laws on
+object arrays of sympy expressions with ``ls == 0`` (the same code, see :mod:`sigprop.ns`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+from typing import Any
+
+import numpy as np
+
+DECOUPLED = "decoupled"
+
+
+@dataclass(frozen=True)
+class Ref:
+    """Cross moment with an enclosing residual input r: true X_ab = e^{ls_r,a + ls_b} Xt_ab."""
+
+    m: Any  # scaled feature mean of r (zero for a cotangent)
+    X: Any  # Xt, DECOUPLED or None (unknown)
+
+
+@dataclass(frozen=True)
+class Moments:
+    """Gram ``K`` (..., B, B), mean ``m`` (..., B), log scale ``ls`` (..., B), all scaled."""
+
+    K: Any
+    m: Any
+    ls: Any
+    gaussian: bool = False  # features i.i.d. jointly N(0, K) across inputs
+    refs: tuple[Ref, ...] = ()
+
+    def replace(self, **changes) -> Moments:
+        return replace(self, **changes)
+
+    @property
+    def diag(self):
+        return np.diagonal(self.K, axis1=-2, axis2=-1)
+
+    def cross(self, ref: Ref):
+        """The scaled cross moment Xt with ``ref`` (materialised when decoupled)."""
+        return ref.m[..., :, None] * self.m[..., None, :] if ref.X is DECOUPLED else ref.X
+
+    def push_ref(self) -> Moments:
+        """Open a residual branch: its input r is the signal itself, so X = K."""
+        return self.replace(refs=self.refs + (Ref(m=self.m, X=self.K),))
+
+
+def outer(a, b):
+    return a[..., :, None] * b[..., None, :]
+
+
+def rescale(coef, ls_from, ls_to, ns):
+    """``coef * exp(ls_from - ls_to)`` evaluated without overflow (|result| <= |coef| e^0 ...).
+
+    With the numeric namespace ``coef`` is folded into the exponent so that ``coef = 0`` with
+    ``ls_from - ls_to = +inf`` gives 0, not nan.
+    """
+    if ns.symbolic:
+        return coef * ns.exp(ls_from - ls_to)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        out = np.sign(coef) * np.exp(ls_from + np.log(np.abs(coef)) - ls_to)
+    return np.where(coef == 0, 0.0, out)
+
+
+def mix(beta, x: Moments, alpha, f: Moments, ns) -> Moments:
+    """Moments of ``beta x + alpha f`` given ``f.refs[-1]``, the cross moment of x with f.
+
+    K' = b^2 K_x + a^2 K_f + a b (X + X^T), m' = b m_x + a m_f; outer refs mix linearly.
+    Used by the residual sum forward and backward alike.
+    """
+    inner = f.refs[-1]
+    X = f.cross(inner)
+    if X is None:
+        raise ValueError("cross moment unknown")  # caller turns this into a named error
+    if ns.symbolic:
+        ls = x.ls
+    else:
+        with np.errstate(divide="ignore"):
+            ls = np.maximum(x.ls + np.log(np.abs(beta)), f.ls + np.log(np.abs(alpha)))
+    bx = rescale(beta, x.ls, ls, ns)
+    af = rescale(alpha, f.ls, ls, ns)
+    K = (outer(bx, bx) * x.K + outer(af, af) * f.K
+         + outer(bx, af) * X + np.swapaxes(outer(bx, af) * X, -1, -2))
+    refs = []
+    for rx, rf in zip(x.refs, f.refs[:-1]):
+        if rx.X is DECOUPLED and rf.X is DECOUPLED:
+            refs.append(rx)
+            continue
+        Xx, Xf = x.cross(rx), f.cross(rf)
+        mixed = None if Xx is None or Xf is None else Xx * bx[..., None, :] + Xf * af[..., None, :]
+        refs.append(Ref(m=rx.m, X=mixed))
+    return Moments(K=K, m=bx * x.m + af * f.m, ls=ls, gaussian=x.gaussian and f.gaussian,
+                   refs=tuple(refs))
+
+
+def affine(s: Moments, a, t, ls_out) -> Moments:
+    """Per-input affine map y_b = a_b (x_b - t_b) in scaled units (LayerNorm, RMSNorm, Scale).
+
+    K' = a a^T (K - t m^T - m t^T + t t^T), m' = a (m - t), X' = (X - m_r t^T) a. Gaussian
+    features stay Gaussian (t = m = 0 for them).
+    """
+    K = outer(a, a) * (s.K - outer(t, s.m) - outer(s.m, t) + outer(t, t))
+    refs = tuple(r if r.X is None else Ref(m=r.m, X=(s.cross(r) - outer(r.m, t)) * a[..., None, :])
+                 for r in s.refs)
+    return s.replace(K=K, m=a * (s.m - t), ls=ls_out, refs=refs)
+
+
+def canonical(s: Moments) -> Moments:
+    """Move the diagonal of Kt into ls so Kt has unit diagonal (numeric, refs-free states)."""
+    d = s.diag
+    pos = d > 0
+    root = np.sqrt(np.where(pos, d, 1.0))
+    ls = s.ls + np.log(root)
+    return s.replace(K=s.K / outer(root, root), m=s.m / root, ls=ls)
+
+
+def true_moments(s: Moments, where: str, ns):
+    """Unscaled (K, m), for ops whose law is not positively homogeneous; raise on overflow."""
+    if ns.symbolic:
+        return s.K * outer(ns.exp(s.ls), ns.exp(s.ls)), s.m * ns.exp(s.ls)
+    from .errors import OverflowInTheory
+
+    if np.any(s.ls > 350.0):
+        raise OverflowInTheory(
+            f"{where}: the signal reaches log q = {2 * float(np.max(s.ls)):.4g}, beyond float64, "
+            "and this op is not positively homogeneous, so its law needs the true scale. "
+            "Normalise the stream (LayerNorm/RMSNorm) or reduce depth/branch scale.")
+    e = np.exp(s.ls)
+    return s.K * outer(e, e), s.m * e
+
+
+def corr_of(K):
+    """Cosine similarity K_ab / sqrt(K_aa K_bb); 0 where a diagonal entry is 0."""
+    d = np.diagonal(K, axis1=-2, axis2=-1)
+    root = np.sqrt(np.where(d > 0, d, np.inf))
+    return K / outer(root, root)

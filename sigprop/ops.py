@@ -1,0 +1,467 @@
+"""The op vocabulary. Each op owns all its faces in one place.
+
+Faces (an op adds a face by adding methods here, never a parallel module):
+
+* ``theory_forward(s, ctx, record)`` and ``theory_backward(s, g, ctx)``: the infinite-width law
+  on :class:`~sigprop.moments.Moments`, written once over ``ctx.ns`` so that the numeric
+  (numpy) and the symbolic (sympy) faces are the same source;
+* the Monte Carlo face (forward on arrays and its vector-Jacobian product) lives beside it.
+
+Conventions are those of DESIGN.md: ``Dense`` draws ``W_ij ~ N(0, sigma_w^2 / n_in)``,
+``b_i ~ N(0, sigma_b^2)``, ``n_out = ratio * n_in``; ``Residual`` maps x to
+``beta x + alpha branch(x)``. The backward laws pull the gradient Gram back under an
+independent readout (the cotangent at the top is drawn independently of the net), for which
+cotangents have feature mean 0 and are uncorrelated with the forward features.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+import numpy as np
+import sympy
+
+from .activations import get_activation
+from .errors import ConfigError, UnsupportedComposition
+from .moments import DECOUPLED, Moments, Ref, affine, mix, outer, true_moments
+from .params import Context, Sweep, check
+
+_POSITIVE = (lambda x: x > 0, "> 0")
+_NONNEG = (lambda x: x >= 0, ">= 0")
+_FINITE = (lambda x: True, "a finite number")
+
+
+def _vec(p):
+    """A grid-shaped parameter as a per-input vector (..., 1)."""
+    return p[..., None]
+
+
+class Op:
+    """Base of every op: validation, printing as a tree, (de)serialisation."""
+
+    REGISTRY: ClassVar[dict[str, type]] = {}
+
+    def __init_subclass__(cls, **kw):
+        super().__init_subclass__(**kw)
+        Op.REGISTRY[cls.__name__] = cls
+
+    # -- structure ------------------------------------------------------------------------
+    def children(self) -> tuple[Op, ...]:
+        return ()
+
+    def label(self) -> str:
+        args = ", ".join(f"{f.name}={_fmt(getattr(self, f.name))}" for f in dataclasses.fields(self)
+                         if not isinstance(getattr(self, f.name), (Op, tuple)))
+        return f"{type(self).__name__}({args})"
+
+    def tree(self, prefix: str = "") -> str:
+        lines = [self.label()]
+        kids = self.children()
+        for i, kid in enumerate(kids):
+            last = i == len(kids) - 1
+            sub = kid.tree(prefix + ("    " if last else "│   "))
+            lines.append(prefix + ("└── " if last else "├── ") + sub)
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.tree()
+
+    def walk(self):
+        yield self
+        for kid in self.children():
+            yield from kid.walk()
+
+    def to_dict(self) -> dict:
+        out: dict[str, Any] = {"op": type(self).__name__}
+        for f in dataclasses.fields(self):
+            out[f.name] = _encode(getattr(self, f.name))
+        return out
+
+    # -- theory face ----------------------------------------------------------------------
+    def theory_forward(self, s: Moments, ctx: Context, record: dict | None = None) -> Moments:
+        raise NotImplementedError
+
+    def theory_backward(self, s: Moments, g: Moments, ctx: Context) -> Moments:
+        """Pull the cotangent moments ``g`` at this op's output back to its input ``s``."""
+        raise NotImplementedError
+
+
+def _fmt(v):
+    if isinstance(v, float):
+        return f"{v:.6g}"
+    if isinstance(v, Sweep):
+        return f"sweep({v.name!r}, n={len(v.values)})"
+    return repr(v)
+
+
+def _encode(v):
+    if isinstance(v, Op):
+        return v.to_dict()
+    if isinstance(v, tuple):
+        return [_encode(x) for x in v]
+    if isinstance(v, Sweep):
+        return {"sweep": v.name, "values": list(v.values)}
+    if isinstance(v, sympy.Basic):
+        return {"sympy": sympy.srepr(v)}
+    return v
+
+
+def _decode(v):
+    if isinstance(v, dict) and "op" in v:
+        return op_from_dict(v)
+    if isinstance(v, dict) and "sweep" in v:
+        return Sweep(v["sweep"], tuple(v["values"]))
+    if isinstance(v, dict) and "sympy" in v:
+        return sympy.sympify(v["sympy"])
+    if isinstance(v, list):
+        return tuple(_decode(x) for x in v)
+    return v
+
+
+def op_from_dict(d: dict) -> Op:
+    """Inverse of :meth:`Op.to_dict`."""
+    cls = Op.REGISTRY.get(d.get("op"))
+    if cls is None:
+        raise ConfigError("op", d.get("op"), f"one of {sorted(Op.REGISTRY)}")
+    kwargs = {k: _decode(v) for k, v in d.items() if k != "op"}
+    if cls is Serial:
+        return Serial(*kwargs["layers"])
+    return cls(**kwargs)
+
+
+def _cotangent_affine(g: Moments, a, ls_shift) -> Moments:
+    """Backward of y = a (x - t): G_in = a_a a_b G (cotangent mean 0), log scale shifted."""
+    return affine(g, a, 0 * g.m, g.ls + ls_shift)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class Dense(Op):
+    """y = W x + b, W_ij ~ N(0, sigma_w^2/n_in), b_i ~ N(0, sigma_b^2), n_out = ratio n_in.
+
+    Forward: K' = sigma_w^2 K + sigma_b^2, m' = 0, features Gaussian and independent of the
+    input's features (cross moments decouple). Backward: G_in = sigma_w^2 ratio G_out.
+    """
+
+    sigma_w: Any = 1.0
+    sigma_b: Any = 0.0
+    ratio: Any = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "sigma_w", check("Dense.sigma_w", self.sigma_w, *_NONNEG))
+        object.__setattr__(self, "sigma_b", check("Dense.sigma_b", self.sigma_b, *_NONNEG))
+        object.__setattr__(self, "ratio", check("Dense.ratio", self.ratio, *_POSITIVE))
+
+    def theory_forward(self, s, ctx, record=None):
+        ns = ctx.ns
+        sw2, sb2 = ctx.p(self.sigma_w) ** 2, ctx.p(self.sigma_b) ** 2
+        e = ns.exp(-s.ls)
+        K = sw2[..., None, None] * s.K + sb2[..., None, None] * outer(e, e)
+        refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in s.refs)
+        return Moments(K=K, m=0 * s.m, ls=s.ls + 0 * sw2[..., None], gaussian=True, refs=refs)
+
+    def theory_backward(self, s, g, ctx):
+        gain = ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio)
+        refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in g.refs)
+        return g.replace(K=gain[..., None, None] * g.K, refs=refs)
+
+
+@dataclass(frozen=True)
+class Act(Op):
+    """Elementwise activation phi. Needs jointly Gaussian pre-activations (a Dense before it).
+
+    Forward: K'_ab = E[phi(u_a) phi(u_b)], m'_a = E[phi(u_a)], u ~ N(0, K); a cross moment still
+    coupled to the residual input follows Stein's lemma, X' = m_r E[phi]^T + X diag E[phi'].
+    Backward: G_in = E[phi'(u_a) phi'(u_b)] * G_out.
+    """
+
+    name: str = "relu"
+
+    def __post_init__(self):
+        get_activation(self.name)  # raises ConfigError naming the allowed activations
+
+    def _pre(self, s, ctx):
+        """(K, ls) of the pre-activation in the units the kernel is evaluated in."""
+        if not s.gaussian:
+            raise UnsupportedComposition(
+                f"{ctx.path}: Act({self.name!r}) meets a stream whose features are not jointly "
+                "Gaussian (e.g. the input, a residual sum with a non-Gaussian part, or a "
+                "BatchNorm output), so its infinite-width law is not a Gaussian integral. Put a "
+                "Dense before the activation, or use Inputs(law='gaussian') when the stream is "
+                "a sum of Gaussian parts.")
+        act = get_activation(self.name)
+        if act.degree == 1:  # phi(lambda u) = lambda phi(u): evaluate at the scaled Gram
+            return act, s.K, s.ls
+        K, _ = true_moments(s, ctx.path, ctx.ns)
+        return act, K, 0 * s.ls
+
+    def theory_forward(self, s, ctx, record=None):
+        ns = ctx.ns
+        act, K, ls = self._pre(s, ctx)
+        q1, q2, c = _kernel_args(K, ns)
+        d = np.diagonal(K, axis1=-2, axis2=-1)
+        m = act.mean(d, ns)
+        refs = []
+        for r in s.refs:
+            if r.X is DECOUPLED or r.X is None:
+                refs.append(r)
+            else:
+                slope = act.grad_mean(d, ns) * ns.exp(s.ls - ls)
+                refs.append(Ref(m=r.m, X=outer(r.m, m) + s.cross(r) * slope[..., None, :]))
+        return Moments(K=act.kernel(q1, q2, c, ns), m=m, ls=ls, gaussian=False, refs=tuple(refs))
+
+    def theory_backward(self, s, g, ctx):
+        ns = ctx.ns
+        act, K, _ = self._pre(s, ctx)
+        d = np.diagonal(K, axis1=-2, axis2=-1)
+        refs = tuple(r if r.X is DECOUPLED or r.X is None
+                     else Ref(m=r.m, X=r.X * act.grad_mean(d, ns)[..., None, :]) for r in g.refs)
+        return g.replace(K=act.grad_kernel(*_kernel_args(K, ns), ns) * g.K, refs=refs)
+
+
+def _kernel_args(K, ns):
+    """(q1, q2, c) of a Gram for the activation kernels; c is exactly 1 on the diagonal."""
+    d = np.diagonal(K, axis1=-2, axis2=-1)
+    q1, q2 = d[..., :, None], d[..., None, :]
+    B = K.shape[-1]
+    eye = np.eye(B, dtype=bool)
+    if ns.symbolic:
+        c = K / ns.sqrt(q1 * q2)
+        c = np.where(eye, sympy.Integer(1), c)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.clip(K / np.sqrt(q1 * q2), -1.0, 1.0)
+        c = np.where(eye, 1.0, np.where(np.isfinite(c), c, 0.0))
+    return q1, q2, c
+
+
+@dataclass(frozen=True)
+class LayerNorm(Op):
+    """y = gain (x - mean(x)) / sqrt(var(x) + eps) over features (biased variance).
+
+    Forward: K' = gain^2 (K - m m^T)_ab / sqrt((v_a + eps)(v_b + eps)), m' = 0. Backward (the
+    Jacobian (gain/s)(P - y y^T/N) against a mean-zero independent cotangent):
+    G_in = gain^2 G_ab / sqrt((v_a + eps)(v_b + eps)).
+    """
+
+    eps: Any = 1e-5
+    gain: Any = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", check("LayerNorm.eps", self.eps, *_NONNEG))
+        object.__setattr__(self, "gain", check("LayerNorm.gain", self.gain, *_FINITE))
+
+    def _scale(self, s, ctx):
+        v = np.diagonal(s.K, axis1=-2, axis2=-1) - s.m * s.m
+        eps = _vec(ctx.p(self.eps)) * ctx.ns.exp(-2 * s.ls)
+        return _vec(ctx.p(self.gain)) / ctx.ns.sqrt(v + eps)
+
+    def theory_forward(self, s, ctx, record=None):
+        a = self._scale(s, ctx)
+        return affine(s, a, s.m + 0 * a, 0 * a)
+
+    def theory_backward(self, s, g, ctx):
+        return _cotangent_affine(g, self._scale(s, ctx), -s.ls)
+
+
+@dataclass(frozen=True)
+class RMSNorm(Op):
+    """y = x / sqrt(mean(x^2) + eps). K' = K_ab / sqrt((q_a + eps)(q_b + eps)); G likewise."""
+
+    eps: Any = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", check("RMSNorm.eps", self.eps, *_NONNEG))
+
+    def _scale(self, s, ctx):
+        q = np.diagonal(s.K, axis1=-2, axis2=-1)
+        return 1 / ctx.ns.sqrt(q + _vec(ctx.p(self.eps)) * ctx.ns.exp(-2 * s.ls))
+
+    def theory_forward(self, s, ctx, record=None):
+        a = self._scale(s, ctx)
+        return affine(s, a, 0 * a, 0 * a)
+
+    def theory_backward(self, s, g, ctx):
+        return _cotangent_affine(g, self._scale(s, ctx), -s.ls)
+
+
+@dataclass(frozen=True)
+class Scale(Op):
+    """y = c x. K' = c^2 K, m' = c m; G_in = c^2 G."""
+
+    c: Any = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "c", check("Scale.c", self.c, *_FINITE))
+
+    def theory_forward(self, s, ctx, record=None):
+        a = _vec(ctx.p(self.c)) + 0 * s.m
+        return affine(s, a, 0 * a, s.ls + 0 * a)
+
+    def theory_backward(self, s, g, ctx):
+        return _cotangent_affine(g, _vec(ctx.p(self.c)) + 0 * g.m, 0)
+
+
+@dataclass(frozen=True)
+class BatchNorm(Op):
+    """Per feature over the batch of inputs: y = P u / sqrt(|P u|^2 / B + eps), P = I - 11^T/B.
+
+    Needs jointly Gaussian inputs (a Dense before it, or Gaussian inputs); its kernel and its
+    batch-coupled backward are exact 1-D integrals (:mod:`sigprop.batchnorm_kernel`).
+    """
+
+    eps: Any = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", check("BatchNorm.eps", self.eps, *_NONNEG))
+
+    def _cov(self, s, ctx):
+        if ctx.ns.symbolic:
+            raise UnsupportedComposition(f"{ctx.path}: BatchNorm has no closed-form symbolic law")
+        if s.K.shape[-1] < 2:
+            raise ConfigError("batch size B (number of inputs)", s.K.shape[-1],
+                              ">= 2 for BatchNorm (it normalises each feature over the batch)")
+        if not s.gaussian:
+            raise UnsupportedComposition(
+                f"{ctx.path}: BatchNorm meets features that are not jointly Gaussian (a residual "
+                "stream carrying the input or a previous BatchNorm output); its exact law needs "
+                "Gaussian features: put it after a Dense, or use Inputs(law='gaussian').")
+        return true_moments(s, ctx.path, ctx.ns)[0]
+
+    def theory_forward(self, s, ctx, record=None):
+        from .batchnorm_kernel import bn_forward
+
+        K = bn_forward(self._cov(s, ctx), ctx.p(self.eps))
+        refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in s.refs)
+        return Moments(K=K, m=0 * s.m, ls=0 * s.ls, gaussian=False, refs=refs)
+
+    def theory_backward(self, s, g, ctx):
+        from .batchnorm_kernel import bn_backward
+
+        top = np.max(g.ls, axis=-1, keepdims=True)
+        e = np.exp(g.ls - top)
+        G = bn_backward(self._cov(s, ctx), outer(e, e) * g.K, ctx.p(self.eps))
+        refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in g.refs)
+        return g.replace(K=G, ls=top + 0 * g.ls, refs=refs)
+
+
+# ---------------------------------------------------------------------------------------------
+@dataclass(frozen=True, init=False)
+class Serial(Op):
+    """Composition, applied left to right."""
+
+    layers: tuple[Op, ...] = field(default=())
+
+    def __init__(self, *layers: Op):
+        flat = tuple(layers[0]) if len(layers) == 1 and isinstance(layers[0], (list, tuple)) \
+            else layers
+        for i, op in enumerate(flat):
+            if not isinstance(op, Op):
+                raise ConfigError(f"Serial layer {i}", op, "an Op such as sp.Dense() or sp.Act('relu')")
+        if not flat:
+            raise ConfigError("Serial layers", (), "at least one op")
+        object.__setattr__(self, "layers", flat)
+
+    def children(self):
+        return self.layers
+
+    def label(self):
+        return "Serial"
+
+    def _states(self, s, ctx):
+        states = [s]
+        for i, op in enumerate(self.layers):
+            states.append(op.theory_forward(states[-1], ctx.at(f"[{i}] {type(op).__name__}")))
+        return states
+
+    def theory_forward(self, s, ctx, record=None):
+        for i, op in enumerate(self.layers):
+            s = op.theory_forward(s, ctx.at(f"[{i}] {type(op).__name__}"), record)
+        return s
+
+    def theory_backward(self, s, g, ctx):
+        states = self._states(s, ctx)
+        for i in reversed(range(len(self.layers))):
+            g = self.layers[i].theory_backward(states[i], g, ctx.at(f"[{i}] {type(self.layers[i]).__name__}"))
+        return g
+
+
+@dataclass(frozen=True)
+class Repeat(Op):
+    """``block`` applied ``n`` times. At the top level of a net each copy is one layer."""
+
+    block: Op
+    n: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.block, Op):
+            raise ConfigError("Repeat.block", self.block, "an Op")
+        if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n < 1:
+            raise ConfigError("Repeat.n (depth)", self.n, "an integer >= 1")
+        object.__setattr__(self, "n", int(self.n))
+
+    def children(self):
+        return (self.block,)
+
+    def label(self):
+        return f"Repeat(n={self.n})"
+
+    def theory_forward(self, s, ctx, record=None):
+        return Serial(*([self.block] * self.n)).theory_forward(s, ctx, record)
+
+    def theory_backward(self, s, g, ctx):
+        return Serial(*([self.block] * self.n)).theory_backward(s, g, ctx)
+
+
+@dataclass(frozen=True)
+class Residual(Op):
+    """x -> beta x + alpha branch(x).
+
+    K' = beta^2 K + alpha^2 K_f + alpha beta (X + X^T), with X the cross moment of the stream and
+    the branch output (m m_f^T once the branch has passed a Dense); the backward is the same
+    mixing law applied to the cotangents (:func:`sigprop.moments.mix`).
+    """
+
+    branch: Op
+    alpha: Any = 1.0
+    beta: Any = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.branch, Op):
+            raise ConfigError("Residual.branch", self.branch, "an Op")
+        object.__setattr__(self, "alpha", check("Residual.alpha", self.alpha, *_FINITE))
+        object.__setattr__(self, "beta", check("Residual.beta", self.beta, *_FINITE))
+        if _is_zero(self.alpha) and _is_zero(self.beta):
+            raise ConfigError("Residual (alpha, beta)", (self.alpha, self.beta),
+                              "not both zero (the block would output 0)")
+
+    def children(self):
+        return (self.branch,)
+
+    def _mix(self, x, f, ctx, what):
+        try:
+            return mix(_vec(ctx.p(self.beta)), x, _vec(ctx.p(self.alpha)), f, ctx.ns)
+        except ValueError:
+            raise UnsupportedComposition(
+                f"{ctx.path}: the {what} cross moment between the stream and the branch is not "
+                "determined at infinite width (the branch has no Dense, and contains an op whose "
+                "feature-wise coupling to its input is non-linear). Start the branch with a "
+                "Dense or a normalisation followed by a Dense.") from None
+
+    def theory_forward(self, s, ctx, record=None):
+        f = self.branch.theory_forward(s.push_ref(), ctx.at("branch"))
+        if record is not None and "branch" not in record:
+            record["branch"] = f
+        return self._mix(s, f, ctx, "forward")
+
+    def theory_backward(self, s, g, ctx):
+        gf = self.branch.theory_backward(s.push_ref(), g.push_ref(), ctx.at("branch"))
+        return self._mix(g, gf, ctx, "backward")
+
+
+def _is_zero(v) -> bool:
+    if isinstance(v, Sweep):
+        return all(x == 0 for x in v.values)
+    return isinstance(v, (int, float)) and v == 0

@@ -1,0 +1,80 @@
+"""Hyperparameter values: numbers, sweeps (one grid dim each) or sympy symbols, validated."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import numpy as np
+import sympy
+
+from .errors import ConfigError
+from .ns import NUMERIC, Namespace
+
+
+@dataclass(frozen=True)
+class Sweep:
+    """A hyperparameter swept over ``values``; the theory gets one grid dim named ``name``."""
+
+    name: str
+    values: tuple[float, ...]
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not self.name.isidentifier():
+            raise ConfigError("sweep name", self.name, "a Python identifier such as 'sigma_w'")
+        if self.name in RESERVED_DIMS:
+            raise ConfigError("sweep name", self.name, f"not one of the reserved dims {RESERVED_DIMS}")
+        values = tuple(float(v) for v in np.atleast_1d(np.asarray(self.values, dtype=float)))
+        if not values:
+            raise ConfigError(f"sweep {self.name!r} values", self.values, "at least one value")
+        object.__setattr__(self, "values", values)
+
+
+RESERVED_DIMS = ("layer", "input", "input_b", "seed")
+
+
+def sweep(name: str, values) -> Sweep:
+    """``sp.sweep("sigma_w", [1.0, 1.5, 2.0])``: sweep a hyperparameter in one vectorised call."""
+    return Sweep(name, values)
+
+
+def check(field: str, value, ok: Callable[[float], bool], allowed: str):
+    """Validate a number (or every value of a sweep); symbols pass unchecked. Returns value."""
+    if isinstance(value, sympy.Basic) and not value.is_number:
+        return value
+    values = value.values if isinstance(value, Sweep) else (value,)
+    for v in values:
+        try:
+            x = float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(field, v, allowed) from None
+        if isinstance(v, bool) or not math.isfinite(x) or not ok(x):
+            raise ConfigError(field, v, allowed)
+    return value if isinstance(value, (Sweep, sympy.Basic)) else float(value)
+
+
+@dataclass(frozen=True)
+class Context:
+    """Where a law is evaluated: the namespace, the sweep grid and the op's path (for errors)."""
+
+    ns: Namespace = NUMERIC
+    dims: tuple[str, ...] = ()
+    path: str = "net"
+
+    def at(self, name: str) -> Context:
+        return Context(self.ns, self.dims, f"{self.path} > {name}")
+
+    def p(self, value) -> Any:
+        """A parameter as an array broadcasting against the grid dims ``(*dims,)``."""
+        if isinstance(value, Sweep):
+            if self.ns.symbolic:
+                return np.asarray(sympy.Symbol(value.name), dtype=object)
+            shape = [1] * len(self.dims)
+            shape[self.dims.index(value.name)] = len(value.values)
+            return np.asarray(value.values, dtype=float).reshape(shape)
+        if self.ns.symbolic:
+            return np.asarray(sympy.sympify(value), dtype=object)
+        if isinstance(value, sympy.Basic):
+            value = float(value)
+        return np.asarray(value, dtype=float)

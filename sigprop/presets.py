@@ -1,0 +1,120 @@
+"""Named architectures, each only a composition of ops (DESIGN.md, "Presets").
+
+Every preset takes ``depth``, ``act``, the branch ``shape`` (``mlp``: Dense-act-Dense with an
+expansion ``ratio``; ``act_dense``: pre-activation; ``dense_act``), the branch scale ``alpha``
+(a number, a sweep, or one of the schedules ``"1"``, ``"1/sqrt(L)"``, ``"1/L"``) and overrides of
+the default weight scales: the first Dense has ``sigma_w^2 = 2`` for relu-like activations and
+1 otherwise, the last Dense ``sigma_w = 1``, biases 0.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .errors import ConfigError
+from .ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Serial
+from .params import Sweep
+
+RELU_LIKE = ("relu", "gelu", "silu")
+SHAPES = ("mlp", "act_dense", "dense_act")
+SCHEDULES = {"1": lambda L: 1.0, "1/sqrt(L)": lambda L: 1 / math.sqrt(L), "1/L": lambda L: 1 / L}
+NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "batchnorm": BatchNorm}
+
+
+def branch_scale(alpha, depth: int):
+    """A number, a sweep, or a named schedule evaluated at ``depth``."""
+    if isinstance(alpha, str):
+        if alpha not in SCHEDULES:
+            raise ConfigError("alpha", alpha, f"a number or one of {list(SCHEDULES)}")
+        return SCHEDULES[alpha](depth)
+    return alpha if isinstance(alpha, Sweep) else float(alpha)
+
+
+def branch(act="relu", shape="mlp", ratio=1.0, sigma_w1=None, sigma_w2=1.0, sigma_b=0.0) -> Op:
+    """The residual branch F. ``sigma_w1`` defaults to sqrt(2) for relu-like ``act``, else 1."""
+    if shape not in SHAPES:
+        raise ConfigError("shape", shape, f"one of {SHAPES}")
+    s1 = (math.sqrt(2.0) if act in RELU_LIKE else 1.0) if sigma_w1 is None else sigma_w1
+    if shape == "mlp":
+        return Serial(Dense(s1, sigma_b, ratio), Act(act), Dense(sigma_w2, sigma_b, 1 / ratio))
+    if shape == "act_dense":
+        return Serial(Act(act), Dense(s1, sigma_b))
+    return Serial(Dense(s1, sigma_b), Act(act))
+
+
+def _norm(norm: str, eps: float) -> Op:
+    if norm not in NORMS:
+        raise ConfigError("norm", norm, f"one of {list(NORMS)}")
+    return NORMS[norm](eps=eps)
+
+
+def _depth(depth) -> int:
+    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+        raise ConfigError("depth", depth, "an integer >= 1")
+    return depth
+
+
+def plain(depth: int, act="relu", **kw) -> Op:
+    """No skip connection: x -> F(x), repeated."""
+    return Repeat(branch(act, **kw), _depth(depth))
+
+
+def resnet(depth: int, act="relu", alpha="1", **kw) -> Op:
+    """No normalisation: x -> x + alpha F(x)."""
+    return Repeat(Residual(branch(act, **kw), branch_scale(alpha, _depth(depth))), depth)
+
+
+def preln(depth: int, act="relu", alpha="1", final_norm=False, norm="layernorm", eps=1e-5, **kw):
+    """Pre-LN: x -> x + alpha F(LN x); optionally a final LN after the stack."""
+    blk = Residual(Serial(_norm(norm, eps), branch(act, **kw)), branch_scale(alpha, _depth(depth)))
+    net = Repeat(blk, depth)
+    return Serial(net, _norm(norm, eps)) if final_norm else net
+
+
+def postln(depth: int, act="relu", alpha="1", norm="layernorm", eps=1e-5, **kw) -> Op:
+    """Post-LN: x -> LN(x + alpha F(x))."""
+    blk = Serial(Residual(branch(act, **kw), branch_scale(alpha, _depth(depth))), _norm(norm, eps))
+    return Repeat(blk, depth)
+
+
+def periln(depth: int, act="relu", alpha="1", norm="layernorm", eps=1e-5, **kw) -> Op:
+    """Peri-LN: x -> x + alpha LN(F(LN x))."""
+    inner = Serial(_norm(norm, eps), branch(act, **kw), _norm(norm, eps))
+    return Repeat(Residual(inner, branch_scale(alpha, _depth(depth))), depth)
+
+
+def deepnorm(depth: int, act="relu", eps=1e-5, **kw) -> Op:
+    """DeepNorm (Wang et al. 2022, encoder constants): x -> LN(a x + F(x)) with a = (2L)^{1/4},
+    and every branch Dense initialised with gain b = (8L)^{-1/4}."""
+    L = _depth(depth)
+    a, b = (2 * L) ** 0.25, (8 * L) ** -0.25
+    s1 = kw.pop("sigma_w1", None)
+    s1 = (math.sqrt(2.0) if act in RELU_LIKE else 1.0) if s1 is None else s1
+    s2 = kw.pop("sigma_w2", 1.0)
+    f = branch(act, sigma_w1=b * s1, sigma_w2=b * s2, **kw)
+    return Repeat(Serial(Residual(f, alpha=1.0, beta=a), LayerNorm(eps=eps)), L)
+
+
+def skipinit(depth: int, act="relu", alpha=0.0, **kw) -> Op:
+    """SkipInit: x -> x + alpha F(x) with alpha = 0 (or small) at initialisation."""
+    return resnet(depth, act, alpha=alpha, **kw)
+
+
+def prebn(depth: int, act="relu", alpha="1", eps=1e-5, **kw) -> Op:
+    """Pre-BN counterpart of Pre-LN: x -> x + alpha F(BN x)."""
+    return preln(depth, act, alpha, norm="batchnorm", eps=eps, **kw)
+
+
+def postbn(depth: int, act="relu", alpha="1", eps=1e-5, **kw) -> Op:
+    """Post-BN counterpart of Post-LN: x -> BN(x + alpha F(x))."""
+    return postln(depth, act, alpha, norm="batchnorm", eps=eps, **kw)
+
+
+PRESETS = {f.__name__: f for f in (plain, resnet, preln, postln, periln, deepnorm, skipinit,
+                                   prebn, postbn)}
+
+
+def get(name: str):
+    if name not in PRESETS:
+        raise ConfigError("preset", name, f"one of {list(PRESETS)}")
+    return PRESETS[name]
