@@ -10,6 +10,8 @@ and the whole grid is propagated in one vectorised pass.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import xarray as xr
 
@@ -50,43 +52,75 @@ def _check_args(net, inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
 
 
-def theory(net: Op, inputs: Inputs, *, progress: bool = False) -> xr.Dataset:
-    """Propagate ``inputs`` through ``net`` at infinite width, forward and backward."""
+def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False) -> xr.Dataset:
+    """Propagate ``inputs`` through ``net`` at infinite width, forward and backward.
+
+    ``layers``: the layer indices to record (default all). Memory is O((sqrt(L) + recorded) x
+    grid x B^2): the backward keeps a checkpoint every ~sqrt(L) layers and recomputes each segment.
+    """
     _check_args(net, inputs)
     blocks = layers_of(net)
+    L = len(blocks)
     grid = sweeps_of(net)
     dims = tuple(grid)
     shape = tuple(len(s.values) for s in grid.values())
+    record = _recorded(layers, L)
     ctx = Context(NUMERIC, dims)
     B = inputs.n
+    every = max(1, math.isqrt(L))
 
-    states, branches = [inputs.moments()], [None]
-    for l, blk in enumerate(_progress(blocks, progress, "theory forward"), start=1):
-        record: dict = {}
-        where = ctx.at(f"layer {l} {type(blk).__name__}")
-        s = canonical(blk.theory_forward(states[-1], where, record))
+    def step(s, l):
+        where = ctx.at(f"layer {l} {type(blocks[l - 1]).__name__}")
+        found: dict = {}
+        s = canonical(blocks[l - 1].theory_forward(s, where, found))
         _check_finite(s, where.path, "forward")
-        states.append(s)
-        branches.append(record.get("branch"))
+        return s, found.get("branch")
+
+    s = inputs.moments()
+    rows = {0: _forward_row(s, None)} if 0 in record else {}
+    checkpoints = {0: s}
+    for l in _progress(range(1, L + 1), progress, "theory forward"):
+        s, f = step(s, l)
+        if l in record:
+            rows[l] = _forward_row(s, f)
+        if l % every == 0:
+            checkpoints[l] = s
 
     g = Moments(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
-    grads = [g]
-    for l in _progress(range(len(blocks), 0, -1), progress, "theory backward"):
-        where = ctx.at(f"layer {l} {type(blocks[l - 1]).__name__} (backward)")
-        g = canonical(blocks[l - 1].theory_backward(states[l - 1], g, where))
-        _check_finite(g, where.path, "backward")
-        grads.append(g)
-    grads.reverse()
+    grad_rows = {L: _log_diag(g)} if L in record else {}
+    for start in _progress(sorted(checkpoints, reverse=True), progress, "theory backward"):
+        states = [checkpoints[start]]
+        for l in range(start + 1, min(start + every, L)):
+            states.append(step(states[-1], l)[0])
+        for l in range(min(start + every, L), start, -1):
+            where = ctx.at(f"layer {l} {type(blocks[l - 1]).__name__} (backward)")
+            g = canonical(blocks[l - 1].theory_backward(states[l - 1 - start], g, where))
+            _check_finite(g, where.path, "backward")
+            if l - 1 in record:
+                grad_rows[l - 1] = _log_diag(g)
 
-    data = _dataset(states, grads, branches, shape, B)
-    coords = {"layer": np.arange(len(states)), "input": np.arange(B), "input_b": np.arange(B),
-              "block": ("layer", ["input"] + [type(b).__name__ for b in blocks])}
+    kept = sorted(record)
+    coords = {"layer": np.asarray(kept), "input": np.arange(B), "input_b": np.arange(B),
+              "block": ("layer", [type(blocks[l - 1]).__name__ if l else "input" for l in kept])}
     coords.update({name: np.asarray(s.values) for name, s in grid.items()})
+    data = _variables([rows[l] for l in kept], [grad_rows[l] for l in kept], shape, B)
     vdims = ("layer", *dims, "input")
     ds = xr.Dataset({k: (vdims + (("input_b",) if k == "corr" else ()), v) for k, v in data.items()},
                     coords=coords)
     ds.attrs = make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, "numpy")
     return ds
+
+
+def _recorded(layers, L) -> set[int]:
+    if layers is None:
+        return set(range(L + 1))
+    try:
+        chosen = {int(l) for l in np.atleast_1d(np.asarray(layers))}
+    except (TypeError, ValueError):
+        raise ConfigError("layers", layers, f"integers in [0, {L}]") from None
+    if not chosen or min(chosen) < 0 or max(chosen) > L:
+        raise ConfigError("layers", layers, f"a non-empty set of integers in [0, {L}]")
+    return chosen
 
 
 def _check_finite(s: Moments, where: str, direction: str):
@@ -102,26 +136,28 @@ def _log_diag(s: Moments):
         return 2 * s.ls + np.log(d)
 
 
-def _dataset(states, grads, branches, shape, B):
-    def full(x, extra=(B,)):
-        return np.broadcast_to(x, shape + extra)
+def _forward_row(s: Moments, f: Moments | None) -> dict:
+    """The recorded forward quantities of one layer (log scales kept, overflow deferred)."""
+    d = np.diagonal(s.K, axis1=-2, axis2=-1)
+    return {"log_q": _log_diag(s), "mt": s.m, "ls": s.ls, "vt": d - s.m**2, "corr": corr_of(s.K),
+            "log_branch_q": None if f is None else _log_diag(f)}
+
+
+def _variables(rows, grad_rows, shape, B):
+    def stack(items, extra=(B,)):
+        return np.stack([np.broadcast_to(x, shape + extra) for x in items])
 
     nan = np.full(shape + (B,), np.nan)
     with np.errstate(over="ignore", invalid="ignore"):
-        return _variables(states, grads, branches, full, nan, B)
-
-
-def _variables(states, grads, branches, full, nan, B):
-    log_q = np.stack([full(_log_diag(s)) for s in states])
-    mean = np.stack([full(s.m * np.exp(s.ls)) for s in states])
-    var = np.stack([full((np.diagonal(s.K, axis1=-2, axis2=-1) - s.m**2) * np.exp(2 * s.ls))
-                    for s in states])
-    corr = np.stack([full(corr_of(s.K), (B, B)) for s in states])
-    log_grad_q = np.stack([full(_log_diag(g)) for g in grads])
-    log_branch_q = np.stack([nan if f is None else full(_log_diag(f)) for f in branches])
-    return {"q": np.exp(log_q), "log_q": log_q, "mean": mean, "var": var, "corr": corr,
-            "grad_q": np.exp(log_grad_q), "log_grad_q": log_grad_q,
-            "branch_q": np.exp(log_branch_q), "log_branch_q": log_branch_q}
+        log_q = stack([r["log_q"] for r in rows])
+        log_grad_q = stack(grad_rows)
+        log_branch_q = stack([nan if r["log_branch_q"] is None else r["log_branch_q"] for r in rows])
+        return {"q": np.exp(log_q), "log_q": log_q,
+                "mean": stack([r["mt"] * np.exp(r["ls"]) for r in rows]),
+                "var": stack([r["vt"] * np.exp(2 * r["ls"]) for r in rows]),
+                "corr": stack([r["corr"] for r in rows], (B, B)),
+                "grad_q": np.exp(log_grad_q), "log_grad_q": log_grad_q,
+                "branch_q": np.exp(log_branch_q), "log_branch_q": log_branch_q}
 
 
 def _progress(it, enabled: bool, what: str):

@@ -1,0 +1,184 @@
+"""The theory engine against closed forms derived by hand (each cited beside its check).
+
+With closed-form kernels the engine is exact, so agreement is asserted to ~1e-12 (float64
+rounding accumulated over the depth), not to a loose tolerance.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import sigprop as sp
+
+RTOL = 1e-12
+
+
+def relu_kernel(q1, q2, c):
+    """Arc-cosine kernel of degree 1 (Cho & Saul 2009): E[relu(u) relu(v)]."""
+    th = math.acos(max(-1.0, min(1.0, c)))
+    return math.sqrt(q1 * q2) / (2 * math.pi) * (math.sin(th) + (math.pi - th) * c)
+
+
+def test_relu_one_layer_c_map_from_zero_is_one_over_pi():
+    # Cho & Saul: at c = 0, k1 = sqrt(q1 q2)/(2 pi); with sigma_w^2 = 2, q' = q, so c' = 1/pi.
+    x0 = sp.Inputs(q=1.0, corr=0.0, n=2)
+    th = sp.theory(sp.presets.plain(1, shape="dense_act"), x0)
+    assert th.corr.values[-1, 0, 1] == pytest.approx(1 / math.pi, rel=RTOL)
+    assert th.q.values[-1] == pytest.approx([1.0, 1.0], rel=RTOL)
+
+
+@pytest.mark.parametrize("alpha", [1.0, 0.3])
+def test_preln_relu_q_grows_linearly(alpha):
+    # Pre-LN, eps = 0: LN x has q = 1; Dense(2) -> q = 2; relu -> q = 1; Dense(1) -> q = 1; the
+    # branch ends in a Dense so its cross moment with the stream is m m_f = 0:
+    # q_{l+1} = q_l + alpha^2, hence q_L = q_0 + L alpha^2 (mean stays m_0).
+    L = 300
+    x0 = sp.Inputs(q=[1.0, 2.25], corr=0.5, mean=[0.5, 1.0])
+    th = sp.theory(sp.presets.preln(L, eps=0.0, alpha=alpha), x0)
+    layers = np.arange(L + 1)[:, None]
+    np.testing.assert_allclose(th.q.values, np.array(x0.q) + alpha**2 * layers, rtol=RTOL)
+    np.testing.assert_allclose(th["mean"].values, np.broadcast_to(x0.mean, (L + 1, 2)), rtol=RTOL)
+
+
+def test_preln_relu_gradient_telescopes():
+    # Backward through one block, eps = 0: G_l = G_{l+1} (1 + alpha^2 sigma1^2 sigma2^2 E[relu'^2]
+    # / v_l) = G_{l+1} (q_l + alpha^2) / q_l (zero input mean: v = q), so grad_q_0 / grad_q_L =
+    # q_L / q_0.
+    x0 = sp.Inputs(q=[1.0, 3.0], corr=0.2)
+    th = sp.theory(sp.presets.preln(200, eps=0.0), x0)
+    ratio = th.grad_q.values[0] / th.grad_q.values[-1]
+    np.testing.assert_allclose(ratio, th.q.values[-1] / th.q.values[0], rtol=1e-11)
+
+
+def test_postln_q_is_gain_squared():
+    # LN output has mean 0 and q = gain^2 v/(v + eps) = gain^2 at eps = 0, whatever came in.
+    gain = 1.7
+    net = sp.Repeat(sp.Serial(sp.Residual(sp.presets.branch("tanh")), sp.LayerNorm(0.0, gain)), 40)
+    th = sp.theory(net, sp.Inputs(q=[0.3, 5.0], corr=-0.4, mean=[0.1, 2.0]))
+    np.testing.assert_allclose(th.q.values[1:], gain**2, rtol=RTOL)
+    np.testing.assert_allclose(th["mean"].values[1:], 0.0, atol=1e-14)
+
+
+def test_unnormalised_relu_resnet_growth_rate_in_log_space():
+    # resnet block: q' = q + alpha^2 s1^2 s2^2 q/2 (relu halves q; branch decorrelated from x), so
+    # q_L = q_0 (1 + alpha^2 s1^2 s2^2 / 2)^L. Depth 10^4 with alpha = 1 is e^6931: q overflows,
+    # log_q must not.
+    L, alpha, s1, s2 = 10_000, 1.0, math.sqrt(2), 1.3
+    th = sp.theory(sp.presets.resnet(L, alpha=alpha, sigma_w1=s1, sigma_w2=s2), sp.Inputs(q=2.0, n=2))
+    expected = math.log(2.0) + L * math.log1p(alpha**2 * s1**2 * s2**2 / 2)
+    assert np.all(np.isfinite(th.log_q.values)) and np.all(np.isfinite(th.log_grad_q.values))
+    np.testing.assert_allclose(th.log_q.values[-1], expected, rtol=RTOL)
+    assert np.isinf(th.q.values[-1]).all()  # beyond float64, as documented: read log_q
+
+
+@pytest.mark.slow
+def test_relu_resnet_depth_one_million_is_finite():
+    th = sp.theory(sp.presets.resnet(10**6), sp.Inputs(q=1.0))
+    expected = 10**6 * math.log(2.0)
+    np.testing.assert_allclose(th.log_q.values[-1], expected, rtol=1e-10)
+    assert np.all(np.isfinite(th.log_grad_q.values))
+
+
+def test_branch_ending_in_relu_tracks_the_mean_exactly():
+    # x + a relu(W x): u = W x ~ N(0, s^2 K) independent of x's features, so
+    # m' = m + a mu,  K' = K + a^2 k(s^2 K) + a (m mu^T + mu m^T),  mu_a = sqrt(s^2 q_a / (2 pi)).
+    a, s2, L = 0.7, 2.0, 25
+    q, m, c = [1.0, 2.0], [0.6, -0.3], 0.35
+    x0 = sp.Inputs(q=q, mean=m, corr=c)
+    net = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(math.sqrt(s2)), sp.Act("relu")), alpha=a), L)
+    th = sp.theory(net, x0)
+    K = x0.gram.copy()
+    mv = np.array(m)
+    for _ in range(L):
+        mu = np.sqrt(s2 * np.diag(K) / (2 * math.pi))
+        k = np.array([[relu_kernel(s2 * K[i, i], s2 * K[j, j], K[i, j] / math.sqrt(K[i, i] * K[j, j]))
+                       for j in range(2)] for i in range(2)])
+        K = K + a**2 * k + a * (np.outer(mv, mu) + np.outer(mu, mv))
+        mv = mv + a * mu
+    np.testing.assert_allclose(th.q.values[-1], np.diag(K), rtol=RTOL)
+    np.testing.assert_allclose(th["mean"].values[-1], mv, rtol=RTOL)
+    np.testing.assert_allclose(th.corr.values[-1, 0, 1], K[0, 1] / math.sqrt(K[0, 0] * K[1, 1]),
+                               rtol=RTOL)
+
+
+def test_pre_activation_branch_needs_gaussian_stream():
+    # x + Dense(relu(x)): with Gaussian inputs the stream is Gaussian; K' = K + s^2 k(K).
+    net = sp.presets.resnet(10, shape="act_dense")
+    with pytest.raises(sp.UnsupportedComposition, match="Act"):
+        sp.theory(net, sp.Inputs(q=1.0, corr=0.3, n=2))
+    x0 = sp.Inputs(q=1.0, corr=0.3, n=2, law="gaussian")
+    th = sp.theory(net, x0)
+    K = x0.gram.copy()
+    for _ in range(10):
+        k = np.array([[relu_kernel(K[i, i], K[j, j], K[i, j] / math.sqrt(K[i, i] * K[j, j]))
+                       for j in range(2)] for i in range(2)])
+        K = K + 2.0 * k
+    np.testing.assert_allclose(th.q.values[-1], np.diag(K), rtol=RTOL)
+    np.testing.assert_allclose(th.corr.values[-1, 0, 1], K[0, 1] / K[0, 0], rtol=RTOL)
+
+
+def test_sweep_equals_pointwise_calls():
+    alphas = [0.0, 0.25, 1.0]
+    x0 = sp.Inputs(q=[1.0, 0.5], corr=0.1, mean=[0.2, 0.0])
+    grid = sp.theory(sp.presets.postln(30, alpha=sp.sweep("alpha", alphas)), x0)
+    assert grid.log_q.dims == ("layer", "alpha", "input")
+    for i, a in enumerate(alphas):
+        one = sp.theory(sp.presets.postln(30, alpha=a), x0)
+        for name in ("log_q", "corr", "log_grad_q", "mean"):
+            np.testing.assert_allclose(grid[name].isel(alpha=i).values, one[name].values, rtol=1e-13,
+                                       atol=1e-15)
+
+
+def test_linear_plain_net_backward_is_sigma_w_squared_per_layer():
+    # Dense backward: G_in = sigma_w^2 ratio G_out; linear act passes it through.
+    L, s = 50, 1.1
+    net = sp.presets.plain(L, act="linear", shape="dense_act", sigma_w1=s)
+    th = sp.theory(net, sp.Inputs(q=1.0))
+    np.testing.assert_allclose(th.log_grad_q.values[:, 0], 2 * math.log(s) * (L - np.arange(L + 1)),
+                               rtol=RTOL, atol=1e-12)
+    np.testing.assert_allclose(th.log_q.values[:, 0], 2 * math.log(s) * np.arange(L + 1), rtol=RTOL)
+
+
+def test_dataset_schema_and_provenance():
+    th = sp.theory(sp.presets.preln(4, final_norm=True), sp.Inputs(q=[1.0, 2.0], corr=0.5))
+    assert set(sp.data.SCHEMA) <= set(th.data_vars)
+    assert th.corr.dims == ("layer", "input", "input_b")
+    assert list(th.block.values) == ["input"] + ["Residual"] * 4 + ["LayerNorm"]
+    for key in ("kind", "config", "versions", "git_commit", "created_at", "backend"):
+        assert key in th.attrs
+    assert th.attrs["kind"] == "theory"
+    cfg = sp.data.config_of(th)
+    rebuilt = sp.ops.op_from_dict(cfg["net"])
+    assert rebuilt == sp.presets.preln(4, final_norm=True)
+    assert sp.Inputs.from_dict(cfg["inputs"]) == sp.Inputs(q=[1.0, 2.0], corr=0.5)
+
+
+def test_save_load_round_trip(tmp_path):
+    th = sp.theory(sp.presets.resnet(2000, alpha=sp.sweep("alpha", [0.5, 1.0])), sp.Inputs(q=1.0, n=2))
+    path = sp.save(th, tmp_path / "th.nc")
+    back = sp.load(path)
+    import xarray as xr
+
+    xr.testing.assert_identical(th, back)
+    assert np.isinf(back.q.values).any()  # inf survives the round trip
+
+
+def test_ops_are_hashable_and_print_as_trees():
+    a = sp.presets.periln(8)
+    b = sp.presets.periln(8)
+    assert hash(a) == hash(b) and a == b
+    text = str(a)
+    assert text.splitlines()[0] == "Repeat(n=8)" and "LayerNorm(eps=1e-05, gain=1)" in text
+
+
+def test_recording_a_subset_of_layers_gives_the_same_values():
+    # The backward recomputes ~sqrt(L)-long segments from checkpoints; the recorded layers must
+    # hold exactly what the full record holds.
+    net, x0 = sp.presets.periln(37, act="relu"), sp.Inputs(q=[1.0, 4.0], corr=0.3)
+    full = sp.theory(net, x0)
+    part = sp.theory(net, x0, layers=[0, 5, 36, 37])
+    for name in ("log_q", "corr", "log_grad_q", "log_branch_q"):
+        np.testing.assert_array_equal(part[name].values, full[name].sel(layer=[0, 5, 36, 37]).values)
+    with pytest.raises(sp.ConfigError, match="layers"):
+        sp.theory(net, x0, layers=[38])
