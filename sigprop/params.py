@@ -45,6 +45,8 @@ def check(field: str, value, ok: Callable[[float], bool], allowed: str):
         return value
     values = value.values if isinstance(value, Sweep) else (value,)
     for v in values:
+        if isinstance(v, (str, bytes)):
+            raise ConfigError(field, v, allowed)
         try:
             x = float(v)
         except (TypeError, ValueError):

@@ -55,7 +55,7 @@ def test_postln_q_is_gain_squared():
     # LN output has mean 0 and q = gain^2 v/(v + eps) = gain^2 at eps = 0, whatever came in.
     gain = 1.7
     net = sp.Repeat(sp.Serial(sp.Residual(sp.presets.branch("tanh")), sp.LayerNorm(0.0, gain)), 40)
-    th = sp.theory(net, sp.Inputs(q=[0.3, 5.0], corr=-0.4, mean=[0.1, 2.0]))
+    th = sp.theory(net, sp.Inputs(q=[0.3, 5.0], corr=-0.4, mean=[0.1, -0.5]))
     np.testing.assert_allclose(th.q.values[1:], gain**2, rtol=RTOL)
     np.testing.assert_allclose(th["mean"].values[1:], 0.0, atol=1e-14)
 
