@@ -22,7 +22,7 @@ def save(ds: xr.Dataset, path) -> Path:
     if path.suffix == ".zarr":
         ds.to_zarr(path, mode="w")
     else:
-        ds.to_netcdf(path, engine="h5netcdf", invalid_netcdf=True)
+        ds.to_netcdf(path, engine="h5netcdf")
     return path
 
 

@@ -113,13 +113,19 @@ def mix(beta, x: Moments, alpha, f: Moments, ns) -> Moments:
 def affine(s: Moments, a, t, ls_out) -> Moments:
     """Per-input affine map y_b = a_b (x_b - t_b) in scaled units (LayerNorm, RMSNorm, Scale).
 
-    K' = a a^T (K - t m^T - m t^T + t t^T), m' = a (m - t), X' = (X - m_r t^T) a. Gaussian
-    features stay Gaussian (t = m = 0 for them).
+    K' = a a^T (K - m m^T + d d^T) with d = m - t, m' = a d, X' = (X - m_r t^T) a; ``t=None``
+    means t = 0. A decoupled cross moment m_r m^T stays decoupled (m_r m'^T); Gaussian features
+    stay Gaussian (t = m = 0 for them).
     """
-    K = outer(a, a) * (s.K - outer(t, s.m) - outer(s.m, t) + outer(t, t))
-    refs = tuple(r if r.X is None else Ref(m=r.m, X=(s.cross(r) - outer(r.m, t)) * a[..., None, :])
+    if t is None:
+        K, d = s.K, s.m
+    else:
+        d = s.m - t
+        K = s.K - outer(s.m, s.m) + outer(d, d)
+    refs = tuple(r if r.X is None or r.X is DECOUPLED
+                 else Ref(m=r.m, X=(r.X if t is None else r.X - outer(r.m, t)) * a[..., None, :])
                  for r in s.refs)
-    return s.replace(K=K, m=a * (s.m - t), ls=ls_out, refs=refs)
+    return s.replace(K=outer(a, a) * K, m=a * d, ls=ls_out, refs=refs)
 
 
 def canonical(s: Moments) -> Moments:
