@@ -1,0 +1,266 @@
+"""Activations: closed forms, quadrature, Monte Carlo, symbolic face, names, derivatives."""
+
+import math
+
+import numpy as np
+import pytest
+import scipy.integrate
+import sympy
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from sigprop.activations import ACTIVATIONS, _expect, _kernel_quad, get_activation
+from sigprop.errors import ConfigError
+from sigprop.ns import NUMERIC, SYMBOLIC
+
+CLOSED = ("linear", "relu", "erf")
+QUAD = ("tanh", "gelu", "silu")
+
+
+def _faces(act):
+    """(face, array function, its parity) of the two kernels, as the quadrature takes them."""
+    return (("kernel", act.fn, act._parity[0]), ("grad_kernel", act.grad, act._parity[1]))
+
+
+# --- 1. The generic quadrature route reproduces every closed form.
+
+@pytest.mark.parametrize("name", CLOSED)
+def test_quadrature_route_matches_closed_forms(name):
+    act = get_activation(name)
+    qs = np.array([1e-3, 0.1, 1.0, 30.0, 1e3])
+    cs = np.array([-1.0, -0.999, -0.5, 0.0, 0.3, 0.999, 1.0])
+    q1, q2, c = np.meshgrid(qs, qs, cs, indexing="ij")
+    scale = np.maximum(1.0, np.sqrt(q1 * q2))  # kernels of degree-1 activations grow like q
+    for face, f, parity in _faces(act):
+        exact = getattr(act, face)(q1, q2, c)
+        for par in (None, parity):  # the plain rule, and the one folded by phi's parity
+            quad = _kernel_quad(f, q1, q2, c, act._bend, parity=par)
+            assert np.max(np.abs(quad - exact) / scale) < 1e-10, (face, par)
+    for face, f in (("mean", act.fn), ("grad_mean", act.grad)):
+        exact = getattr(act, face)(qs)
+        quad = _expect(f, 0.0, np.sqrt(qs), act._bend)
+        assert np.max(np.abs(quad - exact) / np.maximum(1, np.sqrt(qs))) < 1e-10, face
+
+
+# --- 2. tanh, gelu, silu against scipy's adaptive integrator (independent scalar activations).
+
+SQRT2 = math.sqrt(2.0)
+
+
+def _silu(x):
+    return x / (1 + math.exp(-x)) if x > -700 else 0.0
+
+
+def _sigmoid(x):
+    return 1 / (1 + math.exp(-x)) if x > -700 else 0.0
+
+
+SCALAR = {  # name: (phi, phi')
+    "tanh": (math.tanh, lambda x: 1 - math.tanh(x) ** 2),
+    "gelu": (lambda x: x * 0.5 * math.erfc(-x / SQRT2),
+             lambda x: 0.5 * math.erfc(-x / SQRT2) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
+    "silu": (_silu, lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x)))),
+}
+
+
+def _quad_normal(g, kink, width):
+    """int g(z) phi(z) dz by scipy's adaptive quad on [-9, 9] (tail mass 2e-19), with
+    breakpoints at the kink and graded around it on the scale width."""
+    pts = {kink + s * width * k for s in (-1, 1) for k in (0, 1, 3, 10, 30)}
+    pts = sorted(p for p in pts if -9 < p < 9)
+    val, _ = scipy.integrate.quad(lambda z: g(z) * math.exp(-z * z / 2), -9.0, 9.0, points=pts,
+                                  epsabs=1e-15, epsrel=1e-13, limit=500)
+    return val / math.sqrt(2 * math.pi)
+
+
+def _scipy_kernel(f, q1, q2, c):
+    """E[f(u) f(v)] by nested adaptive quad: outer over Z1, inner over Z2 given Z1."""
+    a, b = math.sqrt(q1), math.sqrt(q2)
+    if abs(c) == 1:
+        return _quad_normal(lambda z: f(a * z) * f(c * b * z), 0.0, 1 / max(a, b, 1e-300))
+    sig = b * math.sqrt(1 - c * c)
+
+    def inner(z1):
+        m = c * b * z1
+        return _quad_normal(lambda z2: f(m + sig * z2), -m / sig, 1 / sig)
+
+    return _quad_normal(lambda z1: f(a * z1) * inner(z1), 0.0,
+                        min(1 / a, max(sig, 1.0) / abs(c * b)) if c else 1 / a)
+
+
+POINTS_2D = [  # (q1, q2, c): the hard cases of STYLE.md and a spread over the range
+    (4.5, 4.5, 0.98), (1.0, 2.0, 0.5), (1e-6, 1.0, -0.3), (1e3, 1e3, 0.999999),
+    (1e4, 1e4, 0.9), (1e4, 1e-2, -0.98),
+]
+POINTS_1D = [1e-6, 1e-3, 0.3, 4.5, 1e3, 1e4]  # q for mean, grad_mean and the diagonal
+
+
+@pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # roundoff at 1e-15
+@pytest.mark.parametrize("name", QUAD)
+def test_quadrature_matches_scipy(name):
+    act, (f, df) = get_activation(name), SCALAR[name]
+    for q1, q2, c in POINTS_2D + [(q, q, 1.0) for q in POINTS_1D] + [(2.0, 30.0, -1.0)]:
+        for face, g in (("kernel", f), ("grad_kernel", df)):
+            if face == "grad_kernel" and q1 > 1e3:
+                continue  # (keeps the file fast: the kernel covers the same rule there)
+            ref = _scipy_kernel(g, q1, q2, c)
+            val = getattr(act, face)(q1, q2, c)
+            tol = 1e-9 * abs(ref) + 1e-15 * max(1.0, math.sqrt(q1 * q2))  # relative 1e-9
+            assert abs(val - ref) <= tol, (face, q1, q2, c, val, ref)
+    for q in POINTS_1D:
+        a = math.sqrt(q)
+        for face, g in (("mean", f), ("grad_mean", df)):
+            ref = _quad_normal(lambda z, g=g, a=a: g(a * z), 0.0, 1 / a)
+            val = getattr(act, face)(q)
+            # relative 1e-9 (absolute 1e-15 sqrt(q) where the mean vanishes: tanh)
+            assert abs(val - ref) <= 1e-9 * abs(ref) + 1e-15 * math.sqrt(q), (face, q)
+
+
+def test_gelu_smoothed_closed_form():
+    """gelu's inner expectation E[gelu(m + s Z)] (and of gelu') in closed form = quadrature."""
+    from sigprop.activations import _gelu_grad_smoothed, _gelu_smoothed
+
+    gelu = get_activation("gelu")
+    m, s = np.meshgrid([-40.0, -3.0, -0.2, 0.0, 0.7, 5.0, 60.0], [0.0, 1e-3, 0.5, 3.0, 100.0])
+    np.testing.assert_allclose(_gelu_smoothed(m, s), _expect(gelu.fn, m, s), rtol=0,
+                               atol=1e-12 * (1 + np.abs(m) + s).max())
+    np.testing.assert_allclose(_gelu_grad_smoothed(m, s), _expect(gelu.grad, m, s), rtol=0,
+                               atol=1e-10)
+
+
+# --- 3. Monte Carlo sanity for every activation.
+
+MC_POINTS = [(1.0, 1.0, 0.5), (0.3, 2.5, -0.7), (30.0, 20.0, 0.95)]
+
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_monte_carlo(name):
+    act = get_activation(name)
+    rng = np.random.default_rng(12345)
+    n = 10**6
+    for q1, q2, c in MC_POINTS:
+        z1, z2 = rng.standard_normal((2, n))
+        u = math.sqrt(q1) * z1
+        v = math.sqrt(q2) * (c * z1 + math.sqrt(1 - c * c) * z2)
+        samples = {
+            "kernel": act.fn(u) * act.fn(v), "grad_kernel": act.grad(u) * act.grad(v),
+            "mean": act.fn(u), "grad_mean": act.grad(u),
+        }
+        for face, s in samples.items():
+            args = (q1,) if face.endswith("mean") else (q1, q2, c)
+            exact = getattr(act, face)(*args)
+            se = s.std() / math.sqrt(n)  # standard error of the sample mean
+            # 5 standard errors (tiny floor: constant samples such as linear's phi' have SE 0)
+            assert abs(s.mean() - exact) <= 5 * se + 1e-12, (face, q1, q2, c)
+
+
+# --- 4. Symbolic face.
+
+def test_relu_kernel_symbolic_at_zero_correlation():
+    q = sympy.Symbol("q", positive=True)
+    k = get_activation("relu").kernel(q, q, sympy.Integer(0), SYMBOLIC)
+    assert sympy.simplify(k - q / (2 * sympy.pi)) == 0
+
+
+@pytest.mark.parametrize("name", CLOSED)
+def test_closed_forms_symbolic_equal_numeric(name):
+    act = get_activation(name)
+    R = sympy.Rational
+    pts = [(R(1), R(1), R(1)), (R(1, 3), R(5, 2), R(-7, 10)), (R(30), R(1, 100), R(999, 1000)),
+           (R(2), R(2), R(-1)), (R(0), R(3), R(1, 2))]
+    q1, q2, c = (np.array(col, dtype=object) for col in zip(*pts))  # object arrays
+    for face in ("kernel", "grad_kernel"):
+        sym = getattr(act, face)(q1, q2, c, SYMBOLIC)
+        num = getattr(act, face)(q1.astype(float), q2.astype(float), c.astype(float), NUMERIC)
+        got = np.array([float(sympy.N(e, 30)) for e in sym])
+        np.testing.assert_allclose(got, num, rtol=1e-12, atol=1e-12, err_msg=face)
+    for face in ("mean", "grad_mean"):
+        sym = getattr(act, face)(q1, SYMBOLIC)
+        got = np.array([float(sympy.N(e, 30)) for e in np.broadcast_to(sym, q1.shape)])
+        np.testing.assert_allclose(got, getattr(act, face)(q1.astype(float)), rtol=1e-12,
+                                   atol=1e-12, err_msg=face)
+
+
+def test_quadrature_activations_symbolic_are_integrals():
+    tanh = get_activation("tanh")
+    q, c = sympy.symbols("q c", positive=True)
+    assert isinstance(tanh.kernel(q, q, c, SYMBOLIC), sympy.Integral)
+    assert isinstance(tanh.mean(q, SYMBOLIC), sympy.Integral)
+    R = sympy.Rational
+    cases = [
+        (tanh.mean(R(3, 2), SYMBOLIC), tanh.mean(1.5)),
+        (tanh.grad_mean(R(3, 2), SYMBOLIC), tanh.grad_mean(1.5)),
+        (tanh.kernel(R(3, 2), R(3, 2), 1, SYMBOLIC), tanh.kernel(1.5, 1.5, 1.0)),
+        (tanh.kernel(R(1), R(2), R(1, 2), SYMBOLIC), tanh.kernel(1.0, 2.0, 0.5)),
+    ]
+    for expr, num in cases:
+        assert abs(float(expr.evalf()) - num) < 1e-8
+    assert abs(float(cases[0][0].doit()) - cases[0][1]) < 1e-8
+
+
+# --- 5. Names.
+
+def test_unknown_activation():
+    with pytest.raises(ConfigError) as err:
+        get_activation("bogus")
+    for name in ACTIVATIONS:
+        assert name in str(err.value)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.text(max_size=12).filter(lambda s: s not in ACTIVATIONS))
+def test_unknown_names_raise(name):
+    with pytest.raises(ConfigError):
+        get_activation(name)
+
+
+# --- 6. Array faces: phi' is the derivative of phi.
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_grad_is_derivative(name):
+    act = get_activation(name)
+    x = np.linspace(-6, 6, 241)
+    x = x[np.abs(x) > 1e-3]  # off relu's kink
+    h = 1e-5
+    fd = (act.fn(x + h) - act.fn(x - h)) / (2 * h)  # error ~ h^2 |phi'''| / 6 + 1e-16 |phi| / h
+    np.testing.assert_allclose(act.grad(x), fd, rtol=0, atol=1e-8)
+    if name == "relu":
+        assert act.grad(np.array([0.0]))[0] == 0.0  # relu'(0) := 0
+
+
+# --- Shapes, limits and the fast paths.
+
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+def test_shapes_limits_and_symmetry(name):
+    act = get_activation(name)
+    rng = np.random.default_rng(0)
+    q = rng.uniform(0.2, 3.0, (4, 3))
+    c = np.clip(rng.uniform(-1, 1, (4, 3, 3)), -1, 1)
+    c = (c + np.swapaxes(c, -1, -2)) / 2
+    c[..., np.arange(3), np.arange(3)] = 1.0
+    q1, q2 = q[..., :, None], q[..., None, :]
+    for face in ("kernel", "grad_kernel"):
+        K = getattr(act, face)(q1, q2, c)
+        assert K.shape == (4, 3, 3) and np.all(np.isfinite(K))
+        np.testing.assert_allclose(K, np.swapaxes(K, -1, -2), rtol=1e-14, atol=1e-300)
+        diag = getattr(act, face)(q, q, 1.0)
+        np.testing.assert_allclose(np.diagonal(K, axis1=-2, axis2=-1), diag, rtol=1e-13)
+    # q = 0 and |c| = 1 (and beyond, clipped) stay finite and take the limit
+    zero = act.kernel(0.0, 2.0, np.array([-1.0, 0.3, 1.0, 1.0 + 1e-15]))
+    np.testing.assert_allclose(zero, act.fn(np.array(0.0)) * act.mean(2.0), atol=1e-14)
+    assert np.all(np.isfinite(act.grad_kernel(0.0, 0.0, np.array([-1.0, 1.0]))))
+    assert act.mean(np.zeros(2)).shape == (2,)
+    # c -> 1 is continuous across the switch to the 1-D rule
+    near = act.kernel(2.0, 3.0, np.array([1 - 1e-13, 1 - 1e-9]))
+    assert abs(near[0] - near[1]) < 1e-7
+
+
+@pytest.mark.parametrize("name", QUAD)
+def test_tables_match_direct_quadrature(name):
+    act = get_activation(name)
+    q = np.geomspace(1e-7, 1e5, 97) * 1.01  # off the table's nodes
+    for face, h in (("mean", act.fn), ("grad_mean", act.grad)):
+        direct = _expect(h, 0.0, np.sqrt(q), act._bend)
+        np.testing.assert_allclose(getattr(act, face)(q), direct, rtol=1e-12, atol=1e-15)
+    direct = _expect(lambda x: act.fn(x) ** 2, 0.0, np.sqrt(q), act._bend)
+    np.testing.assert_allclose(act.kernel(q, q, 1.0), direct, rtol=1e-12)
