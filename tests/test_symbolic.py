@@ -1,0 +1,192 @@
+"""The symbolic face (sigprop.symbolic) against independent derivations and the numeric face.
+
+Expected values are derived by hand beside each test (DESIGN.md conventions), never copied from
+the code's output. The central property: a block's sympy map, evaluated at numbers, is the
+numeric theory's one-block map (one law, two faces).
+"""
+
+import json
+import math
+import time
+
+import numpy as np
+import pytest
+import sympy
+
+import sigprop as sp
+from sigprop import symbolic as S
+
+PRESETS = ("plain", "resnet", "preln", "postln", "periln", "deepnorm", "skipinit")
+
+
+def test_dense_map_by_hand():
+    # Dense: K' = sigma_w^2 K + sigma_b^2, m' = 0; backward G_in = sigma_w^2 ratio G.
+    blk = sp.Dense(S.SIGMA_W, S.SIGMA_B, S.RATIO)
+    fwd = S.block_map(blk, 2, simplify=False)
+    assert S.simplify(fwd["q_a"] - (S.SIGMA_W**2 * S.Q_A + S.SIGMA_B**2)) == 0
+    assert fwd["m_a"] == 0
+    want_c = (S.SIGMA_W**2 * S.C_AB * sympy.sqrt(S.Q_A * S.Q_B) + S.SIGMA_B**2) / sympy.sqrt(
+        (S.SIGMA_W**2 * S.Q_A + S.SIGMA_B**2) * (S.SIGMA_W**2 * S.Q_B + S.SIGMA_B**2))
+    assert S.is_zero(fwd["c_ab"] - want_c)
+    assert S.simplify(S.backward_map(blk, simplify=False)["grad_q_a"]
+                      - S.SIGMA_W**2 * S.RATIO * S.G_A) == 0
+
+
+def test_relu_act_map_by_hand():
+    # Cho & Saul: E[relu(u)^2] = q/2, E[relu(u)] = sqrt(q/(2 pi)), E[relu'(u)^2] = 1/2.
+    fwd = S.block_map(sp.Act("relu"), 1, gaussian=True, simplify=False)
+    assert S.simplify(fwd["q_a"] - S.Q_A / 2) == 0
+    assert S.simplify(fwd["m_a"] - sympy.sqrt(S.Q_A / (2 * sympy.pi))) == 0
+    assert S.simplify(S.backward_map(sp.Act("relu"), 1, gaussian=True, simplify=False)["grad_q_a"]
+                      - S.G_A / 2) == 0
+
+
+def test_layernorm_map_by_hand():
+    # LN: q' = gain^2 v / (v + eps), v = q - m^2; m' = 0; G_in = gain^2 G / (v + eps).
+    blk = sp.LayerNorm(S.EPS, S.GAIN)
+    v = S.Q_A - S.M_A**2
+    fwd = S.block_map(blk, 1, simplify=False)
+    assert S.is_zero(fwd["q_a"] - S.GAIN**2 * v / (v + S.EPS)) and fwd["m_a"] == 0
+    assert S.is_zero(S.backward_map(blk, simplify=False)["grad_q_a"]
+                     - S.GAIN**2 * S.G_A / (v + S.EPS))
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+@pytest.mark.parametrize("act", ["relu", "erf"])  # linear: in the derivations
+def test_symbolic_block_is_the_numeric_block(preset, act):
+    """One block, two inputs with means: sympy map at numbers == sp.theory (same law)."""
+    blk = S.preset_block(preset, act)
+    vals = {"alpha": 0.7, "beta": 1.3, "sigma_1": 1.2, "sigma_2": 0.8, "sigma_b": 0.3,
+            "eps": 0.05, "gain": 1.4, "ratio": 1, "b": 0.6}
+    x0 = sp.Inputs(q=[0.9, 1.7], mean=[0.3, -0.4], corr=0.35)
+    ds = S.theory_of(blk, 1, x0, **{k: v for k, v in vals.items()
+                                     if S.SYMBOLS[k] in _symbols_of(blk)})
+    fwd = S.block_map(blk, 2, simplify=False)
+    state = {S.Q_A: 0.9, S.Q_B: 1.7, S.M_A: 0.3, S.M_B: -0.4, S.C_AB: 0.35}
+    at = {**{S.SYMBOLS[k]: v for k, v in vals.items()}, **state}
+    got = [S.evaluate(fwd[k], at) for k in ("q_a", "q_b", "m_a", "m_b", "c_ab")]
+    want = [*ds.q.values[1], *ds["mean"].values[1], ds.corr.values[1, 0, 1]]
+    np.testing.assert_allclose(got, want, rtol=1e-12, atol=1e-14)
+    grad = S.backward_map(blk, 1, simplify=False)["grad_q_a"]
+    g_th = ds.grad_q.values[0, 0] / ds.grad_q.values[1, 0]
+    assert S.evaluate(grad, {**at, S.G_A: 1.0}) == pytest.approx(g_th, rel=1e-12)
+
+
+def _symbols_of(op):
+    out = set()
+    for o in op.walk():
+        for v in vars(o).values():
+            if isinstance(v, sympy.Basic):
+                out |= v.free_symbols
+    return out
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_preset_block_with_defaults_is_the_preset(preset):
+    """preset_block + preset_defaults reproduces presets.<name> (DeepNet constants included)."""
+    L = 8
+    defaults = S.preset_defaults(preset, "relu")
+    blk = S.preset_block(preset, "relu", **{k.name: v.subs(S.L, L) for k, v in defaults.items()})
+    x0 = sp.Inputs(q=[0.9, 1.7], mean=[0.3, -0.4], corr=0.35)
+    mine = sp.theory(sp.Repeat(S.substitute(blk, {}), L), x0)
+    ref = sp.theory(sp.presets.get(preset)(L, act="relu"), x0)
+    for var in ("q", "mean", "corr", "grad_q"):
+        np.testing.assert_allclose(mine[var].values, ref[var].values, rtol=1e-12, atol=1e-15)
+
+
+def test_deepnet_constants_by_hand():
+    # Wang et al. 2022 (encoder): alpha = (2N)^{1/4}, beta = (8N)^{-1/4}
+    assert S.DEEPNET[S.BETA].subs(S.L, 8) == 2
+    assert S.DEEPNET[S.B_DN].subs(S.L, 2) == sympy.Rational(1, 2)
+
+
+def _sleep(x):
+    time.sleep(x)
+    return x
+
+
+def _boom():
+    raise ZeroDivisionError("boom")
+
+
+def test_bounded_time_limit_and_errors():
+    t = time.perf_counter()
+    out = S.bounded(_sleep, 30, timeout=0.5)
+    assert isinstance(out, S.TimedOut) and "0.5" in out.reason
+    assert time.perf_counter() - t < 10
+    err = S.bounded(_boom, timeout=5)
+    assert isinstance(err, S.TimedOut) and "ZeroDivisionError" in err.reason
+    assert S.bounded(sympy.expand, (S.Q_A + 1) ** 2, timeout=10) == S.Q_A**2 + 2 * S.Q_A + 1
+
+
+def test_solve_depth_cases():
+    x, x0 = sympy.symbols("x x0", positive=True)
+    # x' = 2x + 1: x_l = 2^l (x0 + 1) - 1 (by hand)
+    sol = S.solve_depth(2 * x + 1, x, x0)
+    assert sol.found and sol.residual_zero and S.is_zero(sol.closed - (2**S.l * (x0 + 1) - 1))
+    # x' = x / (1 + x): 1/x' = 1/x + 1, so x_l = x0 / (1 + l x0) (reciprocal transform)
+    sol = S.solve_depth(x / (1 + x), x, x0)
+    assert sol.transform == "reciprocal" and S.is_zero(sol.closed - x0 / (1 + S.l * x0))
+    # x' = x + sin(x): no closed form; the recursion is still returned
+    sol = S.solve_depth(x + sympy.sin(x), x, x0)
+    assert not sol.found and sol.step == x + sympy.sin(x) and "not affine" in sol.method
+
+
+def test_relu_correlation_expansion():
+    # 1 - f(1 - e) = e - (2 sqrt 2 / (3 pi)) e^{3/2} + O(e^{5/2}) (expand acos(1 - e) by hand)
+    ex = S.near_one(S.corr_map("relu"), order=5)
+    assert S.simplify(ex - (S.EPSILON - 2 * sympy.sqrt(2) / (3 * sympy.pi)
+                            * S.EPSILON ** sympy.Rational(3, 2))) == 0
+    a0, b = S.log_law(ex, 1)
+    # u' - u = A/2 + 3 A^2 / (8 u): a0 = A/2, b = 3A/4
+    A = 2 * sympy.sqrt(2) / (3 * sympy.pi)
+    assert S.simplify(a0 - A / 2) == 0 and S.simplify(b - 3 * A / 4) == 0
+
+
+def test_integral_expectation_evaluates():
+    # E[tanh(u)^2], u ~ N(0, 1), against an independent Gauss-Hermite rule of order 200
+    q_tanh = S.block_map(sp.Act("tanh"), 1, gaussian=True, simplify=False)["q_a"]
+    assert q_tanh.has(sympy.Integral)
+    z, w = np.polynomial.hermite_e.hermegauss(200)
+    ref = np.sum(w * np.tanh(z) ** 2) / math.sqrt(2 * math.pi)
+    assert S.evaluate(q_tanh, {S.Q_A: 1.0}) == pytest.approx(ref, rel=1e-12)
+
+
+def test_eps_map_is_stable():
+    # 1 - f(1 - t^2) for the ReLU map evaluated at t = 1e-6 (1 - c = 1e-12) keeps its digits:
+    # compare with the series e - A e^{3/2} (next term ~ e^{5/2} = 1e-30, negligible)
+    E = S.eps_map(S.corr_map("relu"))
+    t = 1e-6
+    got = float(E.subs(S.T_EPS, t))
+    e = t * t
+    want = e - 2 * math.sqrt(2) / (3 * math.pi) * e**1.5
+    assert got == pytest.approx(want, rel=1e-9)
+
+
+def test_derivation_record_roundtrip(tmp_path):
+    d = S.Derivation("demo", "a demo")
+    d.equation("post", sympy.Symbol("q_l"), S.GAIN**2)
+    d.check("exact", 0.0, 0.0)
+    tex, js = d.write(tmp_path)
+    text = tex.read_text()
+    assert r"\gamma^{2}" in text and r"\label{eq:demo:post}" in text and r"\newcommand" not in text
+    rec = json.loads(js.read_text())
+    assert rec["verified"] and rec["equations"][0]["rhs"]["free_symbols"] == ["gain"]
+    assert sympy.sympify(rec["equations"][0]["rhs"]["srepr"]) == S.GAIN**2
+    d.check("too big", 1.0, 0.5)
+    assert not d.verified and [c.what for c in d.failures()] == ["too big"]
+
+
+@pytest.mark.parametrize("preset", ["resnet", "preln", "postln"])
+def test_symbolic_dataset_matches_theory(preset):
+    """The iterated symbolic recursion (kind='symbolic') is the theory's trajectory."""
+    blk = S.preset_block(preset, "relu")
+    vals = {"alpha": 0.6, "beta": 1.0, "sigma_1": 1.3, "sigma_2": 0.9, "sigma_b": 0.2,
+            "eps": 0.01, "gain": 1.1, "ratio": 1}
+    vals = {k: v for k, v in vals.items() if S.SYMBOLS[k] in _symbols_of(blk)}
+    x0 = sp.Inputs(q=[0.8, 1.9, 1.2], mean=[0.2, -0.3, 0.0], corr=0.4)
+    sym = S.symbolic_dataset(blk, 25, x0, **vals)
+    th = S.theory_of(blk, 25, x0, **vals)
+    assert sym.attrs["kind"] == "symbolic"
+    for var in ("q", "mean", "corr", "grad_q"):
+        np.testing.assert_allclose(sym[var].values, th[var].values, rtol=1e-11, atol=1e-14)
