@@ -254,7 +254,7 @@ def _linear_kernel(q1, q2, c, ns):
 def _relu_kernel(q1, q2, c, ns):
     """Arc-cosine kernel of degree 1 (Cho & Saul 2009): sqrt(q1 q2)/(2 pi) (sin t + (pi - t) c)."""
     t = ns.acos(c)
-    return ns.sqrt(q1) * ns.sqrt(q2) / (2 * ns.pi) * (ns.sqrt(1 - c * c) + (ns.pi - t) * c)
+    return ns.sqrt(q1) * ns.sqrt(q2) / (2 * ns.pi) * (ns.sqrt((1 - c) * (1 + c)) + (ns.pi - t) * c)
 
 
 def _relu_grad_kernel(q1, q2, c, ns):
