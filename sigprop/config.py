@@ -1,0 +1,457 @@
+"""Experiment configs (``sims/<name>.toml``): schema, validation, and how a sim is run.
+
+A sim names one or more architectures (a preset of :mod:`sigprop.presets` with its keyword
+arguments), the inputs (:class:`sigprop.Inputs` keyword arguments), optional sweeps (one grid
+dim per swept preset argument) and two profiles, ``quick`` (a 2-core CPU) and ``paper`` (one
+GPU), each with its depth and Monte Carlo settings::
+
+    description = "stream variance vs depth per normalisation placement"
+    [[arch]]
+    label = "Pre-LN"
+    preset = "preln"
+    act = "relu"
+    alpha = "1"
+    [inputs]
+    q = 1.0
+    corr = 0.5
+    n = 2
+    [profiles.quick]
+    depth = 64
+    widths = [256]
+    seeds = 16
+    [profiles.paper]
+    depth = 10000
+    widths = [4096]
+    seeds = 256
+
+Unknown keys are refused; every error names the file, the key and what is allowed.
+Results of several architectures, batch sizes and widths are stacked along the dims ``arch``,
+``batch`` and ``width`` (``input`` is padded with NaN where batch sizes differ).
+"""
+
+from __future__ import annotations
+
+import inspect
+import itertools
+import json
+import sys
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+import xarray as xr
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from . import presets
+from .errors import ConfigError, SigpropError, UnsupportedComposition
+from .inputs import Inputs
+from .ops import Repeat
+from .params import RESERVED_DIMS, Sweep
+from .provenance import make_attrs
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+PROFILES = ("quick", "paper")
+BRANCH_KWARGS = tuple(p for p in inspect.signature(presets.branch).parameters if p != "act")
+
+
+class SimConfigError(ConfigError):
+    """A sims/*.toml file is invalid: names the file, the key, the value and what is allowed."""
+
+    def __init__(self, path, key: str, value, allowed: str, problem: str = "is invalid"):
+        self.path = str(path)
+        SigpropError.__init__(self, f"{path}: {key} = {value!r} {problem}; allowed: {allowed}")
+        self.field, self.value, self.allowed = key, value, allowed
+
+
+def preset_kwargs(name: str) -> tuple[str, ...]:
+    """Keyword arguments a preset accepts (its own, plus the branch's when it forwards **kw)."""
+    params = inspect.signature(presets.PRESETS[name]).parameters
+    own = tuple(p for p, v in params.items() if p != "depth" and v.kind != v.VAR_KEYWORD)
+    forwards = any(v.kind == v.VAR_KEYWORD for v in params.values())
+    return own + (BRANCH_KWARGS if forwards else ())
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ArchSpec(BaseModel):
+    """One architecture: ``preset`` plus its keyword arguments (flat keys beside it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+    preset: str
+    label: str | None = None
+    montecarlo: bool = True  # false: theory only (e.g. a stream that overflows float32)
+
+    @field_validator("preset")
+    @classmethod
+    def _known(cls, v):
+        if v not in presets.PRESETS:
+            raise ValueError(f"unknown preset; allowed: {', '.join(presets.PRESETS)}")
+        return v
+
+    @model_validator(mode="after")
+    def _kwargs_allowed(self):
+        allowed = preset_kwargs(self.preset)
+        for key in self.kwargs:
+            if key not in allowed:
+                raise ValueError(f"{key!r} is not an argument of preset {self.preset!r}; "
+                                 f"allowed: preset, label, {', '.join(allowed)}")
+        return self
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def name(self) -> str:
+        return self.label or self.preset
+
+
+class InputsSpec(_Strict):
+    """Keyword arguments of :class:`sigprop.Inputs` (``n`` is overridden by ``batch_sizes``)."""
+
+    q: float | list[float] = 1.0
+    corr: float | list[list[float]] = 0.0
+    mean: float | list[float] = 0.0
+    n: int | None = None
+    law: Literal["fixed", "gaussian"] = "fixed"
+
+    def build(self, n: int | None = None) -> Inputs:
+        return Inputs(q=self.q, corr=self.corr, mean=self.mean, n=n or self.n, law=self.law)
+
+
+class GridSpec(_Strict):
+    """``{linspace = [a, b, n]}`` or ``{logspace = [a, b, n]}`` (base-10 exponents a, b)."""
+
+    linspace: tuple[float, float, int] | None = None
+    logspace: tuple[float, float, int] | None = None
+
+    @model_validator(mode="after")
+    def _one(self):
+        if (self.linspace is None) == (self.logspace is None):
+            raise ValueError("give exactly one of linspace = [a, b, n] or logspace = [a, b, n]")
+        return self
+
+    def values(self) -> list[float]:
+        if self.linspace is not None:
+            a, b, n = self.linspace
+            return np.linspace(a, b, n).tolist()
+        a, b, n = self.logspace
+        return np.logspace(a, b, n).tolist()
+
+
+SweepValues = list[float] | GridSpec
+
+
+class ProfileSpec(_Strict):
+    """Depth and Monte Carlo settings of one profile (``seeds = 0``: theory only)."""
+
+    depth: int = Field(ge=1)
+    mc_depth: int | None = Field(default=None, ge=1)  # Monte Carlo depth (default: depth)
+    widths: list[int] = Field(default_factory=list)
+    seeds: int = Field(default=0, ge=0)
+    batch_sizes: list[int] | None = None
+    sweeps: dict[str, SweepValues] | None = None
+    dtype: Literal["float32", "float64"] = "float32"
+    sampler: Literal["auto", "explicit", "conditional"] = "auto"
+
+    @field_validator("widths")
+    @classmethod
+    def _widths(cls, v):
+        if any(w < 2 for w in v):
+            raise ValueError("every width must be an integer >= 2")
+        return v
+
+    @field_validator("batch_sizes")
+    @classmethod
+    def _batches(cls, v):
+        if v is not None and (not v or any(b < 1 for b in v)):
+            raise ValueError("batch_sizes must be a non-empty list of integers >= 1")
+        return v
+
+    @model_validator(mode="after")
+    def _mc(self):
+        if self.seeds and not self.widths:
+            raise ValueError("seeds > 0 needs at least one width (widths = [...])")
+        if self.mc_depth is not None and self.mc_depth > self.depth:
+            raise ValueError(f"mc_depth ({self.mc_depth}) must be <= depth ({self.depth})")
+        return self
+
+    @property
+    def montecarlo(self) -> bool:
+        return self.seeds > 0
+
+
+class SimSpec(_Strict):
+    """One experiment: architectures, inputs, sweeps and the two profiles."""
+
+    description: str
+    arch: list[ArchSpec]
+    inputs: InputsSpec = InputsSpec()
+    sweeps: dict[str, SweepValues] = Field(default_factory=dict)
+    root_seed: int = 0
+    profiles: dict[Literal["quick", "paper"], ProfileSpec]
+
+    @field_validator("arch", mode="before")
+    @classmethod
+    def _listify(cls, v):
+        return [v] if isinstance(v, dict) else v
+
+    @model_validator(mode="after")
+    def _consistent(self):
+        labels = [a.name for a in self.arch]
+        if len(set(labels)) != len(labels):
+            raise ValueError(f"architecture labels must be unique, got {labels}")
+        missing = [p for p in PROFILES if p not in self.profiles]
+        if missing:
+            raise ValueError(f"profiles {missing} are missing; every sim defines {list(PROFILES)}")
+        for prof in self.profiles.values():
+            for name in (prof.sweeps or self.sweeps):
+                if name in RESERVED_DIMS + ("arch", "batch", "width"):
+                    raise ValueError(f"sweep {name!r} uses a reserved dim name")
+                for a in self.arch:
+                    if name not in preset_kwargs(a.preset):
+                        raise ValueError(f"sweep {name!r} is not an argument of preset "
+                                         f"{a.preset!r}; allowed: {', '.join(preset_kwargs(a.preset))}")
+        return self
+
+
+class Sim:
+    """A validated sim file: ``Sim.load(path)``; ``sim.config(profile)`` is what gets hashed."""
+
+    def __init__(self, spec: SimSpec, name: str, path: Path | None = None):
+        self.spec, self.name, self.path = spec, name, path
+
+    @classmethod
+    def load(cls, path) -> Sim:
+        path = Path(path)
+        if not path.is_file():
+            raise SimConfigError(path, "file", str(path), "an existing sims/<name>.toml", "not found")
+        try:
+            raw = tomllib.loads(path.read_text())
+        except tomllib.TOMLDecodeError as e:
+            raise SimConfigError(path, "TOML", str(e), "valid TOML syntax", "does not parse") from None
+        try:
+            spec = SimSpec.model_validate(raw)
+        except ValidationError as e:
+            raise _explain(path, raw, e) from None
+        sim = cls(spec, path.stem, path)
+        sim._check_builds()
+        return sim
+
+    def profile(self, name: str) -> ProfileSpec:
+        if name not in PROFILES:
+            raise ConfigError("profile", name, f"one of {PROFILES}")
+        return self.spec.profiles[name]
+
+    def sweeps(self, profile: str) -> dict[str, Sweep]:
+        raw = self.profile(profile).sweeps or self.spec.sweeps
+        return {k: Sweep(k, v.values() if isinstance(v, GridSpec) else v) for k, v in raw.items()}
+
+    def config(self, profile: str) -> dict:
+        """The resolved, JSON-able config of one profile (what results are keyed on)."""
+        d = self.spec.model_dump(mode="json")
+        d["profiles"] = {profile: d["profiles"][profile]}
+        d["sweeps"] = {k: list(s.values) for k, s in self.sweeps(profile).items()}
+        return {"sim": self.name, "profile": profile, **d}
+
+    def batch_sizes(self, profile: str) -> list[int | None]:
+        return self.profile(profile).batch_sizes or [None]
+
+    def net(self, arch: ArchSpec, depth: int, sweeps: dict[str, Any], blocks: int | None = None):
+        """The preset at ``depth``; ``blocks`` keeps only its first blocks (the same weights
+        scales and depth-dependent constants, such as alpha = 1/sqrt(L) or DeepNorm's, so that
+        a shallower Monte Carlo run is layer by layer the start of the theory's net)."""
+        net = presets.PRESETS[arch.preset](depth=depth, **{**arch.kwargs, **sweeps})
+        if blocks is None or blocks == depth:
+            return net
+        if not isinstance(net, Repeat) or blocks > depth:
+            raise SimConfigError(self.path, "mc_depth", blocks,
+                                 f"<= depth ({depth}) and an arch that is a plain stack of "
+                                 f"blocks ({arch.name} is not, or is shorter)")
+        return Repeat(net.block, blocks)
+
+    def _check_builds(self):
+        """Build every net and input once at depth 1 so value errors surface at load time."""
+        for a in self.spec.arch:
+            try:
+                self.net(a, 1, {})
+            except (ConfigError, TypeError) as e:
+                raise SimConfigError(self.path, f"arch '{a.name}'", a.kwargs, _allowed_of(e),
+                                     f"does not build ({e})") from None
+        for p in PROFILES:
+            for b in self.batch_sizes(p):
+                try:
+                    self.spec.inputs.build(b)
+                except ConfigError as e:
+                    raise SimConfigError(self.path, f"inputs ({e.field})", e.value, e.allowed) from None
+
+
+def _allowed_of(e: Exception) -> str:
+    return getattr(e, "allowed", "the preset's documented arguments")
+
+
+def _explain(path, raw: dict, err: ValidationError) -> SimConfigError:
+    """Turn pydantic's first error into one line naming the key, value and allowed values."""
+    errors = err.errors()
+    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    loc = [x for x in e["loc"] if not str(x).startswith(("function-", "list[", "float", "int",
+                                                          "GridSpec", "tuple["))]
+    key = ".".join(str(x) for x in loc) or "(top level)"
+    if e["type"] == "extra_forbidden":
+        return SimConfigError(path, key, e.get("input"), "keys " + ", ".join(_fields_at(loc[:-1])),
+                              "is not a known key")
+    if e["type"] == "missing":
+        return SimConfigError(path, key, None, "a value (this key is required)", "is missing")
+    msg = e["msg"].removeprefix("Value error, ")
+    problem, _, allowed = msg.partition("; allowed: ")
+    value = e.get("input")
+    if isinstance(value, dict) and len(str(value)) > 120:
+        value = "{...}"
+    if allowed:
+        return SimConfigError(path, key, value, allowed, f"is invalid: {problem}")
+    return SimConfigError(path, key, value, msg, "is invalid")
+
+
+_NESTED = {"arch": "ArchSpec", "inputs": "InputsSpec", "profiles": "profiles"}
+
+
+def _fields_at(loc) -> list[str]:
+    """Allowed keys of the table at ``loc`` (walking SimSpec's nested tables)."""
+    model: Any = SimSpec
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if model == "profiles":
+            model = ProfileSpec
+        elif model is SimSpec:
+            model = globals().get(_NESTED.get(part, ""), _NESTED.get(part))
+        else:
+            model = GridSpec if part not in PROFILES else None
+    if model == "profiles":
+        return list(PROFILES)
+    return list(model.model_fields) if isinstance(model, type) else []
+
+
+def load_all(directory="sims") -> dict[str, Sim]:
+    """Every ``sims/*.toml``, validated, by name."""
+    paths = sorted(Path(directory).glob("*.toml"))
+    if not paths:
+        raise ConfigError("sims directory", str(directory), "a folder with sims/<name>.toml files")
+    return {p.stem: Sim.load(p) for p in paths}
+
+
+# ---------------------------------------------------------------------------------------------
+# Running a sim. One theory call per (arch, batch size), vectorised over the sweeps; Monte Carlo
+# per (arch, batch size, width, sweep point). Results are stacked along arch / batch / width.
+
+def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
+    """Infinite-width theory of every case of ``sim``.
+
+    A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
+    :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
+    """
+    from .theory import theory
+
+    prof, sweeps = sim.profile(profile), sim.sweeps(profile)
+    items, unsupported = [], {}
+    cases = list(itertools.product(sim.spec.arch, sim.batch_sizes(profile)))
+    for arch, batch in _iterate(cases, progress, f"theory {sim.name}"):
+        inputs = sim.spec.inputs.build(batch)
+        try:
+            ds = theory(sim.net(arch, prof.depth, sweeps), inputs)
+        except UnsupportedComposition as e:
+            unsupported[_case_label(arch, batch)] = str(e)
+            ds = _nan_dataset(prof.depth, inputs.n, sweeps)
+        except SigpropError as e:  # e.g. an overflow: keep the other cases, say which failed
+            unsupported[_case_label(arch, batch)] = f"the theory failed: {type(e).__name__}: {e}"
+            ds = _nan_dataset(prof.depth, inputs.n, sweeps)
+        items.append(({"arch": arch.name, "batch": batch}, _strip(ds)))
+    out = _stack(items)
+    out.attrs = make_attrs("theory", sim.config(profile), "numpy", sim=sim.name, profile=profile,
+                           unsupported=json.dumps(unsupported))
+    return out
+
+
+def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds=None,
+                   progress=None) -> xr.Dataset:
+    """Monte Carlo (``sp.simulate``) of every case; dims ``seed`` and ``width`` added."""
+    from .montecarlo import simulate
+
+    prof, sweeps = sim.profile(profile), sim.sweeps(profile)
+    widths = list(widths or prof.widths)
+    seeds = seeds or prof.seeds
+    if not widths or not seeds:
+        raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
+                          "at least one width and seeds >= 1 for Monte Carlo")
+    grid = [dict(zip(sweeps, point)) for point in
+            itertools.product(*(s.values for s in sweeps.values()))]
+    archs = [a for a in sim.spec.arch if a.montecarlo]
+    cases = list(itertools.product(archs, sim.batch_sizes(profile), grid, widths))
+    items, used = [], set()
+    for arch, batch, point, width in _iterate(cases, progress, f"simulate {sim.name}"):
+        net = sim.net(arch, prof.depth, point, blocks=prof.mc_depth)
+        ds = simulate(net, sim.spec.inputs.build(batch), width=width, seeds=seeds,
+                      backend=backend, dtype=prof.dtype, root_seed=sim.spec.root_seed,
+                      sampler=prof.sampler)
+        used.add(ds.attrs.get("backend", backend))
+        items.append(({"arch": arch.name, "batch": batch, **point, "width": width}, _strip(ds)))
+    out = _stack(items)
+    out.attrs = make_attrs("montecarlo", sim.config(profile), ",".join(sorted(used)),
+                           sim=sim.name, profile=profile, seeds=seeds,
+                           root_seed=sim.spec.root_seed)
+    return out
+
+
+def unsupported_of(ds: xr.Dataset) -> dict[str, str]:
+    """The cases a theory dataset could not integrate (label -> reason)."""
+    return json.loads(ds.attrs.get("unsupported", "{}"))
+
+
+def _case_label(arch: ArchSpec, batch) -> str:
+    return arch.name if batch is None else f"{arch.name} (B={batch})"
+
+
+def _iterate(items, progress, what):
+    if progress is None:
+        return items
+    return progress(items, what)
+
+
+def _strip(ds: xr.Dataset) -> xr.Dataset:
+    """Drop per-case attrs and the per-arch ``block`` labels before stacking."""
+    ds = ds.drop_vars([c for c in ("block",) if c in ds.coords])
+    ds.attrs = {}
+    return ds
+
+
+def _nan_dataset(depth: int, B: int, sweeps: dict[str, Sweep]) -> xr.Dataset:
+    """The theory schema filled with NaN (a case the theory cannot integrate)."""
+    dims = ("layer", *sweeps, "input")
+    shape = (depth + 1, *(len(s.values) for s in sweeps.values()), B)
+    nan = np.full(shape, np.nan)
+    data = {k: (dims, nan) for k in ("q", "log_q", "mean", "var", "grad_q", "log_grad_q",
+                                     "branch_q", "log_branch_q")}
+    data["corr"] = (dims + ("input_b",), np.full(shape + (B,), np.nan))
+    coords = {"layer": np.arange(depth + 1), "input": np.arange(B), "input_b": np.arange(B),
+              **{k: np.asarray(s.values) for k, s in sweeps.items()}}
+    return xr.Dataset(data, coords=coords)
+
+
+def _stack(items: list[tuple[dict, xr.Dataset]]) -> xr.Dataset:
+    """Concatenate datasets keyed by coordinate dicts along each key, in order (None: no dim)."""
+    keys = [k for k in items[0][0] if items[0][0][k] is not None]
+    if not keys:
+        return items[0][1]
+    first, rest = keys[0], keys[1:]
+    groups: dict[Any, list] = {}
+    for coords, ds in items:
+        groups.setdefault(coords[first], []).append(({k: coords[k] for k in rest}, ds))
+    parts = [_stack(g) for g in groups.values()]
+    return xr.concat(parts, dim=xr.DataArray(list(groups), dims=first, name=first),
+                     join="outer", coords="minimal", compat="override")

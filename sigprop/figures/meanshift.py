@@ -1,0 +1,34 @@
+"""Signal-propagation plot: squared feature mean, variance and branch variance per block."""
+
+from .. import plots
+
+SIM = "meanshift"
+CAPTION = (
+    "Signal-propagation plot per block: squared feature mean $\\mu_\\ell^2$ of the stream "
+    "(left), its variance (middle) and the second moment of the residual branch output (right), "
+    "first input. A branch that ends in a ReLU adds a positive mean in every block (mean shift). "
+    "One that ends in a zero-mean Dense adds none at infinite width; there Monte Carlo shows the "
+    "finite-width random walk of the feature mean, "
+    "$\\mathrm{E}\\,\\mu_\\ell^2 \\approx \\ell\\, q_{\\rm branch}/N$. Lines: infinite-width "
+    "theory; points: Monte Carlo.")
+
+QUANTITIES = (
+    ("mean", lambda m: m**2, "squared feature mean $\\mu_\\ell^2$"),
+    ("var", None, "variance var$_\\ell$"),
+    ("branch_q", None, "branch second moment"),
+)
+
+
+def draw(data: plots.FigureData):
+    fig, axes = plots.panels(len(QUANTITIES))
+    depth = int(data.theory["layer"][-1])
+    for ax, (var, transform, label) in zip(axes, QUANTITIES):
+        plots.layer_curves(ax, data, var, transform=transform, log_x=depth >= 100)
+        if var == "mean":
+            ax.set_yscale("symlog", linthresh=1e-3)
+        else:
+            plots.fit_log_ylim(ax)
+        ax.set_ylabel(label)
+        plots.depth_axis(ax, depth, "block $\\ell$")
+    plots.figure_legend(fig, axes[0])
+    return fig

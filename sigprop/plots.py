@@ -1,0 +1,264 @@
+"""One figure style for the paper: colour-blind-safe colours, theory lines, Monte Carlo points.
+
+Theory is drawn as lines, Monte Carlo as points with a band of +-2 standard errors (the
+estimator of :mod:`sigprop.compare`, so a heavy-tailed quantity is summarised by its
+log-moments, never by a mean dominated by one seed). Figures are written as PDF (for the
+paper) and PNG (for a quick look) with a caption file beside them.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("agg")
+import matplotlib.pyplot as plt
+import numpy as np
+import xarray as xr
+
+from .compare import choose, estimate
+
+# Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
+PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
+           "#F0E442")
+MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
+PANEL = (3.4, 2.7)  # inches per panel
+RC = {
+    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
+    "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.4, "lines.markersize": 3.5,
+    "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
+    "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "savefig.bbox": "tight",
+    "pdf.fonttype": 42, "figure.dpi": 150,
+}
+BAND_SE = 2.0  # Monte Carlo bands are estimate +- BAND_SE standard errors
+DISPLAY_LOG_SD = 1.5  # beyond this seed sd of log X, points show the median of X
+
+
+@dataclass
+class FigureData:
+    """What a figure module draws from: theory, Monte Carlo (or None), generated equations."""
+
+    theory: xr.Dataset
+    mc: xr.Dataset | None = None
+    generated_dir: Path = Path("paper/generated")
+    notes: list[str] = field(default_factory=list)
+
+    def generated(self, name: str) -> dict | None:
+        """``paper/generated/<name>.json`` written by the derivations, or None if absent."""
+        path = Path(self.generated_dir) / f"{name}.json"
+        return json.loads(path.read_text()) if path.is_file() else None
+
+    def note(self, text: str) -> None:
+        """Add a sentence to the caption (e.g. what could not be drawn and why)."""
+        if text not in self.notes:
+            self.notes.append(text)
+
+
+def color(i: int) -> str:
+    return PALETTE[i % len(PALETTE)]
+
+
+def marker(i: int) -> str:
+    return MARKERS[i % len(MARKERS)]
+
+
+def panels(n: int, nrows: int = 1, **kw):
+    """A styled figure with ``n`` panels in ``nrows`` rows (axes returned flat)."""
+    ncols = -(-n // nrows)
+    with plt.rc_context({**RC, **kw.pop("rc", {})}):
+        fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL[0] * ncols, PANEL[1] * nrows),
+                                 squeeze=False, **kw)
+    for ax in axes.flat[n:]:
+        ax.set_visible(False)
+    return fig, list(axes.flat[:n])
+
+
+def theory_line(ax, x, y, i: int, label=None, **kw):
+    """Infinite-width theory: a solid line in colour ``i``."""
+    with plt.rc_context(RC):
+        return ax.plot(np.asarray(x), np.asarray(y), color=color(i), label=label, **kw)
+
+
+def mc_summary(x: xr.DataArray, name: str, estimator: str = "auto"):
+    """(centre, low, high, estimator) of Monte Carlo samples on the variable's own scale.
+
+    Where the seed spread of log X exceeds :data:`DISPLAY_LOG_SD` the log-normal estimate of
+    E[X] is dominated by single seeds, so the points show the median instead (callers say so).
+    """
+    est_name = choose(x, name, estimator)
+    if est_name == "lognormal":
+        with np.errstate(divide="ignore", invalid="ignore"):
+            sd = float(np.log(x).std("seed", ddof=1).max(skipna=True).fillna(0))
+        est_name = "median" if sd > DISPLAY_LOG_SD else est_name
+    est, se = estimate(x, est_name)
+    lo, hi = est - BAND_SE * se, est + BAND_SE * se
+    if est_name != "mean":  # log-scale estimators: back to the variable's scale
+        est, lo, hi = np.exp(est), np.exp(lo), np.exp(hi)
+    return est, lo, hi, est_name
+
+
+def mc_points(ax, x, centre, lo, hi, i: int, label=None) -> bool:
+    """Monte Carlo: markers with a shaded band of +-2 standard errors.
+
+    Non-finite values are left out; returns False if some were infinite (an overflow).
+    """
+    x = np.asarray(x)
+    centre, lo, hi = (np.asarray(v, dtype=float) for v in (centre, lo, hi))
+    finite = np.isfinite(centre)
+    lo, hi = np.where(np.isfinite(lo), lo, np.nan), np.where(np.isfinite(hi), hi, np.nan)
+    with plt.rc_context(RC):
+        ax.fill_between(x, lo, hi, where=finite, color=color(i), alpha=0.25, lw=0)
+        ax.plot(x[finite], centre[finite], ls="none", marker=marker(i), color=color(i),
+                mfc="white", mew=1.0, label=label)
+    return not bool(np.isinf(centre).any())
+
+
+MEDIAN_NOTE = ("{what}: the seed spread of the logarithm exceeds 1.5, so the points show the "
+               "median over seeds (the typical value) rather than an estimate of the mean.")
+
+
+def fit_log_ylim(ax, margin: float = 3.0) -> None:
+    """Log y-axis limits from the solid lines and markers only (bands and dashed reference
+    lines may extend beyond and are clipped)."""
+    ys = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()
+          if line.get_linestyle() in ("-", "None", "none", "")]
+    y = np.concatenate(ys) if ys else np.array([])
+    y = y[np.isfinite(y) & (y > 0)]
+    ax.set_yscale("log")
+    if y.size:
+        ax.set_ylim(y.min() / margin, y.max() * margin)
+
+
+def sample_layers(layers, n: int = 16, linear: bool = False) -> np.ndarray:
+    """About ``n`` layers for Monte Carlo markers: evenly spaced on a log scale (layers >= 1)
+    or, with ``linear``, evenly spaced from layer 0 (always keeping the last)."""
+    layers = np.asarray(layers)
+    if linear:
+        step = max(1, -(-len(layers) // n))
+        return np.unique(np.append(layers[::step], layers[-1]))
+    layers = layers[layers >= 1]
+    if len(layers) <= n:
+        return layers
+    want = np.unique(np.round(np.geomspace(layers[0], layers[-1], n)).astype(int))
+    return layers[np.isin(layers, want)]
+
+
+def depth_axis(ax, depth: int, label="layer $\\ell$"):
+    """Depth on a log axis when it spans more than two decades, linear otherwise."""
+    if depth >= 100:
+        ax.set_xscale("log")
+    ax.set_xlabel(label)
+
+
+def legend(ax, **kw):
+    with plt.rc_context(RC):
+        ax.legend(**kw)
+
+
+def figure_legend(fig, ax, ncol: int = 3) -> None:
+    """One legend for the whole figure, above the panels (taken from ``ax``)."""
+    handles, labels = ax.get_legend_handles_labels()
+    if handles:
+        with plt.rc_context(RC):
+            fig.legend(handles, labels, loc="lower center", bbox_to_anchor=(0.5, 0.98),
+                       ncol=min(ncol, len(labels)))
+
+
+def save(fig, stem: str, out_dir, caption: str) -> list[Path]:
+    """Write ``<stem>.pdf``, ``<stem>.png`` and ``<stem>.caption.tex``; close the figure."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = [out / f"{stem}.pdf", out / f"{stem}.png", out / f"{stem}.caption.tex"]
+    with plt.rc_context(RC):
+        fig.savefig(paths[0])
+        fig.savefig(paths[1], dpi=150)
+    plt.close(fig)
+    paths[2].write_text(latex_escape(caption) + "\n")
+    return paths
+
+
+def latex_escape(text: str) -> str:
+    """Escape text for LaTeX, keeping $...$ math spans as written."""
+    parts = text.split("$")
+    table = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "#": r"\#", "_": r"\_",
+             "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}", "^": r"\^{}"}
+    for i in range(0, len(parts), 2):
+        parts[i] = "".join(table.get(ch, ch) for ch in parts[i])
+    return "$".join(parts)
+
+
+def arch_labels(ds: xr.Dataset) -> list[str]:
+    """The ``arch`` coordinate as strings (a single unnamed case gives [''])."""
+    return [str(a) for a in ds["arch"].values] if "arch" in ds.dims else [""]
+
+
+def pick(ds: xr.Dataset | None, **sel):
+    """``ds.sel(**sel)`` restricted to the dims present; None stays None, missing labels -> None."""
+    if ds is None:
+        return None
+    sel = {k: v for k, v in sel.items() if k in ds.dims}
+    try:
+        return ds.sel(sel)
+    except KeyError:
+        return None
+
+
+def mc_note(data: FigureData, what: str = "Monte Carlo") -> None:
+    """Say in the caption when a figure has no Monte Carlo points."""
+    if data.mc is None:
+        data.note(f"No {what} results were available (sigprop.montecarlo missing or the sim "
+                  "ran theory only): theory lines only.")
+
+
+def layer_curves(ax, data: FigureData, var: str, *, transform=None, sel=None,
+                 estimator="auto", log_x=False, archs=None) -> None:
+    """Theory (lines) and Monte Carlo (points, widest width) of ``var`` vs layer, per arch.
+
+    ``transform`` maps the variable before plotting (applied per seed for Monte Carlo, so the
+    estimator sees the transformed samples); ``sel`` picks inputs (e.g. input=0, input_b=1);
+    ``archs`` restricts the curves to some labels (colours stay those of the full list).
+    """
+    sel = sel or {"input": 0}
+    f = transform or (lambda x: x)
+    first = 1 if log_x else 0
+    for i, arch in enumerate(arch_labels(data.theory)):
+        if archs is not None and arch not in archs:
+            continue
+        th = pick(data.theory, arch=arch)[var].sel(sel)
+        y = f(th)
+        if bool(np.isfinite(y).any()):
+            theory_line(ax, th["layer"][first:], y[first:], i, label=arch)
+        else:
+            data.note(f"{arch}: no infinite-width theory (see the sim's unsupported cases).")
+        if data.mc is None or ("arch" in data.mc.dims and arch not in data.mc["arch"].values):
+            continue
+        mc = pick(data.mc, arch=arch)
+        m = mc[var].sel(sel)
+        if "width" in m.dims:
+            m = m.isel(width=-1)
+        m = f(m).sel(layer=sample_layers(m["layer"], linear=not log_x))
+        centre, lo, hi, used = mc_summary(m, var if transform is None else "transformed",
+                                          estimator)
+        if used == "median":
+            data.note(MEDIAN_NOTE.format(what=f"{arch}, {var}"))
+        label = None if bool(np.isfinite(y).any()) else f"{arch} (Monte Carlo only)"
+        if not mc_points(ax, m["layer"], centre, lo, hi, i, label=label):
+            data.note(f"{arch}: some Monte Carlo values of {var} overflowed and are not drawn.")
+    mc_note(data)
+    if data.mc is not None and "width" in data.mc.dims:
+        data.note(f"Monte Carlo at width N = {int(data.mc['width'][-1])}, "
+                  f"{data.mc.sizes['seed']} seeds; bands are $\\pm${BAND_SE:g} standard errors.")
+
+
+def bounded_archs(ds: xr.Dataset, var: str, bound: float = 1e3) -> list[str]:
+    """Labels whose theory ``var`` stays within [1/bound, bound] (for a zoomed panel)."""
+    keep = []
+    for arch in arch_labels(ds):
+        x = np.asarray(pick(ds, arch=arch)[var], dtype=float)
+        x = x[np.isfinite(x)]
+        if x.size and x.max() <= bound and x.min() >= 1 / bound:
+            keep.append(arch)
+    return keep

@@ -1,0 +1,106 @@
+"""sims/*.toml: every shipped config loads; bad configs fail with the file, key and allowed values."""
+
+from pathlib import Path
+
+import pytest
+
+import sigprop as sp
+from sigprop.config import PROFILES, Sim, SimConfigError, load_all, run_theory
+
+SIMS = Path(__file__).resolve().parent.parent / "sims"
+GOOD = """
+description = "tiny"
+[[arch]]
+preset = "preln"
+act = "relu"
+[inputs]
+q = 1.0
+corr = 0.5
+n = 2
+[profiles.quick]
+depth = 3
+widths = [16]
+seeds = 2
+[profiles.paper]
+depth = 5
+"""
+
+
+def write(tmp_path, text, name="bad.toml"):
+    path = tmp_path / name
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("path", sorted(SIMS.glob("*.toml")), ids=lambda p: p.stem)
+def test_every_shipped_sim_loads_with_both_profiles(path):
+    sim = Sim.load(path)
+    for profile in PROFILES:
+        cfg = sim.config(profile)
+        assert cfg["sim"] == path.stem and list(cfg["profiles"]) == [profile]
+
+
+def test_every_figure_has_a_sim():
+    from sigprop.figures import FIGURES, module
+
+    sims = load_all(SIMS)
+    assert {module(f).SIM for f in FIGURES} <= set(sims)
+
+
+def test_good_config_runs_theory(tmp_path):
+    ds = run_theory(Sim.load(write(tmp_path, GOOD, "tiny.toml")), "quick")
+    assert ds.attrs["kind"] == "theory" and ds.sizes["layer"] == 4
+    assert list(ds["arch"].values) == ["preln"]
+
+
+@pytest.mark.parametrize("edit, key, allowed", [
+    (("depth = 3", "depht = 3"), "profiles.quick.depht", "depth"),
+    (('preset = "preln"', 'preset = "prelnn"'), "arch.0.preset", "postln"),
+    (('act = "relu"', 'act = "relu"\nalpah = 1'), "arch.0", "alpha"),
+    (("[inputs]", "[inputs]\nlaw = 'uniform'"), "inputs.law", "gaussian"),
+    (("seeds = 2", "seeds = -1"), "profiles.quick.seeds", "greater than or equal to 0"),
+    (("[profiles.paper]\ndepth = 5", ""), "profiles", "quick"),
+    (("corr = 0.5", "corr = 1.5"), "inputs", "cosines in [-1, 1]"),
+    (('act = "relu"', 'act = "sigmoid"'), "arch 'preln'", "relu"),
+    (('description = "tiny"', 'colour = "red"\ndescription = "tiny"'), "colour", "description"),
+    (('act = "relu"', 'act = "relu"\ncolour = 1'), "'colour' is not an argument", "sigma_w1"),
+])
+def test_bad_config_names_file_key_and_allowed(tmp_path, edit, key, allowed):
+    path = write(tmp_path, GOOD.replace(*edit))
+    with pytest.raises(SimConfigError) as err:
+        Sim.load(path)
+    msg = str(err.value)
+    assert str(path) in msg and key in msg and allowed in msg, msg
+    assert isinstance(err.value, sp.ConfigError)
+
+
+def test_bad_toml_syntax_and_missing_file(tmp_path):
+    with pytest.raises(SimConfigError, match="does not parse"):
+        Sim.load(write(tmp_path, "description = \n"))
+    with pytest.raises(SimConfigError, match="not found"):
+        Sim.load(tmp_path / "nope.toml")
+
+
+def test_sweep_must_be_a_preset_argument(tmp_path):
+    text = GOOD + "[sweeps]\nsigma = [1.0, 2.0]\n"
+    with pytest.raises(SimConfigError, match="sigma_w1"):
+        Sim.load(write(tmp_path, text))
+
+
+def test_sweeps_and_grids_resolve(tmp_path):
+    text = GOOD + "[sweeps]\nalpha = { logspace = [-1, 0, 3] }\nsigma_w1 = [1.0, 1.5]\n"
+    sim = Sim.load(write(tmp_path, text, "grid.toml"))
+    sweeps = sim.sweeps("quick")
+    assert sweeps["alpha"].values == pytest.approx((0.1, 10**-0.5, 1.0))
+    ds = run_theory(sim, "quick")
+    assert ds.sizes["alpha"] == 3 and ds.sizes["sigma_w1"] == 2
+
+
+def test_unsupported_theory_is_nan_and_noted(tmp_path):
+    text = GOOD.replace('preset = "preln"', 'preset = "postbn"').replace(
+        "n = 2", "n = 2\nlaw = 'gaussian'")
+    ds = run_theory(Sim.load(write(tmp_path, text, "bn.toml")), "quick")
+    from sigprop.config import unsupported_of
+
+    assert "postbn" in unsupported_of(ds)
+    assert bool(ds["q"].isnull().all())
