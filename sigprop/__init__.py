@@ -5,9 +5,11 @@ Three faces that must agree: symbolic derivations (sympy), the infinite-width th
 """
 
 from . import presets
+from .compare import compare
 from .data import load, save
 from .errors import ConfigError, OverflowInTheory, SigpropError, UnsupportedComposition
 from .inputs import Inputs
+from .montecarlo import simulate
 from .ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Scale, Serial
 from .params import Sweep, sweep
 from .theory import theory
@@ -15,6 +17,7 @@ from .theory import theory
 __all__ = [
     "Act", "BatchNorm", "ConfigError", "Dense", "Inputs", "LayerNorm", "Op", "OverflowInTheory",
     "RMSNorm", "Repeat", "Residual", "Scale", "Serial", "SigpropError", "Sweep",
-    "UnsupportedComposition", "load", "presets", "save", "sweep", "theory",
+    "UnsupportedComposition", "compare", "load", "presets", "save", "simulate", "sweep",
+    "theory",
 ]
 __version__ = "0.1.0"

@@ -23,8 +23,10 @@ from typing import Any, ClassVar
 import numpy as np
 import sympy
 
+from . import mc_core as mc
 from .activations import get_activation
 from .errors import ConfigError, UnsupportedComposition
+from .mc_rng import BIAS
 from .moments import DECOUPLED, Moments, Ref, affine, mix, outer, true_moments
 from .params import Context, Sweep, check
 
@@ -87,6 +89,19 @@ class Op:
         """Pull the cotangent moments ``g`` at this op's output back to its input ``s``."""
         raise NotImplementedError
 
+    # -- Monte Carlo face (arrays (seeds, inputs, width) in log-scaled form, sigprop.mc_core) ---
+    def mc_forward(self, x: mc.Sig, env: mc.Env, record: dict | None = None):
+        """Forward on a batch of signals; returns (output, residuals that mc_vjp needs)."""
+        raise NotImplementedError
+
+    def mc_vjp(self, res, g: mc.Sig, env: mc.Env) -> mc.Sig:
+        """Vector-Jacobian product: the cotangent ``g`` at the output pulled back to the input."""
+        raise NotImplementedError
+
+    def mc_ops(self) -> int:
+        """How many op indices (names of random streams) this op and its children take."""
+        return 1 + sum(kid.mc_ops() for kid in self.children())
+
 
 def _fmt(v):
     if isinstance(v, float):
@@ -133,7 +148,7 @@ def op_from_dict(d: dict) -> Op:
 
 def _cotangent_affine(g: Moments, a, ls_shift) -> Moments:
     """Backward of y = a (x - t): G_in = a_a a_b G (cotangent mean 0), log scale shifted."""
-    return affine(g, a, 0 * g.m, g.ls + ls_shift)
+    return affine(g, a, None, g.ls + ls_shift)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -156,16 +171,31 @@ class Dense(Op):
 
     def theory_forward(self, s, ctx, record=None):
         ns = ctx.ns
-        sw2, sb2 = ctx.p(self.sigma_w) ** 2, ctx.p(self.sigma_b) ** 2
+        sw2, sb2 = np.asarray(ctx.p(self.sigma_w) ** 2), np.asarray(ctx.p(self.sigma_b) ** 2)
         e = ns.exp(-s.ls)
         K = sw2[..., None, None] * s.K + sb2[..., None, None] * outer(e, e)
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in s.refs)
         return Moments(K=K, m=0 * s.m, ls=s.ls + 0 * sw2[..., None], gaussian=True, refs=refs)
 
     def theory_backward(self, s, g, ctx):
-        gain = ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio)
+        gain = np.asarray(ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio))  # 0-d object stays an array
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in g.refs)
         return g.replace(K=gain[..., None, None] * g.K, refs=refs)
+
+    def mc_forward(self, x, env, record=None):
+        """A = X W^T by ``env.sampler`` (W acts on the scaled signal: ls unchanged), plus b."""
+        n_in = x.x.shape[-1]
+        n_out = mc.dense_width(n_in, self.ratio)
+        a, res = env.sampler.forward(x.x, self.sigma_w / n_in**0.5, n_out, env)
+        y = mc.Sig(a, x.ls)
+        if self.sigma_b:
+            b = mc.Sig(env.normal(BIAS, (1, n_out)), env.xp.zeros_like(x.ls[:, :1]))
+            y = mc.mix(1.0, y, self.sigma_b, b)
+        return y, (n_in, res)
+
+    def mc_vjp(self, res, g, env):
+        n_in, res = res
+        return mc.Sig(env.sampler.vjp(res, g.x, self.sigma_w / n_in**0.5, env), g.ls)
 
 
 @dataclass(frozen=True)
@@ -220,6 +250,18 @@ class Act(Op):
                      else Ref(m=r.m, X=r.X * act.grad_mean(d, ns)[..., None, :]) for r in g.refs)
         return g.replace(K=act.grad_kernel(*_kernel_args(K, ns), ns) * g.K, refs=refs)
 
+    def mc_forward(self, x, env, record=None):
+        """phi on the scaled signal when phi(c u) = c phi(u) (c > 0), else on the true one."""
+        act = get_activation(self.name)
+        if act.degree == 1:
+            return mc.Sig(act.fn(x.x, env.xp), x.ls), x.x
+        u = mc.times(x.x, mc.true_scale(x.ls, x.x.dtype))
+        return mc.Sig(act.fn(u, env.xp).astype(u.dtype), env.xp.zeros_like(x.ls)), u
+
+    def mc_vjp(self, res, g, env):
+        """g phi'(u); phi' is scale free when phi is positively homogeneous."""
+        return mc.Sig(g.x * get_activation(self.name).grad(res, env.xp).astype(g.x.dtype), g.ls)
+
 
 def _kernel_args(K, ns):
     """(q1, q2, c) of a Gram for the activation kernels; c is exactly 1 on the diagonal."""
@@ -233,6 +275,7 @@ def _kernel_args(K, ns):
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
             c = np.clip(K / np.sqrt(q1 * q2), -1.0, 1.0)
+        c = (c + np.swapaxes(c, -1, -2)) / 2  # exactly symmetric: relu' kernel is steep at |c| = 1
         c = np.where(eye, 1.0, np.where(np.isfinite(c), c, 0.0))
     return q1, q2, c
 
@@ -260,10 +303,16 @@ class LayerNorm(Op):
 
     def theory_forward(self, s, ctx, record=None):
         a = self._scale(s, ctx)
-        return affine(s, a, s.m + 0 * a, 0 * a)
+        return affine(s, a, s.m, 0 * a)
 
     def theory_backward(self, s, g, ctx):
         return _cotangent_affine(g, self._scale(s, ctx), -s.ls)
+
+    def mc_forward(self, x, env, record=None):
+        return mc.feature_norm(x, self.eps, self.gain, center=True)
+
+    def mc_vjp(self, res, g, env):
+        return mc.feature_norm_vjp(res, g, self.gain, center=True)
 
 
 @dataclass(frozen=True)
@@ -281,10 +330,16 @@ class RMSNorm(Op):
 
     def theory_forward(self, s, ctx, record=None):
         a = self._scale(s, ctx)
-        return affine(s, a, 0 * a, 0 * a)
+        return affine(s, a, None, 0 * a)
 
     def theory_backward(self, s, g, ctx):
         return _cotangent_affine(g, self._scale(s, ctx), -s.ls)
+
+    def mc_forward(self, x, env, record=None):
+        return mc.feature_norm(x, self.eps, 1.0, center=False)
+
+    def mc_vjp(self, res, g, env):
+        return mc.feature_norm_vjp(res, g, 1.0, center=False)
 
 
 @dataclass(frozen=True)
@@ -298,10 +353,16 @@ class Scale(Op):
 
     def theory_forward(self, s, ctx, record=None):
         a = _vec(ctx.p(self.c)) + 0 * s.m
-        return affine(s, a, 0 * a, s.ls + 0 * a)
+        return affine(s, a, None, s.ls + 0 * a)
 
     def theory_backward(self, s, g, ctx):
         return _cotangent_affine(g, _vec(ctx.p(self.c)) + 0 * g.m, 0)
+
+    def mc_forward(self, x, env, record=None):
+        return mc.Sig(self.c * x.x, x.ls), None
+
+    def mc_vjp(self, res, g, env):
+        return mc.Sig(self.c * g.x, g.ls)
 
 
 @dataclass(frozen=True)
@@ -346,6 +407,31 @@ class BatchNorm(Op):
         refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in g.refs)
         return g.replace(K=G, ls=top + 0 * g.ls, refs=refs)
 
+    def mc_forward(self, x, env, record=None):
+        """Batch statistics of the simulated batch. With t = max_b ls_b, u = e^(ls - t) xt:
+        y = P u / s, s^2 = |P u|^2 / B + eps e^(-2t) per (seed, feature), P = I - 11^T / B."""
+        xp, B = env.xp, x.x.shape[-2]
+        if B < 2:
+            raise ConfigError("batch size B (number of inputs)", B,
+                              ">= 2 for BatchNorm (it normalises each feature over the batch)")
+        top = x.ls.max(axis=-1, keepdims=True)
+        u = mc.times(x.x, xp.exp(x.ls - top))
+        w = u - u.mean(axis=-2, keepdims=True)
+        with np.errstate(over="ignore"):
+            eps = self.eps * xp.exp(-2 * top)[..., None]
+        s2 = (w * w).sum(axis=-2, keepdims=True, dtype=mc.F64) / B + eps
+        inv_s = (1 / xp.sqrt(s2)).astype(w.dtype)
+        y = w * inv_s
+        return mc.Sig(y, xp.zeros_like(x.ls)), (y, inv_s, top)
+
+    def mc_vjp(self, res, g, env):
+        """J^T g = (1/s)(P g - y (y . g) / B) over the batch, g brought to a common scale."""
+        y, inv_s, top = res
+        gtop = g.ls.max(axis=-1, keepdims=True)
+        h = mc.times(g.x, env.xp.exp(g.ls - gtop))
+        h = h - h.mean(axis=-2, keepdims=True) - y * (y * h).mean(axis=-2, keepdims=True)
+        return mc.Sig(inv_s * h, env.xp.broadcast_to(gtop - top, g.ls.shape))
+
 
 # ---------------------------------------------------------------------------------------------
 @dataclass(frozen=True, init=False)
@@ -387,6 +473,25 @@ class Serial(Op):
             g = self.layers[i].theory_backward(states[i], g, ctx.at(f"[{i}] {type(self.layers[i]).__name__}"))
         return g
 
+    def _mc_envs(self, env):
+        """Each layer's env: op index offset by the ops of the layers before it."""
+        offset = 1
+        for op in self.layers:
+            yield op, env.child(offset)
+            offset += op.mc_ops()
+
+    def mc_forward(self, x, env, record=None):
+        res = []
+        for op, e in self._mc_envs(env):
+            x, r = op.mc_forward(x, e, record)
+            res.append(r)
+        return x, res
+
+    def mc_vjp(self, res, g, env):
+        for (op, e), r in reversed(list(zip(self._mc_envs(env), res))):
+            g = op.mc_vjp(r, g, e)
+        return g
+
 
 @dataclass(frozen=True)
 class Repeat(Op):
@@ -413,6 +518,27 @@ class Repeat(Op):
 
     def theory_backward(self, s, g, ctx):
         return Serial(*([self.block] * self.n)).theory_backward(s, g, ctx)
+
+    def mc_ops(self):
+        return 1 + self.n * self.block.mc_ops()
+
+    def _mc_envs(self, env):
+        size = self.block.mc_ops()
+        return [env.child(1 + j * size) for j in range(self.n)]
+
+    def mc_forward(self, x, env, record=None):
+        """Copy j gets its own streams; the scale moves to ls after each copy (exact)."""
+        res = []
+        for e in self._mc_envs(env):
+            x, r = self.block.mc_forward(x, e, record)
+            x = mc.canonical(x)
+            res.append(r)
+        return x, res
+
+    def mc_vjp(self, res, g, env):
+        for e, r in reversed(list(zip(self._mc_envs(env), res))):
+            g = mc.canonical(self.block.mc_vjp(r, g, e))
+        return g
 
 
 @dataclass(frozen=True)
@@ -459,6 +585,15 @@ class Residual(Op):
     def theory_backward(self, s, g, ctx):
         gf = self.branch.theory_backward(s.push_ref(), g.push_ref(), ctx.at("branch"))
         return self._mix(g, gf, ctx, "backward")
+
+    def mc_forward(self, x, env, record=None):
+        f, res = self.branch.mc_forward(x, env.child(1))
+        if record is not None and "branch" not in record:
+            record["branch"] = f
+        return mc.mix(self.beta, x, self.alpha, f), res
+
+    def mc_vjp(self, res, g, env):
+        return mc.mix(self.beta, g, self.alpha, self.branch.mc_vjp(res, g, env.child(1)))
 
 
 def _is_zero(v) -> bool:

@@ -1,0 +1,342 @@
+"""Monte Carlo: real random networks of finite width, many seeds, NumPy or CuPy.
+
+``sp.simulate(net, inputs, width, seeds)`` runs ``seeds`` independent random nets on the same
+inputs, forward and backward, and returns the schema's Dataset with dims
+(seed, layer, input[, input_b]); every seed is kept.
+
+* State: arrays (seeds, inputs, width) with a per-(seed, input) log scale (:mod:`sigprop.mc_core`);
+  after every block the root mean square moves into the log scale, so positively homogeneous
+  stacks (relu/linear, LayerNorm/RMSNorm, no bias) of any depth are simulated exactly. A
+  statistic that leaves the floating-point range anyway (a non-homogeneous op such as tanh meeting
+  a scale beyond the dtype) raises :class:`MonteCarloOverflow` naming the block.
+* Randomness: counter-based streams keyed by (root seed, seed, block, op, direction)
+  (:mod:`sigprop.mc_rng`); weights are regenerated, never stored, and chunking the seeds changes
+  no number.
+* Weights: ``sampler="explicit"`` draws every W; ``"conditional"`` (the default, exact for Gaussian
+  weights) samples W X and W^T D by Gaussian conditioning (:mod:`sigprop.mc_samplers`).
+* Backward: delta_L ~ N(0, I) from its own stream, pulled back by each op's ``mc_vjp``, with
+  checkpoints every k = ceil(sqrt(L)) blocks: the forward keeps the states at blocks 0, k, 2k, ...;
+  the backward recomputes one segment of k blocks at a time, keeping their residuals.
+
+Memory law (per seed, itemsize b, B inputs, widest feature width n, ``r`` residual arrays per
+block, at most 2 per op): ``b B n (ceil(L/k) + k r + 8)`` for the activations, plus, for the
+explicit sampler, ``b n_in n_out`` for the widest weight drawn. At k = sqrt(L) this is
+O(sqrt(L)): pre-LN, L = 10^4, n = 1024, B = 2, 4 seeds, float32: 47 MiB by the law, 28 MiB
+measured (benchmarks/RESULTS.md), against 4.6 GiB if every block's residuals were kept.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from contextlib import contextmanager
+
+import numpy as np
+import sympy
+import xarray as xr
+
+from .errors import ConfigError
+from .inputs import Inputs
+from .mc_core import (
+    F64,
+    Env,
+    MonteCarloOverflow,
+    Sig,
+    array_module,
+    canonical,
+    dense_width,
+    gram,
+    psd_power,
+)
+from .mc_rng import COTANGENT, INPUT, Streams
+from .mc_samplers import SAMPLERS, Explicit
+from .ops import Dense, Op, Repeat, Residual, Serial
+from .params import Sweep
+from .provenance import make_attrs
+from .theory import layers_of
+
+__all__ = ["MonteCarloOverflow", "memory_per_seed", "simulate"]
+
+log = logging.getLogger(__name__)
+
+BACKENDS = ("auto", "numpy", "cupy")
+DTYPES = ("float32", "float64")
+SAMPLER_NAMES = ("auto",) + tuple(SAMPLERS)
+MEMORY_BUDGET = 2**30  # bytes per chunk of seeds when seed_chunk is not given
+
+
+def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "auto",
+             dtype: str = "float32", root_seed: int = 0, sampler="auto", seed_chunk=None,
+             progress: bool = False) -> xr.Dataset:
+    """Simulate ``seeds`` random nets of stream width ``width`` on ``inputs``, forward and backward.
+
+    ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable; logged). ``sampler``:
+    "conditional" (exact Gaussian conditioning, the "auto" choice), "explicit" (every weight
+    drawn), or a sampler object with the same ``forward``/``vjp`` methods. ``seed_chunk``: seeds
+    run together (default: as many as fit in ``MEMORY_BUDGET``); results do not depend on it.
+    Hyperparameter sweeps are refused: run one point per call.
+    """
+    _check_net(net, inputs)
+    width, seeds, root_seed = _check_int("width", width, 2), _check_int("seeds", seeds, 1), \
+        _check_int("root_seed", root_seed, 0, 2**64 - 1)
+    if dtype not in DTYPES:
+        raise ConfigError("dtype", dtype, f"one of {DTYPES}")
+    smp = _sampler(sampler)
+    if inputs.law == "fixed" and width < inputs.n + 1:
+        raise ConfigError("width", width, f">= {inputs.n + 1} to hold {inputs.n} fixed inputs "
+                          "with exact q, mean and cosines (B + 1 directions)")
+    blocks = layers_of(net)
+    per_seed = memory_per_seed(blocks, inputs.n, width, np.dtype(dtype).itemsize, smp)
+    if seed_chunk is None:
+        seed_chunk = max(1, min(seeds, MEMORY_BUDGET // per_seed))
+    seed_chunk = _check_int("seed_chunk", seed_chunk, 1)
+    name, xp = _backend(backend)
+
+    parts = []
+    with _progress(progress, 2 * len(blocks) * math.ceil(seeds / seed_chunk)) as tick:
+        for start in range(0, seeds, seed_chunk):
+            streams = Streams(xp, root_seed, np.arange(start, min(seeds, start + seed_chunk)))
+            env = Env(xp, np.dtype(dtype), streams, smp, block=0)
+            parts.append(_run_chunk(blocks, inputs, width, env, tick))
+    data = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
+    config = {"net": net.to_dict(), "inputs": inputs.to_dict(), "width": width, "seeds": seeds,
+              "root_seed": root_seed, "dtype": dtype, "sampler": smp.name}
+    attrs = make_attrs("montecarlo", config, name, root_seed=root_seed, width=width, dtype=dtype,
+                       sampler=smp.name, seeds=seeds)
+    return _dataset(data, blocks, attrs)
+
+
+# -- one chunk of seeds ------------------------------------------------------------------------
+def _run_chunk(blocks, inputs, width, env, tick):
+    """Forward (recording every layer), then the checkpointed backward; host arrays (S, L+1, ...)."""
+    xp, L = env.xp, len(blocks)
+    k = math.ceil(math.sqrt(L))
+
+    def at(l):
+        return Env(env.xp, env.dtype, env.streams, env.sampler, block=l)
+
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        x = canonical(_inputs(inputs, width, env))
+        fwd, branch, ckpt = [_stats(x)], [None], {0: x}
+        for l in range(1, L + 1):
+            record: dict = {}
+            x = canonical(blocks[l - 1].mc_forward(x, at(l), record)[0])
+            fwd.append(_stats(x))
+            f = record.get("branch")
+            branch.append(None if f is None else _log_q(f))
+            if l % k == 0 and l < L:
+                ckpt[l] = x
+            tick()
+        fwd = [xp.stack(v) for v in zip(*fwd)]
+        _raise_nonfinite(fwd[0], "forward", blocks)
+
+        g = canonical(Sig(env.normal(COTANGENT, (inputs.n, x.x.shape[-1])), xp.zeros_like(x.ls)))
+        grads = [_log_q(g)]
+        for start in reversed(range(0, L, k)):
+            x, tape = ckpt.pop(start), []
+            for l in range(start + 1, min(start + k, L) + 1):
+                y, res = blocks[l - 1].mc_forward(x, at(l))
+                tape.append(res)
+                x = canonical(y)
+            for l in reversed(range(start + 1, min(start + k, L) + 1)):
+                g = canonical(blocks[l - 1].mc_vjp(tape.pop(), g, at(l)))
+                grads.append(_log_q(g))
+                tick()
+        log_grad_q = xp.stack(grads[::-1])
+        _raise_nonfinite(log_grad_q, "backward", blocks)
+
+    nan = xp.full_like(fwd[0][0], np.nan)
+    out = {"log_q": fwd[0], "mean": fwd[1], "var": fwd[2], "corr": fwd[3],
+           "log_grad_q": log_grad_q,
+           "log_branch_q": xp.stack([nan if b is None else b for b in branch])}
+    host = xp.asnumpy if xp is not np else np.asarray
+    return {name: np.swapaxes(host(v), 0, 1) for name, v in out.items()}  # (seed, layer, ...)
+
+
+def _inputs(inputs: Inputs, n: int, env) -> Sig:
+    """B inputs in R^n per seed (float64 maths, then the working dtype).
+
+    law="fixed": x_a = m_a 1 + sqrt(n) sum_k F_ak e_k with F F^T = K - m m^T and e_k orthonormal
+    directions orthogonal to 1 (random per seed: Gaussian rows, centred, made orthonormal by
+    (Z Z^T)^(-1/2) Z), so q, mean and cosines are exactly the prescribed ones. law="gaussian":
+    features i.i.d. N(0, K): x = K^(1/2) Z.
+    """
+    xp = env.xp
+    K, m = xp.asarray(inputs.gram), xp.asarray(inputs.mean)
+    z = env.normal(INPUT, (inputs.n, n), F64)
+    if inputs.law == "gaussian":
+        x = psd_power(K, 0.5) @ z
+    else:
+        z = z - z.mean(axis=-1, keepdims=True)
+        e = psd_power(gram(z, z), -0.5) @ z
+        x = m[:, None] + math.sqrt(n) * psd_power(K - xp.outer(m, m), 0.5) @ e
+    return Sig(x.astype(env.dtype), xp.zeros(x.shape[:-1]))
+
+
+def _log_q(s: Sig):
+    """log q = 2 ls + log mean(x^2) per (seed, input)."""
+    return 2 * s.ls + array_module(s.x).log((s.x * s.x).sum(axis=-1, dtype=F64) / s.x.shape[-1])
+
+
+def _stats(s: Sig):
+    """log q, mean, var (S, B) and corr (S, B, B) of a batch of signals, float64.
+
+    mean and var are formed in log space (exp(ls + log|.|)): they may overflow to inf at extreme
+    depth, like q, but are never inf * 0.
+    """
+    xp = array_module(s.x)
+    G = gram(s.x, s.x) / s.x.shape[-1]
+    d = xp.diagonal(G, axis1=-2, axis2=-1)
+    m = s.x.mean(axis=-1, dtype=F64)
+    root = xp.sqrt(d)
+    corr = G / (root[..., :, None] * root[..., None, :])
+    mean = xp.sign(m) * xp.exp(s.ls + xp.log(xp.abs(m)))
+    var = xp.exp(2 * s.ls + xp.log(xp.maximum(d - m * m, 0.0)))
+    return 2 * s.ls + xp.log(d), mean, var, corr
+
+
+def _raise_nonfinite(v, direction, blocks):
+    """Raise at the first layer (in the pass's own order) whose log statistic is NaN or +inf."""
+    v = v if isinstance(v, np.ndarray) else v.get()
+    bad = np.isnan(v) | (v == np.inf)  # -inf is log 0: a signal that is exactly zero (dead relu)
+    bad = np.flatnonzero(bad.reshape(v.shape[0], -1).any(axis=1))
+    if bad.size:
+        l = int(bad[0] if direction == "forward" else bad[-1])
+        where = "the inputs" if l == 0 else f"layer {l} ({type(blocks[l - 1]).__name__})"
+        raise MonteCarloOverflow(
+            f"{direction} pass: a statistic left the floating-point range at {where}. The scale "
+            "is carried exactly only through positively homogeneous ops (relu/linear, "
+            "LayerNorm/RMSNorm, no bias); use dtype='float64', normalise the stream, or reduce "
+            "depth/branch scale.")
+
+
+# -- arguments -----------------------------------------------------------------------------
+def _check_int(field, value, lo, hi=None):
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= lo \
+        and (hi is None or value <= hi)
+    if not ok:
+        raise ConfigError(field, value, f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}"))
+    return int(value)
+
+
+def _check_net(net, inputs):
+    if not isinstance(net, Op):
+        raise ConfigError("net", type(net).__name__, "an Op (e.g. sp.presets.preln(depth=64))")
+    if not isinstance(inputs, Inputs):
+        raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
+    for op in net.walk():
+        for field, value in vars(op).items():
+            if isinstance(value, Sweep):
+                raise ConfigError(f"{type(op).__name__}.{field}", f"sweep {value.name!r}",
+                                  "a number: sp.simulate runs one point; loop over the sweep "
+                                  "values (as the CLI does)")
+            if isinstance(value, sympy.Basic):
+                raise ConfigError(f"{type(op).__name__}.{field}", value, "a number, not a symbol")
+
+
+def _sampler(sampler):
+    if isinstance(sampler, str):
+        if sampler not in SAMPLER_NAMES:
+            raise ConfigError("sampler", sampler, f"one of {SAMPLER_NAMES} or a sampler object")
+        return SAMPLERS["conditional" if sampler == "auto" else sampler]
+    if not all(callable(getattr(sampler, a, None)) for a in ("forward", "vjp")):
+        raise ConfigError("sampler", sampler, f"one of {SAMPLER_NAMES} or a sampler object")
+    return sampler
+
+
+def _backend(backend):
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, f"one of {BACKENDS}")
+    if backend != "numpy":
+        xp = gpu_module()
+        if xp is not None:
+            log.info("sigprop.simulate: backend cupy (GPU)")
+            return "cupy", xp
+        if backend == "cupy":
+            raise ConfigError("backend", backend, "'numpy' or 'auto' here: no usable CuPy GPU")
+    log.info("sigprop.simulate: backend numpy (CPU)")
+    return "numpy", np
+
+
+def gpu_module():
+    """cupy when it imports and sees a CUDA device, else None."""
+    try:
+        import cupy
+    except ImportError:
+        return None
+    try:
+        return cupy if cupy.cuda.runtime.getDeviceCount() > 0 else None
+    except cupy.cuda.runtime.CUDARuntimeError:  # no driver or no device
+        return None
+
+
+# -- memory --------------------------------------------------------------------------------
+def memory_per_seed(blocks, B: int, width: int, itemsize: int, sampler) -> int:
+    """Bytes per seed by the module's memory law (also validates every Dense ratio)."""
+    L = len(blocks)
+    widest, weight = width, 0
+    n = width
+    for blk in dict.fromkeys(blocks):  # a repeated block is traced once
+        n_out, w, wt = _trace(blk, n)
+        widest, weight = max(widest, w), max(weight, wt)
+        n = n_out
+    act = itemsize * B * widest * stored_signals(L, 2 * max(blk.mc_ops() for blk in blocks))
+    return act + (itemsize * weight if isinstance(sampler, Explicit) else 0)
+
+
+def stored_signals(L: int, r: int) -> int:
+    """Signals of B x width held at once: ceil(L/k) checkpoints + k blocks of r residuals + 8."""
+    k = math.ceil(math.sqrt(L))
+    return math.ceil(L / k) + k * r + 8
+
+
+def _trace(op, n):
+    """(output width, widest width, largest n_in n_out) of ``op`` on width-``n`` features."""
+    if isinstance(op, Dense):
+        n_out = dense_width(n, op.ratio)
+        return n_out, max(n, n_out), n * n_out
+    if isinstance(op, (Serial, Repeat)):
+        widest, weight = n, 0
+        for kid in (op.layers if isinstance(op, Serial) else (op.block,) * op.n):
+            n, w, wt = _trace(kid, n)
+            widest, weight = max(widest, w), max(weight, wt)
+        return n, widest, weight
+    if isinstance(op, Residual):
+        n_out, widest, weight = _trace(op.branch, n)
+        if n_out != n:
+            raise ConfigError("Residual branch output width", n_out,
+                              f"the width of the stream ({n}): Dense ratios in a branch must "
+                              "multiply to 1")
+        return n, widest, weight
+    return n, n, 0
+
+
+# -- output --------------------------------------------------------------------------------
+def _dataset(data, blocks, attrs) -> xr.Dataset:
+    S, L1, B = data["log_q"].shape
+    with np.errstate(over="ignore"):
+        data = {"q": np.exp(data["log_q"]), "log_q": data["log_q"], "mean": data["mean"],
+                "var": data["var"], "corr": data["corr"], "grad_q": np.exp(data["log_grad_q"]),
+                "log_grad_q": data["log_grad_q"], "branch_q": np.exp(data["log_branch_q"]),
+                "log_branch_q": data["log_branch_q"]}
+    dims = ("seed", "layer", "input")
+    coords = {"seed": np.arange(S), "layer": np.arange(L1), "input": np.arange(B),
+              "input_b": np.arange(B),
+              "block": ("layer", ["input"] + [type(b).__name__ for b in blocks])}
+    ds = xr.Dataset({k: (dims + (("input_b",) if k == "corr" else ()), v) for k, v in data.items()},
+                    coords=coords)
+    ds.attrs = attrs
+    return ds
+
+
+@contextmanager
+def _progress(enabled: bool, total: int):
+    if not enabled:
+        yield lambda: None
+        return
+    from rich.progress import Progress
+
+    with Progress(transient=True) as bar:
+        task = bar.add_task("Monte Carlo", total=total)
+        yield lambda: bar.advance(task)
+

@@ -1,0 +1,135 @@
+"""The conditional sampler has the law of explicit Gaussian weights; wrong variants do not.
+
+Two-sample Kolmogorov-Smirnov tests on per-seed statistics (log q_L, corr_L, log grad_q_0 and
+the same at the middle layer, for two inputs) of the explicit and the conditional sampler, at
+small width where finite-width structure is strongest, with Holm's step-down correction over
+the statistics of one test at family-wise level ALPHA = 1e-3. The two runs use different root
+seeds, so their seeds are independent.
+
+Power: the same tests must reject, at the same level, (i) the conditional backward without the
+(I - P_X) projection of the fresh part, and (ii) the gradient-independence approximation (pull
+back through an independent W), which is what the infinite-width theory assumes.
+"""
+
+import pytest
+from scipy import stats
+
+import sigprop as sp
+from sigprop.mc_core import gram
+from sigprop.mc_samplers import Conditional
+from sigprop.presets import PRESETS
+
+ALPHA = 1e-3
+X_FIXED = sp.Inputs(q=[1.0, 2.25], corr=0.3, mean=[0.2, -0.5])
+X_GAUSS = sp.Inputs(q=[1.0, 2.25, 0.5, 1.5, 2.0, 0.8], corr=0.3, law="gaussian")
+
+
+class NoProjection(Conditional):
+    """Wrong: D W~ enters whole instead of D W~ (I - P_X)."""
+
+    name = "no-projection"
+
+    def vjp(self, res, d, std, env):
+        x, z = res
+        m = self.fresh(d, x.shape[-1], std, env)
+        return m + ((std * gram(d, z)) @ self.basis(x)).astype(d.dtype)
+
+
+class Independent(Conditional):
+    """Wrong (gradient independence): pull back through a fresh W, ignoring the forward."""
+
+    name = "independent"
+
+    def vjp(self, res, d, std, env):
+        return self.fresh(d, res[0].shape[-1], std, env)
+
+
+def _case(preset, act, norm, depth):
+    kw = {"norm": norm} if norm else {}
+    if preset == "skipinit":
+        kw["alpha"] = 0.1
+    return PRESETS[preset](depth, act=act, **kw), (X_GAUSS if preset == "prebn" else X_FIXED)
+
+
+def _samples(ds):
+    """Per-seed statistics: at the top and middle layers q and corr, at layer 0 and the
+    middle layer grad_q (logs: heavy tails do not matter to KS, but keep the values finite)."""
+    L = ds.sizes["layer"] - 1
+    out = {}
+    for l in (L // 2, L):
+        for a in (0, 1):
+            out[f"log_q[{l},{a}]"] = ds.log_q.values[:, l, a]
+        out[f"corr[{l}]"] = ds.corr.values[:, l, 0, 1]
+    for l in (0, L // 2):
+        for a in (0, 1):
+            out[f"log_grad_q[{l},{a}]"] = ds.log_grad_q.values[:, l, a]
+    return out
+
+
+def holm_rejects(p: dict, alpha=ALPHA) -> list[str]:
+    """Holm's step-down: reject the k-th smallest p while p_(k) <= alpha / (m - k)."""
+    names = sorted(p, key=p.get)
+    rejected = []
+    for k, name in enumerate(names):
+        if p[name] > alpha / (len(names) - k):
+            break
+        rejected.append(name)
+    return rejected
+
+
+def _ks(a, b):
+    sa, sb = _samples(a), _samples(b)
+    return {k: stats.ks_2samp(sa[k], sb[k]).pvalue for k in sa}
+
+
+def _run(case, width, seeds, sampler, root_seed, depth):
+    net, x0 = _case(*case, depth)
+    return sp.simulate(net, x0, width=width, seeds=seeds, sampler=sampler, root_seed=root_seed)
+
+
+FAST = [("resnet", "relu", None), ("plain", "tanh", None), ("postln", "tanh", "layernorm"),
+        ("prebn", "relu", None)]
+ALL = ([(p, a, None) for p in ("plain", "resnet", "deepnorm", "skipinit") for a in ("relu", "tanh")]
+       + [(p, a, n) for p in ("preln", "postln", "periln") for a in ("relu", "tanh")
+          for n in ("layernorm", "rmsnorm")]
+       + [("prebn", a, None) for a in ("relu", "tanh")])
+
+
+@pytest.fixture(scope="module")
+def explicit_runs():
+    """Explicit-weight reference runs (N = 16, L = 4, 2000 seeds), shared by the tests below."""
+    return {case: _run(case, 16, 2000, "explicit", 1, 4) for case in FAST}
+
+
+@pytest.mark.parametrize("case", FAST, ids=lambda c: "-".join(map(str, c)))
+def test_conditional_has_the_explicit_law(case, explicit_runs):
+    p = _ks(_run(case, 16, 2000, "conditional", 2, 4), explicit_runs[case])
+    assert holm_rejects(p) == [], p
+
+
+@pytest.mark.parametrize("wrong", [NoProjection(), Independent()], ids=lambda w: w.name)
+def test_wrong_conditionings_are_rejected(wrong, explicit_runs):
+    # Plain tanh net, N = 16: dropping the projection adds the B-dim part D W~ P_X (B/N = 1/8
+    # of grad_q per Dense, 8 Dense); gradient independence drops the coupling of each W's
+    # backward with its forward, an O(1/N) change per Dense that tanh does not cancel (for relu
+    # the coupling cancels in E grad_q per Dense pair, Hanin 2018, and 2000 seeds do not see it
+    # at N = 16; benchmarks/RESULTS.md reports both against N). Both are far above the KS
+    # resolution ~1.9 / sqrt(1000) at 2000 + 2000 seeds.
+    case = ("plain", "tanh", None)
+    p = _ks(_run(case, 16, 2000, wrong, 2, 4), explicit_runs[case])
+    assert any(k.startswith("log_grad_q") for k in holm_rejects(p)), p
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("case", ALL, ids=lambda c: "-".join(map(str, c)))
+@pytest.mark.parametrize("width", [16, 64])
+def test_conditional_has_the_explicit_law_everywhere(case, width):
+    a = _run(case, width, 4000, "conditional", 2, 8)
+    b = _run(case, width, 4000, "explicit", 1, 8)
+    p = _ks(a, b)
+    assert holm_rejects(p) == [], p
+
+
+def test_holm():
+    assert holm_rejects({"a": 1e-5, "b": 4e-4, "c": 0.5}) == ["a", "b"]
+    assert holm_rejects({"a": 6e-4, "b": 6e-4}) == []  # 6e-4 > 1e-3 / 2
