@@ -40,7 +40,7 @@ def derive(slow=False, quick=False):
             for lhs, rhs in ((q1, one["q_a"]), (m1, one["m_a"]), (c1, cmap), (g_l / g1, factor)):
                 label = {q1: "q", m1: "m", c1: "c"}.get(lhs, "grad")
                 d.equation(f"{tag}_{label}", lhs, rhs.xreplace(to_l), f"{preset}, {act}")
-            used = {s.name for s in blk_symbols(blk)}
+            used = {s.name for s in S.op_symbols(blk)}
             vals = {k: v for k, v in POINT.items() if k in used}
             x0 = sp.Inputs(q=[0.9, 0.9], mean=[0.3, 0.3], corr=0.35)
             ds = S.theory_of(blk, 1, x0, ratio=1, **vals)
@@ -57,15 +57,6 @@ def derive(slow=False, quick=False):
             d.check(f"{tag}: c vs one sp.theory block (zero mean)",
                     S.rel_error(cz, dz.corr.values[1, 0, 1]), 1e-12)
     return d
-
-
-def blk_symbols(op):
-    out = set()
-    for o in op.walk():
-        for v in vars(o).values():
-            if isinstance(v, sympy.Basic):
-                out |= v.free_symbols
-    return out
 
 
 if __name__ == "__main__":

@@ -309,6 +309,16 @@ def _times(a, b):
     return a * b
 
 
+def op_symbols(op) -> set:
+    """The free sympy symbols among the hyperparameters of ``op`` and everything inside it."""
+    out = set()
+    for o in op.walk():
+        for v in vars(o).values():
+            if isinstance(v, sympy.Basic):
+                out |= v.free_symbols
+    return out
+
+
 def preset_block(name: str, act: str = "relu", shape: str = "mlp", **values) -> Op:
     """The block of ``presets.<name>`` with its hyperparameters as symbols.
 

@@ -60,7 +60,7 @@ def test_symbolic_block_is_the_numeric_block(preset, act):
             "eps": 0.05, "gain": 1.4, "ratio": 1, "b": 0.6}
     x0 = sp.Inputs(q=[0.9, 1.7], mean=[0.3, -0.4], corr=0.35)
     ds = S.theory_of(blk, 1, x0, **{k: v for k, v in vals.items()
-                                     if S.SYMBOLS[k] in _symbols_of(blk)})
+                                     if S.SYMBOLS[k] in S.op_symbols(blk)})
     fwd = S.block_map(blk, 2, simplify=False)
     state = {S.Q_A: 0.9, S.Q_B: 1.7, S.M_A: 0.3, S.M_B: -0.4, S.C_AB: 0.35}
     at = {**{S.SYMBOLS[k]: v for k, v in vals.items()}, **state}
@@ -70,15 +70,6 @@ def test_symbolic_block_is_the_numeric_block(preset, act):
     grad = S.backward_map(blk, 1, simplify=False)["grad_q_a"]
     g_th = ds.grad_q.values[0, 0] / ds.grad_q.values[1, 0]
     assert S.evaluate(grad, {**at, S.G_A: 1.0}) == pytest.approx(g_th, rel=1e-12)
-
-
-def _symbols_of(op):
-    out = set()
-    for o in op.walk():
-        for v in vars(o).values():
-            if isinstance(v, sympy.Basic):
-                out |= v.free_symbols
-    return out
 
 
 @pytest.mark.parametrize("preset", PRESETS)
@@ -183,7 +174,7 @@ def test_symbolic_dataset_matches_theory(preset):
     blk = S.preset_block(preset, "relu")
     vals = {"alpha": 0.6, "beta": 1.0, "sigma_1": 1.3, "sigma_2": 0.9, "sigma_b": 0.2,
             "eps": 0.01, "gain": 1.1, "ratio": 1}
-    vals = {k: v for k, v in vals.items() if S.SYMBOLS[k] in _symbols_of(blk)}
+    vals = {k: v for k, v in vals.items() if S.SYMBOLS[k] in S.op_symbols(blk)}
     x0 = sp.Inputs(q=[0.8, 1.9, 1.2], mean=[0.2, -0.3, 0.0], corr=0.4)
     sym = S.symbolic_dataset(blk, 25, x0, **vals)
     th = S.theory_of(blk, 25, x0, **vals)
