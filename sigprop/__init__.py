@@ -7,7 +7,13 @@ Three faces that must agree: symbolic derivations (sympy), the infinite-width th
 from . import presets
 from .compare import compare
 from .data import load, save
-from .errors import ConfigError, OverflowInTheory, SigpropError, UnsupportedComposition
+from .errors import (
+                     ConfigError,
+                     MonteCarloOverflow,
+                     OverflowInTheory,
+                     SigpropError,
+                     UnsupportedComposition,
+)
 from .inputs import Inputs
 from .montecarlo import simulate
 from .ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Scale, Serial
@@ -15,7 +21,8 @@ from .params import Sweep, sweep
 from .theory import theory
 
 __all__ = [
-    "Act", "BatchNorm", "ConfigError", "Dense", "Inputs", "LayerNorm", "Op", "OverflowInTheory",
+    "Act", "BatchNorm", "ConfigError", "Dense", "Inputs", "LayerNorm", "MonteCarloOverflow", "Op",
+    "OverflowInTheory",
     "RMSNorm", "Repeat", "Residual", "Scale", "Serial", "SigpropError", "Sweep",
     "UnsupportedComposition", "compare", "load", "presets", "save", "simulate", "sweep",
     "theory",

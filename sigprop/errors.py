@@ -19,3 +19,7 @@ class UnsupportedComposition(SigpropError, ValueError):
 
 class OverflowInTheory(SigpropError, ArithmeticError):
     """A non-homogeneous op met a scale that float64 cannot hold (names the layer)."""
+
+
+class MonteCarloOverflow(SigpropError, ArithmeticError):
+    """A simulated statistic left the floating-point range (names the block and direction)."""

@@ -14,13 +14,9 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, SigpropError
+from .errors import ConfigError, MonteCarloOverflow  # noqa: F401  (re-exported)
 
 F64 = np.float64
-
-
-class MonteCarloOverflow(SigpropError, ArithmeticError):
-    """A simulated statistic left the floating-point range (names the block and direction)."""
 
 
 def array_module(x):

@@ -7,8 +7,9 @@ arrays of sympy expressions. The same source therefore gives the numeric and sym
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import scipy.special

@@ -26,10 +26,11 @@ def git_commit() -> str:
     """The commit of the sigprop checkout (``+dirty`` when modified), or 'unknown'."""
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=here,
+        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=here, check=False,
                               capture_output=True, text=True, timeout=5)
         sha = head.stdout.strip() if head.returncode == 0 else ""
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               check=False,
                                capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"

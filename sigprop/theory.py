@@ -38,10 +38,9 @@ def sweeps_of(net: Op) -> dict[str, Sweep]:
     found: dict[str, Sweep] = {}
     for op in net.walk():
         for value in vars(op).values():
-            if isinstance(value, Sweep):
-                if found.setdefault(value.name, value) != value:
-                    raise ConfigError(f"sweep {value.name!r}", value.values,
-                                      f"the same values wherever it is used ({found[value.name].values})")
+            if isinstance(value, Sweep) and found.setdefault(value.name, value) != value:
+                raise ConfigError(f"sweep {value.name!r}", value.values,
+                                  f"the same values wherever it is used ({found[value.name].values})")
     return found
 
 

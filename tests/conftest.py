@@ -8,7 +8,7 @@ def _gpu_usable() -> bool:
         import cupy
 
         return cupy.cuda.runtime.getDeviceCount() > 0
-    except Exception:
+    except (ImportError, RuntimeError, OSError):  # no cupy, no driver, or no device
         return False
 
 
