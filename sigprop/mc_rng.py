@@ -52,19 +52,27 @@ def seed_keys(root_seed: int, seeds) -> np.ndarray:
     return np.stack(philox4x32((seeds, zero, zero, zero), key)[:2], axis=-1)
 
 
-def box_muller_philox(i, k0, k1, block, op, direction):
-    """Four standard normals (float64) from the Philox4x32-10 block at counter
-    (i, block, op, direction) under key (k0, k1).
+def _box_muller(xp):
+    """The Box-Muller kernel with ``xp``'s ufuncs (``cupy.fuse`` traces only CuPy ufuncs)."""
 
-    Uniforms u = (w + 1/2) / 2^32 lie in (0, 1), so log u is finite; the normals are exact
-    Box-Muller pairs r (cos, sin)(2 pi v), r = sqrt(-2 log u), truncated only beyond 6.7 sigma
-    (probability 2e-11 per draw).
-    """
-    w = philox4x32((i, block, op, direction), (k0, k1))
-    u = [(x.astype(np.float64) + 0.5) * 2.0**-32 for x in w]
-    r0, r1 = (-2.0 * np.log(u[0])) ** 0.5, (-2.0 * np.log(u[2])) ** 0.5
-    t0, t1 = 2 * np.pi * u[1], 2 * np.pi * u[3]
-    return r0 * np.cos(t0), r0 * np.sin(t0), r1 * np.cos(t1), r1 * np.sin(t1)
+    def box_muller_philox(i, k0, k1, block, op, direction):
+        """Four standard normals (float64) from the Philox4x32-10 block at counter
+        (i, block, op, direction) under key (k0, k1).
+
+        Uniforms u = (w + 1/2) / 2^32 lie in (0, 1), so log u is finite; the normals are exact
+        Box-Muller pairs r (cos, sin)(2 pi v), r = sqrt(-2 log u), truncated only beyond 6.7
+        sigma (probability 2e-11 per draw).
+        """
+        w = philox4x32((i, block, op, direction), (k0, k1))
+        u = [(x.astype(np.float64) + 0.5) * 2.0**-32 for x in w]
+        r0, r1 = (-2.0 * xp.log(u[0])) ** 0.5, (-2.0 * xp.log(u[2])) ** 0.5
+        t0, t1 = 2 * np.pi * u[1], 2 * np.pi * u[3]
+        return r0 * xp.cos(t0), r0 * xp.sin(t0), r1 * xp.cos(t1), r1 * xp.sin(t1)
+
+    return box_muller_philox
+
+
+box_muller_philox = _box_muller(np)
 
 
 def philox_normal(xp, keys, name, n: int, dtype, kernel=box_muller_philox):
@@ -87,7 +95,7 @@ class Streams:
             self._gen = np.random.Generator(self._bits)
         else:
             self._keys = seed_keys(self.root_seed, self.seeds)
-            self._kernel = xp.fuse(kernel_name="philox_box_muller")(box_muller_philox)
+            self._kernel = xp.fuse(kernel_name="philox_box_muller")(_box_muller(xp))
 
     def normal(self, block: int, op: int, direction: int, shape, dtype):
         """Standard normals of shape (S, *shape), one independent stream per seed."""

@@ -60,7 +60,7 @@ def test_box_muller_kernel_is_elementwise():
 
 # -- API, schema, arguments ----------------------------------------------------------------
 def test_dataset_schema_matches_theory():
-    mc = sp.simulate(SMALL, X0, width=16, seeds=3)
+    mc = sp.simulate(SMALL, X0, width=16, seeds=3, backend="numpy")  # "auto" is cupy on a GPU
     th = sp.theory(SMALL, X0)
     assert set(th.data_vars) == set(mc.data_vars)
     for name in th.data_vars:
@@ -127,7 +127,7 @@ def test_cupy_backend_refused_without_a_gpu():
 
 def test_progress_and_backend_logging(caplog):
     with caplog.at_level("INFO", logger="sigprop.montecarlo"):
-        mc = sp.simulate(SMALL, X0, width=16, seeds=2, progress=True)
+        mc = sp.simulate(SMALL, X0, width=16, seeds=2, progress=True, backend="numpy")
     assert "backend numpy" in caplog.text and mc.attrs["backend"] == "numpy"
 
 
@@ -140,7 +140,8 @@ def test_same_root_seed_same_arrays_and_chunking_changes_nothing(sampler):
     c = sp.simulate(net, X0, width=16, seeds=64, sampler=sampler, root_seed=4)
     for name in a.data_vars:
         np.testing.assert_array_equal(a[name].values, b[name].values)
-    assert not np.allclose(a.q.values[:, 1:], c.q.values[:, 1:])
+    # corr, not q: post-LN pins q to 1 within ~1e-5, inside allclose's tolerance
+    assert not np.allclose(a.corr.values[:, 1:], c.corr.values[:, 1:])
 
 
 # -- scale carried in log space ---------------------------------------------------------------

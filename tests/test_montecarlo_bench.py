@@ -17,7 +17,8 @@ def test_write_section_replaces_only_its_own_section(tmp_path):
 
 def test_bench_main_quick(tmp_path):
     out = tmp_path / "RESULTS.md"
-    md = bench.main(widths=(64,), batch=(2,), depth=2, seeds=1, out=str(out), quick=True)
+    md = bench.main(widths=(64,), batch=(2,), depth=2, seeds=1, out=str(out), quick=True,
+                    backend="numpy")
     row = [line for line in md.splitlines() if line.startswith("| 64 | 2 |")]
     assert len(row) == 1 and "widest N (conditional)" in md
     assert "## Monte Carlo bench (numpy, sigprop bench)" in out.read_text()
