@@ -131,6 +131,21 @@ def test_sweep_equals_pointwise_calls():
                                        atol=1e-15)
 
 
+def test_batchnorm_relu_sweep_equals_pointwise_calls():
+    # the BatchNorm law (S, eps, scale) and the relu gate carry the grid dims (alpha x eps)
+    x0 = sp.Inputs(q=[1.0, 2.0, 0.5], corr=0.3, law="gaussian")
+    alphas, epss = [0.5, 1.0], [1e-5, 0.1, 1.0]
+    grid = sp.theory(sp.presets.prebn(8, shape="act_dense", alpha=sp.sweep("alpha", alphas),
+                                      eps=sp.sweep("eps", epss)), x0)
+    assert grid.log_grad_q.dims == ("layer", "alpha", "eps", "input")
+    for a in alphas:
+        for e in epss:
+            one = sp.theory(sp.presets.prebn(8, shape="act_dense", alpha=a, eps=e), x0)
+            for name in ("log_q", "corr", "log_grad_q"):
+                np.testing.assert_allclose(grid[name].sel(alpha=a, eps=e).values, one[name].values,
+                                           rtol=1e-13, atol=1e-15)
+
+
 def test_linear_plain_net_backward_is_sigma_w_squared_per_layer():
     # Dense backward: G_in = sigma_w^2 ratio G_out; linear act passes it through.
     L, s = 50, 1.1
