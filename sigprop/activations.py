@@ -433,6 +433,14 @@ class Activation:
         """E[phi'(u) phi'(v)] for the same (u, v)."""
         return self._pair("grad_kernel", self._grad, self._grad_expr, q1, q2, c, ns)
 
+    def gram_kernel(self, K, ns: Namespace = NUMERIC):
+        """E[phi(u) phi(u)^T] for u ~ N(0, K), over a stack of Grams K (..., B, B)."""
+        return self.kernel(*_gram_args(K, ns), ns)
+
+    def gram_grad_kernel(self, K, ns: Namespace = NUMERIC):
+        """E[phi'(u) phi'(u)^T] for u ~ N(0, K), over a stack of Grams K (..., B, B)."""
+        return self.grad_kernel(*_gram_args(K, ns), ns)
+
     def mean(self, q, ns: Namespace = NUMERIC):
         """E[phi(u)], u ~ N(0, q)."""
         return self._single("mean", self._fn, self._expr, q, ns)
@@ -472,6 +480,23 @@ class Activation:
         if self._closed is not None:
             return getattr(self._closed, face)(q, ns)[()]
         return _tabulated((self.name, face), lambda x: f(x, np), q, self._bend)[()]
+
+
+def _gram_args(K, ns):
+    """(q1, q2, c) of a Gram for the activation kernels; c is exactly 1 on the diagonal."""
+    d = np.diagonal(K, axis1=-2, axis2=-1)
+    q1, q2 = d[..., :, None], d[..., None, :]
+    B = K.shape[-1]
+    eye = np.eye(B, dtype=bool)
+    if ns.symbolic:
+        c = K / ns.sqrt(q1 * q2)
+        c = np.where(eye, sympy.Integer(1), c)
+    else:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            c = np.clip(K / np.sqrt(q1 * q2), -1.0, 1.0)
+        c = (c + np.swapaxes(c, -1, -2)) / 2  # exactly symmetric: relu' kernel is steep at |c| = 1
+        c = np.where(eye, 1.0, np.where(np.isfinite(c), c, 0.0))
+    return q1, q2, c
 
 
 def _sym_normal_cdf(x):

@@ -10,6 +10,13 @@ P = I - 11^T/B:
 The cotangent g ~ N(0, G) at the output is independent of u (exact at infinite width), so the
 backward kernel is E[J^T G J].
 
+An activation after BatchNorm (z = D y, D = diag(scale) from any per-input scaling in between)
+sees a non-Gaussian law. For phi positively homogeneous of degree 1 (relu, linear) phi(D w / s)
+= phi(D w) / s, so its moments are the same t-integrals of phi's Gaussian kernels
+(:func:`bn_expectation`, :func:`bn_activation`); phi' is scale free, so the backward needs no
+integral at all. A non-homogeneous phi (tanh, erf, ...) would need a (B-1)-dimensional integral
+over the law of y and is refused by the theory engine.
+
 Method. 1/s^(2k) = (1/Gamma(k)) int_0^inf t^(k-1) exp(-t s^2) dt, and the Gaussian tilt
 
     E[f(w) exp(-t |w|^2 / B)] = det(I + 2t Sw/B)^(-1/2) E_{w ~ N(0, Sw_t)}[f(w)],
@@ -35,7 +42,9 @@ quadrature; the quadrature itself adds < 1e-13 (see the constants below).
 from __future__ import annotations
 
 import numpy as np
+from scipy.special import gamma
 
+from sigprop.activations import get_activation
 from sigprop.errors import ConfigError
 
 # Quadrature in tau = log t, in the scaled units where max_k a_k + eps = 1. Measured against
@@ -100,6 +109,121 @@ def bn_backward(S, G, eps):
     Gv = Vt @ (G + np.swapaxes(G, -1, -2)) @ V / 2
     R = K * Gv + np.einsum("...kl,...ll->...k", C, Gv)[..., None] * np.eye(B - 1) / 2
     return V @ R @ Vt / c[..., None, None]
+
+
+def bn_expectation(S, eps, fn, power, scale=None, degree=None, args=()):
+    """E[f(D w) / s^(2 power)] for u ~ N(0, S), w = P u, D = diag(scale) (default I), where
+    fn(C, *args) = E_{v ~ N(0, C)}[f(v)] is given on stacks of covariances C (m, nodes, B, B)
+    (each of ``args`` arrives as (m, 1, ...), its leading dims broadcast with S's) and is
+    homogeneous, fn(l C) = l^degree fn(C) (degree defaults to power: a function of D y).
+
+    1/s^(2p) = (1/Gamma(p)) int t^(p-1) e^{-t s^2} dt and the Gaussian tilt give
+    int_0^inf t^(p-1)/Gamma(p) e^{-t eps} det(I + 2t Sw/B)^(-1/2) fn(D Sw_t D) dt, done by the
+    trapezoid rule of this module with fn evaluated at every node. Shape: the broadcast leading
+    dims of S, eps, scale and args, then fn's trailing shape.
+    """
+    lam, V, eps, c = _prepare(S, eps, min_rank_at_eps0=1)
+    B = V.shape[-2]
+    scale = np.ones(B) if scale is None else np.asarray(scale, dtype=float)
+    args = [np.asarray(a, dtype=float) for a in args]
+    fits = scale.shape[-1:] == (B,)
+    try:
+        lead = np.broadcast_shapes(lam.shape[:-1], scale.shape[:-1],
+                                   *(a.shape[:-2] for a in args))
+    except ValueError:
+        fits = False
+    if not fits:
+        raise ConfigError("scale shape", scale.shape, f"(..., {B}) broadcastable to {S.shape[:-2]}")
+
+    def flat(x, trailing):
+        return np.broadcast_to(x, lead + trailing).reshape((-1,) + trailing)
+
+    DV = flat(scale[..., :, None] * V, (B, B - 1))
+    c = flat(c, ())
+    lam, eps = flat(lam, (B - 1,)) / c[:, None], flat(eps, ()) / c
+    args = [flat(a, a.shape[-2:]) for a in args]
+    chunk = max(1, CHUNK * 4 // B**2)  # fn sees (chunk, nodes, B, B) covariances
+    left = _left_end_weights(power)
+    out = []
+    for i in range(0, len(eps), chunk):
+        part = slice(i, i + chunk)
+        inv_q, base = _t_nodes(lam[part], eps[part], B, left, power, min_rank=1)
+        C = np.einsum("mbk,mkn,mck->mnbc", DV[part], lam[part, :, None] * inv_q, DV[part])
+        vals = np.asarray(fn(C, *(a[part, None] for a in args)))
+        out.append(np.einsum("mn,mn...->m...", base, vals))
+    res = np.concatenate(out)
+    res = res * (c ** ((power if degree is None else degree) - power)).reshape(
+        (-1,) + (1,) * (res.ndim - 1))
+    return res.reshape(lead + res.shape[1:])
+
+
+def bn_activation(S, eps, scale, act):
+    """(E[phi(z) phi(z)^T], E[phi(z)]) for z = D y, y = BN(u), u ~ N(0, S), where ``act`` (an
+    :class:`~sigprop.activations.Activation`) is positively homogeneous of degree 1:
+    phi(D w / s) = phi(D w) / s gives powers 1 and 1/2 of :func:`bn_expectation` of its
+    Gaussian faces."""
+    K = bn_expectation(S, eps, act.gram_kernel, 1.0, scale)
+    m = bn_expectation(S, eps, lambda C: act.mean(np.diagonal(C, axis1=-2, axis2=-1)), 0.5, scale)
+    return (K + np.swapaxes(K, -1, -2)) / 2, m
+
+
+def bn_relu_backward(S, H, signs, eps):
+    """E[J^T M J], M = (r r^T) o H, r_b = relu'(signs_b w_b): the BatchNorm backward of the
+    cotangent relu'(z) o h at z = D y (signs = sign D), h ~ N(0, H) independent of u. Unlike
+    :func:`bn_backward` the cotangent depends on u, through the same w as J.
+
+    In the flipped coordinates v = E w (E = diag(signs), H^ = E H E), with the bracket of
+    :func:`bn_backward`, E[J^T M J] = P E [T1 - (T2 + T2^T) / B + T3 / B^2] E P, where
+    T1 = E[(r r^T o H^) / s^2], T2 = E[v v^T (r r^T o H^) / s^4] and
+    T3 = E[(v^T (r r^T o H^) v) v v^T / s^6] are t-integrals (powers 1, 2, 3) of Gaussian
+    expectations under C = Cov v. By Stein's lemma, with A = P(v_a > 0, v_b > 0) and
+    R = E[relu(v_a) relu(v_b)] (relu's Gaussian faces) and Dl_bc = E[delta(v_b) relu(v_c)]
+    = sqrt(C_cc - C_bc^2 / C_bb) / (2 pi sqrt(C_bb)) (0 for b = c):
+    E[v_a relu(v_c) 1(v_b > 0)] = C_ac A_cb + C_ab Dl_bc, so T2 = C (A o H^) + C diag(Dl H^);
+    E[v_a v_b relu(v_c) relu(v_d)] = C_ab R_cd + (C_ac C_bd + C_ad C_bc) A_cd
+    + C_ac C_bc Dl_cd + C_ad C_bd Dl_dc, so T3 = sum(R o H^) C + 2 C (A o H^ + diag(rowsum(Dl o
+    H^))) C.
+    """
+    signs = np.where(np.asarray(signs, dtype=float) < 0, -1.0, 1.0)
+    H = np.asarray(H, dtype=float) * signs[..., :, None] * signs[..., None, :]
+    B = H.shape[-1]
+
+    relu = get_activation("relu")
+
+    def stein_terms(C):
+        A, q = relu.gram_grad_kernel(C), np.diagonal(C, axis1=-2, axis2=-1)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            cond = np.maximum(q[..., None, :] - C**2 / q[..., :, None], 0.0)
+            Dl = np.where(q[..., :, None] > 0, np.sqrt(cond / q[..., :, None]) / (2 * np.pi), 0)
+        return A, Dl * (1 - np.eye(B))
+
+    def t1(C, H):
+        return stein_terms(C)[0] * H
+
+    def t2(C, H):
+        A, Dl = stein_terms(C)
+        return C @ (A * H) + C * np.einsum("...bc,...cb->...b", Dl, H)[..., None, :]
+
+    def t3(C, H):
+        A, Dl = stein_terms(C)
+        inner = A * H + np.eye(B) * (Dl * H).sum(-1)[..., None]
+        return (relu.gram_kernel(C) * H).sum((-2, -1))[..., None, None] * C + 2 * C @ inner @ C
+
+    T1 = bn_expectation(S, eps, t1, 1.0, signs, degree=0.0, args=(H,))
+    T2 = bn_expectation(S, eps, t2, 2.0, signs, degree=1.0, args=(H,))
+    T3 = bn_expectation(S, eps, t3, 3.0, signs, degree=2.0, args=(H,))
+    inner = T1 - (T2 + np.swapaxes(T2, -1, -2)) / B + T3 / B**2
+    EP = signs[..., :, None] * (np.eye(B) - 1.0 / B)  # (E P)^T inner (E P) = P E inner E P
+    out = np.swapaxes(EP, -1, -2) @ inner @ EP
+    return (out + np.swapaxes(out, -1, -2)) / 2
+
+
+def centred_cov(S, scale):
+    """D P S P D: the covariance of D w, whose sign pattern is that of z = D y (s > 0)."""
+    S = np.asarray(S, dtype=float)
+    P = np.eye(S.shape[-1]) - 1.0 / S.shape[-1]
+    D = np.asarray(scale, dtype=float)
+    return D[..., :, None] * (P @ S @ P) * D[..., None, :]
 
 
 def _as_square_batch(name, X):
@@ -171,25 +295,28 @@ def _t_integrals(lam, eps, B, backward):
     """
     lead, k = lam.shape[:-1], lam.shape[-1]
     lam, eps = lam.reshape(-1, k), eps.reshape(-1)
-    left = _left_end_weights()
-    parts = [_t_integrals_flat(lam[i:i + CHUNK], eps[i:i + CHUNK], B, left, backward)
+    left = _left_end_weights(1.0)
+    parts = [_closed_t_integrals(lam[i:i + CHUNK], eps[i:i + CHUNK], B, left, backward)
              for i in range(0, len(eps), CHUNK)]
     if not backward:
         return np.concatenate(parts).reshape(lead + (k,))
     return tuple(np.concatenate(p).reshape(lead + (k, k)) for p in zip(*parts))
 
 
-def _left_end_weights():
+def _left_end_weights(power):
     """Weights on the first LEFT_TERMS nodes that give the trapezoid nodes left of the first,
-    TAU_STEP * sum_{j >= 1} f(-TAU_LEFT - j TAU_STEP), exactly for f = t^p, p = 1..LEFT_TERMS."""
-    p = np.arange(1, LEFT_TERMS + 1)[:, None]
+    TAU_STEP * sum_{j >= 1} f(-TAU_LEFT - j TAU_STEP), exactly for f = t^p, p = power + 0, 1, ..
+    LEFT_TERMS - 1 (the integrand near t = 0 is t^power times a power series)."""
+    p = power + np.arange(LEFT_TERMS)[:, None]
     r = np.exp(-p * TAU_STEP)
     growth = np.exp(p * TAU_STEP * np.arange(LEFT_TERMS))  # t^p at node j, over t^p at node 0
     return TAU_STEP * np.linalg.solve(growth, (r / (1 - r))[:, 0])
 
 
-def _t_integrals_flat(lam, eps, B, left, backward):
-    """:func:`_t_integrals` on lam (m, B-1), eps (m,): trapezoid rule in tau = log t, with
+def _t_nodes(lam, eps, B, left, power, min_rank):
+    """Trapezoid rule in tau = log t for lam (m, B-1), eps (m,) in scaled units: returns
+    (inv_q, base), inv_q = 1/q_k at the nodes (m, B-1, n) and base (m, n) such that
+    sum_n base f(t_n) = (1/Gamma(power)) int t^(power-1) e^{-t eps} D(t) f(t) dt, with
     ``left`` (:func:`_left_end_weights`) added to the first weights.
 
     Each matrix has its own last node (EPS_CUTOFF / eps, or TAIL_SPAN past 1/a_min); nodes past
@@ -197,8 +324,8 @@ def _t_integrals_flat(lam, eps, B, left, backward):
     """
     a = 2 * lam / B
     a_min = np.min(np.where(a > 0, a, np.inf), axis=-1)
-    # the integrand's t^(-1/2)-or-faster tail needs rank >= 1 (forward) or >= 3 (backward)
-    decays = np.count_nonzero(a, axis=-1) >= (3 if backward else 1)
+    # the integrand's t^(-1/2)-or-faster tail needs rank(Sw) >= min_rank
+    decays = np.count_nonzero(a, axis=-1) >= min_rank
     with np.errstate(divide="ignore"):
         tau_hi = np.minimum(np.log(EPS_CUTOFF / eps),
                             np.where(decays, TAIL_SPAN - np.log(a_min), np.inf))
@@ -214,7 +341,13 @@ def _t_integrals_flat(lam, eps, B, left, backward):
     base = np.sqrt(np.prod(inv_q, axis=1))  # D = det(I + 2t Sw/B)^(-1/2)
     t_eps = np.minimum(eps[:, None] * t, EXP_ARG_MAX)  # clipped only where weight = 0
     base *= np.exp(-t_eps)
-    base *= weight * t
+    base *= weight * (t if power == 1 else t**power / gamma(power))
+    return inv_q, base
+
+
+def _closed_t_integrals(lam, eps, B, left, backward):
+    """:func:`_t_integrals` on lam (m, B-1), eps (m,), in the eigenbasis (no per-node matrices)."""
+    inv_q, base = _t_nodes(lam, eps, B, left, 1.0, min_rank=3 if backward else 1)
     if not backward:
         return lam * (inv_q @ base[:, :, None])[:, :, 0]
     # 1 - rho_k = (1 + 1/q_k) / 2 and rho_k = (1 - 1/q_k) / 2, so K and C follow from the

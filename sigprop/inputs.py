@@ -28,9 +28,10 @@ class Inputs:
     law: str
 
     def __init__(self, q=1.0, corr=0.0, mean=0.0, n: int | None = None, law: str = "fixed"):
-        sizes = [len(np.atleast_1d(v)) for v in (q, mean) if np.ndim(v) == 1]
-        if np.ndim(corr) == 2:
-            sizes.append(np.shape(corr)[0])
+        qa, ma, ca = (_finite(f"Inputs.{k}", v) for k, v in (("q", q), ("mean", mean), ("corr", corr)))
+        sizes = [len(a) for a in (qa, ma) if a.ndim == 1]
+        if ca.ndim == 2:
+            sizes.append(len(ca))
         if n is not None:
             if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
                 raise ConfigError("Inputs.n", n, "an integer >= 1")
@@ -38,13 +39,13 @@ class Inputs:
         if len(set(sizes)) > 1:
             raise ConfigError("Inputs sizes (q, mean, corr, n)", sizes, "all the same number of inputs")
         B = sizes[0] if sizes else 1
-        qv = _vector("Inputs.q", q, B)
-        mv = _vector("Inputs.mean", mean, B)
+        qv = _vector("Inputs.q", q, qa, B)
+        mv = _vector("Inputs.mean", mean, ma, B)
         if np.any(qv <= 0):
             raise ConfigError("Inputs.q", q, "> 0 for every input (second moment)")
         if np.any(mv**2 > qv * (1 + 1e-12)):
             raise ConfigError("Inputs.mean", mean, "mean^2 <= q for every input (variance >= 0)")
-        C = _matrix("Inputs.corr", corr, B)
+        C = _matrix("Inputs.corr", corr, ca, B)
         if law not in LAWS:
             raise ConfigError("Inputs.law", law, f"one of {LAWS}")
         if law == "gaussian" and np.any(mv != 0):
@@ -86,30 +87,31 @@ class Inputs:
         return cls(q=d["q"], mean=d["mean"], corr=d["corr"], law=d.get("law", "fixed"))
 
 
-def _finite(field, value, shape):
+def _finite(field, value):
+    """``value`` as a float array; numbers only (numpy would read '0' or True as numbers)."""
     try:
-        arr = np.asarray(value, dtype=float)
-    except (TypeError, ValueError):
-        raise ConfigError(field, value, f"real numbers of shape {shape}") from None
+        arr = np.asarray(value)
+    except (TypeError, ValueError):  # ragged nesting
+        arr = np.asarray(None)
+    if arr.dtype.kind not in "iuf":
+        raise ConfigError(field, value, "real numbers: a number, a list or a matrix")
     if not np.all(np.isfinite(arr)):
         raise ConfigError(field, value, "finite numbers")
-    return arr
+    return arr.astype(float)
 
 
-def _vector(field, value, B):
-    arr = _finite(field, value, f"() or ({B},)")
+def _vector(field, value, arr, B):
     if arr.ndim > 1:
         raise ConfigError(field, value, f"a number or a list of {B}")
     return np.broadcast_to(arr, (B,)).astype(float)
 
 
-def _matrix(field, value, B):
-    arr = _finite(field, value, f"() or ({B}, {B})")
+def _matrix(field, value, arr, B):
     if arr.ndim == 0:
         C = np.full((B, B), float(arr))
         np.fill_diagonal(C, 1.0)
     elif arr.shape == (B, B):
-        C = arr.astype(float)
+        C = arr
         if not np.allclose(C, C.T) or not np.allclose(np.diag(C), 1.0):
             raise ConfigError(field, value, "a symmetric matrix with unit diagonal")
     else:

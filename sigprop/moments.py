@@ -37,6 +37,31 @@ class Ref:
 
 
 @dataclass(frozen=True)
+class BNLaw:
+    """The law of a BatchNorm output, possibly rescaled per input: features z_b = scale_b y_b,
+    y = BatchNorm_eps(u) over the batch, u ~ N(0, S) i.i.d. across features (true units)."""
+
+    S: Any
+    eps: Any
+    scale: Any
+
+
+@dataclass(frozen=True)
+class Gate:
+    """A cotangent relu'(z) o h at a (rescaled) BatchNorm output z = D y, with h ~ N(0, H)
+    independent of the forward (H in the scaled units of the cotangent's K, which includes the
+    gated Gram E[relu'(z) relu'(z)^T] o H); ``signs`` = sign(D). BatchNorm's backward needs it,
+    since relu'(z) and BatchNorm's Jacobian are functions of the same batch."""
+
+    H: Any
+    signs: Any
+
+    def scaled(self, a):
+        """The gate of the cotangent a_a a_b-rescaled (an affine map, a change of log scale)."""
+        return replace(self, H=outer(a, a) * self.H)
+
+
+@dataclass(frozen=True)
 class Moments:
     """Gram ``K`` (..., B, B), mean ``m`` (..., B), log scale ``ls`` (..., B), all scaled."""
 
@@ -45,6 +70,8 @@ class Moments:
     ls: Any
     gaussian: bool = False  # features i.i.d. jointly N(0, K) across inputs
     refs: tuple[Ref, ...] = ()
+    bn: BNLaw | None = None  # features are a (rescaled) BatchNorm output of this law
+    gate: Gate | None = None  # (cotangents) part of the cotangent is gated by relu' after BN
 
     def replace(self, **changes) -> Moments:
         return replace(self, **changes)
@@ -106,8 +133,11 @@ def mix(beta, x: Moments, alpha, f: Moments, ns) -> Moments:
         Xx, Xf = x.cross(rx), f.cross(rf)
         mixed = None if Xx is None or Xf is None else Xx * bx[..., None, :] + Xf * af[..., None, :]
         refs.append(Ref(m=rx.m, X=mixed))
+    gates = [g for g in (x.gate and x.gate.scaled(bx), f.gate and f.gate.scaled(af)) if g]
+    if len(gates) == 2:
+        raise ValueError("two gated cotangents")  # caller turns this into a named error
     return Moments(K=K, m=bx * x.m + af * f.m, ls=ls, gaussian=x.gaussian and f.gaussian,
-                   refs=tuple(refs))
+                   refs=tuple(refs), gate=gates[0] if gates else None)
 
 
 def affine(s: Moments, a, t, ls_out) -> Moments:
@@ -115,7 +145,7 @@ def affine(s: Moments, a, t, ls_out) -> Moments:
 
     K' = a a^T (K - m m^T + d d^T) with d = m - t, m' = a d, X' = (X - m_r t^T) a; ``t=None``
     means t = 0. A decoupled cross moment m_r m^T stays decoupled (m_r m'^T); Gaussian features
-    stay Gaussian (t = m = 0 for them).
+    stay Gaussian (t = m = 0 for them), and a rescaled BatchNorm output stays one when t = 0.
     """
     if t is None:
         K, d = s.K, s.m
@@ -125,7 +155,12 @@ def affine(s: Moments, a, t, ls_out) -> Moments:
     refs = tuple(r if r.X is None or r.X is DECOUPLED
                  else Ref(m=r.m, X=(r.X if t is None else r.X - outer(r.m, t)) * a[..., None, :])
                  for r in s.refs)
-    return s.replace(K=outer(a, a) * K, m=a * d, ls=ls_out, refs=refs)
+    bn = s.bn
+    if bn is not None:  # true z' = e^(ls_out - ls) a z
+        bn = (replace(bn, scale=bn.scale * a * np.exp(ls_out - s.ls))
+              if t is None or not np.any(t) else None)
+    gate = s.gate and s.gate.scaled(a)
+    return s.replace(K=outer(a, a) * K, m=a * d, ls=ls_out, refs=refs, bn=bn, gate=gate)
 
 
 def canonical(s: Moments) -> Moments:
@@ -134,7 +169,8 @@ def canonical(s: Moments) -> Moments:
     pos = d > 0
     root = np.sqrt(np.where(pos, d, 1.0))
     ls = s.ls + np.log(root)
-    return s.replace(K=s.K / outer(root, root), m=s.m / root, ls=ls)
+    gate = s.gate and s.gate.scaled(1 / root)
+    return s.replace(K=s.K / outer(root, root), m=s.m / root, ls=ls, gate=gate)
 
 
 def true_moments(s: Moments, where: str, ns):

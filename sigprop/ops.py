@@ -25,9 +25,10 @@ import sympy
 
 from . import mc_core as mc
 from .activations import get_activation
+from .batchnorm_kernel import bn_activation, bn_backward, bn_forward, bn_relu_backward, centred_cov
 from .errors import ConfigError, UnsupportedComposition
 from .mc_rng import BIAS
-from .moments import DECOUPLED, Moments, Ref, affine, mix, outer, true_moments
+from .moments import DECOUPLED, BNLaw, Gate, Moments, Ref, affine, mix, outer, true_moments
 from .params import Context, Sweep, check
 
 _POSITIVE = (lambda x: x > 0, "> 0")
@@ -200,11 +201,16 @@ class Dense(Op):
 
 @dataclass(frozen=True)
 class Act(Op):
-    """Elementwise activation phi. Needs jointly Gaussian pre-activations (a Dense before it).
+    """Elementwise activation phi. Needs jointly Gaussian pre-activations (a Dense before it), or
+    for relu and linear a (rescaled) BatchNorm output.
 
     Forward: K'_ab = E[phi(u_a) phi(u_b)], m'_a = E[phi(u_a)], u ~ N(0, K); a cross moment still
     coupled to the residual input follows Stein's lemma, X' = m_r E[phi]^T + X diag E[phi'].
     Backward: G_in = E[phi'(u_a) phi'(u_b)] * G_out.
+    After BatchNorm (z = D P u / s): phi(z) = phi(D P u) / s for phi of degree 1, so K' and m'
+    are 1-D t-integrals of the Gaussian faces (:func:`~sigprop.batchnorm_kernel.bn_activation`);
+    Stein's lemma holds under every tilt of the t-integral, so X' is as above; and phi'(z) =
+    phi'(D P u), so the backward is the Gaussian grad kernel at D P S P D.
     """
 
     name: str = "relu"
@@ -213,7 +219,19 @@ class Act(Op):
         get_activation(self.name)  # raises ConfigError naming the allowed activations
 
     def _pre(self, s, ctx):
-        """(K, ls) of the pre-activation in the units the kernel is evaluated in."""
+        """(act, K, ls): the Gram of the Gaussian pre-activation in the units the kernel is
+        evaluated in; after BatchNorm, that of D P u (true units), which has phi's sign pattern."""
+        act = get_activation(self.name)
+        if s.bn is not None:
+            if act.degree != 1:
+                raise UnsupportedComposition(
+                    f"{ctx.path}: Act({self.name!r}) directly after BatchNorm: the BatchNorm "
+                    "output is not Gaussian, and sigprop integrates it exactly only through "
+                    "positively homogeneous activations (relu, linear), where phi(Pu/s) = "
+                    "phi(Pu)/s turns it into a 1-D integral. For this activation the law is a "
+                    f"(B-1)-dimensional integral; put a Dense between BatchNorm and "
+                    f"Act({self.name!r}), or use sp.simulate.")
+            return act, centred_cov(s.bn.S, s.bn.scale), 0 * s.ls
         if not s.gaussian:
             raise UnsupportedComposition(
                 f"{ctx.path}: Act({self.name!r}) meets a stream whose features are not jointly "
@@ -221,7 +239,6 @@ class Act(Op):
                 "BatchNorm output), so its infinite-width law is not a Gaussian integral. Put a "
                 "Dense before the activation, or use Inputs(law='gaussian') when the stream is "
                 "a sum of Gaussian parts.")
-        act = get_activation(self.name)
         if act.degree == 1:  # phi(lambda u) = lambda phi(u): evaluate at the scaled Gram
             return act, s.K, s.ls
         K, _ = true_moments(s, ctx.path, ctx.ns)
@@ -230,9 +247,11 @@ class Act(Op):
     def theory_forward(self, s, ctx, record=None):
         ns = ctx.ns
         act, K, ls = self._pre(s, ctx)
-        q1, q2, c = _kernel_args(K, ns)
         d = np.diagonal(K, axis1=-2, axis2=-1)
-        m = act.mean(d, ns)
+        if s.bn is None:
+            K_out, m = act.gram_kernel(K, ns), act.mean(d, ns)
+        else:
+            K_out, m = bn_activation(s.bn.S, s.bn.eps, s.bn.scale, act)
         refs = []
         for r in s.refs:
             if r.X is DECOUPLED or r.X is None:
@@ -240,7 +259,7 @@ class Act(Op):
             else:
                 slope = act.grad_mean(d, ns) * ns.exp(s.ls - ls)
                 refs.append(Ref(m=r.m, X=outer(r.m, m) + s.cross(r) * slope[..., None, :]))
-        return Moments(K=act.kernel(q1, q2, c, ns), m=m, ls=ls, gaussian=False, refs=tuple(refs))
+        return Moments(K=K_out, m=m, ls=ls, gaussian=False, refs=tuple(refs))
 
     def theory_backward(self, s, g, ctx):
         ns = ctx.ns
@@ -248,7 +267,10 @@ class Act(Op):
         d = np.diagonal(K, axis1=-2, axis2=-1)
         refs = tuple(r if r.X is DECOUPLED or r.X is None
                      else Ref(m=r.m, X=r.X * act.grad_mean(d, ns)[..., None, :]) for r in g.refs)
-        return g.replace(K=act.grad_kernel(*_kernel_args(K, ns), ns) * g.K, refs=refs)
+        gate = None
+        if s.bn is not None and act.name != "linear":  # relu'(z) and the BN before share u
+            gate = Gate(H=g.K, signs=np.sign(s.bn.scale))
+        return g.replace(K=act.gram_grad_kernel(K, ns) * g.K, refs=refs, gate=gate)
 
     def mc_forward(self, x, env, record=None):
         """phi on the scaled signal when phi(c u) = c phi(u) (c > 0), else on the true one."""
@@ -261,23 +283,6 @@ class Act(Op):
     def mc_vjp(self, res, g, env):
         """g phi'(u); phi' is scale free when phi is positively homogeneous."""
         return mc.Sig(g.x * get_activation(self.name).grad(res, env.xp).astype(g.x.dtype), g.ls)
-
-
-def _kernel_args(K, ns):
-    """(q1, q2, c) of a Gram for the activation kernels; c is exactly 1 on the diagonal."""
-    d = np.diagonal(K, axis1=-2, axis2=-1)
-    q1, q2 = d[..., :, None], d[..., None, :]
-    B = K.shape[-1]
-    eye = np.eye(B, dtype=bool)
-    if ns.symbolic:
-        c = K / ns.sqrt(q1 * q2)
-        c = np.where(eye, sympy.Integer(1), c)
-    else:
-        with np.errstate(divide="ignore", invalid="ignore"):
-            c = np.clip(K / np.sqrt(q1 * q2), -1.0, 1.0)
-        c = (c + np.swapaxes(c, -1, -2)) / 2  # exactly symmetric: relu' kernel is steep at |c| = 1
-        c = np.where(eye, 1.0, np.where(np.isfinite(c), c, 0.0))
-    return q1, q2, c
 
 
 @dataclass(frozen=True)
@@ -370,7 +375,8 @@ class BatchNorm(Op):
     """Per feature over the batch of inputs: y = P u / sqrt(|P u|^2 / B + eps), P = I - 11^T/B.
 
     Needs jointly Gaussian inputs (a Dense before it, or Gaussian inputs); its kernel and its
-    batch-coupled backward are exact 1-D integrals (:mod:`sigprop.batchnorm_kernel`).
+    batch-coupled backward are exact 1-D integrals (:mod:`sigprop.batchnorm_kernel`). The output
+    carries its law (:class:`~sigprop.moments.BNLaw`) for a relu or linear Act after it.
     """
 
     eps: Any = 1e-5
@@ -392,20 +398,25 @@ class BatchNorm(Op):
         return true_moments(s, ctx.path, ctx.ns)[0]
 
     def theory_forward(self, s, ctx, record=None):
-        from .batchnorm_kernel import bn_forward
-
-        K = bn_forward(self._cov(s, ctx), ctx.p(self.eps))
+        S, eps = self._cov(s, ctx), ctx.p(self.eps)
         refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in s.refs)
-        return Moments(K=K, m=0 * s.m, ls=0 * s.ls, gaussian=False, refs=refs)
+        return Moments(K=bn_forward(S, eps), m=0 * s.m, ls=0 * s.ls, gaussian=False, refs=refs,
+                       bn=BNLaw(S=S, eps=eps, scale=np.ones(S.shape[:-1])))
 
     def theory_backward(self, s, g, ctx):
-        from .batchnorm_kernel import bn_backward
-
+        """E[J^T G J] for a cotangent independent of u; a part gated by a relu after this op
+        (g.gate) depends on u and goes through :func:`bn_relu_backward` instead."""
         top = np.max(g.ls, axis=-1, keepdims=True)
-        e = np.exp(g.ls - top)
-        G = bn_backward(self._cov(s, ctx), outer(e, e) * g.K, ctx.p(self.eps))
+        u = np.exp(g.ls - top)
+        S, eps, G = self._cov(s, ctx), ctx.p(self.eps), outer(u, u) * g.K
+        if g.gate is None:
+            G = bn_backward(S, G, eps)
+        else:
+            H, signs = outer(u, u) * g.gate.H, g.gate.signs
+            gated = get_activation("relu").gram_grad_kernel(centred_cov(S, signs)) * H  # in G
+            G = bn_backward(S, G - gated, eps) + bn_relu_backward(S, H, signs, eps)
         refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in g.refs)
-        return g.replace(K=G, ls=top + 0 * g.ls, refs=refs)
+        return g.replace(K=G, ls=top + 0 * g.ls, refs=refs, gate=None)
 
     def mc_forward(self, x, env, record=None):
         """Batch statistics of the simulated batch. With t = max_b ls_b, u = e^(ls - t) xt:
@@ -584,6 +595,10 @@ class Residual(Op):
 
     def theory_backward(self, s, g, ctx):
         gf = self.branch.theory_backward(s.push_ref(), g.push_ref(), ctx.at("branch"))
+        if g.gate is not None and gf.gate is not None:
+            raise UnsupportedComposition(
+                f"{ctx.path}: the stream and the branch both reach a BatchNorm through a relu "
+                "(two gated cotangents of one batch); their joint backward is not implemented.")
         return self._mix(g, gf, ctx, "backward")
 
     def mc_forward(self, x, env, record=None):

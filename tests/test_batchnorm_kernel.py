@@ -9,7 +9,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, special
 
-from sigprop.batchnorm_kernel import _centred_basis, bn_backward, bn_forward
+from sigprop.activations import get_activation
+from sigprop.batchnorm_kernel import (
+    _centred_basis,
+    bn_activation,
+    bn_backward,
+    bn_expectation,
+    bn_forward,
+    bn_relu_backward,
+    centred_cov,
+)
 from sigprop.errors import ConfigError
 
 
@@ -301,7 +310,180 @@ def test_broadcasts_over_leading_dims():
     assert bn_backward(S[0, 0], G, 0.01).shape == (4, B, B)  # G alone carries the batch dim
 
 
-# --- 5. bad input ---------------------------------------------------------------------------------
+# --- 5. an activation after BatchNorm (phi positively homogeneous) -------------------------------
+
+
+def phi_after_bn(act_name, S, eps, scale):
+    """(E[phi(z) phi(z)^T], E[phi(z)]) of z = diag(scale) BN(u) by the module."""
+    return bn_activation(S, eps, scale, get_activation(act_name))
+
+
+def arccos1(c):
+    """E[relu(u) relu(v)] for unit-variance u, v of correlation c (Cho & Saul 2009)."""
+    return (np.sqrt(1 - c * c) + (np.pi - np.arccos(c)) * c) / (2 * np.pi)
+
+
+@pytest.mark.parametrize("B", [2, 3, 4, 8])
+def test_linear_activation_is_the_forward_kernel(B):
+    # phi = identity: bn_expectation with fn(C) = C must be bn_forward (same nodes, other path)
+    rng = np.random.default_rng(B)
+    S, scale = random_cov(rng, B, -3, 3), rng.uniform(-2, 2, B)
+    for eps in (0.0, 1e-3, 1.0):
+        K, m = phi_after_bn("linear", S, eps, scale)
+        ref = np.outer(scale, scale) * bn_forward(S, eps)
+        assert np.abs(K - ref).max() <= 1e-13 * np.abs(ref).max()
+        assert np.abs(m).max() <= 1e-15  # E[y] = 0 (u -> -u)
+
+
+@pytest.mark.parametrize("B", [2, 3, 5, 8])
+def test_relu_isotropic_without_eps_closed_form(B):
+    # P S P = sigma^2 P, eps = 0: y = sqrt(B - 1) (x_a . u), u uniform on S^(d-1), d = B - 1,
+    # |x_a| = 1, x_a . x_b = -1/(B-1). With u = g/|g| independent of |g| (g ~ N(0, I_d)):
+    # E[relu(y_a) relu(y_b)] = (B-1) arccos1(x_a . x_b) / d = arccos1(-1/(B-1)), and
+    # E[relu(y_a)] = sqrt(B-1) E|u_1| / 2 = sqrt(B-1) Gamma(d/2) / (2 sqrt(pi) Gamma((d+1)/2)).
+    d = B - 1
+    S = 2.5 * np.eye(B) + 0.7  # the 11^T part is removed by P
+    K, m = phi_after_bn("relu", S, 0.0, np.ones(B))
+    off = arccos1(-1.0 / d)
+    expected = np.where(np.eye(B, dtype=bool), 0.5, off)
+    assert np.abs(K - expected).max() <= 1e-13
+    mean = np.sqrt(d) * special.gamma(d / 2) / (2 * np.sqrt(np.pi) * special.gamma((d + 1) / 2))
+    assert np.abs(m - mean).max() <= 1e-13
+
+
+@pytest.mark.parametrize("B", [2, 3, 5])
+def test_relu_diagonal_is_half_the_bn_second_moment(B):
+    # y and -y have the same law, so E[relu(y_a)^2] = E[y_a^2] / 2 for any S, eps; and a negative
+    # scale only mirrors: E[relu(-y_a)^2] is the same.
+    rng = np.random.default_rng(10 + B)
+    S = random_cov(rng, B, -4, 4)
+    for eps in (0.0, 1e-4, 0.3):
+        scale = np.where(np.arange(B) % 2, -1.5, 1.5)
+        K, _ = phi_after_bn("relu", S, eps, scale)
+        ref = 1.5**2 * np.diagonal(bn_forward(S, eps)) / 2
+        assert np.abs(np.diagonal(K) - ref).max() <= 1e-13 * ref.max()
+
+
+@pytest.mark.parametrize("B, eps", [(2, 0.1), (3, 0.0), (4, 0.05), (6, 1e-3)])
+def test_relu_after_bn_matches_monte_carlo(B, eps):
+    rng = np.random.default_rng(100 + B)
+    X = rng.standard_normal((B, B + 1))
+    S = X @ X.T / (B + 1)
+    scale = rng.uniform(0.5, 2.0, B) * rng.choice([-1.0, 1.0], B)
+    K, m = phi_after_bn("relu", S, eps, scale)
+    n, sums = 10**6, np.zeros((4, B, B))
+    for start in range(0, n, 10**5):
+        u = rng.standard_normal((10**5, B)) @ np.linalg.cholesky(S).T
+        w = u - u.mean(-1, keepdims=True)
+        z = np.maximum(scale * w / np.sqrt((w * w).sum(-1, keepdims=True) / B + eps), 0)
+        sums += [z.T @ z, (z * z).T @ (z * z), np.diag(z.sum(0)), np.diag((z * z).sum(0))]
+    mean = sums[0::2] / n
+    se = np.sqrt((sums[1::2] / n - mean**2) / (n - 1))
+    # se: standard error of the mean of 10^6 i.i.d. samples; 5 se bounds each of the B^2 + B
+    # entries with probability > 1 - 1e-4 (CLT). At B = 2 the off-diagonal products of two
+    # same-sign scales are exactly 0 (y_1 = -y_0): se = 0 there, and the theory must be ~0.
+    assert np.all(np.abs(mean[0] - K) <= 5 * se[0] + 1e-14), (mean[0] - K) / se[0]
+    assert np.all(np.abs(np.diag(mean[1]) - m) <= 5 * np.diag(se[1]))
+
+
+def test_relu_after_bn_against_adaptive_quadrature():
+    # The same t-integrals by scipy's quad_vec (in tau = log t, a relu kernel per node), on a
+    # spectrum spanning 1e-3 .. 1e3: checks the trapezoid rule, its ends and the power-1/2 weights.
+    rng = np.random.default_rng(5)
+    B = 4
+    S, scale = random_cov(rng, B, -3, 3), np.array([1.0, -0.5, 2.0, 1.0])
+    relu = get_activation("relu")
+    Q = _centred_basis(B)
+    lam, U = np.linalg.eigh(Q.T @ S @ Q)
+    DV = scale[:, None] * (Q @ U)
+    for eps in (0.0, 1e-2):
+        def integrand(tau, power, eps):
+            t = np.exp(tau)
+            q = 1 + 2 * t * lam / B
+            C = (DV * (lam / q)) @ DV.T
+            weight = t**power / special.gamma(power) * np.exp(-t * eps) / np.sqrt(np.prod(q))
+            if power == 1:
+                return weight * relu.gram_kernel(C).ravel()
+            return weight * relu.mean(np.diag(C))
+        hi = np.log(70.0 / eps) if eps > 0 else np.log(B / (2 * lam.min())) + 90.0
+        lo = -np.log(2 * lam.max() / B + eps) - 80.0
+        K_ref = integrate.quad_vec(integrand, lo, hi, args=(1.0, eps), epsrel=1e-13, limit=2000)[0]
+        m_ref = integrate.quad_vec(integrand, lo, hi, args=(0.5, eps), epsrel=1e-13, limit=2000)[0]
+        K, m = phi_after_bn("relu", S, eps, scale)
+        assert np.abs(K.ravel() - K_ref).max() <= 1e-11 * np.abs(K_ref).max()
+        assert np.abs(m - m_ref).max() <= 1e-11 * np.abs(m_ref).max()
+
+
+@pytest.mark.parametrize("B, eps", [(3, 0.1), (5, 0.0), (6, 1e-3)])
+def test_relu_gated_backward_matches_monte_carlo(B, eps):
+    # g_u = J^T (relu'(signs w) o h), h ~ N(0, H) independent of u: the sample mean of
+    # g_u g_u^T over 2 10^6 draws. 5 se per entry (B^2 entries, CLT) fails with prob. < 1e-4.
+    # Power: treating relu'(z) as independent of J (bn_backward of E[relu' relu'^T] o H) is
+    # off by many se, so this test separates the two laws.
+    rng = np.random.default_rng(20 + B)
+    X = rng.standard_normal((B, B + 1))
+    S = X @ X.T / (B + 1)
+    A = rng.standard_normal((B, B))
+    H = A @ A.T / B + np.eye(B)
+    signs = rng.choice([-1.0, 1.0], B)
+    theory = bn_relu_backward(S, H, signs, eps)
+    n, reps, sums = 4 * 10**5, 5, np.zeros((2, B, B))
+    root_S, root_H = np.linalg.cholesky(S), np.linalg.cholesky(H)
+    for _ in range(reps):
+        u = rng.standard_normal((n, B)) @ root_S.T
+        w = u - u.mean(1, keepdims=True)
+        s = np.sqrt((w * w).sum(1, keepdims=True) / B + eps)
+        gy = (signs * w > 0) * (rng.standard_normal((n, B)) @ root_H.T)
+        gu = (gy - gy.mean(1, keepdims=True) - w / s * (w / s * gy).sum(1, keepdims=True) / B) / s
+        prod = gu[:, :, None] * gu[:, None, :]
+        sums += [prod.mean(0), (prod**2).mean(0)]
+    mean = sums[0] / reps
+    se = np.sqrt((sums[1] / reps - mean**2) / (reps * n - 1))
+    assert np.all(np.abs(mean - theory) <= 5 * se), (mean - theory) / se
+    P = centring(B)
+    ungated = bn_backward(S, get_activation("relu").gram_grad_kernel(P @ S @ P * np.outer(signs, signs)) * H, eps)
+    assert np.max(np.abs(mean - ungated) / se) > 5
+
+
+@pytest.mark.parametrize("B", [2, 3, 4, 7])
+def test_relu_gated_backward_with_both_gates_is_the_plain_backward(B):
+    # relu'(v) + relu'(-v) = 1 (v != 0 a.s.), so for a diagonal H the cotangents gated by signs
+    # and by -signs add up to the ungated one: E[J^T diag(r o h) J] + (same, 1 - r) = E[J^T H J].
+    # bn_backward integrates in the eigenbasis without any Gaussian kernel, so this checks the
+    # Stein terms and the power-2, -3 quadratures of bn_relu_backward to rounding.
+    rng = np.random.default_rng(30 + B)
+    S = random_cov(rng, B, -3, 3)
+    H = np.diag(rng.uniform(0.5, 2.0, B))
+    signs = rng.choice([-1.0, 1.0], B)
+    for eps in (1e-4, 0.5) + ((0.0,) if B >= 4 else ()):
+        both = bn_relu_backward(S, H, signs, eps) + bn_relu_backward(S, H, -signs, eps)
+        plain = bn_backward(S, H, eps)
+        assert np.abs(both - plain).max() <= 1e-11 * np.abs(plain).max()
+
+
+def test_activation_moments_broadcast_over_leading_dims():
+    rng = np.random.default_rng(3)
+    B = 3
+    S = np.stack([random_cov(rng, B, -1, 1) for _ in range(4)])[:, None]  # (4, 1, B, B)
+    eps, scale = np.array([0.0, 0.1]), rng.uniform(-1, 1, (2, B))  # eps (2,), scale (2, B)
+    K, m = phi_after_bn("relu", S, eps, scale)
+    assert K.shape == (4, 2, B, B) and m.shape == (4, 2, B)
+    for i in range(4):
+        for j in range(2):
+            Kij, mij = phi_after_bn("relu", S[i, 0], eps[j], scale[j])
+            np.testing.assert_allclose(K[i, j], Kij, rtol=0, atol=1e-15)
+            np.testing.assert_allclose(m[i, j], mij, rtol=0, atol=1e-15)
+
+
+def test_centred_cov_is_the_covariance_of_D_P_u():
+    rng = np.random.default_rng(4)
+    S, scale = random_cov(rng, 3, -1, 1), np.array([2.0, -1.0, 0.5])
+    P = centring(3)
+    np.testing.assert_allclose(centred_cov(S, scale), np.diag(scale) @ P @ S @ P @ np.diag(scale),
+                               rtol=1e-14, atol=1e-15)
+
+
+# --- 6. bad input ---------------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("call, field", [
@@ -322,6 +504,8 @@ def test_broadcasts_over_leading_dims():
     (lambda: bn_backward(np.eye(2), np.eye(2), 0.0), "eps"),  # rank 1: E[1/s^2] diverges
     (lambda: bn_backward(np.eye(3), np.eye(3), 0.0), "eps"),  # rank 2: diverges (log)
     (lambda: bn_forward(np.stack([np.eye(3)] * 2), np.zeros(3)), "eps shape"),
+    (lambda: bn_expectation(np.eye(3), 0.1, lambda C: C, 1.0, np.ones(4)), "scale shape"),
+    (lambda: bn_expectation(np.ones((3, 3)), 0.0, lambda C: C, 1.0), "eps"),  # y = 0/0
 ])
 def test_bad_input_raises_config_error(call, field):
     with pytest.raises(ConfigError) as info:

@@ -59,16 +59,19 @@ X_GAUSS = sp.Inputs(q=[1.0, 2.25, 0.5, 1.5, 2.0, 0.8], corr=0.3, law="gaussian")
 COMBOS = ([(p, a, None) for p in ("plain", "resnet", "deepnorm", "skipinit") for a in ("relu", "tanh")]
           + [(p, a, n) for p in ("preln", "postln", "periln") for a in ("relu", "tanh")
              for n in ("layernorm", "rmsnorm")]
-          + [("prebn", a, None) for a in ("relu", "tanh")])
+          + [("prebn", a, None) for a in ("relu", "tanh")]
+          + [("prebn", "relu", None, "act_dense")])  # x + Dense(relu(BN x)): relu after BN
 DEFAULT = {("plain", "relu", None), ("resnet", "tanh", None), ("preln", "relu", "layernorm"),
-           ("postln", "tanh", "rmsnorm"), ("prebn", "relu", None)}
+           ("postln", "tanh", "rmsnorm"), ("prebn", "relu", None),
+           ("prebn", "relu", None, "act_dense")}
 
 
-def _net(preset, act, norm):
+def _net(preset, act, norm, shape="mlp"):
     kw = {"norm": norm} if norm else {}
     if preset == "skipinit":
         kw["alpha"] = 0.1
-    return PRESETS[preset](L, act=act, **kw), (X_GAUSS if preset == "prebn" else X_FIXED)
+    net = PRESETS[preset](L, act=act, shape=shape, **kw)
+    return net, (X_GAUSS if preset == "prebn" else X_FIXED)
 
 
 def _q_exact(preset, act, norm):
@@ -84,8 +87,8 @@ def _norm_ops(net):
 def agreement(combo, width=N, seeds=S, root_seed=2024):
     """For each statistic: (max over layers and inputs of |MC - theory| / (z SE + A + R), the
     layer where it is reached, and a description). The test asserts every ratio <= 1."""
-    preset, act, norm = combo
-    net, x0 = _net(preset, act, norm)
+    preset, act, norm = combo[:3]
+    net, x0 = _net(*combo)
     th = sp.theory(net, x0)
     mc = sp.simulate(net, x0, width=width, seeds=seeds, root_seed=root_seed)
     B = x0.n

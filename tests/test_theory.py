@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import sigprop as sp
+from sigprop.batchnorm_kernel import bn_relu_backward
 
 RTOL = 1e-12
 
@@ -130,6 +131,21 @@ def test_sweep_equals_pointwise_calls():
                                        atol=1e-15)
 
 
+def test_batchnorm_relu_sweep_equals_pointwise_calls():
+    # the BatchNorm law (S, eps, scale) and the relu gate carry the grid dims (alpha x eps)
+    x0 = sp.Inputs(q=[1.0, 2.0, 0.5], corr=0.3, law="gaussian")
+    alphas, epss = [0.5, 1.0], [1e-5, 0.1, 1.0]
+    grid = sp.theory(sp.presets.prebn(8, shape="act_dense", alpha=sp.sweep("alpha", alphas),
+                                      eps=sp.sweep("eps", epss)), x0)
+    assert grid.log_grad_q.dims == ("layer", "alpha", "eps", "input")
+    for a in alphas:
+        for e in epss:
+            one = sp.theory(sp.presets.prebn(8, shape="act_dense", alpha=a, eps=e), x0)
+            for name in ("log_q", "corr", "log_grad_q"):
+                np.testing.assert_allclose(grid[name].sel(alpha=a, eps=e).values, one[name].values,
+                                           rtol=1e-13, atol=1e-15)
+
+
 def test_linear_plain_net_backward_is_sigma_w_squared_per_layer():
     # Dense backward: G_in = sigma_w^2 ratio G_out; linear act passes it through.
     L, s = 50, 1.1
@@ -182,3 +198,69 @@ def test_recording_a_subset_of_layers_gives_the_same_values():
         np.testing.assert_array_equal(part[name].values, full[name].sel(layer=[0, 5, 36, 37]).values)
     with pytest.raises(sp.ConfigError, match="layers"):
         sp.theory(net, x0, layers=[38])
+
+
+def test_prebn_relu_pre_activation_exchangeable_closed_form():
+    # x -> x + alpha Dense(relu(BN x)), eps = 0, B exchangeable Gaussian inputs (K = (q - k) I
+    # + k 11^T): P K P = sigma^2 P with sigma^2 = q - k, so BN x is sqrt(d) times a uniform
+    # direction (d = B - 1) whatever the layer, and (test_batchnorm_kernel) E[relu(y_a)^2] = 1/2,
+    # E[relu(y_a) relu(y_b)] = arccos1(-1/d). Forward: q_l = q_0 + l alpha^2 sigma_1^2 / 2,
+    # k_l = k_0 + l alpha^2 sigma_1^2 arccos1(-1/d). Backward from G_L = I: the branch cotangent
+    # relu'(z) o W^T g is gated by the same batch as BN's Jacobian, so
+    # G_l = G_(l+1) + alpha^2 bn_relu_backward(K_l, sigma_1^2 G_(l+1)) (that kernel is checked
+    # against Monte Carlo and exact identities in test_batchnorm_kernel; here the chain through
+    # the ops: the gate's scaling, its split at BatchNorm, the residual sum).
+    # The BN t-quadratures are accurate to ~1e-13 per op, so rtol 1e-11 over 20 blocks.
+    B, L, alpha, q0, c0 = 5, 20, 0.7, 1.5, 0.3
+    d, s1 = B - 1, 2.0
+    th = sp.theory(sp.presets.prebn(L, act="relu", shape="act_dense", eps=0.0, alpha=alpha),
+                   sp.Inputs(q=q0, corr=c0, n=B, law="gaussian"))
+    acos1 = (math.sqrt(1 - 1 / d**2) + (math.pi - math.acos(-1 / d)) * (-1 / d)) / (2 * math.pi)
+    layers = np.arange(L + 1)
+    q = q0 + layers * alpha**2 * s1 / 2
+    k = c0 * q0 + layers * alpha**2 * s1 * acos1
+    np.testing.assert_allclose(th.q.values, np.repeat(q[:, None], B, 1), rtol=1e-11)
+    np.testing.assert_allclose(th.corr.values[:, 0, 1], k / q, rtol=1e-11)
+    G, grad = np.eye(B), [1.0]
+    for l in range(L - 1, -1, -1):
+        K = (q[l] - k[l]) * np.eye(B) + k[l]
+        G = G + alpha**2 * bn_relu_backward(K, s1 * G, np.ones(B), 0.0)
+        grad.append(G[0, 0])
+    np.testing.assert_allclose(th.grad_q.values, np.repeat(np.array(grad[::-1])[:, None], B, 1),
+                               rtol=1e-11)
+    assert np.all(th["mean"].values == 0)
+
+
+@pytest.mark.parametrize("rescale", [sp.Scale(-2.0), sp.LayerNorm(eps=0.0, gain=-2.0)])
+def test_relu_residual_on_a_rescaled_batchnorm_output(rescale):
+    # x = c y, y = BN(Dense u) with eps = 0 on B exchangeable inputs, c = -2 (a Scale, or a
+    # LayerNorm: each y_a has feature variance E[y_a^2] = 1 and mean 0, so LN multiplies by its
+    # gain). Then x + alpha relu(x): E[y y^T] = (B/d) P (d = B - 1, uniform direction),
+    # relu(c y) has the law of relu(|c| y) (y -> -y), so its kernel is c^2 [1/2 on the diagonal,
+    # arccos1(-1/d) off it] and its mean |c| sqrt(d) Gamma(d/2) / (2 sqrt(pi) Gamma((d+1)/2));
+    # the cross moment E[x_a relu(x_b)] = E[x_a (x_b + |x_b|)] / 2 = K_ab / 2 (x -> -x).
+    B, c, alpha = 4, -2.0, 0.5
+    d = B - 1
+    net = sp.Serial(sp.Dense(1.3), sp.BatchNorm(eps=0.0), rescale,
+                    sp.Residual(sp.Act("relu"), alpha=alpha))
+    th = sp.theory(net, sp.Inputs(q=2.0, corr=0.4, n=B))
+    P = np.eye(B) - 1.0 / B
+    Kx = c**2 * B / d * P
+    acos1 = (math.sqrt(1 - 1 / d**2) + (math.pi - math.acos(-1 / d)) * (-1 / d)) / (2 * math.pi)
+    kappa = c**2 * np.where(np.eye(B, dtype=bool), 0.5, acos1)
+    K = Kx + alpha**2 * kappa + alpha * Kx
+    mean = alpha * abs(c) * math.sqrt(d) * math.gamma(d / 2) / (
+        2 * math.sqrt(math.pi) * math.gamma((d + 1) / 2))
+    np.testing.assert_allclose(th.q.values[-1], np.diag(K), rtol=1e-12)
+    np.testing.assert_allclose(th.corr.values[-1], K / np.diag(K)[0], rtol=1e-12, atol=1e-13)
+    np.testing.assert_allclose(th["mean"].values[-1], mean, rtol=1e-12)
+
+
+def test_smooth_activation_after_batchnorm_is_refused_with_the_reason():
+    net = sp.Serial(sp.Dense(), sp.BatchNorm(), sp.Act("tanh"))
+    with pytest.raises(sp.UnsupportedComposition, match="layer 3 Act: .*directly after BatchNorm"):
+        sp.theory(net, sp.Inputs(q=1.0, corr=0.2, n=3))
+    # a residual sum ends the BatchNorm law: relu of (BN output + Gaussian) is refused too
+    net = sp.Serial(sp.Dense(), sp.BatchNorm(), sp.Residual(sp.Dense()), sp.Act("relu"))
+    with pytest.raises(sp.UnsupportedComposition, match="not jointly Gaussian"):
+        sp.theory(net, sp.Inputs(q=1.0, corr=0.2, n=3))

@@ -22,6 +22,10 @@ negative = st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False)
     (lambda: sp.Inputs(q=1.0, corr=-0.9, n=3), "Inputs.corr"),  # not PSD for 3 inputs
     (lambda: sp.Inputs(q=[1.0, 2.0], n=3), "Inputs sizes"),
     (lambda: sp.Inputs(q=1.0, mean=0.5, law="gaussian"), "Inputs.mean"),
+    (lambda: sp.Inputs(q=1.0, corr="0", n=2), "Inputs.corr"),  # numpy would read "0" as 0.0
+    (lambda: sp.Inputs(q=["1", 2.0]), "Inputs.q"),
+    (lambda: sp.Inputs(q=True), "Inputs.q"),
+    (lambda: sp.Inputs(q=[1.0, [2.0, 3.0]]), "Inputs.q"),  # ragged
     (lambda: sp.Inputs(law="uniform"), "Inputs.law"),
     (lambda: sp.presets.preln(0), "depth"),
     (lambda: sp.presets.preln(2.5), "depth"),

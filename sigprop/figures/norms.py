@@ -8,7 +8,8 @@ from ..config import unsupported_of
 SIM = "norms"
 CAPTION = (
     "LayerNorm, RMSNorm and BatchNorm across batch sizes $B$ (Gaussian inputs, pairwise cosine "
-    "0.5, ReLU MLP branches): correlation between two inputs (left) and gradient second moment "
+    "0.5, ReLU MLP branches, and the pre-activation branch Dense(ReLU(BN x)) of ResNet v2): "
+    "correlation between two inputs (left) and gradient second moment "
     "at the input (right) after $L$ blocks. LayerNorm and RMSNorm act on each input alone, so "
     "their curves cannot depend on $B$; BatchNorm couples the inputs of a batch. Lines: "
     "infinite-width theory; points: Monte Carlo.")
