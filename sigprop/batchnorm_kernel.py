@@ -228,7 +228,7 @@ def centred_cov(S, scale):
 
 def _as_square_batch(name, X):
     """X as a float64 array of shape (..., B, B), B >= 2, finite; ConfigError otherwise."""
-    X = np.asarray(X, dtype=float)
+    X = np.ascontiguousarray(X, dtype=float)  # C order for eigh and matmul stacks
     if X.ndim < 2 or X.shape[-1] != X.shape[-2]:
         raise ConfigError(f"{name} shape", X.shape, "(..., B, B)")
     if X.shape[-1] < 2:
