@@ -46,6 +46,7 @@ from .mc_core import (
     canonical,
     dense_width,
     gram,
+    mean_sq,
     psd_power,
 )
 from .mc_rng import COTANGENT, INPUT, Streams
@@ -115,23 +116,26 @@ def _run_chunk(blocks, inputs, width, env, tick):
     def at(l):
         return Env(env.xp, env.dtype, env.streams, env.sampler, block=l)
 
+    # Per layer only the reductions over the features are taken (_moments, _mean_sq); the
+    # elementwise maths on the (S, B) results runs once on the stacked layers (_stats, _log_q):
+    # the same numbers, a fraction of the array calls (on a GPU each call is a launch).
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         x = canonical(_inputs(inputs, width, env))
-        fwd, branch, ckpt = [_stats(x)], [None], {0: x}
+        fwd, branch, ckpt = [_moments(x)], [None], {0: x}
         for l in range(1, L + 1):
             record: dict = {}
             x = canonical(blocks[l - 1].mc_forward(x, at(l), record)[0])
-            fwd.append(_stats(x))
+            fwd.append(_moments(x))
             f = record.get("branch")
-            branch.append(None if f is None else _log_q(f))
+            branch.append(None if f is None else _mean_sq(f))
             if l % k == 0 and l < L:
                 ckpt[l] = x
             tick()
-        fwd = [xp.stack(v) for v in zip(*fwd)]
+        fwd = _stats(*(xp.stack(v) for v in zip(*fwd)))
         _raise_nonfinite(fwd[0], "forward", blocks)
 
         g = canonical(Sig(env.normal(COTANGENT, (inputs.n, x.x.shape[-1])), xp.zeros_like(x.ls)))
-        grads = [_log_q(g)]
+        grads = [_mean_sq(g)]
         for start in reversed(range(0, L, k)):
             x, tape = ckpt.pop(start), []
             for l in range(start + 1, min(start + k, L) + 1):
@@ -140,15 +144,16 @@ def _run_chunk(blocks, inputs, width, env, tick):
                 x = canonical(y)
             for l in reversed(range(start + 1, min(start + k, L) + 1)):
                 g = canonical(blocks[l - 1].mc_vjp(tape.pop(), g, at(l)))
-                grads.append(_log_q(g))
+                grads.append(_mean_sq(g))
                 tick()
-        log_grad_q = xp.stack(grads[::-1])
+        log_grad_q = _log_q(*(xp.stack(v) for v in zip(*grads[::-1])))
         _raise_nonfinite(log_grad_q, "backward", blocks)
 
-    nan = xp.full_like(fwd[0][0], np.nan)
+        nan = (xp.full_like(fwd[0][0], np.nan), xp.zeros_like(fwd[0][0]))
+        log_branch_q = _log_q(*(xp.stack(v) for v in zip(*(nan if b is None else b
+                                                            for b in branch))))
     out = {"log_q": fwd[0], "mean": fwd[1], "var": fwd[2], "corr": fwd[3],
-           "log_grad_q": log_grad_q,
-           "log_branch_q": xp.stack([nan if b is None else b for b in branch])}
+           "log_grad_q": log_grad_q, "log_branch_q": log_branch_q}
     host = xp.asnumpy if xp is not np else np.asarray
     return {name: np.swapaxes(host(v), 0, 1) for name, v in out.items()}  # (seed, layer, ...)
 
@@ -173,26 +178,34 @@ def _inputs(inputs: Inputs, n: int, env) -> Sig:
     return Sig(x.astype(env.dtype), xp.zeros(x.shape[:-1]))
 
 
-def _log_q(s: Sig):
+def _mean_sq(s: Sig):
+    """(mean(x^2), ls) per (seed, input): the reduction of :func:`_log_q`."""
+    return mean_sq(s.x), s.ls
+
+
+def _log_q(ms, ls):
     """log q = 2 ls + log mean(x^2) per (seed, input)."""
-    return 2 * s.ls + array_module(s.x).log((s.x * s.x).sum(axis=-1, dtype=F64) / s.x.shape[-1])
+    return 2 * ls + array_module(ms).log(ms)
 
 
-def _stats(s: Sig):
-    """log q, mean, var (S, B) and corr (S, B, B) of a batch of signals, float64.
+def _moments(s: Sig):
+    """(G / n, row means, ls) of a batch of signals, float64: the reductions of :func:`_stats`."""
+    return gram(s.x, s.x) / s.x.shape[-1], s.x.mean(axis=-1, dtype=F64), s.ls
+
+
+def _stats(G, m, ls):
+    """log q, mean, var (..., B) and corr (..., B, B) from :func:`_moments`, float64.
 
     mean and var are formed in log space (exp(ls + log|.|)): they may overflow to inf at extreme
     depth, like q, but are never inf * 0.
     """
-    xp = array_module(s.x)
-    G = gram(s.x, s.x) / s.x.shape[-1]
+    xp = array_module(G)
     d = xp.diagonal(G, axis1=-2, axis2=-1)
-    m = s.x.mean(axis=-1, dtype=F64)
     root = xp.sqrt(d)
     corr = G / (root[..., :, None] * root[..., None, :])
-    mean = xp.sign(m) * xp.exp(s.ls + xp.log(xp.abs(m)))
-    var = xp.exp(2 * s.ls + xp.log(xp.maximum(d - m * m, 0.0)))
-    return 2 * s.ls + xp.log(d), mean, var, corr
+    mean = xp.sign(m) * xp.exp(ls + xp.log(xp.abs(m)))
+    var = xp.exp(2 * ls + xp.log(xp.maximum(d - m * m, 0.0)))
+    return 2 * ls + xp.log(d), mean, var, corr
 
 
 def _raise_nonfinite(v, direction, blocks):

@@ -282,7 +282,8 @@ class Act(Op):
 
     def mc_vjp(self, res, g, env):
         """g phi'(u); phi' is scale free when phi is positively homogeneous."""
-        return mc.Sig(g.x * get_activation(self.name).grad(res, env.xp).astype(g.x.dtype), g.ls)
+        grad = get_activation(self.name).grad(res, env.xp)
+        return mc.Sig(g.x * grad.astype(g.x.dtype, copy=False), g.ls)
 
 
 @dataclass(frozen=True)
