@@ -111,18 +111,20 @@ def bn_backward(S, G, eps):
     return V @ R @ Vt / c[..., None, None]
 
 
-def bn_expectation(S, eps, fn, power, scale=None, degree=None, args=()):
+def bn_expectation(S, eps, fn, power, scale=None, degree=None, args=(), min_rank=1):
     """E[f(D w) / s^(2 power)] for u ~ N(0, S), w = P u, D = diag(scale) (default I), where
     fn(C, *args) = E_{v ~ N(0, C)}[f(v)] is given on stacks of covariances C (m, nodes, B, B)
     (each of ``args`` arrives as (m, 1, ...), its leading dims broadcast with S's) and is
     homogeneous, fn(l C) = l^degree fn(C) (degree defaults to power: a function of D y).
+    ``min_rank``: the rank of P S P the integral needs to converge at eps = 0 (ConfigError
+    otherwise); 3 where the integrand holds 1/s^2 (:func:`_prepare`).
 
     1/s^(2p) = (1/Gamma(p)) int t^(p-1) e^{-t s^2} dt and the Gaussian tilt give
     int_0^inf t^(p-1)/Gamma(p) e^{-t eps} det(I + 2t Sw/B)^(-1/2) fn(D Sw_t D) dt, done by the
     trapezoid rule of this module with fn evaluated at every node. Shape: the broadcast leading
     dims of S, eps, scale and args, then fn's trailing shape.
     """
-    lam, V, eps, c = _prepare(S, eps, min_rank_at_eps0=1)
+    lam, V, eps, c = _prepare(S, eps, min_rank_at_eps0=min_rank)
     B = V.shape[-2]
     scale = np.ones(B) if scale is None else np.asarray(scale, dtype=float)
     args = [np.asarray(a, dtype=float) for a in args]
@@ -147,7 +149,7 @@ def bn_expectation(S, eps, fn, power, scale=None, degree=None, args=()):
     out = []
     for i in range(0, len(eps), chunk):
         part = slice(i, i + chunk)
-        inv_q, base = _t_nodes(lam[part], eps[part], B, left, power, min_rank=1)
+        inv_q, base = _t_nodes(lam[part], eps[part], B, left, power, min_rank)
         C = np.einsum("mbk,mkn,mck->mnbc", DV[part], lam[part, :, None] * inv_q, DV[part])
         vals = np.asarray(fn(C, *(a[part, None] for a in args)))
         out.append(np.einsum("mn,mn...->m...", base, vals))
@@ -209,9 +211,8 @@ def bn_relu_backward(S, H, signs, eps):
         inner = A * H + np.eye(B) * (Dl * H).sum(-1)[..., None]
         return (relu.gram_kernel(C) * H).sum((-2, -1))[..., None, None] * C + 2 * C @ inner @ C
 
-    T1 = bn_expectation(S, eps, t1, 1.0, signs, degree=0.0, args=(H,))
-    T2 = bn_expectation(S, eps, t2, 2.0, signs, degree=1.0, args=(H,))
-    T3 = bn_expectation(S, eps, t3, 3.0, signs, degree=2.0, args=(H,))
+    T1, T2, T3 = (bn_expectation(S, eps, t, p, signs, degree=p - 1, args=(H,), min_rank=3)
+                  for t, p in ((t1, 1.0), (t2, 2.0), (t3, 3.0)))
     inner = T1 - (T2 + np.swapaxes(T2, -1, -2)) / B + T3 / B**2
     EP = signs[..., :, None] * (np.eye(B) - 1.0 / B)  # (E P)^T inner (E P) = P E inner E P
     out = np.swapaxes(EP, -1, -2) @ inner @ EP

@@ -158,7 +158,7 @@ class ProfileSpec(_Strict):
     batch_sizes: list[int] | None = None
     sweeps: dict[str, SweepValues] | None = None
     dtype: Literal["float32", "float64"] = "float32"
-    sampler: Literal["auto", "explicit", "conditional"] = "auto"
+    sampler: Literal["auto", "explicit", "conditional", "independent"] = "auto"
 
     @field_validator("widths")
     @classmethod

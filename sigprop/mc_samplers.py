@@ -6,6 +6,8 @@ images, D (S, B, n_out) the cotangents, W_ij ~ N(0, s / n_in) with s = sigma_w^2
 D W (``vjp``); the bias is added by the op.
 
 * :class:`Explicit` draws W (n_out n_in normals), re-drawing it from its stream for the VJP.
+* :class:`Independent` is :class:`Conditional` forward with a fresh W backward (GIA; a
+  diagnostic, not a network's law).
 * :class:`Conditional` draws only what the net can see. Given X, the columns of A are i.i.d.
   N(0, (s/n_in) G) across the n_out features, G = X X^T: A = C Z with the symmetric root
   C = sqrt(s/n_in) G^(1/2) and Z (B x n_out) standard normal. Given X and A, W = A^T G^+ X +
@@ -71,4 +73,16 @@ class Conditional:
         return c @ env.normal(BACKWARD, (d.shape[-2], n_in))
 
 
-SAMPLERS = {s.name: s for s in (Explicit(), Conditional())}
+class Independent(Conditional):
+    """Gradient independence (GIA): the VJP pulls back through a fresh W, independent of the
+    forward's. Not the law of a real network: it is the infinite-width theory's assumption at
+    finite width, for telling the part of a theory-vs-Monte Carlo gap that comes from the
+    forward-backward weight correlation from the rest."""
+
+    name = "independent"
+
+    def vjp(self, res, d, std: float, env):
+        return self.fresh(d, res[0].shape[-1], std, env)
+
+
+SAMPLERS = {s.name: s for s in (Explicit(), Conditional(), Independent())}

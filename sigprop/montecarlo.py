@@ -13,7 +13,8 @@ inputs, forward and backward, and returns the schema's Dataset with dims
   (:mod:`sigprop.mc_rng`); weights are regenerated, never stored, and chunking the seeds changes
   no number.
 * Weights: ``sampler="explicit"`` draws every W; ``"conditional"`` (the default, exact for Gaussian
-  weights) samples W X and W^T D by Gaussian conditioning (:mod:`sigprop.mc_samplers`).
+  weights) samples W X and W^T D by Gaussian conditioning (:mod:`sigprop.mc_samplers`);
+  ``"independent"`` pulls back through fresh weights (the theory's gradient independence).
 * Backward: delta_L ~ N(0, I) from its own stream, pulled back by each op's ``mc_vjp``, with
   checkpoints every k = ceil(sqrt(L)) blocks: the forward keeps the states at blocks 0, k, 2k, ...;
   the backward recomputes one segment of k blocks at a time, keeping their residuals.
@@ -73,7 +74,8 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
 
     ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable; logged). ``sampler``:
     "conditional" (exact Gaussian conditioning, the "auto" choice), "explicit" (every weight
-    drawn), or a sampler object with the same ``forward``/``vjp`` methods. ``seed_chunk``: seeds
+    drawn), "independent" (a fresh W in every VJP: gradient independence, a diagnostic), or a
+    sampler object with the same ``forward``/``vjp`` methods. ``seed_chunk``: seeds
     run together (default: as many as fit in ``MEMORY_BUDGET``); results do not depend on it.
     Hyperparameter sweeps are refused: run one point per call.
     """

@@ -851,10 +851,14 @@ class Derivation:
             lines.append(f"%   [{'ok' if c.passed else 'FAIL'}] {c.what}: {c.error:.3g} "
                          f"(tol {c.tol:.3g})")
         lines.append(r"\begin{align}")
-        body = []
+        body, note = [], ""
         for eq in self.equations:
+            # each new qualifier (e.g. "preln, relu") as a line of text above its equations
+            head = (f"  \\intertext{{\\small\\texttt{{\\detokenize{{{eq.note}}}}}}}\n"
+                    if eq.note and eq.note != note else "")
+            note = eq.note or note
             tag = f" \\label{{eq:{self.name}:{eq.label}}}"
-            body.append(f"  {latex(eq.lhs)} &= {latex(eq.rhs)}{tag}")
+            body.append(f"{head}  {latex(eq.lhs)} &= \\fitmath{{{latex(eq.rhs)}}}{tag}")
         lines.append(" \\\\\n".join(body))
         lines.append(r"\end{align}")
         return "\n".join(lines) + "\n"

@@ -506,6 +506,7 @@ def test_centred_cov_is_the_covariance_of_D_P_u():
     (lambda: bn_forward(np.stack([np.eye(3)] * 2), np.zeros(3)), "eps shape"),
     (lambda: bn_expectation(np.eye(3), 0.1, lambda C: C, 1.0, np.ones(4)), "scale shape"),
     (lambda: bn_expectation(np.ones((3, 3)), 0.0, lambda C: C, 1.0), "eps"),  # y = 0/0
+    (lambda: bn_relu_backward(np.eye(3), np.eye(3), np.ones(3), 0.0), "eps"),  # rank 2: diverges
 ])
 def test_bad_input_raises_config_error(call, field):
     with pytest.raises(ConfigError) as info:
