@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as _dt
+import functools
 import json
 import platform
 import subprocess
@@ -12,6 +13,7 @@ from pathlib import Path
 PACKAGES = ("sigprop", "numpy", "scipy", "sympy", "xarray", "cupy")
 
 
+@functools.cache  # installed versions do not change within a process (the lookup costs ~15 ms)
 def versions() -> dict[str, str]:
     out = {"python": platform.python_version()}
     for name in PACKAGES:
@@ -44,7 +46,7 @@ def make_attrs(kind: str, config: dict, backend: str, **extra) -> dict:
         "config": json.dumps(config, sort_keys=True),
         "backend": backend,
         "versions": json.dumps(versions(), sort_keys=True),
-        "git_commit": git_commit(),
+        "git_commit": git_commit(),  # read every time: the checkout may change in a session
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "created_by": "sigprop",
     }
