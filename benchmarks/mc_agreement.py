@@ -15,7 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 from test_montecarlo_theory import COMBOS, agreement
 
-from sigprop.bench import write_section
+from sigprop.pipeline.bench import write_section
 
 
 def main(out="benchmarks/RESULTS.md"):

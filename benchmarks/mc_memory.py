@@ -2,7 +2,7 @@
 
 Measured two ways: tracemalloc's peak (every NumPy buffer and Python object allocated during the
 run) and the growth of the process's maximum resident set (ru_maxrss). Compared with the memory
-law of sigprop.montecarlo, and with what keeping every block's residuals (no checkpoints) would
+law of sigprop.engines.montecarlo, and with what keeping every block's residuals (no checkpoints) would
 take. Writes its section of benchmarks/RESULTS.md.
 
     .venv/bin/python benchmarks/mc_memory.py [--depth 10000] [--width 1024] [--seeds 4]
@@ -14,10 +14,10 @@ import time
 import tracemalloc
 
 import sigprop as sp
-from sigprop.bench import write_section
-from sigprop.mc_samplers import SAMPLERS
-from sigprop.montecarlo import memory_per_seed
-from sigprop.theory import layers_of
+from sigprop.engines.montecarlo import memory_per_seed
+from sigprop.engines.samplers import SAMPLERS
+from sigprop.ops import layers_of
+from sigprop.pipeline.bench import write_section
 
 
 def main(depth=10_000, width=1024, seeds=4, out="benchmarks/RESULTS.md"):

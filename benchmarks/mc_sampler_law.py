@@ -15,7 +15,7 @@ import math
 from scipy import stats
 
 import sigprop as sp
-from sigprop.bench import write_section
+from sigprop.pipeline.bench import write_section
 
 WIDTHS = (16, 32, 64, 128, 256)
 

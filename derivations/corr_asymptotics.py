@@ -56,12 +56,12 @@ SERIES_ORDER = 16  # truncation (t/sqrt 2)^16 < 1e-20 at t = T_SWITCH
 
 def ratio_series(E):
     """Coefficients of E(t)/t^2 = sum_k a_k t^k, k < SERIES_ORDER (a_0 = 1)."""
-    ser = S.bounded(lambda: sympy.series(E / S.T_EPS**2, S.T_EPS, 0, SERIES_ORDER).removeO())
+    ser = S.bounded(lambda: sympy.series(E / S.SQRT_ONE_MINUS_C**2, S.SQRT_ONE_MINUS_C, 0, SERIES_ORDER).removeO())
     failed = isinstance(ser, S.TimedOut)
     if failed:
         raise RuntimeError(f"series of the e-map: {ser.reason}")
     ser = sympy.expand(ser)
-    return [S.simplify(ser.coeff(S.T_EPS, k)) for k in range(SERIES_ORDER)]
+    return [S.simplify(ser.coeff(S.SQRT_ONE_MINUS_C, k)) for k in range(SERIES_ORDER)]
 
 
 def iterate(E, coeffs, qstep, params, n, q0=1.0, c0=C0):
@@ -71,7 +71,7 @@ def iterate(E, coeffs, qstep, params, n, q0=1.0, c0=C0):
     precision, so rounding stays ~1e-16 of u per block even at 10^6 blocks (the closed form
     would lose 1e-16 / t of it to cancellation). Returns (e_l, q_l), l = 0..n.
     """
-    e_fn = sympy.lambdify((S.Q_A, S.T_EPS), (E / S.T_EPS**2).subs(params), "math")
+    e_fn = sympy.lambdify((S.Q_A, S.SQRT_ONE_MINUS_C), (E / S.SQRT_ONE_MINUS_C**2).subs(params), "math")
     a_fn = [sympy.lambdify(S.Q_A, a.subs(params), "math") for a in coeffs or ()]
     # the stream's q matters only where the map depends on it (Pre-/Peri-LN); elsewhere it may
     # grow geometrically (resnet), so it is not iterated
@@ -106,7 +106,7 @@ def derive(slow=False, quick=False):
     f = S.corr_map("relu")
     d.check_true("f(c) depends on c only", f.free_symbols == {S.C_AB}, str(f))
     expansion = S.near_one(f, order=7)
-    eps = S.EPSILON
+    eps = S.ONE_MINUS_C
     A = -expansion.coeff(eps ** sympy.Rational(3, 2))
     d.equation("f_near_one", 1 - sympy.Function("f")(1 - eps), expansion, "+ O(e^{7/2})")
     d.check_true("1 - f(1 - e) = e - A e^{3/2} + O(e^{5/2}) with A = 2 sqrt(2)/(3 pi)",
@@ -128,7 +128,7 @@ def derive(slow=False, quick=False):
         # parameters they would leave ~1e-16 per block, which 10^6 blocks turn into 1e-10)
         E_sym = S.eps_map(cmap)
         d.check_true(f"{preset}: the e-map has no O(1) term (E(t = 0) = 0 exactly)",
-                     S.simplify(E_sym.subs(S.T_EPS, 0)) == 0, str(E_sym.subs(S.T_EPS, 0)))
+                     S.simplify(E_sym.subs(S.SQRT_ONE_MINUS_C, 0)) == 0, str(E_sym.subs(S.SQRT_ONE_MINUS_C, 0)))
         coeffs = None  # 10^4 blocks: the closed form keeps enough digits (t > 1e-3)
         if slow:
             coeffs = ratio_series(E_sym)

@@ -4,21 +4,32 @@ Three faces that must agree: symbolic derivations (sympy), the infinite-width th
 (:func:`theory`) and finite-width Monte Carlo. See DESIGN.md for the conventions.
 """
 
-from . import presets
-from .compare import compare
-from .data import load, save
-from .errors import (
+from sigprop import presets
+from sigprop.analysis.compare import compare
+from sigprop.data import load, save
+from sigprop.engines.montecarlo import simulate
+from sigprop.engines.theory import theory
+from sigprop.errors import (
                      ConfigError,
                      MonteCarloOverflow,
                      OverflowInTheory,
                      SigpropError,
                      UnsupportedComposition,
 )
-from .inputs import Inputs
-from .montecarlo import simulate
-from .ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Scale, Serial
-from .params import Sweep, sweep
-from .theory import theory
+from sigprop.ops import (
+                     Act,
+                     BatchNorm,
+                     Dense,
+                     LayerNorm,
+                     Op,
+                     Repeat,
+                     Residual,
+                     RMSNorm,
+                     Scale,
+                     Serial,
+)
+from sigprop.state.inputs import Inputs
+from sigprop.state.params import Sweep, sweep
 
 __all__ = [
     "Act", "BatchNorm", "ConfigError", "Dense", "Inputs", "LayerNorm", "MonteCarloOverflow", "Op",

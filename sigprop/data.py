@@ -7,7 +7,7 @@ from pathlib import Path
 
 import xarray as xr
 
-from .errors import ConfigError
+from sigprop.errors import ConfigError
 
 SCHEMA = ("q", "log_q", "mean", "var", "corr", "grad_q", "branch_q")
 KINDS = ("theory", "montecarlo", "symbolic")

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import math
 
-from .errors import ConfigError
-from .ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Serial
-from .params import Sweep
+from sigprop.errors import ConfigError
+from sigprop.ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Serial
+from sigprop.state.params import Sweep
 
 RELU_LIKE = ("relu", "gelu", "silu")
 SHAPES = ("mlp", "act_dense", "dense_act")

@@ -9,9 +9,9 @@ import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sigprop.activations import ACTIVATIONS, _expect, _kernel_quad, get_activation
 from sigprop.errors import ConfigError
-from sigprop.ns import NUMERIC, SYMBOLIC
+from sigprop.kernels.gaussian import ACTIVATIONS, _expect, _kernel_quad, get_activation
+from sigprop.state.ns import NUMERIC, SYMBOLIC
 
 CLOSED = ("linear", "relu", "erf")
 QUAD = ("tanh", "gelu", "silu")
@@ -118,7 +118,7 @@ def test_quadrature_matches_scipy(name):
 
 def test_gelu_smoothed_closed_form():
     """gelu's inner expectation E[gelu(m + s Z)] (and of gelu') in closed form = quadrature."""
-    from sigprop.activations import _gelu_grad_smoothed, _gelu_smoothed
+    from sigprop.kernels.gaussian import _gelu_grad_smoothed, _gelu_smoothed
 
     gelu = get_activation("gelu")
     m, s = np.meshgrid([-40.0, -3.0, -0.2, 0.0, 0.7, 5.0, 60.0], [0.0, 1e-3, 0.5, 3.0, 100.0])

@@ -9,8 +9,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from scipy import integrate, special
 
-from sigprop.activations import get_activation
-from sigprop.batchnorm_kernel import (
+from sigprop.errors import ConfigError
+from sigprop.kernels.batchnorm import (
     _centred_basis,
     bn_activation,
     bn_backward,
@@ -19,7 +19,7 @@ from sigprop.batchnorm_kernel import (
     bn_relu_backward,
     centred_cov,
 )
-from sigprop.errors import ConfigError
+from sigprop.kernels.gaussian import get_activation
 
 
 def centring(B):

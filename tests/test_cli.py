@@ -6,7 +6,7 @@ import pytest
 from typer.testing import CliRunner
 
 import sigprop as sp
-from sigprop.cli import app
+from sigprop.pipeline.cli import app
 
 runner = CliRunner()
 TINY = """

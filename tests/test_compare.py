@@ -3,10 +3,10 @@
 Calibration. Under the null the z-score of S seeds is close to Student t with S - 1 degrees
 of freedom, so the rate of |z| > k must match P(|t_{S-1}| > k) within its binomial error
 (n independent z-scores: sd = sqrt(p (1 - p) / n); we allow 4 sd). The synthetic Monte Carlo
-of :func:`sigprop.compare.synthetic` draws every entry independently with a known law centred on
+of :func:`sigprop.analysis.compare.synthetic` draws every entry independently with a known law centred on
 the theory (log-normal with E = theory for squared norms), so every z-score is an independent
 draw from the null. The real check uses a plain ReLU net where E q is exact at any width
-(see sigprop.compare's docstring) and independent groups of seeds.
+(see sigprop.analysis.compare's docstring) and independent groups of seeds.
 """
 
 import numpy as np
@@ -14,7 +14,14 @@ import pytest
 import xarray as xr
 
 import sigprop as sp
-from sigprop.compare import compare, estimate, nominal_rate, print_table, summary, synthetic
+from sigprop.analysis.compare import (
+    compare,
+    estimate,
+    nominal_rate,
+    print_table,
+    summary,
+    synthetic,
+)
 
 
 @pytest.fixture(scope="module")

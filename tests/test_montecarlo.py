@@ -8,9 +8,9 @@ import pytest
 from scipy import stats
 
 import sigprop as sp
-from sigprop.mc_core import Env, MonteCarloOverflow, Sig
-from sigprop.mc_rng import Streams, box_muller_philox, philox4x32, philox_normal, seed_keys
-from sigprop.mc_samplers import SAMPLERS
+from sigprop.engines.samplers import SAMPLERS
+from sigprop.state.arrays import Env, MonteCarloOverflow, Sig
+from sigprop.state.rng import Streams, box_muller_philox, philox4x32, philox_normal, seed_keys
 
 X0 = sp.Inputs(q=[1.0, 2.25], corr=0.3, mean=[0.2, -0.5])
 SMALL = sp.presets.preln(3, act="relu")
@@ -117,7 +117,7 @@ def test_non_integer_widths_and_sweeps_are_refused():
 
 
 def test_cupy_backend_refused_without_a_gpu():
-    from sigprop.montecarlo import gpu_module
+    from sigprop.engines.montecarlo import gpu_module
 
     if gpu_module() is not None:
         pytest.skip("a GPU is usable here")
@@ -126,7 +126,7 @@ def test_cupy_backend_refused_without_a_gpu():
 
 
 def test_progress_and_backend_logging(caplog):
-    with caplog.at_level("INFO", logger="sigprop.montecarlo"):
+    with caplog.at_level("INFO", logger="sigprop.engines.montecarlo"):
         mc = sp.simulate(SMALL, X0, width=16, seeds=2, progress=True, backend="numpy")
     assert "backend numpy" in caplog.text and mc.attrs["backend"] == "numpy"
 

@@ -1,8 +1,8 @@
-"""sigprop.bench: runs end to end on a tiny size and writes its own markdown section.
+"""sigprop.pipeline.bench: runs end to end on a tiny size and writes its own markdown section.
 
 No timing is asserted (timings belong to benchmarks/RESULTS.md, not to unit tests)."""
 
-from sigprop import bench
+from sigprop.pipeline import bench
 
 
 def test_write_section_replaces_only_its_own_section(tmp_path):

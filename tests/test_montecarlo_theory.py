@@ -46,8 +46,8 @@ import pytest
 from scipy import stats
 
 import sigprop as sp
+from sigprop.ops import layers_of
 from sigprop.presets import PRESETS
-from sigprop.theory import layers_of
 
 N, L, S = 512, 64, 64
 ALPHA = 1e-3

@@ -11,9 +11,9 @@ import numpy as np
 import pytest
 
 import sigprop as sp
-from sigprop.mc_core import Env, Sig
-from sigprop.mc_rng import Streams
-from sigprop.mc_samplers import SAMPLERS, Conditional
+from sigprop.engines.samplers import SAMPLERS, Conditional
+from sigprop.state.arrays import Env, Sig
+from sigprop.state.rng import Streams
 
 S, B, N = 2, 3, 6
 H = 1e-4

@@ -5,9 +5,9 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
-from sigprop import cache as cachemod
-from sigprop.cache import Cache
-from sigprop.reproduce import Run, reproduce
+from sigprop.pipeline import cache as cachemod
+from sigprop.pipeline.cache import Cache
+from sigprop.pipeline.reproduce import Run, reproduce
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = """
@@ -75,7 +75,7 @@ def test_code_version_ignores_presentation_code():
 
 
 def test_missing_latexmk_is_a_clear_note_not_an_error(project, monkeypatch):
-    import sigprop.reproduce as rep
+    import sigprop.pipeline.reproduce as rep
 
     monkeypatch.setattr(rep.shutil, "which", lambda name: None)
     r = Run(cache=Cache(project / "cache"), console=Console(record=True))

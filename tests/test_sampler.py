@@ -15,9 +15,9 @@ import pytest
 from scipy import stats
 
 import sigprop as sp
-from sigprop.mc_core import gram
-from sigprop.mc_samplers import Conditional
+from sigprop.engines.samplers import Conditional
 from sigprop.presets import PRESETS
+from sigprop.state.arrays import gram
 
 ALPHA = 1e-3
 X_FIXED = sp.Inputs(q=[1.0, 2.25], corr=0.3, mean=[0.2, -0.5])

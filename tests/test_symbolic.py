@@ -126,8 +126,8 @@ def test_solve_depth_cases():
 def test_relu_correlation_expansion():
     # 1 - f(1 - e) = e - (2 sqrt 2 / (3 pi)) e^{3/2} + O(e^{5/2}) (expand acos(1 - e) by hand)
     ex = S.near_one(S.corr_map("relu"), order=5)
-    assert S.simplify(ex - (S.EPSILON - 2 * sympy.sqrt(2) / (3 * sympy.pi)
-                            * S.EPSILON ** sympy.Rational(3, 2))) == 0
+    assert S.simplify(ex - (S.ONE_MINUS_C - 2 * sympy.sqrt(2) / (3 * sympy.pi)
+                            * S.ONE_MINUS_C ** sympy.Rational(3, 2))) == 0
     a0, b = S.log_law(ex, 1)
     # u' - u = A/2 + 3 A^2 / (8 u): a0 = A/2, b = 3A/4
     A = 2 * sympy.sqrt(2) / (3 * sympy.pi)
@@ -148,7 +148,7 @@ def test_eps_map_is_stable():
     # compare with the series e - A e^{3/2} (next term ~ e^{5/2} = 1e-30, negligible)
     E = S.eps_map(S.corr_map("relu"))
     t = 1e-6
-    got = float(E.subs(S.T_EPS, t))
+    got = float(E.subs(S.SQRT_ONE_MINUS_C, t))
     e = t * t
     want = e - 2 * math.sqrt(2) / (3 * math.pi) * e**1.5
     assert got == pytest.approx(want, rel=1e-9)

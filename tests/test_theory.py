@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import sigprop as sp
-from sigprop.batchnorm_kernel import bn_relu_backward
+from sigprop.kernels.batchnorm import bn_relu_backward
 
 RTOL = 1e-12
 

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sigprop as sp
+from sigprop.kernels.gaussian import ACTIVATIONS
 
 bad_number = st.one_of(st.just(math.nan), st.just(math.inf), st.just(-math.inf), st.text(max_size=3),
                        st.none())
@@ -100,7 +101,7 @@ def test_hypothesis_bad_depth_for_every_preset(depth, preset):
         sp.presets.get(preset)(depth)
 
 
-@given(name=st.text(min_size=0, max_size=12).filter(lambda s: s not in sp.activations.ACTIVATIONS))
+@given(name=st.text(min_size=0, max_size=12).filter(lambda s: s not in ACTIVATIONS))
 @settings(max_examples=60, deadline=None)
 def test_hypothesis_unknown_activation(name):
     with pytest.raises(sp.ConfigError, match="allowed"):

@@ -1,5 +1,5 @@
 """One module per paper figure. Each defines ``SIM`` (the sims/<name>.toml it draws),
-``CAPTION`` and ``draw(data: sigprop.plots.FigureData) -> matplotlib Figure``; notes added with
+``CAPTION`` and ``draw(data: sigprop.analysis.plots.FigureData) -> matplotlib Figure``; notes added with
 ``data.note`` are appended to the caption. :func:`render` writes PDF, PNG and caption."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ FIGURES = ("variance", "gradient", "correlation", "meanshift", "norms", "finite_
 
 def module(name: str):
     if name not in FIGURES:
-        from ..errors import ConfigError
+        from sigprop.errors import ConfigError
 
         raise ConfigError("figure", name, f"one of {FIGURES}")
     return importlib.import_module(f"{__name__}.{name}")
@@ -19,7 +19,7 @@ def module(name: str):
 
 def render(name: str, data, out_dir="paper/figures"):
     """Draw figure ``name`` from ``data`` and write it; returns the written paths."""
-    from ..plots import save
+    from sigprop.analysis.plots import save
 
     mod = module(name)
     fig = mod.draw(data)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..plots import latex_escape
+from sigprop.analysis.plots import latex_escape
 
 SIMS = ("placement", "norms", "meanshift", "phase")
 

@@ -13,7 +13,8 @@ from pathlib import Path
 import numpy as np
 import sympy
 
-from .. import plots, presets
+from sigprop import presets
+from sigprop.analysis import plots
 
 SIM = "correlation"
 CAPTION = (

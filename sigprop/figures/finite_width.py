@@ -18,7 +18,7 @@ import json
 import numpy as np
 from scipy import special, stats
 
-from .. import plots
+from sigprop.analysis import plots
 
 SIM = "finite_width"
 CAPTION = (

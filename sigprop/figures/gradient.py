@@ -1,6 +1,7 @@
 """Gradient second moment vs layer, one curve per normalisation placement."""
 
-from .. import plots
+from sigprop.analysis import plots
+
 from .variance import two_scales
 
 SIM = "placement"

@@ -1,6 +1,6 @@
 """Signal-propagation plot: squared feature mean, variance and branch variance per block."""
 
-from .. import plots
+from sigprop.analysis import plots
 
 SIM = "meanshift"
 CAPTION = (

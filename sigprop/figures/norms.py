@@ -2,8 +2,8 @@
 
 import numpy as np
 
-from .. import plots
-from ..config import unsupported_of
+from sigprop.analysis import plots
+from sigprop.pipeline.config import unsupported_of
 
 SIM = "norms"
 CAPTION = (

@@ -8,7 +8,7 @@ chi < 1: vanishing). The grid is one vectorised ``sp.theory`` call with two swee
 import matplotlib.pyplot as plt
 import numpy as np
 
-from .. import plots
+from sigprop.analysis import plots
 
 SIM = "phase"
 CAPTION = (

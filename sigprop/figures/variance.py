@@ -1,6 +1,6 @@
 """Variance of the residual stream vs depth, one curve per normalisation placement."""
 
-from .. import plots
+from sigprop.analysis import plots
 
 SIM = "placement"
 VAR, LABEL = "var", "variance of the stream, var$_\\ell$"

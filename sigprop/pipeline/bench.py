@@ -25,11 +25,10 @@ from pathlib import Path
 
 import numpy as np
 
-from .inputs import Inputs
-from .mc_samplers import SAMPLERS
-from .montecarlo import _backend, memory_per_seed, simulate, stored_signals
-from .ops import Act, Dense, Repeat, Serial
-from .theory import layers_of
+from sigprop.engines.montecarlo import _backend, memory_per_seed, simulate, stored_signals
+from sigprop.engines.samplers import SAMPLERS
+from sigprop.ops import Act, Dense, Repeat, Serial, layers_of
+from sigprop.state.inputs import Inputs
 
 WIDTHS = (256, 1024, 4096, 16384)
 WIDE = (65536, 262144, 1048576)  # conditional only: widths no explicit W fits comfortably
@@ -107,7 +106,7 @@ def machine_rates(xp=np):
         a, b = np.ones(n, dtype=np.float32), np.empty(n, dtype=np.float32)
         bandwidth = 2 * a.nbytes / _timed(lambda: np.copyto(b, a), 5)
         return rng_rate, bandwidth
-    from .mc_rng import Streams
+    from sigprop.state.rng import Streams
 
     s = Streams(xp, 0, [0])
     sync = xp.cuda.Device().synchronize
@@ -122,7 +121,7 @@ def _layer_floor(N, B, xp):
     gen = np.random.default_rng(1)
     x = gen.standard_normal((B, N), dtype=np.float32)
     if xp is not np:
-        from .mc_rng import Streams
+        from sigprop.state.rng import Streams
 
         s, x = Streams(xp, 0, [0]), xp.asarray(x)
         return _timed(lambda: (x @ s.normal(0, 0, 0, (N, N), np.float32)[0].T,
@@ -151,7 +150,7 @@ def available_memory(xp=np) -> int:
 
 def limits(B, seeds, depth, memory, itemsize=4):
     """Widest N per sampler for (B, seeds, depth), and deepest L at N = 1024, within half of
-    ``memory``, by the memory law of :mod:`sigprop.montecarlo`."""
+    ``memory``, by the memory law of :mod:`sigprop.engines.montecarlo`."""
     budget = memory // 2
     out = {}
     for name, smp in SAMPLERS.items():

@@ -14,9 +14,10 @@ import json
 import os
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent
+PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = Path(".sigprop-cache")
-PRESENTATION = ("cli.py", "compare.py", "cache.py", "reproduce.py", "plots.py", "figures")
+# code that draws or orchestrates results without changing a number (paths under sigprop/)
+PRESENTATION = ("pipeline/cli.py", "pipeline/cache.py", "pipeline/reproduce.py", "analysis", "figures")
 
 
 def digest(*parts) -> str:
@@ -36,11 +37,11 @@ def file_digest(*paths) -> str:
 
 
 def sources(exclude=PRESENTATION) -> list[Path]:
-    """The sigprop package's .py files, sorted, minus the excluded top-level names."""
+    """The sigprop package's .py files, sorted, minus those under the excluded paths."""
     out = []
     for p in sorted(PACKAGE.rglob("*.py")):
         rel = p.relative_to(PACKAGE)
-        if "__pycache__" in rel.parts or rel.parts[0] in exclude:
+        if "__pycache__" in rel.parts or any(rel.is_relative_to(e) for e in exclude):
             continue
         out.append(p)
     return out

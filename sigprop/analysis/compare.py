@@ -39,7 +39,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from .errors import ConfigError
+from sigprop.errors import ConfigError
 
 VARIABLES = ("q", "mean", "var", "corr", "grad_q", "branch_q")
 SCALE_VARIABLES = ("q", "var", "grad_q", "branch_q")

@@ -15,7 +15,7 @@ Cotangents use the same two types: ``Moments.K`` is then the gradient Gram ``G``
 the independent-readout law, so a decoupled cross moment is 0).
 
 Numeric laws run on float64 arrays of shape ``(*grid, B, B)`` / ``(*grid, B)``; symbolic laws on
-object arrays of sympy expressions with ``ls == 0`` (the same code, see :mod:`sigprop.ns`).
+object arrays of sympy expressions with ``ls == 0`` (the same code, see :mod:`sigprop.state.ns`).
 """
 
 from __future__ import annotations
@@ -183,7 +183,7 @@ def true_moments(s: Moments, where: str, ns):
     """Unscaled (K, m), for ops whose law is not positively homogeneous; raise on overflow."""
     if ns.symbolic:
         return s.K * outer(ns.exp(s.ls), ns.exp(s.ls)), s.m * ns.exp(s.ls)
-    from .errors import OverflowInTheory
+    from sigprop.errors import OverflowInTheory
 
     if np.any(s.ls > 350.0):
         raise OverflowInTheory(

@@ -44,8 +44,8 @@ from __future__ import annotations
 import numpy as np
 from scipy.special import gamma
 
-from sigprop.activations import get_activation
 from sigprop.errors import ConfigError
+from sigprop.kernels.gaussian import get_activation
 
 # Quadrature in tau = log t, in the scaled units where max_k a_k + eps = 1. Measured against
 # scipy.integrate.quad_vec (epsrel 1e-13) of the same integrals, on the same spectrum, on 110
@@ -161,7 +161,7 @@ def bn_expectation(S, eps, fn, power, scale=None, degree=None, args=(), min_rank
 
 def bn_activation(S, eps, scale, act):
     """(E[phi(z) phi(z)^T], E[phi(z)]) for z = D y, y = BN(u), u ~ N(0, S), where ``act`` (an
-    :class:`~sigprop.activations.Activation`) is positively homogeneous of degree 1:
+    :class:`~sigprop.kernels.gaussian.Activation`) is positively homogeneous of degree 1:
     phi(D w / s) = phi(D w) / s gives powers 1 and 1/2 of :func:`bn_expectation` of its
     Gaussian faces."""
     K = bn_expectation(S, eps, act.gram_kernel, 1.0, scale)

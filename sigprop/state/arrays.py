@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import ConfigError, MonteCarloOverflow  # noqa: F401  (re-exported)
+from sigprop.errors import ConfigError, MonteCarloOverflow  # noqa: F401  (re-exported)
 
 F64 = np.float64
 

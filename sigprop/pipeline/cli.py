@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from .errors import SigpropError
+from sigprop.errors import SigpropError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Signal propagation through deep residual networks: theory, Monte Carlo, "
@@ -47,8 +47,8 @@ def _progress(items, what):
 @_clean_errors
 def theory(sim: SimPath, output: Output, profile: Profile = "quick"):
     """Infinite-width theory of every case of a sim -> one Dataset (kind=theory)."""
-    from .config import Sim, run_theory, unsupported_of
-    from .reproduce import save_quietly
+    from sigprop.pipeline.config import Sim, run_theory, unsupported_of
+    from sigprop.pipeline.reproduce import save_quietly
 
     s = Sim.load(sim)
     ds = run_theory(s, profile, _progress)
@@ -68,8 +68,8 @@ def simulate(sim: SimPath, output: Output,
                  "--seeds", "-s", help="override the profile's seeds")] = None,
              profile: Profile = "quick"):
     """Monte Carlo of every case of a sim -> one Dataset (kind=montecarlo, dims seed, width)."""
-    from .config import Sim, run_montecarlo
-    from .reproduce import save_quietly
+    from sigprop.pipeline.config import Sim, run_montecarlo
+    from sigprop.pipeline.reproduce import save_quietly
 
     s = Sim.load(sim)
     ds = run_montecarlo(s, profile, backend=backend, widths=width, seeds=seeds,
@@ -92,9 +92,9 @@ def compare(theory_nc: Annotated[Path, typer.Argument(metavar="THEORY", help="th
             strict: Annotated[bool, typer.Option(
                 help="exit 1 when a variable is flagged")] = False):
     """z-scores of Monte Carlo against theory per variable and layer, as a table."""
-    from .compare import compare as run_compare
-    from .compare import print_table
-    from .data import load
+    from sigprop.analysis.compare import compare as run_compare
+    from sigprop.analysis.compare import print_table
+    from sigprop.data import load
 
     cmp = run_compare(load(theory_nc), load(mc_nc), estimator=estimator)
     rows = print_table(cmp, threshold, console)
@@ -122,10 +122,10 @@ def reproduce(profile: Profile = "quick",
               cache_dir: Annotated[Path | None, typer.Option(
                   help="default .sigprop-cache")] = None):
     """Every sim -> every figure -> the paper PDF; unchanged steps are skipped."""
-    from .cache import Cache
-    from .config import PROFILES
-    from .reproduce import Run
-    from .reproduce import reproduce as run_all
+    from sigprop.pipeline.cache import Cache
+    from sigprop.pipeline.config import PROFILES
+    from sigprop.pipeline.reproduce import Run
+    from sigprop.pipeline.reproduce import reproduce as run_all
 
     if profile not in PROFILES:
         raise SigpropError(f"--profile {profile!r} is invalid; allowed: {', '.join(PROFILES)}")
@@ -137,11 +137,11 @@ def reproduce(profile: Profile = "quick",
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 @_clean_errors
 def bench(ctx: typer.Context):
-    """Benchmarks (sigprop.bench.main); extra arguments are passed through."""
+    """Benchmarks (sigprop.pipeline.bench.main); extra arguments are passed through."""
     try:
-        from .bench import main
+        from sigprop.pipeline.bench import main
     except ImportError:
-        raise SigpropError("sigprop.bench is not available in this checkout") from None
+        raise SigpropError("sigprop.pipeline.bench is not available in this checkout") from None
     takes_args = bool(inspect.signature(main).parameters)
     result = main(list(ctx.args)) if takes_args else main()
     if isinstance(result, int) and result:
@@ -157,7 +157,7 @@ def derive(names: Annotated[list[str] | None, typer.Argument(
            slow: Annotated[bool, typer.Option("--slow", help="also the long checks")] = False):
     """Run the symbolic derivations -> paper/generated/<name>.tex and .json."""
     try:
-        from .symbolic import derivation_names, run_one, summary
+        from sigprop.symbolic import derivation_names, run_one, summary
     except ImportError:
         raise SigpropError("sigprop.symbolic is not available in this checkout") from None
     failed = 0

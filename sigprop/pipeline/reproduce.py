@@ -1,17 +1,16 @@
 """``sigprop reproduce``: derivations -> every sim (theory, Monte Carlo) -> every figure -> PDF.
 
-Each step is skipped when the hash of what it depends on is unchanged (:mod:`sigprop.cache`):
+Each step is skipped when the hash of what it depends on is unchanged (:mod:`sigprop.pipeline.cache`):
 simulations are keyed on (resolved sim config, compute code version), figures on (figure code,
 shared style, the keys of their data, the generated equations), the PDF on its sources. So a
 second run with nothing changed recomputes nothing, and restyling a figure redraws it without
 rerunning a simulation. Missing collaborators degrade gracefully and say so: without
-:mod:`sigprop.montecarlo` figures show theory only; without :mod:`sigprop.symbolic` the paper
+:mod:`sigprop.engines.montecarlo` figures show theory only; without :mod:`sigprop.symbolic` the paper
 prints "not generated" notes; without ``latexmk`` the PDF is skipped.
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import shutil
@@ -27,21 +26,16 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from . import cache as cachemod
-from .config import Sim, load_all, run_montecarlo, run_theory
-from .data import load, save
-from .errors import SigpropError
-from .figures import FIGURES, module, render
+from sigprop.data import load, save
+from sigprop.errors import SigpropError
+from sigprop.figures import FIGURES, module, render
+from sigprop.pipeline import cache as cachemod
+from sigprop.pipeline.config import Sim, load_all, run_montecarlo, run_theory
 
 PAPER = Path("paper")
 QUICK_DERIVE_TIMEOUT = 480.0  # the quick profile must finish on a 2-core CPU in < 15 min
 TEX_HINT = ("install TeX to build it, e.g. apt-get install -y latexmk texlive-latex-base "
             "texlive-latex-recommended texlive-latex-extra")
-
-
-def available(name: str) -> bool:
-    """Whether ``sigprop.<name>`` can be imported (collaborators may not have landed)."""
-    return importlib.util.find_spec(f"sigprop.{name}") is not None
 
 
 def save_quietly(ds, path):
@@ -140,10 +134,7 @@ def _start_derive(run: Run, generated: Path):
     if not run.derive:
         run.note("derive", "--no-derive")
         return None
-    if not available("symbolic"):
-        run.note("derive", "sigprop.symbolic not available; the paper shows 'not generated'")
-        return None
-    from . import symbolic
+    from sigprop import symbolic
 
     names = symbolic.derivation_names()
     scripts = [symbolic.DERIVATIONS_DIR / f"{n}.py" for n in names]
@@ -222,7 +213,7 @@ class DerivePool:
                 name = self.queue.pop(0)
                 with open(self.logs / f"{name}.log", "w") as fh:
                     running[name] = subprocess.Popen(
-                        [sys.executable, "-m", "sigprop.cli", "derive", name, "--out",
+                        [sys.executable, "-m", "sigprop.pipeline.cli", "derive", name, "--out",
                          str(self.generated)], stdout=fh, stderr=subprocess.STDOUT)
             time.sleep(0.2)
         self.seconds = time.perf_counter() - self.start
@@ -246,9 +237,6 @@ def _simulate(run: Run, sim: Sim) -> dict[str, Path | None]:
     out["montecarlo"] = None
     if not prof.montecarlo or not any(a.montecarlo for a in sim.spec.arch):
         return out
-    if not available("montecarlo"):
-        run.note(f"simulate {sim.name}", "sigprop.montecarlo not available: theory only")
-        return out
     key = cachemod.digest("montecarlo", config, code)
     path = run.cache.data("montecarlo", sim.name, key)
     run.step(f"simulate {sim.name}", key,
@@ -259,11 +247,11 @@ def _simulate(run: Run, sim: Sim) -> dict[str, Path | None]:
 
 
 def _figure(run: Run, name: str, data: dict, generated: Path, out_dir: Path):
-    from .plots import FigureData
+    from sigprop.analysis.plots import FigureData
 
     mod = module(name)
     code = cachemod.file_digest(mod.__file__, *(cachemod.PACKAGE / f for f in
-                                                 ("plots.py", "compare.py", "figures/__init__.py")))
+                                                 ("analysis/plots.py", "analysis/compare.py", "figures/__init__.py")))
     key = cachemod.digest(code, {k: str(v) for k, v in data.items()},
                           cachemod.file_digest(*sorted(generated.glob("*.json"))))
 
@@ -276,7 +264,7 @@ def _figure(run: Run, name: str, data: dict, generated: Path, out_dir: Path):
 
 
 def _claims(run: Run, keys: dict, out_dir: Path):
-    from .figures import claims
+    from sigprop.figures import claims
 
     needed = {s: keys[s] for s in claims.SIMS if s in keys}
     key = cachemod.digest(cachemod.file_digest(claims.__file__),
@@ -292,7 +280,7 @@ def _claims(run: Run, keys: dict, out_dir: Path):
 
 def _derivation_list(run: Run, generated: Path, out_dir: Path):
     """``derivations_list.tex``: one guarded ``\\derivation{name}{title}`` per script."""
-    from .figures.claims import derivation_list
+    from sigprop.figures.claims import derivation_list
 
     scripts = sorted(Path("derivations").glob("[!_]*.py"))
     path = out_dir / "derivations_list.tex"

@@ -42,12 +42,12 @@ import numpy as np
 import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from . import presets
-from .errors import ConfigError, SigpropError, UnsupportedComposition
-from .inputs import Inputs
-from .ops import Repeat
-from .params import RESERVED_DIMS, Sweep
-from .provenance import make_attrs
+from sigprop import presets
+from sigprop.errors import ConfigError, SigpropError, UnsupportedComposition
+from sigprop.ops import Repeat
+from sigprop.provenance import make_attrs
+from sigprop.state.inputs import Inputs
+from sigprop.state.params import RESERVED_DIMS, Sweep
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -356,7 +356,7 @@ def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
     A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
     :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
     """
-    from .theory import theory
+    from sigprop.engines.theory import theory
 
     prof, sweeps = sim.profile(profile), sim.sweeps(profile)
     items, unsupported = [], {}
@@ -381,7 +381,7 @@ def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
 def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds=None,
                    progress=None) -> xr.Dataset:
     """Monte Carlo (``sp.simulate``) of every case; dims ``seed`` and ``width`` added."""
-    from .montecarlo import simulate
+    from sigprop.engines.montecarlo import simulate
 
     prof, sweeps = sim.profile(profile), sim.sweeps(profile)
     widths = list(widths or prof.widths)

@@ -4,16 +4,16 @@
 inputs, forward and backward, and returns the schema's Dataset with dims
 (seed, layer, input[, input_b]); every seed is kept.
 
-* State: arrays (seeds, inputs, width) with a per-(seed, input) log scale (:mod:`sigprop.mc_core`);
+* State: arrays (seeds, inputs, width) with a per-(seed, input) log scale (:mod:`sigprop.state.arrays`);
   after every block the root mean square moves into the log scale, so positively homogeneous
   stacks (relu/linear, LayerNorm/RMSNorm, no bias) of any depth are simulated exactly. A
   statistic that leaves the floating-point range anyway (a non-homogeneous op such as tanh meeting
   a scale beyond the dtype) raises :class:`MonteCarloOverflow` naming the block.
 * Randomness: counter-based streams keyed by (root seed, seed, block, op, direction)
-  (:mod:`sigprop.mc_rng`); weights are regenerated, never stored, and chunking the seeds changes
+  (:mod:`sigprop.state.rng`); weights are regenerated, never stored, and chunking the seeds changes
   no number.
 * Weights: ``sampler="explicit"`` draws every W; ``"conditional"`` (the default, exact for Gaussian
-  weights) samples W X and W^T D by Gaussian conditioning (:mod:`sigprop.mc_samplers`);
+  weights) samples W X and W^T D by Gaussian conditioning (:mod:`sigprop.engines.samplers`);
   ``"independent"`` pulls back through fresh weights (the theory's gradient independence).
 * Backward: delta_L ~ N(0, I) from its own stream, pulled back by each op's ``mc_vjp``, with
   checkpoints every k = ceil(sqrt(L)) blocks: the forward keeps the states at blocks 0, k, 2k, ...;
@@ -36,9 +36,11 @@ import numpy as np
 import sympy
 import xarray as xr
 
-from .errors import ConfigError
-from .inputs import Inputs
-from .mc_core import (
+from sigprop.engines.samplers import SAMPLERS, Explicit
+from sigprop.errors import ConfigError
+from sigprop.ops import Dense, Op, Repeat, Residual, Serial, layers_of
+from sigprop.provenance import make_attrs
+from sigprop.state.arrays import (
     F64,
     Env,
     MonteCarloOverflow,
@@ -50,12 +52,9 @@ from .mc_core import (
     mean_sq,
     psd_power,
 )
-from .mc_rng import COTANGENT, INPUT, Streams
-from .mc_samplers import SAMPLERS, Explicit
-from .ops import Dense, Op, Repeat, Residual, Serial
-from .params import Sweep
-from .provenance import make_attrs
-from .theory import layers_of
+from sigprop.state.inputs import Inputs
+from sigprop.state.params import Sweep
+from sigprop.state.rng import COTANGENT, INPUT, Streams
 
 __all__ = ["MonteCarloOverflow", "memory_per_seed", "simulate"]
 

@@ -15,33 +15,13 @@ import math
 import numpy as np
 import xarray as xr
 
-from .errors import ConfigError, OverflowInTheory
-from .inputs import Inputs
-from .moments import Moments, canonical, corr_of
-from .ns import NUMERIC
-from .ops import Op, Repeat, Serial
-from .params import Context, Sweep
-from .provenance import make_attrs
-
-
-def layers_of(net: Op) -> list[Op]:
-    """The blocks that make the layers: a top-level Repeat gives n, a top-level Serial concatenates."""
-    if isinstance(net, Repeat):
-        return [net.block] * net.n
-    if isinstance(net, Serial):
-        return [blk for op in net.layers for blk in layers_of(op)]
-    return [net]
-
-
-def sweeps_of(net: Op) -> dict[str, Sweep]:
-    """Every sweep used by the net, in order of first appearance; one name means one grid."""
-    found: dict[str, Sweep] = {}
-    for op in net.walk():
-        for value in vars(op).values():
-            if isinstance(value, Sweep) and found.setdefault(value.name, value) != value:
-                raise ConfigError(f"sweep {value.name!r}", value.values,
-                                  f"the same values wherever it is used ({found[value.name].values})")
-    return found
+from sigprop.errors import ConfigError, OverflowInTheory
+from sigprop.ops import Op, layers_of, sweeps_of
+from sigprop.provenance import make_attrs
+from sigprop.state.inputs import Inputs
+from sigprop.state.moments import Moments, canonical, corr_of
+from sigprop.state.ns import NUMERIC
+from sigprop.state.params import Context
 
 
 def _check_args(net, inputs):

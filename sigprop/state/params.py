@@ -10,8 +10,8 @@ from typing import Any
 import numpy as np
 import sympy
 
-from .errors import ConfigError
-from .ns import NUMERIC, Namespace
+from sigprop.errors import ConfigError
+from sigprop.state.ns import NUMERIC, Namespace
 
 
 @dataclass(frozen=True)

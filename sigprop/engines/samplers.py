@@ -29,8 +29,8 @@ D W (``vjp``); the bias is added by the op.
 
 from __future__ import annotations
 
-from .mc_core import F64, gram, psd_power
-from .mc_rng import BACKWARD, FORWARD
+from sigprop.state.arrays import F64, gram, psd_power
+from sigprop.state.rng import BACKWARD, FORWARD
 
 
 class Explicit:

@@ -1,7 +1,7 @@
 """One figure style for the paper: colour-blind-safe colours, theory lines, Monte Carlo points.
 
 Theory is drawn as lines, Monte Carlo as points with a band of +-2 standard errors (the
-estimator of :mod:`sigprop.compare`, so a heavy-tailed quantity is summarised by its
+estimator of :mod:`sigprop.analysis.compare`, so a heavy-tailed quantity is summarised by its
 log-moments, never by a mean dominated by one seed). Figures are written as PDF (for the
 paper) and PNG (for a quick look) with a caption file beside them.
 """
@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from .compare import choose, estimate
+from sigprop.analysis.compare import choose, estimate
 
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
@@ -209,7 +209,7 @@ def pick(ds: xr.Dataset | None, **sel):
 def mc_note(data: FigureData, what: str = "Monte Carlo") -> None:
     """Say in the caption when a figure has no Monte Carlo points."""
     if data.mc is None:
-        data.note(f"No {what} results were available (sigprop.montecarlo missing or the sim "
+        data.note(f"No {what} results were available (sigprop.engines.montecarlo missing or the sim "
                   "ran theory only): theory lines only.")
 
 

@@ -6,8 +6,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .errors import ConfigError
-from .moments import Moments
+from sigprop.errors import ConfigError
+from sigprop.state.moments import Moments
 
 LAWS = ("fixed", "gaussian")
 

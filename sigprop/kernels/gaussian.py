@@ -6,7 +6,7 @@ activation phi has the Gaussian faces
     kernel = E[phi(u) phi(v)]        grad_kernel = E[phi'(u) phi'(v)]
     mean   = E[phi(u)]               grad_mean   = E[phi'(u)]   (Stein: E[u phi(u)] = q E[phi'(u)])
 
-linear, relu and erf have closed forms, each written once over a :class:`~sigprop.ns.Namespace`
+linear, relu and erf have closed forms, each written once over a :class:`~sigprop.state.ns.Namespace`
 (numpy values with NUMERIC, exact sympy expressions with SYMBOLIC). tanh, gelu and silu have
 none: NUMERIC evaluates them by the quadrature below, SYMBOLIC returns the Gaussian expectation
 as an unevaluated :class:`GaussianIntegral` (``.evalf()`` / ``.doit()`` evaluate it).
@@ -45,8 +45,8 @@ import scipy.integrate
 import scipy.special
 import sympy
 
-from .errors import ConfigError
-from .ns import NUMERIC, Namespace
+from sigprop.errors import ConfigError
+from sigprop.state.ns import NUMERIC, Namespace
 
 # --- Quadrature. Orders and meshes were tuned against a reference rule of twice the order and
 # finer meshes (itself checked against mpmath to 1e-16). The errors quoted are the worst case

@@ -1,0 +1,101 @@
+"""``Act``: an elementwise activation, on Gaussian pre-activations or after BatchNorm."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from sigprop.errors import UnsupportedComposition
+from sigprop.kernels.batchnorm import bn_activation, centred_cov
+from sigprop.kernels.gaussian import get_activation
+from sigprop.ops.base import Op
+from sigprop.state import arrays as mc
+from sigprop.state.moments import DECOUPLED, Gate, Moments, Ref, outer, true_moments
+
+
+@dataclass(frozen=True)
+class Act(Op):
+    """Elementwise activation phi. Needs jointly Gaussian pre-activations (a Dense before it), or
+    for relu and linear a (rescaled) BatchNorm output.
+
+    Forward: K'_ab = E[phi(u_a) phi(u_b)], m'_a = E[phi(u_a)], u ~ N(0, K); a cross moment still
+    coupled to the residual input follows Stein's lemma, X' = m_r E[phi]^T + X diag E[phi'].
+    Backward: G_in = E[phi'(u_a) phi'(u_b)] * G_out.
+    After BatchNorm (z = D P u / s): phi(z) = phi(D P u) / s for phi of degree 1, so K' and m'
+    are 1-D t-integrals of the Gaussian faces (:func:`~sigprop.kernels.batchnorm.bn_activation`);
+    Stein's lemma holds under every tilt of the t-integral, so X' is as above; and phi'(z) =
+    phi'(D P u), so the backward is the Gaussian grad kernel at D P S P D.
+    """
+
+    name: str = "relu"
+
+    def __post_init__(self):
+        get_activation(self.name)  # raises ConfigError naming the allowed activations
+
+    def _pre(self, s, ctx):
+        """(act, K, ls): the Gram of the Gaussian pre-activation in the units the kernel is
+        evaluated in; after BatchNorm, that of D P u (true units), which has phi's sign pattern."""
+        act = get_activation(self.name)
+        if s.bn is not None:
+            if act.degree != 1:
+                raise UnsupportedComposition(
+                    f"{ctx.path}: Act({self.name!r}) directly after BatchNorm: the BatchNorm "
+                    "output is not Gaussian, and sigprop integrates it exactly only through "
+                    "positively homogeneous activations (relu, linear), where phi(Pu/s) = "
+                    "phi(Pu)/s turns it into a 1-D integral. For this activation the law is a "
+                    f"(B-1)-dimensional integral; put a Dense between BatchNorm and "
+                    f"Act({self.name!r}), or use sp.simulate.")
+            return act, centred_cov(s.bn.S, s.bn.scale), 0 * s.ls
+        if not s.gaussian:
+            raise UnsupportedComposition(
+                f"{ctx.path}: Act({self.name!r}) meets a stream whose features are not jointly "
+                "Gaussian (e.g. the input, a residual sum with a non-Gaussian part, or a "
+                "BatchNorm output), so its infinite-width law is not a Gaussian integral. Put a "
+                "Dense before the activation, or use Inputs(law='gaussian') when the stream is "
+                "a sum of Gaussian parts.")
+        if act.degree == 1:  # phi(lambda u) = lambda phi(u): evaluate at the scaled Gram
+            return act, s.K, s.ls
+        K, _ = true_moments(s, ctx.path, ctx.ns)
+        return act, K, 0 * s.ls
+
+    def theory_forward(self, s, ctx, record=None):
+        ns = ctx.ns
+        act, K, ls = self._pre(s, ctx)
+        d = np.diagonal(K, axis1=-2, axis2=-1)
+        if s.bn is None:
+            K_out, m = act.gram_kernel(K, ns), act.mean(d, ns)
+        else:
+            K_out, m = bn_activation(s.bn.S, s.bn.eps, s.bn.scale, act)
+        refs = []
+        for r in s.refs:
+            if r.X is DECOUPLED or r.X is None:
+                refs.append(r)
+            else:
+                slope = act.grad_mean(d, ns) * ns.exp(s.ls - ls)
+                refs.append(Ref(m=r.m, X=outer(r.m, m) + s.cross(r) * slope[..., None, :]))
+        return Moments(K=K_out, m=m, ls=ls, gaussian=False, refs=tuple(refs))
+
+    def theory_backward(self, s, g, ctx):
+        ns = ctx.ns
+        act, K, _ = self._pre(s, ctx)
+        d = np.diagonal(K, axis1=-2, axis2=-1)
+        refs = tuple(r if r.X is DECOUPLED or r.X is None
+                     else Ref(m=r.m, X=r.X * act.grad_mean(d, ns)[..., None, :]) for r in g.refs)
+        gate = None
+        if s.bn is not None and act.name != "linear":  # relu'(z) and the BN before share u
+            gate = Gate(H=g.K, signs=np.sign(s.bn.scale))
+        return g.replace(K=act.gram_grad_kernel(K, ns) * g.K, refs=refs, gate=gate)
+
+    def mc_forward(self, x, env, record=None):
+        """phi on the scaled signal when phi(c u) = c phi(u) (c > 0), else on the true one."""
+        act = get_activation(self.name)
+        if act.degree == 1:
+            return mc.Sig(act.fn(x.x, env.xp), x.ls), x.x
+        u = mc.times(x.x, mc.true_scale(x.ls, x.x.dtype))
+        return mc.Sig(act.fn(u, env.xp).astype(u.dtype), env.xp.zeros_like(x.ls)), u
+
+    def mc_vjp(self, res, g, env):
+        """g phi'(u); phi' is scale free when phi is positively homogeneous."""
+        grad = get_activation(self.name).grad(res, env.xp)
+        return mc.Sig(g.x * grad.astype(g.x.dtype, copy=False), g.ls)

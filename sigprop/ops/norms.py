@@ -1,0 +1,152 @@
+"""Normalisations: ``LayerNorm`` and ``RMSNorm`` over features, ``BatchNorm`` over the batch."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from sigprop.errors import ConfigError, UnsupportedComposition
+from sigprop.kernels.batchnorm import bn_backward, bn_forward, bn_relu_backward, centred_cov
+from sigprop.kernels.gaussian import get_activation
+from sigprop.ops.base import FINITE, NONNEG, Op, cotangent_affine, vec
+from sigprop.state import arrays as mc
+from sigprop.state.moments import DECOUPLED, BNLaw, Moments, Ref, affine, outer, true_moments
+from sigprop.state.params import check
+
+
+@dataclass(frozen=True)
+class LayerNorm(Op):
+    """y = gain (x - mean(x)) / sqrt(var(x) + eps) over features (biased variance).
+
+    Forward: K' = gain^2 (K - m m^T)_ab / sqrt((v_a + eps)(v_b + eps)), m' = 0. Backward (the
+    Jacobian (gain/s)(P - y y^T/N) against a mean-zero independent cotangent):
+    G_in = gain^2 G_ab / sqrt((v_a + eps)(v_b + eps)).
+    """
+
+    eps: Any = 1e-5
+    gain: Any = 1.0
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", check("LayerNorm.eps", self.eps, *NONNEG))
+        object.__setattr__(self, "gain", check("LayerNorm.gain", self.gain, *FINITE))
+
+    def _scale(self, s, ctx):
+        v = np.diagonal(s.K, axis1=-2, axis2=-1) - s.m * s.m
+        eps = vec(ctx.p(self.eps)) * ctx.ns.exp(-2 * s.ls)
+        return vec(ctx.p(self.gain)) / ctx.ns.sqrt(v + eps)
+
+    def theory_forward(self, s, ctx, record=None):
+        a = self._scale(s, ctx)
+        return affine(s, a, s.m, 0 * a)
+
+    def theory_backward(self, s, g, ctx):
+        return cotangent_affine(g, self._scale(s, ctx), -s.ls)
+
+    def mc_forward(self, x, env, record=None):
+        return mc.feature_norm(x, self.eps, self.gain, center=True)
+
+    def mc_vjp(self, res, g, env):
+        return mc.feature_norm_vjp(res, g, self.gain, center=True)
+
+
+@dataclass(frozen=True)
+class RMSNorm(Op):
+    """y = x / sqrt(mean(x^2) + eps). K' = K_ab / sqrt((q_a + eps)(q_b + eps)); G likewise."""
+
+    eps: Any = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", check("RMSNorm.eps", self.eps, *NONNEG))
+
+    def _scale(self, s, ctx):
+        q = np.diagonal(s.K, axis1=-2, axis2=-1)
+        return 1 / ctx.ns.sqrt(q + vec(ctx.p(self.eps)) * ctx.ns.exp(-2 * s.ls))
+
+    def theory_forward(self, s, ctx, record=None):
+        a = self._scale(s, ctx)
+        return affine(s, a, None, 0 * a)
+
+    def theory_backward(self, s, g, ctx):
+        return cotangent_affine(g, self._scale(s, ctx), -s.ls)
+
+    def mc_forward(self, x, env, record=None):
+        return mc.feature_norm(x, self.eps, 1.0, center=False)
+
+    def mc_vjp(self, res, g, env):
+        return mc.feature_norm_vjp(res, g, 1.0, center=False)
+
+
+@dataclass(frozen=True)
+class BatchNorm(Op):
+    """Per feature over the batch of inputs: y = P u / sqrt(|P u|^2 / B + eps), P = I - 11^T/B.
+
+    Needs jointly Gaussian inputs (a Dense before it, or Gaussian inputs); its kernel and its
+    batch-coupled backward are exact 1-D integrals (:mod:`sigprop.kernels.batchnorm`). The output
+    carries its law (:class:`~sigprop.state.moments.BNLaw`) for a relu or linear Act after it.
+    """
+
+    eps: Any = 1e-5
+
+    def __post_init__(self):
+        object.__setattr__(self, "eps", check("BatchNorm.eps", self.eps, *NONNEG))
+
+    def _cov(self, s, ctx):
+        if ctx.ns.symbolic:
+            raise UnsupportedComposition(f"{ctx.path}: BatchNorm has no closed-form symbolic law")
+        if s.K.shape[-1] < 2:
+            raise ConfigError("batch size B (number of inputs)", s.K.shape[-1],
+                              ">= 2 for BatchNorm (it normalises each feature over the batch)")
+        if not s.gaussian:
+            raise UnsupportedComposition(
+                f"{ctx.path}: BatchNorm meets features that are not jointly Gaussian (a residual "
+                "stream carrying the input or a previous BatchNorm output); its exact law needs "
+                "Gaussian features: put it after a Dense, or use Inputs(law='gaussian').")
+        return true_moments(s, ctx.path, ctx.ns)[0]
+
+    def theory_forward(self, s, ctx, record=None):
+        S, eps = self._cov(s, ctx), ctx.p(self.eps)
+        refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in s.refs)
+        return Moments(K=bn_forward(S, eps), m=0 * s.m, ls=0 * s.ls, gaussian=False, refs=refs,
+                       bn=BNLaw(S=S, eps=eps, scale=np.ones(S.shape[:-1])))
+
+    def theory_backward(self, s, g, ctx):
+        """E[J^T G J] for a cotangent independent of u; a part gated by a relu after this op
+        (g.gate) depends on u and goes through :func:`bn_relu_backward` instead."""
+        top = np.max(g.ls, axis=-1, keepdims=True)
+        u = np.exp(g.ls - top)
+        S, eps, G = self._cov(s, ctx), ctx.p(self.eps), outer(u, u) * g.K
+        if g.gate is None:
+            G = bn_backward(S, G, eps)
+        else:
+            H, signs = outer(u, u) * g.gate.H, g.gate.signs
+            gated = get_activation("relu").gram_grad_kernel(centred_cov(S, signs)) * H  # in G
+            G = bn_backward(S, G - gated, eps) + bn_relu_backward(S, H, signs, eps)
+        refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in g.refs)
+        return g.replace(K=G, ls=top + 0 * g.ls, refs=refs, gate=None)
+
+    def mc_forward(self, x, env, record=None):
+        """Batch statistics of the simulated batch. With t = max_b ls_b, u = e^(ls - t) xt:
+        y = P u / s, s^2 = |P u|^2 / B + eps e^(-2t) per (seed, feature), P = I - 11^T / B."""
+        xp, B = env.xp, x.x.shape[-2]
+        if B < 2:
+            raise ConfigError("batch size B (number of inputs)", B,
+                              ">= 2 for BatchNorm (it normalises each feature over the batch)")
+        top = x.ls.max(axis=-1, keepdims=True)
+        u = mc.times(x.x, xp.exp(x.ls - top))
+        w = u - u.mean(axis=-2, keepdims=True)
+        with np.errstate(over="ignore"):
+            eps = self.eps * xp.exp(-2 * top)[..., None]
+        s2 = (w * w).sum(axis=-2, keepdims=True, dtype=mc.F64) / B + eps
+        inv_s = (1 / xp.sqrt(s2)).astype(w.dtype)
+        y = w * inv_s
+        return mc.Sig(y, xp.zeros_like(x.ls)), (y, inv_s, top)
+
+    def mc_vjp(self, res, g, env):
+        """J^T g = (1/s)(P g - y (y . g) / B) over the batch, g brought to a common scale."""
+        y, inv_s, top = res
+        gtop = g.ls.max(axis=-1, keepdims=True)
+        h = mc.times(g.x, env.xp.exp(g.ls - gtop))
+        h = h - h.mean(axis=-2, keepdims=True) - y * (y * h).mean(axis=-2, keepdims=True)
+        return mc.Sig(inv_s * h, env.xp.broadcast_to(gtop - top, g.ls.shape))

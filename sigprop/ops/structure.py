@@ -1,0 +1,210 @@
+"""Combinators: ``Serial`` (composition), ``Repeat`` (a block n times), ``Residual`` (a skip)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from sigprop.errors import ConfigError, UnsupportedComposition
+from sigprop.ops.base import FINITE, Op, vec
+from sigprop.state import arrays as mc
+from sigprop.state.moments import mix
+from sigprop.state.params import Sweep, check
+
+
+@dataclass(frozen=True, init=False)
+class Serial(Op):
+    """Composition, applied left to right."""
+
+    layers: tuple[Op, ...] = field(default=())
+
+    def __init__(self, *layers: Op):
+        flat = tuple(layers[0]) if len(layers) == 1 and isinstance(layers[0], (list, tuple)) \
+            else layers
+        for i, op in enumerate(flat):
+            if not isinstance(op, Op):
+                raise ConfigError(f"Serial layer {i}", op, "an Op such as sp.Dense() or sp.Act('relu')")
+        if not flat:
+            raise ConfigError("Serial layers", (), "at least one op")
+        object.__setattr__(self, "layers", flat)
+
+    @classmethod
+    def from_fields(cls, layers):
+        return cls(*layers)
+
+    def children(self):
+        return self.layers
+
+    def label(self):
+        return "Serial"
+
+    def _states(self, s, ctx):
+        states = [s]
+        for i, op in enumerate(self.layers):
+            states.append(op.theory_forward(states[-1], ctx.at(f"[{i}] {type(op).__name__}")))
+        return states
+
+    def theory_forward(self, s, ctx, record=None):
+        for i, op in enumerate(self.layers):
+            s = op.theory_forward(s, ctx.at(f"[{i}] {type(op).__name__}"), record)
+        return s
+
+    def theory_backward(self, s, g, ctx):
+        states = self._states(s, ctx)
+        for i in reversed(range(len(self.layers))):
+            g = self.layers[i].theory_backward(states[i], g, ctx.at(f"[{i}] {type(self.layers[i]).__name__}"))
+        return g
+
+    def _mc_envs(self, env):
+        """Each layer's env: op index offset by the ops of the layers before it."""
+        offset = 1
+        for op in self.layers:
+            yield op, env.child(offset)
+            offset += op.mc_ops()
+
+    def mc_forward(self, x, env, record=None):
+        res = []
+        for op, e in self._mc_envs(env):
+            x, r = op.mc_forward(x, e, record)
+            res.append(r)
+        return x, res
+
+    def mc_vjp(self, res, g, env):
+        for (op, e), r in reversed(list(zip(self._mc_envs(env), res))):
+            g = op.mc_vjp(r, g, e)
+        return g
+
+
+@dataclass(frozen=True)
+class Repeat(Op):
+    """``block`` applied ``n`` times. At the top level of a net each copy is one layer."""
+
+    block: Op
+    n: int = 1
+
+    def __post_init__(self):
+        if not isinstance(self.block, Op):
+            raise ConfigError("Repeat.block", self.block, "an Op")
+        if isinstance(self.n, bool) or not isinstance(self.n, (int, np.integer)) or self.n < 1:
+            raise ConfigError("Repeat.n (depth)", self.n, "an integer >= 1")
+        object.__setattr__(self, "n", int(self.n))
+
+    def children(self):
+        return (self.block,)
+
+    def label(self):
+        return f"Repeat(n={self.n})"
+
+    def theory_forward(self, s, ctx, record=None):
+        return Serial(*([self.block] * self.n)).theory_forward(s, ctx, record)
+
+    def theory_backward(self, s, g, ctx):
+        return Serial(*([self.block] * self.n)).theory_backward(s, g, ctx)
+
+    def mc_ops(self):
+        return 1 + self.n * self.block.mc_ops()
+
+    def _mc_envs(self, env):
+        size = self.block.mc_ops()
+        return [env.child(1 + j * size) for j in range(self.n)]
+
+    def mc_forward(self, x, env, record=None):
+        """Copy j gets its own streams; the scale moves to ls after each copy (exact)."""
+        res = []
+        for e in self._mc_envs(env):
+            x, r = self.block.mc_forward(x, e, record)
+            x = mc.canonical(x)
+            res.append(r)
+        return x, res
+
+    def mc_vjp(self, res, g, env):
+        for e, r in reversed(list(zip(self._mc_envs(env), res))):
+            g = mc.canonical(self.block.mc_vjp(r, g, e))
+        return g
+
+
+@dataclass(frozen=True)
+class Residual(Op):
+    """x -> beta x + alpha branch(x).
+
+    K' = beta^2 K + alpha^2 K_f + alpha beta (X + X^T), with X the cross moment of the stream and
+    the branch output (m m_f^T once the branch has passed a Dense); the backward is the same
+    mixing law applied to the cotangents (:func:`sigprop.state.moments.mix`).
+    """
+
+    branch: Op
+    alpha: Any = 1.0
+    beta: Any = 1.0
+
+    def __post_init__(self):
+        if not isinstance(self.branch, Op):
+            raise ConfigError("Residual.branch", self.branch, "an Op")
+        object.__setattr__(self, "alpha", check("Residual.alpha", self.alpha, *FINITE))
+        object.__setattr__(self, "beta", check("Residual.beta", self.beta, *FINITE))
+        if _is_zero(self.alpha) and _is_zero(self.beta):
+            raise ConfigError("Residual (alpha, beta)", (self.alpha, self.beta),
+                              "not both zero (the block would output 0)")
+
+    def children(self):
+        return (self.branch,)
+
+    def _mix(self, x, f, ctx, what):
+        try:
+            return mix(vec(ctx.p(self.beta)), x, vec(ctx.p(self.alpha)), f, ctx.ns)
+        except ValueError:
+            raise UnsupportedComposition(
+                f"{ctx.path}: the {what} cross moment between the stream and the branch is not "
+                "determined at infinite width (the branch has no Dense, and contains an op whose "
+                "feature-wise coupling to its input is non-linear). Start the branch with a "
+                "Dense or a normalisation followed by a Dense.") from None
+
+    def theory_forward(self, s, ctx, record=None):
+        f = self.branch.theory_forward(s.push_ref(), ctx.at("branch"))
+        if record is not None and "branch" not in record:
+            record["branch"] = f
+        return self._mix(s, f, ctx, "forward")
+
+    def theory_backward(self, s, g, ctx):
+        gf = self.branch.theory_backward(s.push_ref(), g.push_ref(), ctx.at("branch"))
+        if g.gate is not None and gf.gate is not None:
+            raise UnsupportedComposition(
+                f"{ctx.path}: the stream and the branch both reach a BatchNorm through a relu "
+                "(two gated cotangents of one batch); their joint backward is not implemented.")
+        return self._mix(g, gf, ctx, "backward")
+
+    def mc_forward(self, x, env, record=None):
+        f, res = self.branch.mc_forward(x, env.child(1))
+        if record is not None and "branch" not in record:
+            record["branch"] = f
+        return mc.mix(self.beta, x, self.alpha, f), res
+
+    def mc_vjp(self, res, g, env):
+        return mc.mix(self.beta, g, self.alpha, self.branch.mc_vjp(res, g, env.child(1)))
+
+
+def _is_zero(v) -> bool:
+    if isinstance(v, Sweep):
+        return all(x == 0 for x in v.values)
+    return isinstance(v, (int, float)) and v == 0
+
+
+def layers_of(net: Op) -> list[Op]:
+    """The blocks that make the layers: a top-level Repeat gives n, a top-level Serial concatenates."""
+    if isinstance(net, Repeat):
+        return [net.block] * net.n
+    if isinstance(net, Serial):
+        return [blk for op in net.layers for blk in layers_of(op)]
+    return [net]
+
+
+def sweeps_of(net: Op) -> dict[str, Sweep]:
+    """Every sweep used by the net, in order of first appearance; one name means one grid."""
+    found: dict[str, Sweep] = {}
+    for op in net.walk():
+        for value in vars(op).values():
+            if isinstance(value, Sweep) and found.setdefault(value.name, value) != value:
+                raise ConfigError(f"sweep {value.name!r}", value.values,
+                                  f"the same values wherever it is used ({found[value.name].values})")
+    return found
