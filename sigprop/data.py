@@ -7,9 +7,10 @@ from pathlib import Path
 
 import xarray as xr
 
+from sigprop import schema
 from sigprop.errors import ConfigError
 
-SCHEMA = ("q", "log_q", "mean", "var", "corr", "grad_q", "branch_q")
+SCHEMA = schema.NAMES  # the dataset variables, in order (their dims etc.: sigprop.schema)
 KINDS = ("theory", "montecarlo", "symbolic")
 
 
@@ -39,3 +40,9 @@ def load(path) -> xr.Dataset:
 def config_of(ds: xr.Dataset) -> dict:
     """The config a dataset was made from (``attrs['config']`` parsed)."""
     return json.loads(ds.attrs["config"])
+
+
+def unsupported_of(ds: xr.Dataset) -> dict[str, str]:
+    """The cases a theory dataset could not integrate (label -> reason), from
+    ``attrs['unsupported']`` (written by :func:`sigprop.pipeline.runs.run_theory`)."""
+    return json.loads(ds.attrs.get("unsupported", "{}"))

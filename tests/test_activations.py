@@ -10,7 +10,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from sigprop.errors import ConfigError
-from sigprop.kernels.gaussian import ACTIVATIONS, _expect, _kernel_quad, get_activation
+from sigprop.kernels.gaussian import ACTIVATIONS, get_activation
+from sigprop.kernels.quadrature import expect, kernel_quad
 from sigprop.state.ns import NUMERIC, SYMBOLIC
 
 CLOSED = ("linear", "relu", "erf")
@@ -34,11 +35,11 @@ def test_quadrature_route_matches_closed_forms(name):
     for face, f, parity in _faces(act):
         exact = getattr(act, face)(q1, q2, c)
         for par in (None, parity):  # the plain rule, and the one folded by phi's parity
-            quad = _kernel_quad(f, q1, q2, c, act._bend, parity=par)
+            quad = kernel_quad(f, q1, q2, c, act._bend, parity=par)
             assert np.max(np.abs(quad - exact) / scale) < 1e-10, (face, par)
     for face, f in (("mean", act.fn), ("grad_mean", act.grad)):
         exact = getattr(act, face)(qs)
-        quad = _expect(f, 0.0, np.sqrt(qs), act._bend)
+        quad = expect(f, 0.0, np.sqrt(qs), act._bend)
         assert np.max(np.abs(quad - exact) / np.maximum(1, np.sqrt(qs))) < 1e-10, face
 
 
@@ -118,13 +119,13 @@ def test_quadrature_matches_scipy(name):
 
 def test_gelu_smoothed_closed_form():
     """gelu's inner expectation E[gelu(m + s Z)] (and of gelu') in closed form = quadrature."""
-    from sigprop.kernels.gaussian import _gelu_grad_smoothed, _gelu_smoothed
+    from sigprop.kernels.gaussian import gelu_grad_smoothed, gelu_smoothed
 
     gelu = get_activation("gelu")
     m, s = np.meshgrid([-40.0, -3.0, -0.2, 0.0, 0.7, 5.0, 60.0], [0.0, 1e-3, 0.5, 3.0, 100.0])
-    np.testing.assert_allclose(_gelu_smoothed(m, s), _expect(gelu.fn, m, s), rtol=0,
+    np.testing.assert_allclose(gelu_smoothed(m, s), expect(gelu.fn, m, s), rtol=0,
                                atol=1e-12 * (1 + np.abs(m) + s).max())
-    np.testing.assert_allclose(_gelu_grad_smoothed(m, s), _expect(gelu.grad, m, s), rtol=0,
+    np.testing.assert_allclose(gelu_grad_smoothed(m, s), expect(gelu.grad, m, s), rtol=0,
                                atol=1e-10)
 
 
@@ -260,7 +261,7 @@ def test_tables_match_direct_quadrature(name):
     act = get_activation(name)
     q = np.geomspace(1e-7, 1e5, 97) * 1.01  # off the table's nodes
     for face, h in (("mean", act.fn), ("grad_mean", act.grad)):
-        direct = _expect(h, 0.0, np.sqrt(q), act._bend)
+        direct = expect(h, 0.0, np.sqrt(q), act._bend)
         np.testing.assert_allclose(getattr(act, face)(q), direct, rtol=1e-12, atol=1e-15)
-    direct = _expect(lambda x: act.fn(x) ** 2, 0.0, np.sqrt(q), act._bend)
+    direct = expect(lambda x: act.fn(x) ** 2, 0.0, np.sqrt(q), act._bend)
     np.testing.assert_allclose(act.kernel(q, q, 1.0), direct, rtol=1e-12)

@@ -5,7 +5,8 @@ from pathlib import Path
 import pytest
 
 import sigprop as sp
-from sigprop.pipeline.config import PROFILES, Sim, SimConfigError, load_all, run_theory
+from sigprop.pipeline.config import PROFILES, Sim, SimConfigError, load_all
+from sigprop.pipeline.runs import run_theory
 
 SIMS = Path(__file__).resolve().parent.parent / "sims"
 GOOD = """
@@ -100,7 +101,7 @@ def test_unsupported_theory_is_nan_and_noted(tmp_path):
     text = GOOD.replace('preset = "preln"', 'preset = "postbn"').replace(
         "n = 2", "n = 2\nlaw = 'gaussian'")
     ds = run_theory(Sim.load(write(tmp_path, text, "bn.toml")), "quick")
-    from sigprop.pipeline.config import unsupported_of
+    from sigprop.data import unsupported_of
 
     assert "postbn" in unsupported_of(ds)
     assert bool(ds["q"].isnull().all())

@@ -7,7 +7,8 @@ import pytest
 from sigprop.analysis.compare import synthetic
 from sigprop.analysis.plots import FigureData, latex_escape
 from sigprop.figures import FIGURES, claims, module, render
-from sigprop.pipeline.config import Sim, run_theory
+from sigprop.pipeline.config import Sim
+from sigprop.pipeline.runs import run_theory
 
 TINY = {  # sims/<name>.toml shrunk: depth and grids small enough for a fast test
     "phase": {"depth": 4, "sweeps": {"sigma_w1": [0.5, 1.0, 1.5], "alpha": [0.1, 1.0]}},

@@ -9,7 +9,8 @@ from scipy import stats
 
 import sigprop as sp
 from sigprop.engines.samplers import SAMPLERS
-from sigprop.state.arrays import Env, MonteCarloOverflow, Sig
+from sigprop.errors import MonteCarloOverflow
+from sigprop.state.arrays import Env, Sig
 from sigprop.state.rng import Streams, box_muller_philox, philox4x32, philox_normal, seed_keys
 
 X0 = sp.Inputs(q=[1.0, 2.25], corr=0.3, mean=[0.2, -0.5])
@@ -234,26 +235,26 @@ def test_cupy_backend_agrees_with_numpy(sampler):
 
 @pytest.mark.gpu
 def test_cupy_kernels_match_the_numpy_maths():
-    # The fused CuPy paths of mc_core (Gram, mean square, canonical, Jacobi psd_power) against
+    # The fused CuPy paths of sigprop.state.arrays (Gram, mean square, to_unit_rms, Jacobi psd_power) against
     # the NumPy code they replace, up to float64 rounding.
     cupy = pytest.importorskip("cupy")
-    from sigprop import mc_core
+    from sigprop.state import arrays
 
     rng = np.random.default_rng(7)
     for dt_a, dt_b, n in [(np.float32, np.float32, 100), (np.float32, np.float64, 40_000),
                           (np.float64, np.float64, 3)]:
         a = rng.standard_normal((3, 4, n)).astype(dt_a)
         b = rng.standard_normal((3, 2, n)).astype(dt_b)
-        got = cupy.asnumpy(mc_core.gram(cupy.asarray(a), cupy.asarray(b)))
-        np.testing.assert_allclose(got, mc_core.gram(a, b), rtol=1e-12, atol=1e-12 * n)
+        got = cupy.asnumpy(arrays.gram(cupy.asarray(a), cupy.asarray(b)))
+        np.testing.assert_allclose(got, arrays.gram(a, b), rtol=1e-12, atol=1e-12 * n)
     x = (rng.standard_normal((3, 2, 50)) * [[[1e-3]], [[1e3]], [[1.0]]]).astype(np.float32)
     x[1, 1] = 0.0  # a zero row stays zero, its ls unchanged
     s = Sig(x, rng.standard_normal((3, 2)))
-    c = mc_core.canonical(Sig(cupy.asarray(x), cupy.asarray(s.ls)))
-    ref = mc_core.canonical(s)
+    c = arrays.to_unit_rms(Sig(cupy.asarray(x), cupy.asarray(s.ls)))
+    ref = arrays.to_unit_rms(s)
     np.testing.assert_allclose(cupy.asnumpy(c.x), ref.x, rtol=1e-6)
     np.testing.assert_allclose(cupy.asnumpy(c.ls), ref.ls, rtol=1e-13, atol=1e-13)
-    np.testing.assert_allclose(cupy.asnumpy(mc_core.mean_sq(cupy.asarray(x))), mc_core.mean_sq(x),
+    np.testing.assert_allclose(cupy.asnumpy(arrays.mean_sq(cupy.asarray(x))), arrays.mean_sq(x),
                                rtol=1e-12)
     for B in (1, 2, 3, 8, 32, 33):  # 33: cuSOLVER
         X = rng.standard_normal((5, B, B + 3))
@@ -261,7 +262,7 @@ def test_cupy_kernels_match_the_numpy_maths():
         X[1] = 0.0
         G = X @ X.swapaxes(-1, -2)
         for power in (0.5, -0.5):
-            got = cupy.asnumpy(mc_core.psd_power(cupy.asarray(G), power))
-            np.testing.assert_allclose(got, mc_core.psd_power(G, power), rtol=1e-9, atol=1e-9)
+            got = cupy.asnumpy(arrays.psd_power(cupy.asarray(G), power))
+            np.testing.assert_allclose(got, arrays.psd_power(G, power), rtol=1e-9, atol=1e-9)
     G[2, 0, 0] = np.nan
-    assert np.isnan(cupy.asnumpy(mc_core.psd_power(cupy.asarray(G[:, :8, :8]), 0.5))[2]).all()
+    assert np.isnan(cupy.asnumpy(arrays.psd_power(cupy.asarray(G[:, :8, :8]), 0.5))[2]).all()

@@ -39,11 +39,13 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
+from sigprop import schema
 from sigprop.errors import ConfigError
 
-VARIABLES = ("q", "mean", "var", "corr", "grad_q", "branch_q")
-SCALE_VARIABLES = ("q", "var", "grad_q", "branch_q")
-BACKWARD_VARIABLES = ("grad_q",)  # comparable only when both nets have the same depth
+VARIABLES = schema.PRIMARY  # the log companions are not compared: they are the log estimators
+SCALE_VARIABLES = tuple(n for n in VARIABLES if schema.VARIABLES[n].scale)
+# comparable only when both nets have the same depth
+BACKWARD_VARIABLES = tuple(n for n in VARIABLES if schema.VARIABLES[n].backward)
 ESTIMATORS = ("auto", "mean", "lognormal", "logmean", "median")
 HEAVY_LOG_SD = 0.25  # seed sd of log X above which the sample mean of X is poorly behaved
 DESCRIPTION = {
@@ -223,20 +225,20 @@ def synthetic(theory: xr.Dataset, seeds: int = 32, widths=(256,), noise: float =
     for width in widths:
         s = noise * np.sqrt(256 / width)
         ds = {}
-        for name in ("q", "mean", "var", "corr", "grad_q", "branch_q"):
+        for name in VARIABLES:
             x = theory[name].expand_dims(seed=seeds).copy()
             e = x.copy(data=rng.standard_normal(x.shape))
             if name in SCALE_VARIABLES:
                 x = x * np.exp(s * e - s**2 / 2)
-            elif name == "mean":
-                x = x + s * e * np.sqrt(np.abs(theory["var"]))
-            else:
+            elif schema.VARIABLES[name].pairwise:  # corr: exact on the diagonal
                 off = x["input"] != x["input_b"]
                 x = x + xr.where(off, s * e, 0.0)
+            else:  # mean
+                x = x + s * e * np.sqrt(np.abs(theory["var"]))
             ds[name] = x
         out = xr.Dataset(ds)
-        for name in ("q", "grad_q", "branch_q"):
-            out[f"log_{name}"] = _log(out[name])
+        for name, log_name in schema.LOG_NAME.items():
+            out[log_name] = _log(out[name])
         parts.append(out.expand_dims(width=[width]))
     out = xr.concat(parts, dim="width").transpose("seed", ...)
     out.attrs = {**theory.attrs, "kind": "montecarlo", "backend": "synthetic",

@@ -36,27 +36,24 @@ import numpy as np
 import sympy
 import xarray as xr
 
+from sigprop import schema
 from sigprop.engines.samplers import SAMPLERS, Explicit
-from sigprop.errors import ConfigError
-from sigprop.ops import Dense, Op, Repeat, Residual, Serial, layers_of
+from sigprop.errors import ConfigError, MonteCarloOverflow
+from sigprop.ops import Op, layers_of
 from sigprop.provenance import make_attrs
 from sigprop.state.arrays import (
     F64,
     Env,
-    MonteCarloOverflow,
     Sig,
     array_module,
-    canonical,
-    dense_width,
     gram,
     mean_sq,
     psd_power,
+    to_unit_rms,
 )
 from sigprop.state.inputs import Inputs
 from sigprop.state.params import Sweep
 from sigprop.state.rng import COTANGENT, INPUT, Streams
-
-__all__ = ["MonteCarloOverflow", "memory_per_seed", "simulate"]
 
 log = logging.getLogger(__name__)
 
@@ -121,11 +118,11 @@ def _run_chunk(blocks, inputs, width, env, tick):
     # elementwise maths on the (S, B) results runs once on the stacked layers (_stats, _log_q):
     # the same numbers, a fraction of the array calls (on a GPU each call is a launch).
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        x = canonical(_inputs(inputs, width, env))
+        x = to_unit_rms(_inputs(inputs, width, env))
         fwd, branch, ckpt = [_moments(x)], [None], {0: x}
         for l in range(1, L + 1):
             record: dict = {}
-            x = canonical(blocks[l - 1].mc_forward(x, at(l), record)[0])
+            x = to_unit_rms(blocks[l - 1].mc_forward(x, at(l), record)[0])
             fwd.append(_moments(x))
             f = record.get("branch")
             branch.append(None if f is None else _mean_sq(f))
@@ -135,16 +132,16 @@ def _run_chunk(blocks, inputs, width, env, tick):
         fwd = _stats(*(xp.stack(v) for v in zip(*fwd)))
         _raise_nonfinite(fwd[0], "forward", blocks)
 
-        g = canonical(Sig(env.normal(COTANGENT, (inputs.n, x.x.shape[-1])), xp.zeros_like(x.ls)))
+        g = to_unit_rms(Sig(env.normal(COTANGENT, (inputs.n, x.x.shape[-1])), xp.zeros_like(x.ls)))
         grads = [_mean_sq(g)]
         for start in reversed(range(0, L, k)):
             x, tape = ckpt.pop(start), []
             for l in range(start + 1, min(start + k, L) + 1):
                 y, res = blocks[l - 1].mc_forward(x, at(l))
                 tape.append(res)
-                x = canonical(y)
+                x = to_unit_rms(y)
             for l in reversed(range(start + 1, min(start + k, L) + 1)):
-                g = canonical(blocks[l - 1].mc_vjp(tape.pop(), g, at(l)))
+                g = to_unit_rms(blocks[l - 1].mc_vjp(tape.pop(), g, at(l)))
                 grads.append(_mean_sq(g))
                 tick()
         log_grad_q = _log_q(*(xp.stack(v) for v in zip(*grads[::-1])))
@@ -286,12 +283,13 @@ def gpu_module():
 
 # -- memory --------------------------------------------------------------------------------
 def memory_per_seed(blocks, B: int, width: int, itemsize: int, sampler) -> int:
-    """Bytes per seed by the module's memory law (also validates every Dense ratio)."""
+    """Bytes per seed by the module's memory law (also validates every Dense ratio and that
+    every residual branch keeps the stream's width)."""
     L = len(blocks)
     widest, weight = width, 0
     n = width
     for blk in dict.fromkeys(blocks):  # a repeated block is traced once
-        n_out, w, wt = _trace(blk, n)
+        n_out, w, wt = blk.mc_widths(n)
         widest, weight = max(widest, w), max(weight, wt)
         n = n_out
     act = itemsize * B * widest * stored_signals(L, 2 * max(blk.mc_ops() for blk in blocks))
@@ -304,41 +302,16 @@ def stored_signals(L: int, r: int) -> int:
     return math.ceil(L / k) + k * r + 8
 
 
-def _trace(op, n):
-    """(output width, widest width, largest n_in n_out) of ``op`` on width-``n`` features."""
-    if isinstance(op, Dense):
-        n_out = dense_width(n, op.ratio)
-        return n_out, max(n, n_out), n * n_out
-    if isinstance(op, (Serial, Repeat)):
-        widest, weight = n, 0
-        for kid in (op.layers if isinstance(op, Serial) else (op.block,) * op.n):
-            n, w, wt = _trace(kid, n)
-            widest, weight = max(widest, w), max(weight, wt)
-        return n, widest, weight
-    if isinstance(op, Residual):
-        n_out, widest, weight = _trace(op.branch, n)
-        if n_out != n:
-            raise ConfigError("Residual branch output width", n_out,
-                              f"the width of the stream ({n}): Dense ratios in a branch must "
-                              "multiply to 1")
-        return n, widest, weight
-    return n, n, 0
-
-
 # -- output --------------------------------------------------------------------------------
 def _dataset(data, blocks, attrs) -> xr.Dataset:
+    """The schema's variables (dims seed first) from the log scales and moments of the chunks."""
     S, L1, B = data["log_q"].shape
-    with np.errstate(over="ignore"):
-        data = {"q": np.exp(data["log_q"]), "log_q": data["log_q"], "mean": data["mean"],
-                "var": data["var"], "corr": data["corr"], "grad_q": np.exp(data["log_grad_q"]),
-                "log_grad_q": data["log_grad_q"], "branch_q": np.exp(data["log_branch_q"]),
-                "log_branch_q": data["log_branch_q"]}
-    dims = ("seed", "layer", "input")
+    data = schema.complete(data)
     coords = {"seed": np.arange(S), "layer": np.arange(L1), "input": np.arange(B),
               "input_b": np.arange(B),
               "block": ("layer", ["input"] + [type(b).__name__ for b in blocks])}
-    ds = xr.Dataset({k: (dims + (("input_b",) if k == "corr" else ()), v) for k, v in data.items()},
-                    coords=coords)
+    ds = xr.Dataset({k: (schema.VARIABLES[k].dims_with(lead=("seed",)), v)
+                     for k, v in data.items()}, coords=coords)
     ds.attrs = attrs
     return ds
 

@@ -15,11 +15,12 @@ import math
 import numpy as np
 import xarray as xr
 
+from sigprop import schema
 from sigprop.errors import ConfigError, OverflowInTheory
 from sigprop.ops import Op, layers_of, sweeps_of
 from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
-from sigprop.state.moments import Moments, canonical, corr_of
+from sigprop.state.moments import Cotangent, Gram, Moments, corr_of, to_unit_diagonal
 from sigprop.state.ns import NUMERIC
 from sigprop.state.params import Context
 
@@ -51,7 +52,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False) -> x
     def step(s, l):
         where = ctx.at(f"layer {l} {type(blocks[l - 1]).__name__}")
         found: dict = {}
-        s = canonical(blocks[l - 1].theory_forward(s, where, found))
+        s = to_unit_diagonal(blocks[l - 1].theory_forward(s, where, found))
         _check_finite(s, where.path, "forward")
         return s, found.get("branch")
 
@@ -65,7 +66,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False) -> x
         if l % every == 0:
             checkpoints[l] = s
 
-    g = Moments(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
+    g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     grad_rows = {L: _log_diag(g)} if L in record else {}
     for start in _progress(sorted(checkpoints, reverse=True), progress, "theory backward"):
         states = [checkpoints[start]]
@@ -73,7 +74,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False) -> x
             states.append(step(states[-1], l)[0])
         for l in range(min(start + every, L), start, -1):
             where = ctx.at(f"layer {l} {type(blocks[l - 1]).__name__} (backward)")
-            g = canonical(blocks[l - 1].theory_backward(states[l - 1 - start], g, where))
+            g = to_unit_diagonal(blocks[l - 1].theory_backward(states[l - 1 - start], g, where))
             _check_finite(g, where.path, "backward")
             if l - 1 in record:
                 grad_rows[l - 1] = _log_diag(g)
@@ -83,8 +84,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False) -> x
               "block": ("layer", [type(blocks[l - 1]).__name__ if l else "input" for l in kept])}
     coords.update({name: np.asarray(s.values) for name, s in grid.items()})
     data = _variables([rows[l] for l in kept], [grad_rows[l] for l in kept], shape, B)
-    vdims = ("layer", *dims, "input")
-    ds = xr.Dataset({k: (vdims + (("input_b",) if k == "corr" else ()), v) for k, v in data.items()},
+    ds = xr.Dataset({k: (schema.VARIABLES[k].dims_with(grid=dims), v) for k, v in data.items()},
                     coords=coords)
     ds.attrs = make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, "numpy")
     return ds
@@ -102,14 +102,14 @@ def _recorded(layers, L) -> set[int]:
     return chosen
 
 
-def _check_finite(s: Moments, where: str, direction: str):
+def _check_finite(s: Gram, where: str, direction: str):
     bad = ~np.isfinite(s.K) | ~np.isfinite(s.ls[..., None])
     if np.any(bad):
         raise OverflowInTheory(f"{where}: the {direction} law produced a non-finite value "
                                "(overflow, or an op outside its valid range)")
 
 
-def _log_diag(s: Moments):
+def _log_diag(s: Gram):
     d = np.diagonal(s.K, axis1=-2, axis2=-1)
     with np.errstate(divide="ignore"):
         return 2 * s.ls + np.log(d)
@@ -123,20 +123,21 @@ def _forward_row(s: Moments, f: Moments | None) -> dict:
 
 
 def _variables(rows, grad_rows, shape, B):
+    """The schema's variables (layer first): scales from their logs (:func:`schema.complete`)."""
     def stack(items, extra=(B,)):
         return np.stack([np.broadcast_to(x, shape + extra) for x in items])
 
     nan = np.full(shape + (B,), np.nan)
     with np.errstate(over="ignore", invalid="ignore"):
-        log_q = stack([r["log_q"] for r in rows])
-        log_grad_q = stack(grad_rows)
-        log_branch_q = stack([nan if r["log_branch_q"] is None else r["log_branch_q"] for r in rows])
-        return {"q": np.exp(log_q), "log_q": log_q,
-                "mean": stack([r["mt"] * np.exp(r["ls"]) for r in rows]),
-                "var": stack([r["vt"] * np.exp(2 * r["ls"]) for r in rows]),
-                "corr": stack([r["corr"] for r in rows], (B, B)),
-                "grad_q": np.exp(log_grad_q), "log_grad_q": log_grad_q,
-                "branch_q": np.exp(log_branch_q), "log_branch_q": log_branch_q}
+        computed = {
+            "log_q": stack([r["log_q"] for r in rows]),
+            "mean": stack([r["mt"] * np.exp(r["ls"]) for r in rows]),
+            "var": stack([r["vt"] * np.exp(2 * r["ls"]) for r in rows]),
+            "corr": stack([r["corr"] for r in rows], (B, B)),
+            "log_grad_q": stack(grad_rows),
+            "log_branch_q": stack([nan if r["log_branch_q"] is None else r["log_branch_q"]
+                                   for r in rows])}
+    return schema.complete(computed)
 
 
 def _progress(it, enabled: bool, what: str):

@@ -56,7 +56,7 @@ def _post_tanh(phase) -> str:
     """What Post-LN's per-block gradient factor does over the phase grid, as text."""
     if phase is None or "Post-LN" not in [str(a) for a in phase["arch"].values]:
         return "(phase sim without Post-LN: the tanh case is not computed)"
-    from .phase import factor
+    from sigprop.figures.phase import factor
 
     x = factor(phase).sel(arch="Post-LN")
     lo, hi = float(np.exp(x.min())), float(np.exp(x.max()))
@@ -168,7 +168,7 @@ def norm_rows(th, mc=None) -> list[Row]:
 
 
 def phase_rows(th) -> list[Row]:
-    from .phase import factor
+    from sigprop.figures.phase import factor
 
     logchi = factor(th)
     out = []

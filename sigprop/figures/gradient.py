@@ -1,8 +1,7 @@
 """Gradient second moment vs layer, one curve per normalisation placement."""
 
 from sigprop.analysis import plots
-
-from .variance import two_scales
+from sigprop.figures.variance import two_scales
 
 SIM = "placement"
 CAPTION = (

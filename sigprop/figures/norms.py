@@ -3,7 +3,7 @@
 import numpy as np
 
 from sigprop.analysis import plots
-from sigprop.pipeline.config import unsupported_of
+from sigprop.data import unsupported_of
 
 SIM = "norms"
 CAPTION = (

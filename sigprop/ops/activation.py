@@ -6,12 +6,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from sigprop.errors import UnsupportedComposition
 from sigprop.kernels.batchnorm import bn_activation, centred_cov
 from sigprop.kernels.gaussian import get_activation
 from sigprop.ops.base import Op
 from sigprop.state import arrays as mc
-from sigprop.state.moments import DECOUPLED, Gate, Moments, Ref, outer, true_moments
+from sigprop.state.moments import DECOUPLED, BatchNormed, Gate, Moments, Ref, outer, true_moments
 
 
 @dataclass(frozen=True)
@@ -33,40 +32,42 @@ class Act(Op):
     def __post_init__(self):
         get_activation(self.name)  # raises ConfigError naming the allowed activations
 
+    def requires(self, s):
+        degree = get_activation(self.name).degree
+        if isinstance(s.law, BatchNormed):
+            return None if degree == 1 else (
+                f"Act({self.name!r}) directly after BatchNorm: the BatchNorm "
+                "output is not Gaussian, and sigprop integrates it exactly only through "
+                "positively homogeneous activations (relu, linear), where phi(Pu/s) = "
+                "phi(Pu)/s turns it into a 1-D integral. For this activation the law is a "
+                f"(B-1)-dimensional integral; put a Dense between BatchNorm and "
+                f"Act({self.name!r}), or use sp.simulate.")
+        return None if s.law.gaussian else (
+            f"Act({self.name!r}) meets a stream whose features are not jointly "
+            "Gaussian (e.g. the input, a residual sum with a non-Gaussian part, or a "
+            "BatchNorm output), so its infinite-width law is not a Gaussian integral. Put a "
+            "Dense before the activation, or use Inputs(law='gaussian') when the stream is "
+            "a sum of Gaussian parts.")
+
     def _pre(self, s, ctx):
         """(act, K, ls): the Gram of the Gaussian pre-activation in the units the kernel is
         evaluated in; after BatchNorm, that of D P u (true units), which has phi's sign pattern."""
         act = get_activation(self.name)
-        if s.bn is not None:
-            if act.degree != 1:
-                raise UnsupportedComposition(
-                    f"{ctx.path}: Act({self.name!r}) directly after BatchNorm: the BatchNorm "
-                    "output is not Gaussian, and sigprop integrates it exactly only through "
-                    "positively homogeneous activations (relu, linear), where phi(Pu/s) = "
-                    "phi(Pu)/s turns it into a 1-D integral. For this activation the law is a "
-                    f"(B-1)-dimensional integral; put a Dense between BatchNorm and "
-                    f"Act({self.name!r}), or use sp.simulate.")
-            return act, centred_cov(s.bn.S, s.bn.scale), 0 * s.ls
-        if not s.gaussian:
-            raise UnsupportedComposition(
-                f"{ctx.path}: Act({self.name!r}) meets a stream whose features are not jointly "
-                "Gaussian (e.g. the input, a residual sum with a non-Gaussian part, or a "
-                "BatchNorm output), so its infinite-width law is not a Gaussian integral. Put a "
-                "Dense before the activation, or use Inputs(law='gaussian') when the stream is "
-                "a sum of Gaussian parts.")
+        if isinstance(s.law, BatchNormed):
+            return act, centred_cov(s.law.S, s.law.scale), 0 * s.ls
         if act.degree == 1:  # phi(lambda u) = lambda phi(u): evaluate at the scaled Gram
             return act, s.K, s.ls
         K, _ = true_moments(s, ctx.path, ctx.ns)
         return act, K, 0 * s.ls
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
         act, K, ls = self._pre(s, ctx)
         d = np.diagonal(K, axis1=-2, axis2=-1)
-        if s.bn is None:
-            K_out, m = act.gram_kernel(K, ns), act.mean(d, ns)
+        if isinstance(s.law, BatchNormed):
+            K_out, m = bn_activation(s.law.S, s.law.eps, s.law.scale, act)
         else:
-            K_out, m = bn_activation(s.bn.S, s.bn.eps, s.bn.scale, act)
+            K_out, m = act.gram_kernel(K, ns), act.mean(d, ns)
         refs = []
         for r in s.refs:
             if r.X is DECOUPLED or r.X is None:
@@ -74,17 +75,17 @@ class Act(Op):
             else:
                 slope = act.grad_mean(d, ns) * ns.exp(s.ls - ls)
                 refs.append(Ref(m=r.m, X=outer(r.m, m) + s.cross(r) * slope[..., None, :]))
-        return Moments(K=K_out, m=m, ls=ls, gaussian=False, refs=tuple(refs))
+        return Moments(K=K_out, m=m, ls=ls, refs=tuple(refs))
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         ns = ctx.ns
         act, K, _ = self._pre(s, ctx)
         d = np.diagonal(K, axis1=-2, axis2=-1)
         refs = tuple(r if r.X is DECOUPLED or r.X is None
                      else Ref(m=r.m, X=r.X * act.grad_mean(d, ns)[..., None, :]) for r in g.refs)
         gate = None
-        if s.bn is not None and act.name != "linear":  # relu'(z) and the BN before share u
-            gate = Gate(H=g.K, signs=np.sign(s.bn.scale))
+        if isinstance(s.law, BatchNormed) and act.name != "linear":  # relu' and BN share u
+            gate = Gate(H=g.K, signs=np.sign(s.law.scale))
         return g.replace(K=act.gram_grad_kernel(K, ns) * g.K, refs=refs, gate=gate)
 
     def mc_forward(self, x, env, record=None):

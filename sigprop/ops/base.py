@@ -1,17 +1,27 @@
-"""The op vocabulary. Each op owns all its faces in one place.
+"""The base of every op: its faces as methods, validation, printing, (de)serialisation.
 
-Faces (an op adds a face by adding methods here, never a parallel module):
+Faces (an op adds a face by adding a method to its class, never a parallel module):
 
-* ``theory_forward(s, ctx, record)`` and ``theory_backward(s, g, ctx)``: the infinite-width law
-  on :class:`~sigprop.state.moments.Moments`, written once over ``ctx.ns`` so that the numeric
-  (numpy) and the symbolic (sympy) faces are the same source;
-* the Monte Carlo face (forward on arrays and its vector-Jacobian product) lives beside it.
+* theory: ``forward_law(s, ctx, record)`` and ``backward_law(s, g, ctx)``, the infinite-width law
+  on :class:`~sigprop.state.moments.Moments` / :class:`~sigprop.state.moments.Cotangent`,
+  written once over ``ctx.ns`` so that the numeric (numpy) and symbolic (sympy) faces are the
+  same source. Callers go through ``theory_forward`` / ``theory_backward``, which first check
+  the op's declared precondition (:meth:`Op.requires`, :attr:`Op.symbolic_law`) in one place;
+* Monte Carlo: ``mc_forward`` (arrays) and its vector-Jacobian product ``mc_vjp``, the random
+  streams it takes (``mc_ops``) and the widths and weight sizes it implies (``mc_widths``);
+* symbolic: ``SYMBOLIC_ROLES``, which hyperparameter of the op plays which role in a preset's
+  symbolic block (:mod:`sigprop.symbolic.hyperparams`).
 
 Conventions are those of DESIGN.md: ``Dense`` draws ``W_ij ~ N(0, sigma_w^2 / n_in)``,
 ``b_i ~ N(0, sigma_b^2)``, ``n_out = ratio * n_in``; ``Residual`` maps x to
-``beta x + alpha branch(x)``. The backward laws pull the gradient Gram back under an
-independent readout (the cotangent at the top is drawn independently of the net), for which
-cotangents have feature mean 0 and are uncorrelated with the forward features.
+``beta x + alpha branch(x)``.
+
+Every backward law assumes **gradient independence**: the weights met backward are taken
+independent of those met forward (Schoenholz et al. 2017; Yang 2019 shows the resulting
+backward laws exact for the gradient Gram as N -> infinity at fixed depth, for a readout
+drawn independently of the net). It is not uniform in depth: a stream that carries a mean
+couples the cotangent's mean mode to it, with a correction that grows with depth (see
+``sampler="independent"`` in :mod:`sigprop.engines.montecarlo`, which isolates it).
 """
 
 from __future__ import annotations
@@ -21,9 +31,9 @@ from typing import Any, ClassVar
 
 import sympy
 
-from sigprop.errors import ConfigError
+from sigprop.errors import ConfigError, UnsupportedComposition
 from sigprop.state import arrays as mc
-from sigprop.state.moments import Moments, affine
+from sigprop.state.moments import Cotangent, Moments, affine
 from sigprop.state.params import Context, Sweep
 
 POSITIVE = (lambda x: x > 0, "> 0")
@@ -66,6 +76,10 @@ class Op:
     def __str__(self) -> str:
         return self.tree()
 
+    def blocks(self) -> list[Op]:
+        """The blocks that make this op's layers when it is a whole net (itself, by default)."""
+        return [self]
+
     def walk(self):
         yield self
         for kid in self.children():
@@ -82,12 +96,36 @@ class Op:
             out[f.name] = _encode(getattr(self, f.name))
         return out
 
+    # -- preconditions ---------------------------------------------------------------------
+    symbolic_law: ClassVar[bool] = True  # whether the law is written over the sympy namespace too
+
+    def requires(self, s: Moments) -> str | None:
+        """Why this op's law cannot take a stream in state ``s``; None when it can."""
+        return None
+
+    def _check(self, s: Moments, ctx: Context):
+        if ctx.ns.symbolic and not self.symbolic_law:
+            raise UnsupportedComposition(
+                f"{ctx.path}: {type(self).__name__} has no closed-form symbolic law")
+        reason = self.requires(s)
+        if reason is not None:
+            raise UnsupportedComposition(f"{ctx.path}: {reason}")
+
     # -- theory face ----------------------------------------------------------------------
     def theory_forward(self, s: Moments, ctx: Context, record: dict | None = None) -> Moments:
+        """The infinite-width law of the stream through this op (precondition checked)."""
+        self._check(s, ctx)
+        return self.forward_law(s, ctx, record)
+
+    def theory_backward(self, s: Moments, g: Cotangent, ctx: Context) -> Cotangent:
+        """Pull the cotangent ``g`` at this op's output back to its input ``s`` (checked)."""
+        self._check(s, ctx)
+        return self.backward_law(s, g, ctx)
+
+    def forward_law(self, s: Moments, ctx: Context, record: dict | None = None) -> Moments:
         raise NotImplementedError
 
-    def theory_backward(self, s: Moments, g: Moments, ctx: Context) -> Moments:
-        """Pull the cotangent moments ``g`` at this op's output back to its input ``s``."""
+    def backward_law(self, s: Moments, g: Cotangent, ctx: Context) -> Cotangent:
         raise NotImplementedError
 
     # -- Monte Carlo face (arrays (seeds, inputs, width) in log-scaled form, sigprop.state.arrays) ---
@@ -102,6 +140,18 @@ class Op:
     def mc_ops(self) -> int:
         """How many op indices (names of random streams) this op and its children take."""
         return 1 + sum(kid.mc_ops() for kid in self.children())
+
+    def mc_widths(self, n: int) -> tuple[int, int, int]:
+        """(output width, widest width, largest weight n_in n_out) on width-``n`` features."""
+        return n, n, 0
+
+    # -- symbolic face ----------------------------------------------------------------------
+    SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {}  # field -> role in a preset's symbolic block
+
+    def map_fields(self, fn) -> Op:
+        """The same op with every field value v replaced by fn(name, v) (children included)."""
+        return self.from_fields(**{f.name: fn(f.name, getattr(self, f.name))
+                                   for f in dataclasses.fields(self)})
 
 
 def _fmt(v):
@@ -144,6 +194,6 @@ def op_from_dict(d: dict) -> Op:
     return cls.from_fields(**{k: _decode(v) for k, v in d.items() if k != "op"})
 
 
-def cotangent_affine(g: Moments, a, ls_shift) -> Moments:
+def cotangent_affine(g: Cotangent, a, ls_shift) -> Cotangent:
     """Backward of y = a (x - t): G_in = a_a a_b G (cotangent mean 0), log scale shifted."""
     return affine(g, a, None, g.ls + ls_shift)

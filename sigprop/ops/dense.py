@@ -3,13 +3,13 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from sigprop.ops.base import FINITE, NONNEG, POSITIVE, Op, cotangent_affine, vec
 from sigprop.state import arrays as mc
-from sigprop.state.moments import DECOUPLED, Moments, Ref, affine, outer
+from sigprop.state.moments import DECOUPLED, GAUSSIAN, Moments, Ref, affine, outer
 from sigprop.state.params import check
 from sigprop.state.rng import BIAS
 
@@ -25,24 +25,29 @@ class Dense(Op):
     sigma_w: Any = 1.0
     sigma_b: Any = 0.0
     ratio: Any = 1.0
+    SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {"sigma_w": "sigma_w", "sigma_b": "sigma_b", "ratio": "ratio"}
 
     def __post_init__(self):
         object.__setattr__(self, "sigma_w", check("Dense.sigma_w", self.sigma_w, *NONNEG))
         object.__setattr__(self, "sigma_b", check("Dense.sigma_b", self.sigma_b, *NONNEG))
         object.__setattr__(self, "ratio", check("Dense.ratio", self.ratio, *POSITIVE))
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
         sw2, sb2 = np.asarray(ctx.p(self.sigma_w) ** 2), np.asarray(ctx.p(self.sigma_b) ** 2)
         e = ns.exp(-s.ls)
         K = sw2[..., None, None] * s.K + sb2[..., None, None] * outer(e, e)
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in s.refs)
-        return Moments(K=K, m=0 * s.m, ls=s.ls + 0 * sw2[..., None], gaussian=True, refs=refs)
+        return Moments(K=K, m=0 * s.m, ls=s.ls + 0 * sw2[..., None], law=GAUSSIAN, refs=refs)
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         gain = np.asarray(ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio))  # 0-d object stays an array
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in g.refs)
         return g.replace(K=gain[..., None, None] * g.K, refs=refs)
+
+    def mc_widths(self, n):
+        n_out = mc.dense_width(n, self.ratio)
+        return n_out, max(n, n_out), n * n_out
 
     def mc_forward(self, x, env, record=None):
         """A = X W^T by ``env.sampler`` (W acts on the scaled signal: ls unchanged), plus b."""
@@ -52,7 +57,7 @@ class Dense(Op):
         y = mc.Sig(a, x.ls)
         if self.sigma_b:
             b = mc.Sig(env.normal(BIAS, (1, n_out)), env.xp.zeros_like(x.ls[:, :1]))
-            y = mc.mix(1.0, y, self.sigma_b, b)
+            y = mc.weighted_sum(1.0, y, self.sigma_b, b)
         return y, (n_in, res)
 
     def mc_vjp(self, res, g, env):
@@ -69,11 +74,11 @@ class Scale(Op):
     def __post_init__(self):
         object.__setattr__(self, "c", check("Scale.c", self.c, *FINITE))
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         a = vec(ctx.p(self.c)) + 0 * s.m
         return affine(s, a, None, s.ls + 0 * a)
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         return cotangent_affine(g, vec(ctx.p(self.c)) + 0 * g.m, 0)
 
     def mc_forward(self, x, env, record=None):

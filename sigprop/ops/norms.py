@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from sigprop.errors import ConfigError, UnsupportedComposition
+from sigprop.errors import ConfigError
 from sigprop.kernels.batchnorm import bn_backward, bn_forward, bn_relu_backward, centred_cov
 from sigprop.kernels.gaussian import get_activation
 from sigprop.ops.base import FINITE, NONNEG, Op, cotangent_affine, vec
 from sigprop.state import arrays as mc
-from sigprop.state.moments import DECOUPLED, BNLaw, Moments, Ref, affine, outer, true_moments
+from sigprop.state.moments import DECOUPLED, BatchNormed, Moments, Ref, affine, outer, true_moments
 from sigprop.state.params import check
 
 
@@ -27,6 +27,7 @@ class LayerNorm(Op):
 
     eps: Any = 1e-5
     gain: Any = 1.0
+    SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {"eps": "eps", "gain": "gain"}
 
     def __post_init__(self):
         object.__setattr__(self, "eps", check("LayerNorm.eps", self.eps, *NONNEG))
@@ -37,11 +38,11 @@ class LayerNorm(Op):
         eps = vec(ctx.p(self.eps)) * ctx.ns.exp(-2 * s.ls)
         return vec(ctx.p(self.gain)) / ctx.ns.sqrt(v + eps)
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         a = self._scale(s, ctx)
         return affine(s, a, s.m, 0 * a)
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         return cotangent_affine(g, self._scale(s, ctx), -s.ls)
 
     def mc_forward(self, x, env, record=None):
@@ -56,6 +57,7 @@ class RMSNorm(Op):
     """y = x / sqrt(mean(x^2) + eps). K' = K_ab / sqrt((q_a + eps)(q_b + eps)); G likewise."""
 
     eps: Any = 1e-5
+    SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {"eps": "eps"}
 
     def __post_init__(self):
         object.__setattr__(self, "eps", check("RMSNorm.eps", self.eps, *NONNEG))
@@ -64,11 +66,11 @@ class RMSNorm(Op):
         q = np.diagonal(s.K, axis1=-2, axis2=-1)
         return 1 / ctx.ns.sqrt(q + vec(ctx.p(self.eps)) * ctx.ns.exp(-2 * s.ls))
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         a = self._scale(s, ctx)
         return affine(s, a, None, 0 * a)
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         return cotangent_affine(g, self._scale(s, ctx), -s.ls)
 
     def mc_forward(self, x, env, record=None):
@@ -84,34 +86,35 @@ class BatchNorm(Op):
 
     Needs jointly Gaussian inputs (a Dense before it, or Gaussian inputs); its kernel and its
     batch-coupled backward are exact 1-D integrals (:mod:`sigprop.kernels.batchnorm`). The output
-    carries its law (:class:`~sigprop.state.moments.BNLaw`) for a relu or linear Act after it.
+    carries its law (:class:`~sigprop.state.moments.BatchNormed`) for a relu or linear Act after
+    it. No symbolic law (the t-integrals have no closed form in general).
     """
 
     eps: Any = 1e-5
+    symbolic_law: ClassVar[bool] = False
 
     def __post_init__(self):
         object.__setattr__(self, "eps", check("BatchNorm.eps", self.eps, *NONNEG))
 
+    def requires(self, s):
+        return None if s.law.gaussian else (
+            "BatchNorm meets features that are not jointly Gaussian (a residual "
+            "stream carrying the input or a previous BatchNorm output); its exact law needs "
+            "Gaussian features: put it after a Dense, or use Inputs(law='gaussian').")
+
     def _cov(self, s, ctx):
-        if ctx.ns.symbolic:
-            raise UnsupportedComposition(f"{ctx.path}: BatchNorm has no closed-form symbolic law")
         if s.K.shape[-1] < 2:
             raise ConfigError("batch size B (number of inputs)", s.K.shape[-1],
                               ">= 2 for BatchNorm (it normalises each feature over the batch)")
-        if not s.gaussian:
-            raise UnsupportedComposition(
-                f"{ctx.path}: BatchNorm meets features that are not jointly Gaussian (a residual "
-                "stream carrying the input or a previous BatchNorm output); its exact law needs "
-                "Gaussian features: put it after a Dense, or use Inputs(law='gaussian').")
         return true_moments(s, ctx.path, ctx.ns)[0]
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         S, eps = self._cov(s, ctx), ctx.p(self.eps)
         refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in s.refs)
-        return Moments(K=bn_forward(S, eps), m=0 * s.m, ls=0 * s.ls, gaussian=False, refs=refs,
-                       bn=BNLaw(S=S, eps=eps, scale=np.ones(S.shape[:-1])))
+        return Moments(K=bn_forward(S, eps), m=0 * s.m, ls=0 * s.ls, refs=refs,
+                       law=BatchNormed(S=S, eps=eps, scale=np.ones(S.shape[:-1])))
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         """E[J^T G J] for a cotangent independent of u; a part gated by a relu after this op
         (g.gate) depends on u and goes through :func:`bn_relu_backward` instead."""
         top = np.max(g.ls, axis=-1, keepdims=True)

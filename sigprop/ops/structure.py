@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
 from sigprop.errors import ConfigError, UnsupportedComposition
 from sigprop.ops.base import FINITE, Op, vec
 from sigprop.state import arrays as mc
-from sigprop.state.moments import mix
+from sigprop.state.moments import moments_of_sum
 from sigprop.state.params import Sweep, check
 
 
@@ -46,16 +46,22 @@ class Serial(Op):
             states.append(op.theory_forward(states[-1], ctx.at(f"[{i}] {type(op).__name__}")))
         return states
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         for i, op in enumerate(self.layers):
             s = op.theory_forward(s, ctx.at(f"[{i}] {type(op).__name__}"), record)
         return s
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         states = self._states(s, ctx)
         for i in reversed(range(len(self.layers))):
             g = self.layers[i].theory_backward(states[i], g, ctx.at(f"[{i}] {type(self.layers[i]).__name__}"))
         return g
+
+    def blocks(self):
+        return [blk for op in self.layers for blk in op.blocks()]
+
+    def mc_widths(self, n):
+        return _chain_widths(self.layers, n)
 
     def _mc_envs(self, env):
         """Each layer's env: op index offset by the ops of the layers before it."""
@@ -97,14 +103,20 @@ class Repeat(Op):
     def label(self):
         return f"Repeat(n={self.n})"
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         return Serial(*([self.block] * self.n)).theory_forward(s, ctx, record)
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         return Serial(*([self.block] * self.n)).theory_backward(s, g, ctx)
+
+    def blocks(self):
+        return [self.block] * self.n
 
     def mc_ops(self):
         return 1 + self.n * self.block.mc_ops()
+
+    def mc_widths(self, n):
+        return _chain_widths([self.block] * self.n, n)
 
     def _mc_envs(self, env):
         size = self.block.mc_ops()
@@ -115,13 +127,13 @@ class Repeat(Op):
         res = []
         for e in self._mc_envs(env):
             x, r = self.block.mc_forward(x, e, record)
-            x = mc.canonical(x)
+            x = mc.to_unit_rms(x)
             res.append(r)
         return x, res
 
     def mc_vjp(self, res, g, env):
         for e, r in reversed(list(zip(self._mc_envs(env), res))):
-            g = mc.canonical(self.block.mc_vjp(r, g, e))
+            g = mc.to_unit_rms(self.block.mc_vjp(r, g, e))
         return g
 
 
@@ -131,7 +143,7 @@ class Residual(Op):
 
     K' = beta^2 K + alpha^2 K_f + alpha beta (X + X^T), with X the cross moment of the stream and
     the branch output (m m_f^T once the branch has passed a Dense); the backward is the same
-    mixing law applied to the cotangents (:func:`sigprop.state.moments.mix`).
+    mixing law applied to the cotangents (:func:`sigprop.state.moments.moments_of_sum`).
     """
 
     branch: Op
@@ -147,26 +159,27 @@ class Residual(Op):
             raise ConfigError("Residual (alpha, beta)", (self.alpha, self.beta),
                               "not both zero (the block would output 0)")
 
+    SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {"alpha": "alpha", "beta": "beta"}
+
     def children(self):
         return (self.branch,)
 
     def _mix(self, x, f, ctx, what):
-        try:
-            return mix(vec(ctx.p(self.beta)), x, vec(ctx.p(self.alpha)), f, ctx.ns)
-        except ValueError:
+        if f.cross_unknown():
             raise UnsupportedComposition(
                 f"{ctx.path}: the {what} cross moment between the stream and the branch is not "
                 "determined at infinite width (the branch has no Dense, and contains an op whose "
                 "feature-wise coupling to its input is non-linear). Start the branch with a "
-                "Dense or a normalisation followed by a Dense.") from None
+                "Dense or a normalisation followed by a Dense.")
+        return moments_of_sum(vec(ctx.p(self.beta)), x, vec(ctx.p(self.alpha)), f, ctx.ns)
 
-    def theory_forward(self, s, ctx, record=None):
+    def forward_law(self, s, ctx, record=None):
         f = self.branch.theory_forward(s.push_ref(), ctx.at("branch"))
         if record is not None and "branch" not in record:
             record["branch"] = f
         return self._mix(s, f, ctx, "forward")
 
-    def theory_backward(self, s, g, ctx):
+    def backward_law(self, s, g, ctx):
         gf = self.branch.theory_backward(s.push_ref(), g.push_ref(), ctx.at("branch"))
         if g.gate is not None and gf.gate is not None:
             raise UnsupportedComposition(
@@ -174,14 +187,22 @@ class Residual(Op):
                 "(two gated cotangents of one batch); their joint backward is not implemented.")
         return self._mix(g, gf, ctx, "backward")
 
+    def mc_widths(self, n):
+        n_out, widest, weight = self.branch.mc_widths(n)
+        if n_out != n:
+            raise ConfigError("Residual branch output width", n_out,
+                              f"the width of the stream ({n}): Dense ratios in a branch must "
+                              "multiply to 1")
+        return n, widest, weight
+
     def mc_forward(self, x, env, record=None):
         f, res = self.branch.mc_forward(x, env.child(1))
         if record is not None and "branch" not in record:
             record["branch"] = f
-        return mc.mix(self.beta, x, self.alpha, f), res
+        return mc.weighted_sum(self.beta, x, self.alpha, f), res
 
     def mc_vjp(self, res, g, env):
-        return mc.mix(self.beta, g, self.alpha, self.branch.mc_vjp(res, g, env.child(1)))
+        return mc.weighted_sum(self.beta, g, self.alpha, self.branch.mc_vjp(res, g, env.child(1)))
 
 
 def _is_zero(v) -> bool:
@@ -190,13 +211,18 @@ def _is_zero(v) -> bool:
     return isinstance(v, (int, float)) and v == 0
 
 
+def _chain_widths(ops, n):
+    """:meth:`Op.mc_widths` of ops applied one after the other."""
+    widest, weight = n, 0
+    for op in ops:
+        n, w, wt = op.mc_widths(n)
+        widest, weight = max(widest, w), max(weight, wt)
+    return n, widest, weight
+
+
 def layers_of(net: Op) -> list[Op]:
     """The blocks that make the layers: a top-level Repeat gives n, a top-level Serial concatenates."""
-    if isinstance(net, Repeat):
-        return [net.block] * net.n
-    if isinstance(net, Serial):
-        return [blk for op in net.layers for blk in layers_of(op)]
-    return [net]
+    return net.blocks()
 
 
 def sweeps_of(net: Op) -> dict[str, Sweep]:

@@ -47,8 +47,10 @@ def _progress(items, what):
 @_clean_errors
 def theory(sim: SimPath, output: Output, profile: Profile = "quick"):
     """Infinite-width theory of every case of a sim -> one Dataset (kind=theory)."""
-    from sigprop.pipeline.config import Sim, run_theory, unsupported_of
+    from sigprop.data import unsupported_of
+    from sigprop.pipeline.config import Sim
     from sigprop.pipeline.reproduce import save_quietly
+    from sigprop.pipeline.runs import run_theory
 
     s = Sim.load(sim)
     ds = run_theory(s, profile, _progress)
@@ -68,8 +70,9 @@ def simulate(sim: SimPath, output: Output,
                  "--seeds", "-s", help="override the profile's seeds")] = None,
              profile: Profile = "quick"):
     """Monte Carlo of every case of a sim -> one Dataset (kind=montecarlo, dims seed, width)."""
-    from sigprop.pipeline.config import Sim, run_montecarlo
+    from sigprop.pipeline.config import Sim
     from sigprop.pipeline.reproduce import save_quietly
+    from sigprop.pipeline.runs import run_montecarlo
 
     s = Sim.load(sim)
     ds = run_montecarlo(s, profile, backend=backend, widths=width, seeds=seeds,

@@ -1,4 +1,4 @@
-"""Experiment configs (``sims/<name>.toml``): schema, validation, and how a sim is run.
+"""Experiment configs (``sims/<name>.toml``): schema, validation and loading.
 
 A sim names one or more architectures (a preset of :mod:`sigprop.presets` with its keyword
 arguments), the inputs (:class:`sigprop.Inputs` keyword arguments), optional sweeps (one grid
@@ -25,27 +25,22 @@ GPU), each with its depth and Monte Carlo settings::
     seeds = 256
 
 Unknown keys are refused; every error names the file, the key and what is allowed.
-Results of several architectures, batch sizes and widths are stacked along the dims ``arch``,
-``batch`` and ``width`` (``input`` is padded with NaN where batch sizes differ).
+Running a sim is :mod:`sigprop.pipeline.runs`.
 """
 
 from __future__ import annotations
 
 import inspect
-import itertools
-import json
 import sys
 from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
-import xarray as xr
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from sigprop import presets
-from sigprop.errors import ConfigError, SigpropError, UnsupportedComposition
+from sigprop.errors import ConfigError, SigpropError
 from sigprop.ops import Repeat
-from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
 from sigprop.state.params import RESERVED_DIMS, Sweep
 
@@ -344,114 +339,3 @@ def load_all(directory="sims") -> dict[str, Sim]:
     if not paths:
         raise ConfigError("sims directory", str(directory), "a folder with sims/<name>.toml files")
     return {p.stem: Sim.load(p) for p in paths}
-
-
-# ---------------------------------------------------------------------------------------------
-# Running a sim. One theory call per (arch, batch size), vectorised over the sweeps; Monte Carlo
-# per (arch, batch size, width, sweep point). Results are stacked along arch / batch / width.
-
-def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
-    """Infinite-width theory of every case of ``sim``.
-
-    A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
-    :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
-    """
-    from sigprop.engines.theory import theory
-
-    prof, sweeps = sim.profile(profile), sim.sweeps(profile)
-    items, unsupported = [], {}
-    cases = list(itertools.product(sim.spec.arch, sim.batch_sizes(profile)))
-    for arch, batch in _iterate(cases, progress, f"theory {sim.name}"):
-        inputs = sim.spec.inputs.build(batch)
-        try:
-            ds = theory(sim.net(arch, prof.depth, sweeps), inputs)
-        except UnsupportedComposition as e:
-            unsupported[_case_label(arch, batch)] = str(e)
-            ds = _nan_dataset(prof.depth, inputs.n, sweeps)
-        except SigpropError as e:  # e.g. an overflow: keep the other cases, say which failed
-            unsupported[_case_label(arch, batch)] = f"the theory failed: {type(e).__name__}: {e}"
-            ds = _nan_dataset(prof.depth, inputs.n, sweeps)
-        items.append(({"arch": arch.name, "batch": batch}, _strip(ds)))
-    out = _stack(items)
-    out.attrs = make_attrs("theory", sim.config(profile), "numpy", sim=sim.name, profile=profile,
-                           unsupported=json.dumps(unsupported))
-    return out
-
-
-def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds=None,
-                   progress=None) -> xr.Dataset:
-    """Monte Carlo (``sp.simulate``) of every case; dims ``seed`` and ``width`` added."""
-    from sigprop.engines.montecarlo import simulate
-
-    prof, sweeps = sim.profile(profile), sim.sweeps(profile)
-    widths = list(widths or prof.widths)
-    seeds = seeds or prof.seeds
-    if not widths or not seeds:
-        raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
-                          "at least one width and seeds >= 1 for Monte Carlo")
-    grid = [dict(zip(sweeps, point)) for point in
-            itertools.product(*(s.values for s in sweeps.values()))]
-    archs = [a for a in sim.spec.arch if a.montecarlo]
-    cases = list(itertools.product(archs, sim.batch_sizes(profile), grid, widths))
-    items, used = [], set()
-    for arch, batch, point, width in _iterate(cases, progress, f"simulate {sim.name}"):
-        net = sim.net(arch, prof.depth, point, blocks=prof.mc_depth)
-        ds = simulate(net, sim.spec.inputs.build(batch), width=width, seeds=seeds,
-                      backend=backend, dtype=prof.dtype, root_seed=sim.spec.root_seed,
-                      sampler=prof.sampler)
-        used.add(ds.attrs.get("backend", backend))
-        items.append(({"arch": arch.name, "batch": batch, **point, "width": width}, _strip(ds)))
-    out = _stack(items)
-    out.attrs = make_attrs("montecarlo", sim.config(profile), ",".join(sorted(used)),
-                           sim=sim.name, profile=profile, seeds=seeds,
-                           root_seed=sim.spec.root_seed)
-    return out
-
-
-def unsupported_of(ds: xr.Dataset) -> dict[str, str]:
-    """The cases a theory dataset could not integrate (label -> reason)."""
-    return json.loads(ds.attrs.get("unsupported", "{}"))
-
-
-def _case_label(arch: ArchSpec, batch) -> str:
-    return arch.name if batch is None else f"{arch.name} (B={batch})"
-
-
-def _iterate(items, progress, what):
-    if progress is None:
-        return items
-    return progress(items, what)
-
-
-def _strip(ds: xr.Dataset) -> xr.Dataset:
-    """Drop per-case attrs and the per-arch ``block`` labels before stacking."""
-    ds = ds.drop_vars([c for c in ("block",) if c in ds.coords])
-    ds.attrs = {}
-    return ds
-
-
-def _nan_dataset(depth: int, B: int, sweeps: dict[str, Sweep]) -> xr.Dataset:
-    """The theory schema filled with NaN (a case the theory cannot integrate)."""
-    dims = ("layer", *sweeps, "input")
-    shape = (depth + 1, *(len(s.values) for s in sweeps.values()), B)
-    nan = np.full(shape, np.nan)
-    data = {k: (dims, nan) for k in ("q", "log_q", "mean", "var", "grad_q", "log_grad_q",
-                                     "branch_q", "log_branch_q")}
-    data["corr"] = (dims + ("input_b",), np.full(shape + (B,), np.nan))
-    coords = {"layer": np.arange(depth + 1), "input": np.arange(B), "input_b": np.arange(B),
-              **{k: np.asarray(s.values) for k, s in sweeps.items()}}
-    return xr.Dataset(data, coords=coords)
-
-
-def _stack(items: list[tuple[dict, xr.Dataset]]) -> xr.Dataset:
-    """Concatenate datasets keyed by coordinate dicts along each key, in order (None: no dim)."""
-    keys = [k for k in items[0][0] if items[0][0][k] is not None]
-    if not keys:
-        return items[0][1]
-    first, rest = keys[0], keys[1:]
-    groups: dict[Any, list] = {}
-    for coords, ds in items:
-        groups.setdefault(coords[first], []).append(({k: coords[k] for k in rest}, ds))
-    parts = [_stack(g) for g in groups.values()]
-    return xr.concat(parts, dim=xr.DataArray(list(groups), dims=first, name=first),
-                     join="outer", coords="minimal", compat="override")

@@ -30,7 +30,8 @@ from sigprop.data import load, save
 from sigprop.errors import SigpropError
 from sigprop.figures import FIGURES, module, render
 from sigprop.pipeline import cache as cachemod
-from sigprop.pipeline.config import Sim, load_all, run_montecarlo, run_theory
+from sigprop.pipeline.config import Sim, load_all
+from sigprop.pipeline.runs import run_montecarlo, run_theory
 
 PAPER = Path("paper")
 QUICK_DERIVE_TIMEOUT = 480.0  # the quick profile must finish on a 2-core CPU in < 15 min

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from sigprop.errors import ConfigError, MonteCarloOverflow  # noqa: F401  (re-exported)
+from sigprop.errors import ConfigError
 
 F64 = np.float64
 
@@ -96,13 +96,13 @@ def mean_sq(x):
     return (x * x).sum(axis=-1, dtype=F64) / x.shape[-1]
 
 
-def canonical(s: Sig) -> Sig:
+def to_unit_rms(s: Sig) -> Sig:
     """Move the root mean square of each row into ``ls`` (exact; zero rows are left alone)."""
     xp = array_module(s.x)
     if xp is not np and s.x.dtype in _CUDA_FLOATS:  # the same maths in 3 launches instead of 13
         f, ls = xp.empty(s.ls.shape, s.x.dtype), xp.empty_like(s.ls)
         k = _cuda_kernels(xp)
-        k.canonical(k.sumsq(s.x, axis=-1), float(s.x.shape[-1]), s.ls, f, ls)
+        k.unit_rms(k.sumsq(s.x, axis=-1), float(s.x.shape[-1]), s.ls, f, ls)
         return Sig(s.x * f[..., None], ls)
     r = xp.sqrt(mean_sq(s.x))
     ok = (r > 0) & xp.isfinite(r)
@@ -110,16 +110,12 @@ def canonical(s: Sig) -> Sig:
     return Sig(times(s.x, 1 / r), s.ls + xp.log(r))
 
 
-def mix(beta: float, x: Sig, alpha: float, f: Sig) -> Sig:
+def weighted_sum(beta: float, x: Sig, alpha: float, f: Sig) -> Sig:
     """``beta x + alpha f`` in log-scaled form: ls = max(ls_x + log|beta|, ls_f + log|alpha|).
 
     Both parts are rescaled by factors <= 1, so nothing overflows. Used by the residual sum,
     its vector-Jacobian product and the Dense bias.
     """
-    if x.x.shape[-1] != f.x.shape[-1]:
-        raise ConfigError("Residual branch output width", f.x.shape[-1],
-                          f"the width of the stream ({x.x.shape[-1]}): Dense ratios in a branch "
-                          "must multiply to 1")
     xp = array_module(x.x)
     with np.errstate(divide="ignore"):
         lx, lf = x.ls + np.log(abs(beta)), f.ls + np.log(abs(alpha))
@@ -357,12 +353,12 @@ class _Kernels:
         # sum of x*x per row in float64, x*x rounded in x's dtype (as (x * x).sum(dtype=F64))
         self.sumsq = xp.ReductionKernel("T x", "float64 y", "x * x", "a + b", "y = a", "0",
                                         "sigprop_sumsq", reduce_type="double")
-        # canonical's per-row scale: r = sqrt(ss / n) (1 where 0 or not finite), 1/r, ls + log r
-        self.canonical = xp.ElementwiseKernel(
+        # to_unit_rms's per-row scale: r = sqrt(ss / n) (1 where 0 or not finite), 1/r, ls + log r
+        self.unit_rms = xp.ElementwiseKernel(
             "float64 ss, float64 width, float64 ls", "T f, float64 ls_out",
             "double r = sqrt(ss / width); if (!(r > 0.0 && isfinite(r))) r = 1.0;"
             " f = (T)(1.0 / r); ls_out = ls + log(r);",
-            "sigprop_canonical")
+            "sigprop_unit_rms")
 
 
 @functools.cache

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from sigprop.errors import ConfigError
-from sigprop.state.moments import Moments
+from sigprop.state.moments import GAUSSIAN, GENERAL, Moments
 
 LAWS = ("fixed", "gaussian")
 
@@ -76,7 +76,7 @@ class Inputs:
         """Infinite-width state of the inputs, canonically scaled (unit diagonal)."""
         q = np.asarray(self.q)
         return Moments(K=np.asarray(self.corr, dtype=float), m=np.asarray(self.mean) / np.sqrt(q),
-                       ls=0.5 * np.log(q), gaussian=self.law == "gaussian")
+                       ls=0.5 * np.log(q), law=GAUSSIAN if self.law == "gaussian" else GENERAL)
 
     def to_dict(self) -> dict:
         return {"q": list(self.q), "mean": list(self.mean), "corr": [list(r) for r in self.corr],

@@ -9,13 +9,19 @@ Residual sums need the cross moment ``X_ab = (1/N) sum_i r_ia s_ib`` between the
 input ``r`` and the current signal ``s`` inside its branch. Each enclosing residual pushes a
 :class:`Ref`; ops update every ref. Once the branch passes a ``Dense``, the features of ``s``
 are independent of those of ``r`` and ``X = m_r m_s^T`` (:data:`DECOUPLED`); where an op cannot
-say what ``X`` becomes the ref holds ``None`` and a residual sum that needs it raises.
+say what ``X`` becomes the ref holds ``None`` (:meth:`Gram.cross_unknown`).
 
-Cotangents use the same two types: ``Moments.K`` is then the gradient Gram ``G`` (mean 0 under
-the independent-readout law, so a decoupled cross moment is 0).
+Two states share these fields (:class:`Gram`): :class:`Moments`, a signal, which also carries
+what is known of its features' joint law (:class:`Law`: Gaussian, BatchNorm-normalised, or
+nothing usable), and :class:`Cotangent`, whose ``K`` is the gradient Gram ``G`` (mean 0 under
+the independent-readout law, so a decoupled cross moment is 0) and which may carry a relu
+:class:`Gate` for BatchNorm's backward. The generic operations (:func:`moments_of_sum`, :func:`affine`,
+:func:`to_unit_diagonal`) act on both and ask the state to carry its own extra through.
 
 Numeric laws run on float64 arrays of shape ``(*grid, B, B)`` / ``(*grid, B)``; symbolic laws on
 object arrays of sympy expressions with ``ls == 0`` (the same code, see :mod:`sigprop.state.ns`).
+
+May import: ``sigprop.errors``.
 """
 
 from __future__ import annotations
@@ -24,6 +30,8 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
+
+from sigprop.errors import OverflowInTheory
 
 DECOUPLED = "decoupled"
 
@@ -36,14 +44,57 @@ class Ref:
     X: Any  # Xt, DECOUPLED or None (unknown)
 
 
+# -- what is known of the features' joint law ------------------------------------------------
+class Law:
+    """The joint law of a stream's features across the inputs, as far as the laws can use it.
+
+    The base is "nothing usable" (fixed inputs, an activation's output, a sum with such a part).
+    Ops that need more (an activation needs Gaussian features, BatchNorm too) ask ``gaussian``
+    or the type in :meth:`~sigprop.ops.base.Op.requires`; nobody else looks.
+    """
+
+    gaussian = False
+
+    def after_affine(self, a, dls, shifted: bool) -> Law:
+        """The law after y_b = a_b (x_b - t_b) in scaled units with log scale moved by ``dls``
+        (true factor a e^dls; ``dls=None``: a change of units only, true values unchanged);
+        ``shifted``: whether some t_b is nonzero."""
+        return GENERAL
+
+    def plus(self, other: Law) -> Law:
+        """The law of a weighted sum of a stream of this law and one of ``other``."""
+        return GENERAL
+
+
+class Gaussian(Law):
+    """Features i.i.d. jointly N(0, K) across inputs (after a Dense; ``Inputs(law='gaussian')``)."""
+
+    gaussian = True
+
+    def after_affine(self, a, dls, shifted):
+        return self  # Gaussian features have mean 0: a centring shift is 0
+
+    def plus(self, other):
+        return self if other.gaussian else GENERAL
+
+
+GENERAL = Law()
+GAUSSIAN = Gaussian()
+
+
 @dataclass(frozen=True)
-class BNLaw:
-    """The law of a BatchNorm output, possibly rescaled per input: features z_b = scale_b y_b,
-    y = BatchNorm_eps(u) over the batch, u ~ N(0, S) i.i.d. across features (true units)."""
+class BatchNormed(Law):
+    """Features z_b = scale_b y_b, y = BatchNorm_eps(u) over the batch, u ~ N(0, S) i.i.d. across
+    features (true units). A rescaling keeps the law; a shift or a sum loses it."""
 
     S: Any
     eps: Any
     scale: Any
+
+    def after_affine(self, a, dls, shifted):
+        if dls is None:
+            return self
+        return GENERAL if shifted else replace(self, scale=self.scale * a * np.exp(dls))
 
 
 @dataclass(frozen=True)
@@ -61,19 +112,17 @@ class Gate:
         return replace(self, H=outer(a, a) * self.H)
 
 
+# -- the two states ----------------------------------------------------------------------------
 @dataclass(frozen=True)
-class Moments:
+class Gram:
     """Gram ``K`` (..., B, B), mean ``m`` (..., B), log scale ``ls`` (..., B), all scaled."""
 
     K: Any
     m: Any
     ls: Any
-    gaussian: bool = False  # features i.i.d. jointly N(0, K) across inputs
     refs: tuple[Ref, ...] = ()
-    bn: BNLaw | None = None  # features are a (rescaled) BatchNorm output of this law
-    gate: Gate | None = None  # (cotangents) part of the cotangent is gated by relu' after BN
 
-    def replace(self, **changes) -> Moments:
+    def replace(self, **changes):
         return replace(self, **changes)
 
     @property
@@ -84,9 +133,44 @@ class Moments:
         """The scaled cross moment Xt with ``ref`` (materialised when decoupled)."""
         return ref.m[..., :, None] * self.m[..., None, :] if ref.X is DECOUPLED else ref.X
 
-    def push_ref(self) -> Moments:
-        """Open a residual branch: its input r is the signal itself, so X = K."""
+    def cross_unknown(self) -> bool:
+        """Whether the cross moment with the innermost residual input is undetermined."""
+        return self.cross(self.refs[-1]) is None
+
+    def push_ref(self):
+        """Open a residual branch: its input r is the state itself, so X = K."""
         return self.replace(refs=self.refs + (Ref(m=self.m, X=self.K),))
+
+
+@dataclass(frozen=True)
+class Moments(Gram):
+    """A signal's state; ``law`` is what is known of its features' joint law."""
+
+    law: Law = GENERAL
+
+    def _rescaled(self, a, dls, shifted: bool) -> dict:
+        """The extra fields after an affine map (arguments of :meth:`Law.after_affine`)."""
+        return {"law": self.law.after_affine(a, dls, shifted)}
+
+    def _summed(self, other: Moments, own, others) -> dict:
+        """The extra fields of own * self + others * other (scaled units)."""
+        return {"law": self.law.plus(other.law)}
+
+
+@dataclass(frozen=True)
+class Cotangent(Gram):
+    """A cotangent's state: ``K`` is the gradient Gram G, ``m`` = 0; ``gate`` is the part of it
+    gated by a relu right after a BatchNorm (None when there is none)."""
+
+    gate: Gate | None = None
+
+    def _rescaled(self, a, dls, shifted: bool) -> dict:
+        return {"gate": self.gate and self.gate.scaled(a)}  # H is in the scaled units of K
+
+    def _summed(self, other: Cotangent, own, others) -> dict:
+        """At most one of two summed cotangents is gated (``Residual`` refuses two)."""
+        return {"gate": (self.gate and self.gate.scaled(own))
+                or (other.gate and other.gate.scaled(others))}
 
 
 def outer(a, b):
@@ -106,16 +190,14 @@ def rescale(coef, ls_from, ls_to, ns):
     return np.where(coef == 0, 0.0, out)
 
 
-def mix(beta, x: Moments, alpha, f: Moments, ns) -> Moments:
-    """Moments of ``beta x + alpha f`` given ``f.refs[-1]``, the cross moment of x with f.
+def moments_of_sum(beta, x: Gram, alpha, f: Gram, ns) -> Gram:
+    """The state of ``beta x + alpha f`` given ``f.refs[-1]``, the cross moment of x with f.
 
     K' = b^2 K_x + a^2 K_f + a b (X + X^T), m' = b m_x + a m_f; outer refs mix linearly.
-    Used by the residual sum forward and backward alike.
+    Used by the residual sum forward and backward alike; the caller checks beforehand that the
+    cross moment is known (:meth:`Gram.cross_unknown`).
     """
-    inner = f.refs[-1]
-    X = f.cross(inner)
-    if X is None:
-        raise ValueError("cross moment unknown")  # caller turns this into a named error
+    X = f.cross(f.refs[-1])
     if ns.symbolic:
         ls = x.ls
     else:
@@ -133,19 +215,15 @@ def mix(beta, x: Moments, alpha, f: Moments, ns) -> Moments:
         Xx, Xf = x.cross(rx), f.cross(rf)
         mixed = None if Xx is None or Xf is None else Xx * bx[..., None, :] + Xf * af[..., None, :]
         refs.append(Ref(m=rx.m, X=mixed))
-    gates = [g for g in (x.gate and x.gate.scaled(bx), f.gate and f.gate.scaled(af)) if g]
-    if len(gates) == 2:
-        raise ValueError("two gated cotangents")  # caller turns this into a named error
-    return Moments(K=K, m=bx * x.m + af * f.m, ls=ls, gaussian=x.gaussian and f.gaussian,
-                   refs=tuple(refs), gate=gates[0] if gates else None)
+    return type(x)(K=K, m=bx * x.m + af * f.m, ls=ls, refs=tuple(refs), **x._summed(f, bx, af))
 
 
-def affine(s: Moments, a, t, ls_out) -> Moments:
+def affine(s: Gram, a, t, ls_out) -> Gram:
     """Per-input affine map y_b = a_b (x_b - t_b) in scaled units (LayerNorm, RMSNorm, Scale).
 
     K' = a a^T (K - m m^T + d d^T) with d = m - t, m' = a d, X' = (X - m_r t^T) a; ``t=None``
-    means t = 0. A decoupled cross moment m_r m^T stays decoupled (m_r m'^T); Gaussian features
-    stay Gaussian (t = m = 0 for them), and a rescaled BatchNorm output stays one when t = 0.
+    means t = 0. A decoupled cross moment m_r m^T stays decoupled (m_r m'^T); the state's law
+    or gate follows by its own rule (true z' = e^(ls_out - ls) a z).
     """
     if t is None:
         K, d = s.K, s.m
@@ -155,15 +233,12 @@ def affine(s: Moments, a, t, ls_out) -> Moments:
     refs = tuple(r if r.X is None or r.X is DECOUPLED
                  else Ref(m=r.m, X=(r.X if t is None else r.X - outer(r.m, t)) * a[..., None, :])
                  for r in s.refs)
-    bn = s.bn
-    if bn is not None:  # true z' = e^(ls_out - ls) a z
-        bn = (replace(bn, scale=bn.scale * a * np.exp(ls_out - s.ls))
-              if t is None or not np.any(t) else None)
-    gate = s.gate and s.gate.scaled(a)
-    return s.replace(K=outer(a, a) * K, m=a * d, ls=ls_out, refs=refs, bn=bn, gate=gate)
+    shifted = t is not None and bool(np.any(t))
+    extra = s._rescaled(a, ls_out - s.ls, shifted)
+    return s.replace(K=outer(a, a) * K, m=a * d, ls=ls_out, refs=refs, **extra)
 
 
-def canonical(s: Moments) -> Moments:
+def to_unit_diagonal(s: Gram) -> Gram:
     """Move the diagonal of Kt into ls so Kt has unit diagonal (numeric, refs-free states).
 
     The arrays are returned in Fortran order, grid axes innermost in memory: the laws broadcast
@@ -174,17 +249,15 @@ def canonical(s: Moments) -> Moments:
     pos = d > 0
     root = np.sqrt(np.where(pos, d, 1.0))
     ls = s.ls + np.log(root)
-    gate = s.gate and s.gate.scaled(1 / root)
+    extra = s._rescaled(1 / root, None, False)  # a change of units: true values unchanged
     f = np.asfortranarray
-    return s.replace(K=f(s.K / outer(root, root)), m=f(s.m / root), ls=f(ls), gate=gate)
+    return s.replace(K=f(s.K / outer(root, root)), m=f(s.m / root), ls=f(ls), **extra)
 
 
-def true_moments(s: Moments, where: str, ns):
+def true_moments(s: Gram, where: str, ns):
     """Unscaled (K, m), for ops whose law is not positively homogeneous; raise on overflow."""
     if ns.symbolic:
         return s.K * outer(ns.exp(s.ls), ns.exp(s.ls)), s.m * ns.exp(s.ls)
-    from sigprop.errors import OverflowInTheory
-
     if np.any(s.ls > 350.0):
         raise OverflowInTheory(
             f"{where}: the signal reaches log q = {2 * float(np.max(s.ls)):.4g}, beyond float64, "

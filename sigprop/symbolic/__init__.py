@@ -40,7 +40,7 @@ from sigprop.symbolic.derivation import (
     script_main,
     summary,
 )
-from sigprop.symbolic.evaluation import Z_CUT, evaluate, numeric, on_dataset
+from sigprop.symbolic.evaluation import evaluate, numeric, on_dataset
 from sigprop.symbolic.hyperparams import op_symbols, preset_block, preset_defaults, substitute
 from sigprop.symbolic.maps import backward_map, block_map, cotangent, factor_roots, state
 from sigprop.symbolic.symbols import (

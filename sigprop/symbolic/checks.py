@@ -7,6 +7,7 @@ import numpy as np
 import sympy
 import xarray as xr
 
+from sigprop import schema
 from sigprop.engines.theory import theory
 from sigprop.errors import ConfigError, UnsupportedComposition
 from sigprop.kernels.gaussian import get_activation
@@ -119,12 +120,11 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
     for k in range(depth - 1, -1, -1):
         g[k] = f_g(q[k], q[k], m[k], m[k], 1.0, g[k + 1])
     with np.errstate(divide="ignore", invalid="ignore"):
-        data = {"q": q, "log_q": np.log(q), "mean": m, "var": q - m**2, "grad_q": g,
-                "log_grad_q": np.log(g)}
-    ds = xr.Dataset({k: (("layer", "input"), v) for k, v in data.items()},
+        data = {"q": q, "log_q": np.log(q), "mean": m, "var": q - m**2, "corr": c, "grad_q": g,
+                "log_grad_q": np.log(g)}  # the schema's variables but the branch's
+    ds = xr.Dataset({k: (schema.VARIABLES[k].dims, v) for k, v in data.items()},
                     coords={"layer": np.arange(depth + 1), "input": np.arange(B),
                             "input_b": np.arange(B)})
-    ds["corr"] = (("layer", "input", "input_b"), c)
     config = {"net": Repeat(substitute(block, values), depth).to_dict(),
               "inputs": inputs.to_dict()}
     ds.attrs = make_attrs("symbolic", config, "sympy")

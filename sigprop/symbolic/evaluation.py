@@ -4,44 +4,16 @@ expectations), on datasets, and the symbolic-versus-theory comparison helpers.""
 from __future__ import annotations
 
 import numpy as np
-import scipy.integrate
 import sympy
 import xarray as xr
 
+from sigprop.kernels.integral import integral_value
 from sigprop.symbolic.symbols import SYMBOLS, canonical_symbols, l
-
-Z_CUT = 40.0
-"""The Gaussian expectations of sigprop.kernels.gaussian integrate over standard normal variables;
-their infinite limits are cut at +-Z_CUT (the density is below e^{-800} there), which keeps
-exp(-sqrt(q) z) in the integrands finite."""
-
-
-def _limit(x) -> float:
-    return float(max(-Z_CUT, min(Z_CUT, float(x))))
-
-
-def _integral_value(integral: sympy.Integral) -> float:
-    """A 1-D or 2-D Gaussian expectation evaluated by adaptive quadrature (scipy)."""
-
-    if integral.free_symbols:
-        raise ValueError(f"unbound symbols {integral.free_symbols} in {integral}")
-    limits = integral.limits
-    with np.errstate(all="ignore"):
-        if len(limits) == 1:
-            (v, a, b), = limits
-            f = sympy.lambdify(v, integral.function, "numpy")
-            return scipy.integrate.quad(f, _limit(a), _limit(b), epsabs=1e-14, epsrel=1e-13,
-                                        limit=500)[0]
-        if len(limits) == 2:
-            (v1, a1, b1), (v2, a2, b2) = limits
-            f = sympy.lambdify((v2, v1), integral.function, "numpy")
-            return scipy.integrate.dblquad(f, _limit(a2), _limit(b2), _limit(a1), _limit(b1),
-                                           epsabs=1e-13, epsrel=1e-12)[0]
-    raise ValueError(f"integral of dimension {len(limits)}")
 
 
 def evaluate(expr, values: dict | None = None) -> float:
-    """Float value of ``expr`` at ``values`` ({symbol or name: number}); integrals by quadrature."""
+    """Float value of ``expr`` at ``values`` ({symbol or name: number}); integrals by
+    :func:`~sigprop.kernels.integral.integral_value`."""
     expr = sympy.sympify(expr)
     names = {s.name: s for s in expr.free_symbols}
     subs = {names.get(k, sympy.Symbol(k)) if isinstance(k, str) else k: sympy.Float(v, 30)
@@ -49,7 +21,7 @@ def evaluate(expr, values: dict | None = None) -> float:
     expr = expr.xreplace(subs)
     if expr.has(sympy.Integral):
         expr = expr.replace(lambda e: isinstance(e, sympy.Integral),
-                            lambda e: sympy.Float(_integral_value(e), 30))
+                            lambda e: sympy.Float(integral_value(e), 30))
     return float(sympy.N(expr, 30))
 
 
@@ -74,7 +46,7 @@ def on_dataset(expr, ds, **env):
     expr = expr.subs(scalars)
     if expr.has(sympy.Integral):
         expr = expr.replace(lambda e: isinstance(e, sympy.Integral) and not e.free_symbols,
-                            lambda e: sympy.Float(_integral_value(e), 30))
+                            lambda e: sympy.Float(integral_value(e), 30))
     syms = sorted(expr.free_symbols, key=str)
     args = []
     for s in syms:

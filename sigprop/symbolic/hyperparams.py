@@ -2,24 +2,11 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import sympy
 
 from sigprop import presets
 from sigprop.errors import ConfigError, UnsupportedComposition
-from sigprop.ops import (
-    Act,
-    Dense,
-    LayerNorm,
-    Op,
-    Repeat,
-    Residual,
-    RMSNorm,
-    Scale,
-    Serial,
-    layers_of,
-)
+from sigprop.ops import Op, layers_of
 from sigprop.state.params import Sweep
 from sigprop.symbolic.symbols import (
     ALPHA,
@@ -35,7 +22,10 @@ from sigprop.symbolic.symbols import (
     SYMBOLS,
 )
 
-# Presets with symbolic hyperparameters.
+ROLE_SYMBOLS = {"alpha": ALPHA, "beta": BETA, "eps": EPS, "gain": GAIN, "sigma_b": SIGMA_B}
+"""The symbol of each role in ``Op.SYMBOLIC_ROLES`` with one symbol (``sigma_w`` and ``ratio``
+take one per Dense, in order)."""
+
 
 def _times(a, b):
     if isinstance(a, Sweep) or isinstance(b, Sweep):
@@ -56,18 +46,18 @@ def op_symbols(op) -> set:
 def preset_block(name: str, act: str = "relu", shape: str = "mlp", **values) -> Op:
     """The block of ``presets.<name>`` with its hyperparameters as symbols.
 
-    The preset is built (depth 1) and each hyperparameter is replaced by role: the residual
-    ``alpha``, ``beta``; the branch Denses ``sigma_1``, ``sigma_2`` (DeepNorm: ``b sigma_1``,
-    ``b sigma_2``), their ``sigma_b`` and ``ratio`` (mlp: ``ratio`` then ``1/ratio``); every
-    LayerNorm ``eps``, ``gain``. ``values`` (by symbol name) replaces a symbol by a number,
-    a sympy expression or a ``Sweep``, so the same tree serves sp.theory. The preset's own
-    defaults are :func:`preset_defaults`.
+    The preset is built (depth 1) and each hyperparameter is replaced by the role its op
+    declares (``Op.SYMBOLIC_ROLES``): the residual ``alpha``, ``beta``; the branch Denses
+    ``sigma_1``, ``sigma_2`` (DeepNorm: ``b sigma_1``, ``b sigma_2``), their ``sigma_b`` and
+    ``ratio`` (mlp: ``ratio`` then ``1/ratio``); every norm's ``eps``, ``gain``. ``values`` (by
+    symbol name) replaces a symbol by a number, a sympy expression or a ``Sweep``, so the same
+    tree serves sp.theory. The preset's own defaults are :func:`preset_defaults`.
     """
     unknown = set(values) - set(SYMBOLS)
     if unknown:
         raise ConfigError("preset_block values", sorted(unknown), f"names among {sorted(SYMBOLS)}")
     block = _preset_net(name, act, shape)
-    n_dense = sum(isinstance(op, Dense) for op in block.walk())
+    n_dense = sum("sigma_w" in op.SYMBOLIC_ROLES.values() for op in block.walk())
 
     def val(sym):
         v = values.get(sym.name, sym)
@@ -76,26 +66,31 @@ def preset_block(name: str, act: str = "relu", shape: str = "mlp", **values) -> 
     sigmas = iter((SIGMA_1, SIGMA_2))
     ratios = iter((val(RATIO), 1 / val(RATIO)) if n_dense == 2 else (sympy.Integer(1),))
 
-    def rewrite(op: Op) -> Op:
-        if isinstance(op, Serial):
-            return Serial(*(rewrite(o) for o in op.layers))
-        if isinstance(op, Repeat):
-            return Repeat(rewrite(op.block), op.n)
-        if isinstance(op, Residual):
-            return Residual(rewrite(op.branch), alpha=val(ALPHA), beta=val(BETA))
-        if isinstance(op, Dense):
+    def role(name_of_role):
+        if name_of_role == "sigma_w":
             sw = val(next(sigmas))
-            sw = _times(val(B_DN), sw) if name == "deepnorm" else sw
-            return Dense(sigma_w=sw, sigma_b=val(SIGMA_B), ratio=next(ratios))
-        if isinstance(op, LayerNorm):
-            return LayerNorm(eps=val(EPS), gain=val(GAIN))
-        if isinstance(op, RMSNorm):
-            return RMSNorm(eps=val(EPS))
-        if isinstance(op, (Act, Scale)):
-            return op
-        raise UnsupportedComposition(f"preset {name!r}: {type(op).__name__} has no symbolic law")
+            return _times(val(B_DN), sw) if name == "deepnorm" else sw
+        if name_of_role == "ratio":
+            return next(ratios)
+        return val(ROLE_SYMBOLS[name_of_role])
+
+    def rewrite(op: Op) -> Op:
+        if not op.symbolic_law:
+            raise UnsupportedComposition(f"preset {name!r}: {type(op).__name__} has no symbolic law")
+        roles = op.SYMBOLIC_ROLES
+        return op.map_fields(lambda field, v: role(roles[field]) if field in roles
+                             else _map_ops(v, rewrite))
 
     return rewrite(block)
+
+
+def _map_ops(v, fn):
+    """fn applied to an op, or to each op of a tuple of ops; other values as they are."""
+    if isinstance(v, Op):
+        return fn(v)
+    if isinstance(v, tuple):
+        return tuple(_map_ops(x, fn) for x in v)
+    return v
 
 
 def _preset_net(name, act, shape) -> Op:
@@ -108,19 +103,18 @@ def preset_defaults(name: str, act: str = "relu", shape: str = "mlp") -> dict:
     DeepNorm's ``beta`` and ``b`` are the DeepNet constants in the depth ``L`` (:data:`DEEPNET`);
     ``gain`` (not exposed by presets) is LayerNorm's default 1.
     """
-    net = _preset_net(name, act, shape)
     out = {RATIO: sympy.Integer(1), GAIN: sympy.Integer(1)}
-    branch = presets.branch(act, shape)
-    dense = [op for op in branch.walk() if isinstance(op, Dense)]
-    for sym, op in zip((SIGMA_1, SIGMA_2), dense):
-        out[sym] = sympy.nsimplify(op.sigma_w)
-    out[SIGMA_B] = sympy.nsimplify(dense[0].sigma_b)
-    for op in net.walk():
-        if isinstance(op, Residual):
-            out[ALPHA] = sympy.nsimplify(op.alpha)
-            out[BETA] = sympy.nsimplify(op.beta)
-        if isinstance(op, (LayerNorm, RMSNorm)):
-            out[EPS] = sympy.nsimplify(op.eps)
+    sigmas = iter((SIGMA_1, SIGMA_2))
+    for op in presets.branch(act, shape).walk():  # the branch before any DeepNorm rescaling
+        for field, r in op.SYMBOLIC_ROLES.items():
+            if r == "sigma_w":
+                out[next(sigmas)] = sympy.nsimplify(getattr(op, field))
+            elif r == "sigma_b":
+                out.setdefault(SIGMA_B, sympy.nsimplify(getattr(op, field)))
+    for op in _preset_net(name, act, shape).walk():
+        for field, r in op.SYMBOLIC_ROLES.items():
+            if r in ("alpha", "beta", "eps"):
+                out[ROLE_SYMBOLS[r]] = sympy.nsimplify(getattr(op, field))
     if name == "deepnorm":
         out.update(DEEPNET)
     return out
@@ -132,11 +126,9 @@ def substitute(op: Op, values: dict) -> Op:
     subs = {SYMBOLS.get(k, sympy.Symbol(k)) if isinstance(k, str) else k: v
             for k, v in values.items()}
 
-    def one(v):
-        if isinstance(v, Op):
-            return substitute(v, values)
-        if isinstance(v, tuple):
-            return tuple(one(x) for x in v)
+    def one(field, v):
+        if isinstance(v, (Op, tuple)):
+            return _map_ops(v, lambda kid: substitute(kid, values))
         if isinstance(v, sympy.Basic) and not v.is_number:
             sweeps = [subs[s] for s in v.free_symbols if isinstance(subs.get(s), Sweep)]
             if sweeps and v in subs:
@@ -147,7 +139,4 @@ def substitute(op: Op, values: dict) -> Op:
             return float(out) if out.is_number else out
         return float(v) if isinstance(v, sympy.Basic) else v
 
-    if isinstance(op, Serial):
-        return Serial(*(substitute(o, values) for o in op.layers))
-    kwargs = {f.name: one(getattr(op, f.name)) for f in dataclasses.fields(op)}
-    return type(op)(**kwargs)
+    return op.map_fields(one)

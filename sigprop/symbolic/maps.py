@@ -9,7 +9,7 @@ import sympy
 
 from sigprop.errors import ConfigError
 from sigprop.ops import Op
-from sigprop.state.moments import Moments, true_moments
+from sigprop.state.moments import GAUSSIAN, GENERAL, Cotangent, Moments, true_moments
 from sigprop.state.ns import SYMBOLIC
 from sigprop.state.params import Context
 from sigprop.symbolic.symbols import (
@@ -46,10 +46,11 @@ def state(n_inputs: int = 1, *, mean: bool = True, gaussian: bool = False) -> Mo
         for j in range(n_inputs):
             K[i, j] = q[i] if i == j else C_AB * sympy.sqrt(q[i] * q[j])
     zero = np.array([sympy.Integer(0)] * n_inputs, dtype=object)
-    return Moments(K=K, m=np.array(m, dtype=object), ls=zero, gaussian=gaussian)
+    return Moments(K=K, m=np.array(m, dtype=object), ls=zero,
+                   law=GAUSSIAN if gaussian else GENERAL)
 
 
-def cotangent(n_inputs: int = 1) -> Moments:
+def cotangent(n_inputs: int = 1) -> Cotangent:
     """The symbolic cotangent at a block's output: G = diag(g_a, g_b), mean 0, ls = 0.
 
     Off-diagonal entries start at 0 (the readout delta_L ~ N(0, I) is independent across
@@ -59,7 +60,7 @@ def cotangent(n_inputs: int = 1) -> Moments:
     for i, g in enumerate([G_A, G_B][:n_inputs]):
         G[i, i] = g
     zero = np.array([sympy.Integer(0)] * n_inputs, dtype=object)
-    return Moments(K=G, m=zero.copy(), ls=zero)
+    return Cotangent(K=G, m=zero.copy(), ls=zero)
 
 
 _SUFFIX = ("a", "b")
