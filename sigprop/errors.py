@@ -1,5 +1,7 @@
 """Errors sigprop raises on bad input: each names the field and what is allowed."""
 
+import difflib
+
 
 class SigpropError(Exception):
     """Base of every error sigprop raises on purpose."""
@@ -11,6 +13,16 @@ class ConfigError(SigpropError, ValueError):
     def __init__(self, field: str, value, allowed: str):
         self.field, self.value, self.allowed = field, value, allowed
         super().__init__(f"{field}={value!r} is invalid: allowed {allowed}")
+
+
+class UnknownName(ConfigError, AttributeError):
+    """An attribute lookup of a name that is not there (``sp.presets.pre_ln``); lists the known
+    names and the closest one. An AttributeError too, so ``hasattr`` keeps working."""
+
+    def __init__(self, field: str, value: str, known):
+        close = difflib.get_close_matches(value, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        super().__init__(field, value, f"one of {sorted(known)}{hint}")
 
 
 class UnsupportedComposition(SigpropError, ValueError):

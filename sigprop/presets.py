@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import math
 
-from sigprop.errors import ConfigError
+from sigprop.errors import ConfigError, UnknownName
 from sigprop.ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Serial
 from sigprop.state.params import Sweep
 
@@ -116,5 +116,12 @@ PRESETS = {f.__name__: f for f in (plain, resnet, preln, postln, periln, deepnor
 
 def get(name: str):
     if name not in PRESETS:
-        raise ConfigError("preset", name, f"one of {list(PRESETS)}")
+        raise UnknownName("preset", name, PRESETS)
     return PRESETS[name]
+
+
+def __getattr__(name: str):
+    """``sp.presets.<typo>``: a ConfigError naming the presets, not a bare AttributeError."""
+    if name.startswith("__"):
+        raise AttributeError(name)
+    raise UnknownName("preset", name, PRESETS)

@@ -27,6 +27,7 @@ couples the cotangent's mean mode to it, with a correction that grows with depth
 from __future__ import annotations
 
 import dataclasses
+import html
 from typing import Any, ClassVar
 
 import sympy
@@ -75,6 +76,16 @@ class Op:
 
     def __str__(self) -> str:
         return self.tree()
+
+    def _repr_html_(self) -> str:
+        """Jupyter: the tree as nested collapsible ``<details>`` elements."""
+        kids = self.children()
+        label = html.escape(self.label())
+        if not kids:
+            return f"<div><code>{label}</code></div>"
+        body = "".join(kid._repr_html_() for kid in kids)
+        return (f"<details open><summary><code>{label}</code></summary>"
+                f"<div style='margin-left:1.5em'>{body}</div></details>")
 
     def blocks(self) -> list[Op]:
         """The blocks that make this op's layers when it is a whole net (itself, by default)."""
