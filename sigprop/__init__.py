@@ -28,6 +28,7 @@ from sigprop.ops import (
                      Scale,
                      Serial,
 )
+from sigprop.pipeline.sweep import sweep_load, sweep_run
 from sigprop.state.inputs import Inputs
 from sigprop.state.params import Sweep, sweep
 
@@ -35,7 +36,16 @@ __all__ = [
     "Act", "BatchNorm", "ConfigError", "Dense", "Inputs", "LayerNorm", "MonteCarloOverflow", "Op",
     "OverflowInTheory",
     "RMSNorm", "Repeat", "Residual", "Scale", "Serial", "SigpropError", "Sweep",
-    "UnsupportedComposition", "compare", "load", "presets", "save", "simulate", "sweep",
-    "theory",
+    "UnsupportedComposition", "compare", "load", "plot", "presets", "save", "simulate", "sweep",
+    "sweep_load", "sweep_run", "theory",
 ]
 __version__ = "0.1.0"
+
+
+def __getattr__(name: str):
+    """``sp.plot`` (:func:`sigprop.analysis.plot.plot`), imported on first use: matplotlib
+    costs ~0.5 s of start-up that theory, simulate and the CLI do not need."""
+    if name == "plot":
+        from sigprop.analysis.plot import plot
+        return plot
+    raise AttributeError(f"module 'sigprop' has no attribute {name!r}")

@@ -1,40 +1,233 @@
-"""Saving and loading result datasets (netCDF via h5netcdf, or zarr for ``*.zarr``)."""
+"""Saving and loading result datasets (netCDF via h5netcdf, or zarr for ``*.zarr``).
+
+Writes are atomic (a temporary file beside the target, fsynced, then renamed: a reader or a
+rerun after a crash sees the old file or the new one, never half of one), and every dataset
+carries ``attrs['checksum']``, a SHA-256 of its variables, coordinates and other attributes,
+that :func:`load` verifies: an edited, truncated or corrupted file is an error naming it.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import gc
+import hashlib
+import importlib.util
 import json
+import os
+import re
+import secrets
+import shutil
+import sys
 from pathlib import Path
 
+import h5py
+import numpy as np
 import xarray as xr
 
 from sigprop import schema
-from sigprop.errors import ConfigError
+from sigprop.errors import ConfigError, SigpropError
 
 SCHEMA = schema.NAMES  # the dataset variables, in order (their dims etc.: sigprop.schema)
 KINDS = ("theory", "montecarlo", "symbolic")
+SUFFIXES = (".nc", ".zarr")
+CHECKSUM = "checksum"
+TMP_MARK = ".tmp-"  # temporary files are named .<stem>.tmp-<pid>-<random><suffix>
 
 
-def save(ds: xr.Dataset, path) -> Path:
-    """Write ``ds`` losslessly: netCDF4 (h5netcdf) by default, zarr when the path ends in .zarr."""
-    path = Path(path)
-    if ds.attrs.get("kind") not in KINDS:
-        raise ConfigError("dataset attrs['kind']", ds.attrs.get("kind"), f"one of {KINDS}")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".zarr":
-        ds.to_zarr(path, mode="w")
+class CorruptData(SigpropError, ValueError):
+    """A file is not a complete, unedited dataset written by :func:`save` (names the file)."""
+
+
+# -- atomic files ---------------------------------------------------------------------------
+
+def _fsync(path: Path) -> None:
+    """Flush a file, or every file of a folder and the folder itself, to disk."""
+    paths = [p for p in path.rglob("*") if p.is_file()] + [path] if path.is_dir() else [path]
+    for p in paths:
+        fd = os.open(p, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
     else:
-        ds.to_netcdf(path, engine="h5netcdf")
+        path.unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temporary path beside ``path``; when the block succeeds, fsync what was written
+    there and rename it onto ``path``. On any exception (Ctrl-C included) it is removed and
+    ``path`` keeps its old content."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}{TMP_MARK}{os.getpid()}-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        yield tmp
+        _fsync(tmp)
+        if path.is_dir() and not path.is_symlink():  # a directory cannot be renamed over
+            old = tmp.with_name(tmp.name + ".old")
+            os.replace(path, old)
+            os.replace(tmp, path)
+            _remove(old)
+        else:
+            os.replace(tmp, path)
+        _fsync(path.parent)
+    finally:
+        _remove(tmp)
+
+
+def stale_temporaries(folder) -> list[Path]:
+    """Temporary files in ``folder`` (recursively) whose writer (the pid in their name) is
+    dead: what a killed run left behind; safe to remove while other writers run."""
+    folder = Path(folder)
+    found = sorted(folder.rglob(f".*{TMP_MARK}*")) if folder.is_dir() else []
+    return [p for p in found if not _alive(_writer_pid(p))]
+
+
+def _writer_pid(path: Path) -> int:
+    match = re.search(re.escape(TMP_MARK) + r"(\d+)-", path.name)
+    return int(match.group(1)) if match else -1
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True
+
+
+def remove_stale_temporaries(folder) -> list[Path]:
+    """Remove :func:`stale_temporaries` of ``folder``; returns what was removed."""
+    found = stale_temporaries(folder)
+    for p in found:
+        _remove(p)
+    return found
+
+
+# -- checksums ------------------------------------------------------------------------------
+
+def _canonical(value) -> bytes:
+    """Bytes of an attribute or array that survive a netCDF/zarr round trip unchanged."""
+    arr = np.asarray(value)
+    if arr.dtype.kind in "biuf":
+        return arr.astype(float).tobytes() + str(arr.shape).encode()
+    if arr.dtype.kind == "c":
+        return arr.astype(complex).tobytes() + str(arr.shape).encode()
+    return json.dumps(np.asarray(arr, dtype=object).tolist(), default=str).encode()
+
+
+def checksum(ds: xr.Dataset) -> str:
+    """SHA-256 of every variable and coordinate (name, dims, values) and every attribute but
+    the checksum itself, in a form that a save/load round trip leaves unchanged."""
+    h = hashlib.sha256()
+    for name in sorted(map(str, ds.variables)):
+        var = ds.variables[name]
+        for part in (name, str(var.dims)):
+            h.update(part.encode())
+        h.update(_canonical(var.values))
+        for key in sorted(var.attrs):
+            h.update(key.encode() + _canonical(var.attrs[key]))
+    for key in sorted(k for k in ds.attrs if k != CHECKSUM):
+        h.update(key.encode() + _canonical(ds.attrs[key]))
+    return "sha256:" + h.hexdigest()
+
+
+# -- save and load --------------------------------------------------------------------------
+
+def check_output(path) -> Path:
+    """Refuse, before any work, an output path that :func:`save` could not write."""
+    path = Path(path)
+    if path.suffix not in SUFFIXES:
+        raise ConfigError("output", str(path), f"a path ending in {' or '.join(SUFFIXES)}")
+    if path.suffix == ".zarr" and importlib.util.find_spec("zarr") is None:
+        raise ConfigError("output", str(path), "a .nc path (zarr is not installed: "
+                          "pip install 'sigprop[scale]' to write .zarr)")
+    if path.is_dir() and path.suffix != ".zarr":
+        raise ConfigError("output", str(path), "a file path (this is a directory)")
+    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError("output", str(path), f"a path in a writable folder ({parent} is not)")
     return path
 
 
-def load(path) -> xr.Dataset:
-    """Read a dataset written by :func:`save` (fully into memory)."""
+def save(ds: xr.Dataset, path) -> Path:
+    """Write ``ds`` losslessly and atomically, with ``attrs['checksum']``: netCDF4 (h5netcdf)
+    by default, zarr when the path ends in .zarr."""
+    path = check_output(path)
+    if ds.attrs.get("kind") not in KINDS:
+        raise ConfigError("dataset attrs['kind']", ds.attrs.get("kind"), f"one of {KINDS}")
+    ds = ds.copy(deep=False)
+    ds.attrs = {k: v for k, v in ds.attrs.items() if k != CHECKSUM}
+    ds.attrs[CHECKSUM] = checksum(ds)
+    try:
+        with atomic_path(path) as tmp:
+            if path.suffix == ".zarr":
+                ds.to_zarr(tmp, mode="w")
+            else:
+                ds.to_netcdf(tmp, engine="h5netcdf")
+    except OSError as e:
+        raise ConfigError("output", str(path), f"a writable path ({e.strerror or e})") from None
+    return path
+
+
+def _read(path: Path) -> xr.Dataset:
+    if path.suffix == ".zarr":
+        return xr.open_zarr(path).load()
+    with h5py.File(path, "r"):  # h5py refuses most broken files before h5netcdf opens them
+        pass
+    return xr.load_dataset(path, engine="h5netcdf")
+
+
+def _read_or_error(path: Path) -> tuple[xr.Dataset | None, str | None]:
+    """(dataset, None), or (None, why it could not be read) without h5netcdf's 'Exception
+    ignored' noise when a half-opened broken file is freed."""
+    hook, sys.unraisablehook = sys.unraisablehook, lambda _: None
+    try:
+        try:
+            return _read(path), None
+        except Exception as e:  # noqa: BLE001  (h5py/zarr raise many types for a broken file)
+            error = f"{type(e).__name__}: {e}"
+        gc.collect()  # free the half-opened file while its noise is silenced
+        return None, error
+    finally:
+        sys.unraisablehook = hook
+
+
+def load(path, verify: bool = True) -> xr.Dataset:
+    """Read a dataset written by :func:`save` (fully into memory) and verify its checksum.
+
+    ``verify=False`` reads a file without (or with a wrong) checksum, e.g. one written by an
+    older sigprop; a file that is not a sigprop dataset is refused either way.
+    """
     path = Path(path)
     if not path.exists():
         raise ConfigError("path", str(path), "an existing .nc or .zarr file written by sp.save")
-    if path.suffix == ".zarr":
-        return xr.open_zarr(path).load()
-    return xr.load_dataset(path, engine="h5netcdf")
+    ds, error = _read_or_error(path)
+    if error is not None:
+        raise CorruptData(f"{path}: not a readable sigprop dataset (empty, truncated, corrupted "
+                          f"or not netCDF4/zarr): {error}")
+    if ds.attrs.get("kind") not in KINDS:
+        raise CorruptData(f"{path}: not a sigprop dataset (attrs['kind'] = "
+                          f"{ds.attrs.get('kind')!r}; sigprop writes one of {KINDS})")
+    if verify:
+        stored = ds.attrs.get(CHECKSUM)
+        if stored is None:
+            raise CorruptData(f"{path}: has no attrs['{CHECKSUM}'] (written by an older sigprop?);"
+                              " sp.load(path, verify=False) reads it unverified")
+        if stored != checksum(ds):
+            raise CorruptData(f"{path}: its content does not match its checksum (the file was "
+                              "edited or corrupted); recompute it")
+    return ds
 
 
 def config_of(ds: xr.Dataset) -> dict:

@@ -85,7 +85,14 @@ def periln(depth: int, act="relu", alpha="1", norm="layernorm", eps=1e-5, **kw) 
 
 def deepnorm(depth: int, act="relu", eps=1e-5, **kw) -> Op:
     """DeepNorm (Wang et al. 2022, encoder constants): x -> LN(a x + F(x)) with a = (2L)^{1/4},
-    and every branch Dense initialised with gain b = (8L)^{-1/4}."""
+    and every branch Dense initialised with gain b = (8L)^{-1/4}.
+
+    Counting: DeepNet's constants are (2N)^{1/4} and (8N)^{-1/4} for N *layers*, each layer
+    holding two residual sublayers (attention and FFN, each x -> LN(a x + G(x))). Here one
+    block is one such sublayer, and the constants take N = L = the number of blocks, i.e. they
+    count sublayers as layers: DeepNet's own convention for L sublayers would be N = L/2, so
+    a = L^{1/4} and b = (4L)^{-1/4}. The values are kept as they are here (which counting the
+    paper uses is decided elsewhere); compare with DeepNet with this factor of 2 in mind."""
     L = _depth(depth)
     a, b = (2 * L) ** 0.25, (8 * L) ** -0.25
     s1 = kw.pop("sigma_w1", None)

@@ -10,6 +10,7 @@ import subprocess
 from importlib import metadata
 from pathlib import Path
 
+GIT = ["git", "--no-optional-locks"]  # never take the index lock (see git_commit)
 PACKAGES = ("sigprop", "numpy", "scipy", "sympy", "xarray", "cupy")
 
 
@@ -24,16 +25,23 @@ def versions() -> dict[str, str]:
     return out
 
 
+@functools.cache
 def git_commit() -> str:
-    """The commit of the sigprop checkout (``+dirty`` when modified), or 'unknown'."""
+    """The commit of the sigprop checkout (``+dirty`` when modified), or 'unknown'.
+
+    Read once per process, at the first dataset made (two ``git`` calls cost ~6 ms): a dataset
+    records the checkout as it was when the process first asked, so commit or edit the code
+    before starting the run it should describe. ``--no-optional-locks`` keeps ``git status``
+    from taking ``.git/index.lock`` (it would refresh the index), so a run never blocks the
+    user's own git commands.
+    """
     here = Path(__file__).resolve().parent
     try:
-        head = subprocess.run(["git", "rev-parse", "--verify", "-q", "HEAD"], cwd=here, check=False,
-                              capture_output=True, text=True, timeout=5)
+        head = subprocess.run(GIT + ["rev-parse", "--verify", "-q", "HEAD"], cwd=here,
+                              check=False, capture_output=True, text=True, timeout=5)
         sha = head.stdout.strip() if head.returncode == 0 else ""
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
-                               check=False,
-                               capture_output=True, text=True, timeout=5).stdout.strip()
+        dirty = subprocess.run(GIT + ["status", "--porcelain", "--untracked-files=no"], cwd=here,
+                               check=False, capture_output=True, text=True, timeout=5).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return "unknown"
     return (sha + ("+dirty" if dirty else "")) if sha else "unknown"
@@ -46,7 +54,7 @@ def make_attrs(kind: str, config: dict, backend: str, **extra) -> dict:
         "config": json.dumps(config, sort_keys=True),
         "backend": backend,
         "versions": json.dumps(versions(), sort_keys=True),
-        "git_commit": git_commit(),  # read every time: the checkout may change in a session
+        "git_commit": git_commit(),  # read once per process
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "created_by": "sigprop",
     }

@@ -7,7 +7,6 @@ or of its own package; never one of a higher layer, nor of another package of it
 from __future__ import annotations
 
 import ast
-import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +16,7 @@ import sigprop as sp
 from sigprop import symbolic as S
 from sigprop.errors import UnsupportedComposition
 from sigprop.ops import Op, op_from_dict
+from sigprop.testing import example
 
 PACKAGE = Path(sp.__file__).resolve().parent
 
@@ -28,6 +28,7 @@ LAYERS = [
     {"ops"},
     {"presets"},
     {"engines", "analysis"},
+    {"testing"},
     {"symbolic"},
     {"figures"},
     {"pipeline"},
@@ -102,24 +103,12 @@ def test_the_check_sees_an_upward_import(tmp_path):
 
 
 # -- every op in the registry, without a hand-kept list ----------------------------------------
-def _example(cls: type) -> Op:
-    """A default instance of ``cls``; fields that hold ops get a Dense (a one-op Serial)."""
-    fields = {}
-    for f in dataclasses.fields(cls):
-        if "tuple[Op" in str(f.type):
-            fields[f.name] = (sp.Dense(),)
-        elif str(f.type) == "Op":
-            fields[f.name] = sp.Dense()
-    return cls.from_fields(**{**{f.name: f.default for f in dataclasses.fields(cls)
-                                 if f.default is not dataclasses.MISSING}, **fields})
-
-
 OPS = sorted(Op.REGISTRY)
 
 
 @pytest.mark.parametrize("name", OPS)
 def test_registered_op_round_trips_and_prints(name):
-    op = _example(Op.REGISTRY[name])
+    op = example(Op.REGISTRY[name])
     assert op_from_dict(op.to_dict()) == op
     assert hash(op) == hash(op_from_dict(op.to_dict()))
     assert str(op).splitlines()[0].startswith(name if name not in ("Serial", "Repeat") else name[:3])
@@ -130,7 +119,7 @@ def test_registered_op_round_trips_and_prints(name):
 def test_registered_op_has_every_face(name):
     """Theory forward and backward, Monte Carlo forward and VJP, and the symbolic face (or a
     named refusal), on a Dense -> op block over two Gaussian inputs."""
-    net = sp.Serial(sp.Dense(), _example(Op.REGISTRY[name]))
+    net = sp.Serial(sp.Dense(), example(Op.REGISTRY[name]))
     x0 = sp.Inputs(q=[1.0, 1.5], corr=0.3, mean=0.0)
     th = sp.theory(net, x0)
     mc = sp.simulate(net, x0, width=64, seeds=2, backend="numpy")

@@ -60,7 +60,8 @@ def test_figure_writes_nonempty_files(tiny_data, tmp_path, name, with_mc):
 def test_correlation_asymptote_from_generated_json(tiny_data, tmp_path):
     gen = tmp_path / "generated"
     gen.mkdir()
-    law = {"label": "plain_law", "lhs": {"str": "1 - c_l"}, "rhs": {"str": "9*pi**2/(2*l**2)"}}
+    law = {"label": "plain_law", "lhs": {"str": "1 - c_l"}, "rhs": {"str": "9*pi**2/(2*l**2)",
+           "srepr": "Mul(Rational(9, 2), Pow(pi, Integer(2)), Pow(Symbol('l'), Integer(-2)))"}}
     (gen / "corr.json").write_text(json.dumps({"name": "corr", "equations": [law]}))
     data = FigureData(tiny_data["correlation"]["theory"], None, gen)
     render("correlation", data, tmp_path / "figures")
@@ -86,3 +87,36 @@ def test_claims_table_is_built_from_results(tiny_data, tmp_path):
 
 def test_latex_escape_keeps_math():
     assert latex_escape("a_b 50% $x_1^2$") == r"a\_b 50\% $x_1^2$"
+
+
+def _verdict(data, start):
+    return next(r.verdict for r in claims.audit(data) if r.claim.startswith(start))
+
+
+def _scaled(data, sim, var, arch_prefix, factor):
+    """A copy of ``data`` with ``var`` of the arches named ``arch_prefix...`` scaled beyond layer 0."""
+    th = data[sim]["theory"].copy(deep=True)
+    archs = [a for a in th["arch"].values if str(a).startswith(arch_prefix)]
+    th[var].loc[{"arch": archs}] = th[var].sel(arch=archs).where(th["layer"] == 0,
+                                                                 th[var].sel(arch=archs) * factor)
+    return {**data, sim: {**data[sim], "theory": th}}
+
+
+def test_claims_verdicts_flip_with_the_data(tiny_data):
+    """Each numeric verdict is computed: perturbing the data across its threshold flips it."""
+    const = "LayerNorm keeps the layer outputs at zero mean and constant"
+    assert _verdict(tiny_data, const) == "False for Pre-LN"
+    first = tiny_data["placement"]["theory"]["var"].sel(input=0).isel(layer=0)
+    flat = tiny_data["placement"]["theory"].copy(deep=True)
+    flat["var"] = flat["var"] * 0 + first  # every layer at its input variance: constant
+    assert _verdict({**tiny_data, "placement": {"theory": flat}}, const) == "Supported"
+    mean = "LayerNorm keeps the mean of the activations near zero."
+    assert _verdict(tiny_data, mean) == "False for the stream"
+    assert _verdict(_scaled(tiny_data, "meanshift", "mean", "Pre-LN", 0.0), mean) == "Supported"
+
+
+def test_numbers_file_has_a_macro_per_number(tiny_data, tmp_path):
+    text = claims.write_numbers(tiny_data, tmp_path / "numbers.tex").read_text()
+    for name in ("PreLNVarL", "MeanShiftMuSqOverVar", "MeanShiftLogGzero", "MeanShiftDepth"):
+        assert rf"\newcommand{{\{name}}}" in text
+    assert "nan" not in text

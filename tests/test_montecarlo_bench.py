@@ -29,3 +29,14 @@ def test_bench_main_takes_a_command_line(tmp_path):
     md = bench.main(["--widths", "32", "--batch", "2", "--depth", "1", "--seeds", "1", "--quick",
                      "--out", ""])
     assert any(line.startswith("| 32 | 2 |") for line in md.splitlines())
+
+
+def test_bench_help_lists_its_options():
+    from typer.testing import CliRunner
+
+    from sigprop.pipeline.cli import app
+
+    result = CliRunner().invoke(app, ["bench", "--help"])
+    assert result.exit_code == 0
+    for option in ("--widths", "--batch", "--depth", "--seeds", "--backend", "--out", "--quick"):
+        assert option in result.output

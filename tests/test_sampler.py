@@ -11,6 +11,7 @@ Power: the same tests must reject, at the same level, (i) the conditional backwa
 back through an independent W), which is what the infinite-width theory assumes.
 """
 
+import numpy as np
 import pytest
 from scipy import stats
 
@@ -18,6 +19,7 @@ import sigprop as sp
 from sigprop.engines.samplers import Conditional
 from sigprop.presets import PRESETS
 from sigprop.state.arrays import gram
+from sigprop.state.rng import FORWARD, Streams
 
 ALPHA = 1e-3
 X_FIXED = sp.Inputs(q=[1.0, 2.25], corr=0.3, mean=[0.2, -0.5])
@@ -133,3 +135,36 @@ def test_conditional_has_the_explicit_law_everywhere(case, width):
 def test_holm():
     assert holm_rejects({"a": 1e-5, "b": 4e-4, "c": 0.5}) == ["a", "b"]
     assert holm_rejects({"a": 6e-4, "b": 6e-4}) == []  # 6e-4 > 1e-3 / 2
+
+
+class Redrawn:
+    """The explicit sampler as it was: W re-drawn from its stream in the VJP (a third draw)."""
+
+    name = "redrawn"
+
+    def forward(self, x, std, n_out, env):
+        return (x @ env.normal(FORWARD, (n_out, x.shape[-1])).swapaxes(-1, -2)) * std, x.shape[-1]
+
+    def vjp(self, n_in, d, std, env):
+        return (d @ env.normal(FORWARD, (d.shape[-1], n_in))) * std
+
+
+@pytest.mark.parametrize("preset", ["resnet", "preln"])
+def test_explicit_keeps_its_draw_for_the_vjp(preset, monkeypatch):
+    # Same counter-based stream, so keeping the draw changes no number; and W is drawn twice per
+    # Dense (forward, backward recomputation), not three times.
+    net, x0 = _case(preset, "relu", None, 5)
+    draws = []
+    normal = Streams.normal
+
+    def counted(self, block, op, direction, shape, dtype):
+        draws.append(direction == FORWARD)
+        return normal(self, block, op, direction, shape, dtype)
+
+    monkeypatch.setattr(Streams, "normal", counted)
+    kept = sp.simulate(net, x0, width=12, seeds=3, sampler="explicit", root_seed=5)
+    weight_draws, draws[:] = sum(draws), []
+    redrawn = sp.simulate(net, x0, width=12, seeds=3, sampler=Redrawn(), root_seed=5)
+    assert 3 * weight_draws == 2 * sum(draws) == 3 * 2 * 2 * 5  # 2 Dense per block, 5 blocks
+    for var in ("log_q", "corr", "log_grad_q", "log_branch_q"):
+        np.testing.assert_array_equal(kept[var].values, redrawn[var].values)

@@ -176,6 +176,7 @@ def test_save_load_round_trip(tmp_path):
     back = sp.load(path)
     import xarray as xr
 
+    assert back.attrs.pop("checksum").startswith("sha256:")  # added by save, verified by load
     xr.testing.assert_identical(th, back)
     assert np.isinf(back.q.values).any()  # inf survives the round trip
 

@@ -9,12 +9,14 @@ paper) and PNG (for a quick look) with a caption file beside them.
 from __future__ import annotations
 
 import json
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import matplotlib
 
-matplotlib.use("agg")
+if not os.environ.get("MPLBACKEND"):  # Jupyter names its inline backend there; else no GUI
+    matplotlib.use("agg")
 import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
@@ -65,12 +67,17 @@ def marker(i: int) -> str:
     return MARKERS[i % len(MARKERS)]
 
 
-def panels(n: int, nrows: int = 1, **kw):
-    """A styled figure with ``n`` panels in ``nrows`` rows (axes returned flat)."""
+def panels(n: int, nrows: int = 1, layout=None, **kw):
+    """A styled figure with ``n`` panels in ``nrows`` rows (axes returned flat); ``kw`` go to
+    ``Figure.subplots`` (``sharex``, ``gridspec_kw``, ...), ``rc`` overrides :data:`RC`."""
     ncols = -(-n // nrows)
-    with plt.rc_context({**RC, **kw.pop("rc", {})}):
-        fig, axes = plt.subplots(nrows, ncols, figsize=(PANEL[0] * ncols, PANEL[1] * nrows),
-                                 squeeze=False, **kw)
+    rc = {**RC, **kw.pop("rc", {})}
+    # Created outside rc_context: a backend chosen on the first figure (Jupyter's inline one
+    # turns interactive mode on) must not be undone when the context restores rcParams.
+    fig = plt.figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), dpi=rc["figure.dpi"],
+                     layout=layout)
+    with plt.rc_context(rc):
+        axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     for ax in axes.flat[n:]:
         ax.set_visible(False)
     return fig, list(axes.flat[:n])

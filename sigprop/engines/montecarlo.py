@@ -10,8 +10,8 @@ inputs, forward and backward, and returns the schema's Dataset with dims
   statistic that leaves the floating-point range anyway (a non-homogeneous op such as tanh meeting
   a scale beyond the dtype) raises :class:`MonteCarloOverflow` naming the block.
 * Randomness: counter-based streams keyed by (root seed, seed, block, op, direction)
-  (:mod:`sigprop.state.rng`); weights are regenerated, never stored, and chunking the seeds changes
-  no number.
+  (:mod:`sigprop.state.rng`); weights are regenerated on the backward pass, never stored across
+  passes, and chunking the seeds changes no number.
 * Weights: ``sampler="explicit"`` draws every W; ``"conditional"`` (the default, exact for Gaussian
   weights) samples W X and W^T D by Gaussian conditioning (:mod:`sigprop.engines.samplers`);
   ``"independent"`` pulls back through fresh weights (the theory's gradient independence).
@@ -21,7 +21,8 @@ inputs, forward and backward, and returns the schema's Dataset with dims
 
 Memory law (per seed, itemsize b, B inputs, widest feature width n, ``r`` residual arrays per
 block, at most 2 per op): ``b B n (ceil(L/k) + k r + 8)`` for the activations, plus, for the
-explicit sampler, ``b n_in n_out`` for the widest weight drawn. At k = sqrt(L) this is
+explicit sampler, ``b n_in n_out`` for each weight of a recomputed segment (k blocks: the VJP
+reuses the recomputation's draw, so each W is drawn once per pass). At k = sqrt(L) this is
 O(sqrt(L)): pre-LN, L = 10^4, n = 1024, B = 2, 4 seeds, float32: 47 MiB by the law, 28 MiB
 measured (benchmarks/RESULTS.md), against 4.6 GiB if every block's residuals were kept.
 """
@@ -39,7 +40,7 @@ import xarray as xr
 from sigprop import schema
 from sigprop.engines.samplers import SAMPLERS, Explicit
 from sigprop.errors import ConfigError, MonteCarloOverflow
-from sigprop.ops import Op, layers_of
+from sigprop.ops import Dense, Op, layers_of
 from sigprop.provenance import make_attrs
 from sigprop.state.arrays import (
     F64,
@@ -65,7 +66,7 @@ MEMORY_BUDGET = 2**30  # bytes per chunk of seeds when seed_chunk is not given
 
 def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "auto",
              dtype: str = "float32", root_seed: int = 0, sampler="auto", seed_chunk=None,
-             progress: bool = False) -> xr.Dataset:
+             progress: bool = False, first_seed: int = 0) -> xr.Dataset:
     """Simulate ``seeds`` random nets of stream width ``width`` on ``inputs``, forward and backward.
 
     ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable; logged). ``sampler``:
@@ -73,11 +74,14 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     drawn), "independent" (a fresh W in every VJP: gradient independence, a diagnostic), or a
     sampler object with the same ``forward``/``vjp`` methods. ``seed_chunk``: seeds
     run together (default: as many as fit in ``MEMORY_BUDGET``); results do not depend on it.
+    ``first_seed``: the seeds are ``first_seed .. first_seed + seeds - 1`` (coordinate ``seed``),
+    so seeds split over calls are the same numbers as in one call.
     Hyperparameter sweeps are refused: run one point per call.
     """
     _check_net(net, inputs)
     width, seeds, root_seed = _check_int("width", width, 2), _check_int("seeds", seeds, 1), \
         _check_int("root_seed", root_seed, 0, 2**64 - 1)
+    first_seed = _check_int("first_seed", first_seed, 0)
     if dtype not in DTYPES:
         raise ConfigError("dtype", dtype, f"one of {DTYPES}")
     smp = _sampler(sampler)
@@ -93,8 +97,9 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
 
     parts = []
     with _progress(progress, 2 * len(blocks) * math.ceil(seeds / seed_chunk)) as tick:
-        for start in range(0, seeds, seed_chunk):
-            streams = Streams(xp, root_seed, np.arange(start, min(seeds, start + seed_chunk)))
+        for start in range(first_seed, first_seed + seeds, seed_chunk):
+            stop = min(first_seed + seeds, start + seed_chunk)
+            streams = Streams(xp, root_seed, np.arange(start, stop))
             env = Env(xp, np.dtype(dtype), streams, smp, block=0)
             parts.append(_run_chunk(blocks, inputs, width, env, tick))
     data = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
@@ -102,7 +107,7 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
               "root_seed": root_seed, "dtype": dtype, "sampler": smp.name}
     attrs = make_attrs("montecarlo", config, name, root_seed=root_seed, width=width, dtype=dtype,
                        sampler=smp.name, seeds=seeds)
-    return _dataset(data, blocks, attrs)
+    return _dataset(data, blocks, attrs, first_seed)
 
 
 # -- one chunk of seeds ------------------------------------------------------------------------
@@ -293,7 +298,11 @@ def memory_per_seed(blocks, B: int, width: int, itemsize: int, sampler) -> int:
         widest, weight = max(widest, w), max(weight, wt)
         n = n_out
     act = itemsize * B * widest * stored_signals(L, 2 * max(blk.mc_ops() for blk in blocks))
-    return act + (itemsize * weight if isinstance(sampler, Explicit) else 0)
+    if not isinstance(sampler, Explicit):
+        return act
+    # the explicit sampler keeps each W of a recomputed segment (k blocks) for its VJP
+    dense = max(sum(isinstance(op, Dense) for op in blk.walk()) for blk in blocks)
+    return act + itemsize * weight * math.ceil(math.sqrt(L)) * dense
 
 
 def stored_signals(L: int, r: int) -> int:
@@ -303,11 +312,11 @@ def stored_signals(L: int, r: int) -> int:
 
 
 # -- output --------------------------------------------------------------------------------
-def _dataset(data, blocks, attrs) -> xr.Dataset:
+def _dataset(data, blocks, attrs, first_seed=0) -> xr.Dataset:
     """The schema's variables (dims seed first) from the log scales and moments of the chunks."""
     S, L1, B = data["log_q"].shape
     data = schema.complete(data)
-    coords = {"seed": np.arange(S), "layer": np.arange(L1), "input": np.arange(B),
+    coords = {"seed": first_seed + np.arange(S), "layer": np.arange(L1), "input": np.arange(B),
               "input_b": np.arange(B),
               "block": ("layer", ["input"] + [type(b).__name__ for b in blocks])}
     ds = xr.Dataset({k: (schema.VARIABLES[k].dims_with(lead=("seed",)), v)

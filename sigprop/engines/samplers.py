@@ -5,7 +5,7 @@ images, D (S, B, n_out) the cotangents, W_ij ~ N(0, s / n_in) with s = sigma_w^2
 ``std = sqrt(s / n_in)``. A sampler realises A from X (``forward``) and W^T-applied cotangents
 D W (``vjp``); the bias is added by the op.
 
-* :class:`Explicit` draws W (n_out n_in normals), re-drawing it from its stream for the VJP.
+* :class:`Explicit` draws W (n_out n_in normals) and keeps it for the VJP.
 * :class:`Independent` is :class:`Conditional` forward with a fresh W backward (GIA; a
   diagnostic, not a network's law).
 * :class:`Conditional` draws only what the net can see. Given X, the columns of A are i.i.d.
@@ -34,16 +34,18 @@ from sigprop.state.rng import BACKWARD, FORWARD
 
 
 class Explicit:
-    """Reference sampler: W drawn in full (FORWARD stream), redrawn for the VJP."""
+    """Reference sampler: W drawn in full (FORWARD stream) and kept in the residual for the VJP,
+    so each W is drawn once per pass (the forward, and the backward's recomputation of its
+    segment); the VJP uses the very numbers of the forward."""
 
     name = "explicit"
 
     def forward(self, x, std: float, n_out: int, env):
         z = env.normal(FORWARD, (n_out, x.shape[-1]))
-        return (x @ z.swapaxes(-1, -2)) * std, x.shape[-1]
+        return (x @ z.swapaxes(-1, -2)) * std, z
 
-    def vjp(self, n_in: int, d, std: float, env):
-        return (d @ env.normal(FORWARD, (d.shape[-1], n_in))) * std
+    def vjp(self, z, d, std: float, env):
+        return (d @ z) * std
 
 
 class Conditional:

@@ -10,6 +10,7 @@ and the whole grid is propagated in one vectorised pass.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import numpy as np
@@ -20,7 +21,7 @@ from sigprop.errors import ConfigError, OverflowInTheory
 from sigprop.ops import Op, layers_of, sweeps_of
 from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
-from sigprop.state.moments import Cotangent, Gram, Moments, corr_of, to_unit_diagonal
+from sigprop.state.moments import Cotangent, Gram, corr_of, to_unit_diagonal
 from sigprop.state.ns import NUMERIC
 from sigprop.state.params import Context
 
@@ -32,11 +33,18 @@ def _check_args(net, inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
 
 
+TAPE_BUDGET = 2**28  # bytes: below it the forward keeps every layer's intermediate states
+ARRAY_OVERHEAD = 128  # bytes a kept array costs beyond its data (header, Python object)
+
+
 def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False) -> xr.Dataset:
     """Propagate ``inputs`` through ``net`` at infinite width, forward and backward.
 
-    ``layers``: the layer indices to record (default all). Memory is O((sqrt(L) + recorded) x
-    grid x B^2): the backward keeps a checkpoint every ~sqrt(L) layers and recomputes each segment.
+    ``layers``: the layer indices to record (default all). Each block's forward law runs once
+    when every layer's intermediate states fit in ``TAPE_BUDGET`` (measured on layer 1); beyond
+    it the backward keeps a checkpoint every ~sqrt(L) layers and recomputes each segment once, so
+    memory is O((sqrt(L) + recorded) x grid x B^2). The recorded quantities are derived from the
+    kept states once, for all recorded layers together.
     """
     _check_args(net, inputs)
     blocks = layers_of(net)
@@ -47,33 +55,43 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False) -> x
     record = _recorded(layers, L)
     ctx = Context(NUMERIC, dims)
     B = inputs.n
-    every = max(1, math.isqrt(L))
 
-    def step(s, l):
-        where = ctx.at(f"layer {l} {type(blocks[l - 1]).__name__}")
+    def step(s, l, tape):
+        """Layer l's forward law from its input ``s``; intermediate states go to ``tape``."""
+        where = ctx.block(f"layer {l} {type(blocks[l - 1]).__name__}", tape)
         found: dict = {}
         s = to_unit_diagonal(blocks[l - 1].theory_forward(s, where, found))
         _check_finite(s, where.path, "forward")
         return s, found.get("branch")
 
     s = inputs.moments()
-    rows = {0: _forward_row(s, None)} if 0 in record else {}
-    checkpoints = {0: s}
+    rows = {0: (s, None)} if 0 in record else {}
+    checkpoints, tapes, every = {0: s}, {}, 1
     for l in _progress(range(1, L + 1), progress, "theory forward"):
-        s, f = step(s, l)
+        tape: dict | None = {} if every == 1 else None
+        s, f = step(s, l, tape)
+        if l == 1 and _nbytes([tape, s]) * L > TAPE_BUDGET:
+            every, tape = max(1, math.isqrt(L)), None
+        if tape is not None:
+            tapes[l] = tape
         if l in record:
-            rows[l] = _forward_row(s, f)
+            rows[l] = (s, f)
         if l % every == 0:
             checkpoints[l] = s
 
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     grad_rows = {L: _log_diag(g)} if L in record else {}
     for start in _progress(sorted(checkpoints, reverse=True), progress, "theory backward"):
-        states = [checkpoints[start]]
-        for l in range(start + 1, min(start + every, L)):
-            states.append(step(states[-1], l)[0])
-        for l in range(min(start + every, L), start, -1):
-            where = ctx.at(f"layer {l} {type(blocks[l - 1]).__name__} (backward)")
+        end = min(start + every, L)
+        states = [checkpoints[start]]  # the inputs of layers start + 1 .. end
+        for l in range(start + 1, end + 1):
+            if l not in tapes:
+                tapes[l] = {}
+                out = step(states[l - 1 - start], l, tapes[l])[0]
+                if l < end:
+                    states.append(out)
+        for l in range(end, start, -1):
+            where = ctx.block(f"layer {l} {type(blocks[l - 1]).__name__} (backward)", tapes.pop(l))
             g = to_unit_diagonal(blocks[l - 1].theory_backward(states[l - 1 - start], g, where))
             _check_finite(g, where.path, "backward")
             if l - 1 in record:
@@ -88,6 +106,24 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False) -> x
                     coords=coords)
     ds.attrs = make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, "numpy")
     return ds
+
+
+def _nbytes(obj, seen=None) -> int:
+    """Bytes held by the arrays of a state or a tape (an array shared by several states once)."""
+    seen = set() if seen is None else seen
+    if isinstance(obj, np.ndarray):
+        base = obj if obj.base is None else obj.base
+        if id(base) in seen:
+            return 0
+        seen.add(id(base))
+        return obj.nbytes + ARRAY_OVERHEAD
+    if isinstance(obj, dict):
+        obj = list(obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v, seen) for v in obj)
+    if dataclasses.is_dataclass(obj):
+        return sum(_nbytes(getattr(obj, f.name), seen) for f in dataclasses.fields(obj))
+    return 0
 
 
 def _recorded(layers, L) -> set[int]:
@@ -115,28 +151,28 @@ def _log_diag(s: Gram):
         return 2 * s.ls + np.log(d)
 
 
-def _forward_row(s: Moments, f: Moments | None) -> dict:
-    """The recorded forward quantities of one layer (log scales kept, overflow deferred)."""
-    d = np.diagonal(s.K, axis1=-2, axis2=-1)
-    return {"log_q": _log_diag(s), "mt": s.m, "ls": s.ls, "vt": d - s.m**2, "corr": corr_of(s.K),
-            "log_branch_q": None if f is None else _log_diag(f)}
-
-
 def _variables(rows, grad_rows, shape, B):
-    """The schema's variables (layer first): scales from their logs (:func:`schema.complete`)."""
+    """The schema's variables (layer first) from the recorded (state, branch output) pairs of the
+    forward and the log gradient diagonals; scales from their logs (:func:`schema.complete`)."""
     def stack(items, extra=(B,)):
         return np.stack([np.broadcast_to(x, shape + extra) for x in items])
 
-    nan = np.full(shape + (B,), np.nan)
+    K = stack([s.K for s, _ in rows], (B, B))
+    m, ls = stack([s.m for s, _ in rows]), stack([s.ls for s, _ in rows])
+    d = np.diagonal(K, axis1=-2, axis2=-1)
+    with np.errstate(divide="ignore"):
+        log_q = 2 * ls + np.log(d)
+    branch = [f for _, f in rows if f is not None]
+    log_branch_q = np.full(log_q.shape, np.nan)
+    if branch:
+        fK = stack([f.K for f in branch], (B, B))
+        with np.errstate(divide="ignore"):
+            log_branch_q[[f is not None for _, f in rows]] = (
+                2 * stack([f.ls for f in branch]) + np.log(np.diagonal(fK, axis1=-2, axis2=-1)))
     with np.errstate(over="ignore", invalid="ignore"):
-        computed = {
-            "log_q": stack([r["log_q"] for r in rows]),
-            "mean": stack([r["mt"] * np.exp(r["ls"]) for r in rows]),
-            "var": stack([r["vt"] * np.exp(2 * r["ls"]) for r in rows]),
-            "corr": stack([r["corr"] for r in rows], (B, B)),
-            "log_grad_q": stack(grad_rows),
-            "log_branch_q": stack([nan if r["log_branch_q"] is None else r["log_branch_q"]
-                                   for r in rows])}
+        computed = {"log_q": log_q, "mean": m * np.exp(ls), "var": (d - m**2) * np.exp(2 * ls),
+                    "corr": corr_of(K), "log_grad_q": stack(grad_rows),
+                    "log_branch_q": log_branch_q}
     return schema.complete(computed)
 
 

@@ -18,6 +18,15 @@ from sigprop.analysis.plots import latex_escape
 
 SIMS = ("placement", "norms", "meanshift", "phase")
 
+# Thresholds of the verdicts. The values are infinite-width theory (no sampling error), so each
+# threshold is a physical quantity, not a number of standard errors.
+STABLE_FACTOR = 10.0  # a gradient "stable" through the stack: G_0 / G_L within one decade
+VAR_GROWTH = 2.0  # a stream "not kept at constant variance": var_L / var_0 above 2 (doubled)
+MEAN_DOMINATES = 1.0  # a mean "not near zero": mu_L^2 above the variance var_L
+BATCH_INVARIANT = 1e-9  # "does not depend on B": spread over B at rounding level (exact law)
+BATCH_EFFECT = STABLE_FACTOR  # BatchNorm "depends on B": G_0 moves by more than one decade
+CHI_TOL = 0.05  # a per-block gradient factor "predictable": |log chi| <= 5 % on the whole grid
+
 
 @dataclass
 class Row:
@@ -44,6 +53,27 @@ def _th(data, sim):
 
 def _last(th, arch, var, **sel):
     return float(th[var].sel(arch=arch, **sel).isel(layer=-1))
+
+
+def _first(th, arch, var, input=0):
+    return float(th[var].sel(arch=arch, input=input).isel(layer=0))
+
+
+def _vanishing_verdict(th, none1) -> str:
+    """"Misleading" when the unnormalised stack's gradient does not vanish (G_0 / G_L above
+    1 / STABLE_FACTOR: nothing to cure), "Supported" when it does; unknown without that arch."""
+    if none1 is None:
+        return "not computed"
+    return "Misleading" if _growth(th, none1) > -np.log(STABLE_FACTOR) else "Supported"
+
+
+def _post_tanh_logchi(phase) -> float:
+    """max |log chi| of Post-LN over the phase grid (0 when the phase sim lacks Post-LN)."""
+    if phase is None or "Post-LN" not in [str(a) for a in phase["arch"].values]:
+        return 0.0
+    from sigprop.figures.phase import factor
+
+    return float(np.abs(factor(phase).sel(arch="Post-LN")).max())
 
 
 def _growth(th, arch, var="log_grad_q"):
@@ -78,7 +108,8 @@ def placement_rows(th, phase=None) -> list[Row]:
     rows.append(Row(
         "Put the normalisation after the residual addition (Post-LN), ahead of the "
         "activation, to stabilise deep residual stacks.",
-        "Not supported as a rule",
+        "Supported" if max(abs(g_post), _post_tanh_logchi(phase) * L) <= np.log(STABLE_FACTOR)
+        else "Not supported as a rule",
         f"Post-LN pins the stream (var$_L$ = {v_post:.3g} at L = {L}) and, with ReLU "
         f"branches only, its gradient ratio $G_0/G_L$ = {np.exp(g_post):.3g}; "
         f"{_post_tanh(phase)}. Pre-LN leaves the stream unnormalised (var$_L$ = {v_pre:.4g}) "
@@ -88,7 +119,7 @@ def placement_rows(th, phase=None) -> list[Row]:
     expl = f"{np.exp(min(_growth(th, none1), 700.0)):.3g}" if none1 else "n/a"
     rows.append(Row(
         "LayerNorm keeps gradients large, curing vanishing gradients in deep residual stacks.",
-        "Misleading",
+        _vanishing_verdict(th, none1),
         f"No residual stack here shows vanishing gradients at initialisation: the skip path "
         f"keeps $G_0 \\ge G_L$ even without normalisation (ratio {expl} at alpha = 1, i.e. "
         f"exploding). LayerNorm bounds the growth: Pre-LN $G_0/G_L$ = {np.exp(g_pre):.3g} "
@@ -96,7 +127,7 @@ def placement_rows(th, phase=None) -> list[Row]:
         figs("gradient")))
     rows.append(Row(
         "LayerNorm keeps the layer outputs at zero mean and constant variance through depth.",
-        "False for Pre-LN" if v_pre > 2 else "Supported",
+        "False for Pre-LN" if v_pre / _first(th, pre, "var") > VAR_GROWTH else "Supported",
         f"Only the branch input is normalised: the Pre-LN stream variance grows linearly, "
         f"var$_L$ = {v_pre:.4g} at L = {L} (derivation: $q_L = q_0 + L\\alpha^2$); Post-LN "
         f"and DeepNorm fix it at {v_post:.3g}.",
@@ -113,7 +144,7 @@ def meanshift_rows(th) -> list[Row]:
     v = _last(th, pre_relu, "var", input=0)
     return [Row(
         "LayerNorm keeps the mean of the activations near zero.",
-        "False for the stream" if m2 > 1 else "Supported",
+        "False for the stream" if m2 / v > MEAN_DOMINATES else "Supported",
         f"With a branch ending in a ReLU, Pre-LN's stream accumulates a mean: "
         f"$\\mu_L^2$ = {m2:.4g} against var$_L$ = {v:.4g}; a branch ending in a Dense adds no "
         "mean.",
@@ -151,7 +182,9 @@ def norm_rows(th, mc=None) -> list[Row]:
     return [Row(
         "LayerNorm does not depend on the batch size, unlike BatchNorm; instance norm "
         "normalises each sample on its own.",
-        "Supported (LN, RMSNorm); IN not modelled",
+        ("Supported (LN, RMSNorm); IN not modelled"
+         if spread_ln <= BATCH_INVARIANT and abs(np.log(g0 / g1)) > np.log(BATCH_EFFECT)
+         else "Not supported"),
         f"Over B = {b[0]}..{b[-1]} the Pre-LN and Pre-RMSNorm curves do not move (spread "
         f"{spread_ln:.1e}); {bn}'s final correlation goes from {c0:.3g} ({src_c0}) to "
         f"{c1:.3g}. On feature vectors instance norm has no spatial axis to normalise over, so "
@@ -159,7 +192,9 @@ def norm_rows(th, mc=None) -> list[Row]:
         figs("norms")),
         Row(
         "BatchNorm is noisy at small batch sizes, LayerNorm is not.",
-        "Supported, and stronger" if g0 > 10 * g1 else "Supported",
+        ("Supported, and stronger (even at infinite width)"
+         if abs(np.log(g0 / g1)) > np.log(BATCH_EFFECT) and spread_ln <= BATCH_INVARIANT
+         else "Not supported at infinite width"),
         f"Even at infinite width, with no sampling noise, BatchNorm changes the signal with B: "
         f"the input gradient of {bn} is $G_0$ = {g0:.3g} at B = {b[0]} ({src_g0}) against "
         f"{g1:.3g} at B = {b[-1]}; at B = 2 each feature is normalised to $\\pm 1$ and the "
@@ -178,7 +213,7 @@ def phase_rows(th) -> list[Row]:
     post = float(np.abs(logchi.sel(arch="Post-LN")).max()) if "Post-LN" in logchi["arch"] else 0
     return [Row(
         "LayerNorm gives a consistent, predictable gradient flow through the network.",
-        "Placement-dependent" if post > 0.05 else "Supported",
+        "Placement-dependent" if post > CHI_TOL else "Supported",
         "Over the ($\\sigma_w^2$, alpha) grid of tanh branches the per-block gradient factor "
         "$\\chi$ moves away from 1 by: " + "; ".join(out) + ". It depends on the "
         "initialisation and on where the normalisation sits.", figs("phase"))]
@@ -231,11 +266,52 @@ def _depth_row(th, row: Row) -> Row:
     logs = {str(a): float(th["log_q"].sel(arch=a, input=0).isel(layer=-1)) for a in th["arch"].values}
     none1 = next((a for a in logs if a.startswith("none") and "sqrt" not in a), None)
     scaled = next((a for a in logs if a.startswith("none") and "sqrt" in a), None)
+    blown = none1 and scaled and logs[none1] - np.log(_first(th, none1, "q")) > np.log(STABLE_FACTOR)
+    tamed = scaled and abs(logs[scaled] - np.log(_first(th, scaled, "q"))) <= np.log(STABLE_FACTOR)
+    verdict = ("not computed" if not (none1 and scaled)
+               else "Not without scaling" if blown and tamed else "Supported")
     ev = (f"Without normalisation and alpha = 1, $\\log q_L$ = {logs[none1]:.4g} at L = {L} "
           f"(q doubles per block); with alpha = $1/\\sqrt{{L}}$ it is {logs[scaled]:.3g}. Depth "
           "needs a branch scale or a normalisation, not the skip alone.") if none1 and scaled \
         else "placement sim lacks the unnormalised arches"
-    return Row(row.claim, row.verdict, ev, row.where)
+    return Row(row.claim, verdict, ev, row.where)
+
+
+def numbers(data: dict) -> dict[str, float]:
+    """The numbers the paper's prose quotes, by macro name (``paper/generated/numbers.tex``)."""
+    out: dict[str, float] = {}
+    if (th := _th(data, "placement")) is not None:
+        archs = [str(a) for a in th["arch"].values]
+        pre = next(a for a in archs if a.startswith("Pre-LN"))
+        post = next(a for a in archs if a.startswith("Post-LN"))
+        out.update(PlacementDepth=int(th["layer"][-1]),
+                   PreLNVarL=_last(th, pre, "var", input=0),
+                   PostLNVarL=_last(th, post, "var", input=0))
+    if (th := _th(data, "meanshift")) is not None:
+        arch = next((str(a) for a in th["arch"].values if str(a).startswith("none")), None)
+        if arch is not None:
+            out.update(MeanShiftDepth=int(th["layer"][-1]),
+                       MeanShiftMuSqOverVar=_last(th, arch, "mean", input=0) ** 2
+                       / _last(th, arch, "var", input=0),
+                       MeanShiftLogGzero=float(th["log_grad_q"].sel(arch=arch, input=0)
+                                               .isel(layer=0) - th["log_grad_q"]
+                                               .sel(arch=arch, input=0).isel(layer=-1)))
+    return out
+
+
+def write_numbers(data: dict, path) -> Path:
+    """``\\newcommand{\\Name}{value}`` per :func:`numbers` (3 significant digits) at ``path``."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    lines = ["% Generated by sigprop.figures.claims (sigprop reproduce); do not edit."]
+    for name, value in numbers(data).items():
+        text = str(value) if isinstance(value, int) else f"{value:.3g}"
+        if "e" in text:  # 1.2e+03 -> 1.2\times10^{3} (the macros are used in math mode)
+            mantissa, exponent = text.split("e")
+            text = rf"{mantissa}\times10^{{{int(exponent)}}}"
+        lines.append(rf"\newcommand{{\{name}}}{{{text}}}")
+    path.write_text("\n".join(lines) + "\n")
+    return path
 
 
 def write_table(rows: list[Row], path) -> Path:

@@ -4,7 +4,9 @@ Asymptotes come from the derivations (``paper/generated/*.json`` of :mod:`sigpro
 every equation labelled ``<preset>_law`` whose left side is ``1 - c_l`` gives the large-depth
 law of that preset as an expression in ``l`` and the branch parameters ``alpha``, ``sigma_1``,
 ``sigma_2`` (ReLU MLP branches without biases, as derived), evaluated at each arch's values.
-Without such a file the lines are omitted and the caption says so.
+Without such a file the lines are omitted and the caption says so. The laws are rebuilt from
+their stored ``srepr`` by :func:`sigprop.symbolic.derivation.expr_from_srepr`, which runs no
+code from the file (``sympy.sympify`` would evaluate it).
 """
 
 import json
@@ -15,6 +17,8 @@ import sympy
 
 from sigprop import presets
 from sigprop.analysis import plots
+from sigprop.errors import ConfigError
+from sigprop.symbolic.derivation import expr_from_srepr
 
 SIM = "correlation"
 CAPTION = (
@@ -22,8 +26,9 @@ CAPTION = (
     "depth. Lines: infinite-width theory; points: Monte Carlo.")
 
 
-def asymptotes(generated_dir) -> dict[str, str]:
-    """{preset: law of 1 - c_l as a sympy string} from the generated derivation records."""
+def asymptotes(generated_dir) -> dict[str, sympy.Expr]:
+    """{preset: law of 1 - c_l} from the generated derivation records (a stored expression
+    that is not a plain sympy srepr is a ConfigError naming its file)."""
     laws = {}
     for path in sorted(Path(generated_dir).glob("*.json")):
         try:
@@ -31,9 +36,16 @@ def asymptotes(generated_dir) -> dict[str, str]:
         except json.JSONDecodeError:
             continue
         for eq in record.get("equations", []) if isinstance(record, dict) else []:
-            label, lhs = eq.get("label", ""), eq.get("lhs", {}).get("str", "")
-            if label.endswith("_law") and lhs.replace(" ", "") == "1-c_l":
-                laws[label.removesuffix("_law")] = eq["rhs"]["str"]
+            if not isinstance(eq, dict):
+                continue
+            label, lhs = eq.get("label", ""), (eq.get("lhs") or {}).get("str", "")
+            if isinstance(label, str) and label.endswith("_law") and \
+                    str(lhs).replace(" ", "") == "1-c_l":
+                try:
+                    laws[label.removesuffix("_law")] = expr_from_srepr(eq["rhs"]["srepr"])
+                except (ConfigError, KeyError, TypeError) as e:
+                    raise ConfigError(f"{path}: equation {label!r} rhs", "srepr",
+                                      f"a sympy srepr of whitelisted constructors ({e})") from None
     return laws
 
 
@@ -78,10 +90,11 @@ def _draw_asymptotes(ax, data, depth) -> bool:
         values = arch_values(arch, depth)
         if arch["preset"] not in laws or values is None:
             continue
-        expr = sympy.sympify(laws[arch["preset"]])
+        expr = laws[arch["preset"]]
         expr = expr.subs({s: values[s.name] for s in expr.free_symbols if s.name in values})
-        f = sympy.lambdify([s for s in expr.free_symbols if s.name == "l"] or
-                           [sympy.Symbol("l")], expr, "numpy")
+        if any(s.name != "l" for s in expr.free_symbols):  # a law in other parameters
+            continue
+        f = sympy.lambdify([s for s in expr.free_symbols] or [sympy.Symbol("l")], expr, "numpy")
         y = np.broadcast_to(np.asarray(f(layers), dtype=float), layers.shape)
         plots.theory_line(ax, layers, y, i, ls="--", lw=1.0)
         drawn = True

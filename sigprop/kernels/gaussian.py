@@ -18,6 +18,7 @@ May import: ``sigprop.state`` and ``sigprop.errors`` (and the kernels modules).
 
 from __future__ import annotations
 
+import functools
 import importlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -184,11 +185,24 @@ class Activation:
 
     def gram_kernel(self, K, ns: Namespace = NUMERIC):
         """E[phi(u) phi(u)^T] for u ~ N(0, K), over a stack of Grams K (..., B, B)."""
-        return self.kernel(*_gram_args(K, ns), ns)
+        return self._gram(self.kernel, K, ns)
 
     def gram_grad_kernel(self, K, ns: Namespace = NUMERIC):
         """E[phi'(u) phi'(u)^T] for u ~ N(0, K), over a stack of Grams K (..., B, B)."""
-        return self.grad_kernel(*_gram_args(K, ns), ns)
+        return self._gram(self.grad_kernel, K, ns)
+
+    def _gram(self, pair, K, ns):
+        """``pair(q_a, q_b, c_ab)`` for every entry of the Grams: numerically on the B(B+1)/2
+        entries a <= b only, mirrored (the result is symmetric), in Fortran order like K."""
+        if ns.symbolic:
+            return pair(*_gram_args(K, ns), ns)
+        K = np.asarray(K, dtype=float)
+        a, b = _upper(K.shape[-1])
+        upper = pair(*_gram_args_upper(K, a, b), ns)
+        out = np.empty(np.shape(upper)[:-1] + K.shape[-2:], order="F")
+        out[..., a, b] = upper
+        out[..., b, a] = upper
+        return out
 
     def mean(self, q, ns: Namespace = NUMERIC):
         """E[phi(u)], u ~ N(0, q)."""
@@ -208,7 +222,7 @@ class Activation:
                 return getattr(self._closed, face)(q1, q2, c, ns)
             return _elementwise(lambda a, b, r: integral_kernel(expr, a, b, r), q1, q2, c)
         q1, q2, c = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (q1, q2, c)))
-        c = np.clip(c, -1.0, 1.0)
+        c = _unit(c)
         if self._closed is not None:
             return getattr(self._closed, face)(q1, q2, c, ns)[()]
         out = np.empty(q1.shape)
@@ -242,9 +256,32 @@ def _gram_args(K, ns):
         c = np.where(eye, sympy.Integer(1), c)
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
-            c = np.clip(K / np.sqrt(q1 * q2), -1.0, 1.0)
+            c = _unit(K / np.sqrt(q1 * q2))
         c = (c + np.swapaxes(c, -1, -2)) / 2  # exactly symmetric: relu' kernel is steep at |c| = 1
         c = np.where(eye, 1.0, np.where(np.isfinite(c), c, 0.0))
+    return q1, q2, c
+
+
+def _unit(c):
+    """c clipped to [-1, 1] (np.clip's values, at a third of its call overhead)."""
+    return np.minimum(np.maximum(c, -1.0), 1.0)
+
+
+@functools.cache
+def _upper(B: int):
+    """Row and column indices of the entries a <= b of a B x B matrix."""
+    return np.triu_indices(B)
+
+
+def _gram_args_upper(K, a, b):
+    """(q1, q2, c) of :func:`_gram_args` at the entries (a, b) of the Grams only, each (..., P):
+    the same operations on the same numbers, so the same values there."""
+    d = np.diagonal(K, axis1=-2, axis2=-1)
+    q1, q2 = d[..., a], d[..., b]
+    with np.errstate(divide="ignore", invalid="ignore"):
+        root = np.sqrt(q1 * q2)
+        c = (_unit(K[..., a, b] / root) + _unit(K[..., b, a] / root)) / 2
+    c = np.where(a == b, 1.0, np.where(np.isfinite(c), c, 0.0))
     return q1, q2, c
 
 

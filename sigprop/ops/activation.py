@@ -78,6 +78,9 @@ class Act(Op):
         return Moments(K=K_out, m=m, ls=ls, refs=tuple(refs))
 
     def backward_law(self, s, g, ctx):
+        """G_in = E[phi'(u) phi'(v)] G (and the mean modes through E[phi'(u)]).
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         ns = ctx.ns
         act, K, _ = self._pre(s, ctx)
         d = np.diagonal(K, axis1=-2, axis2=-1)

@@ -137,6 +137,8 @@ class Op:
         raise NotImplementedError
 
     def backward_law(self, s: Moments, g: Cotangent, ctx: Context) -> Cotangent:
+        """The cotangent at the input from the one at the output, under gradient independence
+        (this module's docstring: reference and regime)."""
         raise NotImplementedError
 
     # -- Monte Carlo face (arrays (seeds, inputs, width) in log-scaled form, sigprop.state.arrays) ---

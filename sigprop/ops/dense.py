@@ -41,6 +41,9 @@ class Dense(Op):
         return Moments(K=K, m=0 * s.m, ls=s.ls + 0 * sw2[..., None], law=GAUSSIAN, refs=refs)
 
     def backward_law(self, s, g, ctx):
+        """G_in = sigma_w^2 ratio G; the mean modes decouple (W is fresh).
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         gain = np.asarray(ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio))  # 0-d object stays an array
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in g.refs)
         return g.replace(K=gain[..., None, None] * g.K, refs=refs)
@@ -79,6 +82,9 @@ class Scale(Op):
         return affine(s, a, None, s.ls + 0 * a)
 
     def backward_law(self, s, g, ctx):
+        """G_in = c^2 G (a fixed scale; no weights, so exact).
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         return cotangent_affine(g, vec(ctx.p(self.c)) + 0 * g.m, 0)
 
     def mc_forward(self, x, env, record=None):

@@ -43,6 +43,9 @@ class LayerNorm(Op):
         return affine(s, a, s.m, 0 * a)
 
     def backward_law(self, s, g, ctx):
+        """G_in = G_ab scale_a scale_b (the class docstring).
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         return cotangent_affine(g, self._scale(s, ctx), -s.ls)
 
     def mc_forward(self, x, env, record=None):
@@ -71,6 +74,9 @@ class RMSNorm(Op):
         return affine(s, a, None, 0 * a)
 
     def backward_law(self, s, g, ctx):
+        """G_in = G_ab scale_a scale_b (the class docstring).
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         return cotangent_affine(g, self._scale(s, ctx), -s.ls)
 
     def mc_forward(self, x, env, record=None):
@@ -116,7 +122,9 @@ class BatchNorm(Op):
 
     def backward_law(self, s, g, ctx):
         """E[J^T G J] for a cotangent independent of u; a part gated by a relu after this op
-        (g.gate) depends on u and goes through :func:`bn_relu_backward` instead."""
+        (g.gate) depends on u and goes through :func:`bn_relu_backward` instead.
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         top = np.max(g.ls, axis=-1, keepdims=True)
         u = np.exp(g.ls - top)
         S, eps, G = self._cov(s, ctx), ctx.p(self.eps), outer(u, u) * g.K

@@ -40,19 +40,29 @@ class Serial(Op):
     def label(self):
         return "Serial"
 
-    def _states(self, s, ctx):
+    def _states(self, s, ctx, record=None, upto=None):
+        """[s, layer 0 (s), layer 1 (layer 0 (s)), ...] through the first ``upto`` layers (all)."""
         states = [s]
-        for i, op in enumerate(self.layers):
-            states.append(op.theory_forward(states[-1], ctx.at(f"[{i}] {type(op).__name__}")))
+        for i, op in enumerate(self.layers[:upto]):
+            states.append(op.theory_forward(states[-1], ctx.at(f"[{i}] {type(op).__name__}"),
+                                            record))
         return states
 
     def forward_law(self, s, ctx, record=None):
-        for i, op in enumerate(self.layers):
-            s = op.theory_forward(s, ctx.at(f"[{i}] {type(op).__name__}"), record)
-        return s
+        """Left to right; on a taped context the layers' inputs are kept for the backward."""
+        states = self._states(s, ctx, record)
+        if ctx.tape is not None:
+            ctx.tape[ctx.key] = states[:-1]
+        return states[-1]
 
     def backward_law(self, s, g, ctx):
-        states = self._states(s, ctx)
+        """Right to left, each layer at its input: taped by this block's forward, or recomputed
+        (the last layer's output is not needed).
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
+        states = ctx.tape.pop(ctx.key, None) if ctx.tape is not None else None
+        if states is None:
+            states = self._states(s, ctx, upto=-1)
         for i in reversed(range(len(self.layers))):
             g = self.layers[i].theory_backward(states[i], g, ctx.at(f"[{i}] {type(self.layers[i]).__name__}"))
         return g
@@ -107,6 +117,9 @@ class Repeat(Op):
         return Serial(*([self.block] * self.n)).theory_forward(s, ctx, record)
 
     def backward_law(self, s, g, ctx):
+        """The Serial of n copies, right to left.
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         return Serial(*([self.block] * self.n)).theory_backward(s, g, ctx)
 
     def blocks(self):
@@ -180,6 +193,9 @@ class Residual(Op):
         return self._mix(s, f, ctx, "forward")
 
     def backward_law(self, s, g, ctx):
+        """G_in = beta^2 G + alpha^2 G_branch + cross terms through the shared refs.
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         gf = self.branch.theory_backward(s.push_ref(), g.push_ref(), ctx.at("branch"))
         if g.gate is not None and gf.gate is not None:
             raise UnsupportedComposition(

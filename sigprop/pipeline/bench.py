@@ -4,15 +4,17 @@ The timed net is a plain stack of Dense(sqrt 2) -> relu blocks (one Dense per la
 gradients. In one process, for each width N and batch B:
 
 * ``conditional``: ``sp.simulate(sampler="conditional")`` (the default sampler);
-* ``explicit``: ``sp.simulate(sampler="explicit")`` (every W drawn; drawn three times per layer:
-  forward, checkpoint recomputation, VJP);
+* ``explicit``: ``sp.simulate(sampler="explicit")`` (every W drawn, twice per layer: forward,
+  and the checkpoint recomputation, whose draw the VJP reuses);
 * ``numpy loop``: a plain NumPy loop, W drawn once per layer and kept for the backward;
 * ``torch loop``: the same in PyTorch with autograd, when torch is installed;
 * floors: ``layer floor`` is measured (draw N^2 normals + the B x N x N GEMM of one layer), and
   the model floors max(normals / RNG rate, bytes / bandwidth) of each sampler, with the RNG rate
   and the copy bandwidth measured here.
 
-Times are seconds per layer per seed (median of ``repeats`` runs).
+Times are seconds per layer per seed (median of ``repeats`` runs), each method called once
+untimed first (imports, caches, the provenance read, allocator warm-up), so the per-call fixed
+cost (about 1 ms) is spread over depth x seeds layer-seeds: 16 or more by default.
 """
 
 from __future__ import annotations
@@ -132,11 +134,12 @@ def _layer_floor(N, B, xp):
 def model_floors(N, B, rng_rate, bandwidth, itemsize=4):
     """Per layer and seed, forward + backward (with the recomputation sp.simulate does).
 
-    explicit: 3 N^2 normals (forward, recompute, VJP), each written and read once: 6 N^2 words.
+    explicit: 2 N^2 normals (forward, recompute; the VJP reuses the second), written once and read
+    once forward, twice backward: 5 N^2 words.
     conditional: 3 B N normals (Z forward, recompute, Z' backward) and ~40 passes over B N words
     (Grams, roots, products, activation, statistics, checkpoints).
     """
-    expl = max(3 * N * N / rng_rate, 6 * N * N * itemsize / bandwidth)
+    expl = max(2 * N * N / rng_rate, 5 * N * N * itemsize / bandwidth)
     cond = max(3 * B * N / rng_rate, 40 * B * N * itemsize / bandwidth)
     return expl, cond
 
@@ -184,12 +187,14 @@ def run_bench(widths=None, batch=(2, 8), depth=8, seeds=4, backend="auto", quick
             per = depth * seeds
             row = {"N": N, "B": B}
 
+            simulate(_net(1), x0, N, 1, backend=name)  # warm-up, untimed
             row["conditional"] = _timed(
                 lambda n=N, x=x0, net=net: simulate(net, x, n, seeds, backend=name), repeats) / per
             if N <= (4096 if quick else EXPLICIT_MAX):
                 # explicit comparators at 16384 run one layer for one seed (a W is 1 GiB)
                 d, s = (depth, seeds) if N <= 4096 else (1, 1)
                 args = (N, B, d, s)
+                simulate(_net(1), x0, min(N, 1024), 1, backend=name, sampler="explicit")  # warm-up
                 row["explicit"] = _timed(lambda a=args, x=x0: simulate(
                     _net(a[2]), x, a[0], a[3], backend=name, sampler="explicit"), 1) / (d * s)
                 if xp is np:
@@ -256,7 +261,7 @@ def main(widths=None, batch=(2, 8), depth=8, seeds=4, backend="auto",
     if widths is not None and all(isinstance(w, str) for w in widths):
         return main(**_parse_argv(list(widths)))
     if quick:
-        depth, seeds = min(depth, 4), min(seeds, 2)
+        depth, seeds = min(depth, 8), min(seeds, 2)
     res = run_bench(widths, batch, depth, seeds, backend, quick)
     md = to_markdown(res)
     print(md)
@@ -272,11 +277,15 @@ def _parse_argv(argv: list[str]) -> dict:
         return tuple(int(v) for v in text.split(","))
 
     p = argparse.ArgumentParser(prog="sigprop bench", description=__doc__.splitlines()[0])
-    p.add_argument("--widths", type=ints, default=None, help="comma-separated widths N")
-    p.add_argument("--batch", type=ints, default=(2, 8), help="comma-separated batch sizes B")
-    p.add_argument("--depth", type=int, default=8)
-    p.add_argument("--seeds", type=int, default=4)
-    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"))
-    p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown file ('' for none)")
-    p.add_argument("--quick", action="store_true", help="widths up to 4096, depth 4, 2 seeds")
+    p.add_argument("--widths", type=ints, default=None,
+                   help=f"comma-separated widths N (default {','.join(map(str, WIDTHS + WIDE))}; "
+                        f"--quick: {','.join(map(str, QUICK_WIDTHS))})")
+    p.add_argument("--batch", type=ints, default=(2, 8), help="comma-separated batch sizes B (default 2,8)")
+    p.add_argument("--depth", type=int, default=8, help="layers per timed run (default 8)")
+    p.add_argument("--seeds", type=int, default=4, help="seeds per timed run (default 4)")
+    p.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"),
+                   help="array backend (default auto: CuPy when a GPU is usable)")
+    p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown file to write the table to ('' for none; default benchmarks/RESULTS.md)")
+    p.add_argument("--quick", action="store_true",
+                   help="widths up to 4096, depth <= 8, 2 seeds, one timed run each")
     return vars(p.parse_args(argv))

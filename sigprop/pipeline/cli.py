@@ -14,7 +14,7 @@ from typing import Annotated
 import typer
 from rich.console import Console
 
-from sigprop.errors import SigpropError
+from sigprop.errors import ConfigError, SigpropError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Signal propagation through deep residual networks: theory, Monte Carlo, "
@@ -47,11 +47,12 @@ def _progress(items, what):
 @_clean_errors
 def theory(sim: SimPath, output: Output, profile: Profile = "quick"):
     """Infinite-width theory of every case of a sim -> one Dataset (kind=theory)."""
-    from sigprop.data import unsupported_of
+    from sigprop.data import check_output, unsupported_of
     from sigprop.pipeline.config import Sim
     from sigprop.pipeline.reproduce import save_quietly
     from sigprop.pipeline.runs import run_theory
 
+    check_output(output)
     s = Sim.load(sim)
     ds = run_theory(s, profile, _progress)
     save_quietly(ds, output)
@@ -70,10 +71,12 @@ def simulate(sim: SimPath, output: Output,
                  "--seeds", "-s", help="override the profile's seeds")] = None,
              profile: Profile = "quick"):
     """Monte Carlo of every case of a sim -> one Dataset (kind=montecarlo, dims seed, width)."""
+    from sigprop.data import check_output
     from sigprop.pipeline.config import Sim
     from sigprop.pipeline.reproduce import save_quietly
     from sigprop.pipeline.runs import run_montecarlo
 
+    check_output(output)
     s = Sim.load(sim)
     ds = run_montecarlo(s, profile, backend=backend, widths=width, seeds=seeds,
                         progress=_progress)
@@ -123,24 +126,44 @@ def reproduce(profile: Profile = "quick",
               paper: Annotated[bool, typer.Option(
                   "--paper/--no-paper", help="claims table and PDF")] = True,
               cache_dir: Annotated[Path | None, typer.Option(
-                  help="default .sigprop-cache")] = None):
-    """Every sim -> every figure -> the paper PDF; unchanged steps are skipped."""
+                  help="default .sigprop-cache")] = None,
+              allow_partial: Annotated[bool, typer.Option(
+                  "--allow-partial", help="exit 0 even when a step failed")] = False):
+    """Every sim -> every figure -> the paper PDF; unchanged steps are skipped.
+
+    Exit codes: 0 done; 1 a step failed (not cached; it reruns next time); 2 bad input;
+    128 + n stopped by signal n (130 Ctrl-C, 143 SIGTERM), with nothing half-done cached.
+    """
+    import signal
+
     from sigprop.pipeline.cache import Cache
     from sigprop.pipeline.config import PROFILES
+    from sigprop.pipeline.processes import interrupts
     from sigprop.pipeline.reproduce import Run
     from sigprop.pipeline.reproduce import reproduce as run_all
 
     if profile not in PROFILES:
         raise SigpropError(f"--profile {profile!r} is invalid; allowed: {', '.join(PROFILES)}")
-    run_all(Run(profile=profile, force=force, dry_run=dry_run, only=tuple(only or ()),
-                backend=backend, derive=derive_, paper=paper, cache=Cache(cache_dir),
-                console=console))
+    run = Run(profile=profile, force=force, dry_run=dry_run, only=tuple(only or ()),
+              backend=backend, derive=derive_, paper=paper, cache=Cache(cache_dir),
+              console=console)
+    with interrupts() as received:
+        try:
+            run_all(run)
+        except KeyboardInterrupt:
+            signum = received.get("signal", signal.SIGINT)
+            console.print(f"[bold red]interrupted ({signal.Signals(signum).name})[/]: stopped; "
+                          "nothing half-done was cached, a rerun resumes")
+            raise typer.Exit(128 + signum) from None
+    if run.failed and not allow_partial:
+        raise typer.Exit(1)
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True},
+             add_help_option=False)  # --help goes to bench's own parser, which lists its options
 @_clean_errors
 def bench(ctx: typer.Context):
-    """Benchmarks (sigprop.pipeline.bench.main); extra arguments are passed through."""
+    """Benchmarks (sigprop.pipeline.bench.main); `sigprop bench --help` lists the options."""
     try:
         from sigprop.pipeline.bench import main
     except ImportError:
@@ -159,18 +182,72 @@ def derive(names: Annotated[list[str] | None, typer.Argument(
                "paper/generated"),
            slow: Annotated[bool, typer.Option("--slow", help="also the long checks")] = False):
     """Run the symbolic derivations -> paper/generated/<name>.tex and .json."""
+    from sigprop.pipeline.processes import die_with_parent
+
+    die_with_parent()
     try:
         from sigprop.symbolic import derivation_names, run_one, summary
     except ImportError:
         raise SigpropError("sigprop.symbolic is not available in this checkout") from None
+    known = derivation_names()
+    unknown = [n for n in names or () if n not in known]
+    if unknown:
+        raise ConfigError("derivation", unknown[0], f"one of {', '.join(known)}")
     failed = 0
-    for name in _progress(names or derivation_names(), "derivations"):
+    for name in _progress(names or known, "derivations"):
         d = run_one(name, out, slow)
         console.print(summary(d), highlight=False)
         failed += not d.verified
     if failed:
         console.print(f"[bold red]{failed} derivation(s) not verified")
         raise typer.Exit(1)
+
+
+
+@app.command()
+@_clean_errors
+def sweep(sim: SimPath,
+          store: Annotated[Path, typer.Option(
+              "--output", "-o", help="the sim's zarr store (a rerun resumes it)")],
+          scheduler: Annotated[str | None, typer.Option(
+              help="a dask scheduler to run on, e.g. tcp://host:8786")] = None,
+          local: Annotated[int | None, typer.Option(
+              help="run on a dask LocalCluster of N worker processes")] = None,
+          grid_chunk: Annotated[int | None, typer.Option(
+              help="theory: sweep points per task along each sweep dim (default all)")] = None,
+          seed_chunk: Annotated[int | None, typer.Option(
+              help="Monte Carlo: seeds per task (default all)")] = None,
+          theory_: Annotated[bool, typer.Option("--theory/--no-theory")] = True,
+          montecarlo: Annotated[bool | None, typer.Option(
+              "--montecarlo/--no-montecarlo", help="default: when the profile has seeds")] = None,
+          backend: Annotated[str, typer.Option(help="Monte Carlo: auto, numpy or cupy")] = "auto",
+          width: Annotated[list[int] | None, typer.Option(
+              "--width", "-n", help="override the profile's widths")] = None,
+          seeds: Annotated[int | None, typer.Option(
+              "--seeds", "-s", help="override the profile's seeds")] = None,
+          overwrite: Annotated[bool, typer.Option(
+              help="discard a store holding another sweep")] = False,
+          export: Annotated[Path | None, typer.Option(
+              help="then write <dir>/<sim>.<kind>.nc")] = None,
+          profile: Profile = "quick"):
+    """A sim as tasks on dask (or here) -> one zarr store, resumable; sp.sweep_load reads it."""
+    from sigprop.data import save
+    from sigprop.pipeline.sweep import SweepFailed, sweep_load, sweep_run
+
+    try:
+        report = sweep_run(sim, store, profile=profile, theory=theory_, montecarlo=montecarlo,
+                           scheduler=scheduler, local=local, grid_chunk=grid_chunk,
+                           seed_chunk=seed_chunk, backend=backend, widths=width, seeds=seeds,
+                           overwrite=overwrite, progress=True)
+    except SweepFailed as e:
+        console.print(f"[bold red]{e}", highlight=False)
+        raise typer.Exit(1) from None
+    for kind, total in report.total.items():
+        console.print(f"{kind}: {total} chunks, {report.skipped[kind]} already done, "
+                      f"{report.computed[kind]} computed -> {report.store}/{kind}")
+        if export is not None:
+            path = save(sweep_load(report.store, kind), export / f"{sim.stem}.{kind}.nc")
+            console.print(f"  -> {path}")
 
 
 if __name__ == "__main__":  # pragma: no cover

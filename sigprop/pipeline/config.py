@@ -24,7 +24,9 @@ GPU), each with its depth and Monte Carlo settings::
     widths = [4096]
     seeds = 256
 
-Unknown keys are refused; every error names the file, the key and what is allowed.
+Unknown keys are refused and types are strict (``depth = "4"``, ``depth = true`` or
+``montecarlo = "yes"`` are errors, not coerced); every error names the file, the key and what
+is allowed.
 Running a sim is :mod:`sigprop.pipeline.runs`.
 """
 
@@ -40,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from sigprop import presets
 from sigprop.errors import ConfigError, SigpropError
-from sigprop.ops import Repeat
+from sigprop.ops import BatchNorm, Repeat
 from sigprop.state.inputs import Inputs
 from sigprop.state.params import RESERVED_DIMS, Sweep
 
@@ -71,13 +73,13 @@ def preset_kwargs(name: str) -> tuple[str, ...]:
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
 class ArchSpec(BaseModel):
     """One architecture: ``preset`` plus its keyword arguments (flat keys beside it)."""
 
-    model_config = ConfigDict(extra="allow", frozen=True)
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
     preset: str
     label: str | None = None
     montecarlo: bool = True  # false: theory only (e.g. a stream that overflows float32)
@@ -87,6 +89,22 @@ class ArchSpec(BaseModel):
     def _known(cls, v):
         if v not in presets.PRESETS:
             raise ValueError(f"unknown preset; allowed: {', '.join(presets.PRESETS)}")
+        return v
+
+    @field_validator("label")
+    @classmethod
+    def _drawable(cls, v):
+        """A label is drawn in legends by matplotlib's mathtext: refuse one it cannot parse
+        now, not after the simulations ran."""
+        if v is not None and "$" in v:
+            from matplotlib.mathtext import MathTextParser
+
+            try:
+                MathTextParser("path").parse(v)
+            except ValueError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else "a parse error"
+                raise ValueError(f"mathtext cannot draw it ({first}); allowed: plain text or "
+                                 "matplotlib mathtext between $...$") from None
         return v
 
     @model_validator(mode="after")
@@ -126,10 +144,19 @@ class GridSpec(_Strict):
     linspace: tuple[float, float, int] | None = None
     logspace: tuple[float, float, int] | None = None
 
+    @field_validator("linspace", "logspace", mode="before")
+    @classmethod
+    def _tuple(cls, v):
+        return tuple(v) if isinstance(v, list) else v  # TOML arrays are lists
+
     @model_validator(mode="after")
     def _one(self):
         if (self.linspace is None) == (self.logspace is None):
             raise ValueError("give exactly one of linspace = [a, b, n] or logspace = [a, b, n]")
+        a, b, n = self.linspace or self.logspace
+        if n < 1 or not all(np.isfinite(self.values())):
+            raise ValueError(f"the grid [{a}, {b}, {n}] is empty or not finite; allowed: finite "
+                             "a, b (logspace: 10^a, 10^b within float64) and n >= 1")
         return self
 
     def values(self) -> list[float]:
@@ -137,7 +164,8 @@ class GridSpec(_Strict):
             a, b, n = self.linspace
             return np.linspace(a, b, n).tolist()
         a, b, n = self.logspace
-        return np.logspace(a, b, n).tolist()
+        with np.errstate(over="ignore"):  # 10^400 is inf, refused by the caller
+            return np.logspace(a, b, n).tolist()
 
 
 SweepValues = list[float] | GridSpec
@@ -186,7 +214,7 @@ class SimSpec(_Strict):
     """One experiment: architectures, inputs, sweeps and the two profiles."""
 
     description: str
-    arch: list[ArchSpec]
+    arch: list[ArchSpec] = Field(min_length=1)
     inputs: InputsSpec = InputsSpec()
     sweeps: dict[str, SweepValues] = Field(default_factory=dict)
     root_seed: int = 0
@@ -228,7 +256,15 @@ class Sim:
         if not path.is_file():
             raise SimConfigError(path, "file", str(path), "an existing sims/<name>.toml", "not found")
         try:
-            raw = tomllib.loads(path.read_text())
+            text = path.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise SimConfigError(path, "file", f"byte {e.start}", "a UTF-8 text file",
+                                 "is not UTF-8") from None
+        except OSError as e:
+            raise SimConfigError(path, "file", str(path), "a readable file",
+                                 f"cannot be read ({e.strerror})") from None
+        try:
+            raw = tomllib.loads(text)
         except tomllib.TOMLDecodeError as e:
             raise SimConfigError(path, "TOML", str(e), "valid TOML syntax", "does not parse") from None
         try:
@@ -279,12 +315,26 @@ class Sim:
             except (ConfigError, TypeError) as e:
                 raise SimConfigError(self.path, f"arch '{a.name}'", a.kwargs, _allowed_of(e),
                                      f"does not build ({e})") from None
-        for p in PROFILES:
-            for b in self.batch_sizes(p):
+            for p in PROFILES:  # sweeps (finite values) and batch sizes of every profile
                 try:
-                    self.spec.inputs.build(b)
+                    self.sweeps(p)
                 except ConfigError as e:
-                    raise SimConfigError(self.path, f"inputs ({e.field})", e.value, e.allowed) from None
+                    raise SimConfigError(self.path, f"profiles.{p}.sweeps ({e.field})", e.value,
+                                         e.allowed) from None
+                for b in self.batch_sizes(p):
+                    try:
+                        inputs = self.spec.inputs.build(b)
+                    except ConfigError as e:
+                        raise SimConfigError(self.path, f"inputs ({e.field})", e.value,
+                                             e.allowed) from None
+                    self._check_batch(a, p, inputs)
+
+    def _check_batch(self, arch: ArchSpec, profile: str, inputs: Inputs):
+        """BatchNorm normalises each feature over the B inputs: B = 1 leaves 0/0 (all NaN)."""
+        if inputs.n < 2 and any(isinstance(op, BatchNorm) for op in self.net(arch, 1, {}).walk()):
+            raise SimConfigError(self.path, f"profiles.{profile}.batch_sizes", inputs.n,
+                                 ">= 2 inputs (BatchNorm over one input is undefined)",
+                                 f"does not suit arch '{arch.name}'")
 
 
 def _allowed_of(e: Exception) -> str:
@@ -294,7 +344,10 @@ def _allowed_of(e: Exception) -> str:
 def _explain(path, raw: dict, err: ValidationError) -> SimConfigError:
     """Turn pydantic's first error into one line naming the key, value and allowed values."""
     errors = err.errors()
-    e = next((x for x in errors if x["type"] == "extra_forbidden"), errors[0])
+    # an unknown key first, then our own checks (a union such as list | GridSpec also reports
+    # that a dict is not a list), then pydantic's first complaint
+    e = next((x for x in errors if x["type"] == "extra_forbidden"),
+             next((x for x in errors if x["type"] == "value_error"), errors[0]))
     loc = [x for x in e["loc"] if not str(x).startswith(("function-", "list[", "float", "int",
                                                           "GridSpec", "tuple["))]
     key = ".".join(str(x) for x in loc) or "(top level)"

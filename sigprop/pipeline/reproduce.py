@@ -1,16 +1,19 @@
 """``sigprop reproduce``: derivations -> every sim (theory, Monte Carlo) -> every figure -> PDF.
 
 Each step is skipped when the hash of what it depends on is unchanged (:mod:`sigprop.pipeline.cache`):
-simulations are keyed on (resolved sim config, compute code version), figures on (figure code,
-shared style, the keys of their data, the generated equations), the PDF on its sources. So a
-second run with nothing changed recomputes nothing, and restyling a figure redraws it without
-rerunning a simulation. Missing collaborators degrade gracefully and say so: without
+simulations are keyed on (resolved sim config, compute code version), figures on (the import
+closure of their module, the keys of their data, the generated equations), the PDF on its
+sources. So a second run with nothing changed recomputes nothing, and restyling a figure
+redraws it without rerunning a simulation. Outputs are written atomically and stamped last
+with their hashes; a failed, timed-out or interrupted step is never stamped (it is shown as
+failed and reruns next time), and the whole run holds the cache's lock. Missing collaborators degrade gracefully and say so: without
 :mod:`sigprop.engines.montecarlo` figures show theory only; without :mod:`sigprop.symbolic` the paper
 prints "not generated" notes; without ``latexmk`` the PDF is skipped.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -18,6 +21,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +30,12 @@ from rich.console import Console
 from rich.progress import track
 from rich.table import Table
 
-from sigprop.data import load, save
-from sigprop.errors import SigpropError
+from sigprop.data import load, remove_stale_temporaries, save
+from sigprop.errors import ConfigError, SigpropError
 from sigprop.figures import FIGURES, module, render
 from sigprop.pipeline import cache as cachemod
 from sigprop.pipeline.config import Sim, load_all
+from sigprop.pipeline.processes import child_env, kill_group
 from sigprop.pipeline.runs import run_montecarlo, run_theory
 
 PAPER = Path("paper")
@@ -69,36 +74,76 @@ class Run:
     console: Console = field(default_factory=Console)
     rows: list[tuple[str, str, float]] = field(default_factory=list)
 
-    def step(self, name: str, key: str, fn, outputs=()):
-        """Run ``fn`` unless ``name`` is fresh under ``key``; record the outcome."""
-        if not self.force and self.cache.fresh(name, key):
-            self.rows.append((name, "cached", 0.0))
-            return "cached"
-        if self.dry_run:
-            self.rows.append((name, "would run", 0.0))
-            return "would run"
-        start = time.perf_counter()
-        self.console.log(f"[bold]{name}[/]: running")
-        result = fn()
-        written = outputs() if callable(outputs) else list(outputs)
-        if result is not False:
-            self.cache.mark(name, key, written)
-        status = "ran" if result is not False else "skipped"
-        self.rows.append((name, status, time.perf_counter() - start))
-        return status
-
     def __post_init__(self):
         if self.derive_timeout is None and self.profile == "quick":
             self.derive_timeout = QUICK_DERIVE_TIMEOUT
+
+    @property
+    def failed(self) -> list[str]:
+        """Steps that failed (or could not run because a step they need failed)."""
+        return [name for name, status, _ in self.rows if status.startswith(FAILED)]
+
+    def todo(self, name: str, key: str) -> str | None:
+        """Why ``name`` must run under ``key``, or None (recorded as 'cached' or 'would run');
+        a stamped output that no longer matches its hash is said and recomputed."""
+        why = "--force" if self.force else self.cache.stale(name, key)
+        if why is None:
+            self.rows.append((name, "cached", 0.0))
+            return None
+        if why.startswith("output "):
+            self.console.log(f"[yellow]{name}: {why}: recomputing")
+        if self.dry_run:
+            self.rows.append((name, "would run", 0.0))
+            return None
+        return why
+
+    def step(self, name: str, key: str, fn, outputs=()) -> str:
+        """Run ``fn`` unless ``name`` is fresh under ``key``; stamp it only when it succeeded.
+
+        Returns 'cached', 'would run', 'ran' or 'failed' (an exception in ``fn``: shown in the
+        table with its log, never stamped, so the next run retries it).
+        """
+        why = self.todo(name, key)
+        if why is None:
+            return self.rows[-1][1]
+        start = time.perf_counter()
+        self.console.log(f"[bold]{name}[/]: running ({why})")
+        try:
+            fn()
+            self.cache.mark(name, key, outputs() if callable(outputs) else list(outputs))
+        except Exception as e:  # noqa: BLE001  (any failure of a step is reported, not cached)
+            self.fail(name, f"{type(e).__name__}: {e}", time.perf_counter() - start,
+                      traceback.format_exc())
+            return FAILED
+        self.rows.append((name, "ran", time.perf_counter() - start))
+        return "ran"
+
+    def fail(self, name: str, why: str, seconds: float = 0.0, log: str | None = None):
+        """Record a failed step (with its traceback in ``<cache>/logs/`` when given)."""
+        if log is not None:
+            path = self.cache.root / "logs" / f"{name.replace(' ', '_')}.log"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(log)
+            why = f"{why.splitlines()[0] if why else ''} (log: {path})"
+        self.rows.append((name, f"{FAILED}: {why}", seconds))
 
     def note(self, name: str, why: str):
         self.rows.append((name, f"skipped: {why}", 0.0))
 
 
+FAILED = "failed"
+
+
 def reproduce(run: Run) -> list[tuple[str, str, float]]:
-    """Every step, in order; returns (step, status, seconds) rows (also printed)."""
+    """Every step, in order, under the cache's lock; returns (step, status, seconds) rows (also
+    printed). A failed step is in ``run.failed``; an interrupt cancels the derivations and
+    propagates, with nothing half-done stamped."""
     start = time.perf_counter()
     sims = load_all(run.sims_dir)
+    known = (*FIGURES, *sims)
+    unknown = [o for o in run.only if o not in known]
+    if unknown:
+        raise ConfigError("--only", unknown[0], f"a figure or sim name: {', '.join(known)}")
     figures = [f for f in FIGURES if not run.only or f in run.only or module(f).SIM in run.only]
     needed = {module(f).SIM for f in figures}
     missing = needed - set(sims)
@@ -107,66 +152,56 @@ def reproduce(run: Run) -> list[tuple[str, str, float]]:
     generated = run.paper_dir / "generated"
     figures_dir = run.paper_dir / "figures"
 
-    wait_derive = _start_derive(run, generated)
-    try:
-        keys = {name: _simulate(run, sims[name]) for name in sorted(needed)}
-    finally:
-        if wait_derive is not None:
-            run.console.log("waiting for the derivations")
-            wait_derive()
-    for name in figures:
-        _figure(run, name, keys[module(name).SIM], generated, figures_dir)
-    if run.paper and not run.only:
-        _claims(run, keys, figures_dir)
-        _derivation_list(run, generated, figures_dir)
-        _pdf(run)
+    # a dry run writes nothing, so it neither takes the lock nor creates the cache
+    with contextlib.nullcontext() if run.dry_run else run.cache.lock(log=run.console.log):
+        for folder in () if run.dry_run else (generated, figures_dir):
+            remove_stale_temporaries(folder)
+        pool = _start_derive(run, generated)
+        try:
+            keys = {name: _simulate(run, sims[name]) for name in sorted(needed)}
+            if pool is not None:
+                run.console.log("waiting for the derivations")
+                pool.finish()
+        except BaseException:
+            if pool is not None:
+                pool.cancel()
+            raise
+        for name in figures:
+            _figure(run, name, keys[module(name).SIM], generated, figures_dir)
+        if run.paper and not run.only:
+            _claims(run, keys, figures_dir)
+            _derivation_list(run, generated, figures_dir)
+            _pdf(run)
     _report(run, time.perf_counter() - start)
     return run.rows
 
 
 # -- steps ------------------------------------------------------------------------------------
 
-def _start_derive(run: Run, generated: Path):
-    """Start the derivations in subprocesses (beside the sims, on the other core).
+def _start_derive(run: Run, generated: Path) -> DerivePool | None:
+    """Start the derivations that are not fresh in subprocesses (beside the sims, on the other
+    core); returns their pool, or None when there is nothing to run.
 
-    Returns a function that waits for them (at most ``run.derive_timeout`` seconds) and
-    records the step, or None when there is nothing to wait for.
+    Each derivation is its own step (``derive NAME``), keyed on the compute code and its
+    script; one that fails its checks, crashes or is stopped at ``run.derive_timeout`` is
+    recorded as failed and not stamped.
     """
     if not run.derive:
         run.note("derive", "--no-derive")
         return None
-    from sigprop import symbolic
+    from sigprop.symbolic import derivation
 
-    names = symbolic.derivation_names()
-    scripts = [symbolic.DERIVATIONS_DIR / f"{n}.py" for n in names]
-    key = cachemod.digest(cachemod.code_version(), cachemod.file_digest(*scripts))
-    if not run.force and run.cache.fresh("derive", key):
-        run.rows.append(("derive", "cached", 0.0))
-        return None
-    if run.dry_run:
-        run.rows.append(("derive", "would run", 0.0))
+    code = cachemod.code_version()
+    keys = {n: cachemod.digest(code, cachemod.file_digest(derivation.DERIVATIONS_DIR / f"{n}.py"))
+            for n in derivation.derivation_names()}
+    todo = [n for n, key in keys.items() if run.todo(f"derive {n}", key)]
+    if not todo:
         return None
     logs = run.cache.root / "derive"
     logs.mkdir(parents=True, exist_ok=True)
-    pool = DerivePool(_longest_first(names, generated), generated, logs, run.derive_timeout)
-    run.console.log(f"[bold]derive[/]: running {len(names)} derivations in the background "
+    run.console.log(f"[bold]derive[/]: running {len(todo)} derivations in the background "
                     f"(logs: {logs}/)")
-
-    def finish():
-        pool.jobs = os.cpu_count() or 1  # the sims are done: use every core
-        failed, stopped = pool.wait()
-        status = "ran"
-        if failed:
-            status = f"ran; not verified: {', '.join(failed)} (logs in {logs}/)"
-        if stopped:
-            status = (f"stopped after {run.derive_timeout:.0f} s, not run: {', '.join(stopped)} "
-                      "(run `sigprop derive NAME`)")
-        outputs = [p for n in names for p in (generated / f"{n}.tex", generated / f"{n}.json")
-                   if p.exists()]
-        run.cache.mark("derive", key, outputs)
-        run.rows.append(("derive", status, pool.seconds))
-
-    return finish
+    return DerivePool(run, {n: keys[n] for n in _longest_first(todo, generated)}, generated, logs)
 
 
 def _longest_first(names: list[str], generated: Path) -> list[str]:
@@ -183,100 +218,149 @@ def _longest_first(names: list[str], generated: Path) -> list[str]:
 class DerivePool:
     """``sigprop derive NAME`` subprocesses, at most ``jobs`` at a time, in a background thread.
 
-    ``jobs`` starts at 1 (one core for the derivations while the sims use the other) and may be
-    raised later; past ``timeout`` seconds the running ones are stopped and the rest skipped.
+    ``jobs`` starts at 1 (one core for the derivations while the sims use the other) and is
+    raised by :meth:`finish`; past ``run.derive_timeout`` seconds the running ones are stopped
+    and the rest skipped. Each child leads its own process group (a terminal's Ctrl-C reaches
+    only this process, which stops them all) and dies with its parent (``PR_SET_PDEATHSIG``).
     """
 
-    def __init__(self, names, generated, logs: Path, timeout=None, jobs: int = 1):
-        self.queue, self.generated, self.logs = list(names), generated, logs
-        self.timeout, self.jobs = timeout, jobs
-        self.failed: list[str] = []
-        self.stopped: list[str] = []
+    def __init__(self, run: Run, keys: dict[str, str], generated: Path, logs: Path, jobs: int = 1):
+        self.run, self.keys, self.generated, self.logs = run, keys, generated, logs
+        self.queue, self.jobs = list(keys), jobs
+        self.timeout = run.derive_timeout
+        self.outcome: dict[str, tuple[str, float]] = {}  # name -> (status, seconds)
+        self.running: dict[str, tuple[subprocess.Popen, float]] = {}
+        self.cancelled, self.done = threading.Event(), threading.Event()
         self.start = time.perf_counter()
-        self.seconds = 0.0
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
 
+    def _launch(self, name: str) -> subprocess.Popen:
+        with open(self.logs / f"{name}.log", "w") as fh:
+            return subprocess.Popen(
+                [sys.executable, "-m", "sigprop.pipeline.cli", "derive", name, "--out",
+                 str(self.generated)], stdout=fh, stderr=subprocess.STDOUT, env=child_env(),
+                start_new_session=True)
+
     def _loop(self):
-        running: dict[str, subprocess.Popen] = {}
-        while self.queue or running:
+        try:
+            self._schedule()
+        finally:  # cancelled (or broken): stop what still runs
+            for proc, _ in self.running.values():
+                kill_group(proc)
+                proc.wait()
+            self.done.set()
+
+    def _schedule(self):
+        while (self.queue or self.running) and not self.cancelled.is_set():
             late = self.timeout is not None and time.perf_counter() - self.start > self.timeout
-            for name, proc in list(running.items()):
+            for name, (proc, began) in list(self.running.items()):
                 if late:
-                    proc.kill()
+                    kill_group(proc)
                 if proc.poll() is not None:
-                    del running[name]
-                    (self.stopped if late else self.failed if proc.returncode else []).append(name)
+                    del self.running[name]
+                    status = (f"{FAILED}: stopped after {self.timeout:.0f} s (run `sigprop derive "
+                              f"{name}`)" if late else "ran" if proc.returncode == 0 else
+                              f"{FAILED}: not verified (exit {proc.returncode}; log: "
+                              f"{self.logs / name}.log)")
+                    self.outcome[name] = (status, time.perf_counter() - began)
             if late:
-                self.stopped += self.queue
+                self.outcome.update({n: (f"{FAILED}: not started within {self.timeout:.0f} s", 0.0)
+                                     for n in self.queue})
                 self.queue = []
-            while self.queue and len(running) < self.jobs:
+            while self.queue and len(self.running) < self.jobs and not self.cancelled.is_set():
                 name = self.queue.pop(0)
-                with open(self.logs / f"{name}.log", "w") as fh:
-                    running[name] = subprocess.Popen(
-                        [sys.executable, "-m", "sigprop.pipeline.cli", "derive", name, "--out",
-                         str(self.generated)], stdout=fh, stderr=subprocess.STDOUT)
-            time.sleep(0.2)
-        self.seconds = time.perf_counter() - self.start
+                self.running[name] = (self._launch(name), time.perf_counter())
+            time.sleep(0.05)
 
-    def wait(self) -> tuple[list[str], list[str]]:
-        """Block until every derivation ended; returns (not verified, stopped or skipped)."""
-        self.thread.join()
-        return self.failed, self.stopped
+    def finish(self):
+        """Use every core, wait for every derivation, then record each (stamping only those
+        that ran and verified)."""
+        self.jobs = os.cpu_count() or 1
+        while not self.done.wait(0.5):  # (an interrupted Thread.join can report a live thread
+            pass                        # as finished, so completion is an event of our own)
+        for name, (status, seconds) in self.outcome.items():
+            step = f"derive {name}"
+            if status == "ran":
+                outputs = [self.generated / f"{name}{s}" for s in (".tex", ".json")]
+                try:
+                    self.run.cache.mark(step, self.keys[name], outputs)
+                except FileNotFoundError as e:
+                    status = f"{FAILED}: {e}"
+            self.run.rows.append((step, status, seconds))
+
+    def cancel(self):
+        """Stop every running derivation (their whole process groups) and start no other."""
+        self.cancelled.set()
+        self.done.wait(10)
+        for proc, _ in list(self.running.values()):  # had the loop not stopped them
+            kill_group(proc)
 
 
-def _simulate(run: Run, sim: Sim) -> dict[str, Path | None]:
-    """Theory and Monte Carlo of one sim; returns the paths of the cached results."""
+def _simulate(run: Run, sim: Sim) -> dict[str, Path | None] | None:
+    """Theory and Monte Carlo of one sim; returns the paths of the cached results, or None
+    when one of them failed."""
     config, code = sim.config(run.profile), cachemod.code_version()
     out = {}
     key = cachemod.digest("theory", config, code)
     path = run.cache.data("theory", sim.name, key)
-    run.step(f"theory {sim.name}", key,
-             lambda: save_quietly(run_theory(sim, run.profile, progress), path), [path])
+    status = run.step(f"theory {sim.name}", key,
+                      lambda: save_quietly(run_theory(sim, run.profile, progress), path), [path])
     out["theory"] = path
     prof = sim.profile(run.profile)
     out["montecarlo"] = None
-    if not prof.montecarlo or not any(a.montecarlo for a in sim.spec.arch):
-        return out
-    key = cachemod.digest("montecarlo", config, code)
-    path = run.cache.data("montecarlo", sim.name, key)
-    run.step(f"simulate {sim.name}", key,
-             lambda: save_quietly(run_montecarlo(sim, run.profile, backend=run.backend,
-                                         progress=progress), path), [path])
-    out["montecarlo"] = path
-    return out
+    if prof.montecarlo and any(a.montecarlo for a in sim.spec.arch):
+        key = cachemod.digest("montecarlo", config, code)
+        path = run.cache.data("montecarlo", sim.name, key)
+        mc = run.step(f"simulate {sim.name}", key,
+                      lambda: save_quietly(run_montecarlo(sim, run.profile, backend=run.backend,
+                                                          progress=progress), path), [path])
+        status = FAILED if FAILED in (status, mc) else status
+        out["montecarlo"] = path
+    return None if status == FAILED else out
 
 
-def _figure(run: Run, name: str, data: dict, generated: Path, out_dir: Path):
+def _figure(run: Run, name: str, data: dict | None, generated: Path, out_dir: Path):
     from sigprop.analysis.plots import FigureData
 
+    step = f"figure {name}"
+    if data is None:
+        run.fail(step, f"sim {module(name).SIM} failed")
+        return
     mod = module(name)
-    code = cachemod.file_digest(mod.__file__, *(cachemod.PACKAGE / f for f in
-                                                 ("analysis/plots.py", "analysis/compare.py", "figures/__init__.py")))
-    key = cachemod.digest(code, {k: str(v) for k, v in data.items()},
+    key = cachemod.digest(cachemod.closure_digest(mod.__name__),
+                          cachemod.closure_digest("sigprop.figures"),
+                          {k: str(v) for k, v in data.items()},
                           cachemod.file_digest(*sorted(generated.glob("*.json"))))
 
     def go():
         mc = load(data["montecarlo"]) if data["montecarlo"] else None
-        render(name, FigureData(load(data["theory"]), mc, generated), out_dir)
+        with cachemod.staged(out_dir) as tmp:
+            render(name, FigureData(load(data["theory"]), mc, generated), tmp)
 
-    run.step(f"figure {name}", key, go,
-             [out_dir / f"{name}{s}" for s in (".pdf", ".png", ".caption.tex")])
+    run.step(step, key, go, [out_dir / f"{name}{s}" for s in (".pdf", ".png", ".caption.tex")])
 
 
 def _claims(run: Run, keys: dict, out_dir: Path):
     from sigprop.figures import claims
 
     needed = {s: keys[s] for s in claims.SIMS if s in keys}
-    key = cachemod.digest(cachemod.file_digest(claims.__file__),
+    failed = [s for s, d in needed.items() if d is None]
+    if failed:
+        run.fail("claims table", f"sims {', '.join(failed)} failed")
+        return
+    key = cachemod.digest(cachemod.closure_digest(claims.__name__),
                           {s: {k: str(v) for k, v in d.items()} for s, d in needed.items()})
     path = out_dir / "claims_table.tex"
 
     def go():
         datasets = {s: {k: load(v) if v else None for k, v in d.items()} for s, d in needed.items()}
-        claims.write_table(claims.audit(datasets), path)
+        with cachemod.staged(out_dir) as tmp:
+            claims.write_table(claims.audit(datasets), tmp / path.name)
+            claims.write_numbers(datasets, tmp / numbers.name)  # the paper's \input numbers
 
-    run.step("claims table", key, go, [path])
+    numbers = out_dir / "numbers.tex"
+    run.step("claims table", key, go, [path, numbers])
 
 
 def _derivation_list(run: Run, generated: Path, out_dir: Path):
@@ -287,9 +371,12 @@ def _derivation_list(run: Run, generated: Path, out_dir: Path):
     path = out_dir / "derivations_list.tex"
     key = cachemod.digest([p.name for p in scripts],
                           cachemod.file_digest(*sorted(generated.glob("*.json"))))
-    run.step("derivations list", key,
-             lambda: path.write_text(derivation_list([p.stem for p in scripts], generated)),
-             [path])
+
+    def go():
+        with cachemod.staged(out_dir) as tmp:
+            (tmp / path.name).write_text(derivation_list([p.stem for p in scripts], generated))
+
+    run.step("derivations list", key, go, [path])
 
 
 def _pdf(run: Run):
@@ -317,13 +404,17 @@ def _report(run: Run, seconds: float):
     for col in ("step", "status", "seconds"):
         table.add_column(col, justify="right" if col == "seconds" else "left")
     for name, status, t in run.rows:
-        style = "green" if status == "ran" else ("dim" if status == "cached" else "yellow")
+        style = {"ran": "green", "cached": "dim"}.get(status, "red" if status.startswith(FAILED)
+                                                      else "yellow")
         table.add_row(name, status, f"{t:.1f}", style=style)
     run.console.print(table)
     ran = [r for r in run.rows if r[1] == "ran"]
     if run.dry_run:
         todo = sum(r[1] == "would run" for r in run.rows)
         run.console.print(f"dry run: {todo} step(s) would run, nothing was computed.")
+    elif run.failed:
+        run.console.print(f"[bold red]{len(run.failed)} step(s) failed: {', '.join(run.failed)}; "
+                          "they are not cached and will run again next time.")
     elif not ran:
         run.console.print(f"[bold green]Everything is up to date: nothing was recomputed "
                           f"({seconds:.1f} s).")

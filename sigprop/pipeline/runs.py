@@ -28,21 +28,13 @@ def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
     A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
     :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
     """
-    from sigprop.engines.theory import theory
-
     prof, sweeps = sim.profile(profile), sim.sweeps(profile)
     items, unsupported = [], {}
     cases = list(itertools.product(sim.spec.arch, sim.batch_sizes(profile)))
     for arch, batch in _iterate(cases, progress, f"theory {sim.name}"):
-        inputs = sim.spec.inputs.build(batch)
-        try:
-            ds = theory(sim.net(arch, prof.depth, sweeps), inputs)
-        except UnsupportedComposition as e:
-            unsupported[_case_label(arch, batch)] = str(e)
-            ds = _nan_dataset(prof.depth, inputs.n, sweeps)
-        except SigpropError as e:  # e.g. an overflow: keep the other cases, say which failed
-            unsupported[_case_label(arch, batch)] = f"the theory failed: {type(e).__name__}: {e}"
-            ds = _nan_dataset(prof.depth, inputs.n, sweeps)
+        ds, reason = theory_case(sim, arch, batch, prof.depth, sweeps)
+        if reason is not None:
+            unsupported[_case_label(arch, batch)] = reason
         items.append(({"arch": arch.name, "batch": batch}, _strip(ds)))
     out = _stack(items)
     out.attrs = make_attrs("theory", sim.config(profile), "numpy", sim=sim.name, profile=profile,
@@ -53,8 +45,6 @@ def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
 def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds=None,
                    progress=None) -> xr.Dataset:
     """Monte Carlo (``sp.simulate``) of every case; dims ``seed`` and ``width`` added."""
-    from sigprop.engines.montecarlo import simulate
-
     prof, sweeps = sim.profile(profile), sim.sweeps(profile)
     widths = list(widths or prof.widths)
     seeds = seeds or prof.seeds
@@ -67,10 +57,7 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
     cases = list(itertools.product(archs, sim.batch_sizes(profile), grid, widths))
     items, used = [], set()
     for arch, batch, point, width in _iterate(cases, progress, f"simulate {sim.name}"):
-        net = sim.net(arch, prof.depth, point, blocks=prof.mc_depth)
-        ds = simulate(net, sim.spec.inputs.build(batch), width=width, seeds=seeds,
-                      backend=backend, dtype=prof.dtype, root_seed=sim.spec.root_seed,
-                      sampler=prof.sampler)
+        ds = montecarlo_case(sim, profile, arch, batch, point, width, range(seeds), backend)
         used.add(ds.attrs.get("backend", backend))
         items.append(({"arch": arch.name, "batch": batch, **point, "width": width}, _strip(ds)))
     out = _stack(items)
@@ -78,6 +65,34 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
                            sim=sim.name, profile=profile, seeds=seeds,
                            root_seed=sim.spec.root_seed)
     return out
+
+
+def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, Sweep]):
+    """(dataset, None) for one (arch, batch) case over ``sweeps``, or (the NaN dataset, reason)
+    when the theory cannot integrate it or fails (a :class:`SigpropError`, e.g. an overflow)."""
+    from sigprop.engines.theory import theory
+
+    inputs = sim.spec.inputs.build(batch)
+    try:
+        return theory(sim.net(arch, depth, sweeps), inputs), None
+    except UnsupportedComposition as e:
+        reason = str(e)
+    except SigpropError as e:  # e.g. an overflow: keep the other cases, say which failed
+        reason = f"the theory failed: {type(e).__name__}: {e}"
+    return _nan_dataset(depth, inputs.n, sweeps), reason
+
+
+def montecarlo_case(sim: Sim, profile: str, arch: ArchSpec, batch, point: dict, width: int,
+                    seeds: range, backend: str) -> xr.Dataset:
+    """``sp.simulate`` of one (arch, batch, grid point, width) case on the seeds ``seeds``
+    (consecutive: split the seeds over calls and the numbers do not change)."""
+    from sigprop.engines.montecarlo import simulate
+
+    prof = sim.profile(profile)
+    net = sim.net(arch, prof.depth, point, blocks=prof.mc_depth)
+    return simulate(net, sim.spec.inputs.build(batch), width=width, seeds=len(seeds),
+                    first_seed=seeds.start, backend=backend, dtype=prof.dtype,
+                    root_seed=sim.spec.root_seed, sampler=prof.sampler)
 
 
 def _case_label(arch: ArchSpec, batch) -> str:

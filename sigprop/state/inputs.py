@@ -10,6 +10,7 @@ from sigprop.errors import ConfigError
 from sigprop.state.moments import GAUSSIAN, GENERAL, Moments
 
 LAWS = ("fixed", "gaussian")
+PSD_TOL = 1e-10  # smallest eigenvalue allowed below 0 for a matrix of O(1) entries (rounding)
 
 
 @dataclass(frozen=True, init=False)
@@ -39,22 +40,27 @@ class Inputs:
         if len(set(sizes)) > 1:
             raise ConfigError("Inputs sizes (q, mean, corr, n)", sizes, "all the same number of inputs")
         B = sizes[0] if sizes else 1
+        if B == 0:
+            raise ConfigError("Inputs.q", q, "at least one input (a number or a non-empty list)")
         qv = _vector("Inputs.q", q, qa, B)
         mv = _vector("Inputs.mean", mean, ma, B)
         if np.any(qv <= 0):
             raise ConfigError("Inputs.q", q, "> 0 for every input (second moment)")
-        if np.any(mv**2 > qv * (1 + 1e-12)):
+        with np.errstate(over="ignore"):  # |m| / sqrt(q) = inf is refused just below
+            mu = mv / np.sqrt(qv)  # the mean in units of the input's scale
+        if np.any(np.abs(mu) > 1 + 5e-13):  # mean^2 <= q, up to rounding
             raise ConfigError("Inputs.mean", mean, "mean^2 <= q for every input (variance >= 0)")
         C = _matrix("Inputs.corr", corr, ca, B)
         if law not in LAWS:
             raise ConfigError("Inputs.law", law, f"one of {LAWS}")
         if law == "gaussian" and np.any(mv != 0):
             raise ConfigError("Inputs.mean", mean, "0 when law='gaussian' (features are N(0, K))")
-        K = C * np.sqrt(np.outer(qv, qv))
-        scale = float(np.max(qv))
-        if np.linalg.eigvalsh(K).min() < -1e-10 * scale:
+        # PSD checks on scale-free matrices (K = D C D with D = diag(sqrt q) would overflow or
+        # underflow at q = 1e200 or 1e-200): K >= 0 iff C >= 0, and K - m m^T >= 0 iff
+        # C - mu mu^T >= 0 with mu = m / sqrt(q) (congruence by D^-1); entries are O(1).
+        if np.linalg.eigvalsh(C).min() < -PSD_TOL:
             raise ConfigError("Inputs.corr", corr, "a positive semi-definite correlation matrix")
-        if np.linalg.eigvalsh(K - np.outer(mv, mv)).min() < -1e-10 * scale:
+        if np.linalg.eigvalsh(C - np.outer(mu, mu)).min() < -PSD_TOL:
             raise ConfigError("Inputs (corr, mean)", (corr, mean),
                               "a centred Gram K - m m^T that is positive semi-definite")
         object.__setattr__(self, "q", tuple(qv))

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,16 @@ class Sweep:
             raise ConfigError("sweep name", self.name, "a Python identifier such as 'sigma_w'")
         if self.name in RESERVED_DIMS:
             raise ConfigError("sweep name", self.name, f"not one of the reserved dims {RESERVED_DIMS}")
-        values = tuple(float(v) for v in np.atleast_1d(np.asarray(self.values, dtype=float)))
-        if not values:
-            raise ConfigError(f"sweep {self.name!r} values", self.values, "at least one value")
+        field = f"sweep {self.name!r} values"
+        allowed = "at least one finite real number, as a flat list"
+        try:
+            array = np.atleast_1d(np.asarray(self.values))
+        except (TypeError, ValueError):  # ragged nesting
+            raise ConfigError(field, self.values, allowed) from None
+        if array.ndim != 1 or array.size == 0 or array.dtype.kind not in "iuf" or \
+                not np.all(np.isfinite(array)):
+            raise ConfigError(field, self.values, allowed)
+        values = tuple(float(v) for v in array)
         object.__setattr__(self, "values", values)
 
 
@@ -59,23 +66,44 @@ def check(field: str, value, ok: Callable[[float], bool], allowed: str):
 
 @dataclass(frozen=True)
 class Context:
-    """Where a law is evaluated: the namespace, the sweep grid and the op's path (for errors)."""
+    """Where a law is evaluated: the namespace, the sweep grid and the op's path (for errors).
+
+    ``tape``: where combinators keep the intermediate states of a forward law, keyed by ``key``
+    (the op's position inside its block), for the backward law of the same block to reuse
+    instead of recomputing them (None: nothing kept). ``params``: the grid-shaped arrays of the
+    sweeps already met, shared by every context derived with :meth:`at` (one array per sweep
+    per run, not one per call).
+    """
 
     ns: Namespace = NUMERIC
     dims: tuple[str, ...] = ()
     path: str = "net"
+    tape: dict | None = field(default=None, repr=False, compare=False)
+    key: str = ""
+    params: dict = field(default_factory=dict, repr=False, compare=False)
 
     def at(self, name: str) -> Context:
-        return Context(self.ns, self.dims, f"{self.path} > {name}")
+        return Context(self.ns, self.dims, f"{self.path} > {name}", self.tape,
+                       f"{self.key}/{name}", self.params)
+
+    def block(self, name: str, tape: dict | None = None) -> Context:
+        """The context of one block of a net, named ``name`` (a block's key starts empty, so its
+        forward and backward contexts find the same entries of ``tape``)."""
+        return Context(self.ns, self.dims, f"{self.path} > {name}", tape, "", self.params)
 
     def p(self, value) -> Any:
         """A parameter as an array broadcasting against the grid dims ``(*dims,)``."""
         if isinstance(value, Sweep):
             if self.ns.symbolic:
                 return np.asarray(sympy.Symbol(value.name), dtype=object)
-            shape = [1] * len(self.dims)
-            shape[self.dims.index(value.name)] = len(value.values)
-            return np.asarray(value.values, dtype=float).reshape(shape)
+            cached = self.params.get(id(value))
+            if cached is None or cached[0] is not value:
+                shape = [1] * len(self.dims)
+                shape[self.dims.index(value.name)] = len(value.values)
+                array = np.asarray(value.values, dtype=float).reshape(shape)
+                array.flags.writeable = False  # shared by every law that reads it
+                cached = self.params[id(value)] = (value, array)
+            return cached[1]
         if self.ns.symbolic:
             return np.asarray(sympy.sympify(value), dtype=object)
         if isinstance(value, sympy.Basic):

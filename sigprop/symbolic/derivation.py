@@ -3,8 +3,10 @@ the runner of the scripts in ``derivations/``."""
 
 from __future__ import annotations
 
+import ast
 import importlib.util
 import json
+import os
 import sys
 import time
 import traceback
@@ -15,6 +17,7 @@ from typing import Any
 import numpy as np
 import sympy
 
+from sigprop.data import atomic_path
 from sigprop.errors import ConfigError
 from sigprop.symbolic.symbols import latex
 
@@ -110,11 +113,15 @@ class Derivation:
         }
 
     def write(self, out_dir) -> tuple[Path, Path]:
+        """Write ``<out_dir>/<name>.tex`` and ``.json``, each atomically (a killed run leaves
+        the old file or the new one, never half of one)."""
+        check_name(self.name)
         out = Path(out_dir)
-        out.mkdir(parents=True, exist_ok=True)
         tex, js = out / f"{self.name}.tex", out / f"{self.name}.json"
-        tex.write_text(self.tex())
-        js.write_text(json.dumps(self.record(), indent=1, default=_json_default) + "\n")
+        for path, text in ((tex, self.tex()),
+                           (js, json.dumps(self.record(), indent=1, default=_json_default) + "\n")):
+            with atomic_path(path) as tmp:
+                tmp.write_text(text)
         return tex, js
 
 
@@ -125,7 +132,97 @@ def _json_default(o):
 
 
 
-DERIVATIONS_DIR = Path(__file__).resolve().parents[2] / "derivations"
+# Reading records back: a stored expression is rebuilt from its ``srepr`` by a whitelisted
+# walker over the parsed (never executed) text; sympify/parse_expr would eval it.
+
+SAFE_CONSTRUCTORS = {name: getattr(sympy, name) for name in (
+    "Symbol", "Dummy", "Integer", "Rational", "Float", "Add", "Mul", "Pow", "Tuple", "exp", "log", "sqrt", "Abs", "sign", "sin", "cos", "tan",
+    "asin", "acos", "atan", "sinh", "cosh", "tanh", "asinh", "acosh", "atanh", "erf", "erfc",
+    "gamma", "Function")}
+SAFE_CONSTANTS = {name: getattr(sympy, name) for name in ("pi", "E", "I", "oo", "EulerGamma",
+                                                          "Catalan")}
+SAFE_KEYWORDS = {"precision", *sys.modules["sympy.core.assumptions"]._assume_defined}  # Symbol
+MAX_SREPR = 100_000   # characters of one stored expression
+MAX_INTEGER = 10**30  # literal size; larger ones are no law of ours and could exhaust memory
+MAX_EXPONENT = 1000   # an integer power beyond this would be evaluated eagerly by sympy
+
+
+def expr_from_srepr(text: str) -> sympy.Basic:
+    """Rebuild the sympy expression whose ``sympy.srepr`` is ``text`` without running code.
+
+    The text is parsed by :mod:`ast` (which does not execute it) and only calls of the
+    constructors in :data:`SAFE_CONSTRUCTORS` with literal arguments are made (and the constants
+    of :data:`SAFE_CONSTANTS` read); symbol and
+    function names must be identifiers. Anything else is a :class:`ConfigError`.
+    """
+    if not isinstance(text, str) or len(text) > MAX_SREPR:
+        raise ConfigError("stored expression", str(text)[:80],
+                          f"a sympy srepr string of at most {MAX_SREPR} characters")
+    try:
+        return _rebuild(ast.parse(text, mode="eval").body)
+    except (SyntaxError, ValueError, TypeError, RecursionError) as e:
+        if isinstance(e, ConfigError):
+            raise
+        raise ConfigError("stored expression", text[:80], f"a sympy srepr ({e})") from None
+
+
+def _literal(node):
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub):
+        value = _literal(node.operand)
+        if isinstance(value, int) and not isinstance(value, bool):
+            return -value
+    elif isinstance(node, ast.Constant) and isinstance(node.value, (bool, int, str)):
+        if isinstance(node.value, int) and abs(node.value) > MAX_INTEGER:
+            raise ConfigError("stored expression", node.value, f"integers up to {MAX_INTEGER:.0e}")
+        return node.value
+    raise ConfigError("stored expression", ast.unparse(node)[:80],
+                      "a literal (an integer, a string or a bool) or a whitelisted sympy call")
+
+
+def _rebuild(node):
+    """One node of a parsed srepr: a whitelisted call, or a literal."""
+    if isinstance(node, ast.Name) and node.id in SAFE_CONSTANTS:
+        return SAFE_CONSTANTS[node.id]
+    if isinstance(node, ast.UnaryOp) and isinstance(node.op, ast.USub) and \
+            isinstance(node.operand, ast.Name):  # -oo
+        return -_rebuild(node.operand)
+    if not isinstance(node, ast.Call):
+        return _literal(node)
+    if isinstance(node.func, ast.Call):  # Function('f')(x): apply an undefined function
+        fn = _rebuild(node.func)
+        if not isinstance(fn, sympy.core.function.UndefinedFunction) or node.keywords:
+            raise ConfigError("stored expression", ast.unparse(node)[:80], "f(x) with f = Function(name)")
+        return fn(*(_rebuild(a) for a in node.args))
+    name = node.func.id if isinstance(node.func, ast.Name) else ast.unparse(node.func)
+    if name not in SAFE_CONSTRUCTORS:
+        raise ConfigError("stored expression", name, f"one of {', '.join(SAFE_CONSTRUCTORS)}")
+    args = [_rebuild(a) for a in node.args]
+    kwargs = {k.arg: _literal(k.value) for k in node.keywords}
+    if any(k not in SAFE_KEYWORDS for k in kwargs):
+        raise ConfigError("stored expression", sorted(kwargs), "symbol assumptions or precision")
+    if name in ("Symbol", "Dummy", "Function") and not (
+            args and isinstance(args[0], str) and args[0].isidentifier()):
+        raise ConfigError("stored expression", args[:1], f"{name}(an identifier)")
+    if any(isinstance(a, str) for a in args) and name not in ("Symbol", "Dummy", "Function",
+                                                               "Float"):
+        raise ConfigError("stored expression", ast.unparse(node)[:80], f"{name} of expressions")
+    if name == "Pow" and len(args) == 2 and isinstance(args[1], sympy.Integer) and \
+            abs(int(args[1])) > MAX_EXPONENT:
+        raise ConfigError("stored expression", ast.unparse(node)[:80],
+                          f"integer exponents up to {MAX_EXPONENT}")
+    return SAFE_CONSTRUCTORS[name](*args, **kwargs)
+
+
+# the scripts' folder; SIGPROP_DERIVATIONS points elsewhere (tests run scripts of their own)
+DERIVATIONS_DIR = Path(os.environ.get("SIGPROP_DERIVATIONS") or
+                       Path(__file__).resolve().parents[2] / "derivations")
+
+
+def check_name(name: str) -> str:
+    """A derivation name is a plain identifier (it names files: never a path)."""
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ConfigError("derivation", name, "a plain name such as 'preln_q_linear' (no path)")
+    return name
 
 
 def derivation_names(scripts_dir=None) -> list[str]:
@@ -137,9 +234,9 @@ def derivation_names(scripts_dir=None) -> list[str]:
 def load_derivation(name: str, scripts_dir=None):
     """Import ``derivations/<name>.py`` as a module (it defines ``derive(slow=False)``)."""
     d = Path(scripts_dir) if scripts_dir else DERIVATIONS_DIR
-    path = d / f"{name}.py"
-    if not path.exists():
+    if name not in derivation_names(d):
         raise ConfigError("derivation", name, f"one of {derivation_names(d)} (in {d})")
+    path = d / f"{name}.py"
     spec = importlib.util.spec_from_file_location(f"sigprop_derivation_{name}", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
@@ -154,6 +251,9 @@ def run_one(name: str, out_dir="paper/generated", slow: bool = False, scripts_di
     keeps the closed-form activations only and the shortest checks.
     """
     start = time.perf_counter()
+    known = derivation_names(scripts_dir)
+    if name not in known:  # an unknown name is an error, not a failed record on disk
+        raise ConfigError("derivation", name, f"one of {', '.join(known)}")
     try:
         d = load_derivation(name, scripts_dir).derive(slow=slow, quick=quick and not slow)
     except Exception:  # noqa: BLE001  (a crashing script is a failed, recorded derivation)

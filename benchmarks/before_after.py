@@ -1,0 +1,93 @@
+"""Benchmark: this checkout's sigprop against a baseline revision, side by side in one process.
+
+The baseline is ``git archive REV sigprop`` imported as ``sigprop_baseline`` (see
+``theory_speed.baseline``). Each call runs once untimed, then ``--repeats`` times interleaved
+with its baseline twin; the minimum is kept. Calls:
+
+* fixed cost: ``sp.theory`` at depth 1 on one point, ``sp.simulate`` at depth 1, width 64, one
+  seed (the per-call costs: provenance, dataset assembly);
+* the explicit sampler, a plain Dense(sqrt 2)-relu stack, depth 8, 2 seeds, float32, forward +
+  backward, at N = 1024 and 4096, B = 2, with the torch loop of ``sigprop bench`` beside it;
+* theory rows at one point and on a grid (per layer: ms).
+
+Run: ``python benchmarks/before_after.py --baseline REV``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import time
+
+import numpy as np
+from theory_speed import baseline
+
+import sigprop as sp
+
+
+def calls(m, quick: bool):
+    """name -> zero-argument callable, built with the package ``m``."""
+    x2 = m.Inputs(q=[1.0, 2.0], corr=0.5)
+    out = {
+        "theory, depth 1, one point (fixed cost)": lambda: m.theory(m.presets.resnet(1), x2),
+        "simulate, depth 1, N 64, 1 seed (fixed cost)":
+            lambda: m.simulate(m.presets.resnet(1), x2, 64, 1, backend="numpy"),
+    }
+    for N in (1024,) if quick else (1024, 4096):
+        net = m.Repeat(m.Serial(m.Dense(math.sqrt(2.0)), m.Act("relu")), 8)
+        out[f"explicit sampler, N {N}, B 2, depth 8, 2 seeds"] = (
+            lambda net=net, N=N: m.simulate(net, x2, N, 2, backend="numpy", sampler="explicit"))
+    grid = m.sweep("sigma_w1", np.linspace(0.5, 2.0, 1000 if quick else 10_000))
+    for preset, act, L, s1 in (("resnet", "relu", 100, None), ("preln", "tanh", 30, None),
+                               ("preln", "gelu", 30, None), ("resnet", "relu", 100, grid),
+                               ("preln", "erf", 100, grid)):
+        kw = {} if s1 is None else {"sigma_w1": s1}
+        net = m.presets.get(preset)(L, act=act, **kw)
+        points = 1 if s1 is None else len(s1.values)
+        out[f"theory {preset} {act}, depth {L}, {points} points"] = (
+            lambda net=net: m.theory(net, x2))
+    return out
+
+
+def torch_loop(N):
+    from sigprop.pipeline.bench import _torch_loop
+
+    return lambda: _torch_loop(N, 2, 8, 2, "cpu")
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--baseline", metavar="REV", default="HEAD")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--quick", action="store_true")
+    a = ap.parse_args()
+    old, new = calls(baseline(a.baseline), a.quick), calls(sp, a.quick)
+    try:
+        import torch  # noqa: F401
+
+        have_torch = True
+    except ImportError:
+        have_torch = False
+    print(f"| call | baseline {a.baseline} (s) | now (s) | baseline / now | torch loop (s) | "
+          "now / torch |")
+    print("|---|---|---|---|---|---|")
+    for name in new:
+        pair = {"old": old[name], "new": new[name]}
+        if have_torch and name.startswith("explicit"):
+            pair["torch"] = torch_loop(int(name.split("N ")[1].split(",")[0]))
+        for f in pair.values():
+            f()
+        best = dict.fromkeys(pair, np.inf)
+        for _ in range(a.repeats):
+            for k, f in pair.items():
+                t0 = time.perf_counter()
+                f()
+                best[k] = min(best[k], time.perf_counter() - t0)
+        torch_cols = (f"{best['torch']:.4g} | {best['new'] / best['torch']:.3g}" if "torch" in best
+                      else "- | -")
+        print(f"| {name} | {best['old']:.4g} | {best['new']:.4g} | "
+              f"{best['old'] / best['new']:.3g} | {torch_cols} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,303 @@
+"""``sp.plot``: one variable of theory and Monte Carlo datasets, faceted in the manner of xarray.
+
+Theory is drawn as lines, Monte Carlo as points with a band of +-2 standard errors, with the
+estimator of :mod:`sigprop.analysis.compare` chosen per panel (the mean with its standard error
+for light-tailed samples, log-moments or the median for heavy-tailed squared norms; see
+:func:`sigprop.analysis.plots.mc_summary`). Every dim of the variable is either the x axis, a
+colour (``hue``), a column or row of panels (``col``, ``row``), or fixed by ``sel``; a few are
+fixed by default and named in the panel titles: the first ``input``, for ``corr`` the first
+other ``input_b``, the last ``layer`` when x is another dim, the widest Monte Carlo ``width``.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Mapping
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import xarray as xr
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+
+from sigprop import schema
+from sigprop.analysis import plots
+from sigprop.analysis.compare import ESTIMATORS
+from sigprop.errors import ConfigError
+
+DECADES = 2.0  # an axis is logarithmic when its positive data span more than this many decades
+SCALES = ("auto", "linear", "log")
+DRAWABLE = 1e250  # beyond, matplotlib's log-axis transforms overflow (1e280 did)
+SHARED_COLOUR = 6  # black in plots.PALETTE: a theory line shared by every hue
+
+
+def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = None,
+         col: str | None = None, row: str | None = None, *, sel: Mapping | None = None,
+         estimator: str = "auto", xscale: str = "auto", yscale: str = "auto",
+         max_points: int = 16, sharey: bool = True, ax=None):
+    """Draw ``var`` against ``x``: theory as lines, Monte Carlo as points with +-2 SE bands.
+
+    ``theory``: a theory dataset (no ``seed`` dim), or a mapping ``{label: dataset}`` stacked
+    along a new dim ``arch``; likewise ``mc`` (datasets with a ``seed`` dim), or None. Either
+    may be None, not both. ``hue``, ``col``, ``row``: dims drawn as colours, panel columns and
+    panel rows; when ``hue`` is None and exactly one dim with several values is left, it becomes
+    the hue (as in xarray). ``sel``: ``{dim: label}`` fixing other dims. ``estimator``: as in
+    ``sp.compare`` (``auto`` picks per panel). ``xscale``/``yscale``: ``auto`` is logarithmic
+    when the positive values drawn span more than ``DECADES`` = 2 decades (then x <= 0, e.g.
+    layer 0, is left out); magnitudes beyond ``DRAWABLE`` (and inf) are reported by a warning
+    and not drawn. Along ``layer`` Monte Carlo points are thinned to about
+    ``max_points`` (evenly spaced on the x scale). ``ax``: draw into this axes (no col/row).
+    Returns the matplotlib Figure.
+    """
+    th, mc = _dataset(theory, "theory", seed=False), _dataset(mc, "mc", seed=True)
+    if th is None and mc is None:
+        raise ConfigError("theory, mc", (None, None), "at least one dataset")
+    _check_choice("estimator", estimator, ESTIMATORS)
+    _check_choice("xscale", xscale, SCALES)
+    _check_choice("yscale", yscale, SCALES)
+    if int(max_points) < 2:
+        raise ConfigError("max_points", max_points, "an integer >= 2")
+    present = [ds for ds in (th, mc) if ds is not None]
+    names = [n for n in schema.VARIABLES if all(n in ds for ds in present)]
+    if var not in names:
+        raise ConfigError("var", var, f"one of {names}")
+    das = {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
+    dims = list(dict.fromkeys(d for da in das.values() for d in da.dims if d != "seed"))
+    roles = {"x": x, "hue": hue, "col": col, "row": row}
+    for role, dim in roles.items():
+        if dim is not None and dim not in dims:
+            raise ConfigError(role, dim, f"a dim of {var!r}: one of {dims}")
+    used = [d for d in roles.values() if d is not None]
+    if len(set(used)) != len(used):
+        raise ConfigError("x, hue, col, row", roles, "distinct dims")
+    if ax is not None and (col or row):
+        raise ConfigError("ax", "given with col/row", "ax only for a single panel")
+    fixed = _fixed(das, dims, used, dict(sel or {}), x)
+    das = {k: da.sel({d: v for d, v in fixed.items() if d in da.dims}) for k, da in das.items()}
+    left = [d for d in dims if d not in used and d not in fixed
+            and max(da.sizes.get(d, 1) for da in das.values()) > 1]
+    if hue is None and len(left) == 1:
+        hue, left = left[0], []
+    if left:
+        raise ConfigError("dims with several values", left,
+                          "each as x, hue, col or row, or fixed by sel={dim: label}")
+    das = {k: da.squeeze([d for d in da.dims if d not in (*used, hue, "seed")], drop=True)
+           for k, da in das.items()}
+    return _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale,
+                 int(max_points), sharey, ax)
+
+
+def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_points, sharey,
+          ax):
+    xs = _labels(das, x)
+    log_x = _log_scale(xscale, np.asarray(xs, dtype=float) if _numeric(xs) else None)
+    rows, cols, hues = _labels(das, row), _labels(das, col), _labels(das, hue)
+    if ax is None:
+        fig, axes = plots.panels(len(rows) * len(cols), nrows=len(rows), sharex=True,
+                                 sharey=sharey, layout="constrained")
+    else:
+        fig, axes = ax.figure, [ax]
+    th = das.get("theory")
+    shared = th is not None and hue is not None and hue not in th.dims  # one line for all hues
+    drawn, estimators = [], set()
+    with plt.rc_context(plots.RC):  # entered after the figure exists: see plots.panels
+        for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
+            panel = axes[k]
+            where = {d: v for d, v in ((row, r), (col, c)) if d is not None}
+            for i, h in enumerate(hues):
+                at = {**where, **({hue: h} if hue is not None else {})}
+                label = _label(hue, h) if k == 0 and hue is not None else None
+                y = _at(th, at) if not (shared and i > 0) else None
+                if y is not None:
+                    if x not in y.dims:  # the infinite-width theory does not depend on width
+                        y = y.expand_dims({x: xs})
+                    xv, yv = _on_axis(y, x, log_x)
+                    yv = _drawable(yv)
+                    _warn_nonfinite(yv, var, "theory", at)
+                    plots.theory_line(panel, xv, np.where(np.isfinite(yv), yv, np.nan),
+                                      SHARED_COLOUR if shared else i,
+                                      label=None if shared else label)
+                    drawn.append(yv)
+                    label = label if shared else None
+                m = _at(das.get("mc"), at)
+                if m is not None:
+                    m = _thin(m, x, log_x, max_points)
+                    centre, lo, hi, used = plots.mc_summary(m.transpose(x, "seed"), var,
+                                                            estimator)
+                    estimators.add(used)
+                    xv = _on_axis(centre, x, log_x)[0]
+                    cv, lo, hi = (_drawable(_on_axis(v, x, log_x)[1]) for v in (centre, lo, hi))
+                    if not plots.mc_points(panel, xv, cv, lo, hi, i, label=label):
+                        _warn_nonfinite(cv, var, "Monte Carlo", at)
+                    drawn.append(cv)
+            panel.set_title(", ".join(_label(d, v) for d, v in {**where, **fixed}.items()))
+        _style_axes(axes, var, x, log_x, _log_scale(yscale, _values(drawn)), sharey, das)
+        _legend(fig if ax is None else ax, axes[0], mc, fixed, estimators, ncol=len(cols))
+    return fig
+
+
+def _dataset(ds, role: str, seed: bool) -> xr.Dataset | None:
+    """``ds`` checked for its role; a mapping of datasets stacked along ``arch``."""
+    if ds is None:
+        return None
+    if isinstance(ds, Mapping) and not isinstance(ds, xr.Dataset):
+        if not ds or not all(isinstance(v, xr.Dataset) for v in ds.values()):
+            raise ConfigError(role, type(ds).__name__, "a non-empty mapping {label: xr.Dataset}")
+        parts = [v.drop_vars("block", errors="ignore") for v in ds.values()]
+        ds = xr.concat(parts, dim=pd.Index([str(k) for k in ds], name="arch"),
+                       combine_attrs="drop_conflicts", join="outer")
+    if not isinstance(ds, xr.Dataset):
+        raise ConfigError(role, type(ds).__name__, "an xarray.Dataset (or {label: Dataset})")
+    if ("seed" in ds.dims) != seed:
+        want = "a Monte Carlo dataset (with a 'seed' dim)" if seed else \
+            "a theory dataset (no 'seed' dim; Monte Carlo goes in mc=)"
+        raise ConfigError(f"{role} dims", tuple(ds.dims), want)
+    return ds
+
+
+def _check_choice(field: str, value, allowed) -> None:
+    if value not in allowed:
+        raise ConfigError(field, value, f"one of {list(allowed)}")
+
+
+def _fixed(das, dims, used, sel, x) -> dict:
+    """``sel`` checked against the dims and labels, plus the defaults for dims left over."""
+    for d, v in sel.items():
+        if d not in dims or d in used:
+            raise ConfigError("sel", d, f"a dim of the variable not used as x/hue/col/row: "
+                              f"one of {[d for d in dims if d not in used]}")
+        if _match(v, _labels(das, d)) is None:
+            raise ConfigError(f"sel[{d!r}]", v, f"one of {_labels(das, d)}")
+    fixed = {d: _match(v, _labels(das, d)) for d, v in sel.items()}
+    free = [d for d in dims if d not in used and d not in fixed]
+    if "input" in free:
+        fixed["input"] = _labels(das, "input")[0]
+    if "input_b" in free:
+        others = [b for b in _labels(das, "input_b") if b != fixed.get("input")]
+        fixed["input_b"] = (others or _labels(das, "input_b"))[0]
+    if "layer" in free and x != "layer":
+        fixed["layer"] = _labels(das, "layer")[-1]
+    if "width" in free and "mc" in das:
+        fixed["width"] = _labels(das, "width")[-1]
+    return fixed
+
+
+def _labels(das, dim) -> list:
+    """The labels of ``dim`` in order, over all datasets (theory first); [None] for no dim."""
+    if dim is None:
+        return [None]
+    out = []
+    for da in das.values():
+        if dim in da.dims:
+            out += [v for v in da[dim].values.tolist() if _match(v, out) is None]
+    return out
+
+
+def _same(a, b) -> bool:
+    return a == b or (isinstance(a, float) and isinstance(b, float) and np.isclose(a, b))
+
+
+def _match(value, labels):
+    """The label equal to ``value`` (floats within rounding), or None."""
+    return next((lab for lab in labels if _same(value, lab)), None)
+
+
+def _at(da, at: dict):
+    """``da`` at the facet/hue labels it has; None where a label is absent (e.g. an arch
+    without Monte Carlo)."""
+    if da is None:
+        return None
+    sel = {d: _match(v, da[d].values.tolist()) for d, v in at.items() if d in da.dims}
+    return None if any(v is None for v in sel.values()) else da.sel(sel)
+
+
+def _on_axis(y, x: str, log_x: bool):
+    """(x values, y values) as arrays, without x <= 0 on a log axis."""
+    xv = np.asarray(y[x].values)
+    keep = xv > 0 if log_x else np.ones(xv.shape, bool)
+    return xv[keep], np.asarray(y, dtype=float)[keep]
+
+
+def _thin(m: xr.DataArray, x: str, log_x: bool, n: int) -> xr.DataArray:
+    """About ``n`` Monte Carlo layers (evenly spaced on the axis' scale); other x kept whole."""
+    if x != "layer":
+        return m
+    return m.sel(layer=plots.sample_layers(m["layer"].values, n=n, linear=not log_x))
+
+
+def _numeric(values) -> bool:
+    return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values)
+
+
+def _values(arrays) -> np.ndarray:
+    return np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.array([])
+
+
+def _log_scale(scale: str, values) -> bool:
+    """``log``, or for ``auto``: positive values spanning more than DECADES decades."""
+    if scale != "auto" or values is None:
+        return scale == "log"
+    v = values[np.isfinite(values)]
+    if v.size == 0 or (v < 0).any():
+        return False
+    v = v[v > 0]
+    return v.size > 1 and np.log10(v.max() / v.min()) > DECADES
+
+
+def _drawable(y: np.ndarray) -> np.ndarray:
+    """``y`` with magnitudes beyond :data:`DRAWABLE` set to +-inf (then reported, not drawn)."""
+    return np.where(np.abs(y) > DRAWABLE, np.sign(y) * np.inf, y)
+
+
+def _warn_nonfinite(y, var: str, what: str, at: dict) -> None:
+    n = int(np.isinf(np.asarray(y, dtype=float)).sum())
+    if n:
+        where = ", ".join(_label(d, v) for d, v in at.items()) or "the curve"
+        warnings.warn(f"{what} {var} overflowed (inf, or beyond {DRAWABLE:g}) at {n} points of "
+                      f"{where}: those are not drawn; the log companion (e.g. log_{var}) stays "
+                      "finite", stacklevel=3)
+
+
+def _label(dim, value) -> str:
+    if dim == "arch":
+        return str(value)
+    return f"{dim}={value:g}" if isinstance(value, float) else f"{dim}={value}"
+
+
+def _style_axes(axes, var, x, log_x, log_y, sharey, das) -> None:
+    attrs = next(iter(das.values())).attrs
+    long_name = attrs.get("long_name") or schema.VARIABLES[var].long_name
+    for panel in axes:
+        if log_x:
+            panel.set_xscale("log")
+        if log_y:
+            plots.fit_log_ylim(panel)
+        panel.set_xlabel("layer $\\ell$" if x == "layer" else x)
+        spec = panel.get_subplotspec()
+        if spec is None or spec.is_first_col():
+            panel.set_ylabel(f"{long_name} ({var})")
+    if log_y and sharey:  # the limits of every panel's data, not the last panel's
+        lims = np.array([panel.get_ylim() for panel in axes])
+        for panel in axes:
+            panel.set_ylim(lims[:, 0].min(), lims[:, 1].max())
+
+
+def _legend(where, ax, mc, fixed, estimators, ncol: int) -> None:
+    """The hue labels, and a key saying what lines and points are (width, seeds, estimator):
+    above the panels of a figure (``ncol`` columns), or inside a given axes."""
+    handles, labels = ax.get_legend_handles_labels()
+    grey = plots.color(SHARED_COLOUR)
+    handles.append(Line2D([], [], color=grey))
+    labels.append("theory (infinite width)")
+    if mc is not None:
+        width = fixed.get("width", mc.attrs.get("width")) if "width" not in mc.dims or \
+            "width" in fixed else None
+        size = f"N={width}, " if width is not None else ""
+        handles.append(Line2D([], [], ls="none", marker="o", mfc="white", color=grey))
+        labels.append(f"Monte Carlo ({size}{mc.sizes['seed']} seeds): "
+                      f"{'/'.join(sorted(estimators))} $\\pm${plots.BAND_SE:g} SE")
+    if isinstance(where, Figure):
+        where.legend(handles, labels, loc="outside upper center", ncol=min(3, ncol, len(labels)))
+    else:
+        where.legend(handles, labels)

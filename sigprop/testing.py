@@ -1,0 +1,182 @@
+"""Validation that can fail: per-op Monte Carlo checks, and mutations of an op's law to prove it.
+
+* :func:`probes`: a probe per op class of ``Op.REGISTRY`` (and one per activation of the
+  Gaussian table), built from the class's defaults, so a new op gets its check with no list to
+  edit. Each probe is :data:`DEPTH` blocks ``Residual(Serial(Dense(), op), alpha=1, beta=0)``
+  (a per-block error compounds over them, while the noise grows like its square root): the Dense makes the
+  op's input jointly Gaussian; the ``beta = 0`` Residual (an identity wrapper, x -> branch(x))
+  keeps the Serial as one block, so the theory engine calls the law of every op in it (a
+  top-level Serial or Repeat is flattened into blocks and its own law is never called). Fields
+  that hold ops get :data:`PROBE_BRANCH`.
+* :func:`check`: theory against Monte Carlo at two or more widths, extrapolated to infinite
+  width (:func:`sigprop.analysis.compare.compare`), for q, mean and corr after the block and the
+  gradient at its input. The verdict is Bonferroni over the checked points: reject when
+  min p * m < ``alpha``; no allowance but the standard errors.
+* :func:`mutate`: scale one op class's forward law (the output's second moments times 1 + eps,
+  its mean times sqrt(1 + eps)) or backward law (the cotangent Gram times 1 + eps), at each call,
+  i.e. once per occurrence of the op in a block; restored on exit.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from contextlib import contextmanager
+from dataclasses import dataclass
+
+import numpy as np
+import xarray as xr
+from scipy import stats
+
+from sigprop.analysis.compare import compare, stack_widths
+from sigprop.engines.montecarlo import simulate
+from sigprop.engines.theory import theory
+from sigprop.errors import ConfigError
+from sigprop.kernels.gaussian import ACTIVATIONS
+from sigprop.ops import Act, Dense, Op, Repeat, Residual, Serial
+from sigprop.state.inputs import Inputs
+
+# B = 6 inputs: BatchNorm's backward has E[1/s^4] finite only for B - 1 > 4 (s^2 ~ chi^2_(B-1)),
+# so the seed mean of its gradient has a finite variance
+PROBE_INPUTS = Inputs(q=[1.0, 2.25, 0.5, 1.5, 2.0, 0.8], corr=0.3)
+PROBE_BRANCH = Serial(Dense(2.0**0.5), Act("relu"), Dense())
+DEPTH = 4  # blocks per probe: a per-block mutation compounds to (1 + eps)^DEPTH
+WIDTHS = (128, 512)  # extrapolation T_inf = (4 T_512 - T_128) / 3: se inflated by ~1.5
+SEEDS = 1536  # the default test budget, seeds per width (see benchmarks/validation_power.py)
+DTYPE = "float32"  # rounding ~1e-7 relative per op, far below the standard errors (~1e-3)
+ALPHA = 1e-3  # family-wise false-alarm rate of one check
+FACES = {"forward": "forward_law", "backward": "backward_law"}
+
+
+def example(cls: type) -> Op:
+    """``cls`` with its defaults; fields that hold ops get :data:`PROBE_BRANCH`."""
+    fields = {}
+    for f in dataclasses.fields(cls):
+        if "tuple[Op" in str(f.type):
+            fields[f.name] = (PROBE_BRANCH,)
+        elif str(f.type) == "Op":
+            fields[f.name] = PROBE_BRANCH
+        elif f.default is not dataclasses.MISSING:
+            fields[f.name] = f.default
+    return cls.from_fields(**fields)
+
+
+def probe(op: Op, depth: int = DEPTH) -> Op:
+    """``depth`` blocks exercising ``op``'s law: x -> Dense x -> op (see the module docstring)."""
+    return Repeat(Residual(Serial(Dense(), op), alpha=1.0, beta=0.0), depth)
+
+
+def probes() -> dict[str, Op]:
+    """name -> probe block, for every registered op class and every activation."""
+    out = {}
+    for name in sorted(Op.REGISTRY):
+        cls = Op.REGISTRY[name]
+        if cls is Act:
+            out.update({f"Act({a})": probe(Act(a)) for a in ACTIVATIONS})
+        else:
+            out[name] = probe(example(cls))
+    return out
+
+
+@dataclass
+class Result:
+    """One check: the family p-value (Bonferroni), its worst point, and the comparison."""
+
+    p: float
+    worst: str
+    points: int
+    comparison: xr.Dataset
+
+    def rejects(self, alpha: float = ALPHA) -> bool:
+        return self.p < alpha
+
+
+def simulate_widths(net: Op, inputs: Inputs = PROBE_INPUTS, widths=WIDTHS, seeds: int = SEEDS,
+                    root_seed: int = 0, dtype: str = DTYPE) -> xr.Dataset:
+    """Monte Carlo of ``net`` at each width, stacked (:func:`~sigprop.analysis.compare.stack_widths`);
+    each width has its own root seed (root_seed * 1000 + index), so widths are independent."""
+    if len(widths) < 2:
+        raise ConfigError("widths", widths, "two or more widths (the check extrapolates)")
+    return stack_widths([simulate(net, inputs, width=w, seeds=seeds, backend="numpy", dtype=dtype,
+                                  root_seed=root_seed * 1000 + i) for i, w in enumerate(widths)])
+
+
+def check(net: Op, mc: xr.Dataset, inputs: Inputs = PROBE_INPUTS) -> Result:
+    """Theory of ``net`` vs its Monte Carlo ``mc`` at two or more widths (:func:`simulate_widths`),
+    extrapolated to infinite width.
+
+    Checked points: q, mean and corr (i < j) at the last layer, grad_q at layer 0. Each z is
+    (T_inf - theory) / se (:func:`~sigprop.analysis.compare.compare`, estimator ``mean``), its
+    two-sided normal p-value (S >= 100 seeds: Student t and normal agree to < 2 % in p at
+    p = 1e-4); the family p-value is min(1, m min p). A point with no finite z fails the check.
+    The Monte Carlo does not depend on the theory, so one run serves every mutated law.
+    """
+    th = theory(net, inputs)
+    cmp = compare(th, mc, variables=["q", "mean", "corr", "grad_q"],
+                  estimator="mean")
+    last = cmp.sizes["layer"] - 1
+    B = inputs.n
+    upper = [(i, j) for i in range(B) for j in range(i + 1, B)]
+    zs = {f"q[{i}]": cmp["q"].sel(stat="z", layer=last, input=i) for i in range(B)}
+    zs |= {f"mean[{i}]": cmp["mean"].sel(stat="z", layer=last, input=i) for i in range(B)}
+    zs |= {f"corr[{i},{j}]": cmp["corr"].sel(stat="z", layer=last, input=i, input_b=j)
+           for i, j in upper}
+    zs |= {f"grad_q[{i}]": cmp["grad_q"].sel(stat="z", layer=0, input=i) for i in range(B)}
+    z = {k: float(v) for k, v in zs.items()}
+    bad = [k for k, v in z.items() if not math.isfinite(v)]
+    if bad:
+        return Result(0.0, f"no finite z at {bad}", len(z), cmp)
+    worst = max(z, key=lambda k: abs(z[k]))
+    p = min(1.0, len(z) * 2 * float(stats.norm.sf(abs(z[worst]))))
+    return Result(p, f"{worst}: z = {z[worst]:.2f}", len(z), cmp)
+
+
+@contextmanager
+def mutate(op_cls: type, face: str, eps: float, where=None):
+    """Within the block, ``op_cls``'s ``face`` law ("forward" or "backward") is scaled by
+    (1 + eps): its output's log scale shifted by log(1 + eps) / 2 (second moments and cross
+    moments times 1 + eps, mean times sqrt(1 + eps)). ``where(op)``: only ops it accepts (e.g.
+    ``lambda op: op.name == "tanh"``). The class's own attribute is restored on exit."""
+    if face not in FACES:
+        raise ConfigError("face", face, f"one of {tuple(FACES)}")
+    if not (isinstance(op_cls, type) and issubclass(op_cls, Op)):
+        raise ConfigError("op_cls", op_cls, "an op class from Op.REGISTRY")
+    if not eps > -1:
+        raise ConfigError("eps", eps, "> -1 (the law is scaled by 1 + eps)")
+    attr = FACES[face]
+    own = op_cls.__dict__.get(attr)
+    law = getattr(op_cls, attr)
+    shift = 0.5 * math.log1p(eps)
+
+    def scaled(self, *args, **kw):
+        out = law(self, *args, **kw)
+        return out if where is not None and not where(self) else out.replace(ls=out.ls + shift)
+
+    setattr(op_cls, attr, scaled)
+    try:
+        yield
+    finally:
+        if own is None:
+            delattr(op_cls, attr)
+        else:
+            setattr(op_cls, attr, own)
+
+
+def target(name: str) -> tuple[type, object]:
+    """(op class, ``where`` filter) that a mutation of probe ``name`` ("Act(tanh)", "Dense")
+    scales."""
+    if name.startswith("Act("):
+        act = name[4:-1]
+        return Act, (lambda op: op.name == act)
+    if name not in Op.REGISTRY:
+        raise ConfigError("probe", name, f"one of {sorted(probes())}")
+    return Op.REGISTRY[name], None
+
+
+def rejection_rate(results) -> tuple[float, float, float]:
+    """(rate, lower, upper): the share of True in ``results`` with its 95 % Clopper-Pearson
+    interval."""
+    k, n = int(np.sum(results)), len(results)
+    lo = stats.beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0
+    hi = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
+    return k / n, float(lo), float(hi)

@@ -1,0 +1,246 @@
+"""sp.plot: the drawn data are the datasets' values, the bands the stated estimator's +-2 SE.
+
+Every expected value is computed here from the datasets with numpy (not by the plotting code's
+own estimators): theory lines against the theory variable, Monte Carlo points against the
+mean over seeds (or the log-normal moment estimate for heavy tails), bands against
+estimate +- 2 standard errors.
+"""
+
+import io
+import subprocess
+import sys
+import warnings
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pytest
+from matplotlib.collections import PolyCollection
+
+import sigprop as sp
+from sigprop.analysis import plots
+from sigprop.analysis.compare import stack_widths, synthetic
+
+X0 = sp.Inputs(q=[1.0, 2.25], corr=0.5)
+DEPTH = 8  # layers 0..8: less than two decades, linear axes
+SEEDS = 8
+
+
+@pytest.fixture(scope="module")
+def nets():
+    return {"Pre-LN": sp.presets.preln(depth=DEPTH, act="relu"),
+            "Post-LN": sp.presets.postln(depth=DEPTH, act="relu")}
+
+
+@pytest.fixture(scope="module")
+def th(nets):
+    return {k: sp.theory(net, X0) for k, net in nets.items()}
+
+
+@pytest.fixture(scope="module")
+def mc(nets):
+    return {k: sp.simulate(net, X0, width=64, seeds=SEEDS, root_seed=3) for k, net in nets.items()}
+
+
+@pytest.fixture(autouse=True)
+def close_figures():
+    yield
+    plt.close("all")
+
+
+def solid_lines(ax):
+    return [line for line in ax.get_lines() if line.get_linestyle() == "-"]
+
+
+def point_sets(ax):
+    return [line for line in ax.get_lines() if line.get_marker() not in ("None", "", None)]
+
+
+def band(ax, x):
+    """(low, high) of the shaded band at each x (the fill_between polygon's vertices)."""
+    (poly,) = [c for c in ax.collections if isinstance(c, PolyCollection)]
+    v = np.concatenate([p.vertices for p in poly.get_paths()])
+    lo = np.array([v[np.isclose(v[:, 0], xi), 1].min() for xi in x])
+    hi = np.array([v[np.isclose(v[:, 0], xi), 1].max() for xi in x])
+    return lo, hi
+
+
+def test_theory_line_is_the_theory_variable(th):
+    fig = sp.plot(th["Pre-LN"], var="grad_q")
+    (ax,) = fig.axes
+    (line,) = solid_lines(ax)
+    want = th["Pre-LN"]["grad_q"].sel(input=0)  # the first input by default, named in the title
+    np.testing.assert_array_equal(line.get_xdata(), np.arange(DEPTH + 1))
+    np.testing.assert_array_equal(line.get_ydata(), want.values)
+    assert ax.get_title() == "input=0"
+    assert ax.get_xscale() == ax.get_yscale() == "linear"
+    assert "grad_q" in ax.get_ylabel()
+
+
+def test_points_are_the_monte_carlo_mean_and_the_band_two_standard_errors(th, mc):
+    fig = sp.plot(th["Pre-LN"], mc["Pre-LN"], var="corr", estimator="mean")
+    ax = fig.axes[0]
+    (points,) = point_sets(ax)
+    x = points.get_xdata()
+    np.testing.assert_array_equal(x, np.arange(DEPTH + 1))  # 9 layers < max_points: all drawn
+    samples = mc["Pre-LN"]["corr"].sel(input=0, input_b=1).transpose("layer", "seed").values
+    mean = samples.mean(axis=1)
+    se = samples.std(axis=1, ddof=1) / np.sqrt(SEEDS)
+    np.testing.assert_allclose(points.get_ydata(), mean, rtol=1e-12)
+    lo, hi = band(ax, x)
+    np.testing.assert_allclose(lo, mean - 2 * se, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(hi, mean + 2 * se, rtol=1e-9, atol=1e-12)
+    assert ax.get_title() == "input=0, input_b=1"  # the first pair off the diagonal
+    assert "mean $\\pm$2 SE" in " ".join(t.get_text() for t in fig.legends[0].get_texts())
+
+
+def test_heavy_tails_use_log_moments(th):
+    """Synthetic log-normal samples (sd of log 0.6 > HEAVY_LOG_SD = 0.25): auto picks the
+    log-normal estimator, points exp(ybar + s^2/2), band exp(. +- 2 sqrt(s^2/S + s^4/(2(S-1))))."""
+    seeds = 16
+    sim = synthetic(th["Pre-LN"], seeds=seeds, widths=(64,), noise=0.3, root_seed=5)
+    fig = sp.plot(th["Pre-LN"], sim, var="q")
+    ax = fig.axes[0]
+    (points,) = point_sets(ax)
+    y = np.log(sim["q"].isel(width=0).sel(input=0).transpose("layer", "seed").values)
+    s2 = y.var(axis=1, ddof=1)
+    est = y.mean(axis=1) + s2 / 2
+    se = np.sqrt(s2 / seeds + s2**2 / (2 * (seeds - 1)))
+    np.testing.assert_allclose(points.get_ydata(), np.exp(est), rtol=1e-10)
+    lo, hi = band(ax, points.get_xdata())
+    np.testing.assert_allclose(lo, np.exp(est - 2 * se), rtol=1e-10)
+    np.testing.assert_allclose(hi, np.exp(est + 2 * se), rtol=1e-10)
+    legend = " ".join(t.get_text() for t in fig.legends[0].get_texts())
+    assert "lognormal" in legend and "N=64" in legend and f"{seeds} seeds" in legend
+
+
+def test_log_axes_where_the_data_span_decades():
+    deep = sp.theory(sp.presets.resnet(depth=128, act="relu", alpha="1"), X0)  # q doubles
+    ax = sp.plot(deep, var="q").axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "log"
+    (line,) = solid_lines(ax)
+    assert line.get_xdata()[0] == 1  # layer 0 cannot sit on a log axis
+    np.testing.assert_array_equal(line.get_ydata(), deep["q"].sel(input=0).values[1:])
+    # corr stays within [0.5, 1]: linear y on the same log depth axis
+    ax = sp.plot(deep, var="corr").axes[0]
+    assert ax.get_xscale() == "log" and ax.get_yscale() == "linear"
+    ax = sp.plot(deep, var="q", xscale="linear", yscale="linear").axes[0]
+    assert ax.get_xscale() == ax.get_yscale() == "linear"
+
+
+def test_monte_carlo_points_are_thinned_along_depth():
+    net = sp.presets.preln(depth=200, act="relu")
+    mc = sp.simulate(net, X0, width=16, seeds=2, root_seed=0)
+    ax = sp.plot(sp.theory(net, X0), mc, var="var", max_points=10).axes[0]
+    (points,) = point_sets(ax)
+    x = points.get_xdata()
+    assert 2 < len(x) <= 10 and x[0] == 1 and x[-1] == 200
+    assert np.all(np.diff(np.log(x)) > 0)  # increasing, spaced on the log axis
+
+
+def test_hue_col_row_make_lines_and_panels(th):
+    three = {**th, "ResNet": sp.theory(sp.presets.resnet(depth=DEPTH, act="relu"), X0)}
+    fig = sp.plot(three, var="q")  # the mapping's labels become dim 'arch', the one dim left: hue
+    (ax,) = fig.axes
+    assert [line.get_color() for line in solid_lines(ax)] == list(plots.PALETTE[:3])
+    for line, ds in zip(solid_lines(ax), three.values()):
+        np.testing.assert_array_equal(line.get_ydata(), ds["q"].sel(input=0).values)
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:3] == list(three)
+    fig = sp.plot(th, var="q", hue="arch", col="input")
+    assert len(fig.axes) == 2 and all(len(solid_lines(a)) == 2 for a in fig.axes)
+    fig = sp.plot(th, var="q", row="arch", col="input")
+    assert len(fig.axes) == 4 and all(len(solid_lines(a)) == 1 for a in fig.axes)
+    ax = fig.axes[3]  # row Post-LN, column input=1
+    assert ax.get_title() == "Post-LN, input=1"
+    np.testing.assert_array_equal(solid_lines(ax)[0].get_ydata(),
+                                  th["Post-LN"]["q"].sel(input=1).values)
+
+
+def test_monte_carlo_only_for_some_hues(th, mc):
+    """An arch without Monte Carlo gets its line only; the others their points."""
+    fig = sp.plot(th, {"Post-LN": mc["Post-LN"]}, var="q")
+    ax = fig.axes[0]
+    assert len(solid_lines(ax)) == 2 and len(point_sets(ax)) == 1
+
+
+def test_width_as_hue_shares_one_theory_line(th):
+    sims = []
+    for width in (32, 128):
+        s = synthetic(th["Pre-LN"], seeds=4, widths=(width,), noise=0.05).isel(width=0)
+        sims.append(s.assign_attrs(width=width))
+    fig = sp.plot(th["Pre-LN"], stack_widths(sims), var="q", hue="width")
+    ax = fig.axes[0]
+    assert len(solid_lines(ax)) == 1 and len(point_sets(ax)) == 2
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert "width=32" in labels and "width=128" in labels
+
+
+def test_draws_into_a_given_axes(th):
+    fig, ax = plt.subplots()
+    assert sp.plot(th["Pre-LN"], var="q", ax=ax) is fig
+    assert len(solid_lines(ax)) == 1 and ax.get_legend() is not None
+
+
+@pytest.mark.parametrize("kwargs, names", [
+    ({"var": "variance"}, ["q", "log_q", "corr", "grad_q"]),
+    ({"x": "depth"}, ["layer", "input"]),
+    ({"hue": "alpha"}, ["layer", "input"]),
+    ({"col": "layer"}, ["distinct dims"]),
+    ({"sel": {"input": 7}}, ["[0, 1]"]),
+    ({"sel": {"width": 1}}, ["sel", "['input']"]),
+    ({"estimator": "max"}, ["lognormal", "median"]),
+    ({"yscale": "symlog"}, ["linear", "log"]),
+])
+def test_bad_arguments_name_what_is_allowed(th, kwargs, names):
+    with pytest.raises(sp.ConfigError) as err:
+        sp.plot(th["Pre-LN"], **kwargs)
+    for name in names:
+        assert name in str(err.value)
+
+
+def test_bad_datasets_are_config_errors(th, mc):
+    with pytest.raises(sp.ConfigError, match="seed"):
+        sp.plot(mc["Pre-LN"])  # Monte Carlo passed as theory
+    with pytest.raises(sp.ConfigError, match="seed"):
+        sp.plot(th["Pre-LN"], th["Post-LN"])  # theory passed as Monte Carlo
+    with pytest.raises(sp.ConfigError, match="at least one"):
+        sp.plot(None)
+    with pytest.raises(sp.ConfigError, match="arch"):  # two archs, hue taken by input
+        sp.plot(th, var="q", hue="input")
+
+
+def test_overflow_is_reported_not_drawn():
+    deep = sp.theory(sp.presets.resnet(depth=1100, act="relu", alpha="1"), X0)  # 2^1100 > 1e308
+    assert np.isinf(deep["q"]).any() and np.isfinite(deep["log_q"]).all()
+    with pytest.warns(UserWarning, match="overflowed"):
+        fig = sp.plot(deep, var="q")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow inside matplotlib's transforms either
+        fig.savefig(io.BytesIO(), format="png")
+    y = solid_lines(fig.axes[0])[0].get_ydata()
+    assert np.isfinite(y[~np.isnan(y)]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sp.plot(deep, var="log_q")  # the log companion draws without a warning
+
+
+def test_exported_lazily():
+    assert "plot" in sp.__all__
+    from sigprop.analysis.plot import plot
+    assert sp.plot is plot
+    code = "import sys, sigprop; print('matplotlib' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"  # import sigprop does not pay for matplotlib
+
+
+def test_sweep_labels_match_within_rounding():
+    """sel and hue labels of a float sweep match within rounding (0.1 + 0.2 is 0.3 here)."""
+    grid = sp.theory(sp.presets.preln(DEPTH, alpha=sp.sweep("alpha", [0.1, 0.3])), X0)
+    ax = sp.plot(grid, var="q", sel={"alpha": 0.1 + 0.2}).axes[0]
+    (line,) = solid_lines(ax)
+    np.testing.assert_array_equal(line.get_ydata(), grid["q"].sel(alpha=0.3, input=0).values)
+    assert ax.get_title() == "alpha=0.3, input=0"
+    ax = sp.plot(grid, var="q", x="alpha").axes[0]  # at the last layer, named in the title
+    np.testing.assert_array_equal(solid_lines(ax)[0].get_ydata(),
+                                  grid["q"].sel(layer=DEPTH, input=0).values)
+    assert ax.get_title() == f"input=0, layer={DEPTH}"

@@ -1,0 +1,286 @@
+"""Sweeps on dask.distributed writing one zarr store: bit-identity with the single-process runs,
+chunk-size independence, a worker killed mid-task, a client killed and resumed, a task raising.
+
+Every comparison is exact (``assert_identical``: values, dims, coordinates and attributes, bar
+the creation time): a sweep redoes the same engine calls, so it must give the same bits.
+The one exception is stated where it is tested (theory grid chunks through the quadrature).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import xarray as xr
+
+pytest.importorskip("zarr")
+distributed = pytest.importorskip("distributed")
+
+from sigprop.data import load, save
+from sigprop.errors import ConfigError
+from sigprop.pipeline.config import Sim
+from sigprop.pipeline.runs import run_montecarlo, run_theory
+from sigprop.pipeline.sweep import (
+    SweepFailed,
+    SweepIncomplete,
+    _compute,
+    _placed,
+    plan_montecarlo,
+    region_of,
+    sweep_load,
+    sweep_run,
+    task_key,
+    tasks_of,
+)
+
+ROOT = Path(__file__).resolve().parent.parent
+# Two architectures (tanh: the quadrature kernels; relu: closed forms), two batch sizes (the
+# input dim padded with NaN for B = 2), two sweep dims, two widths.
+TINY = """
+description = "sweep test"
+root_seed = 7
+[[arch]]
+label = "Pre-LN tanh"
+preset = "preln"
+act = "tanh"
+[[arch]]
+label = "Post-LN relu"
+preset = "postln"
+act = "relu"
+[inputs]
+q = 1.0
+corr = 0.5
+[sweeps]
+sigma_w1 = [0.5, 1.0, 1.5]
+alpha = [0.1, 1.0]
+[profiles.quick]
+depth = {depth}
+batch_sizes = [2, 3]
+widths = [8, 16]
+seeds = 5
+[profiles.paper]
+depth = 4
+"""
+
+
+# For the fault tests: one batch size, 2 archs x 2 x 2 grid points (x seeds tasks).
+SMALL = TINY.replace("batch_sizes = [2, 3]", "batch_sizes = [2]").replace("[0.5, 1.0, 1.5]",
+                                                                           "[0.5, 1.0]")
+
+
+def write_sim(tmp_path, depth=4, text=TINY) -> Path:
+    path = tmp_path / "tiny.toml"
+    path.write_text(text.replace("{depth}", str(depth)))
+    return path
+
+
+def assert_same(sweep: xr.Dataset, single: xr.Dataset):
+    """Bit-identical: every value, dim order, coordinate and attribute but the creation time."""
+    a, b = sweep.copy(), single.copy()
+    for ds in (a, b):
+        ds.attrs.pop("created_at")
+    xr.testing.assert_identical(a, b)
+    for name in b.variables:
+        assert a[name].dtype == b[name].dtype and a[name].dims == b[name].dims, name
+
+
+@pytest.fixture(scope="module")
+def client():
+    """A LocalCluster of 2 worker processes (not threads), shared by the module's tests."""
+    with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
+                                  dashboard_address=":0") as cluster, \
+            distributed.Client(cluster) as c:
+        yield c
+
+
+# -- bit-identity with the single-process runs ------------------------------------------------
+def test_theory_sweep_on_a_cluster_is_the_single_process_dataset(tmp_path, client):
+    sim = Sim.load(write_sim(tmp_path))
+    store = tmp_path / "tiny.zarr"
+    report = sweep_run(sim, store, client=client, montecarlo=False)
+    assert report.total == {"theory": 4} and report.computed == {"theory": 4}
+    ds = sweep_load(store, "theory")
+    assert_same(ds, run_theory(sim, "quick"))
+    nc = save(ds, tmp_path / "tiny.theory.nc")  # to netCDF and back: nothing lost
+    back = load(nc)
+    back.attrs.pop("checksum", None)
+    xr.testing.assert_identical(back, ds)
+
+
+def test_montecarlo_sweep_on_a_cluster_is_the_single_process_dataset(tmp_path, client):
+    sim = Sim.load(write_sim(tmp_path))
+    opts = {"theory": False, "widths": [8], "seeds": 3}
+    report = sweep_run(sim, tmp_path / "a.zarr", client=client, seed_chunk=2, **opts)
+    assert report.total == {"montecarlo": 2 * 2 * 6 * 1 * 2}  # arch batch grid width seeds
+    single = run_montecarlo(sim, "quick", widths=[8], seeds=3)
+    assert_same(sweep_load(tmp_path / "a.zarr", "montecarlo"), single)
+    # other seed chunks, run here (no dask): the same bits
+    sweep_run(sim, tmp_path / "b.zarr", seed_chunk=1, **opts)
+    assert_same(sweep_load(tmp_path / "b.zarr", "montecarlo"), single)
+
+
+def test_theory_grid_chunks(tmp_path):
+    """Closed-form kernels (relu) are elementwise over the grid: any grid chunk gives the same
+    bits. The quadrature kernels (tanh) reduce over nodes with a BLAS matrix-vector product whose
+    rounding depends on how many grid points are evaluated together (kernels/quadrature.py,
+    ``_expect_z``): a few ulp, far below the quadrature's own error of ~1e-10 (DESIGN.md)."""
+    sim = Sim.load(write_sim(tmp_path))
+    single = run_theory(sim, "quick")
+    for chunk in (1, 2):
+        sweep_run(sim, tmp_path / f"g{chunk}.zarr", grid_chunk=chunk, montecarlo=False)
+        ds = sweep_load(tmp_path / f"g{chunk}.zarr", "theory")
+        relu = {"arch": "Post-LN relu"}
+        assert_same(ds.sel(relu), single.sel(relu))
+        for name in single.data_vars:
+            np.testing.assert_allclose(ds[name].values, single[name].values, rtol=1e-13,
+                                       atol=0)
+
+
+# -- faults -----------------------------------------------------------------------------------
+def test_worker_killed_mid_task_reruns_its_task(tmp_path, client):
+    sim = Sim.load(write_sim(tmp_path, depth=48, text=SMALL))
+    store = tmp_path / "k.zarr"
+    result = {}
+    runner = threading.Thread(target=lambda: result.update(report=sweep_run(
+        sim, store, client=client, theory=False, widths=[16], seeds=3, seed_chunk=1)))
+    pids = client.run(os.getpid)
+    runner.start()
+    busy = []
+    while not busy and runner.is_alive():
+        time.sleep(0.02)
+        busy = [w for w, keys in client.processing().items() if keys and w in pids]
+    assert busy, "the sweep ended before a worker could be killed"
+    victim = busy[0]
+    os.kill(pids[victim], signal.SIGKILL)  # mid-task: it was processing
+    runner.join(timeout=300)
+    assert not runner.is_alive()
+    # the nanny restarted it (a fresh pid), and the scheduler reran what it was doing
+    assert set(client.run(os.getpid).values()) != set(pids.values())
+    report = result["report"]
+    assert report.computed == report.total and not report.failed
+    assert_same(sweep_load(store, "montecarlo"),
+                run_montecarlo(sim, "quick", widths=[16], seeds=3))
+
+
+def _markers(store: Path, kind: str) -> int:
+    folder = store / "sweep" / kind
+    return sum((p / ".zattrs").exists() for p in folder.iterdir()) if folder.exists() else 0
+
+
+def kill_and_resume(tmp_path, command, kill, depth, timeout=120):
+    """Start ``command`` (a sweep), kill it once 2 tasks have finished, then finish the sweep
+    here; returns (markers at the kill, the resumed report, the sim)."""
+    path = write_sim(tmp_path, depth=depth, text=SMALL)
+    store = tmp_path / "r.zarr"
+    proc = subprocess.Popen([sys.executable, "-c", command.format(sim=path, store=store)],
+                            cwd=ROOT, start_new_session=True, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.PIPE)
+    deadline = time.monotonic() + timeout
+    while _markers(store, "montecarlo") < 2 and proc.poll() is None:
+        assert time.monotonic() < deadline, "the sweep never got going"
+        time.sleep(0.02)
+    kill(proc)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, proc.stderr.read().decode()
+    proc.stderr.close()
+    finished = _markers(store, "montecarlo")
+    sim = Sim.load(path)
+    with pytest.raises(SweepIncomplete, match="not finished"):
+        sweep_load(store, "montecarlo")  # a reader never sees the unfinished chunks ...
+    partial = sweep_load(store, "montecarlo", partial=True)  # ... unless asked, as NaN
+    finite = np.isfinite(partial.log_q).any(("layer", "input"))  # one cell per task here
+    assert int(finite.sum()) == finished
+    # a task killed between its data and its marker: its chunk is not shown, and is redone
+    plan = plan_montecarlo(sim, "quick", store, widths=[16], seeds=3, seed_chunk=1)
+    todo = [t for t in tasks_of(plan.layout) if not (store / "sweep" / "montecarlo" /
+                                                      task_key(t) / ".zattrs").exists()]
+    _placed(plan, _compute(plan, todo[-1])[0]).to_zarr(
+        store, group="montecarlo", region=region_of(todo[-1]), mode="r+", consolidated=False)
+    assert int(np.isfinite(sweep_load(store, "montecarlo", partial=True).log_q).any(
+        ("layer", "input")).sum()) == finished
+    report = sweep_run(sim, store, theory=False, widths=[16], seeds=3, seed_chunk=1)
+    return finished, report, sim, store
+
+
+def test_client_killed_mid_sweep_resumes_only_the_missing_chunks(tmp_path):
+    command = ("from sigprop.pipeline.sweep import sweep_run; "
+               "sweep_run('{sim}', '{store}', theory=False, widths=[16], seeds=3, seed_chunk=1)")
+    finished, report, sim, store = kill_and_resume(tmp_path, command, lambda p: p.kill(),
+                                                   depth=24)
+    total = report.total["montecarlo"]
+    assert 2 <= finished < total
+    assert report.skipped["montecarlo"] == finished
+    assert report.computed["montecarlo"] == total - finished
+    assert_same(sweep_load(store, "montecarlo"),
+                run_montecarlo(sim, "quick", widths=[16], seeds=3))
+
+
+@pytest.mark.slow
+def test_cli_on_a_local_cluster_killed_with_its_workers_then_resumed(tmp_path):
+    command = ("import sys; from sigprop.pipeline.cli import app; sys.argv = ['sigprop', 'sweep', "
+               "'{sim}', '-o', '{store}', '--local', '2', '--no-theory', '--width', '16', "
+               "'--seeds', '3', '--seed-chunk', '1']; app()")
+    finished, report, sim, store = kill_and_resume(
+        tmp_path, command, lambda p: os.killpg(p.pid, signal.SIGKILL), depth=64)
+    assert report.skipped["montecarlo"] == finished
+    assert report.computed["montecarlo"] == report.total["montecarlo"] - finished
+    assert_same(sweep_load(store, "montecarlo"),
+                run_montecarlo(sim, "quick", widths=[16], seeds=3))
+
+
+def test_a_task_that_raises_is_named_and_the_others_finish(tmp_path, client):
+    path = write_sim(tmp_path, text=TINY.replace("[0.5, 1.0, 1.5]", "[0.5, -1.0]"))
+    sim = Sim.load(path)  # sigma_w1 = -1 is refused when the net is built, in its task only
+    store = tmp_path / "f.zarr"
+    with pytest.raises(SweepFailed) as err:
+        sweep_run(sim, store, client=client, theory=False, widths=[8], seeds=2)
+    report = err.value.report
+    assert len(report.failed) == 2 * 2 * 2  # arch x batch x alpha, at sigma_w1 = -1
+    assert all("sigma_w1=-1" in where and "Dense.sigma_w=-1.0 is invalid" in why
+               for where, why in report.failed)
+    assert report.computed["montecarlo"] == report.total["montecarlo"] - len(report.failed)
+    with pytest.raises(SweepIncomplete):
+        sweep_load(store, "montecarlo")
+    partial = sweep_load(store, "montecarlo", partial=True)
+    assert partial.log_q.sel(sigma_w1=-1.0).isnull().all()  # nothing marked that is not done
+    good = Sim.load(write_sim(tmp_path, text=TINY.replace("[0.5, 1.0, 1.5]", "[0.5]")))
+    single = run_montecarlo(good, "quick", widths=[8], seeds=2)
+    xr.testing.assert_identical(partial.drop_attrs().sel(sigma_w1=[0.5]), single.drop_attrs())
+
+
+def test_bad_requests_are_refused_before_any_work(tmp_path):
+    sim = Sim.load(write_sim(tmp_path))
+    with pytest.raises(ConfigError, match=r"\.zarr"):
+        sweep_run(sim, tmp_path / "out.nc")
+    with pytest.raises(ConfigError, match="seed_chunk"):
+        sweep_run(sim, tmp_path / "x.zarr", seed_chunk=0)
+    with pytest.raises(ConfigError, match="at most one"):
+        sweep_run(sim, tmp_path / "x.zarr", local=2, scheduler="tcp://nowhere:8786")
+    sweep_run(sim, tmp_path / "y.zarr", montecarlo=False, grid_chunk=2)
+    with pytest.raises(ConfigError, match="split"):  # resuming with other chunks: refused
+        sweep_run(sim, tmp_path / "y.zarr", montecarlo=False, grid_chunk=1)
+    with pytest.raises(ConfigError, match="sweep"):
+        sweep_load(tmp_path / "nothing.zarr")
+
+
+def test_cli_sweep_here_resume_and_export(tmp_path):
+    from typer.testing import CliRunner
+
+    from sigprop.pipeline.cli import app
+
+    path = write_sim(tmp_path)
+    args = ["sweep", str(path), "-o", str(tmp_path / "c.zarr"), "--seeds", "2", "--width", "8",
+            "--export", str(tmp_path / "nc")]
+    first = CliRunner().invoke(app, args)
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(app, args)
+    assert "montecarlo: 24 chunks, 24 already done, 0 computed" in again.output
+    mc = load(tmp_path / "nc" / "tiny.montecarlo.nc")
+    assert mc.sizes["seed"] == 2 and mc.attrs["backend"] == "numpy"
