@@ -34,8 +34,8 @@ def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
     for arch, batch in _iterate(cases, progress, f"theory {sim.name}"):
         ds, reason = theory_case(sim, arch, batch, prof.depth, sweeps)
         if reason is not None:
-            unsupported[_case_label(arch, batch)] = reason
-        items.append(({"arch": arch.name, "batch": batch}, _strip(ds)))
+            unsupported[case_label(arch, batch)] = reason
+        items.append(({"arch": arch.name, "batch": batch}, strip_case_attrs(ds)))
     out = _stack(items)
     out.attrs = make_attrs("theory", sim.config(profile), "numpy", sim=sim.name, profile=profile,
                            unsupported=json.dumps(unsupported))
@@ -59,7 +59,7 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
     for arch, batch, point, width in _iterate(cases, progress, f"simulate {sim.name}"):
         ds = montecarlo_case(sim, profile, arch, batch, point, width, range(seeds), backend)
         used.add(ds.attrs.get("backend", backend))
-        items.append(({"arch": arch.name, "batch": batch, **point, "width": width}, _strip(ds)))
+        items.append(({"arch": arch.name, "batch": batch, **point, "width": width}, strip_case_attrs(ds)))
     out = _stack(items)
     out.attrs = make_attrs("montecarlo", sim.config(profile), ",".join(sorted(used)),
                            sim=sim.name, profile=profile, seeds=seeds,
@@ -95,7 +95,8 @@ def montecarlo_case(sim: Sim, profile: str, arch: ArchSpec, batch, point: dict, 
                     root_seed=sim.spec.root_seed, sampler=prof.sampler)
 
 
-def _case_label(arch: ArchSpec, batch) -> str:
+def case_label(arch: ArchSpec, batch) -> str:
+    """The name of one (architecture, batch size) case in messages and attributes."""
     return arch.name if batch is None else f"{arch.name} (B={batch})"
 
 
@@ -105,7 +106,7 @@ def _iterate(items, progress, what):
     return progress(items, what)
 
 
-def _strip(ds: xr.Dataset) -> xr.Dataset:
+def strip_case_attrs(ds: xr.Dataset) -> xr.Dataset:
     """Drop per-case attrs and the per-arch ``block`` labels before stacking."""
     ds = ds.drop_vars([c for c in ("block",) if c in ds.coords])
     ds.attrs = {}

@@ -242,14 +242,14 @@ def _template(plan: Plan) -> xr.Dataset:
 
 def _compute(plan: Plan, task: Task) -> tuple[xr.Dataset, dict]:
     """The piece of one task (the engines' own dims) and its outcome for the marker."""
-    from sigprop.pipeline.runs import _case_label, montecarlo_case, theory_case
+    from sigprop.pipeline.runs import case_label, montecarlo_case, theory_case
 
     at = {d: range(lo, hi) for d, lo, hi in task}
     arch, batch = plan.archs[at["arch"].start], plan.batches[at.get("batch", range(1)).start]
     if plan.kind == "theory":
         grid = {k: Sweep(k, s.values[at[k].start:at[k].stop]) for k, s in plan.sweeps.items()}
         ds, reason = theory_case(plan.sim, arch, batch, plan.sizes["layer"] - 1, grid)
-        return ds, ({} if reason is None else {"case": _case_label(arch, batch), "reason": reason})
+        return ds, ({} if reason is None else {"case": case_label(arch, batch), "reason": reason})
     point = {k: s.values[at[k].start] for k, s in plan.sweeps.items()}
     ds = montecarlo_case(plan.sim, plan.profile, arch, batch, point,
                          plan.widths[at["width"].start], at["seed"], plan.backend)
@@ -259,9 +259,9 @@ def _compute(plan: Plan, task: Task) -> tuple[xr.Dataset, dict]:
 def _placed(plan: Plan, ds: xr.Dataset) -> xr.Dataset:
     """A piece in the template's shape: the split dims of length 1 added, ``input`` padded to
     the largest batch (NaN, as ``runs._stack`` does), dims in order, coordinates dropped."""
-    from sigprop.pipeline.runs import _strip
+    from sigprop.pipeline.runs import strip_case_attrs
 
-    ds = _strip(ds)
+    ds = strip_case_attrs(ds)
     n = plan.sizes["input"]
     ds = ds.reindex(input=np.arange(n), input_b=np.arange(n))
     ds = ds.expand_dims([d for d in plan.split if d not in ds.dims])

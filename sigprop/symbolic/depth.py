@@ -7,7 +7,7 @@ from dataclasses import dataclass
 
 import sympy
 
-from sigprop.symbolic.maps import _factor_roots
+from sigprop.symbolic.maps import factor_roots_unbounded
 from sigprop.symbolic.symbols import L, l
 from sigprop.symbolic.timeouts import TimedOut, bounded, is_zero, simplify
 
@@ -74,7 +74,7 @@ def solve_depth(step, x, x0, *, index=l, timeout: float | None = None) -> DepthS
 
 def _normal_form(expr):
     """Cancelled, log-expanded, expanded: enough to expose an affine recursion in p."""
-    return sympy.expand(sympy.expand_log(sympy.cancel(_factor_roots(expr)), force=True))
+    return sympy.expand(sympy.expand_log(sympy.cancel(factor_roots_unbounded(expr)), force=True))
 
 
 def _affine_in(expr, p) -> bool:

@@ -66,7 +66,8 @@ def cotangent(n_inputs: int = 1) -> Cotangent:
 _SUFFIX = ("a", "b")
 
 
-def _factor_roots(expr):
+def factor_roots_unbounded(expr):
+    """:func:`factor_roots` without its time bound (for callers already inside one)."""
     return expr.replace(lambda e: e.is_Pow and e.exp in (sympy.S.Half, -sympy.S.Half),
                         lambda e: sympy.factor(e.base) ** e.exp)
 
@@ -79,7 +80,7 @@ def factor_roots(expr, timeout: float | None = None):
     expr = sympy.sympify(expr)
     if not any(p.exp in (sympy.S.Half, -sympy.S.Half) for p in expr.atoms(sympy.Pow)):
         return expr
-    out = bounded(_factor_roots, expr, timeout=timeout)
+    out = bounded(factor_roots_unbounded, expr, timeout=timeout)
     return expr if isinstance(out, TimedOut) else out
 
 
