@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all reproduce derivations bench lint clean
+.PHONY: test test-all torch-cpu reproduce derivations bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -14,6 +14,13 @@ $(STAMP): pyproject.toml
 
 test: $(STAMP)          ## fast tests (slow and GPU tests are deselected)
 	$(BIN)/python -m pytest -q
+
+# The optional torch extra for the torch tests, pinned to a CPU build (never the CUDA wheel, which
+# carries several GB of CUDA libraries); where no CPU build is at hand the torch tests skip.
+TORCH_CPU ?= torch==2.13.0+cpu
+torch-cpu: $(STAMP)
+	$(BIN)/python -m pip install --quiet '$(TORCH_CPU)' \
+	  || echo "no CPU build of torch ($(TORCH_CPU)) found: the torch tests will skip"
 
 test-all: $(STAMP)      ## every test, slow ones included (GPU tests skip without a GPU)
 	$(BIN)/python -m pytest -q -m ''

@@ -1,16 +1,17 @@
 """DeepNorm (ReLU): constant q and gradient, correlation frozen as L -> infinity.
 
 Block x -> LN(beta x + F(x)) with the branch Denses scaled by b; DeepNet's encoder constants
-beta = (2L)^{1/4}, b = (8L)^{-1/4}. With eps = 0 and a ReLU mlp branch, q_l = gain^2 (l >= 1),
-the backward factor per block is exactly 1 at the stationary state (as for Post-LN, ReLU), and
-the correlation map is c' = c + h (f(c) - c) with
+(2N)^{1/4}, (8N)^{-1/4} for N layers of two sublayers, i.e. for L = 2N blocks (one sublayer
+each) beta = L^{1/4}, b = (4L)^{-1/4} (presets.deepnorm, sublayers = 2). With eps = 0 and a
+ReLU mlp branch, q_l = gain^2 (l >= 1), the backward factor per block is exactly 1 at the
+stationary state (as for Post-LN, ReLU), and the correlation map is c' = c + h (f(c) - c) with
 
     h = r / (1 + r),
-    r = b^4 sigma_1^2 sigma_2^2 / (2 beta^2) = sigma_1^2 sigma_2^2 / (16 sqrt(2) L^{3/2}).
+    r = b^4 sigma_1^2 sigma_2^2 / (2 beta^2) = sigma_1^2 sigma_2^2 / (8 L^{3/2}).
 
 Over L blocks the total mixing is L h = O(L^{-1/2}), so c_L -> c_0 and, with g(c) = f(c) - c,
 
-    sqrt(L) (c_L - c_0) -> sigma_1^2 sigma_2^2 g(c_0) / (16 sqrt(2)),
+    sqrt(L) (c_L - c_0) -> sigma_1^2 sigma_2^2 g(c_0) / 8,
 
 the next term being (L h)^2 g g'(c_0) / 2 (the flow dc/dt = h g(c) to second order).
 """
@@ -42,8 +43,8 @@ def derive(slow=False, quick=False):
     r_L = S.simplify(r.subs(S.DEEPNET))
     d.equation("r", sympy.Symbol("r"), r_L, "DeepNet constants")
     K = S.bounded(sympy.limit, S.L ** sympy.Rational(3, 2) * (r_L / (1 + r_L)), S.L, sympy.oo)
-    d.check_true("L^{3/2} h -> sigma_1^2 sigma_2^2 / (16 sqrt(2))",
-                 S.is_zero(K - S.SIGMA_1**2 * S.SIGMA_2**2 / (16 * sympy.sqrt(2))), str(K))
+    d.check_true("L^{3/2} h -> sigma_1^2 sigma_2^2 / 8 (beta = L^{1/4}, b = (4L)^{-1/4})",
+                 S.is_zero(K - S.SIGMA_1**2 * S.SIGMA_2**2 / 8), str(K))
     g = S.simplify(f - S.C_AB)
     dg = S.simplify(sympy.diff(g, S.C_AB))
     d.equation("limit", sympy.sqrt(S.L) * (S.C_L - S.C0), K * g.subs(S.C_AB, S.C0),
@@ -67,7 +68,7 @@ def derive(slow=False, quick=False):
                 "(tol: 2 x third-order + Euler-step term)", math.sqrt(n) * (c_L - c0) - second,
                 tol + 1e-13 * n)
         d.note(f"L = {n}: sqrt(L)(c_L - c_0) = {math.sqrt(n) * (c_L - c0):.6g}, limit "
-               f"{s12 * g0 / (16 * math.sqrt(2)):.6g}")
+               f"{s12 * g0 / 8:.6g}")
         d.check(f"presets.deepnorm(L = {n}): q_l = 1 (gain 1), grad constant",
                 max(abs(ds.q.values[1:] - 1).max(), abs(ds.grad_q.values[1:] - 1).max()), 1e-12)
     return d

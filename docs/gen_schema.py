@@ -1,4 +1,5 @@
-"""Write the variable table of docs/schema.md from ``sigprop.schema.VARIABLES``.
+"""Write the variable table of docs/schema.md from ``sigprop.schema.VARIABLES`` and
+``sigprop.schema.FINITE_WIDTH_VARIABLES``.
 
 ``python docs/gen_schema.py`` rewrites the table between the markers; ``--check`` exits 1 when
 the file differs from what it would write (tests/test_docs.py runs the same comparison).
@@ -30,6 +31,8 @@ def _notes(v: schema.Variable) -> str:
         notes.append("scale (positive, heavy-tailed at finite width)")
     if v.backward:
         notes.append("backward pass")
+    if v.name in schema.FINITE_WIDTH_VARIABLES:
+        notes.append("theory at a width only: `sp.theory(net, inputs, width=N)`")
     return "; ".join(notes)
 
 
@@ -37,7 +40,7 @@ def table() -> str:
     """The Markdown table of every dataset variable, in dataset order."""
     rows = ["| name | dims | long_name | units | description | notes |",
             "| --- | --- | --- | --- | --- | --- |"]
-    for v in schema.VARIABLES.values():
+    for v in [*schema.VARIABLES.values(), *schema.FINITE_WIDTH_VARIABLES.values()]:
         rows.append(f"| `{v.name}` | ({', '.join(v.dims)}) | {_cell(v.long_name)} | "
                     f"`{v.units}` | {_cell(v.description)} | {_notes(v)} |")
     return "\n".join(rows)

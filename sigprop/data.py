@@ -4,6 +4,12 @@ Writes are atomic (a temporary file beside the target, fsynced, then renamed: a 
 rerun after a crash sees the old file or the new one, never half of one), and every dataset
 carries ``attrs['checksum']``, a SHA-256 of its variables, coordinates and other attributes,
 that :func:`load` verifies: an edited, truncated or corrupted file is an error naming it.
+
+A corrupted HDF5 file can crash or hang the HDF5 library itself, before any checksum can be
+read, so a netCDF file is checked before it is opened: :func:`save` writes beside it a SHA-256
+of its bytes (``<name>.sha256``, the ``sha256sum`` format), which :func:`load` compares first;
+a file without one (copied alone, or older) is opened first in a child process with a time
+limit (:func:`_probe`), so that a crash or a hang there is an error naming the file.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import os
 import re
 import secrets
 import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -32,6 +39,8 @@ KINDS = ("theory", "montecarlo", "symbolic")
 SUFFIXES = (".nc", ".zarr")
 CHECKSUM = "checksum"
 TMP_MARK = ".tmp-"  # temporary files are named .<stem>.tmp-<pid>-<random><suffix>
+HASH_SUFFIX = ".sha256"  # th.nc -> th.nc.sha256: SHA-256 of the file's bytes (netCDF only)
+PROBE_TIMEOUT = 30.0  # s a child may take to open and read a netCDF file that has no hash
 
 
 class CorruptData(SigpropError, ValueError):
@@ -162,22 +171,90 @@ def check_output(path) -> Path:
 
 def save(ds: xr.Dataset, path) -> Path:
     """Write ``ds`` losslessly and atomically, with ``attrs['checksum']``: netCDF4 (h5netcdf)
-    by default, zarr when the path ends in .zarr."""
+    by default, zarr when the path ends in .zarr. The file is self-describing: the variables'
+    and the CF attributes of :func:`sigprop.schema.describe` are added where missing."""
     path = check_output(path)
     if ds.attrs.get("kind") not in KINDS:
         raise ConfigError("dataset attrs['kind']", ds.attrs.get("kind"), f"one of {KINDS}")
-    ds = ds.copy(deep=False)
+    ds = schema.describe(ds)  # a copy with the variables' and CF attributes
     ds.attrs = {k: v for k, v in ds.attrs.items() if k != CHECKSUM}
     ds.attrs[CHECKSUM] = checksum(ds)
+    side = hash_path(path)
     try:
+        side.unlink(missing_ok=True)  # a crash before the new hash leaves none, never a stale one
         with atomic_path(path) as tmp:
             if path.suffix == ".zarr":
                 ds.to_zarr(tmp, mode="w")
             else:
                 ds.to_netcdf(tmp, engine="h5netcdf")
+                digest = file_hash(tmp)
+        if path.suffix != ".zarr":
+            with atomic_path(side) as tmp:
+                tmp.write_text(f"{digest}  {path.name}\n")
     except OSError as e:
         raise ConfigError("output", str(path), f"a writable path ({e.strerror or e})") from None
     return path
+
+
+def hash_path(path) -> Path:
+    """The file holding the SHA-256 of a netCDF file's bytes (``th.nc.sha256``)."""
+    path = Path(path)
+    return path.with_name(path.name + HASH_SUFFIX)
+
+
+def file_hash(path) -> str:
+    """SHA-256 (hex) of a file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _check_bytes(path: Path, verify: bool) -> None:
+    """Before a netCDF file is opened here: its bytes match its hash file, or (no hash file, or
+    a mismatch under ``verify=False``) a child process opened and read it all without crashing
+    or hanging."""
+    side = hash_path(path)
+    if side.is_file():
+        recorded = (side.read_text(errors="replace").split() or [""])[0]
+        if recorded == file_hash(path):
+            return
+        if verify:
+            raise CorruptData(f"{path}: the file does not match its checksum in {side.name} "
+                              "(edited, truncated or corrupted since sp.save); recompute it")
+    _probe(path)
+
+
+_PROBE = """import sys, h5py
+with h5py.File(sys.argv[1], "r") as f:
+    def read(name, obj):
+        dict(obj.attrs)
+        if isinstance(obj, h5py.Dataset):
+            obj[()]
+    dict(f.attrs)
+    f.visititems(read)
+"""
+
+
+def _probe(path: Path) -> None:
+    """Open and read ``path`` with h5py in a child process: a crash (a signal), a hang (more
+    than ``PROBE_TIMEOUT``) or an error there is :class:`CorruptData` here."""
+    try:
+        done = subprocess.run([sys.executable, "-c", _PROBE, str(path)], capture_output=True,
+                              text=True, timeout=PROBE_TIMEOUT, check=False)
+    except subprocess.TimeoutExpired:
+        raise CorruptData(f"{path}: not a readable sigprop dataset (the HDF5 library did not "
+                          f"finish reading it within {PROBE_TIMEOUT:g} s: corrupted?)") from None
+    if done.returncode < 0:
+        why = f"the HDF5 library crashed reading it (signal {-done.returncode})"
+    elif done.returncode:
+        lines = done.stderr.strip().splitlines()
+        why = lines[-1] if lines else f"exit status {done.returncode}"
+    else:
+        return
+    raise CorruptData(f"{path}: not a readable sigprop dataset (empty, truncated, corrupted or "
+                      f"not netCDF4): {why}")
 
 
 def _read(path: Path) -> xr.Dataset:
@@ -207,11 +284,14 @@ def load(path, verify: bool = True) -> xr.Dataset:
     """Read a dataset written by :func:`save` (fully into memory) and verify its checksum.
 
     ``verify=False`` reads a file without (or with a wrong) checksum, e.g. one written by an
-    older sigprop; a file that is not a sigprop dataset is refused either way.
+    older sigprop; a file that is not a sigprop dataset is refused either way. A netCDF file is
+    checked before it is opened (the module docstring): by its hash file, or in a child process.
     """
     path = Path(path)
     if not path.exists():
         raise ConfigError("path", str(path), "an existing .nc or .zarr file written by sp.save")
+    if path.is_file():
+        _check_bytes(path, verify)
     ds, error = _read_or_error(path)
     if error is not None:
         raise CorruptData(f"{path}: not a readable sigprop dataset (empty, truncated, corrupted "

@@ -35,3 +35,8 @@ class OverflowInTheory(SigpropError, ArithmeticError):
 
 class MonteCarloOverflow(SigpropError, ArithmeticError):
     """A simulated statistic left the floating-point range (names the block and direction)."""
+
+
+class FiniteWidthWarning(UserWarning):
+    """An infinite-width expectation that no practical width reaches, or a first-order
+    correction that is as large as the leading term."""

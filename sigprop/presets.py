@@ -83,18 +83,26 @@ def periln(depth: int, act="relu", alpha="1", norm="layernorm", eps=1e-5, **kw) 
     return Repeat(Residual(inner, branch_scale(alpha, _depth(depth))), depth)
 
 
-def deepnorm(depth: int, act="relu", eps=1e-5, **kw) -> Op:
-    """DeepNorm (Wang et al. 2022, encoder constants): x -> LN(a x + F(x)) with a = (2L)^{1/4},
-    and every branch Dense initialised with gain b = (8L)^{-1/4}.
+def deepnorm(depth: int, act="relu", eps=1e-5, sublayers: int = 2, **kw) -> Op:
+    """DeepNorm (Wang et al. 2022, encoder constants): x -> LN(a x + F(x)), every branch Dense
+    initialised with an extra gain b.
 
-    Counting: DeepNet's constants are (2N)^{1/4} and (8N)^{-1/4} for N *layers*, each layer
-    holding two residual sublayers (attention and FFN, each x -> LN(a x + G(x))). Here one
-    block is one such sublayer, and the constants take N = L = the number of blocks, i.e. they
-    count sublayers as layers: DeepNet's own convention for L sublayers would be N = L/2, so
-    a = L^{1/4} and b = (4L)^{-1/4}. The values are kept as they are here (which counting the
-    paper uses is decided elsewhere); compare with DeepNet with this factor of 2 in mind."""
+    DeepNet's constants are a = (2N)^{1/4}, b = (8N)^{-1/4} for N *layers*, a layer holding
+    ``sublayers`` residual sublayers (2 in DeepNet: attention and FFN, each
+    x -> LN(a x + G(x))). Here one block is one sublayer, so L blocks are N = L / sublayers
+    layers and
+
+        a = (2 L / sublayers)^{1/4},   b = (8 L / sublayers)^{-1/4};
+
+    with DeepNet's counting (the default, sublayers = 2) a = L^{1/4}, b = (4L)^{-1/4}, which
+    keep DeepNet's per-sublayer update bound 2 b^2 / a^2 = 1 / L (one over the number of
+    residual sublayers). ``sublayers = 1`` counts each block as a DeepNet layer
+    (a = (2L)^{1/4}, b = (8L)^{-1/4})."""
     L = _depth(depth)
-    a, b = (2 * L) ** 0.25, (8 * L) ** -0.25
+    if isinstance(sublayers, bool) or not isinstance(sublayers, int) or sublayers < 1:
+        raise ConfigError("sublayers", sublayers, "an integer >= 1 (residual sublayers per "
+                          "DeepNet layer; DeepNet has 2)")
+    a, b = (2 * L / sublayers) ** 0.25, (8 * L / sublayers) ** -0.25
     s1 = kw.pop("sigma_w1", None)
     s1 = (math.sqrt(2.0) if act in RELU_LIKE else 1.0) if s1 is None else s1
     s2 = kw.pop("sigma_w2", 1.0)

@@ -8,14 +8,23 @@ is the log-space companion of. Scales that grow exponentially with depth are com
 space; the linear variable is ``exp`` of its companion (:func:`complete`), so it may overflow to
 inf where the log stays finite.
 
-A foundation module: imports numpy only.
+:func:`describe` writes this onto a dataset: each variable's ``long_name``, ``units`` and
+``description`` attributes, and the dataset's CF attributes (``Conventions``, ``title``,
+``history``, ``source``); the engines and :func:`sigprop.save` call it.
+
+A foundation module: imports numpy and the standard library only.
 """
 
 from __future__ import annotations
 
+import shlex
+import sys
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+from sigprop.version import __version__
 
 PER_INPUT = ("layer", "input")
 PER_PAIR = ("layer", "input", "input_b")
@@ -77,6 +86,28 @@ NAMES = tuple(VARIABLES)
 PRIMARY = tuple(n for n, v in VARIABLES.items() if v.log_of is None)  # not a log companion
 LOG_NAME = {v.log_of: n for n, v in VARIABLES.items() if v.log_of}  # "q" -> "log_q"
 
+# Added by ``sp.theory(net, inputs, width=N)`` (sigprop.engines.finite_width), at the width N
+# in the dataset's ``width`` attr; a correction is E[stat at width N] - stat_inf to O(1/N).
+FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
+    Variable("log_q_correction", PER_INPUT, "first-order finite-width correction to E log q", "1",
+             "a/N with E[log q] = log q_inf + a/N + O(1/N^2) at the dataset's width N"),
+    Variable("q_rel_correction", PER_INPUT, "first-order relative correction to E q", "1",
+             "E[q]/q_inf - 1 to O(1/N) at the dataset's width N"),
+    Variable("corr_correction", PER_PAIR, "first-order finite-width correction to E corr", "1",
+             "E[corr] - corr_inf to O(1/N) at the dataset's width N"),
+    Variable("mean_correction", PER_INPUT, "first-order finite-width correction to E mean", "1",
+             "E[mean] - mean_inf to O(1/N) at the dataset's width N"),
+    Variable("var_log_q", PER_INPUT, "variance of log q across seeds", "1",
+             "Var[log q] over random nets at the dataset's width N, leading order (O(1/N))"),
+    Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
+             "1", "E[grad_q]/grad_q_inf - 1 = A/N at layer 0 from the backward mean mode of a "
+             "stream x + alpha phi(W x) (NaN elsewhere and for other nets)", backward=True),
+    Variable("valid_width_q", PER_INPUT, "width where the correction to q is 10 %", "1",
+             "10 |a_q|: above this width |E q / q_inf - 1| < 10 % at first order"),
+    Variable("valid_width_corr", PER_PAIR, "width where the correction to corr is 10 %", "1",
+             "10 |a_corr / corr_inf|: above it the correction to corr is < 10 % of corr"),
+)}
+
 
 def complete(computed: dict) -> dict:
     """Every variable, in dataset order, from ``computed``: a linear variable missing from it is
@@ -86,3 +117,42 @@ def complete(computed: dict) -> dict:
         for name in VARIABLES:
             out[name] = computed[name] if name in computed else np.exp(computed[LOG_NAME[name]])
     return out
+
+
+CONVENTIONS = "CF-1.11"  # the netCDF Climate and Forecast conventions the attributes follow
+VARIABLE_ATTRS = ("long_name", "units", "description")
+
+
+def _command() -> str:
+    """How this process was started (``sigprop theory sims/x.toml -o x.nc``, ``pytest ...``)."""
+    if not sys.argv or not sys.argv[0]:
+        return "python"
+    return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
+
+
+def describe(ds, title: str | None = None):
+    """A shallow copy of the xarray Dataset ``ds`` made self-describing: each schema variable
+    gets ``long_name``, ``units`` and ``description`` from :data:`VARIABLES`; the dataset gets
+    ``Conventions`` (CF), ``title`` (``title``, else the one it has, else one made from its
+    ``kind`` and ``sim``), ``history`` (``<created_at> <command>``) and ``source`` (the sigprop
+    version). The variable attributes are always the schema's; dataset attributes already there
+    are kept (so a saved and reloaded dataset is unchanged)."""
+    ds = ds.copy(deep=False)
+    for name in ds.data_vars:
+        v = VARIABLES.get(str(name)) or FINITE_WIDTH_VARIABLES.get(str(name))
+        if v is not None:
+            ds[name].attrs.update({k: getattr(v, k) for k in VARIABLE_ATTRS})
+    attrs = ds.attrs
+    kind = attrs.get("kind", "result")
+    if title is not None:
+        attrs["title"] = title
+    attrs.setdefault("title", f"sigprop {kind}" + (f" of sim {attrs['sim']}" if "sim" in attrs
+                                                  else ": signal propagation by depth"))
+    attrs.setdefault("Conventions", CONVENTIONS)
+    attrs.setdefault("source", f"sigprop {__version__} ({kind})")
+    if "created_at" in attrs:
+        attrs.setdefault("history", f"{attrs['created_at']} {_command()}")
+    return ds
+
+
+AXIS_SCALES = ("auto", "linear", "log")  # a plot axis: log where the data span decades, or fixed

@@ -14,8 +14,8 @@ from sigprop.kernels.gaussian import ACTIVATIONS, get_activation
 from sigprop.kernels.quadrature import expect, kernel_quad
 from sigprop.state.ns import NUMERIC, SYMBOLIC
 
-CLOSED = ("linear", "relu", "erf")
-QUAD = ("tanh", "gelu", "silu")
+CLOSED = ("linear", "relu", "erf", "leaky_relu", "leaky_relu(0.2)")
+QUAD = ("tanh", "gelu", "silu", "gelu_tanh", "elu", "elu(0.5)")
 
 
 def _faces(act):
@@ -46,6 +46,7 @@ def test_quadrature_route_matches_closed_forms(name):
 # --- 2. tanh, gelu, silu against scipy's adaptive integrator (independent scalar activations).
 
 SQRT2 = math.sqrt(2.0)
+_K = math.sqrt(2 / math.pi)
 
 
 def _silu(x):
@@ -61,6 +62,14 @@ SCALAR = {  # name: (phi, phi')
     "gelu": (lambda x: x * 0.5 * math.erfc(-x / SQRT2),
              lambda x: 0.5 * math.erfc(-x / SQRT2) + x * math.exp(-x * x / 2) / math.sqrt(2 * math.pi)),
     "silu": (_silu, lambda x: _sigmoid(x) * (1 + x * (1 - _sigmoid(x)))),
+    # torch's GELU(approximate="tanh") and ELU(alpha), written independently of the package
+    "gelu_tanh": (lambda x: 0.5 * x * (1 + math.tanh(_K * (x + 0.044715 * x**3))),
+                  lambda x: 0.5 * (1 + math.tanh(_K * (x + 0.044715 * x**3)))
+                  + 0.5 * x * _K * (1 + 3 * 0.044715 * x * x)
+                  * (1 - math.tanh(_K * (x + 0.044715 * x**3)) ** 2)),
+    "elu": (lambda x: x if x > 0 else math.expm1(x), lambda x: 1.0 if x > 0 else math.exp(x)),
+    "elu(0.5)": (lambda x: x if x > 0 else 0.5 * math.expm1(x),
+                 lambda x: 1.0 if x > 0 else 0.5 * math.exp(x)),
 }
 
 
@@ -134,7 +143,7 @@ def test_gelu_smoothed_closed_form():
 MC_POINTS = [(1.0, 1.0, 0.5), (0.3, 2.5, -0.7), (30.0, 20.0, 0.95)]
 
 
-@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS) + ["leaky_relu(0.2)", "elu(0.5)"])
 def test_monte_carlo(name):
     act = get_activation(name)
     rng = np.random.default_rng(12345)
@@ -217,7 +226,7 @@ def test_unknown_names_raise(name):
 
 # --- 6. Array faces: phi' is the derivative of phi.
 
-@pytest.mark.parametrize("name", sorted(ACTIVATIONS))
+@pytest.mark.parametrize("name", sorted(ACTIVATIONS) + ["leaky_relu(0.2)", "elu(0.5)"])
 def test_grad_is_derivative(name):
     act = get_activation(name)
     x = np.linspace(-6, 6, 241)
@@ -265,3 +274,26 @@ def test_tables_match_direct_quadrature(name):
         np.testing.assert_allclose(getattr(act, face)(q), direct, rtol=1e-12, atol=1e-15)
     direct = expect(lambda x: act.fn(x) ** 2, 0.0, np.sqrt(q), act._bend)
     np.testing.assert_allclose(act.kernel(q, q, 1.0), direct, rtol=1e-12)
+
+
+# --- Parametric families.
+
+def test_parametric_names():
+    """leaky_relu(s), elu(a): the parameter is read from the name; the family name is its
+    default (torch's); bad parameters are refused by name."""
+    from sigprop.kernels.gaussian import activation_name
+
+    assert get_activation("leaky_relu(0.01)").kernel(1.0, 2.0, 0.3) == \
+        get_activation("leaky_relu").kernel(1.0, 2.0, 0.3)
+    assert get_activation("leaky_relu(0.20)") is get_activation("leaky_relu(0.2)")
+    assert activation_name("leaky_relu", 0.01) == "leaky_relu"
+    assert activation_name("elu", 0.5) == "elu(0.5)"
+    x = np.array([-2.0, 3.0])
+    np.testing.assert_allclose(get_activation("leaky_relu(0.2)").fn(x), [-0.4, 3.0])
+    np.testing.assert_allclose(get_activation("leaky_relu(0)").kernel(1.0, 2.0, 0.3),
+                               get_activation("relu").kernel(1.0, 2.0, 0.3), rtol=1e-14)
+    np.testing.assert_allclose(get_activation("leaky_relu(1)").kernel(1.0, 2.0, 0.3),
+                               get_activation("linear").kernel(1.0, 2.0, 0.3), rtol=1e-14)
+    for bad in ("leaky_relu(-1)", "leaky_relu(x)", "elu(inf)", "tanh(2)", "leaky_relu()"):
+        with pytest.raises(ConfigError):
+            get_activation(bad)

@@ -21,14 +21,14 @@ from sigprop.testing import example
 PACKAGE = Path(sp.__file__).resolve().parent
 
 LAYERS = [
-    {"errors"},
+    {"errors", "version"},
     {"schema", "provenance"},
     {"state", "data"},
     {"kernels"},
     {"ops"},
     {"presets"},
     {"engines", "analysis"},
-    {"testing"},
+    {"testing", "interop"},
     {"symbolic"},
     {"figures"},
     {"pipeline"},

@@ -114,6 +114,8 @@ def test_unreadable_datasets_and_unknown_names(good, tmp_path):
     (lambda: sp.Inputs(q=1e-200, corr=[[1, 0.99, -0.5], [0.99, 1, 0.5], [-0.5, 0.5, 1]]),
      "Inputs.corr"),  # the check on K = C q underflowed to 0 and passed
     (lambda: sp.Inputs(q=1e-200, corr=0.5, mean=[1e-100, -1e-100]), "Inputs (corr, mean)"),
+    (lambda: sp.Inputs(n=117295), "Inputs.n"),  # hypothesis found it: a 103 GiB corr matrix
+    (lambda: sp.Inputs(q=[1.0] * 5000), "Inputs"),
 ])
 def test_bad_api_input_is_a_config_error(make, field):
     with pytest.raises(sp.ConfigError) as err:

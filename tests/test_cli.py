@@ -97,3 +97,164 @@ def test_derive_and_bench_commands_exist():
     for cmd in ("derive", "bench", "reproduce", "simulate", "theory", "compare"):
         r = invoke(cmd, "--help")
         assert r.exit_code == 0, (cmd, r.output)
+
+
+def test_cli_starts_without_heavy_modules():
+    """`sigprop --help`/`--version` must start fast: importing the CLI (and so sigprop's
+    __init__, which the console script imports first) loads none of the heavy libraries."""
+    import subprocess
+    import sys
+
+    heavy = ("numpy", "xarray", "scipy", "sympy", "matplotlib", "pydantic")
+    code = ("import sys, sigprop, sigprop.pipeline.cli; "
+            f"print(sorted(m for m in {heavy!r} if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]", out.stdout + out.stderr
+
+
+def test_version_and_lazy_public_names():
+    from importlib import metadata
+
+    r = invoke("--version")
+    assert r.exit_code == 0 and r.output.strip() == f"sigprop {metadata.version('sigprop')}"
+    assert set(sp.__all__) <= set(dir(sp))
+    for name in sp.__all__:  # every public name resolves, to the object its module defines
+        assert getattr(sp, name) is not None
+    assert callable(sp.theory) and callable(sp.compare) and callable(sp.plot)
+    assert sp.presets.__name__ == "sigprop.presets"
+    with pytest.raises(AttributeError):
+        sp.no_such_name  # noqa: B018
+
+
+@pytest.fixture()
+def th_mc(tiny, tmp_path):
+    th, mc = tmp_path / "th.nc", tmp_path / "mc.nc"
+    assert invoke("theory", tiny, "-o", th).exit_code == 0
+    r = invoke("simulate", tiny, "-o", mc, "--backend", "numpy", "--width", 16, "--seeds", 3)
+    assert r.exit_code == 0, r.output
+    return th, mc
+
+
+def test_plot_command_writes_the_figure(th_mc, tmp_path):
+    th, mc = th_mc
+    fig = tmp_path / "out" / "fig.pdf"
+    r = invoke("plot", th, mc, "--var", "grad_q", "--hue", "arch", "-o", fig)
+    assert r.exit_code == 0, r.output
+    assert fig.read_bytes().startswith(b"%PDF")
+    r = invoke("plot", th, "--var", "corr", "--hue", "arch", "-o", tmp_path / "c.png")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "c.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_plot_command_routes_datasets_and_options_to_sp_plot(th_mc, tmp_path, monkeypatch):
+    import matplotlib.pyplot as plt
+
+    import sigprop.analysis.plot as plot_module
+
+    seen = {}
+
+    def spy(theory, mc=None, **kw):
+        seen.update(theory=theory, mc=mc, **kw)
+        return plt.figure()
+
+    monkeypatch.setattr(plot_module, "plot", spy)
+    th, mc = th_mc
+    r = invoke("plot", mc, th, "--var", "q", "--x", "layer", "--col", "arch",
+               "--sel", "input=1", "--sel", "width=16", "--yscale", "log", "-o", tmp_path / "f.svg")
+    assert r.exit_code == 0, r.output
+    assert "seed" not in seen["theory"].dims and "seed" in seen["mc"].dims  # order-free
+    assert seen["sel"] == {"input": 1, "width": 16} and seen["col"] == "arch"
+    assert seen["yscale"] == "log" and seen["hue"] is None
+
+
+@pytest.mark.parametrize("args, says", [
+    (("--var", "gradq"), "grad_q"),
+    (("--sel", "width"), "DIM=LABEL"),
+    (("--hue", "nope"), "arch"),
+])
+def test_plot_command_errors_are_one_line(th_mc, tmp_path, args, says):
+    th, mc = th_mc
+    r = invoke("plot", th, mc, *args, "-o", tmp_path / "f.pdf")
+    assert r.exit_code == 2 and says in r.output and "Traceback" not in r.output, r.output
+    r = invoke("plot", th, th, "-o", tmp_path / "f.pdf")
+    assert r.exit_code == 2 and "at most one theory" in r.output
+    r = invoke("plot", th, "-o", tmp_path / "f.xyz")
+    assert r.exit_code == 2 and ".pdf" in r.output
+
+
+def test_reproduce_from_a_subfolder_reports_a_broken_sim_and_exits_1(tiny, tmp_path,
+                                                                     monkeypatch):
+    project = tmp_path / "project"
+    (project / "sims").mkdir(parents=True)
+    (project / "pyproject.toml").write_text("")
+    (project / "sims" / "mine.toml").write_text(tiny.read_text())
+    (project / "sims" / "half.toml").write_text("description = 'half-wr")
+    (project / "paper").mkdir()
+    monkeypatch.chdir(project / "paper")
+    cache = tmp_path / "cache"
+    r = invoke("reproduce", "--dry-run", "--no-derive", "--cache-dir", cache)
+    assert r.exit_code == 1, r.output
+    assert f"project root: {project.resolve()}" in r.output
+    assert "load half" in r.output and "step(s) failed: load half" in " ".join(r.output.split())
+    assert "theory mine" in r.output and "would run" in r.output  # the others still run
+    r = invoke("reproduce", "--dry-run", "--no-derive", "--only", "mien")
+    assert r.exit_code == 2 and "'mien'" in r.output and "mine" in r.output, r.output
+    monkeypatch.chdir(tmp_path)
+    r = invoke("reproduce", "--dry-run", "--no-derive", "--only", "mine", "--root", project)
+    assert r.exit_code == 0 and "theory mine" in r.output, r.output
+    r = invoke("reproduce", "--dry-run", "--root", tmp_path / "nowhere")
+    assert r.exit_code == 2 and "--root" in r.output
+
+
+BATCHNORM_B2 = """
+description = "Pre-BN at batch 2"
+[[arch]]
+label = "Pre-BN"
+preset = "prebn"
+act = "relu"
+[inputs]
+q = 1.0
+corr = 0.5
+n = 2
+law = "gaussian"
+[profiles.quick]
+depth = 16
+"""
+
+MEAN_STREAM = """
+description = "mean-carrying stream x + relu(W x) / sqrt(L)"
+[[arch]]
+preset = "resnet"
+act = "relu"
+shape = "dense_act"
+alpha = "1/sqrt(L)"
+[inputs]
+q = 1.0
+n = 1
+[profiles.quick]
+depth = 64
+"""
+
+
+@pytest.mark.parametrize(("toml", "args", "says"), [
+    (BATCHNORM_B2, [], "BatchNorm at batch B = 2"),
+    (MEAN_STREAM, ["--width", 128], "width 128: the stream carries a mean"),
+], ids=["batchnorm-B2", "mean-stream-N128"])
+def test_theory_prints_finite_width_warnings_as_lines(tmp_path, toml, args, says):
+    path, out = tmp_path / "sim.toml", tmp_path / "th.nc"
+    path.write_text(toml)
+    r = invoke("theory", path, "-o", out, *args)
+    assert r.exit_code == 0, r.output
+    lines = [line for line in r.output.splitlines() if line.startswith("finite width: ")]
+    assert len(lines) == 1 and says in lines[0], r.output  # one line per distinct warning
+    assert "FiniteWidthWarning" not in r.output and "warnings.warn" not in r.output
+    ds = sp.load(out)
+    if args:  # the corrections at the width asked for are in the dataset
+        assert ds.attrs["width"] == 128 and "grad_q_rel_correction" in ds
+    else:
+        assert "log_q_correction" not in ds
+
+
+def test_theory_width_must_be_positive(tiny, tmp_path):
+    r = invoke("theory", tiny, "-o", tmp_path / "th.nc", "--width", 0)
+    assert r.exit_code != 0 and "Traceback" not in r.output

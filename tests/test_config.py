@@ -60,7 +60,11 @@ def test_good_config_runs_theory(tmp_path):
     (('act = "relu"', 'act = "relu"\nalpah = 1'), "arch.0", "alpha"),
     (("[inputs]", "[inputs]\nlaw = 'uniform'"), "inputs.law", "gaussian"),
     (("seeds = 2", "seeds = -1"), "profiles.quick.seeds", "greater than or equal to 0"),
-    (("[profiles.paper]\ndepth = 5", ""), "profiles", "quick"),
+    (("[profiles.quick]", "[profiles.'my quick']"), "profiles", "letters, digits"),
+    (("[[arch]]", "[[figure]]\nvar = 'gradq'\n[[arch]]"), "figure.0.var", "grad_q"),
+    (("[[arch]]", "[[figure]]\nhue = 'archh'\n[[arch]]"), "figure.0.hue = 'archh'", "arch, batch"),
+    (("[[arch]]", "[[figure]]\nyscale = 'logg'\n[[arch]]"), "yscale", "linear, log"),
+    (("[[arch]]", "[[figure]]\nhues = 'arch'\n[[arch]]"), "figure.0.hues", "hue"),
     (("corr = 0.5", "corr = 1.5"), "inputs", "cosines in [-1, 1]"),
     (('act = "relu"', 'act = "sigmoid"'), "arch 'preln'", "relu"),
     (('description = "tiny"', 'colour = "red"\ndescription = "tiny"'), "colour", "description"),
@@ -105,3 +109,43 @@ def test_unsupported_theory_is_nan_and_noted(tmp_path):
 
     assert "postbn" in unsupported_of(ds)
     assert bool(ds["q"].isnull().all())
+
+
+def test_profiles_are_named_freely_and_none_is_mandatory(tmp_path):
+    text = GOOD.replace("[profiles.paper]", "[profiles.laptop]")
+    sim = Sim.load(write(tmp_path, text, "free.toml"))
+    assert list(sim.spec.profiles) == ["quick", "laptop"]
+    assert sim.config("laptop")["profiles"]["laptop"]["depth"] == 5
+    assert run_theory(sim, "laptop").sizes["layer"] == 6  # layers 0..depth
+    with pytest.raises(SimConfigError, match="quick, laptop"):
+        sim.profile("paper")
+    no_profiles = GOOD.split("[profiles.quick]")[0]
+    with pytest.raises(SimConfigError, match="profiles"):
+        Sim.load(write(tmp_path, no_profiles, "none.toml"))
+
+
+FIGURES_TOML = """
+[[figure]]
+var = "grad_q"
+hue = "arch"
+caption = "gradient"
+[[figure]]
+name = "q_vs_layer"
+var = "q"
+yscale = "log"
+sel = { input = 1 }
+"""
+
+
+def test_figures_declared_in_a_sim(tmp_path):
+    sim = Sim.load(write(tmp_path, GOOD + FIGURES_TOML, "figs.toml"))
+    figs = sim.figures()
+    assert list(figs) == ["figs_grad_q", "q_vs_layer"]
+    assert figs["figs_grad_q"].plot_kwargs()["hue"] == "arch"
+    assert figs["q_vs_layer"].plot_kwargs()["sel"] == {"input": 1}
+    assert "caption" not in figs["q_vs_layer"].plot_kwargs()
+    plain = Sim.load(write(tmp_path, GOOD, "figs.toml"))  # a figure is not part of the data key
+    assert plain.config("quick") == sim.config("quick")
+    twice = GOOD + FIGURES_TOML.replace('name = "q_vs_layer"', 'name = "figs_grad_q"')
+    with pytest.raises(SimConfigError, match="used twice"):
+        Sim.load(write(tmp_path, twice, "figs.toml"))

@@ -84,7 +84,7 @@ def test_schema_table_is_generated_from_sigprop_schema():
 def _documented_attrs() -> dict[str, str]:
     """{attribute: who carries it} from the attributes table of docs/schema.md."""
     section = (DOCS / "schema.md").read_text().split("## Dataset attributes", 1)[1]
-    rows = re.findall(r"^\| `([a-z_]+)` \| ([^|]+) \|", section, flags=re.MULTILINE)
+    rows = re.findall(r"^\| `([A-Za-z_]+)` \| ([^|]+) \|", section, flags=re.MULTILINE)
     return {name: who.strip() for name, who in rows}
 
 
@@ -170,9 +170,16 @@ def test_readme_same_law_comment_is_true():
 
 @pytest.mark.slow
 def test_readme_python_blocks_run(tmp_path, monkeypatch):
-    """The README's API lines and its plot snippet, as written (about 25 s)."""
+    """The README's API lines, its plot snippet and (where torch is installed: the optional
+    extra) its PyTorch example, as written (about 30 s)."""
+    import importlib.util
+
     text = (ROOT / "README.md").read_text()
     blocks = _blocks(text, "python")
+    torch_blocks = [b for b in blocks if "import torch" in b]
+    assert len(torch_blocks) == 1
+    if importlib.util.find_spec("torch") is None:
+        blocks.remove(torch_blocks[0])
     monkeypatch.chdir(tmp_path)
     namespace = {}
     for block in blocks:
@@ -206,3 +213,26 @@ def test_guide_command_line_walkthrough(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     exec(_blocks(text, "python")[0], {"sp": sp})  # noqa: S102 (the guide's code, as written)
     assert (tmp_path / "grad_q.pdf").is_file()
+
+
+@pytest.mark.slow
+def test_guide_own_experiment_and_its_figure(tmp_path, monkeypatch):
+    """A newcomer's path, as the guide writes it: its TOML with its [[figure]] saved as
+    sims/mine.toml, its `sigprop reproduce` line run from a subfolder -> the figure (about
+    25 s: the guide's quick profile, Monte Carlo of 2 archs x 3 alphas)."""
+    from typer.testing import CliRunner
+
+    from sigprop.pipeline.cli import app
+
+    cli = (DOCS / "guide.md").read_text().split("## The command line", 1)[1]
+    own = cli.split("## Your own experiment and its figure", 1)[1]
+    (tmp_path / "sims").mkdir()
+    (tmp_path / "sims" / "mine.toml").write_text(_blocks(cli, "toml")[0] + _blocks(own, "toml")[0])
+    (tmp_path / "notes").mkdir()
+    monkeypatch.chdir(tmp_path / "notes")  # the project root is found from a subfolder
+    line, = _blocks(own, "sh")[0].strip().splitlines()
+    args = line.split("#", 1)[0].split()
+    assert args[:2] == ["sigprop", "reproduce"]
+    r = CliRunner().invoke(app, [*args[1:], "--cache-dir", str(tmp_path / "cache")])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "paper" / "figures" / "mine_grad_q.pdf").read_bytes().startswith(b"%PDF")

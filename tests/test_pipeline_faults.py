@@ -94,7 +94,7 @@ def signature(root: Path) -> dict[str, str]:
             data = re.sub(rb"/CreationDate \(.*?\)", b"", data)
         out[p.name] = hashlib.sha256(data).hexdigest()
     for p in sorted((root / "c").glob("*/*.nc")):
-        out[p.parent.name] = checksum(load(p).assign_attrs(created_at=""))
+        out[p.parent.name] = checksum(load(p).assign_attrs(created_at="", history=""))
     return out
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 import pytest
 from rich.console import Console
 
+from sigprop.errors import ConfigError
 from sigprop.pipeline import cache as cachemod
 from sigprop.pipeline.cache import Cache
 from sigprop.pipeline.reproduce import Run, reproduce
@@ -82,3 +83,97 @@ def test_missing_latexmk_is_a_clear_note_not_an_error(project, monkeypatch):
     rep._pdf(r)
     (name, status, _), = r.rows
     assert name == "paper PDF" and status.startswith("skipped: latexmk") and "apt-get" in status
+
+
+MINE = """
+description = "my experiment: Pre-LN vs Post-LN"
+[[arch]]
+label = "Pre-LN"
+preset = "preln"
+act = "gelu"
+[[arch]]
+label = "Post-LN"
+preset = "postln"
+act = "gelu"
+[inputs]
+q = 1.0
+corr = 0.5
+n = 2
+[profiles.quick]
+depth = 3
+widths = [16]
+seeds = 3
+[profiles.laptop]
+depth = 2
+[[figure]]
+var = "grad_q"
+hue = "arch"
+caption = "My gradients."
+"""
+
+
+@pytest.fixture()
+def own_project(project):
+    (project / "sims" / "mine.toml").write_text(MINE)
+    (project / "sims" / "broken.toml").write_text(MINE.replace("depth = 3", "depht = 3"))
+    return project
+
+
+def test_every_sim_runs_its_figures_are_drawn_and_a_broken_one_is_skipped(own_project,
+                                                                          monkeypatch):
+    import sigprop.analysis.plot as plot_module
+
+    real, calls = plot_module.plot, []
+
+    def spy(theory, mc=None, **kw):  # the [[figure]] is drawn by sp.plot with its spec
+        calls.append((theory, mc, kw))
+        return real(theory, mc, **kw)
+
+    monkeypatch.setattr(plot_module, "plot", spy)
+    r = Run(derive=False, cache=Cache(own_project / "cache"), console=Console(width=200,
+                                                                           record=True))
+    rows = {name: status for name, status, _ in reproduce(r)}
+    for step in ("theory finite_width", "simulate finite_width", "figure finite_width",
+                 "theory mine", "simulate mine", "figure mine_grad_q"):
+        assert rows[step] == "ran", (step, rows)
+    assert r.failed == ["load broken"] and "depht" in rows["load broken"]
+    assert rows["figure variance"].startswith("skipped: no sims/placement.toml")
+    (theory, mc, kw), = calls
+    assert kw["var"] == "grad_q" and kw["hue"] == "arch"
+    assert list(theory["arch"].values) == ["Pre-LN", "Post-LN"] and mc.sizes["seed"] == 3
+    figures = own_project / "paper" / "figures"
+    assert (figures / "mine_grad_q.pdf").read_bytes().startswith(b"%PDF")
+    assert (figures / "mine_grad_q.caption.tex").read_text().strip() == "My gradients."
+
+    # restyling the figure redraws it without rerunning its sim
+    path = own_project / "sims" / "mine.toml"
+    path.write_text(MINE.replace('hue = "arch"', 'hue = "arch"\nyscale = "log"'))
+    rows, _ = run(own_project, only=("mine",))
+    assert rows == {"derive": "skipped: --no-derive", "theory mine": "cached", "simulate mine": "cached",
+                    "figure mine_grad_q": "ran"}
+    assert calls[-1][2]["yscale"] == "log"
+
+
+def test_only_and_profile_names_are_checked_and_profiles_are_free(own_project):
+    with pytest.raises(ConfigError) as err:
+        run(own_project, only=("mine_gradq",))
+    assert "mine_grad_q" in str(err.value) and "finite_width" in str(err.value)
+    with pytest.raises(ConfigError, match="laptop, paper, quick"):
+        run(own_project, profile="huge")
+    rows, _ = run(own_project, only=("mine", "finite_width"), profile="laptop", dry_run=True)
+    assert rows["theory mine"] == "would run" and "simulate mine" not in rows  # no seeds
+    assert rows["sim finite_width"].startswith("skipped: no profile 'laptop'")
+    assert rows["figure finite_width"] == "skipped: sim finite_width has no profile 'laptop'"
+
+
+def test_project_root_is_found_from_a_subfolder(own_project):
+    from sigprop.pipeline.reproduce import find_root
+
+    (own_project / "pyproject.toml").write_text("")
+    deep = own_project / "paper" / "figures" / "x"
+    deep.mkdir(parents=True)
+    assert find_root(deep) == own_project.resolve()
+    (deep / "sims").mkdir()  # a sims/ without pyproject.toml above it does not win
+    assert find_root(deep) == own_project.resolve()
+    with pytest.raises(ConfigError, match="--root"):
+        find_root(Path("/"))

@@ -86,9 +86,29 @@ def test_preset_block_with_defaults_is_the_preset(preset):
 
 
 def test_deepnet_constants_by_hand():
-    # Wang et al. 2022 (encoder): alpha = (2N)^{1/4}, beta = (8N)^{-1/4}
-    assert S.DEEPNET[S.BETA].subs(S.L, 8) == 2
-    assert S.DEEPNET[S.B_DN].subs(S.L, 2) == sympy.Rational(1, 2)
+    """Wang et al. 2022 (encoder): alpha = (2N)^{1/4}, beta = (8N)^{-1/4} for N layers of two
+    sublayers; one block here is one sublayer, so N = L/2: alpha = L^{1/4}, beta = (4L)^{-1/4}."""
+    assert S.DEEPNET[S.BETA].subs(S.L, 16) == 2  # N = 8: (2 * 8)^{1/4}
+    assert S.DEEPNET[S.B_DN].subs(S.L, 4) == sympy.Rational(1, 2)  # N = 2: (8 * 2)^{-1/4}
+
+
+@pytest.mark.parametrize(("L", "sublayers", "N"), [(16, 2, 8), (16, 1, 16), (12, 3, 4)])
+def test_deepnorm_preset_counts_deepnet_layers(L, sublayers, N):
+    """presets.deepnorm: skip gain (2N)^{1/4} and branch gain (8N)^{-1/4} on both Denses, with
+    N = L / sublayers DeepNet layers (default 2 sublayers per layer, as in DeepNet)."""
+    kw = {} if sublayers == 2 else {"sublayers": sublayers}
+    ops = list(sp.presets.deepnorm(L, act="relu", **kw).walk())
+    res = next(o for o in ops if isinstance(o, sp.Residual))
+    d1, d2 = [o for o in ops if isinstance(o, sp.Dense)]
+    assert res.beta == pytest.approx((2 * N) ** 0.25, rel=1e-14)
+    assert d1.sigma_w == pytest.approx(2**0.5 * (8 * N) ** -0.25, rel=1e-14)
+    assert d2.sigma_w == pytest.approx((8 * N) ** -0.25, rel=1e-14)
+
+
+@pytest.mark.parametrize("bad", [0, 1.5, True, "2"])
+def test_deepnorm_rejects_bad_sublayer_counts(bad):
+    with pytest.raises(sp.ConfigError, match="sublayers"):
+        sp.presets.deepnorm(8, sublayers=bad)
 
 
 def _sleep(x):

@@ -18,3 +18,28 @@ def test_unknown_preset_attribute_is_a_config_error_with_a_suggestion():
     with pytest.raises(sp.ConfigError, match="did you mean 'preln'"):
         sp.presets.pre_ln  # noqa: B018
     assert not hasattr(sp.presets, "no_such_preset")  # still an AttributeError for hasattr
+
+
+def test_missing_cupy_names_the_cuda_extras():
+    from sigprop.engines.montecarlo import gpu_module
+
+    if gpu_module() is not None:
+        pytest.skip("a CuPy GPU is usable here")
+    with pytest.raises(sp.ConfigError, match=r"sigprop\[cuda12\].*sigprop\[cuda13\]"):
+        sp.simulate(sp.presets.preln(depth=1), sp.Inputs(q=1.0), width=8, seeds=1,
+                    backend="cupy")
+
+
+def test_missing_zarr_or_dask_names_the_scale_extra(tmp_path, monkeypatch):
+    import importlib.util
+
+    from sigprop.data import check_output
+    from sigprop.pipeline import sweep
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "zarr" else real(name, *a))
+    with pytest.raises(sp.ConfigError, match=r"sigprop\[scale\]"):
+        check_output(tmp_path / "out.zarr")
+    with pytest.raises(sp.ConfigError, match=r"sigprop\[scale\]"):
+        sweep._require("no_such_module_for_this_test", "dask")

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Mapping
+from pathlib import Path
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -24,10 +25,10 @@ from matplotlib.lines import Line2D
 from sigprop import schema
 from sigprop.analysis import plots
 from sigprop.analysis.compare import ESTIMATORS
+from sigprop.data import atomic_path
 from sigprop.errors import ConfigError
 
 DECADES = 2.0  # an axis is logarithmic when its positive data span more than this many decades
-SCALES = ("auto", "linear", "log")
 DRAWABLE = 1e250  # beyond, matplotlib's log-axis transforms overflow (1e280 did)
 SHARED_COLOUR = 6  # black in plots.PALETTE: a theory line shared by every hue
 
@@ -54,8 +55,8 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if th is None and mc is None:
         raise ConfigError("theory, mc", (None, None), "at least one dataset")
     _check_choice("estimator", estimator, ESTIMATORS)
-    _check_choice("xscale", xscale, SCALES)
-    _check_choice("yscale", yscale, SCALES)
+    _check_choice("xscale", xscale, schema.AXIS_SCALES)
+    _check_choice("yscale", yscale, schema.AXIS_SCALES)
     if int(max_points) < 2:
         raise ConfigError("max_points", max_points, "an integer >= 2")
     present = [ds for ds in (th, mc) if ds is not None]
@@ -86,6 +87,21 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
            for k, da in das.items()}
     return _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale,
                  int(max_points), sharey, ax)
+
+
+def savefig(fig: Figure, path) -> Path:
+    """Write ``fig`` to ``path`` in the paper's style (the suffix names the format: .pdf, .png,
+    .svg, ...), atomically, and close it."""
+    path = Path(path)
+    formats = fig.canvas.get_supported_filetypes()
+    if path.suffix[1:].lower() not in formats:
+        plt.close(fig)
+        raise ConfigError("output", str(path), f"a file ending in one of "
+                          f"{', '.join('.' + f for f in sorted(formats))}")
+    with atomic_path(path) as tmp, plt.rc_context(plots.RC):
+        fig.savefig(tmp, format=path.suffix[1:].lower(), dpi=150)
+    plt.close(fig)
+    return path
 
 
 def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_points, sharey,

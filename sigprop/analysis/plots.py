@@ -27,16 +27,35 @@ from sigprop.analysis.compare import choose, estimate
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
            "#F0E442")
 MARKERS = ("o", "s", "^", "D", "v", "P", "X", "*")
-PANEL = (3.4, 2.7)  # inches per panel
-RC = {
-    "font.size": 8, "axes.titlesize": 9, "axes.labelsize": 8, "legend.fontsize": 7,
-    "xtick.labelsize": 7, "ytick.labelsize": 7, "lines.linewidth": 1.4, "lines.markersize": 3.5,
+PANEL = (3.4, 2.7)  # inches per panel (at most TEXT_WIDTH / columns wide)
+TEXT_WIDTH = 6.5  # inches: under the paper's \linewidth (6.69 in), so figures print at scale >= 1
+RC = {  # every text at >= 8 pt once the figure is printed at TEXT_WIDTH
+    "font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 8,
+    "xtick.labelsize": 8, "ytick.labelsize": 8, "lines.linewidth": 1.4, "lines.markersize": 3.5,
     "axes.spines.top": False, "axes.spines.right": False, "legend.frameon": False,
     "axes.prop_cycle": matplotlib.cycler(color=PALETTE), "savefig.bbox": "tight",
     "pdf.fonttype": 42, "figure.dpi": 150,
 }
 BAND_SE = 2.0  # Monte Carlo bands are estimate +- BAND_SE standard errors
-DISPLAY_LOG_SD = 1.5  # beyond this seed sd of log X, points show the median of X
+
+# One colour (and line style) per net, the same in every figure. Nets whose theory curves
+# coincide (Pre-LN / Peri-LN / Pre-RMSNorm: q_l = q_0 + l rho; Post-LN / DeepNorm: q = 1) get
+# different line styles, so the one drawn on top does not hide the other.
+NET_STYLES = {
+    "plain": ("#000000", "-"),
+    "none": ("#E69F00", "-"),
+    "none, alpha=1/sqrt(L)": ("#999933", "-"),
+    "Pre-LN": ("#0072B2", "-"),
+    "Post-LN": ("#D55E00", "-"),
+    "Peri-LN": ("#009E73", (0, (5, 2))),
+    "DeepNorm": ("#CC79A7", (0, (5, 2))),
+    "Pre-RMSNorm": ("#56B4E9", (0, (5, 2))),
+    "Pre-BN": ("#882255", "-"),
+    "Post-BN": ("#44AA99", "-"),
+}
+VARIANT_LS = (0, (1, 1.5))  # dotted: a variant of a net ("Pre-LN, Dense-ReLU branch")
+NET_ALIASES = {"none, alpha=1": "none", "plain (no skip)": "plain", "plain ReLU": "plain",
+               "Pre-LN, MLP branch": "Pre-LN"}
 
 
 @dataclass
@@ -59,12 +78,36 @@ class FigureData:
             self.notes.append(text)
 
 
-def color(i: int) -> str:
-    return PALETTE[i % len(PALETTE)]
+def style(key) -> dict:
+    """Colour and line style of a net (its label; :data:`NET_STYLES`), or of the ``key``-th
+    member of a family that is not a net (widths, batch sizes) when ``key`` is an int.
+
+    A label ``"<net>, <variant>"`` takes its net's colour, dotted; an unknown label a palette
+    colour fixed by its text (the same in every figure)."""
+    if not isinstance(key, str):
+        return {"color": PALETTE[int(key) % len(PALETTE)], "ls": "-"}
+    key = NET_ALIASES.get(key, key)
+    if key in NET_STYLES:
+        c, ls = NET_STYLES[key]
+        return {"color": c, "ls": ls}
+    net = key.split(",")[0].strip()
+    if net in NET_STYLES or net in NET_ALIASES:
+        return {"color": style(net)["color"], "ls": VARIANT_LS}
+    return {"color": PALETTE[sum(map(ord, key)) % len(PALETTE)], "ls": VARIANT_LS}
 
 
-def marker(i: int) -> str:
-    return MARKERS[i % len(MARKERS)]
+def color(key) -> str:
+    """The colour of :func:`style` (a net's label, or an index into the palette)."""
+    return style(key)["color"]
+
+
+def marker(key) -> str:
+    if isinstance(key, str):
+        names = list(NET_STYLES)
+        net = NET_ALIASES.get(key, key).split(",")[0].strip()
+        net = NET_ALIASES.get(net, net)
+        key = names.index(net) if net in names else sum(map(ord, key))
+    return MARKERS[int(key) % len(MARKERS)]
 
 
 def panels(n: int, nrows: int = 1, layout=None, **kw):
@@ -74,8 +117,8 @@ def panels(n: int, nrows: int = 1, layout=None, **kw):
     rc = {**RC, **kw.pop("rc", {})}
     # Created outside rc_context: a backend chosen on the first figure (Jupyter's inline one
     # turns interactive mode on) must not be undone when the context restores rcParams.
-    fig = plt.figure(figsize=(PANEL[0] * ncols, PANEL[1] * nrows), dpi=rc["figure.dpi"],
-                     layout=layout)
+    width = min(PANEL[0] * ncols, TEXT_WIDTH)
+    fig = plt.figure(figsize=(width, PANEL[1] * nrows), dpi=rc["figure.dpi"], layout=layout)
     with plt.rc_context(rc):
         axes = fig.subplots(nrows, ncols, squeeze=False, **kw)
     for ax in axes.flat[n:]:
@@ -83,23 +126,21 @@ def panels(n: int, nrows: int = 1, layout=None, **kw):
     return fig, list(axes.flat[:n])
 
 
-def theory_line(ax, x, y, i: int, label=None, **kw):
-    """Infinite-width theory: a solid line in colour ``i``."""
+def theory_line(ax, x, y, key, label=None, **kw):
+    """Infinite-width theory: a line in the colour and style of ``key`` (:func:`style`)."""
+    kw = {**style(key), **kw}
     with plt.rc_context(RC):
-        return ax.plot(np.asarray(x), np.asarray(y), color=color(i), label=label, **kw)
+        return ax.plot(np.asarray(x), np.asarray(y), label=label, **kw)
 
 
 def mc_summary(x: xr.DataArray, name: str, estimator: str = "auto"):
     """(centre, low, high, estimator) of Monte Carlo samples on the variable's own scale.
 
-    Where the seed spread of log X exceeds :data:`DISPLAY_LOG_SD` the log-normal estimate of
-    E[X] is dominated by single seeds, so the points show the median instead (callers say so).
+    The estimator is that of :func:`sigprop.analysis.compare.choose`: an estimate of the mean
+    E[X] (the sample mean, or for heavy-tailed X its log-normal estimate), so the points are
+    compared with the theory's mean, never a median with a mean.
     """
     est_name = choose(x, name, estimator)
-    if est_name == "lognormal":
-        with np.errstate(divide="ignore", invalid="ignore"):
-            sd = float(np.log(x).std("seed", ddof=1).max(skipna=True).fillna(0))
-        est_name = "median" if sd > DISPLAY_LOG_SD else est_name
     est, se = estimate(x, est_name)
     lo, hi = est - BAND_SE * se, est + BAND_SE * se
     if est_name != "mean":  # log-scale estimators: back to the variable's scale
@@ -107,7 +148,7 @@ def mc_summary(x: xr.DataArray, name: str, estimator: str = "auto"):
     return est, lo, hi, est_name
 
 
-def mc_points(ax, x, centre, lo, hi, i: int, label=None) -> bool:
+def mc_points(ax, x, centre, lo, hi, key, label=None) -> bool:
     """Monte Carlo: markers with a shaded band of +-2 standard errors.
 
     Non-finite values are left out; returns False if some were infinite (an overflow).
@@ -117,21 +158,17 @@ def mc_points(ax, x, centre, lo, hi, i: int, label=None) -> bool:
     finite = np.isfinite(centre)
     lo, hi = np.where(np.isfinite(lo), lo, np.nan), np.where(np.isfinite(hi), hi, np.nan)
     with plt.rc_context(RC):
-        ax.fill_between(x, lo, hi, where=finite, color=color(i), alpha=0.25, lw=0)
-        ax.plot(x[finite], centre[finite], ls="none", marker=marker(i), color=color(i),
+        ax.fill_between(x, lo, hi, where=finite, color=color(key), alpha=0.25, lw=0)
+        ax.plot(x[finite], centre[finite], ls="none", marker=marker(key), color=color(key),
                 mfc="white", mew=1.0, label=label)
     return not bool(np.isinf(centre).any())
 
 
-MEDIAN_NOTE = ("{what}: the seed spread of the logarithm exceeds 1.5, so the points show the "
-               "median over seeds (the typical value) rather than an estimate of the mean.")
-
-
 def fit_log_ylim(ax, margin: float = 3.0) -> None:
-    """Log y-axis limits from the solid lines and markers only (bands and dashed reference
-    lines may extend beyond and are clipped)."""
+    """Log y-axis limits from the curves and markers only (bands and reference lines, those
+    with ``gid="reference"``, may extend beyond and are clipped)."""
     ys = [np.asarray(line.get_ydata(), dtype=float) for line in ax.get_lines()
-          if line.get_linestyle() in ("-", "None", "none", "")]
+          if line.get_gid() != "reference"]
     y = np.concatenate(ys) if ys else np.array([])
     y = y[np.isfinite(y) & (y > 0)]
     ax.set_yscale("log")
@@ -231,13 +268,13 @@ def layer_curves(ax, data: FigureData, var: str, *, transform=None, sel=None,
     sel = sel or {"input": 0}
     f = transform or (lambda x: x)
     first = 1 if log_x else 0
-    for i, arch in enumerate(arch_labels(data.theory)):
+    for arch in arch_labels(data.theory):
         if archs is not None and arch not in archs:
             continue
         th = pick(data.theory, arch=arch)[var].sel(sel)
         y = f(th)
         if bool(np.isfinite(y).any()):
-            theory_line(ax, th["layer"][first:], y[first:], i, label=arch)
+            theory_line(ax, th["layer"][first:], y[first:], arch, label=arch)
         else:
             data.note(f"{arch}: no infinite-width theory (see the sim's unsupported cases).")
         if data.mc is None or ("arch" in data.mc.dims and arch not in data.mc["arch"].values):
@@ -247,17 +284,15 @@ def layer_curves(ax, data: FigureData, var: str, *, transform=None, sel=None,
         if "width" in m.dims:
             m = m.isel(width=-1)
         m = f(m).sel(layer=sample_layers(m["layer"], linear=not log_x))
-        centre, lo, hi, used = mc_summary(m, var if transform is None else "transformed",
-                                          estimator)
-        if used == "median":
-            data.note(MEDIAN_NOTE.format(what=f"{arch}, {var}"))
+        centre, lo, hi, _ = mc_summary(m, var if transform is None else "transformed",
+                                       estimator)
         label = None if bool(np.isfinite(y).any()) else f"{arch} (Monte Carlo only)"
-        if not mc_points(ax, m["layer"], centre, lo, hi, i, label=label):
+        if not mc_points(ax, m["layer"], centre, lo, hi, arch, label=label):
             data.note(f"{arch}: some Monte Carlo values of {var} overflowed and are not drawn.")
     mc_note(data)
-    if data.mc is not None and "width" in data.mc.dims:
-        data.note(f"Monte Carlo at width N = {int(data.mc['width'][-1])}, "
-                  f"{data.mc.sizes['seed']} seeds; bands are $\\pm${BAND_SE:g} standard errors.")
+    if data.mc is not None:
+        data.note(f"Monte Carlo points estimate the mean (as the theory does), with bands of "
+                  f"$\\pm${BAND_SE:g} standard errors.")
 
 
 def bounded_archs(ds: xr.Dataset, var: str, bound: float = 1e3) -> list[str]:
@@ -269,3 +304,59 @@ def bounded_archs(ds: xr.Dataset, var: str, bound: float = 1e3) -> list[str]:
         if x.size and x.max() <= bound and x.min() >= 1 / bound:
             keep.append(arch)
     return keep
+
+
+def params_note(data: FigureData) -> None:
+    """Add the run's parameters to the caption, read from the datasets (never typed): depth L,
+    each net's branch scale alpha at that depth, the inputs' q_0 and c_0, and the Monte Carlo
+    width(s), seeds and depth."""
+    from sigprop import presets
+
+    th = data.theory
+    cfg = json.loads(th.attrs.get("config", "{}"))
+    L = int(th["layer"][-1])
+    parts = [f"L = {L}"]
+    alphas = {}
+    for arch in cfg.get("arch", []):
+        if arch.get("preset") in ("plain", "deepnorm"):
+            continue
+        a = arch.get("alpha", "1")
+        alphas.setdefault(f"{presets.branch_scale(a, L):.3g}" if not isinstance(a, (list, dict))
+                          else "swept", []).append(arch.get("label", "?"))
+    if len(alphas) == 1:
+        parts.append(f"alpha = {next(iter(alphas))}")
+    elif alphas:
+        parts.append("alpha = " + ", ".join(f"{v} ({', '.join(k)})" for v, k in alphas.items()))
+    for arch in cfg.get("arch", []):
+        if arch.get("preset") == "deepnorm":
+            s = arch.get("sublayers", 2)
+            parts.append(f"{arch.get('label')}: $x \\mapsto \\mathrm{{LN}}(a x + F(x))$, "
+                         f"a = $(2L/{s})^{{1/4}}$ = {(2 * L / s) ** 0.25:.3g}, branch gain "
+                         f"b = $(8L/{s})^{{-1/4}}$ = {(8 * L / s) ** -0.25:.3g}")
+    inp = cfg.get("inputs", {})
+    if isinstance(inp.get("q"), list):
+        parts.append(f"$q_0$ = {inp['q'][0]:g} (the first of the inputs {inp['q']}, drawn)")
+    elif "q" in inp:
+        parts.append(f"$q_0$ = {inp['q']:g}")
+    if inp.get("n", 2) != 1 and "corr" in inp:
+        parts.append(f"$c_0$ = {inp['corr']}")
+    if data.mc is not None:
+        widths = [int(w) for w in data.mc["width"].values] if "width" in data.mc.dims else []
+        mc_depth = int(data.mc["layer"][-1])
+        parts.append("Monte Carlo: " + (f"N = {', '.join(map(str, widths))}, " if widths else "")
+                     + f"{data.mc.sizes.get('seed', 0)} seeds"
+                     + (f", first {mc_depth} blocks" if mc_depth < L else ""))
+    data.note("Parameters: " + "; ".join(parts) + ".")
+
+
+def coinciding(ds: xr.Dataset, var: str, archs, rtol: float = 0.01) -> list[tuple[str, str]]:
+    """Pairs of ``archs`` whose theory ``var`` (input 0) agrees within ``rtol`` at every layer,
+    the solid-line one first (the other is drawn dashed over it by :data:`NET_STYLES`)."""
+    curves = {a: np.asarray(pick(ds, arch=a)[var].sel(input=0), dtype=float) for a in archs}
+    out = []
+    for i, a in enumerate(archs):
+        for b in archs[i + 1:]:
+            x, y = curves[a], curves[b]
+            if np.all(np.isfinite(x) & np.isfinite(y)) and np.allclose(x, y, rtol=rtol, atol=0):
+                out.append((a, b) if style(b)["ls"] != "-" else (b, a))
+    return out

@@ -24,7 +24,9 @@ block, at most 2 per op): ``b B n (ceil(L/k) + k r + 8)`` for the activations, p
 explicit sampler, ``b n_in n_out`` for each weight of a recomputed segment (k blocks: the VJP
 reuses the recomputation's draw, so each W is drawn once per pass). At k = sqrt(L) this is
 O(sqrt(L)): pre-LN, L = 10^4, n = 1024, B = 2, 4 seeds, float32: 47 MiB by the law, 28 MiB
-measured (benchmarks/RESULTS.md), against 4.6 GiB if every block's residuals were kept.
+measured (benchmarks/RESULTS.md), against 4.6 GiB if every block's residuals were kept. A run
+whose chunk (NumPy) and recorded statistics would exceed ``SIGPROP_MEMORY_FRACTION`` of the
+available memory is refused before it starts (:mod:`sigprop.engines.memory`).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ import sympy
 import xarray as xr
 
 from sigprop import schema
+from sigprop.engines import memory
 from sigprop.engines.samplers import SAMPLERS, Explicit
 from sigprop.errors import ConfigError, MonteCarloOverflow
 from sigprop.ops import Dense, Op, layers_of
@@ -79,9 +82,9 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     Hyperparameter sweeps are refused: run one point per call.
     """
     _check_net(net, inputs)
-    width, seeds, root_seed = _check_int("width", width, 2), _check_int("seeds", seeds, 1), \
-        _check_int("root_seed", root_seed, 0, 2**64 - 1)
-    first_seed = _check_int("first_seed", first_seed, 0)
+    width, seeds, root_seed = check_int("width", width, 2), check_int("seeds", seeds, 1), \
+        check_int("root_seed", root_seed, 0, 2**64 - 1)
+    first_seed = check_int("first_seed", first_seed, 0)
     if dtype not in DTYPES:
         raise ConfigError("dtype", dtype, f"one of {DTYPES}")
     smp = _sampler(sampler)
@@ -92,8 +95,15 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     per_seed = memory_per_seed(blocks, inputs.n, width, np.dtype(dtype).itemsize, smp)
     if seed_chunk is None:
         seed_chunk = max(1, min(seeds, MEMORY_BUDGET // per_seed))
-    seed_chunk = _check_int("seed_chunk", seed_chunk, 1)
-    name, xp = _backend(backend)
+    seed_chunk = check_int("seed_chunk", seed_chunk, 1)
+    name, xp = resolve_backend(backend)
+    # host memory: the chunk's arrays (on the host with NumPy) and the recorded statistics
+    working = per_seed * min(seed_chunk, seeds) if xp is np else 0
+    memory.check(working + recorded_bytes(seeds, len(blocks), inputs.n),
+                 f"Monte Carlo of {seeds} seeds x width {width} x B = {inputs.n} inputs x "
+                 f"{len(blocks) + 1} layers ({min(seed_chunk, seeds)} seeds at a time)",
+                 "fewer seeds at a time (seed_chunk=...), a smaller width, or the seeds split "
+                 "over calls (first_seed=...)")
 
     parts = []
     with _progress(progress, 2 * len(blocks) * math.ceil(seeds / seed_chunk)) as tick:
@@ -107,7 +117,7 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
               "root_seed": root_seed, "dtype": dtype, "sampler": smp.name}
     attrs = make_attrs("montecarlo", config, name, root_seed=root_seed, width=width, dtype=dtype,
                        sampler=smp.name, seeds=seeds)
-    return _dataset(data, blocks, attrs, first_seed)
+    return mc_dataset(data, blocks, attrs, first_seed)
 
 
 # -- one chunk of seeds ------------------------------------------------------------------------
@@ -120,10 +130,10 @@ def _run_chunk(blocks, inputs, width, env, tick):
         return Env(env.xp, env.dtype, env.streams, env.sampler, block=l)
 
     # Per layer only the reductions over the features are taken (_moments, _mean_sq); the
-    # elementwise maths on the (S, B) results runs once on the stacked layers (_stats, _log_q):
+    # elementwise maths on the (S, B) results runs once on the stacked layers (signal_stats, _log_q):
     # the same numbers, a fraction of the array calls (on a GPU each call is a launch).
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        x = to_unit_rms(_inputs(inputs, width, env))
+        x = to_unit_rms(input_signals(inputs, width, env))
         fwd, branch, ckpt = [_moments(x)], [None], {0: x}
         for l in range(1, L + 1):
             record: dict = {}
@@ -134,7 +144,7 @@ def _run_chunk(blocks, inputs, width, env, tick):
             if l % k == 0 and l < L:
                 ckpt[l] = x
             tick()
-        fwd = _stats(*(xp.stack(v) for v in zip(*fwd)))
+        fwd = signal_stats(*(xp.stack(v) for v in zip(*fwd)))
         _raise_nonfinite(fwd[0], "forward", blocks)
 
         g = to_unit_rms(Sig(env.normal(COTANGENT, (inputs.n, x.x.shape[-1])), xp.zeros_like(x.ls)))
@@ -161,24 +171,28 @@ def _run_chunk(blocks, inputs, width, env, tick):
     return {name: np.swapaxes(host(v), 0, 1) for name, v in out.items()}  # (seed, layer, ...)
 
 
-def _inputs(inputs: Inputs, n: int, env) -> Sig:
-    """B inputs in R^n per seed (float64 maths, then the working dtype).
+def input_signals(inputs: Inputs, n: int, env) -> Sig:
+    """B inputs in R^n per seed (float64 maths, then the working dtype), log-scaled like the
+    theory's input state (:meth:`Inputs.moments`): x_a = sqrt(q_a) xt_a with ``ls_a = log
+    sqrt(q_a)`` and xt built from the scale-free C (cosines) and mu = m / sqrt(q), so q = 1e-300
+    or 1e300 is as exact as q = 1.
 
-    law="fixed": x_a = m_a 1 + sqrt(n) sum_k F_ak e_k with F F^T = K - m m^T and e_k orthonormal
-    directions orthogonal to 1 (random per seed: Gaussian rows, centred, made orthonormal by
-    (Z Z^T)^(-1/2) Z), so q, mean and cosines are exactly the prescribed ones. law="gaussian":
-    features i.i.d. N(0, K): x = K^(1/2) Z.
+    law="fixed": xt_a = mu_a 1 + sqrt(n) sum_k F_ak e_k with F F^T = C - mu mu^T and e_k
+    orthonormal directions orthogonal to 1 (random per seed: Gaussian rows, centred, made
+    orthonormal by (Z Z^T)^(-1/2) Z), so q, mean and cosines are exactly the prescribed ones.
+    law="gaussian": features i.i.d. N(0, C) in scaled units: xt = C^(1/2) Z.
     """
     xp = env.xp
-    K, m = xp.asarray(inputs.gram), xp.asarray(inputs.mean)
+    s = inputs.moments()
+    C, mu = xp.asarray(s.K), xp.asarray(s.m)
     z = env.normal(INPUT, (inputs.n, n), F64)
     if inputs.law == "gaussian":
-        x = psd_power(K, 0.5) @ z
+        x = psd_power(C, 0.5) @ z
     else:
         z = z - z.mean(axis=-1, keepdims=True)
         e = psd_power(gram(z, z), -0.5) @ z
-        x = m[:, None] + math.sqrt(n) * psd_power(K - xp.outer(m, m), 0.5) @ e
-    return Sig(x.astype(env.dtype), xp.zeros(x.shape[:-1]))
+        x = mu[:, None] + math.sqrt(n) * psd_power(C - xp.outer(mu, mu), 0.5) @ e
+    return Sig(x.astype(env.dtype), xp.zeros(x.shape[:-1]) + xp.asarray(s.ls))
 
 
 def _mean_sq(s: Sig):
@@ -192,11 +206,11 @@ def _log_q(ms, ls):
 
 
 def _moments(s: Sig):
-    """(G / n, row means, ls) of a batch of signals, float64: the reductions of :func:`_stats`."""
+    """(G / n, row means, ls) of a batch of signals, float64: the reductions of :func:`signal_stats`."""
     return gram(s.x, s.x) / s.x.shape[-1], s.x.mean(axis=-1, dtype=F64), s.ls
 
 
-def _stats(G, m, ls):
+def signal_stats(G, m, ls):
     """log q, mean, var (..., B) and corr (..., B, B) from :func:`_moments`, float64.
 
     mean and var are formed in log space (exp(ls + log|.|)): they may overflow to inf at extreme
@@ -227,7 +241,8 @@ def _raise_nonfinite(v, direction, blocks):
 
 
 # -- arguments -----------------------------------------------------------------------------
-def _check_int(field, value, lo, hi=None):
+def check_int(field, value, lo, hi=None) -> int:
+    """``value`` as an int in [lo, hi], else a ConfigError naming ``field`` (bools refused)."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= lo \
         and (hi is None or value <= hi)
     if not ok:
@@ -260,7 +275,9 @@ def _sampler(sampler):
     return sampler
 
 
-def _backend(backend):
+def resolve_backend(backend):
+    """(name, array module) of ``backend`` ("auto", "numpy" or "cupy"); CuPy without a usable
+    GPU is a ConfigError with the install hint."""
     if backend not in BACKENDS:
         raise ConfigError("backend", backend, f"one of {BACKENDS}")
     if backend != "numpy":
@@ -269,7 +286,8 @@ def _backend(backend):
             log.info("sigprop.simulate: backend cupy (GPU)")
             return "cupy", xp
         if backend == "cupy":
-            raise ConfigError("backend", backend, "'numpy' or 'auto' here: no usable CuPy GPU")
+            raise ConfigError("backend", backend, "'numpy' or 'auto' here: no usable CuPy GPU (CuPy: "
+                              "pip install 'sigprop[cuda12]' or 'sigprop[cuda13]', by CUDA major)")
     log.info("sigprop.simulate: backend numpy (CPU)")
     return "numpy", np
 
@@ -298,11 +316,18 @@ def memory_per_seed(blocks, B: int, width: int, itemsize: int, sampler) -> int:
         widest, weight = max(widest, w), max(weight, wt)
         n = n_out
     act = itemsize * B * widest * stored_signals(L, 2 * max(blk.mc_ops() for blk in blocks))
-    if not isinstance(sampler, Explicit):
-        return act
-    # the explicit sampler keeps each W of a recomputed segment (k blocks) for its VJP
-    dense = max(sum(isinstance(op, Dense) for op in blk.walk()) for blk in blocks)
+    # the explicit sampler, and a uniform Dense under any sampler, keeps each W of a recomputed
+    # segment (k blocks) for its VJP
+    explicit = isinstance(sampler, Explicit)
+    dense = max(sum(isinstance(op, Dense) and (explicit or op.init == "uniform")
+                    for op in blk.walk()) for blk in blocks)
     return act + itemsize * weight * math.ceil(math.sqrt(L)) * dense
+
+
+def recorded_bytes(seeds: int, L: int, B: int) -> int:
+    """Bytes of the recorded statistics (float64, every layer and seed: corr B^2 and eight
+    variables of B), about three times over while the chunks are joined and completed."""
+    return 3 * 8 * seeds * (L + 1) * (B * B + 8 * B)
 
 
 def stored_signals(L: int, r: int) -> int:
@@ -312,7 +337,7 @@ def stored_signals(L: int, r: int) -> int:
 
 
 # -- output --------------------------------------------------------------------------------
-def _dataset(data, blocks, attrs, first_seed=0) -> xr.Dataset:
+def mc_dataset(data, blocks, attrs, first_seed=0) -> xr.Dataset:
     """The schema's variables (dims seed first) from the log scales and moments of the chunks."""
     S, L1, B = data["log_q"].shape
     data = schema.complete(data)
@@ -322,7 +347,7 @@ def _dataset(data, blocks, attrs, first_seed=0) -> xr.Dataset:
     ds = xr.Dataset({k: (schema.VARIABLES[k].dims_with(lead=("seed",)), v)
                      for k, v in data.items()}, coords=coords)
     ds.attrs = attrs
-    return ds
+    return schema.describe(ds)
 
 
 @contextmanager

@@ -19,13 +19,19 @@ from sigprop.analysis.plots import latex_escape
 SIMS = ("placement", "norms", "meanshift", "phase")
 
 # Thresholds of the verdicts. The values are infinite-width theory (no sampling error), so each
-# threshold is a physical quantity, not a number of standard errors.
+# threshold is a physical quantity, not a number of standard errors; Monte Carlo comparisons
+# use Z_AGREE standard errors.
 STABLE_FACTOR = 10.0  # a gradient "stable" through the stack: G_0 / G_L within one decade
 VAR_GROWTH = 2.0  # a stream "not kept at constant variance": var_L / var_0 above 2 (doubled)
 MEAN_DOMINATES = 1.0  # a mean "not near zero": mu_L^2 above the variance var_L
 BATCH_INVARIANT = 1e-9  # "does not depend on B": spread over B at rounding level (exact law)
 BATCH_EFFECT = STABLE_FACTOR  # BatchNorm "depends on B": G_0 moves by more than one decade
+CORR_EFFECT = 0.1  # BatchNorm "depends on B": c_L moves by more than 0.1 over the batch sizes
 CHI_TOL = 0.05  # a per-block gradient factor "predictable": |log chi| <= 5 % on the whole grid
+Z_AGREE = 3.0  # Monte Carlo "agrees" with an exact value: within 3 standard errors
+MIN_GRAD_BATCH = 4  # E[1/s^2] = B / (B - 3): BatchNorm's gradient mean is finite only for B > 3
+DEFAULT_INIT = {"sigma_w1": 1.0, "alpha": 1.0}  # tanh branch at its default initialisation
+HANIN_NICA_WIDTH = 4096  # width at which the per-block log-normal coefficients are quoted
 
 
 @dataclass
@@ -43,12 +49,16 @@ def figs(*names: str) -> str:
 
 
 def derivation(name: str) -> str:
-    """LaTeX reference to a derivation's equations (Sec. derivations, by script name)."""
-    return rf"Sec.~\ref{{sec:derivations}} (\texttt{{{latex_escape(name)}}})"
+    """LaTeX reference to a derivation's equations (appendix, by script name)."""
+    return rf"App.~\ref{{sec:derivation:{name}}}"
 
 
 def _th(data, sim):
     return (data.get(sim) or {}).get("theory")
+
+
+def _mc_of(data, sim):
+    return (data.get(sim) or {}).get("montecarlo")
 
 
 def _last(th, arch, var, **sel):
@@ -59,78 +69,92 @@ def _first(th, arch, var, input=0):
     return float(th[var].sel(arch=arch, input=input).isel(layer=0))
 
 
-def _vanishing_verdict(th, none1) -> str:
-    """"Misleading" when the unnormalised stack's gradient does not vanish (G_0 / G_L above
-    1 / STABLE_FACTOR: nothing to cure), "Supported" when it does; unknown without that arch."""
-    if none1 is None:
-        return "not computed"
-    return "Misleading" if _growth(th, none1) > -np.log(STABLE_FACTOR) else "Supported"
-
-
-def _post_tanh_logchi(phase) -> float:
-    """max |log chi| of Post-LN over the phase grid (0 when the phase sim lacks Post-LN)."""
-    if phase is None or "Post-LN" not in [str(a) for a in phase["arch"].values]:
-        return 0.0
-    from sigprop.figures.phase import factor
-
-    return float(np.abs(factor(phase).sel(arch="Post-LN")).max())
-
-
 def _growth(th, arch, var="log_grad_q"):
     """log X_0 - log X_L (input 0)."""
     x = th[var].sel(arch=arch, input=0)
     return float(x.isel(layer=0) - x.isel(layer=-1))
 
 
-def _post_tanh(phase) -> str:
-    """What Post-LN's per-block gradient factor does over the phase grid, as text."""
+def _arch(th, prefix, exclude=None):
+    return next((str(a) for a in th["arch"].values if str(a).startswith(prefix)
+                 and (exclude is None or exclude not in str(a))), None)
+
+
+def postln_tanh_chi(phase) -> float | None:
+    """Post-LN's per-block gradient factor chi with tanh branches at the default initialisation
+    (:data:`DEFAULT_INIT`), read off the phase grid (chi is depth-independent for Post-LN: the
+    stream is stationary from block 1). None when the grid lacks that point or Post-LN."""
     if phase is None or "Post-LN" not in [str(a) for a in phase["arch"].values]:
-        return "(phase sim without Post-LN: the tanh case is not computed)"
+        return None
     from sigprop.figures.phase import factor
 
     x = factor(phase).sel(arch="Post-LN")
-    lo, hi = float(np.exp(x.min())), float(np.exp(x.max()))
-    trend = ("grows towards the input" if lo >= 1 else "shrinks towards the input" if hi <= 1
-             else "grows or shrinks towards the input")
-    return (f"with tanh branches its gradient {trend}, per-block factor $\\chi$ from "
-            f"{lo:.3g} to {hi:.3g} over the phase grid, compounding as $\\chi^L$")
+    at = {}
+    for dim, want in DEFAULT_INIT.items():
+        if dim not in x.dims:
+            return None
+        vals = np.asarray(x[dim].values, dtype=float)
+        i = int(np.argmin(np.abs(vals - want)))
+        if abs(vals[i] - want) > 1e-9 * want:
+            return None
+        at[dim] = i
+    return float(np.exp(x.isel(at)))
+
+
+def _post_chi_range(phase):
+    """(min, max) of Post-LN's chi over the phase grid, or None."""
+    if phase is None or "Post-LN" not in [str(a) for a in phase["arch"].values]:
+        return None
+    from sigprop.figures.phase import factor
+
+    x = factor(phase).sel(arch="Post-LN")
+    return float(np.exp(x.min())), float(np.exp(x.max()))
 
 
 def placement_rows(th, phase=None) -> list[Row]:
     L = int(th["layer"][-1])
-    archs = [str(a) for a in th["arch"].values]
-    post = next(a for a in archs if a.startswith("Post-LN"))
-    pre = next(a for a in archs if a.startswith("Pre-LN"))
-    none1 = next((a for a in archs if a.startswith("none") and "sqrt" not in a), None)
+    pre, post = _arch(th, "Pre-LN"), _arch(th, "Post-LN")
+    none1 = _arch(th, "none", exclude="sqrt")
     g_pre, g_post = _growth(th, pre), _growth(th, post)
     v_pre, v_post = _last(th, pre, "var", input=0), _last(th, post, "var", input=0)
+    chi = postln_tanh_chi(phase)
     rows = []
+    if chi is None:
+        verdict, tanh = "not computed", "the tanh per-block factor is not computed (phase sim)"
+    else:
+        verdict = ("Supported" if max(abs(g_post), L * abs(np.log(chi))) <= np.log(STABLE_FACTOR)
+                   else "Not supported as a rule")
+        tanh = (f"with tanh branches at the default initialisation its per-block gradient factor "
+                f"is $\\chi$ = {chi:.4g}, a constant of the stationary Post-LN block, so "
+                f"$G_0/G_L = \\chi^L = {_sci(chi ** L)}$ at L = {L}")
     rows.append(Row(
         "Put the normalisation after the residual addition (Post-LN), ahead of the "
-        "activation, to stabilise deep residual stacks.",
-        "Supported" if max(abs(g_post), _post_tanh_logchi(phase) * L) <= np.log(STABLE_FACTOR)
-        else "Not supported as a rule",
-        f"Post-LN pins the stream (var$_L$ = {v_post:.3g} at L = {L}) and, with ReLU "
-        f"branches only, its gradient ratio $G_0/G_L$ = {np.exp(g_post):.3g}; "
-        f"{_post_tanh(phase)}. Pre-LN leaves the stream unnormalised (var$_L$ = {v_pre:.4g}) "
-        "but its per-block gradient factor tends to 1 with depth. In these blocks a Dense, "
-        "not an activation, follows the normalisation.",
-        figs("variance", "gradient", "phase")))
-    expl = f"{np.exp(min(_growth(th, none1), 700.0)):.3g}" if none1 else "n/a"
+        "activation, to stabilise deep residual stacks.", verdict,
+        f"Post-LN pins the stream (var$_L$ = {v_post:.3g}); with ReLU branches its per-block "
+        f"gradient factor is exactly 1 ($G_0/G_L$ = {np.exp(g_post):.3g}), but {tanh}. Pre-LN "
+        f"leaves the stream unnormalised (var$_L$ = {v_pre:.4g}). In these blocks a Dense, not "
+        "an activation, follows the normalisation.",
+        figs("gradient", "phase") + "; " + derivation("postln_grad_factor")))
+    expl = _sci(float(np.exp(min(_growth(th, none1), 700.0)))) if none1 else "n/a"
+    vanish = None if none1 is None else _growth(th, none1) <= -np.log(STABLE_FACTOR)
     rows.append(Row(
         "LayerNorm keeps gradients large, curing vanishing gradients in deep residual stacks.",
-        _vanishing_verdict(th, none1),
-        f"No residual stack here shows vanishing gradients at initialisation: the skip path "
-        f"keeps $G_0 \\ge G_L$ even without normalisation (ratio {expl} at alpha = 1, i.e. "
-        f"exploding). LayerNorm bounds the growth: Pre-LN $G_0/G_L$ = {np.exp(g_pre):.3g} "
-        f"(polynomial in L), Post-LN {np.exp(g_post):.3g}.",
-        figs("gradient")))
+        "not computed" if vanish is None else "Supported" if vanish else "Misleading",
+        f"For MLP branches without a final LayerNorm (the nets here), no residual stack shows "
+        f"vanishing gradients at initialisation: without normalisation, alpha = 1, the "
+        f"per-block factor is $\\chi$ = {np.exp(_growth(th, none1) / L):.4g} "
+        f"($G_0/G_L = {expl}$ at L = {L}: exploding). LayerNorm bounds the growth: Pre-LN "
+        f"$G_0/G_L$ = {np.exp(g_pre):.4g}, growing like $L^\\kappa$ with "
+        f"$\\kappa = \\ln(G_0/G_L)/\\ln L$ = {g_pre / np.log(L):.3g}; Post-LN "
+        f"{np.exp(g_post):.3g}.",
+        figs("gradient") + "; " + derivation("preln_grad_telescoping")))
     rows.append(Row(
         "LayerNorm keeps the layer outputs at zero mean and constant variance through depth.",
         "False for Pre-LN" if v_pre / _first(th, pre, "var") > VAR_GROWTH else "Supported",
         f"Only the branch input is normalised: the Pre-LN stream variance grows linearly, "
-        f"var$_L$ = {v_pre:.4g} at L = {L} (derivation: $q_L = q_0 + L\\alpha^2$); Post-LN "
-        f"and DeepNorm fix it at {v_post:.3g}.",
+        f"by {(v_pre - _first(th, pre, 'var')) / L:.4g} per block (derivation: "
+        f"$q_L = q_0 + L\\alpha^2\\gamma^2\\sigma_1^2\\sigma_2^2/2$), to var$_L$ = {v_pre:.4g} "
+        f"at L = {L}; Post-LN and DeepNorm fix it at {v_post:.3g}.",
         figs("variance") + "; " + derivation("preln_q_linear")))
     return rows
 
@@ -146,99 +170,192 @@ def meanshift_rows(th) -> list[Row]:
         "LayerNorm keeps the mean of the activations near zero.",
         "False for the stream" if m2 / v > MEAN_DOMINATES else "Supported",
         f"With a branch ending in a ReLU, Pre-LN's stream accumulates a mean: "
-        f"$\\mu_L^2$ = {m2:.4g} against var$_L$ = {v:.4g}; a branch ending in a Dense adds no "
-        "mean.",
+        f"$\\mu_L^2/\\mathrm{{var}}_L$ = {m2 / v:.4g}; a branch ending in a Dense adds no "
+        "mean at infinite width.",
         figs("meanshift"))]
 
 
-def _at(th, mc, arch: str, B: int, pick) -> tuple[float, str]:
-    """``pick(ds)`` for one arch and batch size: theory, or the Monte Carlo median without it."""
-    t = float(pick(th).sel(arch=arch, batch=B))
-    if np.isfinite(t):
-        return t, "theory"
-    if mc is not None and arch in mc["arch"].values:
-        m = pick(mc).sel(arch=arch, batch=B)
-        m = m.isel(width=-1) if "width" in m.dims else m
-        return float(m.median("seed")), "Monte Carlo median; no theory"
-    return float("nan"), "not computed"
+def batchnorm_table(th, mc=None) -> list[dict]:
+    """Per batch size: the exact Post-BN correlation -1/(B-1) against Monte Carlo (input pair
+    (0, 1), and the mean over all pairs), the Pre-BN closed form against the engine and Monte
+    Carlo, and Pre-BN's input gradient with E[1/s^2] = B/(B-3) (None for B <= 3)."""
+    from sigprop.figures.norms import branch_rho, inputs_of, postbn_corr, prebn_corr
+
+    L = int(th["layer"][-1])
+    q0, c0 = inputs_of(th)
+    rho = branch_rho(th)
+    rows = []
+    for B in [int(b) for b in th["batch"].values]:
+        r = {"B": B, "postbn": float(postbn_corr(B)),
+             "prebn_closed": float(prebn_corr(L, B, q0, c0, rho)),
+             "prebn_engine": float(th["corr"].sel(arch="Pre-BN", batch=B, input=0, input_b=1)
+                                   .isel(layer=-1)),
+             "prebn_g0": float(th["grad_q"].sel(arch="Pre-BN", batch=B, input=0).isel(layer=0)),
+             "inv_s2": B / (B - 3) if B > 3 else None}
+        if mc is not None and "Post-BN" in mc["arch"].values:
+            m = mc.sel(arch="Post-BN", batch=B)
+            m = m.isel(width=-1) if "width" in m.dims else m
+            c = m["corr"].isel(layer=-1)
+            pair = c.sel(input=0, input_b=1)
+            sub = c.isel(input=slice(0, B), input_b=slice(0, B))
+            allp = (sub.sum(("input", "input_b")) - _diag(sub)) / (B * (B - 1))
+            S = pair.sizes["seed"]
+            for key, x in (("mc_pair", pair), ("mc_all", allp)):
+                r[key] = float(x.mean("seed"))
+                r[key + "_se"] = float(x.std("seed", ddof=1)) / np.sqrt(S)
+        rows.append(r)
+    return rows
+
+
+def _diag(c):
+    """Sum of the diagonal of the (input, input_b) block, per seed."""
+    B = c.sizes["input"]
+    return sum(c.isel(input=a, input_b=a) for a in range(B))
+
+
+def _z(r, key):
+    se = r.get(key + "_se")
+    return abs(r[key] - r["postbn"]) / se if se else (0.0 if r[key] == r["postbn"] else np.inf)
 
 
 def norm_rows(th, mc=None) -> list[Row]:
     def corr(ds):
         return ds["corr"].sel(input=0, input_b=1).isel(layer=-1)
 
-    def grad(ds):
-        return ds["grad_q"].sel(input=0).isel(layer=0)
-
     archs = [str(a) for a in th["arch"].values]
-    ln, bn = "Pre-LN", next((a for a in archs if a.startswith("Pre-BN")), None)
+    ln, bn = "Pre-LN", _arch(th, "Pre-BN")
     if ln not in archs or bn is None:
         return []
-    spread_ln = float(np.ptp(corr(th).sel(arch=ln).values)) + \
-        float(np.ptp(np.log(grad(th).sel(arch=ln).values)))
-    b = [int(x) for x in th["batch"].values]
-    (c0, src_c0), (c1, _) = _at(th, mc, bn, b[0], corr), _at(th, mc, bn, b[-1], corr)
-    (g0, src_g0), (g1, _) = _at(th, mc, bn, b[0], grad), _at(th, mc, bn, b[-1], grad)
-    return [Row(
+    tab = batchnorm_table(th, mc)
+    spread_ln = float(np.ptp(corr(th).sel(arch=ln).values))
+    spread_bn = max(r["prebn_engine"] for r in tab) - min(r["prebn_engine"] for r in tab)
+    ok = [r for r in tab if r["B"] >= MIN_GRAD_BATCH]
+    g_lo, g_hi = (ok[0], ok[-1]) if len(ok) >= 2 else (None, None)
+    bn_grad = g_lo is not None and abs(np.log(g_lo["prebn_g0"] / g_hi["prebn_g0"])) > \
+        np.log(BATCH_EFFECT)
+    closed = max(abs(r["prebn_closed"] - r["prebn_engine"]) for r in tab)
+    with_mc = [r for r in tab if r["B"] > 2 and np.isfinite(r.get("mc_pair", np.nan))
+               and r.get("mc_pair_se", 0) > 0]
+    z_all = max((_z(r, "mc_pair") for r in with_mc), default=None)
+    mc_text = ("; Monte Carlo at the last layer "
+               + ", ".join(f"{r['mc_pair']:.3f} $\\pm$ {r['mc_pair_se']:.2f}" for r in with_mc)
+               + " against " + ", ".join(f"{r['postbn']:.3f}" for r in with_mc)
+               + f" at B = {', '.join(str(r['B']) for r in with_mc)} (largest |z| = {z_all:.2g})"
+               if with_mc else "")
+    postbn_ok = z_all is None or z_all <= Z_AGREE
+    b = [r["B"] for r in tab]
+    rows = [Row(
         "LayerNorm does not depend on the batch size, unlike BatchNorm; instance norm "
         "normalises each sample on its own.",
         ("Supported (LN, RMSNorm); IN not modelled"
-         if spread_ln <= BATCH_INVARIANT and abs(np.log(g0 / g1)) > np.log(BATCH_EFFECT)
+         if spread_ln <= BATCH_INVARIANT and spread_bn > CORR_EFFECT and postbn_ok
          else "Not supported"),
-        f"Over B = {b[0]}..{b[-1]} the Pre-LN and Pre-RMSNorm curves do not move (spread "
-        f"{spread_ln:.1e}); {bn}'s final correlation goes from {c0:.3g} ({src_c0}) to "
-        f"{c1:.3g}. On feature vectors instance norm has no spatial axis to normalise over, so "
-        "it is not an op here.",
-        figs("norms")),
-        Row(
+        f"LayerNorm acts on each example (by definition, so its curves are flat in B: spread "
+        f"{spread_ln:.1e}). BatchNorm centres each feature over the batch, so for "
+        f"exchangeable inputs its output correlation is exactly $-1/(B-1)$ at infinite width: "
+        f"Post-BN sits at that fixed point{mc_text}. Pre-BN follows "
+        f"$c_L = (q_0c_0 + L\\rho f(-1/(B-1)))/(q_0 + L\\rho)$, from {tab[0]['prebn_closed']:.3g} "
+        f"at B = {b[0]} to {tab[-1]['prebn_closed']:.3g} at B = {b[-1]} (the engine agrees to "
+        f"{closed:.1e}). On feature vectors instance norm has no spatial axis, so it is not an "
+        "op here.",
+        figs("norms") + r"; Tab.~\ref{tab:batchnorm}")]
+    if g_lo is None:
+        rows.append(Row("BatchNorm is noisy at small batch sizes, LayerNorm is not.",
+                        "not computed", f"fewer than two batch sizes B >= {MIN_GRAD_BATCH}",
+                        figs("norms")))
+        return rows
+    rows.append(Row(
         "BatchNorm is noisy at small batch sizes, LayerNorm is not.",
-        ("Supported, and stronger (even at infinite width)"
-         if abs(np.log(g0 / g1)) > np.log(BATCH_EFFECT) and spread_ln <= BATCH_INVARIANT
-         else "Not supported at infinite width"),
+        ("Supported, and stronger (a deterministic B dependence at infinite width)"
+         if bn_grad and spread_ln <= BATCH_INVARIANT else "Not supported at infinite width"),
         f"Even at infinite width, with no sampling noise, BatchNorm changes the signal with B: "
-        f"the input gradient of {bn} is $G_0$ = {g0:.3g} at B = {b[0]} ({src_g0}) against "
-        f"{g1:.3g} at B = {b[-1]}; at B = 2 each feature is normalised to $\\pm 1$ and the "
-        "backward pass divides by a near-zero spread.",
-        figs("norms"))]
+        f"Pre-BN's input gradient is $G_0 = {_sci(g_lo['prebn_g0'])}$ at B = {g_lo['B']} "
+        f"against ${_sci(g_hi['prebn_g0'])}$ at B = {g_hi['B']}. The backward divides by the batch spread "
+        f"s, and $\\mathrm{{E}}[1/s^2] = B/(B-3)$ ({g_lo['inv_s2']:.3g} at B = {g_lo['B']}) "
+        f"diverges for B $\\le$ 3, where $G_0$ is set by eps, not by B: those batch sizes are "
+        "not used as evidence.",
+        figs("norms") + r"; Tab.~\ref{tab:batchnorm}"))
+    return rows
 
 
 def phase_rows(th) -> list[Row]:
-    from sigprop.figures.phase import factor
-
-    logchi = factor(th)
-    out = []
-    for arch in [str(a) for a in th["arch"].values]:
-        x = logchi.sel(arch=arch)
-        out.append(f"{arch} up to $|\\log\\chi|$ = {float(np.abs(x).max()):.2g}")
-    post = float(np.abs(logchi.sel(arch="Post-LN")).max()) if "Post-LN" in logchi["arch"] else 0
+    rng = _post_chi_range(th)
+    if rng is None:
+        return []
+    lo, hi = rng
+    trend = ("only grows towards the input" if lo >= np.exp(-1e-4) else
+             "shrinks towards the input" if hi <= 1 else "grows or shrinks towards the input")
     return [Row(
         "LayerNorm gives a consistent, predictable gradient flow through the network.",
-        "Placement-dependent" if post > CHI_TOL else "Supported",
-        "Over the ($\\sigma_w^2$, alpha) grid of tanh branches the per-block gradient factor "
-        "$\\chi$ moves away from 1 by: " + "; ".join(out) + ". It depends on the "
-        "initialisation and on where the normalisation sits.", figs("phase"))]
+        "Placement-dependent" if np.log(hi) - np.log(lo) > CHI_TOL else "Supported",
+        f"Post-LN's per-block gradient factor is depth-independent; over the "
+        f"($\\sigma_w^2$, alpha) grid of tanh branches it {trend}, $\\chi$ from {lo:.4g} to "
+        f"{hi:.4g} per block (compounding as $\\chi^L$). Pre-LN's $G_0/G_L$ grows like a power "
+        "of L and the unnormalised stack's like $\\exp\\Theta(\\sqrt L)$, so their $\\chi$ "
+        "depends on the depth: flow depends on the initialisation and on where the "
+        "normalisation sits.", figs("phase"))]
 
 
-STATIC = (
-    Row("LayerNorm normalises each feature over the mini-batch.", "False (definition)",
-        "LayerNorm averages over the features of one example; averaging each feature over "
-        "the batch is BatchNorm (DESIGN.md op definitions).", r"Sec.~\ref{sec:conventions}"),
-    Row("Tune LayerNorm's momentum for its moving averages.", "False (definition)",
-        "LayerNorm has no running statistics, so no momentum: its parameters are eps and the "
-        "gain, and it computes the same map in training and inference. Momentum belongs to "
-        "BatchNorm's running averages.", r"Sec.~\ref{sec:conventions}"),
-    Row("LayerNorm reduces internal covariate shift, hence faster convergence (Ba et al. 2016).",
-        "Not testable here",
-        "A statement about training dynamics; sigprop measures signal propagation at "
-        "initialisation. The only fact it shows is trivial: a normalised branch input has a "
-        "fixed second moment.", "--"),
-    Row("Cited studies: Wu et al. (2018) robustness; +2.5\\% top-1 for a 152-layer ResNet "
-        "with LayerNorm on ImageNet.", "Unsupported",
-        "No experiment or source is given for the accuracy figure and sigprop runs no "
-        "training, so nothing here can confirm it; the citations are left unverified.", "--"),
-    Row("Residual connections alone let networks scale to thousands of layers.",
-        "Not without scaling", "", figs("variance")),
-)
+# Claims that data at initialisation cannot decide: the reason is the verdict's input.
+TRAINING = "training dynamics"
+LITERATURE = "a published experiment"
+
+
+def scope_row(claim: str, scope: str, evidence: str, where: str, finding: str | None = None):
+    """A claim about ``scope``: "Not testable here" unless a cited ``finding`` decides it."""
+    verdict = f"Not testable here ({scope})" if finding is None else finding
+    return Row(claim, verdict, evidence, where)
+
+
+def definition_rows(norms) -> list[Row]:
+    """Claims about what LayerNorm computes, decided by the ops: LayerNorm's fields (no
+    running statistics) and whether its output for one input moves with the batch."""
+    import dataclasses
+
+    from sigprop.ops import LayerNorm
+
+    fields = [f.name for f in dataclasses.fields(LayerNorm)]
+    running = [f for f in fields if any(k in f for k in ("momentum", "running", "moving"))]
+    over_batch = None
+    if norms is not None and "Pre-LN" in norms["arch"].values:
+        c = norms["corr"].sel(arch="Pre-LN", input=0, input_b=1).isel(layer=-1)
+        over_batch = float(np.ptp(c.values)) > BATCH_INVARIANT
+    return [
+        Row("LayerNorm normalises each feature over the mini-batch.",
+            "not computed" if over_batch is None else
+            "Supported" if over_batch else "False (definition)",
+            "LayerNorm averages over the features of one example: its output for one input "
+            "does not move with the batch (Fig. norms); averaging each feature over the batch "
+            "is BatchNorm.", r"Sec.~\ref{sec:conventions}"),
+        Row("Tune LayerNorm's momentum for its moving averages.",
+            "Supported" if running else "False (definition)",
+            f"LayerNorm's parameters are {', '.join(fields)}: no running statistics, so no "
+            "momentum; it computes the same map in training and inference. Momentum belongs to "
+            "BatchNorm's running averages.", r"Sec.~\ref{sec:conventions}"),
+    ]
+
+
+# Group Normalization (Wu & He 2018), Table 1: ResNet-50 on ImageNet, 32 images per GPU,
+# validation top-1 error (%). The essay's "Wu et al. (2018)" on LayerNorm in residual networks.
+GROUP_NORM_ERRORS = {"BN": 23.6, "LN": 25.3, "IN": 28.4, "GN": 24.1}
+
+
+def literature_rows() -> list[Row]:
+    ln, bn = GROUP_NORM_ERRORS["LN"], GROUP_NORM_ERRORS["BN"]
+    return [
+        scope_row("LayerNorm reduces internal covariate shift, hence faster convergence "
+                  "(Ba et al. 2016).", TRAINING,
+                  "A statement about training dynamics; sigprop measures signal propagation at "
+                  "initialisation. The only fact it shows is trivial: a normalised branch input "
+                  "has a fixed second moment.", r"\cite{ba2016layer}"),
+        scope_row("Cited studies: Wu et al. (2018) robustness; +2.5\\% top-1 for a 152-layer "
+                  "ResNet with LayerNorm on ImageNet.", LITERATURE,
+                  f"If the citation is Group Normalization (Wu and He 2018), that paper reports "
+                  f"LayerNorm below BatchNorm on ResNet-50/ImageNet (top-1 error {ln:g}\\% "
+                  f"against {bn:g}\\% at 32 images per GPU), not above it; the 152-layer figure "
+                  "has no source. sigprop runs no training.", r"\cite{wu2018group}",
+                  finding="Contradicted" if ln > bn else "Unverified"),
+    ]
 
 
 def audit(data: dict) -> list[Row]:
@@ -249,44 +366,64 @@ def audit(data: dict) -> list[Row]:
     if (th := _th(data, "meanshift")) is not None:
         rows += meanshift_rows(th)
     if (th := _th(data, "norms")) is not None:
-        rows += norm_rows(th, (data.get("norms") or {}).get("montecarlo"))
+        rows += norm_rows(th, _mc_of(data, "norms"))
     if (th := _th(data, "phase")) is not None:
         rows += phase_rows(th)
-    for row in STATIC:
-        if row.verdict == "Not without scaling":
-            row = _depth_row(_th(data, "placement"), row)
-        rows.append(row)
+    rows += definition_rows(_th(data, "norms"))
+    rows += literature_rows()
+    rows.append(_depth_row(_th(data, "placement")))
     return rows
 
 
-def _depth_row(th, row: Row) -> Row:
+DEPTH_CLAIM = "Residual connections alone let networks scale to thousands of layers."
+
+
+def _depth_row(th) -> Row:
     if th is None:
-        return Row(row.claim, "not computed", "placement sim missing", row.where)
+        return Row(DEPTH_CLAIM, "not computed", "placement sim missing", figs("variance"))
     L = int(th["layer"][-1])
     logs = {str(a): float(th["log_q"].sel(arch=a, input=0).isel(layer=-1)) for a in th["arch"].values}
     none1 = next((a for a in logs if a.startswith("none") and "sqrt" not in a), None)
     scaled = next((a for a in logs if a.startswith("none") and "sqrt" in a), None)
-    blown = none1 and scaled and logs[none1] - np.log(_first(th, none1, "q")) > np.log(STABLE_FACTOR)
-    tamed = scaled and abs(logs[scaled] - np.log(_first(th, scaled, "q"))) <= np.log(STABLE_FACTOR)
-    verdict = ("not computed" if not (none1 and scaled)
-               else "Not without scaling" if blown and tamed else "Supported")
-    ev = (f"Without normalisation and alpha = 1, $\\log q_L$ = {logs[none1]:.4g} at L = {L} "
-          f"(q doubles per block); with alpha = $1/\\sqrt{{L}}$ it is {logs[scaled]:.3g}. Depth "
-          "needs a branch scale or a normalisation, not the skip alone.") if none1 and scaled \
-        else "placement sim lacks the unnormalised arches"
-    return Row(row.claim, verdict, ev, row.where)
+    if not (none1 and scaled):
+        return Row(DEPTH_CLAIM, "not computed", "placement sim lacks the unnormalised arches",
+                   figs("variance"))
+    g1 = (logs[none1] - np.log(_first(th, none1, "q"))) / L
+    g2 = logs[scaled] - np.log(_first(th, scaled, "q"))
+    blown = L * g1 > np.log(STABLE_FACTOR)
+    tamed = abs(g2) <= np.log(STABLE_FACTOR)
+    return Row(DEPTH_CLAIM, "Not without scaling" if blown and tamed else "Supported",
+               f"Without normalisation and alpha = 1, q grows by a factor {np.exp(g1):.3g} per "
+               f"block ($\\log q_L$ = {logs[none1]:.4g} at L = {L}); with alpha = $1/\\sqrt{{L}}$ "
+               f"$\\log(q_L/q_0)$ = {g2:.3g}, bounded in L. Depth needs a branch scale or a "
+               "normalisation, not the skip alone.", figs("variance"))
 
 
 def numbers(data: dict) -> dict[str, float]:
     """The numbers the paper's prose quotes, by macro name (``paper/generated/numbers.tex``)."""
     out: dict[str, float] = {}
     if (th := _th(data, "placement")) is not None:
-        archs = [str(a) for a in th["arch"].values]
-        pre = next(a for a in archs if a.startswith("Pre-LN"))
-        post = next(a for a in archs if a.startswith("Post-LN"))
-        out.update(PlacementDepth=int(th["layer"][-1]),
+        pre, post = _arch(th, "Pre-LN"), _arch(th, "Post-LN")
+        L = int(th["layer"][-1])
+        out.update(PlacementDepth=L,
                    PreLNVarL=_last(th, pre, "var", input=0),
-                   PostLNVarL=_last(th, post, "var", input=0))
+                   PostLNVarL=_last(th, post, "var", input=0),
+                   PreLNGradRatio=float(np.exp(_growth(th, pre))),
+                   **deepnorm_constants(L), **xiong_lemma2(L))
+        dn = _arch(th, "DeepNorm")
+        if dn is not None:
+            c = th["corr"].sel(arch=dn, input=0, input_b=1)
+            out.update(DeepNormCorrStart=float(c.isel(layer=0)),
+                       DeepNormCorrDrift=float(c.isel(layer=-1) - c.isel(layer=0)))
+        if (chi := postln_tanh_chi(_th(data, "phase"))) is not None:
+            out.update(PostLNTanhChi=chi, PostLNTanhChiL=chi ** L)
+    if (th := _th(data, "phase")) is not None and (rng := _post_chi_range(th)) is not None:
+        out.update(PostLNChiMin=rng[0], PostLNChiMax=rng[1])
+    from sigprop.figures.finite_width import per_block
+
+    mean, var = per_block(HANIN_NICA_WIDTH)  # exact per-block law of log q, plain ReLU
+    out.update(FiniteWidthVarCoef=var * HANIN_NICA_WIDTH,
+               FiniteWidthMeanCoef=mean * HANIN_NICA_WIDTH, FiniteWidthN=HANIN_NICA_WIDTH)
     if (th := _th(data, "meanshift")) is not None:
         arch = next((str(a) for a in th["arch"].values if str(a).startswith("none")), None)
         if arch is not None:
@@ -296,20 +433,84 @@ def numbers(data: dict) -> dict[str, float]:
                        MeanShiftLogGzero=float(th["log_grad_q"].sel(arch=arch, input=0)
                                                .isel(layer=0) - th["log_grad_q"]
                                                .sel(arch=arch, input=0).isel(layer=-1)))
+    if (th := _th(data, "norms")) is not None and _arch(th, "Pre-BN") is not None:
+        tab = batchnorm_table(th, _mc_of(data, "norms"))
+        out.update(NormsDepth=int(th["layer"][-1]),
+                   PreBNClosedMaxDev=max(abs(r["prebn_closed"] - r["prebn_engine"]) for r in tab))
     return out
 
 
+def xiong_lemma2(L: int) -> dict[str, float]:
+    """Xiong et al. (2020), Lemma 2, at their initialisation (Xavier weights, sigma_w = 1 in
+    both Denses of a ReLU FFN, no biases, unit-variance input): the squared norm per feature
+    of the residual sum entering Post-LN's LayerNorm is 3/2, and Pre-LN's stream after l
+    blocks is 1 + l/2. Returns those values and the infinite-width theory's (sp.theory of
+    presets.postln / presets.preln with sigma_w1 = 1, L blocks), and the ratio Pre/Post."""
+    from sigprop import presets
+    from sigprop.engines.theory import theory
+    from sigprop.state.inputs import Inputs
+
+    x0 = Inputs(q=1.0, n=1)
+    post = theory(presets.postln(L, act="relu", sigma_w1=1.0), x0)
+    pre = theory(presets.preln(L, act="relu", sigma_w1=1.0), x0)
+    # the sum x + F(x) before Post-LN's LayerNorm: the stream's q plus the branch's (the
+    # branch's last Dense is independent of x, so the cross term vanishes)
+    post_sum = float(post["q"].isel(layer=-2, input=0) + post["branch_q"].isel(layer=-1, input=0))
+    pre_L = float(pre["q"].isel(layer=-1, input=0))
+    return {"XiongPostTheory": post_sum, "XiongPostPaper": 1.5,
+            "XiongPreTheory": pre_L, "XiongPrePaper": 1 + L / 2,
+            "XiongRatio": pre_L / post_sum}
+
+
+def deepnorm_constants(L: int) -> dict[str, float]:
+    """DeepNorm's skip gain a and branch gain b at depth L, read off ``presets.deepnorm``
+    (the skip's beta, and the last branch Dense's sigma_w, whose default is 1)."""
+    from sigprop import presets
+    from sigprop.ops import Dense, Residual
+
+    ops = list(presets.deepnorm(L).walk())
+    a = next(o.beta for o in ops if isinstance(o, Residual))
+    b = [o.sigma_w for o in ops if isinstance(o, Dense)][-1]
+    return {"DeepNormA": float(a), "DeepNormB": float(b)}
+
+
+def batchnorm_rows_tex(data: dict) -> str:
+    """The body of the BatchNorm table (one row per batch size), for ``\\BatchNormRows``."""
+    th = _th(data, "norms")
+    if th is None or _arch(th, "Pre-BN") is None:
+        return r"\multicolumn{7}{c}{norms sim not run} \\"
+    lines = []
+    def pm(r, key):
+        return (f"${r[key]:.3f} \\pm {r[key + '_se']:.1g}$"
+                if np.isfinite(r.get(key, np.nan)) else "--")
+
+    for r in batchnorm_table(th, _mc_of(data, "norms")):
+        g0 = f"${_sci(r['prebn_g0'])}$" if r["inv_s2"] is not None else \
+            r"\textit{set by $\epsilon$}"
+        inv = f"{r['inv_s2']:.3g}" if r["inv_s2"] is not None else r"$\infty$"
+        lines.append(f"{r['B']} & ${r['postbn']:.3f}$ & {pm(r, 'mc_pair')} & {pm(r, 'mc_all')} & "
+                     f"${r['prebn_closed']:.4f}$ & ${r['prebn_engine']:.4f}$ & {g0} & {inv} \\\\")
+    return "\n".join(lines)
+
+
+def _sci(x: float) -> str:
+    text = f"{x:.3g}"
+    if "e" in text:
+        mantissa, exponent = text.split("e")
+        text = rf"{mantissa}\times10^{{{int(exponent)}}}"
+    return text
+
+
 def write_numbers(data: dict, path) -> Path:
-    """``\\newcommand{\\Name}{value}`` per :func:`numbers` (3 significant digits) at ``path``."""
+    """``\\newcommand{\\Name}{value}`` per :func:`numbers` (3 significant digits; integers as
+    they are) and ``\\BatchNormRows`` (:func:`batchnorm_rows_tex`) at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = ["% Generated by sigprop.figures.claims (sigprop reproduce); do not edit."]
     for name, value in numbers(data).items():
-        text = str(value) if isinstance(value, int) else f"{value:.3g}"
-        if "e" in text:  # 1.2e+03 -> 1.2\times10^{3} (the macros are used in math mode)
-            mantissa, exponent = text.split("e")
-            text = rf"{mantissa}\times10^{{{int(exponent)}}}"
+        text = str(value) if isinstance(value, int) else _sci(value)
         lines.append(rf"\newcommand{{\{name}}}{{{text}}}")
+    lines.append(r"\newcommand{\BatchNormRows}{" + batchnorm_rows_tex(data) + "}")
     path.write_text("\n".join(lines) + "\n")
     return path
 
@@ -320,7 +521,7 @@ def write_table(rows: list[Row], path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     lines = [r"% Generated by sigprop.figures.claims (sigprop reproduce); do not edit.",
              r"\begin{longtable}{" + "".join(rf">{{\raggedright\arraybackslash}}p{{{w}\linewidth}}"
-                                           for w in (0.26, 0.13, 0.43, 0.1)) + "}",
+                                           for w in (0.24, 0.14, 0.4, 0.1)) + "}",
              r"\toprule Claim (paraphrased) & Verdict & Evidence & Where \\ \midrule \endhead"]
     for i, r in enumerate(rows):
         cells = [_tex(r.claim), r"\textbf{" + _tex(r.verdict) + "}", _tex(r.evidence), r.where]

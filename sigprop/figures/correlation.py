@@ -26,9 +26,10 @@ CAPTION = (
     "depth. Lines: infinite-width theory; points: Monte Carlo.")
 
 
-def asymptotes(generated_dir) -> dict[str, sympy.Expr]:
-    """{preset: law of 1 - c_l} from the generated derivation records (a stored expression
-    that is not a plain sympy srepr is a ConfigError naming its file)."""
+def asymptotes(generated_dir, suffix: str = "_law") -> dict[str, sympy.Expr]:
+    """{preset: law of 1 - c_l} from the generated derivation records (equations labelled
+    ``<preset><suffix>``; a stored expression that is not a plain sympy srepr is a ConfigError
+    naming its file)."""
     laws = {}
     for path in sorted(Path(generated_dir).glob("*.json")):
         try:
@@ -39,23 +40,25 @@ def asymptotes(generated_dir) -> dict[str, sympy.Expr]:
             if not isinstance(eq, dict):
                 continue
             label, lhs = eq.get("label", ""), (eq.get("lhs") or {}).get("str", "")
-            if isinstance(label, str) and label.endswith("_law") and \
+            if isinstance(label, str) and label.endswith(suffix) and \
                     str(lhs).replace(" ", "") == "1-c_l":
                 try:
-                    laws[label.removesuffix("_law")] = expr_from_srepr(eq["rhs"]["srepr"])
+                    laws[label.removesuffix(suffix)] = expr_from_srepr(eq["rhs"]["srepr"])
                 except (ConfigError, KeyError, TypeError) as e:
                     raise ConfigError(f"{path}: equation {label!r} rhs", "srepr",
                                       f"a sympy srepr of whitelisted constructors ({e})") from None
     return laws
 
 
-def arch_values(arch: dict, depth: int) -> dict | None:
-    """Values of the laws' symbols for one arch, or None where the derived law does not apply."""
+def arch_values(arch: dict, depth: int, q0: float = 1.0, c0: float = 0.5) -> dict | None:
+    """Values of the laws' symbols for one arch (its branch parameters, the LN gain 1 and the
+    inputs' q_0, c_0), or None where the derived law does not apply."""
     if arch.get("act", "relu") != "relu" or arch.get("shape", "mlp") != "mlp" or \
             arch.get("sigma_b") or arch.get("ratio", 1) != 1:
         return None
     return {"alpha": presets.branch_scale(arch.get("alpha", "1"), depth),
-            "sigma_1": arch.get("sigma_w1") or 2**0.5, "sigma_2": arch.get("sigma_w2", 1.0)}
+            "sigma_1": arch.get("sigma_w1") or 2**0.5, "sigma_2": arch.get("sigma_w2", 1.0),
+            "gain": 1.0, "q_0": q0, "c_0": c0}
 
 
 def draw(data: plots.FigureData):
@@ -70,32 +73,58 @@ def draw(data: plots.FigureData):
     plots.depth_axis(ax_d, max(depth, 100))
     if _draw_asymptotes(ax_d, data, depth):
         data.note("Dashed: the derived large-depth laws of $1 - c_\\ell$ (paper/generated), "
-                  "evaluated at each architecture's parameters; Pre-LN approaches its law only "
-                  "logarithmically, and a ResNet with alpha = $1/\\sqrt{L}$ only for "
-                  "$\\ell \\gg 1/\\alpha^2 = L$, beyond the net (its line lies off scale).")
+                  "evaluated at each architecture's parameters and the inputs' $q_0$, $c_0$. For Pre-LN "
+                  "and Peri-LN the law is $1 - c_\\ell = u_\\ell^{-2}$, "
+                  "$u_\\ell = (1-c_0)^{-1/2} + \\tfrac{\\sqrt2}{3\\pi}"
+                  "[\\psi(x_0+\\ell+1) - \\psi(x_0+1)]$, $x_0 = q_0/\\rho$ "
+                  "($\\psi$: digamma; $\\rho$: the branch's second moment), with a bounded error in "
+                  "$u_\\ell$; its leading term $9\\pi^2/(2\\ln^2\\ell)$ is reached only "
+                  "logarithmically and is not drawn. A ResNet with $\\alpha = 1/\\sqrt{L}$ "
+                  "reaches its power law only for $\\ell \\gg 1/\\alpha^2 = L$, beyond the "
+                  "net (its line lies off scale).")
     else:
         data.note("No derived asymptote was available (no '<preset>_law' equation for "
                   "$1 - c_\\ell$ in paper/generated/*.json): the asymptote lines are omitted.")
     plots.fit_log_ylim(ax_d)
     plots.figure_legend(fig, ax_c)
+    plots.params_note(data)
     return fig
+
+
+def law_values(expr, values, layers):
+    """A law of 1 - c_l at ``layers`` with ``values`` substituted (None if other symbols stay)."""
+    expr = expr.subs({s: values[s.name] for s in expr.free_symbols if s.name in values})
+    if any(s.name != "l" for s in expr.free_symbols):  # a law in other parameters
+        return None
+    f = sympy.lambdify([s for s in expr.free_symbols] or [sympy.Symbol("l")], expr,
+                       ["scipy", "numpy"])  # scipy: the digamma of the Pre-LN law
+    return np.broadcast_to(np.asarray(f(layers), dtype=float), np.shape(layers))
 
 
 def _draw_asymptotes(ax, data, depth) -> bool:
     laws = asymptotes(data.generated_dir)
+    leading = asymptotes(data.generated_dir, "_leading")
     archs = json.loads(data.theory.attrs.get("config", "{}")).get("arch", [])
+    start = data.theory.isel(layer=0)
+    q0 = float(start["q"].sel(input=0).isel(arch=0) if "arch" in start.dims else start["q"].sel(input=0))
+    c0 = start["corr"].sel(input=0, input_b=1)
+    c0 = float(c0.isel(arch=0) if "arch" in c0.dims else c0)
     layers = np.unique(np.geomspace(max(depth // 100, 2), depth, 60).astype(int)).astype(float)
     drawn = False
-    for i, arch in enumerate(archs):
-        values = arch_values(arch, depth)
+    for arch in archs:
+        values = arch_values(arch, depth, q0, c0)
         if arch["preset"] not in laws or values is None:
             continue
-        expr = laws[arch["preset"]]
-        expr = expr.subs({s: values[s.name] for s in expr.free_symbols if s.name in values})
-        if any(s.name != "l" for s in expr.free_symbols):  # a law in other parameters
+        y = law_values(laws[arch["preset"]], values, layers)
+        if y is None:
             continue
-        f = sympy.lambdify([s for s in expr.free_symbols] or [sympy.Symbol("l")], expr, "numpy")
-        y = np.broadcast_to(np.asarray(f(layers), dtype=float), layers.shape)
-        plots.theory_line(ax, layers, y, i, ls="--", lw=1.0)
+        if arch["preset"] in leading:  # how far the drawn law and its leading term are off
+            th = 1 - float(plots.pick(data.theory, arch=arch["label"])["corr"]
+                           .sel(input=0, input_b=1).isel(layer=-1))
+            lead = law_values(leading[arch["preset"]], values, np.array([float(depth)]))
+            data.note(f"{arch['label']} at $\\ell$ = {depth}: theory $1 - c_\\ell$ = {th:.3g}, "
+                      f"the drawn law {y[-1]:.3g} ({y[-1] / th:.3g} times), its leading term "
+                      f"$9\\pi^2/(2\\ln^2\\ell)$ {lead[0]:.3g} ({lead[0] / th:.2g} times).")
+        plots.theory_line(ax, layers, y, arch["label"], ls=(0, (4, 2)), lw=1.0, gid="reference")
         drawn = True
     return drawn

@@ -25,7 +25,7 @@ CAPTION = (
     "Finite-width deviation for a plain ReLU net (MLP blocks, no skip): seed variance of "
     "$\\log q_\\ell$ (left) and mean of $\\log q_\\ell$ minus its infinite-width value "
     "(right) vs depth/width $\\ell/N$, one colour per width. Lines: the exact finite-width law "
-    "(a sum of independent digamma terms per block, about $7\\ell/N$ and $-3.5\\ell/N$); "
+    "(a sum of independent digamma terms per block); "
     "points: Monte Carlo (mean of logs $\\pm$2 standard errors). Infinite-width theory is the "
     "horizontal zero line.")
 
@@ -60,6 +60,11 @@ def draw(data: plots.FigureData):
         data.note("The exact finite-width law holds only for plain ReLU MLP blocks without "
                   "biases; it is not drawn for this sim.")
     layers = np.arange(depth + 1)
+    if exact:
+        N = widths[-1]
+        mean, var = per_block(N)
+        data.note(f"At N = {N} the exact law gives Var $\\log q_\\ell$ = {var * N:.3g} $\\ell/N$ "
+                  f"and a mean shift {mean * N:.3g} $\\ell/N$ to leading order.")
     for i, N in enumerate(widths):
         if exact:
             mean, var = per_block(N)
@@ -85,4 +90,5 @@ def draw(data: plots.FigureData):
         ax.set_xlabel("depth / width  $\\ell / N$")
     plots.legend(ax_v, loc="upper left")
     plots.mc_note(data)
+    plots.params_note(data)
     return fig

@@ -7,7 +7,7 @@ SIM = "placement"
 CAPTION = (
     "Gradient second moment $G_\\ell = \\|\\delta_\\ell\\|^2 / N$ vs layer for each LayerNorm "
     "placement, with a unit-variance cotangent drawn independently of the net at the output "
-    "layer: all placements (left) and those within three decades (right). Lines: "
+    "layer. Lines: "
     "infinite-width theory; points: Monte Carlo.")
 
 

@@ -20,7 +20,7 @@ QUANTITIES = (
 
 
 def draw(data: plots.FigureData):
-    fig, axes = plots.panels(len(QUANTITIES))
+    fig, axes = plots.panels(len(QUANTITIES), layout="constrained")
     depth = int(data.theory["layer"][-1])
     for ax, (var, transform, label) in zip(axes, QUANTITIES):
         plots.layer_curves(ax, data, var, transform=transform, log_x=depth >= 100)
@@ -31,4 +31,5 @@ def draw(data: plots.FigureData):
         ax.set_ylabel(label)
         plots.depth_axis(ax, depth, "block $\\ell$")
     plots.figure_legend(fig, axes[0])
+    plots.params_note(data)
     return fig

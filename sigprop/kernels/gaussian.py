@@ -6,12 +6,15 @@ activation phi has the Gaussian faces
     kernel = E[phi(u) phi(v)]        grad_kernel = E[phi'(u) phi'(v)]
     mean   = E[phi(u)]               grad_mean   = E[phi'(u)]   (Stein: E[u phi(u)] = q E[phi'(u)])
 
-linear, relu and erf have closed forms, each written once over a :class:`~sigprop.state.ns.Namespace`
-(numpy values with NUMERIC, exact sympy expressions with SYMBOLIC). tanh, gelu and silu have
-none: NUMERIC evaluates them by :mod:`sigprop.kernels.quadrature` (gelu's inner expectation in
+linear, relu, erf and leaky_relu have closed forms, each written once over a
+:class:`~sigprop.state.ns.Namespace` (numpy values with NUMERIC, exact sympy expressions with
+SYMBOLIC). tanh, gelu, gelu_tanh, silu and elu have none: NUMERIC evaluates them by :mod:`sigprop.kernels.quadrature` (gelu's inner expectation in
 closed form, :func:`gelu_smoothed`), SYMBOLIC returns the Gaussian expectation as an
-unevaluated :class:`~sigprop.kernels.integral.GaussianIntegral`. Each activation obeys
+unevaluated :class:`~sigprop.kernels.integral.GaussianIntegral`. Most activations obey
 phi(-x) = p phi(x) + b x + g (odd, or x/2 + even, or 1/2 + odd), which the quadrature uses.
+
+Parametric families take their parameter in the name: ``leaky_relu`` (negative slope 0.01,
+torch's default) or ``leaky_relu(0.2)``; ``elu`` (alpha 1) or ``elu(0.5)``.
 
 May import: ``sigprop.state`` and ``sigprop.errors`` (and the kernels modules).
 """
@@ -20,6 +23,8 @@ from __future__ import annotations
 
 import functools
 import importlib
+import math
+import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import NamedTuple
@@ -62,14 +67,17 @@ def _relu_grad_kernel(q1, q2, c, ns):
 
 
 def _erf_kernel(q1, q2, c, ns):
-    """Williams (1997): (2/pi) asin(2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2)))."""
+    """Williams (1997): (2/pi) asin(2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2))), the roots
+    taken one by one (no product of q's to overflow)."""
     return 2 / ns.pi * ns.asin(2 * c * ns.sqrt(q1) * ns.sqrt(q2)
-                               / ns.sqrt((1 + 2 * q1) * (1 + 2 * q2)))
+                               / (ns.sqrt(1 + 2 * q1) * ns.sqrt(1 + 2 * q2)))
 
 
 def _erf_grad_kernel(q1, q2, c, ns):
-    """(4/pi) E[exp(-u^2 - v^2)] = (4/pi) / sqrt(det(I + 2 Sigma))."""
-    return 4 / ns.pi / ns.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * c * c * q1 * q2)
+    """(4/pi) E[exp(-u^2 - v^2)] = (4/pi) / sqrt(det(I + 2 Sigma)), the determinant as
+    1 + 2 q1 + 2 q2 + 4 q1 q2 (1 - c)(1 + c): no cancellation at c = 1 (the diagonal) or large q."""
+    det = 1 + 2 * q1 + 2 * q2 + (4 * q1 * (1 - c)) * (q2 * (1 + c))
+    return 4 / ns.pi / ns.sqrt(det)
 
 
 class _Closed(NamedTuple):
@@ -97,6 +105,25 @@ _ERF = _Closed(
     mean=lambda q, ns: _full(ns, 0, q),  # erf is odd
     grad_mean=lambda q, ns: 2 / ns.sqrt(ns.pi * (1 + 2 * q)),  # (2/sqrt(pi)) E[exp(-u^2)]
 )
+
+
+def _leaky_closed(slope: float) -> _Closed:
+    """phi(x) = max(x, 0) + s min(x, 0) = (1 - s) relu(x) + s x. Since (u, v) -> (-u, -v) keeps
+    the law, E[relu(u) v] = E[u v] / 2 and E[relu'(u)] = 1/2, so the cross terms collapse:
+    kernel = (1 - s)^2 K_relu + s c sqrt(q1 q2), grad_kernel = (1 - s)^2 P(u, v > 0) + s,
+    mean = (1 - s) sqrt(q / (2 pi)), grad_mean = (1 + s) / 2."""
+
+    def num(ns):
+        return sympy.nsimplify(slope) if ns.symbolic else slope
+
+    return _Closed(
+        kernel=lambda q1, q2, c, ns: ((1 - num(ns)) ** 2 * _relu_kernel(q1, q2, c, ns)
+                                      + num(ns) * _linear_kernel(q1, q2, c, ns)),
+        grad_kernel=lambda q1, q2, c, ns: ((1 - num(ns)) ** 2 * _relu_grad_kernel(q1, q2, c, ns)
+                                           + num(ns)),
+        mean=lambda q, ns: (1 - num(ns)) * ns.sqrt(q / (2 * ns.pi)),
+        grad_mean=lambda q, ns: _full(ns, (1 + num(ns)) / 2, q),
+    )
 
 
 # --- Symbolic face of tanh, gelu, silu: unevaluated integrals (sigprop.kernels.integral).
@@ -135,10 +162,45 @@ def gelu_smoothed(m, s):
     return m * scipy.special.ndtr(m / r) + s * s * np.exp(-m * m / (2 * r * r)) / (_SQRT_2PI * r)
 
 
+_CUBE_MAX = 1e100  # r^3 overflows beyond r = 5.6e102
+
+
 def gelu_grad_smoothed(m, s):
-    """E[gelu'(x)] = E[Phi(x) + x phi(x)], x ~ N(m, s^2): Phi(m/r) + m phi(m/r)/r^3."""
+    """E[gelu'(x)] = E[Phi(x) + x phi(x)], x ~ N(m, s^2): Phi(m/r) + m phi(m/r)/r^3.
+
+    The second term is (m/r) phi(m/r) / r^2, at most 0.25 / r^2 in size: beyond r = 1e100
+    (q = 1e200 and up) it is below 1e-200 and taken as its limit 0 (r^3 would overflow)."""
     r = np.sqrt(1 + s * s)
-    return scipy.special.ndtr(m / r) + m * np.exp(-m * m / (2 * r * r)) / (_SQRT_2PI * r**3)
+    small = r < _CUBE_MAX
+    rs, ms = np.where(small, r, 1.0), np.where(small, m, 0.0)  # the tail is 0 where not small
+    return scipy.special.ndtr(m / r) + ms * np.exp(-ms * ms / (2 * rs * rs)) / (_SQRT_2PI * rs**3)
+
+
+_GELU_TANH_K = np.sqrt(2 / np.pi)  # torch's GELU(approximate="tanh"):
+_GELU_TANH_C = 0.044715             # x/2 (1 + tanh(k (x + c x^3)))
+
+
+_TANH_FLAT = 1e10  # tanh(k (x + c x^3)) is exactly +-1 from |x| ~ 6; x^3 finite in float32
+
+
+def _gelu_tanh_tanh(x, xp):
+    """tanh(k (x + c x^3)) and x clipped to +-1e10 (the same tanh: it is +-1 there)."""
+    x = xp.clip(x, -_TANH_FLAT, _TANH_FLAT)
+    return xp.tanh(_GELU_TANH_K * (x + _GELU_TANH_C * x**3)), x
+
+
+def _gelu_tanh(x, xp):
+    return 0.5 * x * (1 + _gelu_tanh_tanh(x, xp)[0])
+
+
+def _gelu_tanh_grad(x, xp):
+    t, xc = _gelu_tanh_tanh(x, xp)  # 1 - t^2 = 0 where clipped: the polynomial stays finite
+    return 0.5 * (1 + t) + 0.5 * x * (1 - t * t) * _GELU_TANH_K * (1 + 3 * _GELU_TANH_C * xc * xc)
+
+
+def _sym_gelu_tanh(x):
+    k, c = sympy.sqrt(2 / sympy.pi), sympy.Rational(44715, 10**6)
+    return x / 2 * (1 + sympy.tanh(k * (x + c * x**3)))
 
 
 def _silu_grad(x, xp):
@@ -256,7 +318,7 @@ def _gram_args(K, ns):
         c = np.where(eye, sympy.Integer(1), c)
     else:
         with np.errstate(divide="ignore", invalid="ignore"):
-            c = _unit(K / np.sqrt(q1 * q2))
+            c = _unit(K / (np.sqrt(q1) * np.sqrt(q2)))  # q1 q2 overflows beyond q = 1e154
         c = (c + np.swapaxes(c, -1, -2)) / 2  # exactly symmetric: relu' kernel is steep at |c| = 1
         c = np.where(eye, 1.0, np.where(np.isfinite(c), c, 0.0))
     return q1, q2, c
@@ -279,7 +341,7 @@ def _gram_args_upper(K, a, b):
     d = np.diagonal(K, axis1=-2, axis2=-1)
     q1, q2 = d[..., a], d[..., b]
     with np.errstate(divide="ignore", invalid="ignore"):
-        root = np.sqrt(q1 * q2)
+        root = np.sqrt(q1) * np.sqrt(q2)  # as _gram_args
         c = (_unit(K[..., a, b] / root) + _unit(K[..., b, a] / root)) / 2
     c = np.where(a == b, 1.0, np.where(np.isfinite(c), c, 0.0))
     return q1, q2, c
@@ -306,12 +368,68 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
                _parity=(_HALF_X, _HALF_ONE)),
     Activation("silu", None, lambda x, xp: x * _special(xp).expit(x), _silu_grad,
                lambda x: x / (1 + sympy.exp(-x)), _parity=(_HALF_X, _HALF_ONE)),
+    Activation("gelu_tanh", None, _gelu_tanh, _gelu_tanh_grad, _sym_gelu_tanh,
+               _parity=(_HALF_X, _HALF_ONE)),
 )}
 
 
+def _leaky_relu(name: str, slope: float) -> Activation:
+    """max(x, 0) + slope min(x, 0): degree 1, closed forms (:func:`_leaky_closed`)."""
+    return Activation(
+        name, 1, lambda x, xp: xp.where(x > 0, x, slope * x),
+        lambda x, xp: xp.where(x > 0, 1.0, slope).astype(x.dtype),
+        lambda x: sympy.Max(x, 0) + sympy.nsimplify(slope) * sympy.Min(x, 0),
+        _leaky_closed(slope), _bend=0.0,
+        _parity=((1, -(1 + slope), 0), (-1, 0, 1 + slope)))  # phi(-x) = phi(x) - (1 + s) x
+
+
+# ELU bends on the scale 1 (e^x) and has a kink at 0 (in phi' unless alpha = 1, then in phi''):
+# neither a plain kink (bend 0: no grading, misses e^x at large q, 3e-8 relative at q = 1e4)
+# nor a smooth bend (bend 1: Gauss-Hermite at small q, blind to the kink). A bend width far
+# below 1 makes the rule split at the kink and grade towards it for q > (ELU_BEND / 1.4)^2
+# (Gauss-Hermite below: 5e-9, where the kink is of size sqrt(q); the grading, 14 levels at
+# most, reaches the scale of e^x up to q ~ 1e4), more panels than
+# e^x needs); its error against scipy's adaptive quad: see tests/test_activations.py.
+ELU_BEND = 1e-4
+
+
+def _elu(name: str, alpha: float) -> Activation:
+    """x for x > 0, alpha (e^x - 1) otherwise (torch's ELU); quadrature."""
+    return Activation(
+        name, None, lambda x, xp: xp.where(x > 0, x, alpha * xp.expm1(xp.minimum(x, 0))),
+        lambda x, xp: xp.where(x > 0, 1.0, alpha * xp.exp(xp.minimum(x, 0))).astype(x.dtype),
+        lambda x: sympy.Piecewise((x, x > 0), (sympy.nsimplify(alpha) * (sympy.exp(x) - 1), True)),
+        _bend=ELU_BEND)
+
+
+FAMILIES = {"leaky_relu": (_leaky_relu, 0.01), "elu": (_elu, 1.0)}  # name: (maker, default)
+ACTIVATIONS.update({name: make(name, default) for name, (make, default) in FAMILIES.items()})
+_FAMILY_NAME = re.compile(r"(\w+)\(([^()]*)\)")
+
+
+@functools.cache
+def _family_member(family: str, param: float) -> Activation:
+    return FAMILIES[family][0](f"{family}({param!r})", param)
+
+
+def activation_name(family: str, param: float) -> str:
+    """The name of ``family`` at ``param`` (the family's own name at its default)."""
+    param = float(param)
+    return family if param == FAMILIES[family][1] else f"{family}({param!r})"
+
+
 def get_activation(name: str) -> Activation:
-    """The activation called ``name``; ConfigError naming the allowed ones otherwise."""
-    try:
+    """The activation called ``name`` (a table entry, or ``family(param)`` of a parametric
+    family: ``leaky_relu(0.2)``, ``elu(0.5)``); ConfigError naming the allowed ones otherwise."""
+    if isinstance(name, str) and name in ACTIVATIONS:
         return ACTIVATIONS[name]
-    except (KeyError, TypeError):
-        raise ConfigError("act", name, f"one of {sorted(ACTIVATIONS)}") from None
+    found = _FAMILY_NAME.fullmatch(name) if isinstance(name, str) else None
+    if found and found.group(1) in FAMILIES:
+        try:
+            param = float(found.group(2))
+        except ValueError:
+            param = math.nan
+        if math.isfinite(param) and param >= 0:
+            return _family_member(found.group(1), param)
+    raise ConfigError("act", name, f"one of {sorted(ACTIVATIONS)}, or leaky_relu(slope) or "
+                      "elu(alpha) with a finite number >= 0")

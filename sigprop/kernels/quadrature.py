@@ -112,11 +112,25 @@ def _expect_z(g, z0, width, *args, kink=False, half=False):
             nodes = panels * GL_ORDER
         for part in np.array_split(idx, -(-idx.size * nodes // _CHUNK)):
             if depth < 0:
-                out[part] = w @ g(z[:, None], *(a[part] for a in args))
+                out[part] = _node_sum(g(z[:, None], *(a[part] for a in args)) * w[:, None])
             else:
                 zp, wp = _graded_rule(z0[part], width[part], depth, half)
-                out[part] = np.einsum("ij,ij->j", g(zp, *(a[part] for a in args)), wp)
+                out[part] = _node_sum(g(zp, *(a[part] for a in args)) * wp)
     return out.reshape(shape)
+
+
+def _node_sum(terms):
+    """Sum of ``terms`` (nodes, n) over the nodes by a fixed pairwise tree of elementwise adds
+    (the top half folded onto the bottom, in place). Each element's rounding then depends on its
+    own terms only, not on how many elements share the block: a grid point gives the same bits
+    whatever chunk of the grid it is computed in (a BLAS product or numpy's own pairwise sum
+    changes its order with the block's shape)."""
+    n = terms.shape[0]
+    while n > 1:
+        h = (n + 1) // 2
+        terms[: n - h] += terms[h:n]
+        n = h
+    return terms[0]
 
 
 def expect(f, mu, s, bend=1.0):

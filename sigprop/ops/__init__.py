@@ -4,7 +4,7 @@ An op is a frozen dataclass; its faces are methods: the infinite-width law (forw
 written once over a namespace that is numpy or sympy, so the symbolic face is the same source),
 the Monte Carlo face (forward on arrays and its vector-Jacobian product), and the hooks the
 engines ask of it. Modules: ``base`` (:class:`Op`, validation, serialisation), ``dense``
-(``Dense``, ``Scale``), ``activation`` (``Act``), ``norms`` (``LayerNorm``, ``RMSNorm``,
+(``Dense``, ``Scale``, ``FeatureAffine``), ``activation`` (``Act``), ``norms`` (``LayerNorm``, ``RMSNorm``,
 ``BatchNorm``), ``structure`` (``Serial``, ``Repeat``, ``Residual``; the blocks of a net).
 
 May import: ``sigprop.kernels``, ``sigprop.state`` and ``sigprop.errors``; never an engine.
@@ -12,6 +12,6 @@ May import: ``sigprop.kernels``, ``sigprop.state`` and ``sigprop.errors``; never
 
 from sigprop.ops.activation import Act
 from sigprop.ops.base import Op, op_from_dict
-from sigprop.ops.dense import Dense, Scale
+from sigprop.ops.dense import Dense, FeatureAffine, Scale
 from sigprop.ops.norms import BatchNorm, LayerNorm, RMSNorm
 from sigprop.ops.structure import Repeat, Residual, Serial, layers_of, sweeps_of

@@ -12,6 +12,8 @@ from sigprop.ops.base import Op
 from sigprop.state import arrays as mc
 from sigprop.state.moments import DECOUPLED, BatchNormed, Gate, Moments, Ref, outer, true_moments
 
+AFTER_BATCHNORM = ("relu", "linear")  # activations whose law after BatchNorm is implemented
+
 
 @dataclass(frozen=True)
 class Act(Op):
@@ -33,14 +35,14 @@ class Act(Op):
         get_activation(self.name)  # raises ConfigError naming the allowed activations
 
     def requires(self, s):
-        degree = get_activation(self.name).degree
         if isinstance(s.law, BatchNormed):
-            return None if degree == 1 else (
+            return None if self.name in AFTER_BATCHNORM else (
                 f"Act({self.name!r}) directly after BatchNorm: the BatchNorm "
                 "output is not Gaussian, and sigprop integrates it exactly only through "
-                "positively homogeneous activations (relu, linear), where phi(Pu/s) = "
-                "phi(Pu)/s turns it into a 1-D integral. For this activation the law is a "
-                f"(B-1)-dimensional integral; put a Dense between BatchNorm and "
+                "relu and linear, where phi(Pu/s) = phi(Pu)/s turns it into a 1-D integral "
+                "and phi' is a relu gate BatchNorm's backward knows. For this activation the "
+                "law is a (B-1)-dimensional integral (leaky_relu: a forward 1-D integral, but a "
+                "two-sided gate backward, not implemented); put a Dense between BatchNorm and "
                 f"Act({self.name!r}), or use sp.simulate.")
         return None if s.law.gaussian else (
             f"Act({self.name!r}) meets a stream whose features are not jointly "

@@ -104,7 +104,10 @@ class Op:
     def to_dict(self) -> dict:
         out: dict[str, Any] = {"op": type(self).__name__}
         for f in dataclasses.fields(self):
-            out[f.name] = _encode(getattr(self, f.name))
+            value = getattr(self, f.name)
+            if f.metadata.get("omit_default") and value == f.default:
+                continue  # a field added later: configs written before it keep their form
+            out[f.name] = _encode(value)
         return out
 
     # -- preconditions ---------------------------------------------------------------------

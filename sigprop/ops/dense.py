@@ -1,17 +1,22 @@
-"""Linear maps: ``Dense`` (random weights and biases) and ``Scale`` (a fixed factor)."""
+"""Linear maps: ``Dense`` (random weights and biases), ``Scale`` (a fixed factor) and
+``FeatureAffine`` (fixed per-feature gain and shift vectors)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
+import sympy
 
+from sigprop.errors import ConfigError
 from sigprop.ops.base import FINITE, NONNEG, POSITIVE, Op, cotangent_affine, vec
 from sigprop.state import arrays as mc
-from sigprop.state.moments import DECOUPLED, GAUSSIAN, Moments, Ref, affine, outer
-from sigprop.state.params import check
-from sigprop.state.rng import BIAS
+from sigprop.state.moments import DECOUPLED, GAUSSIAN, GENERAL, Moments, Ref, affine, lift, outer
+from sigprop.state.params import Sweep, check
+from sigprop.state.rng import BIAS, FORWARD, uniform_of_normal
+
+INITS = ("normal", "uniform")  # the law of a Dense's weights and bias (same variances)
 
 
 @dataclass(frozen=True)
@@ -19,15 +24,25 @@ class Dense(Op):
     """y = W x + b, W_ij ~ N(0, sigma_w^2/n_in), b_i ~ N(0, sigma_b^2), n_out = ratio n_in.
 
     Forward: K' = sigma_w^2 K + sigma_b^2, m' = 0, features Gaussian and independent of the
-    input's features (cross moments decouple). Backward: G_in = sigma_w^2 ratio G_out.
+    input's features (cross moments decouple); in log-scaled units lifted where sigma_b e^-ls
+    would overflow (:func:`~sigprop.state.moments.lift`). Backward: G_in = sigma_w^2 ratio G_out.
+
+    ``init="uniform"``: W_ij and b_i uniform with the same variances (torch's default
+    kaiming_uniform(a=sqrt 5) is W ~ U(+-1/sqrt(n_in)): sigma_w^2 = 1/3; its bias U(+-1/sqrt(n_in)):
+    sigma_b^2 = 1/(3 n_in)). The infinite-width law depends on the variances only (the CLT makes
+    W x Gaussian either way); the Monte Carlo draws the uniform weights themselves, explicitly
+    (whatever the sampler: conditioning is exact for Gaussian weights only).
     """
 
     sigma_w: Any = 1.0
     sigma_b: Any = 0.0
     ratio: Any = 1.0
+    init: str = field(default="normal", metadata={"omit_default": True})
     SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {"sigma_w": "sigma_w", "sigma_b": "sigma_b", "ratio": "ratio"}
 
     def __post_init__(self):
+        if self.init not in INITS:
+            raise ConfigError("Dense.init", self.init, f"one of {INITS}")
         object.__setattr__(self, "sigma_w", check("Dense.sigma_w", self.sigma_w, *NONNEG))
         object.__setattr__(self, "sigma_b", check("Dense.sigma_b", self.sigma_b, *NONNEG))
         object.__setattr__(self, "ratio", check("Dense.ratio", self.ratio, *POSITIVE))
@@ -35,10 +50,11 @@ class Dense(Op):
     def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
         sw2, sb2 = np.asarray(ctx.p(self.sigma_w) ** 2), np.asarray(ctx.p(self.sigma_b) ** 2)
-        e = ns.exp(-s.ls)
-        K = sw2[..., None, None] * s.K + sb2[..., None, None] * outer(e, e)
+        ls, lc = lift(s.ls, sb2[..., None], ns)  # units in which the bias sb e^-ls is finite
+        d, e = ns.exp(s.ls - ls), ns.exp(-lc)
+        K = sw2[..., None, None] * (s.K * outer(d, d)) + sb2[..., None, None] * outer(e, e)
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in s.refs)
-        return Moments(K=K, m=0 * s.m, ls=s.ls + 0 * sw2[..., None], law=GAUSSIAN, refs=refs)
+        return Moments(K=K, m=0 * s.m, ls=ls + 0 * sw2[..., None], law=GAUSSIAN, refs=refs)
 
     def backward_law(self, s, g, ctx):
         """G_in = sigma_w^2 ratio G; the mean modes decouple (W is fresh).
@@ -53,19 +69,29 @@ class Dense(Op):
         return n_out, max(n, n_out), n * n_out
 
     def mc_forward(self, x, env, record=None):
-        """A = X W^T by ``env.sampler`` (W acts on the scaled signal: ls unchanged), plus b."""
+        """A = X W^T by ``env.sampler`` (W acts on the scaled signal: ls unchanged), plus b;
+        uniform weights are drawn in full (FORWARD stream, mapped by :func:`uniform_of_normal`)."""
         n_in = x.x.shape[-1]
         n_out = mc.dense_width(n_in, self.ratio)
-        a, res = env.sampler.forward(x.x, self.sigma_w / n_in**0.5, n_out, env)
+        std = self.sigma_w / n_in**0.5
+        if self.init == "uniform":
+            w = uniform_of_normal(env.normal(FORWARD, (n_out, n_in)), env.xp)
+            a, res = (x.x @ w.swapaxes(-1, -2)) * std, w
+        else:
+            a, res = env.sampler.forward(x.x, std, n_out, env)
         y = mc.Sig(a, x.ls)
         if self.sigma_b:
-            b = mc.Sig(env.normal(BIAS, (1, n_out)), env.xp.zeros_like(x.ls[:, :1]))
-            y = mc.weighted_sum(1.0, y, self.sigma_b, b)
+            z = env.normal(BIAS, (1, n_out))
+            z = uniform_of_normal(z, env.xp) if self.init == "uniform" else z
+            y = mc.weighted_sum(1.0, y, self.sigma_b, mc.Sig(z, env.xp.zeros_like(x.ls[:, :1])))
         return y, (n_in, res)
 
     def mc_vjp(self, res, g, env):
         n_in, res = res
-        return mc.Sig(env.sampler.vjp(res, g.x, self.sigma_w / n_in**0.5, env), g.ls)
+        std = self.sigma_w / n_in**0.5
+        if self.init == "uniform":
+            return mc.Sig((g.x @ res) * std, g.ls)
+        return mc.Sig(env.sampler.vjp(res, g.x, std, env), g.ls)
 
 
 @dataclass(frozen=True)
@@ -92,3 +118,129 @@ class Scale(Op):
 
     def mc_vjp(self, res, g, env):
         return mc.Sig(self.c * g.x, g.ls)
+
+
+@dataclass(frozen=True)
+class FeatureAffine(Op):
+    """y_i = gamma_i x_i + beta_i with fixed per-feature vectors gamma, beta (a norm layer's
+    affine parameters, a per-channel branch scale such as LayerScale, BatchNorm in eval mode),
+    given by their empirical moments: ``gain`` = E[gamma], ``gain_sq`` = E[gamma^2], ``shift`` =
+    E[beta], ``shift_sq`` = E[beta^2], ``gain_shift`` = E[gamma beta] (E: the mean over the
+    features; None: the vector is constant, gain_sq = gain^2, shift_sq = shift^2, gain_shift =
+    gain shift).
+
+    At infinite width the features x_i are exchangeable and independent of the fixed vectors,
+    so (1/N) sum_i f(gamma_i, beta_i) h(x_i) -> E[f(gamma, beta)] E[h(x)]:
+    K'_ab = E[gamma^2] K_ab + E[gamma beta] (m_a + m_b) + E[beta^2], m' = E[gamma] m + E[beta],
+    the cross moment with a residual input r X' = E[gamma] X + E[beta] m_r 1^T. Backward (an
+    independent cotangent): G_in = E[gamma^2] G, its cross moments times E[gamma]. The output is
+    Gaussian (or BatchNorm-normalised, rescaled) only when gamma is constant and beta = 0;
+    otherwise each feature has its own law and an activation after it is refused.
+
+    Monte Carlo: gamma = E[gamma] + sd_gamma e, beta = E[beta] + sd_beta (rho e + sqrt(1 -
+    rho^2) f), rho the correlation of the vectors, e and f random directions made exactly
+    centred, orthogonal and of mean square 1 (so the empirical moments are the declared ones),
+    fresh per op and seed: the law assumes the vectors independent of the stream's features,
+    which a vector shared by several layers of a residual stream is not.
+    """
+
+    gain: Any = 1.0
+    shift: Any = 0.0
+    gain_sq: Any = None
+    shift_sq: Any = None
+    gain_shift: Any = None
+
+    def __post_init__(self):
+        for name in ("gain", "shift", "gain_sq", "shift_sq", "gain_shift"):
+            value = getattr(self, name)
+            if value is not None:
+                object.__setattr__(self, name, check(f"FeatureAffine.{name}", value, *FINITE))
+        plain = all(isinstance(v, float) for v in self._moments())
+        if plain:
+            g, b, g2, b2, gb = self._moments()
+            if g2 < g * g * (1 - 1e-12) or b2 < b * b * (1 - 1e-12):
+                raise ConfigError("FeatureAffine (gain_sq, shift_sq)", (g2, b2),
+                                  "E[gamma^2] >= E[gamma]^2 and E[beta^2] >= E[beta]^2")
+            if (gb - g * b) ** 2 > max(g2 - g * g, 0) * max(b2 - b * b, 0) * (1 + 1e-9) + 1e-300:
+                raise ConfigError("FeatureAffine.gain_shift", gb, "|E[gamma beta] - E[gamma] E[beta]| "
+                                  "<= sd(gamma) sd(beta) (Cauchy-Schwarz)")
+
+    def _moments(self):
+        """(E[gamma], E[beta], E[gamma^2], E[beta^2], E[gamma beta]), the Nones filled in."""
+        g, b = self.gain, self.shift
+        pick = (lambda v, default: default if v is None else v)
+        if isinstance(g, (Sweep, sympy.Basic)) or isinstance(b, (Sweep, sympy.Basic)):
+            if (self.gain_sq, self.shift_sq, self.gain_shift) != (None, None, None):
+                raise ConfigError("FeatureAffine", "a sweep or symbol with explicit moments",
+                                  "constant vectors only when gain or shift is swept")
+            return g, b, None, None, None  # constant vectors: resolved per point by _point
+        return (g, b, pick(self.gain_sq, g * g), pick(self.shift_sq, b * b),
+                pick(self.gain_shift, g * b))
+
+    def _point(self, ctx):
+        """The moments as grid arrays (..., 1)."""
+        g, b, g2, b2, gb = self._moments()
+        if g2 is None:  # constant vectors, swept
+            g, b = vec(ctx.p(g)), vec(ctx.p(b))
+            return g, b, g * g, b * b, g * b
+        return tuple(vec(ctx.p(v)) for v in (g, b, g2, b2, gb))
+
+    def _constant_gain_no_shift(self) -> bool:
+        g, b, g2, b2, _ = self._moments()
+        return _is_zero(b) and (b2 is None or _is_zero(b2)) and (g2 is None or g2 == g * g)
+
+    def forward_law(self, s, ctx, record=None):
+        ns = ctx.ns
+        g, b, g2, b2, gb = self._point(ctx)
+        e = ns.exp(-s.ls)  # beta in the stream's scaled units
+        K = (g2[..., None] * s.K + gb[..., None] * (outer(s.m, e) + outer(e, s.m))
+             + b2[..., None] * outer(e, e))
+        refs = tuple(r if r.X is DECOUPLED or r.X is None
+                     else Ref(m=r.m, X=g[..., None] * r.X + b[..., None] * outer(r.m, e))
+                     for r in s.refs)
+        law = (s.law.after_affine(g + 0 * s.m, 0 * s.ls, False)
+               if self._constant_gain_no_shift() else GENERAL)
+        return s.replace(K=K + 0 * s.K, m=g * s.m + b * e, ls=s.ls + 0 * g, refs=refs, law=law)
+
+    def backward_law(self, s, g, ctx):
+        """G_in = E[gamma^2] G; cross moments times E[gamma]; a relu gate (constant gamma only)
+        rescaled like the cotangent.
+
+        Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
+        gm, _, g2, _, _ = self._point(ctx)
+        refs = tuple(r if r.X is DECOUPLED or r.X is None
+                     else Ref(m=r.m, X=r.X * gm[..., None]) for r in g.refs)
+        gate = g.gate and g.gate.scaled(gm + 0 * g.m)
+        return g.replace(K=g2[..., None] * g.K, ls=g.ls + 0 * gm, refs=refs, gate=gate)
+
+    def vectors(self, z):
+        """(gamma, beta) (..., n) with exactly the declared moments (class docstring), from
+        standard normals z (..., 2, n), float64."""
+        g, b, g2, b2, gb = (float(v) for v in self._moments())
+        xp = mc.array_module(z)
+        z = z.astype(mc.F64) - z.mean(axis=-1, keepdims=True, dtype=mc.F64)
+        e = z[..., 0, :]
+        f = z[..., 1, :] - e * ((e * z[..., 1, :]).sum(-1, keepdims=True) / (e * e).sum(-1, keepdims=True))
+        e, f = (v / xp.sqrt((v * v).mean(-1, keepdims=True)) for v in (e, f))
+        sg, sb = np.sqrt(max(g2 - g * g, 0.0)), np.sqrt(max(b2 - b * b, 0.0))
+        rho = (gb - g * b) / (sg * sb) if sg * sb > 0 else 0.0
+        rho = min(max(rho, -1.0), 1.0)
+        return g + sg * e, b + sb * (rho * e + np.sqrt(1 - rho * rho) * f)
+
+    def mc_forward(self, x, env, record=None):
+        """gamma * x in scaled units, plus beta (a true-scale term, as a Dense bias); the
+        vectors are drawn per seed from the op's FORWARD stream, so each FeatureAffine of a
+        net (each copy in a Repeat) has its own, as each layer of a model has."""
+        gamma, beta = self.vectors(env.normal(FORWARD, (2, x.x.shape[-1]), mc.F64))
+        gamma, beta = gamma[:, None, :], beta[:, None, :]
+        y = mc.Sig(x.x * gamma.astype(x.x.dtype), x.ls)
+        if bool((beta != 0).any()):
+            y = mc.weighted_sum(1.0, y, 1.0, mc.Sig(beta.astype(x.x.dtype), 0 * x.ls[:, :1]))
+        return y, gamma
+
+    def mc_vjp(self, res, g, env):
+        return mc.Sig(g.x * res.astype(g.x.dtype), g.ls)
+
+
+def _is_zero(v) -> bool:
+    return isinstance(v, (int, float)) and v == 0

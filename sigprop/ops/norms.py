@@ -12,8 +12,29 @@ from sigprop.kernels.batchnorm import bn_backward, bn_forward, bn_relu_backward,
 from sigprop.kernels.gaussian import get_activation
 from sigprop.ops.base import FINITE, NONNEG, Op, cotangent_affine, vec
 from sigprop.state import arrays as mc
-from sigprop.state.moments import DECOUPLED, BatchNormed, Moments, Ref, affine, outer, true_moments
+from sigprop.state.moments import (
+    DECOUPLED,
+    BatchNormed,
+    Moments,
+    Ref,
+    affine,
+    lift,
+    outer,
+    true_moments,
+)
+from sigprop.state.ns import NUMERIC
 from sigprop.state.params import check
+
+
+def _feature_scale(s, v, eps, gain, ns):
+    """(a, ls'): gain / sqrt(v + eps) = a e^(-ls') in true units, v = e^(2 ls) vt the
+    (centred) second moment. In units lifted past eps (:func:`~sigprop.state.moments.lift`),
+    a = gain / sqrt(vt e^(2(ls - ls')) + eps e^(-2 ls')): finite at any ls, and ls' = ls
+    (the plain formula) unless eps e^(-2 ls) would overflow."""
+    eps = vec(eps)
+    ls, lc = lift(s.ls, eps, ns)
+    d = ns.exp(s.ls - ls)
+    return gain / ns.sqrt(v * (d * d) + eps * ns.exp(-2 * lc)), ls
 
 
 @dataclass(frozen=True)
@@ -35,18 +56,18 @@ class LayerNorm(Op):
 
     def _scale(self, s, ctx):
         v = np.diagonal(s.K, axis1=-2, axis2=-1) - s.m * s.m
-        eps = vec(ctx.p(self.eps)) * ctx.ns.exp(-2 * s.ls)
-        return vec(ctx.p(self.gain)) / ctx.ns.sqrt(v + eps)
+        return _feature_scale(s, v, ctx.p(self.eps), vec(ctx.p(self.gain)), ctx.ns)
 
     def forward_law(self, s, ctx, record=None):
-        a = self._scale(s, ctx)
-        return affine(s, a, s.m, 0 * a)
+        a, ls = self._scale(s, ctx)
+        return affine(s, a, s.m, s.ls - ls)
 
     def backward_law(self, s, g, ctx):
         """G_in = G_ab scale_a scale_b (the class docstring).
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
-        return cotangent_affine(g, self._scale(s, ctx), -s.ls)
+        a, ls = self._scale(s, ctx)
+        return cotangent_affine(g, a, -ls)
 
     def mc_forward(self, x, env, record=None):
         return mc.feature_norm(x, self.eps, self.gain, center=True)
@@ -66,18 +87,18 @@ class RMSNorm(Op):
         object.__setattr__(self, "eps", check("RMSNorm.eps", self.eps, *NONNEG))
 
     def _scale(self, s, ctx):
-        q = np.diagonal(s.K, axis1=-2, axis2=-1)
-        return 1 / ctx.ns.sqrt(q + vec(ctx.p(self.eps)) * ctx.ns.exp(-2 * s.ls))
+        return _feature_scale(s, np.diagonal(s.K, axis1=-2, axis2=-1), ctx.p(self.eps), 1, ctx.ns)
 
     def forward_law(self, s, ctx, record=None):
-        a = self._scale(s, ctx)
-        return affine(s, a, None, 0 * a)
+        a, ls = self._scale(s, ctx)
+        return affine(s, a, None, s.ls - ls)
 
     def backward_law(self, s, g, ctx):
         """G_in = G_ab scale_a scale_b (the class docstring).
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
-        return cotangent_affine(g, self._scale(s, ctx), -s.ls)
+        a, ls = self._scale(s, ctx)
+        return cotangent_affine(g, a, -ls)
 
     def mc_forward(self, x, env, record=None):
         return mc.feature_norm(x, self.eps, 1.0, center=False)
@@ -139,25 +160,31 @@ class BatchNorm(Op):
 
     def mc_forward(self, x, env, record=None):
         """Batch statistics of the simulated batch. With t = max_b ls_b, u = e^(ls - t) xt:
-        y = P u / s, s^2 = |P u|^2 / B + eps e^(-2t) per (seed, feature), P = I - 11^T / B."""
+        y = P u / s, s^2 = |P u|^2 / B + eps e^(-2t) per (seed, feature), P = I - 11^T / B.
+        In units t' lifted past eps (:func:`~sigprop.state.moments.lift`; t' = t unless eps
+        e^(-2t) is far from 1): y = e^(t - t') P u / s', s'^2 = |P u|^2 e^(2(t - t')) / B +
+        eps e^(-2t'), so y is O(1) with its scale t - t' in ls (at q = 1e-300 it underflowed)."""
         xp, B = env.xp, x.x.shape[-2]
         if B < 2:
             raise ConfigError("batch size B (number of inputs)", B,
                               ">= 2 for BatchNorm (it normalises each feature over the batch)")
         top = x.ls.max(axis=-1, keepdims=True)
+        lt, lc = lift(top, self.eps, NUMERIC)
         u = mc.times(x.x, xp.exp(x.ls - top))
         w = u - u.mean(axis=-2, keepdims=True)
-        with np.errstate(over="ignore"):
-            eps = self.eps * xp.exp(-2 * top)[..., None]
-        s2 = (w * w).sum(axis=-2, keepdims=True, dtype=mc.F64) / B + eps
+        d = xp.exp(top - lt)  # e^(t - t'), 1 unless lifted
+        s2 = ((w * w).sum(axis=-2, keepdims=True, dtype=mc.F64) / B * (d * d)[..., None]
+              + self.eps * xp.exp(-2 * lc)[..., None])
         inv_s = (1 / xp.sqrt(s2)).astype(w.dtype)
         y = w * inv_s
-        return mc.Sig(y, xp.zeros_like(x.ls)), (y, inv_s, top)
+        ls = xp.broadcast_to(top - lt, x.ls.shape).copy()
+        return mc.Sig(y, ls), (mc.times(y, d), inv_s, lt)  # the backward needs the true y
 
     def mc_vjp(self, res, g, env):
-        """J^T g = (1/s)(P g - y (y . g) / B) over the batch, g brought to a common scale."""
-        y, inv_s, top = res
+        """J^T g = (1/s)(P g - y (y . g) / B) over the batch (true y), g brought to a common
+        scale; 1/s = e^(-t') / s'."""
+        y, inv_s, lt = res
         gtop = g.ls.max(axis=-1, keepdims=True)
         h = mc.times(g.x, env.xp.exp(g.ls - gtop))
         h = h - h.mean(axis=-2, keepdims=True) - y * (y * h).mean(axis=-2, keepdims=True)
-        return mc.Sig(inv_s * h, env.xp.broadcast_to(gtop - top, g.ls.shape))
+        return mc.Sig(inv_s * h, env.xp.broadcast_to(gtop - lt, g.ls.shape))

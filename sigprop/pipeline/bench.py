@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sigprop.engines.montecarlo import _backend, memory_per_seed, simulate, stored_signals
+from sigprop.engines.montecarlo import memory_per_seed, resolve_backend, simulate, stored_signals
 from sigprop.engines.samplers import SAMPLERS
 from sigprop.ops import Act, Dense, Repeat, Serial, layers_of
 from sigprop.state.inputs import Inputs
@@ -172,7 +172,7 @@ def limits(B, seeds, depth, memory, itemsize=4):
 def run_bench(widths=None, batch=(2, 8), depth=8, seeds=4, backend="auto", quick=False,
               repeats=None) -> dict:
     """Time every method on every (N, B); returns the rows and the machine rates."""
-    name, xp = _backend(backend)
+    name, xp = resolve_backend(backend)
     repeats = repeats or (1 if quick else 3)
     if widths is None:
         widths = QUICK_WIDTHS if quick else WIDTHS + WIDE

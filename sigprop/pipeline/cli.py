@@ -1,29 +1,51 @@
-"""The ``sigprop`` command line (typer): theory, simulate, compare, reproduce, bench, derive.
+"""The ``sigprop`` command line (typer): theory, simulate, compare, plot, reproduce, bench,
+derive, sweep.
 
 Every command turns a :class:`sigprop.SigpropError` into one red line and exit code 2 (no
-traceback): a bad sims file names the file, the key and the allowed values.
+traceback): a bad sims file names the file, the key and the allowed values. This module imports
+only typer, rich and :mod:`sigprop.errors` at start-up; each command imports what it runs, so
+``sigprop --help`` and ``sigprop --version`` start without numpy, xarray, scipy or matplotlib.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import inspect
+import warnings
 from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 
-from sigprop.errors import ConfigError, SigpropError
+from sigprop.errors import ConfigError, FiniteWidthWarning, SigpropError
 
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Signal propagation through deep residual networks: theory, Monte Carlo, "
                        "comparison, figures and the paper.")
 console = Console()
-Profile = Annotated[str, typer.Option("--profile", "-p",
-                                      help="quick (2-core CPU) or paper (one GPU)")]
+Profile = Annotated[str, typer.Option("--profile", "-p", help="a profile of the sim: quick "
+                                      "(2-core CPU), paper (one GPU) or another it defines")]
 SimPath = Annotated[Path, typer.Argument(help="sims/<name>.toml")]
 Output = Annotated[Path, typer.Option("--output", "-o", help="output .nc or .zarr")]
+
+
+def _version(value: bool):
+    if value:
+        from sigprop.version import __version__
+
+        console.print(f"sigprop {__version__}", highlight=False)
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="print the version and exit")] = False):
+    """Signal propagation through deep residual networks: theory, Monte Carlo, comparison,
+    figures and the paper."""
+
 
 def _clean_errors(fn):
     @functools.wraps(fn)
@@ -31,7 +53,7 @@ def _clean_errors(fn):
         try:
             return fn(*args, **kwargs)
         except SigpropError as e:
-            console.print(f"[bold red]error:[/] {e}", highlight=False)
+            console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
 
     return wrapper
@@ -45,8 +67,12 @@ def _progress(items, what):
 
 @app.command()
 @_clean_errors
-def theory(sim: SimPath, output: Output, profile: Profile = "quick"):
-    """Infinite-width theory of every case of a sim -> one Dataset (kind=theory)."""
+def theory(sim: SimPath, output: Output, profile: Profile = "quick",
+           width: Annotated[int | None, typer.Option(
+               "--width", "-n", min=1, help="add the first-order finite-width corrections at "
+               "this width N (sp.theory(..., width=N))")] = None):
+    """Infinite-width theory of every case of a sim -> one Dataset (kind=theory); finite-width
+    warnings (sigprop.errors.FiniteWidthWarning) are printed as yellow lines."""
     from sigprop.data import check_output, unsupported_of
     from sigprop.pipeline.config import Sim
     from sigprop.pipeline.reproduce import save_quietly
@@ -54,11 +80,29 @@ def theory(sim: SimPath, output: Output, profile: Profile = "quick"):
 
     check_output(output)
     s = Sim.load(sim)
-    ds = run_theory(s, profile, _progress)
+    with _finite_width_warnings():
+        ds = run_theory(s, profile, _progress, width=width)
     save_quietly(ds, output)
     for case, why in unsupported_of(ds).items():
         console.print(f"[yellow]no theory for {case}[/]: {why}")
-    console.print(f"theory of {s.name} ({profile}): dims {dict(ds.sizes)} -> {output}")
+    at = "" if width is None else f" with first-order corrections at N = {width}"
+    console.print(f"theory of {s.name} ({profile}){at}: dims {dict(ds.sizes)} -> {output}")
+
+
+@contextlib.contextmanager
+def _finite_width_warnings():
+    """Print each distinct FiniteWidthWarning raised in the block once, as a yellow line (other
+    warnings pass through as they came)."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    seen = set()
+    for w in caught:
+        if not issubclass(w.category, FiniteWidthWarning):
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+        elif str(w.message) not in seen:
+            seen.add(str(w.message))
+            console.print(f"[yellow]finite width: {escape(str(w.message))}[/]", highlight=False)
 
 
 @app.command()
@@ -112,6 +156,56 @@ def compare(theory_nc: Annotated[Path, typer.Argument(metavar="THEORY", help="th
         raise typer.Exit(1)
 
 
+def _label_value(text: str):
+    """A label given on the command line: an int, a float, or else the text."""
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+@app.command()
+@_clean_errors
+def plot(datasets: Annotated[list[Path], typer.Argument(
+             metavar="DATASET...", help="a theory .nc and/or a Monte Carlo .nc (by its seed dim)")],
+         output: Annotated[Path, typer.Option("--output", "-o", help="fig.pdf, .png or .svg")],
+         var: Annotated[str, typer.Option(help="the variable: q, grad_q, corr, ...")] = "q",
+         x: Annotated[str, typer.Option(help="the dim along the x axis")] = "layer",
+         hue: Annotated[str | None, typer.Option(help="a dim drawn as colours")] = None,
+         col: Annotated[str | None, typer.Option(help="a dim drawn as panel columns")] = None,
+         row: Annotated[str | None, typer.Option(help="a dim drawn as panel rows")] = None,
+         sel: Annotated[list[str] | None, typer.Option(
+             help="fix a dim: DIM=LABEL (repeatable)")] = None,
+         estimator: Annotated[str, typer.Option(help="Monte Carlo: auto, mean, lognormal, "
+                                                     "logmean, median")] = "auto",
+         xscale: Annotated[str, typer.Option(help="auto, linear or log")] = "auto",
+         yscale: Annotated[str, typer.Option(help="auto, linear or log")] = "auto"):
+    """Draw a variable of theory and Monte Carlo datasets (sp.plot): theory as lines, Monte
+    Carlo as points with +-2 SE bands."""
+    from sigprop.analysis.plot import plot as draw
+    from sigprop.analysis.plot import savefig
+    from sigprop.data import load
+
+    loaded = {"theory": [], "mc": []}
+    for path in datasets:
+        ds = load(path)
+        loaded["mc" if "seed" in ds.dims else "theory"].append(ds)
+    if any(len(v) > 1 for v in loaded.values()):
+        raise ConfigError("DATASET", [str(d) for d in datasets], "at most one theory and one "
+                          "Monte Carlo dataset (a Monte Carlo one has a 'seed' dim)")
+    fixed = {}
+    for item in sel or ():
+        dim, eq, label = item.partition("=")
+        if not eq or not dim:
+            raise ConfigError("--sel", item, "DIM=LABEL, e.g. --sel width=256")
+        fixed[dim.strip()] = _label_value(label.strip())
+    fig = draw(*(v[0] if v else None for v in loaded.values()), var=var, x=x, hue=hue, col=col,
+               row=row, sel=fixed, estimator=estimator, xscale=xscale, yscale=yscale)
+    console.print(f"{var} -> {savefig(fig, output)}")
+
+
 @app.command()
 @_clean_errors
 def reproduce(profile: Profile = "quick",
@@ -128,33 +222,46 @@ def reproduce(profile: Profile = "quick",
               cache_dir: Annotated[Path | None, typer.Option(
                   help="default .sigprop-cache")] = None,
               allow_partial: Annotated[bool, typer.Option(
-                  "--allow-partial", help="exit 0 even when a step failed")] = False):
+                  "--allow-partial", help="exit 0 even when a step failed")] = False,
+              root: Annotated[Path | None, typer.Option(
+                  help="the project folder (default: found from here upwards: the folder "
+                       "with pyproject.toml and sims/)")] = None):
     """Every sim -> every figure -> the paper PDF; unchanged steps are skipped.
 
+    Every sims/*.toml runs, and the figures it declares ([[figure]]) are drawn into
+    paper/figures/. A sims file that does not load is reported and skipped (exit 1 at the end).
     Exit codes: 0 done; 1 a step failed (not cached; it reruns next time); 2 bad input;
     128 + n stopped by signal n (130 Ctrl-C, 143 SIGTERM), with nothing half-done cached.
     """
+    import os
     import signal
 
     from sigprop.pipeline.cache import Cache
-    from sigprop.pipeline.config import PROFILES
     from sigprop.pipeline.processes import interrupts
-    from sigprop.pipeline.reproduce import Run
+    from sigprop.pipeline.reproduce import Run, find_root
     from sigprop.pipeline.reproduce import reproduce as run_all
 
-    if profile not in PROFILES:
-        raise SigpropError(f"--profile {profile!r} is invalid; allowed: {', '.join(PROFILES)}")
-    run = Run(profile=profile, force=force, dry_run=dry_run, only=tuple(only or ()),
-              backend=backend, derive=derive_, paper=paper, cache=Cache(cache_dir),
-              console=console)
-    with interrupts() as received:
-        try:
-            run_all(run)
-        except KeyboardInterrupt:
-            signum = received.get("signal", signal.SIGINT)
-            console.print(f"[bold red]interrupted ({signal.Signals(signum).name})[/]: stopped; "
-                          "nothing half-done was cached, a rerun resumes")
-            raise typer.Exit(128 + signum) from None
+    if root is not None and not (root / "sims").is_dir():
+        raise ConfigError("--root", str(root), "a folder with sims/<name>.toml")
+    root = (root or find_root()).resolve()
+    cache = Cache(cache_dir.resolve() if cache_dir is not None else None)
+    if root != Path.cwd().resolve():
+        console.print(f"project root: {root}", highlight=False, soft_wrap=True)
+    here = os.getcwd()
+    os.chdir(root)  # sims/, paper/, derivations/ and the default cache are relative to it
+    try:
+        run = Run(profile=profile, force=force, dry_run=dry_run, only=tuple(only or ()),
+                  backend=backend, derive=derive_, paper=paper, cache=cache, console=console)
+        with interrupts() as received:
+            try:
+                run_all(run)
+            except KeyboardInterrupt:
+                signum = received.get("signal", signal.SIGINT)
+                console.print(f"[bold red]interrupted ({signal.Signals(signum).name})[/]: "
+                              "stopped; nothing half-done was cached, a rerun resumes")
+                raise typer.Exit(128 + signum) from None
+    finally:
+        os.chdir(here)
     if run.failed and not allow_partial:
         raise typer.Exit(1)
 
@@ -240,7 +347,7 @@ def sweep(sim: SimPath,
                            seed_chunk=seed_chunk, backend=backend, widths=width, seeds=seeds,
                            overwrite=overwrite, progress=True)
     except SweepFailed as e:
-        console.print(f"[bold red]{e}", highlight=False)
+        console.print(f"[bold red]{escape(str(e))}", highlight=False)
         raise typer.Exit(1) from None
     for kind, total in report.total.items():
         console.print(f"{kind}: {total} chunks, {report.skipped[kind]} already done, "

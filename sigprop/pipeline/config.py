@@ -2,8 +2,10 @@
 
 A sim names one or more architectures (a preset of :mod:`sigprop.presets` with its keyword
 arguments), the inputs (:class:`sigprop.Inputs` keyword arguments), optional sweeps (one grid
-dim per swept preset argument) and two profiles, ``quick`` (a 2-core CPU) and ``paper`` (one
-GPU), each with its depth and Monte Carlo settings::
+dim per swept preset argument), one or more named profiles, each with its depth and Monte Carlo
+settings (by convention ``quick`` for a 2-core CPU and ``paper`` for one GPU; none is mandatory,
+and a sim is run only under the profiles it defines), and optional figures (``[[figure]]``:
+the arguments of :func:`sigprop.plot`, drawn by ``sigprop reproduce``)::
 
     description = "stream variance vs depth per normalisation placement"
     [[arch]]
@@ -23,6 +25,11 @@ GPU), each with its depth and Monte Carlo settings::
     depth = 10000
     widths = [4096]
     seeds = 256
+    [[figure]]
+    name = "preln_q"     # -> paper/figures/preln_q.pdf (default: <sim>_<var>)
+    var = "q"
+    hue = "arch"
+    caption = "Stream second moment vs depth."
 
 Unknown keys are refused and types are strict (``depth = "4"``, ``depth = true`` or
 ``montecarlo = "yes"`` are errors, not coerced); every error names the file, the key and what
@@ -40,7 +47,7 @@ from typing import Any, Literal
 import numpy as np
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from sigprop import presets
+from sigprop import presets, schema
 from sigprop.errors import ConfigError, SigpropError
 from sigprop.ops import BatchNorm, Repeat
 from sigprop.state.inputs import Inputs
@@ -51,7 +58,9 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     import tomli as tomllib
 
-PROFILES = ("quick", "paper")
+PROFILES = ("quick", "paper")  # the conventional profiles; a sim may define others, or only one
+NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a profile or figure name (also a file name)
+DIMS = ("layer", "input", "input_b", "arch", "batch", "width")  # dims a sim's datasets may have
 BRANCH_KWARGS = tuple(p for p in inspect.signature(presets.branch).parameters if p != "act")
 
 
@@ -210,15 +219,70 @@ class ProfileSpec(_Strict):
         return self.seeds > 0
 
 
+class FigureSpec(_Strict):
+    """One ``[[figure]]`` of a sim: the arguments of :func:`sigprop.plot` (theory and, when the
+    profile has seeds, Monte Carlo of this sim), the output name and the caption."""
+
+    name: str | None = Field(default=None, pattern=NAME)  # default: <sim>_<var>
+    var: str = "q"
+    x: str = "layer"
+    hue: str | None = None
+    col: str | None = None
+    row: str | None = None
+    sel: dict[str, int | float | str] = Field(default_factory=dict)
+    estimator: str = "auto"
+    xscale: str = "auto"
+    yscale: str = "auto"
+    max_points: int = Field(default=16, ge=2)
+    sharey: bool = True
+    caption: str | None = None
+
+    @field_validator("var")
+    @classmethod
+    def _var(cls, v):
+        if v not in schema.NAMES:
+            raise ValueError(f"unknown variable; allowed: {', '.join(schema.NAMES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _choices(self):
+        from sigprop.analysis.compare import ESTIMATORS
+
+        for key, allowed in (("estimator", ESTIMATORS), ("xscale", schema.AXIS_SCALES),
+                             ("yscale", schema.AXIS_SCALES)):
+            if getattr(self, key) not in allowed:
+                raise ValueError(f"{key} = {getattr(self, key)!r} is unknown; allowed: "
+                                 f"{', '.join(allowed)}")
+        return self
+
+    def plot_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`sigprop.plot` (all but the datasets)."""
+        return self.model_dump(exclude={"name", "caption"})
+
+
+
+
 class SimSpec(_Strict):
-    """One experiment: architectures, inputs, sweeps and the two profiles."""
+    """One experiment: architectures, inputs, sweeps, profiles and figures."""
 
     description: str
     arch: list[ArchSpec] = Field(min_length=1)
     inputs: InputsSpec = InputsSpec()
     sweeps: dict[str, SweepValues] = Field(default_factory=dict)
     root_seed: int = 0
-    profiles: dict[Literal["quick", "paper"], ProfileSpec]
+    profiles: dict[str, ProfileSpec] = Field(min_length=1)
+    figure: list[FigureSpec] = Field(default_factory=list)
+
+    @field_validator("profiles")
+    @classmethod
+    def _profile_names(cls, v):
+        import re
+
+        bad = [k for k in v if not re.match(NAME, k)]
+        if bad:
+            raise ValueError(f"profile name {bad[0]!r} is invalid; allowed: letters, digits, "
+                             "'_', '-', '.' (e.g. quick, paper, laptop)")
+        return v
 
     @field_validator("arch", mode="before")
     @classmethod
@@ -230,9 +294,6 @@ class SimSpec(_Strict):
         labels = [a.name for a in self.arch]
         if len(set(labels)) != len(labels):
             raise ValueError(f"architecture labels must be unique, got {labels}")
-        missing = [p for p in PROFILES if p not in self.profiles]
-        if missing:
-            raise ValueError(f"profiles {missing} are missing; every sim defines {list(PROFILES)}")
         for prof in self.profiles.values():
             for name in (prof.sweeps or self.sweeps):
                 if name in RESERVED_DIMS + ("arch", "batch", "width"):
@@ -272,13 +333,20 @@ class Sim:
         except ValidationError as e:
             raise _explain(path, raw, e) from None
         sim = cls(spec, path.stem, path)
+        sim._check_figures()
         sim._check_builds()
         return sim
 
     def profile(self, name: str) -> ProfileSpec:
-        if name not in PROFILES:
-            raise ConfigError("profile", name, f"one of {PROFILES}")
+        if name not in self.spec.profiles:
+            raise SimConfigError(self.path or self.name, "profile", name,
+                                 f"one of {', '.join(self.spec.profiles)} (the profiles it "
+                                 "defines)", "is not defined")
         return self.spec.profiles[name]
+
+    def figures(self) -> dict[str, FigureSpec]:
+        """The sim's ``[[figure]]`` tables by output name (default ``<sim>_<var>``)."""
+        return {f.name or f"{self.name}_{f.var}": f for f in self.spec.figure}
 
     def sweeps(self, profile: str) -> dict[str, Sweep]:
         raw = self.profile(profile).sweeps or self.spec.sweeps
@@ -286,7 +354,7 @@ class Sim:
 
     def config(self, profile: str) -> dict:
         """The resolved, JSON-able config of one profile (what results are keyed on)."""
-        d = self.spec.model_dump(mode="json")
+        d = self.spec.model_dump(mode="json", exclude={"figure"})  # restyling reruns no sim
         d["profiles"] = {profile: d["profiles"][profile]}
         d["sweeps"] = {k: list(s.values) for k, s in self.sweeps(profile).items()}
         return {"sim": self.name, "profile": profile, **d}
@@ -307,6 +375,22 @@ class Sim:
                                  f"blocks ({arch.name} is not, or is shorter)")
         return Repeat(net.block, blocks)
 
+    def _check_figures(self):
+        """Each figure's dims are dims of this sim's datasets; figure names are distinct."""
+        swept = {k for p in self.spec.profiles.values() for k in (p.sweeps or self.spec.sweeps)}
+        dims = (*DIMS, *sorted(swept))
+        for i, fig in enumerate(self.spec.figure):
+            for key in ("x", "hue", "col", "row", *(f"sel.{d}" for d in fig.sel)):
+                dim = key[4:] if key.startswith("sel.") else getattr(fig, key)
+                if dim is not None and dim not in dims:
+                    raise SimConfigError(self.path, f"figure.{i}.{key.partition('.')[0]}", dim,
+                                         ", ".join(dims), "is not a dim of this sim's datasets")
+        names = [f.name or f"{self.name}_{f.var}" for f in self.spec.figure]
+        twice = sorted({n for n in names if names.count(n) > 1})
+        if twice:
+            raise SimConfigError(self.path, "figure.name", twice[0], "a distinct name per figure "
+                                 "(default <sim>_<var>)", "is used twice")
+
     def _check_builds(self):
         """Build every net and input once at depth 1 so value errors surface at load time."""
         for a in self.spec.arch:
@@ -315,7 +399,7 @@ class Sim:
             except (ConfigError, TypeError) as e:
                 raise SimConfigError(self.path, f"arch '{a.name}'", a.kwargs, _allowed_of(e),
                                      f"does not build ({e})") from None
-            for p in PROFILES:  # sweeps (finite values) and batch sizes of every profile
+            for p in self.spec.profiles:  # sweeps (finite values) and batch sizes of each profile
                 try:
                     self.sweeps(p)
                 except ConfigError as e:
@@ -366,7 +450,8 @@ def _explain(path, raw: dict, err: ValidationError) -> SimConfigError:
     return SimConfigError(path, key, value, msg, "is invalid")
 
 
-_NESTED = {"arch": "ArchSpec", "inputs": "InputsSpec", "profiles": "profiles"}
+_NESTED = {"arch": "ArchSpec", "inputs": "InputsSpec", "profiles": "profiles",
+           "figure": "FigureSpec"}
 
 
 def _fields_at(loc) -> list[str]:
@@ -386,9 +471,26 @@ def _fields_at(loc) -> list[str]:
     return list(model.model_fields) if isinstance(model, type) else []
 
 
-def load_all(directory="sims") -> dict[str, Sim]:
-    """Every ``sims/*.toml``, validated, by name."""
+def sim_paths(directory="sims") -> list[Path]:
+    """The ``*.toml`` files of ``directory``, sorted; an error when there are none."""
     paths = sorted(Path(directory).glob("*.toml"))
     if not paths:
         raise ConfigError("sims directory", str(directory), "a folder with sims/<name>.toml files")
-    return {p.stem: Sim.load(p) for p in paths}
+    return paths
+
+
+def load_all(directory="sims") -> dict[str, Sim]:
+    """Every ``sims/*.toml``, validated, by name (the first invalid one is an error)."""
+    return {p.stem: Sim.load(p) for p in sim_paths(directory)}
+
+
+def load_each(directory="sims") -> tuple[dict[str, Sim], dict[str, SigpropError]]:
+    """Every ``sims/*.toml`` by name, and apart the invalid ones with their error (so one
+    half-written file does not stop the others)."""
+    sims, broken = {}, {}
+    for path in sim_paths(directory):
+        try:
+            sims[path.stem] = Sim.load(path)
+        except SigpropError as e:
+            broken[path.stem] = e
+    return sims, broken

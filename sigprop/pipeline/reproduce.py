@@ -1,5 +1,11 @@
 """``sigprop reproduce``: derivations -> every sim (theory, Monte Carlo) -> every figure -> PDF.
 
+Every ``sims/*.toml`` runs (under ``--profile``; a sim that does not define that profile is
+listed as skipped), and each figure a sim declares (``[[figure]]``, see
+:class:`sigprop.pipeline.config.FigureSpec`) is drawn by :func:`sigprop.plot` into
+``paper/figures/<name>.pdf`` beside the paper's own figures (:mod:`sigprop.figures`). A sims
+file that does not load is reported as a failed step and skipped while the others run.
+
 Each step is skipped when the hash of what it depends on is unchanged (:mod:`sigprop.pipeline.cache`):
 simulations are keyed on (resolved sim config, compute code version), figures on (the import
 closure of their module, the keys of their data, the generated equations), the PDF on its
@@ -34,7 +40,7 @@ from sigprop.data import load, remove_stale_temporaries, save
 from sigprop.errors import ConfigError, SigpropError
 from sigprop.figures import FIGURES, module, render
 from sigprop.pipeline import cache as cachemod
-from sigprop.pipeline.config import Sim, load_all
+from sigprop.pipeline.config import FigureSpec, Sim, SimConfigError, load_each
 from sigprop.pipeline.processes import child_env, kill_group
 from sigprop.pipeline.runs import run_montecarlo, run_theory
 
@@ -42,6 +48,18 @@ PAPER = Path("paper")
 QUICK_DERIVE_TIMEOUT = 480.0  # the quick profile must finish on a 2-core CPU in < 15 min
 TEX_HINT = ("install TeX to build it, e.g. apt-get install -y latexmk texlive-latex-base "
             "texlive-latex-recommended texlive-latex-extra")
+
+
+def find_root(start=None) -> Path:
+    """The project root: the nearest folder at or above ``start`` (default: the working folder)
+    holding ``pyproject.toml`` and ``sims/``, else the nearest holding ``sims/``."""
+    here = Path(start or Path.cwd()).resolve()
+    above = (here, *here.parents)
+    for found in ([f for f in above if (f / "pyproject.toml").is_file() and (f / "sims").is_dir()]
+                  or [f for f in above if (f / "sims").is_dir()]):
+        return found
+    raise ConfigError("project root", str(here), "a folder with sims/<name>.toml (and "
+                      "pyproject.toml), this one or one above it; or give --root")
 
 
 def save_quietly(ds, path):
@@ -139,16 +157,30 @@ def reproduce(run: Run) -> list[tuple[str, str, float]]:
     printed). A failed step is in ``run.failed``; an interrupt cancels the derivations and
     propagates, with nothing half-done stamped."""
     start = time.perf_counter()
-    sims = load_all(run.sims_dir)
-    known = (*FIGURES, *sims)
+    sims, broken = load_each(run.sims_dir)
+    own = _own_figures(sims, broken)
+    known = tuple(dict.fromkeys((*FIGURES, *own, *sims, *broken)))
     unknown = [o for o in run.only if o not in known]
     if unknown:
         raise ConfigError("--only", unknown[0], f"a figure or sim name: {', '.join(known)}")
-    figures = [f for f in FIGURES if not run.only or f in run.only or module(f).SIM in run.only]
-    needed = {module(f).SIM for f in figures}
-    missing = needed - set(sims)
-    if missing:
-        raise SigpropError(f"figures need sims {sorted(missing)} that are not in {run.sims_dir}/")
+    profiles = sorted({p for s in sims.values() for p in s.spec.profiles})
+    if sims and run.profile not in profiles:
+        raise ConfigError("--profile", run.profile, f"a profile that a sim defines: "
+                          f"{', '.join(profiles)}")
+
+    def wanted(name, sim):
+        return not run.only or name in run.only or sim in run.only
+
+    figures = [f for f in FIGURES if wanted(f, module(f).SIM)]
+    absent = {f: module(f).SIM for f in figures if module(f).SIM not in (*sims, *broken)}
+    asked = [f for f in absent if f in run.only]
+    if asked:  # a paper figure asked for by name; otherwise (a project of one's own) skipped
+        raise SigpropError(f"figure {asked[0]} needs sims/{absent[asked[0]]}.toml, which is not "
+                           f"in {run.sims_dir}/")
+    figures = [f for f in figures if f not in absent]
+    own = {n: (sim, spec) for n, (sim, spec) in own.items() if wanted(n, sim)}
+    needed = {module(f).SIM for f in figures} | {sim for sim, _ in own.values()} | {
+        s for s in (*sims, *broken) if wanted(s, s)}
     generated = run.paper_dir / "generated"
     figures_dir = run.paper_dir / "figures"
 
@@ -156,9 +188,10 @@ def reproduce(run: Run) -> list[tuple[str, str, float]]:
     with contextlib.nullcontext() if run.dry_run else run.cache.lock(log=run.console.log):
         for folder in () if run.dry_run else (generated, figures_dir):
             remove_stale_temporaries(folder)
-        pool = _start_derive(run, generated)
+        pool = _start_derive(run, generated, needed=bool(figures) or not run.only)
         try:
-            keys = {name: _simulate(run, sims[name]) for name in sorted(needed)}
+            keys = {name: _simulate(run, sims.get(name), broken.get(name), name)
+                    for name in sorted(needed)}
             if pool is not None:
                 run.console.log("waiting for the derivations")
                 pool.finish()
@@ -168,7 +201,13 @@ def reproduce(run: Run) -> list[tuple[str, str, float]]:
             raise
         for name in figures:
             _figure(run, name, keys[module(name).SIM], generated, figures_dir)
-        if run.paper and not run.only:
+        for name, (sim, spec) in own.items():
+            _own_figure(run, name, sims[sim], spec, keys[sim], figures_dir)
+        for name, sim in absent.items():
+            run.note(f"figure {name}", f"no {run.sims_dir}/{sim}.toml")
+        if run.paper and not run.only and (absent or not (run.paper_dir / "main.tex").is_file()):
+            run.note("paper", f"needs {run.paper_dir}/main.tex and every paper figure's sim")
+        elif run.paper and not run.only:
             _claims(run, keys, figures_dir)
             _derivation_list(run, generated, figures_dir)
             _pdf(run)
@@ -178,16 +217,16 @@ def reproduce(run: Run) -> list[tuple[str, str, float]]:
 
 # -- steps ------------------------------------------------------------------------------------
 
-def _start_derive(run: Run, generated: Path) -> DerivePool | None:
+def _start_derive(run: Run, generated: Path, needed: bool = True) -> DerivePool | None:
     """Start the derivations that are not fresh in subprocesses (beside the sims, on the other
     core); returns their pool, or None when there is nothing to run.
 
     Each derivation is its own step (``derive NAME``), keyed on the compute code and its
     script; one that fails its checks, crashes or is stopped at ``run.derive_timeout`` is
-    recorded as failed and not stamped.
+    recorded as failed and not stamped. Not ``needed``: ``--only`` selects no paper figure.
     """
-    if not run.derive:
-        run.note("derive", "--no-derive")
+    if not run.derive or not needed:
+        run.note("derive", "--no-derive" if not run.derive else "no paper figure in --only")
         return None
     from sigprop.symbolic import derivation
 
@@ -297,9 +336,34 @@ class DerivePool:
             kill_group(proc)
 
 
-def _simulate(run: Run, sim: Sim) -> dict[str, Path | None] | None:
-    """Theory and Monte Carlo of one sim; returns the paths of the cached results, or None
-    when one of them failed."""
+def _own_figures(sims: dict[str, Sim], broken: dict) -> dict[str, tuple[str, FigureSpec]]:
+    """The figures the sims declare, by name -> (sim, spec). A sim whose figure name is taken
+    (by a paper figure or another sim's figure) moves to ``broken``."""
+    out: dict[str, tuple[str, FigureSpec]] = {}
+    for name in list(sims):
+        figures = sims[name].figures()
+        taken = [f for f in figures if f in FIGURES or f in out]
+        if taken:
+            broken[name] = SimConfigError(sims.pop(name).path, "figure.name", taken[0],
+                                          "a name no paper figure and no other sim's figure "
+                                          "uses", "is taken")
+            continue
+        out.update({f: (name, spec) for f, spec in figures.items()})
+    return out
+
+
+SKIPPED = "skipped"  # a sim without the run's profile
+
+
+def _simulate(run: Run, sim: Sim | None, error: Exception | None = None, name: str = ""):
+    """Theory and Monte Carlo of one sim; returns the paths of the cached results, None when
+    the sim did not load (``error``) or a step failed, or SKIPPED (no such profile)."""
+    if sim is None:
+        run.fail(f"load {name}", str(error))
+        return None
+    if run.profile not in sim.spec.profiles:
+        run.note(f"sim {sim.name}", f"no profile {run.profile!r} in {sim.path}")
+        return SKIPPED
     config, code = sim.config(run.profile), cachemod.code_version()
     out = {}
     key = cachemod.digest("theory", config, code)
@@ -324,8 +388,8 @@ def _figure(run: Run, name: str, data: dict | None, generated: Path, out_dir: Pa
     from sigprop.analysis.plots import FigureData
 
     step = f"figure {name}"
-    if data is None:
-        run.fail(step, f"sim {module(name).SIM} failed")
+    if data is None or data == SKIPPED:
+        _no_data(run, step, module(name).SIM, data)
         return
     mod = module(name)
     key = cachemod.digest(cachemod.closure_digest(mod.__name__),
@@ -338,13 +402,45 @@ def _figure(run: Run, name: str, data: dict | None, generated: Path, out_dir: Pa
         with cachemod.staged(out_dir) as tmp:
             render(name, FigureData(load(data["theory"]), mc, generated), tmp)
 
+    suffixes = (".pdf", ".png", ".caption.tex") + ((".numbers.tex",) if hasattr(mod, "macros")
+                                                    else ())
+    run.step(step, key, go, [out_dir / f"{name}{s}" for s in suffixes])
+
+
+def _no_data(run: Run, step: str, sim: str, data) -> None:
+    if data == SKIPPED:
+        run.note(step, f"sim {sim} has no profile {run.profile!r}")
+    else:
+        run.fail(step, f"sim {sim} failed")
+
+
+def _own_figure(run: Run, name: str, sim: Sim, spec: FigureSpec, data, out_dir: Path):
+    """A ``[[figure]]`` of a sim, drawn by :func:`sigprop.plot`; keyed on the plotting code,
+    the spec and the data (so restyling redraws it without rerunning the sim)."""
+    from sigprop.analysis import plots
+    from sigprop.analysis.plot import plot
+
+    step = f"figure {name}"
+    if data is None or data == SKIPPED:
+        _no_data(run, step, sim.name, data)
+        return
+    key = cachemod.digest(cachemod.closure_digest("sigprop.analysis.plot"),
+                          spec.model_dump(mode="json"), {k: str(v) for k, v in data.items()})
+
+    def go():
+        mc = load(data["montecarlo"]) if data["montecarlo"] else None
+        fig = plot(load(data["theory"]), mc, **spec.plot_kwargs())
+        caption = spec.caption or f"{sim.spec.description} ({spec.var}; sims/{sim.name}.toml)."
+        with cachemod.staged(out_dir) as tmp:
+            plots.save(fig, name, tmp, caption)
+
     run.step(step, key, go, [out_dir / f"{name}{s}" for s in (".pdf", ".png", ".caption.tex")])
 
 
 def _claims(run: Run, keys: dict, out_dir: Path):
     from sigprop.figures import claims
 
-    needed = {s: keys[s] for s in claims.SIMS if s in keys}
+    needed = {s: keys[s] for s in claims.SIMS if s in keys and keys[s] != SKIPPED}
     failed = [s for s, d in needed.items() if d is None]
     if failed:
         run.fail("claims table", f"sims {', '.join(failed)} failed")
@@ -412,9 +508,11 @@ def _report(run: Run, seconds: float):
     if run.dry_run:
         todo = sum(r[1] == "would run" for r in run.rows)
         run.console.print(f"dry run: {todo} step(s) would run, nothing was computed.")
-    elif run.failed:
+    if run.failed:
         run.console.print(f"[bold red]{len(run.failed)} step(s) failed: {', '.join(run.failed)}; "
                           "they are not cached and will run again next time.")
+    elif run.dry_run:
+        return
     elif not ran:
         run.console.print(f"[bold green]Everything is up to date: nothing was recomputed "
                           f"({seconds:.1f} s).")

@@ -17,13 +17,15 @@ import xarray as xr
 
 from sigprop import schema
 from sigprop.errors import ConfigError, SigpropError, UnsupportedComposition
+from sigprop.ops import sweeps_of
 from sigprop.pipeline.config import ArchSpec, Sim
 from sigprop.provenance import make_attrs
 from sigprop.state.params import Sweep
 
 
-def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
-    """Infinite-width theory of every case of ``sim``.
+def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None) -> xr.Dataset:
+    """Infinite-width theory of every case of ``sim`` (with ``width`` N: and its first-order
+    finite-width corrections at N, ``sp.theory(..., width=N)``).
 
     A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
     :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
@@ -32,14 +34,15 @@ def run_theory(sim: Sim, profile: str, progress=None) -> xr.Dataset:
     items, unsupported = [], {}
     cases = list(itertools.product(sim.spec.arch, sim.batch_sizes(profile)))
     for arch, batch in _iterate(cases, progress, f"theory {sim.name}"):
-        ds, reason = theory_case(sim, arch, batch, prof.depth, sweeps)
+        ds, reason = theory_case(sim, arch, batch, prof.depth, sweeps, width)
         if reason is not None:
             unsupported[case_label(arch, batch)] = reason
         items.append(({"arch": arch.name, "batch": batch}, strip_case_attrs(ds)))
     out = _stack(items)
     out.attrs = make_attrs("theory", sim.config(profile), "numpy", sim=sim.name, profile=profile,
-                           unsupported=json.dumps(unsupported))
-    return out
+                           unsupported=json.dumps(unsupported),
+                           **({} if width is None else {"width": int(width)}))
+    return schema.describe(out, title=sim.spec.description)
 
 
 def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds=None,
@@ -64,22 +67,26 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
     out.attrs = make_attrs("montecarlo", sim.config(profile), ",".join(sorted(used)),
                            sim=sim.name, profile=profile, seeds=seeds,
                            root_seed=sim.spec.root_seed)
-    return out
+    return schema.describe(out, title=sim.spec.description)
 
 
-def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, Sweep]):
+def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, Sweep],
+                width: int | None = None):
     """(dataset, None) for one (arch, batch) case over ``sweeps``, or (the NaN dataset, reason)
     when the theory cannot integrate it or fails (a :class:`SigpropError`, e.g. an overflow)."""
     from sigprop.engines.theory import theory
 
     inputs = sim.spec.inputs.build(batch)
+    order = tuple(sweeps)  # the grid dims: the engine's order when the net builds
     try:
-        return theory(sim.net(arch, depth, sweeps), inputs), None
+        net = sim.net(arch, depth, sweeps)
+        order = tuple(sweeps_of(net))
+        return theory(net, inputs, width=width), None
     except UnsupportedComposition as e:
         reason = str(e)
     except SigpropError as e:  # e.g. an overflow: keep the other cases, say which failed
         reason = f"the theory failed: {type(e).__name__}: {e}"
-    return _nan_dataset(depth, inputs.n, sweeps), reason
+    return _nan_dataset(depth, inputs.n, {k: sweeps[k] for k in order}), reason
 
 
 def montecarlo_case(sim: Sim, profile: str, arch: ArchSpec, batch, point: dict, width: int,

@@ -35,6 +35,7 @@ import contextlib
 import importlib
 import itertools
 import json
+import sys
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -181,7 +182,8 @@ def plan_montecarlo(sim: Sim, profile: str, store, *, widths=None, seeds=None,
 
 def _theory_grid_order(sim: Sim, arch: ArchSpec, sweeps: dict[str, Sweep]) -> tuple[str, ...]:
     """The sweep dims in the order the theory gives them (``run_theory`` stacks its cases in the
-    order of the first; a first case that fails has the sim's order, ``runs._nan_dataset``)."""
+    order of the first: the net's order, even when its theory fails, ``runs.theory_case``; the
+    sim's order when the net itself cannot be built)."""
     try:
         return tuple(sweeps_of(sim.net(arch, 1, sweeps)))
     except SigpropError:
@@ -237,7 +239,8 @@ def _template(plan: Plan) -> xr.Dataset:
     else:
         attrs = make_attrs("montecarlo", sim.config(plan.profile), plan.backend, sim=sim.name,
                            profile=plan.profile, seeds=plan.seeds, root_seed=sim.spec.root_seed)
-    return xr.Dataset(data, coords=_coords(plan), attrs=attrs)
+    return schema.describe(xr.Dataset(data, coords=_coords(plan), attrs=attrs),
+                           title=sim.spec.description)  # as run_theory / run_montecarlo
 
 
 def _compute(plan: Plan, task: Task) -> tuple[xr.Dataset, dict]:
@@ -364,7 +367,7 @@ def sweep_load(store, kind: str = "theory", partial: bool = False) -> xr.Dataset
         ds.attrs["unsupported"] = json.dumps({case: why for case, (why, _) in failed.items()})
     elif markers:
         ds.attrs["backend"] = ",".join(sorted({m["backend"] for m in markers.values()}))
-    return ds
+    return schema.describe(ds)  # the variables' and CF attributes, as the engines give them
 
 
 # -- running ------------------------------------------------------------------------------------
@@ -509,8 +512,13 @@ def _progress_bar(enabled: bool, total: int, done: int, what: str):
 
 
 def _require(module: str, what: str):
+    """``module``, or a ConfigError with the install hint (zarr 3, hence sweeps, need Python
+    >= 3.11: the ``scale`` extra leaves zarr out on 3.10)."""
     try:
         return importlib.import_module(module)
     except ImportError:
-        raise ConfigError(what, "not installed", "pip install 'sigprop[scale]' "
-                          "(dask[distributed] and zarr, for sweeps)") from None
+        hint = "pip install 'sigprop[scale]' (dask[distributed] and zarr, for sweeps)"
+        if module == "zarr" and sys.version_info < (3, 11):
+            hint = (f"Python >= 3.11 for sweeps (zarr 3 needs it; this is "
+                    f"{sys.version_info.major}.{sys.version_info.minor}), then {hint}")
+        raise ConfigError(what, "not installed", hint) from None

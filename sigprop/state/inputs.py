@@ -11,6 +11,9 @@ from sigprop.state.moments import GAUSSIAN, GENERAL, Moments
 
 LAWS = ("fixed", "gaussian")
 PSD_TOL = 1e-10  # smallest eigenvalue allowed below 0 for a matrix of O(1) entries (rounding)
+# inputs at most: the state holds B x B per grid point and layer, and building it checks two
+# B x B eigenvalue problems (4096: 128 MiB each, seconds); more would exhaust memory silently
+MAX_INPUTS = 4096
 
 
 @dataclass(frozen=True, init=False)
@@ -34,12 +37,14 @@ class Inputs:
         if ca.ndim == 2:
             sizes.append(len(ca))
         if n is not None:
-            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-                raise ConfigError("Inputs.n", n, "an integer >= 1")
+            if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or not 1 <= n <= MAX_INPUTS:
+                raise ConfigError("Inputs.n", n, f"an integer in [1, {MAX_INPUTS}]")
             sizes.append(int(n))
         if len(set(sizes)) > 1:
             raise ConfigError("Inputs sizes (q, mean, corr, n)", sizes, "all the same number of inputs")
         B = sizes[0] if sizes else 1
+        if B > MAX_INPUTS:
+            raise ConfigError("Inputs (q, mean, corr, n)", f"{B} inputs", f"at most {MAX_INPUTS}")
         if B == 0:
             raise ConfigError("Inputs.q", q, "at least one input (a number or a non-empty list)")
         qv = _vector("Inputs.q", q, qa, B)
@@ -74,9 +79,9 @@ class Inputs:
 
     @property
     def gram(self) -> np.ndarray:
-        """K_ab = c_ab sqrt(q_a q_b)."""
-        q = np.asarray(self.q)
-        return np.asarray(self.corr) * np.sqrt(np.outer(q, q))
+        """K_ab = c_ab sqrt(q_a) sqrt(q_b) (no overflow of q_a q_b at q = 1e300)."""
+        r = np.sqrt(np.asarray(self.q))
+        return np.asarray(self.corr) * np.outer(r, r)
 
     def moments(self) -> Moments:
         """Infinite-width state of the inputs, canonically scaled (unit diagonal)."""

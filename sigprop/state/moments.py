@@ -34,6 +34,9 @@ import numpy as np
 from sigprop.errors import OverflowInTheory
 
 DECOUPLED = "decoupled"
+TINY = np.finfo(np.float64).tiny  # smallest normal float64; below it digits are lost
+TRUE_LS_MAX = 350.0  # the largest log scale a law on true moments takes (q = e^700 < 1.8e308)
+FAR = 2.0**-64  # an affine factor smaller than this, or larger than 1/FAR, goes into ls
 
 
 @dataclass(frozen=True)
@@ -190,6 +193,24 @@ def rescale(coef, ls_from, ls_to, ns):
     return np.where(coef == 0, 0.0, out)
 
 
+def lift(ls, b2, ns):
+    """Log scales for adding a true-scale constant of square ``b2`` (a Dense bias variance, a
+    norm's eps) to a signal of log scale ``ls``: ``(ls', lc)``, its term being b2 e^(-2 lc).
+
+    ls' = ls where sqrt(b2) e^-ls <= 1/FAR, else log sqrt(b2) (no lower than sqrt(TINY), so
+    that e^(-2 ls') stays finite for a subnormal b2): the units in which the constant has
+    ordinary size, so that its term never overflows (q = 1e-320); where b2 is ordinary the
+    units, and the numbers, are unchanged. lc = ls' where b2 > 0, else 0 (the term is then 0,
+    not 0 x inf).
+    """
+    if ns.symbolic:
+        return ls, ls
+    with np.errstate(divide="ignore"):  # b2 = 0: log 0 = -inf, never lifted
+        log_b = 0.5 * np.log(b2)
+    ls = np.where(log_b - ls > -np.log(FAR), np.maximum(log_b, 0.5 * np.log(TINY)), ls)
+    return ls, np.where(b2 > 0, ls, 0.0)
+
+
 def moments_of_sum(beta, x: Gram, alpha, f: Gram, ns) -> Gram:
     """The state of ``beta x + alpha f`` given ``f.refs[-1]``, the cross moment of x with f.
 
@@ -224,7 +245,18 @@ def affine(s: Gram, a, t, ls_out) -> Gram:
     K' = a a^T (K - m m^T + d d^T) with d = m - t, m' = a d, X' = (X - m_r t^T) a; ``t=None``
     means t = 0. A decoupled cross moment m_r m^T stays decoupled (m_r m'^T); the state's law
     or gate follows by its own rule (true z' = e^(ls_out - ls) a z).
+
+    A numeric factor far from 1 (|a| outside 2^-64 .. 2^64, nonzero) is carried in the log
+    scale (a -> sign a, ls_out -> ls_out + log|a|: the same true values), so that a LayerNorm
+    whose eps dominates at q = 1e-300 does not leave K at 1e-295, where the next law's products
+    underflow; factors of ordinary size are applied as they are (the same numbers as before).
     """
+    if np.asarray(a).dtype != object:  # the symbolic face keeps ls = 0
+        size = np.abs(a)
+        far = (size > 0) & ((size < FAR) | (size > 1 / FAR))
+        with np.errstate(divide="ignore"):
+            ls_out = ls_out + np.where(far, np.log(size), 0.0)
+        a = np.where(far, np.sign(a), a)
     if t is None:
         K, d = s.K, s.m
     else:
@@ -250,15 +282,20 @@ def to_unit_diagonal(s: Gram) -> Gram:
     root = np.sqrt(np.where(pos, d, 1.0))
     ls = s.ls + np.log(root)
     extra = s._rescaled(1 / root, None, False)  # a change of units: true values unchanged
+    m = s.m / root
+    # A mean below TINY of the rms is subnormal: its digits are gone and it stops decaying
+    # (5e-324 * 0.7 rounds back to 5e-324), so e^ls m would grow without bound. Flush it to 0:
+    # the mean stays exact relative to the signal's scale, and an exact 0 stays 0.
+    m = np.where(np.abs(m) < TINY, 0.0, m)
     f = np.asfortranarray
-    return s.replace(K=f(s.K / outer(root, root)), m=f(s.m / root), ls=f(ls), **extra)
+    return s.replace(K=f(s.K / outer(root, root)), m=f(m), ls=f(ls), **extra)
 
 
 def true_moments(s: Gram, where: str, ns):
     """Unscaled (K, m), for ops whose law is not positively homogeneous; raise on overflow."""
     if ns.symbolic:
         return s.K * outer(ns.exp(s.ls), ns.exp(s.ls)), s.m * ns.exp(s.ls)
-    if np.any(s.ls > 350.0):
+    if np.any(s.ls > TRUE_LS_MAX):
         raise OverflowInTheory(
             f"{where}: the signal reaches log q = {2 * float(np.max(s.ls)):.4g}, beyond float64, "
             "and this op is not positively homogeneous, so its law needs the true scale. "

@@ -144,6 +144,17 @@ def philox_normal(xp, keys, name, n: int, dtype, kernel=box_muller_philox):
     return z.reshape(keys.shape[0], -1)[:, :n].astype(dtype)
 
 
+def uniform_of_normal(z, xp=np):
+    """Uniform draws on (-sqrt 3, sqrt 3) (mean 0, variance 1) from standard normals z, by the
+    probability integral transform sqrt(3) (2 Phi(z) - 1) = sqrt(3) erf(z / sqrt 2): exactly
+    uniform when z is exactly normal, and named by the same stream."""
+    if xp is np:
+        from scipy.special import erf
+    else:
+        from cupyx.scipy.special import erf
+    return (np.sqrt(3.0) * erf(z / np.sqrt(2.0))).astype(z.dtype, copy=False)
+
+
 class Streams:
     """Normal draws for the seeds ``seeds`` of one chunk, on array module ``xp``."""
 

@@ -39,8 +39,9 @@ SYMBOLS = {s.name: s for s in (SIGMA_W, SIGMA_1, SIGMA_2, SIGMA_B, ALPHA, BETA, 
 LATEX_NAMES = {GAIN: r"\gamma", EPS: r"\epsilon", B_DN: "b", C_AB: "c_{ab}", Q0: "q_0",
                M0: "m_0", C0: "c_0"}
 
-DEEPNET = {BETA: (2 * L) ** sympy.Rational(1, 4), B_DN: (8 * L) ** sympy.Rational(-1, 4)}
-"""DeepNet encoder constants (Wang et al. 2022) in terms of the depth L, as presets.deepnorm."""
+DEEPNET = {BETA: L ** sympy.Rational(1, 4), B_DN: (4 * L) ** sympy.Rational(-1, 4)}
+"""DeepNet encoder constants (Wang et al. 2022) in terms of the number L of residual blocks, as
+presets.deepnorm's default (DeepNet's N = L/2 layers of two sublayers: (2N)^{1/4}, (8N)^{-1/4})."""
 
 
 def canonical_symbols(expr):

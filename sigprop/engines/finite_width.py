@@ -1,0 +1,711 @@
+"""First-order finite-width theory: ``sp.theory(net, inputs, width=N)``.
+
+At width N the realised state of the stream (its Gram K, feature mean m and, inside an open
+residual branch, the cross moment X with each enclosing residual input) is theta + delta with
+E delta = b/N and Cov delta = C/N + O(N^-2); theta is the infinite-width state. The state is
+a stack of frames (frame 0 the stream, frame j the j-th open residual branch), flattened in the
+scaled units of the infinite-width state. Two kinds of steps move (b, C):
+
+* a deterministic map F of the realised state (LayerNorm, RMSNorm, Scale, the residual sum, a
+  change of units, and the law of a fresh stream given the realised state it was drawn from):
+  the delta method, b' = J b + 1/2 H:C and C' = J C J^T. J and H come from the op's own
+  forward law by central differences along b and along the eigen-directions w_k of C
+  (C = sum_k w_k w_k^T, so H:C = sum_k D^2F[w_k, w_k]): no per-op derivative code;
+* the draw of fresh features. After a Dense the features are i.i.d. given the past, and the
+  elementwise ops after it keep them so, up to the next op that reduces over features (a
+  Dense, a norm, a residual sum; or where a statistic is read). There each realised one is a mean
+  of N' = ratio N i.i.d. terms: unbiased given the past, with covariance Sigma / N' from the
+  feature law y = phi(u), u ~ N(0, K_u) (:func:`feature_noise`; for y = u it is the Wishart
+  K_ac K_bd + K_ad K_bc). Sigma is the one new per-op quantity, and only elementwise ops enter
+  it (through their ``fn``), so it lives here rather than as a face of every op.
+
+Statistics s(theta) of the final state follow by the same delta step: E s = s + (grad s . b +
+1/2 H_s:C)/N, Var s = grad s C grad s^T / N. For a plain ReLU net this gives Var log q_L =
+5 L / N to leading order (Hanin & Nica): Sigma_qq / q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
+
+Scope: B <= 2 inputs (the feature law's 4th moments are a 2-D polar quadrature, accurate to
+~1e-12 for degree-1 activations), forward statistics. Ops with no fluctuation rule here (BatchNorm, a
+Dense with a non-Gaussian init, an activation on a stream that is not fresh) leave NaN
+corrections from that layer on, with a :class:`FiniteWidthWarning`. Backward, only the mean
+mode of a stream x + alpha phi(W x) (:func:`mean_mode_coefficient`: the coupling of the
+backward to the forward weights that gradient independence drops, which dominates E grad_q_0
+when the stream carries a mean). Validity: per statistic the width where the correction is
+10 % of the leading term (``valid_width_*``), and warnings where N is below the coefficient A
+or where an expectation is carried by events no practical width samples
+(:func:`warn_unreachable`: BatchNorm at B <= 3).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import warnings
+
+import numpy as np
+import xarray as xr
+
+from sigprop import schema
+from sigprop.errors import ConfigError, FiniteWidthWarning
+from sigprop.kernels.gaussian import get_activation
+from sigprop.ops import (
+    Act,
+    BatchNorm,
+    Dense,
+    LayerNorm,
+    Op,
+    Repeat,
+    Residual,
+    RMSNorm,
+    Scale,
+    Serial,
+    layers_of,
+    sweeps_of,
+)
+from sigprop.ops.base import vec
+from sigprop.state.moments import Moments, Ref, moments_of_sum, outer, to_unit_diagonal
+from sigprop.state.ns import NUMERIC
+from sigprop.state.params import Context
+
+STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a direction:
+# truncation O(STEP^2) ~ 1e-6 relative, round-off 1e-16 / STEP^2 ~ 1e-10 (second differences)
+ANGLE_NODES = 48  # Gauss-Legendre nodes per quadrant of the polar rule (kinks on the axes)
+RADIAL_PANELS, RADIAL_NODES = 4, 16  # composite Gauss-Legendre in the radius, up to RHO_MAX
+RHO_MAX = 9.0  # in standard deviations along each ray: exp(-81/2) ~ 2.6e-18
+VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
+PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
+
+
+# -- the state vector ------------------------------------------------------------------------
+def _lead(frames):
+    """The leading (direction, grid) shape the states of ``frames`` broadcast to."""
+    return np.broadcast_shapes(*[f.K.shape[:-2] for f in frames], *[f.m.shape[:-1] for f in frames],
+                               *[f.ls.shape[:-1] for f in frames])
+
+
+def flatten(frames, ref):
+    """The stack as a vector (..., D): per frame K (B^2), m (B), then X with each outer frame
+    (B^2 each), in the scaled units (log scales) of the reference stack ``ref``."""
+    lead = _lead(frames)
+    parts = []
+    for f, r in zip(frames, ref):
+        e = np.exp(f.ls - r.ls)
+        parts += [(f.K * outer(e, e)), (f.m * e)[..., None]]
+        for i, rf in enumerate(f.refs):
+            ei = np.exp(frames[i].ls - ref[i].ls)
+            parts.append(f.cross(rf) * outer(ei, e))
+    return np.concatenate([np.broadcast_to(p, lead + p.shape[-2:]).reshape(lead + (-1,))
+                           for p in parts], axis=-1)
+
+
+def unflatten(v, ref):
+    """Inverse of :func:`flatten`: the stack with the reference's log scales and laws."""
+    B = ref[0].K.shape[-1]
+    frames, k = [], 0
+
+    def take(n, shape):
+        nonlocal k
+        k += n
+        return v[..., k - n:k].reshape(v.shape[:-1] + shape)
+
+    for r in ref:
+        K = take(B * B, (B, B))
+        K = (K + np.swapaxes(K, -1, -2)) / 2
+        m = take(B, (B,))
+        refs = tuple(Ref(m=frames[i].m, X=take(B * B, (B, B))) for i in range(len(r.refs)))
+        frames.append(r.replace(K=K, m=m, refs=refs))
+    return frames
+
+
+def delta_step(fn, x0, b, C):
+    """(fn(x0), J b + 1/2 H:C, J C J^T) for a vector map ``fn`` (leading dims broadcast), by
+    central differences along b and along w_k with C = sum_k w_k w_k^T; fn is evaluated once on
+    all 2M + 1 points stacked on a new leading axis."""
+    lam, V = np.linalg.eigh(C)
+    W = V * np.sqrt(np.clip(lam, 0, None))[..., None, :]
+    dirs = np.moveaxis(np.concatenate([b[..., :, None], W], axis=-1), -1, 0)  # (M, ..., D)
+    size = np.max(np.abs(dirs), axis=-1, keepdims=True)
+    h = STEP / np.where(size > 0, size, 1.0)
+    x0 = np.broadcast_to(x0, dirs.shape[1:])
+    ys = fn(np.concatenate([x0[None], x0 + h * dirs, x0 - h * dirs]))
+    M = dirs.shape[0]
+    y0, yp, ym = ys[0], ys[1:M + 1], ys[M + 1:]
+    Jd = (yp - ym) / (2 * h)
+    d2 = (yp + ym - 2 * y0) / h**2
+    bias = Jd[0] + 0.5 * d2[1:].sum(axis=0)
+    cov = np.einsum("k...i,k...j->...ij", Jd[1:], Jd[1:])
+    return y0, bias, cov
+
+
+# -- the feature law of a fresh stream --------------------------------------------------------
+def _gl(n, a, b):
+    x, w = np.polynomial.legendre.leggauss(n)
+    return (b - a) / 2 * x + (b + a) / 2, (b - a) / 2 * w
+
+
+def gaussian_rule(K):
+    """Nodes u (..., P, B) and weights (..., P) with sum_p w_p f(u_p) = E f(u), u ~ N(0, K).
+
+    Polar in u itself, so that kinks of elementwise functions (on the axes u_a = 0) fall on
+    panel edges: E f = int dphi / (2 pi sqrt(det K)) int rho exp(-rho^2 a(phi)/2) f(rho e_phi)
+    drho with a = e^T K^-1 e (B = 2); the two rays +-1 for B = 1. Degree-1 activations make the
+    radial integrand a power of rho times the Gaussian density, which the Gauss-Legendre panels
+    (truncated at 9 sd) integrate to ~1e-12 (the arc-cosine kernel check). B <= 2 only.
+    """
+    B = K.shape[-1]
+    s, ws = [], []
+    for p in range(RADIAL_PANELS):
+        x, w = _gl(RADIAL_NODES, p / RADIAL_PANELS, (p + 1) / RADIAL_PANELS)
+        s.append(x)
+        ws.append(w)
+    s, ws = np.concatenate(s), np.concatenate(ws)  # s = rho / rho_max in [0, 1]
+    if B == 1:
+        q = K[..., 0, 0]
+        rmax = RHO_MAX * np.sqrt(q)[..., None]  # (..., 1)
+        rho = s * rmax
+        dens = np.exp(-rho**2 / (2 * q[..., None])) / np.sqrt(2 * np.pi * q[..., None]) * ws * rmax
+        u = np.concatenate([rho, -rho], axis=-1)[..., None]
+        return u, np.concatenate([dens, dens], axis=-1)
+    if B != 2:
+        raise ConfigError("number of inputs B with width=", B,
+                          "1 or 2 (the finite-width feature law is a 2-D quadrature)")
+    phis, wphi = zip(*[_gl(ANGLE_NODES, j * np.pi / 2, (j + 1) * np.pi / 2) for j in range(4)])
+    phi, wphi = np.concatenate(phis), np.concatenate(wphi)
+    e = np.stack([np.cos(phi), np.sin(phi)], axis=-1)  # (A, 2)
+    det = K[..., 0, 0] * K[..., 1, 1] - K[..., 0, 1] ** 2
+    if np.any(det <= 0):
+        raise ConfigError("Gram of a fresh stream with width=", "singular (corr = +-1)",
+                          "inputs that stay distinct (|corr| < 1)")
+    Kinv = np.linalg.inv(K)
+    a = np.einsum("pi,...ij,pj->...p", e, Kinv, e)  # (..., A)
+    rmax = RHO_MAX / np.sqrt(a)
+    rho = rmax[..., :, None] * s  # (..., A, R)
+    w = (wphi[:, None] * ws / (2 * np.pi * np.sqrt(det)[..., None, None]) * rmax[..., None]**2
+         * s * np.exp(-rho**2 * a[..., None] / 2))
+    u = rho[..., None] * e[:, None, :]  # (..., A, R, 2)
+    lead = w.shape[:-2]
+    return u.reshape(lead + (-1, 2)), w.reshape(lead + (-1,))
+
+
+def feature_noise(y, w, cross_means, cross_grams):
+    """Sigma (..., D, D) of the realised statistics [K (B^2), m (B), X^i (B^2 each)] of N i.i.d.
+    features y (nodes (..., P, B), weights w): Cov(y_a y_b, y_c y_d), Cov(y_a y_b, y_c),
+    Cov(y_a, y_c); and for the cross moment X^i_ab = mean_n r_na y_nb with a fixed stream r^i of
+    feature mean m_i and cross Grams R_ij = mean_n r^i_na r^j_nc:
+    Cov(X^i_ab, K_cd) = m_ia Cov(y_b, y_c y_d), Cov(X^i_ab, m_c) = m_ia Cov(y_b, y_c),
+    Cov(X^i_ab, X^j_cd) = R_ij,ac Cov(y_b, y_d)."""
+    B = y.shape[-1]
+    E1 = np.einsum("...p,...pa->...a", w, y)
+    E2 = np.einsum("...p,...pa,...pb->...ab", w, y, y)
+    E3 = np.einsum("...p,...pa,...pb,...pc->...abc", w, y, y, y)
+    E4 = np.einsum("...p,...pa,...pb,...pc,...pd->...abcd", w, y, y, y, y)
+    c11 = E2 - outer(E1, E1)  # Cov(y_a, y_c)
+    c3 = E3 - E1[..., :, None, None] * E2[..., None, :, :]  # Cov(y_b, y_c y_d) [b, c, d]
+    c4 = E4 - E2[..., :, :, None, None] * E2[..., None, None, :, :]
+
+    def block(spec, x, rows, cols):
+        out = np.einsum(spec, *x)
+        return out.reshape(out.shape[:out.ndim - len(spec.split("->...")[1])] + (rows, cols))
+
+    n = len(cross_means)
+    grid = [[block("...abcd->...abcd", [c4], B * B, B * B),
+             block("...cab->...abc", [c3], B * B, B)]
+            + [block("...c,...dab->...abcd", [cross_means[j], c3], B * B, B * B) for j in range(n)],
+            [None, block("...ac->...ac", [c11], B, B)]
+            + [block("...c,...ad->...acd", [cross_means[j], c11], B, B * B) for j in range(n)]]
+    for i in range(n):
+        grid.append([None, None] + [block("...ac,...bd->...abcd", [cross_grams[i][j], c11],
+                                          B * B, B * B) for j in range(n)])
+    for r, row in enumerate(grid):  # the lower blocks are the transposes of the upper ones
+        for c in range(r):
+            row[c] = np.swapaxes(grid[c][r], -1, -2)
+    lead = np.broadcast_shapes(*[x.shape[:-2] for row in grid for x in row])
+    return np.concatenate([np.concatenate([np.broadcast_to(x, lead + x.shape[-2:]) for x in row],
+                                          axis=-1) for row in grid], axis=-2)
+
+
+# -- the walk -----------------------------------------------------------------------------
+class _Walk:
+    """(reference stack, b, C) pushed op by op through a net; ``chain``: the ops met since the
+    top frame's features were last drawn fresh (None when its statistics are settled)."""
+
+    def __init__(self, s0: Moments, ctx: Context, fresh: bool):
+        self.ctx, self.frames, self.widths = ctx, [s0], [1.0]
+        D = flatten(self.frames, self.frames).shape[-1]
+        lead = _lead(self.frames)
+        self.b, self.C = np.zeros(lead + (D,)), np.zeros(lead + (D, D))
+        self.chain = [] if fresh else None
+        self.lost: str | None = None  # the first op with no fluctuation rule
+        self.batchnorms: list = []  # (eps, input state) of each BatchNorm met
+
+    def push(self, fn):
+        """A deterministic map of the stack (the delta method)."""
+        ref_in = self.frames
+        ref_out = fn(ref_in)
+        if self.lost:
+            self.frames = ref_out
+            return
+        lead = _lead(ref_out + ref_in)
+        x0 = np.broadcast_to(flatten(ref_in, ref_in), lead + (self.b.shape[-1],))
+        _, self.b, self.C = delta_step(lambda x: flatten(fn(unflatten(x, ref_in)), ref_out),
+                                       x0, np.broadcast_to(self.b, x0.shape),
+                                       np.broadcast_to(self.C, x0.shape + x0.shape[-1:]))
+        self.frames = ref_out
+
+    def settle(self):
+        """Draw the top frame's features: the law given the realised past (a delta step), then
+        the i.i.d. fluctuation of its realised statistics (:func:`feature_noise`)."""
+        if self.chain is None:
+            return
+        chain, self.chain, ctx = self.chain, None, self.ctx
+        base = self.frames
+        gauss = chain[0].theory_forward(base[-1], ctx) if chain and isinstance(chain[0], Dense) \
+            else base[-1]
+        width = self.widths[-1]
+        self.push(lambda fr: fr[:-1] + [_apply(chain, fr[-1], ctx)])
+        if self.lost:
+            return
+        top = self.frames[-1]
+        Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
+        u, w = gaussian_rule(Ku)
+        y = u
+        for op in chain[1:] if chain and isinstance(chain[0], Dense) else chain:
+            y = _elementwise(op, y, ctx)
+        y = y * np.exp(-top.ls)[..., None, :]
+        outer_frames = self.frames[:-1]
+        means = [f.m for f in outer_frames]
+        grams = [[_cross_gram(outer_frames, i, j) for j in range(len(outer_frames))]
+                 for i in range(len(outer_frames))]
+        sigma = feature_noise(y, w, means, grams)
+        D, d = self.C.shape[-1], sigma.shape[-1]
+        extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
+        extra[..., D - d:, D - d:] = sigma / np.asarray(width)[..., None, None]
+        self.C = self.C + extra
+        if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
+            self.push(lambda fr: [to_unit_diagonal(fr[0])])
+
+    def lose(self, why: str):
+        if not self.lost:
+            self.lost = why
+            self.b, self.C = self.b * np.nan, self.C * np.nan
+
+    def walk(self, op: Op):
+        ctx = self.ctx.at(type(op).__name__)
+        if isinstance(op, Serial):
+            for kid in op.layers:
+                self.walk(kid)
+        elif isinstance(op, Repeat):
+            for _ in range(op.n):
+                self.walk(op.block)
+        elif isinstance(op, Dense) and op.init == "normal":
+            self.settle()  # (other inits: features Gaussian only up to O(1/N), not modelled)
+            self.chain = [op]
+            self.widths[-1] = self.widths[-1] * np.asarray(ctx.p(op.ratio))
+        elif isinstance(op, (Act, Scale)) and self.chain is not None:
+            self.chain.append(op)
+        elif isinstance(op, (LayerNorm, RMSNorm, Scale)):
+            self.settle()
+            self.push(lambda fr: fr[:-1] + [op.theory_forward(fr[-1], ctx)])
+        elif isinstance(op, Residual):
+            self.settle()
+            self.push(lambda fr: fr + [fr[-1].push_ref()])
+            self.widths.append(self.widths[-1])
+            self.walk(op.branch)
+            self.settle()
+            self.widths.pop()
+            beta, alpha = vec(ctx.p(op.beta)), vec(ctx.p(op.alpha))
+            self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)])
+        else:  # BatchNorm, a non-Gaussian Dense init, an Act on a settled stream, other ops
+            self.settle()
+            what = (f"Dense(init={op.init!r}) (uniform weights: the features are Gaussian only "
+                    "up to O(1/N), a term not modelled)" if isinstance(op, Dense)
+                    else type(op).__name__)
+            self.lose(f"{ctx.path}: no finite-width rule for {what} here")
+            if isinstance(op, BatchNorm):
+                self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
+            self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+
+    def end_layer(self):
+        """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
+        fresh when it is, for an elementwise op that opens the next block."""
+        if self.chain is None:
+            self.push(lambda fr: [to_unit_diagonal(fr[0])])
+
+    def settled(self):
+        """The walk with the top frame's statistics drawn (itself when they are)."""
+        if self.chain is None:
+            return self
+        seen = copy.copy(self)
+        seen.settle()
+        return seen
+
+
+def _apply(chain, s, ctx):
+    for op in chain:
+        s = op.theory_forward(s, ctx)
+    return s
+
+
+def _elementwise(op, y, ctx):
+    if isinstance(op, Act):
+        return get_activation(op.name).fn(y, np)
+    return y * np.asarray(ctx.p(op.c))[..., None, None]
+
+
+def _cross_gram(frames, i, j):
+    """mean_n r^i_na r^j_nc between two settled frames (frame i's Gram when i = j)."""
+    if i == j:
+        return frames[i].K
+    if i > j:
+        return np.swapaxes(_cross_gram(frames, j, i), -1, -2)
+    f = frames[j]
+    return f.cross(f.refs[i])
+
+
+# -- statistics ---------------------------------------------------------------------------
+def _stats(x, s: Moments):
+    """[log q (B), q / q_inf (B), corr (B^2), mean (B)] of a top-level state vector."""
+    B = s.K.shape[-1]
+    K = x[..., :B * B].reshape(x.shape[:-1] + (B, B))
+    m = x[..., B * B:B * B + B]
+    d = np.diagonal(K, axis1=-2, axis2=-1)
+    corr = K / np.sqrt(outer(d, d))
+    return np.concatenate([2 * s.ls + np.log(d), d / s.diag, corr.reshape(x.shape[:-1] + (B * B,)),
+                           m * np.exp(s.ls)], axis=-1)
+
+
+def coefficients(net: Op, inputs, ctx: Context | None = None):
+    """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
+    leading variances v (Var stat = v/N) of log q, q/q_inf, corr and mean, as a dict of arrays
+    (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on."""
+    grid = sweeps_of(net)
+    ctx = ctx or Context(NUMERIC, tuple(grid))
+    walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian")
+    rows = []
+    for block in [None, *layers_of(net)]:
+        if block is not None:
+            walk.walk(block)
+            walk.end_layer()
+        seen = walk.settled()
+        s = seen.frames[0]
+        lead = _lead([s])
+        x0 = flatten([s], [s])
+        D = x0.shape[-1]
+        if seen.lost:
+            y = _stats(x0, s)
+            rows.append((y * np.nan, y * np.nan))
+            continue
+        b = np.broadcast_to(seen.b[..., :D], lead + (D,))
+        C = np.broadcast_to(seen.C[..., :D, :D], lead + (D, D))
+        _, a, V = delta_step(lambda x, s=s: _stats(x, s), x0, b, C)
+        rows.append((a, np.diagonal(V, axis1=-2, axis2=-1)))
+    B = inputs.n
+    shape = tuple(len(v.values) for v in grid.values())
+
+    def part(k, lo, hi, extra):
+        return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
+                         .reshape(shape + extra) for r in rows])
+
+    out = {"log_q": part(0, 0, B, (B,)), "q": part(0, B, 2 * B, (B,)),
+           "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
+           "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
+           "var_log_q": part(1, 0, B, (B,))}
+    return out, walk.lost, walk.batchnorms
+
+
+def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
+    """``ds`` (an infinite-width theory dataset) with the first-order finite-width variables at
+    ``width`` (schema ``FINITE_WIDTH_VARIABLES``), and the validity warnings."""
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
+        raise ConfigError("width", width, "an integer >= 1 (the stream width N)")
+    coef, lost, _ = coefficients(net, inputs)
+    if lost:
+        warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
+                      FiniteWidthWarning, stacklevel=3)
+    N = float(width)
+    layers = ds["layer"].values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        computed = {
+            "log_q_correction": coef["log_q"] / N,
+            "q_rel_correction": coef["q"] / N,
+            "corr_correction": coef["corr"] / N,
+            "mean_correction": coef["mean"] / N,
+            "var_log_q": coef["var_log_q"] / N,
+            "valid_width_q": np.abs(coef["q"]) / VALID_FRACTION,
+        }
+    computed = {k: v[layers] for k, v in computed.items()}
+    corr_inf = ds["corr"].transpose("layer", ...).values
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a_corr = coef["corr"][layers]
+        computed["valid_width_corr"] = np.where(
+            a_corr == 0, 0.0, np.abs(a_corr) / (VALID_FRACTION * np.abs(corr_inf)))
+    A = None
+    if _mean_mode_blocks(net) is not None:
+        if ds.sizes["layer"] != len(layers_of(net)) + 1:
+            from sigprop.engines.theory import theory
+
+            A = mean_mode_coefficient(net, theory(net, inputs))
+        else:
+            A = mean_mode_coefficient(net, ds)
+    grad = np.full(computed["var_log_q"].shape, np.nan)
+    if A is not None:
+        if 0 in layers:
+            grad[list(layers).index(0)] = A / N
+        _warn_mean_mode(A, width)
+    computed["grad_q_rel_correction"] = grad
+    dims = tuple(sweeps_of(net))
+    out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=dims), v)
+                     for k, v in computed.items()})
+    out.attrs["width"] = int(width)
+    _warn_invalid(out, width)
+    return out
+
+
+def _warn_mean_mode(A, width):
+    worst = float(np.max(A))
+    if worst >= width:
+        warnings.warn(
+            f"width {width}: the stream carries a mean that couples the backward through the "
+            f"forward weights: E grad_q_0 = grad_q_inf (1 + A/N) with A = {worst:.4g} "
+            f"(a factor {1 + worst / width:.3g} here; first order holds for N >> A, within 10 % "
+            f"from N = {10 * worst:.4g}). The infinite-width input gradient is not what a net "
+            "of this width does.", FiniteWidthWarning, stacklevel=4)
+
+
+def _warn_invalid(ds, width):
+    """Warn when a first-order correction is as large as the leading term (N <= A)."""
+    for stat in ("q", "corr"):
+        need = ds[f"valid_width_{stat}"].values * VALID_FRACTION  # A: correction = leading at N = A
+        if np.nanmax(need, initial=0.0) >= width:
+            worst = float(np.nanmax(need))
+            warnings.warn(
+                f"width {width}: the first-order correction to {stat} reaches "
+                f"{worst / width:.3g} x its infinite-width value (coefficient A = {worst:.4g}); "
+                f"the 1/N expansion holds only for N >> A (10 % at N = {10 * worst:.4g}). "
+                "Run sp.simulate at this width instead.", FiniteWidthWarning, stacklevel=4)
+
+
+# -- the backward mean mode of a mean-carrying stream ------------------------------------------
+MEAN_MODE_MAX_DEPTH = 4096  # the model solves an L x L linear system
+
+
+def _mean_mode_blocks(net: Op):
+    """(alpha, activation) per layer when every block is x + alpha phi(W x) with phi of degree 1
+    (the branch Serial(Dense, Act), no bias, beta = 1, numbers not sweeps); else None."""
+    out = []
+    for blk in layers_of(net):
+        br = blk.branch if isinstance(blk, Residual) else None
+        kids = br.layers if isinstance(br, Serial) else ()
+        if not (len(kids) == 2 and isinstance(kids[0], Dense) and isinstance(kids[1], Act)
+                and isinstance(blk.alpha, float) and blk.beta == 1.0
+                and isinstance(kids[0].sigma_w, float) and kids[0].sigma_b == 0.0
+                and kids[0].ratio == 1.0 and get_activation(kids[1].name).degree == 1):
+            return None
+        out.append((blk.alpha, kids[0].sigma_w, get_activation(kids[1].name)))
+    return out
+
+
+def mean_mode_coefficient(net: Op, ds: xr.Dataset):
+    """A per input (array (B,)), with E G_0 = G_0,inf (1 + A/N) at first order, for a stream
+    x_{l+1} = x_l + alpha phi(W_l x_l) (phi of degree 1); None for other nets.
+
+    Backward, delta_l = delta_{l+1} + alpha W_l^T (phi'(h_l) o delta_{l+1}), h_l = W_l x_l. Given
+    the forward, W_l = h_l x_l^T / |x_l|^2 + W~_l P_perp with W~_l independent of everything
+    (Gaussian conditioning), so W_l^T g = x_l s_l / q_l + P_perp W~_l^T g with s_l = <h_l, g> =
+    <f_l, delta_{l+1}> (h phi'(h) = phi(h) = f); gradient independence keeps only the W~ part.
+    Write delta_l = rho_l + sum_{k >= l} c_k x_k, c_k = alpha s_k / q_k, rho the gradient-
+    independent part (Gram G). Then s_l = xi_l + sum_{k > l} c_k <f_l, x_k>, xi_l = <f_l,
+    rho_{l+1}>, with the infinite-width overlaps <f_l, x_k> = mu_l m_k + alpha Var phi_l (k > l),
+    <x_k, x_k'> = q_k + alpha m_k sum_{k <= j < k'} mu_j, and xi Gaussian. rho_{l+1} is delta_L
+    plus the noise of layers j > l, of covariance (G_j - G_{j+1}) P_perp(x_j): white but for the
+    x_j direction, which the conditioning moved into c_j x_j. So N Cov(xi_l, xi_l') =
+    <f_l, f_l'> G_{m+1} - sum_{j > m} (G_j - G_{j+1}) <f_l, x_j> <f_l', x_j> / q_j (m = max(l,
+    l')). Then N (E G_0 - G_0) = N E<D, D> + 2 N sum_k E[c_k <rho_{k+1}, x_k>] + (D's noise through
+    the lower layers: sum_j (G_j / G_{j+1} - 1) (G_0 / G_j) N E<D_{>j}, D_{>j}>), D = sum_k c_k
+    x_k, with N Cov(xi_l, <rho_{k+1}, x_k>) from the same sum, x_k in place of f_l'. When the
+    stream carries a mean, mu_l m_k / q_k couples the layers coherently and A grows geometrically
+    with depth; and rho's noise loses its x_j component, N (G_j - G_{j+1}) / N, carried to
+    layer 0 with gain G_0 / G_j. For L = 1 this is exact (Stein's lemma on E[W_ii phi'(h_i)]);
+    left out beyond it: fluctuations of the realised forward overlaps (second order in A/N
+    where they meet c, unamplified elsewhere).
+    """
+    blocks = _mean_mode_blocks(net)
+    L = len(blocks or ())
+    if (not blocks or L > MEAN_MODE_MAX_DEPTH or ds.sizes["layer"] != L + 1
+            or len(ds["log_q"].dims) != 2):
+        return None
+    alpha = np.array([b[0] for b in blocks])
+    out = []
+    for a in range(ds.sizes["input"]):
+        q = np.exp(ds["log_q"].values[:, a])
+        m = ds["mean"].values[:, a]
+        G = np.exp(ds["log_grad_q"].values[:, a] - ds["log_grad_q"].values[-1, a])
+        qh = np.array([b[1] ** 2 for b in blocks]) * q[:L]
+        mu = np.array([b[2].mean(np.asarray(v), NUMERIC) for b, v in zip(blocks, qh)])
+        f2 = np.exp(ds["log_branch_q"].values[1:, a])  # E phi(h_l)^2: block l + 1's branch output
+        k = np.arange(L)
+        later = k[None, :] > k[:, None]
+        FX = mu[:, None] * m[None, :L] + np.where(later, (alpha * (f2 - mu**2))[:, None], 0.0)
+        FF = np.outer(mu, mu)
+        FF[k, k] = f2
+        gain = G[np.maximum.outer(k, k) + 1]
+        cum = np.concatenate([[0.0], np.cumsum(alpha * mu)])  # alpha sum_{j < k} mu_j
+        lo, hi = np.minimum.outer(k, k), np.maximum.outer(k, k)
+        XX = q[lo] + m[lo] * (cum[hi] - cum[lo])
+        T = np.linalg.inv(np.eye(L) - np.where(later, FX * (alpha / q[:L])[None, :], 0.0))
+        c = (alpha / q[:L])[:, None] * T  # c = c-matrix xi: c_k = sum_l (alpha/q_k) T_kl xi_l
+        # the noise of layer j is P_perp(x_j)-projected: its x_j component is not in rho
+        Y = np.where(later, FX, 0.0) * ((G[:L] - G[1:]) / q[:L])[None, :]
+        Z = np.where(later, XX, 0.0)
+        xi = FF * gain - Y @ np.where(later, FX, 0.0).T
+        DD = np.einsum("kl,lm,jm,kj->kj", c, xi, c, XX)  # E<c_k x_k, c_j x_j> (x N)
+        cross = np.einsum("kl,lk->", c, FX * gain - Y @ Z.T)
+        tail = np.cumsum(np.cumsum(DD[::-1, ::-1], 0), 1)[::-1, ::-1]  # E<D_{>=j}, D_{>=j}>
+        through = np.sum((G[:L] / G[1:] - 1) * G[0] / G[:L] * np.append(tail.diagonal()[1:], 0))
+        lost = np.sum((G[:L] - G[1:]) * G[0] / G[:L])  # rho's noise loses its x_j component
+        out.append((DD.sum() + 2 * cross + through - lost) / G[0])
+    return np.array(out)
+
+
+# -- expectations carried by rare events -----------------------------------------------------
+def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
+    """(width, deficit): for E[1/s^2], s^2 = |P u|^2 / B + eps (u ~ N(0, S), the BatchNorm
+    backward's factor), the width at which the mean of N features misses less than 10 % / layers
+    of it (the features below the 1/N quantile of the batch variance are the part a width-N net
+    does not sample), and the fraction it misses at width ``N``. Batch variance v = lam chi^2_k / B
+    with k = B - 1 and lam the mean non-zero eigenvalue of P S P (equal eigenvalues assumed)."""
+    from scipy import integrate, optimize, stats
+
+    k = B - 1
+    P = np.eye(B) - 1.0 / B
+    lam = np.trace(P @ S @ P) / k
+    if not lam > 0:  # identical inputs (or a spread below the float range): s^2 = eps throughout
+        return 1.0, 0.0
+    eps = eps / lam  # the answer depends on eps / lam only: work in units of lam (any scale)
+    law = stats.chi2(k, scale=1.0 / B)
+
+    def part(p):  # E[1/(v + eps); v below its p-quantile], over z = log v (density ~ v^(k/2-1))
+        lo, hi = math.log(1.0 / B) - 80.0, math.log(law.ppf(min(p, 1 - 1e-15)))
+        cut = [math.log(eps)] if eps > 0 and lo < math.log(eps) < hi else None
+        return integrate.quad(lambda z: law.pdf(math.exp(z)) * math.exp(z) / (math.exp(z) + eps),
+                              lo, hi, limit=400, points=cut)[0]
+
+    total = part(1.0)
+    target = VALID_FRACTION / layers
+
+    def missing(logn):
+        return part(math.exp(-logn)) / total - target
+
+    deficit = part(1 / N) / total
+    hi = 200.0  # widths up to e^200
+    if missing(hi) > 0:
+        return math.inf, deficit
+    return math.exp(optimize.brentq(missing, 0.0, hi)), deficit
+
+
+def warn_batchnorm(net: Op, inputs):
+    """:func:`warn_unreachable` for the BatchNorms of ``net`` (a walk of the infinite-width laws
+    only, run when some BatchNorm meets a batch of B <= 3)."""
+    if inputs.n > 3 or not any(isinstance(op, BatchNorm) for op in net.walk()):
+        return
+    walk = _Walk(inputs.moments(), Context(NUMERIC, tuple(sweeps_of(net))), fresh=False)
+    walk.lose("laws only")
+    for block in layers_of(net):
+        walk.walk(block)
+        walk.end_layer()
+    warn_unreachable(walk.batchnorms, inputs.n, len(layers_of(net)))
+
+
+def warn_unreachable(bns, B, layers):
+    """Warn (once, for the worst BatchNorm) when a backward expectation E[1/s^2] is carried by
+    features with a batch variance below eps, sampled only beyond ``PRACTICAL_WIDTH`` (B <= 3: E[1/chi^2_{B-1}]
+    is infinite at eps = 0)."""
+    if B > 3 or not bns:
+        return
+    worst = None  # (eps / lam, S, eps) at the BatchNorm and grid point where it is smallest
+    P = np.eye(B) - 1.0 / B
+    for eps, s in bns:
+        grid = np.broadcast_shapes(np.shape(eps), s.K.shape[:-2], s.ls.shape[:-1])
+        e = np.broadcast_to(np.exp(s.ls), grid + (B,))
+        S = np.broadcast_to(s.K, grid + (B, B)) * outer(e, e)
+        eps = np.broadcast_to(eps, grid)
+        lam = np.trace(P @ S @ P, axis1=-2, axis2=-1) / (B - 1)
+        idx = np.unravel_index(np.argmin(eps / lam), eps.shape)
+        if worst is None or eps[idx] / lam[idx] < worst[0]:
+            worst = (eps[idx] / lam[idx], S[idx], float(eps[idx]))
+    # the reach depends on eps / lam only and grows as it shrinks: one evaluation, at the worst
+    _, S, eps = worst
+    width, deficit = batchnorm_reach(S, eps, B, layers)
+    if width > PRACTICAL_WIDTH:
+        warnings.warn(
+            f"BatchNorm at batch B = {B} (eps = {eps:.3g}): the infinite-width backward "
+            f"expectation E[1/s^2] is carried by features whose batch variance is near eps; a net "
+            f"of width {PRACTICAL_WIDTH} misses {100 * deficit:.3g} % of it per layer, and "
+            f"reaching it within 10 % over {layers} layers needs width ~{width:.3g}. Compare "
+            "typical values (medians, E log) at practical widths, not the mean.",
+            FiniteWidthWarning, stacklevel=4)
+
+
+# -- measured against Monte Carlo ----------------------------------------------------------------
+def fit_inverse_width(widths, est, se):
+    """Weighted least squares of est(N) = c + a/N: (c, se_c, a, se_a) (independent estimates)."""
+    N = np.asarray(widths, dtype=float)
+    X = np.stack([np.ones_like(N), 1 / N], axis=1)
+    Wt = 1 / np.asarray(se, dtype=float) ** 2
+    cov = np.linalg.inv(X.T @ (Wt[:, None] * X))
+    c, a = cov @ X.T @ (Wt * np.asarray(est, dtype=float))
+    return c, math.sqrt(cov[0, 0]), a, math.sqrt(cov[1, 1])
+
+
+def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int = 0):
+    """Monte Carlo at each width (independent streams: root seed ``root_seed + width``) against
+    the first-order theory, at ``layer``, input 0 (and the pair 0, 1 for corr). Returns rows
+    (statistic, predicted, fitted, se): the 1/N slopes of E log q and E corr (fitted as
+    c + a/N over the widths; estimates: the mean over seeds and its standard error) and the
+    leading coefficient of Var log q (N Var fitted as V + c/N; the standard error of a sample
+    variance of near-normal logs is Var sqrt(2 / (seeds - 1)))."""
+    from sigprop.engines.montecarlo import simulate
+
+    coef = coefficients(net, inputs)[0]
+    pick = {"log_q": lambda ds: ds.log_q.values[:, layer, 0],
+            "corr": lambda ds: ds.corr.values[:, layer, 0, 1]}
+    est = {k: [] for k in ("log_q", "corr", "var")}
+    for N in widths:
+        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
+                      root_seed=root_seed + int(N))
+        for k in ("log_q", "corr") if inputs.n > 1 else ("log_q",):
+            x = pick[k](mc)
+            est[k].append((x.mean(), x.std(ddof=1) / math.sqrt(seeds)))
+        v = pick["log_q"](mc).var(ddof=1)
+        est["var"].append((N * v, N * v * math.sqrt(2 / (seeds - 1))))
+    rows = []
+    predicted = {"log_q": coef["log_q"][layer][..., 0], "corr": coef["corr"][layer][..., 0, 1],
+                 "var": coef["var_log_q"][layer][..., 0]}
+    for k, pairs in est.items():
+        if not pairs:
+            continue
+        c, se_c, a, se_a = fit_inverse_width(widths, *zip(*pairs))
+        fitted, se = (c, se_c) if k == "var" else (a, se_a)
+        name = {"log_q": "slope of E log q", "corr": "slope of E corr", "var": "N Var log q"}[k]
+        rows.append((name, float(predicted[k]), float(fitted), float(se)))
+    return rows
+
+
+def measure_mean_mode(net: Op, inputs, widths, seeds: int, root_seed: int = 0):
+    """Monte Carlo of A for :func:`mean_mode_coefficient`: at each width, N (E G_0 / G_0,inf - 1)
+    from the mean over seeds of G_0 (input 0), with the standard error of that mean;
+    combined over widths by inverse-variance weighting. Returns (predicted, fitted, se)."""
+    from sigprop.engines.montecarlo import simulate
+    from sigprop.engines.theory import theory
+
+    ds = theory(net, inputs)
+    A = float(mean_mode_coefficient(net, ds)[0])
+    g_inf = math.exp(float(ds["log_grad_q"].values[0, 0]))
+    est, var = [], []
+    for N in widths:
+        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
+                      root_seed=root_seed + int(N))
+        g = np.exp(mc["log_grad_q"].values[:, 0, 0]) / g_inf
+        est.append(N * (g.mean() - 1))
+        var.append((N * g.std(ddof=1)) ** 2 / seeds)
+    w = 1 / np.asarray(var)
+    return A, float(np.sum(w * est) / np.sum(w)), float(1 / math.sqrt(np.sum(w)))

@@ -1,0 +1,202 @@
+"""First-order finite-width correction, predicted vs measured (issue 16).
+
+At width N, E log q_L = log q_L,inf + a/N + O(1/N^2) and Var log q_L = V/N + O(1/N^2), with a
+and V from :func:`sigprop.engines.finite_width.coefficients` (the delta method on the Wishart
+fluctuation of the realised Gram); for a stream x + alpha phi(W x) the input gradient has
+E G_0 = G_0,inf (1 + A/N), A from :func:`~sigprop.engines.finite_width.mean_mode_coefficient`
+(the coupling of the backward to the forward weights). Measured: a and V by weighted least
+squares of c + a/N over the widths (:func:`~sigprop.engines.finite_width.fit_inverse_width`);
+A as the intercept of N (mean_seeds G_0 / G_0,inf - 1) = A + A_2/N, fitted the same way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import warnings
+
+import numpy as np
+from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
+
+from sigprop.analysis import plots
+
+SIM = "finite_width_correction"
+CAPTION = (
+    "Finite-width correction, predicted vs measured. (a) $\\mathrm{E}\\log q_L - "
+    "\\log q_L^{(\\infty)}$ against $1/N$: lines, the first-order prediction $a/N$; points, Monte "
+    "Carlo (mean of logs over seeds $\\pm$2 standard errors). (b) $N\\,\\mathrm{Var}\\log q_L$ "
+    "across seeds against $1/N$: lines, the leading-order prediction $V$; points, Monte Carlo "
+    "($\\pm$2 SE of a sample variance). (c) The input gradient of the mean-carrying stream: "
+    "$\\log(\\mathrm{E}\\,G_0/G_0^{(\\infty)})$ against $N$: solid, $\\log(1+A/N)$ with the "
+    "predicted $A$; dashed, with $A$ fitted to the Monte Carlo; points, the mean over seeds "
+    "$\\pm$2 SE (delta method).")
+
+
+def _slug(label: str) -> str:
+    """A macro-safe name for a net's label: its words, capitalised (letters only)."""
+    return "".join(w.capitalize() for w in re.findall("[A-Za-z]+", label))
+
+
+def _nets(data: plots.FigureData):
+    """(label, net, inputs, depth) per architecture of the sim, rebuilt from the theory's config."""
+    from sigprop import presets
+    from sigprop.state.inputs import Inputs
+
+    cfg = json.loads(data.theory.attrs.get("config", "{}"))
+    L = int(data.theory["layer"][-1])
+    inputs = Inputs(**cfg.get("inputs", {}))
+    out = []
+    for arch in cfg.get("arch", []):
+        kw = {k: v for k, v in arch.items() if k not in ("preset", "label", "montecarlo")}
+        out.append((arch.get("label") or arch["preset"],
+                    presets.PRESETS[arch["preset"]](depth=L, **kw), inputs))
+    return out, L
+
+
+def _mean_mode_fit(widths, g):
+    """A from samples g (width, seed) of G_0 / G_0,inf: N (mean g - 1) = A + A_2/N fitted by
+    weighted least squares over the widths (SE of each: N sd(g) / sqrt(seeds)). (A, se)."""
+    from sigprop.engines.finite_width import fit_inverse_width
+
+    N = np.asarray(widths, dtype=float)
+    est = N * (g.mean(axis=1) - 1)
+    se = N * g.std(axis=1, ddof=1) / math.sqrt(g.shape[1])
+    A, se_A, _, _ = fit_inverse_width(N, est, se)
+    return float(A), float(se_A)
+
+
+def summary(data: plots.FigureData) -> list[dict]:
+    """Per net: label; predicted a, V and A (None where no mean mode); and, with Monte Carlo,
+    per width the estimates (d: E log q_L - log q_inf, v: N Var log q_L, g: E G_0 / G_0,inf,
+    each with its SE) and the fits (a, V, A with their SEs). Notes what cannot be computed."""
+    from sigprop.engines.finite_width import coefficients, fit_inverse_width, mean_mode_coefficient
+
+    nets, L = _nets(data)
+    rows = []
+    for label, net, inputs in nets:
+        th = plots.pick(data.theory, arch=label)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            coef = coefficients(net, inputs)[0]
+            A = mean_mode_coefficient(net, th)
+        for w in caught:
+            data.note(f"{label}: {w.message}")
+        row = {"label": label, "a": float(coef["log_q"][-1, 0]),
+               "V": float(coef["var_log_q"][-1, 0]), "A": None if A is None else float(A[0])}
+        mc = plots.pick(data.mc, arch=label) if data.mc is not None else None
+        if mc is None or "width" not in mc.dims or int(mc["layer"][-1]) != L:
+            rows.append(row)
+            continue
+        widths = [int(w) for w in mc["width"].values]
+        S = mc.sizes["seed"]
+        logs = mc["log_q"].sel(input=0).isel(layer=-1).transpose("width", "seed").values
+        d = logs.mean(axis=1) - float(th["log_q"].sel(input=0).isel(layer=-1))
+        d_se = logs.std(axis=1, ddof=1) / math.sqrt(S)
+        N = np.asarray(widths, dtype=float)
+        v = N * logs.var(axis=1, ddof=1)
+        v_se = v * math.sqrt(2 / (S - 1))  # a sample variance of near-normal logs
+        row.update(widths=N, d=d, d_se=d_se, v=v, v_se=v_se, seeds=S)
+        if len(widths) >= 2:
+            _, _, row["a_fit"], row["a_se"] = fit_inverse_width(N, d, d_se)
+            row["V_fit"], row["V_se"], _, _ = fit_inverse_width(N, v, v_se)
+        if row["A"] is not None and len(widths) >= 2:
+            g0 = math.exp(float(th["log_grad_q"].sel(input=0).isel(layer=0)))
+            g = np.exp(mc["log_grad_q"].sel(input=0).isel(layer=0)
+                       .transpose("width", "seed").values) / g0
+            row.update(g=g.mean(axis=1), g_se=g.std(axis=1, ddof=1) / math.sqrt(S))
+            row["A_fit"], row["A_se"] = _mean_mode_fit(N, g)
+        rows.append(row)
+    return rows
+
+
+def draw(data: plots.FigureData):
+    fig, (ax_a, ax_v, ax_g) = plots.panels(3, layout="constrained")
+    rows = summary(data)
+    N_min = min((r["widths"].min() for r in rows if "widths" in r), default=64.0)
+    x = np.linspace(0, 1 / N_min, 50)
+    for r in rows:
+        key = r["label"]
+        plots.theory_line(ax_a, x, r["a"] * x, key, label=key)
+        plots.theory_line(ax_v, x, np.full_like(x, r["V"]), key)
+        fit = f", fitted {r['a_fit']:.3g} $\\pm$ {r['a_se']:.2g}" if "a_fit" in r else ""
+        fitv = f", fitted {r['V_fit']:.3g} $\\pm$ {r['V_se']:.2g}" if "V_fit" in r else ""
+        data.note(f"{key}: slope a of E $\\log q_L$ predicted {r['a']:.3g}{fit}; "
+                  f"N Var $\\log q_L$ predicted {r['V']:.3g}{fitv}.")
+        if "widths" in r:
+            xi = 1 / r["widths"]
+            plots.mc_points(ax_a, xi, r["d"], r["d"] - 2 * r["d_se"], r["d"] + 2 * r["d_se"], key)
+            plots.mc_points(ax_v, xi, r["v"], r["v"] - 2 * r["v_se"], r["v"] + 2 * r["v_se"], key)
+    stream = [r for r in rows if r["A"] is not None]
+    for r in stream:
+        key = r["label"]
+        Ns = np.geomspace(N_min / 2, r["widths"].max() * 2 if "widths" in r else 4096, 60)
+        plots.theory_line(ax_g, Ns, np.log1p(r["A"] / Ns), key)
+        text = f"{key}: A predicted {r['A']:.3g}"
+        if "A_fit" in r:
+            plots.theory_line(ax_g, Ns, np.log1p(r["A_fit"] / Ns), key, ls="--")
+            lo = np.log(np.clip(r["g"] - 2 * r["g_se"], 1e-300, None))
+            plots.mc_points(ax_g, r["widths"], np.log(r["g"]), lo,
+                            np.log(r["g"] + 2 * r["g_se"]), key)
+            text += f", fitted {r['A_fit']:.3g} $\\pm$ {r['A_se']:.2g} (SE)"
+        data.note(text + ".")
+    if not stream:
+        data.note("No net of this sim is a mean-carrying stream x + alpha phi(W x): panel (c) "
+                  "is empty.")
+    ax_g.set_xscale("log")
+    for ax in (ax_a, ax_g):
+        ax.axhline(0.0, color="0.4", lw=0.8)
+    ax_v.set_yscale("log")
+    ax_v.yaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))  # 1-2-5 ticks, plain labels
+    ax_v.yaxis.set_major_formatter(FormatStrFormatter("%g"))
+    ax_v.yaxis.set_minor_formatter(NullFormatter())
+    ax_a.set_xlabel("$1/N$")
+    ax_v.set_xlabel("$1/N$")
+    ax_g.set_xlabel("width $N$")
+    ax_a.set_ylabel("E$\\log q_L - \\log q_L^{(\\infty)}$")
+    ax_v.set_ylabel("$N\\,$Var$\\log q_L$")
+    ax_g.set_ylabel("$\\log($E$\\,G_0 / G_0^{(\\infty)})$")
+    for ax, tag in zip((ax_a, ax_v, ax_g), "abc"):
+        ax.set_title(f"({tag})", loc="left")
+    plots.figure_legend(fig, ax_a, ncol=4)
+    plots.mc_note(data)
+    plots.params_note(data)
+    return fig
+
+
+def numbers(data: plots.FigureData) -> dict[str, float | int]:
+    """The numbers the paper quotes from this figure, by macro name: per net (its label's
+    words) the predicted and fitted slope a and N Var V; for the mean-carrying stream A, its
+    fit and SE, its depth and alpha; the Monte Carlo widths and seeds."""
+    out: dict[str, float | int] = {"FWCDepth": int(data.theory["layer"][-1])}
+    for r in summary(data):
+        s = _slug(r["label"])
+        out.update({f"FWC{s}Slope": r["a"], f"FWC{s}Var": r["V"]})
+        for k, name in (("a_fit", "SlopeFit"), ("a_se", "SlopeSE"), ("V_fit", "VarFit"),
+                        ("V_se", "VarSE")):
+            if k in r:
+                out[f"FWC{s}{name}"] = float(r[k])
+        if r["A"] is not None and "FWCMeanA" not in out:
+            out["FWCMeanA"] = r["A"]
+            if "A_fit" in r:
+                out.update(FWCMeanAFit=r["A_fit"], FWCMeanASE=r["A_se"])
+            if "widths" in r:
+                out.update(FWCWidthMin=int(r["widths"].min()), FWCWidthMax=int(r["widths"].max()),
+                           FWCSeeds=int(r["seeds"]))
+    return out
+
+
+def _tex_number(x: float) -> str:
+    """3 significant digits; a power of ten as \\times10^{k}; integers as they are."""
+    if isinstance(x, int):
+        return str(x)
+    mantissa, _, exponent = f"{x:.3g}".partition("e")
+    return mantissa + (rf"\times10^{{{int(exponent)}}}" if exponent else "")
+
+
+def macros(data: plots.FigureData) -> str:
+    """``\\newcommand{\\Name}{value}`` per :func:`numbers` (written beside the figure by
+    :func:`sigprop.figures.render` as ``<name>.numbers.tex``; the paper quotes them)."""
+    lines = [f"% Generated by {__name__} (sigprop reproduce); do not edit."]
+    lines += [rf"\newcommand{{\{k}}}{{{_tex_number(v)}}}" for k, v in numbers(data).items()]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,252 @@
+"""Exact zeros stay zero, extremes stay finite (issue 13.5).
+
+An exactly-zero mean is 0 at any depth (not 0 x inf); a nonzero mean stays finite and exact
+relative to the signal's scale; q = 1e-300 and 1e300 run in the theory and in Monte Carlo like
+q = 1 (both carry the scale in log space), and no RuntimeWarning reaches the user.
+"""
+
+import math
+
+import numpy as np
+import pytest
+
+import sigprop as sp
+
+pytestmark = pytest.mark.filterwarnings("error")  # any RuntimeWarning fails the test
+
+EXTREME_Q = (1e-300, 1e300)
+
+
+def test_zero_mean_is_exactly_zero_and_a_carried_mean_finite_at_any_depth():
+    # resnet, relu, no norm: q doubles per block, so log q passes 709 (e^ls overflows) at
+    # layer ~2047. The branch ends with a bias-free Dense: its mean is 0, so the stream's mean
+    # is exactly the input's at every layer (0 and 0.5 here).
+    depth = 2100
+    layers = [0, 1, 1000, 2000, 2046, 2047, 2048, depth]
+    th = sp.theory(sp.presets.resnet(depth=depth, act="relu"),
+                   sp.Inputs(q=[1.0, 2.0], corr=0.5, mean=[0.0, 0.5]), layers=layers)
+    mean, log_q = th["mean"].values, th["log_q"].values
+    assert np.all(np.isfinite(log_q)) and log_q[-1, 0] > 2 * 709  # past float64 for e^(2 ls)
+    assert np.all(mean[:, 0] == 0.0)  # exact, not 1e-17 and not 0 x inf = nan
+    assert np.all(np.isfinite(mean)) and np.all(np.isfinite(th["var"].values[log_q < 709]))
+    # the carried mean is exact up to rounding while it is a normal float64 relative to the
+    # rms; below that (|m|/sqrt(q) < 2.2e-308) it reads 0, never a subnormal that grows with
+    # the scale (5e-324 x e^ls). Rounding: each layer rescales m by exp(difference of log
+    # scales), whose absolute error is ulp(ls) = 1.1e-13 at ls ~ 700: at most L x 1.1e-13.
+    tol = depth * 1.2e-13
+    resolved = math.log(0.5) - log_q[:, 1] / 2 > math.log(1e-300)  # |m| / sqrt(q) > 1e-300
+    assert resolved[:3].all() and not resolved[-1]
+    np.testing.assert_allclose(mean[resolved, 1], 0.5, rtol=tol)
+    assert np.all((mean[~resolved, 1] == 0.0) | (np.abs(mean[~resolved, 1] - 0.5) < 0.5 * tol))
+
+
+@pytest.mark.parametrize("q", EXTREME_Q)
+def test_theory_is_scale_free_at_extreme_q(q):
+    # resnet relu without bias is positively homogeneous: log q shifts by log q0, corr and the
+    # gradient are unchanged (rounding only: ls is a sum of ~depth logs of O(1)).
+    net = sp.presets.resnet(depth=8, act="relu")
+    at_q = sp.theory(net, sp.Inputs(q=[q, 3 * q], corr=0.5))
+    at_1 = sp.theory(net, sp.Inputs(q=[1.0, 3.0], corr=0.5))
+    np.testing.assert_allclose(at_q.log_q - math.log(q), at_1.log_q, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(at_q.corr, at_1.corr, rtol=1e-12)
+    np.testing.assert_allclose(at_q.log_grad_q, at_1.log_grad_q, rtol=0, atol=1e-9)
+
+
+def test_layernorm_eps_dominated_regime_is_the_same_at_1e_200_and_1e_300():
+    # q << eps: pre-LN's LayerNorm is x / sqrt(eps) (var/eps < 1e-195 is below float64
+    # resolution at both q), so the net is linear-homogeneous in x and q = 1e-200 and 1e-300
+    # give the same corr and the same log q - log q0. A factor of 1e-147 left in K (not in
+    # its log scale) underflowed inside the next law and gave corr = 1.
+    net = sp.presets.preln(depth=4, act="relu")
+    a = sp.theory(net, sp.Inputs(q=[1e-200, 1e-200], corr=0.5))
+    b = sp.theory(net, sp.Inputs(q=[1e-300, 1e-300], corr=0.5))
+    np.testing.assert_allclose(b.corr, a.corr, rtol=1e-12)
+    np.testing.assert_allclose(b.log_q - math.log(1e-300), a.log_q - math.log(1e-200),
+                               rtol=0, atol=1e-9)
+    assert float(b.corr[-1, 0, 1]) < 0.9  # not the underflowed corr = 1
+
+
+@pytest.mark.parametrize("q", EXTREME_Q)
+def test_simulate_log_scales_its_inputs(q):
+    # Monte Carlo builds the inputs in units of sqrt(q) with log sqrt(q) in the log scale: at
+    # an extreme q the same seeds give the same arrays, so on a homogeneous net (resnet relu, no
+    # bias) log q is log q0 + that at q0 = 1 to float64 rounding of the log scale, and corr is
+    # identical; the theory then agrees at q exactly as it does at 1 (test_montecarlo_theory).
+    net = sp.presets.resnet(depth=4, act="relu")
+    kw = {"width": 64, "seeds": 3, "backend": "numpy", "root_seed": 5}
+    at_q = sp.simulate(net, sp.Inputs(q=[q, 2 * q], corr=0.3, mean=[0.0, 0.5 * math.sqrt(q)]), **kw)
+    at_1 = sp.simulate(net, sp.Inputs(q=[1.0, 2.0], corr=0.3, mean=[0.0, 0.5]), **kw)
+    assert np.all(np.isfinite(at_q.log_q)) and np.all(np.isfinite(at_q.corr))
+    np.testing.assert_allclose(at_q.log_q - math.log(q), at_1.log_q, rtol=0, atol=1e-9)
+    np.testing.assert_array_equal(at_q.corr, at_1.corr)
+    np.testing.assert_allclose(at_q.log_grad_q, at_1.log_grad_q, rtol=0, atol=1e-9)
+    th = sp.theory(net, sp.Inputs(q=[q, 2 * q], corr=0.3, mean=[0.0, 0.5 * math.sqrt(q)]))
+    # finite and within finite-width reach of the theory: depth 4, width 64: the spread of
+    # log q over seeds is ~ sqrt(5 L / N) = 0.56 (DESIGN.md, plain relu bound; a resnet is
+    # tamer), so |mean over 3 seeds - theory| < 4 x 0.56 / sqrt(3) + 5 L / N (log-mean bias).
+    gap = np.abs(at_q.log_q.mean("seed") - th.log_q).values
+    assert np.all(gap < 4 * 0.56 / math.sqrt(3) + 5 * 4 / 64)
+
+
+@pytest.mark.parametrize("q", EXTREME_Q)
+def test_preln_at_extreme_q_no_warning(q):
+    # LayerNorm needs the true scale (eps); at q = 1e-300 eps dominates, at 1e300 it vanishes.
+    # Both engines run without a RuntimeWarning (the module-level filter) and stay finite.
+    net = sp.presets.preln(depth=3, act="relu")
+    x0 = sp.Inputs(q=[q, q], corr=0.5)
+    th = sp.theory(net, x0)
+    mc = sp.simulate(net, x0, width=64, seeds=2, backend="numpy")
+    for ds in (th, mc):
+        for name in ("log_q", "corr", "mean", "log_grad_q"):
+            assert np.all(np.isfinite(ds[name].values)), name
+
+
+@pytest.mark.parametrize("q", [1e160, 1e300])
+def test_tanh_kernel_at_huge_q_is_the_sign_kernel(q):
+    # At q -> inf, tanh(u) -> sign(u): E[sign u sign v] = (2/pi) arcsin(c), corrections
+    # O(q^-1/2) = 1e-80 or less; the quadrature's own error here is ~5e-13 (c = 0.9). The cosine
+    # must come from sqrt(q1) sqrt(q2): q1 q2 overflows beyond q = 1e154 and gave c = 0.
+    from sigprop.kernels.gaussian import get_activation
+    from sigprop.state.ns import NUMERIC
+
+    c = np.array([0.5, -0.3, 0.9])
+    off = c * q * math.sqrt(2)  # inputs of second moments q and 2q
+    K = np.stack([[[q, o], [o, 2 * q]] for o in off])
+    out = get_activation("tanh").gram_kernel(K, NUMERIC)
+    np.testing.assert_allclose(out[:, 0, 1], 2 / np.pi * np.arcsin(c), rtol=0, atol=1e-11)
+    np.testing.assert_allclose(out[:, 0, 0], 1.0, rtol=0, atol=1e-12)
+
+
+# -- constants added in true units to a signal far below them (issue 13.5, q < 1e-308) ----------
+# A Dense bias or a norm's eps meets a signal of log scale ls; its term b^2 e^(-2 ls) overflowed
+# below q ~ 1e-308 (0 x inf = nan, or a norm's scale of 0 that dropped the branch). The ops now
+# work in units lifted past the constant (sigprop.state.moments.lift). The references below are
+# at a q small enough for the constant to dominate to float64 resolution (q / b^2 < 1e-17) yet
+# large enough that the units are not lifted (b e^-ls < 2^64): the plain formula.
+
+
+def test_dense_bias_below_the_smallest_normal_q_is_the_bias_dominated_limit():
+    # resnet with bias, one input at q = 1e-320 (subnormal) and one at q = 1: after the first
+    # Dense the tiny input is the bias to float64 resolution (q / sigma_b^2 = 1e-319, and its
+    # cross term sqrt(q) ~ 1e-160), exactly as at q = 1e-36 (1e-35 relative, unlifted since
+    # 0.3 / 1e-18 < 2^64). Rounding only: ls is a sum of a few logs of O(1).
+    net = sp.presets.resnet(depth=3, act="relu", sigma_b=0.3)
+    tiny = sp.theory(net, sp.Inputs(q=[1e-320, 1.0], corr=0.5))
+    ref = sp.theory(net, sp.Inputs(q=[1e-36, 1.0], corr=0.5))
+    np.testing.assert_allclose(tiny.log_q[1:], ref.log_q[1:], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(tiny.corr[1:], ref.corr[1:], rtol=0, atol=1e-12)
+    np.testing.assert_allclose(tiny.log_grad_q, ref.log_grad_q, rtol=0, atol=1e-12)
+
+
+def test_a_subnormal_bias_variance_on_a_far_smaller_signal_is_the_bias():
+    # q = 1e-400 (carried in ls) plus sigma_b^2 = 1e-320 (subnormal): the bias, 1e80 times the
+    # signal, is the output to float64 resolution: log q = log sigma_b^2 (of the stored
+    # subnormal, computed the same way), corr = 1. The lifted units stop at sqrt(TINY), else
+    # e^(-2 ls) = 1e320 would overflow.
+    net = sp.Serial(sp.Scale(1e-200), sp.Dense(1.0, 1e-160))
+    out = sp.theory(net, sp.Inputs(q=[1.0, 2.0], corr=0.5))
+    np.testing.assert_allclose(out.log_q[-1], math.log(1e-160**2), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(out.corr[-1], 1.0, rtol=0, atol=1e-15)
+
+
+def test_bias_free_dense_below_the_smallest_normal_q_is_scale_free():
+    # without bias the net is positively homogeneous down to q = 1e-320 (the bias's factor
+    # e^-ls, 0 x inf there, is not formed); as test_theory_is_scale_free_at_extreme_q.
+    net = sp.presets.resnet(depth=4, act="relu")
+    q = 1e-320  # subnormal, but 2 q is exactly twice it, so the inputs are those at q0 = 1 scaled
+    at_q = sp.theory(net, sp.Inputs(q=[q, 2 * q], corr=0.5))
+    at_1 = sp.theory(net, sp.Inputs(q=[1.0, 2.0], corr=0.5))
+    np.testing.assert_allclose(at_q.log_q - math.log(q), at_1.log_q, rtol=0, atol=1e-9)
+    np.testing.assert_allclose(at_q.corr, at_1.corr, rtol=1e-12)
+    np.testing.assert_allclose(at_q.log_grad_q, at_1.log_grad_q, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("norm", ["layernorm", "rmsnorm"])
+def test_norm_eps_below_the_smallest_normal_q_is_the_eps_dominated_limit(norm):
+    # q << eps: the norm is x / sqrt(eps) and the net is linear-homogeneous (as in
+    # test_layernorm_eps_dominated_regime_is_the_same_at_1e_200_and_1e_300), so q = 1e-320 gives
+    # the log q - log q0, corr and gradient of q = 1e-40 (q / eps = 1e-35, unlifted since
+    # sqrt(eps / q) = 3e17 < 2^64). eps e^(-2 ls) overflowed and the branch was dropped.
+    net = sp.presets.preln(depth=3, act="relu", norm=norm, final_norm=True)
+    tiny = sp.theory(net, sp.Inputs(q=[1e-320, 1e-320], corr=0.5))
+    ref = sp.theory(net, sp.Inputs(q=[1e-40, 1e-40], corr=0.5))
+    np.testing.assert_allclose(tiny.log_q - math.log(1e-320), ref.log_q - math.log(1e-40),
+                               rtol=0, atol=1e-9)
+    np.testing.assert_allclose(tiny.corr, ref.corr, rtol=0, atol=1e-12)
+    np.testing.assert_allclose(tiny.log_grad_q, ref.log_grad_q, rtol=0, atol=1e-9)
+    assert float(tiny.corr[-1, 0, 1]) < 0.9  # the branch acts (corr = 1 would mean dropped)
+
+
+def test_batchnorm_monte_carlo_at_tiny_q_is_the_eps_dominated_limit():
+    # q << eps: BatchNorm is P u / sqrt(eps), linear, so Dense-BN-relu is homogeneous there and
+    # the Monte Carlo at q = 1e-300 is the one at q = 1e-30 (q / eps = 1e-25) scaled: the same
+    # seeds give the same arrays up to float32 rounding (the inputs are rescaled by e^(ls - t),
+    # whose float64 rounding at ls ~ -690 is 1e-13 relative, then cast to float32: outputs agree
+    # to a few float32 ulps). Its output underflowed to 0 in float32 (log q = -inf, corr nan).
+    net = sp.Repeat(sp.Serial(sp.Dense(math.sqrt(2)), sp.BatchNorm(), sp.Act("relu")), 2)
+    kw = {"width": 1024, "seeds": 8, "backend": "numpy", "root_seed": 3}
+    x0 = [sp.Inputs(q=[q, 2 * q, 0.5 * q], corr=0.5, law="gaussian") for q in (1e-300, 1e-30)]
+    tiny, ref = (sp.simulate(net, x, **kw) for x in x0)
+    np.testing.assert_allclose(tiny.log_q - math.log(1e-300), ref.log_q - math.log(1e-30),
+                               rtol=0, atol=1e-6)
+    np.testing.assert_allclose(tiny.corr, ref.corr, rtol=0, atol=1e-6)
+    np.testing.assert_allclose(tiny.log_grad_q, ref.log_grad_q, rtol=0, atol=1e-6)
+    # and the law at q = 1e-30 scaled: within 4 standard errors over seeds plus the O(L / N)
+    # finite-width bias of a log-mean (5 L / N, DESIGN.md's plain relu bound).
+    th = sp.theory(net, x0[1])
+    shift = {"log_q": math.log(1e-300) - math.log(1e-30), "corr": 0.0, "log_grad_q": 0.0}
+    for name, by in shift.items():
+        mc = tiny[name]
+        se = mc.std("seed").values / math.sqrt(kw["seeds"])
+        gap = np.abs(mc.mean("seed").values - by - th[name].values)
+        assert np.all(gap <= 4 * se + 5 * 2 / kw["width"] + 1e-12), name
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("net", ["plain", "resnet"])
+def test_gelu_at_huge_q_is_relu_scaled(net, act):
+    # gelu(x) = x Phi(x) -> relu(x) as |x| -> inf (and gelu_tanh, x (1 + tanh(k (x + c x^3)))
+    # / 2, whose x^3 overflowed at x ~ 1e103 long after tanh saturates): at q = 1e300 the law is
+    # relu's at q = 1 scaled (relu is positively homogeneous), corrections O(q^-1/2) = 1e-150;
+    # the quadrature's own error is ~1e-13 in log q. gelu's closed-form inner expectation
+    # m phi(m/r) / r^3 took r^3 with r ~ 1e150 (an overflow warning); it is below 0.25 / r^2
+    # there, and taken as 0.
+    make = getattr(sp.presets, net)
+    kw = {"depth": 3, "sigma_w1": math.sqrt(2)}  # the relu-like default, stated for gelu_tanh
+    gelu = sp.theory(make(act=act, **kw), sp.Inputs(q=[1e300, 3e300], corr=0.5))
+    relu = sp.theory(make(act="relu", **kw), sp.Inputs(q=[1.0, 3.0], corr=0.5))
+    np.testing.assert_allclose(gelu.log_q - math.log(1e300), relu.log_q, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(gelu.corr, relu.corr, rtol=0, atol=1e-11)
+    np.testing.assert_allclose(gelu.log_grad_q, relu.log_grad_q, rtol=0, atol=1e-11)
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_tanh"])
+@pytest.mark.parametrize("q", [1e250, 1e300])
+def test_gelu_kernels_at_huge_q_are_the_arc_cosine_kernels(q, act):
+    # The gradient Gram's off-diagonal (no dataset variable shows it): gelu' -> step(u) and
+    # gelu(u) / sqrt(q) -> relu(u / sqrt(q)) as q -> inf, so E[gelu' gelu'] -> (pi - t)/(2 pi)
+    # and E[gelu gelu] -> sqrt(q1 q2) (sin t + (pi - t) c)/(2 pi), t = acos c (Cho & Saul),
+    # corrections O(q^-1/2) = 1e-125 or less; the quadrature's own error here is ~1.3e-13.
+    from sigprop.kernels.gaussian import get_activation
+    from sigprop.state.ns import NUMERIC
+
+    c = np.array([0.5, -0.3, 0.9])
+    off = c * q * math.sqrt(2)  # inputs of second moments q and 2q
+    K = np.stack([[[q, o], [o, 2 * q]] for o in off])
+    gelu, t = get_activation(act), np.arccos(c)
+    grad, value = gelu.gram_grad_kernel(K, NUMERIC), gelu.gram_kernel(K, NUMERIC)
+    np.testing.assert_allclose(grad[:, 0, 1], (np.pi - t) / (2 * np.pi), rtol=0, atol=1e-12)
+    np.testing.assert_allclose(value[:, 0, 1] / (q * math.sqrt(2)),
+                               (np.sqrt(1 - c * c) + (np.pi - t) * c) / (2 * np.pi),
+                               rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("q", [1e-3, 1.0, 1e8, 1e20, 1e150])
+def test_erf_grad_kernel_on_the_diagonal_has_no_cancellation(q):
+    """On the diagonal (c = 1) det(I + 2 Sigma) = 1 + 4q exactly; the product form
+    (1 + 2q)^2 - 4q^2 cancels to 0 or noise from q ~ 1e8 on (inf, or a divide-by-zero warning).
+    Exact in float64 up to the rounding of a few operations."""
+    from sigprop.kernels.gaussian import get_activation
+
+    got = get_activation("erf").grad_kernel(np.float64(q), np.float64(q), np.float64(1.0))
+    assert got == pytest.approx(4 / np.pi / np.sqrt(1 + 4 * q), rel=1e-14)

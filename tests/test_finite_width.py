@@ -1,0 +1,277 @@
+"""First-order finite-width theory (sigprop.engines.finite_width) against independent derivations
+and Monte Carlo at several widths.
+
+Tolerances: derivations are checked to the central-difference accuracy of the engine (STEP^2
+~ 1e-6 relative); Monte Carlo comparisons at 3 standard errors of the fitted quantity (the
+seeds of each width are independent, so the weighted least-squares standard error is exact up
+to the estimated per-width variances). The O(1/N^2) remainder biases a slope fitted over
+widths 64..512 by about c2 / 150 (c2 the 1/N^2 coefficient, ~ 0.5 L for the plain ReLU net, see
+test_relu_log_q_matches_exact_finite_width_law): well inside the standard errors used here.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy import integrate, special, stats
+
+import sigprop as sp
+from sigprop import presets, schema
+from sigprop.engines import finite_width as fw
+from sigprop.errors import ConfigError
+
+PAIR = sp.Inputs(q=1.0, corr=0.5, n=2)
+
+
+def bn_net(depth, eps=1e-5):
+    """The pre-activation BatchNorm block of issue 16: Dense, BatchNorm, relu."""
+    return sp.Repeat(sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(eps=eps), sp.Act("relu")),
+                     depth)
+WIDTHS = [64, 128, 256, 512]
+
+
+def gauss(f):
+    """E f(Z), Z ~ N(0, 1), by adaptive quadrature (independent of the engine's polar rule)."""
+    return integrate.quad(lambda z: f(z) * stats.norm.pdf(z), -12, 12, points=[0.0], limit=200)[0]
+
+
+def coef(net, inputs=PAIR):
+    return fw.coefficients(net, inputs)[0]
+
+
+# -- derivations ---------------------------------------------------------------------------------
+def test_relu_recovers_hanin_nica():
+    """Plain ReLU net: q_{l+1} = q_l (2/N) sum_i relu(z_i)^2 given the past, so per layer the
+    relative variance of q is E[relu^4] / E[relu^2]^2 - 1 = 5 and E q is unbiased: Var log q_l
+    = 5 l / N and E log q_l = log q_inf - 5 l / (2N) at first order (Hanin & Nica)."""
+    kurt = gauss(lambda z: max(z, 0.0) ** 4) / gauss(lambda z: max(z, 0.0) ** 2) ** 2 - 1
+    L = 6
+    c = coef(presets.plain(L, "relu", shape="dense_act"))
+    layers = np.arange(L + 1)
+    np.testing.assert_allclose(c["var_log_q"][:, 0], kurt * layers, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c["log_q"][:, 0], -kurt * layers / 2, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(c["q"][:, 0], 0.0, atol=1e-5)
+
+
+def test_gaussian_inputs_fluctuate_like_wishart_then_relu():
+    """Inputs with i.i.d. N(0, K) features: the realised input Gram is Wishart (relative variance
+    of q: 2); each pre-activation relu block then adds the relu kurtosis 5: Var log q_l =
+    (2 + 5 l) / N, and corr_0 has the Olkin-Pratt bias -rho (1 - rho^2) / (2N)."""
+    c = coef(presets.plain(3, "relu", shape="act_dense"),
+             sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian"))
+    np.testing.assert_allclose(c["var_log_q"][:, 0], 2 + 5 * np.arange(4), rtol=1e-5)
+    np.testing.assert_allclose(c["corr"][0, 0, 1], -0.5 * 0.75 / 2, rtol=1e-5)
+
+
+def test_relu_log_q_matches_exact_finite_width_law():
+    """Exactly, (2/N) sum_i relu(z_i)^2 = (2/N) chi^2_K with K ~ Binomial(N, 1/2), so
+    E log q_{l+1}/q_l = E_K[digamma(K/2) + log 2] + log(2/N). Its N -> infinity slope
+    (Richardson: 2 f(2N) - f(N) with f(N) = N E log, error O(1/N^2)) is the per-layer
+    coefficient."""
+    def n_e(N):
+        K = np.arange(1, N + 1)
+        return N * np.sum(stats.binom.pmf(K, N, 0.5) * (special.digamma(K / 2) + np.log(4 / N)))
+
+    exact = 2 * n_e(4096) - n_e(2048)
+    c = coef(presets.plain(1, "relu", shape="dense_act"), sp.Inputs(q=1.0))
+    assert abs(c["log_q"][1, 0] - exact) < 1e-4  # Richardson remainder ~ c3 / N^2 ~ 1e-6
+
+
+def test_linear_net_corr_bias_is_olkin_pratt():
+    """A linear net's realised Gram after l layers is K + l independent Wishart fluctuations (the
+    map is the identity on corr), and the sample correlation of N bivariate normal pairs has
+    E r = rho - rho (1 - rho^2) / (2N) + O(N^-2) (Olkin & Pratt 1958): E corr_l - rho =
+    -l rho (1 - rho^2) / (2N)."""
+    rho, L = 0.5, 3
+    c = coef(presets.plain(L, "linear", shape="dense_act"))
+    np.testing.assert_allclose(c["corr"][:, 0, 1], -np.arange(L + 1) * rho * (1 - rho**2) / 2,
+                               rtol=1e-5, atol=1e-8)
+    np.testing.assert_allclose(c["var_log_q"][:, 0], 2.0 * np.arange(L + 1), rtol=1e-5)  # chi^2
+
+
+def test_wishart_noise_of_a_linear_stream():
+    """For y = u ~ N(0, K) the realised Gram is Wishart: Cov(K_ab, K_cd) = K_ac K_bd + K_ad K_bc,
+    Cov(m_a, m_c) = K_ac, and the odd moments vanish; the cross moment with a fixed stream r of
+    mean m_r and Gram R has Cov(X_ab, X_cd) = R_ac K_bd, Cov(X_ab, m_c) = m_r,a K_bc."""
+    K = np.array([[1.3, 0.4], [0.4, 0.7]])
+    R, mr = np.array([[2.0, 0.5], [0.5, 1.0]]), np.array([0.3, -0.2])
+    u, w = fw.gaussian_rule(K)
+    sig = fw.feature_noise(u, w, [mr], [[R]])
+    wish = (np.einsum("ac,bd->abcd", K, K) + np.einsum("ad,bc->abcd", K, K)).reshape(4, 4)
+    np.testing.assert_allclose(sig[:4, :4], wish, atol=1e-10)
+    np.testing.assert_allclose(sig[4:6, 4:6], K, atol=1e-10)
+    np.testing.assert_allclose(sig[:4, 4:6], 0, atol=1e-10)
+    np.testing.assert_allclose(sig[6:, 6:], np.einsum("ac,bd->abcd", R, K).reshape(4, 4),
+                               atol=1e-10)
+    np.testing.assert_allclose(sig[6:, 4:6], np.einsum("a,bc->abc", mr, K).reshape(4, 2),
+                               atol=1e-10)
+    np.testing.assert_allclose(sig, sig.T, atol=1e-12)
+
+
+def test_polar_rule_matches_arccos_kernel():
+    """The polar rule reproduces the closed-form ReLU kernel (Cho & Saul) and the mean."""
+    K = np.array([[1.0, 0.9], [0.9, 2.0]])
+    u, w = fw.gaussian_rule(K)
+    y = np.maximum(u, 0)
+    c = 0.9 / math.sqrt(2.0)
+    t = math.acos(c)
+    kernel = math.sqrt(2.0) / (2 * math.pi) * (math.sin(t) + (math.pi - t) * c)
+    assert abs(np.sum(w * y[:, 0] * y[:, 1]) - kernel) < 1e-12
+    np.testing.assert_allclose(w @ y, np.sqrt(np.diag(K) / (2 * math.pi)), rtol=1e-12)
+
+
+def test_delta_method_bias_through_a_law():
+    """Plain tanh net, layer 2: q_2 = f(q_1-hat), f(q) = E tanh(sqrt(q) Z)^2, q_1-hat an average of
+    N i.i.d. tanh(u)^2 (unbiased, variance Var[tanh^2] / N). So E q_2 / q_2,inf - 1 =
+    f''(q_1) Var[tanh^2] / (2 f(q_1) N) at first order: the 1/2 H:C term of the engine."""
+    f = lambda q: gauss(lambda z: math.tanh(math.sqrt(q) * z) ** 2)
+    q1 = f(1.0)
+    var = gauss(lambda z: math.tanh(z) ** 4) - q1**2
+    h = 1e-2
+    f2 = (f(q1 + h) - 2 * f(q1) + f(q1 - h)) / h**2  # O(h^2) ~ 1e-4 relative
+    c = coef(presets.plain(2, "tanh", shape="dense_act"), sp.Inputs(q=1.0))
+    assert abs(c["q"][1, 0]) < 1e-6  # layer 1: an average of i.i.d. features, unbiased
+    np.testing.assert_allclose(c["q"][2, 0], f2 * var / (2 * f(q1)), rtol=1e-3)
+
+
+def test_matches_the_infinite_width_engine_and_schema():
+    net = presets.preln(3)
+    ds = sp.theory(net, PAIR, width=256, layers=[0, 3])
+    for name, var in schema.FINITE_WIDTH_VARIABLES.items():
+        assert ds[name].dims == var.dims_with(), name
+        assert name == "grad_q_rel_correction" or np.all(np.isfinite(ds[name].values)), name
+    assert ds.attrs["width"] == 256
+    full = coef(net)
+    for name, key in [("var_log_q", "var_log_q"), ("log_q_correction", "log_q"),
+                      ("q_rel_correction", "q"), ("corr_correction", "corr"),
+                      ("mean_correction", "mean")]:
+        np.testing.assert_allclose(ds[name].values, full[key][[0, 3]] / 256, err_msg=name)
+    np.testing.assert_allclose(ds.valid_width_q.values, 10 * np.abs(full["q"][[0, 3]]))
+    assert "var_log_q" not in sp.theory(net, PAIR)
+
+
+def test_sweep_is_vectorised():
+    """A sweep of sigma_w gives, point by point, the coefficients of separate runs."""
+    values = [1.2, 1.5]
+    swept = coef(presets.plain(3, "tanh", shape="dense_act", sigma_w1=sp.sweep("sw", values)))
+    for i, v in enumerate(values):
+        one = coef(presets.plain(3, "tanh", shape="dense_act", sigma_w1=v))
+        for k in one:
+            np.testing.assert_allclose(swept[k][:, i], one[k], rtol=1e-6, atol=1e-9)
+
+
+def test_bad_width_and_unsupported_ops():
+    with pytest.raises(ConfigError, match="width"):
+        sp.theory(presets.plain(2), PAIR, width=0)
+    with pytest.raises(ConfigError, match="1 or 2"):
+        sp.theory(presets.plain(2), sp.Inputs(q=1.0, corr=0.5, n=3), width=64)
+    with pytest.warns(fw.FiniteWidthWarning, match="BatchNorm"):
+        ds = sp.theory(bn_net(2), sp.Inputs(q=1.0, corr=0.5, n=2), width=64)
+    assert np.isnan(ds.var_log_q.values[-1]).all() and np.isfinite(ds.log_q.values).all()
+
+
+# -- validity warnings ---------------------------------------------------------------------------
+def test_batchnorm_small_batch_warns_with_the_width_needed():
+    """B = 2: E[1/s^2] ~ E[1/(chi^2_1 + eps)] ~ 1/sqrt(eps) is carried by features with batch
+    variance ~ eps, a fraction ~ sqrt(eps) of them; B = 4 (chi^2_3) has a finite limit."""
+    with pytest.warns(fw.FiniteWidthWarning, match=r"B = 2.*width ~\d") as rec:
+        sp.theory(bn_net(16), sp.Inputs(q=1.0, corr=0.5, n=2))
+    assert any("misses" in str(r.message) for r in rec)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fw.FiniteWidthWarning)
+        sp.theory(bn_net(16), sp.Inputs(q=1.0, corr=0.5, n=4))
+
+
+def test_batchnorm_reach_is_monotone_in_eps_and_width():
+    """Smaller eps pushes the carrying features further into the tail (a wider net needed); a
+    wider net samples more of the tail (a smaller deficit)."""
+    S = np.array([[1.0, 0.5], [0.5, 1.0]])
+    needed = [fw.batchnorm_reach(S, eps, 2, 16)[0] for eps in (1e-1, 1e-3, 1e-5, 1e-7)]
+    assert np.all(np.diff(needed) > 0) and needed[0] < fw.PRACTICAL_WIDTH < needed[2]
+    deficits = [fw.batchnorm_reach(S, 1e-5, 2, 16, N=N)[1] for N in (256, 4096, 65536)]
+    assert np.all(np.diff(deficits) < 0)
+
+
+def test_first_order_breakdown_warns():
+    """At N below the coefficient A the correction exceeds the leading term: a warning with A."""
+    with pytest.warns(fw.FiniteWidthWarning, match=r"coefficient A = [\d.]+"):
+        sp.theory(presets.plain(8, "tanh", shape="dense_act"), PAIR, width=2)
+
+
+# -- Monte Carlo -----------------------------------------------------------------------------
+def _check(rows, sigmas=3.0):
+    for name, predicted, fitted, se in rows:
+        assert abs(fitted - predicted) < sigmas * se, (name, predicted, fitted, se)  # 3 SE
+
+
+def test_monte_carlo_plain_relu():
+    _check(fw.measure(presets.plain(4, "relu", shape="dense_act"), PAIR, WIDTHS, 1000))
+
+
+def test_monte_carlo_postln():
+    _check(fw.measure(presets.postln(4), PAIR, WIDTHS, 1000))
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["relu", "tanh", "preln", "postln"])
+def test_monte_carlo_presets(name):
+    net = {"relu": presets.plain(8, "relu", shape="dense_act"),
+           "tanh": presets.plain(8, "tanh", shape="dense_act"),
+           "preln": presets.preln(8), "postln": presets.postln(8)}[name]
+    _check(fw.measure(net, PAIR, WIDTHS, 4000))
+
+
+# -- the backward mean mode ----------------------------------------------------------------------
+MEAN_STREAM = presets.resnet(64, "relu", alpha="1/sqrt(L)", shape="dense_act")  # x + relu(Wx)/8
+
+
+def test_mean_carrying_stream_warns_at_practical_width():
+    """Issue 16's stream: A ~ 2e3, so N = 128 is far inside the breakdown region and warns."""
+    with pytest.warns(fw.FiniteWidthWarning, match=r"A = [\d.e+]+") as rec:
+        ds = sp.theory(MEAN_STREAM, sp.Inputs(q=1.0), width=128)
+    assert any("mean" in str(r.message) for r in rec)
+    A = ds.grad_q_rel_correction.values[0, 0] * 128
+    assert A > 128 and np.isnan(ds.grad_q_rel_correction.values[1:]).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fw.FiniteWidthWarning)
+        sp.theory(MEAN_STREAM, sp.Inputs(q=1.0), width=int(100 * A))
+
+
+def test_mean_mode_only_where_the_stream_carries_a_mean():
+    """The coherent term is mu_l m_k / q_k: it needs a mean in the Dense's input. Pre-LN (the
+    LayerNorm centres the Dense's input) and plain nets have no such block; a zero-mean linear
+    branch (mu = 0) leaves only the unamplified O(L) terms."""
+    for net in (presets.preln(4), presets.plain(4)):
+        assert fw.mean_mode_coefficient(net, sp.theory(net, PAIR)) is None
+    lin = presets.resnet(64, "linear", alpha="1/sqrt(L)", shape="dense_act")
+    A_lin = fw.mean_mode_coefficient(lin, sp.theory(lin, sp.Inputs(q=1.0)))[0]
+    A_relu = fw.mean_mode_coefficient(MEAN_STREAM, sp.theory(MEAN_STREAM, sp.Inputs(q=1.0)))[0]
+    assert A_lin < 64 and A_relu > 1000
+
+
+def test_mean_mode_one_block_is_exact():
+    """One block x + alpha relu(W x), delta_1 ~ N(0, I): exactly, E<delta_1, W^T(phi' o delta_1)>
+    = (1/N) sum_i E[W_ii phi'(h_i)] = sigma^2 m E[phi''(h)] / N (Stein's lemma, E[phi''] =
+    1/sqrt(2 pi sigma^2 q)), and E<W^T g, W^T g> = sigma^2 / 2 with no 1/N term (|W_i|^2 =
+    h_i^2/|x|^2 + |W_i,perp|^2). So A = 2 alpha sigma^2 m / (sqrt(2 pi sigma^2 q) G_0)."""
+    alpha, sw2, q, m = 0.5, 2.0, 1.5, 0.7
+    net = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(sigma_w=sw2**0.5), sp.Act("relu")),
+                                alpha=alpha), 1)
+    inputs = sp.Inputs(q=q, mean=m)
+    G0 = 1 + alpha**2 * sw2 / 2
+    exact = 2 * alpha * sw2 * m / (math.sqrt(2 * math.pi * sw2 * q) * G0)
+    A = fw.mean_mode_coefficient(net, sp.theory(net, inputs))[0]
+    assert abs(A - exact) < 1e-10 * exact
+
+
+@pytest.mark.slow
+def test_mean_mode_against_monte_carlo():
+    """N (E G_0 / G_0,inf - 1) at N = 1024, 2048 (300 seeds each) against A ~ 2e3: within 3 SE
+    plus L for the terms the model leaves out (unamplified, O(1) per layer). G_0 is heavy-tailed
+    (A/N ~ 1-2 here), so the SE from the spread over seeds is optimistic."""
+    pred, fitted, se = fw.measure_mean_mode(MEAN_STREAM, sp.Inputs(q=1.0), [1024, 2048], 300)
+    assert fitted > 10 * se  # far from gradient independence (A = 0)
+    assert abs(fitted - pred) < 3 * se + 64, (pred, fitted, se)  # 3 SE + L

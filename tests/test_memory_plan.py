@@ -1,0 +1,87 @@
+"""Memory planning (issue 13.6): a theory or Monte Carlo run whose arrays would not fit in
+SIGPROP_MEMORY_FRACTION of the available memory is refused before it starts, with the estimate
+and how to shrink it; the estimate is an upper bound of the measured peak, not far above it."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+
+import sigprop as sp
+from sigprop.engines import memory
+from sigprop.engines import montecarlo as mc
+from sigprop.engines import theory as th
+from sigprop.ops import layers_of
+
+GIB = 2**30
+
+
+@pytest.fixture()
+def one_gib(monkeypatch):
+    """1 GiB available, whatever this machine has now (the limit is then deterministic)."""
+    monkeypatch.setattr(memory, "available", lambda: GIB)
+
+
+def grid_net(depth, points):
+    return sp.presets.resnet(depth=depth, act="relu",
+                             alpha=sp.sweep("alpha", list(np.linspace(0.1, 1.0, points))))
+
+
+def test_theory_over_the_limit_is_refused_and_fewer_layers_pass(one_gib, monkeypatch):
+    net, x0 = grid_net(64, 50), sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    full = th.memory_estimate(64, 65, 50, 2)
+    two = th.memory_estimate(64, 2, 50, 2)
+    assert two * 10 < full
+    monkeypatch.setenv(memory.FRACTION_ENV, str(float(np.sqrt(full * two)) / GIB))  # between
+    with pytest.raises(sp.ConfigError, match=r"GiB estimated for the theory of 65 recorded "
+                                             r"layers x 50 grid points x B = 2.*layers="):
+        sp.theory(net, x0)
+    ds = sp.theory(net, x0, layers=[0, 64])  # the option the error names
+    assert ds.sizes["layer"] == 2
+
+
+def test_montecarlo_over_the_limit_is_refused(one_gib, monkeypatch):
+    net, x0 = sp.presets.preln(depth=4, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    monkeypatch.setenv(memory.FRACTION_ENV, "1e-9")  # ~1 byte
+    with pytest.raises(sp.ConfigError, match=r"Monte Carlo of 3 seeds x width 32 .*seed_chunk"):
+        sp.simulate(net, x0, width=32, seeds=3, backend="numpy")
+    monkeypatch.setenv(memory.FRACTION_ENV, "0.5")
+    assert sp.simulate(net, x0, width=32, seeds=3, backend="numpy").sizes["seed"] == 3
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "lots", "nan"])
+def test_a_bad_fraction_is_a_clear_error(monkeypatch, value):
+    monkeypatch.setenv(memory.FRACTION_ENV, value)
+    with pytest.raises(sp.ConfigError, match=memory.FRACTION_ENV):
+        sp.theory(sp.presets.preln(depth=2), sp.Inputs())
+
+
+def _peak(run):
+    tracemalloc.start()
+    try:
+        run()
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("L, points, B", [(200, 400, 1), (100, 200, 3)])
+def test_theory_estimate_bounds_the_measured_peak(L, points, B):
+    # numpy's allocations as tracemalloc sees them: measured 0.8-0.93 of the estimate at
+    # (L, grid, B) = (300, 3000, 1), (300, 1000, 2), (100, 1000, 4); a third is slack enough
+    # for other numpy versions, and an estimate missing a term (the B^2 Gram of each recorded
+    # state, or the dataset's copies) falls below the peak
+    x0 = sp.Inputs(q=[1.0] * B, corr=0.5)
+    peak = _peak(lambda: sp.theory(grid_net(L, points), x0))
+    estimate = th.memory_estimate(L, L + 1, points, B)
+    assert peak <= estimate <= 1.5 * peak, (peak, estimate)
+
+
+def test_montecarlo_estimate_bounds_the_measured_peak():
+    # the activation law of montecarlo.py is an upper bound (its docstring: 47 MiB by the law,
+    # 28 measured); measured ratios 1.5-2.3 here, so the estimate is within 3x
+    net, x0 = sp.presets.preln(depth=64, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    peak = _peak(lambda: sp.simulate(net, x0, width=1024, seeds=4, backend="numpy"))
+    estimate = (mc.memory_per_seed(layers_of(net), 2, 1024, 4, mc.SAMPLERS["conditional"]) * 4
+                + mc.recorded_bytes(4, 64, 2))
+    assert peak <= estimate <= 3 * peak, (peak, estimate)

@@ -1,0 +1,431 @@
+"""Real PyTorch models: ``from_torch`` (the op tree) against ``simulate_torch`` (the model's own
+statistics over re-initialisations), for the architectures of issue 17.
+
+Each architecture is built at two widths (``WIDTHS``) and run over ``SEEDS`` re-initialisations
+per width; ``sp.compare`` fits T(N) = T_inf + a/N over the two widths (the O(1/N) finite-width
+bias of the infinite-width theory, and the 1/(3 N) bias variance of torch's default init, which
+the reference net takes at its limit 0) and gives z = (T_inf - theory) / se. Checked: q, mean,
+corr (i < j) and the input gradient grad_q at every layer. Tolerance: standard errors only, a
+Bonferroni bound over the checked points of one architecture (family false-alarm rate
+``ALPHA``); no other allowance.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+torch = pytest.importorskip("torch")
+nn = torch.nn
+
+import sigprop as sp
+from sigprop.analysis.compare import stack_widths
+from sigprop.data import config_of
+from sigprop.errors import UnsupportedComposition
+from sigprop.interop.torch import from_torch, simulate_torch
+from sigprop.ops import FeatureAffine
+from sigprop.ops.base import op_from_dict
+
+WIDTHS = (64, 256)
+SEEDS = 160  # per width
+ALPHA = 1e-3  # family-wise false-alarm rate of one architecture's check
+X2 = sp.Inputs(q=[1.0, 2.25], corr=0.5, mean=[0.3, -0.2])  # fixed inputs with a mean
+G4 = sp.Inputs(q=[1.0, 2.25, 0.5, 1.5], corr=0.3, law="gaussian")
+# BatchNorm: the input gradient holds E[1/s^4], s^2 ~ chi^2_(B-1): a finite seed variance
+# needs B - 1 > 4; B = 8 keeps the tail index (B - 1)/2 = 3.5 clear of 2
+G8 = sp.Inputs(q=[1.0, 2.25, 0.5, 1.5, 2.0, 0.8, 1.2, 0.7], corr=0.3, law="gaussian")
+
+
+# -- the architectures, written as ordinary torch code ---------------------------------------
+class PreLN(nn.Module):
+    """x + W2 act(W1 LN(x)) (ratio 4), torch's default init."""
+
+    def __init__(self, d, act=nn.GELU):
+        super().__init__()
+        self.ln, self.fc1, self.act = nn.LayerNorm(d), nn.Linear(d, 4 * d), act()
+        self.fc2, self.drop = nn.Linear(4 * d, d), nn.Dropout(0.1)
+
+    def forward(self, x):
+        return x + self.drop(self.fc2(self.act(self.fc1(self.ln(x)))))
+
+
+class PostLN(nn.Module):
+    """LN(x + W2 act(W1 x)) (ratio 4)."""
+
+    def __init__(self, d, act=nn.GELU):
+        super().__init__()
+        self.fc1, self.act, self.fc2 = nn.Linear(d, 4 * d), act(), nn.Linear(4 * d, d)
+        self.ln = nn.LayerNorm(d)
+
+    def forward(self, x):
+        return self.ln(x + self.fc2(self.act(self.fc1(x))))
+
+
+class ResNetV1(nn.Module):
+    """relu(x + W2 relu(BN(W1 x))): an activation after the residual sum."""
+
+    def __init__(self, d, last_bn=False):
+        super().__init__()
+        self.fc1, self.bn1, self.fc2 = nn.Linear(d, d), nn.BatchNorm1d(d), nn.Linear(d, d)
+        self.bn2 = nn.BatchNorm1d(d) if last_bn else nn.Identity()
+
+    def forward(self, x):
+        return torch.relu(x + self.bn2(self.fc2(torch.relu(self.bn1(self.fc1(x))))))
+
+
+class PreActResNet(nn.Module):
+    """x + W2 relu(BN(W1 relu(BN(x)))) (He et al. 2016, identity mappings)."""
+
+    def __init__(self, d):
+        super().__init__()
+        self.bn1, self.fc1 = nn.BatchNorm1d(d), nn.Linear(d, d, bias=False)
+        self.bn2, self.fc2 = nn.BatchNorm1d(d), nn.Linear(d, d, bias=False)
+
+    def forward(self, x):
+        return x + self.fc2(torch.relu(self.bn2(self.fc1(torch.relu(self.bn1(x))))))
+
+
+class LayerScaleBlock(nn.Module):
+    """x + gamma * W2 silu(W1 RMSNorm(x)), gamma a per-channel parameter (CaiT's LayerScale)."""
+
+    def __init__(self, d, scale=0.5):
+        super().__init__()
+        self.norm, self.fc1 = nn.RMSNorm(d), nn.Linear(d, 2 * d)
+        self.fc2 = nn.Linear(2 * d, d)
+        self.gamma = nn.Parameter(scale * torch.ones(d))
+
+    def forward(self, x):
+        return x + self.gamma * self.fc2(nn.functional.silu(self.fc1(self.norm(x))))
+
+
+def seq(*blocks):
+    return nn.Sequential(*blocks)
+
+
+def mlp(d, act=nn.ReLU, bn_eval=False):
+    """torchvision.ops.MLP style: (Linear, [BatchNorm], act, Dropout) x 2, Linear."""
+    layers = []
+    for n_in, n_out in ((d, 2 * d), (2 * d, d)):
+        layers += [nn.Linear(n_in, n_out)]
+        if bn_eval:
+            layers += [nn.BatchNorm1d(layers[-1].out_features)]
+        layers += [act(), nn.Dropout(0.2)]
+    layers += [nn.Linear(d, d)]
+    net = nn.Sequential(*layers)
+    return net.eval() if bn_eval else net
+
+
+def gaussian_init(sigma_w, sigma_b):
+    """A custom init: W ~ N(0, sigma_w^2 / n_in), b ~ N(0, sigma_b^2) for every Linear."""
+    def init(model):
+        for m in model.modules():
+            if isinstance(m, nn.Linear):
+                nn.init.normal_(m.weight, 0.0, sigma_w / math.sqrt(m.in_features))
+                if m.bias is not None:
+                    nn.init.normal_(m.bias, 0.0, sigma_b)
+    return init
+
+
+def affine_ln_init(model):
+    """LayerNorm weight ~ 1 + 0.3 N(0, 1), bias ~ 0.2 N(0, 1) (a trained-looking norm)."""
+    for m in model.modules():
+        if isinstance(m, nn.LayerNorm):
+            nn.init.normal_(m.weight, 1.0, 0.3)
+            nn.init.normal_(m.bias, 0.0, 0.2)
+
+
+def built(make, init, width, seed=0):
+    torch.manual_seed(seed)
+    model = make(width)
+    if init is not None:
+        init(model)
+    return model
+
+
+D = sp.Dense
+SQ3 = math.sqrt(1 / 3)  # torch's default Linear init: W ~ U(+-1/sqrt(n_in)), variance 1/(3 n_in)
+ARCHS = {
+    # name: (make(width), init, inputs, reference op tree, written by hand in sigprop's terms)
+    "preln_gelu_x2": (lambda d: seq(nn.Linear(d, d), PreLN(d), PreLN(d)), None, X2, sp.Serial(
+        D(SQ3, init="uniform"),
+        *[sp.Residual(sp.Serial(sp.LayerNorm(), D(SQ3, ratio=4, init="uniform"), sp.Act("gelu"),
+                                D(SQ3, ratio=0.25, init="uniform")))] * 2)),
+    "postln_gelu_tanh": (lambda d: seq(PostLN(d, lambda: nn.GELU(approximate="tanh"))), None, X2,
+                         sp.Serial(sp.Residual(sp.Serial(
+                             D(SQ3, ratio=4, init="uniform"), sp.Act("gelu_tanh"),
+                             D(SQ3, ratio=0.25, init="uniform"))), sp.LayerNorm())),
+    "resnet_v1": (lambda d: seq(ResNetV1(d)), None, G8, sp.Serial(sp.Residual(sp.Serial(
+        D(SQ3, init="uniform"), sp.BatchNorm(), sp.Act("relu"), D(SQ3, init="uniform"))),
+        sp.Act("relu"))),
+    "preact_resnet_x2": (lambda d: seq(PreActResNet(d), PreActResNet(d)), None, G8, sp.Serial(
+        *[sp.Residual(sp.Serial(sp.BatchNorm(), sp.Act("relu"), D(SQ3, init="uniform"),
+                                sp.BatchNorm(), sp.Act("relu"), D(SQ3, init="uniform")))] * 2)),
+    "mlp_relu_default": (lambda d: mlp(d), None, X2, sp.Serial(
+        D(SQ3, ratio=2, init="uniform"), sp.Act("relu"), D(SQ3, ratio=0.5, init="uniform"),
+        sp.Act("relu"), D(SQ3, init="uniform"))),
+    "mlp_tanh_gaussian_init": (lambda d: mlp(d, nn.Tanh), gaussian_init(1.5, 0.3), X2, sp.Serial(
+        D(1.5, 0.3, ratio=2), sp.Act("tanh"), D(1.5, 0.3, ratio=0.5), sp.Act("tanh"), D(1.5, 0.3))),
+    "mlp_leaky_bn_eval": (lambda d: mlp(d, lambda: nn.LeakyReLU(0.2), bn_eval=True),
+                          gaussian_init(2**0.5, 0.0), X2, sp.Serial(
+        D(2**0.5, ratio=2), sp.Scale(1 / math.sqrt(1 + 1e-5)), sp.Act("leaky_relu(0.2)"),
+        D(2**0.5, ratio=0.5), sp.Scale(1 / math.sqrt(1 + 1e-5)), sp.Act("leaky_relu(0.2)"),
+        D(2**0.5))),
+    "mlp_elu_default": (lambda d: mlp(d, nn.ELU), None, X2, sp.Serial(
+        D(SQ3, ratio=2, init="uniform"), sp.Act("elu"), D(SQ3, ratio=0.5, init="uniform"),
+        sp.Act("elu"), D(SQ3, init="uniform"))),
+    "layerscale_rmsnorm_silu": (lambda d: seq(nn.Linear(d, d), LayerScaleBlock(d)), None, X2,
+                                sp.Serial(D(SQ3, init="uniform"), sp.Residual(sp.Serial(
+                                    sp.RMSNorm(eps=float(torch.finfo(torch.float32).eps)),
+                                    D(SQ3, ratio=2, init="uniform"), sp.Act("silu"),
+                                    D(SQ3, ratio=0.5, init="uniform"), sp.Scale(0.5))))),
+    "preln_affine_ln": (lambda d: seq(nn.Linear(d, d, bias=False), PreLN(d, nn.ReLU)),
+                        lambda m: (gaussian_init(1.0, 0.1)(m), affine_ln_init(m)), X2, sp.Serial(
+        D(1.0), sp.Residual(sp.Serial(
+            sp.LayerNorm(), FeatureAffine(gain=1.0, shift=0.0, gain_sq=1.09, shift_sq=0.04,
+                                          gain_shift=0.0),
+            D(1.0, 0.1, ratio=4), sp.Act("relu"), D(1.0, 0.1, ratio=0.25))))),
+}
+DEFAULT = ["preln_gelu_x2", "postln_gelu_tanh", "resnet_v1", "preact_resnet_x2",
+           "mlp_relu_default", "mlp_tanh_gaussian_init", "mlp_leaky_bn_eval",
+           "layerscale_rmsnorm_silu"]
+SLOW = ["mlp_elu_default", "preln_affine_ln"]
+
+
+def agreement(name, seeds=SEEDS, widths=WIDTHS):
+    """The width-extrapolated comparison of one architecture and its checked z-scores."""
+    make, init, inputs, ref = ARCHS[name]
+    mcs = [simulate_torch(built(make, init, w), inputs, seeds, init=init, net=ref,
+                          root_seed=100 * i + 7) for i, w in enumerate(widths)]
+    cmp = sp.compare(sp.theory(ref, inputs), stack_widths(mcs),
+                     variables=["q", "mean", "corr", "grad_q"], estimator="mean")
+    B = inputs.n
+    rows = []
+    for var in ("q", "mean", "corr", "grad_q"):
+        da = cmp[var]
+        for layer in da.layer.values:
+            pairs = [(i, j) for i in range(B) for j in range(i + 1, B)] if var == "corr" \
+                else [(i, None) for i in range(B)]
+            for i, j in pairs:
+                sel = {"layer": layer, "input": i} | ({} if j is None else {"input_b": j})
+                v = {s: float(da.sel(stat=s, **sel)) for s in ("estimate", "stderr", "theory", "z")}
+                if var == "mean" and v["theory"] == 0 and v["stderr"] < 1e-12:
+                    continue  # exactly 0 in both (LayerNorm, BatchNorm outputs): nothing to test
+                rows.append((name, var, int(layer), i if j is None else (i, j), v))
+    return cmp, rows
+
+
+def worst_z(rows):
+    """(the row of largest |z|, the bound): Bonferroni over the m checked points, two-sided
+    |z| bound at family rate ALPHA (S = 160 seeds per width: Student t and normal agree to
+    < 2 % in p at this level)."""
+    zs = np.array([r[4]["z"] for r in rows])
+    assert np.all(np.isfinite(zs)), [r[:4] for r in rows if not np.isfinite(r[4]["z"])]
+    return max(rows, key=lambda r: abs(r[4]["z"])), stats.norm.isf(ALPHA / (2 * len(zs)))
+
+
+def assert_agrees(rows):
+    worst, bound = worst_z(rows)
+    assert abs(worst[4]["z"]) < bound, (worst, bound)
+
+
+# -- tests ------------------------------------------------------------------------------------
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Batches of 2-8 inputs: torch's thread pool only adds contention (10x slower measured
+    on the shared 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize("name", DEFAULT)
+def test_from_torch_reads_the_architecture(name):
+    """from_torch of the model is the hand-written tree: exactly, by the init scheme's name, for
+    torch's default init; from the weights themselves for a custom init (variances within their
+    sampling error: relative sd sqrt(2 / (n_in n_out)) <= 0.03 at width 64, 6 sd < 0.2; a zero
+    bias exactly)."""
+    make, init, _, ref = ARCHS[name]
+    model = built(make, init, 64, seed=3)
+    got = from_torch(model, torch.zeros(8, 64), weights="init" if init is None else "empirical")
+    rtol = 1e-12 if init is None else 0.2
+    assert _close(got.to_dict(), ref.to_dict(), rtol=rtol), (got.tree(), ref.tree())
+    assert got.tree().splitlines()[0] == "Serial"
+
+
+def test_from_torch_reads_default_init_weights():
+    """Empirical reading of torch's default Linear init: sigma_w^2 = n_in mean(W^2) -> 1/3,
+    sigma_b^2 = mean(b^2) -> 1/(3 n_in), the uniform law recognised by its kurtosis (1.8 vs 3);
+    a Gaussian init is read as normal. Tolerances: 6 sampling sd of the mean of squares of
+    n entries of a uniform law (relative sd sqrt(0.8 / n))."""
+    torch.manual_seed(0)
+    lin = nn.Linear(256, 512)
+    d = from_torch(nn.Sequential(lin))
+    d = d.layers[0] if isinstance(d, sp.Serial) else d
+    assert d.init == "uniform" and d.ratio == 2.0
+    assert abs(d.sigma_w**2 * 3 - 1) < 6 * math.sqrt(0.8 / (256 * 512))
+    assert abs(d.sigma_b**2 * 3 * 256 - 1) < 6 * math.sqrt(0.8 / 512)
+    nn.init.normal_(lin.weight, 0, 0.1)
+    assert from_torch(nn.Sequential(lin)).layers[0].init == "normal"
+    nn.init.normal_(lin.weight, 0.05, 0.1)  # not zero-mean: refused
+    with pytest.raises(UnsupportedComposition, match="zero-mean"):
+        from_torch(nn.Sequential(lin))
+
+
+@pytest.mark.parametrize("name", DEFAULT)
+def test_theory_agrees_with_the_torch_model(name):
+    _, rows = agreement(name)
+    assert_agrees(rows)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", DEFAULT + SLOW)
+def test_theory_agrees_with_the_torch_model_at_four_times_the_seeds(name):
+    _, rows = agreement(name, seeds=4 * SEEDS, widths=(64, 256, 1024))
+    assert_agrees(rows)
+
+
+def test_a_wrong_law_is_rejected():
+    """The check can fail: the MLP's reference with its first sigma_w^2 10 % too large (q
+    moves by 10 % from layer 1 on, ~5 standard errors of the extrapolated estimate)."""
+    make, init, inputs, ref = ARCHS["mlp_relu_default"]
+    first = ref.layers[0]
+    wrong = sp.Serial(sp.Dense(first.sigma_w * 1.1**0.5, ratio=first.ratio, init="uniform"),
+                      *ref.layers[1:])
+    ARCHS["_wrong"] = (make, init, inputs, wrong)
+    try:
+        worst, bound = worst_z(agreement("_wrong")[1])
+    finally:
+        ARCHS.pop("_wrong")
+    assert abs(worst[4]["z"]) > bound and worst[1] in ("q", "grad_q"), (worst, bound)
+
+
+def test_simulate_torch_dataset_schema_and_determinism():
+    make, init, inputs, _ = ARCHS["preln_gelu_x2"]
+    model = built(make, init, 32)
+    before = [p.detach().clone() for p in model.parameters()]
+    a = simulate_torch(model, inputs, 3, root_seed=5)
+    b = simulate_torch(model, inputs, 2, root_seed=5, first_seed=1)
+    mc = sp.simulate(from_torch(model), inputs, width=32, seeds=3, backend="numpy", root_seed=5,
+                     dtype="float64")
+    assert set(a.data_vars) == set(mc.data_vars) and a["q"].dims == mc["q"].dims
+    assert a.sizes == mc.sizes and list(a.block.values) == list(mc.block.values)
+    np.testing.assert_allclose(a.q.values[1:], b.q.values)  # a seed is its own numbers
+    np.testing.assert_allclose(a.q.values[:, 0], mc.q.values[:, 0], rtol=1e-12)  # same inputs
+    assert all(torch.equal(p, q) for p, q in zip(before, model.parameters()))  # untouched
+    assert a.attrs["kind"] == "montecarlo" and a.attrs["sampler"] == "torch"
+    # delta ~ N(0, I): grad_q at the output is a mean of n = 32 squares (sd sqrt(2/32) per seed
+    # and input); over the seeds x inputs (independent deltas) the sd is sqrt(2 / (32 k)): 5 sd
+    k = a.grad_q.values[:, -1].size
+    np.testing.assert_allclose(a.grad_q.values[:, -1].mean(), 1.0, atol=5 * (2 / (32 * k)) ** 0.5)
+
+
+# -- what is refused, and why -----------------------------------------------------------------
+class Unsupported(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.fc, self.gate, self.sig = nn.Linear(d, d), nn.Linear(d, d), nn.Sigmoid()
+        self.soft = nn.Softmax(dim=-1)
+
+    def forward(self, x):
+        return self.soft(self.fc(x) * self.sig(self.gate(x)))
+
+
+class Projection(nn.Module):
+    def __init__(self, d):
+        super().__init__()
+        self.skip, self.fc = nn.Linear(d, d), nn.Linear(d, d)
+
+    def forward(self, x):
+        return self.skip(x) + torch.relu(self.fc(x))
+
+
+REFUSED = {  # model -> (where it is refused, what the message names)
+    "sigmoid, softmax, gating product": (lambda: Unsupported(8), "from_torch",
+                                         ["Sigmoid at 'sig'", "Softmax at 'soft'",
+                                          "a product of two signals"]),
+    "projection shortcut": (lambda: Projection(8), "from_torch", ["neither of which"]),
+    "resnet_v1 with BatchNorm last in the branch": (
+        lambda: ResNetV1(8, last_bn=True), "theory", ["not jointly Gaussian"]),
+    "gelu right after BatchNorm": (
+        lambda: nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.GELU(), nn.Linear(8, 8)),
+        "theory", ["directly after BatchNorm"]),
+    "3-D tensors (tokens)": (lambda: nn.Sequential(nn.Linear(8, 8)), "shape", ["(B, n)"]),
+}
+
+
+@pytest.mark.parametrize("case", sorted(REFUSED))
+def test_refused_with_the_reason(case):
+    make, where, words = REFUSED[case]
+    with pytest.raises((UnsupportedComposition, sp.ConfigError)) as err:
+        if where == "shape":
+            from_torch(make(), torch.zeros(2, 3, 8))
+        else:
+            net = from_torch(make(), torch.zeros(8, 8))
+            sp.theory(net, G8 if where == "theory" else X2)
+    for w in words:
+        assert w in str(err.value), (w, str(err.value))
+
+
+def test_missing_torch_gives_the_install_hint(monkeypatch):
+    monkeypatch.setitem(sys.modules, "torch", None)
+    with pytest.raises(ImportError, match=r"pip install sigprop\[torch\]"):
+        from_torch(object())
+
+
+def _close(a, b, rtol):
+    """Two op dicts equal, numbers within rtol."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_close(a[k], b[k], rtol) for k in a)
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_close(x, y, rtol) for x, y in zip(a, b))
+    if isinstance(a, float) and isinstance(b, float):
+        return abs(a - b) <= rtol * abs(b)
+    return a == b
+
+
+class _Relu(torch.nn.Module):
+    """Linear then relu, the relu written as ``how``: "module" (nn.ReLU(inplace=True)),
+    "functional" (F.relu(inplace=True)), "method" (``relu_``) or "out" (out of place)."""
+
+    def __init__(self, d, how):
+        super().__init__()
+        self.lin, self.how = nn.Linear(d, d), how
+        self.act = nn.ReLU(inplace=how == "module")
+
+    def forward(self, x):
+        h = self.lin(x)
+        if self.how == "functional":
+            return torch.nn.functional.relu(h, inplace=True)
+        return h.relu_() if self.how == "method" else self.act(h)
+
+
+@pytest.mark.parametrize("how", ["module", "functional", "method"])
+def test_in_place_ops_record_the_same_values_as_out_of_place_ones(how):
+    """An in-place relu would overwrite the recorded output of the Linear before it (its layer
+    q about halved); run out of place, the statistics equal the out-of-place model's bit for bit."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    runs = [simulate_torch(nn.Sequential(_Relu(32, h), nn.Linear(32, 32)), inputs, seeds=4)
+            for h in (how, "out")]
+    for name in ("q", "corr", "grad_q"):
+        np.testing.assert_array_equal(runs[0][name].values, runs[1][name].values)
+
+
+def test_the_recorded_net_is_the_one_simulated_not_the_current_weights():
+    """Weights scaled x3 after init (a "trained" module): every seed re-initialises, so the
+    recorded net reads the re-initialised weights, sigma_w^2 = 1/3 (torch's default), not 3."""
+    model = nn.Sequential(_Relu(64, "out"), nn.Linear(64, 64))
+    with torch.no_grad():
+        for p in model.parameters():
+            p.mul_(3.0)
+    ds = simulate_torch(model, sp.Inputs(q=1.0, corr=0.5, n=2), seeds=2, root_seed=2**63)
+    net = op_from_dict(config_of(ds)["net"])
+    dense = [op for op in net.walk() if isinstance(op, sp.Dense)]
+    assert len(dense) == 2
+    # empirical sigma_w^2 of a U(+-1/sqrt n) matrix: relative sd sqrt(0.8 / n^2) = 0.014 at n = 64
+    for op in dense:
+        assert abs(op.sigma_w**2 * 3 - 1) < 6 * math.sqrt(0.8) / 64
