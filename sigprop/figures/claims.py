@@ -29,7 +29,7 @@ BATCH_EFFECT = STABLE_FACTOR  # BatchNorm "depends on B": G_0 moves by more than
 CORR_EFFECT = 0.1  # BatchNorm "depends on B": c_L moves by more than 0.1 over the batch sizes
 CHI_TOL = 0.05  # a per-block gradient factor "predictable": |log chi| <= 5 % on the whole grid
 Z_AGREE = 3.0  # Monte Carlo "agrees" with an exact value: within 3 standard errors
-MIN_GRAD_BATCH = 4  # E[1/s^2] = B / (B - 3): BatchNorm's gradient mean is finite only for B > 3
+MIN_GRAD_BATCH = 4  # lambda E[1/s^2] = B / (B - 3): BatchNorm's gradient mean is finite only for B > 3
 DEFAULT_INIT = {"sigma_w1": 1.0, "alpha": 1.0}  # tanh branch at its default initialisation
 HANIN_NICA_WIDTH = 4096  # width at which the per-block log-normal coefficients are quoted
 
@@ -178,7 +178,7 @@ def meanshift_rows(th) -> list[Row]:
 def batchnorm_table(th, mc=None) -> list[dict]:
     """Per batch size: the exact Post-BN correlation -1/(B-1) against Monte Carlo (input pair
     (0, 1), and the mean over all pairs), the Pre-BN closed form against the engine and Monte
-    Carlo, and Pre-BN's input gradient with E[1/s^2] = B/(B-3) (None for B <= 3)."""
+    Carlo, and Pre-BN's input gradient with lambda E[1/s^2] = B/(B-3) (None for B <= 3)."""
     from sigprop.figures.norms import branch_rho, inputs_of, postbn_corr, prebn_corr
 
     L = int(th["layer"][-1])
@@ -271,7 +271,8 @@ def norm_rows(th, mc=None) -> list[Row]:
         f"Even at infinite width, with no sampling noise, BatchNorm changes the signal with B: "
         f"Pre-BN's input gradient is $G_0 = {_sci(g_lo['prebn_g0'])}$ at B = {g_lo['B']} "
         f"against ${_sci(g_hi['prebn_g0'])}$ at B = {g_hi['B']}. The backward divides by the batch spread "
-        f"s, and $\\mathrm{{E}}[1/s^2] = B/(B-3)$ ({g_lo['inv_s2']:.3g} at B = {g_lo['B']}) "
+        f"s, and $\\lambda\\,\\mathrm{{E}}[1/s^2] = B/(B-3)$ ({g_lo['inv_s2']:.3g} at B = {g_lo['B']}; "
+        "$\\lambda$ the batch's mean non-zero centred eigenvalue) "
         f"diverges for B $\\le$ 3, where $G_0$ is set by eps, not by B: those batch sizes are "
         "not used as evidence.",
         figs("norms") + r"; Tab.~\ref{tab:batchnorm}"))

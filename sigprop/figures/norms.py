@@ -14,8 +14,9 @@ cross moment (f: the ReLU arc-cosine map, Cho & Saul 2009), so
 
     c_L = (q_0 c_0 + L rho f(-1/(B-1))) / (q_0 + L rho).
 
-Backward, BatchNorm divides by the batch spread s, s^2 ~ chi^2_{B-1} / B per feature, and
-E[1/s^2] = B / (B - 3): the gradient's mean diverges at eps = 0 for B <= 3 (then eps sets it).
+Backward, BatchNorm divides by the batch spread s, s^2 ~ lambda chi^2_{B-1} / B per feature
+(lambda the mean non-zero eigenvalue of the centred batch Gram), and E[1/s^2] =
+B / ((B - 3) lambda): the gradient's mean diverges at eps = 0 for B <= 3 (then eps sets it).
 """
 
 import numpy as np
@@ -24,7 +25,7 @@ from sigprop.analysis import plots
 from sigprop.data import unsupported_of
 
 SIM = "norms"
-MIN_GRAD_BATCH = 4  # E[1/s^2] = B/(B-3) is finite only for B > 3: smaller B are not drawn
+MIN_GRAD_BATCH = 4  # E[1/s^2] = B/((B-3) lambda) is finite only for B > 3: smaller B are not drawn
 CAPTION = (
     "LayerNorm, RMSNorm and BatchNorm across batch sizes $B$ (Gaussian inputs, ReLU MLP "
     "branches, and the pre-activation branch Dense(ReLU(BN x)) of ResNet v2): correlation "
@@ -35,7 +36,7 @@ CAPTION = (
     "($\\pm2$ standard errors). Left, black dotted: the Post-BN fixed point $-1/(B-1)$, "
     "exact at infinite width for exchangeable inputs (per-feature centring); grey crosses: "
     "the Pre-BN closed form $c_L = (q_0c_0 + L\\rho f(-1/(B-1)))/(q_0 + L\\rho)$. Right: "
-    "only $B \\ge 4$, since BatchNorm's backward carries $\\mathrm{E}[1/s^2] = B/(B-3)$, "
+    "only $B \\ge 4$, since BatchNorm's backward carries $\\mathrm{E}[1/s^2] \\propto 1/(B-3)$, "
     "infinite for $B \\le 3$ (there the value is set by $\\epsilon$, not by $B$).")
 
 PANELS = (
