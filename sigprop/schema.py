@@ -138,10 +138,10 @@ def describe(ds, title: str | None = None):
     version). The variable attributes are always the schema's; dataset attributes already there
     are kept (so a saved and reloaded dataset is unchanged)."""
     ds = ds.copy(deep=False)
-    for name in ds.data_vars:
+    for name, var in ds.data_vars.variables.items():  # Variables: no DataArray built per name
         v = VARIABLES.get(str(name)) or FINITE_WIDTH_VARIABLES.get(str(name))
         if v is not None:
-            ds[name].attrs.update({k: getattr(v, k) for k in VARIABLE_ATTRS})
+            var.attrs.update({k: getattr(v, k) for k in VARIABLE_ATTRS})
     attrs = ds.attrs
     kind = attrs.get("kind", "result")
     if title is not None:
