@@ -429,3 +429,15 @@ def test_the_recorded_net_is_the_one_simulated_not_the_current_weights():
     # empirical sigma_w^2 of a U(+-1/sqrt n) matrix: relative sd sqrt(0.8 / n^2) = 0.014 at n = 64
     for op in dense:
         assert abs(op.sigma_w**2 * 3 - 1) < 6 * math.sqrt(0.8) / 64
+
+
+def test_layer_map_names_the_torch_code_of_each_layer():
+    """One line per layer, pointing to the module path (or graph node) whose output it is."""
+    from sigprop.interop.torch import layer_map
+
+    model = nn.Sequential(_Relu(16, "out"), nn.Linear(16, 16), nn.Tanh())
+    lines = layer_map(model).splitlines()
+    net = from_torch(model)
+    assert len(lines) == len(net.blocks()) == 4
+    assert [line.split("<-")[1].strip() for line in lines] == ["0.lin", "0.act", "1", "2"]
+    assert lines[1].split()[1].startswith("Act(name='relu')")

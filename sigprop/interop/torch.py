@@ -111,6 +111,20 @@ def from_torch(module, example_input=None, weights: str = "empirical") -> Op:
     return _convert(module, weights, example_input).net
 
 
+def layer_map(module, example_input=None, weights: str = "empirical") -> str:
+    """The layers of ``from_torch(module)`` beside the torch code they come from: one line per
+    layer l = 1..L, ``l  <op>  <-  <module path or graph node>`` (an op inside a mapped module,
+    e.g. LayerNorm's affine, points to no node of its own: "(inside)")."""
+    torch = _torch()
+    plan = _convert(module, weights, example_input)
+    gm = _out_of_place(torch, torch.fx.symbolic_trace(module))
+    where = {n.name: n.target if n.op == "call_module" else f"{n.name} ({n.op} "
+             f"{getattr(n.target, '__name__', n.target)})" for n in gm.graph.nodes}
+    rows = [f"{l:>4}  {op.label():<48}  <-  {where[name] if name else '(inside)'}"
+            for l, (op, name) in enumerate(zip(layers_of(plan.net), plan.nodes), start=1)]
+    return "\n".join(rows)
+
+
 # -- conversion ---------------------------------------------------------------------------------
 def _convert(module, weights: str, example_input=None) -> _Plan:
     torch = _torch()
