@@ -9,6 +9,7 @@ import sympy
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+import sigprop as sp
 from sigprop.errors import ConfigError
 from sigprop.kernels.gaussian import ACTIVATIONS, get_activation
 from sigprop.kernels.quadrature import expect, kernel_quad
@@ -297,3 +298,11 @@ def test_parametric_names():
     for bad in ("leaky_relu(-1)", "leaky_relu(x)", "elu(inf)", "tanh(2)", "leaky_relu()"):
         with pytest.raises(ConfigError):
             get_activation(bad)
+
+
+def test_one_name_per_activation():
+    """A family member spelled at its default, or with another float spelling, is the same op
+    (equal nets, one cache key): leaky_relu(0.01) is leaky_relu, elu(1) is elu."""
+    assert sp.Act("leaky_relu(0.01)") == sp.Act("leaky_relu")
+    assert sp.Act("elu(1.0)") == sp.Act("elu") and sp.Act("elu(1)").name == "elu"
+    assert sp.Act("leaky_relu(0.20)") == sp.Act("leaky_relu(0.2)") != sp.Act("leaky_relu")

@@ -429,7 +429,8 @@ def get_activation(name: str) -> Activation:
             param = float(found.group(2))
         except ValueError:
             param = math.nan
-        if math.isfinite(param) and param >= 0:
-            return _family_member(found.group(1), param)
+        if math.isfinite(param) and param >= 0:  # the default member is the table entry
+            canonical = activation_name(found.group(1), param)
+            return ACTIVATIONS.get(canonical) or _family_member(found.group(1), param)
     raise ConfigError("act", name, f"one of {sorted(ACTIVATIONS)}, or leaky_relu(slope) or "
                       "elu(alpha) with a finite number >= 0")

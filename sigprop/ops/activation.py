@@ -32,7 +32,9 @@ class Act(Op):
     name: str = "relu"
 
     def __post_init__(self):
-        get_activation(self.name)  # raises ConfigError naming the allowed activations
+        # one name per activation ("leaky_relu(0.01)" is "leaky_relu", "elu(1)" is "elu"), so
+        # equal nets are equal ops and share cache keys; a ConfigError names the allowed ones
+        object.__setattr__(self, "name", get_activation(self.name).name)
 
     def requires(self, s):
         if isinstance(s.law, BatchNormed):
