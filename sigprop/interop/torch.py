@@ -93,12 +93,14 @@ def _torch():
 @dataclass
 class _Plan:
     """The net and, per layer, the torch node whose output it is (None: inside a module), the
-    node of its residual branch's output (None: not a residual), and the stream width."""
+    node of its residual branch's output (None: not a residual), the stream width, and per layer
+    the torch code of its node (a module path, or the graph node and its function)."""
 
     net: Op
     nodes: list
     branches: list
     width: int | None
+    sources: list
 
 
 def from_torch(module, example_input=None, weights: str = "empirical") -> Op:
@@ -115,13 +117,9 @@ def layer_map(module, example_input=None, weights: str = "empirical") -> str:
     """The layers of ``from_torch(module)`` beside the torch code they come from: one line per
     layer l = 1..L, ``l  <op>  <-  <module path or graph node>`` (an op inside a mapped module,
     e.g. LayerNorm's affine, points to no node of its own: "(inside)")."""
-    torch = _torch()
     plan = _convert(module, weights, example_input)
-    gm = _out_of_place(torch, torch.fx.symbolic_trace(module))
-    where = {n.name: n.target if n.op == "call_module" else f"{n.name} ({n.op} "
-             f"{getattr(n.target, '__name__', n.target)})" for n in gm.graph.nodes}
-    rows = [f"{l:>4}  {op.label():<48}  <-  {where[name] if name else '(inside)'}"
-            for l, (op, name) in enumerate(zip(layers_of(plan.net), plan.nodes), start=1)]
+    rows = [f"{l:>4}  {op.label():<48}  <-  {src or '(inside)'}"
+            for l, (op, src) in enumerate(zip(layers_of(plan.net), plan.sources), start=1)]
     return "\n".join(rows)
 
 
@@ -319,7 +317,10 @@ class _Converter:
             raise UnsupportedComposition("the module maps to no op at all (an identity)")
         ops, nodes, branches = zip(*layers)
         return _Plan(Serial(*ops), [n.name if n is not None else None for n in nodes],
-                     [n.name if n is not None else None for n in branches], self._width())
+                     [n.name if n is not None else None for n in branches], self._width(),
+                     [None if n is None else n.target if n.op == "call_module" else
+                      f"{n.name} ({n.op} {getattr(n.target, '__name__', n.target)})"
+                      for n in nodes])
 
     def _chain(self, node, start, top=False):
         """[(op, node after it or None, branch node or None)] taking ``start`` to ``node``."""
