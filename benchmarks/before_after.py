@@ -1,22 +1,26 @@
 """Benchmark: this checkout's sigprop against a baseline revision, side by side in one process.
 
 The baseline is ``git archive REV sigprop`` imported as ``sigprop_baseline`` (see
-``theory_speed.baseline``). Each call runs once untimed, then ``--repeats`` times interleaved
-with its baseline twin; the minimum is kept. Calls:
+``theory_speed.baseline``). Each call runs once untimed, then ``--repeats`` times
+(``--fixed-repeats`` for the fixed-cost rows) interleaved with its baseline twin; the minimum is
+kept, so other jobs on the machine inflate the times less than the ratios. The load average is
+printed before and after. Calls:
 
-* fixed cost: ``sp.theory`` at depth 1 on one point, ``sp.simulate`` at depth 1, width 64, one
-  seed (the per-call costs: provenance, dataset assembly);
+* fixed cost: ``sp.theory`` and ``sp.simulate`` (width 64, one seed) of a net of one Scale op
+  (the per-call costs alone: checks, provenance, memory plan, inputs, dataset assembly), and of
+  the depth-1 resnet preset (the same plus one residual block of two Dense layers);
 * the explicit sampler, a plain Dense(sqrt 2)-relu stack, depth 8, 2 seeds, float32, forward +
   backward, at N = 1024 and 4096, B = 2, with the torch loop of ``sigprop bench`` beside it;
 * theory rows at one point and on a grid (per layer: ms).
 
-Run: ``python benchmarks/before_after.py --baseline REV``.
+Run: ``python benchmarks/before_after.py --baseline REV [--only SUBSTRING]``.
 """
 
 from __future__ import annotations
 
 import argparse
 import math
+import os
 import time
 
 import numpy as np
@@ -29,6 +33,9 @@ def calls(m, quick: bool):
     """name -> zero-argument callable, built with the package ``m``."""
     x2 = m.Inputs(q=[1.0, 2.0], corr=0.5)
     out = {
+        "theory, one Scale op (fixed cost)": lambda: m.theory(m.Scale(1.0), x2),
+        "simulate, one Scale op, N 64, 1 seed (fixed cost)":
+            lambda: m.simulate(m.Scale(1.0), x2, 64, 1, backend="numpy"),
         "theory, depth 1, one point (fixed cost)": lambda: m.theory(m.presets.resnet(1), x2),
         "simulate, depth 1, N 64, 1 seed (fixed cost)":
             lambda: m.simulate(m.presets.resnet(1), x2, 64, 1, backend="numpy"),
@@ -49,6 +56,10 @@ def calls(m, quick: bool):
     return out
 
 
+def load() -> str:
+    return "load average (1, 5, 15 min): " + " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def torch_loop(N):
     from sigprop.pipeline.bench import _torch_loop
 
@@ -59,7 +70,9 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--baseline", metavar="REV", default="HEAD")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--fixed-repeats", type=int, default=300)
     ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--only", metavar="SUBSTRING", default="", help="rows whose name contains it")
     a = ap.parse_args()
     old, new = calls(baseline(a.baseline), a.quick), calls(sp, a.quick)
     try:
@@ -68,17 +81,18 @@ def main():
         have_torch = True
     except ImportError:
         have_torch = False
+    print(load())
     print(f"| call | baseline {a.baseline} (s) | now (s) | baseline / now | torch loop (s) | "
           "now / torch |")
     print("|---|---|---|---|---|---|")
-    for name in new:
+    for name in (n for n in new if a.only in n):
         pair = {"old": old[name], "new": new[name]}
         if have_torch and name.startswith("explicit"):
             pair["torch"] = torch_loop(int(name.split("N ")[1].split(",")[0]))
         for f in pair.values():
             f()
         best = dict.fromkeys(pair, np.inf)
-        for _ in range(a.repeats):
+        for _ in range(a.fixed_repeats if "fixed cost" in name else a.repeats):
             for k, f in pair.items():
                 t0 = time.perf_counter()
                 f()
@@ -87,6 +101,7 @@ def main():
                       else "- | -")
         print(f"| {name} | {best['old']:.4g} | {best['new']:.4g} | "
               f"{best['old'] / best['new']:.3g} | {torch_cols} |", flush=True)
+    print(load())
 
 
 if __name__ == "__main__":

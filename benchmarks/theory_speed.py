@@ -148,7 +148,7 @@ def baseline(rev: str):
         archive.extractall(root, filter="data")
     (root / "sigprop").rename(root / "sigprop_baseline")
     for path in (root / "sigprop_baseline").rglob("*.py"):
-        text = re.sub(r"\bsigprop(?=[. ]|$)", "sigprop_baseline", path.read_text(), flags=re.MULTILINE)
+        text = re.sub(r"\bsigprop(?=[. \"]|$)", "sigprop_baseline", path.read_text(), flags=re.MULTILINE)
         path.write_text(text)
     sys.path.insert(0, str(root))
     return importlib.import_module("sigprop_baseline")

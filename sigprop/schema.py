@@ -80,6 +80,18 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              scale=True),
     Variable("log_branch_q", PER_INPUT, "log second moment of the residual branch output", "1",
              "log branch_q, finite at any depth", log_of="branch_q"),
+    Variable("weight_grad_q", PER_INPUT, "weight-gradient second moment of the block", "1",
+             "N^-2 sum over the block's Dense ops D of ||dl/dW_D||_F^2 = N^-2 sum_D ||g_D||^2 "
+             "||x_D||^2 for input a's loss l = <delta_L, x_L> alone (delta_L ~ N(0, I)), g_D the "
+             "cotangent at D's output, x_D its input, N the width of the net's input (layer 0); "
+             "the theory's value is E = sum_D (n_in n_out / N^2) q_in gq_out (gradient "
+             "independence). Biases excluded; NaN where there are no weights (layer 0, a block "
+             "without Dense, as branch_q is NaN without a branch) and from sp.from_torch, which "
+             "does not measure it",
+             scale=True, backward=True),
+    Variable("log_weight_grad_q", PER_INPUT, "log weight-gradient second moment of the block",
+             "1", "log weight_grad_q, finite at any depth",
+             log_of="weight_grad_q", backward=True),
 )}
 
 NAMES = tuple(VARIABLES)
@@ -102,6 +114,13 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
              "1", "E[grad_q]/grad_q_inf - 1 = A/N at layer 0 from the backward mean mode of a "
              "stream x + alpha phi(W x) (NaN elsewhere and for other nets)", backward=True),
+    Variable("typical_log_grad_q", PER_INPUT, "typical log gradient second moment", "1",
+             "E[log grad_q] at the dataset's width N for a stack of Pre-BN blocks "
+             "x + alpha F(BN x) (B = 2..4 inputs) or of Dense -> BN -> relu blocks (B = 2, 3): "
+             "per block the E log of a ratio of means of N i.i.d. features (Laplace t-integral; "
+             "far below log E grad_q at B <= 3, whose mean is carried by features of batch "
+             "variance ~ eps). NaN for other nets",
+             backward=True),
     Variable("valid_width_q", PER_INPUT, "width where the correction to q is 10 %", "1",
              "10 |a_q|: above this width |E q / q_inf - 1| < 10 % at first order"),
     Variable("valid_width_corr", PER_PAIR, "width where the correction to corr is 10 %", "1",
@@ -130,14 +149,16 @@ def _command() -> str:
     return shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])
 
 
-def describe(ds, title: str | None = None):
+def describe(ds, title: str | None = None, *, copy: bool = True):
     """A shallow copy of the xarray Dataset ``ds`` made self-describing: each schema variable
     gets ``long_name``, ``units`` and ``description`` from :data:`VARIABLES`; the dataset gets
     ``Conventions`` (CF), ``title`` (``title``, else the one it has, else one made from its
     ``kind`` and ``sim``), ``history`` (``<created_at> <command>``) and ``source`` (the sigprop
     version). The variable attributes are always the schema's; dataset attributes already there
-    are kept (so a saved and reloaded dataset is unchanged)."""
-    ds = ds.copy(deep=False)
+    are kept (so a saved and reloaded dataset is unchanged). ``copy=False``: ``ds`` itself is
+    described and returned (for a dataset its caller has just made and shares with no one)."""
+    if copy:
+        ds = ds.copy(deep=False)
     for name, var in ds.data_vars.variables.items():  # Variables: no DataArray built per name
         v = VARIABLES.get(str(name)) or FINITE_WIDTH_VARIABLES.get(str(name))
         if v is not None:

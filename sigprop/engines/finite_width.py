@@ -17,7 +17,9 @@ scaled units of the infinite-width state. Two kinds of steps move (b, C):
   of N' = ratio N i.i.d. terms: unbiased given the past, with covariance Sigma / N' from the
   feature law y = phi(u), u ~ N(0, K_u) (:func:`feature_noise`; for y = u it is the Wishart
   K_ac K_bd + K_ad K_bc). Sigma is the one new per-op quantity, and only elementwise ops enter
-  it (through their ``fn``), so it lives here rather than as a face of every op.
+  it (through their ``fn``), so it lives here rather than as a face of every op. Its assembly
+  from the feature moments (:func:`noise_of_moments`) serves the symbolic face too
+  (:mod:`sigprop.symbolic.finite_width`, exact moments).
 
 Statistics s(theta) of the final state follow by the same delta step: E s = s + (grad s . b +
 1/2 H_s:C)/N, Var s = grad s C grad s^T / N. For a plain ReLU net this gives Var log q_L =
@@ -32,7 +34,9 @@ backward to the forward weights that gradient independence drops, which dominate
 when the stream carries a mean). Validity: per statistic the width where the correction is
 10 % of the leading term (``valid_width_*``), and warnings where N is below the coefficient A
 or where an expectation is carried by events no practical width samples
-(:func:`warn_unreachable`: BatchNorm at B <= 3).
+(:func:`warn_unreachable`: BatchNorm at B <= 3). For those, the typical value E log grad_q at
+width N (:func:`typical_log_grad_q`: BatchNorm's per-feature backward averaged over N features,
+by a t-integral), not a 1/N expansion.
 """
 
 from __future__ import annotations
@@ -186,18 +190,30 @@ def gaussian_rule(K):
     return u.reshape(lead + (-1, 2)), w.reshape(lead + (-1,))
 
 
+def feature_moments(y, w):
+    """E[y_a], E[y_a y_b], E[y_a y_b y_c], E[y_a y_b y_c y_d] of features y on quadrature nodes
+    (..., P, B) with weights (..., P)."""
+    return (np.einsum("...p,...pa->...a", w, y),
+            np.einsum("...p,...pa,...pb->...ab", w, y, y),
+            np.einsum("...p,...pa,...pb,...pc->...abc", w, y, y, y),
+            np.einsum("...p,...pa,...pb,...pc,...pd->...abcd", w, y, y, y, y))
+
+
 def feature_noise(y, w, cross_means, cross_grams):
+    """Sigma (..., D, D) of the realised statistics of N i.i.d. features y (nodes (..., P, B),
+    weights w): :func:`noise_of_moments` of their :func:`feature_moments`."""
+    return noise_of_moments(*feature_moments(y, w), cross_means, cross_grams)
+
+
+def noise_of_moments(E1, E2, E3, E4, cross_means, cross_grams):
     """Sigma (..., D, D) of the realised statistics [K (B^2), m (B), X^i (B^2 each)] of N i.i.d.
-    features y (nodes (..., P, B), weights w): Cov(y_a y_b, y_c y_d), Cov(y_a y_b, y_c),
+    features y with moments E1..E4 (:func:`feature_moments`; numbers, or object arrays of
+    sympy expressions for the symbolic face): Cov(y_a y_b, y_c y_d), Cov(y_a y_b, y_c),
     Cov(y_a, y_c); and for the cross moment X^i_ab = mean_n r_na y_nb with a fixed stream r^i of
     feature mean m_i and cross Grams R_ij = mean_n r^i_na r^j_nc:
     Cov(X^i_ab, K_cd) = m_ia Cov(y_b, y_c y_d), Cov(X^i_ab, m_c) = m_ia Cov(y_b, y_c),
     Cov(X^i_ab, X^j_cd) = R_ij,ac Cov(y_b, y_d)."""
-    B = y.shape[-1]
-    E1 = np.einsum("...p,...pa->...a", w, y)
-    E2 = np.einsum("...p,...pa,...pb->...ab", w, y, y)
-    E3 = np.einsum("...p,...pa,...pb,...pc->...abc", w, y, y, y)
-    E4 = np.einsum("...p,...pa,...pb,...pc,...pd->...abcd", w, y, y, y, y)
+    B = E1.shape[-1]
     c11 = E2 - outer(E1, E1)  # Cov(y_a, y_c)
     c3 = E3 - E1[..., :, None, None] * E2[..., None, :, :]  # Cov(y_b, y_c y_d) [b, c, d]
     c4 = E4 - E2[..., :, :, None, None] * E2[..., None, None, :, :]
@@ -412,12 +428,26 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
     return out, walk.lost, walk.batchnorms
 
 
+def _nan_coefficients(net: Op, B: int) -> dict:
+    """The arrays of :func:`coefficients`, all NaN."""
+    shape = (len(layers_of(net)) + 1, *(len(v.values) for v in sweeps_of(net).values()))
+    return {k: np.full(shape + ((B, B) if k == "corr" else (B,)), np.nan)
+            for k in ("log_q", "q", "corr", "mean", "var_log_q")}
+
+
 def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     """``ds`` (an infinite-width theory dataset) with the first-order finite-width variables at
     ``width`` (schema ``FINITE_WIDTH_VARIABLES``), and the validity warnings."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise ConfigError("width", width, "an integer >= 1 (the stream width N)")
-    coef, lost, _ = coefficients(net, inputs)
+    if inputs.n > 2 and any(isinstance(op, BatchNorm) for op in net.walk()):
+        # the first-order walk loses every BatchNorm net at its first BatchNorm, and its feature
+        # law needs B <= 2; the typical gradient (below) is defined for B = 2..4
+        coef, lost = _nan_coefficients(net, inputs.n), (
+            f"B = {inputs.n} inputs: the first-order corrections need B <= 2 (and have no rule "
+            "for BatchNorm)")
+    else:
+        coef, lost, _ = coefficients(net, inputs)
     if lost:
         warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
                       FiniteWidthWarning, stacklevel=3)
@@ -452,6 +482,9 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
             grad[list(layers).index(0)] = A / N
         _warn_mean_mode(A, width)
     computed["grad_q_rel_correction"] = grad
+    typical = typical_log_grad_q(net, inputs, width)
+    computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
+                                      else typical[layers].reshape(grad.shape))
     dims = tuple(sweeps_of(net))
     out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=dims), v)
                      for k, v in computed.items()})
@@ -566,6 +599,88 @@ def mean_mode_coefficient(net: Op, ds: xr.Dataset):
     return np.array(out)
 
 
+# -- the typical backward gain of BatchNorm blocks ----------------------------------------------
+def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
+    """E log grad_q_in - E log grad_q_out (B,) through one block at width N, or None when the
+    block is neither x -> beta x + alpha F(BN x) with F starting with a Dense (Pre-BN) nor
+    Serial(Dense, BatchNorm, Act) with a degree-1 activation (the pre-activation BatchNorm
+    block); numbers only (no sweeps). See :func:`typical_log_grad_q`."""
+    from sigprop.kernels.batchnorm import bn_typical_log_gain
+    from sigprop.state.moments import true_moments
+
+    def gram(x):
+        return true_moments(x, "typical", NUMERIC)[0]
+
+    def number(*vs):
+        return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)
+
+    if isinstance(blk, Residual) and isinstance(blk.branch, Serial) and blk.branch.layers:
+        bn, rest = blk.branch.layers[0], Serial(blk.branch.layers[1:])
+        first = rest
+        while isinstance(first, Serial) and first.layers:
+            first = first.layers[0]
+        if not (isinstance(bn, BatchNorm) and isinstance(first, Dense)
+                and number(blk.alpha, blk.beta, bn.eps)):
+            return None
+        y = bn.theory_forward(s.push_ref(), ctx)
+        Gam = gram(rest.theory_backward(y, g.push_ref(), ctx))
+        return bn_typical_log_gain(gram(s), blk.beta**2 * gram(g), blk.alpha**2 * Gam, bn.eps,
+                                   width)
+    kids = blk.layers if isinstance(blk, Serial) else ()
+    if not (len(kids) == 3 and isinstance(kids[0], Dense) and isinstance(kids[1], BatchNorm)
+            and isinstance(kids[2], Act) and number(kids[0].sigma_w, kids[0].ratio, kids[1].eps)
+            and kids[0].ratio == 1 and kids[0].init == "normal"):
+        return None
+    act = get_activation(kids[2].name)
+    B = g.K.shape[-1]
+    if act.degree != 1 or B == 4 and act.name != "linear":
+        return None
+    # delta_in = W^T J^T (phi'(y) o delta_out): the BatchNorm's gain on the mean square, then
+    # W^T (n x n) multiplies it by sigma_w^2 chi^2_N / N given it
+    from scipy.special import digamma
+
+    G = gram(g)
+    gain = bn_typical_log_gain(gram(kids[0].theory_forward(s, ctx)), 0 * G, G, kids[1].eps,
+                               width, ref=G, act=act)
+    return gain + math.log(kids[0].sigma_w**2) + digamma(width / 2) - math.log(width / 2)
+
+
+def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
+    """E log grad_q_l (l = 0..L, per input; (L+1, B)) at width N for a stack of Pre-BN blocks
+    x -> beta x + alpha F(BN x) or of pre-activation blocks Dense -> BN -> Act
+    (:func:`_block_gain`); None for other nets, sweeps, or batches B outside 2..4.
+
+    Per feature i of a BatchNorm, J_i is its Jacobian at the feature's batch vector u_i ~ N(0,
+    S_l) and g_i ~ N(0, Gamma_l) the cotangent the ops after it bring back, independent of u_i
+    (a Dense follows; or a relu gate phi'(y_i), a function of u_i), delta_{l+1} ~ N(0, G_{l+1}):
+    the infinite-width laws. Pre-BN: delta_l = beta delta_{l+1} + alpha J_i^T g_i;
+    pre-activation: delta_l = W^T J^T (phi'(y) o delta_{l+1}). grad_q_l / grad_q_{l+1} is then
+    a ratio of means of N i.i.d. terms, and by linearity E log grad_q_l = E log grad_q_{l+1} +
+    :func:`~sigprop.kernels.batchnorm.bn_typical_log_gain` (+ the Dense's E log sigma_w^2
+    chi^2_N / N). The sum over blocks treats a block's features as independent of the cotangent
+    of the blocks above (in a residual stream a feature of small batch variance persists over
+    blocks; tested against Monte Carlo)."""
+    from sigprop.state.moments import Cotangent
+
+    B = inputs.n
+    if not 2 <= B <= 4 or sweeps_of(net):
+        return None
+    ctx = Context(NUMERIC, ())
+    blocks = layers_of(net)
+    states = [inputs.moments()]
+    for blk in blocks:
+        states.append(to_unit_diagonal(blk.theory_forward(states[-1], ctx)))
+    g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
+    out = np.zeros((len(blocks) + 1, B))
+    for l in range(len(blocks), 0, -1):
+        gain = _block_gain(blocks[l - 1], states[l - 1], g, ctx, width)
+        if gain is None:
+            return None
+        out[l - 1] = out[l] + gain
+        g = to_unit_diagonal(blocks[l - 1].theory_backward(states[l - 1], g, ctx))
+    return out
+
+
 # -- expectations carried by rare events -----------------------------------------------------
 def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
     """(width, deficit): for E[1/s^2], s^2 = |P u|^2 / B + eps (u ~ N(0, S), the BatchNorm
@@ -641,7 +756,9 @@ def warn_unreachable(bns, B, layers):
             f"expectation E[1/s^2] is carried by features whose batch variance is near eps; a net "
             f"of width {PRACTICAL_WIDTH} misses {100 * deficit:.3g} % of it per layer, and "
             f"reaching it within 10 % over {layers} layers needs width ~{width:.3g}. Compare "
-            "typical values (medians, E log) at practical widths, not the mean.",
+            "typical values (medians, E log) at practical widths, not the mean: "
+            "sp.theory(net, inputs, width=N) gives E log grad_q as typical_log_grad_q (Pre-BN "
+            "and Dense -> BN -> relu stacks).",
             FiniteWidthWarning, stacklevel=4)
 
 

@@ -16,15 +16,19 @@ inputs, forward and backward, and returns the schema's Dataset with dims
   weights) samples W X and W^T D by Gaussian conditioning (:mod:`sigprop.engines.samplers`);
   ``"independent"`` pulls back through fresh weights (the theory's gradient independence).
 * Backward: delta_L ~ N(0, I) from its own stream, pulled back by each op's ``mc_vjp``, with
-  checkpoints every k = ceil(sqrt(L)) blocks: the forward keeps the states at blocks 0, k, 2k, ...;
-  the backward recomputes one segment of k blocks at a time, keeping their residuals.
+  checkpoints every k = ceil(sqrt(L)) blocks: the forward keeps the states at blocks 0, k, 2k, ...
+  and the residuals of the last segment; the backward recomputes the other segments, one of k
+  blocks at a time, keeping their residuals. When weights are kept (explicit sampler, uniform
+  Dense), recomputing a segment redraws its n_in n_out weights, so every block's residuals are
+  kept instead (k = L: each W drawn once) whenever they fit (:func:`plan_segments`).
 
 Memory law (per seed, itemsize b, B inputs, widest feature width n, ``r`` residual arrays per
 block, at most 2 per op): ``b B n (ceil(L/k) + k r + 8)`` for the activations, plus, for the
-explicit sampler, ``b n_in n_out`` for each weight of a recomputed segment (k blocks: the VJP
-reuses the recomputation's draw, so each W is drawn once per pass). At k = sqrt(L) this is
-O(sqrt(L)): pre-LN, L = 10^4, n = 1024, B = 2, 4 seeds, float32: 47 MiB by the law, 28 MiB
-measured (benchmarks/RESULTS.md), against 4.6 GiB if every block's residuals were kept. A run
+explicit sampler, ``b n_in n_out`` for each weight of a segment (k blocks: the VJP reuses the
+forward's or the recomputation's draw; k = L when kept whole) and the workspace of the W being
+drawn (:func:`~sigprop.state.rng.draw_workspace`). At k = sqrt(L) this is O(sqrt(L)): pre-LN,
+L = 10^4, n = 1024, B = 2, 4 seeds, float32: 47 MiB by the law, 28 MiB measured
+(benchmarks/RESULTS.md), against 4.6 GiB if every block's residuals were kept. A run
 whose chunk (NumPy) and recorded statistics would exceed ``SIGPROP_MEMORY_FRACTION`` of the
 available memory is refused before it starts (:mod:`sigprop.engines.memory`).
 """
@@ -41,6 +45,7 @@ import xarray as xr
 
 from sigprop import schema
 from sigprop.engines import memory
+from sigprop.engines.dataset import build
 from sigprop.engines.samplers import SAMPLERS, Explicit
 from sigprop.errors import ConfigError, MonteCarloOverflow
 from sigprop.ops import Dense, Op, layers_of
@@ -56,8 +61,8 @@ from sigprop.state.arrays import (
     to_unit_rms,
 )
 from sigprop.state.inputs import Inputs
-from sigprop.state.params import Sweep
-from sigprop.state.rng import COTANGENT, INPUT, Streams
+from sigprop.state.params import Sink, Sweep
+from sigprop.state.rng import COTANGENT, INPUT, Streams, draw_workspace
 
 log = logging.getLogger(__name__)
 
@@ -92,11 +97,11 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
         raise ConfigError("width", width, f">= {inputs.n + 1} to hold {inputs.n} fixed inputs "
                           "with exact q, mean and cosines (B + 1 directions)")
     blocks = layers_of(net)
-    per_seed = memory_per_seed(blocks, inputs.n, width, np.dtype(dtype).itemsize, smp)
-    if seed_chunk is None:
-        seed_chunk = max(1, min(seeds, MEMORY_BUDGET // per_seed))
-    seed_chunk = check_int("seed_chunk", seed_chunk, 1)
+    if seed_chunk is not None:
+        seed_chunk = check_int("seed_chunk", seed_chunk, 1)
     name, xp = resolve_backend(backend)
+    k, seed_chunk, per_seed = plan_segments(blocks, inputs.n, width, np.dtype(dtype).itemsize,
+                                            smp, seeds, seed_chunk, host=xp is np)
     # host memory: the chunk's arrays (on the host with NumPy) and the recorded statistics
     working = per_seed * min(seed_chunk, seeds) if xp is np else 0
     memory.check(working + recorded_bytes(seeds, len(blocks), inputs.n),
@@ -111,7 +116,7 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
             stop = min(first_seed + seeds, start + seed_chunk)
             streams = Streams(xp, root_seed, np.arange(start, stop))
             env = Env(xp, np.dtype(dtype), streams, smp, block=0)
-            parts.append(_run_chunk(blocks, inputs, width, env, tick))
+            parts.append(_run_chunk(blocks, inputs, width, env, tick, k))
     data = {k: np.concatenate([p[k] for p in parts], axis=0) for k in parts[0]}
     config = {"net": net.to_dict(), "inputs": inputs.to_dict(), "width": width, "seeds": seeds,
               "root_seed": root_seed, "dtype": dtype, "sampler": smp.name}
@@ -121,23 +126,27 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
 
 
 # -- one chunk of seeds ------------------------------------------------------------------------
-def _run_chunk(blocks, inputs, width, env, tick):
+def _run_chunk(blocks, inputs, width, env, tick, k):
     """Forward (recording every layer), then the checkpointed backward; host arrays (S, L+1, ...)."""
     xp, L = env.xp, len(blocks)
-    k = math.ceil(math.sqrt(L))
+    last = (L - 1) // k * k  # the last segment's start: the forward keeps its residuals (the
+    # backward's first segment, so the peak of the memory law is unchanged) for its VJPs
 
-    def at(l):
-        return Env(env.xp, env.dtype, env.streams, env.sampler, block=l)
+    def at(l, sink=None):
+        return Env(env.xp, env.dtype, env.streams, env.sampler, block=l, sink=sink)
 
     # Per layer only the reductions over the features are taken (_moments, _mean_sq); the
     # elementwise maths on the (S, B) results runs once on the stacked layers (signal_stats, _log_q):
     # the same numbers, a fraction of the array calls (on a GPU each call is a launch).
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
         x = to_unit_rms(input_signals(inputs, width, env))
-        fwd, branch, ckpt = [_moments(x)], [None], {0: x}
+        fwd, branch, ckpt, kept = [_moments(x)], [None], {0: x}, []
         for l in range(1, L + 1):
             record: dict = {}
-            x = to_unit_rms(blocks[l - 1].mc_forward(x, at(l), record)[0])
+            y, res = blocks[l - 1].mc_forward(x, at(l), record)
+            if l > last:
+                kept.append(res)
+            x = to_unit_rms(y)
             fwd.append(_moments(x))
             f = record.get("branch")
             branch.append(None if f is None else _mean_sq(f))
@@ -148,25 +157,39 @@ def _run_chunk(blocks, inputs, width, env, tick):
         _raise_nonfinite(fwd[0], "forward", blocks)
 
         g = to_unit_rms(Sig(env.normal(COTANGENT, (inputs.n, x.x.shape[-1])), xp.zeros_like(x.ls)))
-        grads = [_mean_sq(g)]
+        grads, wgrads = [_mean_sq(g)], []
         for start in reversed(range(0, L, k)):
             x, tape = ckpt.pop(start), []
-            for l in range(start + 1, min(start + k, L) + 1):
-                y, res = blocks[l - 1].mc_forward(x, at(l))
-                tape.append(res)
-                x = to_unit_rms(y)
+            if start == last:
+                tape = kept
+            else:
+                for l in range(start + 1, min(start + k, L) + 1):
+                    y, res = blocks[l - 1].mc_forward(x, at(l))
+                    tape.append(res)
+                    x = to_unit_rms(y)
             for l in reversed(range(start + 1, min(start + k, L) + 1)):
-                g = to_unit_rms(blocks[l - 1].mc_vjp(tape.pop(), g, at(l)))
+                sink = WeightGradTerms()
+                g = to_unit_rms(blocks[l - 1].mc_vjp(tape.pop(), g, at(l, sink)))
                 grads.append(_mean_sq(g))
+                wgrads.append(_logsumexp(sink.terms) if sink.terms else None)  # None: no Dense
                 tick()
         log_grad_q = _log_q(*(xp.stack(v) for v in zip(*grads[::-1])))
         _raise_nonfinite(log_grad_q, "backward", blocks)
+        # schema weight_grad_q: N^-2 sum_D ||g_D||^2 ||x_D||^2, N the input's width; NaN at layer
+        # 0 (the input) and for a block without Dense: no weights there
+        rows = [None] + wgrads[::-1]
+        log_wgrad = xp.stack([xp.full_like(g.ls, -np.inf) if w is None else w for w in rows]) \
+            - 2 * math.log(width)
+        _raise_nonfinite(log_wgrad, "backward", blocks)
+        for l in [l for l, w in enumerate(rows) if w is None]:
+            log_wgrad[l] = np.nan
 
         nan = (xp.full_like(fwd[0][0], np.nan), xp.zeros_like(fwd[0][0]))
         log_branch_q = _log_q(*(xp.stack(v) for v in zip(*(nan if b is None else b
                                                             for b in branch))))
     out = {"log_q": fwd[0], "mean": fwd[1], "var": fwd[2], "corr": fwd[3],
-           "log_grad_q": log_grad_q, "log_branch_q": log_branch_q}
+           "log_grad_q": log_grad_q, "log_branch_q": log_branch_q,
+           "log_weight_grad_q": log_wgrad}
     host = xp.asnumpy if xp is not np else np.asarray
     return {name: np.swapaxes(host(v), 0, 1) for name, v in out.items()}  # (seed, layer, ...)
 
@@ -203,6 +226,27 @@ def _mean_sq(s: Sig):
 def _log_q(ms, ls):
     """log q = 2 ls + log mean(x^2) per (seed, input)."""
     return 2 * ls + array_module(ms).log(ms)
+
+
+class WeightGradTerms(Sink):
+    """``Env.sink`` of one block's VJP: each Dense's log ||dl/dW||_F^2 per (seed, input)
+    (:meth:`sigprop.ops.dense.Dense.mc_vjp`), plus the gain of the residual branches around it."""
+
+    def __init__(self):
+        super().__init__()
+        self.terms: list = []
+
+    def add(self, log_sq):
+        self.terms.append(log_sq + float(self.log_gain))
+
+
+def _logsumexp(terms: list):
+    """log sum_k exp(terms[k]) per (seed, input), from a non-empty list."""
+    xp = array_module(terms[0])
+    t = xp.stack(terms)
+    top = t.max(axis=0)
+    top = xp.where(xp.isfinite(top), top, 0.0)
+    return top + xp.log(xp.exp(t - top).sum(axis=0))
 
 
 def _moments(s: Sig):
@@ -305,34 +349,66 @@ def gpu_module():
 
 
 # -- memory --------------------------------------------------------------------------------
-def memory_per_seed(blocks, B: int, width: int, itemsize: int, sampler) -> int:
-    """Bytes per seed by the module's memory law (also validates every Dense ratio and that
-    every residual branch keeps the stream's width)."""
+def memory_per_seed(blocks, B: int, width: int, itemsize: int, sampler, k=None) -> int:
+    """Bytes per seed by the module's memory law with checkpoints every ``k`` blocks (default
+    ceil(sqrt(L))); also validates every Dense ratio and that every residual branch keeps the
+    stream's width."""
     L = len(blocks)
+    k = k or math.ceil(math.sqrt(L))
     widest, weight = width, 0
     n = width
     for blk in dict.fromkeys(blocks):  # a repeated block is traced once
         n_out, w, wt = blk.mc_widths(n)
         widest, weight = max(widest, w), max(weight, wt)
         n = n_out
-    act = itemsize * B * widest * stored_signals(L, 2 * max(blk.mc_ops() for blk in blocks))
+    act = itemsize * B * widest * stored_signals(L, 2 * max(blk.mc_ops() for blk in blocks), k)
     # the explicit sampler, and a uniform Dense under any sampler, keeps each W of a recomputed
     # segment (k blocks) for its VJP
+    kept = kept_weights(blocks, sampler)
+    draw = draw_workspace(weight, np.dtype(f"f{itemsize}")) if kept else 0  # a W being drawn
+    return act + itemsize * weight * k * kept + draw
+
+
+def kept_weights(blocks, sampler) -> int:
+    """Most weights one block keeps for its VJP: each Dense under the explicit sampler, and a
+    uniform Dense under any sampler."""
     explicit = isinstance(sampler, Explicit)
-    dense = max(sum(isinstance(op, Dense) and (explicit or op.init == "uniform")
-                    for op in blk.walk()) for blk in blocks)
-    return act + itemsize * weight * math.ceil(math.sqrt(L)) * dense
+    return max(sum(isinstance(op, Dense) and (explicit or op.init == "uniform")
+                   for op in blk.walk()) for blk in blocks)
+
+
+def plan_segments(blocks, B, width, itemsize, sampler, seeds, seed_chunk, host):
+    """(k, seeds per chunk, bytes per seed): checkpoints every k blocks.
+
+    k = ceil(sqrt(L)) and as many seeds as fit in ``MEMORY_BUDGET`` (``seed_chunk`` when given),
+    except where blocks keep weights (:func:`kept_weights`): recomputing a segment would redraw
+    them (n_in n_out normals each, the explicit sampler's main cost), so k = L (every block's
+    residuals kept, nothing recomputed) when that chunk fits in ``MEMORY_BUDGET``; on the host
+    (``host``: NumPy, whose draws run a chunk's seeds one after another anyway) the chunk may
+    shrink to as few as one seed for it.
+    """
+    L = len(blocks)
+    per_seed = memory_per_seed(blocks, B, width, itemsize, sampler)
+    chunk = seed_chunk or max(1, min(seeds, MEMORY_BUDGET // per_seed))
+    if kept_weights(blocks, sampler):
+        whole = memory_per_seed(blocks, B, width, itemsize, sampler, k=L)
+        if host and seed_chunk is None and whole <= MEMORY_BUDGET:
+            chunk = min(chunk, MEMORY_BUDGET // whole)
+        if whole * min(chunk, seeds) <= MEMORY_BUDGET:
+            return L, chunk, whole
+    return math.ceil(math.sqrt(L)), chunk, per_seed
 
 
 def recorded_bytes(seeds: int, L: int, B: int) -> int:
-    """Bytes of the recorded statistics (float64, every layer and seed: corr B^2 and eight
+    """Bytes of the recorded statistics (float64, every layer and seed: corr B^2 and ten
     variables of B), about three times over while the chunks are joined and completed."""
-    return 3 * 8 * seeds * (L + 1) * (B * B + 8 * B)
+    return 3 * 8 * seeds * (L + 1) * (B * B + 10 * B)
 
 
-def stored_signals(L: int, r: int) -> int:
-    """Signals of B x width held at once: ceil(L/k) checkpoints + k blocks of r residuals + 8."""
-    k = math.ceil(math.sqrt(L))
+def stored_signals(L: int, r: int, k=None) -> int:
+    """Signals of B x width held at once: ceil(L/k) checkpoints + k blocks of r residuals + 8
+    (k: default ceil(sqrt(L)))."""
+    k = k or math.ceil(math.sqrt(L))
     return math.ceil(L / k) + k * r + 8
 
 
@@ -344,10 +420,9 @@ def mc_dataset(data, blocks, attrs, first_seed=0) -> xr.Dataset:
     coords = {"seed": first_seed + np.arange(S), "layer": np.arange(L1), "input": np.arange(B),
               "input_b": np.arange(B),
               "block": ("layer", ["input"] + [type(b).__name__ for b in blocks])}
-    ds = xr.Dataset({k: (schema.VARIABLES[k].dims_with(lead=("seed",)), v)
-                     for k, v in data.items()}, coords=coords)
-    ds.attrs = attrs
-    return schema.describe(ds)
+    ds = build(data, {k: schema.VARIABLES[k].dims_with(lead=("seed",)) for k in data}, coords,
+               attrs)
+    return schema.describe(ds, copy=False)  # a dataset made here, shared with no one
 
 
 @contextmanager

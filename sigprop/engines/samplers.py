@@ -35,8 +35,10 @@ from sigprop.state.rng import BACKWARD, FORWARD
 
 class Explicit:
     """Reference sampler: W drawn in full (FORWARD stream) and kept in the residual for the VJP,
-    so each W is drawn once per pass (the forward, and the backward's recomputation of its
-    segment); the VJP uses the very numbers of the forward."""
+    which uses the very numbers of the forward. Each W is drawn once when every block's residuals
+    fit in memory, else once per pass (the forward, and the backward's recomputation of its
+    segment): :func:`sigprop.engines.montecarlo.plan_segments`. At float32 and n_in n_out >=
+    ``BOX_MULLER_MIN`` the draw is :func:`sigprop.state.rng.box_muller32`."""
 
     name = "explicit"
 

@@ -18,13 +18,14 @@ import xarray as xr
 
 from sigprop import schema
 from sigprop.engines import memory
+from sigprop.engines.dataset import build
 from sigprop.errors import ConfigError, OverflowInTheory
 from sigprop.ops import Op, layers_of, sweeps_of
 from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
 from sigprop.state.moments import Cotangent, Gram, corr_of, rescale, to_unit_diagonal
 from sigprop.state.ns import NUMERIC
-from sigprop.state.params import Context
+from sigprop.state.params import Context, Sink
 
 
 def _check_args(net, inputs):
@@ -81,7 +82,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     for l in _progress(range(1, L + 1), progress, "theory forward"):
         tape: dict | None = {} if every == 1 else None
         s, f = step(s, l, tape)
-        if l == 1 and _nbytes([tape, s]) * L > TAPE_BUDGET:
+        if l == 1 < L and _nbytes([tape, s]) * L > TAPE_BUDGET:  # L = 1: keep the tape made
             every, tape = max(1, math.isqrt(L)), None
         if tape is not None:
             tapes[l] = tape
@@ -92,6 +93,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
 
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     grad_rows = {L: _log_diag(g)} if L in record else {}
+    sink, wgrad_rows = WeightGrads(), {}
     for start in _progress(sorted(checkpoints, reverse=True), progress, "theory backward"):
         end = min(start + every, L)
         states = [checkpoints[start]]  # the inputs of layers start + 1 .. end
@@ -102,26 +104,33 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
                 if l < end:
                     states.append(out)
         for l in range(end, start, -1):
-            where = ctx.block(f"layer {l} {type(blocks[l - 1]).__name__} (backward)", tapes.pop(l))
+            where = ctx.block(f"layer {l} {type(blocks[l - 1]).__name__} (backward)", tapes.pop(l),
+                              sink.at(l in record))
             g = to_unit_diagonal(blocks[l - 1].theory_backward(states[l - 1 - start], g, where))
             _check_finite(g, where.path, "backward")
+            if l in record:
+                wgrad_rows[l] = sink.take(shape + (B,))
             if l - 1 in record:
                 grad_rows[l - 1] = _log_diag(g)
+    # relative to the input's width N = n_0: sink.log_width is now log(n_0 / n_L)
+    wgrad_rows = {l: v - 2 * sink.log_width[..., None] for l, v in wgrad_rows.items()}
+    if 0 in record:
+        wgrad_rows[0] = np.full(shape + (B,), np.nan)  # the input: no weights
 
     kept = sorted(record)
     coords = {"layer": np.asarray(kept), "input": np.arange(B), "input_b": np.arange(B),
               "block": ("layer", [type(blocks[l - 1]).__name__ if l else "input" for l in kept])}
     coords.update({name: np.asarray(s.values) for name, s in grid.items()})
-    data = _variables([rows[l] for l in kept], [grad_rows[l] for l in kept], shape, B)
-    ds = xr.Dataset({k: (schema.VARIABLES[k].dims_with(grid=dims), v) for k, v in data.items()},
-                    coords=coords)
-    ds.attrs = make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, "numpy")
+    data = _variables([rows[l] for l in kept], [grad_rows[l] for l in kept],
+                      [wgrad_rows[l] for l in kept], shape, B)
+    ds = build(data, {k: schema.VARIABLES[k].dims_with(grid=dims) for k in data}, coords,
+               make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, "numpy"))
     from sigprop.engines import finite_width
 
     finite_width.warn_batchnorm(net, inputs)
     if width is not None:
         ds = finite_width.extend(ds, net, inputs, width)
-    return schema.describe(ds)
+    return schema.describe(ds, copy=False)  # a dataset made here, shared with no one
 
 
 def _nbytes(obj, seen=None) -> int:
@@ -144,12 +153,13 @@ def _nbytes(obj, seen=None) -> int:
 
 def memory_estimate(L: int, recorded: int, grid: int, B: int) -> int:
     """Peak bytes of a theory run, from its shapes (float64): per recorded layer its state and
-    branch state (K, m, ls: B^2 + 2B each) and gradient diagonal (B), then the dataset's
-    variables (corr B^2, eight of B) built from them with as much again in temporaries; plus
+    branch state (K, m, ls: B^2 + 2B each), gradient diagonal and weight-gradient row (B each),
+    then the dataset's variables (corr B^2, ten of B) built from them with as much again in
+    temporaries; plus
     the ~2 sqrt(L) states of the checkpointed backward. Measured peaks (tracemalloc) are 0.8 to
     0.93 of it at (L, grid, B) = (300, 3000, 1), (300, 1000, 2), (100, 1000, 4)."""
     state = B * B + 2 * B
-    per_layer = 2 * state + B + 2 * (B * B + 8 * B)
+    per_layer = 2 * state + 2 * B + 2 * (B * B + 10 * B)
     return 8 * grid * (recorded * per_layer + 2 * (math.isqrt(L) + 1) * state)
 
 
@@ -172,15 +182,61 @@ def _check_finite(s: Gram, where: str, direction: str):
                                "(overflow, or an op outside its valid range)")
 
 
+class WeightGrads(Sink):
+    """The backward pass's sink (``Context.sink``) for schema ``log_weight_grad_q``.
+
+    A Dense D with input x (width n_in) and output cotangent g (width n_out) has dl/dW_D = g x^T,
+    so ||dl/dW_D||_F^2 = ||g||^2 ||x||^2; at infinite width g is independent of x (gradient
+    independence) and E ||dl/dW_D||_F^2 = n_out gq_out n_in q_in, with gq_out and q_in the
+    per-feature second moments of g and x (:meth:`Dense.backward_law
+    <sigprop.ops.dense.Dense.backward_law>` reports them, :meth:`dense`). The widths are tracked
+    here: backward laws visit a block's ops last to first and a residual branch ends at the
+    stream's width, so ``log_width`` = log(n / n_L), n the width of the cotangent being pulled
+    back and n_L the net output's, is divided by each Dense's ratio on the way down. While
+    recording, each Dense adds log(gq_out q_in n_in n_out / n_L^2) (log space: no overflow at any
+    depth), gq_out including the gain of the residual branches around it (:class:`Sink`);
+    :meth:`take` sums a block's terms.
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.log_width = np.zeros(())
+        self.terms: list = []
+        self.recording = False
+
+    def at(self, recording: bool) -> WeightGrads:
+        """This sink, recording the next block's Denses or not (their widths are tracked)."""
+        self.recording = recording
+        return self
+
+    def dense(self, s: Gram, g: Gram, ratio):
+        """A Dense of n_out / n_in = ``ratio`` with input state ``s`` and output cotangent ``g``."""
+        log_in = self.log_width - np.log(ratio)
+        if self.recording:
+            self.terms.append(_log_diag(s) + _log_diag(g)
+                              + (self.log_gain + log_in + self.log_width)[..., None])
+        self.log_width = log_in
+
+    def take(self, shape) -> np.ndarray:
+        """log of the sum of the terms recorded since the last call, broadcast to ``shape``
+        (NaN for none: a block without Dense has no weights, as schema ``log_branch_q`` is NaN
+        for a block without a branch)."""
+        terms, self.terms = [np.broadcast_to(t, shape) for t in self.terms], []
+        if not terms:
+            return np.full(shape, np.nan)
+        return np.logaddexp.reduce(np.stack(terms), axis=0)
+
+
 def _log_diag(s: Gram):
     d = np.diagonal(s.K, axis1=-2, axis2=-1)
     with np.errstate(divide="ignore"):
         return 2 * s.ls + np.log(d)
 
 
-def _variables(rows, grad_rows, shape, B):
+def _variables(rows, grad_rows, wgrad_rows, shape, B):
     """The schema's variables (layer first) from the recorded (state, branch output) pairs of the
-    forward and the log gradient diagonals; scales from their logs (:func:`schema.complete`)."""
+    forward, the log gradient diagonals and the log weight-gradient statistics; scales from
+    their logs (:func:`schema.complete`)."""
     def stack(items, extra=(B,)):
         return np.stack([np.broadcast_to(x, shape + extra) for x in items])
 
@@ -201,7 +257,7 @@ def _variables(rows, grad_rows, shape, B):
         computed = {"log_q": log_q, "mean": rescale(m, ls, 0, NUMERIC),
                     "var": rescale(d - m**2, 2 * ls, 0, NUMERIC),
                     "corr": corr_of(K), "log_grad_q": stack(grad_rows),
-                    "log_branch_q": log_branch_q}
+                    "log_branch_q": log_branch_q, "log_weight_grad_q": stack(wgrad_rows)}
     return schema.complete(computed)
 
 

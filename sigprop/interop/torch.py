@@ -595,4 +595,5 @@ def _one_seed(torch, model, gm, nodes, out_node, plan, inputs, n, seed, root_see
     with np.errstate(divide="ignore", invalid="ignore"):
         log_q, mean, var, corr = signal_stats(G, m, np.zeros_like(m))
         return {"log_q": log_q, "mean": mean, "var": var, "corr": corr,
-                "log_grad_q": np.log(np.stack(gq)), "log_branch_q": np.log(np.stack(bq))}
+                "log_grad_q": np.log(np.stack(gq)), "log_branch_q": np.log(np.stack(bq)),
+                "log_weight_grad_q": np.full_like(m, np.nan)}  # not measured here (schema)

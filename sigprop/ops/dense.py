@@ -57,9 +57,13 @@ class Dense(Op):
         return Moments(K=K, m=0 * s.m, ls=ls + 0 * sw2[..., None], law=GAUSSIAN, refs=refs)
 
     def backward_law(self, s, g, ctx):
-        """G_in = sigma_w^2 ratio G; the mean modes decouple (W is fresh).
+        """G_in = sigma_w^2 ratio G; the mean modes decouple (W is fresh). With a ``ctx.sink``
+        the weight gradient dl/dW = g x^T is reported to it from the input state ``s`` and the
+        output cotangent ``g`` (:class:`sigprop.engines.theory.WeightGrads`).
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
+        if ctx.sink is not None:
+            ctx.sink.dense(s, g, np.asarray(ctx.p(self.ratio)))
         gain = np.asarray(ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio))  # 0-d object stays an array
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in g.refs)
         return g.replace(K=gain[..., None, None] * g.K, refs=refs)
@@ -84,10 +88,14 @@ class Dense(Op):
             z = env.normal(BIAS, (1, n_out))
             z = uniform_of_normal(z, env.xp) if self.init == "uniform" else z
             y = mc.weighted_sum(1.0, y, self.sigma_b, mc.Sig(z, env.xp.zeros_like(x.ls[:, :1])))
-        return y, (n_in, res)
+        return y, (n_in, res, _log_sq_norm(x))
 
     def mc_vjp(self, res, g, env):
-        n_in, res = res
+        """D W by ``env.sampler``; with an ``env.sink``, adds log ||dl/dW||_F^2 = log ||g||^2 +
+        log ||x||^2 per (seed, input) to it (dl/dW = g x^T: the realised g, the kept ||x||^2)."""
+        n_in, res, log_x2 = res
+        if env.sink is not None:
+            env.sink.add(_log_sq_norm(g) + log_x2)
         std = self.sigma_w / n_in**0.5
         if self.init == "uniform":
             return mc.Sig((g.x @ res) * std, g.ls)
@@ -244,3 +252,8 @@ class FeatureAffine(Op):
 
 def _is_zero(v) -> bool:
     return isinstance(v, (int, float)) and v == 0
+
+
+def _log_sq_norm(s: mc.Sig):
+    """log ||e^ls x||^2 = 2 ls + log(n mean(x^2)) per (seed, input), float64."""
+    return 2 * s.ls + mc.array_module(s.x).log(mc.mean_sq(s.x) * s.x.shape[-1])

@@ -11,7 +11,7 @@ from sigprop.errors import ConfigError, UnsupportedComposition
 from sigprop.ops.base import FINITE, Op, vec
 from sigprop.state import arrays as mc
 from sigprop.state.moments import moments_of_sum
-from sigprop.state.params import Sweep, check
+from sigprop.state.params import Sweep, branch_gain, check
 
 
 @dataclass(frozen=True, init=False)
@@ -196,7 +196,8 @@ class Residual(Op):
         """G_in = beta^2 G + alpha^2 G_branch + cross terms through the shared refs.
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
-        gf = self.branch.theory_backward(s.push_ref(), g.push_ref(), ctx.at("branch"))
+        with branch_gain(ctx.sink, ctx.p(self.alpha)):  # weight gradients see alpha g
+            gf = self.branch.theory_backward(s.push_ref(), g.push_ref(), ctx.at("branch"))
         if g.gate is not None and gf.gate is not None:
             raise UnsupportedComposition(
                 f"{ctx.path}: the stream and the branch both reach a BatchNorm through a relu "
@@ -218,7 +219,9 @@ class Residual(Op):
         return mc.weighted_sum(self.beta, x, self.alpha, f), res
 
     def mc_vjp(self, res, g, env):
-        return mc.weighted_sum(self.beta, g, self.alpha, self.branch.mc_vjp(res, g, env.child(1)))
+        with branch_gain(env.sink, self.alpha):  # weight gradients see alpha g
+            gf = self.branch.mc_vjp(res, g, env.child(1))
+        return mc.weighted_sum(self.beta, g, self.alpha, gf)
 
 
 def _is_zero(v) -> bool:

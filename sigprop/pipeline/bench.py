@@ -4,17 +4,18 @@ The timed net is a plain stack of Dense(sqrt 2) -> relu blocks (one Dense per la
 gradients. In one process, for each width N and batch B:
 
 * ``conditional``: ``sp.simulate(sampler="conditional")`` (the default sampler);
-* ``explicit``: ``sp.simulate(sampler="explicit")`` (every W drawn, twice per layer: forward,
-  and the checkpoint recomputation, whose draw the VJP reuses);
+* ``explicit``: ``sp.simulate(sampler="explicit")`` (every W drawn once and kept for its VJP:
+  the whole tape fits at these sizes, :func:`sigprop.engines.montecarlo.plan_segments`);
 * ``numpy loop``: a plain NumPy loop, W drawn once per layer and kept for the backward;
 * ``torch loop``: the same in PyTorch with autograd, when torch is installed;
 * floors: ``layer floor`` is measured (draw N^2 normals + the B x N x N GEMM of one layer), and
   the model floors max(normals / RNG rate, bytes / bandwidth) of each sampler, with the RNG rate
   and the copy bandwidth measured here.
 
-Times are seconds per layer per seed (median of ``repeats`` runs), each method called once
-untimed first (imports, caches, the provenance read, allocator warm-up), so the per-call fixed
-cost (about 1 ms) is spread over depth x seeds layer-seeds: 16 or more by default.
+Times are seconds per layer per seed (median of ``repeats`` runs). The sp.simulate columns are
+the slope between depth 1 and ``depth`` (:func:`per_layer`: the per-call fixed cost, ~1 ms,
+cancels), after one untimed call (imports, caches, the provenance read, allocator warm-up);
+torch is initialised once before any timing.
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from sigprop.engines.montecarlo import memory_per_seed, resolve_backend, simulat
 from sigprop.engines.samplers import SAMPLERS
 from sigprop.ops import Act, Dense, Repeat, Serial, layers_of
 from sigprop.state.inputs import Inputs
+from sigprop.state.rng import Streams
 
 WIDTHS = (256, 1024, 4096, 16384)
 WIDE = (65536, 262144, 1048576)  # conditional only: widths no explicit W fits comfortably
@@ -53,6 +55,19 @@ def _timed(fn, repeats):
         fn()
         times.append(time.perf_counter() - t)
     return float(np.median(times))
+
+
+def per_layer(run, depth, seeds, repeats):
+    """Seconds per layer per seed of ``run(depth)`` (one sp.simulate call): the slope
+    (t(depth) - t(1)) / ((depth - 1) seeds) of the median times, which removes the per-call fixed
+    cost (argument checks, provenance, dataset assembly: ~1 ms, 10-20 % of a depth-8 call at
+    N = 256) instead of spreading it over the layers; t(1) / seeds at depth 1. ``run(1)`` runs
+    once untimed first (imports, caches, allocator)."""
+    run(1)
+    one = _timed(lambda: run(1), repeats)
+    if depth == 1:
+        return one / seeds
+    return (_timed(lambda: run(depth), repeats) - one) / ((depth - 1) * seeds)
 
 
 def _numpy_loop(N, B, depth, seeds):
@@ -98,20 +113,16 @@ def _torch_device(xp):
     return "cpu"
 
 
-def machine_rates(xp=np):
-    """(normals per second, copy bandwidth in bytes per second) measured on ``xp``."""
-    n = 1 << 24
-    if xp is np:
-        gen = np.random.default_rng(0)
-        out = np.empty(n, dtype=np.float32)
-        rng_rate = n / _timed(lambda: gen.standard_normal(out=out, dtype=np.float32), 3)
-        a, b = np.ones(n, dtype=np.float32), np.empty(n, dtype=np.float32)
-        bandwidth = 2 * a.nbytes / _timed(lambda: np.copyto(b, a), 5)
-        return rng_rate, bandwidth
-    from sigprop.state.rng import Streams
+def _sync(xp):
+    """Wait for the device (a no-op with NumPy)."""
+    return (lambda: None) if xp is np else xp.cuda.Device().synchronize
 
-    s = Streams(xp, 0, [0])
-    sync = xp.cuda.Device().synchronize
+
+def machine_rates(xp=np):
+    """(normals per second of sigprop's float32 stream draw, copy bandwidth in bytes per second)
+    measured on ``xp``."""
+    n = 1 << 24
+    s, sync = Streams(xp, 0, [0]), _sync(xp)
     rng_rate = n / _timed(lambda: (s.normal(0, 0, 0, (n,), np.float32), sync()), 3)
     a, b = xp.ones(n, dtype=np.float32), xp.empty(n, dtype=np.float32)
     bandwidth = 2 * a.nbytes / _timed(lambda: (b.__setitem__(slice(None), a), sync()), 5)
@@ -119,27 +130,22 @@ def machine_rates(xp=np):
 
 
 def _layer_floor(N, B, xp):
-    """Measured: draw one N x N float32 W and apply it to B inputs (one explicit layer)."""
-    gen = np.random.default_rng(1)
-    x = gen.standard_normal((B, N), dtype=np.float32)
-    if xp is not np:
-        from sigprop.state.rng import Streams
-
-        s, x = Streams(xp, 0, [0]), xp.asarray(x)
-        return _timed(lambda: (x @ s.normal(0, 0, 0, (N, N), np.float32)[0].T,
-                               xp.cuda.Device().synchronize()), 3)
-    return _timed(lambda: x @ gen.standard_normal((N, N), dtype=np.float32).T, 3)
+    """Measured: draw one N x N float32 W from sigprop's stream and apply it to B inputs (one
+    explicit layer)."""
+    s, sync = Streams(xp, 0, [0]), _sync(xp)
+    x = xp.asarray(np.random.default_rng(1).standard_normal((B, N), dtype=np.float32))
+    return _timed(lambda: (x @ s.normal(0, 0, 0, (N, N), np.float32)[0].T, sync()), 3)
 
 
 def model_floors(N, B, rng_rate, bandwidth, itemsize=4):
     """Per layer and seed, forward + backward (with the recomputation sp.simulate does).
 
-    explicit: 2 N^2 normals (forward, recompute; the VJP reuses the second), written once and read
-    once forward, twice backward: 5 N^2 words.
+    explicit: N^2 normals (every block's residuals kept: no recomputation; the VJP reuses the
+    forward's W), written once and read once forward, once backward: 3 N^2 words.
     conditional: 3 B N normals (Z forward, recompute, Z' backward) and ~40 passes over B N words
     (Grams, roots, products, activation, statistics, checkpoints).
     """
-    expl = max(2 * N * N / rng_rate, 5 * N * N * itemsize / bandwidth)
+    expl = max(N * N / rng_rate, 3 * N * N * itemsize / bandwidth)
     cond = max(3 * B * N / rng_rate, 40 * B * N * itemsize / bandwidth)
     return expl, cond
 
@@ -183,20 +189,18 @@ def run_bench(widths=None, batch=(2, 8), depth=8, seeds=4, backend="auto", quick
     rows = []
     for N in widths:
         for B in batch:
-            x0, net = _inputs(B), _net(depth)
-            per = depth * seeds
+            x0 = _inputs(B)
             row = {"N": N, "B": B}
 
-            simulate(_net(1), x0, N, 1, backend=name)  # warm-up, untimed
-            row["conditional"] = _timed(
-                lambda n=N, x=x0, net=net: simulate(net, x, n, seeds, backend=name), repeats) / per
+            row["conditional"] = per_layer(
+                lambda d, n=N, x=x0: simulate(_net(d), x, n, seeds, backend=name), depth, seeds,
+                repeats)
             if N <= (4096 if quick else EXPLICIT_MAX):
                 # explicit comparators at 16384 run one layer for one seed (a W is 1 GiB)
                 d, s = (depth, seeds) if N <= 4096 else (1, 1)
                 args = (N, B, d, s)
-                simulate(_net(1), x0, min(N, 1024), 1, backend=name, sampler="explicit")  # warm-up
-                row["explicit"] = _timed(lambda a=args, x=x0: simulate(
-                    _net(a[2]), x, a[0], a[3], backend=name, sampler="explicit"), 1) / (d * s)
+                row["explicit"] = per_layer(lambda dd, n=N, x=x0, s=s: simulate(
+                    _net(dd), x, n, s, backend=name, sampler="explicit"), d, s, 1)
                 if xp is np:
                     row["numpy loop"] = _timed(lambda a=args: _numpy_loop(*a), 1) / (d * s)
                 if device is not None:

@@ -49,6 +49,8 @@ class Env:
     """Where an op's Monte Carlo face runs: backend, dtype, random streams, sampler.
 
     ``block`` and ``op`` (the op's depth-first index inside its block) name its random streams.
+    ``sink``: where a VJP reports what the engine records beyond the cotangent (a Dense's
+    log ||dl/dW||_F^2 per (seed, input), :meth:`sigprop.ops.dense.Dense.mc_vjp`), or None.
     """
 
     xp: Any
@@ -57,6 +59,7 @@ class Env:
     sampler: Any
     block: int
     op: int = 0
+    sink: Any = None
 
     def child(self, offset: int) -> Env:
         """The env of a child op, ``offset`` indices after this op in depth-first order."""

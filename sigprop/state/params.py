@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -64,6 +65,33 @@ def check(field: str, value, ok: Callable[[float], bool], allowed: str):
     return value if isinstance(value, (Sweep, sympy.Basic)) else float(value)
 
 
+class Sink:
+    """Base of the engines' backward sinks (``Context.sink``, ``Env.sink``): the gain of the
+    cotangent that the laws carry. A ``Residual`` pulls the unscaled cotangent through its
+    branch and scales the result by alpha (the backward is linear in it), but a weight inside
+    the branch has its gradient at alpha times that cotangent: ``log_gain`` = log alpha^2 of the
+    enclosing branches (0 outside any), set by :meth:`gain` around the branch's backward."""
+
+    def __init__(self):
+        self.log_gain = np.zeros(())
+
+    @contextmanager
+    def gain(self, alpha):
+        """Within: the true cotangent is ``alpha`` (a number or grid array) times the carried one."""
+        saved = self.log_gain
+        with np.errstate(divide="ignore"):  # alpha = 0: no gradient reaches the branch
+            self.log_gain = saved + 2 * np.log(np.abs(np.asarray(alpha, dtype=float)))
+        try:
+            yield self
+        finally:
+            self.log_gain = saved
+
+
+def branch_gain(sink: Sink | None, alpha):
+    """``sink.gain(alpha)``, or nothing to do without a sink."""
+    return nullcontext() if sink is None else sink.gain(alpha)
+
+
 @dataclass(frozen=True)
 class Context:
     """Where a law is evaluated: the namespace, the sweep grid and the op's path (for errors).
@@ -72,7 +100,10 @@ class Context:
     (the op's position inside its block), for the backward law of the same block to reuse
     instead of recomputing them (None: nothing kept). ``params``: the grid-shaped arrays of the
     sweeps already met, shared by every context derived with :meth:`at` (one array per sweep
-    per run, not one per call).
+    per run, not one per call). ``sink``: where a backward law reports what the engine records
+    beyond the cotangent (the weight-gradient norms of :meth:`Dense.backward_law
+    <sigprop.ops.dense.Dense.backward_law>`, :class:`sigprop.engines.theory.WeightGrads`);
+    shared, like ``tape``, by every context derived with :meth:`at` (None: nothing reported).
     """
 
     ns: Namespace = NUMERIC
@@ -81,15 +112,16 @@ class Context:
     tape: dict | None = field(default=None, repr=False, compare=False)
     key: str = ""
     params: dict = field(default_factory=dict, repr=False, compare=False)
+    sink: Any = field(default=None, repr=False, compare=False)
 
     def at(self, name: str) -> Context:
         return Context(self.ns, self.dims, f"{self.path} > {name}", self.tape,
-                       f"{self.key}/{name}", self.params)
+                       f"{self.key}/{name}", self.params, self.sink)
 
-    def block(self, name: str, tape: dict | None = None) -> Context:
+    def block(self, name: str, tape: dict | None = None, sink=None) -> Context:
         """The context of one block of a net, named ``name`` (a block's key starts empty, so its
-        forward and backward contexts find the same entries of ``tape``)."""
-        return Context(self.ns, self.dims, f"{self.path} > {name}", tape, "", self.params)
+        forward and backward contexts find the same entries of ``tape``), reporting to ``sink``."""
+        return Context(self.ns, self.dims, f"{self.path} > {name}", tape, "", self.params, sink)
 
     def p(self, value) -> Any:
         """A parameter as an array broadcasting against the grid dims ``(*dims,)``."""

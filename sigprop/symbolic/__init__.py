@@ -11,6 +11,9 @@ returns over :data:`~sigprop.state.ns.SYMBOLIC` on a state of symbols. Modules, 
 * ``depth`` — closed forms in the depth index (:func:`solve_depth`, :func:`depth_product`);
 * ``asymptotics`` — correlation maps near c = 1 and the law of 1 - c_l they imply;
 * ``checks`` — symbolic results against the numeric theory engine;
+* ``finite_width`` — the first-order finite-width corrections of a Dense -> Act layer in closed
+  form (the delta method on the layer's law; the feature noise through the engine's own
+  ``noise_of_moments``);
 * ``derivation`` — the records the scripts of ``derivations/`` write for the paper, and their runner.
 
 May import: ``sigprop.engines``, ``sigprop.ops``, ``sigprop.kernels``, ``sigprop.state`` and the

@@ -1,0 +1,50 @@
+"""The symbolic face of the first-order finite-width theory (sigprop.symbolic.finite_width):
+exact known values, and its feature noise against the engine's quadrature. The agreement of the
+whole recursion with the engine over depth is a check of derivations/finite_width_corrections.py
+(run by tests/test_derivations.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import sympy
+
+from sigprop import symbolic as S
+from sigprop.engines import finite_width as fw
+from sigprop.errors import UnsupportedComposition
+from sigprop.symbolic import finite_width as F
+
+
+def _law(act, B):
+    return F.layer_law(S.preset_block("plain", act, shape="dense_act", sigma_b=0), B)
+
+
+def test_hanin_nica_and_wishart_per_layer():
+    """Exact input, one layer: relu adds -5/(2N) to E log q and 5/N to Var log q (Hanin &
+    Nica); linear -1/N and 2/N (chi^2_N / N), and its correlation the Olkin-Pratt bias
+    -c (1 - c^2) / (2N) with Fisher's variance (1 - c^2)^2 / N."""
+    assert F.one_layer(_law("relu", 1))["log_q"] == (sympy.Rational(-5, 2), 5)
+    lin = F.one_layer(_law("linear", 2))
+    c = S.C_AB
+    assert lin["log_q"] == (-1, 2)
+    assert S.is_zero(lin["corr"][0] + c * (1 - c**2) / 2)
+    assert S.is_zero(lin["corr"][1] - (1 - c**2) ** 2)
+
+
+def test_symbolic_noise_matches_the_engine_quadrature():
+    """Sigma of the realised Gram for relu, two inputs: the polar closed forms against the
+    engine's polar Gauss-Legendre rule (accurate to ~1e-12 for degree-1 activations)."""
+    law = _law("relu", 2)
+    q1, q2, c, s1 = 0.7, 1.3, 0.4, 1.3
+    x = (q1, c * np.sqrt(q1 * q2), q2)
+    at = dict(zip(law.x, x)) | {S.SIGMA_1: s1}
+    sym = np.array(law.Sigma.subs(at).evalf(), dtype=float)
+    Ku = s1**2 * np.array([[x[0], x[1]], [x[1], x[2]]])
+    u, w = fw.gaussian_rule(Ku)
+    num = fw.feature_noise(np.maximum(u, 0), w, [], [])[np.ix_([0, 1, 3], [0, 1, 3])]
+    np.testing.assert_allclose(sym, num, rtol=1e-10)
+
+
+def test_two_input_erf_is_refused():
+    with pytest.raises(UnsupportedComposition, match="no closed form"):
+        _law("erf", 2)

@@ -1,0 +1,191 @@
+"""The typical (E log) backward gain of BatchNorm at width N (sigprop.kernels.batchnorm
+bn_typical_log_gain, sigprop.engines.finite_width.typical_log_grad_q) against direct sampling of
+its model and against Monte Carlo of Pre-BN and Dense -> BN -> relu nets.
+
+Tolerances: 3 standard errors of the sampled mean of logs (the estimates are means over
+independent draws), plus, against Monte Carlo nets, a bound on what the model leaves out,
+measured once on large runs (root seeds 1000 + N): (i) per block O(1/N): the realised forward
+and branch-cotangent Grams fluctuate by O(1/sqrt N) about their laws and enter the gain
+smoothly; one block at N = 128, 20000 seeds: N (MC - model) = -1.9 +- 0.6 (B = 3), -3.2 +- 2.0
+(B = 2), so 4/N a block; (ii) between blocks: the sum over blocks treats each block's features as independent
+of the cotangent of the blocks above; L = 16, B = 3, 800 seeds: MC - model = +0.23 +- 0.08,
++0.13 +- 0.06, +0.12 +- 0.06 at N = 128, 256, 512 (not shrinking with N), so 0.015 a block.
+Bound: L (4/N + 0.015). The pre-activation block Dense -> BN -> relu (no skip): L = 16, B = 3,
+800 seeds: +0.80 +- 0.12, +0.63 +- 0.10, +0.60 +- 0.10, +0.58 +- 0.09 at N = 128 .. 1024 (the
+cotangent of a block is not independent of the features below it: 0.04 a block); B = 2:
++0.24 +- 0.38 at N = 256. One such block (N = 128, 20000 seeds): N (MC - model) = -1.8 +- 0.8
+(B = 3), -13.5 +- 3.5 (B = 2: the Dense's weights also carry the features' batch vectors,
+which gradient independence drops). Bound there: L (15/N + 0.04)."""
+
+from __future__ import annotations
+
+import math
+import warnings
+
+import numpy as np
+import pytest
+from scipy.special import digamma
+
+import sigprop as sp
+from sigprop import presets
+from sigprop.engines import finite_width as fw
+from sigprop.errors import ConfigError, FiniteWidthWarning
+from sigprop.kernels import batchnorm as bn
+from sigprop.kernels.gaussian import get_activation
+
+
+def _case(B, seed=0):
+    rng = np.random.default_rng(seed)
+    X, Y = rng.normal(size=(B, B)), rng.normal(size=(B, B))
+    return X @ X.T + 0.3 * np.eye(B), np.diag(rng.uniform(0.5, 2, B)), Y @ Y.T / B
+
+
+@pytest.mark.parametrize("B", [2, 3, 4])
+def test_nodes_reproduce_the_mean_backward(B):
+    """The quadrature of the per-feature variance averages to G + E[J^T Gamma J] (bn_backward,
+    an independent t-integral) to the rules' measured accuracy (< 1e-13 at B <= 3, 2e-5 with
+    the sphere rule at B = 4: 4e-5, the constants' comment in sigprop.kernels.batchnorm)."""
+    S, G, Gam = _case(B)
+    for eps in (1e-5, 1e-2):
+        s2, w = bn.bn_backward_nodes(S, G, Gam, eps)
+        want = np.diag(G) + np.diag(bn.bn_backward(S, Gam, eps))
+        assert np.max(np.abs(s2.T @ w / want - 1)) < (1e-12 if B <= 3 else 1e-4)
+
+
+@pytest.mark.parametrize("B", [2, 3])
+def test_gated_nodes_reproduce_the_relu_backward(B):
+    """With a relu after the BatchNorm the cotangent is gated by relu'(y), a function of u:
+    the nodes average to bn_relu_backward (Stein-lemma t-integrals), to 1e-9 (B = 2; that
+    kernel's own accuracy) and 1e-13 (B = 3: panels between the gate's kinks); refused at
+    B = 4, where the kinks lie on great circles of the sphere rule."""
+    S, _, H = _case(B)
+    relu = get_activation("relu")
+    for eps in (1e-5, 1e-2):
+        s2, w = bn.bn_backward_nodes(S, np.zeros((B, B)), H, eps, relu)
+        want = np.diag(bn.bn_relu_backward(S, H, np.ones(B), eps))
+        assert np.max(np.abs(s2.T @ w / want - 1)) < (1e-8 if B == 2 else 1e-12)
+    with pytest.raises(ConfigError, match="B = 4"):
+        bn.bn_backward_nodes(_case(4)[0], np.zeros((4, 4)), np.eye(4), 1e-5, relu)
+
+
+def test_log_mean_of_a_chi_square_and_its_limits():
+    """sigma^2 = 1: E log (chi^2_N / N) = digamma(N/2) - log(N/2) exactly; a two-point law at
+    N = 1 is the mean of the logs of its points, and at N -> infinity the log of its mean."""
+    for N in (1, 7, 256):
+        got = bn.log_mean_of(np.ones((3, 1)), np.full(3, 1 / 3), N)[0]
+        assert abs(got - (digamma(N / 2) - math.log(N / 2))) < 1e-8
+    s2, w = np.array([[3.0], [0.5]]), np.array([0.5, 0.5])
+    assert abs(bn.log_mean_of(s2, w, 1)[0]
+               - (0.5 * math.log(1.5) + digamma(0.5) + math.log(2))) < 1e-8
+    assert abs(bn.log_mean_of(s2, w, 10**9)[0] - math.log(1.75)) < 1e-6
+
+
+@pytest.mark.parametrize("B", [2, 3])
+def test_typical_gain_against_sampling_its_model(B):
+    """Direct draws of the model: N features, u ~ N(0, S), d ~ N(0, G), g ~ N(0, Gamma),
+    the log of mean_i (d + J^T g)_a^2 over mean_i d_a^2; 4000 draws, 3 standard errors."""
+    S, G, Gam = _case(B, seed=1)
+    eps, N, draws = 1e-4, 64, 4000
+    pred = bn.bn_typical_log_gain(S, G, Gam, eps, N)
+    rng = np.random.default_rng(5)
+    P = np.eye(B) - 1 / B
+    u = rng.multivariate_normal(np.zeros(B), S, size=(draws, N))
+    d = rng.multivariate_normal(np.zeros(B), G, size=(draws, N))
+    g = rng.multivariate_normal(np.zeros(B), Gam, size=(draws, N))
+    w = u @ P
+    s2 = np.sum(w * w, -1) / B + eps
+    Jg = (g @ P - w * (np.sum(w * (g @ P), -1) / (B * s2))[..., None]) / np.sqrt(s2)[..., None]
+    logs = np.log(np.mean((d + Jg) ** 2, 1)) - np.log(np.mean(d**2, 1))
+    se = logs.std(axis=0, ddof=1) / math.sqrt(draws)
+    assert np.all(np.abs(logs.mean(0) - pred) < 3 * se), (logs.mean(0), pred, se)
+    mean_gain = np.log(1 + np.diag(bn.bn_backward(S, Gam, eps)) / np.diag(G))
+    assert np.all(pred < mean_gain)  # Jensen: the typical gain is below the mean gain
+
+
+def test_typical_in_the_theory_dataset_and_nan_for_other_nets():
+    """sp.theory(width=N) carries it at the recorded layers for Pre-BN (0 at the top: G_L = I),
+    NaN for a Pre-LN net; None for B outside 2..4; a zero cotangent is refused."""
+    net, inputs = presets.prebn(3), sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FiniteWidthWarning)
+        ds = sp.theory(net, inputs, width=64, layers=[0, 3])
+        other = sp.theory(presets.preln(3), sp.Inputs(q=1.0, corr=0.5, n=2), width=64)
+    want = fw.typical_log_grad_q(net, inputs, 64)[[0, 3]]
+    np.testing.assert_array_equal(ds["typical_log_grad_q"].values, want)
+    assert want[0, 0] > 0 and np.all(want[1] == 0)
+    assert np.all(np.isnan(other["typical_log_grad_q"].values))
+    with pytest.warns(FiniteWidthWarning) as rec:  # no first-order rule at B = 3; small batch
+        three = sp.theory(presets.prebn(2), sp.Inputs(q=1.0, corr=0.5, n=3, law="gaussian"),
+                          width=64)
+    assert any("B = 3 inputs" in str(w.message) for w in rec)
+    assert np.all(np.isnan(three["var_log_q"].values))
+    assert np.all(np.isfinite(three["typical_log_grad_q"].values))
+    assert fw.typical_log_grad_q(presets.prebn(2), sp.Inputs(q=1.0, corr=0.5, n=5,
+                                                             law="gaussian"), 64) is None
+    with pytest.raises(ConfigError):
+        bn.bn_typical_log_gain(np.eye(2), np.zeros((2, 2)), np.eye(2), 1e-5, 8)
+
+
+@pytest.mark.parametrize("B", [2, 3, 4])
+def test_prebn_typical_gradient_against_monte_carlo(B):
+    """Pre-BN, L = 4 blocks, alpha = 0.7, width 256: the predicted E log grad_q_0 against the
+    mean over seeds of log grad_q_0 (input 0), 3 standard errors + L (4/N + 0.015) (module
+    docstring); the infinite-width log E grad_q_0 lies far outside at B = 2 (the point of it)."""
+    L, N, seeds = 4, 256, 120
+    net, inputs = presets.prebn(L, alpha=0.7), sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FiniteWidthWarning)
+        th = sp.theory(net, inputs, width=N)
+        mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy", dtype="float64",
+                         root_seed=11)
+    pred = float(th["typical_log_grad_q"].values[0, 0])
+    x = mc["log_grad_q"].values[:, 0, 0]
+    se = x.std(ddof=1) / math.sqrt(seeds)
+    assert abs(x.mean() - pred) < 3 * se + L * (4 / N + 0.015), (x.mean(), pred, se)
+    if B == 2:
+        assert float(th["log_grad_q"].values[0, 0]) - x.mean() > 10 * se
+
+
+def _bn_block(depth, eps=1e-5):
+    """The pre-activation BatchNorm block of issue 16: Dense, BatchNorm, relu (no skip)."""
+    return sp.Repeat(sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(eps=eps), sp.Act("relu")),
+                     depth)
+
+
+@pytest.mark.parametrize("B", [2, 3])
+def test_preactivation_block_typical_gradient_against_monte_carlo(B):
+    """Dense -> BN -> relu, L = 4, width 256: as the Pre-BN test, bound L (15/N + 0.04) (module
+    docstring); the infinite-width log E grad_q_0 lies far outside at B = 2."""
+    L, N, seeds = 4, 256, 200
+    net, inputs = _bn_block(L), sp.Inputs(q=1.0, corr=0.5, n=B)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FiniteWidthWarning)
+        th = sp.theory(net, inputs, width=N)
+        mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy", dtype="float64",
+                         root_seed=13)
+    pred = float(th["typical_log_grad_q"].values[0, 0])
+    x = mc["log_grad_q"].values[:, 0, 0]
+    se = x.std(ddof=1) / math.sqrt(seeds)
+    assert abs(x.mean() - pred) < 3 * se + L * (15 / N + 0.04), (x.mean(), pred, se)
+    if B == 2:
+        assert float(th["log_grad_q"].values[0, 0]) - x.mean() > 10 * se
+    assert fw.typical_log_grad_q(net, sp.Inputs(q=1.0, corr=0.5, n=4), N) is None  # relu gate
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("B", [2, 3, 4])
+def test_prebn_issue_depth(B):
+    """Issue 16's depth, L = 16 at width 256 (400 seeds): the bound of the module docstring;
+    the infinite-width log E grad_q_0 is outside it by more than 3 standard errors."""
+    L, N, seeds = 16, 256, 400
+    net, inputs = presets.prebn(L), sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FiniteWidthWarning)
+        th = sp.theory(net, inputs, width=N)
+        mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy", dtype="float64",
+                         root_seed=17)
+    pred = float(th["typical_log_grad_q"].values[0, 0])
+    x = mc["log_grad_q"].values[:, 0, 0]
+    se = x.std(ddof=1) / math.sqrt(seeds)
+    assert abs(x.mean() - pred) < 3 * se + L * (4 / N + 0.015), (x.mean(), pred, se)
+    assert float(th["log_grad_q"].values[0, 0]) - x.mean() > 3 * se
