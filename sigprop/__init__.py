@@ -4,20 +4,21 @@ Three faces that must agree: symbolic derivations (sympy), the infinite-width th
 (:func:`theory`) and finite-width Monte Carlo. The conventions: docs/guide.md, docs/schema.md.
 
 The public names are imported on first use (PEP 562, as SPEC 1's ``lazy_loader`` does): the
-imports under ``TYPE_CHECKING`` below are the list of them, read by type checkers and the API
-docs, and parsed once here into the table that :func:`__getattr__` follows. So
-``import sigprop`` costs only this file, and the command line starts without numpy, xarray,
-scipy, sympy or matplotlib.
+imports under ``TYPE_CHECKING`` below are read by type checkers and the API docs, and the
+literal table ``_WHERE`` is what :func:`__getattr__` follows (tests/test_init.py checks that
+the two list the same names from the same modules). So ``import sigprop`` costs only this
+file, and the command line starts without numpy, xarray, scipy, sympy or matplotlib.
 """
 
 from __future__ import annotations
 
-import ast
 import importlib
-from typing import TYPE_CHECKING
 
 from sigprop.version import __version__
 
+# Not ``from typing import TYPE_CHECKING``: importing typing would double this file's import
+# time. Type checkers (mypy, pyright) read a name TYPE_CHECKING as true whatever defines it.
+TYPE_CHECKING = False
 if TYPE_CHECKING:
     from sigprop import presets
     from sigprop.analysis.compare import compare
@@ -51,37 +52,47 @@ if TYPE_CHECKING:
     from sigprop.state.inputs import Inputs
     from sigprop.state.params import Sweep, sweep
 
-
-def _public() -> dict[str, tuple[str, str | None]]:
-    """name -> (module, attribute; None when the name is the module), from the imports under
-    ``TYPE_CHECKING`` in this file."""
-    with open(__file__, encoding="utf-8") as fh:
-        tree = ast.parse(fh.read())
-    block = next(n for n in tree.body if isinstance(n, ast.If)
-                 and getattr(n.test, "id", None) == "TYPE_CHECKING")
-    return {alias.name: (f"{node.module}.{alias.name}", None) if node.module == "sigprop"
-            else (node.module, alias.name)
-            for node in block.body for alias in node.names}
-
-
-_WHERE = _public()
+# name -> the module of its ``from <module> import <name>`` above; module "sigprop" means the
+# name is a subpackage (``sp.presets``).
+_WHERE: dict[str, str] = {
+    "presets": "sigprop",
+    "compare": "sigprop.analysis.compare",
+    "plot": "sigprop.analysis.plot",
+    "load": "sigprop.data",
+    "save": "sigprop.data",
+    "simulate": "sigprop.engines.montecarlo",
+    "theory": "sigprop.engines.theory",
+    **dict.fromkeys(("ConfigError", "FiniteWidthWarning", "MonteCarloOverflow",
+                     "OverflowInTheory", "SigpropError", "UnsupportedComposition"),
+                    "sigprop.errors"),
+    "from_torch": "sigprop.interop.torch",
+    "simulate_torch": "sigprop.interop.torch",
+    **dict.fromkeys(("Act", "BatchNorm", "Dense", "FeatureAffine", "LayerNorm", "Op", "Repeat",
+                     "Residual", "RMSNorm", "Scale", "Serial"), "sigprop.ops"),
+    "sweep_load": "sigprop.pipeline.sweep",
+    "sweep_run": "sigprop.pipeline.sweep",
+    "Inputs": "sigprop.state.inputs",
+    "Sweep": "sigprop.state.params",
+    "sweep": "sigprop.state.params",
+}
 __all__ = sorted(_WHERE)  # noqa: PLE0605 (the names of the TYPE_CHECKING imports)
 
 
 def __getattr__(name: str):
     """Import a public name's module on first use and keep the name here; a subpackage
     (``sp.data``, ``sp.ops``) is imported as ``import sigprop.<name>`` would."""
-    if name not in _WHERE:
+    module = _WHERE.get(name)
+    if module is None or module == __name__:
         try:
-            return importlib.import_module(f"{__name__}.{name}")
+            value = importlib.import_module(f"{__name__}.{name}")
         except ModuleNotFoundError as e:
             if e.name != f"{__name__}.{name}":  # the subpackage exists, a dependency is missing
                 raise
             raise AttributeError(f"module 'sigprop' has no attribute {name!r}") from None
-    module, attribute = _WHERE[name]
-    value = importlib.import_module(module)
-    if attribute is not None:
-        value = getattr(value, attribute)
+        if module is None:
+            return value
+    else:
+        value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
 

@@ -69,6 +69,10 @@ def test_good_config_runs_theory(tmp_path):
     (('act = "relu"', 'act = "sigmoid"'), "arch 'preln'", "relu"),
     (('description = "tiny"', 'colour = "red"\ndescription = "tiny"'), "colour", "description"),
     (('act = "relu"', 'act = "relu"\ncolour = 1'), "'colour' is not an argument", "sigma_w1"),
+    (("[inputs]", "[arch.sweeps]\nalpha = { linspce = [0.1, 1.0, 3] }\n[inputs]"),
+     "arch.0.sweeps.alpha.linspce =", "linspace, logspace"),
+    (("[inputs]", "[arch.sweeps]\nalpha = 'x'\n[inputs]"), "arch.0.sweeps.alpha = 'x'",
+     "valid list"),
 ])
 def test_bad_config_names_file_key_and_allowed(tmp_path, edit, key, allowed):
     path = write(tmp_path, GOOD.replace(*edit))
@@ -149,3 +153,149 @@ def test_figures_declared_in_a_sim(tmp_path):
     twice = GOOD + FIGURES_TOML.replace('name = "q_vs_layer"', 'name = "figs_grad_q"')
     with pytest.raises(SimConfigError, match="used twice"):
         Sim.load(write(tmp_path, twice, "figs.toml"))
+
+
+# -- sweeps per arch -----------------------------------------------------------------------------
+PER_ARCH = """
+description = "Pre-LN over alpha, DeepNorm at its own constants, Post-LN at alpha = 1"
+[[arch]]
+label = "Pre-LN"
+preset = "preln"
+act = "relu"
+[arch.sweeps]
+alpha = [0.25, 1.0]
+sigma_b = [0.0]
+[[arch]]
+label = "DeepNorm"
+preset = "deepnorm"
+act = "relu"
+sweeps = ["sigma_b"]
+[[arch]]
+label = "Post-LN"
+preset = "postln"
+act = "relu"
+[arch.sweeps]
+alpha = [1.0]
+sigma_b = [0.5]
+[inputs]
+q = 1.0
+corr = 0.5
+n = 2
+[sweeps]
+sigma_b = [0.0, 0.5]
+[profiles.quick]
+depth = 3
+widths = [16]
+seeds = 2
+"""
+
+
+def test_sweeps_per_arch_resolve(tmp_path):
+    """An [arch.sweeps] table replaces the sim's sweeps for that arch, a list picks some of
+    them, and an arch without ``sweeps`` has the sim's."""
+    sim = Sim.load(write(tmp_path, PER_ARCH, "per_arch.toml"))
+    pre, deep, post = sim.spec.arch
+    assert {k: s.values for k, s in sim.sweeps("quick", pre).items()} == {
+        "alpha": (0.25, 1.0), "sigma_b": (0.0,)}
+    assert {k: s.values for k, s in sim.sweeps("quick", deep).items()} == {"sigma_b": (0.0, 0.5)}
+    assert {k: s.values for k, s in sim.sweeps("quick", post).items()} == {
+        "alpha": (1.0,), "sigma_b": (0.5,)}
+    with pytest.raises(sp.ConfigError, match="the same sweeps on every arch"):
+        sim.sweeps("quick")  # one grid for all archs (sweep_run) is refused, not guessed
+    from sigprop.pipeline.sweep import plan_theory
+
+    with pytest.raises(sp.ConfigError, match="sweep_run's zarr store"):
+        plan_theory(sim, "quick", tmp_path / "per_arch.zarr")
+    cfg = sim.config("quick")  # an arch's own sweeps are part of the config (the cache key)
+    assert cfg["arch"][0]["sweeps"] == {"alpha": [0.25, 1.0], "sigma_b": [0.0]}
+    assert cfg["arch"][1]["sweeps"] == {"sigma_b": [0.0, 0.5]}
+    other = Sim.load(write(tmp_path, PER_ARCH.replace("[0.25, 1.0]", "[0.5, 1.0]"), "o.toml"))
+    assert other.config("quick")["arch"] != cfg["arch"]
+
+
+@pytest.mark.parametrize("edit, match", [
+    # the sim's sweep alpha reaches DeepNorm, whose preset has no alpha: names preset and args
+    (('sweeps = ["sigma_b"]', ""), "sweep 'alpha' is not an argument of preset 'deepnorm'"),
+    (('sweeps = ["sigma_b"]', "[arch.sweeps]\nalpha = [1.0]"),
+     "sweep 'alpha' is not an argument of preset 'deepnorm' .*allowed: act, eps, sublayers"),
+    (('sweeps = ["sigma_b"]', 'sweeps = ["sigma_w2"]'), "names 'sigma_w2', which is no sweep"),
+    (('sweeps = ["sigma_b"]', "[arch.sweeps]\nlayer = [1.0]"), "reserved dim name"),
+    # Post-LN takes alpha, which Pre-LN sweeps: one alpha shown at every alpha is refused
+    (("[arch.sweeps]\nalpha = [1.0]\nsigma_b = [0.5]", 'alpha = "1"\nsweeps = ["sigma_b"]'),
+     "arch 'Post-LN' .*takes 'alpha', which another arch sweeps"),
+    (('sweeps = ["sigma_b"]', "[arch.sweeps]\nsigma_b = [0.0, 0.5]"),
+     "sweep 'sigma_b' .* is swept by no arch"),
+    (("alpha = [0.25, 1.0]", "alpha = [0.25, inf]"), "arch 'Pre-LN'.sweeps"),
+])
+def test_sweeps_per_arch_refused(tmp_path, edit, match):
+    text = PER_ARCH.replace(*edit)
+    if edit[1] == "":  # DeepNorm without sweeps gets the sim's: make the sim sweep alpha
+        text = text.replace("[sweeps]\nsigma_b = [0.0, 0.5]", "[sweeps]\nalpha = [1.0]")
+    path = write(tmp_path, text)
+    with pytest.raises(SimConfigError, match=match) as err:
+        Sim.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_sweeps_per_arch_run_and_stack(tmp_path):
+    """Theory and Monte Carlo of archs swept differently: each arch's rows at each point of its
+    own grid are its own run there; NaN where its grid lacks a value of a dim it is swept over;
+    along a dim its preset does not take (DeepNorm: alpha) its values repeat (they do not
+    depend on it)."""
+    import numpy as np
+
+    from sigprop.pipeline.runs import grid_points, run_montecarlo
+
+    sim = Sim.load(write(tmp_path, PER_ARCH, "per_arch.toml"))
+    x0 = sim.spec.inputs.build()
+    th = run_theory(sim, "quick")
+    assert list(th["alpha"].values) == [0.25, 1.0] and list(th["sigma_b"].values) == [0.0, 0.5]
+    presets = {"Pre-LN": sp.presets.preln, "DeepNorm": sp.presets.deepnorm,
+               "Post-LN": sp.presets.postln}
+    checked = 0
+    for arch in sim.spec.arch:
+        for point in grid_points(sim.sweeps("quick", arch)):
+            alone = sp.theory(presets[arch.name](3, act="relu", **point), x0)["q"]
+            rows = th["q"].sel(arch=arch.name, **point)
+            rest = [d for d in ("alpha", "sigma_b") if d not in point]  # DeepNorm: alpha
+            rows = rows.transpose(*rest, *alone.dims)
+            np.testing.assert_allclose(rows.values, np.broadcast_to(alone.values, rows.shape),
+                                       rtol=1e-12)
+            checked += 1
+    assert checked == 2 + 2 + 1
+    assert bool(th["q"].sel(arch="Pre-LN", sigma_b=0.5).isnull().all())
+    post = th["q"].sel(arch="Post-LN")
+    assert bool(post.sel(alpha=0.25).isnull().all()) and bool(post.sel(sigma_b=0.0).isnull().all())
+    mc = run_montecarlo(sim, "quick", backend="numpy")
+    for arch in sim.spec.arch:
+        for point in grid_points(sim.sweeps("quick", arch)):
+            assert bool(mc["q"].sel(arch=arch.name, **point).notnull().all()), (arch, point)
+    assert bool(mc["q"].sel(arch="Pre-LN", sigma_b=0.5).isnull().all())
+    assert bool(mc["q"].sel(arch="Post-LN", alpha=0.25).isnull().all())
+
+
+def test_sweep_a_preset_cannot_vectorise_is_refused_at_load(tmp_path):
+    """DeepNorm scales sigma_w1 by its constant b in Python (b * s1): a sweep of it does not
+    build, and the file is refused when it loads, not when the run reaches it."""
+    text = GOOD.replace('preset = "preln"', 'preset = "deepnorm"').replace(
+        "[inputs]", "[arch.sweeps]\nsigma_w1 = [1.0, 1.5]\n[inputs]")
+    with pytest.raises(SimConfigError, match="arch 'deepnorm'.sweeps.*do not build"):
+        Sim.load(write(tmp_path, text))
+
+
+def test_the_guides_per_arch_example_loads_and_runs(tmp_path):
+    """docs/guide.md, "Sweeps per architecture": its TOML loads as written; Pre-LN varies with
+    alpha, DeepNorm (no alpha argument) is the same at every alpha."""
+    import re
+
+    import numpy as np
+
+    guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
+    section = guide.split("### Sweeps per architecture", 1)[1]
+    text = re.findall(r"```toml\n(.*?)```", section, flags=re.DOTALL)[0]
+    sim = Sim.load(write(tmp_path, text, "mine.toml"))
+    q = run_theory(sim, "quick")["q"].isel(layer=-1, input=0)
+    pre, deep = q.sel(arch="Pre-LN"), q.sel(arch="DeepNorm")
+    assert q.sizes["alpha"] == 3 and float(pre.max() - pre.min()) > 0.1 * float(pre.max())
+    np.testing.assert_array_equal(deep.values, np.full(3, float(deep[0])))
+    assert np.isfinite(deep.values).all()

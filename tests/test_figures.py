@@ -370,3 +370,58 @@ def test_finite_width_correction_recovers_a_known_mean_mode(correction_data, tmp
     for name in ("FWCMeanA", "FWCMeanAFit", "FWCMeanASE", "FWCPlainReluSlope", "FWCDepth"):
         assert f"\\newcommand{{\\{name}}}" in macros
     assert "nan" not in macros.lower() and "inf" not in macros.lower()
+
+
+def _pair(da):
+    return da.sel(input=0, input_b=1)
+
+
+# figure -> per panel: (x dim, the theory quantity its lines must be, per arch)
+DRAWN = {
+    "variance": [("layer", lambda th: th["var"].sel(input=0))] * 2,
+    "gradient": [("layer", lambda th: th["grad_q"].sel(input=0))] * 2,
+    "correlation": [("layer", lambda th: _pair(th["corr"])),
+                    ("layer", lambda th: 1 - _pair(th["corr"]))],
+    "meanshift": [("layer", lambda th: th["mean"].sel(input=0) ** 2),
+                  ("layer", lambda th: th["var"].sel(input=0)),
+                  ("layer", lambda th: th["branch_q"].sel(input=0))],
+    "norms": [("batch", lambda th: _pair(th["corr"]).isel(layer=-1)),
+              ("batch", lambda th: th["grad_q"].sel(input=0).isel(layer=0))],
+}
+
+
+@pytest.mark.parametrize("name", sorted(DRAWN))
+def test_curve_figures_draw_the_theory_and_monte_carlo_through_sp_plot(tiny_data, tmp_path,
+                                                                       name, monkeypatch):
+    """Each curve figure is drawn by sp.plot (one plotting path): every call goes through it,
+    each arch's line is its theory quantity at the drawn x, and each arch with Monte Carlo has
+    its points in every panel."""
+    import matplotlib.pyplot as plt
+
+    from sigprop.analysis import plot as plot_module
+
+    calls = []
+    real = plot_module.plot
+    monkeypatch.setattr(plot_module, "plot", lambda *a, **k: calls.append(k) or real(*a, **k))
+    d = tiny_data[module(name).SIM]
+    th, mc = d["theory"], d["montecarlo"]
+    fig = module(name).draw(FigureData(th, mc, tmp_path / "generated"))
+    axes = [ax for ax in fig.axes if ax.get_visible()]
+    assert len(calls) == len(axes) <= len(DRAWN[name])  # variance: one panel when none is wild
+    checked = 0
+    for ax, (x, quantity) in zip(axes, DRAWN[name]):
+        archs = set()
+        for line in ax.get_lines():
+            arch = line.get_label()
+            if arch not in th["arch"].values:  # points, references, closed forms
+                continue
+            want = quantity(th.sel(arch=arch)).sel({x: line.get_xdata()})
+            np.testing.assert_allclose(line.get_ydata(), want.values, rtol=1e-12,
+                                       err_msg=f"{name}: {arch}")
+            archs.add(arch)
+            checked += 1
+        with_points = {a for a in archs if a in mc["arch"].values}
+        markers = [line for line in ax.get_lines() if line.get_linestyle() == "None"]
+        assert len(markers) >= len(with_points), (name, archs)
+    assert checked >= len(axes)
+    plt.close(fig)

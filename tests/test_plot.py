@@ -244,3 +244,62 @@ def test_sweep_labels_match_within_rounding():
     np.testing.assert_array_equal(solid_lines(ax)[0].get_ydata(),
                                   grid["q"].sel(layer=DEPTH, input=0).values)
     assert ax.get_title() == f"input=0, layer={DEPTH}"
+
+
+# -- the options the paper's figures draw with (one plotting path) -------------------------------
+def test_transform_is_applied_to_the_theory_and_to_each_seed(th, mc):
+    """mean -> mean^2: the line is the theory's mean squared, the points the average over seeds
+    of each seed's squared mean (not the square of the average: the transform comes first)."""
+    fig = sp.plot(th["Pre-LN"], mc["Pre-LN"], var="mean", transform=lambda m: m**2,
+                  estimator="mean", ylabel="squared mean")
+    ax = fig.axes[0]
+    (line,) = solid_lines(ax)
+    np.testing.assert_array_equal(line.get_ydata(),
+                                  th["Pre-LN"]["mean"].sel(input=0).values ** 2)
+    (points,) = point_sets(ax)
+    samples = mc["Pre-LN"]["mean"].sel(input=0).transpose("layer", "seed").values ** 2
+    np.testing.assert_allclose(points.get_ydata(), samples.mean(axis=1), rtol=1e-12)
+    se = samples.std(axis=1, ddof=1) / np.sqrt(SEEDS)
+    lo, hi = band(ax, points.get_xdata())
+    np.testing.assert_allclose(hi - lo, 4 * se, rtol=1e-9, atol=1e-15)
+    assert ax.get_ylabel() == "squared mean"
+    with pytest.raises(sp.ConfigError, match="transform"):
+        sp.plot(th["Pre-LN"], transform="square")
+
+
+def test_nets_keep_their_colours_other_labels_the_palette(th):
+    """A label naming a net of plots.NET_STYLES takes that net's colour, line style and marker
+    in every figure; other labels the palette in order."""
+    deep = sp.theory(sp.presets.deepnorm(depth=DEPTH, act="relu"), X0)
+    fig = sp.plot({"DeepNorm": deep, "mine": th["Pre-LN"]}, var="q")
+    lines = [line for line in fig.axes[0].get_lines()]
+    assert [line.get_label() for line in lines] == ["DeepNorm", "mine"]
+    assert lines[0].get_color() == plots.NET_STYLES["DeepNorm"][0]
+    assert lines[0].get_linestyle() == "--"  # dashed: DeepNorm's theory coincides with Post-LN's
+    assert lines[1].get_color() == plots.PALETTE[1] and lines[1].get_linestyle() == "-"
+
+
+def test_scales_labels_legend_and_titles_are_options(th):
+    _, ax = plt.subplots()
+    sp.plot(th, var="q", ax=ax, xscale={"value": "log", "base": 2},
+            yscale={"value": "symlog", "linthresh": 1e-3}, xlabel="block", ylabel="q_l",
+            theory_kw={"marker": "."}, legend=False, titles=False)
+    assert ax.get_xscale() == "log" and ax.xaxis.get_transform().base == 2
+    assert ax.get_yscale() == "symlog" and ax.yaxis.get_transform().linthresh == 1e-3
+    assert (ax.get_xlabel(), ax.get_ylabel(), ax.get_title()) == ("block", "q_l", "")
+    assert ax.get_legend() is None
+    assert all(line.get_marker() == "." for line in ax.get_lines())
+    assert min(line.get_xdata().min() for line in ax.get_lines()) == 1  # layer 0: not on log x
+    with pytest.raises(sp.ConfigError, match="symlog"):  # names matplotlib's scales
+        sp.plot(th, var="q", xscale={"value": "logg"})
+
+
+def test_a_hue_without_theory_labels_its_monte_carlo_points(th, mc):
+    """An arch with no law (theory all NaN) draws no line; its points carry its label."""
+    lawless = th["Post-LN"].copy(deep=True)
+    lawless["q"] = lawless["q"] * np.nan
+    _, ax = plt.subplots()
+    sp.plot({"Pre-LN": th["Pre-LN"], "Post-LN": lawless}, mc, var="q", ax=ax, legend=False)
+    assert [line.get_label() for line in solid_lines(ax)] == ["Pre-LN"]
+    labels = [p.get_label() for p in point_sets(ax)]
+    assert "Post-LN (Monte Carlo only)" in labels

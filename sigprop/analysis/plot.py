@@ -12,7 +12,7 @@ other ``input_b``, the last ``layer`` when x is another dim, the widest Monte Ca
 from __future__ import annotations
 
 import warnings
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 
 import matplotlib.pyplot as plt
@@ -35,8 +35,11 @@ SHARED_COLOUR = 6  # black in plots.PALETTE: a theory line shared by every hue
 
 def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = None,
          col: str | None = None, row: str | None = None, *, sel: Mapping | None = None,
-         estimator: str = "auto", xscale: str = "auto", yscale: str = "auto",
-         max_points: int = 16, sharey: bool = True, ax=None):
+         estimator: str = "auto", xscale: str | Mapping = "auto",
+         yscale: str | Mapping = "auto", max_points: int = 16, sharey: bool = True, ax=None,
+         transform: Callable | None = None, xlabel: str | None = None,
+         ylabel: str | None = None, theory_kw: Mapping | None = None, legend: bool = True,
+         titles: bool = True):
     """Draw ``var`` against ``x``: theory as lines, Monte Carlo as points with +-2 SE bands.
 
     ``theory``: a theory dataset (no ``seed`` dim), or a mapping ``{label: dataset}`` stacked
@@ -47,16 +50,29 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     ``sp.compare`` (``auto`` picks per panel). ``xscale``/``yscale``: ``auto`` is logarithmic
     when the positive values drawn span more than ``DECADES`` = 2 decades (then x <= 0, e.g.
     layer 0, is left out); magnitudes beyond ``DRAWABLE`` (and inf) are reported by a warning
-    and not drawn. Along ``layer`` Monte Carlo points are thinned to about
-    ``max_points`` (evenly spaced on the x scale). ``ax``: draw into this axes (no col/row).
+    and not drawn; a mapping is the keyword arguments of matplotlib's ``set_xscale`` (e.g.
+    ``{"value": "log", "base": 2}``, ``{"value": "symlog", "linthresh": 1e-3}``). Along
+    ``layer`` Monte Carlo points are thinned to about ``max_points`` (evenly spaced on the x
+    scale). ``ax``: draw into this axes (no col/row).
+
+    ``transform``: a function of the variable drawn instead of it (applied to the theory and to
+    each Monte Carlo seed before the estimator, e.g. ``lambda m: m**2``, ``lambda c: 1 - c``);
+    name it with ``ylabel``. ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra
+    matplotlib arguments of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
+    legend (a figure of several calls draws one for all), ``titles=False`` no panel titles.
+    A hue label that names one of the paper's nets (``plots.NET_STYLES``: "Pre-LN", "Post-LN",
+    ...) is drawn in that net's colour, line style and marker, the same in every figure; other
+    labels take the palette in order. A hue whose theory is all NaN (no law) keeps its label
+    on its Monte Carlo points, "(Monte Carlo only)".
     Returns the matplotlib Figure.
     """
     th, mc = _dataset(theory, "theory", seed=False), _dataset(mc, "mc", seed=True)
     if th is None and mc is None:
         raise ConfigError("theory, mc", (None, None), "at least one dataset")
     _check_choice("estimator", estimator, ESTIMATORS)
-    _check_choice("xscale", xscale, schema.AXIS_SCALES)
-    _check_choice("yscale", yscale, schema.AXIS_SCALES)
+    xscale, yscale = _check_scale("xscale", xscale), _check_scale("yscale", yscale)
+    if transform is not None and not callable(transform):
+        raise ConfigError("transform", transform, "a function of the variable, or None")
     if int(max_points) < 2:
         raise ConfigError("max_points", max_points, "an integer >= 2")
     present = [ds for ds in (th, mc) if ds is not None]
@@ -85,8 +101,13 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
                           "each as x, hue, col or row, or fixed by sel={dim: label}")
     das = {k: da.squeeze([d for d in da.dims if d not in (*used, hue, "seed")], drop=True)
            for k, da in das.items()}
+    if transform is not None:
+        das = {k: transform(da) for k, da in das.items()}
+    style = {"transform": transform is not None, "xlabel": xlabel, "ylabel": ylabel,
+             "theory_kw": dict(theory_kw or {}), "legend": legend, "titles": titles,
+             "given_ax": ax is not None}
     return _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale,
-                 int(max_points), sharey, ax)
+                 int(max_points), sharey, ax, style)
 
 
 def savefig(fig: Figure, path) -> Path:
@@ -105,9 +126,10 @@ def savefig(fig: Figure, path) -> Path:
 
 
 def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_points, sharey,
-          ax):
+          ax, style):
     xs = _labels(das, x)
-    log_x = _log_scale(xscale, np.asarray(xs, dtype=float) if _numeric(xs) else None)
+    xscale = _scale(xscale, np.asarray(xs, dtype=float) if _numeric(xs) else None)
+    log_x = xscale["value"] == "log"
     rows, cols, hues = _labels(das, row), _labels(das, col), _labels(das, hue)
     if ax is None:
         fig, axes = plots.panels(len(rows) * len(cols), nrows=len(rows), sharex=True,
@@ -116,6 +138,7 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
         fig, axes = ax.figure, [ax]
     th = das.get("theory")
     shared = th is not None and hue is not None and hue not in th.dims  # one line for all hues
+    summarised = "transformed" if style["transform"] else var  # the estimator's rule
     drawn, estimators = [], set()
     with plt.rc_context(plots.RC):  # entered after the figure exists: see plots.panels
         for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
@@ -123,6 +146,7 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
             where = {d: v for d, v in ((row, r), (col, c)) if d is not None}
             for i, h in enumerate(hues):
                 at = {**where, **({hue: h} if hue is not None else {})}
+                key = h if plots.is_net(h) else i  # a net's own colour, else the palette's
                 label = _label(hue, h) if k == 0 and hue is not None else None
                 y = _at(th, at) if not (shared and i > 0) else None
                 if y is not None:
@@ -131,25 +155,31 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                     xv, yv = _on_axis(y, x, log_x)
                     yv = _drawable(yv)
                     _warn_nonfinite(yv, var, "theory", at)
-                    plots.theory_line(panel, xv, np.where(np.isfinite(yv), yv, np.nan),
-                                      SHARED_COLOUR if shared else i,
-                                      label=None if shared else label)
-                    drawn.append(yv)
-                    label = label if shared else None
+                    if np.isfinite(yv).any():
+                        plots.theory_line(panel, xv, np.where(np.isfinite(yv), yv, np.nan),
+                                          SHARED_COLOUR if shared else key,
+                                          label=None if shared else label, **style["theory_kw"])
+                        drawn.append(yv)
+                        label = label if shared else None
+                    elif label is not None:
+                        label = f"{label} (Monte Carlo only)"
                 m = _at(das.get("mc"), at)
                 if m is not None:
                     m = _thin(m, x, log_x, max_points)
-                    centre, lo, hi, used = plots.mc_summary(m.transpose(x, "seed"), var,
+                    centre, lo, hi, used = plots.mc_summary(m.transpose(x, "seed"), summarised,
                                                             estimator)
                     estimators.add(used)
                     xv = _on_axis(centre, x, log_x)[0]
                     cv, lo, hi = (_drawable(_on_axis(v, x, log_x)[1]) for v in (centre, lo, hi))
-                    if not plots.mc_points(panel, xv, cv, lo, hi, i, label=label):
-                        _warn_nonfinite(cv, var, "Monte Carlo", at)
+                    if not np.isfinite(cv).any() or \
+                            not plots.mc_points(panel, xv, cv, lo, hi, key, label=label):
+                        _warn_nonfinite(cv, var, "Monte Carlo", at)  # no points: no label
                     drawn.append(cv)
-            panel.set_title(", ".join(_label(d, v) for d, v in {**where, **fixed}.items()))
-        _style_axes(axes, var, x, log_x, _log_scale(yscale, _values(drawn)), sharey, das)
-        _legend(fig if ax is None else ax, axes[0], mc, fixed, estimators, ncol=len(cols))
+            if style["titles"]:
+                panel.set_title(", ".join(_label(d, v) for d, v in {**where, **fixed}.items()))
+        _style_axes(axes, var, x, xscale, _scale(yscale, _values(drawn)), sharey, das, style)
+        if style["legend"]:
+            _legend(fig if ax is None else ax, axes[0], mc, fixed, estimators, ncol=len(cols))
     return fig
 
 
@@ -175,6 +205,20 @@ def _dataset(ds, role: str, seed: bool) -> xr.Dataset | None:
 def _check_choice(field: str, value, allowed) -> None:
     if value not in allowed:
         raise ConfigError(field, value, f"one of {list(allowed)}")
+
+
+def _check_scale(field: str, value) -> str | dict:
+    """One of :data:`schema.AXIS_SCALES`, or the keyword arguments of matplotlib's
+    ``set_xscale`` with a registered scale name as ``value``."""
+    if isinstance(value, Mapping):
+        from matplotlib.scale import get_scale_names
+
+        if value.get("value") not in get_scale_names():
+            raise ConfigError(f"{field}['value']", value.get("value"),
+                              f"one of {get_scale_names()} (matplotlib's scales)")
+        return dict(value)
+    _check_choice(field, value, schema.AXIS_SCALES)
+    return value
 
 
 def _fixed(das, dims, used, sel, x) -> dict:
@@ -250,20 +294,22 @@ def _values(arrays) -> np.ndarray:
     return np.concatenate([np.ravel(a) for a in arrays]) if arrays else np.array([])
 
 
-def _log_scale(scale: str, values) -> bool:
-    """``log``, or for ``auto``: positive values spanning more than DECADES decades."""
-    if scale != "auto" or values is None:
-        return scale == "log"
-    v = values[np.isfinite(values)]
-    if v.size == 0 or (v < 0).any():
-        return False
-    v = v[v > 0]
-    return v.size > 1 and np.log10(v.max() / v.min()) > DECADES
+def _scale(scale, values) -> dict:
+    """The axis scale as ``set_xscale`` arguments: a mapping as given; ``auto``: log when the
+    positive ``values`` span more than DECADES decades (and none is negative), else linear."""
+    if isinstance(scale, dict):
+        return scale
+    if scale == "auto":
+        v = values[np.isfinite(values)] if values is not None else np.array([])
+        v = v if not (v < 0).any() else np.array([])
+        v = v[v > 0]
+        scale = "log" if v.size > 1 and np.log10(v.max() / v.min()) > DECADES else "linear"
+    return {"value": scale}
 
 
 def _drawable(y: np.ndarray) -> np.ndarray:
     """``y`` with magnitudes beyond :data:`DRAWABLE` set to +-inf (then reported, not drawn)."""
-    return np.where(np.abs(y) > DRAWABLE, np.sign(y) * np.inf, y)
+    return np.where(np.abs(y) > DRAWABLE, np.copysign(np.inf, y), y)
 
 
 def _warn_nonfinite(y, var: str, what: str, at: dict) -> None:
@@ -281,18 +327,21 @@ def _label(dim, value) -> str:
     return f"{dim}={value:g}" if isinstance(value, float) else f"{dim}={value}"
 
 
-def _style_axes(axes, var, x, log_x, log_y, sharey, das) -> None:
+def _style_axes(axes, var, x, xscale, yscale, sharey, das, style) -> None:
     attrs = next(iter(das.values())).attrs
     long_name = attrs.get("long_name") or schema.VARIABLES[var].long_name
+    log_y = yscale["value"] == "log"
     for panel in axes:
-        if log_x:
-            panel.set_xscale("log")
+        if xscale["value"] != "linear":
+            panel.set_xscale(**xscale)
         if log_y:
             plots.fit_log_ylim(panel)
-        panel.set_xlabel("layer $\\ell$" if x == "layer" else x)
-        spec = panel.get_subplotspec()
-        if spec is None or spec.is_first_col():
-            panel.set_ylabel(f"{long_name} ({var})")
+        if yscale["value"] != "linear":
+            panel.set_yscale(**yscale)
+        panel.set_xlabel(style["xlabel"] or ("layer $\\ell$" if x == "layer" else x))
+        spec = panel.get_subplotspec()  # a grid of panels made here: labels on its left side
+        if style["given_ax"] or spec is None or spec.is_first_col():
+            panel.set_ylabel(style["ylabel"] or f"{long_name} ({var})")
     if log_y and sharey:  # the limits of every panel's data, not the last panel's
         lims = np.array([panel.get_ylim() for panel in axes])
         for panel in axes:

@@ -96,6 +96,16 @@ def style(key) -> dict:
     return {"color": PALETTE[sum(map(ord, key)) % len(PALETTE)], "ls": VARIANT_LS}
 
 
+def is_net(label) -> bool:
+    """Whether ``label`` names a net of :data:`NET_STYLES` (or an alias, or a variant
+    ``"<net>, <variant>"``): drawn in that net's style in every figure and by ``sp.plot``."""
+    if not isinstance(label, str):
+        return False
+    key = NET_ALIASES.get(label, label)
+    net = key.split(",")[0].strip()
+    return key in NET_STYLES or NET_ALIASES.get(net, net) in NET_STYLES
+
+
 def color(key) -> str:
     """The colour of :func:`style` (a net's label, or an index into the palette)."""
     return style(key)["color"]
@@ -190,13 +200,6 @@ def sample_layers(layers, n: int = 16, linear: bool = False) -> np.ndarray:
     return layers[np.isin(layers, want)]
 
 
-def depth_axis(ax, depth: int, label="layer $\\ell$"):
-    """Depth on a log axis when it spans more than two decades, linear otherwise."""
-    if depth >= 100:
-        ax.set_xscale("log")
-    ax.set_xlabel(label)
-
-
 def legend(ax, **kw):
     with plt.rc_context(RC):
         ax.legend(**kw)
@@ -257,42 +260,47 @@ def mc_note(data: FigureData, what: str = "Monte Carlo") -> None:
                   "ran theory only): theory lines only.")
 
 
-def layer_curves(ax, data: FigureData, var: str, *, transform=None, sel=None,
-                 estimator="auto", log_x=False, archs=None) -> None:
-    """Theory (lines) and Monte Carlo (points, widest width) of ``var`` vs layer, per arch.
+def curves(ax, data: FigureData, var: str, *, select: dict | None = None,
+           note_missing: bool = True, **plot_kw) -> None:
+    """One panel of a paper figure drawn by :func:`sigprop.plot` (theory lines, Monte Carlo
+    points of the widest width, one hue per arch, no legend or title: the figure draws one
+    legend for all panels); ``select`` restricts both datasets first (``{"arch": [...]}``,
+    ``{"batch": [4, 8]}``; labels a dataset lacks are skipped). What could not be drawn (Monte
+    Carlo that overflowed; with ``note_missing``, an arch without theory) goes to the caption."""
+    import warnings
 
-    ``transform`` maps the variable before plotting (applied per seed for Monte Carlo, so the
-    estimator sees the transformed samples); ``sel`` picks inputs (e.g. input=0, input_b=1);
-    ``archs`` restricts the curves to some labels (colours stay those of the full list).
-    """
-    sel = sel or {"input": 0}
-    f = transform or (lambda x: x)
-    first = 1 if log_x else 0
-    for arch in arch_labels(data.theory):
-        if archs is not None and arch not in archs:
-            continue
-        th = pick(data.theory, arch=arch)[var].sel(sel)
-        y = f(th)
-        if bool(np.isfinite(y).any()):
-            theory_line(ax, th["layer"][first:], y[first:], arch, label=arch)
+    from sigprop.analysis.plot import plot
+
+    th, mc = (_restrict(ds, select or {}) for ds in (data.theory, data.mc))
+    hue = "arch" if "arch" in th.dims else None
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        plot(th, mc, var=var, hue=hue, ax=ax, legend=False, titles=False, **plot_kw)
+    for w in caught:
+        if "overflowed" in str(w.message):
+            data.note(str(w.message).split(":")[0] + ": not drawn.")
         else:
+            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+    for arch in arch_labels(th) if hue and note_missing else []:
+        if not bool(np.isfinite(pick(th, arch=arch)[var]).any()):
             data.note(f"{arch}: no infinite-width theory (see the sim's unsupported cases).")
-        if data.mc is None or ("arch" in data.mc.dims and arch not in data.mc["arch"].values):
-            continue
-        mc = pick(data.mc, arch=arch)
-        m = mc[var].sel(sel)
-        if "width" in m.dims:
-            m = m.isel(width=-1)
-        m = f(m).sel(layer=sample_layers(m["layer"], linear=not log_x))
-        centre, lo, hi, _ = mc_summary(m, var if transform is None else "transformed",
-                                       estimator)
-        label = None if bool(np.isfinite(y).any()) else f"{arch} (Monte Carlo only)"
-        if not mc_points(ax, m["layer"], centre, lo, hi, arch, label=label):
-            data.note(f"{arch}: some Monte Carlo values of {var} overflowed and are not drawn.")
     mc_note(data)
     if data.mc is not None:
         data.note(f"Monte Carlo points estimate the mean (as the theory does), with bands of "
                   f"$\\pm${BAND_SE:g} standard errors.")
+
+
+def _restrict(ds: xr.Dataset | None, select: dict) -> xr.Dataset | None:
+    """``ds`` at the labels of ``select`` it has (None when it has none of a dim's labels)."""
+    if ds is None:
+        return None
+    for dim, labels in select.items():
+        if dim in ds.dims:
+            keep = [v for v in labels if v in ds[dim].values]
+            if not keep:
+                return None
+            ds = ds.sel({dim: keep})
+    return ds
 
 
 def bounded_archs(ds: xr.Dataset, var: str, bound: float = 1e3) -> list[str]:

@@ -65,12 +65,9 @@ def draw(data: plots.FigureData):
     fig, (ax_c, ax_d) = plots.panels(2)
     depth = int(data.theory["layer"][-1])
     pair = {"input": 0, "input_b": 1}
-    plots.layer_curves(ax_c, data, "corr", sel=pair, log_x=depth >= 100)
-    plots.layer_curves(ax_d, data, "corr", sel=pair, transform=lambda c: 1 - c, log_x=True)
-    ax_c.set_ylabel("correlation $c_\\ell$")
-    ax_d.set_ylabel("$1 - c_\\ell$")
-    plots.depth_axis(ax_c, depth)
-    plots.depth_axis(ax_d, max(depth, 100))
+    plots.curves(ax_c, data, "corr", sel=pair, ylabel="correlation $c_\\ell$")
+    plots.curves(ax_d, data, "corr", sel=pair, transform=lambda c: 1 - c, xscale="log",
+                 yscale="log", ylabel="$1 - c_\\ell$")
     if _draw_asymptotes(ax_d, data, depth):
         data.note("Dashed: the derived large-depth laws of $1 - c_\\ell$ (paper/generated), "
                   "evaluated at each architecture's parameters and the inputs' $q_0$, $c_0$. For Pre-LN "

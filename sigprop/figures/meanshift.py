@@ -12,24 +12,19 @@ CAPTION = (
     "$\\mathrm{E}\\,\\mu_\\ell^2 \\approx \\ell\\, q_{\\rm branch}/N$. Lines: infinite-width "
     "theory; points: Monte Carlo.")
 
-QUANTITIES = (
-    ("mean", lambda m: m**2, "squared feature mean $\\mu_\\ell^2$"),
-    ("var", None, "variance var$_\\ell$"),
-    ("branch_q", None, "branch second moment"),
+QUANTITIES = (  # (variable, transform, y label, y scale: mu^2 is 0 at infinite width, so symlog)
+    ("mean", lambda m: m**2, "squared feature mean $\\mu_\\ell^2$",
+     {"value": "symlog", "linthresh": 1e-3}),
+    ("var", None, "variance var$_\\ell$", "log"),
+    ("branch_q", None, "branch second moment", "log"),
 )
 
 
 def draw(data: plots.FigureData):
     fig, axes = plots.panels(len(QUANTITIES), layout="constrained")
-    depth = int(data.theory["layer"][-1])
-    for ax, (var, transform, label) in zip(axes, QUANTITIES):
-        plots.layer_curves(ax, data, var, transform=transform, log_x=depth >= 100)
-        if var == "mean":
-            ax.set_yscale("symlog", linthresh=1e-3)
-        else:
-            plots.fit_log_ylim(ax)
-        ax.set_ylabel(label)
-        plots.depth_axis(ax, depth, "block $\\ell$")
+    for ax, (var, transform, label, yscale) in zip(axes, QUANTITIES):
+        plots.curves(ax, data, var, transform=transform, yscale=yscale, ylabel=label,
+                     xlabel="block $\\ell$")
     plots.figure_legend(fig, axes[0])
     plots.params_note(data)
     return fig

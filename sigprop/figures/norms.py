@@ -82,34 +82,15 @@ def inputs_of(th):
 def draw(data: plots.FigureData):
     fig, axes = plots.panels(len(PANELS))
     th = data.theory
+    layers = th["layer"].values
+    big = [int(b) for b in th["batch"].values if b >= MIN_GRAD_BATCH]
     for ax, (var, sel, layer, label) in zip(axes, PANELS):
-        for arch in plots.arch_labels(th):
-            style = plots.style(arch)
-            t = plots.pick(th, arch=arch)[var].sel(sel).isel(layer=layer)
-            if var == "grad_q":
-                t = t.where(t["batch"] >= MIN_GRAD_BATCH, drop=True)
-            if bool(np.isfinite(t).any()):
-                ax.plot(t["batch"], t, marker=".", label=arch, **style)
-            mc = _mc(data, arch)
-            if mc is None:
-                continue
-            m = mc[var].sel(sel).isel(layer=layer).dropna("batch", how="all")
-            if var == "grad_q":
-                m = m.where(m["batch"] >= MIN_GRAD_BATCH, drop=True)
-            if m.sizes["batch"] == 0:
-                continue
-            centre, lo, hi, _ = plots.mc_summary(m, var)
-            drawn = plots.mc_points(ax, m["batch"], centre, lo, hi, arch, label=None if bool(
-                np.isfinite(t).any()) else f"{arch} (Monte Carlo)")
-            if not drawn:
-                bad = [int(b) for b, c in zip(m["batch"].values, np.asarray(centre))
-                       if not np.isfinite(c)]
-                data.note(f"{arch}: the Monte Carlo {var} overflowed at B = {bad} (not drawn).")
-        ax.set_xscale("log", base=2)
-        ax.set_xlabel("batch size $B$")
-        ax.set_ylabel(label)
+        plots.curves(ax, data, var, sel={**sel, "layer": int(layers[layer])}, x="batch",
+                     select={"batch": big} if var == "grad_q" else None,
+                     xscale={"value": "log", "base": 2}, yscale="log" if var == "grad_q"
+                     else "linear", xlabel="batch size $B$", ylabel=label,
+                     theory_kw={"marker": "."}, note_missing=False)
     _closed_forms(axes[0], th)
-    plots.fit_log_ylim(axes[1])
     plots.figure_legend(fig, axes[0])
     plots.params_note(data)
     data.note(f"Pre-BN branch: $\\rho = \\alpha^2\\sigma_1^2\\sigma_2^2/2$ = {branch_rho(th):.3g}.")
@@ -124,7 +105,6 @@ def draw(data: plots.FigureData):
             continue
         data.note(f"No infinite-width theory for {arch} at B = {', '.join(batches)}: "
                   f"{_short(why)} Shown as Monte Carlo only.")
-    plots.mc_note(data)
     return fig
 
 
@@ -134,13 +114,6 @@ def _closed_forms(ax, th):
     ax.plot(b, postbn_corr(b), color="black", ls=":", lw=1.2, label="$-1/(B-1)$ (Post-BN, exact)")
     ax.plot(b, prebn_corr(int(th["layer"][-1]), b, q0, c0, branch_rho(th)), ls="none", marker="x",
             color="0.4", ms=5, label="Pre-BN closed form")
-
-
-def _mc(data, arch):
-    if data.mc is None or arch not in data.mc["arch"].values:
-        return None
-    mc = data.mc.sel(arch=arch)
-    return mc.isel(width=-1) if "width" in mc.dims else mc
 
 
 def _short(why: str) -> str:

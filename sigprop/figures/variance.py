@@ -15,19 +15,16 @@ def draw(data: plots.FigureData):
 
 
 def two_scales(data: plots.FigureData, var: str, label: str):
-    """Left: the nets whose theory stays within three decades; right, in its own narrower
-    panel, the ones that do not (the unnormalised ResNet at alpha = 1: 2^l)."""
+    """``var`` vs layer per arch, drawn by ``sp.plot`` on log y: left, the nets whose theory
+    stays within three decades; right, in its own narrower panel, the ones that do not (the
+    unnormalised ResNet at alpha = 1: 2^l)."""
     th = data.theory
     bounded = plots.bounded_archs(th, var)
     wild = [a for a in plots.arch_labels(th) if a not in bounded]
     fig, axes = plots.panels(2 if wild else 1, gridspec_kw={"width_ratios": [2.2, 1]} if wild
                              else {})
-    depth = int(th["layer"][-1])
     for ax, archs in zip(axes, (bounded, wild)):
-        plots.layer_curves(ax, data, var, log_x=depth >= 100, archs=archs)
-        plots.fit_log_ylim(ax)
-        ax.set_ylabel(label)
-        plots.depth_axis(ax, depth)
+        plots.curves(ax, data, var, select={"arch": archs}, yscale="log", ylabel=label)
     if wild:
         no_mc = [a for a in wild if data.mc is None or a not in data.mc["arch"].values]
         data.note(f"Right panel, on its own scale: {', '.join(wild)}"

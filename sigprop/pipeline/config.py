@@ -2,10 +2,12 @@
 
 A sim names one or more architectures (a preset of :mod:`sigprop.presets` with its keyword
 arguments), the inputs (:class:`sigprop.Inputs` keyword arguments), optional sweeps (one grid
-dim per swept preset argument), one or more named profiles, each with its depth and Monte Carlo
-settings (by convention ``quick`` for a 2-core CPU and ``paper`` for one GPU; none is mandatory,
-and a sim is run only under the profiles it defines), and optional figures (``[[figure]]``:
-the arguments of :func:`sigprop.plot`, drawn by ``sigprop reproduce``)::
+dim per swept preset argument; an arch may have its own, ``[arch.sweeps]``, or some of the
+sim's, ``sweeps = [names]``: docs/guide.md, "Sweeps per architecture"), one or more named
+profiles, each with its depth and Monte Carlo settings (by convention ``quick`` for a 2-core
+CPU and ``paper`` for one GPU; none is mandatory, and a sim is run only under the profiles it
+defines), and optional figures (``[[figure]]``: the arguments of :func:`sigprop.plot`, drawn
+by ``sigprop reproduce``)::
 
     description = "stream variance vs depth per normalisation placement"
     [[arch]]
@@ -85,68 +87,6 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
 
 
-class ArchSpec(BaseModel):
-    """One architecture: ``preset`` plus its keyword arguments (flat keys beside it)."""
-
-    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
-    preset: str
-    label: str | None = None
-    montecarlo: bool = True  # false: theory only (e.g. a stream that overflows float32)
-
-    @field_validator("preset")
-    @classmethod
-    def _known(cls, v):
-        if v not in presets.PRESETS:
-            raise ValueError(f"unknown preset; allowed: {', '.join(presets.PRESETS)}")
-        return v
-
-    @field_validator("label")
-    @classmethod
-    def _drawable(cls, v):
-        """A label is drawn in legends by matplotlib's mathtext: refuse one it cannot parse
-        now, not after the simulations ran."""
-        if v is not None and "$" in v:
-            from matplotlib.mathtext import MathTextParser
-
-            try:
-                MathTextParser("path").parse(v)
-            except ValueError as e:
-                first = str(e).strip().splitlines()[0] if str(e).strip() else "a parse error"
-                raise ValueError(f"mathtext cannot draw it ({first}); allowed: plain text or "
-                                 "matplotlib mathtext between $...$") from None
-        return v
-
-    @model_validator(mode="after")
-    def _kwargs_allowed(self):
-        allowed = preset_kwargs(self.preset)
-        for key in self.kwargs:
-            if key not in allowed:
-                raise ValueError(f"{key!r} is not an argument of preset {self.preset!r}; "
-                                 f"allowed: preset, label, {', '.join(allowed)}")
-        return self
-
-    @property
-    def kwargs(self) -> dict[str, Any]:
-        return dict(self.model_extra or {})
-
-    @property
-    def name(self) -> str:
-        return self.label or self.preset
-
-
-class InputsSpec(_Strict):
-    """Keyword arguments of :class:`sigprop.Inputs` (``n`` is overridden by ``batch_sizes``)."""
-
-    q: float | list[float] = 1.0
-    corr: float | list[list[float]] = 0.0
-    mean: float | list[float] = 0.0
-    n: int | None = None
-    law: Literal["fixed", "gaussian"] = "fixed"
-
-    def build(self, n: int | None = None) -> Inputs:
-        return Inputs(q=self.q, corr=self.corr, mean=self.mean, n=n or self.n, law=self.law)
-
-
 class GridSpec(_Strict):
     """``{linspace = [a, b, n]}`` or ``{logspace = [a, b, n]}`` (base-10 exponents a, b)."""
 
@@ -178,6 +118,91 @@ class GridSpec(_Strict):
 
 
 SweepValues = list[float] | GridSpec
+
+
+class ArchSpec(BaseModel):
+    """One architecture: ``preset`` plus its keyword arguments (flat keys beside it)."""
+
+    model_config = ConfigDict(extra="allow", frozen=True, strict=True)
+    preset: str
+    label: str | None = None
+    montecarlo: bool = True  # false: theory only (e.g. a stream that overflows float32)
+    # None: the sim's (profile's) sweeps; a list: those of them only (names); a table: its own
+    sweeps: list[str] | dict[str, SweepValues] | None = None
+
+    @field_validator("preset")
+    @classmethod
+    def _known(cls, v):
+        if v not in presets.PRESETS:
+            raise ValueError(f"unknown preset; allowed: {', '.join(presets.PRESETS)}")
+        return v
+
+    @field_validator("label")
+    @classmethod
+    def _drawable(cls, v):
+        """A label is drawn in legends by matplotlib's mathtext: refuse one it cannot parse
+        now, not after the simulations ran."""
+        if v is not None and "$" in v:
+            from matplotlib.mathtext import MathTextParser
+
+            try:
+                MathTextParser("path").parse(v)
+            except ValueError as e:
+                first = str(e).strip().splitlines()[0] if str(e).strip() else "a parse error"
+                raise ValueError(f"mathtext cannot draw it ({first}); allowed: plain text or "
+                                 "matplotlib mathtext between $...$") from None
+        return v
+
+    @model_validator(mode="after")
+    def _kwargs_allowed(self):
+        allowed = preset_kwargs(self.preset)
+        for key in self.kwargs:
+            if key not in allowed:
+                raise ValueError(f"{key!r} is not an argument of preset {self.preset!r}; "
+                                 f"allowed: preset, label, montecarlo, sweeps, "
+                                 f"{', '.join(allowed)}")
+        for name in self.sweeps or ():
+            _check_sweep_name(name, self)
+        return self
+
+    @property
+    def own_sweeps(self) -> bool:
+        """Whether this arch gives its own sweep values (an ``[arch.sweeps]`` table)."""
+        return isinstance(self.sweeps, dict)
+
+    @property
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+    @property
+    def name(self) -> str:
+        return self.label or self.preset
+
+
+def _check_sweep_name(name: str, arch: ArchSpec):
+    """A sweep of ``arch`` is an argument of its preset and no reserved dim name."""
+    if name in RESERVED_DIMS + ("arch", "batch", "width"):
+        raise ValueError(f"sweep {name!r} uses a reserved dim name; allowed: a preset "
+                         "argument other than " + ", ".join(RESERVED_DIMS + ("arch", "batch",
+                                                                              "width")))
+    allowed = preset_kwargs(arch.preset)
+    if name not in allowed:
+        raise ValueError(f"sweep {name!r} is not an argument of preset {arch.preset!r} (arch "
+                         f"{arch.name!r}; an arch may have its own sweeps: `sweeps = [names]` "
+                         f"or an [arch.sweeps] table); allowed: {', '.join(allowed)}")
+
+
+class InputsSpec(_Strict):
+    """Keyword arguments of :class:`sigprop.Inputs` (``n`` is overridden by ``batch_sizes``)."""
+
+    q: float | list[float] = 1.0
+    corr: float | list[list[float]] = 0.0
+    mean: float | list[float] = 0.0
+    n: int | None = None
+    law: Literal["fixed", "gaussian"] = "fixed"
+
+    def build(self, n: int | None = None) -> Inputs:
+        return Inputs(q=self.q, corr=self.corr, mean=self.mean, n=n or self.n, law=self.law)
 
 
 class ProfileSpec(_Strict):
@@ -235,6 +260,9 @@ class FigureSpec(_Strict):
     yscale: str = "auto"
     max_points: int = Field(default=16, ge=2)
     sharey: bool = True
+    xlabel: str | None = None
+    ylabel: str | None = None
+    titles: bool = True
     caption: str | None = None
 
     @field_validator("var")
@@ -294,15 +322,44 @@ class SimSpec(_Strict):
         labels = [a.name for a in self.arch]
         if len(set(labels)) != len(labels):
             raise ValueError(f"architecture labels must be unique, got {labels}")
-        for prof in self.profiles.values():
-            for name in (prof.sweeps or self.sweeps):
-                if name in RESERVED_DIMS + ("arch", "batch", "width"):
-                    raise ValueError(f"sweep {name!r} uses a reserved dim name")
-                for a in self.arch:
-                    if name not in preset_kwargs(a.preset):
-                        raise ValueError(f"sweep {name!r} is not an argument of preset "
-                                         f"{a.preset!r}; allowed: {', '.join(preset_kwargs(a.preset))}")
+        for profile, prof in self.profiles.items():
+            base = prof.sweeps or self.sweeps
+            own = {a.name: self.arch_sweeps(a, base, profile) for a in self.arch}
+            for a in self.arch:
+                for name in own[a.name]:
+                    _check_sweep_name(name, a)
+            unused = [n for n in base if not any(n in own[a.name] for a in self.arch
+                                                 if not a.own_sweeps)]
+            if unused:
+                raise ValueError(f"sweep {unused[0]!r} (profile {profile}) is swept by no arch; "
+                                 "allowed: the sweeps that some arch uses")
+            for a in self.arch:  # a dim swept by some archs, not by this one that takes it
+                taken = [d for o in own.values() for d in o
+                         if d not in own[a.name] and d in preset_kwargs(a.preset)]
+                if taken:
+                    raise ValueError(
+                        f"arch {a.name!r} (preset {a.preset!r}) takes {taken[0]!r}, which another "
+                        f"arch sweeps (profile {profile}), but is not swept over it: its one value "
+                        f"would be shown at every {taken[0]}; allowed: give it a sweep of its own "
+                        f"value (e.g. [arch.sweeps] {taken[0]} = [1.0]; NaN at the other values), "
+                        "or put it in another sim")
         return self
+
+    def arch_sweeps(self, arch: ArchSpec, base: dict[str, SweepValues],
+                    profile: str) -> dict[str, SweepValues]:
+        """The sweeps of ``arch`` under a profile whose sim-wide sweeps are ``base``: ``base``
+        (the arch has no ``sweeps``), the named ones of it (a list), or its own (a table)."""
+        if arch.sweeps is None:
+            return dict(base)
+        if arch.own_sweeps:
+            return dict(arch.sweeps)
+        missing = [n for n in arch.sweeps if n not in base]
+        if missing:
+            raise ValueError(f"arch {arch.name!r}: sweeps = {arch.sweeps} names {missing[0]!r}, "
+                             f"which is no sweep of the sim (profile {profile}); allowed: "
+                             f"{', '.join(base) or 'none (the sim has no [sweeps])'}, or a table "
+                             "[arch.sweeps] of its own")
+        return {n: base[n] for n in arch.sweeps}
 
 
 class Sim:
@@ -348,15 +405,38 @@ class Sim:
         """The sim's ``[[figure]]`` tables by output name (default ``<sim>_<var>``)."""
         return {f.name or f"{self.name}_{f.var}": f for f in self.spec.figure}
 
-    def sweeps(self, profile: str) -> dict[str, Sweep]:
-        raw = self.profile(profile).sweeps or self.spec.sweeps
+    def sweeps(self, profile: str, arch: ArchSpec | None = None) -> dict[str, Sweep]:
+        """The sweeps of ``arch`` under ``profile`` (arch ``sweeps`` > profile ``sweeps`` > the
+        sim's ``[sweeps]``); without ``arch``, the sweeps every arch shares (an error when the
+        archs are swept differently)."""
+        base = self.profile(profile).sweeps or self.spec.sweeps
+        if arch is None:
+            per_arch = {a.name: self.sweeps(profile, a) for a in self.spec.arch}
+            if len({repr(s) for s in per_arch.values()}) > 1:
+                raise ConfigError(f"{self.name}: sweeps of the archs (profile {profile})",
+                                  {k: list(s) for k, s in per_arch.items()},
+                                  "the same sweeps on every arch for one grid of all archs "
+                                  "(sweep_run's zarr store; `sigprop theory`, `simulate` and "
+                                  "`reproduce` run per-arch sweeps), or sim.sweeps(profile, "
+                                  "arch) for one arch's")
+            return next(iter(per_arch.values()))
+        return self._resolve(self.spec.arch_sweeps(arch, base, profile))
+
+    @staticmethod
+    def _resolve(raw: dict[str, SweepValues]) -> dict[str, Sweep]:
         return {k: Sweep(k, v.values() if isinstance(v, GridSpec) else v) for k, v in raw.items()}
 
     def config(self, profile: str) -> dict:
         """The resolved, JSON-able config of one profile (what results are keyed on)."""
         d = self.spec.model_dump(mode="json", exclude={"figure"})  # restyling reruns no sim
         d["profiles"] = {profile: d["profiles"][profile]}
-        d["sweeps"] = {k: list(s.values) for k, s in self.sweeps(profile).items()}
+        base = self.profile(profile).sweeps or self.spec.sweeps
+        d["sweeps"] = {k: list(s.values) for k, s in self._resolve(base).items()}
+        for a, spec in zip(d["arch"], self.spec.arch):  # an arch's own sweeps, resolved
+            if spec.sweeps is None:
+                del a["sweeps"]  # the configs (and cache keys) of sims without them unchanged
+            else:
+                a["sweeps"] = {k: list(s.values) for k, s in self.sweeps(profile, spec).items()}
         return {"sim": self.name, "profile": profile, **d}
 
     def batch_sizes(self, profile: str) -> list[int | None]:
@@ -377,7 +457,9 @@ class Sim:
 
     def _check_figures(self):
         """Each figure's dims are dims of this sim's datasets; figure names are distinct."""
-        swept = {k for p in self.spec.profiles.values() for k in (p.sweeps or self.spec.sweeps)}
+        swept = {k for p in self.spec.profiles for a in self.spec.arch
+                 for k in self.spec.arch_sweeps(a, self.spec.profiles[p].sweeps or
+                                                self.spec.sweeps, p)}
         dims = (*DIMS, *sorted(swept))
         for i, fig in enumerate(self.spec.figure):
             for key in ("x", "hue", "col", "row", *(f"sel.{d}" for d in fig.sel)):
@@ -400,11 +482,20 @@ class Sim:
                 raise SimConfigError(self.path, f"arch '{a.name}'", a.kwargs, _allowed_of(e),
                                      f"does not build ({e})") from None
             for p in self.spec.profiles:  # sweeps (finite values) and batch sizes of each profile
+                where = f"arch '{a.name}'" if a.own_sweeps else f"profiles.{p}"
                 try:
-                    self.sweeps(p)
+                    sweeps = self.sweeps(p, a)
                 except ConfigError as e:
-                    raise SimConfigError(self.path, f"profiles.{p}.sweeps ({e.field})", e.value,
+                    raise SimConfigError(self.path, f"{where}.sweeps ({e.field})", e.value,
                                          e.allowed) from None
+                try:  # a preset argument it cannot vectorise (DeepNorm's sigma_w1 = b * s1);
+                    self.net(a, 1, sweeps)  # a bad value fails its own grid points at run time
+                except ConfigError:
+                    pass
+                except TypeError as e:
+                    raise SimConfigError(self.path, f"{where}.sweeps", list(sweeps),
+                                         f"arguments that preset {a.preset!r} can sweep",
+                                         f"do not build for arch '{a.name}' ({e})") from None
                 for b in self.batch_sizes(p):
                     try:
                         inputs = self.spec.inputs.build(b)
@@ -430,10 +521,14 @@ def _explain(path, raw: dict, err: ValidationError) -> SimConfigError:
     errors = err.errors()
     # an unknown key first, then our own checks (a union such as list | GridSpec also reports
     # that a dict is not a list), then pydantic's first complaint
+    # the deepest loc: in a union (an arch's sweeps: a list of names or a table) the branch
+    # that got furthest into the value
     e = next((x for x in errors if x["type"] == "extra_forbidden"),
-             next((x for x in errors if x["type"] == "value_error"), errors[0]))
+             next((x for x in errors if x["type"] == "value_error"),
+                  max(errors, key=lambda x: len(x["loc"]))))
     loc = [x for x in e["loc"] if not str(x).startswith(("function-", "list[", "float", "int",
-                                                          "GridSpec", "tuple["))]
+                                                          "GridSpec", "tuple[", "dict[",
+                                                          "union["))]
     key = ".".join(str(x) for x in loc) or "(top level)"
     if e["type"] == "extra_forbidden":
         return SimConfigError(path, key, e.get("input"), "keys " + ", ".join(_fields_at(loc[:-1])),

@@ -1,9 +1,12 @@
 """Running a sim (:class:`sigprop.pipeline.config.Sim`) on the engines.
 
-One theory call per (arch, batch size), vectorised over the sweeps; Monte Carlo per (arch,
-batch size, width, sweep point). Results of several architectures, batch sizes and widths are
-stacked along the dims ``arch``, ``batch`` and ``width`` (``input`` is padded with NaN where
-batch sizes differ).
+One theory call per (arch, batch size), vectorised over the arch's sweeps; Monte Carlo per
+(arch, batch size, width, sweep point). Results of several architectures, batch sizes and
+widths are stacked along the dims ``arch``, ``batch`` and ``width`` (``input`` is padded with NaN
+where batch sizes differ). Archs may be swept differently (``sweeps`` of an ``[[arch]]``): the
+stacked grid is the union, NaN where an arch's grid lacks a value of a dim it is swept over, and
+an arch's values are repeated along a dim it is not swept over (the config refuses that unless
+the arch's preset does not take that argument, so its values do not depend on it).
 """
 
 from __future__ import annotations
@@ -30,11 +33,11 @@ def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None) 
     A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
     :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
     """
-    prof, sweeps = sim.profile(profile), sim.sweeps(profile)
+    prof = sim.profile(profile)
     items, unsupported = [], {}
     cases = list(itertools.product(sim.spec.arch, sim.batch_sizes(profile)))
     for arch, batch in _iterate(cases, progress, f"theory {sim.name}"):
-        ds, reason = theory_case(sim, arch, batch, prof.depth, sweeps, width)
+        ds, reason = theory_case(sim, arch, batch, prof.depth, sim.sweeps(profile, arch), width)
         if reason is not None:
             unsupported[case_label(arch, batch)] = reason
         items.append(({"arch": arch.name, "batch": batch}, strip_case_attrs(ds)))
@@ -48,16 +51,16 @@ def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None) 
 def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds=None,
                    progress=None) -> xr.Dataset:
     """Monte Carlo (``sp.simulate``) of every case; dims ``seed`` and ``width`` added."""
-    prof, sweeps = sim.profile(profile), sim.sweeps(profile)
+    prof = sim.profile(profile)
     widths = list(widths or prof.widths)
     seeds = seeds or prof.seeds
     if not widths or not seeds:
         raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
                           "at least one width and seeds >= 1 for Monte Carlo")
-    grid = [dict(zip(sweeps, point)) for point in
-            itertools.product(*(s.values for s in sweeps.values()))]
     archs = [a for a in sim.spec.arch if a.montecarlo]
-    cases = list(itertools.product(archs, sim.batch_sizes(profile), grid, widths))
+    cases = [(arch, batch, point, width) for arch in archs
+             for batch, point, width in itertools.product(
+                 sim.batch_sizes(profile), grid_points(sim.sweeps(profile, arch)), widths)]
     items, used = [], set()
     for arch, batch, point, width in _iterate(cases, progress, f"simulate {sim.name}"):
         ds = montecarlo_case(sim, profile, arch, batch, point, width, range(seeds), backend)
@@ -102,6 +105,12 @@ def montecarlo_case(sim: Sim, profile: str, arch: ArchSpec, batch, point: dict, 
                     root_seed=sim.spec.root_seed, sampler=prof.sampler)
 
 
+def grid_points(sweeps: dict[str, Sweep]) -> list[dict[str, float]]:
+    """Every point of the grid of ``sweeps`` ({} when there are none), the last dim fastest."""
+    return [dict(zip(sweeps, point)) for point in
+            itertools.product(*(s.values for s in sweeps.values()))]
+
+
 def case_label(arch: ArchSpec, batch) -> str:
     """The name of one (architecture, batch size) case in messages and attributes."""
     return arch.name if batch is None else f"{arch.name} (B={batch})"
@@ -133,14 +142,16 @@ def _nan_dataset(depth: int, B: int, sweeps: dict[str, Sweep]) -> xr.Dataset:
 
 
 def _stack(items: list[tuple[dict, xr.Dataset]]) -> xr.Dataset:
-    """Concatenate datasets keyed by coordinate dicts along each key, in order (None: no dim)."""
+    """Concatenate datasets keyed by coordinate dicts along each key, in order (None: no dim).
+    The keys after the first may differ between its groups (an arch's own sweep dims)."""
     keys = [k for k in items[0][0] if items[0][0][k] is not None]
     if not keys:
         return items[0][1]
-    first, rest = keys[0], keys[1:]
+    first = keys[0]
     groups: dict[Any, list] = {}
     for coords, ds in items:
-        groups.setdefault(coords[first], []).append(({k: coords[k] for k in rest}, ds))
+        groups.setdefault(coords[first], []).append(
+            ({k: v for k, v in coords.items() if k != first}, ds))
     parts = [_stack(g) for g in groups.values()]
     return xr.concat(parts, dim=xr.DataArray(list(groups), dims=first, name=first),
                      join="outer", coords="minimal", compat="override")
