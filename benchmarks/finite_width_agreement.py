@@ -13,7 +13,7 @@ import argparse
 
 import sigprop as sp
 from sigprop import presets
-from sigprop.engines.finite_width import measure, measure_mean_mode
+from sigprop.testing import measure, measure_mean_mode
 from sigprop.pipeline.bench import write_section
 
 DEPTH = 8

@@ -15,6 +15,8 @@
 * :func:`mutate`: scale one op class's forward law (the output's second moments times 1 + eps,
   its mean times sqrt(1 + eps)) or backward law (the cotangent Gram times 1 + eps), at each call,
   i.e. once per occurrence of the op in a block; restored on exit.
+* :func:`measure`, :func:`measure_mean_mode`: the first-order finite-width theory against Monte
+  Carlo at several widths (fitted 1/N slopes, N Var log q, the mean mode's A).
 """
 
 from __future__ import annotations
@@ -28,7 +30,8 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from sigprop.analysis.compare import compare, stack_widths
+from sigprop.analysis.compare import compare, fit_inverse_width, stack_widths
+from sigprop.engines import finite_width
 from sigprop.engines.montecarlo import simulate
 from sigprop.engines.theory import theory
 from sigprop.errors import ConfigError
@@ -180,3 +183,53 @@ def rejection_rate(results) -> tuple[float, float, float]:
     lo = stats.beta.ppf(0.025, k, n - k + 1) if k > 0 else 0.0
     hi = stats.beta.ppf(0.975, k + 1, n - k) if k < n else 1.0
     return k / n, float(lo), float(hi)
+
+
+def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int = 0):
+    """Monte Carlo at each width (independent streams: root seed ``root_seed + width``) against
+    the first-order theory (:mod:`sigprop.engines.finite_width`), at ``layer``, input 0 (and the
+    pair 0, 1 for corr). Returns rows (statistic, predicted, fitted, se): the 1/N slopes of
+    E log q and E corr (fitted as c + a/N over the widths; estimates: the mean over seeds and its
+    standard error) and the leading coefficient of Var log q (N Var fitted as V + c/N; the
+    standard error of a sample variance of near-normal logs is Var sqrt(2 / (seeds - 1)))."""
+    coef = finite_width.coefficients(net, inputs)[0]
+    pick = {"log_q": lambda ds: ds.log_q.values[:, layer, 0],
+            "corr": lambda ds: ds.corr.values[:, layer, 0, 1]}
+    est = {k: [] for k in ("log_q", "corr", "var")}
+    for N in widths:
+        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
+                      root_seed=root_seed + int(N))
+        for k in ("log_q", "corr") if inputs.n > 1 else ("log_q",):
+            x = pick[k](mc)
+            est[k].append((x.mean(), x.std(ddof=1) / math.sqrt(seeds)))
+        v = pick["log_q"](mc).var(ddof=1)
+        est["var"].append((N * v, N * v * math.sqrt(2 / (seeds - 1))))
+    rows = []
+    predicted = {"log_q": coef["log_q"][layer][..., 0], "corr": coef["corr"][layer][..., 0, 1],
+                 "var": coef["var_log_q"][layer][..., 0]}
+    for k, pairs in est.items():
+        if not pairs:
+            continue
+        c, se_c, a, se_a = fit_inverse_width(widths, *zip(*pairs))
+        fitted, se = (c, se_c) if k == "var" else (a, se_a)
+        name = {"log_q": "slope of E log q", "corr": "slope of E corr", "var": "N Var log q"}[k]
+        rows.append((name, float(predicted[k]), float(fitted), float(se)))
+    return rows
+
+
+def measure_mean_mode(net: Op, inputs, widths, seeds: int, root_seed: int = 0):
+    """Monte Carlo of A for :func:`~sigprop.engines.finite_width.mean_mode_coefficient`: at each width, N (E G_0 / G_0,inf - 1)
+    from the mean over seeds of G_0 (input 0), with the standard error of that mean;
+    combined over widths by inverse-variance weighting. Returns (predicted, fitted, se)."""
+    ds = theory(net, inputs)
+    A = float(finite_width.mean_mode_coefficient(net, ds)[0])
+    g_inf = math.exp(float(ds["log_grad_q"].values[0, 0]))
+    est, var = [], []
+    for N in widths:
+        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
+                      root_seed=root_seed + int(N))
+        g = np.exp(mc["log_grad_q"].values[:, 0, 0]) / g_inf
+        est.append(N * (g.mean() - 1))
+        var.append((N * g.std(ddof=1)) ** 2 / seeds)
+    w = 1 / np.asarray(var)
+    return A, float(np.sum(w * est) / np.sum(w)), float(1 / math.sqrt(np.sum(w)))

@@ -17,6 +17,8 @@ import sigprop as sp
 from sigprop.analysis.compare import (
     compare,
     estimate,
+    extrapolate,
+    fit_inverse_width,
     infinite_variance,
     nominal_rate,
     print_table,
@@ -241,3 +243,23 @@ def test_calibration_on_real_monte_carlo():
     for k in (2.0, 3.0):
         ok, observed, p, n = rate_ok(z, k, per)
         assert ok, f"|z| > {k}: rate {observed:.4f} vs nominal {p:.4f} over {n}"
+
+
+def test_inverse_width_fits_match_numpy_polyfit():
+    """The weighted 1/N fits (fit_inverse_width: c + a/N; extrapolate with 3 widths: + b/N^2)
+    against numpy's independent weighted polyfit in x = 1/N (cov='unscaled' is (X^T W X)^-1)."""
+    rng = np.random.default_rng(7)
+    N = np.array([64.0, 128.0, 256.0, 1024.0])
+    se = rng.uniform(0.05, 0.2, N.size)
+    y = 1.5 - 30.0 / N + rng.normal(0, se)
+    (a, c), cov = np.polyfit(1 / N, y, 1, w=1 / se, cov="unscaled")
+    got = fit_inverse_width(N, y, se)
+    np.testing.assert_allclose(got, (c, np.sqrt(cov[1, 1]), a, np.sqrt(cov[0, 0])), rtol=1e-9)
+
+    y3, se3 = y[:3], se[:3]
+    (_, a, c), cov = np.polyfit(1 / N[:3], y3, 2, w=1 / se3, cov="unscaled")
+    width = {"width": N[:3]}
+    fit = extrapolate(xr.DataArray(y3, dims="width", coords=width),
+                              xr.DataArray(se3, dims="width", coords=width))
+    np.testing.assert_allclose([float(fit[k]) for k in ("T_inf", "T_inf_stderr", "a", "a_stderr")],
+                               (c, np.sqrt(cov[2, 2]), a, np.sqrt(cov[1, 1])), rtol=1e-9)

@@ -22,6 +22,7 @@ import sigprop as sp
 from sigprop import presets, schema
 from sigprop.engines import finite_width as fw
 from sigprop.errors import ConfigError
+from sigprop.testing import measure, measure_mean_mode
 
 PAIR = sp.Inputs(q=1.0, corr=0.5, n=2)
 
@@ -209,11 +210,11 @@ def _check(rows, sigmas=3.0):
 
 
 def test_monte_carlo_plain_relu():
-    _check(fw.measure(presets.plain(4, "relu", shape="dense_act"), PAIR, WIDTHS, 1000))
+    _check(measure(presets.plain(4, "relu", shape="dense_act"), PAIR, WIDTHS, 1000))
 
 
 def test_monte_carlo_postln():
-    _check(fw.measure(presets.postln(4), PAIR, WIDTHS, 1000))
+    _check(measure(presets.postln(4), PAIR, WIDTHS, 1000))
 
 
 @pytest.mark.slow
@@ -222,7 +223,7 @@ def test_monte_carlo_presets(name):
     net = {"relu": presets.plain(8, "relu", shape="dense_act"),
            "tanh": presets.plain(8, "tanh", shape="dense_act"),
            "preln": presets.preln(8), "postln": presets.postln(8)}[name]
-    _check(fw.measure(net, PAIR, WIDTHS, 4000))
+    _check(measure(net, PAIR, WIDTHS, 4000))
 
 
 # -- the backward mean mode ----------------------------------------------------------------------
@@ -273,6 +274,6 @@ def test_mean_mode_against_monte_carlo():
     """N (E G_0 / G_0,inf - 1) at N = 1024, 2048 (300 seeds each) against A ~ 2e3: within 3 SE
     plus L for the terms the model leaves out (unamplified, O(1) per layer). G_0 is heavy-tailed
     (A/N ~ 1-2 here), so the SE from the spread over seeds is optimistic."""
-    pred, fitted, se = fw.measure_mean_mode(MEAN_STREAM, sp.Inputs(q=1.0), [1024, 2048], 300)
+    pred, fitted, se = measure_mean_mode(MEAN_STREAM, sp.Inputs(q=1.0), [1024, 2048], 300)
     assert fitted > 10 * se  # far from gradient independence (A = 0)
     assert abs(fitted - pred) < 3 * se + 64, (pred, fitted, se)  # 3 SE + L

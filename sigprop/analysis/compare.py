@@ -55,6 +55,7 @@ O(1/N) bias per block at fixed depth instead (gradient independence, :mod:`sigpr
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import xarray as xr
@@ -267,29 +268,41 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     return ds
 
 
-def extrapolate(est: xr.DataArray, se: xr.DataArray, floor=0.0) -> dict[str, xr.DataArray]:
-    """Weighted least squares over ``width`` of T(N) = T_inf + a/N (+ b/N^2 with >= 3 widths).
-
-    Weights 1/sigma^2 with sigma^2 = se^2 + floor^2 (the per-width estimates are independent).
-    Returns T_inf, a and their standard errors from the covariance (X^T W X)^-1 (columns scaled
-    by the smallest width N_0 for conditioning: u = N_0/N).
-    """
-    N = est["width"].astype(float)
-    p = 2 if est.sizes["width"] == 2 else 3
-    u = float(N.min()) / N
-    X = xr.concat([u**j for j in range(p)], dim="param").transpose("width", "param")
-    var = (se**2 + floor**2).broadcast_like(est)
-    Xv = X.values  # (W, p)
-    var = np.moveaxis(var.transpose("width", ...).values, 0, -1)  # (..., W)
-    yv = np.moveaxis(est.transpose("width", ...).values, 0, -1)
-    bad = ~(np.isfinite(yv) & np.isfinite(var)).all(-1)  # no data at some width: T_inf = NaN
+def inverse_width_fit(widths, est, var, terms: int):
+    """Weighted least squares of est(N) = sum_{j < terms} beta_j u^j, u = N_0/N (N_0 the smallest
+    width, for conditioning), over the last axis of ``est`` and ``var`` (the widths'; independent
+    estimates, weights 1/var; all var = 0: equal weights). Returns beta (..., terms) and its
+    covariance (X^T W X)^-1 (..., terms, terms); NaN where some width has no finite estimate."""
+    N = np.asarray(widths, dtype=float)
+    X = np.stack([(N.min() / N) ** j for j in range(terms)], axis=1)  # (W, terms)
+    y, var = np.asarray(est, dtype=float), np.asarray(var, dtype=float)
+    bad = ~(np.isfinite(y) & np.isfinite(var)).all(-1)
     with np.errstate(divide="ignore"):
-        wv = np.where(var > 0, 1 / var, 1.0)  # all exact (se = 0, floor 0): equal weights
-    wv, yv = np.where(bad[..., None], 1.0, wv), np.where(bad[..., None], 0.0, yv)
-    M = np.einsum("...w,wi,wj->...ij", wv, Xv, Xv)
-    r = np.einsum("...w,wi,...w->...i", wv, Xv, yv)
-    cov = np.where(bad[..., None, None], np.nan, np.linalg.inv(M))
-    beta = np.einsum("...ij,...j->...i", cov, r)
+        w = np.where(var > 0, 1 / var, 1.0)
+    w, y = np.where(bad[..., None], 1.0, w), np.where(bad[..., None], 0.0, y)
+    cov = np.where(bad[..., None, None], np.nan,
+                   np.linalg.inv(np.einsum("...w,wi,wj->...ij", w, X, X)))
+    return np.einsum("...ij,...j->...i", cov, np.einsum("...w,wi,...w->...i", w, X, y)), cov
+
+
+def fit_inverse_width(widths, est, se):
+    """est(N) = c + a/N by :func:`inverse_width_fit` (weights 1/se^2): (c, se_c, a, se_a)."""
+    beta, cov = inverse_width_fit(widths, est, np.square(se), terms=2)
+    n0 = float(np.min(widths))
+    return (float(beta[0]), math.sqrt(cov[0, 0]), n0 * float(beta[1]),
+            n0 * math.sqrt(cov[1, 1]))
+
+
+def extrapolate(est: xr.DataArray, se: xr.DataArray, floor=0.0) -> dict[str, xr.DataArray]:
+    """Weighted least squares over ``width`` of T(N) = T_inf + a/N (+ b/N^2 with >= 3 widths)
+    by :func:`inverse_width_fit`, with sigma^2 = se^2 + floor^2 per width. Returns T_inf, a and
+    their standard errors."""
+    N = est["width"].astype(float)
+    var = (se**2 + floor**2).broadcast_like(est)
+    beta, cov = inverse_width_fit(
+        N.values, np.moveaxis(est.transpose("width", ...).values, 0, -1),
+        np.moveaxis(var.transpose("width", ...).values, 0, -1),
+        terms=2 if est.sizes["width"] == 2 else 3)
     dims = [d for d in est.transpose("width", ...).dims if d != "width"]
     coords = {d: est[d] for d in dims if d in est.coords}
     n0 = float(N.min())

@@ -5,7 +5,7 @@ and V from :func:`sigprop.engines.finite_width.coefficients` (the delta method o
 fluctuation of the realised Gram); for a stream x + alpha phi(W x) the input gradient has
 E G_0 = G_0,inf (1 + A/N), A from :func:`~sigprop.engines.finite_width.mean_mode_coefficient`
 (the coupling of the backward to the forward weights). Measured: a and V by weighted least
-squares of c + a/N over the widths (:func:`~sigprop.engines.finite_width.fit_inverse_width`);
+squares of c + a/N over the widths (:func:`~sigprop.analysis.compare.fit_inverse_width`);
 A as the intercept of N (mean_seeds G_0 / G_0,inf - 1) = A + A_2/N, fitted the same way.
 """
 
@@ -57,7 +57,7 @@ def _nets(data: plots.FigureData):
 def _mean_mode_fit(widths, g):
     """A from samples g (width, seed) of G_0 / G_0,inf: N (mean g - 1) = A + A_2/N fitted by
     weighted least squares over the widths (SE of each: N sd(g) / sqrt(seeds)). (A, se)."""
-    from sigprop.engines.finite_width import fit_inverse_width
+    from sigprop.analysis.compare import fit_inverse_width
 
     N = np.asarray(widths, dtype=float)
     est = N * (g.mean(axis=1) - 1)
@@ -70,7 +70,8 @@ def summary(data: plots.FigureData) -> list[dict]:
     """Per net: label; predicted a, V and A (None where no mean mode); and, with Monte Carlo,
     per width the estimates (d: E log q_L - log q_inf, v: N Var log q_L, g: E G_0 / G_0,inf,
     each with its SE) and the fits (a, V, A with their SEs). Notes what cannot be computed."""
-    from sigprop.engines.finite_width import coefficients, fit_inverse_width, mean_mode_coefficient
+    from sigprop.analysis.compare import fit_inverse_width
+    from sigprop.engines.finite_width import coefficients, mean_mode_coefficient
 
     nets, L = _nets(data)
     rows = []
