@@ -47,6 +47,7 @@ import warnings
 
 import numpy as np
 import xarray as xr
+from scipy.special import digamma
 
 from sigprop import schema
 from sigprop.errors import ConfigError, FiniteWidthWarning
@@ -624,8 +625,9 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
             return None
         y = bn.theory_forward(s.push_ref(), ctx)
         Gam = gram(rest.theory_backward(y, g.push_ref(), ctx))
-        return bn_typical_log_gain(gram(s), blk.beta**2 * gram(g), blk.alpha**2 * Gam, bn.eps,
-                                   width)
+        G = gram(g)  # the gain is relative to grad_q_out, the mean square of g ~ N(0, G)
+        return bn_typical_log_gain(gram(s), blk.beta**2 * G, blk.alpha**2 * Gam, bn.eps, width,
+                                   ref=G)
     kids = blk.layers if isinstance(blk, Serial) else ()
     if not (len(kids) == 3 and isinstance(kids[0], Dense) and isinstance(kids[1], BatchNorm)
             and isinstance(kids[2], Act) and number(kids[0].sigma_w, kids[0].ratio, kids[1].eps)
@@ -637,8 +639,6 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
         return None
     # delta_in = W^T J^T (phi'(y) o delta_out): the BatchNorm's gain on the mean square, then
     # W^T (n x n) multiplies it by sigma_w^2 chi^2_N / N given it
-    from scipy.special import digamma
-
     G = gram(g)
     gain = bn_typical_log_gain(gram(kids[0].theory_forward(s, ctx)), 0 * G, G, kids[1].eps,
                                width, ref=G, act=act)
@@ -672,6 +672,7 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
         states.append(to_unit_diagonal(blk.theory_forward(states[-1], ctx)))
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     out = np.zeros((len(blocks) + 1, B))
+    out[-1] = digamma(width / 2) - math.log(width / 2)  # grad_q_L = |delta_L|^2/N, delta_L ~ N(0, I)
     for l in range(len(blocks), 0, -1):
         gain = _block_gain(blocks[l - 1], states[l - 1], g, ctx, width)
         if gain is None:

@@ -370,6 +370,7 @@ LOG_STEP = 0.1  # trapezoid step in log rho (the integrand is analytic in a stri
 T_STEP = 0.3  # trapezoid step in tau = log t: analytic in |Im tau| < pi (branch points where
 #               1 + 2 s sigma^2 = 0), as TAU_STEP above; error ~ exp(-2 pi^2 / T_STEP) ~ 1e-28
 T_MIN = 1e-30  # first t node: the integrand is ~ t (E r - 1) below it (E r < 1e12 here)
+TAU_MAX = 700.0  # last log t tried: e^700 ~ 1e304 (a law of sigma2 above 1e-290 ends before it)
 BINS = 20000  # points of each input's law of sigma2 in the t-integral (:func:`_compressed`)
 RHO_MAX = 12.0  # radius of the whitened w (a chi_{B-1} variable): P(rho > 12) < 1e-30
 RHO_MIN_TAIL = 1e-17  # P(rho < rho_min) ~ rho_min^(B-1) <= this, the part left out
@@ -460,21 +461,29 @@ def log_mean_of(sigma2, weight, width):
     """E log[(1/N) sum_i x_i^2] for N i.i.d. x_i, x | node ~ N(0, sigma2) with the node law of
     ``weight`` (sigma2 (n, B) -> (B,)): int (e^-t - phi(t/N)^N) dt/t, phi(s) = E (1 + 2 s
     sigma2)^(-1/2), 1 - phi computed without cancellation; each input's law
-    :func:`_compressed` first."""
+    :func:`_compressed` first. The t grid ends where phi(t/N)^N < 1e-16 (later the smaller the
+    sigma2); -inf when a node of sigma2 = 0 keeps phi^N above it (P(mean = 0) > 0)."""
     N = float(width)
-    tau_hi = np.log(N / 2) + 2 * np.log(1e16) / N + 1.0  # phi(t/N)^N < 1e-16 past it
-    tau = np.arange(np.log(T_MIN), tau_hi + T_STEP, T_STEP)
-    t = np.exp(tau)
     out = np.zeros(sigma2.shape[-1])
     for a in range(sigma2.shape[-1]):
         s2, w = _compressed(sigma2[:, a], weight)
-        x = 2 * (t / N)[:, None] * s2  # (t, n)
-        root = np.sqrt(1 + x)
-        one_minus = (x / (root * (1 + root))) @ w
-        with np.errstate(divide="ignore"):  # phi = 0 (far t): its log is -inf, e^-inf = 0
-            logphi_n = N * np.log1p(-np.minimum(one_minus, 1.0))
-        out[a] = T_STEP * np.sum(np.expm1(-t) - np.expm1(logphi_n))
+        tau_hi = np.log(N / 2) + 2 * np.log(1e16) / N + 1.0  # enough when sigma2 >= 1
+        while _log_phi_n(np.exp([tau_hi]), s2, w, N)[0] > np.log(1e-16) and tau_hi < TAU_MAX:
+            tau_hi += 1.0
+        if tau_hi >= TAU_MAX:
+            out[a] = -np.inf
+            continue
+        t = np.exp(np.arange(np.log(T_MIN), tau_hi + T_STEP, T_STEP))
+        out[a] = T_STEP * np.sum(np.expm1(-t) - np.expm1(_log_phi_n(t, s2, w, N)))
     return out
+
+
+def _log_phi_n(t, s2, w, N):
+    """N log phi(t/N) at each t, phi(s) = sum_k w_k (1 + 2 s s2_k)^(-1/2)."""
+    x = 2 * (t / N)[:, None] * s2  # (t, n)
+    root = np.sqrt(1 + x)
+    with np.errstate(divide="ignore"):  # phi = 0 (far t): its log is -inf, e^-inf = 0
+        return N * np.log1p(-np.minimum((x / (root * (1 + root))) @ w, 1.0))
 
 
 def bn_typical_log_gain(S, G, Gamma, eps, width, ref=None, act=None):
