@@ -263,3 +263,24 @@ def test_inverse_width_fits_match_numpy_polyfit():
                               xr.DataArray(se3, dims="width", coords=width))
     np.testing.assert_allclose([float(fit[k]) for k in ("T_inf", "T_inf_stderr", "a", "a_stderr")],
                                (c, np.sqrt(cov[2, 2]), a, np.sqrt(cov[1, 1])), rtol=1e-9)
+
+
+def test_points_neither_dataset_has_are_not_points(theory):
+    """A per-arch sweep pads the cases an arch was not run on with NaN in both datasets: those
+    points are left out of the counts (not NOT COMPARABLE) and the seed count (hence the
+    nominal rate) is that of the computed points, not 0; a point with theory but no Monte
+    Carlo stays not comparable."""
+    mc = synthetic(theory, seeds=24, widths=(256,), noise=0.1, root_seed=3)
+    pad = {"layer": slice(10, 19)}  # layers 10..19 (labels): both NaN here, as the padding of a sweep grid
+    th_p, mc_p = theory.copy(deep=True), mc.copy(deep=True)
+    for ds in (th_p, mc_p):
+        for name in ("q", "log_q"):
+            ds[name].loc[pad] = np.nan
+    full = {r["variable"]: r for r in summary(compare(theory, mc, variables=["q"]))}
+    cmp = compare(th_p, mc_p, variables=["q"])
+    rows = {r["variable"]: r for r in summary(cmp)}
+    assert cmp.attrs["seeds"] == 24
+    assert rows["q"]["not_comparable"] == 0 and not rows["q"]["flag"].startswith("NOT")
+    assert rows["q"]["points"] == full["q"]["points"] - 10 * 2  # 10 layers x 2 inputs
+    mc_p["q"].loc[{"layer": 5}] = np.nan  # theory there, no Monte Carlo
+    assert summary(compare(th_p, mc_p, variables=["q"]))[0]["not_comparable"] == 2

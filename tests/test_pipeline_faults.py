@@ -15,6 +15,7 @@ import signal
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -144,6 +145,25 @@ def test_failed_step_is_shown_not_cached_and_rerun(project, monkeypatch):
     rows, _, r = run(project)
     assert rows["simulate finite_width"] == "ran" and rows["figure finite_width"] == "ran"
     assert rows["theory finite_width"] == "cached" and not r.failed
+
+
+def test_step_warnings_and_bracketed_errors_are_shown_as_written(project, monkeypatch):
+    """A step's warnings are printed once each as its notes (not as raw Python warnings), and
+    a failure text with [brackets] reaches the table whole (rich markup would eat '[names]')."""
+    def warns(*args, **kwargs):
+        warnings.warn("carried by rare events [see typical_log_grad_q]", UserWarning,
+                      stacklevel=1)
+        warnings.warn("carried by rare events [see typical_log_grad_q]", UserWarning,
+                      stacklevel=1)
+        raise ValueError("give it `sweeps = [names]` or an [arch.sweeps] table")
+
+    monkeypatch.setattr(rep, "run_montecarlo", warns)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # a warning escaping the step would raise here
+        _, text, _ = run(project)
+    text = " ".join(text.split())
+    assert text.count("UserWarning: carried by rare events [see typical_log_grad_q]") == 1
+    assert "`sweeps = [names]` or an [arch.sweeps] table" in text
 
 
 def test_failed_and_timed_out_derivations_are_not_cached(project, scripts):

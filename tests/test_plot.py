@@ -303,3 +303,14 @@ def test_a_hue_without_theory_labels_its_monte_carlo_points(th, mc):
     assert [line.get_label() for line in solid_lines(ax)] == ["Pre-LN"]
     labels = [p.get_label() for p in point_sets(ax)]
     assert "Post-LN (Monte Carlo only)" in labels
+
+
+def test_the_legend_names_a_hue_drawn_in_later_panels_only(th):
+    """A per-arch sweep pads an arch with NaN where it was not run: Post-LN exists only in the
+    second column here, and the figure's legend still names it (it was read off panel 0)."""
+    pad = th["Post-LN"].copy(deep=True)
+    pad["q"] = pad["q"].where(pad["input"] == 1)  # input 0 (the first column): not computed
+    fig = sp.plot({"Pre-LN": th["Pre-LN"], "Post-LN": pad}, var="q", hue="arch", col="input")
+    assert len(solid_lines(fig.axes[0])) == 1  # Post-LN has no line in the first panel
+    labels = [t.get_text() for t in fig.legends[0].get_texts()]
+    assert labels[:2] == ["Pre-LN", "Post-LN"]

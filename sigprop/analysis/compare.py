@@ -257,7 +257,9 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 f"{n_heavy} points whose per-seed sample has tail index < 2 (infinite variance): "
                 "the sample mean has no standard error there; z = NaN")
     ds = xr.Dataset(out)
-    seeds = int(mc["seed"].size) if not widths else int(mc[names[0]].notnull().sum("seed").min())
+    # seeds behind each point; a point no case computed (a per-arch sweep's padding) has none
+    per_point = mc[names[0]].notnull().sum("seed")
+    seeds = int(per_point.where(per_point > 0).min().fillna(mc["seed"].size))
     ds.attrs = {"kind": "comparison", "seeds": seeds, "rtol": rtol, "experiment": same,
                 "z": "(estimate - theory) / sqrt(stderr^2 + (rtol * theory)^2)",
                 "finite_width": _finite_width_note(widths, mc.attrs.get("width")),
@@ -362,7 +364,9 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     """One row per variable: points, max |z| and where, rate of |z| > threshold vs nominal.
 
     ``flag``: DISAGREE when the rate exceeds the nominal one by more than 3 binomial sd (+1/n);
-    NOT COMPARABLE when some points have no finite z (infinite variance, no theory value)."""
+    NOT COMPARABLE when some points have no finite z (infinite variance, no theory value).
+    A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
+    was not run on, weight_grad_q at layer 0) is not a point."""
     rows = []
     seeds = int(cmp.attrs.get("seeds", 2))
     nominal = nominal_rate(threshold, seeds)
@@ -370,7 +374,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         z = abs(da.sel(stat="z"))
         finite = z.where(np.isfinite(z))
         n = int(finite.count())
-        lost = int(z.size) - n
+        exists = np.isfinite(da.sel(stat="theory")) | np.isfinite(da.sel(stat="estimate"))
+        lost = int(exists.sum()) - n
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,
                          "max_z": float("nan"), "where": "", "rate": float("nan"),

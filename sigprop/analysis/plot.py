@@ -139,7 +139,7 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
     th = das.get("theory")
     shared = th is not None and hue is not None and hue not in th.dims  # one line for all hues
     summarised = "transformed" if style["transform"] else var  # the estimator's rule
-    drawn, estimators = [], set()
+    drawn, estimators, labelled = [], set(), set()  # labelled: hues with a legend entry
     with plt.rc_context(plots.RC):  # entered after the figure exists: see plots.panels
         for k, (r, c) in enumerate((r, c) for r in rows for c in cols):
             panel = axes[k]
@@ -147,7 +147,9 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
             for i, h in enumerate(hues):
                 at = {**where, **({hue: h} if hue is not None else {})}
                 key = h if plots.is_net(h) else i  # a net's own colour, else the palette's
-                label = _label(hue, h) if k == 0 and hue is not None else None
+                # the first panel that draws a hue labels it (a per-arch sweep's padding
+                # leaves an arch out of some panels)
+                label = _label(hue, h) if hue is not None and h not in labelled else None
                 y = _at(th, at) if not (shared and i > 0) else None
                 if y is not None:
                     if x not in y.dims:  # the infinite-width theory does not depend on width
@@ -160,7 +162,9 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                                           SHARED_COLOUR if shared else key,
                                           label=None if shared else label, **style["theory_kw"])
                         drawn.append(yv)
-                        label = label if shared else None
+                        if not shared and label is not None:
+                            labelled.add(h)
+                            label = None
                     elif label is not None:
                         label = f"{label} (Monte Carlo only)"
                 m = _at(das.get("mc"), at)
@@ -174,12 +178,14 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                     if not np.isfinite(cv).any() or \
                             not plots.mc_points(panel, xv, cv, lo, hi, key, label=label):
                         _warn_nonfinite(cv, var, "Monte Carlo", at)  # no points: no label
+                    elif label is not None:
+                        labelled.add(h)
                     drawn.append(cv)
             if style["titles"]:
                 panel.set_title(", ".join(_label(d, v) for d, v in {**where, **fixed}.items()))
         _style_axes(axes, var, x, xscale, _scale(yscale, _values(drawn)), sharey, das, style)
         if style["legend"]:
-            _legend(fig if ax is None else ax, axes[0], mc, fixed, estimators, ncol=len(cols))
+            _legend(fig if ax is None else ax, axes, mc, fixed, estimators, ncol=len(cols))
     return fig
 
 
@@ -348,10 +354,15 @@ def _style_axes(axes, var, x, xscale, yscale, sharey, das, style) -> None:
             panel.set_ylim(lims[:, 0].min(), lims[:, 1].max())
 
 
-def _legend(where, ax, mc, fixed, estimators, ncol: int) -> None:
-    """The hue labels, and a key saying what lines and points are (width, seeds, estimator):
-    above the panels of a figure (``ncol`` columns), or inside a given axes."""
-    handles, labels = ax.get_legend_handles_labels()
+def _legend(where, axes, mc, fixed, estimators, ncol: int) -> None:
+    """The hue labels of every panel (a hue may be drawn in some panels only), and a key saying
+    what lines and points are (width, seeds, estimator): above the panels of a figure (``ncol``
+    columns), or inside a given axes."""
+    seen = {}
+    for panel in axes:
+        for handle, label in zip(*panel.get_legend_handles_labels()):
+            seen.setdefault(label, handle)
+    handles, labels = list(seen.values()), list(seen)
     grey = plots.color(SHARED_COLOUR)
     handles.append(Line2D([], [], color=grey))
     labels.append("theory (infinite width)")

@@ -179,7 +179,7 @@ class Cache:
         matching its recorded hash), or None when it is fresh."""
         stamp = self._read_stamp(step)
         if stamp is None:
-            return "not run yet"
+            return "first run"
         if stamp.get("key") != key:
             return "its inputs or code changed"
         outputs = stamp.get("outputs")

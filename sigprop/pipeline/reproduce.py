@@ -33,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import track
 from rich.table import Table
 
@@ -125,14 +126,21 @@ class Run:
         if why is None:
             return self.rows[-1][1]
         start = time.perf_counter()
-        self.console.log(f"[bold]{name}[/]: running ({why})")
+        self.console.log(f"[bold]{name}[/]: running ({escape(why)})")
+        caught = []
         try:
-            fn()
+            with warnings.catch_warnings(record=True) as caught:  # shown as the step's notes
+                warnings.simplefilter("always")
+                fn()
             self.cache.mark(name, key, outputs() if callable(outputs) else list(outputs))
         except Exception as e:  # noqa: BLE001  (any failure of a step is reported, not cached)
             self.fail(name, f"{type(e).__name__}: {e}", time.perf_counter() - start,
                       traceback.format_exc())
             return FAILED
+        finally:
+            for w in {str(w.message): w for w in caught}.values():
+                self.console.log(f"[yellow]{name}: {w.category.__name__}[/]: "
+                                 f"{escape(str(w.message))}", highlight=False)
         self.rows.append((name, "ran", time.perf_counter() - start))
         return "ran"
 
@@ -502,7 +510,7 @@ def _report(run: Run, seconds: float):
     for name, status, t in run.rows:
         style = {"ran": "green", "cached": "dim"}.get(status, "red" if status.startswith(FAILED)
                                                       else "yellow")
-        table.add_row(name, status, f"{t:.1f}", style=style)
+        table.add_row(escape(name), escape(status), f"{t:.1f}", style=style)
     run.console.print(table)
     ran = [r for r in run.rows if r[1] == "ran"]
     if run.dry_run:
