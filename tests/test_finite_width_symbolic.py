@@ -48,3 +48,11 @@ def test_symbolic_noise_matches_the_engine_quadrature():
 def test_two_input_erf_is_refused():
     with pytest.raises(UnsupportedComposition, match="no closed form"):
         _law("erf", 2)
+
+
+def test_a_dense_that_changes_the_width_is_refused():
+    """The layer noise is that of N features; a Dense of ratio r makes r N (Sigma / r)."""
+    import sigprop as sp
+
+    with pytest.raises(UnsupportedComposition, match="ratio 1"):
+        F.layer_law(sp.Serial(sp.Dense(ratio=2.0), sp.Act("relu")), 2)

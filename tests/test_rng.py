@@ -39,7 +39,7 @@ def _reference(seed, name, n):
 
 
 def test_box_muller_draw_is_its_documented_definition():
-    # n: several vectorised steps (64 blocks each) and a partial last block
+    # n: several vectorised steps (rng._BLOCKS_PER_STEP = 16 blocks each) and a partial last block
     n = 130 * BOX_MULLER_BLOCK + 1234
     got = Streams(np, ROOT, [3]).normal(2, 1, 0, (n,), np.float32)[0]
     want = _reference(3, (2, 1, 0), n)

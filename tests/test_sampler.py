@@ -179,7 +179,7 @@ def test_explicit_keeps_its_draw_for_the_vjp(preset, tape, monkeypatch):
     seeds = 3
     assert weight_draws == seeds * dense * (blocks + (recomputed if tape == "segments" else 0))
     assert sum(draws) == seeds * dense * (blocks + recomputed + blocks)  # Redrawn: 3rd per VJP
-    for var in ("log_q", "corr", "log_grad_q", "log_branch_q"):
+    for var in ("log_q", "corr", "log_grad_q", "log_branch_q", "log_weight_grad_q"):
         np.testing.assert_array_equal(kept[var].values, redrawn[var].values)
 
 

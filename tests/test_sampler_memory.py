@@ -66,5 +66,5 @@ def test_the_host_chunk_shrinks_for_the_whole_tape(monkeypatch):
     a = sp.simulate(_net(L), X0, N, seeds, backend="numpy", sampler="explicit")
     monkeypatch.setattr(mc, "MEMORY_BUDGET", 2**40)
     b = sp.simulate(_net(L), X0, N, seeds, backend="numpy", sampler="explicit", seed_chunk=3)
-    for var in ("log_q", "corr", "log_grad_q", "log_branch_q"):
+    for var in ("log_q", "corr", "log_grad_q", "log_branch_q", "log_weight_grad_q"):
         np.testing.assert_array_equal(a[var].values, b[var].values)

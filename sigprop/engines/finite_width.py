@@ -663,7 +663,8 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
     from sigprop.state.moments import Cotangent
 
     B = inputs.n
-    if not 2 <= B <= 4 or sweeps_of(net):
+    if not 2 <= B <= 4 or sweeps_of(net) or not any(isinstance(op, BatchNorm)
+                                                    for op in net.walk()):
         return None
     ctx = Context(NUMERIC, ())
     blocks = layers_of(net)

@@ -4,8 +4,9 @@ The timed net is a plain stack of Dense(sqrt 2) -> relu blocks (one Dense per la
 gradients. In one process, for each width N and batch B:
 
 * ``conditional``: ``sp.simulate(sampler="conditional")`` (the default sampler);
-* ``explicit``: ``sp.simulate(sampler="explicit")`` (every W drawn once and kept for its VJP:
-  the whole tape fits at these sizes, :func:`sigprop.engines.montecarlo.plan_segments`);
+* ``explicit``: ``sp.simulate(sampler="explicit")`` (every W drawn once and kept for its VJP
+  where the whole tape fits, else recomputed segments draw theirs again:
+  :func:`sigprop.engines.montecarlo.plan_segments`, :func:`weight_draws`);
 * ``numpy loop``: a plain NumPy loop, W drawn once per layer and kept for the backward;
 * ``torch loop``: the same in PyTorch with autograd, when torch is installed;
 * floors: ``layer floor`` is measured (draw N^2 normals + the B x N x N GEMM of one layer), and
@@ -28,7 +29,13 @@ from pathlib import Path
 
 import numpy as np
 
-from sigprop.engines.montecarlo import memory_per_seed, resolve_backend, simulate, stored_signals
+from sigprop.engines.montecarlo import (
+    memory_per_seed,
+    plan_segments,
+    resolve_backend,
+    simulate,
+    stored_signals,
+)
 from sigprop.engines.samplers import SAMPLERS
 from sigprop.ops import Act, Dense, Repeat, Serial, layers_of
 from sigprop.state.inputs import Inputs
@@ -137,17 +144,28 @@ def _layer_floor(N, B, xp):
     return _timed(lambda: (x @ s.normal(0, 0, 0, (N, N), np.float32)[0].T, sync()), 3)
 
 
-def model_floors(N, B, rng_rate, bandwidth, itemsize=4):
+def model_floors(N, B, rng_rate, bandwidth, itemsize=4, draws=1.0):
     """Per layer and seed, forward + backward (with the recomputation sp.simulate does).
 
-    explicit: N^2 normals (every block's residuals kept: no recomputation; the VJP reuses the
-    forward's W), written once and read once forward, once backward: 3 N^2 words.
+    explicit: ``draws`` N^2 normals (1 when every block's residuals are kept and the VJP reuses
+    the forward's W; 1 + the recomputed share of the blocks otherwise: :func:`weight_draws`),
+    each W written once and read once forward, once backward: (2 + draws) N^2 words.
     conditional: 3 B N normals (Z forward, recompute, Z' backward) and ~40 passes over B N words
     (Grams, roots, products, activation, statistics, checkpoints).
     """
-    expl = max(N * N / rng_rate, 3 * N * N * itemsize / bandwidth)
+    expl = max(draws * N * N / rng_rate, (2 + draws) * N * N * itemsize / bandwidth)
     cond = max(3 * B * N / rng_rate, 40 * B * N * itemsize / bandwidth)
     return expl, cond
+
+
+def weight_draws(N, B, depth, seeds, host, itemsize=4) -> float:
+    """Draws of each W per layer and seed by the explicit sampler's plan
+    (:func:`~sigprop.engines.montecarlo.plan_segments`): 1 when it keeps every block's
+    residuals, else 1 + the share of blocks whose segment the backward recomputes."""
+    blocks = layers_of(_net(depth))
+    k = plan_segments(blocks, B, N, itemsize, SAMPLERS["explicit"], seeds, None, host)[0]
+    L = len(blocks)
+    return 1.0 if k >= L else 1 + (L - 1) // k * k / L
 
 
 def available_memory(xp=np) -> int:
@@ -206,8 +224,9 @@ def run_bench(widths=None, batch=(2, 8), depth=8, seeds=4, backend="auto", quick
                 if device is not None:
                     row["torch loop"] = _timed(lambda a=args: _torch_loop(*a, device), 1) / (d * s)
                 row["layer floor"] = _layer_floor(N, B, xp)
+            draws = weight_draws(N, B, depth, seeds, host=xp is np)
             row["floor explicit"], row["floor conditional"] = model_floors(N, B, rng_rate,
-                                                                           bandwidth)
+                                                                           bandwidth, draws=draws)
             rows.append(row)
     lim = {B: limits(B, seeds, depth, available_memory(xp)) for B in batch}
     return {"backend": name, "depth": depth, "seeds": seeds, "rng_rate": rng_rate,

@@ -142,6 +142,9 @@ def layer_law(block: Op, B: int) -> LayerLaw:
     kids = block.layers if isinstance(block, Serial) else ()
     if not (len(kids) == 2 and isinstance(kids[0], Dense) and isinstance(kids[1], Act)):
         raise UnsupportedComposition("finite-width symbolic face: a layer Serial(Dense, Act)")
+    if kids[0].ratio != 1:  # the noise below is that of N features: n = ratio N would scale it
+        raise UnsupportedComposition("finite-width symbolic face: a Dense of ratio 1 "
+                                     f"(got ratio={kids[0].ratio})")
     x = state_symbols(B)
     zero = np.array([sympy.Integer(0)] * B, dtype=object)
     s = Moments(K=_gram(x), m=zero, ls=zero.copy(), law=GENERAL)
