@@ -299,3 +299,18 @@ def test_the_guides_per_arch_example_loads_and_runs(tmp_path):
     assert q.sizes["alpha"] == 3 and float(pre.max() - pre.min()) > 0.1 * float(pre.max())
     np.testing.assert_array_equal(deep.values, np.full(3, float(deep[0])))
     assert np.isfinite(deep.values).all()
+
+
+def test_a_figure_must_place_every_dim_with_several_values(tmp_path):
+    """Refused when the file loads (not after the sims ran, when sp.plot would refuse it): the
+    per-arch grid has alpha {0.25, 1} and sigma_b {0, 0.5} (unions over the archs) and three
+    archs; one dim left over becomes the hue when none is given (sp.plot's rule)."""
+    bad = PER_ARCH + '[[figure]]\nvar = "grad_q"\nhue = "arch"\ncol = "alpha"\n'
+    with pytest.raises(SimConfigError,
+                       match=r"\[.sigma_b.\] leaves dims with several values.*row = .sigma_b."):
+        Sim.load(write(tmp_path, bad, "per_arch.toml"))
+    for good in ('hue = "arch"\ncol = "alpha"\nrow = "sigma_b"\n',
+                 'col = "alpha"\nrow = "sigma_b"\n',  # arch, the one left, is the hue
+                 'hue = "arch"\ncol = "alpha"\nsel = { sigma_b = 0.5 }\n'):
+        Sim.load(write(tmp_path, PER_ARCH + f'[[figure]]\nvar = "grad_q"\n{good}',
+                       "per_arch.toml"))

@@ -456,17 +456,37 @@ class Sim:
         return Repeat(net.block, blocks)
 
     def _check_figures(self):
-        """Each figure's dims are dims of this sim's datasets; figure names are distinct."""
-        swept = {k for p in self.spec.profiles for a in self.spec.arch
-                 for k in self.spec.arch_sweeps(a, self.spec.profiles[p].sweeps or
-                                                self.spec.sweeps, p)}
-        dims = (*DIMS, *sorted(swept))
+        """Each figure's dims are dims of this sim's datasets, and each dim with several values
+        in some profile (a sweep, arch, batch) is its x, hue, col, row or sel (sp.plot's rule:
+        one left over becomes the hue); figure names are distinct."""
+        several = {}  # profile -> dims with several values
+        for p, prof in self.spec.profiles.items():
+            grid = {}  # sweep -> the union of its values over the archs (the datasets' grid)
+            for a in self.spec.arch:
+                for k, v in self.spec.arch_sweeps(a, prof.sweeps or self.spec.sweeps, p).items():
+                    grid.setdefault(k, set()).update(v.values() if isinstance(v, GridSpec) else v)
+            several[p] = [*(["arch"] if len(self.spec.arch) > 1 else []),
+                          *(["batch"] if len(self.batch_sizes(p)) > 1 else []),
+                          *sorted(k for k, v in grid.items() if len(v) > 1)]
+        dims = (*DIMS, *sorted({k for p in self.spec.profiles for a in self.spec.arch
+                                for k in self.spec.arch_sweeps(
+                                    a, self.spec.profiles[p].sweeps or self.spec.sweeps, p)}))
         for i, fig in enumerate(self.spec.figure):
             for key in ("x", "hue", "col", "row", *(f"sel.{d}" for d in fig.sel)):
                 dim = key[4:] if key.startswith("sel.") else getattr(fig, key)
                 if dim is not None and dim not in dims:
                     raise SimConfigError(self.path, f"figure.{i}.{key.partition('.')[0]}", dim,
                                          ", ".join(dims), "is not a dim of this sim's datasets")
+            placed = {fig.x, fig.hue, fig.col, fig.row, *fig.sel}
+            for p, dims_p in several.items():
+                left = [d for d in dims_p if d not in placed]
+                if left and not (fig.hue is None and len(left) == 1):
+                    free = [r for r in ("hue", "col", "row") if getattr(fig, r) is None]
+                    hint = f"{free[0]} = {left[0]!r}" if free else f"sel = {{ {left[0]} = ... }}"
+                    raise SimConfigError(
+                        self.path, f"figure.{i}", left, "each as x, hue, col or row, or fixed "
+                        f"by sel (e.g. {hint})",
+                        f"leaves dims with several values (profile {p}) without a place")
         names = [f.name or f"{self.name}_{f.var}" for f in self.spec.figure]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
