@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: test test-all torch-cpu reproduce derivations bench lint clean
+.PHONY: test test-all torch-cpu jax-cpu reproduce derivations bench lint clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,12 @@ TORCH_CPU ?= torch==2.13.0+cpu
 torch-cpu: $(STAMP)
 	$(BIN)/python -m pip install --quiet '$(TORCH_CPU)' \
 	  || echo "no CPU build of torch ($(TORCH_CPU)) found: the torch tests will skip"
+
+# The optional jax extra for the compiled theory engine (sp.theory(..., engine="jax")); jax's
+# PyPI wheels are the CPU build. Where it cannot be installed tests/test_compiled.py skips.
+jax-cpu: $(STAMP)
+	$(BIN)/python -m pip install --quiet -e '.[jax]' \
+	  || echo "jax could not be installed: the compiled-engine tests will skip"
 
 test-all: $(STAMP)      ## every test, slow ones included (GPU tests skip without a GPU)
 	$(BIN)/python -m pytest -q -m ''

@@ -16,10 +16,12 @@ has no closed-form kernel: neural-tangents integrates it by a ``deg`` x ``deg`` 
 rule (``ElementwiseNumerical``); ``--tanh-degree`` chooses deg, and ``degree_for`` measures the
 smallest degree of a doubling ladder whose one-layer kernel is within 1e-10 of sigprop's.
 
-neural-tangents and jax are benchmark-only extras, never dependencies of sigprop or of
-``make test``: ``pip install neural-tangents 'jax==0.4.30' 'jaxlib==0.4.30' 'tf2jax==0.3.6'``
-(neural-tangents 0.6.5 imports ``jax.core.Jaxpr``, gone from later jax). Without them this script
-says so and exits with status 0. Run: ``python benchmarks/theory_speed.py [--quick]``.
+neural-tangents is a benchmark-only extra, never a dependency of sigprop or of ``make test``:
+``pip install neural-tangents 'jax==0.4.30' 'jaxlib==0.4.30' 'tf2jax==0.3.6'`` (neural-tangents
+0.6.5 imports ``jax.core.Jaxpr``, gone from later jax; jax alone is sigprop's optional ``jax``
+extra, for ``sp.theory(..., engine="jax")``, timed against the numpy engine by
+``compiled_speed.py``). Without them this script says so and exits with status 0. Run:
+``python benchmarks/theory_speed.py [--quick]``.
 """
 
 from __future__ import annotations

@@ -11,6 +11,7 @@ and the whole grid is propagated in one vectorised pass.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 
 import numpy as np
@@ -40,8 +41,12 @@ ARRAY_OVERHEAD = 128  # bytes a kept array costs beyond its data (header, Python
 
 
 def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
-           width=None) -> xr.Dataset:
+           width=None, engine: str = "numpy") -> xr.Dataset:
     """Propagate ``inputs`` through ``net`` at infinite width, forward and backward.
+
+    ``engine``: ``"numpy"`` (this module), or ``"jax"``: the same laws traced and compiled
+    (:mod:`sigprop.engines.compiled`; needs jax, ``pip install 'sigprop[jax]'``; the ops with a
+    closed-form law only; ``progress`` is not shown).
 
     ``width``: a stream width N; adds the first-order finite-width corrections and the spread
     across seeds at N (:mod:`sigprop.engines.finite_width`, schema ``FINITE_WIDTH_VARIABLES``).
@@ -54,6 +59,12 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     (:func:`memory_estimate`) exceeds ``SIGPROP_MEMORY_FRACTION`` of the available memory is
     refused before it starts (:mod:`sigprop.engines.memory`).
     """
+    if engine == "jax":
+        from sigprop.engines.compiled import theory_compiled
+
+        return theory_compiled(net, inputs, layers=layers, width=width)
+    if engine != "numpy":
+        raise ConfigError("engine", engine, "'numpy' (the default) or 'jax' (compiled)")
     _check_args(net, inputs)
     blocks = layers_of(net)
     L = len(blocks)
@@ -118,13 +129,22 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
         wgrad_rows[0] = np.full(shape + (B,), np.nan)  # the input: no weights
 
     kept = sorted(record)
+    data = _variables([rows[l] for l in kept], [grad_rows[l] for l in kept],
+                      [wgrad_rows[l] for l in kept], shape, B)
+    return dataset(net, inputs, kept, data, "numpy", width)
+
+
+def dataset(net: Op, inputs: Inputs, kept, data: dict, backend: str, width=None) -> xr.Dataset:
+    """The theory Dataset of ``net`` from its variables ``data`` (:func:`variables`) at the
+    layers ``kept`` (sorted), computed by ``backend``; with ``width``, extended by the
+    finite-width corrections. Shared by the engines of this module and
+    :mod:`sigprop.engines.compiled`."""
+    blocks, grid, B = layers_of(net), sweeps_of(net), inputs.n
     coords = {"layer": np.asarray(kept), "input": np.arange(B), "input_b": np.arange(B),
               "block": ("layer", [type(blocks[l - 1]).__name__ if l else "input" for l in kept])}
     coords.update({name: np.asarray(s.values) for name, s in grid.items()})
-    data = _variables([rows[l] for l in kept], [grad_rows[l] for l in kept],
-                      [wgrad_rows[l] for l in kept], shape, B)
-    ds = build(data, {k: schema.VARIABLES[k].dims_with(grid=dims) for k in data}, coords,
-               make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, "numpy"))
+    ds = build(data, {k: schema.VARIABLES[k].dims_with(grid=tuple(grid)) for k in data}, coords,
+               make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, backend))
     from sigprop.engines import finite_width
 
     finite_width.warn_batchnorm(net, inputs)
@@ -198,8 +218,9 @@ class WeightGrads(Sink):
     :meth:`take` sums a block's terms.
     """
 
-    def __init__(self):
+    def __init__(self, ns=NUMERIC):
         super().__init__()
+        self.ns = ns
         self.log_width = np.zeros(())
         self.terms: list = []
         self.recording = False
@@ -211,9 +232,9 @@ class WeightGrads(Sink):
 
     def dense(self, s: Gram, g: Gram, ratio):
         """A Dense of n_out / n_in = ``ratio`` with input state ``s`` and output cotangent ``g``."""
-        log_in = self.log_width - np.log(ratio)
+        log_in = self.log_width - self.ns.log(ratio)
         if self.recording:
-            self.terms.append(_log_diag(s) + _log_diag(g)
+            self.terms.append(_log_diag(s, self.ns) + _log_diag(g, self.ns)
                               + (self.log_gain + log_in + self.log_width)[..., None])
         self.log_width = log_in
 
@@ -221,43 +242,51 @@ class WeightGrads(Sink):
         """log of the sum of the terms recorded since the last call, broadcast to ``shape``
         (NaN for none: a block without Dense has no weights, as schema ``log_branch_q`` is NaN
         for a block without a branch)."""
-        terms, self.terms = [np.broadcast_to(t, shape) for t in self.terms], []
+        xp = self.ns.xp
+        terms, self.terms = [xp.broadcast_to(t, shape) for t in self.terms], []
         if not terms:
             return np.full(shape, np.nan)
-        return np.logaddexp.reduce(np.stack(terms), axis=0)
+        return functools.reduce(xp.logaddexp, terms)  # = np.logaddexp.reduce, bit for bit
 
 
-def _log_diag(s: Gram):
-    d = np.diagonal(s.K, axis1=-2, axis2=-1)
+def _log_diag(s: Gram, ns=NUMERIC):
+    d = ns.xp.diagonal(s.K, axis1=-2, axis2=-1)
     with np.errstate(divide="ignore"):
-        return 2 * s.ls + np.log(d)
+        return 2 * s.ls + ns.xp.log(d)
 
 
 def _variables(rows, grad_rows, wgrad_rows, shape, B):
-    """The schema's variables (layer first) from the recorded (state, branch output) pairs of the
-    forward, the log gradient diagonals and the log weight-gradient statistics; scales from
-    their logs (:func:`schema.complete`)."""
+    """:func:`variables` from the recorded (state, branch output) pairs of the forward (lists
+    over the layers), the log gradient diagonals and the log weight-gradient statistics."""
     def stack(items, extra=(B,)):
         return np.stack([np.broadcast_to(x, shape + extra) for x in items])
 
-    K = stack([s.K for s, _ in rows], (B, B))
-    m, ls = stack([s.m for s, _ in rows]), stack([s.ls for s, _ in rows])
+    branch = [f for _, f in rows if f is not None]
+    fK = stack([f.K for f in branch], (B, B)) if branch else None
+    fls = stack([f.ls for f in branch]) if branch else None
+    return variables(stack([s.K for s, _ in rows], (B, B)), stack([s.m for s, _ in rows]),
+                     stack([s.ls for s, _ in rows]), stack(grad_rows), stack(wgrad_rows),
+                     fK, fls, [f is not None for _, f in rows])
+
+
+def variables(K, m, ls, log_grad_q, log_weight_grad_q, fK=None, fls=None, has_branch=None):
+    """The schema's variables (layer first) from the recorded states (K, m, ls: layer x grid x
+    (B, B) / B), the branch outputs (fK, fls) of the layers flagged in ``has_branch`` (none:
+    None), the log gradient diagonals and the log weight-gradient statistics; scales from
+    their logs (:func:`schema.complete`)."""
     d = np.diagonal(K, axis1=-2, axis2=-1)
     with np.errstate(divide="ignore"):
         log_q = 2 * ls + np.log(d)
-    branch = [f for _, f in rows if f is not None]
     log_branch_q = np.full(log_q.shape, np.nan)
-    if branch:
-        fK = stack([f.K for f in branch], (B, B))
+    if fK is not None:
         with np.errstate(divide="ignore"):
-            log_branch_q[[f is not None for _, f in rows]] = (
-                2 * stack([f.ls for f in branch]) + np.log(np.diagonal(fK, axis1=-2, axis2=-1)))
+            log_branch_q[has_branch] = 2 * fls + np.log(np.diagonal(fK, axis1=-2, axis2=-1))
     with np.errstate(over="ignore", invalid="ignore"):  # q, mean, var may overflow to inf
         # true values m e^ls and (d - m^2) e^2ls in log space: an exact 0 stays 0 at any scale
         computed = {"log_q": log_q, "mean": rescale(m, ls, 0, NUMERIC),
                     "var": rescale(d - m**2, 2 * ls, 0, NUMERIC),
-                    "corr": corr_of(K), "log_grad_q": stack(grad_rows),
-                    "log_branch_q": log_branch_q, "log_weight_grad_q": stack(wgrad_rows)}
+                    "corr": corr_of(K), "log_grad_q": log_grad_q,
+                    "log_branch_q": log_branch_q, "log_weight_grad_q": log_weight_grad_q}
     return schema.complete(computed)
 
 

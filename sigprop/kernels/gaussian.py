@@ -258,9 +258,11 @@ class Activation:
         entries a <= b only, mirrored (the result is symmetric), in Fortran order like K."""
         if ns.symbolic:
             return pair(*_gram_args(K, ns), ns)
-        K = np.asarray(K, dtype=float)
+        K = ns.asarray(K)
         a, b = _upper(K.shape[-1])
-        upper = pair(*_gram_args_upper(K, a, b), ns)
+        upper = pair(*_gram_args_upper(K, a, b, ns), ns)
+        if ns.traced:  # no assignment into traced arrays: read the mirrored entries
+            return ns.take(upper, _mirror(K.shape[-1]))
         out = np.empty(np.shape(upper)[:-1] + K.shape[-2:], order="F")
         out[..., a, b] = upper
         out[..., b, a] = upper
@@ -283,8 +285,8 @@ class Activation:
             if self._closed is not None:
                 return getattr(self._closed, face)(q1, q2, c, ns)
             return _elementwise(lambda a, b, r: integral_kernel(expr, a, b, r), q1, q2, c)
-        q1, q2, c = np.broadcast_arrays(*(np.asarray(x, dtype=float) for x in (q1, q2, c)))
-        c = _unit(c)
+        q1, q2, c = ns.xp.broadcast_arrays(*(ns.asarray(x) for x in (q1, q2, c)))
+        c = _unit(c, ns.xp)
         if self._closed is not None:
             return getattr(self._closed, face)(q1, q2, c, ns)[()]
         out = np.empty(q1.shape)
@@ -301,7 +303,7 @@ class Activation:
             if self._closed is not None:
                 return getattr(self._closed, face)(q, ns)
             return _elementwise(lambda a: integral_mean(expr, a), q)
-        q = np.asarray(q, dtype=float)
+        q = ns.asarray(q)
         if self._closed is not None:
             return getattr(self._closed, face)(q, ns)[()]
         return tabulated((self.name, face), lambda x: f(x, np), q, self._bend)[()]
@@ -324,9 +326,9 @@ def _gram_args(K, ns):
     return q1, q2, c
 
 
-def _unit(c):
+def _unit(c, xp=np):
     """c clipped to [-1, 1] (np.clip's values, at a third of its call overhead)."""
-    return np.minimum(np.maximum(c, -1.0), 1.0)
+    return xp.minimum(xp.maximum(c, -1.0), 1.0)
 
 
 @functools.cache
@@ -335,15 +337,25 @@ def _upper(B: int):
     return np.triu_indices(B)
 
 
-def _gram_args_upper(K, a, b):
+@functools.cache
+def _mirror(B: int):
+    """(B, B) positions in the :func:`_upper` list: entry (a, b) and (b, a) read the same one."""
+    a, b = _upper(B)
+    index = np.empty((B, B), dtype=int)
+    index[a, b] = index[b, a] = np.arange(len(a))
+    return index
+
+
+def _gram_args_upper(K, a, b, ns=NUMERIC):
     """(q1, q2, c) of :func:`_gram_args` at the entries (a, b) of the Grams only, each (..., P):
     the same operations on the same numbers, so the same values there."""
-    d = np.diagonal(K, axis1=-2, axis2=-1)
-    q1, q2 = d[..., a], d[..., b]
+    xp = ns.xp
+    d = xp.diagonal(K, axis1=-2, axis2=-1)
+    q1, q2 = ns.take(d, a), ns.take(d, b)
     with np.errstate(divide="ignore", invalid="ignore"):
-        root = np.sqrt(q1) * np.sqrt(q2)  # as _gram_args
-        c = (_unit(K[..., a, b] / root) + _unit(K[..., b, a] / root)) / 2
-    c = np.where(a == b, 1.0, np.where(np.isfinite(c), c, 0.0))
+        root = xp.sqrt(q1) * xp.sqrt(q2)  # as _gram_args
+        c = (_unit(ns.take(K, a, b) / root, xp) + _unit(ns.take(K, b, a) / root, xp)) / 2
+    c = xp.where(a == b, 1.0, xp.where(xp.isfinite(c), c, 0.0))
     return q1, q2, c
 
 

@@ -67,7 +67,7 @@ class Act(Op):
     def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
         act, K, ls = self._pre(s, ctx)
-        d = np.diagonal(K, axis1=-2, axis2=-1)
+        d = ns.xp.diagonal(K, axis1=-2, axis2=-1)
         if isinstance(s.law, BatchNormed):
             K_out, m = bn_activation(s.law.S, s.law.eps, s.law.scale, act)
         else:
@@ -87,7 +87,7 @@ class Act(Op):
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         ns = ctx.ns
         act, K, _ = self._pre(s, ctx)
-        d = np.diagonal(K, axis1=-2, axis2=-1)
+        d = ns.xp.diagonal(K, axis1=-2, axis2=-1)
         refs = tuple(r if r.X is DECOUPLED or r.X is None
                      else Ref(m=r.m, X=r.X * act.grad_mean(d, ns)[..., None, :]) for r in g.refs)
         gate = None

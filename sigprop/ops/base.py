@@ -210,6 +210,6 @@ def op_from_dict(d: dict) -> Op:
     return cls.from_fields(**{k: _decode(v) for k, v in d.items() if k != "op"})
 
 
-def cotangent_affine(g: Cotangent, a, ls_shift) -> Cotangent:
+def cotangent_affine(g: Cotangent, a, ls_shift, ns) -> Cotangent:
     """Backward of y = a (x - t): G_in = a_a a_b G (cotangent mean 0), log scale shifted."""
-    return affine(g, a, None, g.ls + ls_shift)
+    return affine(g, a, None, g.ls + ls_shift, ns)

@@ -49,7 +49,7 @@ class Dense(Op):
 
     def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
-        sw2, sb2 = np.asarray(ctx.p(self.sigma_w) ** 2), np.asarray(ctx.p(self.sigma_b) ** 2)
+        sw2, sb2 = ns.asarray(ctx.p(self.sigma_w) ** 2), ns.asarray(ctx.p(self.sigma_b) ** 2)
         ls, lc = lift(s.ls, sb2[..., None], ns)  # units in which the bias sb e^-ls is finite
         d, e = ns.exp(s.ls - ls), ns.exp(-lc)
         K = sw2[..., None, None] * (s.K * outer(d, d)) + sb2[..., None, None] * outer(e, e)
@@ -63,8 +63,8 @@ class Dense(Op):
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         if ctx.sink is not None:
-            ctx.sink.dense(s, g, np.asarray(ctx.p(self.ratio)))
-        gain = np.asarray(ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio))  # 0-d object stays an array
+            ctx.sink.dense(s, g, ctx.ns.asarray(ctx.p(self.ratio)))
+        gain = ctx.ns.asarray(ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio))  # 0-d object: an array
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in g.refs)
         return g.replace(K=gain[..., None, None] * g.K, refs=refs)
 
@@ -113,13 +113,13 @@ class Scale(Op):
 
     def forward_law(self, s, ctx, record=None):
         a = vec(ctx.p(self.c)) + 0 * s.m
-        return affine(s, a, None, s.ls + 0 * a)
+        return affine(s, a, None, s.ls + 0 * a, ctx.ns)
 
     def backward_law(self, s, g, ctx):
         """G_in = c^2 G (a fixed scale; no weights, so exact).
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
-        return cotangent_affine(g, vec(ctx.p(self.c)) + 0 * g.m, 0)
+        return cotangent_affine(g, vec(ctx.p(self.c)) + 0 * g.m, 0, ctx.ns)
 
     def mc_forward(self, x, env, record=None):
         return mc.Sig(self.c * x.x, x.ls), None

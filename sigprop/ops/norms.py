@@ -55,19 +55,19 @@ class LayerNorm(Op):
         object.__setattr__(self, "gain", check("LayerNorm.gain", self.gain, *FINITE))
 
     def _scale(self, s, ctx):
-        v = np.diagonal(s.K, axis1=-2, axis2=-1) - s.m * s.m
+        v = ctx.ns.xp.diagonal(s.K, axis1=-2, axis2=-1) - s.m * s.m
         return _feature_scale(s, v, ctx.p(self.eps), vec(ctx.p(self.gain)), ctx.ns)
 
     def forward_law(self, s, ctx, record=None):
         a, ls = self._scale(s, ctx)
-        return affine(s, a, s.m, s.ls - ls)
+        return affine(s, a, s.m, s.ls - ls, ctx.ns)
 
     def backward_law(self, s, g, ctx):
         """G_in = G_ab scale_a scale_b (the class docstring).
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         a, ls = self._scale(s, ctx)
-        return cotangent_affine(g, a, -ls)
+        return cotangent_affine(g, a, -ls, ctx.ns)
 
     def mc_forward(self, x, env, record=None):
         return mc.feature_norm(x, self.eps, self.gain, center=True)
@@ -87,18 +87,19 @@ class RMSNorm(Op):
         object.__setattr__(self, "eps", check("RMSNorm.eps", self.eps, *NONNEG))
 
     def _scale(self, s, ctx):
-        return _feature_scale(s, np.diagonal(s.K, axis1=-2, axis2=-1), ctx.p(self.eps), 1, ctx.ns)
+        return _feature_scale(s, ctx.ns.xp.diagonal(s.K, axis1=-2, axis2=-1), ctx.p(self.eps), 1,
+                              ctx.ns)
 
     def forward_law(self, s, ctx, record=None):
         a, ls = self._scale(s, ctx)
-        return affine(s, a, None, s.ls - ls)
+        return affine(s, a, None, s.ls - ls, ctx.ns)
 
     def backward_law(self, s, g, ctx):
         """G_in = G_ab scale_a scale_b (the class docstring).
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         a, ls = self._scale(s, ctx)
-        return cotangent_affine(g, a, -ls)
+        return cotangent_affine(g, a, -ls, ctx.ns)
 
     def mc_forward(self, x, env, record=None):
         return mc.feature_norm(x, self.eps, 1.0, center=False)

@@ -21,7 +21,10 @@ the independent-readout law, so a decoupled cross moment is 0) and which may car
 Numeric laws run on float64 arrays of shape ``(*grid, B, B)`` / ``(*grid, B)``; symbolic laws on
 object arrays of sympy expressions with ``ls == 0`` (the same code, see :mod:`sigprop.state.ns`).
 
-May import: ``sigprop.errors``.
+Every law takes its array module from the namespace ``ns`` (:mod:`sigprop.state.ns`), so the
+compiled engine can trace them with jax.numpy.
+
+May import: ``sigprop.errors``, ``sigprop.state.ns``.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from sigprop.errors import OverflowInTheory
+from sigprop.state.ns import NUMERIC
 
 DECOUPLED = "decoupled"
 TINY = np.finfo(np.float64).tiny  # smallest normal float64; below it digits are lost
@@ -188,9 +192,10 @@ def rescale(coef, ls_from, ls_to, ns):
     """
     if ns.symbolic:
         return coef * ns.exp(ls_from - ls_to)
+    xp = ns.xp
     with np.errstate(divide="ignore", invalid="ignore"):
-        out = np.sign(coef) * np.exp(ls_from + np.log(np.abs(coef)) - ls_to)
-    return np.where(coef == 0, 0.0, out)
+        out = xp.sign(coef) * xp.exp(ls_from + xp.log(xp.abs(coef)) - ls_to)
+    return xp.where(coef == 0, 0.0, out)
 
 
 def lift(ls, b2, ns):
@@ -205,10 +210,11 @@ def lift(ls, b2, ns):
     """
     if ns.symbolic:
         return ls, ls
+    xp = ns.xp
     with np.errstate(divide="ignore"):  # b2 = 0: log 0 = -inf, never lifted
-        log_b = 0.5 * np.log(b2)
-    ls = np.where(log_b - ls > -np.log(FAR), np.maximum(log_b, 0.5 * np.log(TINY)), ls)
-    return ls, np.where(b2 > 0, ls, 0.0)
+        log_b = 0.5 * xp.log(b2)
+    ls = xp.where(log_b - ls > -np.log(FAR), xp.maximum(log_b, 0.5 * np.log(TINY)), ls)
+    return ls, xp.where(b2 > 0, ls, 0.0)
 
 
 def moments_of_sum(beta, x: Gram, alpha, f: Gram, ns) -> Gram:
@@ -219,15 +225,16 @@ def moments_of_sum(beta, x: Gram, alpha, f: Gram, ns) -> Gram:
     cross moment is known (:meth:`Gram.cross_unknown`).
     """
     X = f.cross(f.refs[-1])
+    xp = ns.xp
     if ns.symbolic:
         ls = x.ls
     else:
         with np.errstate(divide="ignore"):
-            ls = np.maximum(x.ls + np.log(np.abs(beta)), f.ls + np.log(np.abs(alpha)))
+            ls = xp.maximum(x.ls + xp.log(xp.abs(beta)), f.ls + xp.log(xp.abs(alpha)))
     bx = rescale(beta, x.ls, ls, ns)
     af = rescale(alpha, f.ls, ls, ns)
     K = (outer(bx, bx) * x.K + outer(af, af) * f.K
-         + outer(bx, af) * X + np.swapaxes(outer(bx, af) * X, -1, -2))
+         + outer(bx, af) * X + xp.swapaxes(outer(bx, af) * X, -1, -2))
     refs = []
     for rx, rf in zip(x.refs, f.refs[:-1]):
         if rx.X is DECOUPLED and rf.X is DECOUPLED:
@@ -239,7 +246,7 @@ def moments_of_sum(beta, x: Gram, alpha, f: Gram, ns) -> Gram:
     return type(x)(K=K, m=bx * x.m + af * f.m, ls=ls, refs=tuple(refs), **x._summed(f, bx, af))
 
 
-def affine(s: Gram, a, t, ls_out) -> Gram:
+def affine(s: Gram, a, t, ls_out, ns=NUMERIC) -> Gram:
     """Per-input affine map y_b = a_b (x_b - t_b) in scaled units (LayerNorm, RMSNorm, Scale).
 
     K' = a a^T (K - m m^T + d d^T) with d = m - t, m' = a d, X' = (X - m_r t^T) a; ``t=None``
@@ -250,13 +257,16 @@ def affine(s: Gram, a, t, ls_out) -> Gram:
     scale (a -> sign a, ls_out -> ls_out + log|a|: the same true values), so that a LayerNorm
     whose eps dominates at q = 1e-300 does not leave K at 1e-295, where the next law's products
     underflow; factors of ordinary size are applied as they are (the same numbers as before).
+    A traced namespace cannot tell whether t is zero: it counts as shifted (the law that needs
+    it, :class:`BatchNormed`, is not traced).
     """
-    if np.asarray(a).dtype != object:  # the symbolic face keeps ls = 0
-        size = np.abs(a)
+    xp = ns.xp
+    if not ns.symbolic:  # the symbolic face keeps ls = 0
+        size = xp.abs(a)
         far = (size > 0) & ((size < FAR) | (size > 1 / FAR))
         with np.errstate(divide="ignore"):
-            ls_out = ls_out + np.where(far, np.log(size), 0.0)
-        a = np.where(far, np.sign(a), a)
+            ls_out = ls_out + xp.where(far, xp.log(size), 0.0)
+        a = xp.where(far, xp.sign(a), a)
     if t is None:
         K, d = s.K, s.m
     else:
@@ -265,29 +275,31 @@ def affine(s: Gram, a, t, ls_out) -> Gram:
     refs = tuple(r if r.X is None or r.X is DECOUPLED
                  else Ref(m=r.m, X=(r.X if t is None else r.X - outer(r.m, t)) * a[..., None, :])
                  for r in s.refs)
-    shifted = t is not None and bool(np.any(t))
+    shifted = t is not None and (ns.traced or bool(np.any(t)))
     extra = s._rescaled(a, ls_out - s.ls, shifted)
     return s.replace(K=outer(a, a) * K, m=a * d, ls=ls_out, refs=refs, **extra)
 
 
-def to_unit_diagonal(s: Gram) -> Gram:
+def to_unit_diagonal(s: Gram, ns=NUMERIC) -> Gram:
     """Move the diagonal of Kt into ls so Kt has unit diagonal (numeric, refs-free states).
 
     The arrays are returned in Fortran order, grid axes innermost in memory: the laws broadcast
     over the small trailing (B, B) axes, and numpy then runs its inner loops over the grid
-    rather than over B (about 2x faster on a 100 x 100 grid at B = 2; values unchanged).
+    rather than over B (about 2x faster on a 100 x 100 grid at B = 2; values unchanged); a
+    traced namespace keeps its own layout.
     """
-    d = s.diag
+    xp = ns.xp
+    d = xp.diagonal(s.K, axis1=-2, axis2=-1)
     pos = d > 0
-    root = np.sqrt(np.where(pos, d, 1.0))
-    ls = s.ls + np.log(root)
+    root = xp.sqrt(xp.where(pos, d, 1.0))
+    ls = s.ls + xp.log(root)
     extra = s._rescaled(1 / root, None, False)  # a change of units: true values unchanged
     m = s.m / root
     # A mean below TINY of the rms is subnormal: its digits are gone and it stops decaying
     # (5e-324 * 0.7 rounds back to 5e-324), so e^ls m would grow without bound. Flush it to 0:
     # the mean stays exact relative to the signal's scale, and an exact 0 stays 0.
-    m = np.where(np.abs(m) < TINY, 0.0, m)
-    f = np.asfortranarray
+    m = xp.where(xp.abs(m) < TINY, 0.0, m)
+    f = (lambda x: x) if ns.traced else np.asfortranarray
     return s.replace(K=f(s.K / outer(root, root)), m=f(m), ls=f(ls), **extra)
 
 
@@ -295,6 +307,9 @@ def true_moments(s: Gram, where: str, ns):
     """Unscaled (K, m), for ops whose law is not positively homogeneous; raise on overflow."""
     if ns.symbolic:
         return s.K * outer(ns.exp(s.ls), ns.exp(s.ls)), s.m * ns.exp(s.ls)
+    if ns.traced:  # no values to test while tracing: NaN there, which the engine reports
+        e = ns.exp(ns.xp.where(s.ls > TRUE_LS_MAX, np.nan, s.ls))
+        return s.K * outer(e, e), s.m * e
     if np.any(s.ls > TRUE_LS_MAX):
         raise OverflowInTheory(
             f"{where}: the signal reaches log q = {2 * float(np.max(s.ls)):.4g}, beyond float64, "

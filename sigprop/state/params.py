@@ -70,7 +70,10 @@ class Sink:
     cotangent that the laws carry. A ``Residual`` pulls the unscaled cotangent through its
     branch and scales the result by alpha (the backward is linear in it), but a weight inside
     the branch has its gradient at alpha times that cotangent: ``log_gain`` = log alpha^2 of the
-    enclosing branches (0 outside any), set by :meth:`gain` around the branch's backward."""
+    enclosing branches (0 outside any), set by :meth:`gain` around the branch's backward.
+    ``ns``: the namespace of the arrays it takes (jax's in the compiled engine)."""
+
+    ns: Namespace = NUMERIC
 
     def __init__(self):
         self.log_gain = np.zeros(())
@@ -80,7 +83,7 @@ class Sink:
         """Within: the true cotangent is ``alpha`` (a number or grid array) times the carried one."""
         saved = self.log_gain
         with np.errstate(divide="ignore"):  # alpha = 0: no gradient reaches the branch
-            self.log_gain = saved + 2 * np.log(np.abs(np.asarray(alpha, dtype=float)))
+            self.log_gain = saved + 2 * self.ns.log(self.ns.abs(self.ns.asarray(alpha)))
         try:
             yield self
         finally:

@@ -1,0 +1,98 @@
+"""Benchmark: the compiled theory engine (``engine="jax"``) against the numpy engine, one process.
+
+Each row runs ``sp.theory(net, inputs, layers=[0, L])`` both ways, interleaved, and keeps the
+minimum of ``--repeats`` runs; the compiled engine's first call (tracing and XLA compilation)
+is reported apart. B = 2 inputs (q = 1, 2; corr 0.5), the grid one ``sp.sweep`` of sigma_w1 over
+[1, 2] (one point: sigma_w1 = sqrt 2), as in ``theory_speed.py``. Agreement: the largest
+relative difference of log q_L and of log grad_q_0 over the grid (the issue asks 1e-12).
+
+jax is an optional extra (``pip install 'sigprop[jax]'``, ``make jax-cpu``); without it this
+script says so and exits with status 0. Run: ``python benchmarks/compiled_speed.py [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import dataclass
+
+import numpy as np
+
+import sigprop as sp
+
+Q0, CORR0 = (1.0, 2.0), 0.5
+EPS = 1e-12  # LayerNorm eps (theory_speed.py's, neural-tangents' default)
+
+
+@dataclass(frozen=True)
+class Row:
+    preset: str
+    act: str
+    depth: int
+    points: int
+
+
+ROWS = (Row("resnet", "relu", 1000, 1), Row("resnet", "relu", 1000, 10_000),
+        Row("preln", "erf", 1000, 1), Row("preln", "erf", 1000, 10_000))
+QUICK = (Row("resnet", "relu", 100, 1), Row("resnet", "relu", 100, 1000),
+         Row("preln", "erf", 100, 1), Row("preln", "erf", 100, 1000))
+
+
+def net_of(row: Row):
+    s1 = sp.sweep("sigma_w1", np.linspace(1.0, 2.0, row.points)) if row.points > 1 else 2**0.5
+    kw = {"eps": EPS} if row.preset == "preln" else {}
+    return sp.presets.get(row.preset)(row.depth, act=row.act, sigma_w1=s1, **kw)
+
+
+def timed(f):
+    t = time.perf_counter()
+    out = f()
+    return time.perf_counter() - t, out
+
+
+def measure(row: Row, repeats: int) -> dict:
+    net, x0 = net_of(row), sp.Inputs(q=list(Q0), corr=CORR0)
+
+    def run(engine):
+        return lambda: sp.theory(net, x0, layers=[0, row.depth], engine=engine)
+
+    first, _ = timed(run("jax"))
+    best = {"numpy": np.inf, "jax": np.inf}
+    out = {}
+    for _ in range(repeats):
+        for engine in ("numpy", "jax"):
+            t, out[engine] = timed(run(engine))
+            best[engine] = min(best[engine], t)
+    a, b = out["numpy"], out["jax"]
+
+    def rel(name, layer):
+        u, v = (d[name].sel(layer=layer).values for d in (a, b))
+        return float(np.max(np.abs(u - v) / np.maximum(np.abs(u), 1.0)))
+
+    return {"first": first, **best, "log_q": rel("log_q", row.depth), "log_grad_q": rel("log_grad_q", 0)}
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--quick", action="store_true", help="depth 100, 1000 points")
+    ap.add_argument("--repeats", type=int, default=3)
+    a = ap.parse_args()
+    try:
+        import jax  # noqa: F401
+    except ImportError:
+        print("jax is not installed (pip install 'sigprop[jax]'); nothing to measure.")
+        return
+    print("| net | depth | points | numpy (s) | jax (s) | jax compile (s) | numpy ns/pt-layer "
+          "| jax ns/pt-layer | numpy / jax | max rel d log q_L | max rel d log grad_q_0 |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for row in QUICK if a.quick else ROWS:
+        r = measure(row, a.repeats)
+        n = row.depth * row.points
+        print(f"| {row.preset} {row.act} | {row.depth} | {row.points} | {r['numpy']:.4g} | "
+              f"{r['jax']:.4g} | {r['first'] - r['jax']:.3g} | {r['numpy'] / n * 1e9:.4g} | "
+              f"{r['jax'] / n * 1e9:.4g} | {r['numpy'] / r['jax']:.3g} | {r['log_q']:.2g} | "
+              f"{r['log_grad_q']:.2g} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
