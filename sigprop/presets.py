@@ -9,6 +9,8 @@ the default weight scales: the first Dense has ``sigma_w^2 = 2`` for relu-like a
 
 from __future__ import annotations
 
+import functools
+import inspect
 import math
 
 from sigprop.errors import ConfigError, UnknownName
@@ -54,16 +56,38 @@ def _depth(depth) -> int:
     return depth
 
 
+def _checked(preset):
+    """``preset`` refusing an argument it does not take (its own, and the branch's where it
+    forwards ``**kw``) with a ConfigError that lists those it takes."""
+    params = inspect.signature(preset).parameters
+    takes = [p for p, v in params.items() if v.kind is not v.VAR_KEYWORD]
+    if any(v.kind is v.VAR_KEYWORD for v in params.values()):
+        takes += [p for p in inspect.signature(branch).parameters if p not in takes]
+
+    @functools.wraps(preset)
+    def checked(*args, **kw):
+        unknown = [k for k in kw if k not in takes]
+        if unknown:
+            raise ConfigError(f"presets.{preset.__name__} argument", unknown[0],
+                              f"one of {', '.join(takes)}")
+        return preset(*args, **kw)
+
+    return checked
+
+
+@_checked
 def plain(depth: int, act="relu", **kw) -> Op:
     """No skip connection: x -> F(x), repeated."""
     return Repeat(branch(act, **kw), _depth(depth))
 
 
+@_checked
 def resnet(depth: int, act="relu", alpha="1", **kw) -> Op:
     """No normalisation: x -> x + alpha F(x)."""
     return Repeat(Residual(branch(act, **kw), branch_scale(alpha, _depth(depth))), depth)
 
 
+@_checked
 def preln(depth: int, act="relu", alpha="1", final_norm=False, norm="layernorm", eps=1e-5, **kw):
     """Pre-LN: x -> x + alpha F(LN x); optionally a final LN after the stack."""
     blk = Residual(Serial(_norm(norm, eps), branch(act, **kw)), branch_scale(alpha, _depth(depth)))
@@ -71,18 +95,21 @@ def preln(depth: int, act="relu", alpha="1", final_norm=False, norm="layernorm",
     return Serial(net, _norm(norm, eps)) if final_norm else net
 
 
+@_checked
 def postln(depth: int, act="relu", alpha="1", norm="layernorm", eps=1e-5, **kw) -> Op:
     """Post-LN: x -> LN(x + alpha F(x))."""
     blk = Serial(Residual(branch(act, **kw), branch_scale(alpha, _depth(depth))), _norm(norm, eps))
     return Repeat(blk, depth)
 
 
+@_checked
 def periln(depth: int, act="relu", alpha="1", norm="layernorm", eps=1e-5, **kw) -> Op:
     """Peri-LN: x -> x + alpha LN(F(LN x))."""
     inner = Serial(_norm(norm, eps), branch(act, **kw), _norm(norm, eps))
     return Repeat(Residual(inner, branch_scale(alpha, _depth(depth))), depth)
 
 
+@_checked
 def deepnorm(depth: int, act="relu", eps=1e-5, sublayers: int = 2, **kw) -> Op:
     """DeepNorm (Wang et al. 2022, encoder constants): x -> LN(a x + F(x)), every branch Dense
     initialised with an extra gain b.
@@ -110,16 +137,19 @@ def deepnorm(depth: int, act="relu", eps=1e-5, sublayers: int = 2, **kw) -> Op:
     return Repeat(Serial(Residual(f, alpha=1.0, beta=a), LayerNorm(eps=eps)), L)
 
 
+@_checked
 def skipinit(depth: int, act="relu", alpha=0.0, **kw) -> Op:
     """SkipInit: x -> x + alpha F(x) with alpha = 0 (or small) at initialisation."""
     return resnet(depth, act, alpha=alpha, **kw)
 
 
+@_checked
 def prebn(depth: int, act="relu", alpha="1", eps=1e-5, **kw) -> Op:
     """Pre-BN counterpart of Pre-LN: x -> x + alpha F(BN x)."""
     return preln(depth, act, alpha, norm="batchnorm", eps=eps, **kw)
 
 
+@_checked
 def postbn(depth: int, act="relu", alpha="1", eps=1e-5, **kw) -> Op:
     """Post-BN counterpart of Post-LN: x -> BN(x + alpha F(x))."""
     return postln(depth, act, alpha, norm="batchnorm", eps=eps, **kw)

@@ -116,6 +116,9 @@ def test_unreadable_datasets_and_unknown_names(good, tmp_path):
     (lambda: sp.Inputs(q=1e-200, corr=0.5, mean=[1e-100, -1e-100]), "Inputs (corr, mean)"),
     (lambda: sp.Inputs(n=117295), "Inputs.n"),  # hypothesis found it: a 103 GiB corr matrix
     (lambda: sp.Inputs(q=[1.0] * 5000), "Inputs"),
+    # a branch ending at another width than the stream's (the theory took it and drifted)
+    (lambda: sp.Residual(sp.Serial(sp.Dense(ratio=2.0), sp.Act("relu"))), "Residual branch"),
+    (lambda: sp.Residual(sp.Repeat(sp.Dense(ratio=0.5), 3)), "Residual branch"),
 ])
 def test_bad_api_input_is_a_config_error(make, field):
     with pytest.raises(sp.ConfigError) as err:

@@ -20,6 +20,14 @@ def test_unknown_preset_attribute_is_a_config_error_with_a_suggestion():
     assert not hasattr(sp.presets, "no_such_preset")  # still an AttributeError for hasattr
 
 
+@pytest.mark.parametrize("name", sorted(sp.presets.PRESETS))
+def test_a_preset_refuses_an_argument_it_does_not_take(name):
+    """Every preset, called from Python, answers an unknown keyword with a ConfigError listing
+    what it takes (was a bare TypeError from deep inside, e.g. branch() for beta=)."""
+    with pytest.raises(sp.ConfigError, match=rf"presets\.{name} argument='beta'.*sigma_b"):
+        sp.presets.PRESETS[name](4, beta=0.5)
+
+
 def test_missing_cupy_names_the_cuda_extras():
     from sigprop.engines.montecarlo import gpu_module
 

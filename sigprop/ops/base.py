@@ -161,6 +161,10 @@ class Op:
         """(output width, widest width, largest weight n_in n_out) on width-``n`` features."""
         return n, n, 0
 
+    def width_ratio(self) -> float | None:
+        """n_out / n_in (None where a swept or symbolic ratio leaves it open)."""
+        return 1.0
+
     # -- symbolic face ----------------------------------------------------------------------
     SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {}  # field -> role in a preset's symbolic block
 

@@ -72,6 +72,9 @@ class Dense(Op):
         n_out = mc.dense_width(n, self.ratio)
         return n_out, max(n, n_out), n * n_out
 
+    def width_ratio(self):
+        return float(self.ratio) if isinstance(self.ratio, (int, float)) else None
+
     def mc_forward(self, x, env, record=None):
         """A = X W^T by ``env.sampler`` (W acts on the scaled signal: ls unchanged), plus b;
         uniform weights are drawn in full (FORWARD stream, mapped by :func:`uniform_of_normal`)."""

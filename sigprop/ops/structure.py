@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -73,6 +74,10 @@ class Serial(Op):
     def mc_widths(self, n):
         return _chain_widths(self.layers, n)
 
+    def width_ratio(self):
+        ratios = [op.width_ratio() for op in self.layers]
+        return None if None in ratios else math.prod(ratios)
+
     def _mc_envs(self, env):
         """Each layer's env: op index offset by the ops of the layers before it."""
         offset = 1
@@ -131,6 +136,10 @@ class Repeat(Op):
     def mc_widths(self, n):
         return _chain_widths([self.block] * self.n, n)
 
+    def width_ratio(self):
+        r = self.block.width_ratio()
+        return None if r is None else r**self.n
+
     def _mc_envs(self, env):
         size = self.block.mc_ops()
         return [env.child(1 + j * size) for j in range(self.n)]
@@ -171,6 +180,10 @@ class Residual(Op):
         if _is_zero(self.alpha) and _is_zero(self.beta):
             raise ConfigError("Residual (alpha, beta)", (self.alpha, self.beta),
                               "not both zero (the block would output 0)")
+        ratio = self.branch.width_ratio()
+        if ratio is not None and abs(ratio - 1) > 1e-9:
+            raise ConfigError("Residual branch width ratio", ratio, "1: the branch must end at "
+                              "the stream's width (Dense ratios in a branch multiply to 1)")
 
     SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {"alpha": "alpha", "beta": "beta"}
 
