@@ -63,7 +63,6 @@ def test_inconsistent_sizes_are_refused():
         build(data, dims, coords, attrs)
 
 
-
 def test_describe_copies_unless_told_not_to():
     from sigprop import schema
 

@@ -212,11 +212,17 @@ def box_muller32(bits, out) -> None:
             out[lo:hi] = z.reshape(-1)[: hi - lo]
 
 
+def uses_box_muller(n: int, dtype) -> bool:
+    """Whether a host draw of ``n`` normals of ``dtype`` is :func:`box_muller32` (else the
+    ziggurat)."""
+    return np.dtype(dtype) == np.float32 and n >= BOX_MULLER_MIN
+
+
 def draw_workspace(n: int, dtype) -> int:
     """Bytes of temporaries while one seed's draw of ``n`` normals of ``dtype`` runs: at most
     12 per normal of a :func:`box_muller32` step (words 4, r and t 2 each, a partial last block
     4); the ziggurat writes into its output."""
-    if np.dtype(dtype) != np.float32 or n < BOX_MULLER_MIN:
+    if not uses_box_muller(n, dtype):
         return 0
     return 12 * min(n, _BLOCKS_PER_STEP * BOX_MULLER_BLOCK) + 4096  # + array headers
 
@@ -254,7 +260,7 @@ class Streams:
             return z.reshape((-1,) + shape)
         out = np.empty((len(self.seeds),) + shape, dtype=dtype)
         counter = np.array([0, block, op, direction], dtype=np.uint64)
-        box_muller = draw_workspace(math.prod(shape), dtype) > 0
+        box_muller = uses_box_muller(math.prod(shape), dtype)
         for s, seed in enumerate(self.seeds):
             key = np.array([self.root_seed, seed], dtype=np.uint64)
             self._bits.state = {"bit_generator": "Philox", "buffer": np.zeros(4, dtype=np.uint64),
