@@ -6,15 +6,27 @@ squares and compares the fitted 1/N slope a (or, for Var log q, the leading coef
 N Var log q) with the prediction of ``sp.theory(net, inputs, width=N)``; z = (fitted -
 predicted) / SE. Writes its section of benchmarks/RESULTS.md.
 
-    .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000]
+Its second section, the typical BatchNorm gradient: Pre-BN (presets.prebn, eps = 1e-5, L = 16,
+issue 16) at B = 2, 3, 4 and four widths, the predicted E log G_0 (``typical_log_grad_q`` at
+layer 0) against the Monte Carlo mean of log G_0 (input 0) and its standard error, the Monte
+Carlo median, and the infinite-width log E G_0; the offset (MC - predicted) fitted per B as
+c + a/N.
+
+    .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
 
 import argparse
+import math
+import warnings
+
+import numpy as np
 
 import sigprop as sp
 from sigprop import presets
-from sigprop.testing import measure, measure_mean_mode
+from sigprop.analysis.compare import fit_inverse_width
+from sigprop.errors import FiniteWidthWarning
 from sigprop.pipeline.bench import write_section
+from sigprop.testing import measure, measure_mean_mode
 
 DEPTH = 8
 WIDTHS = [64, 128, 256, 512]
@@ -33,7 +45,7 @@ MEAN_STREAMS = [
 ]
 
 
-def main(seeds=4000, out="benchmarks/RESULTS.md"):
+def first_order(seeds=4000, out="benchmarks/RESULTS.md"):
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
     rows = ["| preset | statistic (layer 8) | predicted | fitted ± SE | z |",
             "|---|---|---|---|---|"]
@@ -64,9 +76,80 @@ def main(seeds=4000, out="benchmarks/RESULTS.md"):
     return md
 
 
+TYPICAL_DEPTH = 16
+TYPICAL_WIDTHS = [128, 256, 512, 1024]
+
+
+def typical(seeds=4000, out="benchmarks/RESULTS.md"):
+    """The typical BatchNorm gradient table (module docstring); returns its markdown."""
+    net = presets.prebn(TYPICAL_DEPTH)
+    rows = ["| B | N | predicted E log G_0 | MC mean ± SE | z | MC median | log E G_0 (N = inf) |",
+            "|---|---|---|---|---|---|---|"]
+    fits = ["| B | c ± SE (N-independent) | c / SE | a ± SE (1/N slope) | chi^2 / dof |",
+            "|---|---|---|---|---|"]
+    for B in (2, 3, 4):
+        inputs = sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
+        off, off_se = [], []
+        for N in TYPICAL_WIDTHS:
+            with warnings.catch_warnings():  # the unreachable-mean warning is the point here
+                warnings.simplefilter("ignore", FiniteWidthWarning)
+                th = sp.theory(net, inputs, width=N, layers=[0])
+            mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy",
+                             dtype="float64", root_seed=2024 + 1000 * B + N)
+            pred = float(th["typical_log_grad_q"].values[0, 0])
+            x = mc["log_grad_q"].values[:, 0, 0]
+            se = x.std(ddof=1) / math.sqrt(seeds)
+            off.append(x.mean() - pred)
+            off_se.append(se)
+            rows.append(f"| {B} | {N} | {pred:.3f} | {x.mean():.3f} ± {se:.3f} | "
+                        f"{(x.mean() - pred) / se:+.2f} | {np.median(x):.3f} | "
+                        f"{float(th['log_grad_q'].values[0, 0]):.3f} |")
+            print(rows[-1], flush=True)
+        c, se_c, a, se_a = fit_inverse_width(TYPICAL_WIDTHS, off, off_se)
+        chi2 = float(np.sum(((np.array(off) - c - a / np.array(TYPICAL_WIDTHS))
+                             / np.array(off_se)) ** 2))
+        fits.append(f"| {B} | {c:+.3f} ± {se_c:.3f} | {c / se_c:+.1f} | {a:+.1f} ± {se_a:.1f} | "
+                    f"{chi2:.1f} / {len(TYPICAL_WIDTHS) - 2} |")
+        print(fits[-1], flush=True)
+    intro = (f"`benchmarks/finite_width_agreement.py --part typical`: Pre-BN "
+             f"(`presets.prebn({TYPICAL_DEPTH})`, eps = 1e-5), Gaussian inputs q = 1, corr = 0.5, "
+             f"batch B, widths {TYPICAL_WIDTHS}, {seeds} seeds per width (root seed 2024 + "
+             "1000 B + N), input 0. Predicted: E log G_0 at width N, `typical_log_grad_q` of "
+             "`sp.theory(net, inputs, width=N)` (per block a t-integral over N i.i.d. features, "
+             "`bn_typical_log_gain`, blocks summed as independent). z = (MC mean - predicted) / "
+             "SE. The infinite-width log E G_0 is far above both at B = 2, 3: the mean is "
+             "carried by features of batch variance ~ eps that no practical width holds.")
+    note = ("Second table: the offset MC mean - predicted fitted per B as c + a/N (weighted "
+            "least squares, `fit_inverse_width`). a: the per-block O(1/N) term the model leaves "
+            "out (the realised forward and branch-cotangent Grams fluctuate by O(1/sqrt N) about "
+            "their laws). c, not shrinking with N: each block is given the infinite-width "
+            "(mean-law) cotangent Gram G_{l+1}, while a width-N net's realised G_{l+1} is "
+            "carried by a few heavy-tailed features, so its diagonal ratios across inputs "
+            "G_bb / G_aa spread by O(1) at every N, and a block's gain for input a, convex in "
+            "them, is on average larger. Plugging the realised Gram into the block's t-integral "
+            "recovers the excess of the lowest block; mixing the stream between blocks by a "
+            "random orthogonal map leaves c unchanged, so it is not the persistence of a feature "
+            "along the skip (measurements: tests/test_finite_width_typical.py). The spread of "
+            "the realised Gram needs the law of a heavy-tailed random matrix, which the model "
+            "does not carry.")
+    md = "\n".join([intro, "", *rows, "", note, "", *fits])
+    if out:
+        write_section(out, "Finite width: typical BatchNorm gradient (Pre-BN, L = 16)", md)
+    return md
+
+
+def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
+    """Both sections (``part`` "all"), or one: "first-order" or "typical"."""
+    if part in ("all", "first-order"):
+        first_order(seeds, out)
+    if part in ("all", "typical"):
+        typical(seeds, out)
+
+
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
+    p.add_argument("--part", choices=["all", "first-order", "typical"], default="all")
     a = p.parse_args()
-    main(a.seeds, a.out)
+    main(a.seeds, a.out, a.part)

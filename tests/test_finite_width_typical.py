@@ -4,13 +4,27 @@ its model and against Monte Carlo of Pre-BN and Dense -> BN -> relu nets.
 
 Tolerances: 3 standard errors of the sampled mean of logs (the estimates are means over
 independent draws), plus, against Monte Carlo nets, a bound on what the model leaves out,
-measured once on large runs (root seeds 1000 + N): (i) per block O(1/N): the realised forward
-and branch-cotangent Grams fluctuate by O(1/sqrt N) about their laws and enter the gain
-smoothly; one block at N = 128, 20000 seeds: N (MC - model) = -1.9 +- 0.6 (B = 3), -3.2 +- 2.0
-(B = 2), so 4/N a block; (ii) between blocks: the sum over blocks treats each block's features as independent
-of the cotangent of the blocks above; L = 16, B = 3, 800 seeds: MC - model = +0.23 +- 0.08,
-+0.13 +- 0.06, +0.12 +- 0.06 at N = 128, 256, 512 (not shrinking with N), so 0.015 a block.
-Bound: L (4/N + 0.015). The pre-activation block Dense -> BN -> relu (no skip): L = 16, B = 3,
+measured on large runs with other seeds. Two parts:
+(i) per block O(1/N): the realised forward and branch-cotangent Grams fluctuate by O(1/sqrt N)
+about their laws and enter the gain smoothly; one block at N = 128, 20000 seeds (root seeds
+1000 + N): N (MC - model) = -1.9 +- 0.6 (B = 3), -3.2 +- 2.0 (B = 2), so 4/N a block.
+(ii) not shrinking with N: each block is given the infinite-width (mean-law) cotangent Gram
+G_{l+1}, while the realised G_{l+1} of a width-N net is carried by a few heavy-tailed features:
+its diagonal ratios across inputs spread by O(1) at every N (sd of log G_bb / G_00 = 0.55,
+0.46, 0.29 below blocks 0, 8, 13 of Pre-BN L = 16, B = 3, N = 512), and a block's gain for
+input a is convex in them (per block, L = 16, B = 3, N = 512, 4000 seeds: MC - model = +0.004
+to +0.025, SE 0.006-0.010, in each of blocks 0..9; within 1 SE in blocks 10..15). Plugging
+each seed's realised G_1 into the t-integral of block 0 gives 2.309 +- 0.012 against the
+model's 2.280 and Monte Carlo 2.305 +- 0.010 (300 and 4000 seeds). Not the persistence of a
+feature along the skip: mixing the stream between blocks by a random orthogonal map (Hadamard
+times random signs and a permutation; same infinite-width law) leaves MC - model at +0.12 +-
+0.03 (Pre-BN L = 16, B = 3, N = 256, 3000 seeds; unmixed: +0.13 +- 0.03).
+benchmarks/RESULTS.md, "Finite width: typical BatchNorm gradient": Pre-BN L = 16, MC - model =
+c + a/N over N = 128 .. 1024 (4000 seeds each): c = +0.161 +- 0.023, a = -2 +- 6 (B = 3);
+c = -0.07 +- 0.09 (B = 2); c = +0.016 +- 0.007 (B = 4); so at most 0.015 a block.
+Generic bound: L (4/N + 0.015). Where a test needs a tighter one (to see a 2 % error of the
+predictor), its bound is measured at its own setting: |MC - model| + 3 SE of a reference run
+(stated at the test). The pre-activation block Dense -> BN -> relu (no skip): L = 16, B = 3,
 800 seeds: +0.80 +- 0.12, +0.63 +- 0.10, +0.60 +- 0.10, +0.58 +- 0.09 at N = 128 .. 1024 (the
 cotangent of a block is not independent of the features below it: 0.04 a block); B = 2:
 +0.24 +- 0.38 at N = 256. One such block (N = 128, 20000 seeds): N (MC - model) = -1.8 +- 0.8
@@ -87,9 +101,11 @@ def test_log_mean_of_a_chi_square_and_its_limits():
 @pytest.mark.parametrize("B", [2, 3])
 def test_typical_gain_against_sampling_its_model(B):
     """Direct draws of the model: N features, u ~ N(0, S), d ~ N(0, G), g ~ N(0, Gamma),
-    the log of mean_i (d + J^T g)_a^2 over mean_i d_a^2; 4000 draws, 3 standard errors."""
+    the log of mean_i (d + J^T g)_a^2 over mean_i d_a^2; 40000 draws, 3 standard errors
+    (sd of the logs 1.3-1.7 at B = 2, 0.4-0.6 at B = 3: SE 0.007-0.008 and 0.002-0.003, so a
+    2 % error of the t-integral, 0.014 on input 0 at B = 3, is outside by 2 SE)."""
     S, G, Gam = _case(B, seed=1)
-    eps, N, draws = 1e-4, 64, 4000
+    eps, N, draws = 1e-4, 64, 40000
     pred = bn.bn_typical_log_gain(S, G, Gam, eps, N)
     rng = np.random.default_rng(5)
     P = np.eye(B) - 1 / B
@@ -135,9 +151,10 @@ def test_typical_in_the_theory_dataset_and_nan_for_other_nets():
 @pytest.mark.parametrize("B", [2, 3, 4])
 def test_prebn_typical_gradient_against_monte_carlo(B):
     """Pre-BN, L = 4 blocks, alpha = 0.7, width 256: the predicted E log grad_q_0 against the
-    mean over seeds of log grad_q_0 (input 0), 3 standard errors + L (4/N + 0.015) (module
-    docstring); the infinite-width log E grad_q_0 lies far outside at B = 2 (the point of it)."""
-    L, N, seeds = 4, 256, 120
+    mean over seeds of log grad_q_0 (input 0), 3 standard errors + the model's error measured
+    at this setting (below); the infinite-width log E grad_q_0 lies far outside at B = 2 (the
+    point of it)."""
+    L, N, seeds = 4, 256, 4000
     net, inputs = presets.prebn(L, alpha=0.7), sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FiniteWidthWarning)
@@ -147,7 +164,14 @@ def test_prebn_typical_gradient_against_monte_carlo(B):
     pred = float(th["typical_log_grad_q"].values[0, 0])
     x = mc["log_grad_q"].values[:, 0, 0]
     se = x.std(ddof=1) / math.sqrt(seeds)
-    assert abs(x.mean() - pred) < 3 * se + L * (4 / N + 0.015), (x.mean(), pred, se)
+    # Model error here, |MC - model| + 3 SE of a reference run (20000 seeds, root seeds 50000 +
+    # 100 B + k, k < 10): MC 9.8956 +- 0.0254, 4.3601 +- 0.0076, 2.8269 +- 0.0030 against the
+    # model's 9.9030, 4.3412, 2.8271 (B = 2, 3, 4): 0.084, 0.042, 0.009, below the generic
+    # L (4/N + 0.015) = 0.12 (module docstring). A predictor 2 % high is caught at B = 4 (0.057
+    # against 3 SE + 0.010 = 0.03); at B = 2, 3 the spread over seeds (sd 3.6, 1.1) and the
+    # unmodelled excess hide it (2 % is 0.20, 0.087).
+    model_error = {2: 0.085, 3: 0.045, 4: 0.010}[B]
+    assert abs(x.mean() - pred) < 3 * se + model_error, (x.mean(), pred, se)
     if B == 2:
         assert float(th["log_grad_q"].values[0, 0]) - x.mean() > 10 * se
 
@@ -180,9 +204,10 @@ def _bn_block(depth, eps=1e-5):
 
 @pytest.mark.parametrize("B", [2, 3])
 def test_preactivation_block_typical_gradient_against_monte_carlo(B):
-    """Dense -> BN -> relu, L = 4, width 256: as the Pre-BN test, bound L (15/N + 0.04) (module
-    docstring); the infinite-width log E grad_q_0 lies far outside at B = 2."""
-    L, N, seeds = 4, 256, 200
+    """Dense -> BN -> relu, L = 4, width 256: as the Pre-BN test, with the model's error
+    measured at this setting (below; the generic bound is L (15/N + 0.04), module docstring);
+    the infinite-width log E grad_q_0 lies far outside at B = 2."""
+    L, N, seeds = 4, 256, 4000
     net, inputs = _bn_block(L), sp.Inputs(q=1.0, corr=0.5, n=B)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FiniteWidthWarning)
@@ -192,18 +217,23 @@ def test_preactivation_block_typical_gradient_against_monte_carlo(B):
     pred = float(th["typical_log_grad_q"].values[0, 0])
     x = mc["log_grad_q"].values[:, 0, 0]
     se = x.std(ddof=1) / math.sqrt(seeds)
-    assert abs(x.mean() - pred) < 3 * se + L * (15 / N + 0.04), (x.mean(), pred, se)
+    # Model error here, |MC - model| + 3 SE of a reference run (20000 seeds, root seeds 50000 +
+    # 100 B + k, k < 10): MC 10.4686 +- 0.0388, 6.0005 +- 0.0107 against the model's 10.4888,
+    # 5.8578 (B = 2, 3): 0.137, 0.175, below the generic L (15/N + 0.04) = 0.39.
+    model_error = {2: 0.14, 3: 0.18}[B]
+    assert abs(x.mean() - pred) < 3 * se + model_error, (x.mean(), pred, se)
     if B == 2:
         assert float(th["log_grad_q"].values[0, 0]) - x.mean() > 10 * se
     assert fw.typical_log_grad_q(net, sp.Inputs(q=1.0, corr=0.5, n=4), N) is None  # relu gate
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("B", [2, 3, 4])
-def test_prebn_issue_depth(B):
-    """Issue 16's depth, L = 16 at width 256 (400 seeds): the bound of the module docstring;
-    the infinite-width log E grad_q_0 is outside it by more than 3 standard errors."""
-    L, N, seeds = 16, 256, 400
+@pytest.mark.parametrize("B, N, seeds", [(2, 256, 4000), (2, 1024, 10000), (3, 256, 4000),
+                                         (4, 256, 4000)])
+def test_prebn_issue_depth(B, N, seeds):
+    """Issue 16's depth, L = 16: 3 SE + the model's error measured at each setting (below); the
+    infinite-width log E grad_q_0 is outside by more than 3 standard errors."""
+    L = 16
     net, inputs = presets.prebn(L), sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FiniteWidthWarning)
@@ -213,5 +243,13 @@ def test_prebn_issue_depth(B):
     pred = float(th["typical_log_grad_q"].values[0, 0])
     x = mc["log_grad_q"].values[:, 0, 0]
     se = x.std(ddof=1) / math.sqrt(seeds)
-    assert abs(x.mean() - pred) < 3 * se + L * (4 / N + 0.015), (x.mean(), pred, se)
+    # Model error, |MC - model| + 3 SE of benchmarks/finite_width_agreement.py's runs (4000
+    # seeds, root seed 2024 + 1000 B + N): MC 27.285 +- 0.118, 44.678 +- 0.093, 11.018 +- 0.029,
+    # 6.790 +- 0.010 against the model's 27.221, 44.810, 10.851, 6.766 at (B, N) = (2, 256),
+    # (2, 1024), (3, 256), (4, 256): 0.42, 0.41, 0.26, 0.053, below the generic L (4/N + 0.015)
+    # = 0.49 (0.30 at N = 1024). A predictor 2 % high is caught at (2, 1024) (0.90 against
+    # 3 SE + 0.42 = 0.60 with 10000 seeds; 0.71 with 4000, too close) and at B = 4 (0.135
+    # against 0.08); at B = 3 the unmodelled excess (+0.16, module docstring) is itself 1.5 %.
+    model_error = {(2, 256): 0.42, (2, 1024): 0.42, (3, 256): 0.26, (4, 256): 0.055}[B, N]
+    assert abs(x.mean() - pred) < 3 * se + model_error, (x.mean(), pred, se)
     assert float(th["log_grad_q"].values[0, 0]) - x.mean() > 3 * se
