@@ -441,6 +441,36 @@ def numbers(data: dict) -> dict[str, float]:
         tab = batchnorm_table(th, _mc_of(data, "norms"))
         out.update(NormsDepth=int(th["layer"][-1]),
                    PreBNClosedMaxDev=max(abs(r["prebn_closed"] - r["prebn_engine"]) for r in tab))
+    out.update(batchnorm_typical())
+    return out
+
+
+def batchnorm_typical(depth=16, width=256, seeds=1000, eps=1e-5) -> dict[str, float]:
+    """Pre-BN (ReLU MLP branches, Gaussian inputs q = 1, c = 0.5) at B = 2, 3, where the mean
+    of the gradient is carried by features of batch variance ~ eps: the typical E log G_0 at
+    width N (``typical_log_grad_q`` of ``sp.theory(net, x, width=N)``), the infinite-width
+    log E G_0, and Monte Carlo's mean +- SE and median of log G_0 over ``seeds`` (NumPy)."""
+    import warnings
+
+    from sigprop import presets
+    from sigprop.engines.montecarlo import simulate
+    from sigprop.engines.theory import theory
+    from sigprop.errors import FiniteWidthWarning
+    from sigprop.state.inputs import Inputs
+
+    out = {"BNTypDepth": depth, "BNTypWidth": width, "BNTypSeeds": seeds, "BNTypEps": eps}
+    for B, name in ((2, "Two"), (3, "Three")):
+        net, x0 = presets.prebn(depth, eps=eps), Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FiniteWidthWarning)  # the point made here
+            th = theory(net, x0, width=width)
+        g = simulate(net, x0, width=width, seeds=seeds, backend="numpy",
+                     root_seed=2024)["log_grad_q"].values[:, 0, 0]
+        out.update({f"BNTypPred{name}": float(th["typical_log_grad_q"].values[0, 0]),
+                    f"BNTypMean{name}": float(th["log_grad_q"].values[0, 0]),
+                    f"BNTypMC{name}": float(g.mean()),
+                    f"BNTypSE{name}": float(g.std(ddof=1) / np.sqrt(seeds)),
+                    f"BNTypMedian{name}": float(np.median(g))})
     return out
 
 
