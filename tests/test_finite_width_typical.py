@@ -148,6 +148,17 @@ def test_typical_in_the_theory_dataset_and_nan_for_other_nets():
         bn.bn_typical_log_gain(np.eye(2), np.zeros((2, 2)), np.eye(2), 1e-5, 8)
 
 
+def _typical_and_monte_carlo(net, inputs, N, seeds, root_seed):
+    """(theory at width N, log grad_q_0 of input 0 per seed, its standard error)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FiniteWidthWarning)
+        th = sp.theory(net, inputs, width=N)
+        mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy", dtype="float64",
+                         root_seed=root_seed)
+    x = mc["log_grad_q"].values[:, 0, 0]
+    return th, x, x.std(ddof=1) / math.sqrt(seeds)
+
+
 @pytest.mark.parametrize("B", [2, 3, 4])
 def test_prebn_typical_gradient_against_monte_carlo(B):
     """Pre-BN, L = 4 blocks, alpha = 0.7, width 256: the predicted E log grad_q_0 against the
@@ -156,14 +167,8 @@ def test_prebn_typical_gradient_against_monte_carlo(B):
     point of it)."""
     L, N, seeds = 4, 256, 4000
     net, inputs = presets.prebn(L, alpha=0.7), sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FiniteWidthWarning)
-        th = sp.theory(net, inputs, width=N)
-        mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy", dtype="float64",
-                         root_seed=11)
+    th, x, se = _typical_and_monte_carlo(net, inputs, N, seeds, root_seed=11)
     pred = float(th["typical_log_grad_q"].values[0, 0])
-    x = mc["log_grad_q"].values[:, 0, 0]
-    se = x.std(ddof=1) / math.sqrt(seeds)
     # Model error here, |MC - model| + 3 SE of a reference run (20000 seeds, root seeds 50000 +
     # 100 B + k, k < 10): MC 9.8956 +- 0.0254, 4.3601 +- 0.0076, 2.8269 +- 0.0030 against the
     # model's 9.9030, 4.3412, 2.8271 (B = 2, 3, 4): 0.084, 0.042, 0.009, below the generic
@@ -186,13 +191,8 @@ def test_prebn_typical_gradient_with_a_scaled_or_no_skip(B, beta):
     blk = sp.Residual(sp.Serial(sp.BatchNorm(eps=1e-5), sp.Dense(sigma_w=2**0.5), sp.Act("relu"),
                                 sp.Dense()), alpha=0.7, beta=beta)
     net, inputs = sp.Repeat(blk, L), sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FiniteWidthWarning)
-        pred = float(sp.theory(net, inputs, width=N)["typical_log_grad_q"].values[0, 0])
-    mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy", dtype="float64",
-                     root_seed=5)
-    x = mc["log_grad_q"].values[:, 0, 0]
-    se = x.std(ddof=1) / math.sqrt(seeds)
+    th, x, se = _typical_and_monte_carlo(net, inputs, N, seeds, root_seed=5)
+    pred = float(th["typical_log_grad_q"].values[0, 0])
     assert abs(x.mean() - pred) < 3 * se + L * (4 / N + 0.015), (x.mean(), pred, se)
 
 
@@ -209,14 +209,8 @@ def test_preactivation_block_typical_gradient_against_monte_carlo(B):
     the infinite-width log E grad_q_0 lies far outside at B = 2."""
     L, N, seeds = 4, 256, 4000
     net, inputs = _bn_block(L), sp.Inputs(q=1.0, corr=0.5, n=B)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FiniteWidthWarning)
-        th = sp.theory(net, inputs, width=N)
-        mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy", dtype="float64",
-                         root_seed=13)
+    th, x, se = _typical_and_monte_carlo(net, inputs, N, seeds, root_seed=13)
     pred = float(th["typical_log_grad_q"].values[0, 0])
-    x = mc["log_grad_q"].values[:, 0, 0]
-    se = x.std(ddof=1) / math.sqrt(seeds)
     # Model error here, |MC - model| + 3 SE of a reference run (20000 seeds, root seeds 50000 +
     # 100 B + k, k < 10): MC 10.4686 +- 0.0388, 6.0005 +- 0.0107 against the model's 10.4888,
     # 5.8578 (B = 2, 3): 0.137, 0.175, below the generic L (15/N + 0.04) = 0.39.
@@ -235,14 +229,8 @@ def test_prebn_issue_depth(B, N, seeds):
     infinite-width log E grad_q_0 is outside by more than 3 standard errors."""
     L = 16
     net, inputs = presets.prebn(L), sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", FiniteWidthWarning)
-        th = sp.theory(net, inputs, width=N)
-        mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy", dtype="float64",
-                         root_seed=17)
+    th, x, se = _typical_and_monte_carlo(net, inputs, N, seeds, root_seed=17)
     pred = float(th["typical_log_grad_q"].values[0, 0])
-    x = mc["log_grad_q"].values[:, 0, 0]
-    se = x.std(ddof=1) / math.sqrt(seeds)
     # Model error, |MC - model| + 3 SE of benchmarks/finite_width_agreement.py's runs (4000
     # seeds, root seed 2024 + 1000 B + N): MC 27.285 +- 0.118, 44.678 +- 0.093, 11.018 +- 0.029,
     # 6.790 +- 0.010 against the model's 27.221, 44.810, 10.851, 6.766 at (B, N) = (2, 256),
