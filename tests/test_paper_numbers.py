@@ -35,3 +35,13 @@ def test_a_planted_number_is_caught(line):
 def test_comments_and_citations_are_not_numbers():
     assert typed_numbers(r"see \cite{yang2019v2.1} % 0.99 in an old draft") == []
     assert typed_numbers(r"$L=\num{MeanShiftDepth}$ and $x+\alpha F(x)$") == []
+
+
+def test_a_mean_is_printed_to_the_decimal_of_its_standard_error():
+    """Two significant digits of the SE, the mean to the same decimal (27 +- 0.239 read as if
+    the mean were known to the unit)."""
+    from sigprop.figures.claims import mean_and_error
+
+    assert mean_and_error(26.950676, 0.239159) == ("26.95", "0.24")
+    assert mean_and_error(10.9511955, 0.0575718) == ("10.951", "0.058")
+    assert mean_and_error(1234.5, 56.0) == ("1234", "56")

@@ -9,6 +9,7 @@ paper inputs (``paper/figures/claims_table.tex``).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -466,12 +467,18 @@ def batchnorm_typical(depth=16, width=256, seeds=1000, eps=1e-5) -> dict[str, fl
             th = theory(net, x0, width=width)
         g = simulate(net, x0, width=width, seeds=seeds, backend="numpy",
                      root_seed=2024)["log_grad_q"].values[:, 0, 0]
+        mean, se = mean_and_error(float(g.mean()), float(g.std(ddof=1) / np.sqrt(seeds)))
         out.update({f"BNTypPred{name}": float(th["typical_log_grad_q"].values[0, 0]),
                     f"BNTypMean{name}": float(th["log_grad_q"].values[0, 0]),
-                    f"BNTypMC{name}": float(g.mean()),
-                    f"BNTypSE{name}": float(g.std(ddof=1) / np.sqrt(seeds)),
+                    f"BNTypMC{name}": mean, f"BNTypSE{name}": se,
                     f"BNTypMedian{name}": float(np.median(g))})
     return out
+
+
+def mean_and_error(mean: float, se: float) -> tuple[str, str]:
+    """``mean`` and ``se`` as printed: se to two significant digits, mean to the same decimal."""
+    decimals = max(0, 1 - math.floor(math.log10(se)))
+    return f"{mean:.{decimals}f}", f"{se:.{decimals}f}"
 
 
 def xiong_lemma2(L: int) -> dict[str, float]:
