@@ -8,11 +8,15 @@ relative difference of log q_L and of log grad_q_0 over the grid (the issue asks
 
 jax is an optional extra (``pip install 'sigprop[jax]'``, ``make jax-cpu``); without it this
 script says so and exits with status 0. Run: ``python benchmarks/compiled_speed.py [--quick]``.
+``--ops``: instead, the traced operations (jaxpr equations) of one layer of each net, forward
+and backward scan body, grouped by the law that emits them (the innermost op method on the
+call stack; the engine's own steps by name).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import time
 from dataclasses import dataclass
 
@@ -72,15 +76,72 @@ def measure(row: Row, repeats: int) -> dict:
     return {"first": first, **best, "log_q": rel("log_q", row.depth), "log_grad_q": rel("log_grad_q", 0)}
 
 
+def _law(frames) -> str:
+    """The law an equation comes from: the innermost op method (Residual: its mixing), the
+    state helpers the engine calls itself (to_unit_diagonal, the weight-gradient sink), or the
+    engine's own step (the finiteness check)."""
+    helper = None
+    for fr in frames:  # innermost first
+        where, fn = fr.file_name, fr.function_name
+        if where.endswith("engines/compiled.py"):
+            return helper or fn.rsplit(".", 1)[-1]
+        if "sigprop/ops/" in where and "." in fn and fn.split(".")[0] not in ("Op", "Serial"):
+            return "Residual mixing" if fn == "Residual._mix" else fn.split(".")[0]
+        if helper is None and fn.endswith(("to_unit_diagonal", "_log_diag", "log_diag", "dense",
+                                           "take")) and "sigprop/" in where:
+            helper = fn.rsplit(".", 1)[-1] if "to_unit" in fn else "WeightGrads sink"
+    return helper or "other (jax)"
+
+
+def ops_per_layer(row: Row) -> dict:
+    """{'forward'|'backward': Counter(law -> equations)} of the scan bodies over the copies."""
+    import jax
+
+    from sigprop.engines import compiled
+    from sigprop.ops import layers_of, sweeps_of
+
+    net, x0 = net_of(row), sp.Inputs(q=list(Q0), corr=CORR0)
+    s0, grid, blocks = x0.moments(), sweeps_of(net), layers_of(net)
+    with compiled._x64(jax):
+        prog, _ = compiled._trace(net, blocks, grid, s0.law, x0.n, (0, row.depth), row.points)
+        values = tuple(np.asarray(s.values) for s in grid.values())
+        jaxpr = jax.make_jaxpr(prog)(values, s0.K, s0.m, s0.ls).jaxpr
+    found: dict = {}
+
+    def walk(j, into):
+        for e in j.eqns:
+            subs = [getattr(v, "jaxpr", v) for v in e.params.values() if hasattr(v, "jaxpr")]
+            if e.primitive.name == "scan" and e.params["length"] > 1:
+                walk(subs[0], found.setdefault("backward" if e.params["reverse"] else "forward",
+                                               collections.Counter()))
+            elif subs:
+                for sub in subs:
+                    walk(sub, into)
+            elif into is not None:
+                tb = e.source_info.traceback
+                into[_law(tb.frames if tb else ())] += 1
+
+    walk(jaxpr, None)
+    return found
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="depth 100, 1000 points")
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--ops", action="store_true", help="traced operations per layer, by law")
     a = ap.parse_args()
     try:
         import jax  # noqa: F401
     except ImportError:
         print("jax is not installed (pip install 'sigprop[jax]'); nothing to measure.")
+        return
+    if a.ops:
+        print("| net | direction | equations per layer | by law |\n|---|---|---|---|")
+        for row in (Row("resnet", "relu", 10, 4), Row("preln", "erf", 10, 4)):
+            for direction, count in ops_per_layer(row).items():
+                laws = ", ".join(f"{k} {v}" for k, v in count.most_common())
+                print(f"| {row.preset} {row.act} | {direction} | {sum(count.values())} | {laws} |")
         return
     print("| net | depth | points | numpy (s) | jax (s) | jax compile (s) | numpy ns/pt-layer "
           "| jax ns/pt-layer | numpy / jax | max rel d log q_L | max rel d log grad_q_0 |")

@@ -66,6 +66,14 @@ def test_resnet_sweep_and_single_point():
     agree(sp.presets.resnet(8), X2)
 
 
+def test_one_input_has_only_diagonal_kernel_entries():
+    """B = 1: the Gram kernels have no entry a < b, only their closed-form diagonal (relu's
+    and erf's, forward and backward)."""
+    one = sp.Inputs(q=[1.5])
+    agree(sp.presets.resnet(4, sigma_w1=sp.sweep("sigma_w1", [1.0, 1.5])), one)
+    agree(sp.presets.preln(4, act="erf"), one)
+
+
 def test_preln_two_dim_grid_final_norm_and_recorded_layers():
     """A 2-D grid (erf: true-scale kernels), a final LayerNorm (a second run of blocks) and a
     subset of recorded layers."""
@@ -83,6 +91,27 @@ def test_law_settling_and_mixed_runs():
                  sp.presets.plain(3, act="linear"), LayerNorm(gain=2.0))
     agree(net, X3)
     agree(sp.presets.plain(5, act="leaky_relu(0.2)"), X3)
+
+
+def test_scaled_and_closed_skips_one_input_and_the_input_layer_alone():
+    """The paths the slow all-preset test covers, at depth 4 in the fast suite: DeepNorm's skip
+    beta != 1, SkipInit's alpha = 0 inside a sweep, Post-LN, B = 1, and layers=[0] (an empty
+    set of recorded blocks: was a jax indexing error)."""
+    agree(sp.presets.deepnorm(4), X3)
+    agree(sp.presets.resnet(4, alpha=sp.sweep("alpha", [0.0, 0.5])), X3)
+    agree(sp.presets.postln(4, act="erf"), sp.Inputs(q=[2.0]))
+    agree(sp.presets.resnet(4), X2, layers=[0])
+
+
+def test_a_subnormal_true_scale_is_an_error_not_a_silent_zero():
+    """XLA on the CPU flushes subnormals to zero: at q = 1e-310 an erf law on the true scale
+    gave -inf and corr 0 under jax while numpy keeps the value; now a clear error naming the
+    layer and engine='numpy'."""
+    net = Serial(Dense(1.0), Act("erf"), Dense(1.0), Act("erf"))
+    x0 = sp.Inputs(q=[1e-310, 2e-310], corr=0.5)
+    assert np.all(np.isfinite(sp.theory(net, x0)["log_q"].values))
+    with pytest.raises(OverflowInTheory, match=r"layer 2 Act.*2\.2e-308.*engine='numpy'"):
+        sp.theory(net, x0, engine="jax")
 
 
 @pytest.mark.slow

@@ -224,35 +224,40 @@ def _trace(net, blocks, grid, law0, B, kept, P):
         s0 = state(Moments, K0, m0, ls0)
         K, m, ls = (jnp.concatenate([x0[None], x]) for x0, x in ((s0.K, K), (s0.m, m), (s0.ls, ls)))
 
-        def backward(blk, name, law, x, g, lw):
-            """The cotangent at the layer's input from ``g`` at its output, the log width
-            after it, and its record (log gradient diagonal, weight gradients, finite)."""
+        def backward(blk, name, law, x, g, lw, log_g):
+            """The cotangent at the layer's input from ``g`` at its output (``log_g``: its
+            log diagonal, the previous step's record), the log width after it, and its record
+            (log gradient diagonal, weight gradients, finite)."""
             sink = WeightGrads(ns).at(True)
             sink.log_width = lw
-            g = blk.theory_backward(Moments(*x, law=law), Cotangent(*g),
+            g = Cotangent(*g)
+            sink.known[id(g.K), id(g.ls)] = log_g  # a Dense at the block's output reads it
+            g = blk.theory_backward(Moments(*x, law=law), g,
                                     ctx.block(name + " (backward)", None, sink))
             g = to_unit_diagonal(g, ns)
             g = state(Cotangent, g.K, g.m, g.ls)
+            log_g = _log_diag(g, ns)
             return ((g.K, g.m, g.ls), jnp.broadcast_to(sink.log_width, (P,)).astype(f64),
-                    (_log_diag(g, ns), sink.take((P, B)), finite(g)))
+                    log_g, (log_g, sink.take((P, B)), finite(g)))
 
         g0 = state(Cotangent, jnp.eye(B), jnp.zeros(B), jnp.zeros(B))
-        carry = ((g0.K, g0.m, g0.ls), jnp.zeros(P, f64))
+        carry = ((g0.K, g0.m, g0.ls), jnp.zeros(P, f64), _log_diag(g0, ns))
         back = []
         for blk, first, n, law in reversed(segments):
             name = f"layer {first}" + (f"..{first + n - 1}" if n > 1 else "") + \
                 f" {type(blk).__name__}"
 
             def step(carry, x, blk=blk, name=name, law=law):
-                g, lw, rec = backward(blk, name, law, x, *carry)
-                return (g, lw), rec
+                g, lw, log_g, rec = backward(blk, name, law, x, *carry)
+                return (g, lw, log_g), rec
 
             inputs = tuple(a[first - 1:first - 1 + n] for a in (K, m, ls))
             carry, ys = jax.lax.scan(step, carry, inputs, reverse=True)
             back.insert(0, ys)
         grad, wgrad, okb = (jnp.concatenate([r[i] for r in back]) for i in range(3))
         grad = jnp.concatenate([grad, jnp.zeros((1, P, B), f64)])  # layer L: G = I
-        rows_kept, layers_kept = np.asarray(kept), np.asarray([l - 1 for l in kept if l > 0])
+        rows_kept = np.asarray(kept)
+        layers_kept = np.asarray([l - 1 for l in kept if l > 0], dtype=int)  # [] for layers=[0]
         return {"K": K[rows_kept], "m": m[rows_kept], "ls": ls[rows_kept],
                 "grad": grad[rows_kept], "fK": fK[layers_kept], "fls": fls[layers_kept],
                 "wgrad": wgrad[layers_kept], "log_width": carry[1], "ok": ok, "okb": okb}
@@ -269,7 +274,9 @@ def _check_finite(out, blocks):
             l = pick(bad) + 1
             raise OverflowInTheory(
                 f"net > layer {l} {type(blocks[l - 1]).__name__}: the {direction} law produced "
-                "a non-finite value (overflow, or an op outside its valid range)")
+                "a non-finite value (an overflow; a true scale q below 2.2e-308, which XLA "
+                "flushes to zero; or an op outside its valid range). engine='numpy' keeps "
+                "subnormal scales and names the op of an overflow")
 
 
 def _arrays(out, branches, kept, shape, B):

@@ -224,6 +224,7 @@ class WeightGrads(Sink):
         self.log_width = np.zeros(())
         self.terms: list = []
         self.recording = False
+        self.known: dict = {}  # id(K), id(ls) -> their _log_diag, computed once (see log_diag)
 
     def at(self, recording: bool) -> WeightGrads:
         """This sink, recording the next block's Denses or not (their widths are tracked)."""
@@ -234,9 +235,15 @@ class WeightGrads(Sink):
         """A Dense of n_out / n_in = ``ratio`` with input state ``s`` and output cotangent ``g``."""
         log_in = self.log_width - self.ns.log(ratio)
         if self.recording:
-            self.terms.append(_log_diag(s, self.ns) + _log_diag(g, self.ns)
+            self.terms.append(self.log_diag(s) + self.log_diag(g)
                               + (self.log_gain + log_in + self.log_width)[..., None])
         self.log_width = log_in
+
+    def log_diag(self, s: Gram):
+        """:func:`_log_diag` of ``s``, or the value given for its arrays in ``known`` (the
+        compiled engine's backward carries the output cotangent's, computed the step before)."""
+        found = self.known.get((id(s.K), id(s.ls)))
+        return _log_diag(s, self.ns) if found is None else found
 
     def take(self, shape) -> np.ndarray:
         """log of the sum of the terms recorded since the last call, broadcast to ``shape``

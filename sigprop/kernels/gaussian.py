@@ -85,6 +85,8 @@ class _Closed(NamedTuple):
     grad_kernel: Callable
     mean: Callable
     grad_mean: Callable
+    kernel_diag: Callable  # E[phi(u)^2], u ~ N(0, q): the kernel at q1 = q2 = q, c = 1
+    grad_kernel_diag: Callable  # E[phi'(u)^2]: the grad kernel there
 
 
 _LINEAR = _Closed(
@@ -92,18 +94,24 @@ _LINEAR = _Closed(
     grad_kernel=lambda q1, q2, c, ns: _full(ns, 1, q1, q2, c),
     mean=lambda q, ns: _full(ns, 0, q),
     grad_mean=lambda q, ns: _full(ns, 1, q),
+    kernel_diag=lambda q, ns: q,
+    grad_kernel_diag=lambda q, ns: _full(ns, 1, q),
 )
 _RELU = _Closed(
     kernel=_relu_kernel,
     grad_kernel=_relu_grad_kernel,
     mean=lambda q, ns: ns.sqrt(q / (2 * ns.pi)),  # E[max(u, 0)] = sqrt(q / (2 pi))
     grad_mean=lambda q, ns: _full(ns, sympy.Rational(1, 2), q),
+    kernel_diag=lambda q, ns: q / 2,  # acos 1 = 0: sqrt(q q) / (2 pi) (0 + pi)
+    grad_kernel_diag=lambda q, ns: _full(ns, sympy.Rational(1, 2), q),
 )
 _ERF = _Closed(
     kernel=_erf_kernel,
     grad_kernel=_erf_grad_kernel,
     mean=lambda q, ns: _full(ns, 0, q),  # erf is odd
     grad_mean=lambda q, ns: 2 / ns.sqrt(ns.pi * (1 + 2 * q)),  # (2/sqrt(pi)) E[exp(-u^2)]
+    kernel_diag=lambda q, ns: 2 / ns.pi * ns.asin(2 * q / (1 + 2 * q)),
+    grad_kernel_diag=lambda q, ns: 4 / ns.pi / ns.sqrt(1 + 4 * q),  # det(I + 2 Sigma) = 1 + 4 q
 )
 
 
@@ -123,6 +131,8 @@ def _leaky_closed(slope: float) -> _Closed:
                                            + num(ns)),
         mean=lambda q, ns: (1 - num(ns)) * ns.sqrt(q / (2 * ns.pi)),
         grad_mean=lambda q, ns: _full(ns, (1 + num(ns)) / 2, q),
+        kernel_diag=lambda q, ns: ((1 - num(ns)) ** 2 / 2 + num(ns)) * q,
+        grad_kernel_diag=lambda q, ns: _full(ns, (1 - num(ns)) ** 2 / 2 + num(ns), q),
     )
 
 
@@ -247,25 +257,43 @@ class Activation:
 
     def gram_kernel(self, K, ns: Namespace = NUMERIC):
         """E[phi(u) phi(u)^T] for u ~ N(0, K), over a stack of Grams K (..., B, B)."""
-        return self._gram(self.kernel, K, ns)
+        return self._gram(self.kernel, "kernel_diag", K, ns)
 
     def gram_grad_kernel(self, K, ns: Namespace = NUMERIC):
         """E[phi'(u) phi'(u)^T] for u ~ N(0, K), over a stack of Grams K (..., B, B)."""
-        return self._gram(self.grad_kernel, K, ns)
+        return self._gram(self.grad_kernel, "grad_kernel_diag", K, ns)
 
-    def _gram(self, pair, K, ns):
-        """``pair(q_a, q_b, c_ab)`` for every entry of the Grams: numerically on the B(B+1)/2
-        entries a <= b only, mirrored (the result is symmetric), in Fortran order like K."""
+    def _gram(self, pair, diag_face, K, ns):
+        """``pair(q_a, q_b, c_ab)`` for every entry of the Grams: numerically on the B(B-1)/2
+        entries a < b only, mirrored (the result is symmetric), and on the diagonal (c = 1) by
+        the closed form of E[phi(u)^2] (``diag_face``; no acos of 1) or the pair face at c = 1;
+        in Fortran order like K."""
         if ns.symbolic:
             return pair(*_gram_args(K, ns), ns)
         K = ns.asarray(K)
-        a, b = _upper(K.shape[-1])
-        upper = pair(*_gram_args_upper(K, a, b, ns), ns)
-        if ns.traced:  # no assignment into traced arrays: read the mirrored entries
-            return ns.take(upper, _mirror(K.shape[-1]))
-        out = np.empty(np.shape(upper)[:-1] + K.shape[-2:], order="F")
-        out[..., a, b] = upper
-        out[..., b, a] = upper
+        B = K.shape[-1]
+        q = ns.xp.diagonal(K, axis1=-2, axis2=-1)
+        if self._closed is not None:
+            diag = getattr(self._closed, diag_face)(q, ns)
+        else:  # c = 1, q1 = q2: the quadrature's own diagonal (tabulated)
+            diag = pair(q, q, np.ones(q.shape), ns)
+        a, b = _upper(B)
+        off = pair(*_gram_args_upper(K, a, b, ns), ns) if len(a) else None
+        if ns.traced and off is None:  # B = 1
+            return diag[..., None]
+        if ns.traced:  # no assignment into traced arrays: concatenate the entries, so that
+            # a law reading only the diagonal leaves ``off`` unused (XLA then drops it)
+            index, diag, off = _mirror(B), diag[..., None, :], off[..., None, :]  # (..., 1, n)
+            rows = [ns.xp.concatenate([diag[..., i:i + 1] if i == j else
+                                       off[..., index[i, j]:index[i, j] + 1]
+                                       for j in range(B)], -1) for i in range(B)]
+            return ns.xp.concatenate(rows, -2)
+        out = np.empty(np.shape(diag)[:-1] + K.shape[-2:], order="F")
+        i = np.arange(B)
+        out[..., i, i] = diag
+        if off is not None:
+            out[..., a, b] = off
+            out[..., b, a] = off
         return out
 
     def mean(self, q, ns: Namespace = NUMERIC):
@@ -333,29 +361,30 @@ def _unit(c, xp=np):
 
 @functools.cache
 def _upper(B: int):
-    """Row and column indices of the entries a <= b of a B x B matrix."""
-    return np.triu_indices(B)
+    """Row and column indices of the entries a < b of a B x B matrix."""
+    return np.triu_indices(B, 1)
 
 
 @functools.cache
 def _mirror(B: int):
-    """(B, B) positions in the :func:`_upper` list: entry (a, b) and (b, a) read the same one."""
+    """(B, B) positions in the :func:`_upper` list: entry (a, b) and (b, a) read the same one
+    (the diagonal, which is not in it, reads entry 0)."""
     a, b = _upper(B)
-    index = np.empty((B, B), dtype=int)
+    index = np.zeros((B, B), dtype=int)
     index[a, b] = index[b, a] = np.arange(len(a))
     return index
 
 
 def _gram_args_upper(K, a, b, ns=NUMERIC):
-    """(q1, q2, c) of :func:`_gram_args` at the entries (a, b) of the Grams only, each (..., P):
-    the same operations on the same numbers, so the same values there."""
+    """(q1, q2, c) of :func:`_gram_args` at the off-diagonal entries a < b of the Grams only,
+    each (..., P): the same operations on the same numbers, so the same values there."""
     xp = ns.xp
     d = xp.diagonal(K, axis1=-2, axis2=-1)
     q1, q2 = ns.take(d, a), ns.take(d, b)
     with np.errstate(divide="ignore", invalid="ignore"):
         root = xp.sqrt(q1) * xp.sqrt(q2)  # as _gram_args
         c = (_unit(ns.take(K, a, b) / root, xp) + _unit(ns.take(K, b, a) / root, xp)) / 2
-    c = xp.where(a == b, 1.0, xp.where(xp.isfinite(c), c, 0.0))
+    c = xp.where(xp.isfinite(c), c, 0.0)
     return q1, q2, c
 
 

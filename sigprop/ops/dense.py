@@ -12,7 +12,16 @@ import sympy
 from sigprop.errors import ConfigError
 from sigprop.ops.base import FINITE, NONNEG, POSITIVE, Op, cotangent_affine, vec
 from sigprop.state import arrays as mc
-from sigprop.state.moments import DECOUPLED, GAUSSIAN, GENERAL, Moments, Ref, affine, lift, outer
+from sigprop.state.moments import (
+    DECOUPLED,
+    GAUSSIAN,
+    GENERAL,
+    Moments,
+    Ref,
+    affine,
+    lift_factors,
+    outer,
+)
 from sigprop.state.params import Sweep, check
 from sigprop.state.rng import BIAS, FORWARD, uniform_of_normal
 
@@ -49,11 +58,14 @@ class Dense(Op):
 
     def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
-        sw2, sb2 = ns.asarray(ctx.p(self.sigma_w) ** 2), ns.asarray(ctx.p(self.sigma_b) ** 2)
-        ls, lc = lift(s.ls, sb2[..., None], ns)  # units in which the bias sb e^-ls is finite
-        d, e = ns.exp(s.ls - ls), ns.exp(-lc)
-        K = sw2[..., None, None] * (s.K * outer(d, d)) + sb2[..., None, None] * outer(e, e)
+        sw2 = ns.asarray(ctx.p(self.sigma_w) ** 2)
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in s.refs)
+        if _is_zero(self.sigma_b):  # no bias (static): lift would keep ls (d = 1), add 0
+            K, ls = sw2[..., None, None] * s.K, s.ls
+        else:
+            sb2 = ns.asarray(ctx.p(self.sigma_b) ** 2)
+            ls, d, e = lift_factors(s.ls, sb2[..., None], 1, ns)  # units where sb e^-ls is finite
+            K = sw2[..., None, None] * (s.K * outer(d, d)) + sb2[..., None, None] * outer(e, e)
         return Moments(K=K, m=0 * s.m, ls=ls + 0 * sw2[..., None], law=GAUSSIAN, refs=refs)
 
     def backward_law(self, s, g, ctx):

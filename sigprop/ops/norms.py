@@ -19,6 +19,7 @@ from sigprop.state.moments import (
     Ref,
     affine,
     lift,
+    lift_factors,
     outer,
     true_moments,
 )
@@ -32,9 +33,8 @@ def _feature_scale(s, v, eps, gain, ns):
     a = gain / sqrt(vt e^(2(ls - ls')) + eps e^(-2 ls')): finite at any ls, and ls' = ls
     (the plain formula) unless eps e^(-2 ls) would overflow."""
     eps = vec(eps)
-    ls, lc = lift(s.ls, eps, ns)
-    d = ns.exp(s.ls - ls)
-    return gain / ns.sqrt(v * (d * d) + eps * ns.exp(-2 * lc)), ls
+    ls, d, e2 = lift_factors(s.ls, eps, 2, ns)  # d = e^(ls - ls'), e2 = e^(-2 lc)
+    return gain / ns.sqrt(v * (d * d) + eps * e2), ls
 
 
 @dataclass(frozen=True)

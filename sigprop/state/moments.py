@@ -40,6 +40,8 @@ from sigprop.state.ns import NUMERIC
 DECOUPLED = "decoupled"
 TINY = np.finfo(np.float64).tiny  # smallest normal float64; below it digits are lost
 TRUE_LS_MAX = 350.0  # the largest log scale a law on true moments takes (q = e^700 < 1.8e308)
+# the smallest a traced law takes: XLA on the CPU flushes subnormals (q = e^2ls < 2.2e-308) to 0
+TRACED_LS_MIN = 0.5 * float(np.log(np.finfo(float).tiny))
 FAR = 2.0**-64  # an affine factor smaller than this, or larger than 1/FAR, goes into ls
 
 
@@ -211,10 +213,29 @@ def lift(ls, b2, ns):
     if ns.symbolic:
         return ls, ls
     xp = ns.xp
+    log_b, units = _lift_units(b2, xp)
+    ls = xp.where(log_b - ls > -np.log(FAR), units, ls)
+    return ls, xp.where(b2 > 0, ls, 0.0)
+
+
+def _lift_units(b2, xp):
+    """(log sqrt(b2), the lifted log scale max(log sqrt(b2), log sqrt(TINY))) of :func:`lift`."""
     with np.errstate(divide="ignore"):  # b2 = 0: log 0 = -inf, never lifted
         log_b = 0.5 * xp.log(b2)
-    ls = xp.where(log_b - ls > -np.log(FAR), xp.maximum(log_b, 0.5 * np.log(TINY)), ls)
-    return ls, xp.where(b2 > 0, ls, 0.0)
+    return log_b, xp.maximum(log_b, 0.5 * np.log(TINY))
+
+
+def lift_factors(ls, b2, k, ns):
+    """(ls', e^(ls - ls'), e^(-k lc)) with (ls', lc) of :func:`lift`, by one exp per entry of
+    ``ls``: where ls' = ls, the first is e^0 = 1 and the second needs the exp; where lifted,
+    lc = ls' is a function of ``b2`` alone (a constant of the law), so only the first does."""
+    ls2, lc = lift(ls, b2, ns)
+    if ns.symbolic:
+        return ls2, ns.exp(ls - ls2), ns.exp(-k * lc)
+    xp = ns.xp
+    moved = ls2 != ls
+    z = ns.exp(xp.where(moved, ls - ls2, -k * lc))
+    return ls2, xp.where(moved, z, 1.0), xp.where(moved, ns.exp(-k * _lift_units(b2, xp)[1]), z)
 
 
 def moments_of_sum(beta, x: Gram, alpha, f: Gram, ns) -> Gram:
@@ -227,12 +248,9 @@ def moments_of_sum(beta, x: Gram, alpha, f: Gram, ns) -> Gram:
     X = f.cross(f.refs[-1])
     xp = ns.xp
     if ns.symbolic:
-        ls = x.ls
+        ls, bx, af = x.ls, rescale(beta, x.ls, x.ls, ns), rescale(alpha, f.ls, x.ls, ns)
     else:
-        with np.errstate(divide="ignore"):
-            ls = xp.maximum(x.ls + xp.log(xp.abs(beta)), f.ls + xp.log(xp.abs(alpha)))
-    bx = rescale(beta, x.ls, ls, ns)
-    af = rescale(alpha, f.ls, ls, ns)
+        ls, bx, af = _sum_scales(beta, x.ls, alpha, f.ls, ns)
     K = (outer(bx, bx) * x.K + outer(af, af) * f.K
          + outer(bx, af) * X + xp.swapaxes(outer(bx, af) * X, -1, -2))
     refs = []
@@ -244,6 +262,22 @@ def moments_of_sum(beta, x: Gram, alpha, f: Gram, ns) -> Gram:
         mixed = None if Xx is None or Xf is None else Xx * bx[..., None, :] + Xf * af[..., None, :]
         refs.append(Ref(m=rx.m, X=mixed))
     return type(x)(K=K, m=bx * x.m + af * f.m, ls=ls, refs=tuple(refs), **x._summed(f, bx, af))
+
+
+def _sum_scales(beta, ls_x, alpha, ls_f, ns):
+    """(ls, b', a') of beta x + alpha f: ls = max(u, v), u = ls_x + log|beta|, v = ls_f +
+    log|alpha|, and the factors b' = beta e^(ls_x - ls), a' = alpha e^(ls_f - ls) of
+    :func:`rescale`, with one exp per entry: the larger part's factor is sign(coef) e^0 = +-1,
+    the other's sign(coef) e^-|u - v| (u - v = -(v - u) exactly: the same values); 0 for a
+    zero coefficient."""
+    xp = ns.xp
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u, v = ls_x + xp.log(xp.abs(beta)), ls_f + xp.log(xp.abs(alpha))
+        other = xp.exp(-xp.abs(u - v))
+    first = u >= v
+    bx = xp.where(beta == 0, 0.0, xp.sign(beta) * xp.where(first, 1.0, other))
+    af = xp.where(alpha == 0, 0.0, xp.sign(alpha) * xp.where(first, other, 1.0))
+    return xp.maximum(u, v), bx, af
 
 
 def affine(s: Gram, a, t, ls_out, ns=NUMERIC) -> Gram:
@@ -308,7 +342,8 @@ def true_moments(s: Gram, where: str, ns):
     if ns.symbolic:
         return s.K * outer(ns.exp(s.ls), ns.exp(s.ls)), s.m * ns.exp(s.ls)
     if ns.traced:  # no values to test while tracing: NaN there, which the engine reports
-        e = ns.exp(ns.xp.where(s.ls > TRUE_LS_MAX, np.nan, s.ls))
+        out_of_range = (s.ls > TRUE_LS_MAX) | (s.ls < TRACED_LS_MIN)
+        e = ns.exp(ns.xp.where(out_of_range, np.nan, s.ls))
         return s.K * outer(e, e), s.m * e
     if np.any(s.ls > TRUE_LS_MAX):
         raise OverflowInTheory(
