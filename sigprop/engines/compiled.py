@@ -131,10 +131,11 @@ def _x64(jax):
 
 
 def _runs(blocks) -> list[tuple[Op, int, int]]:
-    """(block, first layer, count) of each run of one block repeated (a Repeat's copies)."""
+    """(block, first layer, count) of each run of one block repeated (a Repeat's copies, or
+    equal blocks built one by one: equal ops have the same law)."""
     runs: list = []
     for l, blk in enumerate(blocks, start=1):
-        if runs and runs[-1][0] is blk:
+        if runs and (runs[-1][0] is blk or runs[-1][0] == blk):
             runs[-1][2] += 1
         else:
             runs.append([blk, l, 1])
