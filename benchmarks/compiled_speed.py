@@ -18,23 +18,11 @@ from __future__ import annotations
 import argparse
 import collections
 import time
-from dataclasses import dataclass
 
 import numpy as np
+from theory_speed import CORR0, EPS, Q0, Row, sigma_w1  # the rows' nets, as theory_speed's
 
 import sigprop as sp
-
-Q0, CORR0 = (1.0, 2.0), 0.5
-EPS = 1e-12  # LayerNorm eps (theory_speed.py's, neural-tangents' default)
-
-
-@dataclass(frozen=True)
-class Row:
-    preset: str
-    act: str
-    depth: int
-    points: int
-
 
 ROWS = (Row("resnet", "relu", 1000, 1), Row("resnet", "relu", 1000, 10_000),
         Row("preln", "erf", 1000, 1), Row("preln", "erf", 1000, 10_000))
@@ -43,7 +31,8 @@ QUICK = (Row("resnet", "relu", 100, 1), Row("resnet", "relu", 100, 1000),
 
 
 def net_of(row: Row):
-    s1 = sp.sweep("sigma_w1", np.linspace(1.0, 2.0, row.points)) if row.points > 1 else 2**0.5
+    s = sigma_w1(row.points)
+    s1 = sp.sweep("sigma_w1", s) if row.points > 1 else float(s[0])
     kw = {"eps": EPS} if row.preset == "preln" else {}
     return sp.presets.get(row.preset)(row.depth, act=row.act, sigma_w1=s1, **kw)
 
