@@ -35,6 +35,7 @@ available memory is refused before it starts (:mod:`sigprop.engines.memory`).
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from contextlib import contextmanager
@@ -171,7 +172,8 @@ def _run_chunk(blocks, inputs, width, env, tick, k):
                 sink = WeightGradTerms()
                 g = to_unit_rms(blocks[l - 1].mc_vjp(tape.pop(), g, at(l, sink)))
                 grads.append(_mean_sq(g))
-                wgrads.append(_logsumexp(sink.terms) if sink.terms else None)  # None: no Dense
+                wgrads.append(functools.reduce(xp.logaddexp, sink.terms) if sink.terms
+                              else None)  # log of the sum over the block's Dense; None: none
                 tick()
         log_grad_q = _log_q(*(xp.stack(v) for v in zip(*grads[::-1])))
         _raise_nonfinite(log_grad_q, "backward", blocks)
@@ -238,15 +240,6 @@ class WeightGradTerms(Sink):
 
     def add(self, log_sq):
         self.terms.append(log_sq + float(self.log_gain))
-
-
-def _logsumexp(terms: list):
-    """log sum_k exp(terms[k]) per (seed, input), from a non-empty list."""
-    xp = array_module(terms[0])
-    t = xp.stack(terms)
-    top = t.max(axis=0)
-    top = xp.where(xp.isfinite(top), top, 0.0)
-    return top + xp.log(xp.exp(t - top).sum(axis=0))
 
 
 def _moments(s: Sig):
