@@ -176,3 +176,19 @@ def test_tolerance_sees_a_perturbed_law(monkeypatch):
     monkeypatch.setattr(compiled, "_CACHE", OrderedDict())  # a program traced with it is not kept
     net = sp.presets.resnet(4)
     assert worst(sp.theory(net, X2), sp.theory(net, X2, engine="jax")) > 10 * TOL
+
+
+def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):
+    """Past TAPE_BYTES the backward keeps one state per chunk of ~sqrt(L) layers and recomputes
+    the rest: the same values. Depth 12 (chunks of 3: three and a tail of two after the
+    unrolled first copy), depth 13 with a final norm (a second run), and recorded subsets that
+    fall in a chunk, in the tail, and on the input alone."""
+    monkeypatch.setattr(compiled, "TAPE_BYTES", 0)
+    monkeypatch.setattr(compiled, "_CACHE", OrderedDict())
+    assert compiled._chunk(12, 1, 2) == 3
+    agree(sp.presets.resnet(12, sigma_w1=sp.sweep("sigma_w1", [1.0, 1.4, 2.0])), X3)
+    agree(sp.presets.resnet(12), X2, layers=[0, 3, 7, 11])
+    net = sp.presets.preln(13, act="erf", final_norm=True, alpha=sp.sweep("alpha", [0.2, 1.0]))
+    agree(net, X3)
+    agree(net, X3, layers=[0])
+    agree(net, X3, layers=[5, 13, 14])

@@ -6,11 +6,14 @@ The same laws as :mod:`sigprop.engines.theory`, not a copy of them: each block's
 consecutive copies of that block (the blocks of a ``Repeat`` are one op, so one trace). The
 sweep grid is flattened to one dim of P points, which the laws broadcast over as they do over
 the numpy engine's grid dims (``vmap`` instead measured no faster). Forward, the scan keeps every layer's
-state (unit diagonal, scale in ``ls``, :func:`~sigprop.state.moments.to_unit_diagonal`) and
-branch output; backward, a reverse scan pulls the cotangent back from each layer's input state
-(the block's forward recomputed inside its backward law, as the numpy engine's checkpointed
-segments do) and reports the weight gradients to the same sink
-(:class:`~sigprop.engines.theory.WeightGrads`). The Dataset is assembled by the numpy engine's
+input state (unit diagonal, scale in ``ls``, :func:`~sigprop.state.moments.to_unit_diagonal`)
+and records the recorded layers' states and branch outputs; backward, a reverse scan pulls the
+cotangent back from each layer's input state (the block's internal states recomputed inside its
+backward law) and reports the weight gradients to the same sink
+(:class:`~sigprop.engines.theory.WeightGrads`). When the kept input states would pass
+``TAPE_BYTES`` (depth 10^4 x 10^4 points), the scan is two-level: chunks of ~sqrt(L) copies,
+the forward keeping only each chunk's first state and the backward recomputing a chunk's states
+from it before its reverse scan (one more forward pass; memory ~sqrt(L) states). The Dataset is assembled by the numpy engine's
 own functions (:func:`~sigprop.engines.theory.variables`, :func:`~sigprop.engines.theory.dataset`).
 
 A scan body needs the same static structure in and out: the law of the stream
@@ -67,6 +70,7 @@ from sigprop.state.params import Context, Sweep
 
 SUPPORTED = (Dense, Scale, FeatureAffine, Act, LayerNorm, RMSNorm, Residual, Serial, Repeat)
 MAX_UNROLLED = 3  # copies of a block run before its scan, waiting for the stream's law to settle
+TAPE_BYTES = 2**32  # beyond it the backward recomputes each chunk of ~sqrt(L) layers
 CACHE_SIZE = 16  # compiled programs kept (each holds its XLA executable)
 _CACHE: OrderedDict = OrderedDict()
 
@@ -82,11 +86,10 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
     grid = sweeps_of(net)
     shape = tuple(len(s.values) for s in grid.values())
     kept = sorted(_recorded(layers, L))
-    # every layer's state stays on the device (the backward's inputs): as if all were recorded
-    memory.check(memory_estimate(L, L + 1, math.prod(shape), B),
-                 f"the compiled theory of {L} layers x {math.prod(shape)} grid points x B = {B} "
-                 "inputs", "split the grid (sigprop sweep --grid-chunk), or use the default "
-                 "engine, which keeps sqrt(L) checkpoints")
+    P = math.prod(shape)
+    memory.check(memory_estimate(L, len(kept), P, B) + _tape_bytes(L, P, B, _chunk(L, P, B)),
+                 f"the compiled theory of {L} layers x {P} grid points x B = {B} inputs",
+                 "split the grid (sigprop sweep --grid-chunk), or record fewer layers")
     s0 = inputs.moments()
     points = [np.ravel(a) for a in np.meshgrid(*(np.asarray(s.values) for s in grid.values()),
                                                 indexing="ij")]
@@ -154,9 +157,45 @@ def _program(net, blocks, grid, law0, B, kept):
     return _CACHE[key]
 
 
+def _chunk(L: int, P: int, B: int) -> int | None:
+    """Layers per checkpointed chunk, or None when every layer's tape fits in ``TAPE_BYTES``."""
+    if L * _layer_bytes(P, B) <= TAPE_BYTES:
+        return None
+    return max(2, math.isqrt(L))
+
+
+def _layer_bytes(P: int, B: int) -> int:
+    """float64 bytes one layer keeps on the full tape: its input state and forward record
+    (K, m, ls: B^2 + 2B each), branch record (B^2 + B) and backward record (2B)."""
+    state = B * B + 2 * B
+    return 8 * P * (2 * state + B * B + 3 * B)
+
+
+def _tape_bytes(L: int, P: int, B: int, chunk: int | None) -> int:
+    """The tape's peak: every layer, or (chunk) one state per chunk plus a chunk's records
+    forward and backward."""
+    if chunk is None:
+        return L * _layer_bytes(P, B)
+    return (L // chunk + 1) * 8 * P * (B * B + 2 * B) + 2 * chunk * _layer_bytes(P, B)
+
+
+def _split(local, chunk: int, q: int):
+    """Where the wanted ``local`` indices (sorted, in [0, n)) sit in q chunks of ``chunk``
+    layers and the tail after them: per chunk their positions, padded to the most any chunk
+    has (at least 1), shape (q, m); which of the q * m picked rows to keep; the tail's own."""
+    per = [[j - c * chunk for j in local if c * chunk <= j < (c + 1) * chunk] for c in range(q)]
+    m = max([1] + [len(js) for js in per])
+    pos, keep = np.zeros((q, m), dtype=int), []
+    for c, js in enumerate(per):
+        pos[c, :len(js)] = js
+        keep += [c * m + k for k in range(len(js))]
+    return pos, np.asarray(keep, dtype=int), np.asarray([j - q * chunk for j in local
+                                                          if j >= q * chunk], dtype=int)
+
+
 def _trace(net, blocks, grid, law0, B, kept, P):
     """(the jitted function (sweep values at each of the P points, K0, m0, ls0) -> dict of
-    arrays, layer first; whether each layer's block has a branch, known once traced)."""
+    arrays at the recorded layers; whether each layer's block has a branch, known once traced)."""
     import jax
     import jax.numpy as jnp
 
@@ -164,6 +203,7 @@ def _trace(net, blocks, grid, law0, B, kept, P):
     runs, names = _runs(blocks), list(grid)
     sweeps = [v for op in net.walk() for v in vars(op).values() if isinstance(v, Sweep)]
     branches: list[bool] = []  # per layer, filled while tracing (static)
+    L, chunk, wanted = len(blocks), _chunk(len(blocks), P, B), set(kept)
 
     def state(cls, K, m, ls, **extra):
         """A state of the fixed shapes (P, B, B), (P, B) and dtype (a scan's carry keeps them)."""
@@ -174,56 +214,26 @@ def _trace(net, blocks, grid, law0, B, kept, P):
     def finite(s):
         return jnp.all(jnp.isfinite(s.K)) & jnp.all(jnp.isfinite(s.ls))
 
+    def rows(a, local):
+        return a[np.asarray(local, dtype=int)]
+
     def program(values, K0, m0, ls0):
         ctx = Context(ns, ("point",), params={id(s): (s, values[names.index(s.name)])
                                               for s in sweeps})
 
-        def forward(blk, name, s):
-            """The layer's output state, its record (branch K, ls; finite) and whether it has
-            a branch, from its input state ``s``."""
+        def forward(blk, name, law, x):
+            """The layer's output (K, m, ls) from its input ``x``; its record (the same, the
+            branch's K and ls, finite); the output's law; whether it has a branch."""
             found: dict = {}
-            out = to_unit_diagonal(blk.theory_forward(s, ctx.block(name), found), ns)
+            out = blk.theory_forward(Moments(*x, law=law), ctx.block(name), found)
+            out = to_unit_diagonal(out, ns)
             f = found.get("branch")
             fK, fls = ((jnp.full((P, B, B), np.nan, f64), jnp.full((P, B), np.nan, f64))
                        if f is None else (jnp.broadcast_to(f.K, (P, B, B)),
                                           jnp.broadcast_to(f.ls, (P, B))))
             out = state(Moments, out.K, out.m, out.ls, law=out.law)
-            return out, (out.K, out.m, out.ls, fK, fls, finite(out)), f is not None
-
-        s = state(Moments, K0, m0, ls0, law=law0)
-        branches.clear()  # a retrace (new grid size) fills it again
-        segments, rows = [], []  # (block, first layer, count, input law); their stacked records
-        for blk, first, n in runs:
-            done, settled, branch = 0, False, False
-            while done < n:
-                name = f"layer {first + done} {type(blk).__name__}"
-                if settled:  # the last copy handed on the law it took: scan the others
-
-                    def body(carry, _, blk=blk, law=s.law, name=name):
-                        out, rec, _ = forward(blk, name, Moments(*carry, law=law))
-                        return (out.K, out.m, out.ls), rec
-
-                    (K, m, ls), ys = jax.lax.scan(body, (s.K, s.m, s.ls), None, length=n - done)
-                    segments.append((blk, first + done, n - done, s.law))
-                    rows.append(ys)
-                    branches.extend([branch] * (n - done))
-                    s, done = Moments(K, m, ls, law=s.law), n
-                    continue
-                if done == MAX_UNROLLED:
-                    raise UnsupportedComposition(
-                        f"net > {name}: the stream's law has not settled after {MAX_UNROLLED} "
-                        "copies of the block (a scan needs it fixed); use engine='numpy'")
-                out, rec, branch = forward(blk, name, s)
-                segments.append((blk, first + done, 1, s.law))
-                rows.append(tuple(x[None] for x in rec))
-                branches.append(branch)
-                settled = out.law == s.law
-                s, done = out, done + 1
-        K, m, ls, fK, fls, ok = (jnp.concatenate([r[i] for r in rows]) for i in range(6))
-        # every layer once (jax clamps an index past the end: a missing row would go unseen)
-        assert K.shape[0] == len(blocks) == len(branches), (K.shape, len(blocks))
-        s0 = state(Moments, K0, m0, ls0)
-        K, m, ls = (jnp.concatenate([x0[None], x]) for x0, x in ((s0.K, K), (s0.m, m), (s0.ls, ls)))
+            y = (out.K, out.m, out.ls)
+            return y, (*y, fK, fls, finite(out)), out.law, f is not None
 
         def backward(blk, name, law, x, g, lw, log_g):
             """The cotangent at the layer's input from ``g`` at its output (``log_g``: its
@@ -241,27 +251,107 @@ def _trace(net, blocks, grid, law0, B, kept, P):
             return ((g.K, g.m, g.ls), jnp.broadcast_to(sink.log_width, (P,)).astype(f64),
                     log_g, (log_g, sink.take((P, B)), finite(g)))
 
+        def run(blk, name, law, x, first, n):
+            """Forward over n copies of ``blk`` (layers first .. first + n - 1) from ``x``: the
+            end state, the records at the recorded layers, finite per layer, and the backward
+            over the same copies (a function of the carried cotangent)."""
+            def one(c, _):
+                y, rec, _, _ = forward(blk, name, law, c)
+                return y, (c, rec)
+
+            def step(carry, c):
+                g, lw, log_g, rec = backward(blk, name, law, c, *carry)
+                return (g, lw, log_g), rec
+
+            outs = [l - first for l in range(first, first + n) if l in wanted]  # and weights
+            grads = [s - first + 1 for s in range(first - 1, first + n - 1) if s in wanted]
+            q = 0 if chunk is None else n // chunk
+            if q < 2:  # the full tape: every copy's input state kept
+                y, (ins, rec) = jax.lax.scan(one, x, None, length=n)
+
+                def back(carry):
+                    carry, (lg, wg, okb) = jax.lax.scan(step, carry, ins, reverse=True)
+                    return carry, (rows(lg, grads), rows(wg, outs), okb)
+
+                return y, tuple(rows(a, outs) for a in rec[:5]), rec[5], back
+            # checkpointed: the input state of each chunk; a chunk's states recomputed backward
+            pos, keep, tail = _split(outs, chunk, q)
+
+            def chunk_forward(c, at):
+                y, (_, rec) = jax.lax.scan(one, c, None, length=chunk)
+                return y, (c, tuple(a[at] for a in rec[:5]), rec[5])
+
+            y, (starts, rec, ok) = jax.lax.scan(chunk_forward, x, jnp.asarray(pos))
+            rec = tuple(a.reshape((-1,) + a.shape[2:])[keep] for a in rec)
+            ok, ins = ok.reshape(-1), None
+            if n > q * chunk:
+                y, (ins, rec_t) = jax.lax.scan(one, y, None, length=n - q * chunk)
+                rec = tuple(jnp.concatenate([a, t[tail]]) for a, t in zip(rec, rec_t[:5]))
+                ok = jnp.concatenate([ok, rec_t[5]])
+            (gpos, gkeep, gtail), (wpos, wkeep, wtail) = (_split(grads, chunk, q),
+                                                          _split(outs, chunk, q))
+
+            def chunk_backward(carry, xs):
+                c, g_at, w_at = xs
+                _, (states, _) = jax.lax.scan(one, c, None, length=chunk)
+                carry, (lg, wg, okb) = jax.lax.scan(step, carry, states, reverse=True)
+                return carry, (lg[g_at], wg[w_at], okb)
+
+            def back(carry):
+                tail_rows = None
+                if ins is not None:  # the last copies first
+                    carry, (lg, wg, okb) = jax.lax.scan(step, carry, ins, reverse=True)
+                    tail_rows = (lg[gtail], wg[wtail], okb)
+                carry, (lg, wg, okb) = jax.lax.scan(
+                    chunk_backward, carry, (starts, jnp.asarray(gpos), jnp.asarray(wpos)),
+                    reverse=True)
+                got = (lg.reshape((-1, P, B))[gkeep], wg.reshape((-1, P, B))[wkeep],
+                       okb.reshape(-1))
+                if tail_rows is not None:
+                    got = tuple(jnp.concatenate(pair) for pair in zip(got, tail_rows))
+                return carry, got
+
+            return y, rec, ok, back
+
+        start = state(Moments, K0, m0, ls0)
+        x = (start.K, start.m, start.ls)
+        law, recs, oks, backs = law0, [], [], []
+        branches.clear()  # a retrace (new grid size) fills it again
+        for blk, first, n in runs:
+            done, settled, branch = 0, False, False
+            while done < n:
+                name = f"layer {first + done} {type(blk).__name__}"
+                if settled:  # the last copy handed on the law it took: scan the others
+                    out_law, count = law, n - done
+                elif done == MAX_UNROLLED:
+                    raise UnsupportedComposition(
+                        f"net > {name}: the stream's law has not settled after {MAX_UNROLLED} "
+                        "copies of the block (a scan needs it fixed); use engine='numpy'")
+                else:  # one copy (traced here for its law and branch; the values: by run)
+                    _, _, out_law, branch = forward(blk, name, law, x)
+                    count = 1
+                y, rec, ok, back = run(blk, name, law, x, first + done, count)
+                recs.append(rec)
+                oks.append(ok)
+                backs.append(back)
+                branches.extend([branch] * count)
+                settled = out_law == law
+                law, done = out_law, done + count
+                x = y
+        head = [(start.K[None], start.m[None], start.ls[None])] if 0 in wanted else []
+        K, m, ls = (jnp.concatenate([r[i] for r in head + recs]) for i in range(3))
+        fK, fls = (jnp.concatenate([r[i] for r in recs]) for i in (3, 4))
         g0 = state(Cotangent, jnp.eye(B), jnp.zeros(B), jnp.zeros(B))
         carry = ((g0.K, g0.m, g0.ls), jnp.zeros(P, f64), _log_diag(g0, ns))
         back = []
-        for blk, first, n, law in reversed(segments):
-            name = f"layer {first}" + (f"..{first + n - 1}" if n > 1 else "") + \
-                f" {type(blk).__name__}"
-
-            def step(carry, x, blk=blk, name=name, law=law):
-                g, lw, log_g, rec = backward(blk, name, law, x, *carry)
-                return (g, lw, log_g), rec
-
-            inputs = tuple(a[first - 1:first - 1 + n] for a in (K, m, ls))
-            carry, ys = jax.lax.scan(step, carry, inputs, reverse=True)
-            back.insert(0, ys)
+        for step_back in reversed(backs):
+            carry, got = step_back(carry)
+            back.insert(0, got)
         grad, wgrad, okb = (jnp.concatenate([r[i] for r in back]) for i in range(3))
-        grad = jnp.concatenate([grad, jnp.zeros((1, P, B), f64)])  # layer L: G = I
-        rows_kept = np.asarray(kept)
-        layers_kept = np.asarray([l - 1 for l in kept if l > 0], dtype=int)  # [] for layers=[0]
-        return {"K": K[rows_kept], "m": m[rows_kept], "ls": ls[rows_kept],
-                "grad": grad[rows_kept], "fK": fK[layers_kept], "fls": fls[layers_kept],
-                "wgrad": wgrad[layers_kept], "log_width": carry[1], "ok": ok, "okb": okb}
+        if L in wanted:  # layer L: G = I
+            grad = jnp.concatenate([grad, jnp.zeros((1, P, B), f64)])
+        return {"K": K, "m": m, "ls": ls, "grad": grad, "fK": fK, "fls": fls, "wgrad": wgrad,
+                "log_width": carry[1], "ok": jnp.concatenate(oks), "okb": okb}
 
     return jax.jit(program), branches
 
