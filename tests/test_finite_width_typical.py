@@ -136,11 +136,12 @@ def test_typical_in_the_theory_dataset_and_nan_for_other_nets():
     assert want[0, 0] > 0
     np.testing.assert_allclose(want[1], digamma(32) - np.log(32), rtol=1e-15)
     assert np.all(np.isnan(other["typical_log_grad_q"].values))
-    with pytest.warns(FiniteWidthWarning) as rec:  # no first-order rule at B = 3; small batch
+    with pytest.warns(FiniteWidthWarning) as rec:  # no first-order rule for BatchNorm
         three = sp.theory(presets.prebn(2), sp.Inputs(q=1.0, corr=0.5, n=3, law="gaussian"),
                           width=64)
-    assert any("B = 3 inputs" in str(w.message) for w in rec)
-    assert np.all(np.isnan(three["var_log_q"].values))
+    assert any("BatchNorm" in str(w.message) and "NaN from there on" in str(w.message)
+               for w in rec)
+    assert np.all(np.isnan(three["var_log_q"].values[1:]))  # from the first block on
     assert np.all(np.isfinite(three["typical_log_grad_q"].values))
     assert fw.typical_log_grad_q(presets.prebn(2), sp.Inputs(q=1.0, corr=0.5, n=5,
                                                              law="gaussian"), 64) is None

@@ -25,8 +25,9 @@ Statistics s(theta) of the final state follow by the same delta step: E s = s + 
 1/2 H_s:C)/N, Var s = grad s C grad s^T / N. For a plain ReLU net this gives Var log q_L =
 5 L / N to leading order (Hanin & Nica): Sigma_qq / q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
 
-Scope: B <= 2 inputs (the feature law's 4th moments are a 2-D polar quadrature, accurate to
-~1e-12 for degree-1 activations), forward statistics. Ops with no fluctuation rule here (BatchNorm, a
+Scope: forward statistics; the feature law's 4th moments are a 2-D polar quadrature (accurate
+to ~1e-12 for degree-1 activations), so B > 2 inputs are walked pair by pair (every op with a
+rule here acts on each input alone). Ops with no fluctuation rule here (BatchNorm, a
 Dense with a non-Gaussian init, an activation on a stream that is not fresh) leave NaN
 corrections from that layer on, with a :class:`FiniteWidthWarning`. Backward, only the mean
 mode of a stream x + alpha phi(W x) (:func:`mean_mode_coefficient`: the coupling of the
@@ -393,7 +394,10 @@ def _stats(x, s: Moments):
 def coefficients(net: Op, inputs, ctx: Context | None = None):
     """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
     leading variances v (Var stat = v/N) of log q, q/q_inf, corr and mean, as a dict of arrays
-    (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on."""
+    (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
+    from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`)."""
+    if inputs.n > 2:
+        return _by_pairs(net, inputs, ctx)
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
     walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian")
@@ -429,11 +433,28 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
     return out, walk.lost, walk.batchnorms
 
 
-def _nan_coefficients(net: Op, B: int) -> dict:
-    """The arrays of :func:`coefficients`, all NaN."""
-    shape = (len(layers_of(net)) + 1, *(len(v.values) for v in sweeps_of(net).values()))
-    return {k: np.full(shape + ((B, B) if k == "corr" else (B,)), np.nan)
-            for k in ("log_q", "q", "corr", "mean", "var_log_q")}
+def _by_pairs(net: Op, inputs, ctx):
+    """:func:`coefficients` of B > 2 inputs from the walk of each pair (a, b): every op here but
+    BatchNorm (which :func:`extend` leaves NaN at B > 2) acts on each input alone, so the
+    realised Grams of a pair, and their first-order laws, are those of the pair alone. An
+    input's own statistics come from its first pair."""
+    B, pairs = inputs.n, [(a, b) for a in range(inputs.n) for b in range(a + 1, inputs.n)]
+    out, lost, seen = None, None, set()
+    for a, b in pairs:
+        two = type(inputs)(q=[inputs.q[a], inputs.q[b]], mean=[inputs.mean[a], inputs.mean[b]],
+                           corr=inputs.corr[a][b], law=inputs.law)
+        got, why, batchnorms = coefficients(net, two, ctx)
+        lost = lost or why
+        if out is None:
+            out = {k: np.zeros(v.shape[:-2] + (B, B) if k == "corr" else v.shape[:-1] + (B,))
+                   for k, v in got.items()}
+        out["corr"][..., [a, b], [b, a]] = got["corr"][..., [0, 1], [1, 0]]
+        for i, j in ((a, 0), (b, 1)):
+            if i not in seen:
+                seen.add(i)
+                for k in ("log_q", "q", "mean", "var_log_q"):
+                    out[k][..., i] = got[k][..., j]
+    return out, lost, batchnorms
 
 
 def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
@@ -441,14 +462,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     ``width`` (schema ``FINITE_WIDTH_VARIABLES``), and the validity warnings."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise ConfigError("width", width, "an integer >= 1 (the stream width N)")
-    if inputs.n > 2 and any(isinstance(op, BatchNorm) for op in net.walk()):
-        # the first-order walk loses every BatchNorm net at its first BatchNorm, and its feature
-        # law needs B <= 2; the typical gradient (below) is defined for B = 2..4
-        coef, lost = _nan_coefficients(net, inputs.n), (
-            f"B = {inputs.n} inputs: the first-order corrections need B <= 2 (and have no rule "
-            "for BatchNorm)")
-    else:
-        coef, lost, _ = coefficients(net, inputs)
+    coef, lost, _ = coefficients(net, inputs)
     if lost:
         warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
                       FiniteWidthWarning, stacklevel=3)
