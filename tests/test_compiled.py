@@ -142,7 +142,8 @@ def test_every_preset(name):
 def test_refusals():
     with pytest.raises(UnsupportedComposition, match=r"Act\('tanh'\).*default engine"):
         sp.theory(sp.presets.preln(3, act="tanh"), X2, engine="jax")
-    with pytest.raises(UnsupportedComposition, match=r"net > \[0\] Residual.*BatchNorm"):
+    with pytest.raises(UnsupportedComposition,
+                       match=r"net > layer 1 Residual > Serial > BatchNorm: BatchNorm"):
         sp.theory(sp.presets.prebn(3), X2, engine="jax")
     with pytest.raises(ConfigError, match="engine"):
         sp.theory(sp.presets.resnet(3), X2, engine="torch")

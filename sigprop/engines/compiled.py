@@ -100,8 +100,14 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
     return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width)
 
 
-def refuse_unsupported(net: Op, path: str = "net"):
-    """:class:`UnsupportedComposition` naming the first op of ``net`` without a traced law."""
+def refuse_unsupported(net: Op):
+    """:class:`UnsupportedComposition` naming the first op of ``net`` without a traced law, by
+    the numpy engine's path (``net > layer 1 Residual > Serial > BatchNorm``)."""
+    for l, blk in enumerate(layers_of(net), start=1):
+        _refuse(blk, f"net > layer {l} {type(blk).__name__}")
+
+
+def _refuse(net: Op, path: str):
     hint = "use the default engine, sp.theory(net, inputs) (engine='numpy')"
     if not isinstance(net, SUPPORTED):
         raise UnsupportedComposition(
@@ -111,8 +117,8 @@ def refuse_unsupported(net: Op, path: str = "net"):
         raise UnsupportedComposition(
             f"{path}: Act({net.name!r}) has no closed-form Gaussian kernel (its quadrature "
             f"chooses its rule by value, which a traced law cannot); {hint}")
-    for i, kid in enumerate(net.children()):
-        refuse_unsupported(kid, f"{path} > [{i}] {type(kid).__name__}")
+    for kid in net.children():
+        _refuse(kid, f"{path} > {type(kid).__name__}")
 
 
 def _jax():
