@@ -12,8 +12,9 @@ layer 0) against the Monte Carlo mean of log G_0 (input 0) and its standard erro
 Carlo median, and the infinite-width log E G_0; the offset (MC - predicted) fitted per B as
 c + a/N.
 
-Its third, the input gradient's measured 1/N slope with exact weights and under gradient
-independence (``--part backward``; not yet predicted beyond the mean mode).
+Its third (``--part backward``), the input gradient's 1/N coefficient: predicted by the walk of
+a forward tangent against the Monte Carlo slope with exact weights, and the slope under
+gradient independence.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -28,8 +29,9 @@ import sigprop as sp
 from sigprop import presets
 from sigprop.analysis.compare import fit_inverse_width
 from sigprop.errors import FiniteWidthWarning
+from sigprop.ops import layers_of
 from sigprop.pipeline.bench import write_section
-from sigprop.testing import measure, measure_mean_mode
+from sigprop.testing import measure, measure_input_gradient, measure_mean_mode
 
 DEPTH = 8
 WIDTHS = [64, 128, 256, 512]
@@ -141,44 +143,41 @@ def typical(seeds=4000, out="benchmarks/RESULTS.md"):
     return md
 
 
-BACKWARD = {"Post-LN (relu mlp)": presets.postln, "Pre-LN (relu mlp)": presets.preln,
-            "plain tanh": lambda L: presets.plain(L, "tanh", shape="dense_act")}
+BACKWARD = [  # (name, net, inputs, widths); root seed 4048 + N
+    ("Post-LN (relu mlp)", presets.postln(8), None, [128, 256, 512, 1024]),
+    ("Post-LN (relu mlp)", presets.postln(32), None, [256, 512, 1024, 2048]),
+    ("Pre-LN (relu mlp)", presets.preln(8), None, [128, 256, 512, 1024]),
+    ("plain tanh", presets.plain(8, "tanh", shape="dense_act"), None, [128, 256, 512, 1024]),
+    ("x + relu(W x), a mean", presets.resnet(8, "relu", alpha=1.0, shape="dense_act"),
+     sp.Inputs(q=1.0), [128, 256, 512, 1024]),
+]
 
 
 def backward(seeds=4000, out="benchmarks/RESULTS.md"):
-    """The input gradient's 1/N term, measured, with exact weights and with gradient
-    independence (``sampler="independent"``): not yet predicted beyond the mean mode."""
-    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
-    rows = [("| preset | L | a / L, exact weights | a / L, gradient independence | "
-             "difference (forward-backward coupling) |"), "|---|---|---|---|---|"]
-    for name, make in BACKWARD.items():
-        for L in (8, 32):
-            net = make(L)
-            inf = math.exp(float(sp.theory(net, inputs, layers=[0])["log_grad_q"].values[0, 0]))
-            slopes = []
-            for sampler in ("conditional", "independent"):
-                means, ses = [], []
-                for N in WIDTHS:
-                    mc = sp.simulate(net, inputs, width=N, seeds=seeds, backend="numpy",
-                                     dtype="float64", sampler=sampler, root_seed=4048 + N + L)
-                    r = np.exp(mc["log_grad_q"].values[:, 0, 0]) / inf - 1
-                    means.append(r.mean())
-                    ses.append(r.std(ddof=1) / math.sqrt(seeds))
-                _, _, a, se_a = fit_inverse_width(WIDTHS, means, ses)
-                slopes.append((a / L, se_a / L))
-            (e, se_e), (g, se_g) = slopes
-            rows.append(f"| {name} | {L} | {e:+.3f} ± {se_e:.3f} | {g:+.3f} ± {se_g:.3f} | "
-                        f"{e - g:+.3f} ± {math.hypot(se_e, se_g):.3f} |")
-            print(rows[-1], flush=True)
-    intro = (f"`benchmarks/finite_width_agreement.py --part backward`: E G_0 / G_0,inf - 1 = c + "
-             f"a/N fitted (weighted least squares) over widths {WIDTHS}, {seeds} seeds per width "
-             "(root seed 4048 + N + L), inputs q = 1, corr = 0.5, input 0, with the Monte Carlo's "
-             "exact weights (`sampler=\"conditional\"`) and with fresh backward weights "
-             "(`sampler=\"independent\"`, the theory's gradient independence). What "
-             "`sp.theory(..., width=N)` does not yet predict (its `grad_q_rel_correction` is the "
-             "mean mode of x + alpha phi(W x) only). The last column is the part of a that "
-             "comes from the coupling of the backward to the forward weights, which gradient "
-             "independence drops.")
+    """The input gradient's 1/N coefficient: predicted (the walk of a forward tangent) against
+    the Monte Carlo slope with exact weights, and the slope under gradient independence."""
+    rows = [("| preset | L | widths | c predicted | a, exact weights ± SE | z | "
+             "a, gradient independence ± SE | exact - independent |"),
+            "|---|---|---|---|---|---|---|---|"]
+    for name, net, inputs, widths in BACKWARD:
+        inputs = inputs or sp.Inputs(q=1.0, corr=0.5, n=2)
+        c, a, se = measure_input_gradient(net, inputs, widths, seeds, root_seed=4048)
+        _, g, se_g = measure_input_gradient(net, inputs, widths, seeds, root_seed=4048,
+                                            sampler="independent")
+        rows.append(f"| {name} | {len(layers_of(net))} | {widths} | {c:+.3f} | {a:+.3f} ± "
+                    f"{se:.3f} | {(a - c) / se:+.2f} | {g:+.3f} ± {se_g:.3f} | "
+                    f"{a - g:+.3f} ± {math.hypot(se, se_g):.3f} |")
+        print(rows[-1], flush=True)
+    intro = (f"`benchmarks/finite_width_agreement.py --part backward`: E G_0 / G_0,inf - 1 = b + "
+             f"a/N fitted by weighted least squares over the widths, {seeds} seeds per width "
+             "(root seed 4048 + N), inputs q = 1, corr = 0.5 (the last row: q = 1 alone), "
+             "input 0, with the Monte Carlo's exact weights (`sampler=\"conditional\"`) and "
+             "with fresh backward weights (`sampler=\"independent\"`, gradient independence). "
+             "Predicted: c of `grad_q_rel_correction` = c/N at layer 0 of `sp.theory(net, "
+             "inputs, width=N)` (`input_gradient_coefficient`: E grad_q_0 = E |J t|^2 / N, the "
+             "walk of the pair (x, J t) through the same weights). z = (a - c) / SE. The last "
+             "column is the part of a that the coupling of the backward to the forward "
+             "weights makes, which gradient independence drops.")
     md = "\n".join([intro, "", *rows])
     if out:
         write_section(out, "Finite width: the input gradient's 1/N term (measured)", md)

@@ -112,8 +112,9 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("var_log_q", PER_INPUT, "variance of log q across seeds", "1",
              "Var[log q] over random nets at the dataset's width N, leading order (O(1/N))"),
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
-             "1", "E[grad_q]/grad_q_inf - 1 = A/N at layer 0 from the backward mean mode of a "
-             "stream x + alpha phi(W x) (NaN elsewhere and for other nets)", backward=True),
+             "1", "E[grad_q]/grad_q_inf - 1 = c/N at layer 0 (the input gradient), exact "
+             "weights: c from the walk of a forward tangent, E grad_q_0 = E |J t|^2 / N (NaN at "
+             "the other layers, and from an op with no finite-width rule)", backward=True),
     Variable("typical_log_grad_q", PER_INPUT, "typical log gradient second moment", "1",
              "E[log grad_q] at the dataset's width N for a stack of Pre-BN blocks "
              "x + alpha F(BN x) (B = 2..4 inputs) or of Dense -> BN -> relu blocks (B = 2, 3): "

@@ -25,14 +25,15 @@ Statistics s(theta) of the final state follow by the same delta step: E s = s + 
 1/2 H_s:C)/N, Var s = grad s C grad s^T / N. For a plain ReLU net this gives Var log q_L =
 5 L / N to leading order (Hanin & Nica): Sigma_qq / q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
 
-Scope: forward statistics; the feature law's 4th moments are a 2-D polar quadrature (accurate
-to ~1e-12 for degree-1 activations), so B > 2 inputs are walked pair by pair (every op with a
-rule here acts on each input alone). Ops with no fluctuation rule here (BatchNorm, a
-Dense with a non-Gaussian init, an activation on a stream that is not fresh) leave NaN
-corrections from that layer on, with a :class:`FiniteWidthWarning`. Backward, only the mean
-mode of a stream x + alpha phi(W x) (:func:`mean_mode_coefficient`: the coupling of the
-backward to the forward weights that gradient independence drops, which dominates E grad_q_0
-when the stream carries a mean). Validity: per statistic the width where the correction is
+Scope: the feature law's 4th moments are a 2-D polar quadrature (accurate to ~1e-12 for
+degree-1 activations), so B > 2 inputs are walked pair by pair (every op with a rule here acts
+on each input alone). Ops with no fluctuation rule here (BatchNorm, a Dense with a
+non-Gaussian init, an activation on a stream that is not fresh) leave NaN corrections from that
+layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
+E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
+correction with exact weights (:func:`input_gradient_coefficient`; the other layers' grad_q:
+not yet). Its part in a stream x + alpha phi(W x) that carries a mean, the coupling through
+the forward weights, also in closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the correction is
 10 % of the leading term (``valid_width_*``), and warnings where N is below the coefficient A
 or where an expectation is carried by events no practical width samples
 (:func:`warn_unreachable`: BatchNorm at B <= 3). For those, the typical value E log grad_q at
@@ -246,8 +247,8 @@ class _Walk:
     """(reference stack, b, C) pushed op by op through a net; ``chain``: the ops met since the
     top frame's features were last drawn fresh (None when its statistics are settled)."""
 
-    def __init__(self, s0: Moments, ctx: Context, fresh: bool):
-        self.ctx, self.frames, self.widths = ctx, [s0], [1.0]
+    def __init__(self, s0: Moments, ctx: Context, fresh: bool, tangent: bool = False):
+        self.ctx, self.frames, self.widths, self.tangent = ctx, [s0], [1.0], tangent
         D = flatten(self.frames, self.frames).shape[-1]
         lead = _lead(self.frames)
         self.b, self.C = np.zeros(lead + (D,)), np.zeros(lead + (D, D))
@@ -276,18 +277,17 @@ class _Walk:
             return
         chain, self.chain, ctx = self.chain, None, self.ctx
         base = self.frames
-        gauss = chain[0].theory_forward(base[-1], ctx) if chain and isinstance(chain[0], Dense) \
-            else base[-1]
+        dense = bool(chain) and isinstance(chain[0], Dense)
+        gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
         width = self.widths[-1]
-        self.push(lambda fr: fr[:-1] + [_apply(chain, fr[-1], ctx)])
+        chain_law = _tangent_chain if self.tangent else _apply
+        self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)])
         if self.lost:
             return
         top = self.frames[-1]
         Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
         u, w = gaussian_rule(Ku)
-        y = u
-        for op in chain[1:] if chain and isinstance(chain[0], Dense) else chain:
-            y = _elementwise(op, y, ctx)
+        y = _features(chain[1:] if dense else chain, u, ctx, self.tangent)
         y = y * np.exp(-top.ls)[..., None, :]
         outer_frames = self.frames[:-1]
         means = [f.m for f in outer_frames]
@@ -301,12 +301,21 @@ class _Walk:
         if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
             self.push(lambda fr: [to_unit_diagonal(fr[0])])
 
+    def law(self, op: Op, s: Moments, ctx: Context) -> Moments:
+        """The op's infinite-width law; in a tangent walk, that of the pair (x, J t) (a Scale
+        is linear: its own law serves both)."""
+        if not self.tangent or isinstance(op, Scale):
+            return op.theory_forward(s, ctx)
+        return (_tangent_dense if isinstance(op, Dense) else _tangent_norm)(op, s, ctx)
+
     def lose(self, why: str):
         if not self.lost:
             self.lost = why
             self.b, self.C = self.b * np.nan, self.C * np.nan
 
     def walk(self, op: Op):
+        if self.tangent and self.lost:  # its laws are not needed past that op (nor defined)
+            return
         ctx = self.ctx.at(type(op).__name__)
         if isinstance(op, Serial):
             for kid in op.layers:
@@ -322,7 +331,7 @@ class _Walk:
             self.chain.append(op)
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)):
             self.settle()
-            self.push(lambda fr: fr[:-1] + [op.theory_forward(fr[-1], ctx)])
+            self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
         elif isinstance(op, Residual):
             self.settle()
             self.push(lambda fr: fr + [fr[-1].push_ref()])
@@ -340,7 +349,8 @@ class _Walk:
             self.lose(f"{ctx.path}: no finite-width rule for {what} here")
             if isinstance(op, BatchNorm):
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
-            self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+            if not self.tangent:
+                self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
@@ -363,10 +373,118 @@ def _apply(chain, s, ctx):
     return s
 
 
-def _elementwise(op, y, ctx):
-    if isinstance(op, Act):
-        return get_activation(op.name).fn(y, np)
-    return y * np.asarray(ctx.p(op.c))[..., None, None]
+def _features(ops, u, ctx, tangent: bool):
+    """The features after the elementwise ``ops`` on Gaussian nodes ``u`` (..., P, B); for a
+    tangent walk (B = 2: x, t) the pair (phi(u_0), phi'(u_0) u_1), chained."""
+    y, dy = (u[..., 0], u[..., 1]) if tangent else (u, None)
+    for op in ops:
+        if isinstance(op, Act):
+            act = get_activation(op.name)
+            dy = None if dy is None else act.grad(y, np) * dy
+            y = act.fn(y, np)
+        else:  # Scale
+            c = np.asarray(ctx.p(op.c))[..., None]
+            y, dy = (y * c[..., None], None) if dy is None else (y * c, dy * c)
+    return y if dy is None else np.stack([y, dy], axis=-1)
+
+
+# -- the input gradient: the walk of a forward tangent ------------------------------------------
+E00 = np.array([[1.0, 0.0], [0.0, 0.0]])
+
+
+def _true(f: Moments):
+    """(K, m) of a frame in true units, and its refs' cross moments with true columns."""
+    e = np.exp(f.ls)
+    return (f.K * outer(e, e), f.m * e,
+            [f.cross(r) * e[..., None, :] for r in f.refs])
+
+
+def _tangent_dense(op: Dense, s: Moments, ctx: Context) -> Moments:
+    """Dense on the pair (x, t): (W x + b, W t), K' = sigma_w^2 K + sigma_b^2 E_00 (no bias on
+    the tangent), in true units; refs and law those of the op's own law (decoupled, Gaussian)."""
+    out = op.theory_forward(s, ctx)
+    K = _true(s)[0] * np.asarray(ctx.p(op.sigma_w), dtype=float)[..., None, None] ** 2 \
+        + np.asarray(ctx.p(op.sigma_b), dtype=float)[..., None, None] ** 2 * E00
+    zero = np.zeros(K.shape[:-1])
+    return out.replace(K=K, m=zero, ls=zero)
+
+
+def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
+    """LayerNorm (c = m) or RMSNorm (c = 0) on the pair (x, t): the norm of x and its Jacobian
+    on t, y' = M (y - c) with M = g [[1/r, 0], [-k/r^3, 1/r]], r^2 = K_xx - c_x^2 + eps and
+    k = K_xt - c_x c_t (d r / dt = k / r): K' = M (K - c m^T - m c^T + c c^T) M^T, m' = M (m - c),
+    each residual cross moment X' = (X - m_r c^T) M^T; in true units."""
+    out = op.theory_forward(s, ctx)
+    K, m, X = _true(s)
+    c = m if isinstance(op, LayerNorm) else np.zeros_like(m)
+    Kc = K - outer(c, m) - outer(m, c) + outer(c, c)
+    r2 = Kc[..., 0, 0] + np.asarray(ctx.p(op.eps), dtype=float)
+    g = np.asarray(ctx.p(op.gain), dtype=float) if isinstance(op, LayerNorm) else 1.0
+    M = np.zeros(Kc.shape)
+    M[..., 0, 0] = M[..., 1, 1] = g / np.sqrt(r2)
+    M[..., 1, 0] = -g * Kc[..., 0, 1] / r2**1.5
+    MT = np.swapaxes(M, -1, -2)
+    refs = tuple(Ref(m=r.m, X=(x - outer(r.m, c)) @ MT) for r, x in zip(s.refs, X))
+    mean = np.einsum("...ij,...j->...i", M, m - c)
+    return out.replace(K=M @ Kc @ MT, m=mean, ls=np.zeros_like(mean), refs=refs)
+
+
+def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
+    """The law of the features after a Dense and elementwise ops, for the pair (x, t): their
+    first two moments by the Gaussian rule on the Dense output (h, J t), in true units."""
+    dense = bool(chain) and isinstance(chain[0], Dense)
+    g = _tangent_dense(chain[0], s, ctx) if dense else s
+    u, w = gaussian_rule(_true(g)[0])
+    y = _features(chain[1:] if dense else chain, u, ctx, tangent=True)
+    m = np.einsum("...p,...pa->...a", w, y)
+    return _apply(chain, s, ctx).replace(K=np.einsum("...p,...pa,...pb->...ab", w, y, y), m=m,
+                                         ls=np.zeros_like(m))
+
+
+def input_gradient_coefficient(net: Op, inputs, ctx: Context | None = None):
+    """Per input a, the coefficient c (grid shape) with E grad_q_0 = grad_q_0,inf (1 + c/N) +
+    O(1/N^2) for Gaussian weights, and the tangent's infinite-width log q at the top; the
+    reason (or None) why c is NaN.
+
+    grad_q_0 = |J^T delta_L|^2 / N with delta_L ~ N(0, I) has mean E tr(J J^T) / N = E |J t|^2
+    / N for t ~ N(0, I) independent of the net: the forward tangent t through the same weights,
+    so the backward's coupling to the forward weights (which gradient independence drops) is
+    in it. The walk carries the pair (x_a, t) (:meth:`_Walk.law`): t's own fluctuation at the
+    input (|t|^2 / N, x.t / N and mean(t), each O(1/sqrt N)) starts its covariance; the
+    statistic is the tangent's q / q_inf at the top."""
+    grid = sweeps_of(net)
+    ctx = ctx or Context(NUMERIC, tuple(grid))
+    s0, gaussian = inputs.moments(), inputs.law == "gaussian"
+    coef, log_q, lost = [], [], None
+    for a in range(inputs.n):
+        pair = s0.replace(K=np.eye(2), m=np.array([s0.m[a], 0.0]), ls=np.array([s0.ls[a], 0.0]))
+        walk = _Walk(pair, ctx, fresh=gaussian, tangent=True)
+        if not gaussian:  # per 1/N, scaled: Var x.t = K_xx, Var |t|^2 = 2, Var m_t = 1, Cov = m_x
+            walk.C = np.zeros((6, 6))
+            walk.C[np.ix_([1, 2], [1, 2])] = 1.0
+            walk.C[3, 3], walk.C[5, 5] = 2.0, 1.0
+            walk.C[[1, 2], 5] = walk.C[5, [1, 2]] = s0.m[a]
+        for block in layers_of(net):
+            walk.walk(block)
+            walk.end_layer()
+        seen = walk.settled()
+        lost = lost or seen.lost
+        if seen.lost:
+            coef.append(np.nan)
+            log_q.append(np.nan)
+            continue
+        top = seen.frames[0]
+        x0 = flatten([top], [top])
+        D = x0.shape[-1]
+        lead = _lead([top])
+        y, c, _ = delta_step(lambda x, s=top: _stats(x, s), x0,
+                             np.broadcast_to(seen.b[..., :D], lead + (D,)),
+                             np.broadcast_to(seen.C[..., :D, :D], lead + (D, D)))
+        coef.append(c[..., 3])  # [log q (2), q / q_inf (2), ...]: the tangent's q / q_inf
+        log_q.append(y[..., 1])
+    shape = tuple(len(v.values) for v in grid.values())
+    return (np.stack([np.broadcast_to(c, shape) for c in coef], axis=-1),
+            np.stack([np.broadcast_to(q, shape) for q in log_q], axis=-1), lost)
 
 
 def _cross_gram(frames, i, j):
@@ -491,11 +609,14 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
             A = mean_mode_coefficient(net, theory(net, inputs))
         else:
             A = mean_mode_coefficient(net, ds)
+    c = input_gradient_coefficient(net, inputs)[0]
     grad = np.full(computed["var_log_q"].shape, np.nan)
+    if 0 in layers:
+        grad[list(layers).index(0)] = c / N
     if A is not None:
-        if 0 in layers:
-            grad[list(layers).index(0)] = A / N
         _warn_mean_mode(A, width)
+    else:
+        _warn_gradient(c, width)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
@@ -517,6 +638,17 @@ def _warn_mean_mode(A, width):
             f"(a factor {1 + worst / width:.3g} here; first order holds for N >> A, within 10 % "
             f"from N = {10 * worst:.4g}). The infinite-width input gradient is not what a net "
             "of this width does.", FiniteWidthWarning, stacklevel=4)
+
+
+def _warn_gradient(c, width):
+    """Warn when the input gradient's first-order correction is as large as its leading term."""
+    worst = float(np.nanmax(np.abs(c), initial=0.0))
+    if worst >= width:
+        warnings.warn(
+            f"width {width}: the first-order correction to the input gradient grad_q_0 reaches "
+            f"{worst / width:.3g} x its infinite-width value (coefficient A = {worst:.4g}); the "
+            f"1/N expansion holds only for N >> A (10 % at N = {10 * worst:.4g}). Run "
+            "sp.simulate at this width instead.", FiniteWidthWarning, stacklevel=4)
 
 
 def _warn_invalid(ds, width):
