@@ -344,6 +344,8 @@ def test_finite_width_correction_matches_monte_carlo(correction_data):
         assert abs(r["V_fit"] - r["V"]) < 4 * r["V_se"], r
     # the corrections are resolved: at N = 64 each predicted shift is beyond 2 SE of zero
     assert all(abs(r["a"]) > 2 * r["a_se"] for r in rows)
+    (stream,) = [r for r in rows if r["A"] is not None]  # panel (c): the input gradient's c
+    assert abs(stream["A_fit"] - stream["c"]) < 4 * stream["A_se"], stream
 
 
 def test_finite_width_correction_recovers_a_known_mean_mode(correction_data, tmp_path):
@@ -367,7 +369,8 @@ def test_finite_width_correction_recovers_a_known_mean_mode(correction_data, tmp
     assert abs(r["A_fit"] - known) < 4 * r["A_se"], r
     paths = render("finite_width_correction", data, tmp_path / "figures")
     macros = paths[-1].read_text()
-    for name in ("FWCMeanA", "FWCMeanAFit", "FWCMeanASE", "FWCPlainReluSlope", "FWCDepth"):
+    for name in ("FWCMeanA", "FWCMeanC", "FWCMeanAFit", "FWCMeanASE", "FWCPlainReluSlope",
+                 "FWCDepth"):
         assert f"\\newcommand{{\\{name}}}" in macros
     assert "nan" not in macros.lower() and "inf" not in macros.lower()
 

@@ -3,8 +3,10 @@
 At width N, E log q_L = log q_L,inf + a/N + O(1/N^2) and Var log q_L = V/N + O(1/N^2), with a
 and V from :func:`sigprop.engines.finite_width.coefficients` (the delta method on the Wishart
 fluctuation of the realised Gram); for a stream x + alpha phi(W x) the input gradient has
-E G_0 = G_0,inf (1 + A/N), A from :func:`~sigprop.engines.finite_width.mean_mode_coefficient`
-(the coupling of the backward to the forward weights). Measured: a and V by weighted least
+E G_0 = G_0,inf (1 + c/N), c from :func:`~sigprop.engines.finite_width.input_gradient_coefficient`
+(the walk of a forward tangent, exact weights), beside the closed form A of its mean mode
+(:func:`~sigprop.engines.finite_width.mean_mode_coefficient`, the coupling of the backward to
+the forward weights alone). Measured: a and V by weighted least
 squares of c + a/N over the widths (:func:`~sigprop.analysis.compare.fit_inverse_width`);
 A as the intercept of N (mean_seeds G_0 / G_0,inf - 1) = A + A_2/N, fitted the same way.
 """
@@ -28,9 +30,9 @@ CAPTION = (
     "Carlo (mean of logs over seeds $\\pm$2 standard errors). (b) $N\\,\\mathrm{Var}\\log q_L$ "
     "across seeds against $1/N$: lines, the leading-order prediction $V$; points, Monte Carlo "
     "($\\pm$2 SE of a sample variance). (c) The input gradient of the mean-carrying stream: "
-    "$\\log(\\mathrm{E}\\,G_0/G_0^{(\\infty)})$ against $N$: solid, $\\log(1+A/N)$ with the "
-    "predicted $A$; dashed, with $A$ fitted to the Monte Carlo; points, the mean over seeds "
-    "$\\pm$2 SE (delta method).")
+    "$\\log(\\mathrm{E}\\,G_0/G_0^{(\\infty)})$ against $N$: solid, $\\log(1+c/N)$ with the "
+    "predicted $c$; dotted, the mean mode's closed form $A$ alone; dashed, with the coefficient "
+    "fitted to the Monte Carlo; points, the mean over seeds $\\pm$2 SE (delta method).")
 
 
 def _slug(label: str) -> str:
@@ -67,11 +69,16 @@ def _mean_mode_fit(widths, g):
 
 
 def summary(data: plots.FigureData) -> list[dict]:
-    """Per net: label; predicted a, V and A (None where no mean mode); and, with Monte Carlo,
+    """Per net: label; predicted a, V, the input gradient's c, and A (None where no mean mode);
+    and, with Monte Carlo,
     per width the estimates (d: E log q_L - log q_inf, v: N Var log q_L, g: E G_0 / G_0,inf,
     each with its SE) and the fits (a, V, A with their SEs). Notes what cannot be computed."""
     from sigprop.analysis.compare import fit_inverse_width
-    from sigprop.engines.finite_width import coefficients, mean_mode_coefficient
+    from sigprop.engines.finite_width import (
+        coefficients,
+        input_gradient_coefficient,
+        mean_mode_coefficient,
+    )
 
     nets, L = _nets(data)
     rows = []
@@ -81,10 +88,12 @@ def summary(data: plots.FigureData) -> list[dict]:
             warnings.simplefilter("always")
             coef = coefficients(net, inputs)[0]
             A = mean_mode_coefficient(net, th)
+            c = input_gradient_coefficient(net, inputs)[0]
         for w in caught:
             data.note(f"{label}: {w.message}")
         row = {"label": label, "a": float(coef["log_q"][-1, 0]),
-               "V": float(coef["var_log_q"][-1, 0]), "A": None if A is None else float(A[0])}
+               "V": float(coef["var_log_q"][-1, 0]), "A": None if A is None else float(A[0]),
+               "c": float(c.flat[0])}
         mc = plots.pick(data.mc, arch=label) if data.mc is not None else None
         if mc is None or "width" not in mc.dims or int(mc["layer"][-1]) != L:
             rows.append(row)
@@ -132,8 +141,9 @@ def draw(data: plots.FigureData):
     for r in stream:
         key = r["label"]
         Ns = np.geomspace(N_min / 2, r["widths"].max() * 2 if "widths" in r else 4096, 60)
-        plots.theory_line(ax_g, Ns, np.log1p(r["A"] / Ns), key)
-        text = f"{key}: A predicted {r['A']:.3g}"
+        plots.theory_line(ax_g, Ns, np.log1p(r["c"] / Ns), key)
+        plots.theory_line(ax_g, Ns, np.log1p(r["A"] / Ns), key, ls=":")
+        text = f"{key}: c predicted {r['c']:.3g} (the mean mode's closed form A {r['A']:.3g})"
         if "A_fit" in r:
             plots.theory_line(ax_g, Ns, np.log1p(r["A_fit"] / Ns), key, ls="--")
             lo = np.log(np.clip(r["g"] - 2 * r["g_se"], 1e-300, None))
@@ -167,8 +177,8 @@ def draw(data: plots.FigureData):
 
 def numbers(data: plots.FigureData) -> dict[str, float | int]:
     """The numbers the paper quotes from this figure, by macro name: per net (its label's
-    words) the predicted and fitted slope a and N Var V; for the mean-carrying stream A, its
-    fit and SE, its depth and alpha; the Monte Carlo widths and seeds."""
+    words) the predicted and fitted slope a and N Var V; for the mean-carrying stream c, A, the
+    fit and its SE, its depth and alpha; the Monte Carlo widths and seeds."""
     out: dict[str, float | int] = {"FWCDepth": int(data.theory["layer"][-1])}
     for r in summary(data):
         s = _slug(r["label"])
@@ -178,7 +188,7 @@ def numbers(data: plots.FigureData) -> dict[str, float | int]:
             if k in r:
                 out[f"FWC{s}{name}"] = float(r[k])
         if r["A"] is not None and "FWCMeanA" not in out:
-            out["FWCMeanA"] = r["A"]
+            out.update(FWCMeanA=r["A"], FWCMeanC=r["c"])
             if "A_fit" in r:
                 out.update(FWCMeanAFit=r["A_fit"], FWCMeanASE=r["A_se"])
             if "widths" in r:
