@@ -430,15 +430,28 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
 
 
 def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
-    """The law of the features after a Dense and elementwise ops, for the pair (x, t): their
-    first two moments by the Gaussian rule on the Dense output (h, J t), in true units."""
+    """The law of the features (f(h), f'(h) tau) after a Dense (h, tau) and elementwise ops f,
+    in true units: with tau = beta h + xi (xi independent of h, variance v), 1-D Gaussian
+    expectations over h: E f'^2 tau^2 = beta^2 E h^2 f'^2 + v E f'^2, E f f' tau =
+    beta E h f f', E f' tau = beta E h f'."""
     dense = bool(chain) and isinstance(chain[0], Dense)
-    g = _tangent_dense(chain[0], s, ctx) if dense else s
-    u, w = gaussian_rule(_true(g)[0])
-    y = _features(chain[1:] if dense else chain, u, ctx, tangent=True)
-    m = np.einsum("...p,...pa->...a", w, y)
-    return _apply(chain, s, ctx).replace(K=np.einsum("...p,...pa,...pb->...ab", w, y, y), m=m,
-                                         ls=np.zeros_like(m))
+    K = _true(_tangent_dense(chain[0], s, ctx) if dense else s)[0]
+    u, w = gaussian_rule(K[..., :1, :1])
+    f, df = np.moveaxis(_features(chain[1:] if dense else chain,
+                                  np.concatenate([u, np.ones_like(u)], axis=-1), ctx,
+                                  tangent=True), -1, 0)
+    h = u[..., 0]
+    beta = K[..., 0, 1] / K[..., 0, 0]
+    v = K[..., 1, 1] - beta * K[..., 0, 1]
+
+    def E(x):
+        return np.einsum("...p,...p->...", w, x)
+
+    cross = beta * E(h * f * df)
+    out = np.stack([np.stack([E(f * f), cross], -1),
+                    np.stack([cross, beta**2 * E(h * h * df * df) + v * E(df * df)], -1)], -2)
+    m = np.stack([E(f), beta * E(h * df)], -1)
+    return _apply(chain, s, ctx).replace(K=out, m=m, ls=np.zeros_like(m))
 
 
 def input_gradient_coefficient(net: Op, inputs, ctx: Context | None = None):
