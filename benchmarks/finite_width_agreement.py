@@ -180,7 +180,8 @@ def backward(seeds=4000, out="benchmarks/RESULTS.md"):
              "weights makes, which gradient independence drops.")
     md = "\n".join([intro, "", *rows])
     if out:
-        write_section(out, "Finite width: the input gradient's 1/N term (measured)", md)
+        write_section(out, "Finite width: the input gradient's 1/N term, predicted vs measured",
+                      md)
     return md
 
 
