@@ -126,6 +126,10 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "10 |a_q|: above this width |E q / q_inf - 1| < 10 % at first order"),
     Variable("valid_width_corr", PER_PAIR, "width where the correction to corr is 10 %", "1",
              "10 |a_corr / corr_inf|: above it the correction to corr is < 10 % of corr"),
+    Variable("valid_width_grad_q", PER_INPUT, "width where the correction to grad_q is 10 %",
+             "1", "10 |c| at layer 0 (the input gradient, grad_q_rel_correction = c/N): above "
+             "it |E grad_q_0 / grad_q_inf - 1| < 10 % at first order. NaN at the other layers",
+             backward=True),
 )}
 
 

@@ -143,8 +143,8 @@ def test_matches_the_infinite_width_engine_and_schema():
     ds = sp.theory(net, PAIR, width=256, layers=[0, 3])
     for name, var in schema.FINITE_WIDTH_VARIABLES.items():
         assert ds[name].dims == var.dims_with(), name
-        assert name in ("grad_q_rel_correction", "typical_log_grad_q") or \
-            np.all(np.isfinite(ds[name].values)), name  # those two: NaN for a Pre-LN net
+        assert name in ("grad_q_rel_correction", "typical_log_grad_q", "valid_width_grad_q") \
+            or np.all(np.isfinite(ds[name].values)), name  # NaN for a Pre-LN net or past layer 0
     assert ds.attrs["width"] == 256
     full = coef(net)
     for name, key in [("var_log_q", "var_log_q"), ("log_q_correction", "log_q"),
@@ -152,6 +152,10 @@ def test_matches_the_infinite_width_engine_and_schema():
                       ("mean_correction", "mean")]:
         np.testing.assert_allclose(ds[name].values, full[key][[0, 3]] / 256, err_msg=name)
     np.testing.assert_allclose(ds.valid_width_q.values, 10 * np.abs(full["q"][[0, 3]]))
+    c = fw.input_gradient_coefficient(net, PAIR)[0]
+    np.testing.assert_allclose(ds.grad_q_rel_correction.values[0], c / 256)
+    np.testing.assert_allclose(ds.valid_width_grad_q.values[0], 10 * np.abs(c))
+    assert np.isnan(ds.valid_width_grad_q.values[1]).all()
     assert "var_log_q" not in sp.theory(net, PAIR)
 
 

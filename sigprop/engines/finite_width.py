@@ -623,9 +623,11 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
         else:
             A = mean_mode_coefficient(net, ds)
     c = input_gradient_coefficient(net, inputs)[0]
-    grad = np.full(computed["var_log_q"].shape, np.nan)
+    grad, valid = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(2))
     if 0 in layers:
         grad[list(layers).index(0)] = c / N
+        valid[list(layers).index(0)] = np.abs(c) / VALID_FRACTION
+    computed["valid_width_grad_q"] = valid
     if A is not None:
         _warn_mean_mode(A, width)
     else:
