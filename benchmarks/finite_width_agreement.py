@@ -31,7 +31,7 @@ from sigprop.analysis.compare import fit_inverse_width
 from sigprop.errors import FiniteWidthWarning
 from sigprop.ops import layers_of
 from sigprop.pipeline.bench import write_section
-from sigprop.testing import measure, measure_input_gradient, measure_mean_mode
+from sigprop.testing import measure, measure_gradient, measure_mean_mode
 
 DEPTH = 8
 WIDTHS = [64, 128, 256, 512]
@@ -161,8 +161,8 @@ def backward(seeds=4000, out="benchmarks/RESULTS.md"):
             "|---|---|---|---|---|---|---|---|"]
     for name, net, inputs, widths in BACKWARD:
         inputs = inputs or sp.Inputs(q=1.0, corr=0.5, n=2)
-        c, a, se = measure_input_gradient(net, inputs, widths, seeds, root_seed=4048)
-        _, g, se_g = measure_input_gradient(net, inputs, widths, seeds, root_seed=4048,
+        c, a, se = measure_gradient(net, inputs, widths, seeds, root_seed=4048)
+        _, g, se_g = measure_gradient(net, inputs, widths, seeds, root_seed=4048,
                                             sampler="independent")
         rows.append(f"| {name} | {len(layers_of(net))} | {widths} | {c:+.3f} | {a:+.3f} ± "
                     f"{se:.3f} | {(a - c) / se:+.2f} | {g:+.3f} ± {se_g:.3f} | "
@@ -174,7 +174,7 @@ def backward(seeds=4000, out="benchmarks/RESULTS.md"):
              "input 0, with the Monte Carlo's exact weights (`sampler=\"conditional\"`) and "
              "with fresh backward weights (`sampler=\"independent\"`, gradient independence). "
              "Predicted: c of `grad_q_rel_correction` = c/N at layer 0 of `sp.theory(net, "
-             "inputs, width=N)` (`input_gradient_coefficient`: E grad_q_0 = E |J t|^2 / N, the "
+             "inputs, width=N)` (`gradient_coefficient`: E grad_q_0 = E |J t|^2 / N, the "
              "walk of the pair (x, J t) through the same weights). z = (a - c) / SE. The last "
              "column is the part of a that the coupling of the backward to the forward "
              "weights makes, which gradient independence drops.")

@@ -114,7 +114,8 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
              "1", "E[grad_q]/grad_q_inf - 1 = c/N at layer 0 (the input gradient), exact "
              "weights: c from the walk of a forward tangent, E grad_q_0 = E |J t|^2 / N (NaN at "
-             "the other layers, and from an op with no finite-width rule)", backward=True),
+             "the other layers, whose c sigprop.engines.finite_width.gradient_coefficient gives "
+             "by a walk from each; and from an op with no finite-width rule)", backward=True),
     Variable("typical_log_grad_q", PER_INPUT, "typical log gradient second moment", "1",
              "E[log grad_q] at the dataset's width N for a stack of Pre-BN blocks "
              "x + alpha F(BN x) (B = 2..4 inputs) or of Dense -> BN -> relu blocks (B = 2, 3): "

@@ -217,19 +217,20 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     return rows
 
 
-def measure_input_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
-                           sampler: str = "conditional"):
-    """Monte Carlo of the input gradient's first-order coefficient
-    (:func:`~sigprop.engines.finite_width.input_gradient_coefficient`, input 0): the mean over
-    seeds of G_0 / G_0,inf - 1 at each width, with its standard error, fitted as b + a/N
+def measure_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
+                     sampler: str = "conditional", layer: int = 0):
+    """Monte Carlo of the gradient's first-order coefficient at ``layer``
+    (:func:`~sigprop.engines.finite_width.gradient_coefficient`, input 0): the mean over seeds
+    of G_l / G_l,inf - 1 at each width, with its standard error, fitted as b + a/N
     (:func:`~sigprop.analysis.compare.fit_inverse_width`). Returns (predicted, a, se of a)."""
-    c = float(finite_width.input_gradient_coefficient(net, inputs)[0].flat[0])
-    g_inf = math.exp(float(theory(net, inputs, layers=[0])["log_grad_q"].values[0, 0]))
+    c = float(finite_width.gradient_coefficient(net, inputs, layers=[layer])[0].flat[0])
+    th = theory(net, inputs, layers=[layer])
+    g_inf = math.exp(float(th["log_grad_q"].values[0, 0]))
     means, ses = [], []
     for N in widths:
         mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
                       sampler=sampler, root_seed=root_seed + int(N))
-        r = np.exp(mc["log_grad_q"].values[:, 0, 0]) / g_inf - 1
+        r = np.exp(mc["log_grad_q"].sel(layer=layer).values[:, 0]) / g_inf - 1
         means.append(r.mean())
         ses.append(r.std(ddof=1) / math.sqrt(seeds))
     _, _, a, se = fit_inverse_width(widths, means, ses)

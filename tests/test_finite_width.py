@@ -22,7 +22,7 @@ import sigprop as sp
 from sigprop import presets, schema
 from sigprop.engines import finite_width as fw
 from sigprop.errors import ConfigError
-from sigprop.testing import measure, measure_input_gradient, measure_mean_mode
+from sigprop.testing import measure, measure_gradient, measure_mean_mode
 
 PAIR = sp.Inputs(q=1.0, corr=0.5, n=2)
 
@@ -152,7 +152,7 @@ def test_matches_the_infinite_width_engine_and_schema():
                       ("mean_correction", "mean")]:
         np.testing.assert_allclose(ds[name].values, full[key][[0, 3]] / 256, err_msg=name)
     np.testing.assert_allclose(ds.valid_width_q.values, 10 * np.abs(full["q"][[0, 3]]))
-    c = fw.input_gradient_coefficient(net, PAIR)[0]
+    c = fw.gradient_coefficient(net, PAIR)[0][0]
     np.testing.assert_allclose(ds.grad_q_rel_correction.values[0], c / 256)
     np.testing.assert_allclose(ds.valid_width_grad_q.values[0], 10 * np.abs(c))
     assert np.isnan(ds.valid_width_grad_q.values[1]).all()
@@ -319,8 +319,10 @@ def test_tangent_is_the_backward_at_infinite_width(k):
     finite_width) is the backward engine's grad_q_0 (the ops' backward laws): two independent
     codes. Rounding and the polar rule (~1e-12 per layer): 1e-11 relative over <= 4 layers."""
     net, inputs = TANGENT_NETS[k]
-    _, log_q, lost = fw.input_gradient_coefficient(net, inputs)
-    want = sp.theory(net, inputs, layers=[0])["log_grad_q"].values[0]
+    L = len(sp.ops.layers_of(net))
+    layers = [0, 2, L - 1, L]
+    _, log_q, lost = fw.gradient_coefficient(net, inputs, layers=layers)
+    want = sp.theory(net, inputs, layers=layers)["log_grad_q"].transpose("layer", ...).values
     assert lost is None
     np.testing.assert_allclose(log_q, want, rtol=1e-11, atol=1e-11)
 
@@ -332,7 +334,7 @@ def test_tangent_one_block_is_the_exact_coefficient():
     net = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(sigma_w=sw2**0.5), sp.Act("relu")),
                                 alpha=alpha), 1)
     exact = 2 * alpha * sw2 * m / (math.sqrt(2 * math.pi * sw2 * q) * (1 + alpha**2 * sw2 / 2))
-    c = fw.input_gradient_coefficient(net, sp.Inputs(q=q, mean=m))[0][0]
+    c = fw.gradient_coefficient(net, sp.Inputs(q=q, mean=m))[0][0, 0]
     assert abs(c - exact) < 1e-6 * exact, (c, exact)
 
 
@@ -340,9 +342,11 @@ def test_tangent_of_a_plain_relu_net_has_no_correction():
     """A bias-free ReLU net: E |J t|^2 does not depend on the widths (the mean of the squared
     Jacobian is exact at any width, Hanin 2018), so c = 0 up to the walk's differencing (~1e-6
     of the O(L) terms that cancel)."""
-    c = fw.input_gradient_coefficient(presets.plain(6, "relu", shape="dense_act"), PAIR)[0]
+    c = fw.gradient_coefficient(presets.plain(6, "relu", shape="dense_act"), PAIR,
+                                layers=[0, 3])[0]
     assert np.all(np.abs(c) < 1e-5), c
-    tanh = fw.input_gradient_coefficient(presets.plain(6, "tanh", shape="dense_act"), PAIR)[0]
+    tanh = fw.gradient_coefficient(presets.plain(6, "tanh", shape="dense_act"), PAIR,
+                                   layers=[0, 3])[0]
     assert np.all(np.abs(tanh) > 1e-2)  # the check can see a coefficient
 
 
@@ -355,11 +359,60 @@ def test_input_gradient_against_monte_carlo():
             (presets.postln(4), PAIR, [32, 64, 128, 256], 8000),
             (presets.resnet(8, "relu", alpha=1.0, shape="dense_act"), sp.Inputs(q=1.0),
              [64, 128, 256], 4000)]:
-        c, fitted, se = measure_input_gradient(net, inputs, widths, seeds, root_seed=11)
+        c, fitted, se = measure_gradient(net, inputs, widths, seeds, root_seed=11)
         assert abs(fitted - c) < 3 * se, (c, fitted, se)  # 3 SE
+    # the gradient at layer 4 of the stream (a walk from there: c = 6.3, SE ~0.7; c_0 = 37)
+    c, fitted, se = measure_gradient(presets.resnet(8, "relu", alpha=1.0, shape="dense_act"),
+                                     sp.Inputs(q=1.0), [64, 128, 256], 4000, root_seed=13,
+                                     layer=4)
+    assert abs(fitted - c) < 3 * se, (c, fitted, se)  # 3 SE
+
+
+def test_gradient_at_a_middle_layer_carries_the_streams_fluctuation():
+    """Pre-LN erf, depth 6, the gradient at layer 2: c = 0.47, where the walk from layer 2
+    carries the fluctuation of the realised x_2 (without it c = -0.72, ~7 SE off); 8000 seeds
+    over widths 32-256 give SE ~0.19 (~17 s)."""
+    c, fitted, se = measure_gradient(presets.preln(6, act="erf"), PAIR, [32, 64, 128, 256],
+                                     8000, root_seed=5, layer=2)
+    assert abs(fitted - c) < 3 * se, (c, fitted, se)  # 3 SE
 
 
 def test_gradient_warning_where_the_correction_is_the_leading_term():
     """Post-LN, depth 32: c ~ 38, so at N = 16 the input gradient's expansion has broken down."""
-    with pytest.warns(fw.FiniteWidthWarning, match=r"input gradient grad_q_0.*A = [\d.]+"):
+    with pytest.warns(fw.FiniteWidthWarning, match=r"input gradient grad_q_0.*c = [\d.]+"):
         sp.theory(presets.postln(32), PAIR, width=16)
+    # a stream with a mean: c = 37 >= N = 32 > A = 28.7 (the mean mode's closed form alone)
+    with pytest.warns(fw.FiniteWidthWarning, match=r"c = 37\.\d.*A = 28\.\d"):
+        sp.theory(presets.resnet(8, "relu", alpha=1.0, shape="dense_act"), sp.Inputs(q=1.0),
+                  width=32)
+
+
+def test_tangent_at_any_scale():
+    """c does not depend on the input's scale where the net is scale-free: a bias-free ReLU
+    resnet (exact: c = 0) at q = 1e-4 .. 1e4 and depth 20 (the walk in true units lost every
+    digit there: c = 1e3), and Post-LN with eps = 0 at q = 1 and 1e8."""
+    for q in (1e-4, 1.0, 1e4):
+        c = fw.gradient_coefficient(presets.resnet(20), sp.Inputs(q=q, corr=0.5, n=2))[0]
+        assert np.all(np.abs(c) < 1e-5), (q, c)
+    post = [fw.gradient_coefficient(presets.postln(3, eps=0.0), sp.Inputs(q=q))[0]
+            for q in (1.0, 1e8)]
+    np.testing.assert_allclose(post[1], post[0], rtol=1e-6)
+
+
+def test_tangent_with_swept_norm_parameters_and_zero_weights():
+    """A swept LayerNorm eps or gain, or RMSNorm eps, gives per point the values of separate
+    runs (was a broadcasting error); zero weights (sigma_w = 0: J t = 0) give NaN with a
+    warning naming the Dense, not an error about singular inputs."""
+    for make in (lambda v: presets.postln(2, eps=v), lambda v: presets.preln(2, norm="rmsnorm",
+                                                                             eps=v)):
+        swept = fw.gradient_coefficient(make(sp.sweep("eps", [0.01, 0.5])), PAIR)[0]
+        for i, v in enumerate([0.01, 0.5]):
+            np.testing.assert_allclose(swept[:, i], fw.gradient_coefficient(make(v), PAIR)[0],
+                                       rtol=1e-6, atol=1e-9)
+    gain = sp.Repeat(sp.Serial(sp.Residual(sp.Serial(sp.Dense(1.4), sp.Act("relu"))),
+                               sp.LayerNorm(gain=sp.sweep("gain", [0.5, 2.0]))), 2)
+    assert np.all(np.isfinite(fw.gradient_coefficient(gain, PAIR)[0]))
+    zero = sp.Serial(sp.Dense(0.0, 0.5), sp.Act("relu"), sp.Dense(1.0))
+    with pytest.warns(fw.FiniteWidthWarning, match="Dense.*zero weights"):
+        ds = sp.theory(zero, sp.Inputs(q=1.0), width=64)
+    assert np.isnan(ds.grad_q_rel_correction.values[0]).all()

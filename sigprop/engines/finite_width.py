@@ -31,8 +31,8 @@ on each input alone). Ops with no fluctuation rule here (BatchNorm, a Dense with
 non-Gaussian init, an activation on a stream that is not fresh) leave NaN corrections from that
 layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
 E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
-correction with exact weights (:func:`input_gradient_coefficient`; the other layers' grad_q:
-not yet). Its part in a stream x + alpha phi(W x) that carries a mean, the coupling through
+correction with exact weights (:func:`gradient_coefficient`; other layers' grad_q by the same
+walk from that layer up, not in the dataset: O(L) blocks each). Its part in a stream x + alpha phi(W x) that carries a mean, the coupling through
 the forward weights, also in closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the correction is
 10 % of the leading term (``valid_width_*``), and warnings where N is below the coefficient A
 or where an expectation is carried by events no practical width samples
@@ -249,6 +249,8 @@ class _Walk:
 
     def __init__(self, s0: Moments, ctx: Context, fresh: bool, tangent: bool = False):
         self.ctx, self.frames, self.widths, self.tangent = ctx, [s0], [1.0], tangent
+        self.t_ls = 0.0  # a tangent walk: t's log scale where it starts
+        self.stop_when_lost = tangent  # no laws past a lost op (a walk kept for its frames: on)
         D = flatten(self.frames, self.frames).shape[-1]
         lead = _lead(self.frames)
         self.b, self.C = np.zeros(lead + (D,)), np.zeros(lead + (D, D))
@@ -279,6 +281,10 @@ class _Walk:
         base = self.frames
         dense = bool(chain) and isinstance(chain[0], Dense)
         gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
+        if self.tangent and np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):
+            self.lose(f"{ctx.path}: the tangent J t (or the stream) is exactly 0 after this "
+                      "Dense (zero weights): no relative correction to its gradient")
+            return
         width = self.widths[-1]
         chain_law = _tangent_chain if self.tangent else _apply
         self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)])
@@ -314,7 +320,7 @@ class _Walk:
             self.b, self.C = self.b * np.nan, self.C * np.nan
 
     def walk(self, op: Op):
-        if self.tangent and self.lost:  # its laws are not needed past that op (nor defined)
+        if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
         ctx = self.ctx.at(type(op).__name__)
         if isinstance(op, Serial):
@@ -349,7 +355,7 @@ class _Walk:
             self.lose(f"{ctx.path}: no finite-width rule for {what} here")
             if isinstance(op, BatchNorm):
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
-            if not self.tangent:
+            if not self.stop_when_lost:
                 self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
 
     def end_layer(self):
@@ -392,6 +398,16 @@ def _features(ops, u, ctx, tangent: bool):
 E00 = np.array([[1.0, 0.0], [0.0, 0.0]])
 
 
+def _scaled(out: Moments, K, m, X=None) -> Moments:
+    """``out`` with true (K, m) and residual cross moments X (true columns; None: keep out's)
+    put back in scaled units of unit diagonal (the walk's differences stay O(1) at any scale)."""
+    d = np.diagonal(K, axis1=-2, axis2=-1)
+    e = np.sqrt(np.where(d > 0, d, 1.0))
+    refs = out.refs if X is None else tuple(Ref(m=r.m, X=x / e[..., None, :])
+                                            for r, x in zip(out.refs, X))
+    return out.replace(K=K / outer(e, e), m=m / e, ls=np.log(e), refs=refs)
+
+
 def _true(f: Moments):
     """(K, m) of a frame in true units, and its refs' cross moments with true columns."""
     e = np.exp(f.ls)
@@ -405,8 +421,7 @@ def _tangent_dense(op: Dense, s: Moments, ctx: Context) -> Moments:
     out = op.theory_forward(s, ctx)
     K = _true(s)[0] * np.asarray(ctx.p(op.sigma_w), dtype=float)[..., None, None] ** 2 \
         + np.asarray(ctx.p(op.sigma_b), dtype=float)[..., None, None] ** 2 * E00
-    zero = np.zeros(K.shape[:-1])
-    return out.replace(K=K, m=zero, ls=zero)
+    return _scaled(out, K, np.zeros(K.shape[:-1]))
 
 
 def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
@@ -420,13 +435,12 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
     Kc = K - outer(c, m) - outer(m, c) + outer(c, c)
     r2 = Kc[..., 0, 0] + np.asarray(ctx.p(op.eps), dtype=float)
     g = np.asarray(ctx.p(op.gain), dtype=float) if isinstance(op, LayerNorm) else 1.0
-    M = np.zeros(Kc.shape)
+    M = np.zeros(np.broadcast_shapes(Kc.shape[:-2], np.shape(g), np.shape(r2)) + (2, 2))
     M[..., 0, 0] = M[..., 1, 1] = g / np.sqrt(r2)
     M[..., 1, 0] = -g * Kc[..., 0, 1] / r2**1.5
     MT = np.swapaxes(M, -1, -2)
-    refs = tuple(Ref(m=r.m, X=(x - outer(r.m, c)) @ MT) for r, x in zip(s.refs, X))
-    mean = np.einsum("...ij,...j->...i", M, m - c)
-    return out.replace(K=M @ Kc @ MT, m=mean, ls=np.zeros_like(mean), refs=refs)
+    X = [(x - outer(r.m, c)) @ MT for r, x in zip(s.refs, X)]
+    return _scaled(out, M @ Kc @ MT, np.einsum("...ij,...j->...i", M, m - c), X)
 
 
 def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
@@ -450,54 +464,94 @@ def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
     cross = beta * E(h * f * df)
     out = np.stack([np.stack([E(f * f), cross], -1),
                     np.stack([cross, beta**2 * E(h * h * df * df) + v * E(df * df)], -1)], -2)
-    m = np.stack([E(f), beta * E(h * df)], -1)
-    return _apply(chain, s, ctx).replace(K=out, m=m, ls=np.zeros_like(m))
+    return _scaled(_apply(chain, s, ctx), out, np.stack([E(f), beta * E(h * df)], -1))
 
 
-def input_gradient_coefficient(net: Op, inputs, ctx: Context | None = None):
-    """Per input a, the coefficient c (grid shape) with E grad_q_0 = grad_q_0,inf (1 + c/N) +
-    O(1/N^2) for Gaussian weights, and the tangent's infinite-width log q at the top; the
-    reason (or None) why c is NaN.
+def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = None):
+    """Per layer l of ``layers`` (default: the input) and input a, the coefficient c with
+    E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2) for Gaussian weights; the tangent's
+    infinite-width log q at the top (= log grad_q_l); the reason (or None) why c is NaN.
+    Arrays (layer, *grid, input).
 
-    grad_q_0 = |J^T delta_L|^2 / N with delta_L ~ N(0, I) has mean E tr(J J^T) / N = E |J t|^2
-    / N for t ~ N(0, I) independent of the net: the forward tangent t through the same weights,
-    so the backward's coupling to the forward weights (which gradient independence drops) is
-    in it. The walk carries the pair (x_a, t) (:meth:`_Walk.law`): t's own fluctuation at the
-    input (|t|^2 / N, x.t / N and mean(t), each O(1/sqrt N)) starts its covariance; the
-    statistic is the tangent's q / q_inf at the top."""
+    grad_q_l = |J_l^T delta_L|^2 / N (J_l: the output's Jacobian in the layer-l stream) with
+    delta_L ~ N(0, I) has mean E tr(J_l J_l^T) / N = E |J_l t|^2 / N for t ~ N(0, I)
+    independent of the net: the forward tangent t through the same weights, so the backward's
+    coupling to the forward weights (which gradient independence drops) is in it. The walk of
+    x_a alone up to layer l, then of the pair (x_a, J t) (:meth:`_Walk.law`); t's own
+    fluctuation given x_l (|t|^2 / N, x.t / N and mean(t), each O(1/sqrt N)) joins the
+    covariance there; the statistic is the tangent's q / q_inf at the top. One walk from each
+    layer up: O(L) blocks per layer."""
+    blocks = layers_of(net)
+    L = len(blocks)
+    want = sorted({int(l) for l in np.atleast_1d(layers)})
+    if not want or want[0] < 0 or want[-1] > L:
+        raise ConfigError("layers", layers, f"layers in [0, {L}]")
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
     s0, gaussian = inputs.moments(), inputs.law == "gaussian"
-    coef, log_q, lost = [], [], None
-    for a in range(inputs.n):
-        pair = s0.replace(K=np.eye(2), m=np.array([s0.m[a], 0.0]), ls=np.array([s0.ls[a], 0.0]))
-        walk = _Walk(pair, ctx, fresh=gaussian, tangent=True)
-        if not gaussian:  # per 1/N, scaled: Var x.t = K_xx, Var |t|^2 = 2, Var m_t = 1, Cov = m_x
-            walk.C = np.zeros((6, 6))
-            walk.C[np.ix_([1, 2], [1, 2])] = 1.0
-            walk.C[3, 3], walk.C[5, 5] = 2.0, 1.0
-            walk.C[[1, 2], 5] = walk.C[5, [1, 2]] = s0.m[a]
-        for block in layers_of(net):
-            walk.walk(block)
-            walk.end_layer()
-        seen = walk.settled()
-        lost = lost or seen.lost
-        if seen.lost:
-            coef.append(np.nan)
-            log_q.append(np.nan)
-            continue
-        top = seen.frames[0]
-        x0 = flatten([top], [top])
-        D = x0.shape[-1]
-        lead = _lead([top])
-        y, c, _ = delta_step(lambda x, s=top: _stats(x, s), x0,
-                             np.broadcast_to(seen.b[..., :D], lead + (D,)),
-                             np.broadcast_to(seen.C[..., :D, :D], lead + (D, D)))
-        coef.append(c[..., 3])  # [log q (2), q / q_inf (2), ...]: the tangent's q / q_inf
-        log_q.append(y[..., 1])
     shape = tuple(len(v.values) for v in grid.values())
-    return (np.stack([np.broadcast_to(c, shape) for c in coef], axis=-1),
-            np.stack([np.broadcast_to(q, shape) for q in log_q], axis=-1), lost)
+    coef, log_q = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(2))
+    lost = None
+    for a in range(inputs.n):
+        x = s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
+        walk = _Walk(x, ctx, fresh=gaussian)
+        walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
+        for l in range(L + 1):
+            if l in want:
+                tangent = _tangent_walk(walk, fresh=gaussian and l == 0)
+                for block in blocks[l:]:
+                    tangent.walk(block)
+                    tangent.end_layer()
+                seen = tangent.settled()
+                lost = lost or seen.lost
+                if not seen.lost:
+                    k = want.index(l)
+                    coef[k, ..., a], log_q[k, ..., a] = _tangent_q(seen)
+            if l < L:
+                walk.walk(blocks[l])
+                walk.end_layer()
+    return coef, log_q, lost
+
+
+def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
+    """A tangent walk of the pair (x, t) from the (settled) state of ``walk`` (one input): x's
+    fluctuation carried, t ~ N(0, q_x I) independent of it (c does not depend on t's scale;
+    x's keeps the walk's numbers O(1)); per 1/N in x's scaled units, Var x.t = K_xx,
+    Var |t|^2 = 2, Var mean(t) = 1, Cov(x.t, mean t) = m_x. ``fresh`` (Gaussian inputs, at
+    layer 0): the pair's features are drawn at its first reduction instead."""
+    seen = walk if fresh else walk.settled()
+    f = seen.frames[0]
+    lead = _lead([f])
+    K, m = np.broadcast_to(f.K[..., 0, 0], lead), np.broadcast_to(f.m[..., 0], lead)
+    zero, one = np.zeros(lead), np.ones(lead)
+    ls = np.broadcast_to(f.ls[..., 0], lead)
+    pair = f.replace(K=np.stack([np.stack([K, zero], -1), np.stack([zero, one], -1)], -2),
+                     m=np.stack([m, zero], -1), ls=np.stack([ls, ls], -1))
+    out = _Walk(pair, walk.ctx, fresh=fresh, tangent=True)
+    out.t_ls = ls
+    if fresh:
+        return out
+    out.lost = seen.lost
+    b, C = np.zeros(lead + (6,)), np.zeros(lead + (6, 6))  # [K_xx, K_xt, K_tx, K_tt, m_x, m_t]
+    b[..., [0, 4]] = np.broadcast_to(seen.b, lead + (2,))
+    C[..., [[0], [4]], [0, 4]] = np.broadcast_to(seen.C, lead + (2, 2))
+    C[..., [[1], [2]], [1, 2]] = K[..., None, None]
+    C[..., [1, 2], 5] = C[..., 5, [1, 2]] = m[..., None]
+    C[..., 3, 3], C[..., 5, 5] = 2.0, 1.0
+    out.b, out.C = b, C
+    return out
+
+
+def _tangent_q(seen: _Walk):
+    """(c, log q) of the tangent row of a settled tangent walk: its q / q_inf's first-order
+    coefficient and its infinite-width log q."""
+    top = seen.frames[0]
+    x0 = flatten([top], [top])
+    D, lead = x0.shape[-1], _lead([top])
+    y, c, _ = delta_step(lambda x: _stats(x, top), x0,
+                         np.broadcast_to(seen.b[..., :D], lead + (D,)),
+                         np.broadcast_to(seen.C[..., :D, :D], lead + (D, D)))
+    return c[..., 3], y[..., 1] - 2 * seen.t_ls  # [log q, q / q_inf, ...]: the tangent's
 
 
 def _cross_gram(frames, i, j):
@@ -614,24 +668,27 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
         a_corr = coef["corr"][layers]
         computed["valid_width_corr"] = np.where(
             a_corr == 0, 0.0, np.abs(a_corr) / (VALID_FRACTION * np.abs(corr_inf)))
-    A = None
-    if _mean_mode_blocks(net) is not None:
+
+    def mean_mode():
+        if _mean_mode_blocks(net) is None:
+            return None
         if ds.sizes["layer"] != len(layers_of(net)) + 1:
             from sigprop.engines.theory import theory
 
-            A = mean_mode_coefficient(net, theory(net, inputs))
-        else:
-            A = mean_mode_coefficient(net, ds)
-    c = input_gradient_coefficient(net, inputs)[0]
+            return mean_mode_coefficient(net, theory(net, inputs))
+        return mean_mode_coefficient(net, ds)
+
+    c, _, why = gradient_coefficient(net, inputs)
+    c = c[0]
+    if why and not lost:  # (where the forward walk stops, this one does too: warned above)
+        warnings.warn(f"{why}: the input gradient's correction is NaN", FiniteWidthWarning,
+                      stacklevel=3)
     grad, valid = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(2))
     if 0 in layers:
         grad[list(layers).index(0)] = c / N
         valid[list(layers).index(0)] = np.abs(c) / VALID_FRACTION
     computed["valid_width_grad_q"] = valid
-    if A is not None:
-        _warn_mean_mode(A, width)
-    else:
-        _warn_gradient(c, width)
+    _warn_gradient(c, width, mean_mode)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
@@ -644,26 +701,21 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     return out
 
 
-def _warn_mean_mode(A, width):
-    worst = float(np.max(A))
-    if worst >= width:
-        warnings.warn(
-            f"width {width}: the stream carries a mean that couples the backward through the "
-            f"forward weights: E grad_q_0 = grad_q_inf (1 + A/N) with A = {worst:.4g} "
-            f"(a factor {1 + worst / width:.3g} here; first order holds for N >> A, within 10 % "
-            f"from N = {10 * worst:.4g}). The infinite-width input gradient is not what a net "
-            "of this width does.", FiniteWidthWarning, stacklevel=4)
-
-
-def _warn_gradient(c, width):
-    """Warn when the input gradient's first-order correction is as large as its leading term."""
+def _warn_gradient(c, width, mean_mode):
+    """Warn when the input gradient's first-order correction c/N is as large as its leading
+    term; ``mean_mode()``: the closed-form A of a mean-carrying stream's coupling, or None."""
     worst = float(np.nanmax(np.abs(c), initial=0.0))
-    if worst >= width:
-        warnings.warn(
-            f"width {width}: the first-order correction to the input gradient grad_q_0 reaches "
-            f"{worst / width:.3g} x its infinite-width value (coefficient A = {worst:.4g}); the "
-            f"1/N expansion holds only for N >> A (10 % at N = {10 * worst:.4g}). Run "
-            "sp.simulate at this width instead.", FiniteWidthWarning, stacklevel=4)
+    if worst < width:
+        return
+    A = mean_mode()
+    why = ("" if A is None else " The stream carries a mean that couples the backward through "
+           f"the forward weights (that mode alone, in closed form: A = {float(np.max(A)):.4g}).")
+    warnings.warn(
+        f"width {width}: the first-order correction to the input gradient grad_q_0 reaches "
+        f"{worst / width:.3g} x its infinite-width value (coefficient c = {worst:.4g}); the 1/N "
+        f"expansion holds only for N >> c (10 % at N = {10 * worst:.4g}).{why} The "
+        "infinite-width input gradient is not what a net of this width does: run sp.simulate "
+        "at this width instead.", FiniteWidthWarning, stacklevel=4)
 
 
 def _warn_invalid(ds, width):

@@ -3,7 +3,7 @@
 At width N, E log q_L = log q_L,inf + a/N + O(1/N^2) and Var log q_L = V/N + O(1/N^2), with a
 and V from :func:`sigprop.engines.finite_width.coefficients` (the delta method on the Wishart
 fluctuation of the realised Gram); for a stream x + alpha phi(W x) the input gradient has
-E G_0 = G_0,inf (1 + c/N), c from :func:`~sigprop.engines.finite_width.input_gradient_coefficient`
+E G_0 = G_0,inf (1 + c/N), c from :func:`~sigprop.engines.finite_width.gradient_coefficient`
 (the walk of a forward tangent, exact weights), beside the closed form A of its mean mode
 (:func:`~sigprop.engines.finite_width.mean_mode_coefficient`, the coupling of the backward to
 the forward weights alone). Measured: a and V by weighted least
@@ -76,7 +76,7 @@ def summary(data: plots.FigureData) -> list[dict]:
     from sigprop.analysis.compare import fit_inverse_width
     from sigprop.engines.finite_width import (
         coefficients,
-        input_gradient_coefficient,
+        gradient_coefficient,
         mean_mode_coefficient,
     )
 
@@ -88,7 +88,7 @@ def summary(data: plots.FigureData) -> list[dict]:
             warnings.simplefilter("always")
             coef = coefficients(net, inputs)[0]
             A = mean_mode_coefficient(net, th)
-            c = input_gradient_coefficient(net, inputs)[0]
+            c = gradient_coefficient(net, inputs)[0][0]
         for w in caught:
             data.note(f"{label}: {w.message}")
         row = {"label": label, "a": float(coef["log_q"][-1, 0]),
