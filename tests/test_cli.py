@@ -238,7 +238,7 @@ depth = 64
 
 @pytest.mark.parametrize(("toml", "args", "says"), [
     (BATCHNORM_B2, [], "BatchNorm at batch B = 2"),
-    (MEAN_STREAM, ["--width", 128], "width 128: the stream carries a mean"),
+    (MEAN_STREAM, ["--width", 128], "width 128: the first-order correction to the input"),
 ], ids=["batchnorm-B2", "mean-stream-N128"])
 def test_theory_prints_finite_width_warnings_as_lines(tmp_path, toml, args, says):
     path, out = tmp_path / "sim.toml", tmp_path / "th.nc"

@@ -615,7 +615,7 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
            "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
            "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
            "var_log_q": part(1, 0, B, (B,))}
-    return out, walk.lost, walk.batchnorms
+    return out, walk.lost
 
 
 def _by_pairs(net: Op, inputs, ctx):
@@ -628,7 +628,7 @@ def _by_pairs(net: Op, inputs, ctx):
     for a, b in pairs:
         two = type(inputs)(q=[inputs.q[a], inputs.q[b]], mean=[inputs.mean[a], inputs.mean[b]],
                            corr=inputs.corr[a][b], law=inputs.law)
-        got, why, batchnorms = coefficients(net, two, ctx)
+        got, why = coefficients(net, two, ctx)
         lost = lost or why
         if out is None:
             out = {k: np.zeros(v.shape[:-2] + (B, B) if k == "corr" else v.shape[:-1] + (B,))
@@ -639,7 +639,7 @@ def _by_pairs(net: Op, inputs, ctx):
                 seen.add(i)
                 for k in ("log_q", "q", "mean", "var_log_q"):
                     out[k][..., i] = got[k][..., j]
-    return out, lost, batchnorms
+    return out, lost
 
 
 def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
@@ -647,7 +647,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     ``width`` (schema ``FINITE_WIDTH_VARIABLES``), and the validity warnings."""
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise ConfigError("width", width, "an integer >= 1 (the stream width N)")
-    coef, lost, _ = coefficients(net, inputs)
+    coef, lost = coefficients(net, inputs)
     if lost:
         warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
                       FiniteWidthWarning, stacklevel=3)
