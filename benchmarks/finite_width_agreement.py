@@ -163,7 +163,7 @@ def backward(seeds=4000, out="benchmarks/RESULTS.md"):
         inputs = inputs or sp.Inputs(q=1.0, corr=0.5, n=2)
         c, a, se = measure_gradient(net, inputs, widths, seeds, root_seed=4048)
         _, g, se_g = measure_gradient(net, inputs, widths, seeds, root_seed=4048,
-                                            sampler="independent")
+                                      sampler="independent")
         rows.append(f"| {name} | {len(layers_of(net))} | {widths} | {c:+.3f} | {a:+.3f} ± "
                     f"{se:.3f} | {(a - c) / se:+.2f} | {g:+.3f} ± {se_g:.3f} | "
                     f"{a - g:+.3f} ± {math.hypot(se, se_g):.3f} |")

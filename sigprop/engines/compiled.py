@@ -5,16 +5,17 @@ The same laws as :mod:`sigprop.engines.theory`, not a copy of them: each block's
 (:func:`sigprop.state.ns.jax_namespace`, float64) into the body of a ``lax.scan`` over the
 consecutive copies of that block (the blocks of a ``Repeat`` are one op, so one trace). The
 sweep grid is flattened to one dim of P points, which the laws broadcast over as they do over
-the numpy engine's grid dims (``vmap`` instead measured no faster). Forward, the scan keeps every layer's
-input state (unit diagonal, scale in ``ls``, :func:`~sigprop.state.moments.to_unit_diagonal`)
-and records the recorded layers' states and branch outputs; backward, a reverse scan pulls the
-cotangent back from each layer's input state (the block's internal states recomputed inside its
-backward law) and reports the weight gradients to the same sink
-(:class:`~sigprop.engines.theory.WeightGrads`). When the kept input states would pass
-``TAPE_BYTES`` (depth 10^4 x 10^4 points), the scan is two-level: chunks of ~sqrt(L) copies,
-the forward keeping only each chunk's first state and the backward recomputing a chunk's states
-from it before its reverse scan (one more forward pass; memory ~sqrt(L) states). The Dataset is assembled by the numpy engine's
-own functions (:func:`~sigprop.engines.theory.variables`, :func:`~sigprop.engines.theory.dataset`).
+the numpy engine's grid dims (``vmap`` instead measured no faster). Forward, the scan keeps
+every layer's input state (unit diagonal, scale in ``ls``,
+:func:`~sigprop.state.moments.to_unit_diagonal`) and the recorded layers' states and branch
+outputs; backward, a reverse scan pulls the cotangent back from each layer's input state (the
+block's internal states recomputed inside its backward law) and reports the weight gradients
+to the same sink (:class:`~sigprop.engines.theory.WeightGrads`). When the kept input states
+would pass ``TAPE_BYTES`` (depth 10^4 x 10^4 points), the scan is two-level: chunks of
+~sqrt(L) copies, the forward keeping only each chunk's first state and the backward
+recomputing a chunk's states from it before its reverse scan (one more forward pass; memory
+~sqrt(L) states). The Dataset is assembled by the numpy engine's own functions
+(:func:`~sigprop.engines.theory.variables`, :func:`~sigprop.engines.theory.dataset`).
 
 A scan body needs the same static structure in and out: the law of the stream
 (:class:`~sigprop.state.moments.Law`) is static, so the first copies of a block run unrolled

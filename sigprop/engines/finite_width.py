@@ -32,13 +32,14 @@ non-Gaussian init, an activation on a stream that is not fresh) leave NaN correc
 layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
 E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
 correction with exact weights (:func:`gradient_coefficient`; other layers' grad_q by the same
-walk from that layer up, not in the dataset: O(L) blocks each). Its part in a stream x + alpha phi(W x) that carries a mean, the coupling through
-the forward weights, also in closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the correction is
-10 % of the leading term (``valid_width_*``), and warnings where N is below the coefficient A
-or where an expectation is carried by events no practical width samples
+walk from that layer up, not in the dataset: O(L) blocks each). Its part in a stream
+x + alpha phi(W x) that carries a mean, the coupling through the forward weights, also in
+closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the
+correction is 10 % of the leading term (``valid_width_*``), and warnings where N is below the
+coefficient or where an expectation is carried by events no practical width samples
 (:func:`warn_unreachable`: BatchNorm at B <= 3). For those, the typical value E log grad_q at
-width N (:func:`typical_log_grad_q`: BatchNorm's per-feature backward averaged over N features,
-by a t-integral), not a 1/N expansion.
+width N (:func:`typical_log_grad_q`: BatchNorm's per-feature backward averaged over N
+features, by a t-integral), not a 1/N expansion.
 """
 
 from __future__ import annotations
@@ -417,7 +418,7 @@ def _true(f: Moments):
 
 def _tangent_dense(op: Dense, s: Moments, ctx: Context) -> Moments:
     """Dense on the pair (x, t): (W x + b, W t), K' = sigma_w^2 K + sigma_b^2 E_00 (no bias on
-    the tangent), in true units; refs and law those of the op's own law (decoupled, Gaussian)."""
+    the tangent); refs and law those of the op's own law (decoupled, Gaussian)."""
     out = op.theory_forward(s, ctx)
     K = _true(s)[0] * np.asarray(ctx.p(op.sigma_w), dtype=float)[..., None, None] ** 2 \
         + np.asarray(ctx.p(op.sigma_b), dtype=float)[..., None, None] ** 2 * E00
@@ -428,7 +429,7 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
     """LayerNorm (c = m) or RMSNorm (c = 0) on the pair (x, t): the norm of x and its Jacobian
     on t, y' = M (y - c) with M = g [[1/r, 0], [-k/r^3, 1/r]], r^2 = K_xx - c_x^2 + eps and
     k = K_xt - c_x c_t (d r / dt = k / r): K' = M (K - c m^T - m c^T + c c^T) M^T, m' = M (m - c),
-    each residual cross moment X' = (X - m_r c^T) M^T; in true units."""
+    each residual cross moment X' = (X - m_r c^T) M^T (in true units, returned scaled)."""
     out = op.theory_forward(s, ctx)
     K, m, X = _true(s)
     c = m if isinstance(op, LayerNorm) else np.zeros_like(m)
@@ -444,8 +445,8 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
 
 
 def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
-    """The law of the features (f(h), f'(h) tau) after a Dense (h, tau) and elementwise ops f,
-    in true units: with tau = beta h + xi (xi independent of h, variance v), 1-D Gaussian
+    """The law of the features (f(h), f'(h) tau) after a Dense (h, tau) and elementwise ops f
+    (true units inside): with tau = beta h + xi (xi independent of h, variance v), 1-D Gaussian
     expectations over h: E f'^2 tau^2 = beta^2 E h^2 f'^2 + v E f'^2, E f f' tau =
     beta E h f f', E f' tau = beta E h f'."""
     dense = bool(chain) and isinstance(chain[0], Dense)
@@ -619,10 +620,10 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
 
 
 def _by_pairs(net: Op, inputs, ctx):
-    """:func:`coefficients` of B > 2 inputs from the walk of each pair (a, b): every op here but
-    BatchNorm (which :func:`extend` leaves NaN at B > 2) acts on each input alone, so the
-    realised Grams of a pair, and their first-order laws, are those of the pair alone. An
-    input's own statistics come from its first pair."""
+    """:func:`coefficients` of B > 2 inputs from the walk of each pair (a, b): every op with a
+    rule here acts on each input alone (BatchNorm, which couples them, has none: the walks stop
+    there), so the realised Grams of a pair, and their first-order laws, are those of the pair
+    alone. An input's own statistics come from its first pair."""
     B, pairs = inputs.n, [(a, b) for a in range(inputs.n) for b in range(a + 1, inputs.n)]
     out, lost, seen = None, None, set()
     for a, b in pairs:
