@@ -416,3 +416,18 @@ def test_tangent_with_swept_norm_parameters_and_zero_weights():
     with pytest.warns(fw.FiniteWidthWarning, match="Dense.*zero weights"):
         ds = sp.theory(zero, sp.Inputs(q=1.0), width=64)
     assert np.isnan(ds.grad_q_rel_correction.values[0]).all()
+
+
+def test_past_float64_in_true_units_is_nan_with_a_warning():
+    """The feature law and the tangent's laws take true units: where the stream passes float64
+    (sigma_w = 1e30 per layer, log q ~ 825 at layer 6) the corrections are NaN with a warning
+    saying so (were a silent NaN forward and numpy's LinAlgError for the gradient); the
+    infinite-width values stay finite (log-scaled)."""
+    net = sp.Repeat(sp.Serial(sp.Dense(1e30), sp.Act("relu")), 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        with pytest.warns(fw.FiniteWidthWarning, match="beyond float64"):
+            ds = sp.theory(net, sp.Inputs(q=1.0), width=64)
+    assert np.isnan(ds.log_q_correction.values[-1]).all()
+    assert np.isnan(ds.grad_q_rel_correction.values[0]).all()
+    assert np.isfinite(ds.log_q.values).all() and np.isfinite(ds.log_grad_q.values).all()

@@ -70,7 +70,14 @@ from sigprop.ops import (
     sweeps_of,
 )
 from sigprop.ops.base import vec
-from sigprop.state.moments import Moments, Ref, moments_of_sum, outer, to_unit_diagonal
+from sigprop.state.moments import (
+    TRUE_LS_MAX,
+    Moments,
+    Ref,
+    moments_of_sum,
+    outer,
+    to_unit_diagonal,
+)
 from sigprop.state.ns import NUMERIC
 from sigprop.state.params import Context
 
@@ -280,8 +287,12 @@ class _Walk:
             return
         chain, self.chain, ctx = self.chain, None, self.ctx
         base = self.frames
+        if self._beyond_float64(base[-1], ctx):
+            return
         dense = bool(chain) and isinstance(chain[0], Dense)
         gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
+        if self._beyond_float64(gauss, ctx):
+            return
         if self.tangent and np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):
             self.lose(f"{ctx.path}: the tangent J t (or the stream) is exactly 0 after this "
                       "Dense (zero weights): no relative correction to its gradient")
@@ -307,6 +318,15 @@ class _Walk:
         self.C = self.C + extra
         if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
             self.push(lambda fr: [to_unit_diagonal(fr[0])])
+
+    def _beyond_float64(self, s: Moments, ctx: Context) -> bool:
+        """Lose the walk (True) where ``s`` is past float64 in true units, which the feature
+        law and the tangent's laws need (a walk already lost goes on: its frames serve)."""
+        if self.lost or not np.any(s.ls > TRUE_LS_MAX):
+            return False
+        self.lose(f"{ctx.path}: the stream reaches log q = {2 * float(np.max(s.ls)):.4g}, "
+                  "beyond float64 in the true units its finite-width law needs")
+        return True
 
     def law(self, op: Op, s: Moments, ctx: Context) -> Moments:
         """The op's infinite-width law; in a tangent walk, that of the pair (x, J t) (a Scale
@@ -338,6 +358,8 @@ class _Walk:
             self.chain.append(op)
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)):
             self.settle()
+            if self.tangent and self._beyond_float64(self.frames[-1], ctx):
+                return
             self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
         elif isinstance(op, Residual):
             self.settle()
@@ -402,11 +424,10 @@ E00 = np.array([[1.0, 0.0], [0.0, 0.0]])
 def _scaled(out: Moments, K, m, X=None) -> Moments:
     """``out`` with true (K, m) and residual cross moments X (true columns; None: keep out's)
     put back in scaled units of unit diagonal (the walk's differences stay O(1) at any scale)."""
-    d = np.diagonal(K, axis1=-2, axis2=-1)
-    e = np.sqrt(np.where(d > 0, d, 1.0))
-    refs = out.refs if X is None else tuple(Ref(m=r.m, X=x / e[..., None, :])
-                                            for r, x in zip(out.refs, X))
-    return out.replace(K=K / outer(e, e), m=m / e, ls=np.log(e), refs=refs)
+    unit = to_unit_diagonal(out.replace(K=K, m=m, ls=np.zeros_like(m)))
+    e = np.exp(unit.ls)
+    return unit if X is None else unit.replace(refs=tuple(
+        Ref(m=r.m, X=x / e[..., None, :]) for r, x in zip(out.refs, X)))
 
 
 def _true(f: Moments):
@@ -497,7 +518,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         x = s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
         walk = _Walk(x, ctx, fresh=gaussian)
         walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
-        for l in range(L + 1):
+        for l in range(want[-1] + 1):
             if l in want:
                 tangent = _tangent_walk(walk, fresh=gaussian and l == 0)
                 for block in blocks[l:]:
@@ -508,7 +529,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 if not seen.lost:
                     k = want.index(l)
                     coef[k, ..., a], log_q[k, ..., a] = _tangent_q(seen)
-            if l < L:
+            if l < want[-1]:
                 walk.walk(blocks[l])
                 walk.end_layer()
     return coef, log_q, lost
