@@ -27,8 +27,10 @@ Statistics s(theta) of the final state follow by the same delta step: E s = s + 
 
 Scope: the feature law's 4th moments are a 2-D polar quadrature (accurate to ~1e-12 for
 degree-1 activations), so B > 2 inputs are walked pair by pair (every op with a rule here acts
-on each input alone). Ops with no fluctuation rule here (BatchNorm, a Dense with a
-non-Gaussian init, an activation on a stream that is not fresh) leave NaN corrections from that
+on each input alone). A FeatureAffine whose vectors are constant is a Scale plus a shift
+(in a fresh stream's chain, or a map of the realised state). Ops with no fluctuation rule here
+(BatchNorm, a Dense with a non-Gaussian init, a FeatureAffine whose vectors vary over the
+features, an activation on a stream that is not fresh) leave NaN corrections from that
 layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
 E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
 correction with exact weights (:func:`gradient_coefficient`; other layers' grad_q by the same
@@ -45,6 +47,7 @@ features, by a t-integral), not a 1/N expansion.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import warnings
 
@@ -59,6 +62,7 @@ from sigprop.ops import (
     Act,
     BatchNorm,
     Dense,
+    FeatureAffine,
     LayerNorm,
     Op,
     Repeat,
@@ -84,7 +88,10 @@ from sigprop.state.params import Context
 STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a direction:
 # truncation O(STEP^2) ~ 1e-6 relative, round-off 1e-16 / STEP^2 ~ 1e-10 (second differences)
 ANGLE_NODES = 48  # Gauss-Legendre nodes per quadrant of the polar rule (kinks on the axes)
-RADIAL_PANELS, RADIAL_NODES = 4, 16  # composite Gauss-Legendre in the radius, up to RHO_MAX
+# composite Gauss-Legendre in the radius: panels with these edges (fractions of RHO_MAX sd),
+# geometric so that a saturating activation's bend at |u| ~ 1 is resolved at any scale (erf:
+# 1e-14 up to q = 30, 1e-11 at q = 300; 4 equal panels left 1e-7 at q = 30)
+RADIAL_EDGES, RADIAL_NODES = (0.0, 1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0), 16
 RHO_MAX = 9.0  # in standard deviations along each ray: exp(-81/2) ~ 2.6e-18
 VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
@@ -164,12 +171,13 @@ def gaussian_rule(K):
     panel edges: E f = int dphi / (2 pi sqrt(det K)) int rho exp(-rho^2 a(phi)/2) f(rho e_phi)
     drho with a = e^T K^-1 e (B = 2); the two rays +-1 for B = 1. Degree-1 activations make the
     radial integrand a power of rho times the Gaussian density, which the Gauss-Legendre panels
-    (truncated at 9 sd) integrate to ~1e-12 (the arc-cosine kernel check). B <= 2 only.
+    (truncated at 9 sd) integrate to ~1e-12 (the arc-cosine kernel check); smooth saturating
+    ones (erf, tanh) likewise, the panels being geometric (:data:`RADIAL_EDGES`). B <= 2 only.
     """
     B = K.shape[-1]
     s, ws = [], []
-    for p in range(RADIAL_PANELS):
-        x, w = _gl(RADIAL_NODES, p / RADIAL_PANELS, (p + 1) / RADIAL_PANELS)
+    for lo, hi in itertools.pairwise(RADIAL_EDGES):
+        x, w = _gl(RADIAL_NODES, lo, hi)
         s.append(x)
         ws.append(w)
     s, ws = np.concatenate(s), np.concatenate(ws)  # s = rho / rho_max in [0, 1]
@@ -263,6 +271,7 @@ class _Walk:
         lead = _lead(self.frames)
         self.b, self.C = np.zeros(lead + (D,)), np.zeros(lead + (D, D))
         self.chain = [] if fresh else None
+        self.chain_ctx = ctx  # where the chain's Dense is (the messages of its draw name it)
         self.lost: str | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state) of each BatchNorm met
 
@@ -285,7 +294,7 @@ class _Walk:
         the i.i.d. fluctuation of its realised statistics (:func:`feature_noise`)."""
         if self.chain is None:
             return
-        chain, self.chain, ctx = self.chain, None, self.ctx
+        chain, self.chain, ctx = self.chain, None, self.chain_ctx
         base = self.frames
         if self._beyond_float64(base[-1], ctx):
             return
@@ -333,30 +342,37 @@ class _Walk:
         is linear: its own law serves both)."""
         if not self.tangent or isinstance(op, Scale):
             return op.theory_forward(s, ctx)
-        return (_tangent_dense if isinstance(op, Dense) else _tangent_norm)(op, s, ctx)
+        tangent_law = {Dense: _tangent_dense, FeatureAffine: _tangent_affine}
+        return tangent_law.get(type(op), _tangent_norm)(op, s, ctx)
 
     def lose(self, why: str):
         if not self.lost:
             self.lost = why
             self.b, self.C = self.b * np.nan, self.C * np.nan
 
-    def walk(self, op: Op):
+    def layer(self, l: int, block: Op):
+        """Walk top-level block ``l`` (1-based), then end the layer (:meth:`end_layer`)."""
+        self.walk(block, self.ctx.at(f"layer {l} {type(block).__name__}"))
+        self.end_layer()
+
+    def walk(self, op: Op, ctx: Context):
+        """Push the walk through ``op``, whose context (and path, for messages) is ``ctx``."""
         if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
-        ctx = self.ctx.at(type(op).__name__)
+        affine = isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
         if isinstance(op, Serial):
             for kid in op.layers:
-                self.walk(kid)
+                self.walk(kid, ctx.at(type(kid).__name__))
         elif isinstance(op, Repeat):
             for _ in range(op.n):
-                self.walk(op.block)
+                self.walk(op.block, ctx.at(type(op.block).__name__))
         elif isinstance(op, Dense) and op.init == "normal":
             self.settle()  # (other inits: features Gaussian only up to O(1/N), not modelled)
-            self.chain = [op]
+            self.chain, self.chain_ctx = [op], ctx
             self.widths[-1] = self.widths[-1] * np.asarray(ctx.p(op.ratio))
-        elif isinstance(op, (Act, Scale)) and self.chain is not None:
+        elif (isinstance(op, (Act, Scale)) or affine) and self.chain is not None:
             self.chain.append(op)
-        elif isinstance(op, (LayerNorm, RMSNorm, Scale)):
+        elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
             self.settle()
             if self.tangent and self._beyond_float64(self.frames[-1], ctx):
                 return
@@ -365,7 +381,7 @@ class _Walk:
             self.settle()
             self.push(lambda fr: fr + [fr[-1].push_ref()])
             self.widths.append(self.widths[-1])
-            self.walk(op.branch)
+            self.walk(op.branch, ctx.at(type(op.branch).__name__))
             self.settle()
             self.widths.pop()
             beta, alpha = vec(ctx.p(op.beta)), vec(ctx.p(op.alpha))
@@ -373,8 +389,10 @@ class _Walk:
         else:  # BatchNorm, a non-Gaussian Dense init, an Act on a settled stream, other ops
             self.settle()
             what = (f"Dense(init={op.init!r}) (uniform weights: the features are Gaussian only "
-                    "up to O(1/N), a term not modelled)" if isinstance(op, Dense)
-                    else type(op).__name__)
+                    "up to O(1/N), a term not modelled)" if isinstance(op, Dense) else
+                    "FeatureAffine with vectors that vary over the features (their fluctuation "
+                    "needs the vectors' 4th moments, which the op does not declare)"
+                    if isinstance(op, FeatureAffine) else type(op).__name__)
             self.lose(f"{ctx.path}: no finite-width rule for {what} here")
             if isinstance(op, BatchNorm):
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
@@ -411,10 +429,21 @@ def _features(ops, u, ctx, tangent: bool):
             act = get_activation(op.name)
             dy = None if dy is None else act.grad(y, np) * dy
             y = act.fn(y, np)
-        else:  # Scale
-            c = np.asarray(ctx.p(op.c))[..., None]
-            y, dy = (y * c[..., None], None) if dy is None else (y * c, dy * c)
+        else:  # Scale c, or FeatureAffine with constant vectors: c y + shift
+            c, shift = ((np.asarray(ctx.p(op.c))[..., None], 0.0) if isinstance(op, Scale)
+                        else (np.asarray(v, dtype=float) for v in op._point(ctx)[:2]))
+            if dy is None:
+                c, shift = c[..., None], np.asarray(shift)[..., None]
+            y, dy = y * c + shift, None if dy is None else dy * c
     return y if dy is None else np.stack([y, dy], axis=-1)
+
+
+def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
+    """gamma and beta the same on every feature (E[gamma^2] = E[gamma]^2, E[beta^2] =
+    E[beta]^2 at every grid point): the op is then a map of the realised statistics."""
+    g, b, g2, b2, _ = (np.asarray(v, dtype=float) for v in op._point(ctx))
+    return bool(np.allclose(g2, g * g, rtol=1e-12, atol=0) and
+                np.allclose(b2, b * b, rtol=1e-12, atol=0))
 
 
 # -- the input gradient: the walk of a forward tangent ------------------------------------------
@@ -444,6 +473,18 @@ def _tangent_dense(op: Dense, s: Moments, ctx: Context) -> Moments:
     K = _true(s)[0] * np.asarray(ctx.p(op.sigma_w), dtype=float)[..., None, None] ** 2 \
         + np.asarray(ctx.p(op.sigma_b), dtype=float)[..., None, None] ** 2 * E00
     return _scaled(out, K, np.zeros(K.shape[:-1]))
+
+
+def _tangent_affine(op: FeatureAffine, s: Moments, ctx: Context) -> Moments:
+    """FeatureAffine with constant vectors on the pair (x, t): (g x + b, g t), so with
+    e = (1, 0) K' = g^2 K + g b (m e^T + e m^T) + b^2 e e^T, m' = g m + b e, and each residual
+    cross moment X' = g X + b m_r e^T (true units, returned scaled)."""
+    g, b = (np.asarray(v, dtype=float)[..., None] for v in op._point(ctx)[:2])
+    K, m, X = _true(s)
+    e = np.array([1.0, 0.0])
+    X = [g * x + b * outer(r.m, e) for r, x in zip(s.refs, X)]
+    return _scaled(op.theory_forward(s, ctx), g * g * K + g * b * (outer(m, e) + outer(e, m))
+                   + b * b * E00, g[..., 0] * m + b[..., 0] * e, X)
 
 
 def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
@@ -521,17 +562,15 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         for l in range(want[-1] + 1):
             if l in want:
                 tangent = _tangent_walk(walk, fresh=gaussian and l == 0)
-                for block in blocks[l:]:
-                    tangent.walk(block)
-                    tangent.end_layer()
+                for k, block in enumerate(blocks[l:], start=l + 1):
+                    tangent.layer(k, block)
                 seen = tangent.settled()
                 lost = lost or seen.lost
                 if not seen.lost:
                     k = want.index(l)
                     coef[k, ..., a], log_q[k, ..., a] = _tangent_q(seen)
             if l < want[-1]:
-                walk.walk(blocks[l])
-                walk.end_layer()
+                walk.layer(l + 1, blocks[l])
     return coef, log_q, lost
 
 
@@ -609,10 +648,9 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
     ctx = ctx or Context(NUMERIC, tuple(grid))
     walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian")
     rows = []
-    for block in [None, *layers_of(net)]:
+    for l, block in enumerate([None, *layers_of(net)]):
         if block is not None:
-            walk.walk(block)
-            walk.end_layer()
+            walk.layer(l, block)
         seen = walk.settled()
         s = seen.frames[0]
         lead = _lead([s])
@@ -961,9 +999,8 @@ def warn_batchnorm(net: Op, inputs):
         return
     walk = _Walk(inputs.moments(), Context(NUMERIC, tuple(sweeps_of(net))), fresh=False)
     walk.lose("laws only")
-    for block in layers_of(net):
-        walk.walk(block)
-        walk.end_layer()
+    for l, block in enumerate(layers_of(net), start=1):
+        walk.layer(l, block)
     warn_unreachable(walk.batchnorms, inputs.n, len(layers_of(net)))
 
 
