@@ -49,9 +49,12 @@ class CorruptData(SigpropError, ValueError):
 
 # -- atomic files ---------------------------------------------------------------------------
 
-def _fsync(path: Path) -> None:
-    """Flush a file, or every file of a folder and the folder itself, to disk."""
-    paths = [p for p in path.rglob("*") if p.is_file()] + [path] if path.is_dir() else [path]
+def _fsync(path: Path, entries_only: bool = False) -> None:
+    """Flush a file, or every file of a folder and the folder itself, to disk; with
+    ``entries_only``, a folder's own entries alone (after a rename into it: the files beside
+    it may be other processes' temporaries, there one moment and renamed the next)."""
+    tree = path.is_dir() and not entries_only
+    paths = [p for p in path.rglob("*") if p.is_file()] + [path] if tree else [path]
     for p in paths:
         fd = os.open(p, os.O_RDONLY)
         try:
@@ -85,7 +88,7 @@ def atomic_path(path):
             _remove(old)
         else:
             os.replace(tmp, path)
-        _fsync(path.parent)
+        _fsync(path.parent, entries_only=True)
     finally:
         _remove(tmp)
 

@@ -1,6 +1,7 @@
 """sp.save / sp.load: atomic writes, a verified checksum, and a clear error for every bad file."""
 
 import os
+from pathlib import Path
 
 import h5py
 import numpy as np
@@ -148,6 +149,30 @@ def test_atomic_path_keeps_the_old_file_when_the_writer_fails(tmp_path):
         tmp.write_text("half")
         raise KeyboardInterrupt
     assert target.read_text() == "old" and os.listdir(tmp_path) == ["out.txt"]
+
+
+def test_atomic_path_touches_no_other_file_of_its_folder(tmp_path, monkeypatch):
+    """Writers share folders (the derivations write paper/generated side by side): a write
+    opens only its own file and its folder, never a neighbour, which may be another writer's
+    temporary that is renamed away between a listing and an open (CI once saw a derivation
+    exit on exactly that FileNotFoundError). Also a folder written atomically (a zarr store)."""
+    (tmp_path / ".other.tmp-1-abcd.json").write_text("another writer's")
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x").write_text("x")
+    opened = []
+    real_open = os.open
+    monkeypatch.setattr(datamod.os, "open", lambda p, *a, **k: opened.append(Path(p)) or
+                        real_open(p, *a, **k))
+    with atomic_path(tmp_path / "mine.json") as tmp:
+        tmp.write_text("{}")
+    with atomic_path(tmp_path / "store.zarr") as tmp:
+        (tmp / "a").mkdir(parents=True)
+        (tmp / "a" / "0").write_text("chunk")
+    allowed = {tmp_path, tmp_path / "mine.json", tmp_path / "store.zarr"}
+    strangers = [p for p in opened if p not in allowed and not p.relative_to(
+        tmp_path).parts[0].startswith((".mine.tmp-", ".store.tmp-"))]  # (its own temporaries)
+    assert not strangers, strangers
+    assert (tmp_path / "store.zarr" / "a" / "0").read_text() == "chunk"
 
 
 def test_temporaries_of_dead_writers_are_stale_and_live_ones_are_not(tmp_path):
