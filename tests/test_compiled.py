@@ -149,12 +149,15 @@ def test_refusals():
         sp.theory(sp.presets.resnet(3), X2, engine="torch")
 
 
-def test_overflow_names_the_layer():
+def test_overflow_names_the_op():
     """erf needs the true scale: past float64 the numpy engine raises at the Act, and the
-    compiled one (NaN while tracing) reports the same layer."""
-    net = Serial(Repeat(Dense(1e30), 12), Act("erf"))  # ls = 69 per layer: e^(2 ls) > 1e308
+    compiled one (NaN while tracing) names the same op, inside its block, with the numpy
+    engine's message (its rerun of the layers up to the first non-finite one)."""
+    net = Serial(Repeat(Dense(1e30), 12),  # ls = 69 per layer: e^(2 ls) > 1e308
+                 Residual(Serial(Dense(1.0), Act("erf"), Dense(1.0))))
     for engine in ("numpy", "jax"):
-        with pytest.raises(OverflowInTheory, match="layer 13"):
+        with pytest.raises(OverflowInTheory, match=r"layer 13 Residual > branch > \[1\] Act: the "
+                                                   r"signal reaches log q = 16\d\d"):
             sp.theory(net, X2, engine=engine)
 
 

@@ -22,8 +22,8 @@ A scan body needs the same static structure in and out: the law of the stream
 until the law they hand on is the law they took (one copy, or two when the inputs' law differs
 from the stream's). Values are unknown while tracing, so a law that would raise on a value
 (:func:`~sigprop.state.moments.true_moments` beyond float64) gives NaN there instead, and the
-engine reports the first layer with a non-finite state as :class:`OverflowInTheory`, as the
-numpy engine does.
+engine reports the first layer with a non-finite state as :class:`OverflowInTheory`, with the
+op named by the numpy engine rerun up to that layer (an error path: no cost otherwise).
 
 Supported: :data:`SUPPORTED` ops and the activations with closed-form kernels; anything else is
 refused before tracing (:class:`UnsupportedComposition`, naming the op). The compiled function
@@ -97,7 +97,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
     with _x64(jax):
         program, branches = _program(net, blocks, grid, s0.law, B, tuple(kept))
         out = jax.device_get(program(tuple(points), s0.K, s0.m, s0.ls))
-    _check_finite(out, blocks)
+    _check_finite(out, blocks, inputs)
     return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width)
 
 
@@ -363,18 +363,29 @@ def _trace(net, blocks, grid, law0, B, kept, P):
     return jax.jit(program), branches
 
 
-def _check_finite(out, blocks):
+def _check_finite(out, blocks, inputs):
     """:class:`OverflowInTheory` at the first layer whose state is not finite somewhere on the
-    grid (forward from the input, then backward from the output, as the numpy engine meets them)."""
+    grid (forward from the input, then backward from the output, as the numpy engine meets
+    them). The numpy engine, rerun on the layers up to it (forward) or on the net (backward),
+    names the op where it overflows too; where it does not, the compiled engine's own limits
+    are named (XLA flushes scales below 2.2e-308 to zero)."""
+    from sigprop.engines.theory import theory
+
     for key, direction, pick in (("ok", "forward", min), ("okb", "backward", max)):
         bad = np.flatnonzero(~np.asarray(out[key]))  # per layer: finite at every point
         if bad.size:
             l = pick(bad) + 1
+            upto = blocks[:l] if direction == "forward" else blocks
+            try:
+                theory(Serial(*upto), inputs, layers=[len(upto)])
+            except OverflowInTheory as e:
+                raise OverflowInTheory(f"{e} (engine='jax' stopped at layer {l}; engine='numpy' "
+                                       "rerun to name the op)") from None
             raise OverflowInTheory(
                 f"net > layer {l} {type(blocks[l - 1]).__name__}: the {direction} law produced "
-                "a non-finite value (an overflow; a true scale q below 2.2e-308, which XLA "
-                "flushes to zero; or an op outside its valid range). engine='numpy' keeps "
-                "subnormal scales and names the op of an overflow")
+                "a non-finite value where engine='numpy' does not (a true scale q below "
+                "2.2e-308, which XLA flushes to zero; or an op outside its valid range): use "
+                "engine='numpy'")
 
 
 def _arrays(out, branches, kept, shape, B):
