@@ -32,6 +32,11 @@ CASES = {
                                                                  AFFINE), alpha=0.7), 3),
                                  FeatureAffine),
     "dense_uniform": (T.probe(sp.Dense(1.3, 0.4, init="uniform")), sp.Dense),
+    # an activation right after the uniform weights and a bias of O(1) variance (a uniform
+    # bias made the pre-activations non-Gaussian: rejected at p = 5e-32, corr z = 12, before
+    # the bias was drawn Gaussian)
+    "dense_uniform_then_act": (T.probe(sp.Serial(sp.Dense(1.3, 0.8, init="uniform"),
+                                                 sp.Act("tanh"))), sp.Dense),
     # relu after x + branch(x) with x Gaussian (a Dense output) and the branch ending in a Dense
     "act_after_residual_sum": (T.probe(sp.Serial(
         sp.Residual(sp.Serial(sp.Dense(2**0.5), sp.Act("relu"), sp.Dense())), sp.Act("relu"))),

@@ -10,7 +10,8 @@ PyTorch is an optional extra (``pip install sigprop[torch]``), imported inside t
 
 What maps to what (anything else is refused, each module named with its place in the graph):
 
-* ``nn.Linear`` -> ``Dense``: sigma_w^2 = n_in mean(W^2), sigma_b^2 = mean(b^2), ratio =
+* ``nn.Linear`` -> ``Dense``: sigma_w^2 = n_in mean(W^2), sigma_b^2 = mean(b^2) (the bias
+  law Gaussian: see ``Dense``), ratio =
   n_out / n_in, the weight law uniform when the weights' kurtosis says so (``weights=
   "empirical"``, the default); ``weights="init"``: torch's default init by name, W ~
   U(+-1/sqrt(n_in)) (sigma_w^2 = 1/3) and its bias variance 1/(3 n_in) taken at its
