@@ -47,6 +47,13 @@ def vec(p):
     return p[..., None]
 
 
+def is_zero(v) -> bool:
+    """A parameter that is statically 0 (the number, or a sweep of zeros)."""
+    if isinstance(v, Sweep):
+        return all(x == 0 for x in v.values)
+    return isinstance(v, (int, float)) and v == 0
+
+
 class Op:
     """Base of every op: validation, printing as a tree, (de)serialisation."""
 

@@ -10,7 +10,7 @@ import numpy as np
 import sympy
 
 from sigprop.errors import ConfigError
-from sigprop.ops.base import FINITE, NONNEG, POSITIVE, Op, cotangent_affine, vec
+from sigprop.ops.base import FINITE, NONNEG, POSITIVE, Op, cotangent_affine, is_zero, vec
 from sigprop.state import arrays as mc
 from sigprop.state.moments import (
     DECOUPLED,
@@ -64,7 +64,7 @@ class Dense(Op):
         ns = ctx.ns
         sw2 = ns.asarray(ctx.p(self.sigma_w) ** 2)
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in s.refs)
-        if _is_zero(self.sigma_b):  # no bias (static): lift would keep ls (d = 1), add 0
+        if is_zero(self.sigma_b):  # no bias (static): lift would keep ls (d = 1), add 0
             K, ls = sw2[..., None, None] * s.K, s.ls
         else:
             sb2 = ns.asarray(ctx.p(self.sigma_b) ** 2)
@@ -213,7 +213,7 @@ class FeatureAffine(Op):
 
     def _constant_gain_no_shift(self) -> bool:
         g, b, g2, b2, _ = self._moments()
-        return _is_zero(b) and (b2 is None or _is_zero(b2)) and (g2 is None or g2 == g * g)
+        return is_zero(b) and (b2 is None or is_zero(b2)) and (g2 is None or g2 == g * g)
 
     def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
@@ -266,10 +266,6 @@ class FeatureAffine(Op):
 
     def mc_vjp(self, res, g, env):
         return mc.Sig(g.x * res.astype(g.x.dtype), g.ls)
-
-
-def _is_zero(v) -> bool:
-    return isinstance(v, (int, float)) and v == 0
 
 
 def _log_sq_norm(s: mc.Sig):

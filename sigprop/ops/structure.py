@@ -9,7 +9,7 @@ from typing import Any, ClassVar
 import numpy as np
 
 from sigprop.errors import ConfigError, UnsupportedComposition
-from sigprop.ops.base import FINITE, Op, vec
+from sigprop.ops.base import FINITE, Op, is_zero, vec
 from sigprop.state import arrays as mc
 from sigprop.state.moments import moments_of_sum
 from sigprop.state.params import Sweep, branch_gain, check
@@ -177,7 +177,7 @@ class Residual(Op):
             raise ConfigError("Residual.branch", self.branch, "an Op")
         object.__setattr__(self, "alpha", check("Residual.alpha", self.alpha, *FINITE))
         object.__setattr__(self, "beta", check("Residual.beta", self.beta, *FINITE))
-        if _is_zero(self.alpha) and _is_zero(self.beta):
+        if is_zero(self.alpha) and is_zero(self.beta):
             raise ConfigError("Residual (alpha, beta)", (self.alpha, self.beta),
                               "not both zero (the block would output 0)")
         ratio = self.branch.width_ratio()
@@ -235,12 +235,6 @@ class Residual(Op):
         with branch_gain(env.sink, self.alpha):  # weight gradients see alpha g
             gf = self.branch.mc_vjp(res, g, env.child(1))
         return mc.weighted_sum(self.beta, g, self.alpha, gf)
-
-
-def _is_zero(v) -> bool:
-    if isinstance(v, Sweep):
-        return all(x == 0 for x in v.values)
-    return isinstance(v, (int, float)) and v == 0
 
 
 def _chain_widths(ops, n):
