@@ -159,6 +159,11 @@ def test_overflow_names_the_op():
         with pytest.raises(OverflowInTheory, match=r"layer 13 Residual > branch > \[1\] Act: the "
                                                    r"signal reaches log q = 16\d\d"):
             sp.theory(net, X2, engine=engine)
+    # blocks that are Serials themselves (a Serial of them would flatten and renumber them)
+    nested = Serial(Repeat(Serial(Dense(1e30), Scale(1.0)), 12), Serial(Dense(1.0), Act("erf")))
+    for engine in ("numpy", "jax"):
+        with pytest.raises(OverflowInTheory, match=r"net > layer 14 Act"):
+            sp.theory(nested, X2, engine=engine)
 
 
 def test_missing_jax_says_how_to_install(monkeypatch):

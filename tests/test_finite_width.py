@@ -127,7 +127,9 @@ def test_polar_rule_matches_arccos_kernel():
 def test_polar_rule_resolves_a_saturating_activation_at_any_scale():
     """E erf(u) erf(v) = (2/pi) asin(2 K_uv / sqrt((1 + 2 K_uu)(1 + 2 K_vv))) from q = 1e-2 to
     30 (erf bends at |u| ~ 1, a few hundredths of the rule's radius at q = 30: equal radial
-    panels missed it by 1e-7 there), on the 2-D rule and the 1-D one; rounding ~1e-15."""
+    panels missed it by 1e-6 there), on the 2-D rule and the 1-D one, within 1e-12: the
+    faces the rule feeds are compared at 1e-11 (the tangent test), so it must not limit them
+    (largest error seen 9e-14, the 1-D rule at q = 30)."""
     for q in (1e-2, 1.0, 6.0, 30.0):
         K = q * np.array([[1.0, 0.4], [0.4, 1.5]])
         for S in (K, K[:1, :1]):
@@ -135,7 +137,7 @@ def test_polar_rule_resolves_a_saturating_activation_at_any_scale():
             y = special.erf(u)
             exact = 2 / math.pi * math.asin(2 * S[0, -1] / math.sqrt((1 + 2 * S[0, 0]) *
                                                                   (1 + 2 * S[-1, -1])))
-            assert abs(np.sum(w * y[:, 0] * y[:, -1]) - exact) < 1e-13, (q, S.shape)
+            assert abs(np.sum(w * y[:, 0] * y[:, -1]) - exact) < 1e-12, (q, S.shape)
 
 
 def test_delta_method_bias_through_a_law():
@@ -278,8 +280,10 @@ def ln_net(op):
 def test_feature_affine_identities():
     """Constant vectors: FeatureAffine(gain=g) is Scale(g) (the same numbers, forward and
     gradient); a shift before a LayerNorm changes nothing (LN(x + b) = LN(x)), up to the central
-    differences' truncation, STEP^2 = 1e-6 of the walk's terms (O(10) here: 2e-5 seen, and 10x
-    less at STEP / 3); vectors that vary over the features: NaN with a warning."""
+    differences' truncation, STEP^2 = 1e-6 of the walk's terms, which exceed each coefficient
+    by up to ~30 here: 1e-4 of the coefficient's largest value (gradient: 2e-5 of c ~ 1.4 seen,
+    10x less at STEP / 3); a swept shift gives per point the values of separate runs; vectors
+    that vary over the features: NaN with a warning."""
     scale, affine = affine_net(sp.Scale(0.7)), affine_net(sp.FeatureAffine(gain=0.7))
     for k, v in coef(scale).items():
         np.testing.assert_array_equal(coef(affine)[k], v, err_msg=k)
@@ -287,9 +291,18 @@ def test_feature_affine_identities():
                                   fw.gradient_coefficient(scale, PAIR, layers=[0, 2])[0])
     plain, shifted = ln_net(()), ln_net((sp.FeatureAffine(gain=1.0, shift=0.6),))
     for k, v in coef(plain).items():
-        np.testing.assert_allclose(coef(shifted)[k], v, rtol=0, atol=1e-4, err_msg=k)
+        np.testing.assert_allclose(coef(shifted)[k], v, rtol=0,
+                                   atol=1e-4 * np.nanmax(np.abs(v)), err_msg=k)
     np.testing.assert_allclose(fw.gradient_coefficient(shifted, PAIR, layers=[0, 2])[0],
                                fw.gradient_coefficient(plain, PAIR, layers=[0, 2])[0], atol=1e-4)
+    values = [0.0, 0.5]
+    swept = affine_net(sp.FeatureAffine(gain=0.7, shift=sp.sweep("shift", values)), 2)
+    got = fw.gradient_coefficient(swept, PAIR)[0], coef(swept)["corr"]
+    for i, v in enumerate(values):
+        one = affine_net(sp.FeatureAffine(gain=0.7, shift=v), 2)
+        np.testing.assert_allclose(got[0][:, i], fw.gradient_coefficient(one, PAIR)[0],
+                                   rtol=1e-9)
+        np.testing.assert_allclose(got[1][:, i], coef(one)["corr"], rtol=1e-9, atol=1e-12)
     with pytest.warns(fw.FiniteWidthWarning, match=r"layer 1 Residual > Serial > FeatureAffine"
                       r".*vary over the features.*4th moments"):
         ds = sp.theory(affine_net(sp.FeatureAffine(gain=0.7, gain_sq=0.6)), PAIR, width=64)

@@ -97,7 +97,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
     with _x64(jax):
         program, branches = _program(net, blocks, grid, s0.law, B, tuple(kept))
         out = jax.device_get(program(tuple(points), s0.K, s0.m, s0.ls))
-    _check_finite(out, blocks, inputs)
+    _check_finite(out, net, blocks, inputs)
     return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width)
 
 
@@ -363,21 +363,20 @@ def _trace(net, blocks, grid, law0, B, kept, P):
     return jax.jit(program), branches
 
 
-def _check_finite(out, blocks, inputs):
+def _check_finite(out, net, blocks, inputs):
     """:class:`OverflowInTheory` at the first layer whose state is not finite somewhere on the
     grid (forward from the input, then backward from the output, as the numpy engine meets
-    them). The numpy engine, rerun on the layers up to it (forward) or on the net (backward),
-    names the op where it overflows too; where it does not, the compiled engine's own limits
-    are named (XLA flushes scales below 2.2e-308 to zero)."""
+    them). The numpy engine, rerun on the net (it stops at its first overflow), names the op
+    where it overflows too; where it does not, the compiled engine's own limits are named (XLA
+    flushes scales below 2.2e-308 to zero)."""
     from sigprop.engines.theory import theory
 
     for key, direction, pick in (("ok", "forward", min), ("okb", "backward", max)):
         bad = np.flatnonzero(~np.asarray(out[key]))  # per layer: finite at every point
         if bad.size:
             l = pick(bad) + 1
-            upto = blocks[:l] if direction == "forward" else blocks
             try:
-                theory(Serial(*upto), inputs, layers=[len(upto)])
+                theory(net, inputs, layers=[0])
             except OverflowInTheory as e:
                 raise OverflowInTheory(f"{e} (engine='jax' stopped at layer {l}; engine='numpy' "
                                        "rerun to name the op)") from None

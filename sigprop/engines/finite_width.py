@@ -89,8 +89,9 @@ STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a 
 # truncation O(STEP^2) ~ 1e-6 relative, round-off 1e-16 / STEP^2 ~ 1e-10 (second differences)
 ANGLE_NODES = 48  # Gauss-Legendre nodes per quadrant of the polar rule (kinks on the axes)
 # composite Gauss-Legendre in the radius: panels with these edges (fractions of RHO_MAX sd),
-# geometric so that a saturating activation's bend at |u| ~ 1 is resolved at any scale (erf:
-# 1e-14 up to q = 30, 1e-11 at q = 300; 4 equal panels left 1e-7 at q = 30)
+# geometric so that a saturating activation's bend at |u| ~ 1 is resolved over a wide range of
+# scales (erf: 1e-13 up to q = 30, 1e-11 at q = 300, 1e-7 at q = 1e4; 4 equal panels left
+# 1e-6 at q = 30)
 RADIAL_EDGES, RADIAL_NODES = (0.0, 1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0), 16
 RHO_MAX = 9.0  # in standard deviations along each ray: exp(-81/2) ~ 2.6e-18
 VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
@@ -172,7 +173,8 @@ def gaussian_rule(K):
     drho with a = e^T K^-1 e (B = 2); the two rays +-1 for B = 1. Degree-1 activations make the
     radial integrand a power of rho times the Gaussian density, which the Gauss-Legendre panels
     (truncated at 9 sd) integrate to ~1e-12 (the arc-cosine kernel check); smooth saturating
-    ones (erf, tanh) likewise, the panels being geometric (:data:`RADIAL_EDGES`). B <= 2 only.
+    ones (erf, tanh) to ~1e-13 for q <= 30 (geometric panels, :data:`RADIAL_EDGES`; the error
+    grows beyond: 1e-7 at q = 1e4). B <= 2 only.
     """
     B = K.shape[-1]
     s, ws = [], []
@@ -435,7 +437,7 @@ def _features(ops, u, ctx, tangent: bool):
             if dy is None:
                 c, shift = c[..., None], np.asarray(shift)[..., None]
             y, dy = y * c + shift, None if dy is None else dy * c
-    return y if dy is None else np.stack([y, dy], axis=-1)
+    return y if dy is None else np.stack(np.broadcast_arrays(y, dy), axis=-1)
 
 
 def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
