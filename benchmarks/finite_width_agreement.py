@@ -14,7 +14,8 @@ c + a/N.
 
 Its third (``--part backward``), the input gradient's 1/N coefficient: predicted by the walk of
 a forward tangent against the Monte Carlo slope with exact weights, and the slope under
-gradient independence.
+gradient independence. Its fourth (``--part affine``), a FeatureAffine with constant vectors in
+a residual branch (and the same net with a Scale), forward and backward.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -185,21 +186,54 @@ def backward(seeds=4000, out="benchmarks/RESULTS.md"):
     return md
 
 
+AFFINE = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3, 0.2), sp.Act("tanh"),
+                                         sp.FeatureAffine(gain=0.7, shift=0.5), sp.Dense(1.0))), 3)
+SCALE = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3, 0.2), sp.Act("tanh"), sp.Scale(0.7),
+                                        sp.Dense(1.0))), 3)
+
+
+def affine(seeds=4000, out="benchmarks/RESULTS.md"):
+    """FeatureAffine with constant vectors in a residual branch (and the same net with a Scale,
+    the shift removed): forward slopes and the input gradient's c against Monte Carlo."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    rows = ["| branch op | statistic (layer 3) | predicted | fitted ± SE | z |",
+            "|---|---|---|---|---|"]
+    for name, net in (("FeatureAffine(gain=0.7, shift=0.5)", AFFINE), ("Scale(0.7)", SCALE)):
+        found = measure(net, inputs, WIDTHS, seeds, root_seed=2024)
+        found.append(("c of E grad_q_0", *measure_gradient(net, inputs, [32, 64, 128, 256],
+                                                           seeds, root_seed=4048)))
+        for stat, pred, fit, se in found:
+            rows.append(f"| {name} | {stat} | {pred:.4g} | {fit:.4g} ± {se:.2g} | "
+                        f"{(fit - pred) / se:+.2f} |")
+            print(rows[-1], flush=True)
+    intro = (f"`benchmarks/finite_width_agreement.py --part affine`: 3 blocks x + Dense(1.0) "
+             "op(tanh(Dense(1.3, 0.2) x)), inputs q = 1, corr = 0.5, input 0; forward: widths "
+             f"{WIDTHS} (root seed 2024 + N), the gradient: widths [32, 64, 128, 256] (root "
+             f"seed 4048 + N), {seeds} seeds per width, fitted as in the first section.")
+    md = "\n".join([intro, "", *rows])
+    if out:
+        write_section(out, "Finite width: FeatureAffine with constant vectors", md)
+    return md
+
+
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
-    """Every section (``part`` "all"), or one: "first-order", "typical" or "backward"."""
+    """Every section (``part`` "all"), or one: "first-order", "typical", "backward" or
+    "affine"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
         typical(seeds, out)
     if part in ("all", "backward"):
         backward(seeds, out)
+    if part in ("all", "affine"):
+        affine(seeds, out)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
-    p.add_argument("--part", choices=["all", "first-order", "typical", "backward"],
+    p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)
