@@ -116,6 +116,11 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "weights: c from the walk of a forward tangent, E grad_q_0 = E |J t|^2 / N (NaN at "
              "the other layers, whose c sigprop.engines.finite_width.gradient_coefficient gives "
              "by a walk from each; and from an op with no finite-width rule)", backward=True),
+    Variable("var_log_grad_q", PER_INPUT, "variance of log grad_q across seeds", "1",
+             "Var[log grad_q] over random nets and output cotangents at the dataset's width N, "
+             "leading order (O(1/N)), at layer 0 (the input gradient, exact weights: the walk "
+             "of a forward tangent J t, whose |J t|^2 has the law of |J^T delta|^2; NaN at the "
+             "other layers, whose variance gradient_coefficient gives)", backward=True),
     Variable("typical_log_grad_q", PER_INPUT, "typical log gradient second moment", "1",
              "E[log grad_q] at the dataset's width N for a stack of Pre-BN blocks "
              "x + alpha F(BN x) (B = 2..4 inputs) or of Dense -> BN -> relu blocks (B = 2, 3): "

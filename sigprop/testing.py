@@ -217,6 +217,16 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     return rows
 
 
+def _log_gradients(net: Op, inputs, widths, seeds: int, root_seed: int, sampler: str,
+                   layer: int):
+    """log grad_q_l of input 0 per seed (an array), at each width (independent root seeds
+    ``root_seed + N``)."""
+    for N in widths:
+        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
+                      sampler=sampler, root_seed=root_seed + int(N))
+        yield mc["log_grad_q"].sel(layer=layer).values[:, 0]
+
+
 def measure_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
                      sampler: str = "conditional", layer: int = 0):
     """Monte Carlo of the gradient's first-order coefficient at ``layer``
@@ -227,14 +237,27 @@ def measure_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
     th = theory(net, inputs, layers=[layer])
     g_inf = math.exp(float(th["log_grad_q"].values[0, 0]))
     means, ses = [], []
-    for N in widths:
-        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
-                      sampler=sampler, root_seed=root_seed + int(N))
-        r = np.exp(mc["log_grad_q"].sel(layer=layer).values[:, 0]) / g_inf - 1
+    for log_g in _log_gradients(net, inputs, widths, seeds, root_seed, sampler, layer):
+        r = np.exp(log_g) / g_inf - 1
         means.append(r.mean())
         ses.append(r.std(ddof=1) / math.sqrt(seeds))
     _, _, a, se = fit_inverse_width(widths, means, ses)
     return c, a, se
+
+
+def measure_gradient_spread(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
+                            layer: int = 0):
+    """Monte Carlo of the leading variance of log grad_q_l across nets (input 0): N Var(N)
+    fitted as V + c/N (standard errors as in :func:`measure`); predicted: v of
+    :func:`~sigprop.engines.finite_width.gradient_coefficient`. Returns (v, V, se of V)."""
+    v = float(finite_width.gradient_coefficient(net, inputs, layers=[layer]).var_log_q.flat[0])
+    est = []
+    for N, log_g in zip(widths, _log_gradients(net, inputs, widths, seeds, root_seed,
+                                               "conditional", layer)):
+        var = log_g.var(ddof=1)
+        est.append((N * var, N * var * math.sqrt(2 / (seeds - 1))))
+    V, se, _, _ = fit_inverse_width(widths, *zip(*est))
+    return v, V, se
 
 
 def measure_mean_mode(net: Op, inputs, widths, seeds: int, root_seed: int = 0):

@@ -22,7 +22,12 @@ import sigprop as sp
 from sigprop import presets, schema
 from sigprop.engines import finite_width as fw
 from sigprop.errors import ConfigError
-from sigprop.testing import measure, measure_gradient, measure_mean_mode
+from sigprop.testing import (
+    measure,
+    measure_gradient,
+    measure_gradient_spread,
+    measure_mean_mode,
+)
 
 PAIR = sp.Inputs(q=1.0, corr=0.5, n=2)
 
@@ -159,7 +164,8 @@ def test_matches_the_infinite_width_engine_and_schema():
     ds = sp.theory(net, PAIR, width=256, layers=[0, 3])
     for name, var in schema.FINITE_WIDTH_VARIABLES.items():
         assert ds[name].dims == var.dims_with(), name
-        assert name in ("grad_q_rel_correction", "typical_log_grad_q", "valid_width_grad_q") \
+        assert name in ("grad_q_rel_correction", "typical_log_grad_q", "valid_width_grad_q",
+                        "var_log_grad_q") \
             or np.all(np.isfinite(ds[name].values)), name  # NaN for a Pre-LN net or past layer 0
     assert ds.attrs["width"] == 256
     full = coef(net)
@@ -168,10 +174,12 @@ def test_matches_the_infinite_width_engine_and_schema():
                       ("mean_correction", "mean")]:
         np.testing.assert_allclose(ds[name].values, full[key][[0, 3]] / 256, err_msg=name)
     np.testing.assert_allclose(ds.valid_width_q.values, 10 * np.abs(full["q"][[0, 3]]))
-    c = fw.gradient_coefficient(net, PAIR)[0][0]
-    np.testing.assert_allclose(ds.grad_q_rel_correction.values[0], c / 256)
-    np.testing.assert_allclose(ds.valid_width_grad_q.values[0], 10 * np.abs(c))
+    g = fw.gradient_coefficient(net, PAIR)
+    np.testing.assert_allclose(ds.grad_q_rel_correction.values[0], g.coef[0] / 256)
+    np.testing.assert_allclose(ds.valid_width_grad_q.values[0], 10 * np.abs(g.coef[0]))
+    np.testing.assert_allclose(ds.var_log_grad_q.values[0], g.var_log_q[0] / 256)
     assert np.isnan(ds.valid_width_grad_q.values[1]).all()
+    assert np.isnan(ds.var_log_grad_q.values[1]).all()
     assert "var_log_q" not in sp.theory(net, PAIR)
 
 
@@ -393,7 +401,7 @@ def test_tangent_is_the_backward_at_infinite_width(k):
     net, inputs = TANGENT_NETS[k]
     L = len(sp.ops.layers_of(net))
     layers = [0, 2, L - 1, L]
-    _, log_q, lost = fw.gradient_coefficient(net, inputs, layers=layers)
+    _, log_q, lost, _ = fw.gradient_coefficient(net, inputs, layers=layers)
     want = sp.theory(net, inputs, layers=layers)["log_grad_q"].transpose("layer", ...).values
     assert lost is None
     np.testing.assert_allclose(log_q, want, rtol=1e-11, atol=1e-11)
@@ -438,6 +446,31 @@ def test_input_gradient_against_monte_carlo():
                                      sp.Inputs(q=1.0), [64, 128, 256], 4000, root_seed=13,
                                      layer=4)
     assert abs(fitted - c) < 3 * se, (c, fitted, se)  # 3 SE
+
+
+def test_gradient_spread_of_a_relu_net_is_hanin_nica():
+    """Var log grad_q_l = (2 + 5 (L - l)) / N for a bias-free ReLU net: |J_l^T delta|^2 has the
+    law of |J_l t|^2, so its log is log |t|^2 / N (variance 2/N) plus one relative fluctuation
+    of variance E[relu'^2 g^4] / E[relu'^2 g^2]^2 - 1 = 5 per layer (Hanin & Nica), whatever
+    t's angle with x; to the central differences' STEP^2 ~ 1e-6."""
+    L = 6
+    g = fw.gradient_coefficient(presets.plain(L, "relu", shape="dense_act"), PAIR,
+                                layers=[0, 2, L])
+    np.testing.assert_allclose(g.var_log_q[..., 0], 2 + 5 * (L - np.array([0, 2, L])),
+                               rtol=1e-5)
+    ds = sp.theory(presets.plain(L, "relu", shape="dense_act"), PAIR, width=64)
+    np.testing.assert_allclose(ds.var_log_grad_q.values[0], 32 / 64, rtol=1e-5)
+    assert np.isnan(ds.var_log_grad_q.values[1:]).all()  # other layers: gradient_coefficient
+
+
+def test_gradient_spread_against_monte_carlo():
+    """N Var log grad_q_0 fitted as V + c/N over widths 64-512 (4000 seeds each; SE of a
+    sample variance of near-normal logs, V sqrt(2 / (S - 1)) per width) within 3 SE of v:
+    Post-LN (v = 22.0, SE ~0.4) and tanh with a bias (v = 15.1, SE ~0.3; 10000 seeds gave
+    14.87 +- 0.18). v scaled by 1.1 is off by > 4 SE in the first."""
+    for net in (presets.postln(4), presets.plain(4, "tanh", shape="dense_act", sigma_b=0.3)):
+        v, fitted, se = measure_gradient_spread(net, PAIR, WIDTHS, 4000, root_seed=21)
+        assert abs(fitted - v) < 3 * se, (v, fitted, se)  # 3 SE
 
 
 def test_gradient_at_a_middle_layer_carries_the_streams_fluctuation():

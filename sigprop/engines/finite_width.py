@@ -33,8 +33,9 @@ on each input alone). A FeatureAffine whose vectors are constant is a Scale plus
 features, an activation on a stream that is not fresh) leave NaN corrections from that
 layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
 E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
-correction with exact weights (:func:`gradient_coefficient`; other layers' grad_q by the same
-walk from that layer up, not in the dataset: O(L) blocks each). Its part in a stream
+correction with exact weights, and its spread Var log grad_q_0 (|J^T delta|^2 has the law of
+|J t|^2) (:func:`gradient_coefficient`; other layers' grad_q by the same walk from that layer
+up, not in the dataset: O(L) blocks each). Its part in a stream
 x + alpha phi(W x) that carries a mean, the coupling through the forward weights, also in
 closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the
 correction is 10 % of the leading term (``valid_width_*``), and warnings where N is below the
@@ -50,6 +51,7 @@ import copy
 import itertools
 import math
 import warnings
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -532,11 +534,19 @@ def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
     return _scaled(_apply(chain, s, ctx), out, np.stack([E(f), beta * E(h * df)], -1))
 
 
+class GradientCoefficients(NamedTuple):
+    """:func:`gradient_coefficient`'s arrays (layer, *grid, input) and reason."""
+
+    coef: np.ndarray  # c: E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2)
+    log_q: np.ndarray  # the infinite-width log grad_q_l (the tangent's log q at the top)
+    lost: str | None  # why c is NaN (None: it is not)
+    var_log_q: np.ndarray  # v: Var log grad_q_l = v/N at leading order
+
+
 def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = None):
     """Per layer l of ``layers`` (default: the input) and input a, the coefficient c with
-    E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2) for Gaussian weights; the tangent's
-    infinite-width log q at the top (= log grad_q_l); the reason (or None) why c is NaN.
-    Arrays (layer, *grid, input).
+    E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2) for Gaussian weights, and the leading
+    variance of log grad_q_l across nets (:class:`GradientCoefficients`).
 
     grad_q_l = |J_l^T delta_L|^2 / N (J_l: the output's Jacobian in the layer-l stream) with
     delta_L ~ N(0, I) has mean E tr(J_l J_l^T) / N = E |J_l t|^2 / N for t ~ N(0, I)
@@ -545,7 +555,9 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     x_a alone up to layer l, then of the pair (x_a, J t) (:meth:`_Walk.law`); t's own
     fluctuation given x_l (|t|^2 / N, x.t / N and mean(t), each O(1/sqrt N)) joins the
     covariance there; the statistic is the tangent's q / q_inf at the top. One walk from each
-    layer up: O(L) blocks per layer."""
+    layer up: O(L) blocks per layer. Var log grad_q_l is the tangent's Var log q: the nonzero
+    spectra of J_l J_l^T and J_l^T J_l agree, so |J_l^T delta|^2 and |J_l t|^2 have one law
+    (sum_i s_i^2 z_i^2), the fluctuation of delta (|delta|^2 / N) included as t's."""
     blocks = layers_of(net)
     L = len(blocks)
     want = sorted({int(l) for l in np.atleast_1d(layers)})
@@ -555,7 +567,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     ctx = ctx or Context(NUMERIC, tuple(grid))
     s0, gaussian = inputs.moments(), inputs.law == "gaussian"
     shape = tuple(len(v.values) for v in grid.values())
-    coef, log_q = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(2))
+    coef, log_q, var = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(3))
     lost = None
     for a in range(inputs.n):
         x = s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
@@ -570,10 +582,10 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 lost = lost or seen.lost
                 if not seen.lost:
                     k = want.index(l)
-                    coef[k, ..., a], log_q[k, ..., a] = _tangent_q(seen)
+                    coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = _tangent_q(seen)
             if l < want[-1]:
                 walk.layer(l + 1, blocks[l])
-    return coef, log_q, lost
+    return GradientCoefficients(coef, log_q, lost, var)
 
 
 def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
@@ -606,15 +618,16 @@ def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
 
 
 def _tangent_q(seen: _Walk):
-    """(c, log q) of the tangent row of a settled tangent walk: its q / q_inf's first-order
-    coefficient and its infinite-width log q."""
+    """(c, log q, v) of the tangent row of a settled tangent walk: its q / q_inf's first-order
+    coefficient, its infinite-width log q and the leading variance v of its log q (v/N)."""
     top = seen.frames[0]
     x0 = flatten([top], [top])
     D, lead = x0.shape[-1], _lead([top])
-    y, c, _ = delta_step(lambda x: _stats(x, top), x0,
+    y, c, V = delta_step(lambda x: _stats(x, top), x0,
                          np.broadcast_to(seen.b[..., :D], lead + (D,)),
                          np.broadcast_to(seen.C[..., :D, :D], lead + (D, D)))
-    return c[..., 3], y[..., 1] - 2 * seen.t_ls  # [log q, q / q_inf, ...]: the tangent's
+    # [log q, q / q_inf, ...] of the pair (x, J t): the tangent's are entries 1 and 3
+    return c[..., 3], y[..., 1] - 2 * seen.t_ls, V[..., 1, 1]
 
 
 def _cross_gram(frames, i, j):
@@ -740,16 +753,18 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
             return mean_mode_coefficient(net, theory(net, inputs))
         return mean_mode_coefficient(net, ds)
 
-    c, _, why = gradient_coefficient(net, inputs)
-    c = c[0]
+    c, _, why, v = gradient_coefficient(net, inputs)
+    c, v = c[0], v[0]
     if why and not lost:  # (where the forward walk stops, this one does too: warned above)
         warnings.warn(f"{why}: the input gradient's correction is NaN", FiniteWidthWarning,
                       stacklevel=3)
-    grad, valid = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(2))
+    grad, valid, var = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(3))
     if 0 in layers:
         grad[list(layers).index(0)] = c / N
         valid[list(layers).index(0)] = np.abs(c) / VALID_FRACTION
+        var[list(layers).index(0)] = v / N
     computed["valid_width_grad_q"] = valid
+    computed["var_log_grad_q"] = var
     _warn_gradient(c, width, mean_mode)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
