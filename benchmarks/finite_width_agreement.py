@@ -15,7 +15,8 @@ c + a/N.
 Its third (``--part backward``), the input gradient's 1/N coefficient: predicted by the walk of
 a forward tangent against the Monte Carlo slope with exact weights, and the slope under
 gradient independence. Its fourth (``--part affine``), a FeatureAffine with constant vectors in
-a residual branch (and the same net with a Scale), forward and backward.
+a residual branch (and the same net with a Scale), forward and backward. Its fifth (``--part
+spread``), Var log grad_q_0 across nets, predicted against Monte Carlo.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -32,7 +33,12 @@ from sigprop.analysis.compare import fit_inverse_width
 from sigprop.errors import FiniteWidthWarning
 from sigprop.ops import layers_of
 from sigprop.pipeline.bench import write_section
-from sigprop.testing import measure, measure_gradient, measure_mean_mode
+from sigprop.testing import (
+    measure,
+    measure_gradient,
+    measure_gradient_spread,
+    measure_mean_mode,
+)
 
 DEPTH = 8
 WIDTHS = [64, 128, 256, 512]
@@ -216,9 +222,30 @@ def affine(seeds=4000, out="benchmarks/RESULTS.md"):
     return md
 
 
+def spread(seeds=4000, out="benchmarks/RESULTS.md"):
+    """Var log grad_q_0 across nets: predicted (the tangent walk) against N Var fitted as
+    V + c/N over the widths, for the first section's presets."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    rows = ["| preset | N Var log grad_q_0 predicted | fitted ± SE | z |", "|---|---|---|---|"]
+    for name, net in PRESETS.items():
+        v, V, se = measure_gradient_spread(net, inputs, WIDTHS, seeds, root_seed=6072)
+        rows.append(f"| {name} | {v:.4g} | {V:.4g} ± {se:.2g} | {(V - v) / se:+.2f} |")
+        print(rows[-1], flush=True)
+    intro = (f"`benchmarks/finite_width_agreement.py --part spread`: depth {DEPTH}, inputs q = "
+             f"1, corr = 0.5, widths {WIDTHS}, {seeds} seeds per width (root seed 6072 + N), "
+             "input 0. Predicted: v of `var_log_grad_q` = v/N (`gradient_coefficient`: the "
+             "tangent walk's Var log |J t|^2, which has the law of the gradient's |J^T delta|^2). "
+             "Fitted: N Var(N) = V + c/N, as for Var log q in the first section.")
+    md = "\n".join([intro, "", *rows])
+    if out:
+        write_section(out, "Finite width: the spread of the input gradient, Var log grad_q_0",
+                      md)
+    return md
+
+
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward" or
-    "affine"."""
+    "affine" or "spread"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -227,13 +254,16 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         backward(seeds, out)
     if part in ("all", "affine"):
         affine(seeds, out)
+    if part in ("all", "spread"):
+        spread(seeds, out)
 
 
 if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
-    p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine"],
+    p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
+                                       "spread"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)
