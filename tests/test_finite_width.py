@@ -328,6 +328,64 @@ def test_feature_affine_against_monte_carlo():
     assert abs(fitted - c) < 3 * se, (c, fitted, se)  # 3 SE
 
 
+# -- uniform weights (torch's default init) -------------------------------------------------------
+def test_uniform_weights_one_layer_is_the_exact_edgeworth_term():
+    """tanh(W x), W_ij ~ U(+-sqrt(3/n) sigma): h = sum_j w_j x_j has the characteristic function
+    prod_j sinc(a x_j t), so E sech^2 h = int_0^inf psi(t) t / sinh(pi t / 2) dt exactly (the
+    Fourier pair of sech^2), against the Gaussian law's; inputs n/3 entries +-sqrt(3 q), the rest
+    0 (mean square q, mean 4th power 3 q^2, as the walk's Gaussian inputs), n (E q / q_G - 1) at
+    n = 1536, 3072 extrapolated as c + d/n (Richardson; O(1/n^2) left ~1e-7). The walk's c
+    within its central differences' 1e-6; -2/5 scaled by 1.1 misses by 10 %."""
+    sw, q = 1.5, 1.0
+    net = sp.Serial(sp.Dense(sw, init="uniform"), sp.Act("tanh"))
+    c = coef(net, sp.Inputs(q=q))["q"][2, 0]
+
+    def exact(n):
+        a, u = math.sqrt(3.0 / n) * sw, math.sqrt(3 * q)
+
+        def kernel(t):
+            return t / math.sinh(math.pi * t / 2) if t > 0 else 2 / math.pi
+
+        def sech2(psi):
+            return integrate.quad(lambda t: psi(t) * kernel(t), 0, 40, limit=400, epsabs=1e-16,
+                                  epsrel=1e-13)[0]
+
+        gauss = sech2(lambda t: math.exp(-sw**2 * q * t * t / 2))
+        uniform = sech2(lambda t: np.sinc(a * u * t / np.pi) ** (n // 3))
+        return n * (gauss - uniform) / (1 - gauss)  # E tanh^2 = 1 - E sech^2
+
+    limit = 2 * exact(3072) - exact(1536)
+    assert abs(c - limit) < 1e-5 * abs(limit), (c, limit)
+    assert abs(coef(sp.Serial(sp.Dense(sw), sp.Act("tanh")), sp.Inputs(q=q))["q"][2, 0]) < 1e-8
+
+
+def test_fourth_moments_from_cumulants():
+    """raw_fourth_moments(K, m, k3, k4) (the uniform term's M) is the quadrature's E[y y y y] for
+    features with a mean and skew (relu of a shifted pair), to rounding."""
+    u, w = fw.gaussian_rule(np.array([[1.3, 0.4], [0.4, 0.8]]))
+    y = np.maximum(u + np.array([0.3, -0.2]), 0)
+    E1, E2, _, E4 = fw.feature_moments(y, w)
+    np.testing.assert_allclose(fw.raw_fourth_moments(E2, E1, *fw._cumulants(y, w)), E4,
+                               rtol=0, atol=1e-13)
+
+
+def test_uniform_weights_need_known_cumulants():
+    """Behind a residual branch with no Dense (its features a function of the stream's, so the
+    cumulants do not add), uniform weights lose the walk with a warning naming the Dense; a
+    ReLU net's q is unchanged by uniform weights (E relu(h)^2 = E h^2 / 2 for any symmetric
+    law) while its corr is not."""
+    net = sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Residual(sp.Scale(0.5)),
+                    sp.Dense(1.0, init="uniform"), sp.Act("tanh"))
+    with pytest.warns(fw.FiniteWidthWarning, match=r"layer 4 Dense: uniform weights on features "
+                                                    r"whose 3rd and 4th cumulants"):
+        ds = sp.theory(net, PAIR, width=64)
+    assert np.isnan(ds.log_q_correction.values[-1]).all()
+    relu = {init: coef(sp.Repeat(sp.Serial(sp.Dense(1.5, 0.2, init=init), sp.Act("relu")), 3))
+            for init in ("normal", "uniform")}
+    np.testing.assert_allclose(relu["uniform"]["q"], relu["normal"]["q"], atol=1e-6)
+    assert abs(relu["uniform"]["corr"][-1, 0, 1] - relu["normal"]["corr"][-1, 0, 1]) > 0.03
+
+
 # -- the backward mean mode ----------------------------------------------------------------------
 MEAN_STREAM = presets.resnet(64, "relu", alpha="1/sqrt(L)", shape="dense_act")  # x + relu(Wx)/8
 

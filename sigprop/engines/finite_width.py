@@ -28,9 +28,13 @@ Statistics s(theta) of the final state follow by the same delta step: E s = s + 
 Scope: the feature law's 4th moments are a 2-D polar quadrature (accurate to ~1e-12 for
 degree-1 activations), so B > 2 inputs are walked pair by pair (every op with a rule here acts
 on each input alone). A FeatureAffine whose vectors are constant is a Scale plus a shift
-(in a fresh stream's chain, or a map of the realised state). Ops with no fluctuation rule here
-(BatchNorm, a Dense with a non-Gaussian init, a FeatureAffine whose vectors vary over the
-features, an activation on a stream that is not fresh) leave NaN corrections from that
+(in a fresh stream's chain, or a map of the realised state). Uniform weights (torch's default
+init) add one term, their 4th cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th
+moments of the Dense's input features: the walk carries each frame's 3rd and 4th joint
+cumulants (0 for the inputs, drawn at each fresh draw, mapped by norms and scales, added at a
+residual sum whose branch holds a Dense). Ops with no fluctuation rule here (BatchNorm, a
+FeatureAffine whose vectors vary over the features, an activation on a stream that is not
+fresh) leave NaN corrections from that
 layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
 E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
 correction with exact weights, and its spread Var log grad_q_0 (|J^T delta|^2 has the law of
@@ -276,11 +280,20 @@ class _Walk:
         self.b, self.C = np.zeros(lead + (D,)), np.zeros(lead + (D, D))
         self.chain = [] if fresh else None
         self.chain_ctx = ctx  # where the chain's Dense is (the messages of its draw name it)
+        self.fan_in = 1.0  # the chain's Dense's input width (a multiple of N)
+        # per frame: the 3rd and 4th joint cumulants of its features (true units; None:
+        # unknown), which uniform weights need; the inputs' are 0 (Gaussian features, as the
+        # Monte Carlo draws them); and whether a branch frame was drawn by a Dense since it
+        # opened (its features then independent of the stream's, so cumulants add at the sum)
+        B = s0.K.shape[-1]
+        self.cumulants = [(np.zeros(lead + (B,) * 3), np.zeros(lead + (B,) * 4))]
+        self.drawn = [True]
         self.lost: str | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state) of each BatchNorm met
 
-    def push(self, fn):
-        """A deterministic map of the stack (the delta method)."""
+    def push(self, fn, kurtosis=None):
+        """A deterministic map of the stack (the delta method). ``kurtosis``: (M, k) adds
+        k H:M / 2 to the bias, M (..., D, D) PSD (the uniform weights' term, :meth:`settle`)."""
         ref_in = self.frames
         ref_out = fn(ref_in)
         if self.lost:
@@ -288,9 +301,17 @@ class _Walk:
             return
         lead = _lead(ref_out + ref_in)
         x0 = np.broadcast_to(flatten(ref_in, ref_in), lead + (self.b.shape[-1],))
-        _, self.b, self.C = delta_step(lambda x: flatten(fn(unflatten(x, ref_in)), ref_out),
-                                       x0, np.broadcast_to(self.b, x0.shape),
-                                       np.broadcast_to(self.C, x0.shape + x0.shape[-1:]))
+
+        def flat(x):
+            return flatten(fn(unflatten(x, ref_in)), ref_out)
+
+        b, C = self.b, self.C
+        _, self.b, self.C = delta_step(flat, x0, np.broadcast_to(b, x0.shape),
+                                       np.broadcast_to(C, x0.shape + x0.shape[-1:]))
+        if kurtosis is not None:
+            M, k = kurtosis
+            M = np.broadcast_to(M, x0.shape + x0.shape[-1:])
+            self.b = self.b + np.asarray(k)[..., None] * delta_step(flat, x0, 0 * x0, M)[1]
         self.frames = ref_out
 
     def settle(self):
@@ -312,13 +333,22 @@ class _Walk:
             return
         width = self.widths[-1]
         chain_law = _tangent_chain if self.tangent else _apply
-        self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)])
+        kurtosis = None
+        if dense and chain[0].init == "uniform" and not self.lost:
+            if self.cumulants[-1] is None:
+                self.lose(f"{ctx.path}: uniform weights on features whose 3rd and 4th "
+                          "cumulants are not known here (a residual branch with no Dense)")
+                return
+            kurtosis = self._uniform_term(base)
+        self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], kurtosis)
         if self.lost:
             return
         top = self.frames[-1]
         Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
         u, w = gaussian_rule(Ku)
         y = _features(chain[1:] if dense else chain, u, ctx, self.tangent)
+        self.cumulants = self.cumulants[:-1] + [_cumulants(y, w)]
+        self.drawn = self.drawn[:-1] + [self.drawn[-1] or dense]
         y = y * np.exp(-top.ls)[..., None, :]
         outer_frames = self.frames[:-1]
         means = [f.m for f in outer_frames]
@@ -331,6 +361,26 @@ class _Walk:
         self.C = self.C + extra
         if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
             self.push(lambda fr: [to_unit_diagonal(fr[0])])
+
+    def _uniform_term(self, frames):
+        """Uniform weights W_ij ~ U(+-sqrt(3 / n) sigma_w) (excess kurtosis -6/5): given the
+        realised input x the pre-activations h_i are i.i.d. with the Gaussian law's covariance
+        and 4th cumulant kappa_abcd = -(6/5) sigma_w^4 M_abcd / n, M = mean_j x_aj x_bj x_cj x_dj.
+        By Edgeworth E f(h) = E_G f + kappa : E_G[d^4 f] / 24 + O(1/n^2), and E_G[d_abcd f] =
+        4 d^2 E_G f / dS_ab dS_cd (S the covariance, = sigma_w^2 K_x + sigma_b^2): the bias
+        gains -(2/5) H:M / 2 per 1/n, H the Hessian in the input's Gram K_x. (M, -2/5 / n_in)
+        for :meth:`push`, M in the top frame's K block, scaled units."""
+        top = frames[-1]
+        K, m, _ = _true(top)
+        M = raw_fourth_moments(K, m, *self.cumulants[-1])
+        e = np.exp(-top.ls)
+        M = M * np.einsum("...a,...b,...c,...d->...abcd", e, e, e, e)
+        B = m.shape[-1]
+        D = flatten(frames, frames).shape[-1]
+        start = D - (B * B + B + B * B * (len(frames) - 1))  # the top frame's K
+        full = np.zeros(M.shape[:-4] + (D, D))
+        full[..., start:start + B * B, start:start + B * B] = M.reshape(M.shape[:-4] + (B * B,) * 2)
+        return full, -0.4 / np.asarray(self.fan_in)
 
     def _beyond_float64(self, s: Moments, ctx: Context) -> bool:
         """Lose the walk (True) where ``s`` is past float64 in true units, which the feature
@@ -370,9 +420,9 @@ class _Walk:
         elif isinstance(op, Repeat):
             for _ in range(op.n):
                 self.walk(op.block, ctx.at(type(op.block).__name__))
-        elif isinstance(op, Dense) and op.init == "normal":
-            self.settle()  # (other inits: features Gaussian only up to O(1/N), not modelled)
-            self.chain, self.chain_ctx = [op], ctx
+        elif isinstance(op, Dense):
+            self.settle()
+            self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
             self.widths[-1] = self.widths[-1] * np.asarray(ctx.p(op.ratio))
         elif (isinstance(op, (Act, Scale)) or affine) and self.chain is not None:
             self.chain.append(op)
@@ -380,21 +430,23 @@ class _Walk:
             self.settle()
             if self.tangent and self._beyond_float64(self.frames[-1], ctx):
                 return
+            if not self.lost:
+                self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
             self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
         elif isinstance(op, Residual):
             self.settle()
             self.push(lambda fr: fr + [fr[-1].push_ref()])
             self.widths.append(self.widths[-1])
+            self.cumulants, self.drawn = self.cumulants + self.cumulants[-1:], self.drawn + [False]
             self.walk(op.branch, ctx.at(type(op.branch).__name__))
             self.settle()
             self.widths.pop()
             beta, alpha = vec(ctx.p(op.beta)), vec(ctx.p(op.alpha))
+            self._sum_cumulants(beta, alpha)
             self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)])
-        else:  # BatchNorm, a non-Gaussian Dense init, an Act on a settled stream, other ops
+        else:  # BatchNorm, an Act on a settled stream, other ops
             self.settle()
-            what = (f"Dense(init={op.init!r}) (uniform weights: the features are Gaussian only "
-                    "up to O(1/N), a term not modelled)" if isinstance(op, Dense) else
-                    "FeatureAffine with vectors that vary over the features (their fluctuation "
+            what = ("FeatureAffine with vectors that vary over the features (their fluctuation "
                     "needs the vectors' 4th moments, which the op does not declare)"
                     if isinstance(op, FeatureAffine) else type(op).__name__)
             self.lose(f"{ctx.path}: no finite-width rule for {what} here")
@@ -402,6 +454,25 @@ class _Walk:
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
             if not self.stop_when_lost:
                 self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+
+    def _transform_cumulants(self, A):
+        """The top frame's features mapped per feature by y = A x + c (A (..., B, B))."""
+        k = self.cumulants[-1]
+        if k is not None:
+            k = (np.einsum("...ai,...bj,...ck,...ijk->...abc", A, A, A, k[0]),
+                 np.einsum("...ai,...bj,...ck,...dl,...ijkl->...abcd", A, A, A, A, k[1]))
+        self.cumulants = self.cumulants[:-1] + [k]
+
+    def _sum_cumulants(self, beta, alpha):
+        """Close a residual: beta x + alpha f. Cumulants add when f was drawn by a Dense since
+        the branch opened (then independent of x per feature at infinite width), else unknown."""
+        (x, f), drawn = self.cumulants[-2:], self.drawn[-1]
+        k = None
+        if x is not None and f is not None and drawn:
+            b, a = (np.asarray(v)[..., 0] for v in (beta, alpha))
+            k = tuple(b[(...,) + (None,) * (3 + i)] ** (3 + i) * x[i]
+                      + a[(...,) + (None,) * (3 + i)] ** (3 + i) * f[i] for i in range(2))
+        self.cumulants, self.drawn = self.cumulants[:-2] + [k], self.drawn[:-1]
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
@@ -440,6 +511,55 @@ def _features(ops, u, ctx, tangent: bool):
                 c, shift = c[..., None], np.asarray(shift)[..., None]
             y, dy = y * c + shift, None if dy is None else dy * c
     return y if dy is None else np.stack(np.broadcast_arrays(y, dy), axis=-1)
+
+
+def _cumulants(y, w):
+    """The 3rd and 4th joint cumulants of features y on quadrature nodes (..., P, B)."""
+    yc = y - np.einsum("...p,...pa->...a", w, y)[..., None, :]
+    C = np.einsum("...p,...pa,...pb->...ab", w, yc, yc)
+    k3 = np.einsum("...p,...pa,...pb,...pc->...abc", w, yc, yc, yc)
+    k4 = np.einsum("...p,...pa,...pb,...pc,...pd->...abcd", w, yc, yc, yc, yc)
+    return k3, k4 - _sym4(C[..., :, :, None, None] * C[..., None, None, :, :], 3)
+
+
+def raw_fourth_moments(K, m, k3, k4):
+    """E[y_a y_b y_c y_d] from the second moments K = E[y y^T], the mean m and the 3rd and 4th
+    joint cumulants (covariance C = K - m m^T): k4 + 4 sym(k3 m) + 3 sym(C C) + 6 sym(C m m)
+    + m m m m."""
+    C = K - outer(m, m)
+    return (k4 + _sym4(k3[..., :, :, :, None] * m[..., None, None, None, :], 4)
+            + _sym4(C[..., :, :, None, None] * C[..., None, None, :, :], 3)
+            + _sym4(C[..., :, :, None, None] * outer(m, m)[..., None, None, :, :], 6)
+            + np.einsum("...a,...b,...c,...d->...abcd", m, m, m, m))
+
+
+def _sym4(t, count):
+    """The sum of the ``count`` distinct index permutations of a 4-index tensor built as a
+    product (k3 m: 4, C C: 3, C m m: 6), by symmetrising over all 24 and rescaling."""
+    lead = tuple(range(t.ndim - 4))
+    return sum(np.transpose(t, lead + tuple(len(lead) + i for i in p))
+               for p in itertools.permutations(range(4))) * (count / 24)
+
+
+def _linear_part(op: Op, s: Moments, ctx: Context, tangent: bool):
+    """A (..., B, B) of a norm, Scale or constant FeatureAffine acting per feature as
+    y = A x + c on the stream (true units); on the pair (x, J t), the tangent's map."""
+    B = s.K.shape[-1]
+    eye = np.eye(B)
+    if isinstance(op, Scale):
+        return np.asarray(ctx.p(op.c), dtype=float)[..., None, None] * eye
+    if isinstance(op, FeatureAffine):
+        return np.asarray(op._point(ctx)[0], dtype=float)[..., None] * eye
+    K, m, _ = _true(s)
+    c = m if isinstance(op, LayerNorm) else np.zeros_like(m)
+    Kc = K - outer(c, m) - outer(m, c) + outer(c, c)
+    g = np.asarray(ctx.p(op.gain), dtype=float) if isinstance(op, LayerNorm) else np.asarray(1.0)
+    r2 = np.diagonal(Kc, axis1=-2, axis2=-1) + np.asarray(ctx.p(op.eps), dtype=float)[..., None]
+    A = g[..., None, None] * eye / np.sqrt(r2)[..., :, None]
+    if tangent:  # d r_x / dt = k / r_x: the tangent row gains -g k / r_x^3 x (_tangent_norm)
+        A = A.copy()
+        A[..., 1, 0] = -g * Kc[..., 0, 1] / r2[..., 0] ** 1.5
+    return A
 
 
 def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
@@ -545,7 +665,7 @@ class GradientCoefficients(NamedTuple):
 
 def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = None):
     """Per layer l of ``layers`` (default: the input) and input a, the coefficient c with
-    E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2) for Gaussian weights, and the leading
+    E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2), and the leading
     variance of log grad_q_l across nets (:class:`GradientCoefficients`).
 
     grad_q_l = |J_l^T delta_L|^2 / N (J_l: the output's Jacobian in the layer-l stream) with
@@ -614,6 +734,12 @@ def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
     C[..., [1, 2], 5] = C[..., 5, [1, 2]] = m[..., None]
     C[..., 3, 3], C[..., 5, 5] = 2.0, 1.0
     out.b, out.C = b, C
+    k = seen.cumulants[0]  # t: Gaussian, independent of x (its joint cumulants with x are 0)
+    if k is None:
+        out.cumulants = [None]
+    else:
+        k3, k4 = out.cumulants[0]
+        k3[..., 0, 0, 0], k4[..., 0, 0, 0, 0] = k[0][..., 0, 0, 0], k[1][..., 0, 0, 0, 0]
     return out
 
 
