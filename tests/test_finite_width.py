@@ -385,6 +385,36 @@ def test_uniform_weights_against_monte_carlo():
     assert abs(fitted - normal) > 3 * se, (fitted, normal, se)  # the check can see the term
 
 
+def test_norm_maps_per_feature_are_the_real_jacobians():
+    """The per-feature linear maps the cumulants go through (_linear_part): a LayerNorm or
+    RMSNorm of real vectors x (N = 4000 features of a skewed law) is y_a = A_aa x_a + c_a per
+    input, and its Jacobian on a tangent t, y_t = (g / r)(t - mean t) - (g k / r^3)(x - mean x)
+    (k = x.t / N centred, r^2 = var x + eps), is exactly linear in (x, t, 1): least squares on
+    central differences recovers A's tangent row to rounding (the tangent's own scale is x's
+    r, not t's)."""
+    rng = np.random.default_rng(3)
+    x = rng.gamma(2.0, 1.0, 4000) - 0.5
+    t = 0.7 * x + rng.standard_normal(4000) * 3.0
+    V = np.stack([x, t])
+    s = sp.state.moments.Moments(K=V @ V.T / 4000, m=V.mean(-1), ls=np.zeros(2))
+    ctx = fw.Context(fw.NUMERIC, ())
+    for op in (sp.LayerNorm(eps=0.1, gain=1.3), sp.RMSNorm(eps=0.1)):
+        def norm(v, op=op):
+            c = v.mean() if isinstance(op, sp.LayerNorm) else 0.0
+            g = op.gain if isinstance(op, sp.LayerNorm) else 1.0
+            return g * (v - c) / np.sqrt(np.mean((v - c) ** 2) + op.eps)
+
+        h = 1e-6
+        jt = (norm(x + h * t) - norm(x - h * t)) / (2 * h)
+        coef_, *_ = np.linalg.lstsq(np.stack([x, t, np.ones_like(x)], -1), jt, rcond=None)
+        A = fw._linear_part(op, s, ctx, tangent=True)
+        np.testing.assert_allclose(A[1], coef_[:2], rtol=1e-6, atol=1e-9)
+        B2 = fw._linear_part(op, s, ctx, tangent=False)  # two inputs, each by its own norm
+        for a, v in enumerate(V):
+            slope = np.polyfit(v, norm(v), 1)[0]
+            np.testing.assert_allclose(B2[a, a], slope, rtol=1e-9)
+
+
 def test_uniform_weights_need_known_cumulants():
     """Behind a residual branch with no Dense (its features a function of the stream's, so the
     cumulants do not add), uniform weights lose the walk with a warning naming the Dense; a

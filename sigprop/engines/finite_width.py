@@ -550,16 +550,26 @@ def _linear_part(op: Op, s: Moments, ctx: Context, tangent: bool):
         return np.asarray(ctx.p(op.c), dtype=float)[..., None, None] * eye
     if isinstance(op, FeatureAffine):
         return np.asarray(op._point(ctx)[0], dtype=float)[..., None] * eye
-    K, m, _ = _true(s)
-    c = m if isinstance(op, LayerNorm) else np.zeros_like(m)
-    Kc = K - outer(c, m) - outer(m, c) + outer(c, c)
+    _, _, _, Kc = _centring(op, s)
     g = np.asarray(ctx.p(op.gain), dtype=float) if isinstance(op, LayerNorm) else np.asarray(1.0)
     r2 = np.diagonal(Kc, axis1=-2, axis2=-1) + np.asarray(ctx.p(op.eps), dtype=float)[..., None]
-    A = g[..., None, None] * eye / np.sqrt(r2)[..., :, None]
-    if tangent:  # d r_x / dt = k / r_x: the tangent row gains -g k / r_x^3 x (_tangent_norm)
-        A = A.copy()
-        A[..., 1, 0] = -g * Kc[..., 0, 1] / r2[..., 0] ** 1.5
+    if not tangent:  # each input by its own norm
+        return g[..., None, None] * eye / np.sqrt(r2)[..., :, None]
+    # the pair (x, t): both rows by x's norm r, and d r / dt = k / r, k = Kc_xt: the tangent
+    # row gains -g k / r^3 x
+    r2 = r2[..., 0]
+    A = np.zeros(np.broadcast_shapes(Kc.shape[:-2], g.shape, r2.shape) + (2, 2))
+    A[..., 0, 0] = A[..., 1, 1] = g / np.sqrt(r2)
+    A[..., 1, 0] = -g * Kc[..., 0, 1] / r2**1.5
     return A
+
+
+def _centring(op: Op, s: Moments):
+    """(true K, m, residual cross moments X) of ``s`` and the norm's centring c (LayerNorm: the
+    mean; RMSNorm: 0) with the centred Gram Kc = K - c m^T - m c^T + c c^T."""
+    K, m, X = _true(s)
+    c = m if isinstance(op, LayerNorm) else np.zeros_like(m)
+    return X, c, m, K - outer(c, m) - outer(m, c) + outer(c, c)
 
 
 def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
@@ -617,14 +627,8 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
     k = K_xt - c_x c_t (d r / dt = k / r): K' = M (K - c m^T - m c^T + c c^T) M^T, m' = M (m - c),
     each residual cross moment X' = (X - m_r c^T) M^T (in true units, returned scaled)."""
     out = op.theory_forward(s, ctx)
-    K, m, X = _true(s)
-    c = m if isinstance(op, LayerNorm) else np.zeros_like(m)
-    Kc = K - outer(c, m) - outer(m, c) + outer(c, c)
-    r2 = Kc[..., 0, 0] + np.asarray(ctx.p(op.eps), dtype=float)
-    g = np.asarray(ctx.p(op.gain), dtype=float) if isinstance(op, LayerNorm) else 1.0
-    M = np.zeros(np.broadcast_shapes(Kc.shape[:-2], np.shape(g), np.shape(r2)) + (2, 2))
-    M[..., 0, 0] = M[..., 1, 1] = g / np.sqrt(r2)
-    M[..., 1, 0] = -g * Kc[..., 0, 1] / r2**1.5
+    X, c, m, Kc = _centring(op, s)
+    M = _linear_part(op, s, ctx, tangent=True)
     MT = np.swapaxes(M, -1, -2)
     X = [(x - outer(r.m, c)) @ MT for r, x in zip(s.refs, X)]
     return _scaled(out, M @ Kc @ MT, np.einsum("...ij,...j->...i", M, m - c), X)
