@@ -57,6 +57,14 @@ MEAN_STREAMS = [
 ]
 
 
+def _write(title, out, lines):
+    """The section's markdown (its lines joined), written to ``out`` unless that is empty."""
+    md = "\n".join(lines)
+    if out:
+        write_section(out, title, md)
+    return md
+
+
 def first_order(seeds=4000, out="benchmarks/RESULTS.md"):
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
     rows = ["| preset | statistic (layer 8) | predicted | fitted ± SE | z |",
@@ -82,10 +90,8 @@ def first_order(seeds=4000, out="benchmarks/RESULTS.md"):
              "(`mean_mode_coefficient`); measured: N (mean over seeds of G_0 / G_0,inf - 1), "
              "inverse-variance weighted over the widths (SE from the spread over seeds; G_0 is "
              "heavy-tailed, so the SE is optimistic where A/N is not small).")
-    md = "\n".join([intro, "", *rows])
-    if out:
-        write_section(out, "Finite width: first-order correction, predicted vs fitted", md)
-    return md
+    return _write("Finite width: first-order correction, predicted vs fitted", out,
+                  [intro, "", *rows])
 
 
 TYPICAL_DEPTH = 16
@@ -144,10 +150,8 @@ def typical(seeds=4000, out="benchmarks/RESULTS.md"):
             "along the skip (measurements: tests/test_finite_width_typical.py). The spread of "
             "the realised Gram needs the law of a heavy-tailed random matrix, which the model "
             "does not carry.")
-    md = "\n".join([intro, "", *rows, "", note, "", *fits])
-    if out:
-        write_section(out, "Finite width: typical BatchNorm gradient (Pre-BN, L = 16)", md)
-    return md
+    return _write("Finite width: typical BatchNorm gradient (Pre-BN, L = 16)", out,
+                  [intro, "", *rows, "", note, "", *fits])
 
 
 BACKWARD = [  # (name, net, inputs, widths); root seed 4048 + N
@@ -185,11 +189,8 @@ def backward(seeds=4000, out="benchmarks/RESULTS.md"):
              "walk of the pair (x, J t) through the same weights). z = (a - c) / SE. The last "
              "column is the part of a that the coupling of the backward to the forward "
              "weights makes, which gradient independence drops.")
-    md = "\n".join([intro, "", *rows])
-    if out:
-        write_section(out, "Finite width: the input gradient's 1/N term, predicted vs measured",
-                      md)
-    return md
+    return _write("Finite width: the input gradient's 1/N term, predicted vs measured", out,
+                  [intro, "", *rows])
 
 
 AFFINE = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3, 0.2), sp.Act("tanh"),
@@ -216,10 +217,7 @@ def affine(seeds=4000, out="benchmarks/RESULTS.md"):
              "op(tanh(Dense(1.3, 0.2) x)), inputs q = 1, corr = 0.5, input 0; forward: widths "
              f"{WIDTHS} (root seed 2024 + N), the gradient: widths [32, 64, 128, 256] (root "
              f"seed 4048 + N), {seeds} seeds per width, fitted as in the first section.")
-    md = "\n".join([intro, "", *rows])
-    if out:
-        write_section(out, "Finite width: FeatureAffine with constant vectors", md)
-    return md
+    return _write("Finite width: FeatureAffine with constant vectors", out, [intro, "", *rows])
 
 
 def spread(seeds=4000, out="benchmarks/RESULTS.md"):
@@ -236,11 +234,8 @@ def spread(seeds=4000, out="benchmarks/RESULTS.md"):
              "input 0. Predicted: v of `var_log_grad_q` = v/N (`gradient_coefficient`: the "
              "tangent walk's Var log |J t|^2, which has the law of the gradient's |J^T delta|^2). "
              "Fitted: N Var(N) = V + c/N, as for Var log q in the first section.")
-    md = "\n".join([intro, "", *rows])
-    if out:
-        write_section(out, "Finite width: the spread of the input gradient, Var log grad_q_0",
-                      md)
-    return md
+    return _write("Finite width: the spread of the input gradient, Var log grad_q_0", out,
+                  [intro, "", *rows])
 
 
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
