@@ -23,7 +23,7 @@ until the law they hand on is the law they took (one copy, or two when the input
 from the stream's). Values are unknown while tracing, so a law that would raise on a value
 (:func:`~sigprop.state.moments.true_moments` beyond float64) gives NaN there instead, and the
 engine reports the first layer with a non-finite state as :class:`OverflowInTheory`, with the
-op named by the numpy engine rerun up to that layer (an error path: no cost otherwise).
+op named by the numpy engine rerun on the net (an error path: no cost otherwise).
 
 Supported: :data:`SUPPORTED` ops and the activations with closed-form kernels; anything else is
 refused before tracing (:class:`UnsupportedComposition`, naming the op). The compiled function

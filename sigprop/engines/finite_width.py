@@ -565,8 +565,9 @@ def _linear_part(op: Op, s: Moments, ctx: Context, tangent: bool):
 
 
 def _centring(op: Op, s: Moments):
-    """(true K, m, residual cross moments X) of ``s`` and the norm's centring c (LayerNorm: the
-    mean; RMSNorm: 0) with the centred Gram Kc = K - c m^T - m c^T + c c^T."""
+    """(X, c, m, Kc): the residual cross moments X and mean m of ``s`` in true units, the
+    norm's centring c (LayerNorm: the mean; RMSNorm: 0) and the centred Gram
+    Kc = K - c m^T - m c^T + c c^T."""
     K, m, X = _true(s)
     c = m if isinstance(op, LayerNorm) else np.zeros_like(m)
     return X, c, m, K - outer(c, m) - outer(m, c) + outer(c, c)
@@ -700,8 +701,8 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         for l in range(want[-1] + 1):
             if l in want:
                 tangent = _tangent_walk(walk, fresh=gaussian and l == 0)
-                for k, block in enumerate(blocks[l:], start=l + 1):
-                    tangent.layer(k, block)
+                for j, block in enumerate(blocks[l:], start=l + 1):
+                    tangent.layer(j, block)
                 seen = tangent.settled()
                 lost = lost or seen.lost
                 if not seen.lost:
