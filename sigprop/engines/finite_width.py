@@ -271,7 +271,8 @@ class _Walk:
     """(reference stack, b, C) pushed op by op through a net; ``chain``: the ops met since the
     top frame's features were last drawn fresh (None when its statistics are settled)."""
 
-    def __init__(self, s0: Moments, ctx: Context, fresh: bool, tangent: bool = False):
+    def __init__(self, s0: Moments, ctx: Context, fresh: bool, tangent: bool = False,
+                 cumulants: bool = False):
         self.ctx, self.frames, self.widths, self.tangent = ctx, [s0], [1.0], tangent
         self.t_ls = 0.0  # a tangent walk: t's log scale where it starts
         self.stop_when_lost = tangent  # no laws past a lost op (a walk kept for its frames: on)
@@ -282,9 +283,11 @@ class _Walk:
         self.chain_ctx = ctx  # where the chain's Dense is (the messages of its draw name it)
         self.fan_in = 1.0  # the chain's Dense's input width (a multiple of N)
         # per frame: the 3rd and 4th joint cumulants of its features (true units; None:
-        # unknown), which uniform weights need; the inputs' are 0 (Gaussian features, as the
-        # Monte Carlo draws them); and whether a branch frame was drawn by a Dense since it
-        # opened (its features then independent of the stream's, so cumulants add at the sum)
+        # unknown), which uniform weights need (``cumulants``: tracked, for a net with some);
+        # the inputs' are 0 (Gaussian features, as the Monte Carlo draws them); and whether a
+        # branch frame was drawn by a Dense since it opened (its features then independent of
+        # the stream's, so cumulants add at the sum)
+        self.track = cumulants
         B = s0.K.shape[-1]
         self.cumulants = [(np.zeros(lead + (B,) * 3), np.zeros(lead + (B,) * 4))]
         self.drawn = [True]
@@ -347,7 +350,8 @@ class _Walk:
         Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
         u, w = gaussian_rule(Ku)
         y = _features(chain[1:] if dense else chain, u, ctx, self.tangent)
-        self.cumulants = self.cumulants[:-1] + [_cumulants(y, w)]
+        if self.track:
+            self.cumulants = self.cumulants[:-1] + [_cumulants(y, w)]
         self.drawn = self.drawn[:-1] + [self.drawn[-1] or dense]
         y = y * np.exp(-top.ls)[..., None, :]
         outer_frames = self.frames[:-1]
@@ -430,7 +434,7 @@ class _Walk:
             self.settle()
             if self.tangent and self._beyond_float64(self.frames[-1], ctx):
                 return
-            if not self.lost:
+            if self.track and not self.lost:
                 self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
             self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
         elif isinstance(op, Residual):
@@ -511,6 +515,11 @@ def _features(ops, u, ctx, tangent: bool):
                 c, shift = c[..., None], np.asarray(shift)[..., None]
             y, dy = y * c + shift, None if dy is None else dy * c
     return y if dy is None else np.stack(np.broadcast_arrays(y, dy), axis=-1)
+
+
+def _has_uniform(net: Op) -> bool:
+    """Whether some Dense of ``net`` has uniform weights (the walk then tracks cumulants)."""
+    return any(isinstance(op, Dense) and op.init == "uniform" for op in net.walk())
 
 
 def _cumulants(y, w):
@@ -696,7 +705,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     lost = None
     for a in range(inputs.n):
         x = s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
-        walk = _Walk(x, ctx, fresh=gaussian)
+        walk = _Walk(x, ctx, fresh=gaussian, cumulants=_has_uniform(net))
         walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
         for l in range(want[-1] + 1):
             if l in want:
@@ -727,7 +736,7 @@ def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
     ls = np.broadcast_to(f.ls[..., 0], lead)
     pair = f.replace(K=np.stack([np.stack([K, zero], -1), np.stack([zero, one], -1)], -2),
                      m=np.stack([m, zero], -1), ls=np.stack([ls, ls], -1))
-    out = _Walk(pair, walk.ctx, fresh=fresh, tangent=True)
+    out = _Walk(pair, walk.ctx, fresh=fresh, tangent=True, cumulants=walk.track)
     out.t_ls = ls
     if fresh:
         return out
@@ -792,7 +801,8 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
         return _by_pairs(net, inputs, ctx)
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
-    walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian")
+    walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian",
+                 cumulants=_has_uniform(net))
     rows = []
     for l, block in enumerate([None, *layers_of(net)]):
         if block is not None:
