@@ -25,9 +25,14 @@ from the stream's). Values are unknown while tracing, so a law that would raise 
 engine reports the first layer with a non-finite state as :class:`OverflowInTheory`, with the
 op named by the numpy engine rerun on the net (an error path: no cost otherwise).
 
-Supported: :data:`SUPPORTED` ops and the activations with closed-form kernels; anything else is
-refused before tracing (:class:`UnsupportedComposition`, naming the op). The compiled function
-is cached per (net, inputs' law, B, recorded layers), so a second call runs without tracing.
+Supported: every op of :mod:`sigprop.ops` (:data:`SUPPORTED`); a user's own op subclass is
+refused before tracing (:class:`UnsupportedComposition`, naming it). The laws whose numeric
+rule depends on the values (the quadrature activations tanh, gelu, silu, elu, gelu_tanh, and
+BatchNorm's t-integrals) are called back on the host from the compiled program
+(``ns.host``), the numpy functions themselves: the same values, at the numpy engine's pace or
+slower (the backward recomputes a block's states, so those laws run twice per layer). The
+compiled function is cached per (net, inputs' law, B, recorded layers), so a second call runs
+without tracing.
 """
 
 from __future__ import annotations
@@ -49,9 +54,9 @@ from sigprop.engines.theory import (
     variables,
 )
 from sigprop.errors import OverflowInTheory, UnsupportedComposition
-from sigprop.kernels.gaussian import get_activation
 from sigprop.ops import (
     Act,
+    BatchNorm,
     Dense,
     FeatureAffine,
     LayerNorm,
@@ -69,7 +74,8 @@ from sigprop.state.moments import Cotangent, Moments, to_unit_diagonal
 from sigprop.state.ns import jax_namespace
 from sigprop.state.params import Context, Sweep
 
-SUPPORTED = (Dense, Scale, FeatureAffine, Act, LayerNorm, RMSNorm, Residual, Serial, Repeat)
+SUPPORTED = (Dense, Scale, FeatureAffine, Act, LayerNorm, RMSNorm, BatchNorm, Residual, Serial,
+             Repeat)
 MAX_UNROLLED = 3  # copies of a block run before its scan, waiting for the stream's law to settle
 TAPE_BYTES = 2**32  # beyond it the backward recomputes each chunk of ~sqrt(L) layers
 CACHE_SIZE = 16  # compiled programs kept (each holds its XLA executable)
@@ -114,10 +120,6 @@ def _refuse(net: Op, path: str):
         raise UnsupportedComposition(
             f"{path}: {type(net).__name__} is not supported by the compiled theory engine "
             f"(engine='jax' traces {', '.join(c.__name__ for c in SUPPORTED)}); {hint}")
-    if isinstance(net, Act) and get_activation(net.name)._closed is None:
-        raise UnsupportedComposition(
-            f"{path}: Act({net.name!r}) has no closed-form Gaussian kernel (its quadrature "
-            f"chooses its rule by value, which a traced law cannot); {hint}")
     for kid in net.children():
         _refuse(kid, f"{path} > {type(kid).__name__}")
 

@@ -221,10 +221,8 @@ def bn_relu_backward(S, H, signs, eps):
 
 def centred_cov(S, scale):
     """D P S P D: the covariance of D w, whose sign pattern is that of z = D y (s > 0)."""
-    S = np.asarray(S, dtype=float)
     P = np.eye(S.shape[-1]) - 1.0 / S.shape[-1]
-    D = np.asarray(scale, dtype=float)
-    return D[..., :, None] * (P @ S @ P) * D[..., None, :]
+    return scale[..., :, None] * (P @ S @ P) * scale[..., None, :]
 
 
 def _as_square_batch(name, X):

@@ -8,8 +8,9 @@ activation phi has the Gaussian faces
 
 linear, relu, erf and leaky_relu have closed forms, each written once over a
 :class:`~sigprop.state.ns.Namespace` (numpy values with NUMERIC, exact sympy expressions with
-SYMBOLIC). tanh, gelu, gelu_tanh, silu and elu have none: NUMERIC evaluates them by :mod:`sigprop.kernels.quadrature` (gelu's inner expectation in
-closed form, :func:`gelu_smoothed`), SYMBOLIC returns the Gaussian expectation as an
+SYMBOLIC). tanh, gelu, gelu_tanh, silu and elu have none: NUMERIC evaluates them by
+:mod:`sigprop.kernels.quadrature` (gelu's inner expectation in closed form,
+:func:`gelu_smoothed`), a traced namespace by the same quadrature on the host (``ns.host``), SYMBOLIC returns the Gaussian expectation as an
 unevaluated :class:`~sigprop.kernels.integral.GaussianIntegral`. Most activations obey
 phi(-x) = p phi(x) + b x + g (odd, or x/2 + even, or 1/2 + odd), which the quadrature uses.
 
@@ -314,6 +315,8 @@ class Activation:
                 return getattr(self._closed, face)(q1, q2, c, ns)
             return _elementwise(lambda a, b, r: integral_kernel(expr, a, b, r), q1, q2, c)
         q1, q2, c = ns.xp.broadcast_arrays(*(ns.asarray(x) for x in (q1, q2, c)))
+        if self._closed is None and ns.traced:  # the quadrature picks its rule by value
+            return ns.host(lambda *a: self._pair(face, f, expr, *a, NUMERIC), q1.shape, q1, q2, c)
         c = _unit(c, ns.xp)
         if self._closed is not None:
             return getattr(self._closed, face)(q1, q2, c, ns)[()]
@@ -334,6 +337,8 @@ class Activation:
         q = ns.asarray(q)
         if self._closed is not None:
             return getattr(self._closed, face)(q, ns)[()]
+        if ns.traced:
+            return ns.host(lambda x: self._single(face, f, expr, x, NUMERIC), q.shape, q)
         return tabulated((self.name, face), lambda x: f(x, np), q, self._bend)[()]
 
 

@@ -69,7 +69,10 @@ class Act(Op):
         act, K, ls = self._pre(s, ctx)
         d = ns.xp.diagonal(K, axis1=-2, axis2=-1)
         if isinstance(s.law, BatchNormed):
-            K_out, m = bn_activation(s.law.S, s.law.eps, s.law.scale, act)
+            S, eps, scale = s.law.S, s.law.eps, s.law.scale
+            lead = np.broadcast_shapes(S.shape[:-2], np.shape(eps), np.shape(scale)[:-1])
+            K_out, m = ns.host(lambda *a: bn_activation(*a, act), (lead + S.shape[-2:],
+                               lead + S.shape[-1:]), S, eps, scale)
         else:
             K_out, m = act.gram_kernel(K, ns), act.mean(d, ns)
         refs = []
@@ -92,7 +95,7 @@ class Act(Op):
                      else Ref(m=r.m, X=r.X * act.grad_mean(d, ns)[..., None, :]) for r in g.refs)
         gate = None
         if isinstance(s.law, BatchNormed) and act.name != "linear":  # relu' and BN share u
-            gate = Gate(H=g.K, signs=np.sign(s.law.scale))
+            gate = Gate(H=g.K, signs=ns.xp.sign(s.law.scale))
         return g.replace(K=act.gram_grad_kernel(K, ns) * g.K, refs=refs, gate=gate)
 
     def mc_forward(self, x, env, record=None):

@@ -224,7 +224,7 @@ class FeatureAffine(Op):
         refs = tuple(r if r.X is DECOUPLED or r.X is None
                      else Ref(m=r.m, X=g[..., None] * r.X + b[..., None] * outer(r.m, e))
                      for r in s.refs)
-        law = (s.law.after_affine(g + 0 * s.m, 0 * s.ls, False)
+        law = (s.law.after_affine(g + 0 * s.m, 0 * s.ls, False, ns)
                if self._constant_gain_no_shift() else GENERAL)
         return s.replace(K=K + 0 * s.K, m=g * s.m + b * e, ls=s.ls + 0 * g, refs=refs, law=law)
 

@@ -108,6 +108,12 @@ class RMSNorm(Op):
         return mc.feature_norm_vjp(res, g, 1.0, center=False)
 
 
+def _gram_shape(eps, *grams):
+    """The shape of a BatchNorm t-integral: the broadcast of eps (per grid point) and the
+    leading dims of the Grams (..., B, B), then (B, B)."""
+    return np.broadcast_shapes(np.shape(eps), *(g.shape[:-2] for g in grams)) + grams[0].shape[-2:]
+
+
 @dataclass(frozen=True)
 class BatchNorm(Op):
     """Per feature over the batch of inputs: y = P u / sqrt(|P u|^2 / B + eps), P = I - 11^T/B.
@@ -137,9 +143,11 @@ class BatchNorm(Op):
         return true_moments(s, ctx.path, ctx.ns)[0]
 
     def forward_law(self, s, ctx, record=None):
-        S, eps = self._cov(s, ctx), ctx.p(self.eps)
+        ns = ctx.ns
+        S, eps = self._cov(s, ctx), ns.asarray(ctx.p(self.eps))
         refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in s.refs)
-        return Moments(K=bn_forward(S, eps), m=0 * s.m, ls=0 * s.ls, refs=refs,
+        K = ns.host(bn_forward, _gram_shape(eps, S), S, eps)  # t-integrals: by value
+        return Moments(K=K, m=0 * s.m, ls=0 * s.ls, refs=refs,
                        law=BatchNormed(S=S, eps=eps, scale=np.ones(S.shape[:-1])))
 
     def backward_law(self, s, g, ctx):
@@ -147,15 +155,18 @@ class BatchNorm(Op):
         (g.gate) depends on u and goes through :func:`bn_relu_backward` instead.
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
-        top = np.max(g.ls, axis=-1, keepdims=True)
-        u = np.exp(g.ls - top)
-        S, eps, G = self._cov(s, ctx), ctx.p(self.eps), outer(u, u) * g.K
+        ns = ctx.ns
+        top = ns.xp.max(g.ls, axis=-1, keepdims=True)
+        u = ns.exp(g.ls - top)
+        S, eps, G = self._cov(s, ctx), ns.asarray(ctx.p(self.eps)), outer(u, u) * g.K
+        shape = _gram_shape(eps, S, G)
         if g.gate is None:
-            G = bn_backward(S, G, eps)
+            G = ns.host(bn_backward, shape, S, G, eps)
         else:
             H, signs = outer(u, u) * g.gate.H, g.gate.signs
-            gated = get_activation("relu").gram_grad_kernel(centred_cov(S, signs)) * H  # in G
-            G = bn_backward(S, G - gated, eps) + bn_relu_backward(S, H, signs, eps)
+            gated = get_activation("relu").gram_grad_kernel(centred_cov(S, signs), ns) * H  # in G
+            G = (ns.host(bn_backward, shape, S, G - gated, eps)
+                 + ns.host(bn_relu_backward, _gram_shape(eps, S, H), S, H, signs, eps))
         refs = tuple(r if r.X is DECOUPLED else Ref(m=r.m, X=None) for r in g.refs)
         return g.replace(K=G, ls=top + 0 * g.ls, refs=refs, gate=None)
 

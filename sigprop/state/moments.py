@@ -64,10 +64,10 @@ class Law:
 
     gaussian = False
 
-    def after_affine(self, a, dls, shifted: bool) -> Law:
+    def after_affine(self, a, dls, shifted: bool, ns) -> Law:
         """The law after y_b = a_b (x_b - t_b) in scaled units with log scale moved by ``dls``
         (true factor a e^dls; ``dls=None``: a change of units only, true values unchanged);
-        ``shifted``: whether some t_b is nonzero."""
+        ``shifted``: whether some t_b is nonzero; ``ns``: the namespace of a and dls."""
         return GENERAL
 
     def plus(self, other: Law) -> Law:
@@ -80,7 +80,7 @@ class Gaussian(Law):
 
     gaussian = True
 
-    def after_affine(self, a, dls, shifted):
+    def after_affine(self, a, dls, shifted, ns):
         return self  # Gaussian features have mean 0: a centring shift is 0
 
     def plus(self, other):
@@ -100,10 +100,10 @@ class BatchNormed(Law):
     eps: Any
     scale: Any
 
-    def after_affine(self, a, dls, shifted):
+    def after_affine(self, a, dls, shifted, ns):
         if dls is None:
             return self
-        return GENERAL if shifted else replace(self, scale=self.scale * a * np.exp(dls))
+        return GENERAL if shifted else replace(self, scale=self.scale * a * ns.exp(dls))
 
 
 @dataclass(frozen=True)
@@ -157,9 +157,9 @@ class Moments(Gram):
 
     law: Law = GENERAL
 
-    def _rescaled(self, a, dls, shifted: bool) -> dict:
+    def _rescaled(self, a, dls, shifted: bool, ns) -> dict:
         """The extra fields after an affine map (arguments of :meth:`Law.after_affine`)."""
-        return {"law": self.law.after_affine(a, dls, shifted)}
+        return {"law": self.law.after_affine(a, dls, shifted, ns)}
 
     def _summed(self, other: Moments, own, others) -> dict:
         """The extra fields of own * self + others * other (scaled units)."""
@@ -173,7 +173,7 @@ class Cotangent(Gram):
 
     gate: Gate | None = None
 
-    def _rescaled(self, a, dls, shifted: bool) -> dict:
+    def _rescaled(self, a, dls, shifted: bool, ns) -> dict:
         return {"gate": self.gate and self.gate.scaled(a)}  # H is in the scaled units of K
 
     def _summed(self, other: Cotangent, own, others) -> dict:
@@ -291,8 +291,9 @@ def affine(s: Gram, a, t, ls_out, ns=NUMERIC) -> Gram:
     scale (a -> sign a, ls_out -> ls_out + log|a|: the same true values), so that a LayerNorm
     whose eps dominates at q = 1e-300 does not leave K at 1e-295, where the next law's products
     underflow; factors of ordinary size are applied as they are (the same numbers as before).
-    A traced namespace cannot tell whether t is zero: it counts as shifted (the law that needs
-    it, :class:`BatchNormed`, is not traced).
+    A traced namespace cannot tell whether t is zero: it counts as shifted (so the compiled
+    engine loses a :class:`BatchNormed` law at a norm right after the BatchNorm, whose
+    centring t the numpy engine finds to be 0).
     """
     xp = ns.xp
     if not ns.symbolic:  # the symbolic face keeps ls = 0
@@ -310,7 +311,7 @@ def affine(s: Gram, a, t, ls_out, ns=NUMERIC) -> Gram:
                  else Ref(m=r.m, X=(r.X if t is None else r.X - outer(r.m, t)) * a[..., None, :])
                  for r in s.refs)
     shifted = t is not None and (ns.traced or bool(np.any(t)))
-    extra = s._rescaled(a, ls_out - s.ls, shifted)
+    extra = s._rescaled(a, ls_out - s.ls, shifted, ns)
     return s.replace(K=outer(a, a) * K, m=a * d, ls=ls_out, refs=refs, **extra)
 
 
@@ -327,7 +328,7 @@ def to_unit_diagonal(s: Gram, ns=NUMERIC) -> Gram:
     pos = d > 0
     root = xp.sqrt(xp.where(pos, d, 1.0))
     ls = s.ls + xp.log(root)
-    extra = s._rescaled(1 / root, None, False)  # a change of units: true values unchanged
+    extra = s._rescaled(1 / root, None, False, ns)  # a change of units: true values unchanged
     m = s.m / root
     # A mean below TINY of the rms is subnormal: its digits are gone and it stops decaying
     # (5e-324 * 0.7 rounds back to 5e-324), so e^ls m would grow without bound. Flush it to 0:

@@ -8,7 +8,10 @@ same laws traced with ``jax.numpy`` (float64) into one compiled function.
 
 Array operations beyond the elementwise functions (where, maximum, diagonal, ...) go through
 ``ns.xp``, the array module (numpy for NUMERIC and SYMBOLIC, ``jax.numpy`` for JAX). A traced
-namespace (``ns.traced``) has no values at trace time: a law may not branch on them.
+namespace (``ns.traced``) has no values at trace time: a law may not branch on them. A law
+whose numeric rule does (the quadratures choose their nodes by value) runs that rule through
+``ns.host``: called directly by NUMERIC, a host callback in the traced program (the same numpy
+function, so the same values).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ class Namespace:
     pi: Any
     xp: Any = np  # the array module: where, maximum, diagonal, swapaxes, ...
     traced: bool = False  # values unknown while the law runs (jax tracing)
+    host: Callable[..., Any] = lambda fn, shapes, *args: fn(*args)  # see ``_jax_host``
 
     def asarray(self, x):
         """An array of this namespace (object dtype of sympy expressions when symbolic)."""
@@ -94,8 +98,32 @@ def jax_namespace() -> Namespace:
     return Namespace(
         name="jax", symbolic=False, sqrt=jnp.sqrt, exp=jnp.exp, log=jnp.log, acos=jnp.arccos,
         asin=jnp.arcsin, erf=jax.scipy.special.erf, abs=jnp.abs, pi=np.pi, xp=_JaxArrays(jnp),
-        traced=True,
+        traced=True, host=_jax_host,
     )
+
+
+def _jax_host(fn, shapes, *args):
+    """``fn(*args)`` of numpy float64 arrays, called back from the compiled program
+    (``jax.pure_callback``); ``shapes``: the shape of its array result, or a tuple of shapes
+    when it returns a tuple of arrays. Arguments and results cross as their bits, pairs of
+    uint32: jax would round float64 to float32 on the callback's thread, where the caller's
+    ``enable_x64`` does not reach (the same values, bit for bit)."""
+    import jax
+    import jax.numpy as jnp
+
+    many = isinstance(shapes, tuple) and any(isinstance(s, tuple) for s in shapes)
+    shapes = list(shapes) if many else [shapes]
+    specs = tuple(jax.ShapeDtypeStruct((*s, 2), np.uint32) for s in shapes)
+
+    def on_host(*bits):
+        out = fn(*(np.ascontiguousarray(b).view(np.float64)[..., 0] for b in bits))
+        return tuple(np.ascontiguousarray(np.broadcast_to(np.asarray(o, np.float64), s))
+                     .view(np.uint32).reshape(*s, 2) for o, s in zip(out if many else [out], shapes))
+
+    bits = [jax.lax.bitcast_convert_type(jnp.asarray(a, jnp.float64), jnp.uint32) for a in args]
+    out = [jax.lax.bitcast_convert_type(o, jnp.float64)
+           for o in jax.pure_callback(on_host, specs, *bits)]
+    return tuple(out) if many else out[0]
 
 
 class _JaxArrays:
