@@ -22,6 +22,7 @@ pytest.importorskip("jax")
 
 import sigprop as sp
 from sigprop.engines import compiled
+from sigprop.kernels import gaussian
 from sigprop.errors import ConfigError, OverflowInTheory, UnsupportedComposition
 from sigprop.ops import (
     Act,
@@ -176,6 +177,25 @@ def test_quadrature_activations_and_batchnorm():
     agree(sp.presets.prebn(4), G2, tol=4 * TOL_C1)
 
 
+def test_host_laws_run_once_per_layer(monkeypatch):
+    """A block with host laws keeps its internal states from the forward scan for the backward
+    (a host call costs ~0.1 ms beyond its work): tanh's off-diagonal kernel quadrature runs once
+    per layer forward and its gradient kernel's once backward, as in the numpy engine (which
+    tapes them too); recomputed, the forward kernel ran twice."""
+    calls = []
+    quad = gaussian.kernel_quad
+    monkeypatch.setattr(gaussian, "kernel_quad",  # counted where it has entries to integrate
+                        lambda f, q1, *a, **k: calls.append(np.size(q1) > 0) or quad(f, q1, *a, **k))
+    net = sp.presets.preln(5, act="tanh")
+    counts = []
+    for engine in ("numpy", "jax"):
+        sp.theory(net, X2, engine=engine)  # a first call traces (and compiles) the program
+        calls.clear()
+        sp.theory(net, X2, engine=engine)
+        counts.append(sum(calls))
+    assert counts == [2 * 5, 2 * 5]
+
+
 def test_refusals():
     @dataclasses.dataclass(frozen=True)
     class Doubling(Op):  # a user's op, its laws in numpy: not traceable
@@ -241,3 +261,4 @@ def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):
     agree(net, X3)
     agree(net, X3, layers=[0])
     agree(net, X3, layers=[5, 13, 14])
+    agree(sp.presets.prebn(12, act="relu"), G3)  # host laws: a chunk's states taped backward
