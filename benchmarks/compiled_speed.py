@@ -108,7 +108,12 @@ def ops_per_layer(row: Row) -> dict:
     def walk(j, into):
         for e in j.eqns:
             subs = [getattr(v, "jaxpr", v) for v in e.params.values() if hasattr(v, "jaxpr")]
-            if e.primitive.name == "scan" and e.params["length"] > 1:
+            if e.primitive.name == "cond" and into is not None:  # a copy's backward: the
+                # recorded branch (true, the last) as the layer's count, the other apart
+                walk(e.params["branches"][-1].jaxpr, into)
+                walk(e.params["branches"][0].jaxpr,
+                     found.setdefault("backward, not recorded", collections.Counter()))
+            elif e.primitive.name == "scan" and e.params["length"] > 1:
                 walk(subs[0], found.setdefault("backward" if e.params["reverse"] else "forward",
                                                collections.Counter()))
             elif subs:

@@ -11,7 +11,9 @@ every layer's input state (unit diagonal, scale in ``ls``,
 outputs; backward, a reverse scan pulls the cotangent back from each layer's input state (the
 block's internal states recomputed inside its backward law, or, for a block with host laws
 below, taped by the forward scan: :func:`_pack`) and reports the weight gradients to the same
-sink (:class:`~sigprop.engines.theory.WeightGrads`). When the kept input states
+sink (:class:`~sigprop.engines.theory.WeightGrads`), only where they are recorded: a copy
+whose output and input layers are both unrecorded takes a ``lax.cond`` branch without the
+sink (its logs were a third of the time at 10^4 points). When the kept input states
 would pass ``TAPE_BYTES`` (depth 10^4 x 10^4 points), the scan is two-level: chunks of
 ~sqrt(L) copies, the forward keeping only each chunk's first state and the backward
 recomputing a chunk's states from it before its reverse scan (one more forward pass; memory
@@ -269,12 +271,12 @@ def _trace(net, blocks, grid, law0, B, kept, P):
             y = (out.K, out.m, out.ls)
             return y, (*y, fK, fls, finite(out)), out.law, f is not None
 
-        def backward(blk, name, law, x, tape, g, lw, log_g):
+        def backward(blk, name, law, x, tape, g, lw, log_g, recording=True):
             """The cotangent at the layer's input from ``g`` at its output (``log_g``: its
             log diagonal, the previous step's record), the log width after it, and its record
-            (log gradient diagonal, weight gradients, finite); the block's internal states from
-            ``tape`` (its forward's), or recomputed (None)."""
-            sink = WeightGrads(ns).at(True)
+            (log gradient diagonal, weight gradients (NaN unless ``recording``), finite); the
+            block's internal states from ``tape`` (its forward's), or recomputed (None)."""
+            sink = WeightGrads(ns).at(recording)
             sink.log_width = lw
             g = Cotangent(*g)
             sink.known[id(g.K), id(g.ls)] = log_g  # a Dense at the block's output reads it
@@ -300,18 +302,27 @@ def _trace(net, blocks, grid, law0, B, kept, P):
                 skeleton[:] = [rebuild]
                 return y, (c, leaves, rec)
 
-            def step(carry, xs):
-                c, leaves = xs
-                tape = skeleton[0](leaves) if internal else None
-                g, lw, log_g, rec = backward(blk, name, law, c, tape, *carry)
-                return (g, lw, log_g), rec
-
             outs = [l - first for l in range(first, first + n) if l in wanted]  # and weights
             grads = [s - first + 1 for s in range(first - 1, first + n - 1) if s in wanted]
+            recorded = np.isin(np.arange(n), outs + grads)  # copies whose backward is kept
+            light = not recorded.all()
+
+            def step(carry, xs):
+                """One copy's backward; where its records are not kept (``light``: a flag per
+                copy), without the weight gradients (a third of the time at 10^4 points)."""
+                c, leaves, keep = xs
+                tape = skeleton[0](leaves) if internal else None
+                if not light:
+                    g, lw, log_g, rec = backward(blk, name, law, c, tape, *carry)
+                else:
+                    g, lw, log_g, rec = jax.lax.cond(
+                        keep, lambda: backward(blk, name, law, c, tape, *carry),
+                        lambda: backward(blk, name, law, c, tape, *carry, recording=False))
+                return (g, lw, log_g), rec
             q = 0 if chunk is None else n // chunk
             if q < 2:  # the full tape: every copy's input state kept
                 y, (ins, leaves, rec) = jax.lax.scan(one, x, None, length=n)
-                ins = (ins, leaves)
+                ins = (ins, leaves, jnp.asarray(recorded))
 
                 def back(carry):
                     carry, (lg, wg, okb) = jax.lax.scan(step, carry, ins, reverse=True)
@@ -330,16 +341,17 @@ def _trace(net, blocks, grid, law0, B, kept, P):
             ok, ins = ok.reshape(-1), None
             if n > q * chunk:
                 y, (ins, leaves, rec_t) = jax.lax.scan(one, y, None, length=n - q * chunk)
-                ins = (ins, leaves)
+                ins = (ins, leaves, jnp.asarray(recorded[q * chunk:]))
                 rec = tuple(jnp.concatenate([a, t[tail]]) for a, t in zip(rec, rec_t[:5]))
                 ok = jnp.concatenate([ok, rec_t[5]])
             (gpos, gkeep, gtail), (wpos, wkeep, wtail) = (_split(grads, chunk, q),
                                                           _split(outs, chunk, q))
 
             def chunk_backward(carry, xs):
-                c, g_at, w_at = xs
+                c, g_at, w_at, keep = xs
                 _, (states, leaves, _) = jax.lax.scan(one, c, None, length=chunk)
-                carry, (lg, wg, okb) = jax.lax.scan(step, carry, (states, leaves), reverse=True)
+                carry, (lg, wg, okb) = jax.lax.scan(step, carry, (states, leaves, keep),
+                                                    reverse=True)
                 return carry, (lg[g_at], wg[w_at], okb)
 
             def back(carry):
@@ -348,7 +360,8 @@ def _trace(net, blocks, grid, law0, B, kept, P):
                     carry, (lg, wg, okb) = jax.lax.scan(step, carry, ins, reverse=True)
                     tail_rows = (lg[gtail], wg[wtail], okb)
                 carry, (lg, wg, okb) = jax.lax.scan(
-                    chunk_backward, carry, (starts, jnp.asarray(gpos), jnp.asarray(wpos)),
+                    chunk_backward, carry, (starts, jnp.asarray(gpos), jnp.asarray(wpos),
+                                            jnp.asarray(recorded[:q * chunk].reshape(q, chunk))),
                     reverse=True)
                 got = (lg.reshape((-1, P, B))[gkeep], wg.reshape((-1, P, B))[wkeep],
                        okb.reshape(-1))
