@@ -190,6 +190,30 @@ def test_unrecorded_layers_skip_only_their_weight_gradients():
         agree(net, X3, layers=[0, 5])
 
 
+def test_grid_split_over_threads_is_the_same_run(monkeypatch):
+    """A large grid is split over threads, one per core (XLA runs a program on one core): the
+    same numbers bit for bit as one thread, with a padded last shard (7 points over 2 and 3
+    threads), host laws called from several threads at once, and the checkpointed scan."""
+    def runs(net, inputs, shards, **kw):
+        out = []
+        for k in shards:
+            monkeypatch.setattr(compiled, "_shards", lambda P: min(k, P))
+            out.append(sp.theory(net, inputs, engine="jax", **kw))
+        return out
+
+    def same(a, b):
+        return all(np.array_equal(a[v].values, b[v].values, equal_nan=True) for v in a.data_vars)
+
+    sigma = sp.sweep("sigma_w1", np.linspace(1.0, 2.0, 7))
+    one, two, three = runs(sp.presets.resnet(6, sigma_w1=sigma), X3, (1, 2, 3), layers=[0, 2, 6])
+    assert same(one, two) and same(one, three) and one.sizes["sigma_w1"] == 7
+    one, two = runs(sp.presets.preln(3, act="tanh", sigma_w1=sigma), X2, (1, 2))
+    assert same(one, two)
+    monkeypatch.setattr(compiled, "TAPE_BYTES", 0)
+    one, two = runs(sp.presets.preln(6, act="erf", sigma_w1=sigma), X2, (1, 2))
+    assert same(one, two)
+
+
 def test_host_laws_run_once_per_layer(monkeypatch):
     """A block with host laws keeps its internal states from the forward scan for the backward
     (a host call costs ~0.1 ms beyond its work): tanh's off-diagonal kernel quadrature runs once

@@ -17,8 +17,11 @@ sink (its logs were a third of the time at 10^4 points). When the kept input sta
 would pass ``TAPE_BYTES`` (depth 10^4 x 10^4 points), the scan is two-level: chunks of
 ~sqrt(L) copies, the forward keeping only each chunk's first state and the backward
 recomputing a chunk's states from it before its reverse scan (one more forward pass; memory
-~sqrt(L) states). The Dataset is assembled by the numpy engine's own functions
-(:func:`~sigprop.engines.theory.variables`, :func:`~sigprop.engines.theory.dataset`).
+~sqrt(L) states). A grid of at least 2 x ``SHARD_POINTS`` points is split over threads, one per core
+(:func:`_shards`: XLA runs one program on one core here and releases the GIL; the same numbers
+bit for bit, the tape's checkpointing decided on the whole grid). The Dataset is assembled by
+the numpy engine's own functions (:func:`~sigprop.engines.theory.variables`,
+:func:`~sigprop.engines.theory.dataset`).
 
 A scan body needs the same static structure in and out: the law of the stream
 (:class:`~sigprop.state.moments.Law`) is static, so the first copies of a block run unrolled
@@ -42,7 +45,9 @@ from __future__ import annotations
 import copy
 import dataclasses
 import math
+import os
 from collections import OrderedDict
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
@@ -83,6 +88,7 @@ SUPPORTED = (Dense, Scale, FeatureAffine, Act, LayerNorm, RMSNorm, BatchNorm, Re
              Repeat)
 MAX_UNROLLED = 3  # copies of a block run before its scan, waiting for the stream's law to settle
 TAPE_BYTES = 2**32  # beyond it the backward recomputes each chunk of ~sqrt(L) layers
+SHARD_POINTS = 2048  # fewest grid points per thread (measured: 2 threads at 10^4 points)
 CACHE_SIZE = 16  # compiled programs kept (each holds its XLA executable)
 _CACHE: OrderedDict = OrderedDict()
 
@@ -100,16 +106,29 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
     kept = sorted(_recorded(layers, L))
     P = math.prod(shape)
     taped = max((_taped_states(blk) for blk in blocks), default=0)
-    memory.check(memory_estimate(L, len(kept), P, B)
-                 + _tape_bytes(L, P, B, _chunk(L, P, B, taped), taped),
+    chunk = _chunk(L, P, B, taped)  # decided on the whole grid: the shards' tapes add up
+    memory.check(memory_estimate(L, len(kept), P, B) + _tape_bytes(L, P, B, chunk, taped),
                  f"the compiled theory of {L} layers x {P} grid points x B = {B} inputs",
                  "split the grid (sigprop sweep --grid-chunk), or record fewer layers")
     s0 = inputs.moments()
     points = [np.ravel(a) for a in np.meshgrid(*(np.asarray(s.values) for s in grid.values()),
                                                 indexing="ij")]
+    k = _shards(P)
+    size = -(-P // k)
+    points = [np.concatenate([p, np.repeat(p[-1:], k * size - P)]) for p in points]  # padded
+
+    def shard(i):
+        with _x64(jax):  # a thread of its own: the x64 flag is per thread
+            return jax.device_get(program(tuple(p[i * size:(i + 1) * size] for p in points),
+                                          s0.K, s0.m, s0.ls))
+
     with _x64(jax):
-        program, branches = _program(net, blocks, grid, s0.law, B, tuple(kept))
-        out = jax.device_get(program(tuple(points), s0.K, s0.m, s0.ls))
+        program, branches = _program(net, blocks, grid, s0.law, B, tuple(kept), size, chunk)
+    if k == 1:
+        out = shard(0)
+    else:
+        with ThreadPoolExecutor(k) as pool:
+            out = _joined(list(pool.map(shard, range(k))), P)
     _check_finite(out, net, blocks, inputs)
     return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width)
 
@@ -161,12 +180,11 @@ def _runs(blocks) -> list[tuple[Op, int, int]]:
     return [tuple(r) for r in runs]
 
 
-def _program(net, blocks, grid, law0, B, kept):
+def _program(net, blocks, grid, law0, B, kept, P, chunk):
     """:func:`_trace`, cached (module docstring)."""
-    key = (net, law0, B, kept)
+    key = (net, law0, B, kept, P, chunk)
     if key not in _CACHE:
-        P = math.prod(len(s.values) for s in grid.values())
-        _CACHE[key] = _trace(net, blocks, grid, law0, B, kept, P)
+        _CACHE[key] = _trace(net, blocks, grid, law0, B, kept, P, chunk)
         if len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
@@ -188,6 +206,27 @@ def _taped_states(blk: Op) -> int:
     """States the forward of ``blk`` tapes when :func:`_host_laws` (each Serial's inputs)."""
     return sum(len(op.layers) for op in blk.walk() if isinstance(op, Serial)) if _host_laws(blk) \
         else 0
+
+
+def _shards(P: int) -> int:
+    """Threads the P grid points are split over: one per core the process may use, each with
+    at least ``SHARD_POINTS`` (XLA runs one program on one core here; it releases the GIL)."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return max(1, min(cores or 1, P // SHARD_POINTS))
+
+
+def _joined(parts: list[dict], P: int) -> dict:
+    """One run's arrays from its shards': points on axis 1 (``log_width``: 0), cut to the P
+    points before the padding; the per-layer finiteness flags hold where they hold in all."""
+    out = {}
+    for key in parts[0]:
+        xs = [part[key] for part in parts]
+        if key in ("ok", "okb"):
+            out[key] = np.logical_and.reduce(xs)
+        else:
+            axis = 0 if key == "log_width" else 1
+            out[key] = np.take(np.concatenate(xs, axis), np.arange(P), axis)
+    return out
 
 
 def _chunk(L: int, P: int, B: int, taped: int = 0) -> int | None:
@@ -227,7 +266,7 @@ def _split(local, chunk: int, q: int):
                                                           if j >= q * chunk], dtype=int)
 
 
-def _trace(net, blocks, grid, law0, B, kept, P):
+def _trace(net, blocks, grid, law0, B, kept, P, chunk):
     """(the jitted function (sweep values at each of the P points, K0, m0, ls0) -> dict of
     arrays at the recorded layers; whether each layer's block has a branch, known once traced)."""
     import jax
@@ -237,8 +276,7 @@ def _trace(net, blocks, grid, law0, B, kept, P):
     runs, names = _runs(blocks), list(grid)
     sweeps = [v for op in net.walk() for v in vars(op).values() if isinstance(v, Sweep)]
     branches: list[bool] = []  # per layer, filled while tracing (static)
-    taped = max((_taped_states(blk) for blk in blocks), default=0)
-    L, chunk, wanted = len(blocks), _chunk(len(blocks), P, B, taped), set(kept)
+    L, wanted = len(blocks), set(kept)
 
     def state(cls, K, m, ls, **extra):
         """A state of the fixed shapes (P, B, B), (P, B) and dtype (a scan's carry keeps them)."""
