@@ -33,7 +33,7 @@ ROWS = (Row("resnet", "relu", 1000, 1), Row("resnet", "relu", 1000, 10_000),
 QUICK = (Row("resnet", "relu", 100, 1), Row("resnet", "relu", 100, 1000),
          Row("preln", "erf", 100, 1), Row("preln", "erf", 100, 1000))
 HOST = tuple(Row(preset, act, 100, points) for preset, act in
-             (("preln", "tanh"), ("preln", "gelu"), ("prebn", "relu")) for points in (1, 100))
+             (("preln", "tanh"), ("preln", "silu"), ("prebn", "relu")) for points in (1, 100))
 
 
 def net_of(row: Row):
@@ -134,7 +134,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ops", action="store_true", help="traced operations per layer, by law")
     ap.add_argument("--host", action="store_true", help="the laws run on the host from the "
-                    "compiled program (tanh, gelu quadrature; Pre-BN's t-integrals), depth 100")
+                    "compiled program (tanh, silu quadrature; Pre-BN's t-integrals), depth 100")
     a = ap.parse_args()
     try:
         import jax  # noqa: F401

@@ -7,6 +7,8 @@ Each row runs the same net both ways, interleaved, and keeps the minimum of ``--
 * neural-tangents: ``jit(vmap(kernel_fn))`` over ``stax.repeat(block, L)``, nngp and ntk, float64,
   compile excluded; vmap over sigma_w1 (one point: ``jit(kernel_fn)``). neural-tangents needs
   Gaussian inputs to a residual sum, so its net starts with a Dense(W_std=1) (the same nngp).
+* sigprop's compiled engine, the same call with ``engine="jax"`` (it runs on the jax that
+  neural-tangents needs);
 * with ``--baseline REV``, also sigprop at git revision REV (``git archive``, imported as
   ``sigprop_baseline``: the before/after ratio of the same call in the same process).
 
@@ -67,15 +69,16 @@ def sigma_w1(points: int) -> np.ndarray:
     return np.linspace(1.0, 2.0, points) if points > 1 else np.array([2**0.5])
 
 
-def sigprop_call(m, row: Row):
-    """() -> log q_L (points, B) with the package ``m`` (sigprop or a baseline of it)."""
+def sigprop_call(m, row: Row, engine: str = "numpy"):
+    """() -> log q_L (points, B) with the package ``m`` (sigprop or a baseline of it) and its
+    theory ``engine``."""
     s1 = m.sweep("sigma_w1", sigma_w1(row.points)) if row.points > 1 else float(sigma_w1(1)[0])
     kw = {"eps": EPS} if row.preset == "preln" else {}
     net = m.presets.get(row.preset)(row.depth, act=row.act, sigma_w1=s1, **kw)
     x0 = m.Inputs(q=list(Q0), corr=CORR0)
 
     def run():
-        th = m.theory(net, x0, layers=[row.depth])
+        th = m.theory(net, x0, layers=[row.depth], engine=engine)
         return th.log_q.isel(layer=0).transpose(..., "input").values.reshape(-1, 2)
 
     return run
@@ -186,11 +189,12 @@ def main():
     print(f"tanh: neural-tangents Gauss-Hermite degree {deg} (kernel within {TOL:g} at q = 2)")
     base = baseline(a.baseline) if a.baseline else None
     print("| preset | act | depth | points | sigprop (s) | neural-tangents (s) | sigprop / NT | "
-          "sigprop ns per point-layer | max abs diff log q_L |"
-          + (" baseline (s) | baseline / sigprop |" if base else ""))
-    print("|---|---|---|---|---|---|---|---|---|" + ("---|---|" if base else ""))
+          "sigprop ns per point-layer | max abs diff log q_L | sigprop jax (s) | jax / NT | "
+          "jax ns per point-layer |" + (" baseline (s) | baseline / sigprop |" if base else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if base else ""))
     for row in (QUICK if a.quick else ROWS):
-        calls = {"sigprop": sigprop_call(sp, row), "nt": nt_call(row, deg)}
+        calls = {"sigprop": sigprop_call(sp, row), "nt": nt_call(row, deg),
+                 "jax": sigprop_call(sp, row, "jax")}
         if base:
             calls["baseline"] = sigprop_call(base, row)
         outs = {k: f() for k, f in calls.items()}  # warm-up (and neural-tangents' compile)
@@ -202,10 +206,11 @@ def main():
         finite = np.isfinite(outs["nt"])  # neural-tangents' unscaled q overflows past 1e308
         diff = float(np.max(np.abs(outs["sigprop"] - outs["nt"])[finite])) if finite.any() \
             else np.nan
-        per = best["sigprop"] / (row.depth * row.points) * 1e9
+        per, per_jax = (best[k] / (row.depth * row.points) * 1e9 for k in ("sigprop", "jax"))
         line = (f"| {row.preset} | {row.act} | {row.depth} | {row.points} | {best['sigprop']:.4g} | "
                 f"{best['nt']:.4g} | {best['sigprop'] / best['nt']:.3g} | {per:.4g} | {diff:.2g} "
-                f"({finite.mean():.0%} finite in NT) |")
+                f"({finite.mean():.0%} finite in NT) | {best['jax']:.4g} | "
+                f"{best['jax'] / best['nt']:.3g} | {per_jax:.4g} |")
         if base:
             line += f" {best['baseline']:.4g} | {best['baseline'] / best['sigprop']:.3g} |"
         print(line, flush=True)

@@ -50,12 +50,28 @@ def arcsine_kernels(q1, q2, k):
             4 / math.pi / math.sqrt((1 + 2 * q1) * (1 + 2 * q2) - 4 * k * k), 0.0)
 
 
+def gelu_kernels(q1, q2, k):
+    """GELU, x Phi(x). Tsuchida, Pearce, van der Heide, Roosta, Gallagher (2021), "Avoiding
+    kernel fixed points: computing with ELU and GELU infinite networks", Theorem 2, in the form
+    neural-tangents implements (stax.Gelu): with D^2 = (1 + q1)(1 + q2) - k^2,
+    E[gelu gelu] = k/4 + (k atan2(k, D) + (k^2 + q1 q2 D^2) / ((1 + q1)(1 + q2) D)) / (2 pi);
+    E[gelu' gelu'] = 1/4 + atan2(k, D)/(2 pi) + k (1/D^2 + (1 - q1 q2)/((1 + q1)(1 + q2)) + 1)
+    / (2 pi D); E[gelu(u)] = E[u Phi(u)] = q1 E[phi(u)] = q1 / sqrt(2 pi (1 + q1)) (Stein)."""
+    d2 = (1 + q1) * (1 + q2) - k * k
+    d, angle = math.sqrt(d2), math.atan2(k, math.sqrt(d2))
+    value = k / 4 + (k * angle + (k * k + q1 * q2 * d2) / ((1 + q1) * (1 + q2) * d)) / (2 * math.pi)
+    grad = 0.25 + angle / (2 * math.pi) + k * (1 / d2 + (1 - q1 * q2) / ((1 + q1) * (1 + q2)) + 1) \
+        / (2 * math.pi * d)
+    return value, grad, q1 / math.sqrt(2 * math.pi * (1 + q1))
+
+
 def linear_kernels(q1, q2, k):
     """Identity: E[uv] = k, derivative 1, mean 0."""
     return k, 1.0, 0.0
 
 
-KERNELS = {"linear": linear_kernels, "relu": arccos_kernels, "erf": arcsine_kernels}
+KERNELS = {"linear": linear_kernels, "relu": arccos_kernels, "erf": arcsine_kernels,
+           "gelu": gelu_kernels}
 
 
 # --- One block of each preset on a pair of inputs of equal statistics: state (q, m, k) = (second

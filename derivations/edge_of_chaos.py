@@ -12,7 +12,8 @@ for a given q*:
     erf:   sigma_w^2 = pi sqrt(1 + 4 q*) / 4,
            sigma_b^2 = q* - sqrt(1 + 4 q*) asin(2 q* / (1 + 2 q*)) / 2  (>= 0: Poincare, as in
            postln_grad_factor), a line from (pi/4, 0) at q* -> 0;
-    tanh, gelu, silu: the same two linear equations with the expectations by quadrature.
+    gelu:  the same two linear equations with its closed-form kernels (sigprop.kernels.gaussian);
+    tanh, silu: the same, with the expectations by quadrature.
 
 On the line one block of sp.theory maps q* to q* with g_0 / g_1 = 1; over many blocks q stays
 at q* only where the length map is stable there, lambda_q = dq'/dq (q*) < 1 -- true for erf and

@@ -15,8 +15,8 @@ from sigprop.kernels.gaussian import ACTIVATIONS, get_activation
 from sigprop.kernels.quadrature import expect, kernel_quad
 from sigprop.state.ns import NUMERIC, SYMBOLIC
 
-CLOSED = ("linear", "relu", "erf", "leaky_relu", "leaky_relu(0.2)")
-QUAD = ("tanh", "gelu", "silu", "gelu_tanh", "elu", "elu(0.5)")
+CLOSED = ("linear", "relu", "erf", "gelu", "leaky_relu", "leaky_relu(0.2)")
+QUAD = ("tanh", "silu", "gelu_tanh", "elu", "elu(0.5)")
 
 
 def _faces(act):
@@ -107,7 +107,7 @@ POINTS_1D = [1e-6, 1e-3, 0.3, 4.5, 1e3, 1e4]  # q for mean, grad_mean and the di
 
 
 @pytest.mark.filterwarnings("ignore::scipy.integrate.IntegrationWarning")  # roundoff at 1e-15
-@pytest.mark.parametrize("name", QUAD)
+@pytest.mark.parametrize("name", QUAD + ("gelu",))  # and gelu's closed form
 def test_quadrature_matches_scipy(name):
     act, (f, df) = get_activation(name), SCALAR[name]
     for q1, q2, c in POINTS_2D + [(q, q, 1.0) for q in POINTS_1D] + [(2.0, 30.0, -1.0)]:
@@ -125,18 +125,6 @@ def test_quadrature_matches_scipy(name):
             val = getattr(act, face)(q)
             # relative 1e-9 (absolute 1e-15 sqrt(q) where the mean vanishes: tanh)
             assert abs(val - ref) <= 1e-9 * abs(ref) + 1e-15 * math.sqrt(q), (face, q)
-
-
-def test_gelu_smoothed_closed_form():
-    """gelu's inner expectation E[gelu(m + s Z)] (and of gelu') in closed form = quadrature."""
-    from sigprop.kernels.gaussian import gelu_grad_smoothed, gelu_smoothed
-
-    gelu = get_activation("gelu")
-    m, s = np.meshgrid([-40.0, -3.0, -0.2, 0.0, 0.7, 5.0, 60.0], [0.0, 1e-3, 0.5, 3.0, 100.0])
-    np.testing.assert_allclose(gelu_smoothed(m, s), expect(gelu.fn, m, s), rtol=0,
-                               atol=1e-12 * (1 + np.abs(m) + s).max())
-    np.testing.assert_allclose(gelu_grad_smoothed(m, s), expect(gelu.grad, m, s), rtol=0,
-                               atol=1e-10)
 
 
 # --- 3. Monte Carlo sanity for every activation.

@@ -133,11 +133,11 @@ def test_montecarlo_sweep_on_a_cluster_is_the_single_process_dataset(tmp_path, c
 
 def test_theory_grid_chunks(tmp_path):
     """Any grid chunk gives the same bits, for the closed-form kernels (relu) and the
-    quadrature ones (tanh, gelu, silu) alike: the quadrature sums its nodes in a fixed order per
+    quadrature ones (tanh, gelu_tanh, silu) alike: the quadrature sums its nodes in a fixed order per
     grid point (kernels/quadrature.py, ``_node_sum``), whatever other points share the chunk."""
     text = TINY.replace('[[arch]]\nlabel = "Post-LN relu"', "".join(
         f'[[arch]]\nlabel = "Pre-LN {act}"\npreset = "preln"\nact = "{act}"\n'
-        for act in ("gelu", "silu")) + '[[arch]]\nlabel = "Post-LN relu"')
+        for act in ("gelu_tanh", "silu")) + '[[arch]]\nlabel = "Post-LN relu"')
     sim = Sim.load(write_sim(tmp_path, text=text))
     single = run_theory(sim, "quick")
     assert single.sizes["arch"] == 4

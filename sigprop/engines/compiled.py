@@ -33,7 +33,7 @@ op named by the numpy engine rerun on the net (an error path: no cost otherwise)
 
 Supported: every op of :mod:`sigprop.ops` (:data:`SUPPORTED`); a user's own op subclass is
 refused before tracing (:class:`UnsupportedComposition`, naming it). The laws whose numeric
-rule depends on the values (the quadrature activations tanh, gelu, silu, elu, gelu_tanh, and
+rule depends on the values (the quadrature activations tanh, silu, elu, gelu_tanh, and
 BatchNorm's t-integrals) are called back on the host from the compiled program
 (``ns.host``), the numpy functions themselves: the same values, at about the numpy engine's
 pace (the host work is the same; each call adds ~0.1 ms). The compiled function is cached per (net, inputs' law, B, recorded layers), so a second call runs

@@ -6,12 +6,11 @@ activation phi has the Gaussian faces
     kernel = E[phi(u) phi(v)]        grad_kernel = E[phi'(u) phi'(v)]
     mean   = E[phi(u)]               grad_mean   = E[phi'(u)]   (Stein: E[u phi(u)] = q E[phi'(u)])
 
-linear, relu, erf and leaky_relu have closed forms, each written once over a
+linear, relu, erf, gelu and leaky_relu have closed forms, each written once over a
 :class:`~sigprop.state.ns.Namespace` (numpy values with NUMERIC, exact sympy expressions with
-SYMBOLIC). tanh, gelu, gelu_tanh, silu and elu have none: NUMERIC evaluates them by
-:mod:`sigprop.kernels.quadrature` (gelu's inner expectation in closed form,
-:func:`gelu_smoothed`), a traced namespace by the same quadrature on the host (``ns.host``), SYMBOLIC returns the Gaussian expectation as an
-unevaluated :class:`~sigprop.kernels.integral.GaussianIntegral`. Most activations obey
+SYMBOLIC). tanh, gelu_tanh, silu and elu have none: NUMERIC evaluates them by
+:mod:`sigprop.kernels.quadrature`, a traced namespace by the same quadrature on the host
+(``ns.host``), SYMBOLIC returns the Gaussian expectation as an unevaluated :class:`~sigprop.kernels.integral.GaussianIntegral`. Most activations obey
 phi(-x) = p phi(x) + b x + g (odd, or x/2 + even, or 1/2 + odd), which the quadrature uses.
 
 Parametric families take their parameter in the name: ``leaky_relu`` (negative slope 0.01,
@@ -81,6 +80,36 @@ def _erf_grad_kernel(q1, q2, c, ns):
     return 4 / ns.pi / ns.sqrt(det)
 
 
+def _gelu_parts(q1, q2, c, ns):
+    """(k, s, a1 a2 term, 1 - s^2) for gelu's kernels: k = c sqrt(q1 q2), a_i = q_i / (1 + q_i),
+    b_i = 1 / (1 + q_i), s = c sqrt(a1 a2) = k / sqrt((1 + q1)(1 + q2)), and
+    1 - s^2 = b1 + a1 b2 + a1 a2 (1 - c)(1 + c) (no cancellation, no overflow at q = 1e300)."""
+    a1, a2, b1, b2 = q1 / (1 + q1), q2 / (1 + q2), 1 / (1 + q1), 1 / (1 + q2)
+    s = c * ns.sqrt(a1) * ns.sqrt(a2)
+    return c * ns.sqrt(q1) * ns.sqrt(q2), s, b1, b2, b1 + a1 * b2 + (a1 * (1 - c)) * (a2 * (1 + c))
+
+
+def _gelu_kernel(q1, q2, c, ns):
+    """E[gelu(u) gelu(v)], gelu(x) = x Phi(x) (Tsuchida et al. 2021, as neural-tangents):
+    k/4 + (k asin s + (k^2 + q1 q2 D^2) / ((1 + q1)(1 + q2) D)) / (2 pi), D^2 = (1 + q1)(1 + q2)
+    - k^2; in the bounded variables of :func:`_gelu_parts`, the last term is
+    s^2 / (r1 r2 sqrt(1 - s^2)) + sqrt(q1 q2 a1 a2 (1 - s^2)), r_i = sqrt(1 + q_i)."""
+    k, s, b1, b2, d = _gelu_parts(q1, q2, c, ns)
+    root = ns.sqrt(d)
+    last = (s * s / (ns.sqrt(1 + q1) * ns.sqrt(1 + q2) * root)
+            + ns.sqrt(q1) * ns.sqrt(q2) * ns.sqrt(q1 / (1 + q1)) * ns.sqrt(q2 / (1 + q2)) * root)
+    return k / 4 + (k * ns.asin(s) + last) / (2 * ns.pi)
+
+
+def _gelu_grad_kernel(q1, q2, c, ns):
+    """E[gelu'(u) gelu'(v)] = 1/4 + asin(s) / (2 pi) + (k / D)(1 / D^2 + (2 + q1 + q2) / ((1 +
+    q1)(1 + q2))) / (2 pi), i.e. with k / D = s / sqrt(1 - s^2), 1 / D^2 = b1 b2 / (1 - s^2) and
+    (2 + q1 + q2) / ((1 + q1)(1 + q2)) = b1 + b2 (:func:`_gelu_parts`). As q -> inf it tends to
+    relu's (pi - acos c) / (2 pi)."""
+    _, s, b1, b2, d = _gelu_parts(q1, q2, c, ns)
+    return 1 / 4 + (ns.asin(s) + s / ns.sqrt(d) * (b1 * b2 / d + b1 + b2)) / (2 * ns.pi)
+
+
 class _Closed(NamedTuple):
     kernel: Callable
     grad_kernel: Callable
@@ -113,6 +142,16 @@ _ERF = _Closed(
     grad_mean=lambda q, ns: 2 / ns.sqrt(ns.pi * (1 + 2 * q)),  # (2/sqrt(pi)) E[exp(-u^2)]
     kernel_diag=lambda q, ns: 2 / ns.pi * ns.asin(2 * q / (1 + 2 * q)),
     grad_kernel_diag=lambda q, ns: 4 / ns.pi / ns.sqrt(1 + 4 * q),  # det(I + 2 Sigma) = 1 + 4 q
+)
+
+
+_GELU = _Closed(
+    kernel=_gelu_kernel,
+    grad_kernel=_gelu_grad_kernel,
+    mean=lambda q, ns: ns.sqrt(q) * ns.sqrt(q / (1 + q)) / ns.sqrt(2 * ns.pi),  # q E[phi(u)]
+    grad_mean=lambda q, ns: _full(ns, sympy.Rational(1, 2), q),  # E[Phi(u)] + E[u phi(u)] = 1/2
+    kernel_diag=lambda q, ns: _gelu_kernel(q, q, _full(ns, 1, q), ns),
+    grad_kernel_diag=lambda q, ns: _gelu_grad_kernel(q, q, _full(ns, 1, q), ns),
 )
 
 
@@ -167,26 +206,6 @@ def _gelu_grad(x, xp):
     return _normal_cdf(x, xp) + x * xp.exp(-x * x / 2) / _SQRT_2PI
 
 
-def gelu_smoothed(m, s):
-    """E[gelu(x)], x ~ N(m, s^2): m Phi(m/r) + s^2 phi(m/r)/r, r = sqrt(1 + s^2) (Stein)."""
-    r = np.sqrt(1 + s * s)
-    return m * scipy.special.ndtr(m / r) + s * s * np.exp(-m * m / (2 * r * r)) / (_SQRT_2PI * r)
-
-
-_CUBE_MAX = 1e100  # r^3 overflows beyond r = 5.6e102
-
-
-def gelu_grad_smoothed(m, s):
-    """E[gelu'(x)] = E[Phi(x) + x phi(x)], x ~ N(m, s^2): Phi(m/r) + m phi(m/r)/r^3.
-
-    The second term is (m/r) phi(m/r) / r^2, at most 0.25 / r^2 in size: beyond r = 1e100
-    (q = 1e200 and up) it is below 1e-200 and taken as its limit 0 (r^3 would overflow)."""
-    r = np.sqrt(1 + s * s)
-    small = r < _CUBE_MAX
-    rs, ms = np.where(small, r, 1.0), np.where(small, m, 0.0)  # the tail is 0 where not small
-    return scipy.special.ndtr(m / r) + ms * np.exp(-ms * ms / (2 * rs * rs)) / (_SQRT_2PI * rs**3)
-
-
 _GELU_TANH_K = np.sqrt(2 / np.pi)  # torch's GELU(approximate="tanh"):
 _GELU_TANH_C = 0.044715             # x/2 (1 + tanh(k (x + c x^3)))
 
@@ -234,7 +253,6 @@ class Activation:
     _expr: Callable = field(repr=False)  # sympy expression phi(x) of a sympy x
     _closed: _Closed | None = field(default=None, repr=False)
     _bend: float = field(default=1.0, repr=False)  # width of phi's bend at 0 (0: a kink)
-    _smoothed: tuple | None = field(default=None, repr=False)  # E[phi(m + sZ)], E[phi'(..)]
     _parity: tuple = field(default=(None, None), repr=False)  # (p, b, g) of phi and phi':
     # phi(-x) = p phi(x) + b x + g (odd: (-1, 0, 0); x/2 + even: (1, -1, 0); 1/2 + odd: (-1, 0, 1))
 
@@ -325,10 +343,8 @@ class Activation:
         out = np.empty(q1.shape)
         diag = (c == 1) & (q1 == q2)
         out[diag] = tabulated((self.name, face), lambda x: f(x, np) ** 2, q1[diag], self._bend)
-        i = face == "grad_kernel"
-        smoothed = self._smoothed and self._smoothed[i]
         out[~diag] = kernel_quad(lambda x: f(x, np), q1[~diag], q2[~diag], c[~diag], self._bend,
-                                 smoothed, self._parity[i])
+                                 parity=self._parity[face == "grad_kernel"])
         return out[()]
 
     def _single(self, face, f, expr, q, ns):
@@ -412,8 +428,7 @@ ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("tanh", None, lambda x, xp: xp.tanh(x), _tanh_grad, sympy.tanh,
                _parity=(_ODD, _EVEN)),
     Activation("gelu", None, lambda x, xp: x * _normal_cdf(x, xp), _gelu_grad,
-               lambda x: x * _sym_normal_cdf(x), _smoothed=(gelu_smoothed, gelu_grad_smoothed),
-               _parity=(_HALF_X, _HALF_ONE)),
+               lambda x: x * _sym_normal_cdf(x), _GELU, _parity=(_HALF_X, _HALF_ONE)),
     Activation("silu", None, lambda x, xp: x * _special(xp).expit(x), _silu_grad,
                lambda x: x / (1 + sympy.exp(-x)), _parity=(_HALF_X, _HALF_ONE)),
     Activation("gelu_tanh", None, _gelu_tanh, _gelu_tanh_grad, _sym_gelu_tanh,

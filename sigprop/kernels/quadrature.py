@@ -15,11 +15,10 @@ Every level is a 1-D Gaussian expectation E[g(Z)] done by one rule, :func:`_expe
   graded geometrically towards z0 down to the bend's width.
 
 |c| = 1 is the 1-D E[f(sqrt(q1) Z) f(c sqrt(q2) Z)]. A parity f(-x) = p f(x) + b x + g folds
-the outer integral onto Z1 > 0; a closed-form inner expectation replaces the inner rule. A 1-D
-E[h(sqrt(q) Z)] (a mean, or the diagonal q1 = q2, c = 1), a function of q alone, is
-interpolated from a table built once from the same rule (:func:`tabulated`). Cost per element:
-~0.1 us on the tables; off the diagonal, ~50-100 integrand values with a closed-form inner
-expectation, ~5e3 (q ~ 1) to ~1.6e4 (q ~ 1e3) without one.
+the outer integral onto Z1 > 0. A 1-D E[h(sqrt(q) Z)] (a mean, or the diagonal q1 = q2, c = 1),
+a function of q alone, is interpolated from a table built once from the same rule
+(:func:`tabulated`). Cost per element: ~0.1 us on the tables; off the diagonal, ~5e3 (q ~ 1) to
+~1.6e4 (q ~ 1e3) integrand values.
 
 May import: numpy only (no other sigprop module).
 """
@@ -142,11 +141,10 @@ def expect(f, mu, s, bend=1.0):
     return _expect_z(lambda z, m, t: f(m + t * z), z0, width, mu, s, kink=bend == 0)
 
 
-def kernel_quad(f, q1, q2, c, bend=1.0, smoothed=None, parity=None):
+def kernel_quad(f, q1, q2, c, bend=1.0, parity=None):
     """E[f(u) f(v)] for float arrays q1, q2 >= 0 and c in [-1, 1] (see the module docstring).
 
-    ``smoothed(m, s) = E[f(m + s Z)]`` in closed form, when known, replaces the inner
-    quadrature. ``parity = (p, b, g)`` with f(-x) = p f(x) + b x + g, when known, folds the outer
+    ``parity = (p, b, g)`` with f(-x) = p f(x) + b x + g, when known, folds the outer
     integral onto Z1 > 0 (the pair (Z1, Z2) -> (-Z1, -Z2) maps f(u) to p f(u) + b u + g).
     Symmetric in (q1, q2): each distinct (min q, max q, c) is integrated once.
     """
@@ -173,7 +171,7 @@ def kernel_quad(f, q1, q2, c, bend=1.0, smoothed=None, parity=None):
         return fold(z, a, bc, f(a * z), f(bc * z))
 
     def outer(z, a, bc, sig):
-        inner = smoothed(bc * z, sig) if smoothed else expect(f, bc * z, sig, bend)
+        inner = expect(f, bc * z, sig, bend)
         return fold(z, a, bc, f(a * z), inner)
 
     kink, half = bend == 0, parity is not None

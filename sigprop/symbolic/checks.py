@@ -18,8 +18,8 @@ from sigprop.symbolic.hyperparams import substitute
 from sigprop.symbolic.maps import backward_map, block_map
 from sigprop.symbolic.symbols import C_AB, G_A, M_A, M_B, Q_A, Q_B, SYMBOLS, canonical_symbols
 
-CLOSED_FORM_ACTS = ("linear", "relu", "erf")
-INTEGRAL_ACTS = ("tanh", "gelu", "silu")
+CLOSED_FORM_ACTS = ("linear", "relu", "erf", "gelu")
+INTEGRAL_ACTS = ("tanh", "silu")
 
 
 def available_acts(acts=None, quick: bool = False) -> tuple[str, ...]:
