@@ -22,8 +22,8 @@ pytest.importorskip("jax")
 
 import sigprop as sp
 from sigprop.engines import compiled
-from sigprop.kernels import gaussian
 from sigprop.errors import ConfigError, OverflowInTheory, UnsupportedComposition
+from sigprop.kernels import gaussian
 from sigprop.ops import (
     Act,
     BatchNorm,
@@ -197,7 +197,7 @@ def test_grid_split_over_threads_is_the_same_run(monkeypatch):
     def runs(net, inputs, shards, **kw):
         out = []
         for k in shards:
-            monkeypatch.setattr(compiled, "_shards", lambda P: min(k, P))
+            monkeypatch.setattr(compiled, "_shards", lambda P, k=k: min(k, P))
             out.append(sp.theory(net, inputs, engine="jax", **kw))
         return out
 

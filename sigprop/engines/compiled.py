@@ -36,8 +36,8 @@ refused before tracing (:class:`UnsupportedComposition`, naming it). The laws wh
 rule depends on the values (the quadrature activations tanh, silu, elu, gelu_tanh, and
 BatchNorm's t-integrals) are called back on the host from the compiled program
 (``ns.host``), the numpy functions themselves: the same values, at about the numpy engine's
-pace (the host work is the same; each call adds ~0.1 ms). The compiled function is cached per (net, inputs' law, B, recorded layers), so a second call runs
-without tracing.
+pace (the host work is the same; each call adds ~0.1 ms). The compiled function is cached per
+(net, inputs' law, B, recorded layers, shard size), so a second call runs without tracing.
 """
 
 from __future__ import annotations

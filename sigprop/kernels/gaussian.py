@@ -10,7 +10,8 @@ linear, relu, erf, gelu and leaky_relu have closed forms, each written once over
 :class:`~sigprop.state.ns.Namespace` (numpy values with NUMERIC, exact sympy expressions with
 SYMBOLIC). tanh, gelu_tanh, silu and elu have none: NUMERIC evaluates them by
 :mod:`sigprop.kernels.quadrature`, a traced namespace by the same quadrature on the host
-(``ns.host``), SYMBOLIC returns the Gaussian expectation as an unevaluated :class:`~sigprop.kernels.integral.GaussianIntegral`. Most activations obey
+(``ns.host``), SYMBOLIC returns the Gaussian expectation as an unevaluated
+:class:`~sigprop.kernels.integral.GaussianIntegral`. Most activations obey
 phi(-x) = p phi(x) + b x + g (odd, or x/2 + even, or 1/2 + odd), which the quadrature uses.
 
 Parametric families take their parameter in the name: ``leaky_relu`` (negative slope 0.01,
@@ -81,7 +82,7 @@ def _erf_grad_kernel(q1, q2, c, ns):
 
 
 def _gelu_parts(q1, q2, c, ns):
-    """(k, s, a1 a2 term, 1 - s^2) for gelu's kernels: k = c sqrt(q1 q2), a_i = q_i / (1 + q_i),
+    """(k, s, b1, b2, 1 - s^2) for gelu's kernels: k = c sqrt(q1 q2), a_i = q_i / (1 + q_i),
     b_i = 1 / (1 + q_i), s = c sqrt(a1 a2) = k / sqrt((1 + q1)(1 + q2)), and
     1 - s^2 = b1 + a1 b2 + a1 a2 (1 - c)(1 + c) (no cancellation, no overflow at q = 1e300)."""
     a1, a2, b1, b2 = q1 / (1 + q1), q2 / (1 + q2), 1 / (1 + q1), 1 / (1 + q2)
@@ -94,7 +95,7 @@ def _gelu_kernel(q1, q2, c, ns):
     k/4 + (k asin s + (k^2 + q1 q2 D^2) / ((1 + q1)(1 + q2) D)) / (2 pi), D^2 = (1 + q1)(1 + q2)
     - k^2; in the bounded variables of :func:`_gelu_parts`, the last term is
     s^2 / (r1 r2 sqrt(1 - s^2)) + sqrt(q1 q2 a1 a2 (1 - s^2)), r_i = sqrt(1 + q_i)."""
-    k, s, b1, b2, d = _gelu_parts(q1, q2, c, ns)
+    k, s, _, _, d = _gelu_parts(q1, q2, c, ns)
     root = ns.sqrt(d)
     last = (s * s / (ns.sqrt(1 + q1) * ns.sqrt(1 + q2) * root)
             + ns.sqrt(q1) * ns.sqrt(q2) * ns.sqrt(q1 / (1 + q1)) * ns.sqrt(q2 / (1 + q2)) * root)
