@@ -94,6 +94,6 @@ def test_relu_gate_through_a_rescaled_batchnorm_output(monkeypatch):
     mc = T.simulate_widths(net, root_seed=7)
     r = T.check(net, mc)
     assert not r.rejects(), f"family p = {r.p:.2g} ({r.worst})"
-    monkeypatch.setattr(Cotangent, "_rescaled", lambda self, a, dls, shifted: {"gate": self.gate})
+    monkeypatch.setattr(Cotangent, "_rescaled", lambda self, a, dls, shifted, ns: {"gate": self.gate})
     r = T.check(net, mc)
     assert r.rejects(), f"unscaled gate not detected: p = {r.p:.2g} ({r.worst})"
