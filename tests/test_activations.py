@@ -127,6 +127,29 @@ def test_quadrature_matches_scipy(name):
             assert abs(val - ref) <= 1e-9 * abs(ref) + 1e-15 * math.sqrt(q), (face, q)
 
 
+def test_gelu_closed_forms_at_any_scale():
+    """gelu's kernels against the literature form (Tsuchida et al. 2021; D^2 = (1 + q1)(1 + q2)
+    - k^2, atan2) in 40-digit mpmath, q from 1e-6 to 1e20, c = +-1 included: to 2e-16 (kernel
+    relative to max(1, q)). With asin(s) at |s| -> 1 the error was ~eps sqrt(q): 2e-9 at q = 1e16,
+    and the wrong sign at c = -1."""
+    mpmath = pytest.importorskip("mpmath")
+    gelu = get_activation("gelu")
+    with mpmath.workdps(40):
+        for q in (1e-6, 1e-2, 1.0, 1e4, 1e8, 1e12, 1e16, 1e20):
+            for c in (1.0, -1.0, 0.3, -0.999):
+                for q2 in (q, 0.37 * q):
+                    a, b, r = mpmath.mpf(q), mpmath.mpf(q2), mpmath.mpf(c)
+                    k = r * mpmath.sqrt(a * b)
+                    d2 = (1 + a) * (1 + b) - k * k
+                    d, t = mpmath.sqrt(d2), mpmath.atan2(k, mpmath.sqrt(d2))
+                    value = k / 4 + (k * t + (k * k + a * b * d2) / ((1 + a) * (1 + b) * d)) / (
+                        2 * mpmath.pi)
+                    grad = (mpmath.mpf(1) / 4 + t / (2 * mpmath.pi)
+                            + k * (1 / d2 + (1 - a * b) / ((1 + a) * (1 + b)) + 1) / (2 * mpmath.pi * d))
+                    assert abs(float(gelu.kernel(q, q2, c)) - float(value)) <= 2e-16 * max(1, q)
+                    assert abs(float(gelu.grad_kernel(q, q2, c)) - float(grad)) <= 2e-16
+
+
 # --- 3. Monte Carlo sanity for every activation.
 
 MC_POINTS = [(1.0, 1.0, 0.5), (0.3, 2.5, -0.7), (30.0, 20.0, 0.95)]

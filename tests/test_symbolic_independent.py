@@ -6,7 +6,8 @@
 * Pre-LN: q_L = q_0 + L alpha^2 g (Xiong et al. 2020, Lemma 1: the Pre-LN stream's second moment
   grows linearly), with the branch gain g = sigma_2^2 E[phi(sigma_1 z)^2], z ~ N(0, 1), written
   from the Gaussian kernel (LN makes the branch input's second moment gain^2 = 1 at eps = 0);
-* quadrature activations (tanh, gelu, silu): the sympy expression of the symbolic face
+* gelu's closed form against the literature's (Tsuchida et al. 2021), like the above;
+* quadrature activations (tanh, silu): the sympy expression of the symbolic face
   evaluated by mpmath.quad (tanh-sinh, 1-D and 2-D) against the numeric kernels of
   sigprop.kernels.quadrature, a different integrator, to 1e-9;
 * BatchNorm's sphere values (K_aa = 1/2 after BN + relu, and the arc-cosine kernel on the

@@ -60,6 +60,7 @@ from sigprop.engines.theory import (
     _recorded,
     dataset,
     memory_estimate,
+    theory,
     variables,
 )
 from sigprop.errors import OverflowInTheory, UnsupportedComposition
@@ -80,8 +81,8 @@ from sigprop.ops import (
     sweeps_of,
 )
 from sigprop.state.inputs import Inputs
-from sigprop.state.moments import Cotangent, Moments, to_unit_diagonal
-from sigprop.state.ns import jax_namespace
+from sigprop.state.moments import BatchNormed, Cotangent, Moments, to_unit_diagonal
+from sigprop.state.ns import HOST_ERRORS, jax_namespace
 from sigprop.state.params import Context, Sweep
 
 SUPPORTED = (Dense, Scale, FeatureAffine, Act, LayerNorm, RMSNorm, BatchNorm, Residual, Serial,
@@ -124,11 +125,17 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
 
     with _x64(jax):
         program, branches = _program(net, blocks, grid, s0.law, B, tuple(kept), size, chunk)
+    HOST_ERRORS.clear()
     if k == 1:
         out = shard(0)
     else:
         with ThreadPoolExecutor(k) as pool:
             out = _joined(list(pool.map(shard, range(k))), P)
+    if HOST_ERRORS:  # a host law raised: the numpy engine raises it again, naming the op
+        error = HOST_ERRORS[0]
+        HOST_ERRORS.clear()
+        theory(net, inputs, layers=[0])
+        raise error
     _check_finite(out, net, blocks, inputs)
     return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width)
 
@@ -349,13 +356,13 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk):
                 """One copy's backward; where its records are not kept (``light``: a flag per
                 copy), without the weight gradients (a third of the time at 10^4 points)."""
                 c, leaves, keep = xs
-                tape = skeleton[0](leaves) if internal else None
-                if not light:
-                    g, lw, log_g, rec = backward(blk, name, law, c, tape, *carry)
-                else:
-                    g, lw, log_g, rec = jax.lax.cond(
-                        keep, lambda: backward(blk, name, law, c, tape, *carry),
-                        lambda: backward(blk, name, law, c, tape, *carry, recording=False))
+
+                def back(recording=True):  # a tape of its own: the backward pops its entries
+                    tape = skeleton[0](leaves) if internal else None
+                    return backward(blk, name, law, c, tape, *carry, recording=recording)
+
+                g, lw, log_g, rec = (jax.lax.cond(keep, back, lambda: back(False)) if light
+                                     else back())
                 return (g, lw, log_g), rec
             q = 0 if chunk is None else n // chunk
             if q < 2:  # the full tape: every copy's input state kept
@@ -431,7 +438,15 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk):
                 oks.append(ok)
                 backs.append(back)
                 branches.extend([branch] * count)
-                settled = out_law == law
+                if isinstance(out_law, BatchNormed) and first + done + count <= L:
+                    raise UnsupportedComposition(  # the law holds values, and the carry between
+                        # layers holds no relu gate (the next layer's Act would need both)
+                        f"net > {name}: a layer hands a BatchNorm output to the next layer, "
+                        "whose law (the batch covariance) and relu gate the compiled engine "
+                        "does not carry between layers; keep the BatchNorm and the ops after it "
+                        "in one block (a Residual or a Repeat of a Serial), or use "
+                        "engine='numpy'")
+                settled = done + count < n and out_law == law  # (a BatchNormed one: refused)
                 law, done = out_law, done + count
                 x = y
         head = [(start.K[None], start.m[None], start.ls[None])] if 0 in wanted else []
@@ -502,8 +517,6 @@ def _check_finite(out, net, blocks, inputs):
     them). The numpy engine, rerun on the net (it stops at its first overflow), names the op
     where it overflows too; where it does not, the compiled engine's own limits are named (XLA
     flushes scales below 2.2e-308 to zero)."""
-    from sigprop.engines.theory import theory
-
     for key, direction, pick in (("ok", "forward", min), ("okb", "backward", max)):
         bad = np.flatnonzero(~np.asarray(out[key]))  # per layer: finite at every point
         if bad.size:

@@ -45,8 +45,8 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     """Propagate ``inputs`` through ``net`` at infinite width, forward and backward.
 
     ``engine``: ``"numpy"`` (this module), or ``"jax"``: the same laws traced and compiled
-    (:mod:`sigprop.engines.compiled`; needs jax, ``pip install 'sigprop[jax]'``; the ops with a
-    closed-form law only; ``progress`` is not shown).
+    (:mod:`sigprop.engines.compiled`; needs jax, ``pip install 'sigprop[jax]'``; every op, the
+    quadrature laws called back on the host; ``progress`` is not shown).
 
     ``width``: a stream width N; adds the first-order finite-width corrections and the spread
     across seeds at N (:mod:`sigprop.engines.finite_width`, schema ``FINITE_WIDTH_VARIABLES``).

@@ -1,5 +1,5 @@
 """Gaussian expectations without closed form, kept as unevaluated sympy integrals (the SYMBOLIC
-face of tanh, gelu and silu), and the one numeric evaluator of such an integral.
+face of tanh, silu and the other quadrature activations), and the one numeric evaluator of such an integral.
 
     E[phi(sqrt(q) Z)]  = int phi(sqrt(q) z1) N(z1) dz1
     E[phi(u) phi(v)]   = int int phi(sqrt(q1) z1) phi(sqrt(q2) z2) N_c(z1, z2) dz2 dz1
@@ -19,7 +19,8 @@ import scipy.integrate
 import sympy
 
 # The one evaluator, :func:`integral_value`; errors measured against sigprop.kernels.quadrature
-# for tanh, gelu, silu (kernel, grad_kernel, mean, grad_mean), q in [1e-2, 1e6].
+# for tanh, gelu, silu (kernel, grad_kernel, mean, grad_mean), q in [1e-2, 1e6] (gelu's face is
+# now its closed form; the measurement stands for the evaluator).
 # 1-D: mpmath's tanh-sinh rule at the working precision, split at the kink. Its nodes crowd at
 # the ends of each piece, where every activation kinks or bends (z = 0, on the scale 1/sqrt(q)),
 # and exact arithmetic never overflows: agrees with the quadrature module within its measured

@@ -102,6 +102,9 @@ def jax_namespace() -> Namespace:
     )
 
 
+HOST_ERRORS: list = []  # exceptions of host laws in compiled runs (the run goes on with NaN)
+
+
 def _jax_host(fn, shapes, *args):
     """``fn(*args)`` of numpy float64 arrays, called back from the compiled program
     (``jax.pure_callback``); ``shapes``: the shape of its array result, or a tuple of shapes
@@ -116,7 +119,11 @@ def _jax_host(fn, shapes, *args):
     specs = tuple(jax.ShapeDtypeStruct((*s, 2), np.uint32) for s in shapes)
 
     def on_host(*bits):
-        out = fn(*(np.ascontiguousarray(b).view(np.float64)[..., 0] for b in bits))
+        try:
+            out = fn(*(np.ascontiguousarray(b).view(np.float64)[..., 0] for b in bits))
+        except Exception as e:  # noqa: BLE001 - kept for the caller, who raises it after the
+            HOST_ERRORS.append(e)  # run (an exception here would reach the user as a jax one)
+            out = [np.full(s, np.nan) for s in shapes] if many else np.nan
         return tuple(np.ascontiguousarray(np.broadcast_to(np.asarray(o, np.float64), s))
                      .view(np.uint32).reshape(*s, 2) for o, s in zip(out if many else [out], shapes))
 
