@@ -93,7 +93,10 @@ def _gelu_parts(q1, q2, c, ns):
 def _gelu_angle(s, d, ns):
     """asin s from s and d = 1 - s^2, by the half angle: 2 asin(s / sqrt(2 (1 + sqrt d))). At
     |s| -> 1 (q -> inf) asin s itself has slope 1 / sqrt d: its rounding of s cost ~eps sqrt q
-    (2e-9 at q = 1e16); the half angle's argument stays below 1 / sqrt 2."""
+    (2e-9 at q = 1e16); the half angle's argument stays below 1 / sqrt 2. The symbolic face,
+    exact, keeps asin s (its nested roots left sympy's edge-of-chaos solve past its 20 s)."""
+    if ns.symbolic:
+        return ns.asin(s)
     return 2 * ns.asin(s / ns.sqrt(2 * (1 + ns.sqrt(d))))
 
 
