@@ -476,39 +476,30 @@ def _pack(tape):
     in order, and the function that puts arrays of the same shapes back in its structure."""
     leaves: list = []
 
-    def strip(o):
-        if isinstance(o, dict):
-            return {k: strip(v) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            items = [strip(v) for v in o]
-            return type(o)(*items) if hasattr(o, "_fields") else type(o)(items)
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            new = copy.copy(o)
-            for f in dataclasses.fields(o):
-                object.__setattr__(new, f.name, strip(getattr(o, f.name)))
-            return new
-        if hasattr(o, "shape") and hasattr(o, "dtype"):  # a traced or a numpy array
-            leaves.append(o)
-            return _Slot(len(leaves) - 1)
-        return o
+    def slot(o):
+        leaves.append(o)
+        return _Slot(len(leaves) - 1)
 
-    def fill(o, values):
-        if isinstance(o, _Slot):
-            return values[o]
-        if isinstance(o, dict):
-            return {k: fill(v, values) for k, v in o.items()}
-        if isinstance(o, (list, tuple)):
-            items = [fill(v, values) for v in o]
-            return type(o)(*items) if hasattr(o, "_fields") else type(o)(items)
-        if dataclasses.is_dataclass(o) and not isinstance(o, type):
-            new = copy.copy(o)
-            for f in dataclasses.fields(o):
-                object.__setattr__(new, f.name, fill(getattr(o, f.name), values))
-            return new
-        return o
+    skeleton = _map_leaves(tape, lambda o: slot(o) if hasattr(o, "shape") and hasattr(o, "dtype")
+                           else o)  # a traced or a numpy array
+    return leaves, lambda values: _map_leaves(
+        skeleton, lambda o: values[o] if isinstance(o, _Slot) else o)
 
-    skeleton = strip(tape)
-    return leaves, lambda values: fill(skeleton, values)
+
+def _map_leaves(o, leaf):
+    """``o`` with ``leaf`` applied to everything below its dicts, lists, tuples (named too) and
+    dataclass fields (copied, frozen ones included)."""
+    if isinstance(o, dict):
+        return {k: _map_leaves(v, leaf) for k, v in o.items()}
+    if isinstance(o, (list, tuple)):
+        items = [_map_leaves(v, leaf) for v in o]
+        return type(o)(*items) if hasattr(o, "_fields") else type(o)(items)
+    if dataclasses.is_dataclass(o) and not isinstance(o, type):
+        new = copy.copy(o)
+        for f in dataclasses.fields(o):
+            object.__setattr__(new, f.name, _map_leaves(getattr(o, f.name), leaf))
+        return new
+    return leaf(o)
 
 
 def _check_finite(out, net, blocks, inputs):
