@@ -112,15 +112,15 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("var_log_q", PER_INPUT, "variance of log q across seeds", "1",
              "Var[log q] over random nets at the dataset's width N, leading order (O(1/N))"),
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
-             "1", "E[grad_q]/grad_q_inf - 1 = c/N at layer 0 (the input gradient), exact "
-             "weights: c from the walk of a forward tangent, E grad_q_0 = E |J t|^2 / N (NaN at "
-             "the other layers, whose c sigprop.engines.finite_width.gradient_coefficient gives "
-             "by a walk from each; and from an op with no finite-width rule)", backward=True),
+             "1", "E[grad_q]/grad_q_inf - 1 = c/N at every layer l, exact weights: c from the "
+             "walk of a forward tangent, E grad_q_l = E |J_l t|^2 / N (the layers above the input "
+             "by one adjoint pass; with uniform weights layer 0 only, the other layers NaN; NaN "
+             "from an op with no finite-width rule)", backward=True),
     Variable("var_log_grad_q", PER_INPUT, "variance of log grad_q across seeds", "1",
              "Var[log grad_q] over random nets and output cotangents at the dataset's width N, "
-             "leading order (O(1/N)), at layer 0 (the input gradient, exact weights: the walk "
-             "of a forward tangent J t, whose |J t|^2 has the law of |J^T delta|^2; NaN at the "
-             "other layers, whose variance gradient_coefficient gives)", backward=True),
+             "leading order (O(1/N)), at every layer as grad_q_rel_correction (the walk of a "
+             "forward tangent J_l t, whose |J_l t|^2 has the law of |J_l^T delta|^2)",
+             backward=True),
     Variable("typical_log_grad_q", PER_INPUT, "typical log gradient second moment", "1",
              "E[log grad_q] at the dataset's width N for a stack of Pre-BN blocks "
              "x + alpha F(BN x) (B = 2..4 inputs) or of Dense -> BN -> relu blocks (B = 2, 3): "
@@ -133,8 +133,8 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("valid_width_corr", PER_PAIR, "width where the correction to corr is 10 %", "1",
              "10 |a_corr / corr_inf|: above it the correction to corr is < 10 % of corr"),
     Variable("valid_width_grad_q", PER_INPUT, "width where the correction to grad_q is 10 %",
-             "1", "10 |c| at layer 0 (the input gradient, grad_q_rel_correction = c/N): above "
-             "it |E grad_q_0 / grad_q_inf - 1| < 10 % at first order. NaN at the other layers",
+             "1", "10 |c| (grad_q_rel_correction = c/N): above it |E grad_q / grad_q_inf - 1| < "
+             "10 % at first order. NaN where grad_q_rel_correction is",
              backward=True),
 )}
 

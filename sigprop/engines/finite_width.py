@@ -38,8 +38,9 @@ fresh) leave NaN corrections from that
 layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
 E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
 correction with exact weights, and its spread Var log grad_q_0 (|J^T delta|^2 has the law of
-|J t|^2) (:func:`gradient_coefficient`; other layers' grad_q by the same walk from that layer
-up, not in the dataset: O(L) blocks each). Its part in a stream
+|J t|^2) (:func:`gradient_coefficient`; every other layer's grad_q by the walk from that
+layer up, all of them from one recorded walk and one adjoint pass down it, :func:`_adjoint`).
+Its part in a stream
 x + alpha phi(W x) that carries a mean, the coupling through the forward weights, also in
 closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the
 correction is 10 % of the leading term (``valid_width_*``), and warnings where N is below the
@@ -293,6 +294,9 @@ class _Walk:
         self.drawn = [True]
         self.lost: str | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state) of each BatchNorm met
+        self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
+        self.waiting: list = []  # (join, chain length): layers that joined an open chain
+        self.stale: list = []  # their joins where the chain grew before it was drawn
 
     def push(self, fn, kurtosis=None):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M, k) adds
@@ -311,6 +315,8 @@ class _Walk:
         b, C = self.b, self.C
         _, self.b, self.C = delta_step(flat, x0, np.broadcast_to(b, x0.shape),
                                        np.broadcast_to(C, x0.shape + x0.shape[-1:]))
+        if self.tape is not None:
+            self.tape.append((flat, x0))
         if kurtosis is not None:
             M, k = kurtosis
             M = np.broadcast_to(M, x0.shape + x0.shape[-1:])
@@ -363,8 +369,16 @@ class _Walk:
         extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
         extra[..., D - d:, D - d:] = sigma / np.asarray(width)[..., None, None]
         self.C = self.C + extra
+        if self.tape is not None:
+            self.tape.append(extra)
         if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
             self.push(lambda fr: [to_unit_diagonal(fr[0])])
+        for join, n in self.waiting:  # drawn where they joined, unless an op joined the chain
+            if n == len(chain):
+                self.tape.append(join + (_tangent_log_q(self),))
+            else:
+                self.stale.append(join)
+        self.waiting = []
 
     def _uniform_term(self, frames):
         """Uniform weights W_ij ~ U(+-sqrt(3 / n) sigma_w) (excess kurtosis -6/5): given the
@@ -677,7 +691,8 @@ class GradientCoefficients(NamedTuple):
     var_log_q: np.ndarray  # v: Var log grad_q_l = v/N at leading order
 
 
-def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = None):
+def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = None,
+                         own_walks: bool = False):
     """Per layer l of ``layers`` (default: the input) and input a, the coefficient c with
     E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2), and the leading
     variance of log grad_q_l across nets (:class:`GradientCoefficients`).
@@ -688,10 +703,20 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     coupling to the forward weights (which gradient independence drops) is in it. The walk of
     x_a alone up to layer l, then of the pair (x_a, J t) (:meth:`_Walk.law`); t's own
     fluctuation given x_l (|t|^2 / N, x.t / N and mean(t), each O(1/sqrt N)) joins the
-    covariance there; the statistic is the tangent's q / q_inf at the top. One walk from each
-    layer up: O(L) blocks per layer. Var log grad_q_l is the tangent's Var log q: the nonzero
-    spectra of J_l J_l^T and J_l^T J_l agree, so |J_l^T delta|^2 and |J_l t|^2 have one law
-    (sum_i s_i^2 z_i^2), the fluctuation of delta (|delta|^2 / N) included as t's."""
+    covariance there; the statistic is the tangent's q / q_inf at the top. Var log grad_q_l is
+    the tangent's Var log q: the nonzero spectra of J_l J_l^T and J_l^T J_l agree, so
+    |J_l^T delta|^2 and |J_l t|^2 have one law (sum_i s_i^2 z_i^2), the fluctuation of delta
+    (|delta|^2 / N) included as t's.
+
+    The input (l = 0) has a walk of its own (the pair drawn fresh from Gaussian inputs). The
+    other layers share one: the pair's laws are homogeneous in t, so in the walk's scaled
+    units the pair walks from every layer meet the same maps above it, and only their starting
+    (b, C) differ. One pair walk from the lowest of them records its steps
+    (:attr:`_Walk.tape`); one adjoint pass down it (:func:`_adjoint`) gives each layer's c and
+    variance as linear functions of that layer's start: O(L) blocks for all layers, not O(L)
+    per layer. Uniform weights add a term that depends on the tangent's own cumulants, which
+    do depend on where it started: there (and with ``own_walks``, which the adjoint is checked
+    against) every layer has its own walk."""
     blocks = layers_of(net)
     L = len(blocks)
     want = sorted({int(l) for l in np.atleast_1d(layers)})
@@ -699,35 +724,138 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         raise ConfigError("layers", layers, f"layers in [0, {L}]")
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
-    s0, gaussian = inputs.moments(), inputs.law == "gaussian"
+    s0, gaussian, uniform = inputs.moments(), inputs.law == "gaussian", _has_uniform(net)
     shape = tuple(len(v.values) for v in grid.values())
     coef, log_q, var = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(3))
-    lost = None
+    why: dict = {}  # layer index -> why its c is NaN (the lowest one's is reported)
     for a in range(inputs.n):
+        own = []  # (index, layer, start) of the layers walked on their own
         x = s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
-        walk = _Walk(x, ctx, fresh=gaussian, cumulants=_has_uniform(net))
+        walk = _Walk(x, ctx, fresh=gaussian, cumulants=uniform)
         walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
-        for l in range(want[-1] + 1):
-            if l in want:
-                tangent = _tangent_walk(walk, fresh=gaussian and l == 0)
-                for j, block in enumerate(blocks[l:], start=l + 1):
-                    tangent.layer(j, block)
-                seen = tangent.settled()
-                lost = lost or seen.lost
-                if not seen.lost:
-                    k = want.index(l)
-                    coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = _tangent_q(seen)
+        shared, members = None, []  # the recorded pair walk the layers above 0 join; theirs
+
+        def drop(shared, members):  # a lost shared walk: NaN for the layers that joined it
+            stale = {join[1] for join in shared.stale}
+            for k in members:
+                if k not in stale:
+                    why.setdefault(k, shared.lost)
+
+        for l in range(L + 1):
+            if shared is not None and l > 0:
+                shared.layer(l, blocks[l - 1])
+            if l not in want:
+                pass
+            elif walk.lost:  # x's fluctuation unknown from there on: NaN
+                why.setdefault(want.index(l), walk.lost)
+            elif l == 0 or uniform or own_walks:
+                own.append((want.index(l), l, _tangent_walk(walk, fresh=gaussian and l == 0)))
+            else:
+                k, start = want.index(l), _tangent_walk(walk, fresh=False)
+                if start.lost:  # (its (b, C): NaN)
+                    why.setdefault(k, start.lost)
+                if shared is None or shared.lost:
+                    if shared is not None:
+                        drop(shared, members)
+                        own += [(j, i, st) for _, j, _, _, i, st in shared.stale]
+                    shared, members, start.tape = start, [], []
+                members.append(k)
+                join = ("join", k, start.b, start.C, l, start)
+                if shared.chain is None:
+                    shared.tape.append(join + (_tangent_log_q(shared),))
+                else:  # its features are drawn at the next reduction
+                    shared.waiting.append((join, len(shared.chain)))
             if l < want[-1]:
                 walk.layer(l + 1, blocks[l])
+        if shared is not None:
+            shared.settle()
+            own += [(j, i, st) for _, j, _, _, i, st in shared.stale]
+            if shared.lost:
+                drop(shared, members)
+            else:
+                for k, got in _adjoint(shared):
+                    coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = got
+        for k, l, start in own:  # a walk of its own
+            for j, block in enumerate(blocks[l:], start=l + 1):
+                start.layer(j, block)
+            seen = start.settled()
+            if seen.lost:
+                why.setdefault(k, seen.lost)
+            else:
+                coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = _tangent_q(seen)
+    lost = why[min(why)] if why else None
     return GradientCoefficients(coef, log_q, lost, var)
+
+
+def _tangent_log_q(w: _Walk):
+    """The tangent's true log q in a pair walk whose statistics are drawn."""
+    f = w.frames[0]
+    return 2 * f.ls[..., 1] + np.log(f.K[..., 1, 1])
+
+
+def _derivatives(fn, x0):
+    """(J, H) of a vector map ``fn`` at x0 (..., D): J (..., E, D) and H (..., E, D, D), by
+    central differences along each axis e_i and each pair e_i + e_j (step ``STEP``: the walk's
+    states are O(1) in its scaled units), fn evaluated once on all 1 + D (D + 1) points."""
+    D = x0.shape[-1]
+    eye = np.eye(D)
+    pairs = list(itertools.combinations(range(D), 2))
+    dirs = np.asarray(list(eye) + [eye[i] + eye[j] for i, j in pairs])
+    dirs = dirs.reshape((-1,) + (1,) * (x0.ndim - 1) + (D,))
+    h = STEP
+    ys = fn(np.concatenate([x0[None], x0 + h * dirs, x0 - h * dirs]))
+    n = len(dirs)
+    y0, yp, ym = ys[0], ys[1:n + 1], ys[n + 1:]
+    J = np.moveaxis((yp[:D] - ym[:D]) / (2 * h), 0, -1)
+    d2 = (yp + ym - 2 * y0) / h**2  # the second derivative along each direction
+    H = np.zeros(y0.shape + (D, D))
+    H[..., range(D), range(D)] = np.moveaxis(d2[:D], 0, -1)
+    for k, (i, j) in enumerate(pairs):
+        H[..., i, j] = H[..., j, i] = (d2[D + k] - d2[i] - d2[j]) / 2
+    return J, H
+
+
+def _contract(A, B):
+    return np.einsum("...ij,...ij->...", A, B)
+
+
+def _adjoint(seen: _Walk):
+    """Per layer joining the recorded walk ``seen`` (settled at the top), (index, (c, log q,
+    v)) as :func:`_tangent_q` would give for a walk of its own from there: the top statistics
+    are f = g.b + G:C (c: g and G = H/2 of the tangent's q / q_inf; v: G = grad log q_t grad
+    log q_t^T, g = 0), pulled back through each step (a map with derivatives J, H: g <- J^T g,
+    G <- J^T G J + 1/2 sum_i g_i H_i; a draw's covariance Sigma: f gains G:Sigma) down to the
+    join, where f is read at that layer's own start (b, C)."""
+    top = seen.frames[0]
+    x0 = flatten([top], [top])
+    J, H = _derivatives(lambda x: _stats(x, top), x0)
+    g, G = J[..., 3, :], H[..., 3, :, :] / 2  # the tangent's q / q_inf
+    Gv = J[..., 1, :, None] * J[..., 1, None, :]  # the tangent's log q
+    f = fv = 0.0
+    log_q_top = _stats(x0, top)[..., 1]
+    for step in reversed(seen.tape):
+        if isinstance(step, np.ndarray):  # a draw's fluctuation
+            f, fv = f + _contract(G, step), fv + _contract(Gv, step)
+        elif step[0] == "join":
+            _, k, b, C, _, _, log_q_join = step  # the layer's own start
+            yield k, (np.einsum("...i,...i->...", g, b) + _contract(G, C) + f,
+                      log_q_top - log_q_join, _contract(Gv, C) + fv)
+        else:
+            fn, x = step
+            J, H = _derivatives(fn, x)
+            JT = np.swapaxes(J, -1, -2)
+            G = JT @ G @ J + np.einsum("...i,...ijk->...jk", g, H) / 2
+            g = np.einsum("...ij,...i->...j", J, g)
+            Gv = JT @ Gv @ J
 
 
 def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
     """A tangent walk of the pair (x, t) from the (settled) state of ``walk`` (one input): x's
     fluctuation carried, t ~ N(0, q_x I) independent of it (c does not depend on t's scale;
-    x's keeps the walk's numbers O(1)); per 1/N in x's scaled units, Var x.t = K_xx,
-    Var |t|^2 = 2, Var mean(t) = 1, Cov(x.t, mean t) = m_x. ``fresh`` (Gaussian inputs, at
-    layer 0): the pair's features are drawn at its first reduction instead."""
+    x's keeps the walk's numbers O(1)); per 1/n in x's scaled units (n = w N the stream's width
+    there), Var x.t = K_xx, Var |t|^2 = 2, Var mean(t) = 1, Cov(x.t, mean t) = m_x. ``fresh``
+    (Gaussian inputs, at layer 0): the pair's features are drawn at its first reduction
+    instead."""
     seen = walk if fresh else walk.settled()
     f = seen.frames[0]
     lead = _lead([f])
@@ -743,11 +871,12 @@ def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
     out.lost = seen.lost
     b, C = np.zeros(lead + (6,)), np.zeros(lead + (6, 6))  # [K_xx, K_xt, K_tx, K_tt, m_x, m_t]
     b[..., [0, 4]] = np.broadcast_to(seen.b, lead + (2,))
-    C[..., [[0], [4]], [0, 4]] = np.broadcast_to(seen.C, lead + (2, 2))
     C[..., [[1], [2]], [1, 2]] = K[..., None, None]
     C[..., [1, 2], 5] = C[..., 5, [1, 2]] = m[..., None]
     C[..., 3, 3], C[..., 5, 5] = 2.0, 1.0
-    out.b, out.C = b, C
+    C = C / np.asarray(seen.widths[-1])[..., None, None]  # t's, per 1/n
+    C[..., [[0], [4]], [0, 4]] = np.broadcast_to(seen.C, lead + (2, 2))  # x's, per 1/N
+    out.b, out.C, out.widths = b, C, list(seen.widths)
     k = seen.cumulants[0]  # t: Gaussian, independent of x (its joint cumulants with x are 0)
     if k is None:
         out.cumulants = [None]
@@ -894,19 +1023,20 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
             return mean_mode_coefficient(net, theory(net, inputs))
         return mean_mode_coefficient(net, ds)
 
-    c, _, why, v = gradient_coefficient(net, inputs)
-    c, v = c[0], v[0]
+    # the input (its warning) and every recorded layer (uniform weights: the input alone, their
+    # walks being O(L) per layer)
+    rows = [0] if _has_uniform(net) else sorted({0, *(int(l) for l in layers)})
+    c, _, why, v = gradient_coefficient(net, inputs, layers=rows)
     if why and not lost:  # (where the forward walk stops, this one does too: warned above)
-        warnings.warn(f"{why}: the input gradient's correction is NaN", FiniteWidthWarning,
+        warnings.warn(f"{why}: the gradient's correction is NaN", FiniteWidthWarning,
                       stacklevel=3)
     grad, valid, var = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(3))
-    if 0 in layers:
-        grad[list(layers).index(0)] = c / N
-        valid[list(layers).index(0)] = np.abs(c) / VALID_FRACTION
-        var[list(layers).index(0)] = v / N
+    at = [list(layers).index(l) for l in rows if l in layers]
+    got = [rows.index(l) for l in rows if l in layers]
+    grad[at], valid[at], var[at] = c[got] / N, np.abs(c[got]) / VALID_FRACTION, v[got] / N
     computed["valid_width_grad_q"] = valid
     computed["var_log_grad_q"] = var
-    _warn_gradient(c, width, mean_mode)
+    _warn_gradient(c[0], width, mean_mode)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
