@@ -16,7 +16,9 @@ Its third (``--part backward``), the input gradient's 1/N coefficient: predicted
 a forward tangent against the Monte Carlo slope with exact weights, and the slope under
 gradient independence. Its fourth (``--part affine``), a FeatureAffine with constant vectors in
 a residual branch (and the same net with a Scale), forward and backward. Its fifth (``--part
-spread``), Var log grad_q_0 across nets, predicted against Monte Carlo.
+spread``), Var log grad_q_0 across nets, predicted against Monte Carlo. Its sixth (``--part
+layers``), the gradient's c and Var log grad_q at the layers above the input (one recorded
+walk and an adjoint pass), against Monte Carlo.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -36,6 +38,7 @@ from sigprop.pipeline.bench import write_section
 from sigprop.testing import (
     measure,
     measure_gradient,
+    measure_gradient_layers,
     measure_gradient_spread,
     measure_mean_mode,
 )
@@ -238,9 +241,36 @@ def spread(seeds=4000, out="benchmarks/RESULTS.md"):
                   [intro, "", *rows])
 
 
+GRADIENT_LAYERS = [2, 4, 6]
+
+
+def gradient_layers(seeds=4000, out="benchmarks/RESULTS.md"):
+    """The gradient's c and v at layers above the input (:data:`GRADIENT_LAYERS`), predicted by
+    one recorded tangent walk and an adjoint pass, against one Monte Carlo run per width."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    rows = [("| preset | layer | c predicted | a fitted ± SE | z | N Var log grad_q predicted | "
+             "fitted ± SE | z |"), "|---|---|---|---|---|---|---|---|"]
+    for name, net in PRESETS.items():
+        found = measure_gradient_layers(net, inputs, WIDTHS, seeds, root_seed=8096,
+                                        layers=GRADIENT_LAYERS)
+        for l, (c, a, se_a, v, V, se_v) in zip(GRADIENT_LAYERS, found):
+            rows.append(f"| {name} | {l} | {c:+.4g} | {a:+.4g} ± {se_a:.2g} | "
+                        f"{(a - c) / se_a:+.2f} | {v:.4g} | {V:.4g} ± {se_v:.2g} | "
+                        f"{(V - v) / se_v:+.2f} |")
+            print(rows[-1], flush=True)
+    intro = (f"`benchmarks/finite_width_agreement.py --part layers`: depth {DEPTH}, inputs q = 1, "
+             f"corr = 0.5, widths {WIDTHS}, {seeds} seeds per width (root seed 8096 + N), input "
+             "0, the gradient at layers above the input. Predicted: `grad_q_rel_correction` = "
+             "c/N and `var_log_grad_q` = v/N of `sp.theory(net, inputs, width=N)`, every layer "
+             "from one recorded walk of the pair (x, J t) and one adjoint pass down it "
+             "(`gradient_coefficient`). Fitted from one simulation per width: E G_l / G_l,inf - "
+             "1 = b + a/N and N Var log G_l = V + c'/N, as in the sections above.")
+    return _write("Finite width: the gradient at every layer", out, [intro, "", *rows])
+
+
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
-    """Every section (``part`` "all"), or one: "first-order", "typical", "backward" or
-    "affine" or "spread"."""
+    """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
+    "affine", "spread" or "layers"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -251,6 +281,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         affine(seeds, out)
     if part in ("all", "spread"):
         spread(seeds, out)
+    if part in ("all", "layers"):
+        gradient_layers(seeds, out)
 
 
 if __name__ == "__main__":
@@ -258,7 +290,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
-                                       "spread"],
+                                       "spread", "layers"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

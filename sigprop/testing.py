@@ -217,47 +217,46 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     return rows
 
 
-def _log_gradients(net: Op, inputs, widths, seeds: int, root_seed: int, sampler: str,
-                   layer: int):
-    """log grad_q_l of input 0 per seed (an array), at each width (independent root seeds
-    ``root_seed + N``)."""
+def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
+                            layers=(0,), sampler: str = "conditional"):
+    """Monte Carlo of the gradient's first-order coefficient c and leading variance v at each
+    of ``layers`` (:func:`~sigprop.engines.finite_width.gradient_coefficient`, input 0), from
+    one simulation per width (independent root seeds ``root_seed + N``): c against the mean
+    over seeds of G_l / G_l,inf - 1 at each width, with its standard error, fitted as b + a/N;
+    v against N Var log G_l fitted as V + c'/N (the SE of a sample variance of near-normal
+    logs, V sqrt(2 / (S - 1)) per width) (:func:`~sigprop.analysis.compare.fit_inverse_width`).
+    Returns per layer (c, a, se of a, v, V, se of V)."""
+    layers = [int(l) for l in layers]
+    pred = finite_width.gradient_coefficient(net, inputs, layers=layers)
+    g_inf = np.exp(theory(net, inputs, layers=layers)["log_grad_q"].values[:, 0])
+    mean, var = [], []  # per width: (value, se) per layer
     for N in widths:
         mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
                       sampler=sampler, root_seed=root_seed + int(N))
-        yield mc["log_grad_q"].sel(layer=layer).values[:, 0]
+        log_g = mc["log_grad_q"].sel(layer=layers).values[..., 0]  # (seed, layer)
+        r = np.exp(log_g) / g_inf - 1
+        mean.append((r.mean(0), r.std(0, ddof=1) / math.sqrt(seeds)))
+        v = N * log_g.var(0, ddof=1)
+        var.append((v, v * math.sqrt(2 / (seeds - 1))))
+    out = []
+    for k in range(len(layers)):
+        _, _, a, se_a = fit_inverse_width(widths, [m[0][k] for m in mean], [m[1][k] for m in mean])
+        V, se_V, _, _ = fit_inverse_width(widths, [m[0][k] for m in var], [m[1][k] for m in var])
+        out.append((float(pred.coef[k].flat[0]), a, se_a, float(pred.var_log_q[k].flat[0]), V,
+                    se_V))
+    return out
 
 
 def measure_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
                      sampler: str = "conditional", layer: int = 0):
-    """Monte Carlo of the gradient's first-order coefficient at ``layer``
-    (:func:`~sigprop.engines.finite_width.gradient_coefficient`, input 0): the mean over seeds
-    of G_l / G_l,inf - 1 at each width, with its standard error, fitted as b + a/N
-    (:func:`~sigprop.analysis.compare.fit_inverse_width`). Returns (predicted, a, se of a)."""
-    c = float(finite_width.gradient_coefficient(net, inputs, layers=[layer])[0].flat[0])
-    th = theory(net, inputs, layers=[layer])
-    g_inf = math.exp(float(th["log_grad_q"].values[0, 0]))
-    means, ses = [], []
-    for log_g in _log_gradients(net, inputs, widths, seeds, root_seed, sampler, layer):
-        r = np.exp(log_g) / g_inf - 1
-        means.append(r.mean())
-        ses.append(r.std(ddof=1) / math.sqrt(seeds))
-    _, _, a, se = fit_inverse_width(widths, means, ses)
-    return c, a, se
+    """:func:`measure_gradient_layers`' c at one layer: (predicted, a, se of a)."""
+    return measure_gradient_layers(net, inputs, widths, seeds, root_seed, [layer], sampler)[0][:3]
 
 
 def measure_gradient_spread(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
                             layer: int = 0):
-    """Monte Carlo of the leading variance of log grad_q_l across nets (input 0): N Var(N)
-    fitted as V + c/N (standard errors as in :func:`measure`); predicted: v of
-    :func:`~sigprop.engines.finite_width.gradient_coefficient`. Returns (v, V, se of V)."""
-    v = float(finite_width.gradient_coefficient(net, inputs, layers=[layer]).var_log_q.flat[0])
-    est = []
-    for N, log_g in zip(widths, _log_gradients(net, inputs, widths, seeds, root_seed,
-                                               "conditional", layer)):
-        var = log_g.var(ddof=1)
-        est.append((N * var, N * var * math.sqrt(2 / (seeds - 1))))
-    V, se, _, _ = fit_inverse_width(widths, *zip(*est))
-    return v, V, se
+    """:func:`measure_gradient_layers`' v at one layer: (v, V, se of V)."""
+    return measure_gradient_layers(net, inputs, widths, seeds, root_seed, [layer])[0][3:]
 
 
 def measure_mean_mode(net: Op, inputs, widths, seeds: int, root_seed: int = 0):
