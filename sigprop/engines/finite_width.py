@@ -28,14 +28,17 @@ Statistics s(theta) of the final state follow by the same delta step: E s = s + 
 Scope: the feature law's 4th moments are a 2-D polar quadrature (accurate to ~1e-12 for
 degree-1 activations), so B > 2 inputs are walked pair by pair (every op with a rule here acts
 on each input alone). A FeatureAffine whose vectors are constant is a Scale plus a shift
-(in a fresh stream's chain, or a map of the realised state). Uniform weights (torch's default
+(in a fresh stream's chain, or a map of the realised state); one whose vectors vary over the
+features joins a fresh stream's chain, the vectors taken Gaussian over the features with the
+declared moments (as the Monte Carlo draws them; :func:`_vector_rule`), and the draw's
+covariance is the mean over them of the features' covariance given them (their moments up to
+the 2nd are the declared ones exactly). Uniform weights (torch's default
 init) add one term, their 4th cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th
 moments of the Dense's input features: the walk carries each frame's 3rd and 4th joint
 cumulants (0 for the inputs, drawn at each fresh draw, mapped by norms and scales, added at a
-residual sum whose branch holds a Dense). Ops with no fluctuation rule here (BatchNorm, a
-FeatureAffine whose vectors vary over the features, an activation on a stream that is not
-fresh) leave NaN corrections from that
-layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
+residual sum whose branch holds a Dense). Ops with no fluctuation rule here (BatchNorm; a
+FeatureAffine whose vectors vary, or an activation, on a stream that is not fresh) leave NaN
+corrections from that layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
 E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
 correction with exact weights, and its spread Var log grad_q_0 (|J^T delta|^2 has the law of
 |J t|^2) (:func:`gradient_coefficient`; every other layer's grad_q by the walk from that
@@ -355,16 +358,19 @@ class _Walk:
         top = self.frames[-1]
         Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
         u, w = gaussian_rule(Ku)
-        y = _features(chain[1:] if dense else chain, u, ctx, self.tangent)
-        if self.track:
-            self.cumulants = self.cumulants[:-1] + [_cumulants(y, w)]
+        y, v = _features(chain[1:] if dense else chain, u, ctx, self.tangent)
+        if self.track:  # of the features as they are: over the vectors' nodes too
+            self.cumulants = self.cumulants[:-1] + [_cumulants(y, _mixed(w, v))]
         self.drawn = self.drawn[:-1] + [self.drawn[-1] or dense]
         y = y * np.exp(-top.ls)[..., None, :]
         outer_frames = self.frames[:-1]
         means = [f.m for f in outer_frames]
         grams = [[_cross_gram(outer_frames, i, j) for j in range(len(outer_frames))]
                  for i in range(len(outer_frames))]
-        sigma = feature_noise(y, w, means, grams)
+        # given the vectors (their moments up to the 2nd are the declared ones exactly, so the
+        # realised statistics' means are too): the mean over them of the features' covariance
+        y = np.moveaxis(y.reshape(y.shape[:-2] + (-1, len(v), y.shape[-1])), -2, 0)
+        sigma = np.einsum("q,q...->...", v, feature_noise(y, w, means, grams))
         D, d = self.C.shape[-1], sigma.shape[-1]
         extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
         extra[..., D - d:, D - d:] = sigma / np.asarray(width)[..., None, None]
@@ -442,7 +448,7 @@ class _Walk:
             self.settle()
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
             self.widths[-1] = self.widths[-1] * np.asarray(ctx.p(op.ratio))
-        elif (isinstance(op, (Act, Scale)) or affine) and self.chain is not None:
+        elif isinstance(op, (Act, Scale, FeatureAffine)) and self.chain is not None:
             self.chain.append(op)
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
             self.settle()
@@ -464,8 +470,9 @@ class _Walk:
             self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)])
         else:  # BatchNorm, an Act on a settled stream, other ops
             self.settle()
-            what = ("FeatureAffine with vectors that vary over the features (their fluctuation "
-                    "needs the vectors' 4th moments, which the op does not declare)"
+            what = ("FeatureAffine with vectors that vary over the features, on a stream whose "
+                    "features are not freshly drawn (after a norm or a residual sum: their "
+                    "fluctuation needs the stream's 4th moments)"
                     if isinstance(op, FeatureAffine) else type(op).__name__)
             self.lose(f"{ctx.path}: no finite-width rule for {what} here")
             if isinstance(op, BatchNorm):
@@ -515,20 +522,56 @@ def _apply(chain, s, ctx):
 
 def _features(ops, u, ctx, tangent: bool):
     """The features after the elementwise ``ops`` on Gaussian nodes ``u`` (..., P, B); for a
-    tangent walk (B = 2: x, t) the pair (phi(u_0), phi'(u_0) u_1), chained."""
+    tangent walk (B = 2: x, t) the pair (phi(u_0), phi'(u_0) u_1), chained; and the weights v
+    (Q,) of the vectors' nodes (:func:`_vector_rule`): each node p becomes Q nodes (p, q), so
+    the features are (..., P Q, B) (tangent: (..., P Q, 2))."""
     y, dy = (u[..., 0], u[..., 1]) if tangent else (u, None)
+    v = np.ones(1)
     for op in ops:
         if isinstance(op, Act):
             act = get_activation(op.name)
             dy = None if dy is None else act.grad(y, np) * dy
             y = act.fn(y, np)
-        else:  # Scale c, or FeatureAffine with constant vectors: c y + shift
-            c, shift = ((np.asarray(ctx.p(op.c))[..., None], 0.0) if isinstance(op, Scale)
-                        else (np.asarray(v, dtype=float) for v in op._point(ctx)[:2]))
-            if dy is None:
-                c, shift = c[..., None], np.asarray(shift)[..., None]
-            y, dy = y * c + shift, None if dy is None else dy * c
-    return y if dy is None else np.stack(np.broadcast_arrays(y, dy), axis=-1)
+            continue
+        c, shift, vq = _vector_rule(op, ctx)  # Scale c, or FeatureAffine: c y + shift
+        if dy is None:
+            y = (y[..., None, :] * c[..., None, :, None] + shift[..., None, :, None])
+            y = y.reshape(y.shape[:-3] + (-1, y.shape[-1]))
+        else:
+            yq = y[..., None] * c[..., None, :] + shift[..., None, :]
+            dyq = np.broadcast_to(dy[..., None] * c[..., None, :], yq.shape)
+            y, dy = (a.reshape(a.shape[:-2] + (-1,)) for a in (yq, dyq))
+        v = (v[:, None] * vq).reshape(-1)
+    return (y if dy is None else np.stack(np.broadcast_arrays(y, dy), axis=-1)), v
+
+
+HERMITE = (np.array([-math.sqrt(3), 0.0, math.sqrt(3)]), np.array([1 / 6, 2 / 3, 1 / 6]))
+
+
+def _vector_rule(op: Op, ctx: Context):
+    """(c, shift, v): nodes (..., Q) of a Scale's or FeatureAffine's per-feature (gamma, beta)
+    and their weights (Q,). Vectors that vary over the features are taken Gaussian over them
+    with the declared means, variances and correlation (as the Monte Carlo draws them): a 3 x 3
+    Gauss-Hermite rule, exact for the polynomials of degree <= 5 in them that the walk takes
+    (the features' moments up to the 4th); constant ones: one node."""
+    if isinstance(op, Scale):
+        return np.asarray(ctx.p(op.c), dtype=float)[..., None], np.zeros(1), np.ones(1)
+    g, b, g2, b2, gb = (np.asarray(x, dtype=float)[..., 0] for x in op._point(ctx))
+    if _constant_vectors(op, ctx):
+        return g[..., None], b[..., None], np.ones(1)
+    z, wz = HERMITE
+    z1, z2, v = (np.repeat(z, 3), np.tile(z, 3), np.outer(wz, wz).reshape(-1))
+    sg = np.sqrt(np.maximum(g2 - g * g, 0.0))
+    rho_sb = np.divide(gb - g * b, sg, out=np.zeros_like(sg), where=sg > 0)  # beta's part along gamma
+    rest = np.sqrt(np.maximum(b2 - b * b - rho_sb**2, 0.0))
+    return (g[..., None] + sg[..., None] * z1,
+            b[..., None] + rho_sb[..., None] * z1 + rest[..., None] * z2, v)
+
+
+def _mixed(w, v):
+    """The weights (..., P Q) of nodes (p, q) from the Gaussian rule's w (..., P) and the
+    vectors' v (Q,) (:func:`_features`)."""
+    return (w[..., :, None] * v).reshape(w.shape[:-1] + (-1,))
 
 
 def _has_uniform(net: Op) -> bool:
@@ -666,10 +709,10 @@ def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
     dense = bool(chain) and isinstance(chain[0], Dense)
     K = _true(_tangent_dense(chain[0], s, ctx) if dense else s)[0]
     u, w = gaussian_rule(K[..., :1, :1])
-    f, df = np.moveaxis(_features(chain[1:] if dense else chain,
-                                  np.concatenate([u, np.ones_like(u)], axis=-1), ctx,
-                                  tangent=True), -1, 0)
-    h = u[..., 0]
+    y, vq = _features(chain[1:] if dense else chain, np.concatenate([u, np.ones_like(u)], -1),
+                      ctx, tangent=True)
+    f, df = np.moveaxis(y, -1, 0)
+    h, w = np.repeat(u[..., 0], len(vq), axis=-1), _mixed(w, vq)  # over the vectors' nodes too
     beta = K[..., 0, 1] / K[..., 0, 0]
     v = K[..., 1, 1] - beta * K[..., 0, 1]
 

@@ -167,7 +167,9 @@ class FeatureAffine(Op):
     rho^2) f), rho the correlation of the vectors, e and f random directions made exactly
     centred, orthogonal and of mean square 1 (so the empirical moments are the declared ones),
     fresh per op and seed: the law assumes the vectors independent of the stream's features,
-    which a vector shared by several layers of a residual stream is not.
+    which a vector shared by several layers of a residual stream is not. The finite-width
+    theory (:mod:`sigprop.engines.finite_width`) takes the vectors' higher moments from the
+    same Gaussian law.
     """
 
     gain: Any = 1.0
