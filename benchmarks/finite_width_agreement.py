@@ -15,7 +15,8 @@ c + a/N.
 Its third (``--part backward``), the input gradient's 1/N coefficient: predicted by the walk of
 a forward tangent against the Monte Carlo slope with exact weights, and the slope under
 gradient independence. Its fourth (``--part affine``), a FeatureAffine with constant vectors in
-a residual branch (and the same net with a Scale), forward and backward. Its fifth (``--part
+a residual branch (and the same net with a Scale; and vectors that vary over the features),
+forward and backward. Its fifth (``--part
 spread``), Var log grad_q_0 across nets, predicted against Monte Carlo. Its sixth (``--part
 layers``), the gradient's c and Var log grad_q at the layers above the input (one recorded
 walk and an adjoint pass), against Monte Carlo.
@@ -200,15 +201,21 @@ AFFINE = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3, 0.2), sp.Act("tanh"),
                                          sp.FeatureAffine(gain=0.7, shift=0.5), sp.Dense(1.0))), 3)
 SCALE = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3, 0.2), sp.Act("tanh"), sp.Scale(0.7),
                                         sp.Dense(1.0))), 3)
+VARYING = sp.Repeat(sp.Residual(sp.Serial(  # gamma 0.7 +- 0.6, beta 0.5 +- 0.4, correlation 0.5
+    sp.Dense(1.3, 0.2), sp.Act("tanh"),
+    sp.FeatureAffine(gain=0.7, shift=0.5, gain_sq=0.7**2 + 0.6**2, shift_sq=0.5**2 + 0.4**2,
+                     gain_shift=0.35 + 0.5 * 0.6 * 0.4), sp.Dense(1.0))), 3)
 
 
 def affine(seeds=4000, out="benchmarks/RESULTS.md"):
-    """FeatureAffine with constant vectors in a residual branch (and the same net with a Scale,
-    the shift removed): forward slopes and the input gradient's c against Monte Carlo."""
+    """FeatureAffine in a residual branch, with constant vectors (and the same net with a
+    Scale, the shift removed) and with vectors that vary over the features: forward slopes and
+    the input gradient's c against Monte Carlo."""
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
     rows = ["| branch op | statistic (layer 3) | predicted | fitted ± SE | z |",
             "|---|---|---|---|---|"]
-    for name, net in (("FeatureAffine(gain=0.7, shift=0.5)", AFFINE), ("Scale(0.7)", SCALE)):
+    for name, net in (("FeatureAffine(gain=0.7, shift=0.5)", AFFINE), ("Scale(0.7)", SCALE),
+                      ("FeatureAffine, vectors varying", VARYING)):
         found = measure(net, inputs, WIDTHS, seeds, root_seed=2024)
         found.append(("c of E grad_q_0", *measure_gradient(net, inputs, [32, 64, 128, 256],
                                                            seeds, root_seed=4048)))
@@ -219,8 +226,11 @@ def affine(seeds=4000, out="benchmarks/RESULTS.md"):
     intro = (f"`benchmarks/finite_width_agreement.py --part affine`: 3 blocks x + Dense(1.0) "
              "op(tanh(Dense(1.3, 0.2) x)), inputs q = 1, corr = 0.5, input 0; forward: widths "
              f"{WIDTHS} (root seed 2024 + N), the gradient: widths [32, 64, 128, 256] (root "
-             f"seed 4048 + N), {seeds} seeds per width, fitted as in the first section.")
-    return _write("Finite width: FeatureAffine with constant vectors", out, [intro, "", *rows])
+             f"seed 4048 + N), {seeds} seeds per width, fitted as in the first section. The "
+             "last rows: vectors that vary over the features, gamma of mean 0.7 and sd 0.6, "
+             "beta of mean 0.5 and sd 0.4, correlation 0.5 (the theory takes them Gaussian "
+             "over the features, as the Monte Carlo draws them).")
+    return _write("Finite width: FeatureAffine", out, [intro, "", *rows])
 
 
 def spread(seeds=4000, out="benchmarks/RESULTS.md"):
