@@ -205,8 +205,9 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
         v = pick["log_q"](mc).var(ddof=1)
         est["var"].append((N * v, N * v * math.sqrt(2 / (seeds - 1))))
     rows = []
-    predicted = {"log_q": coef["log_q"][layer][..., 0], "corr": coef["corr"][layer][..., 0, 1],
-                 "var": coef["var_log_q"][layer][..., 0]}
+    predicted = {"log_q": coef["log_q"][layer][..., 0], "var": coef["var_log_q"][layer][..., 0]}
+    if inputs.n > 1:
+        predicted["corr"] = coef["corr"][layer][..., 0, 1]
     for k, pairs in est.items():
         if not pairs:
             continue
@@ -225,8 +226,8 @@ def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int 
     over seeds of G_l / G_l,inf - 1 at each width, with its standard error, fitted as b + a/N;
     v against N Var log G_l fitted as V + c'/N (the SE of a sample variance of near-normal
     logs, V sqrt(2 / (S - 1)) per width) (:func:`~sigprop.analysis.compare.fit_inverse_width`).
-    Returns per layer (c, a, se of a, v, V, se of V)."""
-    layers = [int(l) for l in layers]
+    Returns per layer of ``layers``, sorted, (c, a, se of a, v, V, se of V)."""
+    layers = sorted({int(l) for l in layers})
     pred = finite_width.gradient_coefficient(net, inputs, layers=layers)
     g_inf = np.exp(theory(net, inputs, layers=layers)["log_grad_q"].values[:, 0])
     mean, var = [], []  # per width: (value, se) per layer

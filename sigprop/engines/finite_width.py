@@ -178,9 +178,10 @@ def _gl(n, a, b):
 def gaussian_rule(K):
     """Nodes u (..., P, B) and weights (..., P) with sum_p w_p f(u_p) = E f(u), u ~ N(0, K).
 
-    Polar in u itself, so that kinks of elementwise functions (on the axes u_a = 0) fall on
-    panel edges: E f = int dphi / (2 pi sqrt(det K)) int rho exp(-rho^2 a(phi)/2) f(rho e_phi)
-    drho with a = e^T K^-1 e (B = 2); the two rays +-1 for B = 1. Degree-1 activations make the
+    Polar in u' = u / sqrt(diag K) (B = 2), so that kinks of elementwise functions (on the axes
+    u_a = 0) fall on panel edges, and two scales far apart (a tangent grown by its Jacobian)
+    cost nothing: E f = int dphi / (2 pi sqrt(det R)) int rho exp(-rho^2 a(phi)/2) f(rho e_phi)
+    drho with a = e^T R^-1 e, R the correlation matrix; the two rays +-1 for B = 1. Degree-1 activations make the
     radial integrand a power of rho times the Gaussian density, which the Gauss-Legendre panels
     (truncated at 9 sd) integrate to ~1e-12 (the arc-cosine kernel check); smooth saturating
     ones (erf, tanh) to ~1e-13 for q <= 30 (geometric panels, :data:`RADIAL_EDGES`; the error
@@ -203,6 +204,10 @@ def gaussian_rule(K):
     if B != 2:
         raise ConfigError("number of inputs B with width=", B,
                           "1 or 2 (the finite-width feature law is a 2-D quadrature)")
+    # on the correlation (u = sqrt(diag K) u'): the axes, and the kinks on them, stay; the
+    # angular integrand of two scales far apart (a tangent grown by J) would be a spike
+    scale = np.sqrt(np.diagonal(K, axis1=-2, axis2=-1))
+    K = K / (scale[..., :, None] * scale[..., None, :])
     phis, wphi = zip(*[_gl(ANGLE_NODES, j * np.pi / 2, (j + 1) * np.pi / 2) for j in range(4)])
     phi, wphi = np.concatenate(phis), np.concatenate(wphi)
     e = np.stack([np.cos(phi), np.sin(phi)], axis=-1)  # (A, 2)
@@ -218,7 +223,7 @@ def gaussian_rule(K):
          * s * np.exp(-rho**2 * a[..., None] / 2))
     u = rho[..., None] * e[:, None, :]  # (..., A, R, 2)
     lead = w.shape[:-2]
-    return u.reshape(lead + (-1, 2)), w.reshape(lead + (-1,))
+    return u.reshape(lead + (-1, 2)) * scale[..., None, :], w.reshape(lead + (-1,))
 
 
 def feature_moments(y, w):
@@ -326,6 +331,18 @@ class _Walk:
             self.b = self.b + np.asarray(k)[..., None] * delta_step(flat, x0, 0 * x0, M)[1]
         self.frames = ref_out
 
+    def rescale_tangent(self):
+        """A pair walk's tangent brought back to x's scale: J t and c J t have one law up to the
+        factor c (every law is homogeneous in t), so this changes units only (its scaled
+        state, b and C stay); the tape keeps the log q it removed. Without it the tangent
+        would leave float64 where the gradient grows, however far up the layers it is read."""
+        f = self.frames[0]
+        d = 2 * (f.ls[..., 1] - f.ls[..., 0])
+        self.frames = [f.replace(ls=np.stack([f.ls[..., 0], f.ls[..., 0]], -1))]
+        self.t_ls = self.t_ls - d / 2  # where it started, in the new units
+        if self.tape is not None:
+            self.tape.append(("rescale", d))
+
     def settle(self):
         """Draw the top frame's features: the law given the realised past (a delta step), then
         the i.i.d. fluctuation of its realised statistics (:func:`feature_noise`)."""
@@ -371,6 +388,9 @@ class _Walk:
         # realised statistics' means are too): the mean over them of the features' covariance
         y = np.moveaxis(y.reshape(y.shape[:-2] + (-1, len(v), y.shape[-1])), -2, 0)
         sigma = np.einsum("q,q...->...", v, feature_noise(y, w, means, grams))
+        if len(v) > 1 and outer_frames:
+            sigma = sigma + _assignment_noise(np.einsum("...p,...pb->...b", w, y), v, means,
+                                              grams)
         D, d = self.C.shape[-1], sigma.shape[-1]
         extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
         extra[..., D - d:, D - d:] = sigma / np.asarray(width)[..., None, None]
@@ -566,6 +586,27 @@ def _vector_rule(op: Op, ctx: Context):
     rest = np.sqrt(np.maximum(b2 - b * b - rho_sb**2, 0.0))
     return (g[..., None] + sg[..., None] * z1,
             b[..., None] + rho_sb[..., None] * z1 + rest[..., None] * z2, v)
+
+
+def _assignment_noise(mu, v, means, grams):
+    """The covariance (..., D, D) that the vectors' assignment to the features adds to the
+    realised statistics [K, m, X^i] of features drawn with vectors that vary (nodes q, weights
+    v; mu (Q, ..., B) the features' mean given the vectors): the vectors are drawn
+    independently of the enclosing streams r^i, so X^i_ab = mean_n r^i_na y_nb keeps
+    mean_n r^i_na mu_b(v_n), whose covariance is (R_ij,ac - m_ia m_jc) Cov_v(mu_b, mu_d) / N
+    (R_ij the streams' cross Gram); K and m keep none (their means given the vectors are
+    polynomials of degree <= 2 in them, whose empirical moments are the declared ones)."""
+    mean = np.einsum("q,q...->...", v, mu)
+    C = np.einsum("q,q...b,q...d->...bd", v, mu, mu) - outer(mean, mean)
+    B, n = mu.shape[-1], len(means)
+    blocks = [[np.einsum("...ac,...bd->...abcd", grams[i][j] - outer(means[i], means[j]), C)
+               for j in range(n)] for i in range(n)]
+    lead = np.broadcast_shapes(*[x.shape[:-4] for row in blocks for x in row])
+    out = np.zeros(lead + ((n + 1) * B * B + B,) * 2)
+    for i, j in itertools.product(range(n), repeat=2):
+        rows, cols = (slice(B * B + B + k * B * B, B * B + B + (k + 1) * B * B) for k in (i, j))
+        out[..., rows, cols] = blocks[i][j].reshape(lead + (B * B, B * B))
+    return out
 
 
 def _mixed(w, v):
@@ -787,6 +828,8 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         for l in range(L + 1):
             if shared is not None and l > 0:
                 shared.layer(l, blocks[l - 1])
+                if not shared.lost and len(shared.frames) == 1:
+                    shared.rescale_tangent()
             if l not in want:
                 pass
             elif walk.lost:  # x's fluctuation unknown from there on: NaN
@@ -821,6 +864,8 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         for k, l, start in own:  # a walk of its own
             for j, block in enumerate(blocks[l:], start=l + 1):
                 start.layer(j, block)
+                if not start.lost and len(start.frames) == 1:
+                    start.rescale_tangent()
             seen = start.settled()
             if seen.lost:
                 why.setdefault(k, seen.lost)
@@ -875,10 +920,12 @@ def _adjoint(seen: _Walk):
     g, G = J[..., 3, :], H[..., 3, :, :] / 2  # the tangent's q / q_inf
     Gv = J[..., 1, :, None] * J[..., 1, None, :]  # the tangent's log q
     f = fv = 0.0
-    log_q_top = _stats(x0, top)[..., 1]
+    log_q_top = _stats(x0, top)[..., 1]  # (plus the log q taken off by the rescales above)
     for step in reversed(seen.tape):
         if isinstance(step, np.ndarray):  # a draw's fluctuation
             f, fv = f + _contract(G, step), fv + _contract(Gv, step)
+        elif step[0] == "rescale":
+            log_q_top = log_q_top + step[1]
         elif step[0] == "join":
             _, k, b, C, _, _, log_q_join = step  # the layer's own start
             yield k, (np.einsum("...i,...i->...", g, b) + _contract(G, C) + f,
@@ -1071,15 +1118,16 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     rows = [0] if _has_uniform(net) else sorted({0, *(int(l) for l in layers)})
     c, _, why, v = gradient_coefficient(net, inputs, layers=rows)
     if why and not lost:  # (where the forward walk stops, this one does too: warned above)
-        warnings.warn(f"{why}: the gradient's correction is NaN", FiniteWidthWarning,
-                      stacklevel=3)
+        nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
+        warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}",
+                      FiniteWidthWarning, stacklevel=3)
     grad, valid, var = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(3))
     at = [list(layers).index(l) for l in rows if l in layers]
     got = [rows.index(l) for l in rows if l in layers]
     grad[at], valid[at], var[at] = c[got] / N, np.abs(c[got]) / VALID_FRACTION, v[got] / N
     computed["valid_width_grad_q"] = valid
     computed["var_log_grad_q"] = var
-    _warn_gradient(c[0], width, mean_mode)
+    _warn_gradient(c, rows, width, mean_mode)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
@@ -1092,20 +1140,24 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     return out
 
 
-def _warn_gradient(c, width, mean_mode):
-    """Warn when the input gradient's first-order correction c/N is as large as its leading
-    term; ``mean_mode()``: the closed-form A of a mean-carrying stream's coupling, or None."""
-    worst = float(np.nanmax(np.abs(c), initial=0.0))
-    if worst < width:
+def _warn_gradient(c, rows, width, mean_mode):
+    """Warn when a gradient's first-order correction c/N (c: per layer of ``rows``) is as large
+    as its leading term; ``mean_mode()``: the closed-form A of a mean-carrying stream's
+    coupling, or None."""
+    worst = np.nanmax(np.abs(c).reshape(len(rows), -1), axis=1, initial=0.0)
+    if worst.max() < width:
         return
+    l = rows[int(np.argmax(worst))]
+    worst = float(worst.max())
     A = mean_mode()
     why = ("" if A is None else " The stream carries a mean that couples the backward through "
            f"the forward weights (that mode alone, in closed form: A = {float(np.max(A)):.4g}).")
+    what = "the input gradient grad_q_0" if l == 0 else f"the gradient grad_q_{l} at layer {l}"
     warnings.warn(
-        f"width {width}: the first-order correction to the input gradient grad_q_0 reaches "
+        f"width {width}: the first-order correction to {what} reaches "
         f"{worst / width:.3g} x its infinite-width value (coefficient c = {worst:.4g}); the 1/N "
         f"expansion holds only for N >> c (10 % at N = {10 * worst:.4g}).{why} The "
-        "infinite-width input gradient is not what a net of this width does: run sp.simulate "
+        "infinite-width gradient is not what a net of this width does: run sp.simulate "
         "at this width instead.", FiniteWidthWarning, stacklevel=4)
 
 
