@@ -38,14 +38,14 @@ moments of the Dense's input features: the walk carries each frame's 3rd and 4th
 cumulants (0 for the inputs, drawn at each fresh draw, mapped by norms and scales, added at a
 residual sum whose branch holds a Dense). Ops with no fluctuation rule here (BatchNorm; a
 FeatureAffine whose vectors vary, or an activation, on a stream that is not fresh) leave NaN
-corrections from that layer on, with a :class:`FiniteWidthWarning`. Backward: the input gradient's E grad_q_0 is
-E |J t|^2 / N for a random tangent t, so the same walk of the pair (x, J t) gives its
-correction with exact weights, and its spread Var log grad_q_0 (|J^T delta|^2 has the law of
-|J t|^2) (:func:`gradient_coefficient`; every other layer's grad_q by the walk from that
-layer up, all of them from one recorded walk and one adjoint pass down it, :func:`_adjoint`).
-Its part in a stream
-x + alpha phi(W x) that carries a mean, the coupling through the forward weights, also in
-closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the
+corrections from that layer on, with a :class:`FiniteWidthWarning`. Backward: the input
+gradient's E grad_q_0 is E |J t|^2 / N for a random tangent t, so the same walk of the pair
+(x, J t) gives its correction with exact weights, and its spread Var log grad_q_0
+(|J^T delta|^2 has the law of |J t|^2) (:func:`gradient_coefficient`; every other layer's
+grad_q by the walk from that layer up, all of them from one recorded walk and one adjoint pass
+down it, :func:`_adjoint`; t brought back to x's scale at every layer, units only). Its part
+in a stream x + alpha phi(W x) that carries a mean, the coupling through the forward weights,
+also in closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the
 correction is 10 % of the leading term (``valid_width_*``), and warnings where N is below the
 coefficient or where an expectation is carried by events no practical width samples
 (:func:`warn_unreachable`: BatchNorm at B <= 3). For those, the typical value E log grad_q at
@@ -181,8 +181,8 @@ def gaussian_rule(K):
     Polar in u' = u / sqrt(diag K) (B = 2), so that kinks of elementwise functions (on the axes
     u_a = 0) fall on panel edges, and two scales far apart (a tangent grown by its Jacobian)
     cost nothing: E f = int dphi / (2 pi sqrt(det R)) int rho exp(-rho^2 a(phi)/2) f(rho e_phi)
-    drho with a = e^T R^-1 e, R the correlation matrix; the two rays +-1 for B = 1. Degree-1 activations make the
-    radial integrand a power of rho times the Gaussian density, which the Gauss-Legendre panels
+    drho with a = e^T R^-1 e, R the correlation matrix; the two rays +-1 for B = 1. Degree-1
+    activations make the radial integrand a power of rho times the Gaussian density, which the Gauss-Legendre panels
     (truncated at 9 sd) integrate to ~1e-12 (the arc-cosine kernel check); smooth saturating
     ones (erf, tanh) to ~1e-13 for q <= 30 (geometric panels, :data:`RADIAL_EDGES`; the error
     grows beyond: 1e-7 at q = 1e4). B <= 2 only.
@@ -582,7 +582,7 @@ def _vector_rule(op: Op, ctx: Context):
     z, wz = HERMITE
     z1, z2, v = (np.repeat(z, 3), np.tile(z, 3), np.outer(wz, wz).reshape(-1))
     sg = np.sqrt(np.maximum(g2 - g * g, 0.0))
-    rho_sb = np.divide(gb - g * b, sg, out=np.zeros_like(sg), where=sg > 0)  # beta's part along gamma
+    rho_sb = np.divide(gb - g * b, sg, out=np.zeros_like(sg), where=sg > 0)  # along gamma
     rest = np.sqrt(np.maximum(b2 - b * b - rho_sb**2, 0.0))
     return (g[..., None] + sg[..., None] * z1,
             b[..., None] + rho_sb[..., None] * z1 + rest[..., None] * z2, v)
