@@ -178,14 +178,17 @@ def _gl(n, a, b):
 def gaussian_rule(K):
     """Nodes u (..., P, B) and weights (..., P) with sum_p w_p f(u_p) = E f(u), u ~ N(0, K).
 
-    Polar in u' = u / sqrt(diag K) (B = 2), so that kinks of elementwise functions (on the axes
-    u_a = 0) fall on panel edges, and two scales far apart (a tangent grown by its Jacobian)
-    cost nothing: E f = int dphi / (2 pi sqrt(det R)) int rho exp(-rho^2 a(phi)/2) f(rho e_phi)
-    drho with a = e^T R^-1 e, R the correlation matrix; the two rays +-1 for B = 1. Degree-1
-    activations make the radial integrand a power of rho times the Gaussian density, which the Gauss-Legendre panels
-    (truncated at 9 sd) integrate to ~1e-12 (the arc-cosine kernel check); smooth saturating
-    ones (erf, tanh) to ~1e-13 for q <= 30 (geometric panels, :data:`RADIAL_EDGES`; the error
-    grows beyond: 1e-7 at q = 1e4). B <= 2 only.
+    B = 2: polar in whitened variables, u = sqrt(diag K) (A z) with A A^T = R (R the
+    correlation matrix, A its Cholesky factor) and z ~ N(0, I): E f = int dtheta / (2 pi)
+    int rho exp(-rho^2 / 2) f(A rho e_theta) drho. The angular panels end where a ray crosses
+    an axis u_a = 0 (four angles), so that kinks of elementwise functions fall on panel edges;
+    the integrand is isotropic at any correlation (a rule polar in u itself lost 1e-2 of a 4th
+    moment at |corr| = 0.99) and at any ratio of the scales (a tangent grown by its Jacobian).
+    The two rays +-1 for B = 1. Degree-1 activations make the radial integrand a power of rho
+    times the Gaussian density, which the Gauss-Legendre panels (truncated at 9 sd) integrate
+    to ~1e-12 (the arc-cosine kernel check); smooth saturating ones (erf, tanh) to ~1e-13 for
+    q <= 30 (geometric panels, :data:`RADIAL_EDGES`; the error grows beyond: 1e-7 at q = 1e4).
+    B <= 2 only.
     """
     B = K.shape[-1]
     s, ws = [], []
@@ -204,26 +207,29 @@ def gaussian_rule(K):
     if B != 2:
         raise ConfigError("number of inputs B with width=", B,
                           "1 or 2 (the finite-width feature law is a 2-D quadrature)")
-    # on the correlation (u = sqrt(diag K) u'): the axes, and the kinks on them, stay; the
-    # angular integrand of two scales far apart (a tangent grown by J) would be a spike
-    scale = np.sqrt(np.diagonal(K, axis1=-2, axis2=-1))
-    K = K / (scale[..., :, None] * scale[..., None, :])
-    phis, wphi = zip(*[_gl(ANGLE_NODES, j * np.pi / 2, (j + 1) * np.pi / 2) for j in range(4)])
-    phi, wphi = np.concatenate(phis), np.concatenate(wphi)
-    e = np.stack([np.cos(phi), np.sin(phi)], axis=-1)  # (A, 2)
     det = K[..., 0, 0] * K[..., 1, 1] - K[..., 0, 1] ** 2
-    if np.any(det <= 0):
-        raise ConfigError("Gram of a fresh stream with width=", "singular (corr = +-1)",
-                          "inputs that stay distinct (|corr| < 1)")
-    Kinv = np.linalg.inv(K)
-    a = np.einsum("pi,...ij,pj->...p", e, Kinv, e)  # (..., A)
-    rmax = RHO_MAX / np.sqrt(a)
-    rho = rmax[..., :, None] * s  # (..., A, R)
-    w = (wphi[:, None] * ws / (2 * np.pi * np.sqrt(det)[..., None, None]) * rmax[..., None]**2
-         * s * np.exp(-rho**2 * a[..., None] / 2))
-    u = rho[..., None] * e[:, None, :]  # (..., A, R, 2)
+    if np.any(det <= 0) or np.any(np.diagonal(K, axis1=-2, axis2=-1) <= 0):
+        raise ConfigError("Gram of a fresh stream with width=",
+                          "singular (a zero scale, or corr = +-1)",
+                          "inputs that stay distinct (|corr| < 1) and a stream that is not 0")
+    scale = np.sqrt(np.diagonal(K, axis1=-2, axis2=-1))
+    r = K[..., 0, 1] / (scale[..., 0] * scale[..., 1])
+    c = np.sqrt(1 - r * r)  # A = [[1, 0], [r, c]]: u_0 = 0 at theta = pi/2, 3 pi/2; u_1 = 0
+    theta0 = np.arctan2(-r, c) % np.pi  # where r cos + c sin = 0, and theta0 + pi
+    edges = np.sort(np.stack([np.full_like(r, np.pi / 2), np.full_like(r, 3 * np.pi / 2),
+                              theta0, theta0 + np.pi], axis=-1), axis=-1)
+    edges = np.concatenate([edges, edges[..., :1] + 2 * np.pi], axis=-1)  # (..., 5)
+    x, wx = _gl(ANGLE_NODES, 0.0, 1.0)
+    width = np.diff(edges, axis=-1)[..., None]  # (..., 4, 1)
+    theta = (edges[..., :-1, None] + width * x).reshape(r.shape + (-1,))  # (..., A)
+    wtheta = (width * wx).reshape(r.shape + (-1,))
+    rho = RHO_MAX * s  # (R,)
+    z = rho[:, None] * np.stack([np.cos(theta), np.sin(theta)], axis=-1)[..., :, None, :]
+    u = np.stack([z[..., 0], r[..., None, None] * z[..., 0] + c[..., None, None] * z[..., 1]],
+                 axis=-1) * scale[..., None, None, :]  # (..., A, R, 2)
+    w = wtheta[..., :, None] * (ws * RHO_MAX * rho * np.exp(-rho**2 / 2)) / (2 * np.pi)
     lead = w.shape[:-2]
-    return u.reshape(lead + (-1, 2)) * scale[..., None, :], w.reshape(lead + (-1,))
+    return u.reshape(lead + (-1, 2)), w.reshape(lead + (-1,))
 
 
 def feature_moments(y, w):
@@ -339,6 +345,11 @@ class _Walk:
         f = self.frames[0]
         d = 2 * (f.ls[..., 1] - f.ls[..., 0])
         self.frames = [f.replace(ls=np.stack([f.ls[..., 0], f.ls[..., 0]], -1))]
+        if self.track and self.cumulants[0] is not None:  # true units: t's entries scale
+            c = np.stack(np.broadcast_arrays(np.ones_like(d), np.exp(-d / 2)), -1)
+            k3, k4 = self.cumulants[0]
+            self.cumulants = [(np.einsum("...ijk,...i,...j,...k->...ijk", k3, c, c, c),
+                               np.einsum("...ijkl,...i,...j,...k,...l->...ijkl", k4, c, c, c, c))]
         self.t_ls = self.t_ls - d / 2  # where it started, in the new units
         if self.tape is not None:
             self.tape.append(("rescale", d))
@@ -458,6 +469,9 @@ class _Walk:
         if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
         affine = isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
+        second = (isinstance(op, FeatureAffine) and not affine and self.chain is not None
+                  and any(isinstance(o, FeatureAffine) and not _constant_vectors(o, ctx)
+                          for o in self.chain))  # a second one with varying vectors
         if isinstance(op, Serial):
             for kid in op.layers:
                 self.walk(kid, ctx.at(type(kid).__name__))
@@ -468,7 +482,8 @@ class _Walk:
             self.settle()
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
             self.widths[-1] = self.widths[-1] * np.asarray(ctx.p(op.ratio))
-        elif isinstance(op, (Act, Scale, FeatureAffine)) and self.chain is not None:
+        elif (isinstance(op, (Act, Scale)) or affine or isinstance(op, FeatureAffine)
+              and not second) and self.chain is not None:
             self.chain.append(op)
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
             self.settle()
@@ -490,7 +505,10 @@ class _Walk:
             self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)])
         else:  # BatchNorm, an Act on a settled stream, other ops
             self.settle()
-            what = ("FeatureAffine with vectors that vary over the features, on a stream whose "
+            what = ("a second FeatureAffine with vectors that vary, in one chain of ops per "
+                    "feature (the features' means given two independent vectors are of degree "
+                    "4 in them, which their declared moments do not fix)" if second else
+                    "FeatureAffine with vectors that vary over the features, on a stream whose "
                     "features are not freshly drawn (after a norm or a residual sum: their "
                     "fluctuation needs the stream's 4th moments)"
                     if isinstance(op, FeatureAffine) else type(op).__name__)
