@@ -672,7 +672,7 @@ def test_gaussian_rule_is_scale_free():
 def test_gradient_spread_where_the_gradient_grows_against_monte_carlo():
     """tanh behind sigma_w = 20, depth 4: J t outgrows x by ~2.8 in log q a layer. Walked at
     its grown scale through a pair quadrature polar in u itself, N Var log grad_q_0 was 242;
-    either the rule on the correlation matrix or the tangent brought back to x's scale at each
+    either the rule in whitened variables or the tangent brought back to x's scale at each
     layer gives 305 (at N = 4096, 3000 seeds: 311.7 +- 8.0; with both removed this test
     fails by 6 SE). N Var fitted as V + c'/N over 1024-4096 (3000 seeds each, ~30 s) within
     3 SE at layers 0 and 3, and c likewise."""
