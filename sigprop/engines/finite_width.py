@@ -97,13 +97,13 @@ from sigprop.state.params import Context
 
 STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a direction:
 # truncation O(STEP^2) ~ 1e-6 relative, round-off 1e-16 / STEP^2 ~ 1e-10 (second differences)
-ANGLE_NODES = 48  # Gauss-Legendre nodes per quadrant of the polar rule (kinks on the axes)
+ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kinks on its edges)
 # composite Gauss-Legendre in the radius: panels with these edges (fractions of RHO_MAX sd),
 # geometric so that a saturating activation's bend at |u| ~ 1 is resolved over a wide range of
 # scales (erf: 1e-13 up to q = 30, 1e-11 at q = 300, 1e-7 at q = 1e4; 4 equal panels left
 # 1e-6 at q = 30)
 RADIAL_EDGES, RADIAL_NODES = (0.0, 1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0), 16
-RHO_MAX = 9.0  # in standard deviations along each ray: exp(-81/2) ~ 2.6e-18
+RHO_MAX = 9.0  # in standard deviations (whitened radius): exp(-81/2) ~ 2.6e-18
 VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
 
@@ -482,8 +482,8 @@ class _Walk:
             self.settle()
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
             self.widths[-1] = self.widths[-1] * np.asarray(ctx.p(op.ratio))
-        elif (isinstance(op, (Act, Scale)) or affine or isinstance(op, FeatureAffine)
-              and not second) and self.chain is not None:
+        elif (isinstance(op, (Act, Scale)) or isinstance(op, FeatureAffine) and not second) \
+                and self.chain is not None:
             self.chain.append(op)
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
             self.settle()
@@ -539,9 +539,12 @@ class _Walk:
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
-        fresh when it is, for an elementwise op that opens the next block."""
+        fresh when it is, for an elementwise op that opens the next block. A tangent walk
+        brings t back to x's scale (:meth:`rescale_tangent`)."""
         if self.chain is None:
             self.push(lambda fr: [to_unit_diagonal(fr[0])])
+        if self.tangent and not self.lost and len(self.frames) == 1:
+            self.rescale_tangent()
 
     def settled(self):
         """The walk with the top frame's statistics drawn (itself when they are)."""
@@ -583,7 +586,8 @@ def _features(ops, u, ctx, tangent: bool):
     return (y if dy is None else np.stack(np.broadcast_arrays(y, dy), axis=-1)), v
 
 
-HERMITE = (np.array([-math.sqrt(3), 0.0, math.sqrt(3)]), np.array([1 / 6, 2 / 3, 1 / 6]))
+HERMITE_NODES, HERMITE_WEIGHTS = np.polynomial.hermite_e.hermegauss(3)
+HERMITE_WEIGHTS = HERMITE_WEIGHTS / HERMITE_WEIGHTS.sum()  # for N(0, 1)
 
 
 def _vector_rule(op: Op, ctx: Context):
@@ -597,7 +601,7 @@ def _vector_rule(op: Op, ctx: Context):
     g, b, g2, b2, gb = (np.asarray(x, dtype=float)[..., 0] for x in op._point(ctx))
     if _constant_vectors(op, ctx):
         return g[..., None], b[..., None], np.ones(1)
-    z, wz = HERMITE
+    z, wz = HERMITE_NODES, HERMITE_WEIGHTS
     z1, z2, v = (np.repeat(z, 3), np.tile(z, 3), np.outer(wz, wz).reshape(-1))
     sg = np.sqrt(np.maximum(g2 - g * g, 0.0))
     rho_sb = np.divide(gb - g * b, sg, out=np.zeros_like(sg), where=sg > 0)  # along gamma
@@ -837,17 +841,9 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
         shared, members = None, []  # the recorded pair walk the layers above 0 join; theirs
 
-        def drop(shared, members):  # a lost shared walk: NaN for the layers that joined it
-            stale = {join[1] for join in shared.stale}
-            for k in members:
-                if k not in stale:
-                    why.setdefault(k, shared.lost)
-
         for l in range(L + 1):
             if shared is not None and l > 0:
                 shared.layer(l, blocks[l - 1])
-                if not shared.lost and len(shared.frames) == 1:
-                    shared.rescale_tangent()
             if l not in want:
                 pass
             elif walk.lost:  # x's fluctuation unknown from there on: NaN
@@ -860,8 +856,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                     why.setdefault(k, start.lost)
                 if shared is None or shared.lost:
                     if shared is not None:
-                        drop(shared, members)
-                        own += [(j, i, st) for _, j, _, _, i, st in shared.stale]
+                        _close(shared, members, own, why)
                     shared, members, start.tape = start, [], []
                 members.append(k)
                 join = ("join", k, start.b, start.C, l, start)
@@ -873,17 +868,13 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 walk.layer(l + 1, blocks[l])
         if shared is not None:
             shared.settle()
-            own += [(j, i, st) for _, j, _, _, i, st in shared.stale]
-            if shared.lost:
-                drop(shared, members)
-            else:
+            _close(shared, members, own, why)
+            if not shared.lost:
                 for k, got in _adjoint(shared):
                     coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = got
         for k, l, start in own:  # a walk of its own
             for j, block in enumerate(blocks[l:], start=l + 1):
                 start.layer(j, block)
-                if not start.lost and len(start.frames) == 1:
-                    start.rescale_tangent()
             seen = start.settled()
             if seen.lost:
                 why.setdefault(k, seen.lost)
@@ -891,6 +882,16 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = _tangent_q(seen)
     lost = why[min(why)] if why else None
     return GradientCoefficients(coef, log_q, lost, var)
+
+
+def _close(shared: _Walk, members, own, why):
+    """A shared walk done with: its stale joins go to ``own`` (walked on their own); if it was
+    lost, the other layers that joined it (``members``) are NaN, for its reason."""
+    own.extend((j, i, st) for _, j, _, _, i, st in shared.stale)
+    stale = {join[1] for join in shared.stale}
+    for k in members if shared.lost else ():
+        if k not in stale:
+            why.setdefault(k, shared.lost)
 
 
 def _tangent_log_q(w: _Walk):

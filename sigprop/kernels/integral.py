@@ -1,5 +1,6 @@
 """Gaussian expectations without closed form, kept as unevaluated sympy integrals (the SYMBOLIC
-face of tanh, silu and the other quadrature activations), and the one numeric evaluator of such an integral.
+face of tanh, silu and the other quadrature activations), and the one numeric evaluator of such
+an integral.
 
     E[phi(sqrt(q) Z)]  = int phi(sqrt(q) z1) N(z1) dz1
     E[phi(u) phi(v)]   = int int phi(sqrt(q1) z1) phi(sqrt(q2) z2) N_c(z1, z2) dz2 dz1
