@@ -19,7 +19,8 @@ a residual branch (and the same net with a Scale; and vectors that vary over the
 forward and backward. Its fifth (``--part
 spread``), Var log grad_q_0 across nets, predicted against Monte Carlo. Its sixth (``--part
 layers``), the gradient's c and Var log grad_q at the layers above the input (one recorded
-walk and an adjoint pass), against Monte Carlo.
+walk and an adjoint pass), against Monte Carlo. Its seventh (``--part uniform``), the same c at
+every layer of a net with uniform weights (explicit draws, 8x the seeds).
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -33,6 +34,7 @@ import numpy as np
 import sigprop as sp
 from sigprop import presets
 from sigprop.analysis.compare import fit_inverse_width
+from sigprop.engines.finite_width import gradient_coefficient
 from sigprop.errors import FiniteWidthWarning
 from sigprop.ops import layers_of
 from sigprop.pipeline.bench import write_section
@@ -278,9 +280,39 @@ def gradient_layers(seeds=4000, out="benchmarks/RESULTS.md"):
     return _write("Finite width: the gradient at every layer", out, [intro, "", *rows])
 
 
+UNIFORM_WIDTHS = [32, 64, 128]
+
+
+def uniform(seeds=32000, out="benchmarks/RESULTS.md"):
+    """The gradient's c at every layer with uniform weights (explicit draws), against the
+    prediction with them and with Gaussian weights of the same variance."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    layers = [0, 1, 2]
+    net = sp.Repeat(sp.Serial(sp.Dense(2.0, 0.5, init="uniform"), sp.Act("erf")), 3)
+    gauss = sp.Repeat(sp.Serial(sp.Dense(2.0, 0.5), sp.Act("erf")), 3)
+    normal = gradient_coefficient(gauss, inputs, layers=layers).coef[..., 0]
+    found = measure_gradient_layers(net, inputs, UNIFORM_WIDTHS, seeds, root_seed=9120,
+                                    layers=layers)
+    rows = [("| layer | c predicted, uniform | c predicted, Gaussian weights | a fitted ± SE | "
+             "z (uniform) | z (Gaussian) |"), "|---|---|---|---|---|---|"]
+    for l, (c, a, se_a, *_), cn in zip(layers, found, normal):
+        rows.append(f"| {l} | {c:+.4g} | {cn:+.4g} | {a:+.4g} ± {se_a:.2g} | "
+                    f"{(a - c) / se_a:+.2f} | {(a - cn) / se_a:+.2f} |")
+        print(rows[-1], flush=True)
+    intro = ("`benchmarks/finite_width_agreement.py --part uniform`: 3 blocks Dense(2.0, 0.5, "
+             "init='uniform') -> erf, inputs q = 1, corr = 0.5, input 0, widths "
+             f"{UNIFORM_WIDTHS}, {seeds} seeds per width (root seed 9120 + N; every weight "
+             "drawn). Predicted: `grad_q_rel_correction` = c/N of `sp.theory(net, inputs, "
+             "width=N)`, every layer from the one recorded walk and adjoint pass, the uniform "
+             "weights' bias terms replayed from each layer's own start; the column beside it is "
+             "the same net's prediction with Gaussian weights. Fitted as in the section above.")
+    return _write("Finite width: the gradient at every layer, uniform weights", out,
+                  [intro, "", *rows])
+
+
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
-    "affine", "spread" or "layers"."""
+    "affine", "spread", "layers" or "uniform" (which takes 8x ``seeds``)."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -293,6 +325,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         spread(seeds, out)
     if part in ("all", "layers"):
         gradient_layers(seeds, out)
+    if part in ("all", "uniform"):
+        uniform(8 * seeds, out)
 
 
 if __name__ == "__main__":
@@ -300,7 +334,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
-                                       "spread", "layers"],
+                                       "spread", "layers", "uniform"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

@@ -114,8 +114,7 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
              "1", "E[grad_q]/grad_q_inf - 1 = c/N at every layer l, exact weights: c from the "
              "walk of a forward tangent, E grad_q_l = E |J_l t|^2 / N (the layers above the input "
-             "by one adjoint pass; with uniform weights layer 0 only, the other layers NaN; NaN "
-             "from an op with no finite-width rule)", backward=True),
+             "by one adjoint pass; NaN from an op with no finite-width rule)", backward=True),
     Variable("var_log_grad_q", PER_INPUT, "variance of log grad_q across seeds", "1",
              "Var[log grad_q] over random nets and output cotangents at the dataset's width N, "
              "leading order (O(1/N)), at every layer as grad_q_rel_correction (the walk of a "

@@ -313,8 +313,9 @@ class _Walk:
         self.stale: list = []  # their joins where the chain grew before it was drawn
 
     def push(self, fn, kurtosis=None):
-        """A deterministic map of the stack (the delta method). ``kurtosis``: (M, k) adds
-        k H:M / 2 to the bias, M (..., D, D) PSD (the uniform weights' term, :meth:`settle`)."""
+        """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
+        k H:M / 2 to the bias, M = M_of(cumulants) (..., D, D) PSD (the uniform weights' term,
+        :meth:`_uniform_term`)."""
         ref_in = self.frames
         ref_out = fn(ref_in)
         if self.lost:
@@ -330,10 +331,10 @@ class _Walk:
         _, self.b, self.C = delta_step(flat, x0, np.broadcast_to(b, x0.shape),
                                        np.broadcast_to(C, x0.shape + x0.shape[-1:]))
         if self.tape is not None:
-            self.tape.append((flat, x0))
+            self.tape.append((flat, x0) if kurtosis is None else (flat, x0, kurtosis))
         if kurtosis is not None:
-            M, k = kurtosis
-            M = np.broadcast_to(M, x0.shape + x0.shape[-1:])
+            M_of, k = kurtosis
+            M = np.broadcast_to(M_of(self.cumulants), x0.shape + x0.shape[-1:])
             self.b = self.b + np.asarray(k)[..., None] * delta_step(flat, x0, 0 * x0, M)[1]
         self.frames = ref_out
 
@@ -345,11 +346,9 @@ class _Walk:
         f = self.frames[0]
         d = 2 * (f.ls[..., 1] - f.ls[..., 0])
         self.frames = [f.replace(ls=np.stack([f.ls[..., 0], f.ls[..., 0]], -1))]
-        if self.track and self.cumulants[0] is not None:  # true units: t's entries scale
+        if self.track:  # true units: t's entries scale
             c = np.stack(np.broadcast_arrays(np.ones_like(d), np.exp(-d / 2)), -1)
-            k3, k4 = self.cumulants[0]
-            self.cumulants = [(np.einsum("...ijk,...i,...j,...k->...ijk", k3, c, c, c),
-                               np.einsum("...ijkl,...i,...j,...k,...l->...ijkl", k4, c, c, c, c))]
+            self._cumulant_step(lambda ks: [_transformed(ks[0], c[..., :, None] * np.eye(2))])
         self.t_ls = self.t_ls - d / 2  # where it started, in the new units
         if self.tape is not None:
             self.tape.append(("rescale", d))
@@ -388,7 +387,8 @@ class _Walk:
         u, w = gaussian_rule(Ku)
         y, v = _features(chain[1:] if dense else chain, u, ctx, self.tangent)
         if self.track:  # of the features as they are: over the vectors' nodes too
-            self.cumulants = self.cumulants[:-1] + [_cumulants(y, _mixed(w, v))]
+            drawn = _cumulants(y, _mixed(w, v))
+            self._cumulant_step(lambda ks: ks[:-1] + [drawn])
         self.drawn = self.drawn[:-1] + [self.drawn[-1] or dense]
         y = y * np.exp(-top.ls)[..., None, :]
         outer_frames = self.frames[:-1]
@@ -417,25 +417,39 @@ class _Walk:
                 self.stale.append(join)
         self.waiting = []
 
+    def _cumulant_step(self, fn):
+        """The frames' cumulants (a list) mapped by ``fn``, which the tape keeps (the adjoint
+        replays them from each layer's own start: :func:`_uniform_terms`)."""
+        self.cumulants = fn(self.cumulants)
+        if self.tape is not None and self.track:
+            self.tape.append(("cumulants", fn))
+
     def _uniform_term(self, frames):
         """Uniform weights W_ij ~ U(+-sqrt(3 / n) sigma_w) (excess kurtosis -6/5): given the
         realised input x the pre-activations h_i are i.i.d. with the Gaussian law's covariance
         and 4th cumulant kappa_abcd = -(6/5) sigma_w^4 M_abcd / n, M = mean_j x_aj x_bj x_cj x_dj.
         By Edgeworth E f(h) = E_G f + kappa : E_G[d^4 f] / 24 + O(1/n^2), and E_G[d_abcd f] =
         4 d^2 E_G f / dS_ab dS_cd (S the covariance, = sigma_w^2 K_x + sigma_b^2): the bias
-        gains -(2/5) H:M / 2 per 1/n, H the Hessian in the input's Gram K_x. (M, -2/5 / n_in)
-        for :meth:`push`, M in the top frame's K block, scaled units."""
+        gains -(2/5) H:M / 2 per 1/n, H the Hessian in the input's Gram K_x. (M_of, -2/5 / n_in)
+        for :meth:`push`: M_of(cumulants) is M of the top frame's cumulants in the list (NaN
+        where they are unknown), in the top frame's K block, scaled units."""
         top = frames[-1]
         K, m, _ = _true(top)
-        M = raw_fourth_moments(K, m, *self.cumulants[-1])
         e = np.exp(-top.ls)
-        M = M * np.einsum("...a,...b,...c,...d->...abcd", e, e, e, e)
         B = m.shape[-1]
         D = flatten(frames, frames).shape[-1]
         start = D - (B * B + B + B * B * (len(frames) - 1))  # the top frame's K
-        full = np.zeros(M.shape[:-4] + (D, D))
-        full[..., start:start + B * B, start:start + B * B] = M.reshape(M.shape[:-4] + (B * B,) * 2)
-        return full, -0.4 / np.asarray(self.fan_in)
+
+        def M_of(cumulants):
+            k = cumulants[-1]
+            M = (raw_fourth_moments(K, m, *k) if k is not None else np.full(K.shape * 2, np.nan))
+            M = M * np.einsum("...a,...b,...c,...d->...abcd", e, e, e, e)
+            full = np.zeros(M.shape[:-4] + (D, D))
+            full[..., start:start + B * B, start:start + B * B] = M.reshape(M.shape[:-4]
+                                                                            + (B * B,) * 2)
+            return full
+
+        return M_of, -0.4 / np.asarray(self.fan_in)
 
     def _beyond_float64(self, s: Moments, ctx: Context) -> bool:
         """Lose the walk (True) where ``s`` is past float64 in true units, which the feature
@@ -496,7 +510,8 @@ class _Walk:
             self.settle()
             self.push(lambda fr: fr + [fr[-1].push_ref()])
             self.widths.append(self.widths[-1])
-            self.cumulants, self.drawn = self.cumulants + self.cumulants[-1:], self.drawn + [False]
+            self._cumulant_step(lambda ks: ks + ks[-1:])
+            self.drawn = self.drawn + [False]
             self.walk(op.branch, ctx.at(type(op.branch).__name__))
             self.settle()
             self.widths.pop()
@@ -520,22 +535,24 @@ class _Walk:
 
     def _transform_cumulants(self, A):
         """The top frame's features mapped per feature by y = A x + c (A (..., B, B))."""
-        k = self.cumulants[-1]
-        if k is not None:
-            k = (np.einsum("...ai,...bj,...ck,...ijk->...abc", A, A, A, k[0]),
-                 np.einsum("...ai,...bj,...ck,...dl,...ijkl->...abcd", A, A, A, A, k[1]))
-        self.cumulants = self.cumulants[:-1] + [k]
+        self._cumulant_step(lambda ks: ks[:-1] + [_transformed(ks[-1], A)])
 
     def _sum_cumulants(self, beta, alpha):
         """Close a residual: beta x + alpha f. Cumulants add when f was drawn by a Dense since
         the branch opened (then independent of x per feature at infinite width), else unknown."""
-        (x, f), drawn = self.cumulants[-2:], self.drawn[-1]
-        k = None
-        if x is not None and f is not None and drawn:
-            b, a = (np.asarray(v)[..., 0] for v in (beta, alpha))
-            k = tuple(b[(...,) + (None,) * (3 + i)] ** (3 + i) * x[i]
-                      + a[(...,) + (None,) * (3 + i)] ** (3 + i) * f[i] for i in range(2))
-        self.cumulants, self.drawn = self.cumulants[:-2] + [k], self.drawn[:-1]
+        b, a = (np.asarray(v)[..., 0] for v in (beta, alpha))
+        drawn = self.drawn[-1]
+
+        def add(ks):
+            x, f = ks[-2:]
+            if x is None or f is None or not drawn:
+                return ks[:-2] + [None]
+            return ks[:-2] + [tuple(b[(...,) + (None,) * (3 + i)] ** (3 + i) * x[i]
+                                    + a[(...,) + (None,) * (3 + i)] ** (3 + i) * f[i]
+                                    for i in range(2))]
+
+        self._cumulant_step(add)
+        self.drawn = self.drawn[:-1]
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
@@ -635,6 +652,14 @@ def _mixed(w, v):
     """The weights (..., P Q) of nodes (p, q) from the Gaussian rule's w (..., P) and the
     vectors' v (Q,) (:func:`_features`)."""
     return (w[..., :, None] * v).reshape(w.shape[:-1] + (-1,))
+
+
+def _transformed(k, A):
+    """Cumulants k (3rd, 4th; None: unknown) of features mapped per feature by y = A x + c."""
+    if k is None:
+        return None
+    return (np.einsum("...ai,...bj,...ck,...ijk->...abc", A, A, A, k[0]),
+            np.einsum("...ai,...bj,...ck,...dl,...ijkl->...abcd", A, A, A, A, k[1]))
 
 
 def _has_uniform(net: Op) -> bool:
@@ -820,9 +845,11 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     (b, C) differ. One pair walk from the lowest of them records its steps
     (:attr:`_Walk.tape`); one adjoint pass down it (:func:`_adjoint`) gives each layer's c and
     variance as linear functions of that layer's start: O(L) blocks for all layers, not O(L)
-    per layer. Uniform weights add a term that depends on the tangent's own cumulants, which
-    do depend on where it started: there (and with ``own_walks``, which the adjoint is checked
-    against) every layer has its own walk."""
+    per layer. Uniform weights add bias terms that depend on the pair's cumulants, which do
+    depend on where the tangent started (t's are 0 there): the tape keeps the cumulants' maps
+    and each layer's are replayed from its start (:func:`_uniform_terms`), cheap per layer.
+    ``own_walks``: every layer a walk of its own (the reference the adjoint is checked
+    against)."""
     blocks = layers_of(net)
     L = len(blocks)
     want = sorted({int(l) for l in np.atleast_1d(layers)})
@@ -848,7 +875,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 pass
             elif walk.lost:  # x's fluctuation unknown from there on: NaN
                 why.setdefault(want.index(l), walk.lost)
-            elif l == 0 or uniform or own_walks:
+            elif l == 0 or own_walks:
                 own.append((want.index(l), l, _tangent_walk(walk, fresh=gaussian and l == 0)))
             else:
                 k, start = want.index(l), _tangent_walk(walk, fresh=False)
@@ -859,7 +886,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                         _close(shared, members, own, why)
                     shared, members, start.tape = start, [], []
                 members.append(k)
-                join = ("join", k, start.b, start.C, l, start)
+                join = ("join", k, start.b, start.C, l, start, start.cumulants)
                 if shared.chain is None:
                     shared.tape.append(join + (_tangent_log_q(shared),))
                 else:  # its features are drawn at the next reduction
@@ -887,7 +914,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
 def _close(shared: _Walk, members, own, why):
     """A shared walk done with: its stale joins go to ``own`` (walked on their own); if it was
     lost, the other layers that joined it (``members``) are NaN, for its reason."""
-    own.extend((j, i, st) for _, j, _, _, i, st in shared.stale)
+    own.extend((j, i, st) for _, j, _, _, i, st, _ in shared.stale)
     stale = {join[1] for join in shared.stale}
     for k in members if shared.lost else ():
         if k not in stale:
@@ -932,7 +959,8 @@ def _adjoint(seen: _Walk):
     are f = g.b + G:C (c: g and G = H/2 of the tangent's q / q_inf; v: G = grad log q_t grad
     log q_t^T, g = 0), pulled back through each step (a map with derivatives J, H: g <- J^T g,
     G <- J^T G J + 1/2 sum_i g_i H_i; a draw's covariance Sigma: f gains G:Sigma) down to the
-    join, where f is read at that layer's own start (b, C)."""
+    join, where f is read at that layer's own start (b, C); uniform weights' bias terms above
+    it, from its own cumulants (:func:`_uniform_terms`)."""
     top = seen.frames[0]
     x0 = flatten([top], [top])
     J, H = _derivatives(lambda x: _stats(x, top), x0)
@@ -940,22 +968,44 @@ def _adjoint(seen: _Walk):
     Gv = J[..., 1, :, None] * J[..., 1, None, :]  # the tangent's log q
     f = fv = 0.0
     log_q_top = _stats(x0, top)[..., 1]  # (plus the log q taken off by the rescales above)
-    for step in reversed(seen.tape):
+    uniform = {}  # tape position of a uniform Dense's draw -> (k g.H / 2, M_of)
+    for pos in reversed(range(len(seen.tape))):
+        step = seen.tape[pos]
         if isinstance(step, np.ndarray):  # a draw's fluctuation
             f, fv = f + _contract(G, step), fv + _contract(Gv, step)
-        elif step[0] == "rescale":
-            log_q_top = log_q_top + step[1]
+        elif step[0] in ("rescale", "cumulants"):
+            log_q_top = log_q_top + (step[1] if step[0] == "rescale" else 0.0)
         elif step[0] == "join":
-            _, k, b, C, _, _, log_q_join = step  # the layer's own start
-            yield k, (np.einsum("...i,...i->...", g, b) + _contract(G, C) + f,
+            _, k, b, C, _, _, cumulants, log_q_join = step  # the layer's own start
+            terms = _uniform_terms(seen.tape, pos, cumulants, uniform) if uniform else 0.0
+            yield k, (np.einsum("...i,...i->...", g, b) + _contract(G, C) + f + terms,
                       log_q_top - log_q_join, _contract(Gv, C) + fv)
         else:
-            fn, x = step
+            fn, x = step[:2]
             J, H = _derivatives(fn, x)
             JT = np.swapaxes(J, -1, -2)
-            G = JT @ G @ J + np.einsum("...i,...ijk->...jk", g, H) / 2
+            gH = np.einsum("...i,...ijk->...jk", g, H) / 2
+            if len(step) == 3:  # its bias gained k H:M / 2 (:meth:`_Walk.push`)
+                M_of, k = step[2]
+                uniform[pos] = (np.asarray(k)[..., None, None] * gH, M_of)
+            G = JT @ G @ J + gH
             g = np.einsum("...ij,...i->...j", J, g)
             Gv = JT @ Gv @ J
+
+
+def _uniform_terms(tape, pos, cumulants, uniform):
+    """The uniform weights' bias terms, pulled back to the top, of a tangent walk that starts
+    at tape position ``pos`` with ``cumulants``: the tape's cumulant maps replayed from there
+    (each M is affine in them), sum over the uniform Dense above of (k g.H / 2):M."""
+    total = 0.0
+    for i in range(pos + 1, len(tape)):
+        step = tape[i]
+        if isinstance(step, tuple) and isinstance(step[0], str) and step[0] == "cumulants":
+            cumulants = step[1](cumulants)
+        elif i in uniform:
+            kgH, M_of = uniform[i]
+            total = total + _contract(kgH, M_of(cumulants))
+    return total
 
 
 def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
@@ -1132,9 +1182,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
             return mean_mode_coefficient(net, theory(net, inputs))
         return mean_mode_coefficient(net, ds)
 
-    # the input (its warning) and every recorded layer (uniform weights: the input alone, their
-    # walks being O(L) per layer)
-    rows = [0] if _has_uniform(net) else sorted({0, *(int(l) for l in layers)})
+    rows = sorted({0, *(int(l) for l in layers)})  # the input (its warning), every recorded one
     c, _, why, v = gradient_coefficient(net, inputs, layers=rows)
     if why and not lost:  # (where the forward walk stops, this one does too: warned above)
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
