@@ -280,7 +280,7 @@ def gradient_layers(seeds=4000, out="benchmarks/RESULTS.md"):
     return _write("Finite width: the gradient at every layer", out, [intro, "", *rows])
 
 
-UNIFORM_WIDTHS = [32, 64, 128]
+UNIFORM_WIDTHS = [64, 128, 256]
 
 
 def uniform(seeds=32000, out="benchmarks/RESULTS.md"):

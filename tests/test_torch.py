@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 import sys
+import warnings
 
 import numpy as np
 import pytest
@@ -441,3 +442,23 @@ def test_layer_map_names_the_torch_code_of_each_layer():
     assert len(lines) == len(net.blocks()) == 4
     assert [line.split("<-")[1].strip() for line in lines] == ["0.lin", "0.act", "1", "2"]
     assert lines[1].split()[1].startswith("Act(name='relu')")
+
+
+def test_finite_width_theory_of_a_model_whose_norm_weights_vary():
+    """A Pre-LN model whose LayerNorm weights vary over the features (as a trained one's do):
+    the import puts them in a FeatureAffine on the branch's normalised copy of the stream,
+    which the finite-width walk takes (the rule's checks: tests/test_finite_width.py), so the
+    corrections are finite at every layer and nothing warns (they were NaN from layer 1)."""
+    torch.manual_seed(0)
+    blocks = [PreLN(32, act=nn.ReLU) for _ in range(2)]
+    for block in blocks:
+        with torch.no_grad():
+            block.ln.weight.normal_(1.0, 0.3)
+            block.ln.bias.normal_(0.0, 0.2)
+    net = from_torch(nn.Sequential(*blocks).eval(), torch.randn(2, 32))
+    assert any(isinstance(op, FeatureAffine) and op.gain_sq is not None for op in net.walk())
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sp.FiniteWidthWarning)
+        ds = sp.theory(net, sp.Inputs(q=1.0, corr=0.5, n=2), width=256)
+    for name in ("log_q_correction", "var_log_q", "corr_correction", "grad_q_rel_correction"):
+        assert np.isfinite(ds[name].values).all(), name

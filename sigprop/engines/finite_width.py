@@ -29,15 +29,18 @@ Scope: the feature law's 4th moments are a 2-D polar quadrature (accurate to ~1e
 degree-1 activations), so B > 2 inputs are walked pair by pair (every op with a rule here acts
 on each input alone). A FeatureAffine whose vectors are constant is a Scale plus a shift
 (in a fresh stream's chain, or a map of the realised state); one whose vectors vary over the
-features joins a fresh stream's chain, the vectors taken Gaussian over the features with the
-declared moments (as the Monte Carlo draws them; :func:`_vector_rule`), and the draw's
-covariance is the mean over them of the features' covariance given them (their moments up to
-the 2nd are the declared ones exactly). Uniform weights (torch's default
-init) add one term, their 4th cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th
-moments of the Dense's input features: the walk carries each frame's 3rd and 4th joint
-cumulants (0 for the inputs, drawn at each fresh draw, mapped by norms and scales, added at a
-residual sum whose branch holds a Dense). Ops with no fluctuation rule here (BatchNorm; a
-FeatureAffine whose vectors vary, or an activation, on a stream that is not fresh) leave NaN
+features is taken with Gaussian vectors of the declared moments (as the Monte Carlo draws them;
+:func:`_vector_rule`): in a fresh stream's chain the draw's covariance is the mean over them of
+the features' covariance given them (their moments up to the 2nd are the declared ones
+exactly); on a settled stream (after a norm: a LayerNorm's affine), or after another such op in
+the chain, the op's law of the realised statistics plus the noise of the vectors' assignment to
+the features, which needs the features' 4th moments (:meth:`_Walk._varying_affine`). Uniform
+weights (torch's default init) add one term, their 4th cumulant's
+(:meth:`_Walk._uniform_term`), which needs the 4th moments of the Dense's input features: for
+both, the walk carries each frame's 3rd and 4th joint cumulants (0 for the inputs, drawn at
+each fresh draw, mapped by norms and scales, added at a residual sum whose branch holds a
+Dense). Ops with no fluctuation rule here (BatchNorm; an activation on a stream that is not
+fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream) leave NaN
 corrections from that layer on, with a :class:`FiniteWidthWarning`. Backward: the input
 gradient's E grad_q_0 is E |J t|^2 / N for a random tangent t, so the same walk of the pair
 (x, J t) gives its correction with exact weights, and its spread Var log grad_q_0
@@ -485,7 +488,7 @@ class _Walk:
         affine = isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
         second = (isinstance(op, FeatureAffine) and not affine and self.chain is not None
                   and any(isinstance(o, FeatureAffine) and not _constant_vectors(o, ctx)
-                          for o in self.chain))  # a second one with varying vectors
+                          for o in self.chain))  # a second one with varying vectors: settled
         if isinstance(op, Serial):
             for kid in op.layers:
                 self.walk(kid, ctx.at(type(kid).__name__))
@@ -506,6 +509,9 @@ class _Walk:
             if self.track and not self.lost:
                 self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
             self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
+        elif isinstance(op, FeatureAffine):  # vectors that vary, on a settled stream
+            self.settle()
+            self._varying_affine(op, ctx)
         elif isinstance(op, Residual):
             self.settle()
             self.push(lambda fr: fr + [fr[-1].push_ref()])
@@ -520,18 +526,44 @@ class _Walk:
             self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)])
         else:  # BatchNorm, an Act on a settled stream, other ops
             self.settle()
-            what = ("a second FeatureAffine with vectors that vary, in one chain of ops per "
-                    "feature (the features' means given two independent vectors are of degree "
-                    "4 in them, which their declared moments do not fix)" if second else
-                    "FeatureAffine with vectors that vary over the features, on a stream whose "
-                    "features are not freshly drawn (after a norm or a residual sum: their "
-                    "fluctuation needs the stream's 4th moments)"
-                    if isinstance(op, FeatureAffine) else type(op).__name__)
-            self.lose(f"{ctx.path}: no finite-width rule for {what} here")
+            self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here")
             if isinstance(op, BatchNorm):
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
             if not self.stop_when_lost:
                 self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+
+    def _varying_affine(self, op: FeatureAffine, ctx: Context):
+        """y = gamma x + beta on a settled frame, (gamma, beta) per feature independent of it:
+        the realised statistics' mean given x is the op's law of x's (a map, :meth:`push`); the
+        vectors' assignment adds (1/n) sum_kl Xi_kl Cov_x(phi_k, phi_l) (:func:`_affine_noise`),
+        which needs x's 4th moments: its tracked cumulants, and Gaussian joint cumulants with
+        the enclosing frames (a refusal where those would not be 0)."""
+        k = self.cumulants[-1]
+        if self.lost:
+            self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
+            return
+        # the joint cumulants of (enclosing frames, top frame) taken 0: so they are where the
+        # top frame was drawn by a Dense since its branch opened (independent of them), or
+        # where every frame's are 0 (a norm of the stream's copy is a map per feature)
+        joint = (len(self.frames) > 1 and not self.drawn[-1]
+                 and not all(_gaussian(c, f) for c, f in zip(self.cumulants, self.frames)))
+        if k is None or joint:
+            self.lose(f"{ctx.path}: no finite-width rule for a FeatureAffine with vectors that "
+                      "vary, on features whose " + ("4th moments are not known here (behind a "
+                      "residual branch with no Dense)" if k is None else "joint 4th moments with "
+                      "an enclosing residual stream are not Gaussian"))
+            return
+        frames = self.frames
+        sel = np.array([1.0, 0.0]) if self.tangent else 1.0  # the rows the shift acts on
+        self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
+        sigma, cumulants = _affine_noise(op, ctx, frames, k, sel, self.frames[-1].ls)
+        self._cumulant_step(lambda ks: ks[:-1] + [cumulants])
+        D, d = self.C.shape[-1], sigma.shape[-1]
+        extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
+        extra[..., D - d:, D - d:] = sigma / np.asarray(self.widths[-1])[..., None, None]
+        self.C = self.C + extra
+        if self.tape is not None:
+            self.tape.append(extra)
 
     def _transform_cumulants(self, A):
         """The top frame's features mapped per feature by y = A x + c (A (..., B, B))."""
@@ -662,9 +694,11 @@ def _transformed(k, A):
             np.einsum("...ai,...bj,...ck,...dl,...ijkl->...abcd", A, A, A, A, k[1]))
 
 
-def _has_uniform(net: Op) -> bool:
-    """Whether some Dense of ``net`` has uniform weights (the walk then tracks cumulants)."""
-    return any(isinstance(op, Dense) and op.init == "uniform" for op in net.walk())
+def _tracks_cumulants(net: Op) -> bool:
+    """Whether the walk tracks the features' cumulants: for a Dense with uniform weights, or a
+    FeatureAffine (whose vectors may vary, on a settled stream: :meth:`_Walk._varying_affine`)."""
+    return any(isinstance(op, Dense) and op.init == "uniform" or isinstance(op, FeatureAffine)
+               for op in net.walk())
 
 
 def _cumulants(y, w):
@@ -674,6 +708,25 @@ def _cumulants(y, w):
     k3 = np.einsum("...p,...pa,...pb,...pc->...abc", w, yc, yc, yc)
     k4 = np.einsum("...p,...pa,...pb,...pc,...pd->...abcd", w, yc, yc, yc, yc)
     return k3, k4 - _sym4(C[..., :, :, None, None] * C[..., None, None, :, :], 3)
+
+
+def _raw_third_moments(K, m, k3):
+    """E[y_a y_b y_c] from K = E[y y^T], the mean m and the 3rd joint cumulants k3."""
+    C = K - outer(m, m)
+    return (k3 + np.einsum("...ab,...c->...abc", C, m) + np.einsum("...ac,...b->...abc", C, m)
+            + np.einsum("...bc,...a->...abc", C, m) + np.einsum("...a,...b,...c->...abc", m, m, m))
+
+
+def _cumulants_of_moments(E1, E2, E3, E4):
+    """The 3rd and 4th joint cumulants from the raw moments E[y], ..., E[y y y y]."""
+    k3 = (E3 - np.einsum("...ab,...c->...abc", E2, E1) - np.einsum("...ac,...b->...abc", E2, E1)
+          - np.einsum("...bc,...a->...abc", E2, E1) + 2 * np.einsum("...a,...b,...c->...abc",
+                                                                   E1, E1, E1))
+    k4 = (E4 - _sym4(E3[..., :, :, :, None] * E1[..., None, None, None, :], 4)
+          - _sym4(E2[..., :, :, None, None] * E2[..., None, None, :, :], 3)
+          + 2 * _sym4(E2[..., :, :, None, None] * outer(E1, E1)[..., None, None, :, :], 6)
+          - 6 * np.einsum("...a,...b,...c,...d->...abcd", E1, E1, E1, E1))
+    return k3, k4
 
 
 def raw_fourth_moments(K, m, k3, k4):
@@ -735,7 +788,93 @@ def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
                 np.allclose(b2, b * b, rtol=1e-12, atol=0))
 
 
-# -- the input gradient: the walk of a forward tangent ------------------------------------------
+def _gaussian(k, f: Moments) -> bool:
+    """Whether a frame's tracked cumulants k are 0 (to rounding, against its Gram)."""
+    if k is None:
+        return False
+    size = np.max(np.abs(_true(f)[0]), axis=(-2, -1))
+    return bool(np.all(np.abs(k[0]) <= 1e-9 * size[(...,) + (None,) * 3] ** 1.5)
+                and np.all(np.abs(k[1]) <= 1e-9 * size[(...,) + (None,) * 4] ** 2))
+
+
+def _affine_noise(op: FeatureAffine, ctx: Context, frames, k, sel, out_ls):
+    """(Sigma, cumulants of y) for y = gamma z + beta sel on the top frame z of ``frames``
+    (scaled units: the shift is beta exp(-ls) sel; Sigma in the units of the output's log
+    scales ``out_ls``), the vectors Gaussian over the features
+    (:func:`_vector_rule`) with their declared 1st and 2nd moments exact. The statistics'
+    deviations from their means given z are sum_k xi_k phi_k, xi = (gamma^2, gamma beta, gamma,
+    beta) centred and phi polynomials of degree <= 2 in (1, z, r^i) (K_ab: z_a z_b, s_a z_b +
+    z_a s_b; m_a: z_a, s_a; X^i_ab: r_a z_b, r_a s_b, with s = exp(-ls) sel), so their
+    covariance per 1/n is sum_kl Xi_kl Cov(phi_k, phi_l), the moments of the augmented vector
+    (1, z, r^1, ...) from the frames' Grams and cross moments, z's cumulants k (the enclosing
+    frames': 0, :meth:`_Walk._varying_affine`). The cumulants of y from its moments."""
+    top = frames[-1]
+    outer_frames = frames[:-1]
+    B, n = top.K.shape[-1], len(outer_frames)
+    s = np.exp(-top.ls) * sel
+    # the augmented vector's mean and second moments (scaled units)
+    means = [np.ones(top.m.shape[:-1] + (1,)), top.m] + [f.m for f in outer_frames]
+    blocks = [[None] * (n + 1) for _ in range(n + 1)]  # z, r^1, ..., r^n
+    for i in range(n):
+        blocks[0][i + 1] = np.swapaxes(top.cross(top.refs[i]), -1, -2)  # E[z_a r_b]
+        for j in range(n):
+            blocks[i + 1][j + 1] = _cross_gram(outer_frames, i, j)
+    blocks[0][0] = top.K
+    for i in range(n):
+        blocks[i + 1][0] = np.swapaxes(blocks[0][i + 1], -1, -2)
+    lead = _lead(frames)
+    m1 = np.concatenate([np.broadcast_to(v, lead + v.shape[-1:]) for v in means], -1)
+    d = m1.shape[-1]
+    K2 = np.zeros(lead + (d, d))
+    K2[..., 0, :] = K2[..., :, 0] = m1
+    for i, j in itertools.product(range(n + 1), repeat=2):
+        K2[..., 1 + i * B:1 + (i + 1) * B, 1 + j * B:1 + (j + 1) * B] = blocks[i][j]
+    k3, k4 = np.zeros(lead + (d,) * 3), np.zeros(lead + (d,) * 4)
+    e = np.exp(-top.ls)  # z's cumulants (true units) scaled
+    z = slice(1, 1 + B)
+    k3[..., z, z, z] = np.einsum("...abc,...a,...b,...c->...abc", k[0], e, e, e)
+    k4[..., z, z, z, z] = np.einsum("...abcd,...a,...b,...c,...d->...abcd", k[1], e, e, e, e)
+    M4 = raw_fourth_moments(K2, m1, k3, k4)
+    # phi: coefficients P[stat, k, i, j] of the monomial w_i w_j of the augmented vector w
+    zi = 1 + np.arange(B)
+    S = B * B + B + n * B * B
+    P = np.zeros(lead + (S, 4, d, d))
+    for a, b in itertools.product(range(B), repeat=2):
+        row = a * B + b
+        P[..., row, 0, zi[a], zi[b]] = 1.0
+        P[..., row, 1, 0, zi[b]] += s[..., a]
+        P[..., row, 1, 0, zi[a]] += s[..., b]
+        for i in range(n):
+            r = 1 + (i + 1) * B + a
+            P[..., B * B + B + i * B * B + row, 2, r, zi[b]] = 1.0
+            P[..., B * B + B + i * B * B + row, 3, 0, r] = s[..., b]
+    for a in range(B):
+        P[..., B * B + a, 2, 0, zi[a]] = 1.0
+    mean = np.einsum("...skij,...ij->...sk", P, K2)
+    cov = (np.einsum("...skij,...tlmn,...ijmn->...sktl", P, P, M4)
+           - np.einsum("...sk,...tl->...sktl", mean, mean))
+    c, shift, v = _vector_rule(op, ctx)  # gamma, beta nodes (..., Q) and weights (Q,)
+    xi = np.stack([c * c, c * shift, c, shift], -1)
+    xi = xi - np.einsum("q,...qk->...k", v, xi)[..., None, :]
+    Xi = np.einsum("q,...qk,...ql->...kl", v, xi, xi)
+    to = np.exp(top.ls - out_ls)  # the output's units: K_ab by to_a to_b, m_a by to_a, X_ab by to_b
+    f = np.concatenate([outer(to, to).reshape(to.shape[:-1] + (B * B,)), to]
+                       + [np.repeat(to[..., None, :], B, -2).reshape(to.shape[:-1] + (B * B,))]
+                       * n, -1)
+    sigma = np.einsum("...kl,...sktl->...st", Xi, cov) * outer(f, f)
+    # y's cumulants (true units): y_a = gamma V_0a.w + beta V_1a.w, w the augmented vector
+    V = np.zeros(lead + (2, B, d))
+    V[..., 0, range(B), zi] = np.exp(top.ls)
+    V[..., 1, :, 0] = sel
+    wq = np.stack(np.broadcast_arrays(c, shift), -1)  # (..., Q, 2)
+    moments = []
+    for order, raw in enumerate((m1, K2, _raw_third_moments(K2, m1, k3), M4), start=1):
+        ws, ys, zs = "uvwx"[:order], "abcd"[:order], "ijkl"[:order]  # (gamma, beta), y, w
+        Ew = np.einsum(f"q,{','.join(f'...q{x}' for x in ws)}->...{ws}", v, *[wq] * order)
+        Vs = ",".join(f"...{x}{y}{z}" for x, y, z in zip(ws, ys, zs))
+        moments.append(np.einsum(f"...{ws},{Vs},...{zs}->...{ys}", Ew, *[V] * order, raw))
+    return sigma, _cumulants_of_moments(*moments)
+
 E00 = np.array([[1.0, 0.0], [0.0, 0.0]])
 
 
@@ -765,15 +904,16 @@ def _tangent_dense(op: Dense, s: Moments, ctx: Context) -> Moments:
 
 
 def _tangent_affine(op: FeatureAffine, s: Moments, ctx: Context) -> Moments:
-    """FeatureAffine with constant vectors on the pair (x, t): (g x + b, g t), so with
-    e = (1, 0) K' = g^2 K + g b (m e^T + e m^T) + b^2 e e^T, m' = g m + b e, and each residual
-    cross moment X' = g X + b m_r e^T (true units, returned scaled)."""
-    g, b = (np.asarray(v, dtype=float)[..., None] for v in op._point(ctx)[:2])
+    """FeatureAffine on the pair (x, t): (gamma x + beta, gamma t), so with e = (1, 0) K' =
+    E[gamma^2] K + E[gamma beta] (m e^T + e m^T) + E[beta^2] e e^T, m' = E[gamma] m +
+    E[beta] e, and each residual cross moment X' = E[gamma] X + E[beta] m_r e^T (true units,
+    returned scaled; the vectors' means over the features)."""
+    g, b, g2, b2, gb = (np.asarray(v, dtype=float)[..., None] for v in op._point(ctx))
     K, m, X = _true(s)
     e = np.array([1.0, 0.0])
     X = [g * x + b * outer(r.m, e) for r, x in zip(s.refs, X)]
-    return _scaled(op.theory_forward(s, ctx), g * g * K + g * b * (outer(m, e) + outer(e, m))
-                   + b * b * E00, g[..., 0] * m + b[..., 0] * e, X)
+    return _scaled(op.theory_forward(s, ctx), g2 * K + gb * (outer(m, e) + outer(e, m))
+                   + b2 * E00, g[..., 0] * m + b[..., 0] * e, X)
 
 
 def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
@@ -857,14 +997,14 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         raise ConfigError("layers", layers, f"layers in [0, {L}]")
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
-    s0, gaussian, uniform = inputs.moments(), inputs.law == "gaussian", _has_uniform(net)
+    s0, gaussian, track = inputs.moments(), inputs.law == "gaussian", _tracks_cumulants(net)
     shape = tuple(len(v.values) for v in grid.values())
     coef, log_q, var = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(3))
     why: dict = {}  # layer index -> why its c is NaN (the lowest one's is reported)
     for a in range(inputs.n):
         own = []  # (index, layer, start) of the layers walked on their own
         x = s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
-        walk = _Walk(x, ctx, fresh=gaussian, cumulants=uniform)
+        walk = _Walk(x, ctx, fresh=gaussian, cumulants=track)
         walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
         shared, members = None, []  # the recorded pair walk the layers above 0 join; theirs
 
@@ -1090,7 +1230,7 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
     walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian",
-                 cumulants=_has_uniform(net))
+                 cumulants=_tracks_cumulants(net))
     rows = []
     for l, block in enumerate([None, *layers_of(net)]):
         if block is not None:
