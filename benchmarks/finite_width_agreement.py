@@ -20,7 +20,8 @@ forward and backward. Its fifth (``--part
 spread``), Var log grad_q_0 across nets, predicted against Monte Carlo. Its sixth (``--part
 layers``), the gradient's c and Var log grad_q at the layers above the input (one recorded
 walk and an adjoint pass), against Monte Carlo. Its seventh (``--part uniform``), the same c at
-every layer of a net with uniform weights (explicit draws, 8x the seeds).
+every layer of a net with uniform weights (explicit draws, 8x the seeds). Its eighth (``--part
+norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -203,10 +204,11 @@ AFFINE = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3, 0.2), sp.Act("tanh"),
                                          sp.FeatureAffine(gain=0.7, shift=0.5), sp.Dense(1.0))), 3)
 SCALE = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3, 0.2), sp.Act("tanh"), sp.Scale(0.7),
                                         sp.Dense(1.0))), 3)
-VARYING = sp.Repeat(sp.Residual(sp.Serial(  # gamma 0.7 +- 0.6, beta 0.5 +- 0.4, correlation 0.5
-    sp.Dense(1.3, 0.2), sp.Act("tanh"),
-    sp.FeatureAffine(gain=0.7, shift=0.5, gain_sq=0.7**2 + 0.6**2, shift_sq=0.5**2 + 0.4**2,
-                     gain_shift=0.35 + 0.5 * 0.6 * 0.4), sp.Dense(1.0))), 3)
+VARYING_OP = sp.FeatureAffine(  # gamma 0.7 +- 0.6, beta 0.5 +- 0.4, correlation 0.5
+    gain=0.7, shift=0.5, gain_sq=0.7**2 + 0.6**2, shift_sq=0.5**2 + 0.4**2,
+    gain_shift=0.35 + 0.5 * 0.6 * 0.4)
+VARYING = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3, 0.2), sp.Act("tanh"), VARYING_OP,
+                                          sp.Dense(1.0))), 3)
 
 
 def affine(seeds=4000, out="benchmarks/RESULTS.md"):
@@ -280,6 +282,39 @@ def gradient_layers(seeds=4000, out="benchmarks/RESULTS.md"):
     return _write("Finite width: the gradient at every layer", out, [intro, "", *rows])
 
 
+NORM_AFFINE = {  # a LayerNorm's affine with vectors that vary (imported models have them)
+    "Pre-LN, affine after the norm": sp.Repeat(sp.Residual(sp.Serial(
+        sp.LayerNorm(), VARYING_OP, sp.Dense(1.0), sp.Act("relu"), sp.Dense(1.0))), 3),
+    "Post-LN, affine after the norm": sp.Repeat(sp.Serial(sp.Residual(sp.Serial(
+        sp.Dense(1.4), sp.Act("relu"), sp.Dense(1.0))), sp.LayerNorm(), VARYING_OP), 3),
+}
+
+
+def norm_affine(seeds=16000, out="benchmarks/RESULTS.md"):
+    """A FeatureAffine whose vectors vary, on a settled stream (after a LayerNorm): forward
+    slopes and N Var log q, and the gradient's c and v at layers 0 and 1."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    rows = ["| net | statistic (layer 3) | predicted | fitted ± SE | z |", "|---|---|---|---|---|"]
+    for name, net in NORM_AFFINE.items():
+        found = measure(net, inputs, WIDTHS, seeds, root_seed=2024)
+        for l, (c, a, se_a, v, V, se_v) in zip([0, 1], measure_gradient_layers(
+                net, inputs, [32, 64, 128, 256], seeds, root_seed=4048, layers=[0, 1])):
+            found += [(f"c of E grad_q_{l}", c, a, se_a), (f"N Var log grad_q_{l}", v, V, se_v)]
+        for stat, pred, fit, se in found:
+            rows.append(f"| {name} | {stat} | {pred:.4g} | {fit:.4g} ± {se:.2g} | "
+                        f"{(fit - pred) / se:+.2f} |")
+            print(rows[-1], flush=True)
+    intro = ("`benchmarks/finite_width_agreement.py --part norm-affine`: 3 blocks, the "
+             "FeatureAffine of the section above with varying vectors right after a LayerNorm "
+             "(Pre-LN: on the branch's normalised copy of the stream; Post-LN: on the stream), "
+             f"inputs q = 1, corr = 0.5, input 0; forward: widths {WIDTHS} (root seed 2024 + "
+             "N), the gradient: widths [32, 64, 128, 256] (root seed 4048 + N), "
+             f"{seeds} seeds per width. Predicted: the op's law of the realised statistics plus "
+             "the vectors' assignment noise from the features' 4th moments "
+             "(`_Walk._varying_affine`); in Post-LN it is all of N Var log q (0 without it).")
+    return _write("Finite width: FeatureAffine after a norm", out, [intro, "", *rows])
+
+
 UNIFORM_WIDTHS = [64, 128, 256]
 
 
@@ -312,7 +347,7 @@ def uniform(seeds=32000, out="benchmarks/RESULTS.md"):
 
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
-    "affine", "spread", "layers" or "uniform" (which takes 8x ``seeds``)."""
+    "affine", "spread", "layers", "uniform" (8x ``seeds``) or "norm-affine" (4x)."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -327,6 +362,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         gradient_layers(seeds, out)
     if part in ("all", "uniform"):
         uniform(8 * seeds, out)
+    if part in ("all", "norm-affine"):
+        norm_affine(4 * seeds, out)
 
 
 if __name__ == "__main__":
@@ -334,7 +371,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
-                                       "spread", "layers", "uniform"],
+                                       "spread", "layers", "uniform", "norm-affine"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

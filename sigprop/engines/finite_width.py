@@ -100,6 +100,7 @@ from sigprop.state.params import Context
 
 STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a direction:
 # truncation O(STEP^2) ~ 1e-6 relative, round-off 1e-16 / STEP^2 ~ 1e-10 (second differences)
+STATE_SCALE = 1e3  # a state entry beyond it sets the step's scale (:func:`_step`)
 ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kinks on its edges)
 # composite Gauss-Legendre in the radius: panels with these edges (fractions of RHO_MAX sd),
 # geometric so that a saturating activation's bend at |u| ~ 1 is resolved over a wide range of
@@ -160,7 +161,7 @@ def delta_step(fn, x0, b, C):
     W = V * np.sqrt(np.clip(lam, 0, None))[..., None, :]
     dirs = np.moveaxis(np.concatenate([b[..., :, None], W], axis=-1), -1, 0)  # (M, ..., D)
     size = np.max(np.abs(dirs), axis=-1, keepdims=True)
-    h = STEP / np.where(size > 0, size, 1.0)
+    h = _step(x0) / np.where(size > 0, size, 1.0)
     x0 = np.broadcast_to(x0, dirs.shape[1:])
     ys = fn(np.concatenate([x0[None], x0 + h * dirs, x0 - h * dirs]))
     M = dirs.shape[0]
@@ -170,6 +171,16 @@ def delta_step(fn, x0, b, C):
     bias = Jd[0] + 0.5 * d2[1:].sum(axis=0)
     cov = np.einsum("k...i,k...j->...ij", Jd[1:], Jd[1:])
     return y0, bias, cov
+
+
+def _step(x0):
+    """The step along a direction of largest entry 1: STEP where the state's entries are O(1)
+    (the walk's scaled units), STEP x its largest entry where that passes STATE_SCALE. A law
+    that hands back true units (gelu, silu, elu: not homogeneous) leaves entries ~q until the
+    next rescale, where an absolute step of 1e-3 on 1e12 moved the state by 1e-15 of itself and
+    the second differences were round-off (log q's correction -1e15 at q = 1e12)."""
+    size = np.max(np.abs(x0), axis=-1, keepdims=True)
+    return STEP * np.where(size > STATE_SCALE, size, 1.0)
 
 
 # -- the feature law of a fresh stream --------------------------------------------------------
@@ -210,14 +221,13 @@ def gaussian_rule(K):
     if B != 2:
         raise ConfigError("number of inputs B with width=", B,
                           "1 or 2 (the finite-width feature law is a 2-D quadrature)")
-    det = K[..., 0, 0] * K[..., 1, 1] - K[..., 0, 1] ** 2
-    if np.any(det <= 0) or np.any(np.diagonal(K, axis1=-2, axis2=-1) <= 0):
-        raise ConfigError("Gram of a fresh stream with width=",
-                          "singular (a zero scale, or corr = +-1)",
-                          "inputs that stay distinct (|corr| < 1) and a stream that is not 0")
+    if np.any(np.diagonal(K, axis1=-2, axis2=-1) <= 0):
+        raise ConfigError("K (gaussian_rule's Gram)", "a zero diagonal entry",
+                          "positive diagonal entries (a walk loses a stream of zeros first)")
     scale = np.sqrt(np.diagonal(K, axis1=-2, axis2=-1))
-    r = K[..., 0, 1] / (scale[..., 0] * scale[..., 1])
+    r = np.clip(K[..., 0, 1] / (scale[..., 0] * scale[..., 1]), -1.0, 1.0)
     c = np.sqrt(1 - r * r)  # A = [[1, 0], [r, c]]: u_0 = 0 at theta = pi/2, 3 pi/2; u_1 = 0
+    # (|r| = 1, identical inputs up to sign: u_1 = r u_0, a panel of width 0)
     theta0 = np.arctan2(-r, c) % np.pi  # where r cos + c sin = 0, and theta0 + pi
     edges = np.sort(np.stack([np.full_like(r, np.pi / 2), np.full_like(r, 3 * np.pi / 2),
                               theta0, theta0 + np.pi], axis=-1), axis=-1)
@@ -369,9 +379,11 @@ class _Walk:
         gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
         if self._beyond_float64(gauss, ctx):
             return
-        if self.tangent and np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):
-            self.lose(f"{ctx.path}: the tangent J t (or the stream) is exactly 0 after this "
-                      "Dense (zero weights): no relative correction to its gradient")
+        if np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):
+            self.lose(f"{ctx.path}: " + ("the tangent J t (or the stream) is exactly 0 after "
+                      "this Dense (zero weights): no relative correction to its gradient"
+                      if self.tangent else "the stream is exactly 0 here (zero weights, at some "
+                      "grid point): its log q has no finite-width expansion"))
             return
         width = self.widths[-1]
         chain_law = _tangent_chain if self.tangent else _apply
@@ -1069,8 +1081,8 @@ def _tangent_log_q(w: _Walk):
 
 def _derivatives(fn, x0):
     """(J, H) of a vector map ``fn`` at x0 (..., D): J (..., E, D) and H (..., E, D, D), by
-    central differences along each axis e_i and each pair e_i + e_j (step ``STEP``: the walk's
-    states are O(1) in its scaled units), fn evaluated once on all 1 + D (D + 1) points."""
+    central differences along each axis e_i and each pair e_i + e_j (step ``STEP``: the tangent
+    walks' laws hand back scaled states, O(1)), fn evaluated once on all 1 + D (D + 1) points."""
     D = x0.shape[-1]
     eye = np.eye(D)
     pairs = list(itertools.combinations(range(D), 2))
