@@ -639,8 +639,11 @@ def test_gradient_spread_of_a_relu_net_is_hanin_nica():
               sp.Residual(sp.Serial(sp.RMSNorm(), sp.Dense(1.0, 0.2, init="uniform"),
                                     sp.Act("relu"), sp.Dense(1.0, init="uniform"))),
               sp.Dense(1.1, init="uniform"), sp.Act("tanh")),
+    # a varying FeatureAffine on a settled stream: its noise depends on the cumulants too
+    sp.Repeat(sp.Serial(sp.LayerNorm(), VARYING, sp.Dense(1.2, 0.1, init="uniform"),
+                        sp.Act("tanh")), 3),
 ], ids=["preln-swept", "postln-tanh", "resnet-mean", "plain-erf", "widths-and-norms", "lost",
-        "uniform-swept", "uniform-residual"])
+        "uniform-swept", "uniform-residual", "norm-affine"])
 def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypatch):
     """The layers above the input share one recorded pair walk, pulled back from the top
     (:func:`fw._adjoint`), against a walk of their own from each layer: the same first-order
@@ -653,7 +656,8 @@ def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypa
     add bias terms from the pair's cumulants, whose t entries are 0 where t starts: each
     layer's are replayed from its own start (without those terms c moves by up to 0.39 on
     uniform-swept and 0.32 on uniform-residual; with the start's cumulants not mapped up the
-    tape, by 0.88 on uniform-swept)."""
+    tape, by 0.88 on uniform-swept); so is a varying FeatureAffine's noise on a settled stream
+    (taken from the lowest layer's walk: c 0.75 off at layer 2 of norm-affine)."""
     monkeypatch.setattr(fw, "STEP", 2.5e-4)
     L = len(fw.layers_of(net))
     shared = fw.gradient_coefficient(net, PAIR, layers=range(L + 1))
@@ -668,20 +672,24 @@ def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypa
 @pytest.mark.parametrize("act", ["gelu", "silu", "elu"])
 def test_relu_like_activations_at_a_large_scale_are_relu(act):
     """gelu, silu and elu are relu + O(e^(-u^2/2)) terms (elu: bounded on u < 0), so at q =
-    1e12 and 1e14 their first-order coefficients are relu's: N Var log q = 7, 14 and the
-    gradient's v = 16, 9, 2 exactly, and their log q's and corr's corrections (their laws hand
-    back true units, ~q, which the walk's step now scales with: with an absolute step N Var log
-    q came out 2.0 and log q's correction -1e15)."""
+    1e12 and 1e14 their first-order coefficients are relu's, in a plain net (N Var log q = 7,
+    14, the gradient's v = 16, 9, 2 exactly) and in a residual branch. Their laws hand back
+    true units, ~q, which the walk now brings to unit diagonal at each fresh draw (left ~q, the
+    central differences' step was round-off: N Var log q came out 2.0 and log q's correction
+    -1e15 in the plain net; in the residual branch, where nothing rescales, -7e5 at layer 2)."""
     inputs = sp.Inputs(q=[1e12, 1e14], corr=0.3)
-    relu = coef(presets.plain(2, "relu"), inputs), fw.gradient_coefficient(
-        presets.plain(2, "relu"), inputs, layers=[0, 1, 2])
-    got = coef(presets.plain(2, act), inputs), fw.gradient_coefficient(
-        presets.plain(2, act), inputs, layers=[0, 1, 2])
-    np.testing.assert_allclose(got[0]["var_log_q"], relu[0]["var_log_q"], rtol=1e-6)
-    np.testing.assert_allclose(got[1].var_log_q, relu[1].var_log_q, rtol=1e-6)
-    np.testing.assert_allclose(got[1].coef, relu[1].coef, atol=1e-6)
-    np.testing.assert_allclose(got[0]["log_q"], relu[0]["log_q"], rtol=1e-5)  # STEP^2
-    np.testing.assert_allclose(got[0]["corr"], relu[0]["corr"], atol=1e-5)  # elu: 2.7e-6
+
+    def nets(a):
+        return (presets.plain(2, a), sp.Repeat(sp.Serial(sp.Dense(1.2, 0.1), sp.Act(a), sp.Residual(
+            sp.Serial(sp.Dense(1.0), sp.Act(a), sp.Dense(0.8)))), 2))
+
+    for net, ref in zip(nets(act), nets("relu")):
+        got, want = coef(net, inputs), coef(ref, inputs)
+        for k in ("var_log_q", "log_q", "corr"):
+            np.testing.assert_allclose(got[k], want[k], rtol=1e-5, atol=1e-5, err_msg=k)  # STEP^2
+        got, want = (fw.gradient_coefficient(n, inputs, layers=[0, 1, 2]) for n in (net, ref))
+        np.testing.assert_allclose(got.var_log_q, want.var_log_q, rtol=1e-6)
+        np.testing.assert_allclose(got.coef, want.coef, atol=1e-6)
 
 
 def test_gaussian_rule_is_scale_free():

@@ -39,9 +39,11 @@ weights (torch's default init) add one term, their 4th cumulant's
 (:meth:`_Walk._uniform_term`), which needs the 4th moments of the Dense's input features: for
 both, the walk carries each frame's 3rd and 4th joint cumulants (0 for the inputs, drawn at
 each fresh draw, mapped by norms and scales, added at a residual sum whose branch holds a
-Dense). Ops with no fluctuation rule here (BatchNorm; an activation on a stream that is not
-fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream) leave NaN
-corrections from that layer on, with a :class:`FiniteWidthWarning`. Backward: the input
+Dense; unknown behind a residual branch with no Dense). Ops with no fluctuation rule here
+(BatchNorm; an activation on a stream that is not fresh; a varying FeatureAffine on a branch's
+copy of a non-Gaussian stream or on features of unknown cumulants; uniform weights there too)
+leave NaN corrections from that layer on, with a :class:`FiniteWidthWarning`, as does a stream
+of zeros (zero weights) at any grid point. Backward: the input
 gradient's E grad_q_0 is E |J t|^2 / N for a random tangent t, so the same walk of the pair
 (x, J t) gives its correction with exact weights, and its spread Var log grad_q_0
 (|J^T delta|^2 has the law of |J t|^2) (:func:`gradient_coefficient`; every other layer's
@@ -100,7 +102,6 @@ from sigprop.state.params import Context
 
 STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a direction:
 # truncation O(STEP^2) ~ 1e-6 relative, round-off 1e-16 / STEP^2 ~ 1e-10 (second differences)
-STATE_SCALE = 1e3  # a state entry beyond it sets the step's scale (:func:`_step`)
 ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kinks on its edges)
 # composite Gauss-Legendre in the radius: panels with these edges (fractions of RHO_MAX sd),
 # geometric so that a saturating activation's bend at |u| ~ 1 is resolved over a wide range of
@@ -161,7 +162,7 @@ def delta_step(fn, x0, b, C):
     W = V * np.sqrt(np.clip(lam, 0, None))[..., None, :]
     dirs = np.moveaxis(np.concatenate([b[..., :, None], W], axis=-1), -1, 0)  # (M, ..., D)
     size = np.max(np.abs(dirs), axis=-1, keepdims=True)
-    h = _step(x0) / np.where(size > 0, size, 1.0)
+    h = STEP / np.where(size > 0, size, 1.0)
     x0 = np.broadcast_to(x0, dirs.shape[1:])
     ys = fn(np.concatenate([x0[None], x0 + h * dirs, x0 - h * dirs]))
     M = dirs.shape[0]
@@ -171,16 +172,6 @@ def delta_step(fn, x0, b, C):
     bias = Jd[0] + 0.5 * d2[1:].sum(axis=0)
     cov = np.einsum("k...i,k...j->...ij", Jd[1:], Jd[1:])
     return y0, bias, cov
-
-
-def _step(x0):
-    """The step along a direction of largest entry 1: STEP where the state's entries are O(1)
-    (the walk's scaled units), STEP x its largest entry where that passes STATE_SCALE. A law
-    that hands back true units (gelu, silu, elu: not homogeneous) leaves entries ~q until the
-    next rescale, where an absolute step of 1e-3 on 1e12 moved the state by 1e-15 of itself and
-    the second differences were round-off (log q's correction -1e15 at q = 1e12)."""
-    size = np.max(np.abs(x0), axis=-1, keepdims=True)
-    return STEP * np.where(size > STATE_SCALE, size, 1.0)
 
 
 # -- the feature law of a fresh stream --------------------------------------------------------
@@ -311,7 +302,8 @@ class _Walk:
         self.chain_ctx = ctx  # where the chain's Dense is (the messages of its draw name it)
         self.fan_in = 1.0  # the chain's Dense's input width (a multiple of N)
         # per frame: the 3rd and 4th joint cumulants of its features (true units; None:
-        # unknown), which uniform weights need (``cumulants``: tracked, for a net with some);
+        # unknown), which uniform weights and a varying FeatureAffine on a settled stream need
+        # (``cumulants``: tracked, for a net with either, :func:`_tracks_cumulants`);
         # the inputs' are 0 (Gaussian features, as the Monte Carlo draws them); and whether a
         # branch frame was drawn by a Dense since it opened (its features then independent of
         # the stream's, so cumulants add at the sum)
@@ -386,7 +378,7 @@ class _Walk:
                       "grid point): its log q has no finite-width expansion"))
             return
         width = self.widths[-1]
-        chain_law = _tangent_chain if self.tangent else _apply
+        chain_law = _tangent_chain if self.tangent else _unit_chain
         kurtosis = None
         if dense and chain[0].init == "uniform" and not self.lost:
             if self.cumulants[-1] is None:
@@ -434,7 +426,7 @@ class _Walk:
 
     def _cumulant_step(self, fn):
         """The frames' cumulants (a list) mapped by ``fn``, which the tape keeps (the adjoint
-        replays them from each layer's own start: :func:`_uniform_terms`)."""
+        replays them from each layer's own start: :func:`_replayed_terms`)."""
         self.cumulants = fn(self.cumulants)
         if self.tape is not None and self.track:
             self.tape.append(("cumulants", fn))
@@ -457,7 +449,8 @@ class _Walk:
 
         def M_of(cumulants):
             k = cumulants[-1]
-            M = (raw_fourth_moments(K, m, *k) if k is not None else np.full(K.shape * 2, np.nan))
+            M = (raw_fourth_moments(K, m, *k) if k is not None
+                 else np.full(K.shape[:-2] + (B,) * 4, np.nan))
             M = M * np.einsum("...a,...b,...c,...d->...abcd", e, e, e, e)
             full = np.zeros(M.shape[:-4] + (D, D))
             full[..., start:start + B * B, start:start + B * B] = M.reshape(M.shape[:-4]
@@ -568,14 +561,20 @@ class _Walk:
         frames = self.frames
         sel = np.array([1.0, 0.0]) if self.tangent else 1.0  # the rows the shift acts on
         self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
-        sigma, cumulants = _affine_noise(op, ctx, frames, k, sel, self.frames[-1].ls)
-        self._cumulant_step(lambda ks: ks[:-1] + [cumulants])
-        D, d = self.C.shape[-1], sigma.shape[-1]
-        extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
-        extra[..., D - d:, D - d:] = sigma / np.asarray(self.widths[-1])[..., None, None]
+        out_ls, shape, width = self.frames[-1].ls, self.C.shape, np.asarray(self.widths[-1])
+
+        def noise(cumulants):  # (the covariance it adds to C, y's cumulants)
+            sigma, y = _affine_noise(op, ctx, frames, cumulants[-1], sel, out_ls)
+            D, d = shape[-1], sigma.shape[-1]
+            extra = np.zeros(np.broadcast_shapes(shape, sigma.shape[:-2] + (D, D)))
+            extra[..., D - d:, D - d:] = sigma / width[..., None, None]
+            return extra, y
+
+        extra = noise(self.cumulants)[0]
+        if self.tape is not None:  # it depends on the cumulants: replayed per layer's start
+            self.tape.append(("affine", noise))
+        self._cumulant_step(lambda ks: ks[:-1] + [noise(ks)[1]])
         self.C = self.C + extra
-        if self.tape is not None:
-            self.tape.append(extra)
 
     def _transform_cumulants(self, A):
         """The top frame's features mapped per feature by y = A x + c (A (..., B, B))."""
@@ -620,6 +619,15 @@ def _apply(chain, s, ctx):
     for op in chain:
         s = op.theory_forward(s, ctx)
     return s
+
+
+def _unit_chain(chain, s, ctx):
+    """The law of a fresh stream's features (:func:`_apply`) in scaled units of unit diagonal:
+    a law that hands back true units (gelu, silu, elu: not homogeneous) would leave the walk's
+    state ~q until the next rescale (never, in a residual branch), where the central
+    differences' step is round-off (log q's correction -1e15 at q = 1e12)."""
+    out = _apply(chain, s, ctx)
+    return _scaled(out, *_true(out))
 
 
 def _features(ops, u, ctx, tangent: bool):
@@ -801,10 +809,11 @@ def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
 
 
 def _gaussian(k, f: Moments) -> bool:
-    """Whether a frame's tracked cumulants k are 0 (to rounding, against its Gram)."""
+    """Whether a frame's tracked cumulants k are 0 (to rounding, against its covariance)."""
     if k is None:
         return False
-    size = np.max(np.abs(_true(f)[0]), axis=(-2, -1))
+    K, m, _ = _true(f)
+    size = np.max(np.abs(K - outer(m, m)), axis=(-2, -1))  # the covariance (a mean moves no k)
     return bool(np.all(np.abs(k[0]) <= 1e-9 * size[(...,) + (None,) * 3] ** 1.5)
                 and np.all(np.abs(k[1]) <= 1e-9 * size[(...,) + (None,) * 4] ** 2))
 
@@ -997,9 +1006,10 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     (b, C) differ. One pair walk from the lowest of them records its steps
     (:attr:`_Walk.tape`); one adjoint pass down it (:func:`_adjoint`) gives each layer's c and
     variance as linear functions of that layer's start: O(L) blocks for all layers, not O(L)
-    per layer. Uniform weights add bias terms that depend on the pair's cumulants, which do
-    depend on where the tangent started (t's are 0 there): the tape keeps the cumulants' maps
-    and each layer's are replayed from its start (:func:`_uniform_terms`), cheap per layer.
+    per layer. Uniform weights' bias terms and a varying FeatureAffine's noise on a settled
+    stream depend on the pair's cumulants, which do depend on where the tangent started (t's
+    are 0 there): the tape keeps the cumulants' maps and each layer's are replayed from its
+    start (:func:`_replayed_terms`; no law is evaluated again, O(L) per layer).
     ``own_walks``: every layer a walk of its own (the reference the adjoint is checked
     against)."""
     blocks = layers_of(net)
@@ -1081,8 +1091,8 @@ def _tangent_log_q(w: _Walk):
 
 def _derivatives(fn, x0):
     """(J, H) of a vector map ``fn`` at x0 (..., D): J (..., E, D) and H (..., E, D, D), by
-    central differences along each axis e_i and each pair e_i + e_j (step ``STEP``: the tangent
-    walks' laws hand back scaled states, O(1)), fn evaluated once on all 1 + D (D + 1) points."""
+    central differences along each axis e_i and each pair e_i + e_j (step ``STEP``: the walk's
+    states are O(1) in its scaled units), fn evaluated once on all 1 + D (D + 1) points."""
     D = x0.shape[-1]
     eye = np.eye(D)
     pairs = list(itertools.combinations(range(D), 2))
@@ -1111,8 +1121,9 @@ def _adjoint(seen: _Walk):
     are f = g.b + G:C (c: g and G = H/2 of the tangent's q / q_inf; v: G = grad log q_t grad
     log q_t^T, g = 0), pulled back through each step (a map with derivatives J, H: g <- J^T g,
     G <- J^T G J + 1/2 sum_i g_i H_i; a draw's covariance Sigma: f gains G:Sigma) down to the
-    join, where f is read at that layer's own start (b, C); uniform weights' bias terms above
-    it, from its own cumulants (:func:`_uniform_terms`)."""
+    join, where f is read at that layer's own start (b, C); the terms that depend on the
+    pair's cumulants above it (uniform weights' bias, a varying FeatureAffine's noise on a
+    settled stream), from that layer's own cumulants (:func:`_replayed_terms`)."""
     top = seen.frames[0]
     x0 = flatten([top], [top])
     J, H = _derivatives(lambda x: _stats(x, top), x0)
@@ -1120,44 +1131,50 @@ def _adjoint(seen: _Walk):
     Gv = J[..., 1, :, None] * J[..., 1, None, :]  # the tangent's log q
     f = fv = 0.0
     log_q_top = _stats(x0, top)[..., 1]  # (plus the log q taken off by the rescales above)
-    uniform = {}  # tape position of a uniform Dense's draw -> (k g.H / 2, M_of)
+    replayed = {}  # tape position -> the pulled-back weights of a term the cumulants set
     for pos in reversed(range(len(seen.tape))):
         step = seen.tape[pos]
         if isinstance(step, np.ndarray):  # a draw's fluctuation
             f, fv = f + _contract(G, step), fv + _contract(Gv, step)
         elif step[0] in ("rescale", "cumulants"):
             log_q_top = log_q_top + (step[1] if step[0] == "rescale" else 0.0)
+        elif step[0] == "affine":  # a varying FeatureAffine's noise: G:Sigma, Gv:Sigma
+            replayed[pos] = (G, Gv)
         elif step[0] == "join":
             _, k, b, C, _, _, cumulants, log_q_join = step  # the layer's own start
-            terms = _uniform_terms(seen.tape, pos, cumulants, uniform) if uniform else 0.0
-            yield k, (np.einsum("...i,...i->...", g, b) + _contract(G, C) + f + terms,
-                      log_q_top - log_q_join, _contract(Gv, C) + fv)
+            c, v = _replayed_terms(seen.tape, pos, cumulants, replayed) if replayed else (0, 0)
+            yield k, (np.einsum("...i,...i->...", g, b) + _contract(G, C) + f + c,
+                      log_q_top - log_q_join, _contract(Gv, C) + fv + v)
         else:
             fn, x = step[:2]
             J, H = _derivatives(fn, x)
             JT = np.swapaxes(J, -1, -2)
             gH = np.einsum("...i,...ijk->...jk", g, H) / 2
             if len(step) == 3:  # its bias gained k H:M / 2 (:meth:`_Walk.push`)
-                M_of, k = step[2]
-                uniform[pos] = (np.asarray(k)[..., None, None] * gH, M_of)
+                replayed[pos] = np.asarray(step[2][1])[..., None, None] * gH
             G = JT @ G @ J + gH
             g = np.einsum("...ij,...i->...j", J, g)
             Gv = JT @ Gv @ J
 
 
-def _uniform_terms(tape, pos, cumulants, uniform):
-    """The uniform weights' bias terms, pulled back to the top, of a tangent walk that starts
-    at tape position ``pos`` with ``cumulants``: the tape's cumulant maps replayed from there
-    (each M is affine in them), sum over the uniform Dense above of (k g.H / 2):M."""
-    total = 0.0
+def _replayed_terms(tape, pos, cumulants, replayed):
+    """(c, v) terms, pulled back to the top, of a tangent walk that starts at tape position
+    ``pos`` with ``cumulants``: the tape's cumulant maps replayed from there, and at each step
+    that the cumulants set, its term from them: a uniform Dense's bias (k g.H / 2):M (M affine
+    in them), a varying FeatureAffine's noise G:Sigma and Gv:Sigma (``replayed``: the weights,
+    by position). O(L) per layer."""
+    c = v = 0.0
     for i in range(pos + 1, len(tape)):
         step = tape[i]
-        if isinstance(step, tuple) and isinstance(step[0], str) and step[0] == "cumulants":
+        if i in replayed and step[0] == "affine":
+            G, Gv = replayed[i]
+            extra = step[1](cumulants)[0]
+            c, v = c + _contract(G, extra), v + _contract(Gv, extra)
+        elif i in replayed:
+            c = c + _contract(replayed[i], step[2][0](cumulants))
+        elif isinstance(step, tuple) and isinstance(step[0], str) and step[0] == "cumulants":
             cumulants = step[1](cumulants)
-        elif i in uniform:
-            kgH, M_of = uniform[i]
-            total = total + _contract(kgH, M_of(cumulants))
-    return total
+    return c, v
 
 
 def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
