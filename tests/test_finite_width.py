@@ -692,6 +692,19 @@ def test_relu_like_activations_at_a_large_scale_are_relu(act):
         np.testing.assert_allclose(got.coef, want.coef, atol=1e-6)
 
 
+def test_smooth_activations_at_a_tiny_scale_are_linear():
+    """At q = 1e-20 erf, tanh, silu and elu are linear (slopes 2/sqrt(pi), 1, 1/2, 1: a scale
+    that the ratios drop), so their first-order coefficients are the linear net's: their laws
+    hand back true units, ~q, where an absolute step of 1e-3 was 1e17 of the state (corr's
+    correction came out 1619 for erf, -18.5 for silu, -73.7 for elu, against -0.273)."""
+    inputs = sp.Inputs(q=1e-20, corr=0.3, n=2)
+    linear = coef(presets.plain(2, "linear"), inputs)
+    for act in ("erf", "tanh", "silu", "elu"):
+        got = coef(presets.plain(2, act), inputs)
+        for k in ("var_log_q", "log_q", "corr"):
+            np.testing.assert_allclose(got[k], linear[k], rtol=1e-5, atol=1e-6, err_msg=act)
+
+
 def test_gaussian_rule_is_scale_free():
     """The pair (x, J t) with J t grown far beyond x (tanh at q = 4, J t's scale s times x's):
     Var / E^2 of (phi'(u_0) u_1)^2 is 3 E[phi'^4] / E[phi'^2]^2 - 1 at every s (1-D adaptive
