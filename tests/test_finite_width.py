@@ -16,7 +16,7 @@ import warnings
 
 import numpy as np
 import pytest
-from scipy import integrate, special, stats
+from scipy import integrate, optimize, special, stats
 
 import sigprop as sp
 from sigprop import presets, schema
@@ -252,6 +252,27 @@ def test_first_order_breakdown_warns():
     """At N below the coefficient A the correction exceeds the leading term: a warning with A."""
     with pytest.warns(fw.FiniteWidthWarning, match=r"coefficient A = [\d.]+"):
         sp.theory(presets.plain(8, "tanh", shape="dense_act"), PAIR, width=2)
+
+
+def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
+    """A resnet's stream corr climbs from -0.55 through 0 (at layer 2, where the input corr is
+    bisected to give |corr| < 1e-6): its correction there is ~0.4/N, no small fraction of
+    corr_inf = 0 at any width (valid_width_corr says so), yet the expansion holds: the warning
+    measures it against max(|corr_inf|, 0.1) (it warned at N = 256, 'A = 5e5'); at N = 2 the
+    correction is 0.2, twice that floor, and warns."""
+    net = presets.resnet(8, "relu")
+
+    def corr2(c0):
+        return float(sp.theory(net, sp.Inputs(q=1.0, corr=c0, n=2)).corr[2, 0, 1])
+
+    c0 = optimize.brentq(corr2, -0.6, -0.5, xtol=1e-12)
+    inputs = sp.Inputs(q=1.0, corr=c0, n=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fw.FiniteWidthWarning)
+        ds = sp.theory(net, inputs, width=256)
+    assert abs(ds.corr[2, 0, 1]) < 1e-6 and ds.valid_width_corr[2, 0, 1] > 1e4
+    with pytest.warns(fw.FiniteWidthWarning, match=r"correction to corr .*or 0\.1 where"):
+        sp.theory(net, inputs, width=2)
 
 
 # -- Monte Carlo -----------------------------------------------------------------------------

@@ -1397,6 +1397,10 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
         a_corr = coef["corr"][layers]
         computed["valid_width_corr"] = np.where(
             a_corr == 0, 0.0, np.abs(a_corr) / (VALID_FRACTION * np.abs(corr_inf)))
+    # the warnings' A: corr's against max(|corr_inf|, VALID_FRACTION), since where corr crosses
+    # 0 no width makes its correction small against it, yet the expansion holds
+    needs = {"q": np.abs(coef["q"][layers]),
+             "corr": np.abs(a_corr) / np.maximum(np.abs(corr_inf), VALID_FRACTION)}
 
     def mean_mode():
         if _mean_mode_blocks(net) is None:
@@ -1428,7 +1432,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=dims), v)
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
-    _warn_invalid(out, width)
+    _warn_invalid(needs, width)
     return out
 
 
@@ -1453,17 +1457,19 @@ def _warn_gradient(c, rows, width, mean_mode):
         "at this width instead.", FiniteWidthWarning, stacklevel=4)
 
 
-def _warn_invalid(ds, width):
-    """Warn when a first-order correction is as large as the leading term (N <= A)."""
-    for stat in ("q", "corr"):
-        need = ds[f"valid_width_{stat}"].values * VALID_FRACTION  # A: correction = leading at N = A
+def _warn_invalid(needs, width):
+    """Warn when a first-order correction is as large as the leading term: ``needs``, per
+    statistic, the width A (correction = leading term at N = A)."""
+    for stat, need in needs.items():
         if np.nanmax(need, initial=0.0) >= width:
             worst = float(np.nanmax(need))
+            against = " (or 0.1 where |corr| is smaller)" if stat == "corr" else ""
             warnings.warn(
                 f"width {width}: the first-order correction to {stat} reaches "
-                f"{worst / width:.3g} x its infinite-width value (coefficient A = {worst:.4g}); "
-                f"the 1/N expansion holds only for N >> A (10 % at N = {10 * worst:.4g}). "
-                "Run sp.simulate at this width instead.", FiniteWidthWarning, stacklevel=4)
+                f"{worst / width:.3g} x its infinite-width value{against} (coefficient A = "
+                f"{worst:.4g}); the 1/N expansion holds only for N >> A (10 % at N = "
+                f"{10 * worst:.4g}). Run sp.simulate at this width instead.",
+                FiniteWidthWarning, stacklevel=4)
 
 
 # -- the backward mean mode of a mean-carrying stream ------------------------------------------
