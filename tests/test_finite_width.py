@@ -825,6 +825,17 @@ def test_gaussian_rule_at_any_correlation():
     with pytest.warns(fw.FiniteWidthWarning, match=r"layer 1 Dense: the stream is exactly 0"):
         ds = sp.theory(net, PAIR, width=64)
     assert np.isnan(ds.var_log_q.values[1:]).all() and np.isfinite(ds.log_q.values[:, 1]).all()
+    # ... or after a zero factor not drawn by a Dense: the same warning naming the op, and no
+    # numpy RuntimeWarning (they were: log of 0, 0/0, then NaN with no word why)
+    for op in (sp.Scale(0.0), sp.FeatureAffine(gain=0.0)):
+        net = sp.Serial(sp.Dense(1.0), sp.Act("tanh"), op, sp.Dense(1.0), sp.Act("tanh"))
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with pytest.warns(fw.FiniteWidthWarning, match=rf"layer 3 {type(op).__name__}: the "
+                              "stream is exactly 0 after"):
+                ds = sp.theory(net, PAIR, width=64)
+        assert np.isfinite(ds.log_q_correction.values[:3]).all()
+        assert np.isnan(ds.log_q_correction.values[3:]).all()
 
 
 @pytest.mark.parametrize("net, inputs", [

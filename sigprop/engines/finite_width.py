@@ -532,6 +532,12 @@ class _Walk:
         """Push the walk through ``op``, whose context (and path, for messages) is ``ctx``."""
         if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
+        if isinstance(op, (Scale, FeatureAffine)) and _zeroes(op, ctx):
+            self.settle()
+            self.lose(f"{ctx.path}: the stream is exactly 0 after this {type(op).__name__} (a "
+                      "zero factor, at some grid point): its log q has no finite-width expansion")
+            if self.stop_when_lost:
+                return
         affine = isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
         second = (isinstance(op, FeatureAffine) and not affine and self.chain is not None
                   and any(isinstance(o, FeatureAffine) and not _constant_vectors(o, ctx)
@@ -862,6 +868,14 @@ def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
     g, b, g2, b2, _ = (np.asarray(v, dtype=float) for v in op._point(ctx))
     return bool(np.allclose(g2, g * g, rtol=1e-12, atol=0) and
                 np.allclose(b2, b * b, rtol=1e-12, atol=0))
+
+
+def _zeroes(op: Op, ctx: Context) -> bool:
+    """A Scale of c = 0, or a FeatureAffine of E[gamma^2] = E[beta^2] = 0, at some grid point."""
+    if isinstance(op, Scale):
+        return bool(np.any(np.asarray(ctx.p(op.c)) == 0))
+    _, _, g2, b2, _ = (np.asarray(v, dtype=float) for v in op._point(ctx))
+    return bool(np.any((g2 == 0) & (b2 == 0)))
 
 
 def _gaussian(k, f: Moments) -> bool:
@@ -1325,9 +1339,9 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
         lead = _lead([s])
         x0 = flatten([s], [s])
         D = x0.shape[-1]
-        if seen.lost:
-            y = _stats(x0, s)
-            rows.append((y * np.nan, y * np.nan))
+        if seen.lost:  # (not its stats: a stream of zeros has no log q)
+            nan = np.full(lead + (3 * s.K.shape[-1] + s.K.shape[-1] ** 2,), np.nan)
+            rows.append((nan, nan))
             continue
         b = np.broadcast_to(seen.b[..., :D], lead + (D,))
         C = np.broadcast_to(seen.C[..., :D, :D], lead + (D, D))
