@@ -26,7 +26,8 @@ Statistics s(theta) of the final state follow by the same delta step: E s = s + 
 5 L / N to leading order (Hanin & Nica): Sigma_qq / q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
 
 Scope: the feature law's 4th moments are a 2-D polar quadrature (accurate to ~1e-12 for
-degree-1 activations), so B > 2 inputs are walked pair by pair (every op with a rule here acts
+degree-1 activations, and for the others at any scale: where their bend at |u| ~ 1 is a tiny
+part of the law, its panels are graded toward it, :func:`_levels`), so B > 2 inputs are walked pair by pair (every op with a rule here acts
 on each input alone). A FeatureAffine whose vectors are constant is a Scale plus a shift
 (in a fresh stream's chain, or a map of the realised state); one whose vectors vary over the
 features is taken with Gaussian vectors of the declared moments (as the Monte Carlo draws them;
@@ -43,7 +44,7 @@ Dense; unknown behind a residual branch with no Dense). Ops with no fluctuation 
 (BatchNorm; an activation on a stream that is not fresh; a varying FeatureAffine on a branch's
 copy of a non-Gaussian stream or on features of unknown cumulants; uniform weights there too)
 leave NaN corrections from that layer on, with a :class:`FiniteWidthWarning`, as does a stream
-of zeros (zero weights) at any grid point. Backward: the input
+of zeros (zero weights, a zero Scale or FeatureAffine) at any grid point. Backward: the input
 gradient's E grad_q_0 is E |J t|^2 / N for a random tangent t, so the same walk of the pair
 (x, J t) gives its correction with exact weights, and its spread Var log grad_q_0
 (|J^T delta|^2 has the law of |J t|^2) (:func:`gradient_coefficient`; every other layer's
