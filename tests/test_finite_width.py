@@ -748,6 +748,18 @@ def test_activations_bending_at_a_tiny_width_of_their_scale(act):
             np.testing.assert_allclose(w @ d[:, 0] ** p, exact, rtol=1e-10)
         exact = (4 / np.pi) ** 2 / np.sqrt(np.linalg.det(np.eye(2) + 4 * K))  # E phi'^2 phi'^2
         np.testing.assert_allclose(w @ (d[:, 0] * d[:, 1]) ** 2, exact, rtol=1e-10)
+    # beyond BEND_MAX bend widths: a saturating one's gradient lives in a 1e-10 part of the
+    # features, so the walk is lost with a warning; the others are relu's (+ 1e-10 a)
+    far = sp.Inputs(q=1e20, corr=0.3, n=2)
+    if act in ("erf", "tanh"):
+        with pytest.warns(fw.FiniteWidthWarning, match=r"bends over a width 1e-10 of its input"):
+            ds = sp.theory(presets.plain(2, act), far, width=256)
+        assert np.isnan(ds.var_log_q.values[1:]).all()
+    else:
+        got, want = (fw.gradient_coefficient(presets.plain(2, a), far, layers=[0, 1])
+                     for a in (act, "relu"))
+        np.testing.assert_allclose(got.coef, want.coef, atol=1e-6)  # (relu's own: 5e-8)
+        np.testing.assert_allclose(got.var_log_q, want.var_log_q, rtol=1e-6)
 
 
 def test_smooth_activations_at_a_tiny_scale_are_linear():

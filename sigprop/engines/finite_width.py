@@ -115,6 +115,11 @@ RADIAL_EDGES, RADIAL_NODES = (0.0, 1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0), 16
 # largest radius; GRADED_NODES nodes each (:func:`_levels`). Without them erf's E phi'^4 was
 # 3e-5 off at q = 1e4, 36 % at q = 1e6, and the gradient's c and v wrong with no sign of it.
 ANGLE_BEND, RADIAL_BEND, GRADED_NODES = 4.0, 8.0, 16
+# beyond 1e8 bend widths an activation's features sit in its bend with probability ~1e-8: a
+# saturating one's gradient lives there, which no practical width samples (its v grows ~ the
+# ratio): the walk is lost, with a warning; for the others (gelu, silu, elu: relu + a 1/ratio
+# part) the panels stop growing there
+BEND_MAX = 1e8
 RHO_MAX = 9.0  # in standard deviations (whitened radius): exp(-81/2) ~ 2.6e-18
 VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
@@ -189,18 +194,29 @@ def _gl(n, a, b):
 
 def _levels(K, bend):
     """(angular, radial) graded panels for a rule on N(0, K) whose integrand bends over
-    ``bend`` (true units; None: only at kinks on u_a = 0, which the panels' edges take), from
-    the largest scale in bend widths: 1 + log_4(scale / ANGLE_BEND) and log_4(scale /
-    RADIAL_BEND), rounded up, where positive (erf's E phi'^2, E phi'^4 and E phi'(u_0)^2
-    phi'(u_1)^2 to 2e-12 from q = 1 to 1e12; the plain rule where scale <= ANGLE_BEND)."""
+    ``bend`` (true units, one value or one per coordinate; None: only at kinks on u_a = 0,
+    which the panels' edges take), from the largest scale in bend widths (:func:`_bend_ratio`):
+    1 + log_4(ratio / ANGLE_BEND) and log_4(ratio / RADIAL_BEND), rounded up, where positive
+    (erf's E phi'^2, E phi'^4 and E phi'(u_0)^2 phi'(u_1)^2 to 2e-12 from q = 1 to 1e12; the
+    plain rule where ratio <= ANGLE_BEND)."""
     if bend is None:
         return 0, 0
-    scale = float(np.sqrt(np.max(np.diagonal(K, axis1=-2, axis2=-1)))) / bend
+    ratio = _bend_ratio(K, bend)
+    if not np.isfinite(ratio):
+        raise ConfigError("the scale of a bending activation's input", ratio,
+                          "finite (a walk loses such a stream first)")
+    ratio = min(ratio, BEND_MAX)  # (the walk loses a stream beyond it; its differences may not)
 
     def up(x):
         return math.ceil(math.log(x, 4)) if x > 1 else 0
 
-    return (1 + up(scale / ANGLE_BEND) if scale > ANGLE_BEND else 0), up(scale / RADIAL_BEND)
+    return (1 + up(ratio / ANGLE_BEND) if ratio > ANGLE_BEND else 0), up(ratio / RADIAL_BEND)
+
+
+def _bend_ratio(K, bend) -> float:
+    """max over the grid and coordinates a of sqrt(K_aa) / bend_a."""
+    d = np.sqrt(np.diagonal(K, axis1=-2, axis2=-1))
+    return float(np.max(d / np.asarray(bend, dtype=float)))
 
 
 def _graded(n, levels):
@@ -419,6 +435,16 @@ class _Walk:
                       if self.tangent else "the stream is exactly 0 here (zero weights, at some "
                       "grid point): its log q has no finite-width expansion"))
             return
+        elementwise = chain[1:] if dense else chain
+        bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
+        bend = bend if bend is None or not self.tangent else (bend, np.inf)
+        Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
+        if bend is not None and _saturates(elementwise) and not _bend_ratio(Ku, bend) <= BEND_MAX:
+            self.lose(f"{ctx.path}: an activation here bends over a width "
+                      f"{1 / _bend_ratio(Ku, bend):.2g} of its input's scale (below "
+                      f"{1 / BEND_MAX:g}): its features fall in the bend with about that "
+                      "probability, which no practical width samples")
+            return
         width = self.widths[-1]
         chain_law = _tangent_chain if self.tangent else _unit_chain
         kurtosis = None
@@ -432,9 +458,7 @@ class _Walk:
         if self.lost:
             return
         top = self.frames[-1]
-        Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
-        elementwise = chain[1:] if dense else chain
-        u, w = gaussian_rule(Ku, _bend(elementwise, ctx))
+        u, w = gaussian_rule(Ku, bend)
         y, v = _features(elementwise, u, ctx, self.tangent)
         if self.track:  # of the features as they are: over the vectors' nodes too
             drawn = _cumulants(y, _mixed(w, v))
@@ -691,6 +715,15 @@ def _bend(ops, ctx):
         else:
             gain = gain * float(np.max(np.abs(_vector_rule(op, ctx)[0])))
     return bend
+
+
+def _saturates(ops) -> bool:
+    """Whether an activation among ``ops`` is flat away from its bend (phi'(+-1e4) = 0: erf,
+    tanh, sigmoid), so that its gradient lives in the bend (gelu, silu, elu grow like relu:
+    beyond BEND_MAX their bend is a 1/ratio part, which the capped panels leave out)."""
+    far = np.array([-1e4, 1e4])
+    return any(isinstance(op, Act) and not np.any(get_activation(op.name).grad(far, np))
+               for op in ops)
 
 
 def _features(ops, u, ctx, tangent: bool):
