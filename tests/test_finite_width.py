@@ -848,6 +848,14 @@ def test_gaussian_rule_at_any_correlation():
                 ds = sp.theory(net, PAIR, width=64)
         assert np.isfinite(ds.log_q_correction.values[:3]).all()
         assert np.isnan(ds.log_q_correction.values[3:]).all()
+        # in a residual branch it zeroes the branch only (ReZero, a zero-initialised
+        # LayerScale): x + 0 F(x) = x, whose statistics do not fluctuate
+        net = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Dense(1.0), op)), 3)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            ds = sp.theory(net, PAIR, width=64)
+        for k in ("log_q_correction", "corr_correction", "var_log_q", "grad_q_rel_correction"):
+            np.testing.assert_allclose(ds[k].values, 0.0, atol=1e-12, err_msg=k)
 
 
 @pytest.mark.parametrize("net, inputs", [

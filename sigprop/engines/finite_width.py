@@ -115,11 +115,12 @@ RADIAL_EDGES, RADIAL_NODES = (0.0, 1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0), 16
 # largest radius; GRADED_NODES nodes each (:func:`_levels`). Without them erf's E phi'^4 was
 # 3e-5 off at q = 1e4, 36 % at q = 1e6, and the gradient's c and v wrong with no sign of it.
 ANGLE_BEND, RADIAL_BEND, GRADED_NODES = 4.0, 8.0, 16
-# beyond 1e8 bend widths an activation's features sit in its bend with probability ~1e-8: a
+# beyond 1e6 bend widths an activation's features sit in its bend with probability ~1e-6: a
 # saturating one's gradient lives there, which no practical width samples (its v grows ~ the
-# ratio): the walk is lost, with a warning; for the others (gelu, silu, elu: relu + a 1/ratio
-# part) the panels stop growing there
-BEND_MAX = 1e8
+# ratio), and the rule's angles lose ~ratio 1e-16 to round-off, which the central differences'
+# 1 / STEP^2 lifts to 1e-3 in erf's c at 1e6 and 1e-2 at 1e7: the walk is lost, with a
+# warning. For the others (gelu, silu, elu: relu + a 1/ratio part) the panels stop growing
+BEND_MAX = 1e6
 RHO_MAX = 9.0  # in standard deviations (whitened radius): exp(-81/2) ~ 2.6e-18
 VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
@@ -197,8 +198,8 @@ def _levels(K, bend):
     ``bend`` (true units, one value or one per coordinate; None: only at kinks on u_a = 0,
     which the panels' edges take), from the largest scale in bend widths (:func:`_bend_ratio`):
     1 + log_4(ratio / ANGLE_BEND) and log_4(ratio / RADIAL_BEND), rounded up, where positive
-    (erf's E phi'^2, E phi'^4 and E phi'(u_0)^2 phi'(u_1)^2 to 2e-12 from q = 1 to 1e12; the
-    plain rule where ratio <= ANGLE_BEND)."""
+    (erf's E phi'^2, E phi'^4 and E phi'(u_0)^2 phi'(u_1)^2 to 3e-10 from q = 1 to 1e12, the
+    angles' round-off growing ~ sqrt(q) 1e-16; the plain rule where ratio <= ANGLE_BEND)."""
     if bend is None:
         return 0, 0
     ratio = _bend_ratio(K, bend)
@@ -557,7 +558,7 @@ class _Walk:
         """Push the walk through ``op``, whose context (and path, for messages) is ``ctx``."""
         if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
-        if isinstance(op, (Scale, FeatureAffine)) and _zeroes(op, ctx):
+        if len(self.frames) == 1 and isinstance(op, (Scale, FeatureAffine)) and _zeroes(op, ctx):
             self.settle()
             self.lose(f"{ctx.path}: the stream is exactly 0 after this {type(op).__name__} (a "
                       "zero factor, at some grid point): its log q has no finite-width expansion")
@@ -905,7 +906,8 @@ def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
 
 
 def _zeroes(op: Op, ctx: Context) -> bool:
-    """A Scale of c = 0, or a FeatureAffine of E[gamma^2] = E[beta^2] = 0, at some grid point."""
+    """A Scale of c = 0, or a FeatureAffine of E[gamma^2] = E[beta^2] = 0, at some grid point
+    (on the stream: in a residual branch it zeroes the branch, x + 0 F(x), which walks)."""
     if isinstance(op, Scale):
         return bool(np.any(np.asarray(ctx.p(op.c)) == 0))
     _, _, g2, b2, _ = (np.asarray(v, dtype=float) for v in op._point(ctx))
