@@ -1427,8 +1427,10 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise ConfigError("width", width, "an integer >= 1 (the stream width N)")
     coef, lost = coefficients(net, inputs)
+    everywhere = (" at every grid point (one walk serves the grid: a sweep without the point "
+                  "that loses it gets the others)" if sweeps_of(net) else "")
     if lost:
-        warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
+        warnings.warn(f"{lost}: finite-width corrections are NaN from there on{everywhere}",
                       FiniteWidthWarning, stacklevel=3)
     N = float(width)
     layers = ds["layer"].values
@@ -1465,7 +1467,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     c, _, why, v = gradient_coefficient(net, inputs, layers=rows)
     if why and not lost:  # (where the forward walk stops, this one does too: warned above)
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
-        warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}",
+        warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}{everywhere}",
                       FiniteWidthWarning, stacklevel=3)
     grad, valid, var = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(3))
     at = [list(layers).index(l) for l in rows if l in layers]
