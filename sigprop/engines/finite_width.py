@@ -26,10 +26,11 @@ Statistics s(theta) of the final state follow by the same delta step: E s = s + 
 5 L / N to leading order (Hanin & Nica): Sigma_qq / q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
 
 Scope: the feature law's 4th moments are a 2-D polar quadrature (accurate to ~1e-12 for
-degree-1 activations, and for the others at any scale: where their bend at |u| ~ 1 is a tiny
-part of the law, its panels are graded toward it, :func:`_levels`), so B > 2 inputs are walked pair by pair (every op with a rule here acts
-on each input alone). A FeatureAffine whose vectors are constant is a Scale plus a shift
-(in a fresh stream's chain, or a map of the realised state); one whose vectors vary over the
+degree-1 activations, and for the others at large scales too: where their bend at |u| ~ 1 is
+a small part of the law, its panels are graded toward it, :func:`_levels`), so B > 2 inputs
+are walked pair by pair (every op with a rule here acts on each input alone). A FeatureAffine
+whose vectors are constant is a Scale plus a shift (in a fresh stream's chain, or a map of the
+realised state); one whose vectors vary over the
 features is taken with Gaussian vectors of the declared moments (as the Monte Carlo draws them;
 :func:`_vector_rule`): in a fresh stream's chain the draw's covariance is the mean over them of
 the features' covariance given them (their moments up to the 2nd are the declared ones
@@ -440,7 +441,8 @@ class _Walk:
         bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
         bend = bend if bend is None or not self.tangent else (bend, np.inf)
         Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
-        if bend is not None and _saturates(elementwise) and not _bend_ratio(Ku, bend) <= BEND_MAX:
+        if (not self.lost and bend is not None and _saturates(elementwise)
+                and not _bend_ratio(Ku, bend) <= BEND_MAX):
             self.lose(f"{ctx.path}: an activation here bends over a width "
                       f"{1 / _bend_ratio(Ku, bend):.2g} of its input's scale (below "
                       f"{1 / BEND_MAX:g}): its features fall in the bend with about that "
