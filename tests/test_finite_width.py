@@ -258,7 +258,7 @@ def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
     """A resnet's stream corr climbs from -0.55 through 0 (at layer 2, where the input corr is
     bisected to give |corr| < 1e-6): its correction there is ~0.4/N, no small fraction of
     corr_inf = 0 at any width (valid_width_corr says so), yet the expansion holds: the warning
-    measures it against max(|corr_inf|, 0.1) (it warned at N = 256, 'A = 5e5'); at N = 2 the
+    measures it against max(|corr_inf|, 0.1) (it warned at N = 256, 'A = 1.4e16'); at N = 2 the
     correction is 0.2, twice that floor, and warns."""
     net = presets.resnet(8, "relu")
 
