@@ -441,10 +441,11 @@ class _Walk:
         bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
         bend = bend if bend is None or not self.tangent else (bend, np.inf)
         Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
-        if (not self.lost and bend is not None and _saturates(elementwise)
-                and not _bend_ratio(Ku, bend) <= BEND_MAX):
+        ratio = None if bend is None else _bend_ratio(Ku, bend)
+        if not self.lost and ratio is not None and _saturates(elementwise) and \
+                not ratio <= BEND_MAX:
             self.lose(f"{ctx.path}: an activation here bends over a width "
-                      f"{1 / _bend_ratio(Ku, bend):.2g} of its input's scale (below "
+                      f"{1 / ratio:.2g} of its input's scale (below "
                       f"{1 / BEND_MAX:g}): its features fall in the bend with about that "
                       "probability, which no practical width samples")
             return
@@ -646,10 +647,10 @@ class _Walk:
             extra[..., D - d:, D - d:] = sigma / width[..., None, None]
             return extra, y
 
-        extra = noise(self.cumulants)[0]
-        if self.tape is not None:  # it depends on the cumulants: replayed per layer's start
+        extra, y = noise(self.cumulants)
+        self.cumulants = self.cumulants[:-1] + [y]
+        if self.tape is not None:  # from the cumulants, to y's: replayed per layer's start
             self.tape.append(("affine", noise))
-        self._cumulant_step(lambda ks: ks[:-1] + [noise(ks)[1]])
         self.C = self.C + extra
 
     def _transform_cumulants(self, A):
@@ -1270,17 +1271,19 @@ def _replayed_terms(tape, pos, cumulants, replayed):
     ``pos`` with ``cumulants``: the tape's cumulant maps replayed from there, and at each step
     that the cumulants set, its term from them: a uniform Dense's bias (k g.H / 2):M (M affine
     in them), a varying FeatureAffine's noise G:Sigma and Gv:Sigma (``replayed``: the weights,
-    by position). O(L) per layer."""
+    by position; the FeatureAffine's step also maps the cumulants to y's). O(L) per layer."""
     c = v = 0.0
     for i in range(pos + 1, len(tape)):
         step = tape[i]
-        if i in replayed and step[0] == "affine":
+        kind = step[0] if isinstance(step, tuple) and isinstance(step[0], str) else None
+        if kind == "affine":
+            extra, y = step[1](cumulants)
+            cumulants = cumulants[:-1] + [y]
             G, Gv = replayed[i]
-            extra = step[1](cumulants)[0]
             c, v = c + _contract(G, extra), v + _contract(Gv, extra)
         elif i in replayed:
             c = c + _contract(replayed[i], step[2][0](cumulants))
-        elif isinstance(step, tuple) and isinstance(step[0], str) and step[0] == "cumulants":
+        elif kind == "cumulants":
             cumulants = step[1](cumulants)
     return c, v
 
