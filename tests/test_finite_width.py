@@ -832,12 +832,16 @@ def test_gaussian_rule_at_any_correlation():
                 for n in (1, 2))
     np.testing.assert_allclose(two["corr"], 0.0, atol=1e-8)  # differences across the kink: 2.5e-9
     np.testing.assert_allclose(two["log_q"], np.repeat(one["log_q"], 2, -1), rtol=1e-9)
-    # a stream of zeros at one grid point (sigma_w = 0): NaN from there, with a warning
-    net = sp.Serial(sp.Dense(sp.sweep("sigma_w", [0.0, 1.0])), sp.Act("relu"), sp.Dense(1.0))
+    # a stream of zeros at one grid point (sigma_w = 0): NaN from there at that point only, with
+    # a warning naming it; each other point as the net built there (one walk served the grid
+    # and stopped for all of it)
+    net = sp.Serial(sp.Dense(sp.sweep("sigma_w", [0.0, 1.0])), sp.Act("tanh"), sp.Dense(1.0))
     with pytest.warns(fw.FiniteWidthWarning, match=r"layer 1 Dense: the stream is exactly 0.*"
-                      "NaN from there on at every grid point"):
+                      r"at 1 of 2 grid points: sigma_w = 0\).*NaN from there on"):
         ds = sp.theory(net, PAIR, width=64)
-    assert np.isnan(ds.var_log_q.values[1:]).all() and np.isfinite(ds.log_q.values[:, 1]).all()
+    assert np.isnan(ds.var_log_q.values[1:, 0]).all()
+    _same_as_at_the_point(ds, sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Dense(1.0)),
+                          sigma_w=1.0)
     # ... or after a zero factor not drawn by a Dense: the same warning naming the op, and no
     # numpy RuntimeWarning (they were: log of 0, 0/0, then NaN with no word why)
     for op in (sp.Scale(0.0), sp.FeatureAffine(gain=0.0)):
@@ -857,6 +861,29 @@ def test_gaussian_rule_at_any_correlation():
             ds = sp.theory(net, PAIR, width=64)
         for k in ("log_q_correction", "corr_correction", "var_log_q", "grad_q_rel_correction"):
             np.testing.assert_allclose(ds[k].values, 0.0, atol=1e-12, err_msg=k)
+    # a zero factor at one grid point: NaN there only, the others as the net built there
+
+    def net(g, v):
+        return sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Scale(g), sp.Dense(v), sp.Act("tanh"))
+
+    with pytest.warns(fw.FiniteWidthWarning, match=r"layer 3 Scale: the stream is exactly 0.*"
+                      r"at 2 of 6 grid points: g = 0, v = 1; g = 0, v = 2\)"):
+        ds = sp.theory(net(sp.sweep("g", [0.5, 0.0, 1.0]), sp.sweep("v", [1.0, 2.0])), PAIR,
+                       width=64)
+    assert np.isnan(ds.log_q_correction.sel(g=0.0).values[3:]).all()
+    for g in (0.5, 1.0):
+        for v in (1.0, 2.0):
+            _same_as_at_the_point(ds, net(g, v), g=g, v=v)
+
+
+def _same_as_at_the_point(ds, net, **point):
+    """Every finite-width variable of the swept ``ds`` at ``point`` is that of ``net`` (the net
+    at that point): the same walk, so the same numbers."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fw.FiniteWidthWarning)
+        one = sp.theory(net, PAIR, width=64)
+    for k in schema.FINITE_WIDTH_VARIABLES:
+        np.testing.assert_array_equal(ds[k].sel(point).values, one[k].values, err_msg=k)
 
 
 @pytest.mark.parametrize("net, inputs", [

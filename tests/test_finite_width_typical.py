@@ -149,6 +149,24 @@ def test_typical_in_the_theory_dataset_and_nan_for_other_nets():
         bn.bn_typical_log_gain(np.eye(2), np.zeros((2, 2)), np.eye(2), 1e-5, 8)
 
 
+def test_typical_over_a_sweep_is_each_points_own():
+    """A swept net (the warning for BatchNorm at small batch points users to this variable) gets
+    at each grid point the value of the net built at that point (it was NaN everywhere)."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")
+    net = presets.prebn(3, alpha=sp.sweep("alpha", [0.5, 1.0]), sigma_w1=sp.sweep("w", [1.0, 3.0]))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FiniteWidthWarning)
+        ds = sp.theory(net, inputs, width=64)
+        for alpha in (0.5, 1.0):
+            for w in (1.0, 3.0):
+                one = sp.theory(presets.prebn(3, alpha=alpha, sigma_w1=w), inputs, width=64)
+                np.testing.assert_array_equal(
+                    ds["typical_log_grad_q"].sel(alpha=alpha, w=w).values,
+                    one["typical_log_grad_q"].values)
+    assert np.unique(ds["typical_log_grad_q"].isel(layer=0, input=0).values).size == 4  # (relu:
+    # the gain depends on alpha sigma_w1 only)
+
+
 def _typical_and_monte_carlo(net, inputs, N, seeds, root_seed):
     """(theory at width N, log grad_q_0 of input 0 per seed, its standard error)."""
     with warnings.catch_warnings():

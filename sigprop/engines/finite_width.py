@@ -87,6 +87,8 @@ from sigprop.ops import (
     RMSNorm,
     Scale,
     Serial,
+    at_point,
+    grid_points,
     layers_of,
     sweeps_of,
 )
@@ -346,6 +348,21 @@ def noise_of_moments(E1, E2, E3, E4, cross_means, cross_grams):
 
 
 # -- the walk -----------------------------------------------------------------------------
+class Lost(str):
+    """Why a walk stopped (the message); ``pointwise``: a reason that holds at some grid points
+    only (a stream of zeros, an activation's bend, float64's range), so that a walk of each
+    point on its own (:func:`each_point`) keeps the others; ``points``: the indices of the grid
+    points it holds at, in :func:`~sigprop.ops.grid_points` order (None: all of them)."""
+
+    pointwise: bool
+    points: frozenset | None
+
+    def __new__(cls, why: str, pointwise: bool = False, points: frozenset | None = None):
+        self = super().__new__(cls, why)
+        self.pointwise, self.points = pointwise, points
+        return self
+
+
 class _Walk:
     """(reference stack, b, C) pushed op by op through a net; ``chain``: the ops met since the
     top frame's features were last drawn fresh (None when its statistics are settled)."""
@@ -371,7 +388,7 @@ class _Walk:
         B = s0.K.shape[-1]
         self.cumulants = [(np.zeros(lead + (B,) * 3), np.zeros(lead + (B,) * 4))]
         self.drawn = [True]
-        self.lost: str | None = None  # the first op with no fluctuation rule
+        self.lost: Lost | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state) of each BatchNorm met
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
@@ -435,7 +452,7 @@ class _Walk:
             self.lose(f"{ctx.path}: " + ("the tangent J t (or the stream) is exactly 0 after "
                       "this Dense (zero weights): no relative correction to its gradient"
                       if self.tangent else "the stream is exactly 0 here (zero weights, at some "
-                      "grid point): its log q has no finite-width expansion"))
+                      "grid point): its log q has no finite-width expansion"), pointwise=True)
             return
         elementwise = chain[1:] if dense else chain
         bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
@@ -447,7 +464,7 @@ class _Walk:
             self.lose(f"{ctx.path}: an activation here bends over a width "
                       f"{1 / ratio:.2g} of its input's scale (below "
                       f"{1 / BEND_MAX:g}): its features fall in the bend with about that "
-                      "probability, which no practical width samples")
+                      "probability, which no practical width samples", pointwise=True)
             return
         width = self.widths[-1]
         chain_law = _tangent_chain if self.tangent else _unit_chain
@@ -536,7 +553,7 @@ class _Walk:
         if self.lost or not np.any(s.ls > TRUE_LS_MAX):
             return False
         self.lose(f"{ctx.path}: the stream reaches log q = {2 * float(np.max(s.ls)):.4g}, "
-                  "beyond float64 in the true units its finite-width law needs")
+                  "beyond float64 in the true units its finite-width law needs", pointwise=True)
         return True
 
     def law(self, op: Op, s: Moments, ctx: Context) -> Moments:
@@ -547,9 +564,9 @@ class _Walk:
         tangent_law = {Dense: _tangent_dense, FeatureAffine: _tangent_affine}
         return tangent_law.get(type(op), _tangent_norm)(op, s, ctx)
 
-    def lose(self, why: str):
+    def lose(self, why: str, pointwise: bool = False):
         if not self.lost:
-            self.lost = why
+            self.lost = Lost(why, pointwise)
             self.b, self.C = self.b * np.nan, self.C * np.nan
 
     def layer(self, l: int, block: Op):
@@ -564,7 +581,8 @@ class _Walk:
         if len(self.frames) == 1 and isinstance(op, (Scale, FeatureAffine)) and _zeroes(op, ctx):
             self.settle()
             self.lose(f"{ctx.path}: the stream is exactly 0 after this {type(op).__name__} (a "
-                      "zero factor, at some grid point): its log q has no finite-width expansion")
+                      "zero factor, at some grid point): its log q has no finite-width expansion",
+                      pointwise=True)
             if self.stop_when_lost:
                 return
         affine = isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
@@ -1179,7 +1197,42 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
             else:
                 coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = _tangent_q(seen)
     lost = why[min(why)] if why else None
+    if lost and lost.pointwise and grid:
+        def at(one):
+            g = gradient_coefficient(one, inputs, layers=want, own_walks=own_walks)
+            return {"coef": g.coef, "log_q": g.log_q, "var_log_q": g.var_log_q}, g.lost
+
+        got, lost = each_point(net, at)
+        return GradientCoefficients(lost=lost, **got)
     return GradientCoefficients(coef, log_q, lost, var)
+
+
+def each_point(net: Op, compute):
+    """``compute(net at one grid point)`` -> (dict of arrays (layer, ...), why or None) at each
+    point of ``net``'s grid, stacked (layer, *grid, ...); why: each reason, naming the points it
+    holds at. One walk serves a grid and stops for all of it; for a reason that holds at some
+    points only (:class:`Lost`), this walks each point alone (P walks)."""
+    grid = sweeps_of(net)
+    points = grid_points(grid)
+    got = [compute(at_point(net, p)) for p in points]
+    shape = tuple(len(s.values) for s in grid.values())
+    out = {k: np.stack([g[0][k] for g in got], 1) for k in got[0][0]}
+    out = {k: v.reshape(v.shape[:1] + shape + v.shape[2:]) for k, v in out.items()}
+    where: dict[str, list[int]] = {}  # reason -> the indices of the points it holds at
+    for i, (_, why) in enumerate(got):
+        if why:
+            where.setdefault(str(why), []).append(i)
+    if not where:
+        return out, None
+
+    def named(idx):
+        listed = "; ".join(", ".join(f"{k} = {v:g}" for k, v in points[i].items())
+                           for i in idx[:4])
+        return listed + (f" and {len(idx) - 4} more" if len(idx) > 4 else "")
+
+    return out, Lost("; ".join(f"{why} (at {len(idx)} of {len(points)} grid points: "
+                               f"{named(idx)})" for why, idx in where.items()),
+                     points=frozenset(i for idx in where.values() for i in idx))
 
 
 def _close(shared: _Walk, members, own, why):
@@ -1388,6 +1441,8 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
         C = np.broadcast_to(seen.C[..., :D, :D], lead + (D, D))
         _, a, V = delta_step(lambda x, s=s: _stats(x, s), x0, b, C)
         rows.append((a, np.diagonal(V, axis1=-2, axis2=-1)))
+    if walk.lost and walk.lost.pointwise and grid:
+        return each_point(net, lambda one: coefficients(one, inputs))
     B = inputs.n
     shape = tuple(len(v.values) for v in grid.values())
 
@@ -1432,10 +1487,8 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
         raise ConfigError("width", width, "an integer >= 1 (the stream width N)")
     coef, lost = coefficients(net, inputs)
-    everywhere = (" at every grid point (one walk serves the grid: a sweep without the point "
-                  "that loses it gets the others)" if sweeps_of(net) else "")
     if lost:
-        warnings.warn(f"{lost}: finite-width corrections are NaN from there on{everywhere}",
+        warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
                       FiniteWidthWarning, stacklevel=3)
     N = float(width)
     layers = ds["layer"].values
@@ -1470,9 +1523,11 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
 
     rows = sorted({0, *(int(l) for l in layers)})  # the input (its warning), every recorded one
     c, _, why, v = gradient_coefficient(net, inputs, layers=rows)
-    if why and not lost:  # (where the forward walk stops, this one does too: warned above)
+    if why and (not lost or lost.points != why.points):  # (where the forward walk stops,
+        # this one does too: warned above, unless the two stop at different grid points)
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
-        warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}{everywhere}",
+        at = " (at one grid point or more)" if why.points is not None else ""
+        warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}{at}",
                       FiniteWidthWarning, stacklevel=3)
     grad, valid, var = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(3))
     at = [list(layers).index(l) for l in rows if l in layers]
@@ -1616,7 +1671,7 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
     """E log grad_q_in - E log grad_q_out (B,) through one block at width N, or None when the
     block is neither x -> beta x + alpha F(BN x) with F starting with a Dense (Pre-BN) nor
     Serial(Dense, BatchNorm, Act) with a degree-1 activation (the pre-activation BatchNorm
-    block); numbers only (no sweeps). See :func:`typical_log_grad_q`."""
+    block); numbers only (:func:`typical_log_grad_q` takes a sweep point by point)."""
     from sigprop.kernels.batchnorm import bn_typical_log_gain
     from sigprop.state.moments import true_moments
 
@@ -1659,7 +1714,8 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
 def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
     """E log grad_q_l (l = 0..L, per input; (L+1, B)) at width N for a stack of Pre-BN blocks
     x -> beta x + alpha F(BN x) or of pre-activation blocks Dense -> BN -> Act
-    (:func:`_block_gain`); None for other nets, sweeps, or batches B outside 2..4.
+    (:func:`_block_gain`; (L+1, *grid, B) with sweeps, each grid point on its own); None for
+    other nets, or batches B outside 2..4.
 
     Per feature i of a BatchNorm, J_i is its Jacobian at the feature's batch vector u_i ~ N(0,
     S_l) and g_i ~ N(0, Gamma_l) the cotangent the ops after it bring back, independent of u_i
@@ -1674,9 +1730,17 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
     from sigprop.state.moments import Cotangent
 
     B = inputs.n
-    if not 2 <= B <= 4 or sweeps_of(net) or not any(isinstance(op, BatchNorm)
-                                                    for op in net.walk()):
+    if not 2 <= B <= 4 or not any(isinstance(op, BatchNorm) for op in net.walk()):
         return None
+    grid = sweeps_of(net)
+    if grid:  # (whether a block has a rule does not depend on the point: the first one says)
+        got = []
+        for point in grid_points(grid):
+            got.append(typical_log_grad_q(at_point(net, point), inputs, width))
+            if got[-1] is None:
+                return None
+        shape = tuple(len(s.values) for s in grid.values())
+        return np.stack(got, 1).reshape((len(got[0]), *shape, B))
     ctx = Context(NUMERIC, ())
     blocks = layers_of(net)
     states = [inputs.moments()]

@@ -14,4 +14,12 @@ from sigprop.ops.activation import Act
 from sigprop.ops.base import Op, op_from_dict
 from sigprop.ops.dense import Dense, FeatureAffine, Scale
 from sigprop.ops.norms import BatchNorm, LayerNorm, RMSNorm
-from sigprop.ops.structure import Repeat, Residual, Serial, layers_of, sweeps_of
+from sigprop.ops.structure import (
+    Repeat,
+    Residual,
+    Serial,
+    at_point,
+    grid_points,
+    layers_of,
+    sweeps_of,
+)

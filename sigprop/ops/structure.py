@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
@@ -260,3 +261,21 @@ def sweeps_of(net: Op) -> dict[str, Sweep]:
                 raise ConfigError(f"sweep {value.name!r}", value.values,
                                   f"the same values wherever it is used ({found[value.name].values})")
     return found
+
+
+def grid_points(sweeps: dict[str, Sweep]) -> list[dict[str, float]]:
+    """Every point of the grid of ``sweeps`` ({} when there are none), the last dim fastest."""
+    return [dict(zip(sweeps, point)) for point in
+            itertools.product(*(s.values for s in sweeps.values()))]
+
+
+def at_point(net: Op, point: dict[str, float]) -> Op:
+    """``net`` with each sweep replaced by its value at ``point`` (sweep name -> value)."""
+    def one(_, v):
+        if isinstance(v, Sweep):
+            return point[v.name]
+        if isinstance(v, tuple):
+            return tuple(at_point(x, point) if isinstance(x, Op) else x for x in v)
+        return at_point(v, point) if isinstance(v, Op) else v
+
+    return net.map_fields(one)

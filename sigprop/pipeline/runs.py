@@ -20,7 +20,7 @@ import xarray as xr
 
 from sigprop import schema
 from sigprop.errors import ConfigError, SigpropError, UnsupportedComposition
-from sigprop.ops import sweeps_of
+from sigprop.ops import grid_points, sweeps_of
 from sigprop.pipeline.config import ArchSpec, Sim
 from sigprop.provenance import make_attrs
 from sigprop.state.params import Sweep
@@ -103,12 +103,6 @@ def montecarlo_case(sim: Sim, profile: str, arch: ArchSpec, batch, point: dict, 
     return simulate(net, sim.spec.inputs.build(batch), width=width, seeds=len(seeds),
                     first_seed=seeds.start, backend=backend, dtype=prof.dtype,
                     root_seed=sim.spec.root_seed, sampler=prof.sampler)
-
-
-def grid_points(sweeps: dict[str, Sweep]) -> list[dict[str, float]]:
-    """Every point of the grid of ``sweeps`` ({} when there are none), the last dim fastest."""
-    return [dict(zip(sweeps, point)) for point in
-            itertools.product(*(s.values for s in sweeps.values()))]
 
 
 def case_label(arch: ArchSpec, batch) -> str:
