@@ -21,7 +21,9 @@ spread``), Var log grad_q_0 across nets, predicted against Monte Carlo. Its sixt
 layers``), the gradient's c and Var log grad_q at the layers above the input (one recorded
 walk and an adjoint pass), against Monte Carlo. Its seventh (``--part uniform``), the same c at
 every layer of a net with uniform weights (explicit draws, 8x the seeds). Its eighth (``--part
-norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm.
+norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm. Its ninth (``--part
+exact``, no Monte Carlo), a deep relu net's coefficients against the same recursion with exact
+derivatives (the symbolic face), where corr -> 1 approaches relu's kink.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -349,9 +351,47 @@ def uniform(seeds=32000, out="benchmarks/RESULTS.md"):
                   [intro, "", *rows])
 
 
+EXACT_DEPTH, EXACT_LAYERS = 200, [10, 30, 50, 100, 150, 200]
+
+
+def exact(out="benchmarks/RESULTS.md"):
+    """Plain relu (sigma_w^2 = 2, corr 0.5 in): the engine's coefficients (central differences)
+    against :func:`sigprop.symbolic.finite_width.iterate` (the recursion with sympy's exact
+    derivatives) as corr -> 1 with depth."""
+    from sigprop import symbolic as S
+    from sigprop.engines.finite_width import STEP, coefficients
+    from sigprop.symbolic import finite_width as F
+
+    law = F.layer_law(S.preset_block("plain", "relu", shape="dense_act", sigma_b=0), 2)
+    ref = F.iterate(law, {S.SIGMA_1: math.sqrt(2.0), S.SIGMA_B: 0}, (1.0, 0.5, 1.0),
+                    EXACT_DEPTH)
+    net = presets.plain(EXACT_DEPTH, "relu", shape="dense_act")
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    got = coefficients(net, inputs)[0]
+    corr_inf = sp.theory(net, inputs)["corr"].values[:, 0, 1]
+    rows = [("| layer | 1 - corr_inf | corr coefficient, exact | engine | relative error | "
+             "log q coefficient, relative error | N Var log q, relative error |"),
+            "|---|---|---|---|---|---|---|"]
+    for l in EXACT_LAYERS:
+        e, c = ref[l], got["corr"][l, 0, 1]
+        rows.append(f"| {l} | {1 - corr_inf[l]:.3g} | {e['corr'][0]:.6g} | {c:.6g} | "
+                    f"{c / e['corr'][0] - 1:+.1e} | {got['log_q'][l, 0] / e['log_q'][0] - 1:+.1e} | "
+                    f"{got['var_log_q'][l, 0] / e['log_q'][1] - 1:+.1e} |")
+        print(rows[-1], flush=True)
+    intro = ("`benchmarks/finite_width_agreement.py --part exact`: plain relu (Dense -> relu, "
+             f"sigma_w^2 = 2), inputs q = 1, corr = 0.5, depth {EXACT_DEPTH}. Engine: "
+             "`coefficients` (central differences, STEP = "
+             f"{STEP:g}, steps h and 2h combined by Richardson, each step bounded by STEP of "
+             "its Gram's smallest eigenvalue); exact: `sigprop.symbolic.finite_width.iterate`, "
+             "the same delta-method recursion with sympy's derivatives of the layer law and "
+             "closed-form feature noise.")
+    return _write("Finite width: a deep relu net against the exact recursion", out,
+                  [intro, "", *rows])
+
+
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
-    "affine", "spread", "layers", "uniform" or "norm-affine" (8x ``seeds`` each)."""
+    "affine", "spread", "layers", "uniform", "norm-affine" (8x ``seeds`` each) or "exact"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -368,6 +408,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         uniform(8 * seeds, out)
     if part in ("all", "norm-affine"):
         norm_affine(8 * seeds, out)
+    if part in ("all", "exact"):
+        exact(out)
 
 
 if __name__ == "__main__":
@@ -375,7 +417,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
-                                       "spread", "layers", "uniform", "norm-affine"],
+                                       "spread", "layers", "uniform", "norm-affine", "exact"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

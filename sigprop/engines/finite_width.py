@@ -63,6 +63,7 @@ features, by a t-integral), not a 1/N expansion.
 from __future__ import annotations
 
 import copy
+import functools
 import itertools
 import math
 import warnings
@@ -104,8 +105,13 @@ from sigprop.state.moments import (
 from sigprop.state.ns import NUMERIC
 from sigprop.state.params import Context
 
-STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a direction:
-# truncation O(STEP^2) ~ 1e-6 relative, round-off 1e-16 / STEP^2 ~ 1e-10 (second differences)
+STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a direction (and
+# of the room to a Gram's singular boundary, :func:`_steps`); steps h and 2h combined by
+# Richardson (:func:`_differences`): truncation O(STEP^4), round-off ~1.4e-16 / STEP^2 ~ 1e-10
+# (second differences). With one step, O(STEP^2) truncation along a direction w is ~STEP^2
+# |w|^2 in absolute terms, and C's directions grow with depth (Var log q adds 5 per relu layer):
+# a deep relu net's corr correction (~0.003, a near cancellation) came out 6 % off at depth 100
+SINGULAR = 1e-12  # a Gram's smallest eigenvalue below this of its largest: round-off (corr = 1)
 ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kinks on its edges)
 # composite Gauss-Legendre in the radius: panels with these edges (fractions of RHO_MAX sd),
 # geometric so that a saturating activation's bend at |u| ~ 1 is resolved over a wide range of
@@ -170,29 +176,76 @@ def unflatten(v, ref):
     return frames
 
 
-def delta_step(fn, x0, b, C):
+def delta_step(fn, x0, b, C, ref=None):
     """(fn(x0), J b + 1/2 H:C, J C J^T) for a vector map ``fn`` (leading dims broadcast), by
     central differences along b and along w_k with C = sum_k w_k w_k^T; fn is evaluated once on
-    all 2M + 1 points stacked on a new leading axis."""
+    all 4M + 1 points of :func:`_differences`. ``ref``: the frames x0 flattens
+    (:func:`flatten`), whose Grams bound the steps (:func:`_steps`)."""
     lam, V = np.linalg.eigh(C)
     W = V * np.sqrt(np.clip(lam, 0, None))[..., None, :]
     dirs = np.moveaxis(np.concatenate([b[..., :, None], W], axis=-1), -1, 0)  # (M, ..., D)
-    size = np.max(np.abs(dirs), axis=-1, keepdims=True)
-    h = STEP / np.where(size > 0, size, 1.0)
     x0 = np.broadcast_to(x0, dirs.shape[1:])
-    ys = fn(np.concatenate([x0[None], x0 + h * dirs, x0 - h * dirs]))
-    M = dirs.shape[0]
-    y0, yp, ym = ys[0], ys[1:M + 1], ys[M + 1:]
-    Jd = (yp - ym) / (2 * h)
-    d2 = (yp + ym - 2 * y0) / h**2
+    y0, Jd, d2 = _differences(fn, x0, dirs, _steps(dirs, x0, ref, first=1))
     bias = Jd[0] + 0.5 * d2[1:].sum(axis=0)
     cov = np.einsum("k...i,k...j->...ij", Jd[1:], Jd[1:])
     return y0, bias, cov
 
 
-# -- the feature law of a fresh stream --------------------------------------------------------
+def _differences(fn, x0, dirs, h):
+    """(fn(x0), D1, D2): fn's first and second derivatives along each direction of ``dirs`` (M,
+    ..., D) from x0, by central differences at steps h and 2h (h broadcasts with fn's output)
+    combined by Richardson, (4 D(h) - D(2h)) / 3, which cancels their O(h^2) error; fn is
+    evaluated once on all 4M + 1 points stacked on a new leading axis."""
+    M = len(dirs)
+    steps = np.concatenate([h * dirs, 2 * h * dirs])
+    ys = fn(np.concatenate([x0[None], x0 + steps, x0 - steps]))
+    y0, yp, ym = ys[0], ys[1:2 * M + 1], ys[2 * M + 1:]
+    d1 = [(yp[k] - ym[k]) / (2 * s) for k, s in ((slice(0, M), h), (slice(M, None), 2 * h))]
+    d2 = [(yp[k] + ym[k] - 2 * y0) / s**2 for k, s in ((slice(0, M), h), (slice(M, None), 2 * h))]
+    return y0, (4 * d1[0] - d1[1]) / 3, (4 * d2[0] - d2[1]) / 3
+
+
+def _steps(dirs, x0, ref, first=0):
+    """The central differences' step along each direction (M, ..., D) from x0: STEP over its
+    largest entry, and no more than STEP of each Gram's smallest eigenvalue lam over the rate
+    |v^T dK v| at which the direction moves it (v its eigenvector; the Gram blocks of the
+    frames ``ref``, when given). A law has a kink where a Gram turns singular (relu's kernel
+    ~ theta^3 = (2 (1 - c))^(3/2) at corr -> 1) and a step that crossed it, where 1 - corr is
+    ~ STEP, gave deep relu nets' corr correction the wrong sign (depth 150); a step relative to
+    lam keeps the differences' truncation small there. The bound shrinks a step by at most
+    STEP (STEP^2 for the ``first`` directions, whose first derivative alone is used): second
+    differences' round-off grows as 1 / step^2, and at a Gram singular to round-off (corr = 1)
+    the directions that cross its boundary are round-off themselves; lam is taken to be at
+    least SINGULAR of the largest eigenvalue (below it, lam and the rate are round-off)."""
+    size = np.max(np.abs(dirs), axis=-1, keepdims=True)
+    h = plain = STEP / np.where(size > 0, size, 1.0)
+    if ref is None:
+        return h
+    B = ref[0].K.shape[-1]
+    for i in range(len(ref)):
+        start = i * (B * B + B) + B * B * i * (i - 1) // 2  # frame i's K (flatten's layout)
+
+        def gram(v, start=start):
+            return v[..., start:start + B * B].reshape(v.shape[:-1] + (B, B))
+
+        lam, V = np.linalg.eigh(gram(x0))
+        v = V[..., 0]
+        rate = np.abs(np.einsum("...a,...ab,...b->...", v, gram(dirs), v))[..., None]
+        room = STEP * np.maximum(lam[..., :1], SINGULAR * lam[..., -1:])
+        h = np.where(rate * h > room, room / np.where(rate > 0, rate, 1.0), h)
+    floor = np.full((len(dirs),) + (1,) * (h.ndim - 1), STEP)
+    floor[:first] = STEP**2
+    return np.maximum(h, floor * plain)
+
+
+@functools.cache
+def _legendre(n):
+    """Gauss-Legendre nodes and weights on [-1, 1] (computed once per n: an eigenproblem)."""
+    return np.polynomial.legendre.leggauss(n)
+
+
 def _gl(n, a, b):
-    x, w = np.polynomial.legendre.leggauss(n)
+    x, w = _legendre(n)
     return (b - a) / 2 * x + (b + a) / 2, (b - a) / 2 * w
 
 
@@ -411,13 +464,14 @@ class _Walk:
 
         b, C = self.b, self.C
         _, self.b, self.C = delta_step(flat, x0, np.broadcast_to(b, x0.shape),
-                                       np.broadcast_to(C, x0.shape + x0.shape[-1:]))
+                                       np.broadcast_to(C, x0.shape + x0.shape[-1:]), ref_in)
         if self.tape is not None:
             self.tape.append((flat, x0) if kurtosis is None else (flat, x0, kurtosis))
         if kurtosis is not None:
             M_of, k = kurtosis
             M = np.broadcast_to(M_of(self.cumulants), x0.shape + x0.shape[-1:])
-            self.b = self.b + np.asarray(k)[..., None] * delta_step(flat, x0, 0 * x0, M)[1]
+            self.b = self.b + np.asarray(k)[..., None] * delta_step(flat, x0, 0 * x0, M,
+                                                                    ref_in)[1]
         self.frames = ref_out
 
     def rescale_tangent(self):
@@ -1253,19 +1307,15 @@ def _tangent_log_q(w: _Walk):
 
 def _derivatives(fn, x0):
     """(J, H) of a vector map ``fn`` at x0 (..., D): J (..., E, D) and H (..., E, D, D), by
-    central differences along each axis e_i and each pair e_i + e_j (step ``STEP``: the walk's
-    states are O(1) in its scaled units), fn evaluated once on all 1 + D (D + 1) points."""
+    :func:`_differences` along each axis e_i and each pair e_i + e_j (step ``STEP``: the walk's
+    states are O(1) in its scaled units)."""
     D = x0.shape[-1]
     eye = np.eye(D)
     pairs = list(itertools.combinations(range(D), 2))
     dirs = np.asarray(list(eye) + [eye[i] + eye[j] for i, j in pairs])
     dirs = dirs.reshape((-1,) + (1,) * (x0.ndim - 1) + (D,))
-    h = STEP
-    ys = fn(np.concatenate([x0[None], x0 + h * dirs, x0 - h * dirs]))
-    n = len(dirs)
-    y0, yp, ym = ys[0], ys[1:n + 1], ys[n + 1:]
-    J = np.moveaxis((yp[:D] - ym[:D]) / (2 * h), 0, -1)
-    d2 = (yp + ym - 2 * y0) / h**2  # the second derivative along each direction
+    y0, d1, d2 = _differences(fn, x0, dirs, STEP)  # along each direction
+    J = np.moveaxis(d1[:D], 0, -1)
     H = np.zeros(y0.shape + (D, D))
     H[..., range(D), range(D)] = np.moveaxis(d2[:D], 0, -1)
     for k, (i, j) in enumerate(pairs):
@@ -1386,7 +1436,7 @@ def _tangent_q(seen: _Walk):
     D, lead = x0.shape[-1], _lead([top])
     y, c, V = delta_step(lambda x: _stats(x, top), x0,
                          np.broadcast_to(seen.b[..., :D], lead + (D,)),
-                         np.broadcast_to(seen.C[..., :D, :D], lead + (D, D)))
+                         np.broadcast_to(seen.C[..., :D, :D], lead + (D, D)), [top])
     # [log q, q / q_inf, ...] of the pair (x, J t): the tangent's are entries 1 and 3
     return c[..., 3], y[..., 1] - 2 * seen.t_ls, V[..., 1, 1]
 
@@ -1424,11 +1474,13 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
     ctx = ctx or Context(NUMERIC, tuple(grid))
     walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian",
                  cumulants=_tracks_cumulants(net))
-    rows = []
-    for l, block in enumerate([None, *layers_of(net)]):
+    rows, blocks = [], layers_of(net)
+    for l, block in enumerate([None, *blocks]):
         if block is not None:
             walk.layer(l, block)
         seen = walk.settled()
+        if l < len(blocks) and _opens_settled(blocks[l]):
+            walk = seen  # (the next block would draw these same features first)
         s = seen.frames[0]
         lead = _lead([s])
         x0 = flatten([s], [s])
@@ -1439,7 +1491,7 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
             continue
         b = np.broadcast_to(seen.b[..., :D], lead + (D,))
         C = np.broadcast_to(seen.C[..., :D, :D], lead + (D, D))
-        _, a, V = delta_step(lambda x, s=s: _stats(x, s), x0, b, C)
+        _, a, V = delta_step(lambda x, s=s: _stats(x, s), x0, b, C, [s])
         rows.append((a, np.diagonal(V, axis1=-2, axis2=-1)))
     if walk.lost and walk.lost.pointwise and grid:
         return each_point(net, lambda one: coefficients(one, inputs))
@@ -1455,6 +1507,14 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
            "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
            "var_log_q": part(1, 0, B, (B,))}
     return out, walk.lost
+
+
+def _opens_settled(op: Op) -> bool:
+    """Whether walking ``op`` starts by drawing the stream's pending features (its first op is
+    not elementwise, which would join the open chain)."""
+    while isinstance(op, (Serial, Repeat)):
+        op = op.layers[0] if isinstance(op, Serial) else op.block
+    return not isinstance(op, (Act, Scale, FeatureAffine))
 
 
 def _by_pairs(net: Op, inputs, ctx):
