@@ -842,6 +842,12 @@ def test_gaussian_rule_at_any_correlation():
     assert np.isnan(ds.var_log_q.values[1:, 0]).all()
     _same_as_at_the_point(ds, sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Dense(1.0)),
                           sigma_w=1.0)
+    # ... found where the last block's chain is settled (it was NaN at every point, unsaid)
+    with pytest.warns(fw.FiniteWidthWarning, match=r"the stream is exactly 0.*"
+                      r"at 1 of 2 grid points: sigma_w = 0\).*NaN from there on"):
+        ds = sp.theory(sp.Serial(sp.Dense(sp.sweep("sigma_w", [0.0, 1.0])), sp.Act("tanh")), PAIR,
+                       width=64)
+    _same_as_at_the_point(ds, sp.Serial(sp.Dense(1.0), sp.Act("tanh")), sigma_w=1.0)
     # ... or after a zero factor not drawn by a Dense: the same warning naming the op, and no
     # numpy RuntimeWarning (they were: log of 0, 0/0, then NaN with no word why)
     for op in (sp.Scale(0.0), sp.FeatureAffine(gain=0.0)):
@@ -1088,3 +1094,26 @@ def test_past_float64_in_true_units_is_nan_with_a_warning():
     assert np.isnan(ds.log_q_correction.values[-1]).all()
     assert np.isnan(ds.grad_q_rel_correction.values[0]).all()
     assert np.isfinite(ds.log_q.values).all() and np.isfinite(ds.log_grad_q.values).all()
+    # two inputs, at one grid point: the Dense's law leaves its scale in K (the check read ls
+    # alone, and numpy's LinAlgError came out of the gradient's walk); no numpy RuntimeWarning,
+    # the point named, and the other point as the net built there
+    swept = sp.Repeat(sp.Serial(sp.Dense(sp.sweep("s", [1.0, 1e30])), sp.Act("relu")), 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.warns(fw.FiniteWidthWarning, match=r"layer 6 Serial > Dense: the stream "
+                          r"reaches log q = 825.5, beyond float64.*grid points: s = 1e\+30\)"):
+            ds = sp.theory(swept, PAIR, width=64)
+    assert np.isnan(ds.log_q_correction.sel(s=1e30).values[6:]).all()
+    _same_as_at_the_point(ds, sp.Repeat(sp.Serial(sp.Dense(1.0), sp.Act("relu")), 8), s=1.0)
+
+
+def test_every_pairs_reason_is_reported():
+    """B > 2 inputs walk each pair: a reason that holds for one pair at one grid point and for
+    another at another is reported for both (only the first pair's was)."""
+    net = sp.Serial(sp.Dense(sp.sweep("sigma_w", [1.0, 1e3, 1e5])), sp.Act("erf"), sp.Dense(1.0),
+                    sp.Act("erf"))
+    with pytest.warns(fw.FiniteWidthWarning) as rec:
+        ds = sp.theory(net, sp.Inputs(q=[1.0, 1e4, 1e8], corr=0.3), width=64)
+    said = [str(w.message) for w in rec if "finite-width corrections are NaN" in str(w.message)]
+    assert len(said) == 1 and "sigma_w = 1000)" in said[0] and "sigma_w = 100000)" in said[0]
+    assert np.isfinite(ds.log_q_correction.sel(sigma_w=1.0).values).all()

@@ -212,11 +212,13 @@ def _steps(dirs, x0, ref, first=0):
     frames ``ref``, when given). A law has a kink where a Gram turns singular (relu's kernel
     ~ theta^3 = (2 (1 - c))^(3/2) at corr -> 1) and a step that crossed it, where 1 - corr is
     ~ STEP, gave deep relu nets' corr correction the wrong sign (depth 150); a step relative to
-    lam keeps the differences' truncation small there. The bound shrinks a step by at most
-    STEP (STEP^2 for the ``first`` directions, whose first derivative alone is used): second
-    differences' round-off grows as 1 / step^2, and at a Gram singular to round-off (corr = 1)
-    the directions that cross its boundary are round-off themselves; lam is taken to be at
-    least SINGULAR of the largest eigenvalue (below it, lam and the rate are round-off)."""
+    lam keeps the differences' truncation small there (the rate v^T dK v is first order in the
+    step: a direction that moves lam at second order only is not bounded). The bound shrinks a
+    step by at most STEP (STEP^2 for the ``first`` directions, whose first derivative alone is
+    used): second differences' round-off grows as 1 / step^2, and at a Gram singular to
+    round-off (corr = 1) the directions that cross its boundary are round-off themselves; lam
+    is taken to be at least SINGULAR of the largest eigenvalue (below it, lam and the rate are
+    round-off)."""
     size = np.max(np.abs(dirs), axis=-1, keepdims=True)
     h = plain = STEP / np.where(size > 0, size, 1.0)
     if ref is None:
@@ -405,7 +407,8 @@ class Lost(str):
     """Why a walk stopped (the message); ``pointwise``: a reason that holds at some grid points
     only (a stream of zeros, an activation's bend, float64's range), so that a walk of each
     point on its own (:func:`each_point`) keeps the others; ``points``: the indices of the grid
-    points it holds at, in :func:`~sigprop.ops.grid_points` order (None: all of them)."""
+    points it holds at, in :func:`~sigprop.ops.grid_points` order (None: not known per point,
+    one walk served the grid)."""
 
     pointwise: bool
     points: frozenset | None
@@ -499,14 +502,20 @@ class _Walk:
         if self._beyond_float64(base[-1], ctx):
             return
         dense = bool(chain) and isinstance(chain[0], Dense)
-        gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
+        with np.errstate(over="ignore", invalid="ignore"):  # (checked at once)
+            gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
         if self._beyond_float64(gauss, ctx):
             return
         if np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):
             self.lose(f"{ctx.path}: " + ("the tangent J t (or the stream) is exactly 0 after "
                       "this Dense (zero weights): no relative correction to its gradient"
-                      if self.tangent else "the stream is exactly 0 here (zero weights, at some "
-                      "grid point): its log q has no finite-width expansion"), pointwise=True)
+                      if self.tangent else "the stream is exactly 0 here (zero weights): its log q has "
+                      "no finite-width expansion"), pointwise=True)
+            return
+        chain_law = _tangent_chain if self.tangent else _unit_chain
+        if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
+            with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+                self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)])
             return
         elementwise = chain[1:] if dense else chain
         bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
@@ -521,7 +530,6 @@ class _Walk:
                       "probability, which no practical width samples", pointwise=True)
             return
         width = self.widths[-1]
-        chain_law = _tangent_chain if self.tangent else _unit_chain
         kurtosis = None
         if dense and chain[0].init == "uniform" and not self.lost:
             if self.cumulants[-1] is None:
@@ -603,10 +611,19 @@ class _Walk:
 
     def _beyond_float64(self, s: Moments, ctx: Context) -> bool:
         """Lose the walk (True) where ``s`` is past float64 in true units, which the feature
-        law and the tangent's laws need (a walk already lost goes on: its frames serve)."""
-        if self.lost or not np.any(s.ls > TRUE_LS_MAX):
+        law and the tangent's laws need (a walk already lost goes on: its frames serve); the
+        true log scale is ls + log K_aa / 2 (a law may leave its scale in K: a Dense's), NaN
+        where a law overflowed."""
+        if self.lost:
             return False
-        self.lose(f"{ctx.path}: the stream reaches log q = {2 * float(np.max(s.ls)):.4g}, "
+        with np.errstate(divide="ignore", invalid="ignore"):
+            true = s.ls + np.log(np.diagonal(s.K, axis1=-2, axis2=-1)) / 2
+        if np.all(true <= TRUE_LS_MAX):  # (NaN: a law that overflowed on the way there)
+            return False
+        over = true[~(true <= TRUE_LS_MAX)]
+        over = over[~np.isnan(over)]
+        reach = f"log q = {2 * float(over.max()):.4g}" if over.size else "past float64"
+        self.lose(f"{ctx.path}: the stream reaches {reach}, "
                   "beyond float64 in the true units its finite-width law needs", pointwise=True)
         return True
 
@@ -635,7 +652,7 @@ class _Walk:
         if len(self.frames) == 1 and isinstance(op, (Scale, FeatureAffine)) and _zeroes(op, ctx):
             self.settle()
             self.lose(f"{ctx.path}: the stream is exactly 0 after this {type(op).__name__} (a "
-                      "zero factor, at some grid point): its log q has no finite-width expansion",
+                      "zero factor): its log q has no finite-width expansion",
                       pointwise=True)
             if self.stop_when_lost:
                 return
@@ -1251,7 +1268,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
             else:
                 coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = _tangent_q(seen)
     lost = why[min(why)] if why else None
-    if lost and lost.pointwise and grid:
+    if grid and any(w.pointwise for w in why.values()):
         def at(one):
             g = gradient_coefficient(one, inputs, layers=want, own_walks=own_walks)
             return {"coef": g.coef, "log_q": g.log_q, "var_log_q": g.var_log_q}, g.lost
@@ -1284,8 +1301,10 @@ def each_point(net: Op, compute):
                            for i in idx[:4])
         return listed + (f" and {len(idx) - 4} more" if len(idx) > 4 else "")
 
-    return out, Lost("; ".join(f"{why} (at {len(idx)} of {len(points)} grid points: "
-                               f"{named(idx)})" for why, idx in where.items()),
+    listed = [f"{why} (the first reason at {len(idx)} of {len(points)} grid points: "
+              f"{named(idx)})" for why, idx in where.items()]
+    more = f"; {len(listed) - 3} more reasons at other points" if len(listed) > 3 else ""
+    return out, Lost("; ".join(listed[:3]) + more,
                      points=frozenset(i for idx in where.values() for i in idx))
 
 
@@ -1479,22 +1498,22 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
         if block is not None:
             walk.layer(l, block)
         seen = walk.settled()
+        if seen.lost and seen.lost.pointwise and grid:  # (the rest of this walk: not needed)
+            return each_point(net, lambda one: coefficients(one, inputs))
         if l < len(blocks) and _opens_settled(blocks[l]):
             walk = seen  # (the next block would draw these same features first)
         s = seen.frames[0]
         lead = _lead([s])
-        x0 = flatten([s], [s])
-        D = x0.shape[-1]
         if seen.lost:  # (not its stats: a stream of zeros has no log q)
             nan = np.full(lead + (3 * s.K.shape[-1] + s.K.shape[-1] ** 2,), np.nan)
             rows.append((nan, nan))
             continue
+        x0 = flatten([s], [s])
+        D = x0.shape[-1]
         b = np.broadcast_to(seen.b[..., :D], lead + (D,))
         C = np.broadcast_to(seen.C[..., :D, :D], lead + (D, D))
         _, a, V = delta_step(lambda x, s=s: _stats(x, s), x0, b, C, [s])
         rows.append((a, np.diagonal(V, axis1=-2, axis2=-1)))
-    if walk.lost and walk.lost.pointwise and grid:
-        return each_point(net, lambda one: coefficients(one, inputs))
     B = inputs.n
     shape = tuple(len(v.values) for v in grid.values())
 
@@ -1506,7 +1525,7 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
            "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
            "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
            "var_log_q": part(1, 0, B, (B,))}
-    return out, walk.lost
+    return out, seen.lost  # (the top's: a loss in the last block's chain is seen settling it)
 
 
 def _opens_settled(op: Op) -> bool:
@@ -1515,6 +1534,17 @@ def _opens_settled(op: Op) -> bool:
     while isinstance(op, (Serial, Repeat)):
         op = op.layers[0] if isinstance(op, Serial) else op.block
     return not isinstance(op, (Act, Scale, FeatureAffine))
+
+
+def _merged(reasons) -> Lost | None:
+    """One reason for several walks (B > 2: a walk per pair): their distinct messages, at the
+    union of their points (None where one holds at points not known)."""
+    reasons = [r for r in reasons if r]
+    if not reasons:
+        return None
+    points = (None if any(r.points is None for r in reasons)
+              else frozenset().union(*(r.points for r in reasons)))
+    return Lost("; ".join(dict.fromkeys(reasons)), any(r.pointwise for r in reasons), points)
 
 
 def _by_pairs(net: Op, inputs, ctx):
@@ -1528,7 +1558,7 @@ def _by_pairs(net: Op, inputs, ctx):
         two = type(inputs)(q=[inputs.q[a], inputs.q[b]], mean=[inputs.mean[a], inputs.mean[b]],
                            corr=inputs.corr[a][b], law=inputs.law)
         got, why = coefficients(net, two, ctx)
-        lost = lost or why
+        lost = _merged([lost, why])
         if out is None:
             out = {k: np.zeros(v.shape[:-2] + (B, B) if k == "corr" else v.shape[:-1] + (B,))
                    for k, v in got.items()}
@@ -1586,8 +1616,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     if why and (not lost or lost.points != why.points):  # (where the forward walk stops,
         # this one does too: warned above, unless the two stop at different grid points)
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
-        at = " (at one grid point or more)" if why.points is not None else ""
-        warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}{at}",
+        warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}",
                       FiniteWidthWarning, stacklevel=3)
     grad, valid, var = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(3))
     at = [list(layers).index(l) for l in rows if l in layers]
@@ -1793,7 +1822,7 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
     if not 2 <= B <= 4 or not any(isinstance(op, BatchNorm) for op in net.walk()):
         return None
     grid = sweeps_of(net)
-    if grid:  # (whether a block has a rule does not depend on the point: the first one says)
+    if grid:
         got = []
         for point in grid_points(grid):
             got.append(typical_log_grad_q(at_point(net, point), inputs, width))

@@ -50,6 +50,9 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
 
     ``width``: a stream width N; adds the first-order finite-width corrections and the spread
     across seeds at N (:mod:`sigprop.engines.finite_width`, schema ``FINITE_WIDTH_VARIABLES``).
+    From an op with no finite-width rule on they are NaN, with a ``FiniteWidthWarning`` naming
+    it; a reason that holds at some grid points only (a stream of zeros, an activation's bend
+    far below its input's scale, float64's range) leaves the other points their values.
 
     ``layers``: the layer indices to record (default all). Each block's forward law runs once
     when every layer's intermediate states fit in ``TAPE_BUDGET`` (measured on layer 1); beyond
