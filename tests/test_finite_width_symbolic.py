@@ -67,8 +67,9 @@ def test_a_deep_relu_nets_corr_correction_is_the_exact_recursions():
     units; ~4 directions), summed over the layers: 4 x 1.4 x 2.2e-16 x 2.5 l^2 / STEP^2 ~ 3e-9
     l^2; plus the direction along the gap (|w| ~ 0.01), whose step the bound shrinks up to
     1/STEP: 1.4 eps (|w| / STEP^2)^2 ~ 3e-8 per layer, 3e-8 l (below the first term from l ~
-    10 on); Richardson's truncation, O(STEP^4), is far below. A step that crossed the kink gave -0.162 for 0.0017 at depth 150; one central
-    difference (O(STEP^2 C) truncation per layer), 6 % off at depth 100."""
+    10 on); Richardson's truncation, O(STEP^4), is far below. A step that crossed the kink
+    gave -0.162 for 0.0017 at depth 150; one central difference (O(STEP^2 C) truncation per
+    layer), 6 % off at depth 100."""
     import sigprop as sp
 
     L = 150

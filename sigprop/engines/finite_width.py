@@ -509,8 +509,8 @@ class _Walk:
         if np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):
             self.lose(f"{ctx.path}: " + ("the tangent J t (or the stream) is exactly 0 after "
                       "this Dense (zero weights): no relative correction to its gradient"
-                      if self.tangent else "the stream is exactly 0 here (zero weights): its log q has "
-                      "no finite-width expansion"), pointwise=True)
+                      if self.tangent else "the stream is exactly 0 here (zero weights): its "
+                      "log q has no finite-width expansion"), pointwise=True)
             return
         chain_law = _tangent_chain if self.tangent else _unit_chain
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
