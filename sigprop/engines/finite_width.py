@@ -1286,9 +1286,7 @@ def each_point(net: Op, compute):
     grid = sweeps_of(net)
     points = grid_points(grid)
     got = [compute(at_point(net, p)) for p in points]
-    shape = tuple(len(s.values) for s in grid.values())
-    out = {k: np.stack([g[0][k] for g in got], 1) for k in got[0][0]}
-    out = {k: v.reshape(v.shape[:1] + shape + v.shape[2:]) for k, v in out.items()}
+    out = {k: _over_grid([g[0][k] for g in got], grid) for k in got[0][0]}
     where: dict[str, list[int]] = {}  # reason -> the indices of the points it holds at
     for i, (_, why) in enumerate(got):
         if why:
@@ -1306,6 +1304,13 @@ def each_point(net: Op, compute):
     more = f"; {len(listed) - 3} more reasons at other points" if len(listed) > 3 else ""
     return out, Lost("; ".join(listed[:3]) + more,
                      points=frozenset(i for idx in where.values() for i in idx))
+
+
+def _over_grid(parts, grid):
+    """Arrays (layer, ...) of each grid point, in :func:`~sigprop.ops.grid_points` order,
+    stacked as (layer, *grid, ...)."""
+    a = np.stack(parts, 1)
+    return a.reshape(a.shape[:1] + tuple(len(s.values) for s in grid.values()) + a.shape[2:])
 
 
 def _close(shared: _Walk, members, own, why):
@@ -1828,8 +1833,7 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
             got.append(typical_log_grad_q(at_point(net, point), inputs, width))
             if got[-1] is None:
                 return None
-        shape = tuple(len(s.values) for s in grid.values())
-        return np.stack(got, 1).reshape((len(got[0]), *shape, B))
+        return _over_grid(got, grid)
     ctx = Context(NUMERIC, ())
     blocks = layers_of(net)
     states = [inputs.moments()]
