@@ -1117,3 +1117,7 @@ def test_every_pairs_reason_is_reported():
     said = [str(w.message) for w in rec if "finite-width corrections are NaN" in str(w.message)]
     assert len(said) == 1 and "sigma_w = 1000)" in said[0] and "sigma_w = 100000)" in said[0]
     assert np.isfinite(ds.log_q_correction.sel(sigma_w=1.0).values).all()
+    # corr's diagonal (1 at every width: correction 0) is NaN where its input's walk was lost
+    lost = np.isnan(ds.log_q_correction.transpose(..., "input").values)
+    diag = np.diagonal(ds.corr_correction.transpose(..., "input", "input_b").values, 0, -2, -1)
+    assert lost.any() and (np.isnan(diag) == lost).all() and (diag[~lost] == 0).all()

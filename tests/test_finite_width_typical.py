@@ -167,6 +167,33 @@ def test_typical_over_a_sweep_is_each_points_own():
     # the gain depends on alpha sigma_w1 only)
 
 
+def test_zero_weights_before_a_batchnorm():
+    """Dense(sigma_w = 0) -> BatchNorm -> relu: the stream is exactly 0 (log q = -inf) and so is
+    the gradient below the Dense (typical log grad_q = -inf, as log grad_q), with the zero
+    stream named in the warning; the other grid point is its own net's, and its BatchNorm
+    warning is given (the zero point's s^2 = eps throughout is not the worst). It raised 'BatchNorm
+    meets features that are not jointly Gaussian' (the warning's walk left the Dense out at
+    a zero stream), then numpy's 'zero-size array' from the t-integral at a zero Gram."""
+    def net(w):
+        return sp.Repeat(sp.Serial(sp.Dense(w), sp.BatchNorm(), sp.Act("relu")), 9)
+
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        warnings.simplefilter("error", RuntimeWarning)
+        ds = sp.theory(net(sp.sweep("w", [0.0, 1.0])), inputs, width=64)
+        one = sp.theory(net(1.0), inputs, width=64)
+        sp.theory(net(sp.sweep("w", [0.0, 1.0])), inputs)  # (the BatchNorm warning alone)
+    assert any("exactly 0 here (zero weights)" in str(w.message) for w in said)
+    assert any("BatchNorm at batch B = 2" in str(w.message) for w in said)  # (at w = 1)
+    zero = ds.sel(w=0.0)
+    assert (zero.log_q.sel(layer=slice(1, None)) == -np.inf).all()
+    for name in ("typical_log_grad_q", "log_grad_q"):
+        assert (zero[name].sel(layer=slice(0, 2)) == -np.inf).all()
+        np.testing.assert_allclose(ds[name].sel(w=1.0).values, one[name].values,
+                                   rtol=1e-14)  # (a sweep's broadcast laws: round-off)
+
+
 def _typical_and_monte_carlo(net, inputs, N, seeds, root_seed):
     """(theory at width N, log grad_q_0 of input 0 per seed, its standard error)."""
     with warnings.catch_warnings():

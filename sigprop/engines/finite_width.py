@@ -506,12 +506,11 @@ class _Walk:
             gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
         if self._beyond_float64(gauss, ctx):
             return
-        if np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):
+        if np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):  # (its frames: below)
             self.lose(f"{ctx.path}: " + ("the tangent J t (or the stream) is exactly 0 after "
                       "this Dense (zero weights): no relative correction to its gradient"
                       if self.tangent else "the stream is exactly 0 here (zero weights): its "
                       "log q has no finite-width expansion"), pointwise=True)
-            return
         chain_law = _tangent_chain if self.tangent else _unit_chain
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -1556,7 +1555,8 @@ def _by_pairs(net: Op, inputs, ctx):
     """:func:`coefficients` of B > 2 inputs from the walk of each pair (a, b): every op with a
     rule here acts on each input alone (BatchNorm, which couples them, has none: the walks stop
     there), so the realised Grams of a pair, and their first-order laws, are those of the pair
-    alone. An input's own statistics come from its first pair."""
+    alone. An input's own statistics (and corr's diagonal: 0, or NaN where lost) come from its
+    first pair."""
     B, pairs = inputs.n, [(a, b) for a in range(inputs.n) for b in range(a + 1, inputs.n)]
     out, lost, seen = None, None, set()
     for a, b in pairs:
@@ -1573,6 +1573,7 @@ def _by_pairs(net: Op, inputs, ctx):
                 seen.add(i)
                 for k in ("log_q", "q", "mean", "var_log_q"):
                     out[k][..., i] = got[k][..., j]
+                out["corr"][..., i, i] = got["corr"][..., j, j]
     return out, lost
 
 
@@ -1797,6 +1798,8 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
     B = g.K.shape[-1]
     if act.degree != 1 or B == 4 and act.name != "linear":
         return None
+    if kids[0].sigma_w == 0:  # W = 0: the gradient below is exactly 0 (and the stream too)
+        return np.full(B, -np.inf)
     # delta_in = W^T J^T (phi'(y) o delta_out): the BatchNorm's gain on the mean square, then
     # W^T (n x n) multiplies it by sigma_w^2 chi^2_N / N given it
     G = gram(g)
@@ -1913,9 +1916,11 @@ def warn_unreachable(bns, B, layers):
         S = np.broadcast_to(s.K, grid + (B, B)) * outer(e, e)
         eps = np.broadcast_to(eps, grid)
         lam = np.trace(P @ S @ P, axis1=-2, axis2=-1) / (B - 1)
-        idx = np.unravel_index(np.argmin(eps / lam), eps.shape)
-        if worst is None or eps[idx] / lam[idx] < worst[0]:
-            worst = (eps[idx] / lam[idx], S[idx], float(eps[idx]))
+        with np.errstate(divide="ignore", invalid="ignore"):  # a stream of zeros: s^2 = eps
+            ratio = np.where(lam > 0, eps / lam, np.inf)
+        idx = np.unravel_index(np.argmin(ratio), eps.shape)
+        if worst is None or ratio[idx] < worst[0]:
+            worst = (ratio[idx], S[idx], float(eps[idx]))
     # the reach depends on eps / lam only and grows as it shrinks: one evaluation, at the worst
     _, S, eps = worst
     width, deficit = batchnorm_reach(S, eps, B, layers)
