@@ -892,6 +892,24 @@ def _same_as_at_the_point(ds, net, **point):
         np.testing.assert_array_equal(ds[k].sel(point).values, one[k].values, err_msg=k)
 
 
+def test_a_swept_width_ratio_is_each_points_own():
+    """A Dense's ratio moves no law, only the widths the noise is divided by: swept, it is each
+    point's own net, with uniform weights (whose term has the fan-in) and in a residual stream
+    after it (it raised numpy's 'could not broadcast', the walk's state having no grid)."""
+    def net(r):
+        return sp.Serial(sp.Dense(1.3, 0.2, ratio=r, init="uniform"), sp.Act("tanh"),
+                         sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.0), sp.Act("relu"))), 2))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fw.FiniteWidthWarning)
+        ds = sp.theory(net(sp.sweep("r", [0.5, 2.0])), PAIR, width=64)
+    for r in (0.5, 2.0):
+        _same_as_at_the_point(ds, net(r), r=r)
+    assert np.isfinite(ds.log_q_correction).all() and np.isfinite(ds.grad_q_rel_correction[0]).all()
+    v = ds.var_log_q.isel(layer=2, input=0)  # one draw of N r features: Var ~ 1 / r
+    assert v.sel(r=0.5) > 3 * v.sel(r=2.0)
+
+
 @pytest.mark.parametrize("net, inputs", [
     (sp.Repeat(sp.Serial(sp.Dense(2.0, init="uniform"), sp.Act("tanh")), 4), PAIR),
     (presets.preln(4, act="tanh", eps=0.3), sp.Inputs(q=[1.0, 3.0], mean=0.4, corr=0.5)),

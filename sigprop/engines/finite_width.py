@@ -668,7 +668,10 @@ class _Walk:
         elif isinstance(op, Dense):
             self.settle()
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
-            self.widths[-1] = self.widths[-1] * np.asarray(ctx.p(op.ratio))
+            ratio = np.asarray(ctx.p(op.ratio))
+            self.widths[-1] = self.widths[-1] * ratio
+            if ratio.ndim:  # a swept ratio moves no law: the frames take its grid (units only)
+                self.frames = [f.replace(ls=f.ls + 0 * ratio[..., None]) for f in self.frames]
         elif (isinstance(op, (Act, Scale)) or isinstance(op, FeatureAffine) and not second) \
                 and self.chain is not None:
             self.chain.append(op)
