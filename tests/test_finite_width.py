@@ -1123,6 +1123,20 @@ def test_past_float64_in_true_units_is_nan_with_a_warning():
             ds = sp.theory(swept, PAIR, width=64)
     assert np.isnan(ds.log_q_correction.sel(s=1e30).values[6:]).all()
     _same_as_at_the_point(ds, sp.Repeat(sp.Serial(sp.Dense(1.0), sp.Act("relu")), 8), s=1.0)
+    # and below: at sigma_w = 1e-40 (log q -184 per block) the relu net's corrections are
+    # sigma_w = 1's (homogeneous) until q nears float64's smallest normal number (TRUE_LS_MIN);
+    # at q ~ 1e-320 (subnormal) they came out 3x off, unsaid
+    tiny = sp.Repeat(sp.Serial(sp.Dense(sp.sweep("s", [1.0, 1e-40])), sp.Act("relu")), 8)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.warns(fw.FiniteWidthWarning, match=r"layer 4 Serial > Dense: the stream "
+                          r"reaches log q = -738.9, .*smallest normal.*grid points: s = 1e-40\)"):
+            ds = sp.theory(tiny, PAIR, width=64)
+    one, small = (ds.sel(s=v).transpose("layer", ...) for v in (1.0, 1e-40))
+    for k in ("log_q_correction", "corr_correction", "var_log_q"):
+        np.testing.assert_allclose(small[k].values[:4], one[k].values[:4], rtol=1e-6,
+                                   atol=1e-9, err_msg=k)  # (the central differences' steps)
+        assert np.isnan(small[k].values[4:]).all()
 
 
 def test_every_pairs_reason_is_reported():

@@ -117,6 +117,9 @@ ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kin
 # geometric so that a saturating activation's bend at |u| ~ 1 is resolved over a wide range of
 # scales (erf: 1e-13 up to q = 30, 1e-11 at q = 300, 1e-7 at q = 1e4; 4 equal panels left
 # 1e-6 at q = 30)
+# the smallest true log scale the feature law takes, TRUE_LS_MAX's mirror: q >= e^-700 ~
+# 1e-304 is a normal number (at q ~ 1e-321, subnormal, corrections came out 3x off, unsaid)
+TRUE_LS_MIN = -350.0
 RADIAL_EDGES, RADIAL_NODES = (0.0, 1 / 64, 1 / 16, 1 / 4, 1 / 2, 1.0), 16
 # where a non-homogeneous activation bends over widths far below the scale of its inputs, both
 # rules add geometric panels (ratio 4) toward where the bend collapses: the radius 0 and (pair
@@ -610,20 +613,24 @@ class _Walk:
 
     def _beyond_float64(self, s: Moments, ctx: Context) -> bool:
         """Lose the walk (True) where ``s`` is past float64 in true units, which the feature
-        law and the tangent's laws need (a walk already lost goes on: its frames serve); the
-        true log scale is ls + log K_aa / 2 (a law may leave its scale in K: a Dense's), NaN
-        where a law overflowed."""
+        law and the tangent's laws need, or below ``TRUE_LS_MIN`` (a walk already lost goes
+        on: its frames serve); the true log scale is ls + log K_aa / 2 (a law may leave its
+        scale in K: a Dense's), NaN where a law overflowed."""
         if self.lost:
             return False
         with np.errstate(divide="ignore", invalid="ignore"):
             true = s.ls + np.log(np.diagonal(s.K, axis1=-2, axis2=-1)) / 2
-        if np.all(true <= TRUE_LS_MAX):  # (NaN: a law that overflowed on the way there)
+        under = (true < TRUE_LS_MIN) & (true > -np.inf)  # (-inf: a stream of zeros, said apart)
+        if np.all((true <= TRUE_LS_MAX) & ~under):  # (NaN: a law that overflowed on the way)
             return False
         over = true[~(true <= TRUE_LS_MAX)]
         over = over[~np.isnan(over)]
-        reach = f"log q = {2 * float(over.max()):.4g}" if over.size else "past float64"
-        self.lose(f"{ctx.path}: the stream reaches {reach}, "
-                  "beyond float64 in the true units its finite-width law needs", pointwise=True)
+        reach = (f"log q = {2 * float(over.max()):.4g}" if over.size
+                 else f"log q = {2 * float(true[under].min()):.4g}" if under.any()
+                 else "past float64")
+        self.lose(f"{ctx.path}: the stream reaches {reach}, beyond float64 (or too near its "
+                  "smallest normal number) in the true units its finite-width law needs",
+                  pointwise=True)
         return True
 
     def law(self, op: Op, s: Moments, ctx: Context) -> Moments:
