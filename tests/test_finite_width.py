@@ -1099,6 +1099,50 @@ def test_tangent_with_swept_norm_parameters_and_zero_weights():
     assert np.isnan(ds.grad_q_rel_correction.values[0]).all()
 
 
+def test_a_branch_of_zero_weights_is_the_identity():
+    """x + F(x) with F's last Dense at sigma_w = 0 (Fixup, zero_init_residual) is x: every
+    correction of the block is 0 (the features are constant, one node: no noise), as with the
+    branch ending in Scale(0), swept or not, and its gradient's spread is delta's own, 2/N. It
+    was NaN throughout, said to be 'the stream is exactly 0'. A branch whose input is 0 and a
+    LayerNorm of gain 0 on the stream (57 numpy RuntimeWarnings, a NaN unsaid) or of features
+    with no spread are named; no RuntimeWarning reaches the user."""
+    def net(last, *tail):
+        return sp.Repeat(sp.Residual(sp.Serial(sp.Dense(2**0.5), sp.Act("tanh"), last, *tail)), 3)
+
+    names = ("log_q_correction", "corr_correction", "mean_correction", "var_log_q",
+             "grad_q_rel_correction", "var_log_grad_q")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no FiniteWidthWarning, no RuntimeWarning
+        ds = sp.theory(net(sp.Dense(0.0)), PAIR, width=64)
+        scaled = sp.theory(net(sp.Dense(1.0), sp.Scale(0.0)), PAIR, width=64)
+        shifted = sp.theory(net(sp.Dense(0.0), sp.FeatureAffine(gain=0.7, shift=0.5)), PAIR,
+                            width=64)
+    for k in names:
+        np.testing.assert_array_equal(ds[k].values, scaled[k].values, err_msg=k)
+        want = 2 / 64 if k == "var_log_grad_q" else 0.0  # (|delta_L|^2 / N: chi^2_N / N)
+        np.testing.assert_allclose(ds[k].values, want, rtol=1e-9, atol=1e-12,
+                                   err_msg=k)  # (second differences' round-off, ~1e-10)
+        assert np.isfinite(shifted[k].values).all(), k  # (a constant shift: x + 0.5)
+    assert (shifted["mean"].values[-1] > 1).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", fw.FiniteWidthWarning)
+        swept = sp.theory(net(sp.Dense(sp.sweep("s", [0.0, 1.0]))), PAIR, width=64)
+    _same_as_at_the_point(swept, net(sp.Dense(0.0)), s=0.0)
+    _same_as_at_the_point(swept, net(sp.Dense(1.0)), s=1.0)
+    cases = [(sp.Repeat(sp.Residual(sp.Serial(sp.LayerNorm(gain=0.0), sp.Dense(1.0),
+                                              sp.Act("relu"), sp.Dense(1.0))), 2), PAIR,
+              r"Dense: the branch is exactly 0 here \(its input is 0\)"),
+             (sp.Serial(sp.Dense(1.0), sp.Act("relu"), sp.LayerNorm(gain=0.0)), PAIR,
+              r"layer 3 LayerNorm: the stream is exactly 0 after this LayerNorm"),
+             (presets.preln(1, "relu"), sp.Inputs(q=1.0, mean=1.0, n=1),
+              r"LayerNorm: the LayerNorm's input features have no spread")]
+    for net_, inputs, said in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with pytest.warns(fw.FiniteWidthWarning, match=said):
+                sp.theory(net_, inputs, width=64)
+
+
 def test_past_float64_in_true_units_is_nan_with_a_warning():
     """The feature law and the tangent's laws take true units: where the stream passes float64
     (sigma_w = 1e30 per layer, log q ~ 825 at layer 6) the corrections are NaN with a warning

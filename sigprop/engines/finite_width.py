@@ -302,6 +302,14 @@ def _radial(levels):
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
+def _rule(K, bend=None):
+    """:func:`gaussian_rule`; where K = 0 throughout (a residual branch of zero weights: u = 0
+    at every feature), its one node u = 0, so the features are constant and add no noise."""
+    if np.all(K == 0):
+        return np.zeros(K.shape[:-2] + (1,) + K.shape[-1:]), np.ones(K.shape[:-2] + (1,))
+    return gaussian_rule(K, bend)
+
+
 def gaussian_rule(K, bend=None):
     """Nodes u (..., P, B) and weights (..., P) with sum_p w_p f(u_p) = E f(u), u ~ N(0, K).
 
@@ -509,11 +517,16 @@ class _Walk:
             gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
         if self._beyond_float64(gauss, ctx):
             return
-        if np.any(np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0):  # (its frames: below)
-            self.lose(f"{ctx.path}: " + ("the tangent J t (or the stream) is exactly 0 after "
-                      "this Dense (zero weights): no relative correction to its gradient"
-                      if self.tangent else "the stream is exactly 0 here (zero weights): its "
-                      "log q has no finite-width expansion"), pointwise=True)
+        zero = np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0
+        weights = dense and np.any(np.asarray(ctx.p(chain[0].sigma_w)) == 0)
+        constant = len(self.frames) > 1 and weights and bool(np.all(zero))  # x + 0 F(x)
+        if np.any(zero) and not constant:  # (its frames: below)
+            cause = "zero weights" if weights else "its input is 0"
+            self.lose(f"{ctx.path}: " + (f"the tangent J t (or the stream) is exactly 0 after "
+                      f"this Dense ({cause}): no relative correction to its gradient"
+                      if self.tangent else f"the {'stream' if len(self.frames) == 1 else 'branch'}"
+                      f" is exactly 0 here ({cause}): its log q has no finite-width expansion"),
+                      pointwise=True)
         chain_law = _tangent_chain if self.tangent else _unit_chain
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
@@ -523,7 +536,7 @@ class _Walk:
         bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
         bend = bend if bend is None or not self.tangent else (bend, np.inf)
         Ku = gauss.K * outer(np.exp(gauss.ls), np.exp(gauss.ls))
-        ratio = None if bend is None else _bend_ratio(Ku, bend)
+        ratio = None if bend is None or constant else _bend_ratio(Ku, bend)
         if not self.lost and ratio is not None and _saturates(elementwise) and \
                 not ratio <= BEND_MAX:
             self.lose(f"{ctx.path}: an activation here bends over a width "
@@ -543,7 +556,7 @@ class _Walk:
         if self.lost:
             return
         top = self.frames[-1]
-        u, w = gaussian_rule(Ku, bend)
+        u, w = _rule(Ku, bend)
         y, v = _features(elementwise, u, ctx, self.tangent)
         if self.track:  # of the features as they are: over the vectors' nodes too
             drawn = _cumulants(y, _mixed(w, v))
@@ -655,7 +668,8 @@ class _Walk:
         """Push the walk through ``op``, whose context (and path, for messages) is ``ctx``."""
         if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
-        if len(self.frames) == 1 and isinstance(op, (Scale, FeatureAffine)) and _zeroes(op, ctx):
+        if len(self.frames) == 1 and isinstance(op, (Scale, FeatureAffine, LayerNorm)) \
+                and _zeroes(op, ctx):
             self.settle()
             self.lose(f"{ctx.path}: the stream is exactly 0 after this {type(op).__name__} (a "
                       "zero factor): its log q has no finite-width expansion",
@@ -684,6 +698,10 @@ class _Walk:
             self.chain.append(op)
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
             self.settle()
+            if isinstance(op, LayerNorm) and not self.lost and _no_spread(self.frames[-1]):
+                self.lose(f"{ctx.path}: the LayerNorm's input features have no spread (q = "
+                          "mean^2: every feature equal): its output is exactly 0, with no "
+                          "finite-width expansion", pointwise=True)
             if self.tangent and self._beyond_float64(self.frames[-1], ctx):
                 return
             if self.track and not self.lost:
@@ -1007,12 +1025,19 @@ def _constant_vectors(op: FeatureAffine, ctx: Context) -> bool:
 
 
 def _zeroes(op: Op, ctx: Context) -> bool:
-    """A Scale of c = 0, or a FeatureAffine of E[gamma^2] = E[beta^2] = 0, at some grid point
-    (on the stream: in a residual branch it zeroes the branch, x + 0 F(x), which walks)."""
-    if isinstance(op, Scale):
-        return bool(np.any(np.asarray(ctx.p(op.c)) == 0))
+    """A Scale of c = 0, a LayerNorm of gain 0, or a FeatureAffine of E[gamma^2] = E[beta^2] =
+    0, at some grid point (on the stream: in a residual branch it zeroes the branch, x + 0 F(x),
+    which walks)."""
+    if isinstance(op, (Scale, LayerNorm)):
+        return bool(np.any(np.asarray(ctx.p(op.c if isinstance(op, Scale) else op.gain)) == 0))
     _, _, g2, b2, _ = (np.asarray(v, dtype=float) for v in op._point(ctx))
     return bool(np.any((g2 == 0) & (b2 == 0)))
+
+
+def _no_spread(f: Moments) -> bool:
+    """Whether some input's features are all equal (K_aa = m_a^2) at some grid point."""
+    d = np.diagonal(f.K, axis1=-2, axis2=-1)
+    return bool(np.any(d - f.m**2 <= 0))
 
 
 def _gaussian(k, f: Moments) -> bool:
@@ -1165,11 +1190,12 @@ def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
     dense = bool(chain) and isinstance(chain[0], Dense)
     K = _true(_tangent_dense(chain[0], s, ctx) if dense else s)[0]
     elementwise = chain[1:] if dense else chain
-    u, w = gaussian_rule(K[..., :1, :1], _bend(elementwise, ctx))
+    u, w = _rule(K[..., :1, :1], _bend(elementwise, ctx))
     y, vq = _features(elementwise, np.concatenate([u, np.ones_like(u)], -1), ctx, tangent=True)
     f, df = np.moveaxis(y, -1, 0)
     h, w = np.repeat(u[..., 0], len(vq), axis=-1), _mixed(w, vq)  # over the vectors' nodes too
-    beta = K[..., 0, 1] / K[..., 0, 0]
+    with np.errstate(divide="ignore", invalid="ignore"):  # (h = 0: a zero branch, tau = 0 too)
+        beta = np.where(K[..., 0, 0] > 0, K[..., 0, 1] / K[..., 0, 0], 0.0)
     v = K[..., 1, 1] - beta * K[..., 0, 1]
 
     def E(x):
