@@ -219,8 +219,9 @@ def test_more_inputs_by_their_pairs():
 
 
 def test_bad_width_and_unsupported_ops():
-    with pytest.raises(ConfigError, match="width"):
-        sp.theory(presets.plain(2), PAIR, width=0)
+    for bad in (0, 10**400):  # (the second: Python's OverflowError converting it)
+        with pytest.raises(ConfigError, match="width"):
+            sp.theory(presets.plain(2), PAIR, width=bad)
     with pytest.warns(fw.FiniteWidthWarning, match="BatchNorm"):
         ds = sp.theory(bn_net(2), sp.Inputs(q=1.0, corr=0.5, n=2), width=64)
     assert np.isnan(ds.var_log_q.values[-1]).all() and np.isfinite(ds.log_q.values).all()
@@ -257,9 +258,10 @@ def test_first_order_breakdown_warns():
 def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
     """A resnet's stream corr climbs from -0.55 through 0 (at layer 2, where the input corr is
     bisected to give |corr| < 1e-6): its correction there is ~0.4/N, no small fraction of
-    corr_inf = 0 at any width (valid_width_corr says so), yet the expansion holds: the warning
-    measures it against max(|corr_inf|, 0.1) (it warned at N = 256, 'A = 1.4e16'); at N = 2 the
-    correction is 0.2, twice that floor, and warns."""
+    corr_inf = 0 at any width, yet the expansion holds: the warning and valid_width_corr
+    measure it against max(|corr_inf|, 0.1) (it warned at N = 256, 'A = 1.4e16'; the variable
+    was 1e6 there, and inf or round-off over round-off where corr_inf = 0 by symmetry); at N = 2
+    the correction is 0.2, twice that floor, and warns."""
     net = presets.resnet(8, "relu")
 
     def corr2(c0):
@@ -270,9 +272,42 @@ def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
     with warnings.catch_warnings():
         warnings.simplefilter("error", fw.FiniteWidthWarning)
         ds = sp.theory(net, inputs, width=256)
-    assert abs(ds.corr[2, 0, 1]) < 1e-6 and ds.valid_width_corr[2, 0, 1] > 1e4
+    assert abs(ds.corr[2, 0, 1]) < 1e-6
+    a = float(ds.corr_correction[2, 0, 1]) * 256
+    assert 0.1 < abs(a) < 1  # (the ~0.4 above)
+    np.testing.assert_allclose(ds.valid_width_corr[2, 0, 1], abs(a) / 0.1 / 0.1, rtol=1e-12)
     with pytest.warns(fw.FiniteWidthWarning, match=r"correction to corr .*or 0\.1 where"):
         sp.theory(net, inputs, width=2)
+    # an odd activation at corr 0: corr_inf and its correction are 0 (round-off) at every layer
+    odd = sp.theory(sp.Repeat(sp.Serial(sp.Dense(1.0), sp.Act("erf")), 2),
+                    sp.Inputs(q=1.0, corr=0.0, n=2), width=256)
+    assert (np.abs(odd.valid_width_corr.values) < 1e-9).all()  # (was inf)
+
+
+def test_a_spread_of_order_one_warns():
+    """Var log q = v / N reaching 1 (a plain relu net's v = 5 L + ..., 21 at L = 3; a bottleneck
+    of 0.256 features, v ~ 5000 at N = 256) warns, for log q and log grad_q: the expansion
+    takes the fluctuation to be small (no warning came, E q being exact for relu); v < N
+    does not (plain relu L = 8 at N = 64, v = 56; at N = 32 it does)."""
+    one = sp.Inputs(q=1.0, n=1)
+    for net, width, v in [(presets.plain(3, "relu"), 1, 21.0),
+                          (sp.Serial(sp.Dense(2**0.5, ratio=1e-3), sp.Act("relu"),
+                                     sp.Dense(1.0, ratio=1e3)), 256, None)]:
+        with pytest.warns(fw.FiniteWidthWarning) as rec:
+            ds = sp.theory(net, one, width=width)
+        said = [str(w.message) for w in rec if "across nets reaches" in str(w.message)]
+        assert [s.split(" across")[0] for s in said] == [f"width {width}: Var log q",
+                                                         f"width {width}: Var log grad_q"]
+        worst = float(ds.var_log_q.max()) * width
+        assert f"(v = {worst:.4g}," in said[0] and worst >= width
+        if v is not None:
+            assert worst == pytest.approx(v, rel=1e-6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fw.FiniteWidthWarning)
+        ds = sp.theory(presets.plain(8, "relu"), PAIR, width=64)
+    assert 0.5 < float(ds.var_log_q.max()) < 1
+    with pytest.warns(fw.FiniteWidthWarning, match=r"width 32: Var log q across nets reaches 1.75"):
+        sp.theory(presets.plain(8, "relu"), PAIR, width=32)  # (v = 56 >= N)
 
 
 # -- Monte Carlo -----------------------------------------------------------------------------

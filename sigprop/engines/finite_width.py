@@ -117,6 +117,7 @@ ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kin
 # geometric so that a saturating activation's bend at |u| ~ 1 is resolved over a wide range of
 # scales (erf: 1e-13 up to q = 30, 1e-11 at q = 300, 1e-7 at q = 1e4; 4 equal panels left
 # 1e-6 at q = 30)
+MAX_WIDTH = 2**53  # the largest width N: integers up to it are float64's (1/N is what enters)
 # the smallest true log scale the feature law takes, TRUE_LS_MAX's mirror: q >= e^-700 ~
 # 1e-304 is a normal number (at q ~ 1e-321, subnormal, corrections came out 3x off, unsaid)
 TRUE_LS_MIN = -350.0
@@ -1616,8 +1617,10 @@ def _by_pairs(net: Op, inputs, ctx):
 def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     """``ds`` (an infinite-width theory dataset) with the first-order finite-width variables at
     ``width`` (schema ``FINITE_WIDTH_VARIABLES``), and the validity warnings."""
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or width < 1:
-        raise ConfigError("width", width, "an integer >= 1 (the stream width N)")
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not \
+            1 <= width <= MAX_WIDTH:
+        raise ConfigError("width", width, f"an integer from 1 to {MAX_WIDTH:.3g} (the stream "
+                          "width N)")
     coef, lost = coefficients(net, inputs)
     if lost:
         warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
@@ -1635,14 +1638,12 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
         }
     computed = {k: v[layers] for k, v in computed.items()}
     corr_inf = ds["corr"].transpose("layer", ...).values
-    with np.errstate(divide="ignore", invalid="ignore"):
-        a_corr = coef["corr"][layers]
-        computed["valid_width_corr"] = np.where(
-            a_corr == 0, 0.0, np.abs(a_corr) / (VALID_FRACTION * np.abs(corr_inf)))
-    # the warnings' A: corr's against max(|corr_inf|, VALID_FRACTION), since where corr crosses
-    # 0 no width makes its correction small against it, yet the expansion holds
+    # corr's A against max(|corr_inf|, VALID_FRACTION): where corr crosses 0 no width makes its
+    # correction small against it, yet the expansion holds (and at corr_inf = 0 by symmetry
+    # both are round-off: their ratio was inf, or 1e5 for a correction that is 0)
     needs = {"q": np.abs(coef["q"][layers]),
-             "corr": np.abs(a_corr) / np.maximum(np.abs(corr_inf), VALID_FRACTION)}
+             "corr": np.abs(coef["corr"][layers]) / np.maximum(np.abs(corr_inf), VALID_FRACTION)}
+    computed["valid_width_corr"] = needs["corr"] / VALID_FRACTION
 
     def mean_mode():
         if _mean_mode_blocks(net) is None:
@@ -1676,6 +1677,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
     _warn_invalid(needs, width)
+    _warn_spread({"log q": coef["var_log_q"][layers], "log grad_q": v[got]}, width)
     return out
 
 
@@ -1713,6 +1715,21 @@ def _warn_invalid(needs, width):
                 f"{worst:.4g}); the 1/N expansion holds only for N >> A (10 % at N = "
                 f"{10 * worst:.4g}). Run sp.simulate at this width instead.",
                 FiniteWidthWarning, stacklevel=4)
+
+
+def _warn_spread(coefs, width):
+    """Warn where a statistic's spread across nets, Var = v / N, reaches 1 (N <= v): the
+    expansion takes the realised state's fluctuation to be small (a plain relu net's Var log q
+    = 5 L / N: depth L ~ N / 5, Hanin & Nica's log-normal regime; a bottleneck of few features)."""
+    for stat, v in coefs.items():
+        worst = float(np.nanmax(v, initial=0.0))
+        if worst >= width:
+            warnings.warn(
+                f"width {width}: Var {stat} across nets reaches {worst / width:.3g} (v = "
+                f"{worst:.4g}, Var = v / N), so {stat.split()[1]} varies by a factor of about "
+                f"{math.exp(math.sqrt(worst / width)):.3g} from net to net; the 1/N expansion "
+                f"takes that spread to be small and holds only for N >> v. Run sp.simulate at "
+                "this width instead.", FiniteWidthWarning, stacklevel=4)
 
 
 # -- the backward mean mode of a mean-carrying stream ------------------------------------------
