@@ -26,6 +26,7 @@ import numpy as np
 
 from sigprop.version import __version__
 
+MAX_WIDTH = 2**53  # the largest width N a theory takes: the integers float64 holds exactly
 PER_INPUT = ("layer", "input")
 PER_PAIR = ("layer", "input", "input_b")
 

@@ -256,5 +256,7 @@ def test_theory_prints_finite_width_warnings_as_lines(tmp_path, toml, args, says
 
 
 def test_theory_width_must_be_positive(tiny, tmp_path):
-    r = invoke("theory", tiny, "-o", tmp_path / "th.nc", "--width", 0)
-    assert r.exit_code != 0 and "Traceback" not in r.output
+    for bad in (0, 2**53 + 1):  # (the second ran, logging a ConfigError per case, and exited 0)
+        r = invoke("theory", tiny, "-o", tmp_path / "th.nc", "--width", bad)
+        assert r.exit_code != 0 and "Traceback" not in r.output
+        assert not (tmp_path / "th.nc").exists()

@@ -194,6 +194,55 @@ def test_zero_weights_before_a_batchnorm():
                                    rtol=1e-14)  # (a sweep's broadcast laws: round-off)
 
 
+def test_batch_of_two_at_any_eps():
+    """B = 2: BatchNorm's Jacobian is P eps / s^3 (w lies along P), all of it the part that
+    P - w w^T / (B s^2) leaves after a cancellation; below eps / lam ~ 1e-16 that lost its
+    digits and the typical gain froze (-65.6 from eps = 1e-25 on). Dense -> BN -> relu at small
+    eps: E log grad_q_0 = 2 log eps + const + O(eps / lam), so 20 log 10 per 10 decades."""
+    inputs = sp.Inputs(q=1.0, corr=0.0, n=2, law="gaussian")
+
+    def typical(eps):
+        net = sp.Repeat(sp.Serial(sp.Dense(1.0), sp.BatchNorm(eps=eps), sp.Act("relu")), 1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FiniteWidthWarning)
+            return sp.theory(net, inputs, width=128).typical_log_grad_q.values[0, 0]
+
+    np.testing.assert_allclose(typical(1e-20) - typical(1e-30), 20 * math.log(10),
+                               atol=5e-7)  # (_compressed's bins: ~1e-9 of each value, ~1e2)
+
+
+def test_unresolved_typical_values_are_nan_with_a_reason():
+    """Where the typical gain has no number (a batch with no spread: identical inputs, or a
+    scale below float64; a gain beyond float64) it is NaN from that layer down with a warning
+    saying why (they raised numpy's ValueError from inside the t-integral), and a BatchNorm
+    net outside the stacks it covers says so (it was NaN unsaid, though the BatchNorm warning
+    points to it); the BatchNorm warning itself takes any scale (ZeroDivisionError at sigma_w
+    = 1e-160). No numpy RuntimeWarning reaches the user."""
+    def blk(sw=1.0, eps=1e-5):
+        return sp.Serial(sp.Dense(sw), sp.BatchNorm(eps=eps), sp.Act("relu"))
+
+    three = sp.Inputs(q=1.0, corr=0.5, n=3, law="gaussian")
+    cases = [(sp.Repeat(blk(), 2), sp.Inputs(q=1.0, corr=1.0, n=3, law="gaussian"),
+              r"NaN at layers 0..1: layer 2: a BatchNorm meets a batch with no spread"),
+             (sp.Repeat(blk(1e-100), 2), three, r"NaN at layers 0..1: layer 2: .*no spread"),
+             (presets.prebn(2, alpha=1e150), sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian"),
+              r"NaN at layers 0..0: layer 1: a BatchNorm's typical gain is beyond float64"),
+             (presets.prebn(4, shape="act_dense"), three, r"typical_log_grad_q is NaN: it covers"),
+             (presets.prebn(2), three, r"layer 2: a BatchNorm's typical gain is beyond float64")]
+    for (net, inputs, said), width in zip(cases, [64] * 4 + [1]):  # (the last: t to e^700)
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with pytest.warns(FiniteWidthWarning, match=said):
+                ds = sp.theory(net, inputs, width=width)
+        assert np.isnan(ds.typical_log_grad_q.values[0]).all()
+    for net in (sp.Repeat(blk(1e-160), 2), sp.Repeat(blk(eps=1e155), 2)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            sp.theory(net, three)
+    # the t-integral's own domain: nodes all of sigma2 = 0 (a mean of zeros): -inf
+    assert (bn.log_mean_of(np.zeros((5, 2)), np.full(5, 0.2), 64) == -np.inf).all()
+
+
 def _typical_and_monte_carlo(net, inputs, N, seeds, root_seed):
     """(theory at width N, log grad_q_0 of input 0 per seed, its standard error)."""
     with warnings.catch_warnings():

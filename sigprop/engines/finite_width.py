@@ -117,7 +117,6 @@ ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kin
 # geometric so that a saturating activation's bend at |u| ~ 1 is resolved over a wide range of
 # scales (erf: 1e-13 up to q = 30, 1e-11 at q = 300, 1e-7 at q = 1e4; 4 equal panels left
 # 1e-6 at q = 30)
-MAX_WIDTH = 2**53  # the largest width N: integers up to it are float64's (1/N is what enters)
 # the smallest true log scale the feature law takes, TRUE_LS_MAX's mirror: q >= e^-700 ~
 # 1e-304 is a normal number (at q ~ 1e-321, subnormal, corrections came out 3x off, unsaid)
 TRUE_LS_MIN = -350.0
@@ -1614,13 +1613,18 @@ def _by_pairs(net: Op, inputs, ctx):
     return out, lost
 
 
+def check_width(width):
+    """A ConfigError unless ``width`` is an integer N from 1 to ``schema.MAX_WIDTH``."""
+    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not \
+            1 <= width <= schema.MAX_WIDTH:
+        raise ConfigError("width", width, f"an integer from 1 to {schema.MAX_WIDTH:.3g} (the "
+                          "stream width N)")
+
+
 def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     """``ds`` (an infinite-width theory dataset) with the first-order finite-width variables at
     ``width`` (schema ``FINITE_WIDTH_VARIABLES``), and the validity warnings."""
-    if isinstance(width, bool) or not isinstance(width, (int, np.integer)) or not \
-            1 <= width <= MAX_WIDTH:
-        raise ConfigError("width", width, f"an integer from 1 to {MAX_WIDTH:.3g} (the stream "
-                          "width N)")
+    check_width(width)
     coef, lost = coefficients(net, inputs)
     if lost:
         warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
@@ -1670,6 +1674,12 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     _warn_gradient(c, rows, width, mean_mode)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
+    if typical is None and inputs.n <= 4 and any(isinstance(op, BatchNorm) for op in net.walk()):
+        warnings.warn("typical_log_grad_q is NaN: it covers stacks (as top-level layers, e.g. "
+                      "sp.Repeat of one block) of Pre-BN blocks x -> beta x + alpha F(BN x), F "
+                      "starting with a Dense, and of Dense -> BatchNorm -> Act blocks of a "
+                      "degree-1 activation (linear only at B = 4), B = 2 to 4 inputs",
+                      FiniteWidthWarning, stacklevel=3)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
                                       else typical[layers].reshape(grad.shape))
     dims = tuple(sweeps_of(net))
@@ -1826,6 +1836,19 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
     def gram(x):
         return true_moments(x, "typical", NUMERIC)[0]
 
+    def spread(S):  # the BatchNorm's input Gram, once it has one to take
+        B = S.shape[-1]
+        lam = np.trace((np.eye(B) - 1 / B) @ S @ (np.eye(B) - 1 / B)) / (B - 1)
+        if not (lam > 0 and np.isfinite(S).all()):
+            raise _Unresolved(f"a BatchNorm meets a batch with no spread over its inputs (batch "
+                              f"variance {lam:.3g}: identical inputs, or a scale beyond float64)")
+        return S
+
+    def finite(gain):
+        if not np.isfinite(gain).all():
+            raise _Unresolved("a BatchNorm's typical gain is beyond float64 here")
+        return gain
+
     def number(*vs):
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)
 
@@ -1837,11 +1860,13 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
         if not (isinstance(bn, BatchNorm) and isinstance(first, Dense)
                 and number(blk.alpha, blk.beta, bn.eps)):
             return None
+        S = spread(gram(s))
         y = bn.theory_forward(s.push_ref(), ctx)
         Gam = gram(rest.theory_backward(y, g.push_ref(), ctx))
         G = gram(g)  # the gain is relative to grad_q_out, the mean square of g ~ N(0, G)
-        return bn_typical_log_gain(gram(s), blk.beta**2 * G, blk.alpha**2 * Gam, bn.eps, width,
-                                   ref=G)
+        with np.errstate(over="ignore", invalid="ignore"):  # (beyond float64: NaN, said)
+            return finite(bn_typical_log_gain(S, blk.beta**2 * G, blk.alpha**2 * Gam, bn.eps,
+                                              width, ref=G))
     kids = blk.layers if isinstance(blk, Serial) else ()
     if not (len(kids) == 3 and isinstance(kids[0], Dense) and isinstance(kids[1], BatchNorm)
             and isinstance(kids[2], Act) and number(kids[0].sigma_w, kids[0].ratio, kids[1].eps)
@@ -1856,9 +1881,13 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
     # delta_in = W^T J^T (phi'(y) o delta_out): the BatchNorm's gain on the mean square, then
     # W^T (n x n) multiplies it by sigma_w^2 chi^2_N / N given it
     G = gram(g)
-    gain = bn_typical_log_gain(gram(kids[0].theory_forward(s, ctx)), 0 * G, G, kids[1].eps,
-                               width, ref=G, act=act)
+    gain = finite(bn_typical_log_gain(spread(gram(kids[0].theory_forward(s, ctx))), 0 * G, G,
+                                      kids[1].eps, width, ref=G, act=act))
     return gain + math.log(kids[0].sigma_w**2) + digamma(width / 2) - math.log(width / 2)
+
+
+class _Unresolved(Exception):
+    """Why a supported stack's typical gradient is NaN at a grid point."""
 
 
 def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
@@ -1899,7 +1928,13 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
     out = np.zeros((len(blocks) + 1, B))
     out[-1] = digamma(width / 2) - math.log(width / 2)  # grad_q_L = |delta_L|^2/N, delta_L ~ N(0, I)
     for l in range(len(blocks), 0, -1):
-        gain = _block_gain(blocks[l - 1], states[l - 1], g, ctx, width)
+        try:
+            gain = _block_gain(blocks[l - 1], states[l - 1], g, ctx, width)
+        except _Unresolved as why:
+            warnings.warn(f"typical_log_grad_q is NaN at layers 0..{l - 1}: layer {l}: {why}",
+                          FiniteWidthWarning, stacklevel=4)
+            out[:l] = np.nan
+            return out
         if gain is None:
             return None
         out[l - 1] = out[l] + gain
@@ -1921,7 +1956,10 @@ def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
     lam = np.trace(P @ S @ P) / k
     if not lam > 0:  # identical inputs (or a spread below the float range): s^2 = eps throughout
         return 1.0, 0.0
-    eps = eps / lam  # the answer depends on eps / lam only: work in units of lam (any scale)
+    with np.errstate(over="ignore"):
+        eps = eps / lam  # the answer depends on eps / lam only: in units of lam (any scale)
+    if not eps < 1e100:  # s^2 = eps to 1e-100 at every feature: no rare event carries E[1/s^2]
+        return 1.0, 0.0
     law = stats.chi2(k, scale=1.0 / B)
 
     def part(p):  # E[1/(v + eps); v below its p-quantile], over z = log v (density ~ v^(k/2-1))
@@ -1969,8 +2007,8 @@ def warn_unreachable(bns, B, layers):
         S = np.broadcast_to(s.K, grid + (B, B)) * outer(e, e)
         eps = np.broadcast_to(eps, grid)
         lam = np.trace(P @ S @ P, axis1=-2, axis2=-1) / (B - 1)
-        with np.errstate(divide="ignore", invalid="ignore"):  # a stream of zeros: s^2 = eps
-            ratio = np.where(lam > 0, eps / lam, np.inf)
+        with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # (a stream of
+            ratio = np.where(lam > 0, eps / lam, np.inf)  # zeros: s^2 = eps throughout)
         idx = np.unravel_index(np.argmin(ratio), eps.shape)
         if worst is None or ratio[idx] < worst[0]:
             worst = (ratio[idx], S[idx], float(eps[idx]))

@@ -432,7 +432,10 @@ def bn_backward_nodes(S, G, Gamma, eps, act=None):
     weight = weight / weight.sum()  # the chi_k tails left out (< 1e-17), and the rule's error
     s2 = np.einsum("nb,nb->n", w, w) / B + eps_
     P = np.eye(B) - 1.0 / B
-    A = P[None] - w[:, :, None] * w[:, None, :] / (B * s2)[:, None, None]  # (I - w w^T/Bs^2) P
+    if B == 2:  # w along P's one direction: (I - w w^T/Bs^2) P = P eps/s^2, without the
+        A = P[None] * (eps_ / s2)[:, None, None]  # cancellation (lost below eps/lam ~ 1e-16)
+    else:
+        A = P[None] - w[:, :, None] * w[:, None, :] / (B * s2)[:, None, None]  # (I - ww^T/Bs^2)P
     r = np.ones_like(w) if act is None else act.grad(w)
     JGJ = np.einsum("nab,nb,bc,nc,nac->na", A, r, np.asarray(Gamma, dtype=float), r, A)
     return np.diagonal(np.asarray(G, dtype=float))[None, :] + JGJ / s2[:, None], weight
@@ -445,6 +448,8 @@ def _compressed(x, weight):
     against 10^8 bins; 2000 bins: 100 times that)."""
     pos = x > 0  # a node of zero variance (a gate that closes every input) stays as it is
     zero = ([0.0], [weight[~pos].sum()]) if not pos.all() else ([], [])
+    if not pos.any():
+        return np.array(zero[0]), np.array(zero[1])
     x, weight = x[pos], weight[pos]
     lx = np.log(x)
     lo, hi = lx.min(), lx.max()
@@ -499,5 +504,8 @@ def bn_typical_log_gain(S, G, Gamma, eps, width, ref=None, act=None):
     if not np.all(d > 0):
         raise ConfigError("ref", "a zero diagonal entry", "a cotangent Gram with ref_aa > 0")
     sigma2, weight = bn_backward_nodes(S, G, Gamma, eps, act)
-    sigma2 = sigma2 / d  # each input in units of its own cotangent scale (the gain is a ratio)
+    with np.errstate(over="ignore", invalid="ignore"):
+        sigma2 = sigma2 / d  # each input in units of its own cotangent scale (a ratio)
+    if not np.isfinite(sigma2).all():  # beyond float64: no number to give
+        return np.full(d.shape, np.nan)
     return log_mean_of(sigma2, weight, width) - (digamma(width / 2) - np.log(width / 2))

@@ -33,6 +33,10 @@ def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None) 
     A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
     :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
     """
+    if width is not None:  # (one bad width is no case's failure: refused before any runs)
+        from sigprop.engines.finite_width import check_width
+
+        check_width(width)
     prof = sim.profile(profile)
     items, unsupported = [], {}
     cases = list(itertools.product(sim.spec.arch, sim.batch_sizes(profile)))
