@@ -134,7 +134,8 @@ class BatchNorm(Op):
         return None if s.law.gaussian else (
             "BatchNorm meets features that are not jointly Gaussian (a residual "
             "stream carrying the input or a previous BatchNorm output); its exact law needs "
-            "Gaussian features: put it after a Dense, or use Inputs(law='gaussian').")
+            "Gaussian features: put it right after a Dense (or first, on "
+            "Inputs(law='gaussian')).")
 
     def _cov(self, s, ctx):
         if s.K.shape[-1] < 2:
