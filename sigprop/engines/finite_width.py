@@ -631,12 +631,15 @@ class _Walk:
         scale in K: a Dense's), NaN where a law overflowed."""
         if self.lost:
             return False
+        # tracked cumulants take the 4th moments, ~q^2, in true units: half the range
+        top, bottom = (TRUE_LS_MAX / 2, TRUE_LS_MIN / 2) if self.track else (TRUE_LS_MAX,
+                                                                           TRUE_LS_MIN)
         with np.errstate(divide="ignore", invalid="ignore"):
             true = s.ls + np.log(np.diagonal(s.K, axis1=-2, axis2=-1)) / 2
-        under = (true < TRUE_LS_MIN) & (true > -np.inf)  # (-inf: a stream of zeros, said apart)
-        if np.all((true <= TRUE_LS_MAX) & ~under):  # (NaN: a law that overflowed on the way)
+        under = (true < bottom) & (true > -np.inf)  # (-inf: a stream of zeros, said apart)
+        if np.all((true <= top) & ~under):  # (NaN: a law that overflowed on the way there)
             return False
-        over = true[~(true <= TRUE_LS_MAX)]
+        over = true[~(true <= top)]
         over = over[~np.isnan(over)]
         reach = (f"log q = {2 * float(over.max()):.4g}" if over.size
                  else f"log q = {2 * float(true[under].min()):.4g}" if under.any()
@@ -700,7 +703,7 @@ class _Walk:
             self.settle()
             if isinstance(op, LayerNorm) and not self.lost and _no_spread(self.frames[-1]):
                 self.lose(f"{ctx.path}: the LayerNorm's input features have no spread (q = "
-                          "mean^2: every feature equal): its output is exactly 0, with no "
+                          "mean^2 to float64's precision): its output is 0, with no "
                           "finite-width expansion", pointwise=True)
             if self.tangent and self._beyond_float64(self.frames[-1], ctx):
                 return
@@ -1674,7 +1677,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     _warn_gradient(c, rows, width, mean_mode)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
-    if typical is None and inputs.n <= 4 and any(isinstance(op, BatchNorm) for op in net.walk()):
+    if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
         warnings.warn("typical_log_grad_q is NaN: it covers stacks (as top-level layers, e.g. "
                       "sp.Repeat of one block) of Pre-BN blocks x -> beta x + alpha F(BN x), F "
                       "starting with a Dense, and of Dense -> BatchNorm -> Act blocks of a "
@@ -1687,7 +1690,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
     _warn_invalid(needs, width)
-    _warn_spread({"log q": coef["var_log_q"][layers], "log grad_q": v[got]}, width)
+    _warn_spread(coef["var_log_q"], width)
     return out
 
 
@@ -1727,19 +1730,22 @@ def _warn_invalid(needs, width):
                 FiniteWidthWarning, stacklevel=4)
 
 
-def _warn_spread(coefs, width):
-    """Warn where a statistic's spread across nets, Var = v / N, reaches 1 (N <= v): the
-    expansion takes the realised state's fluctuation to be small (a plain relu net's Var log q
-    = 5 L / N: depth L ~ N / 5, Hanin & Nica's log-normal regime; a bottleneck of few features)."""
-    for stat, v in coefs.items():
-        worst = float(np.nanmax(v, initial=0.0))
-        if worst >= width:
-            warnings.warn(
-                f"width {width}: Var {stat} across nets reaches {worst / width:.3g} (v = "
-                f"{worst:.4g}, Var = v / N), so {stat.split()[1]} varies by a factor of about "
-                f"{math.exp(math.sqrt(worst / width)):.3g} from net to net; the 1/N expansion "
-                f"takes that spread to be small and holds only for N >> v. Run sp.simulate at "
-                "this width instead.", FiniteWidthWarning, stacklevel=4)
+def _warn_spread(v, width):
+    """Warn where one layer's draw adds 1 or more to Var log q = v / N (its increment of v >= N:
+    a bottleneck of few features, or N ~ 1): each draw's expansion takes its fluctuation to be
+    small. Not the total: a deep relu net's Var log q = 5 L / N grows past 1 from independent
+    draws, each small, and the first-order law holds there (Hanin & Nica's log-normal)."""
+    step = np.diff(v, axis=0, prepend=v[:1])
+    worst = float(np.nanmax(step, initial=0.0))
+    if worst >= width:
+        layer = int(np.unravel_index(np.nanargmax(step), step.shape)[0])
+        warnings.warn(
+            f"width {width}: one draw adds {worst / width:.3g} to Var log q across nets (layer "
+            f"{layer}: v = {worst:.4g}, Var = v / N), so q varies by a factor of about "
+            f"{math.exp(math.sqrt(worst / width)):.3g} from net to net there; the 1/N expansion "
+            "of a draw takes its fluctuation to be small and holds only for N >> v (a "
+            "bottleneck of few features, or N ~ 1). Run sp.simulate at this width instead.",
+            FiniteWidthWarning, stacklevel=4)
 
 
 # -- the backward mean mode of a mean-carrying stream ------------------------------------------
@@ -1841,7 +1847,8 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
         lam = np.trace((np.eye(B) - 1 / B) @ S @ (np.eye(B) - 1 / B)) / (B - 1)
         if not (lam > 0 and np.isfinite(S).all()):
             raise _Unresolved(f"a BatchNorm meets a batch with no spread over its inputs (batch "
-                              f"variance {lam:.3g}: identical inputs, or a scale beyond float64)")
+                              f"variance {lam:.3g}: identical inputs, or a scale outside "
+                              "float64's range)")
         return S
 
     def finite(gain):
