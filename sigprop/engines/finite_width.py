@@ -302,14 +302,6 @@ def _radial(levels):
     return tuple(np.concatenate(x) for x in zip(*parts))
 
 
-def _rule(K, bend=None):
-    """:func:`gaussian_rule`; where K = 0 throughout (a residual branch of zero weights: u = 0
-    at every feature), its one node u = 0, so the features are constant and add no noise."""
-    if np.all(K == 0):
-        return np.zeros(K.shape[:-2] + (1,) + K.shape[-1:]), np.ones(K.shape[:-2] + (1,))
-    return gaussian_rule(K, bend)
-
-
 def gaussian_rule(K, bend=None):
     """Nodes u (..., P, B) and weights (..., P) with sum_p w_p f(u_p) = E f(u), u ~ N(0, K).
 
@@ -325,9 +317,12 @@ def gaussian_rule(K, bend=None):
     q <= 30 (geometric panels, :data:`RADIAL_EDGES`). ``bend``: the width (true units) over
     which f bends away from u_a = 0 (1 for tanh, erf, gelu; None: f is smooth but at u_a = 0):
     where the scale is many times it, panels graded toward radius 0 and toward each axis
-    crossing resolve the bend (:func:`_levels`). B <= 2 only.
+    crossing resolve the bend (:func:`_levels`). B <= 2 only. K = 0 throughout (a residual
+    branch of zero weights: u = 0 at every feature): its one node u = 0.
     """
     B = K.shape[-1]
+    if np.all(K == 0):
+        return np.zeros(K.shape[:-2] + (1,) + K.shape[-1:]), np.ones(K.shape[:-2] + (1,))
     angular, radial = _levels(K, bend)
     s, ws = _radial(radial)  # s = rho / rho_max in [0, 1]
     if B == 1:
@@ -556,7 +551,7 @@ class _Walk:
         if self.lost:
             return
         top = self.frames[-1]
-        u, w = _rule(Ku, bend)
+        u, w = gaussian_rule(Ku, bend)
         y, v = _features(elementwise, u, ctx, self.tangent)
         if self.track:  # of the features as they are: over the vectors' nodes too
             drawn = _cumulants(y, _mixed(w, v))
@@ -1193,7 +1188,7 @@ def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
     dense = bool(chain) and isinstance(chain[0], Dense)
     K = _true(_tangent_dense(chain[0], s, ctx) if dense else s)[0]
     elementwise = chain[1:] if dense else chain
-    u, w = _rule(K[..., :1, :1], _bend(elementwise, ctx))
+    u, w = gaussian_rule(K[..., :1, :1], _bend(elementwise, ctx))
     y, vq = _features(elementwise, np.concatenate([u, np.ones_like(u)], -1), ctx, tangent=True)
     f, df = np.moveaxis(y, -1, 0)
     h, w = np.repeat(u[..., 0], len(vq), axis=-1), _mixed(w, vq)  # over the vectors' nodes too
@@ -1843,8 +1838,7 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
         return true_moments(x, "typical", NUMERIC)[0]
 
     def spread(S):  # the BatchNorm's input Gram, once it has one to take
-        B = S.shape[-1]
-        lam = np.trace((np.eye(B) - 1 / B) @ S @ (np.eye(B) - 1 / B)) / (B - 1)
+        lam = _batch_variance(S)
         if not (lam > 0 and np.isfinite(S).all()):
             raise _Unresolved(f"a BatchNorm meets a batch with no spread over its inputs (batch "
                               f"variance {lam:.3g}: identical inputs, or a scale outside "
@@ -1950,6 +1944,14 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
 
 
 # -- expectations carried by rare events -----------------------------------------------------
+def _batch_variance(S):
+    """lam = tr(P S P) / (B - 1), P = I - 11^T / B: the mean non-zero eigenvalue of the batch-
+    centred Gram S (..., B, B), a feature's mean batch variance times B / (B - 1)."""
+    B = S.shape[-1]
+    P = np.eye(B) - 1.0 / B
+    return np.trace(P @ S @ P, axis1=-2, axis2=-1) / (B - 1)
+
+
 def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
     """(width, deficit): for E[1/s^2], s^2 = |P u|^2 / B + eps (u ~ N(0, S), the BatchNorm
     backward's factor), the width at which the mean of N features misses less than 10 % / layers
@@ -1959,8 +1961,7 @@ def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
     from scipy import integrate, optimize, stats
 
     k = B - 1
-    P = np.eye(B) - 1.0 / B
-    lam = np.trace(P @ S @ P) / k
+    lam = _batch_variance(S)
     if not lam > 0:  # identical inputs (or a spread below the float range): s^2 = eps throughout
         return 1.0, 0.0
     with np.errstate(over="ignore"):
@@ -2007,13 +2008,12 @@ def warn_unreachable(bns, B, layers):
     if B > 3 or not bns:
         return
     worst = None  # (eps / lam, S, eps) at the BatchNorm and grid point where it is smallest
-    P = np.eye(B) - 1.0 / B
     for eps, s in bns:
         grid = np.broadcast_shapes(np.shape(eps), s.K.shape[:-2], s.ls.shape[:-1])
         e = np.broadcast_to(np.exp(s.ls), grid + (B,))
         S = np.broadcast_to(s.K, grid + (B, B)) * outer(e, e)
         eps = np.broadcast_to(eps, grid)
-        lam = np.trace(P @ S @ P, axis1=-2, axis2=-1) / (B - 1)
+        lam = _batch_variance(S)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # (a stream of
             ratio = np.where(lam > 0, eps / lam, np.inf)  # zeros: s^2 = eps throughout)
         idx = np.unravel_index(np.argmin(ratio), eps.shape)
