@@ -247,6 +247,17 @@ def test_batchnorm_reach_is_monotone_in_eps_and_width():
     assert np.all(np.diff(needed) > 0) and needed[0] < fw.PRACTICAL_WIDTH < needed[2]
     deficits = [fw.batchnorm_reach(S, 1e-5, 2, 16, N=N)[1] for N in (256, 4096, 65536)]
     assert np.all(np.diff(deficits) < 0)
+    # the deficit by hand at B = 2: v = lam x / 2, x ~ chi^2_1, lam = (S11 + S22) / 2 - S12
+    # (= tr(P S P)); the share of E[1/(v + eps)] below x's 1/N quantile, integrated in x
+    lam, eps, law = 0.5, 1e-5, stats.chi2(1)
+
+    def part(lo, hi, points=None):
+        return integrate.quad(lambda x: law.pdf(x) / (lam * x / 2 + eps), lo, hi, points=points,
+                              limit=500, epsabs=0, epsrel=1e-12)[0]
+
+    total = part(0, 1, [2 * eps / lam]) + part(1, np.inf)
+    np.testing.assert_allclose(deficits[1], part(0, law.ppf(1 / 4096)) / total,
+                               rtol=1e-9)  # (two quadratures, each to ~1e-12)
 
 
 def test_first_order_breakdown_warns():
