@@ -19,7 +19,8 @@ a residual branch (and the same net with a Scale; and vectors that vary over the
 forward and backward. Its fifth (``--part
 spread``), Var log grad_q_0 across nets, predicted against Monte Carlo. Its sixth (``--part
 layers``), the gradient's c and Var log grad_q at the layers above the input (one recorded
-walk and an adjoint pass), against Monte Carlo. Its seventh (``--part uniform``), the same c at
+walk and an adjoint pass), against Monte Carlo, and (``--part preactivation``) at a Dense's
+output before its activation. Its seventh (``--part uniform``), the same c at
 every layer of a net with uniform weights (explicit draws, 8x the seeds). Its eighth (``--part
 norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm. Its ninth (``--part
 exact``, no Monte Carlo), a deep relu net's coefficients against the same recursion with exact
@@ -260,20 +261,26 @@ def spread(seeds=4000, out="benchmarks/RESULTS.md"):
 GRADIENT_LAYERS = [2, 4, 6]
 
 
-def gradient_layers(seeds=4000, out="benchmarks/RESULTS.md"):
-    """The gradient's c and v at layers above the input (:data:`GRADIENT_LAYERS`), predicted by
-    one recorded tangent walk and an adjoint pass, against one Monte Carlo run per width."""
+def _layer_rows(nets, layers, seeds, root_seed):
+    """The gradient's c and v per net and layer, predicted by one recorded tangent walk and an
+    adjoint pass, against one Monte Carlo run per width: the table's rows."""
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
-    rows = [("| preset | layer | c predicted | a fitted ± SE | z | N Var log grad_q predicted | "
+    rows = [("| net | layer | c predicted | a fitted ± SE | z | N Var log grad_q predicted | "
              "fitted ± SE | z |"), "|---|---|---|---|---|---|---|---|"]
-    for name, net in PRESETS.items():
-        found = measure_gradient_layers(net, inputs, WIDTHS, seeds, root_seed=8096,
-                                        layers=GRADIENT_LAYERS)
-        for l, (c, a, se_a, v, V, se_v) in zip(GRADIENT_LAYERS, found):
+    for name, net in nets.items():
+        found = measure_gradient_layers(net, inputs, WIDTHS, seeds, root_seed=root_seed,
+                                        layers=layers)
+        for l, (c, a, se_a, v, V, se_v) in zip(layers, found):
             rows.append(f"| {name} | {l} | {c:+.4g} | {a:+.4g} ± {se_a:.2g} | "
                         f"{(a - c) / se_a:+.2f} | {v:.4g} | {V:.4g} ± {se_v:.2g} | "
                         f"{(V - v) / se_v:+.2f} |")
             print(rows[-1], flush=True)
+    return rows
+
+
+def gradient_layers(seeds=4000, out="benchmarks/RESULTS.md"):
+    """The gradient's c and v at layers above the input (:data:`GRADIENT_LAYERS`)."""
+    rows = _layer_rows(PRESETS, GRADIENT_LAYERS, seeds, 8096)
     intro = (f"`benchmarks/finite_width_agreement.py --part layers`: depth {DEPTH}, inputs q = 1, "
              f"corr = 0.5, widths {WIDTHS}, {seeds} seeds per width (root seed 8096 + N), input "
              "0, the gradient at layers above the input. Predicted: `grad_q_rel_correction` = "
@@ -282,6 +289,25 @@ def gradient_layers(seeds=4000, out="benchmarks/RESULTS.md"):
              "(`gradient_coefficient`). Fitted from one simulation per width: E G_l / G_l,inf - "
              "1 = b + a/N and N Var log G_l = V + c'/N, as in the sections above.")
     return _write("Finite width: the gradient at every layer", out, [intro, "", *rows])
+
+
+FLAT = {  # Dense and activation as layers of their own: odd layers are pre-activations
+    f"flat {act}": sp.Serial(*[op for _ in range(3) for op in (sp.Dense(1.5, 0.3), sp.Act(act))],
+                             sp.Dense(1.0))
+    for act in ("tanh", "erf")}
+
+
+def preactivation(seeds=4000, out="benchmarks/RESULTS.md"):
+    """The gradient's c and v at pre-activation layers (a Dense's output, before its
+    activation) and at the activations' outputs, of :data:`FLAT`."""
+    rows = _layer_rows(FLAT, [1, 2, 3, 5], seeds, 10240)
+    intro = (f"`benchmarks/finite_width_agreement.py --part preactivation`: {', '.join(FLAT)}: "
+             "Dense(1.5, 0.3) and the activation as separate layers, 3 times, then Dense(1.0); "
+             f"inputs q = 1, corr = 0.5, widths {WIDTHS}, {seeds} seeds per width (root seed "
+             "10240 + N), input 0. At layers 1, 3, 5 (a Dense's output) the tangent starts on "
+             "the Dense's Gaussian features before they are drawn; predicted and fitted as in "
+             "the section \"the gradient at every layer\".")
+    return _write("Finite width: the gradient at a pre-activation", out, [intro, "", *rows])
 
 
 NORM_AFFINE = {  # a LayerNorm's affine with vectors that vary (imported models have them)
@@ -391,7 +417,8 @@ def exact(out="benchmarks/RESULTS.md"):
 
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
-    "affine", "spread", "layers", "uniform", "norm-affine" (8x ``seeds`` each) or "exact"."""
+    "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
+    each) or "exact"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -404,6 +431,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         spread(seeds, out)
     if part in ("all", "layers"):
         gradient_layers(seeds, out)
+    if part in ("all", "preactivation"):
+        preactivation(seeds, out)
     if part in ("all", "uniform"):
         uniform(8 * seeds, out)
     if part in ("all", "norm-affine"):
@@ -417,7 +446,8 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
-                                       "spread", "layers", "uniform", "norm-affine", "exact"],
+                                       "spread", "layers", "preactivation", "uniform",
+                                       "norm-affine", "exact"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

@@ -685,6 +685,83 @@ def test_gradient_spread_of_a_relu_net_is_hanin_nica():
                                (2 + 5 * (L - np.arange(L + 1)))[:, None] / 64 * [1, 1], rtol=1e-5)
 
 
+def test_gradient_at_a_preactivation_is_hanin_nica():
+    """A flat bias-free ReLU net, Dense and relu as separate layers: at a pre-activation h_l the
+    gradient's |J t|^2 starts with |D_l t|^2 ~ chi^2 with Binomial(n, 1/2) degrees, relative
+    variance 4/n + 1/n; each Dense -> relu above adds 5 (Hanin & Nica), the last Dense 2 (a
+    chi^2_n); after a relu, |t|^2 gives 2. So N Var log grad_q_l = 19, 17, 14, 12, 9, 7, 4, 2
+    at layers 0..7, and c = 0 at every layer (E |J t|^2 is width-free for bias-free ReLU, Hanin
+    2018); to the central differences' STEP^2 ~ 1e-6 (tolerances of
+    test_gradient_spread_of_a_relu_net_is_hanin_nica). The pre-activation layers were NaN
+    before their tangent could start on features still to be drawn."""
+    net = sp.Serial(*[op for _ in range(3) for op in (sp.Dense(2**0.5), sp.Act("relu"))],
+                    sp.Dense(1.0))
+    ds = sp.theory(net, PAIR, width=64)
+    np.testing.assert_allclose(64 * ds.var_log_grad_q.values,
+                               np.array([19, 17, 14, 12, 9, 7, 4, 2])[:, None] * [1, 1], rtol=1e-5)
+    assert np.all(np.abs(ds.grad_q_rel_correction.values) < 1e-5)
+
+
+def injected_through_its_dense(net, inputs, l):
+    """(c, v) of the gradient at layer ``l``, a Gaussian Dense's output, input 0, by a start of
+    its own: x walked alone to the Dense's input (layer l - 1) and drawn there; then the pair
+    (x, s), s a fixed vector orthogonal to x (statistics exact, no fluctuation), through the
+    Dense's tangent law: t = W s is N(0, sigma_w^2 |s|^2 / n) per feature and independent of
+    W x + b given x, the law t must have, and x's fluctuation reaches layer l through the
+    Dense's law on the pair rather than on x alone."""
+    blocks, grid = fw.layers_of(net), fw.sweeps_of(net)
+    ctx = fw.Context(fw.NUMERIC, tuple(grid))
+    s0 = inputs.moments()
+    walk = fw._Walk(s0.replace(K=s0.K[:1, :1], m=s0.m[:1], ls=s0.ls[:1]), ctx, fresh=False)
+    for j in range(1, l):
+        walk.layer(j, blocks[j - 1])
+    seen = walk.settled()
+    f = seen.frames[0]
+    lead = fw._lead([f])
+    K, m, ls = (np.broadcast_to(a, lead) for a in (f.K[..., 0, 0], f.m[..., 0], f.ls[..., 0]))
+    zero, one = np.zeros(lead), np.ones(lead)
+    pair = f.replace(K=np.stack([np.stack([K, zero], -1), np.stack([zero, one], -1)], -2),
+                     m=np.stack([m, zero], -1), ls=np.stack([ls, ls], -1))
+    out = fw._Walk(pair, ctx, fresh=False, tangent=True)
+    out.b, out.C = np.zeros(lead + (6,)), np.zeros(lead + (6, 6))  # s: exact
+    out.b[..., [0, 4]] = seen.b
+    out.C[..., [[0], [4]], [0, 4]] = seen.C
+    out.widths = list(seen.widths)
+    for j in range(l, len(blocks) + 1):
+        out.layer(j, blocks[j - 1])
+    c, _, v = fw._tangent_q(out.settled())
+    return c, v
+
+
+def test_a_tangent_from_a_preactivation_is_one_injected_through_its_dense():
+    """The gradient at a Dense's output (the shared adjoint pass, tangent started on the
+    Dense's Gaussian features still to be drawn, x's fluctuation carried into the pair) against
+    :func:`injected_through_its_dense`; equal up to the central differences' O(STEP^2) (the
+    tolerances of test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk, at the same
+    STEP). Dropping x's carried fluctuation from the start moves c at layer 3 by 0.15."""
+    net = sp.Serial(sp.Dense(1.5, 0.3), sp.Act("tanh"),
+                    sp.Dense(sp.sweep("sigma_w", [1.2, 2.0]), 0.5, ratio=0.5), sp.Act("erf"),
+                    sp.Dense(1.5, 0.3, ratio=2.0), sp.Act("tanh"), sp.Dense(1.0))
+    got = fw.gradient_coefficient(net, PAIR, layers=[1, 3, 5])
+    assert got.lost is None
+    for k, l in enumerate([1, 3, 5]):
+        c, v = injected_through_its_dense(net, PAIR, l)
+        np.testing.assert_allclose(got.coef[k, ..., 0], c, rtol=2e-6, atol=1e-6)
+        np.testing.assert_allclose(got.var_log_q[k, ..., 0], v, rtol=2e-6, atol=1e-6)
+
+
+def test_gradient_at_a_preactivation_against_monte_carlo():
+    """A flat tanh net (Dense and tanh as separate layers, biases 0.3): the gradient's c and v at
+    the pre-activation layers 1 and 3, against the fitted 1/N slope of E G_l / G_l,inf and the
+    fitted N Var log G_l (widths 32-256), each within 3 SE."""
+    net = sp.Serial(*[op for _ in range(3) for op in (sp.Dense(1.5, 0.3), sp.Act("tanh"))],
+                    sp.Dense(1.0))
+    for c, a, se_a, v, V, se_V in measure_gradient_layers(net, PAIR, [32, 64, 128, 256], 8000,
+                                                          root_seed=17, layers=[1, 3]):
+        assert abs(a - c) < 3 * se_a, (c, a, se_a)  # 3 SE
+        assert abs(V - v) < 3 * se_V, (v, V, se_V)  # 3 SE
+
+
 @pytest.mark.parametrize("net", [
     presets.preln(5, sigma_w1=sp.sweep("sigma_w1", [0.8, 1.3]), alpha=sp.sweep("alpha", [0.3, 1])),
     presets.postln(4, act="tanh"),
@@ -693,8 +770,11 @@ def test_gradient_spread_of_a_relu_net_is_hanin_nica():
     sp.Serial(sp.Serial(sp.Dense(1.2, 0.1, ratio=2.0), sp.Act("tanh")),
               sp.Serial(sp.Dense(1.0, ratio=0.5), sp.Act("relu")),
               sp.Residual(sp.Serial(sp.LayerNorm(), sp.Dense(1.0), sp.Act("gelu"), sp.Dense(0.7)))),
-    # layer 2 an Act on the settled stream (no rule): the layers below 2 are NaN, not those above
-    sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"), sp.Dense(1.0), sp.Act("relu")),
+    # layer 1 a uniform Dense's output (no rule for a tangent started there): NaN, not the others
+    sp.Serial(sp.Dense(1.2, 0.1, init="uniform"), sp.Act("tanh"), sp.Dense(1.0), sp.Act("relu")),
+    # pre-activation layers: tangents started on a Dense's features still to be drawn
+    sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"), sp.Dense(sp.sweep("sigma_w", [0.8, 1.6])),
+              sp.Act("erf"), sp.Dense(1.0, 0.2)),
     # uniform weights: bias terms from the pair's cumulants, which depend on where t started
     sp.Repeat(sp.Serial(sp.Dense(sp.sweep("sigma_w", [1.5, 2.5]), 0.2, init="uniform"),
                         sp.Act("tanh")), 4),
@@ -707,7 +787,7 @@ def test_gradient_spread_of_a_relu_net_is_hanin_nica():
     sp.Repeat(sp.Serial(sp.LayerNorm(), VARYING, sp.Dense(1.2, 0.1, init="uniform"),
                         sp.Act("tanh")), 3),
 ], ids=["preln-swept", "postln-tanh", "resnet-mean", "plain-erf", "widths-and-norms", "lost",
-        "uniform-swept", "uniform-residual", "norm-affine"])
+        "preactivations", "uniform-swept", "uniform-residual", "norm-affine"])
 def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypatch):
     """The layers above the input share one recorded pair walk, pulled back from the top
     (:func:`fw._adjoint`), against a walk of their own from each layer: the same first-order
@@ -715,8 +795,10 @@ def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypa
     larger (their steps are along C's scaled eigen-directions): on widths-and-norms 1.1e-5 at
     STEP = 1e-3, 2.7e-6 at 5e-4, 7e-7 at 2.5e-4 (the adjoint moved by < 1e-6), so at STEP =
     2.5e-4 both agree to 2e-6. A width change at the top level (Dense ratio 2, then 1/2)
-    scales the tangent's own fluctuation where it starts; in "lost", layer 1's walks are lost at
-    layer 2's Act while layer 2's (the chain drawn where it joined) are not. Uniform weights
+    scales the tangent's own fluctuation where it starts; in "lost", layer 1's walks (a
+    uniform Dense's output) are lost while layer 2's (the chain drawn where it joined) are
+    not; in "preactivations" the tangents of layers 1, 3 and 5 start on a Dense's Gaussian
+    features still to be drawn (and join the shared walk there, before its draw). Uniform weights
     add bias terms from the pair's cumulants, whose t entries are 0 where t starts: each
     layer's are replayed from its own start (without those terms c moves by up to 0.39 on
     uniform-swept and 0.32 on uniform-residual; with the start's cumulants not mapped up the

@@ -790,12 +790,26 @@ class _Walk:
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
-        fresh when it is, for an elementwise op that opens the next block. A tangent walk
-        brings t back to x's scale (:meth:`rescale_tangent`)."""
+        fresh when it is, for an elementwise op that opens the next block. A stream that ends
+        the block just drawn by a Gaussian Dense (a pre-activation) takes the Dense's law now:
+        its features are Gaussian with that Gram, still to be drawn (chain []), so a tangent
+        can start there (:func:`_tangent_walk`). A tangent walk brings t back to x's scale
+        (:meth:`rescale_tangent`)."""
         if self.chain is None:
             self.push(lambda fr: [to_unit_diagonal(fr[0])])
+        elif self._preactivation():
+            dense, self.chain = self.chain[0], []
+            with np.errstate(over="ignore", invalid="ignore"):  # (checked where it is drawn)
+                self.push(lambda fr: [to_unit_diagonal(self.law(dense, fr[0], self.chain_ctx))])
         if self.tangent and not self.lost and len(self.frames) == 1:
             self.rescale_tangent()
+
+    def _preactivation(self) -> bool:
+        """The stream is one Gaussian Dense's output, its features not yet drawn (zero weights
+        excepted: their draw names that cause)."""
+        op = self.chain[0] if self.chain and len(self.chain) == 1 else None
+        return (isinstance(op, Dense) and op.init == "normal" and len(self.frames) == 1
+                and not self.lost and np.all(np.asarray(self.chain_ctx.p(op.sigma_w)) != 0))
 
     def settled(self):
         """The walk with the top frame's statistics drawn (itself when they are)."""
@@ -1269,9 +1283,9 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
             elif walk.lost:  # x's fluctuation unknown from there on: NaN
                 why.setdefault(want.index(l), walk.lost)
             elif l == 0 or own_walks:
-                own.append((want.index(l), l, _tangent_walk(walk, fresh=gaussian and l == 0)))
+                own.append((want.index(l), l, _tangent_walk(walk)))
             else:
-                k, start = want.index(l), _tangent_walk(walk, fresh=False)
+                k, start = want.index(l), _tangent_walk(walk)
                 if start.lost:  # (its (b, C): NaN)
                     why.setdefault(k, start.lost)
                 if shared is None or shared.lost:
@@ -1280,7 +1294,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                     shared, members, start.tape = start, [], []
                 members.append(k)
                 join = ("join", k, start.b, start.C, l, start, start.cumulants)
-                if shared.chain is None:
+                if not shared.chain:  # drawn, or Gaussian features still to be (a Dense's)
                     shared.tape.append(join + (_tangent_log_q(shared),))
                 else:  # its features are drawn at the next reduction
                     shared.waiting.append((join, len(shared.chain)))
@@ -1448,13 +1462,16 @@ def _replayed_terms(tape, pos, cumulants, replayed):
     return c, v
 
 
-def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
-    """A tangent walk of the pair (x, t) from the (settled) state of ``walk`` (one input): x's
+def _tangent_walk(walk: _Walk) -> _Walk:
+    """A tangent walk of the pair (x, t) from the state of ``walk`` (one input): x's
     fluctuation carried, t ~ N(0, q_x I) independent of it (c does not depend on t's scale;
-    x's keeps the walk's numbers O(1)); per 1/n in x's scaled units (n = w N the stream's width
-    there), Var x.t = K_xx, Var |t|^2 = 2, Var mean(t) = 1, Cov(x.t, mean t) = m_x. ``fresh``
-    (Gaussian inputs, at layer 0): the pair's features are drawn at its first reduction
-    instead."""
+    x's keeps the walk's numbers O(1)). Where x's features are drawn (settled), t's realised
+    statistics fluctuate per 1/n in x's scaled units (n = w N the stream's width there): Var
+    x.t = K_xx, Var |t|^2 = 2, Var mean(t) = 1, Cov(x.t, mean t) = m_x. Where they are still
+    to be drawn (chain []: Gaussian inputs at layer 0, a Gaussian Dense's output), (x_i, t_i)
+    are i.i.d. Gaussian features with Gram diag(K_xx, 1), and the pair's features are drawn at
+    its first reduction, t's fluctuation with them."""
+    fresh = walk.chain == []
     seen = walk if fresh else walk.settled()
     f = seen.frames[0]
     lead = _lead([f])
@@ -1464,18 +1481,25 @@ def _tangent_walk(walk: _Walk, fresh: bool) -> _Walk:
     pair = f.replace(K=np.stack([np.stack([K, zero], -1), np.stack([zero, one], -1)], -2),
                      m=np.stack([m, zero], -1), ls=np.stack([ls, ls], -1))
     out = _Walk(pair, walk.ctx, fresh=fresh, tangent=True, cumulants=walk.track)
-    out.t_ls = ls
-    if fresh:
-        return out
-    out.lost = seen.lost
+    out.t_ls, out.lost, out.chain_ctx = ls, seen.lost, seen.chain_ctx
     b, C = np.zeros(lead + (6,)), np.zeros(lead + (6, 6))  # [K_xx, K_xt, K_tx, K_tt, m_x, m_t]
     b[..., [0, 4]] = np.broadcast_to(seen.b, lead + (2,))
-    C[..., [[1], [2]], [1, 2]] = K[..., None, None]
-    C[..., [1, 2], 5] = C[..., 5, [1, 2]] = m[..., None]
-    C[..., 3, 3], C[..., 5, 5] = 2.0, 1.0
-    C = C / np.asarray(seen.widths[-1])[..., None, None]  # t's, per 1/n
+    if not fresh:
+        C[..., [[1], [2]], [1, 2]] = K[..., None, None]
+        C[..., [1, 2], 5] = C[..., 5, [1, 2]] = m[..., None]
+        C[..., 3, 3], C[..., 5, 5] = 2.0, 1.0
+        C = C / np.asarray(seen.widths[-1])[..., None, None]  # t's, per 1/n
     C[..., [[0], [4]], [0, 4]] = np.broadcast_to(seen.C, lead + (2, 2))  # x's, per 1/N
     out.b, out.C, out.widths = b, C, list(seen.widths)
+    if fresh:  # (the cumulants: those of the features drawn)
+        return out
+    dense = walk.chain[0] if walk.chain and len(walk.chain) == 1 else None
+    if isinstance(dense, Dense) and not seen.lost:  # a pre-activation :meth:`_Walk.end_layer` kept
+        uniform = dense.init == "uniform"
+        out.lose(f"{walk.chain_ctx.path}: no finite-width rule for the gradient at the output "
+                 f"of a Dense with {'uniform' if uniform else 'zero'} weights, before the op "
+                 "that follows it (a tangent started on features not yet drawn needs them "
+                 "Gaussian, drawn by nonzero Gaussian weights)", pointwise=not uniform)
     k = seen.cumulants[0]  # t: Gaussian, independent of x (its joint cumulants with x are 0)
     if k is None:
         out.cumulants = [None]
