@@ -315,7 +315,12 @@ def test_a_draw_of_order_one_spread_warns():
         sp.theory(bottleneck(1 / 16), one, width=64)
         ds = sp.theory(presets.plain(8, "relu"), PAIR, width=32)
     assert not [w for w in rec if "one draw adds" in str(w.message)]
-    assert float(ds.var_log_q.max()) > 1.5
+    assert float(ds.var_log_q.max()) > 1.5 and float(ds.var_log_grad_q.max()) > 1.5
+    # the gradient's: tanh at q = 1000 gates its features to a few, ~2.8 added by one layer
+    with pytest.warns(fw.FiniteWidthWarning, match=r"width 64: one draw adds 2.8\d to Var log "
+                      "grad_q .*layer 1:"):
+        sp.theory(sp.Serial(sp.Dense(1.5, 0.3), sp.Act("tanh"), sp.Dense(1.0)),
+                  sp.Inputs(q=1000.0, n=1), width=64)
 
 
 # -- Monte Carlo -----------------------------------------------------------------------------
@@ -748,6 +753,42 @@ def test_a_tangent_from_a_preactivation_is_one_injected_through_its_dense():
         c, v = injected_through_its_dense(net, PAIR, l)
         np.testing.assert_allclose(got.coef[k, ..., 0], c, rtol=2e-6, atol=1e-6)
         np.testing.assert_allclose(got.var_log_q[k, ..., 0], v, rtol=2e-6, atol=1e-6)
+
+
+def test_gradient_after_a_dense_whose_features_are_drawn():
+    """Where a tangent cannot start before the Dense's features are drawn it starts after, as
+    it did: at a uniform Dense's output followed by a reducing op (Dense, LayerNorm, Residual)
+    or at the top, c and v are the Gaussian Dense's (the draw's kurtosis term needs an
+    elementwise op after the Dense); they were NaN when every uniform Dense's output was
+    refused. A Dense with zero weights and a bias draws b_i ~ N(0, sigma_b^2), the same
+    features for every input: its output is the Gaussian input of the rest of the net (one
+    input at a time, law 'gaussian', q = sigma_b^2), whose walk from layer 0 is another code
+    path. A Scale or a constant FeatureAffine gain after a Dense keeps its features Gaussian and
+    undrawn: v does not change across it (it was NaN there). STEP^2 tolerances as in
+    test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk."""
+    tail = [sp.Act("tanh"), sp.Dense(1.0)]
+    for after in ([sp.Dense(1.0)], [sp.LayerNorm(), sp.Dense(1.2, 0.1)],
+                  [sp.Residual(sp.Serial(sp.Dense(1.2), sp.Act("relu"), sp.Dense(1.0))),
+                   sp.Dense(1.0)], []):
+        got = [fw.gradient_coefficient(sp.Serial(sp.Dense(1.5, 0.3, init=init), *after,
+                                                 *(tail if after else [])), PAIR, layers=[1])
+               for init in ("uniform", "normal")]
+        assert got[0].lost is None
+        np.testing.assert_allclose(got[0].coef, got[1].coef, rtol=2e-6, atol=1e-7)
+        np.testing.assert_allclose(got[0].var_log_q, got[1].var_log_q, rtol=2e-6, atol=1e-7)
+    zero = fw.gradient_coefficient(sp.Serial(sp.Dense(0.0, 0.5), *tail), PAIR, layers=[1])
+    rest = fw.gradient_coefficient(sp.Serial(*tail), sp.Inputs(q=0.25, law="gaussian"))
+    np.testing.assert_allclose(zero.coef[..., 0], rest.coef[..., 0], rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(zero.var_log_q[..., 0], rest.var_log_q[..., 0], rtol=2e-6)
+    for op in (sp.Scale(2.0), sp.FeatureAffine(gain=1.3)):
+        g = fw.gradient_coefficient(sp.Serial(sp.Dense(1.5, 0.3), op, *tail), PAIR,
+                                    layers=[1, 2])
+        assert g.lost is None
+        np.testing.assert_allclose(g.var_log_q[1], g.var_log_q[0], rtol=2e-6)
+    with pytest.warns(fw.FiniteWidthWarning, match="layer 2 Act: no finite-width rule for Act "
+                      r"here \(the gradient at net > layer 1 Dense's output starts on its "
+                      "features drawn"):
+        sp.theory(sp.Serial(sp.Dense(1.5, 0.3, init="uniform"), *tail), PAIR, width=64)
 
 
 def test_gradient_at_a_preactivation_against_monte_carlo():

@@ -455,6 +455,7 @@ class _Walk:
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
+        self.start_note = ""  # a tangent walk's: why its start is drawn (for the next op's loss)
 
     def push(self, fn, kurtosis=None):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
@@ -489,7 +490,8 @@ class _Walk:
         state, b and C stay); the tape keeps the log q it removed. Without it the tangent
         would leave float64 where the gradient grows, however far up the layers it is read."""
         f = self.frames[0]
-        d = 2 * (f.ls[..., 1] - f.ls[..., 0])
+        with np.errstate(invalid="ignore"):  # (past float64: inf - inf, lost where drawn)
+            d = 2 * (f.ls[..., 1] - f.ls[..., 0])
         self.frames = [f.replace(ls=np.stack([f.ls[..., 0], f.ls[..., 0]], -1))]
         if self.track:  # true units: t's entries scale
             c = np.stack(np.broadcast_arrays(np.ones_like(d), np.exp(-d / 2)), -1)
@@ -666,6 +668,9 @@ class _Walk:
         """Push the walk through ``op``, whose context (and path, for messages) is ``ctx``."""
         if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
+        note = ""
+        if not isinstance(op, (Serial, Repeat)):
+            note, self.start_note = self.start_note, ""
         if len(self.frames) == 1 and isinstance(op, (Scale, FeatureAffine, LayerNorm)) \
                 and _zeroes(op, ctx):
             self.settle()
@@ -722,7 +727,8 @@ class _Walk:
             self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)])
         else:  # BatchNorm, an Act on a settled stream, other ops
             self.settle()
-            self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here")
+            self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here"
+                      + note)
             if isinstance(op, BatchNorm):
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
             if not self.stop_when_lost:
@@ -791,25 +797,34 @@ class _Walk:
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
         fresh when it is, for an elementwise op that opens the next block. A stream that ends
-        the block just drawn by a Gaussian Dense (a pre-activation) takes the Dense's law now:
-        its features are Gaussian with that Gram, still to be drawn (chain []), so a tangent
-        can start there (:func:`_tangent_walk`). A tangent walk brings t back to x's scale
+        the block with Gaussian features not yet drawn (a Dense's output: a pre-activation,
+        :meth:`_gaussian_chain`) takes their law now, still to be drawn (chain []), so a
+        tangent can start there (:func:`_tangent_walk`). A tangent walk brings t back to x's scale
         (:meth:`rescale_tangent`)."""
         if self.chain is None:
             self.push(lambda fr: [to_unit_diagonal(fr[0])])
-        elif self._preactivation():
-            dense, self.chain = self.chain[0], []
+        elif self._gaussian_chain():
+            chain, ctx, self.chain = self.chain, self.chain_ctx, []
             with np.errstate(over="ignore", invalid="ignore"):  # (checked where it is drawn)
-                self.push(lambda fr: [to_unit_diagonal(self.law(dense, fr[0], self.chain_ctx))])
+                self.push(lambda fr: [to_unit_diagonal(
+                    functools.reduce(lambda s, op: self.law(op, s, ctx), chain, fr[0]))])
         if self.tangent and not self.lost and len(self.frames) == 1:
             self.rescale_tangent()
 
-    def _preactivation(self) -> bool:
-        """The stream is one Gaussian Dense's output, its features not yet drawn (zero weights
-        excepted: their draw names that cause)."""
-        op = self.chain[0] if self.chain and len(self.chain) == 1 else None
-        return (isinstance(op, Dense) and op.init == "normal" and len(self.frames) == 1
-                and not self.lost and np.all(np.asarray(self.chain_ctx.p(op.sigma_w)) != 0))
+    def _gaussian_chain(self) -> bool:
+        """The stream's features, not yet drawn, are Gaussian: a Gaussian Dense's output (its
+        weights, or for x alone its bias, nonzero at every point), then linear maps per
+        feature (Scale, a FeatureAffine with constant vectors)."""
+        if not self.chain or len(self.frames) != 1 or self.lost:
+            return False
+        first, ctx = self.chain[0], self.chain_ctx
+        if isinstance(first, Dense):
+            weights = np.asarray(ctx.p(first.sigma_w)) != 0  # (else a tangent is 0: its draw
+            bias = np.asarray(ctx.p(first.sigma_b)) != 0  # names the zero weights)
+            if first.init != "normal" or not np.all(weights | (bias & (not self.tangent))):
+                return False
+        return all(isinstance(op, Scale) or isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
+                   for op in self.chain[1 if isinstance(first, Dense) else 0:])
 
     def settled(self):
         """The walk with the top frame's statistics drawn (itself when they are)."""
@@ -1373,7 +1388,8 @@ def _close(shared: _Walk, members, own, why):
 def _tangent_log_q(w: _Walk):
     """The tangent's true log q in a pair walk whose statistics are drawn."""
     f = w.frames[0]
-    return 2 * f.ls[..., 1] + np.log(f.K[..., 1, 1])
+    with np.errstate(divide="ignore"):  # (a tangent past float64: lost where it is drawn)
+        return 2 * f.ls[..., 1] + np.log(f.K[..., 1, 1])
 
 
 def _derivatives(fn, x0):
@@ -1493,13 +1509,11 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     out.b, out.C, out.widths = b, C, list(seen.widths)
     if fresh:  # (the cumulants: those of the features drawn)
         return out
-    dense = walk.chain[0] if walk.chain and len(walk.chain) == 1 else None
-    if isinstance(dense, Dense) and not seen.lost:  # a pre-activation :meth:`_Walk.end_layer` kept
-        uniform = dense.init == "uniform"
-        out.lose(f"{walk.chain_ctx.path}: no finite-width rule for the gradient at the output "
-                 f"of a Dense with {'uniform' if uniform else 'zero'} weights, before the op "
-                 "that follows it (a tangent started on features not yet drawn needs them "
-                 "Gaussian, drawn by nonzero Gaussian weights)", pointwise=not uniform)
+    if walk.chain:  # (an activation next has no rule on the drawn stream: say why)
+        out.start_note = (f" (the gradient at {walk.chain_ctx.path}'s output starts on its "
+                          "features drawn: a tangent started before they are needs them "
+                          "Gaussian, a Dense's with Gaussian weights or a bias, then linear "
+                          "maps)")
     k = seen.cumulants[0]  # t: Gaussian, independent of x (its joint cumulants with x are 0)
     if k is None:
         out.cumulants = [None]
@@ -1694,6 +1708,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     computed["valid_width_grad_q"] = valid
     computed["var_log_grad_q"] = var
     _warn_gradient(c, rows, width, mean_mode)
+    _warn_spread(v[::-1], rows[::-1], width, "grad_q")
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
@@ -1709,7 +1724,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
     _warn_invalid(needs, width)
-    _warn_spread(coef["var_log_q"], width)
+    _warn_spread(coef["var_log_q"], range(len(coef["var_log_q"])), width, "q")
     return out
 
 
@@ -1749,20 +1764,24 @@ def _warn_invalid(needs, width):
                 FiniteWidthWarning, stacklevel=4)
 
 
-def _warn_spread(v, width):
+def _warn_spread(v, rows, width, name):
     """Warn where one layer's draw adds 1 or more to Var log q = v / N (its increment of v >= N:
     a bottleneck of few features, or N ~ 1): each draw's expansion takes its fluctuation to be
     small. Not the total: a deep relu net's Var log q = 5 L / N grows past 1 from independent
-    draws, each small, and the first-order law holds there (Hanin & Nica's log-normal)."""
-    step = np.diff(v, axis=0, prepend=v[:1])
+    draws, each small, and the first-order law holds there (Hanin & Nica's log-normal). ``v``
+    per layer of ``rows``, in the order the draws add to it (the gradient's from the top): the
+    increments between adjacent layers."""
+    rows = np.asarray(rows)
+    step = np.concatenate([0 * v[:1], np.diff(v, axis=0)])
+    step[1:][np.abs(np.diff(rows)) != 1] = np.nan  # (several layers' draws: not one)
     worst = float(np.nanmax(step, initial=0.0))
     if worst >= width:
-        layer = int(np.unravel_index(np.nanargmax(step), step.shape)[0])
+        layer = int(rows[np.unravel_index(np.nanargmax(step), step.shape)[0]])
         warnings.warn(
-            f"width {width}: one draw adds {worst / width:.3g} to Var log q across nets (layer "
-            f"{layer}: v = {worst:.4g}, Var = v / N), so q varies by a factor of about "
-            f"{math.exp(math.sqrt(worst / width)):.3g} from net to net there; the 1/N expansion "
-            "of a draw takes its fluctuation to be small and holds only for N >> v (a "
+            f"width {width}: one draw adds {worst / width:.3g} to Var log {name} across nets "
+            f"(layer {layer}: v = {worst:.4g}, Var = v / N), so {name} varies by a factor of "
+            f"about {math.exp(math.sqrt(worst / width)):.3g} from net to net there; the 1/N "
+            "expansion of a draw takes its fluctuation to be small and holds only for N >> v (a "
             "bottleneck of few features, or N ~ 1). Run sp.simulate at this width instead.",
             FiniteWidthWarning, stacklevel=4)
 
