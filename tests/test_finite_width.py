@@ -316,6 +316,12 @@ def test_a_draw_of_order_one_spread_warns():
         ds = sp.theory(presets.plain(8, "relu"), PAIR, width=32)
     assert not [w for w in rec if "one draw adds" in str(w.message)]
     assert float(ds.var_log_q.max()) > 1.5 and float(ds.var_log_grad_q.max()) > 1.5
+    # the gradient's top draw, |delta|^2 over N / 64 features: v = 2 / (1/64) = 128 at layer 3
+    # (it was never checked), the forward's Dense of ratio 1/64 likewise
+    with pytest.warns(fw.FiniteWidthWarning, match=r"width 64: one draw adds 2 to Var log "
+                      "grad_q .*layer 3: v = 128"):
+        sp.theory(sp.Serial(sp.Dense(1.0), sp.Act("relu"), sp.Dense(1.0, ratio=1 / 64)), one,
+                  width=64)
     # the gradient's: tanh at q = 1000 gates its features to a few, ~2.8 added by one layer
     with pytest.warns(fw.FiniteWidthWarning, match=r"width 64: one draw adds 2.8\d to Var log "
                       "grad_q .*layer 1:"):
@@ -742,8 +748,9 @@ def test_a_tangent_from_a_preactivation_is_one_injected_through_its_dense():
     """The gradient at a Dense's output (the shared adjoint pass, tangent started on the
     Dense's Gaussian features still to be drawn, x's fluctuation carried into the pair) against
     :func:`injected_through_its_dense`; equal up to the central differences' O(STEP^2) (the
-    tolerances of test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk, at the same
-    STEP). Dropping x's carried fluctuation from the start moves c at layer 3 by 0.15."""
+    tolerances of test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk, met here at
+    the default STEP). Dropping x's carried fluctuation from the start moves c at layer 3 by
+    0.15."""
     net = sp.Serial(sp.Dense(1.5, 0.3), sp.Act("tanh"),
                     sp.Dense(sp.sweep("sigma_w", [1.2, 2.0]), 0.5, ratio=0.5), sp.Act("erf"),
                     sp.Dense(1.5, 0.3, ratio=2.0), sp.Act("tanh"), sp.Dense(1.0))
@@ -776,8 +783,10 @@ def test_gradient_after_a_dense_whose_features_are_drawn():
         assert got[0].lost is None
         np.testing.assert_allclose(got[0].coef, got[1].coef, rtol=2e-6, atol=1e-7)
         np.testing.assert_allclose(got[0].var_log_q, got[1].var_log_q, rtol=2e-6, atol=1e-7)
-    zero = fw.gradient_coefficient(sp.Serial(sp.Dense(0.0, 0.5), *tail), PAIR, layers=[1])
-    rest = fw.gradient_coefficient(sp.Serial(*tail), sp.Inputs(q=0.25, law="gaussian"))
+    deep = [sp.Act("tanh"), sp.Dense(1.2, 0.1), *tail]  # (c = -0.096: not 0 by construction)
+    zero = fw.gradient_coefficient(sp.Serial(sp.Dense(0.0, 0.5), *deep), PAIR, layers=[1])
+    rest = fw.gradient_coefficient(sp.Serial(*deep), sp.Inputs(q=0.25, law="gaussian"))
+    assert zero.lost is None and np.all(np.abs(rest.coef) > 0.05)
     np.testing.assert_allclose(zero.coef[..., 0], rest.coef[..., 0], rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(zero.var_log_q[..., 0], rest.var_log_q[..., 0], rtol=2e-6)
     for op in (sp.Scale(2.0), sp.FeatureAffine(gain=1.3)):
@@ -785,10 +794,12 @@ def test_gradient_after_a_dense_whose_features_are_drawn():
                                     layers=[1, 2])
         assert g.lost is None
         np.testing.assert_allclose(g.var_log_q[1], g.var_log_q[0], rtol=2e-6)
-    with pytest.warns(fw.FiniteWidthWarning, match="layer 2 Act: no finite-width rule for Act "
-                      r"here \(the gradient at net > layer 1 Dense's output starts on its "
-                      "features drawn"):
-        sp.theory(sp.Serial(sp.Dense(1.5, 0.3, init="uniform"), *tail), PAIR, width=64)
+    for mid in ([], [sp.Scale(2.0)]):  # (the note holds until the next Dense)
+        with pytest.warns(fw.FiniteWidthWarning, match=f"layer {2 + len(mid)} Act: no "
+                          r"finite-width rule for Act here \(the gradient at net > layer 1 "
+                          "Dense's output starts on its features drawn"):
+            sp.theory(sp.Serial(sp.Dense(1.5, 0.3, init="uniform"), *mid, *tail), PAIR,
+                      width=64)
 
 
 def test_gradient_at_a_preactivation_against_monte_carlo():
@@ -813,6 +824,10 @@ def test_gradient_at_a_preactivation_against_monte_carlo():
               sp.Residual(sp.Serial(sp.LayerNorm(), sp.Dense(1.0), sp.Act("gelu"), sp.Dense(0.7)))),
     # layer 1 a uniform Dense's output (no rule for a tangent started there): NaN, not the others
     sp.Serial(sp.Dense(1.2, 0.1, init="uniform"), sp.Act("tanh"), sp.Dense(1.0), sp.Act("relu")),
+    # zero weights at layer 3: layers 1-2's tangents are 0 above it (NaN); layer 3's starts on
+    # the bias's Gaussian features (its join was waiting on the draw that lost the shared walk)
+    sp.Serial(sp.Dense(1.5, 0.3), sp.Act("tanh"), sp.Dense(0.0, 0.5), sp.Act("tanh"),
+              sp.Dense(1.2, 0.1), sp.Act("tanh"), sp.Dense(1.0)),
     # pre-activation layers: tangents started on a Dense's features still to be drawn
     sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"), sp.Dense(sp.sweep("sigma_w", [0.8, 1.6])),
               sp.Act("erf"), sp.Dense(1.0, 0.2)),
@@ -828,7 +843,7 @@ def test_gradient_at_a_preactivation_against_monte_carlo():
     sp.Repeat(sp.Serial(sp.LayerNorm(), VARYING, sp.Dense(1.2, 0.1, init="uniform"),
                         sp.Act("tanh")), 3),
 ], ids=["preln-swept", "postln-tanh", "resnet-mean", "plain-erf", "widths-and-norms", "lost",
-        "preactivations", "uniform-swept", "uniform-residual", "norm-affine"])
+        "zero-weights", "preactivations", "uniform-swept", "uniform-residual", "norm-affine"])
 def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypatch):
     """The layers above the input share one recorded pair walk, pulled back from the top
     (:func:`fw._adjoint`), against a walk of their own from each layer: the same first-order
@@ -838,13 +853,16 @@ def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypa
     2.5e-4 both agree to 2e-6. A width change at the top level (Dense ratio 2, then 1/2)
     scales the tangent's own fluctuation where it starts; in "lost", layer 1's walks (a
     uniform Dense's output) are lost while layer 2's (the chain drawn where it joined) are
-    not; in "preactivations" the tangents of layers 1, 3 and 5 start on a Dense's Gaussian
-    features still to be drawn (and join the shared walk there, before its draw). Uniform weights
-    add bias terms from the pair's cumulants, whose t entries are 0 where t starts: each
-    layer's are replayed from its own start (without those terms c moves by up to 0.39 on
-    uniform-swept and 0.32 on uniform-residual; with the start's cumulants not mapped up the
-    tape, by 0.88 on uniform-swept); so is a varying FeatureAffine's noise on a settled stream
-    (taken from the lowest layer's walk: c 0.75 off at layer 2 of norm-affine)."""
+    not; in "zero-weights" layers 1-2's tangents are 0 past the zero Dense (lost) and the layers
+    above are not (layer 3's join waited on the draw that lost the shared walk: it was NaN, not
+    walked on its own); in "preactivations" the tangents of layers 1, 3 and 5 start on a
+    Dense's Gaussian features still to be drawn (and join the shared walk there, before its
+    draw). Uniform weights add bias terms from the pair's cumulants, whose t entries are 0
+    where t starts: each layer's are replayed from its own start (without those terms c moves
+    by up to 0.39 on uniform-swept and 0.32 on uniform-residual; with the start's cumulants not
+    mapped up the tape, by 0.88 on uniform-swept); so is a varying FeatureAffine's noise on a
+    settled stream (taken from the lowest layer's walk: c 0.75 off at layer 2 of
+    norm-affine)."""
     monkeypatch.setattr(fw, "STEP", 2.5e-4)
     L = len(fw.layers_of(net))
     shared = fw.gradient_coefficient(net, PAIR, layers=range(L + 1))

@@ -427,7 +427,8 @@ class Lost(str):
 
 class _Walk:
     """(reference stack, b, C) pushed op by op through a net; ``chain``: the ops met since the
-    top frame's features were last drawn fresh (None when its statistics are settled)."""
+    top frame's features were last drawn fresh (None when its statistics are settled; [] where
+    they are Gaussian features still to be drawn, whose law the top frame holds)."""
 
     def __init__(self, s0: Moments, ctx: Context, fresh: bool, tangent: bool = False,
                  cumulants: bool = False):
@@ -455,7 +456,7 @@ class _Walk:
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
-        self.start_note = ""  # a tangent walk's: why its start is drawn (for the next op's loss)
+        self.start_note = ""  # a tangent walk's: why its start is drawn (until the next Dense)
 
     def push(self, fn, kurtosis=None):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
@@ -502,9 +503,21 @@ class _Walk:
 
     def settle(self):
         """Draw the top frame's features: the law given the realised past (a delta step), then
-        the i.i.d. fluctuation of its realised statistics (:func:`feature_noise`)."""
+        the i.i.d. fluctuation of its realised statistics (:func:`feature_noise`). The layers
+        waiting on the draw are drawn with it, unless an op joined the chain after them or the
+        draw lost the walk (then they are stale: walked on their own)."""
         if self.chain is None:
             return
+        n = len(self.chain)
+        self._draw()
+        for join, k in self.waiting:
+            if k == n and not self.lost:
+                self.tape.append(join + (_tangent_log_q(self),))
+            else:
+                self.stale.append(join)
+        self.waiting = []
+
+    def _draw(self):
         chain, self.chain, ctx = self.chain, None, self.chain_ctx
         base = self.frames
         if self._beyond_float64(base[-1], ctx):
@@ -579,12 +592,6 @@ class _Walk:
             self.tape.append(extra)
         if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
             self.push(lambda fr: [to_unit_diagonal(fr[0])])
-        for join, n in self.waiting:  # drawn where they joined, unless an op joined the chain
-            if n == len(chain):
-                self.tape.append(join + (_tangent_log_q(self),))
-            else:
-                self.stale.append(join)
-        self.waiting = []
 
     def _cumulant_step(self, fn):
         """The frames' cumulants (a list) mapped by ``fn``, which the tape keeps (the adjoint
@@ -668,9 +675,6 @@ class _Walk:
         """Push the walk through ``op``, whose context (and path, for messages) is ``ctx``."""
         if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
-        note = ""
-        if not isinstance(op, (Serial, Repeat)):
-            note, self.start_note = self.start_note, ""
         if len(self.frames) == 1 and isinstance(op, (Scale, FeatureAffine, LayerNorm)) \
                 and _zeroes(op, ctx):
             self.settle()
@@ -692,6 +696,7 @@ class _Walk:
         elif isinstance(op, Dense):
             self.settle()
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
+            self.start_note = ""  # (features drawn anew: a start's note no longer applies)
             ratio = np.asarray(ctx.p(op.ratio))
             self.widths[-1] = self.widths[-1] * ratio
             if ratio.ndim:  # a swept ratio moves no law: the frames take its grid (units only)
@@ -728,7 +733,7 @@ class _Walk:
         else:  # BatchNorm, an Act on a settled stream, other ops
             self.settle()
             self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here"
-                      + note)
+                      + self.start_note)
             if isinstance(op, BatchNorm):
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
             if not self.stop_when_lost:
@@ -823,7 +828,8 @@ class _Walk:
             bias = np.asarray(ctx.p(first.sigma_b)) != 0  # names the zero weights)
             if first.init != "normal" or not np.all(weights | (bias & (not self.tangent))):
                 return False
-        return all(isinstance(op, Scale) or isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
+        return all(isinstance(op, Scale)
+                   or isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
                    for op in self.chain[1 if isinstance(first, Dense) else 0:])
 
     def settled(self):
@@ -1255,10 +1261,11 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     coupling to the forward weights (which gradient independence drops) is in it. The walk of
     x_a alone up to layer l, then of the pair (x_a, J t) (:meth:`_Walk.law`); t's own
     fluctuation given x_l (|t|^2 / N, x.t / N and mean(t), each O(1/sqrt N)) joins the
-    covariance there; the statistic is the tangent's q / q_inf at the top. Var log grad_q_l is
-    the tangent's Var log q: the nonzero spectra of J_l J_l^T and J_l^T J_l agree, so
-    |J_l^T delta|^2 and |J_l t|^2 have one law (sum_i s_i^2 z_i^2), the fluctuation of delta
-    (|delta|^2 / N) included as t's.
+    covariance there (at a Dense's output, Gaussian features still to be drawn: with the pair's
+    features, where they are drawn); the statistic is the tangent's q / q_inf at the top.
+    Var log grad_q_l is the tangent's Var log q: the nonzero spectra of J_l J_l^T and J_l^T J_l
+    agree, so |J_l^T delta|^2 and |J_l t|^2 have one law (sum_i s_i^2 z_i^2), the fluctuation
+    of delta (|delta|^2 / N) included as t's.
 
     The input (l = 0) has a walk of its own (the pair drawn fresh from Gaussian inputs). The
     other layers share one: the pair's laws are homogeneous in t, so in the walk's scaled
@@ -1386,7 +1393,8 @@ def _close(shared: _Walk, members, own, why):
 
 
 def _tangent_log_q(w: _Walk):
-    """The tangent's true log q in a pair walk whose statistics are drawn."""
+    """The tangent's true log q in a pair walk whose statistics are drawn (or Gaussian features
+    still to be drawn, whose law the frame holds)."""
     f = w.frames[0]
     with np.errstate(divide="ignore"):  # (a tangent past float64: lost where it is drawn)
         return 2 * f.ls[..., 1] + np.log(f.K[..., 1, 1])
@@ -1708,7 +1716,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     computed["valid_width_grad_q"] = valid
     computed["var_log_grad_q"] = var
     _warn_gradient(c, rows, width, mean_mode)
-    _warn_spread(v[::-1], rows[::-1], width, "grad_q")
+    _warn_spread(v[::-1], rows[::-1], width, "grad_q", len(layers_of(net)))
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
@@ -1724,7 +1732,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
     _warn_invalid(needs, width)
-    _warn_spread(coef["var_log_q"], range(len(coef["var_log_q"])), width, "q")
+    _warn_spread(coef["var_log_q"], range(len(coef["var_log_q"])), width, "q", 0)
     return out
 
 
@@ -1764,15 +1772,16 @@ def _warn_invalid(needs, width):
                 FiniteWidthWarning, stacklevel=4)
 
 
-def _warn_spread(v, rows, width, name):
+def _warn_spread(v, rows, width, name, first):
     """Warn where one layer's draw adds 1 or more to Var log q = v / N (its increment of v >= N:
     a bottleneck of few features, or N ~ 1): each draw's expansion takes its fluctuation to be
     small. Not the total: a deep relu net's Var log q = 5 L / N grows past 1 from independent
     draws, each small, and the first-order law holds there (Hanin & Nica's log-normal). ``v``
     per layer of ``rows``, in the order the draws add to it (the gradient's from the top): the
-    increments between adjacent layers."""
+    increments between adjacent layers, and at ``first`` (the input for q, the top for grad_q)
+    its own draw."""
     rows = np.asarray(rows)
-    step = np.concatenate([0 * v[:1], np.diff(v, axis=0)])
+    step = np.concatenate([v[:1] if rows[0] == first else np.nan * v[:1], np.diff(v, axis=0)])
     step[1:][np.abs(np.diff(rows)) != 1] = np.nan  # (several layers' draws: not one)
     worst = float(np.nanmax(step, initial=0.0))
     if worst >= width:
@@ -1970,7 +1979,7 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
         states.append(to_unit_diagonal(blk.theory_forward(states[-1], ctx)))
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     out = np.zeros((len(blocks) + 1, B))
-    out[-1] = digamma(width / 2) - math.log(width / 2)  # grad_q_L = |delta_L|^2/N, delta_L ~ N(0, I)
+    out[-1] = digamma(width / 2) - math.log(width / 2)  # grad_q_L = |delta_L|^2/N, N(0, I)
     for l in range(len(blocks), 0, -1):
         try:
             gain = _block_gain(blocks[l - 1], states[l - 1], g, ctx, width)
@@ -2046,8 +2055,8 @@ def warn_batchnorm(net: Op, inputs):
 
 def warn_unreachable(bns, B, layers):
     """Warn (once, for the worst BatchNorm) when a backward expectation E[1/s^2] is carried by
-    features with a batch variance below eps, sampled only beyond ``PRACTICAL_WIDTH`` (B <= 3: E[1/chi^2_{B-1}]
-    is infinite at eps = 0)."""
+    features with a batch variance below eps, sampled only beyond ``PRACTICAL_WIDTH`` (B <= 3:
+    E[1/chi^2_{B-1}] is infinite at eps = 0)."""
     if B > 3 or not bns:
         return
     worst = None  # (eps / lam, S, eps) at the BatchNorm and grid point where it is smallest
