@@ -314,6 +314,8 @@ def test_a_draw_of_order_one_spread_warns():
         warnings.simplefilter("always")
         sp.theory(bottleneck(1 / 16), one, width=64)
         ds = sp.theory(presets.plain(8, "relu"), PAIR, width=32)
+        sp.theory(presets.plain(8, "relu"), PAIR, width=32, layers=[0, 1])  # (top unrecorded:
+        # layer 1's v = 51 is 8 draws, not one)
     assert not [w for w in rec if "one draw adds" in str(w.message)]
     assert float(ds.var_log_q.max()) > 1.5 and float(ds.var_log_grad_q.max()) > 1.5
     # the gradient's top draw, |delta|^2 over N / 64 features: v = 2 / (1/64) = 128 at layer 3
@@ -789,12 +791,17 @@ def test_gradient_after_a_dense_whose_features_are_drawn():
     assert zero.lost is None and np.all(np.abs(rest.coef) > 0.05)
     np.testing.assert_allclose(zero.coef[..., 0], rest.coef[..., 0], rtol=2e-6, atol=1e-7)
     np.testing.assert_allclose(zero.var_log_q[..., 0], rest.var_log_q[..., 0], rtol=2e-6)
+    for block in (sp.Serial(sp.LayerNorm(), sp.Act("tanh"), sp.Dense(1.0)),  # lost whatever
+                  sp.Residual(sp.Serial(sp.Act("tanh"), sp.Dense(1.0)))):  # the start: no note
+        lost = fw.gradient_coefficient(sp.Serial(sp.Dense(1.2, 0.1, init="uniform"), block),
+                                       PAIR, layers=[1]).lost
+        assert "no finite-width rule for Act here" in lost and "starts on" not in lost
     for op in (sp.Scale(2.0), sp.FeatureAffine(gain=1.3)):
         g = fw.gradient_coefficient(sp.Serial(sp.Dense(1.5, 0.3), op, *tail), PAIR,
                                     layers=[1, 2])
         assert g.lost is None
         np.testing.assert_allclose(g.var_log_q[1], g.var_log_q[0], rtol=2e-6)
-    for mid in ([], [sp.Scale(2.0)]):  # (the note holds until the next Dense)
+    for mid in ([], [sp.Scale(2.0)]):  # (the note holds until a reduction)
         with pytest.warns(fw.FiniteWidthWarning, match=f"layer {2 + len(mid)} Act: no "
                           r"finite-width rule for Act here \(the gradient at net > layer 1 "
                           "Dense's output starts on its features drawn"):

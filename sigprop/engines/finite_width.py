@@ -456,7 +456,7 @@ class _Walk:
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
-        self.start_note = ""  # a tangent walk's: why its start is drawn (until the next Dense)
+        self.start_note = ""  # a tangent walk's: why its start is drawn (until a reduction)
 
     def push(self, fn, kurtosis=None):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
@@ -675,6 +675,8 @@ class _Walk:
         """Push the walk through ``op``, whose context (and path, for messages) is ``ctx``."""
         if self.stop_when_lost and self.lost:  # laws past that op: not needed (nor defined)
             return
+        if not isinstance(op, (Serial, Repeat, Scale, FeatureAffine, Act)):
+            self.start_note = ""  # (a reduction or a new draw: a start's note no longer applies)
         if len(self.frames) == 1 and isinstance(op, (Scale, FeatureAffine, LayerNorm)) \
                 and _zeroes(op, ctx):
             self.settle()
@@ -696,7 +698,6 @@ class _Walk:
         elif isinstance(op, Dense):
             self.settle()
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
-            self.start_note = ""  # (features drawn anew: a start's note no longer applies)
             ratio = np.asarray(ctx.p(op.ratio))
             self.widths[-1] = self.widths[-1] * ratio
             if ratio.ndim:  # a swept ratio moves no law: the frames take its grid (units only)
