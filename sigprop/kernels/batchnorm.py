@@ -485,7 +485,7 @@ def _log_phi_n(t, s2, w, N):
     """N log phi(t/N) at each t, phi(s) = sum_k w_k (1 + 2 s s2_k)^(-1/2): by log1p(-(1 - phi))
     near phi = 1, 1 - phi = sum_k w_k x_k / (r_k (1 + r_k)) (x = 2 s s2, r = sqrt(1 + x));
     by phi itself below 1/2 (1 - phi would floor phi at the weights' rounding, 1 - sum w ~
-    1e-16, which kept phi^N above the grid's end at N = 1: a typical gain of -inf)."""
+    1e-16, which kept phi^N above the grid's end at N = 1 until 2 t s2 overflowed: a NaN)."""
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):  # (far t: x = inf)
         x = 2 * (t / N)[:, None] * s2  # (t, n)
         root = np.sqrt(1 + x)
