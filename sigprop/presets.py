@@ -38,6 +38,10 @@ def branch(act="relu", shape="mlp", ratio=1.0, sigma_w1=None, sigma_w2=1.0, sigm
         raise ConfigError("shape", shape, f"one of {SHAPES}")
     s1 = (math.sqrt(2.0) if act in RELU_LIKE else 1.0) if sigma_w1 is None else sigma_w1
     if shape == "mlp":
+        if isinstance(ratio, Sweep):  # (its second Dense would need a sweep of 1 / ratio)
+            raise ConfigError("ratio", ratio, "a number: a swept hidden width needs the second "
+                              "Dense's ratio swept as its inverse; build the branch by hand, "
+                              "one net per ratio")
         return Serial(Dense(s1, sigma_b, ratio), Act(act), Dense(sigma_w2, sigma_b, 1 / ratio))
     if shape == "act_dense":
         return Serial(Act(act), Dense(s1, sigma_b))

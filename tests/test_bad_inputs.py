@@ -119,6 +119,12 @@ def test_unreadable_datasets_and_unknown_names(good, tmp_path):
     # a branch ending at another width than the stream's (the theory took it and drifted)
     (lambda: sp.Residual(sp.Serial(sp.Dense(ratio=2.0), sp.Act("relu"))), "Residual branch"),
     (lambda: sp.Residual(sp.Repeat(sp.Dense(ratio=0.5), 3)), "Residual branch"),
+    # ... at one point of a swept ratio, which the op cannot check (the theory took it, with
+    # finite-width numbers for a net it refuses when written with that number)
+    (lambda: sp.theory(sp.Repeat(sp.Residual(sp.Serial(sp.Dense(ratio=sp.sweep("r", [1, 4])),
+                                                       sp.Act("relu"), sp.Dense())), 2),
+                       sp.Inputs(q=1.0, n=1), width=64), "Residual branch"),
+    (lambda: sp.presets.preln(4, ratio=sp.sweep("r", [1.0, 4.0])), "ratio"),  # (a TypeError)
 ])
 def test_bad_api_input_is_a_config_error(make, field):
     with pytest.raises(sp.ConfigError) as err:

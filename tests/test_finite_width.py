@@ -1334,6 +1334,19 @@ def test_a_branch_of_zero_weights_is_the_identity():
                 sp.theory(net_, inputs, width=64)
 
 
+def test_a_tiny_direction_steps_without_numpy_warnings():
+    """At q = 1e160 a Pre-LN tanh net's walk has directions of entries ~1e-160, whose central-
+    difference step ~1e157 squared overflowed (8 numpy RuntimeWarnings); their second
+    difference is 0 to float64. The branch is then a vanishing part of the stream, so the net
+    is the identity to float64: no correction, and the gradient's spread is delta's own, 2/N."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        ds = sp.theory(presets.preln(2, act="tanh"), sp.Inputs(q=1e160, n=1), width=64)
+    for k in ("log_q_correction", "var_log_q", "grad_q_rel_correction"):
+        np.testing.assert_allclose(ds[k].values, 0.0, atol=1e-8, err_msg=k)  # (round-off 5e-10)
+    np.testing.assert_allclose(ds.var_log_grad_q.values, 2 / 64, rtol=1e-9)
+
+
 def test_past_float64_in_true_units_is_nan_with_a_warning():
     """The feature law and the tangent's laws take true units: where the stream passes float64
     (sigma_w = 1e30 per layer, log q ~ 825 at layer 6) the corrections are NaN with a warning

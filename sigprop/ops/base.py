@@ -168,8 +168,9 @@ class Op:
         """(output width, widest width, largest weight n_in n_out) on width-``n`` features."""
         return n, n, 0
 
-    def width_ratio(self) -> float | None:
-        """n_out / n_in (None where a swept or symbolic ratio leaves it open)."""
+    def width_ratio(self, p=None) -> Any:
+        """n_out / n_in (None where a swept or symbolic ratio leaves it open; with ``p``, a
+        :meth:`Context.p <sigprop.state.params.Context.p>`, over the sweep grid)."""
         return 1.0
 
     # -- symbolic face ----------------------------------------------------------------------

@@ -88,7 +88,9 @@ class Dense(Op):
         n_out = mc.dense_width(n, self.ratio)
         return n_out, max(n, n_out), n * n_out
 
-    def width_ratio(self):
+    def width_ratio(self, p=None):
+        if p is not None:
+            return p(self.ratio)
         return float(self.ratio) if isinstance(self.ratio, (int, float)) else None
 
     def mc_forward(self, x, env, record=None):

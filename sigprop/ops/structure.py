@@ -75,9 +75,9 @@ class Serial(Op):
     def mc_widths(self, n):
         return _chain_widths(self.layers, n)
 
-    def width_ratio(self):
-        ratios = [op.width_ratio() for op in self.layers]
-        return None if None in ratios else math.prod(ratios)
+    def width_ratio(self, p=None):
+        ratios = [op.width_ratio(p) for op in self.layers]
+        return None if any(r is None for r in ratios) else math.prod(ratios)
 
     def _mc_envs(self, env):
         """Each layer's env: op index offset by the ops of the layers before it."""
@@ -137,8 +137,8 @@ class Repeat(Op):
     def mc_widths(self, n):
         return _chain_widths([self.block] * self.n, n)
 
-    def width_ratio(self):
-        r = self.block.width_ratio()
+    def width_ratio(self, p=None):
+        r = self.block.width_ratio(p)
         return None if r is None else r**self.n
 
     def _mc_envs(self, env):
