@@ -21,7 +21,7 @@ from sigprop import schema
 from sigprop.engines import memory
 from sigprop.engines.dataset import build
 from sigprop.errors import ConfigError, OverflowInTheory
-from sigprop.ops import Op, layers_of, sweeps_of
+from sigprop.ops import Op, Residual, layers_of, sweeps_of
 from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
 from sigprop.state.moments import Cotangent, Gram, corr_of, rescale, to_unit_diagonal
@@ -34,27 +34,10 @@ def _check_args(net, inputs):
         raise ConfigError("net", type(net).__name__, "an Op (e.g. sp.presets.preln(depth=64))")
     if not isinstance(inputs, Inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
-    _check_swept_branch_widths(net)
-
-
-def _check_swept_branch_widths(net):
-    """A Residual's branch must end at the stream's width at every grid point: a swept Dense
-    ratio leaves :meth:`Residual.__post_init__ <sigprop.ops.structure.Residual>` no number to
-    check (the Monte Carlo refuses such a point when it draws it)."""
-    from sigprop.ops.structure import Residual
-
-    grid = sweeps_of(net)
-    p = Context(NUMERIC, tuple(grid)).p
-    for op in net.walk():
-        if isinstance(op, Residual) and op.branch.width_ratio() is None:
-            ratio = op.branch.width_ratio(p)
-            bad = np.abs(np.asarray(ratio, dtype=float) - 1) > 1e-9
-            if np.any(bad):
-                at = {d: grid[d].values[int(i[0])]
-                      for d, i in zip(grid, np.nonzero(bad))}
-                raise ConfigError("Residual branch width ratio", float(np.max(ratio[bad])),
-                                  f"1 at every grid point (at {at}): the branch must end at the "
-                                  "stream's width (Dense ratios in a branch multiply to 1)")
+    ctx = Context(NUMERIC, tuple(sweeps_of(net)))
+    for op in net.walk():  # (a swept Dense ratio: a branch's width checked at every point)
+        if isinstance(op, Residual):
+            op.check_branch_width(ctx)
 
 
 TAPE_BUDGET = 2**28  # bytes: below it the forward keeps every layer's intermediate states

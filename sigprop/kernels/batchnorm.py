@@ -490,7 +490,10 @@ def _log_phi_n(t, s2, w, N):
         x = 2 * (t / N)[:, None] * s2  # (t, n)
         root = np.sqrt(1 + x)
         lost = np.minimum((x / (root * (1 + root))) @ w, 1.0)
-        return N * np.where(lost < 0.5, np.log1p(-lost), np.log((1 / root) @ w))
+        out = np.log1p(-lost)
+        far = ~(lost < 0.5)  # (NaN where x overflowed: far too)
+        out[far] = np.log((1 / root[far]) @ w)
+        return N * out
 
 
 def bn_typical_log_gain(S, G, Gamma, eps, width, ref=None, act=None):

@@ -181,10 +181,22 @@ class Residual(Op):
         if is_zero(self.alpha) and is_zero(self.beta):
             raise ConfigError("Residual (alpha, beta)", (self.alpha, self.beta),
                               "not both zero (the block would output 0)")
-        ratio = self.branch.width_ratio()
-        if ratio is not None and abs(ratio - 1) > 1e-9:
-            raise ConfigError("Residual branch width ratio", ratio, "1: the branch must end at "
-                              "the stream's width (Dense ratios in a branch multiply to 1)")
+        self.check_branch_width()
+
+    def check_branch_width(self, ctx=None):
+        """The branch ends at the stream's width (its Dense ratios multiply to 1): on the ops'
+        numbers, or with ``ctx`` (a numeric Context) at every point of a swept ratio's grid,
+        which the op alone cannot check (the engines call it)."""
+        ratio = self.branch.width_ratio(None if ctx is None else ctx.p)
+        if ratio is None:
+            return
+        bad = np.abs(np.asarray(ratio, dtype=float) - 1) > 1e-9
+        if np.any(bad):
+            where = "" if ctx is None else f" at every point of the sweep over {list(ctx.dims)}"
+            raise ConfigError("Residual branch width ratio",
+                              float(np.max(np.asarray(ratio, dtype=float)[bad])),
+                              f"1{where}: the branch must end at the stream's width (Dense "
+                              "ratios in a branch multiply to 1)")
 
     SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {"alpha": "alpha", "beta": "beta"}
 
