@@ -237,16 +237,17 @@ depth = 64
 
 
 @pytest.mark.parametrize(("toml", "args", "says"), [
-    (BATCHNORM_B2, [], "BatchNorm at batch B = 2"),
-    (MEAN_STREAM, ["--width", 128], "width 128: the first-order correction to the input"),
+    (BATCHNORM_B2, [], "Pre-BN: BatchNorm at batch B = 2"),
+    (MEAN_STREAM, ["--width", 128], "resnet: width 128: the first-order correction to the input"),
 ], ids=["batchnorm-B2", "mean-stream-N128"])
 def test_theory_prints_finite_width_warnings_as_lines(tmp_path, toml, args, says):
+    """One line per distinct warning, naming the case (the arch's label, else its preset)."""
     path, out = tmp_path / "sim.toml", tmp_path / "th.nc"
     path.write_text(toml)
     r = invoke("theory", path, "-o", out, *args)
     assert r.exit_code == 0, r.output
     lines = [line for line in r.output.splitlines() if line.startswith("finite width: ")]
-    assert len(lines) == 1 and says in lines[0], r.output  # one line per distinct warning
+    assert len(lines) == 1 and lines[0].startswith("finite width: " + says), r.output
     assert "FiniteWidthWarning" not in r.output and "warnings.warn" not in r.output
     ds = sp.load(out)
     if args:  # the corrections at the width asked for are in the dataset

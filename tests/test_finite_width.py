@@ -12,6 +12,7 @@ test_relu_log_q_matches_exact_finite_width_law): well inside the standard errors
 from __future__ import annotations
 
 import math
+import re
 import warnings
 
 import numpy as np
@@ -237,6 +238,25 @@ def test_batchnorm_small_batch_warns_with_the_width_needed():
     with warnings.catch_warnings():
         warnings.simplefilter("error", fw.FiniteWidthWarning)
         sp.theory(bn_net(16), sp.Inputs(q=1.0, corr=0.5, n=4))
+
+
+def test_batchnorm_warning_is_at_the_width_asked_for():
+    """With width=N the warning weighs N, not PRACTICAL_WIDTH (it quoted 4096 at N = 1e6): it
+    says N and the share a net of N features misses (batchnorm_reach at N), and is silent at a
+    width beyond the reach it names. A swept eps names its worst point."""
+    def said(net, **kw):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            sp.theory(net, PAIR, **kw)
+        return [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+
+    default, = said(bn_net(16))
+    need = float(re.search(r"needs width ~(\d\.\d+e\+\d+)", default).group(1))  # (3 digits)
+    below, = said(bn_net(16), width=int(need / 2))
+    assert f"a net of width {int(need / 2)} misses" in below
+    assert said(bn_net(16), width=int(2 * need)) == []
+    worst, = said(bn_net(16, eps=sp.sweep("eps", [1e-1, 1e-5, 1e-3])))
+    assert "(eps = 1e-05) at eps = 1e-05:" in worst
 
 
 def test_batchnorm_reach_is_monotone_in_eps_and_width():
@@ -1288,6 +1308,47 @@ def test_tangent_with_swept_norm_parameters_and_zero_weights():
     with pytest.warns(fw.FiniteWidthWarning, match="Dense.*zero weights"):
         ds = sp.theory(zero, sp.Inputs(q=1.0), width=64)
     assert np.isnan(ds.grad_q_rel_correction.values[0]).all()
+
+
+def test_a_mean_over_nets_carried_by_rare_nets_warns():
+    """Many small draws: a relu resnet of depth 100 at N = 16 spreads log q by Var ~ 17 across
+    nets, each draw adding ~0.17 (no 'one draw' warning); q is then about log-normal (Hanin &
+    Nica), its mean over nets e^(Var/2) times its median, and S nets measure the mean to 10 %
+    only for S ~ (e^Var - 1) / 0.01. The warning quotes those from the dataset's Var and
+    log_q_correction; at N = 4096 (Var ~ 0.07) it is silent. Both were silent."""
+    def run(width):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            ds = sp.theory(presets.resnet(100), PAIR, width=width)
+        return ds, [str(w.message) for w in rec]
+
+    ds, said = run(16)
+    assert not [m for m in said if "one draw adds" in m]
+    q, = [m for m in said if "Var log q across nets" in m]
+    var = float(ds.var_log_q.sel(layer=100).max())
+    i = int(np.argmax(ds.var_log_q.sel(layer=100).values))
+    assert var > 1 and f"reaches {var:.3g} at layer 100" in q
+    assert f"{math.exp(var / 2):.3g} x its median" in q
+    assert f"S ~ {math.expm1(var) / 0.01:.3g}." in q
+    assert f"one {float(ds.log_q_correction.sel(layer=100)[i]):+.3g} (log_q" in q
+    g, = [m for m in said if "Var log grad_q across nets" in m]
+    assert f"reaches {float(ds.var_log_grad_q.sel(layer=0).max()):.3g} at layer 0" in g
+    ds, said = run(4096)
+    assert float(ds.var_log_q.max()) < 0.1 and not [m for m in said if "across nets" in m]
+
+
+def test_warnings_name_the_grid_point():
+    """With sweeps a warning names the point it quotes (it named none): the gradient's
+    correction at the swept alpha of the mean-carrying stream, and one draw's spread at the
+    swept ratio of a Dense of 1 feature in 64."""
+    with pytest.warns(fw.FiniteWidthWarning, match=r"width 128 at a = 0\.125: the first-order "
+                      "correction to the input gradient"):
+        sp.theory(presets.resnet(64, "relu", alpha=sp.sweep("a", [0.01, 0.125]),
+                                 shape="dense_act"), sp.Inputs(q=1.0), width=128)
+    net = sp.Serial(sp.Dense(1.0), sp.Act("relu"), sp.Dense(1.0, ratio=sp.sweep("r", [1, 1 / 64])))
+    with pytest.warns(fw.FiniteWidthWarning, match=r"width 64 at r = 0\.01562: one draw adds 2 "
+                      "to Var log q"):
+        sp.theory(net, sp.Inputs(q=1.0, n=1), width=64)
 
 
 def test_a_branch_of_zero_weights_is_the_identity():

@@ -187,6 +187,54 @@ def test_typical_over_a_sweep_is_each_points_own():
     # the gain depends on alpha sigma_w1 only)
 
 
+def test_typical_of_a_net_however_written():
+    """The same net written through nested Repeats, or with exact scales between its blocks,
+    has the same typical gradient (it was NaN): Repeat(Repeat(b, 2), 2) is Repeat(b, 4) at its
+    layers 0, 2, 4; Scale(1) after each block changes nothing; Scale(2) after
+    x -> x + F(BN x) is x -> 2 x + 2 F(BN x) (BN x being scale-free)."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")
+    blk = presets.prebn(1).blocks()[0]
+
+    def typical(net):
+        return fw.typical_log_grad_q(net, inputs, 128)
+
+    plain = typical(sp.Repeat(blk, 4))
+    np.testing.assert_array_equal(typical(sp.Repeat(sp.Repeat(blk, 2), 2)), plain[::2])
+    np.testing.assert_array_equal(typical(sp.Repeat(sp.Serial(blk, sp.Scale(1.0)), 4)), plain)
+    np.testing.assert_allclose(
+        typical(sp.Repeat(sp.Serial(blk, sp.Scale(2.0)), 4)),
+        typical(sp.Repeat(sp.Residual(blk.branch, alpha=2.0, beta=2.0), 4)),
+        rtol=1e-12)  # (the same laws in other units: round-off)
+    assert np.isfinite(plain).all()
+
+
+def test_a_batchnorm_in_a_branch_it_never_adds():
+    """x -> beta x + 0 F(x) with F = Dense -> BN -> relu (ReZero at init) at B = 2 is beta x:
+    every correction 0 and grad_q_l = beta^(2 (L - l)) |delta_L|^2 / N, so E log grad_q_l =
+    2 (L - l) log beta + digamma(N/2) - log(N/2), and no BatchNorm warning (its branch never
+    reaches the output). It warned of BatchNorm's rare features and gave NaN; at alpha = 0.3
+    the same branch raised a TypeError from deep inside the warning's walk (a decoupled cross
+    moment stored as an array, which BatchNorm's law reads as unknown)."""
+    def net(alpha, beta=2.0):
+        return sp.Repeat(sp.Residual(sp.Serial(sp.Dense(), sp.BatchNorm(), sp.Act("relu")),
+                                     alpha=alpha, beta=beta), 3)
+
+    N, inputs = 64, sp.Inputs(q=1.0, corr=0.5, n=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        ds = sp.theory(net(0.0), inputs, width=N)
+    for k in ("log_q_correction", "corr_correction", "mean_correction", "var_log_q"):
+        np.testing.assert_array_equal(ds[k].values, 0.0, err_msg=k)
+    np.testing.assert_allclose(ds.grad_q_rel_correction.values, 0.0,
+                               atol=1e-8)  # (second differences at step 1e-3: 1e-16 / 1e-6 x L)
+    want = 2 * (3 - np.arange(4)) * math.log(2.0) + digamma(N / 2) - math.log(N / 2)
+    np.testing.assert_allclose(ds.typical_log_grad_q.values, want[:, None] + 0 * ds.input.values,
+                               rtol=1e-14)  # (sums of logs: round-off)
+    with pytest.warns(FiniteWidthWarning, match="BatchNorm at batch B = 2"):
+        ds = sp.theory(net(0.3), inputs)
+    assert np.isfinite(ds.log_q.values).all()
+
+
 def test_zero_weights_before_a_batchnorm():
     """Dense(sigma_w = 0) -> BatchNorm -> relu: the stream is exactly 0 (log q = -inf) and so is
     the gradient below the Dense (typical log grad_q = -inf, as log grad_q), with the zero

@@ -54,8 +54,9 @@ down it, :func:`_adjoint`; t brought back to x's scale at every layer, units onl
 in a stream x + alpha phi(W x) that carries a mean, the coupling through the forward weights,
 also in closed form (:func:`mean_mode_coefficient`). Validity: per statistic the width where the
 correction is 10 % of the leading term (``valid_width_*``), and warnings where N is below the
-coefficient or where an expectation is carried by events no practical width samples
-(:func:`warn_unreachable`: BatchNorm at B <= 3). For those, the typical value E log grad_q at
+coefficient, where an expectation is carried by events no practical width samples
+(:func:`warn_unreachable`: BatchNorm at B <= 3), or by rare nets (:func:`_warn_rare_nets`:
+Var log q > 1 across nets). For BatchNorm, the typical value E log grad_q at
 width N (:func:`typical_log_grad_q`: BatchNorm's per-feature backward averaged over N
 features, by a t-integral), not a 1/N expansion.
 """
@@ -93,8 +94,9 @@ from sigprop.ops import (
     layers_of,
     sweeps_of,
 )
-from sigprop.ops.base import vec
+from sigprop.ops.base import is_zero, vec
 from sigprop.state.moments import (
+    DECOUPLED,
     TRUE_LS_MAX,
     Moments,
     Ref,
@@ -136,6 +138,7 @@ BEND_MAX = 1e6
 RHO_MAX = 9.0  # in standard deviations (whitened radius): exp(-81/2) ~ 2.6e-18
 VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
+SPREAD_MAX = 1.0  # Var log q across nets past which a mean over nets is carried by rare nets
 
 
 # -- the state vector ------------------------------------------------------------------------
@@ -722,6 +725,8 @@ class _Walk:
         elif isinstance(op, FeatureAffine):  # vectors that vary, on a settled stream
             self.settle()
             self._varying_affine(op, ctx)
+        elif isinstance(op, Residual) and is_zero(op.alpha):  # beta x: a branch it never adds
+            self.walk(Scale(op.beta), ctx)  # (ReZero at init; a BatchNorm there is not met)
         elif isinstance(op, Residual):
             self.settle()
             self.push(lambda fr: fr + [fr[-1].push_ref()])
@@ -1170,11 +1175,14 @@ E00 = np.array([[1.0, 0.0], [0.0, 0.0]])
 
 def _scaled(out: Moments, K, m, X=None) -> Moments:
     """``out`` with true (K, m) and residual cross moments X (true columns; None: keep out's)
-    put back in scaled units of unit diagonal (the walk's differences stay O(1) at any scale)."""
+    put back in scaled units of unit diagonal (the walk's differences stay O(1) at any scale).
+    A ref that ``out`` holds decoupled stays so (X = m_r m^T in any units), as the laws after
+    it (a BatchNorm's) need to know."""
     unit = to_unit_diagonal(out.replace(K=K, m=m, ls=np.zeros_like(m)))
     e = np.exp(unit.ls)
     return unit if X is None else unit.replace(refs=tuple(
-        Ref(m=r.m, X=x / e[..., None, :]) for r, x in zip(out.refs, X)))
+        r if r.X is DECOUPLED else Ref(m=r.m, X=x / e[..., None, :])
+        for r, x in zip(out.refs, X)))
 
 
 def _true(f: Moments):
@@ -1719,84 +1727,139 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     grad[at], valid[at], var[at] = c[got] / N, np.abs(c[got]) / VALID_FRACTION, v[got] / N
     computed["valid_width_grad_q"] = valid
     computed["var_log_grad_q"] = var
-    _warn_gradient(c, rows, width, mean_mode)
-    _warn_spread(v[::-1], rows[::-1], width, "grad_q", len(layers_of(net)))
+    grid = sweeps_of(net)
+    _warn_gradient(c, rows, width, mean_mode, grid)
+    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", len(layers_of(net)), grid):
+        _warn_rare_nets(v, rows, width, "grad_q", grid)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
-        warnings.warn("typical_log_grad_q is NaN: it covers stacks (as top-level layers, e.g. "
-                      "sp.Repeat of one block) of Pre-BN blocks x -> beta x + alpha F(BN x), F "
-                      "starting with a Dense, and of Dense -> BatchNorm -> Act blocks of a "
-                      "degree-1 activation (linear only at B = 4), B = 2 to 4 inputs",
-                      FiniteWidthWarning, stacklevel=3)
+        warnings.warn("typical_log_grad_q is NaN: it covers nets made (through any Serial "
+                      "and Repeat) of Pre-BN blocks x -> beta x + alpha F(BN x), F starting "
+                      "with a Dense, Dense -> BatchNorm -> Act runs of a degree-1 activation "
+                      "(linear only at B = 4), Scales, and x -> beta x + 0 F(x); B = 2 to 4 "
+                      "inputs", FiniteWidthWarning, stacklevel=3)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
                                       else typical[layers].reshape(grad.shape))
-    dims = tuple(sweeps_of(net))
-    out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=dims), v)
+    out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=tuple(grid)), v)
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
-    _warn_invalid(needs, width)
-    _warn_spread(coef["var_log_q"], range(len(coef["var_log_q"])), width, "q", 0)
+    _warn_invalid(needs, width, grid)
+    rows = range(len(coef["var_log_q"]))
+    if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid):
+        _warn_rare_nets(coef["var_log_q"], rows, width, "q", grid, coef["log_q"])
     return out
 
 
-def _warn_gradient(c, rows, width, mean_mode):
-    """Warn when a gradient's first-order correction c/N (c: per layer of ``rows``) is as large
-    as its leading term; ``mean_mode()``: the closed-form A of a mean-carrying stream's
-    coupling, or None."""
-    worst = np.nanmax(np.abs(c).reshape(len(rows), -1), axis=1, initial=0.0)
-    if worst.max() < width:
+def _point(grid, idx, shape) -> str:
+    """The text ' at a = 1, w = 0.5': the sweep values at the grid part ``idx`` of an array's
+    index (its ``shape``; an axis of length 1 holds at every value of its sweep: not named); ''
+    if none."""
+    shape = shape[:len(grid)]  # (the axes after the grid's: inputs)
+    if len(shape) < len(grid):  # (no grid axes: the same everywhere)
+        return ""
+    named = [f"{name} = {sweep.values[i]:.4g}"
+             for (name, sweep), i, n in zip(grid.items(), idx, shape) if n > 1]
+    return f" at {', '.join(named)}" if named else ""
+
+
+def _warn_gradient(c, rows, width, mean_mode, grid):
+    """Warn when a gradient's first-order correction c/N (c: per layer of ``rows``, then the
+    sweeps of ``grid``) is as large as its leading term; ``mean_mode()``: the closed-form A of a
+    mean-carrying stream's coupling, or None."""
+    size = np.where(np.isnan(c), -np.inf, np.abs(c))
+    if not size.size or size.max() < width:
         return
-    l = rows[int(np.argmax(worst))]
-    worst = float(worst.max())
+    idx = np.unravel_index(np.argmax(size), size.shape)
+    l, worst = rows[idx[0]], float(size[idx])
     A = mean_mode()
     why = ("" if A is None else " The stream carries a mean that couples the backward through "
            f"the forward weights (that mode alone, in closed form: A = {float(np.max(A)):.4g}).")
     what = "the input gradient grad_q_0" if l == 0 else f"the gradient grad_q_{l} at layer {l}"
     warnings.warn(
-        f"width {width}: the first-order correction to {what} reaches "
+        f"width {width}{_point(grid, idx[1:], c.shape[1:])}: the first-order correction to "
+        f"{what} reaches "
         f"{worst / width:.3g} x its infinite-width value (coefficient c = {worst:.4g}); the 1/N "
         f"expansion holds only for N >> c (10 % at N = {10 * worst:.4g}).{why} The "
         "infinite-width gradient is not what a net of this width does: run sp.simulate "
         "at this width instead.", FiniteWidthWarning, stacklevel=4)
 
 
-def _warn_invalid(needs, width):
+def _warn_invalid(needs, width, grid):
     """Warn when a first-order correction is as large as the leading term: ``needs``, per
-    statistic, the width A (correction = leading term at N = A)."""
+    statistic, the width A (correction = leading term at N = A) per layer, then the sweeps of
+    ``grid``."""
     for stat, need in needs.items():
         if np.nanmax(need, initial=0.0) >= width:
-            worst = float(np.nanmax(need))
+            idx = np.unravel_index(np.nanargmax(need), need.shape)
+            worst = float(need[idx])
             against = " (or 0.1 where |corr| is smaller)" if stat == "corr" else ""
             warnings.warn(
-                f"width {width}: the first-order correction to {stat} reaches "
+                f"width {width}{_point(grid, idx[1:], need.shape[1:])}: the first-order "
+                f"correction to {stat} reaches "
                 f"{worst / width:.3g} x its infinite-width value{against} (coefficient A = "
                 f"{worst:.4g}); the 1/N expansion holds only for N >> A (10 % at N = "
                 f"{10 * worst:.4g}). Run sp.simulate at this width instead.",
                 FiniteWidthWarning, stacklevel=4)
 
 
-def _warn_spread(v, rows, width, name, first):
+def _warn_spread(v, rows, width, name, first, grid):
     """Warn where one layer's draw adds 1 or more to Var log q = v / N (its increment of v >= N:
     a bottleneck of few features, or N ~ 1): each draw's expansion takes its fluctuation to be
     small. Not the total: a deep relu net's Var log q = 5 L / N grows past 1 from independent
-    draws, each small, and the first-order law holds there (Hanin & Nica's log-normal). ``v``
+    draws, each small, and the first-order law holds there (Hanin & Nica's log-normal; what it
+    means for a mean over nets: :func:`_warn_rare_nets`). ``v``
     per layer of ``rows``, in the order the draws add to it (the gradient's from the top): the
     increments between adjacent layers, and at ``first`` (the input for q, the top for grad_q)
-    its own draw."""
+    its own draw; then the sweeps of ``grid``. Whether it warned."""
     rows = np.asarray(rows)
     step = np.concatenate([v[:1] if rows[0] == first else np.nan * v[:1], np.diff(v, axis=0)])
     step[1:][np.abs(np.diff(rows)) != 1] = np.nan  # (several layers' draws: not one)
     worst = float(np.nanmax(step, initial=0.0))
     if worst >= width:
-        layer = int(rows[np.unravel_index(np.nanargmax(step), step.shape)[0]])
+        idx = np.unravel_index(np.nanargmax(step), step.shape)
+        layer, sd = int(rows[idx[0]]), math.sqrt(worst / width)
         warnings.warn(
-            f"width {width}: one draw adds {worst / width:.3g} to Var log {name} across nets "
-            f"(layer {layer}: v = {worst:.4g}, Var = v / N), so {name} varies by a factor of "
-            f"about {math.exp(math.sqrt(worst / width)):.3g} from net to net there; the 1/N "
+            f"width {width}{_point(grid, idx[1:], step.shape[1:])}: one draw adds "
+            f"{worst / width:.3g} to Var log {name} across nets (layer {layer}: v = "
+            f"{worst:.4g}, Var = v / N), so {name} varies by a factor of about {_exp(sd)} from "
+            "net to net there; the 1/N "
             "expansion of a draw takes its fluctuation to be small and holds only for N >> v (a "
             "bottleneck of few features, or N ~ 1). Run sp.simulate at this width instead.",
             FiniteWidthWarning, stacklevel=4)
+    return worst >= width
+
+
+def _warn_rare_nets(v, rows, width, name, grid, log_coef=None):
+    """Warn where Var log {name} = v / N across nets (v per layer of ``rows``, then the sweeps
+    of ``grid``) passes ``SPREAD_MAX`` from draws each small (:func:`_warn_spread` otherwise),
+    where the expansion holds and this spread is its prediction: {name} is then about
+    log-normal across nets (Hanin & Nica), its mean over nets e^(Var/2) times its median and
+    carried by rare nets (the mean of S nets is within 10 % for S ~ (e^Var - 1) / 0.1^2), so the
+    infinite-width value, a mean, is not what a typical net does. ``log_coef``: the coefficient
+    of E log {name}, to say where the typical net is."""
+    var = np.asarray(v, dtype=float) / width
+    if not np.nanmax(var, initial=0.0) > SPREAD_MAX:
+        return
+    idx = np.unravel_index(np.nanargmax(var), var.shape)
+    s2, layer = float(var[idx]), int(np.asarray(rows)[idx[0]])
+    log_seeds = s2 + math.log(-math.expm1(-s2)) - 2 * math.log(VALID_FRACTION)  # log S
+    typical = ("" if log_coef is None else f" The typical net's log {name} there is the "
+               f"infinite-width one {float(np.asarray(log_coef)[idx]) / width:+.3g} "
+               f"(log_{name}_correction).")
+    warnings.warn(
+        f"width {width}{_point(grid, idx[1:], var.shape[1:])}: Var log {name} across nets "
+        f"reaches {s2:.3g} at layer {layer} (above {SPREAD_MAX:g}; the first-order law's own "
+        f"prediction, from many small draws): {name} is about log-normal "
+        f"across nets, its mean over nets {_exp(s2 / 2)} x its median and carried by rare "
+        f"nets; the mean of S nets is within 10 % only for S ~ {_exp(log_seeds)}.{typical} "
+        f"Compare medians or means of log {name} with Monte Carlo, not means.",
+        FiniteWidthWarning, stacklevel=4)
+
+
+def _exp(x) -> str:
+    """e^x as text, written e^x past float64's range."""
+    return f"e^{x:.4g}" if x >= 700 else f"{math.exp(x):.3g}"
 
 
 # -- the backward mean mode of a mean-carrying stream ------------------------------------------
@@ -1884,9 +1947,10 @@ def mean_mode_coefficient(net: Op, ds: xr.Dataset):
 # -- the typical backward gain of BatchNorm blocks ----------------------------------------------
 def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
     """E log grad_q_in - E log grad_q_out (B,) through one block at width N, or None when the
-    block is neither x -> beta x + alpha F(BN x) with F starting with a Dense (Pre-BN) nor
+    block is none of x -> beta x + alpha F(BN x) with F starting with a Dense (Pre-BN),
     Serial(Dense, BatchNorm, Act) with a degree-1 activation (the pre-activation BatchNorm
-    block); numbers only (:func:`typical_log_grad_q` takes a sweep point by point)."""
+    block), and the exact scales Scale(c) (log c^2) and x -> beta x + 0 F(x) (log beta^2);
+    numbers only (:func:`typical_log_grad_q` takes a sweep point by point)."""
     from sigprop.kernels.batchnorm import bn_typical_log_gain
     from sigprop.state.moments import true_moments
 
@@ -1909,6 +1973,12 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
     def number(*vs):
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)
 
+    B = g.K.shape[-1]
+    scale = blk.c if isinstance(blk, Scale) else blk.beta if isinstance(blk, Residual) and \
+        is_zero(blk.alpha) else None
+    if scale is not None:  # delta_in = c delta_out exactly
+        with np.errstate(divide="ignore"):
+            return np.full(B, np.log(float(scale) ** 2))
     if isinstance(blk, Residual) and isinstance(blk.branch, Serial) and blk.branch.layers:
         bn, rest = blk.branch.layers[0], Serial(blk.branch.layers[1:])
         first = rest
@@ -1930,7 +2000,6 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
             and kids[0].ratio == 1 and kids[0].init == "normal"):
         return None
     act = get_activation(kids[2].name)
-    B = g.K.shape[-1]
     if act.degree != 1 or B == 4 and act.name != "linear":
         return None
     if kids[0].sigma_w == 0:  # W = 0: the gradient below is exactly 0 (and the stream too)
@@ -1948,10 +2017,10 @@ class _Unresolved(Exception):
 
 
 def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
-    """E log grad_q_l (l = 0..L, per input; (L+1, B)) at width N for a stack of Pre-BN blocks
-    x -> beta x + alpha F(BN x) or of pre-activation blocks Dense -> BN -> Act
-    (:func:`_block_gain`; (L+1, *grid, B) with sweeps, each grid point on its own); None for
-    other nets, or batches B outside 2..4.
+    """E log grad_q_l (l = 0..L, per input; (L+1, B)) at width N for a net of Pre-BN blocks
+    x -> beta x + alpha F(BN x), pre-activation blocks Dense -> BN -> Act and exact scales
+    (:func:`_units`, :func:`_block_gain`; (L+1, *grid, B) with sweeps, each grid point on its
+    own); None for other nets, or batches B outside 2..4.
 
     Per feature i of a BatchNorm, J_i is its Jacobian at the feature's batch vector u_i ~ N(0,
     S_l) and g_i ~ N(0, Gamma_l) the cotangent the ops after it bring back, independent of u_i
@@ -1978,15 +2047,21 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
         return _over_grid(got, grid)
     ctx = Context(NUMERIC, ())
     blocks = layers_of(net)
+    units = [_units(blk) for blk in blocks]
+    if any(u is None for u in units):
+        return None
+    units = [(l, u) for l, us in enumerate(units, start=1) for u in us]  # (its layer, unit)
     states = [inputs.moments()]
-    for blk in blocks:
-        states.append(to_unit_diagonal(blk.theory_forward(states[-1], ctx)))
+    for _, u in units:
+        states.append(to_unit_diagonal(u.theory_forward(states[-1], ctx)))
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     out = np.zeros((len(blocks) + 1, B))
     out[-1] = digamma(width / 2) - math.log(width / 2)  # grad_q_L = |delta_L|^2/N, N(0, I)
-    for l in range(len(blocks), 0, -1):
+    below = out[-1]  # E log grad_q below the units walked so far
+    for i in range(len(units) - 1, -1, -1):
+        l, u = units[i]
         try:
-            gain = _block_gain(blocks[l - 1], states[l - 1], g, ctx, width)
+            gain = _block_gain(u, states[i], g, ctx, width)
         except _Unresolved as why:
             warnings.warn(f"typical_log_grad_q is NaN at layers 0..{l - 1}: layer {l}: {why}",
                           FiniteWidthWarning, stacklevel=4)
@@ -1994,9 +2069,38 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
             return out
         if gain is None:
             return None
-        out[l - 1] = out[l] + gain
-        g = to_unit_diagonal(blocks[l - 1].theory_backward(states[l - 1], g, ctx))
+        below = out[l - 1] = below + gain  # (a layer's first unit writes its row last)
+        g = to_unit_diagonal(u.theory_backward(states[i], g, ctx))
     return out
+
+
+def _units(op: Op) -> list[Op] | None:
+    """``op`` as the blocks :func:`_block_gain` takes, in order: Serials and Repeats opened
+    (however nested), a Dense -> BatchNorm -> Act run kept as one; None where another op
+    stands outside a Residual."""
+    ops = list(_leaves(op))
+    out = []
+    while ops:
+        if len(ops) >= 3 and [type(o) for o in ops[:3]] == [Dense, BatchNorm, Act]:
+            out.append(Serial(*ops[:3]))
+            ops = ops[3:]
+        elif isinstance(ops[0], (Residual, Scale)):
+            out.append(ops.pop(0))
+        else:
+            return None
+    return out
+
+
+def _leaves(op: Op):
+    """The ops of ``op`` in order, Serials and Repeats opened (a Residual kept whole)."""
+    if isinstance(op, Repeat):
+        for _ in range(op.n):
+            yield from _leaves(op.block)
+    elif isinstance(op, Serial):
+        for kid in op.layers:
+            yield from _leaves(kid)
+    else:
+        yield op
 
 
 # -- expectations carried by rare events -----------------------------------------------------
@@ -2045,46 +2149,48 @@ def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
     return math.exp(optimize.brentq(missing, 0.0, hi)), deficit
 
 
-def warn_batchnorm(net: Op, inputs):
-    """:func:`warn_unreachable` for the BatchNorms of ``net`` (a walk of the infinite-width laws
-    only, run when some BatchNorm meets a batch of B <= 3)."""
+def warn_batchnorm(net: Op, inputs, width=None):
+    """:func:`warn_unreachable` for the BatchNorms of ``net`` at ``width`` (a walk of the
+    infinite-width laws only, run when some BatchNorm meets a batch of B <= 3)."""
     if inputs.n > 3 or not any(isinstance(op, BatchNorm) for op in net.walk()):
         return
     walk = _Walk(inputs.moments(), Context(NUMERIC, tuple(sweeps_of(net))), fresh=False)
     walk.lose("laws only")
     for l, block in enumerate(layers_of(net), start=1):
         walk.layer(l, block)
-    warn_unreachable(walk.batchnorms, inputs.n, len(layers_of(net)))
+    warn_unreachable(walk.batchnorms, inputs.n, len(layers_of(net)), width, sweeps_of(net))
 
 
-def warn_unreachable(bns, B, layers):
+def warn_unreachable(bns, B, layers, width=None, grid=None):
     """Warn (once, for the worst BatchNorm) when a backward expectation E[1/s^2] is carried by
-    features with a batch variance below eps, sampled only beyond ``PRACTICAL_WIDTH`` (B <= 3:
-    E[1/chi^2_{B-1}] is infinite at eps = 0)."""
+    features with a batch variance below eps, sampled only beyond ``width`` (None: the widest
+    practical, ``PRACTICAL_WIDTH``; B <= 3: E[1/chi^2_{B-1}] is infinite at eps = 0); ``grid``:
+    the sweeps, to name the point."""
     if B > 3 or not bns:
         return
-    worst = None  # (eps / lam, S, eps) at the BatchNorm and grid point where it is smallest
+    worst = None  # (eps / lam, S, eps, where) at the BatchNorm and grid point where it is least
     for eps, s in bns:
-        grid = np.broadcast_shapes(np.shape(eps), s.K.shape[:-2], s.ls.shape[:-1])
-        e = np.broadcast_to(np.exp(s.ls), grid + (B,))
-        S = np.broadcast_to(s.K, grid + (B, B)) * outer(e, e)
-        eps = np.broadcast_to(eps, grid)
+        shape = np.broadcast_shapes(np.shape(eps), s.K.shape[:-2], s.ls.shape[:-1])
+        e = np.broadcast_to(np.exp(s.ls), shape + (B,))
+        S = np.broadcast_to(s.K, shape + (B, B)) * outer(e, e)
+        eps = np.broadcast_to(eps, shape)
         lam = _batch_variance(S)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # (a stream of
             ratio = np.where(lam > 0, eps / lam, np.inf)  # zeros: s^2 = eps throughout)
         idx = np.unravel_index(np.argmin(ratio), eps.shape)
         if worst is None or ratio[idx] < worst[0]:
-            worst = (ratio[idx], S[idx], float(eps[idx]))
+            worst = (ratio[idx], S[idx], float(eps[idx]), _point(grid or {}, idx, eps.shape))
     # the reach depends on eps / lam only and grows as it shrinks: one evaluation, at the worst
-    _, S, eps = worst
-    width, deficit = batchnorm_reach(S, eps, B, layers)
-    if width > PRACTICAL_WIDTH:
+    _, S, eps, where = worst
+    N = PRACTICAL_WIDTH if width is None else width
+    need, deficit = batchnorm_reach(S, eps, B, layers, N)
+    if need > N:
         warnings.warn(
-            f"BatchNorm at batch B = {B} (eps = {eps:.3g}): the infinite-width backward "
+            f"BatchNorm at batch B = {B} (eps = {eps:.3g}){where}: the infinite-width backward "
             f"expectation E[1/s^2] is carried by features whose batch variance is near eps; a net "
-            f"of width {PRACTICAL_WIDTH} misses {100 * deficit:.3g} % of it per layer, and "
-            f"reaching it within 10 % over {layers} layers needs width ~{width:.3g}. Compare "
+            f"of width {N} misses {100 * deficit:.3g} % of it per layer, and "
+            f"reaching it within 10 % over {layers} layers needs width ~{need:.3g}. Compare "
             "typical values (medians, E log) at practical widths, not the mean: "
             "sp.theory(net, inputs, width=N) gives E log grad_q as typical_log_grad_q (Pre-BN "
-            "and Dense -> BN -> relu stacks).",
+            "and Dense -> BN -> relu nets).",
             FiniteWidthWarning, stacklevel=4)

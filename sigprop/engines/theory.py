@@ -154,7 +154,7 @@ def dataset(net: Op, inputs: Inputs, kept, data: dict, backend: str, width=None)
                make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, backend))
     from sigprop.engines import finite_width
 
-    finite_width.warn_batchnorm(net, inputs)
+    finite_width.warn_batchnorm(net, inputs, width)
     if width is not None:
         ds = finite_width.extend(ds, net, inputs, width)
     return schema.describe(ds, copy=False)  # a dataset made here, shared with no one

@@ -11,15 +11,17 @@ the arch's preset does not take that argument, so its values do not depend on it
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import json
+import warnings
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
 from sigprop import schema
-from sigprop.errors import ConfigError, SigpropError, UnsupportedComposition
+from sigprop.errors import ConfigError, FiniteWidthWarning, SigpropError, UnsupportedComposition
 from sigprop.ops import grid_points, sweeps_of
 from sigprop.pipeline.config import ArchSpec, Sim
 from sigprop.provenance import make_attrs
@@ -41,7 +43,9 @@ def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None) 
     items, unsupported = [], {}
     cases = list(itertools.product(sim.spec.arch, sim.batch_sizes(profile)))
     for arch, batch in _iterate(cases, progress, f"theory {sim.name}"):
-        ds, reason = theory_case(sim, arch, batch, prof.depth, sim.sweeps(profile, arch), width)
+        with _named(case_label(arch, batch)):
+            ds, reason = theory_case(sim, arch, batch, prof.depth, sim.sweeps(profile, arch),
+                                     width)
         if reason is not None:
             unsupported[case_label(arch, batch)] = reason
         items.append(({"arch": arch.name, "batch": batch}, strip_case_attrs(ds)))
@@ -112,6 +116,22 @@ def montecarlo_case(sim: Sim, profile: str, arch: ArchSpec, batch, point: dict, 
 def case_label(arch: ArchSpec, batch) -> str:
     """The name of one (architecture, batch size) case in messages and attributes."""
     return arch.name if batch is None else f"{arch.name} (B={batch})"
+
+
+@contextlib.contextmanager
+def _named(case: str):
+    """The block's FiniteWidthWarnings with ``case`` before their message (which case of a sim
+    said it); every warning then meets the caller's filters as it would have."""
+    caught = []
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            yield
+    finally:
+        for w in caught:
+            named = issubclass(w.category, FiniteWidthWarning)
+            warnings.warn_explicit(f"{case}: {w.message}" if named else w.message, w.category,
+                                   w.filename, w.lineno)
 
 
 def _iterate(items, progress, what):
