@@ -122,8 +122,9 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "forward tangent J_l t, whose |J_l t|^2 has the law of |J_l^T delta|^2)",
              backward=True),
     Variable("typical_log_grad_q", PER_INPUT, "typical log gradient second moment", "1",
-             "E[log grad_q] at the dataset's width N for a stack of Pre-BN blocks "
-             "x + alpha F(BN x) (B = 2..4 inputs) or of Dense -> BN -> relu blocks (B = 2, 3): "
+             "E[log grad_q] at the dataset's width N for a net made (through any Serial and "
+             "Repeat) of Pre-BN blocks x + alpha F(BN x) (B = 2..4 inputs), Dense -> BN -> relu "
+             "blocks (B = 2, 3) and exact scales (Scale, x -> beta x + 0 F(x)): "
              "per block the E log of a ratio of means of N i.i.d. features (Laplace t-integral; "
              "far below log E grad_q at B <= 3, whose mean is carried by features of batch "
              "variance ~ eps). NaN for other nets",

@@ -32,7 +32,7 @@ LAYERS = [
     {"symbolic"},
     {"figures"},
     {"pipeline"},
-    {"__init__"},
+    {"__init__", "__main__"},
 ]
 RANK = {group: rank for rank, groups in enumerate(LAYERS) for group in groups}
 

@@ -125,6 +125,12 @@ def test_unreadable_datasets_and_unknown_names(good, tmp_path):
                                                        sp.Act("relu"), sp.Dense())), 2),
                        sp.Inputs(q=1.0, n=1), width=64), "Residual branch"),
     (lambda: sp.presets.preln(4, ratio=sp.sweep("r", [1.0, 4.0])), "ratio"),  # (a TypeError)
+    # a scale the laws square, past sqrt(float64's max) (numpy's overflow warnings, then an
+    # OverflowInTheory or a NaN)
+    (lambda: sp.Dense(sigma_w=1e155), "Dense.sigma_w"),
+    (lambda: sp.Dense(sigma_b=sp.sweep("b", [1.0, 1e160])), "Dense.sigma_b"),
+    (lambda: sp.FeatureAffine(gain=-1e200), "FeatureAffine.gain"),
+    (lambda: sp.FeatureAffine(shift=1e155), "FeatureAffine.shift"),
 ])
 def test_bad_api_input_is_a_config_error(make, field):
     with pytest.raises(sp.ConfigError) as err:

@@ -256,6 +256,17 @@ def test_theory_prints_finite_width_warnings_as_lines(tmp_path, toml, args, says
         assert "log_q_correction" not in ds
 
 
+def test_python_dash_m_runs_the_command():
+    """``python -m sigprop`` is the ``sigprop`` command (it said 'No module named
+    sigprop.__main__')."""
+    import subprocess
+    import sys
+
+    r = subprocess.run([sys.executable, "-m", "sigprop", "--help"], capture_output=True,
+                       text=True, timeout=120)
+    assert r.returncode == 0 and "Usage: sigprop" in r.stdout and "theory" in r.stdout, r.stderr
+
+
 def test_theory_width_must_be_positive(tiny, tmp_path):
     for bad in (0, 2**53 + 1):  # (the second ran, logging a ConfigError per case, and exited 0)
         r = invoke("theory", tiny, "-o", tmp_path / "th.nc", "--width", bad)

@@ -6,6 +6,7 @@ q = 1 (both carry the scale in log space), and no RuntimeWarning reaches the use
 """
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -251,3 +252,56 @@ def test_erf_grad_kernel_on_the_diagonal_has_no_cancellation(q):
 
     got = get_activation("erf").grad_kernel(np.float64(q), np.float64(q), np.float64(1.0))
     assert got == pytest.approx(4 / np.pi / np.sqrt(1 + 4 * q), rel=1e-14)
+
+
+@pytest.mark.parametrize("q", [1e160, 1e300])
+def test_erf_grad_kernel_at_huge_q_off_the_diagonal(q):
+    """det(I + 2 Sigma) = 1 + 2 q1 + 2 q2 + 4 q1 q2 (1 - c^2): q1 q2 overflowed past q = 1e154
+    (numpy's warning, then 0 by 1 / inf). Against det / (q1 q2) = 4 (1 - c^2) + 2 / q1 + 2 / q2
+    + 1 / (q1 q2) taken apart (no cancellation: c^2 <= 0.81 here), to a few roundings."""
+    from sigprop.kernels.gaussian import get_activation
+    from sigprop.state.ns import NUMERIC
+
+    c = np.array([0.5, -0.3, 0.9])
+    off = c * q * math.sqrt(2)  # inputs of second moments q and 2q
+    K = np.stack([[[q, o], [o, 2 * q]] for o in off])
+    got = get_activation("erf").gram_grad_kernel(K, NUMERIC)[:, 0, 1]
+    q1, q2 = q, 2 * q
+    want = 4 / np.pi / (math.sqrt(q1) * math.sqrt(q2)
+                        * np.sqrt(4 * (1 - c * c) + 2 / q1 + 2 / q2 + 1 / q1 / q2))
+    np.testing.assert_allclose(got, want, rtol=1e-14)
+
+
+@pytest.mark.parametrize(("net", "width"), [
+    (sp.Serial(sp.Dense(1.3e154), sp.Act("relu"), sp.Dense(), sp.Act("tanh")), None),
+    (sp.Serial(sp.Dense(), sp.Scale(1e100), sp.Act("relu"), sp.Dense(), sp.Act("erf")), None),
+    (sp.Repeat(sp.Serial(sp.Dense(1e150), sp.BatchNorm(), sp.Act("relu")), 2), None),
+    (sp.Repeat(sp.Residual(sp.Serial(sp.LayerNorm(gain=1e150), sp.Dense(), sp.Act("relu"),
+                                     sp.Dense())), 2), 64),
+    (sp.Serial(sp.Dense(), sp.Scale(1e150), sp.RMSNorm(), sp.Act("relu")), 64),
+    (sp.Serial(sp.Dense(), sp.LayerNorm(gain=1e200), sp.Act("relu")), 64),
+    (sp.Serial(sp.Dense(), sp.FeatureAffine(shift=1e100, shift_sq=1e300)), 64),
+    (sp.Repeat(sp.Residual(sp.Serial(sp.Dense(), sp.Act("relu")), alpha=1e100), 2), 64),
+    (sp.Repeat(sp.Residual(sp.Serial(sp.Dense(), sp.Act("relu")), alpha=1e200), 2), 64),
+], ids=["sigma_w-1.3e154", "erf-after-1e100", "batchnorm-at-1e300", "layernorm-gain-1e150", "rmsnorm-after-1e150",
+        "layernorm-gain-1e200", "varying-shift-1e150", "alpha-1e100", "alpha-1e200"])
+def test_extreme_parameters_give_numbers_or_a_reason(net, width):
+    """Legal parameters that take the signal near or past float64's range: each ran into
+    numpy's overflow warnings (the erf gradient kernel's q1 q2; BatchNorm's t^power at nodes
+    past a matrix's last; the finite-width tangent's
+    r^3 and a norm's output scale in true units, then an eigh LinAlgError at gain 1e200; the
+    4th cumulants of features of scale 1e150, drawn though past half of float64's range; the
+    cumulants a relu resnet never uses, alpha^4 at alpha = 1e100; a branch past float64). Now a SigpropError, or values finite,
+    or NaN with a FiniteWidthWarning that says why."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always", sp.FiniteWidthWarning)  # (RuntimeWarning: an error)
+        try:
+            ds = sp.theory(net, sp.Inputs(q=1.0, corr=0.5, n=2), width=width)
+        except sp.SigpropError:
+            return
+    names = ["log_q", "corr", "log_grad_q"] + ([] if width is None else [
+        "log_q_correction", "corr_correction", "var_log_q", "grad_q_rel_correction"])
+    nan = [k for k in names if np.isnan(ds[k].values).any()]
+    assert all(np.isfinite(ds[k].values[~np.isnan(ds[k].values)]).all() for k in names)
+    assert not nan or any("NaN" in str(w.message) or "beyond float64" in str(w.message)
+                          for w in said), (nan, [str(w.message) for w in said])

@@ -256,7 +256,23 @@ def test_batchnorm_warning_is_at_the_width_asked_for():
     assert f"a net of width {int(need / 2)} misses" in below
     assert said(bn_net(16), width=int(2 * need)) == []
     worst, = said(bn_net(16, eps=sp.sweep("eps", [1e-1, 1e-5, 1e-3])))
-    assert "(eps = 1e-05) at eps = 1e-05:" in worst
+    assert "BatchNorm at batch B = 2 at eps = 1e-05:" in worst
+    # the 10 % is shared among the BatchNorms, however the net is written (it counted top-level
+    # layers: a Scale(1) raised the width asked for, a Serial of two blocks lowered it)
+    def run():
+        return sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(), sp.Act("relu"))
+
+    two = {said(net, width=64)[0].split("misses")[1] for net in (
+        sp.Repeat(run(), 2), sp.Repeat(sp.Serial(run(), run()), 1), sp.Serial(run(), run()),
+        sp.Serial(sp.Repeat(run(), 2), sp.Repeat(sp.Scale(1.0), 5)))}
+    assert len(two) == 1 and "over 2 BatchNorms needs" in two.pop()
+    # a bad width is refused before the warning quotes it (a ZeroDivisionError, a TypeError,
+    # or a warning of 'a net of width -1' before the error)
+    for bad in (0, -1, 1.5, True, "64"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with pytest.raises(ConfigError, match="width"):
+                sp.theory(bn_net(2), PAIR, width=bad)
 
 
 def test_batchnorm_reach_is_monotone_in_eps_and_width():
@@ -1330,11 +1346,32 @@ def test_a_mean_over_nets_carried_by_rare_nets_warns():
     assert var > 1 and f"reaches {var:.3g} at layer 100" in q
     assert f"{math.exp(var / 2):.3g} x its median" in q
     assert f"S ~ {math.expm1(var) / 0.01:.3g}." in q
-    assert f"one {float(ds.log_q_correction.sel(layer=100)[i]):+.3g} (log_q" in q
+    assert f"plus log_q_correction = {float(ds.log_q_correction.sel(layer=100)[i]):.3g}." in q
     g, = [m for m in said if "Var log grad_q across nets" in m]
     assert f"reaches {float(ds.var_log_grad_q.sel(layer=0).max()):.3g} at layer 0" in g
     ds, said = run(4096)
     assert float(ds.var_log_q.max()) < 0.1 and not [m for m in said if "across nets" in m]
+
+
+def test_a_broken_expansion_is_not_called_a_prediction():
+    """Where the first-order correction to q is the leading term (tanh, depth 300, N = 8) the
+    rare-nets warning's 'the first-order law's own prediction' would be false: only the breakdown
+    is said. With layers unrecorded the draws are unchecked, and the warning says so (with
+    every layer recorded, one draw of v = 7 at N = 4 is its own warning)."""
+    def said(net, width, **kw):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            sp.theory(net, PAIR, width=width, **kw)
+        return [str(w.message) for w in rec]
+
+    broken = said(presets.plain(300, act="tanh"), 8)  # (Var log q ~ 50, each draw < 1)
+    assert any("the first-order correction to q reaches" in m for m in broken)
+    assert not [m for m in broken if "Var log q across nets reaches" in m]
+    every, ends = said(presets.plain(20), 4), said(presets.plain(20), 4, layers=[0, 20])
+    assert any("one draw adds 1.75 to Var log grad_q" in m for m in every)
+    assert not [m for m in every if "Var log grad_q across nets reaches" in m]
+    assert any("Var log grad_q across nets reaches" in m and "record every layer" in m
+               for m in ends)
 
 
 def test_warnings_name_the_grid_point():
@@ -1346,9 +1383,13 @@ def test_warnings_name_the_grid_point():
         sp.theory(presets.resnet(64, "relu", alpha=sp.sweep("a", [0.01, 0.125]),
                                  shape="dense_act"), sp.Inputs(q=1.0), width=128)
     net = sp.Serial(sp.Dense(1.0), sp.Act("relu"), sp.Dense(1.0, ratio=sp.sweep("r", [1, 1 / 64])))
-    with pytest.warns(fw.FiniteWidthWarning, match=r"width 64 at r = 0\.01562: one draw adds 2 "
+    with pytest.warns(fw.FiniteWidthWarning, match=r"width 64 at r = 0\.015625: one draw adds 2 "
                       "to Var log q"):
         sp.theory(net, sp.Inputs(q=1.0, n=1), width=64)
+    # a sweep that does not move the value quoted is not named (round-off picked a point)
+    net = sp.Repeat(sp.Serial(sp.Dense(sigma_w=sp.sweep("sw", [1.2, 1.5])), sp.Act("relu")), 16)
+    with pytest.warns(fw.FiniteWidthWarning, match=r"width 8: Var log q across nets reaches"):
+        sp.theory(net, PAIR, width=8)
 
 
 def test_a_branch_of_zero_weights_is_the_identity():

@@ -208,6 +208,33 @@ def test_typical_of_a_net_however_written():
     assert np.isfinite(plain).all()
 
 
+def test_typical_through_a_zero_scale_or_a_run_split_over_layers():
+    """Below a Scale(0) the gradient is exactly 0: E log grad_q = -inf there (it raised a
+    ConfigError from the BatchNorm kernel, fed a zero cotangent); a top-level Serial(Dense,
+    BatchNorm, Act) is three layers, the run's gain lands on its first (as Repeat(run, 1)
+    has it) and the rows inside it are NaN, said (all of it was NaN). At a swept scale the
+    NaN of each point is named by its point."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")
+
+    def run():
+        return sp.Serial(sp.Dense(), sp.BatchNorm(), sp.Act("relu"))
+
+    def typical(net):
+        return sp.theory(net, inputs, width=64).typical_log_grad_q.values
+
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        zero = typical(sp.Repeat(sp.Serial(run(), sp.Scale(0.0)), 2))
+        split, one = typical(run()), typical(sp.Repeat(run(), 1))
+        typical(sp.Repeat(sp.Serial(run(), sp.Scale(sp.sweep("c", [1e-200, 1.0]))), 2))
+    assert (zero[:2] == -np.inf).all() and np.isfinite(zero[2]).all()
+    np.testing.assert_array_equal(split[[0, 3]], one)
+    assert np.isnan(split[1:3]).all()
+    assert any("NaN at layers 1..2: inside a Dense -> BatchNorm -> Act run" in str(w.message)
+               for w in said)
+    assert any("NaN at layers 0..1 at c = 1e-200: layer 2" in str(w.message) for w in said)
+
+
 def test_a_batchnorm_in_a_branch_it_never_adds():
     """x -> beta x + 0 F(x) with F = Dense -> BN -> relu (ReZero at init) at B = 2 is beta x:
     every correction 0 and grad_q_l = beta^(2 (L - l)) |delta_L|^2 / N, so E log grad_q_l =
@@ -233,6 +260,12 @@ def test_a_batchnorm_in_a_branch_it_never_adds():
     with pytest.warns(FiniteWidthWarning, match="BatchNorm at batch B = 2"):
         ds = sp.theory(net(0.3), inputs)
     assert np.isfinite(ds.log_q.values).all()
+    # swept over alpha = 0 and 0.5: each point its own (at 0 the branch's BatchNorm, which has
+    # no finite-width rule, made the whole grid NaN)
+    swept = sp.theory(net(sp.sweep("a", [0.0, 0.5])), inputs, width=N)
+    for k in ("log_q_correction", "var_log_q", "typical_log_grad_q"):
+        np.testing.assert_array_equal(swept[k].sel(a=0.0).values,
+                                      sp.theory(net(0.0), inputs, width=N)[k].values)
 
 
 def test_zero_weights_before_a_batchnorm():

@@ -97,7 +97,7 @@ _CACHE: OrderedDict = OrderedDict()
 def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
     """:func:`sigprop.theory` (same arguments, same Dataset) with every law traced into one
     compiled function (module docstring); ``attrs['backend']`` is ``'jax'``."""
-    _check_args(net, inputs)
+    _check_args(net, inputs, width)
     refuse_unsupported(net)
     jax = _jax()
     blocks = layers_of(net)

@@ -105,7 +105,7 @@ from sigprop.state.moments import (
     to_unit_diagonal,
 )
 from sigprop.state.ns import NUMERIC
-from sigprop.state.params import Context
+from sigprop.state.params import Context, Sweep
 
 STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a direction (and
 # of the room to a Gram's singular boundary, :func:`_steps`); steps h and 2h combined by
@@ -569,7 +569,7 @@ class _Walk:
                 return
             kurtosis = self._uniform_term(base)
         self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], kurtosis)
-        if self.lost:
+        if self.lost or self._beyond_float64(self.frames[-1], ctx):  # (the features' scale)
             return
         top = self.frames[-1]
         u, w = gaussian_rule(Ku, bend)
@@ -601,9 +601,12 @@ class _Walk:
 
     def _cumulant_step(self, fn):
         """The frames' cumulants (a list) mapped by ``fn``, which the tape keeps (the adjoint
-        replays them from each layer's own start: :func:`_replayed_terms`)."""
+        replays them from each layer's own start: :func:`_replayed_terms`); nothing for a walk
+        that does not track them (in true units they overflow where the scale does)."""
+        if not self.track:
+            return
         self.cumulants = fn(self.cumulants)
-        if self.tape is not None and self.track:
+        if self.tape is not None:
             self.tape.append(("cumulants", fn))
 
     def _uniform_term(self, frames):
@@ -717,7 +720,8 @@ class _Walk:
                 self.lose(f"{ctx.path}: the LayerNorm's input features have no spread (q = "
                           "mean^2 to float64's precision): its output is 0, with no "
                           "finite-width expansion", pointwise=True)
-            if self.tangent and self._beyond_float64(self.frames[-1], ctx):
+            if self.tangent and any(self._beyond_float64(f, ctx) for f in (  # (in, out: its
+                    self.frames[-1], op.theory_forward(self.frames[-1], ctx))):  # laws' units)
                 return
             if self.track and not self.lost:
                 self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
@@ -733,8 +737,12 @@ class _Walk:
             self.widths.append(self.widths[-1])
             self._cumulant_step(lambda ks: ks + ks[-1:])
             self.drawn = self.drawn + [False]
+            before = self.lost
             self.walk(op.branch, ctx.at(type(op.branch).__name__))
             self.settle()
+            if self.lost and not before and isinstance(op.alpha, Sweep) and 0 in op.alpha.values:
+                # a branch lost where alpha = 0 adds nothing: those points walk alone
+                self.lost = Lost(self.lost, pointwise=True)
             self.widths.pop()
             beta, alpha = vec(ctx.p(op.beta)), vec(ctx.p(op.alpha))
             self._sum_cumulants(beta, alpha)
@@ -1045,7 +1053,7 @@ def _linear_part(op: Op, s: Moments, ctx: Context, tangent: bool):
     r2 = r2[..., 0]
     A = np.zeros(np.broadcast_shapes(Kc.shape[:-2], g.shape, r2.shape) + (2, 2))
     A[..., 0, 0] = A[..., 1, 1] = g / np.sqrt(r2)
-    A[..., 1, 0] = -g * Kc[..., 0, 1] / r2**1.5
+    A[..., 1, 0] = -g * (Kc[..., 0, 1] / r2) / np.sqrt(r2)  # (r2^1.5 overflows past q = 1e205)
     return A
 
 
@@ -1728,48 +1736,50 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     computed["valid_width_grad_q"] = valid
     computed["var_log_grad_q"] = var
     grid = sweeps_of(net)
-    _warn_gradient(c, rows, width, mean_mode, grid)
-    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", len(layers_of(net)), grid):
-        _warn_rare_nets(v, rows, width, "grad_q", grid)
+    broken = _warn_gradient(c, rows, width, mean_mode, grid)
+    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", len(layers_of(net)), grid) \
+            and not broken:  # (every draw checked only when every layer is recorded)
+        _warn_rare_nets(v, rows, width, "grad_q", grid,
+                        checked=rows == list(range(len(layers_of(net)) + 1)))
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
-        warnings.warn("typical_log_grad_q is NaN: it covers nets made (through any Serial "
-                      "and Repeat) of Pre-BN blocks x -> beta x + alpha F(BN x), F starting "
-                      "with a Dense, Dense -> BatchNorm -> Act runs of a degree-1 activation "
-                      "(linear only at B = 4), Scales, and x -> beta x + 0 F(x); B = 2 to 4 "
-                      "inputs", FiniteWidthWarning, stacklevel=3)
+        warnings.warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning, stacklevel=3)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
                                       else typical[layers].reshape(grad.shape))
     out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=tuple(grid)), v)
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
-    _warn_invalid(needs, width, grid)
+    broken = _warn_invalid(needs, width, grid)
     rows = range(len(coef["var_log_q"]))
-    if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid):
+    if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid) and "q" not in broken:
         _warn_rare_nets(coef["var_log_q"], rows, width, "q", grid, coef["log_q"])
     return out
 
 
-def _point(grid, idx, shape) -> str:
-    """The text ' at a = 1, w = 0.5': the sweep values at the grid part ``idx`` of an array's
-    index (its ``shape``; an axis of length 1 holds at every value of its sweep: not named); ''
-    if none."""
-    shape = shape[:len(grid)]  # (the axes after the grid's: inputs)
-    if len(shape) < len(grid):  # (no grid axes: the same everywhere)
+def _at(grid, values, idx, first=1) -> str:
+    """The text ' at a = 1, w = 0.5': the sweep values at the index ``idx`` of ``values``,
+    whose grid axes start at ``first``; a sweep along which the value does not change there
+    (to 1e-9, round-off picking the point) is not named; '' if none is."""
+    values = np.asarray(values)
+    if values.ndim < first + len(grid):  # (no grid axes: the same everywhere)
         return ""
-    named = [f"{name} = {sweep.values[i]:.4g}"
-             for (name, sweep), i, n in zip(grid.items(), idx, shape) if n > 1]
+    named = []
+    for k, (name, sweep) in enumerate(grid.items()):
+        ax = first + k
+        line = values[idx[:ax] + (slice(None),) + idx[ax + 1:]]
+        if not np.allclose(line, values[idx], rtol=1e-9, atol=0, equal_nan=True):
+            named.append(f"{name} = {sweep.values[idx[ax]]:.10g}")
     return f" at {', '.join(named)}" if named else ""
 
 
 def _warn_gradient(c, rows, width, mean_mode, grid):
     """Warn when a gradient's first-order correction c/N (c: per layer of ``rows``, then the
     sweeps of ``grid``) is as large as its leading term; ``mean_mode()``: the closed-form A of a
-    mean-carrying stream's coupling, or None."""
+    mean-carrying stream's coupling, or None. Whether it warned."""
     size = np.where(np.isnan(c), -np.inf, np.abs(c))
     if not size.size or size.max() < width:
-        return
+        return False
     idx = np.unravel_index(np.argmax(size), size.shape)
     l, worst = rows[idx[0]], float(size[idx])
     A = mean_mode()
@@ -1777,30 +1787,34 @@ def _warn_gradient(c, rows, width, mean_mode, grid):
            f"the forward weights (that mode alone, in closed form: A = {float(np.max(A)):.4g}).")
     what = "the input gradient grad_q_0" if l == 0 else f"the gradient grad_q_{l} at layer {l}"
     warnings.warn(
-        f"width {width}{_point(grid, idx[1:], c.shape[1:])}: the first-order correction to "
+        f"width {width}{_at(grid, size, idx)}: the first-order correction to "
         f"{what} reaches "
         f"{worst / width:.3g} x its infinite-width value (coefficient c = {worst:.4g}); the 1/N "
         f"expansion holds only for N >> c (10 % at N = {10 * worst:.4g}).{why} The "
         "infinite-width gradient is not what a net of this width does: run sp.simulate "
         "at this width instead.", FiniteWidthWarning, stacklevel=4)
+    return True
 
 
 def _warn_invalid(needs, width, grid):
     """Warn when a first-order correction is as large as the leading term: ``needs``, per
     statistic, the width A (correction = leading term at N = A) per layer, then the sweeps of
-    ``grid``."""
+    ``grid``. The statistics it warned of."""
+    warned = set()
     for stat, need in needs.items():
         if np.nanmax(need, initial=0.0) >= width:
             idx = np.unravel_index(np.nanargmax(need), need.shape)
             worst = float(need[idx])
             against = " (or 0.1 where |corr| is smaller)" if stat == "corr" else ""
             warnings.warn(
-                f"width {width}{_point(grid, idx[1:], need.shape[1:])}: the first-order "
+                f"width {width}{_at(grid, need, idx)}: the first-order "
                 f"correction to {stat} reaches "
                 f"{worst / width:.3g} x its infinite-width value{against} (coefficient A = "
                 f"{worst:.4g}); the 1/N expansion holds only for N >> A (10 % at N = "
                 f"{10 * worst:.4g}). Run sp.simulate at this width instead.",
                 FiniteWidthWarning, stacklevel=4)
+            warned.add(stat)
+    return warned
 
 
 def _warn_spread(v, rows, width, name, first, grid):
@@ -1820,7 +1834,7 @@ def _warn_spread(v, rows, width, name, first, grid):
         idx = np.unravel_index(np.nanargmax(step), step.shape)
         layer, sd = int(rows[idx[0]]), math.sqrt(worst / width)
         warnings.warn(
-            f"width {width}{_point(grid, idx[1:], step.shape[1:])}: one draw adds "
+            f"width {width}{_at(grid, step, idx)}: one draw adds "
             f"{worst / width:.3g} to Var log {name} across nets (layer {layer}: v = "
             f"{worst:.4g}, Var = v / N), so {name} varies by a factor of about {_exp(sd)} from "
             "net to net there; the 1/N "
@@ -1830,14 +1844,16 @@ def _warn_spread(v, rows, width, name, first, grid):
     return worst >= width
 
 
-def _warn_rare_nets(v, rows, width, name, grid, log_coef=None):
+def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True):
     """Warn where Var log {name} = v / N across nets (v per layer of ``rows``, then the sweeps
-    of ``grid``) passes ``SPREAD_MAX`` from draws each small (:func:`_warn_spread` otherwise),
-    where the expansion holds and this spread is its prediction: {name} is then about
+    of ``grid``) passes ``SPREAD_MAX`` from draws each small (:func:`_warn_spread` otherwise)
+    and the expansion holds (the callers skip a statistic whose correction broke it), so this
+    spread is its prediction: {name} is then about
     log-normal across nets (Hanin & Nica), its mean over nets e^(Var/2) times its median and
     carried by rare nets (the mean of S nets is within 10 % for S ~ (e^Var - 1) / 0.1^2), so the
     infinite-width value, a mean, is not what a typical net does. ``log_coef``: the coefficient
-    of E log {name}, to say where the typical net is."""
+    of E log {name}, to say where the typical net is; ``checked``: whether :func:`_warn_spread`
+    saw every draw (not where layers went unrecorded)."""
     var = np.asarray(v, dtype=float) / width
     if not np.nanmax(var, initial=0.0) > SPREAD_MAX:
         return
@@ -1845,12 +1861,14 @@ def _warn_rare_nets(v, rows, width, name, grid, log_coef=None):
     s2, layer = float(var[idx]), int(np.asarray(rows)[idx[0]])
     log_seeds = s2 + math.log(-math.expm1(-s2)) - 2 * math.log(VALID_FRACTION)  # log S
     typical = ("" if log_coef is None else f" The typical net's log {name} there is the "
-               f"infinite-width one {float(np.asarray(log_coef)[idx]) / width:+.3g} "
-               f"(log_{name}_correction).")
+               f"infinite-width log {name} plus log_{name}_correction = "
+               f"{float(np.asarray(log_coef)[idx]) / width:.3g}.")
     warnings.warn(
-        f"width {width}{_point(grid, idx[1:], var.shape[1:])}: Var log {name} across nets "
+        f"width {width}{_at(grid, var, idx)}: Var log {name} across nets "
         f"reaches {s2:.3g} at layer {layer} (above {SPREAD_MAX:g}; the first-order law's own "
-        f"prediction, from many small draws): {name} is about log-normal "
+        "prediction, " + ("from many small draws" if checked else "if no one layer's draw adds "
+                          "much, which the recorded layers do not show: record every layer to "
+                          "check") + f"): {name} is about log-normal "
         f"across nets, its mean over nets {_exp(s2 / 2)} x its median and carried by rare "
         f"nets; the mean of S nets is within 10 % only for S ~ {_exp(log_seeds)}.{typical} "
         f"Compare medians or means of log {name} with Monte Carlo, not means.",
@@ -1976,9 +1994,9 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
     B = g.K.shape[-1]
     scale = blk.c if isinstance(blk, Scale) else blk.beta if isinstance(blk, Residual) and \
         is_zero(blk.alpha) else None
-    if scale is not None:  # delta_in = c delta_out exactly
+    if scale is not None:  # delta_in = c delta_out exactly (c^2 underflows at |c| = 1e-200)
         with np.errstate(divide="ignore"):
-            return np.full(B, np.log(float(scale) ** 2))
+            return np.full(B, 2 * np.log(abs(float(scale))))
     if isinstance(blk, Residual) and isinstance(blk.branch, Serial) and blk.branch.layers:
         bn, rest = blk.branch.layers[0], Serial(blk.branch.layers[1:])
         first = rest
@@ -2012,11 +2030,17 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
     return gain + math.log(kids[0].sigma_w**2) + digamma(width / 2) - math.log(width / 2)
 
 
+COVERS = ("it covers nets made (through any Serial and Repeat) of Pre-BN blocks x -> beta x + "
+          "alpha F(BN x), F starting with a Dense, Dense -> BatchNorm -> Act runs of a degree-1 "
+          "activation (linear only at B = 4), Scales, and x -> beta x + 0 F(x); B = 2 to 4 "
+          "inputs")
+
+
 class _Unresolved(Exception):
     """Why a supported stack's typical gradient is NaN at a grid point."""
 
 
-def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
+def typical_log_grad_q(net: Op, inputs, width, where="") -> np.ndarray | None:
     """E log grad_q_l (l = 0..L, per input; (L+1, B)) at width N for a net of Pre-BN blocks
     x -> beta x + alpha F(BN x), pre-activation blocks Dense -> BN -> Act and exact scales
     (:func:`_units`, :func:`_block_gain`; (L+1, *grid, B) with sweeps, each grid point on its
@@ -2031,7 +2055,7 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
     :func:`~sigprop.kernels.batchnorm.bn_typical_log_gain` (+ the Dense's E log sigma_w^2
     chi^2_N / N). The sum over blocks treats a block's features as independent of the cotangent
     of the blocks above (in a residual stream a feature of small batch variance persists over
-    blocks; tested against Monte Carlo)."""
+    blocks; tested against Monte Carlo). ``where``: the grid point, for the warnings."""
     from sigprop.state.moments import Cotangent
 
     B = inputs.n
@@ -2039,53 +2063,69 @@ def typical_log_grad_q(net: Op, inputs, width) -> np.ndarray | None:
         return None
     grid = sweeps_of(net)
     if grid:
-        got = []
+        got, outside = [], []
         for point in grid_points(grid):
-            got.append(typical_log_grad_q(at_point(net, point), inputs, width))
+            at = ", ".join(f"{k} = {v:.10g}" for k, v in point.items())
+            got.append(typical_log_grad_q(at_point(net, point), inputs, width, " at " + at))
             if got[-1] is None:
-                return None
-        return _over_grid(got, grid)
+                outside.append(at)
+        if len(outside) == len(got):
+            return None
+        if outside:
+            warnings.warn(f"typical_log_grad_q is NaN at {'; '.join(outside)}: {COVERS}",
+                          FiniteWidthWarning, stacklevel=4)
+        shape = next(g for g in got if g is not None).shape
+        return _over_grid([np.full(shape, np.nan) if g is None else g for g in got], grid)
     ctx = Context(NUMERIC, ())
     blocks = layers_of(net)
-    units = [_units(blk) for blk in blocks]
-    if any(u is None for u in units):
+    units = _units([(l, op) for l, blk in enumerate(blocks, start=1) for op in _leaves(blk)])
+    if units is None:
         return None
-    units = [(l, u) for l, us in enumerate(units, start=1) for u in us]  # (its layer, unit)
     states = [inputs.moments()]
-    for _, u in units:
+    for _, _, u in units:
         states.append(to_unit_diagonal(u.theory_forward(states[-1], ctx)))
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     out = np.zeros((len(blocks) + 1, B))
     out[-1] = digamma(width / 2) - math.log(width / 2)  # grad_q_L = |delta_L|^2/N, N(0, I)
     below = out[-1]  # E log grad_q below the units walked so far
     for i in range(len(units) - 1, -1, -1):
-        l, u = units[i]
+        l, last, u = units[i]
         try:
             gain = _block_gain(u, states[i], g, ctx, width)
         except _Unresolved as why:
-            warnings.warn(f"typical_log_grad_q is NaN at layers 0..{l - 1}: layer {l}: {why}",
-                          FiniteWidthWarning, stacklevel=4)
+            warnings.warn(f"typical_log_grad_q is NaN at layers 0..{l - 1}{where}: layer {l}: "
+                          f"{why}", FiniteWidthWarning, stacklevel=4)
             out[:l] = np.nan
             return out
         if gain is None:
             return None
         below = out[l - 1] = below + gain  # (a layer's first unit writes its row last)
+        if last > l:
+            warnings.warn(f"typical_log_grad_q is NaN at layers {l}..{last - 1}{where}: inside "
+                          f"a Dense -> BatchNorm -> Act run split over layers {l}..{last} (its "
+                          "typical gain is the run's as a whole)", FiniteWidthWarning,
+                          stacklevel=4)
+            out[l:last] = np.nan
+        if np.all(below == -np.inf):  # a zero scale or zero weights: the gradient below is 0
+            out[:l] = -np.inf
+            return out
         g = to_unit_diagonal(u.theory_backward(states[i], g, ctx))
     return out
 
 
-def _units(op: Op) -> list[Op] | None:
-    """``op`` as the blocks :func:`_block_gain` takes, in order: Serials and Repeats opened
-    (however nested), a Dense -> BatchNorm -> Act run kept as one; None where another op
-    stands outside a Residual."""
-    ops = list(_leaves(op))
+def _units(ops) -> list | None:
+    """The ops ((layer, op) pairs, in order) as the blocks :func:`_block_gain` takes, each as
+    (its first layer, its last, block): a Dense -> BatchNorm -> Act run kept as one (its ops
+    may come from several top-level layers); None where another op stands outside a
+    Residual."""
     out = []
     while ops:
-        if len(ops) >= 3 and [type(o) for o in ops[:3]] == [Dense, BatchNorm, Act]:
-            out.append(Serial(*ops[:3]))
+        if len(ops) >= 3 and [type(o) for _, o in ops[:3]] == [Dense, BatchNorm, Act]:
+            out.append((ops[0][0], ops[2][0], Serial(*(o for _, o in ops[:3]))))
             ops = ops[3:]
-        elif isinstance(ops[0], (Residual, Scale)):
-            out.append(ops.pop(0))
+        elif isinstance(ops[0][1], (Residual, Scale)):
+            out.append((ops[0][0], ops[0][0], ops[0][1]))
+            ops = ops[1:]
         else:
             return None
     return out
@@ -2115,7 +2155,7 @@ def _batch_variance(S):
 def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
     """(width, deficit): for E[1/s^2], s^2 = |P u|^2 / B + eps (u ~ N(0, S), the BatchNorm
     backward's factor), the width at which the mean of N features misses less than 10 % / layers
-    of it (the features below the 1/N quantile of the batch variance are the part a width-N net
+    (``layers``: the BatchNorms that compound it) of it (the features below the 1/N quantile of the batch variance are the part a width-N net
     does not sample), and the fraction it misses at width ``N``. Batch variance v = lam chi^2_k / B
     with k = B - 1 and lam the mean non-zero eigenvalue of P S P (equal eigenvalues assumed)."""
     from scipy import integrate, optimize, stats
@@ -2158,38 +2198,42 @@ def warn_batchnorm(net: Op, inputs, width=None):
     walk.lose("laws only")
     for l, block in enumerate(layers_of(net), start=1):
         walk.layer(l, block)
-    warn_unreachable(walk.batchnorms, inputs.n, len(layers_of(net)), width, sweeps_of(net))
+    warn_unreachable(walk.batchnorms, inputs.n, width, sweeps_of(net))
 
 
-def warn_unreachable(bns, B, layers, width=None, grid=None):
-    """Warn (once, for the worst BatchNorm) when a backward expectation E[1/s^2] is carried by
+def warn_unreachable(bns, B, width=None, grid=None):
+    """Warn (once, for the worst of the BatchNorms met, ``bns``: (eps, input state) each, the
+    10 % shared among them) when a backward expectation E[1/s^2] is carried by
     features with a batch variance below eps, sampled only beyond ``width`` (None: the widest
     practical, ``PRACTICAL_WIDTH``; B <= 3: E[1/chi^2_{B-1}] is infinite at eps = 0); ``grid``:
     the sweeps, to name the point."""
     if B > 3 or not bns:
         return
-    worst = None  # (eps / lam, S, eps, where) at the BatchNorm and grid point where it is least
+    worst = None  # (eps / lam, S, eps, eps swept, where) at the BatchNorm and point where least
     for eps, s in bns:
         shape = np.broadcast_shapes(np.shape(eps), s.K.shape[:-2], s.ls.shape[:-1])
         e = np.broadcast_to(np.exp(s.ls), shape + (B,))
         S = np.broadcast_to(s.K, shape + (B, B)) * outer(e, e)
-        eps = np.broadcast_to(eps, shape)
+        swept, eps = np.size(eps) > 1, np.broadcast_to(eps, shape)  # (swept: named in where)
         lam = _batch_variance(S)
         with np.errstate(divide="ignore", invalid="ignore", over="ignore"):  # (a stream of
             ratio = np.where(lam > 0, eps / lam, np.inf)  # zeros: s^2 = eps throughout)
         idx = np.unravel_index(np.argmin(ratio), eps.shape)
         if worst is None or ratio[idx] < worst[0]:
-            worst = (ratio[idx], S[idx], float(eps[idx]), _point(grid or {}, idx, eps.shape))
+            where = _at(grid or {}, ratio, idx, first=0)
+            worst = (ratio[idx], S[idx], float(eps[idx]), swept, where)
     # the reach depends on eps / lam only and grows as it shrinks: one evaluation, at the worst
-    _, S, eps, where = worst
+    _, S, eps, swept, where = worst
     N = PRACTICAL_WIDTH if width is None else width
-    need, deficit = batchnorm_reach(S, eps, B, layers, N)
+    need, deficit = batchnorm_reach(S, eps, B, len(bns), N)
     if need > N:
         warnings.warn(
-            f"BatchNorm at batch B = {B} (eps = {eps:.3g}){where}: the infinite-width backward "
+            f"BatchNorm at batch B = {B}{'' if swept else f' (eps = {eps:.3g})'}{where}: the "
+            "infinite-width backward "
             f"expectation E[1/s^2] is carried by features whose batch variance is near eps; a net "
-            f"of width {N} misses {100 * deficit:.3g} % of it per layer, and "
-            f"reaching it within 10 % over {layers} layers needs width ~{need:.3g}. Compare "
+            f"of width {N} misses {100 * deficit:.3g} % of it per BatchNorm, and "
+            f"reaching it within 10 % over {len(bns)} BatchNorm{'s' * (len(bns) > 1)} needs "
+            f"width ~{need:.3g}. Compare "
             "typical values (medians, E log) at practical widths, not the mean: "
             "sp.theory(net, inputs, width=N) gives E log grad_q as typical_log_grad_q (Pre-BN "
             "and Dense -> BN -> relu nets).",

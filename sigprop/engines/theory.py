@@ -29,7 +29,12 @@ from sigprop.state.ns import NUMERIC
 from sigprop.state.params import Context, Sink
 
 
-def _check_args(net, inputs):
+def _check_args(net, inputs, width=None):
+    """Refuse a bad net, inputs or width before any work (a width the warnings would quote)."""
+    if width is not None:
+        from sigprop.engines.finite_width import check_width
+
+        check_width(width)
     if not isinstance(net, Op):
         raise ConfigError("net", type(net).__name__, "an Op (e.g. sp.presets.preln(depth=64))")
     if not isinstance(inputs, Inputs):
@@ -72,7 +77,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
         return theory_compiled(net, inputs, layers=layers, width=width)
     if engine != "numpy":
         raise ConfigError("engine", engine, "'numpy' (the default) or 'jax' (compiled)")
-    _check_args(net, inputs)
+    _check_args(net, inputs, width)
     blocks = layers_of(net)
     L = len(blocks)
     grid = sweeps_of(net)

@@ -340,7 +340,9 @@ def _t_nodes(lam, eps, B, left, power, min_rank):
     base = np.sqrt(np.prod(inv_q, axis=1))  # D = det(I + 2t Sw/B)^(-1/2)
     t_eps = np.minimum(eps[:, None] * t, EXP_ARG_MAX)  # clipped only where weight = 0
     base *= np.exp(-t_eps)
-    base *= weight * (t if power == 1 else t**power / gamma(power))
+    with np.errstate(over="ignore"):  # t^power past float64 only past a matrix's last node
+        tp = t if power == 1 else t**power / gamma(power)
+    base *= np.where(weight > 0, weight * tp, 0.0)  # (there: weight 0, not 0 x inf)
     return inv_q, base
 
 

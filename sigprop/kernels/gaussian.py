@@ -75,10 +75,13 @@ def _erf_kernel(q1, q2, c, ns):
 
 
 def _erf_grad_kernel(q1, q2, c, ns):
-    """(4/pi) E[exp(-u^2 - v^2)] = (4/pi) / sqrt(det(I + 2 Sigma)), the determinant as
-    1 + 2 q1 + 2 q2 + 4 q1 q2 (1 - c)(1 + c): no cancellation at c = 1 (the diagonal) or large q."""
-    det = 1 + 2 * q1 + 2 * q2 + (4 * q1 * (1 - c)) * (q2 * (1 + c))
-    return 4 / ns.pi / ns.sqrt(det)
+    """(4/pi) E[exp(-u^2 - v^2)] = (4/pi) / sqrt(det(I + 2 Sigma)), det = (1 + 2 q1)(1 + 2 q2) D,
+    D = b2 + a2 b1 + a1 a2 (1 - c)(1 + c) with b_i = 1 / (1 + 2 q_i), a_i = 2 q_i b_i: a sum of
+    non-negative terms (no cancellation at c = 1, the diagonal) of bounded ones (no product
+    of q's to overflow: q1 q2 passes float64 at q = 1e154)."""
+    b1, b2 = 1 / (1 + 2 * q1), 1 / (1 + 2 * q2)
+    a1, a2 = 2 * q1 * b1, 2 * q2 * b2
+    return 4 / ns.pi * ns.sqrt(b1) * ns.sqrt(b2) / ns.sqrt(b2 + a2 * b1 + (a1 * (1 - c)) * (a2 * (1 + c)))
 
 
 def _gelu_parts(q1, q2, c, ns):

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import dataclasses
 import html
+import math
 from typing import Any, ClassVar
 
 import sympy
@@ -40,6 +41,10 @@ from sigprop.state.params import Context, Sweep
 POSITIVE = (lambda x: x > 0, "> 0")
 NONNEG = (lambda x: x >= 0, ">= 0")
 FINITE = (lambda x: True, "a finite number")
+# a scale the laws square (sigma_w^2, gamma^2): its square a float64 too (|x| < 1.34e154)
+SQUARABLE = (lambda x: math.isfinite(x * x), "a number whose square is finite (|x| < 1.34e154)")
+NONNEG_SQUARABLE = (lambda x: x >= 0 and math.isfinite(x * x),
+                    ">= 0, its square finite (below 1.34e154)")
 
 
 def vec(p):

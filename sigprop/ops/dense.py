@@ -10,7 +10,16 @@ import numpy as np
 import sympy
 
 from sigprop.errors import ConfigError
-from sigprop.ops.base import FINITE, NONNEG, POSITIVE, Op, cotangent_affine, is_zero, vec
+from sigprop.ops.base import (
+    FINITE,
+    NONNEG_SQUARABLE,
+    POSITIVE,
+    SQUARABLE,
+    Op,
+    cotangent_affine,
+    is_zero,
+    vec,
+)
 from sigprop.state import arrays as mc
 from sigprop.state.moments import (
     DECOUPLED,
@@ -56,8 +65,8 @@ class Dense(Op):
     def __post_init__(self):
         if self.init not in INITS:
             raise ConfigError("Dense.init", self.init, f"one of {INITS}")
-        object.__setattr__(self, "sigma_w", check("Dense.sigma_w", self.sigma_w, *NONNEG))
-        object.__setattr__(self, "sigma_b", check("Dense.sigma_b", self.sigma_b, *NONNEG))
+        object.__setattr__(self, "sigma_w", check("Dense.sigma_w", self.sigma_w, *NONNEG_SQUARABLE))
+        object.__setattr__(self, "sigma_b", check("Dense.sigma_b", self.sigma_b, *NONNEG_SQUARABLE))
         object.__setattr__(self, "ratio", check("Dense.ratio", self.ratio, *POSITIVE))
 
     def forward_law(self, s, ctx, record=None):
@@ -184,7 +193,8 @@ class FeatureAffine(Op):
         for name in ("gain", "shift", "gain_sq", "shift_sq", "gain_shift"):
             value = getattr(self, name)
             if value is not None:
-                object.__setattr__(self, name, check(f"FeatureAffine.{name}", value, *FINITE))
+                rule = SQUARABLE if name in ("gain", "shift") else FINITE  # (the rest: squares)
+                object.__setattr__(self, name, check(f"FeatureAffine.{name}", value, *rule))
         plain = all(isinstance(v, float) for v in self._moments())
         if plain:
             g, b, g2, b2, gb = self._moments()
