@@ -342,7 +342,7 @@ def _t_nodes(lam, eps, B, left, power, min_rank):
     base *= np.exp(-t_eps)
     with np.errstate(over="ignore"):  # t^power past float64 only past a matrix's last node
         tp = t if power == 1 else t**power / gamma(power)
-    base *= np.where(weight > 0, weight * tp, 0.0)  # (there: weight 0, not 0 x inf)
+    base *= np.where(weight != 0, weight * tp, 0.0)  # (there: weight 0, not 0 x inf)
     return inv_q, base
 
 
