@@ -1,5 +1,6 @@
 """The sigprop CLI through typer's CliRunner: theory, simulate, compare, errors, derive, bench."""
 
+import warnings
 from pathlib import Path
 
 import pytest
@@ -256,6 +257,23 @@ def test_theory_prints_finite_width_warnings_as_lines(tmp_path, toml, args, says
         assert "log_q_correction" not in ds
 
 
+def test_a_case_named_warning_meets_the_callers_module_filters():
+    """run_theory names each case's FiniteWidthWarnings; re-issued, they still answer a filter
+    on sigprop's modules (they came back from the file path, which no module filter matches)."""
+    from sigprop.pipeline.runs import _named
+
+    net = sp.presets.resnet(64, "relu", alpha="1/sqrt(L)", shape="dense_act")
+    for ignored, expected in ((False, 1), (True, 0)):
+        with warnings.catch_warnings(record=True) as said:
+            warnings.simplefilter("always")
+            if ignored:
+                warnings.filterwarnings("ignore", module=r"sigprop\.")
+            with _named("case A"):
+                sp.theory(net, sp.Inputs(q=1.0), width=128)
+        assert len(said) == expected and all(str(w.message).startswith("case A: ")
+                                             for w in said)
+
+
 def test_python_dash_m_runs_the_command():
     """``python -m sigprop`` is the ``sigprop`` command (it said 'No module named
     sigprop.__main__')."""
@@ -263,7 +281,7 @@ def test_python_dash_m_runs_the_command():
     import sys
 
     r = subprocess.run([sys.executable, "-m", "sigprop", "--help"], capture_output=True,
-                       text=True, timeout=120)
+                       text=True, timeout=120, check=False)
     assert r.returncode == 0 and "Usage: sigprop" in r.stdout and "theory" in r.stdout, r.stderr
 
 

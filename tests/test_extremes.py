@@ -276,6 +276,7 @@ def test_erf_grad_kernel_at_huge_q_off_the_diagonal(q):
     (sp.Serial(sp.Dense(1.3e154), sp.Act("relu"), sp.Dense(), sp.Act("tanh")), None),
     (sp.Serial(sp.Dense(), sp.Scale(1e100), sp.Act("relu"), sp.Dense(), sp.Act("erf")), None),
     (sp.Repeat(sp.Serial(sp.Dense(1e150), sp.BatchNorm(), sp.Act("relu")), 2), None),
+    (sp.Serial(sp.Dense(1e50), sp.BatchNorm(), sp.Act("relu"), sp.Dense(), sp.Act("relu")), None),
     (sp.Repeat(sp.Residual(sp.Serial(sp.LayerNorm(gain=1e150), sp.Dense(), sp.Act("relu"),
                                      sp.Dense())), 2), 64),
     (sp.Serial(sp.Dense(), sp.Scale(1e150), sp.RMSNorm(), sp.Act("relu")), 64),
@@ -283,16 +284,18 @@ def test_erf_grad_kernel_at_huge_q_off_the_diagonal(q):
     (sp.Serial(sp.Dense(), sp.FeatureAffine(shift=1e100, shift_sq=1e300)), 64),
     (sp.Repeat(sp.Residual(sp.Serial(sp.Dense(), sp.Act("relu")), alpha=1e100), 2), 64),
     (sp.Repeat(sp.Residual(sp.Serial(sp.Dense(), sp.Act("relu")), alpha=1e200), 2), 64),
-], ids=["sigma_w-1.3e154", "erf-after-1e100", "batchnorm-at-1e300", "layernorm-gain-1e150", "rmsnorm-after-1e150",
-        "layernorm-gain-1e200", "varying-shift-1e150", "alpha-1e100", "alpha-1e200"])
+], ids=["sigma_w-1.3e154", "erf-after-1e100", "batchnorm-at-1e300", "batchnorm-at-1e100",
+        "layernorm-gain-1e150", "rmsnorm-after-1e150", "layernorm-gain-1e200",
+        "varying-shift-1e100", "alpha-1e100", "alpha-1e200"])
 def test_extreme_parameters_give_numbers_or_a_reason(net, width):
     """Legal parameters that take the signal near or past float64's range: each ran into
-    numpy's overflow warnings (the erf gradient kernel's q1 q2; BatchNorm's t^power at nodes
-    past a matrix's last; the finite-width tangent's
-    r^3 and a norm's output scale in true units, then an eigh LinAlgError at gain 1e200; the
-    4th cumulants of features of scale 1e150, drawn though past half of float64's range; the
-    cumulants a relu resnet never uses, alpha^4 at alpha = 1e100; a branch past float64). Now a SigpropError, or values finite,
-    or NaN with a FiniteWidthWarning that says why."""
+    numpy's overflow warnings (the erf gradient kernel's q1 q2; BatchNorm's t^power at the
+    nodes, past a matrix's last and, at power 3, before it (q = 1e100: now numbers); the
+    finite-width tangent's r^3 and a norm's output scale in true units, then an eigh
+    LinAlgError at gain 1e200; the 4th cumulants of features of scale 1e100, drawn though past
+    half of float64's range; the cumulants a relu resnet never uses, alpha^4 at alpha = 1e100;
+    a branch past float64). Now a SigpropError, or values finite, or NaN with a
+    FiniteWidthWarning that says why."""
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always", sp.FiniteWidthWarning)  # (RuntimeWarning: an error)
         try:

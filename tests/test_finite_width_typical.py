@@ -233,6 +233,10 @@ def test_typical_through_a_zero_scale_or_a_run_split_over_layers():
     assert any("NaN at layers 1..2: inside a Dense -> BatchNorm -> Act run" in str(w.message)
                for w in said)
     assert any("NaN at layers 0..1 at c = 1e-200: layer 2" in str(w.message) for w in said)
+    # unresolved in a run split over layers: the rows inside it NaN too (they kept 0.0)
+    with pytest.warns(FiniteWidthWarning, match="NaN at layers 0..3: layer 2: a BatchNorm"):
+        tiny = typical(sp.Serial(sp.Scale(1e-200), run()))
+    assert np.isnan(tiny[:4]).all() and np.isfinite(tiny[4]).all()
 
 
 def test_a_batchnorm_in_a_branch_it_never_adds():

@@ -368,7 +368,7 @@ def gaussian_rule(K, bend=None):
 def feature_moments(y, w):
     """E[y_a], E[y_a y_b], E[y_a y_b y_c], E[y_a y_b y_c y_d] of features y on quadrature nodes
     (..., P, B) with weights (..., P): sums over the nodes as matrix products of y and of its
-    pair products y_a y_b ((..., P, B^2); a 5-operand einsum's loop took 4x longer)."""
+    pair products y_a y_b ((..., P, B^2); a 5-operand einsum's loop took 5-9x longer)."""
     B = y.shape[-1]
     pairs = (y[..., :, :, None] * y[..., :, None, :]).reshape(y.shape[:-1] + (B * B,))
     wy, wpairs = (np.swapaxes(w[..., :, None] * x, -1, -2) for x in (y, pairs))
@@ -723,8 +723,8 @@ class _Walk:
                 self.lose(f"{ctx.path}: the LayerNorm's input features have no spread (q = "
                           "mean^2 to float64's precision): its output is 0, with no "
                           "finite-width expansion", pointwise=True)
-            if self.tangent and any(self._beyond_float64(f, ctx) for f in (  # (in, out: its
-                    self.frames[-1], op.theory_forward(self.frames[-1], ctx))):  # laws' units)
+            if self.tangent and (self._beyond_float64(self.frames[-1], ctx) or  # (in and out:
+                    self._beyond_float64(op.theory_forward(self.frames[-1], ctx), ctx)):  # a gain)
                 return
             if self.track and not self.lost:
                 self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
@@ -1760,18 +1760,19 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     return out
 
 
-def _at(grid, values, idx, first=1) -> str:
-    """The text ' at a = 1, w = 0.5': the sweep values at the index ``idx`` of ``values``,
-    whose grid axes start at ``first``; a sweep along which the value does not change there
-    (to 1e-9, round-off picking the point) is not named; '' if none is."""
-    values = np.asarray(values)
-    if values.ndim < first + len(grid):  # (no grid axes: the same everywhere)
+def _at(grid, quoted, idx, first=1) -> str:
+    """The text ' at a = 1, w = 0.5': the sweep values at the index ``idx`` of the arrays
+    ``quoted`` (the values a message quotes, of one shape), whose grid axes start at
+    ``first``; a sweep along which none of them changes there (to 1e-9, round-off picking the
+    point) is not named; '' if none is."""
+    quoted = [np.asarray(v) for v in quoted]
+    if quoted[0].ndim < first + len(grid):  # (no grid axes: the same everywhere)
         return ""
     named = []
     for k, (name, sweep) in enumerate(grid.items()):
         ax = first + k
-        line = values[idx[:ax] + (slice(None),) + idx[ax + 1:]]
-        if not np.allclose(line, values[idx], rtol=1e-9, atol=0, equal_nan=True):
+        if any(not np.allclose(v[idx[:ax] + (slice(None),) + idx[ax + 1:]], v[idx], rtol=1e-9,
+                               atol=0, equal_nan=True) for v in quoted):
             named.append(f"{name} = {sweep.values[idx[ax]]:.10g}")
     return f" at {', '.join(named)}" if named else ""
 
@@ -1790,7 +1791,7 @@ def _warn_gradient(c, rows, width, mean_mode, grid):
            f"the forward weights (that mode alone, in closed form: A = {float(np.max(A)):.4g}).")
     what = "the input gradient grad_q_0" if l == 0 else f"the gradient grad_q_{l} at layer {l}"
     warnings.warn(
-        f"width {width}{_at(grid, size, idx)}: the first-order correction to "
+        f"width {width}{_at(grid, [size], idx)}: the first-order correction to "
         f"{what} reaches "
         f"{worst / width:.3g} x its infinite-width value (coefficient c = {worst:.4g}); the 1/N "
         f"expansion holds only for N >> c (10 % at N = {10 * worst:.4g}).{why} The "
@@ -1810,7 +1811,7 @@ def _warn_invalid(needs, width, grid):
             worst = float(need[idx])
             against = " (or 0.1 where |corr| is smaller)" if stat == "corr" else ""
             warnings.warn(
-                f"width {width}{_at(grid, need, idx)}: the first-order "
+                f"width {width}{_at(grid, [need], idx)}: the first-order "
                 f"correction to {stat} reaches "
                 f"{worst / width:.3g} x its infinite-width value{against} (coefficient A = "
                 f"{worst:.4g}); the 1/N expansion holds only for N >> A (10 % at N = "
@@ -1837,7 +1838,7 @@ def _warn_spread(v, rows, width, name, first, grid):
         idx = np.unravel_index(np.nanargmax(step), step.shape)
         layer, sd = int(rows[idx[0]]), math.sqrt(worst / width)
         warnings.warn(
-            f"width {width}{_at(grid, step, idx)}: one draw adds "
+            f"width {width}{_at(grid, [step], idx)}: one draw adds "
             f"{worst / width:.3g} to Var log {name} across nets (layer {layer}: v = "
             f"{worst:.4g}, Var = v / N), so {name} varies by a factor of about {_exp(sd)} from "
             "net to net there; the 1/N "
@@ -1866,8 +1867,9 @@ def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True):
     typical = ("" if log_coef is None else f" The typical net's log {name} there is the "
                f"infinite-width log {name} plus log_{name}_correction = "
                f"{float(np.asarray(log_coef)[idx]) / width:.3g}.")
+    where = _at(grid, [var] + ([] if log_coef is None else [log_coef]), idx)  # (both quoted)
     warnings.warn(
-        f"width {width}{_at(grid, var, idx)}: Var log {name} across nets "
+        f"width {width}{where}: Var log {name} across nets "
         f"reaches {s2:.3g} at layer {layer} (above {SPREAD_MAX:g}; the first-order law's own "
         "prediction, " + ("from many small draws" if checked else "if no one layer's draw adds "
                           "much, which the recorded layers do not show: record every layer to "
@@ -2096,15 +2098,15 @@ def typical_log_grad_q(net: Op, inputs, width, where="") -> np.ndarray | None:
         try:
             gain = _block_gain(u, states[i], g, ctx, width)
         except _Unresolved as why:
-            warnings.warn(f"typical_log_grad_q is NaN at layers 0..{l - 1}{where}: layer {l}: "
-                          f"{why}", FiniteWidthWarning, stacklevel=4)
-            out[:l] = np.nan
+            warnings.warn(f"typical_log_grad_q is NaN at {_layers(0, last - 1)}{where}: layer "
+                          f"{l}: {why}", FiniteWidthWarning, stacklevel=4)
+            out[:last] = np.nan  # (a run over layers l..last: the rows inside it too)
             return out
         if gain is None:
             return None
         below = out[l - 1] = below + gain  # (a layer's first unit writes its row last)
         if last > l:
-            warnings.warn(f"typical_log_grad_q is NaN at layers {l}..{last - 1}{where}: inside "
+            warnings.warn(f"typical_log_grad_q is NaN at {_layers(l, last - 1)}{where}: inside "
                           f"a Dense -> BatchNorm -> Act run split over layers {l}..{last} (its "
                           "typical gain is the run's as a whole)", FiniteWidthWarning,
                           stacklevel=4)
@@ -2114,6 +2116,11 @@ def typical_log_grad_q(net: Op, inputs, width, where="") -> np.ndarray | None:
             return out
         g = to_unit_diagonal(u.theory_backward(states[i], g, ctx))
     return out
+
+
+def _layers(first, last) -> str:
+    """'layer 3' or 'layers 0..3'."""
+    return f"layer {first}" if first == last else f"layers {first}..{last}"
 
 
 def _units(ops) -> list | None:
@@ -2158,8 +2165,9 @@ def _batch_variance(S):
 def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
     """(width, deficit): for E[1/s^2], s^2 = |P u|^2 / B + eps (u ~ N(0, S), the BatchNorm
     backward's factor), the width at which the mean of N features misses less than 10 % / layers
-    (``layers``: the BatchNorms that compound it) of it (the features below the 1/N quantile of the batch variance are the part a width-N net
-    does not sample), and the fraction it misses at width ``N``. Batch variance v = lam chi^2_k / B
+    of it (``layers``: the BatchNorms that compound it; the features below the 1/N quantile of
+    the batch variance are the part a width-N net does not sample), and the fraction it misses
+    at width ``N``. Batch variance v = lam chi^2_k / B
     with k = B - 1 and lam the mean non-zero eigenvalue of P S P (equal eigenvalues assumed)."""
     from scipy import integrate, optimize, stats
 
@@ -2223,7 +2231,7 @@ def warn_unreachable(bns, B, width=None, grid=None):
             ratio = np.where(lam > 0, eps / lam, np.inf)  # zeros: s^2 = eps throughout)
         idx = np.unravel_index(np.argmin(ratio), eps.shape)
         if worst is None or ratio[idx] < worst[0]:
-            where = _at(grid or {}, ratio, idx, first=0)
+            where = _at(grid or {}, [ratio], idx, first=0)
             worst = (ratio[idx], S[idx], float(eps[idx]), swept, where)
     # the reach depends on eps / lam only and grows as it shrinks: one evaluation, at the worst
     _, S, eps, swept, where = worst

@@ -42,7 +42,7 @@ quadrature; the quadrature itself adds < 1e-13 (see the constants below).
 from __future__ import annotations
 
 import numpy as np
-from scipy.special import gamma
+from scipy.special import gamma, gammaln
 
 from sigprop.errors import ConfigError
 from sigprop.kernels.gaussian import get_activation
@@ -337,13 +337,19 @@ def _t_nodes(lam, eps, B, left, power, min_rank):
     inv_q = a[:, :, None] * t  # (m, B-1, n)
     inv_q += 1.0
     np.reciprocal(inv_q, out=inv_q)
-    base = np.sqrt(np.prod(inv_q, axis=1))  # D = det(I + 2t Sw/B)^(-1/2)
     t_eps = np.minimum(eps[:, None] * t, EXP_ARG_MAX)  # clipped only where weight = 0
-    base *= np.exp(-t_eps)
-    with np.errstate(over="ignore"):  # t^power past float64 only past a matrix's last node
-        tp = t if power == 1 else t**power / gamma(power)
-    base *= np.where(weight != 0, weight * tp, 0.0)  # (there: weight 0, not 0 x inf)
-    return inv_q, base
+    if power == 1:
+        base = np.sqrt(np.prod(inv_q, axis=1))  # D = det(I + 2t Sw/B)^(-1/2)
+        base *= np.exp(-t_eps)
+        base *= weight * t
+        return inv_q, base
+    # t^power passes float64 (t ~ 36 / eps at eps / lam ~ 1e-98, power 3) where t^power D need
+    # not, and D's product may underflow where it does not: the node's factor in logs; beyond
+    # float64 only where the integral is (or past a matrix's last node: weight 0 there)
+    log_d = 0.5 * np.log(inv_q).sum(axis=1)
+    with np.errstate(over="ignore", invalid="ignore"):
+        factor = np.exp(power * tau + log_d - t_eps - gammaln(power))
+        return inv_q, np.where(weight != 0, weight * factor, 0.0)
 
 
 def _closed_t_integrals(lam, eps, B, left, backward):

@@ -81,7 +81,8 @@ def _erf_grad_kernel(q1, q2, c, ns):
     of q's to overflow: q1 q2 passes float64 at q = 1e154)."""
     b1, b2 = 1 / (1 + 2 * q1), 1 / (1 + 2 * q2)
     a1, a2 = 2 * q1 * b1, 2 * q2 * b2
-    return 4 / ns.pi * ns.sqrt(b1) * ns.sqrt(b2) / ns.sqrt(b2 + a2 * b1 + (a1 * (1 - c)) * (a2 * (1 + c)))
+    D = b2 + a2 * b1 + (a1 * (1 - c)) * (a2 * (1 + c))
+    return 4 / ns.pi * ns.sqrt(b1) * ns.sqrt(b2) / ns.sqrt(D)
 
 
 def _gelu_parts(q1, q2, c, ns):

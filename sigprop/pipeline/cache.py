@@ -33,7 +33,8 @@ from sigprop.data import TMP_MARK, atomic_path, remove_stale_temporaries
 PACKAGE = Path(__file__).resolve().parents[1]
 DEFAULT_DIR = Path(".sigprop-cache")
 # code that draws or orchestrates results without changing a number (paths under sigprop/)
-PRESENTATION = ("__main__.py", "pipeline/cli.py", "pipeline/cache.py", "pipeline/reproduce.py", "analysis", "figures")
+PRESENTATION = ("__main__.py", "pipeline/cli.py", "pipeline/cache.py", "pipeline/reproduce.py",
+                "analysis", "figures")
 
 
 def digest(*parts) -> str:

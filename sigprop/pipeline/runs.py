@@ -14,6 +14,7 @@ from __future__ import annotations
 import contextlib
 import itertools
 import json
+import sys
 import warnings
 from typing import Any
 
@@ -121,17 +122,18 @@ def case_label(arch: ArchSpec, batch) -> str:
 @contextlib.contextmanager
 def _named(case: str):
     """The block's FiniteWidthWarnings with ``case`` before their message (which case of a sim
-    said it); every warning then meets the caller's filters as it would have."""
-    caught = []
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            yield
-    finally:
-        for w in caught:
-            named = issubclass(w.category, FiniteWidthWarning)
-            warnings.warn_explicit(f"{case}: {w.message}" if named else w.message, w.category,
-                                   w.filename, w.lineno)
+    said it); every warning then meets the caller's filters (by module too) as it would have."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+    modules = {getattr(m, "__file__", None): m for m in list(sys.modules.values())}
+    for w in caught:
+        named = issubclass(w.category, FiniteWidthWarning)
+        module = modules.get(w.filename)
+        warnings.warn_explicit(
+            f"{case}: {w.message}" if named else w.message, w.category, w.filename, w.lineno,
+            module=module and module.__name__,
+            registry=module and vars(module).setdefault("__warningregistry__", {}))
 
 
 def _iterate(items, progress, what):
