@@ -1763,15 +1763,15 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
 def _at(grid, quoted, idx, first=1) -> str:
     """The text ' at a = 1, w = 0.5': the sweep values at the index ``idx`` of the arrays
     ``quoted`` (the values a message quotes, of one shape), whose grid axes start at
-    ``first``; a sweep along which none of them changes there (to 1e-9, round-off picking the
-    point) is not named; '' if none is."""
+    ``first``; a sweep along which none of them changes there (to 1e-6: below what a message
+    prints, above the central differences' round-off, ~1e-8) is not named; '' if none is."""
     quoted = [np.asarray(v) for v in quoted]
     if quoted[0].ndim < first + len(grid):  # (no grid axes: the same everywhere)
         return ""
     named = []
     for k, (name, sweep) in enumerate(grid.items()):
         ax = first + k
-        if any(not np.allclose(v[idx[:ax] + (slice(None),) + idx[ax + 1:]], v[idx], rtol=1e-9,
+        if any(not np.allclose(v[idx[:ax] + (slice(None),) + idx[ax + 1:]], v[idx], rtol=1e-6,
                                atol=0, equal_nan=True) for v in quoted):
             named.append(f"{name} = {sweep.values[idx[ax]]:.10g}")
     return f" at {', '.join(named)}" if named else ""
