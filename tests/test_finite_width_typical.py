@@ -331,7 +331,7 @@ def test_unresolved_typical_values_are_nan_with_a_reason():
               r"NaN at layers 0..1: layer 2: a BatchNorm meets a batch with no spread"),
              (sp.Repeat(blk(1e-100), 2), three, r"NaN at layers 0..1: layer 2: .*no spread"),
              (presets.prebn(2, alpha=1e150), sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian"),
-              r"NaN at layers 0..0: layer 1: a BatchNorm's typical gain is beyond float64"),
+              r"NaN at layer 0: layer 1: a BatchNorm's typical gain is beyond float64"),
              (presets.prebn(4, shape="act_dense"), three, r"typical_log_grad_q is NaN: it covers")]
     for net, inputs, said in cases:
         with warnings.catch_warnings():
