@@ -1387,8 +1387,7 @@ def each_point(net: Op, compute):
         return out, None
 
     def named(idx):
-        listed = "; ".join(", ".join(f"{k} = {v:g}" for k, v in points[i].items())
-                           for i in idx[:4])
+        listed = "; ".join(_point_text(points[i]) for i in idx[:4])
         return listed + (f" and {len(idx) - 4} more" if len(idx) > 4 else "")
 
     listed = [f"{why} (the first reason at {len(idx)} of {len(points)} grid points: "
@@ -1738,12 +1737,11 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     grad[at], valid[at], var[at] = c[got] / N, np.abs(c[got]) / VALID_FRACTION, v[got] / N
     computed["valid_width_grad_q"] = valid
     computed["var_log_grad_q"] = var
-    grid = sweeps_of(net)
+    grid, L = sweeps_of(net), len(layers_of(net))
     broken = _warn_gradient(c, rows, width, mean_mode, grid)
-    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", len(layers_of(net)), grid) \
+    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", L, grid) \
             and not broken:  # (every draw checked only when every layer is recorded)
-        _warn_rare_nets(v, rows, width, "grad_q", grid,
-                        checked=rows == list(range(len(layers_of(net)) + 1)))
+        _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)))
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
@@ -1768,13 +1766,18 @@ def _at(grid, quoted, idx, first=1) -> str:
     quoted = [np.asarray(v) for v in quoted]
     if quoted[0].ndim < first + len(grid):  # (no grid axes: the same everywhere)
         return ""
-    named = []
+    named = {}
     for k, (name, sweep) in enumerate(grid.items()):
         ax = first + k
         if any(not np.allclose(v[idx[:ax] + (slice(None),) + idx[ax + 1:]], v[idx], rtol=1e-6,
                                atol=0, equal_nan=True) for v in quoted):
-            named.append(f"{name} = {sweep.values[idx[ax]]:.10g}")
-    return f" at {', '.join(named)}" if named else ""
+            named[name] = sweep.values[idx[ax]]
+    return f" at {_point_text(named)}" if named else ""
+
+
+def _point_text(point: dict) -> str:
+    """'a = 1, w = 0.5': a grid point (sweep name -> value) in messages."""
+    return ", ".join(f"{k} = {v:.10g}" for k, v in point.items())
 
 
 def _warn_gradient(c, rows, width, mean_mode, grid):
@@ -2070,7 +2073,7 @@ def typical_log_grad_q(net: Op, inputs, width, where="") -> np.ndarray | None:
     if grid:
         got, outside = [], []
         for point in grid_points(grid):
-            at = ", ".join(f"{k} = {v:.10g}" for k, v in point.items())
+            at = _point_text(point)
             got.append(typical_log_grad_q(at_point(net, point), inputs, width, " at " + at))
             if got[-1] is None:
                 outside.append(at)
@@ -2141,16 +2144,11 @@ def _units(ops) -> list | None:
     return out
 
 
-def _leaves(op: Op):
-    """The ops of ``op`` in order, Serials and Repeats opened (a Residual kept whole)."""
-    if isinstance(op, Repeat):
-        for _ in range(op.n):
-            yield from _leaves(op.block)
-    elif isinstance(op, Serial):
-        for kid in op.layers:
-            yield from _leaves(kid)
-    else:
-        yield op
+def _leaves(op: Op) -> list[Op]:
+    """The ops of ``op`` in order, its :meth:`~sigprop.ops.Op.blocks` opened down to ops that
+    are their own (Serials and Repeats opened, however nested; a Residual kept whole)."""
+    parts = op.blocks()
+    return [op] if parts[0] is op else [leaf for part in parts for leaf in _leaves(part)]
 
 
 # -- expectations carried by rare events -----------------------------------------------------

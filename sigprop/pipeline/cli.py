@@ -96,10 +96,12 @@ def _finite_width_warnings():
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
+    from sigprop.pipeline.runs import reissue
+
     seen = set()
     for w in caught:
         if not issubclass(w.category, FiniteWidthWarning):
-            warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
+            reissue(w)
         elif str(w.message) not in seen:
             seen.add(str(w.message))
             console.print(f"[yellow]finite width: {escape(str(w.message))}[/]", highlight=False)

@@ -126,14 +126,18 @@ def _named(case: str):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    modules = {getattr(m, "__file__", None): m for m in list(sys.modules.values())}
     for w in caught:
-        named = issubclass(w.category, FiniteWidthWarning)
-        module = modules.get(w.filename)
-        warnings.warn_explicit(
-            f"{case}: {w.message}" if named else w.message, w.category, w.filename, w.lineno,
-            module=module and module.__name__,
-            registry=module and vars(module).setdefault("__warningregistry__", {}))
+        reissue(w, f"{case}: {w.message}" if issubclass(w.category, FiniteWidthWarning) else None)
+
+
+def reissue(w: warnings.WarningMessage, message=None):
+    """Warn a caught warning ``w`` again (as ``message`` if given) from its own place and
+    module, so the caller's filters (by module too) meet it as they would have."""
+    module = next((m for m in list(sys.modules.values())
+                   if getattr(m, "__file__", None) == w.filename), None)
+    warnings.warn_explicit(w.message if message is None else message, w.category, w.filename,
+                           w.lineno, module=module and module.__name__,
+                           registry=module and vars(module).setdefault("__warningregistry__", {}))
 
 
 def _iterate(items, progress, what):
