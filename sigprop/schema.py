@@ -98,6 +98,7 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
 NAMES = tuple(VARIABLES)
 PRIMARY = tuple(n for n, v in VARIABLES.items() if v.log_of is None)  # not a log companion
 LOG_NAME = {v.log_of: n for n, v in VARIABLES.items() if v.log_of}  # "q" -> "log_q"
+FORWARD = tuple(n for n, v in VARIABLES.items() if not v.backward)  # sp.theory(backward=False)
 
 # Added by ``sp.theory(net, inputs, width=N)`` (sigprop.engines.finite_width), at the width N
 # in the dataset's ``width`` attr; a correction is E[stat at width N] - stat_inf to O(1/N).
@@ -141,12 +142,13 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
 )}
 
 
-def complete(computed: dict) -> dict:
-    """Every variable, in dataset order, from ``computed``: a linear variable missing from it is
-    ``exp`` of its log companion (overflow to inf allowed). Arrays are passed through unchanged."""
+def complete(computed: dict, backward: bool = True) -> dict:
+    """Every variable (without ``backward``: every forward one), in dataset order, from
+    ``computed``: a linear variable missing from it is ``exp`` of its log companion (overflow to
+    inf allowed). Arrays are passed through unchanged."""
     out = {}
     with np.errstate(over="ignore", invalid="ignore"):
-        for name in VARIABLES:
+        for name in VARIABLES if backward else FORWARD:
             out[name] = computed[name] if name in computed else np.exp(computed[LOG_NAME[name]])
     return out
 

@@ -59,7 +59,7 @@ def worst(a, b) -> float:
     """The largest difference of ``b`` from ``a`` over the compared variables; their NaN and
     infinite entries must be the same (else the difference is infinite)."""
     out = 0.0
-    for name in LOGS + LINEAR:
+    for name in [n for n in LOGS + LINEAR if n in a.data_vars]:  # (forward only: no gradients)
         u, v = a[name].values, b[name].values
         assert u.shape == v.shape, name
         finite = np.isfinite(u)
@@ -314,6 +314,16 @@ def test_tolerance_sees_a_perturbed_law(monkeypatch):
     monkeypatch.setattr(compiled, "_CACHE", OrderedDict())  # a program traced with it is not kept
     net = sp.presets.resnet(4)
     assert worst(sp.theory(net, X2), sp.theory(net, X2, engine="jax")) > 10 * TOL
+
+
+def test_forward_only(monkeypatch):
+    """backward=False: the numpy engine's forward-only Dataset (to TOL), its own compiled
+    program (no backward scan traced); past TAPE_BYTES still one scan, nothing checkpointed."""
+    net = sp.presets.preln(6, act="erf", alpha=sp.sweep("alpha", [0.2, 1.0]))
+    _, b = agree(net, X3, backward=False, layers=[0, 2, 6])
+    assert list(b.data_vars) == list(sp.schema.FORWARD)
+    monkeypatch.setattr(compiled, "TAPE_BYTES", 0)
+    agree(net, X3, backward=False)
 
 
 def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):

@@ -4,6 +4,7 @@ With closed-form kernels the engine is exact, so agreement is asserted to ~1e-12
 rounding accumulated over the depth), not to a loose tolerance.
 """
 
+import json
 import math
 
 import numpy as np
@@ -199,6 +200,32 @@ def test_recording_a_subset_of_layers_gives_the_same_values():
         np.testing.assert_array_equal(part[name].values, full[name].sel(layer=[0, 5, 36, 37]).values)
     with pytest.raises(sp.ConfigError, match="layers"):
         sp.theory(net, x0, layers=[38])
+
+
+def test_forward_only_is_the_forward_of_the_full_run():
+    """backward=False: the forward variables alone (schema.FORWARD), equal to the full run's
+    (the same forward calls, without a tape), recorded in the config; with a width, the forward
+    corrections alone, equal to the full run's; a flag that is not a bool is refused."""
+    net = sp.presets.periln(37, act="relu", sigma_w1=sp.sweep("sigma_w1", [1.0, 1.5]))
+    x0 = sp.Inputs(q=[1.0, 4.0], corr=0.3, mean=[0.2, -0.1])
+    full = sp.theory(net, x0, layers=[0, 5, 37])
+    fwd = sp.theory(net, x0, layers=[0, 5, 37], backward=False)
+    assert list(fwd.data_vars) == list(sp.schema.FORWARD)
+    assert not any(sp.schema.VARIABLES[v].backward for v in sp.schema.FORWARD)
+    for name in fwd.data_vars:
+        np.testing.assert_array_equal(fwd[name].values, full[name].values)
+    assert json.loads(fwd.attrs["config"])["backward"] is False
+    assert "backward" not in json.loads(full.attrs["config"])
+    small = sp.presets.preln(6)
+    wide, wide_fwd = (sp.theory(small, x0, width=256, backward=b) for b in (True, False))
+    corrections = [v for v in wide.data_vars if v in sp.schema.FINITE_WIDTH_VARIABLES]
+    forward = [v for v in corrections if not sp.schema.FINITE_WIDTH_VARIABLES[v].backward]
+    assert len(forward) < len(corrections)  # (some are the gradient's)
+    assert sorted(v for v in wide_fwd.data_vars if v in corrections) == sorted(forward)
+    for name in forward:
+        np.testing.assert_array_equal(wide_fwd[name].values, wide[name].values)
+    with pytest.raises(sp.ConfigError, match="backward"):
+        sp.theory(small, x0, backward="no")
 
 
 def test_prebn_relu_pre_activation_exchangeable_closed_form():

@@ -94,10 +94,10 @@ CACHE_SIZE = 16  # compiled programs kept (each holds its XLA executable)
 _CACHE: OrderedDict = OrderedDict()
 
 
-def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
+def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backward=True):
     """:func:`sigprop.theory` (same arguments, same Dataset) with every law traced into one
     compiled function (module docstring); ``attrs['backend']`` is ``'jax'``."""
-    _check_args(net, inputs, width)
+    _check_args(net, inputs, width, backward)
     refuse_unsupported(net)
     jax = _jax()
     blocks = layers_of(net)
@@ -108,7 +108,8 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
     P = math.prod(shape)
     taped = max((_taped_states(blk) for blk in blocks), default=0)
     chunk = _chunk(L, P, B, taped)  # decided on the whole grid: the shards' tapes add up
-    memory.check(memory_estimate(L, len(kept), P, B) + _tape_bytes(L, P, B, chunk, taped),
+    tape = _tape_bytes(L, P, B, chunk, taped) if backward else 0
+    memory.check(memory_estimate(L, len(kept), P, B) + tape,
                  f"the compiled theory of {L} layers x {P} grid points x B = {B} inputs",
                  "split the grid (sigprop sweep --grid-chunk), or record fewer layers")
     s0 = inputs.moments()
@@ -124,7 +125,8 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
                                           s0.K, s0.m, s0.ls))
 
     with _x64(jax):
-        program, branches = _program(net, blocks, grid, s0.law, B, tuple(kept), size, chunk)
+        program, branches = _program(net, blocks, grid, s0.law, B, tuple(kept), size,
+                                     chunk if backward else None, backward)
     HOST_ERRORS.clear()
     if k == 1:
         out = shard(0)
@@ -137,7 +139,8 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None):
         theory(net, inputs, layers=[0])
         raise error
     _check_finite(out, net, blocks, inputs)
-    return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width)
+    return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width,
+                   backward)
 
 
 def refuse_unsupported(net: Op):
@@ -187,11 +190,11 @@ def _runs(blocks) -> list[tuple[Op, int, int]]:
     return [tuple(r) for r in runs]
 
 
-def _program(net, blocks, grid, law0, B, kept, P, chunk):
+def _program(net, blocks, grid, law0, B, kept, P, chunk, backward):
     """:func:`_trace`, cached (module docstring)."""
-    key = (net, law0, B, kept, P, chunk)
+    key = (net, law0, B, kept, P, chunk, backward)
     if key not in _CACHE:
-        _CACHE[key] = _trace(net, blocks, grid, law0, B, kept, P, chunk)
+        _CACHE[key] = _trace(net, blocks, grid, law0, B, kept, P, chunk, backward)
         if len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
@@ -259,23 +262,32 @@ def _tape_bytes(L: int, P: int, B: int, chunk: int | None, taped: int = 0) -> in
     return (L // chunk + 1) * 8 * P * (B * B + 2 * B) + 2 * chunk * _layer_bytes(P, B, taped)
 
 
-def _split(local, chunk: int, q: int):
-    """Where the wanted ``local`` indices (sorted, in [0, n)) sit in q chunks of ``chunk``
-    layers and the tail after them: per chunk their positions, padded to the most any chunk
-    has (at least 1), shape (q, m); which of the q * m picked rows to keep; the tail's own."""
+def _slots(local, n: int) -> np.ndarray:
+    """Row of each of n copies in a buffer of the wanted ``local`` ones (sorted, in [0, n)):
+    its place among them, or len(local) (the buffer's last row, not returned) for the others."""
+    slots = np.full(n, len(local))
+    slots[np.asarray(local, dtype=int)] = np.arange(len(local))
+    return slots
+
+
+def _split(local, chunk: int, q: int, n: int):
+    """:func:`_slots` for n copies as q chunks of ``chunk`` and the tail after them: per chunk the
+    rows of its wanted copies in a buffer of m (the most any chunk has, at least 1) and m for
+    the others, shape (q, chunk); which of the q * m rows to keep; the tail's slots."""
     per = [[j - c * chunk for j in local if c * chunk <= j < (c + 1) * chunk] for c in range(q)]
     m = max([1] + [len(js) for js in per])
-    pos, keep = np.zeros((q, m), dtype=int), []
+    slots, keep = np.full((q, chunk), m), []
     for c, js in enumerate(per):
-        pos[c, :len(js)] = js
+        slots[c, js] = np.arange(len(js))
         keep += [c * m + k for k in range(len(js))]
-    return pos, np.asarray(keep, dtype=int), np.asarray([j - q * chunk for j in local
-                                                          if j >= q * chunk], dtype=int)
+    tail = [j - q * chunk for j in local if j >= q * chunk]
+    return slots, m, np.asarray(keep, dtype=int), _slots(tail, n - q * chunk)
 
 
-def _trace(net, blocks, grid, law0, B, kept, P, chunk):
+def _trace(net, blocks, grid, law0, B, kept, P, chunk, backward=True):
     """(the jitted function (sweep values at each of the P points, K0, m0, ls0) -> dict of
-    arrays at the recorded layers; whether each layer's block has a branch, known once traced)."""
+    arrays at the recorded layers (without ``backward``: the forward ones); whether each
+    layer's block has a branch, known once traced)."""
     import jax
     import jax.numpy as jnp
 
@@ -293,9 +305,6 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk):
 
     def finite(s):
         return jnp.all(jnp.isfinite(s.K)) & jnp.all(jnp.isfinite(s.ls))
-
-    def rows(a, local):
-        return a[np.asarray(local, dtype=int)]
 
     def program(values, K0, m0, ls0):
         ctx = Context(ns, ("point",), params={id(s): (s, values[names.index(s.name)])
@@ -316,7 +325,7 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk):
             y = (out.K, out.m, out.ls)
             return y, (*y, fK, fls, finite(out)), out.law, f is not None
 
-        def backward(blk, name, law, x, tape, g, lw, log_g, recording=True):
+        def pull_back(blk, name, law, x, tape, g, lw, log_g, recording=True):
             """The cotangent at the layer's input from ``g`` at its output (``log_g``: its
             log diagonal, the previous step's record), the log width after it, and its record
             (log gradient diagonal, weight gradients (NaN unless ``recording``), finite); the
@@ -347,6 +356,23 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk):
                 skeleton[:] = [rebuild]
                 return y, (c, leaves, rec)
 
+            def forward_scan(c, slots, count):
+                """``one`` over the copies of ``slots`` from ``c``: the end state; the records
+                of the ``count`` kept copies (copy i's to row slots[i] of a carried buffer,
+                whose last row takes the others': no layer-long record is written); per copy
+                its input state, tape and finite."""
+                buf = tuple(jnp.zeros((count + 1, P) + shape, f64) for shape in
+                            ((B, B), (B,), (B,), (B, B), (B,)))
+
+                def body(carry, slot):
+                    c, buf = carry
+                    y, (c, leaves, rec) = one(c, None)
+                    return (y, tuple(b.at[slot].set(r) for b, r in zip(buf, rec))), \
+                        (c, leaves, rec[5])
+
+                (y, buf), (ins, leaves, ok) = jax.lax.scan(body, (c, buf), jnp.asarray(slots))
+                return y, tuple(b[:count] for b in buf), ins, leaves, ok
+
             outs = [l - first for l in range(first, first + n) if l in wanted]  # and weights
             grads = [s - first + 1 for s in range(first - 1, first + n - 1) if s in wanted]
             recorded = np.isin(np.arange(n), outs + grads)  # copies whose backward is kept
@@ -359,56 +385,70 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk):
 
                 def back(recording=True):  # a tape of its own: the backward pops its entries
                     tape = skeleton[0](leaves) if internal else None
-                    return backward(blk, name, law, c, tape, *carry, recording=recording)
+                    return pull_back(blk, name, law, c, tape, *carry, recording=recording)
 
                 g, lw, log_g, rec = (jax.lax.cond(keep, back, lambda: back(False)) if light
                                      else back())
                 return (g, lw, log_g), rec
+
+            def backward_scan(carry, ins, gslots, gcount, wslots, wcount):
+                """``step`` back over the copies of ``ins`` (input states, tapes, kept): the
+                carry; the log gradient diagonals of the ``gcount`` kept copies and the weight
+                gradients of the ``wcount`` ones (rows as :func:`forward_scan`'s); finite."""
+                bufs = (jnp.zeros((gcount + 1, P, B), f64), jnp.zeros((wcount + 1, P, B), f64))
+
+                def body(cb, xs):
+                    carry, lg, wg = cb
+                    *xs, gs, ws = xs
+                    carry, (a, b, okb) = step(carry, xs)
+                    return (carry, lg.at[gs].set(a), wg.at[ws].set(b)), okb
+
+                (carry, lg, wg), okb = jax.lax.scan(
+                    body, (carry, *bufs), (*ins, jnp.asarray(gslots), jnp.asarray(wslots)),
+                    reverse=True)
+                return carry, (lg[:gcount], wg[:wcount], okb)
             q = 0 if chunk is None else n // chunk
             if q < 2:  # the full tape: every copy's input state kept
-                y, (ins, leaves, rec) = jax.lax.scan(one, x, None, length=n)
+                y, rec, ins, leaves, ok = forward_scan(x, _slots(outs, n), len(outs))
                 ins = (ins, leaves, jnp.asarray(recorded))
 
                 def back(carry):
-                    carry, (lg, wg, okb) = jax.lax.scan(step, carry, ins, reverse=True)
-                    return carry, (rows(lg, grads), rows(wg, outs), okb)
+                    return backward_scan(carry, ins, _slots(grads, n), len(grads),
+                                         _slots(outs, n), len(outs))
 
-                return y, tuple(rows(a, outs) for a in rec[:5]), rec[5], back
+                return y, rec, ok, back
             # checkpointed: the input state of each chunk; a chunk's states recomputed backward
-            pos, keep, tail = _split(outs, chunk, q)
+            slots, m, keep, tail = _split(outs, chunk, q, n)
 
-            def chunk_forward(c, at):
-                y, (_, _, rec) = jax.lax.scan(one, c, None, length=chunk)
-                return y, (c, tuple(a[at] for a in rec[:5]), rec[5])
+            def chunk_forward(c, slots):
+                y, rec, _, _, ok = forward_scan(c, slots, m)
+                return y, (c, rec, ok)
 
-            y, (starts, rec, ok) = jax.lax.scan(chunk_forward, x, jnp.asarray(pos))
+            y, (starts, rec, ok) = jax.lax.scan(chunk_forward, x, jnp.asarray(slots))
             rec = tuple(a.reshape((-1,) + a.shape[2:])[keep] for a in rec)
             ok, ins = ok.reshape(-1), None
             if n > q * chunk:
-                y, (ins, leaves, rec_t) = jax.lax.scan(one, y, None, length=n - q * chunk)
+                y, rec_t, ins, leaves, ok_t = forward_scan(y, tail, len(outs) - len(keep))
                 ins = (ins, leaves, jnp.asarray(recorded[q * chunk:]))
-                rec = tuple(jnp.concatenate([a, t[tail]]) for a, t in zip(rec, rec_t[:5]))
-                ok = jnp.concatenate([ok, rec_t[5]])
-            (gpos, gkeep, gtail), (wpos, wkeep, wtail) = (_split(grads, chunk, q),
-                                                          _split(outs, chunk, q))
+                rec = tuple(jnp.concatenate(pair) for pair in zip(rec, rec_t))
+                ok = jnp.concatenate([ok, ok_t])
+            (gslots, gm, gkeep, gtail), wsplit = _split(grads, chunk, q, n), (slots, m, keep, tail)
 
             def chunk_backward(carry, xs):
-                c, g_at, w_at, keep = xs
+                c, gs, ws, kept_ = xs
                 _, (states, leaves, _) = jax.lax.scan(one, c, None, length=chunk)
-                carry, (lg, wg, okb) = jax.lax.scan(step, carry, (states, leaves, keep),
-                                                    reverse=True)
-                return carry, (lg[g_at], wg[w_at], okb)
+                return backward_scan(carry, (states, leaves, kept_), gs, gm, ws, m)
 
             def back(carry):
                 tail_rows = None
                 if ins is not None:  # the last copies first
-                    carry, (lg, wg, okb) = jax.lax.scan(step, carry, ins, reverse=True)
-                    tail_rows = (lg[gtail], wg[wtail], okb)
+                    carry, tail_rows = backward_scan(carry, ins, gtail, len(grads) - len(gkeep),
+                                                     wsplit[3], len(outs) - len(keep))
                 carry, (lg, wg, okb) = jax.lax.scan(
-                    chunk_backward, carry, (starts, jnp.asarray(gpos), jnp.asarray(wpos),
+                    chunk_backward, carry, (starts, jnp.asarray(gslots), jnp.asarray(slots),
                                             jnp.asarray(recorded[:q * chunk].reshape(q, chunk))),
                     reverse=True)
-                got = (lg.reshape((-1, P, B))[gkeep], wg.reshape((-1, P, B))[wkeep],
+                got = (lg.reshape((-1, P, B))[gkeep], wg.reshape((-1, P, B))[keep],
                        okb.reshape(-1))
                 if tail_rows is not None:
                     got = tuple(jnp.concatenate(pair) for pair in zip(got, tail_rows))
@@ -452,6 +492,9 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk):
         head = [(start.K[None], start.m[None], start.ls[None])] if 0 in wanted else []
         K, m, ls = (jnp.concatenate([r[i] for r in head + recs]) for i in range(3))
         fK, fls = (jnp.concatenate([r[i] for r in recs]) for i in (3, 4))
+        out = {"K": K, "m": m, "ls": ls, "fK": fK, "fls": fls, "ok": jnp.concatenate(oks)}
+        if not backward:
+            return out
         g0 = state(Cotangent, jnp.eye(B), jnp.zeros(B), jnp.zeros(B))
         carry = ((g0.K, g0.m, g0.ls), jnp.zeros(P, f64), _log_diag(g0, ns))
         back = []
@@ -461,8 +504,7 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk):
         grad, wgrad, okb = (jnp.concatenate([r[i] for r in back]) for i in range(3))
         if L in wanted:  # layer L: G = I
             grad = jnp.concatenate([grad, jnp.zeros((1, P, B), f64)])
-        return {"K": K, "m": m, "ls": ls, "grad": grad, "fK": fK, "fls": fls, "wgrad": wgrad,
-                "log_width": carry[1], "ok": jnp.concatenate(oks), "okb": okb}
+        return {**out, "grad": grad, "wgrad": wgrad, "log_width": carry[1], "okb": okb}
 
     return jax.jit(program), branches
 
@@ -509,6 +551,8 @@ def _check_finite(out, net, blocks, inputs):
     where it overflows too; where it does not, the compiled engine's own limits are named (XLA
     flushes scales below 2.2e-308 to zero)."""
     for key, direction, pick in (("ok", "forward", min), ("okb", "backward", max)):
+        if key not in out:  # forward only
+            continue
         bad = np.flatnonzero(~np.asarray(out[key]))  # per layer: finite at every point
         if bad.size:
             l = pick(bad) + 1
@@ -530,14 +574,17 @@ def _arrays(out, branches, kept, shape, B):
         x = np.asarray(x)
         return x.reshape(x.shape[:1] + shape + x.shape[2:])
 
-    wgrad = layer_first(out["wgrad"]) - 2 * np.asarray(out["log_width"]).reshape(shape)[..., None]
-    if kept[0] == 0:  # the input: no weights
-        wgrad = np.concatenate([np.full((1,) + shape + (B,), np.nan), wgrad])
+    grad = wgrad = None
+    if "grad" in out:  # (not forward only)
+        grad = layer_first(out["grad"])
+        wgrad = layer_first(out["wgrad"]) - 2 * np.asarray(out["log_width"]).reshape(shape)[..., None]
+        if kept[0] == 0:  # the input: no weights
+            wgrad = np.concatenate([np.full((1,) + shape + (B,), np.nan), wgrad])
     has = [l > 0 and branches[l - 1] for l in kept]
     with_branch = np.asarray([branches[l - 1] for l in kept if l > 0], dtype=bool)
     fK = fls = None
     if any(has):
         fK, fls = (layer_first(out[k])[with_branch] for k in ("fK", "fls"))
     return variables(layer_first(out["K"]), layer_first(out["m"]), layer_first(out["ls"]),
-                     layer_first(out["grad"]), wgrad, fK, fls, has)
+                     grad, wgrad, fK, fls, has)
 

@@ -1687,9 +1687,10 @@ def check_width(width):
                           "stream width N)")
 
 
-def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
+def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.Dataset:
     """``ds`` (an infinite-width theory dataset) with the first-order finite-width variables at
-    ``width`` (schema ``FINITE_WIDTH_VARIABLES``), and the validity warnings."""
+    ``width`` (schema ``FINITE_WIDTH_VARIABLES``; without ``backward``, the forward ones), and
+    the validity warnings."""
     check_width(width)
     coef, lost = coefficients(net, inputs)
     if lost:
@@ -1714,6 +1715,24 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     needs = {"q": np.abs(coef["q"][layers]),
              "corr": np.abs(coef["corr"][layers]) / np.maximum(np.abs(corr_inf), VALID_FRACTION)}
     computed["valid_width_corr"] = needs["corr"] / VALID_FRACTION
+    grid = sweeps_of(net)
+    if backward:
+        computed.update(_gradient_corrections(ds, net, inputs, width, lost,
+                                              computed["var_log_q"].shape))
+    out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=tuple(grid)), v)
+                     for k, v in computed.items()})
+    out.attrs["width"] = int(width)
+    broken = _warn_invalid(needs, width, grid)
+    rows = range(len(coef["var_log_q"]))
+    if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid) and "q" not in broken:
+        _warn_rare_nets(coef["var_log_q"], rows, width, "q", grid, coef["log_q"])
+    return out
+
+
+def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
+    """The gradient's finite-width variables of :func:`extend` (``shape``: theirs; ``lost``:
+    where the forward walk stopped), and their warnings."""
+    N, layers, grid = float(width), ds["layer"].values, sweeps_of(net)
 
     def mean_mode():
         if _mean_mode_blocks(net) is None:
@@ -1730,14 +1749,13 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
         # this one does too: warned above, unless the two stop at different grid points)
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
         warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}",
-                      FiniteWidthWarning, stacklevel=3)
-    grad, valid, var = (np.full(computed["var_log_q"].shape, np.nan) for _ in range(3))
+                      FiniteWidthWarning, stacklevel=4)
+    grad, valid, var = (np.full(shape, np.nan) for _ in range(3))
     at = [list(layers).index(l) for l in rows if l in layers]
     got = [rows.index(l) for l in rows if l in layers]
     grad[at], valid[at], var[at] = c[got] / N, np.abs(c[got]) / VALID_FRACTION, v[got] / N
-    computed["valid_width_grad_q"] = valid
-    computed["var_log_grad_q"] = var
-    grid, L = sweeps_of(net), len(layers_of(net))
+    computed = {"valid_width_grad_q": valid, "var_log_grad_q": var}
+    L = len(layers_of(net))
     broken = _warn_gradient(c, rows, width, mean_mode, grid)
     if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", L, grid) \
             and not broken:  # (every draw checked only when every layer is recorded)
@@ -1745,17 +1763,10 @@ def extend(ds: xr.Dataset, net: Op, inputs, width) -> xr.Dataset:
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
-        warnings.warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning, stacklevel=3)
+        warnings.warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning, stacklevel=4)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
                                       else typical[layers].reshape(grad.shape))
-    out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=tuple(grid)), v)
-                     for k, v in computed.items()})
-    out.attrs["width"] = int(width)
-    broken = _warn_invalid(needs, width, grid)
-    rows = range(len(coef["var_log_q"]))
-    if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid) and "q" not in broken:
-        _warn_rare_nets(coef["var_log_q"], rows, width, "q", grid, coef["log_q"])
-    return out
+    return computed
 
 
 def _at(grid, quoted, idx, first=1) -> str:

@@ -29,8 +29,12 @@ from sigprop.state.ns import NUMERIC
 from sigprop.state.params import Context, Sink
 
 
-def _check_args(net, inputs, width=None):
-    """Refuse a bad net, inputs or width before any work (a width the warnings would quote)."""
+def _check_args(net, inputs, width=None, backward=True):
+    """Refuse a bad net, inputs, width or backward flag before any work (a width the warnings
+    would quote)."""
+    if not isinstance(backward, (bool, np.bool_)):
+        raise ConfigError("backward", backward, "True (forward and backward) or False (forward "
+                          "only)")
     if width is not None:
         from sigprop.engines.finite_width import check_width
 
@@ -50,8 +54,12 @@ ARRAY_OVERHEAD = 128  # bytes a kept array costs beyond its data (header, Python
 
 
 def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
-           width=None, engine: str = "numpy") -> xr.Dataset:
+           width=None, engine: str = "numpy", backward: bool = True) -> xr.Dataset:
     """Propagate ``inputs`` through ``net`` at infinite width, forward and backward.
+
+    ``backward=False``: the forward pass alone (the kernels, as neural-tangents' nngp); the
+    Dataset then has no gradient variables (``schema.FORWARD`` only, and with ``width`` no
+    gradient corrections) and records ``backward: false`` in its config.
 
     ``engine``: ``"numpy"`` (this module), or ``"jax"``: the same laws traced and compiled
     (:mod:`sigprop.engines.compiled`; needs jax, ``pip install 'sigprop[jax]'``; every op, the
@@ -74,10 +82,10 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     if engine == "jax":
         from sigprop.engines.compiled import theory_compiled
 
-        return theory_compiled(net, inputs, layers=layers, width=width)
+        return theory_compiled(net, inputs, layers=layers, width=width, backward=backward)
     if engine != "numpy":
         raise ConfigError("engine", engine, "'numpy' (the default) or 'jax' (compiled)")
-    _check_args(net, inputs, width)
+    _check_args(net, inputs, width, backward)
     blocks = layers_of(net)
     L = len(blocks)
     grid = sweeps_of(net)
@@ -101,11 +109,11 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
 
     s = inputs.moments()
     rows = {0: (s, None)} if 0 in record else {}
-    checkpoints, tapes, every = {0: s}, {}, 1
+    checkpoints, tapes, every = {0: s}, {}, 1 if backward else L + 1  # forward only: no tapes
     for l in _progress(range(1, L + 1), progress, "theory forward"):
         tape: dict | None = {} if every == 1 else None
         s, f = step(s, l, tape)
-        if l == 1 < L and _nbytes([tape, s]) * L > TAPE_BUDGET:  # L = 1: keep the tape made
+        if every == l == 1 < L and _nbytes([tape, s]) * L > TAPE_BUDGET:  # L = 1: keep it
             every, tape = max(1, math.isqrt(L)), None
         if tape is not None:
             tapes[l] = tape
@@ -113,6 +121,10 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
             rows[l] = (s, f)
         if l % every == 0:
             checkpoints[l] = s
+    kept = sorted(record)
+    if not backward:
+        data = _variables([rows[l] for l in kept], None, None, shape, B)
+        return dataset(net, inputs, kept, data, "numpy", width, backward=False)
 
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     grad_rows = {L: _log_diag(g)} if L in record else {}
@@ -140,28 +152,30 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     if 0 in record:
         wgrad_rows[0] = np.full(shape + (B,), np.nan)  # the input: no weights
 
-    kept = sorted(record)
     data = _variables([rows[l] for l in kept], [grad_rows[l] for l in kept],
                       [wgrad_rows[l] for l in kept], shape, B)
     return dataset(net, inputs, kept, data, "numpy", width)
 
 
-def dataset(net: Op, inputs: Inputs, kept, data: dict, backend: str, width=None) -> xr.Dataset:
+def dataset(net: Op, inputs: Inputs, kept, data: dict, backend: str, width=None,
+            backward: bool = True) -> xr.Dataset:
     """The theory Dataset of ``net`` from its variables ``data`` (:func:`variables`) at the
     layers ``kept`` (sorted), computed by ``backend``; with ``width``, extended by the
-    finite-width corrections. Shared by the engines of this module and
-    :mod:`sigprop.engines.compiled`."""
+    finite-width corrections (the forward ones alone without ``backward``). Shared by the
+    engines of this module and :mod:`sigprop.engines.compiled`."""
     blocks, grid, B = layers_of(net), sweeps_of(net), inputs.n
     coords = {"layer": np.asarray(kept), "input": np.arange(B), "input_b": np.arange(B),
               "block": ("layer", [type(blocks[l - 1]).__name__ if l else "input" for l in kept])}
     coords.update({name: np.asarray(s.values) for name, s in grid.items()})
     ds = build(data, {k: schema.VARIABLES[k].dims_with(grid=tuple(grid)) for k in data}, coords,
-               make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict()}, backend))
+               make_attrs("theory", {"net": net.to_dict(), "inputs": inputs.to_dict(),
+                                     **({} if backward else {"backward": False})}, backend))
     from sigprop.engines import finite_width
 
-    finite_width.warn_batchnorm(net, inputs, width)
+    if backward:  # (its warning is about the gradient)
+        finite_width.warn_batchnorm(net, inputs, width)
     if width is not None:
-        ds = finite_width.extend(ds, net, inputs, width)
+        ds = finite_width.extend(ds, net, inputs, width, backward)
     return schema.describe(ds, copy=False)  # a dataset made here, shared with no one
 
 
@@ -276,7 +290,8 @@ def _log_diag(s: Gram, ns=NUMERIC):
 
 def _variables(rows, grad_rows, wgrad_rows, shape, B):
     """:func:`variables` from the recorded (state, branch output) pairs of the forward (lists
-    over the layers), the log gradient diagonals and the log weight-gradient statistics."""
+    over the layers), the log gradient diagonals and the log weight-gradient statistics (None:
+    forward only)."""
     def stack(items, extra=(B,)):
         return np.stack([np.broadcast_to(x, shape + extra) for x in items])
 
@@ -284,7 +299,9 @@ def _variables(rows, grad_rows, wgrad_rows, shape, B):
     fK = stack([f.K for f in branch], (B, B)) if branch else None
     fls = stack([f.ls for f in branch]) if branch else None
     return variables(stack([s.K for s, _ in rows], (B, B)), stack([s.m for s, _ in rows]),
-                     stack([s.ls for s, _ in rows]), stack(grad_rows), stack(wgrad_rows),
+                     stack([s.ls for s, _ in rows]),
+                     None if grad_rows is None else stack(grad_rows),
+                     None if wgrad_rows is None else stack(wgrad_rows),
                      fK, fls, [f is not None for _, f in rows])
 
 
@@ -292,7 +309,7 @@ def variables(K, m, ls, log_grad_q, log_weight_grad_q, fK=None, fls=None, has_br
     """The schema's variables (layer first) from the recorded states (K, m, ls: layer x grid x
     (B, B) / B), the branch outputs (fK, fls) of the layers flagged in ``has_branch`` (none:
     None), the log gradient diagonals and the log weight-gradient statistics; scales from
-    their logs (:func:`schema.complete`)."""
+    their logs (:func:`schema.complete`). ``log_grad_q`` None: the forward variables alone."""
     d = np.diagonal(K, axis1=-2, axis2=-1)
     with np.errstate(divide="ignore"):
         log_q = 2 * ls + np.log(d)
@@ -304,8 +321,10 @@ def variables(K, m, ls, log_grad_q, log_weight_grad_q, fK=None, fls=None, has_br
         # true values m e^ls and (d - m^2) e^2ls in log space: an exact 0 stays 0 at any scale
         computed = {"log_q": log_q, "mean": rescale(m, ls, 0, NUMERIC),
                     "var": rescale(d - m**2, 2 * ls, 0, NUMERIC),
-                    "corr": corr_of(K), "log_grad_q": log_grad_q,
-                    "log_branch_q": log_branch_q, "log_weight_grad_q": log_weight_grad_q}
+                    "corr": corr_of(K), "log_branch_q": log_branch_q}
+    if log_grad_q is None:
+        return schema.complete(computed, backward=False)
+    computed.update(log_grad_q=log_grad_q, log_weight_grad_q=log_weight_grad_q)
     return schema.complete(computed)
 
 
