@@ -8,9 +8,11 @@ Each row runs the same net both ways, interleaved, and keeps the minimum of ``--
   compile excluded; vmap over sigma_w1 (one point: ``jit(kernel_fn)``). neural-tangents needs
   Gaussian inputs to a residual sum, so its net starts with a Dense(W_std=1) (the same nngp).
 * sigprop's compiled engine, the same call with ``engine="jax"`` (it runs on the jax that
-  neural-tangents needs);
+  neural-tangents needs), and with ``backward=False`` ("jax fwd"): the forward pass alone, the
+  computation neural-tangents does (its ntk is a second forward kernel, sigprop's the branch's);
 * with ``--baseline REV``, also sigprop at git revision REV (``git archive``, imported as
-  ``sigprop_baseline``: the before/after ratio of the same call in the same process).
+  ``sigprop_baseline``: the before/after ratio of the same call in the same process), with the
+  engine of ``--baseline-engine`` (numpy or jax; compared with sigprop's own on that engine).
 
 Agreement: the largest |log q_L (sigprop) - log nngp_aa (neural-tangents)| over the grid points
 where neural-tangents' q_L is finite (it carries q unscaled: 3^1000 overflows float64). tanh
@@ -69,16 +71,17 @@ def sigma_w1(points: int) -> np.ndarray:
     return np.linspace(1.0, 2.0, points) if points > 1 else np.array([2**0.5])
 
 
-def sigprop_call(m, row: Row, engine: str = "numpy"):
+def sigprop_call(m, row: Row, engine: str = "numpy", backward: bool = True):
     """() -> log q_L (points, B) with the package ``m`` (sigprop or a baseline of it) and its
-    theory ``engine``."""
+    theory ``engine``; ``backward=False``: the forward pass alone (neural-tangents' work)."""
     s1 = m.sweep("sigma_w1", sigma_w1(row.points)) if row.points > 1 else float(sigma_w1(1)[0])
     kw = {"eps": EPS} if row.preset == "preln" else {}
     net = m.presets.get(row.preset)(row.depth, act=row.act, sigma_w1=s1, **kw)
     x0 = m.Inputs(q=list(Q0), corr=CORR0)
 
     def run():
-        th = m.theory(net, x0, layers=[row.depth], engine=engine)
+        kw = {} if backward else {"backward": False}  # (a baseline may predate the flag)
+        th = m.theory(net, x0, layers=[row.depth], engine=engine, **kw)
         return th.log_q.isel(layer=0).transpose(..., "input").values.reshape(-1, 2)
 
     return run
@@ -170,6 +173,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="shallower, smaller rows (~1 min)")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--baseline", metavar="REV", help="also time sigprop at git revision REV")
+    ap.add_argument("--baseline-engine", choices=("numpy", "jax"), default="numpy",
+                    help="the theory engine of the baseline and of the sigprop it is compared with")
     ap.add_argument("--tanh-degree", type=int, default=None,
                     help="neural-tangents' Gauss-Hermite degree for tanh (default: measured)")
     a = ap.parse_args()
@@ -190,13 +195,15 @@ def main():
     base = baseline(a.baseline) if a.baseline else None
     print("| preset | act | depth | points | sigprop (s) | neural-tangents (s) | sigprop / NT | "
           "sigprop ns per point-layer | max abs diff log q_L | sigprop jax (s) | jax / NT | "
-          "jax ns per point-layer |" + (" baseline (s) | baseline / sigprop |" if base else ""))
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|" + ("---|---|" if base else ""))
+          "jax ns per point-layer | jax fwd (s) | jax fwd / NT | jax fwd ns per point-layer |"
+          + (" baseline (s) | baseline / sigprop |" if base else ""))
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+          + ("---|---|" if base else ""))
     for row in (QUICK if a.quick else ROWS):
         calls = {"sigprop": sigprop_call(sp, row), "nt": nt_call(row, deg),
-                 "jax": sigprop_call(sp, row, "jax")}
+                 "jax": sigprop_call(sp, row, "jax"), "fwd": sigprop_call(sp, row, "jax", False)}
         if base:
-            calls["baseline"] = sigprop_call(base, row)
+            calls["baseline"] = sigprop_call(base, row, a.baseline_engine)
         outs = {k: f() for k, f in calls.items()}  # warm-up (and neural-tangents' compile)
         best = dict.fromkeys(calls, np.inf)
         for _ in range(a.repeats):
@@ -206,13 +213,17 @@ def main():
         finite = np.isfinite(outs["nt"])  # neural-tangents' unscaled q overflows past 1e308
         diff = float(np.max(np.abs(outs["sigprop"] - outs["nt"])[finite])) if finite.any() \
             else np.nan
-        per, per_jax = (best[k] / (row.depth * row.points) * 1e9 for k in ("sigprop", "jax"))
+        per, per_jax, per_fwd = (best[k] / (row.depth * row.points) * 1e9
+                                 for k in ("sigprop", "jax", "fwd"))
+        assert np.allclose(outs["fwd"], outs["jax"], rtol=1e-12, atol=0), "forward alone differs"
         line = (f"| {row.preset} | {row.act} | {row.depth} | {row.points} | {best['sigprop']:.4g} | "
                 f"{best['nt']:.4g} | {best['sigprop'] / best['nt']:.3g} | {per:.4g} | {diff:.2g} "
                 f"({finite.mean():.0%} finite in NT) | {best['jax']:.4g} | "
-                f"{best['jax'] / best['nt']:.3g} | {per_jax:.4g} |")
+                f"{best['jax'] / best['nt']:.3g} | {per_jax:.4g} | {best['fwd']:.4g} | "
+                f"{best['fwd'] / best['nt']:.3g} | {per_fwd:.4g} |")
         if base:
-            line += f" {best['baseline']:.4g} | {best['baseline'] / best['sigprop']:.3g} |"
+            own = best["jax" if a.baseline_engine == "jax" else "sigprop"]
+            line += f" {best['baseline']:.4g} | {best['baseline'] / own:.3g} |"
         print(line, flush=True)
 
 

@@ -30,7 +30,7 @@ def _notes(v: schema.Variable) -> str:
     if v.scale:
         notes.append("scale (positive, heavy-tailed at finite width)")
     if v.backward:
-        notes.append("backward pass")
+        notes.append("backward pass (absent from `sp.theory(..., backward=False)`)")
     if v.name in schema.FINITE_WIDTH_VARIABLES:
         notes.append("theory at a width only: `sp.theory(net, inputs, width=N)`")
     return "; ".join(notes)

@@ -160,6 +160,21 @@ def test_prefix_compares_a_shallower_run_on_its_layers_without_gradients():
         compare(th, scaled, prefix=True)
 
 
+def test_a_forward_only_theory_says_why_its_gradients_are_not_compared():
+    """sp.theory(..., backward=False) has no gradient variables: compare names them as
+    skipped (they were dropped without a word) and, asked for them alone, says why."""
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
+    net = sp.presets.resnet(3, alpha=0.5)
+    th = sp.theory(net, x0, backward=False)
+    mc = sp.simulate(net, x0, width=16, seeds=4, backend="numpy")
+    cmp = compare(th, mc)
+    assert "q" in cmp and "grad_q" not in cmp
+    assert "backward=False" in cmp.attrs["skipped_grad_q"]
+    assert "backward=False" in cmp.attrs["skipped_weight_grad_q"]
+    with pytest.raises(sp.ConfigError, match="backward=False"):
+        compare(th, mc, variables=["grad_q"])
+
+
 def test_stack_widths_extrapolates_real_monte_carlo():
     """A real stack of two widths of one net (unequal seed counts): the fitted a is reported."""
     net, x0 = sp.presets.resnet(2, act="tanh"), sp.Inputs(q=1.0, corr=0.5, n=2)
