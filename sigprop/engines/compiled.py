@@ -363,17 +363,20 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk, backward=True):
                 of the ``count`` kept copies (copy i's to row slots[i] of a carried buffer,
                 whose last row takes the others': no layer-long record is written); per copy
                 its input state, tape and finite."""
-                buf = tuple(jnp.zeros((count + 1, P) + shape, f64) for shape in
-                            ((B, B), (B,), (B,), (B, B), (B,)))
+                shapes = ((B, B), (B,), (B,), (B, B), (B,))  # K, m, ls; the branch's K, ls
+                ends = np.cumsum([math.prod(shape) for shape in shapes])
 
-                def body(carry, slot):
+                def body(carry, slot):  # the record as one row: one write per copy
                     c, buf = carry
                     y, (c, leaves, rec) = one(c, None)
-                    return (y, tuple(b.at[slot].set(r) for b, r in zip(buf, rec))), \
-                        (c, leaves, rec[5])
+                    row = jnp.concatenate([r.reshape(P, -1) for r in rec[:5]], axis=1)
+                    return (y, buf.at[slot].set(row)), (c, leaves, rec[5])
 
-                (y, buf), (ins, leaves, ok) = jax.lax.scan(body, (c, buf), jnp.asarray(slots))
-                return y, tuple(b[:count] for b in buf), ins, leaves, ok
+                (y, buf), (ins, leaves, ok) = jax.lax.scan(
+                    body, (c, jnp.zeros((count + 1, P, ends[-1]), f64)), jnp.asarray(slots))
+                rec = tuple(part.reshape((count, P) + shape) for part, shape in
+                            zip(jnp.split(buf[:count], ends[:-1], axis=2), shapes))
+                return y, rec, ins, leaves, ok
 
             outs = [l - first for l in range(first, first + n) if l in wanted]  # and weights
             grads = [s - first + 1 for s in range(first - 1, first + n - 1) if s in wanted]
