@@ -80,8 +80,8 @@ def sigprop_call(m, row: Row, engine: str = "numpy", backward: bool = True):
     x0 = m.Inputs(q=list(Q0), corr=CORR0)
 
     def run():
-        kw = {} if backward else {"backward": False}  # (a baseline may predate the flag)
-        th = m.theory(net, x0, layers=[row.depth], engine=engine, **kw)
+        flag = {} if backward else {"backward": False}  # (a baseline may predate the flag)
+        th = m.theory(net, x0, layers=[row.depth], engine=engine, **flag)
         return th.log_q.isel(layer=0).transpose(..., "input").values.reshape(-1, 2)
 
     return run
@@ -196,7 +196,7 @@ def main():
     print("| preset | act | depth | points | sigprop (s) | neural-tangents (s) | sigprop / NT | "
           "sigprop ns per point-layer | max abs diff log q_L | sigprop jax (s) | jax / NT | "
           "jax ns per point-layer | jax fwd (s) | jax fwd / NT | jax fwd ns per point-layer |"
-          + (" baseline (s) | baseline / sigprop |" if base else ""))
+          + (f" baseline (s) | baseline / sigprop {a.baseline_engine} |" if base else ""))
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"
           + ("---|---|" if base else ""))
     for row in (QUICK if a.quick else ROWS):

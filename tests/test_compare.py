@@ -173,6 +173,8 @@ def test_a_forward_only_theory_says_why_its_gradients_are_not_compared():
     assert "backward=False" in cmp.attrs["skipped_weight_grad_q"]
     with pytest.raises(sp.ConfigError, match="backward=False"):
         compare(th, mc, variables=["grad_q"])
+    partial = sp.theory(net, x0).drop_vars("weight_grad_q")  # (as a symbolic evaluation has)
+    assert "skipped_weight_grad_q" not in compare(partial, mc).attrs
 
 
 def test_stack_widths_extrapolates_real_monte_carlo():

@@ -317,13 +317,18 @@ def test_tolerance_sees_a_perturbed_law(monkeypatch):
 
 
 def test_forward_only(monkeypatch):
-    """backward=False: the numpy engine's forward-only Dataset (to TOL), its own compiled
-    program (no backward scan traced); past TAPE_BYTES still one scan, nothing checkpointed."""
+    """backward=False: the numpy engine's forward-only Dataset (to TOL), from a compiled
+    program of its own; past TAPE_BYTES nothing is checkpointed (there is no backward to
+    checkpoint for), while the full run's program is."""
+    monkeypatch.setattr(compiled, "_CACHE", OrderedDict())
     net = sp.presets.preln(6, act="erf", alpha=sp.sweep("alpha", [0.2, 1.0]))
     _, b = agree(net, X3, backward=False, layers=[0, 2, 6])
     assert list(b.data_vars) == list(sp.schema.FORWARD)
     monkeypatch.setattr(compiled, "TAPE_BYTES", 0)
     agree(net, X3, backward=False)
+    agree(net, X3)
+    chunks = {key[-1]: key[-2] for key in compiled._CACHE if key[3] == tuple(range(7))}  # 0..L
+    assert chunks[False] is None and chunks[True] is not None  # (key: ..., chunk, backward)
 
 
 def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):

@@ -214,9 +214,10 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
     same = check_same_experiment(theory, mc, prefix)
     names = [v for v in (variables or VARIABLES) if v in theory and v in mc]
+    forward_only = json.loads(theory.attrs.get("config", "{}")).get("backward") is False
     skipped = {name: "the theory ran the forward pass alone (sp.theory(..., backward=False)); "
                "rerun it with backward=True" for name in (variables or VARIABLES)
-               if name in BACKWARD_VARIABLES and name in mc and name not in theory}
+               if forward_only and name in BACKWARD_VARIABLES and name in mc}
     if theory.sizes.get("layer") != mc.sizes.get("layer"):
         for name in [n for n in names if n in BACKWARD_VARIABLES]:
             names.remove(name)

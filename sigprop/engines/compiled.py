@@ -9,7 +9,7 @@ the numpy engine's grid dims (``vmap`` instead measured no faster). Forward, the
 every layer's input state (unit diagonal, scale in ``ls``,
 :func:`~sigprop.state.moments.to_unit_diagonal`), and writes the recorded layers' states and
 branch outputs into a small buffer it carries (a row per recorded copy, one shared row for the
-others; layer-long outputs of every copy's record were 40 % of the time at 10^4 points);
+others; layer-long outputs of every copy's record cost a third of the time at 10^4 points);
 ``backward=False`` stops there. Backward, a reverse scan pulls the cotangent back from each layer's input state (the
 block's internal states recomputed inside its backward law, or, for a block with host laws
 below, taped by the forward scan: :func:`_pack`) and reports the weight gradients to the same
@@ -39,7 +39,8 @@ rule depends on the values (the quadrature activations tanh, silu, elu, gelu_tan
 BatchNorm's t-integrals) are called back on the host from the compiled program
 (``ns.host``), the numpy functions themselves: the same values, at about the numpy engine's
 pace (the host work is the same; each call adds ~0.1 ms). The compiled function is cached per
-(net, inputs' law, B, recorded layers, shard size), so a second call runs without tracing.
+(net, inputs' law, B, recorded layers, shard size, chunk, backward), so a second call runs
+without tracing.
 """
 
 from __future__ import annotations
@@ -249,19 +250,18 @@ def _chunk(L: int, P: int, B: int, taped: int = 0) -> int | None:
 
 
 def _layer_bytes(P: int, B: int, taped: int = 0) -> int:
-    """float64 bytes one layer keeps on the full tape: its input state and forward record
-    (K, m, ls: B^2 + 2B each), branch record (B^2 + B), backward record (2B), and ``taped``
-    internal states (each counted with one enclosing residual's cross moments, B^2 + B)."""
+    """float64 bytes one layer keeps on the full tape: its input state (K, m, ls: B^2 + 2B) and
+    ``taped`` internal states (each counted with one enclosing residual's cross moments, B^2 +
+    B); the recorded layers' rows are in :func:`memory_estimate`."""
     state = B * B + 2 * B
-    return 8 * P * (2 * state + B * B + 3 * B + taped * (state + B * B + B))
+    return 8 * P * (state + taped * (state + B * B + B))
 
 
 def _tape_bytes(L: int, P: int, B: int, chunk: int | None, taped: int = 0) -> int:
-    """The tape's peak: every layer, or (chunk) one state per chunk plus a chunk's records
-    forward and backward."""
+    """The tape's peak: every layer, or (chunk) one state per chunk plus a chunk's tape."""
     if chunk is None:
         return L * _layer_bytes(P, B, taped)
-    return (L // chunk + 1) * 8 * P * (B * B + 2 * B) + 2 * chunk * _layer_bytes(P, B, taped)
+    return (L // chunk + 1) * 8 * P * (B * B + 2 * B) + chunk * _layer_bytes(P, B, taped)
 
 
 def _slots(local, n: int) -> np.ndarray:
@@ -425,8 +425,8 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk, backward=True):
             # checkpointed: the input state of each chunk; a chunk's states recomputed backward
             slots, m, keep, tail = _split(outs, chunk, q, n)
 
-            def chunk_forward(c, slots):
-                y, rec, _, _, ok = forward_scan(c, slots, m)
+            def chunk_forward(c, chunk_slots):
+                y, rec, _, _, ok = forward_scan(c, chunk_slots, m)
                 return y, (c, rec, ok)
 
             y, (starts, rec, ok) = jax.lax.scan(chunk_forward, x, jnp.asarray(slots))
@@ -437,7 +437,7 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk, backward=True):
                 ins = (ins, leaves, jnp.asarray(recorded[q * chunk:]))
                 rec = tuple(jnp.concatenate(pair) for pair in zip(rec, rec_t))
                 ok = jnp.concatenate([ok, ok_t])
-            (gslots, gm, gkeep, gtail), wsplit = _split(grads, chunk, q, n), (slots, m, keep, tail)
+            gslots, gm, gkeep, gtail = _split(grads, chunk, q, n)
 
             def chunk_backward(carry, xs):
                 c, gs, ws, kept_ = xs
@@ -448,7 +448,7 @@ def _trace(net, blocks, grid, law0, B, kept, P, chunk, backward=True):
                 tail_rows = None
                 if ins is not None:  # the last copies first
                     carry, tail_rows = backward_scan(carry, ins, gtail, len(grads) - len(gkeep),
-                                                     wsplit[3], len(outs) - len(keep))
+                                                     tail, len(outs) - len(keep))
                 carry, (lg, wg, okb) = jax.lax.scan(
                     chunk_backward, carry, (starts, jnp.asarray(gslots), jnp.asarray(slots),
                                             jnp.asarray(recorded[:q * chunk].reshape(q, chunk))),

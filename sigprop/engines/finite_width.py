@@ -1757,9 +1757,10 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
     computed = {"valid_width_grad_q": valid, "var_log_grad_q": var}
     L = len(layers_of(net))
     broken = _warn_gradient(c, rows, width, mean_mode, grid)
-    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", L, grid) \
+    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", L, grid, stacklevel=5) \
             and not broken:  # (every draw checked only when every layer is recorded)
-        _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)))
+        _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)),
+                        stacklevel=5)
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
@@ -1810,7 +1811,7 @@ def _warn_gradient(c, rows, width, mean_mode, grid):
         f"{worst / width:.3g} x its infinite-width value (coefficient c = {worst:.4g}); the 1/N "
         f"expansion holds only for N >> c (10 % at N = {10 * worst:.4g}).{why} The "
         "infinite-width gradient is not what a net of this width does: run sp.simulate "
-        "at this width instead.", FiniteWidthWarning, stacklevel=4)
+        "at this width instead.", FiniteWidthWarning, stacklevel=5)
     return True
 
 
@@ -1835,7 +1836,7 @@ def _warn_invalid(needs, width, grid):
     return warned
 
 
-def _warn_spread(v, rows, width, name, first, grid):
+def _warn_spread(v, rows, width, name, first, grid, stacklevel=4):
     """Warn where one layer's draw adds 1 or more to Var log q = v / N (its increment of v >= N:
     a bottleneck of few features, or N ~ 1): each draw's expansion takes its fluctuation to be
     small. Not the total: a deep relu net's Var log q = 5 L / N grows past 1 from independent
@@ -1858,11 +1859,12 @@ def _warn_spread(v, rows, width, name, first, grid):
             "net to net there; the 1/N "
             "expansion of a draw takes its fluctuation to be small and holds only for N >> v (a "
             "bottleneck of few features, or N ~ 1). Run sp.simulate at this width instead.",
-            FiniteWidthWarning, stacklevel=4)
+            FiniteWidthWarning, stacklevel=stacklevel)
     return worst >= width
 
 
-def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True):
+def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True,
+                    stacklevel=4):
     """Warn where Var log {name} = v / N across nets (v per layer of ``rows``, then the sweeps
     of ``grid``) passes ``SPREAD_MAX`` from draws each small (:func:`_warn_spread` otherwise)
     and the expansion holds (the callers skip a statistic whose correction broke it), so this
@@ -1891,7 +1893,7 @@ def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True):
         f"across nets, its mean over nets {_exp(s2 / 2)} x its median and carried by rare "
         f"nets; the mean of S nets is within 10 % only for S ~ {_exp(log_seeds)}.{typical} "
         f"Compare medians or means of log {name} with Monte Carlo, not means.",
-        FiniteWidthWarning, stacklevel=4)
+        FiniteWidthWarning, stacklevel=stacklevel)
 
 
 def _exp(x) -> str:
