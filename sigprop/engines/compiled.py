@@ -10,12 +10,12 @@ every layer's input state (unit diagonal, scale in ``ls``,
 :func:`~sigprop.state.moments.to_unit_diagonal`), and writes the recorded layers' states and
 branch outputs into a small buffer it carries (a row per recorded copy, one shared row for the
 others; layer-long outputs of every copy's record cost a third of the time at 10^4 points);
-``backward=False`` stops there. Backward, a reverse scan pulls the cotangent back from each layer's input state (the
-block's internal states recomputed inside its backward law, or, for a block with host laws
-below, taped by the forward scan: :func:`_pack`) and reports the weight gradients to the same
-sink (:class:`~sigprop.engines.theory.WeightGrads`), only where they are recorded: a copy
-whose output and input layers are both unrecorded takes a ``lax.cond`` branch without the
-sink (its logs were a third of the time at 10^4 points). When the kept input states
+``backward=False`` stops there. Backward, a reverse scan pulls the cotangent back from each
+layer's input state (the block's internal states recomputed inside its backward law, or, for a
+block with host laws below, taped by the forward scan: :func:`_pack`) and reports the weight
+gradients to the same sink (:class:`~sigprop.engines.theory.WeightGrads`), only where they are
+recorded: a copy whose output and input layers are both unrecorded takes a ``lax.cond`` branch
+without the sink (its logs were a third of the time at 10^4 points). When the kept input states
 would pass ``TAPE_BYTES`` (depth 10^4 x 10^4 points), the scan is two-level: chunks of
 ~sqrt(L) copies, the forward keeping only each chunk's first state and the backward
 recomputing a chunk's states from it before its reverse scan (one more forward pass; memory
@@ -582,7 +582,8 @@ def _arrays(out, branches, kept, shape, B):
     grad = wgrad = None
     if "grad" in out:  # (not forward only)
         grad = layer_first(out["grad"])
-        wgrad = layer_first(out["wgrad"]) - 2 * np.asarray(out["log_width"]).reshape(shape)[..., None]
+        log_width = np.asarray(out["log_width"]).reshape(shape)[..., None]
+        wgrad = layer_first(out["wgrad"]) - 2 * log_width
         if kept[0] == 0:  # the input: no weights
             wgrad = np.concatenate([np.full((1,) + shape + (B,), np.nan), wgrad])
     has = [l > 0 and branches[l - 1] for l in kept]
