@@ -113,7 +113,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     for l in _progress(range(1, L + 1), progress, "theory forward"):
         tape: dict | None = {} if every == 1 else None
         s, f = step(s, l, tape)
-        if every == l == 1 < L and _nbytes([tape, s]) * L > TAPE_BUDGET:  # L = 1: keep it
+        if backward and l == 1 < L and _nbytes([tape, s]) * L > TAPE_BUDGET:  # L = 1: keep it
             every, tape = max(1, math.isqrt(L)), None
         if tape is not None:
             tapes[l] = tape
