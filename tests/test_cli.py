@@ -290,3 +290,46 @@ def test_theory_width_must_be_positive(tiny, tmp_path):
         r = invoke("theory", tiny, "-o", tmp_path / "th.nc", "--width", bad)
         assert r.exit_code != 0 and "Traceback" not in r.output
         assert not (tmp_path / "th.nc").exists()
+
+
+def test_theory_forward_only_and_engine_options(tmp_path, monkeypatch):
+    """--forward-only writes the forward variables alone, equal to a full run's, and says so in
+    its config (so compare skips the gradients); a case the theory cannot integrate is NaN in
+    that schema too (its NaN dataset carried the gradients into the stacked one). --engine
+    takes numpy or jax only; jax gives the numpy engine's numbers to round-off."""
+    import json
+
+    import numpy as np
+
+    from sigprop import schema
+
+    text = TINY + '[[arch]]\npreset = "postbn"\n'  # (no theory at the inputs' default law)
+    path = tmp_path / "sim.toml"
+    path.write_text(text)
+    full, fwd = tmp_path / "full.nc", tmp_path / "fwd.nc"
+    assert invoke("theory", path, "-o", full).exit_code == 0
+    r = invoke("theory", path, "-o", fwd, "--forward-only")
+    assert r.exit_code == 0, r.output
+    a, b = sp.load(full), sp.load(fwd)
+    assert "postbn" in b.attrs["unsupported"]
+    assert set(b.data_vars) == set(schema.FORWARD) < set(a.data_vars)
+    for name in schema.FORWARD:
+        np.testing.assert_array_equal(a[name].values, b[name].values)
+    assert json.loads(b.attrs["config"])["backward"] is False
+    assert "backward" not in json.loads(a.attrs["config"])
+    r = invoke("theory", path, "-o", tmp_path / "x.nc", "--engine", "torch")
+    assert r.exit_code != 0 and "Traceback" not in r.output and "numpy" in r.output
+    assert not (tmp_path / "x.nc").exists()
+    pytest.importorskip("jax")
+    from sigprop.engines import compiled
+
+    ran = []
+    monkeypatch.setattr(compiled, "theory_compiled",
+                        lambda *a, _run=compiled.theory_compiled, **k: ran.append(1) or _run(*a, **k))
+    r = invoke("theory", path, "-o", tmp_path / "jax.nc", "--engine", "jax")
+    assert r.exit_code == 0, r.output
+    assert len(ran) == 3  # every case on the compiled engine (postbn refused by it too)
+    c = sp.load(tmp_path / "jax.nc")
+    assert c.attrs["backend"] == "jax" and a.attrs["backend"] == "numpy"
+    for name in ("log_q", "corr", "log_grad_q"):  # (the compiled engine's tested tolerance)
+        np.testing.assert_allclose(c[name].values, a[name].values, rtol=1e-12, atol=1e-12)

@@ -53,6 +53,17 @@ TAPE_BUDGET = 2**28  # bytes: below it the forward keeps every layer's intermedi
 ARRAY_OVERHEAD = 128  # bytes a kept array costs beyond its data (header, Python object)
 
 
+def check_engine(engine: str):
+    """ConfigError unless ``engine`` is 'numpy' or 'jax'; for 'jax', an ImportError with the
+    install hint when jax is missing."""
+    if engine not in ("numpy", "jax"):
+        raise ConfigError("engine", engine, "'numpy' (the default) or 'jax' (compiled)")
+    if engine == "jax":
+        from sigprop.state.ns import jax_namespace
+
+        jax_namespace()
+
+
 def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
            width=None, engine: str = "numpy", backward: bool = True) -> xr.Dataset:
     """Propagate ``inputs`` through ``net`` at infinite width, forward and backward.
@@ -79,12 +90,11 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     (:func:`memory_estimate`) exceeds ``SIGPROP_MEMORY_FRACTION`` of the available memory is
     refused before it starts (:mod:`sigprop.engines.memory`).
     """
+    check_engine(engine)
     if engine == "jax":
         from sigprop.engines.compiled import theory_compiled
 
         return theory_compiled(net, inputs, layers=layers, width=width, backward=backward)
-    if engine != "numpy":
-        raise ConfigError("engine", engine, "'numpy' (the default) or 'jax' (compiled)")
     _check_args(net, inputs, width, backward)
     blocks = layers_of(net)
     L = len(blocks)

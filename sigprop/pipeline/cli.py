@@ -10,6 +10,7 @@ only typer, rich and :mod:`sigprop.errors` at start-up; each command imports wha
 from __future__ import annotations
 
 import contextlib
+import enum
 import functools
 import inspect
 import warnings
@@ -26,6 +27,12 @@ app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Signal propagation through deep residual networks: theory, Monte Carlo, "
                        "comparison, figures and the paper.")
 console = Console()
+
+
+class Engine(str, enum.Enum):
+    """``sigprop theory --engine``: ``sp.theory``'s engines."""
+    numpy = "numpy"
+    jax = "jax"
 Profile = Annotated[str, typer.Option("--profile", "-p", help="a profile of the sim: quick "
                                       "(2-core CPU), paper (one GPU) or another it defines")]
 SimPath = Annotated[Path, typer.Argument(help="sims/<name>.toml")]
@@ -70,18 +77,30 @@ def _progress(items, what):
 def theory(sim: SimPath, output: Output, profile: Profile = "quick",
            width: Annotated[int | None, typer.Option(
                "--width", "-n", min=1, help="add the first-order finite-width corrections at "
-               "this width N (sp.theory(..., width=N))")] = None):
+               "this width N (sp.theory(..., width=N))")] = None,
+           engine: Annotated[Engine, typer.Option(
+               help="numpy, or jax: the same laws compiled (pip install 'sigprop[jax]')")
+           ] = "numpy",
+           backward: Annotated[bool, typer.Option(
+               "--backward/--forward-only", help="--forward-only: the forward pass alone, no "
+               "gradient variables (sp.theory(..., backward=False))")] = True):
     """Infinite-width theory of every case of a sim -> one Dataset (kind=theory); finite-width
     warnings (sigprop.errors.FiniteWidthWarning) are printed as yellow lines."""
     from sigprop.data import check_output, unsupported_of
+    from sigprop.engines.theory import check_engine
     from sigprop.pipeline.config import Sim
     from sigprop.pipeline.reproduce import save_quietly
     from sigprop.pipeline.runs import run_theory
 
     check_output(output)
+    engine = Engine(engine).value
+    try:
+        check_engine(engine)
+    except ImportError as e:  # the optional extra missing: its install hint in one line
+        raise ConfigError("--engine", engine, f"numpy; {e}") from None
     s = Sim.load(sim)
     with _finite_width_warnings():
-        ds = run_theory(s, profile, _progress, width=width)
+        ds = run_theory(s, profile, _progress, width=width, engine=engine, backward=backward)
     save_quietly(ds, output)
     for case, why in unsupported_of(ds).items():
         console.print(f"[yellow]no theory for {case}[/]: {why}")

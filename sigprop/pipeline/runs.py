@@ -29,14 +29,18 @@ from sigprop.provenance import make_attrs
 from sigprop.state.params import Sweep
 
 
-def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None) -> xr.Dataset:
+def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None,
+               engine: str = "numpy", backward: bool = True) -> xr.Dataset:
     """Infinite-width theory of every case of ``sim`` (with ``width`` N: and its first-order
-    finite-width corrections at N, ``sp.theory(..., width=N)``).
+    finite-width corrections at N; ``engine`` and ``backward`` as ``sp.theory``'s).
 
     A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
     :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
     """
-    if width is not None:  # (one bad width is no case's failure: refused before any runs)
+    from sigprop.engines.theory import check_engine
+
+    check_engine(engine)  # (a bad width or engine is no case's failure: refused before any runs)
+    if width is not None:
         from sigprop.engines.finite_width import check_width
 
         check_width(width)
@@ -46,12 +50,13 @@ def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None) 
     for arch, batch in _iterate(cases, progress, f"theory {sim.name}"):
         with _named(case_label(arch, batch)):
             ds, reason = theory_case(sim, arch, batch, prof.depth, sim.sweeps(profile, arch),
-                                     width)
+                                     width, engine, backward)
         if reason is not None:
             unsupported[case_label(arch, batch)] = reason
         items.append(({"arch": arch.name, "batch": batch}, strip_case_attrs(ds)))
     out = _stack(items)
-    out.attrs = make_attrs("theory", sim.config(profile), "numpy", sim=sim.name, profile=profile,
+    config = sim.config(profile) | ({} if backward else {"backward": False})  # as sp.theory's
+    out.attrs = make_attrs("theory", config, engine, sim=sim.name, profile=profile,
                            unsupported=json.dumps(unsupported),
                            **({} if width is None else {"width": int(width)}))
     return schema.describe(out, title=sim.spec.description)
@@ -83,7 +88,7 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
 
 
 def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, Sweep],
-                width: int | None = None):
+                width: int | None = None, engine: str = "numpy", backward: bool = True):
     """(dataset, None) for one (arch, batch) case over ``sweeps``, or (the NaN dataset, reason)
     when the theory cannot integrate it or fails (a :class:`SigpropError`, e.g. an overflow)."""
     from sigprop.engines.theory import theory
@@ -93,12 +98,12 @@ def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, S
     try:
         net = sim.net(arch, depth, sweeps)
         order = tuple(sweeps_of(net))
-        return theory(net, inputs, width=width), None
+        return theory(net, inputs, width=width, engine=engine, backward=backward), None
     except UnsupportedComposition as e:
         reason = str(e)
     except SigpropError as e:  # e.g. an overflow: keep the other cases, say which failed
         reason = f"the theory failed: {type(e).__name__}: {e}"
-    return _nan_dataset(depth, inputs.n, {k: sweeps[k] for k in order}), reason
+    return _nan_dataset(depth, inputs.n, {k: sweeps[k] for k in order}, backward), reason
 
 
 def montecarlo_case(sim: Sim, profile: str, arch: ArchSpec, batch, point: dict, width: int,
@@ -153,13 +158,16 @@ def strip_case_attrs(ds: xr.Dataset) -> xr.Dataset:
     return ds
 
 
-def _nan_dataset(depth: int, B: int, sweeps: dict[str, Sweep]) -> xr.Dataset:
-    """The theory schema filled with NaN (a case the theory cannot integrate)."""
+def _nan_dataset(depth: int, B: int, sweeps: dict[str, Sweep], backward: bool = True
+                 ) -> xr.Dataset:
+    """The theory schema (without ``backward``: its forward part) filled with NaN (a case the
+    theory cannot integrate)."""
     shape = (depth + 1, *(len(s.values) for s in sweeps.values()), B)
     nan, nan_pairs = np.full(shape, np.nan), np.full(shape + (B,), np.nan)
     # per-input variables first, then the pairwise ones (the order these datasets have had)
     data = {v.name: (v.dims_with(grid=tuple(sweeps)), nan_pairs if v.pairwise else nan)
-            for v in sorted(schema.VARIABLES.values(), key=lambda v: v.pairwise)}
+            for v in sorted(schema.VARIABLES.values(), key=lambda v: v.pairwise)
+            if backward or v.name in schema.FORWARD}
     coords = {"layer": np.arange(depth + 1), "input": np.arange(B), "input_b": np.arange(B),
               **{k: np.asarray(s.values) for k, s in sweeps.items()}}
     return xr.Dataset(data, coords=coords)
