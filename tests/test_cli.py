@@ -323,9 +323,8 @@ def test_theory_forward_only_and_engine_options(tmp_path, monkeypatch):
     pytest.importorskip("jax")
     from sigprop.engines import compiled
 
-    ran = []
-    monkeypatch.setattr(compiled, "theory_compiled",
-                        lambda *a, _run=compiled.theory_compiled, **k: ran.append(1) or _run(*a, **k))
+    ran, run = [], compiled.theory_compiled
+    monkeypatch.setattr(compiled, "theory_compiled", lambda *a, **k: ran.append(1) or run(*a, **k))
     r = invoke("theory", path, "-o", tmp_path / "jax.nc", "--engine", "jax")
     assert r.exit_code == 0, r.output
     assert len(ran) == 3  # every case on the compiled engine (postbn refused by it too)

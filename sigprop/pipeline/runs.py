@@ -79,7 +79,8 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
     for arch, batch, point, width in _iterate(cases, progress, f"simulate {sim.name}"):
         ds = montecarlo_case(sim, profile, arch, batch, point, width, range(seeds), backend)
         used.add(ds.attrs.get("backend", backend))
-        items.append(({"arch": arch.name, "batch": batch, **point, "width": width}, strip_case_attrs(ds)))
+        items.append(({"arch": arch.name, "batch": batch, **point, "width": width},
+                      strip_case_attrs(ds)))
     out = _stack(items)
     out.attrs = make_attrs("montecarlo", sim.config(profile), ",".join(sorted(used)),
                            sim=sim.name, profile=profile, seeds=seeds,
