@@ -47,6 +47,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import itertools
 import math
 import os
 from collections import OrderedDict
@@ -101,15 +102,16 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     """:func:`sigprop.theory` (same arguments, same Dataset) with every law traced into one
     compiled function (module docstring); ``attrs['backend']`` is ``'jax'``."""
     _check_args(net, inputs, width, backward)
-    refuse_unsupported(net)
-    jax = _jax()
     blocks = layers_of(net)
+    runs = _runs(blocks)  # (per run, not per layer: a Repeat's copies are one block)
+    refuse_unsupported(runs)
+    jax = _jax()
     L, B = len(blocks), inputs.n
     grid = sweeps_of(net)
     shape = tuple(len(s.values) for s in grid.values())
     kept = sorted(_recorded(layers, L))
     P = math.prod(shape)
-    taped = max((_taped_states(blk) for blk in blocks), default=0)
+    taped = max((_taped_states(blk) for blk, _, _ in runs), default=0)
     chunk = _chunk(L, P, B, taped)  # decided on the whole grid: the shards' tapes add up
     tape = _tape_bytes(L, P, B, chunk, taped) if backward else 0
     memory.check(memory_estimate(L, len(kept), P, B) + tape,
@@ -146,11 +148,12 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
                    backward)
 
 
-def refuse_unsupported(net: Op):
-    """:class:`UnsupportedComposition` naming the first op of ``net`` without a traced law, by
-    the numpy engine's path (``net > layer 1 Residual > Serial > BatchNorm``)."""
-    for l, blk in enumerate(layers_of(net), start=1):
-        _refuse(blk, f"net > layer {l} {type(blk).__name__}")
+def refuse_unsupported(runs):
+    """:class:`UnsupportedComposition` naming the first op without a traced law in the blocks'
+    ``runs`` (:func:`_runs`), by the numpy engine's path (``net > layer 1 Residual > Serial >
+    BatchNorm``)."""
+    for blk, first, _ in runs:
+        _refuse(blk, f"net > layer {first} {type(blk).__name__}")
 
 
 def _refuse(net: Op, path: str):
@@ -185,11 +188,15 @@ def _runs(blocks) -> list[tuple[Op, int, int]]:
     """(block, first layer, count) of each run of one block repeated (a Repeat's copies, or
     equal blocks built one by one: equal ops have the same law)."""
     runs: list = []
-    for l, blk in enumerate(blocks, start=1):
-        if runs and (runs[-1][0] is blk or runs[-1][0] == blk):
-            runs[-1][2] += 1
+    first = 1
+    for _, same in itertools.groupby(blocks, key=id):  # (a Repeat's copies: one group)
+        n = len(list(same))
+        blk = blocks[first - 1]
+        if runs and runs[-1][0] == blk:
+            runs[-1][2] += n
         else:
-            runs.append([blk, l, 1])
+            runs.append([blk, first, n])
+        first += n
     return [tuple(r) for r in runs]
 
 
