@@ -615,6 +615,23 @@ def test_mean_carrying_stream_warns_at_practical_width():
         sp.theory(MEAN_STREAM, sp.Inputs(q=1.0), width=int(100 * A))
 
 
+def test_mean_mode_note_at_the_warned_grid_point():
+    """Swept, the warning names its worst grid point and A there: the closed form of the net at
+    that point (it said nothing of the mean mode for a swept net: the closed form takes numbers).
+    At sigma_w^2 = 2.2 the stream grows, and with it the coupling: that point is the worst."""
+    net = presets.resnet(64, "relu", alpha="1/sqrt(L)", shape="dense_act",
+                         sigma_w1=sp.sweep("w", [2.0**0.5, 2.2**0.5]))
+    with pytest.warns(fw.FiniteWidthWarning, match="carries a mean") as rec:
+        sp.theory(net, sp.Inputs(q=1.0), width=128)
+    said = next(str(r.message) for r in rec if "carries a mean" in str(r.message))
+    worst = sp.ops.at_point(net, {"w": 2.2**0.5})
+    A = fw.mean_mode_coefficient(worst, sp.theory(worst, sp.Inputs(q=1.0)))[0]
+    assert re.search(r"at w = 1\.48", said) and f"A = {A:.4g})" in said, said
+    other = sp.ops.at_point(net, {"w": 2.0**0.5})
+    assert f"{fw.mean_mode_coefficient(other, sp.theory(other, sp.Inputs(q=1.0)))[0]:.4g}" \
+        not in said
+
+
 def test_mean_mode_only_where_the_stream_carries_a_mean():
     """The coherent term is mu_l m_k / q_k: it needs a mean in the Dense's input. Pre-LN (the
     LayerNorm centres the Dense's input) and plain nets have no such block; a zero-mean linear

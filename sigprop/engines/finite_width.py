@@ -1734,14 +1734,16 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
     where the forward walk stopped), and their warnings."""
     N, layers, grid = float(width), ds["layer"].values, sweeps_of(net)
 
-    def mean_mode():
-        if _mean_mode_blocks(net) is None:
+    def mean_mode(idx):  # A at the grid point of idx (a layer row first), or None
+        at = dict(zip(grid, idx[1:]))
+        one = at_point(net, {k: grid[k].values[i] for k, i in at.items()})
+        if _mean_mode_blocks(one) is None:
             return None
         if ds.sizes["layer"] != len(layers_of(net)) + 1:
             from sigprop.engines.theory import theory
 
-            return mean_mode_coefficient(net, theory(net, inputs))
-        return mean_mode_coefficient(net, ds)
+            return mean_mode_coefficient(one, theory(one, inputs))
+        return mean_mode_coefficient(one, ds.isel(at))
 
     rows = sorted({0, *(int(l) for l in layers)})  # the input (its warning), every recorded one
     c, _, why, v = gradient_coefficient(net, inputs, layers=rows)
@@ -1795,13 +1797,14 @@ def _point_text(point: dict) -> str:
 def _warn_gradient(c, rows, width, mean_mode, grid):
     """Warn when a gradient's first-order correction c/N (c: per layer of ``rows``, then the
     sweeps of ``grid``) is as large as its leading term; ``mean_mode()``: the closed-form A of a
-    mean-carrying stream's coupling, or None. Whether it warned."""
+    mean-carrying stream's coupling at the grid point of an index of c, or None. Whether it
+    warned."""
     size = np.where(np.isnan(c), -np.inf, np.abs(c))
     if not size.size or size.max() < width:
         return False
     idx = np.unravel_index(np.argmax(size), size.shape)
     l, worst = rows[idx[0]], float(size[idx])
-    A = mean_mode()
+    A = mean_mode(idx)
     why = ("" if A is None else " The stream carries a mean that couples the backward through "
            f"the forward weights (that mode alone, in closed form: A = {float(np.max(A)):.4g}).")
     what = "the input gradient grad_q_0" if l == 0 else f"the gradient grad_q_{l} at layer {l}"
@@ -1906,8 +1909,9 @@ MEAN_MODE_MAX_DEPTH = 4096  # the model solves an L x L linear system
 
 
 def _mean_mode_blocks(net: Op):
-    """(alpha, activation) per layer when every block is x + alpha phi(W x) with phi of degree 1
-    (the branch Serial(Dense, Act), no bias, beta = 1, numbers not sweeps); else None."""
+    """(alpha, sigma_w, activation) per layer when every block is x + alpha phi(W x) with phi
+    of degree 1 (the branch Serial(Dense, Act), no bias, beta = 1, numbers: a swept net is
+    taken at one grid point, :func:`~sigprop.ops.at_point`); else None."""
     out = []
     for blk in layers_of(net):
         br = blk.branch if isinstance(blk, Residual) else None
