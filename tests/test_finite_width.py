@@ -275,6 +275,49 @@ def test_batchnorm_warning_is_at_the_width_asked_for():
                 sp.theory(bn_net(2), PAIR, width=bad)
 
 
+def test_batchnorm_warning_weighs_each_batchnorm_by_its_share_of_the_gradient():
+    """Pre-BN x -> x + alpha F(BN x): the BatchNorm's rare features carry only the branch's part
+    of grad_q_{l-1}, 1 - grad_q_l / grad_q_{l-1} (the skip carries the rest; per input, the
+    largest taken), so the 10 % is shared among the BatchNorms by those parts (it counted each as
+    the whole gradient: a small alpha asked the width of 16 whole BatchNorms). By hand from the
+    theory: the shares' sum, the worst BatchNorm's input Gram S (the stream x_{l-1}, largest
+    batch variance lam), and the width batchnorm_reach gives for them, which the warning quotes
+    where it passes the practical width and is silent otherwise; a Dense -> BN -> relu run
+    carries all of it. B = 3 inputs of unequal q: the inputs' shares differ (by 3 % at alpha =
+    0.1)."""
+    L, eps, B = 16, 1e-5, 3
+    inputs = sp.Inputs(q=[1.0, 2.0, 4.0], corr=0.5, n=B, law="gaussian")
+    P = np.eye(B) - 1 / B
+    silent = []
+    for alpha in (0.001, 0.01, 0.1, 1.0):  # (E[1/s^2] ~ 1/sqrt(eps) lifts the branch's part)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            ds = sp.theory(presets.prebn(L, alpha=alpha, eps=eps), inputs)
+        said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+        G = np.exp(ds.log_grad_q.values)  # (layer, input)
+        W = np.sum(np.max(1 - G[1:] / G[:-1], axis=1))
+        q, c = ds.q.values, ds.corr.values
+        S = np.sqrt(q[:, :, None] * q[:, None, :]) * c  # the stream's Gram per layer
+        worst = S[np.argmax(np.trace(P @ S[:-1] @ P, axis1=1, axis2=2))]
+        need = fw.batchnorm_reach(worst, eps, B, W)[0]
+        assert 0 < W < L  # (each share below 1: a real weighing)
+        if need <= fw.PRACTICAL_WIDTH:
+            assert said == []
+            silent.append(fw.batchnorm_reach(worst, eps, B, L)[0] > fw.PRACTICAL_WIDTH)
+            continue
+        assert f"over {L} BatchNorms ({W:.3g} counted by their share of grad_q)" in said[0]
+        assert f"needs width ~{need:.3g}." in said[0]
+    assert len(silent) == 2 and all(silent)  # (alpha = 0.001, 0.01: warned when unweighted)
+
+    def run():
+        return sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(), sp.Act("relu"))
+
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sp.theory(sp.Repeat(run(), 2), PAIR, width=64)
+    assert any("over 2 BatchNorms needs" in str(w.message) for w in rec)
+
+
 def test_batchnorm_reach_is_monotone_in_eps_and_width():
     """Smaller eps pushes the carrying features further into the tail (a wider net needed); a
     wider net samples more of the tail (a smaller deficit)."""

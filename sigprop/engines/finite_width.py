@@ -461,7 +461,8 @@ class _Walk:
         self.cumulants = [(np.zeros(lead + (B,) * 3), np.zeros(lead + (B,) * 4))]
         self.drawn = [True]
         self.lost: Lost | None = None  # the first op with no fluctuation rule
-        self.batchnorms: list = []  # (eps, input state) of each BatchNorm met
+        self.batchnorms: list = []  # (eps, input state, branch) of each BatchNorm met
+        self.block: tuple | None = None  # (l, op): the top-level layer being walked
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
@@ -680,6 +681,7 @@ class _Walk:
 
     def layer(self, l: int, block: Op):
         """Walk top-level block ``l`` (1-based), then end the layer (:meth:`end_layer`)."""
+        self.block = (l, block)
         self.walk(block, self.ctx.at(f"layer {l} {type(block).__name__}"))
         self.end_layer()
 
@@ -754,8 +756,11 @@ class _Walk:
             self.settle()
             self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here"
                       + self.start_note)
-            if isinstance(op, BatchNorm):
-                self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1]))
+            if isinstance(op, BatchNorm):  # (in a top-level residual's branch: l and beta^2)
+                l, blk = self.block or (None, None)
+                branch = ((l, vec(ctx.p(blk.beta)) ** 2) if isinstance(blk, Residual)
+                          and len(self.frames) > 1 else None)
+                self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1], branch))
             if not self.stop_when_lost:
                 self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
 
@@ -2180,7 +2185,8 @@ def _batch_variance(S):
 def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
     """(width, deficit): for E[1/s^2], s^2 = |P u|^2 / B + eps (u ~ N(0, S), the BatchNorm
     backward's factor), the width at which the mean of N features misses less than 10 % / layers
-    of it (``layers``: the BatchNorms that compound it; the features below the 1/N quantile of
+    of it (``layers``: the BatchNorms that compound it, each counted by its share of the
+    gradient: a sum below 1 lets each miss more; the features below the 1/N quantile of
     the batch variance are the part a width-N net does not sample), and the fraction it misses
     at width ``N``. Batch variance v = lam chi^2_k / B
     with k = B - 1 and lam the mean non-zero eigenvalue of P S P (equal eigenvalues assumed)."""
@@ -2203,41 +2209,69 @@ def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
                               lo, hi, limit=400, points=cut)[0]
 
     total = part(1.0)
-    target = VALID_FRACTION / layers
+    target = VALID_FRACTION / layers if layers > 0 else math.inf
 
     def missing(logn):
         return part(math.exp(-logn)) / total - target
 
     deficit = part(1 / N) / total
+    if target >= 1:  # (all of it missed is within the share's 10 %)
+        return 1.0, deficit
     hi = 200.0  # widths up to e^200
     if missing(hi) > 0:
         return math.inf, deficit
     return math.exp(optimize.brentq(missing, 0.0, hi)), deficit
 
 
-def warn_batchnorm(net: Op, inputs, width=None):
+def warn_batchnorm(net: Op, inputs, ds: xr.Dataset, width=None):
     """:func:`warn_unreachable` for the BatchNorms of ``net`` at ``width`` (a walk of the
-    infinite-width laws only, run when some BatchNorm meets a batch of B <= 3)."""
+    infinite-width laws only, run when some BatchNorm meets a batch of B <= 3), each weighed by
+    its share of the gradient (:func:`_gradient_share`; ``ds``: the net's theory, whose
+    log_grad_q gives it when it holds every layer)."""
     if inputs.n > 3 or not any(isinstance(op, BatchNorm) for op in net.walk()):
         return
     walk = _Walk(inputs.moments(), Context(NUMERIC, tuple(sweeps_of(net))), fresh=False)
     walk.lose("laws only")
-    for l, block in enumerate(layers_of(net), start=1):
+    blocks = layers_of(net)
+    for l, block in enumerate(blocks, start=1):
         walk.layer(l, block)
-    warn_unreachable(walk.batchnorms, inputs.n, width, sweeps_of(net))
+    if any(branch for *_, branch in walk.batchnorms) and ds.sizes["layer"] != len(blocks) + 1:
+        from sigprop.engines.theory import theory
+
+        ds = theory(net, inputs)
+    warn_unreachable([(eps, s, _gradient_share(branch, ds)) for eps, s, branch in walk.batchnorms],
+                     inputs.n, width, sweeps_of(net))
+
+
+def _gradient_share(branch, ds: xr.Dataset):
+    """The share of grad_q_{l-1} a BatchNorm's backward carries (per grid point, the largest
+    over the inputs): 1 on the stream's own path; in the branch of a top-level residual block l,
+    x -> beta x + alpha F(x), 1 - beta^2 grad_q_l / grad_q_{l-1} (the skip's part; the two
+    paths are uncorrelated at infinite width). ``branch``: None, or (l, beta^2)."""
+    if branch is None:
+        return 1.0
+    l, beta2 = branch
+    lg = ds["log_grad_q"].values
+    with np.errstate(invalid="ignore", over="ignore"):
+        share = 1.0 - beta2 * np.exp(lg[l] - lg[l - 1])
+    return np.clip(np.nanmax(np.where(np.isnan(share), 1.0, share), axis=-1), 0.0, 1.0)
 
 
 def warn_unreachable(bns, B, width=None, grid=None):
-    """Warn (once, for the worst of the BatchNorms met, ``bns``: (eps, input state) each, the
-    10 % shared among them) when a backward expectation E[1/s^2] is carried by
-    features with a batch variance below eps, sampled only beyond ``width`` (None: the widest
-    practical, ``PRACTICAL_WIDTH``; B <= 3: E[1/chi^2_{B-1}] is infinite at eps = 0); ``grid``:
-    the sweeps, to name the point."""
+    """Warn (once, for the worst of the BatchNorms met, ``bns``: (eps, input state, share of
+    the gradient) each, the 10 % shared among them by their shares) when a backward
+    expectation E[1/s^2] is carried by features with a batch variance below eps, sampled only
+    beyond ``width`` (None: the widest practical, ``PRACTICAL_WIDTH``; B <= 3: E[1/chi^2_{B-1}]
+    is infinite at eps = 0); ``grid``: the sweeps, to name the point. A BatchNorm's missed part
+    of E[1/s^2] is that part of its share of grad_q: over the blocks, the shares' sum (at the
+    worst point) times the worst BatchNorm's deficit is what must stay below 10 %."""
     if B > 3 or not bns:
         return
-    worst = None  # (eps / lam, S, eps, eps swept, where) at the BatchNorm and point where least
-    for eps, s in bns:
-        shape = np.broadcast_shapes(np.shape(eps), s.K.shape[:-2], s.ls.shape[:-1])
+    gshape = tuple(len(s.values) for s in (grid or {}).values())
+    shares = sum(np.broadcast_to(w, gshape) for *_, w in bns)
+    worst = None  # (eps / lam, S, eps, eps swept, where, shares) at the BatchNorm and point
+    for eps, s, _ in bns:
+        shape = np.broadcast_shapes(gshape, np.shape(eps), s.K.shape[:-2], s.ls.shape[:-1])
         e = np.broadcast_to(np.exp(s.ls), shape + (B,))
         S = np.broadcast_to(s.K, shape + (B, B)) * outer(e, e)
         swept, eps = np.size(eps) > 1, np.broadcast_to(eps, shape)  # (swept: named in where)
@@ -2247,18 +2281,20 @@ def warn_unreachable(bns, B, width=None, grid=None):
         idx = np.unravel_index(np.argmin(ratio), eps.shape)
         if worst is None or ratio[idx] < worst[0]:
             where = _at(grid or {}, [ratio], idx, first=0)
-            worst = (ratio[idx], S[idx], float(eps[idx]), swept, where)
+            worst = (ratio[idx], S[idx], float(eps[idx]), swept, where, float(shares[idx]))
     # the reach depends on eps / lam only and grows as it shrinks: one evaluation, at the worst
-    _, S, eps, swept, where = worst
+    _, S, eps, swept, where, share = worst
     N = PRACTICAL_WIDTH if width is None else width
-    need, deficit = batchnorm_reach(S, eps, B, len(bns), N)
+    need, deficit = batchnorm_reach(S, eps, B, share, N)
+    counted = "" if share == len(bns) else f" ({share:.3g} counted by their share of grad_q)"
     if need > N:
         warnings.warn(
             f"BatchNorm at batch B = {B}{'' if swept else f' (eps = {eps:.3g})'}{where}: the "
             "infinite-width backward "
             f"expectation E[1/s^2] is carried by features whose batch variance is near eps; a net "
             f"of width {N} misses {100 * deficit:.3g} % of it per BatchNorm, and "
-            f"reaching it within 10 % over {len(bns)} BatchNorm{'s' * (len(bns) > 1)} needs "
+            f"reaching it within 10 % over {len(bns)} BatchNorm{'s' * (len(bns) > 1)}{counted} "
+            "needs "
             f"width ~{need:.3g}. Compare "
             "typical values (medians, E log) at practical widths, not the mean: "
             "sp.theory(net, inputs, width=N) gives E log grad_q as typical_log_grad_q (Pre-BN "

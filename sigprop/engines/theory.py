@@ -183,7 +183,7 @@ def dataset(net: Op, inputs: Inputs, kept, data: dict, backend: str, width=None,
     from sigprop.engines import finite_width
 
     if backward:  # (its warning is about the gradient)
-        finite_width.warn_batchnorm(net, inputs, width)
+        finite_width.warn_batchnorm(net, inputs, ds, width)
     if width is not None:
         ds = finite_width.extend(ds, net, inputs, width, backward)
     return schema.describe(ds, copy=False)  # a dataset made here, shared with no one
