@@ -734,8 +734,8 @@ class _Walk:
         elif isinstance(op, FeatureAffine):  # vectors that vary, on a settled stream
             self.settle()
             self._varying_affine(op, ctx)
-        elif isinstance(op, Residual) and is_zero(op.alpha):  # beta x: a branch it never adds
-            self.walk(Scale(op.beta), ctx)  # (ReZero at init; a BatchNorm there is not met)
+        elif _as_scale(op) is not op:  # beta x: a branch it never adds (ReZero at init; a
+            self.walk(_as_scale(op), ctx)  # BatchNorm there is not met)
         elif isinstance(op, Residual):
             self.settle()
             self.push(lambda fr: fr + [fr[-1].push_ref()])
@@ -1913,6 +1913,12 @@ def _exp(x) -> str:
 MEAN_MODE_MAX_DEPTH = 4096  # the model solves an L x L linear system
 
 
+def _as_scale(op: Op) -> Op:
+    """x -> beta x + 0 F(x) as the Scale(beta) it is (a branch it never adds); other ops as
+    they are."""
+    return Scale(op.beta) if isinstance(op, Residual) and is_zero(op.alpha) else op
+
+
 def _mean_mode_blocks(net: Op):
     """(alpha, sigma_w, activation) per layer when every block is x + alpha phi(W x) with phi
     of degree 1 (the branch Serial(Dense, Act), no bias, beta = 1, numbers: a swept net is
@@ -2022,11 +2028,9 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)
 
     B = g.K.shape[-1]
-    scale = blk.c if isinstance(blk, Scale) else blk.beta if isinstance(blk, Residual) and \
-        is_zero(blk.alpha) else None
-    if scale is not None:  # delta_in = c delta_out exactly (c^2 underflows at |c| = 1e-200)
-        with np.errstate(divide="ignore"):
-            return np.full(B, 2 * np.log(abs(float(scale))))
+    if isinstance(_as_scale(blk), Scale):  # delta_in = c delta_out exactly (c^2 underflows
+        with np.errstate(divide="ignore"):  # at |c| = 1e-200)
+            return np.full(B, 2 * np.log(abs(float(_as_scale(blk).c))))
     if isinstance(blk, Residual) and isinstance(blk.branch, Serial) and blk.branch.layers:
         bn, rest = blk.branch.layers[0], Serial(blk.branch.layers[1:])
         first = rest
