@@ -320,6 +320,16 @@ def test_theory_forward_only_and_engine_options(tmp_path, monkeypatch):
     r = invoke("theory", path, "-o", tmp_path / "x.nc", "--engine", "torch")
     assert r.exit_code != 0 and "Traceback" not in r.output and "numpy" in r.output
     assert not (tmp_path / "x.nc").exists()
+    from sigprop.state import ns
+
+    def missing():
+        raise ImportError("the compiled theory engine needs jax: pip install 'sigprop[jax]'")
+
+    with monkeypatch.context() as m:  # jax missing: its hint in one line, before any case runs
+        m.setattr(ns, "jax_namespace", missing)
+        r = invoke("theory", path, "-o", tmp_path / "x.nc", "--engine", "jax")
+    assert r.exit_code == 2 and "Traceback" not in r.output and "sigprop[jax]" in r.output
+    assert len(r.output.strip().splitlines()) <= 2 and not (tmp_path / "x.nc").exists()
     pytest.importorskip("jax")
     from sigprop.engines import compiled
 

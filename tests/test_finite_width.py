@@ -30,6 +30,7 @@ from sigprop.testing import (
     measure_gradient_layers,
     measure_gradient_spread,
     measure_mean_mode,
+    mutate,
 )
 
 PAIR = sp.Inputs(q=1.0, corr=0.5, n=2)
@@ -308,6 +309,21 @@ def test_batchnorm_warning_weighs_each_batchnorm_by_its_share_of_the_gradient():
         assert f"over {L} BatchNorms ({W:.3g} counted by their share of grad_q)" in said[0]
         assert f"needs width ~{need:.3g}." in said[0]
     assert len(silent) == 2 and all(silent)  # (alpha = 0.001, 0.01: warned when unweighted)
+    # what the share claims, by the engine's own backward: the BatchNorm of block l alone, its
+    # backward law scaled by 1 + d, moves log grad_q_{l-1} by log(1 + d) times its share
+    # (first order: within O(d) of it)
+    def block():
+        return sp.Residual(sp.Serial(sp.BatchNorm(eps=eps), sp.Dense(2**0.5), sp.Act("relu"),
+                                     sp.Dense(1.0)), alpha=0.1, beta=1.2)
+
+    net, l, d = sp.Serial(*(block() for _ in range(4))), 3, 1e-6
+    bn = net.layers[l - 1].branch.layers[0]
+    base = sp.theory(net, inputs).log_grad_q.values
+    with mutate(sp.BatchNorm, "backward", d, where=lambda op: op is bn):
+        moved = sp.theory(net, inputs).log_grad_q.values
+    share = 1 - 1.2**2 * np.exp(base[l] - base[l - 1])
+    np.testing.assert_allclose((moved - base)[l - 1] / math.log1p(d), share, rtol=1e-5)
+    np.testing.assert_array_equal(moved[l:], base[l:])  # (above it: nothing moves)
 
     def run():
         return sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(), sp.Act("relu"))
@@ -316,6 +332,24 @@ def test_batchnorm_warning_weighs_each_batchnorm_by_its_share_of_the_gradient():
         warnings.simplefilter("always")
         sp.theory(sp.Repeat(run(), 2), PAIR, width=64)
     assert any("over 2 BatchNorms needs" in str(w.message) for w in rec)
+
+
+def test_batchnorm_warning_of_a_subset_of_layers_is_the_full_runs_once():
+    """The shares need grad_q at the BatchNorms' layers: with a subset recorded, the theory runs
+    again on those layers, silently (its own warning came out too, at the practical width where
+    width=N was asked: two warnings, one of them wrong)."""
+    net = presets.prebn(9, alpha=0.3)
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")
+
+    def said(**kw):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            sp.theory(net, inputs, width=64, **kw)
+        return [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+
+    full = said()
+    assert len(full) == 1 and "width 64 misses" in full[0]
+    assert said(layers=[3, 5]) == said(layers=[0]) == full
 
 
 def test_batchnorm_reach_is_monotone_in_eps_and_width():

@@ -4,6 +4,7 @@ With closed-form kernels the engine is exact, so agreement is asserted to ~1e-12
 rounding accumulated over the depth), not to a loose tolerance.
 """
 
+import importlib.util
 import json
 import math
 
@@ -198,8 +199,11 @@ def test_recording_a_subset_of_layers_gives_the_same_values():
     part = sp.theory(net, x0, layers=[0, 5, 36, 37])
     for name in ("log_q", "corr", "log_grad_q", "log_branch_q"):
         np.testing.assert_array_equal(part[name].values, full[name].sel(layer=[0, 5, 36, 37]).values)
-    with pytest.raises(sp.ConfigError, match="layers"):
-        sp.theory(net, x0, layers=[38])
+    for bad in ([38], [2.5], [True], "all"):  # (2.5 and True were recorded as layers 2 and 1)
+        for engine in ("numpy", "jax") if importlib.util.find_spec("jax") else ("numpy",):
+            with pytest.raises(sp.ConfigError, match="layers"):
+                sp.theory(net, x0, layers=bad, engine=engine)
+    np.testing.assert_array_equal(sp.theory(net, x0, layers=np.int64(5)).layer.values, [5])
 
 
 def test_forward_only_is_the_forward_of_the_full_run():

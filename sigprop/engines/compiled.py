@@ -104,7 +104,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     _check_args(net, inputs, width, backward)
     blocks = layers_of(net)
     runs = _runs(blocks)  # (per run, not per layer: a Repeat's copies are one block)
-    refuse_unsupported(runs)
+    _refuse_unsupported(runs)
     jax = _jax()
     L, B = len(blocks), inputs.n
     grid = sweeps_of(net)
@@ -130,14 +130,18 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
                                           s0.K, s0.m, s0.ls))
 
     with _x64(jax):
-        program, branches = _program(net, blocks, grid, s0.law, B, tuple(kept), size,
+        program, branches = _program(net, runs, L, grid, s0.law, B, tuple(kept), size,
                                      chunk if backward else None, backward)
     HOST_ERRORS.clear()
-    if k == 1:
-        out = shard(0)
-    else:
-        with ThreadPoolExecutor(k) as pool:
-            out = _joined(list(pool.map(shard, range(k))), P)
+    try:  # (the first call traces)
+        if k == 1:
+            out = shard(0)
+        else:
+            with ThreadPoolExecutor(k) as pool:
+                out = _joined(list(pool.map(shard, range(k))), P)
+    except UnsupportedComposition:  # the numpy engine's own refusal first, where it has one
+        theory(net, inputs, layers=[0], backward=False)  # (then neither engine runs the net)
+        raise
     if HOST_ERRORS:  # a host law raised: the numpy engine raises it again, naming the op
         error = HOST_ERRORS[0]
         HOST_ERRORS.clear()
@@ -148,7 +152,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
                    backward)
 
 
-def refuse_unsupported(runs):
+def _refuse_unsupported(runs):
     """:class:`UnsupportedComposition` naming the first op without a traced law in the blocks'
     ``runs`` (:func:`_runs`), by the numpy engine's path (``net > layer 1 Residual > Serial >
     BatchNorm``)."""
@@ -200,11 +204,11 @@ def _runs(blocks) -> list[tuple[Op, int, int]]:
     return [tuple(r) for r in runs]
 
 
-def _program(net, blocks, grid, law0, B, kept, P, chunk, backward):
+def _program(net, runs, L, grid, law0, B, kept, P, chunk, backward):
     """:func:`_trace`, cached (module docstring)."""
     key = (net, law0, B, kept, P, chunk, backward)
     if key not in _CACHE:
-        _CACHE[key] = _trace(net, blocks, grid, law0, B, kept, P, chunk, backward)
+        _CACHE[key] = _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward)
         if len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
     _CACHE.move_to_end(key)
@@ -293,18 +297,19 @@ def _split(local, chunk: int, q: int, n: int):
     return slots, m, np.asarray(keep, dtype=int), _slots(tail, n - q * chunk)
 
 
-def _trace(net, blocks, grid, law0, B, kept, P, chunk, backward=True):
+def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True):
     """(the jitted function (sweep values at each of the P points, K0, m0, ls0) -> dict of
     arrays at the recorded layers (without ``backward``: the forward ones); whether each
-    layer's block has a branch, known once traced)."""
+    layer's block has a branch, known once traced). ``runs``: the L layers' blocks as
+    :func:`_runs` gives them."""
     import jax
     import jax.numpy as jnp
 
     ns, f64 = jax_namespace(), jnp.float64
-    runs, names = _runs(blocks), list(grid)
+    names = list(grid)
     sweeps = [v for op in net.walk() for v in vars(op).values() if isinstance(v, Sweep)]
     branches: list[bool] = []  # per layer, filled while tracing (static)
-    L, wanted = len(blocks), set(kept)
+    wanted = set(kept)
 
     def state(cls, K, m, ls, **extra):
         """A state of the fixed shapes (P, B, B), (P, B) and dtype (a scan's carry keeps them)."""

@@ -2231,18 +2231,21 @@ def warn_batchnorm(net: Op, inputs, ds: xr.Dataset, width=None):
     """:func:`warn_unreachable` for the BatchNorms of ``net`` at ``width`` (a walk of the
     infinite-width laws only, run when some BatchNorm meets a batch of B <= 3), each weighed by
     its share of the gradient (:func:`_gradient_share`; ``ds``: the net's theory, whose
-    log_grad_q gives it when it holds every layer)."""
+    log_grad_q gives it; where ``ds`` lacks a layer it needs, the theory runs again on the same
+    engine, recording those layers, its warnings silenced)."""
     if inputs.n > 3 or not any(isinstance(op, BatchNorm) for op in net.walk()):
         return
     walk = _Walk(inputs.moments(), Context(NUMERIC, tuple(sweeps_of(net))), fresh=False)
     walk.lose("laws only")
-    blocks = layers_of(net)
-    for l, block in enumerate(blocks, start=1):
+    for l, block in enumerate(layers_of(net), start=1):
         walk.layer(l, block)
-    if any(branch for *_, branch in walk.batchnorms) and ds.sizes["layer"] != len(blocks) + 1:
+    needed = {m for *_, branch in walk.batchnorms if branch for m in (branch[0] - 1, branch[0])}
+    if not needed <= set(ds["layer"].values.tolist()):
         from sigprop.engines.theory import theory
 
-        ds = theory(net, inputs)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FiniteWidthWarning)
+            ds = theory(net, inputs, layers=sorted(needed), engine=ds.attrs["backend"])
     warn_unreachable([(eps, s, _gradient_share(branch, ds)) for eps, s, branch in walk.batchnorms],
                      inputs.n, width, sweeps_of(net))
 
@@ -2251,14 +2254,16 @@ def _gradient_share(branch, ds: xr.Dataset):
     """The share of grad_q_{l-1} a BatchNorm's backward carries (per grid point, the largest
     over the inputs): 1 on the stream's own path; in the branch of a top-level residual block l,
     x -> beta x + alpha F(x), 1 - beta^2 grad_q_l / grad_q_{l-1} (the skip's part; the two
-    paths are uncorrelated at infinite width). ``branch``: None, or (l, beta^2)."""
+    paths are uncorrelated at infinite width). ``branch``: None, or (l, beta^2). A residual
+    inside a layer's block (a Serial of residuals) counts 1: the gradients at its input and
+    output are not layers of the Dataset."""
     if branch is None:
         return 1.0
     l, beta2 = branch
-    lg = ds["log_grad_q"].values
+    lg = ds["log_grad_q"]
     with np.errstate(invalid="ignore", over="ignore"):
-        share = 1.0 - beta2 * np.exp(lg[l] - lg[l - 1])
-    return np.clip(np.nanmax(np.where(np.isnan(share), 1.0, share), axis=-1), 0.0, 1.0)
+        share = 1.0 - beta2 * np.exp(lg.sel(layer=l).values - lg.sel(layer=l - 1).values)
+    return np.clip(np.max(np.where(np.isnan(share), 1.0, share), axis=-1), 0.0, 1.0)
 
 
 def warn_unreachable(bns, B, width=None, grid=None):
@@ -2290,7 +2295,8 @@ def warn_unreachable(bns, B, width=None, grid=None):
     _, S, eps, swept, where, share = worst
     N = PRACTICAL_WIDTH if width is None else width
     need, deficit = batchnorm_reach(S, eps, B, share, N)
-    counted = "" if share == len(bns) else f" ({share:.3g} counted by their share of grad_q)"
+    counted = ("" if f"{share:.3g}" == f"{len(bns):.3g}" else
+               f" ({share:.3g} counted by their share of grad_q)")
     if need > N:
         warnings.warn(
             f"BatchNorm at batch B = {B}{'' if swept else f' (eps = {eps:.3g})'}{where}: the "

@@ -222,10 +222,10 @@ def memory_estimate(L: int, recorded: int, grid: int, B: int) -> int:
 def _recorded(layers, L) -> set[int]:
     if layers is None:
         return set(range(L + 1))
-    try:
-        chosen = {int(l) for l in np.atleast_1d(np.asarray(layers))}
-    except (TypeError, ValueError):
-        raise ConfigError("layers", layers, f"integers in [0, {L}]") from None
+    given = np.atleast_1d(np.asarray(layers, dtype=object))  # (2.5 and True were taken as 2, 1)
+    if not all(isinstance(l, (int, np.integer)) and not isinstance(l, bool) for l in given):
+        raise ConfigError("layers", layers, f"integers in [0, {L}]")
+    chosen = {int(l) for l in given}
     if not chosen or min(chosen) < 0 or max(chosen) > L:
         raise ConfigError("layers", layers, f"a non-empty set of integers in [0, {L}]")
     return chosen

@@ -31,8 +31,11 @@ console = Console()
 
 class Engine(str, enum.Enum):
     """``sigprop theory --engine``: ``sp.theory``'s engines."""
+
     numpy = "numpy"
     jax = "jax"
+
+
 Profile = Annotated[str, typer.Option("--profile", "-p", help="a profile of the sim: quick "
                                       "(2-core CPU), paper (one GPU) or another it defines")]
 SimPath = Annotated[Path, typer.Argument(help="sims/<name>.toml")]
@@ -79,7 +82,7 @@ def theory(sim: SimPath, output: Output, profile: Profile = "quick",
                "--width", "-n", min=1, help="add the first-order finite-width corrections at "
                "this width N (sp.theory(..., width=N))")] = None,
            engine: Annotated[Engine, typer.Option(
-               help="numpy, or jax: the same laws compiled (pip install 'sigprop[jax]')")
+               help="numpy, or jax: the same laws compiled (pip install 'sigprop\\[jax]')")
            ] = "numpy",
            backward: Annotated[bool, typer.Option(
                "--backward/--forward-only", help="--forward-only: the forward pass alone, no "
