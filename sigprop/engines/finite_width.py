@@ -1801,9 +1801,9 @@ def _point_text(point: dict) -> str:
 
 def _warn_gradient(c, rows, width, mean_mode, grid):
     """Warn when a gradient's first-order correction c/N (c: per layer of ``rows``, then the
-    sweeps of ``grid``) is as large as its leading term; ``mean_mode()``: the closed-form A of a
-    mean-carrying stream's coupling at the grid point of an index of c, or None. Whether it
-    warned."""
+    sweeps of ``grid``) is as large as its leading term; ``mean_mode(idx)``: the closed-form A
+    of a mean-carrying stream's coupling at the grid point of the index idx of c, or None.
+    Whether it warned."""
     size = np.where(np.isnan(c), -np.inf, np.abs(c))
     if not size.size or size.max() < width:
         return False
