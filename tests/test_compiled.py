@@ -139,6 +139,27 @@ def test_equal_blocks_built_one_by_one_are_one_scan():
     assert [(first, n) for _, first, n in compiled._runs(mixed)] == [(1, 6), (7, 1), (8, 2)]
 
 
+def test_a_repeat_is_checked_once_per_call_not_once_per_layer(monkeypatch):
+    """The unsupported-op check and the tape's size run once per run of one block: per layer,
+    they were ~90 % of a one-point call at depth 4000 (benchmarks/RESULTS.md, 'One grid
+    point'). Counted, not timed: a Repeat of 50 copies checks its block's ops once."""
+    calls = {"refuse": 0, "taped": 0}
+    refuse, taped = compiled._refuse, compiled._taped_states
+
+    def counted(name, fn):
+        def wrapper(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapper
+
+    monkeypatch.setattr(compiled, "_refuse", counted("refuse", refuse))
+    monkeypatch.setattr(compiled, "_taped_states", counted("taped", taped))
+    net = sp.presets.resnet(50)
+    sp.theory(net, X2, engine="jax", layers=[50])
+    ops = sum(1 for _ in sp.ops.layers_of(net)[0].walk())
+    assert calls == {"refuse": ops, "taped": 1}
+
+
 def test_a_subnormal_true_scale_is_an_error_not_a_silent_zero():
     """XLA on the CPU flushes subnormals to zero: at q = 1e-310 an erf law on the true scale
     gave -inf and corr 0 under jax while numpy keeps the value; now a clear error naming the
