@@ -100,8 +100,8 @@ def ops_per_layer(row: Row) -> dict:
     net, x0 = net_of(row), sp.Inputs(q=list(Q0), corr=CORR0, law=law)
     s0, grid, blocks = x0.moments(), sweeps_of(net), layers_of(net)
     with compiled._x64(jax):
-        prog, _ = compiled._trace(net, blocks, grid, s0.law, x0.n, (0, row.depth), row.points,
-                                  None)
+        prog, _ = compiled._trace(net, compiled._runs(blocks), len(blocks), grid, s0.law, x0.n,
+                                  (0, row.depth), row.points, None)
         values = tuple(np.asarray(s.values) for s in grid.values())
         jaxpr = jax.make_jaxpr(prog)(values, s0.K, s0.m, s0.ls).jaxpr
     found: dict = {}

@@ -371,3 +371,20 @@ def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):
     agree(net, X3, layers=[0])
     agree(net, X3, layers=[5, 13, 14])
     agree(sp.presets.prebn(12, act="relu"), G3)  # host laws: a chunk's states taped backward
+
+
+def test_ops_benchmark_counts_each_direction():
+    """``benchmarks/compiled_speed.py --ops`` traces the engine's own program (it calls
+    ``compiled._trace``, a private function whose signature the engine may change): every row
+    of its table counts some equations, forward and backward, for both nets."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "compiled_speed.py"
+    run = subprocess.run([sys.executable, str(script), "--ops"], capture_output=True, text=True,
+                         cwd=script.parent, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in run.stdout.splitlines()[2:]]
+    got = {(net.strip(), direction.strip()): int(n) for net, direction, n, _ in rows}
+    for net in ("resnet relu", "preln erf"):
+        assert got[(net, "forward")] > 0 and got[(net, "backward")] > got[(net, "forward")]
