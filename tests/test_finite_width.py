@@ -311,19 +311,30 @@ def test_batchnorm_warning_weighs_each_batchnorm_by_its_share_of_the_gradient():
     assert len(silent) == 2 and all(silent)  # (alpha = 0.001, 0.01: warned when unweighted)
     # what the share claims, by the engine's own backward: the BatchNorm of block l alone, its
     # backward law scaled by 1 + d, moves log grad_q_{l-1} by log(1 + d) times its share
-    # (first order: within O(d) of it)
+    # (first order: within O(d) of it); beta = 1.2, so the skip's beta^2 is seen; the warning's
+    # sum is the measured shares' (largest over the inputs), to the 3 digits it prints
     def block():
         return sp.Residual(sp.Serial(sp.BatchNorm(eps=eps), sp.Dense(2**0.5), sp.Act("relu"),
-                                     sp.Dense(1.0)), alpha=0.1, beta=1.2)
+                                     sp.Dense(1.0)), alpha=1.0, beta=1.2)
 
-    net, l, d = sp.Serial(*(block() for _ in range(4))), 3, 1e-6
-    bn = net.layers[l - 1].branch.layers[0]
+    net, d = sp.Serial(*(block() for _ in range(4))), 1e-6
     base = sp.theory(net, inputs).log_grad_q.values
-    with mutate(sp.BatchNorm, "backward", d, where=lambda op: op is bn):
-        moved = sp.theory(net, inputs).log_grad_q.values
-    share = 1 - 1.2**2 * np.exp(base[l] - base[l - 1])
-    np.testing.assert_allclose((moved - base)[l - 1] / math.log1p(d), share, rtol=1e-5)
-    np.testing.assert_array_equal(moved[l:], base[l:])  # (above it: nothing moves)
+    measured = []
+    for l in range(1, 5):
+        bn = net.layers[l - 1].branch.layers[0]
+        with mutate(sp.BatchNorm, "backward", d, where=lambda op, bn=bn: op is bn):
+            moved = sp.theory(net, inputs).log_grad_q.values
+        share = 1 - 1.2**2 * np.exp(base[l] - base[l - 1])
+        np.testing.assert_allclose((moved - base)[l - 1] / math.log1p(d), share, rtol=1e-5)
+        np.testing.assert_array_equal(moved[l:], base[l:])  # (above it: nothing moves)
+        measured.append(np.max((moved - base)[l - 1] / math.log1p(d)))
+    W = sum(measured)
+    assert 0.5 < W < 3.5  # (each share well inside (0, 1): the beta^2 matters)
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sp.theory(net, inputs, width=64)
+    said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+    assert f"over 4 BatchNorms ({W:.3g} counted by their share of grad_q)" in said[0]
 
     def run():
         return sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(), sp.Act("relu"))
