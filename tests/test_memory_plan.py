@@ -85,3 +85,64 @@ def test_montecarlo_estimate_bounds_the_measured_peak():
     estimate = (mc.memory_per_seed(layers_of(net), 2, 1024, 4, mc.SAMPLERS["conditional"]) * 4
                 + mc.recorded_bytes(4, 64, 2))
     assert peak <= estimate <= 3 * peak, (peak, estimate)
+
+
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
+def test_a_huge_depth_is_refused_before_its_list_of_blocks(one_gib, engine):
+    """A Repeat of 10^11 blocks: its list alone is 800 GB (a MemoryError from deep inside the
+    ops, or a machine swapping, before any check ran); it is counted, not listed, and refused
+    with the depth named, even when one layer is recorded."""
+    if engine == "jax":
+        pytest.importorskip("jax")
+    net, x0 = sp.presets.preln(10**11), sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    assert net.n_blocks() == 10**11 and sp.Serial(net, net).n_blocks() == 2 * 10**11
+    with pytest.raises(sp.ConfigError, match=r"GiB estimated for the theory of 1 recorded .*"
+                                             r"\(depth 100000000000\).*shallower net"):
+        sp.theory(net, x0, layers=[5], backward=False, engine=engine)
+    if engine == "numpy":
+        with pytest.raises(sp.ConfigError, match=r"x 100000000001 layers.*fewer layers"):
+            sp.simulate(net, x0, width=16, seeds=1, backend="numpy")
+
+
+def test_n_blocks_counts_the_blocks_list():
+    """``n_blocks`` is ``len(blocks())`` for every preset and nested Serial / Repeat."""
+    nets = [sp.presets.get(name)(5) for name in sorted(sp.presets.PRESETS)]
+    block = sp.Residual(sp.Serial(sp.Dense(1.0), sp.Act("relu")))
+    nets += [sp.Serial(sp.Repeat(block, 3), sp.Dense(1.0), sp.Repeat(sp.Repeat(block, 2), 4)),
+             sp.Serial(sp.Serial(block, block), sp.Repeat(sp.Serial(block, block), 2)), block]
+    for net in nets:
+        assert net.n_blocks() == len(layers_of(net))
+
+
+def test_available_memory_sees_the_address_space_limit():
+    """``ulimit -v``: a process limited to its size + 1 GiB has at most 1 GiB available, however
+    much the machine has (a run refused by the check, not killed by a MemoryError)."""
+    import subprocess
+    import sys
+
+    code = ("import resource\nfrom sigprop.engines import memory\n"
+            "size = memory._field('/proc/self/status', 'VmSize:') * 1024\n"
+            "resource.setrlimit(resource.RLIMIT_AS, (size + 2**30, resource.RLIM_INFINITY))\n"
+            "print(memory.available() / 2**30)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert 0 < float(out.stdout) <= 1.0
+
+
+def test_available_memory_sees_the_cgroup_limit(tmp_path, monkeypatch):
+    """A container's or a batch job's cgroup (v2): memory.max less memory.current, read under the
+    process's own cgroup path; "max" is no limit."""
+    lines = open("/proc/self/cgroup").read().splitlines()
+    own = next((line.split("::", 1)[1].strip() for line in lines if line.startswith("0::")), None)
+    if own is None:
+        pytest.skip("no cgroup v2 entry in /proc/self/cgroup")
+    group = tmp_path / own.lstrip("/")
+    group.mkdir(parents=True, exist_ok=True)
+    (group / "memory.current").write_text(str(GIB // 2))
+    (group / "memory.max").write_text(str(2 * GIB))
+    monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)
+    assert memory._cgroup_headroom() == 3 * GIB // 2
+    monkeypatch.setattr(memory, "_machine", lambda: 100 * GIB)
+    monkeypatch.setattr(memory, "_address_space_headroom", lambda: None)
+    assert memory.available() == 3 * GIB // 2
+    (group / "memory.max").write_text("max\n")
+    assert memory._cgroup_headroom() is None and memory.available() == 100 * GIB

@@ -101,7 +101,7 @@ _CACHE: OrderedDict = OrderedDict()
 def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backward=True):
     """:func:`sigprop.theory` (same arguments, same Dataset) with every law traced into one
     compiled function (module docstring); ``attrs['backend']`` is ``'jax'``."""
-    _check_args(net, inputs, width, backward)
+    _check_args(net, inputs, width, backward, layers)
     blocks = layers_of(net)
     runs = _runs(blocks)  # (per run, not per layer: a Repeat's copies are one block)
     _refuse_unsupported(runs)

@@ -12,28 +12,74 @@ May import: ``sigprop.errors``.
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
 from sigprop.errors import ConfigError
 
 FRACTION_ENV = "SIGPROP_MEMORY_FRACTION"
 DEFAULT_FRACTION = 0.8  # of the memory available when the run starts
 GIB = 2**30
+CGROUP_ROOT = Path("/sys/fs/cgroup")  # cgroup v2: a container's or a batch job's memory limit
 
 
-def available() -> int:
-    """Bytes of memory available now: MemAvailable of /proc/meminfo (Linux), else the free
-    physical pages; None where neither can be read (then nothing is refused)."""
-    try:
-        with open("/proc/meminfo") as f:
-            for line in f:
-                if line.startswith("MemAvailable:"):
-                    return int(line.split()[1]) * 1024
-    except (OSError, ValueError, IndexError):
-        pass
+def available() -> int | None:
+    """Bytes of memory available now: the least of the machine's (MemAvailable of /proc/meminfo
+    on Linux, else the free physical pages), the process's cgroup limit less its use (a
+    container or a batch job, whose machine reports the host's memory) and its address-space
+    limit (``ulimit -v``) less its size; None where none can be read (then nothing is
+    refused)."""
+    found = [n for n in (_machine(), _cgroup_headroom(), _address_space_headroom())
+             if n is not None]
+    return min(found) if found else None
+
+
+def _machine() -> int | None:
+    kib = _field("/proc/meminfo", "MemAvailable:")
+    if kib is not None:
+        return kib * 1024
     try:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (AttributeError, ValueError, OSError):
         return None
+
+
+def _field(path: str, name: str) -> int | None:
+    """The first number after ``name`` on its line of a /proc file, or None."""
+    try:
+        with open(path) as f:
+            for line in f:
+                if line.startswith(name):
+                    return int(line.split()[1])
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _cgroup_headroom() -> int | None:
+    """memory.max - memory.current of the process's cgroup (v2; its path in /proc/self/cgroup,
+    under ``CGROUP_ROOT``), or None where unlimited or unreadable."""
+    try:
+        own = next(line.split("::", 1)[1].strip() for line in
+                   Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
+        group = CGROUP_ROOT / own.lstrip("/")
+        limit = (group / "memory.max").read_text().strip()
+        used = int((group / "memory.current").read_text())
+    except (OSError, ValueError, StopIteration):
+        return None
+    return None if limit == "max" else max(0, int(limit) - used)
+
+
+def _address_space_headroom() -> int | None:
+    """The soft RLIMIT_AS less the process's virtual size (VmSize), or None where unlimited."""
+    try:
+        import resource
+    except ImportError:  # (not on Windows)
+        return None
+    soft, _ = resource.getrlimit(resource.RLIMIT_AS)
+    size = _field("/proc/self/status", "VmSize:")
+    if soft == resource.RLIM_INFINITY or size is None:
+        return None
+    return max(0, soft - size * 1024)
 
 
 def fraction() -> float:

@@ -29,9 +29,11 @@ from sigprop.state.ns import NUMERIC
 from sigprop.state.params import Context, Sink
 
 
-def _check_args(net, inputs, width=None, backward=True):
+def _check_args(net, inputs, width=None, backward=True, layers=None):
     """Refuse a bad net, inputs, width or backward flag before any work (a width the warnings
-    would quote)."""
+    would quote), and a run whose arrays would not fit (:func:`memory_estimate`; counted before
+    the list of the net's blocks or of its recorded layers is built: a depth of 10^11 is a
+    refusal, not a MemoryError)."""
     if not isinstance(backward, (bool, np.bool_)):
         raise ConfigError("backward", backward, "True (forward and backward) or False (forward "
                           "only)")
@@ -43,10 +45,17 @@ def _check_args(net, inputs, width=None, backward=True):
         raise ConfigError("net", type(net).__name__, "an Op (e.g. sp.presets.preln(depth=64))")
     if not isinstance(inputs, Inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
-    ctx = Context(NUMERIC, tuple(sweeps_of(net)))
+    grid = sweeps_of(net)
+    ctx = Context(NUMERIC, tuple(grid))
     for op in net.walk():  # (a swept Dense ratio: a branch's width checked at every point)
         if isinstance(op, Residual):
             op.check_branch_width(ctx)
+    L, P = net.n_blocks(), math.prod(len(s.values) for s in grid.values())
+    recorded = L + 1 if layers is None else min(L + 1, np.size(layers))
+    memory.check(memory_estimate(L, recorded, P, inputs.n),
+                 f"the theory of {recorded} recorded layers x {P} grid points x B = {inputs.n} "
+                 f"inputs (depth {L})", "record fewer layers (layers=[...], e.g. every 10th), "
+                 "split the grid (sigprop sweep --grid-chunk), or build a shallower net")
 
 
 TAPE_BUDGET = 2**28  # bytes: below it the forward keeps every layer's intermediate states
@@ -95,7 +104,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
         from sigprop.engines.compiled import theory_compiled
 
         return theory_compiled(net, inputs, layers=layers, width=width, backward=backward)
-    _check_args(net, inputs, width, backward)
+    _check_args(net, inputs, width, backward, layers)
     blocks = layers_of(net)
     L = len(blocks)
     grid = sweeps_of(net)
@@ -104,10 +113,6 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     record = _recorded(layers, L)
     ctx = Context(NUMERIC, dims)
     B = inputs.n
-    memory.check(memory_estimate(L, len(record), math.prod(shape), B),
-                 f"the theory of {len(record)} recorded layers x {math.prod(shape)} grid points "
-                 f"x B = {B} inputs", "record fewer layers (layers=[...], e.g. every 10th), or "
-                 "split the grid (sigprop sweep --grid-chunk)")
 
     def step(s, l, tape):
         """Layer l's forward law from its input ``s``; intermediate states go to ``tape``."""
@@ -212,11 +217,12 @@ def memory_estimate(L: int, recorded: int, grid: int, B: int) -> int:
     branch state (K, m, ls: B^2 + 2B each), gradient diagonal and weight-gradient row (B each),
     then the dataset's variables (corr B^2, ten of B) built from them with as much again in
     temporaries; plus
-    the ~2 sqrt(L) states of the checkpointed backward. Measured peaks (tracemalloc) are 0.8 to
-    0.93 of it at (L, grid, B) = (300, 3000, 1), (300, 1000, 2), (100, 1000, 4)."""
+    the ~2 sqrt(L) states of the checkpointed backward; and the list of the L blocks (a pointer
+    each). Measured peaks (tracemalloc) are 0.8 to 0.93 of it at (L, grid, B) = (300, 3000, 1),
+    (300, 1000, 2), (100, 1000, 4)."""
     state = B * B + 2 * B
     per_layer = 2 * state + 2 * B + 2 * (B * B + 10 * B)
-    return 8 * grid * (recorded * per_layer + 2 * (math.isqrt(L) + 1) * state)
+    return 8 * grid * (recorded * per_layer + 2 * (math.isqrt(L) + 1) * state) + 8 * L
 
 
 def _recorded(layers, L) -> set[int]:

@@ -103,6 +103,10 @@ class Op:
         """The blocks that make this op's layers when it is a whole net (itself, by default)."""
         return [self]
 
+    def n_blocks(self) -> int:
+        """``len(self.blocks())`` without the list (a Repeat of 10^11 blocks is counted)."""
+        return 1
+
     def walk(self):
         yield self
         for kid in self.children():

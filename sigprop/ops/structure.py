@@ -72,6 +72,9 @@ class Serial(Op):
     def blocks(self):
         return [blk for op in self.layers for blk in op.blocks()]
 
+    def n_blocks(self):
+        return sum(op.n_blocks() for op in self.layers)
+
     def mc_widths(self, n):
         return _chain_widths(self.layers, n)
 
@@ -130,6 +133,9 @@ class Repeat(Op):
 
     def blocks(self):
         return [self.block] * self.n
+
+    def n_blocks(self):
+        return self.n
 
     def mc_ops(self):
         return 1 + self.n * self.block.mc_ops()
