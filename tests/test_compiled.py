@@ -292,13 +292,29 @@ def test_refusals():
         def forward_law(self, s, ctx, record=None):
             return s.replace(ls=s.ls + np.log(2.0))
 
+    @dataclasses.dataclass(frozen=True)
+    class HalfScale(Scale):  # a subclass of a traced op, its law in numpy (was traced: a jax
+        def forward_law(self, s, ctx, record=None):  # TracerArrayConversionError)
+            return s.replace(ls=np.asarray(s.ls) + np.log(self.c / 2))
+
     try:
         with pytest.raises(UnsupportedComposition,
                            match=r"net > layer 2 Residual > Serial > Doubling: Doubling.*default "):
             sp.theory(Serial(Dense(1.0), Residual(Serial(Doubling(), Dense(1.0)))), X2,
                       engine="jax")
-    finally:  # every Op subclass registers itself (serialisation): not this test's one
+        net = Repeat(Residual(Serial(Dense(1.0), Act("relu"), HalfScale(1.0))), 3)
+        sp.theory(net, X2, backward=False)  # (the numpy engine runs it)
+        with pytest.raises(UnsupportedComposition,
+                           match=r"net > layer 1 Residual > Serial > HalfScale: HalfScale is not"):
+            sp.theory(net, X2, engine="jax")
+    finally:  # every Op subclass registers itself (serialisation): not this test's ones
         Op.REGISTRY.pop("Doubling")
+        Op.REGISTRY.pop("HalfScale")
+    # a net both engines refuse: the numpy engine's reason (the compiled engine's own told
+    # users to try engine='numpy', which refuses it too)
+    with pytest.raises(UnsupportedComposition, match=r"layer 2 Serial > \[1\] BatchNorm: .*"
+                                                     r"not jointly Gaussian"):
+        sp.theory(sp.presets.postbn(3), G3, engine="jax")
     with pytest.raises(ConfigError, match="engine"):
         sp.theory(sp.presets.resnet(3), X2, engine="torch")
 

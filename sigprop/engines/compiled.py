@@ -162,7 +162,7 @@ def _refuse_unsupported(runs):
 
 def _refuse(net: Op, path: str):
     hint = "use the default engine, sp.theory(net, inputs) (engine='numpy')"
-    if not isinstance(net, SUPPORTED):
+    if type(net) not in SUPPORTED:  # (a subclass's laws may be numpy's own: not traceable)
         raise UnsupportedComposition(
             f"{path}: {type(net).__name__} is not supported by the compiled theory engine "
             f"(engine='jax' traces {', '.join(c.__name__ for c in SUPPORTED)}); {hint}")
