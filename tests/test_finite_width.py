@@ -335,6 +335,13 @@ def test_batchnorm_warning_weighs_each_batchnorm_by_its_share_of_the_gradient():
         sp.theory(net, inputs, width=64)
     said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
     assert f"over 4 BatchNorms ({W:.3g} counted by their share of grad_q)" in said[0]
+    # a net whose gradient is 0 below its last layer (Scale(0)): no BatchNorm carries any of it
+    for last, warned in ((sp.Scale(1.0), True), (sp.Scale(0.0), False)):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            ds = sp.theory(sp.Serial(sp.Repeat(block(), 3), last), inputs, width=64)
+        assert np.isneginf(ds.log_grad_q.values[:-1]).all() != warned
+        assert any("BatchNorm at batch" in str(w.message) for w in rec) == warned
 
     def run():
         return sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(), sp.Act("relu"))

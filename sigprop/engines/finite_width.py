@@ -2256,14 +2256,17 @@ def _gradient_share(branch, ds: xr.Dataset):
     x -> beta x + alpha F(x), 1 - beta^2 grad_q_l / grad_q_{l-1} (the skip's part; the two
     paths are uncorrelated at infinite width). ``branch``: None, or (l, beta^2). A residual
     inside a layer's block (a Serial of residuals) counts 1: the gradients at its input and
-    output are not layers of the Dataset."""
+    output are not layers of the Dataset. Where grad_q_{l-1} = 0 the share is 0 (nothing to
+    miss); where it is otherwise undefined (inf / inf), 1."""
     if branch is None:
         return 1.0
     l, beta2 = branch
     lg = ds["log_grad_q"]
+    below = lg.sel(layer=l - 1).values
     with np.errstate(invalid="ignore", over="ignore"):
-        share = 1.0 - beta2 * np.exp(lg.sel(layer=l).values - lg.sel(layer=l - 1).values)
-    return np.clip(np.max(np.where(np.isnan(share), 1.0, share), axis=-1), 0.0, 1.0)
+        share = 1.0 - beta2 * np.exp(lg.sel(layer=l).values - below)
+    share = np.where(below == -np.inf, 0.0, np.where(np.isnan(share), 1.0, share))
+    return np.clip(np.max(share, axis=-1), 0.0, 1.0)
 
 
 def warn_unreachable(bns, B, width=None, grid=None):
