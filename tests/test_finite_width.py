@@ -1626,3 +1626,22 @@ def test_every_pairs_reason_is_reported():
     lost = np.isnan(ds.log_q_correction.transpose(..., "input").values)
     diag = np.diagonal(ds.corr_correction.transpose(..., "input", "input_b").values, 0, -2, -1)
     assert lost.any() and (np.isnan(diag) == lost).all() and (diag[~lost] == 0).all()
+
+
+def test_batchnorm_warning_points_at_typical_log_grad_q_only_where_it_is_computed():
+    """The BatchNorm warning's pointer to typical_log_grad_q holds where that variable is
+    finite (Pre-BN, F starting with a Dense); a block F = BN -> relu -> Dense, which it does not
+    cover, is pointed at Monte Carlo instead (it pointed at a variable NaN for that net)."""
+    x0 = sp.Inputs(q=[1.0, 2.25], corr=0.3, law="gaussian")
+    uncovered = sp.Residual(sp.Serial(sp.BatchNorm(), sp.Act("relu"), sp.Dense(2**0.5)))
+    for net, covered in ((presets.prebn(6), True), (sp.Repeat(sp.Serial(uncovered, uncovered), 3),
+                                                    False)):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            ds = sp.theory(net, x0, width=256)
+        said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+        assert len(said) == 1
+        assert np.isfinite(ds.typical_log_grad_q.values).all() == covered
+        assert ("gives E log grad_q as typical_log_grad_q." in said[0]) == covered
+        assert ("by Monte Carlo (sp.simulate); typical_log_grad_q does not cover this net"
+                in said[0]) != covered

@@ -2246,8 +2246,14 @@ def warn_batchnorm(net: Op, inputs, ds: xr.Dataset, width=None):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FiniteWidthWarning)
             ds = theory(net, inputs, layers=sorted(needed), engine=ds.attrs["backend"])
+    def typical():  # whether typical_log_grad_q covers the net (asked only when it warns)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FiniteWidthWarning)
+            got = typical_log_grad_q(net, inputs, width or PRACTICAL_WIDTH)
+        return got is not None and bool(np.isfinite(got).any())
+
     warn_unreachable([(eps, s, _gradient_share(branch, ds)) for eps, s, branch in walk.batchnorms],
-                     inputs.n, width, sweeps_of(net))
+                     inputs.n, width, sweeps_of(net), typical)
 
 
 def _gradient_share(branch, ds: xr.Dataset):
@@ -2269,14 +2275,16 @@ def _gradient_share(branch, ds: xr.Dataset):
     return np.clip(np.max(share, axis=-1), 0.0, 1.0)
 
 
-def warn_unreachable(bns, B, width=None, grid=None):
+def warn_unreachable(bns, B, width=None, grid=None, typical=lambda: False):
     """Warn (once, for the worst of the BatchNorms met, ``bns``: (eps, input state, share of
     the gradient) each, the 10 % shared among them by their shares) when a backward
     expectation E[1/s^2] is carried by features with a batch variance below eps, sampled only
     beyond ``width`` (None: the widest practical, ``PRACTICAL_WIDTH``; B <= 3: E[1/chi^2_{B-1}]
     is infinite at eps = 0); ``grid``: the sweeps, to name the point. A BatchNorm's missed part
     of E[1/s^2] is that part of its share of grad_q: over the blocks, the shares' sum (at the
-    worst point) times the worst BatchNorm's deficit is what must stay below 10 %."""
+    worst point) times the worst BatchNorm's deficit is what must stay below 10 %.
+    ``typical()``: whether :func:`typical_log_grad_q` covers the net (then the warning points
+    at it; else at Monte Carlo)."""
     if B > 3 or not bns:
         return
     gshape = tuple(len(s.values) for s in (grid or {}).values())
@@ -2310,6 +2318,7 @@ def warn_unreachable(bns, B, width=None, grid=None):
             "needs "
             f"width ~{need:.3g}. Compare "
             "typical values (medians, E log) at practical widths, not the mean: "
-            "sp.theory(net, inputs, width=N) gives E log grad_q as typical_log_grad_q (Pre-BN "
-            "and Dense -> BN -> relu nets).",
+            + ("sp.theory(net, inputs, width=N) gives E log grad_q as typical_log_grad_q."
+               if typical() else "by Monte Carlo (sp.simulate); typical_log_grad_q does not "
+               f"cover this net ({COVERS})."),
             FiniteWidthWarning, stacklevel=4)
