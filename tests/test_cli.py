@@ -249,6 +249,9 @@ def test_theory_prints_finite_width_warnings_as_lines(tmp_path, toml, args, says
     assert r.exit_code == 0, r.output
     lines = [line for line in r.output.splitlines() if line.startswith("finite width: ")]
     assert len(lines) == 1 and lines[0].startswith("finite width: " + says), r.output
+    others = [line for line in r.output.splitlines() if line.strip() and line not in lines]
+    assert len(others) == 1 and others[0].startswith("theory of "), r.output  # (not wrapped at
+    # the console's width, 80 here: a log or a pipe kept the warning as several lines)
     assert "FiniteWidthWarning" not in r.output and "warnings.warn" not in r.output
     ds = sp.load(out)
     if args:  # the corrections at the width asked for are in the dataset
@@ -342,3 +345,12 @@ def test_theory_forward_only_and_engine_options(tmp_path, monkeypatch):
     assert c.attrs["backend"] == "jax" and a.attrs["backend"] == "numpy"
     for name in ("log_q", "corr", "log_grad_q"):  # (the compiled engine's tested tolerance)
         np.testing.assert_allclose(c[name].values, a[name].values, rtol=1e-12, atol=1e-12)
+
+
+def test_an_error_is_one_line_at_any_console_width(tmp_path):
+    """A long error (a missing sim file of a long path) is one line, however narrow the console
+    (80 columns here): it was broken over several lines in a log or a pipe."""
+    missing = tmp_path / ("a" * 60) / ("b" * 60) / "sim.toml"
+    r = invoke("theory", missing, "-o", tmp_path / "x.nc")
+    assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
+    assert r.output.startswith("error: ") and str(missing) in r.output

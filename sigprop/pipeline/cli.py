@@ -26,7 +26,7 @@ from sigprop.errors import ConfigError, FiniteWidthWarning, SigpropError
 app = typer.Typer(add_completion=False, no_args_is_help=True,
                   help="Signal propagation through deep residual networks: theory, Monte Carlo, "
                        "comparison, figures and the paper.")
-console = Console()
+console = Console(soft_wrap=True)  # a message is one line (the terminal wraps it; a log keeps it)
 
 
 class Engine(str, enum.Enum):
@@ -106,7 +106,7 @@ def theory(sim: SimPath, output: Output, profile: Profile = "quick",
         ds = run_theory(s, profile, _progress, width=width, engine=engine, backward=backward)
     save_quietly(ds, output)
     for case, why in unsupported_of(ds).items():
-        console.print(f"[yellow]no theory for {case}[/]: {why}")
+        console.print(f"[yellow]no theory for {case}[/]: {escape(why)}")
     at = "" if width is None else f" with first-order corrections at N = {width}"
     console.print(f"theory of {s.name} ({profile}){at}: dims {dict(ds.sizes)} -> {output}")
 
@@ -270,7 +270,7 @@ def reproduce(profile: Profile = "quick",
     root = (root or find_root()).resolve()
     cache = Cache(cache_dir.resolve() if cache_dir is not None else None)
     if root != Path.cwd().resolve():
-        console.print(f"project root: {root}", highlight=False, soft_wrap=True)
+        console.print(f"project root: {root}", highlight=False)
     here = os.getcwd()
     os.chdir(root)  # sims/, paper/, derivations/ and the default cache are relative to it
     try:
