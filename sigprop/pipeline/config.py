@@ -499,8 +499,9 @@ class Sim:
             try:
                 self.net(a, 1, {})
             except (ConfigError, TypeError) as e:
+                why = f"{e.field}={e.value!r} is invalid" if isinstance(e, ConfigError) else e
                 raise SimConfigError(self.path, f"arch '{a.name}'", a.kwargs, _allowed_of(e),
-                                     f"does not build ({e})") from None
+                                     f"does not build ({why})") from None
             for p in self.spec.profiles:  # sweeps (finite values) and batch sizes of each profile
                 where = f"arch '{a.name}'" if a.own_sweeps else f"profiles.{p}"
                 try:
