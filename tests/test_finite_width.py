@@ -1645,3 +1645,20 @@ def test_batchnorm_warning_points_at_typical_log_grad_q_only_where_it_is_compute
         assert ("gives E log grad_q as typical_log_grad_q." in said[0]) == covered
         assert ("by Monte Carlo (sp.simulate); typical_log_grad_q does not cover this net"
                 in said[0]) != covered
+
+
+def test_batchnorm_warning_is_the_same_for_trees_of_the_same_law():
+    """Residuals grouped in Serials and Repeats are the same law as the residuals one by one:
+    the BatchNorm warning weighs each the same (a residual inside a Serial block counted as its
+    whole gradient: 6 and width ~2.7e4 against 5.9 and ~2.6e4)."""
+    x0 = sp.Inputs(q=[1.0, 2.25], corr=0.3, law="gaussian")
+    blk = sp.Residual(sp.Serial(sp.BatchNorm(), sp.Act("relu"), sp.Dense(2**0.5)), alpha=0.5)
+    said = []
+    for net in (sp.Repeat(blk, 6), sp.Repeat(sp.Serial(blk, blk), 3),
+                sp.Serial(sp.Repeat(sp.Repeat(blk, 2), 2), blk, sp.Serial(blk))):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            sp.theory(net, x0, width=256, layers=[0])
+        said += [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+    assert len(said) == 3 and said[1] == said[0] and said[2] == said[0]
+    assert re.search(r"over 6 BatchNorms \((\S+) counted", said[0])[1] != "6"  # (weighed)

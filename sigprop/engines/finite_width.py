@@ -2231,21 +2231,30 @@ def warn_batchnorm(net: Op, inputs, ds: xr.Dataset, width=None):
     """:func:`warn_unreachable` for the BatchNorms of ``net`` at ``width`` (a walk of the
     infinite-width laws only, run when some BatchNorm meets a batch of B <= 3), each weighed by
     its share of the gradient (:func:`_gradient_share`; ``ds``: the net's theory, whose
-    log_grad_q gives it; where ``ds`` lacks a layer it needs, the theory runs again on the same
-    engine, recording those layers, its warnings silenced)."""
+    log_grad_q gives it). The walk is over the net's ops with its Serials and Repeats opened
+    (:func:`_leaves`, the same law), so that a residual inside a layer's block is a layer of
+    its own, whose gradients a Dataset holds. Where ``ds`` lacks a layer the shares need (or the
+    opened net's layers are not the net's), the theory runs again, recording those layers, its
+    warnings silenced: on the same engine, or (an opened net, whose BatchNorm may stand alone
+    in a layer) the numpy engine."""
     if inputs.n > 3 or not any(isinstance(op, BatchNorm) for op in net.walk()):
         return
     walk = _Walk(inputs.moments(), Context(NUMERIC, tuple(sweeps_of(net))), fresh=False)
     walk.lose("laws only")
-    for l, block in enumerate(layers_of(net), start=1):
+    flat = _leaves(net)
+    for l, block in enumerate(flat, start=1):
         walk.layer(l, block)
     needed = {m for *_, branch in walk.batchnorms if branch for m in (branch[0] - 1, branch[0])}
-    if not needed <= set(ds["layer"].values.tolist()):
+    blocks = layers_of(net)
+    same = len(flat) == len(blocks) and all(a is b for a, b in zip(flat, blocks))
+    if not same and needed or not needed <= set(ds["layer"].values.tolist()):
         from sigprop.engines.theory import theory
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FiniteWidthWarning)
-            ds = theory(net, inputs, layers=sorted(needed), engine=ds.attrs["backend"])
+            ds = theory(net if same else Serial(*flat), inputs, layers=sorted(needed),
+                        engine=ds.attrs["backend"] if same else "numpy")
+
     def typical():  # whether typical_log_grad_q covers the net (asked only when it warns)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FiniteWidthWarning)
@@ -2261,8 +2270,8 @@ def _gradient_share(branch, ds: xr.Dataset):
     over the inputs): 1 on the stream's own path; in the branch of a top-level residual block l,
     x -> beta x + alpha F(x), 1 - beta^2 grad_q_l / grad_q_{l-1} (the skip's part; the two
     paths are uncorrelated at infinite width). ``branch``: None, or (l, beta^2). A residual
-    inside a layer's block (a Serial of residuals) counts 1: the gradients at its input and
-    output are not layers of the Dataset. Where grad_q_{l-1} = 0 the share is 0 (nothing to
+    inside another's branch counts 1: the gradients at its input and output are not layers of
+    the Dataset (a Serial or Repeat of residuals is opened: :func:`warn_batchnorm`). Where grad_q_{l-1} = 0 the share is 0 (nothing to
     miss); where it is otherwise undefined (inf / inf), 1."""
     if branch is None:
         return 1.0
