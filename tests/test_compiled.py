@@ -404,3 +404,19 @@ def test_ops_benchmark_counts_each_direction():
     got = {(net.strip(), direction.strip()): int(n) for net, direction, n, _ in rows}
     for net in ("resnet relu", "preln erf"):
         assert got[(net, "forward")] > 0 and got[(net, "backward")] > got[(net, "forward")]
+
+
+def test_batchnorm_warning_of_a_net_the_compiled_engine_would_refuse_opened():
+    """The BatchNorm warning opens the net's Serials (a residual inside a block is a layer of its
+    own) and reruns the theory on that: the compiled engine refuses the opened form of a
+    Dense -> BatchNorm -> relu block (its BatchNorm alone in a layer), so the rerun is the numpy
+    engine's, and both engines warn the same."""
+    block = Residual(Serial(Dense(1.0), BatchNorm(), Act("relu"), Dense(2**0.5)), alpha=0.5)
+    net = Serial(Repeat(Serial(Dense(2**0.5), BatchNorm(), Act("relu")), 2),
+                 Repeat(Serial(block, block), 2))
+    said = {}
+    for engine in ("numpy", "jax"):
+        with pytest.warns(sp.FiniteWidthWarning) as rec:
+            sp.theory(net, G2, width=256, engine=engine)
+        said[engine] = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+    assert len(said["jax"]) == 1 and said["jax"] == said["numpy"]
