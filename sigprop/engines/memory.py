@@ -11,6 +11,7 @@ May import: ``sigprop.errors``.
 
 from __future__ import annotations
 
+import functools
 import os
 from pathlib import Path
 
@@ -56,17 +57,30 @@ def _field(path: str, name: str) -> int | None:
 
 
 def _cgroup_headroom() -> int | None:
-    """memory.max - memory.current of the process's cgroup (v2; its path in /proc/self/cgroup,
-    under ``CGROUP_ROOT``), or None where unlimited or unreadable."""
+    """memory.max - memory.current of the process's cgroup (v2, :func:`_cgroup`), or None where
+    unlimited or unreadable."""
+    group = _cgroup(CGROUP_ROOT)
+    if group is None:
+        return None
+    try:
+        limit = (group / "memory.max").read_text().strip()
+        used = int((group / "memory.current").read_text())
+    except (OSError, ValueError):
+        return None
+    return None if limit == "max" else max(0, int(limit) - used)
+
+
+@functools.lru_cache(maxsize=4)
+def _cgroup(root: Path) -> Path | None:
+    """The process's cgroup v2 folder under ``root`` (its path in /proc/self/cgroup), where it
+    has a memory limit file; None elsewhere. Read once per process: a run's fixed cost."""
     try:
         own = next(line.split("::", 1)[1].strip() for line in
                    Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
-        group = CGROUP_ROOT / own.lstrip("/")
-        limit = (group / "memory.max").read_text().strip()
-        used = int((group / "memory.current").read_text())
-    except (OSError, ValueError, StopIteration):
+    except (OSError, StopIteration):
         return None
-    return None if limit == "max" else max(0, int(limit) - used)
+    group = root / own.lstrip("/")
+    return group if (group / "memory.max").is_file() else None
 
 
 def _address_space_headroom() -> int | None:
@@ -76,10 +90,10 @@ def _address_space_headroom() -> int | None:
     except ImportError:  # (not on Windows)
         return None
     soft, _ = resource.getrlimit(resource.RLIMIT_AS)
-    size = _field("/proc/self/status", "VmSize:")
-    if soft == resource.RLIM_INFINITY or size is None:
+    if soft == resource.RLIM_INFINITY:
         return None
-    return max(0, soft - size * 1024)
+    size = _field("/proc/self/status", "VmSize:")
+    return None if size is None else max(0, soft - size * 1024)
 
 
 def fraction() -> float:
