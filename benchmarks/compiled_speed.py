@@ -10,6 +10,7 @@ jax is an optional extra (``pip install 'sigprop[jax]'``, ``make jax-cpu``); wit
 script says so and exits with status 0. Run: ``python benchmarks/compiled_speed.py [--quick]``;
 ``--host``: the nets whose laws the compiled program calls back to the host for (quadrature
 activations, BatchNorm), depth 100 (Pre-BN on Gaussian inputs).
+``--forward-only``: ``backward=False``, both engines.
 ``--ops``: instead, the traced operations (jaxpr equations) of one layer of each net, forward
 and backward scan body, grouped by the law that emits them (the innermost op method on the
 call stack; the engine's own steps by name).
@@ -49,12 +50,12 @@ def timed(f):
     return time.perf_counter() - t, out
 
 
-def measure(row: Row, repeats: int) -> dict:
+def measure(row: Row, repeats: int, backward: bool = True) -> dict:
     law = "gaussian" if row.preset == "prebn" else "fixed"  # BatchNorm needs Gaussian inputs
     net, x0 = net_of(row), sp.Inputs(q=list(Q0), corr=CORR0, law=law)
 
     def run(engine):
-        return lambda: sp.theory(net, x0, layers=[0, row.depth], engine=engine)
+        return lambda: sp.theory(net, x0, layers=[0, row.depth], engine=engine, backward=backward)
 
     first, _ = timed(run("jax"))
     best = {"numpy": np.inf, "jax": np.inf}
@@ -69,7 +70,8 @@ def measure(row: Row, repeats: int) -> dict:
         u, v = (d[name].sel(layer=layer).values for d in (a, b))
         return float(np.max(np.abs(u - v) / np.maximum(np.abs(u), 1.0)))
 
-    return {"first": first, **best, "log_q": rel("log_q", row.depth), "log_grad_q": rel("log_grad_q", 0)}
+    return {"first": first, **best, "log_q": rel("log_q", row.depth),
+            "log_grad_q": rel("log_grad_q", 0) if backward else np.nan}
 
 
 def _law(frames) -> str:
@@ -133,6 +135,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="depth 100, 1000 points")
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--ops", action="store_true", help="traced operations per layer, by law")
+    ap.add_argument("--forward-only", action="store_true", help="the forward pass alone "
+                    "(backward=False: the computation neural-tangents does)")
     ap.add_argument("--host", action="store_true", help="the laws run on the host from the "
                     "compiled program (tanh, silu quadrature; Pre-BN's t-integrals), depth 100")
     a = ap.parse_args()
@@ -153,7 +157,7 @@ def main():
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     warnings.simplefilter("ignore", FiniteWidthWarning)  # Pre-BN at B = 2: not timed here
     for row in HOST if a.host else QUICK if a.quick else ROWS:
-        r = measure(row, a.repeats)
+        r = measure(row, a.repeats, backward=not a.forward_only)
         n = row.depth * row.points
         print(f"| {row.preset} {row.act} | {row.depth} | {row.points} | {r['numpy']:.4g} | "
               f"{r['jax']:.4g} | {r['first'] - r['jax']:.3g} | {r['numpy'] / n * 1e9:.4g} | "

@@ -3,6 +3,7 @@ SIGPROP_MEMORY_FRACTION of the available memory is refused before it starts, wit
 and how to shrink it; the estimate is an upper bound of the measured peak, not far above it."""
 
 import tracemalloc
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -131,7 +132,7 @@ def test_available_memory_sees_the_address_space_limit():
 def test_available_memory_sees_the_cgroup_limit(tmp_path, monkeypatch):
     """A container's or a batch job's cgroup (v2): memory.max less memory.current, read under the
     process's own cgroup path; "max" is no limit."""
-    lines = open("/proc/self/cgroup").read().splitlines()
+    lines = Path("/proc/self/cgroup").read_text().splitlines()
     own = next((line.split("::", 1)[1].strip() for line in lines if line.startswith("0::")), None)
     if own is None:
         pytest.skip("no cgroup v2 entry in /proc/self/cgroup")
