@@ -199,7 +199,8 @@ def test_recording_a_subset_of_layers_gives_the_same_values():
     part = sp.theory(net, x0, layers=[0, 5, 36, 37])
     for name in ("log_q", "corr", "log_grad_q", "log_branch_q"):
         np.testing.assert_array_equal(part[name].values, full[name].sel(layer=[0, 5, 36, 37]).values)
-    for bad in ([38], [2.5], [True], "all"):  # (2.5 and True were recorded as layers 2 and 1)
+    for bad in ([38], [2.5], [True], "all", [[1, 2], [3]]):  # (2.5 and True were recorded as
+        # layers 2 and 1; a ragged list was numpy's ValueError)
         for engine in ("numpy", "jax") if importlib.util.find_spec("jax") else ("numpy",):
             with pytest.raises(sp.ConfigError, match="layers"):
                 sp.theory(net, x0, layers=bad, engine=engine)

@@ -51,7 +51,8 @@ def _check_args(net, inputs, width=None, backward=True, layers=None):
         if isinstance(op, Residual):
             op.check_branch_width(ctx)
     L, P = net.n_blocks(), math.prod(len(s.values) for s in grid.values())
-    recorded = L + 1 if layers is None else min(L + 1, np.size(layers))
+    recorded = L + 1 if layers is None else min(L + 1, len(layers) if hasattr(layers, "__len__")
+                                                else 1)  # (counted, not built: range(10^11))
     memory.check(memory_estimate(L, recorded, P, inputs.n),
                  f"the theory of {recorded} recorded layers x {P} grid points x B = {inputs.n} "
                  f"inputs (depth {L})", "record fewer layers (layers=[...], e.g. every 10th), "

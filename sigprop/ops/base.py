@@ -104,8 +104,9 @@ class Op:
         return [self]
 
     def n_blocks(self) -> int:
-        """``len(self.blocks())`` without the list (a Repeat of 10^11 blocks is counted)."""
-        return 1
+        """``len(self.blocks())``; Serial and Repeat count without the list (a Repeat of 10^11
+        blocks)."""
+        return len(self.blocks())
 
     def walk(self):
         yield self
