@@ -335,13 +335,18 @@ def test_batchnorm_warning_weighs_each_batchnorm_by_its_share_of_the_gradient():
         sp.theory(net, inputs, width=64)
     said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
     assert f"over 4 BatchNorms ({W:.3g} counted by their share of grad_q)" in said[0]
-    # a net whose gradient is 0 below its last layer (Scale(0)): no BatchNorm carries any of it
-    for last, warned in ((sp.Scale(1.0), True), (sp.Scale(0.0), False)):
-        with warnings.catch_warnings(record=True) as rec:
-            warnings.simplefilter("always")
-            ds = sp.theory(sp.Serial(sp.Repeat(block(), 3), last), inputs, width=64)
-        assert np.isneginf(ds.log_grad_q.values[:-1]).all() != warned
-        assert any("BatchNorm at batch" in str(w.message) for w in rec) == warned
+    # a net whose gradient is 0 below its last layer (Scale(0)): no BatchNorm carries any of it,
+    # in a residual's branch or on the stream's path (Dense -> BN -> relu)
+    run = sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(), sp.Act("relu"))
+    for body in (sp.Repeat(block(), 3), sp.Repeat(run, 3)):
+        for last, warned in ((sp.Scale(1.0), True), (sp.Scale(0.0), False)):
+            for layers in (None, [0, 4], [4]):
+                with warnings.catch_warnings(record=True) as rec:
+                    warnings.simplefilter("always")
+                    ds = sp.theory(sp.Serial(body, last), inputs, width=64, layers=layers)
+                if layers != [4]:
+                    assert np.isneginf(ds.log_grad_q.sel(layer=0).values).all() != warned
+                assert any("BatchNorm at batch" in str(w.message) for w in rec) == warned
 
     def run():
         return sp.Serial(sp.Dense(sigma_w=2**0.5), sp.BatchNorm(), sp.Act("relu"))
@@ -1645,6 +1650,35 @@ def test_batchnorm_warning_points_at_typical_log_grad_q_only_where_it_is_compute
         assert ("gives E log grad_q as typical_log_grad_q." in said[0]) == covered
         assert ("by Monte Carlo (sp.simulate); typical_log_grad_q does not cover this net"
                 in said[0]) != covered
+    # covered at one grid point only (a Dense ratio of 2 splits the run): Monte Carlo
+    net = sp.Serial(sp.Dense(2**0.5, ratio=sp.sweep("r", [2.0, 1.0])), sp.BatchNorm(),
+                    sp.Act("relu"), sp.Dense(2**0.5), sp.BatchNorm(), sp.Act("relu"))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = sp.theory(net, x0, width=256)
+    said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+    assert np.isnan(ds.typical_log_grad_q.sel(r=2.0, layer=0).values).all()
+    assert "by Monte Carlo (sp.simulate)" in said[0]
+
+
+def test_batchnorm_warning_survives_a_rerun_the_memory_check_refuses(monkeypatch):
+    """The shares of a Serial of residuals need the opened net's theory (twice the layers here):
+    where the memory check refuses it, the net's own run still returns, each BatchNorm counted
+    whole (it raised the rerun's refusal, naming a depth the net does not have)."""
+    from sigprop.engines import memory
+    from sigprop.engines import theory as th
+
+    x0 = sp.Inputs(q=[1.0, 2.25], corr=0.3, law="gaussian")
+    blk = sp.Residual(sp.Serial(sp.BatchNorm(), sp.Act("relu"), sp.Dense(2**0.5)), alpha=0.5)
+    net = sp.Repeat(sp.Serial(blk, blk), 30)
+    own, opened = th.memory_estimate(30, 31, 1, 2), th.memory_estimate(60, 61, 1, 2)
+    monkeypatch.setattr(memory, "available", lambda: 2**30)
+    monkeypatch.setenv(memory.FRACTION_ENV, repr(math.sqrt(own * opened) / 2**30))  # between
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        sp.theory(net, x0)
+    said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+    assert len(said) == 1 and "over 60 BatchNorms needs" in said[0]  # (whole: no share)
 
 
 def test_batchnorm_warning_is_the_same_for_trees_of_the_same_law():

@@ -63,6 +63,7 @@ features, by a t-integral), not a 1/N expansion.
 
 from __future__ import annotations
 
+import contextvars
 import copy
 import functools
 import itertools
@@ -461,7 +462,7 @@ class _Walk:
         self.cumulants = [(np.zeros(lead + (B,) * 3), np.zeros(lead + (B,) * 4))]
         self.drawn = [True]
         self.lost: Lost | None = None  # the first op with no fluctuation rule
-        self.batchnorms: list = []  # (eps, input state, branch) of each BatchNorm met
+        self.batchnorms: list = []  # (eps, input state, (l, beta^2 | None)) of each BatchNorm
         self.block: tuple | None = None  # (l, op): the top-level layer being walked
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
@@ -756,9 +757,9 @@ class _Walk:
             self.settle()
             self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here"
                       + self.start_note)
-            if isinstance(op, BatchNorm):  # (in a top-level residual's branch: l and beta^2)
+            if isinstance(op, BatchNorm):  # (its layer l; in a residual's branch, its beta^2)
                 l, blk = self.block or (None, None)
-                branch = ((l, vec(ctx.p(blk.beta)) ** 2) if isinstance(blk, Residual)
+                branch = (l, vec(ctx.p(blk.beta)) ** 2 if isinstance(blk, Residual)
                           and len(self.frames) > 1 else None)
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1], branch))
             if not self.stop_when_lost:
@@ -2230,76 +2231,98 @@ def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
 def warn_batchnorm(net: Op, inputs, ds: xr.Dataset, width=None):
     """:func:`warn_unreachable` for the BatchNorms of ``net`` at ``width`` (a walk of the
     infinite-width laws only, run when some BatchNorm meets a batch of B <= 3), each weighed by
-    its share of the gradient (:func:`_gradient_share`; ``ds``: the net's theory, whose
-    log_grad_q gives it). The walk is over the net's ops with its Serials and Repeats opened
-    (:func:`_leaves`, the same law), so that a residual inside a layer's block is a layer of
-    its own, whose gradients a Dataset holds. Where ``ds`` lacks a layer the shares need (or the
-    opened net's layers are not the net's), the theory runs again, recording those layers, its
-    warnings silenced: on the same engine, or (an opened net, whose BatchNorm may stand alone
-    in a layer) the numpy engine."""
-    if inputs.n > 3 or not any(isinstance(op, BatchNorm) for op in net.walk()):
+    its share of the gradient (:func:`_gradient_share`), asked for only when the warning
+    counting each whole would be given. The walk is over the net's ops with its Serials and
+    Repeats opened (:func:`_leaves`, the same law), so that a residual inside a layer's block
+    is a layer of its own. The shares are read from ``ds`` (the net's theory) where it holds
+    the layers they need; else the theory runs again, recording those layers, with its warnings
+    off: on the same engine, or (the opened net, when its layers are not the net's: a BatchNorm
+    may stand alone in a layer, which the compiled engine refuses) the numpy engine. A rerun
+    the memory check refuses leaves each BatchNorm counted whole."""
+    if _RERUN.get() or inputs.n > 3 or not any(isinstance(op, BatchNorm) for op in net.walk()):
         return
     walk = _Walk(inputs.moments(), Context(NUMERIC, tuple(sweeps_of(net))), fresh=False)
     walk.lose("laws only")
     flat = _leaves(net)
     for l, block in enumerate(flat, start=1):
         walk.layer(l, block)
-    needed = {m for *_, branch in walk.batchnorms if branch for m in (branch[0] - 1, branch[0])}
-    blocks = layers_of(net)
-    same = len(flat) == len(blocks) and all(a is b for a, b in zip(flat, blocks))
-    if not same and needed or not needed <= set(ds["layer"].values.tolist()):
-        from sigprop.engines.theory import theory
+    same = len(flat) == net.n_blocks()  # (one op per layer: the same layers)
 
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FiniteWidthWarning)
-            ds = theory(net if same else Serial(*flat), inputs, layers=sorted(needed),
-                        engine=ds.attrs["backend"] if same else "numpy")
+    def shares():
+        have = set(ds["layer"].values.tolist()) if same else set()
+        lg0 = ds["log_grad_q"].sel(layer=0).values if same and 0 in have else None
+        needed = set()
+        for *_, (l, beta2) in walk.batchnorms:
+            if beta2 is not None:
+                needed |= {l - 1, l}
+            elif lg0 is None or not np.isfinite(lg0).all():  # (grad_q_0 > 0: every one > 0)
+                needed.add(l - 1)
+        got = ds
+        if not needed <= have:
+            from sigprop.engines.theory import theory
+
+            token = _RERUN.set(True)
+            try:
+                got = theory(net if same else Serial(*flat), inputs, layers=sorted(needed),
+                             engine=ds.attrs["backend"] if same else "numpy")
+            except ConfigError:  # (the memory check: each counted whole)
+                got = None
+            finally:
+                _RERUN.reset(token)
+        return [_gradient_share(branch, got) for *_, branch in walk.batchnorms]
 
     def typical():  # whether typical_log_grad_q covers the net (asked only when it warns)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FiniteWidthWarning)
             got = typical_log_grad_q(net, inputs, width or PRACTICAL_WIDTH)
-        return got is not None and bool(np.isfinite(got).any())
+        return got is not None and bool(np.isfinite(got[0]).all())  # (at the input, at every
+        # grid point; the rows inside a Dense -> BN -> Act run split over layers are NaN anyway)
 
-    warn_unreachable([(eps, s, _gradient_share(branch, ds)) for eps, s, branch in walk.batchnorms],
-                     inputs.n, width, sweeps_of(net), typical)
+    warn_unreachable([(eps, s) for eps, s, _ in walk.batchnorms], inputs.n, width,
+                     sweeps_of(net), typical, shares)
 
 
-def _gradient_share(branch, ds: xr.Dataset):
+_RERUN = contextvars.ContextVar("batchnorm_share_rerun", default=False)  # no warning inside it
+
+
+def _gradient_share(branch, ds: xr.Dataset | None):
     """The share of grad_q_{l-1} a BatchNorm's backward carries (per grid point, the largest
-    over the inputs): 1 on the stream's own path; in the branch of a top-level residual block l,
-    x -> beta x + alpha F(x), 1 - beta^2 grad_q_l / grad_q_{l-1} (the skip's part; the two
-    paths are uncorrelated at infinite width). ``branch``: None, or (l, beta^2). A residual
-    inside another's branch counts 1: the gradients at its input and output are not layers of
-    the Dataset (a Serial or Repeat of residuals is opened: :func:`warn_batchnorm`). Where grad_q_{l-1} = 0 the share is 0 (nothing to
-    miss); where it is otherwise undefined (inf / inf), 1."""
-    if branch is None:
-        return 1.0
+    over the inputs). ``branch``: (l, beta^2) in the branch of residual layer l, x -> beta x +
+    alpha F(x): 1 - beta^2 grad_q_l / grad_q_{l-1} (the skip's part; the two paths are
+    uncorrelated at infinite width); (l, None) on the stream's own path at layer l: 1. A
+    BatchNorm inside a residual nested in another's branch takes the outer one's share (an
+    upper bound of its own). Where grad_q_{l-1} = 0 the share is 0 (nothing to miss); where it
+    is otherwise undefined (inf / inf), or ``ds`` lacks the layers (None: no Dataset), 1."""
     l, beta2 = branch
+    if ds is None or l is None or l - 1 not in ds["layer"].values:
+        return 1.0
     lg = ds["log_grad_q"]
     below = lg.sel(layer=l - 1).values
-    with np.errstate(invalid="ignore", over="ignore"):
-        share = 1.0 - beta2 * np.exp(lg.sel(layer=l).values - below)
+    share = np.ones_like(below)
+    if beta2 is not None:
+        with np.errstate(invalid="ignore", over="ignore"):
+            share = 1.0 - beta2 * np.exp(lg.sel(layer=l).values - below)
     share = np.where(below == -np.inf, 0.0, np.where(np.isnan(share), 1.0, share))
     return np.clip(np.max(share, axis=-1), 0.0, 1.0)
 
 
-def warn_unreachable(bns, B, width=None, grid=None, typical=lambda: False):
-    """Warn (once, for the worst of the BatchNorms met, ``bns``: (eps, input state, share of
-    the gradient) each, the 10 % shared among them by their shares) when a backward
+def warn_unreachable(bns, B, width=None, grid=None, typical=lambda: False, shares=None):
+    """Warn (once, for the worst of the BatchNorms met, ``bns``: (eps, input state) each, the
+    10 % shared among them by their shares of the gradient, ``shares()``: one each, per grid
+    point; None: each 1) when a backward
     expectation E[1/s^2] is carried by features with a batch variance below eps, sampled only
     beyond ``width`` (None: the widest practical, ``PRACTICAL_WIDTH``; B <= 3: E[1/chi^2_{B-1}]
     is infinite at eps = 0); ``grid``: the sweeps, to name the point. A BatchNorm's missed part
     of E[1/s^2] is that part of its share of grad_q: over the blocks, the shares' sum (at the
     worst point) times the worst BatchNorm's deficit is what must stay below 10 %.
     ``typical()``: whether :func:`typical_log_grad_q` covers the net (then the warning points
-    at it; else at Monte Carlo)."""
+    at it; else at Monte Carlo). The reach grows with the shares' sum: ``shares`` and
+    ``typical`` are asked for only when counting each BatchNorm whole would warn."""
     if B > 3 or not bns:
         return
     gshape = tuple(len(s.values) for s in (grid or {}).values())
-    shares = sum(np.broadcast_to(w, gshape) for *_, w in bns)
-    worst = None  # (eps / lam, S, eps, eps swept, where, shares) at the BatchNorm and point
-    for eps, s, _ in bns:
+    worst = None  # (eps / lam, S, eps, eps swept, where, grid index) at the BatchNorm and point
+    for eps, s in bns:
         shape = np.broadcast_shapes(gshape, np.shape(eps), s.K.shape[:-2], s.ls.shape[:-1])
         e = np.broadcast_to(np.exp(s.ls), shape + (B,))
         S = np.broadcast_to(s.K, shape + (B, B)) * outer(e, e)
@@ -2310,10 +2333,14 @@ def warn_unreachable(bns, B, width=None, grid=None, typical=lambda: False):
         idx = np.unravel_index(np.argmin(ratio), eps.shape)
         if worst is None or ratio[idx] < worst[0]:
             where = _at(grid or {}, [ratio], idx, first=0)
-            worst = (ratio[idx], S[idx], float(eps[idx]), swept, where, float(shares[idx]))
+            worst = (ratio[idx], S[idx], float(eps[idx]), swept, where, idx[:len(gshape)])
     # the reach depends on eps / lam only and grows as it shrinks: one evaluation, at the worst
-    _, S, eps, swept, where, share = worst
+    _, S, eps, swept, where, at = worst
     N = PRACTICAL_WIDTH if width is None else width
+    if shares is None or batchnorm_reach(S, eps, B, len(bns), N)[0] <= N:
+        share = float(len(bns))  # (each whole; or silent whole, then silent weighed too)
+    else:
+        share = float(sum(np.broadcast_to(w, gshape) for w in shares())[at])
     need, deficit = batchnorm_reach(S, eps, B, share, N)
     counted = ("" if f"{share:.3g}" == f"{len(bns):.3g}" else
                f" ({share:.3g} counted by their share of grad_q)")
