@@ -1696,3 +1696,21 @@ def test_batchnorm_warning_is_the_same_for_trees_of_the_same_law():
         said += [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
     assert len(said) == 3 and said[1] == said[0] and said[2] == said[0]
     assert re.search(r"over 6 BatchNorms \((\S+) counted", said[0])[1] != "6"  # (weighed)
+
+
+def test_batchnorm_shares_only_where_the_whole_count_warns(monkeypatch):
+    """The reach grows with the shares' sum, so where counting each BatchNorm whole is silent
+    the shares (a rerun of the theory for an opened net) are not asked for: eps = 0.1 is
+    reached at any width; eps = 1e-5 is not, and its shares are read once per BatchNorm."""
+    calls = []
+    share = fw._gradient_share
+    monkeypatch.setattr(fw, "_gradient_share", lambda *a: calls.append(1) or share(*a))
+    x0 = sp.Inputs(q=[1.0, 2.25], corr=0.3, law="gaussian")
+    for eps, count in ((0.1, 0), (1e-5, 6)):
+        blk = sp.Residual(sp.Serial(sp.BatchNorm(eps=eps), sp.Act("relu"), sp.Dense(2**0.5)))
+        calls.clear()
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            sp.theory(sp.Repeat(sp.Serial(blk, blk), 3), x0, layers=[0])
+        assert len(calls) == count
+        assert any("BatchNorm at batch" in str(w.message) for w in rec) == (count > 0)
