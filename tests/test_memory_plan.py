@@ -43,7 +43,8 @@ def test_theory_over_the_limit_is_refused_and_fewer_layers_pass(one_gib, monkeyp
 
 def test_montecarlo_over_the_limit_is_refused(one_gib, monkeypatch):
     net, x0 = sp.presets.preln(depth=4, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.5)
-    monkeypatch.setenv(memory.FRACTION_ENV, "1e-9")  # ~1 byte
+    stats = mc.recorded_bytes(3, 4, 2)  # (checked first, alone: passes at twice it)
+    monkeypatch.setenv(memory.FRACTION_ENV, repr(2 * stats / GIB))
     with pytest.raises(sp.ConfigError, match=r"Monte Carlo of 3 seeds x width 32 .*seed_chunk"):
         sp.simulate(net, x0, width=32, seeds=3, backend="numpy")
     monkeypatch.setenv(memory.FRACTION_ENV, "0.5")
@@ -101,7 +102,8 @@ def test_a_huge_depth_is_refused_before_its_list_of_blocks(one_gib, engine):
                                              r"\(depth 100000000000\).*shallower net"):
         sp.theory(net, x0, layers=[5], backward=False, engine=engine)
     if engine == "numpy":
-        with pytest.raises(sp.ConfigError, match=r"x 100000000001 layers.*fewer layers"):
+        with pytest.raises(sp.ConfigError, match=r"statistics of 1 seeds x 100000000001 layers"
+                                                 r".*: fewer layers"):
             sp.simulate(net, x0, width=16, seeds=1, backend="numpy")
 
 

@@ -100,20 +100,20 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     if seed_chunk is not None:
         seed_chunk = check_int("seed_chunk", seed_chunk, 1)
     L = net.n_blocks()
-
-    def fits(working, chunk):  # host memory: the chunk's arrays and the recorded statistics
-        memory.check(working + recorded_bytes(seeds, L, inputs.n),
-                     f"Monte Carlo of {seeds} seeds x width {width} x B = {inputs.n} inputs x "
-                     f"{L + 1} layers ({chunk} seeds at a time)",
-                     "fewer seeds at a time (seed_chunk=...), a smaller width, fewer layers, or "
-                     "the seeds split over calls (first_seed=...)")
-
-    fits(0, min(seed_chunk or seeds, seeds))  # (before the list of L blocks is built)
+    memory.check(recorded_bytes(seeds, L, inputs.n),  # (before the list of L blocks is built)
+                 f"the statistics of {seeds} seeds x {L + 1} layers x B = {inputs.n} inputs",
+                 "fewer layers, or the seeds split over calls (first_seed=...)")
     blocks = layers_of(net)
     name, xp = resolve_backend(backend)
     k, seed_chunk, per_seed = plan_segments(blocks, inputs.n, width, np.dtype(dtype).itemsize,
                                             smp, seeds, seed_chunk, host=xp is np)
-    fits(per_seed * min(seed_chunk, seeds) if xp is np else 0, min(seed_chunk, seeds))
+    # host memory: the chunk's arrays (on the host with NumPy) and the recorded statistics
+    working = per_seed * min(seed_chunk, seeds) if xp is np else 0
+    memory.check(working + recorded_bytes(seeds, L, inputs.n),
+                 f"Monte Carlo of {seeds} seeds x width {width} x B = {inputs.n} inputs x "
+                 f"{L + 1} layers ({min(seed_chunk, seeds)} seeds at a time)",
+                 "fewer seeds at a time (seed_chunk=...), a smaller width, or the seeds split "
+                 "over calls (first_seed=...)")
 
     parts = []
     with _progress(progress, 2 * len(blocks) * math.ceil(seeds / seed_chunk)) as tick:
