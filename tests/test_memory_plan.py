@@ -3,7 +3,6 @@ SIGPROP_MEMORY_FRACTION of the available memory is refused before it starts, wit
 and how to shrink it; the estimate is an upper bound of the measured peak, not far above it."""
 
 import tracemalloc
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -132,20 +131,25 @@ def test_available_memory_sees_the_address_space_limit():
 
 
 def test_available_memory_sees_the_cgroup_limit(tmp_path, monkeypatch):
-    """A container's or a batch job's cgroup (v2): memory.max less memory.current, read under the
-    process's own cgroup path; "max" is no limit."""
-    lines = Path("/proc/self/cgroup").read_text().splitlines()
-    own = next((line.split("::", 1)[1].strip() for line in lines if line.startswith("0::")), None)
-    if own is None:
-        pytest.skip("no cgroup v2 entry in /proc/self/cgroup")
-    group = tmp_path / own.lstrip("/")
-    group.mkdir(parents=True, exist_ok=True)
-    (group / "memory.current").write_text(str(GIB // 2))
-    (group / "memory.max").write_text(str(2 * GIB))
+    """A container's or a batch job's cgroup (v2): the least over the process's cgroup and its
+    parents of memory.max less memory.current, the reclaimable page cache (inactive_file) not
+    counted as used; "max" is no limit. A Slurm-like tree: the limit on the step, the process
+    in a task below it without one, the job above with a looser one."""
+    step = tmp_path / "job" / "step"
+    (step / "task").mkdir(parents=True)
+    for folder, limit, current, cache in ((step / "task", "max", GIB, 0),
+                                          (step, str(2 * GIB), GIB, GIB // 2),
+                                          (tmp_path / "job", str(10 * GIB), GIB, 0)):
+        (folder / "memory.max").write_text(limit + "\n")
+        (folder / "memory.current").write_text(f"{current}\n")
+        (folder / "memory.stat").write_text(f"anon 1\ninactive_file {cache}\nactive_file 7\n")
     monkeypatch.setattr(memory, "CGROUP_ROOT", tmp_path)
-    assert memory._cgroup_headroom() == 3 * GIB // 2
+    monkeypatch.setattr(memory, "_own_cgroup", lambda: "/job/step/task")
+    assert memory._cgroup_headroom() == 3 * GIB // 2  # 2 - (1 - 1/2) GiB, the step's
     monkeypatch.setattr(memory, "_machine", lambda: 100 * GIB)
     monkeypatch.setattr(memory, "_address_space_headroom", lambda: None)
     assert memory.available() == 3 * GIB // 2
-    (group / "memory.max").write_text("max\n")
+    (step / "memory.max").write_text("max\n")  # (read at each call: a limit may change)
+    assert memory.available() == 9 * GIB  # the job's
+    monkeypatch.setattr(memory, "_own_cgroup", lambda: None)  # no cgroup v2 (v1, not Linux)
     assert memory._cgroup_headroom() is None and memory.available() == 100 * GIB

@@ -44,8 +44,8 @@ def _machine() -> int | None:
         return None
 
 
-def _field(path: str, name: str) -> int | None:
-    """The first number after ``name`` on its line of a /proc file, or None."""
+def _field(path: str, name: str, default: int | None = None) -> int | None:
+    """The first number after ``name`` on its line of a /proc or /sys file, or ``default``."""
     try:
         with open(path) as f:
             for line in f:
@@ -53,34 +53,46 @@ def _field(path: str, name: str) -> int | None:
                     return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
-    return None
+    return default
 
 
 def _cgroup_headroom() -> int | None:
-    """memory.max - memory.current of the process's cgroup (v2, :func:`_cgroup`), or None where
-    unlimited or unreadable."""
-    group = _cgroup(CGROUP_ROOT)
-    if group is None:
-        return None
+    """The least headroom of the process's cgroup (v2) and its parents that have a memory limit
+    (a batch system may set it on the job, the process sitting in a task below): memory.max
+    less memory.current, whose reclaimable page cache (inactive_file of memory.stat) is not
+    counted as used, as container runtimes count it; None where none has a limit."""
+    found = []
+    for group in _limited(CGROUP_ROOT, _own_cgroup()):
+        try:
+            limit = (group / "memory.max").read_text().strip()
+            used = int((group / "memory.current").read_text()) - _field(
+                str(group / "memory.stat"), "inactive_file ", 0)
+        except (OSError, ValueError):
+            continue
+        if limit != "max":
+            found.append(max(0, int(limit) - used))
+    return min(found) if found else None
+
+
+@functools.lru_cache(maxsize=1)
+def _own_cgroup() -> str | None:
+    """The process's cgroup v2 path (the ``0::`` line of /proc/self/cgroup), read once."""
     try:
-        limit = (group / "memory.max").read_text().strip()
-        used = int((group / "memory.current").read_text())
-    except (OSError, ValueError):
+        return next(line.split("::", 1)[1].strip() for line in
+                    Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
+    except (OSError, StopIteration):
         return None
-    return None if limit == "max" else max(0, int(limit) - used)
 
 
 @functools.lru_cache(maxsize=4)
-def _cgroup(root: Path) -> Path | None:
-    """The process's cgroup v2 folder under ``root`` (its path in /proc/self/cgroup), where it
-    has a memory limit file; None elsewhere. Read once per process: a run's fixed cost."""
-    try:
-        own = next(line.split("::", 1)[1].strip() for line in
-                   Path("/proc/self/cgroup").read_text().splitlines() if line.startswith("0::"))
-    except (OSError, StopIteration):
-        return None
+def _limited(root: Path, own: str | None) -> tuple[Path, ...]:
+    """The folders of cgroup ``own`` and its parents under ``root`` that have a memory.max file
+    (found once per process: a run's fixed cost)."""
+    if own is None:
+        return ()
     group = root / own.lstrip("/")
-    return group if (group / "memory.max").is_file() else None
+    chain = [group, *(p for p in group.parents if p == root or root in p.parents)]
+    return tuple(g for g in chain if (g / "memory.max").is_file())
 
 
 def _address_space_headroom() -> int | None:
