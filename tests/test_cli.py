@@ -354,3 +354,18 @@ def test_an_error_is_one_line_at_any_console_width(tmp_path):
     r = invoke("theory", missing, "-o", tmp_path / "x.nc")
     assert r.exit_code == 2 and len(r.output.strip().splitlines()) == 1, r.output
     assert r.output.startswith("error: ") and str(missing) in r.output
+
+
+def test_derive_prints_each_check_tag(monkeypatch):
+    """sigprop derive's summary lines keep their [ok] / [FAIL] tags (rich read them as markup
+    and printed nothing in their place)."""
+    import sigprop.symbolic as symbolic
+    from sigprop.symbolic.derivation import Check, Derivation
+
+    name = symbolic.derivation_names()[0]
+    fake = Derivation(name, "a title", checks=[Check("holds", 0.0, 1e-12),
+                                                 Check("breaks", 1.0, 1e-12)])
+    monkeypatch.setattr(symbolic, "run_one", lambda *a, **k: fake)
+    r = invoke("derive", name)
+    assert r.exit_code == 1
+    assert "[ok] holds: 0 <= 1e-12" in r.output and "[FAIL] breaks: 1 <= 1e-12" in r.output

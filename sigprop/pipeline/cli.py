@@ -327,7 +327,7 @@ def derive(names: Annotated[list[str] | None, typer.Argument(
     failed = 0
     for name in _progress(names or known, "derivations"):
         d = run_one(name, out, slow)
-        console.print(summary(d), highlight=False)
+        console.print(summary(d), highlight=False, markup=False)  # ([ok] is text, not a tag)
         failed += not d.verified
     if failed:
         console.print(f"[bold red]{failed} derivation(s) not verified")
