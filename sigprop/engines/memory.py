@@ -4,7 +4,8 @@ Both engines estimate the bytes a run holds at its peak from the shapes alone (t
 layers x grid points x B^2; Monte Carlo: seeds x width x B per chunk, plus the recorded
 statistics) and call :func:`check`, which raises a :class:`ConfigError` stating the estimate,
 the limit and how to shrink the run when the estimate exceeds ``SIGPROP_MEMORY_FRACTION``
-(default 0.8) of the memory available now.
+(default 0.8) of the memory available now (:func:`available`: the machine's, a cgroup's, an
+address-space limit's).
 
 May import: ``sigprop.errors``.
 """
