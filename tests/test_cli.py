@@ -359,7 +359,7 @@ def test_an_error_is_one_line_at_any_console_width(tmp_path):
 def test_derive_prints_each_check_tag(monkeypatch):
     """sigprop derive's summary lines keep their [ok] / [FAIL] tags (rich read them as markup
     and printed nothing in their place)."""
-    import sigprop.symbolic as symbolic
+    from sigprop import symbolic
     from sigprop.symbolic.derivation import Check, Derivation
 
     name = symbolic.derivation_names()[0]

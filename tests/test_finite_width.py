@@ -1714,3 +1714,24 @@ def test_batchnorm_shares_only_where_the_whole_count_warns(monkeypatch):
             sp.theory(sp.Repeat(sp.Serial(blk, blk), 3), x0, layers=[0])
         assert len(calls) == count
         assert any("BatchNorm at batch" in str(w.message) for w in rec) == (count > 0)
+
+
+def test_batchnorm_shares_of_a_gradient_above_zero_need_no_rerun(monkeypatch):
+    """BatchNorms on the stream's path alone (Dense -> BN -> relu blocks, opened into three
+    layers each) share 1 each where grad_q_0 > 0 (a zero gradient at any layer is zero at the
+    input): the warning reruns no theory for them; with a Pre-BN residual it does, once."""
+    from sigprop.engines import theory as th
+
+    calls = []
+    run = th.theory
+    monkeypatch.setattr(th, "theory", lambda *a, **k: calls.append(1) or run(*a, **k))
+    x0 = sp.Inputs(q=[1.0, 2.25], corr=0.3, law="gaussian")
+    pre = sp.Serial(sp.Dense(2**0.5), sp.BatchNorm(), sp.Act("relu"))
+    res = sp.Residual(sp.Serial(sp.Dense(1.0), sp.BatchNorm(), sp.Act("relu"), sp.Dense(1.0)))
+    for net, reruns in ((sp.Repeat(pre, 8), 0), (sp.Serial(sp.Repeat(pre, 4), res), 1)):
+        calls.clear()
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            run(net, x0, width=256)
+        assert len(calls) == reruns
+        assert any("BatchNorm at batch" in str(w.message) for w in rec)

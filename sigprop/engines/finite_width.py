@@ -2249,16 +2249,18 @@ def warn_batchnorm(net: Op, inputs, ds: xr.Dataset, width=None):
     same = len(flat) == net.n_blocks()  # (one op per layer: the same layers)
 
     def shares():
-        have = set(ds["layer"].values.tolist()) if same else set()
-        lg0 = ds["log_grad_q"].sel(layer=0).values if same and 0 in have else None
+        have = set(ds["layer"].values.tolist())
+        lg0 = ds["log_grad_q"].sel(layer=0).values if 0 in have else None  # (any net's layer 0)
         needed = set()
         for *_, (l, beta2) in walk.batchnorms:
             if beta2 is not None:
                 needed |= {l - 1, l}
             elif lg0 is None or not np.isfinite(lg0).all():  # (grad_q_0 > 0: every one > 0)
                 needed.add(l - 1)
+        if not needed:  # (on the stream's path alone, a gradient > 0 throughout: 1 each)
+            return [1.0] * len(walk.batchnorms)
         got = ds
-        if not needed <= have:
+        if not (same and needed <= have):
             from sigprop.engines.theory import theory
 
             token = _RERUN.set(True)
