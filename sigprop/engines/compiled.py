@@ -114,9 +114,10 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     taped = max((_taped_states(blk) for blk, _, _ in runs), default=0)
     chunk = _chunk(L, P, B, taped)  # decided on the whole grid: the shards' tapes add up
     tape = _tape_bytes(L, P, B, chunk, taped) if backward else 0
-    memory.check(memory_estimate(L, len(kept), P, B) + tape,
-                 f"the compiled theory of {L} layers x {P} grid points x B = {B} inputs",
-                 "split the grid (sigprop sweep --grid-chunk), or record fewer layers")
+    if tape:  # (without it, the estimate _check_args passed)
+        memory.check(memory_estimate(L, len(kept), P, B) + tape,
+                     f"the compiled theory of {L} layers x {P} grid points x B = {B} inputs",
+                     "split the grid (sigprop sweep --grid-chunk), or record fewer layers")
     s0 = inputs.moments()
     points = [np.ravel(a) for a in np.meshgrid(*(np.asarray(s.values) for s in grid.values()),
                                                 indexing="ij")]

@@ -2029,9 +2029,10 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
         return all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vs)
 
     B = g.K.shape[-1]
-    if isinstance(_as_scale(blk), Scale):  # delta_in = c delta_out exactly (c^2 underflows
-        with np.errstate(divide="ignore"):  # at |c| = 1e-200)
-            return np.full(B, 2 * np.log(abs(float(_as_scale(blk).c))))
+    scale = _as_scale(blk)
+    if isinstance(scale, Scale):  # delta_in = c delta_out exactly (c^2 underflows at |c| =
+        with np.errstate(divide="ignore"):  # 1e-200)
+            return np.full(B, 2 * np.log(abs(float(scale.c))))
     if isinstance(blk, Residual) and isinstance(blk.branch, Serial) and blk.branch.layers:
         bn, rest = blk.branch.layers[0], Serial(blk.branch.layers[1:])
         first = rest
