@@ -153,3 +153,21 @@ def test_available_memory_sees_the_cgroup_limit(tmp_path, monkeypatch):
     assert memory.available() == 9 * GIB  # the job's
     monkeypatch.setattr(memory, "_own_cgroup", lambda: None)  # no cgroup v2 (v1, not Linux)
     assert memory._cgroup_headroom() is None and memory.available() == 100 * GIB
+
+
+def test_compiled_tape_over_the_limit_is_refused(one_gib, monkeypatch):
+    """The compiled engine keeps every layer's input state for its backward (the tape): a run
+    whose records fit but whose tape does not is refused before tracing; the forward pass
+    alone (no tape) runs."""
+    pytest.importorskip("jax")
+    from sigprop.engines import compiled
+
+    net, x0 = grid_net(64, 50), sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    records = th.memory_estimate(64, 2, 50, 2)
+    tape = compiled._tape_bytes(64, 50, 2, compiled._chunk(64, 50, 2))
+    assert tape > records  # (the limit between them is the tape's alone)
+    monkeypatch.setenv(memory.FRACTION_ENV, repr((records + tape / 2) / GIB))
+    with pytest.raises(sp.ConfigError, match=r"the compiled theory of 64 layers x 50 grid "
+                                             r"points x B = 2 inputs"):
+        sp.theory(net, x0, layers=[0, 64], engine="jax")
+    assert sp.theory(net, x0, layers=[0, 64], engine="jax", backward=False).sizes["layer"] == 2
