@@ -376,12 +376,14 @@ def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):
     """Past TAPE_BYTES the backward keeps one state per chunk of ~sqrt(L) layers and recomputes
     the rest: the same values. Depth 12 (chunks of 3: three and a tail of two after the
     unrolled first copy), depth 13 with a final norm (a second run), and recorded subsets that
-    fall in a chunk, in the tail, and on the input alone."""
+    fall in a chunk, in the tail, on the input alone, and unevenly over the chunks (each chunk's
+    forward records as many copies as the fullest, :func:`compiled._split`)."""
     monkeypatch.setattr(compiled, "TAPE_BYTES", 0)
     monkeypatch.setattr(compiled, "_CACHE", OrderedDict())
     assert compiled._chunk(12, 1, 2) == 3
     agree(sp.presets.resnet(12, sigma_w1=sp.sweep("sigma_w1", [1.0, 1.4, 2.0])), X3)
     agree(sp.presets.resnet(12), X2, layers=[0, 3, 7, 11])
+    agree(sp.presets.resnet(12), X2, layers=[0, 2, 3, 8])  # chunks keeping 2, 0 and 1 copies
     net = sp.presets.preln(13, act="erf", final_norm=True, alpha=sp.sweep("alpha", [0.2, 1.0]))
     agree(net, X3)
     agree(net, X3, layers=[0])

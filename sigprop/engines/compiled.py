@@ -8,14 +8,17 @@ sweep grid is flattened to one dim of P points, which the laws broadcast over as
 the numpy engine's grid dims (``vmap`` instead measured no faster). Forward, the scan keeps
 every layer's input state (unit diagonal, scale in ``ls``,
 :func:`~sigprop.state.moments.to_unit_diagonal`), and writes the recorded layers' states and
-branch outputs into a small buffer it carries (a row per recorded copy, one shared row for the
-others; layer-long outputs of every copy's record cost a third of the time at 10^4 points);
-``backward=False`` stops there. Backward, a reverse scan pulls the cotangent back from each
-layer's input state (the block's internal states recomputed inside its backward law, or, for a
-block with host laws below, taped by the forward scan: :func:`_pack`) and reports the weight
-gradients to the same sink (:class:`~sigprop.engines.theory.WeightGrads`), only where they are
-recorded: a copy whose output and input layers are both unrecorded takes a ``lax.cond`` branch
-without the sink (its logs were a third of the time at 10^4 points). When the kept input states
+branch outputs into a small buffer it carries, a row per recorded copy; the copies between two
+recorded ones run in a loop of their own, which builds no record (layer-long outputs of every
+copy's record cost a third of the time at 10^4 points, and building a record each copy, even
+one overwritten, 15 % of the forward); ``backward=False`` stops there. Backward, a reverse
+scan pulls the cotangent back from each layer's input state (the block's internal states
+recomputed inside its backward law, or, for a block with host laws below, taped by the forward
+loops: :func:`_pack`) and reports the weight gradients to the same sink
+(:class:`~sigprop.engines.theory.WeightGrads`), only where they are recorded: a copy whose
+output and input layers are both unrecorded takes a ``lax.cond`` branch without the sink (its
+logs were a third of the time at 10^4 points; the same split into loops as the forward's
+measured 10 % slower here). When the kept input states
 would pass ``TAPE_BYTES`` (depth 10^4 x 10^4 points), the scan is two-level: chunks of
 ~sqrt(L) copies, the forward keeping only each chunk's first state and the backward
 recomputing a chunk's states from it before its reverse scan (one more forward pass; memory
@@ -278,7 +281,7 @@ def _tape_bytes(L: int, P: int, B: int, chunk: int | None, taped: int = 0) -> in
 
 def _slots(local, n: int) -> np.ndarray:
     """Row of each of n copies in a buffer of the wanted ``local`` ones (sorted, in [0, n)):
-    its place among them, or len(local) (the buffer's last row, not returned) for the others."""
+    its place among them, or len(local) for the others (no row)."""
     slots = np.full(n, len(local))
     slots[np.asarray(local, dtype=int)] = np.arange(len(local))
     return slots
@@ -286,13 +289,16 @@ def _slots(local, n: int) -> np.ndarray:
 
 def _split(local, chunk: int, q: int, n: int):
     """:func:`_slots` for n copies as q chunks of ``chunk`` and the tail after them: per chunk the
-    rows of its wanted copies in a buffer of m (the most any chunk has, at least 1) and m for
-    the others, shape (q, chunk); which of the q * m rows to keep; the tail's slots."""
+    rows of its wanted copies in a buffer of m (the most any chunk has, at least 1), its next
+    rows taken by its first other copies (every chunk's forward records m: the number is
+    static) and m for the rest, shape (q, chunk); which of the q * m rows to keep; the tail's
+    slots."""
     per = [[j - c * chunk for j in local if c * chunk <= j < (c + 1) * chunk] for c in range(q)]
     m = max([1] + [len(js) for js in per])
     slots, keep = np.full((q, chunk), m), []
     for c, js in enumerate(per):
-        slots[c, js] = np.arange(len(js))
+        fill = [j for j in range(chunk) if j not in js][:m - len(js)]
+        slots[c, js + fill] = np.arange(m)
         keep += [c * m + k for k in range(len(js))]
     tail = [j - q * chunk for j in local if j >= q * chunk]
     return slots, m, np.asarray(keep, dtype=int), _slots(tail, n - q * chunk)
@@ -371,24 +377,52 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True):
                 skeleton[:] = [rebuild]
                 return y, (c, leaves, rec)
 
-            def forward_scan(c, slots, count):
+            def forward_scan(c, slots, count, tape=True):
                 """``one`` over the copies of ``slots`` from ``c``: the end state; the records
-                of the ``count`` kept copies (copy i's to row slots[i] of a carried buffer,
-                whose last row takes the others': no layer-long record is written); per copy
-                its input state, tape and finite."""
+                of the ``count`` kept copies (those with slots[i] < count, exactly ``count``:
+                :func:`_split`; copy i's to row slots[i] of a carried buffer); per copy finite
+                and, with ``tape``, its input state and tape. The copies between two kept ones
+                run in a loop without the record (module docstring: the branch's state, which
+                the laws otherwise fuse away, is then never built)."""
                 shapes = ((B, B), (B,), (B,), (B, B), (B,))  # K, m, ls; the branch's K, ls
                 ends = np.cumsum([math.prod(shape) for shape in shapes])
+                slots = jnp.asarray(slots)
+                n_copies = slots.shape[0]
+                kept = jnp.nonzero(slots < count, size=count)[0]
+                saved = jax.eval_shape(lambda c: one(c, None)[1][:2], c) if tape else ()
+                taken = (jax.tree_util.tree_map(
+                    lambda a: jnp.zeros((n_copies,) + a.shape, a.dtype), saved),
+                    jnp.zeros(n_copies, bool))
 
-                def body(carry, slot):  # the record as one row: one write per copy
-                    c, buf = carry
-                    y, (c, leaves, rec) = one(c, None)
-                    row = jnp.concatenate([r.reshape(P, -1) for r in rec[:5]], axis=1)
-                    return (y, buf.at[slot].set(row)), (c, leaves, rec[5])
+                def copy(i, c, taken):  # copy i: its output, record; its input, tape, finite
+                    def tape_write(a, v):  # (named: the --ops benchmark counts by name)
+                        return a.at[i].set(v)
 
-                (y, buf), (ins, leaves, ok) = jax.lax.scan(
-                    body, (c, jnp.zeros((count + 1, P, ends[-1]), f64)), jnp.asarray(slots))
+                    y, (x, leaves, rec) = one(c, None)
+                    saved, ok = taken
+                    if tape:
+                        saved = jax.tree_util.tree_map(tape_write, saved, (x, leaves))
+                    return y, rec, (saved, ok.at[i].set(rec[5]))
+
+                def plain(i, carry):
+                    y, _, taken = copy(i, *carry)
+                    return y, taken
+
+                def row(carry, j):  # the copies before kept copy j, then j and its record
+                    c, taken, buf, i = carry
+                    if count < n_copies:  # (every copy kept: no loop, whose entry costs)
+                        c, taken = jax.lax.fori_loop(i, j, plain, (c, taken))
+                    c, rec, taken = copy(j, c, taken)
+                    line = jnp.concatenate([r.reshape(P, -1) for r in rec[:5]], axis=1)
+                    return (c, taken, buf.at[slots[j]].set(line), j + 1), None
+
+                buf, i = jnp.zeros((count, P, ends[-1]), f64), jnp.zeros((), kept.dtype)
+                if count:
+                    (c, taken, buf, i), _ = jax.lax.scan(row, (c, taken, buf, i), kept)
+                y, (saved, ok) = jax.lax.fori_loop(i, n_copies, plain, (c, taken))
                 rec = tuple(part.reshape((count, P) + shape) for part, shape in
-                            zip(jnp.split(buf[:count], ends[:-1], axis=2), shapes))
+                            zip(jnp.split(buf, ends[:-1], axis=2), shapes))
+                ins, leaves = saved if tape else (None, None)
                 return y, rec, ins, leaves, ok
 
             outs = [l - first for l in range(first, first + n) if l in wanted]  # and weights
@@ -427,7 +461,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True):
                 return carry, (lg[:gcount], wg[:wcount], okb)
             q = 0 if chunk is None else n // chunk
             if q < 2:  # the full tape: every copy's input state kept
-                y, rec, ins, leaves, ok = forward_scan(x, _slots(outs, n), len(outs))
+                y, rec, ins, leaves, ok = forward_scan(x, _slots(outs, n), len(outs), backward)
                 ins = (ins, leaves, jnp.asarray(recorded))
 
                 def back(carry):
@@ -439,7 +473,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True):
             slots, m, keep, tail = _split(outs, chunk, q, n)
 
             def chunk_forward(c, chunk_slots):
-                y, rec, _, _, ok = forward_scan(c, chunk_slots, m)
+                y, rec, _, _, ok = forward_scan(c, chunk_slots, m, tape=False)
                 return y, (c, rec, ok)
 
             y, (starts, rec, ok) = jax.lax.scan(chunk_forward, x, jnp.asarray(slots))
