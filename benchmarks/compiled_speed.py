@@ -116,11 +116,11 @@ def ops_per_layer(row: Row) -> dict:
                 walk(e.params["branches"][-1].jaxpr, into)
                 walk(e.params["branches"][0].jaxpr,
                      found.setdefault("backward, not recorded", collections.Counter()))
-            elif e.primitive.name == "while" and into is None:  # the forward's loop over
-                if "forward" not in found:  # the copies between recorded ones (every such
-                    # loop of a run has the one body; the recorded copies' apart, uncounted)
-                    walk(e.params["body_jaxpr"].jaxpr,
-                         found.setdefault("forward", collections.Counter()))
+            elif e.primitive.name == "while" and into is None:  # a forward loop over copies
+                # without a record: the last one counts, the settled run's (the first copy,
+                # unrolled, has a loop of its own; the recorded copies' body is apart, uncounted)
+                found["forward"] = collections.Counter()
+                walk(e.params["body_jaxpr"].jaxpr, found["forward"])
             elif e.primitive.name == "scan" and e.params["reverse"] and e.params["length"] > 1:
                 walk(subs[0], found.setdefault("backward", collections.Counter()))
             elif subs:

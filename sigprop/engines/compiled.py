@@ -281,7 +281,8 @@ def _tape_bytes(L: int, P: int, B: int, chunk: int | None, taped: int = 0) -> in
 
 def _slots(local, n: int) -> np.ndarray:
     """Row of each of n copies in a buffer of the wanted ``local`` ones (sorted, in [0, n)):
-    its place among them, or len(local) for the others (no row)."""
+    its place among them, or len(local) for the others (the forward writes no row for them;
+    the backward's buffers give them a last, shared row)."""
     slots = np.full(n, len(local))
     slots[np.asarray(local, dtype=int)] = np.arange(len(local))
     return slots
@@ -419,7 +420,9 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True):
                 buf, i = jnp.zeros((count, P, ends[-1]), f64), jnp.zeros((), kept.dtype)
                 if count:
                     (c, taken, buf, i), _ = jax.lax.scan(row, (c, taken, buf, i), kept)
-                y, (saved, ok) = jax.lax.fori_loop(i, n_copies, plain, (c, taken))
+                if count < n_copies:  # the copies after the last kept one
+                    c, taken = jax.lax.fori_loop(i, n_copies, plain, (c, taken))
+                y, (saved, ok) = c, taken
                 rec = tuple(part.reshape((count, P) + shape) for part, shape in
                             zip(jnp.split(buf, ends[:-1], axis=2), shapes))
                 ins, leaves = saved if tape else (None, None)
@@ -446,7 +449,9 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True):
             def backward_scan(carry, ins, gslots, gcount, wslots, wcount):
                 """``step`` back over the copies of ``ins`` (input states, tapes, kept): the
                 carry; the log gradient diagonals of the ``gcount`` kept copies and the weight
-                gradients of the ``wcount`` ones (rows as :func:`forward_scan`'s); finite."""
+                gradients of the ``wcount`` ones (copy i's to rows gslots[i], wslots[i]; a last
+                row takes the others', and rows past a chunk's own kept copies, :func:`_split`,
+                are dropped); finite."""
                 bufs = (jnp.zeros((gcount + 1, P, B), f64), jnp.zeros((wcount + 1, P, B), f64))
 
                 def body(cb, xs):
