@@ -2,31 +2,30 @@
 
 The same laws as :mod:`sigprop.engines.theory`, not a copy of them: each block's
 ``theory_forward`` / ``theory_backward`` is traced once with the jax namespace
-(:func:`sigprop.state.ns.jax_namespace`, float64) into the body of a ``lax.scan`` over the
-consecutive copies of that block (the blocks of a ``Repeat`` are one op, so one trace). The
-sweep grid is flattened to one dim of P points, which the laws broadcast over as they do over
-the numpy engine's grid dims (``vmap`` instead measured no faster). Forward, the scan keeps
-every layer's input state (unit diagonal, scale in ``ls``,
+(:func:`sigprop.state.ns.jax_namespace`, float64) into the body of a loop (``lax.scan``,
+``lax.fori_loop``) over the consecutive copies of that block (the blocks of a ``Repeat`` are
+one op, so one trace). The sweep grid is flattened to one dim of P points, which the laws
+broadcast over as they do over the numpy engine's grid dims (``vmap`` instead measured no
+faster). Forward, the engine keeps every layer's input state (unit diagonal, scale in ``ls``,
 :func:`~sigprop.state.moments.to_unit_diagonal`), and writes the recorded layers' states and
 branch outputs into a small buffer it carries, a row per recorded copy; the copies between two
 recorded ones run in a loop of their own, which builds no record (layer-long outputs of every
 copy's record cost a third of the time at 10^4 points, and building a record each copy, even
-one overwritten, 15 % of the forward); ``backward=False`` stops there. Backward, a reverse
-scan pulls the cotangent back from each layer's input state (the block's internal states
-recomputed inside its backward law, or, for a block with host laws below, taped by the forward
-loops: :func:`_pack`) and reports the weight gradients to the same sink
+one overwritten, 15 % of the forward); ``backward=False`` stops there. Backward, a reverse scan
+pulls the cotangent back from each layer's input state (the block's internal states recomputed
+inside its backward law, or, for a block with host laws below, taped by the forward loops:
+:func:`_pack`) and reports the weight gradients to the same sink
 (:class:`~sigprop.engines.theory.WeightGrads`), only where they are recorded: a copy whose
 output and input layers are both unrecorded takes a ``lax.cond`` branch without the sink (its
 logs were a third of the time at 10^4 points; the same split into loops as the forward's
-measured 10 % slower here). When the kept input states
-would pass ``TAPE_BYTES`` (depth 10^4 x 10^4 points), the scan is two-level: chunks of
-~sqrt(L) copies, the forward keeping only each chunk's first state and the backward
-recomputing a chunk's states from it before its reverse scan (one more forward pass; memory
-~sqrt(L) states). A grid of at least 2 x ``SHARD_POINTS`` points is split over threads, one per core
-(:func:`_shards`: XLA runs one program on one core here and releases the GIL; the same numbers
-bit for bit, the tape's checkpointing decided on the whole grid). The Dataset is assembled by
-the numpy engine's own functions (:func:`~sigprop.engines.theory.variables`,
-:func:`~sigprop.engines.theory.dataset`).
+measured 10 % slower here). When the kept input states would pass ``TAPE_BYTES`` (depth 10^4 x
+10^4 points), the scan is two-level: chunks of ~sqrt(L) copies, the forward keeping only each
+chunk's first state and the backward recomputing a chunk's states from it before its reverse
+scan (one more forward pass; memory ~sqrt(L) states). A grid of at least 2 x ``SHARD_POINTS``
+points is split over threads, one per core (:func:`_shards`: XLA runs one program on one core
+here and releases the GIL; the same numbers bit for bit, the tape's checkpointing decided on
+the whole grid). The Dataset is assembled by the numpy engine's own functions
+(:func:`~sigprop.engines.theory.variables`, :func:`~sigprop.engines.theory.dataset`).
 
 A scan body needs the same static structure in and out: the law of the stream
 (:class:`~sigprop.state.moments.Law`) is static, so the first copies of a block run unrolled
