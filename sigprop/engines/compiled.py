@@ -421,11 +421,11 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True):
                     (c, taken, buf, i), _ = jax.lax.scan(row, (c, taken, buf, i), kept)
                 if count < n_copies:  # the copies after the last kept one
                     c, taken = jax.lax.fori_loop(i, n_copies, plain, (c, taken))
-                y, (saved, ok) = c, taken
+                saved, ok = taken
                 rec = tuple(part.reshape((count, P) + shape) for part, shape in
                             zip(jnp.split(buf, ends[:-1], axis=2), shapes))
                 ins, leaves = saved if tape else (None, None)
-                return y, rec, ins, leaves, ok
+                return c, rec, ins, leaves, ok
 
             outs = [l - first for l in range(first, first + n) if l in wanted]  # and weights
             grads = [s - first + 1 for s in range(first - 1, first + n - 1) if s in wanted]
