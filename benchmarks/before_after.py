@@ -12,7 +12,8 @@ printed before and after. Calls:
 * the explicit sampler, a plain Dense(sqrt 2)-relu stack, depth 8, 2 seeds, float32, forward +
   backward, at N = 1024 and 4096, B = 2, with the torch loop of ``sigprop bench`` beside it;
 * theory rows at one point and on a grid (per layer: ms);
-* the first-order finite-width theory (``width=256``) of a plain relu and a Pre-LN tanh net.
+* the first-order finite-width theory (``width=256``) of a plain relu and a Pre-LN tanh net at
+  one point, and of Pre-LN relu and tanh nets over 10 values of sigma_w1.
 
 Run: ``python benchmarks/before_after.py --baseline REV [--only SUBSTRING]``.
 """
@@ -54,9 +55,12 @@ def calls(m, quick: bool):
         points = 1 if s1 is None else len(s1.values)
         out[f"theory {preset} {act}, depth {L}, {points} points"] = (
             lambda net=net: m.theory(net, x2))
-    for preset, act, L in (("plain", "relu", 100), ("preln", "tanh", 16)):
-        net = m.presets.get(preset)(L, act=act)
-        out[f"theory at width 256 (finite width), {preset} {act}, depth {L}"] = (
+    few = m.sweep("sigma_w1", np.linspace(1.0, 1.6, 10))
+    for preset, act, L, s1 in (("plain", "relu", 100, None), ("preln", "tanh", 16, None),
+                               ("preln", "relu", 20, few), ("preln", "tanh", 20, few)):
+        net = m.presets.get(preset)(L, act=act, **({} if s1 is None else {"sigma_w1": s1}))
+        points = 1 if s1 is None else len(s1.values)
+        out[f"theory at width 256 (finite width), {preset} {act}, depth {L}, {points} points"] = (
             lambda net=net: m.theory(net, x2, width=256))
     return out
 
