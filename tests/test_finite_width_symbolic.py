@@ -33,16 +33,19 @@ def test_hanin_nica_and_wishart_per_layer():
 
 def test_symbolic_noise_matches_the_engine_quadrature():
     """Sigma of the realised Gram for relu, two inputs: the polar closed forms against the
-    engine's polar Gauss-Legendre rule (accurate to ~1e-12 for degree-1 activations)."""
+    engine's polar Gauss-Legendre panels (accurate to ~1e-12 for degree-1 activations) and
+    against its rule for homogeneous features (exact in the radius, 16 angular nodes per
+    panel: round-off, 1e-14; seen 1.5e-15, the panels 1.3e-14)."""
     law = _law("relu", 2)
     q1, q2, c, s1 = 0.7, 1.3, 0.4, 1.3
     x = (q1, c * np.sqrt(q1 * q2), q2)
     at = dict(zip(law.x, x)) | {S.SIGMA_1: s1}
     sym = np.array(law.Sigma.subs(at).evalf(), dtype=float)
     Ku = s1**2 * np.array([[x[0], x[1]], [x[1], x[2]]])
-    u, w = fw.gaussian_rule(Ku)
-    num = fw.feature_noise(np.maximum(u, 0), w, [], [])[np.ix_([0, 1, 3], [0, 1, 3])]
-    np.testing.assert_allclose(sym, num, rtol=1e-10)
+    for degree, rtol in ((None, 1e-10), (1, 1e-14)):
+        u, w = fw.gaussian_rule(Ku, degree=degree)
+        num = fw.feature_noise(np.maximum(u, 0), w, [], [])[np.ix_([0, 1, 3], [0, 1, 3])]
+        np.testing.assert_allclose(sym, num, rtol=rtol, err_msg=str(degree))
 
 
 def test_two_input_erf_is_refused():
