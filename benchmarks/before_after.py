@@ -13,7 +13,8 @@ printed before and after. Calls:
   backward, at N = 1024 and 4096, B = 2, with the torch loop of ``sigprop bench`` beside it;
 * theory rows at one point and on a grid (per layer: ms);
 * the first-order finite-width theory (``width=256``) of a plain relu and a Pre-LN tanh net at
-  one point, and of Pre-LN relu and tanh nets over 10 values of sigma_w1.
+  one point, of Pre-LN relu and tanh nets over 10 values of sigma_w1, and of a plain relu net
+  over 16, one of them 0 (a stream of zeros there: the walk stops at that point only).
 
 Run: ``python benchmarks/before_after.py --baseline REV [--only SUBSTRING]``.
 """
@@ -56,8 +57,10 @@ def calls(m, quick: bool):
         out[f"theory {preset} {act}, depth {L}, {points} points"] = (
             lambda net=net: m.theory(net, x2))
     few = m.sweep("sigma_w1", np.linspace(1.0, 1.6, 10))
+    zero = m.sweep("sigma_w1", [0.0, *np.linspace(1.0, 1.6, 15)])  # a stream of 0 at one point
     for preset, act, L, s1 in (("plain", "relu", 100, None), ("preln", "tanh", 16, None),
-                               ("preln", "relu", 20, few), ("preln", "tanh", 20, few)):
+                               ("preln", "relu", 20, few), ("preln", "tanh", 20, few),
+                               ("plain", "relu", 20, zero)):
         net = m.presets.get(preset)(L, act=act, **({} if s1 is None else {"sigma_w1": s1}))
         points = 1 if s1 is None else len(s1.values)
         out[f"theory at width 256 (finite width), {preset} {act}, depth {L}, {points} points"] = (

@@ -1319,6 +1319,30 @@ def _same_as_at_the_point(ds, net, **point):
         np.testing.assert_array_equal(ds[k].sel(point).values, one[k].values, err_msg=k)
 
 
+def test_a_lost_point_costs_a_few_walks_not_one_per_point(monkeypatch):
+    """A stream of zeros at one of 16 grid points (sigma_w = 0): the grid is halved down to it,
+    1 + 2 x 4 walks of the forward coefficients (a walk per point was 1 + 16), and as many of
+    the gradient's; the other points' numbers are those of the net built there, the lost
+    one's NaN from the Dense on, with the warning naming it."""
+    def net(s):
+        return sp.Serial(sp.Dense(s), sp.Act("tanh"), sp.Dense(1.0), sp.Act("tanh"))
+
+    values = [0.6, 0.8, 1.0, 1.2, 1.4, 0.0, *np.linspace(1.5, 2.5, 10)]
+    walks = {"coefficients": 0, "gradient_coefficient": 0}
+    for name in walks:
+        def counted(*a, real=getattr(fw, name), name=name, **k):
+            walks[name] += 1
+            return real(*a, **k)
+        monkeypatch.setattr(fw, name, counted)
+    with pytest.warns(fw.FiniteWidthWarning, match=r"exactly 0.*at 1 of 16 grid points: "
+                      r"sigma_w = 0\)"):
+        ds = sp.theory(net(sp.sweep("sigma_w", values)), PAIR, width=64)
+    assert walks == {"coefficients": 9, "gradient_coefficient": 9}, walks
+    assert np.isnan(ds.log_q_correction.sel(sigma_w=0.0).values[1:]).all()
+    for s in (0.6, 1.4, values[6], values[-1]):
+        _same_as_at_the_point(ds, net(s), sigma_w=s)
+
+
 def test_a_swept_width_ratio_is_each_points_own():
     """A Dense's ratio moves no law, only the widths the noise is divided by: swept, it is each
     point's own net, with uniform weights (whose term has the fan-in) and in a residual stream

@@ -94,6 +94,7 @@ from sigprop.ops import (
     at_point,
     grid_points,
     layers_of,
+    replace_sweeps,
     sweeps_of,
 )
 from sigprop.ops.base import is_zero, vec
@@ -467,8 +468,8 @@ def noise_of_moments(E1, E2, E3, E4, cross_means, cross_grams):
 # -- the walk -----------------------------------------------------------------------------
 class Lost(str):
     """Why a walk stopped (the message); ``pointwise``: a reason that holds at some grid points
-    only (a stream of zeros, an activation's bend, float64's range), so that a walk of each
-    point on its own (:func:`each_point`) keeps the others; ``points``: the indices of the grid
+    only (a stream of zeros, an activation's bend, float64's range), so that walking the
+    grid in parts (:func:`each_point`) keeps the others; ``points``: the indices of the grid
     points it holds at, in :func:`~sigprop.ops.grid_points` order (None: not known per point,
     one walk served the grid)."""
 
@@ -1343,7 +1344,7 @@ class GradientCoefficients(NamedTuple):
 
 
 def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = None,
-                         own_walks: bool = False):
+                         own_walks: bool = False, split: bool = True):
     """Per layer l of ``layers`` (default: the input) and input a, the coefficient c with
     E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2), and the leading
     variance of log grad_q_l across nets (:class:`GradientCoefficients`).
@@ -1371,7 +1372,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     are 0 there): the tape keeps the cumulants' maps and each layer's are replayed from its
     start (:func:`_replayed_terms`; no law is evaluated again, O(L) per layer).
     ``own_walks``: every layer a walk of its own (the reference the adjoint is checked
-    against)."""
+    against). ``split``: as :func:`coefficients`'."""
     blocks = layers_of(net)
     L = len(blocks)
     want = sorted({int(l) for l in np.atleast_1d(layers)})
@@ -1431,8 +1432,11 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = _tangent_q(seen)
     lost = why[min(why)] if why else None
     if grid and any(w.pointwise for w in why.values()):
-        def at(one):
-            g = gradient_coefficient(one, inputs, layers=want, own_walks=own_walks)
+        if not split:  # (its caller splits the grid, :func:`each_point`)
+            return GradientCoefficients(coef, log_q, Lost(lost, True, lost.points), var)
+
+        def at(part):
+            g = gradient_coefficient(part, inputs, layers=want, own_walks=own_walks, split=False)
             return {"coef": g.coef, "log_q": g.log_q, "var_log_q": g.var_log_q}, g.lost
 
         got, lost = each_point(net, at)
@@ -1441,16 +1445,18 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
 
 
 def each_point(net: Op, compute):
-    """``compute(net at one grid point)`` -> (dict of arrays (layer, ...), why or None) at each
-    point of ``net``'s grid, stacked (layer, *grid, ...); why: each reason, naming the points it
-    holds at. One walk serves a grid and stops for all of it; for a reason that holds at some
-    points only (:class:`Lost`), this walks each point alone (P walks)."""
+    """``compute(part)`` -> (dict of arrays (layer, *grid, ...), why or None), one walk of the
+    grid of ``part`` (a part of ``net``'s grid, or one point of it) that does not split it
+    itself, stacked over ``net``'s grid; why: each reason, naming the points it holds at.
+    Called where one walk of the whole grid stopped for all of it for a reason that holds at
+    some points only (:class:`Lost`): the grid is halved along its longest sweep and each half
+    walked as one, and so on down to single points where such a reason holds (:func:`_halves`:
+    about 2 log2 P walks for one lost point of a P-point grid, where a walk per point was P)."""
     grid = sweeps_of(net)
     points = grid_points(grid)
-    got = [compute(at_point(net, p)) for p in points]
-    out = {k: _over_grid([g[0][k] for g in got], grid) for k in got[0][0]}
+    out, reasons = _halves(net, compute, walked=True)
     where: dict[str, list[int]] = {}  # reason -> the indices of the points it holds at
-    for i, (_, why) in enumerate(got):
+    for i, why in enumerate(reasons.ravel()):
         if why:
             where.setdefault(str(why), []).append(i)
     if not where:
@@ -1465,6 +1471,29 @@ def each_point(net: Op, compute):
     more = f"; {len(listed) - 3} more reasons at other points" if len(listed) > 3 else ""
     return out, Lost("; ".join(listed[:3]) + more,
                      points=frozenset(i for idx in where.values() for i in idx))
+
+
+def _halves(net: Op, compute, walked=False):
+    """(arrays (layer, *grid, ...), reasons (*grid), an object array of each point's reason or
+    None) of :func:`each_point`: one walk of the grid (``walked``: known to stop for a reason
+    of some points only, not walked again), kept unless it stopped for such a reason; else the
+    two halves of its longest sweep, each by itself. A point alone is the net built there."""
+    grid = sweeps_of(net)
+    shape = tuple(len(s.values) for s in grid.values())
+    if math.prod(shape) == 1:
+        got, why = compute(at_point(net, grid_points(grid)[0]))
+        return ({k: v.reshape(v.shape[:1] + shape + v.shape[1:]) for k, v in got.items()},
+                np.full(shape, why, dtype=object))
+    if not walked:
+        got, why = compute(net)
+        if not (why and why.pointwise):
+            return got, np.full(shape, why, dtype=object)
+    axis = int(np.argmax(shape))
+    name, values = list(grid)[axis], grid[list(grid)[axis]].values
+    parts = [_halves(replace_sweeps(net, {name: Sweep(name, half)}), compute)
+             for half in (values[:len(values) // 2], values[len(values) // 2:])]
+    return ({k: np.concatenate([p[0][k] for p in parts], axis=1 + axis) for k in parts[0][0]},
+            np.concatenate([p[1] for p in parts], axis=axis))
 
 
 def _over_grid(parts, grid):
@@ -1658,13 +1687,15 @@ def _stats(x, s: Moments):
                            m * np.exp(s.ls)], axis=-1)
 
 
-def coefficients(net: Op, inputs, ctx: Context | None = None):
+def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True):
     """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
     leading variances v (Var stat = v/N) of log q, q/q_inf, corr and mean, as a dict of arrays
     (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
-    from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`)."""
+    from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
+    the grid stops for a reason of some points only, walk its parts (:func:`each_point`);
+    False: that walk's numbers (NaN at every point from there)."""
     if inputs.n > 2:
-        return _by_pairs(net, inputs, ctx)
+        return _by_pairs(net, inputs, ctx, split)
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
     walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian",
@@ -1674,8 +1705,8 @@ def coefficients(net: Op, inputs, ctx: Context | None = None):
         if block is not None:
             walk.layer(l, block)
         seen = walk.settled()
-        if seen.lost and seen.lost.pointwise and grid:  # (the rest of this walk: not needed)
-            return each_point(net, lambda one: coefficients(one, inputs))
+        if seen.lost and seen.lost.pointwise and grid and split:  # (the rest: not needed)
+            return each_point(net, lambda part: coefficients(part, inputs, split=False))
         if l < len(blocks) and _opens_settled(blocks[l]):
             walk = seen  # (the next block would draw these same features first)
         s = seen.frames[0]
@@ -1723,7 +1754,7 @@ def _merged(reasons) -> Lost | None:
     return Lost("; ".join(dict.fromkeys(reasons)), any(r.pointwise for r in reasons), points)
 
 
-def _by_pairs(net: Op, inputs, ctx):
+def _by_pairs(net: Op, inputs, ctx, split):
     """:func:`coefficients` of B > 2 inputs from the walk of each pair (a, b): every op with a
     rule here acts on each input alone (BatchNorm, which couples them, has none: the walks stop
     there), so the realised Grams of a pair, and their first-order laws, are those of the pair
@@ -1734,7 +1765,7 @@ def _by_pairs(net: Op, inputs, ctx):
     for a, b in pairs:
         two = type(inputs)(q=[inputs.q[a], inputs.q[b]], mean=[inputs.mean[a], inputs.mean[b]],
                            corr=inputs.corr[a][b], law=inputs.law)
-        got, why = coefficients(net, two, ctx)
+        got, why = coefficients(net, two, ctx, split)
         lost = _merged([lost, why])
         if out is None:
             out = {k: np.zeros(v.shape[:-2] + (B, B) if k == "corr" else v.shape[:-1] + (B,))

@@ -21,5 +21,6 @@ from sigprop.ops.structure import (
     at_point,
     grid_points,
     layers_of,
+    replace_sweeps,
     sweeps_of,
 )

@@ -289,11 +289,17 @@ def grid_points(sweeps: dict[str, Sweep]) -> list[dict[str, float]]:
 
 def at_point(net: Op, point: dict[str, float]) -> Op:
     """``net`` with each sweep replaced by its value at ``point`` (sweep name -> value)."""
+    return replace_sweeps(net, point)
+
+
+def replace_sweeps(net: Op, by: dict) -> Op:
+    """``net`` with each sweep named in ``by`` replaced by ``by[name]`` (a value, or another
+    sweep: a part of the grid); the others kept."""
     def one(_, v):
         if isinstance(v, Sweep):
-            return point[v.name]
+            return by.get(v.name, v)
         if isinstance(v, tuple):
-            return tuple(at_point(x, point) if isinstance(x, Op) else x for x in v)
-        return at_point(v, point) if isinstance(v, Op) else v
+            return tuple(replace_sweeps(x, by) if isinstance(x, Op) else x for x in v)
+        return replace_sweeps(v, by) if isinstance(v, Op) else v
 
     return net.map_fields(one)
