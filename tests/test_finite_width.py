@@ -1329,11 +1329,15 @@ def test_a_lost_point_costs_a_few_walks_not_one_per_point(monkeypatch):
 
     values = [0.6, 0.8, 1.0, 1.2, 1.4, 0.0, *np.linspace(1.5, 2.5, 10)]
     walks = {"coefficients": 0, "gradient_coefficient": 0}
-    for name in walks:
-        def counted(*a, real=getattr(fw, name), name=name, **k):
+
+    def counted(name, real):
+        def call(*a, **k):
             walks[name] += 1
             return real(*a, **k)
-        monkeypatch.setattr(fw, name, counted)
+        return call
+
+    for name in walks:
+        monkeypatch.setattr(fw, name, counted(name, getattr(fw, name)))
     with pytest.warns(fw.FiniteWidthWarning, match=r"exactly 0.*at 1 of 16 grid points: "
                       r"sigma_w = 0\)"):
         ds = sp.theory(net(sp.sweep("sigma_w", values)), PAIR, width=64)
@@ -1341,6 +1345,23 @@ def test_a_lost_point_costs_a_few_walks_not_one_per_point(monkeypatch):
     assert np.isnan(ds.log_q_correction.sel(sigma_w=0.0).values[1:]).all()
     for s in (0.6, 1.4, values[6], values[-1]):
         _same_as_at_the_point(ds, net(s), sigma_w=s)
+
+
+def test_a_part_with_a_loss_its_walk_gets_past_is_still_split():
+    """Features past float64 at one point (a Scale of 1e60 after sigma_w = 1e100), brought back
+    by the next layer's Scale: the settled copy is lost at that layer, the walk goes on. The
+    part's walk reports that first reason (pointwise), so the grid is split and the point
+    beside it keeps its numbers at that layer (they were NaN: the top's reason, None, was
+    reported, and the part kept as walked)."""
+    net = sp.Serial(sp.Serial(sp.Dense(sp.sweep("sigma_w", [1.0, 1.2, 1e100, 1.4])),
+                              sp.Scale(1e60)),
+                    sp.Serial(sp.Scale(1e-60), sp.Dense(1.0), sp.Act("relu")),
+                    sp.Serial(sp.Dense(1.1), sp.Act("relu")))
+    got = fw.coefficients(net, PAIR)[0]
+    for i, s in enumerate((1.0, 1.2, 1e100, 1.4)):
+        one = fw.coefficients(sp.ops.at_point(net, {"sigma_w": s}), PAIR)[0]
+        for k in one:
+            np.testing.assert_array_equal(got[k][:, i], one[k], err_msg=f"{k} at {s}")
 
 
 def test_a_swept_width_ratio_is_each_points_own():

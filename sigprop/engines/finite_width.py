@@ -1700,13 +1700,15 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     ctx = ctx or Context(NUMERIC, tuple(grid))
     walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian",
                  cumulants=_tracks_cumulants(net))
-    rows, blocks = [], layers_of(net)
+    rows, blocks, first = [], layers_of(net), None  # first: a reason of some points only
     for l, block in enumerate([None, *blocks]):
         if block is not None:
             walk.layer(l, block)
         seen = walk.settled()
-        if seen.lost and seen.lost.pointwise and grid and split:  # (the rest: not needed)
-            return each_point(net, lambda part: coefficients(part, inputs, split=False))
+        if seen.lost and seen.lost.pointwise and grid:
+            if split:  # (the rest of this walk: not needed)
+                return each_point(net, lambda part: coefficients(part, inputs, split=False))
+            first = first or seen.lost  # (a settled copy's: the walk may go on past it)
         if l < len(blocks) and _opens_settled(blocks[l]):
             walk = seen  # (the next block would draw these same features first)
         s = seen.frames[0]
@@ -1732,7 +1734,9 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
            "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
            "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
            "var_log_q": part(1, 0, B, (B,))}
-    return out, seen.lost  # (the top's: a loss in the last block's chain is seen settling it)
+    # the top's (a loss in the last block's chain is seen settling it), unless a reason of some
+    # points only came first: its caller then splits the grid
+    return out, first or seen.lost
 
 
 def _opens_settled(op: Op) -> bool:
