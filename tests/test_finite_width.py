@@ -232,6 +232,30 @@ def test_walks_on_the_homogeneous_rule_match_the_panels(monkeypatch):
                                    panels["grad_q_rel_correction"], atol=1e-9)
 
 
+def test_delta_step_steps_along_c_s_range_only():
+    """C of rank 2 in D = 5 (as the flattened state's repeated K entries make C singular):
+    fn is evaluated on 4 M + 1 = 13 points (b and C's 2 directions), not 25 (the null
+    directions, eigenvalues ~1e-17 of round-off, moved nothing), and the step is that of a
+    quadratic's exact derivatives, J b + 1/2 tr(H C) and J C J^T, to the second differences'
+    round-off (eps / STEP^2 ~ 1e-10)."""
+    rng = np.random.default_rng(3)
+    x0, b, w = rng.normal(size=5), rng.normal(size=5), rng.normal(size=(2, 5))
+    C = w.T @ w
+    sizes = []
+
+    def fn(x):
+        sizes.append(len(x))
+        return np.stack([np.sum(x * x, -1), x[..., 0] * x[..., 1]], -1)
+
+    _, bias, cov = fw.delta_step(fn, x0, b, C)
+    assert sizes == [13]
+    J = np.stack([2 * x0, [x0[1], x0[0], 0, 0, 0]])
+    H2 = np.stack([2 * np.eye(5), np.zeros((5, 5))])
+    H2[1, 0, 1] = H2[1, 1, 0] = 1.0
+    np.testing.assert_allclose(bias, J @ b + 0.5 * np.einsum("kij,ij->k", H2, C), atol=1e-8)
+    np.testing.assert_allclose(cov, J @ C @ J.T, atol=1e-8)
+
+
 def test_delta_method_bias_through_a_law():
     """Plain tanh net, layer 2: q_2 = f(q_1-hat), f(q) = E tanh(sqrt(q) Z)^2, q_1-hat an average of
     N i.i.d. tanh(u)^2 (unbiased, variance Var[tanh^2] / N). So E q_2 / q_2,inf - 1 =

@@ -117,6 +117,10 @@ STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a 
 # |w|^2 in absolute terms, and C's directions grow with depth (Var log q adds 5 per relu layer):
 # a deep relu net's corr correction (~0.003, a near cancellation) came out 6 % off at depth 100
 SINGULAR = 1e-12  # a Gram's smallest eigenvalue below this of its largest: round-off (corr = 1)
+# C's eigen-directions below this of its largest at every grid point are not stepped along
+# (the flattened state repeats K's symmetric entries, so C is singular; a third of the
+# directions of a residual walk): what they drop is below 1e-12 of C per step
+NULL = 1e-12
 ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kinks on its edges)
 # per panel (times the degree) where the integrand is a product of up to four features of
 # degree 1 in the radius (relu, linear; :func:`_degree`), on each panel a trigonometric
@@ -193,11 +197,14 @@ def unflatten(v, ref):
 
 def delta_step(fn, x0, b, C, ref=None):
     """(fn(x0), J b + 1/2 H:C, J C J^T) for a vector map ``fn`` (leading dims broadcast), by
-    central differences along b and along w_k with C = sum_k w_k w_k^T; fn is evaluated once on
-    all 4M + 1 points of :func:`_differences`. ``ref``: the frames x0 flattens
+    central differences along b and along w_k with C = sum_k w_k w_k^T (C's scaled eigenvectors,
+    less those of eigenvalue below :data:`NULL` of the largest at every grid point); fn is
+    evaluated once on all 4M + 1 points of :func:`_differences`. ``ref``: the frames x0 flattens
     (:func:`flatten`), whose Grams bound the steps (:func:`_steps`)."""
     lam, V = np.linalg.eigh(C)
-    W = V * np.sqrt(np.clip(lam, 0, None))[..., None, :]
+    lam = np.clip(lam, 0, None)  # ascending: C's null directions first
+    null = int(np.min(np.sum(lam <= NULL * lam[..., -1:], axis=-1))) if lam.size else 0
+    W = V[..., :, null:] * np.sqrt(lam[..., null:])[..., None, :]
     dirs = np.moveaxis(np.concatenate([b[..., :, None], W], axis=-1), -1, 0)  # (M, ..., D)
     x0 = np.broadcast_to(x0, dirs.shape[1:])
     y0, Jd, d2 = _differences(fn, x0, dirs, _steps(dirs, x0, ref, first=1))
