@@ -1379,7 +1379,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     are 0 there): the tape keeps the cumulants' maps and each layer's are replayed from its
     start (:func:`_replayed_terms`; no law is evaluated again, O(L) per layer).
     ``own_walks``: every layer a walk of its own (the reference the adjoint is checked
-    against). ``split``: as :func:`coefficients`'."""
+    against). ``split``: as for :func:`coefficients`."""
     blocks = layers_of(net)
     L = len(blocks)
     want = sorted({int(l) for l in np.atleast_1d(layers)})
@@ -1481,8 +1481,8 @@ def each_point(net: Op, compute):
 
 
 def _halves(net: Op, compute, walked=False):
-    """(arrays (layer, *grid, ...), reasons (*grid), an object array of each point's reason or
-    None) of :func:`each_point`: one walk of the grid (``walked``: known to stop for a reason
+    """(arrays (layer, *grid, ...), each point's reason or None as an object array (*grid)) of
+    :func:`each_point`: one walk of the grid (``walked``: known to stop for a reason
     of some points only, not walked again), kept unless it stopped for such a reason; else the
     two halves of its longest sweep, each by itself. A point alone is the net built there."""
     grid = sweeps_of(net)
