@@ -11,7 +11,7 @@ printed before and after. Calls:
   the depth-1 resnet preset (the same plus one residual block of two Dense layers);
 * the explicit sampler, a plain Dense(sqrt 2)-relu stack, depth 8, 2 seeds, float32, forward +
   backward, at N = 1024 and 4096, B = 2, with the torch loop of ``sigprop bench`` beside it;
-* theory rows at one point and on a grid (per layer: ms);
+* theory rows at one point and on a grid (per layer: ms), tanh's quadrature on a tenth of it;
 * the first-order finite-width theory (``width=256``) of a plain relu and a Pre-LN tanh net at
   one point, of Pre-LN relu and tanh nets over 10 values of sigma_w1, and of a plain relu net
   over 16, one of them 0 (a stream of zeros there: the walk stops at that point only).
@@ -50,7 +50,8 @@ def calls(m, quick: bool):
     grid = m.sweep("sigma_w1", np.linspace(0.5, 2.0, 1000 if quick else 10_000))
     for preset, act, L, s1 in (("resnet", "relu", 100, None), ("preln", "tanh", 30, None),
                                ("preln", "gelu", 30, None), ("resnet", "relu", 100, grid),
-                               ("preln", "erf", 100, grid)):
+                               ("preln", "erf", 100, grid),
+                               ("preln", "tanh", 30, m.sweep("sigma_w1", grid.values[::10]))):
         kw = {} if s1 is None else {"sigma_w1": s1}
         net = m.presets.get(preset)(L, act=act, **kw)
         points = 1 if s1 is None else len(s1.values)
