@@ -121,15 +121,18 @@ def test_wishart_noise_of_a_linear_stream():
     np.testing.assert_allclose(sig, sig.T, atol=1e-12)
 
 
-def test_polar_rule_matches_arccos_kernel():
-    """The polar rule reproduces the closed-form ReLU kernel (Cho & Saul) and the mean."""
+@pytest.mark.parametrize("degree, tol", [(None, 1e-12), (1, 2e-15)])
+def test_polar_rule_matches_arccos_kernel(degree, tol):
+    """The polar rule reproduces the closed-form ReLU kernel (Cho & Saul) and the mean: the
+    generic panels to 1e-12, the rule of homogeneous features (exact in the radius) to 2e-15,
+    its round-off."""
     K = np.array([[1.0, 0.9], [0.9, 2.0]])
-    u, w = fw.gaussian_rule(K)
+    u, w = fw.gaussian_rule(K, degree=degree)
     y = np.maximum(u, 0)
     c = 0.9 / math.sqrt(2.0)
     t = math.acos(c)
     kernel = math.sqrt(2.0) / (2 * math.pi) * (math.sin(t) + (math.pi - t) * c)
-    assert abs(np.sum(w * y[:, 0] * y[:, 1]) - kernel) < 1e-12
+    assert abs(np.sum(w * y[:, 0] * y[:, 1]) - kernel) < tol
     np.testing.assert_allclose(w @ y, np.sqrt(np.diag(K) / (2 * math.pi)), rtol=1e-12)
 
 
@@ -169,8 +172,8 @@ def test_homogeneous_rule_matches_the_panels():
     """Degree-1 features (relu, leaky relu, a tangent pair (relu(u_0), relu'(u_0) u_1)) on the
     homogeneous rule (3 radial and 16 angular nodes per panel) against the generic panels
     (80 x 48, ~1e-12 for these, the arc-cosine check below): their 1st-4th moments within 1e-12
-    of the largest, at correlations up to 1 - 1e-12 and scale ratios 1e-3 to 30, B = 1 and 2;
-    and the arc-cosine kernel itself to 2e-15 (the exact rule's own error is round-off)."""
+    of the largest, at correlations up to 1 - 1e-12 and scale ratios 1e-3 to 30, B = 1 and 2
+    (the arc-cosine kernel itself: :func:`test_polar_rule_matches_arccos_kernel`)."""
     for r in (0.0, 0.6, -0.8, 0.999999, 1 - 1e-12):
         for s in (1e-3, 1.0, 30.0):
             K = np.array([[1.2, r * math.sqrt(1.2 * s)], [r * math.sqrt(1.2 * s), s]])
@@ -182,11 +185,6 @@ def test_homogeneous_rule_matches_the_panels():
                     ref, got = (fw.feature_moments(f(u), w) for u, w in rules)
                     for a, b in zip(ref, got):
                         assert np.max(np.abs(a - b)) < 1e-12 * np.max(np.abs(ref[1])), (r, s)
-    c = 0.9 / math.sqrt(2.0)
-    u, w = fw.gaussian_rule(np.array([[1.0, 0.9], [0.9, 2.0]]), degree=1)
-    t = math.acos(c)
-    kernel = math.sqrt(2.0) / (2 * math.pi) * (math.sin(t) + (math.pi - t) * c)
-    assert abs(np.sum(w * np.maximum(u[:, 0], 0) * np.maximum(u[:, 1], 0)) - kernel) < 2e-15
 
 
 def test_degree_of_an_elementwise_chain():
