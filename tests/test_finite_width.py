@@ -1110,7 +1110,8 @@ def test_gradient_at_a_preactivation_against_monte_carlo():
 ], ids=["preln-swept", "postln-tanh", "resnet-mean", "plain-erf", "widths-and-norms", "lost",
         "zero-weights", "preactivations", "uniform-swept", "uniform-residual", "norm-affine"])
 def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypatch):
-    """The layers above the input share one recorded pair walk, pulled back from the top
+    """The layers (the input too, when every layer is asked for) share one recorded pair walk,
+    pulled back from the top
     (:func:`fw._adjoint`), against a walk of their own from each layer: the same first-order
     maps, equal up to the central differences' O(STEP^2) truncation. The own walks' is the
     larger (their steps are along C's scaled eigen-directions): on widths-and-norms 1.1e-5 at
@@ -1137,6 +1138,28 @@ def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypa
     for got, want in zip(shared, own):
         if got is not None and not isinstance(got, str):
             np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)  # NaN where NaN
+
+
+@pytest.mark.parametrize("net", [
+    sp.Serial(sp.Act("tanh"), sp.Dense(1.3), sp.Act("relu"), sp.Dense(1.0, 0.2)),  # a chain open
+    presets.preln(4, "tanh", sigma_w1=sp.sweep("sigma_w1", [0.8, 1.6])),  # drawn at a reduction
+], ids=["act-first", "preln"])
+def test_the_inputs_gradient_on_the_shared_walk_is_its_own_walk(net, monkeypatch):
+    """Gaussian inputs (their features still to be drawn: the tangent's join waits on the first
+    reduction, or on a chain of activations): the input's c, log q and v read off the shared
+    walk (every layer asked for) equal those of its walk of its own (only the top asked for, the
+    shared walk then starts there), to the O(STEP^2) truncation of the own walk's central
+    differences (STEP = 2.5e-4, as above). With the join made to wait for the first draw
+    (as a settled stream's would), act-first is lost at its Act and preln's c at layer 0 moves
+    from 1.16 to 0.40."""
+    monkeypatch.setattr(fw, "STEP", 2.5e-4)
+    x = sp.Inputs(q=[1.0, 2.0], corr=0.4, law="gaussian")
+    L = len(fw.layers_of(net))
+    shared = fw.gradient_coefficient(net, x, layers=range(L + 1))
+    alone = fw.gradient_coefficient(net, x, layers=[0, L])
+    assert shared.lost is alone.lost is None
+    for got, want in zip(shared[:2] + shared[3:], alone[:2] + alone[3:]):
+        np.testing.assert_allclose(got[0], want[0], rtol=2e-6, atol=1e-7)
 
 
 @pytest.mark.parametrize("act", ["gelu", "silu", "elu"])

@@ -1368,13 +1368,14 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     agree, so |J_l^T delta|^2 and |J_l t|^2 have one law (sum_i s_i^2 z_i^2), the fluctuation
     of delta (|delta|^2 / N) included as t's.
 
-    The input (l = 0) has a walk of its own (the pair drawn fresh from Gaussian inputs). The
-    other layers share one: the pair's laws are homogeneous in t, so in the walk's scaled
+    The layers share one walk: the pair's laws are homogeneous in t, so in the walk's scaled
     units the pair walks from every layer meet the same maps above it, and only their starting
     (b, C) differ. One pair walk from the lowest of them records its steps
     (:attr:`_Walk.tape`); one adjoint pass down it (:func:`_adjoint`) gives each layer's c and
     variance as linear functions of that layer's start: O(L) blocks for all layers, not O(L)
-    per layer. Uniform weights' bias terms and a varying FeatureAffine's noise on a settled
+    per layer. The input (l = 0) joins it only where the next layer asked for is in the lower
+    half of the net: a recorded walk and its adjoint pass cost ~1.5 plain walks, so the input's
+    walk of its own (all L blocks) is cheaper where the shared one would start higher up. Uniform weights' bias terms and a varying FeatureAffine's noise on a settled
     stream depend on the pair's cumulants, which do depend on where the tangent started (t's
     are 0 there): the tape keeps the cumulants' maps and each layer's are replayed from its
     start (:func:`_replayed_terms`; no law is evaluated again, O(L) per layer).
@@ -1391,6 +1392,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     shape = tuple(len(v.values) for v in grid.values())
     coef, log_q, var = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(3))
     why: dict = {}  # layer index -> why its c is NaN (the lowest one's is reported)
+    joins = len(want) > 1 and 2 * want[1] <= L  # the input's walk: the shared one (above)
     for a in range(inputs.n):
         own = []  # (index, layer, start) of the layers walked on their own
         x = s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
@@ -1405,7 +1407,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 pass
             elif walk.lost:  # x's fluctuation unknown from there on: NaN
                 why.setdefault(want.index(l), walk.lost)
-            elif l == 0 or own_walks:
+            elif own_walks or (l == 0 and not joins):
                 own.append((want.index(l), l, _tangent_walk(walk)))
             else:
                 k, start = want.index(l), _tangent_walk(walk)
