@@ -254,6 +254,27 @@ def test_delta_step_steps_along_c_s_range_only():
     np.testing.assert_allclose(cov, J @ C @ J.T, atol=1e-8)
 
 
+def test_delta_step_at_each_point_is_its_own():
+    """Two points stacked: at the first C has rank 2 and a third eigenvalue 1e-14 of its largest
+    (below NULL: skipped there), at the second rank 3. The third direction is walked, but as 0 at
+    the first point, so each point's step is bit for bit the step at that point alone: a point's
+    numbers do not depend on the grid (or the inputs) walked with it."""
+    rng = np.random.default_rng(5)
+    x0, b = rng.normal(size=(2, 5)), rng.normal(size=(2, 5))
+    w = rng.normal(size=(2, 3, 5))
+    w[0, 2] *= 1e-7 * np.linalg.norm(w[0, 0]) / np.linalg.norm(w[0, 2])
+    C = np.einsum("pki,pkj->pij", w, w)
+
+    def fn(x):
+        return np.stack([np.sum(x**3, -1), np.sin(x[..., 0]) * x[..., 1]], -1)
+
+    both = fw.delta_step(fn, x0, b, C)
+    for p in range(2):
+        alone = fw.delta_step(fn, x0[p], b[p], C[p])
+        for got, want in zip(both, alone):
+            np.testing.assert_array_equal(got[p], want)
+
+
 def test_delta_method_bias_through_a_law():
     """Plain tanh net, layer 2: q_2 = f(q_1-hat), f(q) = E tanh(sqrt(q) Z)^2, q_1-hat an average of
     N i.i.d. tanh(u)^2 (unbiased, variance Var[tanh^2] / N). So E q_2 / q_2,inf - 1 =
@@ -1804,6 +1825,51 @@ def test_every_pairs_reason_is_reported():
     lost = np.isnan(ds.log_q_correction.transpose(..., "input").values)
     diag = np.diagonal(ds.corr_correction.transpose(..., "input", "input_b").values, 0, -2, -1)
     assert lost.any() and (np.isnan(diag) == lost).all() and (diag[~lost] == 0).all()
+
+
+@pytest.mark.parametrize("net", [
+    presets.preln(4, "tanh", sigma_w1=sp.sweep("sigma_w1", [0.8, 1.3]), alpha=sp.sweep("a", [0.3, 1])),
+    presets.postln(3),
+    presets.resnet(3, shape="dense_act", sigma_b=0.3),  # a stream with a mean
+    sp.Repeat(sp.Serial(sp.Dense(1.4, 0.2, init="uniform"), sp.Act("erf")), 3),  # cumulants
+], ids=["preln-grid", "postln", "resnet-mean", "uniform"])
+def test_inputs_and_pairs_walked_at_once_are_each_walked_alone(net):
+    """B = 4 inputs of different scales, means and correlations: the gradient's walks of the
+    four inputs, and the forward walks of the six pairs, are each one walk with the inputs (or
+    pairs) stacked on a leading axis; every number is the walk's of that input (pair) alone, to
+    the central differences' round-off: the stack changes the order of a few sums in the laws
+    (einsum, matmul), by ~1e-17, which the second differences' 1 / step^2 amplify as they do
+    any round-off (bounded by 3e-9 l^2 in test_finite_width_symbolic; seen here: up to 8e-10
+    on Post-LN's and the resnet's corr at layer 3, the gradient's bit for bit)."""
+    x = sp.Inputs(q=[1.0, 2.0, 0.5, 3.0], mean=[0.3, -0.2, 0.1, 0.0],
+                  corr=[[1, .4, .2, -.3], [.4, 1, .5, .1], [.2, .5, 1, .6], [-.3, .1, .6, 1]])
+    L = len(fw.layers_of(net))
+    tol = 3e-9 * L**2  # (absolute)
+    one = fw.gradient_coefficient(net, x, layers=range(L + 1))
+    each = fw.gradient_coefficient(net, x, layers=range(L + 1), stacked=False)
+    assert one.lost is each.lost is None
+    for got, want in zip(one[:2] + one[3:], each[:2] + each[3:]):
+        np.testing.assert_allclose(got, want, rtol=0, atol=tol)
+    (one, lost), (each, _) = (fw._by_pairs(net, x, None, True, stacked=s) for s in (True, False))
+    assert lost is None
+    for k in each:
+        np.testing.assert_allclose(one[k], each[k], rtol=0, atol=tol, err_msg=k)
+
+
+def test_a_stacked_walk_that_stops_names_the_inputs_it_stops_for():
+    """Where the walk of the stacked inputs (pairs) stops, each is walked alone again, so that the
+    reason names only the inputs (pairs) it holds for: at input 2 (q = 1e300) the first tanh
+    bends over 1e-150 of its input's scale, which no practical width samples; inputs 0 and 1
+    keep their numbers, those of a walk without input 2 (stacked with it, all were NaN)."""
+    net = sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"), sp.Dense(1.0), sp.Act("tanh"))
+    x = sp.Inputs(q=[1.0, 2.0, 1e300], corr=0.3)
+    got = fw.gradient_coefficient(net, x, layers=[0, 2, 4])
+    assert got.lost and "bends over a width" in got.lost
+    assert np.isfinite(got.coef[..., :2]).all() and np.isnan(got.coef[..., 2]).all()
+    two = fw.gradient_coefficient(net, sp.Inputs(q=[1.0, 2.0], corr=0.3), layers=[0, 2, 4])
+    np.testing.assert_allclose(got.coef[..., :2], two.coef, rtol=1e-12)
+    out, lost = fw.coefficients(net, x)
+    assert lost and np.isfinite(out["corr"][:, 0, 1]).all() and np.isnan(out["corr"][2:, 0, 2]).all()
 
 
 def test_batchnorm_warning_points_at_typical_log_grad_q_only_where_it_is_computed():

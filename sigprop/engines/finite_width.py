@@ -203,8 +203,10 @@ def delta_step(fn, x0, b, C, ref=None):
     (:func:`flatten`), whose Grams bound the steps (:func:`_steps`)."""
     lam, V = np.linalg.eigh(C)
     lam = np.clip(lam, 0, None)  # ascending: C's null directions first
-    null = int(np.min(np.sum(lam <= NULL * lam[..., -1:], axis=-1))) if lam.size else 0
-    W = V[..., :, null:] * np.sqrt(lam[..., null:])[..., None, :]
+    null = lam <= NULL * lam[..., -1:]  # (0 where a direction is null at some points only, as
+    # it is skipped at a point alone: each point's numbers do not depend on the others)
+    W = V * np.sqrt(np.where(null, 0.0, lam))[..., None, :]
+    W = W[..., int(np.min(np.sum(null, axis=-1))) if lam.size else 0:]
     dirs = np.moveaxis(np.concatenate([b[..., :, None], W], axis=-1), -1, 0)  # (M, ..., D)
     x0 = np.broadcast_to(x0, dirs.shape[1:])
     y0, Jd, d2 = _differences(fn, x0, dirs, _steps(dirs, x0, ref, first=1))
@@ -1351,7 +1353,7 @@ class GradientCoefficients(NamedTuple):
 
 
 def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = None,
-                         own_walks: bool = False, split: bool = True):
+                         own_walks: bool = False, split: bool = True, stacked: bool = True):
     """Per layer l of ``layers`` (default: the input) and input a, the coefficient c with
     E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2), and the leading
     variance of log grad_q_l across nets (:class:`GradientCoefficients`).
@@ -1380,7 +1382,9 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     are 0 there): the tape keeps the cumulants' maps and each layer's are replayed from its
     start (:func:`_replayed_terms`; no law is evaluated again, O(L) per layer).
     ``own_walks``: every layer a walk of its own (the reference the adjoint is checked
-    against). ``split``: as for :func:`coefficients`."""
+    against). ``split``: as for :func:`coefficients`. ``stacked``: the inputs walked at once,
+    on a leading axis (:func:`_one_input`); where a walk stops, each input again alone, so
+    that a reason is told for the inputs it holds for (False: each alone)."""
     blocks = layers_of(net)
     L = len(blocks)
     want = sorted({int(l) for l in np.atleast_1d(layers)})
@@ -1393,9 +1397,9 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     coef, log_q, var = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(3))
     why: dict = {}  # layer index -> why its c is NaN (the lowest one's is reported)
     joins = len(want) > 1 and 2 * want[1] <= L  # the input's walk: the shared one (above)
-    for a in range(inputs.n):
+    for a in [None] if stacked else range(inputs.n):  # None: every input at once
         own = []  # (index, layer, start) of the layers walked on their own
-        x = s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
+        x, col = _one_input(s0, a, len(shape)), slice(None) if a is None else a
         walk = _Walk(x, ctx, fresh=gaussian, cumulants=track)
         walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
         shared, members = None, []  # the recorded pair walk the layers above 0 join; theirs
@@ -1430,7 +1434,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
             _close(shared, members, own, why)
             if not shared.lost:
                 for k, got in _adjoint(shared):
-                    coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = got
+                    coef[k, ..., col], log_q[k, ..., col], var[k, ..., col] = _by_input(got, a)
         for k, l, start in own:  # a walk of its own
             for j, block in enumerate(blocks[l:], start=l + 1):
                 start.layer(j, block)
@@ -1438,19 +1442,41 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
             if seen.lost:
                 why.setdefault(k, seen.lost)
             else:
-                coef[k, ..., a], log_q[k, ..., a], var[k, ..., a] = _tangent_q(seen)
+                got = _by_input(_tangent_q(seen), a)
+                coef[k, ..., col], log_q[k, ..., col], var[k, ..., col] = got
+    pointwise = bool(grid) and any(w.pointwise for w in why.values())
+    if stacked and why and not (pointwise and split):  # which inputs' walks a reason holds
+        # for: each walked alone (as the parts of a split grid are)
+        return gradient_coefficient(net, inputs, want, ctx, own_walks, split, stacked=False)
     lost = why[min(why)] if why else None
-    if grid and any(w.pointwise for w in why.values()):
+    if pointwise:
         if not split:  # (its caller splits the grid, :func:`each_point`)
             return GradientCoefficients(coef, log_q, Lost(lost, True, lost.points), var)
 
         def at(part):
-            g = gradient_coefficient(part, inputs, layers=want, own_walks=own_walks, split=False)
+            g = gradient_coefficient(part, inputs, layers=want, own_walks=own_walks, split=False,
+                                     stacked=False)
             return {"coef": g.coef, "log_q": g.log_q, "var_log_q": g.var_log_q}, g.lost
 
         got, lost = each_point(net, at)
         return GradientCoefficients(lost=lost, **got)
     return GradientCoefficients(coef, log_q, lost, var)
+
+
+def _one_input(s0: Moments, a, ndim: int) -> Moments:
+    """The state of input ``a`` alone; ``a`` None: of each input, stacked on a leading axis
+    before the ``ndim`` grid axes (the walks are vectorised over the grid, so they walk every
+    input at once: one walk's Python, not B)."""
+    if a is not None:
+        return s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
+    lead = s0.ls.shape + (1,) * ndim
+    return s0.replace(K=np.diagonal(s0.K).reshape(lead + (1, 1)), m=s0.m.reshape(lead + (1,)),
+                      ls=s0.ls.reshape(lead + (1,)))
+
+
+def _by_input(got, a):
+    """A walk's arrays with the input axis of :func:`_one_input` (``a`` None) moved last."""
+    return got if a is not None else [np.moveaxis(np.asarray(g), 0, -1) for g in got]
 
 
 def each_point(net: Op, compute):
@@ -1707,16 +1733,38 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
         return _by_pairs(net, inputs, ctx, split)
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
-    walk = _Walk(inputs.moments(), ctx, fresh=inputs.law == "gaussian",
-                 cumulants=_tracks_cumulants(net))
+    rows, why = _coefficient_rows(net, inputs.moments(), inputs.law == "gaussian", ctx, split)
+    if rows is None:
+        return each_point(net, lambda part: coefficients(part, inputs, split=False))
+    B = inputs.n
+    shape = tuple(len(v.values) for v in grid.values())
+
+    def part(k, lo, hi, extra):
+        return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
+                         .reshape(shape + extra) for r in rows])
+
+    out = {"log_q": part(0, 0, B, (B,)), "q": part(0, B, 2 * B, (B,)),
+           "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
+           "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
+           "var_log_q": part(1, 0, B, (B,))}
+    return out, why
+
+
+def _coefficient_rows(net: Op, s0: Moments, gaussian: bool, ctx: Context, split: bool):
+    """(rows, why) of :func:`coefficients` from the inputs' state ``s0`` (its leading axes
+    broadcast with the grid's): per layer, a and v of the statistics of :func:`_stats`; rows
+    None where ``split`` and a reason of some grid points only stopped the walk (its rest is
+    not needed: the caller walks the grid's parts)."""
+    walk = _Walk(s0, ctx, fresh=gaussian, cumulants=_tracks_cumulants(net))
     rows, blocks, first = [], layers_of(net), None  # first: a reason of some points only
+    grid = sweeps_of(net)
     for l, block in enumerate([None, *blocks]):
         if block is not None:
             walk.layer(l, block)
         seen = walk.settled()
         if seen.lost and seen.lost.pointwise and grid:
-            if split:  # (the rest of this walk: not needed)
-                return each_point(net, lambda part: coefficients(part, inputs, split=False))
+            if split:
+                return None, seen.lost
             first = first or seen.lost  # (a settled copy's: the walk may go on past it)
         if l < len(blocks) and _opens_settled(blocks[l]):
             walk = seen  # (the next block would draw these same features first)
@@ -1732,20 +1780,9 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
         C = np.broadcast_to(seen.C[..., :D, :D], lead + (D, D))
         _, a, V = delta_step(lambda x, s=s: _stats(x, s), x0, b, C, [s])
         rows.append((a, np.diagonal(V, axis1=-2, axis2=-1)))
-    B = inputs.n
-    shape = tuple(len(v.values) for v in grid.values())
-
-    def part(k, lo, hi, extra):
-        return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
-                         .reshape(shape + extra) for r in rows])
-
-    out = {"log_q": part(0, 0, B, (B,)), "q": part(0, B, 2 * B, (B,)),
-           "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
-           "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
-           "var_log_q": part(1, 0, B, (B,))}
     # the top's (a loss in the last block's chain is seen settling it), unless a reason of some
     # points only came first: its caller then splits the grid
-    return out, first or seen.lost
+    return rows, first or seen.lost
 
 
 def _opens_settled(op: Op) -> bool:
@@ -1767,13 +1804,51 @@ def _merged(reasons) -> Lost | None:
     return Lost("; ".join(dict.fromkeys(reasons)), any(r.pointwise for r in reasons), points)
 
 
-def _by_pairs(net: Op, inputs, ctx, split):
+def _stacked_pairs(net: Op, inputs, pairs, ctx):
+    """:func:`_by_pairs`'s coefficients from one walk of every pair at once, stacked on a
+    leading axis (the walk is vectorised over the grid: one walk's Python, not B(B-1)/2);
+    None where it stops for some reason (the pairs are then walked each alone, so that the
+    reason is told for the pairs it holds for)."""
+    grid = sweeps_of(net)
+    ctx = ctx or Context(NUMERIC, tuple(grid))
+    s0, ab = inputs.moments(), np.asarray(pairs)
+    lead = (len(pairs),) + (1,) * len(grid)
+    two = s0.replace(K=s0.K[ab[:, :, None], ab[:, None, :]].reshape(lead + (2, 2)),
+                     m=s0.m[ab].reshape(lead + (2,)), ls=s0.ls[ab].reshape(lead + (2,)))
+    rows, why = _coefficient_rows(net, two, inputs.law == "gaussian", ctx, split=False)
+    if why:
+        return None
+    B, shape = inputs.n, tuple(len(v.values) for v in grid.values())
+    a = np.stack([np.broadcast_to(r[0], lead[:1] + shape + r[0].shape[-1:]) for r in rows])
+    v = np.stack([np.broadcast_to(r[1], lead[:1] + shape + r[1].shape[-1:]) for r in rows])
+    first = {}  # input -> (its first pair, its place in it)
+    for n, (i, j) in enumerate(pairs):
+        first.setdefault(i, (n, 0))
+        first.setdefault(j, (n, 1))
+    own = [first[i] for i in range(B)]
+    p, k = ab[:, 0], ab[:, 1]
+
+    def each(stats, at, step=1):  # (L+1, *grid, B): each input's, from its first pair
+        return np.stack([stats[:, p, ..., at + step * k] for p, k in own], -1)
+
+    # _stats of a pair: [log q (2), q / q_inf (2), corr (2 x 2), mean (2)]
+    corr = np.zeros(a.shape[:1] + shape + (B, B))
+    corr[..., p, k] = corr[..., k, p] = np.moveaxis(a[:, :, ..., 5], 1, -1)  # its entry (0, 1)
+    corr[..., range(B), range(B)] = each(a, 4, 3)  # (0, 0) or (1, 1): 0
+    return {"log_q": each(a, 0), "q": each(a, 2), "corr": corr, "mean": each(a, 8),
+            "var_log_q": each(v, 0)}
+
+
+def _by_pairs(net: Op, inputs, ctx, split, stacked=True):
     """:func:`coefficients` of B > 2 inputs from the walk of each pair (a, b): every op with a
     rule here acts on each input alone (BatchNorm, which couples them, has none: the walks stop
     there), so the realised Grams of a pair, and their first-order laws, are those of the pair
     alone. An input's own statistics (and corr's diagonal: 0, or NaN where lost) come from its
     first pair."""
     B, pairs = inputs.n, [(a, b) for a in range(inputs.n) for b in range(a + 1, inputs.n)]
+    got = _stacked_pairs(net, inputs, pairs, ctx) if stacked else None
+    if got is not None:
+        return got, None
     out, lost, seen = None, None, set()
     for a, b in pairs:
         two = type(inputs)(q=[inputs.q[a], inputs.q[b]], mean=[inputs.mean[a], inputs.mean[b]],
