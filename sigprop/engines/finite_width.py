@@ -29,7 +29,8 @@ Scope: the feature law's 4th moments are a 2-D polar quadrature (exact in the ra
 degree-1 activations, to round-off in the angle; ~1e-12 for the others up to q = 30, and at
 larger scales too: where their bend at |u| ~ 1 is a small part of the law, its panels are
 graded toward it, :func:`_levels`), so B > 2 inputs are walked pair by pair (every op with a
-rule here acts on each input alone). A FeatureAffine whose vectors are constant is a Scale plus
+rule here acts on each input alone), the pairs stacked on a leading axis of one walk, as the
+inputs of the gradient's walks are (the walk is vectorised over the grid). A FeatureAffine whose vectors are constant is a Scale plus
 a shift (in a fresh stream's chain, or a map of the realised state); one whose vectors vary
 over the features is taken with Gaussian vectors of the declared moments (as the Monte Carlo
 draws them; :func:`_vector_rule`): in a fresh stream's chain the draw's covariance is the mean
@@ -117,9 +118,9 @@ STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a 
 # |w|^2 in absolute terms, and C's directions grow with depth (Var log q adds 5 per relu layer):
 # a deep relu net's corr correction (~0.003, a near cancellation) came out 6 % off at depth 100
 SINGULAR = 1e-12  # a Gram's smallest eigenvalue below this of its largest: round-off (corr = 1)
-# C's eigen-directions below this of its largest at every grid point are not stepped along
-# (the flattened state repeats K's symmetric entries, so C is singular; a third of the
-# directions of a residual walk): what they drop is below 1e-12 of C per step
+# C's eigen-directions below this of its largest are not stepped along (0 where some grid
+# points need them; the flattened state repeats K's symmetric entries, so C is singular; a
+# third of the directions of a residual walk): what they drop is below 1e-12 of C per step
 NULL = 1e-12
 ANGLE_NODES = 48  # Gauss-Legendre nodes per angular panel of the pair rule (kinks on its edges)
 # per panel (times the degree) where the integrand is a product of up to four features of
@@ -198,9 +199,9 @@ def unflatten(v, ref):
 def delta_step(fn, x0, b, C, ref=None):
     """(fn(x0), J b + 1/2 H:C, J C J^T) for a vector map ``fn`` (leading dims broadcast), by
     central differences along b and along w_k with C = sum_k w_k w_k^T (C's scaled eigenvectors,
-    less those of eigenvalue below :data:`NULL` of the largest at every grid point); fn is
-    evaluated once on all 4M + 1 points of :func:`_differences`. ``ref``: the frames x0 flattens
-    (:func:`flatten`), whose Grams bound the steps (:func:`_steps`)."""
+    those of eigenvalue below :data:`NULL` of the largest 0, and dropped where 0 at every grid
+    point); fn is evaluated once on all 4M + 1 points of :func:`_differences`. ``ref``: the
+    frames x0 flattens (:func:`flatten`), whose Grams bound the steps (:func:`_steps`)."""
     lam, V = np.linalg.eigh(C)
     lam = np.clip(lam, 0, None)  # ascending: C's null directions first
     null = lam <= NULL * lam[..., -1:]  # (0 where a direction is null at some points only, as
