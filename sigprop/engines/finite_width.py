@@ -659,7 +659,23 @@ class _Walk:
         if self.tape is not None:
             self.tape.append(extra)
         if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
-            self.push(lambda fr: [to_unit_diagonal(fr[0])])
+            self.to_unit_diagonal()
+
+    def to_unit_diagonal(self):
+        """The one frame in units of unit diagonal (:func:`to_unit_diagonal`). A change of
+        units is linear in the scaled state: with e = diag(K)^(-1/2) of the reference, each
+        K_ab scales by e_a e_b and m_a by e_a. b and C are scaled exactly, no differences,
+        and the tape keeps the factors (an adjoint step with J = diag of them, H = 0)."""
+        f = self.frames[0]
+        d = np.diagonal(f.K, axis1=-2, axis2=-1)
+        e = 1 / np.sqrt(np.where(d > 0, d, 1.0))
+        self.frames = [to_unit_diagonal(f)]
+        if self.lost:
+            return
+        s = np.concatenate([outer(e, e).reshape(e.shape[:-1] + (-1,)), e], -1)
+        self.b, self.C = self.b * s, self.C * outer(s, s)
+        if self.tape is not None:
+            self.tape.append(("units", s))
 
     def _cumulant_step(self, fn):
         """The frames' cumulants (a list) mapped by ``fn``, which the tape keeps (the adjoint
@@ -890,7 +906,7 @@ class _Walk:
         tangent can start there (:func:`_tangent_walk`). A tangent walk brings t back to x's scale
         (:meth:`rescale_tangent`)."""
         if self.chain is None:
-            self.push(lambda fr: [to_unit_diagonal(fr[0])])
+            self.to_unit_diagonal()
         elif self._gaussian_chain():
             chain, ctx, self.chain = self.chain, self.chain_ctx, []
             with np.errstate(over="ignore", invalid="ignore"):  # (checked where it is drawn)
@@ -1604,6 +1620,8 @@ def _adjoint(seen: _Walk):
             log_q_top = log_q_top + (step[1] if step[0] == "rescale" else 0.0)
         elif step[0] == "affine":  # a varying FeatureAffine's noise: G:Sigma, Gv:Sigma
             replayed[pos] = (G, Gv)
+        elif step[0] == "units":  # J = diag(s), H = 0
+            g, G, Gv = g * step[1], G * outer(step[1], step[1]), Gv * outer(step[1], step[1])
         elif step[0] == "join":
             _, k, b, C, _, _, cumulants, log_q_join = step  # the layer's own start
             c, v = _replayed_terms(seen.tape, pos, cumulants, replayed) if replayed else (0, 0)
