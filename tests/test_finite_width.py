@@ -254,6 +254,29 @@ def test_delta_step_steps_along_c_s_range_only():
     np.testing.assert_allclose(cov, J @ C @ J.T, atol=1e-8)
 
 
+def test_delta_step_of_an_affine_map():
+    """An affine map (a residual sum, a branch's copy of the stream, a Scale): with ``linear``
+    one central difference per direction (2 M + 1 = 7 points for b and C's 2 directions, not
+    13), J b and J C J^T to round-off, and the adjoint's J (H none) from D + 1 points."""
+    rng = np.random.default_rng(4)
+    A, c = rng.normal(size=(3, 5)), rng.normal(size=3)
+    x0, b, w = rng.normal(size=5), rng.normal(size=5), rng.normal(size=(2, 5))
+    sizes = []
+
+    def fn(x):
+        sizes.append(len(x))
+        return x @ A.T + c
+
+    # (a first difference's round-off: eps |fn| / STEP ~ 1e-12 of the entries' scale, ~1)
+    _, bias, cov = fw.delta_step(fn, x0, b, w.T @ w, linear=True)
+    assert sizes == [7]
+    np.testing.assert_allclose(bias, A @ b, atol=1e-11)
+    np.testing.assert_allclose(cov, A @ w.T @ w @ A.T, atol=1e-11)
+    J, H = fw._derivatives(fn, x0, linear=True)
+    assert sizes[1:] == [11] and H is None
+    np.testing.assert_allclose(J, A, atol=1e-11)
+
+
 def test_delta_step_at_each_point_is_its_own():
     """Two points stacked: at the first C has rank 2 and a third eigenvalue 1e-14 of its largest
     (below NULL: skipped there), at the second rank 3. The third direction is walked, but as 0 at

@@ -196,12 +196,15 @@ def unflatten(v, ref):
     return frames
 
 
-def delta_step(fn, x0, b, C, ref=None):
+def delta_step(fn, x0, b, C, ref=None, linear=False):
     """(fn(x0), J b + 1/2 H:C, J C J^T) for a vector map ``fn`` (leading dims broadcast), by
     central differences along b and along w_k with C = sum_k w_k w_k^T (C's scaled eigenvectors,
     those of eigenvalue below :data:`NULL` of the largest 0, and dropped where 0 at every grid
     point); fn is evaluated once on all 4M + 1 points of :func:`_differences`. ``ref``: the
-    frames x0 flattens (:func:`flatten`), whose Grams bound the steps (:func:`_steps`)."""
+    frames x0 flattens (:func:`flatten`), whose Grams bound the steps (:func:`_steps`).
+    ``linear``: fn is affine, so J b and J w_k are one central difference each, exact to
+    round-off at any step (2M + 1 points, steps STEP over the direction's largest entry), and
+    H = 0."""
     lam, V = np.linalg.eigh(C)
     lam = np.clip(lam, 0, None)  # ascending: C's null directions first
     null = lam <= NULL * lam[..., -1:]  # (0 where a direction is null at some points only, as
@@ -210,18 +213,25 @@ def delta_step(fn, x0, b, C, ref=None):
     W = W[..., int(np.min(np.sum(null, axis=-1))) if lam.size else 0:]
     dirs = np.moveaxis(np.concatenate([b[..., :, None], W], axis=-1), -1, 0)  # (M, ..., D)
     x0 = np.broadcast_to(x0, dirs.shape[1:])
+    if linear:
+        y0, Jd, _ = _differences(fn, x0, dirs, _steps(dirs, x0, None), second=False)
+        return y0, Jd[0], np.einsum("k...i,k...j->...ij", Jd[1:], Jd[1:])
     y0, Jd, d2 = _differences(fn, x0, dirs, _steps(dirs, x0, ref, first=1))
     bias = Jd[0] + 0.5 * d2[1:].sum(axis=0)
     cov = np.einsum("k...i,k...j->...ij", Jd[1:], Jd[1:])
     return y0, bias, cov
 
 
-def _differences(fn, x0, dirs, h):
+def _differences(fn, x0, dirs, h, second=True):
     """(fn(x0), D1, D2): fn's first and second derivatives along each direction of ``dirs`` (M,
     ..., D) from x0, by central differences at steps h and 2h (h broadcasts with fn's output)
     combined by Richardson, (4 D(h) - D(2h)) / 3, which cancels their O(h^2) error; fn is
-    evaluated once on all 4M + 1 points stacked on a new leading axis."""
+    evaluated once on all 4M + 1 points stacked on a new leading axis. Without ``second``
+    (fn affine): D1 from step h alone (2M + 1 points), D2 None."""
     M = len(dirs)
+    if not second:
+        ys = fn(np.concatenate([x0[None], x0 + h * dirs, x0 - h * dirs]))
+        return ys[0], (ys[1:M + 1] - ys[M + 1:]) / (2 * h), None
     steps = np.concatenate([h * dirs, 2 * h * dirs])
     ys = fn(np.concatenate([x0[None], x0 + steps, x0 - steps]))
     y0, yp, ym = ys[0], ys[1:2 * M + 1], ys[2 * M + 1:]
@@ -526,10 +536,11 @@ class _Walk:
         self.stale: list = []  # their joins where the chain grew before it was drawn
         self.start_note = ""  # a tangent walk's: why its start is drawn (until a reduction)
 
-    def push(self, fn, kurtosis=None):
+    def push(self, fn, kurtosis=None, linear=False):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
         k H:M / 2 to the bias, M = M_of(cumulants) (..., D, D) PSD (the uniform weights' term,
-        :meth:`_uniform_term`)."""
+        :meth:`_uniform_term`). ``linear``: fn is affine in the realised statistics (a residual
+        sum, a branch's copy of the stream, a Scale), so in the scaled state too: H = 0."""
         ref_in = self.frames
         ref_out = fn(ref_in)
         if self.lost:
@@ -543,9 +554,10 @@ class _Walk:
 
         b, C = self.b, self.C
         _, self.b, self.C = delta_step(flat, x0, np.broadcast_to(b, x0.shape),
-                                       np.broadcast_to(C, x0.shape + x0.shape[-1:]), ref_in)
+                                       np.broadcast_to(C, x0.shape + x0.shape[-1:]), ref_in,
+                                       linear)
         if self.tape is not None:
-            self.tape.append((flat, x0) if kurtosis is None else (flat, x0, kurtosis))
+            self.tape.append((flat, x0, kurtosis, linear))
         if kurtosis is not None:
             M_of, k = kurtosis
             M = np.broadcast_to(M_of(self.cumulants), x0.shape + x0.shape[-1:])
@@ -804,7 +816,8 @@ class _Walk:
                 return
             if self.track and not self.lost:
                 self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
-            self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
+            self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)],
+                      linear=not isinstance(op, (LayerNorm, RMSNorm)))
         elif isinstance(op, FeatureAffine):  # vectors that vary, on a settled stream
             self.settle()
             self._varying_affine(op, ctx)
@@ -812,7 +825,7 @@ class _Walk:
             self.walk(_as_scale(op), ctx)  # BatchNorm there is not met)
         elif isinstance(op, Residual):
             self.settle()
-            self.push(lambda fr: fr + [fr[-1].push_ref()])
+            self.push(lambda fr: fr + [fr[-1].push_ref()], linear=True)
             self.widths.append(self.widths[-1])
             self._cumulant_step(lambda ks: ks + ks[-1:])
             self.drawn = self.drawn + [False]
@@ -825,7 +838,8 @@ class _Walk:
             self.widths.pop()
             beta, alpha = vec(ctx.p(op.beta)), vec(ctx.p(op.alpha))
             self._sum_cumulants(beta, alpha)
-            self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)])
+            self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)],
+                      linear=True)
         else:  # BatchNorm, an Act on a settled stream, other ops
             self.settle()
             self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here"
@@ -1573,21 +1587,23 @@ def _tangent_log_q(w: _Walk):
         return 2 * f.ls[..., 1] + np.log(f.K[..., 1, 1])
 
 
-def _derivatives(fn, x0):
+def _derivatives(fn, x0, linear=False):
     """(J, H) of a vector map ``fn`` at x0 (..., D): J (..., E, D) and H (..., E, D, D), by
     :func:`_differences` along each axis e_i and each pair e_i + e_j (step ``STEP``: the walk's
-    states are O(1) in its scaled units)."""
+    states are O(1) in its scaled units); ``linear`` (fn affine): J along the axes alone, H
+    None (0)."""
     D = x0.shape[-1]
-    eye = np.eye(D)
-    pairs = list(itertools.combinations(range(D), 2))
-    dirs = np.asarray(list(eye) + [eye[i] + eye[j] for i, j in pairs])
-    dirs = dirs.reshape((-1,) + (1,) * (x0.ndim - 1) + (D,))
+    if linear:
+        y0, d1, _ = _differences(fn, x0, np.eye(D).reshape((D,) + (1,) * (x0.ndim - 1) + (D,)),
+                                 STEP, second=False)
+        return np.moveaxis(d1, 0, -1), None
+    eye, (i, j) = np.eye(D), np.triu_indices(D, 1)  # (the pairs i < j)
+    dirs = np.concatenate([eye, eye[i] + eye[j]]).reshape((-1,) + (1,) * (x0.ndim - 1) + (D,))
     y0, d1, d2 = _differences(fn, x0, dirs, STEP)  # along each direction
     J = np.moveaxis(d1[:D], 0, -1)
     H = np.zeros(y0.shape + (D, D))
     H[..., range(D), range(D)] = np.moveaxis(d2[:D], 0, -1)
-    for k, (i, j) in enumerate(pairs):
-        H[..., i, j] = H[..., j, i] = (d2[D + k] - d2[i] - d2[j]) / 2
+    H[..., i, j] = H[..., j, i] = np.moveaxis(d2[D:] - d2[i] - d2[j], 0, -1) / 2
     return J, H
 
 
@@ -1628,12 +1644,12 @@ def _adjoint(seen: _Walk):
             yield k, (np.einsum("...i,...i->...", g, b) + _contract(G, C) + f + c,
                       log_q_top - log_q_join, _contract(Gv, C) + fv + v)
         else:
-            fn, x = step[:2]
-            J, H = _derivatives(fn, x)
+            fn, x, kurtosis, linear = step
+            J, H = _derivatives(fn, x, linear)
             JT = np.swapaxes(J, -1, -2)
-            gH = np.einsum("...i,...ijk->...jk", g, H) / 2
-            if len(step) == 3:  # its bias gained k H:M / 2 (:meth:`_Walk.push`)
-                replayed[pos] = np.asarray(step[2][1])[..., None, None] * gH
+            gH = 0.0 if linear else np.einsum("...i,...ijk->...jk", g, H) / 2
+            if kurtosis is not None:  # its bias gained k H:M / 2 (:meth:`_Walk.push`)
+                replayed[pos] = np.asarray(kurtosis[1])[..., None, None] * gH
             G = JT @ G @ J + gH
             g = np.einsum("...ij,...i->...j", J, g)
             Gv = JT @ Gv @ J
