@@ -257,7 +257,7 @@ def test_delta_step_steps_along_c_s_range_only():
 def test_delta_step_of_an_affine_map():
     """An affine map (a residual sum, a branch's copy of the stream, a Scale): with ``linear``
     one central difference per direction (2 M + 1 = 7 points for b and C's 2 directions, not
-    13), J b and J C J^T to round-off, and the adjoint's J (H none) from D + 1 points."""
+    13), J b and J C J^T to round-off, and the adjoint's J (H none) from 2 D + 1 = 11 points."""
     rng = np.random.default_rng(4)
     A, c = rng.normal(size=(3, 5)), rng.normal(size=3)
     x0, b, w = rng.normal(size=5), rng.normal(size=5), rng.normal(size=(2, 5))
