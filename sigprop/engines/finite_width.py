@@ -1371,7 +1371,21 @@ def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
     cross = beta * E(h * f * df)
     out = np.stack([np.stack([E(f * f), cross], -1),
                     np.stack([cross, beta**2 * E(h * h * df * df) + v * E(df * df)], -1)], -2)
-    return _scaled(_apply(chain, s, ctx), out, np.stack([E(f), beta * E(h * df)], -1))
+    return _scaled(_chain_frame(chain, s, ctx) if dense else _apply(chain, s, ctx), out,
+                   np.stack([E(f), beta * E(h * df)], -1))
+
+
+def _chain_frame(chain, s: Moments, ctx: Context) -> Moments:
+    """The frame a chain starting with a Dense maps ``s`` to, but for its K, m and ls, which
+    :func:`_scaled` replaces: its refs are the Dense's, decoupled (fresh weights), which the
+    elementwise ops after it keep, and its law (what is known of the features' joint law) is
+    the chain's, which depends on the ops alone, so it is taken from the chain's laws at one
+    state of ``s`` (not at every point of a central difference's stack, where an activation's
+    kernel on the pair (x, t) cost a quarter of a tanh walk)."""
+    one = (0,) * (s.K.ndim - 2)
+    law = _apply(chain, s.replace(K=s.K[one], m=s.m[one[:s.m.ndim - 1]],
+                                  ls=s.ls[one[:s.ls.ndim - 1]], refs=()), ctx).law
+    return s.replace(refs=tuple(Ref(m=r.m, X=DECOUPLED) for r in s.refs), law=law)
 
 
 class GradientCoefficients(NamedTuple):
