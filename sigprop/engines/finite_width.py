@@ -30,8 +30,9 @@ degree-1 activations, to round-off in the angle; ~1e-12 for the others up to q =
 larger scales too: where their bend at |u| ~ 1 is a small part of the law, its panels are
 graded toward it, :func:`_levels`), so B > 2 inputs are walked pair by pair (every op with a
 rule here acts on each input alone), the pairs stacked on a leading axis of one walk, as the
-inputs of the gradient's walks are (the walk is vectorised over the grid). A FeatureAffine whose vectors are constant is a Scale plus
-a shift (in a fresh stream's chain, or a map of the realised state); one whose vectors vary
+inputs of the gradient's walks are (the walk is vectorised over the grid). A FeatureAffine
+whose vectors are constant is a Scale plus a shift (in a fresh stream's chain, or a map of
+the realised state); one whose vectors vary
 over the features is taken with Gaussian vectors of the declared moments (as the Monte Carlo
 draws them; :func:`_vector_rule`): in a fresh stream's chain the draw's covariance is the mean
 over them of the features' covariance given them (their moments up to the 2nd are the declared
@@ -1422,10 +1423,11 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     variance as linear functions of that layer's start: O(L) blocks for all layers, not O(L)
     per layer. The input (l = 0) joins it only where the next layer asked for is in the lower
     half of the net: a recorded walk and its adjoint pass cost ~1.5 plain walks, so the input's
-    walk of its own (all L blocks) is cheaper where the shared one would start higher up. Uniform weights' bias terms and a varying FeatureAffine's noise on a settled
-    stream depend on the pair's cumulants, which do depend on where the tangent started (t's
-    are 0 there): the tape keeps the cumulants' maps and each layer's are replayed from its
-    start (:func:`_replayed_terms`; no law is evaluated again, O(L) per layer).
+    walk of its own (all L blocks) is cheaper where the shared one would start higher up.
+    Uniform weights' bias terms and a varying FeatureAffine's noise on a settled stream depend
+    on the pair's cumulants, which do depend on where the tangent started (t's are 0 there):
+    the tape keeps the cumulants' maps and each layer's are replayed from its start
+    (:func:`_replayed_terms`; no law is evaluated again, O(L) per layer).
     ``own_walks``: every layer a walk of its own (the reference the adjoint is checked
     against). ``split``: as for :func:`coefficients`. ``stacked``: the inputs walked at once,
     on a leading axis (:func:`_one_input`); where a walk stops, each input again alone, so
@@ -1875,14 +1877,14 @@ def _stacked_pairs(net: Op, inputs, pairs, ctx):
         first.setdefault(i, (n, 0))
         first.setdefault(j, (n, 1))
     own = [first[i] for i in range(B)]
-    p, k = ab[:, 0], ab[:, 1]
 
     def each(stats, at, step=1):  # (L+1, *grid, B): each input's, from its first pair
-        return np.stack([stats[:, p, ..., at + step * k] for p, k in own], -1)
+        return np.stack([stats[:, pair, ..., at + step * place] for pair, place in own], -1)
 
     # _stats of a pair: [log q (2), q / q_inf (2), corr (2 x 2), mean (2)]
     corr = np.zeros(a.shape[:1] + shape + (B, B))
-    corr[..., p, k] = corr[..., k, p] = np.moveaxis(a[:, :, ..., 5], 1, -1)  # its entry (0, 1)
+    i, j = ab[:, 0], ab[:, 1]
+    corr[..., i, j] = corr[..., j, i] = np.moveaxis(a[:, :, ..., 5], 1, -1)  # its entry (0, 1)
     corr[..., range(B), range(B)] = each(a, 4, 3)  # (0, 0) or (1, 1): 0
     return {"log_q": each(a, 0), "q": each(a, 2), "corr": corr, "mean": each(a, 8),
             "var_log_q": each(v, 0)}
@@ -1893,7 +1895,7 @@ def _by_pairs(net: Op, inputs, ctx, split, stacked=True):
     rule here acts on each input alone (BatchNorm, which couples them, has none: the walks stop
     there), so the realised Grams of a pair, and their first-order laws, are those of the pair
     alone. An input's own statistics (and corr's diagonal: 0, or NaN where lost) come from its
-    first pair."""
+    first pair. ``stacked``: the pairs walked at once (:func:`_stacked_pairs`)."""
     B, pairs = inputs.n, [(a, b) for a in range(inputs.n) for b in range(a + 1, inputs.n)]
     got = _stacked_pairs(net, inputs, pairs, ctx) if stacked else None
     if got is not None:
