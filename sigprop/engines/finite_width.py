@@ -1430,7 +1430,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     (:func:`_replayed_terms`; no law is evaluated again, O(L) per layer).
     ``own_walks``: every layer a walk of its own (the reference the adjoint is checked
     against). ``split``: as for :func:`coefficients`. ``stacked``: the inputs walked at once,
-    on a leading axis (:func:`_one_input`); where a walk stops, each input again alone, so
+    on a leading axis (:func:`_stacked`); where a walk stops, each input again alone, so
     that a reason is told for the inputs it holds for (False: each alone)."""
     blocks = layers_of(net)
     L = len(blocks)
@@ -1446,7 +1446,9 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     joins = len(want) > 1 and 2 * want[1] <= L  # the input's walk: the shared one (above)
     for a in [None] if stacked else range(inputs.n):  # None: every input at once
         own = []  # (index, layer, start) of the layers walked on their own
-        x, col = _one_input(s0, a, len(shape)), slice(None) if a is None else a
+        x = (_stacked(s0, np.arange(inputs.n)[:, None], len(shape)) if a is None else
+             s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1]))
+        col = slice(None) if a is None else a
         walk = _Walk(x, ctx, fresh=gaussian, cumulants=track)
         walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
         shared, members = None, []  # the recorded pair walk the layers above 0 join; theirs
@@ -1510,19 +1512,17 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     return GradientCoefficients(coef, log_q, lost, var)
 
 
-def _one_input(s0: Moments, a, ndim: int) -> Moments:
-    """The state of input ``a`` alone; ``a`` None: of each input, stacked on a leading axis
-    before the ``ndim`` grid axes (the walks are vectorised over the grid, so they walk every
-    input at once: one walk's Python, not B)."""
-    if a is not None:
-        return s0.replace(K=s0.K[a:a + 1, a:a + 1], m=s0.m[a:a + 1], ls=s0.ls[a:a + 1])
-    lead = s0.ls.shape + (1,) * ndim
-    return s0.replace(K=np.diagonal(s0.K).reshape(lead + (1, 1)), m=s0.m.reshape(lead + (1,)),
-                      ls=s0.ls.reshape(lead + (1,)))
+def _stacked(s0: Moments, groups, ndim: int) -> Moments:
+    """The state of each group of inputs (``groups``: (P, k) indices into s0's) alone, the
+    groups stacked on a leading axis before the ``ndim`` grid axes: the walks are vectorised
+    over the grid, so they walk every group at once (one walk's Python, not P)."""
+    lead, k = (len(groups),) + (1,) * ndim, groups.shape[1]
+    return s0.replace(K=s0.K[groups[:, :, None], groups[:, None, :]].reshape(lead + (k, k)),
+                      m=s0.m[groups].reshape(lead + (k,)), ls=s0.ls[groups].reshape(lead + (k,)))
 
 
 def _by_input(got, a):
-    """A walk's arrays with the input axis of :func:`_one_input` (``a`` None) moved last."""
+    """A walk's arrays with the input axis of :func:`_stacked` (``a`` None) moved last."""
     return got if a is not None else [np.moveaxis(np.asarray(g), 0, -1) for g in got]
 
 
@@ -1787,18 +1787,20 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     rows, why = _coefficient_rows(net, inputs.moments(), inputs.law == "gaussian", ctx, split)
     if rows is None:
         return each_point(net, lambda part: coefficients(part, inputs, split=False))
-    B = inputs.n
-    shape = tuple(len(v.values) for v in grid.values())
+    return _statistics(rows, inputs.n, tuple(len(v.values) for v in grid.values())), why
 
+
+def _statistics(rows, B: int, shape) -> dict:
+    """The arrays (L+1, *shape, ...) of :func:`coefficients` from its rows: per layer, (a, v)
+    over :func:`_stats`' layout [log q (B), q / q_inf (B), corr (B^2), mean (B)]."""
     def part(k, lo, hi, extra):
         return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
                          .reshape(shape + extra) for r in rows])
 
-    out = {"log_q": part(0, 0, B, (B,)), "q": part(0, B, 2 * B, (B,)),
-           "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
-           "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
-           "var_log_q": part(1, 0, B, (B,))}
-    return out, why
+    return {"log_q": part(0, 0, B, (B,)), "q": part(0, B, 2 * B, (B,)),
+            "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
+            "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
+            "var_log_q": part(1, 0, B, (B,))}
 
 
 def _coefficient_rows(net: Op, s0: Moments, gaussian: bool, ctx: Context, split: bool):
@@ -1856,38 +1858,17 @@ def _merged(reasons) -> Lost | None:
 
 
 def _stacked_pairs(net: Op, inputs, pairs, ctx):
-    """:func:`_by_pairs`'s coefficients from one walk of every pair at once, stacked on a
-    leading axis (the walk is vectorised over the grid: one walk's Python, not B(B-1)/2);
-    None where it stops for some reason (the pairs are then walked each alone, so that the
-    reason is told for the pairs it holds for)."""
+    """Per pair, :func:`coefficients` of that pair alone, from one walk of every pair at once
+    (:func:`_stacked`: one walk's Python, not B(B-1)/2); None where it stops for some reason
+    (the pairs are then walked each alone, so that the reason is told for the pairs it holds
+    for)."""
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
-    s0, ab = inputs.moments(), np.asarray(pairs)
-    lead = (len(pairs),) + (1,) * len(grid)
-    two = s0.replace(K=s0.K[ab[:, :, None], ab[:, None, :]].reshape(lead + (2, 2)),
-                     m=s0.m[ab].reshape(lead + (2,)), ls=s0.ls[ab].reshape(lead + (2,)))
+    two = _stacked(inputs.moments(), np.asarray(pairs), len(grid))
     rows, why = _coefficient_rows(net, two, inputs.law == "gaussian", ctx, split=False)
-    if why:
-        return None
-    B, shape = inputs.n, tuple(len(v.values) for v in grid.values())
-    a = np.stack([np.broadcast_to(r[0], lead[:1] + shape + r[0].shape[-1:]) for r in rows])
-    v = np.stack([np.broadcast_to(r[1], lead[:1] + shape + r[1].shape[-1:]) for r in rows])
-    first = {}  # input -> (its first pair, its place in it)
-    for n, (i, j) in enumerate(pairs):
-        first.setdefault(i, (n, 0))
-        first.setdefault(j, (n, 1))
-    own = [first[i] for i in range(B)]
-
-    def each(stats, at, step=1):  # (L+1, *grid, B): each input's, from its first pair
-        return np.stack([stats[:, pair, ..., at + step * place] for pair, place in own], -1)
-
-    # _stats of a pair: [log q (2), q / q_inf (2), corr (2 x 2), mean (2)]
-    corr = np.zeros(a.shape[:1] + shape + (B, B))
-    i, j = ab[:, 0], ab[:, 1]
-    corr[..., i, j] = corr[..., j, i] = np.moveaxis(a[:, :, ..., 5], 1, -1)  # its entry (0, 1)
-    corr[..., range(B), range(B)] = each(a, 4, 3)  # (0, 0) or (1, 1): 0
-    return {"log_q": each(a, 0), "q": each(a, 2), "corr": corr, "mean": each(a, 8),
-            "var_log_q": each(v, 0)}
+    shape = tuple(len(v.values) for v in grid.values())
+    return None if why else [_statistics([(a[p], v[p]) for a, v in rows], 2, shape)
+                             for p in range(len(pairs))]
 
 
 def _by_pairs(net: Op, inputs, ctx, split, stacked=True):
@@ -1897,14 +1878,16 @@ def _by_pairs(net: Op, inputs, ctx, split, stacked=True):
     alone. An input's own statistics (and corr's diagonal: 0, or NaN where lost) come from its
     first pair. ``stacked``: the pairs walked at once (:func:`_stacked_pairs`)."""
     B, pairs = inputs.n, [(a, b) for a in range(inputs.n) for b in range(a + 1, inputs.n)]
-    got = _stacked_pairs(net, inputs, pairs, ctx) if stacked else None
-    if got is not None:
-        return got, None
+    walked = _stacked_pairs(net, inputs, pairs, ctx) if stacked else None
     out, lost, seen = None, None, set()
-    for a, b in pairs:
-        two = type(inputs)(q=[inputs.q[a], inputs.q[b]], mean=[inputs.mean[a], inputs.mean[b]],
-                           corr=inputs.corr[a][b], law=inputs.law)
-        got, why = coefficients(net, two, ctx, split)
+    for n, (a, b) in enumerate(pairs):
+        if walked is not None:
+            got, why = walked[n], None
+        else:
+            two = type(inputs)(q=[inputs.q[a], inputs.q[b]],
+                               mean=[inputs.mean[a], inputs.mean[b]], corr=inputs.corr[a][b],
+                               law=inputs.law)
+            got, why = coefficients(net, two, ctx, split)
         lost = _merged([lost, why])
         if out is None:
             out = {k: np.zeros(v.shape[:-2] + (B, B) if k == "corr" else v.shape[:-1] + (B,))
