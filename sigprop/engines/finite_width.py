@@ -32,11 +32,10 @@ graded toward it, :func:`_levels`), so B > 2 inputs are walked pair by pair (eve
 rule here acts on each input alone), the pairs stacked on a leading axis of one walk, as the
 inputs of the gradient's walks are (the walk is vectorised over the grid). A FeatureAffine
 whose vectors are constant is a Scale plus a shift (in a fresh stream's chain, or a map of
-the realised state); one whose vectors vary
-over the features is taken with Gaussian vectors of the declared moments (as the Monte Carlo
-draws them; :func:`_vector_rule`): in a fresh stream's chain the draw's covariance is the mean
-over them of the features' covariance given them (their moments up to the 2nd are the declared
-ones exactly); on a settled stream (after a norm: a LayerNorm's affine), or after another such
+the realised state); one whose vectors vary over the features is taken with Gaussian vectors
+of the declared moments (as the Monte Carlo draws them; :func:`_vector_rule`): in a fresh
+stream's chain the draw's covariance is the mean over them of the features' covariance given
+them (their moments up to the 2nd are the declared ones exactly); on a settled stream (after a norm: a LayerNorm's affine), or after another such
 op in the chain, the op's law of the realised statistics plus the noise of the vectors'
 assignment to the features, which needs the features' 4th moments
 (:meth:`_Walk._varying_affine`). Uniform weights (torch's default init) add one term, their 4th
