@@ -14,8 +14,9 @@ printed before and after. Calls:
 * theory rows at one point and on a grid (per layer: ms), tanh's quadrature on a tenth of it;
 * the first-order finite-width theory (``width=256``) of a plain relu and a Pre-LN tanh net at
   one point, of Pre-LN relu and tanh nets over 10 values of sigma_w1, and of a plain relu net
-  over 16, one of them 0 (a stream of zeros there: the walk stops at that point only); and of
-  the Pre-LN relu net at one point with B = 4 inputs (six pairs, four gradients).
+  over 16, one of them 0 (a stream of zeros there: the walk stops at that point only); of the
+  Pre-LN relu net over 100 (where the gradient's adjoint pass dominates) and at one point with
+  B = 4 inputs (six pairs, four gradients).
 
 Run: ``python benchmarks/before_after.py --baseline REV [--only SUBSTRING]``.
 """
@@ -67,6 +68,9 @@ def calls(m, quick: bool):
         points = 1 if s1 is None else len(s1.values)
         out[f"theory at width 256 (finite width), {preset} {act}, depth {L}, {points} points"] = (
             lambda net=net: m.theory(net, x2, width=256))
+    many = m.presets.preln(20, sigma_w1=m.sweep("sigma_w1", np.linspace(1.0, 1.6, 100)))
+    out["theory at width 256 (finite width), preln relu, depth 20, 100 points"] = (
+        lambda net=many: m.theory(net, x2, width=256))  # (the adjoint pass's work per point)
     x4 = m.Inputs(q=[1.0, 2.0, 0.5, 3.0], corr=0.5)
     net = m.presets.preln(20)
     out["theory at width 256 (finite width), preln relu, depth 20, 1 points, B 4"] = (

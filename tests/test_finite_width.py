@@ -277,6 +277,39 @@ def test_delta_step_of_an_affine_map():
     np.testing.assert_allclose(J, A, atol=1e-11)
 
 
+def test_derivatives_of_a_top_frames_map_along_its_own_coordinates():
+    """A map of the top frame of a two-frame stack (B = 2, D = 16, fn as the walk's: K read as
+    (K + K^T) / 2, the outer frame passed through, its means read by the top frame's law):
+    along fn's 11 coordinates (:func:`fw._coordinates`: 66 directions, 265 points) J and H are
+    those along all 16 axes (136 directions, 545 points), to the differences' truncation and
+    round-off (~1e-9 here, where the entries are O(1)). With S's weight 1/2 on a symmetric pair
+    taken as 1, or the identity on the unread coordinates dropped, J is off by O(1)."""
+    rng = np.random.default_rng(6)
+    A = rng.normal(size=(10, 11)) / 4
+    U, S, T = fw._coordinates(2, 2, True)
+    read = np.flatnonzero(U.any(axis=0))
+    sizes = []
+
+    def fn(x):  # K symmetrised, as unflatten does; the top frame's new state from what it reads
+        sizes.append(len(x))
+        x = x.copy()
+        for K in (x[..., 0:4], x[..., 6:10]):
+            K[..., [1, 2]] = (K[..., [1]] + K[..., [2]]) / 2
+        y = np.tanh(x[..., read] @ np.vstack([A.T, np.zeros((len(read) - 11, 10))])
+                    if len(read) > 11 else x[..., read] @ A.T) + x[..., read[:10]] ** 2
+        return np.concatenate([x[..., :6], y], -1)
+
+    x0 = rng.normal(size=16) / 2
+    x0[[2, 8]] = x0[[1, 7]]  # (a symmetric state, as flatten's)
+    assert len(read) == 12 and len(U) == 11  # (the top frame's 10 and the outer frame's 2 means)
+    J, H = fw._derivatives(fn, x0)
+    Jc, Hc = fw._derivatives(fn, x0, coordinates=(U, S, T))
+    assert sizes == [545, 265]
+    np.testing.assert_allclose(Jc, J, atol=1e-9)
+    np.testing.assert_allclose(Hc, H, atol=1e-8)
+    np.testing.assert_allclose(T[:4], J[:4], atol=1e-9)  # the outer K: passed through unread
+
+
 def test_delta_step_at_each_point_is_its_own():
     """Two points stacked: at the first C has rank 2 and a third eigenvalue 1e-14 of its largest
     (below NULL: skipped there), at the second rank 3. The third direction is walked, but as 0 at

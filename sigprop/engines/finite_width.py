@@ -536,11 +536,13 @@ class _Walk:
         self.stale: list = []  # their joins where the chain grew before it was drawn
         self.start_note = ""  # a tangent walk's: why its start is drawn (until a reduction)
 
-    def push(self, fn, kurtosis=None, linear=False):
+    def push(self, fn, kurtosis=None, linear=False, top=False):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
         k H:M / 2 to the bias, M = M_of(cumulants) (..., D, D) PSD (the uniform weights' term,
         :meth:`_uniform_term`). ``linear``: fn is affine in the realised statistics (a residual
-        sum, a branch's copy of the stream, a Scale), so in the scaled state too: H = 0."""
+        sum, a branch's copy of the stream, a Scale), so in the scaled state too: H = 0.
+        ``top``: fn is fr[:-1] + [law(fr[-1])], a map of the top frame alone (the adjoint
+        differentiates it along fewer coordinates, :func:`_coordinates`)."""
         ref_in = self.frames
         ref_out = fn(ref_in)
         if self.lost:
@@ -557,7 +559,8 @@ class _Walk:
                                        np.broadcast_to(C, x0.shape + x0.shape[-1:]), ref_in,
                                        linear)
         if self.tape is not None:
-            self.tape.append((flat, x0, kurtosis, linear))
+            self.tape.append((flat, x0, kurtosis, linear,
+                              _coordinates(len(ref_in), ref_in[0].K.shape[-1], top)))
         if kurtosis is not None:
             M_of, k = kurtosis
             M = np.broadcast_to(M_of(self.cumulants), x0.shape + x0.shape[-1:])
@@ -620,7 +623,7 @@ class _Walk:
         chain_law = _tangent_chain if self.tangent else _unit_chain
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-                self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)])
+                self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], top=True)
             return
         elementwise = chain[1:] if dense else chain
         bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
@@ -642,7 +645,7 @@ class _Walk:
                           "cumulants are not known here (a residual branch with no Dense)")
                 return
             kurtosis = self._uniform_term(base)
-        self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], kurtosis)
+        self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], kurtosis, top=True)
         if self.lost or self._beyond_float64(self.frames[-1], ctx):  # (the features' scale)
             return
         top = self.frames[-1]
@@ -817,7 +820,7 @@ class _Walk:
             if self.track and not self.lost:
                 self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
             self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)],
-                      linear=not isinstance(op, (LayerNorm, RMSNorm)))
+                      linear=not isinstance(op, (LayerNorm, RMSNorm)), top=True)
         elif isinstance(op, FeatureAffine):  # vectors that vary, on a settled stream
             self.settle()
             self._varying_affine(op, ctx)
@@ -860,7 +863,7 @@ class _Walk:
         the enclosing frames (a refusal where those would not be 0)."""
         k = self.cumulants[-1]
         if self.lost:
-            self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
+            self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)], top=True)
             return
         # the joint cumulants of (enclosing frames, top frame) taken 0: so they are where the
         # top frame was drawn by a Dense since its branch opened (independent of them), or
@@ -875,7 +878,7 @@ class _Walk:
             return
         frames = self.frames
         sel = np.array([1.0, 0.0]) if self.tangent else 1.0  # the rows the shift acts on
-        self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)])
+        self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)], top=True)
         out_ls, shape, width = self.frames[-1].ls, self.C.shape, np.asarray(self.widths[-1])
 
         def noise(cumulants):  # (the covariance it adds to C, y's cumulants)
@@ -925,7 +928,7 @@ class _Walk:
             chain, ctx, self.chain = self.chain, self.chain_ctx, []
             with np.errstate(over="ignore", invalid="ignore"):  # (checked where it is drawn)
                 self.push(lambda fr: [to_unit_diagonal(
-                    functools.reduce(lambda s, op: self.law(op, s, ctx), chain, fr[0]))])
+                    functools.reduce(lambda s, op: self.law(op, s, ctx), chain, fr[0]))], top=True)
         if self.tangent and not self.lost and len(self.frames) == 1:
             self.rescale_tangent()
 
@@ -1602,24 +1605,54 @@ def _tangent_log_q(w: _Walk):
         return 2 * f.ls[..., 1] + np.log(f.K[..., 1, 1])
 
 
-def _derivatives(fn, x0, linear=False):
+def _derivatives(fn, x0, linear=False, coordinates=None):
     """(J, H) of a vector map ``fn`` at x0 (..., D): J (..., E, D) and H (..., E, D, D), by
-    :func:`_differences` along each axis e_i and each pair e_i + e_j (step ``STEP``: the walk's
-    states are O(1) in its scaled units); ``linear`` (fn affine): J along the axes alone, H
-    None (0)."""
+    :func:`_differences` along each coordinate direction u_k and each pair u_k + u_l (step
+    ``STEP``: the walk's states are O(1) in its scaled units); ``linear`` (fn affine): J along
+    the u_k alone, H None (0). ``coordinates``: (U, S, T) of :func:`_coordinates`, the
+    directions u_k (U's rows) of the coordinates fn reads, J = J_u S + T and H = S^T H_u S;
+    None: every axis e_i."""
     D = x0.shape[-1]
+    U, S, T = coordinates or (np.eye(D), np.eye(D), 0.0)
+    n, shape = len(U), (-1,) + (1,) * (x0.ndim - 1) + (D,)
     if linear:
-        y0, d1, _ = _differences(fn, x0, np.eye(D).reshape((D,) + (1,) * (x0.ndim - 1) + (D,)),
-                                 STEP, second=False)
-        return np.moveaxis(d1, 0, -1), None
-    eye, (i, j) = np.eye(D), np.triu_indices(D, 1)  # (the pairs i < j)
-    dirs = np.concatenate([eye, eye[i] + eye[j]]).reshape((-1,) + (1,) * (x0.ndim - 1) + (D,))
-    y0, d1, d2 = _differences(fn, x0, dirs, STEP)  # along each direction
-    J = np.moveaxis(d1[:D], 0, -1)
-    H = np.zeros(y0.shape + (D, D))
-    H[..., range(D), range(D)] = np.moveaxis(d2[:D], 0, -1)
-    H[..., i, j] = H[..., j, i] = np.moveaxis(d2[D:] - d2[i] - d2[j], 0, -1) / 2
-    return J, H
+        _, d1, _ = _differences(fn, x0, U.reshape(shape), STEP, second=False)
+        return np.moveaxis(d1, 0, -1) @ S + T, None
+    i, j = np.triu_indices(n, 1)  # (the pairs k < l)
+    y0, d1, d2 = _differences(fn, x0, np.concatenate([U, U[i] + U[j]]).reshape(shape), STEP)
+    H = np.zeros(y0.shape + (n, n))
+    H[..., range(n), range(n)] = np.moveaxis(d2[:n], 0, -1)
+    H[..., i, j] = H[..., j, i] = np.moveaxis(d2[n:] - d2[i] - d2[j], 0, -1) / 2
+    return np.moveaxis(d1[:n], 0, -1) @ S + T, S.T @ H @ S
+
+
+@functools.cache
+def _coordinates(frames: int, B: int, top: bool):
+    """(U, S, T) for :func:`_derivatives` of a map of the flattened stack of ``frames`` frames
+    of B inputs (:func:`flatten`'s layout). Each frame's K is read as (K + K^T) / 2
+    (:func:`unflatten`), so K_ab and K_ba (a < b) are one coordinate, k_ab, stepped along
+    u = e_ab + e_ba (S's row s = e_ab / 2 + e_ba / 2: S U^T = I). ``top``: the map takes the
+    top frame alone to its new state (fr[:-1] + [law(fr[-1])]), which reads that frame and
+    the enclosing frames' means (its refs'); the other coordinates it passes through unread,
+    J's part T = sum of their u s^T (0 without ``top``). A map of a frame inside a residual
+    branch has 66 directions (11 coordinates and their pairs) where the axes are 136."""
+    starts = [i * (B * B + B) + B * B * i * (i - 1) // 2 for i in range(frames + 1)]
+    D = starts[frames]  # (frame i: K, m, then X with each enclosing frame, up to starts[i + 1])
+    read = np.ones(D, dtype=bool)
+    if top:
+        read[:starts[frames - 1]] = False
+        for i in range(frames - 1):
+            read[starts[i] + B * B:starts[i] + B * B + B] = True
+    rows = []
+    for i in range(frames):
+        K = starts[i] + np.arange(B * B).reshape(B, B)
+        rows += [[K[a, b], K[b, a]] if a < b else [K[a, b]] for a in range(B) for b in range(a, B)]
+        rows += [[c] for c in range(starts[i] + B * B, starts[i + 1])]
+    U, S = np.zeros((len(rows), D)), np.zeros((len(rows), D))
+    for k, r in enumerate(rows):
+        U[k, r], S[k, r] = 1.0, 1.0 / len(r)
+    kept = read[[r[0] for r in rows]]
+    return U[kept], S[kept], U[~kept].T @ S[~kept] if top else 0.0
 
 
 def _contract(A, B):
@@ -1659,8 +1692,8 @@ def _adjoint(seen: _Walk):
             yield k, (np.einsum("...i,...i->...", g, b) + _contract(G, C) + f + c,
                       log_q_top - log_q_join, _contract(Gv, C) + fv + v)
         else:
-            fn, x, kurtosis, linear = step
-            J, H = _derivatives(fn, x, linear)
+            fn, x, kurtosis, linear, coordinates = step
+            J, H = _derivatives(fn, x, linear, coordinates)
             JT = np.swapaxes(J, -1, -2)
             gH = 0.0 if linear else np.einsum("...i,...ijk->...jk", g, H) / 2
             if kurtosis is not None:  # its bias gained k H:M / 2 (:meth:`_Walk.push`)
