@@ -22,8 +22,9 @@ layers``), the gradient's c and Var log grad_q at the layers above the input (on
 walk and an adjoint pass), against Monte Carlo, and (``--part preactivation``) at a Dense's
 output before its activation. Its seventh (``--part uniform``), the same c at
 every layer of a net with uniform weights (explicit draws, 8x the seeds). Its eighth (``--part
-norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm. Its ninth (``--part
-exact``, no Monte Carlo), a deep relu net's coefficients against the same recursion with exact
+norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm; (``--part
+after-norm``) activations after a norm of a Dense's features, on the stream and in a residual
+branch, forward and the input gradient. Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same recursion with exact
 derivatives (the symbolic face), where corr -> 1 approaches relu's kink.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
@@ -347,6 +348,47 @@ def norm_affine(seeds=32000, out="benchmarks/RESULTS.md"):
     return _write("Finite width: FeatureAffine after a norm", out, [intro, "", *rows])
 
 
+AFTER_NORM = {  # an activation after a norm of a Dense's features (the inputs of the last: a mean)
+    "3 x (Dense -> LayerNorm -> tanh)": (
+        sp.Repeat(sp.Serial(sp.Dense(1.4, 0.2), sp.LayerNorm(), sp.Act("tanh")), 3),
+        sp.Inputs(q=1.0, corr=0.5, n=2)),
+    "3 x (Dense -> RMSNorm -> relu)": (
+        sp.Repeat(sp.Serial(sp.Dense(1.4, 0.2), sp.RMSNorm(), sp.Act("relu")), 3),
+        sp.Inputs(q=1.0, corr=0.5, n=2)),
+    "3 x (x + tanh(LayerNorm(Dense x)))": (  # (the sum reads the draw's cross moments)
+        sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(), sp.Act("tanh"))), 3),
+        sp.Inputs(q=1.0, corr=0.5, mean=0.6, n=2)),
+}
+
+
+# the relu nets' gradient at widths 32-256 fitted c + a/N 0.7-0.9 above c (z +2.1 to +2.9 at
+# 16000 seeds), within SE at 128-1024: their 1/N^2 term, not yet small at 32
+AFTER_NORM_GRAD_WIDTHS = [128, 256, 512, 1024]
+
+
+def after_norm(seeds=4000, out="benchmarks/RESULTS.md"):
+    """Activations after a norm of a Dense's features (:func:`post_norm_noise`): forward slopes,
+    N Var log q and the input gradient's c against Monte Carlo."""
+    rows = ["| net | statistic (layer 3) | predicted | fitted ± SE | z |", "|---|---|---|---|---|"]
+    for name, (net, inputs) in AFTER_NORM.items():
+        found = measure(net, inputs, WIDTHS, seeds, root_seed=2024)
+        found.append(("c of E grad_q_0", *measure_gradient(net, inputs, AFTER_NORM_GRAD_WIDTHS,
+                                                           4 * seeds, root_seed=4048)))
+        for stat, pred, fit, se in found:
+            rows.append(f"| {name} | {stat} | {pred:.4g} | {fit:.4g} ± {se:.2g} | "
+                        f"{(fit - pred) / se:+.2f} |")
+            print(rows[-1], flush=True)
+    intro = ("`benchmarks/finite_width_agreement.py --part after-norm`: inputs q = 1, corr = 0.5 "
+             "(the residual net's with mean 0.6, so that the branch's cross moments with the "
+             f"stream carry a mean), input 0; forward: widths {WIDTHS} (root seed 2024 + N), "
+             f"{seeds} seeds per width; the gradient: widths {AFTER_NORM_GRAD_WIDTHS} (root "
+             f"seed 4048 + N), {4 * seeds} seeds per width; fitted as in the first section. "
+             "Predicted: the features after the norm with its centre and scale realised over "
+             "the same features (each feature's influence on the statistics, and the plug-in's "
+             "bias, `post_norm_noise`).")
+    return _write("Finite width: activations after a norm", out, [intro, "", *rows])
+
+
 UNIFORM_WIDTHS = [64, 128, 256]
 
 
@@ -418,7 +460,7 @@ def exact(out="benchmarks/RESULTS.md"):
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
-    each) or "exact"."""
+    each), "after-norm" or "exact"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -437,6 +479,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         uniform(8 * seeds, out)
     if part in ("all", "norm-affine"):
         norm_affine(8 * seeds, out)
+    if part in ("all", "after-norm"):
+        after_norm(seeds, out)
     if part in ("all", "exact"):
         exact(out)
 
@@ -447,7 +491,7 @@ if __name__ == "__main__":
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
-                                       "norm-affine", "exact"],
+                                       "norm-affine", "after-norm", "exact"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

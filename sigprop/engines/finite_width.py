@@ -42,10 +42,14 @@ assignment to the features, which needs the features' 4th moments
 cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th moments of the Dense's input
 features: for both, the walk carries each frame's 3rd and 4th joint cumulants (0 for the
 inputs, drawn at each fresh draw, mapped by norms and scales, added at a residual sum whose
-branch holds a Dense; unknown behind a residual branch with no Dense). Ops with no fluctuation
-rule here (BatchNorm; an activation on a stream that is not fresh; a varying FeatureAffine on a
-branch's copy of a non-Gaussian stream or on features of unknown cumulants; uniform weights
-there too) leave NaN corrections from that layer on, with a :class:`FiniteWidthWarning`, as
+branch holds a Dense; unknown behind a residual branch with no Dense). A norm of a Dense's
+Gaussian features (through linear maps) joins their chain: where elementwise ops follow it
+before the next reduction, the features f(norm(u)) are drawn with the norm's centre and scale
+realised over the same features, each feature's influence on the statistics and the
+plug-in's bias (:func:`post_norm_noise`); with none, the norm is a map of the drawn
+statistics. Ops with no fluctuation rule here (BatchNorm; an activation on any other stream
+that is not fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream or on
+features of unknown cumulants; uniform weights there too) leave NaN corrections from that layer on, with a :class:`FiniteWidthWarning`, as
 does a stream of zeros (zero weights, a zero Scale or FeatureAffine) at any grid point.
 Backward: the input gradient's E grad_q_0 is E |J t|^2 / N for a random tangent t, so the same
 walk of the pair (x, J t) gives its correction with exact weights, and its spread Var log
@@ -454,19 +458,36 @@ def feature_noise(y, w, cross_means, cross_grams):
 def noise_of_moments(E1, E2, E3, E4, cross_means, cross_grams):
     """Sigma (..., D, D) of the realised statistics [K (B^2), m (B), X^i (B^2 each)] of N i.i.d.
     features y with moments E1..E4 (:func:`feature_moments`; numbers, or object arrays of
-    sympy expressions for the symbolic face): Cov(y_a y_b, y_c y_d), Cov(y_a y_b, y_c),
-    Cov(y_a, y_c); and for the cross moment X^i_ab = mean_n r_na y_nb with a fixed stream r^i of
-    feature mean m_i and cross Grams R_ij = mean_n r^i_na r^j_nc:
-    Cov(X^i_ab, K_cd) = m_ia Cov(y_b, y_c y_d), Cov(X^i_ab, m_c) = m_ia Cov(y_b, y_c),
-    Cov(X^i_ab, X^j_cd) = R_ij,ac Cov(y_b, y_d)."""
-    B = E1.shape[-1]
+    sympy expressions for the symbolic face): :func:`noise_of_covariances` of Cov(y_a, y_c),
+    Cov(y_b, y_c y_d) and Cov(y_a y_b, y_c y_d)."""
     c11 = E2 - outer(E1, E1)  # Cov(y_a, y_c)
     c3 = E3 - E1[..., :, None, None] * E2[..., None, :, :]  # Cov(y_b, y_c y_d) [b, c, d]
     c4 = E4 - E2[..., :, :, None, None] * E2[..., None, None, :, :]
+    return noise_of_covariances(c11, c3, c4, cross_means, cross_grams)
+
+
+def noise_of_covariances(c11, c3, c4, cross_means, cross_grams, features=None):
+    """Sigma (..., D, D) of the realised statistics [K (B^2), m (B), X^i (B^2 each)] of N i.i.d.
+    features, each statistic the mean of a per-feature term: Cov(K_ab, K_cd) = c4[a, b, c, d],
+    Cov(m_b, K_cd) = c3[b, c, d], Cov(m_a, m_c) = c11[a, c]; for the cross moment X^i_ab = mean_n
+    r_na y_nb with a fixed stream r^i of feature mean m_i and cross Grams R_ij = mean_n
+    r^i_na r^j_nc: Cov(X^i_ab, K_cd) = m_ia c3[b, c, d], Cov(X^i_ab, m_c) = m_ia c11[b, c],
+    Cov(X^i_ab, X^j_cd) = R_ij,ac c11[b, d]. ``features``: Cov(y_b, y_d) of the features where
+    m's term is y + a (:func:`post_norm_noise`: its terms a, of mean 0, from the features alone):
+    X^i's is then r y + m_i a, and Cov(X^i_ab, X^j_cd) = R_ij,ac features[b, d] + m_ia m_jc
+    (c11 - features)[b, d]."""
+    B = c11.shape[-1]
 
     def block(spec, x, rows, cols):
         out = np.einsum(spec, *x)
         return out.reshape(out.shape[:out.ndim - len(spec.split("->...")[1])] + (rows, cols))
+
+    def cross(i, j):
+        if features is None:
+            return block("...ac,...bd->...abcd", [cross_grams[i][j], c11], B * B, B * B)
+        return (block("...ac,...bd->...abcd", [cross_grams[i][j], features], B * B, B * B)
+                + block("...a,...c,...bd->...abcd", [cross_means[i], cross_means[j],
+                                                      c11 - features], B * B, B * B))
 
     n = len(cross_means)
     grid = [[block("...abcd->...abcd", [c4], B * B, B * B),
@@ -475,8 +496,7 @@ def noise_of_moments(E1, E2, E3, E4, cross_means, cross_grams):
             [None, block("...ac->...ac", [c11], B, B)]
             + [block("...c,...ad->...acd", [cross_means[j], c11], B, B * B) for j in range(n)]]
     for i in range(n):
-        grid.append([None, None] + [block("...ac,...bd->...abcd", [cross_grams[i][j], c11],
-                                          B * B, B * B) for j in range(n)])
+        grid.append([None, None] + [cross(i, j) for j in range(n)])
     for r, row in enumerate(grid):  # the lower blocks are the transposes of the upper ones
         for c in range(r):
             row[c] = np.swapaxes(grid[c][r], -1, -2)
@@ -591,8 +611,8 @@ class _Walk:
         draw lost the walk (then they are stale: walked on their own)."""
         if self.chain is None:
             return
-        n = len(self.chain)
-        self._draw()
+        n = len(self.chain) - bool(self.chain and _is_norm(self.chain[-1]))  # (drawn
+        self._draw()  # before a norm that ends it, :meth:`_draw`)
         for join, k in self.waiting:
             if k == n and not self.lost:
                 self.tape.append(join + (_tangent_log_q(self),))
@@ -602,6 +622,11 @@ class _Walk:
 
     def _draw(self):
         chain, self.chain, ctx = self.chain, None, self.chain_ctx
+        if chain and _is_norm(chain[-1]):  # nothing after the norm: the features
+            self.chain = chain[:-1]  # before it drawn, then the norm as a map of their statistics
+            self._draw()
+            self._map(chain[-1], self.norm_ctx)
+            return
         base = self.frames
         if self._beyond_float64(base[-1], ctx):
             return
@@ -624,6 +649,9 @@ class _Walk:
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], top=True)
+            return
+        if any(_is_norm(op) for op in chain):
+            self._draw_after_norm(chain, gauss, ctx)
             return
         elementwise = chain[1:] if dense else chain
         bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
@@ -674,6 +702,44 @@ class _Walk:
         if self.tape is not None:
             self.tape.append(extra)
         if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
+            self.to_unit_diagonal()
+
+    def _draw_after_norm(self, chain, gauss: Moments, ctx: Context):
+        """Draw a chain (Dense ->) linear maps -> norm -> elementwise ops: the realised
+        statistics of f(norm(u)), the norm's centre and scale realised over the same N features
+        u (:func:`post_norm_noise`), after the chain's infinite-width law given the past."""
+        k = next(i for i, op in enumerate(chain) if _is_norm(op))
+        pre, norm, post = chain[:k], chain[k], chain[k + 1:]  # (post: no varying vectors,
+        if self.tangent:  # which settle the chain, :meth:`walk`)  # the pair (x, J t): the norm's Jacobian on t, then (f, f' J t)
+            def law(s):
+                s = _tangent_chain(pre, s, ctx) if pre else s
+                return _tangent_chain(post, _tangent_norm(norm, s, ctx), ctx)
+        else:
+            def law(s):
+                return _unit_chain(chain, s, ctx)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            self.push(lambda fr: fr[:-1] + [law(fr[-1])], top=True)
+        if self.lost or self._beyond_float64(self.frames[-1], ctx):
+            return
+        outer_frames = self.frames[:-1]
+        sigma, bias = post_norm_noise(
+            pre[1:] if pre and isinstance(pre[0], Dense) else pre, norm, post, gauss,
+            np.exp(-self.frames[-1].ls), self.tangent, ctx, [f.m for f in outer_frames],
+            [[_cross_gram(outer_frames, i, j) for j in range(len(outer_frames))]
+             for i in range(len(outer_frames))])
+        width = np.asarray(self.widths[-1])[..., None]
+        D, d = self.C.shape[-1], sigma.shape[-1]
+        extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
+        extra[..., D - d:, D - d:] = sigma / width[..., None]
+        shift = np.zeros(extra.shape[:-1])
+        shift[..., D - d:] = bias / width
+        self.b, self.C = self.b + shift, self.C + extra
+        if self.tape is not None:  # (the adjoint: f gains G:Sigma and g.b there)
+            self.tape += [extra, ("bias", shift)]
+        if self.track:  # (uniform weights or a varying FeatureAffine elsewhere in the net)
+            self._cumulant_step(lambda ks: ks[:-1] + [None])
+        self.drawn = self.drawn[:-1] + [True]
+        if len(self.frames) == 1:
             self.to_unit_diagonal()
 
     def to_unit_diagonal(self):
@@ -791,7 +857,8 @@ class _Walk:
         affine = isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
         second = (isinstance(op, FeatureAffine) and not affine and self.chain is not None
                   and any(isinstance(o, FeatureAffine) and not _constant_vectors(o, ctx)
-                          for o in self.chain))  # a second one with varying vectors: settled
+                          or _is_norm(o) for o in self.chain))  # a second one with varying
+        # vectors, or one after a norm: on the settled stream
         if isinstance(op, Serial):
             for kid in op.layers:
                 self.walk(kid, ctx.at(type(kid).__name__))
@@ -808,19 +875,12 @@ class _Walk:
         elif (isinstance(op, (Act, Scale)) or isinstance(op, FeatureAffine) and not second) \
                 and self.chain is not None:
             self.chain.append(op)
+        elif _is_norm(op) and (self.chain == [] or self._gaussian_chain(dense=True)):
+            self.chain.append(op)  # (its features' statistics: drawn with the ops after it)
+            self.norm_ctx = ctx
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
             self.settle()
-            if isinstance(op, LayerNorm) and not self.lost and _no_spread(self.frames[-1]):
-                self.lose(f"{ctx.path}: the LayerNorm's input features have no spread (q = "
-                          "mean^2 to float64's precision): its output is 0, with no "
-                          "finite-width expansion", pointwise=True)
-            if self.tangent and (self._beyond_float64(self.frames[-1], ctx) or  # (in and out:
-                    self._beyond_float64(op.theory_forward(self.frames[-1], ctx), ctx)):  # a gain)
-                return
-            if self.track and not self.lost:
-                self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
-            self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)],
-                      linear=not isinstance(op, (LayerNorm, RMSNorm)), top=True)
+            self._map(op, ctx)
         elif isinstance(op, FeatureAffine):  # vectors that vary, on a settled stream
             self.settle()
             self._varying_affine(op, ctx)
@@ -854,6 +914,21 @@ class _Walk:
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1], branch))
             if not self.stop_when_lost:
                 self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+
+    def _map(self, op: Op, ctx: Context):
+        """A norm, Scale or constant FeatureAffine on the settled top frame: a map of its
+        realised statistics (:meth:`push`)."""
+        if isinstance(op, LayerNorm) and not self.lost and _no_spread(self.frames[-1]):
+            self.lose(f"{ctx.path}: the LayerNorm's input features have no spread (q = "
+                      "mean^2 to float64's precision): its output is 0, with no "
+                      "finite-width expansion", pointwise=True)
+        if self.tangent and (self._beyond_float64(self.frames[-1], ctx) or  # (in and out:
+                self._beyond_float64(op.theory_forward(self.frames[-1], ctx), ctx)):  # a gain)
+            return
+        if self.track and not self.lost:
+            self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
+        self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)],
+                  linear=not isinstance(op, (LayerNorm, RMSNorm)), top=True)
 
     def _varying_affine(self, op: FeatureAffine, ctx: Context):
         """y = gamma x + beta on a settled frame, (gamma, beta) per feature independent of it:
@@ -932,11 +1007,13 @@ class _Walk:
         if self.tangent and not self.lost and len(self.frames) == 1:
             self.rescale_tangent()
 
-    def _gaussian_chain(self) -> bool:
+    def _gaussian_chain(self, dense=False) -> bool:
         """The stream's features, not yet drawn, are Gaussian: a Gaussian Dense's output (its
         weights, or for x alone its bias, nonzero at every point), then linear maps per
-        feature (Scale, a FeatureAffine with constant vectors)."""
-        if not self.chain or len(self.frames) != 1 or self.lost:
+        feature (Scale, a FeatureAffine with constant vectors). ``dense``: the features of a
+        Dense, in any frame (a norm of them joins the chain, :meth:`_draw_after_norm`)."""
+        if not self.chain or self.lost or not (dense and isinstance(self.chain[0], Dense)
+                                                or len(self.frames) == 1):
             return False
         first, ctx = self.chain[0], self.chain_ctx
         if isinstance(first, Dense):
@@ -955,6 +1032,10 @@ class _Walk:
         seen = copy.copy(self)
         seen.settle()
         return seen
+
+
+def _is_norm(op: Op) -> bool:
+    return isinstance(op, (LayerNorm, RMSNorm))
 
 
 def _apply(chain, s, ctx):
@@ -1036,6 +1117,137 @@ def _features(ops, u, ctx, tangent: bool):
             y, dy = (a.reshape(a.shape[:-2] + (-1,)) for a in (yq, dyq))
         v = (v[:, None] * vq).reshape(-1)
     return (y if dy is None else np.stack(np.broadcast_arrays(y, dy), axis=-1)), v
+
+
+def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Context,
+                    means=(), grams=()):
+    """(Sigma (..., D, D), b (..., D)): the covariance and the bias, per 1/N, of the realised
+    statistics [K, m, X^i] (in units ``scale`` = e^-ls; X^i with the enclosing frames of
+    feature means ``means`` and cross Grams ``grams``, as :func:`feature_noise`) of N features
+    y_n = f(norm(u_n)) after the linear maps ``pre``, the ``norm`` and the elementwise ops
+    ``post`` (f), the u_n i.i.d. Gaussian given the past (``law``: their frame), the norm's centre
+    and scale realised over the same features: their stats t, the mean of T(u) = (u_a, u_a^2)
+    (``tangent``, the pair (x, t): (u_x, u_t, u_x^2, u_x u_t), for the norm's Jacobian on t).
+    With F(u; t) the statistics of one feature at the norm's stats t, G(t) = E F(u; t) at u's
+    law and t* = E T, the realised statistics are mean F(u_n; t*) + dG . (t - t*) + O(1/N):
+    Sigma = Cov(F + dG . T) (each feature's influence), and their mean is G(t*) +
+    (1/2 d2G : Cov T + sum_k Cov(d_k F, T_k)) / N (the plug-in's bias). G(t*) is the chain's
+    infinite-width law (:meth:`_Walk.push`); the rest by :func:`_split_rule` on the norm's
+    output, Gaussian at any t (y = M (u - c), :func:`_linear_part`, affine in u), derivatives
+    in t by :func:`_derivatives` along T's standard deviations."""
+    K, mu, _ = _true(law)
+    Cu = K - outer(mu, mu)
+    for op in pre:  # u' = c u + shift: the norm's input, Gaussian
+        c, shift, _ = _vector_rule(op, ctx)
+        mu, Cu = c * mu + shift, c[..., None] ** 2 * Cu
+    B = Cu.shape[-1]
+    mu = np.broadcast_to(mu, Cu.shape[:-1])
+    var = np.diagonal(Cu, axis1=-2, axis2=-1)
+    if tangent:  # E T and T's standard deviations
+        t0 = np.stack([mu[..., 0], mu[..., 1], var[..., 0] + mu[..., 0] ** 2,
+                       Cu[..., 0, 1] + mu[..., 0] * mu[..., 1]], -1)
+        size = np.sqrt(np.stack([var[..., 0], var[..., 1], 2 * var[..., 0] ** 2
+                                 + 4 * mu[..., 0] ** 2 * var[..., 0],
+                                 var[..., 0] * var[..., 1] + Cu[..., 0, 1] ** 2
+                                 + mu[..., 0] ** 2 * var[..., 1] + mu[..., 1] ** 2 * var[..., 0]
+                                 + 2 * mu[..., 0] * mu[..., 1] * Cu[..., 0, 1]], -1))
+    else:
+        t0 = np.concatenate([mu, var + mu * mu], -1)
+        size = np.concatenate([np.sqrt(var), np.sqrt(2 * var * var + 4 * mu * mu * var)], -1)
+    size = np.where(size > 0, size, 1.0)
+
+    def statistics(u):  # T(u) (..., P, len(t0))
+        if tangent:
+            return np.stack([u[..., 0], u[..., 1], u[..., 0] ** 2, u[..., 0] * u[..., 1]], -1)
+        return np.concatenate([u, u * u], -1)
+
+    def integrals(tau, nodes=False):
+        """G and E[F (T_k - t*_k) / size_k] at t = t* + size tau."""
+        t = t0 + size * tau
+        m = t[..., :B]
+        second = (np.stack([np.stack([t[..., 2], t[..., 3]], -1),  # (K_tt: not read)
+                            np.stack([t[..., 3], t[..., 3]], -1)], -2) if tangent
+                  else t[..., B:, None] * np.eye(B))
+        at = law.replace(K=second, m=m, ls=np.zeros_like(m), refs=())
+        c = _centring(norm, at)[1]
+        M = _linear_part(norm, at, ctx, tangent)
+        y, w = _split_rule(np.einsum("...ab,...b->...a", M, mu - c),
+                           M @ Cu @ np.swapaxes(M, -1, -2), kink)
+        u = c[..., None, :] + np.einsum("...ab,...pb->...pa", np.linalg.inv(M), y)
+        T = (statistics(u) - t0[..., None, :]) / size[..., None, :]
+        f = _features(post, y, ctx, tangent)[0] * scale[..., None, :]
+        F = np.concatenate([(f[..., :, None] * f[..., None, :]).reshape(f.shape[:-1] + (-1,)),
+                            f], -1)
+        if nodes:
+            return F, T, w, f
+        return np.concatenate([np.einsum("...p,...pe->...e", w, F),
+                               np.einsum("...p,...pe,...pk->...ek", w, F, T).reshape(
+                                   F.shape[:-2] + (-1,))], -1)
+
+    gain, shift = 1.0, 0.0  # the first activation's kink: where gain y + shift = 0
+    for op in itertools.takewhile(lambda op: not isinstance(op, Act), post):
+        c, b, _ = _vector_rule(op, ctx)
+        gain, shift = gain * c[..., 0], shift * c[..., 0] + b[..., 0]
+    kink = np.divide(-shift, gain, out=np.zeros(np.broadcast(shift, gain).shape), where=gain != 0)
+    kink = np.stack(np.broadcast_arrays(kink, kink if B > 1 and not tangent else 0 * kink), -1)
+    E, n = B * B + B, t0.shape[-1]
+    J, H = _derivatives(lambda tau: np.stack([integrals(t) for t in tau]),  # (one direction at
+                        np.zeros(t0.shape))  # a time: the nodes are (grid, P, ...) each)
+    dG, d2G = J[..., :E, :], H[..., :E, :, :]
+    cross = np.einsum("...ekk->...e", J[..., E:, :].reshape(J.shape[:-2] + (E, n, n)))
+    F, T, w, f = integrals(np.zeros(t0.shape), nodes=True)
+
+    def cov(a, b):  # over the nodes
+        a, b = (x - np.einsum("...p,...pe->...e", w, x)[..., None, :] for x in (a, b))
+        return np.einsum("...p,...pe,...pf->...ef", w, a, b)
+
+    influence = cov(F + np.einsum("...pk,...ek->...pe", T, dG),
+                    F + np.einsum("...pk,...ek->...pe", T, dG))
+    lead = influence.shape[:-2]
+    sigma = noise_of_covariances(influence[..., B * B:, B * B:],
+                                 influence[..., B * B:, :B * B].reshape(lead + (B,) * 3),
+                                 influence[..., :B * B, :B * B].reshape(lead + (B,) * 4),
+                                 means, grams, features=cov(f, f))
+    bias = 0.5 * np.einsum("...ekl,...kl->...e", d2G, cov(T, T)) + cross
+    return sigma, np.concatenate([bias] + [(m[..., :, None] * bias[..., None, B * B:]).reshape(
+        lead + (B * B,)) for m in means], -1)
+
+
+POST_NORM_NODES = 24  # Gauss-Legendre nodes per panel of :func:`_split_rule`: z^4 phi(z) over
+# [0, 9] to 4e-15 (16: 3e-8)
+
+
+def _split_rule(m, C, kink):
+    """Nodes y (..., P, B) and weights (..., P) of N(m, C), B <= 2, for integrands that kink
+    where y_a = kink_a (relu after a shift) at any mean (:func:`gaussian_rule` is polar about
+    0): y_0 = m_0 + s_0 z_0, then y_1 = its mean given y_0 + s z_1, each z in [-RHO_MAX,
+    RHO_MAX] by Gauss-Legendre on two panels split at the kink (a panel of width 0 where it
+    is not inside), P = (2 POST_NORM_NODES)^B."""
+    x, wx = _legendre(POST_NORM_NODES)
+
+    def panels(at):  # N(0, 1) on [-R, at] and [at, R]: nodes and weights (..., 2n)
+        at = np.clip(at, -RHO_MAX, RHO_MAX)[..., None]
+        lo, hi = (at + RHO_MAX) / 2, (RHO_MAX - at) / 2
+        z = np.concatenate([-RHO_MAX + lo * (x + 1), at + hi * (x + 1)], -1)
+        w = np.concatenate([lo * wx, hi * wx], -1) * np.exp(-z * z / 2) / np.sqrt(2 * np.pi)
+        return z, w
+
+    def at_zero(mean, sd):  # where mean + sd z = 0 (sd = 0: no kink inside)
+        return np.divide(-mean, sd, out=np.full(np.broadcast(mean, sd).shape, RHO_MAX),
+                         where=sd > 0)
+
+    s0 = np.sqrt(C[..., 0, 0])
+    z0, w0 = panels(at_zero(m[..., 0] - kink[..., 0], s0))
+    y0 = m[..., :1] + s0[..., None] * z0  # (..., 2n)
+    if C.shape[-1] == 1:
+        return y0[..., None], w0
+    beta = np.divide(C[..., 0, 1], C[..., 0, 0], out=np.zeros_like(s0), where=s0 > 0)
+    sc = np.sqrt(np.maximum(C[..., 1, 1] - beta * C[..., 0, 1], 0.0))[..., None]
+    mean1 = m[..., 1:] + beta[..., None] * (y0 - m[..., :1])  # (..., 2n)
+    z1, w1 = panels(at_zero(mean1 - kink[..., 1:], sc))  # (..., 2n, 2n)
+    y1 = mean1[..., None] + sc[..., None] * z1
+    y = np.stack(np.broadcast_arrays(y0[..., None], y1), -1)
+    return y.reshape(y.shape[:-3] + (-1, 2)), (w0[..., None] * w1).reshape(w1.shape[:-2] + (-1,))
 
 
 HERMITE_NODES, HERMITE_WEIGHTS = np.polynomial.hermite_e.hermegauss(3)
@@ -1680,6 +1892,8 @@ def _adjoint(seen: _Walk):
         step = seen.tape[pos]
         if isinstance(step, np.ndarray):  # a draw's fluctuation
             f, fv = f + _contract(G, step), fv + _contract(Gv, step)
+        elif step[0] == "bias":  # a draw's bias beyond its law's: f gains g.b
+            f = f + np.einsum("...i,...i->...", g, step[1])
         elif step[0] in ("rescale", "cumulants"):
             log_q_top = log_q_top + (step[1] if step[0] == "rescale" else 0.0)
         elif step[0] == "affine":  # a varying FeatureAffine's noise: G:Sigma, Gv:Sigma
@@ -1872,10 +2086,10 @@ def _coefficient_rows(net: Op, s0: Moments, gaussian: bool, ctx: Context, split:
 
 def _opens_settled(op: Op) -> bool:
     """Whether walking ``op`` starts by drawing the stream's pending features (its first op is
-    not elementwise, which would join the open chain)."""
+    not elementwise, which would join the open chain, nor a norm, which may)."""
     while isinstance(op, (Serial, Repeat)):
         op = op.layers[0] if isinstance(op, Serial) else op.block
-    return not isinstance(op, (Act, Scale, FeatureAffine))
+    return not isinstance(op, (Act, Scale, FeatureAffine, LayerNorm, RMSNorm))
 
 
 def _merged(reasons) -> Lost | None:
