@@ -76,15 +76,23 @@ def _write(title, out, lines):
     return md
 
 
+def _z_rows(name, found):
+    """Markdown rows | name | statistic | predicted | fitted ± SE | z | of ``found`` ((statistic,
+    predicted, fitted, se) each), printed as they come."""
+    rows = []
+    for stat, pred, fit, se in found:
+        rows.append(f"| {name} | {stat} | {pred:.4g} | {fit:.4g} ± {se:.2g} | "
+                    f"{(fit - pred) / se:+.2f} |")
+        print(rows[-1], flush=True)
+    return rows
+
+
 def first_order(seeds=4000, out="benchmarks/RESULTS.md"):
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
     rows = ["| preset | statistic (layer 8) | predicted | fitted ± SE | z |",
             "|---|---|---|---|---|"]
     for name, net in PRESETS.items():
-        for stat, pred, fit, se in measure(net, inputs, WIDTHS, seeds, root_seed=2024):
-            rows.append(f"| {name} | {stat} | {pred:.4g} | {fit:.4g} ± {se:.2g} | "
-                        f"{(fit - pred) / se:+.2f} |")
-            print(rows[-1], flush=True)
+        rows += _z_rows(name, measure(net, inputs, WIDTHS, seeds, root_seed=2024))
     rows += ["", "| mean-carrying stream | widths | seeds | A predicted | A measured ± SE | z |",
              "|---|---|---|---|---|---|"]
     for name, net, widths, n in MEAN_STREAMS:
@@ -227,10 +235,7 @@ def affine(seeds=4000, out="benchmarks/RESULTS.md"):
         found = measure(net, inputs, WIDTHS, seeds, root_seed=2024)
         found.append(("c of E grad_q_0", *measure_gradient(net, inputs, [32, 64, 128, 256],
                                                            seeds, root_seed=4048)))
-        for stat, pred, fit, se in found:
-            rows.append(f"| {name} | {stat} | {pred:.4g} | {fit:.4g} ± {se:.2g} | "
-                        f"{(fit - pred) / se:+.2f} |")
-            print(rows[-1], flush=True)
+        rows += _z_rows(name, found)
     intro = (f"`benchmarks/finite_width_agreement.py --part affine`: 3 blocks x + Dense(1.0) "
              "op(tanh(Dense(1.3, 0.2) x)), inputs q = 1, corr = 0.5, input 0; forward: widths "
              f"{WIDTHS} (root seed 2024 + N), the gradient: widths [32, 64, 128, 256] (root "
@@ -333,10 +338,7 @@ def norm_affine(seeds=32000, out="benchmarks/RESULTS.md"):
         for l, (c, a, se_a, v, V, se_v) in zip([0, 1], measure_gradient_layers(
                 net, inputs, NORM_AFFINE_GRAD_WIDTHS, seeds, root_seed=4048, layers=[0, 1])):
             found += [(f"c of E grad_q_{l}", c, a, se_a), (f"N Var log grad_q_{l}", v, V, se_v)]
-        for stat, pred, fit, se in found:
-            rows.append(f"| {name} | {stat} | {pred:.4g} | {fit:.4g} ± {se:.2g} | "
-                        f"{(fit - pred) / se:+.2f} |")
-            print(rows[-1], flush=True)
+        rows += _z_rows(name, found)
     intro = ("`benchmarks/finite_width_agreement.py --part norm-affine`: 3 blocks, the "
              "FeatureAffine of the section above with varying vectors right after a LayerNorm "
              "(Pre-LN: on the branch's normalised copy of the stream; Post-LN: on the stream), "
@@ -374,10 +376,7 @@ def after_norm(seeds=4000, out="benchmarks/RESULTS.md"):
         found = measure(net, inputs, WIDTHS, seeds, root_seed=2024)
         found.append(("c of E grad_q_0", *measure_gradient(net, inputs, AFTER_NORM_GRAD_WIDTHS,
                                                            4 * seeds, root_seed=4048)))
-        for stat, pred, fit, se in found:
-            rows.append(f"| {name} | {stat} | {pred:.4g} | {fit:.4g} ± {se:.2g} | "
-                        f"{(fit - pred) / se:+.2f} |")
-            print(rows[-1], flush=True)
+        rows += _z_rows(name, found)
     intro = ("`benchmarks/finite_width_agreement.py --part after-norm`: inputs q = 1, corr = 0.5 "
              "(the residual net's with mean 0.6, so that the branch's cross moments with the "
              f"stream carry a mean), input 0; forward: widths {WIDTHS} (root seed 2024 + N), "
