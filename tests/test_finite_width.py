@@ -310,6 +310,29 @@ def test_derivatives_of_a_top_frames_map_along_its_own_coordinates():
     np.testing.assert_allclose(T[:4], J[:4], atol=1e-9)  # the outer K: passed through unread
 
 
+@pytest.mark.parametrize("scale", [0.5, 3.0, 30.0])
+def test_the_split_rule_resolves_a_bend_at_any_scale(scale):
+    """:func:`fw._split_rule` on N(0.3 s, s^2), split at the kink -0.2 with the levels for a
+    bend of width 1 / s: E sech(y)^4 (tanh' squared, narrow in y at large s) and E relu(y +
+    0.2)^4 against adaptive quadrature, to 1e-12 relative (the rule: ~1e-14). Two panels alone
+    (levels 0) leave 7e-5 of sech^4 at s = 3."""
+    y, w = fw._split_rule(np.array([0.3 * scale]), np.array([[scale**2]]), np.array([-0.2, 0.0]),
+                          fw._split_levels(scale))
+    y = y[..., 0]
+
+    def exact(f, points):
+        return integrate.quad(lambda z: f(0.3 * scale + scale * z) * math.exp(-z * z / 2)
+                              / math.sqrt(2 * math.pi), -12, 12, points=points, limit=800,
+                              epsabs=0, epsrel=1e-13)[0]
+
+    sech4 = exact(lambda v: 0.0 if abs(v) > 300 else math.cosh(v) ** -4,
+                  [(-0.3 * scale + d) / scale for d in (-3, 0, 3)])
+    np.testing.assert_allclose(np.sum(w * np.cosh(np.minimum(np.abs(y), 300)) ** -4.0), sech4,
+                               rtol=1e-12)
+    relu4 = exact(lambda v: max(v + 0.2, 0.0) ** 4, [(-0.2 - 0.3 * scale) / scale])
+    np.testing.assert_allclose(np.sum(w * np.maximum(y + 0.2, 0) ** 4), relu4, rtol=1e-12)
+
+
 def _sphere_mean(g, n):
     """E g(y) for y = sqrt(n) w, w a coordinate of a uniform unit vector in R^n (density of y
     ~ (1 - y^2 / n)^((n - 3) / 2)), by adaptive quadrature."""

@@ -722,11 +722,18 @@ class _Walk:
         if self.lost or self._beyond_float64(self.frames[-1], ctx):
             return
         outer_frames = self.frames[:-1]
-        sigma, bias = post_norm_noise(
+        got = post_norm_noise(
             pre[1:] if pre and isinstance(pre[0], Dense) else pre, norm, post, gauss,
             np.exp(-self.frames[-1].ls), self.tangent, ctx, [f.m for f in outer_frames],
             [[_cross_gram(outer_frames, i, j) for j in range(len(outer_frames))]
              for i in range(len(outer_frames))])
+        if got is None:
+            self.lose(f"{self.norm_ctx.path}: an activation after this {type(norm).__name__} "
+                      f"bends over a width below {1 / BEND_MAX:g} of its input's scale: its "
+                      "features fall in the bend with about that probability, which no "
+                      "practical width samples", pointwise=True)
+            return
+        sigma, bias = got
         width = np.asarray(self.widths[-1])[..., None]
         D, d = self.C.shape[-1], sigma.shape[-1]
         extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
@@ -875,7 +882,8 @@ class _Walk:
         elif (isinstance(op, (Act, Scale)) or isinstance(op, FeatureAffine) and not second) \
                 and self.chain is not None:
             self.chain.append(op)
-        elif _is_norm(op) and (self.chain == [] or self._gaussian_chain(dense=True)):
+        elif _is_norm(op) and not self.lost and (self.chain == []
+                                                 or self._gaussian_chain(dense=True)):
             self.chain.append(op)  # (its features' statistics: drawn with the ops after it)
             self.norm_ctx = ctx
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
@@ -1119,6 +1127,13 @@ def _features(ops, u, ctx, tangent: bool):
     return (y if dy is None else np.stack(np.broadcast_arrays(y, dy), axis=-1)), v
 
 
+def _pair_moments(t):
+    """The 2nd moments [[u_x^2, u_x u_t], [., .]] of the pair's stats t = (m_x, m_t, u_x^2,
+    u_x u_t) (K_tt, which no norm's Jacobian reads, set to u_x u_t)."""
+    return np.stack([np.stack([t[..., 2], t[..., 3]], -1), np.stack([t[..., 3], t[..., 3]], -1)],
+                    -2)
+
+
 def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Context,
                     means=(), grams=()):
     """(Sigma (..., D, D), b (..., D)): the covariance and the bias, per 1/N, of the realised
@@ -1134,7 +1149,9 @@ def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Co
     (1/2 d2G : Cov T + sum_k Cov(d_k F, T_k)) / N (the plug-in's bias). G(t*) is the chain's
     infinite-width law (:meth:`_Walk.push`); the rest by :func:`_split_rule` on the norm's
     output, Gaussian at any t (y = M (u - c), :func:`_linear_part`, affine in u), derivatives
-    in t by :func:`_derivatives` along T's standard deviations."""
+    in t by :func:`_derivatives` along T's standard deviations. None where an activation that
+    saturates bends over less than 1 / BEND_MAX of its input's scale (no practical width
+    samples its bend, as in :meth:`_Walk._draw`)."""
     K, mu, _ = _true(law)
     Cu = K - outer(mu, mu)
     for op in pre:  # u' = c u + shift: the norm's input, Gaussian
@@ -1163,16 +1180,11 @@ def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Co
 
     def integrals(tau, nodes=False):
         """G and E[F (T_k - t*_k) / size_k] at t = t* + size tau."""
-        t = t0 + size * tau
-        m = t[..., :B]
-        second = (np.stack([np.stack([t[..., 2], t[..., 3]], -1),  # (K_tt: not read)
-                            np.stack([t[..., 3], t[..., 3]], -1)], -2) if tangent
-                  else t[..., B:, None] * np.eye(B))
-        at = law.replace(K=second, m=m, ls=np.zeros_like(m), refs=())
+        at = norm_input(t0 + size * tau)
         c = _centring(norm, at)[1]
         M = _linear_part(norm, at, ctx, tangent)
         y, w = _split_rule(np.einsum("...ab,...b->...a", M, mu - c),
-                           M @ Cu @ np.swapaxes(M, -1, -2), kink)
+                           M @ Cu @ np.swapaxes(M, -1, -2), kink, levels)
         u = c[..., None, :] + np.einsum("...ab,...pb->...pa", np.linalg.inv(M), y)
         T = (statistics(u) - t0[..., None, :]) / size[..., None, :]
         f = _features(post, y, ctx, tangent)[0] * scale[..., None, :]
@@ -1180,10 +1192,21 @@ def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Co
                             f], -1)
         if nodes:
             return F, T, w, f
-        return np.concatenate([np.einsum("...p,...pe->...e", w, F),
-                               np.einsum("...p,...pe,...pk->...ek", w, F, T).reshape(
-                                   F.shape[:-2] + (-1,))], -1)
+        wF = np.swapaxes(w[..., None] * F, -1, -2)  # (..., E, P): sums over nodes by matmul
+        return np.concatenate([wF.sum(-1), (wF @ T).reshape(F.shape[:-2] + (-1,))], -1)
 
+    def norm_input(t):  # a frame of the norm's input statistics t (true units)
+        K = _pair_moments(t) if tangent else t[..., B:, None] * np.eye(B)
+        return law.replace(K=K, m=t[..., :B], ls=np.zeros_like(t[..., :B]), refs=())
+
+    bend = _bend(post, ctx)  # (the tangent's J t enters linearly: x's only)
+    levels = 0
+    if bend is not None:
+        M0 = _linear_part(norm, norm_input(t0), ctx, tangent)
+        ratio = _bend_ratio(M0 @ Cu @ np.swapaxes(M0, -1, -2), (bend, np.inf) if tangent else bend)
+        if ratio > BEND_MAX and _saturates(post):
+            return None
+        levels = _split_levels(min(ratio, BEND_MAX))
     gain, shift = 1.0, 0.0  # the first activation's kink: where gain y + shift = 0
     for op in itertools.takewhile(lambda op: not isinstance(op, Act), post):
         c, b, _ = _vector_rule(op, ctx)
@@ -1217,20 +1240,35 @@ POST_NORM_NODES = 24  # Gauss-Legendre nodes per panel of :func:`_split_rule`: z
 # [0, 9] to 4e-15 (16: 3e-8)
 
 
-def _split_rule(m, C, kink):
+def _split_levels(ratio: float) -> int:
+    """:func:`_split_rule`'s levels for a bend of width 1 / ``ratio`` of the scale."""
+    return max(1, math.ceil(math.log(9 * ratio / 4, 4)))
+
+
+def _split_rule(m, C, kink, levels=0):
     """Nodes y (..., P, B) and weights (..., P) of N(m, C), B <= 2, for integrands that kink
     where y_a = kink_a (relu after a shift) at any mean (:func:`gaussian_rule` is polar about
     0): y_0 = m_0 + s_0 z_0, then y_1 = its mean given y_0 + s z_1, each z in [-RHO_MAX,
-    RHO_MAX] by Gauss-Legendre on two panels split at the kink (a panel of width 0 where it
-    is not inside), P = (2 POST_NORM_NODES)^B."""
+    RHO_MAX] by Gauss-Legendre on two sides split at the kink (a side of width 0 where it is
+    not inside), each side in 1 + ``levels`` panels with edges 4^-k of its length from the
+    kink (k = 1 .. levels): a bend of width 1 / ratio there (tanh at scale ratio) is resolved
+    with log_4(9 ratio / 4) levels, at least 1 (E sech(s z)^4 and E tanh(s z)^2 (s z)^2 to
+    1e-14 for s = 0.5 to 30; two panels alone left 7e-5 of sech^4 at s = 3, and 16 nodes per
+    panel 1e-13); relu's polynomials of degree <= 4 need none (E relu(z)^4 to 4e-15).
+    P = (2 (1 + levels) POST_NORM_NODES)^B."""
     x, wx = _legendre(POST_NORM_NODES)
+    edges = [0.0, *(4.0**-k for k in range(levels, 0, -1)), 1.0]  # from the kink, ascending
 
-    def panels(at):  # N(0, 1) on [-R, at] and [at, R]: nodes and weights (..., 2n)
+    def panels(at):  # N(0, 1) on [-R, at] and [at, R]: nodes and weights (..., 2 (1 + levels) n)
         at = np.clip(at, -RHO_MAX, RHO_MAX)[..., None]
-        lo, hi = (at + RHO_MAX) / 2, (RHO_MAX - at) / 2
-        z = np.concatenate([-RHO_MAX + lo * (x + 1), at + hi * (x + 1)], -1)
-        w = np.concatenate([lo * wx, hi * wx], -1) * np.exp(-z * z / 2) / np.sqrt(2 * np.pi)
-        return z, w
+        z, w = [], []
+        for side, length in ((-1.0, at + RHO_MAX), (1.0, RHO_MAX - at)):
+            for lo, hi in itertools.pairwise(edges):
+                half = (hi - lo) * length / 2
+                z.append(at + side * (lo * length + half * (x + 1)))
+                w.append(half * wx)
+        z = np.concatenate(z, -1)
+        return z, np.concatenate(w, -1) * np.exp(-z * z / 2) / np.sqrt(2 * np.pi)
 
     def at_zero(mean, sd):  # where mean + sd z = 0 (sd = 0: no kink inside)
         return np.divide(-mean, sd, out=np.full(np.broadcast(mean, sd).shape, RHO_MAX),
