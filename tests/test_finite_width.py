@@ -404,6 +404,21 @@ def test_vectors_that_vary_after_a_norm_of_fresh_features_act_on_its_settled_out
         assert np.isfinite(ds[name].values).all(), name
 
 
+def test_a_gradient_started_between_a_norm_and_its_activation_is_named():
+    """A Serial's ops are layers of their own, so layers 2 and 5 end between a norm and the
+    activation after it: the forward corrections are finite at every layer (the activation
+    drawn with the norm's statistics), the gradient's from those two layers is NaN, and the
+    warning names the norm where that tangent starts (not the Dense before it)."""
+    net = sp.Serial(sp.Dense(1.4, 0.2), sp.LayerNorm(), sp.Act("tanh"), sp.Dense(1.2, 0.1),
+                    sp.RMSNorm(), sp.Act("tanh"))
+    with pytest.warns(sp.FiniteWidthWarning, match=r"layer 2 LayerNorm's output starts on its "
+                      r"features drawn: no rule .* NaN at layers \[2, 5\]"):
+        ds = sp.theory(net, PAIR, width=128)
+    assert np.isfinite(ds.log_q_correction.values).all()
+    grad = ds.grad_q_rel_correction.values
+    assert np.isnan(grad[[2, 5]]).all() and np.isfinite(np.delete(grad, [2, 5], axis=0)).all()
+
+
 def test_relu_after_rmsnorm_has_the_spread_of_a_fraction():
     """Dense -> RMSNorm (eps 0) -> relu: q = sum_{u_i > 0} u_i^2 / sum_i u_i^2, the fraction of
     the squared norm on the positive coordinates, exactly. E q = 1/2 at any N (symmetry), and

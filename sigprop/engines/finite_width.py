@@ -2008,7 +2008,11 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     out.b, out.C, out.widths = b, C, list(seen.widths)
     if fresh:  # (the cumulants: those of the features drawn)
         return out
-    if walk.chain:  # (an activation next has no rule on the drawn stream: say why)
+    if walk.chain and _is_norm(walk.chain[-1]):  # (a layer ends between a norm and its ops)
+        out.start_note = (f" (the gradient at {walk.norm_ctx.path}'s output starts on its "
+                          "features drawn: no rule for a tangent started between a norm and "
+                          "the activations after it)")
+    elif walk.chain:  # (an activation next has no rule on the drawn stream: say why)
         out.start_note = (f" (the gradient at {walk.chain_ctx.path}'s output starts on its "
                           "features drawn: a tangent started before they are needs them "
                           "Gaussian, a Dense's with Gaussian weights or a bias, then linear "
