@@ -710,20 +710,28 @@ class _Walk:
         u (:func:`post_norm_noise`), after the chain's infinite-width law given the past."""
         k = next(i for i, op in enumerate(chain) if _is_norm(op))
         pre, norm, post = chain[:k], chain[k], chain[k + 1:]  # (post: no varying vectors,
-        if self.tangent:  # which settle the chain, :meth:`walk`)  # the pair (x, J t): the norm's Jacobian on t, then (f, f' J t)
+        # which settle the chain, :meth:`walk`); the norm's input and output in true units:
+        linear = pre[1:] if pre and isinstance(pre[0], Dense) else pre
+        with np.errstate(over="ignore", invalid="ignore"):
+            u = functools.reduce(lambda s, op: self.law(op, s, ctx), linear, gauss)
+            y = self.law(norm, u, ctx)
+        for f in (u, y):
+            if self._beyond_float64(f, self.norm_ctx, fourth=True):
+                break
+        if self.tangent:  # the pair (x, J t): the norm's Jacobian on t, then (f, f' J t)
             def law(s):
                 s = _tangent_chain(pre, s, ctx) if pre else s
                 return _tangent_chain(post, _tangent_norm(norm, s, ctx), ctx)
-        else:
+        else:  # (lost: the laws' own log scales, which stay finite where true units do not)
             def law(s):
-                return _unit_chain(chain, s, ctx)
+                return (_apply if self.lost else _unit_chain)(chain, s, ctx)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             self.push(lambda fr: fr[:-1] + [law(fr[-1])], top=True)
         if self.lost or self._beyond_float64(self.frames[-1], ctx):
             return
         outer_frames = self.frames[:-1]
         got = post_norm_noise(
-            pre[1:] if pre and isinstance(pre[0], Dense) else pre, norm, post, gauss,
+            linear, norm, post, gauss,
             np.exp(-self.frames[-1].ls), self.tangent, ctx, [f.m for f in outer_frames],
             [[_cross_gram(outer_frames, i, j) for j in range(len(outer_frames))]
              for i in range(len(outer_frames))])
@@ -803,16 +811,17 @@ class _Walk:
 
         return M_of, -0.4 / np.asarray(self.fan_in)
 
-    def _beyond_float64(self, s: Moments, ctx: Context) -> bool:
+    def _beyond_float64(self, s: Moments, ctx: Context, fourth=False) -> bool:
         """Lose the walk (True) where ``s`` is past float64 in true units, which the feature
         law and the tangent's laws need, or below ``TRUE_LS_MIN`` (a walk already lost goes
         on: its frames serve); the true log scale is ls + log K_aa / 2 (a law may leave its
-        scale in K: a Dense's), NaN where a law overflowed."""
+        scale in K: a Dense's), NaN where a law overflowed. ``fourth``: its 4th moments are
+        taken in true units (:func:`post_norm_noise`)."""
         if self.lost:
             return False
         # tracked cumulants take the 4th moments, ~q^2, in true units: half the range
-        top, bottom = (TRUE_LS_MAX / 2, TRUE_LS_MIN / 2) if self.track else (TRUE_LS_MAX,
-                                                                           TRUE_LS_MIN)
+        top, bottom = (TRUE_LS_MAX / 2, TRUE_LS_MIN / 2) if self.track or fourth else (
+            TRUE_LS_MAX, TRUE_LS_MIN)
         with np.errstate(divide="ignore", invalid="ignore"):
             true = s.ls + np.log(np.diagonal(s.K, axis1=-2, axis2=-1)) / 2
         under = (true < bottom) & (true > -np.inf)  # (-inf: a stream of zeros, said apart)
