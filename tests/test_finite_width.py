@@ -419,6 +419,25 @@ def test_a_gradient_started_between_a_norm_and_its_activation_is_named():
     assert np.isnan(grad[[2, 5]]).all() and np.isfinite(np.delete(grad, [2, 5], axis=0)).all()
 
 
+def test_a_zero_stream_before_a_norm_and_its_activation_is_lost_at_its_point_alone():
+    """Dense(sigma_w swept over 0 and 1.3, no bias) -> LayerNorm -> tanh: the Dense's features are
+    0 at sigma_w = 0, which the draw of the chain (norm included) names; that point is NaN from
+    layer 1 on, forward and gradient, and the other is finite, each as walked alone, with no
+    numpy warning (before the draw's lost path took the chain's law, whose tangent face has no
+    norm inside, and the walk of the tangent failed there)."""
+    net = sp.Repeat(sp.Serial(sp.Dense(sp.sweep("sigma_w", [0.0, 1.3]), 0.0), sp.LayerNorm(),
+                              sp.Act("tanh")), 2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.warns(sp.FiniteWidthWarning, match="exactly 0 here"):
+            ds = sp.theory(net, PAIR, width=64)
+        alone = sp.theory(fw.at_point(net, {"sigma_w": 1.3}), PAIR, width=64)
+    for name in ("log_q_correction", "grad_q_rel_correction"):
+        got = ds[name].transpose("sigma_w", ...).values
+        assert np.isnan(got[0, 1:]).all(), name
+        np.testing.assert_allclose(got[1], alone[name].values, rtol=1e-9, err_msg=name)
+
+
 def test_relu_after_rmsnorm_has_the_spread_of_a_fraction():
     """Dense -> RMSNorm (eps 0) -> relu: q = sum_{u_i > 0} u_i^2 / sum_i u_i^2, the fraction of
     the squared norm on the positive coordinates, exactly. E q = 1/2 at any N (symmetry), and

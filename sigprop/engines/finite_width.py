@@ -49,8 +49,9 @@ realised over the same features, each feature's influence on the statistics and 
 plug-in's bias (:func:`post_norm_noise`); with none, the norm is a map of the drawn
 statistics. Ops with no fluctuation rule here (BatchNorm; an activation on any other stream
 that is not fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream or on
-features of unknown cumulants; uniform weights there too) leave NaN corrections from that layer on, with a :class:`FiniteWidthWarning`, as
-does a stream of zeros (zero weights, a zero Scale or FeatureAffine) at any grid point.
+features of unknown cumulants; uniform weights there too) leave NaN corrections from that
+layer on, with a :class:`FiniteWidthWarning`, as does a stream of zeros (zero weights, a zero
+Scale or FeatureAffine) at any grid point.
 Backward: the input gradient's E grad_q_0 is E |J t|^2 / N for a random tangent t, so the same
 walk of the pair (x, J t) gives its correction with exact weights, and its spread Var log
 grad_q_0 (|J^T delta|^2 has the law of |J t|^2) (:func:`gradient_coefficient`; every other
@@ -645,13 +646,13 @@ class _Walk:
                       if self.tangent else f"the {'stream' if len(self.frames) == 1 else 'branch'}"
                       f" is exactly 0 here ({cause}): its log q has no finite-width expansion"),
                       pointwise=True)
+        if any(_is_norm(op) for op in chain):  # (lost or not)
+            self._draw_after_norm(chain, gauss, ctx)
+            return
         chain_law = _tangent_chain if self.tangent else _unit_chain
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], top=True)
-            return
-        if any(_is_norm(op) for op in chain):
-            self._draw_after_norm(chain, gauss, ctx)
             return
         elementwise = chain[1:] if dense else chain
         bend = _bend(elementwise, ctx)  # (a tangent walk's J t enters linearly: x's only)
