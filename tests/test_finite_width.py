@@ -421,10 +421,9 @@ def test_a_gradient_started_between_a_norm_and_its_activation_is_named():
 
 def test_a_zero_stream_before_a_norm_and_its_activation_is_lost_at_its_point_alone():
     """Dense(sigma_w swept over 0 and 1.3, no bias) -> LayerNorm -> tanh: the Dense's features are
-    0 at sigma_w = 0, which the draw of the chain (norm included) names; that point is NaN from
-    layer 1 on, forward and gradient, and the other is finite, each as walked alone, with no
-    numpy warning (before the draw's lost path took the chain's law, whose tangent face has no
-    norm inside, and the walk of the tangent failed there)."""
+    0 at sigma_w = 0 (the norm does not join a chain of zero weights, :meth:`_gaussian_chain`,
+    and the draw names the Dense); that point is NaN from layer 1 on, forward and gradient, and
+    the other is the point walked alone, with no numpy warning."""
     net = sp.Repeat(sp.Serial(sp.Dense(sp.sweep("sigma_w", [0.0, 1.3]), 0.0), sp.LayerNorm(),
                               sp.Act("tanh")), 2)
     with warnings.catch_warnings():
