@@ -280,7 +280,8 @@ def test_interrupt_stops_promptly_and_leaves_no_child(tmp_path, scripts, signum,
     (scripts / "bad.py").unlink()  # only the never-ending derivation, and the good one
     proc = _spawn(work)
     deadline = time.monotonic() + 120
-    while not pidfile.exists():
+    while not (pidfile.exists() and pidfile.read_text().strip()):  # (write_text creates the
+        # file before it writes: a loaded machine read it empty once)
         assert time.monotonic() < deadline and proc.poll() is None, proc.communicate()[0]
         time.sleep(0.1)
     child = int(pidfile.read_text())
