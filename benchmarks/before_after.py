@@ -12,6 +12,8 @@ printed before and after. Calls:
 * the explicit sampler, a plain Dense(sqrt 2)-relu stack, depth 8, 2 seeds, float32, forward +
   backward, at N = 1024 and 4096, B = 2, with the torch loop of ``sigprop bench`` beside it;
 * theory rows at one point and on a grid (per layer: ms), tanh's quadrature on a tenth of it;
+  with jax installed, the compiled engine (``engine="jax"``) on the grid at depth 1000, Pre-LN
+  erf and gelu and the relu resnet, forward alone and forward + backward;
 * the first-order finite-width theory (``width=256``) of a plain relu and a Pre-LN tanh net at
   one point, of Pre-LN relu and tanh nets over 10 values of sigma_w1, and of a plain relu net
   over 16, one of them 0 (a stream of zeros there: the walk stops at that point only); of the
@@ -59,6 +61,14 @@ def calls(m, quick: bool):
         points = 1 if s1 is None else len(s1.values)
         out[f"theory {preset} {act}, depth {L}, {points} points"] = (
             lambda net=net: m.theory(net, x2))
+    if _have("jax"):  # the compiled engine, forward alone and with the backward
+        for preset, act in (("preln", "erf"), ("preln", "gelu"), ("resnet", "relu")):
+            net = m.presets.get(preset)(1000, act=act, sigma_w1=grid)
+            for backward in (False, True):
+                out[f"theory (jax) {preset} {act}, depth 1000, {len(grid.values)} points, "
+                    f"{'forward + backward' if backward else 'forward'}"] = (
+                    lambda net=net, b=backward: m.theory(net, x2, layers=[0, 1000], engine="jax",
+                                                         backward=b))
     few = m.sweep("sigma_w1", np.linspace(1.0, 1.6, 10))
     zero = m.sweep("sigma_w1", [0.0, *np.linspace(1.0, 1.6, 15)])  # a stream of 0 at one point
     for preset, act, L, s1 in (("plain", "relu", 100, None), ("preln", "tanh", 16, None),
@@ -76,6 +86,14 @@ def calls(m, quick: bool):
     out["theory at width 256 (finite width), preln relu, depth 20, 1 points, B 4"] = (
         lambda: m.theory(net, x4, width=256))
     return out
+
+
+def _have(module: str) -> bool:
+    try:
+        __import__(module)
+    except ImportError:
+        return False
+    return True
 
 
 def load() -> str:
@@ -97,12 +115,7 @@ def main():
     ap.add_argument("--only", metavar="SUBSTRING", default="", help="rows whose name contains it")
     a = ap.parse_args()
     old, new = calls(baseline(a.baseline), a.quick), calls(sp, a.quick)
-    try:
-        import torch  # noqa: F401
-
-        have_torch = True
-    except ImportError:
-        have_torch = False
+    have_torch = _have("torch")
     print(load())
     print(f"| call | baseline {a.baseline} (s) | now (s) | baseline / now | torch loop (s) | "
           "now / torch |")

@@ -150,6 +150,19 @@ def test_gelu_closed_forms_at_any_scale():
                     assert abs(float(gelu.grad_kernel(q, q2, c)) - float(grad)) <= 2e-16
 
 
+def test_erf_second_moment_at_any_scale():
+    """E[erf(u)^2] = (2/pi) asin(2 q / (1 + 2 q)) against 40-digit mpmath, q from 1e-8 to
+    1e300: to 3e-16 relative (the diagonal of a Gram's kernel). asin of the rounded 2 q / (1 +
+    2 q) has slope ~sqrt(q): 6e-9 off at q = 1e16."""
+    mpmath = pytest.importorskip("mpmath")
+    erf = get_activation("erf")
+    with mpmath.workdps(40):
+        for q in (1e-8, 1e-3, 0.3, 1.0, 7.0, 1e4, 1e8, 1e12, 1e16, 1e20, 1e100, 1e300):
+            a = mpmath.mpf(q)
+            exact = float(2 / mpmath.pi * mpmath.asin(2 * a / (1 + 2 * a)))
+            assert abs(float(erf.gram_kernel(np.array([[q]]))[0, 0]) / exact - 1) <= 3e-16, q
+
+
 # --- 3. Monte Carlo sanity for every activation.
 
 MC_POINTS = [(1.0, 1.0, 0.5), (0.3, 2.5, -0.7), (30.0, 20.0, 0.95)]

@@ -85,6 +85,14 @@ def _erf_grad_kernel(q1, q2, c, ns):
     return 4 / ns.pi * ns.sqrt(b1) * ns.sqrt(b2) / ns.sqrt(D)
 
 
+def _erf_diag(q, ns):
+    """E[erf(u)^2] = (2/pi) asin(2 q / (1 + 2 q)), numerically (2/pi) atan2(2 q, sqrt(1 + 4 q))
+    (:func:`_gelu_angle`'s reason: asin's rounding cost 6e-9 at q = 1e16)."""
+    if ns.symbolic:
+        return 2 / ns.pi * ns.asin(2 * q / (1 + 2 * q))
+    return 2 / ns.pi * ns.atan2(2 * q, ns.sqrt(1 + 4 * q))
+
+
 def _gelu_parts(q1, q2, c, ns):
     """(k, s, b1, b2, 1 - s^2) for gelu's kernels: k = c sqrt(q1 q2), a_i = q_i / (1 + q_i),
     b_i = 1 / (1 + q_i), s = c sqrt(a1 a2) = k / sqrt((1 + q1)(1 + q2)), and
@@ -95,13 +103,16 @@ def _gelu_parts(q1, q2, c, ns):
 
 
 def _gelu_angle(s, d, ns):
-    """asin s from s and d = 1 - s^2, by the half angle: 2 asin(s / sqrt(2 (1 + sqrt d))). At
-    |s| -> 1 (q -> inf) asin s itself has slope 1 / sqrt d: its rounding of s cost ~eps sqrt q
-    (2e-9 at q = 1e16); the half angle's argument stays below 1 / sqrt 2. The symbolic face,
-    exact, keeps asin s (its nested roots left sympy's edge-of-chaos solve past its 20 s)."""
+    """asin s from s and d = 1 - s^2 (a sum of non-negative terms, no cancellation), as
+    atan2(s, sqrt d). At |s| -> 1 (q -> inf) asin s itself has slope 1 / sqrt d: its rounding
+    of s cost ~eps sqrt q (2e-9 at q = 1e16); atan2 carries the rounding of s and d alone.
+    Not atan(s / sqrt d): XLA's CPU atan rounds an array's last elements by another path than
+    the rest, so a grid point's bits would depend on the grid's size (its atan2, asin, log and
+    exp do not). The symbolic face, exact, keeps asin s (nested roots left sympy's
+    edge-of-chaos solve past its 20 s)."""
     if ns.symbolic:
         return ns.asin(s)
-    return 2 * ns.asin(s / ns.sqrt(2 * (1 + ns.sqrt(d))))
+    return ns.atan2(s, ns.sqrt(d))
 
 
 def _gelu_kernel(q1, q2, c, ns):
@@ -155,7 +166,7 @@ _ERF = _Closed(
     grad_kernel=_erf_grad_kernel,
     mean=lambda q, ns: _full(ns, 0, q),  # erf is odd
     grad_mean=lambda q, ns: 2 / ns.sqrt(ns.pi * (1 + 2 * q)),  # (2/sqrt(pi)) E[exp(-u^2)]
-    kernel_diag=lambda q, ns: 2 / ns.pi * ns.asin(2 * q / (1 + 2 * q)),
+    kernel_diag=_erf_diag,
     grad_kernel_diag=lambda q, ns: 4 / ns.pi / ns.sqrt(1 + 4 * q),  # det(I + 2 Sigma) = 1 + 4 q
 )
 

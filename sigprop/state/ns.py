@@ -35,6 +35,7 @@ class Namespace:
     log: Callable[[Any], Any]
     acos: Callable[[Any], Any]
     asin: Callable[[Any], Any]
+    atan2: Callable[[Any, Any], Any]
     erf: Callable[[Any], Any]
     abs: Callable[[Any], Any]
     pi: Any
@@ -72,12 +73,13 @@ def _elementwise(f):
 
 NUMERIC = Namespace(
     name="numpy", symbolic=False, sqrt=np.sqrt, exp=np.exp, log=np.log, acos=np.arccos,
-    asin=np.arcsin, erf=scipy.special.erf, abs=np.abs, pi=np.pi,
+    asin=np.arcsin, atan2=np.arctan2, erf=scipy.special.erf, abs=np.abs, pi=np.pi,
 )
 
 SYMBOLIC = Namespace(
     name="sympy", symbolic=True, sqrt=_elementwise(sympy.sqrt), exp=_elementwise(sympy.exp),
     log=_elementwise(sympy.log), acos=_elementwise(sympy.acos), asin=_elementwise(sympy.asin),
+    atan2=np.frompyfunc(sympy.atan2, 2, 1),
     erf=_elementwise(sympy.erf), abs=_elementwise(sympy.Abs), pi=sympy.pi,
 )
 
@@ -97,8 +99,8 @@ def jax_namespace() -> Namespace:
         raise ImportError(f"the compiled theory engine needs jax: {JAX_HINT}") from e
     return Namespace(
         name="jax", symbolic=False, sqrt=jnp.sqrt, exp=jnp.exp, log=jnp.log, acos=jnp.arccos,
-        asin=jnp.arcsin, erf=jax.scipy.special.erf, abs=jnp.abs, pi=np.pi, xp=_JaxArrays(jnp),
-        traced=True, host=_jax_host,
+        asin=jnp.arcsin, atan2=jnp.arctan2, erf=jax.scipy.special.erf, abs=jnp.abs, pi=np.pi,
+        xp=_JaxArrays(jnp), traced=True, host=_jax_host,
     )
 
 
