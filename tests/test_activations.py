@@ -150,17 +150,30 @@ def test_gelu_closed_forms_at_any_scale():
                     assert abs(float(gelu.grad_kernel(q, q2, c)) - float(grad)) <= 2e-16
 
 
-def test_erf_second_moment_at_any_scale():
-    """E[erf(u)^2] = (2/pi) asin(2 q / (1 + 2 q)) against 40-digit mpmath, q from 1e-8 to
-    1e300: to 3e-16 relative (the diagonal of a Gram's kernel). asin of the rounded 2 q / (1 +
-    2 q) has slope ~sqrt(q): 6e-9 off at q = 1e16."""
+def test_erf_kernel_at_any_scale():
+    """erf's kernel (2/pi) asin(2 k / sqrt((1 + 2 q1)(1 + 2 q2))) against 40-digit mpmath at
+    the same float arguments, q from 1e-8 to 1e300, c = +-1 and near 1 included: to 8e-16
+    relative (the rounding of its ~7 operations, each within half an ulp, 1.1e-16), on the
+    diagonal of a Gram (E[erf(u)^2]) and off it (the pair face). asin of the
+    rounded argument has slope ~sqrt(q) as |s| -> 1: 6e-9 off at q = 1e16 on the diagonal;
+    off it, identical inputs came out of a Dense of sigma_w = 1e8 with corr 1 + 6e-9, and the
+    kernel was NaN at q = 1e100, c = 1."""
     mpmath = pytest.importorskip("mpmath")
     erf = get_activation("erf")
+
+    def exact(q1, q2, c):
+        a, b = mpmath.mpf(q1), mpmath.mpf(q2)
+        s = 2 * mpmath.mpf(c) * mpmath.sqrt(a * b) / mpmath.sqrt((1 + 2 * a) * (1 + 2 * b))
+        return float(2 / mpmath.pi * mpmath.asin(s))
+
     with mpmath.workdps(40):
         for q in (1e-8, 1e-3, 0.3, 1.0, 7.0, 1e4, 1e8, 1e12, 1e16, 1e20, 1e100, 1e300):
-            a = mpmath.mpf(q)
-            exact = float(2 / mpmath.pi * mpmath.asin(2 * a / (1 + 2 * a)))
-            assert abs(float(erf.gram_kernel(np.array([[q]]))[0, 0]) / exact - 1) <= 3e-16, q
+            diag = erf.gram_kernel(np.array([[q]]))[0, 0]
+            assert abs(diag - exact(q, q, 1.0)) <= 8e-16 * exact(q, q, 1.0), q
+            for c in (1.0, -1.0, 1 - 1e-6, 0.3):
+                for q2 in (q, q / 4):
+                    want = exact(q, q2, c)
+                    assert abs(float(erf.kernel(q, q2, c)) - want) <= 8e-16 * abs(want), (q, q2, c)
 
 
 # --- 3. Monte Carlo sanity for every activation.

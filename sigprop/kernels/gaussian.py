@@ -67,27 +67,47 @@ def _relu_grad_kernel(q1, q2, c, ns):
     return (ns.pi - ns.acos(c)) / (2 * ns.pi) + _full(ns, 0, q1, q2)
 
 
+def _angle(s, d, ns):
+    """asin s from s and d = 1 - s^2 (a sum of non-negative terms, no cancellation), as
+    atan2(s, sqrt d). At |s| -> 1 (q -> inf) asin s itself has slope 1 / sqrt d: its rounding
+    of s cost ~eps sqrt q (2e-9 at q = 1e16); atan2 carries the rounding of s and d alone.
+    Not atan(s / sqrt d): XLA's CPU atan rounds an array's last elements by another path than
+    the rest, so a grid point's bits would depend on the grid's size (its atan2, asin, log and
+    exp do not). The symbolic face, exact, keeps asin s (nested roots left sympy's
+    edge-of-chaos solve past its 20 s)."""
+    if ns.symbolic:
+        return ns.asin(s)
+    return ns.atan2(s, ns.sqrt(d))
+
+
+def _erf_gap(q1, q2, c):
+    """1 - s^2 for erf's kernels, s = 2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2)): det(I + 2
+    Sigma) / ((1 + 2 q1)(1 + 2 q2)) = b2 + a2 b1 + a1 a2 (1 - c)(1 + c) with b_i = 1 / (1 + 2
+    q_i), a_i = 2 q_i b_i, a sum of non-negative terms (no cancellation at c = 1, the diagonal)
+    of bounded ones (no product of q's to overflow: q1 q2 passes float64 at q = 1e154)."""
+    b1, b2 = 1 / (1 + 2 * q1), 1 / (1 + 2 * q2)
+    a1, a2 = 2 * q1 * b1, 2 * q2 * b2
+    return b2 + a2 * b1 + (a1 * (1 - c)) * (a2 * (1 + c))
+
+
 def _erf_kernel(q1, q2, c, ns):
-    """Williams (1997): (2/pi) asin(2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2))), the roots
-    taken one by one (no product of q's to overflow)."""
-    return 2 / ns.pi * ns.asin(2 * c * ns.sqrt(q1) * ns.sqrt(q2)
-                               / (ns.sqrt(1 + 2 * q1) * ns.sqrt(1 + 2 * q2)))
+    """Williams (1997): (2/pi) asin s, s = 2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2)), the
+    roots taken one by one; numerically from s and 1 - s^2 (:func:`_angle`): asin s alone
+    gave identical inputs corr 1 + 6e-9 after a Dense of sigma_w = 1e8."""
+    s = 2 * c * ns.sqrt(q1) * ns.sqrt(q2) / (ns.sqrt(1 + 2 * q1) * ns.sqrt(1 + 2 * q2))
+    return 2 / ns.pi * _angle(s, _erf_gap(q1, q2, c), ns)
 
 
 def _erf_grad_kernel(q1, q2, c, ns):
-    """(4/pi) E[exp(-u^2 - v^2)] = (4/pi) / sqrt(det(I + 2 Sigma)), det = (1 + 2 q1)(1 + 2 q2) D,
-    D = b2 + a2 b1 + a1 a2 (1 - c)(1 + c) with b_i = 1 / (1 + 2 q_i), a_i = 2 q_i b_i: a sum of
-    non-negative terms (no cancellation at c = 1, the diagonal) of bounded ones (no product
-    of q's to overflow: q1 q2 passes float64 at q = 1e154)."""
+    """(4/pi) E[exp(-u^2 - v^2)] = (4/pi) / sqrt(det(I + 2 Sigma)), det = (1 + 2 q1)(1 + 2 q2)
+    (1 - s^2) (:func:`_erf_gap`)."""
     b1, b2 = 1 / (1 + 2 * q1), 1 / (1 + 2 * q2)
-    a1, a2 = 2 * q1 * b1, 2 * q2 * b2
-    D = b2 + a2 * b1 + (a1 * (1 - c)) * (a2 * (1 + c))
-    return 4 / ns.pi * ns.sqrt(b1) * ns.sqrt(b2) / ns.sqrt(D)
+    return 4 / ns.pi * ns.sqrt(b1) * ns.sqrt(b2) / ns.sqrt(_erf_gap(q1, q2, c))
 
 
 def _erf_diag(q, ns):
     """E[erf(u)^2] = (2/pi) asin(2 q / (1 + 2 q)), numerically (2/pi) atan2(2 q, sqrt(1 + 4 q))
-    (:func:`_gelu_angle`'s reason: asin's rounding cost 6e-9 at q = 1e16)."""
+    (:func:`_angle`'s reason: asin's rounding cost 6e-9 at q = 1e16)."""
     if ns.symbolic:
         return 2 / ns.pi * ns.asin(2 * q / (1 + 2 * q))
     return 2 / ns.pi * ns.atan2(2 * q, ns.sqrt(1 + 4 * q))
@@ -102,19 +122,6 @@ def _gelu_parts(q1, q2, c, ns):
     return c * ns.sqrt(q1) * ns.sqrt(q2), s, b1, b2, b1 + a1 * b2 + (a1 * (1 - c)) * (a2 * (1 + c))
 
 
-def _gelu_angle(s, d, ns):
-    """asin s from s and d = 1 - s^2 (a sum of non-negative terms, no cancellation), as
-    atan2(s, sqrt d). At |s| -> 1 (q -> inf) asin s itself has slope 1 / sqrt d: its rounding
-    of s cost ~eps sqrt q (2e-9 at q = 1e16); atan2 carries the rounding of s and d alone.
-    Not atan(s / sqrt d): XLA's CPU atan rounds an array's last elements by another path than
-    the rest, so a grid point's bits would depend on the grid's size (its atan2, asin, log and
-    exp do not). The symbolic face, exact, keeps asin s (nested roots left sympy's
-    edge-of-chaos solve past its 20 s)."""
-    if ns.symbolic:
-        return ns.asin(s)
-    return ns.atan2(s, ns.sqrt(d))
-
-
 def _gelu_kernel(q1, q2, c, ns):
     """E[gelu(u) gelu(v)], gelu(x) = x Phi(x) (Tsuchida et al. 2021, as neural-tangents):
     k/4 + (k asin s + (k^2 + q1 q2 D^2) / ((1 + q1)(1 + q2) D)) / (2 pi), D^2 = (1 + q1)(1 + q2)
@@ -124,7 +131,7 @@ def _gelu_kernel(q1, q2, c, ns):
     root = ns.sqrt(d)
     last = (s * s / (ns.sqrt(1 + q1) * ns.sqrt(1 + q2) * root)
             + ns.sqrt(q1) * ns.sqrt(q2) * ns.sqrt(q1 / (1 + q1)) * ns.sqrt(q2 / (1 + q2)) * root)
-    return k / 4 + (k * _gelu_angle(s, d, ns) + last) / (2 * ns.pi)
+    return k / 4 + (k * _angle(s, d, ns) + last) / (2 * ns.pi)
 
 
 def _gelu_grad_kernel(q1, q2, c, ns):
@@ -133,7 +140,7 @@ def _gelu_grad_kernel(q1, q2, c, ns):
     (2 + q1 + q2) / ((1 + q1)(1 + q2)) = b1 + b2 (:func:`_gelu_parts`). As q -> inf it tends to
     relu's (pi - acos c) / (2 pi)."""
     _, s, b1, b2, d = _gelu_parts(q1, q2, c, ns)
-    return 1 / 4 + (_gelu_angle(s, d, ns) + s / ns.sqrt(d) * (b1 * b2 / d + b1 + b2)) / (2 * ns.pi)
+    return 1 / 4 + (_angle(s, d, ns) + s / ns.sqrt(d) * (b1 * b2 / d + b1 + b2)) / (2 * ns.pi)
 
 
 class _Closed(NamedTuple):
