@@ -418,7 +418,8 @@ def uniform(seeds=32000, out="benchmarks/RESULTS.md"):
                   [intro, "", *rows])
 
 
-EXACT_DEPTH, EXACT_LAYERS = 200, [10, 30, 50, 100, 150, 200]
+ROUND_OFF = 3e-9  # the corr coefficient's round-off bound per layer^2 (tests/test_finite_width_symbolic.py)
+EXACT_DEPTH, EXACT_LAYERS = 1000, [10, 30, 50, 100, 150, 200, 400, 600, 800, 1000]
 
 
 def exact(out="benchmarks/RESULTS.md"):
@@ -437,21 +438,31 @@ def exact(out="benchmarks/RESULTS.md"):
     got = coefficients(net, inputs)[0]
     corr_inf = sp.theory(net, inputs)["corr"].values[:, 0, 1]
     rows = [("| layer | 1 - corr_inf | corr coefficient, exact | engine | relative error | "
-             "log q coefficient, relative error | N Var log q, relative error |"),
-            "|---|---|---|---|---|---|---|"]
+             "absolute error | round-off bound | log q coefficient, relative error | "
+             "N Var log q, relative error |"),
+            "|---|---|---|---|---|---|---|---|---|"]
     for l in EXACT_LAYERS:
         e, c = ref[l], got["corr"][l, 0, 1]
         log_q, var = got["log_q"][l, 0] / e["log_q"][0], got["var_log_q"][l, 0] / e["log_q"][1]
         rows.append(f"| {l} | {1 - corr_inf[l]:.3g} | {e['corr'][0]:.6g} | {c:.6g} | "
-                    f"{c / e['corr'][0] - 1:+.1e} | {log_q - 1:+.1e} | {var - 1:+.1e} |")
+                    f"{c / e['corr'][0] - 1:+.1e} | {abs(c - e['corr'][0]):.1e} | "
+                    f"{ROUND_OFF * l**2:.1e} | {log_q - 1:+.1e} | {var - 1:+.1e} |")
         print(rows[-1], flush=True)
+    unresolved = next((l for l in EXACT_LAYERS if ROUND_OFF * l**2 > abs(ref[l]["corr"][0])),
+                      "none")
     intro = ("`benchmarks/finite_width_agreement.py --part exact`: plain relu (Dense -> relu, "
              f"sigma_w^2 = 2), inputs q = 1, corr = 0.5, depth {EXACT_DEPTH}. Engine: "
              "`coefficients` (central differences, STEP = "
              f"{STEP:g}, steps h and 2h combined by Richardson, each step bounded by STEP of "
              "its Gram's smallest eigenvalue); exact: `sigprop.symbolic.finite_width.iterate`, "
              "the same delta-method recursion with sympy's derivatives of the layer law and "
-             "closed-form feature noise.")
+             "closed-form feature noise. Round-off bound: the second differences' round-off "
+             f"summed over the layers, {ROUND_OFF:g} l^2 (derived in "
+             "`tests/test_finite_width_symbolic.py`, which asserts it at layers 30-150). The "
+             "coefficient falls like 1 - corr_inf while the bound grows like l^2: from layer "
+             f"{unresolved} of these on the bound is larger than the coefficient, which the "
+             "central differences no longer resolve; E corr itself is off by the absolute "
+             "error over N there.")
     return _write("Finite width: a deep relu net against the exact recursion", out,
                   [intro, "", *rows])
 
