@@ -29,7 +29,6 @@ May import: ``sigprop.errors``, ``sigprop.state.ns``.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -44,7 +43,6 @@ TRUE_LS_MAX = 350.0  # the largest log scale a law on true moments takes (q = e^
 # the smallest a traced law takes: XLA on the CPU flushes subnormals (q = e^2ls < 2.2e-308) to 0
 TRACED_LS_MIN = 0.5 * float(np.log(np.finfo(float).tiny))
 FAR = 2.0**-64  # an affine factor smaller than this, or larger than 1/FAR, goes into ls
-LOG2 = math.log(2.0)
 
 
 @dataclass(frozen=True)
@@ -290,10 +288,9 @@ def affine(s: Gram, a, t, ls_out, ns=NUMERIC) -> Gram:
     or gate follows by its own rule (true z' = e^(ls_out - ls) a z).
 
     A numeric factor far from 1 (|a| outside 2^-64 .. 2^64, nonzero) is carried in the log
-    scale (a = f 2^e -> f, ls_out -> ls_out + e log 2, |f| in [1/2, 1): the same true values,
-    exactly, by frexp, which costs a fifth of the log it replaces under XLA), so that a
-    LayerNorm whose eps dominates at q = 1e-300 does not leave K at 1e-295, where the next
-    law's products underflow; factors of ordinary size are applied as they are.
+    scale (a -> sign a, ls_out -> ls_out + log|a|: the same true values), so that a LayerNorm
+    whose eps dominates at q = 1e-300 does not leave K at 1e-295, where the next law's products
+    underflow; factors of ordinary size are applied as they are (the same numbers as before).
     A traced namespace cannot tell whether t is zero: it counts as shifted (so the compiled
     engine loses a :class:`BatchNormed` law at a norm right after the BatchNorm, whose
     centring t the numpy engine finds to be 0).
@@ -302,9 +299,9 @@ def affine(s: Gram, a, t, ls_out, ns=NUMERIC) -> Gram:
     if not ns.symbolic:  # the symbolic face keeps ls = 0
         size = xp.abs(a)
         far = (size > 0) & ((size < FAR) | (size > 1 / FAR))
-        f, e = xp.frexp(a)
-        ls_out = ls_out + xp.where(far, e * LOG2, 0.0)
-        a = xp.where(far, f, a)
+        with np.errstate(divide="ignore"):
+            ls_out = ls_out + xp.where(far, xp.log(size), 0.0)
+        a = xp.where(far, xp.sign(a), a)
     if t is None:
         K, d = s.K, s.m
     else:
