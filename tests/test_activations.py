@@ -150,30 +150,36 @@ def test_gelu_closed_forms_at_any_scale():
                     assert abs(float(gelu.grad_kernel(q, q2, c)) - float(grad)) <= 2e-16
 
 
-def test_erf_kernel_at_any_scale():
-    """erf's kernel (2/pi) asin(2 k / sqrt((1 + 2 q1)(1 + 2 q2))) against 40-digit mpmath at
-    the same float arguments, q from 1e-8 to 1e300, c = +-1 and near 1 included: to 8e-16
-    relative (the rounding of its ~7 operations, each within half an ulp, 1.1e-16), on the
-    diagonal of a Gram (E[erf(u)^2]) and off it (the pair face). asin of the
-    rounded argument has slope ~sqrt(q) as |s| -> 1: 6e-9 off at q = 1e16 on the diagonal;
-    off it, identical inputs came out of a Dense of sigma_w = 1e8 with corr 1 + 6e-9, and the
-    kernel was NaN at q = 1e100, c = 1."""
+def test_erf_kernels_at_any_scale():
+    """erf's kernel (2/pi) asin s, s = 2 k / sqrt((1 + 2 q1)(1 + 2 q2)), k = c sqrt(q1 q2), and
+    its gradient kernel (4/pi) / sqrt((1 + 2 q1)(1 + 2 q2) - 4 k^2), against 40-digit mpmath at
+    the same float arguments: q from 1e-8 to 6e307, c = +-1 and 1 - 1e-6 included, on the
+    diagonal of a Gram (E[erf(u)^2]) and off it (the pair faces). Tolerance 2.2e-15 relative:
+    ~20 rounded operations (s, 1 - s^2, atan2, the factor 2/pi), each within eps/2 = 1.1e-16
+    relative, and atan2 and the square roots do not amplify them (condition <= 1). With asin s,
+    whose slope ~sqrt(q) as |s| -> 1 multiplies the rounding of s, E[erf(u)^2] was 6e-9 off at
+    q = 1e16 and the pair face 1.3e-14 off at q = 1e4, c = 1 (NaN at q = 1e100); with
+    atan2(2 q, sqrt(1 + 4 q)) on the diagonal, 4 q overflowed past q = 4.5e307 (0, not 1)."""
     mpmath = pytest.importorskip("mpmath")
     erf = get_activation("erf")
 
     def exact(q1, q2, c):
-        a, b = mpmath.mpf(q1), mpmath.mpf(q2)
-        s = 2 * mpmath.mpf(c) * mpmath.sqrt(a * b) / mpmath.sqrt((1 + 2 * a) * (1 + 2 * b))
-        return float(2 / mpmath.pi * mpmath.asin(s))
+        a, b, r = mpmath.mpf(q1), mpmath.mpf(q2), mpmath.mpf(c)
+        det = 1 + 2 * a + 2 * b + 4 * a * b * (1 - r) * (1 + r)  # (no cancellation at 40 digits)
+        s = 2 * r * mpmath.sqrt(a * b) / mpmath.sqrt((1 + 2 * a) * (1 + 2 * b))
+        return float(2 / mpmath.pi * mpmath.asin(s)), float(4 / mpmath.pi / mpmath.sqrt(det))
 
     with mpmath.workdps(40):
-        for q in (1e-8, 1e-3, 0.3, 1.0, 7.0, 1e4, 1e8, 1e12, 1e16, 1e20, 1e100, 1e300):
+        for q in (1e-8, 1e-3, 0.3, 1.0, 7.0, 1e4, 1e8, 1e12, 1e16, 1e20, 1e100, 1e300, 6e307):
             diag = erf.gram_kernel(np.array([[q]]))[0, 0]
-            assert abs(diag - exact(q, q, 1.0)) <= 8e-16 * exact(q, q, 1.0), q
+            assert abs(diag - exact(q, q, 1.0)[0]) <= 2.2e-15 * exact(q, q, 1.0)[0], q
             for c in (1.0, -1.0, 1 - 1e-6, 0.3):
                 for q2 in (q, q / 4):
-                    want = exact(q, q2, c)
-                    assert abs(float(erf.kernel(q, q2, c)) - want) <= 8e-16 * abs(want), (q, q2, c)
+                    kernel, grad = exact(q, q2, c)
+                    assert abs(float(erf.kernel(q, q2, c)) - kernel) <= 2.2e-15 * abs(kernel), (
+                        q, q2, c)
+                    assert abs(float(erf.grad_kernel(q, q2, c)) - grad) <= 2.2e-15 * grad, (
+                        q, q2, c)
 
 
 # --- 3. Monte Carlo sanity for every activation.

@@ -408,6 +408,29 @@ def test_ops_benchmark_counts_each_direction():
         assert got[(net, "forward")] > 0 and got[(net, "backward")] > got[(net, "forward")]
 
 
+def test_xla_ops_benchmark_runs_and_the_kernels_ops_keep_their_bits():
+    """``benchmarks/xla_ops.py --slices --census`` (it calls ``compiled._trace`` too): the
+    census counts fusions and operations for both nets, and the ops the closed-form kernels
+    use to take an angle (atan2 of two arrays, asin, acos) and their logs and exps give the
+    same bits for an element whatever the array's length (:func:`~sigprop.kernels.gaussian.
+    _angle` relies on it; XLA's atan does not, and the script shows it)."""
+    import subprocess
+    from pathlib import Path
+
+    script = Path(__file__).parents[1] / "benchmarks" / "xla_ops.py"
+    run = subprocess.run([sys.executable, str(script), "--slices", "--census"],
+                         capture_output=True, text=True, cwd=script.parent, check=False)
+    assert run.returncode == 0, run.stderr[-2000:]
+    cells = [[c.strip() for c in line.split("|")[1:-1]] for line in run.stdout.splitlines()
+             if line.startswith("| ") and not line.startswith("| op") and "---" not in line]
+    differ = {c[0]: int(c[1]) for c in cells if len(c) == 2}
+    for op in ("atan2 (two arrays)", "asin", "acos", "log", "exp", "sqrt"):
+        assert differ[op] == 0, (op, differ)
+    census = {c[0]: c for c in cells if len(c) == 5}
+    for net in ("preln erf", "resnet relu"):
+        assert int(census[net][1]) > 0 and float(census[net][2]) > 0, census
+
+
 def test_batchnorm_warning_of_a_net_the_compiled_engine_would_refuse_opened():
     """The BatchNorm warning opens the net's Serials (a residual inside a block is a layer of its
     own) and reruns the theory on that: the compiled engine refuses the opened form of a

@@ -68,32 +68,36 @@ def _relu_grad_kernel(q1, q2, c, ns):
 
 
 def _angle(s, d, ns):
-    """asin s from s and d = 1 - s^2 (a sum of non-negative terms, no cancellation), as
-    atan2(s, sqrt d). At |s| -> 1 (q -> inf) asin s itself has slope 1 / sqrt d: its rounding
-    of s cost ~eps sqrt q (2e-9 at q = 1e16); atan2 carries the rounding of s and d alone.
-    Not atan(s / sqrt d): XLA's CPU atan rounds an array's last elements by another path than
-    the rest, so a grid point's bits would depend on the grid's size (its atan2, asin, log and
-    exp do not). The symbolic face, exact, keeps asin s (nested roots left sympy's
-    edge-of-chaos solve past its 20 s)."""
+    """asin s from s and d = 1 - s^2 (:func:`_gap`), as atan2(s, sqrt d). As |s| -> 1 (q ->
+    inf) asin s has slope 1 / sqrt d: it multiplies the rounding of s by ~sqrt q (E[erf(u)^2]
+    was 6e-9 off at q = 1e16); atan2 carries the rounding of s and d alone. Not atan(s / sqrt
+    d): XLA's CPU atan rounds an array's last elements by another path than the rest, so a grid
+    point's bits would depend on the grid's size (its atan2 of two arrays, asin, log and exp do
+    not; ``benchmarks/xla_ops.py --slices``). The symbolic face keeps asin s: the derivations
+    and the paper's closed forms are written with it."""
     if ns.symbolic:
         return ns.asin(s)
     return ns.atan2(s, ns.sqrt(d))
 
 
+def _gap(a1, a2, b1, b2, c):
+    """1 - a1 a2 c^2 (a_i + b_i = 1, a_i, b_i >= 0) as b1 + a1 b2 + a1 a2 (1 - c)(1 + c): a sum
+    of non-negative terms, with no cancellation at c = +-1 (the diagonal)."""
+    return b1 + a1 * b2 + (a1 * (1 - c)) * (a2 * (1 + c))
+
+
 def _erf_gap(q1, q2, c):
     """1 - s^2 for erf's kernels, s = 2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2)): det(I + 2
-    Sigma) / ((1 + 2 q1)(1 + 2 q2)) = b2 + a2 b1 + a1 a2 (1 - c)(1 + c) with b_i = 1 / (1 + 2
-    q_i), a_i = 2 q_i b_i, a sum of non-negative terms (no cancellation at c = 1, the diagonal)
-    of bounded ones (no product of q's to overflow: q1 q2 passes float64 at q = 1e154)."""
+    Sigma) / ((1 + 2 q1)(1 + 2 q2)) = :func:`_gap` of b_i = 1 / (1 + 2 q_i), a_i = 2 q_i b_i,
+    bounded (no product of q's to overflow: q1 q2 passes float64 at q = 1e154)."""
     b1, b2 = 1 / (1 + 2 * q1), 1 / (1 + 2 * q2)
-    a1, a2 = 2 * q1 * b1, 2 * q2 * b2
-    return b2 + a2 * b1 + (a1 * (1 - c)) * (a2 * (1 + c))
+    return _gap(2 * q2 * b2, 2 * q1 * b1, b2, b1, c)
 
 
 def _erf_kernel(q1, q2, c, ns):
     """Williams (1997): (2/pi) asin s, s = 2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2)), the
-    roots taken one by one; numerically from s and 1 - s^2 (:func:`_angle`): asin s alone
-    gave identical inputs corr 1 + 6e-9 after a Dense of sigma_w = 1e8."""
+    roots taken one by one (:func:`_angle`: with asin s, identical inputs after a Dense of
+    sigma_w = 1e8 had corr 1 + 6e-9, and the kernel was NaN at q = 1e100, c = 1)."""
     s = 2 * c * ns.sqrt(q1) * ns.sqrt(q2) / (ns.sqrt(1 + 2 * q1) * ns.sqrt(1 + 2 * q2))
     return 2 / ns.pi * _angle(s, _erf_gap(q1, q2, c), ns)
 
@@ -106,11 +110,11 @@ def _erf_grad_kernel(q1, q2, c, ns):
 
 
 def _erf_diag(q, ns):
-    """E[erf(u)^2] = (2/pi) asin(2 q / (1 + 2 q)), numerically (2/pi) atan2(2 q, sqrt(1 + 4 q))
-    (:func:`_angle`'s reason: asin's rounding cost 6e-9 at q = 1e16)."""
-    if ns.symbolic:
-        return 2 / ns.pi * ns.asin(2 * q / (1 + 2 * q))
-    return 2 / ns.pi * ns.atan2(2 * q, ns.sqrt(1 + 4 * q))
+    """E[erf(u)^2] = (2/pi) asin s, s = 2 q / (1 + 2 q) = 2 q b, 1 - s^2 = b (1 + s) with b = 1 /
+    (1 + 2 q) (:func:`_angle`; no 4 q to overflow)."""
+    b = 1 / (1 + 2 * q)
+    s = 2 * q * b
+    return 2 / ns.pi * _angle(s, b * (1 + s), ns)
 
 
 def _gelu_parts(q1, q2, c, ns):
@@ -119,7 +123,7 @@ def _gelu_parts(q1, q2, c, ns):
     1 - s^2 = b1 + a1 b2 + a1 a2 (1 - c)(1 + c) (no cancellation, no overflow at q = 1e300)."""
     a1, a2, b1, b2 = q1 / (1 + q1), q2 / (1 + q2), 1 / (1 + q1), 1 / (1 + q2)
     s = c * ns.sqrt(a1) * ns.sqrt(a2)
-    return c * ns.sqrt(q1) * ns.sqrt(q2), s, b1, b2, b1 + a1 * b2 + (a1 * (1 - c)) * (a2 * (1 + c))
+    return c * ns.sqrt(q1) * ns.sqrt(q2), s, b1, b2, _gap(a1, a2, b1, b2, c)
 
 
 def _gelu_kernel(q1, q2, c, ns):

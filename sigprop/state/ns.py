@@ -35,13 +35,13 @@ class Namespace:
     log: Callable[[Any], Any]
     acos: Callable[[Any], Any]
     asin: Callable[[Any], Any]
-    atan2: Callable[[Any, Any], Any]
     erf: Callable[[Any], Any]
     abs: Callable[[Any], Any]
     pi: Any
     xp: Any = np  # the array module: where, maximum, diagonal, swapaxes, ...
     traced: bool = False  # values unknown while the law runs (jax tracing)
     host: Callable[..., Any] = lambda fn, shapes, *args: fn(*args)  # see ``_jax_host``
+    atan2: Callable[[Any, Any], Any] | None = None  # numeric faces (the symbolic one keeps asin)
 
     def asarray(self, x):
         """An array of this namespace (object dtype of sympy expressions when symbolic)."""
@@ -79,7 +79,6 @@ NUMERIC = Namespace(
 SYMBOLIC = Namespace(
     name="sympy", symbolic=True, sqrt=_elementwise(sympy.sqrt), exp=_elementwise(sympy.exp),
     log=_elementwise(sympy.log), acos=_elementwise(sympy.acos), asin=_elementwise(sympy.asin),
-    atan2=np.frompyfunc(sympy.atan2, 2, 1),
     erf=_elementwise(sympy.erf), abs=_elementwise(sympy.Abs), pi=sympy.pi,
 )
 
