@@ -418,7 +418,8 @@ def uniform(seeds=32000, out="benchmarks/RESULTS.md"):
                   [intro, "", *rows])
 
 
-ROUND_OFF = 3e-9  # the corr coefficient's round-off bound per layer^2 (tests/test_finite_width_symbolic.py)
+# the corr coefficient's round-off bound per layer^2 (tests/test_finite_width_symbolic.py)
+ROUND_OFF = 3e-9
 EXACT_DEPTH, EXACT_LAYERS = 1000, [10, 30, 50, 100, 150, 200, 400, 600, 800, 1000]
 
 

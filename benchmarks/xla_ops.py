@@ -1,4 +1,4 @@
-"""Benchmark: what XLA's CPU backend does with the compiled engine's elementwise work (jax, float64).
+"""Benchmark: what XLA's CPU backend makes of the compiled engine's elementwise work (float64).
 
 * ``--per-op``: ns per float64 of one jitted op over 2 x 10^6 numbers (minimum of 5): the
   transcendentals the closed-form kernels use (asin, acos, atan, atan2, log, exp, sqrt).

@@ -412,8 +412,8 @@ def test_xla_ops_benchmark_runs_and_the_kernels_ops_keep_their_bits():
     """``benchmarks/xla_ops.py --slices --census`` (it calls ``compiled._trace`` too): the
     census counts fusions and operations for both nets, and the ops the closed-form kernels
     use to take an angle (atan2 of two arrays, asin, acos) and their logs and exps give the
-    same bits for an element whatever the array's length (:func:`~sigprop.kernels.gaussian.
-    _angle` relies on it; XLA's atan does not, and the script shows it)."""
+    same bits for an element whatever the array's length (``sigprop.kernels.gaussian._angle``
+    relies on it; XLA's atan does not, and the script shows it)."""
     import subprocess
     from pathlib import Path
 
