@@ -666,7 +666,6 @@ class _Walk:
                       f"{1 / BEND_MAX:g}): its features fall in the bend with about that "
                       "probability, which no practical width samples", pointwise=True)
             return
-        width = self.widths[-1]
         kurtosis = None
         if dense and chain[0].init == "uniform" and not self.lost:
             if self.cumulants[-1] is None:
@@ -685,24 +684,43 @@ class _Walk:
             self._cumulant_step(lambda ks: ks[:-1] + [drawn])
         self.drawn = self.drawn[:-1] + [self.drawn[-1] or dense]
         y = y * np.exp(-top.ls)[..., None, :]
-        outer_frames = self.frames[:-1]
-        means = [f.m for f in outer_frames]
-        grams = [[_cross_gram(outer_frames, i, j) for j in range(len(outer_frames))]
-                 for i in range(len(outer_frames))]
+        means, grams = self._enclosing()
         # given the vectors (their moments up to the 2nd are the declared ones exactly, so the
         # realised statistics' means are too): the mean over them of the features' covariance
         y = np.moveaxis(y.reshape(y.shape[:-2] + (-1, len(v), y.shape[-1])), -2, 0)
         sigma = np.einsum("q,q...->...", v, feature_noise(y, w, means, grams))
-        if len(v) > 1 and outer_frames:
+        if len(v) > 1 and means:
             sigma = sigma + _assignment_noise(np.einsum("...p,...pb->...b", w, y), v, means,
                                               grams)
+        self._add_draw(sigma)
+
+    def _enclosing(self):
+        """(feature means, cross Grams) of the frames enclosing the top one, as
+        :func:`feature_noise` takes them."""
+        outer_frames = self.frames[:-1]
+        return [f.m for f in outer_frames], [[_cross_gram(outer_frames, i, j)
+                                              for j in range(len(outer_frames))]
+                                             for i in range(len(outer_frames))]
+
+    def _add_draw(self, sigma, bias=None):
+        """A draw's fluctuation on the top frame's statistics, per 1 / n (n the stream's width
+        there): C gains Sigma / n, and b gains ``bias`` / n where given (the post-norm
+        plug-in's); the tape keeps both for the adjoint (f gains G:Sigma and g.b there). One
+        frame then goes back to unit diagonal (the scaled state O(1) at any depth)."""
+        width = np.asarray(self.widths[-1])
         D, d = self.C.shape[-1], sigma.shape[-1]
         extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
-        extra[..., D - d:, D - d:] = sigma / np.asarray(width)[..., None, None]
+        extra[..., D - d:, D - d:] = sigma / width[..., None, None]
         self.C = self.C + extra
         if self.tape is not None:
             self.tape.append(extra)
-        if len(self.frames) == 1:  # keep the scaled state O(1) at any depth (units only)
+        if bias is not None:
+            shift = np.zeros(extra.shape[:-1])
+            shift[..., D - d:] = bias / width[..., None]
+            self.b = self.b + shift
+            if self.tape is not None:
+                self.tape.append(("bias", shift))
+        if len(self.frames) == 1:
             self.to_unit_diagonal()
 
     def _draw_after_norm(self, chain, gauss: Moments, ctx: Context):
@@ -730,33 +748,17 @@ class _Walk:
             self.push(lambda fr: fr[:-1] + [law(fr[-1])], top=True)
         if self.lost or self._beyond_float64(self.frames[-1], ctx):
             return
-        outer_frames = self.frames[:-1]
-        got = post_norm_noise(
-            linear, norm, post, gauss,
-            np.exp(-self.frames[-1].ls), self.tangent, ctx, [f.m for f in outer_frames],
-            [[_cross_gram(outer_frames, i, j) for j in range(len(outer_frames))]
-             for i in range(len(outer_frames))])
+        got = post_norm_noise(linear, norm, post, gauss, np.exp(-self.frames[-1].ls),
+                              self.tangent, ctx, *self._enclosing())
         if got is None:
             self.lose(f"{self.norm_ctx.path}: an activation after this {type(norm).__name__} "
                       f"bends over a width below {1 / BEND_MAX:g} of its input's scale: its "
                       "features fall in the bend with about that probability, which no "
                       "practical width samples", pointwise=True)
             return
-        sigma, bias = got
-        width = np.asarray(self.widths[-1])[..., None]
-        D, d = self.C.shape[-1], sigma.shape[-1]
-        extra = np.zeros(np.broadcast_shapes(self.C.shape, sigma.shape[:-2] + (D, D)))
-        extra[..., D - d:, D - d:] = sigma / width[..., None]
-        shift = np.zeros(extra.shape[:-1])
-        shift[..., D - d:] = bias / width
-        self.b, self.C = self.b + shift, self.C + extra
-        if self.tape is not None:  # (the adjoint: f gains G:Sigma and g.b there)
-            self.tape += [extra, ("bias", shift)]
-        if self.track:  # (uniform weights or a varying FeatureAffine elsewhere in the net)
-            self._cumulant_step(lambda ks: ks[:-1] + [None])
-        self.drawn = self.drawn[:-1] + [True]
-        if len(self.frames) == 1:
-            self.to_unit_diagonal()
+        self._cumulant_step(lambda ks: ks[:-1] + [None])  # (tracked: uniform weights or a
+        self.drawn = self.drawn[:-1] + [True]  # varying FeatureAffine elsewhere in the net)
+        self._add_draw(*got)
 
     def to_unit_diagonal(self):
         """The one frame in units of unit diagonal (:func:`to_unit_diagonal`). A change of
@@ -946,7 +948,7 @@ class _Walk:
         if self.track and not self.lost:
             self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
         self.push(lambda fr: fr[:-1] + [self.law(op, fr[-1], ctx)],
-                  linear=not isinstance(op, (LayerNorm, RMSNorm)), top=True)
+                  linear=not _is_norm(op), top=True)
 
     def _varying_affine(self, op: FeatureAffine, ctx: Context):
         """y = gamma x + beta on a settled frame, (gamma, beta) per feature independent of it:

@@ -67,17 +67,17 @@ def _relu_grad_kernel(q1, q2, c, ns):
     return (ns.pi - ns.acos(c)) / (2 * ns.pi) + _full(ns, 0, q1, q2)
 
 
-def _angle(s, d, ns):
-    """asin s from s and d = 1 - s^2 (:func:`_gap`), as atan2(s, sqrt d). As |s| -> 1 (q ->
-    inf) asin s has slope 1 / sqrt d: it multiplies the rounding of s by ~sqrt q (E[erf(u)^2]
-    was 6e-9 off at q = 1e16); atan2 carries the rounding of s and d alone. Not atan(s / sqrt
-    d): XLA's CPU atan rounds an array's last elements by another path than the rest, so a grid
-    point's bits would depend on the grid's size (its atan2 of two arrays, asin, log and exp do
-    not; ``benchmarks/xla_ops.py --slices``). The symbolic face keeps asin s: the derivations
-    and the paper's closed forms are written with it."""
+def _angle(s, root, ns):
+    """asin s from s and root = sqrt(1 - s^2) (1 - s^2 by :func:`_gap`), as atan2(s, root). As
+    |s| -> 1 (q -> inf) asin s has slope 1 / root: it multiplies the rounding of s by ~sqrt q
+    (E[erf(u)^2] was 6e-9 off at q = 1e16); atan2 carries the rounding of s and root alone.
+    Not atan(s / root): XLA's CPU atan rounds an array's last elements by another path than
+    the rest, so a grid point's bits would depend on the grid's size (its atan2 of two arrays,
+    asin, log and exp do not; ``benchmarks/xla_ops.py --slices``). The symbolic face keeps
+    asin s: the derivations and the paper's closed forms are written with it."""
     if ns.symbolic:
         return ns.asin(s)
-    return ns.atan2(s, ns.sqrt(d))
+    return ns.atan2(s, root)
 
 
 def _gap(a1, a2, b1, b2, c):
@@ -87,11 +87,12 @@ def _gap(a1, a2, b1, b2, c):
 
 
 def _erf_gap(q1, q2, c):
-    """1 - s^2 for erf's kernels, s = 2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2)): det(I + 2
-    Sigma) / ((1 + 2 q1)(1 + 2 q2)) = :func:`_gap` of b_i = 1 / (1 + 2 q_i), a_i = 2 q_i b_i,
-    bounded (no product of q's to overflow: q1 q2 passes float64 at q = 1e154)."""
+    """(b1, b2, 1 - s^2) for erf's kernels, s = 2 c sqrt(q1 q2) / sqrt((1 + 2 q1)(1 + 2 q2)),
+    b_i = 1 / (1 + 2 q_i): 1 - s^2 = det(I + 2 Sigma) / ((1 + 2 q1)(1 + 2 q2)) = :func:`_gap` of
+    the b_i and a_i = 2 q_i b_i, bounded (no product of q's to overflow: q1 q2 passes float64
+    at q = 1e154)."""
     b1, b2 = 1 / (1 + 2 * q1), 1 / (1 + 2 * q2)
-    return _gap(2 * q2 * b2, 2 * q1 * b1, b2, b1, c)
+    return b1, b2, _gap(2 * q2 * b2, 2 * q1 * b1, b2, b1, c)
 
 
 def _erf_kernel(q1, q2, c, ns):
@@ -99,14 +100,14 @@ def _erf_kernel(q1, q2, c, ns):
     roots taken one by one (:func:`_angle`: with asin s, identical inputs after a Dense of
     sigma_w = 1e8 had corr 1 + 6e-9, and the kernel was NaN at q = 1e100, c = 1)."""
     s = 2 * c * ns.sqrt(q1) * ns.sqrt(q2) / (ns.sqrt(1 + 2 * q1) * ns.sqrt(1 + 2 * q2))
-    return 2 / ns.pi * _angle(s, _erf_gap(q1, q2, c), ns)
+    return 2 / ns.pi * _angle(s, ns.sqrt(_erf_gap(q1, q2, c)[2]), ns)
 
 
 def _erf_grad_kernel(q1, q2, c, ns):
     """(4/pi) E[exp(-u^2 - v^2)] = (4/pi) / sqrt(det(I + 2 Sigma)), det = (1 + 2 q1)(1 + 2 q2)
     (1 - s^2) (:func:`_erf_gap`)."""
-    b1, b2 = 1 / (1 + 2 * q1), 1 / (1 + 2 * q2)
-    return 4 / ns.pi * ns.sqrt(b1) * ns.sqrt(b2) / ns.sqrt(_erf_gap(q1, q2, c))
+    b1, b2, gap = _erf_gap(q1, q2, c)
+    return 4 / ns.pi * ns.sqrt(b1) * ns.sqrt(b2) / ns.sqrt(gap)
 
 
 def _erf_diag(q, ns):
@@ -114,7 +115,7 @@ def _erf_diag(q, ns):
     (1 + 2 q) (:func:`_angle`; no 4 q to overflow)."""
     b = 1 / (1 + 2 * q)
     s = 2 * q * b
-    return 2 / ns.pi * _angle(s, b * (1 + s), ns)
+    return 2 / ns.pi * _angle(s, ns.sqrt(b * (1 + s)), ns)
 
 
 def _gelu_parts(q1, q2, c, ns):
@@ -135,7 +136,7 @@ def _gelu_kernel(q1, q2, c, ns):
     root = ns.sqrt(d)
     last = (s * s / (ns.sqrt(1 + q1) * ns.sqrt(1 + q2) * root)
             + ns.sqrt(q1) * ns.sqrt(q2) * ns.sqrt(q1 / (1 + q1)) * ns.sqrt(q2 / (1 + q2)) * root)
-    return k / 4 + (k * _angle(s, d, ns) + last) / (2 * ns.pi)
+    return k / 4 + (k * _angle(s, root, ns) + last) / (2 * ns.pi)
 
 
 def _gelu_grad_kernel(q1, q2, c, ns):
@@ -144,7 +145,8 @@ def _gelu_grad_kernel(q1, q2, c, ns):
     (2 + q1 + q2) / ((1 + q1)(1 + q2)) = b1 + b2 (:func:`_gelu_parts`). As q -> inf it tends to
     relu's (pi - acos c) / (2 pi)."""
     _, s, b1, b2, d = _gelu_parts(q1, q2, c, ns)
-    return 1 / 4 + (_angle(s, d, ns) + s / ns.sqrt(d) * (b1 * b2 / d + b1 + b2)) / (2 * ns.pi)
+    root = ns.sqrt(d)
+    return 1 / 4 + (_angle(s, root, ns) + s / root * (b1 * b2 / d + b1 + b2)) / (2 * ns.pi)
 
 
 class _Closed(NamedTuple):
