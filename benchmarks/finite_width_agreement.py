@@ -24,7 +24,8 @@ output before its activation. Its seventh (``--part uniform``), the same c at
 every layer of a net with uniform weights (explicit draws, 8x the seeds). Its eighth (``--part
 norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm; (``--part
 after-norm``) activations after a norm of a Dense's features, on the stream and in a residual
-branch, forward and the input gradient. Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same recursion with exact
+branch, forward and the input gradient; (``--part norm-start``) the gradient at a layer
+that ends between a norm and its activation. Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same recursion with exact
 derivatives (the symbolic face), where corr -> 1 approaches relu's kink.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
@@ -388,6 +389,36 @@ def after_norm(seeds=4000, out="benchmarks/RESULTS.md"):
     return _write("Finite width: activations after a norm", out, [intro, "", *rows])
 
 
+# each op a layer, so layers 2 and 5 end between a norm and the activation after it
+NORM_START = sp.Serial(sp.Dense(1.4, 0.2), sp.LayerNorm(), sp.Act("tanh"), sp.Dense(1.2, 0.1),
+                       sp.RMSNorm(), sp.Act("tanh"))
+NORM_START_LAYERS = [1, 2, 4, 5]
+
+
+def norm_start(seeds=16000, out="benchmarks/RESULTS.md"):
+    """The gradient at a layer that ends between a norm and its activation (the tangent joined
+    at the norm's output, drawn with it), beside the Dense outputs' before it."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    found = []
+    for widths in (WIDTHS, AFTER_NORM_GRAD_WIDTHS):
+        got = measure_gradient_layers(NORM_START, inputs, widths, seeds, root_seed=31,
+                                      layers=NORM_START_LAYERS)
+        for l, (c, a, se_a, v, V, se_v) in zip(NORM_START_LAYERS, got):
+            found += [(f"c of E grad_q_{l}, widths {widths}", c, a, se_a),
+                      (f"N Var log grad_q_{l}, widths {widths}", v, V, se_v)]
+    rows = ["| net | statistic | predicted | fitted ± SE | z |", "|---|---|---|---|---|",
+            *_z_rows("Dense -> LayerNorm -> tanh -> Dense -> RMSNorm -> tanh", found)]
+    intro = ("`benchmarks/finite_width_agreement.py --part norm-start`: a Serial whose ops are "
+             "layers of their own (layers 2 and 5: a norm's output, before its activation; 1 "
+             "and 4: a Dense's), inputs q = 1, corr = 0.5, input 0, "
+             f"{seeds} seeds per width (root seed 31 + N), fitted as in the first section over "
+             "two sets of widths. Predicted: the tangent joins at the norm's output, N(0, 1) per "
+             "feature, and is drawn with the activation's features and the norm's statistics "
+             "(`_Walk.after_norm`, `post_norm_noise`).")
+    return _write("Finite width: a gradient that starts between a norm and its activation", out,
+                  [intro, "", *rows])
+
+
 UNIFORM_WIDTHS = [64, 128, 256]
 
 
@@ -471,7 +502,7 @@ def exact(out="benchmarks/RESULTS.md"):
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
-    each), "after-norm" or "exact"."""
+    each), "after-norm", "norm-start" (4x) or "exact"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -492,6 +523,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         norm_affine(8 * seeds, out)
     if part in ("all", "after-norm"):
         after_norm(seeds, out)
+    if part in ("all", "norm-start"):
+        norm_start(4 * seeds, out)
     if part in ("all", "exact"):
         exact(out)
 
@@ -502,7 +535,7 @@ if __name__ == "__main__":
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
-                                       "norm-affine", "after-norm", "exact"],
+                                       "norm-affine", "after-norm", "norm-start", "exact"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

@@ -57,8 +57,10 @@ walk of the pair (x, J t) gives its correction with exact weights, and its sprea
 grad_q_0 (|J^T delta|^2 has the law of |J t|^2) (:func:`gradient_coefficient`; every other
 layer's grad_q by the walk from that layer up, all of them from one recorded walk and one
 adjoint pass down it, :func:`_adjoint`; t brought back to x's scale at every layer, units
-only). Its part in a stream x + alpha phi(W x) that carries a mean, the coupling through the
-forward weights, also in closed form (:func:`mean_mode_coefficient`). Validity: per statistic
+only; where a layer ends between a norm of a Dense's features and the activation after it,
+t joins at the norm's output and is drawn with the activation's features,
+:attr:`_Walk.after_norm`). Its part in a stream x + alpha phi(W x) that carries a mean, the
+coupling through the forward weights, also in closed form (:func:`mean_mode_coefficient`). Validity: per statistic
 the width where the correction is 10 % of the leading term (``valid_width_*``), and warnings
 where N is below the coefficient, where an expectation is carried by events no practical width
 samples (:func:`warn_unreachable`: BatchNorm at B <= 3), or by rare nets
@@ -556,6 +558,9 @@ class _Walk:
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
         self.start_note = ""  # a tangent walk's: why its start is drawn (until a reduction)
+        self.after_norm = False  # a tangent walk whose t starts at the output of the norm that
+        # ends its open chain: the chain's ops before the norm act on x alone (t is a
+        # placeholder there), t joins fresh at the norm's output (:func:`_tangent_walk`)
 
     def push(self, fn, kurtosis=None, linear=False, top=False):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
@@ -609,13 +614,28 @@ class _Walk:
         """Draw the top frame's features: the law given the realised past (a delta step), then
         the i.i.d. fluctuation of its realised statistics (:func:`feature_noise`). The layers
         waiting on the draw are drawn with it, unless an op joined the chain after them or the
-        draw lost the walk (then they are stale: walked on their own)."""
+        draw lost the walk (then they are stale: walked on their own). A layer whose t joined
+        at a norm's output (:attr:`after_norm`) is drawn by its own walk, with the ops that
+        joined the chain since, and joins here: after the draw both pairs have the same
+        infinite-width state (K_xt = 0, m_t = 0, in units of unit diagonal)."""
         if self.chain is None:
             return
-        n = len(self.chain) - bool(self.chain and _is_norm(self.chain[-1]))  # (drawn
-        self._draw()  # before a norm that ends it, :meth:`_draw`)
+        chain = self.chain
+        n = len(chain) - bool(chain and _is_norm(chain[-1]))  # (drawn before a norm that
+        self._draw()  # ends it, :meth:`_draw`)
         for join, k in self.waiting:
-            if k == n and not self.lost:
+            start = join[5]
+            if start.after_norm and not self.lost:
+                drawn = copy.copy(start)
+                drawn.chain = start.chain + chain[k:]
+                drawn.settle()
+                if drawn.lost:
+                    self.stale.append(join)
+                else:  # (t's log q from its start to here, and the shared tangent's above)
+                    self.tape.append(join[:2] + (drawn.b, drawn.C) + join[4:6] + (
+                        drawn.cumulants,
+                        _tangent_log_q(self) - _tangent_log_q(drawn) + 2 * drawn.t_ls))
+            elif k == n and not self.lost:
                 self.tape.append(join + (_tangent_log_q(self),))
             else:
                 self.stale.append(join)
@@ -623,8 +643,9 @@ class _Walk:
 
     def _draw(self):
         chain, self.chain, ctx = self.chain, None, self.chain_ctx
-        if chain and _is_norm(chain[-1]):  # nothing after the norm: the features
-            self.chain = chain[:-1]  # before it drawn, then the norm as a map of their statistics
+        if chain and _is_norm(chain[-1]) and not self.after_norm:  # nothing after the norm:
+            self.chain = chain[:-1]  # the features before it drawn, then the norm as a map of
+            # their statistics (a tangent that starts after the norm is drawn with its output)
             self._draw()
             self._map(chain[-1], self.norm_ctx)
             return
@@ -636,7 +657,7 @@ class _Walk:
             gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
         if self._beyond_float64(gauss, ctx):
             return
-        zero = np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0
+        zero = np.diagonal(gauss.K, axis1=-2, axis2=-1)[..., :1 if self.after_norm else None] <= 0
         weights = dense and np.any(np.asarray(ctx.p(chain[0].sigma_w)) == 0)
         constant = len(self.frames) > 1 and weights and bool(np.all(zero))  # x + 0 F(x)
         if np.any(zero) and not constant:  # (its frames: below)
@@ -731,16 +752,19 @@ class _Walk:
         pre, norm, post = chain[:k], chain[k], chain[k + 1:]  # (post: no varying vectors,
         # which settle the chain, :meth:`walk`); the norm's input and output in true units:
         linear = pre[1:] if pre and isinstance(pre[0], Dense) else pre
+        after = self.after_norm
         with np.errstate(over="ignore", invalid="ignore"):
             u = functools.reduce(lambda s, op: self.law(op, s, ctx), linear, gauss)
             y = self.law(norm, u, ctx)
+        self.after_norm = False  # (t, drawn with the norm's output, is a tangent from here on)
         for f in (u, y):
             if self._beyond_float64(f, self.norm_ctx, fourth=True):
                 break
-        if self.tangent:  # the pair (x, J t): the norm's Jacobian on t, then (f, f' J t)
-            def law(s):
+        if self.tangent:  # the pair (x, J t): the norm's Jacobian on t (or t starting after
+            def law(s):  # it: ``after``), then (f, f' J t)
                 s = _tangent_chain(pre, s, ctx) if pre else s
-                return _tangent_chain(post, _tangent_norm(norm, s, ctx), ctx)
+                out = _tangent_norm(norm, s, ctx, after=after)
+                return _tangent_chain(post, out, ctx) if post else out
         else:  # (lost: the laws' own log scales, which stay finite where true units do not)
             def law(s):
                 return (_apply if self.lost else _unit_chain)(chain, s, ctx)
@@ -749,7 +773,7 @@ class _Walk:
         if self.lost or self._beyond_float64(self.frames[-1], ctx):
             return
         got = post_norm_noise(linear, norm, post, gauss, np.exp(-self.frames[-1].ls),
-                              self.tangent, ctx, *self._enclosing())
+                              self.tangent, ctx, *self._enclosing(), after=after)
         if got is None:
             self.lose(f"{self.norm_ctx.path}: an activation after this {type(norm).__name__} "
                       f"bends over a width below {1 / BEND_MAX:g} of its input's scale: its "
@@ -845,8 +869,9 @@ class _Walk:
         is linear: its own law serves both)."""
         if not self.tangent or isinstance(op, Scale):
             return op.theory_forward(s, ctx)
-        tangent_law = {Dense: _tangent_dense, FeatureAffine: _tangent_affine}
-        return tangent_law.get(type(op), _tangent_norm)(op, s, ctx)
+        if _is_norm(op):
+            return _tangent_norm(op, s, ctx, after=self.after_norm)
+        return {Dense: _tangent_dense, FeatureAffine: _tangent_affine}[type(op)](op, s, ctx)
 
     def lose(self, why: str, pointwise: bool = False):
         if not self.lost:
@@ -1147,14 +1172,16 @@ def _pair_moments(t):
 
 
 def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Context,
-                    means=(), grams=()):
+                    means=(), grams=(), after=False):
     """(Sigma (..., D, D), b (..., D)): the covariance and the bias, per 1/N, of the realised
     statistics [K, m, X^i] (in units ``scale`` = e^-ls; X^i with the enclosing frames of
     feature means ``means`` and cross Grams ``grams``, as :func:`feature_noise`) of N features
     y_n = f(norm(u_n)) after the linear maps ``pre``, the ``norm`` and the elementwise ops
     ``post`` (f), the u_n i.i.d. Gaussian given the past (``law``: their frame), the norm's centre
     and scale realised over the same features: their stats t, the mean of T(u) = (u_a, u_a^2)
-    (``tangent``, the pair (x, t): (u_x, u_t, u_x^2, u_x u_t), for the norm's Jacobian on t).
+    (``tangent``, the pair (x, t): (u_x, u_t, u_x^2, u_x u_t), for the norm's Jacobian on t;
+    ``after``, t starting at the norm's output, N(0, 1) per feature independent of the rest:
+    (u_x, u_x^2)).
     With F(u; t) the statistics of one feature at the norm's stats t, G(t) = E F(u; t) at u's
     law and t* = E T, the realised statistics are mean F(u_n; t*) + dG . (t - t*) + O(1/N):
     Sigma = Cov(F + dG . T) (each feature's influence), and their mean is G(t*) +
@@ -1170,9 +1197,12 @@ def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Co
         c, shift, _ = _vector_rule(op, ctx)
         mu, Cu = c * mu + shift, c[..., None] ** 2 * Cu
     B = Cu.shape[-1]
+    if after:  # (t before the norm is a placeholder)
+        mu, Cu = mu * X_ROW, Cu * outer(X_ROW, X_ROW) + E11
     mu = np.broadcast_to(mu, Cu.shape[:-1])
     var = np.diagonal(Cu, axis1=-2, axis2=-1)
-    if tangent:  # E T and T's standard deviations
+    x = slice(0, 1 if after else None)  # the norm reads x alone: (u_x, u_x^2) like one input's
+    if tangent and not after:  # E T and T's standard deviations
         t0 = np.stack([mu[..., 0], mu[..., 1], var[..., 0] + mu[..., 0] ** 2,
                        Cu[..., 0, 1] + mu[..., 0] * mu[..., 1]], -1)
         size = np.sqrt(np.stack([var[..., 0], var[..., 1], 2 * var[..., 0] ** 2
@@ -1181,20 +1211,21 @@ def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Co
                                  + mu[..., 0] ** 2 * var[..., 1] + mu[..., 1] ** 2 * var[..., 0]
                                  + 2 * mu[..., 0] * mu[..., 1] * Cu[..., 0, 1]], -1))
     else:
-        t0 = np.concatenate([mu, var + mu * mu], -1)
-        size = np.concatenate([np.sqrt(var), np.sqrt(2 * var * var + 4 * mu * mu * var)], -1)
+        t0 = np.concatenate([mu[..., x], var[..., x] + mu[..., x] ** 2], -1)
+        size = np.concatenate([np.sqrt(var[..., x]), np.sqrt(2 * var[..., x] ** 2
+                                                            + 4 * (mu * mu * var)[..., x])], -1)
     size = np.where(size > 0, size, 1.0)
 
     def statistics(u):  # T(u) (..., P, len(t0))
-        if tangent:
+        if tangent and not after:
             return np.stack([u[..., 0], u[..., 1], u[..., 0] ** 2, u[..., 0] * u[..., 1]], -1)
-        return np.concatenate([u, u * u], -1)
+        return np.concatenate([u[..., x], u[..., x] ** 2], -1)
 
     def integrals(tau, nodes=False):
         """G and E[F (T_k - t*_k) / size_k] at t = t* + size tau."""
         at = norm_input(t0 + size * tau)
         c = _centring(norm, at)[1]
-        M = _linear_part(norm, at, ctx, tangent)
+        M = _linear_part(norm, at, ctx, tangent, after)
         y, w = _split_rule(np.einsum("...ab,...b->...a", M, mu - c),
                            M @ Cu @ np.swapaxes(M, -1, -2), kink, levels)
         u = c[..., None, :] + np.einsum("...ab,...pb->...pa", np.linalg.inv(M), y)
@@ -1208,13 +1239,18 @@ def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Co
         return np.concatenate([wF.sum(-1), (wF @ T).reshape(F.shape[:-2] + (-1,))], -1)
 
     def norm_input(t):  # a frame of the norm's input statistics t (true units)
-        K = _pair_moments(t) if tangent else t[..., B:, None] * np.eye(B)
-        return law.replace(K=K, m=t[..., :B], ls=np.zeros_like(t[..., :B]), refs=())
+        if after:  # (t's row: a unit placeholder, which the norm does not read)
+            m = t[..., :1] * X_ROW
+            K = (t[..., 1:, None] * E00 + E11)
+        else:
+            m = t[..., :B]
+            K = _pair_moments(t) if tangent else t[..., B:, None] * np.eye(B)
+        return law.replace(K=K, m=m, ls=np.zeros_like(m), refs=())
 
     bend = _bend(post, ctx)  # (the tangent's J t enters linearly: x's only)
     levels = 0
     if bend is not None:
-        M0 = _linear_part(norm, norm_input(t0), ctx, tangent)
+        M0 = _linear_part(norm, norm_input(t0), ctx, tangent, after)
         ratio = _bend_ratio(M0 @ Cu @ np.swapaxes(M0, -1, -2), (bend, np.inf) if tangent else bend)
         if ratio > BEND_MAX and _saturates(post):
             return None
@@ -1413,9 +1449,10 @@ def _sym4(t, count):
                for p in itertools.permutations(range(4))) * (count / 24)
 
 
-def _linear_part(op: Op, s: Moments, ctx: Context, tangent: bool):
+def _linear_part(op: Op, s: Moments, ctx: Context, tangent: bool, after: bool = False):
     """A (..., B, B) of a norm, Scale or constant FeatureAffine acting per feature as
-    y = A x + c on the stream (true units); on the pair (x, J t), the tangent's map."""
+    y = A x + c on the stream (true units); on the pair (x, J t), the tangent's map (``after``:
+    t starts at the norm's output, which it passes unchanged)."""
     B = s.K.shape[-1]
     eye = np.eye(B)
     if isinstance(op, Scale):
@@ -1433,6 +1470,8 @@ def _linear_part(op: Op, s: Moments, ctx: Context, tangent: bool):
     A = np.zeros(np.broadcast_shapes(Kc.shape[:-2], g.shape, r2.shape) + (2, 2))
     A[..., 0, 0] = A[..., 1, 1] = g / np.sqrt(r2)
     A[..., 1, 0] = -g * (Kc[..., 0, 1] / r2) / np.sqrt(r2)  # (r2^1.5 overflows past q = 1e205)
+    if after:
+        A[..., 1, :] = [0.0, 1.0]
     return A
 
 
@@ -1557,7 +1596,9 @@ def _affine_noise(op: FeatureAffine, ctx: Context, frames, k, sel, out_ls):
         moments.append(np.einsum(f"...{ws},{Vs},...{zs}->...{ys}", Ew, *[V] * order, raw))
     return sigma, _cumulants_of_moments(*moments)
 
-E00 = np.array([[1.0, 0.0], [0.0, 0.0]])
+E00 = np.array([[1.0, 0.0], [0.0, 0.0]])  # a pair (x, t)'s x entry
+E11 = np.array([[0.0, 0.0], [0.0, 1.0]])  # and t's
+X_ROW = np.array([1.0, 0.0])
 
 
 def _scaled(out: Moments, K, m, X=None) -> Moments:
@@ -1601,14 +1642,20 @@ def _tangent_affine(op: FeatureAffine, s: Moments, ctx: Context) -> Moments:
                    + b2 * E00, g[..., 0] * m + b[..., 0] * e, X)
 
 
-def _tangent_norm(op: Op, s: Moments, ctx: Context) -> Moments:
+def _tangent_norm(op: Op, s: Moments, ctx: Context, after: bool = False) -> Moments:
     """LayerNorm (c = m) or RMSNorm (c = 0) on the pair (x, t): the norm of x and its Jacobian
     on t, y' = M (y - c) with M = g [[1/r, 0], [-k/r^3, 1/r]], r^2 = K_xx - c_x^2 + eps and
     k = K_xt - c_x c_t (d r / dt = k / r): K' = M (K - c m^T - m c^T + c c^T) M^T, m' = M (m - c),
-    each residual cross moment X' = (X - m_r c^T) M^T (in true units, returned scaled)."""
+    each residual cross moment X' = (X - m_r c^T) M^T (in true units, returned scaled).
+    ``after``: t starts at the norm's output, N(0, 1) per feature independent of x and of the
+    enclosing frames (t in ``s`` is a placeholder): t replaced so, and M = [[g/r, 0], [0, 1]]."""
+    if after:
+        s = s.replace(K=s.K * outer(X_ROW, X_ROW) + E11, m=s.m * X_ROW, ls=s.ls * X_ROW,
+                      refs=tuple(r if r.X is None or r.X is DECOUPLED else
+                                 Ref(m=r.m, X=r.X * X_ROW) for r in s.refs))
     out = op.theory_forward(s, ctx)
     X, c, m, Kc = _centring(op, s)
-    M = _linear_part(op, s, ctx, tangent=True)
+    M = _linear_part(op, s, ctx, tangent=True, after=after)
     MT = np.swapaxes(M, -1, -2)
     X = [(x - outer(r.m, c)) @ MT for r, x in zip(s.refs, X)]
     return _scaled(out, M @ Kc @ MT, np.einsum("...ij,...j->...i", M, m - c), X)
@@ -1726,8 +1773,11 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 why.setdefault(want.index(l), walk.lost)
             elif own_walks or (l == 0 and not joins):
                 own.append((want.index(l), l, _tangent_walk(walk)))
+            elif (start := _tangent_walk(walk)).after_norm and (shared is None or shared.lost):
+                own.append((want.index(l), l, start))  # (t starts inside x's open chain: a
+                # walk that records the steps above starts where a pair is drawn)
             else:
-                k, start = want.index(l), _tangent_walk(walk)
+                k = want.index(l)
                 if start.lost:  # (its (b, C): NaN)
                     why.setdefault(k, start.lost)
                 if shared is None or shared.lost:
@@ -1997,9 +2047,16 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     x.t = K_xx, Var |t|^2 = 2, Var mean(t) = 1, Cov(x.t, mean t) = m_x. Where they are still
     to be drawn (chain []: Gaussian inputs at layer 0, a Gaussian Dense's output), (x_i, t_i)
     are i.i.d. Gaussian features with Gram diag(K_xx, 1), and the pair's features are drawn at
-    its first reduction, t's fluctuation with them."""
+    its first reduction, t's fluctuation with them. Where x's open chain has a norm and no
+    activation after it (a layer ends between a norm and the activations after it), the chain
+    stays open and t ~ N(0, 1) per feature joins at the norm's output (:attr:`_Walk.after_norm`;
+    a Scale or a constant FeatureAffine after the norm scales it, which leaves c as it is and
+    moves t's starting scale), to be drawn with it (:func:`post_norm_noise`)."""
     fresh = walk.chain == []
-    seen = walk if fresh else walk.settled()
+    norm = next((i for i, op in enumerate(walk.chain or ()) if _is_norm(op)), None)
+    after = (norm is not None and not walk.lost
+             and not any(isinstance(op, Act) for op in walk.chain[norm + 1:]))
+    seen = walk if fresh or after else walk.settled()
     f = seen.frames[0]
     lead = _lead([f])
     K, m = np.broadcast_to(f.K[..., 0, 0], lead), np.broadcast_to(f.m[..., 0], lead)
@@ -2009,9 +2066,12 @@ def _tangent_walk(walk: _Walk) -> _Walk:
                      m=np.stack([m, zero], -1), ls=np.stack([ls, ls], -1))
     out = _Walk(pair, walk.ctx, fresh=fresh, tangent=True, cumulants=walk.track)
     out.t_ls, out.lost, out.chain_ctx = ls, seen.lost, seen.chain_ctx
+    if after:  # (t's log scale at the start: the factors of the linear maps after the norm)
+        out.t_ls = sum((np.log(np.abs(_vector_rule(op, walk.ctx)[0][..., 0]))
+                        for op in walk.chain[norm + 1:]), np.zeros(lead))
     b, C = np.zeros(lead + (6,)), np.zeros(lead + (6, 6))  # [K_xx, K_xt, K_tx, K_tt, m_x, m_t]
     b[..., [0, 4]] = np.broadcast_to(seen.b, lead + (2,))
-    if not fresh:
+    if not (fresh or after):
         C[..., [[1], [2]], [1, 2]] = K[..., None, None]
         C[..., [1, 2], 5] = C[..., 5, [1, 2]] = m[..., None]
         C[..., 3, 3], C[..., 5, 5] = 2.0, 1.0
@@ -2020,10 +2080,9 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     out.b, out.C, out.widths = b, C, list(seen.widths)
     if fresh:  # (the cumulants: those of the features drawn)
         return out
-    if walk.chain and _is_norm(walk.chain[-1]):  # (a layer ends between a norm and its ops)
-        out.start_note = (f" (the gradient at {walk.norm_ctx.path}'s output starts on its "
-                          "features drawn: no rule for a tangent started between a norm and "
-                          "the activations after it)")
+    if after:
+        out.chain, out.norm_ctx, out.fan_in = list(walk.chain), walk.norm_ctx, walk.fan_in
+        out.after_norm = True
     elif walk.chain:  # (an activation next has no rule on the drawn stream: say why)
         out.start_note = (f" (the gradient at {walk.chain_ctx.path}'s output starts on its "
                           "features drawn: a tangent started before they are needs them "
