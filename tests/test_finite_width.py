@@ -403,6 +403,38 @@ def test_vectors_that_vary_after_a_norm_of_fresh_features_act_on_its_settled_out
         assert np.isfinite(ds[name].values).all(), name
 
 
+def test_a_corr_coefficient_the_central_differences_do_not_resolve_is_nan_and_said():
+    """Plain relu (sigma_w^2 = 2), corr 0.5 in: corr -> 1 with depth, its Gram near singular,
+    each step bounded by STEP of its smallest eigenvalue, and the second differences' round-off
+    grows as its inverse square while the coefficient falls like 1 - corr. Against the exact
+    recursion (benchmarks/RESULTS.md, "a deep relu net against the exact recursion") the
+    engine's corr coefficient is 7e-3 off at layer 200 and 83 % off at layer 1000. The walk at
+    1.5x the step (:func:`fw._resolved`) moves it by 7e-3 and by a factor 5.6 there: layer
+    1000 is NaN with a warning, layer 200 and the other statistics are kept; at depth 200,
+    every layer recorded (where the coefficient crosses 0 between layers 10 and 30), nothing is
+    flagged. Identical inputs (corr = 1, coefficient 0 exactly, round-off ~1e-8) are not flagged,
+    nor is a pair of corr 0 under tanh (0 by symmetry, round-off ~1e-14) beside a pair of corr
+    0.999 (which has the check run; without UNRESOLVED_FLOOR it is NaN at every layer). With
+    both walks at one step (CHECK_STEP = 1) nothing is ever flagged: this test fails."""
+    x = sp.Inputs(q=1.0, corr=0.5, n=2)
+    with pytest.warns(sp.FiniteWidthWarning, match=r"corr_correction is not resolved .* at "
+                      r"layers \[1000\]"):
+        ds = sp.theory(presets.plain(1000, "relu", shape="dense_act"), x, width=256,
+                       layers=[200, 1000], backward=False)
+    corr = ds.corr_correction.values[..., 0, 1]
+    assert np.isfinite(corr[0]) and np.isnan(corr[1])
+    for name in ("log_q_correction", "q_rel_correction", "var_log_q", "mean_correction"):
+        assert np.isfinite(ds[name].values).all(), name
+    relu = presets.plain(200, "relu", shape="dense_act")
+    symmetric = sp.Inputs(q=1.0, corr=[[1, 0.999, 0], [0.999, 1, 0], [0, 0, 1]])
+    for net, inputs in ((relu, x), (relu, sp.Inputs(q=1.0, corr=1.0, n=2)),
+                        (presets.plain(10, "tanh", shape="dense_act"), symmetric)):
+        with warnings.catch_warnings():
+            warnings.filterwarnings("error", "corr_correction is not resolved")
+            ds = sp.theory(net, inputs, width=256, backward=False)
+        assert np.isfinite(ds.corr_correction.values).all()
+
+
 def test_a_gradient_started_between_a_norm_and_its_activation_against_monte_carlo():
     """A Serial's ops are layers of their own, so layers 2 and 5 end between a norm and the
     activation after it: the tangent joins at the norm's output and is drawn with the
@@ -450,9 +482,11 @@ def test_a_gradient_after_a_norm_of_fresh_features_against_the_sphere(norm):
                          ids=["layernorm", "rmsnorm"])
 @pytest.mark.parametrize("tail", [(), (sp.Scale(0.7),), (sp.FeatureAffine(gain=1.5, shift=0.3),)],
                          ids=["norm", "scale", "affine"])
-def test_a_gradient_after_a_norm_with_no_activation_is_the_settled_start(norm, tail):
-    """Dense -> norm (-> a linear map) | Dense ...: two derivations of the gradient at the layer
-    that ends there. The tangent joined at the norm's output and drawn with it
+@pytest.mark.parametrize("rest", ["dense", "uniform", "varying"])
+def test_a_gradient_after_a_norm_with_no_activation_is_the_settled_start(norm, tail, rest):
+    """Dense -> norm (-> a linear map) | Dense ... (or a uniform Dense, or a FeatureAffine whose
+    vectors vary, which read the features' cumulants): two derivations of the gradient at the
+    layer that ends there. The tangent joined at the norm's output and drawn with it
     (:func:`fw.post_norm_noise` with ``after``: t ~ N(0, 1) per feature among the features),
     and x's features drawn first, the norm a map of their statistics, then t's fluctuation on
     the settled output (the rule of :func:`fw._tangent_walk` on a settled stream). c to 1e-7
@@ -460,15 +494,19 @@ def test_a_gradient_after_a_norm_with_no_activation_is_the_settled_start(norm, t
     1e-10, the infinite-width log q (t's starting scale, the linear map's factor) to 1e-12.
     Caught: t's fluctuation left out (the norm a map, as with no tangent: c off by 0.87, v by
     2), t's variance in the draw twice the law's (c doubled), its log scale at 0 after a Scale
-    (log q off by 2 log 0.7)."""
+    (log q off by 2 log 0.7), the drawn features' cumulants unknown (NaN at the uniform Dense
+    or the varying FeatureAffine)."""
     x = sp.Inputs(q=[1.0, 2.0], corr=0.5, mean=[0.4, -0.2])
-    net = sp.Serial(sp.Dense(1.2, 0.3), norm, *tail, sp.Dense(1.1), sp.Act("tanh"),
-                    sp.Dense(1.0), sp.Act("relu"))
+    rest = {"dense": (sp.Dense(1.1),), "uniform": (sp.Dense(1.1, init="uniform"),),
+            "varying": (VARYING, sp.Dense(1.1))}[rest]
+    net = sp.Serial(sp.Dense(1.2, 0.3), norm, *tail, *rest, sp.Act("tanh"), sp.Dense(1.0),
+                    sp.Act("relu"))
     blocks, at = fw.layers_of(net), 2 + len(tail)
     got = []
     for settled in (False, True):
         walk = fw._Walk(fw._stacked(x.moments(), np.arange(2)[:, None], 0),
-                        fw.Context(fw.NUMERIC, ()), fresh=False)
+                        fw.Context(fw.NUMERIC, ()), fresh=False,
+                        cumulants=fw._tracks_cumulants(net))
         for l in range(at):
             walk.layer(l + 1, blocks[l])
         start = fw._tangent_walk(walk.settled() if settled else walk)
@@ -1413,9 +1451,15 @@ def test_gradient_at_a_preactivation_against_monte_carlo():
     sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(), sp.Act("tanh"),
               sp.Dense(sp.sweep("sigma_w", [0.8, 1.6]), 0.2), sp.RMSNorm(), sp.Scale(0.7),
               sp.Act("relu"), sp.Dense(1.0)),
+    # ... and where the features' cumulants are read above (uniform weights, varying vectors)
+    sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(),
+              sp.Residual(sp.Serial(sp.Dense(1.0, init="uniform"), sp.Act("tanh"), sp.Dense(0.8))),
+              sp.Dense(1.0), sp.Act("tanh")),
+    sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(), VARYING, sp.Dense(1.0), sp.Act("tanh"),
+              sp.Dense(1.0)),
 ], ids=["preln-swept", "postln-tanh", "resnet-mean", "plain-erf", "widths-and-norms", "lost",
         "zero-weights", "preactivations", "uniform-swept", "uniform-residual", "norm-affine",
-        "after-norms", "norm-starts"])
+        "after-norms", "norm-starts", "norm-start-uniform", "norm-start-varying"])
 def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypatch):
     """The layers (the input too, when every layer is asked for) share one recorded pair walk,
     pulled back from the top

@@ -60,11 +60,13 @@ adjoint pass down it, :func:`_adjoint`; t brought back to x's scale at every lay
 only; where a layer ends between a norm of a Dense's features and the activation after it,
 t joins at the norm's output and is drawn with the activation's features,
 :attr:`_Walk.after_norm`). Its part in a stream x + alpha phi(W x) that carries a mean, the
-coupling through the forward weights, also in closed form (:func:`mean_mode_coefficient`). Validity: per statistic
-the width where the correction is 10 % of the leading term (``valid_width_*``), and warnings
-where N is below the coefficient, where an expectation is carried by events no practical width
-samples (:func:`warn_unreachable`: BatchNorm at B <= 3), or by rare nets
-(:func:`_warn_rare_nets`: Var log q > 1 across nets). For BatchNorm, the typical value E log
+coupling through the forward weights, also in closed form (:func:`mean_mode_coefficient`).
+Validity: per statistic the width where the correction is 10 % of the leading term
+(``valid_width_*``), and warnings where N is below the coefficient, where an expectation is
+carried by events no practical width samples (:func:`warn_unreachable`: BatchNorm at B <= 3),
+or by rare nets (:func:`_warn_rare_nets`: Var log q > 1 across nets); corr's coefficient NaN,
+with a warning, where the central differences do not resolve it, a pair's Gram near singular
+(:func:`_resolved`: a second walk at larger steps). For BatchNorm, the typical value E log
 grad_q at width N (:func:`typical_log_grad_q`: BatchNorm's per-feature backward averaged over N
 features, by a t-integral), not a 1/N expansion.
 """
@@ -158,6 +160,16 @@ ANGLE_BEND, RADIAL_BEND, GRADED_NODES = 4.0, 8.0, 16
 BEND_MAX = 1e6
 RHO_MAX = 9.0  # in standard deviations (whitened radius): exp(-81/2) ~ 2.6e-18
 VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
+# the forward coefficients are walked again with steps CHECK_STEP times as large where some
+# pair's Gram is near singular (1 - |corr_inf| < NEAR_SINGULAR at a recorded layer): there a
+# step is bounded by STEP of the smallest eigenvalue (:func:`_steps`), the second differences'
+# round-off grows as its inverse square, and a deep relu net's corr coefficient came out 83 %
+# off at depth 1000 (the two walks' difference tracks the error: 2.2e-4 against 2.7e-4 at layer
+# 50, 7e-3 against 7e-3 at 200, benchmarks/RESULTS.md). A coefficient the two walks give more
+# than VALID_FRACTION apart (and more than UNRESOLVED_FLOOR of its statistic's scale: where it
+# crosses 0) is not resolved: NaN, with a warning
+CHECK_STEP, NEAR_SINGULAR, UNRESOLVED_FLOOR = 1.5, 1e-2, 1e-6
+_STEP_FACTOR = contextvars.ContextVar("finite_width_step_factor", default=1.0)
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
 SPREAD_MAX = 1.0  # Var log q across nets past which a mean over nets is carried by rare nets
 
@@ -229,6 +241,11 @@ def delta_step(fn, x0, b, C, ref=None, linear=False):
     return y0, bias, cov
 
 
+def _step() -> float:
+    """STEP, times the factor of a resolution check's second walk (:func:`_resolved`)."""
+    return STEP * _STEP_FACTOR.get()
+
+
 def _differences(fn, x0, dirs, h, second=True):
     """(fn(x0), D1, D2): fn's first and second derivatives along each direction of ``dirs`` (M,
     ..., D) from x0, by central differences at steps h and 2h (h broadcasts with fn's output)
@@ -264,8 +281,9 @@ def _steps(dirs, x0, ref, first=0):
     round-off (corr = 1) the directions that cross its boundary are round-off themselves; lam
     is taken to be at least SINGULAR of the largest eigenvalue (below it, lam and the rate are
     round-off)."""
+    step = _step()
     size = np.max(np.abs(dirs), axis=-1, keepdims=True)
-    h = plain = STEP / np.where(size > 0, size, 1.0)
+    h = plain = step / np.where(size > 0, size, 1.0)
     if ref is None:
         return h
     B = ref[0].K.shape[-1]
@@ -278,10 +296,10 @@ def _steps(dirs, x0, ref, first=0):
         lam, V = np.linalg.eigh(gram(x0))
         v = V[..., 0]
         rate = np.abs(np.einsum("...a,...ab,...b->...", v, gram(dirs), v))[..., None]
-        room = STEP * np.maximum(lam[..., :1], SINGULAR * lam[..., -1:])
+        room = step * np.maximum(lam[..., :1], SINGULAR * lam[..., -1:])
         h = np.where(rate * h > room, room / np.where(rate > 0, rate, 1.0), h)
-    floor = np.full((len(dirs),) + (1,) * (h.ndim - 1), STEP)
-    floor[:first] = STEP**2
+    floor = np.full((len(dirs),) + (1,) * (h.ndim - 1), step)
+    floor[:first] = step**2
     return np.maximum(h, floor * plain)
 
 
@@ -629,12 +647,15 @@ class _Walk:
                 drawn = copy.copy(start)
                 drawn.chain = start.chain + chain[k:]
                 drawn.settle()
-                if drawn.lost:
-                    self.stale.append(join)
-                else:  # (t's log q from its start to here, and the shared tangent's above)
-                    self.tape.append(join[:2] + (drawn.b, drawn.C) + join[4:6] + (
-                        drawn.cumulants,
-                        _tangent_log_q(self) - _tangent_log_q(drawn) + 2 * drawn.t_ls))
+                with np.errstate(divide="ignore", invalid="ignore"):  # (t's log q from its
+                    log_q = _tangent_log_q(self) - _tangent_log_q(drawn) + 2 * drawn.t_ls
+                    # start to here, and the shared tangent's above: a tangent of 0, inf)
+                if drawn.lost or not np.all(np.isfinite(log_q)) or [
+                        c is None for c in drawn.cumulants] != [c is None for c in self.cumulants]:
+                    self.stale.append(join)  # (its own walk says why)
+                else:
+                    self.tape.append(join[:2] + (drawn.b, drawn.C) + join[4:6]
+                                     + (drawn.cumulants, log_q))
             elif k == n and not self.lost:
                 self.tape.append(join + (_tangent_log_q(self),))
             else:
@@ -780,8 +801,13 @@ class _Walk:
                       "features fall in the bend with about that probability, which no "
                       "practical width samples", pointwise=True)
             return
-        self._cumulant_step(lambda ks: ks[:-1] + [None])  # (tracked: uniform weights or a
-        self.drawn = self.drawn[:-1] + [True]  # varying FeatureAffine elsewhere in the net)
+        top = self.frames[-1]  # (its cumulants, tracked for uniform weights or a varying
+        # FeatureAffine elsewhere: 0 where only linear maps follow the norm, whose output is
+        # then Gaussian given its realised centre and scale; unknown after an activation)
+        gaussian = tuple(np.zeros(_lead([top]) + top.K.shape[-1:] * k) for k in (3, 4))
+        self._cumulant_step(lambda ks: ks[:-1] + [
+            None if any(isinstance(op, Act) for op in post) else gaussian])
+        self.drawn = self.drawn[:-1] + [True]
         self._add_draw(*got)
 
     def to_unit_diagonal(self):
@@ -1928,10 +1954,10 @@ def _derivatives(fn, x0, linear=False, coordinates=None):
     U, S, T = coordinates or (np.eye(D), np.eye(D), 0.0)
     n, shape = len(U), (-1,) + (1,) * (x0.ndim - 1) + (D,)
     if linear:
-        _, d1, _ = _differences(fn, x0, U.reshape(shape), STEP, second=False)
+        _, d1, _ = _differences(fn, x0, U.reshape(shape), _step(), second=False)
         return np.moveaxis(d1, 0, -1) @ S + T, None
     i, j = np.triu_indices(n, 1)  # (the pairs k < l)
-    y0, d1, d2 = _differences(fn, x0, np.concatenate([U, U[i] + U[j]]).reshape(shape), STEP)
+    y0, d1, d2 = _differences(fn, x0, np.concatenate([U, U[i] + U[j]]).reshape(shape), _step())
     H = np.zeros(y0.shape + (n, n))
     H[..., range(n), range(n)] = np.moveaxis(d2[:n], 0, -1)
     H[..., i, j] = H[..., j, i] = np.moveaxis(d2[n:] - d2[i] - d2[j], 0, -1) / 2
@@ -2056,6 +2082,9 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     norm = next((i for i, op in enumerate(walk.chain or ()) if _is_norm(op)), None)
     after = (norm is not None and not walk.lost
              and not any(isinstance(op, Act) for op in walk.chain[norm + 1:]))
+    if after:  # (the linear maps after the norm scale t by these; one of 0 would drop it)
+        factors = [np.abs(_vector_rule(op, walk.ctx)[0][..., 0]) for op in walk.chain[norm + 1:]]
+        after = all(np.all(f > 0) for f in factors)
     seen = walk if fresh or after else walk.settled()
     f = seen.frames[0]
     lead = _lead([f])
@@ -2066,9 +2095,8 @@ def _tangent_walk(walk: _Walk) -> _Walk:
                      m=np.stack([m, zero], -1), ls=np.stack([ls, ls], -1))
     out = _Walk(pair, walk.ctx, fresh=fresh, tangent=True, cumulants=walk.track)
     out.t_ls, out.lost, out.chain_ctx = ls, seen.lost, seen.chain_ctx
-    if after:  # (t's log scale at the start: the factors of the linear maps after the norm)
-        out.t_ls = sum((np.log(np.abs(_vector_rule(op, walk.ctx)[0][..., 0]))
-                        for op in walk.chain[norm + 1:]), np.zeros(lead))
+    if after:  # (t's log scale at the start)
+        out.t_ls = sum((np.log(f) for f in factors), np.zeros(lead))
     b, C = np.zeros(lead + (6,)), np.zeros(lead + (6, 6))  # [K_xx, K_xt, K_tx, K_tt, m_x, m_t]
     b[..., [0, 4]] = np.broadcast_to(seen.b, lead + (2,))
     if not (fresh or after):
@@ -2280,6 +2308,18 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
                       FiniteWidthWarning, stacklevel=3)
     N = float(width)
     layers = ds["layer"].values
+    corr_inf = ds["corr"].transpose("layer", ...).values
+    coef, unresolved = _resolved(net, inputs, coef, corr_inf, layers)
+    if unresolved:
+        rows, bound = unresolved
+        gap = np.nanmin((1 - np.abs(corr_inf))[..., ~np.eye(inputs.n, dtype=bool)])
+        warnings.warn(f"corr_correction is not resolved by the central differences at layers "
+                      f"{rows}: walked with steps {CHECK_STEP:g} times as large it moves by "
+                      f"more than {VALID_FRACTION:.0%} (their round-off, where a pair's Gram is "
+                      f"near singular: 1 - |corr| down to {gap:.2g}); NaN there, where E corr -"
+                      f" corr_inf is of order {bound / float(width):.1g} or less at width "
+                      f"{width}",
+                      FiniteWidthWarning, stacklevel=3)
     with np.errstate(divide="ignore", invalid="ignore"):
         computed = {
             "log_q_correction": coef["log_q"] / N,
@@ -2290,7 +2330,6 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
             "valid_width_q": np.abs(coef["q"]) / VALID_FRACTION,
         }
     computed = {k: v[layers] for k, v in computed.items()}
-    corr_inf = ds["corr"].transpose("layer", ...).values
     # corr's A against max(|corr_inf|, VALID_FRACTION): where corr crosses 0 no width makes its
     # correction small against it, yet the expansion holds (and at corr_inf = 0 by symmetry
     # both are round-off: their ratio was inf, or 1e5 for a correction that is 0)
@@ -2309,6 +2348,43 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
     if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid) and "q" not in broken:
         _warn_rare_nets(coef["var_log_q"], rows, width, "q", grid, coef["log_q"])
     return out
+
+
+def _resolved(net: Op, inputs, coef: dict, corr_inf, layers):
+    """(``coef``, unresolved): the forward coefficients of :func:`coefficients` with corr's
+    NaN at the recorded ``layers`` where the central differences do not resolve it, and (those
+    layers, the largest |corr correction| there by the two walks, per 1/N) or None. Checked
+    where some pair's Gram is near singular at a recorded layer (1 - |corr_inf| <
+    NEAR_SINGULAR; ``corr_inf`` (layer, *grid, B, B)): corr's coefficient walked again with
+    steps CHECK_STEP times as large is not resolved where it moves by more than VALID_FRACTION
+    of itself and UNRESOLVED_FLOOR of 1 - |corr_inf| (its scale: the coefficient falls with
+    it), unless the Gram is singular to round-off (1 - |corr_inf| < SINGULAR: identical
+    inputs, whose coefficient is 0 and comes out as round-off, ~1e-8 at layer 20). The others, far from their kinks, are resolved to ~1e-7 there (benchmarks/RESULTS.md:
+    log q's coefficient 1.6e-7 at depth 1000, where corr's is 83 % off)."""
+    off = ~np.eye(inputs.n, dtype=bool)
+    gap = (1 - np.abs(corr_inf))[..., off]
+    if not np.any(gap < NEAR_SINGULAR):
+        return coef, None
+    token = _STEP_FACTOR.set(CHECK_STEP)
+    try:
+        again = coefficients(net, inputs)[0]["corr"][layers][..., off]
+    finally:
+        _STEP_FACTOR.reset(token)
+    c = coef["corr"][layers]
+    got = c[..., off]
+    moved = np.abs(again - got)
+    with np.errstate(invalid="ignore"):
+        bad = (moved > VALID_FRACTION * np.maximum(np.abs(got), UNRESOLVED_FLOOR * gap)) & (
+            gap >= SINGULAR)
+    if not np.any(bad):
+        return coef, None
+    bound = float(np.max((np.abs(got) + moved)[bad]))
+    got[bad] = np.nan
+    c[..., off] = got
+    out = dict(coef, corr=coef["corr"].copy())
+    out["corr"][layers] = c
+    rows = [int(layers[i]) for i in np.flatnonzero(bad.reshape(len(layers), -1).any(-1))]
+    return out, (rows, bound)
 
 
 def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
