@@ -81,6 +81,10 @@ def calls(m, quick: bool):
     many = m.presets.preln(20, sigma_w1=m.sweep("sigma_w1", np.linspace(1.0, 1.6, 100)))
     out["theory at width 256 (finite width), preln relu, depth 20, 100 points"] = (
         lambda net=many: m.theory(net, x2, width=256))  # (the adjoint pass's work per point)
+    flat = m.Serial(*[op for _ in range(12) for op in (m.Dense(1.4, 0.2), m.LayerNorm(),
+                                                       m.Act("tanh"))])  # (each op a layer:
+    out["theory at width 256 (finite width), 12 x (Dense, LayerNorm, tanh) as 36 layers"] = (
+        lambda: m.theory(flat, x2, width=256))  # from_torch's; a gradient from each norm)
     x4 = m.Inputs(q=[1.0, 2.0, 0.5, 3.0], corr=0.5)
     net = m.presets.preln(20)
     out["theory at width 256 (finite width), preln relu, depth 20, 1 points, B 4"] = (

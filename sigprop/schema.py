@@ -110,7 +110,7 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("corr_correction", PER_PAIR, "first-order finite-width correction to E corr", "1",
              "E[corr] - corr_inf to O(1/N) at the dataset's width N (NaN, with a warning, "
              "where the central differences do not resolve it: a pair's Gram near singular, "
-             "corr_inf within ~1e-4 of 1)"),
+             "corr_inf within ~1e-4 of +-1)"),
     Variable("mean_correction", PER_INPUT, "first-order finite-width correction to E mean", "1",
              "E[mean] - mean_inf to O(1/N) at the dataset's width N"),
     Variable("var_log_q", PER_INPUT, "variance of log q across seeds", "1",

@@ -409,13 +409,16 @@ def test_a_corr_coefficient_the_central_differences_do_not_resolve_is_nan_and_sa
     grows as its inverse square while the coefficient falls like 1 - corr. Against the exact
     recursion (benchmarks/RESULTS.md, "a deep relu net against the exact recursion") the
     engine's corr coefficient is 7e-3 off at layer 200 and 83 % off at layer 1000. The walk at
-    1.5x the step (:func:`fw._resolved`) moves it by 7e-3 and by a factor 5.6 there: layer
+    2/3 of the step (:func:`fw._resolved`) moves it by 3.5e-3 and by a factor 1.8 there: layer
     1000 is NaN with a warning, layer 200 and the other statistics are kept; at depth 200,
     every layer recorded (where the coefficient crosses 0 between layers 10 and 30), nothing is
     flagged. Identical inputs (corr = 1, coefficient 0 exactly, round-off ~1e-8) are not flagged,
     nor is a pair of corr 0 under tanh (0 by symmetry, round-off ~1e-14) beside a pair of corr
-    0.999 (which has the check run; without UNRESOLVED_FLOOR it is NaN at every layer). With
-    both walks at one step (CHECK_STEP = 1) nothing is ever flagged: this test fails."""
+    0.999 (which has the check run; without UNRESOLVED_FLOOR it is NaN at every layer). A tanh
+    net at 1 - corr = 2e-6 (layer 15), where the step's floor binds, is resolved (steps 0.5 to
+    1 agree to 1 %; a check at 1.5x the step, which crosses the singular boundary there, moved
+    it 20x and flagged it), and unresolved at layer 20 (1 - corr = 1.2e-7). With both walks at
+    one step (CHECK_STEP = 1) nothing is ever flagged: this test fails."""
     x = sp.Inputs(q=1.0, corr=0.5, n=2)
     with pytest.warns(sp.FiniteWidthWarning, match=r"corr_correction is not resolved .* at "
                       r"layers \[1000\]"):
@@ -425,6 +428,11 @@ def test_a_corr_coefficient_the_central_differences_do_not_resolve_is_nan_and_sa
     assert np.isfinite(corr[0]) and np.isnan(corr[1])
     for name in ("log_q_correction", "q_rel_correction", "var_log_q", "mean_correction"):
         assert np.isfinite(ds[name].values).all(), name
+    with pytest.warns(sp.FiniteWidthWarning, match=r"not resolved .* at layers \[20\]"):
+        ds = sp.theory(presets.plain(60, "tanh", shape="dense_act", sigma_b=0.3, sigma_w1=0.7),
+                       x, width=256, layers=[15, 20], backward=False)
+    corr = ds.corr_correction.values[..., 0, 1]
+    assert np.isfinite(corr[0]) and np.isnan(corr[1])
     relu = presets.plain(200, "relu", shape="dense_act")
     symmetric = sp.Inputs(q=1.0, corr=[[1, 0.999, 0], [0.999, 1, 0], [0, 0, 1]])
     for net, inputs in ((relu, x), (relu, sp.Inputs(q=1.0, corr=1.0, n=2)),
@@ -476,6 +484,57 @@ def test_a_gradient_after_a_norm_of_fresh_features_against_the_sphere(norm):
     net = sp.Serial(sp.Dense(1.0), norm, sp.Scale(0.8), sp.Act("tanh"))
     got = sp.theory(net, PAIR, width=1000).grad_q_rel_correction
     np.testing.assert_allclose(got.values[2:4] * 1000, 2 * c16 - c8, atol=1e-6)  # (-0.35646)
+
+
+def test_a_gradient_after_a_zero_factor_after_a_norm_is_the_constant_streams():
+    """Dense -> LayerNorm -> FeatureAffine(gain g, shift 0.2) | Dense -> tanh -> Dense. At g = 0
+    the stream after the affine is 0.2 on every feature, so the gradient there is that of
+    Dense -> tanh -> Dense on inputs of that constant (q = 0.04, mean 0.2): c = -0.134046 by
+    that net's own walk. The tangent cannot join at the norm's output and be scaled by g (it
+    would be dropped with x): that start takes the settled route, in its own walk and in the
+    shared one (measured equal to 1e-9). One layer lower (the norm's output, before the
+    zero affine) the gradient is 0: NaN, with the reason (the shared walk is lost at the next
+    Dense), and no numpy warning (its join's log q is -inf - -inf)."""
+    x = sp.Inputs(q=1.0, corr=0.5, n=2)
+    net = sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(),
+                    sp.FeatureAffine(gain=sp.sweep("g", [0.0, 0.7]), shift=0.2), sp.Dense(1.0),
+                    sp.Act("tanh"), sp.Dense(1.0))
+    want = fw.gradient_coefficient(sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Dense(1.0)),
+                                   sp.Inputs(q=0.04, mean=0.2, corr=1.0, n=2)).coef[0, 0]
+    for own in (True, False):
+        got = fw.gradient_coefficient(net, x, layers=[3], own_walks=own)
+        assert got.lost is None
+        np.testing.assert_allclose(got.coef[0, 0], want, atol=1e-8)
+    zero = sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(), sp.FeatureAffine(gain=0.0, shift=0.5),
+                     sp.Dense(1.0), sp.Act("tanh"))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.warns(sp.FiniteWidthWarning, match="exactly 0 after this Dense"):
+            ds = sp.theory(zero, PAIR, width=256)
+    assert np.isnan(ds.grad_q_rel_correction.values[:5]).all()
+
+
+@pytest.mark.parametrize("norm", [sp.LayerNorm(eps=1e-3), sp.RMSNorm()], ids=["layernorm", "rmsnorm"])
+def test_a_scale_after_a_norm_folds_into_the_uniform_dense_after_it(norm):
+    """Dense -> norm -> Scale(0.7) -> Dense(1.0, uniform) is Dense -> norm -> Dense(0.7, uniform):
+    the uniform weights' term reads the 4th moments of the Dense's input, which after a norm
+    followed by linear maps alone are Gaussian given the norm's realised centre and scale
+    (cumulants 0). Every finite-width variable at the layers the two nets share, forward and
+    gradient, to 1e-7 (measured 5e-9). With the cumulants unknown after such a draw (as
+    before), the first net's walk is lost at the uniform Dense."""
+    x = sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    tail = (sp.Act("tanh"), sp.Dense(1.0))
+    scaled = sp.Serial(sp.Dense(1.2, 0.1), norm, sp.Scale(0.7), sp.Dense(1.0, init="uniform"),
+                       *tail)
+    folded = sp.Serial(sp.Dense(1.2, 0.1), norm, sp.Dense(0.7, init="uniform"), *tail)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", ".*cumulants are not known")
+        got, want = (sp.theory(net, x, width=256) for net in (scaled, folded))
+    rows = [0, 1, 2, 4, 5, 6]  # (the Scale's output, layer 3, has no twin)
+    for name in schema.FINITE_WIDTH_VARIABLES:
+        if name in want and name != "typical_log_grad_q":
+            np.testing.assert_allclose(got[name].values[rows], want[name].values, err_msg=name,
+                                       rtol=1e-7, atol=1e-7)
 
 
 @pytest.mark.parametrize("norm", [sp.LayerNorm(eps=1e-3, gain=1.3), sp.RMSNorm()],

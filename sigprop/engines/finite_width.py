@@ -31,27 +31,27 @@ larger scales too: where their bend at |u| ~ 1 is a small part of the law, its p
 graded toward it, :func:`_levels`), so B > 2 inputs are walked pair by pair (every op with a
 rule here acts on each input alone), the pairs stacked on a leading axis of one walk, as the
 inputs of the gradient's walks are (the walk is vectorised over the grid). A FeatureAffine
-whose vectors are constant is a Scale plus a shift (in a fresh stream's chain, or a map of
-the realised state); one whose vectors vary over the features is taken with Gaussian vectors
-of the declared moments (as the Monte Carlo draws them; :func:`_vector_rule`): in a fresh
-stream's chain the draw's covariance is the mean over them of the features' covariance given
-them (their moments up to the 2nd are the declared ones exactly); on a settled stream (after a norm: a LayerNorm's affine), or after another such
-op in the chain, the op's law of the realised statistics plus the noise of the vectors'
-assignment to the features, which needs the features' 4th moments
-(:meth:`_Walk._varying_affine`). Uniform weights (torch's default init) add one term, their 4th
-cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th moments of the Dense's input
-features: for both, the walk carries each frame's 3rd and 4th joint cumulants (0 for the
-inputs, drawn at each fresh draw, mapped by norms and scales, added at a residual sum whose
-branch holds a Dense; unknown behind a residual branch with no Dense). A norm of a Dense's
-Gaussian features (through linear maps) joins their chain: where elementwise ops follow it
-before the next reduction, the features f(norm(u)) are drawn with the norm's centre and scale
-realised over the same features, each feature's influence on the statistics and the
-plug-in's bias (:func:`post_norm_noise`); with none, the norm is a map of the drawn
-statistics. Ops with no fluctuation rule here (BatchNorm; an activation on any other stream
-that is not fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream or on
-features of unknown cumulants; uniform weights there too) leave NaN corrections from that
-layer on, with a :class:`FiniteWidthWarning`, as does a stream of zeros (zero weights, a zero
-Scale or FeatureAffine) at any grid point.
+whose vectors are constant is a Scale plus a shift (in a fresh stream's chain, or a map of the
+realised state); one whose vectors vary over the features is taken with Gaussian vectors of the
+declared moments (as the Monte Carlo draws them; :func:`_vector_rule`): in a fresh stream's
+chain the draw's covariance is the mean over them of the features' covariance given them (their
+moments up to the 2nd are the declared ones exactly); on a settled stream (after a norm: a
+LayerNorm's affine), or after another such op in the chain, the op's law of the realised
+statistics plus the noise of the vectors' assignment to the features, which needs the features'
+4th moments (:meth:`_Walk._varying_affine`). Uniform weights (torch's default init) add one
+term, their 4th cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th moments of the
+Dense's input features: for both, the walk carries each frame's 3rd and 4th joint cumulants (0
+for the inputs, drawn at each fresh draw, mapped by norms and scales, added at a residual sum
+whose branch holds a Dense; unknown behind a residual branch with no Dense). A norm of a
+Dense's Gaussian features (through linear maps) joins their chain: where elementwise ops follow
+it before the next reduction, the features f(norm(u)) are drawn with the norm's centre and
+scale realised over the same features, each feature's influence on the statistics and the
+plug-in's bias (:func:`post_norm_noise`); with none, the norm is a map of the drawn statistics.
+Ops with no fluctuation rule here (BatchNorm; an activation on any other stream that is not
+fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream or on features of
+unknown cumulants; uniform weights there too) leave NaN corrections from that layer on, with a
+:class:`FiniteWidthWarning`, as does a stream of zeros (zero weights, a zero Scale or
+FeatureAffine) at any grid point.
 Backward: the input gradient's E grad_q_0 is E |J t|^2 / N for a random tangent t, so the same
 walk of the pair (x, J t) gives its correction with exact weights, and its spread Var log
 grad_q_0 (|J^T delta|^2 has the law of |J t|^2) (:func:`gradient_coefficient`; every other
@@ -164,11 +164,13 @@ VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is
 # pair's Gram is near singular (1 - |corr_inf| < NEAR_SINGULAR at a recorded layer): there a
 # step is bounded by STEP of the smallest eigenvalue (:func:`_steps`), the second differences'
 # round-off grows as its inverse square, and a deep relu net's corr coefficient came out 83 %
-# off at depth 1000 (the two walks' difference tracks the error: 2.2e-4 against 2.7e-4 at layer
-# 50, 7e-3 against 7e-3 at 200, benchmarks/RESULTS.md). A coefficient the two walks give more
-# than VALID_FRACTION apart (and more than UNRESOLVED_FLOOR of its statistic's scale: where it
-# crosses 0) is not resolved: NaN, with a warning
-CHECK_STEP, NEAR_SINGULAR, UNRESOLVED_FLOOR = 1.5, 1e-2, 1e-6
+# off at depth 1000 (the two walks' difference tracks the error within a factor 2 where it is
+# resolved: 3.5e-3 against 7e-3 at layer 200, benchmarks/RESULTS.md). Smaller, not larger:
+# where the step's floor binds, a larger one can cross the singular boundary (a tanh net's
+# coefficient at 1 - corr = 2e-6 agreed to 1 % at factors 0.5 to 1 and moved 20x at 1.5). A
+# coefficient the two walks give more than VALID_FRACTION apart (and more than UNRESOLVED_FLOOR
+# of its statistic's scale: one that is 0 by symmetry) is not resolved: NaN, with a warning
+CHECK_STEP, NEAR_SINGULAR, UNRESOLVED_FLOOR = 2 / 3, 1e-2, 1e-6
 _STEP_FACTOR = contextvars.ContextVar("finite_width_step_factor", default=1.0)
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
 SPREAD_MAX = 1.0  # Var log q across nets past which a mean over nets is carried by rare nets
@@ -649,10 +651,10 @@ class _Walk:
                 drawn.settle()
                 with np.errstate(divide="ignore", invalid="ignore"):  # (t's log q from its
                     log_q = _tangent_log_q(self) - _tangent_log_q(drawn) + 2 * drawn.t_ls
-                    # start to here, and the shared tangent's above: a tangent of 0, inf)
-                if drawn.lost or not np.all(np.isfinite(log_q)) or [
-                        c is None for c in drawn.cumulants] != [c is None for c in self.cumulants]:
-                    self.stale.append(join)  # (its own walk says why)
+                    # start to here, and the shared tangent's above; a tangent of 0 there is
+                    # lost at the next Dense, with its reason)
+                if drawn.lost:  # (its own walk says why)
+                    self.stale.append(join)
                 else:
                     self.tape.append(join[:2] + (drawn.b, drawn.C) + join[4:6]
                                      + (drawn.cumulants, log_q))
@@ -2311,10 +2313,9 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
     corr_inf = ds["corr"].transpose("layer", ...).values
     coef, unresolved = _resolved(net, inputs, coef, corr_inf, layers)
     if unresolved:
-        rows, bound = unresolved
-        gap = np.nanmin((1 - np.abs(corr_inf))[..., ~np.eye(inputs.n, dtype=bool)])
+        rows, bound, gap = unresolved
         warnings.warn(f"corr_correction is not resolved by the central differences at layers "
-                      f"{rows}: walked with steps {CHECK_STEP:g} times as large it moves by "
+                      f"{rows}: walked with steps {CHECK_STEP:.2g} times as large it moves by "
                       f"more than {VALID_FRACTION:.0%} (their round-off, where a pair's Gram is "
                       f"near singular: 1 - |corr| down to {gap:.2g}); NaN there, where E corr -"
                       f" corr_inf is of order {bound / float(width):.1g} or less at width "
@@ -2353,14 +2354,18 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
 def _resolved(net: Op, inputs, coef: dict, corr_inf, layers):
     """(``coef``, unresolved): the forward coefficients of :func:`coefficients` with corr's
     NaN at the recorded ``layers`` where the central differences do not resolve it, and (those
-    layers, the largest |corr correction| there by the two walks, per 1/N) or None. Checked
+    layers, the largest |corr correction| there by the two walks, per 1/N, and the smallest 1 -
+    |corr_inf| there) or None. Checked
     where some pair's Gram is near singular at a recorded layer (1 - |corr_inf| <
     NEAR_SINGULAR; ``corr_inf`` (layer, *grid, B, B)): corr's coefficient walked again with
     steps CHECK_STEP times as large is not resolved where it moves by more than VALID_FRACTION
     of itself and UNRESOLVED_FLOOR of 1 - |corr_inf| (its scale: the coefficient falls with
     it), unless the Gram is singular to round-off (1 - |corr_inf| < SINGULAR: identical
-    inputs, whose coefficient is 0 and comes out as round-off, ~1e-8 at layer 20). The others, far from their kinks, are resolved to ~1e-7 there (benchmarks/RESULTS.md:
-    log q's coefficient 1.6e-7 at depth 1000, where corr's is 83 % off)."""
+    inputs, or corr converged to 1 to float64's precision; the coefficient is then round-off,
+    ~1e-8 at layer 20 of a relu net, 3e-9 in a tanh net whose corr is 1 - 1e-15: its part of
+    E corr is ~1e-10 at N = 100). The others, far from their kinks, are resolved to ~1e-7
+    there (benchmarks/RESULTS.md: log q's coefficient 1.6e-7 at depth 1000, where corr's is 83 %
+    off)."""
     off = ~np.eye(inputs.n, dtype=bool)
     gap = (1 - np.abs(corr_inf))[..., off]
     if not np.any(gap < NEAR_SINGULAR):
@@ -2378,13 +2383,13 @@ def _resolved(net: Op, inputs, coef: dict, corr_inf, layers):
             gap >= SINGULAR)
     if not np.any(bad):
         return coef, None
-    bound = float(np.max((np.abs(got) + moved)[bad]))
+    bound, least = float(np.max((np.abs(got) + moved)[bad])), float(np.min(gap[bad]))
     got[bad] = np.nan
     c[..., off] = got
     out = dict(coef, corr=coef["corr"].copy())
     out["corr"][layers] = c
     rows = [int(layers[i]) for i in np.flatnonzero(bad.reshape(len(layers), -1).any(-1))]
-    return out, (rows, bound)
+    return out, (rows, bound, least)
 
 
 def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
