@@ -514,7 +514,8 @@ def test_a_gradient_after_a_zero_factor_after_a_norm_is_the_constant_streams():
     assert np.isnan(ds.grad_q_rel_correction.values[:5]).all()
 
 
-@pytest.mark.parametrize("norm", [sp.LayerNorm(eps=1e-3), sp.RMSNorm()], ids=["layernorm", "rmsnorm"])
+@pytest.mark.parametrize("norm", [sp.LayerNorm(eps=1e-3), sp.RMSNorm()],
+                         ids=["layernorm", "rmsnorm"])
 def test_a_scale_after_a_norm_folds_into_the_uniform_dense_after_it(norm):
     """Dense -> norm -> Scale(0.7) -> Dense(1.0, uniform) is Dense -> norm -> Dense(0.7, uniform):
     the uniform weights' term reads the 4th moments of the Dense's input, which after a norm
@@ -1516,32 +1517,38 @@ def test_gradient_at_a_preactivation_against_monte_carlo():
               sp.Dense(1.0), sp.Act("tanh")),
     sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(), VARYING, sp.Dense(1.0), sp.Act("tanh"),
               sp.Dense(1.0)),
+    # a zero affine at one grid point: the tangents from below are 0 past it, not those above
+    sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(),
+              sp.FeatureAffine(gain=sp.sweep("g", [0.0, 0.7]), shift=0.2), sp.Dense(1.0),
+              sp.Act("tanh"), VARYING, sp.Dense(1.0)),
 ], ids=["preln-swept", "postln-tanh", "resnet-mean", "plain-erf", "widths-and-norms", "lost",
         "zero-weights", "preactivations", "uniform-swept", "uniform-residual", "norm-affine",
-        "after-norms", "norm-starts", "norm-start-uniform", "norm-start-varying"])
+        "after-norms", "norm-starts", "norm-start-uniform", "norm-start-varying",
+        "zero-affine"])
 def test_every_layers_gradient_by_one_adjoint_pass_is_its_own_walk(net, monkeypatch):
     """The layers (the input too, when every layer is asked for) share one recorded pair walk,
-    pulled back from the top
-    (:func:`fw._adjoint`), against a walk of their own from each layer: the same first-order
-    maps, equal up to the central differences' O(STEP^2) truncation. The own walks' is the
-    larger (their steps are along C's scaled eigen-directions): on widths-and-norms 1.1e-5 at
-    STEP = 1e-3, 2.7e-6 at 5e-4, 7e-7 at 2.5e-4 (the adjoint moved by < 1e-6), so at STEP =
-    2.5e-4 both agree to 2e-6. A width change at the top level (Dense ratio 2, then 1/2)
-    scales the tangent's own fluctuation where it starts; in "lost", layer 1's walks (a
-    uniform Dense's output) are lost while layer 2's (the chain drawn where it joined) are
-    not; in "zero-weights" layers 1-2's tangents are 0 past the zero Dense (lost) and the layers
-    above are not (layer 3's join waited on the draw that lost the shared walk: it was NaN, not
-    walked on its own); in "preactivations" the tangents of layers 1, 3 and 5 start on a
-    Dense's Gaussian features still to be drawn (and join the shared walk there, before its
-    draw); in "norm-starts" and "after-norms" tangents start at a norm's output, are drawn by
-    walks of their own with the activation after it and join the shared walk after its draw
-    (with t's log q from its start: off by 2 log 0.7 at layer 6 without the Scale's factor).
-    Uniform weights add bias terms from the pair's cumulants, whose t entries are 0
-    where t starts: each layer's are replayed from its own start (without those terms c moves
-    by up to 0.39 on uniform-swept and 0.32 on uniform-residual; with the start's cumulants not
-    mapped up the tape, by 0.88 on uniform-swept); so is a varying FeatureAffine's noise on a
-    settled stream (taken from the lowest layer's walk: c 0.75 off at layer 2 of
-    norm-affine)."""
+    pulled back from the top (:func:`fw._adjoint`), against a walk of their own from each
+    layer: the same first-order maps, equal up to the central differences' O(STEP^2)
+    truncation. The own walks' is the larger (their steps are along C's scaled
+    eigen-directions): on widths-and-norms 1.1e-5 at STEP = 1e-3, 2.7e-6 at 5e-4, 7e-7 at
+    2.5e-4 (the adjoint moved by < 1e-6), so at STEP = 2.5e-4 both agree to 2e-6. A width
+    change at the top level (Dense ratio 2, then 1/2) scales the tangent's own fluctuation
+    where it starts; in "lost", layer 1's walks (a uniform Dense's output) are lost while layer
+    2's (the chain drawn where it joined) are not; in "zero-weights" layers 1-2's tangents are
+    0 past the zero Dense (lost) and the layers above are not (layer 3's join waited on the
+    draw that lost the shared walk: it was NaN, not walked on its own); in "preactivations" the
+    tangents of layers 1, 3 and 5 start on a Dense's Gaussian features still to be drawn (and
+    join the shared walk there, before its draw); in "zero-affine" the shared walk's tangent is
+    0 past the zero affine (g = 0), which loses it for the layers below only: the layers above
+    that joined it are walked on their own (they were NaN, for that reason); in "norm-starts"
+    and "after-norms" tangents start at a norm's output, are drawn by walks of their own with
+    the activation after it and join the shared walk after its draw (with t's log q from its
+    start: off by 2 log 0.7 at layer 6 without the Scale's factor). Uniform weights add bias
+    terms from the pair's cumulants, whose t entries are 0 where t starts: each layer's are
+    replayed from its own start (without those terms c moves by up to 0.39 on uniform-swept and
+    0.32 on uniform-residual; with the start's cumulants not mapped up the tape, by 0.88 on
+    uniform-swept); so is a varying FeatureAffine's noise on a settled stream (taken from the
+    lowest layer's walk: c 0.75 off at layer 2 of norm-affine)."""
     monkeypatch.setattr(fw, "STEP", 2.5e-4)
     L = len(fw.layers_of(net))
     shared = fw.gradient_coefficient(net, PAIR, layers=range(L + 1))

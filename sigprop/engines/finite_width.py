@@ -534,14 +534,18 @@ class Lost(str):
     only (a stream of zeros, an activation's bend, float64's range), so that walking the
     grid in parts (:func:`each_point`) keeps the others; ``points``: the indices of the grid
     points it holds at, in :func:`~sigprop.ops.grid_points` order (None: not known per point,
-    one walk served the grid)."""
+    one walk served the grid); ``below``: a tangent walk's reason that holds only for tangents
+    started below where it was met (a tangent of 0 there), not for the layers that joined its
+    walk above that point (:func:`_close`)."""
 
     pointwise: bool
     points: frozenset | None
+    below: bool
 
-    def __new__(cls, why: str, pointwise: bool = False, points: frozenset | None = None):
+    def __new__(cls, why: str, pointwise: bool = False, points: frozenset | None = None,
+                below: bool = False):
         self = super().__new__(cls, why)
-        self.pointwise, self.points = pointwise, points
+        self.pointwise, self.points, self.below = pointwise, points, below
         return self
 
 
@@ -689,7 +693,7 @@ class _Walk:
                       f"this Dense ({cause}): no relative correction to its gradient"
                       if self.tangent else f"the {'stream' if len(self.frames) == 1 else 'branch'}"
                       f" is exactly 0 here ({cause}): its log q has no finite-width expansion"),
-                      pointwise=True)
+                      pointwise=True, below=self.tangent)
         if any(_is_norm(op) for op in chain):  # (lost or not)
             self._draw_after_norm(chain, gauss, ctx)
             return
@@ -901,9 +905,9 @@ class _Walk:
             return _tangent_norm(op, s, ctx, after=self.after_norm)
         return {Dense: _tangent_dense, FeatureAffine: _tangent_affine}[type(op)](op, s, ctx)
 
-    def lose(self, why: str, pointwise: bool = False):
+    def lose(self, why: str, pointwise: bool = False, below: bool = False):
         if not self.lost:
-            self.lost = Lost(why, pointwise)
+            self.lost = Lost(why, pointwise, below=below)
             self.b, self.C = self.b * np.nan, self.C * np.nan
 
     def layer(self, l: int, block: Op):
@@ -1929,9 +1933,17 @@ def _over_grid(parts, grid):
 
 def _close(shared: _Walk, members, own, why):
     """A shared walk done with: its stale joins go to ``own`` (walked on their own); if it was
-    lost, the other layers that joined it (``members``) are NaN, for its reason."""
+    lost, the other layers that joined it (``members``) are NaN, for its reason, unless that
+    reason holds only for tangents started below where it was met (``Lost.below``): then each
+    layer that joined it is walked on its own too, and finds its own."""
     own.extend((j, i, st) for _, j, _, _, i, st, _ in shared.stale)
     stale = {join[1] for join in shared.stale}
+    if shared.lost and shared.lost.below:
+        for step in shared.tape:
+            if isinstance(step, tuple) and step[0] == "join" and step[5] is not shared \
+                    and step[1] not in stale:
+                own.append((step[1], step[4], step[5]))
+                stale.add(step[1])
     for k in members if shared.lost else ():
         if k not in stale:
             why.setdefault(k, shared.lost)
