@@ -492,9 +492,10 @@ def test_a_gradient_after_a_zero_factor_after_a_norm_is_the_constant_streams():
     Dense -> tanh -> Dense on inputs of that constant (q = 0.04, mean 0.2): c = -0.134046 by
     that net's own walk. The tangent cannot join at the norm's output and be scaled by g (it
     would be dropped with x): that start takes the settled route, in its own walk and in the
-    shared one (measured equal to 1e-9). One layer lower (the norm's output, before the
-    zero affine) the gradient is 0: NaN, with the reason (the shared walk is lost at the next
-    Dense), and no numpy warning (its join's log q is -inf - -inf)."""
+    shared one (measured equal to 1e-9). With the gain 0 at every point, the gradient below the
+    affine is 0: NaN at layers 0-2, with the reason, and no numpy warning (layer 2's join's log
+    q is -inf - -inf); the shared walk lost so (a tangent of 0, ``Lost.below``) leaves layers 3
+    and 4 to walks of their own, layer 3's again the constant stream's (shift 0.5)."""
     x = sp.Inputs(q=1.0, corr=0.5, n=2)
     net = sp.Serial(sp.Dense(1.2, 0.1), sp.LayerNorm(),
                     sp.FeatureAffine(gain=sp.sweep("g", [0.0, 0.7]), shift=0.2), sp.Dense(1.0),
@@ -509,9 +510,13 @@ def test_a_gradient_after_a_zero_factor_after_a_norm_is_the_constant_streams():
                      sp.Dense(1.0), sp.Act("tanh"))
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)
-        with pytest.warns(sp.FiniteWidthWarning, match="exactly 0 after this Dense"):
+        with pytest.warns(sp.FiniteWidthWarning, match=r"exactly 0 after this Dense.* \[0, 1, 2\]"):
             ds = sp.theory(zero, PAIR, width=256)
-    assert np.isnan(ds.grad_q_rel_correction.values[:5]).all()
+    grad = ds.grad_q_rel_correction.values[..., 0] * 256
+    want = fw.gradient_coefficient(sp.Serial(sp.Dense(1.0), sp.Act("tanh")),
+                                   sp.Inputs(q=0.25, mean=0.5, corr=1.0, n=2)).coef[0, 0]
+    assert np.isnan(grad[:3]).all() and np.isfinite(grad[3:]).all()
+    np.testing.assert_allclose(grad[3], want, atol=1e-8)
 
 
 @pytest.mark.parametrize("norm", [sp.LayerNorm(eps=1e-3), sp.RMSNorm()],
