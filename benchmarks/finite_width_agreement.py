@@ -25,8 +25,9 @@ every layer of a net with uniform weights (explicit draws, 8x the seeds). Its ei
 norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm; (``--part
 after-norm``) activations after a norm of a Dense's features, on the stream and in a residual
 branch, forward and the input gradient; (``--part norm-start``) the gradient at a layer
-that ends between a norm and its activation. Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same recursion with exact
-derivatives (the symbolic face), where corr -> 1 approaches relu's kink.
+that ends between a norm and its activation. Its ninth (``--part exact``, no Monte Carlo), a
+deep relu net's coefficients against the same recursion with exact derivatives (the symbolic
+face), where corr -> 1 approaches relu's kink.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """

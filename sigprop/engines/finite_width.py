@@ -66,7 +66,7 @@ Validity: per statistic the width where the correction is 10 % of the leading te
 carried by events no practical width samples (:func:`warn_unreachable`: BatchNorm at B <= 3),
 or by rare nets (:func:`_warn_rare_nets`: Var log q > 1 across nets); corr's coefficient NaN,
 with a warning, where the central differences do not resolve it, a pair's Gram near singular
-(:func:`_resolved`: a second walk at larger steps). For BatchNorm, the typical value E log
+(:func:`_resolved`: a second walk at smaller steps). For BatchNorm, the typical value E log
 grad_q at width N (:func:`typical_log_grad_q`: BatchNorm's per-feature backward averaged over N
 features, by a t-integral), not a 1/N expansion.
 """
@@ -160,7 +160,7 @@ ANGLE_BEND, RADIAL_BEND, GRADED_NODES = 4.0, 8.0, 16
 BEND_MAX = 1e6
 RHO_MAX = 9.0  # in standard deviations (whitened radius): exp(-81/2) ~ 2.6e-18
 VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is < 10 % of it
-# the forward coefficients are walked again with steps CHECK_STEP times as large where some
+# the forward coefficients are walked again with CHECK_STEP times the step where some
 # pair's Gram is near singular (1 - |corr_inf| < NEAR_SINGULAR at a recorded layer): there a
 # step is bounded by STEP of the smallest eigenvalue (:func:`_steps`), the second differences'
 # round-off grows as its inverse square, and a deep relu net's corr coefficient came out 83 %
@@ -582,9 +582,9 @@ class _Walk:
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
         self.start_note = ""  # a tangent walk's: why its start is drawn (until a reduction)
-        self.after_norm = False  # a tangent walk whose t starts at the output of the norm that
-        # ends its open chain: the chain's ops before the norm act on x alone (t is a
-        # placeholder there), t joins fresh at the norm's output (:func:`_tangent_walk`)
+        self.after_norm = False  # a tangent walk whose t starts at the output of the norm in
+        # its open chain (only linear maps after it): t is a placeholder before the norm, and
+        # joins fresh at its output (:func:`_tangent_walk`)
 
     def push(self, fn, kurtosis=None, linear=False, top=False):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
@@ -684,7 +684,9 @@ class _Walk:
             gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
         if self._beyond_float64(gauss, ctx):
             return
-        zero = np.diagonal(gauss.K, axis1=-2, axis2=-1)[..., :1 if self.after_norm else None] <= 0
+        zero = np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0
+        if self.after_norm:  # (t's placeholder is no tangent: x's alone)
+            zero = zero[..., :1]
         weights = dense and np.any(np.asarray(ctx.p(chain[0].sigma_w)) == 0)
         constant = len(self.frames) > 1 and weights and bool(np.all(zero))  # x + 0 F(x)
         if np.any(zero) and not constant:  # (its frames: below)
@@ -2367,12 +2369,11 @@ def _resolved(net: Op, inputs, coef: dict, corr_inf, layers):
     """(``coef``, unresolved): the forward coefficients of :func:`coefficients` with corr's
     NaN at the recorded ``layers`` where the central differences do not resolve it, and (those
     layers, the largest |corr correction| there by the two walks, per 1/N, and the smallest 1 -
-    |corr_inf| there) or None. Checked
-    where some pair's Gram is near singular at a recorded layer (1 - |corr_inf| <
-    NEAR_SINGULAR; ``corr_inf`` (layer, *grid, B, B)): corr's coefficient walked again with
-    steps CHECK_STEP times as large is not resolved where it moves by more than VALID_FRACTION
-    of itself and UNRESOLVED_FLOOR of 1 - |corr_inf| (its scale: the coefficient falls with
-    it), unless the Gram is singular to round-off (1 - |corr_inf| < SINGULAR: identical
+    |corr_inf| there) or None. Checked where some pair's Gram is near singular at a recorded
+    layer (1 - |corr_inf| < NEAR_SINGULAR; ``corr_inf`` (layer, *grid, B, B)): corr's
+    coefficient walked again with CHECK_STEP times the step is not resolved where it moves by
+    more than VALID_FRACTION of itself and UNRESOLVED_FLOOR of 1 - |corr_inf| (its scale: the
+    coefficient falls with it), unless the Gram is singular to round-off (1 - |corr_inf| < SINGULAR: identical
     inputs, or corr converged to 1 to float64's precision; the coefficient is then round-off,
     ~1e-8 at layer 20 of a relu net, 3e-9 in a tanh net whose corr is 1 - 1e-15: its part of
     E corr is ~1e-10 at N = 100). The others, far from their kinks, are resolved to ~1e-7
