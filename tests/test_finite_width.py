@@ -443,6 +443,22 @@ def test_a_corr_coefficient_the_central_differences_do_not_resolve_is_nan_and_sa
         assert np.isfinite(ds.corr_correction.values).all()
 
 
+def test_an_activation_after_a_norm_of_uniform_features_says_why():
+    """torch's default init imports as uniform weights, whose Dense's features before a norm have
+    no post-norm rule here (the norm is a map of their drawn statistics, then the activation
+    meets a settled stream): NaN from that activation on, and the gradient's below it, with a
+    warning that names the norm, the uniform weights and what has a rule (a newcomer's review
+    found only "no finite-width rule for Act here")."""
+    net = sp.Serial(sp.Dense(0.57, 0.07, init="uniform"), sp.LayerNorm(), sp.Act("tanh"),
+                    sp.Dense(1.0))
+    with pytest.warns(sp.FiniteWidthWarning, match=r"after net > layer 2 LayerNorm, a norm of a "
+                      r"Dense's features with uniform weights.*Gaussian weights only.*NaN from "
+                      r"there on, and the gradient's at every layer below it"):
+        ds = sp.theory(net, PAIR, width=64)
+    assert np.isfinite(ds.log_q_correction.values[:3]).all()
+    assert np.isnan(ds.log_q_correction.values[3:]).all()
+
+
 def test_a_gradient_started_between_a_norm_and_its_activation_against_monte_carlo():
     """A Serial's ops are layers of their own, so layers 2 and 5 end between a norm and the
     activation after it: the tangent joins at the norm's output and is drawn with the

@@ -76,6 +76,20 @@ def test_theory_line_is_the_theory_variable(th):
     assert "grad_q" in ax.get_ylabel()
 
 
+def test_a_theory_at_a_width_plots_its_corrections(nets):
+    """A finite-width variable of ``sp.theory(..., width=N)`` is a schema variable too (the
+    README: "draws any variable of the dataset schema"); beside Monte Carlo, which has none,
+    it is refused with the list of those both have."""
+    th = sp.theory(nets["Pre-LN"], X0, width=256)
+    fig = sp.plot(th, var="log_q_correction")
+    (line,) = solid_lines(fig.axes[0])
+    np.testing.assert_array_equal(line.get_ydata(), th["log_q_correction"].sel(input=0).values)
+    assert "finite-width" in fig.axes[0].get_ylabel()
+    mc = sp.simulate(nets["Pre-LN"], X0, width=64, seeds=2, root_seed=3)
+    with pytest.raises(sp.ConfigError, match="var='log_q_correction' is invalid"):
+        sp.plot(th, mc, var="log_q_correction")
+
+
 def test_points_are_the_monte_carlo_mean_and_the_band_two_standard_errors(th, mc):
     fig = sp.plot(th["Pre-LN"], mc["Pre-LN"], var="corr", estimator="mean")
     ax = fig.axes[0]

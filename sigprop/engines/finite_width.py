@@ -581,7 +581,8 @@ class _Walk:
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
-        self.start_note = ""  # a tangent walk's: why its start is drawn (until a reduction)
+        self.start_note = ""  # why the stream here is drawn (a tangent walk's start; a norm
+        # of uniform features), told where an activation then has no rule (until a reduction)
         self.after_norm = False  # a tangent walk whose t starts at the output of the norm in
         # its open chain (only linear maps after it): t is a placeholder before the norm, and
         # joins fresh at its output (:func:`_tangent_walk`)
@@ -958,8 +959,14 @@ class _Walk:
             self.chain.append(op)  # (its features' statistics: drawn with the ops after it)
             self.norm_ctx = ctx
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
+            uniform = (_is_norm(op) and bool(self.chain) and isinstance(self.chain[0], Dense)
+                       and self.chain[0].init == "uniform")
             self.settle()
             self._map(op, ctx)
+            if uniform:  # (said where an activation follows)
+                self.start_note = (f" (after {ctx.path}, a norm of a Dense's features with "
+                                   "uniform weights: an activation after a norm has a rule "
+                                   "for Gaussian weights only, init='normal')")
         elif isinstance(op, FeatureAffine):  # vectors that vary, on a settled stream
             self.settle()
             self._varying_affine(op, ctx)
@@ -2320,7 +2327,8 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
     check_width(width)
     coef, lost = coefficients(net, inputs)
     if lost:
-        warnings.warn(f"{lost}: finite-width corrections are NaN from there on",
+        warnings.warn(f"{lost}: finite-width corrections are NaN from there on"
+                      + (", and the gradient's at every layer below it" if backward else ""),
                       FiniteWidthWarning, stacklevel=3)
     N = float(width)
     layers = ds["layer"].values
