@@ -142,6 +142,7 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "10 % at first order. NaN where grad_q_rel_correction is",
              backward=True),
 )}
+ALL_VARIABLES = {**VARIABLES, **FINITE_WIDTH_VARIABLES}  # every variable a dataset may hold
 
 
 def complete(computed: dict, backward: bool = True) -> dict:
@@ -177,7 +178,7 @@ def describe(ds, title: str | None = None, *, copy: bool = True):
     if copy:
         ds = ds.copy(deep=False)
     for name, var in ds.data_vars.variables.items():  # Variables: no DataArray built per name
-        v = VARIABLES.get(str(name)) or FINITE_WIDTH_VARIABLES.get(str(name))
+        v = ALL_VARIABLES.get(str(name))
         if v is not None:
             var.attrs.update({k: getattr(v, k) for k in VARIABLE_ATTRS})
     attrs = ds.attrs

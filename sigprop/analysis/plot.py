@@ -76,8 +76,7 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if int(max_points) < 2:
         raise ConfigError("max_points", max_points, "an integer >= 2")
     present = [ds for ds in (th, mc) if ds is not None]
-    names = [n for n in (*schema.VARIABLES, *schema.FINITE_WIDTH_VARIABLES)
-             if all(n in ds for ds in present)]  # (a theory at a width: its corrections too)
+    names = [n for n in schema.ALL_VARIABLES if all(n in ds for ds in present)]
     if var not in names:
         raise ConfigError("var", var, f"one of {names}")
     das = {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
@@ -336,8 +335,7 @@ def _label(dim, value) -> str:
 
 def _style_axes(axes, var, x, xscale, yscale, sharey, das, style) -> None:
     attrs = next(iter(das.values())).attrs
-    long_name = attrs.get("long_name") or (schema.VARIABLES.get(var)
-                                           or schema.FINITE_WIDTH_VARIABLES[var]).long_name
+    long_name = attrs.get("long_name") or schema.ALL_VARIABLES[var].long_name
     log_y = yscale["value"] == "log"
     for panel in axes:
         if xscale["value"] != "linear":

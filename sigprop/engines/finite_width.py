@@ -573,7 +573,7 @@ class _Walk:
         # the stream's, so cumulants add at the sum)
         self.track = cumulants
         B = s0.K.shape[-1]
-        self.cumulants = [(np.zeros(lead + (B,) * 3), np.zeros(lead + (B,) * 4))]
+        self.cumulants = [_gaussian_cumulants(lead, B)]
         self.drawn = [True]
         self.lost: Lost | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state, (l, beta^2 | None)) of each BatchNorm
@@ -813,9 +813,9 @@ class _Walk:
         top = self.frames[-1]  # (its cumulants, tracked for uniform weights or a varying
         # FeatureAffine elsewhere: 0 where only linear maps follow the norm, whose output is
         # then Gaussian given its realised centre and scale; unknown after an activation)
-        gaussian = tuple(np.zeros(_lead([top]) + top.K.shape[-1:] * k) for k in (3, 4))
         self._cumulant_step(lambda ks: ks[:-1] + [
-            None if any(isinstance(op, Act) for op in post) else gaussian])
+            None if any(isinstance(op, Act) for op in post)
+            else _gaussian_cumulants(_lead([top]), top.K.shape[-1])])
         self.drawn = self.drawn[:-1] + [True]
         self._add_draw(*got)
 
@@ -1118,6 +1118,12 @@ class _Walk:
         seen = copy.copy(self)
         seen.settle()
         return seen
+
+
+def _gaussian_cumulants(lead, B: int):
+    """The 3rd and 4th joint cumulants (lead + (B,) * 3, lead + (B,) * 4) of Gaussian features:
+    0."""
+    return np.zeros(lead + (B,) * 3), np.zeros(lead + (B,) * 4)
 
 
 def _is_norm(op: Op) -> bool:
