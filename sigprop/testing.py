@@ -248,6 +248,54 @@ def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int 
     return out
 
 
+def gaussian_weights(net: Op) -> Op:
+    """``net`` with every Dense's weights Gaussian (``init="normal"``), the rest as it is."""
+    def one(name, v):
+        if isinstance(v, tuple):
+            return tuple(gaussian_weights(x) if isinstance(x, Op) else x for x in v)
+        return gaussian_weights(v) if isinstance(v, Op) else v
+
+    out = net.map_fields(one)
+    return dataclasses.replace(out, init="normal") if isinstance(out, Dense) else out
+
+
+def measure_uniform_term(net: Op, inputs, widths, seeds: int, layers, root_seed: int = 0):
+    """The uniform weights' part of the 1/N coefficients of a net with them: its coefficients
+    less those of :func:`gaussian_weights` (net), against the Monte Carlo difference of the
+    two nets run on the same seeds by the explicit sampler, whose Gaussian weights z are the
+    normals that the uniform ones map (sqrt 3 erf(z / sqrt 2)): the pair is coupled, and the
+    difference's standard error a few times below either's (:func:`measure_gradient_layers`'
+    fit). At each of ``layers``: rows (statistic, predicted, fitted, se) for the slopes of
+    E log q, E corr (input pair 0, 1) and E grad_q_l / grad_q_l,inf (input 0)."""
+    layers = sorted({int(l) for l in layers})
+    nets = net, gaussian_weights(net)
+    pred = [finite_width.coefficients(n, inputs)[0] for n in nets]
+    grad = [finite_width.gradient_coefficient(n, inputs, layers=layers).coef[..., 0]
+            for n in nets]
+    g_inf = np.exp(theory(net, inputs, layers=layers)["log_grad_q"].values[:, 0])
+    pick = {"E log q": lambda ds: ds.log_q.values[:, layers, 0],
+            "E corr": lambda ds: ds.corr.values[:, layers, 0, 1],
+            "E grad_q / grad_q_inf": lambda ds: np.exp(ds.log_grad_q.sel(
+                layer=layers).values[..., 0]) / g_inf}
+    found = {k: [] for k in pick}
+    for N in widths:
+        mc = [simulate(n, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
+                       sampler="explicit", root_seed=root_seed + int(N)) for n in nets]
+        for k, f in pick.items():
+            d = f(mc[0]) - f(mc[1])
+            found[k].append((d.mean(0), d.std(0, ddof=1) / math.sqrt(seeds)))
+    predicted = {"E log q": pred[0]["log_q"][layers][:, 0] - pred[1]["log_q"][layers][:, 0],
+                 "E corr": pred[0]["corr"][layers][:, 0, 1] - pred[1]["corr"][layers][:, 0, 1],
+                 "E grad_q / grad_q_inf": grad[0] - grad[1]}
+    rows = []
+    for k, est in found.items():
+        for i, l in enumerate(layers):
+            _, _, a, se = fit_inverse_width(widths, [e[0][i] for e in est],
+                                            [e[1][i] for e in est])
+            rows.append((f"{k} at layer {l}", float(predicted[k][i]), float(a), float(se)))
+    return rows
+
+
 def measure_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
                      sampler: str = "conditional", layer: int = 0):
     """:func:`measure_gradient_layers`' c at one layer: (predicted, a, se of a)."""

@@ -43,10 +43,11 @@ term, their 4th cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th mo
 Dense's input features: for both, the walk carries each frame's 3rd and 4th joint cumulants (0
 for the inputs, drawn at each fresh draw, mapped by norms and scales, added at a residual sum
 whose branch holds a Dense; unknown behind a residual branch with no Dense). A norm of a
-Dense's Gaussian features (through linear maps) joins their chain: where elementwise ops follow
-it before the next reduction, the features f(norm(u)) are drawn with the norm's centre and
-scale realised over the same features, each feature's influence on the statistics and the
-plug-in's bias (:func:`post_norm_noise`); with none, the norm is a map of the drawn statistics.
+Dense's features (through linear maps) joins their chain: where elementwise ops follow it
+before the next reduction, the features f(norm(u)) are drawn with the norm's centre and scale
+realised over the same features, each feature's influence on the statistics and the plug-in's
+bias (:func:`post_norm_noise`; uniform weights' term with the norm's statistics held, which
+their 4th cumulant leaves be); with none, the norm is a map of the drawn statistics.
 Ops with no fluctuation rule here (BatchNorm; an activation on any other stream that is not
 fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream or on features of
 unknown cumulants; uniform weights there too) leave NaN corrections from that layer on, with a
@@ -215,6 +216,11 @@ def unflatten(v, ref):
         refs = tuple(Ref(m=frames[i].m, X=take(B * B, (B, B))) for i in range(len(r.refs)))
         frames.append(r.replace(K=K, m=m, refs=refs))
     return frames
+
+
+def _flat(fn, ref_in, ref_out):
+    """A map of frames as a map of their flattened scaled state (:func:`flatten`)."""
+    return lambda x: flatten(fn(unflatten(x, ref_in)), ref_out)
 
 
 def delta_step(fn, x0, b, C, ref=None, linear=False):
@@ -581,8 +587,8 @@ class _Walk:
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
-        self.start_note = ""  # why the stream here is drawn (a tangent walk's start; a norm
-        # of uniform features), told where an activation then has no rule (until a reduction)
+        self.start_note = ""  # why the stream here is drawn (a tangent walk's start), told
+        # where an activation then has no rule (until a reduction)
         self.after_norm = False  # a tangent walk whose t starts at the output of the norm in
         # its open chain (only linear maps after it): t is a placeholder before the norm, and
         # joins fresh at its output (:func:`_tangent_walk`)
@@ -601,10 +607,10 @@ class _Walk:
             return
         lead = _lead(ref_out + ref_in)
         x0 = np.broadcast_to(flatten(ref_in, ref_in), lead + (self.b.shape[-1],))
-
-        def flat(x):
-            return flatten(fn(unflatten(x, ref_in)), ref_out)
-
+        flat = _flat(fn, ref_in, ref_out)
+        if kurtosis is not None:  # (its Hessian's map, flattened: by default the pushed one)
+            M_of, k, fixed = kurtosis
+            kurtosis = M_of, k, flat if fixed is None else _flat(fixed, ref_in, ref_out)
         b, C = self.b, self.C
         _, self.b, self.C = delta_step(flat, x0, np.broadcast_to(b, x0.shape),
                                        np.broadcast_to(C, x0.shape + x0.shape[-1:]), ref_in,
@@ -613,9 +619,8 @@ class _Walk:
             self.tape.append((flat, x0, kurtosis, linear,
                               _coordinates(len(ref_in), ref_in[0].K.shape[-1], top)))
         if kurtosis is not None:
-            M_of, k = kurtosis
             M = np.broadcast_to(M_of(self.cumulants), x0.shape + x0.shape[-1:])
-            self.b = self.b + np.asarray(k)[..., None] * delta_step(flat, x0, 0 * x0, M,
+            self.b = self.b + np.asarray(k)[..., None] * delta_step(kurtosis[2], x0, 0 * x0, M,
                                                                     ref_in)[1]
         self.frames = ref_out
 
@@ -717,13 +722,7 @@ class _Walk:
                       f"{1 / BEND_MAX:g}): its features fall in the bend with about that "
                       "probability, which no practical width samples", pointwise=True)
             return
-        kurtosis = None
-        if dense and chain[0].init == "uniform" and not self.lost:
-            if self.cumulants[-1] is None:
-                self.lose(f"{ctx.path}: uniform weights on features whose 3rd and 4th "
-                          "cumulants are not known here (a residual branch with no Dense)")
-                return
-            kurtosis = self._uniform_term(base)
+        kurtosis = self._uniform_weights(chain, base, ctx)
         self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], kurtosis, top=True)
         if self.lost or self._beyond_float64(self.frames[-1], ctx):  # (the features' scale)
             return
@@ -791,15 +790,26 @@ class _Walk:
             if self._beyond_float64(f, self.norm_ctx, fourth=True):
                 break
         if self.tangent:  # the pair (x, J t): the norm's Jacobian on t (or t starting after
-            def law(s):  # it: ``after``), then (f, f' J t)
-                s = _tangent_chain(pre, s, ctx) if pre else s
-                out = _tangent_norm(norm, s, ctx, after=after)
+            def norm_input(s):  # it: ``after``), then (f, f' J t)
+                return _tangent_chain(pre, s, ctx) if pre else s
+
+            def law(s, at=None):
+                out = _tangent_norm(norm, norm_input(s), ctx, after=after, at=at)
                 return _tangent_chain(post, out, ctx) if post else out
         else:  # (lost: the laws' own log scales, which stay finite where true units do not)
-            def law(s):
-                return (_apply if self.lost else _unit_chain)(chain, s, ctx)
+            def norm_input(s):
+                return _apply(pre, s, ctx)
+
+            def law(s, at=None):
+                if at is None:
+                    return (_apply if self.lost else _unit_chain)(chain, s, ctx)
+                return _unit_chain(post, _tangent_norm(norm, norm_input(s), ctx, tangent=False,
+                                                       at=at), ctx)
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            self.push(lambda fr: fr[:-1] + [law(fr[-1])], top=True)
+            at = norm_input(self.frames[-1])  # (uniform weights: H at the held statistics)
+            kurtosis = self._uniform_weights(chain, self.frames, ctx,
+                                             fixed=lambda fr: fr[:-1] + [law(fr[-1], at)])
+            self.push(lambda fr: fr[:-1] + [law(fr[-1])], kurtosis, top=True)
         if self.lost or self._beyond_float64(self.frames[-1], ctx):
             return
         got = post_norm_noise(linear, norm, post, gauss, np.exp(-self.frames[-1].ls),
@@ -810,14 +820,15 @@ class _Walk:
                       "features fall in the bend with about that probability, which no "
                       "practical width samples", pointwise=True)
             return
+        sigma, bias, drawn = got
         top = self.frames[-1]  # (its cumulants, tracked for uniform weights or a varying
-        # FeatureAffine elsewhere: 0 where only linear maps follow the norm, whose output is
-        # then Gaussian given its realised centre and scale; unknown after an activation)
+        # FeatureAffine elsewhere: the features' at the norm's statistics, 0 where only linear
+        # maps follow the norm, whose output is then Gaussian given them)
         self._cumulant_step(lambda ks: ks[:-1] + [
-            None if any(isinstance(op, Act) for op in post)
+            drawn if any(isinstance(op, Act) for op in post)
             else _gaussian_cumulants(_lead([top]), top.K.shape[-1])])
         self.drawn = self.drawn[:-1] + [True]
-        self._add_draw(*got)
+        self._add_draw(sigma, bias)
 
     def to_unit_diagonal(self):
         """The one frame in units of unit diagonal (:func:`to_unit_diagonal`). A change of
@@ -845,15 +856,32 @@ class _Walk:
         if self.tape is not None:
             self.tape.append(("cumulants", fn))
 
-    def _uniform_term(self, frames):
+    def _uniform_weights(self, chain, frames, ctx: Context, fixed=None):
+        """The uniform weights' term (:meth:`_uniform_term`) for :meth:`push` where the chain's
+        Dense has them; None for Gaussian weights, or where the 4th moments it reads are
+        unknown (the walk then lost, with why)."""
+        if self.lost or not (chain and isinstance(chain[0], Dense)
+                             and chain[0].init == "uniform"):
+            return None
+        if self.cumulants[-1] is None:
+            self.lose(f"{ctx.path}: uniform weights on features whose 3rd and 4th "
+                      "cumulants are not known here (a residual branch with no Dense)")
+            return None
+        return self._uniform_term(frames, fixed)
+
+    def _uniform_term(self, frames, fixed=None):
         """Uniform weights W_ij ~ U(+-sqrt(3 / n) sigma_w) (excess kurtosis -6/5): given the
         realised input x the pre-activations h_i are i.i.d. with the Gaussian law's covariance
         and 4th cumulant kappa_abcd = -(6/5) sigma_w^4 M_abcd / n, M = mean_j x_aj x_bj x_cj x_dj.
         By Edgeworth E f(h) = E_G f + kappa : E_G[d^4 f] / 24 + O(1/n^2), and E_G[d_abcd f] =
         4 d^2 E_G f / dS_ab dS_cd (S the covariance, = sigma_w^2 K_x + sigma_b^2): the bias
-        gains -(2/5) H:M / 2 per 1/n, H the Hessian in the input's Gram K_x. (M_of, -2/5 / n_in)
-        for :meth:`push`: M_of(cumulants) is M of the top frame's cumulants in the list (NaN
-        where they are unknown), in the top frame's K block, scaled units."""
+        gains -(2/5) H:M / 2 per 1/n, H the Hessian in the input's Gram K_x. After a norm, f
+        is the features at the norm's statistics, which read h's moments up to the 2nd only
+        (its centre, scale and tangent cross moment), so kappa leaves them be: H is then the
+        Hessian of ``fixed``, the pushed map with the norm's statistics held at the
+        reference's. (M_of, -2/5 / n_in, fixed) for :meth:`push`: M_of(cumulants) is M of the
+        top frame's cumulants in the list (NaN where they are unknown), in the top frame's K
+        block, scaled units."""
         top = frames[-1]
         K, m, _ = _true(top)
         e = np.exp(-top.ls)
@@ -871,7 +899,7 @@ class _Walk:
                                                                             + (B * B,) * 2)
             return full
 
-        return M_of, -0.4 / np.asarray(self.fan_in)
+        return M_of, -0.4 / np.asarray(self.fan_in), fixed
 
     def _beyond_float64(self, s: Moments, ctx: Context, fourth=False) -> bool:
         """Lose the walk (True) where ``s`` is past float64 in true units, which the feature
@@ -959,14 +987,8 @@ class _Walk:
             self.chain.append(op)  # (its features' statistics: drawn with the ops after it)
             self.norm_ctx = ctx
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
-            uniform = (_is_norm(op) and bool(self.chain) and isinstance(self.chain[0], Dense)
-                       and self.chain[0].init == "uniform")
             self.settle()
             self._map(op, ctx)
-            if uniform:  # (said where an activation follows)
-                self.start_note = (f" (after {ctx.path}, a norm of a Dense's features with "
-                                   "uniform weights: an activation after a norm has a rule "
-                                   "for Gaussian weights only, init='normal')")
         elif isinstance(op, FeatureAffine):  # vectors that vary, on a settled stream
             self.settle()
             self._varying_affine(op, ctx)
@@ -1097,7 +1119,8 @@ class _Walk:
         """The stream's features, not yet drawn, are Gaussian: a Gaussian Dense's output (its
         weights, or for x alone its bias, nonzero at every point), then linear maps per
         feature (Scale, a FeatureAffine with constant vectors). ``dense``: the features of a
-        Dense, in any frame (a norm of them joins the chain, :meth:`_draw_after_norm`)."""
+        Dense, in any frame, its weights Gaussian or uniform (whose 4th cumulant, O(1/n), is a
+        term of their draw): a norm of them joins the chain, :meth:`_draw_after_norm`."""
         if not self.chain or self.lost or not (dense and isinstance(self.chain[0], Dense)
                                                 or len(self.frames) == 1):
             return False
@@ -1105,7 +1128,8 @@ class _Walk:
         if isinstance(first, Dense):
             weights = np.asarray(ctx.p(first.sigma_w)) != 0  # (else a tangent is 0: its draw
             bias = np.asarray(ctx.p(first.sigma_b)) != 0  # names the zero weights)
-            if first.init != "normal" or not np.all(weights | (bias & (not self.tangent))):
+            if first.init != "normal" and not dense or not np.all(
+                    weights | (bias & (not self.tangent))):
                 return False
         return all(isinstance(op, Scale)
                    or isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
@@ -1220,24 +1244,24 @@ def _pair_moments(t):
 
 def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Context,
                     means=(), grams=(), after=False):
-    """(Sigma (..., D, D), b (..., D)): the covariance and the bias, per 1/N, of the realised
-    statistics [K, m, X^i] (in units ``scale`` = e^-ls; X^i with the enclosing frames of
-    feature means ``means`` and cross Grams ``grams``, as :func:`feature_noise`) of N features
-    y_n = f(norm(u_n)) after the linear maps ``pre``, the ``norm`` and the elementwise ops
-    ``post`` (f), the u_n i.i.d. Gaussian given the past (``law``: their frame), the norm's centre
-    and scale realised over the same features: their stats t, the mean of T(u) = (u_a, u_a^2)
-    (``tangent``, the pair (x, t): (u_x, u_t, u_x^2, u_x u_t), for the norm's Jacobian on t;
-    ``after``, t starting at the norm's output, N(0, 1) per feature independent of the rest:
-    (u_x, u_x^2)).
+    """(Sigma (..., D, D), b (..., D), cumulants): the covariance and the bias, per 1/N, of the
+    realised statistics [K, m, X^i] (in units ``scale`` = e^-ls; X^i with the enclosing frames of
+    feature means ``means`` and cross Grams ``grams``, as :func:`feature_noise`) of N features y_n =
+    f(norm(u_n)) after the linear maps ``pre``, the ``norm`` and the elementwise ops ``post`` (f),
+    the u_n i.i.d. Gaussian given the past (``law``: their frame), the norm's centre and scale
+    realised over the same features: their stats t, the mean of T(u) = (u_a, u_a^2) (``tangent``,
+    the pair (x, t): (u_x, u_t, u_x^2, u_x u_t), for the norm's Jacobian on t; ``after``, t starting
+    at the norm's output, N(0, 1) per feature independent of the rest: (u_x, u_x^2)).
     With F(u; t) the statistics of one feature at the norm's stats t, G(t) = E F(u; t) at u's
     law and t* = E T, the realised statistics are mean F(u_n; t*) + dG . (t - t*) + O(1/N):
     Sigma = Cov(F + dG . T) (each feature's influence), and their mean is G(t*) +
     (1/2 d2G : Cov T + sum_k Cov(d_k F, T_k)) / N (the plug-in's bias). G(t*) is the chain's
     infinite-width law (:meth:`_Walk.push`); the rest by :func:`_split_rule` on the norm's
     output, Gaussian at any t (y = M (u - c), :func:`_linear_part`, affine in u), derivatives
-    in t by :func:`_derivatives` along T's standard deviations. None where an activation that
-    saturates bends over less than 1 / BEND_MAX of its input's scale (no practical width
-    samples its bend, as in :meth:`_Walk._draw`)."""
+    in t by :func:`_derivatives` along T's standard deviations. Third: the features' 3rd and
+    4th joint cumulants at t* (true units). None where an activation that saturates bends over
+    less than 1 / BEND_MAX of its input's scale (no practical width samples its bend, as in
+    :meth:`_Walk._draw`)."""
     K, mu, _ = _true(law)
     Cu = K - outer(mu, mu)
     for op in pre:  # u' = c u + shift: the norm's input, Gaussian
@@ -1328,7 +1352,7 @@ def post_norm_noise(pre, norm, post, law: Moments, scale, tangent: bool, ctx: Co
                                  means, grams, features=cov(f, f))
     bias = 0.5 * np.einsum("...ekl,...kl->...e", d2G, cov(T, T)) + cross
     return sigma, np.concatenate([bias] + [(m[..., :, None] * bias[..., None, B * B:]).reshape(
-        lead + (B * B,)) for m in means], -1)
+        lead + (B * B,)) for m in means], -1), _cumulants(f / scale[..., None, :], w)
 
 
 POST_NORM_NODES = 24  # Gauss-Legendre nodes per panel of :func:`_split_rule`: z^4 phi(z) over
@@ -1689,22 +1713,30 @@ def _tangent_affine(op: FeatureAffine, s: Moments, ctx: Context) -> Moments:
                    + b2 * E00, g[..., 0] * m + b[..., 0] * e, X)
 
 
-def _tangent_norm(op: Op, s: Moments, ctx: Context, after: bool = False) -> Moments:
+def _tangent_norm(op: Op, s: Moments, ctx: Context, after: bool = False, tangent: bool = True,
+                  at: Moments | None = None) -> Moments:
     """LayerNorm (c = m) or RMSNorm (c = 0) on the pair (x, t): the norm of x and its Jacobian
     on t, y' = M (y - c) with M = g [[1/r, 0], [-k/r^3, 1/r]], r^2 = K_xx - c_x^2 + eps and
     k = K_xt - c_x c_t (d r / dt = k / r): K' = M (K - c m^T - m c^T + c c^T) M^T, m' = M (m - c),
     each residual cross moment X' = (X - m_r c^T) M^T (in true units, returned scaled).
     ``after``: t starts at the norm's output, N(0, 1) per feature independent of x and of the
-    enclosing frames (t in ``s`` is a placeholder): t replaced so, and M = [[g/r, 0], [0, 1]]."""
+    enclosing frames (t in ``s`` is a placeholder): t replaced so, and M = [[g/r, 0], [0, 1]].
+    ``tangent`` False: B inputs, each by its own norm (M diagonal). ``at``: the norm's
+    statistics (c, and r, k in M) read at that state and held fixed, an affine map of ``s``
+    (None: at ``s``, the norm's law)."""
     if after:
-        s = s.replace(K=s.K * outer(X_ROW, X_ROW) + E11, m=s.m * X_ROW, ls=s.ls * X_ROW,
-                      refs=tuple(r if r.X is None or r.X is DECOUPLED else
-                                 Ref(m=r.m, X=r.X * X_ROW) for r in s.refs))
+        s, at = ((f if f is None else f.replace(
+            K=f.K * outer(X_ROW, X_ROW) + E11, m=f.m * X_ROW, ls=f.ls * X_ROW,
+            refs=tuple(r if r.X is None or r.X is DECOUPLED else Ref(m=r.m, X=r.X * X_ROW)
+                       for r in f.refs))) for f in (s, at))
+    at = s if at is None else at
     out = op.theory_forward(s, ctx)
-    X, c, m, Kc = _centring(op, s)
-    M = _linear_part(op, s, ctx, tangent=True, after=after)
+    X, _, m, _ = _centring(op, s)
+    c = _centring(op, at)[1]
+    M = _linear_part(op, at, ctx, tangent=tangent, after=after)
     MT = np.swapaxes(M, -1, -2)
     X = [(x - outer(r.m, c)) @ MT for r, x in zip(s.refs, X)]
+    Kc = _true(s)[0] - outer(c, m) - outer(m, c) + outer(c, c)
     return _scaled(out, M @ Kc @ MT, np.einsum("...ij,...j->...i", M, m - c), X)
 
 
@@ -2065,8 +2097,12 @@ def _adjoint(seen: _Walk):
             J, H = _derivatives(fn, x, linear, coordinates)
             JT = np.swapaxes(J, -1, -2)
             gH = 0.0 if linear else np.einsum("...i,...ijk->...jk", g, H) / 2
-            if kurtosis is not None:  # its bias gained k H:M / 2 (:meth:`_Walk.push`)
-                replayed[pos] = np.asarray(kurtosis[1])[..., None, None] * gH
+            if kurtosis is not None:  # its bias gained k H:M / 2 (:meth:`_Walk.push`), H that
+                # of its own map where it is not fn's (held norm statistics)
+                Hk = H if kurtosis[2] is fn else _derivatives(kurtosis[2], x, False,
+                                                              coordinates)[1]
+                replayed[pos] = np.asarray(kurtosis[1])[..., None, None] * np.einsum(
+                    "...i,...ijk->...jk", g, Hk) / 2
             G = JT @ G @ J + gH
             g = np.einsum("...ij,...i->...j", J, g)
             Gv = JT @ Gv @ J
