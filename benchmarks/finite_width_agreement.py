@@ -25,11 +25,11 @@ every layer of a net with uniform weights (explicit draws, 8x the seeds). Its ei
 norm-affine``), a FeatureAffine whose vectors vary, right after a LayerNorm; (``--part
 after-norm``) activations after a norm of a Dense's features, on the stream and in a residual
 branch, forward and the input gradient; (``--part norm-start``) the gradient at a layer
-that ends between a norm and its activation; (``--part uniform-norm``) uniform weights before
-a norm and its activation, each coefficient's uniform part against the coupled Monte Carlo
-difference from Gaussian weights. Its ninth (``--part exact``, no Monte Carlo), a
-deep relu net's coefficients against the same recursion with exact derivatives (the symbolic
-face), where corr -> 1 approaches relu's kink.
+that ends between a norm and its activation; (``--part uniform-mlp``) imported MLPs with
+uniform weights (before an activation, and before a norm and its activation), each
+coefficient's uniform part against the coupled Monte Carlo difference from Gaussian weights.
+Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same
+recursion with exact derivatives (the symbolic face), where corr -> 1 approaches relu's kink.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -453,36 +453,50 @@ def uniform(seeds=32000, out="benchmarks/RESULTS.md"):
                   [intro, "", *rows])
 
 
-UNIFORM_NORM = sp.Serial(sp.Dense(1.4, 0.2, init="uniform"), sp.LayerNorm(), sp.Act("tanh"),
-                        sp.Dense(1.2, 0.1, init="uniform"), sp.RMSNorm(), sp.Act("tanh"))
-UNIFORM_NORM_LAYERS = [0, 2, 3, 5, 6]  # (the rows where the difference is not 0 by symmetry)
-UNIFORM_NORM_ROWS = {"E log q at layer 3", "E log q at layer 6", "E corr at layer 3",
-                     "E corr at layer 6", *(f"E grad_q / grad_q_inf at layer {l}"
-                                            for l in (0, 2, 3, 5))}
+def _rows(forward, grad):
+    """measure_uniform_term's row names: E log q and E corr at ``forward``, the gradient at
+    ``grad``."""
+    return ([f"E {k} at layer {l}" for k in ("log q", "corr") for l in forward]
+            + [f"E grad_q / grad_q_inf at layer {l}" for l in grad])
 
 
-def uniform_norm(seeds=16000, out="benchmarks/RESULTS.md"):
-    """Uniform weights before a norm and its activation (an imported MLP's Linear -> LayerNorm
-    -> Tanh): the uniform weights' part of each coefficient, against the coupled Monte Carlo
-    difference from the same net with Gaussian weights."""
+UNIFORM_MLPS = {  # (net, the rows whose uniform part is not 0 by symmetry, or is told)
+    "Dense(u) -> tanh -> Dense(u) -> Scale -> tanh -> Dense(u)": (
+        sp.Serial(sp.Dense(1.5, 0.2, init="uniform"), sp.Act("tanh"),
+                  sp.Dense(1.5, 0.2, init="uniform"), sp.Scale(0.8), sp.Act("tanh"),
+                  sp.Dense(1.0, init="uniform")),
+        _rows([1, 2, 5], [1, 2, 3, 4, 5])),
+    "Dense(u) -> LayerNorm -> tanh -> Dense(u) -> RMSNorm -> tanh": (
+        sp.Serial(sp.Dense(1.4, 0.2, init="uniform"), sp.LayerNorm(), sp.Act("tanh"),
+                  sp.Dense(1.2, 0.1, init="uniform"), sp.RMSNorm(), sp.Act("tanh")),
+        _rows([3, 6], [1, 2, 3, 4, 5])),
+}
+
+
+def uniform_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
+    """Imported MLPs (each op a layer, torch's uniform init): the uniform weights' part of each
+    coefficient, against the coupled Monte Carlo difference from the same net with Gaussian
+    weights; the gradient's at every layer."""
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
-    found = [r for r in measure_uniform_term(UNIFORM_NORM, inputs, WIDTHS, seeds,
-                                             UNIFORM_NORM_LAYERS, root_seed=77)
-             if r[0] in UNIFORM_NORM_ROWS]
-    rows = ["| net | statistic | predicted | fitted ± SE | z |", "|---|---|---|---|---|",
-            *_z_rows("Dense(uniform) -> LayerNorm -> tanh -> Dense(uniform) -> RMSNorm -> tanh",
-                     found)]
-    intro = ("`benchmarks/finite_width_agreement.py --part uniform-norm`: a Serial whose ops "
-             "are layers of their own, inputs q = 1, corr = 0.5, widths "
+    rows = ["| net | statistic | predicted | fitted ± SE | z |", "|---|---|---|---|---|"]
+    for name, (net, names) in UNIFORM_MLPS.items():
+        layers = sorted({int(r.rsplit(" ", 1)[1]) for r in names})
+        got = {r[0]: r for r in measure_uniform_term(net, inputs, WIDTHS, seeds, layers,
+                                                     root_seed=77)}
+        rows += _z_rows(name, [got[r] for r in names])
+    intro = ("`benchmarks/finite_width_agreement.py --part uniform-mlp`: Serials whose ops are "
+             "layers of their own (Dense(u): uniform weights), inputs q = 1, corr = 0.5, widths "
              f"{WIDTHS}, {seeds} seeds per width (root seed 77 + N). Each row is the uniform "
              "weights' part of a 1/N coefficient: the prediction for the net less that for the "
              "same net with Gaussian weights, against the slope of the Monte Carlo difference "
              "of the two nets on the same seeds (explicit sampler: the uniform weights are "
              "sqrt 3 erf(z / sqrt 2) of the Gaussian ones, z; `sigprop.testing."
-             "measure_uniform_term`). Predicted: the 4th cumulant's Edgeworth term, with the "
-             "Hessian at the norm's statistics held fixed (`_Walk._uniform_term`).")
-    return _write("Finite width: uniform weights before a norm and its activation", out,
-                  [intro, "", *rows])
+             "measure_uniform_term`). Predicted: the 4th cumulant's Edgeworth term "
+             "(`_Walk._uniform_term`), after a norm with the Hessian at the norm's statistics "
+             "held; at a Dense's output t joins after the weights (`_Walk.after_dense`). "
+             "E log q at a Dense's output (layer 1) is predicted 0: its uniform part is "
+             "O(1/N^2).")
+    return _write("Finite width: imported MLPs with uniform weights", out, [intro, "", *rows])
 
 
 # the corr coefficient's round-off bound per layer^2 (tests/test_finite_width_symbolic.py)
@@ -538,7 +552,7 @@ def exact(out="benchmarks/RESULTS.md"):
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
-    each), "after-norm", "norm-start", "uniform-norm" (4x each) or "exact"."""
+    each), "after-norm", "norm-start", "uniform-mlp" (4x each) or "exact"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -561,8 +575,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         after_norm(seeds, out)
     if part in ("all", "norm-start"):
         norm_start(4 * seeds, out)
-    if part in ("all", "uniform-norm"):
-        uniform_norm(4 * seeds, out)
+    if part in ("all", "uniform-mlp"):
+        uniform_mlp(4 * seeds, out)
     if part in ("all", "exact"):
         exact(out)
 
@@ -574,7 +588,7 @@ if __name__ == "__main__":
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
                                        "norm-affine", "after-norm", "norm-start",
-                                       "uniform-norm", "exact"],
+                                       "uniform-mlp", "exact"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

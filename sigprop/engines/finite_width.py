@@ -60,8 +60,10 @@ layer's grad_q by the walk from that layer up, all of them from one recorded wal
 adjoint pass down it, :func:`_adjoint`; t brought back to x's scale at every layer, units
 only; where a layer ends between a norm of a Dense's features and the activation after it,
 t joins at the norm's output and is drawn with the activation's features,
-:attr:`_Walk.after_norm`). Its part in a stream x + alpha phi(W x) that carries a mean, the
-coupling through the forward weights, also in closed form (:func:`mean_mode_coefficient`).
+:attr:`_Walk.after_norm`; where it ends at a uniform Dense's output, t joins after its
+weights, :attr:`_Walk.after_dense`). Its part in a stream x + alpha phi(W x) that carries a
+mean, the coupling through the forward weights, also in closed form
+(:func:`mean_mode_coefficient`).
 Validity: per statistic the width where the correction is 10 % of the leading term
 (``valid_width_*``), and warnings where N is below the coefficient, where an expectation is
 carried by events no practical width samples (:func:`warn_unreachable`: BatchNorm at B <= 3),
@@ -570,6 +572,7 @@ class _Walk:
         self.b, self.C = np.zeros(lead + (D,)), np.zeros(lead + (D, D))
         self.chain = [] if fresh else None
         self.chain_ctx = ctx  # where the chain's Dense is (the messages of its draw name it)
+        self.norm_ctx = ctx  # and its norm
         self.fan_in = 1.0  # the chain's Dense's input width (a multiple of N)
         # per frame: the 3rd and 4th joint cumulants of its features (true units; None:
         # unknown), which uniform weights and a varying FeatureAffine on a settled stream need
@@ -592,6 +595,14 @@ class _Walk:
         self.after_norm = False  # a tangent walk whose t starts at the output of the norm in
         # its open chain (only linear maps after it): t is a placeholder before the norm, and
         # joins fresh at its output (:func:`_tangent_walk`)
+        self.after_dense = False  # likewise at the output of the Dense that opens the chain
+        # (uniform weights, whose features are drawn with the chain: only linear maps after)
+
+    @property
+    def joins_open(self) -> bool:
+        """t starts inside x's open chain (:attr:`after_norm`, :attr:`after_dense`): drawn by
+        a walk of its own, which joins a recorded walk after its draw (:meth:`settle`)."""
+        return self.after_norm or self.after_dense
 
     def push(self, fn, kurtosis=None, linear=False, top=False):
         """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
@@ -647,7 +658,8 @@ class _Walk:
         draw lost the walk (then they are stale: walked on their own). A layer whose t joined
         at a norm's output (:attr:`after_norm`) is drawn by its own walk, with the ops that
         joined the chain since, and joins here: after the draw both pairs have the same
-        infinite-width state (K_xt = 0, m_t = 0, in units of unit diagonal)."""
+        infinite-width state (K_xt = 0, m_t = 0, in units of unit diagonal). So is one whose t
+        joined at the output of a uniform Dense (:attr:`after_dense`)."""
         if self.chain is None:
             return
         chain = self.chain
@@ -655,9 +667,10 @@ class _Walk:
         self._draw()  # ends it, :meth:`_draw`)
         for join, k in self.waiting:
             start = join[5]
-            if start.after_norm and not self.lost:
+            if start.joins_open and not self.lost:
                 drawn = copy.copy(start)
                 drawn.chain = start.chain + chain[k:]
+                drawn.norm_ctx = self.norm_ctx  # (where a norm among those ops is)
                 drawn.settle()
                 with np.errstate(divide="ignore", invalid="ignore"):  # (t's log q from its
                     log_q = _tangent_log_q(self) - _tangent_log_q(drawn) + 2 * drawn.t_ls
@@ -665,9 +678,12 @@ class _Walk:
                     # lost at the next Dense, with its reason)
                 if drawn.lost:  # (its own walk says why)
                     self.stale.append(join)
-                else:
+                else:  # (its cumulants, in true units, put in this walk's: the uniform
+                    # weights' terms above read them with this walk's moments)
+                    cumulants = [_transformed(k, np.exp(f.ls - g.ls)[..., :, None] * np.eye(2))
+                                 for k, f, g in zip(drawn.cumulants, self.frames, drawn.frames)]
                     self.tape.append(join[:2] + (drawn.b, drawn.C) + join[4:6]
-                                     + (drawn.cumulants, log_q))
+                                     + (cumulants, log_q))
             elif k == n and not self.lost:
                 self.tape.append(join + (_tangent_log_q(self),))
             else:
@@ -705,7 +721,9 @@ class _Walk:
         if any(_is_norm(op) for op in chain):  # (lost or not)
             self._draw_after_norm(chain, gauss, ctx)
             return
-        chain_law = _tangent_chain if self.tangent else _unit_chain
+        chain_law = (functools.partial(_tangent_chain, after=self.after_dense) if self.tangent
+                     else _unit_chain)
+        self.after_dense = False  # (t, drawn with the chain's features, is a tangent from here)
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], top=True)
@@ -781,17 +799,18 @@ class _Walk:
         pre, norm, post = chain[:k], chain[k], chain[k + 1:]  # (post: no varying vectors,
         # which settle the chain, :meth:`walk`); the norm's input and output in true units:
         linear = pre[1:] if pre and isinstance(pre[0], Dense) else pre
-        after = self.after_norm
+        after, after_dense = self.after_norm, self.after_dense
         with np.errstate(over="ignore", invalid="ignore"):
             u = functools.reduce(lambda s, op: self.law(op, s, ctx), linear, gauss)
             y = self.law(norm, u, ctx)
-        self.after_norm = False  # (t, drawn with the norm's output, is a tangent from here on)
+        self.after_norm = self.after_dense = False  # (t, drawn with the norm's output, is a
+        # tangent from here on)
         for f in (u, y):
             if self._beyond_float64(f, self.norm_ctx, fourth=True):
                 break
         if self.tangent:  # the pair (x, J t): the norm's Jacobian on t (or t starting after
             def norm_input(s):  # it: ``after``), then (f, f' J t)
-                return _tangent_chain(pre, s, ctx) if pre else s
+                return _tangent_chain(pre, s, ctx, after=after_dense) if pre else s
 
             def law(s, at=None):
                 out = _tangent_norm(norm, norm_input(s), ctx, after=after, at=at)
@@ -934,7 +953,9 @@ class _Walk:
             return op.theory_forward(s, ctx)
         if _is_norm(op):
             return _tangent_norm(op, s, ctx, after=self.after_norm)
-        return {Dense: _tangent_dense, FeatureAffine: _tangent_affine}[type(op)](op, s, ctx)
+        if isinstance(op, Dense):
+            return _tangent_dense(op, s, ctx, after=self.after_dense)
+        return _tangent_affine(op, s, ctx)
 
     def lose(self, why: str, pointwise: bool = False, below: bool = False):
         if not self.lost:
@@ -1691,12 +1712,16 @@ def _true(f: Moments):
             [f.cross(r) * e[..., None, :] for r in f.refs])
 
 
-def _tangent_dense(op: Dense, s: Moments, ctx: Context) -> Moments:
+def _tangent_dense(op: Dense, s: Moments, ctx: Context, after: bool = False) -> Moments:
     """Dense on the pair (x, t): (W x + b, W t), K' = sigma_w^2 K + sigma_b^2 E_00 (no bias on
-    the tangent); refs and law those of the op's own law (decoupled, Gaussian)."""
+    the tangent); refs and law those of the op's own law (decoupled, Gaussian). ``after``: t
+    starts at the output, N(0, 1) per feature independent of the weights (t in ``s`` is a
+    placeholder): K'_tt = 1, K'_xt = 0."""
     out = op.theory_forward(s, ctx)
     K = _true(s)[0] * np.asarray(ctx.p(op.sigma_w), dtype=float)[..., None, None] ** 2 \
         + np.asarray(ctx.p(op.sigma_b), dtype=float)[..., None, None] ** 2 * E00
+    if after:
+        K = K * outer(X_ROW, X_ROW) + E11
     return _scaled(out, K, np.zeros(K.shape[:-1]))
 
 
@@ -1740,13 +1765,14 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context, after: bool = False, tangent
     return _scaled(out, M @ Kc @ MT, np.einsum("...ij,...j->...i", M, m - c), X)
 
 
-def _tangent_chain(chain, s: Moments, ctx: Context) -> Moments:
+def _tangent_chain(chain, s: Moments, ctx: Context, after: bool = False) -> Moments:
     """The law of the features (f(h), f'(h) tau) after a Dense (h, tau) and elementwise ops f
     (true units inside): with tau = beta h + xi (xi independent of h, variance v), 1-D Gaussian
     expectations over h: E f'^2 tau^2 = beta^2 E h^2 f'^2 + v E f'^2, E f f' tau =
-    beta E h f f', E f' tau = beta E h f'."""
+    beta E h f f', E f' tau = beta E h f'. ``after``: t starts at the Dense's output
+    (:func:`_tangent_dense`)."""
     dense = bool(chain) and isinstance(chain[0], Dense)
-    K = _true(_tangent_dense(chain[0], s, ctx) if dense else s)[0]
+    K = _true(_tangent_dense(chain[0], s, ctx, after) if dense else s)[0]
     elementwise = chain[1:] if dense else chain
     u, w = gaussian_rule(K[..., :1, :1], _bend(elementwise, ctx), _degree(elementwise, ctx))
     y, vq = _features(elementwise, np.concatenate([u, np.ones_like(u)], -1), ctx, tangent=True)
@@ -1852,7 +1878,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                 why.setdefault(want.index(l), walk.lost)
             elif own_walks or (l == 0 and not joins):
                 own.append((want.index(l), l, _tangent_walk(walk)))
-            elif (start := _tangent_walk(walk)).after_norm and (shared is None or shared.lost):
+            elif (start := _tangent_walk(walk)).joins_open and (shared is None or shared.lost):
                 own.append((want.index(l), l, start))  # (t starts inside x's open chain: a
                 # walk that records the steps above starts where a pair is drawn)
             else:
@@ -2142,15 +2168,23 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     activation after it (a layer ends between a norm and the activations after it), the chain
     stays open and t ~ N(0, 1) per feature joins at the norm's output (:attr:`_Walk.after_norm`;
     a Scale or a constant FeatureAffine after the norm scales it, which leaves c as it is and
-    moves t's starting scale), to be drawn with it (:func:`post_norm_noise`)."""
+    moves t's starting scale), to be drawn with it (:func:`post_norm_noise`). So where the
+    chain is a uniform Dense's output and linear maps (:attr:`_Walk.after_dense`): its
+    features, whose 4th cumulant is a term of their draw, are drawn with their input's
+    cumulants known, and t ~ N(0, 1) per feature joins after the weights."""
     fresh = walk.chain == []
     norm = next((i for i, op in enumerate(walk.chain or ()) if _is_norm(op)), None)
     after = (norm is not None and not walk.lost
              and not any(isinstance(op, Act) for op in walk.chain[norm + 1:]))
-    if after:  # (the linear maps after the norm scale t by these; one of 0 would drop it)
-        factors = [np.abs(_vector_rule(op, walk.ctx)[0][..., 0]) for op in walk.chain[norm + 1:]]
-        after = all(np.all(f > 0) for f in factors)
-    seen = walk if fresh or after else walk.settled()
+    after_dense = (norm is None and not fresh and walk.chain is not None and not walk.lost
+                   and isinstance(walk.chain[0], Dense) and walk.chain[0].init == "uniform"
+                   and walk._gaussian_chain(dense=True))  # (then only linear maps after it)
+    if after or after_dense:  # (the linear maps after the norm or Dense scale t by these;
+        start = norm + 1 if after else 1  # one of 0 would drop it)
+        factors = [np.abs(_vector_rule(op, walk.ctx)[0][..., 0]) for op in walk.chain[start:]]
+        after = after and all(np.all(f > 0) for f in factors)
+        after_dense = after_dense and all(np.all(f > 0) for f in factors)
+    seen = walk if fresh or after or after_dense else walk.settled()
     f = seen.frames[0]
     lead = _lead([f])
     K, m = np.broadcast_to(f.K[..., 0, 0], lead), np.broadcast_to(f.m[..., 0], lead)
@@ -2160,11 +2194,11 @@ def _tangent_walk(walk: _Walk) -> _Walk:
                      m=np.stack([m, zero], -1), ls=np.stack([ls, ls], -1))
     out = _Walk(pair, walk.ctx, fresh=fresh, tangent=True, cumulants=walk.track)
     out.t_ls, out.lost, out.chain_ctx = ls, seen.lost, seen.chain_ctx
-    if after:  # (t's log scale at the start)
+    if after or after_dense:  # (t's log scale at the start)
         out.t_ls = sum((np.log(f) for f in factors), np.zeros(lead))
     b, C = np.zeros(lead + (6,)), np.zeros(lead + (6, 6))  # [K_xx, K_xt, K_tx, K_tt, m_x, m_t]
     b[..., [0, 4]] = np.broadcast_to(seen.b, lead + (2,))
-    if not (fresh or after):
+    if not (fresh or after or after_dense):
         C[..., [[1], [2]], [1, 2]] = K[..., None, None]
         C[..., [1, 2], 5] = C[..., 5, [1, 2]] = m[..., None]
         C[..., 3, 3], C[..., 5, 5] = 2.0, 1.0
@@ -2173,14 +2207,17 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     out.b, out.C, out.widths = b, C, list(seen.widths)
     if fresh:  # (the cumulants: those of the features drawn)
         return out
-    if after:
-        out.chain, out.norm_ctx, out.fan_in = list(walk.chain), walk.norm_ctx, walk.fan_in
-        out.after_norm = True
+    if after or after_dense:
+        out.chain, out.fan_in = list(walk.chain), walk.fan_in
+        out.after_norm, out.after_dense = after, after_dense
+        if after:
+            out.norm_ctx = walk.norm_ctx
     elif walk.chain:  # (an activation next has no rule on the drawn stream: say why)
         out.start_note = (f" (the gradient at {walk.chain_ctx.path}'s output starts on its "
-                          "features drawn: a tangent started before they are needs them "
-                          "Gaussian, a Dense's with Gaussian weights or a bias, then linear "
-                          "maps)")
+                          "features drawn: a tangent started before they are needs a "
+                          "Dense's features (its weights nonzero, or for Gaussian weights a "
+                          "bias), then linear maps with nonzero factors, constant over the "
+                          "features)")
     k = seen.cumulants[0]  # t: Gaussian, independent of x (its joint cumulants with x are 0)
     if k is None:
         out.cumulants = [None]
