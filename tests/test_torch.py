@@ -28,8 +28,9 @@ from sigprop.analysis.compare import stack_widths
 from sigprop.data import config_of
 from sigprop.errors import UnsupportedComposition
 from sigprop.interop.torch import from_torch, simulate_torch
-from sigprop.ops import FeatureAffine
+from sigprop.ops import Dense, FeatureAffine
 from sigprop.ops.base import op_from_dict
+from sigprop.testing import gaussian_weights
 
 WIDTHS = (64, 256)
 SEEDS = 160  # per width
@@ -462,3 +463,25 @@ def test_finite_width_theory_of_a_model_whose_norm_weights_vary():
         ds = sp.theory(net, sp.Inputs(q=1.0, corr=0.5, n=2), width=256)
     for name in ("log_q_correction", "var_log_q", "corr_correction", "grad_q_rel_correction"):
         assert np.isfinite(ds[name].values).all(), name
+
+
+def test_finite_width_theory_of_a_default_init_mlp_with_layernorm():
+    """nn.Sequential(Linear, LayerNorm, Tanh, ...) at torch's default init: uniform weights
+    before a norm and its activation, each module a layer, so gradients start at Linear outputs
+    and at norm outputs. Every correction is finite and nothing warns (they were NaN from the
+    first Tanh on); the uniform weights' terms are in them (the same net with Gaussian weights
+    differs: the rules' checks are in tests/test_finite_width.py)."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(32, 32), nn.LayerNorm(32), nn.Tanh(),
+                          nn.Linear(32, 32), nn.LayerNorm(32), nn.Tanh(), nn.Linear(32, 32))
+    net = from_torch(model.eval(), torch.randn(2, 32))
+    assert sum(isinstance(op, Dense) and op.init == "uniform" for op in net.walk()) == 3
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", sp.FiniteWidthWarning)
+        ds = sp.theory(net, inputs, width=256)
+        gauss = sp.theory(gaussian_weights(net), inputs, width=256)
+    for name in ("log_q_correction", "var_log_q", "corr_correction", "grad_q_rel_correction",
+                 "var_log_grad_q"):
+        assert np.isfinite(ds[name].values).all(), name
+    assert np.abs(ds.grad_q_rel_correction - gauss.grad_q_rel_correction).max() > 1e-4
