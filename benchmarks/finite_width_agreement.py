@@ -488,14 +488,16 @@ def uniform_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
              "layers of their own (Dense(u): uniform weights), inputs q = 1, corr = 0.5, widths "
              f"{WIDTHS}, {seeds} seeds per width (root seed 77 + N). Each row is the uniform "
              "weights' part of a 1/N coefficient: the prediction for the net less that for the "
-             "same net with Gaussian weights, against the slope of the Monte Carlo difference "
-             "of the two nets on the same seeds (explicit sampler: the uniform weights are "
+             "same net with Gaussian weights, against a of the Monte Carlo difference of the "
+             "two nets on the same seeds, a/N + b/N^2 (N times it fitted as a + b/N: the two "
+             "nets share their infinite-width law; explicit sampler: the uniform weights are "
              "sqrt 3 erf(z / sqrt 2) of the Gaussian ones, z; `sigprop.testing."
              "measure_uniform_term`). Predicted: the 4th cumulant's Edgeworth term "
              "(`_Walk._uniform_term`), after a norm with the Hessian at the norm's statistics "
              "held; at a Dense's output t joins after the weights (`_Walk.after_dense`). "
-             "E log q at a Dense's output (layer 1) is predicted 0: its uniform part is "
-             "O(1/N^2).")
+             "E log q and E corr at a Dense's output (layer 1) are predicted 0 at first "
+             "order (the uniform part of E log q there is O(1/N^2): the 4th cumulant's share "
+             "of Var q / 2 q^2).")
     return _write("Finite width: imported MLPs with uniform weights", out, [intro, "", *rows])
 
 

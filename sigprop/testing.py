@@ -264,9 +264,14 @@ def measure_uniform_term(net: Op, inputs, widths, seeds: int, layers, root_seed:
     less those of :func:`gaussian_weights` (net), against the Monte Carlo difference of the
     two nets run on the same seeds by the explicit sampler, whose Gaussian weights z are the
     normals that the uniform ones map (sqrt 3 erf(z / sqrt 2)): the pair is coupled, and the
-    difference's standard error a few times below either's (:func:`measure_gradient_layers`'
-    fit). At each of ``layers``: rows (statistic, predicted, fitted, se) for the slopes of
-    E log q, E corr (input pair 0, 1) and E grad_q_l / grad_q_l,inf (input 0)."""
+    difference's standard error a few times below either's. The two nets share their
+    infinite-width law (it reads the weights' variances alone), so the difference is
+    a/N + b/N^2 + ...: N times it is fitted as a + b/N (weights 1/se^2), whose b takes the
+    second order that a fit c + a/N of the difference would read into a (at these standard
+    errors, a few hundredths). At each of ``layers``: rows (statistic, predicted, fitted, se)
+    for the coefficients of E log q, E corr (input pair 0, 1) and E grad_q_l / grad_q_l,inf
+    (input 0), but where the difference is 0 on every seed (the input, a norm's q, the top
+    layer's gradient), which has no standard error."""
     layers = sorted({int(l) for l in layers})
     nets = net, gaussian_weights(net)
     pred = [finite_width.coefficients(n, inputs)[0] for n in nets]
@@ -282,7 +287,7 @@ def measure_uniform_term(net: Op, inputs, widths, seeds: int, layers, root_seed:
         mc = [simulate(n, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
                        sampler="explicit", root_seed=root_seed + int(N)) for n in nets]
         for k, f in pick.items():
-            d = f(mc[0]) - f(mc[1])
+            d = N * (f(mc[0]) - f(mc[1]))
             found[k].append((d.mean(0), d.std(0, ddof=1) / math.sqrt(seeds)))
     predicted = {"E log q": pred[0]["log_q"][layers][:, 0] - pred[1]["log_q"][layers][:, 0],
                  "E corr": pred[0]["corr"][layers][:, 0, 1] - pred[1]["corr"][layers][:, 0, 1],
@@ -290,9 +295,11 @@ def measure_uniform_term(net: Op, inputs, widths, seeds: int, layers, root_seed:
     rows = []
     for k, est in found.items():
         for i, l in enumerate(layers):
-            _, _, a, se = fit_inverse_width(widths, [e[0][i] for e in est],
-                                            [e[1][i] for e in est])
-            rows.append((f"{k} at layer {l}", float(predicted[k][i]), float(a), float(se)))
+            se = [e[1][i] for e in est]
+            if not np.any(se):
+                continue
+            a, se_a, _, _ = fit_inverse_width(widths, [e[0][i] for e in est], se)
+            rows.append((f"{k} at layer {l}", float(predicted[k][i]), a, se_a))
     return rows
 
 

@@ -41,13 +41,14 @@ statistics plus the noise of the vectors' assignment to the features, which need
 4th moments (:meth:`_Walk._varying_affine`). Uniform weights (torch's default init) add one
 term, their 4th cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th moments of the
 Dense's input features: for both, the walk carries each frame's 3rd and 4th joint cumulants (0
-for the inputs, drawn at each fresh draw, mapped by norms and scales, added at a residual sum
-whose branch holds a Dense; unknown behind a residual branch with no Dense). A norm of a
-Dense's features (through linear maps) joins their chain: where elementwise ops follow it
-before the next reduction, the features f(norm(u)) are drawn with the norm's centre and scale
-realised over the same features, each feature's influence on the statistics and the plug-in's
-bias (:func:`post_norm_noise`; uniform weights' term with the norm's statistics held, which
-their 4th cumulant leaves be); with none, the norm is a map of the drawn statistics.
+for the inputs, drawn at each fresh draw and post-norm draw, mapped by norms and scales, added
+at a residual sum whose branch holds a Dense; unknown behind a residual branch with no Dense).
+A norm of a Dense's features (through linear maps) joins their chain: where elementwise ops
+follow it before the next reduction, the features f(norm(u)) are drawn with the norm's centre
+and scale realised over the same features, each feature's influence on the statistics and the
+plug-in's bias (:func:`post_norm_noise`; uniform weights' term with the norm's statistics
+held, which their 4th cumulant leaves be); with none, the norm is a map of the drawn
+statistics.
 Ops with no fluctuation rule here (BatchNorm; an activation on any other stream that is not
 fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream or on features of
 unknown cumulants; uniform weights there too) leave NaN corrections from that layer on, with a
@@ -605,8 +606,9 @@ class _Walk:
         return self.after_norm or self.after_dense
 
     def push(self, fn, kurtosis=None, linear=False, top=False):
-        """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k) adds
-        k H:M / 2 to the bias, M = M_of(cumulants) (..., D, D) PSD (the uniform weights' term,
+        """A deterministic map of the stack (the delta method). ``kurtosis``: (M_of, k, fixed)
+        adds k H:M / 2 to the bias, M = M_of(cumulants) (..., D, D) PSD, H the Hessian of
+        ``fixed`` (a map of the stack; None: fn) (the uniform weights' term,
         :meth:`_uniform_term`). ``linear``: fn is affine in the realised statistics (a residual
         sum, a branch's copy of the stream, a Scale), so in the scaled state too: H = 0.
         ``top``: fn is fr[:-1] + [law(fr[-1])], a map of the top frame alone (the adjoint
@@ -1150,7 +1152,7 @@ class _Walk:
             weights = np.asarray(ctx.p(first.sigma_w)) != 0  # (else a tangent is 0: its draw
             bias = np.asarray(ctx.p(first.sigma_b)) != 0  # names the zero weights)
             if first.init != "normal" and not dense or not np.all(
-                    weights | (bias & (not self.tangent))):
+                    weights | (bias & (not self.tangent or self.after_dense))):
                 return False
         return all(isinstance(op, Scale)
                    or isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
@@ -2215,9 +2217,8 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     elif walk.chain:  # (an activation next has no rule on the drawn stream: say why)
         out.start_note = (f" (the gradient at {walk.chain_ctx.path}'s output starts on its "
                           "features drawn: a tangent started before they are needs a "
-                          "Dense's features (its weights nonzero, or for Gaussian weights a "
-                          "bias), then linear maps with nonzero factors, constant over the "
-                          "features)")
+                          "Dense's features, then linear maps with nonzero factors, constant "
+                          "over the features)")
     k = seen.cumulants[0]  # t: Gaussian, independent of x (its joint cumulants with x are 0)
     if k is None:
         out.cumulants = [None]
