@@ -27,8 +27,9 @@ after-norm``) activations after a norm of a Dense's features, on the stream and 
 branch, forward and the input gradient; (``--part norm-start``) the gradient at a layer
 that ends between a norm and its activation; (``--part uniform-mlp``) imported MLPs with
 uniform weights (before an activation, and before a norm and its activation), each
-coefficient's uniform part against the coupled Monte Carlo difference from Gaussian weights.
-Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same
+coefficient's uniform part against the coupled Monte Carlo difference from Gaussian weights;
+(``--part torch-mlp``) real torch nets at their default init, re-initialised by
+``sp.simulate_torch``. Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same
 recursion with exact derivatives (the symbolic face), where corr -> 1 approaches relu's kink.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
@@ -48,6 +49,7 @@ from sigprop.errors import FiniteWidthWarning
 from sigprop.ops import layers_of
 from sigprop.pipeline.bench import write_section
 from sigprop.testing import (
+    gaussian_weights,
     measure,
     measure_gradient,
     measure_gradient_layers,
@@ -501,6 +503,72 @@ def uniform_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
     return _write("Finite width: imported MLPs with uniform weights", out, [intro, "", *rows])
 
 
+TORCH_WIDTHS = [64, 128, 256, 512]
+
+
+def torch_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
+    """Real torch nets at their default init, Linear -> LayerNorm -> Tanh twice -> Linear, over
+    re-initialisations (`sp.simulate_torch`): N (E_mc - T_inf(N)) fitted as c + b/N against the
+    predicted coefficient c. torch's bias U(+-1/sqrt(n)) has variance 1/(3 n), O(1/N) itself:
+    it is put in the net at each width (in T_inf(N)), so c is the walk's alone."""
+    import dataclasses
+
+    import torch
+    from torch import nn
+
+    from sigprop.engines.finite_width import coefficients
+    from sigprop.interop.torch import from_torch, simulate_torch
+    from sigprop.ops import Dense
+
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
+    layers = [0, 1, 2, 3, 4, 5]
+
+    def model(N):
+        return nn.Sequential(nn.Linear(N, N), nn.LayerNorm(N), nn.Tanh(), nn.Linear(N, N),
+                             nn.LayerNorm(N), nn.Tanh(), nn.Linear(N, N))
+
+    found, predicted = {}, {}  # (predicted: with uniform weights, and with Gaussian ones)
+    for N in TORCH_WIDTHS:
+        imported = from_torch(model(N).eval(), torch.randn(2, N), weights="init")
+        net = sp.Serial(*[dataclasses.replace(op, sigma_b=math.sqrt(1 / (3 * N)))
+                          if isinstance(op, Dense) else op for op in imported.layers])
+        th = sp.theory(net, inputs)
+        coef = [coefficients(n, inputs)[0] for n in (net, gaussian_weights(net))]
+        grad = [gradient_coefficient(n, inputs, layers=layers).coef[..., 0]
+                for n in (net, gaussian_weights(net))]
+        mc = simulate_torch(model(N), inputs, seeds=seeds, root_seed=3 + N, net=net)
+        stats = {f"E log q at layer {l}": (mc.log_q.values[:, l, 0], th.log_q.values[l, 0],
+                                           [c["log_q"][l, 0] for c in coef]) for l in (3, 7)}
+        stats["E corr at layer 7"] = (mc.corr.values[:, 7, 0, 1], th.corr.values[7, 0, 1],
+                                      [c["corr"][7, 0, 1] for c in coef])
+        for k, l in enumerate(layers):
+            stats[f"E grad_q / grad_q_inf at layer {l}"] = (
+                np.exp(mc.log_grad_q.values[:, l, 0] - th.log_grad_q.values[l, 0]), 1.0,
+                [g[k] for g in grad])
+        for name, (x, inf, c) in stats.items():
+            d = N * (x - inf)
+            found.setdefault(name, []).append((d.mean(), d.std(ddof=1) / math.sqrt(seeds)))
+            predicted[name] = c  # (at the widest N: its bias's share of c is O(1/N))
+    table = [("| statistic | predicted | predicted, Gaussian weights | fitted ± SE | z | "
+              "z (Gaussian) |"), "|---|---|---|---|---|---|"]
+    for name, est in found.items():
+        c, se, _, _ = fit_inverse_width(TORCH_WIDTHS, *zip(*est))
+        uniform, gauss = predicted[name]
+        table.append(f"| {name} | {uniform:.4g} | {gauss:.4g} | {c:.4g} ± {se:.2g} | "
+                     f"{(c - uniform) / se:+.2f} | {(c - gauss) / se:+.2f} |")
+        print(table[-1], flush=True)
+    intro = ("`benchmarks/finite_width_agreement.py --part torch-mlp`: torch nets "
+             "`nn.Sequential(Linear, LayerNorm, Tanh, Linear, LayerNorm, Tanh, Linear)` at "
+             f"torch {torch.__version__}'s default init, widths {TORCH_WIDTHS}, {seeds} "
+             "re-initialisations per width (`sp.simulate_torch`, root seed 3 + N), inputs "
+             "q = 1, corr = 0.5. Predicted: the 1/N coefficient c of `sp.theory(net, inputs, "
+             "width=N)` for the import (`sp.from_torch(..., weights='init')`: uniform weights) "
+             "with torch's bias variance 1/(3 N) put in at each width; fitted: N (E - T_inf(N)) "
+             "as c + b/N (T_inf(N) the infinite-width theory with that bias). Beside it, the "
+             "prediction for the same net with Gaussian weights.")
+    return _write("Finite width: torch MLPs at their default init", out, [intro, "", *table])
+
+
 # the corr coefficient's round-off bound per layer^2 (tests/test_finite_width_symbolic.py)
 ROUND_OFF = 3e-9
 EXACT_DEPTH, EXACT_LAYERS = 1000, [10, 30, 50, 100, 150, 200, 400, 600, 800, 1000]
@@ -554,7 +622,8 @@ def exact(out="benchmarks/RESULTS.md"):
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
-    each), "after-norm", "norm-start", "uniform-mlp" (4x each) or "exact"."""
+    each), "after-norm", "norm-start", "uniform-mlp", "torch-mlp" (4x each; torch needed)
+    or "exact"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -579,6 +648,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         norm_start(4 * seeds, out)
     if part in ("all", "uniform-mlp"):
         uniform_mlp(4 * seeds, out)
+    if part in ("all", "torch-mlp"):
+        torch_mlp(4 * seeds, out)
     if part in ("all", "exact"):
         exact(out)
 
@@ -590,7 +661,7 @@ if __name__ == "__main__":
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
                                        "norm-affine", "after-norm", "norm-start",
-                                       "uniform-mlp", "exact"],
+                                       "uniform-mlp", "torch-mlp", "exact"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)
