@@ -94,6 +94,15 @@ def _z_rows(name, found):
     return rows
 
 
+def _beside_gaussian(label, predicted, gauss, fitted, se) -> str:
+    """A markdown row | label | predicted | predicted with Gaussian weights | fitted ± SE | z |
+    z (Gaussian) |, printed as it comes."""
+    row = (f"| {label} | {predicted:+.4g} | {gauss:+.4g} | {fitted:+.4g} ± {se:.2g} | "
+           f"{(fitted - predicted) / se:+.2f} | {(fitted - gauss) / se:+.2f} |")
+    print(row, flush=True)
+    return row
+
+
 def first_order(seeds=4000, out="benchmarks/RESULTS.md"):
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
     rows = ["| preset | statistic (layer 8) | predicted | fitted ± SE | z |",
@@ -441,9 +450,7 @@ def uniform(seeds=32000, out="benchmarks/RESULTS.md"):
     rows = [("| layer | c predicted, uniform | c predicted, Gaussian weights | a fitted ± SE | "
              "z (uniform) | z (Gaussian) |"), "|---|---|---|---|---|---|"]
     for l, (c, a, se_a, *_), cn in zip(layers, found, normal):
-        rows.append(f"| {l} | {c:+.4g} | {cn:+.4g} | {a:+.4g} ± {se_a:.2g} | "
-                    f"{(a - c) / se_a:+.2f} | {(a - cn) / se_a:+.2f} |")
-        print(rows[-1], flush=True)
+        rows.append(_beside_gaussian(l, c, cn, a, se_a))
     intro = ("`benchmarks/finite_width_agreement.py --part uniform`: 3 blocks Dense(2.0, 0.5, "
              "init='uniform') -> erf, inputs q = 1, corr = 0.5, input 0, widths "
              f"{UNIFORM_WIDTHS}, {seeds} seeds per width (root seed 9120 + N; every weight "
@@ -553,10 +560,7 @@ def torch_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
               "z (Gaussian) |"), "|---|---|---|---|---|---|"]
     for name, est in found.items():
         c, se, _, _ = fit_inverse_width(TORCH_WIDTHS, *zip(*est))
-        uniform, gauss = predicted[name]
-        table.append(f"| {name} | {uniform:.4g} | {gauss:.4g} | {c:.4g} ± {se:.2g} | "
-                     f"{(c - uniform) / se:+.2f} | {(c - gauss) / se:+.2f} |")
-        print(table[-1], flush=True)
+        table.append(_beside_gaussian(name, *predicted[name], c, se))
     intro = ("`benchmarks/finite_width_agreement.py --part torch-mlp`: torch nets "
              "`nn.Sequential(Linear, LayerNorm, Tanh, Linear, LayerNorm, Tanh, Linear)` at "
              f"torch {torch.__version__}'s default init, widths {TORCH_WIDTHS}, {seeds} "
