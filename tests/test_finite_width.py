@@ -550,8 +550,10 @@ def test_a_gradient_at_a_uniform_dense_output_is_the_gaussian_one_where_relu_fol
     E relu'(h)^2 tau^2 and E relu(h) relu'(h) tau read h's law only through its symmetry, so
     the uniform weights' 4th cumulant leaves them: c and v at layer 1 are those of the same
     net with Gaussian weights, whose tangent starts on its features still to be drawn (another
-    code path), to the central differences' O(STEP^2). With tanh the two differ (c -0.32 and
-    +0.08): the check can see the term."""
+    code path), to the central differences' O(STEP^2). This checks the start's plumbing, not
+    the term (relu's pair statistics are linear in S_xx: no Hessian), which
+    test_a_gradient_at_a_uniform_dense_output_one_layer_is_exact checks; with tanh the two
+    differ (c -0.32 and +0.08)."""
     def grad(act, init):
         net = sp.Serial(sp.Dense(1.5, 0.3, init=init), sp.Act(act), sp.Dense(1.2, 0.1),
                         sp.Act("tanh"), sp.Dense(1.0))
