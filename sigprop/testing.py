@@ -250,7 +250,7 @@ def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int 
 
 def gaussian_weights(net: Op) -> Op:
     """``net`` with every Dense's weights Gaussian (``init="normal"``), the rest as it is."""
-    def one(name, v):
+    def one(_, v):
         if isinstance(v, tuple):
             return tuple(gaussian_weights(x) if isinstance(x, Op) else x for x in v)
         return gaussian_weights(v) if isinstance(v, Op) else v
