@@ -826,10 +826,12 @@ class _Walk:
                     return (_apply if self.lost else _unit_chain)(chain, s, ctx)
                 return _unit_chain(post, _tangent_norm(norm, norm_input(s), ctx, tangent=False,
                                                        at=at), ctx)
+        def held(ref):  # the law with the norm's statistics held at ref's (uniform weights)
+            at = norm_input(ref[-1])
+            return lambda fr: fr[:-1] + [law(fr[-1], at)]
+
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-            at = norm_input(self.frames[-1])  # (uniform weights: H at the held statistics)
-            kurtosis = self._uniform_weights(chain, self.frames, ctx,
-                                             fixed=lambda fr: fr[:-1] + [law(fr[-1], at)])
+            kurtosis = self._uniform_weights(chain, self.frames, ctx, held)
             self.push(lambda fr: fr[:-1] + [law(fr[-1])], kurtosis, top=True)
         if self.lost or self._beyond_float64(self.frames[-1], ctx):
             return
@@ -877,10 +879,11 @@ class _Walk:
         if self.tape is not None:
             self.tape.append(("cumulants", fn))
 
-    def _uniform_weights(self, chain, frames, ctx: Context, fixed=None):
+    def _uniform_weights(self, chain, frames, ctx: Context, held=None):
         """The uniform weights' term (:meth:`_uniform_term`) for :meth:`push` where the chain's
-        Dense has them; None for Gaussian weights, or where the 4th moments it reads are
-        unknown (the walk then lost, with why)."""
+        Dense has them, its Hessian that of ``held(frames)`` where given (built only then);
+        None for Gaussian weights, or where the 4th moments it reads are unknown (the walk then
+        lost, with why)."""
         if self.lost or not (chain and isinstance(chain[0], Dense)
                              and chain[0].init == "uniform"):
             return None
@@ -888,7 +891,7 @@ class _Walk:
             self.lose(f"{ctx.path}: uniform weights on features whose 3rd and 4th "
                       "cumulants are not known here (a residual branch with no Dense)")
             return None
-        return self._uniform_term(frames, fixed)
+        return self._uniform_term(frames, held and held(frames))
 
     def _uniform_term(self, frames, fixed=None):
         """Uniform weights W_ij ~ U(+-sqrt(3 / n) sigma_w) (excess kurtosis -6/5): given the
@@ -2127,10 +2130,10 @@ def _adjoint(seen: _Walk):
             gH = 0.0 if linear else np.einsum("...i,...ijk->...jk", g, H) / 2
             if kurtosis is not None:  # its bias gained k H:M / 2 (:meth:`_Walk.push`), H that
                 # of its own map where it is not fn's (held norm statistics)
-                Hk = H if kurtosis[2] is fn else _derivatives(kurtosis[2], x, False,
-                                                              coordinates)[1]
-                replayed[pos] = np.asarray(kurtosis[1])[..., None, None] * np.einsum(
-                    "...i,...ijk->...jk", g, Hk) / 2
+                Hk = None if kurtosis[2] is fn else _derivatives(kurtosis[2], x, False,
+                                                                 coordinates)[1]
+                gHk = gH if Hk is None else np.einsum("...i,...ijk->...jk", g, Hk) / 2
+                replayed[pos] = np.asarray(kurtosis[1])[..., None, None] * gHk
             G = JT @ G @ J + gH
             g = np.einsum("...ij,...i->...j", J, g)
             Gv = JT @ Gv @ J
@@ -2184,8 +2187,8 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     if after or after_dense:  # (the linear maps after the norm or Dense scale t by these;
         start = norm + 1 if after else 1  # one of 0 would drop it)
         factors = [np.abs(_vector_rule(op, walk.ctx)[0][..., 0]) for op in walk.chain[start:]]
-        after = after and all(np.all(f > 0) for f in factors)
-        after_dense = after_dense and all(np.all(f > 0) for f in factors)
+        after, after_dense = (flag and all(np.all(f > 0) for f in factors)
+                              for flag in (after, after_dense))
     seen = walk if fresh or after or after_dense else walk.settled()
     f = seen.frames[0]
     lead = _lead([f])
