@@ -462,18 +462,7 @@ def test_uniform_weights_before_a_norm_and_its_activation_one_layer_is_exact(nor
     lam = getattr(norm, "gain", 1.0) / math.sqrt(sw**2 * q + sb**2 + norm.eps)
 
     def exact(n):
-        a, u = math.sqrt(3.0 / n) * sw, math.sqrt(3 * q)
-
-        def kernel(t):
-            return t / math.sinh(math.pi * t / 2) if t > 0 else 2 / math.pi
-
-        def sech2(psi):  # E sech^2(lambda h) from h's characteristic function psi
-            return integrate.quad(lambda t: psi(lam * t) * kernel(t), 0, 40, limit=400,
-                                  epsabs=1e-16, epsrel=1e-13)[0]
-
-        gauss = sech2(lambda t: math.exp(-(sw**2 * q + sb**2) * t * t / 2))
-        uniform = sech2(lambda t: np.sinc(a * u * t / np.pi) ** (n // 3)
-                        * math.exp(-sb**2 * t * t / 2))
+        gauss, uniform = _uniform_sum_expectations(_sech2_kernel, n, sw, q, sb, scale=lam)
         return n * (gauss - uniform) / (1 - gauss)
 
     limit = 2 * exact(3072) - exact(1536)
@@ -523,20 +512,7 @@ def test_a_gradient_at_a_uniform_dense_output_one_layer_is_exact():
            for init in ("uniform", "normal")]
 
     def exact(n):
-        a, u = math.sqrt(3.0 / n) * sw, math.sqrt(3 * q)
-
-        def kernel(t):  # sech^4's Fourier transform over pi
-            if t == 0:
-                return 4 / (3 * math.pi)
-            return t * (t * t + 4) / (6 * math.sinh(math.pi * t / 2))
-
-        def sech4(psi):
-            return integrate.quad(lambda t: psi(t) * kernel(t), 0, 40, limit=400, epsabs=1e-16,
-                                  epsrel=1e-13)[0]
-
-        gauss = sech4(lambda t: math.exp(-(sw**2 * q + sb**2) * t * t / 2))
-        uniform = sech4(lambda t: np.sinc(a * u * t / np.pi) ** (n // 3)
-                        * math.exp(-sb**2 * t * t / 2))
+        gauss, uniform = _uniform_sum_expectations(_sech4_kernel, n, sw, q, sb)
         return n * (uniform - gauss) / gauss
 
     assert abs(got[1]) < 1e-8
@@ -1269,6 +1245,32 @@ def test_feature_affine_with_varying_vectors_against_monte_carlo():
 
 
 # -- uniform weights (torch's default init) -------------------------------------------------------
+def _sech2_kernel(t):
+    """sech^2's Fourier transform over pi: E sech^2 Y = int_0^inf psi_Y(t) kernel(t) dt."""
+    return t / math.sinh(math.pi * t / 2) if t > 0 else 2 / math.pi
+
+
+def _sech4_kernel(t):
+    """sech^4's: pi t (t^2 + 4) / (6 sinh(pi t / 2)), over pi."""
+    return t * (t * t + 4) / (6 * math.sinh(math.pi * t / 2)) if t > 0 else 4 / (3 * math.pi)
+
+
+def _uniform_sum_expectations(kernel, n, sw, q, sb=0.0, scale=1.0):
+    """(E_G, E_P) of g(scale h), h = sum_j w_j x_j + b over n inputs, n/3 of them +-sqrt(3 q) and
+    the rest 0 (mean square q, mean 4th power 3 q^2, as the walk's Gaussian inputs), w_j ~
+    N(0, sw^2 / n) (G) or U(+-sqrt(3 / n) sw) (P), b ~ N(0, sb^2): E g(Y) = int_0^inf
+    psi_Y(t) kernel(t) dt with h's characteristic function psi (under P, prod_j sinc(a x_j t)
+    exp(-sb^2 t^2 / 2)) and ``kernel`` g's Fourier transform over pi."""
+    a, u = math.sqrt(3.0 / n) * sw, math.sqrt(3 * q)
+
+    def E(psi):
+        return integrate.quad(lambda t: psi(scale * t) * kernel(t), 0, 40, limit=400,
+                              epsabs=1e-16, epsrel=1e-13)[0]
+
+    return (E(lambda t: math.exp(-(sw**2 * q + sb**2) * t * t / 2)),
+            E(lambda t: np.sinc(a * u * t / np.pi) ** (n // 3) * math.exp(-sb**2 * t * t / 2)))
+
+
 def test_uniform_weights_one_layer_is_the_exact_edgeworth_term():
     """tanh(W x), W_ij ~ U(+-sqrt(3/n) sigma): h = sum_j w_j x_j has the characteristic function
     prod_j sinc(a x_j t), so E sech^2 h = int_0^inf psi(t) t / sinh(pi t / 2) dt exactly (the
@@ -1281,17 +1283,7 @@ def test_uniform_weights_one_layer_is_the_exact_edgeworth_term():
     c = coef(net, sp.Inputs(q=q))["q"][2, 0]
 
     def exact(n):
-        a, u = math.sqrt(3.0 / n) * sw, math.sqrt(3 * q)
-
-        def kernel(t):
-            return t / math.sinh(math.pi * t / 2) if t > 0 else 2 / math.pi
-
-        def sech2(psi):
-            return integrate.quad(lambda t: psi(t) * kernel(t), 0, 40, limit=400, epsabs=1e-16,
-                                  epsrel=1e-13)[0]
-
-        gauss = sech2(lambda t: math.exp(-sw**2 * q * t * t / 2))
-        uniform = sech2(lambda t: np.sinc(a * u * t / np.pi) ** (n // 3))
+        gauss, uniform = _uniform_sum_expectations(_sech2_kernel, n, sw, q)
         return n * (gauss - uniform) / (1 - gauss)  # E tanh^2 = 1 - E sech^2
 
     limit = 2 * exact(3072) - exact(1536)
