@@ -601,6 +601,98 @@ def test_uniform_weights_at_a_dense_output_against_monte_carlo():
             assert abs(fitted - predicted) < 3 * se, (name, predicted, fitted, se)  # 3 SE
 
 
+# -- a bias whose variance falls as 1 / n_in (torch's) ---------------------------------------------
+def _fan_in_nets(e):
+    """Nets whose Denses' bias variance is sigma_b^2 + e c_D (c_D = sigma_b_fan_in^2 / r_D, r_D
+    N the Dense's input width; e = None: the fan-in bias itself, at width N): a torch MLP
+    (uniform weights, LayerNorm, RMSNorm), and a residual net whose branch widens 4x (its
+    second Dense's n_in is 4 N) over a sigma_w sweep."""
+    def dense(sw, sb, c, in_ratio=1.0, **kw):
+        if e is None:
+            return sp.Dense(sw, sb, sigma_b_fan_in=math.sqrt(c), **kw)
+        return sp.Dense(sw, math.sqrt(sb**2 + e * c / in_ratio), **kw)
+
+    def torch_layer(**kw):
+        return dense(3**-0.5, 0.3, 1 / 3, init="uniform", **kw)
+
+    mlp = sp.Serial(torch_layer(), sp.LayerNorm(), sp.Act("tanh"), torch_layer(), sp.RMSNorm(),
+                    sp.Act("tanh"), torch_layer())
+    branch = sp.Serial(dense(sp.Sweep("sigma_w", [0.8, 1.3]), 0.3, 0.5, ratio=4), sp.Act("gelu"),
+                       dense(0.7, 0.3, 0.5, ratio=0.25, in_ratio=4))
+    res = sp.Serial(sp.Residual(branch, alpha=0.5), sp.Residual(sp.Serial(sp.LayerNorm(), branch),
+                                                                alpha=0.5),
+                    dense(1.0, 0.3, 0.5), sp.Act("tanh"))
+    return {"torch mlp": mlp, "residual": res}
+
+
+@pytest.mark.parametrize("name,B", [("torch mlp", 2), ("residual", 2), ("residual", 3)])
+def test_a_fan_in_bias_is_the_infinite_width_laws_derivative(name, B):
+    """A bias variance c / n_in shifts the law by its derivative in sigma_b^2 times c / n_in:
+    every first-order coefficient (log q, corr, mean; the gradient's at every layer, by the
+    adjoint) minus the same net's without it equals d/de of the infinite-width theory along
+    sigma_b^2 += e c_D, by central differences of sp.theory (e = +-1e-5: truncation and
+    round-off ~1e-10). Tolerance 1e-7: the walk's one-sided differences, O(BIAS_STEP^2) and
+    eps / BIAS_STEP ~1e-10 per Dense, over <= 5 Denses and through the walk's own central
+    differences (measured <= 1.2e-9). Caught: the term dropped or halved (off by >= 0.05),
+    the branch's 4 N input width taken as N (off by 0.02 in log q)."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=B)
+    L = len(sp.ops.layers_of(_fan_in_nets(0.0)[name]))
+    rows = list(range(L + 1))
+    with_bias, without = (fw.coefficients(_fan_in_nets(e)[name], inputs)[0] for e in (None, 0.0))
+    grads = [fw.gradient_coefficient(_fan_in_nets(e)[name], inputs, layers=rows).coef
+             for e in (None, 0.0)]
+    d = 1e-5
+    up, down = (sp.theory(_fan_in_nets(e)[name], inputs) for e in (d, -d))
+    for var, key in (("log_q", "log_q"), ("corr", "corr"), ("mean", "mean"),
+                     ("log_grad_q", "grad")):
+        want = (up[var].transpose("layer", ...).values
+                - down[var].transpose("layer", ...).values) / (2 * d)
+        got = grads[0] - grads[1] if key == "grad" else with_bias[key] - without[key]
+        np.testing.assert_allclose(got, want, atol=1e-7, err_msg=var)
+    assert np.max(np.abs(with_bias["log_q"] - without["log_q"])) > 0.1
+
+
+@pytest.mark.parametrize("act,B", [("relu", 2), ("erf", 1)])
+def test_a_fan_in_bias_matches_the_exact_recursion(act, B):
+    """Dense(1.3, 0.4, sigma_b_fan_in = 0.8) -> act, 10 layers: the walk's log q and corr
+    coefficients against :func:`F.iterate` (beta = sigma_b_fan_in^2 dF/d sigma_b^2 by sympy).
+    Tolerance: the walk's round-off, 3e-9 l^2 (as for the deep relu net's corr above; measured
+    4e-8 at l = 10)."""
+    from sigprop.symbolic import finite_width as F
+
+    blk = sp.Serial(sp.Dense(1.3, 0.4, sigma_b_fan_in=0.8), sp.Act(act))
+    exact = F.iterate(F.layer_law(blk, B), {}, (1.0, 0.5, 1.0)[:2 * B - 1] if B == 2 else (1.0,),
+                      10)
+    got = fw.coefficients(sp.Repeat(blk, 10), PAIR)[0]
+    for l in (1, 5, 10):
+        assert abs(got["log_q"][l, 0] - exact[l]["log_q"][0]) < 3e-9 * l**2, l
+        if B == 2:
+            assert abs(got["corr"][l, 0, 1] - exact[l]["corr"][0]) < 3e-9 * l**2, l
+
+
+def test_a_fan_in_bias_against_monte_carlo():
+    """Dense(1, 0, sigma_b_fan_in = 1) -> tanh twice, 4000 seeds per width (~8 s): the slopes
+    of E log q, E corr and of the gradient at layers 0 and 2, and N Var of each log, within 3
+    SE of the predictions. The bias's 1/N term is ~1.9 of E log q's 1.17 (the net without it
+    predicts -0.74), so the check sees it: the term halved is > 3 SE off. At 16000 seeds the
+    worst |z| is 1.2 (widths 64-512 and 128-1024); at sigma_b_fan_in = 2 the bias's second
+    order, (c / N)^2, puts E corr's slope 5.6 SE off at these widths."""
+    net = sp.Serial(sp.Dense(1.0, sigma_b_fan_in=1.0), sp.Act("tanh"),
+                    sp.Dense(1.0, sigma_b_fan_in=1.0), sp.Act("tanh"))
+    bare = sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Dense(1.0), sp.Act("tanh"))
+    rows = measure(net, PAIR, WIDTHS, 4000, root_seed=5)
+    _check(rows)
+    without = coef(bare)
+    for (name, predicted, fitted, se), key in zip(rows, ("log_q", "corr")):
+        halved = (predicted + (without["log_q"][-1, 0] if key == "log_q"
+                               else without["corr"][-1, 0, 1])) / 2
+        assert abs(fitted - halved) > 3 * se, (name, halved, fitted, se)  # the check sees it
+    for c, a, se_a, v, V, se_V in measure_gradient_layers(net, PAIR, WIDTHS, 4000, root_seed=6,
+                                                          layers=[0, 2]):
+        assert abs(a - c) < 3 * se_a, (c, a, se_a)  # 3 SE
+        assert abs(V - v) < 3 * se_V, (v, V, se_V)
+
+
 def test_a_gradient_started_between_a_norm_and_its_activation_against_monte_carlo():
     """A Serial's ops are layers of their own, so layers 2 and 5 end between a norm and the
     activation after it: the tangent joins at the norm's output and is drawn with the

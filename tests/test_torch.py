@@ -3,8 +3,8 @@ statistics over re-initialisations), for the architectures of issue 17.
 
 Each architecture is built at two widths (``WIDTHS``) and run over ``SEEDS`` re-initialisations
 per width; ``sp.compare`` fits T(N) = T_inf + a/N over the two widths (the O(1/N) finite-width
-bias of the infinite-width theory, and the 1/(3 N) bias variance of torch's default init, which
-the reference net takes at its limit 0) and gives z = (T_inf - theory) / se. Checked: q, mean,
+bias of the infinite-width theory, and the 1/(3 N) bias variance of torch's default init, 0 at
+infinite width: the reference's ``sigma_b_fan_in``) and gives z = (T_inf - theory) / se. Checked: q, mean,
 corr (i < j) and the input gradient grad_q at every layer. Tolerance: standard errors only, a
 Bonferroni bound over the checked points of one architecture (family false-alarm rate
 ``ALPHA``); no other allowance.
@@ -149,26 +149,29 @@ def built(make, init, width, seed=0):
 
 
 D = sp.Dense
-SQ3 = math.sqrt(1 / 3)  # torch's default Linear init: W ~ U(+-1/sqrt(n_in)), variance 1/(3 n_in)
+SQ3 = math.sqrt(1 / 3)  # torch's default Linear init: W, b ~ U(+-1/sqrt(n_in)), variance 1/(3 n_in)
+
+
+def T(ratio=1.0):
+    """nn.Linear at torch's default init, bias included."""
+    return D(SQ3, ratio=ratio, init="uniform", sigma_b_fan_in=SQ3)
+
+
 ARCHS = {
     # name: (make(width), init, inputs, reference op tree, written by hand in sigprop's terms)
     "preln_gelu_x2": (lambda d: seq(nn.Linear(d, d), PreLN(d), PreLN(d)), None, X2, sp.Serial(
-        D(SQ3, init="uniform"),
-        *[sp.Residual(sp.Serial(sp.LayerNorm(), D(SQ3, ratio=4, init="uniform"), sp.Act("gelu"),
-                                D(SQ3, ratio=0.25, init="uniform")))] * 2)),
+        T(), *[sp.Residual(sp.Serial(sp.LayerNorm(), T(ratio=4), sp.Act("gelu"), T(ratio=0.25)))]
+        * 2)),
     "postln_gelu_tanh": (lambda d: seq(PostLN(d, lambda: nn.GELU(approximate="tanh"))), None, X2,
-                         sp.Serial(sp.Residual(sp.Serial(
-                             D(SQ3, ratio=4, init="uniform"), sp.Act("gelu_tanh"),
-                             D(SQ3, ratio=0.25, init="uniform"))), sp.LayerNorm())),
+                         sp.Serial(sp.Residual(sp.Serial(T(ratio=4), sp.Act("gelu_tanh"),
+                                                         T(ratio=0.25))), sp.LayerNorm())),
     "resnet_v1": (lambda d: seq(ResNetV1(d)), None, G8, sp.Serial(sp.Residual(sp.Serial(
-        D(SQ3, init="uniform"), sp.BatchNorm(), sp.Act("relu"), D(SQ3, init="uniform"))),
-        sp.Act("relu"))),
+        T(), sp.BatchNorm(), sp.Act("relu"), T())), sp.Act("relu"))),
     "preact_resnet_x2": (lambda d: seq(PreActResNet(d), PreActResNet(d)), None, G8, sp.Serial(
         *[sp.Residual(sp.Serial(sp.BatchNorm(), sp.Act("relu"), D(SQ3, init="uniform"),
                                 sp.BatchNorm(), sp.Act("relu"), D(SQ3, init="uniform")))] * 2)),
     "mlp_relu_default": (lambda d: mlp(d), None, X2, sp.Serial(
-        D(SQ3, ratio=2, init="uniform"), sp.Act("relu"), D(SQ3, ratio=0.5, init="uniform"),
-        sp.Act("relu"), D(SQ3, init="uniform"))),
+        T(ratio=2), sp.Act("relu"), T(ratio=0.5), sp.Act("relu"), T())),
     "mlp_tanh_gaussian_init": (lambda d: mlp(d, nn.Tanh), gaussian_init(1.5, 0.3), X2, sp.Serial(
         D(1.5, 0.3, ratio=2), sp.Act("tanh"), D(1.5, 0.3, ratio=0.5), sp.Act("tanh"), D(1.5, 0.3))),
     "mlp_leaky_bn_eval": (lambda d: mlp(d, lambda: nn.LeakyReLU(0.2), bn_eval=True),
@@ -177,13 +180,11 @@ ARCHS = {
         D(2**0.5, ratio=0.5), sp.Scale(1 / math.sqrt(1 + 1e-5)), sp.Act("leaky_relu(0.2)"),
         D(2**0.5))),
     "mlp_elu_default": (lambda d: mlp(d, nn.ELU), None, X2, sp.Serial(
-        D(SQ3, ratio=2, init="uniform"), sp.Act("elu"), D(SQ3, ratio=0.5, init="uniform"),
-        sp.Act("elu"), D(SQ3, init="uniform"))),
+        T(ratio=2), sp.Act("elu"), T(ratio=0.5), sp.Act("elu"), T())),
     "layerscale_rmsnorm_silu": (lambda d: seq(nn.Linear(d, d), LayerScaleBlock(d)), None, X2,
-                                sp.Serial(D(SQ3, init="uniform"), sp.Residual(sp.Serial(
+                                sp.Serial(T(), sp.Residual(sp.Serial(
                                     sp.RMSNorm(eps=float(torch.finfo(torch.float32).eps)),
-                                    D(SQ3, ratio=2, init="uniform"), sp.Act("silu"),
-                                    D(SQ3, ratio=0.5, init="uniform"), sp.Scale(0.5))))),
+                                    T(ratio=2), sp.Act("silu"), T(ratio=0.5), sp.Scale(0.5))))),
     "preln_affine_ln": (lambda d: seq(nn.Linear(d, d, bias=False), PreLN(d, nn.ReLU)),
                         lambda m: (gaussian_init(1.0, 0.1)(m), affine_ln_init(m)), X2, sp.Serial(
         D(1.0), sp.Residual(sp.Serial(

@@ -130,6 +130,11 @@ STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a 
 # (second differences). With one step, O(STEP^2) truncation along a direction w is ~STEP^2
 # |w|^2 in absolute terms, and C's directions grow with depth (Var log q adds 5 per relu layer):
 # a deep relu net's corr correction (~0.003, a near cancellation) came out 6 % off at depth 100
+# the one-sided step of a fan-in bias's derivative (:meth:`_Walk._push_draw`), a fraction of
+# the Dense's output variance: its Richardson truncation, O(h^2), and round-off, ~1e-16 / h,
+# meet near 1e-10 (against the infinite-width theory's central differences in sigma_b^2: 1e-9
+# at h = 1e-5, 2e-6 at 1e-3, 2e-9 at 1e-6 on Dense(uniform) -> LayerNorm -> tanh nets)
+BIAS_STEP = 1e-5
 SINGULAR = 1e-12  # a Gram's smallest eigenvalue below this of its largest: round-off (corr = 1)
 # C's eigen-directions below this of its largest are not stepped along (0 where some grid
 # points need them; the flattened state repeats K's symmetric entries, so C is singular; a
@@ -743,7 +748,8 @@ class _Walk:
                       "probability, which no practical width samples", pointwise=True)
             return
         kurtosis = self._uniform_weights(chain, base, ctx)
-        self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], kurtosis, top=True)
+        self._push_draw(lambda s, extra=None: chain_law(chain, s, ctx, extra=extra), chain, ctx,
+                        kurtosis)
         if self.lost or self._beyond_float64(self.frames[-1], ctx):  # (the features' scale)
             return
         top = self.frames[-1]
@@ -771,6 +777,33 @@ class _Walk:
         return [f.m for f in outer_frames], [[_cross_gram(outer_frames, i, j)
                                               for j in range(len(outer_frames))]
                                              for i in range(len(outer_frames))]
+
+    def _push_draw(self, law, chain, ctx: Context, kurtosis=None):
+        """:meth:`push` of the top frame through ``law`` (a chain's, law(s, extra=None)). Where
+        the chain opens with a Dense whose bias has a fan-in part (``sigma_b_fan_in``: its
+        variance c / n_in, n_in = fan_in N), that variance moves the law's mean by dF/de c /
+        n_in (F: the law with e added to the Dense's output variance), a first-order term of
+        its own: b gains dF/de c / fan_in, by one-sided differences at e = h, 2h (Richardson,
+        O(h^2); h = BIAS_STEP of the output variance; e 1 1^T keeps every Gram positive),
+        taped as a draw's bias for the adjoint."""
+        frames = self.frames
+        self.push(lambda fr: fr[:-1] + [law(fr[-1])], kurtosis, top=True)
+        dense = chain[0] if chain and isinstance(chain[0], Dense) else None
+        if self.lost or dense is None or is_zero(dense.sigma_b_fan_in):
+            return
+        c = np.asarray(ctx.p(dense.sigma_b_fan_in), dtype=float) ** 2 / np.asarray(self.fan_in)
+        K = _true(self.law(dense, frames[-1], ctx))[0]
+        var = np.min(np.diagonal(K, axis1=-2, axis2=-1)[..., :1 if self.tangent else None], -1)
+        h = BIAS_STEP * np.where(var > 0, var, 1.0)  # (0: a branch of zero weights, x + 0 F(x))
+        out = self.frames
+
+        def moved(e):
+            return flatten(frames[:-1] + [law(frames[-1], extra=e)], out) - flatten(out, out)
+
+        shift = (4 * moved(h) - moved(2 * h)) / (2 * h[..., None]) * c[..., None]
+        self.b = self.b + shift
+        if self.tape is not None:
+            self.tape.append(("bias", shift))
 
     def _add_draw(self, sigma, bias=None):
         """A draw's fluctuation on the top frame's statistics, per 1 / n (n the stream's width
@@ -811,19 +844,19 @@ class _Walk:
             if self._beyond_float64(f, self.norm_ctx, fourth=True):
                 break
         if self.tangent:  # the pair (x, J t): the norm's Jacobian on t (or t starting after
-            def norm_input(s):  # it: ``after``), then (f, f' J t)
-                return _tangent_chain(pre, s, ctx, after=after_dense) if pre else s
+            def norm_input(s, extra=None):  # it: ``after``), then (f, f' J t)
+                return _tangent_chain(pre, s, ctx, after=after_dense, extra=extra) if pre else s
 
-            def law(s, at=None):
-                out = _tangent_norm(norm, norm_input(s), ctx, after=after, at=at)
+            def law(s, at=None, extra=None):
+                out = _tangent_norm(norm, norm_input(s, extra), ctx, after=after, at=at)
                 return _tangent_chain(post, out, ctx) if post else out
         else:  # (lost: the laws' own log scales, which stay finite where true units do not)
             def norm_input(s):
                 return _apply(pre, s, ctx)
 
-            def law(s, at=None):
+            def law(s, at=None, extra=None):
                 if at is None:
-                    return (_apply if self.lost else _unit_chain)(chain, s, ctx)
+                    return (_apply if self.lost else _unit_chain)(chain, s, ctx, extra)
                 return _unit_chain(post, _tangent_norm(norm, norm_input(s), ctx, tangent=False,
                                                        at=at), ctx)
         def held(ref):  # the law with the norm's statistics held at ref's (uniform weights)
@@ -832,7 +865,7 @@ class _Walk:
 
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             kurtosis = self._uniform_weights(chain, self.frames, ctx, held)
-            self.push(lambda fr: fr[:-1] + [law(fr[-1])], kurtosis, top=True)
+            self._push_draw(law, chain, ctx, kurtosis)
         if self.lost or self._beyond_float64(self.frames[-1], ctx):
             return
         got = post_norm_noise(linear, norm, post, gauss, np.exp(-self.frames[-1].ls),
@@ -951,15 +984,16 @@ class _Walk:
                   pointwise=True)
         return True
 
-    def law(self, op: Op, s: Moments, ctx: Context) -> Moments:
+    def law(self, op: Op, s: Moments, ctx: Context, extra=None) -> Moments:
         """The op's infinite-width law; in a tangent walk, that of the pair (x, J t) (a Scale
-        is linear: its own law serves both)."""
+        is linear: its own law serves both). ``extra``: a Dense's output variance raised by
+        it (true units, :meth:`_push_draw`)."""
         if not self.tangent or isinstance(op, Scale):
-            return op.theory_forward(s, ctx)
+            return _apply([op], s, ctx, extra)
         if _is_norm(op):
             return _tangent_norm(op, s, ctx, after=self.after_norm)
         if isinstance(op, Dense):
-            return _tangent_dense(op, s, ctx, after=self.after_dense)
+            return _tangent_dense(op, s, ctx, after=self.after_dense, extra=extra)
         return _tangent_affine(op, s, ctx)
 
     def lose(self, why: str, pointwise: bool = False, below: bool = False):
@@ -1135,9 +1169,14 @@ class _Walk:
             self.to_unit_diagonal()
         elif self._gaussian_chain():
             chain, ctx, self.chain = self.chain, self.chain_ctx, []
+
+            def law(s, extra=None):
+                s = self.law(chain[0], s, ctx, extra)
+                return to_unit_diagonal(functools.reduce(lambda s, op: self.law(op, s, ctx),
+                                                         chain[1:], s))
+
             with np.errstate(over="ignore", invalid="ignore"):  # (checked where it is drawn)
-                self.push(lambda fr: [to_unit_diagonal(
-                    functools.reduce(lambda s, op: self.law(op, s, ctx), chain, fr[0]))], top=True)
+                self._push_draw(law, chain, ctx)
         if self.tangent and not self.lost and len(self.frames) == 1:
             self.rescale_tangent()
 
@@ -1180,18 +1219,23 @@ def _is_norm(op: Op) -> bool:
     return isinstance(op, (LayerNorm, RMSNorm))
 
 
-def _apply(chain, s, ctx):
-    for op in chain:
+def _apply(chain, s, ctx, extra=None):
+    """The chain's laws in turn; ``extra``: a variance (true units) added to every entry of
+    its first op's output Gram (a Dense's: :meth:`_Walk._push_draw`)."""
+    for i, op in enumerate(chain):
         s = op.theory_forward(s, ctx)
+        if i == 0 and extra is not None:
+            e = np.exp(-s.ls)
+            s = s.replace(K=s.K + np.asarray(extra)[..., None, None] * outer(e, e))
     return s
 
 
-def _unit_chain(chain, s, ctx):
+def _unit_chain(chain, s, ctx, extra=None):
     """The law of a fresh stream's features (:func:`_apply`) in scaled units of unit diagonal:
     a law that hands back true units (gelu, silu, elu: not homogeneous) would leave the walk's
     state ~q until the next rescale (never, in a residual branch), where the central
     differences' step is round-off (log q's correction -1e15 at q = 1e12)."""
-    out = _apply(chain, s, ctx)
+    out = _apply(chain, s, ctx, extra)
     return _scaled(out, *_true(out))
 
 
@@ -1717,14 +1761,16 @@ def _true(f: Moments):
             [f.cross(r) * e[..., None, :] for r in f.refs])
 
 
-def _tangent_dense(op: Dense, s: Moments, ctx: Context, after: bool = False) -> Moments:
+def _tangent_dense(op: Dense, s: Moments, ctx: Context, after: bool = False,
+                   extra=None) -> Moments:
     """Dense on the pair (x, t): (W x + b, W t), K' = sigma_w^2 K + sigma_b^2 E_00 (no bias on
     the tangent); refs and law those of the op's own law (decoupled, Gaussian). ``after``: t
     starts at the output, N(0, 1) per feature independent of the weights (t in ``s`` is a
-    placeholder): K'_tt = 1, K'_xt = 0."""
+    placeholder): K'_tt = 1, K'_xt = 0. ``extra``: added to sigma_b^2 (:func:`_apply`)."""
     out = op.theory_forward(s, ctx)
+    bias = np.asarray(ctx.p(op.sigma_b), dtype=float) ** 2 + (0.0 if extra is None else extra)
     K = _true(s)[0] * np.asarray(ctx.p(op.sigma_w), dtype=float)[..., None, None] ** 2 \
-        + np.asarray(ctx.p(op.sigma_b), dtype=float)[..., None, None] ** 2 * E00
+        + np.asarray(bias)[..., None, None] * E00
     if after:
         K = K * outer(X_ROW, X_ROW) + E11
     return _scaled(out, K, np.zeros(K.shape[:-1]))
@@ -1770,14 +1816,15 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context, after: bool = False, tangent
     return _scaled(out, M @ Kc @ MT, np.einsum("...ij,...j->...i", M, m - c), X)
 
 
-def _tangent_chain(chain, s: Moments, ctx: Context, after: bool = False) -> Moments:
+def _tangent_chain(chain, s: Moments, ctx: Context, after: bool = False,
+                   extra=None) -> Moments:
     """The law of the features (f(h), f'(h) tau) after a Dense (h, tau) and elementwise ops f
     (true units inside): with tau = beta h + xi (xi independent of h, variance v), 1-D Gaussian
     expectations over h: E f'^2 tau^2 = beta^2 E h^2 f'^2 + v E f'^2, E f f' tau =
-    beta E h f f', E f' tau = beta E h f'. ``after``: t starts at the Dense's output
+    beta E h f f', E f' tau = beta E h f'. ``after``, ``extra``: the Dense's
     (:func:`_tangent_dense`)."""
     dense = bool(chain) and isinstance(chain[0], Dense)
-    K = _true(_tangent_dense(chain[0], s, ctx, after) if dense else s)[0]
+    K = _true(_tangent_dense(chain[0], s, ctx, after, extra) if dense else s)[0]
     elementwise = chain[1:] if dense else chain
     u, w = gaussian_rule(K[..., :1, :1], _bend(elementwise, ctx), _degree(elementwise, ctx))
     y, vq = _features(elementwise, np.concatenate([u, np.ones_like(u)], -1), ctx, tangent=True)
@@ -2692,6 +2739,7 @@ def _mean_mode_blocks(net: Op):
         if not (len(kids) == 2 and isinstance(kids[0], Dense) and isinstance(kids[1], Act)
                 and isinstance(blk.alpha, float) and blk.beta == 1.0
                 and isinstance(kids[0].sigma_w, float) and kids[0].sigma_b == 0.0
+                and kids[0].sigma_b_fan_in == 0.0
                 and kids[0].ratio == 1.0 and get_activation(kids[1].name).degree == 1):
             return None
         out.append((blk.alpha, kids[0].sigma_w, get_activation(kids[1].name)))

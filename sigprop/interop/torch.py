@@ -14,8 +14,8 @@ What maps to what (anything else is refused, each module named with its place in
   law Gaussian: see ``Dense``), ratio =
   n_out / n_in, the weight law uniform when the weights' kurtosis says so (``weights=
   "empirical"``, the default); ``weights="init"``: torch's default init by name, W ~
-  U(+-1/sqrt(n_in)) (sigma_w^2 = 1/3) and its bias variance 1/(3 n_in) taken at its
-  infinite-width limit 0 (a 1/N effect, removed with the width extrapolation of ``sp.compare``).
+  U(+-1/sqrt(n_in)) (sigma_w^2 = 1/3) and its bias U(+-1/sqrt(n_in)), of variance 1/(3 n_in):
+  ``sigma_b_fan_in^2 = 1/3``, 0 at infinite width, a 1/N term of ``sp.theory(..., width=N)``.
   Weights whose mean is far from 0 (|mean| > 6 standard errors) are refused: the law assumes
   zero-mean weights.
 * ``nn.LayerNorm`` / ``nn.RMSNorm`` / ``nn.BatchNorm1d`` (train mode, or without running
@@ -260,7 +260,8 @@ class _Converter:
     def _dense(self, lin):
         n_in, n_out = lin.in_features, lin.out_features
         if self.weights == "init":
-            return Dense(sigma_w=math.sqrt(1 / 3), sigma_b=0.0, ratio=n_out / n_in, init="uniform")
+            return Dense(sigma_w=math.sqrt(1 / 3), ratio=n_out / n_in, init="uniform",
+                         sigma_b_fan_in=0.0 if lin.bias is None else math.sqrt(1 / 3))
         W = lin.weight.detach().double().cpu().numpy().ravel()
         mean, var = W.mean(), W.var()
         if W.size > 1 and abs(mean) > MEAN_Z * math.sqrt(var / W.size):

@@ -54,12 +54,18 @@ class Dense(Op):
     (an activation after it off by ~40 standard errors at N = 4096, sigma_b = 1.5), a law the
     theory does not carry. torch's own bias, U(+-1/sqrt(n_in)) of variance 1/(3 n_in), differs
     from the Gaussian one by its 4th cumulant, an O(1/N^2) effect.
+
+    ``sigma_b_fan_in``: a bias variance that falls with the input width, b_i ~ N(0, sigma_b^2 +
+    sigma_b_fan_in^2 / n_in) (torch's U(+-1/sqrt(n_in)): sigma_b_fan_in^2 = 1/3). It leaves
+    the infinite-width law; at width N its first-order part is the law's derivative in
+    sigma_b^2 times sigma_b_fan_in^2 / n_in (:mod:`sigprop.engines.finite_width`).
     """
 
     sigma_w: Any = 1.0
     sigma_b: Any = 0.0
     ratio: Any = 1.0
     init: str = field(default="normal", metadata={"omit_default": True})
+    sigma_b_fan_in: Any = field(default=0.0, metadata={"omit_default": True})
     SYMBOLIC_ROLES: ClassVar[dict[str, str]] = {"sigma_w": "sigma_w", "sigma_b": "sigma_b", "ratio": "ratio"}
 
     def __post_init__(self):
@@ -68,6 +74,8 @@ class Dense(Op):
         object.__setattr__(self, "sigma_w", check("Dense.sigma_w", self.sigma_w, *NONNEG_SQUARABLE))
         object.__setattr__(self, "sigma_b", check("Dense.sigma_b", self.sigma_b, *NONNEG_SQUARABLE))
         object.__setattr__(self, "ratio", check("Dense.ratio", self.ratio, *POSITIVE))
+        object.__setattr__(self, "sigma_b_fan_in", check("Dense.sigma_b_fan_in",
+                                                         self.sigma_b_fan_in, *NONNEG_SQUARABLE))
 
     def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
@@ -114,9 +122,11 @@ class Dense(Op):
         else:
             a, res = env.sampler.forward(x.x, std, n_out, env)
         y = mc.Sig(a, x.ls)
-        if self.sigma_b:  # Gaussian whatever the init (class docstring)
+        sigma_b = (self.sigma_b**2 + self.sigma_b_fan_in**2 / n_in) ** 0.5 \
+            if self.sigma_b_fan_in else self.sigma_b
+        if sigma_b:  # Gaussian whatever the init (class docstring)
             z = env.normal(BIAS, (1, n_out))
-            y = mc.weighted_sum(1.0, y, self.sigma_b, mc.Sig(z, env.xp.zeros_like(x.ls[:, :1])))
+            y = mc.weighted_sum(1.0, y, sigma_b, mc.Sig(z, env.xp.zeros_like(x.ls[:, :1])))
         return y, (n_in, res, _log_sq_norm(x))
 
     def mc_vjp(self, res, g, env):

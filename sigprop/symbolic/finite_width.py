@@ -9,8 +9,10 @@ u ~ N(0, K_u) (K_u the Dense's law), assembled by the engine's own
 :func:`~sigprop.engines.finite_width.noise_of_moments`. With E delta = b/N, Cov delta = C/N
 for the input's deviation, the delta method (sympy derivatives of F) gives
 
-    b' = J b + 1/2 H:C,     C' = J C J^T + Sigma,
+    b' = J b + 1/2 H:C + beta,     C' = J C J^T + Sigma,
 
+beta = sigma_b_fan_in^2 dF/d(sigma_b^2) where the Dense's bias has a fan-in part (variance
+sigma_b_fan_in^2 / N: a shift of the law, first order), else 0;
 and a statistic s of the state has E s = s_inf + (grad s . b + 1/2 H_s:C)/N, Var s =
 grad s C grad s^T / N. The engine computes J, H by central differences and Sigma by quadrature;
 here they are exact.
@@ -25,6 +27,7 @@ E[phi(u)^3], E[phi(u)^4] left as Gaussian integrals (:func:`~sigprop.kernels.int
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from dataclasses import dataclass
 
@@ -128,13 +131,15 @@ def feature_moments(act, Ku):
 @dataclass
 class LayerLaw:
     """One layer Dense -> Act on the unique Gram entries x: law F, its Jacobian J and Hessians
-    H (sympy derivatives), and the feature noise Sigma (all functions of x)."""
+    H (sympy derivatives), the feature noise Sigma and the fan-in bias's term beta (all
+    functions of x)."""
 
     x: tuple
     F: sympy.Matrix
     J: sympy.Matrix
     H: list
     Sigma: sympy.Matrix
+    beta: sympy.Matrix
 
 
 def layer_law(block: Op, B: int) -> LayerLaw:
@@ -150,13 +155,18 @@ def layer_law(block: Op, B: int) -> LayerLaw:
     s = Moments(K=_gram(x), m=zero, ls=zero.copy(), law=GENERAL)
     ctx = Context(ns=SYMBOLIC, path="Serial")
     Ku, _ = true_moments(kids[0].theory_forward(s, ctx), ctx.path, SYMBOLIC)
-    K1, _ = true_moments(block.theory_forward(s, ctx), ctx.path, SYMBOLIC)
     idx = _unique(B)
-    F = sympy.Matrix([K1.reshape(-1)[i] for i in idx])
+    e = sympy.Symbol("e", nonnegative=True)  # a variance added to the bias's
+    biased = dataclasses.replace(kids[0], sigma_b=sympy.sqrt(sympy.sympify(kids[0].sigma_b)**2
+                                                             + e))
+    K1, _ = true_moments(Serial(biased, kids[1]).theory_forward(s, ctx), ctx.path, SYMBOLIC)
+    Fe = sympy.Matrix([K1.reshape(-1)[i] for i in idx])
+    F = Fe.subs(e, 0)
+    beta = sympy.sympify(kids[0].sigma_b_fan_in) ** 2 * Fe.diff(e).subs(e, 0)
     sigma = noise_of_moments(*feature_moments(get_activation(kids[1].name), Ku), [], [])
     Sigma = sympy.Matrix([[sigma[i, j] for j in idx] for i in idx])
     X = sympy.Matrix(x)
-    return LayerLaw(x, F, F.jacobian(X), [sympy.hessian(f, X) for f in F], Sigma)
+    return LayerLaw(x, F, F.jacobian(X), [sympy.hessian(f, X) for f in F], Sigma, beta)
 
 
 def _contract(H, C):
@@ -165,11 +175,11 @@ def _contract(H, C):
                sympy.Integer(0) if isinstance(C, sympy.MatrixBase) else 0.0)
 
 
-def delta_step(J, H, Sigma, b, C):
-    """(b', C') = (J b + 1/2 H:C, J C J^T + Sigma): one layer of the delta method, on sympy
-    matrices (b a column) or on numpy arrays (b a vector) alike."""
+def delta_step(J, H, Sigma, b, C, beta=0):
+    """(b', C') = (J b + 1/2 H:C + beta, J C J^T + Sigma): one layer of the delta method, on
+    sympy matrices (b, beta columns) or on numpy arrays (vectors) alike."""
     vec = sympy.Matrix if isinstance(J, sympy.MatrixBase) else np.array
-    return J @ b + vec([_contract(h, C) / 2 for h in H]), J @ C @ J.T + Sigma
+    return J @ b + vec([_contract(h, C) / 2 for h in H]) + beta, J @ C @ J.T + Sigma
 
 
 def delta_statistic(g, H, b, C):
@@ -183,7 +193,7 @@ def delta_statistic(g, H, b, C):
 
 def step(law: LayerLaw, b, C):
     """:func:`delta_step` of the law (sympy, at the law's symbolic state x)."""
-    return delta_step(law.J, law.H, law.Sigma, b, C)
+    return delta_step(law.J, law.H, law.Sigma, b, C, law.beta)
 
 
 def statistic(s, x, b, C):
@@ -231,7 +241,7 @@ def iterate(law: LayerLaw, values: dict, x0, depth: int):
     from sigprop.symbolic.evaluation import evaluate
 
     D = len(law.x)
-    parts = [p.subs(values) for p in (law.F, law.J, *law.H, law.Sigma)]
+    parts = [p.subs(values) for p in (law.F, law.J, *law.H, law.Sigma, law.beta)]
 
     def num(M, x):
         at = dict(zip(law.x, x))
@@ -245,8 +255,8 @@ def iterate(law: LayerLaw, values: dict, x0, depth: int):
     rows = []
     for layer in range(depth + 1):
         if layer:
-            F, J, *H, Sig = (num(p, x) for p in parts)
-            b, C = delta_step(J, H, Sig, b, C)
+            F, J, *H, Sig, beta = (num(p, x) for p in parts)
+            b, C = delta_step(J, H, Sig, b, C, beta[:, 0])
             x = F[:, 0]
         at = {k: (np.asarray(g(x), dtype=float)[0], np.asarray(h(x), dtype=float))
               for k, (g, h) in grads.items()}
