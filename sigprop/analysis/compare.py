@@ -24,8 +24,12 @@ variable and layer is fitted as T(N) = T_inf + a/N (+ b/N^2 with three or more w
 weighted least squares on the per-width estimates (weights 1/se^2; seeds are independent
 across widths, so the estimates are too), and T_inf, with its standard error from the fit's
 covariance, is tested against the theory; the fitted a and its standard error are reported
-(stats ``a`` and ``a_stderr``: a measured finite-width coefficient). With one width nothing is
-allowed beyond the standard error, and the attrs say that finite-width bias was not removed.
+(stats ``a`` and ``a_stderr``: a measured finite-width coefficient). With one width N the bias
+stays in the estimate: a theory from ``sp.theory(net, inputs, width=W)`` is then compared with
+its first-order prediction at N, T_inf + a/N (its a/W times W/N; :func:`first_order`: q, corr,
+mean and grad_q, on the estimator's scale), and otherwise nothing is allowed beyond the
+standard error; the attrs say which. With several widths such a theory's a is reported beside
+the fitted one (stat ``a_theory``).
 
 Heavy tails. The tail index of each per-seed sample is estimated (Hill, :func:`tail_index`).
 Where the variance is not finite (the upper 95 % bound of the index is below 2) the sample mean
@@ -37,9 +41,10 @@ Same experiment. ``compare`` reads the ``config`` attrs of both datasets and ref
 ``prefix=True`` accepts a Monte Carlo of the theory's first blocks only (forward statistics on
 the shared layers; gradients, which depend on the blocks above, are skipped).
 
-z = (estimate - theory) / sqrt(se^2 + (rtol * theory)^2): the floor ``rtol`` (default 1e-5,
-float32 rounding of Monte Carlo sums) keeps exact entries (layer 0, the diagonal of corr) from
-dividing by zero. Under the null z is close to Student t with S - 1 degrees of freedom; the
+z = (estimate - theory) / sqrt(se^2 + floor^2), floor = rtol * |theory| on the linear scale and
+rtol on the log scale (a relative error of X is an absolute one of log X): the floor ``rtol``
+(default 1e-5, float32 rounding of Monte Carlo sums) keeps exact entries (layer 0, the diagonal
+of corr; log q = 0 there too) from dividing by zero. Under the null z is close to Student t with S - 1 degrees of freedom; the
 nominal rate of |z| > k is reported beside the observed one.
 
 Where the theory is exact at any width. For ``E q``: in a net of Dense, ReLU / linear
@@ -80,6 +85,11 @@ DESCRIPTION = {
 }
 STATS = ("estimate", "stderr", "theory", "z")
 FIT_STATS = ("a", "a_stderr")  # the fitted finite-width coefficient T(N) = T_inf + a/N + ...
+THEORY_A = "a_theory"  # beside them: the coefficient a of a theory at finite width
+FIRST_ORDER = {  # the variables of sp.theory(..., width=N) each compared variable reads
+    "q": ("q_rel_correction", "log_q_correction"),
+    "grad_q": ("grad_q_rel_correction", "var_log_grad_q"),
+    "corr": ("corr_correction",), "mean": ("mean_correction",)}
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
@@ -227,29 +237,47 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     if not names:
         raise ConfigError("variables", variables, f"some of {VARIABLES} present in both datasets"
                           + (f" (skipped: {skipped})" if skipped else ""))
-    th, mc = _align(theory[names], mc[names])
+    terms = [v for name in names for v in FIRST_ORDER.get(name, ()) if v in theory]
+    one_width = mc.attrs.get("width") if "width" not in mc.dims else None
+    th, mc = _align(theory[names + terms], mc[names])
     widths = [int(w) for w in mc["width"].values] if "width" in mc.dims else []
-    out, attrs = {}, {}
+    if len(widths) == 1:
+        one_width = widths[0]
+    out, attrs, corrected = {}, {}, []
     for name in names:
         est_name = choose(mc[name], name, estimator)
         est, se = estimate(mc[name], est_name)
         ref = th[name] if est_name == "mean" else _log(th[name])
         heavy = infinite_variance(mc[name]) if est_name == "mean" else xr.zeros_like(est, bool)
+        term = first_order(th, name, est_name, int(one_width) if one_width else 1)
+        if term is not None and one_width:
+            ref = ref + term.fillna(0.0)
+            corrected.append(name)
+            missing = int(term.isnull().sum())
+            if missing:
+                attrs[f"first_order_missing_{name}"] = (
+                    f"{missing} points where the theory has no first-order term (NaN: an op with "
+                    "no finite-width rule, see its warning): compared with T_inf there")
+        floor = rtol * (abs(ref) if est_name == "mean" else 1.0)
         fit = None
         if len(widths) >= 2:
-            fit = extrapolate(est, se, rtol * abs(ref))
+            fit = extrapolate(est, se, floor)
             est, se = fit["T_inf"], fit["T_inf_stderr"]
         if "width" in heavy.dims:
             heavy = heavy.any("width")
         est, se = (v.squeeze("width", drop=True) if "width" in v.dims else v for v in (est, se))
-        scale = np.sqrt(se**2 + (rtol * np.abs(ref)) ** 2)
+        scale = np.sqrt(se**2 + floor**2)
         with np.errstate(divide="ignore", invalid="ignore"):
             z = xr.where(est == ref, 0.0, (est - ref) / scale).where(~heavy)
-        parts = [est, se, ref.broadcast_like(est), z]
+        parts, stat = [est, se, ref.broadcast_like(est), z], list(STATS)
         if fit is not None:
             parts += [fit["a"], fit["a_stderr"]]
+            stat += FIT_STATS
+            if term is not None:
+                parts.append(term)
+                stat.append(THEORY_A)
         da = xr.concat([p.broadcast_like(est) for p in parts], dim="stat")
-        out[name] = da.assign_coords(stat=list(STATS + (FIT_STATS if fit is not None else ())))
+        out[name] = da.assign_coords(stat=stat)
         out[name] = out[name].transpose("stat", ...)
         n_heavy = int(heavy.sum())
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
@@ -264,8 +292,10 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     per_point = mc[names[0]].notnull().sum("seed")
     seeds = int(per_point.where(per_point > 0).min().fillna(mc["seed"].size))
     ds.attrs = {"kind": "comparison", "seeds": seeds, "rtol": rtol, "experiment": same,
-                "z": "(estimate - theory) / sqrt(stderr^2 + (rtol * theory)^2)",
-                "finite_width": _finite_width_note(widths, mc.attrs.get("width")),
+                "z": "(estimate - theory) / sqrt(stderr^2 + floor^2), floor = rtol * |theory| "
+                     "(linear scale) or rtol (log scale)",
+                "finite_width": _finite_width_note(widths, one_width, corrected,
+                                                   theory.attrs.get("width")),
                 "tails": ("Hill tail index per sample; variance called infinite where its upper "
                           "95 % bound is < 2" if seeds >= MIN_TAIL_SEEDS else
                           f"tail index not estimated (fewer than {MIN_TAIL_SEEDS} seeds)"), **attrs,
@@ -319,13 +349,45 @@ def extrapolate(est: xr.DataArray, se: xr.DataArray, floor=0.0) -> dict[str, xr.
             "a": da(n0 * beta[..., 1]), "a_stderr": da(n0 * np.sqrt(cov[..., 1, 1]))}
 
 
-def _finite_width_note(widths, width_attr) -> str:
+def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
+    """The first-order term a/N at width N = ``width`` that ``sp.theory(net, inputs, width=W)``
+    predicts for ``name`` on the scale of the estimator ``est_name`` (its stored a/W times
+    W/N), or None where it has none: E q = q (1 + c_q/N) and E log q = log q + a_q/N, E corr and
+    E mean plus their terms (``mean`` estimator only), E grad_q = grad_q (1 + c/N) and E log
+    grad_q = log grad_q + (c - v/2)/N (v: N Var log grad_q; log E X - E log X = Var log X / 2 at
+    leading order). ``lognormal`` estimates log E X (c/N); ``logmean`` and ``median`` E log X
+    (the median of a log-normal's log is its mean)."""
+    W = theory.attrs.get("width")
+    terms = FIRST_ORDER.get(name, ())
+    log = est_name in ("logmean", "median")
+    need = terms[:2 if log else 1]
+    if W is None or not terms or any(v not in theory for v in need) or \
+            len(terms) == 1 and est_name != "mean":
+        return None
+    if len(terms) == 1:  # corr, mean
+        term = theory[terms[0]]
+    elif est_name == "mean":
+        term = theory[name] * theory[terms[0]]
+    elif not log:  # lognormal
+        term = theory[terms[0]]
+    else:
+        term = theory[terms[1]] if name == "q" else theory[terms[0]] - theory[terms[1]] / 2
+    return term * (float(W) / width)
+
+
+def _finite_width_note(widths, width, corrected, theory_width) -> str:
     if len(widths) >= 2:
         model = "T_inf + a/N" + (" + b/N^2" if len(widths) >= 3 else "")
         return (f"removed: T(N) = {model} fitted over widths {widths} by weighted least squares; "
-                "estimate/stderr are T_inf and its standard error, a is the fitted coefficient")
-    return (f"not removed: one width ({widths[0] if widths else width_attr}); no allowance "
-            "beyond the standard error, so an O(1/N) bias of the theory shows as z")
+                "estimate/stderr are T_inf and its standard error, a is the fitted coefficient"
+                + (f" and a_theory the theory's (sp.theory(..., width={theory_width}))"
+                   if corrected or theory_width else ""))
+    if corrected:
+        return (f"first order: at the one width {width} the theory is T_inf + a/N, a from "
+                f"sp.theory(..., width={theory_width}) (for {', '.join(corrected)}; the other "
+                "variables at T_inf, an O(1/N) bias left to show as z)")
+    return (f"not removed: one width ({width}); no allowance beyond the standard error, so an "
+            "O(1/N) bias of the theory shows as z")
 
 
 def _config(ds: xr.Dataset) -> dict | None:
