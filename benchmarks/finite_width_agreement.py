@@ -515,9 +515,10 @@ TORCH_WIDTHS = [64, 128, 256, 512]
 
 def torch_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
     """Real torch nets at their default init, Linear -> LayerNorm -> Tanh twice -> Linear, over
-    re-initialisations (`sp.simulate_torch`): N (E_mc - T_inf(N)) fitted as c + b/N against the
-    predicted coefficient c. torch's bias U(+-1/sqrt(n)) has variance 1/(3 n), O(1/N) itself:
-    it is put in the net at each width (in T_inf(N)), so c is the walk's alone."""
+    re-initialisations (`sp.simulate_torch`): N (E_mc - T_inf) fitted as c + b/N against the
+    predicted coefficient c of the import (`weights="init"`: uniform weights, and torch's bias
+    U(+-1/sqrt(n)), of variance 1/(3 n): ``sigma_b_fan_in^2 = 1/3``, 0 in T_inf). Beside it,
+    the prediction without the bias's term and with Gaussian weights."""
     import dataclasses
 
     import torch
@@ -534,42 +535,48 @@ def torch_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
         return nn.Sequential(nn.Linear(N, N), nn.LayerNorm(N), nn.Tanh(), nn.Linear(N, N),
                              nn.LayerNorm(N), nn.Tanh(), nn.Linear(N, N))
 
-    found, predicted = {}, {}  # (predicted: with uniform weights, and with Gaussian ones)
+    net = from_torch(model(8).eval(), torch.randn(2, 8), weights="init")  # (any width)
+    no_bias = sp.Serial(*[dataclasses.replace(op, sigma_b_fan_in=0.0)
+                          if isinstance(op, Dense) else op for op in net.layers])
+    nets = (net, no_bias, gaussian_weights(net))
+    coef = [coefficients(n, inputs)[0] for n in nets]
+    grad = [gradient_coefficient(n, inputs, layers=layers).coef[..., 0] for n in nets]
+    predicted = {f"E log q at layer {l}": [c["log_q"][l, 0] for c in coef] for l in (3, 7)}
+    predicted["E corr at layer 7"] = [c["corr"][7, 0, 1] for c in coef]
+    for k, l in enumerate(layers):
+        predicted[f"E grad_q / grad_q_inf at layer {l}"] = [g[k] for g in grad]
+    th = sp.theory(net, inputs)
+    found = {}
     for N in TORCH_WIDTHS:
-        imported = from_torch(model(N).eval(), torch.randn(2, N), weights="init")
-        net = sp.Serial(*[dataclasses.replace(op, sigma_b=math.sqrt(1 / (3 * N)))
-                          if isinstance(op, Dense) else op for op in imported.layers])
-        th = sp.theory(net, inputs)
-        coef = [coefficients(n, inputs)[0] for n in (net, gaussian_weights(net))]
-        grad = [gradient_coefficient(n, inputs, layers=layers).coef[..., 0]
-                for n in (net, gaussian_weights(net))]
         mc = simulate_torch(model(N), inputs, seeds=seeds, root_seed=3 + N, net=net)
-        stats = {f"E log q at layer {l}": (mc.log_q.values[:, l, 0], th.log_q.values[l, 0],
-                                           [c["log_q"][l, 0] for c in coef]) for l in (3, 7)}
-        stats["E corr at layer 7"] = (mc.corr.values[:, 7, 0, 1], th.corr.values[7, 0, 1],
-                                      [c["corr"][7, 0, 1] for c in coef])
-        for k, l in enumerate(layers):
+        stats = {f"E log q at layer {l}": (mc.log_q.values[:, l, 0], th.log_q.values[l, 0])
+                 for l in (3, 7)}
+        stats["E corr at layer 7"] = (mc.corr.values[:, 7, 0, 1], th.corr.values[7, 0, 1])
+        for l in layers:
             stats[f"E grad_q / grad_q_inf at layer {l}"] = (
-                np.exp(mc.log_grad_q.values[:, l, 0] - th.log_grad_q.values[l, 0]), 1.0,
-                [g[k] for g in grad])
-        for name, (x, inf, c) in stats.items():
+                np.exp(mc.log_grad_q.values[:, l, 0] - th.log_grad_q.values[l, 0]), 1.0)
+        for name, (x, inf) in stats.items():
             d = N * (x - inf)
             found.setdefault(name, []).append((d.mean(), d.std(ddof=1) / math.sqrt(seeds)))
-            predicted[name] = c  # (at the widest N: its bias's share of c is O(1/N))
-    table = [("| statistic | predicted | predicted, Gaussian weights | fitted ± SE | z | "
-              "z (Gaussian) |"), "|---|---|---|---|---|---|"]
+    table = [("| statistic | predicted | without the bias's term | Gaussian weights | "
+              "fitted ± SE | z | z (no bias term) | z (Gaussian) |"),
+             "|---|---|---|---|---|---|---|---|"]
     for name, est in found.items():
         c, se, _, _ = fit_inverse_width(TORCH_WIDTHS, *zip(*est))
-        table.append(_beside_gaussian(name, *predicted[name], c, se))
+        p = predicted[name]
+        table.append(f"| {name} | {p[0]:+.4g} | {p[1]:+.4g} | {p[2]:+.4g} | {c:+.4g} ± {se:.2g} | "
+                     + " | ".join(f"{(c - x) / se:+.2f}" for x in p) + " |")
+        print(table[-1], flush=True)
     intro = ("`benchmarks/finite_width_agreement.py --part torch-mlp`: torch nets "
              "`nn.Sequential(Linear, LayerNorm, Tanh, Linear, LayerNorm, Tanh, Linear)` at "
              f"torch {torch.__version__}'s default init, widths {TORCH_WIDTHS}, {seeds} "
              "re-initialisations per width (`sp.simulate_torch`, root seed 3 + N), inputs "
              "q = 1, corr = 0.5. Predicted: the 1/N coefficient c of `sp.theory(net, inputs, "
-             "width=N)` for the import (`sp.from_torch(..., weights='init')`: uniform weights) "
-             "with torch's bias variance 1/(3 N) put in at each width; fitted: N (E - T_inf(N)) "
-             "as c + b/N (T_inf(N) the infinite-width theory with that bias). Beside it, the "
-             "prediction for the same net with Gaussian weights.")
+             "width=N)` for the import as it is (`sp.from_torch(..., weights='init')`: uniform "
+             "weights, and the bias's variance 1/(3 n_in) as `sigma_b_fan_in^2 = 1/3`, 0 at "
+             "infinite width); fitted: N (E - T_inf) as c + b/N, T_inf the import's "
+             "infinite-width theory. Beside it, the predictions for the same net without the "
+             "bias's term (`sigma_b_fan_in = 0`) and with Gaussian weights.")
     return _write("Finite width: torch MLPs at their default init", out, [intro, "", *table])
 
 
