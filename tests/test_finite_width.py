@@ -661,13 +661,30 @@ def test_a_fan_in_bias_matches_the_exact_recursion(act, B):
     from sigprop.symbolic import finite_width as F
 
     blk = sp.Serial(sp.Dense(1.3, 0.4, sigma_b_fan_in=0.8), sp.Act(act))
-    exact = F.iterate(F.layer_law(blk, B), {}, (1.0, 0.5, 1.0)[:2 * B - 1] if B == 2 else (1.0,),
-                      10)
-    got = fw.coefficients(sp.Repeat(blk, 10), PAIR)[0]
+    exact = F.iterate(F.layer_law(blk, B), {}, (1.0, 0.5, 1.0) if B == 2 else (1.0,), 10)
+    got = fw.coefficients(sp.Repeat(blk, 10), PAIR if B == 2 else sp.Inputs(q=1.0))[0]
     for l in (1, 5, 10):
         assert abs(got["log_q"][l, 0] - exact[l]["log_q"][0]) < 3e-9 * l**2, l
         if B == 2:
             assert abs(got["corr"][l, 0, 1] - exact[l]["corr"][0]) < 3e-9 * l**2, l
+
+
+def test_a_swept_fan_in_bias_is_each_points():
+    """sigma_b_fan_in swept (with sigma_w beside it): every grid point's finite-width variables
+    are those of its own net (the infinite-width law does not depend on it, so the walk's frames
+    take its grid; measured equal to the last bit)."""
+    def net(c, sw):
+        return sp.Serial(sp.Dense(sw, 0.3, sigma_b_fan_in=c), sp.Act("tanh"), sp.Residual(
+            sp.Serial(sp.Dense(1.0, 0.3, sigma_b_fan_in=c), sp.Act("relu"), sp.Dense(1.0))))
+
+    ds = sp.theory(net(sp.Sweep("c", [0.5, 1.5]), sp.Sweep("sigma_w", [0.8, 1.2])), PAIR,
+                   width=128)
+    for c in (0.5, 1.5):
+        for sw in (0.8, 1.2):
+            one = sp.theory(net(c, sw), PAIR, width=128)
+            for v in ("log_q_correction", "corr_correction", "grad_q_rel_correction"):
+                got = ds[v].sel(c=c, sigma_w=sw).transpose(*one[v].dims).values
+                np.testing.assert_allclose(got, one[v].values, rtol=1e-12, atol=1e-15)
 
 
 def test_a_fan_in_bias_against_monte_carlo():

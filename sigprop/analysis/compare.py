@@ -27,9 +27,10 @@ covariance, is tested against the theory; the fitted a and its standard error ar
 (stats ``a`` and ``a_stderr``: a measured finite-width coefficient). With one width N the bias
 stays in the estimate: a theory from ``sp.theory(net, inputs, width=W)`` is then compared with
 its first-order prediction at N, T_inf + a/N (its a/W times W/N; :func:`first_order`: q, corr,
-mean and grad_q, on the estimator's scale), and otherwise nothing is allowed beyond the
+mean and grad_q, on the estimator's scale; not under ``median``, whose offset from the mean of a
+log is itself O(1/N), by log X's skewness), and otherwise nothing is allowed beyond the
 standard error; the attrs say which. With several widths such a theory's a is reported beside
-the fitted one (stat ``a_theory``).
+the fitted one (stat ``a_theory``, NaN where it has none).
 
 Heavy tails. The tail index of each per-seed sample is estimated (Hill, :func:`tail_index`).
 Where the variance is not finite (the upper 95 % bound of the index is below 2) the sample mean
@@ -44,12 +45,13 @@ the shared layers; gradients, which depend on the blocks above, are skipped).
 z = (estimate - theory) / sqrt(se^2 + floor^2), floor = rtol * |theory| on the linear scale and
 rtol on the log scale (a relative error of X is an absolute one of log X): the floor ``rtol``
 (default 1e-5, float32 rounding of Monte Carlo sums) keeps exact entries (layer 0, the diagonal
-of corr; log q = 0 there too) from dividing by zero. Under the null z is close to Student t with S - 1 degrees of freedom; the
-nominal rate of |z| > k is reported beside the observed one.
+of corr; log q = 0 there too) from dividing by zero. Under the null z is close to Student t
+with S - 1 degrees of freedom; the nominal rate of |z| > k is reported beside the observed one.
 
 Where the theory is exact at any width. For ``E q``: in a net of Dense, ReLU / linear
 activations and residual sums with zero-mean weights, E[q' | x] is a linear function of q
-(a Dense gives sigma_w^2 q + sigma_b^2 exactly for any N, a ReLU after a Dense gives
+(a Dense gives sigma_w^2 q + sigma_b^2 exactly for any N, plus sigma_b_fan_in^2 / n_in, the
+bias's fan-in part, which the infinite-width theory leaves out; a ReLU after a Dense gives
 sigma_w^2 q / 2 exactly, a residual sum adds the branch with zero cross term since the last
 Dense has mean-zero weights independent of x), so E q_L equals the infinite-width recursion by
 the tower rule. The feature mean after a Dense has expectation 0 exactly. Correlations,
@@ -238,18 +240,18 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("variables", variables, f"some of {VARIABLES} present in both datasets"
                           + (f" (skipped: {skipped})" if skipped else ""))
     terms = [v for name in names for v in FIRST_ORDER.get(name, ()) if v in theory]
-    one_width = mc.attrs.get("width") if "width" not in mc.dims else None
+    one_width = _one_width(mc)
+    if "width" in mc.coords and "width" not in mc.dims:  # (a stack cut to one width: read)
+        mc = mc.drop_vars("width")
     th, mc = _align(theory[names + terms], mc[names])
     widths = [int(w) for w in mc["width"].values] if "width" in mc.dims else []
-    if len(widths) == 1:
-        one_width = widths[0]
     out, attrs, corrected = {}, {}, []
     for name in names:
         est_name = choose(mc[name], name, estimator)
         est, se = estimate(mc[name], est_name)
         ref = th[name] if est_name == "mean" else _log(th[name])
         heavy = infinite_variance(mc[name]) if est_name == "mean" else xr.zeros_like(est, bool)
-        term = first_order(th, name, est_name, int(one_width) if one_width else 1)
+        term = first_order(th, name, est_name, one_width or 1)
         if term is not None and one_width:
             ref = ref + term.fillna(0.0)
             corrected.append(name)
@@ -273,8 +275,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         if fit is not None:
             parts += [fit["a"], fit["a_stderr"]]
             stat += FIT_STATS
-            if term is not None:
-                parts.append(term)
+            if "width" in theory.attrs:  # (NaN for a variable it has no term for)
+                parts.append(xr.full_like(est, np.nan) if term is None else term)
                 stat.append(THEORY_A)
         da = xr.concat([p.broadcast_like(est) for p in parts], dim="stat")
         out[name] = da.assign_coords(stat=stat)
@@ -352,27 +354,40 @@ def extrapolate(est: xr.DataArray, se: xr.DataArray, floor=0.0) -> dict[str, xr.
 def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     """The first-order term a/N at width N = ``width`` that ``sp.theory(net, inputs, width=W)``
     predicts for ``name`` on the scale of the estimator ``est_name`` (its stored a/W times
-    W/N), or None where it has none: E q = q (1 + c_q/N) and E log q = log q + a_q/N, E corr and
-    E mean plus their terms (``mean`` estimator only), E grad_q = grad_q (1 + c/N) and E log
-    grad_q = log grad_q + (c - v/2)/N (v: N Var log grad_q; log E X - E log X = Var log X / 2 at
-    leading order). ``lognormal`` estimates log E X (c/N); ``logmean`` and ``median`` E log X
-    (the median of a log-normal's log is its mean)."""
+    W/N), or None where it has none: ``mean``: E q = q (1 + c_q/N), E corr and E mean plus their
+    terms, E grad_q = grad_q (1 + c/N); ``lognormal`` (log E X): c/N for q and grad_q;
+    ``logmean`` (E log X): E log q's own term, and (c - v/2)/N for grad_q (v: N Var log grad_q;
+    log E X - E log X = Var log X / 2 at leading order). None under ``median``: the median of log
+    X sits O(1/N) from its mean (log X's skewness, which the theory does not give), the order
+    of the term itself; and for corr and mean under the log estimators (not theirs)."""
     W = theory.attrs.get("width")
-    terms = FIRST_ORDER.get(name, ())
-    log = est_name in ("logmean", "median")
-    need = terms[:2 if log else 1]
-    if W is None or not terms or any(v not in theory for v in need) or \
-            len(terms) == 1 and est_name != "mean":
+    if W is None or est_name == "median" or name not in FIRST_ORDER:
         return None
-    if len(terms) == 1:  # corr, mean
-        term = theory[terms[0]]
-    elif est_name == "mean":
-        term = theory[name] * theory[terms[0]]
-    elif not log:  # lognormal
-        term = theory[terms[0]]
+    if name in ("corr", "mean"):
+        needs = FIRST_ORDER[name] if est_name == "mean" else None
+    elif est_name == "logmean":
+        needs = FIRST_ORDER[name][1:] if name == "q" else FIRST_ORDER[name]
     else:
-        term = theory[terms[1]] if name == "q" else theory[terms[0]] - theory[terms[1]] / 2
+        needs = FIRST_ORDER[name][:1]
+    if needs is None or any(v not in theory for v in needs):
+        return None
+    term = theory[needs[0]]
+    if name == "grad_q" and est_name == "logmean":
+        term = term - theory[needs[1]] / 2
+    elif name in ("q", "grad_q") and est_name == "mean":
+        term = theory[name] * term
     return term * (float(W) / width)
+
+
+def _one_width(mc: xr.Dataset) -> int | None:
+    """The width of a Monte Carlo run at one width (a ``width`` dim of one value, a scalar
+    ``width`` coordinate, or its attr), else None."""
+    if "width" in mc.coords and mc["width"].size == 1:
+        return int(mc["width"].values.ravel()[0])
+    if "width" in mc.dims:
+        return None
+    width = mc.attrs.get("width")
+    return int(width) if isinstance(width, (int, np.integer)) else None
 
 
 def _finite_width_note(widths, width, corrected, theory_width) -> str:
@@ -386,8 +401,8 @@ def _finite_width_note(widths, width, corrected, theory_width) -> str:
         return (f"first order: at the one width {width} the theory is T_inf + a/N, a from "
                 f"sp.theory(..., width={theory_width}) (for {', '.join(corrected)}; the other "
                 "variables at T_inf, an O(1/N) bias left to show as z)")
-    return (f"not removed: one width ({width}); no allowance beyond the standard error, so an "
-            "O(1/N) bias of the theory shows as z")
+    return (f"not removed: one width ({width or 'not recorded'}); no allowance beyond the "
+            "standard error, so an O(1/N) bias of the theory shows as z")
 
 
 def _config(ds: xr.Dataset) -> dict | None:

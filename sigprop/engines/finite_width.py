@@ -780,8 +780,8 @@ class _Walk:
 
     def _push_draw(self, law, chain, ctx: Context, kurtosis=None):
         """:meth:`push` of the top frame through ``law`` (a chain's, law(s, extra=None)). Where
-        the chain opens with a Dense whose bias has a fan-in part (``sigma_b_fan_in``: its
-        variance c / n_in, n_in = fan_in N), that variance moves the law's mean by dF/de c /
+        the chain opens with a Dense whose bias has a fan-in part, of variance c / n_in (c =
+        ``sigma_b_fan_in``^2, n_in = fan_in N), that variance moves the law's mean by dF/de c /
         n_in (F: the law with e added to the Dense's output variance), a first-order term of
         its own: b gains dF/de c / fan_in, by one-sided differences at e = h, 2h (Richardson,
         O(h^2); h = BIAS_STEP of the output variance; e 1 1^T keeps every Gram positive),
@@ -1037,8 +1037,10 @@ class _Walk:
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
             ratio = np.asarray(ctx.p(op.ratio))
             self.widths[-1] = self.widths[-1] * ratio
-            if ratio.ndim:  # a swept ratio moves no law: the frames take its grid (units only)
-                self.frames = [f.replace(ls=f.ls + 0 * ratio[..., None]) for f in self.frames]
+            grid = 0 * ratio + 0 * np.asarray(ctx.p(op.sigma_b_fan_in))
+            if grid.ndim:  # a swept ratio or fan-in bias moves no infinite-width law: the
+                # frames take its grid (units only)
+                self.frames = [f.replace(ls=f.ls + grid[..., None]) for f in self.frames]
         elif (isinstance(op, (Act, Scale)) or isinstance(op, FeatureAffine) and not second) \
                 and self.chain is not None:
             self.chain.append(op)
