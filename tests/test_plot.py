@@ -90,6 +90,22 @@ def test_a_theory_at_a_width_plots_its_corrections(nets):
         sp.plot(th, mc, var="log_q_correction")
 
 
+def test_a_theory_at_a_width_is_drawn_at_its_first_order():
+    """The line of sp.theory(..., width=N) is E X at N: q (1 + c/N) and corr + a/N (the
+    infinite-width line without the width; here they differ by > 1e-4); with a ``transform``
+    it is f(T_inf), since E f(X) differs from f(E X) at that order."""
+    th = sp.theory(sp.presets.plain(3, "tanh", shape="dense_act"), X0, width=64)
+    for var, want in (("q", th.q * (1 + th.q_rel_correction)),
+                      ("corr", th.corr + th.corr_correction)):
+        (line,) = solid_lines(sp.plot(th, var=var).axes[0])
+        want = want.sel(input=0) if var == "q" else want.sel(input=0, input_b=1)
+        np.testing.assert_allclose(line.get_ydata(), want.values, rtol=1e-12)
+        assert np.max(np.abs(line.get_ydata() - (th[var].sel(input=0) if var == "q" else
+                                                  th[var].sel(input=0, input_b=1)).values)) > 1e-4
+    (line,) = solid_lines(sp.plot(th, var="q", transform=lambda q: q).axes[0])
+    np.testing.assert_array_equal(line.get_ydata(), th.q.sel(input=0).values)
+
+
 def test_points_are_the_monte_carlo_mean_and_the_band_two_standard_errors(th, mc):
     fig = sp.plot(th["Pre-LN"], mc["Pre-LN"], var="corr", estimator="mean")
     ax = fig.axes[0]

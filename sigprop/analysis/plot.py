@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 
 from sigprop import schema
 from sigprop.analysis import plots
-from sigprop.analysis.compare import ESTIMATORS
+from sigprop.analysis.compare import ESTIMATORS, first_order
 from sigprop.data import atomic_path
 from sigprop.errors import ConfigError
 
@@ -57,7 +57,10 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
 
     ``transform``: a function of the variable drawn instead of it (applied to the theory and to
     each Monte Carlo seed before the estimator, e.g. ``lambda m: m**2``, ``lambda c: 1 - c``);
-    name it with ``ylabel``. ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra
+    name it with ``ylabel``. A theory from ``sp.theory(..., width=N)`` is drawn at its first
+    order in 1/N, E X at width N (q, corr, mean, grad_q; :func:`~sigprop.analysis.compare.
+    first_order`), unless ``transform`` is given (E f(X) differs from f(E X) at that order).
+    ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra
     matplotlib arguments of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
     legend (a figure of several calls draws one for all), ``titles=False`` no panel titles.
     A hue label that names one of the paper's nets (``plots.NET_STYLES``: "Pre-LN", "Post-LN",
@@ -80,6 +83,10 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if var not in names:
         raise ConfigError("var", var, f"one of {names}")
     das = {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
+    term = None if th is None or transform is not None else \
+        first_order(th, var, "mean", th.attrs.get("width", 1))
+    if term is not None:  # a theory at width N: E X there, at first order
+        das["theory"] = das["theory"] + term.fillna(0.0)
     dims = list(dict.fromkeys(d for da in das.values() for d in da.dims if d != "seed"))
     roles = {"x": x, "hue": hue, "col": col, "row": row}
     for role, dim in roles.items():
