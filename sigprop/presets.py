@@ -32,8 +32,11 @@ def branch_scale(alpha, depth: int):
     return alpha if isinstance(alpha, Sweep) else float(alpha)
 
 
-def branch(act="relu", shape="mlp", ratio=1.0, sigma_w1=None, sigma_w2=1.0, sigma_b=0.0) -> Op:
-    """The residual branch F. ``sigma_w1`` defaults to sqrt(2) for relu-like ``act``, else 1."""
+def branch(act="relu", shape="mlp", ratio=1.0, sigma_w1=None, sigma_w2=1.0, sigma_b=0.0,
+           sigma_b_fan_in=0.0) -> Op:
+    """The residual branch F. ``sigma_w1`` defaults to sqrt(2) for relu-like ``act``, else 1;
+    each Dense's bias variance is sigma_b^2 + sigma_b_fan_in^2 / n_in (torch's: sigma_b = 0,
+    sigma_b_fan_in^2 = 1/3)."""
     if shape not in SHAPES:
         raise ConfigError("shape", shape, f"one of {SHAPES}")
     s1 = (math.sqrt(2.0) if act in RELU_LIKE else 1.0) if sigma_w1 is None else sigma_w1
@@ -42,10 +45,10 @@ def branch(act="relu", shape="mlp", ratio=1.0, sigma_w1=None, sigma_w2=1.0, sigm
             raise ConfigError("ratio", ratio, "a number: a swept hidden width needs the second "
                               "Dense's ratio swept as its inverse; build the branch by hand, "
                               "one net per ratio")
-        return Serial(Dense(s1, sigma_b, ratio), Act(act), Dense(sigma_w2, sigma_b, 1 / ratio))
-    if shape == "act_dense":
-        return Serial(Act(act), Dense(s1, sigma_b))
-    return Serial(Dense(s1, sigma_b), Act(act))
+        return Serial(Dense(s1, sigma_b, ratio, sigma_b_fan_in=sigma_b_fan_in), Act(act),
+                      Dense(sigma_w2, sigma_b, 1 / ratio, sigma_b_fan_in=sigma_b_fan_in))
+    dense = Dense(s1, sigma_b, sigma_b_fan_in=sigma_b_fan_in)
+    return Serial(Act(act), dense) if shape == "act_dense" else Serial(dense, Act(act))
 
 
 def _norm(norm: str, eps: float) -> Op:
