@@ -28,8 +28,8 @@ branch, forward and the input gradient; (``--part norm-start``) the gradient at 
 that ends between a norm and its activation; (``--part uniform-mlp``) imported MLPs with
 uniform weights (before an activation, and before a norm and its activation), each
 coefficient's uniform part against the coupled Monte Carlo difference from Gaussian weights;
-(``--part torch-mlp``) real torch nets at their default init, re-initialised by
-``sp.simulate_torch``. Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same
+(``--part torch-mlp``, ``--part torch-preln``) real torch nets at their default init (an MLP
+with LayerNorms; a Linear and two Pre-LN GELU blocks), re-initialised by ``sp.simulate_torch``. Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same
 recursion with exact derivatives (the symbolic face), where corr -> 1 approaches relu's kink.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
@@ -56,6 +56,7 @@ from sigprop.testing import (
     measure_gradient_spread,
     measure_mean_mode,
     measure_uniform_term,
+    with_dense,
 )
 
 DEPTH = 8
@@ -513,46 +514,36 @@ def uniform_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
 TORCH_WIDTHS = [64, 128, 256, 512]
 
 
-def torch_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
-    """Real torch nets at their default init, Linear -> LayerNorm -> Tanh twice -> Linear, over
-    re-initialisations (`sp.simulate_torch`): N (E_mc - T_inf) fitted as c + b/N against the
-    predicted coefficient c of the import (`weights="init"`: uniform weights, and torch's bias
-    U(+-1/sqrt(n)), of variance 1/(3 n): ``sigma_b_fan_in^2 = 1/3``, 0 in T_inf). Beside it,
-    the prediction without the bias's term and with Gaussian weights."""
-    import dataclasses
-
+def _torch_agreement(part, title, describe, model, q_layers, corr_layer, grad_layers, seeds,
+                     out):
+    """Real torch nets ``model(N)`` at their default init over re-initialisations
+    (`sp.simulate_torch`): N (E_mc - T_inf) fitted as c + b/N against the predicted coefficient
+    c of the import (`weights="init"`: uniform weights, and torch's bias U(+-1/sqrt(n)), of
+    variance 1/(3 n): ``sigma_b_fan_in^2 = 1/3``, 0 in T_inf). Beside it, the prediction
+    without the bias's term and with Gaussian weights."""
     import torch
-    from torch import nn
 
     from sigprop.engines.finite_width import coefficients
     from sigprop.interop.torch import from_torch, simulate_torch
-    from sigprop.ops import Dense
 
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2)
-    layers = [0, 1, 2, 3, 4, 5]
-
-    def model(N):
-        return nn.Sequential(nn.Linear(N, N), nn.LayerNorm(N), nn.Tanh(), nn.Linear(N, N),
-                             nn.LayerNorm(N), nn.Tanh(), nn.Linear(N, N))
-
     net = from_torch(model(8).eval(), torch.randn(2, 8), weights="init")  # (any width)
-    no_bias = sp.Serial(*[dataclasses.replace(op, sigma_b_fan_in=0.0)
-                          if isinstance(op, Dense) else op for op in net.layers])
-    nets = (net, no_bias, gaussian_weights(net))
+    nets = (net, with_dense(net, sigma_b_fan_in=0.0), gaussian_weights(net))
     coef = [coefficients(n, inputs)[0] for n in nets]
-    grad = [gradient_coefficient(n, inputs, layers=layers).coef[..., 0] for n in nets]
-    predicted = {f"E log q at layer {l}": [c["log_q"][l, 0] for c in coef] for l in (3, 7)}
-    predicted["E corr at layer 7"] = [c["corr"][7, 0, 1] for c in coef]
-    for k, l in enumerate(layers):
+    grad = [gradient_coefficient(n, inputs, layers=grad_layers).coef[..., 0] for n in nets]
+    predicted = {f"E log q at layer {l}": [c["log_q"][l, 0] for c in coef] for l in q_layers}
+    predicted[f"E corr at layer {corr_layer}"] = [c["corr"][corr_layer, 0, 1] for c in coef]
+    for k, l in enumerate(grad_layers):
         predicted[f"E grad_q / grad_q_inf at layer {l}"] = [g[k] for g in grad]
     th = sp.theory(net, inputs)
     found = {}
     for N in TORCH_WIDTHS:
         mc = simulate_torch(model(N), inputs, seeds=seeds, root_seed=3 + N, net=net)
         stats = {f"E log q at layer {l}": (mc.log_q.values[:, l, 0], th.log_q.values[l, 0])
-                 for l in (3, 7)}
-        stats["E corr at layer 7"] = (mc.corr.values[:, 7, 0, 1], th.corr.values[7, 0, 1])
-        for l in layers:
+                 for l in q_layers}
+        stats[f"E corr at layer {corr_layer}"] = (mc.corr.values[:, corr_layer, 0, 1],
+                                                  th.corr.values[corr_layer, 0, 1])
+        for l in grad_layers:
             stats[f"E grad_q / grad_q_inf at layer {l}"] = (
                 np.exp(mc.log_grad_q.values[:, l, 0] - th.log_grad_q.values[l, 0]), 1.0)
         for name, (x, inf) in stats.items():
@@ -567,8 +558,7 @@ def torch_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
         table.append(f"| {name} | {p[0]:+.4g} | {p[1]:+.4g} | {p[2]:+.4g} | {c:+.4g} ± {se:.2g} | "
                      + " | ".join(f"{(c - x) / se:+.2f}" for x in p) + " |")
         print(table[-1], flush=True)
-    intro = ("`benchmarks/finite_width_agreement.py --part torch-mlp`: torch nets "
-             "`nn.Sequential(Linear, LayerNorm, Tanh, Linear, LayerNorm, Tanh, Linear)` at "
+    intro = (f"`benchmarks/finite_width_agreement.py --part {part}`: torch nets {describe} at "
              f"torch {torch.__version__}'s default init, widths {TORCH_WIDTHS}, {seeds} "
              "re-initialisations per width (`sp.simulate_torch`, root seed 3 + N), inputs "
              "q = 1, corr = 0.5. Predicted: the 1/N coefficient c of `sp.theory(net, inputs, "
@@ -577,7 +567,43 @@ def torch_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
              "infinite width); fitted: N (E - T_inf) as c + b/N, T_inf the import's "
              "infinite-width theory. Beside it, the predictions for the same net without the "
              "bias's term (`sigma_b_fan_in = 0`) and with Gaussian weights.")
-    return _write("Finite width: torch MLPs at their default init", out, [intro, "", *table])
+    return _write(title, out, [intro, "", *table])
+
+
+def torch_mlp(seeds=16000, out="benchmarks/RESULTS.md"):
+    """Linear -> LayerNorm -> Tanh twice -> Linear (:func:`_torch_agreement`)."""
+    from torch import nn
+
+    def model(N):
+        return nn.Sequential(nn.Linear(N, N), nn.LayerNorm(N), nn.Tanh(), nn.Linear(N, N),
+                             nn.LayerNorm(N), nn.Tanh(), nn.Linear(N, N))
+
+    return _torch_agreement(
+        "torch-mlp", "Finite width: torch MLPs at their default init",
+        "`nn.Sequential(Linear, LayerNorm, Tanh, Linear, LayerNorm, Tanh, Linear)`", model,
+        (3, 7), 7, [0, 1, 2, 3, 4, 5], seeds, out)
+
+
+def torch_preln(seeds=4000, out="benchmarks/RESULTS.md"):
+    """A Linear, then two Pre-LN blocks x + Linear(4N -> N)(GELU(Linear(N -> 4N)(LayerNorm(x))))
+    (:func:`_torch_agreement`)."""
+    from torch import nn
+
+    class PreLN(nn.Module):
+        def __init__(self, d):
+            super().__init__()
+            self.ln, self.up, self.down = nn.LayerNorm(d), nn.Linear(d, 4 * d), nn.Linear(4 * d, d)
+
+        def forward(self, x):
+            return x + self.down(nn.functional.gelu(self.up(self.ln(x))))
+
+    def model(N):
+        return nn.Sequential(nn.Linear(N, N), PreLN(N), PreLN(N))
+
+    return _torch_agreement(
+        "torch-preln", "Finite width: torch Pre-LN blocks at their default init",
+        "`nn.Sequential(Linear, PreLN, PreLN)`, PreLN: x + Linear(4N, N)(GELU(Linear(N, 4N)("
+        "LayerNorm(x))))", model, (1, 2, 3), 3, [0, 1, 2], seeds, out)
 
 
 # the corr coefficient's round-off bound per layer^2 (tests/test_finite_width_symbolic.py)
@@ -633,8 +659,8 @@ def exact(out="benchmarks/RESULTS.md"):
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
-    each), "after-norm", "norm-start", "uniform-mlp", "torch-mlp" (4x each; torch needed)
-    or "exact"."""
+    each), "after-norm", "norm-start", "uniform-mlp", "torch-mlp" (4x each; torch needed),
+    "torch-preln" (torch needed) or "exact"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -661,6 +687,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         uniform_mlp(4 * seeds, out)
     if part in ("all", "torch-mlp"):
         torch_mlp(4 * seeds, out)
+    if part in ("all", "torch-preln"):
+        torch_preln(seeds, out)
     if part in ("all", "exact"):
         exact(out)
 
@@ -672,7 +700,7 @@ if __name__ == "__main__":
     p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
                                        "norm-affine", "after-norm", "norm-start",
-                                       "uniform-mlp", "torch-mlp", "exact"],
+                                       "uniform-mlp", "torch-mlp", "torch-preln", "exact"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

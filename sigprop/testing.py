@@ -248,15 +248,20 @@ def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int 
     return out
 
 
-def gaussian_weights(net: Op) -> Op:
-    """``net`` with every Dense's weights Gaussian (``init="normal"``), the rest as it is."""
+def with_dense(net: Op, **fields) -> Op:
+    """``net`` with these fields of every Dense replaced, the rest as it is."""
     def one(_, v):
         if isinstance(v, tuple):
-            return tuple(gaussian_weights(x) if isinstance(x, Op) else x for x in v)
-        return gaussian_weights(v) if isinstance(v, Op) else v
+            return tuple(with_dense(x, **fields) if isinstance(x, Op) else x for x in v)
+        return with_dense(v, **fields) if isinstance(v, Op) else v
 
     out = net.map_fields(one)
-    return dataclasses.replace(out, init="normal") if isinstance(out, Dense) else out
+    return dataclasses.replace(out, **fields) if isinstance(out, Dense) else out
+
+
+def gaussian_weights(net: Op) -> Op:
+    """``net`` with every Dense's weights Gaussian (``init="normal"``), the rest as it is."""
+    return with_dense(net, init="normal")
 
 
 def measure_uniform_term(net: Op, inputs, widths, seeds: int, layers, root_seed: int = 0):
