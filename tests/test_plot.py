@@ -104,6 +104,8 @@ def test_a_theory_at_a_width_is_drawn_at_its_first_order():
                                                   th[var].sel(input=0, input_b=1)).values)) > 1e-4
     (line,) = solid_lines(sp.plot(th, var="q", transform=lambda q: q).axes[0])
     np.testing.assert_array_equal(line.get_ydata(), th.q.sel(input=0).values)
+    labels = [t.get_text() for t in sp.plot(th, var="q").legends[0].get_texts()]
+    assert "theory (first order at N=64)" in labels, labels
 
 
 def test_points_are_the_monte_carlo_mean_and_the_band_two_standard_errors(th, mc):

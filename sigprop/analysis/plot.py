@@ -112,7 +112,9 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
         das = {k: transform(da) for k, da in das.items()}
     style = {"transform": transform is not None, "xlabel": xlabel, "ylabel": ylabel,
              "theory_kw": dict(theory_kw or {}), "legend": legend, "titles": titles,
-             "given_ax": ax is not None}
+             "given_ax": ax is not None,
+             "theory": "theory (infinite width)" if term is None else
+                       f"theory (first order at N={th.attrs['width']})"}
     return _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale,
                  int(max_points), sharey, ax, style)
 
@@ -192,7 +194,8 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                 panel.set_title(", ".join(_label(d, v) for d, v in {**where, **fixed}.items()))
         _style_axes(axes, var, x, xscale, _scale(yscale, _values(drawn)), sharey, das, style)
         if style["legend"]:
-            _legend(fig if ax is None else ax, axes, mc, fixed, estimators, ncol=len(cols))
+            _legend(fig if ax is None else ax, axes, mc, fixed, estimators, ncol=len(cols),
+                    theory=style["theory"])
     return fig
 
 
@@ -361,10 +364,10 @@ def _style_axes(axes, var, x, xscale, yscale, sharey, das, style) -> None:
             panel.set_ylim(lims[:, 0].min(), lims[:, 1].max())
 
 
-def _legend(where, axes, mc, fixed, estimators, ncol: int) -> None:
+def _legend(where, axes, mc, fixed, estimators, ncol: int, theory: str) -> None:
     """The hue labels of every panel (a hue may be drawn in some panels only), and a key saying
-    what lines and points are (width, seeds, estimator): above the panels of a figure (``ncol``
-    columns), or inside a given axes."""
+    what lines (``theory``) and points are (width, seeds, estimator): above the panels of a
+    figure (``ncol`` columns), or inside a given axes."""
     seen = {}
     for panel in axes:
         for handle, label in zip(*panel.get_legend_handles_labels()):
@@ -372,7 +375,7 @@ def _legend(where, axes, mc, fixed, estimators, ncol: int) -> None:
     handles, labels = list(seen.values()), list(seen)
     grey = plots.color(SHARED_COLOUR)
     handles.append(Line2D([], [], color=grey))
-    labels.append("theory (infinite width)")
+    labels.append(theory)
     if mc is not None:
         width = fixed.get("width", mc.attrs.get("width")) if "width" not in mc.dims or \
             "width" in fixed else None
