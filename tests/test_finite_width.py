@@ -693,7 +693,7 @@ def test_a_fan_in_bias_against_monte_carlo():
     SE of the predictions. The bias's 1/N term is ~1.9 of E log q's 1.17 (the net without it
     predicts -0.74), so the check sees it: the term halved is > 3 SE off. At 16000 seeds the
     worst |z| is 1.2 (widths 64-512 and 128-1024); at sigma_b_fan_in = 2 the bias's second
-    order, (c / N)^2, puts E corr's slope 5.6 SE off at these widths."""
+    order, (sigma_b_fan_in^2 / N)^2, puts E corr's slope 5.6 SE off at these widths."""
     net = sp.Serial(sp.Dense(1.0, sigma_b_fan_in=1.0), sp.Act("tanh"),
                     sp.Dense(1.0, sigma_b_fan_in=1.0), sp.Act("tanh"))
     bare = sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Dense(1.0), sp.Act("tanh"))
