@@ -95,11 +95,12 @@ def _z_rows(name, found):
     return rows
 
 
-def _beside_gaussian(label, predicted, gauss, fitted, se) -> str:
-    """A markdown row | label | predicted | predicted with Gaussian weights | fitted ± SE | z |
-    z (Gaussian) |, printed as it comes."""
-    row = (f"| {label} | {predicted:+.4g} | {gauss:+.4g} | {fitted:+.4g} ± {se:.2g} | "
-           f"{(fitted - predicted) / se:+.2f} | {(fitted - gauss) / se:+.2f} |")
+def _beside(label, predicted, fitted, se) -> str:
+    """A markdown row | label | each prediction | fitted ± SE | z against each |, the first
+    prediction the one checked and the others beside it, printed as it comes."""
+    row = (f"| {label} | " + " | ".join(f"{p:+.4g}" for p in predicted)
+           + f" | {fitted:+.4g} ± {se:.2g} | "
+           + " | ".join(f"{(fitted - p) / se:+.2f}" for p in predicted) + " |")
     print(row, flush=True)
     return row
 
@@ -451,7 +452,7 @@ def uniform(seeds=32000, out="benchmarks/RESULTS.md"):
     rows = [("| layer | c predicted, uniform | c predicted, Gaussian weights | a fitted ± SE | "
              "z (uniform) | z (Gaussian) |"), "|---|---|---|---|---|---|"]
     for l, (c, a, se_a, *_), cn in zip(layers, found, normal):
-        rows.append(_beside_gaussian(l, c, cn, a, se_a))
+        rows.append(_beside(l, (c, cn), a, se_a))
     intro = ("`benchmarks/finite_width_agreement.py --part uniform`: 3 blocks Dense(2.0, 0.5, "
              "init='uniform') -> erf, inputs q = 1, corr = 0.5, input 0, widths "
              f"{UNIFORM_WIDTHS}, {seeds} seeds per width (root seed 9120 + N; every weight "
@@ -554,10 +555,7 @@ def _torch_agreement(part, title, describe, model, q_layers, corr_layer, grad_la
              "|---|---|---|---|---|---|---|---|"]
     for name, est in found.items():
         c, se, _, _ = fit_inverse_width(TORCH_WIDTHS, *zip(*est))
-        p = predicted[name]
-        table.append(f"| {name} | {p[0]:+.4g} | {p[1]:+.4g} | {p[2]:+.4g} | {c:+.4g} ± {se:.2g} | "
-                     + " | ".join(f"{(c - x) / se:+.2f}" for x in p) + " |")
-        print(table[-1], flush=True)
+        table.append(_beside(name, predicted[name], c, se))
     intro = (f"`benchmarks/finite_width_agreement.py --part {part}`: torch nets {describe} at "
              f"torch {torch.__version__}'s default init, widths {TORCH_WIDTHS}, {seeds} "
              "re-initialisations per width (`sp.simulate_torch`, root seed 3 + N), inputs "
