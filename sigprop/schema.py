@@ -113,6 +113,16 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "corr_inf within ~1e-4 of +-1)"),
     Variable("mean_correction", PER_INPUT, "first-order finite-width correction to E mean", "1",
              "E[mean] - mean_inf to O(1/N) at the dataset's width N"),
+    Variable("var_rel_correction", PER_INPUT, "first-order relative correction to E var", "1",
+             "E[var]/var_inf - 1 to O(1/N) at the dataset's width N (var = q - mean^2: E q's term "
+             "less E mean^2's, which holds the realised mean's variance)"),
+    Variable("log_branch_q_correction", PER_INPUT,
+             "first-order finite-width correction to E log branch_q", "1",
+             "a/N with E[log branch_q] = log branch_q_inf + a/N at the dataset's width N (the "
+             "block's first residual branch to close, as branch_q; NaN where there is none)"),
+    Variable("branch_q_rel_correction", PER_INPUT, "first-order relative correction to E branch_q",
+             "1", "E[branch_q]/branch_q_inf - 1 to O(1/N) at the dataset's width N (NaN where "
+             "there is no branch)"),
     Variable("var_log_q", PER_INPUT, "variance of log q across seeds", "1",
              "Var[log q] over random nets at the dataset's width N, leading order (O(1/N))"),
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",

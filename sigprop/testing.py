@@ -190,30 +190,40 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     the first-order theory (:mod:`sigprop.engines.finite_width`), at ``layer``, input 0 (and the
     pair 0, 1 for corr). Returns rows (statistic, predicted, fitted, se): the 1/N slopes of
     E log q and E corr (fitted as c + a/N over the widths; estimates: the mean over seeds and its
-    standard error) and the leading coefficient of Var log q (N Var fitted as V + c/N; the
-    standard error of a sample variance of near-normal logs is Var sqrt(2 / (seeds - 1)))."""
+    standard error), the leading coefficient of Var log q (N Var fitted as V + c/N; the
+    standard error of a sample variance of near-normal logs is Var sqrt(2 / (seeds - 1))), the
+    1/N slope of E var / var_inf (var = q - mean^2) and, where the layer has a residual branch,
+    of E log branch_q (both as E log q's)."""
     coef = finite_width.coefficients(net, inputs)[0]
+    inf = theory(net, inputs).isel(layer=layer, input=0)
     pick = {"log_q": lambda ds: ds.log_q.values[:, layer, 0],
-            "corr": lambda ds: ds.corr.values[:, layer, 0, 1]}
-    est = {k: [] for k in ("log_q", "corr", "var")}
+            "corr": lambda ds: ds.corr.values[:, layer, 0, 1],
+            "var": lambda ds: ds["var"].values[:, layer, 0] / float(inf["var"]),
+            "log_branch_q": lambda ds: ds.log_branch_q.values[:, layer, 0]}
+    read = [k for k in pick if (k != "corr" or inputs.n > 1)
+            and (k != "log_branch_q" or np.isfinite(inf["log_branch_q"]))]
+    est = {k: [] for k in ("log_q", "corr", "spread", "var", "log_branch_q")}
     for N in widths:
         mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
                       root_seed=root_seed + int(N))
-        for k in ("log_q", "corr") if inputs.n > 1 else ("log_q",):
+        for k in read:
             x = pick[k](mc)
             est[k].append((x.mean(), x.std(ddof=1) / math.sqrt(seeds)))
         v = pick["log_q"](mc).var(ddof=1)
-        est["var"].append((N * v, N * v * math.sqrt(2 / (seeds - 1))))
+        est["spread"].append((N * v, N * v * math.sqrt(2 / (seeds - 1))))
     rows = []
-    predicted = {"log_q": coef["log_q"][layer][..., 0], "var": coef["var_log_q"][layer][..., 0]}
+    predicted = {"log_q": coef["log_q"][layer][..., 0], "spread": coef["var_log_q"][layer][..., 0],
+                 "var": coef["var"][layer][..., 0],
+                 "log_branch_q": coef["log_branch_q"][layer][..., 0]}
     if inputs.n > 1:
         predicted["corr"] = coef["corr"][layer][..., 0, 1]
     for k, pairs in est.items():
         if not pairs:
             continue
         c, se_c, a, se_a = fit_inverse_width(widths, *zip(*pairs))
-        fitted, se = (c, se_c) if k == "var" else (a, se_a)
-        name = {"log_q": "slope of E log q", "corr": "slope of E corr", "var": "N Var log q"}[k]
+        fitted, se = (c, se_c) if k == "spread" else (a, se_a)
+        name = {"log_q": "slope of E log q", "corr": "slope of E corr", "spread": "N Var log q",
+                "var": "slope of E var / var_inf", "log_branch_q": "slope of E log branch_q"}[k]
         rows.append((name, float(predicted[k]), float(fitted), float(se)))
     return rows
 

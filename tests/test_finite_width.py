@@ -103,6 +103,47 @@ def test_linear_net_corr_bias_is_olkin_pratt():
     np.testing.assert_allclose(c["var_log_q"][:, 0], 2.0 * np.arange(L + 1), rtol=1e-5)  # chi^2
 
 
+@pytest.mark.parametrize("act", ["linear", "relu", "tanh", "erf"])
+def test_var_is_the_biased_sample_variance_of_the_features(act):
+    """After a Dense of fixed inputs the N features are i.i.d., so var = q - mean^2 is their
+    biased sample variance: E var = (1 - 1/N) var_inf exactly (the realised mean's variance is
+    var_inf / N), at the Dense's output and at its activation's, while E q is unbiased. A linear
+    net keeps -1/N at every layer: given the past, layer l's features are i.i.d. N(0, sigma_w^2
+    q_(l-1) + sigma_b^2), so E mean_l^2 = E q_l / N with E q_l = q_inf. Tolerance: the walk's
+    central differences and polar rule, measured <= 8e-10 (relu); 1e-8."""
+    inputs = sp.Inputs(q=[1.0, 2.0], mean=[0.3, -0.5], corr=0.4)
+    depth = 3 if act == "linear" else 1
+    net = sp.Serial(*[op for _ in range(depth) for op in (sp.Dense(1.3, 0.4), sp.Act(act))])
+    c = coef(net, inputs)
+    np.testing.assert_allclose(c["var"][1:], -1.0, rtol=0, atol=1e-8)
+    np.testing.assert_allclose(c["var"][0], 0.0)  # fixed inputs: nothing fluctuates
+    np.testing.assert_allclose(c["q"], 0.0, atol=1e-8)
+
+
+def test_a_branch_of_fixed_scale_is_chi_square_then_relu():
+    """A residual branch Dense -> relu of the fixed inputs (layer 1), or one behind a LayerNorm
+    (whose output has q = 1 exactly at every layer) ending in a second Dense without bias: its
+    output's mean square averages N i.i.d. terms given the past, so E branch_q is unbiased
+    (c = 0) and E log branch_q = log branch_q_inf - v/(2N), v its relative variance (eps = 0:
+    with eps the norm's q is v/(v + eps), which moves by ~1e-5 with the realised v): relu's
+    kurtosis E relu^4 / E relu^2 ^2 - 1 = 5, plus the chi-square's 2 of the second Dense: a =
+    -5/2 at layer 1 of the first net, -(5 + 2)/2 at every layer of the second. Tolerance: the
+    walk's central differences, truncation ~STEP^2 = 1e-6 times third derivatives along C's
+    directions (which grow with depth; measured 3.5e-6 relative at layer 3): rtol 1e-5, as the
+    Hanin-Nica test's."""
+    kurt = gauss(lambda z: max(z, 0.0) ** 4) / gauss(lambda z: max(z, 0.0) ** 2) ** 2 - 1
+    plain = sp.Repeat(sp.Residual(sp.Serial(sp.Dense(1.3), sp.Act("relu")), alpha=0.7), 2)
+    c = coef(plain)
+    np.testing.assert_allclose(c["log_branch_q"][1], -kurt / 2, rtol=1e-5)
+    np.testing.assert_allclose(c["branch_q"][1], 0.0, atol=1e-8)
+    assert np.isnan(c["log_branch_q"][0]).all()  # layer 0: no branch
+    normed = sp.Repeat(sp.Residual(sp.Serial(sp.LayerNorm(eps=0.0), sp.Dense(1.3, 0.2), sp.Act("relu"),
+                                             sp.Dense(0.9)), alpha=0.7), 3)
+    c = coef(normed)
+    np.testing.assert_allclose(c["log_branch_q"][1:], -(kurt + 2) / 2, rtol=1e-5)
+    np.testing.assert_allclose(c["branch_q"][1:], 0.0, atol=1e-8)
+
+
 def test_wishart_noise_of_a_linear_stream():
     """For y = u ~ N(0, K) the realised Gram is Wishart: Cov(K_ab, K_cd) = K_ac K_bd + K_ad K_bc,
     Cov(m_a, m_c) = K_ac, and the odd moments vanish; the cross moment with a fixed stream r of
@@ -926,6 +967,9 @@ def test_matches_the_infinite_width_engine_and_schema():
     ds = sp.theory(net, PAIR, width=256, layers=[0, 3])
     for name, var in schema.FINITE_WIDTH_VARIABLES.items():
         assert ds[name].dims == var.dims_with(), name
+        if "branch_q" in name:  # NaN where there is no branch (layer 0) and only there
+            np.testing.assert_array_equal(np.isnan(ds[name]), np.isnan(ds.log_branch_q))
+            continue
         assert name in ("grad_q_rel_correction", "typical_log_grad_q", "valid_width_grad_q",
                         "var_log_grad_q") \
             or np.all(np.isfinite(ds[name].values)), name  # NaN for a Pre-LN net or past layer 0
@@ -933,7 +977,9 @@ def test_matches_the_infinite_width_engine_and_schema():
     full = coef(net)
     for name, key in [("var_log_q", "var_log_q"), ("log_q_correction", "log_q"),
                       ("q_rel_correction", "q"), ("corr_correction", "corr"),
-                      ("mean_correction", "mean")]:
+                      ("mean_correction", "mean"), ("var_rel_correction", "var"),
+                      ("log_branch_q_correction", "log_branch_q"),
+                      ("branch_q_rel_correction", "branch_q")]:
         np.testing.assert_allclose(ds[name].values, full[key][[0, 3]] / 256, err_msg=name)
     np.testing.assert_allclose(ds.valid_width_q.values, 10 * np.abs(full["q"][[0, 3]]))
     g = fw.gradient_coefficient(net, PAIR, layers=[0, 3])
@@ -973,7 +1019,9 @@ def test_more_inputs_by_their_pairs():
         want = two.corr_correction.values
         np.testing.assert_array_equal(got[..., [0, 1], [1, 0]], want[..., [0, 1], [1, 0]])
         np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)  # diagonal: 0, or round-off
-        for name in ("log_q_correction", "q_rel_correction", "mean_correction", "var_log_q"):
+        for name in ("log_q_correction", "q_rel_correction", "mean_correction",
+                     "var_rel_correction", "log_branch_q_correction", "branch_q_rel_correction",
+                     "var_log_q"):
             np.testing.assert_allclose(ds[name].isel(input=[a, b]).values, two[name].values,
                                        rtol=1e-6, atol=1e-10, err_msg=name)
 
@@ -2413,6 +2461,9 @@ def test_a_branch_of_zero_weights_is_the_identity():
         scaled = sp.theory(net(sp.Dense(1.0), sp.Scale(0.0)), PAIR, width=64)
         shifted = sp.theory(net(sp.Dense(0.0), sp.FeatureAffine(gain=0.7, shift=0.5)), PAIR,
                             width=64)
+    for k in ("log_branch_q_correction", "branch_q_rel_correction"):  # a branch that is 0, and
+        np.testing.assert_array_equal(ds[k].values[1:], 0.0, err_msg=k)  # a constant one:
+        np.testing.assert_array_equal(shifted[k].values[1:], 0.0, err_msg=k)  # 0 at every width
     for k in names:
         np.testing.assert_array_equal(ds[k].values, scaled[k].values, err_msg=k)
         want = 2 / 64 if k == "var_log_grad_q" else 0.0  # (|delta_L|^2 / N: chi^2_N / N)

@@ -27,7 +27,7 @@ covariance, is tested against the theory; the fitted a and its standard error ar
 (stats ``a`` and ``a_stderr``: a measured finite-width coefficient). With one width N the bias
 stays in the estimate: a theory from ``sp.theory(net, inputs, width=W)`` is then compared with
 its first-order prediction at N, T_inf + a/N (its a/W times W/N; :func:`first_order`: q, corr,
-mean and grad_q, on the estimator's scale; not under ``median``, whose offset from the mean of a
+mean, var, branch_q and grad_q, on the estimator's scale; not under ``median``, whose offset from the mean of a
 log is itself O(1/N), by log X's skewness), and otherwise nothing is allowed beyond the
 standard error; the attrs say which. With several widths such a theory's a is reported beside
 the fitted one (stat ``a_theory``, NaN where it has none).
@@ -90,8 +90,10 @@ FIT_STATS = ("a", "a_stderr")  # the fitted finite-width coefficient T(N) = T_in
 THEORY_A = "a_theory"  # beside them: the coefficient a of a theory at finite width
 FIRST_ORDER = {  # the variables of sp.theory(..., width=N) each compared variable reads
     "q": ("q_rel_correction", "log_q_correction"),
+    "branch_q": ("branch_q_rel_correction", "log_branch_q_correction"),
     "grad_q": ("grad_q_rel_correction", "var_log_grad_q"),
-    "corr": ("corr_correction",), "mean": ("mean_correction",)}
+    "corr": ("corr_correction",), "mean": ("mean_correction",),
+    "var": ("var_rel_correction",)}
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
@@ -354,19 +356,22 @@ def extrapolate(est: xr.DataArray, se: xr.DataArray, floor=0.0) -> dict[str, xr.
 def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     """The first-order term a/N at width N = ``width`` that ``sp.theory(net, inputs, width=W)``
     predicts for ``name`` on the scale of the estimator ``est_name`` (its stored a/W times
-    W/N), or None where it has none: ``mean``: E q = q (1 + c_q/N), E corr and E mean plus their
-    terms, E grad_q = grad_q (1 + c/N); ``lognormal`` (log E X): c/N for q and grad_q;
-    ``logmean`` (E log X): E log q's own term, and (c - v/2)/N for grad_q (v: N Var log grad_q;
+    W/N), or None where it has none: ``mean``: E X = X (1 + c/N) for q, branch_q, var and
+    grad_q, E corr and E mean plus their terms; ``lognormal`` (log E X): c/N for those four;
+    ``logmean`` (E log X): E log q's and E log branch_q's own terms, and (c - v/2)/N for grad_q
+    (v: N Var log grad_q;
     log E X - E log X = Var log X / 2 at leading order). None under ``median``: the median of log
     X sits O(1/N) from its mean (log X's skewness, which the theory does not give), the order
-    of the term itself; and for corr and mean under the log estimators (not theirs)."""
+    of the term itself; for var under ``logmean`` (the theory has no Var log var); and for corr
+    and mean under the log estimators (not theirs)."""
     W = theory.attrs.get("width")
     if W is None or est_name == "median" or name not in FIRST_ORDER:
         return None
     if name in ("corr", "mean"):
         needs = FIRST_ORDER[name] if est_name == "mean" else None
     elif est_name == "logmean":
-        needs = FIRST_ORDER[name][1:] if name == "q" else FIRST_ORDER[name]
+        needs = {"q": FIRST_ORDER["q"][1:], "branch_q": FIRST_ORDER["branch_q"][1:],
+                 "grad_q": FIRST_ORDER["grad_q"]}.get(name)
     else:
         needs = FIRST_ORDER[name][:1]
     if needs is None or any(v not in theory for v in needs):
@@ -374,7 +379,7 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     term = theory[needs[0]]
     if name == "grad_q" and est_name == "logmean":
         term = term - theory[needs[1]] / 2
-    elif name in ("q", "grad_q") and est_name == "mean":
+    elif name in ("q", "branch_q", "var", "grad_q") and est_name == "mean":
         term = theory[name] * term
     return term * (float(W) / width)
 

@@ -22,7 +22,8 @@ scaled units of the infinite-width state. Two kinds of steps move (b, C):
   (:mod:`sigprop.symbolic.finite_width`, exact moments).
 
 Statistics s(theta) of the final state follow by the same delta step: E s = s + (grad s . b +
-1/2 H_s:C)/N, Var s = grad s C grad s^T / N. For a plain ReLU net this gives Var log q_L =
+1/2 H_s:C)/N, Var s = grad s C grad s^T / N (var = q - mean^2 among them, so E var holds the
+realised mean's variance; and, where a residual branch closes, its output's q: branch_q). For a plain ReLU net this gives Var log q_L =
 5 L / N to leading order (Hanin & Nica): Sigma_qq / q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
 
 Scope: the feature law's 4th moments are a 2-D polar quadrature (exact in the radius for
@@ -207,6 +208,12 @@ def flatten(frames, ref):
                            for p in parts], axis=-1)
 
 
+def _frame_gram(v, i: int, B: int):
+    """Frame i's K (..., B, B) in a vector of :func:`flatten`'s layout."""
+    start = i * (B * B + B) + B * B * i * (i - 1) // 2
+    return v[..., start:start + B * B].reshape(v.shape[:-1] + (B, B))
+
+
 def unflatten(v, ref):
     """Inverse of :func:`flatten`: the stack with the reference's log scales and laws."""
     B = ref[0].K.shape[-1]
@@ -304,10 +311,8 @@ def _steps(dirs, x0, ref, first=0):
         return h
     B = ref[0].K.shape[-1]
     for i in range(len(ref)):
-        start = i * (B * B + B) + B * B * i * (i - 1) // 2  # frame i's K (flatten's layout)
-
-        def gram(v, start=start):
-            return v[..., start:start + B * B].reshape(v.shape[:-1] + (B, B))
+        def gram(v, i=i):
+            return _frame_gram(v, i, B)
 
         lam, V = np.linalg.eigh(gram(x0))
         v = V[..., 0]
@@ -593,6 +598,8 @@ class _Walk:
         self.lost: Lost | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state, (l, beta^2 | None)) of each BatchNorm
         self.block: tuple | None = None  # (l, op): the top-level layer being walked
+        self.branch = None  # (a, v) of the first residual branch output that closes in it
+        # (:meth:`_branch_stats`; not in a tangent walk)
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
@@ -1003,7 +1010,7 @@ class _Walk:
 
     def layer(self, l: int, block: Op):
         """Walk top-level block ``l`` (1-based), then end the layer (:meth:`end_layer`)."""
-        self.block = (l, block)
+        self.block, self.branch = (l, block), None
         self.walk(block, self.ctx.at(f"layer {l} {type(block).__name__}"))
         self.end_layer()
 
@@ -1065,6 +1072,8 @@ class _Walk:
             before = self.lost
             self.walk(op.branch, ctx.at(type(op.branch).__name__))
             self.settle()
+            if self.branch is None and not self.tangent and not self.lost:
+                self.branch = self._branch_stats()
             if self.lost and not before and isinstance(op.alpha, Sweep) and 0 in op.alpha.values:
                 # a branch lost where alpha = 0 adds nothing: those points walk alone
                 self.lost = Lost(self.lost, pointwise=True)
@@ -1159,6 +1168,27 @@ class _Walk:
 
         self._cumulant_step(add)
         self.drawn = self.drawn[:-1]
+
+    def _branch_stats(self):
+        """(a, v) of the settled top frame's [log q (B), q / q_inf (B)] (a residual branch's
+        output, as schema ``branch_q``): E stat = stat_inf + a/N, Var stat = v/N; 0 for a
+        branch that is 0 at every width (zero weights, a zero Scale)."""
+        f, j = self.frames[-1], len(self.frames) - 1
+        B = f.K.shape[-1]
+        zero = f.diag == 0
+        diag = np.where(zero, 1.0, f.diag)
+        x0 = flatten(self.frames, self.frames)
+        lead = np.broadcast_shapes(x0.shape[:-1], self.b.shape[:-1], self.C.shape[:-2])
+
+        def stats(x):
+            d = np.where(zero, diag, np.diagonal(_frame_gram(x, j, B), axis1=-2, axis2=-1))
+            return np.concatenate([2 * f.ls + np.log(d), d / diag], axis=-1)
+
+        D = x0.shape[-1]
+        _, a, V = delta_step(stats, np.broadcast_to(x0, lead + (D,)),
+                             np.broadcast_to(self.b, lead + (D,)),
+                             np.broadcast_to(self.C, lead + (D, D)), self.frames)
+        return a, np.diagonal(V, axis1=-2, axis2=-1)
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
@@ -2305,19 +2335,25 @@ def _cross_gram(frames, i, j):
 
 # -- statistics ---------------------------------------------------------------------------
 def _stats(x, s: Moments):
-    """[log q (B), q / q_inf (B), corr (B^2), mean (B)] of a top-level state vector."""
+    """[log q (B), q / q_inf (B), corr (B^2), mean (B), var / var_inf (B)] of a top-level state
+    vector (var = q - mean^2; var / var_inf taken as 0 where var_inf = 0, a stream whose features
+    are all equal: only deterministic ones, before any draw)."""
     B = s.K.shape[-1]
     K = x[..., :B * B].reshape(x.shape[:-1] + (B, B))
     m = x[..., B * B:B * B + B]
     d = np.diagonal(K, axis1=-2, axis2=-1)
     corr = K / np.sqrt(outer(d, d))
+    var_inf = s.diag - s.m ** 2
+    spread = np.divide(d - m ** 2, var_inf, out=np.zeros(np.broadcast_shapes(d.shape,
+                       var_inf.shape)), where=var_inf > 0)
     return np.concatenate([2 * s.ls + np.log(d), d / s.diag, corr.reshape(x.shape[:-1] + (B * B,)),
-                           m * np.exp(s.ls)], axis=-1)
+                           m * np.exp(s.ls), spread], axis=-1)
 
 
 def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True):
     """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
-    leading variances v (Var stat = v/N) of log q, q/q_inf, corr and mean, as a dict of arrays
+    leading variances v (Var stat = v/N) of log q, q/q_inf, corr, mean and var/var_inf, and a
+    of the residual branch's log q and q/q_inf (``log_branch_q``, ``branch_q``), as a dict of arrays
     (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
     the grid stops for a reason of some points only, walk its parts (:func:`each_point`);
@@ -2334,15 +2370,22 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
 
 def _statistics(rows, B: int, shape) -> dict:
     """The arrays (L+1, *shape, ...) of :func:`coefficients` from its rows: per layer, (a, v)
-    over :func:`_stats`' layout [log q (B), q / q_inf (B), corr (B^2), mean (B)]."""
+    over :func:`_stats`' layout [log q (B), q / q_inf (B), corr (B^2), mean (B), var / var_inf
+    (B)], and the branch's (a, v) of [log q (B), q / q_inf (B)] (None: no branch, NaN)."""
     def part(k, lo, hi, extra):
         return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
                          .reshape(shape + extra) for r in rows])
 
+    def branch(lo):
+        return np.stack([np.full(shape + (B,), np.nan) if r[2] is None else
+                         np.broadcast_to(r[2][0][..., lo:lo + B], shape + (B,)) for r in rows])
+
     return {"log_q": part(0, 0, B, (B,)), "q": part(0, B, 2 * B, (B,)),
             "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
             "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
-            "var_log_q": part(1, 0, B, (B,))}
+            "var": part(0, 3 * B + B * B, 4 * B + B * B, (B,)),
+            "var_log_q": part(1, 0, B, (B,)),
+            "log_branch_q": branch(0), "branch_q": branch(B)}
 
 
 def _coefficient_rows(net: Op, s0: Moments, gaussian: bool, ctx: Context, split: bool):
@@ -2366,15 +2409,15 @@ def _coefficient_rows(net: Op, s0: Moments, gaussian: bool, ctx: Context, split:
         s = seen.frames[0]
         lead = _lead([s])
         if seen.lost:  # (not its stats: a stream of zeros has no log q)
-            nan = np.full(lead + (3 * s.K.shape[-1] + s.K.shape[-1] ** 2,), np.nan)
-            rows.append((nan, nan))
+            nan = np.full(lead + (4 * s.K.shape[-1] + s.K.shape[-1] ** 2,), np.nan)
+            rows.append((nan, nan, None))
             continue
         x0 = flatten([s], [s])
         D = x0.shape[-1]
         b = np.broadcast_to(seen.b[..., :D], lead + (D,))
         C = np.broadcast_to(seen.C[..., :D, :D], lead + (D, D))
         _, a, V = delta_step(lambda x, s=s: _stats(x, s), x0, b, C, [s])
-        rows.append((a, np.diagonal(V, axis1=-2, axis2=-1)))
+        rows.append((a, np.diagonal(V, axis1=-2, axis2=-1), seen.branch))
     # the top's (a loss in the last block's chain is seen settling it), unless a reason of some
     # points only came first: its caller then splits the grid
     return rows, first or seen.lost
@@ -2409,7 +2452,8 @@ def _stacked_pairs(net: Op, inputs, pairs, ctx):
     two = _stacked(inputs.moments(), np.asarray(pairs), len(grid))
     rows, why = _coefficient_rows(net, two, inputs.law == "gaussian", ctx, split=False)
     shape = tuple(len(v.values) for v in grid.values())
-    return None if why else [_statistics([(a[p], v[p]) for a, v in rows], 2, shape)
+    return None if why else [_statistics([(a[p], v[p], branch and (branch[0][p], branch[1][p]))
+                                          for a, v, branch in rows], 2, shape)
                              for p in range(len(pairs))]
 
 
@@ -2438,7 +2482,7 @@ def _by_pairs(net: Op, inputs, ctx, split, stacked=True):
         for i, j in ((a, 0), (b, 1)):
             if i not in seen:
                 seen.add(i)
-                for k in ("log_q", "q", "mean", "var_log_q"):
+                for k in ("log_q", "q", "mean", "var", "var_log_q", "log_branch_q", "branch_q"):
                     out[k][..., i] = got[k][..., j]
                 out["corr"][..., i, i] = got["corr"][..., j, j]
     return out, lost
@@ -2481,6 +2525,9 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
             "q_rel_correction": coef["q"] / N,
             "corr_correction": coef["corr"] / N,
             "mean_correction": coef["mean"] / N,
+            "var_rel_correction": coef["var"] / N,
+            "log_branch_q_correction": coef["log_branch_q"] / N,
+            "branch_q_rel_correction": coef["branch_q"] / N,
             "var_log_q": coef["var_log_q"] / N,
             "valid_width_q": np.abs(coef["q"]) / VALID_FRACTION,
         }
