@@ -137,8 +137,8 @@ def test_a_branch_of_fixed_scale_is_chi_square_then_relu():
     np.testing.assert_allclose(c["log_branch_q"][1], -kurt / 2, rtol=1e-5)
     np.testing.assert_allclose(c["branch_q"][1], 0.0, atol=1e-8)
     assert np.isnan(c["log_branch_q"][0]).all()  # layer 0: no branch
-    normed = sp.Repeat(sp.Residual(sp.Serial(sp.LayerNorm(eps=0.0), sp.Dense(1.3, 0.2), sp.Act("relu"),
-                                             sp.Dense(0.9)), alpha=0.7), 3)
+    normed = sp.Repeat(sp.Residual(sp.Serial(sp.LayerNorm(eps=0.0), sp.Dense(1.3, 0.2),
+                                             sp.Act("relu"), sp.Dense(0.9)), alpha=0.7), 3)
     c = coef(normed)
     np.testing.assert_allclose(c["log_branch_q"][1:], -(kurt + 2) / 2, rtol=1e-5)
     np.testing.assert_allclose(c["branch_q"][1:], 0.0, atol=1e-8)

@@ -27,10 +27,10 @@ covariance, is tested against the theory; the fitted a and its standard error ar
 (stats ``a`` and ``a_stderr``: a measured finite-width coefficient). With one width N the bias
 stays in the estimate: a theory from ``sp.theory(net, inputs, width=W)`` is then compared with
 its first-order prediction at N, T_inf + a/N (its a/W times W/N; :func:`first_order`: q, corr,
-mean, var, branch_q and grad_q, on the estimator's scale; not under ``median``, whose offset from the mean of a
-log is itself O(1/N), by log X's skewness), and otherwise nothing is allowed beyond the
-standard error; the attrs say which. With several widths such a theory's a is reported beside
-the fitted one (stat ``a_theory``, NaN where it has none).
+mean, var, branch_q and grad_q, on the estimator's scale; not under ``median``, whose offset
+from the mean of a log is itself O(1/N), by log X's skewness), and otherwise nothing is
+allowed beyond the standard error; the attrs say which. With several widths such a theory's a
+is reported beside the fitted one (stat ``a_theory``, NaN where it has none).
 
 Heavy tails. The tail index of each per-seed sample is estimated (Hill, :func:`tail_index`).
 Where the variance is not finite (the upper 95 % bound of the index is below 2) the sample mean
@@ -359,11 +359,10 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     W/N), or None where it has none: ``mean``: E X = X (1 + c/N) for q, branch_q, var and
     grad_q, E corr and E mean plus their terms; ``lognormal`` (log E X): c/N for those four;
     ``logmean`` (E log X): E log q's and E log branch_q's own terms, and (c - v/2)/N for grad_q
-    (v: N Var log grad_q;
-    log E X - E log X = Var log X / 2 at leading order). None under ``median``: the median of log
-    X sits O(1/N) from its mean (log X's skewness, which the theory does not give), the order
-    of the term itself; for var under ``logmean`` (the theory has no Var log var); and for corr
-    and mean under the log estimators (not theirs)."""
+    (v: N Var log grad_q; log E X - E log X = Var log X / 2 at leading order). None under
+    ``median``: the median of log X sits O(1/N) from its mean (log X's skewness, which the
+    theory does not give), the order of the term itself; for var under ``logmean`` (the theory
+    has no Var log var); and for corr and mean under the log estimators (not theirs)."""
     W = theory.attrs.get("width")
     if W is None or est_name == "median" or name not in FIRST_ORDER:
         return None

@@ -58,9 +58,10 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     ``transform``: a function of the variable drawn instead of it (applied to the theory and to
     each Monte Carlo seed before the estimator, e.g. ``lambda m: m**2``, ``lambda c: 1 - c``);
     name it with ``ylabel``. A theory from ``sp.theory(..., width=N)`` is drawn at its first
-    order in 1/N, E X at width N (q, corr, mean, var, branch_q, grad_q; :func:`~sigprop.analysis.compare.
-    first_order`), unless ``transform`` is given (E f(X) differs from f(E X) at that order).
-    ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra
+    order in 1/N, E X at width N (q, corr, mean, var, branch_q, grad_q;
+    :func:`~sigprop.analysis.compare.first_order`), unless ``transform`` is given (E f(X)
+    differs from f(E X) at that order). ``xlabel``/``ylabel`` replace the axis labels;
+    ``theory_kw``: extra
     matplotlib arguments of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
     legend (a figure of several calls draws one for all), ``titles=False`` no panel titles.
     A hue label that names one of the paper's nets (``plots.NET_STYLES``: "Pre-LN", "Post-LN",

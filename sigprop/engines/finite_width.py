@@ -23,8 +23,9 @@ scaled units of the infinite-width state. Two kinds of steps move (b, C):
 
 Statistics s(theta) of the final state follow by the same delta step: E s = s + (grad s . b +
 1/2 H_s:C)/N, Var s = grad s C grad s^T / N (var = q - mean^2 among them, so E var holds the
-realised mean's variance; and, where a residual branch closes, its output's q: branch_q). For a plain ReLU net this gives Var log q_L =
-5 L / N to leading order (Hanin & Nica): Sigma_qq / q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
+realised mean's variance; and, where a residual branch closes, its output's q: branch_q). For
+a plain ReLU net this gives Var log q_L = 5 L / N to leading order (Hanin & Nica): Sigma_qq /
+q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
 
 Scope: the feature law's 4th moments are a 2-D polar quadrature (exact in the radius for
 degree-1 activations, to round-off in the angle; ~1e-12 for the others up to q = 30, and at
@@ -598,7 +599,7 @@ class _Walk:
         self.lost: Lost | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state, (l, beta^2 | None)) of each BatchNorm
         self.block: tuple | None = None  # (l, op): the top-level layer being walked
-        self.branch = None  # (a, v) of the first residual branch output that closes in it
+        self.branch = None  # a of the first residual branch output that closes in it
         # (:meth:`_branch_stats`; not in a tangent walk)
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
@@ -1170,9 +1171,9 @@ class _Walk:
         self.drawn = self.drawn[:-1]
 
     def _branch_stats(self):
-        """(a, v) of the settled top frame's [log q (B), q / q_inf (B)] (a residual branch's
-        output, as schema ``branch_q``): E stat = stat_inf + a/N, Var stat = v/N; 0 for a
-        branch that is 0 at every width (zero weights, a zero Scale)."""
+        """a of the settled top frame's [log q (B), q / q_inf (B)] (a residual branch's output,
+        as schema ``branch_q``): E stat = stat_inf + a/N; 0 for a branch that is 0 at every
+        width (zero weights, a zero Scale)."""
         f, j = self.frames[-1], len(self.frames) - 1
         B = f.K.shape[-1]
         zero = f.diag == 0
@@ -1185,10 +1186,9 @@ class _Walk:
             return np.concatenate([2 * f.ls + np.log(d), d / diag], axis=-1)
 
         D = x0.shape[-1]
-        _, a, V = delta_step(stats, np.broadcast_to(x0, lead + (D,)),
-                             np.broadcast_to(self.b, lead + (D,)),
-                             np.broadcast_to(self.C, lead + (D, D)), self.frames)
-        return a, np.diagonal(V, axis1=-2, axis2=-1)
+        return delta_step(stats, np.broadcast_to(x0, lead + (D,)),
+                          np.broadcast_to(self.b, lead + (D,)),
+                          np.broadcast_to(self.C, lead + (D, D)), self.frames)[1]
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
@@ -2353,8 +2353,8 @@ def _stats(x, s: Moments):
 def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True):
     """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
     leading variances v (Var stat = v/N) of log q, q/q_inf, corr, mean and var/var_inf, and a
-    of the residual branch's log q and q/q_inf (``log_branch_q``, ``branch_q``), as a dict of arrays
-    (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
+    of the residual branch's log q and q/q_inf (``log_branch_q``, ``branch_q``), as a dict of
+    arrays (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
     the grid stops for a reason of some points only, walk its parts (:func:`each_point`);
     False: that walk's numbers (NaN at every point from there)."""
@@ -2371,14 +2371,14 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
 def _statistics(rows, B: int, shape) -> dict:
     """The arrays (L+1, *shape, ...) of :func:`coefficients` from its rows: per layer, (a, v)
     over :func:`_stats`' layout [log q (B), q / q_inf (B), corr (B^2), mean (B), var / var_inf
-    (B)], and the branch's (a, v) of [log q (B), q / q_inf (B)] (None: no branch, NaN)."""
+    (B)], and the branch's a of [log q (B), q / q_inf (B)] (None: no branch, NaN)."""
     def part(k, lo, hi, extra):
         return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
                          .reshape(shape + extra) for r in rows])
 
     def branch(lo):
         return np.stack([np.full(shape + (B,), np.nan) if r[2] is None else
-                         np.broadcast_to(r[2][0][..., lo:lo + B], shape + (B,)) for r in rows])
+                         np.broadcast_to(r[2][..., lo:lo + B], shape + (B,)) for r in rows])
 
     return {"log_q": part(0, 0, B, (B,)), "q": part(0, B, 2 * B, (B,)),
             "corr": part(0, 2 * B, 2 * B + B * B, (B, B)),
@@ -2452,7 +2452,7 @@ def _stacked_pairs(net: Op, inputs, pairs, ctx):
     two = _stacked(inputs.moments(), np.asarray(pairs), len(grid))
     rows, why = _coefficient_rows(net, two, inputs.law == "gaussian", ctx, split=False)
     shape = tuple(len(v.values) for v in grid.values())
-    return None if why else [_statistics([(a[p], v[p], branch and (branch[0][p], branch[1][p]))
+    return None if why else [_statistics([(a[p], v[p], None if branch is None else branch[p])
                                           for a, v, branch in rows], 2, shape)
                              for p in range(len(pairs))]
 
