@@ -125,6 +125,9 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "there is no branch)"),
     Variable("var_log_q", PER_INPUT, "variance of log q across seeds", "1",
              "Var[log q] over random nets at the dataset's width N, leading order (O(1/N))"),
+    Variable("var_mean", PER_INPUT, "variance of the feature mean across seeds", "1",
+             "Var[mean] over random nets at the dataset's width N, leading order (O(1/N)): a "
+             "zero-mean stream's E mean^2"),
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
              "1", "E[grad_q]/grad_q_inf - 1 = c/N at every layer l, exact weights: c from the "
              "walk of a forward tangent, E grad_q_l = E |J_l t|^2 / N (the layers above the input "

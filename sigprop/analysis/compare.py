@@ -383,6 +383,28 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     return term * (float(W) / width)
 
 
+SPREAD = {"mean": "var_mean", "q": "var_log_q", "grad_q": "var_log_grad_q"}  # Var X's variable
+
+
+def first_order_of(theory: xr.Dataset, name: str, f, width: int):
+    """E f(X) at width N = ``width`` to first order for a theory from ``sp.theory(net, inputs,
+    width=W)``: f(x) + f'(x) t + f''(x) V / 2, with t :func:`first_order`'s term (E X - x) and
+    V = Var X at N (``var_mean`` for the mean, X^2 Var log X for q and grad_q; each times
+    W/N); f' and f'' by central differences of step sqrt(V) / 100 (exact for a quadratic f).
+    None where the theory has no V for ``name``; where t or V is NaN (no finite-width rule),
+    f(x)."""
+    W = theory.attrs.get("width")
+    if W is None or SPREAD.get(name) not in theory:
+        return None
+    x = theory[name]
+    V = (theory[SPREAD[name]] * (1.0 if name == "mean" else x**2) * (float(W) / width)).fillna(0)
+    t = first_order(theory, name, "mean", width)
+    t = 0.0 if t is None else t.fillna(0)
+    h = xr.where(V > 0, np.sqrt(V) / 100, 1e-6 * np.maximum(abs(x), 1.0))
+    f0, up, down = f(x), f(x + h), f(x - h)
+    return f0 + (up - down) / (2 * h) * t + (up - 2 * f0 + down) / h**2 * V / 2
+
+
 def _one_width(mc: xr.Dataset) -> int | None:
     """The width of a Monte Carlo run at one width (a ``width`` dim of one value, a scalar
     ``width`` coordinate, or its attr), else None."""

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 
 from sigprop import schema
 from sigprop.analysis import plots
-from sigprop.analysis.compare import ESTIMATORS, first_order
+from sigprop.analysis.compare import ESTIMATORS, first_order, first_order_of
 from sigprop.data import atomic_path
 from sigprop.errors import ConfigError
 
@@ -59,8 +59,10 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     each Monte Carlo seed before the estimator, e.g. ``lambda m: m**2``, ``lambda c: 1 - c``);
     name it with ``ylabel``. A theory from ``sp.theory(..., width=N)`` is drawn at its first
     order in 1/N, E X at width N (q, corr, mean, var, branch_q, grad_q;
-    :func:`~sigprop.analysis.compare.first_order`), unless ``transform`` is given (E f(X)
-    differs from f(E X) at that order). ``xlabel``/``ylabel`` replace the axis labels;
+    :func:`~sigprop.analysis.compare.first_order`); with a ``transform``, E f(X) = f(x) + f'(x)
+    (E X - x) + f''(x) Var X / 2 where the theory has Var X (mean, q, grad_q;
+    :func:`~sigprop.analysis.compare.first_order_of`), else infinite width, as the legend says.
+    ``xlabel``/``ylabel`` replace the axis labels;
     ``theory_kw``: extra
     matplotlib arguments of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
     legend (a figure of several calls draws one for all), ``titles=False`` no panel titles.
@@ -84,10 +86,12 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if var not in names:
         raise ConfigError("var", var, f"one of {names}")
     das = {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
-    term = None if th is None or transform is not None else \
-        first_order(th, var, "mean", th.attrs.get("width", 1))
-    if term is not None:  # a theory at width N: E X there, at first order
-        das["theory"] = das["theory"] + term.fillna(0.0)
+    at_width = None  # a theory at width N: E X (or E f(X)) there, at first order
+    if th is not None and "width" in th.attrs:
+        at_width = (first_order(th, var, "mean", th.attrs["width"]) if transform is None
+                    else first_order_of(th, var, transform, th.attrs["width"]))
+    if at_width is not None:
+        das["theory"] = das["theory"] + at_width.fillna(0.0) if transform is None else at_width
     dims = list(dict.fromkeys(d for da in das.values() for d in da.dims if d != "seed"))
     roles = {"x": x, "hue": hue, "col": col, "row": row}
     for role, dim in roles.items():
@@ -109,12 +113,13 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
                           "each as x, hue, col or row, or fixed by sel={dim: label}")
     das = {k: da.squeeze([d for d in da.dims if d not in (*used, hue, "seed")], drop=True)
            for k, da in das.items()}
-    if transform is not None:
-        das = {k: transform(da) for k, da in das.items()}
+    if transform is not None:  # (the theory at width N is already E f(X))
+        das = {k: da if k == "theory" and at_width is not None else transform(da)
+               for k, da in das.items()}
     style = {"transform": transform is not None, "xlabel": xlabel, "ylabel": ylabel,
              "theory_kw": dict(theory_kw or {}), "legend": legend, "titles": titles,
              "given_ax": ax is not None,
-             "theory": "theory (infinite width)" if term is None else
+             "theory": "theory (infinite width)" if at_width is None else
                        f"theory (first order at N={th.attrs['width']})"}
     return _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale,
                  int(max_points), sharey, ax, style)

@@ -2352,7 +2352,8 @@ def _stats(x, s: Moments):
 
 def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True):
     """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
-    leading variances v (Var stat = v/N) of log q, q/q_inf, corr, mean and var/var_inf, and a
+    leading variances v (Var stat = v/N) of log q, q/q_inf, corr, mean and var/var_inf (those
+    of log q and mean as ``var_log_q``, ``var_mean``), and a
     of the residual branch's log q and q/q_inf (``log_branch_q``, ``branch_q``), as a dict of
     arrays (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
@@ -2385,6 +2386,7 @@ def _statistics(rows, B: int, shape) -> dict:
             "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
             "var": part(0, 3 * B + B * B, 4 * B + B * B, (B,)),
             "var_log_q": part(1, 0, B, (B,)),
+            "var_mean": part(1, 2 * B + B * B, 3 * B + B * B, (B,)),
             "log_branch_q": branch(0), "branch_q": branch(B)}
 
 
@@ -2482,7 +2484,8 @@ def _by_pairs(net: Op, inputs, ctx, split, stacked=True):
         for i, j in ((a, 0), (b, 1)):
             if i not in seen:
                 seen.add(i)
-                for k in ("log_q", "q", "mean", "var", "var_log_q", "log_branch_q", "branch_q"):
+                for k in ("log_q", "q", "mean", "var", "var_log_q", "var_mean", "log_branch_q",
+                          "branch_q"):
                     out[k][..., i] = got[k][..., j]
                 out["corr"][..., i, i] = got["corr"][..., j, j]
     return out, lost
@@ -2529,6 +2532,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
             "log_branch_q_correction": coef["log_branch_q"] / N,
             "branch_q_rel_correction": coef["branch_q"] / N,
             "var_log_q": coef["var_log_q"] / N,
+            "var_mean": coef["var_mean"] / N,
             "valid_width_q": np.abs(coef["q"]) / VALID_FRACTION,
         }
     computed = {k: v[layers] for k, v in computed.items()}
