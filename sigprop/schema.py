@@ -119,7 +119,8 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("log_branch_q_correction", PER_INPUT,
              "first-order finite-width correction to E log branch_q", "1",
              "a/N with E[log branch_q] = log branch_q_inf + a/N at the dataset's width N (the "
-             "block's first residual branch to close, as branch_q; NaN where there is none)"),
+             "branch of the block's first residual on the stream, as branch_q; NaN where there "
+             "is none)"),
     Variable("branch_q_rel_correction", PER_INPUT, "first-order relative correction to E branch_q",
              "1", "E[branch_q]/branch_q_inf - 1 to O(1/N) at the dataset's width N (NaN where "
              "there is no branch)"),

@@ -6,7 +6,8 @@ import re
 import numpy as np
 import pytest
 
-from sigprop.analysis.compare import synthetic
+from sigprop.analysis import plots
+from sigprop.analysis.compare import first_order_of, synthetic
 from sigprop.analysis.plots import FigureData, latex_escape
 from sigprop.figures import FIGURES, claims, module, render
 from sigprop.pipeline.config import Sim
@@ -385,12 +386,18 @@ DRAWN = {
     "gradient": [("layer", lambda th: th["grad_q"].sel(input=0))] * 2,
     "correlation": [("layer", lambda th: _pair(th["corr"])),
                     ("layer", lambda th: 1 - _pair(th["corr"]))],
-    "meanshift": [("layer", lambda th: th["mean"].sel(input=0) ** 2),
-                  ("layer", lambda th: th["var"].sel(input=0)),
-                  ("layer", lambda th: th["branch_q"].sel(input=0))],
+    "meanshift": [  # (at the Monte Carlo's width, to first order: AT_WIDTH)
+        ("layer", lambda th: first_order_of(th, "mean", lambda m: m**2, th.attrs["width"])
+         .sel(input=0)),
+        ("layer", lambda th: (th["var"] * (1 + th["var_rel_correction"])).sel(input=0)),
+        ("layer", lambda th: (th["branch_q"] * (1 + th["branch_q_rel_correction"]))
+         .sel(input=0))],
     "norms": [("batch", lambda th: _pair(th["corr"]).isel(layer=-1)),
               ("batch", lambda th: th["grad_q"].sel(input=0).isel(layer=0))],
 }
+
+
+AT_WIDTH = {"meanshift"}  # figures that draw the theory at the Monte Carlo's width
 
 
 @pytest.mark.parametrize("name", sorted(DRAWN))
@@ -409,11 +416,11 @@ def test_curve_figures_draw_the_theory_and_monte_carlo_through_sp_plot(tiny_data
     d = tiny_data[module(name).SIM]
     th, mc = d["theory"], d["montecarlo"]
     fig = module(name).draw(FigureData(th, mc, tmp_path / "generated"))
+    if name in AT_WIDTH:  # its lines: the theory at the Monte Carlo's width
+        th = plots.at_width(FigureData(th, mc), int(mc["width"].max()))
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(calls) == len(axes) <= len(DRAWN[name])  # variance: one panel when none is wild
     from matplotlib.lines import Line2D
-
-    from sigprop.analysis import plots
 
     def look(line):
         return line.get_color(), line.get_linestyle()

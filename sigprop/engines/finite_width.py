@@ -215,6 +215,17 @@ def _frame_gram(v, i: int, B: int):
     return v[..., start:start + B * B].reshape(v.shape[:-1] + (B, B))
 
 
+def _frame_moments(v, i: int, B: int, one: float):
+    """Frame i's moment matrix [[K, m], [m^T, one]] (..., B + 1, B + 1) in a vector of
+    :func:`flatten`'s layout: the Gram of its features with a constant feature (``one`` = 1)
+    appended, PSD as long as K - m m^T is (``one`` = 0: a direction's change of it)."""
+    start = i * (B * B + B) + B * B * i * (i - 1) // 2 + B * B
+    m = v[..., start:start + B]
+    corner = np.full(m.shape[:-1] + (1, 1), one)
+    return np.concatenate([np.concatenate([_frame_gram(v, i, B), m[..., :, None]], -1),
+                           np.concatenate([m[..., None, :], corner], -1)], -2)
+
+
 def unflatten(v, ref):
     """Inverse of :func:`flatten`: the stack with the reference's log scales and laws."""
     B = ref[0].K.shape[-1]
@@ -304,7 +315,12 @@ def _steps(dirs, x0, ref, first=0):
     used): second differences' round-off grows as 1 / step^2, and at a Gram singular to
     round-off (corr = 1) the directions that cross its boundary are round-off themselves; lam
     is taken to be at least SINGULAR of the largest eigenvalue (below it, lam and the rate are
-    round-off)."""
+    round-off). Last, a step whose 2h would move the smallest eigenvalue mu of a frame's moment
+    matrix [[K, m], [m^T, 1]] (PSD while the centred Gram K - m m^T is, which a norm reads) by
+    more than half of it, to second order (2h |w^T dM w| + 4h^2 sum_k (w_k^T dM w)^2 / (mu_k -
+    mu), w its eigenvectors: two small eigenvalues close together, as in a norm of a stream its
+    mean dominates, var / q ~ 1 / depth in Pre-LN with relu branches), is cut to move it by a
+    quarter, below that floor if need be (:func:`_uncrossed`); elsewhere it is unchanged."""
     step = _step()
     size = np.max(np.abs(dirs), axis=-1, keepdims=True)
     h = plain = step / np.where(size > 0, size, 1.0)
@@ -312,17 +328,40 @@ def _steps(dirs, x0, ref, first=0):
         return h
     B = ref[0].K.shape[-1]
     for i in range(len(ref)):
-        def gram(v, i=i):
-            return _frame_gram(v, i, B)
-
-        lam, V = np.linalg.eigh(gram(x0))
+        lam, V = np.linalg.eigh(_frame_gram(x0, i, B))
         v = V[..., 0]
-        rate = np.abs(np.einsum("...a,...ab,...b->...", v, gram(dirs), v))[..., None]
+        rate = np.abs(np.einsum("...a,...ab,...b->...", v, _frame_gram(dirs, i, B), v))[..., None]
         room = step * np.maximum(lam[..., :1], SINGULAR * lam[..., -1:])
         h = np.where(rate * h > room, room / np.where(rate > 0, rate, 1.0), h)
     floor = np.full((len(dirs),) + (1,) * (h.ndim - 1), step)
     floor[:first] = step**2
-    return np.maximum(h, floor * plain)
+    h = np.maximum(h, floor * plain)
+    for i in range(len(ref)):
+        h = _uncrossed(h, *np.linalg.eigh(_frame_moments(x0, i, B, 1.0)),
+                       _frame_moments(dirs, i, B, 0.0))
+    return h
+
+
+def _uncrossed(h, mu, W, dM):
+    """The steps h (M, ..., 1), each cut where its 2h might move the smallest eigenvalue mu_0
+    of a moment matrix (eigenpairs mu, W) by more than mu_0 / 2 along its direction's change
+    dM (M, ..., B + 1, B + 1): by both second-order perturbation, 2h r + 4h^2 s (r = |w_0^T dM
+    w_0|, s = sum_k (w_k^T dM w_0)^2 / (mu_k - mu_0)), and Weyl's bound 2h |dM|_F (which holds
+    where the first is no guide: mu_0 near another eigenvalue). Cut to the larger of the steps
+    that move it by mu_0 / 4 by either; not where mu_0 is round-off (below SINGULAR of the
+    largest)."""
+    low = mu[..., :1]
+    dW = np.einsum("...ak,...ab,...b->...k", W, dM, W[..., 0])
+    rate = np.abs(dW[..., :1])
+    size = np.sqrt(np.sum(dM**2, axis=(-2, -1)))[..., None]
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        bend = np.sum(dW[..., 1:] ** 2 / (mu[..., 1:] - low), axis=-1, keepdims=True)
+        moved = np.minimum(np.where(np.isfinite(bend), 2 * h * rate + 4 * h**2 * bend, np.inf),
+                           2 * h * size)
+        root = np.maximum(np.nan_to_num(low / 4 / (rate + np.sqrt(rate**2 + bend * low))),
+                          low / 8 / size)
+    cut = (low > SINGULAR * mu[..., -1:]) & (moved > low / 2)
+    return np.where(cut, np.minimum(h, root), h) if np.any(cut) else h
 
 
 @functools.cache
@@ -649,6 +688,11 @@ class _Walk:
             self.b = self.b + np.asarray(k)[..., None] * delta_step(kurtosis[2], x0, 0 * x0, M,
                                                                     ref_in)[1]
         self.frames = ref_out
+        if not (np.all(np.isfinite(self.b)) and np.all(np.isfinite(self.C))):
+            where = f"layer {self.block[0]}" if self.block else "the inputs"
+            self.lose(f"{where}: a law evaluated at the central differences' steps left "
+                      "float64 (its state near the edge of the valid moments, a singular "
+                      "Gram): no finite-width expansion resolved there", pointwise=True)
 
     def rescale_tangent(self):
         """A pair walk's tangent brought back to x's scale: J t and c J t have one law up to the
@@ -1063,26 +1107,17 @@ class _Walk:
             self.settle()
             self._varying_affine(op, ctx)
         elif _as_scale(op) is not op:  # beta x: a branch it never adds (ReZero at init; a
-            self.walk(_as_scale(op), ctx)  # BatchNorm there is not met)
+            if self._records_branch():  # BatchNorm there is not met); its output's statistics
+                probe = copy.copy(self)  # from a walk of it as it is, which the stream leaves
+                probe.widths, probe.tape = list(self.widths), None
+                probe.batchnorms, probe.waiting, probe.stale = [], [], []
+                probe._residual(op, ctx)
+                B = self.frames[0].K.shape[-1]
+                self.branch = (np.full(_lead(self.frames) + (2 * B,), np.nan)
+                               if probe.branch is None else probe.branch)
+            self.walk(_as_scale(op), ctx)
         elif isinstance(op, Residual):
-            self.settle()
-            self.push(lambda fr: fr + [fr[-1].push_ref()], linear=True)
-            self.widths.append(self.widths[-1])
-            self._cumulant_step(lambda ks: ks + ks[-1:])
-            self.drawn = self.drawn + [False]
-            before = self.lost
-            self.walk(op.branch, ctx.at(type(op.branch).__name__))
-            self.settle()
-            if self.branch is None and not self.tangent and not self.lost:
-                self.branch = self._branch_stats()
-            if self.lost and not before and isinstance(op.alpha, Sweep) and 0 in op.alpha.values:
-                # a branch lost where alpha = 0 adds nothing: those points walk alone
-                self.lost = Lost(self.lost, pointwise=True)
-            self.widths.pop()
-            beta, alpha = vec(ctx.p(op.beta)), vec(ctx.p(op.alpha))
-            self._sum_cumulants(beta, alpha)
-            self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)],
-                      linear=True)
+            self._residual(op, ctx)
         else:  # BatchNorm, an Act on a settled stream, other ops
             self.settle()
             self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here"
@@ -1094,6 +1129,36 @@ class _Walk:
                 self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1], branch))
             if not self.stop_when_lost:
                 self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+
+    def _records_branch(self) -> bool:
+        """Whether a residual met now is the one whose branch output the layer records (schema
+        ``branch_q``): the first on the stream itself (not nested in another's branch), as the
+        infinite-width engine and the Monte Carlo record it; not in a tangent walk."""
+        return len(self.frames) == 1 and self.branch is None and not self.tangent \
+            and not self.lost
+
+    def _residual(self, op: Residual, ctx: Context):
+        """x -> beta x + alpha F(x): F walked on a copy of the stream (a frame of its own), its
+        output's statistics recorded (:meth:`_records_branch`), then the sum."""
+        records = self._records_branch()
+        self.settle()
+        self.push(lambda fr: fr + [fr[-1].push_ref()], linear=True)
+        self.widths.append(self.widths[-1])
+        self._cumulant_step(lambda ks: ks + ks[-1:])
+        self.drawn = self.drawn + [False]
+        before = self.lost
+        self.walk(op.branch, ctx.at(type(op.branch).__name__))
+        self.settle()
+        if records and not self.lost:
+            self.branch = self._branch_stats()
+        if self.lost and not before and isinstance(op.alpha, Sweep) and 0 in op.alpha.values:
+            # a branch lost where alpha = 0 adds nothing: those points walk alone
+            self.lost = Lost(self.lost, pointwise=True)
+        self.widths.pop()
+        beta, alpha = vec(ctx.p(op.beta)), vec(ctx.p(op.alpha))
+        self._sum_cumulants(beta, alpha)
+        self.push(lambda fr: fr[:-2] + [moments_of_sum(beta, fr[-2], alpha, fr[-1], NUMERIC)],
+                  linear=True)
 
     def _map(self, op: Op, ctx: Context):
         """A norm, Scale or constant FeatureAffine on the settled top frame: a map of its

@@ -13,7 +13,6 @@ A as the intercept of N (mean_seeds G_0 / G_0,inf - 1) = A + A_2/N, fitted the s
 
 from __future__ import annotations
 
-import json
 import math
 import re
 import warnings
@@ -40,22 +39,6 @@ def _slug(label: str) -> str:
     return "".join(w.capitalize() for w in re.findall("[A-Za-z]+", label))
 
 
-def _nets(data: plots.FigureData):
-    """(label, net, inputs, depth) per architecture of the sim, rebuilt from the theory's config."""
-    from sigprop import presets
-    from sigprop.state.inputs import Inputs
-
-    cfg = json.loads(data.theory.attrs.get("config", "{}"))
-    L = int(data.theory["layer"][-1])
-    inputs = Inputs(**cfg.get("inputs", {}))
-    out = []
-    for arch in cfg.get("arch", []):
-        kw = {k: v for k, v in arch.items() if k not in ("preset", "label", "montecarlo")}
-        out.append((arch.get("label") or arch["preset"],
-                    presets.PRESETS[arch["preset"]](depth=L, **kw), inputs))
-    return out, L
-
-
 def _mean_mode_fit(widths, g):
     """A from samples g (width, seed) of G_0 / G_0,inf: N (mean g - 1) = A + A_2/N fitted by
     weighted least squares over the widths (SE of each: N sd(g) / sqrt(seeds)). (A, se)."""
@@ -80,7 +63,7 @@ def summary(data: plots.FigureData) -> list[dict]:
         mean_mode_coefficient,
     )
 
-    nets, L = _nets(data)
+    nets, L = plots.nets(data)
     rows = []
     for label, net, inputs in nets:
         th = plots.pick(data.theory, arch=label)
