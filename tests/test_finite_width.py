@@ -120,6 +120,26 @@ def test_var_is_the_biased_sample_variance_of_the_features(act):
     np.testing.assert_allclose(c["q"], 0.0, atol=1e-8)
 
 
+def test_var_of_a_stream_its_mean_carries_is_nan_past_float64_and_said():
+    """Constant input features (mean^2 = q) plus alpha times fresh ones: var / q ~ alpha^2, and
+    var = q - mean^2 keeps var's first order only while var / q is well above round-off. At
+    alpha = 1e-4 (var / q = 1e-8) it is the biased sample variance's -1/N (measured to 5e-7;
+    rtol 1e-5); at alpha = 1e-6 (1e-12, where a review measured -0.25) it is NaN with a
+    FiniteWidthWarning, and the other corrections are kept."""
+    const = sp.Inputs(q=1.0, mean=1.0)
+
+    def net(alpha):
+        return sp.Serial(sp.Residual(sp.Dense(1.0), alpha=alpha),
+                         sp.Residual(sp.Serial(sp.Dense(1.0), sp.Act("relu")), alpha=alpha))
+
+    ds = sp.theory(net(1e-4), const, width=64)
+    np.testing.assert_allclose(64 * ds.var_rel_correction.values[1:], -1.0, rtol=1e-5)
+    with pytest.warns(fw.FiniteWidthWarning, match="var_rel_correction is NaN at 2 points"):
+        ds = sp.theory(net(1e-6), const, width=64)
+    assert np.isnan(ds.var_rel_correction.values[1:]).all()
+    assert np.isfinite(ds.q_rel_correction.values).all()
+
+
 def test_a_branch_of_fixed_scale_is_chi_square_then_relu():
     """A residual branch Dense -> relu of the fixed inputs (layer 1), or one behind a LayerNorm
     (whose output has q = 1 exactly at every layer) ending in a second Dense without bias: its

@@ -138,6 +138,9 @@ STEP = 1e-3  # central-difference step, as a fraction of the largest entry of a 
 # at h = 1e-5, 2e-6 at 1e-3, 2e-9 at 1e-6 on Dense(uniform) -> LayerNorm -> tanh nets)
 BIAS_STEP = 1e-5
 SINGULAR = 1e-12  # a Gram's smallest eigenvalue below this of its largest: round-off (corr = 1)
+VAR_RESOLVED = 1e-9  # var / q below this: var = q - mean^2 to float64 leaves var's first order
+# to round-off (a review measured N var_rel_correction -0.9999954 at var / q = 1e-10, where it
+# is -1, and -0.25 at 1e-12)
 # C's eigen-directions below this of its largest are not stepped along (0 where some grid
 # points need them; the flattened state repeats K's symmetric entries, so C is singular; a
 # third of the directions of a residual walk): what they drop is below 1e-12 of C per step
@@ -2402,7 +2405,7 @@ def _cross_gram(frames, i, j):
 def _stats(x, s: Moments):
     """[log q (B), q / q_inf (B), corr (B^2), mean (B), var / var_inf (B)] of a top-level state
     vector (var = q - mean^2; var / var_inf taken as 0 where var_inf = 0, a stream whose features
-    are all equal: only deterministic ones, before any draw)."""
+    are all equal, and NaN where var_inf is below VAR_RESOLVED of q_inf: round-off)."""
     B = s.K.shape[-1]
     K = x[..., :B * B].reshape(x.shape[:-1] + (B, B))
     m = x[..., B * B:B * B + B]
@@ -2411,6 +2414,7 @@ def _stats(x, s: Moments):
     var_inf = s.diag - s.m ** 2
     spread = np.divide(d - m ** 2, var_inf, out=np.zeros(np.broadcast_shapes(d.shape,
                        var_inf.shape)), where=var_inf > 0)
+    spread = np.where((var_inf > 0) & (var_inf < VAR_RESOLVED * s.diag), np.nan, spread)
     return np.concatenate([2 * s.ls + np.log(d), d / s.diag, corr.reshape(x.shape[:-1] + (B * B,)),
                            m * np.exp(s.ls), spread], axis=-1)
 
@@ -2615,6 +2619,13 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
     broken = _warn_invalid(needs, width, grid)
+    lost_var = np.isnan(computed["var_rel_correction"]) & ~np.isnan(computed["q_rel_correction"])
+    if lost_var.any():
+        warnings.warn(f"var_rel_correction is NaN at {int(lost_var.sum())} points (layers "
+                      f"{sorted(set(np.nonzero(lost_var)[0].tolist()))}): the stream's mean "
+                      f"carries all but < {VAR_RESOLVED:.0e} of its q there, so var = q - "
+                      "mean^2 leaves its first order to float64's round-off",
+                      FiniteWidthWarning, stacklevel=3)
     rows = range(len(coef["var_log_q"]))
     if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid) and "q" not in broken:
         _warn_rare_nets(coef["var_log_q"], rows, width, "q", grid, coef["log_q"])
