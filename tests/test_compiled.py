@@ -424,11 +424,37 @@ def test_xla_ops_benchmark_runs_and_the_kernels_ops_keep_their_bits():
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in run.stdout.splitlines()
              if line.startswith("| ") and not line.startswith("| op") and "---" not in line]
     differ = {c[0]: int(c[1]) for c in cells if len(c) == 2}
-    for op in ("atan2 (two arrays)", "asin", "acos", "log", "exp", "sqrt"):
+    for op in ("atan2 (two arrays)", "atan2 (sigprop's, two arrays)", "asin", "acos", "log",
+               "exp", "sqrt"):
         assert differ[op] == 0, (op, differ)
     census = {c[0]: c for c in cells if len(c) == 5}
     for net in ("preln erf", "resnet relu"):
         assert int(census[net][1]) > 0 and float(census[net][2]) > 0, census
+
+
+def test_the_compiled_engines_atan2_is_numpys_to_two_ulp():
+    """The jax namespace's atan2 (:func:`sigprop.state.ns._atan2`, arithmetic alone, so that
+    it vectorises) against numpy's (glibc's) under jit: within 2 ulp on the kernels' arguments
+    (|y| <= 1, 0 <= x <= 1, and y = sin t, x = cos t), within 1 ulp over y, x of any size and
+    sign (where the angle is normal), and the special values: signed zeros, x = 0, NaN."""
+    import jax
+
+    rng = np.random.default_rng(3)
+    n = 100_000
+    t = rng.uniform(-np.pi / 2, np.pi / 2, n)
+    wide = [10.0 ** rng.uniform(-300, 300, n) * rng.choice([-1, 1], n) for _ in range(2)]
+    special = np.array([[0.0, 1.0], [-0.0, 1.0], [1.0, 0.0], [-1.0, 0.0], [0.0, 0.0],
+                        [1e-300, 1.0], [1.0, 1e-300], [1e308, 1.7e308], [1.0, -1.0],
+                        [-1.0, -1.0], [0.5, -2.0], [1.0, 1.0], [-0.0, 0.0]]).T
+    with compiled._x64(jax):
+        f = jax.jit(namespaces.jax_namespace().atan2)
+        for (y, x), ulps in (((np.sin(t), np.cos(t)), 2), ((rng.uniform(-1, 1, n),
+                             rng.uniform(0, 1, n)), 2), (wide, 1), (special, 0)):
+            got, want = np.asarray(f(y, x)), np.arctan2(y, x)
+            normal = np.abs(want) >= np.finfo(float).tiny * 2**60  # (XLA flushes subnormals)
+            assert np.all(np.abs(got - want)[normal] <= ulps * np.spacing(np.abs(want))[normal])
+            assert np.array_equal(np.signbit(got), np.signbit(want))
+        assert np.isnan(f(np.nan, 1.0)) and np.isnan(f(1.0, np.nan))
 
 
 def test_batchnorm_warning_of_a_net_the_compiled_engine_would_refuse_opened():

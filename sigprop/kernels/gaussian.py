@@ -73,8 +73,11 @@ def _angle(s, root, ns):
     (E[erf(u)^2] was 6e-9 off at q = 1e16); atan2 carries the rounding of s and root alone.
     Not atan(s / root): XLA's CPU atan rounds an array's last elements by another path than
     the rest, so a grid point's bits would depend on the grid's size (its atan2 of two arrays,
-    asin, log and exp do not; ``benchmarks/xla_ops.py --slices``). The symbolic face keeps
-    asin s: the derivations and the paper's closed forms are written with it."""
+    asin, log and exp do not; ``benchmarks/xla_ops.py --slices``). The compiled engine's atan2
+    is :func:`sigprop.state.ns._atan2`, in arithmetic alone (it vectorises; XLA's is a scalar
+    libm call per element), within 2 ulp of numpy's and with the same bits at any grid size.
+    The symbolic face keeps asin s: the derivations and the paper's closed forms are written
+    with it."""
     if ns.symbolic:
         return ns.asin(s)
     return ns.atan2(s, root)
