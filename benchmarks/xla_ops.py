@@ -2,7 +2,7 @@
 
 * ``--per-op``: ns per float64 of one jitted op over 2 x 10^6 numbers (minimum of 5): the
   transcendentals the closed-form kernels use (asin, acos, atan, atan2, log, exp, sqrt), and
-  the compiled engine's own atan2 (``sigprop.state.ns._atan2``).
+  the compiled engine's own atan2 (``sigprop.state.ns._atan2``) and acos.
 * ``--slices``: whether an op's bits depend on the array's length. Each op runs on an array of
   4096 numbers and on slices of 1 to 16 of its first 64; the count is of values that differ
   from the same elements of the whole run (0: a grid point's bits do not depend on the grid).
@@ -38,13 +38,14 @@ FREE = {"parameter", "constant", "bitcast", "broadcast", "reshape", "slice", "co
 def _ops(jnp, jsp):
     """name -> one-array function, each op on numbers in (0.01, 0.99) (atan2 of two arrays, and
     of an array and a constant, which XLA folds; the compiled engine's own atan2 of two arrays,
-    :func:`sigprop.state.ns._atan2`)."""
+    :func:`sigprop.state.ns._atan2`, and the acos it makes of it)."""
     from sigprop.state.ns import jax_namespace
 
     return {"add": lambda x: x + 1.0, "sqrt": jnp.sqrt, "exp": jnp.exp, "log": jnp.log,
             "log1p": jnp.log1p, "expm1": jnp.expm1, "asin": jnp.arcsin, "acos": jnp.arccos,
             "atan": jnp.arctan, "atan2 (two arrays)": lambda x: jnp.arctan2(x, 1.3 - x),
             "atan2 (sigprop's, two arrays)": lambda x: jax_namespace().atan2(x, 1.3 - x),
+            "acos (sigprop's)": lambda x: jax_namespace().acos(x),
             "atan2 (array, 1)": lambda x: jnp.arctan2(x, jnp.ones_like(x)),
             "tanh": jnp.tanh, "erf": jsp.erf}
 

@@ -424,19 +424,21 @@ def test_xla_ops_benchmark_runs_and_the_kernels_ops_keep_their_bits():
     cells = [[c.strip() for c in line.split("|")[1:-1]] for line in run.stdout.splitlines()
              if line.startswith("| ") and not line.startswith("| op") and "---" not in line]
     differ = {c[0]: int(c[1]) for c in cells if len(c) == 2}
-    for op in ("atan2 (two arrays)", "atan2 (sigprop's, two arrays)", "asin", "acos", "log",
-               "exp", "sqrt"):
+    for op in ("atan2 (two arrays)", "atan2 (sigprop's, two arrays)", "acos (sigprop's)",
+               "asin", "acos", "log", "exp", "sqrt"):
         assert differ[op] == 0, (op, differ)
     census = {c[0]: c for c in cells if len(c) == 5}
     for net in ("preln erf", "resnet relu"):
         assert int(census[net][1]) > 0 and float(census[net][2]) > 0, census
 
 
-def test_the_compiled_engines_atan2_is_numpys_to_two_ulp():
+def test_the_compiled_engines_atan2_and_acos_are_numpys_to_two_ulp():
     """The jax namespace's atan2 (:func:`sigprop.state.ns._atan2`, arithmetic alone, so that
     it vectorises) against numpy's (glibc's) under jit: within 2 ulp on the kernels' arguments
     (|y| <= 1, 0 <= x <= 1, and y = sin t, x = cos t), within 1 ulp over y, x of any size and
-    sign (where the angle is normal), and the special values: signed zeros, x = 0, NaN."""
+    sign (where the angle is normal), and the special values: signed zeros, x = 0, NaN. Its
+    acos, atan2(sqrt((1 - c)(1 + c)), c) as XLA expands acos, within 2 ulp of numpy's on [-1,
+    1], c near +-1 included."""
     import jax
 
     rng = np.random.default_rng(3)
@@ -455,6 +457,10 @@ def test_the_compiled_engines_atan2_is_numpys_to_two_ulp():
             assert np.all(np.abs(got - want)[normal] <= ulps * np.spacing(np.abs(want))[normal])
             assert np.array_equal(np.signbit(got), np.signbit(want))
         assert np.isnan(f(np.nan, 1.0)) and np.isnan(f(1.0, np.nan))
+        c = np.concatenate([rng.uniform(-1, 1, n), 1 - 10.0 ** rng.uniform(-16, 0, 1000),
+                            -1 + 10.0 ** rng.uniform(-16, 0, 1000), [1.0, -1.0, 0.0, -0.0]])
+        got, want = np.asarray(jax.jit(namespaces.jax_namespace().acos)(c)), np.arccos(c)
+        assert np.all(np.abs(got - want) <= 2 * np.spacing(want)) and got[-4] == 0.0
 
 
 def test_batchnorm_warning_of_a_net_the_compiled_engine_would_refuse_opened():

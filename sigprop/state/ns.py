@@ -140,9 +140,11 @@ def jax_namespace() -> Namespace:
         import jax.scipy.special
     except ImportError as e:
         raise ImportError(f"the compiled theory engine needs jax: {JAX_HINT}") from e
+    atan2 = _atan2(jnp)
     return Namespace(
-        name="jax", symbolic=False, sqrt=jnp.sqrt, exp=jnp.exp, log=jnp.log, acos=jnp.arccos,
-        asin=jnp.arcsin, atan2=_atan2(jnp), erf=jax.scipy.special.erf, abs=jnp.abs, pi=np.pi,
+        name="jax", symbolic=False, sqrt=jnp.sqrt, exp=jnp.exp, log=jnp.log,
+        acos=lambda c: atan2(jnp.sqrt((1 - c) * (1 + c)), c),  # (XLA's own expansion of acos)
+        asin=jnp.arcsin, atan2=atan2, erf=jax.scipy.special.erf, abs=jnp.abs, pi=np.pi,
         xp=_JaxArrays(jnp), traced=True, host=_jax_host,
     )
 
