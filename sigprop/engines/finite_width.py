@@ -212,9 +212,14 @@ def flatten(frames, ref):
                            for p in parts], axis=-1)
 
 
+def _frame_start(i: int, B: int) -> int:
+    """Where frame i's K starts in a vector of :func:`flatten`'s layout (its m follows)."""
+    return i * (B * B + B) + B * B * i * (i - 1) // 2
+
+
 def _frame_gram(v, i: int, B: int):
     """Frame i's K (..., B, B) in a vector of :func:`flatten`'s layout."""
-    start = i * (B * B + B) + B * B * i * (i - 1) // 2
+    start = _frame_start(i, B)
     return v[..., start:start + B * B].reshape(v.shape[:-1] + (B, B))
 
 
@@ -222,7 +227,7 @@ def _frame_moments(v, i: int, B: int, one: float):
     """Frame i's moment matrix [[K, m], [m^T, one]] (..., B + 1, B + 1) in a vector of
     :func:`flatten`'s layout: the Gram of its features with a constant feature (``one`` = 1)
     appended, PSD as long as K - m m^T is (``one`` = 0: a direction's change of it)."""
-    start = i * (B * B + B) + B * B * i * (i - 1) // 2 + B * B
+    start = _frame_start(i, B) + B * B
     m = v[..., start:start + B]
     corner = np.full(m.shape[:-1] + (1, 1), one)
     return np.concatenate([np.concatenate([_frame_gram(v, i, B), m[..., :, None]], -1),
@@ -641,8 +646,8 @@ class _Walk:
         self.lost: Lost | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state, (l, beta^2 | None)) of each BatchNorm
         self.block: tuple | None = None  # (l, op): the top-level layer being walked
-        self.branch = None  # a of the first residual branch output that closes in it
-        # (:meth:`_branch_stats`; not in a tangent walk)
+        self.branch = None  # a of its recorded residual branch's output statistics
+        # (:meth:`_records_branch`, :meth:`_branch_stats`; NaN where not resolved)
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
@@ -2422,9 +2427,9 @@ def _stats(x, s: Moments):
 def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True):
     """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
     leading variances v (Var stat = v/N) of log q, q/q_inf, corr, mean and var/var_inf (those
-    of log q and mean as ``var_log_q``, ``var_mean``), and a
-    of the residual branch's log q and q/q_inf (``log_branch_q``, ``branch_q``), as a dict of
-    arrays (L+1, *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
+    of log q and mean as ``var_log_q``, ``var_mean``), and the coefficients a of the residual
+    branch's log q and q/q_inf (``log_branch_q``, ``branch_q``), as a dict of arrays (L+1,
+    *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
     the grid stops for a reason of some points only, walk its parts (:func:`each_point`);
     False: that walk's numbers (NaN at every point from there)."""
@@ -2621,8 +2626,9 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
     broken = _warn_invalid(needs, width, grid)
     lost_var = np.isnan(computed["var_rel_correction"]) & ~np.isnan(computed["q_rel_correction"])
     if lost_var.any():
+        at = sorted(set(layers[np.nonzero(lost_var)[0]].tolist()))
         warnings.warn(f"var_rel_correction is NaN at {int(lost_var.sum())} points (layers "
-                      f"{sorted(set(np.nonzero(lost_var)[0].tolist()))}): the stream's mean "
+                      f"{at}): the stream's mean "
                       f"carries all but < {VAR_RESOLVED:.0e} of its q there, so var = q - "
                       "mean^2 leaves its first order to float64's round-off",
                       FiniteWidthWarning, stacklevel=3)
