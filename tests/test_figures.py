@@ -9,7 +9,7 @@ import pytest
 from sigprop.analysis import plots
 from sigprop.analysis.compare import first_order_of, synthetic
 from sigprop.analysis.plots import FigureData, latex_escape
-from sigprop.figures import FIGURES, claims, module, render
+from sigprop.figures import FIGURES, at_width, claims, module, render
 from sigprop.pipeline.config import Sim
 from sigprop.pipeline.runs import run_theory
 
@@ -417,7 +417,7 @@ def test_curve_figures_draw_the_theory_and_monte_carlo_through_sp_plot(tiny_data
     th, mc = d["theory"], d["montecarlo"]
     fig = module(name).draw(FigureData(th, mc, tmp_path / "generated"))
     if name in AT_WIDTH:  # its lines: the theory at the Monte Carlo's width
-        th = plots.at_width(FigureData(th, mc), int(mc["width"].max()))
+        th = at_width(FigureData(th, mc), int(mc["width"].max()))
     axes = [ax for ax in fig.axes if ax.get_visible()]
     assert len(calls) == len(axes) <= len(DRAWN[name])  # variance: one panel when none is wild
     from matplotlib.lines import Line2D

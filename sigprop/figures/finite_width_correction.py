@@ -21,6 +21,7 @@ import numpy as np
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from sigprop.analysis import plots
+from sigprop.figures import nets as figure_nets
 
 SIM = "finite_width_correction"
 CAPTION = (
@@ -63,7 +64,7 @@ def summary(data: plots.FigureData) -> list[dict]:
         mean_mode_coefficient,
     )
 
-    nets, L = plots.nets(data)
+    nets, L = figure_nets(data)
     rows = []
     for label, net, inputs in nets:
         th = plots.pick(data.theory, arch=label)

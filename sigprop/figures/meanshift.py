@@ -1,10 +1,11 @@
 """Signal-propagation plot: squared feature mean, variance and branch variance per block; the
-theory at the Monte Carlo's width to first order in 1/N (:func:`plots.at_width`), so that the
-mean's finite-width random walk is a line too."""
+theory at the Monte Carlo's width to first order in 1/N (:func:`sigprop.figures.at_width`), so
+that the mean's finite-width random walk is a line too."""
 
 import dataclasses
 
 from sigprop.analysis import plots
+from sigprop.figures import at_width
 
 SIM = "meanshift"
 CAPTION = (
@@ -27,7 +28,7 @@ QUANTITIES = (  # (variable, transform, y label, y scale: mu^2 is 0 at infinite 
 
 def draw(data: plots.FigureData):
     if data.mc is not None and "width" in data.mc.dims:
-        data = dataclasses.replace(data, theory=plots.at_width(data, int(data.mc["width"].max())))
+        data = dataclasses.replace(data, theory=at_width(data, int(data.mc["width"].max())))
     fig, axes = plots.panels(len(QUANTITIES), layout="constrained")
     for ax, (var, transform, label, yscale) in zip(axes, QUANTITIES):
         plots.curves(ax, data, var, transform=transform, yscale=yscale, ylabel=label,
