@@ -62,9 +62,8 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     :func:`~sigprop.analysis.compare.first_order`); with a ``transform``, E f(X) = f(x) + f'(x)
     (E X - x) + f''(x) Var X / 2 where the theory has Var X (mean, q, grad_q;
     :func:`~sigprop.analysis.compare.first_order_of`), else infinite width, as the legend says.
-    ``xlabel``/``ylabel`` replace the axis labels;
-    ``theory_kw``: extra
-    matplotlib arguments of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
+    ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra matplotlib arguments
+    of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
     legend (a figure of several calls draws one for all), ``titles=False`` no panel titles.
     A hue label that names one of the paper's nets (``plots.NET_STYLES``: "Pre-LN", "Post-LN",
     ...) is drawn in that net's colour, line style and marker, the same in every figure; other
@@ -90,8 +89,10 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if th is not None and "width" in th.attrs:
         at_width = (first_order(th, var, "mean", th.attrs["width"]) if transform is None
                     else first_order_of(th, var, transform, th.attrs["width"]))
-    if at_width is not None:
-        das["theory"] = das["theory"] + at_width.fillna(0.0) if transform is None else at_width
+    if at_width is not None and transform is None:  # E X = X + its term
+        das["theory"] = das["theory"] + at_width.fillna(0.0)
+    elif at_width is not None:  # E f(X) itself
+        das["theory"] = at_width
     dims = list(dict.fromkeys(d for da in das.values() for d in da.dims if d != "seed"))
     roles = {"x": x, "hue": hue, "col": col, "row": row}
     for role, dim in roles.items():
