@@ -129,6 +129,12 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("var_mean", PER_INPUT, "variance of the feature mean across seeds", "1",
              "Var[mean] over random nets at the dataset's width N, leading order (O(1/N)): a "
              "zero-mean stream's E mean^2"),
+    Variable("var_corr", PER_PAIR, "variance of corr across seeds", "1",
+             "Var[corr] over random nets at the dataset's width N, leading order (O(1/N); 0 on "
+             "the diagonal)"),
+    Variable("var_log_var", PER_INPUT, "variance of log var across seeds", "1",
+             "Var[log var] over random nets at the dataset's width N, leading order (O(1/N); "
+             "var = q - mean^2, NaN where var_rel_correction is)"),
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
              "1", "E[grad_q]/grad_q_inf - 1 = c/N at every layer l, exact weights: c from the "
              "walk of a forward tangent, E grad_q_l = E |J_l t|^2 / N (the layers above the input "

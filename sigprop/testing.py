@@ -190,42 +190,58 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     the first-order theory (:mod:`sigprop.engines.finite_width`), at ``layer``, input 0 (and the
     pair 0, 1 for corr). Returns rows (statistic, predicted, fitted, se): the 1/N slopes of
     E log q and E corr (fitted as c + a/N over the widths; estimates: the mean over seeds and its
-    standard error), the leading coefficient of Var log q (N Var fitted as V + c/N; the
-    standard error of a sample variance of near-normal logs is Var sqrt(2 / (seeds - 1))), the
-    1/N slope of E var / var_inf (var = q - mean^2) and, where the layer has a residual branch,
-    of E log branch_q (both as E log q's)."""
+    standard error), the leading coefficients of Var log q, Var corr and Var log var (N Var
+    fitted as V + c/N; :func:`sample_variance`), the 1/N slope of E var / var_inf (var = q -
+    mean^2) and, where the layer has a residual branch, of E log branch_q (both as E log
+    q's)."""
     coef = finite_width.coefficients(net, inputs)[0]
     inf = theory(net, inputs).isel(layer=layer, input=0)
     pick = {"log_q": lambda ds: ds.log_q.values[:, layer, 0],
             "corr": lambda ds: ds.corr.values[:, layer, 0, 1],
             "var": lambda ds: ds["var"].values[:, layer, 0] / float(inf["var"]),
             "log_branch_q": lambda ds: ds.log_branch_q.values[:, layer, 0]}
+    spread_of = {"spread": "log_q", "spread_corr": "corr", "spread_var": "var"}
     read = [k for k in pick if (k != "corr" or inputs.n > 1)
             and (k != "log_branch_q" or np.isfinite(inf["log_branch_q"]))]
-    est = {k: [] for k in ("log_q", "corr", "spread", "var", "log_branch_q")}
+    est = {k: [] for k in ("log_q", "corr", "spread", "spread_corr", "var", "spread_var",
+                           "log_branch_q")}
     for N in widths:
         mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
                       root_seed=root_seed + int(N))
         for k in read:
             x = pick[k](mc)
             est[k].append((x.mean(), x.std(ddof=1) / math.sqrt(seeds)))
-        v = pick["log_q"](mc).var(ddof=1)
-        est["spread"].append((N * v, N * v * math.sqrt(2 / (seeds - 1))))
+        for k, of in spread_of.items():
+            if of in read and (of != "var" or float(inf["var"]) > 0):  # (else no log var)
+                v, se = sample_variance(np.log(pick[of](mc)) if of == "var" else pick[of](mc))
+                est[k].append((N * v, N * se))
     rows = []
     predicted = {"log_q": coef["log_q"][layer][..., 0], "spread": coef["var_log_q"][layer][..., 0],
-                 "var": coef["var"][layer][..., 0],
+                 "var": coef["var"][layer][..., 0], "spread_var": coef["var_log_var"][layer][..., 0],
                  "log_branch_q": coef["log_branch_q"][layer][..., 0]}
     if inputs.n > 1:
         predicted["corr"] = coef["corr"][layer][..., 0, 1]
+        predicted["spread_corr"] = coef["var_corr"][layer][..., 0, 1]
     for k, pairs in est.items():
         if not pairs:
             continue
         c, se_c, a, se_a = fit_inverse_width(widths, *zip(*pairs))
-        fitted, se = (c, se_c) if k == "spread" else (a, se_a)
+        fitted, se = (c, se_c) if k in spread_of else (a, se_a)
         name = {"log_q": "slope of E log q", "corr": "slope of E corr", "spread": "N Var log q",
-                "var": "slope of E var / var_inf", "log_branch_q": "slope of E log branch_q"}[k]
+                "spread_corr": "N Var corr", "var": "slope of E var / var_inf",
+                "spread_var": "N Var log var", "log_branch_q": "slope of E log branch_q"}[k]
         rows.append((name, float(predicted[k]), float(fitted), float(se)))
     return rows
+
+
+def sample_variance(x) -> tuple[float, float]:
+    """(s^2, its standard error) of a sample: Var s^2 = (m4 - s^4) / S to leading order, m4 the
+    sample's fourth central moment (s^2 sqrt(2 / S) for a normal sample; a heavier tail, as corr's
+    near +-1 or a log's, widens it)."""
+    x = np.asarray(x, dtype=float)
+    v = float(x.var(ddof=1))
+    m4 = float(np.mean((x - x.mean()) ** 4))
+    return v, math.sqrt(max(m4 - v * v, 0.0) / x.size)
 
 
 def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int = 0,

@@ -93,7 +93,7 @@ FIRST_ORDER = {  # the variables of sp.theory(..., width=N) each compared variab
     "branch_q": ("branch_q_rel_correction", "log_branch_q_correction"),
     "grad_q": ("grad_q_rel_correction", "var_log_grad_q"),
     "corr": ("corr_correction",), "mean": ("mean_correction",),
-    "var": ("var_rel_correction",)}
+    "var": ("var_rel_correction", "var_log_var")}
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
@@ -359,10 +359,10 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     W/N), or None where it has none: ``mean``: E X = X (1 + c/N) for q, branch_q, var and
     grad_q, E corr and E mean plus their terms; ``lognormal`` (log E X): c/N for those four;
     ``logmean`` (E log X): E log q's and E log branch_q's own terms, and (c - v/2)/N for grad_q
-    (v: N Var log grad_q; log E X - E log X = Var log X / 2 at leading order). None under
+    and var (v: N Var log X; log E X - E log X = Var log X / 2 at leading order). None under
     ``median``: the median of log X sits O(1/N) from its mean (log X's skewness, which the
-    theory does not give), the order of the term itself; for var under ``logmean`` (the theory
-    has no Var log var); and for corr and mean under the log estimators (not theirs)."""
+    theory does not give), the order of the term itself; and for corr and mean under the log
+    estimators (not theirs)."""
     W = theory.attrs.get("width")
     if W is None or est_name == "median" or name not in FIRST_ORDER:
         return None
@@ -370,34 +370,36 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
         needs = FIRST_ORDER[name] if est_name == "mean" else None
     elif est_name == "logmean":
         needs = {"q": FIRST_ORDER["q"][1:], "branch_q": FIRST_ORDER["branch_q"][1:],
-                 "grad_q": FIRST_ORDER["grad_q"]}.get(name)
+                 "grad_q": FIRST_ORDER["grad_q"], "var": FIRST_ORDER["var"]}.get(name)
     else:
         needs = FIRST_ORDER[name][:1]
     if needs is None or any(v not in theory for v in needs):
         return None
     term = theory[needs[0]]
-    if name == "grad_q" and est_name == "logmean":
+    if name in ("grad_q", "var") and est_name == "logmean":
         term = term - theory[needs[1]] / 2
     elif name in ("q", "branch_q", "var", "grad_q") and est_name == "mean":
         term = theory[name] * term
     return term * (float(W) / width)
 
 
-SPREAD = {"mean": "var_mean", "q": "var_log_q", "grad_q": "var_log_grad_q"}  # Var X's variable
+SPREAD = {"mean": "var_mean", "corr": "var_corr"}  # Var X's variable
+LOG_SPREAD = {"q": "var_log_q", "var": "var_log_var", "grad_q": "var_log_grad_q"}  # Var log X's
 
 
 def first_order_of(theory: xr.Dataset, name: str, f, width: int):
     """E f(X) at width N = ``width`` to first order for a theory from ``sp.theory(net, inputs,
     width=W)``: f(x) + f'(x) t + f''(x) V / 2, with t :func:`first_order`'s term (E X - x) and
-    V = Var X at N (``var_mean`` for the mean, X^2 Var log X for q and grad_q; each times
-    W/N); f' and f'' by central differences of step sqrt(V) / 100 (exact for a quadratic f).
-    None where the theory has no V for ``name``; where t or V is NaN (no finite-width rule),
-    f(x)."""
+    V = Var X at N (``var_mean`` for the mean, ``var_corr`` for corr, X^2 Var log X for q, var
+    and grad_q; each times W/N); f' and f'' by central differences of step sqrt(V) / 100 (exact
+    for a quadratic f). None where the theory has no V for ``name``; where t or V is NaN (no
+    finite-width rule), f(x)."""
     W = theory.attrs.get("width")
-    if W is None or SPREAD.get(name) not in theory:
+    spread = SPREAD.get(name) or LOG_SPREAD.get(name)
+    if W is None or spread not in theory:
         return None
     x = theory[name]
-    V = (theory[SPREAD[name]] * (1.0 if name == "mean" else x**2) * (float(W) / width)).fillna(0)
+    V = (theory[spread] * (x**2 if name in LOG_SPREAD else 1.0) * (float(W) / width)).fillna(0)
     t = first_order(theory, name, "mean", width)
     t = 0.0 if t is None else t.fillna(0)
     h = xr.where(V > 0, np.sqrt(V) / 100, 1e-6 * np.maximum(abs(x), 1.0))

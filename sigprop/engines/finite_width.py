@@ -187,6 +187,7 @@ VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is
 CHECK_STEP, NEAR_SINGULAR, UNRESOLVED_FLOOR = 2 / 3, 1e-2, 1e-6
 _STEP_FACTOR = contextvars.ContextVar("finite_width_step_factor", default=1.0)
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
+PAIRED = frozenset({"corr", "var_corr"})  # coefficients per pair of inputs (..., B, B)
 SPREAD_MAX = 1.0  # Var log q across nets past which a mean over nets is carried by rare nets
 
 
@@ -2427,7 +2428,9 @@ def _stats(x, s: Moments):
 def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True):
     """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
     leading variances v (Var stat = v/N) of log q, q/q_inf, corr, mean and var/var_inf (those
-    of log q and mean as ``var_log_q``, ``var_mean``), and the coefficients a of the residual
+    of log q, corr and mean as ``var_log_q``, ``var_corr``, ``var_mean``, and var/var_inf's as
+    ``var_log_var``: log var - log var_inf = var/var_inf - 1 at leading order), and the
+    coefficients a of the residual
     branch's log q and q/q_inf (``log_branch_q``, ``branch_q``), as a dict of arrays (L+1,
     *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
@@ -2460,7 +2463,9 @@ def _statistics(rows, B: int, shape) -> dict:
             "mean": part(0, 2 * B + B * B, 3 * B + B * B, (B,)),
             "var": part(0, 3 * B + B * B, 4 * B + B * B, (B,)),
             "var_log_q": part(1, 0, B, (B,)),
+            "var_corr": part(1, 2 * B, 2 * B + B * B, (B, B)),
             "var_mean": part(1, 2 * B + B * B, 3 * B + B * B, (B,)),
+            "var_log_var": part(1, 3 * B + B * B, 4 * B + B * B, (B,)),
             "log_branch_q": branch(0), "branch_q": branch(B)}
 
 
@@ -2552,16 +2557,17 @@ def _by_pairs(net: Op, inputs, ctx, split, stacked=True):
             got, why = coefficients(net, two, ctx, split)
         lost = _merged([lost, why])
         if out is None:
-            out = {k: np.zeros(v.shape[:-2] + (B, B) if k == "corr" else v.shape[:-1] + (B,))
+            out = {k: np.zeros(v.shape[:-2] + (B, B) if k in PAIRED else v.shape[:-1] + (B,))
                    for k, v in got.items()}
-        out["corr"][..., [a, b], [b, a]] = got["corr"][..., [0, 1], [1, 0]]
+        for k in PAIRED:
+            out[k][..., [a, b], [b, a]] = got[k][..., [0, 1], [1, 0]]
         for i, j in ((a, 0), (b, 1)):
             if i not in seen:
                 seen.add(i)
-                for k in ("log_q", "q", "mean", "var", "var_log_q", "var_mean", "log_branch_q",
-                          "branch_q"):
+                for k in got.keys() - PAIRED:
                     out[k][..., i] = got[k][..., j]
-                out["corr"][..., i, i] = got["corr"][..., j, j]
+                for k in PAIRED:
+                    out[k][..., i, i] = got[k][..., j, j]
     return out, lost
 
 
@@ -2607,6 +2613,8 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
             "branch_q_rel_correction": coef["branch_q"] / N,
             "var_log_q": coef["var_log_q"] / N,
             "var_mean": coef["var_mean"] / N,
+            "var_corr": coef["var_corr"] / N,
+            "var_log_var": coef["var_log_var"] / N,
             "valid_width_q": np.abs(coef["q"]) / VALID_FRACTION,
         }
     computed = {k: v[layers] for k, v in computed.items()}
