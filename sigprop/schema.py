@@ -135,6 +135,9 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("var_log_var", PER_INPUT, "variance of log var across seeds", "1",
              "Var[log var] over random nets at the dataset's width N, leading order (O(1/N); "
              "var = q - mean^2, NaN where var_rel_correction is)"),
+    Variable("var_log_branch_q", PER_INPUT, "variance of log branch_q across seeds", "1",
+             "Var[log branch_q] over random nets at the dataset's width N, leading order "
+             "(O(1/N); NaN where there is no branch)"),
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
              "1", "E[grad_q]/grad_q_inf - 1 = c/N at every layer l, exact weights: c from the "
              "walk of a forward tangent, E grad_q_l = E |J_l t|^2 / N (the layers above the input "

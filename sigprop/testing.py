@@ -193,18 +193,19 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     standard error), the leading coefficients of Var log q, Var corr and Var log var (N Var
     fitted as V + c/N; :func:`sample_variance`), the 1/N slope of E var / var_inf (var = q -
     mean^2) and, where the layer has a residual branch, of E log branch_q (both as E log
-    q's)."""
+    q's) and the leading coefficient of Var log branch_q."""
     coef = finite_width.coefficients(net, inputs)[0]
     inf = theory(net, inputs).isel(layer=layer, input=0)
     pick = {"log_q": lambda ds: ds.log_q.values[:, layer, 0],
             "corr": lambda ds: ds.corr.values[:, layer, 0, 1],
             "var": lambda ds: ds["var"].values[:, layer, 0] / float(inf["var"]),
             "log_branch_q": lambda ds: ds.log_branch_q.values[:, layer, 0]}
-    spread_of = {"spread": "log_q", "spread_corr": "corr", "spread_var": "var"}
+    spread_of = {"spread": "log_q", "spread_corr": "corr", "spread_var": "var",
+                 "spread_branch": "log_branch_q"}
     read = [k for k in pick if (k != "corr" or inputs.n > 1)
             and (k != "log_branch_q" or np.isfinite(inf["log_branch_q"]))]
     est = {k: [] for k in ("log_q", "corr", "spread", "spread_corr", "var", "spread_var",
-                           "log_branch_q")}
+                           "log_branch_q", "spread_branch")}
     for N in widths:
         mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
                       root_seed=root_seed + int(N))
@@ -218,7 +219,8 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     rows = []
     predicted = {"log_q": coef["log_q"][layer][..., 0], "spread": coef["var_log_q"][layer][..., 0],
                  "var": coef["var"][layer][..., 0], "spread_var": coef["var_log_var"][layer][..., 0],
-                 "log_branch_q": coef["log_branch_q"][layer][..., 0]}
+                 "log_branch_q": coef["log_branch_q"][layer][..., 0],
+                 "spread_branch": coef["var_log_branch_q"][layer][..., 0]}
     if inputs.n > 1:
         predicted["corr"] = coef["corr"][layer][..., 0, 1]
         predicted["spread_corr"] = coef["var_corr"][layer][..., 0, 1]
@@ -229,7 +231,8 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
         fitted, se = (c, se_c) if k in spread_of else (a, se_a)
         name = {"log_q": "slope of E log q", "corr": "slope of E corr", "spread": "N Var log q",
                 "spread_corr": "N Var corr", "var": "slope of E var / var_inf",
-                "spread_var": "N Var log var", "log_branch_q": "slope of E log branch_q"}[k]
+                "spread_var": "N Var log var", "log_branch_q": "slope of E log branch_q",
+                "spread_branch": "N Var log branch_q"}[k]
         rows.append((name, float(predicted[k]), float(fitted), float(se)))
     return rows
 

@@ -232,6 +232,18 @@ def test_the_spread_of_corr_and_of_var_over_one_layer_of_iid_features():
     np.testing.assert_allclose(N * relu.var_log_var.values, var_g / (m2 - m1**2) ** 2, rtol=1e-6)
 
 
+def test_the_spread_of_a_pre_ln_branch():
+    """Pre-LN's branch reads the LayerNorm's output, whose Gram has a fixed diagonal at any
+    width: after Dense -> relu its q is the mean of N i.i.d. f^2, f = relu(u), so N Var log
+    branch_q = Var f^2 / (E f^2)^2 = (3/2 - 1/4) / (1/4) = 5; a last Dense draws N fresh
+    Gaussian features of that q, adding Var log(chi^2_N / N) = 2/N: 7. Measured within 1e-9
+    (eps's share and the central differences' round-off); rtol 1e-6."""
+    for shape, want in (("dense_act", 5.0), ("mlp", 7.0)):
+        ds = sp.theory(presets.preln(3, shape=shape), PAIR, width=64)
+        np.testing.assert_allclose(64 * ds.var_log_branch_q.values[1:], want, rtol=1e-6)
+        assert np.isnan(ds.var_log_branch_q.values[0]).all()  # (layer 0: no branch)
+
+
 def test_wishart_noise_of_a_linear_stream():
     """For y = u ~ N(0, K) the realised Gram is Wishart: Cov(K_ab, K_cd) = K_ac K_bd + K_ad K_bc,
     Cov(m_a, m_c) = K_ac, and the odd moments vanish; the cross moment with a fixed stream r of

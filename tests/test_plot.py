@@ -99,8 +99,8 @@ def test_a_theory_at_a_width_is_drawn_at_its_first_order():
     infinite-width line without the width; here they differ by > 1e-4). With a ``transform``
     it is E f(X) = f(x) + f'(x) (E X - x) + f''(x) Var X / 2 where the theory has Var X: the
     same line for f = identity, for f = q^2, q^2 + 2 q (E q - q) + q^2 Var log q, and for
-    corr^2, corr^2 + 2 corr (E corr - corr) + Var corr; for branch_q, whose Var the theory does
-    not give, f(T_inf), labelled as infinite width."""
+    corr^2, corr^2 + 2 corr (E corr - corr) + Var corr; for log q, which has no first-order
+    term there, f(T_inf), labelled as infinite width."""
     th = sp.theory(sp.presets.plain(3, "tanh", shape="dense_act"), X0, width=64)
     for var, want in (("q", th.q * (1 + th.q_rel_correction)),
                       ("corr", th.corr + th.corr_correction)):
@@ -116,10 +116,9 @@ def test_a_theory_at_a_width_is_drawn_at_its_first_order():
     c, a, v = (_pair(th[k]).values for k in ("corr", "corr_correction", "var_corr"))
     (line,) = solid_lines(sp.plot(th, var="corr", transform=lambda c: c**2).axes[0])
     np.testing.assert_allclose(line.get_ydata(), c**2 + 2 * c * a + v, rtol=1e-9)
-    res = sp.theory(sp.presets.preln(3), X0, width=64)
-    fig = sp.plot(res, var="branch_q", transform=lambda b: 1 / b)
+    fig = sp.plot(th, var="log_q", transform=lambda x: 2 * x)
     (line,) = solid_lines(fig.axes[0])
-    np.testing.assert_array_equal(line.get_ydata(), 1 / res.branch_q.sel(input=0).values)
+    np.testing.assert_array_equal(line.get_ydata(), 2 * th.log_q.sel(input=0).values)
     assert "theory (infinite width)" in [t.get_text() for t in fig.legends[0].get_texts()]
     labels = [t.get_text() for t in sp.plot(th, var="q").legends[0].get_texts()]
     assert "theory (first order at N=64)" in labels, labels

@@ -384,14 +384,15 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
 
 
 SPREAD = {"mean": "var_mean", "corr": "var_corr"}  # Var X's variable
-LOG_SPREAD = {"q": "var_log_q", "var": "var_log_var", "grad_q": "var_log_grad_q"}  # Var log X's
+LOG_SPREAD = {"q": "var_log_q", "var": "var_log_var", "branch_q": "var_log_branch_q",
+              "grad_q": "var_log_grad_q"}  # Var log X's variable
 
 
 def first_order_of(theory: xr.Dataset, name: str, f, width: int):
     """E f(X) at width N = ``width`` to first order for a theory from ``sp.theory(net, inputs,
     width=W)``: f(x) + f'(x) t + f''(x) V / 2, with t :func:`first_order`'s term (E X - x) and
-    V = Var X at N (``var_mean`` for the mean, ``var_corr`` for corr, X^2 Var log X for q, var
-    and grad_q; each times W/N); f' and f'' by central differences of step sqrt(V) / 100 (exact
+    V = Var X at N (``var_mean`` for the mean, ``var_corr`` for corr, X^2 Var log X for q, var,
+    branch_q and grad_q; each times W/N); f' and f'' by central differences of step sqrt(V) / 100 (exact
     for a quadratic f). None where the theory has no V for ``name``; where t or V is NaN (no
     finite-width rule), f(x)."""
     W = theory.attrs.get("width")

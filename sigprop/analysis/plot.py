@@ -60,7 +60,7 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     name it with ``ylabel``. A theory from ``sp.theory(..., width=N)`` is drawn at its first
     order in 1/N, E X at width N (q, corr, mean, var, branch_q, grad_q;
     :func:`~sigprop.analysis.compare.first_order`); with a ``transform``, E f(X) = f(x) + f'(x)
-    (E X - x) + f''(x) Var X / 2 where the theory has Var X (mean, q, corr, var, grad_q;
+    (E X - x) + f''(x) Var X / 2 where the theory has Var X (mean, q, corr, var, branch_q, grad_q;
     :func:`~sigprop.analysis.compare.first_order_of`), else infinite width, as the legend says.
     ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra matplotlib arguments
     of the theory lines (``{"marker": "."}``); ``legend=False`` draws no

@@ -647,7 +647,7 @@ class _Walk:
         self.lost: Lost | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state, (l, beta^2 | None)) of each BatchNorm
         self.block: tuple | None = None  # (l, op): the top-level layer being walked
-        self.branch = None  # a of its recorded residual branch's output statistics
+        self.branch = None  # (a, v) of its recorded residual branch's output statistics
         # (:meth:`_records_branch`, :meth:`_branch_stats`; NaN where not resolved)
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
@@ -1122,7 +1122,7 @@ class _Walk:
                 probe.batchnorms, probe.waiting, probe.stale = [], [], []
                 probe._residual(op, ctx)
                 B = self.frames[0].K.shape[-1]
-                self.branch = (np.full(_lead(self.frames) + (2 * B,), np.nan)
+                self.branch = (np.full(_lead(self.frames) + (4 * B,), np.nan)
                                if probe.branch is None else probe.branch)
             self.walk(_as_scale(op), ctx)
         elif isinstance(op, Residual):
@@ -1245,9 +1245,9 @@ class _Walk:
         self.drawn = self.drawn[:-1]
 
     def _branch_stats(self):
-        """a of the settled top frame's [log q (B), q / q_inf (B)] (a residual branch's output,
-        as schema ``branch_q``): E stat = stat_inf + a/N; 0 for a branch that is 0 at every
-        width (zero weights, a zero Scale)."""
+        """[a, v] of the settled top frame's [log q (B), q / q_inf (B)] (a residual branch's
+        output, as schema ``branch_q``): E stat = stat_inf + a/N, Var stat = v/N; 0 for a branch
+        that is 0 at every width (zero weights, a zero Scale)."""
         f, j = self.frames[-1], len(self.frames) - 1
         B = f.K.shape[-1]
         zero = f.diag == 0
@@ -1260,9 +1260,10 @@ class _Walk:
             return np.concatenate([2 * f.ls + np.log(d), d / diag], axis=-1)
 
         D = x0.shape[-1]
-        return delta_step(stats, np.broadcast_to(x0, lead + (D,)),
-                          np.broadcast_to(self.b, lead + (D,)),
-                          np.broadcast_to(self.C, lead + (D, D)), self.frames)[1]
+        _, a, V = delta_step(stats, np.broadcast_to(x0, lead + (D,)),
+                             np.broadcast_to(self.b, lead + (D,)),
+                             np.broadcast_to(self.C, lead + (D, D)), self.frames)
+        return np.concatenate([a, np.diagonal(V, axis1=-2, axis2=-1)], axis=-1)
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
@@ -2429,9 +2430,9 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     """Per layer l = 0..L: the first-order coefficients a (E stat = stat_inf + a/N) and the
     leading variances v (Var stat = v/N) of log q, q/q_inf, corr, mean and var/var_inf (those
     of log q, corr and mean as ``var_log_q``, ``var_corr``, ``var_mean``, and var/var_inf's as
-    ``var_log_var``: log var - log var_inf = var/var_inf - 1 at leading order), and the
-    coefficients a of the residual
-    branch's log q and q/q_inf (``log_branch_q``, ``branch_q``), as a dict of arrays (L+1,
+    ``var_log_var``: log var - log var_inf = var/var_inf - 1 at leading order), the
+    coefficients a of the residual branch's log q and q/q_inf (``log_branch_q``, ``branch_q``)
+    and v of its log q (``var_log_branch_q``), as a dict of arrays (L+1,
     *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
     the grid stops for a reason of some points only, walk its parts (:func:`each_point`);
@@ -2449,7 +2450,7 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
 def _statistics(rows, B: int, shape) -> dict:
     """The arrays (L+1, *shape, ...) of :func:`coefficients` from its rows: per layer, (a, v)
     over :func:`_stats`' layout [log q (B), q / q_inf (B), corr (B^2), mean (B), var / var_inf
-    (B)], and the branch's a of [log q (B), q / q_inf (B)] (None: no branch, NaN)."""
+    (B)], and the branch's (a, v) of [log q (B), q / q_inf (B)] (None: no branch, NaN)."""
     def part(k, lo, hi, extra):
         return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
                          .reshape(shape + extra) for r in rows])
@@ -2466,7 +2467,7 @@ def _statistics(rows, B: int, shape) -> dict:
             "var_corr": part(1, 2 * B, 2 * B + B * B, (B, B)),
             "var_mean": part(1, 2 * B + B * B, 3 * B + B * B, (B,)),
             "var_log_var": part(1, 3 * B + B * B, 4 * B + B * B, (B,)),
-            "log_branch_q": branch(0), "branch_q": branch(B)}
+            "log_branch_q": branch(0), "branch_q": branch(B), "var_log_branch_q": branch(2 * B)}
 
 
 def _coefficient_rows(net: Op, s0: Moments, gaussian: bool, ctx: Context, split: bool):
@@ -2615,6 +2616,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
             "var_mean": coef["var_mean"] / N,
             "var_corr": coef["var_corr"] / N,
             "var_log_var": coef["var_log_var"] / N,
+            "var_log_branch_q": coef["var_log_branch_q"] / N,
             "valid_width_q": np.abs(coef["q"]) / VALID_FRACTION,
         }
     computed = {k: v[layers] for k, v in computed.items()}
