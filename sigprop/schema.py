@@ -160,6 +160,12 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("valid_width_corr", PER_PAIR, "width where the correction to corr is 10 %", "1",
              "10 |a_corr| / max(|corr_inf|, 0.1): above it the correction to corr is < 10 % "
              "of corr (< 0.01 where |corr_inf| < 0.1, as it crosses 0)"),
+    Variable("valid_width_var", PER_INPUT, "width where the correction to var is 10 %", "1",
+             "10 |c| (var_rel_correction = c/N): above it |E var / var_inf - 1| < 10 % at first "
+             "order. NaN where var_rel_correction is"),
+    Variable("valid_width_branch_q", PER_INPUT, "width where the correction to branch_q is 10 %",
+             "1", "10 |c| (branch_q_rel_correction = c/N): above it |E branch_q / branch_q_inf - "
+             "1| < 10 % at first order. NaN where there is no branch"),
     Variable("valid_width_grad_q", PER_INPUT, "width where the correction to grad_q is 10 %",
              "1", "10 |c| (grad_q_rel_correction = c/N): above it |E grad_q / grad_q_inf - 1| < "
              "10 % at first order. NaN where grad_q_rel_correction is",

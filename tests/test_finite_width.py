@@ -1118,13 +1118,17 @@ def test_matches_the_infinite_width_engine_and_schema():
     assert ds.attrs["width"] == 256
     full = coef(net)
     for name, key in [("var_log_q", "var_log_q"), ("var_mean", "var_mean"),
+                      ("var_corr", "var_corr"), ("var_log_var", "var_log_var"),
+                      ("var_log_branch_q", "var_log_branch_q"),
                       ("log_q_correction", "log_q"),
                       ("q_rel_correction", "q"), ("corr_correction", "corr"),
                       ("mean_correction", "mean"), ("var_rel_correction", "var"),
                       ("log_branch_q_correction", "log_branch_q"),
                       ("branch_q_rel_correction", "branch_q")]:
         np.testing.assert_allclose(ds[name].values, full[key][[0, 3]] / 256, err_msg=name)
-    np.testing.assert_allclose(ds.valid_width_q.values, 10 * np.abs(full["q"][[0, 3]]))
+    for name in ("q", "var", "branch_q"):
+        np.testing.assert_allclose(ds[f"valid_width_{name}"].values,
+                                   10 * np.abs(full[name][[0, 3]]), err_msg=name)
     g = fw.gradient_coefficient(net, PAIR, layers=[0, 3])
     np.testing.assert_allclose(ds.grad_q_rel_correction.values, g.coef / 256)
     np.testing.assert_allclose(ds.valid_width_grad_q.values, 10 * np.abs(g.coef))
@@ -2551,7 +2555,8 @@ def test_a_mean_over_nets_carried_by_rare_nets_warns():
 
 
 def test_a_broken_expansion_is_not_called_a_prediction():
-    """Where the first-order correction to q is the leading term (tanh, depth 300, N = 8) the
+    """Where the first-order correction to q (and to var, q less a mean of 0) is the leading
+    term (tanh, depth 300, N = 8) the
     rare-nets warning's 'the first-order law's own prediction' would be false: only the breakdown
     is said. With layers unrecorded the draws are unchecked, and the warning says so (with
     every layer recorded, one draw of v = 7 at N = 4 is its own warning)."""
@@ -2563,6 +2568,7 @@ def test_a_broken_expansion_is_not_called_a_prediction():
 
     broken = said(presets.plain(300, act="tanh"), 8)  # (Var log q ~ 50, each draw < 1)
     assert any("the first-order correction to q reaches" in m for m in broken)
+    assert any("the first-order correction to var reaches" in m for m in broken)  # (= q's)
     assert not [m for m in broken if "Var log q across nets reaches" in m]
     every, ends = said(presets.plain(20), 4), said(presets.plain(20), 4, layers=[0, 20])
     assert any("one draw adds 1.75 to Var log grad_q" in m for m in every)

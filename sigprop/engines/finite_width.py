@@ -2617,15 +2617,15 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
             "var_corr": coef["var_corr"] / N,
             "var_log_var": coef["var_log_var"] / N,
             "var_log_branch_q": coef["var_log_branch_q"] / N,
-            "valid_width_q": np.abs(coef["q"]) / VALID_FRACTION,
         }
     computed = {k: v[layers] for k, v in computed.items()}
     # corr's A against max(|corr_inf|, VALID_FRACTION): where corr crosses 0 no width makes its
     # correction small against it, yet the expansion holds (and at corr_inf = 0 by symmetry
     # both are round-off: their ratio was inf, or 1e5 for a correction that is 0)
     needs = {"q": np.abs(coef["q"][layers]),
-             "corr": np.abs(coef["corr"][layers]) / np.maximum(np.abs(corr_inf), VALID_FRACTION)}
-    computed["valid_width_corr"] = needs["corr"] / VALID_FRACTION
+             "corr": np.abs(coef["corr"][layers]) / np.maximum(np.abs(corr_inf), VALID_FRACTION),
+             "var": np.abs(coef["var"][layers]), "branch_q": np.abs(coef["branch_q"][layers])}
+    computed.update({f"valid_width_{k}": v / VALID_FRACTION for k, v in needs.items()})
     grid = sweeps_of(net)
     if backward:
         computed.update(_gradient_corrections(ds, net, inputs, width, lost,
