@@ -359,6 +359,31 @@ def test_refuses_different_architecture_depth_or_inputs():
                                         backend="numpy")])
 
 
+def test_a_log_companion_is_refused_by_name_with_the_estimator_that_compares_it():
+    """log_q asked by name was compared as a plain variable, against the infinite-width log q
+    even at a width; compare takes q with estimator='logmean' for E log q, and says so."""
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
+    net = sp.presets.resnet(3, alpha=0.5)
+    mc = sp.simulate(net, x0, width=16, seeds=4, backend="numpy")
+    with pytest.raises(sp.ConfigError, match="log_q is compared as q with estimator='logmean'"):
+        compare(sp.theory(net, x0, width=16), mc, variables=["q", "log_q"])
+
+
+def test_a_swept_theory_cut_to_one_value_compares_with_a_run_at_that_value():
+    """sp.simulate takes no sweep, so a sweep is checked point by point: theory.sel(alpha=0.5)
+    (what compare's own error suggests) against a run of the net at alpha = 0.5 is the same
+    experiment; at alpha = 0.1 it is not."""
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
+    th = sp.theory(sp.presets.resnet(3, alpha=sp.sweep("alpha", [0.1, 0.5])), x0)
+    mc = sp.simulate(sp.presets.resnet(3, alpha=0.5), x0, width=16, seeds=4, backend="numpy")
+    assert compare(th.sel(alpha=0.5), mc).attrs["experiment"] == \
+        "same architecture, depth and inputs"
+    with pytest.raises(sp.ConfigError, match="architecture differs at block 1"):
+        compare(th.sel(alpha=0.1), mc)
+    with pytest.raises(sp.ConfigError, match="architecture differs at block 1"):
+        compare(th, mc)  # (not cut: the sweep itself)
+
+
 def test_prefix_compares_a_shallower_run_on_its_layers_without_gradients():
     x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
     th = sp.theory(sp.presets.resnet(8, alpha=0.5), x0)

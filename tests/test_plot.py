@@ -18,7 +18,7 @@ from matplotlib.collections import PolyCollection
 
 import sigprop as sp
 from sigprop.analysis import plots
-from sigprop.analysis.compare import stack_widths, synthetic
+from sigprop.analysis.compare import compare, stack_widths, synthetic
 
 X0 = sp.Inputs(q=[1.0, 2.25], corr=0.5)
 DEPTH = 8  # layers 0..8: less than two decades, linear axes
@@ -99,8 +99,9 @@ def test_a_theory_at_a_width_is_drawn_at_its_first_order():
     infinite-width line without the width; here they differ by > 1e-4). With a ``transform``
     it is E f(X) = f(x) + f'(x) (E X - x) + f''(x) Var X / 2 where the theory has Var X: the
     same line for f = identity, for f = q^2, q^2 + 2 q (E q - q) + q^2 Var log q, and for
-    corr^2, corr^2 + 2 corr (E corr - corr) + Var corr; for log q, which has no first-order
-    term there, f(T_inf), labelled as infinite width."""
+    corr^2, corr^2 + 2 corr (E corr - corr) + Var corr. log q is drawn at E log q, log q plus
+    log_q_correction; weight_grad_q, which has no first-order term, at f(T_inf), labelled as
+    infinite width."""
     th = sp.theory(sp.presets.plain(3, "tanh", shape="dense_act"), X0, width=64)
     for var, want in (("q", th.q * (1 + th.q_rel_correction)),
                       ("corr", th.corr + th.corr_correction)):
@@ -116,12 +117,44 @@ def test_a_theory_at_a_width_is_drawn_at_its_first_order():
     c, a, v = (_pair(th[k]).values for k in ("corr", "corr_correction", "var_corr"))
     (line,) = solid_lines(sp.plot(th, var="corr", transform=lambda c: c**2).axes[0])
     np.testing.assert_allclose(line.get_ydata(), c**2 + 2 * c * a + v, rtol=1e-9)
-    fig = sp.plot(th, var="log_q", transform=lambda x: 2 * x)
+    (line,) = solid_lines(sp.plot(th, var="log_q").axes[0])
+    np.testing.assert_allclose(line.get_ydata(), (th.log_q + th.log_q_correction).sel(input=0),
+                               rtol=1e-12)
+    fig = sp.plot(th, var="weight_grad_q", transform=lambda x: 2 * x)
     (line,) = solid_lines(fig.axes[0])
-    np.testing.assert_array_equal(line.get_ydata(), 2 * th.log_q.sel(input=0).values)
+    np.testing.assert_array_equal(line.get_ydata(), 2 * th.weight_grad_q.sel(input=0).values)
     assert "theory (infinite width)" in [t.get_text() for t in fig.legends[0].get_texts()]
     labels = [t.get_text() for t in sp.plot(th, var="q").legends[0].get_texts()]
     assert "theory (first order at N=64)" in labels, labels
+
+
+def test_a_theory_at_a_width_is_drawn_at_the_monte_carlos_width_and_says_where_it_has_no_rule():
+    """As sp.compare, a theory from sp.theory(..., width=256) beside Monte Carlo at N = 64 is
+    drawn at N = 64 (its term times 256/64) and labelled so. A net whose corrections are NaN
+    from its first BatchNorm on (no finite-width rule) is labelled first order only where it
+    has one; its gradient, NaN at every layer, as infinite width; compare lists only the
+    variables it corrected somewhere."""
+    net = sp.presets.plain(3, "tanh", shape="dense_act")
+    th = sp.theory(net, X0, width=256)
+    mc = sp.simulate(net, X0, width=64, seeds=8, root_seed=3, backend="numpy")
+    fig = sp.plot(th, mc, var="q")
+    (line,) = solid_lines(fig.axes[0])
+    want = (th.q * (1 + th.q_rel_correction * 256 / 64)).sel(input=0).values
+    np.testing.assert_allclose(line.get_ydata(), want, rtol=1e-12)
+    assert "theory (first order at N=64)" in [t.get_text() for t in fig.legends[0].get_texts()]
+    x0 = sp.Inputs(q=[1.0, 2.0, 0.5], corr=0.5, law="gaussian")
+    bn = sp.presets.prebn(2)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sp.FiniteWidthWarning)
+        th = sp.theory(bn, x0, width=16)
+    mc = sp.simulate(bn, x0, width=16, seeds=8, root_seed=3, backend="numpy")
+    for var, label in (("q", ("theory (first order at N=16; infinite width where it has no "
+                              "finite-width rule)")),
+                       ("grad_q", "theory (infinite width)")):
+        labels = [t.get_text() for t in sp.plot(th, mc, var=var).legends[0].get_texts()]
+        assert label in labels, labels
+    note = compare(th, mc).attrs["finite_width"]
+    assert "for q, mean, var, corr;" in note, note
 
 
 def test_points_are_the_monte_carlo_mean_and_the_band_two_standard_errors(th, mc):
@@ -255,6 +288,20 @@ def test_bad_datasets_are_config_errors(th, mc):
         sp.plot(None)
     with pytest.raises(sp.ConfigError, match="arch"):  # two archs, hue taken by input
         sp.plot(th, var="q", hue="input")
+
+
+def test_an_infinite_transform_is_reported_as_the_transforms(th, mc):
+    """log(1 - corr) at corr = 1 (the diagonal panel of col='input') is the transform's inf, not
+    an overflow of corr (which has no log companion): said so, with no numpy RuntimeWarning
+    from the entries not drawn."""
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        sp.plot(th["Pre-LN"], mc["Pre-LN"], var="corr", transform=lambda c: np.log(1 - c),
+                col="input")
+    texts = [str(w.message) for w in said]
+    assert any("the transform of corr is infinite" in t for t in texts), texts
+    assert not [t for t in texts if "log_corr" in t or "overflowed" in t], texts
+    assert not [w for w in said if issubclass(w.category, RuntimeWarning)], texts
 
 
 def test_overflow_is_reported_not_drawn():

@@ -70,7 +70,7 @@ from scipy import stats
 
 from sigprop import schema
 from sigprop.errors import ConfigError
-from sigprop.ops import layers_of, op_from_dict
+from sigprop.ops import layers_of, op_from_dict, replace_sweeps, sweeps_of
 
 VARIABLES = schema.PRIMARY  # the log companions are not compared: they are the log estimators
 SCALE_VARIABLES = tuple(n for n in VARIABLES if schema.VARIABLES[n].scale)
@@ -199,7 +199,7 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
                 for k in sorted(set(ca["inputs"]) | set(cb["inputs"]))
                 if ca["inputs"].get(k) != cb["inputs"].get(k)}
         raise ConfigError("inputs differ", diff, "the same sp.Inputs in both datasets")
-    ba, bb = layers_of(op_from_dict(ca["net"])), layers_of(op_from_dict(cb["net"]))
+    ba, bb = layers_of(_selected(a, ca, b)), layers_of(_selected(b, cb, a))
     if len(ba) != len(bb) and not (prefix and len(bb) <= len(ba)):
         raise ConfigError("depth", f"{len(ba)} blocks vs {len(bb)}", "the same depth (or "
                           "prefix=True for a Monte Carlo of the theory's first blocks)")
@@ -209,6 +209,17 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
                               f"{x.tree()}  vs  {y.tree()}", "the same net in both datasets")
     return "same architecture, depth and inputs" + (
         "" if len(ba) == len(bb) else f" (Monte Carlo: the first {len(bb)} of {len(ba)} blocks)")
+
+
+def _selected(ds: xr.Dataset, cfg: dict, other: xr.Dataset):
+    """The net of a dataset's ``config``, each sweep the dataset was cut to one value of
+    (``ds.sel(alpha=0.5)``: a scalar coordinate) replaced by that value; a sweep it still has
+    whole, by the value ``other`` was cut to (the grids are then aligned, or a sweep left
+    whole named, by :func:`compare`)."""
+    net = op_from_dict(cfg["net"])
+    cut = [{n: d[n].item() for n in d.coords if d[n].ndim == 0} for d in (other, ds)]
+    values = {**cut[0], **cut[1]}
+    return replace_sweeps(net, {name: values[name] for name in sweeps_of(net) if name in values})
 
 
 def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str = "auto",
@@ -227,6 +238,13 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     if "seed" in theory.dims:
         raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
     same = check_same_experiment(theory, mc, prefix)
+    companions = {v: schema.VARIABLES[v].log_of for v in variables or ()
+                  if v in schema.VARIABLES and schema.VARIABLES[v].log_of}
+    if companions:
+        raise ConfigError("variables", sorted(companions), "variables of their own scale: "
+                          + ", ".join(f"{v} is compared as {x} with estimator='logmean' (E log "
+                                      f"{x}, with its first-order term at a width)"
+                                      for v, x in companions.items()))
     names = [v for v in (variables or VARIABLES) if v in theory and v in mc]
     forward_only = json.loads(theory.attrs.get("config", "{}")).get("backward") is False
     skipped = {name: "the theory ran the forward pass alone (sp.theory(..., backward=False)); "
@@ -242,7 +260,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("variables", variables, f"some of {VARIABLES} present in both datasets"
                           + (f" (skipped: {skipped})" if skipped else ""))
     terms = [v for name in names for v in FIRST_ORDER.get(name, ()) if v in theory]
-    one_width = _one_width(mc)
+    mc_width = one_width(mc)
     if "width" in mc.coords and "width" not in mc.dims:  # (a stack cut to one width: read)
         mc = mc.drop_vars("width")
     th, mc = _align(theory[names + terms], mc[names])
@@ -253,11 +271,12 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         est, se = estimate(mc[name], est_name)
         ref = th[name] if est_name == "mean" else _log(th[name])
         heavy = infinite_variance(mc[name]) if est_name == "mean" else xr.zeros_like(est, bool)
-        term = first_order(th, name, est_name, one_width or 1)
-        if term is not None and one_width:
+        term = first_order(th, name, est_name, mc_width or 1)
+        if term is not None and mc_width:
             ref = ref + term.fillna(0.0)
-            corrected.append(name)
-            missing = int(term.isnull().sum())
+            missing = int((term.isnull() & th[name].notnull()).sum())  # (no rule; not no value)
+            if missing < int(th[name].notnull().sum()):
+                corrected.append(name)
             if missing:
                 attrs[f"first_order_missing_{name}"] = (
                     f"{missing} points where the theory has no first-order term (NaN: an op with "
@@ -298,7 +317,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     ds.attrs = {"kind": "comparison", "seeds": seeds, "rtol": rtol, "experiment": same,
                 "z": "(estimate - theory) / sqrt(stderr^2 + floor^2), floor = rtol * |theory| "
                      "(linear scale) or rtol (log scale)",
-                "finite_width": _finite_width_note(widths, one_width, corrected,
+                "finite_width": _finite_width_note(widths, mc_width, corrected,
                                                    theory.attrs.get("width")),
                 "tails": ("Hill tail index per sample; variance called infinite where its upper "
                           "95 % bound is < 2" if seeds >= MIN_TAIL_SEEDS else
@@ -362,8 +381,12 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     and var (v: N Var log X; log E X - E log X = Var log X / 2 at leading order). None under
     ``median``: the median of log X sits O(1/N) from its mean (log X's skewness, which the
     theory does not give), the order of the term itself; and for corr and mean under the log
-    estimators (not theirs)."""
+    estimators (not theirs). A log companion (log_q, ...) under ``mean`` is E log X: its
+    variable's term under ``logmean``."""
     W = theory.attrs.get("width")
+    log_of = schema.VARIABLES[name].log_of if name in schema.VARIABLES else None
+    if log_of and est_name == "mean":
+        return first_order(theory, log_of, "logmean", width)
     if W is None or est_name == "median" or name not in FIRST_ORDER:
         return None
     if name in ("corr", "mean"):
@@ -408,7 +431,7 @@ def first_order_of(theory: xr.Dataset, name: str, f, width: int):
     return f0 + (up - down) / (2 * h) * t + (up - 2 * f0 + down) / h**2 * V / 2
 
 
-def _one_width(mc: xr.Dataset) -> int | None:
+def one_width(mc: xr.Dataset) -> int | None:
     """The width of a Monte Carlo run at one width (a ``width`` dim of one value, a scalar
     ``width`` coordinate, or its attr), else None."""
     if "width" in mc.coords and mc["width"].size == 1:

@@ -24,7 +24,7 @@ from matplotlib.lines import Line2D
 
 from sigprop import schema
 from sigprop.analysis import plots
-from sigprop.analysis.compare import ESTIMATORS, first_order, first_order_of
+from sigprop.analysis.compare import ESTIMATORS, first_order, first_order_of, one_width
 from sigprop.data import atomic_path
 from sigprop.errors import ConfigError
 
@@ -58,10 +58,13 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     ``transform``: a function of the variable drawn instead of it (applied to the theory and to
     each Monte Carlo seed before the estimator, e.g. ``lambda m: m**2``, ``lambda c: 1 - c``);
     name it with ``ylabel``. A theory from ``sp.theory(..., width=N)`` is drawn at its first
-    order in 1/N, E X at width N (q, corr, mean, var, branch_q, grad_q;
-    :func:`~sigprop.analysis.compare.first_order`); with a ``transform``, E f(X) = f(x) + f'(x)
+    order in 1/N, E X at width N, or at the Monte Carlo's width (the one drawn) as
+    ``sp.compare`` takes it (q, corr, mean, var, branch_q, grad_q, and E log X for log_q,
+    log_branch_q, log_grad_q; :func:`~sigprop.analysis.compare.first_order`); with a
+    ``transform``, E f(X) = f(x) + f'(x)
     (E X - x) + f''(x) Var X / 2 where the theory has Var X (mean, q, corr, var, branch_q, grad_q;
-    :func:`~sigprop.analysis.compare.first_order_of`), else infinite width, as the legend says.
+    :func:`~sigprop.analysis.compare.first_order_of`), else infinite width, as the legend says
+    (also where an op has no finite-width rule).
     ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra matplotlib arguments
     of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
     legend (a figure of several calls draws one for all), ``titles=False`` no panel titles.
@@ -85,14 +88,6 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if var not in names:
         raise ConfigError("var", var, f"one of {names}")
     das = {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
-    at_width = None  # a theory at width N: E X (or E f(X)) there, at first order
-    if th is not None and "width" in th.attrs:
-        at_width = (first_order(th, var, "mean", th.attrs["width"]) if transform is None
-                    else first_order_of(th, var, transform, th.attrs["width"]))
-    if at_width is not None and transform is None:  # E X = X + its term
-        das["theory"] = das["theory"] + at_width.fillna(0.0)
-    elif at_width is not None:  # E f(X) itself
-        das["theory"] = at_width
     dims = list(dict.fromkeys(d for da in das.values() for d in da.dims if d != "seed"))
     roles = {"x": x, "hue": hue, "col": col, "row": row}
     for role, dim in roles.items():
@@ -104,6 +99,19 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if ax is not None and (col or row):
         raise ConfigError("ax", "given with col/row", "ax only for a single panel")
     fixed = _fixed(das, dims, used, dict(sel or {}), x)
+    width, at_width, ruled = None, None, None  # a theory at width N: E X (or E f(X)) there
+    if th is not None and "width" in th.attrs:  # (at the Monte Carlo's width, as sp.compare)
+        width = int(fixed.get("width") or (mc is not None and one_width(mc))
+                    or th.attrs["width"])
+        term = first_order(th, var, "mean", width)
+        with np.errstate(divide="ignore", invalid="ignore"):  # (a transform's inf where it
+            at_width = (term if transform is None  # is drawn is reported: _warn_nonfinite)
+                        else first_order_of(th, var, transform, width))
+        ruled = None if term is None else term.notnull()
+    if at_width is not None and transform is None:  # E X = X + its term
+        das["theory"] = das["theory"] + at_width.fillna(0.0)
+    elif at_width is not None:  # E f(X) itself
+        das["theory"] = at_width
     das = {k: da.sel({d: v for d, v in fixed.items() if d in da.dims}) for k, da in das.items()}
     left = [d for d in dims if d not in used and d not in fixed
             and max(da.sizes.get(d, 1) for da in das.values()) > 1]
@@ -115,15 +123,26 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     das = {k: da.squeeze([d for d in da.dims if d not in (*used, hue, "seed")], drop=True)
            for k, da in das.items()}
     if transform is not None:  # (the theory at width N is already E f(X))
-        das = {k: da if k == "theory" and at_width is not None else transform(da)
-               for k, da in das.items()}
+        with np.errstate(divide="ignore", invalid="ignore"):
+            das = {k: da if k == "theory" and at_width is not None else transform(da)
+                   for k, da in das.items()}
     style = {"transform": transform is not None, "xlabel": xlabel, "ylabel": ylabel,
              "theory_kw": dict(theory_kw or {}), "legend": legend, "titles": titles,
              "given_ax": ax is not None,
-             "theory": "theory (infinite width)" if at_width is None else
-                       f"theory (first order at N={th.attrs['width']})"}
+             "theory": _theory_label(width if at_width is not None else None, ruled, fixed)}
     return _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale,
                  int(max_points), sharey, ax, style)
+
+
+def _theory_label(width, ruled, fixed) -> str:
+    """The theory's legend: first order at N = ``width`` where its term is known (``ruled``,
+    over the drawn points), infinite width where it is not (an op with no finite-width rule)."""
+    if width is not None and ruled is not None:
+        ruled = ruled.sel({d: v for d, v in fixed.items() if d in ruled.dims})
+    if width is None or ruled is None or not bool(ruled.any()):
+        return "theory (infinite width)"
+    return f"theory (first order at N={width}" + (
+        ")" if bool(ruled.all()) else "; infinite width where it has no finite-width rule)")
 
 
 def savefig(fig: Figure, path) -> Path:
@@ -172,7 +191,7 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                         y = y.expand_dims({x: xs})
                     xv, yv = _on_axis(y, x, log_x)
                     yv = _drawable(yv)
-                    _warn_nonfinite(yv, var, "theory", at)
+                    _warn_nonfinite(yv, var, "theory", at, style["transform"])
                     if np.isfinite(yv).any():
                         plots.theory_line(panel, xv, np.where(np.isfinite(yv), yv, np.nan),
                                           SHARED_COLOUR if shared else key,
@@ -186,14 +205,16 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                 m = _at(das.get("mc"), at)
                 if m is not None:
                     m = _thin(m, x, log_x, max_points)
-                    centre, lo, hi, used = plots.mc_summary(m.transpose(x, "seed"), summarised,
-                                                            estimator)
+                    with np.errstate(invalid="ignore"):  # (inf samples: reported below)
+                        centre, lo, hi, used = plots.mc_summary(m.transpose(x, "seed"),
+                                                                summarised, estimator)
                     estimators.add(used)
                     xv = _on_axis(centre, x, log_x)[0]
                     cv, lo, hi = (_drawable(_on_axis(v, x, log_x)[1]) for v in (centre, lo, hi))
                     if not np.isfinite(cv).any() or \
                             not plots.mc_points(panel, xv, cv, lo, hi, key, label=label):
-                        _warn_nonfinite(cv, var, "Monte Carlo", at)  # no points: no label
+                        _warn_nonfinite(cv, var, "Monte Carlo", at,  # no points: no label
+                                        style["transform"])
                     elif label is not None:
                         labelled.add(h)
                     drawn.append(cv)
@@ -335,13 +356,17 @@ def _drawable(y: np.ndarray) -> np.ndarray:
     return np.where(np.abs(y) > DRAWABLE, np.copysign(np.inf, y), y)
 
 
-def _warn_nonfinite(y, var: str, what: str, at: dict) -> None:
+def _warn_nonfinite(y, var: str, what: str, at: dict, transformed: bool) -> None:
+    """Say where the drawn values are infinite: ``var`` overflowed (its log companion, where it
+    has one, stays finite), or the transform of it is infinite there (log(1 - corr) at 1)."""
     n = int(np.isinf(np.asarray(y, dtype=float)).sum())
     if n:
         where = ", ".join(_label(d, v) for d, v in at.items()) or "the curve"
-        warnings.warn(f"{what} {var} overflowed (inf, or beyond {DRAWABLE:g}) at {n} points of "
-                      f"{where}: those are not drawn; the log companion (e.g. log_{var}) stays "
-                      "finite", stacklevel=3)
+        said = (f"the transform of {var} is infinite" if transformed else
+                f"{var} overflowed (inf, or beyond {DRAWABLE:g})")
+        log = f"log_{var}" if not transformed and f"log_{var}" in schema.ALL_VARIABLES else None
+        warnings.warn(f"{what}: {said} at {n} points of {where}: those are not drawn"
+                      + (f"; its log companion {log} stays finite" if log else ""), stacklevel=4)
 
 
 def _label(dim, value) -> str:
