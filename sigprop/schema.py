@@ -134,7 +134,7 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "the diagonal)"),
     Variable("var_log_var", PER_INPUT, "variance of log var across seeds", "1",
              "Var[log var] over random nets at the dataset's width N, leading order (O(1/N); "
-             "var = q - mean^2, NaN where var_rel_correction is)"),
+             "var = q - mean^2; 0 where var_inf = 0, NaN where var_rel_correction is)"),
     Variable("var_log_branch_q", PER_INPUT, "variance of log branch_q across seeds", "1",
              "Var[log branch_q] over random nets at the dataset's width N, leading order "
              "(O(1/N); NaN where there is no branch)"),

@@ -16,7 +16,8 @@
   its mean times sqrt(1 + eps)) or backward law (the cotangent Gram times 1 + eps), at each call,
   i.e. once per occurrence of the op in a block; restored on exit.
 * :func:`measure`, :func:`measure_mean_mode`: the first-order finite-width theory against Monte
-  Carlo at several widths (fitted 1/N slopes, N Var log q, the mean mode's A).
+  Carlo at several widths (fitted 1/N slopes; N Var log q, N Var corr, N Var log var and N Var
+  log branch_q; the mean mode's A).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ import numpy as np
 import xarray as xr
 from scipy import stats
 
-from sigprop.analysis.compare import compare, fit_inverse_width, stack_widths
+from sigprop.analysis.compare import compare, fit_inverse_width, spread, stack_widths
 from sigprop.engines import finite_width
 from sigprop.engines.montecarlo import simulate
 from sigprop.engines.theory import theory
@@ -218,7 +219,8 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
                 est[k].append((N * v, N * se))
     rows = []
     predicted = {"log_q": coef["log_q"][layer][..., 0], "spread": coef["var_log_q"][layer][..., 0],
-                 "var": coef["var"][layer][..., 0], "spread_var": coef["var_log_var"][layer][..., 0],
+                 "var": coef["var"][layer][..., 0],
+                 "spread_var": coef["var_log_var"][layer][..., 0],
                  "log_branch_q": coef["log_branch_q"][layer][..., 0],
                  "spread_branch": coef["var_log_branch_q"][layer][..., 0]}
     if inputs.n > 1:
@@ -238,13 +240,9 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
 
 
 def sample_variance(x) -> tuple[float, float]:
-    """(s^2, its standard error) of a sample: Var s^2 = (m4 - s^4) / S to leading order, m4 the
-    sample's fourth central moment (s^2 sqrt(2 / S) for a normal sample; a heavier tail, as corr's
-    near +-1 or a log's, widens it)."""
-    x = np.asarray(x, dtype=float)
-    v = float(x.var(ddof=1))
-    m4 = float(np.mean((x - x.mean()) ** 4))
-    return v, math.sqrt(max(m4 - v * v, 0.0) / x.size)
+    """(s^2, its standard error) of a 1-D sample (:func:`sigprop.analysis.compare.spread`)."""
+    v, se = spread(xr.DataArray(np.asarray(x, dtype=float), dims="seed"))
+    return float(v), float(se)
 
 
 def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
@@ -253,8 +251,8 @@ def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int 
     of ``layers`` (:func:`~sigprop.engines.finite_width.gradient_coefficient`, input 0), from
     one simulation per width (independent root seeds ``root_seed + N``): c against the mean
     over seeds of G_l / G_l,inf - 1 at each width, with its standard error, fitted as b + a/N;
-    v against N Var log G_l fitted as V + c'/N (the SE of a sample variance of near-normal
-    logs, V sqrt(2 / (S - 1)) per width) (:func:`~sigprop.analysis.compare.fit_inverse_width`).
+    v against N Var log G_l fitted as V + c'/N (the SE of a sample variance from its fourth
+    moment, :func:`sample_variance`) (:func:`~sigprop.analysis.compare.fit_inverse_width`).
     Returns per layer of ``layers``, sorted, (c, a, se of a, v, V, se of V)."""
     layers = sorted({int(l) for l in layers})
     pred = finite_width.gradient_coefficient(net, inputs, layers=layers)
@@ -266,8 +264,8 @@ def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int 
         log_g = mc["log_grad_q"].sel(layer=layers).values[..., 0]  # (seed, layer)
         r = np.exp(log_g) / g_inf - 1
         mean.append((r.mean(0), r.std(0, ddof=1) / math.sqrt(seeds)))
-        v = N * log_g.var(0, ddof=1)
-        var.append((v, v * math.sqrt(2 / (seeds - 1))))
+        v, se = spread(xr.DataArray(log_g, dims=("seed", "layer")))
+        var.append((N * v.values, N * se.values))
     out = []
     for k in range(len(layers)):
         _, _, a, se_a = fit_inverse_width(widths, [m[0][k] for m in mean], [m[1][k] for m in mean])

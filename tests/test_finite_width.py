@@ -1150,11 +1150,11 @@ def test_sweep_is_vectorised():
 
 
 def test_more_inputs_by_their_pairs():
-    """B = 3: each pair's corr correction is that of the pair run alone (exactly: the same
-    walk), each input's own corrections those of any pair holding it, to the central
-    differences' accuracy (the walk's directions mix the pair): truncation STEP^2 ~ 1e-6
-    relative, round-off 1e-16 / STEP^2 ~ 1e-10 of a coefficient times the entries of C (up to
-    ~10), over N = 128: ~1e-11 absolute, so atol = 1e-10."""
+    """B = 3: each pair's corr correction and Var corr are those of the pair run alone
+    (exactly: the same walk), each input's own corrections and spreads those of any pair
+    holding it, to the central differences' accuracy (the walk's directions mix the pair):
+    truncation STEP^2 ~ 1e-6 relative, round-off 1e-16 / STEP^2 ~ 1e-10 of a coefficient times
+    the entries of C (up to ~10), over N = 128: ~1e-11 absolute, so atol = 1e-10."""
     x3 = sp.Inputs(q=[1.0, 2.0, 0.5], corr=[[1, 0.3, 0.2], [0.3, 1, 0.6], [0.2, 0.6, 1]],
                    mean=[0.1, -0.2, 0.3])
     net = presets.preln(3, sigma_w1=sp.sweep("sigma_w1", [1.0, 1.5]))
@@ -1162,13 +1162,14 @@ def test_more_inputs_by_their_pairs():
     for a, b in [(0, 1), (0, 2), (1, 2)]:
         pair = sp.Inputs(q=[x3.q[a], x3.q[b]], corr=x3.corr[a][b], mean=[x3.mean[a], x3.mean[b]])
         two = sp.theory(net, pair, width=128)
-        got = ds.corr_correction.isel(input=[a, b], input_b=[a, b]).values
-        want = two.corr_correction.values
-        np.testing.assert_array_equal(got[..., [0, 1], [1, 0]], want[..., [0, 1], [1, 0]])
-        np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)  # diagonal: 0, or round-off
+        for name in ("corr_correction", "var_corr"):
+            got = ds[name].isel(input=[a, b], input_b=[a, b]).values
+            want = two[name].values
+            np.testing.assert_array_equal(got[..., [0, 1], [1, 0]], want[..., [0, 1], [1, 0]])
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-10)  # diagonal: 0, round-off
         for name in ("log_q_correction", "q_rel_correction", "mean_correction",
                      "var_rel_correction", "log_branch_q_correction", "branch_q_rel_correction",
-                     "var_log_q", "var_mean"):
+                     "var_log_q", "var_mean", "var_log_var", "var_log_branch_q"):
             np.testing.assert_allclose(ds[name].isel(input=[a, b]).values, two[name].values,
                                        rtol=1e-6, atol=1e-10, err_msg=name)
 

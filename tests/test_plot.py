@@ -157,6 +157,34 @@ def test_a_theory_at_a_width_is_drawn_at_the_monte_carlos_width_and_says_where_i
     assert "for q, mean, var, corr;" in note, note
 
 
+def test_a_spread_is_drawn_against_the_runs_variance_across_seeds():
+    """var="var_corr" with a run: the line is the theory's V/N at the run's width (its V/256
+    times 256/64), the points the variance of corr across seeds, the band +-2 standard errors
+    of a sample variance (:func:`~sigprop.analysis.compare.spread`); Var log var's points from
+    log var, which the run has no log companion for; a transform of a spread is refused."""
+    from sigprop.analysis.compare import spread
+
+    net = sp.presets.preln(3)
+    th = sp.theory(net, X0, width=256)
+    mc = sp.simulate(net, X0, width=64, seeds=40, root_seed=3, backend="numpy")
+    for var, samples in (("var_corr", _pair(mc.corr)), ("var_log_var", np.log(mc["var"].sel(
+            input=0)))):
+        fig = sp.plot(th, mc, var=var)
+        (line,) = solid_lines(fig.axes[0])
+        want = th[var] * 4
+        want = _pair(want) if var == "var_corr" else want.sel(input=0)
+        np.testing.assert_allclose(line.get_ydata(), want.values, rtol=1e-12)
+        (points,) = point_sets(fig.axes[0])
+        est, se = spread(samples)
+        np.testing.assert_allclose(points.get_ydata(), est.values, rtol=1e-12)
+        lo, hi = band(fig.axes[0], points.get_xdata())
+        np.testing.assert_allclose(hi - lo, 4 * se.values, rtol=1e-9)
+        labels = [t.get_text() for t in fig.legends[0].get_texts()]
+        assert "theory (leading order at N=64)" in labels and any("spread" in t for t in labels)
+    with pytest.raises(sp.ConfigError, match="transform"):
+        sp.plot(th, mc, var="var_corr", transform=np.sqrt)
+
+
 def test_points_are_the_monte_carlo_mean_and_the_band_two_standard_errors(th, mc):
     fig = sp.plot(th["Pre-LN"], mc["Pre-LN"], var="corr", estimator="mean")
     ax = fig.axes[0]

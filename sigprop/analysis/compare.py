@@ -63,13 +63,14 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 
 import numpy as np
 import xarray as xr
 from scipy import stats
 
 from sigprop import schema
-from sigprop.errors import ConfigError
+from sigprop.errors import ConfigError, FiniteWidthWarning
 from sigprop.ops import layers_of, op_from_dict, replace_sweeps, sweeps_of
 
 VARIABLES = schema.PRIMARY  # the log companions are not compared: they are the log estimators
@@ -94,6 +95,16 @@ FIRST_ORDER = {  # the variables of sp.theory(..., width=N) each compared variab
     "grad_q": ("grad_q_rel_correction", "var_log_grad_q"),
     "corr": ("corr_correction",), "mean": ("mean_correction",),
     "var": ("var_rel_correction", "var_log_var")}
+SPREADS = {  # a spread of sp.theory(..., width=N): the variable X it is Var X or Var log X of
+    "var_log_q": ("q", True), "var_corr": ("corr", False), "var_mean": ("mean", False),
+    "var_log_var": ("var", True), "var_log_branch_q": ("branch_q", True),
+    "var_log_grad_q": ("grad_q", True)}
+SPREAD_OF = {x: (name, log) for name, (x, log) in SPREADS.items()}  # X -> its spread
+BEND_MAX = 2.0  # |D4| / |D2| of f over X's spread past which E f(X)'s next term passes its V's
+ROUND_OFF = 1e-10  # differences of f below this (relative to 1 + |f|) are f's rounding
+SPREAD_ESTIMATOR = ("sample variance over seeds, se = sqrt((m4 - s^4) / S) (m4 the fourth "
+                    "central moment), vs the theory's V/N at the Monte Carlo's width N (its "
+                    "O(1/N^2) remainder shows in z where N is small)")
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
@@ -121,6 +132,16 @@ def estimate(x: xr.DataArray, estimator: str, dim="seed") -> tuple[xr.DataArray,
     if estimator == "median":
         return y.median(dim), 1.2533 * s / np.sqrt(S)
     raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
+
+
+def spread(x: xr.DataArray, dim="seed") -> tuple[xr.DataArray, xr.DataArray]:
+    """(s^2, its standard error) of each sample over ``dim`` (NaN entries left out): Var s^2 =
+    (m4 - s^4) / S to leading order, m4 the fourth central moment (s^2 sqrt(2 / S) for a
+    normal sample; a heavier tail, as corr's near +-1, widens it)."""
+    S = x.notnull().sum(dim)
+    v = x.var(dim, ddof=1)
+    m4 = ((x - x.mean(dim)) ** 4).mean(dim)
+    return v, np.sqrt(np.maximum(m4 - v**2, 0.0) / S)
 
 
 def tail_index(x: xr.DataArray, dim="seed") -> xr.DataArray:
@@ -211,6 +232,56 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
         "" if len(ba) == len(bb) else f" (Monte Carlo: the first {len(bb)} of {len(ba)} blocks)")
 
 
+def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> xr.Dataset:
+    """The spreads ``names`` (:data:`SPREADS`) of a theory at a width against the variance of
+    their Monte Carlo variable x across seeds, at the Monte Carlo's one width N (the theory's
+    V/W times W/N), as :func:`compare`'s stats (estimate, stderr, theory, z). z = (s^2 - V/N)
+    / sqrt(se^2 + floor^2), floor = rtol^2 (1 + E x^2): the variance the Monte Carlo's
+    rounding gives x (float32: a layer whose x is exact, layer 0, varies by ~1e-17)."""
+    W, N = theory.attrs.get("width"), one_width(mc)
+    if W is None:
+        raise ConfigError("theory", "at infinite width", "sp.theory(net, inputs, width=N): the "
+                          f"spreads {names} across nets are its finite-width variables")
+    if N is None:
+        raise ConfigError("Monte Carlo widths", mc.attrs.get("width"), "one width: a spread is "
+                          "compared at the Monte Carlo's width (select one from a stack)")
+    sources = {n: spread_source(n) for n in names}
+    missing = [n for n in names if n not in theory or sources[n] not in mc]
+    if missing:
+        raise ConfigError("variables", missing, "spreads whose variable both datasets hold ("
+                          + ", ".join(f"{n}: {sources[n]}" for n in missing) + ")")
+    if "width" in mc.coords and "width" not in mc.dims:
+        mc = mc.drop_vars("width")
+    th, mc = _align(theory[names], mc[list(dict.fromkeys(sources.values()))])
+    out = {}
+    for name in names:
+        x = spread_samples(mc, name)
+        est, se = spread(x)
+        ref = th[name] * (float(W) / N)
+        floor = rtol**2 * (1 + (x**2).mean("seed"))
+        with np.errstate(divide="ignore", invalid="ignore"):
+            z = xr.where(est == ref, 0.0, (est - ref) / np.sqrt(se**2 + floor**2))
+        da = xr.concat([p.broadcast_like(est) for p in (est, se, ref.broadcast_like(est), z)],
+                       dim="stat").assign_coords(stat=list(STATS)).transpose("stat", ...)
+        out[name] = da.assign_attrs(estimator="spread", scale="linear", not_comparable=0)
+    return xr.Dataset(out, attrs={"kind": "comparison", "seeds": int(mc.sizes["seed"]),
+                                  **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}"
+                                     for n in names}})
+
+
+def spread_source(name: str) -> str:
+    """The Monte Carlo variable a spread is the variance of: X, or X's log companion (log_q)
+    for Var log X where X has one (var has none: its log is taken)."""
+    x, log = SPREADS[name]
+    return f"log_{x}" if log and f"log_{x}" in schema.VARIABLES else x
+
+
+def spread_samples(mc: xr.Dataset, name: str) -> xr.DataArray:
+    """The per-seed values whose variance across seeds the spread ``name`` predicts."""
+    x, source = mc[spread_source(name)], spread_source(name)
+    return _log(x) if SPREADS[name][1] and source == SPREADS[name][0] else x
+
+
 def _selected(ds: xr.Dataset, cfg: dict, other: xr.Dataset):
     """The net of a dataset's ``config``, each sweep the dataset was cut to one value of
     (``ds.sel(alpha=0.5)``: a scalar coordinate) replaced by that value; a sweep it still has
@@ -238,6 +309,14 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     if "seed" in theory.dims:
         raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
     same = check_same_experiment(theory, mc, prefix)
+    spreads = [v for v in variables or () if v in SPREADS]
+    if spreads:
+        out = _compare_spreads(theory, mc, spreads, rtol)
+        rest = [v for v in variables if v not in SPREADS]
+        if rest:
+            main = compare(theory, mc, rest, estimator, rtol, prefix)
+            out = main.merge(out).assign_attrs({**out.attrs, **main.attrs})
+        return out
     companions = {v: schema.VARIABLES[v].log_of for v in variables or ()
                   if v in schema.VARIABLES and schema.VARIABLES[v].log_of}
     if companions:
@@ -406,29 +485,51 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     return term * (float(W) / width)
 
 
-SPREAD = {"mean": "var_mean", "corr": "var_corr"}  # Var X's variable
-LOG_SPREAD = {"q": "var_log_q", "var": "var_log_var", "branch_q": "var_log_branch_q",
-              "grad_q": "var_log_grad_q"}  # Var log X's variable
-
-
 def first_order_of(theory: xr.Dataset, name: str, f, width: int):
     """E f(X) at width N = ``width`` to first order for a theory from ``sp.theory(net, inputs,
     width=W)``: f(x) + f'(x) t + f''(x) V / 2, with t :func:`first_order`'s term (E X - x) and
-    V = Var X at N (``var_mean`` for the mean, ``var_corr`` for corr, X^2 Var log X for q, var,
-    branch_q and grad_q; each times W/N); f' and f'' by central differences of step sqrt(V) / 100 (exact
-    for a quadratic f). None where the theory has no V for ``name``; where t or V is NaN (no
-    finite-width rule), f(x)."""
+    V = Var X at N (:data:`SPREADS`: ``var_mean`` for the mean, ``var_corr`` for corr, X^2 Var
+    log X for q, var, branch_q and grad_q; each times W/N); f' and f'' by central differences
+    of step sqrt(V) / 100 (exact for a quadratic f). None where the theory has no V for
+    ``name``; where t or V is NaN (no finite-width rule), f(x). A ``FiniteWidthWarning`` where
+    f bends over X's spread (:func:`_bends`), where the expansion does not hold."""
     W = theory.attrs.get("width")
-    spread = SPREAD.get(name) or LOG_SPREAD.get(name)
-    if W is None or spread not in theory:
+    spread_name, log = SPREAD_OF.get(name, (None, False))
+    if W is None or spread_name not in theory:
         return None
     x = theory[name]
-    V = (theory[spread] * (x**2 if name in LOG_SPREAD else 1.0) * (float(W) / width)).fillna(0)
+    V = (theory[spread_name] * (x**2 if log else 1.0) * (float(W) / width)).fillna(0)
     t = first_order(theory, name, "mean", width)
     t = 0.0 if t is None else t.fillna(0)
     h = xr.where(V > 0, np.sqrt(V) / 100, 1e-6 * np.maximum(abs(x), 1.0))
-    f0, up, down = f(x), f(x + h), f(x - h)
+    with np.errstate(divide="ignore", invalid="ignore"):  # (corr's diagonal, c = 1: f(1 + h))
+        f0, up, down = f(x), f(x + h), f(x - h)
+    bent = _bends(f, x, f0, V)
+    if bent.any():
+        at = bent.any([d for d in bent.dims if d != "layer"]) if "layer" in bent.dims else bent
+        layers = at["layer"].values[at.values].tolist() if "layer" in at.dims else []
+        warnings.warn(f"E f({name}) at width {width}: at {int(bent.sum())} points (layers "
+                      f"{layers}) f bends over {name}'s spread across nets, or leaves its domain"
+                      f" within it: its expansion to Var {name} does not hold there (a larger "
+                      "width, or sp.simulate at this one)", FiniteWidthWarning, stacklevel=2)
     return f0 + (up - down) / (2 * h) * t + (up - 2 * f0 + down) / h**2 * V / 2
+
+
+def _bends(f, x, f0, V) -> xr.DataArray:
+    """Where E f(X) = f + f' t + f'' V / 2 does not hold: the next term of f's expansion over
+    X's spread is as large as the V term, |D4| > BEND_MAX |D2| (D2, D4: f's 2nd and 4th
+    differences at step s = sqrt(V) / 2; for a Gaussian X the next term, f's 4th derivative
+    times 3 V^2 / 24, is D4 / D2 / 2 times the V term), or f is not finite within x +- sqrt(V)
+    (log(1 - corr) as corr's spread reaches 1). D4 at round-off (f a quadratic there) is no
+    bend."""
+    s = np.sqrt(V) / 2
+    with np.errstate(all="ignore"):
+        near = [f(x + k * s) for k in (-2, -1, 1, 2)]
+        d2 = near[1] - 2 * f0 + near[2]
+        d4 = near[0] - 4 * near[1] + 6 * f0 - 4 * near[2] + near[3]
+        resolved = abs(d4) > ROUND_OFF * (1 + abs(f0))
+        finite = np.isfinite(near[0]) & np.isfinite(near[3])
+        return (V > 0) & np.isfinite(f0) & (~finite | (resolved & (abs(d4) > BEND_MAX * abs(d2))))
 
 
 def one_width(mc: xr.Dataset) -> int | None:

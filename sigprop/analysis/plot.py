@@ -24,7 +24,15 @@ from matplotlib.lines import Line2D
 
 from sigprop import schema
 from sigprop.analysis import plots
-from sigprop.analysis.compare import ESTIMATORS, first_order, first_order_of, one_width
+from sigprop.analysis.compare import (
+    ESTIMATORS,
+    SPREADS,
+    first_order,
+    first_order_of,
+    one_width,
+    spread_samples,
+    spread_source,
+)
 from sigprop.data import atomic_path
 from sigprop.errors import ConfigError
 
@@ -64,7 +72,9 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     ``transform``, E f(X) = f(x) + f'(x)
     (E X - x) + f''(x) Var X / 2 where the theory has Var X (mean, q, corr, var, branch_q, grad_q;
     :func:`~sigprop.analysis.compare.first_order_of`), else infinite width, as the legend says
-    (also where an op has no finite-width rule).
+    (also where an op has no finite-width rule). Its spreads (``var="var_log_q"``, var_corr,
+    ...) beside a run are drawn at the run's width against the variance across its seeds,
+    +-2 standard errors (:func:`~sigprop.analysis.compare.spread`).
     ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra matplotlib arguments
     of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
     legend (a figure of several calls draws one for all), ``titles=False`` no panel titles.
@@ -85,9 +95,17 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
         raise ConfigError("max_points", max_points, "an integer >= 2")
     present = [ds for ds in (th, mc) if ds is not None]
     names = [n for n in schema.ALL_VARIABLES if all(n in ds for ds in present)]
-    if var not in names:
+    spreads = var in SPREADS and th is not None and mc is not None and var in th \
+        and spread_source(var) in mc  # a theory's spread against the run's across seeds
+    if var not in names and not spreads:
         raise ConfigError("var", var, f"one of {names}")
-    das = {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
+    if spreads and transform is not None:
+        raise ConfigError("transform", transform, f"None for a spread ({var})")
+    das = {"theory": th[var], "mc": spread_samples(mc, var)} if spreads else \
+        {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
+    estimator = "spread" if spreads else estimator
+    if spreads and yscale == "auto":  # (layer 0's spread is the run's rounding, ~1e-17: no
+        yscale = "linear"  # reason for a log axis)
     dims = list(dict.fromkeys(d for da in das.values() for d in da.dims if d != "seed"))
     roles = {"x": x, "hue": hue, "col": col, "row": row}
     for role, dim in roles.items():
@@ -103,11 +121,13 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if th is not None and "width" in th.attrs:  # (at the Monte Carlo's width, as sp.compare)
         width = int(fixed.get("width") or (mc is not None and one_width(mc))
                     or th.attrs["width"])
-        term = first_order(th, var, "mean", width)
+        term = (das["theory"] * (th.attrs["width"] / width - 1) if var in SPREADS
+                else first_order(th, var, "mean", width))  # (a spread: V/N at that N)
         with np.errstate(divide="ignore", invalid="ignore"):  # (a transform's inf where it
             at_width = (term if transform is None  # is drawn is reported: _warn_nonfinite)
                         else first_order_of(th, var, transform, width))
-        ruled = None if term is None else term.notnull()
+        ruled = None if term is None else term.notnull() | das["theory"].isnull()  # (no
+        # value there, as branch_q at layer 0: no term missing)
     if at_width is not None and transform is None:  # E X = X + its term
         das["theory"] = das["theory"] + at_width.fillna(0.0)
     elif at_width is not None:  # E f(X) itself
@@ -129,7 +149,8 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     style = {"transform": transform is not None, "xlabel": xlabel, "ylabel": ylabel,
              "theory_kw": dict(theory_kw or {}), "legend": legend, "titles": titles,
              "given_ax": ax is not None,
-             "theory": _theory_label(width if at_width is not None else None, ruled, fixed)}
+             "theory": (f"theory (leading order at N={width})" if spreads else
+                        _theory_label(width if at_width is not None else None, ruled, fixed))}
     return _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale,
                  int(max_points), sharey, ax, style)
 

@@ -647,8 +647,8 @@ class _Walk:
         self.lost: Lost | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state, (l, beta^2 | None)) of each BatchNorm
         self.block: tuple | None = None  # (l, op): the top-level layer being walked
-        self.branch = None  # (a, v) of its recorded residual branch's output statistics
-        # (:meth:`_records_branch`, :meth:`_branch_stats`; NaN where not resolved)
+        self.branch = None  # its recorded residual branch's [a log q, a q/q_inf, v log q]
+        # (B each: :meth:`_records_branch`, :meth:`_branch_stats`; NaN where not resolved)
         self.tape: list | None = None  # its steps, kept for an adjoint pass (:func:`_adjoint`)
         self.waiting: list = []  # (join, chain length): layers that joined an open chain
         self.stale: list = []  # their joins where the chain grew before it was drawn
@@ -1122,7 +1122,7 @@ class _Walk:
                 probe.batchnorms, probe.waiting, probe.stale = [], [], []
                 probe._residual(op, ctx)
                 B = self.frames[0].K.shape[-1]
-                self.branch = (np.full(_lead(self.frames) + (4 * B,), np.nan)
+                self.branch = (np.full(_lead(self.frames) + (3 * B,), np.nan)
                                if probe.branch is None else probe.branch)
             self.walk(_as_scale(op), ctx)
         elif isinstance(op, Residual):
@@ -1245,9 +1245,9 @@ class _Walk:
         self.drawn = self.drawn[:-1]
 
     def _branch_stats(self):
-        """[a, v] of the settled top frame's [log q (B), q / q_inf (B)] (a residual branch's
-        output, as schema ``branch_q``): E stat = stat_inf + a/N, Var stat = v/N; 0 for a branch
-        that is 0 at every width (zero weights, a zero Scale)."""
+        """[a of log q (B), a of q / q_inf (B), v of log q (B)] of the settled top frame (a
+        residual branch's output, as schema ``branch_q``): E stat = stat_inf + a/N, Var stat =
+        v/N; 0 for a branch that is 0 at every width (zero weights, a zero Scale)."""
         f, j = self.frames[-1], len(self.frames) - 1
         B = f.K.shape[-1]
         zero = f.diag == 0
@@ -1263,7 +1263,7 @@ class _Walk:
         _, a, V = delta_step(stats, np.broadcast_to(x0, lead + (D,)),
                              np.broadcast_to(self.b, lead + (D,)),
                              np.broadcast_to(self.C, lead + (D, D)), self.frames)
-        return np.concatenate([a, np.diagonal(V, axis1=-2, axis2=-1)], axis=-1)
+        return np.concatenate([a, np.diagonal(V, axis1=-2, axis2=-1)[..., :B]], axis=-1)
 
     def end_layer(self):
         """The end of a top-level block: its statistics (:meth:`settled`); the stream stays
@@ -2450,7 +2450,8 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
 def _statistics(rows, B: int, shape) -> dict:
     """The arrays (L+1, *shape, ...) of :func:`coefficients` from its rows: per layer, (a, v)
     over :func:`_stats`' layout [log q (B), q / q_inf (B), corr (B^2), mean (B), var / var_inf
-    (B)], and the branch's (a, v) of [log q (B), q / q_inf (B)] (None: no branch, NaN)."""
+    (B)], and the branch's [a of log q, a of q / q_inf, v of log q] (:meth:`_Walk.
+    _branch_stats`; None: no branch, NaN)."""
     def part(k, lo, hi, extra):
         return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
                          .reshape(shape + extra) for r in rows])
