@@ -100,7 +100,7 @@ SPREADS = {  # a spread of sp.theory(..., width=N): the variable X it is Var X o
     "var_log_var": ("var", True), "var_log_branch_q": ("branch_q", True),
     "var_log_grad_q": ("grad_q", True)}
 SPREAD_OF = {x: (name, log) for name, (x, log) in SPREADS.items()}  # X -> its spread
-BEND_MAX = 2.0  # |D4| / |D2| of f over X's spread past which E f(X)'s next term passes its V's
+BEND_MAX = 2.0  # |D4| / |D2| of f over X's spread: E f(X)'s next term over its V term
 ROUND_OFF = 1e-10  # differences of f below this (relative to 1 + |f|) are f's rounding
 SPREAD_ESTIMATOR = ("sample variance over seeds, se = sqrt((m4 - s^4) / S) (m4 the fourth "
                     "central moment), vs the theory's V/N at the Monte Carlo's width N (its "
@@ -278,8 +278,8 @@ def spread_source(name: str) -> str:
 
 def spread_samples(mc: xr.Dataset, name: str) -> xr.DataArray:
     """The per-seed values whose variance across seeds the spread ``name`` predicts."""
-    x, source = mc[spread_source(name)], spread_source(name)
-    return _log(x) if SPREADS[name][1] and source == SPREADS[name][0] else x
+    source = spread_source(name)
+    return _log(mc[source]) if SPREADS[name][1] and source == SPREADS[name][0] else mc[source]
 
 
 def _selected(ds: xr.Dataset, cfg: dict, other: xr.Dataset):
@@ -517,9 +517,9 @@ def first_order_of(theory: xr.Dataset, name: str, f, width: int):
 
 def _bends(f, x, f0, V) -> xr.DataArray:
     """Where E f(X) = f + f' t + f'' V / 2 does not hold: the next term of f's expansion over
-    X's spread is as large as the V term, |D4| > BEND_MAX |D2| (D2, D4: f's 2nd and 4th
-    differences at step s = sqrt(V) / 2; for a Gaussian X the next term, f's 4th derivative
-    times 3 V^2 / 24, is D4 / D2 / 2 times the V term), or f is not finite within x +- sqrt(V)
+    X's spread passes BEND_MAX times the V term, |D4| > BEND_MAX |D2| (D2, D4: f's 2nd and
+    4th differences at step s = sqrt(V) / 2; for a Gaussian X the next term, f's 4th derivative
+    times 3 V^2 / 24, is D4 / D2 times the V term), or f is not finite within x +- sqrt(V)
     (log(1 - corr) as corr's spread reaches 1). D4 at round-off (f a quadratic there) is no
     bend."""
     s = np.sqrt(V) / 2

@@ -69,10 +69,9 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     order in 1/N, E X at width N, or at the Monte Carlo's width (the one drawn) as
     ``sp.compare`` takes it (q, corr, mean, var, branch_q, grad_q, and E log X for log_q,
     log_branch_q, log_grad_q; :func:`~sigprop.analysis.compare.first_order`); with a
-    ``transform``, E f(X) = f(x) + f'(x)
-    (E X - x) + f''(x) Var X / 2 where the theory has Var X (mean, q, corr, var, branch_q, grad_q;
-    :func:`~sigprop.analysis.compare.first_order_of`), else infinite width, as the legend says
-    (also where an op has no finite-width rule). Its spreads (``var="var_log_q"``, var_corr,
+    ``transform``, E f(X) = f(x) + f'(x) (E X - x) + f''(x) Var X / 2 where the theory has Var
+    X (mean, q, corr, var, branch_q, grad_q; :func:`~sigprop.analysis.compare.first_order_of`),
+    else infinite width, as the legend says (also where an op has no finite-width rule). Its spreads (``var="var_log_q"``, var_corr,
     ...) beside a run are drawn at the run's width against the variance across its seeds,
     +-2 standard errors (:func:`~sigprop.analysis.compare.spread`).
     ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra matplotlib arguments

@@ -2432,8 +2432,8 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     of log q, corr and mean as ``var_log_q``, ``var_corr``, ``var_mean``, and var/var_inf's as
     ``var_log_var``: log var - log var_inf = var/var_inf - 1 at leading order), the
     coefficients a of the residual branch's log q and q/q_inf (``log_branch_q``, ``branch_q``)
-    and v of its log q (``var_log_branch_q``), as a dict of arrays (L+1,
-    *grid, ...); and the reason (or None) why they are NaN from some layer on. B > 2:
+    and v of its log q (``var_log_branch_q``), as a dict of arrays (L+1, *grid, ...); and the
+    reason (or None) why they are NaN from some layer on. B > 2:
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
     the grid stops for a reason of some points only, walk its parts (:func:`each_point`);
     False: that walk's numbers (NaN at every point from there)."""
@@ -2450,8 +2450,8 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
 def _statistics(rows, B: int, shape) -> dict:
     """The arrays (L+1, *shape, ...) of :func:`coefficients` from its rows: per layer, (a, v)
     over :func:`_stats`' layout [log q (B), q / q_inf (B), corr (B^2), mean (B), var / var_inf
-    (B)], and the branch's [a of log q, a of q / q_inf, v of log q] (:meth:`_Walk.
-    _branch_stats`; None: no branch, NaN)."""
+    (B)], and the branch's [a of log q, a of q / q_inf, v of log q]
+    (:meth:`_Walk._branch_stats`; None: no branch, NaN)."""
     def part(k, lo, hi, extra):
         return np.stack([np.broadcast_to(r[k][..., lo:hi], shape + (hi - lo,))
                          .reshape(shape + extra) for r in rows])
