@@ -4,6 +4,7 @@ import warnings
 from pathlib import Path
 
 import pytest
+import xarray as xr
 from typer.testing import CliRunner
 
 import sigprop as sp
@@ -59,6 +60,19 @@ def test_theory_simulate_compare_round_trip(tiny, tmp_path):
     r = invoke("compare", th, mc, "-o", cmp)
     assert r.exit_code == 0, r.output
     assert "theory vs Monte Carlo" in r.output and cmp.is_file()
+
+
+def test_compare_a_spread_from_the_command_line(tiny, tmp_path):
+    """--variable picks what is compared: a spread of a theory at a width against the run's
+    variance across seeds, beside a plain variable."""
+    th, mc, cmp = tmp_path / "th.nc", tmp_path / "mc.nc", tmp_path / "cmp.nc"
+    assert invoke("theory", tiny, "-o", th, "--width", 16).exit_code == 0
+    r = invoke("simulate", tiny, "-o", mc, "--backend", "numpy", "--width", 16, "--seeds", 4)
+    assert r.exit_code == 0, r.output
+    r = invoke("compare", th, mc, "-o", cmp, "--variable", "var_log_q", "-v", "q")
+    assert r.exit_code == 0, r.output
+    out = xr.open_dataset(cmp, engine="h5netcdf")
+    assert set(out.data_vars) == {"q", "var_log_q"} and out.var_log_q.attrs["estimator"] == "spread"
 
 
 def test_paper_profile_and_bad_profile(tiny, tmp_path):

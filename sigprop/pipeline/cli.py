@@ -159,6 +159,11 @@ def compare(theory_nc: Annotated[Path, typer.Argument(metavar="THEORY", help="th
             mc_nc: Annotated[Path, typer.Argument(metavar="MC", help="Monte Carlo .nc")],
             estimator: Annotated[str, typer.Option(
                 help="auto, mean, lognormal, logmean, median")] = "auto",
+            variable: Annotated[list[str] | None, typer.Option(
+                "--variable", "-v", help="a variable to compare (repeat; default: q, mean, "
+                "var, corr, grad_q, branch_q, weight_grad_q); also a spread of a theory at a "
+                "width (var_log_q, var_corr, ...) against the run's variance across seeds")]
+            = None,
             threshold: Annotated[float, typer.Option(
                 help="|z| above which a point disagrees")] = 3.0,
             output: Annotated[Path | None, typer.Option(
@@ -170,7 +175,7 @@ def compare(theory_nc: Annotated[Path, typer.Argument(metavar="THEORY", help="th
     from sigprop.analysis.compare import print_table
     from sigprop.data import load
 
-    cmp = run_compare(load(theory_nc), load(mc_nc), estimator=estimator)
+    cmp = run_compare(load(theory_nc), load(mc_nc), variables=variable, estimator=estimator)
     rows = print_table(cmp, threshold, console)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
