@@ -629,19 +629,24 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
 
 def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[dict]:
     """Print :func:`summary` as a rich table; returns the rows."""
+    from rich import box
     from rich.console import Console
     from rich.table import Table
 
     console = console or Console()
     rows = summary(cmp, threshold)
-    table = Table(title=f"theory vs Monte Carlo ({cmp.attrs.get('seeds')} seeds, |z| > {threshold})")
-    for col in ("variable", "estimator", "points", "max |z|", "at", "rate", "nominal", "flag"):
-        table.add_column(col, justify="right" if col in ("points", "max |z|", "rate", "nominal")
-                         else "left")
+    nominal = f", nominal rate {rows[0]['nominal']:.4f}" if rows else ""  # (one for all rows)
+    table = Table(title=f"theory vs Monte Carlo ({cmp.attrs.get('seeds')} seeds, |z| > "
+                  f"{threshold}{nominal})", box=box.SIMPLE_HEAD, collapse_padding=True)
+    for col in ("variable", "estimator", "points", "max |z|", "at", "rate", "flag"):
+        table.add_column(col, justify="right" if col in ("points", "max |z|", "rate") else
+                         "left", no_wrap=col not in ("at", "flag"), overflow="fold",
+                         min_width={"at": 10, "flag": 8}.get(col))  # (in 80 columns only the
+        # place and a long flag fold: the spreads' names differ at their ends)
     for r in rows:
         style = "" if r["flag"] == "ok" else "bold red"
         table.add_row(r["variable"], r["estimator"], str(r["points"]), f"{r['max_z']:.2f}",
-                      r["where"], f"{r['rate']:.4f}", f"{r['nominal']:.4f}", r["flag"], style=style)
+                      r["where"], f"{r['rate']:.4f}", r["flag"], style=style)
     console.print(table)
     console.print(f"finite-width bias: {cmp.attrs.get('finite_width', 'unknown')}")
     for key, why in cmp.attrs.items():
