@@ -67,7 +67,7 @@ def test_compare_a_spread_from_the_command_line(tiny, tmp_path):
     variance across seeds, beside a plain variable."""
     th, mc, cmp = tmp_path / "th.nc", tmp_path / "mc.nc", tmp_path / "cmp.nc"
     assert invoke("theory", tiny, "-o", th, "--width", 16).exit_code == 0
-    r = invoke("simulate", tiny, "-o", mc, "--backend", "numpy", "--width", 16, "--seeds", 4)
+    r = invoke("simulate", tiny, "-o", mc, "--backend", "numpy", "--width", 16, "--seeds", 16)
     assert r.exit_code == 0, r.output
     r = invoke("compare", th, mc, "-o", cmp, "--variable", "var_log_q", "-v", "q")
     assert r.exit_code == 0, r.output

@@ -86,8 +86,10 @@ def test_alignment_extrapolates_width_and_rejects_unselected_sweeps(theory):
     assert cmp.attrs["finite_width"].startswith("removed")
     swept = sp.theory(sp.presets.resnet(depth=4, alpha=sp.sweep("alpha", [0.1, 0.5])),
                       sp.Inputs(q=1.0, n=1))
+    at = compare(swept, synthetic(swept.sel(alpha=0.1), seeds=4))  # (cut like the run)
+    assert float(at["alpha"]) == 0.1 and "alpha" not in at["q"].dims
     with pytest.raises(sp.ConfigError, match="select one value"):
-        compare(swept, synthetic(swept.sel(alpha=0.1), seeds=4))
+        compare(swept, synthetic(swept, seeds=4).drop_vars("alpha").isel(alpha=0))
     with pytest.raises(sp.ConfigError, match="seed"):
         compare(theory, theory)
 
@@ -319,17 +321,26 @@ def test_spreads_against_real_monte_carlo():
         assert min(worst["halved"].values()) > bound, (worst, bound)
 
 
-def test_a_spread_needs_a_theory_at_a_width_and_one_monte_carlo_width(theory):
+def test_a_spread_needs_a_theory_at_a_width_one_monte_carlo_width_and_16_seeds(theory):
+    """And a name given as a string is one name; a spread of the gradient is skipped where the
+    depths differ (prefix=True), as grad_q is."""
     x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
     net = sp.presets.resnet(3, alpha=0.5)
-    runs = [sp.simulate(net, x0, width=w, seeds=4, backend="numpy") for w in (16, 32)]
+    runs = [sp.simulate(net, x0, width=w, seeds=16, backend="numpy") for w in (16, 32)]
     with pytest.raises(sp.ConfigError, match="width=N"):
         compare(sp.theory(net, x0), runs[0], variables=["var_log_q"])
     with pytest.raises(sp.ConfigError, match="one width"):
         compare(sp.theory(net, x0, width=16), stack_widths(runs), variables=["var_log_q"])
+    with pytest.raises(sp.ConfigError, match="seeds=8 is invalid: allowed >= 16"):
+        compare(sp.theory(net, x0, width=16), runs[0].isel(seed=slice(8)), variables="var_corr")
     both = compare(sp.theory(net, x0, width=16), runs[0], variables=["q", "var_log_q"])
     assert {"q", "var_log_q"} <= set(both.data_vars) and "estimator_var_log_q" in both.attrs
     assert both.q.attrs["estimator"] != "spread" and "finite_width" in both.attrs
+    assert list(compare(sp.theory(net, x0, width=16), runs[0], variables="var_corr")) == \
+        ["var_corr"]
+    deep = sp.theory(sp.presets.resnet(5, alpha=0.5), x0, width=16)
+    cut = compare(deep, runs[0], variables=["var_log_grad_q", "var_log_q"], prefix=True)
+    assert list(cut) == ["var_log_q"] and "depth above" in cut.attrs["skipped_var_log_grad_q"]
 
 
 def test_e_log_from_the_spread_is_the_walks_own_e_log():
@@ -369,6 +380,33 @@ def test_a_function_that_bends_over_the_spread_is_warned_of():
     bent, = said(30, "corr", gap)
     assert "E f(corr) at width 64" in bent and "layers [14, 15," in bent, bent
     assert not said(30, "mean", lambda m: m**2) and not said(30, "corr", lambda c: c**2)
+
+
+def test_first_order_of_refuses_what_it_cannot_expand():
+    import math
+
+    from sigprop.analysis.compare import first_order_of
+
+    th = sp.theory(sp.presets.preln(2), sp.Inputs(q=1.0, corr=0.5, n=2), width=64)
+    for args, field in (((th, "q", np.log, 0), "width"), ((th, "q", np.log, -64), "width"),
+                        ((th, "bogus", np.log, 64), "name"), ((th, "q", math.log, 64), "f=")):
+        with pytest.raises(sp.ConfigError, match=field):
+            first_order_of(*args)
+
+
+def test_a_dim_cut_in_one_dataset_is_cut_in_the_other():
+    """theory.sel(layer=4) was broadcast against every Monte Carlo layer (z up to 1.6e5); now
+    the run is cut to layer 4 too (and a run cut to one input cuts the theory)."""
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
+    net = sp.presets.preln(4)
+    th = sp.theory(net, x0)
+    mc = sp.simulate(net, x0, width=32, seeds=16, backend="numpy")
+    at4 = compare(th.sel(layer=4), mc, variables=["q"], estimator="mean")
+    assert "layer" not in at4.q.dims and float(at4["layer"]) == 4
+    np.testing.assert_allclose(at4.q.sel(stat="theory"), th.q.sel(layer=4))
+    np.testing.assert_allclose(at4.q.sel(stat="estimate"), mc.q.sel(layer=4).mean("seed"),
+                               rtol=1e-6)
+    assert "input" not in compare(th, mc.sel(input=1), variables=["q"]).q.dims
 
 
 def test_mean_squared_against_real_monte_carlo():
@@ -448,8 +486,8 @@ def test_a_swept_theory_cut_to_one_value_compares_with_a_run_at_that_value():
         "same architecture, depth and inputs"
     with pytest.raises(sp.ConfigError, match="architecture differs at block 1"):
         compare(th.sel(alpha=0.1), mc)
-    with pytest.raises(sp.ConfigError, match="architecture differs at block 1"):
-        compare(th, mc)  # (not cut: the sweep itself)
+    with pytest.raises(sp.ConfigError, match=r"block 1(.|\n)*theory.sel\(alpha=\.\.\.\)"):
+        compare(th, mc)  # (not cut: the sweep itself, and what to do)
 
 
 def test_prefix_compares_a_shallower_run_on_its_layers_without_gradients():

@@ -319,17 +319,45 @@ def test_bad_datasets_are_config_errors(th, mc):
 
 
 def test_an_infinite_transform_is_reported_as_the_transforms(th, mc):
-    """log(1 - corr) at corr = 1 (the diagonal panel of col='input') is the transform's inf, not
-    an overflow of corr (which has no log companion): said so, with no numpy RuntimeWarning
-    from the entries not drawn."""
+    """log(1 - corr) at corr = 1 (the diagonal panel of col='input' at input_b=0) is the
+    transform's inf, not an overflow of corr (which has no log companion): said so, with no
+    numpy RuntimeWarning from the entries not drawn."""
     with warnings.catch_warnings(record=True) as said:
         warnings.simplefilter("always")
         sp.plot(th["Pre-LN"], mc["Pre-LN"], var="corr", transform=lambda c: np.log(1 - c),
-                col="input")
+                col="input", sel={"input_b": 0})
     texts = [str(w.message) for w in said]
     assert any("the transform of corr is infinite" in t for t in texts), texts
     assert not [t for t in texts if "log_corr" in t or "overflowed" in t], texts
     assert not [w for w in said if issubclass(w.category, RuntimeWarning)], texts
+
+
+def test_a_transform_of_bare_arrays_works_and_its_nans_and_errors_are_said(th, mc):
+    """np.where returns a bare array: drawn as the DataArray it came from; a NaN the transform
+    makes is said (the estimates leave those samples out); math.log fails on arrays: a
+    ConfigError, not numpy's TypeError from inside plot."""
+    import math
+
+    pre, run = th["Pre-LN"], mc["Pre-LN"]
+    fig = sp.plot(pre, run, var="q", transform=lambda q: np.where(q > 0, 2 * q, 0.0))
+    (line,) = solid_lines(fig.axes[0])
+    np.testing.assert_allclose(line.get_ydata(), 2 * pre.q.sel(input=0).values)
+    with pytest.warns(UserWarning, match="the transform of q is NaN at .* Monte Carlo samples"):
+        sp.plot(pre, run, var="q", transform=lambda q: q.where(q < float(q.median())))
+    with pytest.raises(sp.ConfigError, match="math.log"):
+        sp.plot(pre, run, var="q", transform=math.log)
+
+
+def test_corr_by_input_draws_each_input_with_another():
+    """col="input" for corr fixed input_b for all panels, so input 0's panel drew its own corr,
+    1; each input is now drawn with the first other input, named in its title."""
+    x3 = sp.Inputs(q=[1.0, 2.0, 0.5], corr=[[1, 0.3, 0.2], [0.3, 1, 0.6], [0.2, 0.6, 1]])
+    th = sp.theory(sp.presets.preln(3), x3)
+    fig = sp.plot(th, var="corr", col="input")
+    for ax, (a, b) in zip(fig.axes, [(0, 1), (1, 0), (2, 0)]):
+        assert ax.get_title() == f"input={a}, input_b={b}"
+        (line,) = solid_lines(ax)
+        np.testing.assert_array_equal(line.get_ydata(), th.corr.sel(input=a, input_b=b).values)
 
 
 def test_overflow_is_reported_not_drawn():

@@ -102,9 +102,11 @@ SPREADS = {  # a spread of sp.theory(..., width=N): the variable X it is Var X o
 SPREAD_OF = {x: (name, log) for name, (x, log) in SPREADS.items()}  # X -> its spread
 BEND_MAX = 2.0  # |D4| / |D2| of f over X's spread: E f(X)'s next term over its V term
 ROUND_OFF = 1e-10  # differences of f below this (relative to 1 + |f|) are f's rounding
-SPREAD_ESTIMATOR = ("sample variance over seeds, se = sqrt((m4 - s^4) / S) (m4 the fourth "
-                    "central moment), vs the theory's V/N at the Monte Carlo's width N (its "
-                    "O(1/N^2) remainder shows in z where N is small)")
+SPREAD_ESTIMATOR = ("sample variance over seeds, se from the sample's fourth moment, vs the "
+                    "theory's V/N at the Monte Carlo's width N; z by Wilson and Hilferty's cube "
+                    "root (s^2 / sigma^2 is skewed)")
+MIN_SPREAD_SEEDS = 16  # a spread's z reads the sample kurtosis: at 16 normal seeds |z| > 3 at
+# 1.4 % (t nominal 0.9 %); at 8 its fourth moment is noise
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
@@ -136,12 +138,22 @@ def estimate(x: xr.DataArray, estimator: str, dim="seed") -> tuple[xr.DataArray,
 
 def spread(x: xr.DataArray, dim="seed") -> tuple[xr.DataArray, xr.DataArray]:
     """(s^2, its standard error) of each sample over ``dim`` (NaN entries left out): Var s^2 =
-    (m4 - s^4) / S to leading order, m4 the fourth central moment (s^2 sqrt(2 / S) for a
-    normal sample; a heavier tail, as corr's near +-1, widens it)."""
+    s^4 r, r = (k - (S - 3) / (S - 1)) / S (:func:`_spread_parts`; 2 / (S - 1) for a normal
+    sample, k = 3; a heavier tail, as corr's near +-1, widens it)."""
+    v, r = _spread_parts(x, dim)
+    return v, v * np.sqrt(r)
+
+
+def _spread_parts(x: xr.DataArray, dim="seed"):
+    """(s^2, r): the sample variance and Var s^2 / sigma^4 = (k - (S - 3) / (S - 1)) / S, k =
+    m4 / m2^2 the sample's kurtosis (scale-free: r does not move with s^2); r = 0 for a
+    constant sample."""
     S = x.notnull().sum(dim)
-    v = x.var(dim, ddof=1)
-    m4 = ((x - x.mean(dim)) ** 4).mean(dim)
-    return v, np.sqrt(np.maximum(m4 - v**2, 0.0) / S)
+    centred = x - x.mean(dim)
+    m2, m4 = (centred**2).mean(dim), (centred**4).mean(dim)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        k = (m4 / m2**2).fillna(1.0)
+    return m2 * S / (S - 1), np.maximum(k - (S - 3) / (S - 1), 0.0) / S
 
 
 def tail_index(x: xr.DataArray, dim="seed") -> xr.DataArray:
@@ -226,8 +238,11 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
                           "prefix=True for a Monte Carlo of the theory's first blocks)")
     for i, (x, y) in enumerate(zip(ba, bb)):
         if x != y:
+            swept = sorted(set(sweeps_of(x)) ^ set(sweeps_of(y)))
             raise ConfigError(f"architecture differs at block {i + 1}",
-                              f"{x.tree()}  vs  {y.tree()}", "the same net in both datasets")
+                              f"{x.tree()}  vs  {y.tree()}", "the same net in both datasets"
+                              + (f" (one sweeps {swept}: cut it to the other's value, "
+                                 f"theory.sel({swept[0]}=...))" if swept else ""))
     return "same architecture, depth and inputs" + (
         "" if len(ba) == len(bb) else f" (Monte Carlo: the first {len(bb)} of {len(ba)} blocks)")
 
@@ -235,9 +250,13 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
 def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> xr.Dataset:
     """The spreads ``names`` (:data:`SPREADS`) of a theory at a width against the variance of
     their Monte Carlo variable x across seeds, at the Monte Carlo's one width N (the theory's
-    V/W times W/N), as :func:`compare`'s stats (estimate, stderr, theory, z). z = (s^2 - V/N)
-    / sqrt(se^2 + floor^2), floor = rtol^2 (1 + E x^2): the variance the Monte Carlo's
-    rounding gives x (float32: a layer whose x is exact, layer 0, varies by ~1e-17)."""
+    V/W times W/N), as :func:`compare`'s stats (estimate, stderr, theory, z). s^2 / sigma^2
+    is skewed (chi^2 / nu for a normal x), so z is Wilson and Hilferty's: ((s^2 / sigma^2)^(1/3)
+    - 1 + 2 / (9 nu)) / sqrt(2 / (9 nu)), sigma^2 = V/N, nu = 2 / r (:func:`_spread_parts`,
+    the sample's kurtosis: at 50 seeds |z| > 3 at 0.7 % of normal samples, against 2.3 % for
+    (s^2 - sigma^2) / se with the sample's own se). Where sigma^2 is below the rounding floor
+    rtol^2 (1 + E x^2) (float32: a layer whose x is exact, layer 0, varies by ~1e-17), z =
+    (s^2 - sigma^2) / sqrt(se^2 + floor^2)."""
     W, N = theory.attrs.get("width"), one_width(mc)
     if W is None:
         raise ConfigError("theory", "at infinite width", "sp.theory(net, inputs, width=N): the "
@@ -248,25 +267,44 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
     sources = {n: spread_source(n) for n in names}
     missing = [n for n in names if n not in theory or sources[n] not in mc]
     if missing:
+        forward = json.loads(theory.attrs.get("config", "{}")).get("backward") is False
         raise ConfigError("variables", missing, "spreads whose variable both datasets hold ("
-                          + ", ".join(f"{n}: {sources[n]}" for n in missing) + ")")
+                          + ", ".join(f"{n}: {sources[n]}" for n in missing) + ")"
+                          + ("; the theory ran the forward pass alone: rerun it with "
+                             "backward=True for var_log_grad_q"
+                             if forward and "var_log_grad_q" in missing else ""))
     if "width" in mc.coords and "width" not in mc.dims:
         mc = mc.drop_vars("width")
     th, mc = _align(theory[names], mc[list(dict.fromkeys(sources.values()))])
-    out = {}
+    seeds = int(mc.notnull().sum("seed").to_array().where(lambda c: c > 0).min().fillna(0))
+    if seeds < MIN_SPREAD_SEEDS:
+        raise ConfigError("Monte Carlo seeds", seeds, f">= {MIN_SPREAD_SEEDS} for a spread (its "
+                          "standard error reads the sample's fourth moment)")
+    out, attrs = {}, {}
     for name in names:
         x = spread_samples(mc, name)
-        est, se = spread(x)
-        ref = th[name] * (float(W) / N)
-        floor = rtol**2 * (1 + (x**2).mean("seed"))
-        with np.errstate(divide="ignore", invalid="ignore"):
-            z = xr.where(est == ref, 0.0, (est - ref) / np.sqrt(se**2 + floor**2))
+        with np.errstate(all="ignore"):
+            (est, r), ref = _spread_parts(x), th[name] * (float(W) / N)
+            floor = rtol**2 * (1 + (x**2).mean("seed"))
+            se, nu = est * np.sqrt(r), 2 / np.maximum(r, 1e-300)
+            skewed = ((est / ref) ** (1 / 3) - 1 + 2 / (9 * nu)) / np.sqrt(2 / (9 * nu))
+            z = xr.where(ref > floor, skewed,
+                         xr.where(est == ref, 0.0, (est - ref) / np.sqrt(se**2 + floor**2)))
         da = xr.concat([p.broadcast_like(est) for p in (est, se, ref.broadcast_like(est), z)],
                        dim="stat").assign_coords(stat=list(STATS)).transpose("stat", ...)
         out[name] = da.assign_attrs(estimator="spread", scale="linear", not_comparable=0)
-    return xr.Dataset(out, attrs={"kind": "comparison", "seeds": int(mc.sizes["seed"]),
-                                  **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}"
-                                     for n in names}})
+        lost = int((~np.isfinite(z) & ref.notnull()).sum())
+        if lost:
+            attrs[f"not_comparable_{name}"] = (f"{lost} points where the run's variance is not "
+                                               "finite (a seed of inf or NaN there)")
+        if not bool(ref.notnull().any()):
+            attrs[f"skipped_{name}"] = ("the theory has no value (var_log_branch_q: no residual "
+                                        "branch; otherwise no finite-width rule, see its warning)")
+    return xr.Dataset(out, attrs={
+        "kind": "comparison", "seeds": seeds, "rtol": rtol,
+        "finite_width": f"spreads at the run's width {N}: the theory's V/{W} times {W}/{N}, its "
+                        "leading order (an O(1/N^2) remainder shows in z where N is small)",
+        **attrs, **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}" for n in names}})
 
 
 def spread_source(name: str) -> str:
@@ -308,14 +346,26 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("mc dims", tuple(mc.dims), "a Monte Carlo dataset with a 'seed' dim")
     if "seed" in theory.dims:
         raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
+    if estimator not in ESTIMATORS:
+        raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
+    variables = [variables] if isinstance(variables, str) else variables
     same = check_same_experiment(theory, mc, prefix)
     spreads = [v for v in variables or () if v in SPREADS]
     if spreads:
-        out = _compare_spreads(theory, mc, spreads, rtol)
+        skipped = {}
+        if "var_log_grad_q" in spreads and theory.sizes.get("layer") != mc.sizes.get("layer"):
+            spreads.remove("var_log_grad_q")  # (prefix=True: as grad_q)
+            skipped["var_log_grad_q"] = ("the gradient at layer l depends on the depth above l: "
+                                         "theory and Monte Carlo differ in depth")
+        out = _compare_spreads(theory, mc, spreads, rtol) if spreads else xr.Dataset()
+        out.attrs.update({"experiment": same, **{f"skipped_{k}": v for k, v in skipped.items()}})
         rest = [v for v in variables if v not in SPREADS]
         if rest:
             main = compare(theory, mc, rest, estimator, rtol, prefix)
-            out = main.merge(out).assign_attrs({**out.attrs, **main.attrs})
+            out = xr.merge([main, out], join="outer", compat="no_conflicts",
+                           combine_attrs="override").assign_attrs({**out.attrs, **main.attrs})
+        if not out.data_vars:
+            raise ConfigError("variables", variables, f"some comparable: {skipped}")
         return out
     companions = {v: schema.VARIABLES[v].log_of for v in variables or ()
                   if v in schema.VARIABLES and schema.VARIABLES[v].log_of}
@@ -337,6 +387,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                              f"{mc.sizes.get('layer', 0) - 1}")
     if not names:
         raise ConfigError("variables", variables, f"some of {VARIABLES} present in both datasets"
+                          f", or a spread of a theory at a width ({tuple(SPREADS)})"
                           + (f" (skipped: {skipped})" if skipped else ""))
     terms = [v for name in names for v in FIRST_ORDER.get(name, ()) if v in theory]
     mc_width = one_width(mc)
@@ -493,6 +544,10 @@ def first_order_of(theory: xr.Dataset, name: str, f, width: int):
     of step sqrt(V) / 100 (exact for a quadratic f). None where the theory has no V for
     ``name``; where t or V is NaN (no finite-width rule), f(x). A ``FiniteWidthWarning`` where
     f bends over X's spread (:func:`_bends`), where the expansion does not hold."""
+    if name not in theory:
+        raise ConfigError("name", name, f"a variable of the theory (E f(X) for {list(SPREAD_OF)})")
+    if not np.all(np.asarray(width, dtype=float) >= 1):  # (an array: the runs' widths)
+        raise ConfigError("width", width, "a width N >= 1")
     W = theory.attrs.get("width")
     spread_name, log = SPREAD_OF.get(name, (None, False))
     if W is None or spread_name not in theory:
@@ -503,15 +558,21 @@ def first_order_of(theory: xr.Dataset, name: str, f, width: int):
     t = 0.0 if t is None else t.fillna(0)
     h = xr.where(V > 0, np.sqrt(V) / 100, 1e-6 * np.maximum(abs(x), 1.0))
     with np.errstate(divide="ignore", invalid="ignore"):  # (corr's diagonal, c = 1: f(1 + h))
-        f0, up, down = f(x), f(x + h), f(x - h)
+        try:
+            f0, up, down = f(x), f(x + h), f(x - h)
+        except TypeError as err:
+            raise ConfigError("f", f, "a function that works elementwise on arrays (np.log, not "
+                              f"math.log): {err}") from None
     bent = _bends(f, x, f0, V)
     if bent.any():
         at = bent.any([d for d in bent.dims if d != "layer"]) if "layer" in bent.dims else bent
         layers = at["layer"].values[at.values].tolist() if "layer" in at.dims else []
-        warnings.warn(f"E f({name}) at width {width}: at {int(bent.sum())} points (layers "
-                      f"{layers}) f bends over {name}'s spread across nets, or leaves its domain"
-                      f" within it: its expansion to Var {name} does not hold there (a larger "
-                      "width, or sp.simulate at this one)", FiniteWidthWarning, stacklevel=2)
+        at_n = width if np.ndim(width) == 0 else np.asarray(width).tolist()
+        warnings.warn(f"E f({name}) at width {at_n}: at {int(bent.sum())} points"
+                      + (f" (layers {layers})" if layers else "") + f" f bends over {name}'s "
+                      "spread across nets, or leaves its domain within it: its expansion to Var "
+                      f"{name} does not hold there (a larger width, or sp.simulate at this one)",
+                      FiniteWidthWarning, stacklevel=2)
     return f0 + (up - down) / (2 * h) * t + (up - 2 * f0 + down) / h**2 * V / 2
 
 
@@ -575,6 +636,18 @@ def _log(x):
 
 
 def _align(th: xr.Dataset, mc: xr.Dataset):
+    """The two datasets on their shared coordinates; a dim one of them was cut to one value of
+    (``theory.sel(layer=4)``: a scalar coordinate) is cut the same in the other (it was
+    broadcast against every value)."""
+    for a, b in ((th, mc), (mc, th)):
+        cut = {d: a[d].item() for d in a.coords if a[d].ndim == 0 and d in b.dims}
+        if cut:
+            try:
+                cut_b = b.sel(cut)
+            except KeyError:
+                raise ConfigError("coordinates cut in one dataset", cut, "values the other "
+                                  "dataset has") from None
+            th, mc = (th, cut_b) if a is th else (cut_b, mc)
     shared = [d for d in th.dims if d in mc.dims]
     missing = [d for d in th.dims if d not in mc.dims and th.sizes[d] > 1]
     if missing:

@@ -6,7 +6,8 @@ for light-tailed samples, log-moments or the median for heavy-tailed squared nor
 :func:`sigprop.analysis.plots.mc_summary`). Every dim of the variable is either the x axis, a
 colour (``hue``), a column or row of panels (``col``, ``row``), or fixed by ``sel``; a few are
 fixed by default and named in the panel titles: the first ``input``, for ``corr`` the first
-other ``input_b``, the last ``layer`` when x is another dim, the widest Monte Carlo ``width``.
+other ``input_b`` (with ``input`` drawn, each input's first other), the last ``layer`` when x
+is another dim, the widest Monte Carlo ``width``.
 """
 
 from __future__ import annotations
@@ -90,14 +91,19 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     xscale, yscale = _check_scale("xscale", xscale), _check_scale("yscale", yscale)
     if transform is not None and not callable(transform):
         raise ConfigError("transform", transform, "a function of the variable, or None")
+    transform = None if transform is None else _elementwise(transform)
     if int(max_points) < 2:
         raise ConfigError("max_points", max_points, "an integer >= 2")
     present = [ds for ds in (th, mc) if ds is not None]
     names = [n for n in schema.ALL_VARIABLES if all(n in ds for ds in present)]
     spreads = var in SPREADS and th is not None and mc is not None and var in th \
         and spread_source(var) in mc  # a theory's spread against the run's across seeds
+    if spreads and "width" not in th.attrs:  # (a mapping of theories at several widths)
+        raise ConfigError("theory", "at several widths", f"one width N for {var} (V/N)")
     if var not in names and not spreads:
-        raise ConfigError("var", var, f"one of {names}")
+        raise ConfigError("var", var, f"one of {names}" + (
+            f"; {var} beside a run needs a theory at a width (sp.theory(..., width=N)) and the "
+            f"run's {spread_source(var)}" if var in SPREADS else ""))
     if spreads and transform is not None:
         raise ConfigError("transform", transform, f"None for a spread ({var})")
     das = {"theory": th[var], "mc": spread_samples(mc, var)} if spreads else \
@@ -116,10 +122,13 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if ax is not None and (col or row):
         raise ConfigError("ax", "given with col/row", "ax only for a single panel")
     fixed = _fixed(das, dims, used, dict(sel or {}), x)
+    das, partner = _pairs(das, dims, used, fixed)
     width, at_width, ruled = None, None, None  # a theory at width N: E X (or E f(X)) there
-    if th is not None and "width" in th.attrs:  # (at the Monte Carlo's width, as sp.compare)
-        width = int(fixed.get("width") or (mc is not None and one_width(mc))
-                    or th.attrs["width"])
+    if th is not None and "width" in th.attrs:  # (at the Monte Carlo's width, as sp.compare;
+        # at each of its widths where width is drawn as x, hue, col or row)
+        width = (mc["width"].astype(float) if mc is not None and "width" in used else
+                 int(fixed.get("width") or (mc is not None and one_width(mc))
+                     or th.attrs["width"]))
         term = (das["theory"] * (th.attrs["width"] / width - 1) if var in SPREADS
                 else first_order(th, var, "mean", width))  # (a spread: V/N at that N)
         with np.errstate(divide="ignore", invalid="ignore"):  # (a transform's inf where it
@@ -143,12 +152,19 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
            for k, da in das.items()}
     if transform is not None:  # (the theory at width N is already E f(X))
         with np.errstate(divide="ignore", invalid="ignore"):
-            das = {k: da if k == "theory" and at_width is not None else transform(da)
-                   for k, da in das.items()}
+            made = {k: da if k == "theory" and at_width is not None else transform(da)
+                    for k, da in das.items()}
+        for k, da in made.items():  # (a NaN the transform made: left out, and said)
+            n = int((da.isnull() & das[k].notnull()).sum())
+            if n:
+                warnings.warn(f"the transform of {var} is NaN at {n} "
+                              + ("Monte Carlo samples (left out of the estimates)"
+                                 if k == "mc" else "theory points (not drawn)"), stacklevel=2)
+        das = made
     style = {"transform": transform is not None, "xlabel": xlabel, "ylabel": ylabel,
              "theory_kw": dict(theory_kw or {}), "legend": legend, "titles": titles,
-             "given_ax": ax is not None,
-             "theory": (f"theory (leading order at N={width})" if spreads else
+             "given_ax": ax is not None, "partner": partner,
+             "theory": (f"theory (leading order at {_n(width)})" if spreads else
                         _theory_label(width if at_width is not None else None, ruled, fixed))}
     return _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale,
                  int(max_points), sharey, ax, style)
@@ -161,8 +177,45 @@ def _theory_label(width, ruled, fixed) -> str:
         ruled = ruled.sel({d: v for d, v in fixed.items() if d in ruled.dims})
     if width is None or ruled is None or not bool(ruled.any()):
         return "theory (infinite width)"
-    return f"theory (first order at N={width}" + (
+    return f"theory (first order at {_n(width)}" + (
         ")" if bool(ruled.all()) else "; infinite width where it has no finite-width rule)")
+
+
+def _elementwise(f):
+    """``f`` for DataArrays: its result as a DataArray of the input's dims and coordinates
+    where it returns a bare array (``np.where``); a ConfigError where it fails on arrays
+    (``math.log``) or changes the shape."""
+    def g(da: xr.DataArray) -> xr.DataArray:
+        try:
+            out = f(da)
+        except TypeError as err:
+            raise ConfigError("transform", f, "a function that works elementwise on arrays "
+                              f"(np.log, not math.log): {err}") from None
+        if isinstance(out, xr.DataArray):
+            return out
+        if np.shape(out) != da.shape:
+            raise ConfigError("transform", f, f"a function that keeps its input's shape "
+                              f"{da.shape} (it gave {np.shape(out)})")
+        return da.copy(data=np.asarray(out, dtype=float))
+    return g
+
+
+def _pairs(das, dims, used, fixed):
+    """A pair variable (corr) with ``input`` drawn (x, hue, col, row) and ``input_b`` left free:
+    each input with its partner, the first other input (fixing input_b for all drew input 0's
+    own corr, 1, in its panel). Returns the data and {input: partner}, or None."""
+    if "input_b" not in dims or "input_b" in used or "input_b" in fixed or "input" not in used:
+        return das, None
+    labels = _labels(das, "input")
+    partner = {i: next((b for b in labels if b != i), i) for i in labels}
+    pick = xr.DataArray([partner[i] for i in labels], coords={"input": labels}, dims="input")
+    return {k: da.sel(input_b=pick) if "input_b" in da.dims else da
+            for k, da in das.items()}, partner
+
+
+def _n(width) -> str:
+    """The width a theory line is drawn at, for its legend: N = W, or each run's (a width dim)."""
+    return f"N={width}" if np.ndim(width) == 0 else "each run's width"
 
 
 def savefig(fig: Figure, path) -> Path:
@@ -239,7 +292,10 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                         labelled.add(h)
                     drawn.append(cv)
             if style["titles"]:
-                panel.set_title(", ".join(_label(d, v) for d, v in {**where, **fixed}.items()))
+                pair = style["partner"] and ({"input_b": style["partner"][where["input"]]}
+                                             if "input" in where else {"input_b": "first other"})
+                panel.set_title(", ".join(_label(d, v) for d, v in
+                                          {**where, **fixed, **(pair or {})}.items()))
         _style_axes(axes, var, x, xscale, _scale(yscale, _values(drawn)), sharey, das, style)
         if style["legend"]:
             _legend(fig if ax is None else ax, axes, mc, fixed, estimators, ncol=len(cols),
@@ -297,7 +353,7 @@ def _fixed(das, dims, used, sel, x) -> dict:
     free = [d for d in dims if d not in used and d not in fixed]
     if "input" in free:
         fixed["input"] = _labels(das, "input")[0]
-    if "input_b" in free:
+    if "input_b" in free and "input" not in used:  # (input drawn: each its partner, _pairs)
         others = [b for b in _labels(das, "input_b") if b != fixed.get("input")]
         fixed["input_b"] = (others or _labels(das, "input_b"))[0]
     if "layer" in free and x != "layer":
