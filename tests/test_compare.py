@@ -296,9 +296,9 @@ def test_spreads_against_real_monte_carlo():
     """The spreads of sp.theory(..., width=N) against the variance across 4000 seeds of their
     Monte Carlo variable (sp.compare(..., variables=["var_log_q", ...]): Pre-LN at N = 64 and
     a tanh MLP at N = 128, depth 4, every |z| within the two-sided Bonferroni bound at family
-    rate 1e-3 (4.3; measured max 3.3, Pre-LN's var_log_branch_q, and 2.4), with the standard
-    error of a sample variance from its fourth moment; every spread halved is past it
-    (measured 21-24 each)."""
+    rate 1e-3 (4.3; measured max 3.5, Pre-LN's var_log_branch_q, and 2.5), z by Wilson and
+    Hilferty's cube root with the sample's kurtosis; every spread halved is past it (measured
+    33-39 each)."""
     from scipy import stats
 
     from sigprop.analysis.compare import SPREADS
