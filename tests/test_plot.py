@@ -352,12 +352,15 @@ def test_corr_by_input_draws_each_input_with_another():
     """col="input" for corr fixed input_b for all panels, so input 0's panel drew its own corr,
     1; each input is now drawn with the first other input, named in its title."""
     x3 = sp.Inputs(q=[1.0, 2.0, 0.5], corr=[[1, 0.3, 0.2], [0.3, 1, 0.6], [0.2, 0.6, 1]])
-    th = sp.theory(sp.presets.preln(3), x3)
-    fig = sp.plot(th, var="corr", col="input")
-    for ax, (a, b) in zip(fig.axes, [(0, 1), (1, 0), (2, 0)]):
-        assert ax.get_title() == f"input={a}, input_b={b}"
-        (line,) = solid_lines(ax)
-        np.testing.assert_array_equal(line.get_ydata(), th.corr.sel(input=a, input_b=b).values)
+    for width in (None, 64):  # (at a width: each pair's first order)
+        th = sp.theory(sp.presets.preln(3), x3, width=width)
+        fig = sp.plot(th, var="corr", col="input")
+        want = th.corr + (0 if width is None else th.corr_correction)
+        for ax, (a, b) in zip(fig.axes, [(0, 1), (1, 0), (2, 0)]):
+            assert ax.get_title() == f"input={a}, input_b={b}"
+            (line,) = solid_lines(ax)
+            np.testing.assert_allclose(line.get_ydata(), want.sel(input=a, input_b=b).values,
+                                       rtol=1e-12)
 
 
 def test_overflow_is_reported_not_drawn():

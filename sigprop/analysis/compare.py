@@ -32,6 +32,10 @@ from the mean of a log is itself O(1/N), by log X's skewness), and otherwise not
 allowed beyond the standard error; the attrs say which. With several widths such a theory's a
 is reported beside the fitted one (stat ``a_theory``, NaN where it has none).
 
+Spreads. A theory at a width predicts the spread across nets (``var_log_q``, ``var_corr``,
+...: :data:`SPREADS`); named in ``variables``, each is compared with the variance across the
+run's seeds at its one width, z by Wilson and Hilferty's cube root (:func:`_compare_spreads`).
+
 Heavy tails. The tail index of each per-seed sample is estimated (Hill, :func:`tail_index`).
 Where the variance is not finite (the upper 95 % bound of the index is below 2) the sample mean
 has no standard error: a squared norm is compared in log space (``lognormal``), any other
@@ -292,8 +296,8 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                          xr.where(est == ref, 0.0, (est - ref) / np.sqrt(se**2 + floor**2)))
         da = xr.concat([p.broadcast_like(est) for p in (est, se, ref.broadcast_like(est), z)],
                        dim="stat").assign_coords(stat=list(STATS)).transpose("stat", ...)
-        out[name] = da.assign_attrs(estimator="spread", scale="linear", not_comparable=0)
         lost = int((~np.isfinite(z) & ref.notnull()).sum())
+        out[name] = da.assign_attrs(estimator="spread", scale="linear", not_comparable=lost)
         if lost:
             attrs[f"not_comparable_{name}"] = (f"{lost} points where the run's variance is not "
                                                "finite (a seed of inf or NaN there)")
@@ -341,6 +345,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     away (see the module docstring). Each output variable has a leading dim ``stat`` =
     (estimate, stderr, theory, z[, a, a_stderr]); its attrs and the dataset's attrs name the
     estimator, the finite-width treatment and the points that are not comparable.
+    ``variables`` may also name spreads of a theory at a width (:data:`SPREADS`: var_log_q,
+    var_corr, ...), compared with the run's variance across seeds (:func:`_compare_spreads`).
     """
     if "seed" not in mc.dims:
         raise ConfigError("mc dims", tuple(mc.dims), "a Monte Carlo dataset with a 'seed' dim")

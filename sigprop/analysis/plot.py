@@ -122,7 +122,6 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if ax is not None and (col or row):
         raise ConfigError("ax", "given with col/row", "ax only for a single panel")
     fixed = _fixed(das, dims, used, dict(sel or {}), x)
-    das, partner = _pairs(das, dims, used, fixed)
     width, at_width, ruled = None, None, None  # a theory at width N: E X (or E f(X)) there
     if th is not None and "width" in th.attrs:  # (at the Monte Carlo's width, as sp.compare;
         # at each of its widths where width is drawn as x, hue, col or row)
@@ -140,6 +139,7 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
         das["theory"] = das["theory"] + at_width.fillna(0.0)
     elif at_width is not None:  # E f(X) itself
         das["theory"] = at_width
+    das, partner = _pairs(das, dims, used, fixed)
     das = {k: da.sel({d: v for d, v in fixed.items() if d in da.dims}) for k, da in das.items()}
     left = [d for d in dims if d not in used and d not in fixed
             and max(da.sizes.get(d, 1) for da in das.values()) > 1]
