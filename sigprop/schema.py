@@ -100,6 +100,15 @@ PRIMARY = tuple(n for n, v in VARIABLES.items() if v.log_of is None)  # not a lo
 LOG_NAME = {v.log_of: n for n, v in VARIABLES.items() if v.log_of}  # "q" -> "log_q"
 FORWARD = tuple(n for n, v in VARIABLES.items() if not v.backward)  # sp.theory(backward=False)
 
+
+
+def _spread(name: str, dims, of: str, note: str = "", called: str | None = None) -> Variable:
+    """A finite-width variable: Var[``of``] across random nets at the dataset's width N."""
+    return Variable(name, dims, f"variance of {called or of} across seeds", "1",
+                    f"Var[{of}] over random nets at the dataset's width N, leading order (O(1/N)"
+                    + (f"; {note})" if note else ")"))
+
+
 # Added by ``sp.theory(net, inputs, width=N)`` (sigprop.engines.finite_width), at the width N
 # in the dataset's ``width`` attr; a correction is E[stat at width N] - stat_inf to O(1/N).
 FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
@@ -124,20 +133,12 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
     Variable("branch_q_rel_correction", PER_INPUT, "first-order relative correction to E branch_q",
              "1", "E[branch_q]/branch_q_inf - 1 to O(1/N) at the dataset's width N (NaN where "
              "there is no branch)"),
-    Variable("var_log_q", PER_INPUT, "variance of log q across seeds", "1",
-             "Var[log q] over random nets at the dataset's width N, leading order (O(1/N))"),
-    Variable("var_mean", PER_INPUT, "variance of the feature mean across seeds", "1",
-             "Var[mean] over random nets at the dataset's width N, leading order (O(1/N)): a "
-             "zero-mean stream's E mean^2"),
-    Variable("var_corr", PER_PAIR, "variance of corr across seeds", "1",
-             "Var[corr] over random nets at the dataset's width N, leading order (O(1/N); 0 on "
-             "the diagonal)"),
-    Variable("var_log_var", PER_INPUT, "variance of log var across seeds", "1",
-             "Var[log var] over random nets at the dataset's width N, leading order (O(1/N); "
-             "var = q - mean^2; 0 where var_inf = 0, NaN where var_rel_correction is)"),
-    Variable("var_log_branch_q", PER_INPUT, "variance of log branch_q across seeds", "1",
-             "Var[log branch_q] over random nets at the dataset's width N, leading order "
-             "(O(1/N); NaN where there is no branch)"),
+    _spread("var_log_q", PER_INPUT, "log q"),
+    _spread("var_mean", PER_INPUT, "mean", "a zero-mean stream's E mean^2", "the feature mean"),
+    _spread("var_corr", PER_PAIR, "corr", "0 on the diagonal"),
+    _spread("var_log_var", PER_INPUT, "log var", "var = q - mean^2; 0 where var_inf = 0, NaN "
+            "where var_rel_correction is"),
+    _spread("var_log_branch_q", PER_INPUT, "log branch_q", "NaN where there is no branch"),
     Variable("grad_q_rel_correction", PER_INPUT, "first-order relative correction to E grad_q",
              "1", "E[grad_q]/grad_q_inf - 1 = c/N at every layer l, exact weights: c from the "
              "walk of a forward tangent, E grad_q_l = E |J_l t|^2 / N (the layers above the input "
