@@ -1,6 +1,9 @@
 """Errors sigprop raises on bad input: each names the field and what is allowed."""
 
 import difflib
+import os
+import sys
+import warnings
 
 
 class SigpropError(Exception):
@@ -40,3 +43,16 @@ class MonteCarloOverflow(SigpropError, ArithmeticError):
 class FiniteWidthWarning(UserWarning):
     """An infinite-width expectation that no practical width reaches, or a first-order
     correction that is as large as the leading term."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str, category=UserWarning):
+    """``warnings.warn`` attributed to the first frame outside sigprop: the user's own line,
+    whatever the path inside the package (so the message names it, and filters by module
+    meet the caller's module)."""
+    frame, level = sys._getframe(1), 2
+    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, category, stacklevel=level)

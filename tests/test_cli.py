@@ -1,5 +1,7 @@
 """The sigprop CLI through typer's CliRunner: theory, simulate, compare, errors, derive, bench."""
 
+import inspect
+import re
 import warnings
 from pathlib import Path
 
@@ -276,19 +278,30 @@ def test_theory_prints_finite_width_warnings_as_lines(tmp_path, toml, args, says
 
 def test_a_case_named_warning_meets_the_callers_module_filters():
     """run_theory names each case's FiniteWidthWarnings; re-issued, they still answer a filter
-    on sigprop's modules (they came back from the file path, which no module filter matches)."""
+    on the module they are attributed to (they came back from the file path, which no module
+    filter matches): the caller's, here this test module's, not sigprop's."""
     from sigprop.pipeline.runs import _named
 
     net = sp.presets.resnet(64, "relu", alpha="1/sqrt(L)", shape="dense_act")
-    for ignored, expected in ((False, 1), (True, 0)):
+    for module, expected in ((None, 1), (r"sigprop\.", 1), (re.escape(__name__), 0)):
         with warnings.catch_warnings(record=True) as said:
             warnings.simplefilter("always")
-            if ignored:
-                warnings.filterwarnings("ignore", module=r"sigprop\.")
+            if module:
+                warnings.filterwarnings("ignore", module=module)
             with _named("case A"):
                 sp.theory(net, sp.Inputs(q=1.0), width=128)
         assert len(said) == expected and all(str(w.message).startswith("case A: ")
                                              for w in said)
+
+
+def test_a_finite_width_warning_names_the_callers_line():
+    """The warning points at the user's own call, not at a line inside sigprop (it named
+    sigprop/engines/theory.py, whichever call of the user's it came from)."""
+    net = sp.presets.resnet(64, "relu", alpha="1/sqrt(L)", shape="dense_act")
+    line = inspect.currentframe().f_lineno + 2
+    with pytest.warns(sp.FiniteWidthWarning) as said:
+        sp.theory(net, sp.Inputs(q=1.0), width=128)
+    assert [(w.filename, w.lineno) for w in said] == [(__file__, line)]
 
 
 def test_python_dash_m_runs_the_command():

@@ -67,14 +67,13 @@ from __future__ import annotations
 
 import json
 import math
-import warnings
 
 import numpy as np
 import xarray as xr
 from scipy import stats
 
 from sigprop import schema
-from sigprop.errors import ConfigError, FiniteWidthWarning
+from sigprop.errors import ConfigError, FiniteWidthWarning, warn
 from sigprop.ops import layers_of, op_from_dict, replace_sweeps, sweeps_of
 
 VARIABLES = schema.PRIMARY  # the log companions are not compared: they are the log estimators
@@ -574,11 +573,11 @@ def first_order_of(theory: xr.Dataset, name: str, f, width: int):
         at = bent.any([d for d in bent.dims if d != "layer"]) if "layer" in bent.dims else bent
         layers = at["layer"].values[at.values].tolist() if "layer" in at.dims else []
         at_n = width if np.ndim(width) == 0 else np.asarray(width).tolist()
-        warnings.warn(f"E f({name}) at width {at_n}: at {int(bent.sum())} points"
-                      + (f" (layers {layers})" if layers else "") + f" f bends over {name}'s "
-                      "spread across nets, or leaves its domain within it: its expansion to Var "
-                      f"{name} does not hold there (a larger width, or sp.simulate at this one)",
-                      FiniteWidthWarning, stacklevel=2)
+        warn(f"E f({name}) at width {at_n}: at {int(bent.sum())} points"
+             + (f" (layers {layers})" if layers else "") + f" f bends over {name}'s "
+             "spread across nets, or leaves its domain within it: its expansion to Var "
+             f"{name} does not hold there (a larger width, or sp.simulate at this one)",
+             FiniteWidthWarning)
     return f0 + (up - down) / (2 * h) * t + (up - 2 * f0 + down) / h**2 * V / 2
 
 

@@ -12,7 +12,6 @@ is another dim, the widest Monte Carlo ``width``.
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -35,7 +34,7 @@ from sigprop.analysis.compare import (
     spread_source,
 )
 from sigprop.data import atomic_path
-from sigprop.errors import ConfigError
+from sigprop.errors import ConfigError, warn
 
 DECADES = 2.0  # an axis is logarithmic when its positive data span more than this many decades
 DRAWABLE = 1e250  # beyond, matplotlib's log-axis transforms overflow (1e280 did)
@@ -157,9 +156,9 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
         for k, da in made.items():  # (a NaN the transform made: left out, and said)
             n = int((da.isnull() & das[k].notnull()).sum())
             if n:
-                warnings.warn(f"the transform of {var} is NaN at {n} "
-                              + ("Monte Carlo samples (left out of the estimates)"
-                                 if k == "mc" else "theory points (not drawn)"), stacklevel=2)
+                warn(f"the transform of {var} is NaN at {n} "
+                     + ("Monte Carlo samples (left out of the estimates)"
+                        if k == "mc" else "theory points (not drawn)"))
         das = made
     style = {"transform": transform is not None, "xlabel": xlabel, "ylabel": ylabel,
              "theory_kw": dict(theory_kw or {}), "legend": legend, "titles": titles,
@@ -441,8 +440,8 @@ def _warn_nonfinite(y, var: str, what: str, at: dict, transformed: bool) -> None
         said = (f"the transform of {var} is infinite" if transformed else
                 f"{var} overflowed (inf, or beyond {DRAWABLE:g})")
         log = f"log_{var}" if not transformed and f"log_{var}" in schema.ALL_VARIABLES else None
-        warnings.warn(f"{what}: {said} at {n} points of {where}: those are not drawn"
-                      + (f"; its log companion {log} stays finite" if log else ""), stacklevel=4)
+        warn(f"{what}: {said} at {n} points of {where}: those are not drawn"
+             + (f"; its log companion {log} stays finite" if log else ""))
 
 
 def _label(dim, value) -> str:

@@ -93,7 +93,7 @@ import xarray as xr
 from scipy.special import digamma
 
 from sigprop import schema
-from sigprop.errors import ConfigError, FiniteWidthWarning
+from sigprop.errors import ConfigError, FiniteWidthWarning, warn
 from sigprop.kernels.gaussian import get_activation
 from sigprop.ops import (
     Act,
@@ -2588,22 +2588,22 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
     check_width(width)
     coef, lost = coefficients(net, inputs)
     if lost:
-        warnings.warn(f"{lost}: finite-width corrections are NaN from there on"
-                      + (", and the gradient's at every layer below it" if backward else ""),
-                      FiniteWidthWarning, stacklevel=3)
+        warn(f"{lost}: finite-width corrections are NaN from there on"
+             + (", and the gradient's at every layer below it" if backward else ""),
+             FiniteWidthWarning)
     N = float(width)
     layers = ds["layer"].values
     corr_inf = ds["corr"].transpose("layer", ...).values
     coef, unresolved = _resolved(net, inputs, coef, corr_inf, layers)
     if unresolved:
         rows, bound, gap = unresolved
-        warnings.warn(f"corr_correction is not resolved by the central differences at layers "
-                      f"{rows}: walked with steps {CHECK_STEP:.2g} times as large it moves by "
-                      f"more than {VALID_FRACTION:.0%} (their round-off, where a pair's Gram is "
-                      f"near singular: 1 - |corr| down to {gap:.2g}); NaN there, where E corr -"
-                      f" corr_inf is of order {bound / float(width):.1g} or less at width "
-                      f"{width}",
-                      FiniteWidthWarning, stacklevel=3)
+        warn(f"corr_correction is not resolved by the central differences at layers "
+             f"{rows}: walked with steps {CHECK_STEP:.2g} times as large it moves by "
+             f"more than {VALID_FRACTION:.0%} (their round-off, where a pair's Gram is "
+             f"near singular: 1 - |corr| down to {gap:.2g}); NaN there, where E corr -"
+             f" corr_inf is of order {bound / float(width):.1g} or less at width "
+             f"{width}",
+             FiniteWidthWarning)
     with np.errstate(divide="ignore", invalid="ignore"):
         computed = {
             "log_q_correction": coef["log_q"] / N,
@@ -2638,11 +2638,11 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
     lost_var = np.isnan(computed["var_rel_correction"]) & ~np.isnan(computed["q_rel_correction"])
     if lost_var.any():
         at = sorted(set(layers[np.nonzero(lost_var)[0]].tolist()))
-        warnings.warn(f"var_rel_correction is NaN at {int(lost_var.sum())} points (layers "
-                      f"{at}): the stream's mean "
-                      f"carries all but < {VAR_RESOLVED:.0e} of its q there, so var = q - "
-                      "mean^2 leaves its first order to float64's round-off",
-                      FiniteWidthWarning, stacklevel=3)
+        warn(f"var_rel_correction is NaN at {int(lost_var.sum())} points (layers "
+             f"{at}): the stream's mean "
+             f"carries all but < {VAR_RESOLVED:.0e} of its q there, so var = q - "
+             "mean^2 leaves its first order to float64's round-off",
+             FiniteWidthWarning)
     rows = range(len(coef["var_log_q"]))
     if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid) and "q" not in broken:
         _warn_rare_nets(coef["var_log_q"], rows, width, "q", grid, coef["log_q"])
@@ -2710,8 +2710,8 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
     if why and (not lost or lost.points != why.points):  # (where the forward walk stops,
         # this one does too: warned above, unless the two stop at different grid points)
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
-        warnings.warn(f"{why}: the gradient's correction is NaN at layers {nan}",
-                      FiniteWidthWarning, stacklevel=4)
+        warn(f"{why}: the gradient's correction is NaN at layers {nan}",
+             FiniteWidthWarning)
     grad, valid, var = (np.full(shape, np.nan) for _ in range(3))
     at = [list(layers).index(l) for l in rows if l in layers]
     got = [rows.index(l) for l in rows if l in layers]
@@ -2719,14 +2719,13 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
     computed = {"valid_width_grad_q": valid, "var_log_grad_q": var}
     L = len(layers_of(net))
     broken = _warn_gradient(c, rows, width, mean_mode, grid)
-    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", L, grid, stacklevel=5) \
+    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", L, grid) \
             and not broken:  # (every draw checked only when every layer is recorded)
-        _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)),
-                        stacklevel=5)
+        _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)))
     computed["grad_q_rel_correction"] = grad
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
-        warnings.warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning, stacklevel=4)
+        warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
                                       else typical[layers].reshape(grad.shape))
     return computed
@@ -2768,13 +2767,13 @@ def _warn_gradient(c, rows, width, mean_mode, grid):
     why = ("" if A is None else " The stream carries a mean that couples the backward through "
            f"the forward weights (that mode alone, in closed form: A = {float(np.max(A)):.4g}).")
     what = "the input gradient grad_q_0" if l == 0 else f"the gradient grad_q_{l} at layer {l}"
-    warnings.warn(
+    warn(
         f"width {width}{_at(grid, [size], idx)}: the first-order correction to "
         f"{what} reaches "
         f"{worst / width:.3g} x its infinite-width value (coefficient c = {worst:.4g}); the 1/N "
         f"expansion holds only for N >> c (10 % at N = {10 * worst:.4g}).{why} The "
         "infinite-width gradient is not what a net of this width does: run sp.simulate "
-        "at this width instead.", FiniteWidthWarning, stacklevel=5)
+        "at this width instead.", FiniteWidthWarning)
     return True
 
 
@@ -2788,18 +2787,18 @@ def _warn_invalid(needs, width, grid):
             idx = np.unravel_index(np.nanargmax(need), need.shape)
             worst = float(need[idx])
             against = " (or 0.1 where |corr| is smaller)" if stat == "corr" else ""
-            warnings.warn(
+            warn(
                 f"width {width}{_at(grid, [need], idx)}: the first-order "
                 f"correction to {stat} reaches "
                 f"{worst / width:.3g} x its infinite-width value{against} (coefficient A = "
                 f"{worst:.4g}); the 1/N expansion holds only for N >> A (10 % at N = "
                 f"{10 * worst:.4g}). Run sp.simulate at this width instead.",
-                FiniteWidthWarning, stacklevel=4)
+                FiniteWidthWarning)
             warned.add(stat)
     return warned
 
 
-def _warn_spread(v, rows, width, name, first, grid, stacklevel=4):
+def _warn_spread(v, rows, width, name, first, grid):
     """Warn where one layer's draw adds 1 or more to Var log q = v / N (its increment of v >= N:
     a bottleneck of few features, or N ~ 1): each draw's expansion takes its fluctuation to be
     small. Not the total: a deep relu net's Var log q = 5 L / N grows past 1 from independent
@@ -2815,19 +2814,18 @@ def _warn_spread(v, rows, width, name, first, grid, stacklevel=4):
     if worst >= width:
         idx = np.unravel_index(np.nanargmax(step), step.shape)
         layer, sd = int(rows[idx[0]]), math.sqrt(worst / width)
-        warnings.warn(
+        warn(
             f"width {width}{_at(grid, [step], idx)}: one draw adds "
             f"{worst / width:.3g} to Var log {name} across nets (layer {layer}: v = "
             f"{worst:.4g}, Var = v / N), so {name} varies by a factor of about {_exp(sd)} from "
             "net to net there; the 1/N "
             "expansion of a draw takes its fluctuation to be small and holds only for N >> v (a "
             "bottleneck of few features, or N ~ 1). Run sp.simulate at this width instead.",
-            FiniteWidthWarning, stacklevel=stacklevel)
+            FiniteWidthWarning)
     return worst >= width
 
 
-def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True,
-                    stacklevel=4):
+def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True):
     """Warn where Var log {name} = v / N across nets (v per layer of ``rows``, then the sweeps
     of ``grid``) passes ``SPREAD_MAX`` from draws each small (:func:`_warn_spread` otherwise)
     and the expansion holds (the callers skip a statistic whose correction broke it), so this
@@ -2847,16 +2845,16 @@ def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True,
                f"infinite-width log {name} plus log_{name}_correction = "
                f"{float(np.asarray(log_coef)[idx]) / width:.3g}.")
     where = _at(grid, [var] + ([] if log_coef is None else [log_coef]), idx)  # (both quoted)
-    warnings.warn(
+    warn(
         f"width {width}{where}: Var log {name} across nets "
         f"reaches {s2:.3g} at layer {layer} (above {SPREAD_MAX:g}; the first-order law's own "
         "prediction, " + ("from many small draws" if checked else "if no one layer's draw adds "
-                          "much, which the recorded layers do not show: record every layer to "
-                          "check") + f"): {name} is about log-normal "
+                 "much, which the recorded layers do not show: record every layer to "
+                 "check") + f"): {name} is about log-normal "
         f"across nets, its mean over nets {_exp(s2 / 2)} x its median and carried by rare "
         f"nets; the mean of S nets is within 10 % only for S ~ {_exp(log_seeds)}.{typical} "
         f"Compare medians or means of log {name} with Monte Carlo, not means.",
-        FiniteWidthWarning, stacklevel=stacklevel)
+        FiniteWidthWarning)
 
 
 def _exp(x) -> str:
@@ -3063,8 +3061,8 @@ def typical_log_grad_q(net: Op, inputs, width, where="") -> np.ndarray | None:
         if len(outside) == len(got):
             return None
         if outside:
-            warnings.warn(f"typical_log_grad_q is NaN at {'; '.join(outside)}: {COVERS}",
-                          FiniteWidthWarning, stacklevel=4)
+            warn(f"typical_log_grad_q is NaN at {'; '.join(outside)}: {COVERS}",
+                 FiniteWidthWarning)
         shape = next(g for g in got if g is not None).shape
         return _over_grid([np.full(shape, np.nan) if g is None else g for g in got], grid)
     ctx = Context(NUMERIC, ())
@@ -3084,18 +3082,17 @@ def typical_log_grad_q(net: Op, inputs, width, where="") -> np.ndarray | None:
         try:
             gain = _block_gain(u, states[i], g, ctx, width)
         except _Unresolved as why:
-            warnings.warn(f"typical_log_grad_q is NaN at {_layers(0, last - 1)}{where}: layer "
-                          f"{l}: {why}", FiniteWidthWarning, stacklevel=4)
+            warn(f"typical_log_grad_q is NaN at {_layers(0, last - 1)}{where}: layer "
+                 f"{l}: {why}", FiniteWidthWarning)
             out[:last] = np.nan  # (a run over layers l..last: the rows inside it too)
             return out
         if gain is None:
             return None
         below = out[l - 1] = below + gain  # (a layer's first unit writes its row last)
         if last > l:
-            warnings.warn(f"typical_log_grad_q is NaN at {_layers(l, last - 1)}{where}: inside "
-                          f"a Dense -> BatchNorm -> Act run split over layers {l}..{last} (its "
-                          "typical gain is the run's as a whole)", FiniteWidthWarning,
-                          stacklevel=4)
+            warn(f"typical_log_grad_q is NaN at {_layers(l, last - 1)}{where}: inside "
+                 f"a Dense -> BatchNorm -> Act run split over layers {l}..{last} (its "
+                 "typical gain is the run's as a whole)", FiniteWidthWarning)
             out[l:last] = np.nan
         if np.all(below == -np.inf):  # a zero scale or zero weights: the gradient below is 0
             out[:l] = -np.inf
@@ -3303,7 +3300,7 @@ def warn_unreachable(bns, B, width=None, grid=None, typical=lambda: False, share
     counted = ("" if f"{share:.3g}" == f"{len(bns):.3g}" else
                f" ({share:.3g} counted by their share of grad_q)")
     if need > N:
-        warnings.warn(
+        warn(
             f"BatchNorm at batch B = {B}{'' if swept else f' (eps = {eps:.3g})'}{where}: the "
             "infinite-width backward "
             f"expectation E[1/s^2] is carried by features whose batch variance is near eps; a net "
@@ -3315,4 +3312,4 @@ def warn_unreachable(bns, B, width=None, grid=None, typical=lambda: False, share
             + ("sp.theory(net, inputs, width=N) gives E log grad_q as typical_log_grad_q."
                if typical() else "by Monte Carlo (sp.simulate); typical_log_grad_q does not "
                f"cover this net ({COVERS})."),
-            FiniteWidthWarning, stacklevel=4)
+            FiniteWidthWarning)
