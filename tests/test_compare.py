@@ -321,16 +321,34 @@ def test_spreads_against_real_monte_carlo():
         assert min(worst["halved"].values()) > bound, (worst, bound)
 
 
-def test_a_spread_needs_a_theory_at_a_width_one_monte_carlo_width_and_16_seeds(theory):
+def test_a_spread_needs_a_theory_at_a_width_a_run_of_known_width_and_16_seeds(theory):
     """And a name given as a string is one name; a spread of the gradient is skipped where the
-    depths differ (prefix=True), as grad_q is."""
+    depths differ (prefix=True), as grad_q is; a stack of widths is compared at each of its
+    widths, each as that width's run alone (it was refused: 'one width')."""
     x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
     net = sp.presets.resnet(3, alpha=0.5)
     runs = [sp.simulate(net, x0, width=w, seeds=16, backend="numpy") for w in (16, 32)]
     with pytest.raises(sp.ConfigError, match="width=N"):
         compare(sp.theory(net, x0), runs[0], variables=["var_log_q"])
-    with pytest.raises(sp.ConfigError, match="one width"):
-        compare(sp.theory(net, x0, width=16), stack_widths(runs), variables=["var_log_q"])
+    unknown = runs[0].drop_vars("width", errors="ignore")
+    unknown.attrs.pop("width", None)
+    with pytest.raises(sp.ConfigError, match="records its width"):
+        compare(sp.theory(net, x0, width=16), unknown, variables=["var_log_q"])
+    th = sp.theory(net, x0, width=16)
+    stacked = compare(th, stack_widths(runs), variables=["var_log_q", "var_corr"])
+    for run in runs:
+        alone = compare(th, run, variables=["var_log_q", "var_corr"])
+        xr.testing.assert_equal(stacked[["var_log_q", "var_corr"]].sel(
+            width=int(run.attrs["width"]), drop=True), alone[["var_log_q", "var_corr"]])
+    assert stacked.var_corr.sizes["width"] == 2 and "N = [16, 32]" in stacked.attrs["finite_width"]
+    assert stacked.attrs["experiment"] == "same architecture, depth and inputs"  # (the stack
+    # kept its config: compare said 'not checked' of every stack)
+    with pytest.raises(sp.ConfigError, match="architecture differs"):
+        compare(sp.theory(sp.presets.resnet(3, alpha=0.25), x0, width=16), stack_widths(runs),
+                variables=["var_log_q"])
+    mixed = compare(th, stack_widths(runs), variables=["q", "var_log_q"])
+    assert "fitted over widths" in mixed.attrs["finite_width"]  # (the means' note, and the
+    assert "spreads at the run's width" in mixed.attrs["finite_width"]  # spreads', both kept)
     with pytest.raises(sp.ConfigError, match="seeds=8 is invalid: allowed >= 16"):
         compare(sp.theory(net, x0, width=16), runs[0].isel(seed=slice(8)), variables="var_corr")
     both = compare(sp.theory(net, x0, width=16), runs[0], variables=["q", "var_log_q"])

@@ -34,7 +34,8 @@ is reported beside the fitted one (stat ``a_theory``, NaN where it has none).
 
 Spreads. A theory at a width predicts the spread across nets (``var_log_q``, ``var_corr``,
 ...: :data:`SPREADS`); named in ``variables``, each is compared with the variance across the
-run's seeds at its one width, z by Wilson and Hilferty's cube root (:func:`_compare_spreads`).
+run's seeds at its width (a stack: at each width, kept as a ``width`` dim), z by Wilson and
+Hilferty's cube root (:func:`_compare_spreads`).
 
 Heavy tails. The tail index of each per-seed sample is estimated (Hill, :func:`tail_index`).
 Where the variance is not finite (the upper 95 % bound of the index is below 2) the sample mean
@@ -214,6 +215,12 @@ def stack_widths(datasets) -> xr.Dataset:
         raise ConfigError("widths", widths, "distinct widths recorded in each dataset's attrs")
     out = xr.concat([ds.expand_dims(width=[w]) for ds, w in zip(datasets, widths)], dim="width",
                     join="outer", combine_attrs="drop_conflicts")
+    configs = [_config(ds) for ds in datasets]
+    if all(configs):  # (kept, so compare still checks the experiment: it was dropped as a
+        # conflict of widths, and compare said 'not checked')
+        out.attrs["config"] = json.dumps({key: values[0] if values.count(values[0]) == len(values)
+                                          else values for key in configs[0]
+                                          for values in [[c.get(key) for c in configs]]})
     return out.assign_attrs(width=json.dumps(widths))
 
 
@@ -252,21 +259,23 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
 
 def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> xr.Dataset:
     """The spreads ``names`` (:data:`SPREADS`) of a theory at a width against the variance of
-    their Monte Carlo variable x across seeds, at the Monte Carlo's one width N (the theory's
-    V/W times W/N), as :func:`compare`'s stats (estimate, stderr, theory, z). s^2 / sigma^2
+    their Monte Carlo variable x across seeds, at the Monte Carlo's width N (the theory's V/W
+    times W/N; at each width of a stack, which keeps its ``width`` dim), as :func:`compare`'s
+    stats (estimate, stderr, theory, z). s^2 / sigma^2
     is skewed (chi^2 / nu for a normal x), so z is Wilson and Hilferty's: ((s^2 / sigma^2)^(1/3)
     - 1 + 2 / (9 nu)) / sqrt(2 / (9 nu)), sigma^2 = V/N, nu = 2 / r (:func:`_spread_parts`,
     the sample's kurtosis: at 50 seeds |z| > 3 at 0.7 % of normal samples, against 2.3 % for
     (s^2 - sigma^2) / se with the sample's own se). Where sigma^2 is below the rounding floor
     rtol^2 (1 + E x^2) (float32: a layer whose x is exact, layer 0, varies by ~1e-17), z =
     (s^2 - sigma^2) / sqrt(se^2 + floor^2)."""
-    W, N = theory.attrs.get("width"), one_width(mc)
+    W = theory.attrs.get("width")
+    N = mc["width"] if mc.sizes.get("width", 1) > 1 else one_width(mc)  # (a stack: each width)
     if W is None:
         raise ConfigError("theory", "at infinite width", "sp.theory(net, inputs, width=N): the "
                           f"spreads {names} across nets are its finite-width variables")
     if N is None:
-        raise ConfigError("Monte Carlo widths", mc.attrs.get("width"), "one width: a spread is "
-                          "compared at the Monte Carlo's width (select one from a stack)")
+        raise ConfigError("Monte Carlo width", mc.attrs.get("width"), "a run that records its "
+                          "width (a width coordinate or attr): a spread is V/N at the run's N")
     sources = {n: spread_source(n) for n in names}
     missing = [n for n in names if n not in theory or sources[n] not in mc]
     if missing:
@@ -305,8 +314,9 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                                         "branch; otherwise no finite-width rule, see its warning)")
     return xr.Dataset(out, attrs={
         "kind": "comparison", "seeds": seeds, "rtol": rtol,
-        "finite_width": f"spreads at the run's width {N}: the theory's V/{W} times {W}/{N}, its "
-                        "leading order (an O(1/N^2) remainder shows in z where N is small)",
+        "finite_width": f"spreads at the run's width N = {np.asarray(N).tolist()}: the "
+                        f"theory's V/{W} times {W}/N, its leading order (an O(1/N^2) remainder "
+                        "shows in z where N is small)",
         **attrs, **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}" for n in names}})
 
 
@@ -367,8 +377,11 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         rest = [v for v in variables if v not in SPREADS]
         if rest:
             main = compare(theory, mc, rest, estimator, rtol, prefix)
+            note = "; ".join(filter(None, (main.attrs["finite_width"],
+                                           out.attrs.get("finite_width"))))
             out = xr.merge([main, out], join="outer", compat="no_conflicts",
-                           combine_attrs="override").assign_attrs({**out.attrs, **main.attrs})
+                           combine_attrs="override").assign_attrs({**out.attrs, **main.attrs,
+                                                                   "finite_width": note})
         if not out.data_vars:
             raise ConfigError("variables", variables, f"some comparable: {skipped}")
         return out
