@@ -53,6 +53,12 @@ def warn(message: str, category=UserWarning):
     whatever the path inside the package (so the message names it, and filters by module
     meet the caller's module)."""
     frame, level = sys._getframe(1), 2
-    while frame is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+    while frame is not None and _inside(frame.f_code.co_filename):
         frame, level = frame.f_back, level + 1
-    warnings.warn(message, category, stacklevel=level)
+    warnings.warn(message, category, stacklevel=level if frame is not None else 2)
+
+
+def _inside(filename: str) -> bool:
+    """Whether a frame's file is sigprop's (``<string>``, ``<stdin>``, a cell's ``<...>``: not,
+    wherever the working directory is)."""
+    return not filename.startswith("<") and os.path.abspath(filename).startswith(_PACKAGE)

@@ -5,6 +5,7 @@ import re
 import warnings
 from pathlib import Path
 
+import numpy as np
 import pytest
 import xarray as xr
 from typer.testing import CliRunner
@@ -302,6 +303,39 @@ def test_a_finite_width_warning_names_the_callers_line():
     with pytest.warns(sp.FiniteWidthWarning) as said:
         sp.theory(net, sp.Inputs(q=1.0), width=128)
     assert [(w.filename, w.lineno) for w in said] == [(__file__, line)]
+
+
+def test_a_case_named_warning_from_code_with_no_module_file_is_still_shown(monkeypatch):
+    """python -c and a notebook cell have no module whose __file__ is theirs: re-issued with
+    module=None passed on, the warning was dropped, shown nowhere; and with the working
+    directory inside the package a '<string>' frame was taken for sigprop's (the warning said
+    'sys:1')."""
+    from sigprop.pipeline.runs import _named
+
+    monkeypatch.chdir(Path(sp.__file__).parent)
+    cell = compile("with _named('case A'):\n    sp.theory(net, sp.Inputs(q=1.0), width=128)\n",
+                   "<string>", "exec")
+    net = sp.presets.resnet(64, "relu", alpha="1/sqrt(L)", shape="dense_act")
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        exec(cell, {"_named": _named, "sp": sp, "net": net})  # noqa: S102 (a cell of our own)
+    assert [(w.filename, w.lineno) for w in said] == [("<string>", 2)]
+    assert str(said[0].message).startswith("case A: width 128")
+
+
+def test_every_warning_of_a_command_is_one_line(tmp_path, tiny):
+    """A command's warnings are lines ('warning: ...'), never Python's format with a source
+    line (it named typer/main.py, the first frame outside sigprop)."""
+    th = tmp_path / "th.nc"
+    assert invoke("theory", tiny, "-o", th).exit_code == 0
+    ds = sp.load(th)
+    ds["q"] = ds.q.where(ds.layer < ds.layer.max(), np.inf)
+    sp.save(ds, tmp_path / "inf.nc")
+    r = invoke("plot", tmp_path / "inf.nc", "-o", tmp_path / "q.png")
+    assert r.exit_code == 0, r.output
+    said = [line for line in r.output.splitlines() if line.startswith("warning: ")]
+    assert said and "q overflowed" in said[0], r.output
+    assert "typer" not in r.output and "Warning" not in r.output, r.output
 
 
 def test_python_dash_m_runs_the_command():

@@ -346,6 +346,11 @@ def test_a_spread_needs_a_theory_at_a_width_a_run_of_known_width_and_16_seeds(th
     with pytest.raises(sp.ConfigError, match="architecture differs"):
         compare(sp.theory(sp.presets.resnet(3, alpha=0.25), x0, width=16), stack_widths(runs),
                 variables=["var_log_q"])
+    from sigprop.ops import layers_of  # the same blocks written another way: one experiment
+    # (its net was stored as a list of two and compare failed on it, an AttributeError)
+    again = sp.simulate(sp.Serial(*layers_of(net)), x0, width=32, seeds=16, backend="numpy")
+    same = compare(th, stack_widths([runs[0], again]), variables=["var_log_q", "q"])
+    assert same.attrs["experiment"] == "same architecture, depth and inputs"
     mixed = compare(th, stack_widths(runs), variables=["q", "var_log_q"])
     assert "fitted over widths" in mixed.attrs["finite_width"]  # (the means' note, and the
     assert "spreads at the run's width" in mixed.attrs["finite_width"]  # spreads', both kept)

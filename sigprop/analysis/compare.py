@@ -217,10 +217,14 @@ def stack_widths(datasets) -> xr.Dataset:
                     join="outer", combine_attrs="drop_conflicts")
     configs = [_config(ds) for ds in datasets]
     if all(configs):  # (kept, so compare still checks the experiment: it was dropped as a
-        # conflict of widths, and compare said 'not checked')
-        out.attrs["config"] = json.dumps({key: values[0] if values.count(values[0]) == len(values)
-                                          else values for key in configs[0]
-                                          for values in [[c.get(key) for c in configs]]})
+        # conflict of widths, and compare said 'not checked'); net and inputs are the first
+        # run's (checked the same above, however written), a run's own keys lists where they
+        # differ (width, seeds, ...)
+        keys = dict.fromkeys(k for c in configs for k in c)
+        merged = {k: [c.get(k) for c in configs] for k in keys}
+        out.attrs["config"] = json.dumps({
+            k: v[0] if k in ("net", "inputs") or v.count(v[0]) == len(v) else v
+            for k, v in merged.items()})
     return out.assign_attrs(width=json.dumps(widths))
 
 
@@ -314,7 +318,8 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                                         "branch; otherwise no finite-width rule, see its warning)")
     return xr.Dataset(out, attrs={
         "kind": "comparison", "seeds": seeds, "rtol": rtol,
-        "finite_width": f"spreads at the run's width N = {np.asarray(N).tolist()}: the "
+        "finite_width": f"spreads at the run's {'widths' if np.ndim(N) else 'width'} N = "
+                        f"{np.asarray(N).tolist()}: the "
                         f"theory's V/{W} times {W}/N, its leading order (an O(1/N^2) remainder "
                         "shows in z where N is small)",
         **attrs, **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}" for n in names}})

@@ -2849,8 +2849,8 @@ def _warn_rare_nets(v, rows, width, name, grid, log_coef=None, checked=True):
         f"width {width}{where}: Var log {name} across nets "
         f"reaches {s2:.3g} at layer {layer} (above {SPREAD_MAX:g}; the first-order law's own "
         "prediction, " + ("from many small draws" if checked else "if no one layer's draw adds "
-                 "much, which the recorded layers do not show: record every layer to "
-                 "check") + f"): {name} is about log-normal "
+                          "much, which the recorded layers do not show: record every layer to "
+                          "check") + f"): {name} is about log-normal "
         f"across nets, its mean over nets {_exp(s2 / 2)} x its median and carried by rare "
         f"nets; the mean of S nets is within 10 % only for S ~ {_exp(log_seeds)}.{typical} "
         f"Compare medians or means of log {name} with Monte Carlo, not means.",

@@ -58,10 +58,13 @@ def _main(version: Annotated[bool, typer.Option(
 
 
 def _clean_errors(fn):
+    """A SigpropError as one red line and exit status 2; every warning as a line
+    (:func:`_warnings_as_lines`)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
-            return fn(*args, **kwargs)
+            with _warnings_as_lines():
+                return fn(*args, **kwargs)
         except SigpropError as e:
             console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
@@ -102,7 +105,7 @@ def theory(sim: SimPath, output: Output, profile: Profile = "quick",
     except ImportError as e:  # the optional extra missing: its install hint in one line
         raise ConfigError("--engine", engine, f"numpy; {e}") from None
     s = Sim.load(sim)
-    with _finite_width_warnings():
+    with _warnings_as_lines():  # (before the summary line below)
         ds = run_theory(s, profile, _progress, width=width, engine=engine, backward=backward)
     save_quietly(ds, output)
     for case, why in unsupported_of(ds).items():
@@ -112,21 +115,20 @@ def theory(sim: SimPath, output: Output, profile: Profile = "quick",
 
 
 @contextlib.contextmanager
-def _finite_width_warnings():
-    """Print each distinct FiniteWidthWarning raised in the block once, as a yellow line (other
-    warnings pass through as they came)."""
+def _warnings_as_lines():
+    """Print each distinct warning raised in the block once, as a yellow line: 'finite width:
+    ...' for a FiniteWidthWarning, 'warning: ...' for any other (a command's user has no source
+    line to look at: Python's format named one inside typer)."""
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         yield
-    from sigprop.pipeline.runs import reissue
-
     seen = set()
     for w in caught:
-        if not issubclass(w.category, FiniteWidthWarning):
-            reissue(w)
-        elif str(w.message) not in seen:
-            seen.add(str(w.message))
-            console.print(f"[yellow]finite width: {escape(str(w.message))}[/]", highlight=False)
+        said = ("finite width" if issubclass(w.category, FiniteWidthWarning) else "warning",
+                str(w.message))
+        if said not in seen:
+            seen.add(said)
+            console.print(f"[yellow]{said[0]}: {escape(said[1])}[/]", highlight=False)
 
 
 @app.command()

@@ -141,9 +141,11 @@ def reissue(w: warnings.WarningMessage, message=None):
     module, so the caller's filters (by module too) meet it as they would have."""
     module = next((m for m in list(sys.modules.values())
                    if getattr(m, "__file__", None) == w.filename), None)
+    known = {} if module is None else {  # (none for python -c or a notebook cell: a module=None
+        # passed on shows nothing at all)
+        "module": module.__name__, "registry": vars(module).setdefault("__warningregistry__", {})}
     warnings.warn_explicit(w.message if message is None else message, w.category, w.filename,
-                           w.lineno, module=module and module.__name__,
-                           registry=module and vars(module).setdefault("__warningregistry__", {}))
+                           w.lineno, **known)
 
 
 def _iterate(items, progress, what):
