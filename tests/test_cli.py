@@ -78,6 +78,27 @@ def test_compare_a_spread_from_the_command_line(tiny, tmp_path):
     assert set(out.data_vars) == {"q", "var_log_q"} and out.var_log_q.attrs["estimator"] == "spread"
 
 
+def test_compare_refuses_runs_of_another_sim(tiny, tmp_path):
+    """A sim's datasets have no net in their config, so compare said 'not checked' and compared
+    a relu theory with a tanh run (and corr 0.5 with 0.9); now their arch specs and inputs are
+    checked, and a run of the same archs and inputs from another sim file passes."""
+    th = tmp_path / "th.nc"
+    assert invoke("theory", tiny, "-o", th).exit_code == 0
+    for old, new, said in (('act = "relu"\n[[arch]]', 'act = "tanh"\n[[arch]]',
+                            "architecture differs"),
+                           ("corr = 0.5", "corr = 0.9", "inputs differ"),
+                           ('description = "tiny"', 'description = "another"', None)):
+        other, mc = tmp_path / "other.toml", tmp_path / "mc.nc"
+        other.write_text(TINY.replace(old, new))
+        r = invoke("simulate", other, "-o", mc, "--backend", "numpy", "--seeds", 2)
+        assert r.exit_code == 0, r.output
+        r = invoke("compare", th, mc)
+        if said is None:
+            assert r.exit_code == 0 and "theory vs Monte Carlo" in r.output, r.output
+        else:
+            assert r.exit_code == 2 and said in r.output, r.output
+
+
 def test_paper_profile_and_bad_profile(tiny, tmp_path):
     r = invoke("theory", tiny, "-o", tmp_path / "p.nc", "--profile", "paper")
     assert r.exit_code == 0 and sp.load(tmp_path / "p.nc").sizes["layer"] == 9

@@ -669,3 +669,39 @@ def test_points_neither_dataset_has_are_not_points(theory):
     assert rows["q"]["points"] == full["q"]["points"] - 10 * 2  # 10 layers x 2 inputs
     mc_p["q"].loc[{"layer": 5}] = np.nan  # theory there, no Monte Carlo
     assert summary(compare(th_p, mc_p, variables=["q"]))[0]["not_comparable"] == 2
+
+
+def test_what_a_hostile_review_found_is_refused_by_name():
+    """Each was compared without a word, or failed inside numpy or xarray: datasets cut to
+    different values (theory at layer 4 against the run at layer 1 passed, z = 0.15), one
+    spread with no theory value (it said 'seeds=0'), an unknown name beside a known one (left
+    out), an empty or non-list ``variables``, a NaN or negative rtol, a theory width < 1; and a
+    stack of runs that record their width as a coordinate was refused."""
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
+    net = sp.presets.preln(2)
+    th = sp.theory(net, x0, width=16)
+    mc = sp.simulate(net, x0, width=16, seeds=16, backend="numpy")
+    with pytest.raises(sp.ConfigError, match=r"cut to different values .*'layer': \(2, 1\)"):
+        compare(th.sel(layer=2), mc.sel(layer=1), variables=["var_log_q", "q"])
+    plain = sp.presets.plain(2)
+    with pytest.raises(sp.ConfigError, match="var_log_branch_q: the net has no residual branch"):
+        compare(sp.theory(plain, x0, width=16),
+                sp.simulate(plain, x0, width=16, seeds=16, backend="numpy"),
+                variables="var_log_branch_q")
+    for variables, said in ((["q", "var_log_qq"], r"\['var_log_qq'\]"), ([], r"\[\]"),
+                            (3, "a name or a list")):
+        with pytest.raises(sp.ConfigError, match=said):
+            compare(th, mc, variables=variables)
+    for rtol in (float("nan"), -1.0, "x", None):
+        with pytest.raises(sp.ConfigError, match="rtol"):
+            compare(th, mc, variables=["q"], rtol=rtol)
+    with pytest.raises(sp.ConfigError, match="theory attrs width"):
+        compare(th.assign_attrs(width=0), mc, variables=["var_log_q"])
+    as_coords = []
+    for w in (16, 32):
+        run = sp.simulate(net, x0, width=w, seeds=16, backend="numpy").expand_dims(width=[w])
+        run.attrs.pop("width")
+        as_coords.append(run)
+    stacked = stack_widths(as_coords)
+    assert list(stacked["width"].values) == [16, 32]
+    assert compare(th, stacked, variables=["var_log_q"]).var_log_q.sizes["width"] == 2

@@ -210,11 +210,14 @@ def stack_widths(datasets) -> xr.Dataset:
         raise ConfigError("datasets", len(datasets), "Monte Carlo datasets (with a 'seed' dim)")
     for ds in datasets[1:]:
         check_same_experiment(datasets[0], ds)
-    widths = [int(ds.attrs.get("width", 0)) for ds in datasets]
+    widths = [one_width(ds) or 0 for ds in datasets]
     if min(widths) < 1 or len(set(widths)) != len(widths):
-        raise ConfigError("widths", widths, "distinct widths recorded in each dataset's attrs")
-    out = xr.concat([ds.expand_dims(width=[w]) for ds, w in zip(datasets, widths)], dim="width",
-                    join="outer", combine_attrs="drop_conflicts")
+        raise ConfigError("widths", widths, "distinct widths, one recorded in each dataset (its "
+                          "width attr or a width coordinate of one value)")
+    out = xr.concat([(ds.squeeze("width", drop=True) if "width" in ds.dims else
+                      ds.drop_vars("width", errors="ignore")).expand_dims(width=[w])
+                     for ds, w in zip(datasets, widths)], dim="width", join="outer",
+                    combine_attrs="drop_conflicts")
     configs = [_config(ds) for ds in datasets]
     if all(configs):  # (kept, so compare still checks the experiment: it was dropped as a
         # conflict of widths, and compare said 'not checked'); net and inputs are the first
@@ -236,6 +239,8 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
     """
     ca, cb = _config(a), _config(b)
     la, lb = a.sizes.get("layer"), b.sizes.get("layer")
+    if ca and cb and all("arch" in c and "net" not in c for c in (ca, cb)):
+        return _same_sims(ca, cb, la, lb, prefix)
     if ca is None or cb is None or "net" not in ca or "net" not in cb:
         if la != lb and not prefix:
             raise ConfigError("depth", f"{la - 1} blocks vs {lb - 1}", "the same depth "
@@ -292,7 +297,12 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
     if "width" in mc.coords and "width" not in mc.dims:
         mc = mc.drop_vars("width")
     th, mc = _align(theory[names], mc[list(dict.fromkeys(sources.values()))])
-    seeds = int(mc.notnull().sum("seed").to_array().where(lambda c: c > 0).min().fillna(0))
+    valued = [n for n in names if bool(th[n].notnull().any())]
+    if not valued:  # (it said 'seeds=0': a net with no branch has no branch_q in its run)
+        raise ConfigError("variables", names, "spreads the theory has a value of; here "
+                          + "; ".join(f"{n}: {_no_value(n)}" for n in names))
+    counts = mc[list(dict.fromkeys(sources[n] for n in valued))].notnull().sum("seed")
+    seeds = int(counts.to_array().where(lambda c: c > 0).min().fillna(0))
     if seeds < MIN_SPREAD_SEEDS:
         raise ConfigError("Monte Carlo seeds", seeds, f">= {MIN_SPREAD_SEEDS} for a spread (its "
                           "standard error reads the sample's fourth moment)")
@@ -312,10 +322,10 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
         out[name] = da.assign_attrs(estimator="spread", scale="linear", not_comparable=lost)
         if lost:
             attrs[f"not_comparable_{name}"] = (f"{lost} points where the run's variance is not "
-                                               "finite (a seed of inf or NaN there)")
-        if not bool(ref.notnull().any()):
-            attrs[f"skipped_{name}"] = ("the theory has no value (var_log_branch_q: no residual "
-                                        "branch; otherwise no finite-width rule, see its warning)")
+                                               "finite (a seed of inf there; NaN seeds are left "
+                                               "out, as a stack's padding: see 'seeds')")
+        if name not in valued:
+            attrs[f"skipped_{name}"] = f"the theory has no value: {_no_value(name)}"
     return xr.Dataset(out, attrs={
         "kind": "comparison", "seeds": seeds, "rtol": rtol,
         "finite_width": f"spreads at the run's {'widths' if np.ndim(N) else 'width'} N = "
@@ -323,6 +333,11 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                         f"theory's V/{W} times {W}/N, its leading order (an O(1/N^2) remainder "
                         "shows in z where N is small)",
         **attrs, **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}" for n in names}})
+
+
+def _no_value(name: str) -> str:
+    return ("the net has no residual branch" if name == "var_log_branch_q" else
+            "an op of the net has no finite-width rule (the theory's FiniteWidthWarning names it)")
 
 
 def spread_source(name: str) -> str:
@@ -349,6 +364,21 @@ def _selected(ds: xr.Dataset, cfg: dict, other: xr.Dataset):
     return replace_sweeps(net, {name: values[name] for name in sweeps_of(net) if name in values})
 
 
+def _names(variables) -> list[str]:
+    """``variables`` as a list of known names (one name may be a string), or a ConfigError
+    (an unknown name was dropped without a word where another was known)."""
+    allowed = f"names of {VARIABLES} or of the spreads {tuple(SPREADS)}"
+    try:
+        names = [variables] if isinstance(variables, str) else list(dict.fromkeys(variables))
+    except TypeError:
+        raise ConfigError("variables", variables, f"a name or a list of {allowed}") from None
+    unknown = [v for v in names if not isinstance(v, str) or v not in schema.VARIABLES
+               and v not in SPREADS]  # (a log companion: refused below, with its estimator)
+    if unknown or not names:
+        raise ConfigError("variables", unknown or names, allowed)
+    return names
+
+
 def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str = "auto",
             rtol: float = 1e-5, prefix: bool = False) -> xr.Dataset:
     """Per variable and layer: estimate, standard error, theory value, z-score (and, with two
@@ -368,7 +398,13 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
     if estimator not in ESTIMATORS:
         raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
-    variables = [variables] if isinstance(variables, str) else variables
+    if not isinstance(rtol, (int, float)) or not 0 <= rtol < math.inf:
+        raise ConfigError("rtol", rtol, "a finite number >= 0 (the relative rounding floor)")
+    W = theory.attrs.get("width")
+    if W is not None and (not isinstance(W, (int, np.integer)) or W < 1):
+        raise ConfigError("theory attrs width", W, "a width N >= 1 (sp.theory(..., width=N)), "
+                          "or none for infinite width")
+    variables = None if variables is None else _names(variables)
     same = check_same_experiment(theory, mc, prefix)
     spreads = [v for v in variables or () if v in SPREADS]
     if spreads:
@@ -642,6 +678,28 @@ def _finite_width_note(widths, width, corrected, theory_width) -> str:
             "standard error, so an O(1/N) bias of the theory shows as z")
 
 
+def _same_sims(ca: dict, cb: dict, la, lb, prefix: bool) -> str:
+    """:func:`check_same_experiment` of two sims' datasets (the pipeline's config: its arch
+    specs and inputs; they said 'not checked', and runs of another activation and inputs were
+    compared): the same inputs, and each arch both hold the same spec (its sweep grid aside:
+    the grids are aligned)."""
+    if ca.get("inputs") != cb.get("inputs"):
+        raise ConfigError("inputs differ", (ca.get("inputs"), cb.get("inputs")), "the same "
+                          "inputs in both sims")
+    specs = [{arch.get("label") or arch.get("preset"): {k: v for k, v in arch.items()
+                                                        if k not in ("montecarlo", "sweeps")}
+              for arch in c["arch"]} for c in (ca, cb)]
+    shared = specs[0].keys() & specs[1].keys()
+    differ = {k: (specs[0][k], specs[1][k]) for k in sorted(shared) if specs[0][k] != specs[1][k]}
+    if differ or not shared:
+        raise ConfigError("architecture differs", differ or (list(specs[0]), list(specs[1])),
+                          "the same arch specs in both sims")
+    if la != lb and not prefix:
+        raise ConfigError("depth", f"{la - 1} blocks vs {lb - 1}", "the same depth (or "
+                          "prefix=True for a Monte Carlo of the theory's first blocks)")
+    return f"same archs {sorted(shared)} and inputs (the sims' configs)"
+
+
 def _config(ds: xr.Dataset) -> dict | None:
     raw = ds.attrs.get("config")
     if not isinstance(raw, str):
@@ -662,6 +720,11 @@ def _align(th: xr.Dataset, mc: xr.Dataset):
     """The two datasets on their shared coordinates; a dim one of them was cut to one value of
     (``theory.sel(layer=4)``: a scalar coordinate) is cut the same in the other (it was
     broadcast against every value)."""
+    differ = {d: (th[d].item(), mc[d].item()) for d in th.coords if d in mc.coords
+              and th[d].ndim == 0 and mc[d].ndim == 0 and th[d].item() != mc[d].item()}
+    if differ:  # (th.sel(layer=4) against mc.sel(layer=1) was compared, as one layer)
+        raise ConfigError("coordinates cut to different values (theory, Monte Carlo)", differ,
+                          "the same value in both")
     for a, b in ((th, mc), (mc, th)):
         cut = {d: a[d].item() for d in a.coords if a[d].ndim == 0 and d in b.dims}
         if cut:

@@ -177,7 +177,8 @@ def compare(theory_nc: Annotated[Path, typer.Argument(metavar="THEORY", help="th
     from sigprop.analysis.compare import print_table
     from sigprop.data import load
 
-    cmp = run_compare(load(theory_nc), load(mc_nc), variables=variable, estimator=estimator)
+    cmp = run_compare(load(theory_nc), load(mc_nc), variables=variable or None,
+                      estimator=estimator)
     rows = print_table(cmp, threshold, console)
     if output is not None:
         output.parent.mkdir(parents=True, exist_ok=True)
