@@ -705,3 +705,21 @@ def test_what_a_hostile_review_found_is_refused_by_name():
     stacked = stack_widths(as_coords)
     assert list(stacked["width"].values) == [16, 32]
     assert compare(th, stacked, variables=["var_log_q"]).var_log_q.sizes["width"] == 2
+
+
+def test_a_cut_to_one_value_or_a_few_layers_is_no_other_experiment():
+    """theory.isel(alpha=[1]) (a dim of one value) against a run at that alpha was refused as
+    'architecture differs'; theory.isel(layer=[1, 2]) had its gradient variables skipped as if
+    the depths differed."""
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
+    swept = sp.theory(sp.presets.resnet(2, alpha=sp.sweep("alpha", [0.5, 1.0])), x0, width=16)
+    run = sp.simulate(sp.presets.resnet(2, alpha=1.0), x0, width=16, seeds=16, backend="numpy")
+    one = compare(swept.isel(alpha=[1]), run, variables=["q", "var_log_q"])
+    at = compare(swept.sel(alpha=1.0), run, variables=["q", "var_log_q"])
+    for name in ("q", "var_log_q"):
+        np.testing.assert_array_equal(one[name].values,
+                                      at[name].values)
+    cut = compare(swept.sel(alpha=1.0).isel(layer=[1, 2]), run,
+                  variables=["grad_q", "var_log_grad_q"])
+    assert {"grad_q", "var_log_grad_q"} <= set(cut.data_vars), cut.attrs
+    assert not [k for k in cut.attrs if k.startswith("skipped_")], cut.attrs

@@ -159,9 +159,11 @@ def test_a_theory_at_a_width_is_drawn_at_the_monte_carlos_width_and_says_where_i
 
 def test_a_spread_is_drawn_against_the_runs_variance_across_seeds():
     """var="var_corr" with a run: the line is the theory's V/N at the run's width (its V/256
-    times 256/64), the points the variance of corr across seeds, the band +-2 standard errors
-    of a sample variance (:func:`~sigprop.analysis.compare.spread`); Var log var's points from
-    log var, which the run has no log companion for; a transform of a spread is refused."""
+    times 256/64), the points the variance of corr across seeds, the band the variances whose
+    sp.compare z is within +-2 (the line is inside it exactly where |z| <= 2; above 0, where
+    s^2 +- 2 se went below); Var log var's points from log var, which the run has no log
+    companion for; a transform, an estimator, fewer than 16 seeds and a spread the theory has
+    no value of are refused (they drew, and the last an empty figure)."""
     from sigprop.analysis.compare import spread
 
     net = sp.presets.preln(3)
@@ -175,14 +177,26 @@ def test_a_spread_is_drawn_against_the_runs_variance_across_seeds():
         want = _pair(want) if var == "var_corr" else want.sel(input=0)
         np.testing.assert_allclose(line.get_ydata(), want.values, rtol=1e-12)
         (points,) = point_sets(fig.axes[0])
-        est, se = spread(samples)
+        est, _ = spread(samples)
         np.testing.assert_allclose(points.get_ydata(), est.values, rtol=1e-12)
         lo, hi = band(fig.axes[0], points.get_xdata())
-        np.testing.assert_allclose(hi - lo, 4 * se.values, rtol=1e-9)
+        z = compare(th, mc, variables=[var])[var].sel(stat="z")
+        z = (_pair(z) if var == "var_corr" else z.sel(input=0)).values
+        inside = (lo <= line.get_ydata()) & (line.get_ydata() <= hi)
+        np.testing.assert_array_equal(inside[1:], np.abs(z[1:]) <= 2)  # (layer 0: the rounding
+        assert (lo[1:] > 0).all()  # floor's own z)
         labels = [t.get_text() for t in fig.legends[0].get_texts()]
         assert "theory (leading order at N=64)" in labels and any("spread" in t for t in labels)
-    with pytest.raises(sp.ConfigError, match="transform"):
-        sp.plot(th, mc, var="var_corr", transform=np.sqrt)
+    for kw, field in (({"transform": np.sqrt}, "transform"), ({"estimator": "median"},
+                                                                "estimator")):
+        with pytest.raises(sp.ConfigError, match=field):
+            sp.plot(th, mc, var="var_corr", **kw)
+    with pytest.raises(sp.ConfigError, match="seeds=15 is invalid: allowed >= 16"):
+        sp.plot(th, mc.isel(seed=slice(15)), var="var_corr")
+    plain = sp.presets.plain(2)
+    with pytest.raises(sp.ConfigError, match="no residual branch"):
+        sp.plot(sp.theory(plain, X0, width=64), sp.simulate(plain, X0, width=64, seeds=16),
+                var="var_log_branch_q")
 
 
 def test_points_are_the_monte_carlo_mean_and_the_band_two_standard_errors(th, mc):

@@ -148,6 +148,18 @@ def spread(x: xr.DataArray, dim="seed") -> tuple[xr.DataArray, xr.DataArray]:
     return v, v * np.sqrt(r)
 
 
+def spread_band(x: xr.DataArray, k: float = 2.0, dim="seed"):
+    """(s^2, low, high): the variances sigma^2 whose z against the sample's s^2
+    (:func:`_compare_spreads`, Wilson and Hilferty's cube root) is within +-k, s^2 / (1 - c
+    +- k sqrt(c))^3, c = r / 9 (:func:`_spread_parts`); always above 0 (s^2 +- k se went
+    below), high inf where 1 - c - k sqrt(c) <= 0 (few seeds, a heavy tail)."""
+    v, r = _spread_parts(x, dim)
+    c = r / 9
+    with np.errstate(divide="ignore"):
+        return (v, v / (1 - c + k * np.sqrt(c)) ** 3,
+                v / np.maximum(1 - c - k * np.sqrt(c), 0.0) ** 3)
+
+
 def _spread_parts(x: xr.DataArray, dim="seed"):
     """(s^2, r): the sample variance and Var s^2 / sigma^4 = (k - (S - 3) / (S - 1)) / S, k =
     m4 / m2^2 the sample's kurtosis (scale-free: r does not move with s^2); r = 0 for a
@@ -300,7 +312,7 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
     valued = [n for n in names if bool(th[n].notnull().any())]
     if not valued:  # (it said 'seeds=0': a net with no branch has no branch_q in its run)
         raise ConfigError("variables", names, "spreads the theory has a value of; here "
-                          + "; ".join(f"{n}: {_no_value(n)}" for n in names))
+                          + "; ".join(f"{n}: {no_spread_value(n)}" for n in names))
     counts = mc[list(dict.fromkeys(sources[n] for n in valued))].notnull().sum("seed")
     seeds = int(counts.to_array().where(lambda c: c > 0).min().fillna(0))
     if seeds < MIN_SPREAD_SEEDS:
@@ -325,7 +337,7 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                                                "finite (a seed of inf there; NaN seeds are left "
                                                "out, as a stack's padding: see 'seeds')")
         if name not in valued:
-            attrs[f"skipped_{name}"] = f"the theory has no value: {_no_value(name)}"
+            attrs[f"skipped_{name}"] = f"the theory has no value: {no_spread_value(name)}"
     return xr.Dataset(out, attrs={
         "kind": "comparison", "seeds": seeds, "rtol": rtol,
         "finite_width": f"spreads at the run's {'widths' if np.ndim(N) else 'width'} N = "
@@ -335,7 +347,8 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
         **attrs, **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}" for n in names}})
 
 
-def _no_value(name: str) -> str:
+def no_spread_value(name: str) -> str:
+    """Why a theory at a width has no value of the spread ``name`` anywhere."""
     return ("the net has no residual branch" if name == "var_log_branch_q" else
             "an op of the net has no finite-width rule (the theory's FiniteWidthWarning names it)")
 
@@ -353,13 +366,24 @@ def spread_samples(mc: xr.Dataset, name: str) -> xr.DataArray:
     return _log(mc[source]) if SPREADS[name][1] and source == SPREADS[name][0] else mc[source]
 
 
+def _depths_differ(theory: xr.Dataset, mc: xr.Dataset) -> bool:
+    """Whether the nets differ in depth (prefix=True: a shallower run), by their configs' nets
+    where both have one (a layer cut, theory.isel(layer=[2, 3]), is no depth: it was taken for
+    one), else by their layer dims."""
+    nets = [c.get("net") for c in (_config(theory) or {}, _config(mc) or {})]
+    if all(nets):
+        return len(layers_of(op_from_dict(nets[0]))) != len(layers_of(op_from_dict(nets[1])))
+    return theory.sizes.get("layer") != mc.sizes.get("layer")
+
+
 def _selected(ds: xr.Dataset, cfg: dict, other: xr.Dataset):
     """The net of a dataset's ``config``, each sweep the dataset was cut to one value of
-    (``ds.sel(alpha=0.5)``: a scalar coordinate) replaced by that value; a sweep it still has
+    (``ds.sel(alpha=0.5)``: a scalar coordinate; ``ds.isel(alpha=[1])``: a dim of one value)
+    replaced by that value; a sweep it still has
     whole, by the value ``other`` was cut to (the grids are then aligned, or a sweep left
     whole named, by :func:`compare`)."""
     net = op_from_dict(cfg["net"])
-    cut = [{n: d[n].item() for n in d.coords if d[n].ndim == 0} for d in (other, ds)]
+    cut = [{n: d[n].values.item() for n in d.coords if d[n].size == 1} for d in (other, ds)]
     values = {**cut[0], **cut[1]}
     return replace_sweeps(net, {name: values[name] for name in sweeps_of(net) if name in values})
 
@@ -409,7 +433,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     spreads = [v for v in variables or () if v in SPREADS]
     if spreads:
         skipped = {}
-        if "var_log_grad_q" in spreads and theory.sizes.get("layer") != mc.sizes.get("layer"):
+        if "var_log_grad_q" in spreads and _depths_differ(theory, mc):
             spreads.remove("var_log_grad_q")  # (prefix=True: as grad_q)
             skipped["var_log_grad_q"] = ("the gradient at layer l depends on the depth above l: "
                                          "theory and Monte Carlo differ in depth")
@@ -438,7 +462,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     skipped = {name: "the theory ran the forward pass alone (sp.theory(..., backward=False)); "
                "rerun it with backward=True" for name in (variables or VARIABLES)
                if forward_only and name in BACKWARD_VARIABLES and name in mc}
-    if theory.sizes.get("layer") != mc.sizes.get("layer"):
+    if _depths_differ(theory, mc):
         for name in [n for n in names if n in BACKWARD_VARIABLES]:
             names.remove(name)
             skipped[name] = (f"the gradient at layer l depends on the depth above l: theory has "

@@ -26,9 +26,11 @@ from sigprop import schema
 from sigprop.analysis import plots
 from sigprop.analysis.compare import (
     ESTIMATORS,
+    MIN_SPREAD_SEEDS,
     SPREADS,
     first_order,
     first_order_of,
+    no_spread_value,
     one_width,
     spread_samples,
     spread_source,
@@ -71,9 +73,10 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     log_branch_q, log_grad_q; :func:`~sigprop.analysis.compare.first_order`); with a
     ``transform``, E f(X) = f(x) + f'(x) (E X - x) + f''(x) Var X / 2 where the theory has Var
     X (mean, q, corr, var, branch_q, grad_q; :func:`~sigprop.analysis.compare.first_order_of`),
-    else infinite width, as the legend says (also where an op has no finite-width rule). Its spreads (``var="var_log_q"``, var_corr,
-    ...) beside a run are drawn at the run's width against the variance across its seeds,
-    +-2 standard errors (:func:`~sigprop.analysis.compare.spread`).
+    else infinite width, as the legend says (also where an op has no finite-width rule). Its
+    spreads (``var="var_log_q"``, var_corr, ...) beside a run of at least 16 seeds are drawn at
+    the run's width against the variance across its seeds, the band the variances whose
+    sp.compare z is within +-2 (:func:`~sigprop.analysis.compare.spread_band`).
     ``xlabel``/``ylabel`` replace the axis labels; ``theory_kw``: extra matplotlib arguments
     of the theory lines (``{"marker": "."}``); ``legend=False`` draws no
     legend (a figure of several calls draws one for all), ``titles=False`` no panel titles.
@@ -103,8 +106,18 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
         raise ConfigError("var", var, f"one of {names}" + (
             f"; {var} beside a run needs a theory at a width (sp.theory(..., width=N)) and the "
             f"run's {spread_source(var)}" if var in SPREADS else ""))
-    if spreads and transform is not None:
-        raise ConfigError("transform", transform, f"None for a spread ({var})")
+    if spreads:  # (as sp.compare: it drew 8 seeds, an empty figure, and ignored estimator)
+        if transform is not None:
+            raise ConfigError("transform", transform, f"None for a spread ({var})")
+        if estimator != "auto":
+            raise ConfigError("estimator", estimator, f"auto for a spread ({var}: the variance "
+                              "across seeds)")
+        if mc.sizes["seed"] < MIN_SPREAD_SEEDS:
+            raise ConfigError("Monte Carlo seeds", mc.sizes["seed"], f">= {MIN_SPREAD_SEEDS} "
+                              f"for a spread ({var})")
+        if not bool(th[var].notnull().any()):
+            raise ConfigError("var", var, f"a spread the theory has a value of ({var}: "
+                              f"{no_spread_value(var)})")
     das = {"theory": th[var], "mc": spread_samples(mc, var)} if spreads else \
         {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
     estimator = "spread" if spreads else estimator
@@ -488,8 +501,10 @@ def _legend(where, axes, mc, fixed, estimators, ncol: int, theory: str) -> None:
             "width" in fixed else None
         size = f"N={width}, " if width is not None else ""
         handles.append(Line2D([], [], ls="none", marker="o", mfc="white", color=grey))
+        band = (f"band |z| $\\leq$ {plots.BAND_SE:g}" if estimators == {"spread"} else
+                f"$\\pm${plots.BAND_SE:g} SE")
         labels.append(f"Monte Carlo ({size}{mc.sizes['seed']} seeds): "
-                      f"{'/'.join(sorted(estimators))} $\\pm${plots.BAND_SE:g} SE")
+                      f"{'/'.join(sorted(estimators))} {band}")
     if isinstance(where, Figure):
         where.legend(handles, labels, loc="outside upper center", ncol=min(3, ncol, len(labels)))
     else:

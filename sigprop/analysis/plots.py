@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from sigprop.analysis.compare import choose, estimate, spread
+from sigprop.analysis.compare import choose, estimate, spread_band
 
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
@@ -149,11 +149,12 @@ def mc_summary(x: xr.DataArray, name: str, estimator: str = "auto"):
     The estimator is that of :func:`sigprop.analysis.compare.choose`: an estimate of the mean
     E[X] (the sample mean, or for heavy-tailed X its log-normal estimate), so the points are
     compared with the theory's mean, never a median with a mean; ``spread``: the variance
-    across seeds (:func:`~sigprop.analysis.compare.spread`), for a spread of the theory.
+    across seeds, for a spread of the theory, and the variances whose z is within +-BAND_SE
+    (:func:`~sigprop.analysis.compare.spread_band`: the theory is inside it where sp.compare's
+    |z| <= 2).
     """
     if estimator == "spread":
-        est, se = spread(x)
-        return est, est - BAND_SE * se, est + BAND_SE * se, estimator
+        return (*spread_band(x, BAND_SE), estimator)
     est_name = choose(x, name, estimator)
     est, se = estimate(x, est_name)
     lo, hi = est - BAND_SE * se, est + BAND_SE * se
