@@ -482,3 +482,14 @@ def test_the_legend_names_a_hue_drawn_in_later_panels_only(th):
     assert len(solid_lines(fig.axes[0])) == 1  # Post-LN has no line in the first panel
     labels = [t.get_text() for t in fig.legends[0].get_texts()]
     assert labels[:2] == ["Pre-LN", "Post-LN"]
+
+
+def test_a_run_of_another_net_is_not_drawn_beside_a_theory():
+    """sp.plot drew a Post-LN run beside a Pre-LN theory, as sp.compare refuses to compare
+    them; a run of the theory's first blocks is drawn (as compare's prefix=True)."""
+    th = sp.theory(sp.presets.preln(3), X0)
+    other = sp.simulate(sp.presets.postln(3), X0, width=16, seeds=4, backend="numpy")
+    with pytest.raises(sp.ConfigError, match="architecture differs"):
+        sp.plot(th, other, var="q")
+    shallow = sp.simulate(sp.presets.preln(2), X0, width=16, seeds=4, backend="numpy")
+    assert len(point_sets(sp.plot(th, shallow, var="q").axes[0])) == 1

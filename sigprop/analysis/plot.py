@@ -28,6 +28,7 @@ from sigprop.analysis.compare import (
     ESTIMATORS,
     MIN_SPREAD_SEEDS,
     SPREADS,
+    check_same_experiment,
     first_order,
     first_order_of,
     no_spread_value,
@@ -54,9 +55,10 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
 
     ``theory``: a theory dataset (no ``seed`` dim), or a mapping ``{label: dataset}`` stacked
     along a new dim ``arch``; likewise ``mc`` (datasets with a ``seed`` dim), or None. Either
-    may be None, not both. ``hue``, ``col``, ``row``: dims drawn as colours, panel columns and
-    panel rows; when ``hue`` is None and exactly one dim with several values is left, it becomes
-    the hue (as in xarray). ``sel``: ``{dim: label}`` fixing other dims. ``estimator``: as in
+    may be None, not both; with both, a run of another net or inputs than the theory's (its
+    first blocks aside) is refused, as by sp.compare. ``hue``, ``col``, ``row``: dims drawn as
+    colours, panel columns and panel rows; when ``hue`` is None and exactly one dim with several
+    values is left, it becomes the hue (as in xarray). ``sel``: ``{dim: label}`` fixing other dims. ``estimator``: as in
     ``sp.compare`` (``auto`` picks per panel). ``xscale``/``yscale``: ``auto`` is logarithmic
     when the positive values drawn span more than ``DECADES`` = 2 decades (then x <= 0, e.g.
     layer 0, is left out); magnitudes beyond ``DRAWABLE`` (and inf) are reported by a warning
@@ -96,6 +98,8 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     transform = None if transform is None else _elementwise(transform)
     if int(max_points) < 2:
         raise ConfigError("max_points", max_points, "an integer >= 2")
+    if th is not None and mc is not None:  # (a run of another net was drawn beside a theory)
+        check_same_experiment(th, mc, prefix=True)
     present = [ds for ds in (th, mc) if ds is not None]
     names = [n for n in schema.ALL_VARIABLES if all(n in ds for ds in present)]
     spreads = var in SPREADS and th is not None and mc is not None and var in th \
