@@ -97,6 +97,19 @@ def test_compare_refuses_runs_of_another_sim(tiny, tmp_path):
             assert r.exit_code == 0 and "theory vs Monte Carlo" in r.output, r.output
         else:
             assert r.exit_code == 2 and said in r.output, r.output
+    paper = tmp_path / "paper.nc"  # depth 8: the resnet's alpha = 1/sqrt(L) is another net
+    assert invoke("simulate", tiny, "-o", paper, "--backend", "numpy", "--seeds", 2,
+                  "--profile", "paper").exit_code == 0
+    r = invoke("compare", th, paper)
+    assert r.exit_code == 2 and "profile depth" in r.output, r.output
+    from sigprop.analysis.compare import compare
+
+    same = tmp_path / "same.nc"
+    assert invoke("simulate", tiny, "-o", same, "--backend", "numpy", "--seeds", 2).exit_code == 0
+    theory, run = sp.load(th), sp.load(same)
+    assert "q" in compare(theory.sel(layer=3), run, variables=["q"])  # (None - int, a crash)
+    cut = compare(theory.isel(layer=[1, 2, 3]), run, variables=["grad_q"], prefix=True)
+    assert "grad_q" in cut and not [k for k in cut.attrs if k.startswith("skipped")]
 
 
 def test_paper_profile_and_bad_profile(tiny, tmp_path):

@@ -723,3 +723,34 @@ def test_a_cut_to_one_value_or_a_few_layers_is_no_other_experiment():
                   variables=["grad_q", "var_log_grad_q"])
     assert {"grad_q", "var_log_grad_q"} <= set(cut.data_vars), cut.attrs
     assert not [k for k in cut.attrs if k.startswith("skipped_")], cut.attrs
+
+
+def test_a_run_joined_along_a_sweep_is_checked_at_its_configs_point():
+    """sp.simulate runs one point of a sweep; runs joined by xr.concat keep the first one's
+    config, so a swept theory against them was refused ('architecture differs'): now the run's
+    net must be the theory's at some value of the joined sweep, and another net is still
+    refused; datasets cut to the same value by float32 and float64 coordinates, or to NaN,
+    are one cut (they were refused); a numpy scalar rtol is a number."""
+    import pandas as pd
+
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
+    alphas = [0.25, 0.5, 1.0]
+    th = sp.theory(sp.presets.resnet(3, alpha=sp.sweep("alpha", alphas)), x0)
+    runs = [sp.simulate(sp.presets.resnet(3, alpha=a), x0, width=16, seeds=4, backend="numpy")
+            for a in alphas]
+    joined = xr.concat(runs, dim=pd.Index(alphas, name="alpha"))
+    for t, m in ((th, joined), (th.sel(alpha=0.5), joined.sel(alpha=0.5))):
+        assert "joined along ['alpha']" in compare(t, m, variables=["q"]).attrs["experiment"]
+    other = xr.concat([sp.simulate(sp.presets.preln(3, alpha=a), x0, width=16, seeds=4,
+                                   backend="numpy") for a in alphas],
+                      dim=pd.Index(alphas, name="alpha"))
+    with pytest.raises(sp.ConfigError, match="architecture differs"):
+        compare(th, other, variables=["q"])
+    cut = th.sel(alpha=0.5).assign_coords(tag=np.float32(0.1))
+    compare(cut, joined.sel(alpha=0.5).assign_coords(tag=0.1), variables=["q"])
+    compare(cut.assign_coords(tag=np.nan), joined.sel(alpha=0.5).assign_coords(tag=np.nan),
+            variables=["q"])
+    compare(th, joined, variables=["q"], rtol=np.float32(1e-5))  # (a numpy scalar rtol)
+    bare = th.sel(alpha=0.5, layer=2)
+    bare.attrs.pop("config")  # (no config: not checked, and a layer cut crashed, None - int)
+    assert "not checked" in compare(bare, runs[1], variables=["q"]).attrs["experiment"]

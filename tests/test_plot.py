@@ -493,3 +493,16 @@ def test_a_run_of_another_net_is_not_drawn_beside_a_theory():
         sp.plot(th, other, var="q")
     shallow = sp.simulate(sp.presets.preln(2), X0, width=16, seeds=4, backend="numpy")
     assert len(point_sets(sp.plot(th, shallow, var="q").axes[0])) == 1
+
+
+def test_what_plot_checks_is_what_it_draws():
+    """The experiment check reads plot's own sel (a swept theory drawn at the run's alpha was
+    refused), and a run deeper than the theory is drawn on the theory's layers, as before."""
+    alphas = [0.25, 1.0]
+    th = sp.theory(sp.presets.resnet(3, alpha=sp.sweep("alpha", alphas)), X0)
+    run = sp.simulate(sp.presets.resnet(3, alpha=1.0), X0, width=16, seeds=4, backend="numpy")
+    sp.plot(th, run, var="q", sel={"alpha": 1.0, "input": 0})
+    with pytest.raises(sp.ConfigError, match="architecture differs"):
+        sp.plot(th, run, var="q", hue="alpha")  # (the alpha = 1 run under every hue)
+    deep = sp.simulate(sp.presets.preln(5), X0, width=16, seeds=4, backend="numpy")
+    sp.plot(sp.theory(sp.presets.preln(3), X0), deep, var="q")

@@ -66,8 +66,10 @@ O(1/N) bias per block at fixed depth instead (gradient independence, :mod:`sigpr
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
+import numbers
 
 import numpy as np
 import xarray as xr
@@ -117,6 +119,7 @@ TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z
 MIN_TAIL_SEEDS = 32
 # config entries that may differ between datasets of one experiment
 RUN_KEYS = ("width", "seeds", "root_seed", "dtype", "sampler")
+MAX_JOINED_POINTS = 1000  # a run joined along sweeps of more points than this: not checked
 
 
 def estimate(x: xr.DataArray, estimator: str, dim="seed") -> tuple[xr.DataArray, xr.DataArray]:
@@ -254,7 +257,7 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
     if ca and cb and all("arch" in c and "net" not in c for c in (ca, cb)):
         return _same_sims(ca, cb, la, lb, prefix)
     if ca is None or cb is None or "net" not in ca or "net" not in cb:
-        if la != lb and not prefix:
+        if None not in (la, lb) and la != lb and not prefix:
             raise ConfigError("depth", f"{la - 1} blocks vs {lb - 1}", "the same depth "
                               "(or prefix=True to compare a shallower run on its layers)")
         return "not checked: a dataset has no config attr with the net"
@@ -263,19 +266,41 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
                 for k in sorted(set(ca["inputs"]) | set(cb["inputs"]))
                 if ca["inputs"].get(k) != cb["inputs"].get(k)}
         raise ConfigError("inputs differ", diff, "the same sp.Inputs in both datasets")
-    ba, bb = layers_of(_selected(a, ca, b)), layers_of(_selected(b, cb, a))
+    nets = {id(a): op_from_dict(ca["net"]), id(b): op_from_dict(cb["net"])}
+    joined = {name: list(sweep.values) for x, y in ((a, b), (b, a))  # (a run joined along a
+              for name, sweep in sweeps_of(nets[id(x)]).items()  # sweep by xr.concat keeps its
+              if name in y.coords and name not in sweeps_of(nets[id(y)])}  # first point's config)
+    points = [dict(zip(joined, p)) for p in itertools.product(*joined.values())]
+    if len(points) > MAX_JOINED_POINTS:
+        return f"not checked: a run joined along {sorted(joined)} ({len(points)} points)"
+    errors = []
+    for point in points:  # (one, {}, unless joined: its config's point is one of them)
+        ba, bb = (layers_of(_selected(x, replace_sweeps(nets[id(x)], {
+            k: v for k, v in point.items() if k in sweeps_of(nets[id(x)])}), y))
+                  for x, y in ((a, b), (b, a)))
+        error = _difference(ba, bb, prefix)
+        if error is None:
+            return "same architecture, depth and inputs" + (
+                "" if len(ba) == len(bb) else f" (Monte Carlo: the first {len(bb)} of "
+                f"{len(ba)} blocks)") + (f" (a run joined along {sorted(joined)}: at its "
+                                         "config's point)" if joined else "")
+        errors.append(error)
+    raise errors[0]
+
+
+def _difference(ba: list, bb: list, prefix: bool) -> ConfigError | None:
+    """How two nets' blocks differ (``prefix``: ``bb`` may be ``ba``'s first blocks), or None."""
     if len(ba) != len(bb) and not (prefix and len(bb) <= len(ba)):
-        raise ConfigError("depth", f"{len(ba)} blocks vs {len(bb)}", "the same depth (or "
-                          "prefix=True for a Monte Carlo of the theory's first blocks)")
+        return ConfigError("depth", f"{len(ba)} blocks vs {len(bb)}", "the same depth (or "
+                           "prefix=True for a Monte Carlo of the theory's first blocks)")
     for i, (x, y) in enumerate(zip(ba, bb)):
         if x != y:
             swept = sorted(set(sweeps_of(x)) ^ set(sweeps_of(y)))
-            raise ConfigError(f"architecture differs at block {i + 1}",
-                              f"{x.tree()}  vs  {y.tree()}", "the same net in both datasets"
-                              + (f" (one sweeps {swept}: cut it to the other's value, "
-                                 f"theory.sel({swept[0]}=...))" if swept else ""))
-    return "same architecture, depth and inputs" + (
-        "" if len(ba) == len(bb) else f" (Monte Carlo: the first {len(bb)} of {len(ba)} blocks)")
+            return ConfigError(f"architecture differs at block {i + 1}",
+                               f"{x.tree()}  vs  {y.tree()}", "the same net in both datasets"
+                               + (f" (one sweeps {swept}: cut it to the other's value, "
+                                  f"theory.sel({swept[0]}=...))" if swept else ""))
+    return None
 
 
 def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> xr.Dataset:
@@ -367,22 +392,30 @@ def spread_samples(mc: xr.Dataset, name: str) -> xr.DataArray:
 
 
 def _depths_differ(theory: xr.Dataset, mc: xr.Dataset) -> bool:
-    """Whether the nets differ in depth (prefix=True: a shallower run), by their configs' nets
-    where both have one (a layer cut, theory.isel(layer=[2, 3]), is no depth: it was taken for
-    one), else by their layer dims."""
-    nets = [c.get("net") for c in (_config(theory) or {}, _config(mc) or {})]
-    if all(nets):
-        return len(layers_of(op_from_dict(nets[0]))) != len(layers_of(op_from_dict(nets[1])))
+    """Whether the nets differ in depth (prefix=True: a shallower run), by their configs where
+    both say (a layer cut, theory.isel(layer=[2, 3]), is no depth: it was taken for one): their
+    nets, or a sim's profile depth and the run's mc_depth; else by their layer dims."""
+    configs = [_config(theory) or {}, _config(mc) or {}]
+    if all(c.get("net") for c in configs):
+        return len(layers_of(op_from_dict(configs[0]["net"]))) != \
+            len(layers_of(op_from_dict(configs[1]["net"])))
+    if all("arch" in c for c in configs):
+        return _sim_depth(configs[0]) != _sim_depth(configs[1], run=True)
     return theory.sizes.get("layer") != mc.sizes.get("layer")
 
 
-def _selected(ds: xr.Dataset, cfg: dict, other: xr.Dataset):
-    """The net of a dataset's ``config``, each sweep the dataset was cut to one value of
+def _sim_depth(cfg: dict, run: bool = False):
+    """A sim config's profile depth L (``run``: its Monte Carlo's, mc_depth where set)."""
+    profile = cfg.get("profiles", {}).get(cfg.get("profile"), {})
+    return (run and profile.get("mc_depth")) or profile.get("depth")
+
+
+def _selected(ds: xr.Dataset, net, other: xr.Dataset):
+    """``net`` (the dataset's), each sweep the dataset was cut to one value of
     (``ds.sel(alpha=0.5)``: a scalar coordinate; ``ds.isel(alpha=[1])``: a dim of one value)
     replaced by that value; a sweep it still has
     whole, by the value ``other`` was cut to (the grids are then aligned, or a sweep left
     whole named, by :func:`compare`)."""
-    net = op_from_dict(cfg["net"])
     cut = [{n: d[n].values.item() for n in d.coords if d[n].size == 1} for d in (other, ds)]
     values = {**cut[0], **cut[1]}
     return replace_sweeps(net, {name: values[name] for name in sweeps_of(net) if name in values})
@@ -422,7 +455,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
     if estimator not in ESTIMATORS:
         raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
-    if not isinstance(rtol, (int, float)) or not 0 <= rtol < math.inf:
+    if not isinstance(rtol, numbers.Real) or not 0 <= rtol < math.inf:
         raise ConfigError("rtol", rtol, "a finite number >= 0 (the relative rounding floor)")
     W = theory.attrs.get("width")
     if W is not None and (not isinstance(W, (int, np.integer)) or W < 1):
@@ -718,7 +751,10 @@ def _same_sims(ca: dict, cb: dict, la, lb, prefix: bool) -> str:
     if differ or not shared:
         raise ConfigError("architecture differs", differ or (list(specs[0]), list(specs[1])),
                           "the same arch specs in both sims")
-    if la != lb and not prefix:
+    depths = [_sim_depth(c) for c in (ca, cb)]
+    if depths[0] != depths[1]:  # (an arch's constants may depend on it: alpha = 1/sqrt(L))
+        raise ConfigError("profile depth", depths, "the same depth L in both sims' profiles")
+    if None not in (la, lb) and la != lb and not prefix:
         raise ConfigError("depth", f"{la - 1} blocks vs {lb - 1}", "the same depth (or "
                           "prefix=True for a Monte Carlo of the theory's first blocks)")
     return f"same archs {sorted(shared)} and inputs (the sims' configs)"
@@ -745,7 +781,7 @@ def _align(th: xr.Dataset, mc: xr.Dataset):
     (``theory.sel(layer=4)``: a scalar coordinate) is cut the same in the other (it was
     broadcast against every value)."""
     differ = {d: (th[d].item(), mc[d].item()) for d in th.coords if d in mc.coords
-              and th[d].ndim == 0 and mc[d].ndim == 0 and th[d].item() != mc[d].item()}
+              and th[d].ndim == 0 and mc[d].ndim == 0 and not _same_value(th[d], mc[d])}
     if differ:  # (th.sel(layer=4) against mc.sel(layer=1) was compared, as one layer)
         raise ConfigError("coordinates cut to different values (theory, Monte Carlo)", differ,
                           "the same value in both")
@@ -769,6 +805,14 @@ def _align(th: xr.Dataset, mc: xr.Dataset):
     if empty:
         raise ConfigError("shared coordinates", empty, "overlapping values in theory and mc")
     return th, mc
+
+
+def _same_value(u: xr.DataArray, v: xr.DataArray) -> bool:
+    """Two scalar coordinates' values equal (numbers: to float32's rounding; both NaN)."""
+    x, y = u.values.item(), v.values.item()
+    if isinstance(x, numbers.Real) and isinstance(y, numbers.Real):
+        return bool(np.isclose(x, y, rtol=1e-6, atol=0.0, equal_nan=True))
+    return x == y
 
 
 def nominal_rate(k: float, seeds: int) -> float:

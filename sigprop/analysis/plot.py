@@ -98,8 +98,6 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     transform = None if transform is None else _elementwise(transform)
     if int(max_points) < 2:
         raise ConfigError("max_points", max_points, "an integer >= 2")
-    if th is not None and mc is not None:  # (a run of another net was drawn beside a theory)
-        check_same_experiment(th, mc, prefix=True)
     present = [ds for ds in (th, mc) if ds is not None]
     names = [n for n in schema.ALL_VARIABLES if all(n in ds for ds in present)]
     spreads = var in SPREADS and th is not None and mc is not None and var in th \
@@ -116,12 +114,14 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
         if estimator != "auto":
             raise ConfigError("estimator", estimator, f"auto for a spread ({var}: the variance "
                               "across seeds)")
-        if mc.sizes["seed"] < MIN_SPREAD_SEEDS:
-            raise ConfigError("Monte Carlo seeds", mc.sizes["seed"], f">= {MIN_SPREAD_SEEDS} "
-                              f"for a spread ({var})")
         if not bool(th[var].notnull().any()):
             raise ConfigError("var", var, f"a spread the theory has a value of ({var}: "
                               f"{no_spread_value(var)})")
+        seeds = int(mc[spread_source(var)].notnull().sum("seed").where(lambda c: c > 0).min()
+                    .fillna(0))  # (a stack's padding is no seed)
+        if seeds < MIN_SPREAD_SEEDS:
+            raise ConfigError("Monte Carlo seeds", seeds, f">= {MIN_SPREAD_SEEDS} for a spread "
+                              f"({var})")
     das = {"theory": th[var], "mc": spread_samples(mc, var)} if spreads else \
         {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
     estimator = "spread" if spreads else estimator
@@ -138,6 +138,8 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     if ax is not None and (col or row):
         raise ConfigError("ax", "given with col/row", "ax only for a single panel")
     fixed = _fixed(das, dims, used, dict(sel or {}), x)
+    if th is not None and mc is not None:  # (a run of another net was drawn beside a theory)
+        _check_experiment(th, mc, fixed)
     width, at_width, ruled = None, None, None  # a theory at width N: E X (or E f(X)) there
     if th is not None and "width" in th.attrs:  # (at the Monte Carlo's width, as sp.compare;
         # at each of its widths where width is drawn as x, hue, col or row)
@@ -336,6 +338,20 @@ def _dataset(ds, role: str, seed: bool) -> xr.Dataset | None:
             "a theory dataset (no 'seed' dim; Monte Carlo goes in mc=)"
         raise ConfigError(f"{role} dims", tuple(ds.dims), want)
     return ds
+
+
+def _check_experiment(th: xr.Dataset, mc: xr.Dataset, fixed: dict) -> None:
+    """sp.compare's check that ``th`` and ``mc`` are one experiment, on what is drawn (each cut
+    to the ``fixed`` labels it has); either may be the other's first blocks."""
+    def cut(ds):
+        try:
+            return ds.sel({d: v for d, v in fixed.items() if d in ds.dims})
+        except KeyError:  # (a label only the other has: drawn from one dataset)
+            return ds
+
+    pair = [cut(th), cut(mc)]
+    deeper = pair[1].sizes.get("layer", 0) > pair[0].sizes.get("layer", 0)
+    check_same_experiment(*(pair[::-1] if deeper else pair), prefix=True)
 
 
 def _check_choice(field: str, value, allowed) -> None:
