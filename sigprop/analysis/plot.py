@@ -58,14 +58,14 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     may be None, not both; with both, a run of another net or inputs than the theory's (its
     first blocks aside) is refused, as by sp.compare. ``hue``, ``col``, ``row``: dims drawn as
     colours, panel columns and panel rows; when ``hue`` is None and exactly one dim with several
-    values is left, it becomes the hue (as in xarray). ``sel``: ``{dim: label}`` fixing other dims. ``estimator``: as in
-    ``sp.compare`` (``auto`` picks per panel). ``xscale``/``yscale``: ``auto`` is logarithmic
-    when the positive values drawn span more than ``DECADES`` = 2 decades (then x <= 0, e.g.
-    layer 0, is left out); magnitudes beyond ``DRAWABLE`` (and inf) are reported by a warning
-    and not drawn; a mapping is the keyword arguments of matplotlib's ``set_xscale`` (e.g.
-    ``{"value": "log", "base": 2}``, ``{"value": "symlog", "linthresh": 1e-3}``). Along
-    ``layer`` Monte Carlo points are thinned to about ``max_points`` (evenly spaced on the x
-    scale). ``ax``: draw into this axes (no col/row).
+    values is left, it becomes the hue (as in xarray). ``sel``: ``{dim: label}`` fixing other
+    dims. ``estimator``: as in ``sp.compare`` (``auto`` picks per panel). ``xscale``/``yscale``:
+    ``auto`` is logarithmic when the positive values drawn span more than ``DECADES`` = 2
+    decades (then x <= 0, e.g. layer 0, is left out); magnitudes beyond ``DRAWABLE`` (and inf)
+    are reported by a warning and not drawn; a mapping is the keyword arguments of matplotlib's
+    ``set_xscale`` (e.g. ``{"value": "log", "base": 2}``, ``{"value": "symlog", "linthresh":
+    1e-3}``). Along ``layer`` Monte Carlo points are thinned to about ``max_points`` (evenly
+    spaced on the x scale). ``ax``: draw into this axes (no col/row).
 
     ``transform``: a function of the variable drawn instead of it (applied to the theory and to
     each Monte Carlo seed before the estimator, e.g. ``lambda m: m**2``, ``lambda c: 1 - c``);
@@ -350,8 +350,10 @@ def _check_experiment(th: xr.Dataset, mc: xr.Dataset, fixed: dict) -> None:
             return ds
 
     pair = [cut(th), cut(mc)]
-    deeper = pair[1].sizes.get("layer", 0) > pair[0].sizes.get("layer", 0)
-    check_same_experiment(*(pair[::-1] if deeper else pair), prefix=True)
+    try:
+        check_same_experiment(*pair, prefix=True)
+    except ConfigError:  # (the run may be the deeper one)
+        check_same_experiment(*pair[::-1], prefix=True)
 
 
 def _check_choice(field: str, value, allowed) -> None:
