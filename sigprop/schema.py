@@ -101,7 +101,6 @@ LOG_NAME = {v.log_of: n for n, v in VARIABLES.items() if v.log_of}  # "q" -> "lo
 FORWARD = tuple(n for n, v in VARIABLES.items() if not v.backward)  # sp.theory(backward=False)
 
 
-
 def _spread(name: str, dims, of: str, note: str = "", called: str | None = None) -> Variable:
     """A finite-width variable: Var[``of``] across random nets at the dataset's width N."""
     return Variable(name, dims, f"variance of {called or of} across seeds", "1",

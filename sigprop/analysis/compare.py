@@ -154,13 +154,27 @@ def spread(x: xr.DataArray, dim="seed") -> tuple[xr.DataArray, xr.DataArray]:
 def spread_band(x: xr.DataArray, k: float = 2.0, dim="seed"):
     """(s^2, low, high): the variances sigma^2 whose z against the sample's s^2
     (:func:`_compare_spreads`, Wilson and Hilferty's cube root) is within +-k, s^2 / (1 - c
-    +- k sqrt(c))^3, c = r / 9 (:func:`_spread_parts`); always above 0 (s^2 +- k se went
+    +- k sqrt(c))^3, c = r / 9 (:func:`_cube_root_c`); always above 0 (s^2 +- k se went
     below), high inf where 1 - c - k sqrt(c) <= 0 (few seeds, a heavy tail)."""
     v, r = _spread_parts(x, dim)
-    c = r / 9
+    c = _cube_root_c(r)
     with np.errstate(divide="ignore"):
         return (v, v / (1 - c + k * np.sqrt(c)) ** 3,
                 v / np.maximum(1 - c - k * np.sqrt(c), 0.0) ** 3)
+
+
+def spread_z(v, sigma2, r):
+    """z of a sample variance ``v`` (Var v / sigma^4 = ``r``, :func:`_spread_parts`) against
+    the variance ``sigma2``: Wilson and Hilferty's cube root, ((v / sigma^2)^(1/3) - 1 + c) /
+    sqrt(c), c = :func:`_cube_root_c`; about standard normal where the sample is."""
+    c = _cube_root_c(r)
+    return ((v / sigma2) ** (1 / 3) - 1 + c) / np.sqrt(c)
+
+
+def _cube_root_c(r):
+    """Wilson and Hilferty's 2 / (9 nu) for s^2 / sigma^2 ~ chi^2_nu / nu, nu = 2 / r: r / 9
+    (floored, so a constant sample's r = 0 divides by no 0)."""
+    return np.maximum(r, 1e-300) / 9
 
 
 def _spread_parts(x: xr.DataArray, dim="seed"):
@@ -257,9 +271,7 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
     if ca and cb and all("arch" in c and "net" not in c for c in (ca, cb)):
         return _same_sims(ca, cb, la, lb, prefix)
     if ca is None or cb is None or "net" not in ca or "net" not in cb:
-        if None not in (la, lb) and la != lb and not prefix:
-            raise ConfigError("depth", f"{la - 1} blocks vs {lb - 1}", "the same depth "
-                              "(or prefix=True to compare a shallower run on its layers)")
+        _same_layers(la, lb, prefix)
         return "not checked: a dataset has no config attr with the net"
     if ca.get("inputs") != cb.get("inputs"):
         diff = {k: (ca["inputs"].get(k), cb["inputs"].get(k))
@@ -338,20 +350,15 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
     if not valued:  # (it said 'seeds=0': a net with no branch has no branch_q in its run)
         raise ConfigError("variables", names, "spreads the theory has a value of; here "
                           + "; ".join(f"{n}: {no_spread_value(n)}" for n in names))
-    counts = mc[list(dict.fromkeys(sources[n] for n in valued))].notnull().sum("seed")
-    seeds = int(counts.to_array().where(lambda c: c > 0).min().fillna(0))
-    if seeds < MIN_SPREAD_SEEDS:
-        raise ConfigError("Monte Carlo seeds", seeds, f">= {MIN_SPREAD_SEEDS} for a spread (its "
-                          "standard error reads the sample's fourth moment)")
+    seeds = spread_seeds(mc, valued)
     out, attrs = {}, {}
     for name in names:
         x = spread_samples(mc, name)
         with np.errstate(all="ignore"):
             (est, r), ref = _spread_parts(x), th[name] * (float(W) / N)
             floor = rtol**2 * (1 + (x**2).mean("seed"))
-            se, nu = est * np.sqrt(r), 2 / np.maximum(r, 1e-300)
-            skewed = ((est / ref) ** (1 / 3) - 1 + 2 / (9 * nu)) / np.sqrt(2 / (9 * nu))
-            z = xr.where(ref > floor, skewed,
+            se = est * np.sqrt(r)
+            z = xr.where(ref > floor, spread_z(est, ref, r),
                          xr.where(est == ref, 0.0, (est - ref) / np.sqrt(se**2 + floor**2)))
         da = xr.concat([p.broadcast_like(est) for p in (est, se, ref.broadcast_like(est), z)],
                        dim="stat").assign_coords(stat=list(STATS)).transpose("stat", ...)
@@ -370,6 +377,18 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                         f"theory's V/{W} times {W}/N, its leading order (an O(1/N^2) remainder "
                         "shows in z where N is small)",
         **attrs, **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}" for n in names}})
+
+
+def spread_seeds(mc: xr.Dataset, names) -> int:
+    """The fewest seeds behind a point of the spreads ``names``' Monte Carlo variables (a
+    stack's NaN padding is no seed); a ConfigError below ``MIN_SPREAD_SEEDS``."""
+    sources = list(dict.fromkeys(spread_source(n) for n in names))
+    counts = mc[sources].notnull().sum("seed").to_array()
+    seeds = int(counts.where(counts > 0).min().fillna(0))
+    if seeds < MIN_SPREAD_SEEDS:
+        raise ConfigError("Monte Carlo seeds", seeds, f">= {MIN_SPREAD_SEEDS} for a spread (its "
+                          "standard error reads the sample's fourth moment)")
+    return seeds
 
 
 def no_spread_value(name: str) -> str:
@@ -673,12 +692,9 @@ def first_order_of(theory: xr.Dataset, name: str, f, width: int):
     t = first_order(theory, name, "mean", width)
     t = 0.0 if t is None else t.fillna(0)
     h = xr.where(V > 0, np.sqrt(V) / 100, 1e-6 * np.maximum(abs(x), 1.0))
+    f = elementwise(f, "f")
     with np.errstate(divide="ignore", invalid="ignore"):  # (corr's diagonal, c = 1: f(1 + h))
-        try:
-            f0, up, down = f(x), f(x + h), f(x - h)
-        except TypeError as err:
-            raise ConfigError("f", f, "a function that works elementwise on arrays (np.log, not "
-                              f"math.log): {err}") from None
+        f0, up, down = f(x), f(x + h), f(x - h)
     bent = _bends(f, x, f0, V)
     if bent.any():
         at = bent.any([d for d in bent.dims if d != "layer"]) if "layer" in bent.dims else bent
@@ -690,6 +706,25 @@ def first_order_of(theory: xr.Dataset, name: str, f, width: int):
              f"{name} does not hold there (a larger width, or sp.simulate at this one)",
              FiniteWidthWarning)
     return f0 + (up - down) / (2 * h) * t + (up - 2 * f0 + down) / h**2 * V / 2
+
+
+def elementwise(f, field: str):
+    """``f`` for DataArrays: its result as a DataArray of the input's dims and coordinates
+    where it returns a bare array (``np.where``); a ConfigError naming ``field`` where it fails
+    on arrays (``math.log``) or changes the shape."""
+    def g(da: xr.DataArray) -> xr.DataArray:
+        try:
+            out = f(da)
+        except TypeError as err:
+            raise ConfigError(field, f, "a function that works elementwise on arrays "
+                              f"(np.log, not math.log): {err}") from None
+        if isinstance(out, xr.DataArray):
+            return out
+        if np.shape(out) != da.shape:
+            raise ConfigError(field, f, f"a function that keeps its input's shape "
+                              f"{da.shape} (it gave {np.shape(out)})")
+        return da.copy(data=np.asarray(out, dtype=float))
+    return g
 
 
 def _bends(f, x, f0, V) -> xr.DataArray:
@@ -754,10 +789,16 @@ def _same_sims(ca: dict, cb: dict, la, lb, prefix: bool) -> str:
     depths = [_sim_depth(c) for c in (ca, cb)]
     if depths[0] != depths[1]:  # (an arch's constants may depend on it: alpha = 1/sqrt(L))
         raise ConfigError("profile depth", depths, "the same depth L in both sims' profiles")
+    _same_layers(la, lb, prefix)
+    return f"same archs {sorted(shared)} and inputs (the sims' configs)"
+
+
+def _same_layers(la, lb, prefix: bool) -> None:
+    """Datasets whose configs give no net's depth: the same number of layers (prefix=True: any;
+    a dataset cut to one layer has no layer dim: not checked)."""
     if None not in (la, lb) and la != lb and not prefix:
         raise ConfigError("depth", f"{la - 1} blocks vs {lb - 1}", "the same depth (or "
-                          "prefix=True for a Monte Carlo of the theory's first blocks)")
-    return f"same archs {sorted(shared)} and inputs (the sims' configs)"
+                          "prefix=True to compare a shallower run on its layers)")
 
 
 def _config(ds: xr.Dataset) -> dict | None:

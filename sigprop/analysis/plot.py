@@ -26,14 +26,15 @@ from sigprop import schema
 from sigprop.analysis import plots
 from sigprop.analysis.compare import (
     ESTIMATORS,
-    MIN_SPREAD_SEEDS,
     SPREADS,
     check_same_experiment,
+    elementwise,
     first_order,
     first_order_of,
     no_spread_value,
     one_width,
     spread_samples,
+    spread_seeds,
     spread_source,
 )
 from sigprop.data import atomic_path
@@ -95,7 +96,7 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     xscale, yscale = _check_scale("xscale", xscale), _check_scale("yscale", yscale)
     if transform is not None and not callable(transform):
         raise ConfigError("transform", transform, "a function of the variable, or None")
-    transform = None if transform is None else _elementwise(transform)
+    transform = None if transform is None else elementwise(transform, "transform")
     if int(max_points) < 2:
         raise ConfigError("max_points", max_points, "an integer >= 2")
     present = [ds for ds in (th, mc) if ds is not None]
@@ -117,11 +118,7 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
         if not bool(th[var].notnull().any()):
             raise ConfigError("var", var, f"a spread the theory has a value of ({var}: "
                               f"{no_spread_value(var)})")
-        seeds = int(mc[spread_source(var)].notnull().sum("seed").where(lambda c: c > 0).min()
-                    .fillna(0))  # (a stack's padding is no seed)
-        if seeds < MIN_SPREAD_SEEDS:
-            raise ConfigError("Monte Carlo seeds", seeds, f">= {MIN_SPREAD_SEEDS} for a spread "
-                              f"({var})")
+        spread_seeds(mc, [var])
     das = {"theory": th[var], "mc": spread_samples(mc, var)} if spreads else \
         {k: ds[var] for k, ds in (("theory", th), ("mc", mc)) if ds is not None}
     estimator = "spread" if spreads else estimator
@@ -197,25 +194,6 @@ def _theory_label(width, ruled, fixed) -> str:
         return "theory (infinite width)"
     return f"theory (first order at {_n(width)}" + (
         ")" if bool(ruled.all()) else "; infinite width where it has no finite-width rule)")
-
-
-def _elementwise(f):
-    """``f`` for DataArrays: its result as a DataArray of the input's dims and coordinates
-    where it returns a bare array (``np.where``); a ConfigError where it fails on arrays
-    (``math.log``) or changes the shape."""
-    def g(da: xr.DataArray) -> xr.DataArray:
-        try:
-            out = f(da)
-        except TypeError as err:
-            raise ConfigError("transform", f, "a function that works elementwise on arrays "
-                              f"(np.log, not math.log): {err}") from None
-        if isinstance(out, xr.DataArray):
-            return out
-        if np.shape(out) != da.shape:
-            raise ConfigError("transform", f, f"a function that keeps its input's shape "
-                              f"{da.shape} (it gave {np.shape(out)})")
-        return da.copy(data=np.asarray(out, dtype=float))
-    return g
 
 
 def _pairs(das, dims, used, fixed):
