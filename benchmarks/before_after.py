@@ -62,7 +62,7 @@ def calls(m, quick: bool):
         out[f"theory {preset} {act}, depth {L}, {points} points"] = (
             lambda net=net: m.theory(net, x2))
     if _have("jax"):  # the compiled engine, forward alone and with the backward
-        for preset, act in (("preln", "erf"), ("preln", "gelu"), ("resnet", "relu")):
+        for preset, act in (("preln", "erf"), ("preln", "gelu"), ("preln", "relu"), ("resnet", "relu")):
             net = m.presets.get(preset)(1000, act=act, sigma_w1=grid)
             for backward in (False, True):
                 out[f"theory (jax) {preset} {act}, depth 1000, {len(grid.values)} points, "

@@ -171,6 +171,54 @@ def test_a_subnormal_true_scale_is_an_error_not_a_silent_zero():
         sp.theory(net, x0, engine="jax")
 
 
+def _units(monkeypatch) -> list:
+    """The units of each program the calls below run, in order ('true' or 'log-scaled')."""
+    ran: list = []
+    program = compiled._program
+
+    def spy(*args):
+        ran.append("true" if args[-1] else "log-scaled")
+        return program(*args)
+
+    monkeypatch.setattr(compiled, "_program", spy)
+    monkeypatch.setattr(compiled, "_SCALED", OrderedDict())
+    return ran
+
+
+def test_true_units_where_every_state_stays_in_range(monkeypatch):
+    """A Pre-LN net (q grows like the depth) runs once, in true units, and agrees with the
+    numpy engine; its layers at depth 300 are within TRUE_RANGE."""
+    ran = _units(monkeypatch)
+    agree(sp.presets.preln(300, "erf", sigma_w1=sp.sweep("sigma_w1", [1.0, 2.0])), X3,
+          layers=[0, 1, 150, 300])
+    assert ran == ["true"]
+
+
+def test_a_state_out_of_range_reruns_the_log_scaled_program(monkeypatch):
+    """Where a state in true units leaves TRUE_RANGE the run is made again log-scaled, the
+    same numbers as the numpy engine's, and the net goes log-scaled from then on, whatever it
+    records:
+    a relu resnet's q doubles per block (beyond 1e30 by layer 100); a branch whose inner ops
+    scale by 1e-300 and back, forward alone (its output in range, its inner q = 1e-600
+    flushed to 0 in true units: without the inner ops' guard (``Context.guard`` never
+    filled) its branch was 0 and log q off by log 2 per layer). Inputs outside the range go
+    log-scaled at once."""
+    ran = _units(monkeypatch)
+    deep = sp.presets.resnet(120)
+    agree(deep, X2)
+    agree(deep, X2)
+    agree(deep, X2, layers=[0, 60, 120])  # (other records: the same net, known to need it)
+    assert ran == ["true", "log-scaled", "log-scaled", "log-scaled"]
+    ran.clear()
+    inner = Repeat(Residual(Serial(Scale(1e-150), Scale(1e-150), Dense(1.0), Scale(1e150),
+                                   Scale(1e150))), 3)
+    agree(inner, X2, backward=False)
+    assert ran == ["true", "log-scaled"]
+    ran.clear()
+    agree(sp.presets.preln(3), sp.Inputs(q=[1e-40, 1.0], corr=0.5))
+    assert ran == ["log-scaled"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 @pytest.mark.parametrize("name", sorted(sp.presets.PRESETS))
@@ -349,9 +397,11 @@ def test_missing_jax_says_how_to_install(monkeypatch):
 def test_tolerance_sees_a_perturbed_law(monkeypatch):
     """The check above fails when one function of the traced laws is off by 1e-9 relative
     (acos, only under the jax namespace: the relu kernels); so TOL is not too loose."""
-    jax_ns = namespaces.jax_namespace()
-    off = dataclasses.replace(jax_ns, acos=lambda c: jax_ns.acos(c) * (1 + 1e-9))
-    monkeypatch.setattr(compiled, "jax_namespace", lambda: off)
+    def off(unscaled=False):
+        jax_ns = namespaces.jax_namespace(unscaled)
+        return dataclasses.replace(jax_ns, acos=lambda c: jax_ns.acos(c) * (1 + 1e-9))
+
+    monkeypatch.setattr(compiled, "jax_namespace", off)
     monkeypatch.setattr(compiled, "_CACHE", OrderedDict())  # a program traced with it is not kept
     net = sp.presets.resnet(4)
     assert worst(sp.theory(net, X2), sp.theory(net, X2, engine="jax")) > 10 * TOL
@@ -368,8 +418,9 @@ def test_forward_only(monkeypatch):
     monkeypatch.setattr(compiled, "TAPE_BYTES", 0)
     agree(net, X3, backward=False)
     agree(net, X3)
-    chunks = {key[-1]: key[-2] for key in compiled._CACHE if key[3] == tuple(range(7))}  # 0..L
-    assert chunks[False] is None and chunks[True] is not None  # (key: ..., chunk, backward)
+    chunks = {key[-2]: key[-3] for key in compiled._CACHE if key[3] == tuple(range(7))}  # 0..L
+    assert chunks[False] is None and chunks[True] is not None  # (key: ..., chunk, backward,
+    # unscaled)
 
 
 def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):

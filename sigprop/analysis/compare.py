@@ -108,7 +108,8 @@ SPREADS = {  # a spread of sp.theory(..., width=N): the variable X it is Var X o
 SPREAD_OF = {x: (name, log) for name, (x, log) in SPREADS.items()}  # X -> its spread
 BEND_MAX = 2.0  # |D4| / |D2| of f over X's spread: E f(X)'s next term over its V term
 ROUND_OFF = 1e-10  # differences of f below this (relative to 1 + |f|) are f's rounding
-SPREAD_ESTIMATOR = ("sample variance over seeds, se from the sample's fourth moment, vs the "
+SPREAD_ESTIMATOR = ("sample variance over seeds, se from the sample's fourth moment (its "
+                    "kurtosis no lower than 3), vs the "
                     "theory's V/N at the Monte Carlo's width N; z by Wilson and Hilferty's cube "
                     "root (s^2 / sigma^2 is skewed)")
 MIN_SPREAD_SEEDS = 16  # a spread's z reads the sample kurtosis: at 8 seeds its fourth moment is
@@ -184,14 +185,14 @@ def _spread_parts(x: xr.DataArray, dim="seed"):
 
     The floor: a sample kurtosis is biased low and noisy at few seeds, and it is largest where
     s^2 is (one far seed raises both), so z read it anti-conservative: at 16 normal seeds
-    |z| > 3 at 1.7 % of samples (nominal 0.27 %), 0.9 % at 32. Floored, 0.22 % at 16 and
-    32; a heavy tail (t5, chi^2) still widens r (measured: benchmarks/RESULTS.md)."""
+    |z| > 3 at 1.6 % of samples (nominal 0.27 %), 0.8 % at 32. Floored, 0.2 % at 16 and
+    32; a heavy tail (t5, chi^2) still widens r (``benchmarks/spread_calibration.py``)."""
     S = x.notnull().sum(dim)
     centred = x - x.mean(dim)
     m2, m4 = (centred**2).mean(dim), (centred**4).mean(dim)
     with np.errstate(divide="ignore", invalid="ignore"):
         k = np.maximum((m4 / m2**2).fillna(3.0), NORMAL_KURTOSIS)
-    return m2 * S / (S - 1), (k - (S - 3) / (S - 1)) / S
+        return m2 * S / (S - 1), (k - (S - 3) / (S - 1)) / S
 
 
 def tail_index(x: xr.DataArray, dim="seed") -> xr.DataArray:

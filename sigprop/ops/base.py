@@ -144,14 +144,15 @@ class Op:
 
     # -- theory face ----------------------------------------------------------------------
     def theory_forward(self, s: Moments, ctx: Context, record: dict | None = None) -> Moments:
-        """The infinite-width law of the stream through this op (precondition checked)."""
+        """The infinite-width law of the stream through this op (precondition checked; the
+        output reported to ``ctx.guard``)."""
         self._check(s, ctx)
-        return self.forward_law(s, ctx, record)
+        return _guarded(self.forward_law(s, ctx, record), ctx)
 
     def theory_backward(self, s: Moments, g: Cotangent, ctx: Context) -> Cotangent:
         """Pull the cotangent ``g`` at this op's output back to its input ``s`` (checked)."""
         self._check(s, ctx)
-        return self.backward_law(s, g, ctx)
+        return _guarded(self.backward_law(s, g, ctx), ctx)
 
     def forward_law(self, s: Moments, ctx: Context, record: dict | None = None) -> Moments:
         raise NotImplementedError
@@ -190,6 +191,13 @@ class Op:
         """The same op with every field value v replaced by fn(name, v) (children included)."""
         return self.from_fields(**{f.name: fn(f.name, getattr(self, f.name))
                                    for f in dataclasses.fields(self)})
+
+
+def _guarded(out, ctx: Context):
+    """``out``, reported to ``ctx.guard`` where there is one."""
+    if ctx.guard is not None:
+        ctx.guard.append(out)
+    return out
 
 
 def _fmt(v):

@@ -293,10 +293,12 @@ def affine(s: Gram, a, t, ls_out, ns=NUMERIC) -> Gram:
     underflow; factors of ordinary size are applied as they are (the same numbers as before).
     A traced namespace cannot tell whether t is zero: it counts as shifted (so the compiled
     engine loses a :class:`BatchNormed` law at a norm right after the BatchNorm, whose
-    centring t the numpy engine finds to be 0).
+    centring t the numpy engine finds to be 0). A namespace in true units (``ns.unscaled``)
+    applies every factor as it is: its engine checks that no state leaves the range where
+    that is exact.
     """
     xp = ns.xp
-    if not ns.symbolic:  # the symbolic face keeps ls = 0
+    if not (ns.symbolic or ns.unscaled):  # the symbolic face keeps ls = 0
         size = xp.abs(a)
         far = (size > 0) & ((size < FAR) | (size > 1 / FAR))
         with np.errstate(divide="ignore"):

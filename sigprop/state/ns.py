@@ -40,6 +40,9 @@ class Namespace:
     pi: Any
     xp: Any = np  # the array module: where, maximum, diagonal, swapaxes, ...
     traced: bool = False  # values unknown while the law runs (jax tracing)
+    # states handed on in true units (the compiled engine's first try, its range checked by the
+    # engine): affine applies a far factor as it is (:func:`sigprop.state.moments.affine`)
+    unscaled: bool = False
     host: Callable[..., Any] = lambda fn, shapes, *args: fn(*args)  # see ``_jax_host``
     atan2: Callable[[Any, Any], Any] | None = None  # numeric faces (the symbolic one keeps asin)
 
@@ -131,10 +134,10 @@ def _atan2(xp):
 
 
 @functools.cache
-def jax_namespace() -> Namespace:
+def jax_namespace(unscaled: bool = False) -> Namespace:
     """The namespace of ``jax.numpy`` (the compiled engine traces the laws over it; float64
-    needs ``jax_enable_x64`` while tracing and running). ImportError with the install hint
-    when jax is missing."""
+    needs ``jax_enable_x64`` while tracing and running), ``unscaled`` or not (:class:`Namespace`).
+    ImportError with the install hint when jax is missing."""
     try:
         import jax.numpy as jnp
         import jax.scipy.special
@@ -145,7 +148,7 @@ def jax_namespace() -> Namespace:
         name="jax", symbolic=False, sqrt=jnp.sqrt, exp=jnp.exp, log=jnp.log,
         acos=lambda c: atan2(jnp.sqrt((1 - c) * (1 + c)), c),  # (XLA's own expansion of acos)
         asin=jnp.arcsin, atan2=atan2, erf=jax.scipy.special.erf, abs=jnp.abs, pi=np.pi,
-        xp=_JaxArrays(jnp), traced=True, host=_jax_host,
+        xp=_JaxArrays(jnp), traced=True, host=_jax_host, unscaled=unscaled,
     )
 
 

@@ -107,6 +107,8 @@ class Context:
     beyond the cotangent (the weight-gradient norms of :meth:`Dense.backward_law
     <sigprop.ops.dense.Dense.backward_law>`, :class:`sigprop.engines.theory.WeightGrads`);
     shared, like ``tape``, by every context derived with :meth:`at` (None: nothing reported).
+    ``guard``: where every op's output state is reported (shared the same way; None: not
+    kept), for an engine in true units to check their range (:mod:`sigprop.engines.compiled`).
     """
 
     ns: Namespace = NUMERIC
@@ -116,15 +118,18 @@ class Context:
     key: str = ""
     params: dict = field(default_factory=dict, repr=False, compare=False)
     sink: Any = field(default=None, repr=False, compare=False)
+    guard: list | None = field(default=None, repr=False, compare=False)
 
     def at(self, name: str) -> Context:
         return Context(self.ns, self.dims, f"{self.path} > {name}", self.tape,
-                       f"{self.key}/{name}", self.params, self.sink)
+                       f"{self.key}/{name}", self.params, self.sink, self.guard)
 
-    def block(self, name: str, tape: dict | None = None, sink=None) -> Context:
+    def block(self, name: str, tape: dict | None = None, sink=None, guard=None) -> Context:
         """The context of one block of a net, named ``name`` (a block's key starts empty, so its
-        forward and backward contexts find the same entries of ``tape``), reporting to ``sink``."""
-        return Context(self.ns, self.dims, f"{self.path} > {name}", tape, "", self.params, sink)
+        forward and backward contexts find the same entries of ``tape``), reporting to ``sink``
+        and ``guard``."""
+        return Context(self.ns, self.dims, f"{self.path} > {name}", tape, "", self.params, sink,
+                       guard)
 
     def p(self, value) -> Any:
         """A parameter as an array broadcasting against the grid dims ``(*dims,)``."""
