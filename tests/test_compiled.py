@@ -176,9 +176,9 @@ def _units(monkeypatch) -> list:
     ran: list = []
     program = compiled._program
 
-    def spy(*args):
-        ran.append("true" if args[-1] else "log-scaled")
-        return program(*args)
+    def spy(key, *args):
+        ran.append("true" if key[-1] else "log-scaled")
+        return program(key, *args)
 
     monkeypatch.setattr(compiled, "_program", spy)
     monkeypatch.setattr(compiled, "_SCALED", OrderedDict())

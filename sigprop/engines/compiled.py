@@ -150,6 +150,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     size = -(-P // k)
     points = [np.concatenate([p, np.repeat(p[-1:], k * size - P)]) for p in points]  # padded
     key = (net, s0.law, B, backward)  # (what decides whether a state leaves the range)
+    program_key = (net, s0.law, B, tuple(kept), size, chunk if backward else None, backward)
     K0 = inputs.gram
     np.fill_diagonal(K0, inputs.q)
     true = (K0, np.asarray(inputs.mean, dtype=float), 0 * s0.ls)  # the user's own numbers
@@ -164,8 +165,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
                                               *start))
 
         with _x64(jax):
-            program, branches = _program(net, runs, L, grid, s0.law, B, tuple(kept), size,
-                                         chunk if backward else None, backward, unscaled)
+            program, branches = _program(program_key + (unscaled,), runs, L, grid)
         HOST_ERRORS.clear()
         if k == 1:
             return shard(0), branches
@@ -179,8 +179,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
                                                        if f in out)):
             _remember(_SCALED, key, True)  # a state left TRUE_RANGE: the log-scaled program,
             out = None  # (the first run's arrays and program freed before it runs)
-            _CACHE.pop((net, s0.law, B, tuple(kept), size, chunk if backward else None,
-                        backward, True), None)
+            _CACHE.pop(program_key + (True,), None)
             out, branches = attempt(False)
     except UnsupportedComposition:  # the numpy engine's own refusal first, where it has one
         theory(net, inputs, layers=[0], backward=False)  # (then neither engine runs the net)
@@ -247,12 +246,12 @@ def _runs(blocks) -> list[tuple[Op, int, int]]:
     return [tuple(r) for r in runs]
 
 
-def _program(net, runs, L, grid, law0, B, kept, P, chunk, backward, unscaled):
-    """:func:`_trace`, cached (module docstring)."""
-    key = (net, law0, B, kept, P, chunk, backward, unscaled)
+def _program(key, runs, L, grid):
+    """:func:`_trace` of ``key`` = (net, law0, B, kept, P, chunk, backward, unscaled), cached
+    (module docstring)."""
     if key not in _CACHE:
-        _remember(_CACHE, key, _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward,
-                                      unscaled))
+        net, *rest = key
+        _remember(_CACHE, key, _trace(net, runs, L, grid, *rest))
     _CACHE.move_to_end(key)
     return _CACHE[key]
 
