@@ -38,7 +38,7 @@ derivations: $(STAMP)   ## run every symbolic derivation script
 	$(BIN)/sigprop derive
 
 bench: $(STAMP)
-	$(BIN)/sigprop bench
+	$(BIN)/sigprop bench --out benchmarks/RESULTS.md
 
 lint: $(STAMP)
 	$(BIN)/ruff check sigprop tests

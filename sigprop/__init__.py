@@ -98,4 +98,7 @@ def __getattr__(name: str):
 
 
 def __dir__() -> list[str]:
-    return sorted({*globals(), *__all__})
+    """The public names and the subpackages imported so far, not this module's machinery
+    (``sp.<tab>`` offered TYPE_CHECKING, annotations and importlib)."""
+    machinery = {"TYPE_CHECKING", "annotations", "importlib"}
+    return sorted({n for n in globals() if not n.startswith("_")} - machinery | {*__all__})

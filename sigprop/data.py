@@ -177,6 +177,8 @@ def save(ds: xr.Dataset, path) -> Path:
     by default, zarr when the path ends in .zarr. The file is self-describing: the variables'
     and the CF attributes of :func:`sigprop.schema.describe` are added where missing."""
     path = check_output(path)
+    if not isinstance(ds, xr.Dataset):
+        raise ConfigError("ds", type(ds).__name__, "an xarray.Dataset of sigprop's")
     if ds.attrs.get("kind") not in KINDS:
         raise ConfigError("dataset attrs['kind']", ds.attrs.get("kind"), f"one of {KINDS}")
     ds = schema.describe(ds)  # a copy with the variables' and CF attributes
@@ -299,6 +301,10 @@ def load(path, verify: bool = True) -> xr.Dataset:
     if error is not None:
         raise CorruptData(f"{path}: not a readable sigprop dataset (empty, truncated, corrupted "
                           f"or not netCDF4/zarr): {error}")
+    if ds.attrs.get("kind") == "comparison":  # (was called corrupt: sigprop wrote it)
+        raise ConfigError("path", str(path), "a theory, Monte Carlo or symbolic dataset: this is "
+                          "a comparison (sigprop compare -o, sp.compare), a table of z-scores; "
+                          "open it with xarray.open_dataset")
     if ds.attrs.get("kind") not in KINDS:
         raise CorruptData(f"{path}: not a sigprop dataset (attrs['kind'] = "
                           f"{ds.attrs.get('kind')!r}; sigprop writes one of {KINDS})")

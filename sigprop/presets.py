@@ -12,6 +12,7 @@ from __future__ import annotations
 import functools
 import inspect
 import math
+import numbers
 
 from sigprop.errors import ConfigError, UnknownName
 from sigprop.ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Serial
@@ -29,7 +30,11 @@ def branch_scale(alpha, depth: int):
         if alpha not in SCHEDULES:
             raise ConfigError("alpha", alpha, f"a number or one of {list(SCHEDULES)}")
         return SCHEDULES[alpha](depth)
-    return alpha if isinstance(alpha, Sweep) else float(alpha)
+    if isinstance(alpha, Sweep):
+        return alpha
+    if not isinstance(alpha, numbers.Real) or isinstance(alpha, bool):
+        raise ConfigError("alpha", alpha, f"a number, a sweep or one of {list(SCHEDULES)}")
+    return float(alpha)
 
 
 def branch(act="relu", shape="mlp", ratio=1.0, sigma_w1=None, sigma_w2=1.0, sigma_b=0.0,
@@ -58,9 +63,10 @@ def _norm(norm: str, eps: float) -> Op:
 
 
 def _depth(depth) -> int:
-    if isinstance(depth, bool) or not isinstance(depth, int) or depth < 1:
+    """``depth`` as an int (a numpy integer too: ``for L in np.arange(...)``), else refused."""
+    if isinstance(depth, bool) or not isinstance(depth, numbers.Integral) or depth < 1:
         raise ConfigError("depth", depth, "an integer >= 1")
-    return depth
+    return int(depth)
 
 
 def _checked(preset):

@@ -6,6 +6,7 @@ import importlib.util
 import math
 
 import pytest
+import sympy
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from test_config import GOOD
@@ -131,11 +132,32 @@ def test_unreadable_datasets_and_unknown_names(good, tmp_path):
     (lambda: sp.Dense(sigma_b=sp.sweep("b", [1.0, 1e160])), "Dense.sigma_b"),
     (lambda: sp.FeatureAffine(gain=-1e200), "FeatureAffine.gain"),
     (lambda: sp.FeatureAffine(shift=1e155), "FeatureAffine.shift"),
+    # what a hostile review found (bare OverflowError / AttributeError / TypeError before)
+    (lambda: sp.simulate(sp.presets.preln(2), sp.Inputs(q=1.0, n=1), width=8, seeds=1,
+                         first_seed=2**63), "first_seed"),
+    (lambda: sp.compare(sp.theory(sp.presets.preln(2), sp.Inputs(q=1.0, n=1)), None), "mc"),
+    (lambda: sp.presets.preln(4, alpha=None), "alpha"),
+    (lambda: sp.theory(sp.Serial(sp.Dense(), sp.Act("leaky_relu(1e308)")), sp.Inputs(q=1.0, n=1)),
+     "act"),
+    (lambda: sp.theory(sp.Dense(sigma_w=sympy.Symbol("s")), sp.Inputs(q=1.0, n=1)),
+     "Dense.sigma_w"),
+    *((lambda name=name: sp.sweep(name, [1.0]), "sweep name")
+      for name in ("block", "arch", "width", "stat")),
 ])
 def test_bad_api_input_is_a_config_error(make, field):
     with pytest.raises(sp.ConfigError) as err:
         make()
     assert err.value.field.startswith(field), err.value
+
+
+def test_a_review_found_a_dict_saved_and_a_numpy_depth_refused(tmp_path):
+    """sp.save of a dict gave AttributeError; a preset refused np.int64 depth (a loop over
+    np.arange), which Repeat and width= accept."""
+    with pytest.raises(sp.ConfigError, match="ds"):
+        sp.save({"a": 1}, tmp_path / "y.nc")
+    import numpy as np
+
+    assert sp.presets.preln(np.int64(4)) == sp.presets.preln(4)
 
 
 def test_extreme_but_valid_inputs_are_accepted():

@@ -119,6 +119,39 @@ def test_paper_profile_and_bad_profile(tiny, tmp_path):
     assert r.exit_code == 2 and "profile" in r.output and "quick" in r.output
 
 
+def test_theory_refused_for_memory_stops_the_run(tiny, tmp_path, monkeypatch):
+    """sigprop theory made each case's ConfigError (the memory refusal among them) a NaN grid
+    of the refused size and exited 0; a net of depth 1e8 then grew until the machine ran out of
+    memory (a review's find). The refusal now ends the run with exit 2 and no file."""
+    monkeypatch.setenv("SIGPROP_MEMORY_FRACTION", "1e-12")
+    out = tmp_path / "th.nc"
+    r = invoke("theory", tiny, "-o", out)
+    assert r.exit_code == 2 and "memory" in r.output and not out.exists()
+
+
+def test_what_a_newcomers_review_found_is_one_clean_error(tiny, tmp_path):
+    """--seeds 0 ran the profile's seeds (exit 0) and --seeds -3 was reported as 0; --threshold
+    -1 printed a nominal rate of 1.67 and exit 0; an output path under a file gave a Python
+    traceback (FileExistsError). Each is now one line and exit 2 naming what is wrong."""
+    r = invoke("simulate", tiny, "-o", tmp_path / "m.nc", "--backend", "numpy", "--seeds", 0)
+    assert r.exit_code == 2 and "seeds" in r.output, r.output
+    r = invoke("simulate", tiny, "-o", tmp_path / "m.nc", "--backend", "numpy", "--seeds", -3)
+    assert r.exit_code == 2 and "-3" in r.output, r.output
+    th, mc = tmp_path / "th.nc", tmp_path / "mc.nc"
+    assert invoke("theory", tiny, "-o", th).exit_code == 0
+    assert invoke("simulate", tiny, "-o", mc, "--backend", "numpy", "--width", 16,
+                  "--seeds", 3).exit_code == 0
+    for bad in (-1, 0):
+        r = invoke("compare", th, mc, "--threshold", bad)
+        assert r.exit_code == 2 and "threshold" in r.output, r.output
+    r = invoke("plot", th, mc, "--var", "q", "-o", th / "p.pdf")  # (th is a file)
+    assert r.exit_code == 2 and "error:" in r.output and "Traceback" not in r.output, r.output
+    cmp = tmp_path / "cmp.nc"  # (sigprop's own comparison file was read back as "corrupt")
+    assert invoke("compare", th, mc, "-o", cmp).exit_code == 0
+    r = invoke("plot", cmp, "--var", "q", "-o", tmp_path / "p.pdf")
+    assert r.exit_code == 2 and "comparison" in r.output and "Corrupt" not in r.output, r.output
+
+
 def test_bad_config_is_one_clean_error(tmp_path):
     bad = tmp_path / "bad.toml"
     bad.write_text(TINY.replace("depth = 4", "depth = 4\nwidht = 3"))

@@ -601,6 +601,23 @@ def test_exact_layers_do_not_divide_by_zero(theory):
     assert np.all(np.isfinite(z))
 
 
+def test_an_exact_zero_computed_as_rounding_is_zero_to_the_floor():
+    """After a B = 2 BatchNorm the inputs are exactly anticorrelated before the relu, so every
+    later corr is 0: Monte Carlo gives 0 at every seed (no spread) and the theory 1e-20-ish
+    rounding. A cosine's rounding is absolute (floor rtol = 1e-5), so z must be ~1e-15; with the
+    floor relative to |theory| (rtol * 3e-20) z was 1e5 and corr was flagged (a review's
+    find). The mean's floor, sqrt(q) rtol, leaves its z unchanged where se is not 0."""
+    x0 = sp.Inputs(q=[1.0, 2.0], corr=0.4, law="gaussian")
+    net = sp.Repeat(sp.Serial(sp.Dense(2**0.5), sp.BatchNorm(), sp.Act("relu")), 3)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sp.FiniteWidthWarning)
+        th, mc = sp.theory(net, x0), sp.simulate(net, x0, width=128, seeds=16)
+    assert np.all(mc["corr"].isel(layer=slice(1, None), input=0, input_b=1) == 0)
+    assert np.all(th["corr"].isel(layer=slice(1, None), input=0, input_b=1) != 0)  # rounding
+    z = compare(th, mc, variables=["corr"])["corr"].sel(stat="z", input=0, input_b=1)
+    assert float(abs(z.isel(layer=slice(1, None))).max()) < 1e-6
+
+
 def test_rich_table_prints(theory, capsys):
     from rich.console import Console
 

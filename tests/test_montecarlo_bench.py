@@ -31,6 +31,15 @@ def test_bench_main_takes_a_command_line(tmp_path):
     assert any(line.startswith("| 32 | 2 |") for line in md.splitlines())
 
 
+def test_bench_writes_no_file_unless_asked(tmp_path, monkeypatch):
+    """``sigprop bench`` in a checkout replaced the tracked benchmarks/RESULTS.md's section (a
+    review's find); by default it now prints alone (``make bench`` passes --out)."""
+    monkeypatch.chdir(tmp_path)
+    bench.main(["--widths", "32", "--batch", "2", "--depth", "1", "--seeds", "1", "--quick",
+                "--backend", "numpy"])
+    assert not any(tmp_path.rglob("*.md"))
+
+
 def test_bench_help_lists_its_options():
     from typer.testing import CliRunner
 

@@ -495,6 +495,25 @@ def test_a_run_of_another_net_is_not_drawn_beside_a_theory():
     assert len(point_sets(sp.plot(th, shallow, var="q").axes[0])) == 1
 
 
+def test_labelled_runs_are_checked_label_by_label():
+    """{label: Dataset} mappings are stacked along arch, which drops their differing configs:
+    a Post-LN run under the Pre-LN label (and the reverse) was drawn without a word (a review's
+    find). Each label's pair is now checked; the right pairing is drawn; a plot cut to one
+    label checks that label's pair alone."""
+    pre, post = sp.presets.preln(3), sp.presets.postln(3)
+    th = {"Pre-LN": sp.theory(pre, X0), "Post-LN": sp.theory(post, X0)}
+    runs = {"Pre-LN": sp.simulate(pre, X0, width=16, seeds=4, backend="numpy"),
+            "Post-LN": sp.simulate(post, X0, width=16, seeds=4, backend="numpy")}
+    sp.plot(th, runs, var="q", hue="arch")
+    swapped = {"Pre-LN": runs["Post-LN"], "Post-LN": runs["Pre-LN"]}
+    with pytest.raises(sp.ConfigError, match="architecture differs"):
+        sp.plot(th, swapped, var="q", hue="arch")
+    with pytest.raises(sp.ConfigError, match="architecture differs"):
+        sp.plot(th["Pre-LN"], swapped, var="q", hue="arch")  # (one theory, a mapping of runs)
+    half = {"Pre-LN": runs["Pre-LN"], "Post-LN": runs["Pre-LN"]}
+    sp.plot(th, half, var="q", sel={"arch": "Pre-LN"})
+
+
 def test_what_plot_checks_is_what_it_draws():
     """The experiment check reads plot's own sel (a swept theory drawn at the run's alpha was
     refused), and a run deeper than the theory is drawn on the theory's layers, as before."""

@@ -434,6 +434,20 @@ def test_the_recorded_net_is_the_one_simulated_not_the_current_weights():
         assert abs(op.sigma_w**2 * 3 - 1) < 6 * math.sqrt(0.8) / 64
 
 
+def test_the_readmes_compare_of_a_model_runs_with_its_net_and_is_refused_without():
+    """The README's ``sp.compare(sp.theory(net, inputs), sp.simulate_torch(model, inputs,
+    seeds=64, net=net))`` with ``net = sp.from_torch(model, x)``: with ``net=net`` the pair is
+    one experiment; without, the runs are recorded as the first re-initialisation reads, whose
+    measured sigma_w differs from the model's by sampling, and the pair is refused by name (a
+    review found the README's line without ``net=net``)."""
+    model = nn.Sequential(_Relu(32, "out"), nn.Linear(32, 32))
+    net, inputs = from_torch(model, torch.randn(8, 32)), sp.Inputs(q=1.0, corr=0.5, n=2)
+    th = sp.theory(net, inputs)
+    assert "q" in sp.compare(th, simulate_torch(model, inputs, seeds=2, net=net))
+    with pytest.raises(sp.ConfigError, match="architecture differs"):
+        sp.compare(th, simulate_torch(model, inputs, seeds=2))
+
+
 def test_layer_map_names_the_torch_code_of_each_layer():
     """One line per layer, pointing to the module path (or graph node) whose output it is."""
     from sigprop.interop.torch import layer_map

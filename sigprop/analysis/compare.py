@@ -50,7 +50,10 @@ the shared layers; gradients, which depend on the blocks above, are skipped).
 z = (estimate - theory) / sqrt(se^2 + floor^2), floor = rtol * |theory| on the linear scale and
 rtol on the log scale (a relative error of X is an absolute one of log X): the floor ``rtol``
 (default 1e-5, float32 rounding of Monte Carlo sums) keeps exact entries (layer 0, the diagonal
-of corr; log q = 0 there too) from dividing by zero. Under the null z is close to Student t
+of corr; log q = 0 there too) from dividing by zero. A cosine's rounding is absolute and a
+feature mean's relative to the features' size, so for corr the floor is rtol * max(|theory|, 1)
+and for mean rtol * max(|theory|, sqrt(q)) (:func:`_unit`: an exact 0 that the theory computes
+as 3e-20 is 0 to rounding). Under the null z is close to Student t
 with S - 1 degrees of freedom; the nominal rate of |z| > k is reported beside the observed one.
 
 Where the theory is exact at any width. For ``E q``: in a net of Dense, ReLU / linear
@@ -474,6 +477,10 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     ``variables`` may also name spreads of a theory at a width (:data:`SPREADS`: var_log_q,
     var_corr, ...), compared with the run's variance across seeds (:func:`_compare_spreads`).
     """
+    for role, ds in (("theory", theory), ("mc", mc)):
+        if not isinstance(ds, xr.Dataset):
+            raise ConfigError(role, type(ds).__name__, "an xarray.Dataset (sp.theory, "
+                              "sp.simulate or sp.load)")
     if "seed" not in mc.dims:
         raise ConfigError("mc dims", tuple(mc.dims), "a Monte Carlo dataset with a 'seed' dim")
     if "seed" in theory.dims:
@@ -534,7 +541,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     mc_width = one_width(mc)
     if "width" in mc.coords and "width" not in mc.dims:  # (a stack cut to one width: read)
         mc = mc.drop_vars("width")
-    th, mc = _align(theory[names + terms], mc[names])
+    units = ["q"] if "mean" in names and "q" in theory and "q" not in names + terms else []
+    th, mc = _align(theory[names + terms + units], mc[names])
     widths = [int(w) for w in mc["width"].values] if "width" in mc.dims else []
     out, attrs, corrected = {}, {}, []
     for name in names:
@@ -552,7 +560,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 attrs[f"first_order_missing_{name}"] = (
                     f"{missing} points where the theory has no first-order term (NaN: an op with "
                     "no finite-width rule, see its warning): compared with T_inf there")
-        floor = rtol * (abs(ref) if est_name == "mean" else 1.0)
+        floor = rtol * (_unit(th, name, ref) if est_name == "mean" else 1.0)
         fit = None
         if len(widths) >= 2:
             fit = extrapolate(est, se, floor)
@@ -587,7 +595,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     seeds = int(per_point.where(per_point > 0).min().fillna(mc["seed"].size))
     ds.attrs = {"kind": "comparison", "seeds": seeds, "rtol": rtol, "experiment": same,
                 "z": "(estimate - theory) / sqrt(stderr^2 + floor^2), floor = rtol * |theory| "
-                     "(linear scale) or rtol (log scale)",
+                     "(linear scale; at least rtol for corr, rtol sqrt(q) for mean) or rtol "
+                     "(log scale)",
                 "finite_width": _finite_width_note(widths, mc_width, corrected,
                                                    theory.attrs.get("width")),
                 "tails": ("Hill tail index per sample; variance called infinite where its upper "
@@ -823,6 +832,16 @@ def _log(x):
         return np.log(x)
 
 
+def _unit(th: xr.Dataset, name: str, ref):
+    """What a rounding of variable ``name`` on the linear scale is relative to: |theory|, at
+    least 1 for a cosine (corr) and at least sqrt(q) for a feature mean (mean)."""
+    if name == "corr":
+        return np.maximum(abs(ref), 1.0)
+    if name == "mean" and "q" in th:
+        return np.maximum(abs(ref), np.sqrt(th["q"]))
+    return abs(ref)
+
+
 def _align(th: xr.Dataset, mc: xr.Dataset):
     """The two datasets on their shared coordinates; a dim one of them was cut to one value of
     (``theory.sel(layer=4)``: a scalar coordinate) is cut the same in the other (it was
@@ -874,6 +893,9 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     NOT COMPARABLE when some points have no finite z (infinite variance, no theory value).
     A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
     was not run on, weight_grad_q at layer 0) is not a point."""
+    if not (isinstance(threshold, numbers.Real) and 0 < threshold < math.inf):
+        raise ConfigError("threshold", threshold, "a number > 0 (the |z| above which a point "
+                          "disagrees)")
     rows = []
     seeds = int(cmp.attrs.get("seeds", 2))
     nominal = nominal_rate(threshold, seeds)

@@ -89,7 +89,8 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     on its Monte Carlo points, "(Monte Carlo only)".
     Returns the matplotlib Figure.
     """
-    th, mc = _dataset(theory, "theory", seed=False), _dataset(mc, "mc", seed=True)
+    given = theory, mc  # (a mapping's datasets are checked label by label: stacked, their
+    th, mc = _dataset(theory, "theory", seed=False), _dataset(mc, "mc", seed=True)  # configs drop)
     if th is None and mc is None:
         raise ConfigError("theory, mc", (None, None), "at least one dataset")
     _check_choice("estimator", estimator, ESTIMATORS)
@@ -136,7 +137,8 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
         raise ConfigError("ax", "given with col/row", "ax only for a single panel")
     fixed = _fixed(das, dims, used, dict(sel or {}), x)
     if th is not None and mc is not None:  # (a run of another net was drawn beside a theory)
-        _check_experiment(th, mc, fixed)
+        for pair in _labelled_pairs(*given, fixed.get("arch")):
+            _check_experiment(*pair, fixed)
     width, at_width, ruled = None, None, None  # a theory at width N: E X (or E f(X)) there
     if th is not None and "width" in th.attrs:  # (at the Monte Carlo's width, as sp.compare;
         # at each of its widths where width is drawn as x, hue, col or row)
@@ -316,6 +318,21 @@ def _dataset(ds, role: str, seed: bool) -> xr.Dataset | None:
             "a theory dataset (no 'seed' dim; Monte Carlo goes in mc=)"
         raise ConfigError(f"{role} dims", tuple(ds.dims), want)
     return ds
+
+
+def _labelled_pairs(theory, mc, label=None):
+    """The (theory, Monte Carlo) pairs that are drawn as one experiment: the datasets given, or
+    where both are {label: Dataset} mappings, each label's pair (only ``label``'s when the plot
+    is cut to one); where one alone is a mapping, the other with each of its datasets."""
+    maps = [isinstance(ds, Mapping) and not isinstance(ds, xr.Dataset) for ds in (theory, mc)]
+    if all(maps):
+        labels = [k for k in theory if k in mc and (label is None or str(k) == str(label))]
+        return [(theory[k], mc[k]) for k in labels]
+    if maps[0]:
+        return [(ds, mc) for k, ds in theory.items() if label is None or str(k) == str(label)]
+    if maps[1]:
+        return [(theory, ds) for k, ds in mc.items() if label is None or str(k) == str(label)]
+    return [(theory, mc)]
 
 
 def _check_experiment(th: xr.Dataset, mc: xr.Dataset, fixed: dict) -> None:

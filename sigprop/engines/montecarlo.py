@@ -83,14 +83,14 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     drawn), "independent" (a fresh W in every VJP: gradient independence, a diagnostic), or a
     sampler object with the same ``forward``/``vjp`` methods. ``seed_chunk``: seeds
     run together (default: as many as fit in ``MEMORY_BUDGET``); results do not depend on it.
-    ``first_seed``: the seeds are ``first_seed .. first_seed + seeds - 1`` (coordinate ``seed``),
-    so seeds split over calls are the same numbers as in one call.
+    ``first_seed``: the seeds are ``first_seed .. first_seed + seeds - 1`` (coordinate ``seed``,
+    int64: below 2^63), so seeds split over calls are the same numbers as in one call.
     Hyperparameter sweeps are refused: run one point per call.
     """
     _check_net(net, inputs)
     width, seeds, root_seed = check_int("width", width, 2), check_int("seeds", seeds, 1), \
         check_int("root_seed", root_seed, 0, 2**64 - 1)
-    first_seed = check_int("first_seed", first_seed, 0)
+    first_seed = check_int("first_seed", first_seed, 0, 2**63 - seeds)
     if dtype not in DTYPES:
         raise ConfigError("dtype", dtype, f"one of {DTYPES}")
     smp = _sampler(sampler)

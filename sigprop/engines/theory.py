@@ -15,6 +15,7 @@ import functools
 import math
 
 import numpy as np
+import sympy
 import xarray as xr
 
 from sigprop import schema
@@ -50,6 +51,10 @@ def _check_args(net, inputs, width=None, backward=True, layers=None):
     for op in net.walk():  # (a swept Dense ratio: a branch's width checked at every point)
         if isinstance(op, Residual):
             op.check_branch_width(ctx)
+        for field, value in vars(op).items():  # (sympy's TypeError from deep in a law)
+            if isinstance(value, sympy.Basic) and not value.is_number:
+                raise ConfigError(f"{type(op).__name__}.{field}", value, "a number, not a symbol "
+                                  "(a symbol is for the symbolic face, sigprop.symbolic)")
     L, P = net.n_blocks(), math.prod(len(s.values) for s in grid.values())
     recorded = L + 1 if layers is None else min(L + 1, len(layers) if hasattr(layers, "__len__")
                                                 else 1)  # (counted, not built: range(10^11))

@@ -3,8 +3,8 @@ statistics over re-initialisations, in the dataset schema of ``sp.simulate``).
 
     net = from_torch(model, x)                    # traced by torch.fx, printed by net.tree()
     th = sp.theory(net, sp.Inputs(q=1.0, corr=0.5, n=2))
-    mc = simulate_torch(model, sp.Inputs(q=1.0, corr=0.5, n=2), seeds=64)
-    sp.compare(th, mc)
+    mc = simulate_torch(model, sp.Inputs(q=1.0, corr=0.5, n=2), seeds=64, net=net)
+    sp.compare(th, mc)                            # (net=net: recorded as the net th ran)
 
 PyTorch is an optional extra (``pip install sigprop[torch]``), imported inside the functions.
 

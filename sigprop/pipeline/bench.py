@@ -275,8 +275,10 @@ def write_section(path, heading: str, body: str):
 
 
 def main(widths=None, batch=(2, 8), depth=8, seeds=4, backend="auto",
-         out="benchmarks/RESULTS.md", quick=False) -> str:
-    """Run the bench, print the table, write it to ``out`` (its own section); return markdown.
+         out="", quick=False) -> str:
+    """Run the bench, print the table, write it to ``out`` (its own section; '': nowhere, so a
+    run in a checkout leaves its tracked ``benchmarks/RESULTS.md`` alone: ``make bench``
+    passes it); return markdown.
 
     ``widths`` may also be a command line (a list of strings, as ``sigprop bench`` passes it):
     ``--widths 256,1024 --batch 2,8 --depth 8 --seeds 4 --backend auto --out PATH --quick``.
@@ -308,7 +310,9 @@ def _parse_argv(argv: list[str]) -> dict:
     p.add_argument("--seeds", type=int, default=4, help="seeds per timed run (default 4)")
     p.add_argument("--backend", default="auto", choices=("auto", "numpy", "cupy"),
                    help="array backend (default auto: CuPy when a GPU is usable)")
-    p.add_argument("--out", default="benchmarks/RESULTS.md", help="markdown file to write the table to ('' for none; default benchmarks/RESULTS.md)")
+    p.add_argument("--out", default="", help="markdown file to write the table to, as its own "
+                   "section (default: none, the table is printed; make bench: "
+                   "benchmarks/RESULTS.md)")
     p.add_argument("--quick", action="store_true",
                    help="widths up to 4096, depth <= 8, 2 seeds, one timed run each")
     return vars(p.parse_args(argv))

@@ -58,14 +58,15 @@ def _main(version: Annotated[bool, typer.Option(
 
 
 def _clean_errors(fn):
-    """A SigpropError as one red line and exit status 2; every warning as a line
-    (:func:`_warnings_as_lines`)."""
+    """A SigpropError, or an OSError (an output path in a folder that cannot be made, a
+    scheduler that does not answer), as one red line and exit status 2; every warning as a
+    line (:func:`_warnings_as_lines`)."""
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         try:
             with _warnings_as_lines():
                 return fn(*args, **kwargs)
-        except SigpropError as e:
+        except (SigpropError, OSError) as e:
             console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
 
@@ -260,7 +261,7 @@ def reproduce(profile: Profile = "quick",
                        "with pyproject.toml and sims/)")] = None):
     """Every sim -> every figure -> the paper PDF; unchanged steps are skipped.
 
-    Every sims/*.toml runs, and the figures it declares ([[figure]]) are drawn into
+    Every sims/*.toml runs, and the figures it declares (\\[\\[figure]]) are drawn into
     paper/figures/. A sims file that does not load is reported and skipped (exit 1 at the end).
     Exit codes: 0 done; 1 a step failed (not cached; it reruns next time); 2 bad input;
     128 + n stopped by signal n (130 Ctrl-C, 143 SIGTERM), with nothing half-done cached.

@@ -181,10 +181,9 @@ class ArchSpec(BaseModel):
 
 def _check_sweep_name(name: str, arch: ArchSpec):
     """A sweep of ``arch`` is an argument of its preset and no reserved dim name."""
-    if name in RESERVED_DIMS + ("arch", "batch", "width"):
+    if name in RESERVED_DIMS:
         raise ValueError(f"sweep {name!r} uses a reserved dim name; allowed: a preset "
-                         "argument other than " + ", ".join(RESERVED_DIMS + ("arch", "batch",
-                                                                              "width")))
+                         "argument other than " + ", ".join(RESERVED_DIMS))
     allowed = preset_kwargs(arch.preset)
     if name not in allowed:
         raise ValueError(f"sweep {name!r} is not an argument of preset {arch.preset!r} (arch "

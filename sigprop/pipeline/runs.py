@@ -22,7 +22,12 @@ import numpy as np
 import xarray as xr
 
 from sigprop import schema
-from sigprop.errors import ConfigError, FiniteWidthWarning, SigpropError, UnsupportedComposition
+from sigprop.errors import (
+    ConfigError,
+    FiniteWidthWarning,
+    OverflowInTheory,
+    UnsupportedComposition,
+)
 from sigprop.ops import grid_points, sweeps_of
 from sigprop.pipeline.config import ArchSpec, Sim
 from sigprop.provenance import make_attrs
@@ -34,8 +39,10 @@ def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None,
     """Infinite-width theory of every case of ``sim`` (with ``width`` N: and its first-order
     finite-width corrections at N; ``engine`` and ``backward`` as ``sp.theory``'s).
 
-    A case the theory cannot integrate (:class:`UnsupportedComposition`) or that fails (another
-    :class:`SigpropError`, e.g. an overflow) is NaN, with the reason in ``attrs['unsupported']``.
+    A case the theory cannot integrate (:class:`UnsupportedComposition`) or that overflows
+    (:class:`OverflowInTheory`) is NaN, with the reason in ``attrs['unsupported']``; a
+    :class:`ConfigError` (e.g. the memory refusal of a net too deep for this machine) stops the
+    run. (Every case NaN is a run: its Monte Carlo is drawn alone, "(Monte Carlo only)".)
     """
     from sigprop.engines.theory import check_engine
 
@@ -67,8 +74,8 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
     """Monte Carlo (``sp.simulate``) of every case; dims ``seed`` and ``width`` added."""
     prof = sim.profile(profile)
     widths = list(widths or prof.widths)
-    seeds = seeds or prof.seeds
-    if not widths or not seeds:
+    seeds = prof.seeds if seeds is None else seeds
+    if not widths or seeds < 1:  # (--seeds 0 ran the profile's seeds, -3 was called 0)
         raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
                           "at least one width and seeds >= 1 for Monte Carlo")
     archs = [a for a in sim.spec.arch if a.montecarlo]
@@ -91,7 +98,9 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
 def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, Sweep],
                 width: int | None = None, engine: str = "numpy", backward: bool = True):
     """(dataset, None) for one (arch, batch) case over ``sweeps``, or (the NaN dataset, reason)
-    when the theory cannot integrate it or fails (a :class:`SigpropError`, e.g. an overflow)."""
+    when the theory cannot integrate it or overflows (a ConfigError is raised: the memory
+    refusal was made a NaN grid of the very size it refused, and the run went on to exhaust
+    memory)."""
     from sigprop.engines.theory import theory
 
     inputs = sim.spec.inputs.build(batch)
@@ -102,7 +111,7 @@ def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, S
         return theory(net, inputs, width=width, engine=engine, backward=backward), None
     except UnsupportedComposition as e:
         reason = str(e)
-    except SigpropError as e:  # e.g. an overflow: keep the other cases, say which failed
+    except OverflowInTheory as e:  # keep the other cases, say which failed
         reason = f"the theory failed: {type(e).__name__}: {e}"
     return _nan_dataset(depth, inputs.n, {k: sweeps[k] for k in order}, backward), reason
 

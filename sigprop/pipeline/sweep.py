@@ -160,8 +160,8 @@ def plan_montecarlo(sim: Sim, profile: str, store, *, widths=None, seeds=None,
                     seed_chunk: int | None = None, backend: str = "auto") -> Plan:
     """Tasks (arch, batch, grid point, width, seed chunk): ``seed_chunk`` seeds each (default all)."""
     prof, sweeps = sim.profile(profile), sim.sweeps(profile)
-    widths, seeds = tuple(widths or prof.widths), seeds or prof.seeds
-    if not widths or not seeds:
+    widths, seeds = tuple(widths or prof.widths), prof.seeds if seeds is None else seeds
+    if not widths or seeds < 1:  # (--seeds 0 ran the profile's seeds)
         raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
                           "at least one width and seeds >= 1 for Monte Carlo")
     archs = tuple(a for a in sim.spec.arch if a.montecarlo)

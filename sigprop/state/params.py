@@ -40,7 +40,9 @@ class Sweep:
         object.__setattr__(self, "values", values)
 
 
-RESERVED_DIMS = ("layer", "input", "input_b", "seed")
+# the datasets' dims and coordinates (block: on layer), the pipeline's (arch, batch, width)
+# and sp.compare's (stat): a sweep of one of these names was taken, then collided
+RESERVED_DIMS = ("layer", "block", "input", "input_b", "seed", "arch", "batch", "width", "stat")
 
 
 def sweep(name: str, values) -> Sweep:
