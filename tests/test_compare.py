@@ -606,16 +606,23 @@ def test_an_exact_zero_computed_as_rounding_is_zero_to_the_floor():
     later corr is 0: Monte Carlo gives 0 at every seed (no spread) and the theory 1e-20-ish
     rounding. A cosine's rounding is absolute (floor rtol = 1e-5), so z must be ~1e-15; with the
     floor relative to |theory| (rtol * 3e-20) z was 1e5 and corr was flagged (a review's
-    find). The mean's floor, sqrt(q) rtol, leaves its z unchanged where se is not 0."""
+    find). A feature mean's floor is rtol * max(|theory|, sqrt q)."""
     x0 = sp.Inputs(q=[1.0, 2.0], corr=0.4, law="gaussian")
     net = sp.Repeat(sp.Serial(sp.Dense(2**0.5), sp.BatchNorm(), sp.Act("relu")), 3)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", sp.FiniteWidthWarning)
         th, mc = sp.theory(net, x0), sp.simulate(net, x0, width=128, seeds=16)
     assert np.all(mc["corr"].isel(layer=slice(1, None), input=0, input_b=1) == 0)
-    assert np.all(th["corr"].isel(layer=slice(1, None), input=0, input_b=1) != 0)  # rounding
+    assert float(abs(th["corr"].isel(layer=slice(1, None), input=0, input_b=1)).max()) < 1e-15
     z = compare(th, mc, variables=["corr"])["corr"].sel(stat="z", input=0, input_b=1)
     assert float(abs(z.isel(layer=slice(1, None))).max()) < 1e-6
+    from sigprop.analysis.compare import _unit
+
+    ref = xr.DataArray([3e-20, -5.0], dims="input")
+    th_q = xr.Dataset({"q": ("input", [4.0, 1.0])})
+    np.testing.assert_array_equal(_unit(th_q, "mean", ref), [2.0, 5.0])  # sqrt q, |theory|
+    np.testing.assert_array_equal(_unit(th_q, "corr", ref), [1.0, 5.0])
+    np.testing.assert_array_equal(_unit(xr.Dataset(), "mean", ref), [3e-20, 5.0])  # (no q)
 
 
 def test_rich_table_prints(theory, capsys):

@@ -93,24 +93,27 @@ def test_simulate_log_scales_its_inputs(q):
 def test_a_float32_tanh_stack_that_shrinks_past_float32_raises_instead_of_reading_zero():
     """Dense(sigma_w 1e-3) -> tanh -> Dense: q falls ~1e-6 per block. tanh needs the true
     values, which float32 holds only down to ~1e-38: the run came out log q = -inf from layer 15
-    without a word (a review's find). Two causes: mean_sq squared in float32, so a row of true
-    values ~1e-27 read as zero and its scale never moved into ls; and a subnormal e^ls handed
-    tanh values with no digits. Now float32 raises MonteCarloOverflow naming a layer, and
-    float64 (the advice in its message) runs. (Breaks: mean_sq's squares in float32 again, or
-    true_scale's floor at 0 instead of tiny / eps: no error, -inf.)"""
+    without a word (a review's find). The cause: mean_sq squared in float32, so a row of true
+    values ~1e-27 read as zero and its scale never moved into ls. Now float32 raises
+    MonteCarloOverflow naming a layer, and float64 (the advice in its message) runs; a float32
+    tanh net at q = 1e-66, whose true values are normal float32 numbers, still runs (a floor
+    at tiny / eps, 1e-31, refused it). (Breaks: mean_sq's squares in float32 again: no error,
+    -inf; true_scale's floor at 0: the subnormal scale passes.)"""
     net = sp.presets.plain(20, act="tanh", sigma_w1=1e-3)
     x0 = sp.Inputs(q=[1.0, 2.0], corr=0.4)
     with pytest.raises(sp.MonteCarloOverflow, match="layer"):
         sp.simulate(net, x0, width=64, seeds=2, backend="numpy", dtype="float32")
     mc = sp.simulate(net, x0, width=64, seeds=2, backend="numpy", dtype="float64")
     assert np.all(np.isfinite(mc.log_q)) and np.all(np.isfinite(mc.corr))
+    small = sp.simulate(sp.presets.plain(3, act="tanh"), sp.Inputs(q=1e-66, n=1), width=64,
+                        seeds=2, backend="numpy", dtype="float32")
+    assert np.all(np.isfinite(small.log_q))
     from sigprop.state.arrays import mean_sq, true_scale
     tiny = np.full((1, 8), 1e-27, np.float32)
     np.testing.assert_allclose(mean_sq(tiny), float(tiny[0, 0]) ** 2, rtol=1e-12)
-    # true values of a unit-rms row: entries down to eps x its rms stay normal, so the scale
-    # must be >= tiny / eps (float32: 9.9e-32); a subnormal scale (1e-40) is NaN, not 0 digits
-    floor = np.finfo(np.float32).tiny / np.finfo(np.float32).eps
-    e = true_scale(np.log([1e-40, 0.5 * floor, 2 * floor, 1.0]), np.float32)
+    # a subnormal scale (float32: below 1.18e-38) is NaN: the true values would have no digits
+    floor = np.finfo(np.float32).tiny
+    e = true_scale(np.log([1e-44, 0.5 * floor, 2 * floor, 1e-33, 1.0]), np.float32)
     assert np.all(np.isnan(e[:2])) and np.all(np.isfinite(e[2:]))
 
 

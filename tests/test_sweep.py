@@ -290,6 +290,13 @@ def test_cli_sweep_here_resume_and_export(tmp_path):
     assert "montecarlo: 24 chunks, 24 already done, 0 computed" in again.output
     mc = load(tmp_path / "nc" / "tiny.montecarlo.nc")
     assert mc.sizes["seed"] == 2 and mc.attrs["backend"] == "numpy"
+    # an --export under a file is refused before any task runs (it was after all of them)
+    (tmp_path / "file").write_text("")
+    bad = [a if a != str(tmp_path / "nc") else str(tmp_path / "file" / "nc") for a in args]
+    bad[3] = str(tmp_path / "d.zarr")
+    refused = CliRunner().invoke(app, bad)
+    assert refused.exit_code == 2 and "output" in refused.output
+    assert not (tmp_path / "d.zarr").exists()
 
 
 def test_a_theory_failure_on_one_grid_chunk_is_nan_with_its_reason(tmp_path):

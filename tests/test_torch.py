@@ -446,6 +446,8 @@ def test_the_readmes_compare_of_a_model_runs_with_its_net_and_is_refused_without
     assert "q" in sp.compare(th, simulate_torch(model, inputs, seeds=2, net=net))
     with pytest.raises(sp.ConfigError, match="architecture differs"):
         sp.compare(th, simulate_torch(model, inputs, seeds=2))
+    with pytest.raises(sp.ConfigError, match="first_seed"):  # (a bare OverflowError before)
+        simulate_torch(model, inputs, seeds=1, first_seed=2**63)
 
 
 def test_layer_map_names_the_torch_code_of_each_layer():

@@ -90,7 +90,8 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     Returns the matplotlib Figure.
     """
     given = theory, mc  # (a mapping's datasets are checked label by label: stacked, their
-    th, mc = _dataset(theory, "theory", seed=False), _dataset(mc, "mc", seed=True)  # configs drop)
+    # differing configs are dropped)
+    th, mc = _dataset(theory, "theory", seed=False), _dataset(mc, "mc", seed=True)
     if th is None and mc is None:
         raise ConfigError("theory, mc", (None, None), "at least one dataset")
     _check_choice("estimator", estimator, ESTIMATORS)

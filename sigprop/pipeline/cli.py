@@ -66,6 +66,8 @@ def _clean_errors(fn):
         try:
             with _warnings_as_lines():
                 return fn(*args, **kwargs)
+        except BrokenPipeError:  # (`sigprop ... | head`: not bad input)
+            raise
         except (SigpropError, OSError) as e:
             console.print(f"[bold red]error:[/] {escape(str(e))}", highlight=False)
             raise typer.Exit(2) from None
@@ -371,9 +373,11 @@ def sweep(sim: SimPath,
               help="then write <dir>/<sim>.<kind>.nc")] = None,
           profile: Profile = "quick"):
     """A sim as tasks on dask (or here) -> one zarr store, resumable; sp.sweep_load reads it."""
-    from sigprop.data import save
+    from sigprop.data import check_output, save
     from sigprop.pipeline.sweep import SweepFailed, sweep_load, sweep_run
 
+    if export is not None:  # (checked after the run, it failed once the work was done)
+        check_output(export / f"{sim.stem}.theory.nc")
     try:
         report = sweep_run(sim, store, profile=profile, theory=theory_, montecarlo=montecarlo,
                            scheduler=scheduler, local=local, grid_chunk=grid_chunk,

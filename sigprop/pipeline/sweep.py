@@ -393,7 +393,7 @@ def sweep_run(sim, store, *, profile: str = "quick", theory: bool = True,
     if local is not None:
         _positive("local", local)
     if montecarlo is None:
-        montecarlo = bool(seeds or sim.profile(profile).montecarlo)
+        montecarlo = seeds is not None or sim.profile(profile).montecarlo  # (--seeds 0: refused)
     plans = ([plan_theory(sim, profile, store, grid_chunk)] if theory else []) + (
         [plan_montecarlo(sim, profile, store, widths=widths, seeds=seeds, seed_chunk=seed_chunk,
                          backend=backend)] if montecarlo else [])
