@@ -535,8 +535,9 @@ def get_activation(name: str) -> Activation:
             param = float(found.group(2))
         except ValueError:
             param = math.nan
-        if 0 <= param and math.isfinite((1 + param) * (1 + param)):  # (the laws square it;
-            # 1e308 raised OverflowError from a kernel) the default member is the table entry
+        # the laws square 1 + param (at 1e308 a kernel raised OverflowError); the default
+        # member is the table entry
+        if 0 <= param and math.isfinite((1 + param) * (1 + param)):
             canonical = activation_name(found.group(1), param)
             return ACTIVATIONS.get(canonical) or _family_member(found.group(1), param)
     raise ConfigError("act", name, f"one of {sorted(ACTIVATIONS)}, or leaky_relu(slope) or "
