@@ -306,7 +306,7 @@ def _dataset(ds, role: str, seed: bool) -> xr.Dataset | None:
     """``ds`` checked for its role; a mapping of datasets stacked along ``arch``."""
     if ds is None:
         return None
-    if isinstance(ds, Mapping) and not isinstance(ds, xr.Dataset):
+    if _labelled(ds):
         if not ds or not all(isinstance(v, xr.Dataset) for v in ds.values()):
             raise ConfigError(role, type(ds).__name__, "a non-empty mapping {label: xr.Dataset}")
         parts = [v.drop_vars("block", errors="ignore") for v in ds.values()]
@@ -321,18 +321,24 @@ def _dataset(ds, role: str, seed: bool) -> xr.Dataset | None:
     return ds
 
 
+def _labelled(ds) -> bool:
+    """Whether ``ds`` is a {label: Dataset} mapping (stacked along ``arch`` to be drawn)."""
+    return isinstance(ds, Mapping) and not isinstance(ds, xr.Dataset)
+
+
 def _labelled_pairs(theory, mc, label=None):
     """The (theory, Monte Carlo) pairs that are drawn as one experiment: the datasets given, or
     where both are {label: Dataset} mappings, each label's pair (only ``label``'s when the plot
     is cut to one); where one alone is a mapping, the other with each of its datasets."""
-    maps = [isinstance(ds, Mapping) and not isinstance(ds, xr.Dataset) for ds in (theory, mc)]
-    if all(maps):
-        labels = [k for k in theory if k in mc and (label is None or str(k) == str(label))]
-        return [(theory[k], mc[k]) for k in labels]
-    if maps[0]:
-        return [(ds, mc) for k, ds in theory.items() if label is None or str(k) == str(label)]
-    if maps[1]:
-        return [(theory, ds) for k, ds in mc.items() if label is None or str(k) == str(label)]
+    def drawn(k):
+        return label is None or str(k) == str(label)
+
+    if _labelled(theory) and _labelled(mc):
+        return [(theory[k], mc[k]) for k in theory if k in mc and drawn(k)]
+    if _labelled(theory):
+        return [(ds, mc) for k, ds in theory.items() if drawn(k)]
+    if _labelled(mc):
+        return [(theory, ds) for k, ds in mc.items() if drawn(k)]
     return [(theory, mc)]
 
 

@@ -90,7 +90,7 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     _check_net(net, inputs)
     width, seeds, root_seed = check_int("width", width, 2), check_int("seeds", seeds, 1), \
         check_int("root_seed", root_seed, 0, 2**64 - 1)
-    first_seed = check_int("first_seed", first_seed, 0, 2**63 - seeds)
+    first_seed = check_first_seed(first_seed, seeds)
     if dtype not in DTYPES:
         raise ConfigError("dtype", dtype, f"one of {DTYPES}")
     smp = _sampler(sampler)
@@ -289,6 +289,12 @@ def check_int(field, value, lo, hi=None) -> int:
     if not ok:
         raise ConfigError(field, value, f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}"))
     return int(value)
+
+
+def check_first_seed(first_seed, seeds: int) -> int:
+    """``first_seed`` as an int whose run of ``seeds`` seeds fits the int64 ``seed`` coordinate
+    (2^63 gave a bare OverflowError)."""
+    return check_int("first_seed", first_seed, 0, 2**63 - seeds)
 
 
 def _check_net(net, inputs):

@@ -493,10 +493,10 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
     module itself is left untouched.
     """
     torch = _torch()
-    from sigprop.engines.montecarlo import check_int
+    from sigprop.engines.montecarlo import check_first_seed, check_int
 
     seeds, root_seed = check_int("seeds", seeds, 1), check_int("root_seed", root_seed, 0, 2**63)
-    first_seed = check_int("first_seed", first_seed, 0, 2**63 - seeds)
+    first_seed = check_first_seed(first_seed, seeds)
     if not isinstance(inputs, Inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
     if dtype not in ("float32", "float64"):

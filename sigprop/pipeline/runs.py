@@ -72,12 +72,7 @@ def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None,
 def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds=None,
                    progress=None) -> xr.Dataset:
     """Monte Carlo (``sp.simulate``) of every case; dims ``seed`` and ``width`` added."""
-    prof = sim.profile(profile)
-    widths = list(widths or prof.widths)
-    seeds = prof.seeds if seeds is None else seeds
-    if not widths or seeds < 1:  # (--seeds 0 ran the profile's seeds, -3 was called 0)
-        raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
-                          "at least one width and seeds >= 1 for Monte Carlo")
+    widths, seeds = montecarlo_size(sim, profile, widths, seeds)
     archs = [a for a in sim.spec.arch if a.montecarlo]
     cases = [(arch, batch, point, width) for arch in archs
              for batch, point, width in itertools.product(
@@ -93,6 +88,17 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
                            sim=sim.name, profile=profile, seeds=seeds,
                            root_seed=sim.spec.root_seed)
     return schema.describe(out, title=sim.spec.description)
+
+
+def montecarlo_size(sim: Sim, profile: str, widths=None, seeds=None) -> tuple[tuple, int]:
+    """(widths, seeds) of a Monte Carlo run: the profile's where not given (None), refused
+    without a width or with seeds < 1 (``--seeds 0`` ran the profile's seeds, -3 was called 0)."""
+    prof = sim.profile(profile)
+    widths, seeds = tuple(widths or prof.widths), prof.seeds if seeds is None else seeds
+    if not widths or seeds < 1:
+        raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
+                          "at least one width and seeds >= 1 for Monte Carlo")
+    return widths, seeds
 
 
 def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, Sweep],

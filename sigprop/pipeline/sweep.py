@@ -159,11 +159,10 @@ def plan_theory(sim: Sim, profile: str, store, grid_chunk: int | None = None) ->
 def plan_montecarlo(sim: Sim, profile: str, store, *, widths=None, seeds=None,
                     seed_chunk: int | None = None, backend: str = "auto") -> Plan:
     """Tasks (arch, batch, grid point, width, seed chunk): ``seed_chunk`` seeds each (default all)."""
+    from sigprop.pipeline.runs import montecarlo_size
+
     prof, sweeps = sim.profile(profile), sim.sweeps(profile)
-    widths, seeds = tuple(widths or prof.widths), prof.seeds if seeds is None else seeds
-    if not widths or seeds < 1:  # (--seeds 0 ran the profile's seeds)
-        raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
-                          "at least one width and seeds >= 1 for Monte Carlo")
+    widths, seeds = montecarlo_size(sim, profile, widths, seeds)
     archs = tuple(a for a in sim.spec.arch if a.montecarlo)
     if not archs:
         raise ConfigError(f"{sim.name}: arch", "montecarlo = false for all",
