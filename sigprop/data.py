@@ -37,6 +37,10 @@ from sigprop.errors import ConfigError, SigpropError
 SCHEMA = schema.NAMES  # the dataset variables, in order (their dims etc.: sigprop.schema)
 KINDS = ("theory", "montecarlo", "symbolic")
 SUFFIXES = (".nc", ".zarr")
+# zarr stores: format 2, which zarr-python 2 and 3 and other readers share; it specifies the
+# fixed-width unicode of the string coordinates (block, arch), which format 3 does not yet
+# (zarr 3 warns that such arrays "may be unreadable by other Zarr libraries")
+ZARR_FORMAT = 2
 CHECKSUM = "checksum"
 TMP_MARK = ".tmp-"  # temporary files are named .<stem>.tmp-<pid>-<random><suffix>
 HASH_SUFFIX = ".sha256"  # th.nc -> th.nc.sha256: SHA-256 of the file's bytes (netCDF only)
@@ -189,7 +193,7 @@ def save(ds: xr.Dataset, path) -> Path:
         side.unlink(missing_ok=True)  # a crash before the new hash leaves none, never a stale one
         with atomic_path(path) as tmp:
             if path.suffix == ".zarr":
-                ds.to_zarr(tmp, mode="w")
+                ds.to_zarr(tmp, mode="w", zarr_format=ZARR_FORMAT)
             else:
                 ds.to_netcdf(tmp, engine="h5netcdf")
                 digest = file_hash(tmp)

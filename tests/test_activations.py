@@ -309,6 +309,30 @@ def test_shapes_limits_and_symmetry(name):
     assert abs(near[0] - near[1]) < 1e-7
 
 
+@pytest.mark.parametrize("name", CLOSED + QUAD)
+def test_grad_faces_at_zero_variance_take_phi_prime_at_0(name):
+    """A Gaussian of variance exactly 0 is the point 0, where a real net computes phi'(0) of
+    the array face (relu'(0) := 0): E[phi'(u) phi'(v)] = phi'(0) E[phi'(v)] and E[phi'(u)] =
+    phi'(0) there, for the closed forms as for the quadrature (which evaluates phi' at 0 itself).
+    relu's closed forms gave their limit q -> 0+, 1/2, instead; a Pre-LN net on constant
+    features then had a gradient 1e5 larger per layer than the Monte Carlo's
+    (test_montecarlo_theory)."""
+    act = get_activation(name)
+    g0 = float(act.grad(np.array(0.0)))
+    c = np.array([-1.0, 0.3, 1.0])
+    np.testing.assert_allclose(act.grad_kernel(0.0, 2.0, c), g0 * act.grad_mean(2.0), rtol=1e-12)
+    np.testing.assert_allclose(act.grad_kernel(2.0, 0.0, c), g0 * act.grad_mean(2.0), rtol=1e-12)
+    np.testing.assert_allclose(act.grad_kernel(0.0, 0.0, c), g0**2, rtol=1e-12)
+    assert act.grad_mean(np.zeros(2)).tolist() == [g0, g0]
+    K = np.array([[0.0, 0.0], [0.0, 2.0]])
+    np.testing.assert_allclose(act.gram_grad_kernel(K),
+                               [[g0**2, g0 * act.grad_mean(2.0)],
+                                [g0 * act.grad_mean(2.0), act.grad_kernel(2.0, 2.0, 1.0)]],
+                               rtol=1e-12)
+    # a variance above 0, however small, keeps the Gaussian face (relu: 1/2)
+    assert act.grad_mean(1e-300) == pytest.approx(act.grad_mean(1e-12), rel=1e-6)
+
+
 @pytest.mark.parametrize("name", QUAD)
 def test_tables_match_direct_quadrature(name):
     act = get_activation(name)

@@ -40,6 +40,23 @@ def test_round_trip_keeps_the_checksum_and_leaves_no_temporary(saved, theory_ds)
     assert (saved.parent / "th.nc.sha256").read_text() == f"{file_hash(saved)}  th.nc\n"
 
 
+def test_a_zarr_store_is_format_2_and_written_without_warnings(theory_ds, tmp_path):
+    """``*.zarr`` is written as zarr format 2, which zarr-python 2 and 3 and other readers
+    share; under format 3, zarr 3 warned that the string coordinates' fixed-width unicode has no
+    specification there ("may be unreadable by other Zarr libraries"), and that consolidated
+    metadata is not part of it."""
+    zarr = pytest.importorskip("zarr")
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = save(theory_ds, tmp_path / "th.zarr")
+        back = load(path)
+    assert zarr.open_group(path, mode="r").metadata.zarr_format == 2
+    assert back.attrs["checksum"] == checksum(back)
+    xr.testing.assert_identical(back.drop_attrs(), theory_ds.drop_attrs())
+
+
 @pytest.fixture()
 def never_opened(monkeypatch):
     """Fail if sp.load hands the file to h5py/h5netcdf in this process."""

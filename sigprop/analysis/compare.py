@@ -235,7 +235,8 @@ def choose(mc: xr.DataArray, name: str, estimator: str = "auto") -> str:
         return estimator if name in SCALE_VARIABLES else "mean"
     if name not in SCALE_VARIABLES:
         return "mean"
-    sd = _log(mc).std("seed", ddof=1)
+    with np.errstate(invalid="ignore"):  # a sample of exact zeros (a dead branch): log -inf,
+        sd = _log(mc).std("seed", ddof=1)  # its sd NaN, left out below
     heavy = float(sd.max(skipna=True).fillna(0)) > HEAVY_LOG_SD
     return "lognormal" if heavy or bool(infinite_variance(mc).any()) else "mean"
 

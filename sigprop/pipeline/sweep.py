@@ -46,6 +46,7 @@ import numpy as np
 import xarray as xr
 
 from sigprop import schema
+from sigprop.data import ZARR_FORMAT
 from sigprop.errors import ConfigError, SigpropError
 from sigprop.ops import sweeps_of
 from sigprop.provenance import make_attrs
@@ -56,7 +57,6 @@ if TYPE_CHECKING:  # the sim schema (pydantic) loads on first use: `import sigpr
 
 KINDS = ("theory", "montecarlo")
 MARKERS = "sweep"  # the group holding each kind's layout and its tasks' completion markers
-ZARR_FORMAT = 2  # reads with zarr-python 2 and 3; stores the arch labels (fixed-width unicode)
 
 
 class SweepFailed(SigpropError):
