@@ -69,6 +69,9 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "(1/N) sum_i x_i, the mean over features"),
     Variable("var", PER_INPUT, "feature variance of the stream", "1",
              "q - mean^2, the biased variance over features", scale=True),
+    Variable("log_var", PER_INPUT, "log feature variance of the stream", "1",
+             "log var, finite at any depth (var itself may overflow to inf in float64; -inf "
+             "where var is exactly 0)", log_of="var"),
     Variable("corr", PER_PAIR, "cosine similarity between inputs", "1",
              "<x_a, x_b> / (|x_a| |x_b|) for each pair of inputs (1 on the diagonal)"),
     Variable("grad_q", PER_INPUT, "gradient second moment", "1",

@@ -814,3 +814,42 @@ def test_a_spreads_z_from_the_samples_own_kurtosis_keeps_its_rate_at_16_seeds():
     nominal = 2 * stats.norm.sf(3)
     assert np.mean(abs(z) > 3) < nominal + 4 * np.sqrt(nominal / M), np.mean(abs(z) > 3)
     assert 0.9 < z.std() < 1 + 4 / np.sqrt(2 * M) + 0.01, z.std()
+
+
+def test_where_q_overflows_float64_the_log_companions_are_compared():
+    """Inputs of q = 1.5e308: from layer 1 on q and var are inf in both faces, log_q and log_var
+    finite. compare read log X as log of the linear X: z NaN for q and var ("NOT COMPARABLE"),
+    and where both estimates were inf, inf == inf gave z = 0, a pass that checked nothing. It
+    now takes log X from the companions (and a log estimator where X overflowed): every z is
+    finite, within the Bonferroni bound (ALPHA 1e-3 over the compared points; relu resnet:
+    E q exact at any width, so no finite-width allowance), and a law 10 % off per block
+    (sigprop.testing.mutate) is caught there."""
+    from scipy import stats
+
+    from sigprop.testing import mutate
+
+    net = sp.presets.resnet(4)
+    x0 = sp.Inputs(q=[1.5e308, 1.5e308], corr=0.5)
+    mc = sp.simulate(net, x0, width=512, seeds=32, dtype="float64", backend="numpy")
+    th = sp.theory(net, x0)
+    assert bool(np.isinf(th.q[1:]).all() and np.isinf(mc["var"][:, 1:]).all())
+    assert np.isfinite(th.log_var).all() and np.isfinite(mc.log_var).all()
+
+    def worst(theory):
+        cmp = compare(theory, mc, variables=["q", "var", "grad_q"])
+        for name in ("q", "var"):
+            assert cmp[name].attrs["estimator"] == "lognormal"
+        z = [abs(cmp[n].sel(stat="z")) for n in cmp.data_vars]
+        assert all(bool(np.isfinite(v).all()) for v in z)
+        return max(float(v.max()) for v in z), sum(v.size for v in z)
+
+    z, points = worst(th)
+    bound = stats.norm.isf(1e-3 / (2 * points))
+    assert z <= bound
+    with mutate(sp.Residual, "forward", 0.1):
+        assert worst(sp.theory(net, x0))[0] > bound
+    # the mean of overflowed samples against an overflowed theory: inf = inf is no agreement
+    logs = ["log_q", "log_var"]
+    blind = compare(th.drop_vars(logs), mc.drop_vars(logs), variables=["q"], estimator="mean")
+    assert bool(blind.q.sel(stat="z", layer=slice(1, None)).isnull().all())
+    assert summary(blind)[0]["flag"].startswith("NOT COMPARABLE")

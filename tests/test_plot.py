@@ -161,16 +161,15 @@ def test_a_spread_is_drawn_against_the_runs_variance_across_seeds():
     """var="var_corr" with a run: the line is the theory's V/N at the run's width (its V/256
     times 256/64), the points the variance of corr across seeds, the band the variances whose
     sp.compare z is within +-2 (the line is inside it exactly where |z| <= 2; above 0, where
-    s^2 +- 2 se went below); Var log var's points from log var, which the run has no log
-    companion for; a transform, an estimator, fewer than 16 seeds and a spread the theory has
+    s^2 +- 2 se went below); Var log var's points from the run's log companion log_var; a
+    transform, an estimator, fewer than 16 seeds and a spread the theory has
     no value of are refused (they drew, and the last an empty figure)."""
     from sigprop.analysis.compare import spread
 
     net = sp.presets.preln(3)
     th = sp.theory(net, X0, width=256)
     mc = sp.simulate(net, X0, width=64, seeds=40, root_seed=3, backend="numpy")
-    for var, samples in (("var_corr", _pair(mc.corr)), ("var_log_var", np.log(mc["var"].sel(
-            input=0)))):
+    for var, samples in (("var_corr", _pair(mc.corr)), ("var_log_var", mc.log_var.sel(input=0))):
         fig = sp.plot(th, mc, var=var)
         (line,) = solid_lines(fig.axes[0])
         want = th[var] * 4

@@ -127,16 +127,18 @@ RUN_KEYS = ("width", "seeds", "root_seed", "dtype", "sampler")
 MAX_JOINED_POINTS = 1000  # a run joined along sweeps of more points than this: not checked
 
 
-def estimate(x: xr.DataArray, estimator: str, dim="seed") -> tuple[xr.DataArray, xr.DataArray]:
+def estimate(x: xr.DataArray, estimator: str, dim="seed",
+             log: xr.DataArray | None = None) -> tuple[xr.DataArray, xr.DataArray]:
     """(estimate, standard error) of one variable over ``dim`` (NaN entries, e.g. the padding of
-    unequal seed counts across widths, left out); log scale unless ``mean``."""
+    unequal seed counts across widths, left out); log scale unless ``mean``, from ``log`` (the
+    samples' log companion, finite where x overflowed float64) when given, else log x."""
     S = x.notnull().sum(dim)
     fewest = int(S.where(S > 0).min().fillna(x.sizes[dim]))  # all-NaN entries: no data there
     if fewest < 2:
         raise ConfigError("Monte Carlo seeds", fewest, ">= 2 to estimate a standard error")
     if estimator == "mean":
         return x.mean(dim), x.std(dim, ddof=1) / np.sqrt(S)
-    y = _log(x)
+    y = _log(x) if log is None else log
     s = y.std(dim, ddof=1)
     if estimator == "lognormal":
         s2 = s**2
@@ -227,18 +229,23 @@ def infinite_variance(x: xr.DataArray, dim="seed") -> xr.DataArray:
     return tail_index(x, dim) * (1 + TAIL_Z / np.sqrt(np.ceil(np.sqrt(S)))) < 2
 
 
-def choose(mc: xr.DataArray, name: str, estimator: str = "auto") -> str:
-    """The estimator ``auto`` resolves to for variable ``name`` of Monte Carlo samples ``mc``."""
+def choose(mc: xr.DataArray, name: str, estimator: str = "auto",
+           log: xr.DataArray | None = None) -> str:
+    """The estimator ``auto`` resolves to for variable ``name`` of Monte Carlo samples ``mc``
+    (``log``: their log companion, as :func:`estimate` takes it): a log estimator where log X
+    spreads, where the tail is heavy, or where X overflowed float64 (inf where its log is not)."""
     if estimator != "auto":
         if estimator not in ESTIMATORS:
             raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
         return estimator if name in SCALE_VARIABLES else "mean"
     if name not in SCALE_VARIABLES:
         return "mean"
+    y = _log(mc) if log is None else log
     with np.errstate(invalid="ignore"):  # a sample of exact zeros (a dead branch): log -inf,
-        sd = _log(mc).std("seed", ddof=1)  # its sd NaN, left out below
+        sd = y.std("seed", ddof=1)  # its sd NaN, left out below
     heavy = float(sd.max(skipna=True).fillna(0)) > HEAVY_LOG_SD
-    return "lognormal" if heavy or bool(infinite_variance(mc).any()) else "mean"
+    overflowed = bool(((mc == np.inf) & np.isfinite(y)).any())
+    return "lognormal" if heavy or overflowed or bool(infinite_variance(mc).any()) else "mean"
 
 
 def stack_widths(datasets) -> xr.Dataset:
@@ -543,13 +550,18 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     if "width" in mc.coords and "width" not in mc.dims:  # (a stack cut to one width: read)
         mc = mc.drop_vars("width")
     units = ["q"] if "mean" in names and "q" in theory and "q" not in names + terms else []
-    th, mc = _align(theory[names + terms + units], mc[names])
+    logs = {n: schema.LOG_NAME[n] for n in names  # log q where q overflows: from log_q
+            if schema.LOG_NAME.get(n) in theory and schema.LOG_NAME.get(n) in mc}
+    th, mc = _align(theory[names + terms + units + list(logs.values())],
+                    mc[names + list(logs.values())])
     widths = [int(w) for w in mc["width"].values] if "width" in mc.dims else []
     out, attrs, corrected = {}, {}, []
     for name in names:
-        est_name = choose(mc[name], name, estimator)
-        est, se = estimate(mc[name], est_name)
-        ref = th[name] if est_name == "mean" else _log(th[name])
+        log = mc[logs[name]] if name in logs else None
+        est_name = choose(mc[name], name, estimator, log)
+        est, se = estimate(mc[name], est_name, log=log)
+        ref = th[name] if est_name == "mean" else th[logs[name]] if name in logs \
+            else _log(th[name])
         heavy = infinite_variance(mc[name]) if est_name == "mean" else xr.zeros_like(est, bool)
         term = first_order(th, name, est_name, mc_width or 1)
         if term is not None and mc_width:
@@ -570,8 +582,10 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             heavy = heavy.any("width")
         est, se = (v.squeeze("width", drop=True) if "width" in v.dims else v for v in (est, se))
         scale = np.sqrt(se**2 + floor**2)
+        # equal: z = 0, unless both overflowed (inf = inf says nothing; log -inf is an exact 0)
+        equal = (est == ref) & (np.isfinite(est) | ((est == -np.inf) & (est_name != "mean")))
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = xr.where(est == ref, 0.0, (est - ref) / scale).where(~heavy)
+            z = xr.where(equal, 0.0, (est - ref) / scale).where(~heavy)
         parts, stat = [est, se, ref.broadcast_like(est), z], list(STATS)
         if fit is not None:
             parts += [fit["a"], fit["a_stderr"]]
@@ -909,7 +923,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,
                          "max_z": float("nan"), "where": "", "rate": float("nan"),
-                         "nominal": nominal, "not_comparable": lost, "flag": "no data"})
+                         "nominal": nominal, "not_comparable": lost,
+                         "flag": f"NOT COMPARABLE ({lost} points)" if lost else "no data"})
             continue
         where = finite.fillna(-1).argmax(...)
         loc = ", ".join(f"{d}={finite[d].values[i].item() if d in finite.coords else int(i)}"

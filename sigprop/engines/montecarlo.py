@@ -193,7 +193,7 @@ def _run_chunk(blocks, inputs, width, env, tick, k):
         nan = (xp.full_like(fwd[0][0], np.nan), xp.zeros_like(fwd[0][0]))
         log_branch_q = _log_q(*(xp.stack(v) for v in zip(*(nan if b is None else b
                                                             for b in branch))))
-    out = {"log_q": fwd[0], "mean": fwd[1], "var": fwd[2], "corr": fwd[3],
+    out = {"log_q": fwd[0], "mean": fwd[1], "log_var": fwd[2], "corr": fwd[3],
            "log_grad_q": log_grad_q, "log_branch_q": log_branch_q,
            "log_weight_grad_q": log_wgrad}
     host = xp.asnumpy if xp is not np else np.asarray
@@ -252,18 +252,18 @@ def _moments(s: Sig):
 
 
 def signal_stats(G, m, ls):
-    """log q, mean, var (..., B) and corr (..., B, B) from :func:`_moments`, float64.
+    """log q, mean, log var (..., B) and corr (..., B, B) from :func:`_moments`, float64.
 
-    mean and var are formed in log space (exp(ls + log|.|)): they may overflow to inf at extreme
-    depth, like q, but are never inf * 0.
+    mean is formed in log space (exp(ls + log|m|)): it may overflow to inf at extreme depth,
+    like q and var (exp of their logs), but is never inf * 0.
     """
     xp = array_module(G)
     d = xp.diagonal(G, axis1=-2, axis2=-1)
     root = xp.sqrt(d)
     corr = G / (root[..., :, None] * root[..., None, :])
     mean = xp.sign(m) * xp.exp(ls + xp.log(xp.abs(m)))
-    var = xp.exp(2 * ls + xp.log(xp.maximum(d - m * m, 0.0)))
-    return 2 * ls + xp.log(d), mean, var, corr
+    log_var = 2 * ls + xp.log(xp.maximum(d - m * m, 0.0))
+    return 2 * ls + xp.log(d), mean, log_var, corr
 
 
 def _raise_nonfinite(v, direction, blocks):

@@ -595,7 +595,7 @@ def _one_seed(torch, model, gm, nodes, out_node, plan, inputs, n, seed, root_see
             bq.append((f * f).mean(-1))
     G, m = np.stack(G), np.stack(m)
     with np.errstate(divide="ignore", invalid="ignore"):
-        log_q, mean, var, corr = signal_stats(G, m, np.zeros_like(m))
-        return {"log_q": log_q, "mean": mean, "var": var, "corr": corr,
+        log_q, mean, log_var, corr = signal_stats(G, m, np.zeros_like(m))
+        return {"log_q": log_q, "mean": mean, "log_var": log_var, "corr": corr,
                 "log_grad_q": np.log(np.stack(gq)), "log_branch_q": np.log(np.stack(bq)),
                 "log_weight_grad_q": np.full_like(m, np.nan)}  # not measured here (schema)

@@ -120,7 +120,8 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
     for k in range(depth - 1, -1, -1):
         g[k] = f_g(q[k], q[k], m[k], m[k], 1.0, g[k + 1])
     with np.errstate(divide="ignore", invalid="ignore"):
-        data = {"q": q, "log_q": np.log(q), "mean": m, "var": q - m**2, "corr": c, "grad_q": g,
+        data = {"q": q, "log_q": np.log(q), "mean": m, "var": q - m**2,
+                "log_var": np.log(q - m**2), "corr": c, "grad_q": g,
                 "log_grad_q": np.log(g)}  # the schema's variables but the branch's
     ds = xr.Dataset({k: (schema.VARIABLES[k].dims, v) for k, v in data.items()},
                     coords={"layer": np.arange(depth + 1), "input": np.arange(B),
