@@ -40,6 +40,7 @@ from sigprop.kernels.quadrature import kernel_quad, tabulated
 from sigprop.state.ns import NUMERIC, Namespace
 
 _SQRT_2PI = np.sqrt(2 * np.pi)
+GRAD_FACES = ("grad_kernel", "grad_mean", "grad_kernel_diag")  # the faces of phi'
 
 # --- Closed forms, each written once over ns (q1, q2, c may be sympy symbols / object arrays).
 
@@ -309,16 +310,16 @@ class Activation:
         return self._grad(xp.asarray(x), xp)
 
     def _at_zero_variance(self, face, out, q1, q2, ns):
-        """A grad face ``out`` of a closed form (``face``: grad_kernel at (q1, q2); grad_mean or
-        grad_kernel_diag at q1, with q2 the same array), with the point mass where a variance is
-        exactly 0. A Gaussian of variance 0 is the point 0, where a real
-        net (and the Monte Carlo) computes phi'(0) of the array face: E[phi'(u) phi'(v)] =
-        phi'(0) E[phi'(v)] and E[phi'(u)] = phi'(0) there (a LayerNorm of constant features).
-        The closed form of a kinked phi gives its limit q -> 0+ instead, which differs where
-        phi' jumps at 0 (relu: 1/2 against relu'(0) = 0); for the other activations, and for the
-        quadrature (which evaluates phi' at 0 itself), the two are one value."""
-        if self._bend != 0 or not (ns.traced or ns.symbolic or np.any(q1 == 0)
-                                   or (q2 is not q1 and np.any(q2 == 0))):
+        """``out``, the closed form's ``face`` at (q1, q2) (grad_mean and grad_kernel_diag: at
+        q1, q2 the same array), with the point mass where a variance is exactly 0 in a grad
+        face. A Gaussian of variance 0 is the point 0, where a real net (and the Monte Carlo)
+        computes phi'(0) of the array face: E[phi'(u) phi'(v)] = phi'(0) E[phi'(v)] and
+        E[phi'(u)] = phi'(0) there (a LayerNorm of constant features). The closed form of a
+        kinked phi gives its limit q -> 0+ instead, which differs where phi' jumps at 0 (relu:
+        1/2 against relu'(0) = 0); for the other activations, and for the quadrature (which
+        evaluates phi' at 0 itself), the two are one value."""
+        if face not in GRAD_FACES or self._bend != 0 or not (
+                ns.traced or ns.symbolic or np.any(q1 == 0) or (q2 is not q1 and np.any(q2 == 0))):
             return out
         g0, mean = float(self._grad(np.zeros(()), np)), self._closed.grad_mean
         if ns.symbolic:  # a sympy zero only (a symbol is taken nonzero, as the closed form takes it)
@@ -370,9 +371,8 @@ class Activation:
         B = K.shape[-1]
         q = ns.xp.diagonal(K, axis1=-2, axis2=-1)
         if self._closed is not None:
-            diag = getattr(self._closed, diag_face)(q, ns)
-            if diag_face == "grad_kernel_diag":
-                diag = self._at_zero_variance(diag_face, diag, q, q, ns)
+            diag = self._at_zero_variance(diag_face, getattr(self._closed, diag_face)(q, ns),
+                                          q, q, ns)
         else:  # c = 1, q1 = q2: the quadrature's own diagonal (tabulated)
             diag = pair(q, q, np.ones(q.shape), ns)
         a, b = _upper(B)
@@ -409,9 +409,8 @@ class Activation:
     def _pair(self, face, f, expr, q1, q2, c, ns):
         if ns.symbolic:
             if self._closed is not None:
-                out = getattr(self._closed, face)(q1, q2, c, ns)
-                return self._at_zero_variance(face, out, q1, q2, ns) if face == "grad_kernel" \
-                    else out
+                return self._at_zero_variance(face, getattr(self._closed, face)(q1, q2, c, ns),
+                                              q1, q2, ns)
             return _elementwise(lambda a, b, r: integral_kernel(expr, a, b, r), q1, q2, c)
         q1, q2, c = ns.xp.broadcast_arrays(*(ns.asarray(x) for x in (q1, q2, c)))
         if self._closed is None and ns.traced:  # the quadrature picks its rule by value
@@ -419,9 +418,7 @@ class Activation:
         c = _unit(c, ns.xp)
         if self._closed is not None:
             out = getattr(self._closed, face)(q1, q2, c, ns)
-            if face == "grad_kernel":
-                out = self._at_zero_variance(face, out, q1, q2, ns)
-            return out[()]
+            return self._at_zero_variance(face, out, q1, q2, ns)[()]
         out = np.empty(q1.shape)
         diag = (c == 1) & (q1 == q2)
         out[diag] = tabulated((self.name, face), lambda x: f(x, np) ** 2, q1[diag], self._bend)
@@ -432,16 +429,11 @@ class Activation:
     def _single(self, face, f, expr, q, ns):
         if ns.symbolic:
             if self._closed is not None:
-                out = getattr(self._closed, face)(q, ns)
-                return self._at_zero_variance(face, out, q, q, ns) if face == "grad_mean" \
-                    else out
+                return self._at_zero_variance(face, getattr(self._closed, face)(q, ns), q, q, ns)
             return _elementwise(lambda a: integral_mean(expr, a), q)
         q = ns.asarray(q)
         if self._closed is not None:
-            out = getattr(self._closed, face)(q, ns)
-            if face == "grad_mean":
-                out = self._at_zero_variance(face, out, q, q, ns)
-            return out[()]
+            return self._at_zero_variance(face, getattr(self._closed, face)(q, ns), q, q, ns)[()]
         if ns.traced:
             return ns.host(lambda x: self._single(face, f, expr, x, NUMERIC), q.shape, q)
         return tabulated((self.name, face), lambda x: f(x, np), q, self._bend)[()]
