@@ -167,7 +167,20 @@ def test_a_subnormal_true_scale_is_an_error_not_a_silent_zero():
     net = Serial(Dense(1.0), Act("erf"), Dense(1.0), Act("erf"))
     x0 = sp.Inputs(q=[1e-310, 2e-310], corr=0.5)
     assert np.all(np.isfinite(sp.theory(net, x0)["log_q"].values))
-    with pytest.raises(OverflowInTheory, match=r"layer 2 Act.*2\.2e-308.*engine='numpy'"):
+    with pytest.raises(OverflowInTheory, match=r"layer 2 Act.*1e-292.*engine='numpy'"):
+        sp.theory(net, x0, engine="jax")
+
+
+def test_a_true_scale_near_the_subnormals_is_refused_not_rounded():
+    """Above the subnormals, a law's rounding-level terms still reach them: a tanh resnet at q =
+    1e-300 was 1.5e-8 off numpy in log q (at 1e-307: 2.1, its branch's q exactly 0), with no
+    word. A traced law now takes no true scale below tiny / eps = 1e-292 (TRACED_LS_MIN): at
+    q = 1e-300 a clear error, at 1e-290 the numpy engine's values."""
+    net = sp.presets.resnet(3, act="tanh")
+    agree(net, sp.Inputs(q=[1e-290, 2e-290], corr=0.5))
+    x0 = sp.Inputs(q=[1e-300, 2e-300], corr=0.5)
+    assert np.all(np.isfinite(sp.theory(net, x0)["log_q"].values))
+    with pytest.raises(OverflowInTheory, match=r"below 1e-292.*engine='numpy'"):
         sp.theory(net, x0, engine="jax")
 
 

@@ -104,7 +104,13 @@ from sigprop.ops import (
     sweeps_of,
 )
 from sigprop.state.inputs import Inputs
-from sigprop.state.moments import BatchNormed, Cotangent, Moments, to_unit_diagonal
+from sigprop.state.moments import (
+    TRACED_LS_MIN,
+    BatchNormed,
+    Cotangent,
+    Moments,
+    to_unit_diagonal,
+)
 from sigprop.state.ns import HOST_ERRORS, jax_namespace
 from sigprop.state.params import Context, Sweep
 
@@ -690,8 +696,8 @@ def _check_finite(out, net, blocks, inputs, backward):
     """:class:`OverflowInTheory` at the first layer whose state is not finite somewhere on the
     grid (forward from the input, then backward from the output, as the numpy engine meets
     them). The numpy engine, rerun on the net (it stops at its first overflow), names the op
-    where it overflows too; where it does not, the compiled engine's own limits are named (XLA
-    flushes scales below 2.2e-308 to zero)."""
+    where it overflows too; where it does not, the compiled engine's own limits are named (a
+    traced law takes no true scale below :data:`TRACED_LS_MIN`: XLA flushes subnormals to zero)."""
     for key, direction, pick in (("ok", "forward", min), ("okb", "backward", max)):
         if key not in out:  # forward only
             continue
@@ -706,8 +712,8 @@ def _check_finite(out, net, blocks, inputs, backward):
             raise OverflowInTheory(
                 f"net > layer {l} {type(blocks[l - 1]).__name__}: the {direction} law produced "
                 "a non-finite value where engine='numpy' does not (a true scale q below "
-                "2.2e-308, which XLA flushes to zero; or an op outside its valid range): use "
-                "engine='numpy'")
+                f"{np.exp(2 * TRACED_LS_MIN):.2g}, near the subnormals XLA flushes to zero; or an "
+                "op outside its valid range): use engine='numpy'")
 
 
 def _arrays(out, branches, kept, shape, B):

@@ -55,6 +55,12 @@ class Inputs:
             mu = mv / np.sqrt(qv)  # the mean in units of the input's scale
         if np.any(np.abs(mu) > 1 + 5e-13):  # mean^2 <= q, up to rounding
             raise ConfigError("Inputs.mean", mean, "mean^2 <= q for every input (variance >= 0)")
+        # a mean within rounding of sqrt(q) (q and mean measured on constant features): the
+        # largest whose square is <= q, so that the variance q - mean^2 is >= 0, not -1e-14
+        # (a LayerNorm of it had a negative q, and log q NaN)
+        root = np.sqrt(qv)
+        root = np.where(root * root > qv, np.nextafter(root, 0), root)
+        mv = np.where(mv * mv > qv, np.sign(mv) * root, mv)
         C = _matrix("Inputs.corr", corr, ca, B)
         if law not in LAWS:
             raise ConfigError("Inputs.law", law, f"one of {LAWS}")

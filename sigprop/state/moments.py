@@ -40,8 +40,11 @@ from sigprop.state.ns import NUMERIC
 DECOUPLED = "decoupled"
 TINY = np.finfo(np.float64).tiny  # smallest normal float64; below it digits are lost
 TRUE_LS_MAX = 350.0  # the largest log scale a law on true moments takes (q = e^700 < 1.8e308)
-# the smallest a traced law takes: XLA on the CPU flushes subnormals (q = e^2ls < 2.2e-308) to 0
-TRACED_LS_MIN = 0.5 * float(np.log(np.finfo(float).tiny))
+# the smallest a traced law takes: q >= tiny / eps (~1e-292). XLA on the CPU flushes subnormals
+# (< 2.2e-308) to 0, and a law's rounding-level terms reach them from q ~ tiny / eps on: tanh's
+# Gram was 1.5e-8 off at q = 1e-300 and log q 2.1 off at 1e-307, silently (exact to 1e-16 at
+# q = 1e-295); below the bound the compiled engine refuses and names engine='numpy'
+TRACED_LS_MIN = 0.5 * float(np.log(np.finfo(float).tiny / np.finfo(float).eps))
 FAR = 2.0**-64  # an affine factor smaller than this, or larger than 1/FAR, goes into ls
 
 
