@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from sigprop.errors import (
         ConfigError,
         FiniteWidthWarning,
+        KnifeEdgeWarning,
         MonteCarloOverflow,
         OverflowInTheory,
         SigpropError,
@@ -62,7 +63,7 @@ _WHERE: dict[str, str] = {
     "save": "sigprop.data",
     "simulate": "sigprop.engines.montecarlo",
     "theory": "sigprop.engines.theory",
-    **dict.fromkeys(("ConfigError", "FiniteWidthWarning", "MonteCarloOverflow",
+    **dict.fromkeys(("ConfigError", "FiniteWidthWarning", "KnifeEdgeWarning", "MonteCarloOverflow",
                      "OverflowInTheory", "SigpropError", "UnsupportedComposition"),
                     "sigprop.errors"),
     "from_torch": "sigprop.interop.torch",

@@ -45,6 +45,11 @@ class FiniteWidthWarning(UserWarning):
     correction that is as large as the leading term."""
 
 
+class KnifeEdgeWarning(UserWarning):
+    """Inputs on which a norm meets a variance of exactly 0 (within rounding), where the
+    gradient jumps: the theory's exact-arithmetic value and a float net's can differ."""
+
+
 _PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
 
 

@@ -50,6 +50,7 @@ from sigprop.engines.dataset import build
 from sigprop.engines.samplers import SAMPLERS, Explicit
 from sigprop.errors import ConfigError, MonteCarloOverflow
 from sigprop.ops import Dense, Op, layers_of
+from sigprop.ops.norms import warn_knife_edge
 from sigprop.provenance import make_attrs
 from sigprop.state.arrays import (
     F64,
@@ -310,6 +311,7 @@ def _check_net(net, inputs):
                                   "values (as the CLI does)")
             if isinstance(value, sympy.Basic):
                 raise ConfigError(f"{type(op).__name__}.{field}", value, "a number, not a symbol")
+    warn_knife_edge(net, inputs)
 
 
 def _sampler(sampler):

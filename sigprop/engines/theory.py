@@ -23,6 +23,7 @@ from sigprop.engines import memory
 from sigprop.engines.dataset import build
 from sigprop.errors import ConfigError, OverflowInTheory
 from sigprop.ops import Op, Residual, layers_of, sweeps_of
+from sigprop.ops.norms import warn_knife_edge
 from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
 from sigprop.state.moments import Cotangent, Gram, corr_of, rescale, to_unit_diagonal
@@ -46,6 +47,7 @@ def _check_args(net, inputs, width=None, backward=True, layers=None):
         raise ConfigError("net", type(net).__name__, "an Op (e.g. sp.presets.preln(depth=64))")
     if not isinstance(inputs, Inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
+    warn_knife_edge(net, inputs)
     grid = sweeps_of(net)
     ctx = Context(NUMERIC, tuple(grid))
     for op in net.walk():  # (a swept Dense ratio: a branch's width checked at every point)
