@@ -9,11 +9,12 @@ D W (``vjp``); the bias is added by the op.
 * :class:`Independent` is :class:`Conditional` forward with a fresh W backward (GIA; a
   diagnostic, not a network's law).
 * :class:`Conditional` draws only what the net can see. Given X, the columns of A are i.i.d.
-  N(0, (s/n_in) G) across the n_out features, G = X X^T: A = C Z with the symmetric root
-  C = sqrt(s/n_in) G^(1/2) and Z (B x n_out) standard normal. Given X and A, W = A^T G^+ X +
-  W~ (I - P_X) with W~ a fresh draw of W's law and P_X = U^T U the projection on the row space of
-  X, U = G^(+1/2) X (orthonormal rows). Since A^T G^+ X = sqrt(s/n_in) Z^T G^(1/2) G^+ X =
-  sqrt(s/n_in) Z^T U,
+  N(0, (s/n_in) G) across the n_out features, G = X X^T: A = C Z with the root
+  C = sqrt(s/n_in) R, R = D Q^(1/2) (Q = D^-1 G D^-1 of unit diagonal, D = diag(sqrt G_aa): scale
+  free, :func:`~sigprop.state.arrays.gram_root`) and Z (B x n_out) standard normal. Given X and
+  A, W = A^T G^+ X + W~ (I - P_X) with W~ a fresh draw of W's law and P_X = U^T U the projection
+  on the row space of X, U = Q^(+1/2) D^-1 X (orthonormal rows). Since A^T G^+ X = sqrt(s/n_in)
+  Z^T R^T G^+ X = sqrt(s/n_in) Z^T U,
 
       D W = M + (sqrt(s/n_in) D Z^T - M U^T) U,   M = C' Z',  C' C'^T = (s/n_in) D D^T,
 
@@ -29,7 +30,7 @@ D W (``vjp``); the bias is added by the op.
 
 from __future__ import annotations
 
-from sigprop.state.arrays import F64, gram, psd_power
+from sigprop.state.arrays import F64, gram, gram_root
 from sigprop.state.rng import BACKWARD, FORWARD
 
 
@@ -57,7 +58,7 @@ class Conditional:
 
     def forward(self, x, std: float, n_out: int, env):
         z = env.normal(FORWARD, (x.shape[-2], n_out))
-        return (std * psd_power(gram(x, x), 0.5)).astype(x.dtype) @ z, (x, z)
+        return (std * gram_root(gram(x, x), 0.5)).astype(x.dtype) @ z, (x, z)
 
     def vjp(self, res, d, std: float, env):
         x, z = res
@@ -67,13 +68,14 @@ class Conditional:
 
     @staticmethod
     def basis(x):
-        """U = G^(+1/2) X in float64: orthonormal rows spanning the row space of X."""
-        return psd_power(gram(x, x), -0.5) @ x.astype(F64)
+        """U = R X in float64, R the forward's matched root (:func:`gram_root`): orthonormal rows
+        spanning the row space of X."""
+        return gram_root(gram(x, x), -0.5) @ x.astype(F64)
 
     @staticmethod
     def fresh(d, n_in: int, std: float, env):
         """M = D W~ for a fresh W~ (BACKWARD stream): rows N(0, (s/n_in) D D^T) per feature."""
-        c = (std * psd_power(gram(d, d), 0.5)).astype(d.dtype)
+        c = (std * gram_root(gram(d, d), 0.5)).astype(d.dtype)
         return c @ env.normal(BACKWARD, (d.shape[-2], n_in))
 
 

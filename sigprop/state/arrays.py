@@ -191,6 +191,23 @@ def psd_power(K, power: float, rtol: float = EIGH_RTOL):
     return (V * d[..., None, :]) @ V.swapaxes(-1, -2)
 
 
+def gram_root(G, power: float):
+    """A root of the Grams G (..., B, B) in scale-free form: D C^(1/2) for power 1/2 (R R^T = G),
+    C^(+1/2) D^-1 for power -1/2 (R G R^T = I on G's range, so R X has orthonormal rows), with
+    D = diag(sqrt G_aa) and C = D^-1 G D^-1 of unit diagonal. The two are matched: D C^(1/2)
+    C^(+1/2) D^-1 X = X. psd_power of G itself drops an input's part orthogonal to the others
+    where its scale is below EIGH_RTOL of theirs (inputs of q 1e-20 and 1 through a tanh: the
+    small one's q 0.4x, its corr 0.71 against 0.46); C's eigenvalues are of order one unless
+    the inputs are collinear. An input of zeros keeps a zero row (column)."""
+    xp = array_module(G)
+    d = xp.sqrt(xp.diagonal(G, axis1=-2, axis2=-1))
+    inv = xp.where(d > 0, 1 / xp.where(d > 0, d, 1.0), 0.0)
+    C = G * inv[..., :, None] * inv[..., None, :]
+    if power > 0:
+        return d[..., :, None] * psd_power(C, power)
+    return psd_power(C, power) * inv[..., None, :]
+
+
 # -- CuPy: fused kernels -----------------------------------------------------------------------
 # On a GPU the Monte Carlo is bound by the host, not the device: every CuPy call costs a launch
 # and ~30 us of host time (H100 machine, benchmarks/RESULTS.md) whatever the width, and a layer
