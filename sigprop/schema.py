@@ -73,7 +73,8 @@ VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "log var, finite at any depth (var itself may overflow to inf in float64; -inf "
              "where var is exactly 0)", log_of="var"),
     Variable("corr", PER_PAIR, "cosine similarity between inputs", "1",
-             "<x_a, x_b> / (|x_a| |x_b|) for each pair of inputs (1 on the diagonal)"),
+             "<x_a, x_b> / (|x_a| |x_b|) for each pair of inputs (1 on the diagonal; 0 off it "
+             "for an input of zeros, whose cosine is 0/0)"),
     Variable("grad_q", PER_INPUT, "gradient second moment", "1",
              "(1/N) ||delta_l||^2 of the cotangent pulled back from delta_L ~ N(0, I)",
              scale=True, backward=True),

@@ -244,3 +244,18 @@ def test_injected_q_error_fails():
     with mutate(sp.Residual, "forward", 1.14 ** (1 / L) - 1):
         ratio, _, what = agreement(("resnet", "tanh", None), seeds=4 * S)["q"]
     assert ratio > 1, f"resnet-tanh q: injected error not detected ({what})"
+
+
+def test_a_stream_of_zeros_has_the_schemas_corr_in_both_faces():
+    """A Dense of sigma_w 0 makes the stream exactly 0, whose cosines are 0/0. The theory gave
+    corr 0 everywhere, the diagonal included (the schema says 1 there), and the Monte Carlo NaN,
+    so compare's corr there was NOT COMPARABLE. Both now give the identity: 1 on the diagonal,
+    0 off it, and the comparison is exact there."""
+    net, x0 = sp.presets.plain(2, sigma_w1=0.0), sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    th = sp.theory(net, x0)
+    mc = sp.simulate(net, x0, width=64, seeds=4, backend="numpy")
+    eye = np.eye(2)
+    np.testing.assert_array_equal(th.corr.isel(layer=-1).values, eye)
+    np.testing.assert_array_equal(mc.corr.isel(layer=-1).values, np.broadcast_to(eye, (4, 2, 2)))
+    z = compare(th, mc, variables=["corr"]).corr.sel(stat="z", layer=slice(1, None))
+    assert float(abs(z).max()) == 0  # (layer 0: the float32 inputs' corr, 0.5 to 2e-8)

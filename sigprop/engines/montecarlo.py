@@ -63,6 +63,7 @@ from sigprop.state.arrays import (
     to_unit_rms,
 )
 from sigprop.state.inputs import Inputs
+from sigprop.state.moments import corr_of
 from sigprop.state.params import Sink, Sweep
 from sigprop.state.rng import COTANGENT, INPUT, Streams, draw_workspace
 
@@ -260,8 +261,7 @@ def signal_stats(G, m, ls):
     """
     xp = array_module(G)
     d = xp.diagonal(G, axis1=-2, axis2=-1)
-    root = xp.sqrt(d)
-    corr = G / (root[..., :, None] * root[..., None, :])
+    corr = corr_of(G)
     mean = xp.sign(m) * xp.exp(ls + xp.log(xp.abs(m)))
     log_var = 2 * ls + xp.log(xp.maximum(d - m * m, 0.0))
     return 2 * ls + xp.log(d), mean, log_var, corr

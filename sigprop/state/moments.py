@@ -35,6 +35,7 @@ from typing import Any
 import numpy as np
 
 from sigprop.errors import OverflowInTheory
+from sigprop.state.arrays import array_module
 from sigprop.state.ns import NUMERIC
 
 DECOUPLED = "decoupled"
@@ -361,7 +362,11 @@ def true_moments(s: Gram, where: str, ns):
 
 
 def corr_of(K):
-    """Cosine similarity K_ab / sqrt(K_aa K_bb); 0 where a diagonal entry is 0."""
-    d = np.diagonal(K, axis1=-2, axis2=-1)
-    root = np.sqrt(np.where(d > 0, d, np.inf))
-    return K / outer(root, root)
+    """Cosine similarity K_ab / sqrt(K_aa K_bb), exactly 1 on the diagonal; for an input of zeros
+    (K_aa = 0, its cosine 0/0) 0 off the diagonal and 1 on it, as the schema has it, in both
+    faces (the Monte Carlo's :func:`~sigprop.engines.montecarlo.signal_stats` calls this on
+    numpy or cupy arrays)."""
+    xp = array_module(K)
+    d = xp.diagonal(K, axis1=-2, axis2=-1)
+    root = xp.sqrt(xp.where(d > 0, d, np.inf))
+    return xp.where(xp.eye(K.shape[-1], dtype=bool), 1.0, K / outer(root, root))
