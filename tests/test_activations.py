@@ -331,6 +331,11 @@ def test_grad_faces_at_zero_variance_take_phi_prime_at_0(name):
                                rtol=1e-12)
     # a variance above 0, however small, keeps the Gaussian face (relu: 1/2)
     assert act.grad_mean(1e-300) == pytest.approx(act.grad_mean(1e-12), rel=1e-6)
+    if name in CLOSED:  # the symbolic face at a sympy zero (a symbol keeps the closed form)
+        zero, three = sympy.Integer(0), sympy.Integer(3)
+        assert float(act.grad_mean(zero, SYMBOLIC)) == pytest.approx(g0, rel=1e-14, abs=1e-300)
+        assert float(act.grad_kernel(zero, three, sympy.Rational(1, 2), SYMBOLIC)) == \
+            pytest.approx(g0 * act.grad_mean(3.0), rel=1e-14, abs=1e-300)
 
 
 @pytest.mark.parametrize("name", QUAD)

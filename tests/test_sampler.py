@@ -214,3 +214,25 @@ def test_inputs_far_apart_in_scale_keep_their_directions(act):
     z = [abs(cmp[v].sel(stat="z")) for v in cmp.data_vars]
     points = sum(int(np.isfinite(v).sum()) for v in z)
     assert max(float(v.max()) for v in z) <= stats.norm.isf(1e-3 / (2 * points))
+
+
+def test_the_backward_draws_keep_cotangents_far_apart_in_scale():
+    """The backward's two roots, checked where they matter: cotangents 1e12 apart in scale
+    (fresh: M = D W~ has rows of covariance std^2 D D^T) and inputs 1e12 apart (basis: U = R X
+    has orthonormal rows). The root of G itself set the small row's part orthogonal to the
+    large one to 0 (M's small row 0.78 off; U's Gram not I). A fixed standard normal Z of n
+    columns stands in for the stream: M M^T / n has relative error ~ sqrt(2 / n) = 0.014 per
+    entry, bounded at 6 sd."""
+    class Draw:
+        def normal(self, stream, shape):
+            return np.random.default_rng(7).standard_normal(shape)
+
+    n, std = 10_000, 0.3
+    rng = np.random.default_rng(1)
+    d = rng.standard_normal((1, 2, 64)) * np.array([1.0, 1e-12])[:, None]
+    M = Conditional.fresh(d, n, std, Draw())
+    want, got = std**2 * gram(d, d), gram(M, M) / n
+    scale = np.sqrt(np.einsum("...ii,...jj->...ij", want, want))  # sqrt(want_aa want_bb)
+    assert np.max(np.abs(got - want) / scale) < 6 * np.sqrt(2 / n)
+    U = Conditional.basis(d)
+    np.testing.assert_allclose(gram(U, U)[0], np.eye(2), atol=1e-9)

@@ -50,7 +50,7 @@ from sigprop.engines.dataset import build
 from sigprop.engines.samplers import SAMPLERS, Explicit
 from sigprop.errors import ConfigError, MonteCarloOverflow
 from sigprop.ops import Dense, Op, layers_of
-from sigprop.ops.norms import warn_knife_edge
+from sigprop.ops.edges import warn_knife_edge
 from sigprop.provenance import make_attrs
 from sigprop.state.arrays import (
     F64,

@@ -23,7 +23,8 @@ D W (``vjp``); the bias is added by the op.
   and the cotangent reaching it only on later layers and the independent top cotangent. Z and
   Z' come from the op's FORWARD and BACKWARD streams, so checkpointed recomputation replays the
   same A. The backward uses the exact draws Z, never the rounded A, and U is formed in float64
-  from the exact X, so nearly collinear inputs (corr -> 1) lose no precision; eigenvalues of G
+  from the exact X, so nearly collinear inputs (corr -> 1) lose only what the conditioning
+  costs (U U^T is I to ~eps / (1 - corr)); eigenvalues of G
   at rounding level (``EIGH_RTOL``) are 0: rank deficiency (B > n_in, repeated inputs, zero
   cotangents) is exact. Cost O(B^2 (n_in + n_out)) per seed instead of O(n_in n_out).
 """

@@ -23,7 +23,7 @@ from sigprop.engines import memory
 from sigprop.engines.dataset import build
 from sigprop.errors import ConfigError, OverflowInTheory
 from sigprop.ops import Op, Residual, layers_of, sweeps_of
-from sigprop.ops.norms import warn_knife_edge
+from sigprop.ops.edges import warn_knife_edge
 from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
 from sigprop.state.moments import Cotangent, Gram, corr_of, rescale, to_unit_diagonal
@@ -31,7 +31,7 @@ from sigprop.state.ns import NUMERIC
 from sigprop.state.params import Context, Sink
 
 
-def _check_args(net, inputs, width=None, backward=True, layers=None):
+def _check_args(net, inputs, width=None, backward=True, layers=None, stacklevel=4):
     """Refuse a bad net, inputs, width or backward flag before any work (a width the warnings
     would quote), and a run whose arrays would not fit (:func:`memory_estimate`; counted before
     the list of the net's blocks or of its recorded layers is built: a depth of 10^11 is a
@@ -47,7 +47,7 @@ def _check_args(net, inputs, width=None, backward=True, layers=None):
         raise ConfigError("net", type(net).__name__, "an Op (e.g. sp.presets.preln(depth=64))")
     if not isinstance(inputs, Inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
-    warn_knife_edge(net, inputs)
+    warn_knife_edge(net, inputs, stacklevel)  # (at the caller of sp.theory)
     grid = sweeps_of(net)
     ctx = Context(NUMERIC, tuple(grid))
     for op in net.walk():  # (a swept Dense ratio: a branch's width checked at every point)

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import numpy as np
 
-from sigprop.errors import ConfigError, KnifeEdgeWarning
+from sigprop.errors import ConfigError
 from sigprop.kernels.batchnorm import bn_backward, bn_forward, bn_relu_backward, centred_cov
 from sigprop.kernels.gaussian import get_activation
-from sigprop.ops.activation import Act
 from sigprop.ops.base import FINITE, NONNEG, Op, cotangent_affine, vec
 from sigprop.state import arrays as mc
 from sigprop.state.moments import (
@@ -204,45 +202,3 @@ class BatchNorm(Op):
         h = h - h.mean(axis=-2, keepdims=True) - y * (y * h).mean(axis=-2, keepdims=True)
         return mc.Sig(inv_s * h, env.xp.broadcast_to(gtop - lt, g.ls.shape))
 
-
-ROUNDING = 1e-12  # a relative difference this small is taken as rounding (var / q, corr, q)
-
-
-def warn_knife_edge(net: Op, inputs) -> None:
-    """:class:`KnifeEdgeWarning` where the inputs put a norm of ``net`` on a variance of 0: a
-    LayerNorm on features of one value (var / q <= ROUNDING), or a BatchNorm on B >= 2 identical
-    inputs (zero batch variance at every layer, as identical inputs stay identical), in a net
-    whose activation's derivative jumps at 0 (relu, leaky_relu, elu(alpha != 1)). The norm's
-    output is then exactly 0 in exact arithmetic, where the theory and the Monte Carlo compute
-    phi'(0); any rounding makes it +-1e-16 / sqrt(eps) instead, where phi' is 0 or 1 at random
-    and the norm's Jacobian 1/sqrt(eps): a float net's gradient can be ~1/eps per norm larger,
-    by the order of its sums (measured: torch 1e9 at B = 3 against the theory's 1)."""
-    ops = list(net.walk())
-    if not any(isinstance(op, Act) and _jumps(op.name) for op in ops):
-        return
-    q, m, C = np.asarray(inputs.q), np.asarray(inputs.mean), np.asarray(inputs.corr)
-    flat = 1 - (m / np.sqrt(q)) ** 2  # var / q
-    if any(isinstance(op, LayerNorm) for op in ops) and np.any(flat <= ROUNDING):
-        warnings.warn(
-            f"inputs {np.flatnonzero(flat <= ROUNDING).tolist()} have features of one value "
-            f"(var / q = {float(flat.min()):.2g}): a LayerNorm of them is 0, where the gradient "
-            "jumps (relu'(0) := 0, and the norm's Jacobian is 1/sqrt(eps)); the theory gives the "
-            "exact-arithmetic value, and a float net, whose rounding leaves +-1e-16 there, can be "
-            "~1/eps per norm larger. Give the inputs some variance to study a nearly constant "
-            "stream.", KnifeEdgeWarning, stacklevel=4)
-    identical = (inputs.n >= 2 and np.all(C >= 1 - ROUNDING)
-                 and np.ptp(q) <= ROUNDING * q.max() and np.ptp(m) <= ROUNDING * np.sqrt(q.max()))
-    if any(isinstance(op, BatchNorm) for op in ops) and identical:
-        warnings.warn(
-            f"the {inputs.n} inputs are identical: every BatchNorm sees a batch variance of 0 and "
-            "outputs 0, where the gradient jumps (relu'(0) := 0, and the norm's Jacobian is "
-            "1/sqrt(eps)); the theory gives the exact-arithmetic value, and a float net, whose "
-            "rounding leaves +-1e-16 there, can be ~1/eps per BatchNorm larger (torch: 1e9 "
-            "against 1). Make the inputs differ to study a nearly degenerate batch.",
-            KnifeEdgeWarning, stacklevel=4)
-
-
-def _jumps(act: str) -> bool:
-    """Whether phi' jumps at 0 (its values on either side of 0 differ)."""
-    grad = get_activation(act).grad(np.array([-1e-300, 1e-300]))
-    return bool(grad[0] != grad[1])

@@ -199,6 +199,8 @@ def gram_root(G, power: float):
     where its scale is below EIGH_RTOL of theirs (inputs of q 1e-20 and 1 through a tanh: the
     small one's q 0.4x, its corr 0.71 against 0.46); C's eigenvalues are of order one unless
     the inputs are collinear. An input of zeros keeps a zero row (column)."""
+    if power not in (0.5, -0.5):
+        raise ValueError(f"gram_root: power 1/2 or -1/2, not {power}")
     xp = array_module(G)
     d = xp.sqrt(xp.diagonal(G, axis1=-2, axis2=-1))
     inv = xp.where(d > 0, 1 / xp.where(d > 0, d, 1.0), 0.0)
