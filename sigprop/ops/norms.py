@@ -201,4 +201,3 @@ class BatchNorm(Op):
         h = mc.times(g.x, env.xp.exp(g.ls - gtop))
         h = h - h.mean(axis=-2, keepdims=True) - y * (y * h).mean(axis=-2, keepdims=True)
         return mc.Sig(inv_s * h, env.xp.broadcast_to(gtop - lt, g.ls.shape))
-
