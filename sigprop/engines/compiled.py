@@ -103,7 +103,7 @@ from sigprop.ops import (
     layers_of,
     sweeps_of,
 )
-from sigprop.ops.edges import ROUNDING
+from sigprop.ops.edges import one_value
 from sigprop.state.inputs import Inputs
 from sigprop.state.moments import (
     TRACED_LS_MIN,
@@ -183,7 +183,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
         # (inputs of one value across features, var / q within rounding of 0, are a knife
         # edge: log-scaled, as the numpy engine takes them, not at the user's own var of 1e-15)
         unscaled = (key not in _SCALED and _in_range(np.diagonal(true[0]))
-                    and not np.any(1 - s0.m**2 <= ROUNDING))
+                    and not np.any(one_value(inputs)))
         out, branches = attempt(unscaled)
         if unscaled and not (HOST_ERRORS == [] and all(np.all(out[f]) for f in ("ok", "okb")
                                                        if f in out)):

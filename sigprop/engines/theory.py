@@ -337,7 +337,8 @@ def variables(K, m, ls, log_grad_q, log_weight_grad_q, fK=None, fls=None, has_br
     d = np.diagonal(K, axis1=-2, axis2=-1)
     with np.errstate(divide="ignore"):
         log_q = 2 * ls + np.log(d)
-        log_var = 2 * ls + np.log(np.maximum(d - m**2, 0.0))
+        centred = d - m**2
+        log_var = 2 * ls + np.log(np.maximum(centred, 0.0))
     log_branch_q = np.full(log_q.shape, np.nan)
     if fK is not None:
         with np.errstate(divide="ignore"):
@@ -345,7 +346,7 @@ def variables(K, m, ls, log_grad_q, log_weight_grad_q, fK=None, fls=None, has_br
     with np.errstate(over="ignore", invalid="ignore"):  # q, mean, var may overflow to inf
         # true values m e^ls and (d - m^2) e^2ls in log space: an exact 0 stays 0 at any scale
         computed = {"log_q": log_q, "mean": rescale(m, ls, 0, NUMERIC),
-                    "var": rescale(d - m**2, 2 * ls, 0, NUMERIC), "log_var": log_var,
+                    "var": rescale(centred, 2 * ls, 0, NUMERIC), "log_var": log_var,
                     "corr": corr_of(K), "log_branch_q": log_branch_q}
     if log_grad_q is None:
         return schema.complete(computed, backward=False)

@@ -10,6 +10,7 @@ into BatchNorm, B = 3).
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import numpy as np
@@ -37,11 +38,11 @@ def warn_knife_edge(net: Op, inputs, stacklevel: int = 4) -> None:
     if not any(isinstance(op, Act) and _jumps(op.name) for op in ops):
         return
     q, m, C = np.asarray(inputs.q), np.asarray(inputs.mean), np.asarray(inputs.corr)
-    flat = 1 - (m / np.sqrt(q)) ** 2  # var / q
-    if np.any(flat <= ROUNDING) and _flat_meets_layernorm(net, True)[1]:
+    flat = one_value(inputs)
+    if np.any(flat) and _flat_meets_layernorm(net, True)[1]:
         warnings.warn(
-            f"inputs {np.flatnonzero(flat <= ROUNDING).tolist()} have features of one value "
-            f"(var / q = {float(flat.min()):.2g}) and meet a LayerNorm, whose output is then 0, "
+            f"inputs {np.flatnonzero(flat).tolist()} have features of one value (var / q = "
+            f"{float(_var_over_q(inputs).min()):.2g}) and meet a LayerNorm, whose output is then 0, "
             "where the gradient jumps (relu'(0) := 0, and the norm's Jacobian is 1/sqrt(eps)): "
             "the theory gives the exact value, and a float net (the Monte Carlo too, at some "
             "widths), whose rounding leaves +-1e-16 there, can be ~1/eps per norm larger. Give "
@@ -57,6 +58,17 @@ def warn_knife_edge(net: Op, inputs, stacklevel: int = 4) -> None:
             "too), whose rounding leaves +-1e-16 there, can be ~1/eps per BatchNorm larger "
             "(torch: 1e9 against 1). Make the inputs differ to study a nearly degenerate batch.",
             KnifeEdgeWarning, stacklevel=stacklevel)
+
+
+def one_value(inputs) -> np.ndarray:
+    """Per input, whether its features take one value: var / q <= ROUNDING (the compiled
+    engine takes such inputs log-scaled, as the numpy engine does)."""
+    return _var_over_q(inputs) <= ROUNDING
+
+
+def _var_over_q(inputs) -> np.ndarray:
+    """var / q = 1 - mu^2 per input, mu = mean / sqrt(q) (the scaled mean of the theory's state)."""
+    return 1 - (np.asarray(inputs.mean) / np.sqrt(np.asarray(inputs.q))) ** 2
 
 
 def _flat_meets_layernorm(op: Op, flat: bool) -> tuple[bool, bool]:
@@ -79,6 +91,7 @@ def _flat_meets_layernorm(op: Op, flat: bool) -> tuple[bool, bool]:
     return False, False
 
 
+@functools.cache
 def _jumps(act: str) -> bool:
     """Whether phi' jumps at 0 (its values on either side of 0 differ)."""
     grad = get_activation(act).grad(np.array([-1e-300, 1e-300]))
