@@ -232,6 +232,21 @@ def test_a_state_out_of_range_reruns_the_log_scaled_program(monkeypatch):
     assert ran == ["log-scaled"]
 
 
+def test_an_inner_cotangent_out_of_range_reruns_the_log_scaled_program(monkeypatch):
+    """The backward guards the cotangents inside a layer, not only the layer's: a branch whose
+    last Dense is carried by its bias (sigma_w 1e-3, sigma_b 1) keeps every forward state and
+    the layer's cotangents near 1, while the cotangent at that Dense's input is 1e-6 of them.
+    With TRUE_RANGE narrowed to (1e-3, 1e3) that inner cotangent alone leaves it (the forward
+    states the backward recomputes are not guarded again: the forward checked them)."""
+    monkeypatch.setattr(compiled, "TRUE_RANGE", (1e-3, 1e3))
+    ran = _units(monkeypatch)
+    net = Repeat(Residual(Serial(Dense(1.0), Dense(1e-3, sigma_b=1.0))), 2)
+    agree(net, X2, backward=False)
+    assert ran == ["true"]
+    agree(net, X2)
+    assert ran == ["true", "true", "log-scaled"]
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("act", ["relu", "tanh"])
 @pytest.mark.parametrize("name", sorted(sp.presets.PRESETS))

@@ -35,9 +35,10 @@ layer takes ``ls`` as the constant 0 (so the laws' exp and log of it fold away a
 and folds the ``ls`` its laws return back into K and m (``ns.unscaled``: ``affine`` moves no
 factor into ``ls``; a bias or a residual sum still may). Every op's output state, inner ones
 included (``Context.guard``), must keep the diagonal of its K, the numbers the laws multiply,
-within :data:`TRUE_RANGE`, forward and backward; where one leaves it (a relu resnet's q doubles
-per block; an inner op scales by 1e-300: its q flushed to 0 while the layer's output looks
-fine) the run is made again by the log-scaled program, which is the net's from then on
+within :data:`TRUE_RANGE`, forward and backward (there the cotangents alone: the forward
+states a backward law recomputes were checked by the forward); where one leaves it (a relu
+resnet's q doubles per block; an inner op scales by 1e-300: its q flushed to 0 while the
+layer's output looks fine) the run is made again by the log-scaled program, which is the net's from then on
 (``_SCALED``). The inputs start from the user's own q, corr and mean; outside the range they go
 log-scaled at once. The same numbers to rounding: true units change where each product is
 rounded, not what is computed. A net that needs the log scale pays one more run (and trace) on
@@ -453,11 +454,12 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
             guard = [] if unscaled else None
             g = blk.theory_backward(Moments(*taken(x), law=law), g,
                                     ctx.block(name + " (backward)", tape, sink, guard))
+            cotangents = [t for t in guard if isinstance(t, Cotangent)] if unscaled else ()
             g = as_carried(g)
             g = state(Cotangent, g.K, g.m, g.ls)
             log_g = _log_diag(g, ns)
             return ((g.K, g.m, g.ls), jnp.broadcast_to(sink.log_width, (P,)).astype(f64),
-                    log_g, (log_g, sink.take((P, B)), finite(g, guard)))
+                    log_g, (log_g, sink.take((P, B)), finite(g, cotangents)))
 
         def run(blk, name, law, x, first, n):
             """Forward over n copies of ``blk`` (layers first .. first + n - 1) from ``x``: the
