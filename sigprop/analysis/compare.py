@@ -11,7 +11,7 @@ the output attrs:
   which the infinite-width theory predicts (exactly, for linear and ReLU nets, see below);
 * ``logmean``: the mean of logs ybar, standard error s_y / sqrt(S), against theory ``log X``:
   the typical value. At finite width it sits O(depth / width) below log E[X] (Jensen);
-* ``median``: the median of log X, standard error 1.2533 s_y / sqrt(S) (Gaussian efficiency),
+* ``median``: the median of log X, standard error sqrt(pi/2) s_y / sqrt(S) (Gaussian efficiency),
   against theory ``log X``.
 
 ``estimator="auto"`` takes ``mean`` for ``mean`` and ``corr`` and for the squared norms (``q``,
@@ -93,8 +93,9 @@ DESCRIPTION = {
     "lognormal": "log-moments (Cox): mean(log X) + var(log X)/2, "
                  "se = sqrt(s^2/S + s^4/(2(S-1))), vs theory log X",
     "logmean": "mean of log X over seeds, se = s/sqrt(S), vs theory log X (typical value)",
-    "median": "median of log X over seeds, se = 1.2533 s/sqrt(S), vs theory log X",
+    "median": "median of log X over seeds, se = sqrt(pi/2) s/sqrt(S), vs theory log X",
 }
+MEDIAN_SE = math.sqrt(math.pi / 2)  # sd of a normal sample's median over its mean's, large S
 STATS = ("estimate", "stderr", "theory", "z")
 FIT_STATS = ("a", "a_stderr")  # the fitted finite-width coefficient T(N) = T_inf + a/N + ...
 THEORY_A = "a_theory"  # beside them: the coefficient a of a theory at finite width
@@ -146,7 +147,7 @@ def estimate(x: xr.DataArray, estimator: str, dim="seed",
     if estimator == "logmean":
         return y.mean(dim), s / np.sqrt(S)
     if estimator == "median":
-        return y.median(dim), 1.2533 * s / np.sqrt(S)
+        return y.median(dim), MEDIAN_SE * s / np.sqrt(S)
     raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
 
 
@@ -918,7 +919,7 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         z = abs(da.sel(stat="z"))
         finite = z.where(np.isfinite(z))
         n = int(finite.count())
-        exists = np.isfinite(da.sel(stat="theory")) | np.isfinite(da.sel(stat="estimate"))
+        exists = da.sel(stat="theory").notnull() | da.sel(stat="estimate").notnull()
         lost = int(exists.sum()) - n
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,
