@@ -230,6 +230,13 @@ def test_a_state_out_of_range_reruns_the_log_scaled_program(monkeypatch):
     ran.clear()
     agree(sp.presets.preln(3), sp.Inputs(q=[1e-40, 1.0], corr=0.5))
     assert ran == ["log-scaled"]
+    ran.clear()  # a residual sum whose scales put its output's factor in ls, at the last layer
+    # (no later layer's guard sees it): the carried state is checked too. By hand, q_1 =
+    # beta^2 q + alpha^2 q = 2e-320 q (log 2e-320 = -736.13, below the smallest normal float)
+    _, b = agree(Residual(Dense(1.0), alpha=1e-160, beta=1e-160), X2)
+    assert ran == ["true", "log-scaled"]
+    np.testing.assert_allclose(b.log_q.isel(layer=1).values,
+                               np.log(2.0) - 320 * np.log(10.0) + np.log([1.0, 2.0]), rtol=1e-14)
 
 
 def test_an_inner_cotangent_out_of_range_reruns_the_log_scaled_program(monkeypatch):
@@ -315,6 +322,22 @@ def test_grid_split_over_threads_is_the_same_run(monkeypatch):
     monkeypatch.setattr(compiled, "TAPE_BYTES", 0)
     one, two = runs(sp.presets.preln(6, act="erf", sigma_w1=sigma), X2, (1, 2))
     assert same(one, two)
+
+
+def test_a_shard_out_of_range_reruns_the_whole_grid(monkeypatch):
+    """The shards' range flags join by "and": a grid whose second shard alone leaves
+    TRUE_RANGE (a linear Dense chain, q_L = s^(2L) q_0: 10^400 at s = 10) is rerun log-scaled,
+    and every point has its exact log q_L = 2 L log s + log q_0 (by hand; with the flags joined
+    by "or" the s = 10 shard came back inf)."""
+    monkeypatch.setattr(compiled, "_shards", lambda P: min(2, P))
+    ran = _units(monkeypatch)
+    s, L = np.array([1.0, 1.0, 10.0, 10.0]), 200
+    net = Repeat(Dense(sp.sweep("s", s)), L)
+    _, b = agree(net, X2, backward=False)
+    assert ran == ["true", "log-scaled"]
+    want = 2 * L * np.log(s)[:, None] + np.log([1.0, 2.0])
+    np.testing.assert_allclose(b.log_q.isel(layer=-1).transpose("s", "input").values, want,
+                               rtol=1e-13)
 
 
 def test_host_laws_run_once_per_layer(monkeypatch):

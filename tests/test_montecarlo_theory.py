@@ -198,7 +198,9 @@ def test_a_knife_edge_is_named():
     for run in runs:
         cases = ((sp.presets.preln(2), flat, r"inputs \[0\] have features of one value"),
                  (bn, sp.Inputs(q=1.0, corr=1.0, n=3), "3 inputs are identical"),
-                 (sp.presets.preln(2, act="leaky_relu(0.2)"), flat, "one value"))
+                 (sp.presets.preln(2, act="leaky_relu(0.2)"), flat, "one value"),
+                 (sp.Serial(sp.Scale(2.0), sp.presets.preln(2)), flat, "one value"))  # (2 x a
+        # constant is a constant)
         for net, x, what in cases:
             with pytest.warns(sp.KnifeEdgeWarning, match=what):
                 run(net, x)
