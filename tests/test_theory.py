@@ -83,6 +83,25 @@ def test_relu_resnet_depth_one_million_is_finite():
     assert np.all(np.isfinite(th.log_grad_q.values))
 
 
+@pytest.mark.parametrize("branch", [
+    [sp.FeatureAffine(gain=1.0, shift=0.7), sp.LayerNorm()],
+    [sp.LayerNorm(), sp.FeatureAffine(gain=1.3, shift=0.2)],
+    [sp.FeatureAffine(gain=0.5, shift=0.7), sp.RMSNorm()],
+], ids=["affine-ln", "ln-affine", "affine-rms"])
+def test_a_branch_without_weights_is_the_deterministic_nets(branch):
+    """A residual branch of norms and fixed affines draws no weight: x + F(x) is one function
+    of the inputs, and on inputs of exactly the prescribed q, mean and corr (law 'fixed') the
+    Monte Carlo's arrays give the theory's q, mean and corr at any width, to rounding. The
+    branch's cross moment with the stream is then the whole test (a LayerNorm meeting a mean
+    t not along the stream's m: its transpose moved corr 0.417 -> 0.346)."""
+    x0 = sp.Inputs(q=[1.0, 4.0], mean=[0.5, -0.4], corr=0.3)
+    net = sp.Repeat(sp.Residual(sp.Serial(*branch)), 2)
+    th, mc = sp.theory(net, x0), sp.simulate(net, x0, width=64, seeds=2, dtype="float64")
+    for v in ("q", "mean", "corr"):
+        np.testing.assert_allclose(mc[v].values, np.broadcast_to(th[v].values, mc[v].shape),
+                                   rtol=1e-12, atol=1e-12, err_msg=v)
+
+
 def test_branch_ending_in_relu_tracks_the_mean_exactly():
     # x + a relu(W x): u = W x ~ N(0, s^2 K) independent of x's features, so
     # m' = m + a mu,  K' = K + a^2 k(s^2 K) + a (m mu^T + mu m^T),  mu_a = sqrt(s^2 q_a / (2 pi)).
