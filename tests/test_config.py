@@ -48,6 +48,14 @@ def test_every_figure_has_a_sim():
     assert {module(f).SIM for f in FIGURES} <= set(sims)
 
 
+def test_a_monte_carlo_of_the_whole_depth_is_allowed(tmp_path):
+    """mc_depth may equal depth (the Monte Carlo of the whole net) and no more."""
+    sim = Sim.load(write(tmp_path, GOOD.replace("depth = 3", "depth = 3\nmc_depth = 3")))
+    assert sim.profile("quick").mc_depth == 3
+    with pytest.raises(SimConfigError, match="mc_depth"):
+        Sim.load(write(tmp_path, GOOD.replace("depth = 3", "depth = 3\nmc_depth = 4")))
+
+
 def test_good_config_runs_theory(tmp_path):
     ds = run_theory(Sim.load(write(tmp_path, GOOD, "tiny.toml")), "quick")
     assert ds.attrs["kind"] == "theory" and ds.sizes["layer"] == 4

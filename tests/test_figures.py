@@ -128,10 +128,23 @@ def test_claims_verdicts_flip_with_the_data(tiny_data):
 
 
 def test_numbers_file_has_a_macro_per_number(tiny_data, tmp_path):
+    """Each number the prose quotes is a macro whose text reads back as its value to 3
+    significant digits (relative error <= 5e-3 after rounding; a mantissa x 10^k in LaTeX),
+    integers and words exactly."""
     text = claims.write_numbers(tiny_data, tmp_path / "numbers.tex").read_text()
     for name in ("PreLNVarL", "MeanShiftMuSqOverVar", "MeanShiftLogGzero", "MeanShiftDepth"):
         assert rf"\newcommand{{\{name}}}" in text
     assert "nan" not in text
+    macros = dict(re.findall(r"\\newcommand\{\\(\w+)\}\{(.*)\}$", text, flags=re.MULTILINE))
+    values = claims.numbers(tiny_data)
+    assert values and set(values) <= set(macros)
+    for name, value in values.items():
+        if isinstance(value, (int, str)):
+            assert macros[name] == str(value), name
+            continue
+        mantissa, _, power = macros[name].partition(r"\times10^")
+        read = float(mantissa) * 10.0 ** int(power.strip("{}") or 0)
+        assert read == pytest.approx(value, rel=5e-3, abs=0), name
 
 
 def _with(data, sim, kind, edit):

@@ -201,3 +201,16 @@ def test_symbolic_dataset_matches_theory(preset):
     assert sym.attrs["kind"] == "symbolic"
     for var in ("q", "mean", "corr", "grad_q"):
         np.testing.assert_allclose(sym[var].values, th[var].values, rtol=1e-11, atol=1e-14)
+
+
+def test_rel_error_is_relative_and_refuses_nan_and_shape_mismatch():
+    """The derivations' checker, by hand: |1.1e-3 - 1e-3| / 1e-3 = 0.1 (relative, not absolute
+    below 1: an absolute error would pass every small value); the worst of several points; an
+    absolute error where the reference is 0; inf for a NaN or shapes that do not broadcast."""
+    from sigprop.symbolic.checks import rel_error
+
+    assert rel_error(1.1e-3, 1e-3) == pytest.approx(0.1, rel=1e-12)
+    assert rel_error([2.0, 0.5], [1.0, 0.25]) == 1.0
+    assert rel_error([1.0, 0.25], [1.0, 0.0]) == 0.25
+    assert rel_error([1.0, float("nan")], [1.0, 1.0]) == float("inf")
+    assert rel_error([1.0, 2.0, 3.0], [1.0, 2.0]) == float("inf")
