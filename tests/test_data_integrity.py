@@ -127,6 +127,24 @@ def test_edited_value_is_refused(saved):
         load(saved)
 
 
+@pytest.mark.parametrize("part", ["dataset attribute", "variable attribute", "value"])
+def test_an_edit_of_a_file_copied_without_its_sidecar_is_refused(saved, part):
+    """Without its .sha256 sidecar (a file copied alone) the content checksum alone guards the
+    file: it covers the dataset's attributes, each variable's attributes and the values."""
+    datamod.hash_path(saved).unlink()
+    assert load(saved).attrs["kind"] == "theory"  # (unedited: loads)
+    with h5py.File(saved, "r+") as f:
+        if part == "dataset attribute":
+            f.attrs["config"] = f.attrs["config"].replace('"q": [1.0, 2.0]', '"q": [1.0, 2.5]')
+        elif part == "variable attribute":
+            key = next(k for k in f["q"].attrs if not k.startswith(("_", "DIMENSION")))
+            f["q"].attrs[key] = str(f["q"].attrs[key]) + " (edited)"
+        else:
+            f["q"][0, 0] = f["q"][0, 0] * (1 + 1e-12)
+    with pytest.raises(CorruptData, match="its content does not match its checksum"):
+        load(saved)
+
+
 @pytest.mark.parametrize("content", [b"", b"hello, not a dataset\n", "truncated"])
 def test_text_empty_truncated_files_are_clear_errors(saved, content):
     path = saved.with_name("bad.nc")
