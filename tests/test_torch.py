@@ -502,3 +502,39 @@ def test_finite_width_theory_of_a_default_init_mlp_with_layernorm():
                  "var_log_grad_q"):
         assert np.isfinite(ds[name].values).all(), name
     assert np.abs(ds.grad_q_rel_correction - gauss.grad_q_rel_correction).max() > 1e-4
+
+
+def test_trained_and_subtracting_modules_are_read_by_the_documented_formulas():
+    """Parameters a fresh init never has, against torch's own formulas: an eval-mode
+    BatchNorm y = gamma (x - mu) / sqrt(v + eps) + beta is a FeatureAffine of gain gamma /
+    sqrt(v + eps) and shift beta - mu gain (a running mean of 0 hides the shift's sign); x -
+    f(x) is a Residual of alpha -1; a LayerNorm's per-feature weight g and bias b give the
+    FeatureAffine's E g b (a product of means when they are independent, here they are not)."""
+    torch.manual_seed(0)
+    bn = nn.BatchNorm1d(8)
+    with torch.no_grad():
+        bn.running_mean.fill_(0.5)
+        bn.running_var.fill_(4.0)
+        bn.weight.fill_(2.0)
+        bn.bias.fill_(0.1)
+    affine = from_torch(nn.Sequential(nn.Linear(8, 8), bn.eval()), torch.randn(2, 8)).layers[1]
+    gain = 2.0 / math.sqrt(4.0 + bn.eps)
+    assert affine.gain == pytest.approx(gain, rel=1e-6)
+    assert affine.shift == pytest.approx(0.1 - 0.5 * gain, rel=1e-6)
+
+    class Subtract(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(16, 16)
+
+        def forward(self, x):
+            return x - torch.relu(self.fc(x))
+
+    assert from_torch(Subtract(), torch.randn(2, 16)).layers[0].alpha == -1.0
+    ln, z = nn.LayerNorm(64), torch.randn(64, dtype=torch.float64)
+    with torch.no_grad():
+        ln.weight.copy_(1 + 0.3 * z)
+        ln.bias.copy_(0.2 * z)
+    read = from_torch(nn.Sequential(nn.Linear(64, 64), ln, nn.Linear(64, 64)),
+                      torch.randn(2, 64)).layers[2]
+    assert read.gain_shift == pytest.approx(float(((1 + 0.3 * z) * (0.2 * z)).mean()), rel=1e-6)
