@@ -88,9 +88,10 @@ def test_matches_adaptive_quadrature_of_the_t_integrals(B):
         S, G = random_cov(rng, B), random_sym(rng, B)
         for eps in [1e-8, 1e-6, 1e-4, 1e-2, 1.0] + ([0.0] if B >= 4 else []):
             ref_f, ref_b = quad_reference(S, G, eps)
-            # relative to the largest entry; the quadrature rule measures ~2e-14 here
-            assert np.abs(bn_forward(S, eps) - ref_f).max() <= 1e-10 * np.abs(ref_f).max()
-            assert np.abs(bn_backward(S, G, eps) - ref_b).max() <= 1e-10 * np.abs(ref_b).max()
+            # relative to the largest entry: the rule measures ~2e-14 here, its documented worst
+            # case is 1e-15 per cutoff and 7e-15 per tail span (sigprop.kernels.batchnorm)
+            assert np.abs(bn_forward(S, eps) - ref_f).max() <= 1e-12 * np.abs(ref_f).max()
+            assert np.abs(bn_backward(S, G, eps) - ref_b).max() <= 1e-12 * np.abs(ref_b).max()
 
 
 # --- 2. Monte Carlo -----------------------------------------------------------------------------

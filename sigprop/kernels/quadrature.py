@@ -34,7 +34,7 @@ import numpy as np
 # to its square) for growing ones. Errors of the kernels themselves: see _MEASURED below.
 Z_MAX = 8.5  # truncation in standard deviations: P(|Z| > 8.5) = 1.9e-17
 GL_ORDER = 12  # Gauss-Legendre nodes per panel (order 10: 5e-10, 12: 7e-12, 14: 2e-13)
-BASE_MESH = (-8.5, -4.5, -2.0, 0.0, 2.0, 4.5, 8.5)  # panels that resolve the normal density
+BASE_MESH = (-Z_MAX, -4.5, -2.0, 0.0, 2.0, 4.5, Z_MAX)  # panels that resolve the normal density
 GRADE_RATIO = 3.0  # ratio of successive panels graded towards the kink
 GRADE_TOP = 2.0  # grade from the bend width up to this distance from the kink (in Z units)
 MAX_DEPTH = 14  # grading levels at most: widths down to 2 / 3**14 = 4e-7 (q up to ~6e12)
