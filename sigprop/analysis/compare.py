@@ -11,8 +11,8 @@ the output attrs:
   which the infinite-width theory predicts (exactly, for linear and ReLU nets, see below);
 * ``logmean``: the mean of logs ybar, standard error s_y / sqrt(S), against theory ``log X``:
   the typical value. At finite width it sits O(depth / width) below log E[X] (Jensen);
-* ``median``: the median of log X, standard error sqrt(pi/2) s_y / sqrt(S) (Gaussian efficiency),
-  against theory ``log X``.
+* ``median``: the median of log X, standard error sqrt(pi/2) s_y / sqrt(S) (Gaussian
+  efficiency), against theory ``log X``.
 
 ``estimator="auto"`` takes ``mean`` for ``mean`` and ``corr`` and for the squared norms (``q``,
 ``var``, ``grad_q``, ``branch_q``) while they are light-tailed, switching to ``lognormal`` when

@@ -38,12 +38,12 @@ included (``Context.guard``), must keep the diagonal of its K, the numbers the l
 within :data:`TRUE_RANGE`, forward and backward (there the cotangents alone: the forward
 states a backward law recomputes were checked by the forward); where one leaves it (a relu
 resnet's q doubles per block; an inner op scales by 1e-300: its q flushed to 0 while the
-layer's output looks fine) the run is made again by the log-scaled program, which is the net's from then on
-(``_SCALED``). The inputs start from the user's own q, corr and mean; outside the range they go
-log-scaled at once. The same numbers to rounding: true units change where each product is
-rounded, not what is computed. A net that needs the log scale pays one more run (and trace) on
-its first call in a process (measured: 8.0 s against 4.8 s for a relu resnet of depth 300 over
-2000 points).
+layer's output looks fine) the run is made again by the log-scaled program, which is the net's
+from then on (``_SCALED``). The inputs start from the user's own q, corr and mean; outside
+the range they go log-scaled at once. The same numbers to rounding: true units change where
+each product is rounded, not what is computed. A net that needs the log scale pays one more run
+(and trace) on its first call in a process (measured: 8.0 s against 4.8 s for a relu resnet of
+depth 300 over 2000 points).
 
 A scan body needs the same static structure in and out: the law of the stream
 (:class:`~sigprop.state.moments.Law`) is static, so the first copies of a block run unrolled
