@@ -38,6 +38,8 @@ from sigprop.ops import (
     Serial,
 )
 from sigprop.state import ns as namespaces
+from sigprop.state.moments import GAUSSIAN, Moments
+from sigprop.state.params import Context
 
 TOL = 1e-12  # module docstring: rounding over <= 12 layers is ~7e-14
 CORR3 = [[1, 0.3, 0.2], [0.3, 1, 0.6], [0.2, 0.6, 1]]
@@ -244,14 +246,119 @@ def test_an_inner_cotangent_out_of_range_reruns_the_log_scaled_program(monkeypat
     last Dense is carried by its bias (sigma_w 1e-3, sigma_b 1) keeps every forward state and
     the layer's cotangents near 1, while the cotangent at that Dense's input is 1e-6 of them.
     With TRUE_RANGE narrowed to (1e-3, 1e3) that inner cotangent alone leaves it (the forward
-    states the backward recomputes are not guarded again: the forward checked them)."""
+    states the backward recomputes are not guarded again: the forward checked or bounded
+    them; with no margin, so that the forward checks its states within that range too)."""
     monkeypatch.setattr(compiled, "TRUE_RANGE", (1e-3, 1e3))
+    monkeypatch.setattr(compiled, "BOUND_MARGIN", 1.0)
     ran = _units(monkeypatch)
     net = Repeat(Residual(Serial(Dense(1.0), Dense(1e-3, sigma_b=1.0))), 2)
     agree(net, X2, backward=False)
     assert ran == ["true"]
     agree(net, X2)
     assert ran == ["true", "true", "log-scaled"]
+
+
+BOUNDED = [Dense(1.3), Dense(sp.sweep("w", [0.2, 3.0]), sigma_b=sp.sweep("b", [0.0, 0.7])),
+           Scale(-0.3), Scale(sp.sweep("c", [1e-3, 2.0])), Act("relu"), Act("linear"),
+           Act("erf"), Act("leaky_relu(0.2)"), Act("leaky_relu(1.5)"), Act("gelu"), Act("silu")]
+
+
+@pytest.mark.parametrize("op", BOUNDED, ids=repr)
+@pytest.mark.parametrize("ends", [(1e-25, 1e25), (0.5, 0.5), (3e-7, 2.0)])
+def test_an_ops_diag_bound_holds_on_its_own_law(op, ends):
+    """``Op.diag_bound``, which lets the compiled engine leave an op's output unchecked, bounds
+    the diagonal its own numpy law gives: 200 Gaussian states of B = 3 with log-uniform
+    diagonals in [lo, hi] and the ends themselves, random correlations, at every sweep value.
+    Only rounding may cross it (relative 1e-12; a bound off by a factor 1 + 1e-6, or a
+    bias's sigma_b^2 left out, fails)."""
+    lo, hi = ends
+    rng = np.random.default_rng(5)
+    q = np.exp(rng.uniform(np.log(lo), np.log(hi), (200, 3)))
+    q[0], q[1] = lo, hi
+    C = np.stack([np.corrcoef(rng.standard_normal((3, 6))) for _ in range(200)])
+    K = np.sqrt(q)[:, :, None] * C * np.sqrt(q)[:, None, :]
+    s = Moments(K=K, m=np.zeros((200, 3)), ls=np.zeros((200, 3)), law=GAUSSIAN)
+    dims = tuple(sp.ops.sweeps_of(op)) or ()
+    ctx = Context(dims=("state",) + dims)
+    expand = (slice(None),) + (None,) * len(dims)
+    s = Moments(K=K[expand], m=s.m[expand], ls=s.ls[expand], law=GAUSSIAN)
+    out = np.diagonal(op.theory_forward(s, ctx).K, axis1=-2, axis2=-1)
+    b_lo, b_hi = op.diag_bound(lo, hi, s)
+    assert out.min() >= b_lo * (1 - 1e-12) and out.max() <= b_hi * (1 + 1e-12)
+    assert np.all(np.isfinite(out))
+
+
+def test_an_activations_bound_rests_on_what_it_declares_of_phi():
+    """An activation bounds E phi(u)^2 over q in [lo, hi] by its ends where phi^2 grows with
+    |u| on each side of 0 (then E phi(sqrt(q) z)^2 grows with q), and by (lo / 8, hi) where phi
+    lies between x/2 and x for x >= 0 and within |x| below (gelu, silu: they dip below 0, so
+    phi^2 does not grow there): each declaration checked on phi itself (x in -40 .. 40), and the
+    bounds against the closed form over q in 1e-40 .. 1e40. Declaring gelu's phi^2 growing
+    fails the first check; tanh declares neither (|tanh x| < x/2 for x > 2)."""
+    x = np.linspace(0, 40, 4001)
+    q = np.logspace(-40, 40, 801)
+    for name in ("linear", "relu", "erf", "leaky_relu", "leaky_relu(0.2)", "leaky_relu(1.5)",
+                 "gelu", "silu", "gelu_tanh", "tanh", "elu"):
+        act = gaussian.get_activation(name)
+        if act._grows:
+            for side in (x, -x):
+                assert np.all(np.diff(act.fn(side) ** 2) >= 0), name
+        if act._halfway:
+            assert np.all((x / 2 <= act.fn(x)) & (act.fn(x) <= x)), name
+            assert np.all(np.abs(act.fn(-x)) <= x), name
+        if act._closed is not None and act.second_moment_bounds(1.0, 1.0) is not None:
+            diag = act._closed.kernel_diag(q, namespaces.NUMERIC)
+            lo, hi = np.array([act.second_moment_bounds(a, a) for a in q]).T
+            assert np.all((lo <= diag * (1 + 1e-13)) & (diag <= hi * (1 + 1e-13))), name
+            if act._grows:
+                assert np.all(np.diff(diag) >= 0), name
+    assert gaussian.get_activation("tanh").second_moment_bounds(1.0, 2.0) is None
+
+
+def test_only_the_states_no_bound_covers_are_checked(monkeypatch):
+    """Forward, the engine checks at run time only the op outputs it cannot bound from the
+    block's input (module docstring): in a Pre-LN erf block the LayerNorm's output alone (the
+    Dense and erf after it are bounded; the block's own output is checked as it is carried
+    on); in a relu resnet's block none. Backward, every cotangent."""
+    seen = {}
+
+    class Spy(compiled._Guard):
+        def drop(self, out):
+            super().drop(out)
+            seen.setdefault(self.forward, []).append(
+                [type(t).__name__ for t in self.checked])
+
+    monkeypatch.setattr(compiled, "_Guard", Spy)
+    monkeypatch.setattr(compiled, "_CACHE", OrderedDict())
+    monkeypatch.setattr(compiled, "_SCALED", OrderedDict())
+    agree(sp.presets.preln(4, "erf"), X2, backward=False)
+    assert seen[True] and all(c == ["Moments"] for c in seen[True])
+    seen.clear()
+    agree(sp.presets.resnet(4, "relu"), X2, backward=False)
+    assert seen[True] and all(c == [] for c in seen[True])
+
+
+def test_bounded_ops_that_leave_the_range_are_checked(monkeypatch):
+    """A Dense whose bound leaves TRUE_RANGE is checked: a branch whose q falls to 1e-40 by two
+    Dense of sigma_w 1e-10 and back reruns log-scaled, and agrees with the numpy engine (with
+    the bound taken as it is, it stayed in true units; past 1e-308 the log-scaled program
+    refuses a Dense too, whose factor is not moved into the log scale as a Scale's is)."""
+    ran = _units(monkeypatch)
+    agree(Repeat(Residual(Serial(Dense(1e-10), Dense(1e-10), Dense(1e10), Dense(1e10))), 3), X2,
+          backward=False)
+    assert ran == ["true", "log-scaled"]
+
+
+def test_a_checked_state_whose_log_scale_is_not_0_reruns(monkeypatch):
+    """A bound holds for an input of log scale 0 (its K is then its true moments): an inner
+    residual sum of alpha = beta = 1e-100 (checked: no bound) carries its factor 1e-200 in its
+    log scale, with K ~ 1, so the erf after it reads q ~ 1e-200, and its output, bounded from
+    K, is far below TRUE_RANGE. The check of a state covers its log scale: the run goes
+    log-scaled (without that, it stayed in true units)."""
+    ran = _units(monkeypatch)
+    inner = Residual(Dense(1.0), alpha=1e-100, beta=1e-100)
+    agree(Residual(Serial(Dense(1.0), inner, Act("erf"), Dense(1.0))), X2, backward=False)
+    assert ran == ["true", "log-scaled"]
 
 
 @pytest.mark.slow

@@ -35,11 +35,21 @@ layer takes ``ls`` as the constant 0 (so the laws' exp and log of it fold away a
 and folds the ``ls`` its laws return back into K and m (``ns.unscaled``: ``affine`` moves no
 factor into ``ls``; a bias or a residual sum still may). Every op's output state, inner ones
 included (``Context.guard``), must keep the diagonal of its K, the numbers the laws multiply,
-within :data:`TRUE_RANGE`, forward and backward (there the cotangents alone: the forward
-states a backward law recomputes were checked by the forward); where one leaves it (a relu
-resnet's q doubles per block; an inner op scales by 1e-300: its q flushed to 0 while the
-layer's output looks fine) the run is made again by the log-scaled program, which is the net's
-from then on (``_SCALED``). The inputs start from the user's own q, corr and mean; outside
+within :data:`TRUE_RANGE`, forward and backward; where one leaves it (a relu resnet's q
+doubles per block; an inner op scales by 1e-300: its q flushed to 0 while the layer's output
+looks fine) the run is made again by the log-scaled program, which is the net's from then on
+(``_SCALED``). Backward, the cotangents are checked (the forward states a backward law
+recomputes were covered by the forward). Forward, a check costs more than its comparisons:
+XLA computes the diagonals of states its fusions never build apart (checking every op output
+cost a third of Pre-LN erf's forward). So only what cannot be bounded is checked
+(:class:`_Guard`): the layer's input is checked within :data:`TRUE_RANGE` narrowed by
+:data:`BOUND_MARGIN` at each end, and an op whose input is so bounded passes its bound on
+through :meth:`Op.diag_bound <sigprop.ops.base.Op.diag_bound>` (a Dense's sigma_w^2 q +
+sigma_b^2, a Scale's c^2 q, an activation's E phi^2 where it grows with q); an output whose
+bound stays within :data:`TRUE_RANGE` goes unchecked. Any other (a norm's, a residual sum
+inside a block, a bound that leaves the range) is checked within the narrowed range with log
+scale 0, and bounds the ops after it from there; the layer's own output is checked as it is
+carried on. The inputs start from the user's own q, corr and mean; outside
 the range they go log-scaled at once. The same numbers to rounding: true units change where
 each product is rounded, not what is computed. A net that needs the log scale pays one more run
 (and trace) on its first call in a process (measured: 8.0 s against 4.8 s for a relu resnet of
@@ -127,6 +137,9 @@ _CACHE: OrderedDict = OrderedDict()
 # multiplies a few entries at most (a product of two diagonals, BatchNorm's B x B Grams), which
 # stay normal float64 from here
 TRUE_RANGE = (1e-30, 1e30)
+# the states checked at run time in the forward are checked within TRUE_RANGE narrowed by this
+# factor at each end, so that a chain of ops bounded from them (Op.diag_bound) stays in TRUE_RANGE
+BOUND_MARGIN = 1e5
 _SCALED: OrderedDict = OrderedDict()  # (net, inputs' law, B, backward) whose run in true units
 # left TRUE_RANGE
 
@@ -274,15 +287,62 @@ def _remember(cache: OrderedDict, key, value):
         cache.popitem(last=False)
 
 
-def _within(x):
-    """Whether each entry of ``x`` is within :data:`TRUE_RANGE` (NaN is not)."""
+def _checked_range() -> tuple[float, float]:
+    """Where the forward checks a state at run time: :data:`TRUE_RANGE` narrowed by
+    :data:`BOUND_MARGIN`."""
     lo, hi = TRUE_RANGE
+    return lo * BOUND_MARGIN, hi / BOUND_MARGIN
+
+
+def _within(x, bounds=None):
+    """Whether each entry of ``x`` is within ``bounds`` (:data:`TRUE_RANGE`; NaN is not)."""
+    lo, hi = TRUE_RANGE if bounds is None else bounds
     return (x >= lo) & (x <= hi)
 
 
 def _in_range(diagonal) -> bool:
-    """Whether every entry of a numpy array is within :data:`TRUE_RANGE`."""
-    return bool(np.all(_within(diagonal)))
+    """Whether every entry of a numpy array is within the forward's checked range."""
+    return bool(np.all(_within(diagonal, _checked_range())))
+
+
+class _Guard:
+    """What a block's ops report in true units (``Context.guard``): the states to check at run
+    time. Backward, the cotangents (the forward states a backward law recomputes were covered by
+    the forward). Forward, every op output but those bounded from the start: the block's input
+    (checked, log scale 0) bounds an op's output by :meth:`Op.diag_bound
+    <sigprop.ops.base.Op.diag_bound>` where its input is bounded, and a bound within
+    :data:`TRUE_RANGE` needs no check (that output's log scale is its input's 0); a state
+    checked is checked within :func:`_checked_range`, log scale 0, and bounds the ops after it
+    from there (measured: checking every op output cost a third of Pre-LN erf's forward)."""
+
+    def __init__(self, start: Moments | None = None):
+        self.checked: list = []
+        self.forward = start is not None
+        self._bounds: dict = {}  # (id(K), id(ls)) of a state -> (the state, lo, hi)
+        if start is not None:
+            self._bounds[id(start.K), id(start.ls)] = (start, *_checked_range())
+
+    def report(self, op: Op, s, out):
+        if not self.forward:
+            if isinstance(out, Cotangent):
+                self.checked.append(out)
+            return
+        key = id(out.K), id(out.ls)
+        if key in self._bounds:  # (a Serial's output: its last op's, already met)
+            return
+        known = self._bounds.get((id(s.K), id(s.ls)))
+        with np.errstate(over="ignore", under="ignore"):  # (inf, 0: out of range)
+            bound = None if known is None else op.diag_bound(known[1], known[2], s)
+        lo, hi = TRUE_RANGE
+        if bound is None or not (bound[0] >= lo and bound[1] <= hi):
+            self.checked.append(out)
+            bound = _checked_range()
+        self._bounds[key] = (out, *bound)
+
+    def drop(self, out):
+        """Check ``out`` (the block's own output, which the engine checks as it carries it
+        on) no more."""
+        self.checked = [t for t in self.checked if t is not out]
 
 
 def _host_laws(blk: Op) -> bool:
@@ -393,16 +453,19 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                    m=jnp.broadcast_to(m, (P, B)).astype(f64),
                    ls=jnp.broadcast_to(ls, (P, B)).astype(f64), **extra)
 
-    def finite(s, guard=()):
+    def finite(s, guard=None):
         """Whether ``s`` is finite; in true units, and every diagonal entry of ``s`` and of the
-        states in ``guard`` (its layer's op outputs) within :data:`TRUE_RANGE`, all in one
+        states ``guard`` checks (:class:`_Guard`) within range (forward: :func:`_checked_range`,
+        the checked inner states at log scale 0; backward: :data:`TRUE_RANGE`), all in one
         reduction (the output's range in a reduction of its own measured ~3 ns per point-layer
         more on Pre-LN erf)."""
         if not unscaled:
             return jnp.all(jnp.isfinite(s.K)) & jnp.all(jnp.isfinite(s.ls))
-        ok = jnp.where(np.eye(B, dtype=bool), _within(s.K), jnp.isfinite(s.K))
-        for t in guard:
-            ok = ok & _within(ns.xp.diagonal(t.K))[..., None]
+        bounds = _checked_range() if guard.forward else None
+        ok = jnp.where(np.eye(B, dtype=bool), _within(s.K, bounds), jnp.isfinite(s.K))
+        for t in guard.checked:
+            inside = _within(ns.xp.diagonal(t.K), bounds)
+            ok = ok & (inside & (t.ls == 0) if guard.forward else inside)[..., None]
         return jnp.all(ok)
 
     def as_carried(s):
@@ -430,9 +493,11 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
             branch's K and ls, finite); the output's law; whether it has a branch. The block's
             internal states go to ``tape`` (a dict) when one is given."""
             found: dict = {}
-            guard = [] if unscaled else None
-            out = blk.theory_forward(Moments(*taken(x), law=law), ctx.block(name, tape,
-                                                                            guard=guard), found)
+            s = Moments(*taken(x), law=law)
+            guard = _Guard(s) if unscaled else None
+            out = blk.theory_forward(s, ctx.block(name, tape, guard=guard), found)
+            if unscaled:
+                guard.drop(out)
             out = as_carried(out)
             f = found.get("branch")
             fK, fls = ((jnp.full((P, B, B), np.nan, f64), jnp.full((P, B), np.nan, f64))
@@ -451,15 +516,14 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
             sink.log_width = lw
             g = Cotangent(*taken(g))
             sink.known[id(g.K), id(g.ls)] = log_g  # a Dense at the block's output reads it
-            guard = [] if unscaled else None
+            guard = _Guard() if unscaled else None
             g = blk.theory_backward(Moments(*taken(x), law=law), g,
                                     ctx.block(name + " (backward)", tape, sink, guard))
-            cotangents = [t for t in guard if isinstance(t, Cotangent)] if unscaled else ()
             g = as_carried(g)
             g = state(Cotangent, g.K, g.m, g.ls)
             log_g = _log_diag(g, ns)
             return ((g.K, g.m, g.ls), jnp.broadcast_to(sink.log_width, (P,)).astype(f64),
-                    log_g, (log_g, sink.take((P, B)), finite(g, cotangents)))
+                    log_g, (log_g, sink.take((P, B)), finite(g, guard)))
 
         def run(blk, name, law, x, first, n):
             """Forward over n copies of ``blk`` (layers first .. first + n - 1) from ``x``: the

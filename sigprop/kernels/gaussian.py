@@ -299,6 +299,9 @@ class Activation:
     _bend: float = field(default=1.0, repr=False)  # width of phi's bend at 0 (0: a kink)
     _parity: tuple = field(default=(None, None), repr=False)  # (p, b, g) of phi and phi':
     # phi(-x) = p phi(x) + b x + g (odd: (-1, 0, 0); x/2 + even: (1, -1, 0); 1/2 + odd: (-1, 0, 1))
+    _grows: bool = field(default=False, repr=False)  # phi^2 grows with |x| on each side of 0
+    _halfway: bool = field(default=False, repr=False)  # x/2 <= phi(x) <= x for x >= 0, and
+    # |phi(x)| <= |x| for x < 0: so q/8 <= E phi(u)^2 <= q (E u^2 1{u > 0} = q/2)
 
     # Array faces: elementwise on numpy or cupy arrays.
     def fn(self, x, xp=np):
@@ -340,6 +343,14 @@ class Activation:
             return where(q1 == 0, g0 * g0, out)
         return where(q1 == 0, g0 * where(q2 == 0, g0, mean(q2, ns)),
                      where(q2 == 0, g0 * mean(q1, ns), out))
+
+    def second_moment_bounds(self, lo: float, hi: float) -> tuple[float, float] | None:
+        """Bounds on E phi(u)^2, u ~ N(0, q), over q in [lo, hi]: its values at lo and hi where
+        phi^2 grows with |u| on each side of 0 (then so does E phi(sqrt(q) z)^2 with q) and has
+        a closed form; (lo / 8, hi) where phi lies between x/2 and x (gelu, silu); else None."""
+        if self._grows and self._closed is not None:
+            return tuple(float(self._closed.kernel_diag(np.float64(q), NUMERIC)) for q in (lo, hi))
+        return (lo / 8, hi) if self._halfway else None
 
     # Gaussian faces.
     def kernel(self, q1, q2, c, ns: Namespace = NUMERIC):
@@ -498,20 +509,22 @@ _ODD, _EVEN, _HALF_X, _HALF_ONE = (-1, 0, 0), (1, 0, 0), (1, -1, 0), (-1, 0, 1) 
 
 ACTIVATIONS: dict[str, Activation] = {a.name: a for a in (
     Activation("linear", 1, lambda x, xp: x, lambda x, xp: xp.ones_like(x), lambda x: x,
-               _LINEAR, _bend=np.inf, _parity=(_ODD, _EVEN)),
+               _LINEAR, _bend=np.inf, _parity=(_ODD, _EVEN), _grows=True),
     Activation("relu", 1, lambda x, xp: xp.maximum(x, 0), lambda x, xp: (x > 0).astype(x.dtype),
-               lambda x: sympy.Max(x, 0), _RELU, _bend=0.0, _parity=(_HALF_X, _HALF_ONE)),
+               lambda x: sympy.Max(x, 0), _RELU, _bend=0.0, _parity=(_HALF_X, _HALF_ONE),
+               _grows=True),
     Activation("erf", None, lambda x, xp: _special(xp).erf(x),
                lambda x, xp: 2 / np.sqrt(np.pi) * xp.exp(-x * x), sympy.erf, _ERF,
-               _parity=(_ODD, _EVEN)),
+               _parity=(_ODD, _EVEN), _grows=True),
     Activation("tanh", None, lambda x, xp: xp.tanh(x), _tanh_grad, sympy.tanh,
                _parity=(_ODD, _EVEN)),
     Activation("gelu", None, lambda x, xp: x * _normal_cdf(x, xp), _gelu_grad,
-               lambda x: x * _sym_normal_cdf(x), _GELU, _parity=(_HALF_X, _HALF_ONE)),
+               lambda x: x * _sym_normal_cdf(x), _GELU, _parity=(_HALF_X, _HALF_ONE),
+               _halfway=True),
     Activation("silu", None, lambda x, xp: x * _special(xp).expit(x), _silu_grad,
-               lambda x: x / (1 + sympy.exp(-x)), _parity=(_HALF_X, _HALF_ONE)),
+               lambda x: x / (1 + sympy.exp(-x)), _parity=(_HALF_X, _HALF_ONE), _halfway=True),
     Activation("gelu_tanh", None, _gelu_tanh, _gelu_tanh_grad, _sym_gelu_tanh,
-               _parity=(_HALF_X, _HALF_ONE)),
+               _parity=(_HALF_X, _HALF_ONE), _halfway=True),
 )}
 
 
@@ -522,7 +535,8 @@ def _leaky_relu(name: str, slope: float) -> Activation:
         lambda x, xp: xp.where(x > 0, 1.0, slope).astype(x.dtype),
         lambda x: sympy.Max(x, 0) + sympy.nsimplify(slope) * sympy.Min(x, 0),
         _leaky_closed(slope), _bend=0.0,
-        _parity=((1, -(1 + slope), 0), (-1, 0, 1 + slope)))  # phi(-x) = phi(x) - (1 + s) x
+        _parity=((1, -(1 + slope), 0), (-1, 0, 1 + slope)),  # phi(-x) = phi(x) - (1 + s) x
+        _grows=True)
 
 
 # ELU bends on the scale 1 (e^x) and has a kink at 0 (in phi' unless alpha = 1, then in phi''):

@@ -84,6 +84,13 @@ class Act(Op):
                 refs.append(Ref(m=r.m, X=outer(r.m, m) + s.cross(r) * slope[..., None, :]))
         return Moments(K=K_out, m=m, ls=ls, refs=tuple(refs))
 
+    def diag_bound(self, lo, hi, s):
+        """E phi(u)^2 at q = lo and hi, where it grows with q (a closed form; not after
+        BatchNorm, whose output is not Gaussian)."""
+        if isinstance(s.law, BatchNormed):
+            return None
+        return get_activation(self.name).second_moment_bounds(lo, hi)
+
     def backward_law(self, s, g, ctx):
         """G_in = E[phi'(u) phi'(v)] G (and the mean modes through E[phi'(u)]).
 

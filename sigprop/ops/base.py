@@ -147,15 +147,22 @@ class Op:
         """The infinite-width law of the stream through this op (precondition checked; the
         output reported to ``ctx.guard``)."""
         self._check(s, ctx)
-        return _guarded(self.forward_law(s, ctx, record), ctx)
+        return _guarded(self, s, self.forward_law(s, ctx, record), ctx)
 
     def theory_backward(self, s: Moments, g: Cotangent, ctx: Context) -> Cotangent:
         """Pull the cotangent ``g`` at this op's output back to its input ``s`` (checked)."""
         self._check(s, ctx)
-        return _guarded(self.backward_law(s, g, ctx), ctx)
+        return _guarded(self, s, self.backward_law(s, g, ctx), ctx)
 
     def forward_law(self, s: Moments, ctx: Context, record: dict | None = None) -> Moments:
         raise NotImplementedError
+
+    def diag_bound(self, lo: float, hi: float, s: Moments) -> tuple[float, float] | None:
+        """(lo', hi'): bounds on the diagonal of the forward law's output K for every input
+        state of ``s``'s law whose K diagonal is within [lo, hi] and whose log scale is 0, at
+        every value of the op's sweeps; None where the op has none (the default). The compiled
+        engine in true units checks at run time only the states it cannot bound this way."""
+        return None
 
     def backward_law(self, s: Moments, g: Cotangent, ctx: Context) -> Cotangent:
         """The cotangent at the input from the one at the output, under gradient independence
@@ -193,10 +200,11 @@ class Op:
                                    for f in dataclasses.fields(self)})
 
 
-def _guarded(out, ctx: Context):
-    """``out``, reported to ``ctx.guard`` where there is one."""
+def _guarded(op: Op, s: Moments, out, ctx: Context):
+    """``out``, the output of ``op`` at its input ``s``, reported to ``ctx.guard`` where there
+    is one."""
     if ctx.guard is not None:
-        ctx.guard.append(out)
+        ctx.guard.report(op, s, out)
     return out
 
 

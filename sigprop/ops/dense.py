@@ -31,7 +31,7 @@ from sigprop.state.moments import (
     lift_factors,
     outer,
 )
-from sigprop.state.params import Sweep, check
+from sigprop.state.params import Sweep, check, values_of
 from sigprop.state.rng import BIAS, FORWARD, uniform_of_normal
 
 INITS = ("normal", "uniform")  # the law of a Dense's weights and bias (same variances)
@@ -88,6 +88,12 @@ class Dense(Op):
             ls, d, e = lift_factors(s.ls, sb2[..., None], 1, ns)  # units where sb e^-ls is finite
             K = sw2[..., None, None] * (s.K * outer(d, d)) + sb2[..., None, None] * outer(e, e)
         return Moments(K=K, m=0 * s.m, ls=ls + 0 * sw2[..., None], law=GAUSSIAN, refs=refs)
+
+    def diag_bound(self, lo, hi, s):
+        """q' = sigma_w^2 q + sigma_b^2 grows with q (a bias beyond 1e30 is out of any range
+        the engine bounds, so the lift of its units never applies here)."""
+        w2, b2 = values_of(self.sigma_w) ** 2, values_of(self.sigma_b) ** 2
+        return float(w2.min() * lo + b2.min()), float(w2.max() * hi + b2.max())
 
     def backward_law(self, s, g, ctx):
         """G_in = sigma_w^2 ratio G; the mean modes decouple (W is fresh). With a ``ctx.sink``
@@ -153,6 +159,11 @@ class Scale(Op):
     def forward_law(self, s, ctx, record=None):
         a = vec(ctx.p(self.c)) + 0 * s.m
         return affine(s, a, None, s.ls + 0 * a, ctx.ns)
+
+    def diag_bound(self, lo, hi, s):
+        """q' = c^2 q."""
+        c2 = values_of(self.c) ** 2
+        return float(c2.min() * lo), float(c2.max() * hi)
 
     def backward_law(self, s, g, ctx):
         """G_in = c^2 G (a fixed scale; no weights, so exact).

@@ -93,8 +93,9 @@ def theory(sim: SimPath, output: Output, profile: Profile = "quick",
            backward: Annotated[bool, typer.Option(
                "--backward/--forward-only", help="--forward-only: the forward pass alone, no "
                "gradient variables (sp.theory(..., backward=False))")] = True):
-    """Infinite-width theory of every case of a sim -> one Dataset (kind=theory); finite-width
-    warnings (sigprop.errors.FiniteWidthWarning) are printed as yellow lines."""
+    """Infinite-width theory of every case of a sim -> one Dataset (kind=theory).
+
+    Finite-width warnings (sigprop.errors.FiniteWidthWarning) are printed as yellow lines."""
     from sigprop.data import check_output, unsupported_of
     from sigprop.engines.theory import check_engine
     from sigprop.pipeline.config import Sim
@@ -217,8 +218,9 @@ def plot(datasets: Annotated[list[Path], typer.Argument(
                                                      "logmean, median")] = "auto",
          xscale: Annotated[str, typer.Option(help="auto, linear or log")] = "auto",
          yscale: Annotated[str, typer.Option(help="auto, linear or log")] = "auto"):
-    """Draw a variable of theory and Monte Carlo datasets (sp.plot): theory as lines, Monte
-    Carlo as points with +-2 SE bands."""
+    """Draw a variable of theory and Monte Carlo datasets (sp.plot).
+
+    Theory as lines, Monte Carlo as points with +-2 SE bands."""
     from sigprop.analysis.plot import plot as draw
     from sigprop.analysis.plot import savefig
     from sigprop.data import load

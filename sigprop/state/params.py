@@ -92,6 +92,13 @@ class Sink:
             self.log_gain = saved
 
 
+def values_of(value) -> np.ndarray:
+    """Every value a parameter takes: a sweep's values, or the one value (1-D float array)."""
+    if isinstance(value, Sweep):
+        return np.asarray(value.values, dtype=float)
+    return np.atleast_1d(np.asarray(float(value)))
+
+
 def branch_gain(sink: Sink | None, alpha):
     """``sink.gain(alpha)``, or nothing to do without a sink."""
     return nullcontext() if sink is None else sink.gain(alpha)
@@ -109,8 +116,9 @@ class Context:
     beyond the cotangent (the weight-gradient norms of :meth:`Dense.backward_law
     <sigprop.ops.dense.Dense.backward_law>`, :class:`sigprop.engines.theory.WeightGrads`);
     shared, like ``tape``, by every context derived with :meth:`at` (None: nothing reported).
-    ``guard``: where every op's output state is reported (shared the same way; None: not
-    kept), for an engine in true units to check their range (:mod:`sigprop.engines.compiled`).
+    ``guard``: where every op reports its output state, with its input and itself (shared the
+    same way; None: not kept), for an engine in true units to check or bound their range
+    (:mod:`sigprop.engines.compiled`).
     """
 
     ns: Namespace = NUMERIC
