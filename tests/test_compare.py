@@ -903,3 +903,72 @@ def test_where_q_overflows_float64_the_log_companions_are_compared():
         assert bool(blind.q.sel(stat="z", layer=slice(1, None)).isnull().all()), name
         row = summary(blind)[0]  # (layers 1-4 x 2 inputs; under mean layer 0's se overflows)
         assert row["flag"].startswith("NOT COMPARABLE") and row["not_comparable"] >= 8, name
+
+
+def test_points_that_test_nothing_are_not_counted():
+    """A third review: summary counted corr's diagonal (1 = 1, z = 0) and both (a, b) and
+    (b, a), and the inputs at layer 0 (every seed equal to the theory), so a disagreeing corr
+    showed half its rate. Now a pair is one point and an exact point (z = 0: equal to rounding,
+    no spread) is listed apart, not counted: a real Monte Carlo of a Pre-LN net (B = 3) has 6
+    layers x 3 pairs of corr points and 6 x 3 of q, its layer 0 exact."""
+    x0 = sp.Inputs(q=[1.0, 2.0, 0.5], corr=0.4)
+    net = sp.presets.preln(6)
+    th, mc = sp.theory(net, x0), sp.simulate(net, x0, width=64, seeds=8)
+    rows = {r["variable"]: r for r in summary(compare(th, mc, variables=["q", "corr"]))}
+    assert (rows["corr"]["points"], rows["corr"]["exact"]) == (6 * 3, 3)
+    assert (rows["q"]["points"], rows["q"]["exact"]) == (6 * 3, 3)
+    # a corr that disagrees at every layer above 0: the rate is 1, not diluted
+    off = mc.copy(deep=True)
+    off["corr"] = xr.where(off["input"] != off["input_b"], off["corr"] + 0.5, off["corr"])
+    off["corr"] = off["corr"].where(off["layer"] > 0, mc["corr"])
+    row = summary(compare(th, off, variables=["corr"]))[0]
+    assert row["rate"] == 1.0 and row["flag"] == "DISAGREE"
+
+
+def test_a_run_joined_to_itself_or_a_run_as_theory_is_refused():
+    """Runs joined along 'seed' with the same seeds are copies: their standard error was 0.68 x
+    one run's, silently; a Monte Carlo dataset cut to one seed passed as the theory was
+    compared (kind 'montecarlo'). Both are refused by name, by sp.compare and by sp.plot."""
+    x0 = sp.Inputs(q=[1.0, 2.0], corr=0.4)
+    net = sp.presets.preln(2)
+    th, mc = sp.theory(net, x0), sp.simulate(net, x0, width=32, seeds=4)
+    twice = xr.concat([mc, mc], dim="seed")
+    with pytest.raises(sp.ConfigError, match="mc seeds"):
+        compare(th, twice)
+    with pytest.raises(sp.ConfigError, match="mc seeds"):
+        sp.plot(th, twice)
+    one = mc.isel(seed=0).drop_vars("seed")
+    with pytest.raises(sp.ConfigError, match="theory attrs kind"):
+        compare(one, mc)
+    with pytest.raises(sp.ConfigError, match="theory attrs kind"):
+        sp.plot(one, mc)
+    compare(th, xr.concat([mc, sp.simulate(net, x0, width=32, seeds=4, first_seed=4)],
+                          dim="seed"))  # (distinct seeds: one run of 8)
+
+
+def test_monte_carlo_points_with_no_theory_are_named():
+    """The inner join of the two datasets dropped Monte Carlo points the theory lacks (a sweep
+    value of a CLI run, a layer) without a word; they are now named in attrs['left_out'] and
+    printed by print_table. The theory's own extra points (a finer grid) are not."""
+    from rich.console import Console
+
+    x0 = sp.Inputs(q=[1.0, 2.0], corr=0.4)
+    net = sp.presets.preln(4)
+    th, mc = sp.theory(net, x0, layers=[0, 2, 4]), sp.simulate(net, x0, width=32, seeds=4)
+    cmp = compare(th, mc, variables=["q"])
+    assert cmp.attrs["left_out"] == ("Monte Carlo points with no theory, not compared: "
+                                     "layer = [1, 3]")
+    console = Console(width=200, record=True)
+    print_table(cmp, console=console)
+    assert "layer = [1, 3]" in console.export_text()
+    assert "left_out" not in compare(sp.theory(net, x0), mc.sel(layer=[0, 2, 4]),
+                                     variables=["q"]).attrs
+
+
+def test_a_variable_the_run_did_not_measure_is_skipped_not_incomparable(theory):
+    """from_torch's runs have no weight_grad_q (all NaN): it showed NOT COMPARABLE on every
+    point; it is now skipped, with the reason."""
+    mc = synthetic(theory, seeds=8)
+    mc["weight_grad_q"] = xr.full_like(mc["weight_grad_q"], np.nan)
+    cmp = compare(theory, mc)
+    assert "weight_grad_q" not in cmp and "not measured" in cmp.attrs["skipped_weight_grad_q"]

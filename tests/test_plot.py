@@ -511,6 +511,10 @@ def test_labelled_runs_are_checked_label_by_label():
         sp.plot(th["Pre-LN"], swapped, var="q", hue="arch")  # (one theory, a mapping of runs)
     half = {"Pre-LN": runs["Pre-LN"], "Post-LN": runs["Pre-LN"]}
     sp.plot(th, half, var="q", sel={"arch": "Pre-LN"})
+    # a run under a label the theory mapping lacks was drawn as a hue of its own, unchecked
+    with pytest.raises(sp.ConfigError, match="mc labels"):
+        sp.plot(th, {"Pre-LN": runs["Pre-LN"], "Peri-LN": runs["Post-LN"]}, var="q", hue="arch")
+    sp.plot(th, {"Pre-LN": runs["Pre-LN"]}, var="q", hue="arch")  # (a theory alone: drawn)
 
 
 def test_what_plot_checks_is_what_it_draws():

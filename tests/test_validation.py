@@ -21,6 +21,8 @@ negative = st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False)
     (lambda: sp.Inputs(q=1.0, mean=2.0), "Inputs.mean"),
     (lambda: sp.Inputs(q=1.0, corr=1.5, n=2), "Inputs.corr"),
     (lambda: sp.Inputs(q=1.0, corr=-0.9, n=3), "Inputs.corr"),  # not PSD for 3 inputs
+    (lambda: sp.Inputs(q=1.0, corr=1.5), "Inputs.corr"),  # a cosine at B = 1 too (accepted
+    (lambda: sp.Inputs(q=1.0, corr=-3, n=1), "Inputs.corr"),  # and recorded before)
     (lambda: sp.Inputs(q=[1.0, 2.0], n=3), "Inputs sizes"),
     (lambda: sp.Inputs(q=1.0, mean=0.5, law="gaussian"), "Inputs.mean"),
     (lambda: sp.Inputs(q=1.0, corr="0", n=2), "Inputs.corr"),  # numpy would read "0" as 0.0

@@ -97,6 +97,7 @@ DESCRIPTION = {
 }
 MEDIAN_SE = math.sqrt(math.pi / 2)  # sd of a normal sample's median over its mean's, large S
 STATS = ("estimate", "stderr", "theory", "z")
+THEORY_KINDS = ("theory", "symbolic")  # the attrs kind of a dataset compare takes as theory
 FIT_STATS = ("a", "a_stderr")  # the fitted finite-width coefficient T(N) = T_inf + a/N + ...
 THEORY_A = "a_theory"  # beside them: the coefficient a of a theory at finite width
 FIRST_ORDER = {  # the variables of sp.theory(..., width=N) each compared variable reads
@@ -318,6 +319,22 @@ def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) ->
     raise errors[0]
 
 
+def check_role(ds: xr.Dataset, role: str) -> None:
+    """ConfigError unless ``ds`` was made for its ``role`` ('theory' or 'mc'): its attrs kind
+    where it has one, and a Monte Carlo's seeds distinct (runs joined along 'seed' with the
+    same first seed are copies, not a spread: the standard error would be too small)."""
+    kinds = THEORY_KINDS if role == "theory" else ("montecarlo",)
+    kind = ds.attrs.get("kind")
+    if kind is not None and kind not in kinds:
+        raise ConfigError(f"{role} attrs kind", kind, f"one of {kinds} (theory: a dataset made "
+                          "by sp.theory; mc: one made by sp.simulate)")
+    seeds = ds.indexes.get("seed")
+    if seeds is not None and seeds.has_duplicates:
+        raise ConfigError(f"{role} seeds", f"repeated {list(seeds[seeds.duplicated()].unique())[:5]}",
+                          "distinct seeds (runs joined along 'seed' need distinct first_seed "
+                          "and one root_seed)")
+
+
 def _difference(ba: list, bb: list, prefix: bool) -> ConfigError | None:
     """How two nets' blocks differ (``prefix``: ``bb`` may be ``ba``'s first blocks), or None."""
     if len(ba) != len(bb) and not (prefix and len(bb) <= len(ba)):
@@ -363,7 +380,7 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                              if forward and "var_log_grad_q" in missing else ""))
     if "width" in mc.coords and "width" not in mc.dims:
         mc = mc.drop_vars("width")
-    th, mc = _align(theory[names], mc[list(dict.fromkeys(sources.values()))])
+    th, mc, left_out = _align(theory[names], mc[list(dict.fromkeys(sources.values()))])
     valued = [n for n in names if bool(th[n].notnull().any())]
     if not valued:  # (it said 'seeds=0': a net with no branch has no branch_q in its run)
         raise ConfigError("variables", names, "spreads the theory has a value of; here "
@@ -394,7 +411,8 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                         f"{np.asarray(N).tolist()}: the "
                         f"theory's V/{W} times {W}/N, its leading order (an O(1/N^2) remainder "
                         "shows in z where N is small)",
-        **attrs, **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}" for n in names}})
+        **attrs, **{f"estimator_{n}": f"spread: {SPREAD_ESTIMATOR}" for n in names},
+        **({"left_out": left_out} if left_out else {})})
 
 
 def spread_seeds(mc: xr.Dataset, names) -> int:
@@ -494,6 +512,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("mc dims", tuple(mc.dims), "a Monte Carlo dataset with a 'seed' dim")
     if "seed" in theory.dims:
         raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
+    check_role(theory, "theory")
+    check_role(mc, "mc")
     if estimator not in ESTIMATORS:
         raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
     if not isinstance(rtol, numbers.Real) or not 0 <= rtol < math.inf:
@@ -536,6 +556,9 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     skipped = {name: "the theory ran the forward pass alone (sp.theory(..., backward=False)); "
                "rerun it with backward=True" for name in (variables or VARIABLES)
                if forward_only and name in BACKWARD_VARIABLES and name in mc}
+    for name in [n for n in names if bool(mc[n].isnull().all())]:
+        names.remove(name)  # (from_torch's weight_grad_q: not measured)
+        skipped[name] = "the Monte Carlo dataset has no value of it (not measured)"
     if _depths_differ(theory, mc):
         for name in [n for n in names if n in BACKWARD_VARIABLES]:
             names.remove(name)
@@ -553,7 +576,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     units = ["q"] if "mean" in names and "q" in theory and "q" not in names + terms else []
     logs = {n: schema.LOG_NAME[n] for n in names  # log q where q overflows: from log_q
             if schema.LOG_NAME.get(n) in theory and schema.LOG_NAME.get(n) in mc}
-    th, mc = _align(theory[names + terms + units + list(logs.values())],
+    th, mc, left_out = _align(theory[names + terms + units + list(logs.values())],
                     mc[names + list(logs.values())])
     widths = [int(w) for w in mc["width"].values] if "width" in mc.dims else []
     out, attrs, corrected = {}, {}, []
@@ -583,8 +606,11 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             heavy = heavy.any("width")
         est, se = (v.squeeze("width", drop=True) if "width" in v.dims else v for v in (est, se))
         scale = np.sqrt(se**2 + floor**2)
-        # equal: z = 0, unless both overflowed (inf = inf says nothing; log -inf is an exact 0)
-        equal = (est == ref) & (np.isfinite(est) | ((est == -np.inf) & (est_name != "mean")))
+        # equal: z = 0, unless both overflowed (inf = inf says nothing; log -inf is an exact 0);
+        # so too within the rounding floor with no spread above it (the inputs at layer 0)
+        rounding = (se <= floor) & (abs(est - ref) <= floor)
+        equal = ((est == ref) | rounding) & (np.isfinite(est)
+                                             | ((est == -np.inf) & (est_name != "mean")))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = xr.where(equal, 0.0, (est - ref) / scale).where(~heavy)
         parts, stat = [est, se, ref.broadcast_like(est), z], list(STATS)
@@ -618,7 +644,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 "tails": ("Hill tail index per sample; variance called infinite where its upper "
                           "95 % bound is < 2" if seeds >= MIN_TAIL_SEEDS else
                           f"tail index not estimated (fewer than {MIN_TAIL_SEEDS} seeds)"), **attrs,
-                **{f"skipped_{k}": v for k, v in skipped.items()}}
+                **{f"skipped_{k}": v for k, v in skipped.items()},
+                **({"left_out": left_out} if left_out else {})}
     return ds
 
 
@@ -859,9 +886,11 @@ def _unit(th: xr.Dataset, name: str, ref):
 
 
 def _align(th: xr.Dataset, mc: xr.Dataset):
-    """The two datasets on their shared coordinates; a dim one of them was cut to one value of
-    (``theory.sel(layer=4)``: a scalar coordinate) is cut the same in the other (it was
-    broadcast against every value)."""
+    """The two datasets on their shared coordinates, and what of the Monte Carlo's that left
+    out ('' if nothing: it has no theory there; the theory's own extra points, a finer sweep
+    grid, go unsaid); a dim one of them was cut to one value of (``theory.sel(layer=4)``: a
+    scalar coordinate) is cut the same in the other (it was broadcast against every
+    value)."""
     differ = {d: (th[d].item(), mc[d].item()) for d in th.coords if d in mc.coords
               and th[d].ndim == 0 and mc[d].ndim == 0 and not _same_value(th[d], mc[d])}
     if differ:  # (th.sel(layer=4) against mc.sel(layer=1) was compared, as one layer)
@@ -882,11 +911,14 @@ def _align(th: xr.Dataset, mc: xr.Dataset):
         raise ConfigError("theory dims missing from the Monte Carlo dataset", missing,
                           "select one value of each (e.g. theory.sel(alpha=0.5)) before comparing")
     th = th.squeeze([d for d in th.dims if d not in mc.dims], drop=True)
+    left = {d: mc.indexes[d].difference(th.indexes[d]) for d in shared
+            if d in th.indexes and d in mc.indexes}
     th, mc = xr.align(th, mc, join="inner", exclude=[d for d in mc.dims if d not in shared])
     empty = [d for d in shared if th.sizes[d] == 0]
     if empty:
         raise ConfigError("shared coordinates", empty, "overlapping values in theory and mc")
-    return th, mc
+    left = "; ".join(f"{d} = {list(v)}" for d, v in left.items() if len(v))
+    return th, mc, left and f"Monte Carlo points with no theory, not compared: {left}"
 
 
 def _same_value(u: xr.DataArray, v: xr.DataArray) -> bool:
@@ -908,7 +940,10 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     ``flag``: DISAGREE when the rate exceeds the nominal one by more than 3 binomial sd (+1/n);
     NOT COMPARABLE when some points have no finite z (infinite variance, no theory value).
     A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
-    was not run on, weight_grad_q at layer 0) is not a point."""
+    was not run on, weight_grad_q at layer 0) is not a point, nor is one of z exactly 0 (the
+    Monte Carlo equal to the theory to rounding, with no spread: the inputs at layer 0, corr's
+    diagonal), which tests nothing; a pair of inputs is one point (corr's (a, b) and (b, a) are
+    one value)."""
     if not (isinstance(threshold, numbers.Real) and 0 < threshold < math.inf):
         raise ConfigError("threshold", threshold, "a number > 0 (the |z| above which a point "
                           "disagrees)")
@@ -917,15 +952,20 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     nominal = nominal_rate(threshold, seeds)
     for name, da in cmp.data_vars.items():
         z = abs(da.sel(stat="z"))
+        pairs = (da["input"] < da["input_b"]) if "input_b" in da.dims else True
+        exact = int(((z == 0) & pairs).sum())
+        z = z.where((z != 0) & pairs)
         finite = z.where(np.isfinite(z))
         n = int(finite.count())
-        exists = da.sel(stat="theory").notnull() | da.sel(stat="estimate").notnull()
-        lost = int(exists.sum()) - n
+        exists = (z.notnull() | (da.sel(stat="theory").notnull()
+                                 | da.sel(stat="estimate").notnull())) & pairs
+        lost = int(exists.sum()) - n - exact
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,
-                         "max_z": float("nan"), "where": "", "rate": float("nan"),
-                         "nominal": nominal, "not_comparable": lost,
-                         "flag": f"NOT COMPARABLE ({lost} points)" if lost else "no data"})
+                         "exact": exact, "max_z": float("nan"), "where": "",
+                         "rate": float("nan"), "nominal": nominal, "not_comparable": lost,
+                         "flag": f"NOT COMPARABLE ({lost} points)" if lost else
+                         "ok" if exact else "no data"})
             continue
         where = finite.fillna(-1).argmax(...)
         loc = ", ".join(f"{d}={finite[d].values[i].item() if d in finite.coords else int(i)}"
@@ -933,7 +973,7 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         rate = float((finite > threshold).sum()) / n
         bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / n) + 1 / n
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
-                     "max_z": float(finite.max()), "where": loc, "rate": rate,
+                     "exact": exact, "max_z": float(finite.max()), "where": loc, "rate": rate,
                      "nominal": nominal, "not_comparable": lost,
                      "flag": "DISAGREE" if rate > bound else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
@@ -958,7 +998,8 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
         # place and a long flag fold: the spreads' names differ at their ends)
     for r in rows:
         style = "" if r["flag"] == "ok" else "bold red"
-        table.add_row(r["variable"], r["estimator"], str(r["points"]), f"{r['max_z']:.2f}",
+        points = f"{r['points']}" + (f" (+{r['exact']} exact)" if r["exact"] else "")
+        table.add_row(r["variable"], r["estimator"], points, f"{r['max_z']:.2f}",
                       r["where"], f"{r['rate']:.4f}", r["flag"], style=style)
     console.print(table)
     console.print(f"finite-width bias: {cmp.attrs.get('finite_width', 'unknown')}")
@@ -967,9 +1008,12 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
             console.print(f"[red]{key.removeprefix('not_comparable_')}[/]: {why}")
         if key.startswith("skipped_"):
             console.print(f"[yellow]{key.removeprefix('skipped_')} not compared[/]: {why}")
+    if "left_out" in cmp.attrs:
+        console.print(f"[yellow]{cmp.attrs['left_out']}[/]")
     console.print("flag: DISAGREE when the rate of |z| > threshold exceeds the nominal Student-t "
                   "rate by more than 3 binomial standard errors (+1/n); z-scores of neighbouring "
-                  "layers are correlated, so read max |z| and its layer too.")
+                  "layers are correlated, so read max |z| and its layer too. exact: points "
+                  "where every seed gives the theory's value to rounding (z = 0; not counted).")
     return rows
 
 

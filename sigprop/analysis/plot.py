@@ -27,6 +27,7 @@ from sigprop.analysis import plots
 from sigprop.analysis.compare import (
     ESTIMATORS,
     SPREADS,
+    check_role,
     check_same_experiment,
     elementwise,
     first_order,
@@ -91,6 +92,10 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     """
     given = theory, mc  # (a mapping's datasets are checked label by label: stacked, their
     # differing configs are dropped)
+    if _labelled(theory) and _labelled(mc) and set(map(str, mc)) - set(map(str, theory)):
+        raise ConfigError("mc labels", sorted(set(map(str, mc)) - set(map(str, theory))),
+                          f"labels of the theory mapping {sorted(map(str, theory))} (a Monte "
+                          "Carlo run is drawn against its own architecture's theory)")
     th, mc = _dataset(theory, "theory", seed=False), _dataset(mc, "mc", seed=True)
     if th is None and mc is None:
         raise ConfigError("theory, mc", (None, None), "at least one dataset")
@@ -318,6 +323,7 @@ def _dataset(ds, role: str, seed: bool) -> xr.Dataset | None:
         want = "a Monte Carlo dataset (with a 'seed' dim)" if seed else \
             "a theory dataset (no 'seed' dim; Monte Carlo goes in mc=)"
         raise ConfigError(f"{role} dims", tuple(ds.dims), want)
+    check_role(ds, role)
     return ds
 
 

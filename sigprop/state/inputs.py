@@ -124,6 +124,8 @@ def _vector(field, value, arr, B):
 
 
 def _matrix(field, value, arr, B):
+    if np.any(np.abs(arr) > 1):  # (a number is a cosine whatever B is: at B = 1 it goes unused)
+        raise ConfigError(field, value, "cosines in [-1, 1]")
     if arr.ndim == 0:
         C = np.full((B, B), float(arr))
         np.fill_diagonal(C, 1.0)
@@ -133,6 +135,4 @@ def _matrix(field, value, arr, B):
             raise ConfigError(field, value, "a symmetric matrix with unit diagonal")
     else:
         raise ConfigError(field, value, f"a number or a {B}x{B} matrix")
-    if np.any(np.abs(C) > 1):
-        raise ConfigError(field, value, "cosines in [-1, 1]")
     return C
