@@ -538,3 +538,74 @@ def test_trained_and_subtracting_modules_are_read_by_the_documented_formulas():
     read = from_torch(nn.Sequential(nn.Linear(64, 64), ln, nn.Linear(64, 64)),
                       torch.randn(2, 64)).layers[2]
     assert read.gain_shift == pytest.approx(float(((1 + 0.3 * z) * (0.2 * z)).mean()), rel=1e-6)
+
+
+def _preln_relu_x3(d=32):
+    torch.manual_seed(0)
+    return nn.Sequential(*[PreLN(d, nn.ReLU) for _ in range(3)])
+
+
+def test_a_net_of_another_structure_is_refused_by_its_first_difference():
+    """``net=`` names the model's layers, so it must have from_torch(model)'s structure: a
+    plain tanh net of as many layers was recorded as the model's (compare then showed q
+    DISAGREE, |z| 72); an activation changed inside a branch is found there. The numbers may
+    differ (a hand-written reference), and a Repeat reads as its copies."""
+    model, inputs = _preln_relu_x3(), sp.Inputs(q=1.0, corr=0.5, n=2)
+    with pytest.raises(sp.ConfigError, match="Dense at layer 1, op 0, where from_torch"):
+        simulate_torch(model, inputs, seeds=1, net=sp.presets.plain(depth=3, act="tanh"))
+    wrong = from_torch(nn.Sequential(PreLN(32, nn.ReLU), PreLN(32, nn.ReLU), PreLN(32, nn.Tanh)))
+    with pytest.raises(sp.ConfigError, match=r"Act\('tanh'\) at layer 3, op 0 Residual's branch, "
+                                             r"op 2, where from_torch\(module\) has Act\('relu'\)"):
+        simulate_torch(model, inputs, seeds=1, net=wrong)
+    ref = sp.Repeat(sp.Residual(sp.Serial(sp.LayerNorm(), T(ratio=4), sp.Act("relu"),
+                                          T(ratio=0.25))), 3)
+    assert simulate_torch(model, inputs, seeds=1, net=ref).sizes["layer"] == 4
+
+
+@pytest.mark.parametrize("make, x, error, words", [
+    (lambda: nn.Sequential(nn.Linear(16, 16)), (4, 17), sp.ConfigError,
+     "example_input features=17 is invalid: allowed 16"),
+    (lambda: nn.Sequential(nn.ReLU(), nn.Linear(16, 16)), (4, 17), UnsupportedComposition,
+     "fails on a (4, 17) input at _1, Linear at '1': mat1 and mat2"),
+    (lambda: nn.Sequential(nn.Linear(16, 16), nn.LayerNorm([2, 8])), (4, 16),
+     UnsupportedComposition, "LayerNorm at '1': LayerNorm over more than the last dim"),
+    (lambda: nn.Sequential(nn.Conv1d(16, 16, 1)), (4, 16), UnsupportedComposition,
+     "Conv1d at '0': no sigprop op"),
+    (lambda: nn.Sequential(nn.Embedding(16, 16)), (4, 16), UnsupportedComposition,
+     "Embedding at '0': no sigprop op"),
+])
+def test_an_input_or_module_torch_cannot_run_is_named_not_a_torch_traceback(
+        make, x, error, words, capsys):
+    """A wrong input width, or a module sigprop has no op for, is a sigprop error naming the
+    module (torch's own RuntimeError, with a printed traceback, before), and nothing is
+    printed."""
+    with pytest.raises(error) as err:
+        from_torch(make(), torch.randn(*x))
+    assert words in str(err.value)
+    assert capsys.readouterr().err == ""
+
+
+def test_simulate_torch_refuses_bad_arguments_by_name():
+    """A width other than the model's own (torch's "Given normalized_shape=[32]" before), or one
+    the model fails on; a net or init of the wrong type (an AttributeError and a TypeError)."""
+    model, inputs = _preln_relu_x3(), sp.Inputs(q=1.0, corr=0.5, n=2)
+    with pytest.raises(sp.ConfigError, match="width=64 is invalid: allowed 32"):
+        simulate_torch(model, inputs, seeds=1, width=64)
+    with pytest.raises(UnsupportedComposition, match="fails on a .2, 17. input at _1, Linear"):
+        simulate_torch(nn.Sequential(nn.ReLU(), nn.Linear(16, 16)), inputs, seeds=1, width=17)
+    with pytest.raises(sp.ConfigError, match="net='str'"):
+        simulate_torch(model, inputs, seeds=1, net="x")
+    with pytest.raises(sp.ConfigError, match="init='int'"):
+        simulate_torch(model, inputs, seeds=1, init=3)
+
+
+@pytest.mark.parametrize("make", [lambda: nn.Linear(16, 16), lambda: nn.LayerNorm(16),
+                                  lambda: nn.BatchNorm1d(16).eval()])
+def test_a_single_layer_is_read_as_it_is_inside_sequential(make):
+    """A bare torch.nn layer was refused ("no sigprop op for linear", a trace error for
+    BatchNorm): fx traced into its forward; it is read as nn.Sequential(layer), and simulated."""
+    torch.manual_seed(0)
+    layer, x = make(), torch.randn(4, 16)
+    assert from_torch(layer, x).to_dict() == from_torch(nn.Sequential(layer), x).to_dict()
+    ds = simulate_torch(layer, sp.Inputs(q=1.0, corr=0.5, n=2), seeds=1)
+    assert ds.sizes["layer"] == 2

@@ -46,6 +46,7 @@ May import: every layer up to ``engines`` and ``analysis``.
 from __future__ import annotations
 
 import copy
+import itertools
 import math
 import operator
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ from sigprop.ops import (
     FeatureAffine,
     LayerNorm,
     Op,
+    Repeat,
     Residual,
     RMSNorm,
     Scale,
@@ -110,6 +112,10 @@ def from_torch(module, example_input=None, weights: str = "empirical") -> Op:
     ``example_input`` (B, n), when given, is run through the module to check that every tensor
     on the way is a batch of feature vectors (B, N). ``weights``: "empirical" (the variances
     of the module's own weights) or "init" (torch's default init by name).
+
+    A single torch.nn layer (``nn.Linear(16, 16)``) is read as ``nn.Sequential(layer)``. A
+    module called more than once (shared weights, weight tying) is read as that many layers
+    with independent weights: the theory of the untied network.
     """
     return _convert(module, weights, example_input).net
 
@@ -129,33 +135,53 @@ def _convert(module, weights: str, example_input=None) -> _Plan:
     torch = _torch()
     if weights not in WEIGHTS:
         raise ConfigError("weights", weights, f"one of {WEIGHTS}")
+    gm = _trace(torch, module)
+    x = None
+    if example_input is not None:
+        x = torch.as_tensor(example_input)
+        if x.ndim != 2:
+            raise ConfigError("example_input shape", tuple(x.shape),
+                              "(B, n): B inputs of n features")
+    plan = _Converter(gm, weights).plan()
+    if x is not None:
+        _check_shapes(torch, copy.deepcopy(gm), x, plan.width, "example_input features")
+    return plan
+
+
+def _trace(torch, module):
+    """The fx graph of ``module``, in-place ops made out-of-place; a leaf module of torch.nn
+    (``nn.Linear(...)`` on its own) is traced as ``nn.Sequential(module)``, as fx traces the
+    modules inside a model."""
     if not isinstance(module, torch.nn.Module):
         raise ConfigError("module", type(module).__name__, "a torch.nn.Module")
+    if torch.fx.Tracer().is_leaf_module(module, ""):
+        module = torch.nn.Sequential(module)
     try:
-        gm = _out_of_place(torch, torch.fx.symbolic_trace(module))
+        return _out_of_place(torch, torch.fx.symbolic_trace(module))
     except Exception as err:  # noqa: BLE001 - fx raises many types; say what happened
         raise UnsupportedComposition(
             f"torch.fx could not trace {type(module).__name__} ({type(err).__name__}: {err}); "
             "sigprop reads the forward code as a graph, so data-dependent control flow is "
             "not supported") from None
-    if example_input is not None:
-        _check_shapes(gm, example_input)
-    conv = _Converter(gm, weights)
-    return conv.plan()
 
 
-def _check_shapes(gm, example_input):
-    torch = _torch()
-    from torch.fx.passes.shape_prop import ShapeProp
-
-    x = torch.as_tensor(example_input)
-    if x.ndim != 2:
-        raise ConfigError("example_input shape", tuple(x.shape), "(B, n): B inputs of n features")
-    with torch.no_grad():
-        ShapeProp(gm).propagate(x.to(next(iter(gm.parameters()), x).dtype))
-    bad = [f"{n.name} {tuple(n.meta['tensor_meta'].shape)}" for n in gm.graph.nodes
-           if n.op not in ("output", "get_attr") and hasattr(n.meta.get("tensor_meta"), "shape")
-           and len(n.meta["tensor_meta"].shape) not in (0, 2)]
+def _check_shapes(torch, gm, x, width, field):
+    """Run ``x`` (B, n) through ``gm`` (its modules may update running statistics: pass a
+    copy) and check that every tensor on the way is (B, N); ``field`` names ``n`` in errors."""
+    if width is not None and x.shape[1] != width:
+        raise ConfigError(field, x.shape[1], f"{width}, the input width of the module's first "
+                          "layer")
+    run = torch.fx.Interpreter(gm, garbage_collect_values=False)
+    try:
+        with torch.no_grad():
+            run.run(x.to(next(iter(gm.parameters()), x).dtype))
+    except Exception as err:  # noqa: BLE001 - torch raises many types; name the node
+        node = next(n for n in gm.graph.nodes if n not in run.env)
+        raise UnsupportedComposition(
+            f"the module fails on a {tuple(x.shape)} input at {node.name}, "
+            f"{_describe(gm, node)}: {str(err).splitlines()[0]}") from None
+    bad = [f"{n.name} {tuple(v.shape)}" for n, v in run.env.items()
+           if n.op not in ("output", "get_attr") and torch.is_tensor(v) and v.ndim not in (0, 2)]
     if bad:
         raise UnsupportedComposition(
             "sigprop's features are the last dim of (B, N) tensors; these nodes have other "
@@ -491,6 +517,11 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
     the nets simulated, not the module's current weights; NaN where an op has no node of its
     own). Runs on a deep copy in ``dtype``, dropout off, in-place ops made out-of-place; the
     module itself is left untouched.
+
+    ``net`` must have the structure of ``from_torch(module)`` (op types, nesting, activation
+    names; its numbers may differ), else a ConfigError names the first difference. ``width``:
+    the module's input width, needed only when it cannot be read off the first module the input
+    meets (a Linear's ``in_features``, a norm's size); any other value is refused.
     """
     torch = _torch()
     from sigprop.engines.montecarlo import check_first_seed, check_int
@@ -501,6 +532,14 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
     if dtype not in ("float32", "float64"):
         raise ConfigError("dtype", dtype, "'float32' or 'float64'")
+    if not isinstance(module, torch.nn.Module):
+        raise ConfigError("module", type(module).__name__, "a torch.nn.Module")
+    if net is not None and not isinstance(net, Op):
+        raise ConfigError("net", type(net).__name__, "an op tree: from_torch(module), or one of "
+                          "its structure")
+    if init is not None and not callable(init):
+        raise ConfigError("init", type(init).__name__, "a function init(module) or None")
+    width = None if width is None else check_int("width", width, 1)
     model = copy.deepcopy(module).to(getattr(torch, dtype))
     for m in model.modules():
         if isinstance(m, torch.nn.Dropout):
@@ -516,11 +555,19 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
     if len(layers_of(net)) != len(plan.nodes):
         raise ConfigError("net", f"{len(layers_of(net))} layers", f"the {len(plan.nodes)} layers "
                           "of from_torch(module): net names the model's own layers")
+    for l, (mine, theirs) in enumerate(zip(layers_of(net), layers_of(plan.net)), start=1):
+        diff = _difference(mine, theirs, f"layer {l}")
+        if diff is not None:
+            raise ConfigError("net", diff, "the structure of from_torch(module) (op types, "
+                              "nesting, activation names; the numbers may differ)")
     n = width or plan.width
     if n is None:
         raise ConfigError("width", None, "the module's input width (it could not be read from "
                           "the first module the input meets)")
-    gm = _out_of_place(torch, torch.fx.symbolic_trace(model))
+    gm = _trace(torch, model)
+    with torch.random.fork_rng(devices=[]):
+        _check_shapes(torch, gm, torch.zeros(2, n, dtype=getattr(torch, dtype)), plan.width,
+                      "width")
     nodes = {node.name: node for node in gm.graph.nodes}
     out_node = next(nd for nd in gm.graph.nodes if nd.op == "output").args[0]
     stats = []
@@ -533,6 +580,37 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
     attrs = make_attrs("montecarlo", config, "torch", root_seed=root_seed, width=n, dtype=dtype,
                        sampler="torch", seeds=seeds, module=type(module).__name__)
     return mc_dataset(data, layers_of(net), attrs, first_seed)
+
+
+def _sequence(op):
+    """``op`` as the ops it applies in turn: Serials and Repeats unrolled, lazily."""
+    if isinstance(op, Serial):
+        for layer in op.layers:
+            yield from _sequence(layer)
+    elif isinstance(op, Repeat):
+        for _ in range(op.n):
+            yield from _sequence(op.block)
+    else:
+        yield op
+
+
+def _kind(op) -> str:
+    """An op's structural name: its type, an activation's name with it."""
+    return "nothing" if op is None else f"Act({op.name!r})" if isinstance(op, Act) \
+        else type(op).__name__
+
+
+def _difference(mine, theirs, where):
+    """The first place where the op trees ``mine`` and ``theirs`` (from_torch's) differ in
+    structure, as "<kind> at <where>, where from_torch(module) has <kind>"; None: the same."""
+    for i, (a, b) in enumerate(itertools.zip_longest(_sequence(mine), _sequence(theirs))):
+        if _kind(a) != _kind(b):
+            return f"{_kind(a)} at {where}, op {i}, where from_torch(module) has {_kind(b)}"
+        for ka, kb in zip(a.children(), b.children()):  # the same type: as many children
+            diff = _difference(ka, kb, f"{where}, op {i} {_kind(a)}'s branch")
+            if diff is not None:
+                return diff
+    return None
 
 
 def _reinit(torch, model, seed, root_seed, init):
