@@ -15,10 +15,11 @@ import math
 import numbers
 
 from sigprop.errors import ConfigError, UnknownName
+from sigprop.kernels.gaussian import get_activation
 from sigprop.ops import Act, BatchNorm, Dense, LayerNorm, Op, Repeat, Residual, RMSNorm, Serial
 from sigprop.state.params import Sweep
 
-RELU_LIKE = ("relu", "gelu", "silu")
+RELU_LIKE = ("gelu", "silu", "gelu_tanh")  # not homogeneous: He's sqrt(2) by convention
 SHAPES = ("mlp", "act_dense", "dense_act")
 SCHEDULES = {"1": lambda L: 1.0, "1/sqrt(L)": lambda L: 1 / math.sqrt(L), "1/L": lambda L: 1 / L}
 NORMS = {"layernorm": LayerNorm, "rmsnorm": RMSNorm, "batchnorm": BatchNorm}
@@ -37,14 +38,24 @@ def branch_scale(alpha, depth: int):
     return float(alpha)
 
 
+def first_gain(act: str) -> float:
+    """The default sigma_w of the Dense before ``act``: for a positively homogeneous act, the
+    gain that keeps q, 1 / sqrt(E phi(z)^2) (relu sqrt 2, leaky_relu(s) sqrt(2 / (1 + s^2)),
+    linear 1); sqrt 2 for the relu-like gelu, silu and gelu_tanh; else 1."""
+    phi = get_activation(act)
+    if phi.degree == 1:
+        return math.sqrt(1 / float(phi.kernel(1.0, 1.0, 1.0)))
+    return math.sqrt(2.0) if phi.name in RELU_LIKE else 1.0
+
+
 def branch(act="relu", shape="mlp", ratio=1.0, sigma_w1=None, sigma_w2=1.0, sigma_b=0.0,
            sigma_b_fan_in=0.0) -> Op:
-    """The residual branch F. ``sigma_w1`` defaults to sqrt(2) for relu-like ``act``, else 1;
-    each Dense's bias variance is sigma_b^2 + sigma_b_fan_in^2 / n_in (torch's: sigma_b = 0,
+    """The residual branch F. ``sigma_w1`` defaults to :func:`first_gain` of ``act``; each
+    Dense's bias variance is sigma_b^2 + sigma_b_fan_in^2 / n_in (torch's: sigma_b = 0,
     sigma_b_fan_in^2 = 1/3)."""
     if shape not in SHAPES:
         raise ConfigError("shape", shape, f"one of {SHAPES}")
-    s1 = (math.sqrt(2.0) if act in RELU_LIKE else 1.0) if sigma_w1 is None else sigma_w1
+    s1 = first_gain(act) if sigma_w1 is None else sigma_w1
     if shape == "mlp":
         if isinstance(ratio, Sweep):  # (its second Dense would need a sweep of 1 / ratio)
             raise ConfigError("ratio", ratio, "a number: a swept hidden width needs the second "
@@ -144,7 +155,7 @@ def deepnorm(depth: int, act="relu", eps=1e-5, sublayers: int = 2, **kw) -> Op:
                           "DeepNet layer; DeepNet has 2)")
     a, b = (2 * L / sublayers) ** 0.25, (8 * L / sublayers) ** -0.25
     s1 = kw.pop("sigma_w1", None)
-    s1 = (math.sqrt(2.0) if act in RELU_LIKE else 1.0) if s1 is None else s1
+    s1 = first_gain(act) if s1 is None else s1
     s2 = kw.pop("sigma_w2", 1.0)
     f = branch(act, sigma_w1=b * s1, sigma_w2=b * s2, **kw)
     return Repeat(Serial(Residual(f, alpha=1.0, beta=a), LayerNorm(eps=eps)), L)

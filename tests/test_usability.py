@@ -20,6 +20,25 @@ def test_unknown_preset_attribute_is_a_config_error_with_a_suggestion():
     assert not hasattr(sp.presets, "no_such_preset")  # still an AttributeError for hasattr
 
 
+@pytest.mark.parametrize("act", ["relu", "linear", "leaky_relu", "leaky_relu(0.2)"])
+def test_a_homogeneous_activations_default_gain_keeps_q(act):
+    """The presets' first Dense before a positively homogeneous activation keeps q through it
+    (He's gain: E phi(u)^2 = q for u ~ N(0, sigma_w^2 q)); relu's is sqrt 2 exactly. A review
+    found leaky_relu(s) at gain 1 (q halved per Dense-act pair) beside relu at sqrt 2."""
+    net = sp.Serial(sp.Dense(sp.presets.first_gain(act)), sp.Act(act))
+    th = sp.theory(net, sp.Inputs(q=[1.0, 3.0], corr=0.2))
+    assert abs(float(th.q.isel(layer=-1, input=1)) - 3.0) < 1e-12
+    assert sp.presets.first_gain("relu") == 2 ** 0.5
+
+
+def test_gelus_approximation_takes_gelus_gain():
+    """Switching gelu for gelu_tanh (its tanh approximation) kept the first Dense at sqrt 2,
+    not 1 (a review's find: it halved the first layer's variance)."""
+    for act in ("gelu", "gelu_tanh", "silu"):
+        assert sp.presets.first_gain(act) == 2 ** 0.5
+    assert sp.presets.first_gain("tanh") == sp.presets.first_gain("erf") == 1.0
+
+
 @pytest.mark.parametrize("name", sorted(sp.presets.PRESETS))
 def test_a_preset_refuses_an_argument_it_does_not_take(name):
     """Every preset, called from Python, answers an unknown keyword with a ConfigError listing
