@@ -188,6 +188,13 @@ def save(ds: xr.Dataset, path) -> Path:
     ds = schema.describe(ds)  # a copy with the variables' and CF attributes
     ds.attrs = {k: v for k, v in ds.attrs.items() if k != CHECKSUM}
     ds.attrs[CHECKSUM] = checksum(ds)
+    return write(ds, path)
+
+
+def write(ds: xr.Dataset, path: Path) -> Path:
+    """Write ``ds`` to ``path`` (checked by :func:`check_output`) atomically: netCDF4
+    (h5netcdf) with its SHA-256 beside it, or zarr when the path ends in .zarr. No check of
+    what it holds (:func:`save` makes those; ``sigprop compare -o`` writes a comparison)."""
     side = hash_path(path)
     try:
         side.unlink(missing_ok=True)  # a crash before the new hash leaves none, never a stale one

@@ -52,6 +52,8 @@ def invoke(*args):
 
 
 def test_theory_simulate_compare_round_trip(tiny, tmp_path):
+    from sigprop.data import file_hash
+
     th, mc, cmp = tmp_path / "th.nc", tmp_path / "mc.nc", tmp_path / "cmp.nc"
     r = invoke("theory", tiny, "-o", th)
     assert r.exit_code == 0, r.output
@@ -63,6 +65,9 @@ def test_theory_simulate_compare_round_trip(tiny, tmp_path):
     r = invoke("compare", th, mc, "-o", cmp)
     assert r.exit_code == 0, r.output
     assert "theory vs Monte Carlo" in r.output and cmp.is_file()
+    assert (tmp_path / "cmp.nc.sha256").read_text().split()[0] == file_hash(cmp)
+    r = invoke("compare", th, mc, "-o", tmp_path / "cmp.txt")  # (HDF5 under any suffix)
+    assert r.exit_code == 2 and ".nc" in r.output and not (tmp_path / "cmp.txt").exists()
 
 
 def test_compare_a_spread_from_the_command_line(tiny, tmp_path):
@@ -252,10 +257,30 @@ def test_plot_command_routes_datasets_and_options_to_sp_plot(th_mc, tmp_path, mo
     assert seen["yscale"] == "log" and seen["hue"] is None
 
 
+def test_plot_command_sel_takes_labels_as_the_dataset_holds_them(tmp_path, monkeypatch):
+    """Arch labels "1" and "2" (strings that look like numbers): --sel arch=1 and arch="2" give
+    the strings (they gave ints, refused), a numeric dim still an int."""
+    import matplotlib.pyplot as plt
+
+    import sigprop.analysis.plot as plot_module
+
+    path, th = tmp_path / "nl.toml", tmp_path / "nl.nc"
+    path.write_text(TINY.replace('label = "Pre-LN"', 'label = "1"')
+                    .replace('preset = "resnet"', 'label = "2"\npreset = "resnet"'))
+    assert invoke("theory", path, "-o", th).exit_code == 0
+    seen = []
+    monkeypatch.setattr(plot_module, "plot", lambda *a, **kw: seen.append(kw) or plt.figure())
+    for sel, label in (("arch=1", "1"), ('arch="2"', "2"), ("arch='1'", "1")):
+        r = invoke("plot", th, "--sel", sel, "--sel", "input=1", "-o", tmp_path / "x.png")
+        assert r.exit_code == 0, r.output
+        assert seen[-1]["sel"] == {"arch": label, "input": 1}
+
+
 @pytest.mark.parametrize("args, says", [
     (("--var", "gradq"), "grad_q"),
     (("--sel", "width"), "DIM=LABEL"),
     (("--hue", "nope"), "arch"),
+    (("--sel", "input=0", "--sel", "input=1"), "input is fixed twice"),
 ])
 def test_plot_command_errors_are_one_line(th_mc, tmp_path, args, says):
     th, mc = th_mc

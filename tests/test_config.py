@@ -1,5 +1,6 @@
 """sims/*.toml: every shipped config loads; bad configs fail with the file, key and allowed values."""
 
+import re
 from pathlib import Path
 
 import pytest
@@ -70,7 +71,8 @@ def test_good_config_runs_theory(tmp_path):
     (("seeds = 2", "seeds = -1"), "profiles.quick.seeds", "greater than or equal to 0"),
     (("[profiles.quick]", "[profiles.'my quick']"), "profiles", "letters, digits"),
     (("[[arch]]", "[[figure]]\nvar = 'gradq'\n[[arch]]"), "figure.0.var", "grad_q"),
-    (("[[arch]]", "[[figure]]\nhue = 'archh'\n[[arch]]"), "figure.0.hue = 'archh'", "arch, batch"),
+    (("[[arch]]", "[[figure]]\nhue = 'archh'\n[[arch]]"), "figure.0.hue = 'archh'",
+     "arch, layer, input, width"),
     (("[[arch]]", "[[figure]]\nyscale = 'logg'\n[[arch]]"), "yscale", "linear, log"),
     (("[[arch]]", "[[figure]]\nhues = 'arch'\n[[arch]]"), "figure.0.hues", "hue"),
     (("corr = 0.5", "corr = 1.5"), "inputs", "cosines in [-1, 1]"),
@@ -295,8 +297,6 @@ def test_sweep_a_preset_cannot_vectorise_is_refused_at_load(tmp_path):
 def test_the_guides_per_arch_example_loads_and_runs(tmp_path):
     """docs/guide.md, "Sweeps per architecture": its TOML loads as written; Pre-LN varies with
     alpha, DeepNorm (no alpha argument) is the same at every alpha."""
-    import re
-
     import numpy as np
 
     guide = (Path(__file__).resolve().parents[1] / "docs" / "guide.md").read_text()
@@ -323,3 +323,35 @@ def test_a_figure_must_place_every_dim_with_several_values(tmp_path):
                  'hue = "arch"\ncol = "alpha"\nsel = { sigma_b = 0.5 }\n'):
         Sim.load(write(tmp_path, PER_ARCH + f'[[figure]]\nvar = "grad_q"\n{good}',
                        "per_arch.toml"))
+
+
+@pytest.mark.parametrize("figure, says", [
+    ("sel = { input = 5 }", "sel.input = 5 is not a label of its datasets; allowed: one of [0, 1]"),
+    ('hue = "arch"\nsel = { arch = "preln" }', "figure.0.sel.arch = 'preln' fixes arch"),
+    ("sel = { input_b = 1 }", "figure.0.sel.input_b = 'input_b' is not a dim"),
+    ('hue = "input_b"', "allowed: a dim of q (profile quick): arch, layer, input, width"),
+    ('x = "input"\nhue = "input"', "places a dim twice"),
+    ("sel = { alpha = 0.5 }", "figure.0.sel.alpha = 'alpha' is not a dim"),
+])
+def test_a_figures_sel_and_dims_are_checked_at_load(tmp_path, figure, says):
+    """Refused when the file loads (sp.plot refused them after the sims ran): a dim the
+    variable does not have, a label beyond the sim's inputs, a dim both drawn and fixed."""
+    with pytest.raises(SimConfigError, match=re.escape(says)):
+        Sim.load(write(tmp_path, GOOD + f"[[figure]]\nvar = 'q'\n{figure}\n", "figt.toml"))
+
+
+def test_a_figures_width_and_layer_are_checked_once_the_profile_is_chosen(tmp_path):
+    """The labels of a profile's widths and depth: quick has width 16 and layers 0..3, paper no
+    Monte Carlo (no width dim) and layers 0..5."""
+    def sim(sel):
+        figure = f"[[figure]]\nx = 'input'\nsel = {{ {sel} }}\n"
+        return Sim.load(write(tmp_path, GOOD + figure, "figt.toml"))
+
+    sim("width = 16").check_figures("quick")
+    with pytest.raises(SimConfigError, match=r"sel.width = 999 .*one of \[16\] \(profile quick"):
+        sim("width = 999").check_figures("quick")
+    with pytest.raises(SimConfigError, match=r"sel.width = 'width' is not a dim.*profile paper"):
+        sim("width = 16").check_figures("paper")
+    sim("layer = 5").check_figures("paper")
+    with pytest.raises(SimConfigError, match=r"sel.layer = 5 .*\[0, 1, 2, 3\]"):
+        sim("layer = 5").check_figures("quick")

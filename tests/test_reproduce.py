@@ -137,7 +137,7 @@ def test_every_sim_runs_its_figures_are_drawn_and_a_broken_one_is_skipped(own_pr
                  "theory mine", "simulate mine", "figure mine_grad_q"):
         assert rows[step] == "ran", (step, rows)
     assert r.failed == ["load broken"] and "depht" in rows["load broken"]
-    assert rows["figure variance"].startswith("skipped: no sims/placement.toml")
+    assert "figure variance" not in rows  # (a project without the paper: not its figures)
     (theory, mc, kw), = calls
     assert kw["var"] == "grad_q" and kw["hue"] == "arch"
     assert list(theory["arch"].values) == ["Pre-LN", "Post-LN"] and mc.sizes["seed"] == 3
@@ -177,3 +177,23 @@ def test_project_root_is_found_from_a_subfolder(own_project):
     assert find_root(deep) == own_project.resolve()
     with pytest.raises(ConfigError, match="--root"):
         find_root(Path("/"))
+
+
+def test_a_bad_figure_or_backend_is_refused_before_any_step(project):
+    """A figure's sel beyond the profile's widths makes its sim one that does not load (no step
+    of it runs, asked by name: the reason is said); an unknown backend is refused up front
+    (theory ran, then the Monte Carlo failed)."""
+    (project / "sims" / "figt.toml").write_text(MINE + "sel = { width = 999 }\n")
+    rows, _ = run(project, only=("figt",), dry_run=True)
+    assert "sel.width = 999" in rows["load figt"] and "theory figt" not in rows, rows
+    with pytest.raises(ConfigError, match=r"figt_grad_q.*sim figt does not load.*sel\.width"):
+        run(project, only=("figt_grad_q",), dry_run=True)
+    with pytest.raises(ConfigError, match="backend='foo'"):
+        run(project, backend="foo")
+    assert not (project / "cache").exists()
+
+
+def test_a_run_that_draws_no_figure_does_not_point_at_the_figures(project):
+    (project / "sims" / "plain.toml").write_text(MINE.split("[[figure]]")[0])
+    rows, text = run(project, only=("plain",))
+    assert rows["theory plain"] == "ran" and "figures in" not in text and "results in" in text

@@ -340,3 +340,40 @@ def test_missing_scale_packages_give_the_install_hint(tmp_path, monkeypatch, mis
     # until cli.py escapes error messages: reported)
     assert result.exit_code == 2 and "not installed" in result.output, result.output
     assert "pip install" in result.output and "Traceback" not in result.output
+
+
+def test_bad_overrides_and_an_unreached_scheduler_make_no_store(tmp_path, monkeypatch):
+    """--width 0 or 2 (B = 2 fixed inputs need 3), --backend foo: exit 2 before the store is
+    made (it was made, the theory ran, the Monte Carlo tasks failed, and the corrected rerun was
+    refused as another sweep); a scheduler that does not answer: exit 2, no store."""
+    from typer.testing import CliRunner
+
+    from sigprop.pipeline.cli import app
+
+    store = tmp_path / "sw.zarr"
+    args = ["sweep", str(write_sim(tmp_path, text=SMALL)), "-o", str(store), "--seeds", "2"]
+    for bad, says in ((["--width", "0"], "width=0"), (["--width", "2"], "width=2"),
+                      (["--backend", "foo"], "backend='foo'")):
+        r = CliRunner().invoke(app, args + bad)
+        assert r.exit_code == 2 and says in r.output and not store.exists(), r.output
+
+    def unreachable(address):
+        raise OSError(f"Timed out trying to connect to {address} after 30 s")
+
+    monkeypatch.setattr(distributed, "Client", unreachable)
+    r = CliRunner().invoke(app, args + ["--scheduler", "tcp://127.0.0.1:1"])
+    assert r.exit_code == 2 and "Timed out" in r.output and not store.exists(), r.output
+    with pytest.raises(ConfigError, match=r"local=0 .*worker processes"):
+        sweep_run(Sim.load(tmp_path / "tiny.toml"), store, local=0)
+
+
+def test_a_store_with_no_finished_task_does_not_block_another_sweep(tmp_path):
+    from sigprop.pipeline.sweep import _prepare
+
+    sim = Sim.load(write_sim(tmp_path, text=SMALL))
+    store = tmp_path / "sw.zarr"
+    _prepare(plan_montecarlo(sim, "quick", store, widths=[16], seeds=2), overwrite=False)
+    report = sweep_run(sim, store, theory=False, widths=[8], seeds=2)  # (was: widths differ)
+    assert report.computed == {"montecarlo": 8} and report.failed == []
+    with pytest.raises(ConfigError, match=r"\['widths'\] differ; 8 task\(s\) finished"):
+        sweep_run(sim, store, theory=False, widths=[16], seeds=2)

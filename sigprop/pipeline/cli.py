@@ -179,21 +179,25 @@ def compare(theory_nc: Annotated[Path, typer.Argument(metavar="THEORY", help="th
     """z-scores of Monte Carlo against theory per variable and layer, as a table."""
     from sigprop.analysis.compare import compare as run_compare
     from sigprop.analysis.compare import print_table
-    from sigprop.data import load
+    from sigprop.data import check_output, load, write
 
+    if output is not None:
+        output = check_output(output)
     cmp = run_compare(load(theory_nc), load(mc_nc), variables=variable or None,
                       estimator=estimator)
     rows = print_table(cmp, threshold, console)
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        cmp.to_netcdf(output, engine="h5netcdf")
-        console.print(f"comparison -> {output}")
+        console.print(f"comparison -> {write(cmp, output)}")
     if strict and any(r["flag"] == "DISAGREE" for r in rows):
         raise typer.Exit(1)
 
 
-def _label_value(text: str):
-    """A label given on the command line: an int, a float, or else the text."""
+def _label_value(text: str, coords: list):
+    """A label given on the command line as the datasets' coordinates ``coords`` hold it: the
+    text (without quotes around it) where they hold strings, else an int, a float or the text."""
+    if any(c.dtype.kind in "OSU" for c in coords):
+        quoted = len(text) > 1 and text[0] == text[-1] and text[0] in "'\""
+        return text[1:-1] if quoted else text
     for kind in (int, float):
         try:
             return kind(text)
@@ -234,10 +238,13 @@ def plot(datasets: Annotated[list[Path], typer.Argument(
                           "Monte Carlo dataset (a Monte Carlo one has a 'seed' dim)")
     fixed = {}
     for item in sel or ():
-        dim, eq, label = item.partition("=")
+        dim, eq, label = (part.strip() for part in item.partition("="))
         if not eq or not dim:
             raise ConfigError("--sel", item, "DIM=LABEL, e.g. --sel width=256")
-        fixed[dim.strip()] = _label_value(label.strip())
+        if dim in fixed:
+            raise ConfigError("--sel", item, f"one --sel per dim ({dim} is fixed twice)")
+        coords = [ds[dim] for v in loaded.values() for ds in v if dim in ds.coords]
+        fixed[dim] = _label_value(label, coords)
     fig = draw(*(v[0] if v else None for v in loaded.values()), var=var, x=x, hue=hue, col=col,
                row=row, sel=fixed, estimator=estimator, xscale=xscale, yscale=yscale)
     console.print(f"{var} -> {savefig(fig, output)}")

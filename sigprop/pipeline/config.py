@@ -62,7 +62,8 @@ else:  # pragma: no cover
 
 PROFILES = ("quick", "paper")  # the conventional profiles; a sim may define others, or only one
 NAME = r"^[A-Za-z0-9][A-Za-z0-9_.-]*$"  # a profile or figure name (also a file name)
-DIMS = ("layer", "input", "input_b", "arch", "batch", "width")  # dims a sim's datasets may have
+FREE_DIMS = ("layer", "input", "input_b", "width")  # sp.plot picks a label of one left free
+PROFILE_DIMS = ("layer", "width")  # their labels are a profile's depth and widths
 BRANCH_KWARGS = tuple(p for p in inspect.signature(presets.branch).parameters if p != "act")
 
 
@@ -389,8 +390,8 @@ class Sim:
         except ValidationError as e:
             raise _explain(path, raw, e) from None
         sim = cls(spec, path.stem, path)
-        sim._check_figures()
         sim._check_builds()
+        sim.check_figures()
         return sim
 
     def profile(self, name: str) -> ProfileSpec:
@@ -454,43 +455,69 @@ class Sim:
                                  f"blocks ({arch.name} is not, or is shorter)")
         return Repeat(net.block, blocks)
 
-    def _check_figures(self):
-        """Each figure's dims are dims of this sim's datasets, and each dim with several values
-        in some profile (a sweep, arch, batch) is its x, hue, col, row or sel (sp.plot's rule:
-        one left over becomes the hue); figure names are distinct."""
-        several = {}  # profile -> dims with several values
-        for p, prof in self.spec.profiles.items():
-            grid = {}  # sweep -> the union of its values over the archs (the datasets' grid)
-            for a in self.spec.arch:
-                for k, v in self.spec.arch_sweeps(a, prof.sweeps or self.spec.sweeps, p).items():
-                    grid.setdefault(k, set()).update(v.values() if isinstance(v, GridSpec) else v)
-            several[p] = [*(["arch"] if len(self.spec.arch) > 1 else []),
-                          *(["batch"] if len(self.batch_sizes(p)) > 1 else []),
-                          *sorted(k for k, v in grid.items() if len(v) > 1)]
-        dims = (*DIMS, *sorted({k for p in self.spec.profiles for a in self.spec.arch
-                                for k in self.spec.arch_sweeps(
-                                    a, self.spec.profiles[p].sweeps or self.spec.sweeps, p)}))
-        for i, fig in enumerate(self.spec.figure):
-            for key in ("x", "hue", "col", "row", *(f"sel.{d}" for d in fig.sel)):
-                dim = key[4:] if key.startswith("sel.") else getattr(fig, key)
-                if dim is not None and dim not in dims:
-                    raise SimConfigError(self.path, f"figure.{i}.{key.partition('.')[0]}", dim,
-                                         ", ".join(dims), "is not a dim of this sim's datasets")
-            placed = {fig.x, fig.hue, fig.col, fig.row, *fig.sel}
-            for p, dims_p in several.items():
-                left = [d for d in dims_p if d not in placed]
-                if left and not (fig.hue is None and len(left) == 1):
-                    free = [r for r in ("hue", "col", "row") if getattr(fig, r) is None]
-                    hint = f"{free[0]} = {left[0]!r}" if free else f"sel = {{ {left[0]} = ... }}"
-                    raise SimConfigError(
-                        self.path, f"figure.{i}", left, "each as x, hue, col or row, or fixed "
-                        f"by sel (e.g. {hint})",
-                        f"leaves dims with several values (profile {p}) without a place")
+    def _figure_dims(self, var: str, profile: str) -> dict[str, list]:
+        """The dims of ``var`` in this sim's datasets under ``profile`` (theory and, with seeds,
+        Monte Carlo: what sp.plot draws), each with its labels."""
+        prof = self.profile(profile)
+        labels = {"arch": [a.name for a in self.spec.arch]}
+        if prof.batch_sizes:
+            labels["batch"] = list(prof.batch_sizes)
+        for a in self.spec.arch:  # a sweep: the union of its values over the archs
+            for k, v in self.spec.arch_sweeps(a, prof.sweeps or self.spec.sweeps, profile).items():
+                have = labels.setdefault(k, [])
+                have += [x for x in (v.values() if isinstance(v, GridSpec) else v) if x not in have]
+        n = max(self.spec.inputs.build(b).n for b in self.batch_sizes(profile))
+        labels.update({d: list(range(prof.depth + 1 if d == "layer" else n))
+                       for d in schema.VARIABLES[var].dims})
+        if prof.montecarlo and any(a.montecarlo for a in self.spec.arch):
+            labels["width"] = list(prof.widths)
+        return labels
+
+    def check_figures(self, profile: str | None = None):
+        """Each figure's x, hue, col, row and sel are distinct dims of its variable in this sim's
+        datasets, each sel a label there, and each dim with several values (a sweep, arch,
+        batch) is placed (sp.plot's rule: one left over becomes the hue); figure names are
+        distinct. Without ``profile`` (at load): under every profile, but for the labels of
+        ``layer`` and ``width`` (its depth and widths), checked once a profile is chosen."""
+        later = PROFILE_DIMS if profile is None else ()
+        for p in self.spec.profiles if profile is None else [profile]:
+            for i, fig in enumerate(self.spec.figure):
+                self._check_figure(f"figure.{i}", fig, p, later)
         names = [f.name or f"{self.name}_{f.var}" for f in self.spec.figure]
         twice = sorted({n for n in names if names.count(n) > 1})
         if twice:
             raise SimConfigError(self.path, "figure.name", twice[0], "a distinct name per figure "
                                  "(default <sim>_<var>)", "is used twice")
+
+    def _check_figure(self, where: str, fig: FigureSpec, profile: str, later: tuple[str, ...]):
+        """One figure under one profile; the dims in ``later`` wait for a chosen profile."""
+        labels = self._figure_dims(fig.var, profile)
+        of = f"(profile {profile})"
+        roles = {k: getattr(fig, k) for k in ("x", "hue", "col", "row") if getattr(fig, k)}
+        for key, dim in [*roles.items(), *((f"sel.{d}", d) for d in fig.sel)]:
+            if dim not in labels and dim not in later:
+                raise SimConfigError(self.path, f"{where}.{key}", dim,
+                                     f"a dim of {fig.var} {of}: {', '.join(labels)}",
+                                     "is not a dim of this sim's datasets")
+        used = list(roles.values())
+        if len(set(used)) != len(used):
+            raise SimConfigError(self.path, where, roles, "distinct dims as x, hue, col and row",
+                                 "places a dim twice")
+        for d, v in fig.sel.items():
+            if d in used:
+                raise SimConfigError(self.path, f"{where}.sel.{d}", v, "a dim that is not x, hue, "
+                                     "col or row", f"fixes {d}, which the figure draws")
+            if d not in later and not any(_same(v, lab) for lab in labels[d]):
+                raise SimConfigError(self.path, f"{where}.sel.{d}", v,
+                                     f"one of {labels[d]} {of}", "is not a label of its datasets")
+        left = [d for d, labs in labels.items() if d not in (*used, *fig.sel, *FREE_DIMS)
+                and len(labs) > 1]
+        if left and not (fig.hue is None and len(left) == 1):
+            free = [r for r in ("hue", "col", "row") if getattr(fig, r) is None]
+            hint = f"{free[0]} = {left[0]!r}" if free else f"sel = {{ {left[0]} = ... }}"
+            raise SimConfigError(self.path, where, left, "each as x, hue, col or row, or fixed by "
+                                 f"sel (e.g. {hint})",
+                                 f"leaves dims with several values {of} without a place")
 
     def _check_builds(self):
         """Build every net and input once at depth 1 so value errors surface at load time."""
@@ -530,6 +557,11 @@ class Sim:
             raise SimConfigError(self.path, f"profiles.{profile}.batch_sizes", inputs.n,
                                  ">= 2 inputs (BatchNorm over one input is undefined)",
                                  f"does not suit arch '{arch.name}'")
+
+
+def _same(a, b) -> bool:
+    """Equal labels (floats within rounding, as sp.plot matches them)."""
+    return a == b or (isinstance(a, float) and isinstance(b, float) and bool(np.isclose(a, b)))
 
 
 def _allowed_of(e: Exception) -> str:

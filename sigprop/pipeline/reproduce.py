@@ -43,7 +43,7 @@ from sigprop.figures import FIGURES, module, render
 from sigprop.pipeline import cache as cachemod
 from sigprop.pipeline.config import FigureSpec, Sim, SimConfigError, load_each
 from sigprop.pipeline.processes import child_env, kill_group
-from sigprop.pipeline.runs import run_montecarlo, run_theory
+from sigprop.pipeline.runs import check_backend, run_montecarlo, run_theory
 
 PAPER = Path("paper")
 QUICK_DERIVE_TIMEOUT = 480.0  # the quick profile must finish on a 2-core CPU in < 15 min
@@ -165,16 +165,24 @@ def reproduce(run: Run) -> list[tuple[str, str, float]]:
     printed). A failed step is in ``run.failed``; an interrupt cancels the derivations and
     propagates, with nothing half-done stamped."""
     start = time.perf_counter()
+    check_backend(run.backend)
     sims, broken = load_each(run.sims_dir)
-    own = _own_figures(sims, broken)
-    known = tuple(dict.fromkeys((*FIGURES, *own, *sims, *broken)))
-    unknown = [o for o in run.only if o not in known]
-    if unknown:
-        raise ConfigError("--only", unknown[0], f"a figure or sim name: {', '.join(known)}")
     profiles = sorted({p for s in sims.values() for p in s.spec.profiles})
     if sims and run.profile not in profiles:
         raise ConfigError("--profile", run.profile, f"a profile that a sim defines: "
                           f"{', '.join(profiles)}")
+    for name in [n for n, s in sims.items() if run.profile in s.spec.profiles]:
+        try:  # (the labels of the profile's depth and widths: checked before any step runs)
+            sims[name].check_figures(run.profile)
+        except SigpropError as e:
+            broken[name] = e
+            del sims[name]
+    own = _own_figures(sims, broken)
+    known = tuple(dict.fromkeys((*FIGURES, *own, *sims, *broken)))
+    unknown = [o for o in run.only if o not in known]
+    if unknown:
+        why = "".join(f"; sim {n} does not load ({e})" for n, e in broken.items())
+        raise ConfigError("--only", unknown[0], f"a figure or sim name: {', '.join(known)}{why}")
 
     def wanted(name, sim):
         return not run.only or name in run.only or sim in run.only
@@ -211,8 +219,8 @@ def reproduce(run: Run) -> list[tuple[str, str, float]]:
             _figure(run, name, keys[module(name).SIM], generated, figures_dir)
         for name, (sim, spec) in own.items():
             _own_figure(run, name, sims[sim], spec, keys[sim], figures_dir)
-        for name, sim in absent.items():
-            run.note(f"figure {name}", f"no {run.sims_dir}/{sim}.toml")
+        for name, sim in absent.items() if (run.paper_dir / "main.tex").is_file() else ():
+            run.note(f"figure {name}", f"no {run.sims_dir}/{sim}.toml")  # (the paper's project)
         if run.paper and not run.only and (absent or not (run.paper_dir / "main.tex").is_file()):
             run.note("paper", f"needs {run.paper_dir}/main.tex and every paper figure's sim")
         elif run.paper and not run.only:
@@ -525,5 +533,6 @@ def _report(run: Run, seconds: float):
         run.console.print(f"[bold green]Everything is up to date: nothing was recomputed "
                           f"({seconds:.1f} s).")
     else:
-        run.console.print(f"[bold]{len(ran)} step(s) ran in {seconds:.1f} s; results in "
-                          f"{run.cache.root}/, figures in {run.paper_dir / 'figures'}/.")
+        drawn = any(name.startswith("figure ") for name, _, _ in ran)
+        where = f"{run.cache.root}/" + (f", figures in {run.paper_dir}/figures/" if drawn else "")
+        run.console.print(f"[bold]{len(ran)} step(s) ran in {seconds:.1f} s; results in {where}.")

@@ -73,6 +73,7 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
                    progress=None) -> xr.Dataset:
     """Monte Carlo (``sp.simulate``) of every case; dims ``seed`` and ``width`` added."""
     widths, seeds = montecarlo_size(sim, profile, widths, seeds)
+    check_backend(backend)
     archs = [a for a in sim.spec.arch if a.montecarlo]
     cases = [(arch, batch, point, width) for arch in archs
              for batch, point, width in itertools.product(
@@ -90,15 +91,37 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
     return schema.describe(out, title=sim.spec.description)
 
 
+def check_backend(backend: str, here: bool = True):
+    """Refuse, before any work, an unknown Monte Carlo backend, or cupy without a usable GPU
+    where the Monte Carlo runs ``here`` (in this process; dask workers probe their own)."""
+    from sigprop.engines.montecarlo import BACKENDS, resolve_backend
+
+    if backend not in BACKENDS:
+        raise ConfigError("backend", backend, f"one of {BACKENDS}")
+    if here and backend == "cupy":
+        resolve_backend(backend)
+
+
 def montecarlo_size(sim: Sim, profile: str, widths=None, seeds=None) -> tuple[tuple, int]:
     """(widths, seeds) of a Monte Carlo run: the profile's where not given (None), refused
-    without a width or with seeds < 1 (``--seeds 0`` ran the profile's seeds, -3 was called 0)."""
+    without a width or with seeds < 1 (``--seeds 0`` ran the profile's seeds, -3 was called 0),
+    or with a width that cannot hold the inputs (checked before any case runs)."""
+    from sigprop.engines.montecarlo import check_int
+
     prof = sim.profile(profile)
     widths, seeds = tuple(widths or prof.widths), prof.seeds if seeds is None else seeds
     if not widths or seeds < 1:
         raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
                           "at least one width and seeds >= 1 for Monte Carlo")
-    return widths, seeds
+    n = max(sim.spec.inputs.build(b).n for b in sim.batch_sizes(profile))
+    fixed = sim.spec.inputs.law == "fixed"  # (as sp.simulate: B + 1 directions for B inputs)
+    least = n + 1 if fixed else 2
+    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, (int, np.integer))
+           or w < least]
+    if bad:
+        why = f" (to hold {n} fixed inputs with exact q, mean and cosines)" if fixed else ""
+        raise ConfigError("width", bad[0], f"an integer >= {least}{why}")
+    return tuple(int(w) for w in widths), check_int("seeds", seeds, 1)
 
 
 def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, Sweep],

@@ -16,7 +16,8 @@ The store (zarr format 2, one per sim)::
                                          attrs: its outcome (a theory failure, the MC backend)
 
 * Resume: a rerun with the same layout (config, overrides, chunk sizes) computes only the tasks
-  without a marker; another layout in the same store is refused (``overwrite=True`` restarts).
+  without a marker; another layout in the same store is refused once a task of it finished
+  (``overwrite=True`` restarts), and replaces it before (nothing of it was computed).
 * Readers: :func:`sweep_load` returns the Dataset ``run_theory``/``run_montecarlo`` return
   (schema, coordinates, attributes); a chunk without a marker is never shown.
 * Determinism: a task's numbers depend only on its configuration (the theory is elementwise over
@@ -200,11 +201,11 @@ def _used(sizes: dict[str, int], var_dims) -> dict[str, int]:
     return {d: n for d, n in sizes.items() if d in dims}
 
 
-def _positive(name: str, value):
+def _positive(name: str, value, allowed: str = "an integer >= 1 (or None: one chunk)"):
     ok = value is None or (isinstance(value, (int, np.integer)) and not isinstance(value, bool)
                            and value >= 1)
     if not ok:
-        raise ConfigError(name, value, "an integer >= 1 (or None: one chunk)")
+        raise ConfigError(name, value, allowed)
     return None if value is None else int(value)
 
 
@@ -308,17 +309,20 @@ def _markers(store: str, kind: str) -> dict[str, dict]:
 
 
 def _prepare(plan: Plan, overwrite: bool) -> dict[str, dict]:
-    """Write the template and the layout (a new store), or check the layout (a resumed one);
-    returns the markers of the tasks already finished."""
+    """Write the template and the layout (a new store, or one of another sweep with no task
+    finished), or check the layout (a resumed one); returns the markers of the tasks already
+    finished."""
     zarr = _require("zarr", "zarr")
     stored = _stored_layout(plan.store, plan.kind)
-    if stored is not None and not overwrite:
-        if stored != plan.layout:
-            differ = sorted(k for k in plan.layout if stored.get(k) != plan.layout[k])
-            raise ConfigError(f"store {plan.store} ({plan.kind})", f"another sweep ({differ} "
-                              "differ)", "the same sim, overrides and chunk sizes to resume; a "
-                              "new store, or overwrite=True (--overwrite) to start again")
-        return _markers(plan.store, plan.kind)
+    done = {} if stored is None else _markers(plan.store, plan.kind)
+    if stored == plan.layout and not overwrite:
+        return done
+    if done and not overwrite:
+        differ = sorted(k for k in plan.layout if stored.get(k) != plan.layout[k])
+        raise ConfigError(f"store {plan.store} ({plan.kind})", f"another sweep ({differ} "
+                          f"differ; {len(done)} task(s) finished)", "the same sim, overrides and "
+                          "chunk sizes to resume; a new store, or overwrite=True (--overwrite) "
+                          "to start again")
     template = _template(plan)
     encoding = {name: {"chunks": tuple(plan.split.get(d, plan.sizes[d]) for d in dims)}
                 for name, dims in plan.var_dims.items()}
@@ -384,13 +388,14 @@ def sweep_run(sim, store, *, profile: str = "quick", theory: bool = True,
     raised (after the others finished). Read the result with :func:`sweep_load`.
     """
     from sigprop.pipeline.config import Sim
+    from sigprop.pipeline.runs import check_backend
 
     sim = sim if isinstance(sim, Sim) else Sim.load(sim)
     if sum(x is not None for x in (scheduler, local, client)) > 1:
         raise ConfigError("scheduler / local / client", (scheduler, local, client),
                           "at most one of them (none: run here, one task after another)")
     if local is not None:
-        _positive("local", local)
+        _positive("local", local, "an integer >= 1 (worker processes)")
     if montecarlo is None:
         montecarlo = seeds is not None or sim.profile(profile).montecarlo  # (--seeds 0: refused)
     plans = ([plan_theory(sim, profile, store, grid_chunk)] if theory else []) + (
@@ -398,19 +403,28 @@ def sweep_run(sim, store, *, profile: str = "quick", theory: bool = True,
                          backend=backend)] if montecarlo else [])
     if not plans:
         raise ConfigError("theory / montecarlo", (theory, montecarlo), "at least one kind")
+    if montecarlo:
+        check_backend(backend, here=scheduler is None and local is None and client is None)
     report = SweepReport(Path(plans[0].store))
-    todo = []
-    for plan in plans:
-        done = _prepare(plan, overwrite)
-        tasks = tasks_of(plan.layout)
-        todo += [(plan, t) for t in tasks if task_key(t) not in done]
-        report.total[plan.kind], report.skipped[plan.kind] = len(tasks), len(tasks) - len(
-            [t for t in tasks if task_key(t) not in done])
-        report.computed[plan.kind] = 0
+    with _client(scheduler, local, client) as dask_client:  # (reached before the store is made)
+        todo = []
+        for plan in plans:
+            done = _prepare(plan, overwrite)
+            tasks = tasks_of(plan.layout)
+            left = [t for t in tasks if task_key(t) not in done]
+            todo += [(plan, t) for t in left]
+            report.total[plan.kind], report.skipped[plan.kind] = len(tasks), len(tasks) - len(left)
+            report.computed[plan.kind] = 0
+        _run_todo(dask_client, todo, report, progress, sim.name)
+    if report.failed:
+        raise SweepFailed(report)
+    return report
 
-    with _client(scheduler, local, client) as dask_client, \
-            _progress_bar(progress, sum(report.total.values()),
-                          sum(report.skipped.values()), f"sweep {sim.name}") as advance:
+
+def _run_todo(dask_client, todo, report: SweepReport, progress: bool, name: str):
+    """Run the tasks ``todo``, counting them in ``report``."""
+    with _progress_bar(progress, sum(report.total.values()), sum(report.skipped.values()),
+                       f"sweep {name}") as advance:
         if dask_client is not None:
             report.dashboard = dask_client.dashboard_link
             advance(0, f"dask dashboard: {report.dashboard}")
@@ -422,9 +436,6 @@ def sweep_run(sim, store, *, profile: str = "quick", theory: bool = True,
             else:
                 report.failed.append((describe(plan, task), f"{type(error).__name__}: {error}"))
                 advance(0, f"[red]failed[/]: {report.failed[-1][0]}")
-    if report.failed:
-        raise SweepFailed(report)
-    return report
 
 
 def describe(plan: Plan, task: Task) -> str:
