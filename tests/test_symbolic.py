@@ -203,6 +203,23 @@ def test_symbolic_dataset_matches_theory(preset):
         np.testing.assert_allclose(sym[var].values, th[var].values, rtol=1e-11, atol=1e-14)
 
 
+@pytest.mark.parametrize("law", ["fixed", "gaussian"])
+def test_symbolic_dataset_carries_a_mean_the_block_makes(law):
+    """Centred inputs into x + relu(D x): the block gives the stream a mean, which the next
+    block's map must take. The centred map was iterated at every layer, so q was 8 at layer 3
+    against the theory's 13.2 (a second review's find); on Gaussian inputs the law after the
+    first block is the general one. A block that needs Gaussian features it no longer has
+    after one block (x + relu(RMSNorm x)) is refused, as the theory refuses it."""
+    blk = sp.Residual(sp.Serial(sp.Dense(2**0.5), sp.Act("relu")))
+    x0 = sp.Inputs(q=[1.0, 2.0], corr=0.3, law=law)
+    sym, th = S.symbolic_dataset(blk, 4, x0), sp.theory(sp.Repeat(blk, 4), x0)
+    for var in ("q", "mean", "corr", "grad_q"):
+        np.testing.assert_allclose(sym[var].values, th[var].values, rtol=1e-12, atol=1e-14)
+    if law == "gaussian":
+        with pytest.raises(sp.UnsupportedComposition, match="layer 2"):
+            S.symbolic_dataset(sp.Residual(sp.Serial(sp.RMSNorm(), sp.Act("relu"))), 3, x0)
+
+
 def test_rel_error_is_relative_and_refuses_nan_and_shape_mismatch():
     """The derivations' checker, by hand: |1.1e-3 - 1e-3| / 1e-3 = 0.1 (relative, not absolute
     below 1: an absolute error would pass every small value); the worst of several points; an

@@ -45,6 +45,11 @@ negative = st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False)
     (lambda: sp.presets.resnet(4, shape="conv"), "shape"),
     (lambda: sp.sweep("layer", [1.0]), "sweep name"),
     (lambda: sp.sweep("alpha", []), "sweep 'alpha' values"),
+    # a sweep named as a variable replaced it by its coordinate (theory.q was the sweep's
+    # values, and compare failed inside xarray); repeated values made a repeated index
+    (lambda: sp.sweep("q", [0.5, 1.0]), "sweep name"),
+    (lambda: sp.sweep("var_log_q", [0.5, 1.0]), "sweep name"),
+    (lambda: sp.sweep("alpha", [1.0, 1.0]), "sweep 'alpha' values"),
     (lambda: sp.theory("preln", sp.Inputs()), "net"),
     (lambda: sp.theory(sp.presets.preln(2), {"q": 1.0}), "inputs"),
 ])

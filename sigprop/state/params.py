@@ -27,6 +27,12 @@ class Sweep:
             raise ConfigError("sweep name", self.name, "a Python identifier such as 'sigma_w'")
         if self.name in RESERVED_DIMS:
             raise ConfigError("sweep name", self.name, f"not one of the reserved dims {RESERVED_DIMS}")
+        from sigprop.schema import ALL_VARIABLES
+
+        if self.name in ALL_VARIABLES:  # (its coordinate replaced the variable of its name)
+            raise ConfigError("sweep name", self.name, "not the name of a dataset variable "
+                              "(q, corr, log_q, var_log_q, ...): name it after its parameter, "
+                              "e.g. 'alpha'")
         field = f"sweep {self.name!r} values"
         allowed = "at least one finite real number, as a flat list"
         try:
@@ -37,6 +43,8 @@ class Sweep:
                 not np.all(np.isfinite(array)):
             raise ConfigError(field, self.values, allowed)
         values = tuple(float(v) for v in array)
+        if len(set(values)) < len(values):  # (a coordinate of repeated labels)
+            raise ConfigError(field, self.values, "distinct values")
         object.__setattr__(self, "values", values)
 
 

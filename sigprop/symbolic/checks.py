@@ -81,11 +81,21 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
 
 
     B = inputs.n
-    mean = any(x != 0 for x in inputs.mean)
-    gaussian = inputs.law == "gaussian"
     n_in = 2 if B > 1 else 1
-    fwd = block_map(block, n_in, mean=mean, gaussian=gaussian, simplify=False)
-    bwd = backward_map(block, 1, mean=mean, gaussian=gaussian, simplify=False)["grad_q_a"]
+    first = dict(mean=any(x != 0 for x in inputs.mean), gaussian=inputs.law == "gaussian")
+    maps = [(block_map(block, n_in, **first, simplify=False),
+             backward_map(block, 1, **first, simplify=False)["grad_q_a"])]
+    # the law a block hands on: a mean where it gives a centred stream one (a centred map drops
+    # it), and Gaussian features only where the theory says so
+    later = dict(mean=first["mean"] or sympy.simplify(maps[0][0]["m_a"]) != 0, gaussian=False)
+    if later != first:
+        try:
+            fwd = block_map(block, n_in, **later, simplify=False)
+        except UnsupportedComposition:  # the block needs Gaussian features: still so after it?
+            theory(Repeat(substitute(block, values), 2), inputs, layers=[2], backward=False)
+            later["gaussian"] = True
+            fwd = block_map(block, n_in, **later, simplify=False)
+        maps.append((fwd, backward_map(block, 1, **later, simplify=False)["grad_q_a"]))
     at = {SYMBOLS.get(k, sympy.Symbol(k)): sympy.Float(v) for k, v in values.items()}
     args = (Q_A, Q_B, M_A, M_B, C_AB, G_A)
 
@@ -99,14 +109,15 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
             raise ConfigError("symbolic_dataset values", sorted(map(str, left)), "given")
         return sympy.lambdify(args, expr, modules=["scipy", "numpy"])
 
-    f_q, f_m, f_g = fn(fwd["q_a"]), fn(fwd["m_a"]), fn(bwd)
-    f_c = fn(fwd["c_ab"]) if n_in == 2 else None
+    fns = [(fn(fwd["q_a"]), fn(fwd["m_a"]), fn(bwd), fn(fwd["c_ab"]) if n_in == 2 else None)
+           for fwd, bwd in maps]
     q = np.empty((depth + 1, B))
     m = np.empty((depth + 1, B))
     c = np.empty((depth + 1, B, B))
     q[0], m[0], c[0] = inputs.q, inputs.mean, inputs.corr
     iu = np.triu_indices(B, 1)
     for k in range(depth):
+        f_q, f_m, _, f_c = fns[min(k, len(fns) - 1)]  # (the first block's on the inputs' law)
         qa, ma = q[k], m[k]
         q[k + 1] = f_q(qa, qa, ma, ma, 1.0, 1.0)
         m[k + 1] = f_m(qa, qa, ma, ma, 1.0, 1.0)
@@ -118,7 +129,7 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
     g = np.empty((depth + 1, B))
     g[depth] = 1.0
     for k in range(depth - 1, -1, -1):
-        g[k] = f_g(q[k], q[k], m[k], m[k], 1.0, g[k + 1])
+        g[k] = fns[min(k, len(fns) - 1)][2](q[k], q[k], m[k], m[k], 1.0, g[k + 1])
     with np.errstate(divide="ignore", invalid="ignore"):
         data = {"q": q, "log_q": np.log(q), "mean": m, "var": q - m**2,
                 "log_var": np.log(q - m**2), "corr": c, "grad_q": g,
