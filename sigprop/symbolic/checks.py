@@ -82,12 +82,12 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
 
     B = inputs.n
     n_in = 2 if B > 1 else 1
-    first = dict(mean=any(x != 0 for x in inputs.mean), gaussian=inputs.law == "gaussian")
+    first = {"mean": any(x != 0 for x in inputs.mean), "gaussian": inputs.law == "gaussian"}
     maps = [(block_map(block, n_in, **first, simplify=False),
              backward_map(block, 1, **first, simplify=False)["grad_q_a"])]
     # the law a block hands on: a mean where it gives a centred stream one (a centred map drops
     # it), and Gaussian features only where the theory says so
-    later = dict(mean=first["mean"] or sympy.simplify(maps[0][0]["m_a"]) != 0, gaussian=False)
+    later = {"mean": first["mean"] or sympy.simplify(maps[0][0]["m_a"]) != 0, "gaussian": False}
     if later != first:
         try:
             fwd = block_map(block, n_in, **later, simplify=False)
