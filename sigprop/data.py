@@ -19,6 +19,7 @@ import gc
 import hashlib
 import importlib.util
 import json
+import numbers
 import os
 import re
 import secrets
@@ -178,17 +179,35 @@ def check_output(path) -> Path:
 
 def save(ds: xr.Dataset, path) -> Path:
     """Write ``ds`` losslessly and atomically, with ``attrs['checksum']``: netCDF4 (h5netcdf)
-    by default, zarr when the path ends in .zarr. The file is self-describing: the variables'
-    and the CF attributes of :func:`sigprop.schema.describe` are added where missing."""
+    by default, zarr when the path ends in .zarr. The file is self-describing: each variable
+    takes the schema's long_name, units and description (over any it carries), and the
+    dataset the CF attributes of :func:`sigprop.schema.describe` where missing."""
     path = check_output(path)
     if not isinstance(ds, xr.Dataset):
         raise ConfigError("ds", type(ds).__name__, "an xarray.Dataset of sigprop's")
     if ds.attrs.get("kind") not in KINDS:
         raise ConfigError("dataset attrs['kind']", ds.attrs.get("kind"), f"one of {KINDS}")
+    if path.suffix != ".zarr":
+        for where, attrs in [("dataset", ds.attrs), *((k, v.attrs) for k, v in ds.variables.items())]:
+            bad = {k: type(v).__name__ for k, v in attrs.items() if not _netcdf_attr(v)}
+            if bad:  # (h5netcdf or xarray failed on it after the checks, deep in the writer)
+                raise ConfigError(f"attrs of {where}", bad, "a string, a number, or a list of "
+                                  "strings or of numbers in a netCDF file (JSON-encode a dict, "
+                                  "str() a bool or None), or a .zarr path")
     ds = schema.describe(ds)  # a copy with the variables' and CF attributes
     ds.attrs = {k: v for k, v in ds.attrs.items() if k != CHECKSUM}
     ds.attrs[CHECKSUM] = checksum(ds)
     return write(ds, path)
+
+
+def _netcdf_attr(v) -> bool:
+    """Whether netCDF holds the attribute value ``v``: a string, a number (not a bool), or a
+    list of strings or of numbers."""
+    if isinstance(v, (list, tuple, np.ndarray)):
+        items = np.ravel(np.asarray(v, dtype=object))
+        return all(isinstance(x, (str, bytes)) for x in items) or all(
+            _netcdf_attr(x) and not isinstance(x, (str, bytes)) for x in items)
+    return isinstance(v, (str, bytes, numbers.Number)) and not isinstance(v, (bool, np.bool_))
 
 
 def write(ds: xr.Dataset, path: Path) -> Path:

@@ -216,3 +216,19 @@ def test_temporaries_of_dead_writers_are_stale_and_live_ones_are_not(tmp_path):
     dead.write_text("x")
     live.write_text("x")
     assert stale_temporaries(tmp_path) == [dead]
+
+
+@pytest.mark.parametrize("where", ["dataset", "q"])
+@pytest.mark.parametrize("value", [True, {"a": 1}, None, ["a", 1.5]])
+def test_an_attribute_netcdf_cannot_hold_is_refused_by_name(theory_ds, tmp_path, where, value):
+    """A bool, a dict, None or a mixed list among the attributes failed deep in h5netcdf or
+    xarray's writer (a second review's find); it is refused by name, before anything is
+    written, and a list of strings or of numbers is written as before."""
+    ds = theory_ds.copy()
+    (ds.attrs if where == "dataset" else ds[where].attrs)["note"] = value
+    with pytest.raises(sp.ConfigError, match=f"attrs of {where}.*note"):
+        sp.save(ds, tmp_path / "x.nc")
+    assert not any(tmp_path.iterdir())
+    for ok in (["a", "b"], [1, 2.5], "text", 3):
+        (ds.attrs if where == "dataset" else ds[where].attrs)["note"] = ok
+        sp.load(sp.save(ds, tmp_path / "x.nc"))

@@ -231,3 +231,19 @@ def test_rel_error_is_relative_and_refuses_nan_and_shape_mismatch():
     assert rel_error([1.0, 0.25], [1.0, 0.0]) == 0.25
     assert rel_error([1.0, float("nan")], [1.0, 1.0]) == float("inf")
     assert rel_error([1.0, 2.0, 3.0], [1.0, 2.0]) == float("inf")
+
+
+def test_symbolic_dataset_names_a_value_it_cannot_use():
+    """A value for no symbol of the block was dropped without a word, a sweep failed inside
+    sympy, and a missing symbol read 'values=[...] is invalid: allowed given'."""
+    blk = S.preset_block("preln", "relu")
+    x0 = sp.Inputs(q=[0.8, 1.9], mean=[0.2, -0.3], corr=0.4)
+    vals = {"alpha": 0.6, "beta": 1.0, "sigma_1": 1.3, "sigma_2": 0.9, "sigma_b": 0.2,
+            "eps": 0.01, "gain": 1.1}
+    S.symbolic_dataset(blk, 2, x0, **vals)
+    with pytest.raises(sp.ConfigError, match="value='foo'.*block's symbols"):
+        S.symbolic_dataset(blk, 2, x0, **vals, foo=1.0)
+    with pytest.raises(sp.ConfigError, match="alpha=Sweep.*a number"):
+        S.symbolic_dataset(blk, 2, x0, **{**vals, "alpha": sp.sweep("alpha", [0.5, 1.0])})
+    with pytest.raises(sp.ConfigError, match=r"none for \['gain'\]"):
+        S.symbolic_dataset(blk, 2, x0, **{k: v for k, v in vals.items() if k != "gain"})

@@ -3,6 +3,8 @@ relative errors, the theory of a symbolic block, and symbolic results as a datas
 
 from __future__ import annotations
 
+import numbers
+
 import numpy as np
 import sympy
 import xarray as xr
@@ -14,7 +16,7 @@ from sigprop.kernels.gaussian import get_activation
 from sigprop.ops import Op, Repeat
 from sigprop.provenance import make_attrs
 from sigprop.state.params import Sweep
-from sigprop.symbolic.hyperparams import substitute
+from sigprop.symbolic.hyperparams import op_symbols, substitute
 from sigprop.symbolic.maps import backward_map, block_map
 from sigprop.symbolic.symbols import C_AB, G_A, M_A, M_B, Q_A, Q_B, SYMBOLS, canonical_symbols
 
@@ -96,8 +98,16 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
             later["gaussian"] = True
             fwd = block_map(block, n_in, **later, simplify=False)
         maps.append((fwd, backward_map(block, 1, **later, simplify=False)["grad_q_a"]))
-    at = {SYMBOLS.get(k, sympy.Symbol(k)): sympy.Float(v) for k, v in values.items()}
     args = (Q_A, Q_B, M_A, M_B, C_AB, G_A)
+    symbols = {str(x) for x in op_symbols(block)}
+    for k, v in values.items():
+        if str(SYMBOLS.get(k, k)) not in symbols:
+            raise ConfigError("symbolic_dataset value", k, f"one of the block's symbols "
+                              f"{sorted(symbols)}")
+        if isinstance(v, bool) or not isinstance(v, numbers.Real):
+            raise ConfigError(f"symbolic_dataset {k}", v, "a number (one point: sweep it with "
+                              "sp.theory)")
+    at = {SYMBOLS.get(k, sympy.Symbol(k)): sympy.Float(v) for k, v in values.items()}
 
     def fn(expr):
         expr = canonical_symbols(expr).xreplace(at)
@@ -106,7 +116,8 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
                                          "(non-closed-form activation); use sp.theory")
         left = expr.free_symbols - set(args)
         if left:
-            raise ConfigError("symbolic_dataset values", sorted(map(str, left)), "given")
+            raise ConfigError("symbolic_dataset values", f"none for {sorted(map(str, left))}",
+                              "a number for each of the block's symbols (name=1.0)")
         return sympy.lambdify(args, expr, modules=["scipy", "numpy"])
 
     fns = [(fn(fwd["q_a"]), fn(fwd["m_a"]), fn(bwd), fn(fwd["c_ab"]) if n_in == 2 else None)
