@@ -579,6 +579,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     th, mc, left_out = _align(theory[names + terms + units + list(logs.values())],
                     mc[names + list(logs.values())])
     widths = [int(w) for w in mc["width"].values] if "width" in mc.dims else []
+    independent = mc.attrs.get("sampler") == "independent"
     out, attrs, corrected = {}, {}, []
     for name in names:
         log = mc[logs[name]] if name in logs else None
@@ -588,6 +589,11 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             else _log(th[name])
         heavy = infinite_variance(mc[name]) if est_name == "mean" else xr.zeros_like(est, bool)
         term = first_order(th, name, est_name, mc_width or 1)
+        if term is not None and name in BACKWARD_VARIABLES and independent:
+            term = None  # (the theory's term is the exact weights' coupling, which it drops)
+            attrs[f"first_order_missing_{name}"] = (
+                "the run drew fresh backward weights (sampler='independent'), whose O(1/N) term "
+                "is not the theory's (that of the net's own weights): compared with T_inf")
         if term is not None and mc_width:
             ref = ref + term.fillna(0.0)
             missing = int((term.isnull() & th[name].notnull()).sum())  # (no rule; not no value)
