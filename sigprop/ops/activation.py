@@ -48,8 +48,9 @@ class Act(Op):
                 f"Act({self.name!r}), or use sp.simulate.")
         return None if s.law.gaussian else (
             f"Act({self.name!r}) meets a stream whose features are not jointly "
-            "Gaussian (e.g. the input, a residual sum with a non-Gaussian part, or a "
-            "BatchNorm output), so its infinite-width law is not a Gaussian integral. Put a "
+            "Gaussian (e.g. the input, a residual sum with a non-Gaussian part, a "
+            "BatchNorm output, or a FeatureAffine's with a shift or varying gains), "
+            "so its infinite-width law is not a Gaussian integral. Put a "
             "Dense before the activation, or use Inputs(law='gaussian') when the stream is "
             "a sum of Gaussian parts.")
 
