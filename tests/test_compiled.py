@@ -438,7 +438,7 @@ def test_a_shard_out_of_range_reruns_the_whole_grid(monkeypatch):
     by "or" the s = 10 shard came back inf)."""
     monkeypatch.setattr(compiled, "_shards", lambda P: min(2, P))
     ran = _units(monkeypatch)
-    s, L = np.array([1.0, 1.0, 10.0, 10.0]), 200
+    s, L = np.array([1.0, 1.1, 10.0, 11.0]), 200  # (1.1^400 = 4e16: in range)
     net = Repeat(Dense(sp.sweep("s", s)), L)
     _, b = agree(net, X2, backward=False)
     assert ran == ["true", "log-scaled"]

@@ -1421,6 +1421,39 @@ def test_a_draw_of_order_one_spread_warns():
                   sp.Inputs(q=1000.0, n=1), width=64)
 
 
+def test_a_bottleneck_branch_spread_warns():
+    """A pre-LN relu branch through 4 features (ratio 1/64 at N = 256) spreads log branch_q by
+    Var 1.26 in one draw (v = 322 >= N; all 4 relu features are dead in 1 net of 16, where
+    branch_q = 0 and E log branch_q = -inf): it warns, naming branch_q, the layer and the
+    numbers (no warning came, q's spread being diluted by the residual sum). The same branch
+    at ratio 1 (v = 7) is quiet."""
+    def net(r):
+        return sp.Repeat(sp.Residual(sp.Serial(sp.LayerNorm(), sp.Dense(2**0.5, ratio=r),
+                                               sp.Act("relu"), sp.Dense(1.0, ratio=1 / r))), 3)
+
+    x0 = sp.Inputs(q=[1.0, 2.25], corr=0.5)
+    with pytest.warns(fw.FiniteWidthWarning, match=r"width 256: one draw adds 1\.26 to Var log "
+                      r"branch_q across nets \(layer 1: v = 322,"):
+        sp.theory(net(1 / 64), x0, width=256)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fw.FiniteWidthWarning)
+        sp.theory(net(1), x0, width=256)
+
+
+def test_a_width_of_fractional_features_is_refused():
+    """The corrections at width N are a net's of N features: a Dense of ratio 1/64 at N = 100
+    (1.56 features) is refused, as sp.simulate refuses it, naming the ratio, the width and a
+    swept ratio's value (it ran)."""
+    one = sp.Inputs(q=1.0, n=1)
+    with pytest.raises(ConfigError, match=r"Dense\.ratio=0\.015625 .*positive integer "
+                       r"\(n_in = 100\) at width 100"):
+        sp.theory(sp.Serial(sp.Dense(1.0, ratio=1 / 64), sp.Act("relu")), one, width=100)
+    net = sp.Serial(sp.Dense(1.0), sp.Act("relu"), sp.Dense(1.0, ratio=sp.sweep("r", [1, 1 / 3])))
+    with pytest.raises(ConfigError, match=r"Dense\.ratio=0\.333.* at width 64, r = 0\.333"):
+        sp.theory(net, one, width=64)
+    sp.theory(net, one, width=96)
+
+
 # -- Monte Carlo -----------------------------------------------------------------------------
 def _check(rows, sigmas=3.0):
     for name, predicted, fitted, se in rows:
@@ -2550,7 +2583,9 @@ def test_a_mean_over_nets_carried_by_rare_nets_warns():
     nets, each draw adding ~0.17 (no 'one draw' warning); q is then about log-normal (Hanin &
     Nica), its mean over nets e^(Var/2) times its median, and S nets measure the mean to 10 %
     only for S ~ (e^Var - 1) / 0.01. The warning quotes those from the dataset's Var and
-    log_q_correction; at N = 4096 (Var ~ 0.07) it is silent. Both were silent."""
+    log_q_correction; at N = 4096 (Var ~ 0.07) it is silent. Both were silent. branch_q, which
+    carries the stream's spread plus its own small draw, is warned of too (it was not), and its
+    draw, less the stream's spread, is not called one of order one."""
     def run(width):
         with warnings.catch_warnings(record=True) as rec:
             warnings.simplefilter("always")
@@ -2568,6 +2603,8 @@ def test_a_mean_over_nets_carried_by_rare_nets_warns():
     assert f"plus log_q_correction = {float(ds.log_q_correction.sel(layer=100)[i]):.3g}." in q
     g, = [m for m in said if "Var log grad_q across nets" in m]
     assert f"reaches {float(ds.var_log_grad_q.sel(layer=0).max()):.3g} at layer 0" in g
+    b, = [m for m in said if "Var log branch_q across nets" in m]
+    assert f"reaches {float(ds.var_log_branch_q.sel(layer=100).max()):.3g} at layer 100" in b
     ds, said = run(4096)
     assert float(ds.var_log_q.max()) < 0.1 and not [m for m in said if "across nets" in m]
 

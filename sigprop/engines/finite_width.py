@@ -2581,11 +2581,27 @@ def check_width(width):
                           "stream width N)")
 
 
+def check_feature_counts(net: Op, width: int):
+    """A ConfigError unless every Dense has a whole number of features, n_out = ratio n_in a
+    positive integer, on a stream of ``width`` features, at every value of a swept ratio (as
+    :func:`sp.simulate <sigprop.engines.montecarlo.simulate>` requires: the corrections are a
+    net's of that width)."""
+    swept = {op.ratio.name for op in net.walk() if isinstance(op, Dense)
+             and isinstance(op.ratio, Sweep)}
+    for point in grid_points({k: s for k, s in sweeps_of(net).items() if k in swept}):
+        try:
+            at_point(net, point).mc_widths(width)
+        except ConfigError as e:
+            raise ConfigError(e.field, e.value, f"{e.allowed} at width {width}"
+                              + (f", {_point_text(point)}" if point else "")) from None
+
+
 def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.Dataset:
     """``ds`` (an infinite-width theory dataset) with the first-order finite-width variables at
     ``width`` (schema ``FINITE_WIDTH_VARIABLES``; without ``backward``, the forward ones), and
     the validity warnings."""
     check_width(width)
+    check_feature_counts(net, width)
     coef, lost = coefficients(net, inputs)
     if lost:
         warn(f"{lost}: finite-width corrections are NaN from there on"
@@ -2644,8 +2660,11 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
              "mean^2 leaves its first order to float64's round-off",
              FiniteWidthWarning)
     rows = range(len(coef["var_log_q"]))
-    if not _warn_spread(coef["var_log_q"], rows, width, "q", 0, grid) and "q" not in broken:
-        _warn_rare_nets(coef["var_log_q"], rows, width, "q", grid, coef["log_q"])
+    # (a branch's draw starts from its input stream's spread: _warn_spread's ``before``)
+    for name, before in (("q", None), ("branch_q", coef["var_log_q"])):
+        v = coef[f"var_log_{name}"]
+        if not _warn_spread(v, rows, width, name, 0, grid, before) and name not in broken:
+            _warn_rare_nets(v, rows, width, name, grid, coef[f"log_{name}"])
     return out
 
 
@@ -2798,7 +2817,7 @@ def _warn_invalid(needs, width, grid):
     return warned
 
 
-def _warn_spread(v, rows, width, name, first, grid):
+def _warn_spread(v, rows, width, name, first, grid, before=None):
     """Warn where one layer's draw adds 1 or more to Var log q = v / N (its increment of v >= N:
     a bottleneck of few features, or N ~ 1): each draw's expansion takes its fluctuation to be
     small. Not the total: a deep relu net's Var log q = 5 L / N grows past 1 from independent
@@ -2806,9 +2825,13 @@ def _warn_spread(v, rows, width, name, first, grid):
     means for a mean over nets: :func:`_warn_rare_nets`). ``v``
     per layer of ``rows``, in the order the draws add to it (the gradient's from the top): the
     increments between adjacent layers, and at ``first`` (the input for q, the top for grad_q)
-    its own draw; then the sweeps of ``grid``. Whether it warned."""
+    its own draw; then the sweeps of ``grid``. ``before``: the spread each draw starts from,
+    per row (default ``v``): a residual branch's v_l less its input stream's, Var log q_(l-1),
+    all of which a scale-covariant branch carries (a norm leaves less: the increment is then a
+    lower bound). Whether it warned."""
     rows = np.asarray(rows)
-    step = np.concatenate([v[:1] if rows[0] == first else np.nan * v[:1], np.diff(v, axis=0)])
+    before = v if before is None else before
+    step = np.concatenate([v[:1] if rows[0] == first else np.nan * v[:1], v[1:] - before[:-1]])
     step[1:][np.abs(np.diff(rows)) != 1] = np.nan  # (several layers' draws: not one)
     worst = float(np.nanmax(step, initial=0.0))
     if worst >= width:

@@ -32,7 +32,7 @@ from sigprop.state.moments import (
     outer,
 )
 from sigprop.state.params import Sweep, check, values_of
-from sigprop.state.rng import BIAS, FORWARD, uniform_of_normal
+from sigprop.state.rng import BACKWARD, BIAS, FORWARD, uniform_of_normal
 
 INITS = ("normal", "uniform")  # the law of a Dense's weights and bias (same variances)
 
@@ -48,12 +48,14 @@ class Dense(Op):
     ``init="uniform"``: W_ij uniform with the same variance (torch's default kaiming_uniform(a=
     sqrt 5) is W ~ U(+-1/sqrt(n_in)): sigma_w^2 = 1/3), the bias Gaussian as above. The
     infinite-width law depends on the variances only (the CLT makes W x Gaussian either way);
-    the Monte Carlo draws the uniform weights themselves, explicitly (whatever the sampler:
-    conditioning is exact for Gaussian weights only). A uniform bias is no sum: with O(1)
-    variance it would leave the pre-activations a mixture over it, non-Gaussian at every width
-    (an activation after it off by ~40 standard errors at N = 4096, sigma_b = 1.5), a law the
-    theory does not carry. torch's own bias, U(+-1/sqrt(n_in)) of variance 1/(3 n_in), differs
-    from the Gaussian one by its 4th cumulant, an O(1/N^2) effect.
+    the Monte Carlo draws the uniform weights themselves, explicitly (conditioning is exact for
+    Gaussian weights only), and pulls back through the forward's W, or under
+    ``sampler="independent"`` through a fresh uniform W (BACKWARD stream), as the Gaussian path
+    does. A uniform bias is no sum: with O(1) variance it would leave the pre-activations a
+    mixture over it, non-Gaussian at every width (an activation after it off by ~40 standard
+    errors at N = 4096, sigma_b = 1.5), a law the theory does not carry. torch's own bias,
+    U(+-1/sqrt(n_in)) of variance 1/(3 n_in), differs from the Gaussian one by its 4th
+    cumulant, an O(1/N^2) effect.
 
     ``sigma_b_fan_in``: a bias variance that falls with the input width, b_i ~ N(0, sigma_b^2 +
     sigma_b_fan_in^2 / n_in) (torch's U(+-1/sqrt(n_in)): sigma_b_fan_in^2 = 1/3). It leaves
@@ -118,13 +120,14 @@ class Dense(Op):
 
     def mc_forward(self, x, env, record=None):
         """A = X W^T by ``env.sampler`` (W acts on the scaled signal: ls unchanged), plus b;
-        uniform weights are drawn in full (FORWARD stream, mapped by :func:`uniform_of_normal`)."""
+        uniform weights are drawn in full (FORWARD stream, mapped by :func:`uniform_of_normal`)
+        and kept for the VJP unless it draws its own (:func:`_fresh_backward`)."""
         n_in = x.x.shape[-1]
         n_out = mc.dense_width(n_in, self.ratio)
         std = self.sigma_w / n_in**0.5
         if self.init == "uniform":
             w = uniform_of_normal(env.normal(FORWARD, (n_out, n_in)), env.xp)
-            a, res = (x.x @ w.swapaxes(-1, -2)) * std, w
+            a, res = (x.x @ w.swapaxes(-1, -2)) * std, None if _fresh_backward(env) else w
         else:
             a, res = env.sampler.forward(x.x, std, n_out, env)
         y = mc.Sig(a, x.ls)
@@ -136,13 +139,18 @@ class Dense(Op):
         return y, (n_in, res, _log_sq_norm(x))
 
     def mc_vjp(self, res, g, env):
-        """D W by ``env.sampler``; with an ``env.sink``, adds log ||dl/dW||_F^2 = log ||g||^2 +
+        """D W by ``env.sampler``; uniform weights: the forward's W, or a fresh uniform W
+        (BACKWARD stream) where the sampler pulls back through fresh weights
+        (:func:`_fresh_backward`). With an ``env.sink``, adds log ||dl/dW||_F^2 = log ||g||^2 +
         log ||x||^2 per (seed, input) to it (dl/dW = g x^T: the realised g, the kept ||x||^2)."""
         n_in, res, log_x2 = res
         if env.sink is not None:
             env.sink.add(_log_sq_norm(g) + log_x2)
         std = self.sigma_w / n_in**0.5
         if self.init == "uniform":
+            if _fresh_backward(env):
+                shape = (mc.dense_width(n_in, self.ratio), n_in)
+                res = uniform_of_normal(env.normal(BACKWARD, shape), env.xp)
             return mc.Sig((g.x @ res) * std, g.ls)
         return mc.Sig(env.sampler.vjp(res, g.x, std, env), g.ls)
 
@@ -301,6 +309,12 @@ class FeatureAffine(Op):
 
     def mc_vjp(self, res, g, env):
         return mc.Sig(g.x * res.astype(g.x.dtype), g.ls)
+
+
+def _fresh_backward(env) -> bool:
+    """Whether ``env.sampler`` pulls back through fresh weights, independent of the forward's
+    (the independent sampler, :mod:`sigprop.engines.samplers`: gradient independence)."""
+    return getattr(env.sampler, "name", None) == "independent"
 
 
 def _log_sq_norm(s: mc.Sig):
