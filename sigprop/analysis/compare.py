@@ -963,8 +963,7 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         z = z.where((z != 0) & pairs)
         finite = z.where(np.isfinite(z))
         n = int(finite.count())
-        exists = (z.notnull() | (da.sel(stat="theory").notnull()
-                                 | da.sel(stat="estimate").notnull())) & pairs
+        exists = (da.sel(stat="theory").notnull() | da.sel(stat="estimate").notnull()) & pairs
         lost = int(exists.sum()) - n - exact
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,

@@ -90,15 +90,12 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     Hyperparameter sweeps are refused: run one point per call.
     """
     _check_net(net, inputs)
-    width, seeds, root_seed = check_int("width", width, 2), check_int("seeds", seeds, 1), \
+    width, seeds, root_seed = check_width(width, inputs), check_int("seeds", seeds, 1), \
         check_int("root_seed", root_seed, 0, 2**64 - 1)
     first_seed = check_first_seed(first_seed, seeds)
     if dtype not in DTYPES:
         raise ConfigError("dtype", dtype, f"one of {DTYPES}")
     smp = _sampler(sampler)
-    if inputs.law == "fixed" and width < inputs.n + 1:
-        raise ConfigError("width", width, f">= {inputs.n + 1} to hold {inputs.n} fixed inputs "
-                          "with exact q, mean and cosines (B + 1 directions)")
     if seed_chunk is not None:
         seed_chunk = check_int("seed_chunk", seed_chunk, 1)
     L = net.n_blocks()
@@ -283,6 +280,16 @@ def _raise_nonfinite(v, direction, blocks):
 
 
 # -- arguments -----------------------------------------------------------------------------
+def check_width(width, inputs) -> int:
+    """``width`` as an int, refused below 2, and for fixed inputs below B + 1 (the directions
+    that hold B inputs with exact q, mean and cosines)."""
+    width = check_int("width", width, 2)
+    if inputs.law == "fixed" and width < inputs.n + 1:
+        raise ConfigError("width", width, f">= {inputs.n + 1} to hold {inputs.n} fixed inputs "
+                          "with exact q, mean and cosines (B + 1 directions)")
+    return width
+
+
 def check_int(field, value, lo, hi=None) -> int:
     """``value`` as an int in [lo, hi], else a ConfigError naming ``field`` (bools refused)."""
     ok = isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= lo \

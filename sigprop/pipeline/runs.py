@@ -106,22 +106,16 @@ def montecarlo_size(sim: Sim, profile: str, widths=None, seeds=None) -> tuple[tu
     """(widths, seeds) of a Monte Carlo run: the profile's where not given (None), refused
     without a width or with seeds < 1 (``--seeds 0`` ran the profile's seeds, -3 was called 0),
     or with a width that cannot hold the inputs (checked before any case runs)."""
-    from sigprop.engines.montecarlo import check_int
+    from sigprop.engines.montecarlo import check_int, check_width
 
     prof = sim.profile(profile)
     widths, seeds = tuple(widths or prof.widths), prof.seeds if seeds is None else seeds
     if not widths or seeds < 1:
         raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
                           "at least one width and seeds >= 1 for Monte Carlo")
-    n = max(sim.spec.inputs.build(b).n for b in sim.batch_sizes(profile))
-    fixed = sim.spec.inputs.law == "fixed"  # (as sp.simulate: B + 1 directions for B inputs)
-    least = n + 1 if fixed else 2
-    bad = [w for w in widths if isinstance(w, bool) or not isinstance(w, (int, np.integer))
-           or w < least]
-    if bad:
-        why = f" (to hold {n} fixed inputs with exact q, mean and cosines)" if fixed else ""
-        raise ConfigError("width", bad[0], f"an integer >= {least}{why}")
-    return tuple(int(w) for w in widths), check_int("seeds", seeds, 1)
+    widest = max((sim.spec.inputs.build(b) for b in sim.batch_sizes(profile)),
+                 key=lambda inputs: inputs.n)  # (the most inputs: the most directions)
+    return tuple(check_width(w, widest) for w in widths), check_int("seeds", seeds, 1)
 
 
 def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, Sweep],
