@@ -8,7 +8,9 @@ printed before and after. Calls:
 
 * fixed cost: ``sp.theory`` and ``sp.simulate`` (width 64, one seed) of a net of one Scale op
   (the per-call costs alone: checks, provenance, memory plan, inputs, dataset assembly), and of
-  the depth-1 resnet preset (the same plus one residual block of two Dense layers);
+  the depth-1 resnet preset (the same plus one residual block of two Dense layers); with jax
+  installed, the compiled engine's call at one point, plain relu of depth 1 and 100, forward
+  alone and forward + backward (neural-tangents' whole call there is ~0.02 ms);
 * the explicit sampler, a plain Dense(sqrt 2)-relu stack, depth 8, 2 seeds, float32, forward +
   backward, at N = 1024 and 4096, B = 2, with the torch loop of ``sigprop bench`` beside it;
 * theory rows at one point and on a grid (per layer: ms), tanh's quadrature on a tenth of it;
@@ -62,6 +64,13 @@ def calls(m, quick: bool):
         out[f"theory {preset} {act}, depth {L}, {points} points"] = (
             lambda net=net: m.theory(net, x2))
     if _have("jax"):  # the compiled engine, forward alone and with the backward
+        for L in (1, 100):  # (a depth-1 program runs in ~0.05 ms: the rest is the call's)
+            net = m.presets.plain(L)
+            for backward in (False, True):
+                out[f"theory (jax) plain relu, depth {L}, one point, "
+                    f"{'forward + backward' if backward else 'forward'} (fixed cost)"] = (
+                    lambda net=net, L=L, b=backward: m.theory(net, x2, layers=[L], engine="jax",
+                                                              backward=b))
         for preset, act in (("preln", "erf"), ("preln", "gelu"), ("preln", "relu"), ("resnet", "relu")):
             net = m.presets.get(preset)(1000, act=act, sigma_w1=grid)
             for backward in (False, True):
