@@ -686,3 +686,49 @@ def test_batchnorm_warning_of_a_net_the_compiled_engine_would_refuse_opened():
             sp.theory(net, G2, width=256, engine=engine)
         said[engine] = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
     assert len(said["jax"]) == 1 and said["jax"] == said["numpy"]
+
+
+PERSIST_RUN = """
+import logging, sys
+import jax, sigprop as sp
+hits = []
+class Hits(logging.Handler):
+    def emit(self, record):
+        hits.append("cache hit" in record.getMessage())
+logger = logging.getLogger("jax._src.compiler")
+logger.setLevel(logging.DEBUG)
+logger.addHandler(Hits())
+ds = sp.theory(sp.presets.plain(3), sp.Inputs(q=[1.0, 2.0], corr=0.5), engine="jax")
+print(repr(float(ds.log_q[-1, 1])), jax.config.values["jax_compilation_cache_dir"], any(hits))
+"""
+
+
+def _persist_run(tmp_path, **env):
+    """(log q_L of input 1, jax's cache folder, whether jax reported a hit) from a fresh process
+    (jax sets up its persistent cache once per process) with these environment variables."""
+    import os
+    import subprocess
+
+    env = {**os.environ, "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",  # (tiny programs)
+           **env}
+    out = subprocess.run([sys.executable, "-c", PERSIST_RUN], env=env, capture_output=True,
+                         text=True, cwd=tmp_path, check=True).stdout.split()
+    return float(out[0]), out[1], out[2] == "True"
+
+
+def test_compiled_programs_are_kept_across_processes(tmp_path):
+    """A net's XLA program, compiled in one process, is loaded by the next (jax's persistent
+    cache in SIGPROP_JAX_CACHE), with the same values; a cache folder the user gave jax is left
+    as it is, and 'off' turns it off."""
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    value, folder, hit = _persist_run(tmp_path, SIGPROP_JAX_CACHE=str(ours))
+    assert folder == str(ours) and not hit and any(ours.iterdir())
+    again, _, hit = _persist_run(tmp_path, SIGPROP_JAX_CACHE=str(ours))
+    assert hit and again == value
+    kept = sorted(p.name for p in ours.iterdir())
+    _, folder, _ = _persist_run(tmp_path, SIGPROP_JAX_CACHE=str(ours),
+                                JAX_COMPILATION_CACHE_DIR=str(theirs))
+    assert folder == str(theirs) and any(theirs.iterdir())
+    assert sorted(p.name for p in ours.iterdir()) == kept
+    _, folder, _ = _persist_run(tmp_path, SIGPROP_JAX_CACHE="off")
+    assert folder == "None"

@@ -70,13 +70,15 @@ BatchNorm's t-integrals) are called back on the host from the compiled program
 (``ns.host``), the numpy functions themselves: the same values, at about the numpy engine's
 pace (the host work is the same; each call adds ~0.1 ms). The compiled function is cached per
 (net, inputs' law, B, recorded layers, shard size, chunk, backward, true units), so a second
-call runs without tracing.
+call runs without tracing; a later process traces again and loads the XLA program jax's
+persistent cache kept (:func:`_persist`).
 """
 
 from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import itertools
 import math
 import os
@@ -85,6 +87,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 
 import numpy as np
+import platformdirs
 
 from sigprop.engines import memory
 from sigprop.engines.theory import (
@@ -132,6 +135,8 @@ MAX_UNROLLED = 3  # copies of a block run before its scan, waiting for the strea
 TAPE_BYTES = 2**32  # beyond it the backward recomputes each chunk of ~sqrt(L) layers
 SHARD_POINTS = 2048  # fewest grid points per thread (measured: 2 threads at 10^4 points)
 CACHE_SIZE = 16  # compiled programs kept (each holds its XLA executable)
+PERSIST_ENV = "SIGPROP_JAX_CACHE"  # where compiled programs are kept across processes; "off"
+PERSIST_BYTES = 2**30  # the most that folder holds (jax evicts the least recently used)
 _CACHE: OrderedDict = OrderedDict()
 # the diagonal of every state in true units (:func:`theory_compiled`'s first try): a law
 # multiplies a few entries at most (a product of two diagonals, BatchNorm's B x B Grams), which
@@ -239,11 +244,31 @@ def _refuse(net: Op, path: str):
 
 
 def _jax():
-    """jax; ImportError with the install hint when it is missing."""
+    """jax, its compiled programs kept across processes (:func:`_persist`); ImportError with the
+    install hint when it is missing."""
     jax_namespace()
     import jax
 
+    _persist(jax)
     return jax
+
+
+@functools.cache
+def _persist(jax) -> None:
+    """Turn on jax's persistent compilation cache in ``SIGPROP_JAX_CACHE`` (default: the user's
+    cache folder, ``sigprop/jax``; ``off``: none), at most ``PERSIST_BYTES``, oldest entries
+    evicted: a net's first call in a later process loads its XLA program instead of compiling
+    it (measured: 7.2 s -> 2.1 s for a relu resnet, 4.5 s -> 0.9 s for Pre-LN erf, depth 300 over
+    2000 points; what is left is tracing). jax writes only programs that took longer than its
+    ``jax_persistent_cache_min_compile_time_secs`` (1 s) to compile, and none with host
+    callbacks. A cache folder the user gave jax is left as it is; so is jax when it compiled
+    before this call in the process (its cache is set up at its first compile)."""
+    folder = os.environ.get(PERSIST_ENV) or os.path.join(platformdirs.user_cache_dir("sigprop"),
+                                                         "jax")
+    if folder == "off" or jax.config.values.get("jax_compilation_cache_dir") is not None:
+        return
+    jax.config.update("jax_compilation_cache_dir", folder)
+    jax.config.update("jax_compilation_cache_max_size", PERSIST_BYTES)
 
 
 @contextmanager

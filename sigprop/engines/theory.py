@@ -91,7 +91,8 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
 
     ``engine``: ``"numpy"`` (this module), or ``"jax"``: the same laws traced and compiled
     (:mod:`sigprop.engines.compiled`; needs jax, ``pip install 'sigprop[jax]'``; every op, the
-    quadrature laws called back on the host; ``progress`` is not shown).
+    quadrature laws called back on the host; ``progress`` is not shown; its programs are kept
+    across processes in ``SIGPROP_JAX_CACHE``, default the user's cache folder, ``off``: not).
 
     ``width``: a stream width N; adds the first-order finite-width corrections and the spread
     across seeds at N (:mod:`sigprop.engines.finite_width`, schema ``FINITE_WIDTH_VARIABLES``).
