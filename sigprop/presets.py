@@ -169,13 +169,15 @@ def skipinit(depth: int, act="relu", alpha=0.0, **kw) -> Op:
 
 @_checked
 def prebn(depth: int, act="relu", alpha="1", eps=1e-5, **kw) -> Op:
-    """Pre-BN counterpart of Pre-LN: x -> x + alpha F(BN x)."""
+    """Pre-BN counterpart of Pre-LN: x -> x + alpha F(BN x); its inputs must be Gaussian,
+    ``sp.Inputs(..., law="gaussian")`` (BatchNorm's laws take jointly Gaussian features)."""
     return preln(depth, act, alpha, norm="batchnorm", eps=eps, **kw)
 
 
 @_checked
 def postbn(depth: int, act="relu", alpha="1", eps=1e-5, **kw) -> Op:
-    """Post-BN counterpart of Post-LN: x -> BN(x + alpha F(x))."""
+    """Post-BN counterpart of Post-LN: x -> BN(x + alpha F(x)); its inputs must be Gaussian,
+    ``sp.Inputs(..., law="gaussian")``."""
     return postln(depth, act, alpha, norm="batchnorm", eps=eps, **kw)
 
 

@@ -15,6 +15,7 @@ import pytest
 
 import sigprop as sp
 from sigprop import schema
+from sigprop.analysis.compare import print_table, stack_widths, summary
 from sigprop.analysis.plot import plot
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -61,11 +62,24 @@ def _page_words(page: Path) -> str:
     sp.theory, sp.simulate, sp.compare, plot, sp.Inputs, sp.sweep, sp.Sweep, sp.save, sp.load,
     sp.Dense, sp.Act, sp.LayerNorm, sp.RMSNorm, sp.BatchNorm, sp.Scale, sp.Residual, sp.Serial,
     sp.Repeat, sp.presets.preln, sp.presets.postln, sp.presets.deepnorm, sp.ConfigError,
+    sp.Op, summary, print_table, stack_widths,
 ], ids=lambda o: o.__name__)
 def test_api_reference_shows_each_docstring(site, obj):
-    first_line = obj.__doc__.strip().splitlines()[0]
+    first_line = re.sub(r":\w+:`~?", "`", obj.__doc__.strip().splitlines()[0])  # (the roles
+    # are shown as code: test_api_reference_shows_signatures_not_roles)
     assert _words(first_line) in _page_words(site / "api" / "index.html"), \
         f"{obj.__name__}: its docstring is not in the API page"
+
+
+def test_api_reference_shows_signatures_not_roles(site):
+    """A constructor's arguments are on the page (merge_init_into_class), and the docstrings'
+    Sphinx roles are rendered as code (docs/hooks.py), not left as ':func:' before it."""
+    page = (site / "api" / "index.html").read_text()
+    text = " ".join(html.unescape(re.sub(r"<[^>]+>", "", page)).split())
+    assert "Dense( sigma_w=1.0, sigma_b=0.0, ratio=1.0" in text
+    assert "Inputs(q=1.0, corr=0.0, mean=0.0, n=None" in text
+    assert not re.search(r":(func|mod|class|data|meth|attr|exc|obj):", text)
+    assert "__getattr__" not in text
 
 
 def test_every_page_is_built(site):
