@@ -923,6 +923,12 @@ def test_points_that_test_nothing_are_not_counted():
     off["corr"] = off["corr"].where(off["layer"] > 0, mc["corr"])
     row = summary(compare(th, off, variables=["corr"]))[0]
     assert row["rate"] == 1.0 and row["flag"] == "DISAGREE"
+    # a stack of widths: a point exact at every width is exact (the extrapolated T_inf's
+    # standard error is never 0: a newcomer's review found them counted as points)
+    two = stack_widths([mc, sp.simulate(net, x0, width=128, seeds=8)])
+    rows = {r["variable"]: r for r in summary(compare(th, two, variables=["q", "corr"]))}
+    assert (rows["corr"]["points"], rows["corr"]["exact"]) == (6 * 3, 3)
+    assert (rows["q"]["points"], rows["q"]["exact"]) == (6 * 3, 3)
 
 
 def test_a_run_joined_to_itself_or_a_run_as_theory_is_refused():

@@ -604,19 +604,22 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                     f"{missing} points where the theory has no first-order term (NaN: an op with "
                     "no finite-width rule, see its warning): compared with T_inf there")
         floor = rtol * (_unit(th, name, ref) if est_name == "mean" else 1.0)
+        # equal: z = 0, unless both overflowed (inf = inf says nothing; log -inf is an exact 0);
+        # so too within the rounding floor with no spread above it (the inputs at layer 0); with
+        # several widths, equal at each (the extrapolated T_inf's standard error is never 0)
+        rounding = (se <= floor) & (abs(est - ref) <= floor)
+        equal = ((est == ref) | rounding) & (np.isfinite(est)
+                                             | ((est == -np.inf) & (est_name != "mean")))
         fit = None
         if len(widths) >= 2:
             fit = extrapolate(est, se, floor)
             est, se = fit["T_inf"], fit["T_inf_stderr"]
         if "width" in heavy.dims:
             heavy = heavy.any("width")
+        if "width" in equal.dims:
+            equal = equal.all("width")
         est, se = (v.squeeze("width", drop=True) if "width" in v.dims else v for v in (est, se))
         scale = np.sqrt(se**2 + floor**2)
-        # equal: z = 0, unless both overflowed (inf = inf says nothing; log -inf is an exact 0);
-        # so too within the rounding floor with no spread above it (the inputs at layer 0)
-        rounding = (se <= floor) & (abs(est - ref) <= floor)
-        equal = ((est == ref) | rounding) & (np.isfinite(est)
-                                             | ((est == -np.inf) & (est_name != "mean")))
         with np.errstate(divide="ignore", invalid="ignore"):
             z = xr.where(equal, 0.0, (est - ref) / scale).where(~heavy)
         parts, stat = [est, se, ref.broadcast_like(est), z], list(STATS)
