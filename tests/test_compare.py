@@ -27,6 +27,7 @@ from sigprop.analysis.compare import (
     stack_widths,
     summary,
     synthetic,
+    tail_index,
 )
 
 
@@ -569,20 +570,59 @@ def test_tail_index_finds_infinite_variance():
 
 
 def test_heavy_tails_are_never_passed_silently(theory):
-    """corr with Cauchy noise: no z, flagged NOT COMPARABLE; q with Cauchy-like multiplicative
-    tails: compared in log space, and marked not comparable when the mean is forced."""
+    """mean with Cauchy noise: no z, flagged NOT COMPARABLE; q with Cauchy-like multiplicative
+    tails: compared in log space, and marked not comparable when the mean is forced. corr, a
+    cosine, has a finite variance whatever its sample's tail estimate: never marked."""
     mc = synthetic(theory, seeds=256, widths=(256,), noise=0.01)
     rng = np.random.default_rng(0)
-    off = (mc["input"] != mc["input_b"]) & (mc["layer"] > 0)
-    noise = mc["corr"].copy(data=0.01 * rng.standard_cauchy(mc["corr"].shape))
-    mc["corr"] = mc["corr"] + noise.where(off, 0.0)
+    noise = mc["mean"].copy(data=0.01 * rng.standard_cauchy(mc["mean"].shape))
+    mc["mean"] = mc["mean"] + noise.where(mc["layer"] > 0, 0.0)
+    mc["corr"] = mc["corr"] + xr.where((mc["input"] != mc["input_b"]) & (mc["layer"] > 0),
+                                       noise.rename(input="input_b") * noise, 0.0)
     mc["q"] = mc["q"] * (1 + np.abs(rng.standard_cauchy(mc["q"].shape)))
-    cmp = compare(theory, mc, variables=["q", "corr"])
+    cmp = compare(theory, mc, variables=["q", "mean", "corr"])
     rows = {r["variable"]: r for r in summary(cmp)}
-    assert rows["corr"]["flag"].startswith("NOT COMPARABLE") and "not_comparable_corr" in cmp.attrs
+    assert rows["mean"]["flag"].startswith("NOT COMPARABLE") and "not_comparable_mean" in cmp.attrs
+    assert cmp["corr"].attrs["not_comparable"] == 0 and "not_comparable_corr" not in cmp.attrs
     assert cmp["q"].attrs["estimator"] == "lognormal"
     forced = compare(theory, mc, variables=["q"], estimator="mean")
     assert forced["q"].attrs["not_comparable"] > 0
+
+
+def test_a_samples_tail_is_estimated_on_its_own():
+    """Hill's centring (x itself for a positive sample, else |x - median|) is chosen per
+    sample: a negative cosine elsewhere in the array had every sample centred, and a positive
+    one skewed near 1 read as infinite variance (a hostile review: 6 runs of 20 NOT
+    COMPARABLE on a plain relu net's corr)."""
+    rng = np.random.default_rng(5)
+    near_one = 1 - rng.exponential(0.02, 256)  # positive, skewed, bounded: alpha large
+    negative = rng.standard_normal(256)
+    both = tail_index(xr.DataArray(np.stack([near_one, negative]), dims=("k", "seed")))
+    for i, x in enumerate((near_one, negative)):
+        assert float(both[i]) == float(tail_index(xr.DataArray(x, dims="seed")))
+
+
+def test_exact_points_and_dead_nets_are_not_called_heavy_or_lost():
+    """Two hostile-review finds. A mean exact at every seed (a residual of Scale ops on inputs
+    with a mean: 5.6953125 within 4e-16) was given z = NaN by the tail test, which overrode
+    'exact'. Nets dead at some seeds (q exactly 0, log q = -inf) made the log estimators NaN,
+    NOT COMPARABLE with no reason: auto now takes the mean there, and a log estimator asked
+    for says why it has no value."""
+    x0 = sp.Inputs(q=[1, 2.25], corr=.5, mean=[.5, 0])
+    net = sp.Repeat(sp.Residual(sp.Scale(.5)), 6)
+    mc = sp.simulate(net, x0, width=128, seeds=64, dtype="float64", root_seed=41)
+    cmp = compare(sp.theory(net, x0), mc, variables=["mean"])
+    assert cmp["mean"].attrs["not_comparable"] == 0
+    assert np.isfinite(cmp["mean"].sel(stat="z")).all()
+    net, x0 = sp.presets.plain(6, act="relu"), sp.Inputs(q=1.0, corr=.3, n=2)
+    mc = sp.simulate(net, x0, width=4, seeds=64, root_seed=1, dtype="float64")
+    assert ((mc["q"] == 0).any("seed") & (mc["q"] > 0).any("seed")).any()  # some nets dead
+    th = sp.theory(net, x0)
+    assert compare(th, mc, variables=["q"])["q"].attrs["estimator"] == "mean"
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)  # (numpy's, on log 0, leaked)
+        forced = compare(th, mc, variables=["q"], estimator="lognormal")
+    assert "exactly 0" in forced.attrs["not_comparable_q"]
 
 
 def test_estimators_agree_on_lognormal_samples():

@@ -8,7 +8,19 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import sigprop as sp
+from sigprop.engines.samplers import Explicit
 from sigprop.kernels.gaussian import ACTIVATIONS
+
+
+class _Nameless:
+    """A sampler with Explicit's methods and no name."""
+
+    def forward(self, x, std, n_out, env):
+        return Explicit().forward(x, std, n_out, env)
+
+    def vjp(self, z, d, std, env):
+        return Explicit().vjp(z, d, std, env)
+
 
 bad_number = st.one_of(st.just(math.nan), st.just(math.inf), st.just(-math.inf), st.text(max_size=3),
                        st.none())
@@ -52,6 +64,11 @@ negative = st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False)
     (lambda: sp.sweep("alpha", [1.0, 1.0]), "sweep 'alpha' values"),
     (lambda: sp.theory("preln", sp.Inputs()), "net"),
     (lambda: sp.theory(sp.presets.preln(2), {"q": 1.0}), "inputs"),
+    # a sampler without a name failed after the whole run (the result records it); its class,
+    # not an instance, failed inside an op's Monte Carlo face
+    (lambda: sp.simulate(sp.presets.preln(2), sp.Inputs(), 8, 1, sampler=_Nameless()),
+     "sampler"),
+    (lambda: sp.simulate(sp.presets.preln(2), sp.Inputs(), 8, 1, sampler=Explicit), "sampler"),
 ])
 def test_bad_config_names_the_field(make, field):
     with pytest.raises(sp.ConfigError) as err:

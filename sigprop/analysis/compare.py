@@ -88,6 +88,7 @@ SCALE_VARIABLES = tuple(n for n in VARIABLES if schema.VARIABLES[n].scale)
 BACKWARD_VARIABLES = tuple(n for n in VARIABLES if schema.VARIABLES[n].backward)
 ESTIMATORS = ("auto", "mean", "lognormal", "logmean", "median")
 HEAVY_LOG_SD = 0.25  # seed sd of log X above which the sample mean of X is poorly behaved
+BOUNDED = ("corr",)  # |corr| <= 1: a sample's variance is finite whatever its tail estimate says
 DESCRIPTION = {
     "mean": "sample mean over seeds, se = s/sqrt(S), vs theory X",
     "lognormal": "log-moments (Cox): mean(log X) + var(log X)/2, "
@@ -141,7 +142,8 @@ def estimate(x: xr.DataArray, estimator: str, dim="seed",
     if estimator == "mean":
         return x.mean(dim), x.std(dim, ddof=1) / np.sqrt(S)
     y = _log(x) if log is None else log
-    s = y.std(dim, ddof=1)
+    with np.errstate(invalid="ignore"):  # (log 0 = -inf: NaN, which :func:`_zero_seeds` names)
+        s = y.std(dim, ddof=1)
     if estimator == "lognormal":
         s2 = s**2
         return y.mean(dim) + s2 / 2, np.sqrt(s2 / S + s2**2 / (2 * (S - 1)))
@@ -218,8 +220,8 @@ def tail_index(x: xr.DataArray, dim="seed") -> xr.DataArray:
             s = np.sum(np.log(top / ref), axis=-1)
             return np.where(s > 0, k / s, np.inf)
 
-    centred = x if bool((x > 0).all()) else abs(x - x.median(dim))
-    return xr.apply_ufunc(hill, centred, input_core_dims=[[dim]])
+    centred = xr.where((x > 0).all(dim), x, abs(x - x.median(dim)))  # (per sample)
+    return xr.apply_ufunc(hill, centred.transpose(..., dim), input_core_dims=[[dim]])
 
 
 def infinite_variance(x: xr.DataArray, dim="seed") -> xr.DataArray:
@@ -235,7 +237,8 @@ def choose(mc: xr.DataArray, name: str, estimator: str = "auto",
            log: xr.DataArray | None = None) -> str:
     """The estimator ``auto`` resolves to for variable ``name`` of Monte Carlo samples ``mc``
     (``log``: their log companion, as :func:`estimate` takes it): a log estimator where log X
-    spreads, where the tail is heavy, or where X overflowed float64 (inf where its log is not)."""
+    spreads, where the tail is heavy, or where X overflowed float64 (inf where its log is not);
+    the mean where some seeds, not all, are exactly 0 (dead nets: log X is -inf there)."""
     if estimator != "auto":
         if estimator not in ESTIMATORS:
             raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
@@ -243,11 +246,20 @@ def choose(mc: xr.DataArray, name: str, estimator: str = "auto",
     if name not in SCALE_VARIABLES:
         return "mean"
     y = _log(mc) if log is None else log
+    if bool(_zero_seeds(y).any()):
+        return "mean"
     with np.errstate(invalid="ignore"):  # a sample of exact zeros (a dead branch): log -inf,
         sd = y.std("seed", ddof=1)  # its sd NaN, left out below
     heavy = float(sd.max(skipna=True).fillna(0)) > HEAVY_LOG_SD
     overflowed = bool(((mc == np.inf) & np.isfinite(y)).any())
     return "lognormal" if heavy or overflowed or bool(infinite_variance(mc).any()) else "mean"
+
+
+def _zero_seeds(y: xr.DataArray) -> xr.DataArray:
+    """Per sample of log X, whether some seeds but not all are log 0 = -inf (X exactly 0: a
+    dead net), where a log estimator has no value."""
+    dead = y == -np.inf
+    return dead.any("seed") & ~(dead | y.isnull()).all("seed")
 
 
 def stack_widths(datasets) -> xr.Dataset:
@@ -587,7 +599,10 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         est, se = estimate(mc[name], est_name, log=log)
         ref = th[name] if est_name == "mean" else th[logs[name]] if name in logs \
             else _log(th[name])
-        heavy = infinite_variance(mc[name]) if est_name == "mean" else xr.zeros_like(est, bool)
+        heavy = (infinite_variance(mc[name]) if est_name == "mean" and name not in BOUNDED
+                 else xr.zeros_like(est, bool))
+        zeros = (xr.zeros_like(est, bool) if est_name == "mean"
+                 else _zero_seeds(_log(mc[name]) if log is None else log))
         term = first_order(th, name, est_name, mc_width or 1)
         if term is not None and name in BACKWARD_VARIABLES and independent:
             term = None  # (the theory's term is the exact weights' coupling, which it drops)
@@ -614,14 +629,14 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         if len(widths) >= 2:
             fit = extrapolate(est, se, floor)
             est, se = fit["T_inf"], fit["T_inf_stderr"]
-        if "width" in heavy.dims:
-            heavy = heavy.any("width")
+        heavy, zeros = (v.any("width") if "width" in v.dims else v for v in (heavy, zeros))
         if "width" in equal.dims:
             equal = equal.all("width")
+        heavy, zeros = heavy & ~equal, zeros & ~equal  # (an exact point is compared)
         est, se = (v.squeeze("width", drop=True) if "width" in v.dims else v for v in (est, se))
         scale = np.sqrt(se**2 + floor**2)
         with np.errstate(divide="ignore", invalid="ignore"):
-            z = xr.where(equal, 0.0, (est - ref) / scale).where(~heavy)
+            z = xr.where(equal, 0.0, (est - ref) / scale).where(~(heavy | zeros))
         parts, stat = [est, se, ref.broadcast_like(est), z], list(STATS)
         if fit is not None:
             parts += [fit["a"], fit["a_stderr"]]
@@ -632,14 +647,18 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         da = xr.concat([p.broadcast_like(est) for p in parts], dim="stat")
         out[name] = da.assign_coords(stat=stat)
         out[name] = out[name].transpose("stat", ...)
-        n_heavy = int(heavy.sum())
+        n_heavy, n_zeros = int(heavy.sum()), int(zeros.sum())
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
-                           "not_comparable": n_heavy}
+                           "not_comparable": n_heavy + n_zeros}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
         if n_heavy:
             attrs[f"not_comparable_{name}"] = (
                 f"{n_heavy} points whose per-seed sample has tail index < 2 (infinite variance): "
                 "the sample mean has no standard error there; z = NaN")
+        if n_zeros:
+            attrs[f"not_comparable_{name}"] = (
+                f"{n_zeros} points where some seeds are exactly 0 (dead nets), whose log is "
+                f"-inf: the {est_name} estimator has no value there (estimator='mean' has); z = NaN")
     ds = xr.Dataset(out)
     # seeds behind each point; a point no case computed (a per-arch sweep's padding) has none
     per_point = mc[names[0]].notnull().sum("seed")

@@ -83,7 +83,8 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     ``backend``: "numpy", "cupy" or "auto" (CuPy when a GPU is usable; logged). ``sampler``:
     "conditional" (exact Gaussian conditioning, the "auto" choice), "explicit" (every weight
     drawn), "independent" (a fresh W in every VJP: gradient independence, a diagnostic), or a
-    sampler object with the same ``forward``/``vjp`` methods. ``seed_chunk``: seeds
+    sampler object (an instance) with the same ``forward``/``vjp`` methods and a ``name``, which
+    the result records (checked before any work). ``seed_chunk``: seeds
     run together (default: as many as fit in ``MEMORY_BUDGET``); results do not depend on it.
     ``first_seed``: the seeds are ``first_seed .. first_seed + seeds - 1`` (coordinate ``seed``,
     int64: below 2^63), so seeds split over calls are the same numbers as in one call.
@@ -326,8 +327,11 @@ def _sampler(sampler):
         if sampler not in SAMPLER_NAMES:
             raise ConfigError("sampler", sampler, f"one of {SAMPLER_NAMES} or a sampler object")
         return SAMPLERS["conditional" if sampler == "auto" else sampler]
-    if not all(callable(getattr(sampler, a, None)) for a in ("forward", "vjp")):
-        raise ConfigError("sampler", sampler, f"one of {SAMPLER_NAMES} or a sampler object")
+    if (isinstance(sampler, type) or not isinstance(getattr(sampler, "name", None), str)
+            or not all(callable(getattr(sampler, a, None)) for a in ("forward", "vjp"))):
+        raise ConfigError("sampler", sampler, f"one of {SAMPLER_NAMES} or a sampler object (an "
+                          "instance, not its class) with forward and vjp methods and a name "
+                          "(str, recorded in the result)")
     return sampler
 
 
