@@ -11,6 +11,7 @@ test_relu_log_q_matches_exact_finite_width_law): well inside the standard errors
 
 from __future__ import annotations
 
+import contextlib
 import math
 import re
 import warnings
@@ -1353,7 +1354,8 @@ def test_batchnorm_reach_is_monotone_in_eps_and_width():
 def test_first_order_breakdown_warns():
     """At N below the coefficient A the correction exceeds the leading term: a warning with A."""
     with pytest.warns(fw.FiniteWidthWarning, match=r"coefficient A = [\d.]+"):
-        sp.theory(presets.plain(8, "tanh", shape="dense_act"), PAIR, width=2)
+        sp.theory(presets.plain(8, "tanh", shape="dense_act"),  # (Gaussian: at width 2)
+                  sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian"), width=2)
 
 
 def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
@@ -1361,8 +1363,9 @@ def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
     bisected to give |corr| < 1e-6): its correction there is ~0.4/N, no small fraction of
     corr_inf = 0 at any width, yet the expansion holds: the warning and valid_width_corr
     measure it against max(|corr_inf|, 0.1) (it warned at N = 256, 'A = 1.4e16'; the variable
-    was 1e6 there, and inf or round-off over round-off where corr_inf = 0 by symmetry); at N = 2
-    the correction is 0.2, twice that floor, and warns."""
+    was 1e6 there, and inf or round-off over round-off where corr_inf = 0 by symmetry); at N = 3
+    (the least that holds two fixed inputs) the correction is ~0.13, above that floor, and
+    warns."""
     net = presets.resnet(8, "relu")
 
     def corr2(c0):
@@ -1378,7 +1381,7 @@ def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
     assert 0.1 < abs(a) < 1  # (the ~0.4 above)
     np.testing.assert_allclose(ds.valid_width_corr[2, 0, 1], abs(a) / 0.1 / 0.1, rtol=1e-12)
     with pytest.warns(fw.FiniteWidthWarning, match=r"correction to corr .*or 0\.1 where"):
-        sp.theory(net, inputs, width=2)
+        sp.theory(net, inputs, width=3)
     # an odd activation at corr 0: corr_inf and its correction are 0 (round-off) at every layer
     odd = sp.theory(sp.Repeat(sp.Serial(sp.Dense(1.0), sp.Act("erf")), 2),
                     sp.Inputs(q=1.0, corr=0.0, n=2), width=256)
@@ -2961,3 +2964,29 @@ def test_an_odd_net_at_opposite_correlations_has_mirrored_corrections(c):
     for name, sign in (("corr_correction", -1), ("valid_width_corr", 1), ("valid_width_q", 1)):
         np.testing.assert_allclose(minus[name].values, sign * plus[name].values, rtol=1e-8,
                                    atol=1e-15, err_msg=name)
+
+
+def test_progress_counts_the_blocks_the_walks_pass(monkeypatch):
+    """``progress=True`` with a width shows the finite-width walks, 90-98 % of such a call (a
+    hostile review: the bars covered the infinite-width passes alone, then minutes of silence
+    at depth 10^4): each block a walk passes ticks, on both engines; none without progress."""
+    ticks = []
+
+    @contextlib.contextmanager
+    def counting(enabled):
+        token = fw._TICK.set((lambda: ticks.append(1)) if enabled else None)
+        try:
+            yield
+        finally:
+            fw._TICK.reset(token)
+
+    monkeypatch.setattr(fw, "walks_shown", counting)
+    net, L = presets.preln(12), 12
+    sp.theory(net, PAIR, width=256)
+    assert ticks == []
+    sp.theory(net, PAIR, width=256, progress=True)
+    assert len(ticks) >= 2 * L  # (the forward walk and the gradient's, at least)
+    monkeypatch.undo()
+    with fw.walks_shown(True):  # the bar itself, off a terminal
+        sp.theory(net, PAIR, width=256, layers=[L])
+    assert fw._TICK.get() is None

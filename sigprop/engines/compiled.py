@@ -149,9 +149,11 @@ _SCALED: OrderedDict = OrderedDict()  # (net, inputs' law, B, backward) whose ru
 # left TRUE_RANGE
 
 
-def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backward=True):
+def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backward=True,
+                    progress=False):
     """:func:`sigprop.theory` (same arguments, same Dataset) with every law traced into one
-    compiled function (module docstring); ``attrs['backend']`` is ``'jax'``."""
+    compiled function (module docstring); ``attrs['backend']`` is ``'jax'``; ``progress``:
+    the finite-width walks' only (the compiled passes show none)."""
     _check_args(net, inputs, width, backward, layers, stacklevel=5)
     blocks = layers_of(net)
     runs = _runs(blocks)  # (per run, not per layer: a Repeat's copies are one block)
@@ -222,7 +224,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
         raise error
     _check_finite(out, net, blocks, inputs, backward)
     return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width,
-                   backward)
+                   backward, progress)
 
 
 def _refuse_unsupported(runs):

@@ -79,6 +79,7 @@ features, by a t-integral), not a 1/N expansion.
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import copy
 import functools
@@ -186,6 +187,7 @@ VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is
 # of its statistic's scale: one that is 0 by symmetry) is not resolved: NaN, with a warning
 CHECK_STEP, NEAR_SINGULAR, UNRESOLVED_FLOOR = 2 / 3, 1e-2, 1e-6
 _STEP_FACTOR = contextvars.ContextVar("finite_width_step_factor", default=1.0)
+_TICK = contextvars.ContextVar("finite_width_tick", default=None)  # :func:`walks_shown`
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
 PAIRED = frozenset({"corr", "var_corr"})  # coefficients per pair of inputs (..., B, B)
 SPREAD_MAX = 1.0  # Var log q across nets past which a mean over nets is carried by rare nets
@@ -1064,6 +1066,8 @@ class _Walk:
 
     def layer(self, l: int, block: Op):
         """Walk top-level block ``l`` (1-based), then end the layer (:meth:`end_layer`)."""
+        if (tick := _TICK.get()) is not None:
+            tick()
         self.block, self.branch = (l, block), None
         self.walk(block, self.ctx.at(f"layer {l} {type(block).__name__}"))
         self.end_layer()
@@ -2594,6 +2598,26 @@ def check_feature_counts(net: Op, width: int):
         except ConfigError as e:
             raise ConfigError(e.field, e.value, f"{e.allowed} at width {width}"
                               + (f", {_point_text(point)}" if point else "")) from None
+
+
+@contextlib.contextmanager
+def walks_shown(enabled: bool):
+    """Within it, a progress bar counts the blocks the walks pass (``sp.theory(..., width=N,
+    progress=True)``: the walks, not the infinite-width passes, are most of such a call; how
+    many blocks they pass depends on where they stop and join, so the bar shows a count)."""
+    if not enabled:
+        yield
+        return
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(SpinnerColumn(), TextColumn("finite-width walks: {task.completed} blocks"),
+                  TimeElapsedColumn(), transient=True) as bar:
+        task = bar.add_task("finite-width walks", total=None)
+        token = _TICK.set(lambda: bar.advance(task))
+        try:
+            yield
+        finally:
+            _TICK.reset(token)
 
 
 def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.Dataset:

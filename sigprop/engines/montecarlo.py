@@ -282,13 +282,19 @@ def _raise_nonfinite(v, direction, blocks):
 
 # -- arguments -----------------------------------------------------------------------------
 def check_width(width, inputs) -> int:
-    """``width`` as an int, refused below 2, and for fixed inputs below B + 1 (the directions
-    that hold B inputs with exact q, mean and cosines)."""
-    width = check_int("width", width, 2)
+    """``width`` as an int from 2 to ``schema.MAX_WIDTH`` (float64 counts features exactly
+    below it), with room for the inputs (:func:`check_room`)."""
+    width = check_int("width", width, 2, schema.MAX_WIDTH)
+    check_room(width, inputs)
+    return width
+
+
+def check_room(width: int, inputs) -> None:
+    """Refuse a width below B + 1 for fixed inputs (the directions that hold B inputs with
+    exact q, mean and cosines); the finite-width theory of such a net refuses it too."""
     if inputs.law == "fixed" and width < inputs.n + 1:
         raise ConfigError("width", width, f">= {inputs.n + 1} to hold {inputs.n} fixed inputs "
                           "with exact q, mean and cosines (B + 1 directions)")
-    return width
 
 
 def check_int(field, value, lo, hi=None) -> int:

@@ -39,14 +39,16 @@ def _check_args(net, inputs, width=None, backward=True, layers=None, stacklevel=
     if not isinstance(backward, (bool, np.bool_)):
         raise ConfigError("backward", backward, "True (forward and backward) or False (forward "
                           "only)")
-    if width is not None:
-        from sigprop.engines.finite_width import check_width
-
-        check_width(width)
     if not isinstance(net, Op):
         raise ConfigError("net", type(net).__name__, "an Op (e.g. sp.presets.preln(depth=64))")
     if not isinstance(inputs, Inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
+    if width is not None:
+        from sigprop.engines.finite_width import check_width
+        from sigprop.engines.montecarlo import check_room
+
+        check_width(width)
+        check_room(width, inputs)
     warn_knife_edge(net, inputs, stacklevel)  # (at the caller of sp.theory)
     grid = sweeps_of(net)
     ctx = Context(NUMERIC, tuple(grid))
@@ -91,8 +93,12 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
 
     ``engine``: ``"numpy"`` (this module), or ``"jax"``: the same laws traced and compiled
     (:mod:`sigprop.engines.compiled`; needs jax, ``pip install 'sigprop[jax]'``; every op, the
-    quadrature laws called back on the host; ``progress`` is not shown; its programs are kept
-    across processes in ``SIGPROP_JAX_CACHE``, default the user's cache folder, ``off``: not).
+    quadrature laws called back on the host; its programs are kept across processes in
+    ``SIGPROP_JAX_CACHE``, default the user's cache folder, ``off``: not).
+
+    ``progress``: progress bars of the forward and backward passes (the numpy engine's) and,
+    with ``width``, of the finite-width walks (most of such a call; a count of the blocks
+    walked).
 
     ``width``: a stream width N; adds the first-order finite-width corrections and the spread
     across seeds at N (:mod:`sigprop.engines.finite_width`, schema ``FINITE_WIDTH_VARIABLES``).
@@ -112,7 +118,8 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     if engine == "jax":
         from sigprop.engines.compiled import theory_compiled
 
-        return theory_compiled(net, inputs, layers=layers, width=width, backward=backward)
+        return theory_compiled(net, inputs, layers=layers, width=width, backward=backward,
+                               progress=progress)
     _check_args(net, inputs, width, backward, layers)
     blocks = layers_of(net)
     L = len(blocks)
@@ -148,7 +155,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     kept = sorted(record)
     if not backward:
         data = _variables([rows[l] for l in kept], None, None, shape, B)
-        return dataset(net, inputs, kept, data, "numpy", width, backward=False)
+        return dataset(net, inputs, kept, data, "numpy", width, backward=False, progress=progress)
 
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     grad_rows = {L: _log_diag(g)} if L in record else {}
@@ -178,15 +185,16 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
 
     data = _variables([rows[l] for l in kept], [grad_rows[l] for l in kept],
                       [wgrad_rows[l] for l in kept], shape, B)
-    return dataset(net, inputs, kept, data, "numpy", width)
+    return dataset(net, inputs, kept, data, "numpy", width, progress=progress)
 
 
 def dataset(net: Op, inputs: Inputs, kept, data: dict, backend: str, width=None,
-            backward: bool = True) -> xr.Dataset:
+            backward: bool = True, progress: bool = False) -> xr.Dataset:
     """The theory Dataset of ``net`` from its variables ``data`` (:func:`variables`) at the
     layers ``kept`` (sorted), computed by ``backend``; with ``width``, extended by the
-    finite-width corrections (the forward ones alone without ``backward``). Shared by the
-    engines of this module and :mod:`sigprop.engines.compiled`."""
+    finite-width corrections (the forward ones alone without ``backward``; ``progress``: their
+    walks' progress shown). Shared by the engines of this module and
+    :mod:`sigprop.engines.compiled`."""
     blocks, grid, B = layers_of(net), sweeps_of(net), inputs.n
     coords = {"layer": np.asarray(kept), "input": np.arange(B), "input_b": np.arange(B),
               "block": ("layer", [type(blocks[l - 1]).__name__ if l else "input" for l in kept])}
@@ -199,7 +207,8 @@ def dataset(net: Op, inputs: Inputs, kept, data: dict, backend: str, width=None,
     if backward:  # (its warning is about the gradient)
         finite_width.warn_batchnorm(net, inputs, ds, width)
     if width is not None:
-        ds = finite_width.extend(ds, net, inputs, width, backward)
+        with finite_width.walks_shown(progress):
+            ds = finite_width.extend(ds, net, inputs, width, backward)
     return schema.describe(ds, copy=False)  # a dataset made here, shared with no one
 
 
