@@ -122,6 +122,8 @@ MIN_SPREAD_SEEDS = 16  # a spread's z reads the sample kurtosis: at 8 seeds its 
 # noise (a heavy tail's rate of |z| > 3 measured in benchmarks/RESULTS.md)
 NORMAL_KURTOSIS = 3.0  # the floor of a spread's sample kurtosis (:func:`_spread_parts`)
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
+FAMILY_LEVEL = 0.0027  # summary's max |z| test: the two-sided 3-sigma level for all n points
+MAX_CORRELATED = 4096  # points (spread evenly) whose correlations give effective_points
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
 MIN_TAIL_SEEDS = 32
@@ -410,7 +412,12 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
         da = xr.concat([p.broadcast_like(est) for p in (est, se, ref.broadcast_like(est), z)],
                        dim="stat").assign_coords(stat=list(STATS)).transpose("stat", ...)
         lost = int((~np.isfinite(z) & ref.notnull()).sum())
-        out[name] = da.assign_attrs(estimator="spread", scale="linear", not_comparable=lost)
+        counted = np.isfinite(z) & (z != 0) & ((z["input"] < z["input_b"])
+                                               if "input_b" in z.dims else True)
+        with np.errstate(invalid="ignore"):  # (x's correlations: their variances' are ~rho^2,
+            effective = effective_points(x, counted)  # so this errs towards fewer points)
+        out[name] = da.assign_attrs(estimator="spread", scale="linear", not_comparable=lost,
+                                    effective_points=effective)
         if lost:
             attrs[f"not_comparable_{name}"] = (f"{lost} points where the run's variance is not "
                                                "finite (a seed of inf there; NaN seeds are left "
@@ -648,8 +655,12 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         out[name] = da.assign_coords(stat=stat)
         out[name] = out[name].transpose("stat", ...)
         n_heavy, n_zeros = int(heavy.sum()), int(zeros.sum())
+        counted = np.isfinite(z) & (z != 0) & ((z["input"] < z["input_b"]) if "input_b" in z.dims
+                                               else True)
+        samples = mc[name] if est_name == "mean" else _log(mc[name]) if log is None else log
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
-                           "not_comparable": n_heavy + n_zeros}
+                           "not_comparable": n_heavy + n_zeros,
+                           "effective_points": effective_points(samples, counted)}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
         if n_heavy:
             attrs[f"not_comparable_{name}"] = (
@@ -675,6 +686,40 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 **{f"skipped_{k}": v for k, v in skipped.items()},
                 **({"left_out": left_out} if left_out else {})}
     return ds
+
+
+def effective_points(samples: xr.DataArray, counted: xr.DataArray) -> float:
+    """n_eff = n^2 / sum_ij rho_ij^2 over the n points where ``counted`` (the points
+    :func:`summary` counts), rho_ij the correlation across seeds of the per-seed ``samples`` of
+    points i and j (Bretherton et al. 1999's effective number of independent values): the
+    points of one variable share their nets (every layer, input and sweep value is drawn from
+    the same seeds), so their z-scores rise and fall together and the rate of |z| > k varies
+    far more than a binomial of n points (a correct Pre-LN net flagged DISAGREE in 6-13 % of
+    runs of 8 or 64 seeds). rho^2 is not corrected for its upward bias (~1/(S - 1) at rho =
+    0), which errs towards fewer points: at most ~S - 1 with S seeds. With widths (independent
+    seeds), the mean of each width's sum rho^2 (>= that of their combination's, by Jensen); at
+    most ``MAX_CORRELATED`` points, spread evenly, enter (then n_eff is theirs: fewer)."""
+    if "width" in counted.dims:  # (points at each width, of its own seeds: their n_eff add)
+        return sum(effective_points(samples.sel(width=w), counted.sel(width=w))
+                   for w in counted["width"].values)
+    mask = counted.values.ravel()
+    n = int(mask.sum())
+    if n <= 1:
+        return float(n)
+    parts = samples.transpose("width", ...) if "width" in samples.dims else [samples]
+    sums, used = [], min(n, MAX_CORRELATED)
+    for part in parts:
+        x = part.transpose("seed", *counted.dims).values.reshape(part.sizes["seed"], -1)[:, mask]
+        x = x[:, np.unique(np.linspace(0, n - 1, used).astype(int))]
+        x = x[np.isfinite(x).all(axis=1)]  # (a stack's padding seeds, NaN)
+        S = len(x)
+        if S < 3:
+            continue
+        sd = x.std(axis=0, ddof=1)
+        moving = sd > 0  # (a constant point: correlated with none)
+        Z = (x[:, moving] - x[:, moving].mean(axis=0)) / sd[moving]
+        sums.append(float(np.sum((Z @ Z.T) ** 2)) / (S - 1) ** 2 + int((~moving).sum()))
+    return float(used) if not sums else min(float(used), used**2 / float(np.mean(sums)))
 
 
 def inverse_width_fit(widths, est, var, terms: int):
@@ -965,8 +1010,12 @@ def nominal_rate(k: float, seeds: int) -> float:
 def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     """One row per variable: points, max |z| and where, rate of |z| > threshold vs nominal.
 
-    ``flag``: DISAGREE when the rate exceeds the nominal one by more than 3 binomial sd (+1/n);
-    NOT COMPARABLE when some points have no finite z (infinite variance, no theory value).
+    ``flag``: DISAGREE when the rate exceeds the nominal one by more than 3 binomial sd (+1/n)
+    of the ``effective_points`` n_eff the points' correlation across seeds leaves
+    (:func:`effective_points`: the points share their nets), or when max |z| passes the
+    Student-t quantile that n points pass together at ``FAMILY_LEVEL`` (Bonferroni: whatever
+    their correlation); NOT COMPARABLE when some points have no finite z (infinite variance, no
+    theory value).
     A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
     was not run on, weight_grad_q at layer 0) is not a point, nor is one of z exactly 0 (the
     Monte Carlo equal to the theory to rounding, with no spread: the inputs at layer 0, corr's
@@ -989,7 +1038,7 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         lost = int(exists.sum()) - n - exact
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,
-                         "exact": exact, "max_z": float("nan"), "where": "",
+                         "effective_points": 0.0, "exact": exact, "max_z": float("nan"), "where": "",
                          "rate": float("nan"), "nominal": nominal, "not_comparable": lost,
                          "flag": f"NOT COMPARABLE ({lost} points)" if lost else
                          "ok" if exact else "no data"})
@@ -998,11 +1047,14 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         loc = ", ".join(f"{d}={finite[d].values[i].item() if d in finite.coords else int(i)}"
                         for d, i in ((d, int(v)) for d, v in where.items()))
         rate = float((finite > threshold).sum()) / n
-        bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / n) + 1 / n
+        effective = min(float(n), float(da.attrs.get("effective_points", n)))
+        bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / effective) + 1 / effective
+        family = stats.t.isf(FAMILY_LEVEL / (2 * n), max(seeds - 1, 1))
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
-                     "exact": exact, "max_z": float(finite.max()), "where": loc, "rate": rate,
+                     "effective_points": effective, "exact": exact,
+                     "max_z": float(finite.max()), "where": loc, "rate": rate,
                      "nominal": nominal, "not_comparable": lost,
-                     "flag": "DISAGREE" if rate > bound else
+                     "flag": "DISAGREE" if rate > bound or float(finite.max()) > family else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
     return rows
 
@@ -1018,15 +1070,16 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
     nominal = f", nominal rate {rows[0]['nominal']:.4f}" if rows else ""  # (one for all rows)
     table = Table(title=f"theory vs Monte Carlo ({cmp.attrs.get('seeds')} seeds, |z| > "
                   f"{threshold}{nominal})", box=box.SIMPLE_HEAD, collapse_padding=True)
-    for col in ("variable", "estimator", "points", "max |z|", "at", "rate", "flag"):
-        table.add_column(col, justify="right" if col in ("points", "max |z|", "rate") else
+    for col in ("variable", "estimator", "points", "eff.", "max |z|", "at", "rate", "flag"):
+        table.add_column(col, justify="right" if col in ("points", "eff.", "max |z|", "rate") else
                          "left", no_wrap=col not in ("at", "flag"), overflow="fold",
                          min_width={"at": 10, "flag": 8}.get(col))  # (in 80 columns only the
         # place and a long flag fold: the spreads' names differ at their ends)
     for r in rows:
         style = "" if r["flag"] == "ok" else "bold red"
         points = f"{r['points']}" + (f" (+{r['exact']} exact)" if r["exact"] else "")
-        table.add_row(r["variable"], r["estimator"], points, f"{r['max_z']:.2f}",
+        eff = f"{r['effective_points']:.3g}" if "effective_points" in r else ""
+        table.add_row(r["variable"], r["estimator"], points, eff, f"{r['max_z']:.2f}",
                       r["where"], f"{r['rate']:.4f}", r["flag"], style=style)
     console.print(table)
     console.print(f"finite-width bias: {cmp.attrs.get('finite_width', 'unknown')}")
@@ -1038,9 +1091,11 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
     if "left_out" in cmp.attrs:
         console.print(f"[yellow]{cmp.attrs['left_out']}[/]")
     console.print("flag: DISAGREE when the rate of |z| > threshold exceeds the nominal Student-t "
-                  "rate by more than 3 binomial standard errors (+1/n); z-scores of neighbouring "
-                  "layers are correlated, so read max |z| and its layer too. exact: points "
-                  "where every seed gives the theory's value to rounding (z = 0; not counted).")
+                  "rate by more than 3 binomial standard errors (+1/n) of the eff. points (the "
+                  "points share their nets: n^2 / sum of their squared correlations across "
+                  "seeds), or max |z| passes the t quantile all points pass together at "
+                  f"{FAMILY_LEVEL} (Bonferroni). exact: points where every seed gives the "
+                  "theory's value to rounding (z = 0; not counted).")
     return rows
 
 
