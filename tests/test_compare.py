@@ -608,8 +608,9 @@ def test_exact_points_and_dead_nets_are_not_called_heavy_or_lost():
     """Two hostile-review finds. A mean exact at every seed (a residual of Scale ops on inputs
     with a mean: 5.6953125 within 4e-16) was given z = NaN by the tail test, which overrode
     'exact'. Nets dead at some seeds (q exactly 0, log q = -inf) made the log estimators NaN,
-    NOT COMPARABLE with no reason: auto now takes the mean there, and a log estimator asked
-    for says why it has no value."""
+    NOT COMPARABLE with no reason: now the reason is given. (Taking the mean there instead, as
+    a first fix did, read the heavy-tailed sample's missed rare seeds as a DISAGREE with an
+    exact theory in 13 of 60 runs: a review.) auto judges the spread on the live seeds."""
     x0 = sp.Inputs(q=[1, 2.25], corr=.5, mean=[.5, 0])
     net = sp.Repeat(sp.Residual(sp.Scale(.5)), 6)
     mc = sp.simulate(net, x0, width=128, seeds=64, dtype="float64", root_seed=41)
@@ -620,11 +621,12 @@ def test_exact_points_and_dead_nets_are_not_called_heavy_or_lost():
     mc = sp.simulate(net, x0, width=4, seeds=64, root_seed=1, dtype="float64")
     assert ((mc["q"] == 0).any("seed") & (mc["q"] > 0).any("seed")).any()  # some nets dead
     th = sp.theory(net, x0)
-    assert compare(th, mc, variables=["q"])["q"].attrs["estimator"] == "mean"
     with warnings.catch_warnings():
         warnings.simplefilter("error", RuntimeWarning)  # (numpy's, on log 0, leaked)
-        forced = compare(th, mc, variables=["q"], estimator="lognormal")
-    assert "exactly 0" in forced.attrs["not_comparable_q"]
+        auto = compare(th, mc, variables=["q"])
+    assert auto["q"].attrs["estimator"] == "lognormal"  # (the live seeds spread: heavy)
+    assert "exactly 0" in auto.attrs["not_comparable_q"]
+    assert summary(auto)[0]["flag"].startswith("NOT COMPARABLE")
 
 
 def test_estimators_agree_on_lognormal_samples():
@@ -672,22 +674,26 @@ def test_summary_allows_one_chance_exceedance_in_few_points():
     p = 2 * stats.t.sf(3.0, seeds - 1)
     assert 0.1 < p + 3 * np.sqrt(p * (1 - p) / n) + 1 / n < 0.2
     assert 3.5 < stats.t.isf(FAMILY_LEVEL / (2 * n), seeds - 1) < 8
-    for big, flag, value in ((1, "ok", 3.5), (2, "DISAGREE", 3.5), (1, "DISAGREE", 8.0)):
+    # (not under lognormal, whose z is not t: s^2's inverse chi^2 tail passed the level in
+    # 1.7-5 % of null runs, a review measured)
+    for big, flag, value, estimator in ((1, "ok", 3.5, "mean"), (2, "DISAGREE", 3.5, "mean"),
+                                        (1, "DISAGREE", 8.0, "mean"),
+                                        (1, "ok", 8.0, "lognormal")):
         z = np.full(n, 0.5)  # (not 0: a point of z = 0 is exact, not counted)
         z[:big] = value
         stat = np.stack([np.ones(n), np.ones(n), np.ones(n), z])
         cmp = xr.Dataset({"q": xr.DataArray(stat, dims=("stat", "layer"),
                                             coords={"stat": ["estimate", "stderr", "theory",
                                                              "z"]},
-                                            attrs={"estimator": "mean"})},
+                                            attrs={"estimator": estimator})},
                          attrs={"seeds": seeds})
-        assert summary(cmp)[0]["flag"] == flag, big
+        assert summary(cmp)[0]["flag"] == flag, (big, value, estimator)
 
 
 def test_effective_points_count_what_the_seeds_can_tell_apart():
-    """n_eff = n^2 / sum rho_ij^2: ten copies of one sample are one point; ten independent
-    samples of 4000 seeds are ten (less the upward bias of rho^2, ~n (n - 1) / (S - 1)); at 8
-    seeds, at most ~S - 1."""
+    """n_eff = n^2 / sum rho_ij^2: ten copies of one sample are one point, with or without
+    scattered NaN seeds; ten independent samples of 4000 seeds are ten (less the upward bias
+    of rho^2, ~n (n - 1) / (S - 1))."""
     rng = np.random.default_rng(7)
     every = xr.DataArray(np.ones(10, bool), dims="layer")
     one = np.repeat(rng.standard_normal((4000, 1)), 10, axis=1)
@@ -695,8 +701,14 @@ def test_effective_points_count_what_the_seeds_can_tell_apart():
         pytest.approx(1.0, rel=1e-9)
     free = xr.DataArray(rng.standard_normal((4000, 10)), dims=("seed", "layer"))
     assert effective_points(free, every) == pytest.approx(10 / (1 + 9 / 3999), rel=0.01)
-    few = xr.DataArray(rng.standard_normal((8, 10)), dims=("seed", "layer"))
-    assert effective_points(few, every) < 8
+    # NaN scattered over seeds and points (a review: every seed dropped, and n_eff = n): the
+    # seeds finite at every point where they are most, else the points finite at every seed
+    gaps = np.repeat(one[:, :1], 20, axis=1)
+    gaps[np.arange(16), np.arange(16)] = np.nan  # (16 seeds: each has a NaN; 4 points have none)
+    for S in (4000, 16):
+        assert effective_points(xr.DataArray(gaps[:S], dims=("seed", "layer")),
+                                xr.DataArray(np.ones(20, bool), dims="layer")) == \
+            pytest.approx(1.0, rel=1e-9), S
 
 
 def test_correlated_layers_are_not_a_disagreement():

@@ -719,7 +719,8 @@ def _persist_run(tmp_path, **env):
 def test_compiled_programs_are_kept_across_processes(tmp_path):
     """A net's XLA program, compiled in one process, is loaded by the next (jax's persistent
     cache in SIGPROP_JAX_CACHE), with the same values; a cache folder the user gave jax is left
-    as it is, and 'off' turns it off."""
+    as it is; 'off' (any case, or '0') turns it off, and a folder that cannot be made leaves
+    jax as it is (it warned at every program; 'OFF' made a folder of that name)."""
     ours, theirs = tmp_path / "ours", tmp_path / "theirs"
     value, folder, hit = _persist_run(tmp_path, SIGPROP_JAX_CACHE=str(ours))
     assert folder == str(ours) and not hit and any(ours.iterdir())
@@ -730,5 +731,8 @@ def test_compiled_programs_are_kept_across_processes(tmp_path):
                                 JAX_COMPILATION_CACHE_DIR=str(theirs))
     assert folder == str(theirs) and any(theirs.iterdir())
     assert sorted(p.name for p in ours.iterdir()) == kept
-    _, folder, _ = _persist_run(tmp_path, SIGPROP_JAX_CACHE="off")
-    assert folder == "None"
+    for off in ("off", "OFF", "0"):
+        _, folder, _ = _persist_run(tmp_path, SIGPROP_JAX_CACHE=off)
+        assert folder == "None" and not (tmp_path / off).exists()
+    _, folder, _ = _persist_run(tmp_path, SIGPROP_JAX_CACHE="/proc/no-such-cache")  # (can't
+    assert folder == "None"  # be made: jax left as it is, no warning per program)

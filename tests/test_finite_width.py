@@ -12,6 +12,7 @@ test_relu_log_q_matches_exact_finite_width_law): well inside the standard errors
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import math
 import re
 import warnings
@@ -2986,6 +2987,10 @@ def test_progress_counts_the_blocks_the_walks_pass(monkeypatch):
     assert ticks == []
     sp.theory(net, PAIR, width=256, progress=True)
     assert len(ticks) >= 2 * L  # (the forward walk and the gradient's, at least)
+    if importlib.util.find_spec("jax"):  # the compiled engine hands its progress on
+        ticks.clear()
+        sp.theory(net, PAIR, width=256, progress=True, engine="jax")
+        assert len(ticks) >= 2 * L
     monkeypatch.undo()
     with fw.walks_shown(True):  # the bar itself, off a terminal
         sp.theory(net, PAIR, width=256, layers=[L])

@@ -123,6 +123,10 @@ MIN_SPREAD_SEEDS = 16  # a spread's z reads the sample kurtosis: at 8 seeds its 
 NORMAL_KURTOSIS = 3.0  # the floor of a spread's sample kurtosis (:func:`_spread_parts`)
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
 FAMILY_LEVEL = 0.0027  # summary's max |z| test: the two-sided 3-sigma level for all n points
+# estimators whose z is Student t for normal samples (the max |z| test's premise); lognormal's
+# carries s^2's inverse chi^2 tail (its max |z| passed the level in 1.7-5 % of null runs, not
+# 0.27 %), the median's is not t
+T_ESTIMATORS = ("mean", "logmean")
 MAX_CORRELATED = 4096  # points (spread evenly) whose correlations give effective_points
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
@@ -239,8 +243,10 @@ def choose(mc: xr.DataArray, name: str, estimator: str = "auto",
            log: xr.DataArray | None = None) -> str:
     """The estimator ``auto`` resolves to for variable ``name`` of Monte Carlo samples ``mc``
     (``log``: their log companion, as :func:`estimate` takes it): a log estimator where log X
-    spreads, where the tail is heavy, or where X overflowed float64 (inf where its log is not);
-    the mean where some seeds, not all, are exactly 0 (dead nets: log X is -inf there)."""
+    spreads (over the live seeds: a dead net's X is exactly 0), where the tail is heavy, or
+    where X overflowed float64 (inf where its log is not). A log estimator has no value where
+    some seeds are dead (:func:`compare` names those points not comparable): the mean of such a
+    heavy-tailed sample misses its rare large seeds, and would read as a disagreement."""
     if estimator != "auto":
         if estimator not in ESTIMATORS:
             raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
@@ -248,10 +254,8 @@ def choose(mc: xr.DataArray, name: str, estimator: str = "auto",
     if name not in SCALE_VARIABLES:
         return "mean"
     y = _log(mc) if log is None else log
-    if bool(_zero_seeds(y).any()):
-        return "mean"
-    with np.errstate(invalid="ignore"):  # a sample of exact zeros (a dead branch): log -inf,
-        sd = y.std("seed", ddof=1)  # its sd NaN, left out below
+    with np.errstate(invalid="ignore"):  # the live seeds' spread (a dead net's log 0 = -inf
+        sd = y.where(y > -np.inf).std("seed", ddof=1)  # left out; a sample of exact zeros: NaN)
     heavy = float(sd.max(skipna=True).fillna(0)) > HEAVY_LOG_SD
     overflowed = bool(((mc == np.inf) & np.isfinite(y)).any())
     return "lognormal" if heavy or overflowed or bool(infinite_variance(mc).any()) else "mean"
@@ -696,30 +700,37 @@ def effective_points(samples: xr.DataArray, counted: xr.DataArray) -> float:
     the same seeds), so their z-scores rise and fall together and the rate of |z| > k varies
     far more than a binomial of n points (a correct Pre-LN net flagged DISAGREE in 6-13 % of
     runs of 8 or 64 seeds). rho^2 is not corrected for its upward bias (~1/(S - 1) at rho =
-    0), which errs towards fewer points: at most ~S - 1 with S seeds. With widths (independent
-    seeds), the mean of each width's sum rho^2 (>= that of their combination's, by Jensen); at
-    most ``MAX_CORRELATED`` points, spread evenly, enter (then n_eff is theirs: fewer)."""
-    if "width" in counted.dims:  # (points at each width, of its own seeds: their n_eff add)
+    0), which errs towards fewer points: at most ~S - 1 with S seeds. At most
+    ``MAX_CORRELATED`` points, spread evenly, enter (a stack's padding seeds, NaN at every
+    point, left out); of a sample with non-finite values scattered over seeds and points, the
+    seeds finite at every point where they are at least half, else the points finite at every
+    seed; n_eff is then theirs (fewer), or S - 1 where none is left. A stack of widths (a mean's T_inf combines
+    them): the least of each width's n_eff; points at each width (a spread's, compared width by
+    width, each width of its own seeds): the sum."""
+    if "width" in counted.dims:
         return sum(effective_points(samples.sel(width=w), counted.sel(width=w))
                    for w in counted["width"].values)
     mask = counted.values.ravel()
     n = int(mask.sum())
     if n <= 1:
         return float(n)
-    parts = samples.transpose("width", ...) if "width" in samples.dims else [samples]
-    sums, used = [], min(n, MAX_CORRELATED)
-    for part in parts:
+    used = min(n, MAX_CORRELATED)
+    found = []
+    for part in samples.transpose("width", ...) if "width" in samples.dims else [samples]:
         x = part.transpose("seed", *counted.dims).values.reshape(part.sizes["seed"], -1)[:, mask]
         x = x[:, np.unique(np.linspace(0, n - 1, used).astype(int))]
-        x = x[np.isfinite(x).all(axis=1)]  # (a stack's padding seeds, NaN)
-        S = len(x)
-        if S < 3:
+        x = x[~np.isnan(x).all(axis=1)]
+        whole = np.isfinite(x).all(axis=1)  # seeds finite at every point: those, if they are
+        x = x[whole] if whole.sum() >= max(3, len(x) / 2) else x[:, np.isfinite(x).all(axis=0)]
+        S, m = x.shape  # (most; else the points finite at every seed)
+        if S < 3 or m == 0:
+            found.append(max(1, min(used, S - 1)))
             continue
         sd = x.std(axis=0, ddof=1)
         moving = sd > 0  # (a constant point: correlated with none)
         Z = (x[:, moving] - x[:, moving].mean(axis=0)) / sd[moving]
-        sums.append(float(np.sum((Z @ Z.T) ** 2)) / (S - 1) ** 2 + int((~moving).sum()))
-    return float(used) if not sums else min(float(used), used**2 / float(np.mean(sums)))
+        found.append(m**2 / (float(np.sum((Z @ Z.T) ** 2)) / (S - 1) ** 2 + int((~moving).sum())))
+    return float(min(used, *found))
 
 
 def inverse_width_fit(widths, est, var, terms: int):
@@ -1014,8 +1025,9 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     of the ``effective_points`` n_eff the points' correlation across seeds leaves
     (:func:`effective_points`: the points share their nets), or when max |z| passes the
     Student-t quantile that n points pass together at ``FAMILY_LEVEL`` (Bonferroni: whatever
-    their correlation); NOT COMPARABLE when some points have no finite z (infinite variance, no
-    theory value).
+    their correlation; estimators whose z is t, :data:`T_ESTIMATORS`: a skewed sample's mean
+    comes nearer the level the more seeds it has); NOT COMPARABLE when some points have no
+    finite z (infinite variance, no theory value, dead nets under a log estimator).
     A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
     was not run on, weight_grad_q at layer 0) is not a point, nor is one of z exactly 0 (the
     Monte Carlo equal to the theory to rounding, with no spread: the inputs at layer 0, corr's
@@ -1049,7 +1061,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         rate = float((finite > threshold).sum()) / n
         effective = min(float(n), float(da.attrs.get("effective_points", n)))
         bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / effective) + 1 / effective
-        family = stats.t.isf(FAMILY_LEVEL / (2 * n), max(seeds - 1, 1))
+        family = (stats.t.isf(FAMILY_LEVEL / (2 * n), max(seeds - 1, 1))
+                  if da.attrs["estimator"] in T_ESTIMATORS else np.inf)
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
                      "effective_points": effective, "exact": exact,
                      "max_z": float(finite.max()), "where": loc, "rate": rate,

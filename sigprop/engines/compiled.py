@@ -137,6 +137,7 @@ SHARD_POINTS = 2048  # fewest grid points per thread (measured: 2 threads at 10^
 CACHE_SIZE = 16  # compiled programs kept (each holds its XLA executable)
 PERSIST_ENV = "SIGPROP_JAX_CACHE"  # where compiled programs are kept across processes; "off"
 PERSIST_BYTES = 2**30  # the most that folder holds (jax evicts the least recently used)
+PERSIST_OFF = ("off", "0", "false", "no", "none")  # SIGPROP_JAX_CACHE values that turn it off
 _CACHE: OrderedDict = OrderedDict()
 # the diagonal of every state in true units (:func:`theory_compiled`'s first try): a law
 # multiplies a few entries at most (a product of two diagonals, BatchNorm's B x B Grams), which
@@ -258,16 +259,23 @@ def _jax():
 @functools.cache
 def _persist(jax) -> None:
     """Turn on jax's persistent compilation cache in ``SIGPROP_JAX_CACHE`` (default: the user's
-    cache folder, ``sigprop/jax``; ``off``: none), at most ``PERSIST_BYTES``, oldest entries
-    evicted: a net's first call in a later process loads its XLA program instead of compiling
-    it (measured: 7.2 s -> 2.1 s for a relu resnet, 4.5 s -> 0.9 s for Pre-LN erf, depth 300 over
-    2000 points; what is left is tracing). jax writes only programs that took longer than its
+    cache folder, ``sigprop/jax``; ``off``, ``0``, ``false``, ``no`` or ``none``: none), at most
+    ``PERSIST_BYTES``, oldest entries evicted: a net's first call in a later process loads its
+    XLA program instead of compiling it (``benchmarks/first_call.py``; what is left is
+    tracing). jax writes only programs that took longer than its
     ``jax_persistent_cache_min_compile_time_secs`` (1 s) to compile, and none with host
-    callbacks. A cache folder the user gave jax is left as it is; so is jax when it compiled
-    before this call in the process (its cache is set up at its first compile)."""
+    callbacks. The setting is jax's, for the whole process: the user's own programs compiled
+    after it are kept there too, and a cache folder set in jax after it is not read (jax reads
+    it once). A cache folder the user gave jax before is left as it is; a folder that cannot be
+    made (no writable home) leaves jax as it is."""
     folder = os.environ.get(PERSIST_ENV) or os.path.join(platformdirs.user_cache_dir("sigprop"),
                                                          "jax")
-    if folder == "off" or jax.config.values.get("jax_compilation_cache_dir") is not None:
+    if folder.lower() in PERSIST_OFF or \
+            jax.config.values.get("jax_compilation_cache_dir") is not None:
+        return
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError:
         return
     jax.config.update("jax_compilation_cache_dir", folder)
     jax.config.update("jax_compilation_cache_max_size", PERSIST_BYTES)
