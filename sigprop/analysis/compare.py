@@ -673,7 +673,9 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         if n_zeros:
             attrs[f"not_comparable_{name}"] = (
                 f"{n_zeros} points where some seeds are exactly 0 (dead nets), whose log is "
-                f"-inf: the {est_name} estimator has no value there (estimator='mean' has); z = NaN")
+                f"-inf: the {est_name} estimator has no value there, and the mean of so "
+                "heavy-tailed a sample misses its rare large seeds (more seeds or a wider net "
+                "help); z = NaN")
     ds = xr.Dataset(out)
     # seeds behind each point; a point no case computed (a per-arch sweep's padding) has none
     per_point = mc[names[0]].notnull().sum("seed")
@@ -704,9 +706,9 @@ def effective_points(samples: xr.DataArray, counted: xr.DataArray) -> float:
     ``MAX_CORRELATED`` points, spread evenly, enter (a stack's padding seeds, NaN at every
     point, left out); of a sample with non-finite values scattered over seeds and points, the
     seeds finite at every point where they are at least half, else the points finite at every
-    seed; n_eff is then theirs (fewer), or S - 1 where none is left. A stack of widths (a mean's T_inf combines
-    them): the least of each width's n_eff; points at each width (a spread's, compared width by
-    width, each width of its own seeds): the sum."""
+    seed; n_eff is then theirs (fewer), or S - 1 where none is left. A stack of widths (a
+    mean's T_inf combines them): the least of each width's n_eff; points at each width (a
+    spread's, compared width by width, each width of its own seeds): the sum."""
     if "width" in counted.dims:
         return sum(effective_points(samples.sel(width=w), counted.sel(width=w))
                    for w in counted["width"].values)
@@ -1106,9 +1108,10 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
     console.print("flag: DISAGREE when the rate of |z| > threshold exceeds the nominal Student-t "
                   "rate by more than 3 binomial standard errors (+1/n) of the eff. points (the "
                   "points share their nets: n^2 / sum of their squared correlations across "
-                  "seeds), or max |z| passes the t quantile all points pass together at "
-                  f"{FAMILY_LEVEL} (Bonferroni). exact: points where every seed gives the "
-                  "theory's value to rounding (z = 0; not counted).")
+                  "seeds), or, under the mean and logmean estimators, max |z| passes the t "
+                  f"quantile all points pass together at {FAMILY_LEVEL} (Bonferroni). exact: "
+                  "points where every seed gives the theory's value to rounding (z = 0; not "
+                  "counted).")
     return rows
 
 
