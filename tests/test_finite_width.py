@@ -1391,7 +1391,8 @@ def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
 
 def test_a_draw_of_order_one_spread_warns():
     """One layer's draw adding 1 or more to Var log q = v / N warns (no warning came, E q being
-    exact for relu): N = 1 (a plain relu layer adds 7), and a bottleneck Dense of ratio r adds
+    exact for relu): N = 2, the least that holds a fixed input (a plain relu layer adds 7 / 2),
+    and a bottleneck Dense of ratio r adds
     ~3 / r (r = 1/32 at N = 64: 96 >= 64 warns; r = 1/16: 48 does not). The total does not:
     a plain relu net of depth 8 at N = 32 reaches Var log q = 1.75 from independent draws of 7
     each, where the first-order law holds (Hanin & Nica); it warned, wrongly."""
@@ -1400,7 +1401,7 @@ def test_a_draw_of_order_one_spread_warns():
                          sp.Act("relu"), sp.Dense(1.0, ratio=1 / r))
 
     one = sp.Inputs(q=1.0, n=1)
-    for net, width, said in [(presets.plain(3, "relu"), 1, r"width 1: one draw adds 7 .*layer 1:"),
+    for net, width, said in [(presets.plain(3, "relu"), 2, r"width 2: one draw adds 3.5 .*layer 1:"),
                              (bottleneck(1 / 32), 64, r"width 64: one draw adds 1.5 .*layer 4")]:
         with pytest.warns(fw.FiniteWidthWarning, match=said):
             sp.theory(net, one, width=width)
