@@ -416,8 +416,7 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
         da = xr.concat([p.broadcast_like(est) for p in (est, se, ref.broadcast_like(est), z)],
                        dim="stat").assign_coords(stat=list(STATS)).transpose("stat", ...)
         lost = int((~np.isfinite(z) & ref.notnull()).sum())
-        counted = np.isfinite(z) & (z != 0) & ((z["input"] < z["input_b"])
-                                               if "input_b" in z.dims else True)
+        counted = _counted(z)
         with np.errstate(invalid="ignore"):  # (x's correlations: their variances' are ~rho^2,
             effective = effective_points(x, counted)  # so this errs towards fewer points)
         out[name] = da.assign_attrs(estimator="spread", scale="linear", not_comparable=lost,
@@ -612,8 +611,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             else _log(th[name])
         heavy = (infinite_variance(mc[name]) if est_name == "mean" and name not in BOUNDED
                  else xr.zeros_like(est, bool))
-        zeros = (xr.zeros_like(est, bool) if est_name == "mean"
-                 else _zero_seeds(_log(mc[name]) if log is None else log))
+        samples = mc[name] if est_name == "mean" else _log(mc[name]) if log is None else log
+        zeros = xr.zeros_like(est, bool) if est_name == "mean" else _zero_seeds(samples)
         term = first_order(th, name, est_name, mc_width or 1)
         if term is not None and name in BACKWARD_VARIABLES and independent:
             term = None  # (the theory's term is the exact weights' coupling, which it drops)
@@ -659,12 +658,9 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         out[name] = da.assign_coords(stat=stat)
         out[name] = out[name].transpose("stat", ...)
         n_heavy, n_zeros = int(heavy.sum()), int(zeros.sum())
-        counted = np.isfinite(z) & (z != 0) & ((z["input"] < z["input_b"]) if "input_b" in z.dims
-                                               else True)
-        samples = mc[name] if est_name == "mean" else _log(mc[name]) if log is None else log
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
                            "not_comparable": n_heavy + n_zeros,
-                           "effective_points": effective_points(samples, counted)}
+                           "effective_points": effective_points(samples, _counted(z))}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
         if n_heavy:
             attrs[f"not_comparable_{name}"] = (
@@ -692,6 +688,17 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 **{f"skipped_{k}": v for k, v in skipped.items()},
                 **({"left_out": left_out} if left_out else {})}
     return ds
+
+
+def _pairs(da: xr.DataArray):
+    """Where an entry is one point: a pair of inputs (a, b) once, a < b (corr's (b, a) is the
+    same value, its diagonal exact); True for a variable per input."""
+    return (da["input"] < da["input_b"]) if "input_b" in da.dims else True
+
+
+def _counted(z: xr.DataArray) -> xr.DataArray:
+    """The points :func:`summary` counts: a finite z, not 0 (an exact point), a pair once."""
+    return np.isfinite(z) & (z != 0) & _pairs(z)
 
 
 def effective_points(samples: xr.DataArray, counted: xr.DataArray) -> float:
@@ -1043,10 +1050,9 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     nominal = nominal_rate(threshold, seeds)
     for name, da in cmp.data_vars.items():
         z = abs(da.sel(stat="z"))
-        pairs = (da["input"] < da["input_b"]) if "input_b" in da.dims else True
+        pairs = _pairs(da)
         exact = int(((z == 0) & pairs).sum())
-        z = z.where((z != 0) & pairs)
-        finite = z.where(np.isfinite(z))
+        finite = z.where(_counted(z))
         n = int(finite.count())
         exists = (da.sel(stat="theory").notnull() | da.sel(stat="estimate").notnull()) & pairs
         lost = int(exists.sum()) - n - exact
@@ -1065,11 +1071,11 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / effective) + 1 / effective
         family = (stats.t.isf(FAMILY_LEVEL / (2 * n), max(seeds - 1, 1))
                   if da.attrs["estimator"] in T_ESTIMATORS else np.inf)
+        top = float(finite.max())
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
-                     "effective_points": effective, "exact": exact,
-                     "max_z": float(finite.max()), "where": loc, "rate": rate,
-                     "nominal": nominal, "not_comparable": lost,
-                     "flag": "DISAGREE" if rate > bound or float(finite.max()) > family else
+                     "effective_points": effective, "exact": exact, "max_z": top, "where": loc,
+                     "rate": rate, "nominal": nominal, "not_comparable": lost,
+                     "flag": "DISAGREE" if rate > bound or top > family else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
     return rows
 
