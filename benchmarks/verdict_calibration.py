@@ -5,8 +5,8 @@ The net: Pre-LN gelu (alpha 0.5, inputs q = 1 and 2.25, corr 0.5) of depth ``--d
 simulated at width 128 over ``--runs`` root seeds for each seed count in ``--seeds``; the
 theory: ``sp.theory(net, inputs, width=128)`` (its first-order correction at the run's width,
 so the comparison is correct up to O(1/N^2)). Wrong theories: above the inputs (layer 0,
-exact), q and log q scaled by 1 + d and corr's off-diagonal shifted by d, for each d in
-``--shifts``. Each comparison is made by both
+exact; with ``--top K`` the top K blocks' layers alone), q and log q scaled by 1 + d and
+corr's off-diagonal shifted by d, for each d in ``--shifts``. Each comparison is made by both
 packages' ``compare`` and ``summary``; the table counts the runs flagged DISAGREE per variable
 (false alarms at d = 0, power above). Run:
 ``python benchmarks/verdict_calibration.py [--baseline REV] [--runs 20]``.
@@ -33,6 +33,8 @@ def main():
     ap.add_argument("--depth", type=int, default=16)
     ap.add_argument("--seeds", type=int, nargs="+", default=[8, 64])
     ap.add_argument("--shifts", type=float, nargs="+", default=[0.0, 0.005, 0.01])
+    ap.add_argument("--top", type=int, default=None, metavar="K",
+                    help="shift the top K layers alone (default: every layer above the inputs)")
     a = ap.parse_args()
     old = baseline(a.baseline)
     warnings.simplefilter("ignore")
@@ -46,7 +48,8 @@ def main():
                 for r in range(a.runs)]
         for d in a.shifts:
             wrong = theory.copy(deep=True)
-            above = wrong["layer"] > 0  # (the inputs are exact: a shift there is found at once)
+            # (the inputs are exact: a shift there is found at once)
+            above = wrong["layer"] > (0 if a.top is None else a.depth - a.top)
             wrong["q"] = wrong["q"] * (1 + d * above)
             wrong["log_q"] = wrong["log_q"] + np.log1p(d) * above
             wrong["corr"] = wrong["corr"] + d * (wrong["input"] != wrong["input_b"]) * above

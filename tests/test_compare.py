@@ -730,6 +730,41 @@ def test_correlated_layers_are_not_a_disagreement():
     assert summary(compare(off, mc, variables=["q"]))[0]["flag"] == "DISAGREE"
 
 
+def test_a_deviation_of_one_sign_over_many_points_is_found_together(theory):
+    """summary's signed test: t of the per-seed sum of (x - T) / scale over the counted points,
+    whose seed mean is sum z. Under the null it is Student t with S - 1 dof whatever the
+    points' correlation: over 200 runs of q at 24 seeds whose 48 points share one draw per
+    seed (sum z / sqrt(n) is then ~sqrt(48) t, past 2 in ~80 % of runs), |t| > 2 is as rare
+    as t_23's 5.7 % (4 binomial sd, 6.6 %); with one point t is that point's z (no floor).
+    Every point shifted by ~1 se (a known bias of the synthetic law) is flagged by it alone:
+    neither max |z| (4.5 for 48 points) nor the rate of |z| > 3 reaches its bound."""
+    from scipy import stats
+
+    seeds, runs, k = 24, 200, 2.0
+    noise = 0.1  # (the synthetic law's log sd at width 256)
+    rng = np.random.default_rng(11)
+    past = 0
+    for rep in range(runs):
+        mc = synthetic(theory, seeds=seeds, noise=noise, root_seed=100 + rep)
+        e = xr.DataArray(rng.standard_normal(seeds), dims="seed")
+        mc["q"] = theory["q"] * np.exp(noise * e - noise**2 / 2)  # (one draw for every point)
+        t = compare(theory, mc, variables=["q"], estimator="mean")["q"].attrs["signed_t"]
+        past += abs(t) > k
+    p = 2 * stats.t.sf(k, seeds - 1)
+    assert abs(past / runs - p) <= 4 * np.sqrt(p * (1 - p) / runs), (past, p)
+    mc = synthetic(theory, seeds=seeds, noise=noise, root_seed=1)
+    one = compare(theory, mc.isel(input=[0]).sel(layer=[5]), variables=["q"], rtol=0.0)["q"]
+    assert one.attrs["signed_t"] == pytest.approx(one.sel(stat="z", layer=5).item(), rel=1e-9)
+    se = noise / np.sqrt(seeds)  # (a relative se of q per point)
+    off = synthetic(theory, seeds=seeds, noise=noise, root_seed=2, bias=256 * se)
+    row = summary(compare(theory, off, variables=["q"]))[0]
+    assert row["max_z"] < 4.5 and row["rate"] < 0.06 and abs(row["signed_t"]) > 5
+    assert row["flag"] == "DISAGREE"
+    row = summary(compare(theory, synthetic(theory, seeds=seeds, noise=noise, root_seed=2),
+                          variables=["q"]))[0]
+    assert row["flag"] == "ok", row
+
+
 def test_exact_layers_do_not_divide_by_zero(theory):
     mc = synthetic(theory, seeds=8)
     z = compare(theory, mc)["q"].sel(stat="z", layer=0)
@@ -760,12 +795,24 @@ def test_an_exact_zero_computed_as_rounding_is_zero_to_the_floor():
     np.testing.assert_array_equal(_unit(xr.Dataset(), "mean", ref), [3e-20, 5.0])  # (no q)
 
 
-def test_rich_table_prints(theory, capsys):
+def test_rich_table_prints_a_row_a_line_in_80_columns(theory, capsys):
+    """Each variable's row, its flag whole, is one line of an 80-column terminal (the flag
+    came last and was cut to "fl" once eff. was added); where a flagged maximum lies is
+    printed under the table."""
     from rich.console import Console
 
-    rows = print_table(compare(theory, synthetic(theory, seeds=8)), console=Console(width=120))
+    off = theory.copy(deep=True)
+    off["q"] = off["q"] * 1.5
+    rows = print_table(compare(off, synthetic(theory, seeds=8)), console=Console(width=80))
     assert {r["variable"] for r in rows} >= {"q", "corr", "grad_q"}
-    assert "theory vs Monte Carlo" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "theory vs Monte Carlo" in out
+    lines = out.splitlines()
+    for r in rows:
+        line = [s.split() for s in lines if s.split()[:1] == [r["variable"]]]
+        assert len(line) == 1 and line[0][1] == r["flag"].split()[0], (r, out)
+        assert line[0][-1] == f"{r['rate']:.4f}", out
+    assert rows[0]["flag"] == "DISAGREE" and f"q: max |z| at {rows[0]['where']}" in out
 
 
 def test_calibration_on_real_monte_carlo():

@@ -122,7 +122,7 @@ MIN_SPREAD_SEEDS = 16  # a spread's z reads the sample kurtosis: at 8 seeds its 
 # noise (a heavy tail's rate of |z| > 3 measured in benchmarks/RESULTS.md)
 NORMAL_KURTOSIS = 3.0  # the floor of a spread's sample kurtosis (:func:`_spread_parts`)
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
-FAMILY_LEVEL = 0.0027  # summary's max |z| test: the two-sided 3-sigma level for all n points
+FAMILY_LEVEL = 0.0027  # summary's max |z| and signed tests: the two-sided 3-sigma level, each
 # estimators whose z is Student t for normal samples (the max |z| test's premise); lognormal's
 # carries s^2's inverse chi^2 tail (its max |z| passed the level in 1.7-5 % of null runs, not
 # 0.27 %), the median's is not t
@@ -658,9 +658,13 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         out[name] = da.assign_coords(stat=stat)
         out[name] = out[name].transpose("stat", ...)
         n_heavy, n_zeros = int(heavy.sum()), int(zeros.sum())
+        signed, signed_seeds = (signed_t(samples, ref, scale, _counted(z))
+                                if len(widths) < 2 and est_name in T_ESTIMATORS
+                                else (math.nan, 0))  # (a stack's T_inf is not per seed)
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
                            "not_comparable": n_heavy + n_zeros,
-                           "effective_points": effective_points(samples, _counted(z))}
+                           "effective_points": effective_points(samples, _counted(z)),
+                           "signed_t": signed, "signed_seeds": signed_seeds}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
         if n_heavy:
             attrs[f"not_comparable_{name}"] = (
@@ -699,6 +703,28 @@ def _pairs(da: xr.DataArray):
 def _counted(z: xr.DataArray) -> xr.DataArray:
     """The points :func:`summary` counts: a finite z, not 0 (an exact point), a pair once."""
     return np.isfinite(z) & (z != 0) & _pairs(z)
+
+
+def signed_t(samples: xr.DataArray, ref: xr.DataArray, scale: xr.DataArray,
+             counted: xr.DataArray) -> tuple[float, int]:
+    """(t, S') of one t-test of the counted points' deviations together: u_s = sum_i (x_is -
+    T_i) / scale_i per seed s (x the per-seed samples on the estimator's scale, T the theory,
+    scale z's denominator), whose seed mean is sum_i z_i and whose spread across seeds carries
+    every correlation between the points, so that t = mean u / (sd u / sqrt(S')) is Student t
+    with S' - 1 dof under the null (S' the seeds finite at every counted point; NaN with fewer
+    than 3). It finds a deviation of one sign spread over points that a max or a rate of |z|
+    misses (a theory 3 % off over correlated layers, each ~2 se); with one point it is that
+    point's t."""
+    if "width" in samples.dims:
+        samples = samples.squeeze("width", drop=True)
+    with np.errstate(invalid="ignore"):
+        u = ((samples - ref) / scale).where(counted, 0.0)
+    u = u.sum([d for d in u.dims if d != "seed"], skipna=False).values
+    u = u[np.isfinite(u)]
+    if len(u) < 3 or not counted.any():
+        return math.nan, len(u)
+    sd = u.std(ddof=1)
+    return (float(u.mean() / (sd / math.sqrt(len(u)))) if sd > 0 else math.nan), len(u)
 
 
 def effective_points(samples: xr.DataArray, counted: xr.DataArray) -> float:
@@ -1028,15 +1054,19 @@ def nominal_rate(k: float, seeds: int) -> float:
 
 
 def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
-    """One row per variable: points, max |z| and where, rate of |z| > threshold vs nominal.
+    """One row per variable: points, max |z| and where, the signed test's t, rate of |z| >
+    threshold vs nominal.
 
     ``flag``: DISAGREE when the rate exceeds the nominal one by more than 3 binomial sd (+1/n)
     of the ``effective_points`` n_eff the points' correlation across seeds leaves
     (:func:`effective_points`: the points share their nets), or when max |z| passes the
     Student-t quantile that n points pass together at ``FAMILY_LEVEL`` (Bonferroni: whatever
     their correlation; estimators whose z is t, :data:`T_ESTIMATORS`: a skewed sample's mean
-    comes nearer the level the more seeds it has); NOT COMPARABLE when some points have no
-    finite z (infinite variance, no theory value, dead nets under a log estimator).
+    comes nearer the level the more seeds it has), or when the signed test's t (``signed_t``
+    in the variable's attrs, :func:`signed_t`: the points' deviations of one sign together; one
+    width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators); NOT
+    COMPARABLE when some points have no finite z (infinite variance, no theory value, dead
+    nets under a log estimator).
     A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
     was not run on, weight_grad_q at layer 0) is not a point, nor is one of z exactly 0 (the
     Monte Carlo equal to the theory to rounding, with no spread: the inputs at layer 0, corr's
@@ -1069,13 +1099,15 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         rate = float((finite > threshold).sum()) / n
         effective = min(float(n), float(da.attrs.get("effective_points", n)))
         bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / effective) + 1 / effective
-        family = (stats.t.isf(FAMILY_LEVEL / (2 * n), max(seeds - 1, 1))
-                  if da.attrs["estimator"] in T_ESTIMATORS else np.inf)
+        t_law = da.attrs["estimator"] in T_ESTIMATORS
+        family = stats.t.isf(FAMILY_LEVEL / (2 * n), max(seeds - 1, 1)) if t_law else np.inf
         top = float(finite.max())
+        signed, dof = float(da.attrs.get("signed_t", np.nan)), da.attrs.get("signed_seeds", 0) - 1
+        together = dof >= 1 and abs(signed) > stats.t.isf(FAMILY_LEVEL / 2, dof)
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
                      "effective_points": effective, "exact": exact, "max_z": top, "where": loc,
-                     "rate": rate, "nominal": nominal, "not_comparable": lost,
-                     "flag": "DISAGREE" if rate > bound or top > family else
+                     "signed_t": signed, "rate": rate, "nominal": nominal, "not_comparable": lost,
+                     "flag": "DISAGREE" if rate > bound or top > family or together else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
     return rows
 
@@ -1091,18 +1123,23 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
     nominal = f", nominal rate {rows[0]['nominal']:.4f}" if rows else ""  # (one for all rows)
     table = Table(title=f"theory vs Monte Carlo ({cmp.attrs.get('seeds')} seeds, |z| > "
                   f"{threshold}{nominal})", box=box.SIMPLE_HEAD, collapse_padding=True)
-    for col in ("variable", "estimator", "points", "eff.", "max |z|", "at", "rate", "flag"):
-        table.add_column(col, justify="right" if col in ("points", "eff.", "max |z|", "rate") else
-                         "left", no_wrap=col not in ("at", "flag"), overflow="fold",
-                         min_width={"at": 10, "flag": 8}.get(col))  # (in 80 columns only the
-        # place and a long flag fold: the spreads' names differ at their ends)
+    columns = ("variable", "flag", "estimator", "points", "eff.", "max |z|", "sum t", "rate")
+    for col in columns:  # (one line a row in 80 columns; a long flag folds)
+        table.add_column(col, justify="left" if col in columns[:3] else "right",
+                         no_wrap=col != "flag", overflow="fold", min_width=8 * (col == "flag"))
     for r in rows:
-        style = "" if r["flag"] == "ok" else "bold red"
-        points = f"{r['points']}" + (f" (+{r['exact']} exact)" if r["exact"] else "")
-        eff = f"{r['effective_points']:.3g}" if "effective_points" in r else ""
-        table.add_row(r["variable"], r["estimator"], points, eff, f"{r['max_z']:.2f}",
-                      r["where"], f"{r['rate']:.4f}", r["flag"], style=style)
+        signed = r.get("signed_t", math.nan)
+        table.add_row(r["variable"], r["flag"], r["estimator"], f"{r['points']}",
+                      f"{r['effective_points']:.3g}", f"{r['max_z']:.2f}",
+                      "" if math.isnan(signed) else f"{signed:.2f}", f"{r['rate']:.4f}",
+                      style="" if r["flag"] == "ok" else "bold red")
     console.print(table)
+    for r in rows:
+        if r["flag"] != "ok" and r["where"]:
+            console.print(f"[red]{r['variable']}[/]: max |z| at {r['where']}")
+    exact = ", ".join(f"{r['variable']} {r['exact']}" for r in rows if r["exact"])
+    if exact:
+        console.print(f"exact points (not counted): {exact}")
     console.print(f"finite-width bias: {cmp.attrs.get('finite_width', 'unknown')}")
     for key, why in cmp.attrs.items():
         if key.startswith("not_comparable_"):
@@ -1115,7 +1152,9 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
                   "rate by more than 3 binomial standard errors (+1/n) of the eff. points (the "
                   "points share their nets: n^2 / sum of their squared correlations across "
                   "seeds), or, under the mean and logmean estimators, max |z| passes the t "
-                  f"quantile all points pass together at {FAMILY_LEVEL} (Bonferroni). exact: "
+                  f"quantile all points pass together at {FAMILY_LEVEL} (Bonferroni), or the "
+                  "sum t does at that level: the t of the per-seed sum of the points' "
+                  "deviations, one test of their common sign (one width). exact: "
                   "points where every seed gives the theory's value to rounding (z = 0; not "
                   "counted).")
     return rows
