@@ -10,7 +10,8 @@ printed before and after. Calls:
   (the per-call costs alone: checks, provenance, memory plan, inputs, dataset assembly), and of
   the depth-1 resnet preset (the same plus one residual block of two Dense layers); with jax
   installed, the compiled engine's call at one point, plain relu of depth 1 and 100, forward
-  alone and forward + backward (neural-tangents' whole call there is ~0.02 ms);
+  alone and forward + backward (neural-tangents' whole call there is ~0.02 ms); and the
+  call of a loop over sigma_w1, a value no call has had each time (a new net);
 * the explicit sampler, a plain Dense(sqrt 2)-relu stack, depth 8, 2 seeds, float32, forward +
   backward, at N = 1024 and 4096, B = 2, with the torch loop of ``sigprop bench`` beside it;
 * theory rows at one point and on a grid (per layer: ms), tanh's quadrature on a tenth of it;
@@ -71,6 +72,10 @@ def calls(m, quick: bool):
                     f"{'forward + backward' if backward else 'forward'} (fixed cost)"] = (
                     lambda net=net, L=L, b=backward: m.theory(net, x2, layers=[L], engine="jax",
                                                               backward=b))
+        fresh = iter(np.linspace(1.01, 1.99, 997))  # (a value no call has had: a new net)
+        out["theory (jax) resnet relu, depth 100, one point, a new sigma_w1 each call"] = (
+            lambda: m.theory(m.presets.resnet(100, sigma_w1=float(next(fresh))), x2,
+                             layers=[100], engine="jax"))
         for preset, act in (("preln", "erf"), ("preln", "gelu"), ("preln", "relu"), ("resnet", "relu")):
             net = m.presets.get(preset)(1000, act=act, sigma_w1=grid)
             for backward in (False, True):

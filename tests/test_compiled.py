@@ -241,6 +241,36 @@ def test_a_state_out_of_range_reruns_the_log_scaled_program(monkeypatch):
                                np.log(2.0) - 320 * np.log(10.0) + np.log([1.0, 2.0]), rtol=1e-14)
 
 
+def test_nets_that_differ_in_their_numbers_share_one_program(monkeypatch):
+    """The program takes the numbers of ``compiled.LIFTED`` fields as arguments
+    (``compiled._lifted``): a loop over sigma_w traced each value anew (~4 s each, against 0.1
+    s of the numpy engine). Values in one octave share one trace; 3.0, in the next, has its
+    own, as does a net whose two numbers become equal (a Dense of sigma_w 1 beside a residual's
+    beta of 1: one argument, not two). Each agrees with the numpy engine. The checks the program
+    skips rest on bounds over the octave, not over the value it was traced at: twelve scales by
+    c in a block are bounded by 4^k (1e25 x 4^k leaves TRUE_RANGE at the ninth), so after the
+    trace at c = 1.1, c = 1.9 from q = 2e23 (1.9^24 x 2e23 = 1e30, past the checked 1e25) is
+    caught and rerun log-scaled; bounded by 1.1^2k the last outputs went unchecked (watched:
+    Scale's bound read at the octave's lower end alone)."""
+    traced = []
+    trace = compiled._trace
+    monkeypatch.setattr(compiled, "_trace", lambda *a, **k: traced.append(a[0]) or trace(*a, **k))
+    monkeypatch.setattr(compiled, "_CACHE", OrderedDict())
+    ran = _units(monkeypatch)
+    for sw in (1.1, 1.5, 1.9, 1.2):
+        agree(sp.presets.resnet(6, sigma_w1=sw), X2)
+    assert len(traced) == 1
+    agree(sp.presets.resnet(6, sigma_w1=3.0), X2)
+    agree(sp.presets.resnet(6, sigma_w1=1.0), X2)
+    assert len(traced) == 3 and ran == ["true"] * 6
+    ran.clear()
+    big = sp.Inputs(q=[1e23, 2e23], corr=0.5)
+    for c, units in ((1.1, ["true"]), (1.9, ["true", "log-scaled"])):
+        agree(Repeat(Serial(*[Scale(c)] * 12, RMSNorm()), 2), big, backward=False)
+        assert ran == units, c
+        ran.clear()
+
+
 def test_an_inner_cotangent_out_of_range_reruns_the_log_scaled_program(monkeypatch):
     """The backward guards the cotangents inside a layer, not only the layer's: a branch whose
     last Dense is carried by its bias (sigma_w 1e-3, sigma_b 1) keeps every forward state and

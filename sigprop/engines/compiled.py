@@ -68,10 +68,13 @@ refused before tracing (:class:`UnsupportedComposition`, naming it). The laws wh
 rule depends on the values (the quadrature activations tanh, silu, elu, gelu_tanh, and
 BatchNorm's t-integrals) are called back on the host from the compiled program
 (``ns.host``), the numpy functions themselves: the same values, at about the numpy engine's
-pace (the host work is the same; each call adds ~0.1 ms). The compiled function is cached per
-(net, inputs' law, B, recorded layers, shard size, chunk, backward, true units), so a second
-call runs without tracing; a later process traces again and loads the XLA program jax's
-persistent cache kept (:func:`_persist`).
+pace (the host work is the same; each call adds ~0.1 ms). The numbers of the nets' usual
+parameters (sigma_w, sigma_b, a residual's alpha and beta, a Scale's c, a LayerNorm's gain) are
+the program's arguments, not constants in it (:func:`_lifted`), so nets that differ only in them,
+within an octave of each, share one program. The compiled function is cached per (net with its
+numbers lifted, inputs' law, B, recorded layers, shard size, chunk, backward, true units), so a
+second call runs without tracing, a loop over sigma_w too; a later process traces again and
+loads the XLA program jax's persistent cache kept (:func:`_persist`).
 """
 
 from __future__ import annotations
@@ -146,6 +149,11 @@ TRUE_RANGE = (1e-30, 1e30)
 # the states checked at run time in the forward are checked within TRUE_RANGE narrowed by this
 # factor at each end, so that a chain of ops bounded from them (Op.diag_bound) stays in TRUE_RANGE
 BOUND_MARGIN = 1e5
+# the fields whose numbers a program takes as arguments (:func:`_lifted`); FeatureAffine reads
+# a swept gain otherwise than a number, and the norms' eps sits in branches on its value
+LIFTED = {Dense: ("sigma_w", "sigma_b"), Residual: ("alpha", "beta"), Scale: ("c",),
+          LayerNorm: ("gain",)}
+LIFT = "lifted__"  # the name of a lifted number's sweep, before its index
 _SCALED: OrderedDict = OrderedDict()  # (net, inputs' law, B, backward) whose run in true units
 # left TRUE_RANGE
 
@@ -156,7 +164,8 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     compiled function (module docstring); ``attrs['backend']`` is ``'jax'``; ``progress``:
     the finite-width walks' only (the compiled passes show none)."""
     _check_args(net, inputs, width, backward, layers, stacklevel=5)
-    blocks = layers_of(net)
+    template, lifted = _lifted(net)  # (the program's net: its numbers are arguments)
+    blocks = layers_of(template)
     runs = _runs(blocks)  # (per run, not per layer: a Repeat's copies are one block)
     _refuse_unsupported(runs)
     jax = _jax()
@@ -179,7 +188,8 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     size = -(-P // k)
     points = [np.concatenate([p, np.repeat(p[-1:], k * size - P)]) for p in points]  # padded
     key = (net, s0.law, B, backward)  # (what decides whether a state leaves the range)
-    program_key = (net, s0.law, B, tuple(kept), size, chunk if backward else None, backward)
+    program_key = (template, s0.law, B, tuple(kept), size, chunk if backward else None,
+                   backward)
     K0 = inputs.gram
     np.fill_diagonal(K0, inputs.q)
     true = (K0, np.asarray(inputs.mean, dtype=float), 0 * s0.ls)  # the user's own numbers
@@ -190,7 +200,8 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
 
         def shard(i):
             with _x64(jax):  # a thread of its own: the x64 flag is per thread
-                out = program(tuple(p[i * size:(i + 1) * size] for p in points), *start)
+                out = program(tuple(p[i * size:(i + 1) * size] for p in points) + lifted,
+                              *start)
             # (array by array: jax.device_get's overlapped copies measured ~20 us per array on
             # the CPU, a tenth of a one-point call)
             return {name: np.asarray(x) for name, x in out.items()}
@@ -212,9 +223,8 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
         if unscaled and not (HOST_ERRORS == [] and all(np.all(out[f]) for f in ("ok", "okb")
                                                        if f in out)):
             _remember(_SCALED, key, True)  # a state left TRUE_RANGE: the log-scaled program,
-            out = None  # (the first run's arrays and program freed before it runs)
-            _CACHE.pop(program_key + (True,), None)
-            out, branches = attempt(False)
+            out = None  # (the first run's arrays freed before it runs; its program kept for
+            out, branches = attempt(False)  # the template's other numbers)
     except UnsupportedComposition:  # the numpy engine's own refusal first, where it has one
         theory(net, inputs, layers=[0], backward=False)  # (then neither engine runs the net)
         raise
@@ -226,6 +236,44 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     _check_finite(out, net, blocks, inputs, backward)
     return dataset(net, inputs, kept, _arrays(out, branches, kept, shape, B), "jax", width,
                    backward, progress)
+
+
+@functools.lru_cache(maxsize=4 * CACHE_SIZE)  # (a call's own costs: ~0.1 ms of rebuilt ops)
+def _lifted(net: Op) -> tuple[Op, tuple]:
+    """(template, values): ``net`` with each number other than 0 in a field of
+    :data:`LIFTED` replaced by a sweep named ``LIFT`` + j, j counting the distinct numbers, and
+    those numbers in that order (float64 scalars). The program traced from the template takes
+    them as arguments beside the grid's, so that one program serves every net that differs only
+    in them (a loop over sigma_w traced each value anew: ~4 s each, against 0.1 s for the numpy
+    engine). The sweep's values are the powers of 2 on either side of the number (sign kept):
+    what :meth:`Op.diag_bound <sigprop.ops.base.Op.diag_bound>` bounds the range over, so that
+    the checks the program skips are skipped for every number it takes (a number in another
+    octave: another program). 0 stays in the template (a law's branch on it: a Dense without
+    bias). Nothing is lifted where a sweep of the net is named like a lifted one."""
+    if any(name.startswith(LIFT) for name in sweeps_of(net)):
+        return net, ()
+    found: dict[float, Sweep] = {}
+
+    def lift(op: Op) -> Op:
+        fields = LIFTED.get(type(op), ())
+
+        def one(name, v):
+            if isinstance(v, Op):
+                return lift(v)
+            if isinstance(v, tuple):
+                return tuple(lift(x) if isinstance(x, Op) else x for x in v)
+            if name not in fields or type(v) is not float or v == 0.0:
+                return v
+            if v not in found:
+                k = math.floor(math.log2(abs(v)))
+                found[v] = Sweep(f"{LIFT}{len(found)}", (math.copysign(2.0**k, v),
+                                                        math.copysign(2.0 ** (k + 1), v)))
+            return found[v]
+
+        return op.map_fields(one)
+
+    template = lift(net)
+    return template, tuple(np.float64(v) for v in found)
 
 
 def _refuse_unsupported(runs):
@@ -310,11 +358,14 @@ def _runs(blocks) -> list[tuple[Op, int, int]]:
 def _program(key, runs, L, grid):
     """:func:`_trace` of ``key`` = (net, law0, B, kept, P, chunk, backward, unscaled), cached
     (module docstring)."""
-    if key not in _CACHE:
+    found = _CACHE.get(key)  # (each lookup hashes the net: one on a hit, not three)
+    if found is None:
         net, *rest = key
-        _remember(_CACHE, key, _trace(net, runs, L, grid, *rest))
-    _CACHE.move_to_end(key)
-    return _CACHE[key]
+        found = _trace(net, runs, L, grid, *rest)
+        _remember(_CACHE, key, found)
+    else:
+        _CACHE.move_to_end(key)
+    return found
 
 
 def _remember(cache: OrderedDict, key, value):
@@ -469,9 +520,10 @@ def _split(local, chunk: int, q: int, n: int):
 
 
 def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=False):
-    """(the jitted function (sweep values at each of the P points, K0, m0, ls0) -> dict of
-    arrays at the recorded layers (without ``backward``: the forward ones); whether each
-    layer's block has a branch, known once traced). ``runs``: the L layers' blocks as
+    """(the jitted function (sweep values at each of the P points, then the lifted numbers of
+    :func:`_lifted`, K0, m0, ls0) -> dict of arrays at the recorded layers (without
+    ``backward``: the forward ones); whether each layer's block has a branch, known once
+    traced). ``runs``: the L layers' blocks as
     :func:`_runs` gives them. ``unscaled``: the states handed between layers in true units
     (module docstring), and a layer finite only where the diagonal of every op's output state
     is within :data:`TRUE_RANGE` (the input state (K0, m0, ls0) given in true units)."""
@@ -479,8 +531,9 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
     import jax.numpy as jnp
 
     ns, f64 = jax_namespace(unscaled), jnp.float64
-    names = list(grid)
     sweeps = [v for op in net.walk() for v in vars(op).values() if isinstance(v, Sweep)]
+    names = list(grid) + sorted({s.name for s in sweeps if s.name.startswith(LIFT)},
+                                key=lambda name: int(name.removeprefix(LIFT)))
     branches: list[bool] = []  # per layer, filled while tracing (static)
     wanted = set(kept)
 
