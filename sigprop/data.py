@@ -169,11 +169,21 @@ def check_output(path) -> Path:
     if path.suffix == ".zarr" and importlib.util.find_spec("zarr") is None:
         raise ConfigError("output", str(path), "a .nc path (zarr is not installed: "
                           "pip install 'sigprop[scale]' to write .zarr)")
-    if path.is_dir() and path.suffix != ".zarr":
-        raise ConfigError("output", str(path), "a file path (this is a directory)")
-    parent = next((p for p in [path.parent, *path.parent.parents] if p.exists()), Path("."))
+    return check_writable("output", path, folder=path.suffix == ".zarr")
+
+
+def check_writable(option: str, path, folder: bool = False) -> Path:
+    """Refuse, before any work, a path that ``option`` names and that cannot be written: a
+    file where a folder stands or the reverse (``folder``: the path is one), or a path under
+    no writable folder (a file among its parents)."""
+    path = Path(path)
+    if path.exists() and path.is_dir() != folder:
+        raise ConfigError(option, str(path), "a folder path (this is a file)" if folder else
+                          "a file path (this is a directory)")
+    parent = next((p for p in [path, *path.parents][0 if folder else 1:] if p.exists()),
+                  Path("."))
     if not parent.is_dir() or not os.access(parent, os.W_OK | os.X_OK):
-        raise ConfigError("output", str(path), f"a path in a writable folder ({parent} is not)")
+        raise ConfigError(option, str(path), f"a path in a writable folder ({parent} is not)")
     return path
 
 

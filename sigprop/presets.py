@@ -44,8 +44,14 @@ def first_gain(act: str) -> float:
     linear 1); sqrt 2 for the relu-like gelu, silu and gelu_tanh; else 1."""
     phi = get_activation(act)
     if phi.degree == 1:
-        return math.sqrt(1 / float(phi.kernel(1.0, 1.0, 1.0)))
+        return _homogeneous_gain(phi.name)
     return math.sqrt(2.0) if phi.name in RELU_LIKE else 1.0
+
+
+@functools.cache  # (a kernel evaluation, ~10 us of each preset built)
+def _homogeneous_gain(name: str) -> float:
+    """1 / sqrt(E phi(z)^2) of the positively homogeneous activation ``name``."""
+    return math.sqrt(1 / float(get_activation(name).kernel(1.0, 1.0, 1.0)))
 
 
 def branch(act="relu", shape="mlp", ratio=1.0, sigma_w1=None, sigma_w2=1.0, sigma_b=0.0,
@@ -114,6 +120,8 @@ def resnet(depth: int, act="relu", alpha="1", **kw) -> Op:
 @_checked
 def preln(depth: int, act="relu", alpha="1", final_norm=False, norm="layernorm", eps=1e-5, **kw):
     """Pre-LN: x -> x + alpha F(LN x); optionally a final LN after the stack."""
+    if not isinstance(final_norm, bool):  # ("no" is true)
+        raise ConfigError("final_norm", final_norm, "true or false (a final norm after the stack)")
     blk = Residual(Serial(_norm(norm, eps), branch(act, **kw)), branch_scale(alpha, _depth(depth)))
     net = Repeat(blk, depth)
     return Serial(net, _norm(norm, eps)) if final_norm else net

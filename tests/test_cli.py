@@ -522,3 +522,19 @@ def test_derive_prints_each_check_tag(monkeypatch):
     r = invoke("derive", name)
     assert r.exit_code == 1
     assert "[ok] holds: 0 <= 1e-12" in r.output and "[FAIL] breaks: 1 <= 1e-12" in r.output
+
+
+def test_an_output_or_cache_folder_that_cannot_be_written_is_refused_first(tmp_path):
+    """A hostile review: `derive --out FILE` ran its derivation (~30 s) before failing with a
+    raw `[Errno 17] File exists`; `bench --out FILE/x.md` after the whole benchmark; and
+    `reproduce --cache-dir FILE` named no option. Each is refused first, naming its option."""
+    file = tmp_path / "th.nc"
+    file.write_text("")
+    for args, says in ((["derive", "preln_q_linear", "--out", file], "--out"),
+                       (["bench", "--quick", "--out", file / "x.md"], "--out"),
+                       (["reproduce", "--dry-run", "--cache-dir", file, "--root",
+                         Path(__file__).resolve().parent.parent],
+                        "--cache-dir")):
+        r = invoke(*args)
+        assert r.exit_code == 2 and r.output.startswith(f"error: {says}="), r.output
+        assert "Errno" not in r.output and not (file / "x.md").exists()

@@ -765,6 +765,21 @@ def test_a_deviation_of_one_sign_over_many_points_is_found_together(theory):
     assert row["flag"] == "ok", row
 
 
+def test_a_comparison_records_how_it_was_made(theory):
+    """A review: a comparison named neither the call, the versions, nor its inputs. Its
+    config is the call's arguments; it names its inputs' creation times and commits."""
+    import json
+
+    mc = synthetic(theory, seeds=8)
+    mc.attrs.update(created_at="then", git_commit="abc")
+    cmp = compare(theory, mc, variables=["q"], estimator="logmean")
+    assert json.loads(cmp.attrs["config"]) == {"variables": ["q"], "estimator": "logmean",
+                                               "rtol": 1e-5, "prefix": False}
+    assert "numpy" in json.loads(cmp.attrs["versions"]) and cmp.attrs["created_by"] == "sigprop"
+    assert (cmp.attrs["mc_created_at"], cmp.attrs["mc_git_commit"]) == ("then", "abc")
+    assert cmp.attrs["theory_created_at"] == theory.attrs["created_at"]
+
+
 def test_exact_layers_do_not_divide_by_zero(theory):
     mc = synthetic(theory, seeds=8)
     z = compare(theory, mc)["q"].sel(stat="z", layer=0)

@@ -355,3 +355,36 @@ def test_a_figures_width_and_layer_are_checked_once_the_profile_is_chosen(tmp_pa
     sim("layer = 5").check_figures("paper")
     with pytest.raises(SimConfigError, match=r"sel.layer = 5 .*\[0, 1, 2, 3\]"):
         sim("layer = 5").check_figures("quick")
+
+
+def test_what_a_review_of_the_pipeline_found_is_refused_or_joined(tmp_path):
+    """A hostile review: a sim whose archs all have montecarlo = false crashed `simulate` with
+    an IndexError (it is refused by name, as `sweep` refuses it); `final_norm = "no"` added a
+    final LayerNorm (a non-empty string is true); a linspace grid's 0.30000000000000004 was a
+    label apart from a list's 0.3, so two archs swept over 0.1..0.5, one by linspace and one
+    by a list, were NaN at each other's label (now one label, 15 significant digits). A run
+    with --width / --seeds named the profile's widths and seeds in its config."""
+    import json
+
+    from sigprop.errors import ConfigError
+    from sigprop.pipeline.runs import run_montecarlo
+
+    mc = run_montecarlo(Sim.load(write(tmp_path, GOOD, "good.toml")), "quick", backend="numpy",
+                        widths=[8], seeds=3)
+    ran = json.loads(mc.attrs["config"])["profiles"]["quick"]
+    assert (ran["widths"], ran["seeds"]) == ([8], 3) and list(mc["width"].values) == [8]
+    off = GOOD.replace('act = "relu"', 'act = "relu"\nmontecarlo = false')
+    with pytest.raises(ConfigError, match="montecarlo = false for all"):
+        run_montecarlo(Sim.load(write(tmp_path, off)), "quick", backend="numpy")
+    for bad in ("no", "false", 1):
+        with pytest.raises(ConfigError, match="final_norm"):
+            sp.presets.preln(2, final_norm=bad)
+    assert len(sp.theory(sp.presets.preln(2, final_norm=True), sp.Inputs(q=1.0)).layer) == 4
+    two = GOOD.replace('[[arch]]\npreset = "preln"\nact = "relu"',
+                       '[[arch]]\npreset = "preln"\nact = "relu"\n'
+                       '[arch.sweeps]\nalpha = {linspace = [0.1, 0.5, 5]}\n'
+                       '[[arch]]\npreset = "postln"\nact = "relu"\n'
+                       '[arch.sweeps]\nalpha = [0.1, 0.2, 0.3, 0.4, 0.5]')
+    th = run_theory(Sim.load(write(tmp_path, two, "two.toml")), "quick")
+    assert list(th["alpha"].values) == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert bool(th["q"].notnull().all())

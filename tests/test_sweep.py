@@ -203,6 +203,9 @@ def kill_and_resume(tmp_path, command, kill, depth, timeout=120):
     partial = sweep_load(store, "montecarlo", partial=True)  # ... unless asked, as NaN
     finite = np.isfinite(partial.log_q).any(("layer", "input"))  # one cell per task here
     assert int(finite.sum()) == finished
+    total = len(tasks_of(plan_montecarlo(sim, "quick", store, widths=[16], seeds=3,
+                                         seed_chunk=1).layout))
+    assert partial.attrs["unfinished"].startswith(f"{total - finished} of {total} tasks")
     # a task killed between its data and its marker: its chunk is not shown, and is redone
     plan = plan_montecarlo(sim, "quick", store, widths=[16], seeds=3, seed_chunk=1)
     todo = [t for t in tasks_of(plan.layout) if not (store / "sweep" / "montecarlo" /
@@ -343,7 +346,8 @@ def test_missing_scale_packages_give_the_install_hint(tmp_path, monkeypatch, mis
 
 
 def test_bad_overrides_and_an_unreached_scheduler_make_no_store(tmp_path, monkeypatch):
-    """--width 0 or 2 (B = 2 fixed inputs need 3), --backend foo: exit 2 before the store is
+    """--width 0 or 2 (B = 2 fixed inputs need 3), --backend foo, a width given twice (its
+    stack's fit of 1/N was singular in compare): exit 2 before the store is
     made (it was made, the theory ran, the Monte Carlo tasks failed, and the corrected rerun was
     refused as another sweep); a scheduler that does not answer: exit 2, no store."""
     from typer.testing import CliRunner
@@ -353,7 +357,8 @@ def test_bad_overrides_and_an_unreached_scheduler_make_no_store(tmp_path, monkey
     store = tmp_path / "sw.zarr"
     args = ["sweep", str(write_sim(tmp_path, text=SMALL)), "-o", str(store), "--seeds", "2"]
     for bad, says in ((["--width", "0"], "width=0"), (["--width", "2"], "width=2"),
-                      (["--backend", "foo"], "backend='foo'")):
+                      (["--backend", "foo"], "backend='foo'"),
+                      (["--width", "8", "--width", "8"], "distinct widths")):
         r = CliRunner().invoke(app, args + bad)
         assert r.exit_code == 2 and says in r.output and not store.exists(), r.output
 
@@ -377,3 +382,19 @@ def test_a_store_with_no_finished_task_does_not_block_another_sweep(tmp_path):
     assert report.computed == {"montecarlo": 8} and report.failed == []
     with pytest.raises(ConfigError, match=r"\['widths'\] differ; 8 task\(s\) finished"):
         sweep_run(sim, store, theory=False, widths=[16], seeds=2)
+
+
+def test_a_store_made_by_other_code_is_not_resumed(tmp_path, monkeypatch):
+    """A hostile review: a store resumed after the code changed returned the old numbers as
+    finished, or old chunks beside new ones. The layout holds the code's version
+    (cache.code_version, as reproduce keys its cache): other code is refused by name once a
+    task finished."""
+    from sigprop.pipeline import cache
+
+    sim = Sim.load(write_sim(tmp_path, text=SMALL))
+    store = tmp_path / "sw.zarr"
+    assert sweep_run(sim, store, theory=False, widths=[8], seeds=2).computed == {"montecarlo": 8}
+    assert sweep_run(sim, store, theory=False, widths=[8], seeds=2).computed == {"montecarlo": 0}
+    monkeypatch.setattr(cache, "code_version", lambda: "another")
+    with pytest.raises(ConfigError, match=r"\['code'\] differ; 8 task\(s\) finished.*code"):
+        sweep_run(sim, store, theory=False, widths=[8], seeds=2)

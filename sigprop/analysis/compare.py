@@ -81,6 +81,7 @@ from scipy import stats
 from sigprop import schema
 from sigprop.errors import ConfigError, FiniteWidthWarning, warn
 from sigprop.ops import layers_of, op_from_dict, replace_sweeps, sweeps_of
+from sigprop.provenance import make_attrs
 
 VARIABLES = schema.PRIMARY  # the log companions are not compared: they are the log estimators
 SCALE_VARIABLES = tuple(n for n in VARIABLES if schema.VARIABLES[n].scale)
@@ -428,7 +429,7 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
         if name not in valued:
             attrs[f"skipped_{name}"] = f"the theory has no value: {no_spread_value(name)}"
     return xr.Dataset(out, attrs={
-        "kind": "comparison", "seeds": seeds, "rtol": rtol,
+        **_made(theory, mc, {"variables": names, "rtol": rtol}), "seeds": seeds, "rtol": rtol,
         "finite_width": f"spreads at the run's {'widths' if np.ndim(N) else 'width'} N = "
                         f"{np.asarray(N).tolist()}: the "
                         f"theory's V/{W} times {W}/N, its leading order (an O(1/N^2) remainder "
@@ -680,7 +681,9 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     # seeds behind each point; a point no case computed (a per-arch sweep's padding) has none
     per_point = mc[names[0]].notnull().sum("seed")
     seeds = int(per_point.where(per_point > 0).min().fillna(mc["seed"].size))
-    ds.attrs = {"kind": "comparison", "seeds": seeds, "rtol": rtol, "experiment": same,
+    ds.attrs = {**_made(theory, mc, {"variables": names, "estimator": estimator, "rtol": rtol,
+                                     "prefix": prefix}),
+                "seeds": seeds, "rtol": rtol, "experiment": same,
                 "z": "(estimate - theory) / sqrt(stderr^2 + floor^2), floor = rtol * |theory| "
                      "(linear scale; at least rtol for corr, rtol sqrt(q) for mean) or rtol "
                      "(log scale)",
@@ -692,6 +695,14 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 **{f"skipped_{k}": v for k, v in skipped.items()},
                 **({"left_out": left_out} if left_out else {})}
     return ds
+
+
+def _made(theory: xr.Dataset, mc: xr.Dataset, call: dict) -> dict:
+    """A comparison's provenance: kind, the call's arguments as its config, versions, commit,
+    time, and its inputs' creation times and commits."""
+    return make_attrs("comparison", call, "numpy", **{
+        f"{role}_{key}": ds.attrs.get(key) for role, ds in (("theory", theory), ("mc", mc))
+        for key in ("created_at", "git_commit")})
 
 
 def _pairs(da: xr.DataArray):

@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sigprop.data import check_writable
 from sigprop.engines.montecarlo import (
     memory_per_seed,
     plan_segments,
@@ -285,6 +286,8 @@ def main(widths=None, batch=(2, 8), depth=8, seeds=4, backend="auto",
     """
     if widths is not None and all(isinstance(w, str) for w in widths):
         return main(**_parse_argv(list(widths)))
+    if out:
+        check_writable("--out", out)
     if quick:
         depth, seeds = min(depth, 8), min(seeds, 2)
     res = run_bench(widths, batch, depth, seeds, backend, quick)

@@ -264,7 +264,8 @@ def reproduce(profile: Profile = "quick",
               paper: Annotated[bool, typer.Option(
                   "--paper/--no-paper", help="claims table and PDF")] = True,
               cache_dir: Annotated[Path | None, typer.Option(
-                  help="default .sigprop-cache")] = None,
+                  help="default: $SIGPROP_CACHE, else .sigprop-cache in the project "
+                       "folder")] = None,
               allow_partial: Annotated[bool, typer.Option(
                   "--allow-partial", help="exit 0 even when a step failed")] = False,
               root: Annotated[Path | None, typer.Option(
@@ -280,6 +281,7 @@ def reproduce(profile: Profile = "quick",
     import os
     import signal
 
+    from sigprop.data import check_writable
     from sigprop.pipeline.cache import Cache
     from sigprop.pipeline.processes import interrupts
     from sigprop.pipeline.reproduce import Run, find_root
@@ -287,6 +289,8 @@ def reproduce(profile: Profile = "quick",
 
     if root is not None and not (root / "sims").is_dir():
         raise ConfigError("--root", str(root), "a folder with sims/<name>.toml")
+    if cache_dir is not None:
+        check_writable("--cache-dir", cache_dir, folder=True)
     root = (root or find_root()).resolve()
     cache = Cache(cache_dir.resolve() if cache_dir is not None else None)
     if root != Path.cwd().resolve():
@@ -333,6 +337,7 @@ def derive(names: Annotated[list[str] | None, typer.Argument(
                "paper/generated"),
            slow: Annotated[bool, typer.Option("--slow", help="also the long checks")] = False):
     """Run the symbolic derivations -> paper/generated/<name>.tex and .json."""
+    from sigprop.data import check_writable
     from sigprop.pipeline.processes import die_with_parent
 
     die_with_parent()
@@ -344,6 +349,7 @@ def derive(names: Annotated[list[str] | None, typer.Argument(
     unknown = [n for n in names or () if n not in known]
     if unknown:
         raise ConfigError("derivation", unknown[0], f"one of {', '.join(known)}")
+    check_writable("--out", out, folder=True)
     failed = 0
     for name in _progress(names or known, "derivations"):
         d = run_one(name, out, slow)

@@ -112,10 +112,14 @@ class GridSpec(_Strict):
     def values(self) -> list[float]:
         if self.linspace is not None:
             a, b, n = self.linspace
-            return np.linspace(a, b, n).tolist()
-        a, b, n = self.logspace
-        with np.errstate(over="ignore"):  # 10^400 is inf, refused by the caller
-            return np.logspace(a, b, n).tolist()
+            values = np.linspace(a, b, n)
+        else:
+            a, b, n = self.logspace
+            with np.errstate(over="ignore"):  # 10^400 is inf, refused by the caller
+                values = np.logspace(a, b, n)
+        # to 15 significant digits, as a user types them: linspace's 0.30000000000000004 was a
+        # label apart from a list's 0.3, and two archs' grids joined on it were NaN at each
+        return [float(f"{v:.15g}") for v in values]
 
 
 SweepValues = list[float] | GridSpec

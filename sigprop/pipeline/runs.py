@@ -75,6 +75,9 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
     widths, seeds = montecarlo_size(sim, profile, widths, seeds)
     check_backend(backend)
     archs = [a for a in sim.spec.arch if a.montecarlo]
+    if not archs:
+        raise ConfigError(f"{sim.name}: arch", "montecarlo = false for all",
+                          "at least one arch with Monte Carlo to simulate")
     cases = [(arch, batch, point, width) for arch in archs
              for batch, point, width in itertools.product(
                  sim.batch_sizes(profile), grid_points(sim.sweeps(profile, arch)), widths)]
@@ -85,10 +88,19 @@ def run_montecarlo(sim: Sim, profile: str, *, backend="auto", widths=None, seeds
         items.append(({"arch": arch.name, "batch": batch, **point, "width": width},
                       strip_case_attrs(ds)))
     out = _stack(items)
-    out.attrs = make_attrs("montecarlo", sim.config(profile), ",".join(sorted(used)),
+    out.attrs = make_attrs("montecarlo", montecarlo_config(sim, profile, widths, seeds),
+                           ",".join(sorted(used)),
                            sim=sim.name, profile=profile, seeds=seeds,
                            root_seed=sim.spec.root_seed)
     return schema.describe(out, title=sim.spec.description)
+
+
+def montecarlo_config(sim: Sim, profile: str, widths, seeds: int) -> dict:
+    """The sim's config of ``profile`` with the widths and seeds the run used (the overrides
+    --width and --seeds, which it named the profile's otherwise)."""
+    config = sim.config(profile)
+    config["profiles"][profile].update(widths=list(widths), seeds=seeds)
+    return config
 
 
 def check_backend(backend: str, here: bool = True):
@@ -113,6 +125,8 @@ def montecarlo_size(sim: Sim, profile: str, widths=None, seeds=None) -> tuple[tu
     if not widths or seeds < 1:
         raise ConfigError(f"{sim.name}: profile {profile} (widths, seeds)", (widths, seeds),
                           "at least one width and seeds >= 1 for Monte Carlo")
+    if len(set(widths)) < len(widths):  # (a width dim of repeated labels: its fit is singular)
+        raise ConfigError("widths (--width)", list(widths), "distinct widths")
     widest = max((sim.spec.inputs.build(b) for b in sim.batch_sizes(profile)),
                  key=lambda inputs: inputs.n)  # (the most inputs: the most directions)
     return tuple(check_width(w, widest) for w in widths), check_int("seeds", seeds, 1)

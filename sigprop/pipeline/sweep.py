@@ -15,9 +15,9 @@ The store (zarr format 2, one per sim)::
     <store>/sweep/<kind>/<task>          one group per finished task, written after its data;
                                          attrs: its outcome (a theory failure, the MC backend)
 
-* Resume: a rerun with the same layout (config, overrides, chunk sizes) computes only the tasks
-  without a marker; another layout in the same store is refused once a task of it finished
-  (``overwrite=True`` restarts), and replaces it before (nothing of it was computed).
+* Resume: a rerun with the same layout (config, overrides, chunk sizes, code) computes only the
+  tasks without a marker; another layout in the same store is refused once a task of it
+  finished (``overwrite=True`` restarts), and replaces it before (nothing of it was computed).
 * Readers: :func:`sweep_load` returns the Dataset ``run_theory``/``run_montecarlo`` return
   (schema, coordinates, attributes); a chunk without a marker is never shown.
 * Determinism: a task's numbers depend only on its configuration (the theory is elementwise over
@@ -113,9 +113,14 @@ class Plan:
 
     @property
     def layout(self) -> dict:
-        """The JSON a store must match to be resumed: config, overrides, dims and chunks."""
+        """The JSON a store must match to be resumed: config, overrides, dims and chunks, and
+        the code that computes results (:func:`~sigprop.pipeline.cache.code_version`: a store
+        resumed by other code held old numbers beside new ones, unsaid)."""
+        from sigprop.pipeline.cache import code_version
+
         return json.loads(json.dumps({
-            "kind": self.kind, "config": self.sim.config(self.profile), "widths": self.widths,
+            "kind": self.kind, "config": self.sim.config(self.profile), "code": code_version(),
+            "widths": self.widths,
             "seeds": self.seeds, "backend": self.backend, "sizes": self.sizes,
             "split": self.split, "var_dims": self.var_dims}))
 
@@ -237,8 +242,12 @@ def _template(plan: Plan) -> xr.Dataset:
         attrs = make_attrs("theory", sim.config(plan.profile), "numpy", sim=sim.name,
                            profile=plan.profile, unsupported="{}")
     else:
-        attrs = make_attrs("montecarlo", sim.config(plan.profile), plan.backend, sim=sim.name,
-                           profile=plan.profile, seeds=plan.seeds, root_seed=sim.spec.root_seed)
+        from sigprop.pipeline.runs import montecarlo_config
+
+        attrs = make_attrs("montecarlo", montecarlo_config(sim, plan.profile, plan.widths,
+                                                           plan.seeds), plan.backend,
+                           sim=sim.name, profile=plan.profile, seeds=plan.seeds,
+                           root_seed=sim.spec.root_seed)
     return schema.describe(xr.Dataset(data, coords=_coords(plan), attrs=attrs),
                            title=sim.spec.description)  # as run_theory / run_montecarlo
 
@@ -320,9 +329,9 @@ def _prepare(plan: Plan, overwrite: bool) -> dict[str, dict]:
     if done and not overwrite:
         differ = sorted(k for k in plan.layout if stored.get(k) != plan.layout[k])
         raise ConfigError(f"store {plan.store} ({plan.kind})", f"another sweep ({differ} "
-                          f"differ; {len(done)} task(s) finished)", "the same sim, overrides and "
-                          "chunk sizes to resume; a new store, or overwrite=True (--overwrite) "
-                          "to start again")
+                          f"differ; {len(done)} task(s) finished)", "the same sim, overrides, "
+                          "chunk sizes and code (sigprop's sources that compute results) to "
+                          "resume; a new store, or overwrite=True (--overwrite) to start again")
     template = _template(plan)
     encoding = {name: {"chunks": tuple(plan.split.get(d, plan.sizes[d]) for d in dims)}
                 for name, dims in plan.var_dims.items()}
@@ -337,7 +346,8 @@ def sweep_load(store, kind: str = "theory", partial: bool = False) -> xr.Dataset
     """The dataset of a sweep's store, as ``run_theory`` / ``run_montecarlo`` return it.
 
     Only finished chunks (with a marker) are read: an unfinished sweep raises
-    :class:`SweepIncomplete`, or with ``partial=True`` is NaN where a task has not finished.
+    :class:`SweepIncomplete`, or with ``partial=True`` is NaN where a task has not finished,
+    which ``attrs['unfinished']`` names.
     """
     if kind not in KINDS:
         raise ConfigError("kind", kind, f"one of {KINDS}")
@@ -366,6 +376,9 @@ def sweep_load(store, kind: str = "theory", partial: bool = False) -> xr.Dataset
             for _, t in failed.values()]:
         for name in schema.NAMES:
             ds[name][region] = np.nan
+    if missing:  # (partial=True: said in the data, not only by its NaN)
+        ds.attrs["unfinished"] = (f"{len(missing)} of {len(tasks)} tasks not finished (NaN): "
+                                  + ", ".join(task_key(t) for t in missing))
     if kind == "theory":
         ds.attrs["unsupported"] = json.dumps({case: why for case, (why, _) in failed.items()})
     elif markers:
