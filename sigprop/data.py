@@ -197,6 +197,14 @@ def save(ds: xr.Dataset, path) -> Path:
         raise ConfigError("ds", type(ds).__name__, "an xarray.Dataset of sigprop's")
     if ds.attrs.get("kind") not in KINDS:
         raise ConfigError("dataset attrs['kind']", ds.attrs.get("kind"), f"one of {KINDS}")
+    slashed = [str(name) for name in ds.variables if "/" in str(name)]
+    if slashed:  # (zarr dropped such a variable, so its checksum failed on load; netCDF refused)
+        raise ConfigError("variable names", slashed, "names without '/' (a path separator in "
+                          "netCDF and zarr)")
+    nul = [k for k, v in ds.attrs.items()
+           if "\x00" in str(k) or (isinstance(v, str) and "\x00" in v)]
+    if nul:  # (h5py's raw "VLEN strings do not support embedded NULLs")
+        raise ConfigError("attrs", nul, "strings without NUL characters")
     if path.suffix != ".zarr":
         for where, attrs in [("dataset", ds.attrs), *((k, v.attrs) for k, v in ds.variables.items())]:
             bad = {k: type(v).__name__ for k, v in attrs.items() if not _netcdf_attr(v)}
@@ -337,6 +345,9 @@ def load(path, verify: bool = True) -> xr.Dataset:
         raise ConfigError("path", str(path), "an existing .nc or .zarr file written by sp.save")
     if path.is_file():
         _check_bytes(path, verify)
+    elif (path / "sweep").is_dir():  # (its datasets are groups: "not a sigprop dataset")
+        raise ConfigError("path", str(path), "a dataset file: this is a sweep's store (sigprop "
+                          "sweep); read it with sp.sweep_load(path, 'theory' or 'montecarlo')")
     ds, error = _read_or_error(path)
     if error is not None:
         raise CorruptData(f"{path}: not a readable sigprop dataset (empty, truncated, corrupted "

@@ -83,6 +83,9 @@ def test_good_config_runs_theory(tmp_path):
      "arch.0.sweeps.alpha.linspce =", "linspace, logspace"),
     (("[inputs]", "[arch.sweeps]\nalpha = 'x'\n[inputs]"), "arch.0.sweeps.alpha = 'x'",
      "valid list"),
+    # the top level's [sweeps] was named profiles.quick.sweeps (a review)
+    (("[inputs]", "[sweeps]\nalpha = []\n[inputs]"), ": sweeps (sweep 'alpha' values) = []",
+     "finite real number"),
 ])
 def test_bad_config_names_file_key_and_allowed(tmp_path, edit, key, allowed):
     path = write(tmp_path, GOOD.replace(*edit))
@@ -99,6 +102,8 @@ def test_bad_toml_syntax_and_missing_file(tmp_path):
         Sim.load(write(tmp_path, "description = \n"))
     with pytest.raises(SimConfigError, match="not found"):
         Sim.load(tmp_path / "nope.toml")
+    with pytest.raises(SimConfigError, match="is a folder"):  # (it said "not found")
+        Sim.load(tmp_path)
 
 
 def test_sweep_must_be_a_preset_argument(tmp_path):

@@ -232,3 +232,17 @@ def test_an_attribute_netcdf_cannot_hold_is_refused_by_name(theory_ds, tmp_path,
     for ok in (["a", "b"], [1, 2.5], "text", 3):
         (ds.attrs if where == "dataset" else ds[where].attrs)["note"] = ok
         sp.load(sp.save(ds, tmp_path / "x.nc"))
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_a_name_or_attribute_no_file_can_hold_is_refused_by_name(theory_ds, tmp_path, suffix):
+    """A hostile review: a variable named 'a/b' was dropped from a .zarr store, whose load
+    then called the file corrupted (its checksum had counted it), and failed in xarray's
+    writer for .nc; an attribute holding a NUL failed in h5py. Both are refused by name first."""
+    if suffix == ".zarr":
+        pytest.importorskip("zarr")
+    with pytest.raises(sp.ConfigError, match=r"variable names=\['a/b'\]"):
+        sp.save(theory_ds.assign({"a/b": theory_ds["q"]}), tmp_path / f"x{suffix}")
+    with pytest.raises(sp.ConfigError, match=r"attrs=\['note'\]"):
+        sp.save(theory_ds.assign_attrs(note="a\x00b"), tmp_path / f"x{suffix}")
+    assert not any(tmp_path.iterdir())

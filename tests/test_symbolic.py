@@ -188,6 +188,25 @@ def test_derivation_record_roundtrip(tmp_path):
     assert not d.verified and [c.what for c in d.failures()] == ["too big"]
 
 
+def test_bad_values_and_depths_are_refused_by_name():
+    """A hostile review: evaluate with a misspelt name raised sympy's "Cannot convert
+    expression to float", naming neither; a NaN value returned NaN; symbolic_dataset's depth
+    -1, 2.5 or "3" raised numpy's IndexError or TypeError."""
+    from sigprop.errors import ConfigError
+
+    assert S.evaluate(S.ALPHA**2, {"alpha": 2}) == 4.0
+    with pytest.raises(ConfigError, match=r"\['alpha'\].*does not hold: \['alpah'\]"):
+        S.evaluate(S.ALPHA**2, {"alpah": 2})
+    for bad in (float("nan"), float("inf"), "two", True):
+        with pytest.raises(ConfigError, match="value of alpha"):
+            S.evaluate(S.ALPHA**2, {"alpha": bad})
+    blk, x0 = S.preset_block("resnet", "relu"), sp.Inputs(q=1.0)
+    for depth in (-1, 2.5, "3", 0):
+        with pytest.raises(ConfigError, match="^depth="):
+            S.symbolic_dataset(blk, depth, x0, alpha=0.5, beta=1.0, sigma_1=1.3, sigma_2=1.0,
+                               sigma_b=0.0)
+
+
 @pytest.mark.parametrize("preset", ["resnet", "preln", "postln"])
 def test_symbolic_dataset_matches_theory(preset):
     """The iterated symbolic recursion (kind='symbolic') is the theory's trajectory."""

@@ -376,7 +376,8 @@ class Sim:
     def load(cls, path) -> Sim:
         path = Path(path)
         if not path.is_file():
-            raise SimConfigError(path, "file", str(path), "an existing sims/<name>.toml", "not found")
+            raise SimConfigError(path, "file", str(path), "an existing sims/<name>.toml",
+                                 "is a folder" if path.is_dir() else "not found")
         try:
             text = path.read_bytes().decode("utf-8")
         except UnicodeDecodeError as e:
@@ -533,18 +534,19 @@ class Sim:
                 raise SimConfigError(self.path, f"arch '{a.name}'", a.kwargs, _allowed_of(e),
                                      f"does not build ({why})") from None
             for p in self.spec.profiles:  # sweeps (finite values) and batch sizes of each profile
-                where = f"arch '{a.name}'" if a.own_sweeps else f"profiles.{p}"
-                try:
+                where = (f"arch '{a.name}'.sweeps" if a.own_sweeps else  # (the top level's
+                         f"profiles.{p}.sweeps" if self.profile(p).sweeps else "sweeps")  # were
+                try:  # named as the profile's)
                     sweeps = self.sweeps(p, a)
                 except ConfigError as e:
-                    raise SimConfigError(self.path, f"{where}.sweeps ({e.field})", e.value,
+                    raise SimConfigError(self.path, f"{where} ({e.field})", e.value,
                                          e.allowed) from None
                 try:  # a preset argument it cannot vectorise (DeepNorm's sigma_w1 = b * s1);
                     self.net(a, 1, sweeps)  # a bad value fails its own grid points at run time
                 except ConfigError:
                     pass
                 except TypeError as e:
-                    raise SimConfigError(self.path, f"{where}.sweeps", list(sweeps),
+                    raise SimConfigError(self.path, where, list(sweeps),
                                          f"arguments that preset {a.preset!r} can sweep",
                                          f"do not build for arch '{a.name}' ({e})") from None
                 for b in self.batch_sizes(p):

@@ -80,8 +80,9 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
     Pairs of inputs use the two-input map. Plain float64 (no log-space carrying): meant for
     moderate depths, and for integral-free maps (closed-form activations).
     """
+    from sigprop.engines.montecarlo import check_int
 
-
+    depth = check_int("depth", depth, 1)
     B = inputs.n
     n_in = 2 if B > 1 else 1
     first = {"mean": any(x != 0 for x in inputs.mean), "gaussian": inputs.law == "gaussian"}

@@ -7,18 +7,33 @@ import numpy as np
 import sympy
 import xarray as xr
 
+from sigprop.errors import ConfigError
 from sigprop.kernels.integral import integral_value
 from sigprop.symbolic.symbols import SYMBOLS, canonical_symbols, l
 
 
 def evaluate(expr, values: dict | None = None) -> float:
-    """Float value of ``expr`` at ``values`` ({symbol or name: number}); integrals by
-    :func:`~sigprop.kernels.integral.integral_value`."""
+    """Float value of ``expr`` at ``values`` ({symbol or name: finite number}); integrals by
+    :func:`~sigprop.kernels.integral.integral_value`. A symbol left unbound is refused by name
+    (with the names given that ``expr`` does not hold), as is a value that is not finite."""
     expr = sympy.sympify(expr)
     names = {s.name: s for s in expr.free_symbols}
+    values = values or {}
+    for k, v in values.items():
+        try:
+            finite = not isinstance(v, bool) and np.isfinite(float(v))
+        except (TypeError, ValueError):
+            finite = False
+        if not finite:
+            raise ConfigError(f"value of {k}", v, "a finite real number")
     subs = {names.get(k, sympy.Symbol(k)) if isinstance(k, str) else k: sympy.Float(v, 30)
-            for k, v in (values or {}).items()}
+            for k, v in values.items()}
     expr = expr.xreplace(subs)
+    if expr.free_symbols:
+        stray = sorted(str(k) for k in values if str(k) not in names)
+        raise ConfigError("values", sorted(str(s) for s in expr.free_symbols), "a value for "
+                          "each symbol of the expression (unbound above)"
+                          + (f"; given for names it does not hold: {stray}" if stray else ""))
     if expr.has(sympy.Integral):
         expr = expr.replace(lambda e: isinstance(e, sympy.Integral),
                             lambda e: sympy.Float(integral_value(e), 30))
