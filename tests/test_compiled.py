@@ -271,6 +271,31 @@ def test_nets_that_differ_in_their_numbers_share_one_program(monkeypatch):
         ran.clear()
 
 
+def test_what_a_review_of_the_lifted_numbers_found():
+    """A hostile review of compiled._lifted: a user's sweep named lifted__0 (nothing lifted)
+    and a lifted 1.5 made equal templates, whose program read one's grid as the other's
+    sigma_w (log q off by ~9 where the shards' sizes met); a sweep named lifted__x raised
+    int()'s ValueError; the octave of a number past 2^511 failed its op's check (its square
+    overflows) or overflowed itself (1e308), and alpha = 1e-310 traced as an argument gave
+    log(0) = -inf in its weight gradient (XLA flushes subnormals). A lifted number is a
+    _Lifted sweep (never a user's), and numbers outside 2^-511..2^511 stay in the program."""
+    x = sp.sweep("x", [0.25, 0.5])
+
+    def net(v):
+        return Serial(Dense(v), Act("relu"), Residual(Serial(Dense(v), Act("relu")), alpha=x,
+                                                      beta=v))
+
+    user, lifted = net(sp.sweep("lifted__0", [1.0, 2.0])), net(1.5)
+    assert compiled._lifted(user)[0] != compiled._lifted(lifted)[0]
+    for n in (user, lifted, net(sp.sweep("lifted__x", [1.0, 1.5]))):
+        agree(n, X2)
+    for n in (Serial(Dense(1e154), Act("relu"), Dense(1.0)), Scale(1.7e308),
+              Residual(Serial(Dense(1.0), Act("relu")), alpha=1e308, beta=-1e308),
+              Serial(LayerNorm(gain=1e308), Dense(1.0)),
+              Residual(Serial(Dense(1.0), Act("relu")), alpha=1e-310)):
+        agree(n, X2)
+
+
 def test_an_inner_cotangent_out_of_range_reruns_the_log_scaled_program(monkeypatch):
     """The backward guards the cotangents inside a layer, not only the layer's: a branch whose
     last Dense is carried by its bias (sigma_w 1e-3, sigma_b 1) keeps every forward state and

@@ -154,6 +154,10 @@ BOUND_MARGIN = 1e5
 LIFTED = {Dense: ("sigma_w", "sigma_b"), Residual: ("alpha", "beta"), Scale: ("c",),
           LayerNorm: ("gain",)}
 LIFT = "lifted__"  # the name of a lifted number's sweep, before its index
+# the octaves of the numbers lifted: 2^k <= |v| < 2^(k + 1) for k in this range, so that their
+# squares and products stay normal float64 (outside it a number stays in the program, as it was:
+# its octave's end overflowed, and XLA flushed a subnormal alpha's log to -inf)
+LIFT_OCTAVES = range(-511, 511)
 _SCALED: OrderedDict = OrderedDict()  # (net, inputs' law, B, backward) whose run in true units
 # left TRUE_RANGE
 
@@ -238,18 +242,27 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
                    backward, progress)
 
 
+@dataclasses.dataclass(frozen=True)
+class _Lifted(Sweep):
+    """A number of a net as its program's argument number ``index`` among the lifted ones
+    (:func:`_lifted`); ``values``: the ends of its octave. Never equal to a user's sweep."""
+
+    index: int = 0
+
+
 @functools.lru_cache(maxsize=4 * CACHE_SIZE)  # (a call's own costs: ~0.1 ms of rebuilt ops)
 def _lifted(net: Op) -> tuple[Op, tuple]:
-    """(template, values): ``net`` with each number other than 0 in a field of
-    :data:`LIFTED` replaced by a sweep named ``LIFT`` + j, j counting the distinct numbers, and
-    those numbers in that order (float64 scalars). The program traced from the template takes
-    them as arguments beside the grid's, so that one program serves every net that differs only
-    in them (a loop over sigma_w traced each value anew: ~4 s each, against 0.1 s for the numpy
-    engine). The sweep's values are the powers of 2 on either side of the number (sign kept):
-    what :meth:`Op.diag_bound <sigprop.ops.base.Op.diag_bound>` bounds the range over, so that
-    the checks the program skips are skipped for every number it takes (a number in another
-    octave: another program). 0 stays in the template (a law's branch on it: a Dense without
-    bias). Nothing is lifted where a sweep of the net is named like a lifted one."""
+    """(template, values): ``net`` with each number of an octave of :data:`LIFT_OCTAVES` in a
+    field of :data:`LIFTED` replaced by a :class:`_Lifted` sweep named ``LIFT`` + j, j counting
+    the distinct numbers, and those numbers in that order (float64 scalars). The program traced
+    from the template takes them as arguments beside the grid's, so that one program serves
+    every net that differs only in them (a loop over sigma_w traced each value anew: ~4 s each,
+    against 0.1 s for the numpy engine). The sweep's values are the powers of 2 on either side
+    of the number (sign kept): what :meth:`Op.diag_bound <sigprop.ops.base.Op.diag_bound>`
+    bounds the range over, so that the checks the program skips are skipped for every number it
+    takes (a number in another octave: another program). 0 stays in the template (a law's
+    branch on it: a Dense without bias). Nothing is lifted where a sweep of the net is named
+    like a lifted one (a name is one grid dim)."""
     if any(name.startswith(LIFT) for name in sweeps_of(net)):
         return net, ()
     found: dict[float, Sweep] = {}
@@ -264,10 +277,13 @@ def _lifted(net: Op) -> tuple[Op, tuple]:
                 return tuple(lift(x) if isinstance(x, Op) else x for x in v)
             if name not in fields or type(v) is not float or v == 0.0:
                 return v
+            k = math.frexp(v)[1] - 1  # (exact: log2 rounded 1 ulp below 2^k up to k)
+            if k not in LIFT_OCTAVES:
+                return v
             if v not in found:
-                k = math.floor(math.log2(abs(v)))
-                found[v] = Sweep(f"{LIFT}{len(found)}", (math.copysign(2.0**k, v),
-                                                        math.copysign(2.0 ** (k + 1), v)))
+                found[v] = _Lifted(f"{LIFT}{len(found)}", (math.copysign(2.0**k, v),
+                                                          math.copysign(2.0 ** (k + 1), v)),
+                                   len(found))
             return found[v]
 
         return op.map_fields(one)
@@ -532,8 +548,8 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
 
     ns, f64 = jax_namespace(unscaled), jnp.float64
     sweeps = [v for op in net.walk() for v in vars(op).values() if isinstance(v, Sweep)]
-    names = list(grid) + sorted({s.name for s in sweeps if s.name.startswith(LIFT)},
-                                key=lambda name: int(name.removeprefix(LIFT)))
+    names = list(grid) + [s.name for s in sorted({s for s in sweeps if isinstance(s, _Lifted)},
+                                                 key=lambda s: s.index)]
     branches: list[bool] = []  # per layer, filled while tracing (static)
     wanted = set(kept)
 
