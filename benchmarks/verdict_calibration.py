@@ -36,6 +36,8 @@ def main():
     ap.add_argument("--top", type=int, default=None, metavar="K",
                     help="shift the top K layers alone (default: every layer above the inputs)")
     a = ap.parse_args()
+    if a.top is not None and not 1 <= a.top <= a.depth:
+        ap.error(f"--top {a.top}: between 1 and --depth ({a.depth}); layer 0's inputs are exact")
     old = baseline(a.baseline)
     warnings.simplefilter("ignore")
     x0 = sp.Inputs(q=[1.0, 2.25], corr=0.5)

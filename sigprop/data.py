@@ -201,8 +201,9 @@ def save(ds: xr.Dataset, path) -> Path:
     if slashed:  # (zarr dropped such a variable, so its checksum failed on load; netCDF refused)
         raise ConfigError("variable names", slashed, "names without '/' (a path separator in "
                           "netCDF and zarr)")
-    nul = [k for k, v in ds.attrs.items()
-           if "\x00" in str(k) or (isinstance(v, str) and "\x00" in v)]
+    nul = [f"{where}: {k}" for where, attrs in [("dataset", ds.attrs),
+                                                *((n, v.attrs) for n, v in ds.variables.items())]
+           for k, v in attrs.items() if _has_nul(k) or _has_nul(v)]
     if nul:  # (h5py's raw "VLEN strings do not support embedded NULLs")
         raise ConfigError("attrs", nul, "strings without NUL characters")
     if path.suffix != ".zarr":
@@ -216,6 +217,11 @@ def save(ds: xr.Dataset, path) -> Path:
     ds.attrs = {k: v for k, v in ds.attrs.items() if k != CHECKSUM}
     ds.attrs[CHECKSUM] = checksum(ds)
     return write(ds, path)
+
+
+def _has_nul(v) -> bool:
+    """Whether a string, or a string in a list or array, holds a NUL character."""
+    return any(isinstance(x, str) and "\x00" in x for x in np.ravel(np.asarray(v, dtype=object)))
 
 
 def _netcdf_attr(v) -> bool:
@@ -345,7 +351,8 @@ def load(path, verify: bool = True) -> xr.Dataset:
         raise ConfigError("path", str(path), "an existing .nc or .zarr file written by sp.save")
     if path.is_file():
         _check_bytes(path, verify)
-    elif (path / "sweep").is_dir():  # (its datasets are groups: "not a sigprop dataset")
+    elif (path / "sweep" / ".zgroup").is_file():  # (a store's groups: "not a sigprop dataset";
+        # a dataset's sweep named "sweep" is an array there, no group)
         raise ConfigError("path", str(path), "a dataset file: this is a sweep's store (sigprop "
                           "sweep); read it with sp.sweep_load(path, 'theory' or 'montecarlo')")
     ds, error = _read_or_error(path)

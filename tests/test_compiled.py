@@ -243,15 +243,14 @@ def test_a_state_out_of_range_reruns_the_log_scaled_program(monkeypatch):
 
 def test_nets_that_differ_in_their_numbers_share_one_program(monkeypatch):
     """The program takes the numbers of ``compiled.LIFTED`` fields as arguments
-    (``compiled._lifted``): a loop over sigma_w traced each value anew (~4 s each, against 0.1
-    s of the numpy engine). Values in one octave share one trace; 3.0, in the next, has its
-    own, as does 1.0, which stays in the program (a factor of 1 folded away). Each agrees with
-    the numpy engine. The checks the program
-    skips rest on bounds over the octave, not over the value it was traced at: twelve scales by
-    c in a block are bounded by 4^k (1e25 x 4^k leaves TRUE_RANGE at the ninth), so after the
-    trace at c = 1.1, c = 1.9 from q = 2e23 (1.9^24 x 2e23 = 1e30, past the checked 1e25) is
-    caught and rerun log-scaled; bounded by 1.1^2k the last outputs went unchecked (watched:
-    Scale's bound read at the octave's lower end alone)."""
+    (``compiled._lifted``): a loop over sigma_w traced each value anew. Values in one octave
+    share one trace; 3.0, in the next, has its own, as does 1.0, which stays in the program (a
+    factor of 1 folded away). Each agrees with the numpy engine. The checks the program skips
+    rest on bounds over the octave, not over the value it was traced at: twelve scales by c in a
+    block are bounded by 4^k (1e25 x 4^k leaves TRUE_RANGE at the ninth), so after the trace at
+    c = 1.1, c = 1.9 from q = 2e23 (1.9^24 x 2e23 = 1e30, past the checked 1e25) is caught and
+    rerun log-scaled; bounded by 1.1^2k the last outputs went unchecked (watched: Scale's bound
+    read at the octave's lower end alone)."""
     traced = []
     trace = compiled._trace
     monkeypatch.setattr(compiled, "_trace", lambda *a, **k: traced.append(a[0]) or trace(*a, **k))

@@ -243,6 +243,15 @@ def test_a_name_or_attribute_no_file_can_hold_is_refused_by_name(theory_ds, tmp_
         pytest.importorskip("zarr")
     with pytest.raises(sp.ConfigError, match=r"variable names=\['a/b'\]"):
         sp.save(theory_ds.assign({"a/b": theory_ds["q"]}), tmp_path / f"x{suffix}")
-    with pytest.raises(sp.ConfigError, match=r"attrs=\['note'\]"):
+    with pytest.raises(sp.ConfigError, match=r"attrs=\['dataset: note'\]"):
         sp.save(theory_ds.assign_attrs(note="a\x00b"), tmp_path / f"x{suffix}")
+    listed, on_q = theory_ds.assign_attrs(note=["a", "b\x00"]), theory_ds.copy()
+    on_q["q"].attrs["note"] = "a\x00b"  # (a variable's attrs, and strings in a list)
+    for ds, where in ((listed, "dataset"), (on_q, "q")):
+        with pytest.raises(sp.ConfigError, match=rf"attrs=\['{where}: note'\]"):
+            sp.save(ds, tmp_path / f"x{suffix}")
     assert not any(tmp_path.iterdir())
+    swept = sp.theory(sp.presets.resnet(2, alpha=sp.sweep("sweep", [0.5, 1.0])),
+                      sp.Inputs(q=1.0))  # (its coordinate "sweep" is no sweep store's group)
+    xr.testing.assert_identical(sp.load(sp.save(swept, tmp_path / f"s{suffix}")).drop_attrs(),
+                                swept.drop_attrs())

@@ -395,8 +395,9 @@ def test_a_store_made_by_other_code_is_not_resumed(tmp_path, monkeypatch):
     store = tmp_path / "sw.zarr"
     assert sweep_run(sim, store, theory=False, widths=[8], seeds=2).computed == {"montecarlo": 8}
     assert sweep_run(sim, store, theory=False, widths=[8], seeds=2).computed == {"montecarlo": 0}
-    with pytest.raises(ConfigError, match="sweep's store.*sp.sweep_load"):  # ("not a sigprop
-        load(store)  # dataset (attrs['kind'] = None)")
+    # sp.load of a store said "not a sigprop dataset (attrs['kind'] = None)"
+    with pytest.raises(ConfigError, match="sweep's store.*sp.sweep_load"):
+        load(store)
     monkeypatch.setattr(cache, "code_version", lambda: "another")
     with pytest.raises(ConfigError, match=r"\['code'\] differ; 8 task\(s\) finished.*code"):
         sweep_run(sim, store, theory=False, widths=[8], seeds=2)

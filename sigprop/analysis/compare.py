@@ -429,8 +429,7 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
         if name not in valued:
             attrs[f"skipped_{name}"] = f"the theory has no value: {no_spread_value(name)}"
     return xr.Dataset(out, attrs={
-        **_made(theory, mc, {"variables": names, "rtol": float(rtol)}), "seeds": seeds,
-        "rtol": rtol,
+        "kind": "comparison", "seeds": seeds, "rtol": rtol,
         "finite_width": f"spreads at the run's {'widths' if np.ndim(N) else 'width'} N = "
                         f"{np.asarray(N).tolist()}: the "
                         f"theory's V/{W} times {W}/N, its leading order (an O(1/N^2) remainder "
@@ -547,6 +546,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("theory attrs width", W, "a width N >= 1 (sp.theory(..., width=N)), "
                           "or none for infinite width")
     variables = None if variables is None else _names(variables)
+    made = _made(theory, mc, {"variables": variables, "estimator": estimator,  # (the call's)
+                              "rtol": float(rtol), "prefix": bool(prefix)})
     same = check_same_experiment(theory, mc, prefix)
     spreads = [v for v in variables or () if v in SPREADS]
     if spreads:
@@ -567,7 +568,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                                                                    "finite_width": note})
         if not out.data_vars:
             raise ConfigError("variables", variables, f"some comparable: {skipped}")
-        return out
+        return out.assign_attrs(made)
     companions = {v: schema.VARIABLES[v].log_of for v in variables or ()
                   if v in schema.VARIABLES and schema.VARIABLES[v].log_of}
     if companions:
@@ -664,7 +665,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             unit = _unit(th, name, ref) if est_name == "mean" else xr.ones_like(ref)
             with np.errstate(divide="ignore"):
                 weight = xr.where(unit > 0, 1 / unit, 0.0)
-            signed, signed_seeds = signed_t(samples, ref, weight, _counted(z))
+            signed, signed_seeds = signed_t(samples, ref, weight, _counted(z), rtol)
         else:
             signed, signed_seeds = math.nan, 0
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
@@ -686,9 +687,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     # seeds behind each point; a point no case computed (a per-arch sweep's padding) has none
     per_point = mc[names[0]].notnull().sum("seed")
     seeds = int(per_point.where(per_point > 0).min().fillna(mc["seed"].size))
-    ds.attrs = {**_made(theory, mc, {"variables": names, "estimator": estimator,
-                                     "rtol": float(rtol), "prefix": bool(prefix)}),
-                "seeds": seeds, "rtol": rtol, "experiment": same,
+    ds.attrs = {**made, "seeds": seeds, "rtol": rtol, "experiment": same,
                 "z": "(estimate - theory) / sqrt(stderr^2 + floor^2), floor = rtol * |theory| "
                      "(linear scale; at least rtol for corr, rtol sqrt(q) for mean) or rtol "
                      "(log scale)",
@@ -722,18 +721,20 @@ def _counted(z: xr.DataArray) -> xr.DataArray:
 
 
 def signed_t(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
-             counted: xr.DataArray) -> tuple[float, int]:
+             counted: xr.DataArray, floor: float = 0.0) -> tuple[float, int]:
     """(t, S') of one t-test of the counted points' deviations together: u_s = sum_i w_i (x_is
     - T_i) per seed s (x the per-seed samples on the estimator's scale, T the theory), whose
     spread across seeds carries every correlation between the points, so that t = mean u /
     (sd u / sqrt(S')) is Student t with S' - 1 dof under the null for normal samples (S' the
     seeds finite at every counted point; NaN with fewer than 3). The weights w must not come
     from the seeds: 1 / se_i, the seeds' own, made t anti-conservative at few seeds (its
-    variance w^T Sigma w / w^T Sigma_hat w; 1.3 % past the 0.27 % quantile at 4 seeds and 0.65 %
-    at 8, a review measured); :func:`compare` takes 1 / |T| (:func:`_unit`) on the linear scale
-    and 1 on the log scale. It finds a deviation of one sign spread over points that a max or a
-    rate of |z| misses (a theory 2-3 % off over correlated layers, each ~2 se); with one point
-    it is that point's t."""
+    variance w^T Sigma w / w^T Sigma_hat w: benchmarks/RESULTS.md, "a signed test of the points
+    together"); :func:`compare` takes 1 / |T| (:func:`_unit`) on the linear scale
+    and 1 on the log scale. ``floor``: the weighted rounding w_i floor_i each point may differ
+    by (rtol, as z allows it), taken off |mean u| first, so that a bias within rounding is no
+    deviation. It finds a deviation of one sign spread over points that a max or a rate of |z|
+    misses (a theory a few % off over correlated layers, each ~2 se); with one point and no
+    floor it is that point's t."""
     if "width" in samples.dims:
         samples = samples.squeeze("width", drop=True)
     with np.errstate(invalid="ignore"):
@@ -742,8 +743,9 @@ def signed_t(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     u = u[np.isfinite(u)]
     if len(u) < 3 or not counted.any():
         return math.nan, len(u)
-    sd = u.std(ddof=1)
-    return (float(u.mean() / (sd / math.sqrt(len(u)))) if sd > 0 else math.nan), len(u)
+    sd, m = u.std(ddof=1), u.mean()
+    m = math.copysign(max(abs(m) - floor * int(counted.sum()), 0.0), m)
+    return (float(m / (sd / math.sqrt(len(u)))) if sd > 0 else math.nan), len(u)
 
 
 def effective_points(samples: xr.DataArray, counted: xr.DataArray) -> float:
@@ -1108,7 +1110,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,
                          "effective_points": 0.0, "exact": exact, "max_z": float("nan"), "where": "",
-                         "rate": float("nan"), "nominal": nominal, "not_comparable": lost,
+                         "signed_t": float("nan"), "rate": float("nan"), "nominal": nominal,
+                         "not_comparable": lost,
                          "flag": f"NOT COMPARABLE ({lost} points)" if lost else
                          "ok" if exact else "no data"})
             continue
@@ -1145,9 +1148,9 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
     columns = ("variable", "flag", "estimator", "points", "eff.", "max |z|", "sum t", "rate")
     for col in columns:  # (one line a row in 80 columns; a long flag folds)
         table.add_column(col, justify="left" if col in columns[:3] else "right",
-                         no_wrap=col != "flag", overflow="fold", min_width=8 * (col == "flag"))
+                         no_wrap=col != "flag", overflow="fold", min_width={"flag": 8}.get(col))
     for r in rows:
-        signed = r.get("signed_t", math.nan)
+        signed = r["signed_t"]
         table.add_row(r["variable"], r["flag"], r["estimator"], f"{r['points']}",
                       f"{r['effective_points']:.3g}", f"{r['max_z']:.2f}",
                       "" if math.isnan(signed) else f"{signed:.2f}", f"{r['rate']:.4f}",

@@ -226,9 +226,11 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
         out, branches = attempt(unscaled)
         if unscaled and not (HOST_ERRORS == [] and all(np.all(out[f]) for f in ("ok", "okb")
                                                        if f in out)):
-            _remember(_SCALED, key, True)  # a state left TRUE_RANGE: the log-scaled program,
-            out = None  # (the first run's arrays freed before it runs; its program kept for
-            out, branches = attempt(False)  # the template's other numbers)
+            # a state left TRUE_RANGE: the log-scaled program, the first run's arrays freed
+            # before it runs (its program kept, for the template's other numbers)
+            _remember(_SCALED, key, True)
+            out = None
+            out, branches = attempt(False)
     except UnsupportedComposition:  # the numpy engine's own refusal first, where it has one
         theory(net, inputs, layers=[0], backward=False)  # (then neither engine runs the net)
         raise
@@ -256,14 +258,15 @@ def _lifted(net: Op) -> tuple[Op, tuple]:
     field of :data:`LIFTED` replaced by a :class:`_Lifted` sweep named ``LIFT`` + j, j counting
     the distinct numbers, and those numbers in that order (float64 scalars). The program traced
     from the template takes them as arguments beside the grid's, so that one program serves
-    every net that differs only in them (a loop over sigma_w traced each value anew: ~4 s each,
-    against 0.1 s for the numpy engine). The sweep's values are the powers of 2 on either side
-    of the number (sign kept): what :meth:`Op.diag_bound <sigprop.ops.base.Op.diag_bound>`
-    bounds the range over, so that the checks the program skips are skipped for every number it
-    takes (a number in another octave: another program). 0 and 1 stay in the template (a law's
-    branch on 0: a Dense without bias; a factor of 1, a residual's beta, folded away: lifted,
-    it cost 2-4 % at 10^4 points, benchmarks/before_after.py). Nothing is lifted where a sweep of the net is named
-    like a lifted one (a name is one grid dim)."""
+    every net that differs only in them (a loop over sigma_w traced each value anew:
+    benchmarks/RESULTS.md, "a net's numbers as its program's arguments"). The sweep's values are
+    the powers of 2 on either side of the number (sign kept): what :meth:`Op.diag_bound
+    <sigprop.ops.base.Op.diag_bound>` bounds the range over, so that the checks the program
+    skips are skipped for every number it takes (a number in another octave: another program). 0
+    and 1 stay in the template (a law's branch on 0: a Dense without bias; a factor of 1, a
+    residual's beta, folded away: lifted, it cost 2-4 % at 10^4 points,
+    benchmarks/before_after.py). Nothing is lifted where a sweep of the net is named like a
+    lifted one (a name is one grid dim)."""
     if any(name.startswith(LIFT) for name in sweeps_of(net)):
         return net, ()
     found: dict[float, Sweep] = {}

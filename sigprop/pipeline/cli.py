@@ -291,6 +291,8 @@ def reproduce(profile: Profile = "quick",
         raise ConfigError("--root", str(root), "a folder with sims/<name>.toml")
     if cache_dir is not None:
         check_writable("--cache-dir", cache_dir, folder=True)
+    elif os.environ.get("SIGPROP_CACHE"):
+        check_writable("SIGPROP_CACHE", os.environ["SIGPROP_CACHE"], folder=True)
     root = (root or find_root()).resolve()
     cache = Cache(cache_dir.resolve() if cache_dir is not None else None)
     if root != Path.cwd().resolve():

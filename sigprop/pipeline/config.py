@@ -534,9 +534,10 @@ class Sim:
                 raise SimConfigError(self.path, f"arch '{a.name}'", a.kwargs, _allowed_of(e),
                                      f"does not build ({why})") from None
             for p in self.spec.profiles:  # sweeps (finite values) and batch sizes of each profile
-                where = (f"arch '{a.name}'.sweeps" if a.own_sweeps else  # (the top level's
-                         f"profiles.{p}.sweeps" if self.profile(p).sweeps else "sweeps")  # were
-                try:  # named as the profile's)
+                # (the top level's sweeps were named as the profile's)
+                where = (f"arch '{a.name}'.sweeps" if a.own_sweeps else
+                         f"profiles.{p}.sweeps" if self.profile(p).sweeps else "sweeps")
+                try:
                     sweeps = self.sweeps(p, a)
                 except ConfigError as e:
                     raise SimConfigError(self.path, f"{where} ({e.field})", e.value,

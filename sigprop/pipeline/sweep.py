@@ -33,6 +33,7 @@ The store (zarr format 2, one per sim)::
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import itertools
 import json
@@ -111,7 +112,7 @@ class Plan:
     seeds: int = 0
     backend: str = "numpy"
 
-    @property
+    @functools.cached_property  # (read several times a run: the sources hashed once)
     def layout(self) -> dict:
         """The JSON a store must match to be resumed: config, overrides, dims and chunks, and
         the code that computes results (:func:`~sigprop.pipeline.cache.code_version`: a store
@@ -378,7 +379,8 @@ def sweep_load(store, kind: str = "theory", partial: bool = False) -> xr.Dataset
             ds[name][region] = np.nan
     if missing:  # (partial=True: said in the data, not only by its NaN)
         ds.attrs["unfinished"] = (f"{len(missing)} of {len(tasks)} tasks not finished (NaN): "
-                                  + ", ".join(task_key(t) for t in missing))
+                                  + ", ".join(task_key(t) for t in missing[:20])
+                                  + (", ..." if len(missing) > 20 else ""))
     if kind == "theory":
         ds.attrs["unsupported"] = json.dumps({case: why for case, (why, _) in failed.items()})
     elif markers:

@@ -26,18 +26,23 @@ def evaluate(expr, values: dict | None = None) -> float:
             finite = False
         if not finite:
             raise ConfigError(f"value of {k}", v, "a finite real number")
-    subs = {names.get(k, sympy.Symbol(k)) if isinstance(k, str) else k: sympy.Float(v, 30)
-            for k, v in values.items()}
+    subs = {names.get(str(k), k if isinstance(k, sympy.Symbol) else sympy.Symbol(str(k))):
+            sympy.Float(v, 30) for k, v in values.items()}  # (a symbol by its name: its
+    # assumptions may differ from the expression's)
     expr = expr.xreplace(subs)
-    if expr.free_symbols:
+    try:
+        if expr.has(sympy.Integral):
+            expr = expr.replace(lambda e: isinstance(e, sympy.Integral),
+                                lambda e: sympy.Float(integral_value(e), 30))
+        return float(sympy.N(expr, 30))
+    except (TypeError, ValueError):  # (a symbol left that does not cancel)
+        if not expr.free_symbols:
+            raise
         stray = sorted(str(k) for k in values if str(k) not in names)
         raise ConfigError("values", sorted(str(s) for s in expr.free_symbols), "a value for "
                           "each symbol of the expression (unbound above)"
-                          + (f"; given for names it does not hold: {stray}" if stray else ""))
-    if expr.has(sympy.Integral):
-        expr = expr.replace(lambda e: isinstance(e, sympy.Integral),
-                            lambda e: sympy.Float(integral_value(e), 30))
-    return float(sympy.N(expr, 30))
+                          + (f"; given for names it does not hold: {stray}" if stray else "")
+                          ) from None
 
 
 def numeric(expr, args):
