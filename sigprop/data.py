@@ -201,13 +201,13 @@ def save(ds: xr.Dataset, path) -> Path:
     if slashed:  # (zarr dropped such a variable, so its checksum failed on load; netCDF refused)
         raise ConfigError("variable names", slashed, "names without '/' (a path separator in "
                           "netCDF and zarr)")
-    nul = [f"{where}: {k}" for where, attrs in [("dataset", ds.attrs),
-                                                *((n, v.attrs) for n, v in ds.variables.items())]
+    attr_sets = [("dataset", ds.attrs), *((k, v.attrs) for k, v in ds.variables.items())]
+    nul = [f"{where}: {k}" for where, attrs in attr_sets
            for k, v in attrs.items() if _has_nul(k) or _has_nul(v)]
     if nul:  # (h5py's raw "VLEN strings do not support embedded NULLs")
         raise ConfigError("attrs", nul, "strings without NUL characters")
     if path.suffix != ".zarr":
-        for where, attrs in [("dataset", ds.attrs), *((k, v.attrs) for k, v in ds.variables.items())]:
+        for where, attrs in attr_sets:
             bad = {k: type(v).__name__ for k, v in attrs.items() if not _netcdf_attr(v)}
             if bad:  # (h5netcdf or xarray failed on it after the checks, deep in the writer)
                 raise ConfigError(f"attrs of {where}", bad, "a string, a number, or a list of "

@@ -631,7 +631,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 attrs[f"first_order_missing_{name}"] = (
                     f"{missing} points where the theory has no first-order term (NaN: an op with "
                     "no finite-width rule, see its warning): compared with T_inf there")
-        floor = rtol * (_unit(th, name, ref) if est_name == "mean" else 1.0)
+        unit = _unit(th, name, ref) if est_name == "mean" else xr.ones_like(ref)
+        floor = rtol * unit
         # equal: z = 0, unless both overflowed (inf = inf says nothing; log -inf is an exact 0);
         # so too within the rounding floor with no spread above it (the inputs at layer 0); with
         # several widths, equal at each (the extrapolated T_inf's standard error is never 0)
@@ -662,7 +663,6 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         out[name] = out[name].transpose("stat", ...)
         n_heavy, n_zeros = int(heavy.sum()), int(zeros.sum())
         if len(widths) < 2 and est_name in T_ESTIMATORS:  # (a stack's T_inf is not per seed)
-            unit = _unit(th, name, ref) if est_name == "mean" else xr.ones_like(ref)
             with np.errstate(divide="ignore"):
                 weight = xr.where(unit > 0, 1 / unit, 0.0)
             signed, signed_seeds = signed_t(samples, ref, weight, _counted(z), rtol)
