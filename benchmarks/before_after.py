@@ -54,6 +54,9 @@ def calls(m, quick: bool):
         net = m.Repeat(m.Serial(m.Dense(math.sqrt(2.0)), m.Act("relu")), 8)
         out[f"explicit sampler, N {N}, B 2, depth 8, 2 seeds"] = (
             lambda net=net, N=N: m.simulate(net, x2, N, 2, backend="numpy", sampler="explicit"))
+    gelu = m.presets.preln(8, act="gelu")  # (a law on true values)
+    out["simulate preln gelu, N 1024, B 2, depth 8, 2 seeds"] = (
+        lambda: m.simulate(gelu, x2, 1024, 2, backend="numpy"))
     grid = m.sweep("sigma_w1", np.linspace(0.5, 2.0, 1000 if quick else 10_000))
     for preset, act, L, s1 in (("resnet", "relu", 100, None), ("preln", "tanh", 30, None),
                                ("preln", "gelu", 30, None), ("resnet", "relu", 100, grid),

@@ -538,3 +538,31 @@ def test_an_output_or_cache_folder_that_cannot_be_written_is_refused_first(tmp_p
         r = invoke(*args)
         assert r.exit_code == 2 and r.output.startswith(f"error: {says}="), r.output
         assert "Errno" not in r.output and not (file / "x.md").exists()
+
+
+def test_a_relative_sigprop_cache_is_this_folders_where_it_is_checked_and_used(
+        tmp_path, monkeypatch):
+    """A mutation review: a relative SIGPROP_CACHE was checked against the caller's folder, then
+    used inside the project root (reproduce moves there): a file of that name here refused a
+    valid run, and one in the root passed the check and was met later. Both now read it here."""
+    from sigprop.pipeline import cache as cachemod
+
+    root = Path(__file__).resolve().parent.parent
+    here = tmp_path / "here"
+    here.mkdir()
+    monkeypatch.chdir(here)
+    seen = []
+    real = cachemod.Cache.__init__
+
+    def spy(self, path=None):
+        real(self, path)
+        seen.append(self.root)
+    monkeypatch.setattr(cachemod.Cache, "__init__", spy)
+    (here / "blocker").write_text("")
+    monkeypatch.setenv("SIGPROP_CACHE", "blocker")
+    r = invoke("reproduce", "--dry-run", "--no-derive", "--root", root)
+    assert r.exit_code == 2 and "SIGPROP_CACHE='blocker'" in r.output, r.output
+    monkeypatch.setenv("SIGPROP_CACHE", "cache")
+    r = invoke("reproduce", "--dry-run", "--no-derive", "--root", root, "--only", "phase")
+    assert r.exit_code == 0, r.output
+    assert seen[-1] == here / "cache" and not (root / "cache").exists()

@@ -26,6 +26,7 @@ from sigprop.analysis.compare import (
     infinite_variance,
     nominal_rate,
     print_table,
+    shape_test,
     stack_widths,
     summary,
     synthetic,
@@ -773,6 +774,52 @@ def test_a_deviation_of_one_sign_over_many_points_is_found_together(theory):
     within = synthetic(theory, seeds=16, noise=4e-5, root_seed=3, bias=256 * 1e-5)
     row = summary(compare(theory, within, variables=["q"]))[0]
     assert abs(row["signed_t"]) < 3 and row["flag"] == "ok", row
+
+
+def test_a_deviation_that_changes_with_depth_is_found_by_the_shape_test(theory):
+    """summary's shape test: Hotelling's T^2 of the per-seed sums of w (x - T) weighted by the
+    Legendre polynomials P_1..P_3 of the layer, F(k, S - k) under the null whatever the
+    points' correlation. Null: 150 runs of q whose noise is a random walk over the layers (a
+    real net's layers share their draws) at 8 seeds, and of independent points at 5 seeds (k =
+    3: F(3, 2)): p < 0.1 as often as 0.1, within 4 binomial sd (a T^2 taken as chi^2_k is off:
+    watched). A shift of every point by ~1 se is the signed test's, not this one's (P_0 is
+    left out: with it, p ~ 1e-8 here; watched). A deviation of +d over the top third of
+    the layers and -d over the bottom third cancels in the sum (signed t ~0) and is flagged by
+    the shape test alone; with one counted layer there is no shape (NaN)."""
+    runs, level, noise = 300, 0.1, 0.1
+    rng = np.random.default_rng(12)
+    q = theory["q"]
+    layers, inputs = q.sizes["layer"], q.sizes["input"]
+    counted = (q["layer"] > 0).broadcast_like(q)  # (compare's points: layer 0 is exact)
+    for seeds, walk in ((8, True), (5, False)):
+        low = 0
+        for _ in range(runs):  # (shape_test as compare calls it on q under "mean": weights
+            steps = rng.standard_normal((seeds, layers, inputs))  # 1 / |T|)
+            if walk:  # W_sl: a random walk over the layers, variance 1 at each
+                steps = np.cumsum(steps, axis=1) / np.sqrt(np.arange(1, layers + 1))[:, None]
+            x = q * np.exp(noise * xr.DataArray(steps, dims=("seed", "layer", "input"))
+                           - noise**2 / 2)
+            low += shape_test(x, q, 1 / q, counted)[0] < level
+        assert abs(low / runs - level) <= 4 * np.sqrt(level * (1 - level) / runs), (seeds, low)
+    layers = theory.sizes["layer"]
+    seeds = 64
+    se = noise / np.sqrt(seeds)
+    mc = synthetic(theory, seeds=seeds, noise=noise, root_seed=5)
+    third = np.arange(layers) / (layers - 1)
+    tilt = xr.DataArray(np.where(third > 2 / 3, 1.0, np.where(third < 1 / 3, -1.0, 0.0)),
+                        dims="layer") * (third > 0)  # (layer 0: the exact inputs)
+    mc["q"] = mc["q"] * (1 + 1.5 * se * tilt)
+    row = summary(compare(theory, mc, variables=["q"]))[0]
+    assert abs(row["signed_t"]) < 2 and row["max_z"] < 4.5, row
+    assert row["shape_p"] < FAMILY_LEVEL and row["flag"] == "DISAGREE", row
+    row = summary(compare(theory, synthetic(theory, seeds=seeds, noise=noise, root_seed=5),
+                          variables=["q"]))[0]
+    assert row["shape_p"] > FAMILY_LEVEL and row["flag"] == "ok", row
+    shifted = synthetic(theory, seeds=seeds, noise=noise, root_seed=5, bias=256 * se)
+    row = summary(compare(theory, shifted, variables=["q"]))[0]
+    assert row["shape_p"] > 0.01 and abs(row["signed_t"]) > 4, row
+    one = compare(theory, mc.sel(layer=[5]), variables=["q"])["q"]
+    assert np.isnan(one.attrs["shape_p"]) and one.attrs["shape_degree"] == 0
 
 
 def test_a_comparison_records_how_it_was_made(theory):

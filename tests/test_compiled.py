@@ -162,28 +162,25 @@ def test_a_repeat_is_checked_once_per_call_not_once_per_layer(monkeypatch):
     assert calls == {"refuse": ops, "taped": 1}
 
 
-def test_a_subnormal_true_scale_is_an_error_not_a_silent_zero():
+def test_a_subnormal_true_scale_is_the_small_scale_limit_not_a_silent_zero():
     """XLA on the CPU flushes subnormals to zero: at q = 1e-310 an erf law on the true scale
-    gave -inf and corr 0 under jax while numpy keeps the value; now a clear error naming the
-    layer and engine='numpy'."""
+    gave -inf and corr 0 under jax while numpy kept the value; it was then refused. Below
+    TRACED_LS_MIN both engines now take the activation's small-scale limit (erf: the linear
+    map times 2/sqrt(pi), exact there to float64), and agree."""
     net = Serial(Dense(1.0), Act("erf"), Dense(1.0), Act("erf"))
     x0 = sp.Inputs(q=[1e-310, 2e-310], corr=0.5)
     assert np.all(np.isfinite(sp.theory(net, x0)["log_q"].values))
-    with pytest.raises(OverflowInTheory, match=r"layer 2 Act.*1e-292.*engine='numpy'"):
-        sp.theory(net, x0, engine="jax")
+    agree(net, x0)
 
 
-def test_a_true_scale_near_the_subnormals_is_refused_not_rounded():
+def test_a_true_scale_near_the_subnormals_is_not_rounded():
     """Above the subnormals, a law's rounding-level terms still reach them: a tanh resnet at q =
     1e-300 was 1.5e-8 off numpy in log q (at 1e-307: 2.1, its branch's q exactly 0), with no
-    word. A traced law now takes no true scale below tiny / eps = 1e-292 (TRACED_LS_MIN): at
-    q = 1e-300 a clear error, at 1e-290 the numpy engine's values."""
+    word. A traced law takes no true scale below tiny / eps = 1e-292 (TRACED_LS_MIN): at 1e-290
+    the true-scale law, at q = 1e-300 and 1e-307 the small-scale limit, in both engines."""
     net = sp.presets.resnet(3, act="tanh")
-    agree(net, sp.Inputs(q=[1e-290, 2e-290], corr=0.5))
-    x0 = sp.Inputs(q=[1e-300, 2e-300], corr=0.5)
-    assert np.all(np.isfinite(sp.theory(net, x0)["log_q"].values))
-    with pytest.raises(OverflowInTheory, match=r"below 1e-292.*engine='numpy'"):
-        sp.theory(net, x0, engine="jax")
+    for q in (1e-290, 1e-300, 1e-307):
+        agree(net, sp.Inputs(q=[q, 2 * q], corr=0.5))
 
 
 def _units(monkeypatch) -> list:
@@ -790,3 +787,45 @@ def test_compiled_programs_are_kept_across_processes(tmp_path):
         assert folder == "None" and not (tmp_path / off).exists()
     _, folder, _ = _persist_run(tmp_path, SIGPROP_JAX_CACHE="/proc/no-such-cache")  # (can't
     assert folder == "None"  # be made: jax left as it is, no warning per program)
+
+
+def test_a_users_sweep_named_like_a_lifted_number_beside_a_number_to_lift():
+    """A user's sweep named lifted__0 in a net that also holds a number _lifted would lift
+    (Dense(1.5)): nothing is lifted (docstring: "a name is one grid dim"), so the program's
+    grid dim lifted__0 is the user's sweep alone, and each point is the numpy engine's. A
+    lifted 1.5 named lifted__0 beside it read one for the other."""
+    net = Serial(Dense(sp.sweep("lifted__0", [0.5, 2.5])), Act("relu"), Dense(1.5),
+                 Act("relu"))
+    template, lifted = compiled._lifted(net)
+    assert lifted == () and template == net
+    agree(net, X2)
+
+
+def test_a_loop_over_sigma_b_within_an_octave_traces_once(monkeypatch):
+    """LIFTED: a Dense's sigma_b is its program's argument as sigma_w is (module docstring:
+    "nets that differ only in them, within an octave of each, share one program"): sigma_b =
+    0.55, 0.7, 0.9 (octave [0.5, 1)) trace once, each the numpy engine's value."""
+    traced = []
+    trace = compiled._trace
+    monkeypatch.setattr(compiled, "_trace", lambda *a, **k: traced.append(a[0]) or trace(*a, **k))
+    monkeypatch.setattr(compiled, "_CACHE", OrderedDict())
+    for b in (0.55, 0.7, 0.9):
+        agree(Serial(Dense(1.3, sigma_b=b), Act("relu"), Dense(1.1, sigma_b=b)), X2)
+    assert len(traced) == 1
+
+
+def test_a_lifted_numbers_sweep_spans_its_own_octave_and_0_and_1_stay():
+    """_lifted's docstring, by hand: each number becomes a sweep over the powers of 2 on either
+    side of it, sign kept (1.5 -> (1, 2); 0.5, a power of 2 itself, -> (0.5, 1); -0.3 -> (-0.25,
+    -0.5)), what diag_bound bounds over; 0 and 1 stay in the template (a Dense without bias;
+    a residual's beta = 1, folded away)."""
+    net = Serial(Dense(1.5, sigma_b=0.0), Act("relu"),
+                 Residual(Serial(Dense(0.5), Act("relu"), Scale(-0.3)), alpha=0.5, beta=1.0))
+    template, lifted = compiled._lifted(net)
+    assert sorted(lifted) == [-0.3, 0.5, 1.5]
+    sweeps = {s for op in template.walk() for s in vars(op).values()
+              if isinstance(s, compiled._Lifted)}
+    ends = {float(lifted[s.index]): s.values for s in sweeps}
+    assert ends == {1.5: (1.0, 2.0), 0.5: (0.5, 1.0), -0.3: (-0.25, -0.5)}
+    dense, _, residual = template.layers
+    assert dense.sigma_b == 0.0 and residual.beta == 1.0

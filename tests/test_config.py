@@ -86,6 +86,12 @@ def test_good_config_runs_theory(tmp_path):
     # the top level's [sweeps] was named profiles.quick.sweeps (a review)
     (("[inputs]", "[sweeps]\nalpha = []\n[inputs]"), ": sweeps (sweep 'alpha' values) = []",
      "finite real number"),
+    # an expected disagreement names a variable sp.compare judges, and gives its reason
+    (("[inputs]", "[disagree]\ngradq = 'x'\n[inputs]"), "disagree", "grad_q"),
+    (("[inputs]", "[disagree]\ngrad_q = ' '\n[inputs]"), "disagree", "why the theory"),
+    # a bad sweep value is refused at load, naming the file (it failed at run time, unnamed)
+    (("[inputs]", "[sweeps]\nsigma_w1 = [-1.0, 0.5]\n[inputs]"), "sweeps = {'sigma_w1'",
+     ">= 0"),
 ])
 def test_bad_config_names_file_key_and_allowed(tmp_path, edit, key, allowed):
     path = write(tmp_path, GOOD.replace(*edit))

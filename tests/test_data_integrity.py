@@ -255,3 +255,36 @@ def test_a_name_or_attribute_no_file_can_hold_is_refused_by_name(theory_ds, tmp_
                       sp.Inputs(q=1.0))  # (its coordinate "sweep" is no sweep store's group)
     xr.testing.assert_identical(sp.load(sp.save(swept, tmp_path / f"s{suffix}")).drop_attrs(),
                                 swept.drop_attrs())
+
+
+def test_check_writable_asks_the_folder_itself_for_write_and_search(tmp_path, monkeypatch):
+    """check_writable(folder=True) on an existing folder asks that folder, not its parent, and
+    asks for write and search (os.W_OK | os.X_OK): a cache folder that cannot be written is
+    refused though its parent can. (os.access is faked: root may write anywhere.)"""
+    import os
+
+    from sigprop import data
+
+    cache = tmp_path / "cache"
+    cache.mkdir()
+    real = os.access
+
+    def access(p, mode):  # (cache: readable, not writable)
+        if Path(p) == cache:
+            return not mode & (os.W_OK | os.X_OK)
+        return real(p, mode)
+
+    monkeypatch.setattr(data.os, "access", access)
+    with pytest.raises(sp.ConfigError, match=r"--cache-dir=.*writable folder \(.*cache is not\)"):
+        data.check_writable("--cache-dir", cache, folder=True)
+    other = tmp_path / "other"  # (a writable folder beside it: accepted)
+    other.mkdir()
+    assert data.check_writable("--cache-dir", other, folder=True) == other
+
+
+def test_a_nul_in_an_attributes_name_is_refused_by_name(theory_ds, tmp_path):
+    """save refuses a NUL in an attribute's name as in its value (h5py: "VLEN strings do not
+    support embedded NULLs"), naming where."""
+    with pytest.raises(sp.ConfigError, match=r"attrs=\['dataset: a\\x00b'\]"):
+        sp.save(theory_ds.assign_attrs({"a\x00b": "x"}), tmp_path / "x.nc")
+    assert not any(tmp_path.iterdir())

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 import sigprop as sp
+from sigprop.analysis.compare import summary
 
 pytestmark = pytest.mark.filterwarnings("error")  # any RuntimeWarning fails the test
 
@@ -90,21 +91,25 @@ def test_simulate_log_scales_its_inputs(q):
     assert np.all(gap < 4 * 0.56 / math.sqrt(3) + 5 * 4 / (2 * 64))
 
 
-def test_a_float32_tanh_stack_that_shrinks_past_float32_raises_instead_of_reading_zero():
+def test_a_float32_tanh_stack_that_shrinks_past_float32_follows_the_theory():
     """Dense(sigma_w 1e-3) -> tanh -> Dense: q falls ~1e-6 per block. tanh needs the true
     values, which float32 holds only down to ~1e-38: the run came out log q = -inf from layer 15
     without a word (a review's find). The cause: mean_sq squared in float32, so a row of true
-    values ~1e-27 read as zero and its scale never moved into ls. Now float32 raises
-    MonteCarloOverflow naming a layer, and float64 (the advice in its message) runs; a float32
-    tanh net at q = 1e-66, whose true values are normal float32 numbers, still runs (a floor
-    at tiny / eps, 1e-31, refused it). (Breaks: mean_sq's squares in float32 again: no error,
-    -inf; true_scale's floor at 0: the subnormal scale passes.)"""
+    values ~1e-27 read as zero and its scale never moved into ls. It then raised
+    MonteCarloOverflow; now, below the dtype's normal range, tanh is its small-scale limit (the
+    linear map, exact there to float32's precision), and the run agrees with the theory in
+    float32 as in float64 (sp.compare's verdict, at its family level). A float32 tanh net at q =
+    1e-66, whose true values are normal float32 numbers, runs (a floor at tiny / eps, 1e-31,
+    refused it). (Breaks: mean_sq's squares in float32 again: -inf; true_scale's floor at 0:
+    the subnormal scale passes; the limit's slope r dropped in the Monte Carlo: q DISAGREE.)"""
     net = sp.presets.plain(20, act="tanh", sigma_w1=1e-3)
     x0 = sp.Inputs(q=[1.0, 2.0], corr=0.4)
-    with pytest.raises(sp.MonteCarloOverflow, match="layer"):
-        sp.simulate(net, x0, width=64, seeds=2, backend="numpy", dtype="float32")
-    mc = sp.simulate(net, x0, width=64, seeds=2, backend="numpy", dtype="float64")
-    assert np.all(np.isfinite(mc.log_q)) and np.all(np.isfinite(mc.corr))
+    th = sp.theory(net, x0)
+    for dtype in ("float32", "float64"):
+        mc = sp.simulate(net, x0, width=128, seeds=16, backend="numpy", dtype=dtype)
+        assert np.all(np.isfinite(mc.log_q)) and np.all(np.isfinite(mc.corr))
+        flags = {r["variable"]: r["flag"] for r in summary(sp.compare(th, mc))}
+        assert flags["q"] == flags["grad_q"] == flags["corr"] == "ok", (dtype, flags)
     small = sp.simulate(sp.presets.plain(3, act="tanh"), sp.Inputs(q=1e-66, n=1), width=64,
                         seeds=2, backend="numpy", dtype="float32")
     assert np.all(np.isfinite(small.log_q))
@@ -335,3 +340,78 @@ def test_extreme_parameters_give_numbers_or_a_reason(net, width):
     assert all(np.isfinite(ds[k].values[~np.isnan(ds[k].values)]).all() for k in names)
     assert not nan or any("NaN" in str(w.message) or "beyond float64" in str(w.message)
                           for w in said), (nan, [str(w.message) for w in said])
+
+
+def _linear_recursion(q0, gains):
+    """log q of phi's small-scale limit: q' = g q per layer (no kernel: a product)."""
+    return math.log(q0) + np.concatenate([[0.0], np.cumsum(np.log(gains))])
+
+
+@pytest.mark.parametrize("engine", ["numpy", "jax"])
+def test_a_shrinking_stream_below_float64_follows_the_activations_small_scale_limit(engine):
+    """A stream whose true scale leaves float64's normal range through a non-homogeneous
+    activation: its law on true moments underflowed, log q = -inf where the true value is
+    finite (the numpy engine silently; the compiled engine refused and named the numpy one).
+    Below q ~ 1e-292 tanh's law is the linear map's, elu(a)'s the leaky relu's of slope a, to
+    float64's precision. Expected values: the products of the small-scale gains by hand,
+    q' = sigma_w^2 phi'(0)^2 q (tanh: 1), c^2 (1 + a^2) / 2 q (elu(a), a Scale c before it).
+    (Breaks: the limit's r^2 dropped (tanh's r = 1: caught by erf's 4/pi); elu's kink as
+    phi'(0)^2: 1.25 / 2 read 0.25; the Dense's sigma_w^2 in true units: -inf again.)"""
+    if engine == "jax":
+        pytest.importorskip("jax")
+    run = {"engine": engine}
+    # tanh at sigma_w = 1e-155: sigma_w^2 is subnormal, q shrinks by 1e-310 a layer
+    th = sp.theory(sp.Repeat(sp.Serial(sp.Dense(sigma_w=1e-155), sp.Act("tanh")), 3),
+                   sp.Inputs(q=1.0), **run)
+    want = _linear_recursion(1.0, [1e-155**2] * 3)  # (1e-155**2: Python's own subnormal)
+    want[1:] = np.arange(1, 4) * 2 * math.log(1e-155)
+    np.testing.assert_allclose(th.log_q.values.ravel(), want, rtol=1e-13)
+    np.testing.assert_allclose(th.log_grad_q.values.ravel(), want[::-1], rtol=1e-13)
+    # erf, sigma_w = 0.5, 800 layers: q = 0.25 (4/pi) q once q is below ~1e-292
+    L = 800
+    th = sp.theory(sp.Repeat(sp.Serial(sp.Dense(sigma_w=0.5), sp.Act("erf")), L),
+                   sp.Inputs(q=1.0), **run)
+    log_q = th.log_q.values.ravel()
+    start = int(np.argmax(log_q < 2 * -340))  # well inside the small-scale regime
+    assert 0 < start < L - 100
+    np.testing.assert_allclose(log_q[start:], log_q[start] + np.arange(L + 1 - start)
+                               * math.log(0.25 * 4 / math.pi), rtol=1e-12)
+    if engine == "numpy":  # a subnormal Scale: the compiled engine refuses it (below)
+        a, c = 0.5, 1e-310
+        th = sp.theory(sp.Repeat(sp.Serial(sp.Dense(), sp.Scale(c), sp.Act(f"elu({a})")), 3),
+                       sp.Inputs(q=1.0))
+        np.testing.assert_allclose(th.log_q.values.ravel()[1:],
+                                   np.arange(1, 4) * (2 * math.log(c) + math.log((1 + a * a) / 2)),
+                                   rtol=1e-13)
+
+
+def test_the_compiled_engine_refuses_a_subnormal_number_it_would_read_as_zero():
+    """XLA on the CPU flushes subnormal numbers to 0: a Scale of 1e-310 gave log q = -inf."""
+    pytest.importorskip("jax")
+    net = sp.Repeat(sp.Serial(sp.Dense(), sp.Scale(1e-310), sp.Act("tanh")), 3)
+    with pytest.raises(sp.OverflowInTheory, match=r"Scale\.c = 1e-310 is subnormal.*numpy"):
+        sp.theory(net, sp.Inputs(q=1.0), engine="jax")
+    swept = sp.Serial(sp.Dense(sigma_w=sp.sweep("sigma_w", [1.0, 1e-320])), sp.Act("tanh"))
+    with pytest.raises(sp.OverflowInTheory, match=r"Dense\.sigma_w = 1e-320"):
+        sp.theory(swept, sp.Inputs(q=1.0), engine="jax")
+
+
+def test_monte_carlo_of_a_stream_below_float64_matches_the_theory():
+    """The Monte Carlo's Dense applied sigma_w / sqrt(n) to the array (1e-157 at sigma_w =
+    1e-155), tanh's output came back in true units, so the features' squares underflowed: log q
+    = -inf from layer 2 on, without a word. Now a far factor goes into the log scale, the
+    activation's output keeps the input's units, and below the dtype's normal range it is its
+    small-scale limit. z against the theory: the seeds' own standard error; the finite-width bias of E log
+    q is -Var/2 = -(L / N) (2 per layer for a linear map: Var log q_L = 2 L / N), well within."""
+    L, N, S = 3, 256, 8  # (erf: its slope at 0, 2 / sqrt(pi), is no 1 a dropped r could hide;
+    # sigma_w = 1e-162: the array's squares would be ~1e-326, 0 in float64)
+    net = sp.Repeat(sp.Serial(sp.Dense(sigma_w=1e-162), sp.Act("erf")), L)
+    mc = sp.simulate(net, sp.Inputs(q=1.0), width=N, seeds=S, dtype="float64")
+    th = sp.theory(net, sp.Inputs(q=1.0))
+    for name in ("log_q", "log_grad_q"):
+        x = mc[name].values.reshape(S, -1)
+        assert np.all(np.isfinite(x)), name
+        se = x.std(axis=0, ddof=1) / math.sqrt(S)
+        bias = 2 * L / N / 2
+        err = np.abs(x.mean(axis=0) - th[name].values.ravel())
+        assert np.all(err[1:-1] <= 4 * se[1:-1] + bias), (name, err, se)

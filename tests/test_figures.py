@@ -186,6 +186,13 @@ def test_vanishing_claim_flips_with_the_unnormalised_gradient(tiny_data):
     vanishing = _with(tiny_data, "placement", "theory",
                       _set_input_gradient(arch, -2 * np.log(claims.STABLE_FACTOR)))
     assert _verdict(vanishing, claim) == "Supported"
+    # (a referee: with LayerNorm's own gradient vanishing the verdict read Misleading and
+    # "LayerNorm bounds the growth")
+    both = _with(vanishing, "placement", "theory",
+                 _set_input_gradient("Pre-LN", -20 * np.log(claims.STABLE_FACTOR)))
+    row = next(r for r in claims.audit(both) if r.claim.startswith(claim))
+    assert row.verdict == "False (LayerNorm's own gradient vanishes)"
+    assert "(vanishing)" in row.evidence and "bounds" not in row.evidence
 
 
 def _postbn_mc(value):
@@ -250,21 +257,36 @@ def test_bn_closed_forms_match_the_engine(tiny_data):
     assert prebn_corr(0, 4, 1.0, 0.5) == 0.5  # L = 0: the inputs
 
 
-def test_phase_claim_flips_with_post_ln_spread(tiny_data):
+def test_phase_claim_flips_with_post_ln_spread_and_with_the_placement(tiny_data):
+    """The verdict reads both dependences it names: Post-LN's chi over the grid (the
+    initialisation) and Pre-LN's against Post-LN's at each point (the placement). A referee:
+    the first version computed "Placement-dependent" from Post-LN's spread alone, so identical
+    placements read placement-dependent and a flat Post-LN beside a Pre-LN 100x off read
+    Supported."""
     claim = "LayerNorm gives a consistent, predictable gradient flow"
 
-    def flat(ds):
-        g = ds["log_grad_q"].loc[{"arch": "Post-LN"}]
-        ds["log_grad_q"].loc[{"arch": "Post-LN"}] = g * 0
-    assert _verdict(_with(tiny_data, "phase", "theory", flat), claim) == "Supported"
+    def flat(*archs):
+        def edit(ds):
+            for arch in archs:
+                ds["log_grad_q"].loc[{"arch": arch}] = ds["log_grad_q"].loc[{"arch": arch}] * 0
+        return edit
+    assert _verdict(_with(tiny_data, "phase", "theory", flat("Post-LN", "Pre-LN")), claim) == \
+        "Supported"
+    assert _verdict(_with(tiny_data, "phase", "theory", flat("Post-LN")), claim) == \
+        "Placement-dependent"  # (the tiny net's Pre-LN chi is not 1)
     L = int(tiny_data["phase"]["theory"]["layer"][-1])
 
-    def one_point(ds):  # flat, but chi = exp(2 CHI_TOL) at one grid point
-        flat(ds)
+    def pre_off(ds):  # both flat, then Pre-LN 100x at the input: placement alone
+        flat("Post-LN", "Pre-LN")(ds)
+        ds["log_grad_q"].loc[{"arch": "Pre-LN", "layer": 0}] = np.log(100.0)
+    assert _verdict(_with(tiny_data, "phase", "theory", pre_off), claim) == "Placement-dependent"
+
+    def one_point(ds):  # both flat, but Post-LN's chi = exp(2 CHI_TOL) at one grid point
+        flat("Post-LN", "Pre-LN")(ds)
         at = {"arch": "Post-LN", "layer": 0, "sigma_w1": ds["sigma_w1"].values[0]}
         ds["log_grad_q"].loc[at] = 2 * claims.CHI_TOL * L
     assert _verdict(_with(tiny_data, "phase", "theory", one_point), claim) == \
-        "Placement-dependent"
+        "Placement-dependent, initialisation-dependent"
 
 
 def test_definition_claim_flips_if_layernorm_depended_on_the_batch(tiny_data):
@@ -291,7 +313,9 @@ def test_depth_claim_flips_when_the_scaled_resnet_blows_up(tiny_data):
     def blow(ds):
         a = "none, alpha=1/sqrt(L)"
         ds["log_q"].loc[{"arch": a}] = ds["log_q"].loc[{"arch": a}] + 10 * ds["layer"]
-    assert _verdict(_with(tiny_data, "placement", "theory", blow), claim) == "Supported"
+    # (a referee: this read "Supported", and "bounded in L", where the scaled stack blows up)
+    assert _verdict(_with(tiny_data, "placement", "theory", blow), claim).startswith(
+        "Not supported (q diverges")
 
 
 def test_preln_digamma_law_is_drawn_and_measured(tiny_data, tmp_path):
@@ -470,3 +494,32 @@ def test_curve_figures_draw_the_theory_and_monte_carlo_through_sp_plot(tiny_data
               if any(np.isfinite(q(th.sel(arch=a))).any() for _, q in DRAWN[name][:len(axes)])}
     assert drawn == finite, (name, sorted(finite - drawn), sorted(drawn - finite))
     plt.close(fig)
+
+
+def test_the_relations_the_prose_states_are_computed(tiny_data):
+    """A referee: results.tex typed "G_0/G_L = q_L/q_0", "Post-LN and DeepNorm hold it",
+    "exactly one" and "never below one", which stayed under a 10 % error of the Dense law
+    (G_0/G_L 124 printed as equal to q_L/q_0 = 311). Each is now text computed from the data
+    (claims.numbers), and changes with it."""
+    def words(data):
+        th = data["placement"]["theory"]
+        return claims._placement_words(th, "Pre-LN", "Post-LN", int(th["layer"][-1]))
+    got = words(tiny_data)
+    assert got["PreLNGradRelation"].startswith("$G_0/G_L=q_L/q_0=")
+    assert got["PlacementHeldVarText"] == "Post-LN and DeepNorm hold"
+
+    def grow_q(ds):  # Pre-LN's q_L 10 % up: the identity no longer holds
+        ds["log_q"].loc[{"arch": "Pre-LN", "layer": ds["layer"][-1]}] += np.log(1.1)
+
+    def deepnorm_var(ds):
+        ds["var"].loc[{"arch": "DeepNorm"}] *= 1.5
+    changed = words(_with(_with(tiny_data, "placement", "theory", grow_q),
+                          "placement", "theory", deepnorm_var))
+    assert "q_L/q_0=" not in changed["PreLNGradRelation"]
+    assert "(and $q_L/q_0$ =" in changed["PreLNGradRelation"]
+    assert changed["PlacementHeldVarText"] == "Post-LN holds"
+    phase = tiny_data["phase"]["theory"]
+    assert claims._floor_text(claims._post_chi_range(phase)).startswith("never below one")
+    low = _with(tiny_data, "phase", "theory", _set_input_gradient("Post-LN", -1.0, sim="phase"))
+    assert claims._floor_text(claims._post_chi_range(low["phase"]["theory"])) == \
+        "below one at some of its points"

@@ -528,3 +528,25 @@ def test_what_plot_checks_is_what_it_draws():
         sp.plot(th, run, var="q", hue="alpha")  # (the alpha = 1 run under every hue)
     deep = sp.simulate(sp.presets.preln(5), X0, width=16, seeds=4, backend="numpy")
     sp.plot(sp.theory(sp.presets.preln(3), X0), deep, var="q")
+
+
+def test_monte_carlo_points_and_seeds_lost_to_nan_are_named():
+    """A referee: NaN Monte Carlo points (every seed NaN where the theory is finite) and NaN
+    seeds (the estimators skip them) were left out without a word, the caption naming every
+    seed. Both are now warned (and a paper figure's caption says them: plots.curves)."""
+    net = sp.presets.preln(6)
+    x0 = sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    th, mc = sp.theory(net, x0), sp.simulate(net, x0, 64, 8)
+    for name in ("q", "log_q"):
+        mc[name].loc[{"layer": [4, 5, 6]}] = np.nan
+        mc[name].loc[{"layer": [1], "seed": [0, 1]}] = np.nan
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        sp.plot(th, mc, var="q")
+    text = [str(w.message) for w in said]
+    assert any("no estimate at 3 points" in t for t in text), text
+    assert any("at 1 points" in t and "2 of 8 seeds non-finite" in t for t in text), text
+    with warnings.catch_warnings(record=True) as said:  # (weight_grad_q at layer 0: NaN in
+        warnings.simplefilter("always")  # both, no point lost)
+        sp.plot(th, sp.simulate(net, x0, 64, 8), var="weight_grad_q")
+    assert not [w for w in said if "Monte Carlo:" in str(w.message)]

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tomllib
 import xarray as xr
 
 pytest.importorskip("zarr")
@@ -25,7 +26,7 @@ distributed = pytest.importorskip("distributed")
 
 from sigprop.data import load, save
 from sigprop.errors import ConfigError
-from sigprop.pipeline.config import Sim
+from sigprop.pipeline.config import Sim, SimConfigError, SimSpec
 from sigprop.pipeline.runs import run_montecarlo, run_theory
 from sigprop.pipeline.sweep import (
     SweepFailed,
@@ -245,8 +246,12 @@ def test_cli_on_a_local_cluster_killed_with_its_workers_then_resumed(tmp_path):
 
 
 def test_a_task_that_raises_is_named_and_the_others_finish(tmp_path, client):
-    path = write_sim(tmp_path, text=TINY.replace("[0.5, 1.0, 1.5]", "[0.5, -1.0]"))
-    sim = Sim.load(path)  # sigma_w1 = -1 is refused when the net is built, in its task only
+    text = TINY.replace("[0.5, 1.0, 1.5]", "[0.5, -1.0]")
+    with pytest.raises(SimConfigError, match=r"tiny\.toml: sweeps .*Dense\.sigma_w=-1\.0"):
+        Sim.load(write_sim(tmp_path, text=text))  # refused at load, naming the file
+    # a task that raises in a worker: the same sim built past the load's checks, so that
+    # sigma_w1 = -1 is refused when the task builds its net, in that task only
+    sim = Sim(SimSpec.model_validate(tomllib.loads(text.replace("{depth}", "4"))), "tiny")
     store = tmp_path / "f.zarr"
     with pytest.raises(SweepFailed) as err:
         sweep_run(sim, store, client=client, theory=False, widths=[8], seeds=2)
@@ -401,3 +406,19 @@ def test_a_store_made_by_other_code_is_not_resumed(tmp_path, monkeypatch):
     monkeypatch.setattr(cache, "code_version", lambda: "another")
     with pytest.raises(ConfigError, match=r"\['code'\] differ; 8 task\(s\) finished.*code"):
         sweep_run(sim, store, theory=False, widths=[8], seeds=2)
+
+
+def test_a_partial_loads_unfinished_attr_names_at_most_20_tasks(tmp_path):
+    """sweep_load(partial=True) names the unfinished tasks in attrs['unfinished']: their count
+    of the total, then at most 20 of their names and ', ...' (24 here: 8 tasks at each of 3
+    widths, none finished)."""
+    from sigprop.pipeline.sweep import _prepare
+
+    sim = Sim.load(write_sim(tmp_path, text=SMALL))
+    store = tmp_path / "sw.zarr"
+    _prepare(plan_montecarlo(sim, "quick", store, widths=[8, 16, 32], seeds=2), overwrite=False)
+    said = sweep_load(store, "montecarlo", partial=True).attrs["unfinished"]
+    head, names = said.split(": ", 1)
+    assert head == "24 of 24 tasks not finished (NaN)", said
+    listed = names.split(", ")
+    assert len(listed) == 21 and listed[-1] == "..." and len(set(listed[:20])) == 20, said

@@ -123,7 +123,9 @@ MIN_SPREAD_SEEDS = 16  # a spread's z reads the sample kurtosis: at 8 seeds its 
 # noise (a heavy tail's rate of |z| > 3 measured in benchmarks/RESULTS.md)
 NORMAL_KURTOSIS = 3.0  # the floor of a spread's sample kurtosis (:func:`_spread_parts`)
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
-FAMILY_LEVEL = 0.0027  # summary's max |z| and signed tests: the two-sided 3-sigma level, each
+FAMILY_LEVEL = 0.0027  # summary's max |z|, signed and shape tests: the two-sided 3-sigma level,
+# each
+SHAPE_DEGREE = 3  # the shape test's Legendre polynomials of the layer: degrees 1 .. 3
 # estimators whose z is Student t for normal samples (the max |z| test's premise); lognormal's
 # carries s^2's inverse chi^2 tail (its max |z| passed the level in 1.7-5 % of null runs, not
 # 0.27 %), the median's is not t
@@ -666,12 +668,14 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             with np.errstate(divide="ignore"):
                 weight = xr.where(unit > 0, 1 / unit, 0.0)
             signed, signed_seeds = signed_t(samples, ref, weight, _counted(z), rtol)
+            shape_p, shape_k = shape_test(samples, ref, weight, _counted(z), rtol)
         else:
-            signed, signed_seeds = math.nan, 0
+            signed, signed_seeds, shape_p, shape_k = math.nan, 0, math.nan, 0
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
                            "not_comparable": n_heavy + n_zeros,
                            "effective_points": effective_points(samples, _counted(z)),
-                           "signed_t": signed, "signed_seeds": signed_seeds}
+                           "signed_t": signed, "signed_seeds": signed_seeds,
+                           "shape_p": shape_p, "shape_degree": shape_k}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
         if n_heavy:
             attrs[f"not_comparable_{name}"] = (
@@ -746,6 +750,51 @@ def signed_t(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     sd, m = u.std(ddof=1), u.mean()
     m = math.copysign(max(abs(m) - floor * int(counted.sum()), 0.0), m)
     return (float(m / (sd / math.sqrt(len(u)))) if sd > 0 else math.nan), len(u)
+
+
+def shape_test(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
+               counted: xr.DataArray, floor: float = 0.0) -> tuple[float, int]:
+    """(p, k) of one test of the counted points' deviations as a shape over depth: per seed s
+    and j = 1..k, u_sj = sum_i w_i P_j(t_i) (x_is - T_i), P_j the Legendre polynomial of degree
+    j of the point's layer mapped onto [-1, 1] (the lowest and highest counted layers), and
+    Hotelling's T^2 = S' u^T C^-1 u (u the mean over the S' seeds finite at every counted point,
+    C their sample covariance), (S' - k) T^2 / (k (S' - 1)) ~ F(k, S' - k) under the null for
+    normal samples, at any correlation between the points (C carries it; the weights, as
+    :func:`signed_t`'s, do not come from the seeds). k = min(``SHAPE_DEGREE``, counted layers -
+    1, S' - 2); p NaN where k < 1. P_0 is the signed test's sum: this one sees a deviation that
+    changes with depth (a trend, or one confined to the top or the bottom layers) that the sum
+    dilutes with the layers that agree. ``floor``: as :func:`signed_t`'s, each |u_j| shrunk
+    first by the rounding the points may differ by, weighted by |P_j|."""
+    if "width" in samples.dims:
+        samples = samples.squeeze("width", drop=True)
+    if "layer" not in counted.dims:
+        return math.nan, 0
+    others = [d for d in counted.dims if d != "layer"]
+    layers = counted["layer"].values.astype(float)
+    per_layer = counted.sum(others).values  # counted points per layer
+    used = layers[per_layer > 0]
+    if len(used) < 2:
+        return math.nan, 0
+    t = 2 * (layers - used.min()) / (used.max() - used.min()) - 1
+    with np.errstate(invalid="ignore"):
+        d = ((samples - ref) * weight).where(counted, 0.0)
+    d = d.sum(others, skipna=False).transpose("seed", "layer").values
+    d = d[np.isfinite(d).all(axis=1)]
+    S, k = len(d), min(SHAPE_DEGREE, len(used) - 1, len(d) - 2)
+    if k < 1:
+        return math.nan, 0
+    P = np.stack([np.polynomial.legendre.Legendre.basis(j)(t) for j in range(1, k + 1)])
+    P[:, per_layer == 0] = 0.0  # (a layer of no counted point adds nothing: u 0 there)
+    u = d @ P.T  # (S', k)
+    mean, cov = u.mean(axis=0), np.atleast_2d(np.cov(u, rowvar=False))
+    mean = np.sign(mean) * np.maximum(np.abs(mean) - floor * np.abs(P) @ per_layer, 0.0)
+    try:
+        t2 = S * mean @ np.linalg.solve(cov, mean)
+    except np.linalg.LinAlgError:  # (no spread: the seeds agree)
+        return math.nan, k
+    if not (np.isfinite(t2) and t2 >= 0):
+        return math.nan, k
+    return float(stats.f.sf((S - k) * t2 / (k * (S - 1)), k, S - k)), k
 
 
 def effective_points(samples: xr.DataArray, counted: xr.DataArray) -> float:
@@ -1075,8 +1124,8 @@ def nominal_rate(k: float, seeds: int) -> float:
 
 
 def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
-    """One row per variable: points, max |z| and where, the signed test's t, rate of |z| >
-    threshold vs nominal.
+    """One row per variable: points, max |z| and where, the signed test's t, the shape test's
+    p, rate of |z| > threshold vs nominal.
 
     ``flag``: DISAGREE when the rate exceeds the nominal one by more than 3 binomial sd (+1/n)
     of the ``effective_points`` n_eff the points' correlation across seeds leaves
@@ -1085,7 +1134,9 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     their correlation; estimators whose z is t, :data:`T_ESTIMATORS`: a skewed sample's mean
     comes nearer the level the more seeds it has), or when the signed test's t (``signed_t``
     in the variable's attrs, :func:`signed_t`: the points' deviations of one sign together; one
-    width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators); NOT
+    width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators), or when the
+    shape test's p (``shape_p``, :func:`shape_test`: a deviation that changes with depth) is
+    below ``FAMILY_LEVEL``; NOT
     COMPARABLE when some points have no finite z (infinite variance, no theory value, dead
     nets under a log estimator).
     A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
@@ -1110,7 +1161,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,
                          "effective_points": 0.0, "exact": exact, "max_z": float("nan"), "where": "",
-                         "signed_t": float("nan"), "rate": float("nan"), "nominal": nominal,
+                         "signed_t": float("nan"), "shape_p": float("nan"),
+                         "rate": float("nan"), "nominal": nominal,
                          "not_comparable": lost,
                          "flag": f"NOT COMPARABLE ({lost} points)" if lost else
                          "ok" if exact else "no data"})
@@ -1126,10 +1178,13 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         top = float(finite.max())
         signed, dof = float(da.attrs.get("signed_t", np.nan)), da.attrs.get("signed_seeds", 0) - 1
         together = dof >= 1 and abs(signed) > stats.t.isf(FAMILY_LEVEL / 2, dof)
+        shape_p = float(da.attrs.get("shape_p", np.nan))
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
                      "effective_points": effective, "exact": exact, "max_z": top, "where": loc,
-                     "signed_t": signed, "rate": rate, "nominal": nominal, "not_comparable": lost,
-                     "flag": "DISAGREE" if rate > bound or top > family or together else
+                     "signed_t": signed, "shape_p": shape_p, "rate": rate, "nominal": nominal,
+                     "not_comparable": lost,
+                     "flag": "DISAGREE" if (rate > bound or top > family or together
+                                            or shape_p < FAMILY_LEVEL) else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
     return rows
 
@@ -1158,7 +1213,9 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
     console.print(table)
     for r in rows:
         if r["flag"] != "ok" and r["where"]:
-            console.print(f"[red]{r['variable']}[/]: max |z| at {r['where']}")
+            console.print(f"[red]{r['variable']}[/]: max |z| at {r['where']}"
+                          + (f"; shape over depth p = {r['shape_p']:.2g}"
+                             if r["shape_p"] < FAMILY_LEVEL else ""))
     exact = ", ".join(f"{r['variable']} {r['exact']}" for r in rows if r["exact"])
     if exact:
         console.print(f"exact points (not counted): {exact}")
@@ -1177,7 +1234,9 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
                   f"quantile all points pass together at {FAMILY_LEVEL} (Bonferroni), or the "
                   "sum t does at that level: the t of the per-seed sum of the points' "
                   "deviations relative to the theory, one test of their common sign (one "
-                  "width). exact: "
+                  "width), or the shape test's p is below it: Hotelling's T^2 of those sums "
+                  f"weighted by Legendre polynomials of the layer (degrees 1 to {SHAPE_DEGREE}), "
+                  "a deviation that changes with depth. exact: "
                   "points where every seed gives the theory's value to rounding (z = 0; not "
                   "counted).")
     return rows

@@ -263,11 +263,13 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                 # leaves an arch out of some panels)
                 label = _label(hue, h) if hue is not None and h not in labelled else None
                 y = _at(th, at) if not (shared and i > 0) else None
+                known = np.array([])  # the x where the theory is finite
                 if y is not None:
                     if x not in y.dims:  # the infinite-width theory does not depend on width
                         y = y.expand_dims({x: xs})
                     xv, yv = _on_axis(y, x, log_x)
                     yv = _drawable(yv)
+                    known = np.asarray(xv)[np.isfinite(yv)]
                     _warn_nonfinite(yv, var, "theory", at, style["transform"])
                     if np.isfinite(yv).any():
                         plots.theory_line(panel, xv, np.where(np.isfinite(yv), yv, np.nan),
@@ -288,6 +290,7 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                     estimators.add(used)
                     xv = _on_axis(centre, x, log_x)[0]
                     cv, lo, hi = (_drawable(_on_axis(v, x, log_x)[1]) for v in (centre, lo, hi))
+                    _warn_lost(m.transpose(x, "seed"), cv, xv, known, var, at)
                     if not np.isfinite(cv).any() or \
                             not plots.mc_points(panel, xv, cv, lo, hi, key, label=label):
                         _warn_nonfinite(cv, var, "Monte Carlo", at,  # no points: no label
@@ -485,6 +488,24 @@ def _warn_nonfinite(y, var: str, what: str, at: dict, transformed: bool) -> None
         log = f"log_{var}" if not transformed and f"log_{var}" in schema.ALL_VARIABLES else None
         warn(f"{what}: {said} at {n} points of {where}: those are not drawn"
              + (f"; its log companion {log} stays finite" if log else ""))
+
+
+def _warn_lost(samples, centre, x, known, var: str, at: dict) -> None:
+    """Say where the Monte Carlo lost what the theory has: points with no estimate (NaN: every
+    seed lost) where the theory is finite (``known``: its x there), and points estimated from
+    fewer seeds than the run has (the estimators skip a NaN seed). A referee: NaN points and
+    seeds were left out without a word, and the caption still named every seed."""
+    where = ", ".join(_label(d, v) for d, v in at.items()) or "the curve"
+    gone = int((np.isnan(np.asarray(centre, dtype=float)) & np.isin(x, known)).sum())
+    if gone:
+        warn(f"Monte Carlo: {var} has no estimate at {gone} points of {where} where the theory "
+             "has one (every seed NaN): those are not drawn")
+    bad = np.asarray(~np.isfinite(samples)).sum(axis=-1)  # (x,): non-finite seeds per point
+    seeds = samples.shape[-1]
+    partly = (bad > 0) & (bad < seeds)
+    if partly.any():
+        warn(f"Monte Carlo: {var} at {int(partly.sum())} points of {where}: up to "
+             f"{int(bad[partly].max())} of {seeds} seeds non-finite; drawn from the rest")
 
 
 def _label(dim, value) -> str:

@@ -284,6 +284,8 @@ def curves(ax, data: FigureData, var: str, *, select: dict | None = None,
     for w in caught:
         if "overflowed" in str(w.message):
             data.note(str(w.message).split(":")[0] + ": not drawn.")
+        elif str(w.message).startswith("Monte Carlo:"):  # (lost points or seeds: plot's words)
+            data.note(latex_escape(str(w.message).removeprefix("Monte Carlo: ")) + ".")
         else:
             warnings.warn_explicit(w.message, w.category, w.filename, w.lineno)
     for arch in arch_labels(th) if hue and note_missing else []:

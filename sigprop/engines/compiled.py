@@ -123,6 +123,7 @@ from sigprop.ops import (
 from sigprop.ops.edges import one_value
 from sigprop.state.inputs import Inputs
 from sigprop.state.moments import (
+    TINY,
     TRACED_LS_MIN,
     BatchNormed,
     Cotangent,
@@ -153,6 +154,9 @@ BOUND_MARGIN = 1e5
 # a swept gain otherwise than a number, and the norms' eps sits in branches on its value
 LIFTED = {Dense: ("sigma_w", "sigma_b"), Residual: ("alpha", "beta"), Scale: ("c",),
           LayerNorm: ("gain",)}
+# the numbers a law hands to the program as they are, where XLA would read a subnormal one as
+# 0 (as it reads any sweep's values); a subnormal one is refused (:func:`_refuse`)
+TRACED_NUMBERS = {(Scale, "c"), (LayerNorm, "gain")}
 LIFT = "lifted__"  # the name of a lifted number's sweep, before its index
 # the octaves of the numbers lifted: 2^k <= |v| < 2^(k + 1) for k in this range, so that their
 # squares and products stay normal float64 (outside it a number stays in the program, as it was:
@@ -310,6 +314,16 @@ def _refuse(net: Op, path: str):
         raise UnsupportedComposition(
             f"{path}: {type(net).__name__} is not supported by the compiled theory engine "
             f"(engine='jax' traces {', '.join(c.__name__ for c in SUPPORTED)}); {hint}")
+    for field in dataclasses.fields(net):
+        v = getattr(net, field.name)
+        if not (isinstance(v, Sweep) or (type(net), field.name) in TRACED_NUMBERS):
+            continue  # (the others' laws take a number's far factor on the host)
+        tiny = [x for x in (v.values if isinstance(v, Sweep) else (v,))
+                if isinstance(x, (float, np.floating)) and 0 < abs(x) < TINY]
+        if tiny:  # (XLA on the CPU reads it as 0: a Scale of 1e-310 gave log q = -inf)
+            raise OverflowInTheory(f"{path}: {type(net).__name__}.{field.name} = {tiny[0]!r} is "
+                                   "subnormal (below 2.2e-308), a number the compiled program "
+                                   f"would read as 0; {hint}")
     for kid in net.children():
         _refuse(kid, f"{path} > {type(kid).__name__}")
 

@@ -29,6 +29,8 @@ BATCH_INVARIANT = 1e-9  # "does not depend on B": spread over B at rounding leve
 BATCH_EFFECT = STABLE_FACTOR  # BatchNorm "depends on B": G_0 moves by more than one decade
 CORR_EFFECT = 0.1  # BatchNorm "depends on B": c_L moves by more than 0.1 over the batch sizes
 CHI_TOL = 0.05  # a per-block gradient factor "predictable": |log chi| <= 5 % on the whole grid
+EPS_LEVEL = 1e-4  # log chi above -EPS_LEVEL: "not below one" up to LayerNorm's eps (phase row)
+RELATION_RTOL = 1e-6  # a relation the prose states (G_0/G_L = q_L/q_0) holds to this
 Z_AGREE = 3.0  # Monte Carlo "agrees" with an exact value: within 3 standard errors
 MIN_GRAD_BATCH = 4  # lambda E[1/s^2] = B / (B - 3): BatchNorm's gradient mean is finite only for B > 3
 DEFAULT_INIT = {"sigma_w1": 1.0, "alpha": 1.0}  # tanh branch at its default initialisation
@@ -112,6 +114,51 @@ def _post_chi_range(phase):
     return float(np.exp(x.min())), float(np.exp(x.max()))
 
 
+def _trend_word(log_ratio: float) -> str:
+    """G_0 / G_L = e^log_ratio in words: within a decade of 1 "stable", else which way."""
+    if abs(log_ratio) <= np.log(STABLE_FACTOR):
+        return "stable"
+    return "exploding" if log_ratio > 0 else "vanishing"
+
+
+def _factor_word(log_ratio: float, L: int) -> str:
+    """The per-block factor (G_0 / G_L)^(1/L): "exactly 1" where it is 1 to rounding."""
+    return "exactly 1" if abs(log_ratio) < 1e-9 else f"{np.exp(log_ratio / L):.6g}"
+
+
+def _vanishing_verdict(g_none, g_least) -> str:
+    """The unnormalised stack's log G_0/G_L (None: not run) and the least of the LayerNorm
+    archs': a cure needs a vanishing gradient without LayerNorm and none with it."""
+    if g_none is None:
+        return "not computed"
+    if g_least <= -np.log(STABLE_FACTOR):
+        return "False (LayerNorm's own gradient vanishes)"
+    return "Supported" if g_none <= -np.log(STABLE_FACTOR) else "Misleading"
+
+
+def _placement_spread(phase) -> float:
+    """The largest |log chi_Pre-LN - log chi_Post-LN| over the phase grid (0 without Pre-LN)."""
+    from sigprop.figures.phase import factor
+
+    if "Pre-LN" not in [str(a) for a in phase["arch"].values]:
+        return 0.0
+    logchi = factor(phase)
+    return float(abs(logchi.sel(arch="Pre-LN") - logchi.sel(arch="Post-LN")).max())
+
+
+def _flow_verdict(phase) -> str:
+    """"Supported" where the per-block gradient factor moves by at most CHI_TOL (in log) both
+    between Pre-LN and Post-LN at each point of the phase grid and over the grid for Post-LN,
+    else which of the two it depends on."""
+    from sigprop.figures.phase import factor
+
+    post = factor(phase).sel(arch="Post-LN")
+    place, init = _placement_spread(phase), float(post.max() - post.min())
+    words = [w for w, on in (("placement-dependent", place > CHI_TOL),
+                             ("initialisation-dependent", init > CHI_TOL)) if on]
+    return ", ".join(words).capitalize() if words else "Supported"
+
+
 def placement_rows(th, phase=None) -> list[Row]:
     L = int(th["layer"][-1])
     pre, post = _arch(th, "Pre-LN"), _arch(th, "Post-LN")
@@ -132,22 +179,22 @@ def placement_rows(th, phase=None) -> list[Row]:
         "Put the normalisation after the residual addition (Post-LN), ahead of the "
         "activation, to stabilise deep residual stacks.", verdict,
         f"Post-LN pins the stream (var$_L$ = {v_post:.3g}); with ReLU branches its per-block "
-        f"gradient factor is exactly 1 ($G_0/G_L$ = {np.exp(g_post):.3g}), but {tanh}. Pre-LN "
+        f"gradient factor is {_factor_word(g_post, L)} ($G_0/G_L$ = {np.exp(g_post):.3g}), "
+        f"but {tanh}. Pre-LN "
         f"leaves the stream unnormalised (var$_L$ = {v_pre:.4g}). In these blocks a Dense, not "
         "an activation, follows the normalisation.",
         figs("gradient", "phase") + "; " + derivation("postln_grad_factor")))
-    expl = _sci(float(np.exp(min(_growth(th, none1), 700.0)))) if none1 else "n/a"
-    vanish = None if none1 is None else _growth(th, none1) <= -np.log(STABLE_FACTOR)
+    g_none = None if none1 is None else _growth(th, none1)
     rows.append(Row(
         "LayerNorm keeps gradients large, curing vanishing gradients in deep residual stacks.",
-        "not computed" if vanish is None else "Supported" if vanish else "Misleading",
-        f"For MLP branches without a final LayerNorm (the nets here), no residual stack shows "
-        f"vanishing gradients at initialisation: without normalisation, alpha = 1, the "
-        f"per-block factor is $\\chi$ = {np.exp(_growth(th, none1) / L):.4g} "
-        f"($G_0/G_L = {expl}$ at L = {L}: exploding). LayerNorm bounds the growth: Pre-LN "
-        f"$G_0/G_L$ = {np.exp(g_pre):.4g}, growing like $L^\\kappa$ with "
+        _vanishing_verdict(g_none, min(g_pre, g_post)),
+        "not computed (no unnormalised arch)" if g_none is None else
+        f"For MLP branches without a final LayerNorm (the nets here), without normalisation, "
+        f"alpha = 1, the per-block factor is $\\chi$ = {np.exp(g_none / L):.4g} ($G_0/G_L = "
+        f"{_sci(float(np.exp(min(g_none, 700.0))))}$ at L = {L}: {_trend_word(g_none)}). With "
+        f"LayerNorm: Pre-LN $G_0/G_L$ = {np.exp(g_pre):.4g} ({_trend_word(g_pre)}), "
         f"$\\kappa = \\ln(G_0/G_L)/\\ln L$ = {g_pre / np.log(L):.3g}; Post-LN "
-        f"{np.exp(g_post):.3g}.",
+        f"{np.exp(g_post):.3g} ({_trend_word(g_post)}).",
         figs("gradient") + "; " + derivation("preln_grad_telescoping")))
     rows.append(Row(
         "LayerNorm keeps the layer outputs at zero mean and constant variance through depth.",
@@ -285,17 +332,20 @@ def phase_rows(th) -> list[Row]:
     if rng is None:
         return []
     lo, hi = rng
-    trend = ("only grows towards the input" if lo >= np.exp(-1e-4) else
+    L = int(th["layer"][-1])
+    place = _placement_spread(th)
+    trend = ("only grows towards the input" if lo >= np.exp(-EPS_LEVEL) else
              "shrinks towards the input" if hi <= 1 else "grows or shrinks towards the input")
     return [Row(
         "LayerNorm gives a consistent, predictable gradient flow through the network.",
-        "Placement-dependent" if np.log(hi) - np.log(lo) > CHI_TOL else "Supported",
+        _flow_verdict(th),
         f"Post-LN's per-block gradient factor is depth-independent; over the "
         f"($\\sigma_w^2$, alpha) grid of tanh branches it {trend}, $\\chi$ from {lo:.4g} to "
-        f"{hi:.4g} per block (compounding as $\\chi^L$). Pre-LN's $G_0/G_L$ grows like a power "
-        "of L and the unnormalised stack's like $\\exp\\Theta(\\sqrt L)$, so their $\\chi$ "
-        "depends on the depth: flow depends on the initialisation and on where the "
-        "normalisation sits.", figs("phase"))]
+        f"{hi:.4g} per block (compounding as $\\chi^L$); at depth {L} Pre-LN's per-block "
+        f"factor differs from Post-LN's by up to {place:.3g} in $\\log\\chi$ over the grid. "
+        "With these tanh branches Pre-LN's $G_0/G_L$ grows like a power of L and the "
+        "unnormalised stack's like $\\exp\\Theta(\\sqrt L)$, so their $\\chi$ depends on "
+        "the depth.", figs("phase"))]
 
 
 # Claims that data at initialisation cannot decide: the reason is the verdict's input.
@@ -394,11 +444,38 @@ def _depth_row(th) -> Row:
     g2 = logs[scaled] - np.log(_first(th, scaled, "q"))
     blown = L * g1 > np.log(STABLE_FACTOR)
     tamed = abs(g2) <= np.log(STABLE_FACTOR)
-    return Row(DEPTH_CLAIM, "Not without scaling" if blown and tamed else "Supported",
+    verdict = ("Supported" if not blown else "Not without scaling" if tamed else
+               "Not supported (q diverges with alpha = 1/sqrt(L) too)")
+    return Row(DEPTH_CLAIM, verdict,
                f"Without normalisation and alpha = 1, q grows by a factor {np.exp(g1):.3g} per "
                f"block ($\\log q_L$ = {logs[none1]:.4g} at L = {L}); with alpha = $1/\\sqrt{{L}}$ "
-               f"$\\log(q_L/q_0)$ = {g2:.3g}, bounded in L. Depth needs a branch scale or a "
-               "normalisation, not the skip alone.", figs("variance"))
+               f"$\\log(q_L/q_0)$ = {g2:.3g}, "
+               f"{'within' if tamed else 'beyond'} a factor {STABLE_FACTOR:g} of $q_0$.",
+               figs("variance"))
+
+
+def _floor_text(chi_range) -> str:
+    """Post-LN's least per-block factor over the phase grid, in words."""
+    return ("never below one beyond LayerNorm's $\\epsilon$" if chi_range[0] >= np.exp(-EPS_LEVEL)
+            else "below one at some of its points")
+
+
+def _placement_words(th, pre, post, L) -> dict[str, str]:
+    """The relations the results' prose states, as computed text: Pre-LN's telescoping G_0/G_L
+    = q_L/q_0 (stated only where the two agree to RELATION_RTOL), Post-LN's ReLU per-block
+    factor, and which archs hold the stream's variance at Post-LN's."""
+    g_pre, g_post = _growth(th, pre), _growth(th, post)
+    log_q = th["log_q"].sel(arch=pre, input=0)
+    q_ratio = float(log_q.isel(layer=-1) - log_q.isel(layer=0))
+    relation = (r"$G_0/G_L=q_L/q_0=\num{PreLNGradRatio}$"
+                if abs(g_pre - q_ratio) <= RELATION_RTOL * max(abs(q_ratio), 1.0) else
+                rf"$G_0/G_L=\num{{PreLNGradRatio}}$ (and $q_L/q_0$ = {_sci(np.exp(q_ratio))})")
+    v_post = _last(th, post, "var", input=0)
+    held = [str(a) for a in th["arch"].values if str(a) != post and str(a).startswith("DeepNorm")
+            and abs(_last(th, str(a), "var", input=0) / v_post - 1) <= RELATION_RTOL]
+    return {"PreLNGradRelation": relation,
+            "PostLNReluFactorText": _factor_word(g_post, L).replace("exactly 1", "exactly one"),
+            "PlacementHeldVarText": " and ".join(["Post-LN", *held]) + (" hold" if held else " holds")}
 
 
 def numbers(data: dict) -> dict[str, float]:
@@ -412,6 +489,7 @@ def numbers(data: dict) -> dict[str, float]:
                    PostLNVarL=_last(th, post, "var", input=0),
                    PreLNGradRatio=float(np.exp(_growth(th, pre))),
                    **deepnorm_constants(L), **xiong_lemma2(L))
+        out.update(_placement_words(th, pre, post, L))
         dn = _arch(th, "DeepNorm")
         if dn is not None:
             c = th["corr"].sel(arch=dn, input=0, input_b=1)
@@ -420,7 +498,7 @@ def numbers(data: dict) -> dict[str, float]:
         if (chi := postln_tanh_chi(_th(data, "phase"))) is not None:
             out.update(PostLNTanhChi=chi, PostLNTanhChiL=chi ** L)
     if (th := _th(data, "phase")) is not None and (rng := _post_chi_range(th)) is not None:
-        out.update(PostLNChiMin=rng[0], PostLNChiMax=rng[1])
+        out.update(PostLNChiMin=rng[0], PostLNChiMax=rng[1], PostLNChiFloorText=_floor_text(rng))
     from sigprop.figures.finite_width import per_block
 
     mean, var = per_block(HANIN_NICA_WIDTH)  # exact per-block law of log q, plain ReLU

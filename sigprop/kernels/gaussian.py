@@ -303,6 +303,20 @@ class Activation:
     _halfway: bool = field(default=False, repr=False)  # x/2 <= phi(x) <= x for x >= 0, and
     # |phi(x)| <= |x| for x < 0: so q/8 <= E phi(u)^2 <= q (E u^2 1{u > 0} = q/2)
 
+    @functools.cached_property
+    def small_scale(self) -> tuple[float, Activation] | None:
+        """(r, phi0) with phi(x) = r phi0(x) (1 + O(x)) as x -> 0, phi0 positively homogeneous:
+        the linear map where phi' is continuous at 0 (tanh, gelu, ...), leaky_relu(l / r) where
+        it jumps from l to r there (elu(alpha)); None where phi(0) != 0 or phi'(0+) = 0. Below
+        q ~ 1e-292, where a law on true moments underflows, phi's law is phi0's, scale free, to
+        float64's precision."""
+        at = np.array([-1e-300, 0.0, 1e-300])
+        left, right = (float(g) for g in self.grad(at[[0, 2]]))
+        if self.fn(at)[1] != 0 or right == 0:
+            return None
+        return right, get_activation("linear" if left == right
+                                     else activation_name("leaky_relu", left / right))
+
     # Array faces: elementwise on numpy or cupy arrays.
     def fn(self, x, xp=np):
         """phi(x)."""

@@ -6,11 +6,22 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from sigprop.errors import OverflowInTheory
 from sigprop.kernels.batchnorm import bn_activation, centred_cov
 from sigprop.kernels.gaussian import get_activation
 from sigprop.ops.base import Op
 from sigprop.state import arrays as mc
-from sigprop.state.moments import DECOUPLED, BatchNormed, Gate, Moments, Ref, outer, true_moments
+from sigprop.state.moments import (
+    DECOUPLED,
+    FAR,
+    TRACED_LS_MIN,
+    BatchNormed,
+    Gate,
+    Moments,
+    Ref,
+    outer,
+    true_moments,
+)
 
 AFTER_BATCHNORM = ("relu", "linear")  # activations whose law after BatchNorm is implemented
 
@@ -55,19 +66,44 @@ class Act(Op):
             "a sum of Gaussian parts.")
 
     def _pre(self, s, ctx):
-        """(act, K, ls): the Gram of the Gaussian pre-activation in the units the kernel is
-        evaluated in; after BatchNorm, that of D P u (true units), which has phi's sign pattern."""
+        """(act, K, ls, small): the Gram of the Gaussian pre-activation in the units the kernel is
+        evaluated in; after BatchNorm, that of D P u (true units), which has phi's sign pattern.
+        ``small`` (:meth:`_small`): where the true scale is below float64's, K is 0 there."""
         act = get_activation(self.name)
         if isinstance(s.law, BatchNormed):
-            return act, centred_cov(s.law.S, s.law.scale), 0 * s.ls
+            return act, centred_cov(s.law.S, s.law.scale), 0 * s.ls, None
         if act.degree == 1:  # phi(lambda u) = lambda phi(u): evaluate at the scaled Gram
-            return act, s.K, s.ls
+            return act, s.K, s.ls, None
+        small = self._small(act, s, ctx)
         K, _ = true_moments(s, ctx.path, ctx.ns)
-        return act, K, 0 * s.ls
+        if small is not None:  # (a traced law's true moments are NaN there)
+            K = ctx.ns.xp.where(small[2][..., None, None], 0.0, K)
+        return act, K, 0 * s.ls, small
+
+    def _small(self, act, s, ctx):
+        """(r, phi0, at): the grid points ``at`` whose every input has a true scale below
+        e^TRACED_LS_MIN (q < ~1e-292), where phi's law on true moments underflows (log q = -inf
+        for a signal that is not 0) and phi's is r^2 times phi0's (:attr:`Activation.small_scale
+        <sigprop.kernels.gaussian.Activation.small_scale>`), exact to float64 and scale free; None
+        where there is no such point (numpy) or phi(0) != 0 (its law then stays in range)."""
+        ns = ctx.ns
+        if ns.symbolic or ns.unscaled or act.small_scale is None:  # (true units: the compiled
+            return None  # engine keeps every state within TRUE_RANGE, else runs log-scaled)
+        below = s.ls < TRACED_LS_MIN
+        if not ns.traced and not np.any(below):
+            return None
+        mixed = below.any(-1) & ~below.all(-1)
+        if not ns.traced and np.any(mixed):
+            raise OverflowInTheory(
+                f"{ctx.path}: some inputs reach a true scale below float64's (log q < "
+                f"{2 * TRACED_LS_MIN:.4g}) and others do not, at one grid point; {self.name}'s "
+                "law is exact at either scale, not across them. Normalise the stream "
+                "(LayerNorm/RMSNorm) or give the inputs comparable scales.")
+        return (*act.small_scale, below.all(-1) | mixed)  # mixed, traced: NaN below
 
     def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
-        act, K, ls = self._pre(s, ctx)
+        act, K, ls, small = self._pre(s, ctx)
         d = ns.xp.diagonal(K, axis1=-2, axis2=-1)
         if isinstance(s.law, BatchNormed):
             S, eps, scale = s.law.S, s.law.eps, s.law.scale
@@ -76,14 +112,21 @@ class Act(Op):
                                lead + S.shape[-1:]), S, eps, scale)
         else:
             K_out, m = act.gram_kernel(K, ns), act.mean(d, ns)
-        refs = []
-        for r in s.refs:
-            if r.X is DECOUPLED or r.X is None:
-                refs.append(r)
-            else:
-                slope = act.grad_mean(d, ns) * ns.exp(s.ls - ls)
-                refs.append(Ref(m=r.m, X=outer(r.m, m) + s.cross(r) * slope[..., None, :]))
-        return Moments(K=K_out, m=m, ls=ls, refs=tuple(refs))
+        coupled = [ref.X is not DECOUPLED and ref.X is not None for ref in s.refs]
+        slope = act.grad_mean(d, ns) * ns.exp(s.ls - ls) if any(coupled) else None
+        if small is not None:  # phi0 on the scaled Gram, its scale kept
+            r, phi0, at = small
+            where, at = ns.xp.where, at[..., None]
+            d0 = ns.xp.diagonal(s.K, axis1=-2, axis2=-1)
+            if ns.traced:  # an input below and one above at a point: no law (reported)
+                K_out = where(at[..., None] & (s.ls[..., None] >= TRACED_LS_MIN), np.nan, K_out)
+            K_out = where(at[..., None], r * r * phi0.gram_kernel(s.K, ns), K_out)
+            m, ls = where(at, r * phi0.mean(d0, ns), m), where(at, s.ls, ls)
+            if slope is not None:
+                slope = where(at, r * phi0.grad_mean(d0, ns), slope)
+        refs = tuple(Ref(m=ref.m, X=outer(ref.m, m) + s.cross(ref) * slope[..., None, :])
+                     if c else ref for ref, c in zip(s.refs, coupled, strict=True))
+        return Moments(K=K_out, m=m, ls=ls, refs=refs)
 
     def diag_bound(self, lo, hi, s):
         """E phi(u)^2 at q = lo and hi, where it grows with q (a closed form; not after
@@ -97,22 +140,46 @@ class Act(Op):
 
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         ns = ctx.ns
-        act, K, _ = self._pre(s, ctx)
+        act, K, _, small = self._pre(s, ctx)
         d = ns.xp.diagonal(K, axis1=-2, axis2=-1)
-        refs = tuple(r if r.X is DECOUPLED or r.X is None
-                     else Ref(m=r.m, X=r.X * act.grad_mean(d, ns)[..., None, :]) for r in g.refs)
+        coupled = [ref.X is not DECOUPLED and ref.X is not None for ref in g.refs]
+        grad_mean = act.grad_mean(d, ns) if any(coupled) else None
+        grad_kernel = act.gram_grad_kernel(K, ns)
+        if small is not None:  # phi0' is scale free
+            r, phi0, at = small
+            d0 = ns.xp.diagonal(s.K, axis1=-2, axis2=-1)
+            grad_kernel = ns.xp.where(at[..., None, None], r * r * phi0.gram_grad_kernel(s.K, ns),
+                                      grad_kernel)
+            if grad_mean is not None:
+                grad_mean = ns.xp.where(at[..., None], r * phi0.grad_mean(d0, ns), grad_mean)
+        refs = tuple(Ref(m=ref.m, X=ref.X * grad_mean[..., None, :]) if c else ref
+                     for ref, c in zip(g.refs, coupled, strict=True))
         gate = None
         if isinstance(s.law, BatchNormed) and act.name != "linear":  # relu' and BN share u
             gate = Gate(H=g.K, signs=ns.xp.sign(s.law.scale))
-        return g.replace(K=act.gram_grad_kernel(K, ns) * g.K, refs=refs, gate=gate)
+        return g.replace(K=grad_kernel * g.K, refs=refs, gate=gate)
 
     def mc_forward(self, x, env, record=None):
-        """phi on the scaled signal when phi(c u) = c phi(u) (c > 0), else on the true one."""
+        """phi on the scaled signal when phi(c u) = c phi(u) (c > 0), else on the true one, its
+        output in the input's units where they are below the true ones (log scale min(ls, 0):
+        phi(u) ~ phi'(0) u for a small u, whose square would underflow in true units: a
+        sigma_w of 1e-155 gave log q = -inf from the second layer on); where the true scale is
+        below the dtype's normal range, phi's small-scale limit on the scaled signal
+        (:attr:`~sigprop.kernels.gaussian.Activation.small_scale`, as the theory takes it)."""
         act = get_activation(self.name)
         if act.degree == 1:
             return mc.Sig(act.fn(x.x, env.xp), x.ls), x.x
+        xp = env.xp
         u = mc.times(x.x, mc.true_scale(x.ls, x.x.dtype))
-        return mc.Sig(act.fn(u, env.xp).astype(u.dtype), env.xp.zeros_like(x.ls)), u
+        ls = xp.minimum(x.ls, 0)
+        y = mc.times(act.fn(u, xp).astype(u.dtype), mc.true_scale(-ls, u.dtype))
+        below = x.ls < np.log(np.finfo(x.x.dtype).tiny)  # (u NaN there: true_scale)
+        if act.small_scale is None or (xp is np and not below.any()):
+            return mc.Sig(y, ls), u
+        r, phi0 = act.small_scale  # phi(u) = r phi0(u) to the dtype's precision, scale free
+        below = below[..., None]
+        return (mc.Sig(xp.where(below, r * phi0.fn(x.x, xp), y), ls),
+                xp.where(below, x.x * FAR, u))  # (phi' there: phi'(0+-), from a tiny u)
 
     def mc_vjp(self, res, g, env):
         """g phi'(u); phi' is scale free when phi is positively homogeneous."""

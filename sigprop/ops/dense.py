@@ -28,6 +28,8 @@ from sigprop.state.moments import (
     Moments,
     Ref,
     affine,
+    far_factor,
+    far_split,
     lift_factors,
     outer,
 )
@@ -81,13 +83,14 @@ class Dense(Op):
 
     def forward_law(self, s, ctx, record=None):
         ns = ctx.ns
-        sw2 = ns.asarray(ctx.p(self.sigma_w) ** 2)
+        sw2, shift = self._weight_scale(ctx)
+        ls = s.ls if shift is None else s.ls + shift
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in s.refs)
         if is_zero(self.sigma_b):  # no bias (static): lift would keep ls (d = 1), add 0
-            K, ls = sw2[..., None, None] * s.K, s.ls
+            K = sw2[..., None, None] * s.K
         else:
             sb2 = ns.asarray(ctx.p(self.sigma_b) ** 2)
-            ls, d, e = lift_factors(s.ls, sb2[..., None], 1, ns)  # units where sb e^-ls is finite
+            ls, d, e = lift_factors(ls, sb2[..., None], 1, ns)  # units where sb e^-ls is finite
             K = sw2[..., None, None] * (s.K * outer(d, d)) + sb2[..., None, None] * outer(e, e)
         return Moments(K=K, m=0 * s.m, ls=ls + 0 * sw2[..., None], law=GAUSSIAN, refs=refs)
 
@@ -105,9 +108,22 @@ class Dense(Op):
         Gradient independence assumed: see the paragraph in :mod:`sigprop.ops.base` (reference, regime)."""
         if ctx.sink is not None:
             ctx.sink.dense(s, g, ctx.ns.asarray(ctx.p(self.ratio)))
-        gain = ctx.ns.asarray(ctx.p(self.sigma_w) ** 2 * ctx.p(self.ratio))  # 0-d object: an array
+        sw2, shift = self._weight_scale(ctx)
+        gain = ctx.ns.asarray(sw2 * ctx.p(self.ratio))  # 0-d object: an array
         refs = tuple(Ref(m=r.m, X=DECOUPLED) for r in g.refs)
-        return g.replace(K=gain[..., None, None] * g.K, refs=refs)
+        return g.replace(K=gain[..., None, None] * g.K, refs=refs,
+                         ls=g.ls if shift is None else g.ls + shift)
+
+    def _weight_scale(self, ctx):
+        """(s^2, log-scale shift per input or None for 0): sigma_w = s e^shift, its factor far
+        from 1 in the log scale (:func:`~sigprop.state.moments.far_split`), so that a sigma_w
+        whose square is below float64's normal range (|sigma_w| < 1.5e-154) scales the stream
+        exactly."""
+        sw, shift = far_split(ctx.p(self.sigma_w), ctx.ns)
+        sw2 = ctx.ns.asarray(sw * sw)  # (0-d object arrays multiply to a sympy number)
+        if isinstance(shift, (int, float)):
+            return sw2, (None if shift == 0 else shift)
+        return sw2, vec(shift)
 
     def mc_widths(self, n):
         n_out = mc.dense_width(n, self.ratio)
@@ -124,13 +140,13 @@ class Dense(Op):
         and kept for the VJP unless it draws its own (:func:`_fresh_backward`)."""
         n_in = x.x.shape[-1]
         n_out = mc.dense_width(n_in, self.ratio)
-        std = self.sigma_w / n_in**0.5
+        std, shift = far_factor(self.sigma_w / n_in**0.5)  # (std = std' e^shift)
         if self.init == "uniform":
             w = uniform_of_normal(env.normal(FORWARD, (n_out, n_in)), env.xp)
             a, res = (x.x @ w.swapaxes(-1, -2)) * std, None if _fresh_backward(env) else w
         else:
             a, res = env.sampler.forward(x.x, std, n_out, env)
-        y = mc.Sig(a, x.ls)
+        y = mc.Sig(a, x.ls + shift)
         sigma_b = (self.sigma_b**2 + self.sigma_b_fan_in**2 / n_in) ** 0.5 \
             if self.sigma_b_fan_in else self.sigma_b
         if sigma_b:  # Gaussian whatever the init (class docstring)
@@ -146,13 +162,13 @@ class Dense(Op):
         n_in, res, log_x2 = res
         if env.sink is not None:
             env.sink.add(_log_sq_norm(g) + log_x2)
-        std = self.sigma_w / n_in**0.5
+        std, shift = far_factor(self.sigma_w / n_in**0.5)
         if self.init == "uniform":
             if _fresh_backward(env):
                 shape = (mc.dense_width(n_in, self.ratio), n_in)
                 res = uniform_of_normal(env.normal(BACKWARD, shape), env.xp)
-            return mc.Sig((g.x @ res) * std, g.ls)
-        return mc.Sig(env.sampler.vjp(res, g.x, std, env), g.ls)
+            return mc.Sig((g.x @ res) * std, g.ls + shift)
+        return mc.Sig(env.sampler.vjp(res, g.x, std, env), g.ls + shift)
 
 
 @dataclass(frozen=True)
@@ -180,10 +196,12 @@ class Scale(Op):
         return cotangent_affine(g, vec(ctx.p(self.c)) + 0 * g.m, 0, ctx.ns)
 
     def mc_forward(self, x, env, record=None):
-        return mc.Sig(self.c * x.x, x.ls), None
+        c, shift = far_factor(self.c)
+        return mc.Sig(c * x.x, x.ls + shift), None
 
     def mc_vjp(self, res, g, env):
-        return mc.Sig(self.c * g.x, g.ls)
+        c, shift = far_factor(self.c)
+        return mc.Sig(c * g.x, g.ls + shift)
 
 
 @dataclass(frozen=True)

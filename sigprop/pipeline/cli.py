@@ -264,8 +264,8 @@ def reproduce(profile: Profile = "quick",
               paper: Annotated[bool, typer.Option(
                   "--paper/--no-paper", help="claims table and PDF")] = True,
               cache_dir: Annotated[Path | None, typer.Option(
-                  help="default: $SIGPROP_CACHE, else .sigprop-cache in the project "
-                       "folder")] = None,
+                  help="default: $SIGPROP_CACHE (relative to this folder), else .sigprop-cache in "
+                       "the project folder")] = None,
               allow_partial: Annotated[bool, typer.Option(
                   "--allow-partial", help="exit 0 even when a step failed")] = False,
               root: Annotated[Path | None, typer.Option(
@@ -282,19 +282,22 @@ def reproduce(profile: Profile = "quick",
     import signal
 
     from sigprop.data import check_writable
-    from sigprop.pipeline.cache import Cache
+    from sigprop.pipeline.cache import DEFAULT_DIR, Cache
     from sigprop.pipeline.processes import interrupts
     from sigprop.pipeline.reproduce import Run, find_root
     from sigprop.pipeline.reproduce import reproduce as run_all
 
     if root is not None and not (root / "sims").is_dir():
         raise ConfigError("--root", str(root), "a folder with sims/<name>.toml")
-    if cache_dir is not None:
-        check_writable("--cache-dir", cache_dir, folder=True)
-    elif os.environ.get("SIGPROP_CACHE"):
-        check_writable("SIGPROP_CACHE", os.environ["SIGPROP_CACHE"], folder=True)
+    # --cache-dir, else $SIGPROP_CACHE, each relative to this folder (resolved before the move
+    # to the root: a relative SIGPROP_CACHE was checked here and used there), else the root's
+    named = ("--cache-dir", cache_dir) if cache_dir is not None else (
+        "SIGPROP_CACHE", Path(os.environ["SIGPROP_CACHE"])) if os.environ.get("SIGPROP_CACHE") \
+        else (None, None)
+    if named[1] is not None:
+        check_writable(named[0], named[1], folder=True)
     root = (root or find_root()).resolve()
-    cache = Cache(cache_dir.resolve() if cache_dir is not None else None)
+    cache = Cache(named[1].resolve() if named[1] is not None else root / DEFAULT_DIR)
     if root != Path.cwd().resolve():
         console.print(f"project root: {root}", highlight=False)
     here = os.getcwd()

@@ -304,6 +304,23 @@ class SimSpec(_Strict):
     root_seed: int = 0
     profiles: dict[str, ProfileSpec] = Field(min_length=1)
     figure: list[FigureSpec] = Field(default_factory=list)
+    # variable -> why its theory and Monte Carlo are expected to disagree (sp.compare's
+    # DISAGREE): `sigprop reproduce` fails on any other (sigprop.figures.agreement)
+    disagree: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("disagree")
+    @classmethod
+    def _disagree(cls, v):
+        from sigprop import schema
+
+        for name, why in v.items():
+            if name not in schema.PRIMARY:
+                raise ValueError(f"disagree names {name!r}; allowed: a variable sp.compare "
+                                 f"judges ({', '.join(schema.PRIMARY)})")
+            if not why.strip():
+                raise ValueError(f"disagree.{name} gives no reason; allowed: why the theory "
+                                 "and Monte Carlo are expected to disagree")
+        return v
 
     @field_validator("profiles")
     @classmethod
@@ -433,7 +450,8 @@ class Sim:
 
     def config(self, profile: str) -> dict:
         """The resolved, JSON-able config of one profile (what results are keyed on)."""
-        d = self.spec.model_dump(mode="json", exclude={"figure"})  # restyling reruns no sim
+        d = self.spec.model_dump(mode="json", exclude={"figure", "disagree"})  # restyling (or
+        # declaring an expected disagreement) reruns no sim
         d["profiles"] = {profile: d["profiles"][profile]}
         base = self.profile(profile).sweeps or self.spec.sweeps
         d["sweeps"] = {k: list(s.values) for k, s in self._resolve(base).items()}
@@ -542,11 +560,15 @@ class Sim:
                 except ConfigError as e:
                     raise SimConfigError(self.path, f"{where} ({e.field})", e.value,
                                          e.allowed) from None
-                try:  # a preset argument it cannot vectorise (DeepNorm's sigma_w1 = b * s1);
-                    self.net(a, 1, sweeps)  # a bad value fails its own grid points at run time
-                except ConfigError:
-                    pass
-                except TypeError as e:
+                try:  # every value of every sweep checked by the ops it reaches
+                    self.net(a, 1, sweeps)
+                except ConfigError as e:
+                    raise SimConfigError(self.path, where, {k: list(v.values) for k, v in
+                                                            sweeps.items()}, e.allowed,
+                                         f"do not build for arch '{a.name}' ({e.field}="
+                                         f"{e.value!r} is invalid)") from None
+                except TypeError as e:  # a preset argument it cannot vectorise (DeepNorm's
+                    # sigma_w1 = b * s1)
                     raise SimConfigError(self.path, where, list(sweeps),
                                          f"arguments that preset {a.preset!r} can sweep",
                                          f"do not build for arch '{a.name}' ({e})") from None

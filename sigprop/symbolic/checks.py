@@ -16,7 +16,7 @@ from sigprop.kernels.gaussian import get_activation
 from sigprop.ops import Op, Repeat
 from sigprop.provenance import make_attrs
 from sigprop.state.params import Sweep
-from sigprop.symbolic.hyperparams import op_symbols, substitute
+from sigprop.symbolic.hyperparams import check_names, op_symbols, substitute
 from sigprop.symbolic.maps import backward_map, block_map
 from sigprop.symbolic.symbols import C_AB, G_A, M_A, M_B, Q_A, Q_B, SYMBOLS, canonical_symbols
 
@@ -68,7 +68,12 @@ def theory_of(block: Op, depth: int, inputs, **values):
     ``Sweep`` (one grid dim per sweep, the whole grid in one vectorised call).
     """
 
-    return theory(Repeat(substitute(block, values), depth), inputs)
+    net = substitute(block, values)
+    left = sorted(map(str, op_symbols(net)))
+    if left:  # (the numeric engine met them as a TypeError deep in a law)
+        raise ConfigError("theory_of values", f"none for {left}", "a value for each symbol of "
+                          "the block")
+    return theory(Repeat(net, depth), inputs)
 
 
 def symbolic_dataset(block: Op, depth: int, inputs, **values):
@@ -100,11 +105,8 @@ def symbolic_dataset(block: Op, depth: int, inputs, **values):
             fwd = block_map(block, n_in, **later, simplify=False)
         maps.append((fwd, backward_map(block, 1, **later, simplify=False)["grad_q_a"]))
     args = (Q_A, Q_B, M_A, M_B, C_AB, G_A)
-    symbols = {str(x) for x in op_symbols(block)}
+    check_names(block, values, "symbolic_dataset value")
     for k, v in values.items():
-        if str(SYMBOLS.get(k, k)) not in symbols:
-            raise ConfigError("symbolic_dataset value", k, f"one of the block's symbols "
-                              f"{sorted(symbols)}")
         if isinstance(v, bool) or not isinstance(v, numbers.Real):
             raise ConfigError(f"symbolic_dataset {k}", v, "a number (one point: sweep it with "
                               "sp.theory)")

@@ -121,14 +121,31 @@ def preset_defaults(name: str, act: str = "relu", shape: str = "mlp") -> dict:
 
 
 
+def check_names(op: Op, values: dict, who: str = "substitute value", shared: bool = False):
+    """Each key of ``values`` names a symbol of ``op`` (a typo would leave it unbound); with
+    ``shared``, or a canonical symbol it lacks (one set of values for several blocks)."""
+    symbols = {str(x) for x in op_symbols(op)}
+    for k in values:
+        name = str(SYMBOLS.get(k, k))
+        if name not in symbols and not (shared and name in map(str, SYMBOLS.values())):
+            raise ConfigError(who, k, f"one of the op's symbols {sorted(symbols)}"
+                              + (" or a canonical one" if shared else ""))
+
+
 def substitute(op: Op, values: dict) -> Op:
-    """A copy of ``op`` with the symbols named in ``values`` replaced (numbers or Sweeps)."""
+    """A copy of ``op`` with the symbols named in ``values`` replaced (numbers or Sweeps); a
+    name that is neither a symbol of ``op`` nor a canonical one (``SYMBOLS``) is refused."""
+    check_names(op, values, shared=True)
+    return _substituted(op, values)
+
+
+def _substituted(op: Op, values: dict) -> Op:
     subs = {SYMBOLS.get(k, sympy.Symbol(k)) if isinstance(k, str) else k: v
             for k, v in values.items()}
 
     def one(field, v):
         if isinstance(v, (Op, tuple)):
-            return _map_ops(v, lambda kid: substitute(kid, values))
+            return _map_ops(v, lambda kid: _substituted(kid, values))
         if isinstance(v, sympy.Basic) and not v.is_number:
             sweeps = [subs[s] for s in v.free_symbols if isinstance(subs.get(s), Sweep)]
             if sweeps and v in subs:
