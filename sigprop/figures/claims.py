@@ -479,7 +479,8 @@ def _placement_words(th, pre, post, L) -> dict[str, str]:
 
 
 def numbers(data: dict) -> dict[str, float]:
-    """The numbers the paper's prose quotes, by macro name (``paper/generated/numbers.tex``)."""
+    """The numbers (and computed words) the paper's prose quotes, by macro name
+    (``paper/figures/numbers.tex``)."""
     out: dict[str, float] = {}
     if (th := _th(data, "placement")) is not None:
         pre, post = _arch(th, "Pre-LN"), _arch(th, "Post-LN")

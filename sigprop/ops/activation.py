@@ -118,9 +118,9 @@ class Act(Op):
             r, phi0, at = small
             where, at = ns.xp.where, at[..., None]
             d0 = ns.xp.diagonal(s.K, axis1=-2, axis2=-1)
+            K_out = where(at[..., None], r * r * phi0.gram_kernel(s.K, ns), K_out)
             if ns.traced:  # an input below and one above at a point: no law (reported)
                 K_out = where(at[..., None] & (s.ls[..., None] >= TRACED_LS_MIN), np.nan, K_out)
-            K_out = where(at[..., None], r * r * phi0.gram_kernel(s.K, ns), K_out)
             m, ls = where(at, r * phi0.mean(d0, ns), m), where(at, s.ls, ls)
             if slope is not None:
                 slope = where(at, r * phi0.grad_mean(d0, ns), slope)
