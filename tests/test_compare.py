@@ -782,10 +782,13 @@ def test_a_deviation_that_changes_with_depth_is_found_by_the_shape_test(theory):
     points' correlation. Null: 150 runs of q whose noise is a random walk over the layers (a
     real net's layers share their draws) at 8 seeds, and of independent points at 5 seeds (k =
     3: F(3, 2)): p < 0.1 as often as 0.1, within 4 binomial sd (a T^2 taken as chi^2_k is off:
-    watched). A shift of every point by ~1 se is the signed test's, not this one's (P_0 is
-    left out: with it, p ~ 1e-8 here; watched). A deviation of +d over the top third of
-    the layers and -d over the bottom third cancels in the sum (signed t ~0) and is flagged by
-    the shape test alone; with one counted layer there is no shape (NaN)."""
+    watched). A shift of every point is the signed test's, not this one's: P_1..P_3 are made
+    orthogonal to P_0 over the counted points (on 3 layers P_2 is not: an offset of 10 sd gave
+    p = 8e-42, a review; watched). A deviation of +d over the top third of the layers and -d
+    over the bottom third cancels in the sum (signed t ~0) and is flagged by the shape test
+    alone; with one counted layer, or seeds that span fewer directions than k, there is no test
+    (NaN). The rounding floor only lowers T^2 (shrinking each component alone raised it where
+    they are correlated: p 0.04 -> 1e-40 at a floor of 0.05, a review; watched)."""
     runs, level, noise = 300, 0.1, 0.1
     rng = np.random.default_rng(12)
     q = theory["q"]
@@ -820,6 +823,19 @@ def test_a_deviation_that_changes_with_depth_is_found_by_the_shape_test(theory):
     assert row["shape_p"] > 0.01 and abs(row["signed_t"]) > 4, row
     one = compare(theory, mc.sel(layer=[5]), variables=["q"])["q"]
     assert np.isnan(one.attrs["shape_p"]) and one.attrs["shape_degree"] == 0
+    # by hand on 3 layers, 40 seeds (per-seed deviations, weights 1)
+    three = {"dims": ("seed", "layer"), "coords": {"layer": [1, 2, 3]}}
+    zero = xr.DataArray(np.zeros(3), dims="layer", coords={"layer": [1, 2, 3]})
+    ones, every = xr.ones_like(zero), xr.ones_like(zero, dtype=bool)
+    offset = xr.DataArray(1.0 + 0.1 * rng.standard_normal((40, 3)), **three)
+    assert shape_test(offset, zero, ones, every)[0] > 0.01  # (a uniform offset)
+    top = np.stack([1e-3 * rng.standard_normal(40), 1e-3 * rng.standard_normal(40),
+                    rng.normal(0.3, 1.0, 40)], axis=1)  # (correlated components)
+    p = [shape_test(xr.DataArray(top, **three), zero, ones, every, floor)[0]
+         for floor in (0.0, 0.05, 0.1)]
+    assert p[0] <= p[1] <= p[2], p
+    flat = np.outer(rng.standard_normal(40), [1.0, 2.0, 3.0])  # (one direction across seeds)
+    assert np.isnan(shape_test(xr.DataArray(flat, **three), zero, ones, every)[0])
 
 
 def test_a_comparison_records_how_it_was_made(theory):

@@ -89,6 +89,7 @@ def test_good_config_runs_theory(tmp_path):
     # an expected disagreement names a variable sp.compare judges, and gives its reason
     (("[inputs]", "[disagree]\ngradq = 'x'\n[inputs]"), "disagree", "grad_q"),
     (("[inputs]", "[disagree]\ngrad_q = ' '\n[inputs]"), "disagree", "why the theory"),
+    (("[inputs]", "[disagree]\ngrad_q = 'a $1/N term'\n[inputs]"), "disagree", "LaTeX math"),
     # a bad sweep value is refused at load, naming the file (it failed at run time, unnamed)
     (("[inputs]", "[sweeps]\nsigma_w1 = [-1.0, 0.5]\n[inputs]"), "sweeps = {'sigma_w1'",
      ">= 0"),

@@ -394,8 +394,13 @@ def test_the_compiled_engine_refuses_a_subnormal_number_it_would_read_as_zero():
     """XLA on the CPU flushes subnormal numbers to 0: a Scale of 1e-310 gave log q = -inf."""
     pytest.importorskip("jax")
     net = sp.Repeat(sp.Serial(sp.Dense(), sp.Scale(1e-310), sp.Act("tanh")), 3)
-    with pytest.raises(sp.OverflowInTheory, match=r"Scale\.c = 1e-310 is subnormal.*numpy"):
+    with pytest.raises(sp.OverflowInTheory, match=r"Scale\.c = 1e-310 is below 2.2.*numpy"):
         sp.theory(net, sp.Inputs(q=1.0), engine="jax")
+    # a bias whose square is subnormal: the program read it as 0 (q from sigma_w alone: log q
+    # -921 where numpy gives -737, a review)
+    biased = sp.Serial(sp.Dense(1e-200, sigma_b=1e-160), sp.Act("relu"))
+    with pytest.raises(sp.OverflowInTheory, match=r"Dense\.sigma_b = 1e-160 is below 1.49e-154"):
+        sp.theory(biased, sp.Inputs(q=1.0), engine="jax")
     swept = sp.Serial(sp.Dense(sigma_w=sp.sweep("sigma_w", [1.0, 1e-320])), sp.Act("tanh"))
     with pytest.raises(sp.OverflowInTheory, match=r"Dense\.sigma_w = 1e-320"):
         sp.theory(swept, sp.Inputs(q=1.0), engine="jax")

@@ -516,7 +516,7 @@ def test_the_relations_the_prose_states_are_computed(tiny_data):
     changed = words(_with(_with(tiny_data, "placement", "theory", grow_q),
                           "placement", "theory", deepnorm_var))
     assert "q_L/q_0=" not in changed["PreLNGradRelation"]
-    assert "(and $q_L/q_0$ =" in changed["PreLNGradRelation"]
+    assert "(and $q_L/q_0 = " in changed["PreLNGradRelation"]
     assert changed["PlacementHeldVarText"] == "Post-LN holds"
     phase = tiny_data["phase"]["theory"]
     assert claims._floor_text(claims._post_chi_range(phase)).startswith("never below one")

@@ -76,7 +76,7 @@ import numbers
 
 import numpy as np
 import xarray as xr
-from scipy import stats
+from scipy import optimize, stats
 
 from sigprop import schema
 from sigprop.errors import ConfigError, FiniteWidthWarning, warn
@@ -126,6 +126,7 @@ TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z
 FAMILY_LEVEL = 0.0027  # summary's max |z|, signed and shape tests: the two-sided 3-sigma level,
 # each
 SHAPE_DEGREE = 3  # the shape test's Legendre polynomials of the layer: degrees 1 .. 3
+MAX_CONDITION = 1e12  # the shape test's covariance past this condition number: no test (NaN)
 # estimators whose z is Student t for normal samples (the max |z| test's premise); lognormal's
 # carries s^2's inverse chi^2 tail (its max |z| passed the level in 1.7-5 % of null runs, not
 # 0.27 %), the median's is not t
@@ -761,10 +762,12 @@ def shape_test(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     C their sample covariance), (S' - k) T^2 / (k (S' - 1)) ~ F(k, S' - k) under the null for
     normal samples, at any correlation between the points (C carries it; the weights, as
     :func:`signed_t`'s, do not come from the seeds). k = min(``SHAPE_DEGREE``, counted layers -
-    1, S' - 2); p NaN where k < 1. P_0 is the signed test's sum: this one sees a deviation that
-    changes with depth (a trend, or one confined to the top or the bottom layers) that the sum
-    dilutes with the layers that agree. ``floor``: as :func:`signed_t`'s, each |u_j| shrunk
-    first by the rounding the points may differ by, weighted by |P_j|."""
+    1, S' - 2); p NaN where k < 1 or C is singular to ``MAX_CONDITION``. P_1..P_k are first made
+    orthogonal to P_0 and to each other over the counted points, so that a uniform offset (the
+    signed test's sum) moves none of them: this test sees a deviation that changes with depth
+    (a trend, or one confined to the top or the bottom layers) that the sum dilutes with the
+    layers that agree. ``floor``: as :func:`signed_t`'s; T^2 is the least over the offsets of
+    u within the rounding the points may differ by (|delta_j| <= floor sum_i |P_j(t_i)|)."""
     if "width" in samples.dims:
         samples = samples.squeeze("width", drop=True)
     if "layer" not in counted.dims:
@@ -783,18 +786,31 @@ def shape_test(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     S, k = len(d), min(SHAPE_DEGREE, len(used) - 1, len(d) - 2)
     if k < 1:
         return math.nan, 0
-    P = np.stack([np.polynomial.legendre.Legendre.basis(j)(t) for j in range(1, k + 1)])
+    P = np.stack([np.polynomial.legendre.Legendre.basis(j)(t) for j in range(k + 1)])
     P[:, per_layer == 0] = 0.0  # (a layer of no counted point adds nothing: u 0 there)
+    P = _orthogonal(P, per_layer)[1:]  # (P_0 is the signed test's: a uniform offset is its)
     u = d @ P.T  # (S', k)
     mean, cov = u.mean(axis=0), np.atleast_2d(np.cov(u, rowvar=False))
-    mean = np.sign(mean) * np.maximum(np.abs(mean) - floor * np.abs(P) @ per_layer, 0.0)
-    try:
-        t2 = S * mean @ np.linalg.solve(cov, mean)
-    except np.linalg.LinAlgError:  # (no spread: the seeds agree)
+    if not np.linalg.cond(cov) < MAX_CONDITION:  # (the seeds span fewer than k directions)
         return math.nan, k
-    if not (np.isfinite(t2) and t2 >= 0):
-        return math.nan, k
+    root = np.linalg.cholesky(np.linalg.inv(cov))  # C^-1 = root root^T
+    bound = floor * np.abs(P) @ per_layer
+    if np.any(bound > 0):  # the least T^2 over offsets within the rounding the points allow
+        # (each |u_j| shrunk alone made T^2 larger where the u_j are correlated: a review)
+        fit = optimize.lsq_linear(root.T, root.T @ mean, bounds=(-bound, bound + 1e-300))
+        mean = mean - fit.x
+    t2 = S * float(np.sum((root.T @ mean) ** 2))
     return float(stats.f.sf((S - k) * t2 / (k * (S - 1)), k, S - k)), k
+
+
+def _orthogonal(P, weight):
+    """The rows of ``P`` made orthogonal in order (Gram-Schmidt) under sum_l weight_l f_l g_l."""
+    out = []
+    for p in P:
+        for q in out:
+            p = p - (p * weight) @ q / ((q * weight) @ q) * q
+        out.append(p)
+    return np.stack(out)
 
 
 def effective_points(samples: xr.DataArray, counted: xr.DataArray) -> float:
@@ -1123,7 +1139,7 @@ def nominal_rate(k: float, seeds: int) -> float:
     return float(2 * stats.t.sf(k, max(seeds - 1, 1)))
 
 
-def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
+def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL) -> list[dict]:
     """One row per variable: points, max |z| and where, the signed test's t, the shape test's
     p, rate of |z| > threshold vs nominal.
 
@@ -1136,7 +1152,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
     in the variable's attrs, :func:`signed_t`: the points' deviations of one sign together; one
     width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators), or when the
     shape test's p (``shape_p``, :func:`shape_test`: a deviation that changes with depth) is
-    below ``FAMILY_LEVEL``; NOT
+    below ``FAMILY_LEVEL`` (``level``: these three tests' level, FAMILY_LEVEL unless given;
+    a gate over many variables divides it among them); NOT
     COMPARABLE when some points have no finite z (infinite variance, no theory value, dead
     nets under a log estimator).
     A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
@@ -1174,17 +1191,17 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0) -> list[dict]:
         effective = min(float(n), float(da.attrs.get("effective_points", n)))
         bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / effective) + 1 / effective
         t_law = da.attrs["estimator"] in T_ESTIMATORS
-        family = stats.t.isf(FAMILY_LEVEL / (2 * n), max(seeds - 1, 1)) if t_law else np.inf
+        family = stats.t.isf(level / (2 * n), max(seeds - 1, 1)) if t_law else np.inf
         top = float(finite.max())
         signed, dof = float(da.attrs.get("signed_t", np.nan)), da.attrs.get("signed_seeds", 0) - 1
-        together = dof >= 1 and abs(signed) > stats.t.isf(FAMILY_LEVEL / 2, dof)
+        together = dof >= 1 and abs(signed) > stats.t.isf(level / 2, dof)
         shape_p = float(da.attrs.get("shape_p", np.nan))
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
                      "effective_points": effective, "exact": exact, "max_z": top, "where": loc,
                      "signed_t": signed, "shape_p": shape_p, "rate": rate, "nominal": nominal,
                      "not_comparable": lost,
                      "flag": "DISAGREE" if (rate > bound or top > family or together
-                                            or shape_p < FAMILY_LEVEL) else
+                                            or shape_p < level) else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
     return rows
 

@@ -263,7 +263,8 @@ def _draw(das, mc, var, x, hue, col, row, fixed, estimator, xscale, yscale, max_
                 # leaves an arch out of some panels)
                 label = _label(hue, h) if hue is not None and h not in labelled else None
                 y = _at(th, at) if not (shared and i > 0) else None
-                known = np.array([])  # the x where the theory is finite
+                if not (shared and i > 0):  # the x where the theory is finite (one for all
+                    known = np.array([])  # hues where the theory is shared)
                 if y is not None:
                     if x not in y.dims:  # the infinite-width theory does not depend on width
                         y = y.expand_dims({x: xs})
@@ -500,12 +501,12 @@ def _warn_lost(samples, centre, x, known, var: str, at: dict) -> None:
     if gone:
         warn(f"Monte Carlo: {var} has no estimate at {gone} points of {where} where the theory "
              "has one (every seed NaN): those are not drawn")
-    bad = np.asarray(~np.isfinite(samples)).sum(axis=-1)  # (x,): non-finite seeds per point
-    seeds = samples.shape[-1]
+    bad = np.asarray(np.isnan(samples)).sum(axis=-1)  # (x,): NaN seeds per point (an inf
+    seeds = samples.shape[-1]  # one overflowed: _warn_nonfinite's)
     partly = (bad > 0) & (bad < seeds)
     if partly.any():
         warn(f"Monte Carlo: {var} at {int(partly.sum())} points of {where}: up to "
-             f"{int(bad[partly].max())} of {seeds} seeds non-finite; drawn from the rest")
+             f"{int(bad[partly].max())} of {seeds} seeds NaN; drawn from the rest")
 
 
 def _label(dim, value) -> str:

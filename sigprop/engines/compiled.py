@@ -154,9 +154,12 @@ BOUND_MARGIN = 1e5
 # a swept gain otherwise than a number, and the norms' eps sits in branches on its value
 LIFTED = {Dense: ("sigma_w", "sigma_b"), Residual: ("alpha", "beta"), Scale: ("c",),
           LayerNorm: ("gain",)}
-# the numbers a law hands to the program as they are, where XLA would read a subnormal one as
-# 0 (as it reads any sweep's values); a subnormal one is refused (:func:`_refuse`)
-TRACED_NUMBERS = {(Scale, "c"), (LayerNorm, "gain")}
+# the numbers a law hands to the program as they are (or squared: a Dense's bias), by the least
+# nonzero size whose value XLA does not read as 0 (a subnormal one, or square, is flushed); a
+# sweep's values are such numbers too (TINY, unless named here); smaller ones are refused
+# (:func:`_refuse`)
+TRACED_NUMBERS = {(Scale, "c"): TINY, (LayerNorm, "gain"): TINY,
+                  (Dense, "sigma_b"): math.sqrt(TINY)}
 LIFT = "lifted__"  # the name of a lifted number's sweep, before its index
 # the octaves of the numbers lifted: 2^k <= |v| < 2^(k + 1) for k in this range, so that their
 # squares and products stay normal float64 (outside it a number stays in the program, as it was:
@@ -316,14 +319,15 @@ def _refuse(net: Op, path: str):
             f"(engine='jax' traces {', '.join(c.__name__ for c in SUPPORTED)}); {hint}")
     for field in dataclasses.fields(net):
         v = getattr(net, field.name)
-        if not (isinstance(v, Sweep) or (type(net), field.name) in TRACED_NUMBERS):
-            continue  # (the others' laws take a number's far factor on the host)
+        least = TRACED_NUMBERS.get((type(net), field.name), TINY if isinstance(v, Sweep) else 0)
         tiny = [x for x in (v.values if isinstance(v, Sweep) else (v,))
-                if isinstance(x, (float, np.floating)) and 0 < abs(x) < TINY]
-        if tiny:  # (XLA on the CPU reads it as 0: a Scale of 1e-310 gave log q = -inf)
+                if isinstance(x, (float, np.floating)) and 0 < abs(x) < least]
+        if tiny:  # (XLA on the CPU reads it as 0: a Scale of 1e-310 gave log q = -inf, a
+            # sigma_b of 1e-160 a q from sigma_w alone; the other numbers' far factors are
+            # taken on the host)
             raise OverflowInTheory(f"{path}: {type(net).__name__}.{field.name} = {tiny[0]!r} is "
-                                   "subnormal (below 2.2e-308), a number the compiled program "
-                                   f"would read as 0; {hint}")
+                                   f"below {least:.3g}, a number the compiled program would "
+                                   f"read as 0; {hint}")
     for kid in net.children():
         _refuse(kid, f"{path} > {type(kid).__name__}")
 

@@ -469,13 +469,14 @@ def _placement_words(th, pre, post, L) -> dict[str, str]:
     q_ratio = float(log_q.isel(layer=-1) - log_q.isel(layer=0))
     relation = (r"$G_0/G_L=q_L/q_0=\num{PreLNGradRatio}$"
                 if abs(g_pre - q_ratio) <= RELATION_RTOL * max(abs(q_ratio), 1.0) else
-                rf"$G_0/G_L=\num{{PreLNGradRatio}}$ (and $q_L/q_0$ = {_sci(np.exp(q_ratio))})")
+                rf"$G_0/G_L=\num{{PreLNGradRatio}}$ (and $q_L/q_0 = {_sci(np.exp(q_ratio))}$)")
     v_post = _last(th, post, "var", input=0)
     held = [str(a) for a in th["arch"].values if str(a) != post and str(a).startswith("DeepNorm")
             and abs(_last(th, str(a), "var", input=0) / v_post - 1) <= RELATION_RTOL]
     return {"PreLNGradRelation": relation,
             "PostLNReluFactorText": _factor_word(g_post, L).replace("exactly 1", "exactly one"),
-            "PlacementHeldVarText": " and ".join(["Post-LN", *held]) + (" hold" if held else " holds")}
+            "PlacementHeldVarText": latex_escape(" and ".join(["Post-LN", *held]))
+            + (" hold" if held else " holds")}
 
 
 def numbers(data: dict) -> dict[str, float]:

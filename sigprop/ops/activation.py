@@ -173,7 +173,8 @@ class Act(Op):
         u = mc.times(x.x, mc.true_scale(x.ls, x.x.dtype))
         ls = xp.minimum(x.ls, 0)
         y = mc.times(act.fn(u, xp).astype(u.dtype), mc.true_scale(-ls, u.dtype))
-        below = x.ls < np.log(np.finfo(x.x.dtype).tiny)  # (u NaN there: true_scale)
+        info = np.finfo(x.x.dtype)  # (below tiny the true scale is NaN; below tiny / eps a
+        below = x.ls < np.log(info.tiny / info.eps)  # feature of size eps would be subnormal)
         if act.small_scale is None or (xp is np and not below.any()):
             return mc.Sig(y, ls), u
         r, phi0 = act.small_scale  # phi(u) = r phi0(u) to the dtype's precision, scale free

@@ -317,9 +317,10 @@ class SimSpec(_Strict):
             if name not in schema.PRIMARY:
                 raise ValueError(f"disagree names {name!r}; allowed: a variable sp.compare "
                                  f"judges ({', '.join(schema.PRIMARY)})")
-            if not why.strip():
-                raise ValueError(f"disagree.{name} gives no reason; allowed: why the theory "
-                                 "and Monte Carlo are expected to disagree")
+            if not why.strip() or why.count("$") % 2:
+                raise ValueError(f"disagree.{name} = {why!r} gives no reason or an unclosed $; "
+                                 "allowed: why the theory and Monte Carlo are expected to "
+                                 "disagree (the paper prints it; $...$ as LaTeX math)")
         return v
 
     @field_validator("profiles")
