@@ -69,6 +69,7 @@ O(1/N) bias per block at fixed depth instead (gradient independence, :mod:`sigpr
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import math
@@ -669,13 +670,15 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             with np.errstate(divide="ignore"):
                 weight = xr.where(unit > 0, 1 / unit, 0.0)
             signed, signed_seeds = signed_t(samples, ref, weight, _counted(z), rtol)
+            mde = signed_mde(samples, ref, weight, _counted(z))
             shape_p, shape_k = shape_test(samples, ref, weight, _counted(z), rtol)
         else:
-            signed, signed_seeds, shape_p, shape_k = math.nan, 0, math.nan, 0
+            signed, signed_seeds, mde, shape_p, shape_k = math.nan, 0, math.nan, math.nan, 0
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
                            "not_comparable": n_heavy + n_zeros,
                            "effective_points": effective_points(samples, _counted(z)),
                            "signed_t": signed, "signed_seeds": signed_seeds,
+                           "signed_mde": mde,
                            "shape_p": shape_p, "shape_degree": shape_k}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
         if n_heavy:
@@ -740,17 +743,54 @@ def signed_t(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     deviation. It finds a deviation of one sign spread over points that a max or a rate of |z|
     misses (a theory a few % off over correlated layers, each ~2 se); with one point and no
     floor it is that point's t."""
-    if "width" in samples.dims:
-        samples = samples.squeeze("width", drop=True)
-    with np.errstate(invalid="ignore"):
-        u = ((samples - ref) * weight).where(counted, 0.0)
-    u = u.sum([d for d in u.dims if d != "seed"], skipna=False).values
-    u = u[np.isfinite(u)]
+    u = _seed_sums(samples, ref, weight, counted)
     if len(u) < 3 or not counted.any():
         return math.nan, len(u)
     sd, m = u.std(ddof=1), u.mean()
     m = math.copysign(max(abs(m) - floor * int(counted.sum()), 0.0), m)
     return (float(m / (sd / math.sqrt(len(u)))) if sd > 0 else math.nan), len(u)
+
+
+def signed_mde(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
+               counted: xr.DataArray, level: float = FAMILY_LEVEL, power: float = 0.8) -> float:
+    """The smallest error common to the n counted points, in units of 1 / w (relative to the
+    theory on the linear scale, absolute on the log scale), that :func:`signed_t` finds at
+    ``level`` with probability ``power``: lambda sd(u) / (sqrt(S') n), lambda the noncentrality
+    at which |t| (noncentral t, S' - 1 dof) passes the two-sided quantile with that
+    probability, sd(u) from the same per-seed sums (the seeds' estimate of it). NaN where the
+    signed test has none."""
+    u = _seed_sums(samples, ref, weight, counted)
+    n = int(counted.sum())
+    if len(u) < 3 or n == 0:
+        return math.nan
+    return float(_noncentrality(len(u) - 1, level, power) * u.std(ddof=1)
+                 / (math.sqrt(len(u)) * n))
+
+
+@functools.lru_cache(maxsize=256)
+def _noncentrality(dof: int, level: float, power: float) -> float:
+    """lambda with P(|T| > t_{1 - level/2}) = power for T noncentral t (dof, lambda); where
+    scipy's noncentral t gives no number (few dof), crit + t_power (its normal approximation,
+    ~1 % low at 23 dof)."""
+    crit = stats.t.isf(level / 2, dof)
+    approx = crit + stats.t.ppf(power, dof)
+    with np.errstate(all="ignore"):
+        try:
+            return optimize.brentq(  # (the lower tail, ~0 there, is NaN in scipy at large lam)
+                lambda lam: np.nan_to_num(stats.nct.sf(crit, dof, lam), nan=1.0)
+                + np.nan_to_num(stats.nct.cdf(-crit, dof, lam), nan=0.0) - power, 0.0, 2 * approx)
+        except ValueError:
+            return approx
+
+
+def _seed_sums(samples, ref, weight, counted):
+    """u_s = sum_i w_i (x_is - T_i) over the counted points, for the seeds finite at all."""
+    if "width" in samples.dims:
+        samples = samples.squeeze("width", drop=True)
+    with np.errstate(invalid="ignore"):
+        u = ((samples - ref) * weight).where(counted, 0.0)
+    u = u.sum([d for d in u.dims if d != "seed"], skipna=False).values
+    return u[np.isfinite(u)]
 
 
 def shape_test(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
@@ -1178,7 +1218,7 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
         if n == 0:
             rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": 0,
                          "effective_points": 0.0, "exact": exact, "max_z": float("nan"), "where": "",
-                         "signed_t": float("nan"), "shape_p": float("nan"),
+                         "signed_t": float("nan"), "mde": float("nan"), "shape_p": float("nan"),
                          "rate": float("nan"), "nominal": nominal,
                          "not_comparable": lost,
                          "flag": f"NOT COMPARABLE ({lost} points)" if lost else
@@ -1198,7 +1238,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
         shape_p = float(da.attrs.get("shape_p", np.nan))
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
                      "effective_points": effective, "exact": exact, "max_z": top, "where": loc,
-                     "signed_t": signed, "shape_p": shape_p, "rate": rate, "nominal": nominal,
+                     "signed_t": signed, "mde": float(da.attrs.get("signed_mde", np.nan)),
+                     "shape_p": shape_p, "rate": rate, "nominal": nominal,
                      "not_comparable": lost,
                      "flag": "DISAGREE" if (rate > bound or top > family or together
                                             or shape_p < level) else
