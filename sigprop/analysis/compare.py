@@ -666,17 +666,18 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         out[name] = da.assign_coords(stat=stat)
         out[name] = out[name].transpose("stat", ...)
         n_heavy, n_zeros = int(heavy.sum()), int(zeros.sum())
+        counted = _counted(z)
         if len(widths) < 2 and est_name in T_ESTIMATORS:  # (a stack's T_inf is not per seed)
             with np.errstate(divide="ignore"):
                 weight = xr.where(unit > 0, 1 / unit, 0.0)
-            signed, signed_seeds = signed_t(samples, ref, weight, _counted(z), rtol)
-            mde = signed_mde(samples, ref, weight, _counted(z))
-            shape_p, shape_k = shape_test(samples, ref, weight, _counted(z), rtol)
+            signed, signed_seeds = signed_t(samples, ref, weight, counted, rtol)
+            mde = signed_mde(samples, ref, weight, counted)
+            shape_p, shape_k = shape_test(samples, ref, weight, counted, rtol)
         else:
             signed, signed_seeds, mde, shape_p, shape_k = math.nan, 0, math.nan, math.nan, 0
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
                            "not_comparable": n_heavy + n_zeros,
-                           "effective_points": effective_points(samples, _counted(z)),
+                           "effective_points": effective_points(samples, counted),
                            "signed_t": signed, "signed_seeds": signed_seeds,
                            "signed_mde": mde,
                            "shape_p": shape_p, "shape_degree": shape_k}
@@ -743,7 +744,7 @@ def signed_t(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     deviation. It finds a deviation of one sign spread over points that a max or a rate of |z|
     misses (a theory a few % off over correlated layers, each ~2 se); with one point and no
     floor it is that point's t."""
-    u = _seed_sums(samples, ref, weight, counted)
+    u = _seed_sums(samples, ref, weight, counted)[:, 0]
     if len(u) < 3 or not counted.any():
         return math.nan, len(u)
     sd, m = u.std(ddof=1), u.mean()
@@ -759,7 +760,7 @@ def signed_mde(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     at which |t| (noncentral t, S' - 1 dof) passes the two-sided quantile with that
     probability, sd(u) from the same per-seed sums (the seeds' estimate of it). NaN where the
     signed test has none."""
-    u = _seed_sums(samples, ref, weight, counted)
+    u = _seed_sums(samples, ref, weight, counted)[:, 0]
     n = int(counted.sum())
     if len(u) < 3 or n == 0:
         return math.nan
@@ -783,14 +784,16 @@ def _noncentrality(dof: int, level: float, power: float) -> float:
             return approx
 
 
-def _seed_sums(samples, ref, weight, counted):
-    """u_s = sum_i w_i (x_is - T_i) over the counted points, for the seeds finite at all."""
+def _seed_sums(samples, ref, weight, counted, by: tuple = ()):
+    """u_s = sum_i w_i (x_is - T_i) over the counted points, a row per seed finite at all of
+    them, a column per value of the dims ``by`` (one column without)."""
     if "width" in samples.dims:
         samples = samples.squeeze("width", drop=True)
     with np.errstate(invalid="ignore"):
         u = ((samples - ref) * weight).where(counted, 0.0)
-    u = u.sum([d for d in u.dims if d != "seed"], skipna=False).values
-    return u[np.isfinite(u)]
+    u = u.sum([d for d in u.dims if d not in ("seed", *by)], skipna=False)
+    u = u.transpose("seed", *by).values.reshape(u.sizes["seed"], -1)
+    return u[np.isfinite(u).all(axis=1)]
 
 
 def shape_test(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
@@ -808,8 +811,6 @@ def shape_test(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     (a trend, or one confined to the top or the bottom layers) that the sum dilutes with the
     layers that agree. ``floor``: as :func:`signed_t`'s; T^2 is the least over the offsets of
     u within the rounding the points may differ by (|delta_j| <= floor sum_i |P_j(t_i)|)."""
-    if "width" in samples.dims:
-        samples = samples.squeeze("width", drop=True)
     if "layer" not in counted.dims:
         return math.nan, 0
     others = [d for d in counted.dims if d != "layer"]
@@ -819,10 +820,7 @@ def shape_test(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     if len(used) < 2:
         return math.nan, 0
     t = 2 * (layers - used.min()) / (used.max() - used.min()) - 1
-    with np.errstate(invalid="ignore"):
-        d = ((samples - ref) * weight).where(counted, 0.0)
-    d = d.sum(others, skipna=False).transpose("seed", "layer").values
-    d = d[np.isfinite(d).all(axis=1)]
+    d = _seed_sums(samples, ref, weight, counted, by=("layer",))
     S, k = len(d), min(SHAPE_DEGREE, len(used) - 1, len(d) - 2)
     if k < 1:
         return math.nan, 0

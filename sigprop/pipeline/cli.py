@@ -291,13 +291,14 @@ def reproduce(profile: Profile = "quick",
         raise ConfigError("--root", str(root), "a folder with sims/<name>.toml")
     # --cache-dir, else $SIGPROP_CACHE, each relative to this folder (resolved before the move
     # to the root: a relative SIGPROP_CACHE was checked here and used there), else the root's
-    named = ("--cache-dir", cache_dir) if cache_dir is not None else (
-        "SIGPROP_CACHE", Path(os.environ["SIGPROP_CACHE"])) if os.environ.get("SIGPROP_CACHE") \
-        else (None, None)
-    if named[1] is not None:
-        check_writable(named[0], named[1], folder=True)
+    chosen = cache_dir
+    if cache_dir is not None:
+        check_writable("--cache-dir", cache_dir, folder=True)
+    elif os.environ.get("SIGPROP_CACHE"):
+        chosen = Path(os.environ["SIGPROP_CACHE"])
+        check_writable("SIGPROP_CACHE", chosen, folder=True)
     root = (root or find_root()).resolve()
-    cache = Cache(named[1].resolve() if named[1] is not None else root / DEFAULT_DIR)
+    cache = Cache(chosen.resolve() if chosen is not None else root / DEFAULT_DIR)
     if root != Path.cwd().resolve():
         console.print(f"project root: {root}", highlight=False)
     here = os.getcwd()

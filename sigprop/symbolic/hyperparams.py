@@ -125,9 +125,9 @@ def check_names(op: Op, values: dict, who: str = "substitute value", shared: boo
     """Each key of ``values`` names a symbol of ``op`` (a typo would leave it unbound); with
     ``shared``, or a canonical symbol it lacks (one set of values for several blocks)."""
     symbols = {str(x) for x in op_symbols(op)}
+    allowed = symbols | ({str(x) for x in SYMBOLS.values()} if shared else set())
     for k in values:
-        name = str(SYMBOLS.get(k, k))
-        if name not in symbols and not (shared and name in map(str, SYMBOLS.values())):
+        if str(SYMBOLS.get(k, k)) not in allowed:
             raise ConfigError(who, k, f"one of the op's symbols {sorted(symbols)}"
                               + (" or a canonical one" if shared else ""))
 
