@@ -1,5 +1,6 @@
 """Each figure module draws on tiny data (theory + synthetic Monte Carlo) and writes files."""
 
+import functools
 import json
 import re
 
@@ -9,7 +10,7 @@ import pytest
 from sigprop.analysis import plots
 from sigprop.analysis.compare import first_order_of, synthetic
 from sigprop.analysis.plots import FigureData, latex_escape
-from sigprop.figures import FIGURES, at_width, claims, module, render
+from sigprop.figures import FIGURES, at_width, claims, correlation, module, render
 from sigprop.pipeline.config import Sim
 from sigprop.pipeline.runs import run_theory
 
@@ -127,10 +128,12 @@ def test_claims_verdicts_flip_with_the_data(tiny_data):
     assert _verdict(_scaled(tiny_data, "meanshift", "mean", "Pre-LN", 0.0), mean) == "Supported"
 
 
-def test_numbers_file_has_a_macro_per_number(tiny_data, tmp_path):
+def test_numbers_file_has_a_macro_per_number(tiny_data, tmp_path, monkeypatch):
     """Each number the prose quotes is a macro whose text reads back as its value to 3
     significant digits (relative error <= 5e-3 after rounding; a mantissa x 10^k in LaTeX),
     integers and words exactly."""
+    monkeypatch.setattr(claims, "batchnorm_typical",  # (its 4000 nets: the layout is tested)
+                        functools.partial(claims.batchnorm_typical, seeds=20, widths=(64, 128)))
     text = claims.write_numbers(tiny_data, tmp_path / "numbers.tex").read_text()
     for name in ("PreLNVarL", "MeanShiftMuSqOverVar", "MeanShiftLogGzero", "MeanShiftDepth"):
         assert rf"\newcommand{{\{name}}}" in text
@@ -341,6 +344,22 @@ def test_preln_digamma_law_is_drawn_and_measured(tiny_data, tmp_path):
     render("correlation", data, tmp_path / "figures")
     note = next(n for n in data.notes if n.startswith("Pre-LN at"))
     assert "the drawn law" in note and "leading term" in note
+    # the prose's words on the leading term (results.tex typed "several-fold at every depth
+    # shown"): its ratio to the theory's 1 - c_l over the layers drawn, here every l >= 2
+    th = data.theory["corr"].sel(arch="Pre-LN", input=0, input_b=1)
+    layers = np.arange(2, int(th["layer"][-1]) + 1)
+    ratio = 9 * np.pi**2 / (2 * np.log(layers) ** 2) / (1 - th.sel(layer=layers).values)
+    got = correlation.numbers(data)
+    assert got["CorrLeadRatioMin"] == pytest.approx(ratio.min(), rel=1e-12)
+    assert got["CorrLeadRatioMax"] == pytest.approx(ratio.max(), rel=1e-12)
+    assert got["CorrLeadVerb"] == ("overestimates" if ratio.min() > 1 else "underestimates"
+                                   if ratio.max() < 1 else "misses")
+    assert got["CorrLeadTerm"] == r"$\frac{9 \pi^{2}}{2 \ln{\left(\ell \right)}^{2}}$"
+    assert r"\psi\left(" in " ".join(data.notes)  # the digamma as the paper writes it
+    small = [dict(e, rhs={"srepr": sympy.srepr(lead / 1000)}) if e["label"] == "preln_leading"
+             else e for e in eqs]
+    (gen / "corr.json").write_text(json.dumps({"name": "corr", "equations": small}))
+    assert correlation.numbers(data)["CorrLeadVerb"] == "underestimates"
 
 
 def test_xiong_lemma2_is_reproduced():
@@ -523,3 +542,15 @@ def test_the_relations_the_prose_states_are_computed(tiny_data):
     low = _with(tiny_data, "phase", "theory", _set_input_gradient("Post-LN", -1.0, sim="phase"))
     assert claims._floor_text(claims._post_chi_range(low["phase"]["theory"])) == \
         "below one at some of its points"
+
+
+def test_the_typical_batchnorm_verdict_is_computed():
+    """A referee: results.tex typed "a small excess ... that does not shrink with N" at B = 3,
+    where the Monte Carlo mean sat 1.5 standard errors above the typical value. The words now
+    come from the z of each (B, N) case against claims.Z_AGREE."""
+    agree = claims._typical_verdict([(2, 256, -0.4), (3, 256, 1.5), (3, 1024, -2.4)])
+    assert agree.startswith("lies within 3 standard errors") and "2.4" in agree
+    off = claims._typical_verdict([(2, 256, 0.2), (3, 256, 3.2), (3, 1024, -4.0)])
+    assert off == ("departs from the typical value at $B = 3$, $N = 256$ ($z = 3.2$), "
+                   "$B = 3$, $N = 1024$ ($z = -4$)")
+    assert claims._typical_verdict([(2, 64, float("nan"))]).startswith("departs")

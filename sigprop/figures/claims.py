@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 
 from sigprop.analysis.plots import latex_escape
+from sigprop.figures import tex_macros, tex_number
+from sigprop.figures.norms import MIN_GRAD_BATCH
 
 SIMS = ("placement", "norms", "meanshift", "phase")
 
@@ -32,7 +34,6 @@ CHI_TOL = 0.05  # a per-block gradient factor "predictable": |log chi| <= 5 % on
 EPS_LEVEL = 1e-4  # log chi above -EPS_LEVEL: "not below one" up to LayerNorm's eps (phase row)
 RELATION_RTOL = 1e-6  # a relation the prose states (G_0/G_L = q_L/q_0) holds to this
 Z_AGREE = 3.0  # Monte Carlo "agrees" with an exact value: within 3 standard errors
-MIN_GRAD_BATCH = 4  # lambda E[1/s^2] = B / (B - 3): BatchNorm's gradient mean is finite only for B > 3
 DEFAULT_INIT = {"sigma_w1": 1.0, "alpha": 1.0}  # tanh branch at its default initialisation
 HANIN_NICA_WIDTH = 4096  # width at which the per-block log-normal coefficients are quoted
 
@@ -174,7 +175,7 @@ def placement_rows(th, phase=None) -> list[Row]:
                    else "Not supported as a rule")
         tanh = (f"with tanh branches at the default initialisation its per-block gradient factor "
                 f"is $\\chi$ = {chi:.4g}, a constant of the stationary Post-LN block, so "
-                f"$G_0/G_L = \\chi^L = {_sci(chi ** L)}$ at L = {L}")
+                f"$G_0/G_L = \\chi^L = {tex_number(chi ** L)}$ at L = {L}")
     rows.append(Row(
         "Put the normalisation after the residual addition (Post-LN), ahead of the "
         "activation, to stabilise deep residual stacks.", verdict,
@@ -191,7 +192,7 @@ def placement_rows(th, phase=None) -> list[Row]:
         "not computed (no unnormalised arch)" if g_none is None else
         f"For MLP branches without a final LayerNorm (the nets here), without normalisation, "
         f"alpha = 1, the per-block factor is $\\chi$ = {np.exp(g_none / L):.4g} ($G_0/G_L = "
-        f"{_sci(float(np.exp(min(g_none, 700.0))))}$ at L = {L}: {_trend_word(g_none)}). With "
+        f"{tex_number(float(np.exp(min(g_none, 700.0))))}$ at L = {L}: {_trend_word(g_none)}). With "
         f"LayerNorm: Pre-LN $G_0/G_L$ = {np.exp(g_pre):.4g} ({_trend_word(g_pre)}), "
         f"$\\kappa = \\ln(G_0/G_L)/\\ln L$ = {g_pre / np.log(L):.3g}; Post-LN "
         f"{np.exp(g_post):.3g} ({_trend_word(g_post)}).",
@@ -317,8 +318,8 @@ def norm_rows(th, mc=None) -> list[Row]:
         ("Supported, and stronger (a deterministic B dependence at infinite width)"
          if bn_grad and spread_ln <= BATCH_INVARIANT else "Not supported at infinite width"),
         f"Even at infinite width, with no sampling noise, BatchNorm changes the signal with B: "
-        f"Pre-BN's input gradient is $G_0 = {_sci(g_lo['prebn_g0'])}$ at B = {g_lo['B']} "
-        f"against ${_sci(g_hi['prebn_g0'])}$ at B = {g_hi['B']}. The backward divides by the batch spread "
+        f"Pre-BN's input gradient is $G_0 = {tex_number(g_lo['prebn_g0'])}$ at B = {g_lo['B']} "
+        f"against ${tex_number(g_hi['prebn_g0'])}$ at B = {g_hi['B']}. The backward divides by the batch spread "
         f"s, and $\\lambda\\,\\mathrm{{E}}[1/s^2] = B/(B-3)$ ({g_lo['inv_s2']:.3g} at B = {g_lo['B']}; "
         "$\\lambda$ the batch's mean non-zero centred eigenvalue) "
         f"diverges for B $\\le$ 3, where $G_0$ is set by eps, not by B: those batch sizes are "
@@ -469,7 +470,7 @@ def _placement_words(th, pre, post, L) -> dict[str, str]:
     q_ratio = float(log_q.isel(layer=-1) - log_q.isel(layer=0))
     relation = (r"$G_0/G_L=q_L/q_0=\num{PreLNGradRatio}$"
                 if abs(g_pre - q_ratio) <= RELATION_RTOL * max(abs(q_ratio), 1.0) else
-                rf"$G_0/G_L=\num{{PreLNGradRatio}}$ (and $q_L/q_0 = {_sci(np.exp(q_ratio))}$)")
+                rf"$G_0/G_L=\num{{PreLNGradRatio}}$ (and $q_L/q_0 = {tex_number(np.exp(q_ratio))}$)")
     v_post = _last(th, post, "var", input=0)
     held = [str(a) for a in th["arch"].values if str(a) != post and str(a).startswith("DeepNorm")
             and abs(_last(th, str(a), "var", input=0) / v_post - 1) <= RELATION_RTOL]
@@ -526,11 +527,13 @@ def numbers(data: dict) -> dict[str, float]:
     return out
 
 
-def batchnorm_typical(depth=16, width=256, seeds=1000, eps=1e-5) -> dict[str, float]:
+def batchnorm_typical(depth=16, widths=(256, 1024), seeds=1000, eps=1e-5) -> dict:
     """Pre-BN (ReLU MLP branches, Gaussian inputs q = 1, c = 0.5) at B = 2, 3, where the mean
     of the gradient is carried by features of batch variance ~ eps: the typical E log G_0 at
     width N (``typical_log_grad_q`` of ``sp.theory(net, x, width=N)``), the infinite-width
-    log E G_0, and Monte Carlo's mean +- SE and median of log G_0 over ``seeds`` (NumPy)."""
+    log E G_0, and Monte Carlo's mean +- SE and median of log G_0 over ``seeds`` (NumPy), at
+    the first of ``widths`` (suffix-free macros) and the last (suffix ``High``); and the verdict
+    on the typical value over all of them (``BNTypVerdict``, :func:`_typical_verdict`)."""
     import warnings
 
     from sigprop import presets
@@ -539,20 +542,39 @@ def batchnorm_typical(depth=16, width=256, seeds=1000, eps=1e-5) -> dict[str, fl
     from sigprop.errors import FiniteWidthWarning
     from sigprop.state.inputs import Inputs
 
-    out = {"BNTypDepth": depth, "BNTypWidth": width, "BNTypSeeds": seeds, "BNTypEps": eps}
-    for B, name in ((2, "Two"), (3, "Three")):
-        net, x0 = presets.prebn(depth, eps=eps), Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", FiniteWidthWarning)  # the point made here
-            th = theory(net, x0, width=width)
-        g = simulate(net, x0, width=width, seeds=seeds, backend="numpy",
-                     root_seed=2024)["log_grad_q"].values[:, 0, 0]
-        mean, se = mean_and_error(float(g.mean()), float(g.std(ddof=1) / np.sqrt(seeds)))
-        out.update({f"BNTypPred{name}": float(th["typical_log_grad_q"].values[0, 0]),
-                    f"BNTypMean{name}": float(th["log_grad_q"].values[0, 0]),
-                    f"BNTypMC{name}": mean, f"BNTypSE{name}": se,
-                    f"BNTypMedian{name}": float(np.median(g))})
+    out = {"BNTypDepth": depth, "BNTypWidth": widths[0], "BNTypWidthHigh": widths[-1],
+           "BNTypSeeds": seeds, "BNTypEps": eps}
+    checks = []
+    for width, suffix in ((widths[0], ""), (widths[-1], "High")):
+        for B, name in ((2, "Two"), (3, "Three")):
+            net, x0 = presets.prebn(depth, eps=eps), Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FiniteWidthWarning)  # the point made here
+                th = theory(net, x0, width=width)
+            g = simulate(net, x0, width=width, seeds=seeds, backend="numpy",
+                         root_seed=2024)["log_grad_q"].values[:, 0, 0]
+            typical, se = float(th["typical_log_grad_q"].values[0, 0]), float(
+                g.std(ddof=1) / np.sqrt(seeds))
+            mean, se_text = mean_and_error(float(g.mean()), se)
+            checks.append((B, width, (float(g.mean()) - typical) / se))
+            out.update({f"BNTypPred{name}{suffix}": typical,
+                        f"BNTypMean{name}{suffix}": float(th["log_grad_q"].values[0, 0]),
+                        f"BNTypMC{name}{suffix}": mean, f"BNTypSE{name}{suffix}": se_text,
+                        f"BNTypMedian{name}{suffix}": float(np.median(g))})
+    out["BNTypVerdict"] = _typical_verdict(checks)
     return out
+
+
+def _typical_verdict(checks) -> str:
+    """Words on Monte Carlo's mean of log G_0 against the typical value, from (B, N, z) per
+    case: within ``Z_AGREE`` standard errors at every one, or which depart and by how much."""
+    off = [(B, N, z) for B, N, z in checks if not abs(z) <= Z_AGREE]
+    top = max(abs(z) for _, _, z in checks)
+    if not off:
+        return (f"lies within {Z_AGREE:g} standard errors of the typical value at every batch "
+                f"size and width (largest $|z| = {top:.2g}$)")
+    return "departs from the typical value at " + ", ".join(
+        f"$B = {B}$, $N = {N}$ ($z = {z:.2g}$)" for B, N, z in off)
 
 
 def mean_and_error(mean: float, se: float) -> tuple[str, str]:
@@ -606,7 +628,7 @@ def batchnorm_rows_tex(data: dict) -> str:
                 if np.isfinite(r.get(key, np.nan)) else "--")
 
     for r in batchnorm_table(th, _mc_of(data, "norms")):
-        g0 = f"${_sci(r['prebn_g0'])}$" if r["inv_s2"] is not None else \
+        g0 = f"${tex_number(r['prebn_g0'])}$" if r["inv_s2"] is not None else \
             r"\textit{set by $\epsilon$}"
         inv = f"{r['inv_s2']:.3g}" if r["inv_s2"] is not None else r"$\infty$"
         lines.append(f"{r['B']} & ${r['postbn']:.3f}$ & {pm(r, 'mc_pair')} & {pm(r, 'mc_all')} & "
@@ -614,25 +636,13 @@ def batchnorm_rows_tex(data: dict) -> str:
     return "\n".join(lines)
 
 
-def _sci(x: float) -> str:
-    text = f"{x:.3g}"
-    if "e" in text:
-        mantissa, exponent = text.split("e")
-        text = rf"{mantissa}\times10^{{{int(exponent)}}}"
-    return text
-
-
 def write_numbers(data: dict, path) -> Path:
     """``\\newcommand{\\Name}{value}`` per :func:`numbers` (3 significant digits; integers and
     words as they are) and ``\\BatchNormRows`` (:func:`batchnorm_rows_tex`) at ``path``."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    lines = ["% Generated by sigprop.figures.claims (sigprop reproduce); do not edit."]
-    for name, value in numbers(data).items():
-        text = str(value) if isinstance(value, (int, str)) else _sci(value)  # str: a verdict
-        lines.append(rf"\newcommand{{\{name}}}{{{text}}}")
-    lines.append(r"\newcommand{\BatchNormRows}{" + batchnorm_rows_tex(data) + "}")
-    path.write_text("\n".join(lines) + "\n")
+    path.write_text(tex_macros(__name__, numbers(data), (
+        r"\newcommand{\BatchNormRows}{" + batchnorm_rows_tex(data) + "}",)))
     return path
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import sympy
+from sympy.printing.latex import LatexPrinter
 
 from sigprop import presets
 from sigprop.analysis import plots
@@ -68,15 +69,14 @@ def draw(data: plots.FigureData):
     plots.curves(ax_c, data, "corr", sel=pair, ylabel="correlation $c_\\ell$")
     plots.curves(ax_d, data, "corr", sel=pair, transform=lambda c: 1 - c, xscale="log",
                  yscale="log", ylabel="$1 - c_\\ell$")
-    if _draw_asymptotes(ax_d, data, depth):
+    if drawn := _draw_asymptotes(ax_d, data, depth):
+        slow = "; ".join(f"{r['label']}: $1 - c_\\ell = {r['law_tex']}$, its leading term "
+                         f"{r['leading_tex'] and '$' + r['leading_tex'] + '$'}"
+                         for r in drawn if r["leading"] is not None)
         data.note("Dashed: the derived large-depth laws of $1 - c_\\ell$ (paper/generated), "
-                  "evaluated at each architecture's parameters and the inputs' $q_0$, $c_0$. For Pre-LN "
-                  "and Peri-LN the law is $1 - c_\\ell = u_\\ell^{-2}$, "
-                  "$u_\\ell = (1-c_0)^{-1/2} + \\tfrac{\\sqrt2}{3\\pi}"
-                  "[\\psi(x_0+\\ell+1) - \\psi(x_0+1)]$, $x_0 = q_0/\\rho$ "
-                  "($\\psi$: digamma; $\\rho$: the branch's second moment), with a bounded error in "
-                  "$u_\\ell$; its leading term $9\\pi^2/(2\\ln^2\\ell)$ is reached only "
-                  "logarithmically and is not drawn. A ResNet with $\\alpha = 1/\\sqrt{L}$ "
+                  "evaluated at each architecture's parameters and the inputs' $q_0$, $c_0$"
+                  + (f" ({slow}; the leading terms, reached only logarithmically, are not "
+                     "drawn)" if slow else "") + ". A ResNet with $\\alpha = 1/\\sqrt{L}$ "
                   "reaches its power law only for $\\ell \\gg 1/\\alpha^2 = L$, beyond the "
                   "net (its line lies off scale).")
     else:
@@ -98,30 +98,83 @@ def law_values(expr, values, layers):
     return np.broadcast_to(np.asarray(f(layers), dtype=float), np.shape(layers))
 
 
-def _draw_asymptotes(ax, data, depth) -> bool:
-    laws = asymptotes(data.generated_dir)
-    leading = asymptotes(data.generated_dir, "_leading")
+def laws(data: plots.FigureData) -> list[dict]:
+    """Per arch with a derived law of 1 - c_l: its label, the layers l the law is drawn at
+    (log-spaced from max(L/100, 2) to L), the law there, the theory's 1 - c_l of the first pair
+    there, and the law's leading term there (None where no ``<preset>_leading`` equation); the
+    law and its leading term as LaTeX (``law_tex``, ``leading_tex``)."""
+    found, leading = asymptotes(data.generated_dir), asymptotes(data.generated_dir, "_leading")
+    depth = int(data.theory["layer"][-1])
     archs = json.loads(data.theory.attrs.get("config", "{}")).get("arch", [])
     start = data.theory.isel(layer=0)
     q0 = float(start["q"].sel(input=0).isel(arch=0) if "arch" in start.dims else start["q"].sel(input=0))
     c0 = start["corr"].sel(input=0, input_b=1)
     c0 = float(c0.isel(arch=0) if "arch" in c0.dims else c0)
     layers = np.unique(np.geomspace(max(depth // 100, 2), depth, 60).astype(int)).astype(float)
-    drawn = False
+    out = []
     for arch in archs:
         values = arch_values(arch, depth, q0, c0)
-        if arch["preset"] not in laws or values is None:
+        if arch["preset"] not in found or values is None:
             continue
-        y = law_values(laws[arch["preset"]], values, layers)
+        y = law_values(found[arch["preset"]], values, layers)
         if y is None:
             continue
-        if arch["preset"] in leading:  # how far the drawn law and its leading term are off
-            th = 1 - float(plots.pick(data.theory, arch=arch["label"])["corr"]
-                           .sel(input=0, input_b=1).isel(layer=-1))
-            lead = law_values(leading[arch["preset"]], values, np.array([float(depth)]))
-            data.note(f"{arch['label']} at $\\ell$ = {depth}: theory $1 - c_\\ell$ = {th:.3g}, "
-                      f"the drawn law {y[-1]:.3g} ({y[-1] / th:.3g} times), its leading term "
-                      f"$9\\pi^2/(2\\ln^2\\ell)$ {lead[0]:.3g} ({lead[0] / th:.2g} times).")
-        plots.theory_line(ax, layers, y, arch["label"], ls=(0, (4, 2)), lw=1.0, gid="reference")
-        drawn = True
+        th = 1 - plots.pick(data.theory, arch=arch["label"])["corr"].sel(
+            input=0, input_b=1, layer=layers.astype(int)).values
+        lead = leading.get(arch["preset"])
+        out.append({"label": arch["label"], "layers": layers, "law": y, "theory": th,
+                    "law_tex": tex(found[arch["preset"]]),
+                    "leading": None if lead is None else law_values(lead, values, layers),
+                    "leading_tex": None if lead is None else tex(lead)})
+    return out
+
+
+SYMBOLS = {"l": r"\ell", "gain": r"\gamma"}  # the laws' symbols as the paper writes them
+
+
+class _LawPrinter(LatexPrinter):
+    """LaTeX with the digamma polygamma(0, x) written psi(x)."""
+
+    def _print_polygamma(self, expr, exp=None):
+        if expr.args[0] != 0:
+            return super()._print_polygamma(expr, exp)
+        out = rf"\psi\left({self._print(expr.args[1])}\right)"
+        return out if exp is None else rf"{out}^{{{exp}}}"
+
+
+def tex(expr) -> str:
+    """A derived law as LaTeX (symbols as :data:`SYMBOLS`, logs as ln, the digamma as psi)."""
+    names = {s: SYMBOLS[s.name] for s in expr.free_symbols if s.name in SYMBOLS}
+    return _LawPrinter({"symbol_names": names, "ln_notation": True}).doprint(expr)
+
+
+def numbers(data: plots.FigureData) -> dict[str, float | str]:
+    """The prose's words on the leading terms: over every depth drawn and every arch with one,
+    the least and largest ratio of the leading term to the theory's 1 - c_l
+    (``CorrLeadRatioMin``, ``CorrLeadRatioMax``), the verb they support
+    (``CorrLeadVerb``: overestimates where every ratio exceeds 1, underestimates where none
+    does, else misses) and the leading terms as derived (``CorrLeadTerm``)."""
+    rows = [r for r in laws(data) if r["leading"] is not None]
+    if not rows:
+        return {}
+    ratios = np.concatenate([r["leading"] / r["theory"] for r in rows])
+    low, high = float(ratios.min()), float(ratios.max())
+    verb = "overestimates" if low > 1 else "underestimates" if high < 1 else "misses"
+    terms = dict.fromkeys(r["leading_tex"] for r in rows)  # (one per distinct term, in order)
+    return {"CorrLeadRatioMin": low, "CorrLeadRatioMax": high, "CorrLeadVerb": verb,
+            "CorrLeadTerm": " and ".join(f"${t}$" for t in terms)}
+
+
+def _draw_asymptotes(ax, data, depth) -> list[dict]:
+    """Draws each :func:`laws` row on ``ax``, its distance from the theory in the caption;
+    returns the rows drawn."""
+    drawn = laws(data)
+    for r in drawn:
+        if r["leading"] is not None:  # how far the drawn law and its leading term are off
+            th, y, lead = r["theory"][-1], r["law"][-1], r["leading"][-1]
+            data.note(f"{r['label']} at $\\ell$ = {depth}: theory $1 - c_\\ell$ = {th:.3g}, "
+                      f"the drawn law {y:.3g} ({y / th:.3g} times), its leading term "
+                      f"${r['leading_tex']}$ {lead:.3g} ({lead / th:.2g} times).")
+        plots.theory_line(ax, r["layers"], r["law"], r["label"], ls=(0, (4, 2)), lw=1.0,
+                          gid="reference")
     return drawn

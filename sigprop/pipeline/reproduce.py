@@ -423,7 +423,7 @@ def _figure(run: Run, name: str, data: dict | None, generated: Path, out_dir: Pa
         with cachemod.staged(out_dir) as tmp:
             render(name, FigureData(load(data["theory"]), mc, generated), tmp)
 
-    suffixes = (".pdf", ".png", ".caption.tex") + ((".numbers.tex",) if hasattr(mod, "macros")
+    suffixes = (".pdf", ".png", ".caption.tex") + ((".numbers.tex",) if hasattr(mod, "numbers")
                                                     else ())
     run.step(step, key, go, [out_dir / f"{name}{s}" for s in suffixes])
 
