@@ -2,6 +2,7 @@
 
 import functools
 import json
+import math
 import re
 
 import numpy as np
@@ -394,7 +395,7 @@ def test_finite_width_correction_matches_monte_carlo(correction_data):
     whose leftover at N >= 64, depth 8, is below one SE in benchmarks/RESULTS.md)."""
     from sigprop.figures.finite_width_correction import summary
 
-    rows = summary(FigureData(*correction_data))
+    rows = summary(FigureData(*correction_data), fresh=True)
     assert len(rows) == 4
     for r in rows:
         assert abs(r["a_fit"] - r["a"]) < 4 * r["a_se"], r
@@ -403,24 +404,43 @@ def test_finite_width_correction_matches_monte_carlo(correction_data):
     assert all(abs(r["a"]) > 2 * r["a_se"] for r in rows)
     (stream,) = [r for r in rows if r["A"] is not None]  # panel (c): the input gradient's c
     assert abs(stream["A_fit"] - stream["c"]) < 4 * stream["A_se"], stream
+    # the prose's cause of the gap: with fresh backward weights the coefficient is gone (within
+    # 4 SE of 0), and its drop from the own weights' fit is beyond 4 SE of the difference
+    assert abs(stream["A_fresh"]) < 4 * stream["A_fresh_se"], stream
+    assert stream["A_fit"] - stream["A_fresh"] > 4 * math.hypot(stream["A_se"],
+                                                               stream["A_fresh_se"]), stream
+
+
+def test_the_cause_of_the_mean_streams_gap_is_computed():
+    """results.tex typed "fresh weights remove the gap: it is the correlation between the
+    forward and backward weights". The words now follow the two fits' z against zero."""
+    from sigprop.figures.finite_width_correction import _cause
+
+    assert _cause(11.0, 0.4).startswith("the gap is the correlation")
+    assert _cause(11.0, -3.5).startswith("these fits do not single out")
+    assert _cause(2.0, 0.4).startswith("these fits do not single out")
 
 
 def test_finite_width_correction_recovers_a_known_mean_mode(correction_data, tmp_path):
     """Panel (c)'s fit on G_0 samples whose law is known: G_0 / G_0,inf log-normal with mean
-    1 + A/N exactly (A = 40); the fitted A is within 4 SE of it, and the numbers file quotes
+    1 + A/N exactly (A = 60); the fitted A is within 4 SE of it, and the numbers file quotes
     the predicted and fitted A."""
-    th, mc = correction_data
-    g0 = th["log_grad_q"].sel(input=0, layer=0)
-    at = {"input": 0, "layer": 0}
-    here = mc["log_grad_q"].sel(at)
-    e = here.copy(data=np.random.default_rng(7).standard_normal(here.shape))
-    s = 0.3 * np.sqrt(64 / mc["width"])  # spread shrinking like 1/sqrt(N)
-    known = 40.0
-    log_g = g0 + np.log1p(known / mc["width"]) + s * e - s**2 / 2  # E exp(log_g - g0) = 1 + A/N
-    mc = mc.copy(deep=True)
-    mc["log_grad_q"].loc[at] = log_g.transpose(*here.dims)
-    data = FigureData(th, mc, tmp_path / "generated")
-    from sigprop.figures.finite_width_correction import summary
+    from sigprop.figures.finite_width_correction import numbers, summary
+
+    def with_mode(known):
+        th, mc = correction_data
+        g0 = th["log_grad_q"].sel(input=0, layer=0)
+        at = {"input": 0, "layer": 0}
+        here = mc["log_grad_q"].sel(at)
+        e = here.copy(data=np.random.default_rng(7).standard_normal(here.shape))
+        s = 0.3 * np.sqrt(64 / mc["width"])  # spread shrinking like 1/sqrt(N)
+        log_g = g0 + np.log1p(known / mc["width"]) + s * e - s**2 / 2  # E exp = 1 + A/N
+        mc = mc.copy(deep=True)
+        mc["log_grad_q"].loc[at] = log_g.transpose(*here.dims)
+        return FigureData(th, mc, tmp_path / "generated")
+
+    known = 60.0
+    data = with_mode(known)
 
     (r,) = [r for r in summary(data) if r["A"] is not None]
     assert abs(r["A_fit"] - known) < 4 * r["A_se"], r
@@ -430,6 +450,16 @@ def test_finite_width_correction_recovers_a_known_mean_mode(correction_data, tmp
                  "FWCDepth"):
         assert f"\\newcommand{{\\{name}}}" in macros
     assert "nan" not in macros.lower() and "inf" not in macros.lower()
+    # the prose's verdicts on c and A follow the fit: a mode of 60 is 5+ SE (SE ~ 1.3) from the
+    # closed form's A and the walk's c (29 and 37); a mode equal to c agrees with c alone
+    words = numbers(data)
+    assert abs(known - r["c"]) > 5 * r["A_se"] and abs(known - r["A"]) > 5 * r["A_se"], r
+    assert words["FWCMeanCVerdict"].startswith("departs from the tangent walk's $c$")
+    assert words["FWCMeanAVerdict"].startswith("departs from the closed form's $A$")
+    words = numbers(with_mode(r["c"]))
+    assert words["FWCMeanCVerdict"].startswith("lies within 3 standard errors of the tangent")
+    assert words["FWCMeanAVerdict"].startswith("departs")
+    assert words["FWCFitVerdict"].startswith("lies within 3 standard errors of its prediction")
 
 
 def _pair(da):

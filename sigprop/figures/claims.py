@@ -567,14 +567,23 @@ def batchnorm_typical(depth=16, widths=(256, 1024), seeds=1000, eps=1e-5) -> dic
 
 def _typical_verdict(checks) -> str:
     """Words on Monte Carlo's mean of log G_0 against the typical value, from (B, N, z) per
-    case: within ``Z_AGREE`` standard errors at every one, or which depart and by how much."""
-    off = [(B, N, z) for B, N, z in checks if not abs(z) <= Z_AGREE]
-    top = max(abs(z) for _, _, z in checks)
+    case (:func:`agreement_words`)."""
+    return agreement_words([(f"$B = {B}$, $N = {N}$", z) for B, N, z in checks],
+                           "the typical value", "at every batch size and width")
+
+
+def agreement_words(cases, target: str, every: str = "in every case") -> str:
+    """Words on estimates against ``target`` from (where, z) per case: within ``Z_AGREE``
+    standard errors at all of them (with the largest |z|), or where they depart and by how
+    much (a NaN z departs: it was not measured)."""
+    off = [(where, z) for where, z in cases if not abs(z) <= Z_AGREE]
     if not off:
-        return (f"lies within {Z_AGREE:g} standard errors of the typical value at every batch "
-                f"size and width (largest $|z| = {top:.2g}$)")
-    return "departs from the typical value at " + ", ".join(
-        f"$B = {B}$, $N = {N}$ ($z = {z:.2g}$)" for B, N, z in off)
+        top = (f"$z = {cases[0][1]:.2g}$" if len(cases) == 1 else
+               f"largest $|z| = {max(abs(z) for _, z in cases):.2g}$")
+        return " ".join(filter(None, (f"lies within {Z_AGREE:g} standard errors of {target}",
+                                      every, f"({top})")))
+    return f"departs from {target} at " + ", ".join(f"{where} ($z = {z:.2g}$)"
+                                                   for where, z in off)
 
 
 def mean_and_error(mean: float, se: float) -> tuple[str, str]:

@@ -52,17 +52,21 @@ def _mean_mode_fit(widths, g):
     return float(A), float(se_A)
 
 
-def summary(data: plots.FigureData) -> list[dict]:
+def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
     """Per net: label; predicted a, V, the input gradient's c, and A (None where no mean mode);
     and, with Monte Carlo,
     per width the estimates (d: E log q_L - log q_inf, v: N Var log q_L, g: E G_0 / G_0,inf,
-    each with its SE) and the fits (a, V, A with their SEs). Notes what cannot be computed."""
+    each with its SE) and the fits (a, V, A with their SEs). Notes what cannot be computed.
+    ``fresh``: for a mean mode, also A fitted to a Monte Carlo of the same widths, seeds and
+    root seed whose cotangent is pulled back through fresh weights (``sampler="independent"``,
+    gradient independence): ``A_fresh``, ``A_fresh_se``."""
     from sigprop.analysis.compare import fit_inverse_width
     from sigprop.engines.finite_width import (
         coefficients,
         gradient_coefficient,
         mean_mode_coefficient,
     )
+    from sigprop.engines.montecarlo import simulate
 
     nets, L = figure_nets(data)
     rows = []
@@ -100,8 +104,26 @@ def summary(data: plots.FigureData) -> list[dict]:
                        .transpose("width", "seed").values) / g0
             row.update(g=g.mean(axis=1), g_se=g.std(axis=1, ddof=1) / math.sqrt(S))
             row["A_fit"], row["A_se"] = _mean_mode_fit(N, g)
+            if fresh:
+                row["A_fresh"], row["A_fresh_se"] = _mean_mode_fit(N, np.stack([np.exp(
+                    simulate(net, inputs, width=w, seeds=S, backend="numpy",
+                             sampler="independent", root_seed=int(data.mc.attrs.get("root_seed", 0)))
+                    ["log_grad_q"].sel(input=0).isel(layer=0).values) / g0 for w in widths]))
         rows.append(row)
     return rows
+
+
+def _cause(z_own: float, z_fresh: float) -> str:
+    """What the fits' z against zero (the net's own weights, fresh backward weights) say of the
+    stream's finite-width gap: the coupling of the forward and backward weights where only the
+    own weights' fit departs from zero by ``Z_AGREE`` standard errors."""
+    from sigprop.figures.claims import Z_AGREE
+
+    if abs(z_own) > Z_AGREE and abs(z_fresh) <= Z_AGREE:
+        return ("the gap is the correlation between the forward and backward weights, which "
+                "gradient independence drops")
+    return ("these fits do not single out the correlation between the forward and backward "
+            "weights as the gap")
 
 
 def draw(data: plots.FigureData):
@@ -161,11 +183,18 @@ def draw(data: plots.FigureData):
 
 def numbers(data: plots.FigureData) -> dict[str, float | int]:
     """The numbers the paper quotes from this figure, by macro name: per net (its label's
-    words) the predicted and fitted slope a and N Var V; for the mean-carrying stream c, A, the
-    fit and its SE, its depth and alpha; the Monte Carlo widths and seeds."""
-    out: dict[str, float | int] = {"FWCDepth": int(data.theory["layer"][-1])}
-    for r in summary(data):
+    words) the predicted and fitted slope a and N Var V, and the words on every fit against its
+    prediction (``FWCFitVerdict``); for the mean-carrying stream c, A, the fit and its SE and
+    the words on the fit against c and against A; the Monte Carlo widths and seeds."""
+    from sigprop.figures.claims import agreement_words
+
+    out: dict[str, float | int | str] = {"FWCDepth": int(data.theory["layer"][-1])}
+    fits = []  # (where, z) of each fitted a and V against its prediction
+    rows = summary(data, fresh=True)
+    for r in rows:
         s = _slug(r["label"])
+        fits += [(f"{r['label']}'s {what}", (r[k + "_fit"] - r[k]) / r[k + "_se"])
+                 for k, what in (("a", "slope"), ("V", "$N$ Var")) if k + "_fit" in r]
         out.update({f"FWC{s}Slope": r["a"], f"FWC{s}Var": r["V"]})
         for k, name in (("a_fit", "SlopeFit"), ("a_se", "SlopeSE"), ("V_fit", "VarFit"),
                         ("V_se", "VarSE")):
@@ -175,7 +204,18 @@ def numbers(data: plots.FigureData) -> dict[str, float | int]:
             out.update(FWCMeanA=r["A"], FWCMeanC=r["c"])
             if "A_fit" in r:
                 out.update(FWCMeanAFit=r["A_fit"], FWCMeanASE=r["A_se"])
+                for key, value, target in (("C", r["c"], "the tangent walk's $c$"),
+                                           ("A", r["A"], "the closed form's $A$")):
+                    out[f"FWCMean{key}Verdict"] = agreement_words(
+                        [("this stream", (r["A_fit"] - value) / r["A_se"])], target, "")
+                z_own, z_fresh = r["A_fit"] / r["A_se"], r["A_fresh"] / r["A_fresh_se"]
+                out.update(FWCMeanAFresh=r["A_fresh"], FWCMeanAFreshSE=r["A_fresh_se"],
+                           FWCMeanFreshVerdict=agreement_words([("fresh weights", z_fresh)],
+                                                               "zero", ""),
+                           FWCMeanCause=_cause(z_own, z_fresh))
             if "widths" in r:
                 out.update(FWCWidthMin=int(r["widths"].min()), FWCWidthMax=int(r["widths"].max()),
                            FWCSeeds=int(r["seeds"]))
+    if fits:
+        out["FWCFitVerdict"] = agreement_words(fits, "its prediction", "for every net")
     return out
