@@ -69,6 +69,8 @@ def test_figure_writes_nonempty_files(tiny_data, tmp_path, name, with_mc):
         assert "asymptote lines are omitted" in caption
     if name == "norms":
         assert "exact fixed point $-1/(B-1)$" in caption and "Parameters: L = 3" in caption
+        # B = 4 is drawn (batch sizes 2, 4, 8): its band is said to be no standard error
+        assert ("At B = 4 the gradient's band is no standard error" in caption) == with_mc
 
 
 def test_correlation_asymptote_from_generated_json(tiny_data, tmp_path):

@@ -21,7 +21,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import xarray as xr
 
-from sigprop.analysis.compare import choose, estimate, spread_band
+from sigprop.analysis.compare import HEAVY_LOG_SD, choose, estimate, spread_band
 
 # Okabe & Ito (2008): distinguishable under the common colour-vision deficiencies.
 PALETTE = ("#0072B2", "#D55E00", "#009E73", "#CC79A7", "#E69F00", "#56B4E9", "#000000",
@@ -293,8 +293,12 @@ def curves(ax, data: FigureData, var: str, *, select: dict | None = None,
             data.note(f"{arch}: no infinite-width theory (see the sim's unsupported cases).")
     mc_note(data)
     if data.mc is not None:
-        data.note(f"Monte Carlo points estimate the mean (as the theory does), with bands of "
-                  f"$\\pm${BAND_SE:g} standard errors.")
+        data.note(f"Monte Carlo points estimate the mean (as the theory does): the sample mean, "
+                  "or, for a squared norm $X$ whose log spreads across seeds by an sd above "
+                  f"{HEAVY_LOG_SD:g} at some point of its curve (or whose tail is heavy), the "
+                  "log-normal estimate $\\exp(\\bar y + s_y^2/2)$ from $y = \\log X$ (Cox); "
+                  f"bands of $\\pm${BAND_SE:g} standard errors (on the log scale for the "
+                  "latter).")
 
 
 def _restrict(ds: xr.Dataset | None, select: dict) -> xr.Dataset | None:

@@ -26,6 +26,7 @@ from sigprop.data import unsupported_of
 
 SIM = "norms"
 MIN_GRAD_BATCH = 4  # E[1/s^2] = B/((B-3) lambda) is finite only for B > 3: smaller B are not drawn
+MIN_SE_BATCH = 6  # E[1/s^4] ~ 1/((B-3)(B-5)): G's variance, so its standard error, needs B > 5
 CAPTION = (
     "LayerNorm, RMSNorm and BatchNorm across batch sizes $B$ (Gaussian inputs, ReLU MLP "
     "branches, and the pre-activation branch Dense(ReLU(BN x)) of ResNet v2): correlation "
@@ -91,6 +92,12 @@ def draw(data: plots.FigureData):
                      else "linear", xlabel="batch size $B$", ylabel=label,
                      theory_kw={"marker": "."}, note_missing=False)
     _closed_forms(axes[0], th)
+    heavy = [b for b in big if b < MIN_SE_BATCH]
+    if data.mc is not None and heavy:
+        data.note(f"At B = {', '.join(map(str, heavy))} the gradient's band is no standard "
+                  "error: $\\mathrm{E}[1/s^4] \\propto 1/((B-3)(B-5))$ is infinite there, so "
+                  "the variance of $G_0$ across nets is too, and its sample mean converges "
+                  "more slowly than its spread across seeds suggests.")
     plots.figure_legend(fig, axes[0])
     plots.params_note(data)
     data.note(f"Pre-BN branch: $\\rho = \\alpha^2\\sigma_1^2\\sigma_2^2/2$ = {branch_rho(th):.3g}.")
