@@ -586,3 +586,24 @@ def test_the_typical_batchnorm_verdict_is_computed():
     assert off == ("departs from the typical value at $B = 3$, $N = 256$ ($z = 3.2$), "
                    "$B = 3$, $N = 1024$ ($z = -4$)")
     assert claims._typical_verdict([(2, 64, float("nan"))]).startswith("departs")
+
+
+def test_the_epsilon_row_reads_its_effect(monkeypatch):
+    """The essay's "start eps small, such as 1e-5, and adjust it" had no row. At initialisation
+    the row reads how far eps moves G_0 and var_L (claims.eps_effect, infinite-width theory)
+    against claims.EPS_EFFECT, at unit inputs and at inputs below eps; the verdict flips with
+    the effect. The real effect against LayerNorm's law by hand: Post-LN's last norm gives
+    var_L = v / (v + eps), v the variance of its input x + F(x) = 1 + 1 (a LayerNorm output
+    plus the ReLU MLP branch's sigma_1^2 sigma_2^2 / 2 = 1, no mean) up to O(eps), so the
+    change of log var_L from eps = 1e-5 to 1e-3 is log((2 + 1e-3) / (2 + 1e-5)) to a relative
+    O(1e-3)."""
+    effect = claims.eps_effect(6, eps_values=(1e-5, 1e-3), scales=(1.0,))
+    assert effect["postln", 1.0][1] == pytest.approx(np.log((2 + 1e-3) / (2 + 1e-5)), rel=2e-3)
+
+    def fake(unit, small):
+        return lambda depth: {("preln", 1.0): (unit, 0.0), ("preln", 1e-6): (0.0, small)}
+    cases = [((0.001, 0.002), "Not supported"), ((0.001, 0.05), "Only near eps"),
+             ((0.05, 0.05), "Supported")]
+    for (unit, small), verdict in cases:
+        monkeypatch.setattr(claims, "eps_effect", fake(unit, small))
+        assert claims.eps_row(6).verdict.startswith(verdict), (unit, small)
