@@ -127,8 +127,13 @@ def test_claims_verdicts_flip_with_the_data(tiny_data):
     flat["var"] = flat["var"] * 0 + first  # every layer at its input variance: constant
     assert _verdict({**tiny_data, "placement": {"theory": flat}}, const) == "Supported"
     mean = "LayerNorm keeps the mean of the activations near zero."
-    assert _verdict(tiny_data, mean) == "False for the stream"
+    only = "Only where LayerNorm ends the block (Post-LN); false for the Pre-LN stream"
+    assert _verdict(tiny_data, mean) == only
     assert _verdict(_scaled(tiny_data, "meanshift", "mean", "Pre-LN", 0.0), mean) == "Supported"
+    ms = tiny_data["meanshift"]["theory"].copy(deep=True)  # Post-LN's mean^2 at twice its var
+    post = [a for a in ms["arch"].values if str(a).startswith("Post-LN")]
+    ms["mean"].loc[{"arch": post}] = np.sqrt(2 * ms["var"].sel(arch=post))
+    assert _verdict({**tiny_data, "meanshift": {"theory": ms}}, mean) == "False for the stream"
 
 
 def test_numbers_file_has_a_macro_per_number(tiny_data, tmp_path, monkeypatch):
