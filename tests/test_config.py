@@ -90,6 +90,15 @@ def test_good_config_runs_theory(tmp_path):
     (("[inputs]", "[disagree]\ngradq = 'x'\n[inputs]"), "disagree", "grad_q"),
     (("[inputs]", "[disagree]\ngrad_q = ' '\n[inputs]"), "disagree", "why the theory"),
     (("[inputs]", "[disagree]\ngrad_q = 'a $1/N term'\n[inputs]"), "disagree", "LaTeX math"),
+    # ... or the points it covers: labels of the sim's archs, batch sizes, nothing else
+    (("[inputs]", "[disagree.grad_q]\nwhy = 'x'\nwhere = { arch = ['nope'] }\n[inputs]"),
+     "disagree.grad_q.where.arch", "the sim's arch labels"),
+    (("[inputs]", "[disagree.grad_q]\nwhy = 'x'\nwhere = { layer = [1] }\n[inputs]"),
+     "disagree.grad_q.Disagreement.where.layer", "'arch' or 'batch'"),
+    (("[inputs]", "[disagree.grad_q]\nwhy = 'x'\nwhere = { batch = [] }\n[inputs]"),
+     "where.batch is empty", "batch labels"),
+    (("[inputs]", "[disagree.grad_q]\nwhy = ' '\nwhere = { batch = [2] }\n[inputs]"),
+     "disagree", "why the theory"),
     # a bad sweep value is refused at load, naming the file (it failed at run time, unnamed)
     (("[inputs]", "[sweeps]\nsigma_w1 = [-1.0, 0.5]\n[inputs]"), "sweeps = {'sigma_w1'",
      ">= 0"),

@@ -612,3 +612,31 @@ def test_the_epsilon_row_reads_its_effect(monkeypatch):
     for (unit, small), verdict in cases:
         monkeypatch.setattr(claims, "eps_effect", fake(unit, small))
         assert claims.eps_row(6).verdict.startswith(verdict), (unit, small)
+
+
+def test_a_disagreement_declared_at_some_points_leaves_the_rest_judged(tiny_data):
+    """A sim's `disagree` entry may name the points it covers ({why, where}): those are left out
+    of the comparison, and a disagreement elsewhere still fails the step. Pre-BN's grad_q 50 %
+    off at B = 2 (synthetic Monte Carlo of the true theory, 32 seeds, 5 % noise: z ~ log 1.5 /
+    (0.05 / sqrt(32)) ~ 46 per point, past the family bound) is DISAGREE undeclared;
+    declared there it reads ok with its reason; declared at B = 8 only it stays DISAGREE and
+    undeclared; as a plain reason the whole variable is declared."""
+    from sigprop.figures import agreement
+
+    d = tiny_data["norms"]
+    mc = synthetic(d["theory"], seeds=32, widths=(128,), noise=0.05)
+    th = d["theory"].copy(deep=True)
+    at = {"arch": "Pre-BN", "batch": 2}
+    th["grad_q"].loc[at] = th["grad_q"].loc[at] * 1.5
+    th["log_grad_q"].loc[at] = th["log_grad_q"].loc[at] + np.log(1.5)
+    cases = [(None, False), ({"why": "w", "where": {"arch": ["Pre-BN"], "batch": [2]}}, True),
+             ({"why": "w", "where": {"batch": [8]}}, False), ("w", True)]
+    for entry, passes in cases:
+        declared = {"norms": {} if entry is None else {"grad_q": entry}}
+        rows = agreement.verdicts({"norms": agreement.comparison(th, mc, declared["norms"])})
+        flag = {r["variable"]: r["flag"] for r in rows["norms"]}["grad_q"]
+        assert (agreement.undeclared(rows, declared) == []) == passes, (entry, flag)
+        assert flag.startswith("DISAGREE") != (isinstance(entry, dict) and passes), (entry, flag)
+        text = agreement.table(rows, declared)
+        if isinstance(entry, dict):
+            assert "left out: " in text and ("beyond the declared points" in text) != passes

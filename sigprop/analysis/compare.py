@@ -55,6 +55,13 @@ feature mean's relative to the features' size, so for corr the floor is rtol * m
 and for mean rtol * max(|theory|, sqrt(q)) (:func:`_unit`: an exact 0 that the theory computes
 as 3e-20 is 0 to rounding). Under the null z is close to Student t
 with S - 1 degrees of freedom; the nominal rate of |z| > k is reported beside the observed one.
+Not under ``lognormal``: for normal y (sd sigma), ybar and s_y^2 are independent, s_y^2 =
+sigma^2 w, w ~ chi^2_n / n (n = S - 1), so its z = (Z / sqrt(S) + sigma (w - 1) / 2) /
+sqrt(w / S + sigma^2 w^2 / (2n)), Z standard normal: a law of S and sigma alone, Student t as
+sigma -> 0 and sqrt(n/2) (1 - 1/w) as sigma -> inf (below sqrt(n/2); a heavy lower tail, where
+s_y^2 is underestimated). Given w each tail is a normal tail, so each is one integral over w
+(:func:`lognormal_tails`); :func:`summary` reads the lognormal z against each tail's supremum
+over the unknown sigma (:func:`lognormal_critical`, :func:`lognormal_rate`).
 
 Where the theory is exact at any width. For ``E q``: in a net of Dense, ReLU / linear
 activations and residual sums with zero-mean weights, E[q' | x] is a linear function of q
@@ -128,10 +135,14 @@ FAMILY_LEVEL = 0.0027  # summary's max |z|, signed and shape tests: the two-side
 # each
 SHAPE_DEGREE = 3  # the shape test's Legendre polynomials of the layer: degrees 1 .. 3
 MAX_CONDITION = 1e12  # the shape test's covariance past this condition number: no test (NaN)
-# estimators whose z is Student t for normal samples (the max |z| test's premise); lognormal's
-# carries s^2's inverse chi^2 tail (its max |z| passed the level in 1.7-5 % of null runs, not
-# 0.27 %), the median's is not t
+# estimators whose z is Student t for normal samples (the premise of the max |z| test at t's
+# quantile, and of the signed and shape tests); lognormal's has its own law (read against t's
+# quantile its max |z| passed the level in 1.7-5 % of null runs, not 0.27 %: the lower tail,
+# s^2 underestimated), whose quantiles summary takes (:func:`lognormal_critical`); the
+# median's is not t
 T_ESTIMATORS = ("mean", "logmean")
+LOG_SD_GRID = tuple(np.logspace(-2, 3, 26))  # the sds of log X (besides 0 and inf) over which
+# :func:`lognormal_rate` takes the largest two-sided rate
 MAX_CORRELATED = 4096  # points (spread evenly) whose correlations give effective_points
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
@@ -1177,16 +1188,109 @@ def nominal_rate(k: float, seeds: int) -> float:
     return float(2 * stats.t.sf(k, max(seeds - 1, 1)))
 
 
+@functools.lru_cache(maxsize=4096)
+def lognormal_tails(c: float, seeds: int, sigma: float) -> tuple[float, float]:
+    """(P(z > c), P(z < -c)), c >= 0, for the ``lognormal`` estimator's z on S = ``seeds``
+    normal samples y of sd ``sigma`` against the true log E X = mu + sigma^2 / 2 (no rounding
+    floor: it only shrinks |z|). ybar ~ N(mu, sigma^2 / S) and s^2 = sigma^2 w, w = V / n, V ~
+    chi^2_n, n = S - 1, are independent, so with Z standard normal and D(w) = sqrt(w / S +
+    sigma^2 w^2 / (2n)), z = (Z / sqrt(S) + sigma (w - 1) / 2) / D(w), and
+
+        P(z > c)  = E_V Phi(-sqrt(S) (c D(w) - sigma (w - 1) / 2)),
+        P(z < -c) = E_V Phi(-sqrt(S) (c D(w) + sigma (w - 1) / 2)),
+
+    each one integral over V (``quad``, relative tolerance 1e-10, V's chi^2 mass beyond its
+    1e-20 quantiles left out; breakpoints where Phi's argument is 0, the roots of (sigma^2 / 4
+    - c^2 sigma^2 / (2n)) w^2 - (sigma^2 / 2 + c^2 / S) w + sigma^2 / 4, and around them at
+    multiples of the argument's slope: at large sigma a step of width ~ 1 / (sigma sqrt(S)) in
+    w). The limits, exactly: sigma = 0, Student t with n dof (z -> Z / sqrt(w)); sigma = inf,
+    z -> sqrt(n/2) (1 - n / V), so P(z < -c) = F(n / (1 + c sqrt(2/n))) and P(z > c) = 1 -
+    F(n / (1 - c sqrt(2/n))) for c < sqrt(n/2), else 0 (F: chi^2_n's cdf)."""
+    from scipy import integrate, special
+
+    n = max(seeds - 1, 1)
+    if sigma == 0:
+        p = float(stats.t.sf(c, n))
+        return p, p
+    r = math.sqrt(n / 2)
+    if sigma == math.inf:
+        return (float(stats.chi2.sf(n / (1 - c / r), n)) if c < r else 0.0,
+                float(stats.chi2.cdf(n / (1 + c / r), n)))
+    root_s, power = math.sqrt(seeds), n / 2 - 1
+    log_norm = float(special.gammaln(n / 2)) + n / 2 * math.log(2)  # chi^2_n's density's
+
+    def argument(v, sign):  # Phi's argument at V = v: sign +1 the upper tail, -1 the lower
+        w = v / n
+        return root_s * (c * math.sqrt(w / seeds + sigma**2 * w**2 / (2 * n))
+                         - sign * sigma * (w - 1) / 2)
+
+    lo, hi = float(stats.chi2.ppf(1e-20, n)), float(stats.chi2.isf(1e-20, n))
+    base = [float(q) for q in stats.chi2.ppf([1e-12, 1e-8, 1e-5, 1e-3, 0.1, 0.5, 0.9], n)]
+    a2 = sigma**2 * (0.25 - c**2 / (2 * n))
+    a1, a0 = -(sigma**2 / 2 + c**2 / seeds), sigma**2 / 4
+    roots = np.roots([a2, a1, a0]) if a2 != 0 else np.array([-a0 / a1])
+    steps = [n * float(w.real) for w in roots if abs(w.imag) < 1e-12 and w.real > 0]
+    tails = []
+    for sign in (1, -1):
+        points = list(base)
+        for v0 in steps:
+            h = 1e-6 * v0
+            slope = abs(argument(v0 + h, sign) - argument(v0 - h, sign)) / (2 * h)
+            if slope > 0:
+                points += [v0 + j / slope for j in (-40, -10, -3, -1, 0, 1, 3, 10, 40)]
+
+        def f(v, sign=sign):
+            return math.exp(power * math.log(v) - v / 2 - log_norm) * special.ndtr(
+                -argument(v, sign))
+
+        tails.append(float(integrate.quad(
+            f, lo, hi, epsabs=0.0, epsrel=1e-10, limit=500,
+            points=sorted(p for p in points if lo < p < hi))[0]))
+    return tails[0], tails[1]
+
+
+@functools.lru_cache(maxsize=256)
+def lognormal_critical(p: float, seeds: int) -> tuple[float, float]:
+    """(c_lo, c_hi): sup over sigma >= 0 of P(z < -c_lo) and of P(z > c_hi) are both ``p``, for
+    the ``lognormal`` estimator's z on ``seeds`` normal samples of sd sigma
+    (:func:`lognormal_tails`; sigma, the sd of log X, is unknown). The upper tail's sup is its
+    sigma -> 0 limit, Student t (c_hi = t_n's upper p quantile), the lower tail's its sigma ->
+    inf limit (c_lo = sqrt(n/2) (n / q - 1), q chi^2_n's lower p quantile): on a grid of sigma
+    from 1e-3 to 1e4 each tail lies below its limit (S = 3 to 1024, p = 1e-7 to 0.05;
+    tests/test_compare_lognormal_law.py). A test at (c_lo, c_hi) is so exact at the worst sigma
+    of each tail and conservative at any other."""
+    n = max(seeds - 1, 1)
+    return (math.sqrt(n / 2) * (n / float(stats.chi2.ppf(p, n)) - 1),
+            float(stats.t.isf(p, n)))
+
+
+@functools.lru_cache(maxsize=256)
+def lognormal_rate(k: float, seeds: int) -> float:
+    """The ``lognormal`` estimator's nominal rate of |z| > k: the largest P(z > k) + P(z < -k)
+    (:func:`lognormal_tails`) over sigma = 0, :data:`LOG_SD_GRID` and inf (the two tails move
+    oppositely in sigma: the sum is largest as sigma -> inf for k >= 1.5, as sigma -> 0 for k
+    near 1; 0.00897 at sigma = 0 and 0.0469 at inf for k = 3, S = 16)."""
+    return max(sum(lognormal_tails(float(k), int(seeds), s))
+               for s in (0.0, *LOG_SD_GRID, math.inf))
+
+
 def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL) -> list[dict]:
     """One row per variable: points, max |z| and where, the signed test's t, the shape test's
     p, rate of |z| > threshold vs nominal.
 
-    ``flag``: DISAGREE when the rate exceeds the nominal one by more than 3 binomial sd (+1/n)
-    of the ``effective_points`` n_eff the points' correlation across seeds leaves
-    (:func:`effective_points`: the points share their nets), or when max |z| passes the
-    Student-t quantile that n points pass together at ``FAMILY_LEVEL`` (Bonferroni: whatever
-    their correlation; estimators whose z is t, :data:`T_ESTIMATORS`: a skewed sample's mean
-    comes nearer the level the more seeds it has), or when the signed test's t (``signed_t``
+    ``nominal``: P(|z| > threshold) under the null, Student t's with S - 1 dof, or for the
+    ``lognormal`` estimator at one width its own law's supremum over the sd of log X
+    (:func:`lognormal_rate`). ``flag``: DISAGREE when the rate exceeds the nominal one by more
+    than 3 binomial sd (+1/n) of the ``effective_points`` n_eff the points' correlation across
+    seeds leaves (:func:`effective_points`: the points share their nets), or when max |z|
+    passes the Student-t quantile that n points pass together at ``FAMILY_LEVEL`` (Bonferroni,
+    level / (2n) a tail: whatever their correlation; estimators whose z is t,
+    :data:`T_ESTIMATORS`: a skewed sample's mean comes nearer the level the more seeds it has),
+    or, under ``lognormal`` at one width (a stack's T_inf has no such law: no test), when the
+    largest z passes c_hi or the smallest passes -c_lo, sup over sigma of P(z > c_hi) and of
+    P(z < -c_lo) both level / (2n) (:func:`lognormal_critical`: c_hi is t's quantile, c_lo
+    the sigma -> inf law's, far out at few seeds: 8.5 for one point at 16 seeds), or when the
+    signed test's t (``signed_t``
     in the variable's attrs, :func:`signed_t`: the points' deviations of one sign together; one
     width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators), or when the
     shape test's p (``shape_p``, :func:`shape_test`: a deviation that changes with depth) is
@@ -1204,9 +1308,12 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
                           "disagrees)")
     rows = []
     seeds = int(cmp.attrs.get("seeds", 2))
-    nominal = nominal_rate(threshold, seeds)
     for name, da in cmp.data_vars.items():
-        z = abs(da.sel(stat="z"))
+        z = da.sel(stat="z")  # (signed: the lognormal law's tails differ)
+        lognormal = (da.attrs["estimator"] == "lognormal"
+                     and not set(FIT_STATS) & set(np.atleast_1d(da["stat"].values)))
+        nominal = (lognormal_rate(threshold, seeds) if lognormal
+                   else nominal_rate(threshold, seeds))
         pairs = _pairs(da)
         exact = int(((z == 0) & pairs).sum())
         finite = z.where(_counted(z))
@@ -1222,15 +1329,21 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
                          "flag": f"NOT COMPARABLE ({lost} points)" if lost else
                          "ok" if exact else "no data"})
             continue
-        where = finite.fillna(-1).argmax(...)
+        size = abs(finite)
+        where = size.fillna(-1).argmax(...)
         loc = ", ".join(f"{d}={finite[d].values[i].item() if d in finite.coords else int(i)}"
                         for d, i in ((d, int(v)) for d, v in where.items()))
-        rate = float((finite > threshold).sum()) / n
+        rate = float((size > threshold).sum()) / n
         effective = min(float(n), float(da.attrs.get("effective_points", n)))
         bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / effective) + 1 / effective
-        t_law = da.attrs["estimator"] in T_ESTIMATORS
-        family = stats.t.isf(level / (2 * n), max(seeds - 1, 1)) if t_law else np.inf
-        top = float(finite.max())
+        top = float(size.max())
+        if da.attrs["estimator"] in T_ESTIMATORS:
+            beyond = top > stats.t.isf(level / (2 * n), max(seeds - 1, 1))
+        elif lognormal:
+            c_lo, c_hi = lognormal_critical(level / (2 * n), seeds)
+            beyond = float(finite.max()) > c_hi or float(finite.min()) < -c_lo
+        else:
+            beyond = False
         signed, dof = float(da.attrs.get("signed_t", np.nan)), da.attrs.get("signed_seeds", 0) - 1
         together = dof >= 1 and abs(signed) > stats.t.isf(level / 2, dof)
         shape_p = float(da.attrs.get("shape_p", np.nan))
@@ -1239,7 +1352,7 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
                      "signed_t": signed, "mde": float(da.attrs.get("signed_mde", np.nan)),
                      "shape_p": shape_p, "rate": rate, "nominal": nominal,
                      "not_comparable": lost,
-                     "flag": "DISAGREE" if (rate > bound or top > family or together
+                     "flag": "DISAGREE" if (rate > bound or beyond or together
                                             or shape_p < level) else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
     return rows
@@ -1253,7 +1366,12 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
 
     console = console or Console()
     rows = summary(cmp, threshold)
-    nominal = f", nominal rate {rows[0]['nominal']:.4f}" if rows else ""  # (one for all rows)
+    rates = {}  # nominal rate -> the estimators of its rows (lognormal's law has its own)
+    for r in rows:
+        rates.setdefault(f"{r['nominal']:.4f}", dict.fromkeys(()))[r["estimator"]] = None
+    nominal = (", nominal rate " + ", ".join(
+        p + (f" ({', '.join(e)})" if len(rates) > 1 else "") for p, e in rates.items())
+               if rows else "")
     table = Table(title=f"theory vs Monte Carlo ({cmp.attrs.get('seeds')} seeds, |z| > "
                   f"{threshold}{nominal})", box=box.SIMPLE_HEAD, collapse_padding=True)
     columns = ("variable", "flag", "estimator", "points", "eff.", "max |z|", "sum t", "rate")
@@ -1283,11 +1401,14 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
             console.print(f"[yellow]{key.removeprefix('skipped_')} not compared[/]: {why}")
     if "left_out" in cmp.attrs:
         console.print(f"[yellow]{cmp.attrs['left_out']}[/]")
-    console.print("flag: DISAGREE when the rate of |z| > threshold exceeds the nominal Student-t "
-                  "rate by more than 3 binomial standard errors (+1/n) of the eff. points (the "
+    console.print("flag: DISAGREE when the rate of |z| > threshold exceeds the nominal "
+                  "rate (Student t's; lognormal's own law's, its sup over the sd of log X) "
+                  "by more than 3 binomial standard errors (+1/n) of the eff. points (the "
                   "points share their nets: n^2 / sum of their squared correlations across "
                   "seeds), or, under the mean and logmean estimators, max |z| passes the t "
-                  f"quantile all points pass together at {FAMILY_LEVEL} (Bonferroni), or the "
+                  f"quantile all points pass together at {FAMILY_LEVEL} (Bonferroni), under "
+                  "lognormal (one width) the largest z passes t's quantile or the smallest "
+                  "the heavy lower tail's (level / 2n each, sup over the sd of log X), or the "
                   "sum t does at that level: the t of the per-seed sum of the points' "
                   "deviations relative to the theory, one test of their common sign (one "
                   "width), or the shape test's p is below it: Hotelling's T^2 of those sums "

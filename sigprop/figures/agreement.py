@@ -7,7 +7,9 @@ and :func:`~sigprop.analysis.compare.summary` on each sim's results (a shallower
 its layers: ``prefix``) and writes their rows as the paper's table
 (``paper/figures/agreement.tex``, with the rows in ``agreement.json``); a DISAGREE that the sim
 does not declare, with its reason, in its ``disagree`` table fails the reproduction
-(:func:`undeclared`).
+(:func:`undeclared`). A declaration is a reason (the whole variable), or a reason and the points
+it covers (``{why, where = {arch = [...], batch = [...]}}``): those points are left out of the
+comparison (NaN in both datasets) and the rest of the variable is judged as any other.
 """
 
 from __future__ import annotations
@@ -24,16 +26,48 @@ COLUMNS = ("variable", "flag", "estimator", "points", "effective_points", "max_z
            "mde", "shape_p")
 
 
-def comparison(theory: xr.Dataset, montecarlo: xr.Dataset) -> xr.Dataset:
+def comparison(theory: xr.Dataset, montecarlo: xr.Dataset, declared: dict | None = None
+               ) -> xr.Dataset:
     """sp.compare of the archs both datasets hold, a Monte Carlo shallower than the theory on
-    its own layers."""
+    its own layers; the points a declaration confines to (``declared``: variable -> reason or
+    {why, where}) left out of both."""
     if "arch" in theory.dims:
         theory = theory.sel(arch=[a for a in theory["arch"].values
                                   if a in montecarlo["arch"].values])
+    for name, entry in (declared or {}).items():
+        if isinstance(entry, dict):
+            theory, montecarlo = (_left_out(ds, name, entry["where"])
+                                  for ds in (theory, montecarlo))
     shallower = montecarlo.sizes["layer"] < theory.sizes["layer"]
     with warnings.catch_warnings():  # (compare's notes on each variable: the table says them)
         warnings.simplefilter("ignore")
         return compare(theory, montecarlo, prefix=shallower)
+
+
+def _left_out(ds: xr.Dataset, name: str, where: dict) -> xr.Dataset:
+    """``ds`` with variable ``name`` and its log companion NaN at the points of ``where`` (dim ->
+    labels; a dim ``ds`` lacks selects nothing)."""
+    from sigprop import schema
+
+    inside = xr.DataArray(True)
+    for dim, labels in where.items():
+        if dim not in ds.dims:
+            return ds
+        inside = inside & ds[dim].isin(labels)
+    ds = ds.copy()
+    for v in (name, schema.LOG_NAME.get(name)):
+        if v in ds:
+            ds[v] = ds[v].where(~inside)
+    return ds
+
+
+def reason(entry) -> str:
+    """A declaration's reason, with the points it covers where it is confined to some."""
+    if isinstance(entry, str):
+        return entry
+    at = "; ".join(f"{dim} = {' / '.join(map(str, labels))}"
+                   for dim, labels in entry["where"].items())
+    return f"{entry['why']} (left out: {at})"
 
 
 def verdicts(comparisons: dict[str, xr.Dataset]) -> dict[str, list[dict]]:
@@ -49,9 +83,11 @@ def verdicts(comparisons: dict[str, xr.Dataset]) -> dict[str, list[dict]]:
 
 def undeclared(rows: dict[str, list[dict]], declared: dict[str, dict[str, str]]) -> list[str]:
     """'sim: variable' for each DISAGREE of ``rows`` (sim -> verdicts) that the sim's
-    ``disagree`` table (``declared``: sim -> variable -> reason) does not name."""
+    ``disagree`` table (``declared``: sim -> variable -> reason or {why, where}) does not
+    name, or names for some points only (the rest was judged without them)."""
     return [f"{sim}: {r['variable']}" for sim, got in rows.items() for r in got
-            if r["flag"] == "DISAGREE" and r["variable"] not in declared.get(sim, {})]
+            if r["flag"] == "DISAGREE"
+            and not isinstance(declared.get(sim, {}).get(r["variable"]), str)]
 
 
 def table(rows: dict[str, list[dict]], declared: dict[str, dict[str, str]]) -> str:
@@ -62,10 +98,12 @@ def table(rows: dict[str, list[dict]], declared: dict[str, dict[str, str]]) -> s
               r"sum $t$ & MDE & shape $p$ \\ \midrule \endhead")]
     for sim, got in rows.items():
         for r in got:
-            flag = r["flag"]
-            why = declared.get(sim, {}).get(r["variable"])
-            if flag == "DISAGREE" and why:
-                flag = f"DISAGREE (declared: {why})"
+            flag, entry = r["flag"], declared.get(sim, {}).get(r["variable"])
+            if isinstance(entry, dict):
+                flag = (f"DISAGREE beyond the declared points ({reason(entry)})"
+                        if flag == "DISAGREE" else f"{flag} (declared: {reason(entry)})")
+            elif flag == "DISAGREE" and entry:
+                flag = f"DISAGREE (declared: {entry})"
             cells = [sim, r["variable"], flag, r["estimator"], str(r["points"]),
                      _num(r["effective_points"], "{:.3g}"), _num(r["max_z"], "{:.2f}"),
                      _num(r["signed_t"], "{:.2f}"), _num(r["mde"], "{:.2g}"),

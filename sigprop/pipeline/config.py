@@ -294,6 +294,22 @@ class FigureSpec(_Strict):
 
 
 
+class Disagreement(_Strict):
+    """An expected disagreement confined to some points: ``why``, and ``where`` the points are
+    (``arch`` labels, ``batch`` sizes); the rest of the variable is still held to the theory."""
+
+    why: str
+    where: dict[Literal["arch", "batch"], list[str] | list[int]] = Field(min_length=1)
+
+    @field_validator("where")
+    @classmethod
+    def _labels(cls, v):
+        for dim, labels in v.items():
+            if not labels:
+                raise ValueError(f"where.{dim} is empty; allowed: the {dim} labels it excludes")
+        return v
+
+
 class SimSpec(_Strict):
     """One experiment: architectures, inputs, sweeps, profiles and figures."""
 
@@ -305,15 +321,17 @@ class SimSpec(_Strict):
     profiles: dict[str, ProfileSpec] = Field(min_length=1)
     figure: list[FigureSpec] = Field(default_factory=list)
     # variable -> why its theory and Monte Carlo are expected to disagree (sp.compare's
-    # DISAGREE): `sigprop reproduce` fails on any other (sigprop.figures.agreement)
-    disagree: dict[str, str] = Field(default_factory=dict)
+    # DISAGREE), everywhere or at some points (a Disagreement): `sigprop reproduce` fails on
+    # any other (sigprop.figures.agreement)
+    disagree: dict[str, str | Disagreement] = Field(default_factory=dict)
 
     @field_validator("disagree")
     @classmethod
     def _disagree(cls, v):
         from sigprop import schema
 
-        for name, why in v.items():
+        for name, entry in v.items():
+            why = entry if isinstance(entry, str) else entry.why
             if name not in schema.PRIMARY:
                 raise ValueError(f"disagree names {name!r}; allowed: a variable sp.compare "
                                  f"judges ({', '.join(schema.PRIMARY)})")
@@ -344,6 +362,11 @@ class SimSpec(_Strict):
         labels = [a.name for a in self.arch]
         if len(set(labels)) != len(labels):
             raise ValueError(f"architecture labels must be unique, got {labels}")
+        for name, entry in self.disagree.items():
+            unknown = [a for a in getattr(entry, "where", {}).get("arch", []) if a not in labels]
+            if unknown:
+                raise ValueError(f"disagree.{name}.where.arch names {unknown[0]!r}; allowed: "
+                                 f"the sim's arch labels ({', '.join(labels)})")
         for profile, prof in self.profiles.items():
             base = prof.sweeps or self.sweeps
             own = {a.name: self.arch_sweeps(a, base, profile) for a in self.arch}

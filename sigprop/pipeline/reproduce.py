@@ -488,14 +488,14 @@ def _agreement(run: Run, sims: dict, keys: dict, out_dir: Path):
 
     needed = {s: d for s, d in sorted(keys.items())
               if d not in (None, SKIPPED) and d.get("montecarlo")}
-    declared = {s: sims[s].spec.disagree for s in needed}
+    declared = {s: sims[s].spec.model_dump(mode="json")["disagree"] for s in needed}
     key = cachemod.digest(cachemod.closure_digest(agreement.__name__), declared,
                           {s: {k: str(v) for k, v in d.items()} for s, d in needed.items()})
     path, rows_path = out_dir / "agreement.tex", out_dir / "agreement.json"
 
     def go():
         rows = agreement.verdicts({s: agreement.comparison(load(d["theory"]),
-                                                           load(d["montecarlo"]))
+                                                           load(d["montecarlo"]), declared[s])
                                    for s, d in needed.items()})
         with cachemod.staged(out_dir) as tmp:
             (tmp / path.name).write_text(agreement.table(rows, declared))
