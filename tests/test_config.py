@@ -99,6 +99,10 @@ def test_good_config_runs_theory(tmp_path):
      "where.batch is empty", "batch labels"),
     (("[inputs]", "[disagree.grad_q]\nwhy = ' '\nwhere = { batch = [2] }\n[inputs]"),
      "disagree", "why the theory"),
+    (("[inputs]", "[disagree.grad_q]\nwhy = 'x'\nwhere = { batch = [7] }\n[inputs]"),
+     "where.batch names 7", "the sim's batch labels"),  # (a where that matches no point)
+    (("[inputs]", "[disagree.grad_q]\nwhy = 'x'\nwher = { batch = [2] }\n[inputs]"),
+     "disagree.grad_q.Disagreement.wher", "keys why, where"),
     # a bad sweep value is refused at load, naming the file (it failed at run time, unnamed)
     (("[inputs]", "[sweeps]\nsigma_w1 = [-1.0, 0.5]\n[inputs]"), "sweeps = {'sigma_w1'",
      ">= 0"),

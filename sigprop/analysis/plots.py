@@ -298,8 +298,8 @@ def curves(ax, data: FigureData, var: str, *, select: dict | None = None,
                   f"{HEAVY_LOG_SD:g} at some point of its curve (or whose tail is heavy), the "
                   "log-normal estimate $\\exp(\\bar y + s_y^2/2)$ from $y = \\log X$ (Cox); "
                   f"bands of $\\pm${BAND_SE:g} standard errors (on the log scale for the "
-                  "latter). Appendix~\\ref{sec:agreement} tests them against the theory and "
-                  "gives the smallest error their seeds resolve.")
+                  "latter). The appendix on theory against Monte Carlo tests them and gives "
+                  "the smallest error their seeds resolve.")
 
 
 def _restrict(ds: xr.Dataset | None, select: dict) -> xr.Dataset | None:

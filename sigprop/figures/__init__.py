@@ -29,10 +29,16 @@ def render(name: str, data, out_dir="paper/figures"):
     fig = mod.draw(data)
     caption = " ".join([mod.CAPTION.strip(), *data.notes])
     paths = save(fig, name, out_dir, caption)
-    if hasattr(mod, "numbers"):
+    if has_numbers(mod):
         paths.append(Path(out_dir) / f"{name}.numbers.tex")
         paths[-1].write_text(tex_macros(mod.__name__, mod.numbers(data)))
     return paths
+
+
+def has_numbers(mod) -> bool:
+    """Whether figure module ``mod`` writes numbers for the prose (a function ``numbers``; not
+    the standard library's module of that name, which a module may import)."""
+    return callable(getattr(mod, "numbers", None))
 
 
 def tex_number(x) -> str:

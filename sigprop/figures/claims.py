@@ -23,7 +23,7 @@ SIMS = ("placement", "norms", "meanshift", "phase")
 
 # Thresholds of the verdicts. The values are infinite-width theory (no sampling error), so each
 # threshold is a physical quantity, not a number of standard errors; Monte Carlo comparisons
-# use Z_AGREE standard errors.
+# use agreement_bound standard errors (FAMILY_LEVEL shared among the cases of one verdict).
 STABLE_FACTOR = 10.0  # a gradient "stable" through the stack: G_0 / G_L within one decade
 VAR_GROWTH = 2.0  # a stream "not kept at constant variance": var_L / var_0 above 2 (doubled)
 MEAN_DOMINATES = 1.0  # a mean "not near zero": mu_L^2 above the variance var_L
@@ -32,11 +32,10 @@ BATCH_EFFECT = STABLE_FACTOR  # BatchNorm "depends on B": G_0 moves by more than
 CORR_EFFECT = 0.1  # BatchNorm "depends on B": c_L moves by more than 0.1 over the batch sizes
 CHI_TOL = 0.05  # a per-block gradient factor "predictable": |log chi| <= 5 % on the whole grid
 EPS_LEVEL = 1e-4  # log chi above -EPS_LEVEL: "not below one" up to LayerNorm's eps (phase row)
-EPS_EFFECT = 0.01  # eps "moves the signal": G_0 or var_L changes by more than 1 % over EPS_VALUES
+EPS_EFFECT = 0.01  # eps "moves the signal": some q_l or G_l changes by more than 1 % over EPS_VALUES
 EPS_VALUES = (1e-8, 1e-5, 1e-3)  # LayerNorm's eps: far below, at and above the usual 1e-5
 EPS_SCALES = (1.0, 1e-6)  # the inputs' q_0: unit scale, and below the usual eps
 RELATION_RTOL = 1e-6  # a relation the prose states (G_0/G_L = q_L/q_0) holds to this
-Z_AGREE = 3.0  # Monte Carlo "agrees" with an exact value: within 3 standard errors
 DEFAULT_INIT = {"sigma_w1": 1.0, "alpha": 1.0}  # tanh branch at its default initialisation
 HANIN_NICA_WIDTH = 4096  # width at which the per-block log-normal coefficients are quoted
 
@@ -303,11 +302,10 @@ def norm_rows(th, mc=None) -> list[Row]:
     mc_text = ("; Monte Carlo at the last layer "
                + ", ".join(f"{r['mc_pair']:.3f} $\\pm$ {r['mc_pair_se']:.2f}" for r in with_mc)
                + " against " + ", ".join(f"{r['postbn']:.3f}" for r in with_mc)
-               + f" at B = {', '.join(str(r['B']) for r in with_mc)} (largest |z| = {z_all:.2g}; "
-               "one pair, whose $O(N^{-1/2})$ spread across nets dwarfs the $O(1/N)$ "
-               "finite-width bias of its mean while the seeds are few against $N$)"
+               + f" at B = {', '.join(str(r['B']) for r in with_mc)} (largest |z| = {z_all:.2g}, "
+               "the pair (0, 1))"
                if with_mc else "")
-    postbn_ok = z_all is None or z_all <= Z_AGREE
+    postbn_ok = z_all is None or z_all <= agreement_bound(len(with_mc))
     b = [r["B"] for r in tab]
     rows = [Row(
         "LayerNorm does not depend on the batch size, unlike BatchNorm; instance norm "
@@ -451,9 +449,9 @@ EPS_CLAIM = ("Start LayerNorm's epsilon small, such as 1e-5, and adjust it for t
 
 
 def eps_effect(depth: int, eps_values=EPS_VALUES, scales=EPS_SCALES) -> dict:
-    """{(placement, q_0): (largest |change| of log G_0, of log var_L)} over ``eps_values`` of
-    every LayerNorm in Pre-LN, Post-LN and Peri-LN stacks (ReLU MLP branches, ``depth`` blocks)
-    with inputs of second moment q_0 in ``scales`` (infinite-width theory)."""
+    """{(placement, q_0): (largest |change| of log q_l, of log G_l, over every layer l)} over
+    ``eps_values`` of every LayerNorm in Pre-LN, Post-LN and Peri-LN stacks (ReLU MLP branches,
+    ``depth`` blocks) with inputs of second moment q_0 in ``scales`` (infinite-width theory)."""
     from sigprop import presets
     from sigprop.engines.theory import theory
     from sigprop.state.inputs import Inputs
@@ -462,31 +460,32 @@ def eps_effect(depth: int, eps_values=EPS_VALUES, scales=EPS_SCALES) -> dict:
     for name in ("preln", "postln", "periln"):
         for q0 in scales:
             runs = [theory(presets.PRESETS[name](depth, eps=e), Inputs(q=q0)) for e in eps_values]
-            g0 = [float(r["log_grad_q"].isel(layer=0, input=0)) for r in runs]
-            var = [float(np.log(r["var"].isel(layer=-1, input=0))) for r in runs]
-            out[name, q0] = (float(np.ptp(g0)), float(np.ptp(var)))
+            out[name, q0] = tuple(
+                float(np.ptp(np.stack([r[v].isel(input=0).values for r in runs]), axis=0).max())
+                for v in ("log_q", "log_grad_q"))
     return out
 
 
 def eps_row(depth: int) -> Row:
-    """The epsilon claim at initialisation: how far eps moves G_0 and var_L (:func:`eps_effect`),
-    for unit inputs and for inputs at the scale of eps."""
+    """The epsilon claim, a statement about training: out of scope, with what eps does at
+    initialisation (:func:`eps_effect`: the largest change of q_l and G_l over the layers, for
+    unit inputs and for inputs at the scale of eps) against EPS_EFFECT."""
     effect = eps_effect(depth)
     unit = max(max(v) for (_, q0), v in effect.items() if q0 == 1.0)
     small_q = min(q0 for _, q0 in effect)
     small = max(max(v) for (_, q0), v in effect.items() if q0 == small_q)
     span = f"${tex_number(min(EPS_VALUES))}$ to ${tex_number(max(EPS_VALUES))}$"
-    moves = {k: v > np.log1p(EPS_EFFECT) for k, v in (("unit", unit), ("small", small))}
-    verdict = ("Supported at initialisation (eps moves the signal at unit scale)" if moves["unit"]
-               else f"Only near eps (at $q_0 = {tex_number(small_q)}$, not at unit scale)"
-               if moves["small"] else "Not supported at initialisation (eps moves no signal)")
-    return Row(EPS_CLAIM, verdict,
-               f"LayerNorm divides by $\\sqrt{{q + \\epsilon}}$. Over eps from {span}, "
-               f"with inputs of $q_0 = 1$, Pre-LN, Post-LN and Peri-LN stacks of L = {depth} "
-               f"ReLU blocks keep $G_0$ and var$_L$ within a factor {np.exp(unit):.6g} of "
-               f"each other; with inputs of $q_0 = {tex_number(small_q)}$ within a factor "
-               f"{np.exp(small):.6g} (a change above {EPS_EFFECT * 100:g}\\% counts). Stability in "
-               "training is not measured here.", r"theory (\texttt{claims.eps\_effect})")
+    seen = [f"$q_0 = {tex_number(q0)}$" for q0, v in ((1.0, unit), (small_q, small))
+            if v > np.log1p(EPS_EFFECT)]
+    return scope_row(
+        EPS_CLAIM, TRAINING,
+        f"LayerNorm divides by $\\sqrt{{q + \\epsilon}}$. At initialisation, over eps from "
+        f"{span}, Pre-LN, Post-LN and Peri-LN stacks of L = {depth} ReLU blocks keep $q_\\ell$ "
+        f"and $G_\\ell$ at every layer within a factor {np.exp(unit):.6g} with inputs of "
+        f"$q_0 = 1$ and {tex_number(float(np.exp(small)))} with inputs of $q_0 = "
+        f"{tex_number(small_q)}$: eps moves the signal by more than {EPS_EFFECT * 100:g}\\% "
+        + (f"at {' and '.join(seen)}." if seen else "at neither."),
+        r"theory (\texttt{claims.eps\_effect})")
 
 
 DEPTH_CLAIM = "Residual connections alone let networks scale to thousands of layers."
@@ -588,13 +587,13 @@ def numbers(data: dict) -> dict[str, float]:
     return out
 
 
-def batchnorm_typical(depth=16, widths=(256, 1024), seeds=1000, eps=1e-5) -> dict:
+def batchnorm_typical(depth=16, low=256, high=1024, seeds=1000, eps=1e-5) -> dict:
     """Pre-BN (ReLU MLP branches, Gaussian inputs q = 1, c = 0.5) at B = 2, 3, where the mean
     of the gradient is carried by features of batch variance ~ eps: the typical E log G_0 at
     width N (``typical_log_grad_q`` of ``sp.theory(net, x, width=N)``), the infinite-width
     log E G_0, and Monte Carlo's mean +- SE and median of log G_0 over ``seeds`` (NumPy), at
-    the first of ``widths`` (suffix-free macros) and the last (suffix ``High``); and the verdict
-    on the typical value over all of them (``BNTypVerdict``, :func:`_typical_verdict`)."""
+    widths ``low`` (suffix-free macros) and ``high`` (suffix ``High``); and the verdict on the
+    typical value over all of them (``BNTypVerdict``, :func:`_typical_verdict`)."""
     import warnings
 
     from sigprop import presets
@@ -603,10 +602,10 @@ def batchnorm_typical(depth=16, widths=(256, 1024), seeds=1000, eps=1e-5) -> dic
     from sigprop.errors import FiniteWidthWarning
     from sigprop.state.inputs import Inputs
 
-    out = {"BNTypDepth": depth, "BNTypWidth": widths[0], "BNTypWidthHigh": widths[-1],
+    out = {"BNTypDepth": depth, "BNTypWidth": low, "BNTypWidthHigh": high,
            "BNTypSeeds": seeds, "BNTypEps": eps}
     checks = []
-    for width, suffix in ((widths[0], ""), (widths[-1], "High")):
+    for width, suffix in ((low, ""), (high, "High")):
         for B, name in ((2, "Two"), (3, "Three")):
             net, x0 = presets.prebn(depth, eps=eps), Inputs(q=1.0, corr=0.5, n=B, law="gaussian")
             with warnings.catch_warnings():
@@ -633,18 +632,35 @@ def _typical_verdict(checks) -> str:
                            "the typical value", "at every batch size and width")
 
 
+def agreement_bound(cases: int) -> float:
+    """The |z| a verdict over ``cases`` comparisons allows each: the two-sided normal quantile
+    at FAMILY_LEVEL shared among them (Bonferroni; 3.0 for one case)."""
+    from scipy import stats
+
+    from sigprop.analysis.compare import FAMILY_LEVEL
+
+    return float(stats.norm.isf(FAMILY_LEVEL / (2 * max(cases, 1))))
+
+
 def agreement_words(cases, target: str, every: str = "in every case") -> str:
-    """Words on estimates against ``target`` from (where, z) per case: within ``Z_AGREE``
-    standard errors at all of them (with the largest |z|), or where they depart and by how
-    much (a NaN z departs: it was not measured)."""
-    off = [(where, z) for where, z in cases if not abs(z) <= Z_AGREE]
+    """Words on estimates against ``target`` from (where, z) per case: within
+    :func:`agreement_bound` standard errors at all of them (with the largest |z|), or where
+    they depart and by how much; a NaN z (not measured) is named as such, never as agreement
+    or departure."""
+    lost = [where for where, z in cases if math.isnan(z)]
+    cases = [(where, z) for where, z in cases if not math.isnan(z)]
+    bound = agreement_bound(len(cases))
+    off = [(where, z) for where, z in cases if abs(z) > bound]
+    unmeasured = f"; not measured at {', '.join(lost)}" if lost else ""
+    if not cases:
+        return f"was not measured at {', '.join(lost)}"
     if not off:
         top = (f"$z = {cases[0][1]:.2g}$" if len(cases) == 1 else
                f"largest $|z| = {max(abs(z) for _, z in cases):.2g}$")
-        return " ".join(filter(None, (f"lies within {Z_AGREE:g} standard errors of {target}",
-                                      every, f"({top})")))
-    return f"departs from {target} at " + ", ".join(f"{where} ($z = {z:.2g}$)"
-                                                   for where, z in off)
+        return " ".join(filter(None, (f"lies within {bound:.3g} standard errors of {target}",
+                                      every, f"({top}{unmeasured})")))
+    return f"departs from {target} at " + ", ".join(
+        f"{where} ($z = {z:.2g}$)" for where, z in off) + unmeasured
 
 
 def mean_and_error(mean: float, se: float) -> tuple[str, str]:

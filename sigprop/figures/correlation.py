@@ -153,7 +153,8 @@ def numbers(data: plots.FigureData) -> dict[str, float | str]:
     the least and largest ratio of the leading term to the theory's 1 - c_l
     (``CorrLeadRatioMin``, ``CorrLeadRatioMax``), the verb they support
     (``CorrLeadVerb``: overestimates where every ratio exceeds 1, underestimates where none
-    does, else misses) and the leading terms as derived (``CorrLeadTerm``)."""
+    does, else misses), the leading terms as derived (``CorrLeadTerm``) and the depths
+    (``CorrLeadDepthMin``, ``CorrLeadDepthMax``)."""
     rows = [r for r in laws(data) if r["leading"] is not None]
     if not rows:
         return {}
@@ -161,8 +162,10 @@ def numbers(data: plots.FigureData) -> dict[str, float | str]:
     low, high = float(ratios.min()), float(ratios.max())
     verb = "overestimates" if low > 1 else "underestimates" if high < 1 else "misses"
     terms = dict.fromkeys(r["leading_tex"] for r in rows)  # (one per distinct term, in order)
+    layers = np.concatenate([r["layers"] for r in rows])
     return {"CorrLeadRatioMin": low, "CorrLeadRatioMax": high, "CorrLeadVerb": verb,
-            "CorrLeadTerm": " and ".join(f"${t}$" for t in terms)}
+            "CorrLeadTerm": " and ".join(f"${t}$" for t in terms),
+            "CorrLeadDepthMin": int(layers.min()), "CorrLeadDepthMax": int(layers.max())}
 
 
 def _draw_asymptotes(ax, data, depth) -> list[dict]:

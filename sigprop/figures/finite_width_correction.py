@@ -13,6 +13,7 @@ A as the intercept of N (mean_seeds G_0 / G_0,inf - 1) = A + A_2/N, fitted the s
 
 from __future__ import annotations
 
+import json
 import math
 import re
 import warnings
@@ -21,6 +22,7 @@ import numpy as np
 from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 
 from sigprop.analysis import plots
+from sigprop.analysis.plots import latex_escape
 from sigprop.figures import nets as figure_nets
 
 SIM = "finite_width_correction"
@@ -57,9 +59,11 @@ def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
     and, with Monte Carlo,
     per width the estimates (d: E log q_L - log q_inf, v: N Var log q_L, g: E G_0 / G_0,inf,
     each with its SE) and the fits (a, V, A with their SEs). Notes what cannot be computed.
-    ``fresh``: for a mean mode, also A fitted to a Monte Carlo of the same widths, seeds and
-    root seed whose cotangent is pulled back through fresh weights (``sampler="independent"``,
-    gradient independence): ``A_fresh``, ``A_fresh_se``."""
+    ``fresh``: for a mean mode of a pipeline run (one that records its root seed), also A
+    fitted to a Monte Carlo of the same widths, seeds and dtype whose cotangent is pulled back
+    through fresh weights (``sampler="independent"``, gradient independence), on streams of its
+    own (:func:`~sigprop.pipeline.runs.width_root_seed` with salt 1), so that the two fits are
+    independent: ``A_fresh``, ``A_fresh_se``."""
     from sigprop.analysis.compare import fit_inverse_width
     from sigprop.engines.finite_width import (
         coefficients,
@@ -67,6 +71,7 @@ def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
         mean_mode_coefficient,
     )
     from sigprop.engines.montecarlo import simulate
+    from sigprop.pipeline.runs import width_root_seed
 
     nets, L = figure_nets(data)
     rows = []
@@ -104,22 +109,30 @@ def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
                        .transpose("width", "seed").values) / g0
             row.update(g=g.mean(axis=1), g_se=g.std(axis=1, ddof=1) / math.sqrt(S))
             row["A_fit"], row["A_se"] = _mean_mode_fit(N, g)
-            if fresh:
+            if fresh and "root_seed" in data.mc.attrs:
+                cfg = json.loads(data.mc.attrs["config"])
+                dtype = cfg["profiles"][cfg["profile"]]["dtype"]
+                root = int(data.mc.attrs["root_seed"])
                 row["A_fresh"], row["A_fresh_se"] = _mean_mode_fit(N, np.stack([np.exp(
-                    simulate(net, inputs, width=w, seeds=S, backend="numpy",
-                             sampler="independent", root_seed=int(data.mc.attrs.get("root_seed", 0)))
+                    simulate(net, inputs, width=w, seeds=S, backend="numpy", dtype=dtype,
+                             sampler="independent", root_seed=width_root_seed(root, w, salt=1))
                     ["log_grad_q"].sel(input=0).isel(layer=0).values) / g0 for w in widths]))
         rows.append(row)
     return rows
 
 
-def _cause(z_own: float, z_fresh: float) -> str:
-    """What the fits' z against zero (the net's own weights, fresh backward weights) say of the
-    stream's finite-width gap: the coupling of the forward and backward weights where only the
-    own weights' fit departs from zero by ``Z_AGREE`` standard errors."""
-    from sigprop.figures.claims import Z_AGREE
+def _cause(own: tuple[float, float], fresh: tuple[float, float]) -> str:
+    """What the fits (A, SE) with the net's own weights and with fresh backward weights (two
+    independent runs) say of the stream's finite-width gap: the coupling of the forward and
+    backward weights where the own fit departs from zero and from the fresh one, and the fresh
+    one does not depart from zero, each by the bound of :func:`agreement_bound` for these three
+    comparisons."""
+    from sigprop.figures.claims import agreement_bound
 
-    if abs(z_own) > Z_AGREE and abs(z_fresh) <= Z_AGREE:
+    bound = agreement_bound(3)
+    z_own, z_fresh = own[0] / own[1], fresh[0] / fresh[1]
+    z_diff = (own[0] - fresh[0]) / math.hypot(own[1], fresh[1])
+    if abs(z_own) > bound and abs(z_diff) > bound and abs(z_fresh) <= bound:
         return ("the gap is the correlation between the forward and backward weights, which "
                 "gradient independence drops")
     return ("these fits do not single out the correlation between the forward and backward "
@@ -193,7 +206,7 @@ def numbers(data: plots.FigureData) -> dict[str, float | int]:
     rows = summary(data, fresh=True)
     for r in rows:
         s = _slug(r["label"])
-        fits += [(f"{r['label']}'s {what}", (r[k + "_fit"] - r[k]) / r[k + "_se"])
+        fits += [(f"{latex_escape(r['label'])}'s {what}", (r[k + "_fit"] - r[k]) / r[k + "_se"])
                  for k, what in (("a", "slope"), ("V", "$N$ Var")) if k + "_fit" in r]
         out.update({f"FWC{s}Slope": r["a"], f"FWC{s}Var": r["V"]})
         for k, name in (("a_fit", "SlopeFit"), ("a_se", "SlopeSE"), ("V_fit", "VarFit"),
@@ -208,11 +221,12 @@ def numbers(data: plots.FigureData) -> dict[str, float | int]:
                                            ("A", r["A"], "the closed form's $A$")):
                     out[f"FWCMean{key}Verdict"] = agreement_words(
                         [("this stream", (r["A_fit"] - value) / r["A_se"])], target, "")
-                z_own, z_fresh = r["A_fit"] / r["A_se"], r["A_fresh"] / r["A_fresh_se"]
+            if "A_fresh" in r:
+                own, fresh = (r["A_fit"], r["A_se"]), (r["A_fresh"], r["A_fresh_se"])
                 out.update(FWCMeanAFresh=r["A_fresh"], FWCMeanAFreshSE=r["A_fresh_se"],
-                           FWCMeanFreshVerdict=agreement_words([("fresh weights", z_fresh)],
-                                                               "zero", ""),
-                           FWCMeanCause=_cause(z_own, z_fresh))
+                           FWCMeanFreshVerdict=agreement_words(
+                               [("fresh weights", fresh[0] / fresh[1])], "zero", ""),
+                           FWCMeanCause=_cause(own, fresh))
             if "widths" in r:
                 out.update(FWCWidthMin=int(r["widths"].min()), FWCWidthMax=int(r["widths"].max()),
                            FWCSeeds=int(r["seeds"]))

@@ -96,8 +96,9 @@ def draw(data: plots.FigureData):
     if data.mc is not None and heavy:
         data.note(f"At B = {', '.join(map(str, heavy))} the gradient's band is no standard "
                   "error: $\\mathrm{E}[1/s^4] \\propto 1/((B-3)(B-5))$ is infinite there, so "
-                  "the variance of $G_0$ across nets is too, and its sample mean converges "
-                  "more slowly than its spread across seeds suggests.")
+                  "the variance of $G_0$ across nets is too, and no estimate of its mean from "
+                  "the seeds (the sample mean's or the log-normal one's) has the spread its "
+                  "band shows.")
     plots.figure_legend(fig, axes[0])
     plots.params_note(data)
     data.note(f"Pre-BN branch: $\\rho = \\alpha^2\\sigma_1^2\\sigma_2^2/2$ = {branch_rho(th):.3g}.")

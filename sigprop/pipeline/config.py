@@ -362,11 +362,14 @@ class SimSpec(_Strict):
         labels = [a.name for a in self.arch]
         if len(set(labels)) != len(labels):
             raise ValueError(f"architecture labels must be unique, got {labels}")
+        batches = sorted({b for p in self.profiles.values() for b in p.batch_sizes or ()})
         for name, entry in self.disagree.items():
-            unknown = [a for a in getattr(entry, "where", {}).get("arch", []) if a not in labels]
-            if unknown:
-                raise ValueError(f"disagree.{name}.where.arch names {unknown[0]!r}; allowed: "
-                                 f"the sim's arch labels ({', '.join(labels)})")
+            where = getattr(entry, "where", {})
+            for dim, known in (("arch", labels), ("batch", batches)):
+                unknown = [v for v in where.get(dim, []) if v not in known]
+                if unknown:
+                    raise ValueError(f"disagree.{name}.where.{dim} names {unknown[0]!r}; allowed: "
+                                     f"the sim's {dim} labels ({', '.join(map(str, known))})")
         for profile, prof in self.profiles.items():
             base = prof.sweeps or self.sweeps
             own = {a.name: self.arch_sweeps(a, base, profile) for a in self.arch}
@@ -651,7 +654,7 @@ def _explain(path, raw: dict, err: ValidationError) -> SimConfigError:
 
 
 _NESTED = {"arch": "ArchSpec", "inputs": "InputsSpec", "profiles": "profiles",
-           "figure": "FigureSpec"}
+           "figure": "FigureSpec", "disagree": "disagree"}
 
 
 def _fields_at(loc) -> list[str]:
@@ -662,6 +665,8 @@ def _fields_at(loc) -> list[str]:
             continue
         if model == "profiles":
             model = ProfileSpec
+        elif model == "disagree":  # (a variable's entry, then pydantic's name of its table)
+            model = Disagreement if part == "Disagreement" else "disagree"
         elif model is SimSpec:
             model = globals().get(_NESTED.get(part, ""), _NESTED.get(part))
         else:

@@ -39,7 +39,7 @@ from rich.table import Table
 
 from sigprop.data import load, remove_stale_temporaries, save
 from sigprop.errors import ConfigError, SigpropError
-from sigprop.figures import FIGURES, module, render
+from sigprop.figures import FIGURES, has_numbers, module, render
 from sigprop.pipeline import cache as cachemod
 from sigprop.pipeline.config import FigureSpec, Sim, SimConfigError, load_each
 from sigprop.pipeline.processes import child_env, kill_group
@@ -423,7 +423,7 @@ def _figure(run: Run, name: str, data: dict | None, generated: Path, out_dir: Pa
         with cachemod.staged(out_dir) as tmp:
             render(name, FigureData(load(data["theory"]), mc, generated), tmp)
 
-    suffixes = (".pdf", ".png", ".caption.tex") + ((".numbers.tex",) if hasattr(mod, "numbers")
+    suffixes = (".pdf", ".png", ".caption.tex") + ((".numbers.tex",) if has_numbers(mod)
                                                     else ())
     run.step(step, key, go, [out_dir / f"{name}{s}" for s in suffixes])
 

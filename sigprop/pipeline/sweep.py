@@ -243,12 +243,12 @@ def _template(plan: Plan) -> xr.Dataset:
         attrs = make_attrs("theory", sim.config(plan.profile), "numpy", sim=sim.name,
                            profile=plan.profile, unsupported="{}")
     else:
-        from sigprop.pipeline.runs import montecarlo_config
+        from sigprop.pipeline.runs import WIDTH_STREAMS, montecarlo_config
 
         attrs = make_attrs("montecarlo", montecarlo_config(sim, plan.profile, plan.widths,
                                                            plan.seeds), plan.backend,
                            sim=sim.name, profile=plan.profile, seeds=plan.seeds,
-                           root_seed=sim.spec.root_seed)
+                           root_seed=sim.spec.root_seed, streams=WIDTH_STREAMS)
     return schema.describe(xr.Dataset(data, coords=_coords(plan), attrs=attrs),
                            title=sim.spec.description)  # as run_theory / run_montecarlo
 
