@@ -669,7 +669,8 @@ def test_summary_allows_one_chance_exceedance_in_few_points():
     disagreement (bound 0.153) and two are (rate 0.2); without the 1/n one point in ten was
     flagged. One point far out (|z| = 8) is, by itself: max |z| passes the t quantile all n
     points pass together at FAMILY_LEVEL (3.64 here); under lognormal too, past t's quantile
-    above and the lower tail's (4.10 here, lognormal_critical) below."""
+    above and below the lower tail's sup over the sd of log X (4.10 here: these hand-made rows
+    have no stat log_sd)."""
     from scipy import stats
 
     n, seeds = 10, 1000

@@ -14,9 +14,12 @@ from scipy import special, stats
 import sigprop as sp
 from sigprop.analysis.compare import (
     FAMILY_LEVEL,
+    LOG_SD,
+    LOWER_GAMMA,
+    _lower_flag,
     compare,
     estimate,
-    lognormal_critical,
+    lognormal_lower_p,
     lognormal_rate,
     lognormal_tails,
     nominal_rate,
@@ -93,27 +96,96 @@ def test_tails_limits_and_an_independent_rule():
     assert min(lognormal_tails(6.0, 32, 1.0)) < 1e-7  # (the depth the rule was checked to)
 
 
-def test_each_tails_sup_over_sigma_is_its_limit():
-    """At the critical values for p = 1e-7, 1e-3 and 0.05 (S = 3 .. 1024), on 36 sds of log X
-    from 1e-3 to 1e4: the upper tail stays below Student t's p (sigma -> 0) and the lower
-    below the sigma -> inf law's p, so lognormal_critical's closed forms are the sups. And
-    lognormal_rate is the largest two-sided rate on that grid (to 1e-6). Catches: c_lo and
-    c_hi swapped; c_lo from Student t."""
+def test_lower_tail_rises_with_sigma_upper_stays_below_t():
+    """On 36 sds of log X from 1e-3 to 1e4, with sigma = 0 (Student t) and inf at the ends, at
+    c = t's and the sigma -> inf law's quantiles for p = 1e-7, 1e-3, 0.05 (S = 3 .. 1024): the
+    lower tail P(z < -c) never falls as sigma grows, so its sup over [0, sigma_up] is at sigma_up
+    (lognormal_lower_p's one evaluation) and over all sigma the sigma -> inf law's; the upper
+    tail stays below t's p (its sup, at sigma -> 0: summary's upper quantile). lognormal_rate is
+    the largest two-sided rate on the grid. Catches: a lower tail read at sigma -> 0 (t)."""
     grid = np.logspace(-3, 4, 36)
     for S in (3, 8, 16, 64, 1024):
+        n = S - 1
         for p in (1e-7, 1e-3, 0.05):
-            c_lo, c_hi = lognormal_critical(p, S)
-            assert stats.t.sf(c_hi, S - 1) == pytest.approx(p, rel=1e-9)
-            assert lognormal_tails(c_lo, S, math.inf)[1] == pytest.approx(p, rel=1e-9)
-            up = max(lognormal_tails(c_hi, S, s)[0] for s in grid)
-            down = max(lognormal_tails(c_lo, S, s)[1] for s in grid)
-            assert up <= p * (1 + 1e-6) and down <= p * (1 + 1e-6), (S, p, up / p, down / p)
-            assert down > 0.9 * p  # (approached: the sup is not loose)
+            c_t = stats.t.isf(p, n)
+            c_inf = math.sqrt(n / 2) * (n / stats.chi2.ppf(p, n) - 1)
+            assert lognormal_tails(c_inf, S, math.inf)[1] == pytest.approx(p, rel=1e-9)
+            for c in (c_t, c_inf):
+                tails = [lognormal_tails(float(c), S, float(s)) for s in grid]
+                lower = np.array([stats.t.sf(c, n), *(t[1] for t in tails),
+                                  lognormal_tails(float(c), S, math.inf)[1]])
+                assert np.all(np.diff(lower) >= -(1e-9 * lower[1:] + 1e-15)), (S, p, c)
+                if c == c_t:
+                    assert max(t[0] for t in tails) <= p * (1 + 1e-6), (S, p)
         for k in (2.0, 3.0):
             rate = lognormal_rate(k, S)
             assert rate >= max(sum(lognormal_tails(k, S, s)) for s in grid) * (1 - 1e-6)
             assert rate == pytest.approx(sum(lognormal_tails(k, S, math.inf)), rel=1e-6)
     assert lognormal_rate(3.0, 16) > 5 * nominal_rate(3.0, 16)  # (0.047 against t's 0.009)
+
+
+def test_lower_p_is_the_tail_at_the_sds_upper_bound_plus_gamma():
+    """lognormal_lower_p(z, S, s, gamma) = P_{sigma_up}(z' <= z) + gamma, sigma_up = s sqrt(n /
+    q), q chi^2_n's lower gamma quantile (s^2 n / sigma^2 ~ chi^2_n: sigma <= sigma_up with
+    probability 1 - gamma), against this file's integrator, at tails 1e-4 .. 1e-2; without s
+    (NaN) the sup over all sigma, the sigma -> inf law, with nothing added; z >= 0: 1. Catches:
+    the + gamma dropped; s itself for sigma_up; chi^2's upper gamma quantile for the lower."""
+    gamma = 1e-4
+    for S, s, z in ((16, 0.1, -4.0), (16, 1.0, -7.0), (32, 0.3, -4.0), (32, 3.0, -6.0)):
+        n = S - 1
+        up = s * math.sqrt(n / stats.chi2.ppf(gamma, n))
+        tail = _grid_tails(-z, S, up)[1]
+        assert 1e-4 < tail < 1e-2, (S, s, z, tail)
+        assert lognormal_lower_p(z, S, s, gamma) == pytest.approx(tail + gamma, rel=1e-5)
+    n = 15
+    assert lognormal_lower_p(-7.6, 16, math.nan, gamma) == pytest.approx(
+        stats.chi2.cdf(n / (1 + 7.6 * math.sqrt(2 / n)), n), rel=1e-12)
+    assert lognormal_lower_p(0.5, 16, 1.0, gamma) == 1.0
+
+
+def _z_sd(S, sigma, reps, rng):
+    """(z, s): compare's lognormal z on ``reps`` normal samples of log X (S seeds, sd sigma)
+    against the true log E X, and each sample's sd of log X (compare's stat log_sd)."""
+    y = xr.DataArray(sigma * rng.standard_normal((reps, S)), dims=("rep", "seed"))
+    est, se = estimate(np.exp(y), "lognormal", log=y)
+    return ((est - sigma**2 / 2) / se).values, y.std("seed", ddof=1).values
+
+
+def _lower_rate(S, sigmas, reps, alpha, rng):
+    """The rate of runs (``reps``, each one point per sd in ``sigmas``, independent) that
+    summary's lower-tail test (_lower_flag, alpha a point) flags, under the null. Runs with no
+    z below t's alpha quantile are not flagged (p >= t's cdf: the tail rises with sigma), so
+    are not passed to it."""
+    z, sd = (np.stack(v, -1) for v in zip(*(_z_sd(S, s, reps, rng) for s in sigmas)))
+    stat = ["estimate", "stderr", "theory", "z", LOG_SD]
+    flagged = 0
+    for r in np.flatnonzero((z < -stats.t.isf(alpha, S - 1)).any(-1)):
+        one = np.ones(len(sigmas))
+        da = xr.DataArray(np.stack([one, one, one, z[r], sd[r]]), dims=("stat", "layer"),
+                          coords={"stat": stat})
+        flagged += _lower_flag(da.sel(stat="z"), da, S, alpha)
+    return flagged / reps
+
+
+def test_null_rate_of_the_lower_tail_test_is_within_its_level():
+    """Normal samples of log X, the theory exact: the rate of runs whose lower-tail p is below
+    alpha = 0.05 a point is at most alpha within 3 binomial sd (2000 runs: 0.065), at 16 and 32
+    seeds and sd 0.1, 0.3, 1, 3 and at 8 seeds and sd 3 (0.042 .. 0.049: the test spends most
+    of its level at every sigma, where the sup over all sigma spent 0.005 at 16 seeds and sd
+    0.1), and over 4 points of sds 0.1 .. 3 at 16 seeds at 0.1 / 4 a point (0.075, at most
+    0.1). Catches: chi^2's upper quantile for sigma_up (0.069 at 16 seeds, sd 3); s itself for
+    sigma_up (0.073 at 8 seeds, sd 3); the stat log_sd not read (the sup over all sigma: below
+    alpha / 3)."""
+    rng = np.random.default_rng(11)
+    reps, alpha = 2000, 0.05
+    bound = alpha + 3 * math.sqrt(alpha * (1 - alpha) / reps)
+    for S, sigma in [(S, s) for S in (16, 32) for s in (0.1, 0.3, 1.0, 3.0)] + [(8, 3.0)]:
+        rate = _lower_rate(S, (sigma,), reps, alpha, rng)
+        assert rate <= bound, (S, sigma, rate)
+        assert rate > alpha / 3, (S, sigma, rate)  # (not the sup over all sigma's 0.005)
+    level = 0.1
+    rate = _lower_rate(16, (0.1, 0.3, 1.0, 3.0), reps, level / 4, rng)
+    assert level / 3 < rate <= level + 3 * math.sqrt(level * (1 - level) / reps), rate
 
 
 @pytest.fixture(scope="module")
@@ -136,77 +208,104 @@ def _flags(theory, S, sigma, runs, level, scale=1.0, root_seed=0):
 
 
 @pytest.mark.parametrize("sigma", [0.03, 20.0])
-def test_null_rate_of_the_max_z_flag_is_the_laws(theory, sigma):
+def test_null_rate_of_the_max_z_flag_is_within_the_level(theory, sigma):
     """A correct theory (E X exact), 16 seeds, 10 independent points, level 0.3 (0.015 a tail a
-    point): the rate of runs flagged by max |z| over 600 runs is the law's 1 - (1 - P(z > c_hi)
-    - P(z < -c_lo))^10 (this file's integrator; 0.137 at sigma = 0.03, 0.138 at 20) within 4
-    binomial sd, and at most the level. sigma = 0.03 is near Student t (the upper tail at 0.96
-    of its sup), 20 near the sigma -> inf law (the lower tail at 0.99 of its): the test is
-    exact per tail at the worst sigma, and conservative overall (each worst sigma leaves the
-    other tail ~0). Catches: c_lo and c_hi swapped (0.55 expected at sigma = 20); t's quantile
-    for both signs (the old rule's, had it run: 0.26 at 0.03, 0.55 at 20); the lower quantile
-    at level / n (0.26 at 20)."""
+    point), through compare (its stat log_sd) and summary: the rate of runs flagged over 600
+    runs is at most the level within 3 binomial sd (0.237 at sigma = 0.03, 0.127 at 20), and at
+    least the upper tail's part, 1 - (1 - P(z > c_hi))^10 (this file's integrator; 0.135 at
+    sigma = 0.03, 0 at 20) less 4 sd. sigma = 0.03 is near Student t in both tails, 20 near the
+    sigma -> inf law below. Catches: t's quantile below (0.55 expected at sigma = 20)."""
     S, n, runs, level = 16, 10, 600, 0.3
     rows = _flags(theory, S, sigma, runs, level, root_seed=int(100 * sigma))
     assert all(r["points"] == n for r in rows)
-    c_lo, c_hi = lognormal_critical(level / (2 * n), S)
-    up, down = _grid_tails(c_hi, S, sigma)[0], _grid_tails(c_lo, S, sigma)[1]
-    expected = 1 - (1 - up - down) ** n
+    up = _grid_tails(stats.t.isf(level / (2 * n), S - 1), S, sigma)[0]
+    upper = 1 - (1 - up) ** n
     seen = np.mean([r["flag"] == "DISAGREE" for r in rows])
-    se = math.sqrt(expected * (1 - expected) / runs)  # binomial sd of the flagged rate
-    assert expected <= level
-    assert abs(seen - expected) <= 4 * se, (sigma, seen, expected)
-    assert seen <= level + 4 * math.sqrt(level * (1 - level) / runs)
+    assert seen <= level + 3 * math.sqrt(level * (1 - level) / runs), (sigma, seen)
+    assert seen >= upper - 4 * math.sqrt(upper * (1 - upper) / runs), (sigma, seen, upper)
 
 
 def test_a_theory_three_percent_off_is_found(theory):
     """64 seeds, sd of log X 0.05 (se ~ 0.0063), 10 points: a theory 3 % below E X puts every z
     near +4.7, past t's Bonferroni quantile (3.86): the law (with the shift) gives the flag
-    probability 1 - 1e-7, and the run is flagged; 3 % above puts them near -4.7, against the
-    heavy lower tail's quantile (6.17), which the law finds with probability 0.69 only (the
-    asymmetry: s^2 underestimated is the common way for z to be far below). Catches: the max
-    test off for lognormal (the old rule)."""
+    probability 1 - 1e-7, and the run is flagged; 3 % above puts them near -4.7, which the sup
+    over all sigma (6.17, the sigma -> inf law's quantile) found with probability 0.69 only,
+    and each point's p over its sd's bound finds (one point past -4.0 is enough, sd 0.05).
+    Catches: the max test off for lognormal (the old rule)."""
     S, sigma, n = 64, 0.05, 10
-    c_lo, c_hi = lognormal_critical(FAMILY_LEVEL / (2 * n), S)
-    assert 3.8 < c_hi < 3.9 and 6.1 < c_lo < 6.2
+    alpha = FAMILY_LEVEL / (2 * n)
+    c_hi = stats.t.isf(alpha, S - 1)
+    c_inf = math.sqrt((S - 1) / 2) * ((S - 1) / stats.chi2.ppf(alpha, S - 1) - 1)
+    assert 3.8 < c_hi < 3.9 and 6.1 < c_inf < 6.2
+    assert lognormal_lower_p(-4.0, S, sigma, LOWER_GAMMA * alpha) < alpha
     for scale, sign in ((1 / 1.03, 1), (1.03, -1)):
         shift = -np.log(scale)  # (estimate - theory on the log scale, besides the noise)
-        up, down = _grid_tails(c_hi, S, sigma, shift)[0], _grid_tails(c_lo, S, sigma, shift)[1]
+        up, down = _grid_tails(c_hi, S, sigma, shift)[0], _grid_tails(c_inf, S, sigma, shift)[1]
         power = 1 - (1 - up - down) ** n
-        if sign > 0:
-            assert power > 0.999, power
-            row = _flags(theory, S, sigma, 1, FAMILY_LEVEL, scale, root_seed=5)[0]
-            assert row["flag"] == "DISAGREE" and row["max_z"] > c_hi, row
-        else:
-            assert 0.6 < power < 0.8, power
+        assert power > 0.999 if sign > 0 else 0.6 < power < 0.8, power
+        row = _flags(theory, S, sigma, 1, FAMILY_LEVEL, scale, root_seed=5)[0]
+        assert row["flag"] == "DISAGREE", (sign, row)
 
 
-def _one(z, seeds, estimator="lognormal", fitted=False):
-    """summary's row of a hand-made comparison whose points have z-scores ``z``."""
+def test_a_theory_too_high_is_found_at_the_sds_bound(theory):
+    """32 seeds, sd of log X 0.28, 4 points (layers 1, 2 x 2 inputs), rate test off: a theory
+    30 % above E X (z ~ -5) is flagged, and 50 % above (z ~ -8); one point's lower critical z
+    at sd 0.28 is 4.40 here, the sup over all sigma's 7.19, which the 30 % run stays within.
+    Catches: the sup over all sigma (the old rule); the stat log_sd not read (its fallback is
+    that sup)."""
+    S, sigma, four = 32, 0.28, theory.isel(layer=[1, 2])
+    alpha = FAMILY_LEVEL / 8
+    c_inf = math.sqrt((S - 1) / 2) * ((S - 1) / stats.chi2.ppf(alpha, S - 1) - 1)
+    assert 7.1 < c_inf < 7.3
+    assert lognormal_lower_p(-4.5, S, sigma, LOWER_GAMMA * alpha) < alpha
+    assert lognormal_lower_p(-4.3, S, sigma, LOWER_GAMMA * alpha) > alpha
+    for scale in (1.3, 1.5):
+        runs_theory = four.expand_dims(run=1)
+        mc = synthetic(runs_theory, seeds=S, noise=sigma, root_seed=0)
+        wrong = runs_theory.copy()
+        wrong["q"], wrong["log_q"] = four["q"] * scale, four["log_q"] + np.log(scale)
+        cmp = compare(wrong, mc, variables=["q"], estimator="lognormal").isel(run=0)
+        z = cmp["q"].sel(stat="z").values
+        assert np.all(cmp["q"].sel(stat=LOG_SD).values > 0.2)
+        if scale == 1.3:
+            assert -c_inf < z.min() < -4.5, z  # (past the bound's critical, within the sup's)
+        row = summary(cmp, threshold=50.0)[0]
+        assert row["points"] == 4 and row["flag"] == "DISAGREE", (scale, row, z)
+
+
+def _one(z, seeds, estimator="lognormal", fitted=False, log_sd=None):
+    """summary's row of a hand-made comparison whose points have z-scores ``z`` (and sds of log
+    X ``log_sd``: the stat log_sd, absent if None)."""
     z = np.asarray(z, dtype=float)
     n = z.size
-    names = ["estimate", "stderr", "theory", "z"] + (["a", "a_stderr"] if fitted else [])
-    stat = np.stack([np.ones(n)] * 3 + [z] + [np.ones(n)] * (2 if fitted else 0))
+    names = (["estimate", "stderr", "theory", "z"] + (["a", "a_stderr"] if fitted else [])
+             + ([LOG_SD] if log_sd is not None else []))
+    stat = np.stack([np.ones(n)] * 3 + [z] + [np.ones(n)] * (2 if fitted else 0)
+                    + ([np.full(n, log_sd)] if log_sd is not None else []))
     da = xr.DataArray(stat, dims=("stat", "layer"), coords={"stat": names},
                       attrs={"estimator": estimator})
     return summary(xr.Dataset({"q": da}, attrs={"seeds": seeds}))[0]
 
 
-def test_one_point_far_above_is_flagged_far_below_need_not_be():
-    """One point at 16 seeds, FAMILY_LEVEL: c_hi = t_15's 0.00135 quantile (3.59), c_lo = 8.48
-    (chi^2_15's). z = +7.6 has sup-over-sigma probability 2e-6 (t_15), flagged; z = -7.6 has
-    sup P(z < -7.6) = F(15 / (1 + 7.6 sqrt(2/15))) = 0.0022 > 0.00135 (the sigma -> inf law: s^2
-    below 0.27 sigma^2 gives it), not flagged; -8.5 is. max_z is |z| either way. Under the
-    old rule (no max test for lognormal) +7.6 read ok; a stack's T_inf (fitted stats a,
-    a_stderr) still has no max test."""
-    c_lo, c_hi = lognormal_critical(FAMILY_LEVEL / 2, 16)
-    assert c_hi == pytest.approx(3.586, abs=1e-3) and c_lo == pytest.approx(8.478, abs=1e-3)
+def test_one_point_far_above_is_flagged_far_below_by_its_sds_bound():
+    """One point at 16 seeds, FAMILY_LEVEL: c_hi = t_15's 0.00135 quantile (3.59). z = +7.6 has
+    sup-over-sigma probability 2e-6 (t_15), flagged. z = -7.6 with no sd of log X (no stat
+    log_sd) reads the sup over all sigma, F(15 / (1 + 7.6 sqrt(2/15))) = 0.0022 > 0.00135 (the
+    sigma -> inf law: s^2 below 0.27 sigma^2 gives it), not flagged, -8.5 is (past 8.478);
+    with the seeds' sd 0.3 its p over sigma <= sigma_up is far below the level, flagged, and
+    with sd 3 (the bound near the sup over all sigma, 8.23 its quantile) not. max_z is |z|
+    either way. A stack's T_inf (fitted stats a, a_stderr) has no max test."""
+    n = 15
+    c_inf = math.sqrt(n / 2) * (n / stats.chi2.ppf(FAMILY_LEVEL / 2, n) - 1)
+    assert stats.t.isf(FAMILY_LEVEL / 2, n) == pytest.approx(3.586, abs=1e-3)
+    assert c_inf == pytest.approx(8.478, abs=1e-3)
     assert lognormal_tails(7.6, 16, 0.0)[0] < 1e-5  # the upper tail's sup (sigma -> 0)
     assert lognormal_tails(7.6, 16, math.inf)[1] == pytest.approx(0.00218, rel=1e-2)
-    assert lognormal_tails(7.6, 16, math.inf)[1] > FAMILY_LEVEL / 2
-    for z, flag in ((7.6, "DISAGREE"), (-7.6, "ok"), (-8.5, "DISAGREE"), (3.5, "ok")):
-        row = _one([z], 16)
-        assert row["flag"] == flag and row["max_z"] == abs(z), (z, row)
+    for z, sd, flag in ((7.6, None, "DISAGREE"), (-7.6, None, "ok"), (-8.5, None, "DISAGREE"),
+                        (3.5, None, "ok"), (-7.6, 0.3, "DISAGREE"), (-7.6, 3.0, "ok"),
+                        (-4.0, 0.1, "DISAGREE"), (-3.9, 0.1, "ok")):
+        row = _one([z], 16, log_sd=sd)
+        assert row["flag"] == flag and row["max_z"] == abs(z), (z, sd, row)
     assert _one([-7.6], 16, "mean")["flag"] == "DISAGREE"  # (t's, both signs)
     assert _one([7.6], 16, fitted=True)["flag"] == "ok"
 

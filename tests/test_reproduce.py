@@ -206,9 +206,10 @@ def test_the_agreement_step_fails_on_a_disagreement_no_sim_declares(project):
     not declare in its `disagree` table, with its reason. A theory of q a third low above the
     inputs is found (each point's z ~ log 1.5 / (sqrt(5 L / N) / sqrt(S)) ~ 8 at L = 4, N =
     256, S = 32, past the lognormal law's upper quantile, Student t's ~4.6 at the step's
-    level; the same error upward, z ~ -9, stays within the law's heavy lower tail, whose
-    supremum over the sd of log q is taken), declared it passes, and the true theory passes.
-    (q's lognormal estimator has no signed test: 10 % at N = 64 went unseen, z ~ 1.)"""
+    level), and so is the same error upward (z ~ -9: each point's lower-tail p over its sd of
+    log q's upper bound; the law's heavy lower tail, its supremum over every sd, let it pass),
+    declared they pass, and the true theory passes. (q's lognormal estimator has no signed
+    test: 10 % at N = 64 went unseen, z ~ 1.)"""
     import json
 
     import numpy as np
@@ -223,17 +224,18 @@ def test_the_agreement_step_fails_on_a_disagreement_no_sim_declares(project):
                                                                                 "seeds = 32"))
     sim = Sim.load(path)
     th, mc = run_theory(sim, "quick"), run_montecarlo(sim, "quick")
-    wrong = th.copy(deep=True)
-    above = wrong["layer"] > 0
+    above = th["layer"] > 0
+    wrong, high = th.copy(deep=True), th.copy(deep=True)
     wrong["q"], wrong["log_q"] = wrong["q"] / (1 + 0.5 * above), wrong["log_q"] - np.log1p(0.5) * above
+    high["q"], high["log_q"] = high["q"] * (1 + 0.5 * above), high["log_q"] + np.log1p(0.5) * above
     keys = {}
-    for label, t in (("true", th), ("wrong", wrong)):
+    for label, t in (("true", th), ("wrong", wrong), ("high", high)):
         keys[label] = {"theory": save(t, project / f"{label}.nc"),
                        "montecarlo": save(mc, project / f"mc-{label}.nc")}
     out = project / "paper" / "figures"
     for declared, failed in (({}, True), ({"q": "a test of the step"}, False)):
-        sims = {"true": sim, "wrong": Sim(sim.spec.model_copy(update={"disagree": declared}),
-                                          "wrong", path)}
+        sims = {"true": sim, **{label: Sim(sim.spec.model_copy(update={"disagree": declared}),
+                                           label, path) for label in ("wrong", "high")}}
         r = Run(cache=Cache(project / f"cache{len(declared)}"), console=Console(record=True))
         _agreement(r, sims, keys, out)
         status = {name: s for name, s, _ in r.rows}
@@ -241,9 +243,11 @@ def test_the_agreement_step_fails_on_a_disagreement_no_sim_declares(project):
         assert status.get("agreement check", "").startswith(FAILED) == failed, status
         if failed:
             assert "wrong: q" in status["agreement check"] and "true" not in status["agreement check"]
+            assert "high: q" in status["agreement check"]
         rows = json.loads((out / "agreement.json").read_text())
         assert {r["variable"]: r["flag"] for r in rows["true"]}["q"] == "ok"
-        assert {r["variable"]: r["flag"] for r in rows["wrong"]}["q"] == "DISAGREE"
+        for label in ("wrong", "high"):
+            assert {r["variable"]: r["flag"] for r in rows[label]}["q"] == "DISAGREE", label
     assert "DISAGREE (declared: a test of the step)" in (out / "agreement.tex").read_text()
 
 

@@ -60,8 +60,13 @@ sigma^2 w, w ~ chi^2_n / n (n = S - 1), so its z = (Z / sqrt(S) + sigma (w - 1) 
 sqrt(w / S + sigma^2 w^2 / (2n)), Z standard normal: a law of S and sigma alone, Student t as
 sigma -> 0 and sqrt(n/2) (1 - 1/w) as sigma -> inf (below sqrt(n/2); a heavy lower tail, where
 s_y^2 is underestimated). Given w each tail is a normal tail, so each is one integral over w
-(:func:`lognormal_tails`); :func:`summary` reads the lognormal z against each tail's supremum
-over the unknown sigma (:func:`lognormal_critical`, :func:`lognormal_rate`).
+(:func:`lognormal_tails`); :func:`summary` reads the largest lognormal z against the upper
+tail's supremum over the unknown sigma (Student t's, at sigma -> 0), each point's lower tail by
+a p-value over a confidence bound on its own sigma (:func:`lognormal_lower_p`; the lower tail's
+supremum over all sigma, sigma -> inf, is far out at few seeds), and the rate of |z| > k against
+its supremum over sigma (:func:`lognormal_rate`). Under ``lognormal`` at one width each
+variable carries the stat ``log_sd``, the seeds' sd of log X per point, which that bound reads
+(a comparison with such a variable gives every variable the stat, NaN where it has none).
 
 Where the theory is exact at any width. For ``E q``: in a net of Dense, ReLU / linear
 activations and residual sums with zero-mean weights, E[q' | x] is a linear function of q
@@ -138,11 +143,14 @@ MAX_CONDITION = 1e12  # the shape test's covariance past this condition number: 
 # estimators whose z is Student t for normal samples (the premise of the max |z| test at t's
 # quantile, and of the signed and shape tests); lognormal's has its own law (read against t's
 # quantile its max |z| passed the level in 1.7-5 % of null runs, not 0.27 %: the lower tail,
-# s^2 underestimated), whose quantiles summary takes (:func:`lognormal_critical`); the
-# median's is not t
+# s^2 underestimated), which summary reads (:func:`lognormal_lower_p`); the median's is not t
 T_ESTIMATORS = ("mean", "logmean")
 LOG_SD_GRID = tuple(np.logspace(-2, 3, 26))  # the sds of log X (besides 0 and inf) over which
 # :func:`lognormal_rate` takes the largest two-sided rate
+LOG_SD = "log_sd"  # the stat of the seeds' sd of log X per point, under lognormal at one width
+LOWER_GAMMA = 0.1  # the share of each point's lower-tail level that its sigma bound takes
+# (:func:`lognormal_lower_p`): 0.05-0.2 give lower critical z within ~0.1 of each other
+# at 16 and 32 seeds, sd of log X 0.1-3, 1e-5 and 0.00135 a point (least near 0.1)
 MAX_CORRELATED = 4096  # points (spread evenly) whose correlations give effective_points
 # fewer seeds: Hill's estimate with k = sqrt(S) calls 1 % of Gaussian samples heavy at S = 16
 # (measured, 20000 samples); 0.02 % at S = 32
@@ -667,6 +675,11 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         with np.errstate(divide="ignore", invalid="ignore"):
             z = xr.where(equal, 0.0, (est - ref) / scale).where(~(heavy | zeros))
         parts, stat = [est, se, ref.broadcast_like(est), z], list(STATS)
+        if est_name == "lognormal" and fit is None:  # (summary's bound on each point's sigma)
+            with np.errstate(invalid="ignore"):
+                sd = samples.std("seed", ddof=1)
+            parts.append(sd.squeeze("width", drop=True) if "width" in sd.dims else sd)
+            stat.append(LOG_SD)
         if fit is not None:
             parts += [fit["a"], fit["a_stderr"]]
             stat += FIT_STATS
@@ -703,6 +716,10 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 f"-inf: the {est_name} estimator has no value there, and the mean of so "
                 "heavy-tailed a sample misses its rare large seeds (more seeds or a wider net "
                 "help); z = NaN")
+    if any(LOG_SD in da["stat"] for da in out.values()):  # every variable gets the stat (NaN
+        # where it has none): xarray's union of unequal stat coordinates would sort them
+        out = {name: da if LOG_SD in da["stat"] else
+               da.reindex(stat=[*da["stat"].values, LOG_SD]) for name, da in out.items()}
     ds = xr.Dataset(out)
     # seeds behind each point; a point no case computed (a per-arch sweep's padding) has none
     per_point = mc[names[0]].notnull().sum("seed")
@@ -1249,19 +1266,36 @@ def lognormal_tails(c: float, seeds: int, sigma: float) -> tuple[float, float]:
     return tails[0], tails[1]
 
 
-@functools.lru_cache(maxsize=256)
-def lognormal_critical(p: float, seeds: int) -> tuple[float, float]:
-    """(c_lo, c_hi): sup over sigma >= 0 of P(z < -c_lo) and of P(z > c_hi) are both ``p``, for
-    the ``lognormal`` estimator's z on ``seeds`` normal samples of sd sigma
-    (:func:`lognormal_tails`; sigma, the sd of log X, is unknown). The upper tail's sup is its
-    sigma -> 0 limit, Student t (c_hi = t_n's upper p quantile), the lower tail's its sigma ->
-    inf limit (c_lo = sqrt(n/2) (n / q - 1), q chi^2_n's lower p quantile): on a grid of sigma
-    from 1e-3 to 1e4 each tail lies below its limit (S = 3 to 1024, p = 1e-7 to 0.05;
-    tests/test_compare_lognormal_law.py). A test at (c_lo, c_hi) is so exact at the worst sigma
-    of each tail and conservative at any other."""
+def lognormal_lower_p(z: float, seeds: int, log_sd: float,
+                      gamma: float = 0.0) -> float:
+    """A p-value of one ``lognormal`` z below the theory, valid whatever the unknown sd sigma
+    of log X (Berger and Boos 1994): with sigma_up = s sqrt(n / q_gamma) (s = ``log_sd``, the
+    seeds' sd of log X at the point, n = S - 1, q_gamma chi^2_n's lower ``gamma`` quantile),
+    [0, sigma_up] is a 1 - gamma confidence set of sigma (s^2 n / sigma^2 ~ chi^2_n), and
+
+        p = sup_{sigma <= sigma_up} P_sigma(z' <= z) + gamma = P_{sigma_up}(z' <= z) + gamma,
+
+    the sup at sigma_up because the lower tail rises with sigma (:func:`lognormal_tails`: it
+    never fell on 57 sigma from 1e-3 to 1e4 with 0 and inf, S = 3 to 1024, c from t's to the
+    sigma -> inf law's quantile at 1e-10 to 0.05, where above 1e-14; the tests check a part,
+    tests/test_compare_lognormal_law.py). Valid for any gamma in (0, 1), though s^2 is in z (z
+    and sigma_up are dependent): with sigma the true sd, P(p <= a) <= P(sigma > sigma_up) +
+    P(sigma <= sigma_up, P_sigma(z' <= z) + gamma <= a) <= gamma + P(P_sigma(z' <= z) <= a -
+    gamma) <= gamma + (a - gamma), a union bound and the probability integral transform at the
+    true sigma, with no use of their joint law. (A point of more seeds than S, whose s has more
+    dof, gets a wider bound than it needs.) At 32 seeds and s = 0.3 one z reaches p = 0.00135
+    (gamma its tenth) at -3.76, where the sup over all sigma needs -5.77; at s = 10 the bound
+    costs: -5.85. ``log_sd`` NaN (a comparison without the stat) or ``gamma`` 0: the sup over
+    every sigma, sigma -> inf (chi^2_n's cdf at n / (1 + c sqrt(2/n)), c = -z), with nothing
+    added; z >= 0: 1."""
     n = max(seeds - 1, 1)
-    return (math.sqrt(n / 2) * (n / float(stats.chi2.ppf(p, n)) - 1),
-            float(stats.t.isf(p, n)))
+    c = -float(z)
+    if c <= 0:
+        return 1.0
+    if gamma <= 0 or math.isnan(log_sd):
+        return lognormal_tails(c, int(seeds), math.inf)[1]
+    sigma_up = float(log_sd) * math.sqrt(n / float(stats.chi2.ppf(gamma, n)))
+    return lognormal_tails(c, int(seeds), sigma_up)[1] + gamma
 
 
 @functools.lru_cache(maxsize=256)
@@ -1287,9 +1321,11 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
     level / (2n) a tail: whatever their correlation; estimators whose z is t,
     :data:`T_ESTIMATORS`: a skewed sample's mean comes nearer the level the more seeds it has),
     or, under ``lognormal`` at one width (a stack's T_inf has no such law: no test), when the
-    largest z passes c_hi or the smallest passes -c_lo, sup over sigma of P(z > c_hi) and of
-    P(z < -c_lo) both level / (2n) (:func:`lognormal_critical`: c_hi is t's quantile, c_lo
-    the sigma -> inf law's, far out at few seeds: 8.5 for one point at 16 seeds), or when the
+    largest z passes t's quantile at level / (2n) (the upper tail's sup over sigma, at sigma
+    -> 0) or some point's lower-tail p is below level / (2n) (:func:`lognormal_lower_p`, over
+    a 1 - gamma upper bound of the point's own sd of log X, its stat ``log_sd``, gamma a tenth
+    of level / (2n): at 32 seeds and sd 0.3 one point below -3.76 at FAMILY_LEVEL, where the
+    sup over all sigma, sigma -> inf, needs -5.77; without the stat, that sup), or when the
     signed test's t (``signed_t``
     in the variable's attrs, :func:`signed_t`: the points' deviations of one sign together; one
     width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators), or when the
@@ -1340,8 +1376,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
         if da.attrs["estimator"] in T_ESTIMATORS:
             beyond = top > stats.t.isf(level / (2 * n), max(seeds - 1, 1))
         elif lognormal:
-            c_lo, c_hi = lognormal_critical(level / (2 * n), seeds)
-            beyond = float(finite.max()) > c_hi or float(finite.min()) < -c_lo
+            beyond = (float(finite.max()) > stats.t.isf(level / (2 * n), max(seeds - 1, 1))
+                      or _lower_flag(finite, da, seeds, level / (2 * n)))
         else:
             beyond = False
         signed, dof = float(da.attrs.get("signed_t", np.nan)), da.attrs.get("signed_seeds", 0) - 1
@@ -1356,6 +1392,26 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
                                             or shape_p < level) else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
     return rows
+
+
+def _lower_flag(z: xr.DataArray, da: xr.DataArray, seeds: int, alpha: float) -> bool:
+    """Whether some counted point's lower-tail p (:func:`lognormal_lower_p`, gamma =
+    :data:`LOWER_GAMMA` alpha, the sd of log X from the stat ``log_sd``; without it, the sup
+    over every sigma) is below ``alpha``. Only z below t's lower alpha quantile can be (p >=
+    P_0(z' <= z), Student t's, as the tail rises with sigma), and z whose sup over all sigma, a
+    closed form, is below alpha - gamma are at once: the integral runs for the points in
+    between alone, most negative z first, until one is below."""
+    gamma = LOWER_GAMMA * alpha
+    below = z < -stats.t.isf(alpha, max(seeds - 1, 1))
+    if not bool(below.any()):
+        return False
+    sd = (da.sel(stat=LOG_SD) if LOG_SD in da["stat"] else xr.full_like(z, np.nan))
+    zs, sds = z.values[below.values], sd.broadcast_like(z).values[below.values]
+    for zi, si in sorted(zip(zs.tolist(), sds.tolist())):
+        if (lognormal_lower_p(zi, seeds, math.inf) < alpha - gamma
+                or lognormal_lower_p(zi, seeds, si, gamma) < alpha):
+            return True
+    return False
 
 
 def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[dict]:
@@ -1407,8 +1463,9 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
                   "points share their nets: n^2 / sum of their squared correlations across "
                   "seeds), or, under the mean and logmean estimators, max |z| passes the t "
                   f"quantile all points pass together at {FAMILY_LEVEL} (Bonferroni), under "
-                  "lognormal (one width) the largest z passes t's quantile or the smallest "
-                  "the heavy lower tail's (level / 2n each, sup over the sd of log X), or the "
+                  "lognormal (one width) the largest z passes t's quantile or a point's "
+                  "lower-tail p passes the level (level / 2n each; the upper tail's sup over "
+                  "the sd of log X, the lower's over its confidence bound at each point), or the "
                   "sum t does at that level: the t of the per-seed sum of the points' "
                   "deviations relative to the theory, one test of their common sign (one "
                   "width), or the shape test's p is below it: Hotelling's T^2 of those sums "
