@@ -1233,3 +1233,20 @@ def test_a_run_of_fresh_backward_weights_is_not_given_the_nets_gradient_term():
     assert "first_order_missing_grad_q" not in cmp["conditional"].attrs
     np.testing.assert_array_equal(cmp["independent"]["q"].sel(stat="theory"),
                                   cmp["conditional"]["q"].sel(stat="theory"))
+
+
+def test_stacking_widths_that_share_a_root_seed_warns():
+    """Seeds 0..S-1 of two runs at one root seed share their draws (per-seed correlation ~0.7
+    across widths), which a fit over widths takes as independent: stack_widths says so, and is
+    silent for runs of their own root seeds."""
+    import warnings
+
+    net, x0 = sp.presets.resnet(2), sp.Inputs(q=1.0)
+    runs = [sp.simulate(net, x0, width=w, seeds=2, backend="numpy") for w in (8, 16)]
+    with pytest.warns(UserWarning, match="share root seeds"):
+        stack_widths(runs)
+    own = [sp.simulate(net, x0, width=w, seeds=2, backend="numpy", root_seed=i)
+           for i, w in enumerate((8, 16))]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stack_widths(own)

@@ -294,7 +294,8 @@ def _zero_seeds(y: xr.DataArray) -> xr.DataArray:
 
 def stack_widths(datasets) -> xr.Dataset:
     """Monte Carlo datasets of one experiment at several widths, stacked on a ``width`` dim
-    (seed counts may differ: the missing seeds are NaN, which :func:`estimate` leaves out)."""
+    (seed counts may differ: the missing seeds are NaN, which :func:`estimate` leaves out); a
+    warning where two share a root seed (their seeds' draws are shared, not independent)."""
     datasets = list(datasets)
     if not datasets or any("seed" not in ds.dims for ds in datasets):
         raise ConfigError("datasets", len(datasets), "Monte Carlo datasets (with a 'seed' dim)")
@@ -304,6 +305,13 @@ def stack_widths(datasets) -> xr.Dataset:
     if min(widths) < 1 or len(set(widths)) != len(widths):
         raise ConfigError("widths", widths, "distinct widths, one recorded in each dataset (its "
                           "width attr or a width coordinate of one value)")
+    roots = [ds.attrs.get("root_seed") for ds in datasets]
+    if None not in roots and len(set(map(int, roots))) < len(roots):
+        warn(f"the runs at widths {widths} share root seeds ({[int(r) for r in roots]}): the same "
+             "seeds at two widths share their random draws, so their estimates are correlated "
+             "and a fit over the widths, which takes them as independent, understates its "
+             "standard errors; give each width its own root_seed (sigprop.pipeline.runs."
+             "width_root_seed, as a sim's run does)")
     out = xr.concat([(ds.squeeze("width", drop=True) if "width" in ds.dims else
                       ds.drop_vars("width", errors="ignore")).expand_dims(width=[w])
                      for ds, w in zip(datasets, widths)], dim="width", join="outer",
