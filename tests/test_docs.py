@@ -129,7 +129,7 @@ def test_schema_attributes_are_those_datasets_carry(tmp_path):
     assert set(run_theory(sim, "quick").attrs) == documented("the pipeline",
                                                              "the pipeline's theory")
     assert set(run_montecarlo(sim, "quick", backend="numpy").attrs) == documented(
-        "Monte Carlo", "the pipeline")
+        "Monte Carlo", "the pipeline", "the pipeline's Monte Carlo")
 
 
 def test_tutorial_is_stored_without_outputs():
