@@ -1241,12 +1241,22 @@ def test_stacking_widths_that_share_a_root_seed_warns():
     silent for runs of their own root seeds."""
     import warnings
 
+    from sigprop.state.rng import WIDTH_STREAMS, width_root_seed
+
     net, x0 = sp.presets.resnet(2), sp.Inputs(q=1.0)
     runs = [sp.simulate(net, x0, width=w, seeds=2, backend="numpy") for w in (8, 16)]
     with pytest.warns(UserWarning, match="share root seeds"):
         stack_widths(runs)
     own = [sp.simulate(net, x0, width=w, seeds=2, backend="numpy", root_seed=i)
            for i, w in enumerate((8, 16))]
+    # a sim's runs record one root seed and the marker of their per-width streams (a review:
+    # they were warned about, though each width drew with its own root)
+    piped = [sp.simulate(net, x0, width=w, seeds=2, backend="numpy",
+                         root_seed=width_root_seed(7, w)).assign_attrs(
+                             root_seed=7, streams=WIDTH_STREAMS) for w in (8, 16)]
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stack_widths(own)
+        stack_widths(piped)
+    with pytest.warns(UserWarning, match="share root seeds"):  # (the marker without its roots)
+        stack_widths([p.assign_attrs(streams="") for p in piped])

@@ -255,14 +255,15 @@ def test_each_width_of_a_run_draws_its_own_streams(project):
     """A review: the seeds 0..S-1 of a run at two widths shared their draws (one root seed;
     per-seed correlation of log q_L 0.72 between N = 16 and 32 here), while the fits over
     widths take the estimates as independent, so their standard errors were 17-40 % too small.
-    Each width now draws with root_seed XOR (width << 32) (runs.width_root_seed): the
+    Each width now draws with root_seed XOR (width << 32) (sigprop.state.rng.width_root_seed): the
     correlation across 256 seeds is within 4 / sqrt(256) = 0.25 of 0 (the null sd of a sample
     correlation is ~1/sqrt(S)); the same nets by sp.simulate at one root seed are far above."""
     import numpy as np
 
     import sigprop as sp
     from sigprop.pipeline.config import Sim
-    from sigprop.pipeline.runs import run_montecarlo, width_root_seed
+    from sigprop.pipeline.runs import run_montecarlo
+    from sigprop.state.rng import width_root_seed
 
     path = project / "sims" / "finite_width.toml"
     path.write_text(TINY.replace("seeds = 8", "seeds = 256"))

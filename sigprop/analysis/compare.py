@@ -21,8 +21,9 @@ the seed spread of log X exceeds :data:`HEAVY_LOG_SD` anywhere.
 Finite width. The infinite-width theory T_inf is biased at width N by a/N + O(1/N^2). When the
 Monte Carlo has two or more widths (a ``width`` dim, e.g. from :func:`stack_widths`), each
 variable and layer is fitted as T(N) = T_inf + a/N (+ b/N^2 with three or more widths) by
-weighted least squares on the per-width estimates (weights 1/se^2; seeds are independent
-across widths, so the estimates are too), and T_inf, with its standard error from the fit's
+weighted least squares on the per-width estimates (weights 1/se^2; the estimates are taken as
+independent across widths, as they are where each width drew with its own root seed, as a sim's
+run does: :func:`stack_widths` warns otherwise), and T_inf, with its standard error from the fit's
 covariance, is tested against the theory; the fitted a and its standard error are reported
 (stats ``a`` and ``a_stderr``: a measured finite-width coefficient). With one width N the bias
 stays in the estimate: a theory from ``sp.theory(net, inputs, width=W)`` is then compared with
@@ -95,6 +96,7 @@ from sigprop import schema
 from sigprop.errors import ConfigError, FiniteWidthWarning, warn
 from sigprop.ops import layers_of, op_from_dict, replace_sweeps, sweeps_of
 from sigprop.provenance import make_attrs
+from sigprop.state.rng import WIDTH_STREAMS, width_root_seed
 
 VARIABLES = schema.PRIMARY  # the log companions are not compared: they are the log estimators
 SCALE_VARIABLES = tuple(n for n in VARIABLES if schema.VARIABLES[n].scale)
@@ -305,13 +307,13 @@ def stack_widths(datasets) -> xr.Dataset:
     if min(widths) < 1 or len(set(widths)) != len(widths):
         raise ConfigError("widths", widths, "distinct widths, one recorded in each dataset (its "
                           "width attr or a width coordinate of one value)")
-    roots = [ds.attrs.get("root_seed") for ds in datasets]
-    if None not in roots and len(set(map(int, roots))) < len(roots):
-        warn(f"the runs at widths {widths} share root seeds ({[int(r) for r in roots]}): the same "
-             "seeds at two widths share their random draws, so their estimates are correlated "
-             "and a fit over the widths, which takes them as independent, understates its "
-             "standard errors; give each width its own root_seed (sigprop.pipeline.runs."
-             "width_root_seed, as a sim's run does)")
+    roots = [_drawn_root(ds, w) for ds, w in zip(datasets, widths)]
+    if None not in roots and len(set(roots)) < len(roots):
+        warn(f"the runs at widths {widths} share root seeds ({roots}): the same seeds at two "
+             "widths share their random draws, so their estimates are correlated and a fit "
+             "over the widths, which takes them as independent, understates its standard "
+             "errors; give each width its own root_seed (sigprop.state.rng.width_root_seed, "
+             "as a sim's run does)")
     out = xr.concat([(ds.squeeze("width", drop=True) if "width" in ds.dims else
                       ds.drop_vars("width", errors="ignore")).expand_dims(width=[w])
                      for ds, w in zip(datasets, widths)], dim="width", join="outer",
@@ -327,6 +329,16 @@ def stack_widths(datasets) -> xr.Dataset:
             k: v[0] if k in ("net", "inputs") or v.count(v[0]) == len(v) else v
             for k, v in merged.items()})
     return out.assign_attrs(width=json.dumps(widths))
+
+
+def _drawn_root(ds: xr.Dataset, width: int) -> int | None:
+    """The root seed a run at ``width`` drew with: its ``root_seed`` attr, or for a sim's run
+    (its ``streams`` attr) that width's own (:func:`~sigprop.state.rng.width_root_seed`)."""
+    root = ds.attrs.get("root_seed")
+    if root is None:
+        return None
+    return (width_root_seed(int(root), width) if ds.attrs.get("streams") == WIDTH_STREAMS
+            else int(root))
 
 
 def check_same_experiment(a: xr.Dataset, b: xr.Dataset, prefix: bool = False) -> str:
@@ -553,8 +565,10 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     ``theory`` has no ``seed`` dim; ``mc`` has one. They are aligned on their shared dims
     (layer, input, sweeps, arch, ...; inner join); a ``width`` dim of ``mc`` is extrapolated
     away (see the module docstring). Each output variable has a leading dim ``stat`` =
-    (estimate, stderr, theory, z[, a, a_stderr]); its attrs and the dataset's attrs name the
-    estimator, the finite-width treatment and the points that are not comparable.
+    (estimate, stderr, theory, z; also log_sd where a variable is lognormal at one width, NaN
+    for the others; a, a_stderr and a_theory over several widths); its attrs and the dataset's
+    attrs name the estimator, the finite-width treatment and the points that are not
+    comparable.
     ``variables`` may also name spreads of a theory at a width (:data:`SPREADS`: var_log_q,
     var_corr, ...), compared with the run's variance across seeds (:func:`_compare_spreads`).
     """
@@ -1416,7 +1430,7 @@ def _lower_flag(z: xr.DataArray, da: xr.DataArray, seeds: int, alpha: float) -> 
     sd = (da.sel(stat=LOG_SD) if LOG_SD in da["stat"] else xr.full_like(z, np.nan))
     zs, sds = z.values[below.values], sd.broadcast_like(z).values[below.values]
     for zi, si in sorted(zip(zs.tolist(), sds.tolist())):
-        if (lognormal_lower_p(zi, seeds, math.inf) < alpha - gamma
+        if (lognormal_tails(-zi, int(seeds), math.inf)[1] < alpha - gamma  # (every sigma's)
                 or lognormal_lower_p(zi, seeds, si, gamma) < alpha):
             return True
     return False

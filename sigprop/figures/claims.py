@@ -642,14 +642,17 @@ def agreement_bound(cases: int) -> float:
     return float(stats.norm.isf(FAMILY_LEVEL / (2 * max(cases, 1))))
 
 
-def agreement_words(cases, target: str, every: str = "in every case") -> str:
-    """Words on estimates against ``target`` from (where, z) per case: within
-    :func:`agreement_bound` standard errors at all of them (with the largest |z|), or where
-    they depart and by how much; a NaN z (not measured) is named as such, never as agreement
-    or departure."""
+def agreement_words(cases, target: str, every: str = "in every case",
+                    bound: float | None = None) -> str:
+    """Words on estimates against ``target`` from (where, z) per case: within ``bound``
+    standard errors (default :func:`agreement_bound` of the cases; a verdict that shares the
+    level with others passes theirs) at all of them (with the largest |z|), or where they
+    depart and by how much; a NaN z (not measured) is named as such, never as agreement or
+    departure."""
     lost = [where for where, z in cases if math.isnan(z)]
     cases = [(where, z) for where, z in cases if not math.isnan(z)]
-    bound = agreement_bound(len(cases))
+    bound = agreement_bound(len(cases)) if bound is None else bound
+    every = "" if lost else every
     off = [(where, z) for where, z in cases if abs(z) > bound]
     unmeasured = f"; not measured at {', '.join(lost)}" if lost else ""
     if not cases:

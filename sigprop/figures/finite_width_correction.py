@@ -26,6 +26,7 @@ from sigprop.analysis.plots import latex_escape
 from sigprop.figures import nets as figure_nets
 
 SIM = "finite_width_correction"
+CAUSE_TESTS = 3  # _cause's comparisons (own fit vs 0, vs the fresh one, fresh vs 0): the level's share
 CAPTION = (
     "Finite-width correction, predicted vs measured. (a) $\\mathrm{E}\\log q_L - "
     "\\log q_L^{(\\infty)}$ against $1/N$: lines, the first-order prediction $a/N$; points, Monte "
@@ -59,10 +60,11 @@ def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
     and, with Monte Carlo,
     per width the estimates (d: E log q_L - log q_inf, v: N Var log q_L, g: E G_0 / G_0,inf,
     each with its SE) and the fits (a, V, A with their SEs). Notes what cannot be computed.
-    ``fresh``: for a mean mode of a pipeline run (one that records its root seed), also A
+    ``fresh``: for a mean mode of a sim's run (its ``streams`` attr: each width its own root
+    seed, which the fresh run follows), also A
     fitted to a Monte Carlo of the same widths, seeds and dtype whose cotangent is pulled back
     through fresh weights (``sampler="independent"``, gradient independence), on streams of its
-    own (:func:`~sigprop.pipeline.runs.width_root_seed` with salt 1), so that the two fits are
+    own (:func:`~sigprop.state.rng.width_root_seed` with salt 1), so that the two fits are
     independent: ``A_fresh``, ``A_fresh_se``."""
     from sigprop.analysis.compare import fit_inverse_width
     from sigprop.engines.finite_width import (
@@ -71,7 +73,7 @@ def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
         mean_mode_coefficient,
     )
     from sigprop.engines.montecarlo import simulate
-    from sigprop.pipeline.runs import width_root_seed
+    from sigprop.state.rng import WIDTH_STREAMS, width_root_seed
 
     nets, L = figure_nets(data)
     rows = []
@@ -109,7 +111,7 @@ def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
                        .transpose("width", "seed").values) / g0
             row.update(g=g.mean(axis=1), g_se=g.std(axis=1, ddof=1) / math.sqrt(S))
             row["A_fit"], row["A_se"] = _mean_mode_fit(N, g)
-            if fresh and "root_seed" in data.mc.attrs:
+            if fresh and data.mc.attrs.get("streams") == WIDTH_STREAMS:
                 cfg = json.loads(data.mc.attrs["config"])
                 dtype = cfg["profiles"][cfg["profile"]]["dtype"]
                 root = int(data.mc.attrs["root_seed"])
@@ -129,7 +131,7 @@ def _cause(own: tuple[float, float], fresh: tuple[float, float]) -> str:
     comparisons."""
     from sigprop.figures.claims import agreement_bound
 
-    bound = agreement_bound(3)
+    bound = agreement_bound(CAUSE_TESTS)
     z_own, z_fresh = own[0] / own[1], fresh[0] / fresh[1]
     z_diff = (own[0] - fresh[0]) / math.hypot(own[1], fresh[1])
     if abs(z_own) > bound and abs(z_diff) > bound and abs(z_fresh) <= bound:
@@ -199,7 +201,7 @@ def numbers(data: plots.FigureData) -> dict[str, float | int]:
     words) the predicted and fitted slope a and N Var V, and the words on every fit against its
     prediction (``FWCFitVerdict``); for the mean-carrying stream c, A, the fit and its SE and
     the words on the fit against c and against A; the Monte Carlo widths and seeds."""
-    from sigprop.figures.claims import agreement_words
+    from sigprop.figures.claims import agreement_bound, agreement_words
 
     out: dict[str, float | int | str] = {"FWCDepth": int(data.theory["layer"][-1])}
     fits = []  # (where, z) of each fitted a and V against its prediction
@@ -224,8 +226,9 @@ def numbers(data: plots.FigureData) -> dict[str, float | int]:
             if "A_fresh" in r:
                 own, fresh = (r["A_fit"], r["A_se"]), (r["A_fresh"], r["A_fresh_se"])
                 out.update(FWCMeanAFresh=r["A_fresh"], FWCMeanAFreshSE=r["A_fresh_se"],
-                           FWCMeanFreshVerdict=agreement_words(
-                               [("fresh weights", fresh[0] / fresh[1])], "zero", ""),
+                           FWCMeanFreshVerdict=agreement_words(  # (at _cause's bound: one
+                               [("fresh weights", fresh[0] / fresh[1])], "zero", "",  # say)
+                               bound=agreement_bound(CAUSE_TESTS)),
                            FWCMeanCause=_cause(own, fresh))
             if "widths" in r:
                 out.update(FWCWidthMin=int(r["widths"].min()), FWCWidthMax=int(r["widths"].max()),

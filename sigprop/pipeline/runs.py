@@ -32,6 +32,7 @@ from sigprop.ops import grid_points, sweeps_of
 from sigprop.pipeline.config import ArchSpec, Sim
 from sigprop.provenance import make_attrs
 from sigprop.state.params import Sweep
+from sigprop.state.rng import WIDTH_STREAMS, width_root_seed
 
 
 def run_theory(sim: Sim, profile: str, progress=None, width: int | None = None,
@@ -153,24 +154,11 @@ def theory_case(sim: Sim, arch: ArchSpec, batch, depth: int, sweeps: dict[str, S
     return _nan_dataset(depth, inputs.n, {k: sweeps[k] for k in order}, backward), reason
 
 
-WIDTH_STREAMS = "each width w drawn with root seed root_seed XOR (w << 32) (runs.width_root_seed)"
-
-
-def width_root_seed(root_seed: int, width: int, salt: int = 0) -> int:
-    """The root seed a run draws width ``width`` with: the sim's with the width XORed into its
-    high word (and ``salt``, a run of its own beside the sim's, into bit 63). Every width then
-    draws its own streams: under one root seed, seeds 0..S-1 at two widths share their draws
-    (per-seed correlation 0.6-0.7 across neighbouring widths of
-    sims/finite_width_correction.toml, a review), and a fit over the widths, which takes their
-    estimates as independent, understated its standard errors by 17-40 %."""
-    return root_seed ^ (width << 32) ^ (salt << 63)
-
-
 def montecarlo_case(sim: Sim, profile: str, arch: ArchSpec, batch, point: dict, width: int,
                     seeds: range, backend: str) -> xr.Dataset:
     """``sp.simulate`` of one (arch, batch, grid point, width) case on the seeds ``seeds``
     (consecutive: split the seeds over calls and the numbers do not change), with the width's
-    own root seed (:func:`width_root_seed`)."""
+    own root seed (:func:`~sigprop.state.rng.width_root_seed`)."""
     from sigprop.engines.montecarlo import simulate
 
     prof = sim.profile(profile)

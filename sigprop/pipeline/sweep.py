@@ -243,7 +243,8 @@ def _template(plan: Plan) -> xr.Dataset:
         attrs = make_attrs("theory", sim.config(plan.profile), "numpy", sim=sim.name,
                            profile=plan.profile, unsupported="{}")
     else:
-        from sigprop.pipeline.runs import WIDTH_STREAMS, montecarlo_config
+        from sigprop.pipeline.runs import montecarlo_config
+        from sigprop.state.rng import WIDTH_STREAMS
 
         attrs = make_attrs("montecarlo", montecarlo_config(sim, plan.profile, plan.widths,
                                                            plan.seeds), plan.backend,
