@@ -61,11 +61,10 @@ def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
     per width the estimates (d: E log q_L - log q_inf, v: N Var log q_L, g: E G_0 / G_0,inf,
     each with its SE) and the fits (a, V, A with their SEs). Notes what cannot be computed.
     ``fresh``: for a mean mode of a sim's run (its ``streams`` attr: each width its own root
-    seed, which the fresh run follows), also A
-    fitted to a Monte Carlo of the same widths, seeds and dtype whose cotangent is pulled back
-    through fresh weights (``sampler="independent"``, gradient independence), on streams of its
-    own (:func:`~sigprop.state.rng.width_root_seed` with salt 1), so that the two fits are
-    independent: ``A_fresh``, ``A_fresh_se``."""
+    seed), also A fitted to a Monte Carlo of the same widths, seeds and dtype whose cotangent
+    is pulled back through fresh weights (``sampler="independent"``, gradient independence),
+    on streams of its own (:func:`~sigprop.state.rng.width_root_seed` with salt 1), so that the
+    two fits are independent: ``A_fresh``, ``A_fresh_se``."""
     from sigprop.analysis.compare import fit_inverse_width
     from sigprop.engines.finite_width import (
         coefficients,
