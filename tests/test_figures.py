@@ -654,3 +654,16 @@ def test_a_disagreement_declared_at_some_points_leaves_the_rest_judged(tiny_data
         text = agreement.table(rows, declared)
         if isinstance(entry, dict):
             assert "left out: " in text and ("beyond the declared points" in text) != passes
+    # and under a log estimator (with 5 % noise grad_q is read by the sample mean): 50 % noise,
+    # sd of log ~0.5 past HEAVY_LOG_SD, lognormal; the theory 5x low, z ~ log 5 / (0.5 /
+    # sqrt(32)) ~ 18 per point, past the upper tail's t quantile
+    heavy = synthetic(d["theory"], seeds=32, widths=(128,), noise=0.5)
+    low = d["theory"].copy(deep=True)
+    low["grad_q"].loc[at] = low["grad_q"].loc[at] / 5
+    low["log_grad_q"].loc[at] = low["log_grad_q"].loc[at] - np.log(5)
+    declared = {"norms": {"grad_q": cases[1][0]}}
+    rows = agreement.verdicts({"norms": agreement.comparison(low, heavy, declared["norms"])})
+    row = {r["variable"]: r for r in rows["norms"]}["grad_q"]
+    assert row["estimator"] == "lognormal" and agreement.undeclared(rows, declared) == [], row
+    rows = agreement.verdicts({"norms": agreement.comparison(low, heavy, {})})
+    assert agreement.undeclared(rows, {"norms": {}}) == ["norms: grad_q"]
