@@ -71,8 +71,7 @@ def draw(data: plots.FigureData):
                  yscale="log", ylabel="$1 - c_\\ell$")
     if drawn := _draw_asymptotes(ax_d, data, depth):
         slow = "; ".join(f"{r['label']}: $1 - c_\\ell = {r['law_tex']}$, its leading term "
-                         f"{r['leading_tex'] and '$' + r['leading_tex'] + '$'}"
-                         for r in drawn if r["leading"] is not None)
+                         f"${r['leading_tex']}$" for r in drawn if r["leading"] is not None)
         data.note("Dashed: the derived large-depth laws of $1 - c_\\ell$ (paper/generated), "
                   "evaluated at each architecture's parameters and the inputs' $q_0$, $c_0$"
                   + (f" ({slow}; the leading terms, reached only logarithmically, are not "
