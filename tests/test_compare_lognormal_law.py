@@ -158,12 +158,12 @@ def _lower_rate(S, sigmas, reps, alpha, rng):
     are not passed to it."""
     z, sd = (np.stack(v, -1) for v in zip(*(_z_sd(S, s, reps, rng) for s in sigmas)))
     stat = ["estimate", "stderr", "theory", "z", LOG_SD]
-    flagged = 0
-    for r in np.flatnonzero((z < -stats.t.isf(alpha, S - 1)).any(-1)):
+    flagged, crit = 0, stats.t.isf(alpha, S - 1)
+    for r in np.flatnonzero((z < -crit).any(-1)):
         one = np.ones(len(sigmas))
         da = xr.DataArray(np.stack([one, one, one, z[r], sd[r]]), dims=("stat", "layer"),
                           coords={"stat": stat})
-        flagged += _lower_flag(da.sel(stat="z"), da, S, alpha)
+        flagged += _lower_flag(da.sel(stat="z"), da, S, alpha, crit)
     return flagged / reps
 
 

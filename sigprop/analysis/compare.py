@@ -1395,11 +1395,12 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
         effective = min(float(n), float(da.attrs.get("effective_points", n)))
         bound = nominal + 3 * np.sqrt(nominal * (1 - nominal) / effective) + 1 / effective
         top = float(size.max())
+        crit = stats.t.isf(level / (2 * n), max(seeds - 1, 1))  # (a tail's share: level / 2n)
         if da.attrs["estimator"] in T_ESTIMATORS:
-            beyond = top > stats.t.isf(level / (2 * n), max(seeds - 1, 1))
+            beyond = top > crit
         elif lognormal:
-            beyond = (float(finite.max()) > stats.t.isf(level / (2 * n), max(seeds - 1, 1))
-                      or _lower_flag(finite, da, seeds, level / (2 * n)))
+            beyond = (float(finite.max()) > crit
+                      or _lower_flag(finite, da, seeds, level / (2 * n), crit))
         else:
             beyond = False
         signed, dof = float(da.attrs.get("signed_t", np.nan)), da.attrs.get("signed_seeds", 0) - 1
@@ -1416,15 +1417,16 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
     return rows
 
 
-def _lower_flag(z: xr.DataArray, da: xr.DataArray, seeds: int, alpha: float) -> bool:
+def _lower_flag(z: xr.DataArray, da: xr.DataArray, seeds: int, alpha: float,
+                crit: float) -> bool:
     """Whether some counted point's lower-tail p (:func:`lognormal_lower_p`, gamma =
     :data:`LOWER_GAMMA` alpha, the sd of log X from the stat ``log_sd``; without it, the sup
-    over every sigma) is below ``alpha``. Only z below t's lower alpha quantile can be (p >=
-    P_0(z' <= z), Student t's, as the tail rises with sigma), and z whose sup over all sigma, a
-    closed form, is below alpha - gamma are at once: the integral runs for the points in
-    between alone, most negative z first, until one is below."""
+    over every sigma) is below ``alpha``. Only z below -``crit``, Student t's upper alpha
+    quantile, can be (p >= P_0(z' <= z), Student t's, as the tail rises with sigma), and z
+    whose sup over all sigma, a closed form, is below alpha - gamma are at once: the integral
+    runs for the points in between alone, most negative z first, until one is below."""
     gamma = LOWER_GAMMA * alpha
-    below = z < -stats.t.isf(alpha, max(seeds - 1, 1))
+    below = z < -crit
     if not bool(below.any()):
         return False
     sd = (da.sel(stat=LOG_SD) if LOG_SD in da["stat"] else xr.full_like(z, np.nan))
@@ -1446,7 +1448,7 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
     rows = summary(cmp, threshold)
     rates = {}  # nominal rate -> the estimators of its rows (lognormal's law has its own)
     for r in rows:
-        rates.setdefault(f"{r['nominal']:.4f}", dict.fromkeys(()))[r["estimator"]] = None
+        rates.setdefault(f"{r['nominal']:.4f}", {})[r["estimator"]] = None
     nominal = (", nominal rate " + ", ".join(
         p + (f" ({', '.join(e)})" if len(rates) > 1 else "") for p, e in rates.items())
                if rows else "")
