@@ -37,6 +37,7 @@ from sigprop.testing import (
 )
 
 PAIR = sp.Inputs(q=1.0, corr=0.5, n=2)
+GAUSSIAN_PAIR = sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")  # (BatchNorm's laws need it)
 
 
 def bn_net(depth, eps=1e-5):
@@ -1183,6 +1184,66 @@ def test_bad_width_and_unsupported_ops():
     with pytest.warns(fw.FiniteWidthWarning, match="BatchNorm"):
         ds = sp.theory(bn_net(2), sp.Inputs(q=1.0, corr=0.5, n=2), width=64)
     assert np.isnan(ds.var_log_q.values[-1]).all() and np.isfinite(ds.log_q.values).all()
+
+
+def test_batchnorm_of_two_against_monte_carlo():
+    """Pre-BN at B = 2 (x + F(BN x), F = Dense -> relu -> Dense, eps = 1e-5, Gaussian inputs):
+    BatchNorm as a map of the realised Gram (:meth:`fw._Walk._batchnorm`) against Monte Carlo
+    at four widths, 1000 seeds each, at layers 1 and 4. The part of the BatchNorm's output the
+    map leaves out is below 0.94 sqrt(eps / v) = 0.006 per 1/N (v = 0.25 at layer 1, larger
+    above), far below these standard errors. Each statistic within 3 SE of its fit (16 of them
+    over the two layers; at these fixed seeds |z| <= 1.0). The tolerances can see a wrong
+    correction: each halved spread (N Var, SE ~4 %) and each sign-flipped slope of E log q, E var
+    and E log branch_q (SE ~0.5 against slopes -1 to -3.5) is more than 3 SE from the fit; E
+    corr's slope (0.1 at layer 1, 0.008 at layer 4) is below its SE (0.27)."""
+    for layer in (1, -1):
+        rows = measure(presets.prebn(4), GAUSSIAN_PAIR, WIDTHS, 1000, layer=layer, root_seed=7)
+        _check(rows)
+        for name, predicted, fitted, se in rows:
+            if name.startswith("N Var"):
+                assert abs(fitted - predicted / 2) > 3 * se, (name, layer)  # halved: seen
+            elif name != "slope of E corr":
+                assert abs(fitted + predicted) > 3 * se, (name, layer)  # sign-flipped: seen
+
+
+def test_batchnorm_rule_is_for_the_forward_walk_of_two_inputs_only():
+    """The map of :meth:`fw._Walk._batchnorm` holds for a batch of two, in the forward walk,
+    where eps / v <= BN_MAP_RATIO, with no law reading its output's cross moment with the stream
+    before a Dense. B = 3 (pairs of a larger batch): NaN from its first BatchNorm, with the
+    warning. B = 2: the forward corrections finite, the gradient's NaN at every layer (its
+    backward is carried by rare features), with the warning. eps = 0.1 (eps / v = 0.4 at layer
+    1): NaN at that grid point only, the other the unswept net's. A residual branch opened
+    after the BatchNorm (its draws read that cross moment) and a residual sum of its output
+    (the walk alone: the infinite-width engine refuses that net): NaN, with the reason."""
+    three = sp.Inputs(q=1.0, corr=0.5, n=3, law="gaussian")
+    with pytest.warns(fw.FiniteWidthWarning, match="no finite-width rule for BatchNorm here"):
+        ds = sp.theory(presets.prebn(2), three, width=64)
+    assert np.isfinite(ds.log_q_correction.values[0]).all()
+    for name in ("log_q_correction", "corr_correction", "var_log_q", "var_rel_correction"):
+        assert np.isnan(ds[name].values[1:]).all(), name
+    with pytest.warns(fw.FiniteWidthWarning, match=r"no finite-width rule for BatchNorm here.*"
+                      r"the gradient's correction is NaN at layers \[0, 1, 2\]"):
+        ds = sp.theory(presets.prebn(2), GAUSSIAN_PAIR, width=64)
+    for name in ("log_q_correction", "corr_correction", "var_log_q", "var_rel_correction",
+                 "mean_correction", "log_branch_q_correction", "var_corr"):
+        assert np.isfinite(ds[name].values[1:]).all(), name
+    assert np.isnan(ds.grad_q_rel_correction.values).all()
+    swept = presets.prebn(2, eps=sp.sweep("eps", [1e-5, 0.1]))
+    with pytest.warns(fw.FiniteWidthWarning, match=r"batch variance v is within 1000 eps \(eps "
+                      r"/ v up to 0\.4\).*eps = 0\.1"):
+        ds = sp.theory(swept, GAUSSIAN_PAIR, width=64, backward=False)
+    assert np.isnan(ds.log_q_correction.sel(eps=0.1).values[1:]).all()
+    np.testing.assert_array_equal(ds.log_q_correction.sel(eps=1e-5).values,
+                                  sp.theory(presets.prebn(2), GAUSSIAN_PAIR, width=64,
+                                            backward=False).log_q_correction.values)
+    mlp = sp.Serial(sp.Dense(1.0), sp.Act("relu"), sp.Dense(1.0))
+    nested = sp.Residual(sp.Serial(sp.BatchNorm(), sp.Residual(mlp), sp.Dense(1.0)))
+    with pytest.warns(fw.FiniteWidthWarning, match="a residual branch opened here .* reads the "
+                      "cross moment of a BatchNorm's output"):
+        ds = sp.theory(nested, GAUSSIAN_PAIR, width=64, backward=False)
+    assert np.isnan(ds.log_q_correction.values[1]).all()
+    coef, why = fw.coefficients(sp.Residual(sp.BatchNorm()), GAUSSIAN_PAIR)
+    assert "this residual sum reads the cross moment" in why and np.isnan(coef["log_q"][1]).all()
 
 
 # -- validity warnings ---------------------------------------------------------------------------

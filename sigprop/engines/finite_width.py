@@ -51,11 +51,18 @@ and scale realised over the same features, each feature's influence on the stati
 plug-in's bias (:func:`post_norm_noise`; uniform weights' term with the norm's statistics
 held, which their 4th cumulant leaves be); with none, the norm is a map of the drawn
 statistics.
-Ops with no fluctuation rule here (BatchNorm; an activation on any other stream that is not
-fresh; a varying FeatureAffine on a branch's copy of a non-Gaussian stream or on features of
-unknown cumulants; uniform weights there too) leave NaN corrections from that layer on, with a
-:class:`FiniteWidthWarning`, as does a stream of zeros (zero weights, a zero Scale or
-FeatureAffine) at any grid point.
+BatchNorm over a batch of two inputs, in the forward walk, is a map of the realised Gram (its
+output Gram c [[1, -1], [-1, 1]], c = mean_i d_i^2 / (d_i^2 + eps), taken as E at d ~ N(0, v)
+of the realised v): exact for its Gaussian input features but for the part of c the realised
+Gram does not explain, of mean and variance below sqrt(eps / v) / N, left out where eps / v
+<= BN_MAP_RATIO (lost elsewhere); its cross moments with the enclosing residual stream have
+no first-order law, so a residual sum or branch that reads them before a Dense loses the walk
+(:meth:`_Walk._batchnorm`: Pre-BN's branch, BN -> Dense -> ..., is covered).
+Ops with no fluctuation rule here (BatchNorm over B > 2 inputs, and in the gradient's walks at
+any B; an activation on any other stream that is not fresh; a varying FeatureAffine on a
+branch's copy of a non-Gaussian stream or on features of unknown cumulants; uniform weights
+there too) leave NaN corrections from that layer on, with a :class:`FiniteWidthWarning`, as
+does a stream of zeros (zero weights, a zero Scale or FeatureAffine) at any grid point.
 Backward: the input gradient's E grad_q_0 is E |J t|^2 / N for a random tangent t, so the same
 walk of the pair (x, J t) gives its correction with exact weights, and its spread Var log
 grad_q_0 (|J^T delta|^2 has the law of |J t|^2) (:func:`gradient_coefficient`; every other
@@ -188,6 +195,15 @@ VALID_FRACTION = 0.1  # a statistic is "valid" at widths where its correction is
 CHECK_STEP, NEAR_SINGULAR, UNRESOLVED_FLOOR = 2 / 3, 1e-2, 1e-6
 _STEP_FACTOR = contextvars.ContextVar("finite_width_step_factor", default=1.0)
 _TICK = contextvars.ContextVar("finite_width_tick", default=None)  # :func:`walks_shown`
+# inside the walks of the pairs of a larger batch (:func:`_by_pairs`): a BatchNorm there
+# normalises over more inputs than the walk holds, so the batch-of-two rule does not apply
+_PAIRED = contextvars.ContextVar("finite_width_paired", default=False)
+# a BatchNorm over two inputs is a map of the realised Gram where eps / v is at most this (v =
+# E d^2 the batch variance, :meth:`_Walk._batchnorm`): the part of its output's fluctuation
+# the map leaves out is then at most 0.94 sqrt(eps / v) / N = 0.03 / N in its mean and
+# 0.63 sqrt(eps / v) / N = 0.02 / N in its variance (relative), under 1.5 % of the least
+# fluctuation a draw after it adds (a Dense's Wishart variance, 2 / N at ratio 1)
+BN_MAP_RATIO = 1e-3
 PRACTICAL_WIDTH = 4096  # the widest nets users run (issue 16: 256-4096); beyond it: a warning
 PAIRED = frozenset({"corr", "var_corr"})  # coefficients per pair of inputs (..., B, B)
 SPREAD_MAX = 1.0  # Var log q across nets past which a mean over nets is carried by rare nets
@@ -646,6 +662,10 @@ class _Walk:
         B = s0.K.shape[-1]
         self.cumulants = [_gaussian_cumulants(lead, B)]
         self.drawn = [True]
+        # per frame: its cross moments with the enclosing frames are a placeholder (0) with no
+        # first-order law, which no law may read (a batch-of-two BatchNorm's output,
+        # :meth:`_batchnorm`), until a Dense draws the frame afresh
+        self.cross_unknown = [False]
         self.lost: Lost | None = None  # the first op with no fluctuation rule
         self.batchnorms: list = []  # (eps, input state, (l, beta^2 | None)) of each BatchNorm
         self.block: tuple | None = None  # (l, op): the top-level layer being walked
@@ -1100,6 +1120,7 @@ class _Walk:
         elif isinstance(op, Dense):
             self.settle()
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
+            self.cross_unknown = self.cross_unknown[:-1] + [False]  # (its draw: X decoupled)
             ratio = np.asarray(ctx.p(op.ratio))
             self.widths[-1] = self.widths[-1] * ratio
             grid = 0 * ratio + 0 * np.asarray(ctx.p(op.sigma_b_fan_in))
@@ -1131,17 +1152,75 @@ class _Walk:
             self.walk(_as_scale(op), ctx)
         elif isinstance(op, Residual):
             self._residual(op, ctx)
-        else:  # BatchNorm, an Act on a settled stream, other ops
+        elif isinstance(op, BatchNorm):
+            self.settle()
+            self._batchnorm(op, ctx)
+        else:  # an Act on a settled stream, other ops
             self.settle()
             self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here"
                       + self.start_note)
-            if isinstance(op, BatchNorm):  # (its layer l; in a residual's branch, its beta^2)
-                l, blk = self.block or (None, None)
-                branch = (l, vec(ctx.p(blk.beta)) ** 2 if isinstance(blk, Residual)
-                          and len(self.frames) > 1 else None)
-                self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1], branch))
             if not self.stop_when_lost:
                 self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+
+    def _batchnorm(self, op: BatchNorm, ctx: Context):
+        """A BatchNorm on the settled top frame, recorded for :func:`warn_batchnorm` (its
+        layer l; in a residual's branch, its beta^2). Over two inputs (a batch of two, not a
+        pair of a larger one) each feature's output is y_i = (1, -1) d_i / sqrt(d_i^2 + eps),
+        d_i = (u_i1 - u_i2) / 2: the output Gram is c [[1, -1], [-1, 1]], c = mean_i h(d_i),
+        h(d) = d^2 / (d^2 + eps). The forward walk takes c as a map of the realised Gram, c =
+        E h(d) at d ~ N(0, v), v = (K_11 + K_22 - 2 K_12) / 4 (the op's law, :meth:`push`),
+        exact for Gaussian features (a Dense's, or the Gaussian stream of Pre-BN) but for the
+        part r of c the realised Gram does not explain: by Stein the regression of h(d) on the
+        features' quadratics is the map's derivative, so r is uncorrelated with every Gram and
+        mean of the walk's state, and E r = -F''(v) v^2 / N (the map's curvature also acts on
+        the Gram's own sampling noise, 2 v^2 / N, which E c does not see), Var r = (Var h - 2
+        v^2 F'(v)^2) / N (F(v) = E h). For eps / v -> 0 these are (3/4) sqrt(pi/2) sqrt(eps /
+        v) / N and sqrt(pi/8) sqrt(eps / v) / N, and below that at any eps / v (0.94 and 0.63
+        sqrt(eps / v) at 1e-6, 0.88 and 0.56 at 1e-3: 1-D integrals); two BatchNorms' r
+        correlate only through features with |d| ~ sqrt(eps) at both, by ~2.5 sqrt(eps / g)
+        of Var r, g the batch variance added between them. r is left out where eps / v <=
+        BN_MAP_RATIO at every grid point (lost elsewhere, those points alone). The output's
+        cross moments with the enclosing frames (E x y, no function of the realised Gram: y ~
+        sign d) are a placeholder (:attr:`cross_unknown`): a Dense after it draws them afresh,
+        and a residual sum or branch that would read them first loses the walk. Its 3rd and
+        4th cumulants are unknown. Elsewhere (B > 2; the gradient's walks, whose BatchNorm
+        backward is carried by rare features: :func:`typical_log_grad_q`) no rule: lost."""
+        l, blk = self.block or (None, None)
+        branch = (l, vec(ctx.p(blk.beta)) ** 2 if isinstance(blk, Residual)
+                  and len(self.frames) > 1 else None)
+        self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1], branch))
+        two = self.frames[-1].K.shape[-1] == 2 and not self.tangent and not _PAIRED.get()
+        if self.lost or not two:
+            self.lose(f"{ctx.path}: no finite-width rule for BatchNorm here (one for the "
+                      "forward statistics of a batch of two inputs only)" + self.start_note)
+            if not self.stop_when_lost:
+                self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+            return
+        K = _true(self.frames[-1])[0]
+        eps = np.asarray(ctx.p(op.eps), dtype=float)
+        with np.errstate(divide="ignore", invalid="ignore"):  # (v = 0: identical inputs)
+            ratio = eps / ((K[..., 0, 0] + K[..., 1, 1] - 2 * K[..., 0, 1]) / 4)
+        if not np.all(ratio <= BN_MAP_RATIO):
+            self.lose(f"{ctx.path}: a BatchNorm over two inputs whose batch variance v is "
+                      f"within {1 / BN_MAP_RATIO:g} eps (eps / v up to "
+                      f"{float(np.nanmax(np.where(np.isnan(ratio), np.inf, ratio))):.3g}): "
+                      "its output's fluctuation beyond the map of the realised Gram, "
+                      "~sqrt(eps / v) / N, is not left out there", pointwise=True)
+            if not self.stop_when_lost:
+                self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+            return
+        self._cumulant_step(lambda ks: ks[:-1] + [None])
+        self.push(lambda fr: fr[:-1] + [_batch_of_two(op, fr[-1], ctx)], top=True)
+        if len(self.frames) > 1:
+            self.cross_unknown = self.cross_unknown[:-1] + [True]
+
+    def _unread_cross(self, ctx: Context, what: str):
+        """Lose the walk where ``what`` would read the top frame's placeholder cross moments
+        (:attr:`cross_unknown`)."""
+        if self.cross_unknown[-1]:
+            self.lose(f"{ctx.path}: {what} reads the cross moment of a BatchNorm's output with "
+                      "the enclosing residual stream before a Dense draws it afresh; it has no "
+                      "first-order law here")
 
     def _records_branch(self) -> bool:
         """Whether a residual met now is the one whose branch output the layer records (schema
@@ -1155,13 +1234,17 @@ class _Walk:
         output's statistics recorded (:meth:`_records_branch`), then the sum."""
         records = self._records_branch()
         self.settle()
+        self._unread_cross(ctx, "a residual branch opened here (its draws)")
         self.push(lambda fr: fr + [fr[-1].push_ref()], linear=True)
         self.widths.append(self.widths[-1])
         self._cumulant_step(lambda ks: ks + ks[-1:])
         self.drawn = self.drawn + [False]
+        self.cross_unknown = self.cross_unknown + [False]
         before = self.lost
         self.walk(op.branch, ctx.at(type(op.branch).__name__))
         self.settle()
+        self._unread_cross(ctx, "this residual sum")
+        self.cross_unknown = self.cross_unknown[:-1]
         if records and not self.lost:
             self.branch = self._branch_stats()
         if self.lost and not before and isinstance(op.alpha, Sweep) and 0 in op.alpha.values:
@@ -1865,6 +1948,13 @@ def _scaled(out: Moments, K, m, X=None) -> Moments:
         for r, x in zip(out.refs, X)))
 
 
+def _batch_of_two(op: BatchNorm, s: Moments, ctx: Context) -> Moments:
+    """A BatchNorm over two inputs as a map of the realised state (:meth:`_Walk._batchnorm`):
+    its law, with its cross moments with the enclosing frames a placeholder, 0 (decoupled)."""
+    out = op.theory_forward(s, ctx)
+    return out.replace(refs=tuple(Ref(m=r.m, X=DECOUPLED) for r in out.refs))
+
+
 def _true(f: Moments):
     """(K, m) of a frame in true units, and its refs' cross moments with true columns."""
     e = np.exp(f.ls)
@@ -2441,8 +2531,12 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
     the grid stops for a reason of some points only, walk its parts (:func:`each_point`);
     False: that walk's numbers (NaN at every point from there)."""
-    if inputs.n > 2:
-        return _by_pairs(net, inputs, ctx, split)
+    if inputs.n > 2:  # (its walks: pairs of a larger batch, :data:`_PAIRED`)
+        token = _PAIRED.set(True)
+        try:
+            return _by_pairs(net, inputs, ctx, split)
+        finally:
+            _PAIRED.reset(token)
     grid = sweeps_of(net)
     ctx = ctx or Context(NUMERIC, tuple(grid))
     rows, why = _coefficient_rows(net, inputs.moments(), inputs.law == "gaussian", ctx, split)
