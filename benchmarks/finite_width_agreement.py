@@ -10,7 +10,8 @@ Its second section, the typical BatchNorm gradient: Pre-BN (presets.prebn, eps =
 issue 16) at B = 2, 3, 4 and four widths, the predicted E log G_0 (``typical_log_grad_q`` at
 layer 0) against the Monte Carlo mean of log G_0 (input 0) and its standard error, the Monte
 Carlo median, and the infinite-width log E G_0; the offset (MC - predicted) fitted per B as
-c + a/N.
+c + a/N; (``--part batchnorm-two``) Pre-BN's forward statistics at a batch of two, where
+BatchNorm is a map of the realised Gram.
 
 Its third (``--part backward``), the input gradient's 1/N coefficient: predicted by the walk of
 a forward tangent against the Monte Carlo slope with exact weights, and the slope under
@@ -194,6 +195,29 @@ def typical(seeds=4000, out="benchmarks/RESULTS.md"):
             "does not carry.")
     return _write("Finite width: typical BatchNorm gradient (Pre-BN, L = 16)", out,
                   [intro, "", *rows, "", note, "", *fits])
+
+
+BN_TWO_LAYERS = (1, 4, 8)
+
+
+def batchnorm_two(seeds=4000, out="benchmarks/RESULTS.md"):
+    """Pre-BN at a batch of two (BatchNorm as a map of the realised Gram): the first-order
+    theory against Monte Carlo at layers ``BN_TWO_LAYERS``; returns its markdown."""
+    inputs = sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")
+    rows = ["| layer | statistic | predicted | fitted ± SE | z |", "|---|---|---|---|---|"]
+    for layer in BN_TWO_LAYERS:
+        with warnings.catch_warnings():  # (the gradient's NaN: not read here)
+            warnings.simplefilter("ignore", FiniteWidthWarning)
+            rows += _z_rows(layer, measure(presets.prebn(DEPTH), inputs, WIDTHS, seeds,
+                                           layer=layer, root_seed=2024))
+    intro = (f"`benchmarks/finite_width_agreement.py --part batchnorm-two`: `presets.prebn"
+             f"({DEPTH})` (eps = 1e-5), Gaussian inputs q = 1, corr = 0.5, B = 2, widths "
+             f"{WIDTHS}, {seeds} seeds per width (root seed 2024 + width), input 0 (pair 0, 1 for "
+             "corr); statistics and fits as in the first-order table above (`sigprop.testing."
+             "measure`). Predicted: `sp.theory(net, inputs, width=N)`, BatchNorm over two inputs "
+             "as a map of the realised Gram.")
+    return _write("Finite width: Pre-BN at a batch of two, predicted vs fitted", out,
+                  [intro, "", *rows])
 
 
 BACKWARD = [  # (name, net, inputs, widths); root seed 4048 + N
@@ -660,7 +684,8 @@ def exact(out="benchmarks/RESULTS.md"):
 
 
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
-    """Every section (``part`` "all"), or one: "first-order", "typical", "backward",
+    """Every section (``part`` "all"), or one: "first-order", "typical", "batchnorm-two",
+    "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
     each), "after-norm", "norm-start", "uniform-mlp", "torch-mlp" (4x each; torch needed),
     "torch-preln" (torch needed) or "exact"."""
@@ -668,6 +693,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         first_order(seeds, out)
     if part in ("all", "typical"):
         typical(seeds, out)
+    if part in ("all", "batchnorm-two"):
+        batchnorm_two(seeds, out)
     if part in ("all", "backward"):
         backward(seeds, out)
     if part in ("all", "affine"):
@@ -700,7 +727,8 @@ if __name__ == "__main__":
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
-    p.add_argument("--part", choices=["all", "first-order", "typical", "backward", "affine",
+    p.add_argument("--part", choices=["all", "first-order", "typical", "batchnorm-two",
+                                       "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
                                        "norm-affine", "after-norm", "norm-start",
                                        "uniform-mlp", "torch-mlp", "torch-preln", "exact"],
