@@ -1260,3 +1260,42 @@ def test_stacking_widths_that_share_a_root_seed_warns():
         stack_widths(piped)
     with pytest.warns(UserWarning, match="share root seeds"):  # (the marker without its roots)
         stack_widths([p.assign_attrs(streams="") for p in piped])
+
+
+def test_the_log_sd_stat_is_the_seeds_sd_of_log_x_in_the_documented_stat_order():
+    """Under lognormal at one width compare adds the stat log_sd: each point's sample sd of log
+    X over the seeds with ddof = 1 (the s whose s^2 n / sigma^2 is chi^2_{S-1}, which
+    lognormal_lower_p's bound assumes), here against numpy's own on the same samples; a variable
+    of another estimator in the same comparison (corr: the mean) gets it as NaN, after the four
+    stats in their documented order (not xarray's sorted union). Catches: ddof = 0 (an sd
+    sqrt(7/8) = 6.5 % small at 8 seeds, a sigma bound too low: an anti-conservative lower-tail
+    test); the stat order sorted."""
+    th = sp.theory(sp.presets.resnet(depth=3, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.3))
+    mc = synthetic(th, seeds=8, noise=0.4, root_seed=3)
+    cmp = compare(th, mc, variables=["q", "corr"], estimator="lognormal")
+    assert cmp["q"].attrs["estimator"] == "lognormal" and cmp["corr"].attrs["estimator"] == "mean"
+    for name in ("q", "corr"):
+        assert list(cmp[name]["stat"].values) == ["estimate", "stderr", "theory", "z", "log_sd"]
+    y = np.log(mc["q"].squeeze("width", drop=True).transpose("seed", ...).values)
+    want = np.std(y, axis=0, ddof=1)
+    got = cmp["q"].sel(stat="log_sd").transpose(*mc["q"].squeeze("width", drop=True)
+                                                .isel(seed=0).dims).values
+    np.testing.assert_allclose(got, want, rtol=1e-12)
+    assert np.isnan(cmp["corr"].sel(stat="log_sd")).all()
+
+
+def test_stacking_runs_of_unknown_root_seed_does_not_warn():
+    """stack_widths warns where two runs' root seeds are known to be equal; runs with no
+    root_seed attr (synthetic data, a run from elsewhere) are not known to share draws: no
+    warning. Catches: the check of unknown (None) roots dropped (None == None read as shared)."""
+    import warnings
+
+    net, x0 = sp.presets.resnet(2), sp.Inputs(q=1.0)
+    runs = []
+    for w in (8, 16):
+        run = sp.simulate(net, x0, width=w, seeds=2, backend="numpy", root_seed=w)
+        run.attrs.pop("root_seed")
+        runs.append(run)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        stack_widths(runs)

@@ -321,3 +321,61 @@ def test_lognormal_rows_rate_test_reads_its_own_nominal_rate():
     assert row["nominal"] == pytest.approx(0.04690, abs=1e-5) == lognormal_rate(3.0, 16)
     assert t_row["nominal"] == pytest.approx(nominal_rate(3.0, 16))
     assert row["flag"] == "ok" and t_row["flag"] == "DISAGREE", (row, t_row)
+
+
+def test_the_rate_near_one_is_students_at_sigma_to_zero():
+    """lognormal_rate is a supremum over sigma, so it is at least the rate at sigma -> 0, where
+    z is Student t with S - 1 dof: 2 t.sf(k, S - 1) (scipy). At k = 1 that end is the larger
+    (docstring: the sum is largest as sigma -> 0 for k near 1; 0.333 at S = 16 against the sigma
+    -> inf law's 0.318, its closed form chi^2_n's cdf and sf). Catches: the rate read at sigma
+    -> inf alone (the tests above use k = 2, 3, where that end is the sup)."""
+    for S in (8, 16, 32):
+        n = S - 1
+        t_rate = 2 * stats.t.sf(1.0, n)
+        r = math.sqrt(n / 2)
+        inf_rate = stats.chi2.cdf(n / (1 + 1 / r), n) + stats.chi2.sf(n / (1 - 1 / r), n)
+        assert t_rate > inf_rate * 1.01, (S, t_rate, inf_rate)  # (this k's sup is not at inf)
+        assert lognormal_rate(1.0, S) >= t_rate * (1 - 1e-9), S
+
+
+def test_a_point_whose_bound_p_is_above_the_level_is_not_flagged_by_the_shortcut():
+    """_lower_flag's shortcut (the sup over every sigma, a closed form, below alpha - gamma) is
+    only a faster way to the bound's p: p_bound <= sup + gamma. One point at 16 seeds, alpha =
+    FAMILY_LEVEL / 2, gamma = LOWER_GAMMA alpha: z with the sigma -> inf law's tail at 0.95
+    alpha (c from chi^2_15's quantile, closed form) and sd of log X 100 (sigma_up ~ 220, where
+    the tail is the inf law's to ~1e-3, this file's integrator) has p = 0.95 alpha + gamma >
+    alpha: not flagged; with sd 1 p ~ 0.27 alpha: flagged. Catches: the shortcut at alpha
+    (it would flag every point whose sup over all sigma is below alpha, past the documented
+    p-value's level by up to gamma)."""
+    S, n = 16, 15
+    alpha = FAMILY_LEVEL / 2
+    gamma = LOWER_GAMMA * alpha
+    c = (n / stats.chi2.ppf(0.95 * alpha, n) - 1) / math.sqrt(2 / n)  # the inf law at 0.95 alpha
+    assert stats.chi2.cdf(n / (1 + c * math.sqrt(2 / n)), n) == pytest.approx(0.95 * alpha)
+    for sd, flag in ((100.0, "ok"), (1.0, "DISAGREE")):
+        up = sd * math.sqrt(n / stats.chi2.ppf(gamma, n))
+        p = _grid_tails(c, S, up)[1] + gamma  # (integrator error << the 5 % margins used)
+        assert (p > 1.02 * alpha) if flag == "ok" else (p < 0.5 * alpha), (sd, p / alpha)
+        row = _one([-c], S, log_sd=sd)
+        assert row["flag"] == flag, (sd, row)
+
+
+def test_the_max_z_quantile_has_seeds_less_one_dof():
+    """One point at 4 seeds, the rate test unable to flag it (n = 1: its bound passes 1): the
+    max |z| test's quantile is Student t's with S - 1 = 3 dof at FAMILY_LEVEL / 2 (scipy:
+    7.45; t with 4 dof: 5.60), for the mean and logmean estimators and lognormal's upper tail.
+    A z between the two is ok, one past t_3's DISAGREE. Catches: S dof for S - 1."""
+    c3, c4 = stats.t.isf(FAMILY_LEVEL / 2, 3), stats.t.isf(FAMILY_LEVEL / 2, 4)
+    assert c3 - c4 > 1.5
+    for estimator in ("mean", "logmean", "lognormal"):
+        assert _one([(c3 + c4) / 2], 4, estimator)["flag"] == "ok", estimator
+        assert _one([c3 + 0.1], 4, estimator)["flag"] == "DISAGREE", estimator
+
+
+def test_max_z_is_located_at_the_largest_size_of_either_sign():
+    """summary's max_z is the largest |z| and ``where`` names its point, below the theory too:
+    z = (1, -6, 2) over layers 0..2 gives max_z 6 at layer=1. Catches: the location taken at the
+    largest signed z (layer=2, a point the table would blame wrongly)."""
+    for estimator in ("mean", "lognormal"):
+        row = _one([1.0, -6.0, 2.0], 16, estimator)
+        assert row["max_z"] == 6.0 and row["where"] == "layer=1", (estimator, row)

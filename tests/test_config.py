@@ -103,6 +103,10 @@ def test_good_config_runs_theory(tmp_path):
      "where.batch names 7", "the sim's batch labels"),  # (a where that matches no point)
     (("[inputs]", "[disagree.grad_q]\nwhy = 'x'\nwher = { batch = [2] }\n[inputs]"),
      "disagree.grad_q.Disagreement.wher", "keys why, where"),
+    # an empty where would select every point (no dim restricts it): the whole variable left
+    # out of the comparison, silenced rather than declared
+    (("[inputs]", "[disagree.grad_q]\nwhy = 'x'\nwhere = {}\n[inputs]"),
+     "disagree.grad_q.Disagreement.where", "at least 1 item"),
     # a bad sweep value is refused at load, naming the file (it failed at run time, unnamed)
     (("[inputs]", "[sweeps]\nsigma_w1 = [-1.0, 0.5]\n[inputs]"), "sweeps = {'sigma_w1'",
      ">= 0"),

@@ -278,3 +278,46 @@ def test_each_width_of_a_run_draws_its_own_streams(project):
     own = sp.simulate(net, inputs, width=32, seeds=256, backend="numpy", dtype="float32",
                       root_seed=width_root_seed(sim.spec.root_seed, 32))
     assert np.array_equal(own["log_q"].sel(input=0).isel(layer=-1).values, x.sel(width=32).values)
+
+
+def test_the_agreement_step_leaves_a_confined_declarations_points_out(project):
+    """A `disagree` entry confined to some points ({why, where}) reaches the comparison through
+    the pipeline's agreement step: there those points are left out and the rest judged. Two
+    archs, the theory of q a third low above the inputs at the second only (z ~ 8, as in the
+    test above): undeclared the step fails on it; declared at that arch the step passes, its
+    row ok with the reason and the points left out. Catches: the declarations not handed to
+    agreement.comparison by the step (the declared points judged, a DISAGREE that fails the
+    paper's build; the norms sim declares BatchNorm's gradient at B <= 3 this way)."""
+    import json
+
+    import numpy as np
+
+    from sigprop.data import save
+    from sigprop.pipeline.config import Disagreement, Sim
+    from sigprop.pipeline.reproduce import FAILED, _agreement
+    from sigprop.pipeline.runs import run_montecarlo, run_theory
+
+    path = project / "sims" / "finite_width.toml"
+    second = '[[arch]]\nlabel = "other ReLU"\npreset = "plain"\nact = "relu"\n[inputs]'
+    path.write_text(TINY.replace("widths = [16, 32]", "widths = [256]")
+                    .replace("seeds = 8", "seeds = 32").replace("[inputs]", second))
+    sim = Sim.load(path)
+    th, mc = run_theory(sim, "quick"), run_montecarlo(sim, "quick")
+    wrong = th.copy(deep=True)
+    at = (wrong["layer"] > 0) & (wrong["arch"] == "other ReLU")
+    wrong["q"], wrong["log_q"] = wrong["q"] / (1 + 0.5 * at), wrong["log_q"] - np.log1p(0.5) * at
+    keys = {"wrong": {"theory": save(wrong, project / "wrong.nc"),
+                      "montecarlo": save(mc, project / "mc.nc")}}
+    out = project / "paper" / "figures"
+    confined = Disagreement(why="a test of the step", where={"arch": ["other ReLU"]})
+    for declared, failed in (({}, True), ({"q": confined}, False)):
+        sims = {"wrong": Sim(sim.spec.model_copy(update={"disagree": declared}), "wrong", path)}
+        r = Run(cache=Cache(project / f"cache{len(declared)}"), console=Console(record=True))
+        _agreement(r, sims, keys, out)
+        status = {name: s for name, s, _ in r.rows}
+        assert status.get("agreement check", "").startswith(FAILED) == failed, status
+        flag = {r["variable"]: r["flag"] for r in
+                json.loads((out / "agreement.json").read_text())["wrong"]}["q"]
+        assert flag == ("DISAGREE" if failed else "ok"), (declared, flag)
+    assert "ok (declared: a test of the step (left out: arch = other ReLU))" in \
+        (out / "agreement.tex").read_text()

@@ -106,3 +106,29 @@ def test_a_longer_draw_extends_a_shorter_block_by_block():
     short = Streams(np, ROOT, [0]).normal(0, 1, 0, (n,), np.float32)[0]
     long = Streams(np, ROOT, [0]).normal(0, 1, 0, (n + 5 * BOX_MULLER_BLOCK + 7,), np.float32)[0]
     np.testing.assert_array_equal(long[:n], short)
+
+
+def test_width_root_seed_is_its_documented_xor_and_keeps_every_stream_apart():
+    """width_root_seed is part of every published Monte Carlo number (a sim's run draws width w
+    with it, its ``streams`` attr records WIDTH_STREAMS), so its value is pinned to the marker's
+    words, root XOR (w << 32), salt into bit 63, by hand: root 2024 at w = 256 is 2024 + 2^40 =
+    1099511629800, with salt 1 that plus 2^63, and root 2^40 + 7 gives 7. Over widths 1 ..
+    4096 and both salts of one root the roots are distinct and fit the 64-bit key Streams
+    takes; width 0 and 2^31 are refused.
+    Catches: a shift of 31 (the numbers drawn change, the marker lies); + for XOR; the salt
+    into bit 62 (a width with bit 30 set would share the fresh fit's streams); a dropped salt."""
+    from sigprop.state.rng import MAX_STREAM_WIDTH, WIDTH_STREAMS, width_root_seed
+
+    assert "(w << 32)" in WIDTH_STREAMS
+    assert width_root_seed(2024, 256) == 1099511629800
+    assert width_root_seed(2024, 256, salt=1) == 1099511629800 + 2**63
+    assert width_root_seed(2**40 + 7, 256) == 7  # (XOR: w's bit 40 clears the root's)
+    big = (1 << 30) | 5000  # bit 30 set: its root must not be another width's salted one
+    assert width_root_seed(2024, big) == 2024 + big * 2**32
+    roots = {width_root_seed(ROOT, w, s) for w in range(1, 4097) for s in (0, 1)}
+    roots |= {width_root_seed(ROOT, w, s) for w in (big, big ^ (1 << 30)) for s in (0, 1)}
+    assert len(roots) == 2 * 4096 + 4 and ROOT not in roots
+    assert all(0 <= r < 2**64 for r in roots)
+    for bad in (0, MAX_STREAM_WIDTH):
+        with pytest.raises(ValueError, match="widths 1 .."):
+            width_root_seed(ROOT, bad)

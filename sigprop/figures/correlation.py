@@ -135,9 +135,11 @@ class _LawPrinter(LatexPrinter):
     """LaTeX with the digamma polygamma(0, x) written psi(x)."""
 
     def _print_polygamma(self, expr, exp=None):
-        if expr.args[0] != 0:
-            return super()._print_polygamma(expr, exp)
-        out = rf"\psi\left({self._print(expr.args[1])}\right)"
+        if expr.args[0] == 0:
+            out = rf"\psi\left({self._print(expr.args[1])}\right)"
+        else:  # (LatexPrinter has no _print_polygamma to defer to: it raised AttributeError)
+            args = ", ".join(self._print(a) for a in expr.args)
+            out = rf"\operatorname{{polygamma}}\left({args}\right)"
         return out if exp is None else rf"{out}^{{{exp}}}"
 
 
