@@ -83,6 +83,30 @@ def test_detects_a_wrong_theory(theory):
     assert rows["corr"]["flag"] == "ok"
 
 
+def test_a_point_measured_by_its_log_alone_is_compared_from_the_log():
+    """A point whose primary is NaN at every seed while its log companion is finite (q past
+    float64, log_q recorded) is estimated from the log: its standard error is the log's sd over
+    its seeds / sqrt(S), by numpy here, and its z a real test. Before, the seeds were counted on
+    the primary (0), so se = inf, z = 0, and summary counted the point as exact: a point that
+    could not fail."""
+    x0 = sp.Inputs(q=[1.0, 1.5], corr=0.5)
+    net = sp.presets.preln(4)
+    th = sp.theory(net, x0)
+    mc = sp.simulate(net, x0, width=64, seeds=8, backend="numpy", root_seed=3)
+    at = {"layer": 2, "input": 0}
+    mc["q"].loc[at] = np.nan
+    cmp = compare(th, mc, ["q"], estimator="logmean")
+    logs = mc["log_q"].sel(at).values
+    se = float(cmp["q"].sel(stat="stderr", **at))
+    assert se == pytest.approx(logs.std(ddof=1) / np.sqrt(8), rel=1e-12)
+    z = float(cmp["q"].sel(stat="z", **at))
+    floor = 1e-5  # (compare's rtol on the log scale, in quadrature with the se)
+    expected = (logs.mean() - float(th["log_q"].sel(at))) / np.hypot(se, floor)
+    assert z == pytest.approx(expected, rel=1e-9) and z != 0
+    (row,) = summary(cmp)
+    assert row["exact"] == 2  # (layer 0's two inputs: exact; the NaN point is not)
+
+
 def test_alignment_extrapolates_width_and_rejects_unselected_sweeps(theory):
     mc = synthetic(theory, seeds=8, widths=(64, 256))
     cmp = compare(theory, mc)

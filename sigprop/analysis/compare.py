@@ -167,13 +167,13 @@ def estimate(x: xr.DataArray, estimator: str, dim="seed",
     """(estimate, standard error) of one variable over ``dim`` (NaN entries, e.g. the padding of
     unequal seed counts across widths, left out); log scale unless ``mean``, from ``log`` (the
     samples' log companion, finite where x overflowed float64) when given, else log x."""
-    S = x.notnull().sum(dim)
+    y = x if estimator == "mean" else _log(x) if log is None else log
+    S = y.notnull().sum(dim)  # (the seeds of the samples read: x's NaN where its log is not)
     fewest = int(S.where(S > 0).min().fillna(x.sizes[dim]))  # all-NaN entries: no data there
     if fewest < 2:
         raise ConfigError("Monte Carlo seeds", fewest, ">= 2 to estimate a standard error")
     if estimator == "mean":
         return x.mean(dim), x.std(dim, ddof=1) / np.sqrt(S)
-    y = _log(x) if log is None else log
     with np.errstate(invalid="ignore"):  # (log 0 = -inf: NaN, which :func:`_zero_seeds` names)
         s = y.std(dim, ddof=1)
     if estimator == "lognormal":
