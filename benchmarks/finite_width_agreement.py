@@ -57,6 +57,7 @@ from sigprop.testing import (
     measure_gradient_spread,
     measure_mean_mode,
     measure_uniform_term,
+    measure_weight_gradient,
     with_dense,
 )
 
@@ -683,12 +684,45 @@ def exact(out="benchmarks/RESULTS.md"):
                   [intro, "", *rows])
 
 
+WEIGHT_NETS = {  # (net, widths): the mean-carrying stream's c ~ 30 wants wider nets
+    "Post-LN (relu mlp)": (presets.postln(DEPTH), WIDTHS),
+    "Pre-LN (relu mlp)": (presets.preln(DEPTH), WIDTHS),
+    "plain tanh": (presets.plain(DEPTH, "tanh", shape="dense_act"), WIDTHS),
+    "plain relu": (presets.plain(DEPTH, "relu", shape="dense_act"), WIDTHS),
+    "x + relu(W x), a mean": (presets.resnet(DEPTH, "relu", shape="dense_act"),
+                              [128, 256, 512, 1024]),
+}
+WEIGHT_LAYERS = [1, 3, 5, 8]
+
+
+def weight_gradient(seeds=8000, out="benchmarks/RESULTS.md"):
+    """weight_grad_q's c at layers :data:`WEIGHT_LAYERS` (:data:`WEIGHT_NETS`)."""
+    inputs = sp.Inputs(q=[1.0, 1.5], corr=0.5)
+    rows = ["| net | widths | layer | c predicted | a fitted ± SE | z |", "|---|---|---|---|---|---|"]
+    for name, (net, widths) in WEIGHT_NETS.items():
+        found = measure_weight_gradient(net, inputs, widths, seeds, root_seed=12144,
+                                        layers=WEIGHT_LAYERS)
+        for l, (c, a, se) in zip(WEIGHT_LAYERS, found):
+            rows.append(f"| {name} | {widths} | {l} | {c:+.4g} | {a:+.4g} ± {se:.2g} | "
+                        f"{(a - c) / se:+.2f} |")
+            print(rows[-1], flush=True)
+    intro = ("`benchmarks/finite_width_agreement.py --part weight-grad`: depth "
+             f"{DEPTH}, inputs q = [1, 1.5], corr = 0.5, {seeds} seeds per width (root seed "
+             "12144 + N), input 0. Predicted: c of `weight_grad_q_rel_correction` = c/N of "
+             "`sp.theory(net, inputs, width=N)` (`gradient_coefficient(..., weights=True)`: per "
+             "Dense D the walk of the tangent T x_D from D's output). Fitted: E W_l / W_l,inf - 1 "
+             "= b + a/N by weighted least squares over the widths (W = weight_grad_q, the mean "
+             "over seeds and its standard error per width).")
+    return _write("Finite width: the weight gradient's 1/N term (issue 16, continued)", out,
+                  [intro, "", *rows])
+
+
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "batchnorm-two",
     "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
     each), "after-norm", "norm-start", "uniform-mlp", "torch-mlp" (4x each; torch needed),
-    "torch-preln" (torch needed) or "exact"."""
+    "torch-preln" (torch needed), "exact" or "weight-grad" (2x)."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -721,6 +755,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         torch_preln(seeds, out)
     if part in ("all", "exact"):
         exact(out)
+    if part in ("all", "weight-grad"):
+        weight_gradient(2 * seeds, out)
 
 
 if __name__ == "__main__":
@@ -731,7 +767,8 @@ if __name__ == "__main__":
                                        "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
                                        "norm-affine", "after-norm", "norm-start",
-                                       "uniform-mlp", "torch-mlp", "torch-preln", "exact"],
+                                       "uniform-mlp", "torch-mlp", "torch-preln", "exact",
+                                       "weight-grad"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)

@@ -146,6 +146,14 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "1", "E[grad_q]/grad_q_inf - 1 = c/N at every layer l, exact weights: c from the "
              "walk of a forward tangent, E grad_q_l = E |J_l t|^2 / N (the layers above the input "
              "by one adjoint pass; NaN from an op with no finite-width rule)", backward=True),
+    Variable("weight_grad_q_rel_correction", PER_INPUT,
+             "first-order relative correction to E weight_grad_q", "1",
+             "E[weight_grad_q]/weight_grad_q_inf - 1 = c/N at every layer l, exact weights: per "
+             "Dense D of block l, N^-2 E ||g_D||^2 ||x_D||^2 = N^-1 E |J_D T x_D|^2 (T a random "
+             "direction of D's weights), the walk of the tangent T x_D from D's output with x's "
+             "fluctuation carried; c the parts' mean weighted by their leading values (NaN at "
+             "layer 0, a block without Dense, and from an op with no finite-width rule)",
+             backward=True),
     Variable("var_log_grad_q", PER_INPUT, "variance of log grad_q across seeds", "1",
              "Var[log grad_q] over random nets and output cotangents at the dataset's width N, "
              "leading order (O(1/N)), at every layer as grad_q_rel_correction (the walk of a "

@@ -363,3 +363,27 @@ def measure_mean_mode(net: Op, inputs, widths, seeds: int, root_seed: int = 0):
         var.append((N * g.std(ddof=1)) ** 2 / seeds)
     w = 1 / np.asarray(var)
     return A, float(np.sum(w * est) / np.sum(w)), float(1 / math.sqrt(np.sum(w)))
+
+
+def measure_weight_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
+                            layers=(1,)):
+    """Monte Carlo of weight_grad_q's first-order coefficient c at each of ``layers``
+    (:func:`~sigprop.engines.finite_width.gradient_coefficient` with ``weights``, input 0),
+    from one simulation per width (independent root seeds ``root_seed + N``): c against the
+    mean over seeds of W_l / W_l,inf - 1 at each width, with its standard error, fitted as
+    b + a/N (:func:`~sigprop.analysis.compare.fit_inverse_width`). Returns per layer of
+    ``layers``, sorted, (c, a, se of a)."""
+    layers = sorted({int(l) for l in layers})
+    pred = finite_width.gradient_coefficient(net, inputs, layers=layers, weights=True)
+    w_inf = np.exp(theory(net, inputs, layers=layers)["log_weight_grad_q"].values[:, 0])
+    mean = []  # per width: (value, se) per layer
+    for N in widths:
+        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
+                      root_seed=root_seed + int(N))
+        r = np.exp(mc["log_weight_grad_q"].sel(layer=layers).values[..., 0]) / w_inf - 1
+        mean.append((r.mean(0), r.std(0, ddof=1) / math.sqrt(seeds)))
+    out = []
+    for k in range(len(layers)):
+        _, _, a, se_a = fit_inverse_width(widths, [m[0][k] for m in mean], [m[1][k] for m in mean])
+        out.append((float(pred.coef[k].flat[0]), a, se_a))
+    return out

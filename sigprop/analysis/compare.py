@@ -28,7 +28,8 @@ covariance, is tested against the theory; the fitted a and its standard error ar
 (stats ``a`` and ``a_stderr``: a measured finite-width coefficient). With one width N the bias
 stays in the estimate: a theory from ``sp.theory(net, inputs, width=W)`` is then compared with
 its first-order prediction at N, T_inf + a/N (its a/W times W/N; :func:`first_order`: q, corr,
-mean, var, branch_q and grad_q, on the estimator's scale; not under ``median``, whose offset
+mean, var, branch_q, grad_q and weight_grad_q, on the estimator's scale; not under ``median``,
+whose offset
 from the mean of a log is itself O(1/N), by log X's skewness), and otherwise nothing is
 allowed beyond the standard error; the attrs say which. With several widths such a theory's a
 is reported beside the fitted one (stat ``a_theory``, NaN where it has none).
@@ -121,6 +122,7 @@ FIRST_ORDER = {  # the variables of sp.theory(..., width=N) each compared variab
     "q": ("q_rel_correction", "log_q_correction"),
     "branch_q": ("branch_q_rel_correction", "log_branch_q_correction"),
     "grad_q": ("grad_q_rel_correction", "var_log_grad_q"),
+    "weight_grad_q": ("weight_grad_q_rel_correction",),
     "corr": ("corr_correction",), "mean": ("mean_correction",),
     "var": ("var_rel_correction", "var_log_var")}
 SPREADS = {  # a spread of sp.theory(..., width=N): the variable X it is Var X or Var log X of
@@ -991,10 +993,11 @@ def extrapolate(est: xr.DataArray, se: xr.DataArray, floor=0.0) -> dict[str, xr.
 def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     """The first-order term a/N at width N = ``width`` that ``sp.theory(net, inputs, width=W)``
     predicts for ``name`` on the scale of the estimator ``est_name`` (its stored a/W times
-    W/N), or None where it has none: ``mean``: E X = X (1 + c/N) for q, branch_q, var and
-    grad_q, E corr and E mean plus their terms; ``lognormal`` (log E X): c/N for those four;
-    ``logmean`` (E log X): E log q's and E log branch_q's own terms, and (c - v/2)/N for grad_q
-    and var (v: N Var log X; log E X - E log X = Var log X / 2 at leading order). None under
+    W/N), or None where it has none: ``mean``: E X = X (1 + c/N) for q, branch_q, var, grad_q
+    and weight_grad_q, E corr and E mean plus their terms; ``lognormal`` (log E X): c/N for
+    those five; ``logmean`` (E log X): E log q's and E log branch_q's own terms, and (c -
+    v/2)/N for grad_q and var (v: N Var log X; log E X - E log X = Var log X / 2 at leading
+    order; weight_grad_q has no v, so no term). None under
     ``median``: the median of log X sits O(1/N) from its mean (log X's skewness, which the
     theory does not give), the order of the term itself; and for corr and mean under the log
     estimators (not theirs). A log companion (log_q, ...) under ``mean`` is E log X: its
@@ -1017,7 +1020,7 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     term = theory[needs[0]]
     if name in ("grad_q", "var") and est_name == "logmean":
         term = term - theory[needs[1]] / 2
-    elif name in ("q", "branch_q", "var", "grad_q") and est_name == "mean":
+    elif name in ("q", "branch_q", "var", "grad_q", "weight_grad_q") and est_name == "mean":
         term = theory[name] * term
     return term * (float(W) / width)
 

@@ -73,7 +73,11 @@ t joins at the norm's output and is drawn with the activation's features,
 :attr:`_Walk.after_norm`; where it ends at a uniform Dense's output, t joins after its
 weights, :attr:`_Walk.after_dense`). Its part in a stream x + alpha phi(W x) that carries a
 mean, the coupling through the forward weights, also in closed form
-(:func:`mean_mode_coefficient`).
+(:func:`mean_mode_coefficient`). The weight gradient's E weight_grad_q: per Dense D of a block,
+N^-2 E ||g_D||^2 ||x_D||^2 = N^-1 E |J_D T x_D|^2 (T a random direction of D's weights), the
+same pair walk with t started at D's output as T x_D, of the realised x's scale
+(:meth:`_Walk._start_at_weights`), each joining the recorded walk at its block's end
+(``gradient_coefficient(..., weights=True)``).
 Validity: per statistic the width where the correction is 10 % of the leading term
 (``valid_width_*``), and warnings where N is below the coefficient, where an expectation is
 carried by events no practical width samples (:func:`warn_unreachable`: BatchNorm at B <= 3),
@@ -681,6 +685,9 @@ class _Walk:
         # joins fresh at its output (:func:`_tangent_walk`)
         self.after_dense = False  # likewise at the output of the Dense that opens the chain
         # (uniform weights, whose features are drawn with the chain: only linear maps after)
+        self.weights_at = None  # a weight-gradient walk: how many Denses it meets before the
+        # one, D, whose weights' direction starts t (:meth:`_start_at_weights`)
+        self.after_weights = False  # t starts at the output of the chain's Dense as T x
 
     @property
     def joins_open(self) -> bool:
@@ -811,9 +818,11 @@ class _Walk:
         if any(_is_norm(op) for op in chain):  # (lost or not)
             self._draw_after_norm(chain, gauss, ctx)
             return
-        chain_law = (functools.partial(_tangent_chain, after=self.after_dense) if self.tangent
+        chain_law = (functools.partial(_tangent_chain, after=self.after_dense,
+                                       weights=self.after_weights) if self.tangent
                      else _unit_chain)
-        self.after_dense = False  # (t, drawn with the chain's features, is a tangent from here)
+        self.after_dense = self.after_weights = False  # (t, drawn with the chain's features, is
+        # a tangent from here)
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], top=True)
@@ -917,18 +926,19 @@ class _Walk:
         pre, norm, post = chain[:k], chain[k], chain[k + 1:]  # (post: no varying vectors,
         # which settle the chain, :meth:`walk`); the norm's input and output in true units:
         linear = pre[1:] if pre and isinstance(pre[0], Dense) else pre
-        after, after_dense = self.after_norm, self.after_dense
+        after, after_dense, at_weights = self.after_norm, self.after_dense, self.after_weights
         with np.errstate(over="ignore", invalid="ignore"):
             u = functools.reduce(lambda s, op: self.law(op, s, ctx), linear, gauss)
             y = self.law(norm, u, ctx)
-        self.after_norm = self.after_dense = False  # (t, drawn with the norm's output, is a
-        # tangent from here on)
+        self.after_norm = self.after_dense = self.after_weights = False  # (t, drawn with the
+        # norm's output, is a tangent from here on)
         for f in (u, y):
             if self._beyond_float64(f, self.norm_ctx, fourth=True):
                 break
         if self.tangent:  # the pair (x, J t): the norm's Jacobian on t (or t starting after
             def norm_input(s, extra=None):  # it: ``after``), then (f, f' J t)
-                return _tangent_chain(pre, s, ctx, after=after_dense, extra=extra) if pre else s
+                return (_tangent_chain(pre, s, ctx, after=after_dense, extra=extra,
+                                       weights=at_weights) if pre else s)
 
             def law(s, at=None, extra=None):
                 out = _tangent_norm(norm, norm_input(s, extra), ctx, after=after, at=at)
@@ -1076,7 +1086,8 @@ class _Walk:
         if _is_norm(op):
             return _tangent_norm(op, s, ctx, after=self.after_norm)
         if isinstance(op, Dense):
-            return _tangent_dense(op, s, ctx, after=self.after_dense, extra=extra)
+            return _tangent_dense(op, s, ctx, after=self.after_dense, extra=extra,
+                                  weights=self.after_weights)
         return _tangent_affine(op, s, ctx)
 
     def lose(self, why: str, pointwise: bool = False, below: bool = False):
@@ -1119,6 +1130,8 @@ class _Walk:
                 self.walk(op.block, ctx.at(type(op.block).__name__))
         elif isinstance(op, Dense):
             self.settle()
+            if self.weights_at is not None:
+                self._start_at_weights(op, ctx)
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
             self.cross_unknown = self.cross_unknown[:-1] + [False]  # (its draw: X decoupled)
             ratio = np.asarray(ctx.p(op.ratio))
@@ -1221,6 +1234,37 @@ class _Walk:
             self.lose(f"{ctx.path}: {what} reads the cross moment of a BatchNorm's output with "
                       "the enclosing residual stream before a Dense draws it afresh; it has no "
                       "first-order law here")
+
+    def _start_at_weights(self, op: Dense, ctx: Context):
+        """A weight-gradient walk meets a Dense; at D, the one :attr:`weights_at` counts down
+        to, t restarts at D's output as t = T x, the derivative of D's output along a direction
+        T of its weights, T_ij ~ N(0, 1/N) i.i.d. independent of the net: N E |J_D T x|^2 =
+        E ||x||^2 tr(J_D J_D^T) = E ||g_D||^2 ||x||^2 (J_D: the output's Jacobian in D's output,
+        g_D = J_D^T delta_L). Every t before D is dropped (0 in every frame: a linear map), D's
+        law draws t per feature as N(0, K_xx) given the realised x (:func:`_tangent_dense`),
+        and t's starting log scale is -log(n_in / N) / 2 (Var t_i = (n_in / N) K_xx), so the
+        tangent's q at the top is E |J_D T x|^2 / n_L, x's fluctuation and its coupling to
+        J_D through W_D carried by the walk."""
+        self.weights_at -= 1
+        if self.weights_at >= 0:
+            return
+        self.weights_at, self.after_weights = None, True
+        if op.init != "normal":
+            self.lose(f"{ctx.path}: no weight-gradient rule for a Dense with {op.init} weights "
+                      "(their 4th cumulant acts on W x, not on the direction T x)")
+            return
+        if np.any((np.asarray(ctx.p(op.sigma_w)) == 0) & (np.asarray(ctx.p(op.sigma_b)) == 0)):
+            self.lose(f"{ctx.path}: no weight-gradient rule for a Dense of zero weights and "
+                      "bias (its output is exactly 0: the features are T x alone)",
+                      pointwise=True)
+            return
+        t_ls = self.frames[-1].ls[..., 1:]
+        self.push(lambda fr: [_without_tangent(f, t_ls) for f in fr[:-1]]
+                  + [_without_tangent(fr[-1])], linear=True)
+        if self.track:
+            P = np.diag(X_ROW)
+            self._cumulant_step(lambda ks: [k if k is None else _transformed(k, P) for k in ks])
+        self.t_ls = -0.5 * np.log(np.asarray(self.widths[-1], dtype=float))
 
     def _records_branch(self) -> bool:
         """Whether a residual met now is the one whose branch output the layer records (schema
@@ -1388,7 +1432,8 @@ class _Walk:
             weights = np.asarray(ctx.p(first.sigma_w)) != 0  # (else a tangent is 0: its draw
             bias = np.asarray(ctx.p(first.sigma_b)) != 0  # names the zero weights)
             if first.init != "normal" and not dense or not np.all(
-                    weights | (bias & (not self.tangent or self.after_dense))):
+                    weights | (bias & (not self.tangent or self.after_dense
+                                       or self.after_weights))):
                 return False
         return all(isinstance(op, Scale)
                    or isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
@@ -1963,18 +2008,32 @@ def _true(f: Moments):
 
 
 def _tangent_dense(op: Dense, s: Moments, ctx: Context, after: bool = False,
-                   extra=None) -> Moments:
+                   extra=None, weights: bool = False) -> Moments:
     """Dense on the pair (x, t): (W x + b, W t), K' = sigma_w^2 K + sigma_b^2 E_00 (no bias on
     the tangent); refs and law those of the op's own law (decoupled, Gaussian). ``after``: t
     starts at the output, N(0, 1) per feature independent of the weights (t in ``s`` is a
-    placeholder): K'_tt = 1, K'_xt = 0. ``extra``: added to sigma_b^2 (:func:`_apply`)."""
+    placeholder): K'_tt = 1, K'_xt = 0. ``weights``: t starts at the output as T x, T of
+    i.i.d. entries independent of the net (:meth:`_Walk._start_at_weights`; t in ``s`` is 0):
+    K'_tt = K_xx, the realised x's, K'_xt = 0. ``extra``: added to sigma_b^2
+    (:func:`_apply`)."""
     out = op.theory_forward(s, ctx)
     bias = np.asarray(ctx.p(op.sigma_b), dtype=float) ** 2 + (0.0 if extra is None else extra)
     K = _true(s)[0] * np.asarray(ctx.p(op.sigma_w), dtype=float)[..., None, None] ** 2 \
         + np.asarray(bias)[..., None, None] * E00
-    if after:
-        K = K * outer(X_ROW, X_ROW) + E11
+    if after or weights:
+        K = K * outer(X_ROW, X_ROW) + (_true(s)[0][..., :1, :1] if weights else 1.0) * E11
     return _scaled(out, K, np.zeros(K.shape[:-1]))
+
+
+def _without_tangent(f: Moments, t_ls=None) -> Moments:
+    """A frame of the pair (x, t) with t = 0: its entries of K, m and the cross moments.
+    ``t_ls``: t's log scale (..., 1) given to it, for a frame that a branch is added to: the
+    branch's, which the sum then keeps (a stream of scale 1e80 and a t of 1 overflowed its
+    change of units; one of e^-350 overflowed the next branch's law where alpha = 0)."""
+    ls = f.ls if t_ls is None else f.ls * X_ROW + t_ls * (1 - X_ROW)
+    return f.replace(K=f.K * outer(X_ROW, X_ROW), m=f.m * X_ROW, ls=ls, refs=tuple(
+        r if r.X is None or r.X is DECOUPLED
+        else Ref(m=r.m * X_ROW, X=r.X * outer(X_ROW, X_ROW)) for r in f.refs))
 
 
 def _tangent_affine(op: FeatureAffine, s: Moments, ctx: Context) -> Moments:
@@ -2018,14 +2077,14 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context, after: bool = False, tangent
 
 
 def _tangent_chain(chain, s: Moments, ctx: Context, after: bool = False,
-                   extra=None) -> Moments:
+                   extra=None, weights: bool = False) -> Moments:
     """The law of the features (f(h), f'(h) tau) after a Dense (h, tau) and elementwise ops f
     (true units inside): with tau = beta h + xi (xi independent of h, variance v), 1-D Gaussian
     expectations over h: E f'^2 tau^2 = beta^2 E h^2 f'^2 + v E f'^2, E f f' tau =
-    beta E h f f', E f' tau = beta E h f'. ``after``, ``extra``: the Dense's
+    beta E h f f', E f' tau = beta E h f'. ``after``, ``extra``, ``weights``: the Dense's
     (:func:`_tangent_dense`)."""
     dense = bool(chain) and isinstance(chain[0], Dense)
-    K = _true(_tangent_dense(chain[0], s, ctx, after, extra) if dense else s)[0]
+    K = _true(_tangent_dense(chain[0], s, ctx, after, extra, weights) if dense else s)[0]
     elementwise = chain[1:] if dense else chain
     u, w = gaussian_rule(K[..., :1, :1], _bend(elementwise, ctx), _degree(elementwise, ctx))
     y, vq = _features(elementwise, np.concatenate([u, np.ones_like(u)], -1), ctx, tangent=True)
@@ -2068,7 +2127,8 @@ class GradientCoefficients(NamedTuple):
 
 
 def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = None,
-                         own_walks: bool = False, split: bool = True, stacked: bool = True):
+                         own_walks: bool = False, split: bool = True, stacked: bool = True,
+                         weights: bool = False):
     """Per layer l of ``layers`` (default: the input) and input a, the coefficient c with
     E grad_q_l = grad_q_l,inf (1 + c/N) + O(1/N^2), and the leading
     variance of log grad_q_l across nets (:class:`GradientCoefficients`).
@@ -2111,7 +2171,11 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     s0, gaussian, track = inputs.moments(), inputs.law == "gaussian", _tracks_cumulants(net)
     shape = tuple(len(v.values) for v in grid.values())
     coef, log_q, var = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(3))
-    why: dict = {}  # layer index -> why its c is NaN (the lowest one's is reported)
+    rows = ([(l, d) for l in want if l > 0 for d in range(_dense_count(blocks[l - 1]))]
+            if weights else [(l, None) for l in want])  # (layer, the block's Dense or None)
+    coef, log_q, var = (np.full((len(rows), *shape, inputs.n), np.nan) for _ in range(3))
+    why: dict = {}  # row index -> why its c is NaN (the lowest one's is reported)
+    top_width = None  # n_L / N, where a walk reached the top
     joins = len(want) > 1 and 2 * want[1] <= L  # the input's walk: the shared one (above)
     for a in [None] if stacked else range(inputs.n):  # None: every input at once
         own = []  # (index, layer, start) of the layers walked on their own
@@ -2121,41 +2185,64 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         walk = _Walk(x, ctx, fresh=gaussian, cumulants=track)
         walk.stop_when_lost = True  # one input: BatchNorm's law would not even take it
         shared, members = None, []  # the recorded pair walk the layers above 0 join; theirs
+        below = {}  # weights: row -> its walk through its block, from x's walk below it
+        offsets = {}  # weights: row -> t's log q where it joins the shared walk (from D's x)
 
         for l in range(L + 1):
             if shared is not None and l > 0:
                 shared.layer(l, blocks[l - 1])
-            if l not in want:
-                pass
+            if weights:
+                starts = [(k, below.pop(k)) for k, row in enumerate(rows)
+                          if row[0] == l and k in below]
+            elif l not in want:
+                starts = []
             elif walk.lost:  # x's fluctuation unknown from there on: NaN
                 why.setdefault(want.index(l), walk.lost)
-            elif own_walks or (l == 0 and not joins):
-                own.append((want.index(l), l, _tangent_walk(walk)))
-            elif (start := _tangent_walk(walk)).joins_open and (shared is None or shared.lost):
-                own.append((want.index(l), l, start))  # (t starts inside x's open chain: a
-                # walk that records the steps above starts where a pair is drawn)
-            else:
-                k = want.index(l)
-                if start.lost:  # (its (b, C): NaN)
+                starts = []
+            else:  # (None: the walk from the layer, made where it is needed)
+                starts = [(want.index(l), None)]
+            for k, start in starts:
+                if start is not None and start.lost:  # (a weight walk lost in its block)
                     why.setdefault(k, start.lost)
-                if shared is None or shared.lost:
-                    if shared is not None:
-                        _close(shared, members, own, why)
-                    shared, members, start.tape = start, [], []
-                members.append(k)
-                join = ("join", k, start.b, start.C, l, start, start.cumulants)
-                if not shared.chain:  # drawn, or Gaussian features still to be (a Dense's)
-                    shared.tape.append(join + (_tangent_log_q(shared),))
-                else:  # its features are drawn at the next reduction
-                    shared.waiting.append((join, len(shared.chain)))
+                elif own_walks or (l == 0 and not joins):
+                    own.append((k, l, start or _tangent_walk(walk)))
+                elif (start := start or _tangent_walk(walk)).joins_open and (
+                        shared is None or shared.lost):
+                    own.append((k, l, start))  # (t starts inside x's open chain: a walk
+                    # that records the steps above starts where a pair is drawn)
+                else:
+                    if start.lost:  # (its (b, C): NaN)
+                        why.setdefault(k, start.lost)
+                    if shared is None or shared.lost:
+                        if shared is not None:
+                            _close(shared, members, own, why)
+                        shared, members, start.tape = start, [], []
+                    members.append(k)
+                    if weights:
+                        offsets[k] = _tangent_log_q(start) - 2 * start.t_ls
+                    join = ("join", k, start.b, start.C, l, start, start.cumulants)
+                    if not shared.chain:  # drawn, or Gaussian features still to be (a Dense's)
+                        shared.tape.append(join + (_tangent_log_q(shared),))
+                    else:  # its features are drawn at the next reduction
+                        shared.waiting.append((join, len(shared.chain)))
+            if weights and l < L:
+                for k, (j, d) in enumerate(rows):
+                    if j == l + 1 and walk.lost:  # (x's fluctuation unknown: NaN)
+                        why.setdefault(k, walk.lost)
+                    elif j == l + 1 and (start := _weight_walk(walk, l + 1, blocks[l], d)):
+                        below[k] = start
+                    elif j == l + 1:  # D's term is 0 at every width
+                        coef[k, ..., col], log_q[k, ..., col] = 0.0, -np.inf
             if l < want[-1]:
                 walk.layer(l + 1, blocks[l])
         if shared is not None:
             shared.settle()
             _close(shared, members, own, why)
             if not shared.lost:
-                for k, got in _adjoint(shared):
-                    coef[k, ..., col], log_q[k, ..., col], var[k, ..., col] = _by_input(got, a)
+                top_width = shared.widths[0]
+                for k, (c, q, v) in _adjoint(shared):
+                    got = _by_input((c, q + offsets.get(k, 0.0), v), a)
+                    coef[k, ..., col], log_q[k, ..., col], var[k, ..., col] = got
         for k, l, start in own:  # a walk of its own
             for j, block in enumerate(blocks[l:], start=l + 1):
                 start.layer(j, block)
@@ -2163,12 +2250,16 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
             if seen.lost:
                 why.setdefault(k, seen.lost)
             else:
+                top_width = seen.widths[0]
                 got = _by_input(_tangent_q(seen), a)
                 coef[k, ..., col], log_q[k, ..., col], var[k, ..., col] = got
     pointwise = bool(grid) and any(w.pointwise for w in why.values())
     if stacked and why and not (pointwise and split):  # which inputs' walks a reason holds
         # for: each walked alone (as the parts of a split grid are)
-        return gradient_coefficient(net, inputs, want, ctx, own_walks, split, stacked=False)
+        return gradient_coefficient(net, inputs, want, ctx, own_walks, split, stacked=False,
+                                    weights=weights)
+    if weights:
+        coef, log_q, var, why = _weight_sums(rows, want, coef, log_q, top_width, why)
     lost = why[min(why)] if why else None
     if pointwise:
         if not split:  # (its caller splits the grid, :func:`each_point`)
@@ -2176,12 +2267,69 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
 
         def at(part):
             g = gradient_coefficient(part, inputs, layers=want, own_walks=own_walks, split=False,
-                                     stacked=False)
+                                     stacked=False, weights=weights)
             return {"coef": g.coef, "log_q": g.log_q, "var_log_q": g.var_log_q}, g.lost
 
         got, lost = each_point(net, at)
         return GradientCoefficients(lost=lost, **got)
     return GradientCoefficients(coef, log_q, lost, var)
+
+
+def _dense_count(op: Op) -> int:
+    """How many Dense ops a walk of ``op`` meets (a Repeat's block n times)."""
+    if isinstance(op, Dense):
+        return 1
+    if isinstance(op, Repeat):
+        return op.n * _dense_count(op.block)
+    return sum(_dense_count(k) for k in op.children())
+
+
+def _weight_walk(walk: _Walk, l: int, block: Op, d: int) -> _Walk:
+    """The pair walk of block ``l`` from x's ``walk`` below it whose t starts at the output of
+    the block's d-th Dense D as t = T x (:meth:`_Walk._start_at_weights`), at the end of the
+    block drawn (or Gaussian features still to be drawn) as a tangent started there is
+    (:func:`_tangent_walk`), to join the walk above. None where t is exactly 0 there (D in a
+    branch whose later weights are 0: its term is 0 at every width); lost where it is at some
+    grid points only."""
+    out = _tangent_walk(walk)  # (its t a placeholder until D)
+    out.weights_at = d
+    out.layer(l, block)
+    if out.chain:
+        out.settle()
+    zero = out.frames[0].K[..., 1, 1] <= 0
+    if out.lost or not np.any(zero):
+        return out
+    if np.all(zero):
+        return None
+    out.lose(f"layer {l}: the tangent T x of a Dense's weights is exactly 0 past its block at "
+             "some grid points (later weights 0 there)", pointwise=True)
+    return out
+
+
+def _weight_sums(rows, want, coef, log_q, top_width, why):
+    """weight_grad_q's (c, log E, v, why) per layer of ``want`` from those of its block's Denses
+    D (``rows``: (layer, D)): E weight_grad_q = sum_D (n_L / N) E |J_D T x_D|^2 / n_L (q_D: the
+    walk's log q of its tangent at the top, :meth:`_Walk._start_at_weights`), so its relative
+    correction c = sum_D q_D c_D / sum_D q_D, the parts' leading values weighing their own; v
+    (the spread of log weight_grad_q, which needs the parts' covariances): NaN; NaN c and
+    log E at layer 0 and for a block without Dense (no weights). ``why``: by row, then by
+    layer."""
+    shape = (len(want),) + coef.shape[1:]
+    c, log_e = np.full(shape, np.nan), np.full(shape, np.nan)
+    width = np.log(np.asarray(top_width if top_width is not None else 1.0, dtype=float))
+    by_layer = {}
+    for i, l in enumerate(want):
+        ks = [k for k, row in enumerate(rows) if row[0] == l]
+        if not ks:
+            continue
+        with np.errstate(invalid="ignore", divide="ignore"):
+            log_e[i] = np.logaddexp.reduce(log_q[ks], axis=0)
+            c[i] = np.sum(np.exp(log_q[ks] - log_e[i]) * coef[ks], axis=0)  # (a part of 0: 0)
+        log_e[i] = log_e[i] + (width[..., None] if width.ndim else width)
+        lost = [why[k] for k in ks if k in why]
+        if lost:
+            by_layer[i] = lost[0]
+    return c, log_e, np.full(shape, np.nan), by_layer
 
 
 def _stacked(s0: Moments, groups, ndim: int) -> Moments:
@@ -2860,12 +3008,31 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
             and not broken:  # (every draw checked only when every layer is recorded)
         _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)))
     computed["grad_q_rel_correction"] = grad
+    computed["weight_grad_q_rel_correction"] = _weight_gradient_correction(
+        net, inputs, rows, layers, N, shape, why)
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
         warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning)
     computed["typical_log_grad_q"] = (np.full(grad.shape, np.nan) if typical is None
                                       else typical[layers].reshape(grad.shape))
     return computed
+
+
+def _weight_gradient_correction(net: Op, inputs, rows, layers, N: float, shape, why):
+    """weight_grad_q_rel_correction (``shape``) at the recorded ``layers``: c/N of
+    :func:`gradient_coefficient` with ``weights`` (computed at ``rows``), warned where NaN for a
+    reason other than the gradient's (``why``)."""
+    c, _, lost, _ = gradient_coefficient(net, inputs, layers=rows, weights=True)
+    if lost and lost != why:
+        blocks = layers_of(net)
+        nan = [l for l, row in zip(rows, c)
+               if l > 0 and _dense_count(blocks[l - 1]) and np.isnan(row).any()]
+        warn(f"{lost}: the weight gradient's correction is NaN at layers {nan}",
+             FiniteWidthWarning)
+    out = np.full(shape, np.nan)
+    out[[list(layers).index(l) for l in rows if l in layers]] = \
+        c[[rows.index(l) for l in rows if l in layers]] / N
+    return out
 
 
 def _at(grid, quoted, idx, first=1) -> str:

@@ -1,0 +1,162 @@
+"""weight_grad_q's first-order finite-width correction (``weight_grad_q_rel_correction``).
+
+Per Dense D of block l, N^-2 E ||g_D||^2 ||x_D||^2 = N^-1 E |J_D T x_D|^2 for a direction T of
+D's weights with i.i.d. N(0, 1/N) entries, independent of the net: the walk of the pair (x, t)
+with t started at D's output as T x_D (every t before D dropped), whose per-feature variance is
+the realised K_xx of D's input, so x's fluctuation and its covariance with the Jacobian above D
+are carried by the walk (:meth:`sigprop.engines.finite_width._Walk._start_at_weights`).
+
+Tolerances: against the infinite-width engine and the walks of their own, as
+tests/test_finite_width.py (rounding ~1e-12 per layer; the central differences' O(STEP^2)); the
+exact Gaussian-input reference to the central differences' truncation (~1e-6 relative, here
+and in the reference's own differences); Monte Carlo at 3 standard errors of the fitted slope.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+import sigprop as sp
+from sigprop import presets
+from sigprop.analysis.compare import first_order
+from sigprop.engines import finite_width as fw
+from sigprop.testing import measure_weight_gradient
+
+PAIR = sp.Inputs(q=[1.0, 1.5], corr=0.5)
+NETS = [
+    presets.postln(4, eps=0.1),
+    presets.preln(3, norm="rmsnorm", final_norm=True),
+    presets.resnet(4, "relu", shape="dense_act", sigma_b=0.4),  # a stream with a mean
+    presets.plain(3, "tanh", shape="dense_act", sigma_b=0.3),
+    sp.Serial(sp.Serial(sp.Dense(1.2, 0.1, ratio=2.0), sp.Act("tanh")),
+              sp.Serial(sp.Dense(1.0, ratio=0.5), sp.Act("relu")),
+              sp.Residual(sp.Serial(sp.LayerNorm(), sp.Dense(1.0), sp.Act("gelu"), sp.Dense(0.7)))),
+    presets.preln(3, act="erf", alpha=sp.sweep("alpha", [0.3, 1.0])),
+]
+IDS = ["postln", "preln-rms", "resnet-mean", "plain-tanh", "widths-and-norms", "swept"]
+
+
+def weight_coef(net, inputs=PAIR, **kw):
+    L = len(sp.ops.layers_of(net))
+    return fw.gradient_coefficient(net, inputs, layers=range(L + 1), weights=True, **kw)
+
+
+@pytest.mark.parametrize("net", NETS, ids=IDS)
+def test_the_weight_walks_value_is_the_backward_engines(net):
+    """exp of the walks' log q at the top, summed over the block's Denses with n_L / N, is the
+    infinite-width engine's weight_grad_q (its backward laws and weight sink): two codes, to
+    rounding and the polar rule (~1e-12 per layer): 1e-11 over <= 5 layers."""
+    got = weight_coef(net)
+    want = sp.theory(net, PAIR)["log_weight_grad_q"].transpose("layer", ...).values
+    assert got.lost is None
+    np.testing.assert_allclose(got.log_q, want, rtol=1e-11, atol=1e-11)  # (NaN at layer 0)
+    assert (np.isfinite(got.coef) == np.isfinite(want)).all()  # (no Dense: layer 0, a final
+    # norm)
+
+
+@pytest.mark.parametrize("net", NETS, ids=IDS)
+def test_the_weight_walks_by_one_adjoint_pass_are_their_own_walks(net, monkeypatch):
+    """Each Dense's walk joins the recorded walk at the end of its block and is read by the
+    adjoint pass, against a walk of its own to the top: equal up to the central differences'
+    O(STEP^2) truncation (STEP = 2.5e-4, as test_every_layers_gradient_by_one_adjoint_pass_is
+    _its_own_walk)."""
+    monkeypatch.setattr(fw, "STEP", 2.5e-4)
+    shared, own = weight_coef(net), weight_coef(net, own_walks=True)
+    np.testing.assert_allclose(shared.coef, own.coef, rtol=2e-6, atol=1e-7)
+    np.testing.assert_allclose(shared.log_q, own.log_q, rtol=1e-11, atol=1e-11)
+
+
+def test_a_dense_on_gaussian_inputs_is_exact():
+    """Dense(s1, b) -> tanh -> Dense(s2) on Gaussian inputs x_j ~ N(0, q0): the first Dense's
+    term is s2^2 E[q G(s1^2 q + b^2)] exactly (E over W_2 and delta: ||g||^2 = s2^2 sum_i
+    phi'(h_i)^2; h_i | x ~ N(0, s1^2 q + b^2), q = |x|^2 / N ~ q0 chi^2_N / N), so with
+    f(q) = q G(s1^2 q + b^2), G(v) = E phi'(sqrt(v) z)^2, Var q = 2 q0^2 / N:
+    c = q0^2 f''(q0) / f(q0). Its q G coupling (the realised q sets both ||x||^2 and h's
+    scale) is the covariance term: with it dropped, c = q0^2 g''(q0) / g(q0), g(q) = G(s1^2 q
+    + b^2) (E q = q0 exactly), 0.27 away. f'' by central differences at step 1e-3 of adaptive
+    quadratures (1e-13): truncation ~1e-7, round-off ~1e-7; the walk's ~1e-6: 1e-5 relative."""
+    s1, b, s2, q0 = 1.5, 0.3, 1.1, 1.2
+    net = sp.Serial(sp.Dense(s1, b), sp.Act("tanh"), sp.Dense(s2))
+
+    def G(v):
+        return integrate.quad(lambda z: np.cosh(math.sqrt(v) * z) ** -4 * stats.norm.pdf(z),
+                              -12, 12, epsabs=1e-14, epsrel=1e-13, limit=200)[0]
+
+    def second(f, h=1e-3):
+        return (f(q0 + h) - 2 * f(q0) + f(q0 - h)) / h**2
+
+    def f(q):
+        return q * G(s1**2 * q + b**2)
+
+    def g(q):
+        return G(s1**2 * q + b**2)
+
+    exact, dropped = q0**2 * second(f) / f(q0), q0**2 * second(g) / g(q0)
+    c = fw.gradient_coefficient(net, sp.Inputs(q=q0, law="gaussian"), layers=[1],
+                                weights=True).coef[0, 0]
+    assert abs(c - exact) < 1e-5 * abs(exact), (c, exact)
+    assert abs(dropped - exact) > 0.2  # (the check sees the covariance term)
+
+
+def test_a_blocks_denses_are_the_layers_they_make_apart():
+    """The Denses of one block (Serial(D1, tanh, D2, tanh) as a branch x -> 0 x + F(x), one
+    layer) against the same ops as layers of their own (the same random net): E W_block =
+    E W_1 + E W_3, so c_block is the parts' c weighted by their leading values (equal weights
+    give 0.0053 where it is -0.0072) and log E W_block their log-sum; to the central
+    differences' ~1e-7."""
+    ops = [sp.Dense(1.5, 0.2, ratio=2.0), sp.Act("tanh"), sp.Dense(1.3, 0.1, ratio=0.5),
+           sp.Act("tanh"), sp.Dense(0.9)]
+    block = weight_coef(sp.Serial(sp.Residual(sp.Serial(*ops[:4]), beta=0.0), ops[4]))
+    apart = weight_coef(sp.Serial(*ops))
+    w = np.exp(apart.log_q[[1, 3]])
+    np.testing.assert_allclose(block.coef[1], (w * apart.coef[[1, 3]]).sum(0) / w.sum(0),
+                               rtol=1e-5, atol=1e-7)
+    np.testing.assert_allclose(block.log_q[1], np.log(w.sum(0)), rtol=1e-11)
+    np.testing.assert_allclose(block.coef[2], apart.coef[5], rtol=1e-5, atol=1e-7)
+
+
+def test_a_relu_nets_weight_gradient_has_no_correction():
+    """A bias-free ReLU net: D's output W_D x_D / |x_D| ~ N(0, s^2 / n I) whatever x_D is, so
+    J_D (the net above D: its masks and weights) is independent of x_D, E ||x_D||^2 |J_D t|^2
+    = E ||x_D||^2 E |J_D t|^2, and both are exact at any width: c = 0 up to the walk's
+    differencing (~1e-6 of the O(L) terms that cancel)."""
+    c = weight_coef(presets.plain(5, "relu", shape="dense_act")).coef
+    assert np.all(np.abs(c[1:]) < 1e-5), c
+
+
+def test_a_uniform_dense_has_no_weight_rule_and_says_so():
+    """A uniform Dense's weight gradient (its 4th cumulant acts on W x, not on T x): NaN at its
+    block with the reason, the other blocks' finite; sp.theory warns."""
+    net = sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"), sp.Dense(1.0, init="uniform"),
+                    sp.Act("tanh"), sp.Dense(1.0))
+    got = weight_coef(net)
+    assert np.isnan(got.coef[3]).all() and np.isfinite(got.coef[[1, 5]]).all()
+    assert "uniform weights" in got.lost
+    with pytest.warns(sp.FiniteWidthWarning, match="weight gradient's correction is NaN"):
+        sp.theory(net, PAIR, width=256)
+
+
+def test_the_theory_at_a_width_and_compare_carry_it():
+    """sp.theory(..., width=N) holds c/N at every recorded layer (NaN at layer 0), and compare's
+    first order at one width M reads it as weight_grad_q c/M (under the mean)."""
+    net, N = presets.postln(3), 256
+    ds = sp.theory(net, PAIR, width=N)
+    c = weight_coef(net).coef
+    np.testing.assert_allclose(ds.weight_grad_q_rel_correction.values, c / N)
+    term = first_order(ds, "weight_grad_q", "mean", 128)
+    np.testing.assert_allclose(term.values, (ds.weight_grad_q * c / 128).values)
+    assert first_order(ds, "weight_grad_q", "logmean", 128) is None  # (no spread: no term)
+
+
+@pytest.mark.slow
+def test_the_weight_gradient_against_monte_carlo():
+    """Post-LN, depth 4 (c = 3.8 at layer 1, -0.9 at the top, where the gradient's own c is 0):
+    the fitted 1/N slope of E W_l / W_l,inf within 3 SE of c (SE ~0.4 at 4000 seeds over widths
+    32-256; the O(1/N^2) term, ~c^2 / N^2, biases the slope by < 0.1 at N >= 32). ~20 s."""
+    for c, a, se in measure_weight_gradient(presets.postln(4), PAIR, [32, 64, 128, 256], 4000,
+                                            root_seed=19, layers=[1, 4]):
+        assert abs(a - c) < 3 * se, (c, a, se)  # 3 SE
