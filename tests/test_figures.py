@@ -446,6 +446,9 @@ def test_the_cause_of_the_mean_streams_gap_is_computed():
     # two independent fits' difference has SE hypot(2.5, 2.5) = 3.54: 12 / 3.54 = 3.39 is past
     # 3.32 (catches the SEs added, 5.0: z 2.4, the gap not singled out)
     assert _cause((12.0, 2.5), (0.0, 2.5)).startswith("the gap is the correlation")
+    # and 10 / hypot(2.5, 2.5) = 2.83 is within it, though 10 / 2.5 = 4 is past it (catches one
+    # fit's SE alone for the difference's)
+    assert _cause((10.0, 2.5), (0.0, 2.5)).startswith("these fits do not single out")
 
 
 def test_finite_width_correction_recovers_a_known_mean_mode(correction_data, tmp_path):
@@ -633,15 +636,20 @@ def test_the_epsilon_row_reads_its_effect(monkeypatch):
     assert effect["postln", 1.0][0] == pytest.approx(np.log((2 + 1e-3) / (2 + 1e-5)), rel=2e-3)
     assert max(claims.eps_effect(6, scales=(1e-6,))["preln", 1e-6]) > np.log(10)
 
-    def fake(unit, small):
-        return lambda depth: {("preln", 1.0): (unit, 0.0), ("preln", 1e-6): (0.0, small)}
+    # each effect once as q's (first) and once as G's (second): the row reads both (catches
+    # the row reading one of them)
+    def fake(unit, small, swap):
+        return lambda depth: {("preln", 1.0): (0.0, unit)[::-1 if swap else 1],
+                              ("preln", 1e-6): (small, 0.0)[::-1 if swap else 1]}
     cases = [((0.001, 0.002), "at neither."), ((0.001, 0.05), r"at $q_0 = 1\times10^{-6}$."),
+             ((0.05, 0.002), "at $q_0 = 1$."),
              ((0.05, 0.05), r"at $q_0 = 1$ and $q_0 = 1\times10^{-6}$.")]
     for (unit, small), words in cases:
-        monkeypatch.setattr(claims, "eps_effect", fake(unit, small))
-        row = claims.eps_row(6)
-        assert row.verdict == "Not testable here (training dynamics)"
-        assert row.evidence.endswith(words), (unit, small, row.evidence)
+        for swap in (False, True):
+            monkeypatch.setattr(claims, "eps_effect", fake(unit, small, swap))
+            row = claims.eps_row(6)
+            assert row.verdict == "Not testable here (training dynamics)"
+            assert row.evidence.endswith(words), (unit, small, swap, row.evidence)
 
 
 def test_a_disagreement_declared_at_some_points_leaves_the_rest_judged(tiny_data):
@@ -826,3 +834,112 @@ def test_the_law_printer_writes_the_digamma_as_psi_with_its_power():
     assert correlation.tex(sympy.polygamma(0, x) ** 2) == r"\psi\left(x\right)^{2}"
     assert correlation.tex(sympy.polygamma(1, x)) == r"\operatorname{polygamma}\left(1, x\right)"
     assert correlation.tex(sympy.polygamma(0, ell + 1)) == r"\psi\left(\ell + 1\right)"
+
+
+def test_the_epsilon_effect_reads_the_gradient_apart_from_the_signal():
+    """eps_effect's second number is the change of log G_l, not of log q_l read again. For
+    Post-LN at q_0 = 1 the two agree, so Pre-LN tells them apart: x -> x + F(LN x), the ReLU MLP
+    branch's gain sigma_1^2 sigma_2^2 / 2 = 1, zero-mean inputs, so at infinite width LN's output
+    has second moment q / (q + eps), q_{l+1} = q_l (1 + 1/(q_l + eps)), and the backward gain of
+    the block is the same factor (LN's Jacobian 1/sqrt(q + eps), its rank-one terms O(1/N); the
+    branch's backward gain 1): G_l = G_{l+1} (1 + 1/(q_l + eps)) with G_L = 1. By hand at q_0 = 1
+    to first order in eps: q_l = 1 + l - eps H_l (H_l the harmonic number), so log q_l moves by
+    H_l / (l + 1) per unit eps, largest 1/2 (l = 1, 2); log G_l = sum_{k >= l} log(1 + 1/(q_k +
+    eps)) moves by sum_{k >= l} (H_k - 1) / ((k + 1)(k + 2)), largest in size at l = 0: 1/2 -
+    (1/24 + 1/24 + 13/360 + 11/360) = 7/20 for L = 6. Over eps from 1e-5 to 1e-3 (0.99e-3):
+    0.5 and 0.35 times 0.99e-3. Tolerance rel 2e-3: the second-order terms are O(eps) = 1e-3
+    relative. At q_0 = 1e-6 (eps dominates LN's variance) the same recursion, iterated here in
+    float64 (not the engine), to 1e-9 relative (rounding of logs of size ~15). Catches: log_q
+    read twice (0.5 for both at q_0 = 1, 43 % off the gradient's 0.35)."""
+    span = 1e-3 - 1e-5
+    effect = claims.eps_effect(6, eps_values=(1e-5, 1e-3), scales=(1.0, 1e-6))
+    assert effect["preln", 1.0][0] == pytest.approx(0.5 * span, rel=2e-3)
+    assert effect["preln", 1.0][1] == pytest.approx(0.35 * span, rel=2e-3)
+
+    def logs(q0, eps, L=6):
+        q = [q0]
+        for _ in range(L):
+            q.append(q[-1] * (1 + 1 / (q[-1] + eps)))
+        g = [1.0]
+        for k in reversed(range(L)):
+            g.insert(0, g[0] * (1 + 1 / (q[k] + eps)))
+        return np.log(q), np.log(g)
+    lo, hi = logs(1e-6, 1e-5), logs(1e-6, 1e-3)
+    by_hand = tuple(float(np.abs(hi[i] - lo[i]).max()) for i in (0, 1))
+    assert abs(by_hand[0] - by_hand[1]) > 0.1  # (4.51 and 4.39: the case tells them apart)
+    assert effect["preln", 1e-6] == pytest.approx(by_hand, rel=1e-9)
+
+
+def test_finite_width_correction_numbers_read_each_fit_against_its_own_target(monkeypatch):
+    """numbers() on a summary row of known fits (summary replaced by a stand-in, so no Monte
+    Carlo): every z and word worked out by hand. The slope's fit is 5 of its SEs off (0.05 /
+    0.01) and N Var's 1 of its own (0.5 / 0.5): the fit verdict names the slope alone, past
+    agreement_bound(2) = 3.2 (dividing either by the other's SE gives 50 or 0.1). The fitted A
+    equals c and is 8 SEs off A: agrees with c, departs from A. The fresh weights' fit is 3.1
+    SEs off zero: within agreement_bound(3) = 3.32 (_cause's three comparisons), though past
+    agreement_bound(1) = 3.0. Catches: the fit divided by the wrong SE; the C verdict read
+    against A; the fresh verdict at the bound of one comparison."""
+    from types import SimpleNamespace
+
+    import xarray as xr
+
+    from sigprop.figures import finite_width_correction as fwc
+
+    row = {"label": "Mean ReLU", "a": 0.5, "V": 2.0, "A": 29.0, "c": 37.0,
+           "a_fit": 0.55, "a_se": 0.01, "V_fit": 2.5, "V_se": 0.5,
+           "A_fit": 37.0, "A_se": 1.0, "A_fresh": 3.1, "A_fresh_se": 1.0,
+           "widths": np.array([64.0, 128.0, 512.0]), "seeds": 1000}
+    monkeypatch.setattr(fwc, "summary", lambda data, fresh=False: [row])
+    data = SimpleNamespace(theory=xr.Dataset(coords={"layer": np.arange(9)}))
+    assert fwc.numbers(data) == {
+        "FWCDepth": 8, "FWCMeanReluSlope": 0.5, "FWCMeanReluVar": 2.0,
+        "FWCMeanReluSlopeFit": 0.55, "FWCMeanReluSlopeSE": 0.01,
+        "FWCMeanReluVarFit": 2.5, "FWCMeanReluVarSE": 0.5,
+        "FWCMeanA": 29.0, "FWCMeanC": 37.0, "FWCMeanAFit": 37.0, "FWCMeanASE": 1.0,
+        "FWCMeanCVerdict": "lies within 3 standard errors of the tangent walk's $c$ ($z = 0$)",
+        "FWCMeanAVerdict": "departs from the closed form's $A$ at this stream ($z = 8$)",
+        "FWCMeanAFresh": 3.1, "FWCMeanAFreshSE": 1.0,
+        "FWCMeanFreshVerdict": "lies within 3.32 standard errors of zero ($z = 3.1$)",
+        "FWCMeanCause": "the gap is the correlation between the forward and backward weights, "
+                        "which gradient independence drops",
+        "FWCWidthMin": 64, "FWCWidthMax": 512, "FWCSeeds": 1000,
+        "FWCFitVerdict": "departs from its prediction at Mean ReLU's slope ($z = 5$)"}
+
+
+def test_tex_number_prints_three_significant_digits_and_keeps_integers_and_words():
+    """The prose's numbers, by hand: floats to 3 significant digits (Python's 'g': a power of
+    ten from 1e-5 down and from 1e3 up at this precision) with the power as \\times10^{k} and
+    no zero padding; integers (numpy's too) and words as they are."""
+    from sigprop.figures import tex_number
+
+    cases = [(3.14159, "3.14"), (2.0, "2"), (0.5, "0.5"), (0.000123456, "0.000123"),
+             (1.23456e-5, r"1.23\times10^{-5}"), (123456.0, r"1.23\times10^{5}"),
+             (-0.0314159, "-0.0314"), (999.6, r"1\times10^{3}"), (np.float64(0.25), "0.25"),
+             (123456, "123456"), (7, "7"), (np.int64(123456), "123456"),
+             ("departs", "departs")]  # (pairs: 123456 and 123456.0 are one dict key)
+    for value, printed in cases:
+        assert tex_number(value) == printed, value
+
+
+def test_tex_macros_writes_a_command_per_number_then_the_extra_lines():
+    from sigprop.figures import tex_macros
+
+    text = tex_macros("here", {"Alpha": 0.5, "Beta": 1234, "Gamma": "words"},
+                      (r"\newcommand{\Rows}{a & b \\}",))
+    assert text == ("% Generated by here (sigprop reproduce); do not edit.\n"
+                    "\\newcommand{\\Alpha}{0.5}\n\\newcommand{\\Beta}{1234}\n"
+                    "\\newcommand{\\Gamma}{words}\n\\newcommand{\\Rows}{a & b \\\\}\n")
+
+
+def test_has_numbers_needs_a_function_not_the_standard_librarys_module():
+    """A figure module that imports the standard library's numbers module has an attribute
+    ``numbers`` that is no function for the prose: render and reproduce must not call it."""
+    import numbers as stdlib_numbers
+    from types import SimpleNamespace
+
+    from sigprop.figures import has_numbers, module
+
+    assert not has_numbers(SimpleNamespace(numbers=stdlib_numbers))
+    assert not has_numbers(SimpleNamespace())
+    assert has_numbers(SimpleNamespace(numbers=lambda data: {}))
+    assert has_numbers(module("finite_width_correction")) and not has_numbers(module("variance"))

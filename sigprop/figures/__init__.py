@@ -7,6 +7,7 @@ quotes from the figure), ``<name>.numbers.tex`` (:func:`tex_macros`)."""
 from __future__ import annotations
 
 import importlib
+from numbers import Integral
 from pathlib import Path
 
 FIGURES = ("variance", "gradient", "correlation", "meanshift", "norms", "finite_width", "phase",
@@ -43,8 +44,9 @@ def has_numbers(mod) -> bool:
 
 def tex_number(x) -> str:
     """A value as the paper prints it: integers and words as they are, other numbers to 3
-    significant digits with a power of ten as \\times10^{k}."""
-    if isinstance(x, (int, str)):
+    significant digits with a power of ten as \\times10^{k}. (numpy's integers are integers:
+    ``f"{np.int64(123456):.3g}"`` would print 1.23e+05.)"""
+    if isinstance(x, (Integral, str)):
         return str(x)
     mantissa, _, exponent = f"{x:.3g}".partition("e")
     return mantissa + (rf"\times10^{{{int(exponent)}}}" if exponent else "")
