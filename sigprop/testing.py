@@ -374,7 +374,7 @@ def measure_weight_gradient(net: Op, inputs, widths, seeds: int, root_seed: int 
     b + a/N (:func:`~sigprop.analysis.compare.fit_inverse_width`). Returns per layer of
     ``layers``, sorted, (c, a, se of a)."""
     layers = sorted({int(l) for l in layers})
-    pred = finite_width.gradient_coefficient(net, inputs, layers=layers, weights=True)
+    pred = finite_width.gradient_coefficient(net, inputs, layers=layers, weights=True)[1]
     w_inf = np.exp(theory(net, inputs, layers=layers)["log_weight_grad_q"].values[:, 0])
     mean = []  # per width: (value, se) per layer
     for N in widths:

@@ -76,8 +76,8 @@ mean, the coupling through the forward weights, also in closed form
 (:func:`mean_mode_coefficient`). The weight gradient's E weight_grad_q: per Dense D of a block,
 N^-2 E ||g_D||^2 ||x_D||^2 = N^-1 E |J_D T x_D|^2 (T a random direction of D's weights), the
 same pair walk with t started at D's output as T x_D, of the realised x's scale
-(:meth:`_Walk._start_at_weights`), each joining the recorded walk at its block's end
-(``gradient_coefficient(..., weights=True)``).
+(:meth:`_Walk._start_at_weights`), each joining the input gradient's recorded walk at its
+block's end, read by the same adjoint pass (``gradient_coefficient(..., weights=True)``).
 Validity: per statistic the width where the correction is 10 % of the leading term
 (``valid_width_*``), and warnings where N is below the coefficient, where an expectation is
 carried by events no practical width samples (:func:`warn_unreachable`: BatchNorm at B <= 3),
@@ -2160,7 +2160,14 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     ``own_walks``: every layer a walk of its own (the reference the adjoint is checked
     against). ``split``: as for :func:`coefficients`. ``stacked``: the inputs walked at once,
     on a leading axis (:func:`_stacked`); where a walk stops, each input again alone, so
-    that a reason is told for the inputs it holds for (False: each alone)."""
+    that a reason is told for the inputs it holds for (False: each alone).
+
+    ``weights``: (the gradient's, weight_grad_q's) from the same pass. Per layer l > 0 and
+    Dense D of block l, a pair walk of block l whose t starts at D's output
+    (:func:`_weight_walk`) joins the same recorded walk at the block's end, with its own
+    (b, C) and its t's log q there (the walk's steps above are the same maps whichever member
+    started it); weight_grad_q's c per layer combines its block's Denses (:func:`_weight_sums`,
+    var_log_q NaN). One x walk, one recorded walk and one adjoint pass serve both."""
     blocks = layers_of(net)
     L = len(blocks)
     want = sorted({int(l) for l in np.atleast_1d(layers)})
@@ -2170,9 +2177,9 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     ctx = ctx or Context(NUMERIC, tuple(grid))
     s0, gaussian, track = inputs.moments(), inputs.law == "gaussian", _tracks_cumulants(net)
     shape = tuple(len(v.values) for v in grid.values())
-    coef, log_q, var = (np.full((len(want), *shape, inputs.n), np.nan) for _ in range(3))
-    rows = ([(l, d) for l in want if l > 0 for d in range(_dense_count(blocks[l - 1]))]
-            if weights else [(l, None) for l in want])  # (layer, the block's Dense or None)
+    rows = [(l, None) for l in want] + ([  # (layer, the block's Dense or None); grad rows
+        (l, d) for l in want if l > 0 for d in range(_dense_count(blocks[l - 1]))]  # first
+        if weights else [])
     coef, log_q, var = (np.full((len(rows), *shape, inputs.n), np.nan) for _ in range(3))
     why: dict = {}  # row index -> why its c is NaN (the lowest one's is reported)
     top_width = None  # n_L / N, where a walk reached the top
@@ -2191,16 +2198,12 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         for l in range(L + 1):
             if shared is not None and l > 0:
                 shared.layer(l, blocks[l - 1])
-            if weights:
-                starts = [(k, below.pop(k)) for k, row in enumerate(rows)
-                          if row[0] == l and k in below]
-            elif l not in want:
-                starts = []
-            elif walk.lost:  # x's fluctuation unknown from there on: NaN
+            starts = []  # (None: the walk from the layer, made where it is needed)
+            if l in want and walk.lost:  # x's fluctuation unknown from there on: NaN
                 why.setdefault(want.index(l), walk.lost)
-                starts = []
-            else:  # (None: the walk from the layer, made where it is needed)
-                starts = [(want.index(l), None)]
+            elif l in want:
+                starts.append((want.index(l), None))
+            starts += [(k, below.pop(k)) for k in sorted(below) if rows[k][0] == l]
             for k, start in starts:
                 if start is not None and start.lost:  # (a weight walk lost in its block)
                     why.setdefault(k, start.lost)
@@ -2218,7 +2221,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                             _close(shared, members, own, why)
                         shared, members, start.tape = start, [], []
                     members.append(k)
-                    if weights:
+                    if rows[k][1] is not None:
                         offsets[k] = _tangent_log_q(start) - 2 * start.t_ls
                     join = ("join", k, start.b, start.C, l, start, start.cumulants)
                     if not shared.chain:  # drawn, or Gaussian features still to be (a Dense's)
@@ -2227,11 +2230,13 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                         shared.waiting.append((join, len(shared.chain)))
             if weights and l < L:
                 for k, (j, d) in enumerate(rows):
-                    if j == l + 1 and walk.lost:  # (x's fluctuation unknown: NaN)
+                    if j != l + 1 or d is None:
+                        continue
+                    if walk.lost:  # (x's fluctuation unknown: NaN)
                         why.setdefault(k, walk.lost)
-                    elif j == l + 1 and (start := _weight_walk(walk, l + 1, blocks[l], d)):
+                    elif start := _weight_walk(walk, l + 1, blocks[l], d):
                         below[k] = start
-                    elif j == l + 1:  # D's term is 0 at every width
+                    else:  # D's term is 0 at every width
                         coef[k, ..., col], log_q[k, ..., col] = 0.0, -np.inf
             if l < want[-1]:
                 walk.layer(l + 1, blocks[l])
@@ -2258,21 +2263,30 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
         # for: each walked alone (as the parts of a split grid are)
         return gradient_coefficient(net, inputs, want, ctx, own_walks, split, stacked=False,
                                     weights=weights)
+    n = len(want)
+    kinds = [(coef[:n], log_q[:n], var[:n], {k: w for k, w in why.items() if k < n})]
     if weights:
-        coef, log_q, var, why = _weight_sums(rows, want, coef, log_q, top_width, why)
-    lost = why[min(why)] if why else None
-    if pointwise:
-        if not split:  # (its caller splits the grid, :func:`each_point`)
-            return GradientCoefficients(coef, log_q, Lost(lost, True, lost.points), var)
-
+        kinds.append(_weight_sums(rows[n:], want, coef[n:], log_q[n:], top_width,
+                                  {k - n: w for k, w in why.items() if k >= n}))
+    out = [GradientCoefficients(c, q, Lost(w[min(w)], True, w[min(w)].points)
+                                if w and pointwise and not split else w[min(w)] if w else None, v)
+           for c, q, v, w in kinds]
+    if pointwise and split:
         def at(part):
-            g = gradient_coefficient(part, inputs, layers=want, own_walks=own_walks, split=False,
-                                     stacked=False, weights=weights)
-            return {"coef": g.coef, "log_q": g.log_q, "var_log_q": g.var_log_q}, g.lost
+            got = gradient_coefficient(part, inputs, layers=want, own_walks=own_walks,
+                                       split=False, stacked=False, weights=weights)
+            got = got if weights else (got,)
+            arrays = {f"{f}{i}": getattr(g, f) for i, g in enumerate(got)
+                      for f in ("coef", "log_q", "var_log_q")}
+            arrays |= {f"lost{i}": np.full((1,) + g.coef.shape[1:-1], g.lost, dtype=object)
+                       for i, g in enumerate(got)}  # (each kind's reason, by point)
+            return arrays, next((g.lost for g in got if g.lost), None)
 
-        got, lost = each_point(net, at)
-        return GradientCoefficients(lost=lost, **got)
-    return GradientCoefficients(coef, log_q, lost, var)
+        got, _ = _halves(net, at, walked=True)
+        out = [GradientCoefficients(got[f"coef{i}"], got[f"log_q{i}"],
+                                    _named_points(grid, got[f"lost{i}"][0]),
+                                    got[f"var_log_q{i}"]) for i in range(len(out))]
+    return tuple(out) if weights else out[0]
 
 
 def _dense_count(op: Op) -> int:
@@ -2354,15 +2368,20 @@ def each_point(net: Op, compute):
     some points only (:class:`Lost`): the grid is halved along its longest sweep and each half
     walked as one, and so on down to single points where such a reason holds (:func:`_halves`:
     about 2 log2 P walks for one lost point of a P-point grid, where a walk per point was P)."""
-    grid = sweeps_of(net)
-    points = grid_points(grid)
     out, reasons = _halves(net, compute, walked=True)
+    return out, _named_points(sweeps_of(net), reasons)
+
+
+def _named_points(grid, reasons):
+    """One :class:`Lost` of each point's reason or None (an object array over ``grid``, of
+    :func:`_halves`), naming the points each holds at; None where none has one."""
+    points = grid_points(grid)
     where: dict[str, list[int]] = {}  # reason -> the indices of the points it holds at
     for i, why in enumerate(reasons.ravel()):
         if why:
             where.setdefault(str(why), []).append(i)
     if not where:
-        return out, None
+        return None
 
     def named(idx):
         listed = "; ".join(_point_text(points[i]) for i in idx[:4])
@@ -2371,8 +2390,8 @@ def each_point(net: Op, compute):
     listed = [f"{why} (the first reason at {len(idx)} of {len(points)} grid points: "
               f"{named(idx)})" for why, idx in where.items()]
     more = f"; {len(listed) - 3} more reasons at other points" if len(listed) > 3 else ""
-    return out, Lost("; ".join(listed[:3]) + more,
-                     points=frozenset(i for idx in where.values() for i in idx))
+    return Lost("; ".join(listed[:3]) + more,
+                points=frozenset(i for idx in where.values() for i in idx))
 
 
 def _halves(net: Op, compute, walked=False):
@@ -2991,7 +3010,8 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
         return mean_mode_coefficient(one, ds.isel(at))
 
     rows = sorted({0, *(int(l) for l in layers)})  # the input (its warning), every recorded one
-    c, _, why, v = gradient_coefficient(net, inputs, layers=rows)
+    grads, weights = gradient_coefficient(net, inputs, layers=rows, weights=True)
+    c, _, why, v = grads
     if why and (not lost or lost.points != why.points):  # (where the forward walk stops,
         # this one does too: warned above, unless the two stop at different grid points)
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
@@ -3009,7 +3029,7 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
         _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)))
     computed["grad_q_rel_correction"] = grad
     computed["weight_grad_q_rel_correction"] = _weight_gradient_correction(
-        net, inputs, rows, layers, N, shape, why)
+        net, weights, rows, layers, N, shape, why)
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
         warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning)
@@ -3018,11 +3038,11 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
     return computed
 
 
-def _weight_gradient_correction(net: Op, inputs, rows, layers, N: float, shape, why):
-    """weight_grad_q_rel_correction (``shape``) at the recorded ``layers``: c/N of
-    :func:`gradient_coefficient` with ``weights`` (computed at ``rows``), warned where NaN for a
-    reason other than the gradient's (``why``)."""
-    c, _, lost, _ = gradient_coefficient(net, inputs, layers=rows, weights=True)
+def _weight_gradient_correction(net: Op, weights, rows, layers, N: float, shape, why):
+    """weight_grad_q_rel_correction (``shape``) at the recorded ``layers``: c/N of ``weights``,
+    the weight rows of :func:`gradient_coefficient` (computed at ``rows``), warned where NaN
+    for a reason other than the gradient's (``why``)."""
+    c, _, lost, _ = weights
     if lost and lost != why:
         blocks = layers_of(net)
         nan = [l for l, row in zip(rows, c)
