@@ -2268,9 +2268,12 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     if weights:
         kinds.append(_weight_sums(rows[n:], want, coef[n:], log_q[n:], top_width,
                                   {k - n: w for k, w in why.items() if k >= n}))
-    out = [GradientCoefficients(c, q, Lost(w[min(w)], True, w[min(w)].points)
-                                if w and pointwise and not split else w[min(w)] if w else None, v)
-           for c, q, v, w in kinds]
+    out = []
+    for c, q, v, w in kinds:
+        lost = w[min(w)] if w else None
+        if lost and pointwise:  # (a part of a grid its caller splits, :func:`_halves`)
+            lost = Lost(lost, True, lost.points)
+        out.append(GradientCoefficients(c, q, lost, v))
     if pointwise and split:
         def at(part):
             got = gradient_coefficient(part, inputs, layers=want, own_walks=own_walks,
