@@ -1170,10 +1170,8 @@ class _Walk:
             self._batchnorm(op, ctx)
         else:  # an Act on a settled stream, other ops
             self.settle()
-            self.lose(f"{ctx.path}: no finite-width rule for {type(op).__name__} here"
-                      + self.start_note)
-            if not self.stop_when_lost:
-                self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+            self._without_rule(op, ctx, f"{ctx.path}: no finite-width rule for "
+                               f"{type(op).__name__} here" + self.start_note)
 
     def _batchnorm(self, op: BatchNorm, ctx: Context):
         """A BatchNorm on the settled top frame, recorded for :func:`warn_batchnorm` (its
@@ -1204,28 +1202,32 @@ class _Walk:
         self.batchnorms.append((np.asarray(ctx.p(op.eps)), self.frames[-1], branch))
         two = self.frames[-1].K.shape[-1] == 2 and not self.tangent and not _PAIRED.get()
         if self.lost or not two:
-            self.lose(f"{ctx.path}: no finite-width rule for BatchNorm here (one for the "
-                      "forward statistics of a batch of two inputs only)" + self.start_note)
-            if not self.stop_when_lost:
-                self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+            self._without_rule(op, ctx, f"{ctx.path}: no finite-width rule for BatchNorm here "
+                               "(one for the forward statistics of a batch of two inputs only)"
+                               + self.start_note)
             return
         K = _true(self.frames[-1])[0]
         eps = np.asarray(ctx.p(op.eps), dtype=float)
         with np.errstate(divide="ignore", invalid="ignore"):  # (v = 0: identical inputs)
             ratio = eps / ((K[..., 0, 0] + K[..., 1, 1] - 2 * K[..., 0, 1]) / 4)
         if not np.all(ratio <= BN_MAP_RATIO):
-            self.lose(f"{ctx.path}: a BatchNorm over two inputs whose batch variance v is "
-                      f"within {1 / BN_MAP_RATIO:g} eps (eps / v up to "
-                      f"{float(np.nanmax(np.where(np.isnan(ratio), np.inf, ratio))):.3g}): "
-                      "its output's fluctuation beyond the map of the realised Gram, "
-                      "~sqrt(eps / v) / N, is not left out there", pointwise=True)
-            if not self.stop_when_lost:
-                self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+            self._without_rule(op, ctx, f"{ctx.path}: a BatchNorm over two inputs whose batch "
+                               f"variance v is within {1 / BN_MAP_RATIO:g} eps (eps / v up to "
+                               f"{float(np.nanmax(np.where(np.isnan(ratio), np.inf, ratio))):.3g}"
+                               "): its output's fluctuation beyond the map of the realised Gram, "
+                               "~sqrt(eps / v) / N, is not left out there", pointwise=True)
             return
         self._cumulant_step(lambda ks: ks[:-1] + [None])
         self.push(lambda fr: fr[:-1] + [_batch_of_two(op, fr[-1], ctx)], top=True)
         if len(self.frames) > 1:
             self.cross_unknown = self.cross_unknown[:-1] + [True]
+
+    def _without_rule(self, op: Op, ctx: Context, why: str, pointwise: bool = False):
+        """Lose the walk at ``op``, which has no finite-width rule here (``why``); where the walk
+        goes on, the op's infinite-width law carries its frames."""
+        self.lose(why, pointwise=pointwise)
+        if not self.stop_when_lost:
+            self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
 
     def _unread_cross(self, ctx: Context, what: str):
         """Lose the walk where ``what`` would read the top frame's placeholder cross moments
