@@ -921,6 +921,18 @@ def test_tex_number_prints_three_significant_digits_and_keeps_integers_and_words
         assert tex_number(value) == printed, value
 
 
+@pytest.mark.parametrize("value", [float("nan"), np.inf, -np.inf, np.float64("nan")])
+def test_a_nan_or_an_infinity_never_reaches_the_prose(value):
+    """f"{nan:.3g}" is "nan": a run that left one where the paper quotes a value must stop the
+    paper's build, naming the macro, not print it."""
+    from sigprop.figures import tex_macros, tex_number
+
+    with pytest.raises(ValueError, match="no number the paper can print"):
+        tex_number(value)
+    with pytest.raises(ValueError, match=r"here: \\Beta: "):
+        tex_macros("here", {"Alpha": 0.5, "Beta": value})
+
+
 def test_tex_macros_writes_a_command_per_number_then_the_extra_lines():
     from sigprop.figures import tex_macros
 
