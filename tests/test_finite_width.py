@@ -1209,6 +1209,35 @@ def test_batchnorm_of_two_against_monte_carlo():
                 assert abs(fitted + predicted) > 3 * se, (name, layer)  # sign-flipped: seen
 
 
+def test_batchnorm_of_two_on_iid_features_is_exact():
+    """BatchNorm first on Gaussian inputs (q = 1, corr = 0.5): d_i = (x_i1 - x_i2) / 2 are
+    i.i.d. N(0, v), v = 1/4, so its output's q = c = mean_i h(d_i) (h(d) = d^2 / (d^2 +
+    eps)) and m_1 = -m_2 = mean_i d_i / sqrt(d_i^2 + eps) exactly: E c = F = E h, Var c =
+    Var h / N, Var m_1 = F / N, c and m uncorrelated (h even, y odd). So N Var log q = Var h
+    / F^2 at the BatchNorm, and after FeatureAffine(gamma, beta), q = gamma^2 c + 2 gamma beta
+    m_1 + beta^2: N Var q = gamma^4 Var h + 4 gamma^2 beta^2 F; 1-D quadratures, 1e-10. The
+    map of the realised Gram alone gave (2 v^2 F'^2) / F^2 at the BatchNorm (6e-7 per N, not
+    4e-5: 1 %), and ~3e-7 at the FeatureAffine, not 0.9 (its shift reads m_1)."""
+    eps, v, g, beta, N = 1e-5, 0.25, 0.7, 0.5, 64
+
+    def E(f):
+        return integrate.quad(lambda z: f(math.sqrt(v) * z) * stats.norm.pdf(z), -40, 40,
+                              points=[0], limit=500, epsabs=1e-15, epsrel=1e-12)[0]
+
+    F = E(lambda d: d * d / (d * d + eps))
+    var_h = E(lambda d: (d * d / (d * d + eps)) ** 2) - F**2
+    net = sp.Serial(sp.BatchNorm(eps), sp.FeatureAffine(gain=g, shift=beta), sp.Dense(1.0))
+    ds = sp.theory(net, GAUSSIAN_PAIR, width=N, backward=False)
+    q = g * g * F + beta**2
+    np.testing.assert_allclose(ds.var_log_q.values[1], var_h / F**2 / N, rtol=1e-6)
+    np.testing.assert_allclose(ds.log_q_correction.values[1], -var_h / F**2 / (2 * N),
+                               rtol=1e-4)
+    np.testing.assert_allclose(ds.var_log_q.values[2],
+                               (g**4 * var_h + 4 * g * g * beta**2 * F) / q**2 / N, rtol=1e-6)
+    np.testing.assert_allclose(ds.var_log_q.values[3], ds.var_log_q.values[2] + 2 / N,
+                               rtol=1e-6)  # (a Dense of it: its Wishart 2/N on top)
+
+
 def test_batchnorm_rule_is_for_the_forward_walk_of_two_inputs_only():
     """The map of :meth:`fw._Walk._batchnorm` holds for a batch of two, in the forward walk,
     where eps / v <= BN_MAP_RATIO, with no law reading its output's cross moment with the stream

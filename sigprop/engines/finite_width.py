@@ -53,9 +53,10 @@ held, which their 4th cumulant leaves be); with none, the norm is a map of the d
 statistics.
 BatchNorm over a batch of two inputs, in the forward walk, is a map of the realised Gram (its
 output Gram c [[1, -1], [-1, 1]], c = mean_i d_i^2 / (d_i^2 + eps), taken as E at d ~ N(0, v)
-of the realised v): exact for its Gaussian input features but for the part of c the realised
-Gram does not explain, of mean and variance below sqrt(eps / v) / N, left out where eps / v
-<= BN_MAP_RATIO (lost elsewhere); its cross moments with the enclosing residual stream have
+of the realised v), with the part of c the realised Gram does not explain (mean and
+variance below sqrt(eps / v) / N) and its output's feature means' spread added as noise of
+their own (exact for Gaussian input features but for two BatchNorms' parts' correlation, left
+out where eps / v <= BN_MAP_RATIO, lost elsewhere); its cross moments with the enclosing residual stream have
 no first-order law, so a residual sum or branch that reads them before a Dense loses the walk
 (:meth:`_Walk._batchnorm`: Pre-BN's branch, BN -> Dense -> ..., is covered).
 Ops with no fluctuation rule here (BatchNorm over B > 2 inputs, and in the gradient's walks at
@@ -1189,8 +1190,10 @@ class _Walk:
         v) / N and sqrt(pi/8) sqrt(eps / v) / N, and below that at any eps / v (0.94 and 0.63
         sqrt(eps / v) at 1e-6, 0.88 and 0.56 at 1e-3: 1-D integrals); two BatchNorms' r
         correlate only through features with |d| ~ sqrt(eps) at both, by ~2.5 sqrt(eps / g)
-        of Var r, g the batch variance added between them. r is left out where eps / v <=
-        BN_MAP_RATIO at every grid point (lost elsewhere, those points alone). The output's
+        of Var r, g the batch variance added between them. r's mean and variance, and the
+        spread of the output's feature means, are added (:meth:`_batch_of_two_noise`); the
+        correlation of two BatchNorms' r is left out where eps / v <= BN_MAP_RATIO at every
+        grid point (lost elsewhere, those points alone). The output's
         cross moments with the enclosing frames (E x y, no function of the realised Gram: y ~
         sign d) are a placeholder (:attr:`cross_unknown`): a Dense after it draws them afresh,
         and a residual sum or branch that would read them first loses the walk. Its 3rd and
@@ -1218,9 +1221,41 @@ class _Walk:
                                "~sqrt(eps / v) / N, is not left out there", pointwise=True)
             return
         self._cumulant_step(lambda ks: ks[:-1] + [None])
+        v = eps / ratio  # (the realised batch variance at the walk's point, true units)
         self.push(lambda fr: fr[:-1] + [_batch_of_two(op, fr[-1], ctx)], top=True)
+        self._batch_of_two_noise(v, eps)
         if len(self.frames) > 1:
             self.cross_unknown = self.cross_unknown[:-1] + [True]
+
+    def _batch_of_two_noise(self, v, eps):
+        """What a BatchNorm over two inputs adds to its output's realised statistics beyond the
+        map of the realised Gram (:meth:`_batchnorm`), per 1/n (n the frame's features): its c
+        the part r, E r = -v^2 F''(v), Var r = Var h - 2 (v F'(v))^2 along K = [[1, -1], [-1,
+        1]]; its feature means m_1 = -m_2 = mean_i y_i1 (0 in the map; y_i1 = d_i / sqrt(d_i^2
+        + eps) is odd in d_i, so uncorrelated with every quadratic of the features and with
+        r), Var m_1 = E y^2 = F(v) (:func:`batch_of_two_moments`). Both left out, the BatchNorm
+        output's own q had a 30-100x too small spread (0.6 sqrt(eps / v) / n, not ~(eps / v)
+        / n), and a FeatureAffine with a shift after it (its K reads m) none of its
+        (2 gamma beta)^2 F / n."""
+        if self.lost:
+            return
+        F, var_h, vF1, v2F2 = batch_of_two_moments(v, eps)
+        B, i = 2, len(self.frames) - 1
+        start = _frame_start(i, B)
+        e = np.exp(np.asarray(self.frames[-1].ls, dtype=float))  # (scaled = true / e e^T)
+        width = np.asarray(self.widths[-1], dtype=float)
+        D = self.b.shape[-1]
+        lead = np.broadcast_shapes(self.b.shape[:-1], np.shape(v), e.shape[:-1], width.shape)
+        k_dir = np.zeros(lead + (D,))
+        k_dir[..., start:start + B * B] = (np.array([[1.0, -1.0], [-1.0, 1.0]])
+                                           / outer(e, e)).reshape(e.shape[:-1] + (B * B,))
+        m_dir = np.zeros(lead + (D,))
+        m_dir[..., start + B * B:start + B * B + B] = np.array([1.0, -1.0]) / e
+        n = width[..., None]
+        self.b = self.b + (-v2F2)[..., None] * k_dir / n
+        self.C = (self.C + ((var_h - 2 * vF1**2)[..., None] / n)[..., None] * k_dir[..., :, None]
+                  * k_dir[..., None, :] + (F[..., None] / n)[..., None] * m_dir[..., :, None]
+                  * m_dir[..., None, :])
 
     def _without_rule(self, op: Op, ctx: Context, why: str, pointwise: bool = False):
         """Lose the walk at ``op``, which has no finite-width rule here (``why``); where the walk
@@ -1995,6 +2030,30 @@ def _scaled(out: Moments, K, m, X=None) -> Moments:
         for r, x in zip(out.refs, X)))
 
 
+def batch_of_two_moments(v, eps):
+    """(F, Var h, v F', v^2 F'') at d ~ N(0, v) of h(d) = d^2 / (d^2 + eps), F(v) = E h: with
+    s = v / eps, u = 1 / sqrt(2 s), g1 = E 1/(1 + s z^2) = sqrt(pi) u erfcx(u) and g2 = E
+    1/(1 + s z^2)^2 = g1 (1/2 - u^2) + u^2 (z ~ N(0, 1)): F = 1 - g1, Var h = g2 - g1^2, v F'
+    = (g1 (1 + 2 u^2) - 2 u^2) / 2, and v^2 F'' = d(v F')/d log v - v F' (a central
+    difference in log v, step 1e-4: ~1e-9 relative). eps = 0: h = 1, all 0 but F."""
+    from scipy.special import erfcx
+
+    v, eps = np.asarray(v, dtype=float), np.asarray(eps, dtype=float)
+    with np.errstate(divide="ignore"):
+        u = np.sqrt(eps / (2 * v))
+
+    def g1(u):
+        return np.sqrt(np.pi) * u * erfcx(u)
+
+    def vF1(u):
+        return (g1(u) * (1 + 2 * u * u) - 2 * u * u) / 2
+
+    h = 1e-4
+    a = g1(u)
+    d = (vF1(u * np.exp(-h / 2)) - vF1(u * np.exp(h / 2))) / (2 * h)  # (u ~ v^-1/2)
+    return 1 - a, a * (0.5 - u * u) + u * u - a * a, vF1(u), d - vF1(u)
+
+
 def _batch_of_two(op: BatchNorm, s: Moments, ctx: Context) -> Moments:
     """A BatchNorm over two inputs as a map of the realised state (:meth:`_Walk._batchnorm`):
     its law, with its cross moments with the enclosing frames a placeholder, 0 (decoupled)."""
@@ -2308,8 +2367,7 @@ def _weight_walk(walk: _Walk, l: int, block: Op, d: int) -> _Walk:
     the block's d-th Dense D as t = T x (:meth:`_Walk._start_at_weights`), at the end of the
     block drawn (or Gaussian features still to be drawn) as a tangent started there is
     (:func:`_tangent_walk`), to join the walk above. None where t is exactly 0 there (D in a
-    branch whose later weights are 0: its term is 0 at every width); lost where it is at some
-    grid points only."""
+    branch whose later weights are 0: its term is 0 at every width); lost where it is at some grid points only."""
     out = _tangent_walk(walk)  # (its t a placeholder until D)
     out.weights_at = d
     out.layer(l, block)
