@@ -15,6 +15,7 @@ and in the reference's own differences); Monte Carlo at 3 standard errors of the
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -160,3 +161,28 @@ def test_the_weight_gradient_against_monte_carlo():
     for c, a, se in measure_weight_gradient(presets.postln(4), PAIR, [32, 64, 128, 256], 4000,
                                             root_seed=19, layers=[1, 4]):
         assert abs(a - c) < 3 * se, (c, a, se)  # 3 SE
+
+
+def test_a_block_whose_weights_get_no_gradient_has_no_correction():
+    """A residual branch never added (alpha = 0, constant or at a swept point) or ending in a
+    zero Scale: its Denses' weight gradient is exactly 0 at every width (weight_grad_q = 0),
+    so its correction is 0, with no warning. The alpha = 0 branch was never walked, so the
+    row took the input gradient's own c (-0.008 / N, a number for another quantity); the zero
+    Scale left 0/0, a silent NaN. The other layers' numbers are the net's without the block's
+    effect (alpha = 0.5 at the other point: the unswept net's)."""
+    def net(alpha, *tail):
+        return sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"),
+                         sp.Residual(sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Dense(1.0),
+                                               *tail), alpha=alpha),
+                         sp.Dense(1.0), sp.Act("tanh"))
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        zero, scaled = (sp.theory(n, PAIR, width=64) for n in (net(0.0), net(1.0, sp.Scale(0.0))))
+        swept = sp.theory(net(sp.sweep("alpha", [0.0, 0.5])), PAIR, width=64)
+    for ds in (zero, scaled, swept.sel(alpha=0.0)):
+        assert (ds.weight_grad_q.sel(layer=3) == 0).all()
+        np.testing.assert_array_equal(ds.weight_grad_q_rel_correction.sel(layer=3), 0.0)
+    np.testing.assert_allclose(swept.weight_grad_q_rel_correction.sel(alpha=0.5),
+                               sp.theory(net(0.5), PAIR, width=64).weight_grad_q_rel_correction,
+                               rtol=1e-9)

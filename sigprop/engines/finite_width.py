@@ -2367,10 +2367,14 @@ def _weight_walk(walk: _Walk, l: int, block: Op, d: int) -> _Walk:
     the block's d-th Dense D as t = T x (:meth:`_Walk._start_at_weights`), at the end of the
     block drawn (or Gaussian features still to be drawn) as a tangent started there is
     (:func:`_tangent_walk`), to join the walk above. None where t is exactly 0 there (D in a
-    branch whose later weights are 0: its term is 0 at every width); lost where it is at some grid points only."""
+    branch whose later weights are 0, or one the block never adds, alpha = 0: its term is 0
+    at every width); lost where it is at some grid points only."""
     out = _tangent_walk(walk)  # (its t a placeholder until D)
     out.weights_at = d
     out.layer(l, block)
+    if out.weights_at is not None and not out.lost:  # D never met: in a branch the block
+        return None  # never adds (alpha = 0, :func:`_as_scale`), so its gradient is 0 (t was
+        # the input gradient's tangent, whose c the row took)
     if out.chain:
         out.settle()
     zero = out.frames[0].K[..., 1, 1] <= 0
@@ -2402,6 +2406,8 @@ def _weight_sums(rows, want, coef, log_q, top_width, why):
         with np.errstate(invalid="ignore", divide="ignore"):
             log_e[i] = np.logaddexp.reduce(log_q[ks], axis=0)
             c[i] = np.sum(np.exp(log_q[ks] - log_e[i]) * coef[ks], axis=0)  # (a part of 0: 0)
+        c[i] = np.where(log_e[i] == -np.inf, 0.0, c[i])  # (every part 0, weight_grad_q = 0 at
+        # every width: a block whose branch is never added or ends in a zero Scale; was 0/0)
         log_e[i] = log_e[i] + (width[..., None] if width.ndim else width)
         lost = [why[k] for k in ks if k in why]
         if lost:
