@@ -148,16 +148,24 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "by one adjoint pass; NaN from an op with no finite-width rule)", backward=True),
     Variable("weight_grad_q_rel_correction", PER_INPUT,
              "first-order relative correction to E weight_grad_q", "1",
-             "E[weight_grad_q]/weight_grad_q_inf - 1 = c/N at every layer l, exact weights: per "
-             "Dense D of block l, N^-2 E ||g_D||^2 ||x_D||^2 = N^-1 E |J_D T x_D|^2 (T a random "
-             "direction of D's weights), the walk of the tangent T x_D from D's output with x's "
-             "fluctuation carried; c the parts' mean weighted by their leading values (NaN at "
-             "layer 0, a block without Dense, and from an op with no finite-width rule)",
+             "E[weight_grad_q]/weight_grad_q_inf - 1 = c/N at every layer l, exact weights: "
+             "weight_grad_q has the law of N^-1 |t|^2, t = sum_D J_D T_D x_D the derivative of "
+             "the output along a random direction of all block l's weights (T_D of D's, "
+             "independent), the walk of the tangent that starts at the block's first Dense as "
+             "T x and gains T_D x_D at each Dense, with x's fluctuation carried (NaN at layer 0, "
+             "a block without Dense, and from an op with no finite-width rule)",
              backward=True),
     Variable("var_log_grad_q", PER_INPUT, "variance of log grad_q across seeds", "1",
              "Var[log grad_q] over random nets and output cotangents at the dataset's width N, "
              "leading order (O(1/N)), at every layer as grad_q_rel_correction (the walk of a "
              "forward tangent J_l t, whose |J_l t|^2 has the law of |J_l^T delta|^2)",
+             backward=True),
+    Variable("var_log_weight_grad_q", PER_INPUT, "variance of log weight_grad_q across seeds",
+             "1", "Var[log weight_grad_q] over random nets and output cotangents at the "
+             "dataset's width N, leading order (O(1/N)), at every layer as "
+             "weight_grad_q_rel_correction (the walk of t = sum_D J_D T_D x_D, whose N^-1 |t|^2 "
+             "has the law of N^-2 sum_D ||g_D||^2 ||x_D||^2 with the block's Denses sharing one "
+             "delta_L: their covariances included; NaN where weight_grad_q_rel_correction is)",
              backward=True),
     Variable("typical_log_grad_q", PER_INPUT, "typical log gradient second moment", "1",
              "E[log grad_q] at the dataset's width N for a net made (through any Serial and "

@@ -367,23 +367,29 @@ def measure_mean_mode(net: Op, inputs, widths, seeds: int, root_seed: int = 0):
 
 def measure_weight_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
                             layers=(1,)):
-    """Monte Carlo of weight_grad_q's first-order coefficient c at each of ``layers``
-    (:func:`~sigprop.engines.finite_width.gradient_coefficient` with ``weights``, input 0),
-    from one simulation per width (independent root seeds ``root_seed + N``): c against the
-    mean over seeds of W_l / W_l,inf - 1 at each width, with its standard error, fitted as
-    b + a/N (:func:`~sigprop.analysis.compare.fit_inverse_width`). Returns per layer of
-    ``layers``, sorted, (c, a, se of a)."""
+    """Monte Carlo of weight_grad_q's first-order coefficient c and leading variance v at each
+    of ``layers`` (:func:`~sigprop.engines.finite_width.gradient_coefficient` with ``weights``,
+    input 0), from one simulation per width (independent root seeds ``root_seed + N``), as
+    :func:`measure_gradient_layers` does for grad_q: c against the mean over seeds of W_l /
+    W_l,inf - 1 fitted as b + a/N, v against N Var log W_l fitted as V + c'/N
+    (:func:`~sigprop.analysis.compare.fit_inverse_width`). Returns per layer of ``layers``,
+    sorted, (c, a, se of a, v, V, se of V)."""
     layers = sorted({int(l) for l in layers})
     pred = finite_width.gradient_coefficient(net, inputs, layers=layers, weights=True)[1]
     w_inf = np.exp(theory(net, inputs, layers=layers)["log_weight_grad_q"].values[:, 0])
-    mean = []  # per width: (value, se) per layer
+    mean, var = [], []  # per width: (value, se) per layer
     for N in widths:
         mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
                       root_seed=root_seed + int(N))
-        r = np.exp(mc["log_weight_grad_q"].sel(layer=layers).values[..., 0]) / w_inf - 1
+        log_w = mc["log_weight_grad_q"].sel(layer=layers).values[..., 0]  # (seed, layer)
+        r = np.exp(log_w) / w_inf - 1
         mean.append((r.mean(0), r.std(0, ddof=1) / math.sqrt(seeds)))
+        v, se = spread(xr.DataArray(log_w, dims=("seed", "layer")))
+        var.append((N * v.values, N * se.values))
     out = []
     for k in range(len(layers)):
         _, _, a, se_a = fit_inverse_width(widths, [m[0][k] for m in mean], [m[1][k] for m in mean])
-        out.append((float(pred.coef[k].flat[0]), a, se_a))
+        V, se_V, _, _ = fit_inverse_width(widths, [m[0][k] for m in var], [m[1][k] for m in var])
+        out.append((float(pred.coef[k].flat[0]), a, se_a, float(pred.var_log_q[k].flat[0]), V,
+                    se_V))
     return out

@@ -1,15 +1,21 @@
-"""weight_grad_q's first-order finite-width correction (``weight_grad_q_rel_correction``).
+"""weight_grad_q's first-order finite-width correction and spread
+(``weight_grad_q_rel_correction``, ``var_log_weight_grad_q``).
 
-Per Dense D of block l, N^-2 E ||g_D||^2 ||x_D||^2 = N^-1 E |J_D T x_D|^2 for a direction T of
-D's weights with i.i.d. N(0, 1/N) entries, independent of the net: the walk of the pair (x, t)
-with t started at D's output as T x_D (every t before D dropped), whose per-feature variance is
-the realised K_xx of D's input, so x's fluctuation and its covariance with the Jacobian above D
-are carried by the walk (:meth:`sigprop.engines.finite_width._Walk._start_at_weights`).
+weight_grad_q of block l has the law of N^-1 |t|^2, t = sum_D J_D T_D x_D the derivative of the
+output along a random direction of all the block's weights (T_D with i.i.d. N(0, 1/N) entries,
+independent of the net and of each other): given the net both are Gaussian quadratic forms of
+sum_D ||x_D||^2 J_D J_D^T / N, the Denses sharing one delta_L. The walk of the pair (x, t)
+with t started at the block's first Dense as T x (every t before it dropped) and gaining T_D x_D
+at each later Dense, whose per-feature variance is the realised K_xx of D's input, so x's
+fluctuation and its covariance with the Jacobian above D are carried by the walk
+(:meth:`sigprop.engines.finite_width._Walk._start_at_weights`); its Var log |t|^2 holds the
+Denses' covariances.
 
 Tolerances: against the infinite-width engine and the walks of their own, as
 tests/test_finite_width.py (rounding ~1e-12 per layer; the central differences' O(STEP^2)); the
 exact Gaussian-input reference to the central differences' truncation (~1e-6 relative, here
-and in the reference's own differences); Monte Carlo at 3 standard errors of the fitted slope.
+and in the reference's own differences); Monte Carlo at 3 standard errors of the fitted slope,
+or of the fitted V of N Var log W.
 """
 
 from __future__ import annotations
@@ -137,7 +143,7 @@ def test_a_uniform_dense_has_no_weight_rule_and_says_so():
     got = weight_coef(net)
     assert np.isnan(got.coef[3]).all() and np.isfinite(got.coef[[1, 5]]).all()
     assert "uniform weights" in got.lost
-    with pytest.warns(sp.FiniteWidthWarning, match="weight gradient's correction is NaN"):
+    with pytest.warns(sp.FiniteWidthWarning, match="weight gradient's correction and spread are NaN"):
         sp.theory(net, PAIR, width=256)
 
 
@@ -150,7 +156,84 @@ def test_the_theory_at_a_width_and_compare_carry_it():
     np.testing.assert_allclose(ds.weight_grad_q_rel_correction.values, c / N)
     term = first_order(ds, "weight_grad_q", "mean", 128)
     np.testing.assert_allclose(term.values, (ds.weight_grad_q * c / 128).values)
-    assert first_order(ds, "weight_grad_q", "logmean", 128) is None  # (no spread: no term)
+    v = weight_coef(net).var_log_q  # E log W = log E W - Var log W / 2 at first order
+    np.testing.assert_allclose(ds.var_log_weight_grad_q.values, v / N)
+    np.testing.assert_allclose(first_order(ds, "weight_grad_q", "logmean", 128).values,
+                               (c - v / 2) / 128)
+
+
+@pytest.mark.parametrize("s1, s2, r, q0", [(1.0, 1.0, 1.0, 1.0), (1.0, 1.3, 2.0, 1.2),
+                                           (0.7, 1.1, 0.5, 0.8)])
+def test_a_linear_blocks_spread_is_exact(s1, s2, r, q0):
+    """One block x -> W_2 W_1 x (widths N -> rN -> N; Residual(beta=0) holds both Denses) on
+    Gaussian inputs x ~ N(0, q0 I): N^2 W = ||W_2^T delta||^2 ||x||^2 + ||delta||^2 ||W_1 x||^2
+    = N^2 A C (s2^2 (1 + e_2) + r s1^2 (1 + e_1)), A = |x|^2 / N, C = |delta|^2 / N (N Var log:
+    2 each) and e_1, e_2 (chi^2_rN / rN - 1, N Var 2 / r) independent of them and of each other:
+    N Var log W = 4 + 2 (s2^4 + r^2 s1^4) / (r (s2^2 + r s1^2)^2) and E W = q0 (s2^2 + r s1^2)
+    exactly (c = 0). The two Denses' terms share A and C (delta and x): with their covariance
+    dropped, sum_D w_D^2 v_D (each part's v_D = 4 + 2 / r, w_D its share of E W) is 1.1 to 2.0
+    below. A single Dense: N Var log W = 2 + 2 / r. To the central differences' ~1e-6."""
+    block = sp.Residual(sp.Serial(sp.Dense(s1, ratio=r), sp.Dense(s2, ratio=1 / r)), beta=0.0)
+    gauss = sp.Inputs(q=q0, law="gaussian")
+    got = fw.gradient_coefficient(sp.Serial(block), gauss, layers=[1], weights=True)[1]
+    w = np.array([s2**2, r * s1**2]) / (s2**2 + r * s1**2)
+    exact = 4 + 2 * (s2**4 + r**2 * s1**4) / (r * (s2**2 + r * s1**2) ** 2)
+    dropped = np.sum(w**2) * (4 + 2 / r)
+    np.testing.assert_allclose(got.var_log_q.ravel(), exact, rtol=1e-6)
+    np.testing.assert_allclose(np.exp(got.log_q).ravel(), q0 * (s2**2 + r * s1**2), rtol=1e-11)
+    assert np.abs(got.coef).max() < 1e-6
+    assert exact - dropped > 1.0  # (the check sees the parts' covariance)
+    one = fw.gradient_coefficient(sp.Dense(s1, ratio=r), gauss, layers=[1], weights=True)[1]
+    np.testing.assert_allclose(one.var_log_q.ravel(), 2 + 2 / r, rtol=1e-6)
+
+
+def test_a_branch_of_weight_0_has_no_weight_gradient():
+    """x + 0 F(x) is walked as a Scale, its Denses never met: weight_grad_q is exactly 0 there
+    (the Monte Carlo's log is -inf at every seed), so c = 0 and v = 0, as for a branch that is 0
+    (the walk read the gradient of the layer below as the block's: log E 0.69, not -inf)."""
+    net = sp.Serial(sp.Dense(1.2), sp.Act("tanh"),
+                    sp.Residual(sp.Serial(sp.Dense(1.0), sp.Act("tanh"), sp.Dense(1.0)), alpha=0.0),
+                    sp.Dense(1.0))
+    got = weight_coef(net)
+    want = sp.theory(net, PAIR)["log_weight_grad_q"].transpose("layer", ...).values
+    np.testing.assert_array_equal(got.log_q[3], -np.inf)
+    np.testing.assert_allclose(got.log_q, want, rtol=1e-11, atol=1e-11)
+    np.testing.assert_array_equal(got.coef[3], 0.0)
+    np.testing.assert_array_equal(got.var_log_q[3], 0.0)
+    assert np.isfinite(got.var_log_q[[1, 4]]).all()
+
+
+def test_the_spread_against_monte_carlo():
+    """Post-LN, depth 2 (two Denses a block, sharing delta_L): N Var log W_l fitted as V + c'/N
+    over widths 32, 64, 128 (3000 seeds each, conditional sampler) within 3.3 SE of v = 9.31
+    and 4.31 (|z| < 3.3: Bonferroni over the 2 layers at a 1e-3 rate; SE 0.30 and 0.14, from
+    the samples' 4th moments through the fit; over 8 root seeds |z| <= 1.7 here and <= 2.1 at
+    1500 seeds: no O(1/N^2) bias seen at this SE). With the parts' covariance dropped, v = 5.86
+    and 3.08, 11 and 9 SE away. ~2 s."""
+    for c, a, se_a, v, V, se_v in measure_weight_gradient(presets.postln(2), PAIR, [32, 64, 128],
+                                                          3000, root_seed=5, layers=[1, 2]):
+        assert abs(V - v) < 3.3 * se_v, (v, V, se_v)  # 3.3 SE (above)
+
+
+def test_compare_reads_the_spread():
+    """sp.compare(..., variables=["var_log_weight_grad_q"]) sets the theory's v/N beside the
+    run's variance of log weight_grad_q across seeds (NaN theory at layer 0, no weights), its z
+    finite at the blocks (|z| < 4: 4 points at N = 128, 400 seeds, where the O(1/N^2) remainder
+    is ~3 % of v, well under the ~7 % SE), and skips it, as var_log_grad_q, where the run is
+    shallower (prefix=True: the gradient depends on the depth above)."""
+    net = presets.postln(2)
+    th = sp.theory(net, PAIR, width=128)
+    mc = sp.simulate(net, PAIR, 128, 400, backend="numpy", dtype="float64", root_seed=3)
+    got = sp.compare(th, mc, variables=["weight_grad_q", "var_log_weight_grad_q"])
+    spread = got["var_log_weight_grad_q"]
+    np.testing.assert_array_equal(spread.sel(stat="theory").values,
+                                  th.var_log_weight_grad_q.values)
+    z = spread.sel(stat="z").values
+    assert np.isnan(z[0]).all() and np.all(np.abs(z[1:]) < 4), z
+    deep = sp.theory(presets.postln(3), PAIR, width=128)
+    cut = sp.compare(deep, mc, variables=["var_log_weight_grad_q", "var_log_q"], prefix=True)
+    assert list(cut) == ["var_log_q"] and "depth above" in cut.attrs[
+        "skipped_var_log_weight_grad_q"]
 
 
 @pytest.mark.slow
@@ -158,8 +241,8 @@ def test_the_weight_gradient_against_monte_carlo():
     """Post-LN, depth 4 (c = 3.8 at layer 1, -0.9 at the top, where the gradient's own c is 0):
     the fitted 1/N slope of E W_l / W_l,inf within 3 SE of c (SE ~0.4 at 4000 seeds over widths
     32-256; the O(1/N^2) term, ~c^2 / N^2, biases the slope by < 0.1 at N >= 32). ~20 s."""
-    for c, a, se in measure_weight_gradient(presets.postln(4), PAIR, [32, 64, 128, 256], 4000,
-                                            root_seed=19, layers=[1, 4]):
+    for c, a, se, *_ in measure_weight_gradient(presets.postln(4), PAIR, [32, 64, 128, 256],
+                                                4000, root_seed=19, layers=[1, 4]):
         assert abs(a - c) < 3 * se, (c, a, se)  # 3 SE
 
 

@@ -122,14 +122,15 @@ FIRST_ORDER = {  # the variables of sp.theory(..., width=N) each compared variab
     "q": ("q_rel_correction", "log_q_correction"),
     "branch_q": ("branch_q_rel_correction", "log_branch_q_correction"),
     "grad_q": ("grad_q_rel_correction", "var_log_grad_q"),
-    "weight_grad_q": ("weight_grad_q_rel_correction",),
+    "weight_grad_q": ("weight_grad_q_rel_correction", "var_log_weight_grad_q"),
     "corr": ("corr_correction",), "mean": ("mean_correction",),
     "var": ("var_rel_correction", "var_log_var")}
 SPREADS = {  # a spread of sp.theory(..., width=N): the variable X it is Var X or Var log X of
     "var_log_q": ("q", True), "var_corr": ("corr", False), "var_mean": ("mean", False),
     "var_log_var": ("var", True), "var_log_branch_q": ("branch_q", True),
-    "var_log_grad_q": ("grad_q", True)}
+    "var_log_grad_q": ("grad_q", True), "var_log_weight_grad_q": ("weight_grad_q", True)}
 SPREAD_OF = {x: (name, log) for name, (x, log) in SPREADS.items()}  # X -> its spread
+BACKWARD_SPREADS = tuple(n for n, (x, _) in SPREADS.items() if schema.VARIABLES[x].backward)
 BEND_MAX = 2.0  # |D4| / |D2| of f over X's spread: E f(X)'s next term over its V term
 ROUND_OFF = 1e-10  # differences of f below this (relative to 1 + |f|) are f's rounding
 SPREAD_ESTIMATOR = ("sample variance over seeds, se from the sample's fourth moment (its "
@@ -437,11 +438,12 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
     missing = [n for n in names if n not in theory or sources[n] not in mc]
     if missing:
         forward = json.loads(theory.attrs.get("config", "{}")).get("backward") is False
+        backward = [n for n in missing if n in BACKWARD_SPREADS]
         raise ConfigError("variables", missing, "spreads whose variable both datasets hold ("
                           + ", ".join(f"{n}: {sources[n]}" for n in missing) + ")"
                           + ("; the theory ran the forward pass alone: rerun it with "
-                             "backward=True for var_log_grad_q"
-                             if forward and "var_log_grad_q" in missing else ""))
+                             f"backward=True for {', '.join(backward)}"
+                             if forward and backward else ""))
     if "width" in mc.coords and "width" not in mc.dims:
         mc = mc.drop_vars("width")
     th, mc, left_out = _align(theory[names], mc[list(dict.fromkeys(sources.values()))])
@@ -599,10 +601,11 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     spreads = [v for v in variables or () if v in SPREADS]
     if spreads:
         skipped = {}
-        if "var_log_grad_q" in spreads and _depths_differ(theory, mc):
-            spreads.remove("var_log_grad_q")  # (prefix=True: as grad_q)
-            skipped["var_log_grad_q"] = ("the gradient at layer l depends on the depth above l: "
-                                         "theory and Monte Carlo differ in depth")
+        for name in [n for n in spreads if n in BACKWARD_SPREADS]:
+            if _depths_differ(theory, mc):  # (prefix=True: as grad_q)
+                spreads.remove(name)
+                skipped[name] = ("the gradient at layer l depends on the depth above l: "
+                                 "theory and Monte Carlo differ in depth")
         out = _compare_spreads(theory, mc, spreads, rtol) if spreads else xr.Dataset()
         out.attrs.update({"experiment": same, **{f"skipped_{k}": v for k, v in skipped.items()}})
         rest = [v for v in variables if v not in SPREADS]
@@ -996,8 +999,8 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     W/N), or None where it has none: ``mean``: E X = X (1 + c/N) for q, branch_q, var, grad_q
     and weight_grad_q, E corr and E mean plus their terms; ``lognormal`` (log E X): c/N for
     those five; ``logmean`` (E log X): E log q's and E log branch_q's own terms, and (c -
-    v/2)/N for grad_q and var (v: N Var log X; log E X - E log X = Var log X / 2 at leading
-    order; weight_grad_q has no v, so no term). None under
+    v/2)/N for grad_q, weight_grad_q and var (v: N Var log X; log E X - E log X = Var log X / 2
+    at leading order). None under
     ``median``: the median of log X sits O(1/N) from its mean (log X's skewness, which the
     theory does not give), the order of the term itself; and for corr and mean under the log
     estimators (not theirs). A log companion (log_q, ...) under ``mean`` is E log X: its
@@ -1012,13 +1015,14 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
         needs = FIRST_ORDER[name] if est_name == "mean" else None
     elif est_name == "logmean":
         needs = {"q": FIRST_ORDER["q"][1:], "branch_q": FIRST_ORDER["branch_q"][1:],
-                 "grad_q": FIRST_ORDER["grad_q"], "var": FIRST_ORDER["var"]}.get(name)
+                 "grad_q": FIRST_ORDER["grad_q"], "weight_grad_q": FIRST_ORDER["weight_grad_q"],
+                 "var": FIRST_ORDER["var"]}.get(name)
     else:
         needs = FIRST_ORDER[name][:1]
     if needs is None or any(v not in theory for v in needs):
         return None
     term = theory[needs[0]]
-    if name in ("grad_q", "var") and est_name == "logmean":
+    if name in ("grad_q", "weight_grad_q", "var") and est_name == "logmean":
         term = term - theory[needs[1]] / 2
     elif name in ("q", "branch_q", "var", "grad_q", "weight_grad_q") and est_name == "mean":
         term = theory[name] * term
@@ -1029,8 +1033,9 @@ def first_order_of(theory: xr.Dataset, name: str, f, width: int):
     """E f(X) at width N = ``width`` to first order for a theory from ``sp.theory(net, inputs,
     width=W)``: f(x) + f'(x) t + f''(x) V / 2, with t :func:`first_order`'s term (E X - x) and
     V = Var X at N (:data:`SPREADS`: ``var_mean`` for the mean, ``var_corr`` for corr, X^2 Var
-    log X for q, var, branch_q and grad_q; each times W/N); f' and f'' by central differences
-    of step sqrt(V) / 100 (exact for a quadratic f). None where the theory has no V for
+    log X for q, var, branch_q, grad_q and weight_grad_q; each times W/N); f' and f'' by
+    central differences of step sqrt(V) / 100 (exact for a quadratic f). None where the theory
+    has no V for
     ``name``; where t or V is NaN (no finite-width rule), f(x). A ``FiniteWidthWarning`` where
     f bends over X's spread (:func:`_bends`), where the expansion does not hold."""
     if name not in theory:

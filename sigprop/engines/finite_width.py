@@ -74,11 +74,14 @@ t joins at the norm's output and is drawn with the activation's features,
 :attr:`_Walk.after_norm`; where it ends at a uniform Dense's output, t joins after its
 weights, :attr:`_Walk.after_dense`). Its part in a stream x + alpha phi(W x) that carries a
 mean, the coupling through the forward weights, also in closed form
-(:func:`mean_mode_coefficient`). The weight gradient's E weight_grad_q: per Dense D of a block,
-N^-2 E ||g_D||^2 ||x_D||^2 = N^-1 E |J_D T x_D|^2 (T a random direction of D's weights), the
-same pair walk with t started at D's output as T x_D, of the realised x's scale
-(:meth:`_Walk._start_at_weights`), each joining the input gradient's recorded walk at its
-block's end, read by the same adjoint pass (``gradient_coefficient(..., weights=True)``).
+(:func:`mean_mode_coefficient`). The weight gradient's E weight_grad_q and Var log
+weight_grad_q: weight_grad_q = N^-2 sum_D ||g_D||^2 ||x_D||^2 over a block's Denses D, with one
+delta_L, has the law of N^-1 |sum_D J_D T_D x_D|^2 (T_D independent random directions of the
+Denses' weights: the derivative along a random direction of all the block's weights), the same
+pair walk with t started at the block's first Dense as T x and gaining T_D x_D at each later
+one, of the realised x's scale (:meth:`_Walk._start_at_weights`), joining the input gradient's
+recorded walk at its block's end, read by the same adjoint pass
+(``gradient_coefficient(..., weights=True)``).
 Validity: per statistic the width where the correction is 10 % of the leading term
 (``valid_width_*``), and warnings where N is below the coefficient, where an expectation is
 carried by events no practical width samples (:func:`warn_unreachable`: BatchNorm at B <= 3),
@@ -686,9 +689,11 @@ class _Walk:
         # joins fresh at its output (:func:`_tangent_walk`)
         self.after_dense = False  # likewise at the output of the Dense that opens the chain
         # (uniform weights, whose features are drawn with the chain: only linear maps after)
-        self.weights_at = None  # a weight-gradient walk: how many Denses it meets before the
-        # one, D, whose weights' direction starts t (:meth:`_start_at_weights`)
-        self.after_weights = False  # t starts at the output of the chain's Dense as T x
+        self.weights_at = None  # a weight-gradient walk through its block: how many of the
+        # block's Denses it has met, each adding to t the derivative along a random direction
+        # of its weights (:meth:`_start_at_weights`); None: no such walk, or past its block
+        self.after_weights = None  # T x joins t at the output of the chain's Dense: the factor
+        # of K_xx in its variance, in t's units (:func:`_tangent_dense`)
 
     @property
     def joins_open(self) -> bool:
@@ -822,8 +827,8 @@ class _Walk:
         chain_law = (functools.partial(_tangent_chain, after=self.after_dense,
                                        weights=self.after_weights) if self.tangent
                      else _unit_chain)
-        self.after_dense = self.after_weights = False  # (t, drawn with the chain's features, is
-        # a tangent from here)
+        self.after_dense, self.after_weights = False, None  # (t, drawn with the chain's
+        # features, is a tangent from here)
         if self.lost:  # its frames only (past float64 they are inf or NaN: no word needed)
             with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
                 self.push(lambda fr: fr[:-1] + [chain_law(chain, fr[-1], ctx)], top=True)
@@ -931,8 +936,8 @@ class _Walk:
         with np.errstate(over="ignore", invalid="ignore"):
             u = functools.reduce(lambda s, op: self.law(op, s, ctx), linear, gauss)
             y = self.law(norm, u, ctx)
-        self.after_norm = self.after_dense = self.after_weights = False  # (t, drawn with the
-        # norm's output, is a tangent from here on)
+        self.after_norm = self.after_dense = False  # (t, drawn with the norm's output, is a
+        self.after_weights = None  # tangent from here on)
         for f in (u, y):
             if self._beyond_float64(f, self.norm_ctx, fourth=True):
                 break
@@ -1273,19 +1278,22 @@ class _Walk:
                       "first-order law here")
 
     def _start_at_weights(self, op: Dense, ctx: Context):
-        """A weight-gradient walk meets a Dense; at D, the one :attr:`weights_at` counts down
-        to, t restarts at D's output as t = T x, the derivative of D's output along a direction
-        T of its weights, T_ij ~ N(0, 1/N) i.i.d. independent of the net: N E |J_D T x|^2 =
-        E ||x||^2 tr(J_D J_D^T) = E ||g_D||^2 ||x||^2 (J_D: the output's Jacobian in D's output,
-        g_D = J_D^T delta_L). Every t before D is dropped (0 in every frame: a linear map), D's
-        law draws t per feature as N(0, K_xx) given the realised x (:func:`_tangent_dense`),
-        and t's starting log scale is -log(n_in / N) / 2 (Var t_i = (n_in / N) K_xx), so the
-        tangent's q at the top is E |J_D T x|^2 / n_L, x's fluctuation and its coupling to
-        J_D through W_D carried by the walk."""
-        self.weights_at -= 1
-        if self.weights_at >= 0:
-            return
-        self.weights_at, self.after_weights = None, True
+        """A weight-gradient walk meets a Dense D of its block: t gains T_D x at D's output, the
+        derivative of D's output along a direction T_D of its weights, i.i.d. N(0, 1/N) entries
+        independent of the net and of the other Denses' (:func:`_tangent_dense`: D's law draws
+        it per feature as N(0, K_xx) given the realised x, independent of W x and W t). At
+        the top t = sum_D J_D T_D x_D (J_D: the output's Jacobian in D's output), and given the
+        net |t|^2 has the law of sum_D ||x_D||^2 |J_D^T delta|^2 / N for one delta ~ N(0, I)
+        shared by the Denses (both are Gaussian quadratic forms of the matrix sum_D ||x_D||^2
+        J_D J_D^T / N, with the same nonzero spectrum): so N^-1 |t|^2 has the law of
+        weight_grad_q, whose mean is then the Denses' sum of N^-2 E ||g_D||^2 ||x_D||^2 and
+        whose spread holds their covariances through the shared delta (Cov_delta(|A^T
+        delta|^2, |B^T delta|^2) = 2 ||A^T B||_F^2 for two parts, t's cross term), x's
+        fluctuation and its coupling to the J_D carried by the walk. At the block's first Dense every t before it is dropped (0 in every frame: a
+        linear map) and t's starting log scale is -log(n_in / N) / 2 (Var t_i = (n_in / N)
+        K_xx); a later one's T x joins in t's units, n_in / N e^(2 t_ls) times K_xx."""
+        first = self.weights_at == 0
+        self.weights_at += 1
         if op.init != "normal":
             self.lose(f"{ctx.path}: no weight-gradient rule for a Dense with {op.init} weights "
                       "(their 4th cumulant acts on W x, not on the direction T x)")
@@ -1295,13 +1303,17 @@ class _Walk:
                       "bias (its output is exactly 0: the features are T x alone)",
                       pointwise=True)
             return
-        t_ls = self.frames[-1].ls[..., 1:]
-        self.push(lambda fr: [_without_tangent(f, t_ls) for f in fr[:-1]]
-                  + [_without_tangent(fr[-1])], linear=True)
-        if self.track:
-            P = np.diag(X_ROW)
-            self._cumulant_step(lambda ks: [k if k is None else _transformed(k, P) for k in ks])
-        self.t_ls = -0.5 * np.log(np.asarray(self.widths[-1], dtype=float))
+        width = np.asarray(self.widths[-1], dtype=float)
+        if first:
+            t_ls = self.frames[-1].ls[..., 1:]
+            self.push(lambda fr: [_without_tangent(f, t_ls) for f in fr[:-1]]
+                      + [_without_tangent(fr[-1])], linear=True)
+            if self.track:
+                P = np.diag(X_ROW)
+                self._cumulant_step(lambda ks: [k if k is None else _transformed(k, P)
+                                                for k in ks])
+            self.t_ls = -0.5 * np.log(width)
+        self.after_weights = width * np.exp(2 * self.t_ls)
 
     def _records_branch(self) -> bool:
         """Whether a residual met now is the one whose branch output the layer records (schema
@@ -1470,7 +1482,7 @@ class _Walk:
             bias = np.asarray(ctx.p(first.sigma_b)) != 0  # names the zero weights)
             if first.init != "normal" and not dense or not np.all(
                     weights | (bias & (not self.tangent or self.after_dense
-                                       or self.after_weights))):
+                                       or self.after_weights is not None))):
                 return False
         return all(isinstance(op, Scale)
                    or isinstance(op, FeatureAffine) and _constant_vectors(op, ctx)
@@ -2069,20 +2081,22 @@ def _true(f: Moments):
 
 
 def _tangent_dense(op: Dense, s: Moments, ctx: Context, after: bool = False,
-                   extra=None, weights: bool = False) -> Moments:
+                   extra=None, weights=None) -> Moments:
     """Dense on the pair (x, t): (W x + b, W t), K' = sigma_w^2 K + sigma_b^2 E_00 (no bias on
     the tangent); refs and law those of the op's own law (decoupled, Gaussian). ``after``: t
     starts at the output, N(0, 1) per feature independent of the weights (t in ``s`` is a
-    placeholder): K'_tt = 1, K'_xt = 0. ``weights``: t starts at the output as T x, T of
-    i.i.d. entries independent of the net (:meth:`_Walk._start_at_weights`; t in ``s`` is 0):
-    K'_tt = K_xx, the realised x's, K'_xt = 0. ``extra``: added to sigma_b^2
-    (:func:`_apply`)."""
+    placeholder): K'_tt = 1, K'_xt = 0. ``weights`` (a factor w, or None): t gains T x at the
+    output, T of i.i.d. entries independent of the net and of t (:meth:`_Walk._start_at_weights`;
+    t in ``s`` is 0 at a block's first Dense): K'_tt gains w K_xx, the realised x's, K'_xt
+    nothing. ``extra``: added to sigma_b^2 (:func:`_apply`)."""
     out = op.theory_forward(s, ctx)
     bias = np.asarray(ctx.p(op.sigma_b), dtype=float) ** 2 + (0.0 if extra is None else extra)
     K = _true(s)[0] * np.asarray(ctx.p(op.sigma_w), dtype=float)[..., None, None] ** 2 \
         + np.asarray(bias)[..., None, None] * E00
-    if after or weights:
-        K = K * outer(X_ROW, X_ROW) + (_true(s)[0][..., :1, :1] if weights else 1.0) * E11
+    if after:
+        K = K * outer(X_ROW, X_ROW) + E11
+    elif weights is not None:
+        K = K + np.asarray(weights)[..., None, None] * _true(s)[0][..., :1, :1] * E11
     return _scaled(out, K, np.zeros(K.shape[:-1]))
 
 
@@ -2138,7 +2152,7 @@ def _tangent_norm(op: Op, s: Moments, ctx: Context, after: bool = False, tangent
 
 
 def _tangent_chain(chain, s: Moments, ctx: Context, after: bool = False,
-                   extra=None, weights: bool = False) -> Moments:
+                   extra=None, weights=None) -> Moments:
     """The law of the features (f(h), f'(h) tau) after a Dense (h, tau) and elementwise ops f
     (true units inside): with tau = beta h + xi (xi independent of h, variance v), 1-D Gaussian
     expectations over h: E f'^2 tau^2 = beta^2 E h^2 f'^2 + v E f'^2, E f f' tau =
@@ -2223,12 +2237,12 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     on a leading axis (:func:`_stacked`); where a walk stops, each input again alone, so
     that a reason is told for the inputs it holds for (False: each alone).
 
-    ``weights``: (the gradient's, weight_grad_q's) from the same pass. Per layer l > 0 and
-    Dense D of block l, a pair walk of block l whose t starts at D's output
-    (:func:`_weight_walk`) joins the same recorded walk at the block's end, with its own
-    (b, C) and its t's log q there (the walk's steps above are the same maps whichever member
-    started it); weight_grad_q's c per layer combines its block's Denses (:func:`_weight_sums`,
-    var_log_q NaN). One x walk, one recorded walk and one adjoint pass serve both."""
+    ``weights``: (the gradient's, weight_grad_q's) from the same pass. Per layer l > 0 whose
+    block has a Dense, a pair walk of block l whose t is the derivative along a random
+    direction of all the block's weights (:func:`_weight_walk`) joins the same recorded walk
+    at the block's end, with its own (b, C) and its t's log q there (the walk's steps above
+    are the same maps whichever member started it): weight_grad_q's c and v per layer
+    (:func:`_weight_sums`). One x walk, one recorded walk and one adjoint pass serve both."""
     blocks = layers_of(net)
     L = len(blocks)
     want = sorted({int(l) for l in np.atleast_1d(layers)})
@@ -2238,9 +2252,8 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     ctx = ctx or Context(NUMERIC, tuple(grid))
     s0, gaussian, track = inputs.moments(), inputs.law == "gaussian", _tracks_cumulants(net)
     shape = tuple(len(v.values) for v in grid.values())
-    rows = [(l, None) for l in want] + ([  # (layer, the block's Dense or None); grad rows
-        (l, d) for l in want if l > 0 for d in range(_dense_count(blocks[l - 1]))]  # first
-        if weights else [])
+    rows = [(l, False) for l in want] + ([  # (layer, whether weight_grad_q's); grad's first
+        (l, True) for l in want if l > 0 and _dense_count(blocks[l - 1])] if weights else [])
     coef, log_q, var = (np.full((len(rows), *shape, inputs.n), np.nan) for _ in range(3))
     why: dict = {}  # row index -> why its c is NaN (the lowest one's is reported)
     top_width = None  # n_L / N, where a walk reached the top
@@ -2282,7 +2295,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                             _close(shared, members, own, why)
                         shared, members, start.tape = start, [], []
                     members.append(k)
-                    if rows[k][1] is not None:
+                    if rows[k][1]:
                         offsets[k] = _tangent_log_q(start) - 2 * start.t_ls
                     join = ("join", k, start.b, start.C, l, start, start.cumulants)
                     if not shared.chain:  # drawn, or Gaussian features still to be (a Dense's)
@@ -2290,15 +2303,16 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
                     else:  # its features are drawn at the next reduction
                         shared.waiting.append((join, len(shared.chain)))
             if weights and l < L:
-                for k, (j, d) in enumerate(rows):
-                    if j != l + 1 or d is None:
+                for k, (j, w) in enumerate(rows):
+                    if j != l + 1 or not w:
                         continue
                     if walk.lost:  # (x's fluctuation unknown: NaN)
                         why.setdefault(k, walk.lost)
-                    elif start := _weight_walk(walk, l + 1, blocks[l], d):
+                    elif start := _weight_walk(walk, l + 1, blocks[l]):
                         below[k] = start
-                    else:  # D's term is 0 at every width
+                    else:  # the block's weight gradient is 0 at every width
                         coef[k, ..., col], log_q[k, ..., col] = 0.0, -np.inf
+                        var[k, ..., col] = 0.0
             if l < want[-1]:
                 walk.layer(l + 1, blocks[l])
         if shared is not None:
@@ -2327,7 +2341,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     n = len(want)
     kinds = [(coef[:n], log_q[:n], var[:n], {k: w for k, w in why.items() if k < n})]
     if weights:
-        kinds.append(_weight_sums(rows[n:], want, coef[n:], log_q[n:], top_width,
+        kinds.append(_weight_sums(rows[n:], want, coef[n:], log_q[n:], var[n:], top_width,
                                   {k - n: w for k, w in why.items() if k >= n}))
     out = []
     for c, q, v, w in kinds:
@@ -2362,57 +2376,52 @@ def _dense_count(op: Op) -> int:
     return sum(_dense_count(k) for k in op.children())
 
 
-def _weight_walk(walk: _Walk, l: int, block: Op, d: int) -> _Walk:
-    """The pair walk of block ``l`` from x's ``walk`` below it whose t starts at the output of
-    the block's d-th Dense D as t = T x (:meth:`_Walk._start_at_weights`), at the end of the
-    block drawn (or Gaussian features still to be drawn) as a tangent started there is
-    (:func:`_tangent_walk`), to join the walk above. None where t is exactly 0 there (D in a
-    branch whose later weights are 0, or one the block never adds, alpha = 0: its term is 0
-    at every width); lost where it is at some grid points only."""
-    out = _tangent_walk(walk)  # (its t a placeholder until D)
-    out.weights_at = d
+def _weight_walk(walk: _Walk, l: int, block: Op) -> _Walk:
+    """The pair walk of block ``l`` from x's ``walk`` below it whose t is the derivative of the
+    block along a random direction of all its weights (:meth:`_Walk._start_at_weights`: t
+    starts at the block's first Dense as T x, every later Dense adds its own), at the end of
+    the block drawn (or Gaussian features still to be drawn) as a tangent started there is
+    (:func:`_tangent_walk`), to join the walk above. None where t is exactly 0 there (the
+    Denses in a branch of weight 0, x + 0 F(x), or whose later weights are 0: the block's
+    weight gradient is 0 at every width); lost where it is at some grid points only."""
+    out = _tangent_walk(walk)  # (its t a placeholder until the first Dense)
+    out.weights_at = 0
     out.layer(l, block)
-    if out.weights_at is not None and not out.lost:  # D never met: in a branch the block
-        return None  # never adds (alpha = 0, :func:`_as_scale`), so its gradient is 0 (t was
-        # the input gradient's tangent, whose c the row took)
+    met, out.weights_at = out.weights_at, None  # (the walk above adds no weights)
     if out.chain:
         out.settle()
+    if out.lost:
+        return out
+    if not met:  # (every Dense in a branch of weight 0, walked as a Scale: never met)
+        return None
     zero = out.frames[0].K[..., 1, 1] <= 0
-    if out.lost or not np.any(zero):
+    if not np.any(zero):
         return out
     if np.all(zero):
         return None
-    out.lose(f"layer {l}: the tangent T x of a Dense's weights is exactly 0 past its block at "
+    out.lose(f"layer {l}: the tangent T x of the block's weights is exactly 0 past its block at "
              "some grid points (later weights 0 there)", pointwise=True)
     return out
 
 
-def _weight_sums(rows, want, coef, log_q, top_width, why):
-    """weight_grad_q's (c, log E, v, why) per layer of ``want`` from those of its block's Denses
-    D (``rows``: (layer, D)): E weight_grad_q = sum_D (n_L / N) E |J_D T x_D|^2 / n_L (q_D: the
-    walk's log q of its tangent at the top, :meth:`_Walk._start_at_weights`), so its relative
-    correction c = sum_D q_D c_D / sum_D q_D, the parts' leading values weighing their own; v
-    (the spread of log weight_grad_q, which needs the parts' covariances): NaN; NaN c and
-    log E at layer 0 and for a block without Dense (no weights). ``why``: by row, then by
-    layer."""
+def _weight_sums(rows, want, coef, log_q, var, top_width, why):
+    """weight_grad_q's (c, log E, v, why) per layer of ``want`` from its block's row (``rows``:
+    (layer, True)): E weight_grad_q = (n_L / N) E |t|^2 / n_L, t the derivative along a random
+    direction of the block's weights (:meth:`_Walk._start_at_weights`; q: the walk's log q of t
+    at the top), c its relative correction and v its Var log (N^-1 |t|^2 has the law of
+    weight_grad_q, the Denses' covariances through the shared delta_L included); NaN at layer
+    0 and for a block without Dense (no weights). ``why``: by row, then by layer."""
     shape = (len(want),) + coef.shape[1:]
-    c, log_e = np.full(shape, np.nan), np.full(shape, np.nan)
+    c, log_e, v = (np.full(shape, np.nan) for _ in range(3))
     width = np.log(np.asarray(top_width if top_width is not None else 1.0, dtype=float))
     by_layer = {}
-    for i, l in enumerate(want):
-        ks = [k for k, row in enumerate(rows) if row[0] == l]
-        if not ks:
-            continue
-        with np.errstate(invalid="ignore", divide="ignore"):
-            log_e[i] = np.logaddexp.reduce(log_q[ks], axis=0)
-            c[i] = np.sum(np.exp(log_q[ks] - log_e[i]) * coef[ks], axis=0)  # (a part of 0: 0)
-        c[i] = np.where(log_e[i] == -np.inf, 0.0, c[i])  # (every part 0, weight_grad_q = 0 at
-        # every width: a block whose branch is never added or ends in a zero Scale; was 0/0)
-        log_e[i] = log_e[i] + (width[..., None] if width.ndim else width)
-        lost = [why[k] for k in ks if k in why]
-        if lost:
-            by_layer[i] = lost[0]
-    return c, log_e, np.full(shape, np.nan), by_layer
+    for k, (l, _) in enumerate(rows):
+        i = want.index(l)
+        c[i], v[i] = coef[k], var[k]
+        log_e[i] = log_q[k] + (width[..., None] if width.ndim else width)
+        if k in why:
+            by_layer[i] = why[k]
+    return c, log_e, v, by_layer
 
 
 def _stacked(s0: Moments, groups, ndim: int) -> Moments:
@@ -3097,8 +3106,8 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
             and not broken:  # (every draw checked only when every layer is recorded)
         _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)))
     computed["grad_q_rel_correction"] = grad
-    computed["weight_grad_q_rel_correction"] = _weight_gradient_correction(
-        net, weights, rows, layers, N, shape, why)
+    computed["weight_grad_q_rel_correction"], computed["var_log_weight_grad_q"] = \
+        _weight_gradient_correction(net, weights, rows, layers, N, shape, why)
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
         warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning)
@@ -3108,19 +3117,20 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
 
 
 def _weight_gradient_correction(net: Op, weights, rows, layers, N: float, shape, why):
-    """weight_grad_q_rel_correction (``shape``) at the recorded ``layers``: c/N of ``weights``,
-    the weight rows of :func:`gradient_coefficient` (computed at ``rows``), warned where NaN
-    for a reason other than the gradient's (``why``)."""
-    c, _, lost, _ = weights
+    """(weight_grad_q_rel_correction, var_log_weight_grad_q) (``shape`` each) at the recorded
+    ``layers``: c/N and v/N of ``weights``, the weight rows of :func:`gradient_coefficient`
+    (computed at ``rows``), warned where NaN for a reason other than the gradient's (``why``)."""
+    c, _, lost, v = weights
     if lost and lost != why:
         blocks = layers_of(net)
         nan = [l for l, row in zip(rows, c)
                if l > 0 and _dense_count(blocks[l - 1]) and np.isnan(row).any()]
-        warn(f"{lost}: the weight gradient's correction is NaN at layers {nan}",
+        warn(f"{lost}: the weight gradient's correction and spread are NaN at layers {nan}",
              FiniteWidthWarning)
-    out = np.full(shape, np.nan)
-    out[[list(layers).index(l) for l in rows if l in layers]] = \
-        c[[rows.index(l) for l in rows if l in layers]] / N
+    at = [list(layers).index(l) for l in rows if l in layers]
+    got = [rows.index(l) for l in rows if l in layers]
+    out = np.full(shape, np.nan), np.full(shape, np.nan)
+    out[0][at], out[1][at] = c[got] / N, v[got] / N
     return out
 
 
