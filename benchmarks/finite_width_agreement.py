@@ -32,6 +32,8 @@ coefficient's uniform part against the coupled Monte Carlo difference from Gauss
 (``--part torch-mlp``, ``--part torch-preln``) real torch nets at their default init (an MLP
 with LayerNorms; a Linear and two Pre-LN GELU blocks), re-initialised by ``sp.simulate_torch``. Its ninth (``--part exact``, no Monte Carlo), a deep relu net's coefficients against the same
 recursion with exact derivatives (the symbolic face), where corr -> 1 approaches relu's kink.
+Its tenth (``--part weight-grad``), weight_grad_q's 1/N coefficient, and (``--part
+weight-spread``) its spread Var log weight_grad_q with it, at blocks of one Dense and of two.
 
     .venv/bin/python benchmarks/finite_width_agreement.py [--seeds 4000] [--part typical]
 """
@@ -702,7 +704,7 @@ def weight_gradient(seeds=8000, out="benchmarks/RESULTS.md"):
     for name, (net, widths) in WEIGHT_NETS.items():
         found = measure_weight_gradient(net, inputs, widths, seeds, root_seed=12144,
                                         layers=WEIGHT_LAYERS)
-        for l, (c, a, se) in zip(WEIGHT_LAYERS, found):
+        for l, (c, a, se, *_) in zip(WEIGHT_LAYERS, found):
             rows.append(f"| {name} | {widths} | {l} | {c:+.4g} | {a:+.4g} ± {se:.2g} | "
                         f"{(a - c) / se:+.2f} |")
             print(rows[-1], flush=True)
@@ -717,12 +719,49 @@ def weight_gradient(seeds=8000, out="benchmarks/RESULTS.md"):
                   [intro, "", *rows])
 
 
+WEIGHT_SPREAD_DEPTH = 6
+WEIGHT_SPREAD_NETS = {  # one Dense per block, and two (their parts share delta_L)
+    "plain relu": presets.plain(WEIGHT_SPREAD_DEPTH, "relu", shape="dense_act"),
+    "resnet (relu mlp)": presets.resnet(WEIGHT_SPREAD_DEPTH),
+    "Pre-LN (relu mlp)": presets.preln(WEIGHT_SPREAD_DEPTH),
+    "Post-LN (relu mlp)": presets.postln(WEIGHT_SPREAD_DEPTH),
+}
+WEIGHT_SPREAD_LAYERS = [1, 3, 6]
+
+
+def weight_spread(seeds=4000, out="benchmarks/RESULTS.md"):
+    """weight_grad_q's c and v (Var log weight_grad_q) at :data:`WEIGHT_SPREAD_LAYERS`
+    (:data:`WEIGHT_SPREAD_NETS`), against one Monte Carlo run per width."""
+    inputs = sp.Inputs(q=[1.0, 1.5], corr=0.5)
+    rows = [("| net | layer | c predicted | a fitted ± SE | z | N Var log W predicted | "
+             "fitted ± SE | z |"), "|---|---|---|---|---|---|---|---|"]
+    for name, net in WEIGHT_SPREAD_NETS.items():
+        found = measure_weight_gradient(net, inputs, WIDTHS, seeds, root_seed=16016,
+                                        layers=WEIGHT_SPREAD_LAYERS)
+        for l, (c, a, se_a, v, V, se_v) in zip(WEIGHT_SPREAD_LAYERS, found):
+            rows.append(f"| {name} | {l} | {c:+.4g} | {a:+.4g} ± {se_a:.2g} | "
+                        f"{(a - c) / se_a:+.2f} | {v:.4g} | {V:.4g} ± {se_v:.2g} | "
+                        f"{(V - v) / se_v:+.2f} |")
+            print(rows[-1], flush=True)
+    intro = ("`benchmarks/finite_width_agreement.py --part weight-spread`: depth "
+             f"{WEIGHT_SPREAD_DEPTH}, inputs q = [1, 1.5], corr = 0.5, widths {WIDTHS}, {seeds} "
+             "seeds per width (root seed 16016 + N), input 0. Predicted: "
+             "`weight_grad_q_rel_correction` = c/N and `var_log_weight_grad_q` = v/N of "
+             "`sp.theory(net, inputs, width=N)` (`gradient_coefficient(..., weights=True)`: the "
+             "walk of t = sum_D J_D T_D x_D, the derivative along a random direction of all the "
+             "block's weights, whose |t|^2 / N has the law of weight_grad_q). Fitted from one "
+             "simulation per width: E W_l / W_l,inf - 1 = b + a/N and N Var log W_l = V + c'/N "
+             "(W = weight_grad_q), as in the sections above.")
+    return _write("Finite width: the spread of the weight gradient, Var log weight_grad_q", out,
+                  [intro, "", *rows])
+
+
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "batchnorm-two",
     "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
     each), "after-norm", "norm-start", "uniform-mlp", "torch-mlp" (4x each; torch needed),
-    "torch-preln" (torch needed), "exact" or "weight-grad" (2x)."""
+    "torch-preln" (torch needed), "exact", "weight-grad" (2x) or "weight-spread"."""
     if part in ("all", "first-order"):
         first_order(seeds, out)
     if part in ("all", "typical"):
@@ -757,6 +796,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         exact(out)
     if part in ("all", "weight-grad"):
         weight_gradient(2 * seeds, out)
+    if part in ("all", "weight-spread"):
+        weight_spread(seeds, out)
 
 
 if __name__ == "__main__":
@@ -768,7 +809,7 @@ if __name__ == "__main__":
                                        "spread", "layers", "preactivation", "uniform",
                                        "norm-affine", "after-norm", "norm-start",
                                        "uniform-mlp", "torch-mlp", "torch-preln", "exact",
-                                       "weight-grad"],
+                                       "weight-grad", "weight-spread"],
                    default="all")
     a = p.parse_args()
     main(a.seeds, a.out, a.part)
