@@ -1279,6 +1279,101 @@ def test_batchnorm_rule_is_for_the_forward_walk_of_two_inputs_only():
     assert "this residual sum reads the cross moment" in why and np.isnan(coef["log_q"][1]).all()
 
 
+def test_batchnorm_of_two_at_unequal_inputs_is_exact_in_q_and_corr():
+    """As test_batchnorm_of_two_on_iid_features_is_exact, at inputs of unequal q (1 and 2.25,
+    corr 0.3: the walk's scaled units are not its true ones) and with corr: d_i = (x_i1 -
+    x_i2) / 2 i.i.d. N(0, v), v = (q_1 + q_2 - 2 rho sqrt(q_1 q_2)) / 4, so at the BatchNorm
+    K = c [[1, -1], [-1, 1]] (corr = -1 exactly: var_corr and corr_correction 0) and after
+    FeatureAffine(g, beta) q_a = g^2 c +- 2 g beta m_1 + beta^2 with m_2 = -m_1 exactly, K_12 =
+    beta^2 - g^2 c: corr = f(c) (1 + B^2 m_1^2 / (2 A^2)) to second order (A = g^2 c + beta^2,
+    B = 2 g beta, f(c) = (beta^2 - g^2 c) / A), so N var_corr = f'(F)^2 Var h and N
+    corr_correction = f''(F) Var h / 2 + f(F) B^2 F / (2 A^2) (E c = F, E m_1^2 = F / N, c and
+    m_1 uncorrelated). 1-D quadratures (1e-12); the walk's central differences ~1e-7
+    relative: 1e-5 (atol 1e-9 for the zeros: a difference of two equal terms, ~5e-12 here).
+    v from the scaled Gram (a unit diagonal) gave Var h at v = 0.25 for 0.59; m_2 = +m_1 or
+    r along [[1, 1], [1, 1]] moved corr's spread (the diagonal q's do not see either)."""
+    eps, g, beta, N = 5e-4, 0.7, 0.5, 64
+    q, rho = (1.0, 2.25), 0.3
+    v = (q[0] + q[1] - 2 * rho * math.sqrt(q[0] * q[1])) / 4
+    assert eps / v < fw.BN_MAP_RATIO  # (8.5e-4: the map's side)
+
+    def E(f):
+        return integrate.quad(lambda z: f(math.sqrt(v) * z) * stats.norm.pdf(z), -40, 40,
+                              points=[0], limit=500, epsabs=1e-15, epsrel=1e-12)[0]
+
+    F = E(lambda d: d * d / (d * d + eps))
+    var_h = E(lambda d: (d * d / (d * d + eps)) ** 2) - F**2
+    A, B = g * g * F + beta**2, 2 * g * beta
+    f, f1, f2 = (beta**2 - g * g * F) / A, -2 * g * g * beta**2 / A**2, 4 * g**4 * beta**2 / A**3
+    x0 = sp.Inputs(q=list(q), corr=rho, n=2, law="gaussian")
+    net = sp.Serial(sp.BatchNorm(eps), sp.FeatureAffine(gain=g, shift=beta), sp.Dense(1.0))
+    ds = sp.theory(net, x0, width=N, backward=False)
+    rel = {"rtol": 1e-5}
+    np.testing.assert_allclose(ds.var_log_q.values[1], var_h / F**2 / N, **rel)
+    np.testing.assert_allclose(ds.log_q_correction.values[1], -var_h / F**2 / (2 * N), **rel)
+    np.testing.assert_allclose(ds.corr.values[1, 0, 1], -1.0, rtol=1e-12)
+    np.testing.assert_allclose(ds.var_corr.values[1, 0, 1], 0.0, atol=1e-9)
+    np.testing.assert_allclose(ds.corr_correction.values[1, 0, 1], 0.0, atol=1e-9)
+    spread = (g**4 * var_h + B * B * F) / A**2 / N
+    np.testing.assert_allclose(ds.var_log_q.values[2], spread, **rel)
+    np.testing.assert_allclose(ds.log_q_correction.values[2], -spread / 2, **rel)
+    np.testing.assert_allclose(ds.corr.values[2, 0, 1], f, rtol=1e-12)
+    np.testing.assert_allclose(ds.var_corr.values[2, 0, 1], f1**2 * var_h / N, **rel)
+    np.testing.assert_allclose(ds.corr_correction.values[2, 0, 1],
+                               (f2 * var_h / 2 + f * B * B * F / (2 * A * A)) / N, **rel)
+
+
+def test_batchnorm_of_two_in_a_branch_is_the_same_ops_unbranched():
+    """x -> 0 x + F(x), F = BatchNorm -> FeatureAffine(g, beta) -> Dense, is F(x): the same
+    random net, so every statistic at its one layer is the Serial's at F's output, exactly (to
+    the walks' central differences, ~1e-8 relative here: 1e-6). The BatchNorm there is in the branch's frame, not the stream's
+    (Pre-BN's place): its noise (r, and m's spread F / N that the shift reads) on the stream's
+    frame, which beta = 0 drops, left the branch's FeatureAffine without (2 g beta)^2 F / N."""
+    eps, g, beta = 5e-4, 0.7, 0.5
+    x0 = sp.Inputs(q=[1.0, 2.25], corr=0.3, n=2, law="gaussian")
+
+    def branch():
+        return sp.Serial(sp.BatchNorm(eps), sp.FeatureAffine(gain=g, shift=beta), sp.Dense(1.0))
+
+    plain = sp.theory(branch(), x0, width=64, backward=False)
+    res = sp.theory(sp.Residual(branch(), beta=0.0), x0, width=64, backward=False)
+    for name in ("var_log_q", "log_q_correction", "var_corr", "corr_correction", "var_mean",
+                 "mean_correction"):
+        np.testing.assert_allclose(res[name].values[1], plain[name].values[3], rtol=1e-6,
+                                   atol=1e-10, err_msg=name)
+
+
+def test_batchnorm_map_holds_up_to_its_ratio_and_no_further():
+    """eps / v <= BN_MAP_RATIO = 1e-3 is walked, beyond it lost with the warning: at v = 1/4
+    (q = 1, corr = 0.5), eps = 2e-4 (eps / v = 8e-4) finite, eps = 5e-4 (2e-3, twice the
+    threshold: its left-out part, ~0.6 sqrt(eps / v) / N, is 1.4 times the 1.5 % budget) NaN.
+    The other tests' eps / v are 4e-5 and 0.4, either side of any threshold in 1e-4 .. 0.1."""
+    def walk(eps):
+        net = sp.Serial(sp.BatchNorm(eps), sp.Dense(1.0))
+        return sp.theory(net, GAUSSIAN_PAIR, width=64, backward=False).var_log_q.values[1:]
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", fw.FiniteWidthWarning)
+        assert np.isfinite(walk(2e-4)).all()
+    with pytest.warns(fw.FiniteWidthWarning, match=r"eps / v up to 0\.002"):
+        assert np.isnan(walk(5e-4)).all()
+
+
+@pytest.mark.parametrize("rest", ["uniform", "varying"])
+def test_batchnorm_of_two_leaves_its_outputs_cumulants_unknown(rest):
+    """A BatchNorm over two inputs maps the realised Gram; its output's 3rd and 4th cumulants
+    (y_i1 = d_i / sqrt(d_i^2 + eps), far from Gaussian) are not carried. A uniform Dense or a
+    FeatureAffine whose vectors vary, which read them, is NaN there with the reason; the layers
+    below it finite. With its input's cumulants kept in their place, they read the Gaussian
+    stream's and gave a silent number (N var_log_q 2.004 and 2.59 in place of NaN)."""
+    after = {"uniform": (sp.Dense(1.0, init="uniform"),), "varying": (VARYING, sp.Dense(1.0))}
+    net = sp.Serial(sp.BatchNorm(1e-5), *after[rest])
+    coef, why = fw.coefficients(net, GAUSSIAN_PAIR)
+    assert np.isfinite(coef["var_log_q"][:2]).all()
+    assert np.isnan(coef["var_log_q"][2:]).all()
+    assert why is not None and ("cumulants are not known" in why or "4th moments are not known" in why)
+
+
 # -- validity warnings ---------------------------------------------------------------------------
 def test_batchnorm_small_batch_warns_with_the_width_needed():
     """B = 2: E[1/s^2] ~ E[1/(chi^2_1 + eps)] ~ 1/sqrt(eps) is carried by features with batch

@@ -255,3 +255,25 @@ def test_a_block_whose_weights_get_no_gradient_has_no_correction():
     unswept = sp.theory(net(0.5), PAIR, width=64)
     for name in ("weight_grad_q_rel_correction", "var_log_weight_grad_q"):
         np.testing.assert_allclose(swept[name].sel(alpha=0.5), unswept[name], rtol=1e-9)
+
+
+def test_a_repeat_in_a_block_is_its_copies_written_out():
+    """A block whose branch is Repeat(Serial(Dense, tanh), 2) is the same random net as one whose
+    branch is the two copies written out: its weight gradient has both Denses' terms (c and log
+    E equal to the walks' rounding, 1e-9); counting the Repeat's Denses once left the second
+    copy's weights out. Its spread too."""
+    dt = [sp.Dense(1.2, 0.1), sp.Act("tanh")]
+    rep = weight_coef(sp.Serial(sp.Residual(sp.Repeat(sp.Serial(*dt), 2)), sp.Dense(1.0)))
+    out = weight_coef(sp.Serial(sp.Residual(sp.Serial(*dt, *dt)), sp.Dense(1.0)))
+    np.testing.assert_allclose(rep.coef, out.coef, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(rep.log_q, out.log_q, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(rep.var_log_q, out.var_log_q, rtol=1e-9, atol=1e-12)
+
+
+def test_a_net_wider_than_N_at_the_top_has_the_engines_weight_gradient():
+    """A top width n_L = 2 N (Dense(ratio=2) last; the nets above end at N): weight_grad_q sums
+    (n_L / N) E |J_D T x|^2 / n_L, so log E carries log 2, as the infinite-width engine's
+    log_weight_grad_q does (1e-11, as test_the_weight_walks_value_is_the_backward_engines)."""
+    net = sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"), sp.Dense(1.0, ratio=2.0), sp.Act("tanh"))
+    want = sp.theory(net, PAIR)["log_weight_grad_q"].transpose("layer", ...).values
+    np.testing.assert_allclose(weight_coef(net).log_q, want, rtol=1e-11, atol=1e-11)
