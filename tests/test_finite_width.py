@@ -1371,7 +1371,8 @@ def test_batchnorm_of_two_leaves_its_outputs_cumulants_unknown(rest):
     coef, why = fw.coefficients(net, GAUSSIAN_PAIR)
     assert np.isfinite(coef["var_log_q"][:2]).all()
     assert np.isnan(coef["var_log_q"][2:]).all()
-    assert why is not None and ("cumulants are not known" in why or "4th moments are not known" in why)
+    assert why is not None and ("cumulants are not known" in why
+                                or "4th moments are not known" in why) and "BatchNorm" in why
 
 
 # -- validity warnings ---------------------------------------------------------------------------

@@ -44,7 +44,8 @@ statistics plus the noise of the vectors' assignment to the features, which need
 term, their 4th cumulant's (:meth:`_Walk._uniform_term`), which needs the 4th moments of the
 Dense's input features: for both, the walk carries each frame's 3rd and 4th joint cumulants (0
 for the inputs, drawn at each fresh draw and post-norm draw, mapped by norms and scales, added
-at a residual sum whose branch holds a Dense; unknown behind a residual branch with no Dense).
+at a residual sum whose branch holds a Dense; unknown behind a residual branch with no Dense
+or a BatchNorm).
 A norm of a Dense's features (through linear maps) joins their chain: where elementwise ops
 follow it before the next reduction, the features f(norm(u)) are drawn with the norm's centre
 and scale realised over the same features, each feature's influence on the statistics and the
@@ -1021,7 +1022,8 @@ class _Walk:
             return None
         if self.cumulants[-1] is None:
             self.lose(f"{ctx.path}: uniform weights on features whose 3rd and 4th "
-                      "cumulants are not known here (a residual branch with no Dense)")
+                      "cumulants are not known here (behind a residual branch with no Dense or "
+                      "a BatchNorm)")
             return None
         return self._uniform_term(frames, held and held(frames))
 
@@ -1382,7 +1384,7 @@ class _Walk:
         if k is None or joint:
             self.lose(f"{ctx.path}: no finite-width rule for a FeatureAffine with vectors that "
                       "vary, on features whose " + ("4th moments are not known here (behind a "
-                      "residual branch with no Dense)" if k is None else "joint 4th moments with "
+                      "residual branch with no Dense or a BatchNorm)" if k is None else "joint 4th moments with "
                       "an enclosing residual stream are not Gaussian"))
             return
         frames = self.frames
