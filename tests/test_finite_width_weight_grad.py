@@ -43,8 +43,12 @@ NETS = [
               sp.Serial(sp.Dense(1.0, ratio=0.5), sp.Act("relu")),
               sp.Residual(sp.Serial(sp.LayerNorm(), sp.Dense(1.0), sp.Act("gelu"), sp.Dense(0.7)))),
     presets.preln(3, act="erf", alpha=sp.sweep("alpha", [0.3, 1.0])),
+    sp.Serial(sp.Serial(sp.Dense(1.2, 0.1, ratio=2.0), sp.LayerNorm(), sp.Act("tanh")),
+              sp.Serial(sp.Dense(1.0, 0.2), sp.LayerNorm(), sp.Act("tanh")), sp.Dense(1.1),
+              sp.Act("tanh")),  # a block's last Dense drawn with a norm after it
 ]
-IDS = ["postln", "preln-rms", "resnet-mean", "plain-tanh", "widths-and-norms", "swept"]
+IDS = ["postln", "preln-rms", "resnet-mean", "plain-tanh", "widths-and-norms", "swept",
+       "dense-norm-chain"]
 
 
 def weight_coef(net, inputs=PAIR, **kw):
@@ -143,7 +147,9 @@ def test_a_uniform_dense_has_no_weight_rule_and_says_so():
     got = weight_coef(net)
     assert np.isnan(got.coef[3]).all() and np.isfinite(got.coef[[1, 5]]).all()
     assert "uniform weights" in got.lost
-    with pytest.warns(sp.FiniteWidthWarning, match="weight gradient's correction and spread are NaN"):
+    with pytest.warns(sp.FiniteWidthWarning,  # (the layers it makes NaN, not those without
+                      # weights: layer 0 and the Acts', NaN as weight_grad_q itself is)
+                      match=r"weight gradient's correction and spread are NaN at layers \[3\]"):
         sp.theory(net, PAIR, width=256)
 
 
@@ -277,3 +283,45 @@ def test_a_net_wider_than_N_at_the_top_has_the_engines_weight_gradient():
     net = sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"), sp.Dense(1.0, ratio=2.0), sp.Act("tanh"))
     want = sp.theory(net, PAIR)["log_weight_grad_q"].transpose("layer", ...).values
     np.testing.assert_allclose(weight_coef(net).log_q, want, rtol=1e-11, atol=1e-11)
+
+
+def test_a_huge_stream_beside_the_branch_is_its_scale_invariant_limit():
+    """A stream of scale 1e80 (or 1e40) beside a residual branch that reads it through a
+    LayerNorm, a relu Dense on top: at either scale the branch adds a relative 1e-40 or less and
+    the norm's eps counts for 1e-85 or less, and the output's Jacobian in the stream does not
+    depend on the scale (relu, no bias), so weight_grad_q of the branch is the same at both, and
+    the first Dense's (its gradient) and the top one's (its input) are 1e80 times larger (log E
+    by 2 log 1e40), to
+    the walks' rounding (c is 0 up to the central differences' ~1e-7 here: atol 1e-6; log E and
+    v to 1e-9). The branch's first Dense hands t's log scale to the stream's frame as well
+    (:func:`_without_tangent`'s t_ls): without it, 1e80 overflowed the change of units and the
+    branch's c and v were -inf and inf with no warning."""
+    def net(scale):
+        return sp.Serial(sp.Serial(sp.Dense(1.0, 0.1), sp.Act("relu"), sp.Scale(scale)),
+                         sp.Residual(sp.Serial(sp.LayerNorm(), sp.Dense(1.0), sp.Act("tanh"),
+                                               sp.Dense(0.8))),
+                         sp.Serial(sp.Dense(1.0), sp.Act("relu")))
+
+    huge, big = weight_coef(net(1e80)), weight_coef(net(1e40))
+    assert huge.lost is None and np.isfinite(huge.var_log_q[4]).all()
+    np.testing.assert_allclose(huge.coef, big.coef, rtol=0, atol=1e-6)
+    shift = np.zeros((len(huge.log_q), 1))
+    shift[[1, 5]] = 2 * np.log(1e40)  # (the first Dense's gradient and the top Dense's input
+    # carry the scale)
+    np.testing.assert_allclose(huge.log_q, big.log_q + shift, rtol=1e-9)
+    np.testing.assert_allclose(huge.var_log_q, big.var_log_q, rtol=1e-9)
+
+
+def test_a_walk_lost_below_a_block_leaves_its_weight_rows_nan_with_the_reason():
+    """x's walk lost below a block (a BatchNorm in a residual branch, no finite-width rule
+    there): the weight rows from that block up are NaN with that reason (the blocks' weight
+    walks are not started from a lost x: one of them failed on the lost state's shapes), and
+    the rows below are finite."""
+    net = sp.Serial(sp.Dense(1.2, 0.1), sp.Act("tanh"),
+                    sp.Residual(sp.Serial(sp.BatchNorm(), sp.Dense(1.0), sp.Act("tanh"))),
+                    sp.Dense(1.0), sp.Act("tanh"))
+    for kw in ({}, {"own_walks": True}, {"stacked": False}):
+        got = weight_coef(net, **kw)
+        assert "BatchNorm" in got.lost
+        assert np.isnan(got.coef[3:]).all() and np.isnan(got.var_log_q[3:]).all()
+
