@@ -100,7 +100,8 @@ def test_a_theory_at_a_width_is_drawn_at_its_first_order():
     it is E f(X) = f(x) + f'(x) (E X - x) + f''(x) Var X / 2 where the theory has Var X: the
     same line for f = identity, for f = q^2, q^2 + 2 q (E q - q) + q^2 Var log q, and for
     corr^2, corr^2 + 2 corr (E corr - corr) + Var corr. log q is drawn at E log q, log q plus
-    log_q_correction; weight_grad_q, which has no first-order term, at f(T_inf), labelled as
+    log_q_correction; weight_grad_q with a transform at its first order (it has Var log X); a
+    log companion with a transform, which has no Var of its own, at f(T_inf), labelled as
     infinite width."""
     th = sp.theory(sp.presets.plain(3, "tanh", shape="dense_act"), X0, width=64)
     for var, want in (("q", th.q * (1 + th.q_rel_correction)),
@@ -120,9 +121,12 @@ def test_a_theory_at_a_width_is_drawn_at_its_first_order():
     (line,) = solid_lines(sp.plot(th, var="log_q").axes[0])
     np.testing.assert_allclose(line.get_ydata(), (th.log_q + th.log_q_correction).sel(input=0),
                                rtol=1e-12)
-    fig = sp.plot(th, var="weight_grad_q", transform=lambda x: 2 * x)
+    w, c = (th[k].sel(input=0).values for k in ("weight_grad_q", "weight_grad_q_rel_correction"))
+    (line,) = solid_lines(sp.plot(th, var="weight_grad_q", transform=lambda x: 2 * x).axes[0])
+    np.testing.assert_allclose(line.get_ydata(), 2 * w * (1 + c), rtol=1e-9)
+    fig = sp.plot(th, var="log_weight_grad_q", transform=lambda x: 2 * x)
     (line,) = solid_lines(fig.axes[0])
-    np.testing.assert_array_equal(line.get_ydata(), 2 * th.weight_grad_q.sel(input=0).values)
+    np.testing.assert_array_equal(line.get_ydata(), 2 * th.log_weight_grad_q.sel(input=0).values)
     assert "theory (infinite width)" in [t.get_text() for t in fig.legends[0].get_texts()]
     labels = [t.get_text() for t in sp.plot(th, var="q").legends[0].get_texts()]
     assert "theory (first order at N=64)" in labels, labels

@@ -73,10 +73,11 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     each Monte Carlo seed before the estimator, e.g. ``lambda m: m**2``, ``lambda c: 1 - c``);
     name it with ``ylabel``. A theory from ``sp.theory(..., width=N)`` is drawn at its first
     order in 1/N, E X at width N, or at the Monte Carlo's width (the one drawn) as
-    ``sp.compare`` takes it (q, corr, mean, var, branch_q, grad_q, and E log X for log_q,
-    log_branch_q, log_grad_q; :func:`~sigprop.analysis.compare.first_order`); with a
+    ``sp.compare`` takes it (q, corr, mean, var, branch_q, grad_q, weight_grad_q, and E log X
+    for log_q, log_branch_q, log_grad_q; :func:`~sigprop.analysis.compare.first_order`); with a
     ``transform``, E f(X) = f(x) + f'(x) (E X - x) + f''(x) Var X / 2 where the theory has Var
-    X (mean, q, corr, var, branch_q, grad_q; :func:`~sigprop.analysis.compare.first_order_of`),
+    X (mean, q, corr, var, branch_q, grad_q, weight_grad_q;
+    :func:`~sigprop.analysis.compare.first_order_of`),
     else infinite width, as the legend says (also where an op has no finite-width rule). Its
     spreads (``var="var_log_q"``, var_corr, ...) beside a run of at least 16 seeds are drawn at
     the run's width against the variance across its seeds, the band the variances whose
