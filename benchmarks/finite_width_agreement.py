@@ -11,7 +11,9 @@ issue 16) at B = 2, 3, 4 and four widths, the predicted E log G_0 (``typical_log
 layer 0) against the Monte Carlo mean of log G_0 (input 0) and its standard error, the Monte
 Carlo median, and the infinite-width log E G_0; the offset (MC - predicted) fitted per B as
 c + a/N; (``--part batchnorm-two``) Pre-BN's forward statistics at a batch of two, where
-BatchNorm is a map of the realised Gram.
+BatchNorm is a map of the realised Gram; (``--part batchnorm-two-exact``) the same net's N Var
+log q against its exact law as eps -> 0 (:func:`sigprop.testing.norm_branch_chain`): the
+prediction, the fit over widths, and the Monte Carlo at each width.
 
 Its third (``--part backward``), the input gradient's 1/N coefficient: predicted by the walk of
 a forward tangent against the Monte Carlo slope with exact weights, and the slope under
@@ -221,6 +223,65 @@ def batchnorm_two(seeds=4000, out="benchmarks/RESULTS.md"):
              "as a map of the realised Gram.")
     return _write("Finite width: Pre-BN at a batch of two, predicted vs fitted", out,
                   [intro, "", *rows])
+
+
+CHAIN_WIDTHS = [64, 128, 256, 512, 1024, 2048, 4096]
+CHAIN_FITS = [[64, 128, 256, 512], [128, 256, 512, 1024], [256, 512, 1024, 2048],
+              [512, 1024, 2048, 4096]]
+CHAIN_LAYERS = (1, 2, 4, 6, 7, 8, 12, 16)
+# fresh Monte Carlo runs against the exact law: (root seed, widths, multiple of --seeds)
+CHAIN_MC_RUNS = [(31337, WIDTHS, 32), (4242, [128], 64), (5151, [256], 40)]
+
+
+def batchnorm_two_exact(seeds=4000, samples=10**6, chunks=20, out="benchmarks/RESULTS.md"):
+    """Pre-BN at a batch of two against its exact law as eps -> 0
+    (:func:`sigprop.testing.norm_branch_chain`, depth 16, ``chunks`` x ``samples`` per width):
+    the walk's N Var log q against the fit V + c/N of the exact N Var(N) over each of
+    ``CHAIN_FITS`` (is the fit biased?), and the Monte Carlo's N Var log q at each width
+    (``CHAIN_MC_RUNS``: eps = 1e-5, root seed ``width_root_seed(root, N)``) against the exact
+    law's at that width, no fit. Returns its markdown."""
+    from sigprop.engines import finite_width
+    from sigprop.state.rng import width_root_seed
+    from sigprop.testing import norm_branch_chain_spread, sample_variance
+
+    L, inputs = max(CHAIN_LAYERS), sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")
+    with warnings.catch_warnings():  # (the gradient's NaN: not read here)
+        warnings.simplefilter("ignore", FiniteWidthWarning)
+        pred = {eps: np.asarray(finite_width.coefficients(presets.prebn(L, eps=eps), inputs)[0][
+            "var_log_q"])[:, 0] for eps in (1e-13, 1e-5)}
+    exact = {N: norm_branch_chain_spread(L, N, samples, chunks) for N in CHAIN_WIDTHS}
+    for N, (v, se) in exact.items():
+        print(N, " ".join(f"{a:.4f}±{b:.4f}" for a, b in zip(v, se)), flush=True)
+    rows = ["| layer | predicted (eps -> 0) | predicted (eps = 1e-5) | "
+            + " | ".join(f"fit {w[0]}-{w[-1]} − predicted (z)" for w in CHAIN_FITS) + " |",
+            "|---" * (3 + len(CHAIN_FITS)) + "|"]
+    for l in CHAIN_LAYERS:
+        cells = []
+        for w in CHAIN_FITS:
+            c, se, _, _ = fit_inverse_width(w, [exact[N][0][l] for N in w],
+                                            [exact[N][1][l] for N in w])
+            cells.append(f"{c - pred[1e-13][l]:+.4f} ± {se:.4f} ({(c - pred[1e-13][l]) / se:+.1f})")
+        rows.append(f"| {l} | {pred[1e-13][l]:.4f} | {pred[1e-5][l]:.4f} | " + " | ".join(cells)
+                    + " |")
+        print(rows[-1], flush=True)
+    mc_rows = ["| root | N | seeds | layer | Monte Carlo ± SE | exact ± SE | z |",
+               "|---|---|---|---|---|---|---|"]
+    for root, widths, k in CHAIN_MC_RUNS:
+        for N in widths:
+            mc = sp.simulate(presets.prebn(8), inputs, width=N, seeds=k * seeds, backend="numpy",
+                             dtype="float64", root_seed=width_root_seed(root, N))
+            for l in range(1, 9):
+                v, se = (N * x for x in sample_variance(mc.log_q.values[:, l, 0]))
+                ex, ex_se = exact[N][0][l], exact[N][1][l]
+                mc_rows.append(f"| {root} | {N} | {k * seeds} | {l} | {v:.4f} ± {se:.4f} | "
+                               f"{ex:.4f} ± {ex_se:.4f} | {(v - ex) / math.hypot(se, ex_se):+.2f} |")
+                print(mc_rows[-1], flush=True)
+    intro = (f"`benchmarks/finite_width_agreement.py --part batchnorm-two-exact`: N Var log q of "
+             f"input 0 of `presets.prebn({L})`, Gaussian inputs q = 1, corr = 0.5, B = 2. Exact: "
+             f"`sigprop.testing.norm_branch_chain_spread` ({chunks} x {samples} samples per "
+             "width), the law as eps -> 0. Predicted: `sp.theory(net, inputs, width=N)`.")
+    return _write("Finite width: Pre-BN at a batch of two against its exact law", out,
+                  [intro, "", *rows, "", *mc_rows])
 
 
 BACKWARD = [  # (name, net, inputs, widths); root seed 4048 + N
@@ -758,7 +819,7 @@ def weight_spread(seeds=4000, out="benchmarks/RESULTS.md"):
 
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "batchnorm-two",
-    "backward",
+    "batchnorm-two-exact" (the Monte Carlo at 32-64x ``seeds``), "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
     each), "after-norm", "norm-start", "uniform-mlp", "torch-mlp" (4x each; torch needed),
     "torch-preln" (torch needed), "exact", "weight-grad" (2x) or "weight-spread"."""
@@ -768,6 +829,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         typical(seeds, out)
     if part in ("all", "batchnorm-two"):
         batchnorm_two(seeds, out)
+    if part in ("all", "batchnorm-two-exact"):
+        batchnorm_two_exact(seeds, out=out)
     if part in ("all", "backward"):
         backward(seeds, out)
     if part in ("all", "affine"):
@@ -805,6 +868,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "batchnorm-two",
+                                       "batchnorm-two-exact",
                                        "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
                                        "norm-affine", "after-norm", "norm-start",

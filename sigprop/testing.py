@@ -18,6 +18,8 @@
 * :func:`measure`, :func:`measure_mean_mode`: the first-order finite-width theory against Monte
   Carlo at several widths (fitted 1/N slopes; N Var log q, N Var corr, N Var log var and N Var
   log branch_q; the mean mode's A).
+* :func:`norm_branch_chain`: the exact finite-width law of log q in Pre-LN and in Pre-BN at a
+  batch of two as eps -> 0, a scalar Markov chain (an independent reference for both).
 """
 
 from __future__ import annotations
@@ -393,3 +395,44 @@ def measure_weight_gradient(net: Op, inputs, widths, seeds: int, root_seed: int 
         out.append((float(pred.coef[k].flat[0]), a, se_a, float(pred.var_log_q[k].flat[0]), V,
                     se_V))
     return out
+
+
+def norm_branch_chain(depth: int, width: int, samples: int, rng, gaussian: bool = True):
+    """Samples (samples, depth + 1) of log q of input 0 at layers 0..depth of ``presets.prebn``
+    at a batch of two (``gaussian``: inputs ``law="gaussian"``, q_0 = chi^2_N / N) or of
+    ``presets.preln`` (fixed inputs, q_0 = 1), relu mlp branch at its defaults, alpha = 1, in
+    the limit eps -> 0, exactly at width N. There the norm's output y has a fixed Gram (a batch
+    of two: y = (1, -1) sign d per feature; LayerNorm: |y|^2 / N = 1), so the branch's first
+    Dense draws u ~ N(0, 2) per feature independent of the past, R = |relu u|^2 / N = 2
+    chi^2_K / N with K ~ Bin(N, 1/2), and its last Dense adds g ~ N(0, R) per feature,
+    independent of the stream x: q' = |x + g|^2 / N = q + 2 sqrt(q R / N) Z + R (Z^2 +
+    chi^2_(N-1)) / N (Z: g along x). Input 0's q is a Markov chain of its own, O(1) per layer
+    whatever N."""
+    N = int(width)
+    q = rng.chisquare(N, samples) / N if gaussian else np.ones(samples)
+    out = [np.log(q)]
+    for _ in range(depth):
+        K = rng.binomial(N, 0.5, samples)
+        R = 4 * rng.standard_gamma(K / 2) / N  # 2 chi^2_K / N, chi^2_K = 2 Gamma(K / 2)
+        Z = rng.standard_normal(samples)
+        rest = rng.chisquare(N - 1, samples)
+        q = q + 2 * np.sqrt(q * R / N) * Z + R * (Z * Z + rest) / N
+        out.append(np.log(q))
+    return np.stack(out, 1)
+
+
+def norm_branch_chain_spread(depth: int, width: int, samples: int, chunks: int = 1,
+                             gaussian: bool = True, seed: int = 12345):
+    """N Var log q of :func:`norm_branch_chain` at layers 0..depth and its standard error
+    (each an array of depth + 1): the mean of ``chunks`` unbiased sample variances of
+    ``samples`` each (numpy's generator keyed by (seed, width, gaussian)), the SE of each
+    from its fourth moment."""
+    rng = np.random.default_rng([seed, int(width), int(gaussian)])
+    v, v4 = [], []
+    for _ in range(chunks):
+        lq = norm_branch_chain(depth, width, samples, rng, gaussian)
+        c = lq - lq.mean(0)
+        s2 = (c**2).sum(0) / (samples - 1)
+        v.append(s2)
+        v4.append(((c**4).mean(0) - s2**2 * (samples - 3) / (samples - 1)) / samples)
+    return width * np.mean(v, 0), width * np.sqrt(np.sum(v4, 0)) / chunks
