@@ -57,9 +57,10 @@ output Gram c [[1, -1], [-1, 1]], c = mean_i d_i^2 / (d_i^2 + eps), taken as E a
 of the realised v), with the part of c the realised Gram does not explain (mean and
 variance below sqrt(eps / v) / N) and its output's feature means' spread added as noise of
 their own (exact for Gaussian input features but for two BatchNorms' parts' correlation, left
-out where eps / v <= BN_MAP_RATIO, lost elsewhere); its cross moments with the enclosing residual stream have
-no first-order law, so a residual sum or branch that reads them before a Dense loses the walk
-(:meth:`_Walk._batchnorm`: Pre-BN's branch, BN -> Dense -> ..., is covered).
+out where eps / v <= BN_MAP_RATIO, lost elsewhere); its cross moments with the enclosing
+residual stream have no first-order law, so a residual sum or branch that reads them before a
+Dense loses the walk (:meth:`_Walk._batchnorm`: Pre-BN's branch, BN -> Dense -> ..., is
+covered).
 Ops with no fluctuation rule here (BatchNorm over B > 2 inputs, and in the gradient's walks at
 any B; an activation on any other stream that is not fresh; a varying FeatureAffine on a
 branch's copy of a non-Gaussian stream or on features of unknown cumulants; uniform weights
@@ -1291,9 +1292,10 @@ class _Walk:
         weight_grad_q, whose mean is then the Denses' sum of N^-2 E ||g_D||^2 ||x_D||^2 and
         whose spread holds their covariances through the shared delta (Cov_delta(|A^T
         delta|^2, |B^T delta|^2) = 2 ||A^T B||_F^2 for two parts, t's cross term), x's
-        fluctuation and its coupling to the J_D carried by the walk. At the block's first Dense every t before it is dropped (0 in every frame: a
-        linear map) and t's starting log scale is -log(n_in / N) / 2 (Var t_i = (n_in / N)
-        K_xx); a later one's T x joins in t's units, n_in / N e^(2 t_ls) times K_xx."""
+        fluctuation and its coupling to the J_D carried by the walk. At the block's first Dense
+        every t before it is dropped (0 in every frame: a linear map) and t's starting log
+        scale is -log(n_in / N) / 2 (Var t_i = (n_in / N) K_xx); a later one's T x joins in t's
+        units, n_in / N e^(2 t_ls) times K_xx."""
         first = self.weights_at == 0
         self.weights_at += 1
         if op.init != "normal":
@@ -1382,10 +1384,11 @@ class _Walk:
         joint = (len(self.frames) > 1 and not self.drawn[-1]
                  and not all(_gaussian(c, f) for c, f in zip(self.cumulants, self.frames)))
         if k is None or joint:
+            known = ("4th moments are not known here (behind a residual branch with no Dense or "
+                     "a BatchNorm)" if k is None else
+                     "joint 4th moments with an enclosing residual stream are not Gaussian")
             self.lose(f"{ctx.path}: no finite-width rule for a FeatureAffine with vectors that "
-                      "vary, on features whose " + ("4th moments are not known here (behind a "
-                      "residual branch with no Dense or a BatchNorm)" if k is None else "joint 4th moments with "
-                      "an enclosing residual stream are not Gaussian"))
+                      f"vary, on features whose {known}")
             return
         frames = self.frames
         sel = np.array([1.0, 0.0]) if self.tangent else 1.0  # the rows the shift acts on
@@ -2255,7 +2258,7 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     s0, gaussian, track = inputs.moments(), inputs.law == "gaussian", _tracks_cumulants(net)
     shape = tuple(len(v.values) for v in grid.values())
     rows = [(l, False) for l in want] + ([  # (layer, whether weight_grad_q's); grad's first
-        (l, True) for l in want if l > 0 and _dense_count(blocks[l - 1])] if weights else [])
+        (l, True) for l in want if l > 0 and _has_dense(blocks[l - 1])] if weights else [])
     coef, log_q, var = (np.full((len(rows), *shape, inputs.n), np.nan) for _ in range(3))
     why: dict = {}  # row index -> why its c is NaN (the lowest one's is reported)
     top_width = None  # n_L / N, where a walk reached the top
@@ -2369,13 +2372,9 @@ def gradient_coefficient(net: Op, inputs, layers=(0,), ctx: Context | None = Non
     return tuple(out) if weights else out[0]
 
 
-def _dense_count(op: Op) -> int:
-    """How many Dense ops a walk of ``op`` meets (a Repeat's block n times)."""
-    if isinstance(op, Dense):
-        return 1
-    if isinstance(op, Repeat):
-        return op.n * _dense_count(op.block)
-    return sum(_dense_count(k) for k in op.children())
+def _has_dense(op: Op) -> bool:
+    """Whether ``op`` holds a Dense (weights, so a weight gradient; a Repeat has n >= 1)."""
+    return any(isinstance(k, Dense) for k in op.walk())
 
 
 def _weight_walk(walk: _Walk, l: int, block: Op) -> _Walk:
@@ -3126,7 +3125,7 @@ def _weight_gradient_correction(net: Op, weights, rows, layers, N: float, shape,
     if lost and lost != why:
         blocks = layers_of(net)
         nan = [l for l, row in zip(rows, c)
-               if l > 0 and _dense_count(blocks[l - 1]) and np.isnan(row).any()]
+               if l > 0 and _has_dense(blocks[l - 1]) and np.isnan(row).any()]
         warn(f"{lost}: the weight gradient's correction and spread are NaN at layers {nan}",
              FiniteWidthWarning)
     at = [list(layers).index(l) for l in rows if l in layers]
