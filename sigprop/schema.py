@@ -190,6 +190,11 @@ FINITE_WIDTH_VARIABLES: dict[str, Variable] = {v.name: v for v in (
              "1", "10 |c| (grad_q_rel_correction = c/N): above it |E grad_q / grad_q_inf - 1| < "
              "10 % at first order. NaN where grad_q_rel_correction is",
              backward=True),
+    Variable("valid_width_weight_grad_q", PER_INPUT,
+             "width where the correction to weight_grad_q is 10 %", "1",
+             "10 |c| (weight_grad_q_rel_correction = c/N): above it |E weight_grad_q / "
+             "weight_grad_q_inf - 1| < 10 % at first order. NaN where "
+             "weight_grad_q_rel_correction is", backward=True),
 )}
 ALL_VARIABLES = {**VARIABLES, **FINITE_WIDTH_VARIABLES}  # every variable a dataset may hold
 

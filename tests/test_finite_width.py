@@ -1116,8 +1116,8 @@ def test_matches_the_infinite_width_engine_and_schema():
         if "branch_q" in name:  # NaN where there is no branch (layer 0) and only there
             np.testing.assert_array_equal(np.isnan(ds[name]), np.isnan(ds.log_branch_q))
             continue
-        if name in ("weight_grad_q_rel_correction", "var_log_weight_grad_q"):  # NaN where
-            # there are no weights (layer 0)
+        if name in ("weight_grad_q_rel_correction", "var_log_weight_grad_q",
+                    "valid_width_weight_grad_q"):  # NaN where there are no weights (layer 0)
             np.testing.assert_array_equal(np.isnan(ds[name]), np.isnan(ds.weight_grad_q))
             continue
         assert name in ("grad_q_rel_correction", "typical_log_grad_q", "valid_width_grad_q",
@@ -1140,6 +1140,8 @@ def test_matches_the_infinite_width_engine_and_schema():
     g = fw.gradient_coefficient(net, PAIR, layers=[0, 3])
     np.testing.assert_allclose(ds.grad_q_rel_correction.values, g.coef / 256)
     np.testing.assert_allclose(ds.valid_width_grad_q.values, 10 * np.abs(g.coef))
+    w = fw.gradient_coefficient(net, PAIR, layers=[0, 3], weights=True)[1]
+    np.testing.assert_allclose(ds.valid_width_weight_grad_q.values[1], 10 * np.abs(w.coef[1]))
     np.testing.assert_allclose(ds.var_log_grad_q.values, g.var_log_q / 256)
     # the output: G_L = |delta|^2 / N, E = 1 exactly, Var log = 2/N (to the walk's STEP^2)
     np.testing.assert_allclose(ds.grad_q_rel_correction.values[1], 0, atol=1e-9)
@@ -2827,6 +2829,10 @@ def test_a_mean_over_nets_carried_by_rare_nets_warns():
     assert f"reaches {float(ds.var_log_grad_q.sel(layer=0).max()):.3g} at layer 0" in g
     b, = [m for m in said if "Var log branch_q across nets" in m]
     assert f"reaches {float(ds.var_log_branch_q.sel(layer=100).max()):.3g} at layer 100" in b
+    w, = [m for m in said if "Var log weight_grad_q across nets" in m]  # (it was not warned of)
+    spread = ds.var_log_weight_grad_q.max("input")
+    top = int(spread.layer[int(np.nanargmax(spread.values))])
+    assert f"reaches {float(spread.max()):.3g} at layer {top}" in w
     ds, said = run(4096)
     assert float(ds.var_log_q.max()) < 0.1 and not [m for m in said if "across nets" in m]
 
@@ -2847,11 +2853,41 @@ def test_a_broken_expansion_is_not_called_a_prediction():
     assert any("the first-order correction to q reaches" in m for m in broken)
     assert any("the first-order correction to var reaches" in m for m in broken)  # (= q's)
     assert not [m for m in broken if "Var log q across nets reaches" in m]
+    # (the gradient's broken too, at layer 201, which covers the weight gradient's)
+    assert not [m for m in broken if "weight_grad_q" in m]
     every, ends = said(presets.plain(20), 4), said(presets.plain(20), 4, layers=[0, 20])
     assert any("one draw adds 1.75 to Var log grad_q" in m for m in every)
     assert not [m for m in every if "Var log grad_q across nets reaches" in m]
     assert any("Var log grad_q across nets reaches" in m and "record every layer" in m
                for m in ends)
+    # the weight gradient's spread holds the gradient's (one draw of 1.75: every layer
+    # recorded) and the stream's (one draw at layer 1, seen in either call): no prediction
+    assert not [m for m in every + ends if "Var log weight_grad_q" in m]
+    # saturated tanh (sigma_w 10): features ~ +-1 forward (each draw's v ~ 0.06), phi' spiky
+    # backward (a draw of v ~ 55 at N = 16): the gradient's draw alone is too large
+    saturated = said(sp.Repeat(sp.Serial(sp.Dense(10.0), sp.Act("tanh")), 3), 16)
+    assert any("one draw adds" in m and "to Var log grad_q" in m for m in saturated)
+    assert not [m for m in saturated if "Var log q" in m or "Var log weight_grad_q" in m]
+
+
+def test_a_weight_gradients_correction_as_large_as_its_value_warns():
+    """tanh, depth 300, N = 64: the gradient's own correction (c ~ 29 at layer 201) is below N,
+    the weight gradient's is not: at block 300 its input stream's q is off by A ~ 197 / N (the
+    forward's warning), and weight_grad_q = |g|^2 q there. It is warned of with the number
+    (it was not); valid_width_weight_grad_q is 10 |c|."""
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = sp.theory(presets.plain(300, act="tanh"), PAIR, width=64)
+    said = [str(w.message) for w in rec]
+    assert not [m for m in said if "correction to the gradient grad_q" in m
+                or "correction to the input gradient" in m]
+    c = ds.valid_width_weight_grad_q.max("input") / 10
+    top = int(c.layer[int(np.nanargmax(c.values))])
+    w, = [m for m in said if "correction to the weight gradient" in m]
+    assert (f"weight_grad_q_{top} of block {top} reaches {float(c.max()) / 64:.3g} x its "
+            f"infinite-width value (coefficient c = {float(c.max()):.4g})") in w
+    np.testing.assert_allclose(ds.valid_width_weight_grad_q, 10 * np.abs(
+        ds.weight_grad_q_rel_correction * 64))
 
 
 def test_warnings_name_the_grid_point():

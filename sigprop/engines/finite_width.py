@@ -3008,12 +3008,6 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
              "var": np.abs(coef["var"][layers]), "branch_q": np.abs(coef["branch_q"][layers])}
     computed.update({f"valid_width_{k}": v / VALID_FRACTION for k, v in needs.items()})
     grid = sweeps_of(net)
-    if backward:
-        computed.update(_gradient_corrections(ds, net, inputs, width, lost,
-                                              computed["var_log_q"].shape))
-    out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=tuple(grid)), v)
-                     for k, v in computed.items()})
-    out.attrs["width"] = int(width)
     broken = _warn_invalid(needs, width, grid)
     lost_var = np.isnan(computed["var_rel_correction"]) & ~np.isnan(computed["q_rel_correction"])
     if lost_var.any():
@@ -3025,10 +3019,19 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
              FiniteWidthWarning)
     rows = range(len(coef["var_log_q"]))
     # (a branch's draw starts from its input stream's spread: _warn_spread's ``before``)
+    held = {}  # per statistic: whether its spread is the first-order law's, from small draws
     for name, before in (("q", None), ("branch_q", coef["var_log_q"])):
         v = coef[f"var_log_{name}"]
-        if not _warn_spread(v, rows, width, name, 0, grid, before) and name not in broken:
+        held[name] = not _warn_spread(v, rows, width, name, 0, grid, before) \
+            and name not in broken
+        if held[name]:
             _warn_rare_nets(v, rows, width, name, grid, coef[f"log_{name}"])
+    if backward:
+        computed.update(_gradient_corrections(ds, net, inputs, width, lost,
+                                              computed["var_log_q"].shape, held["q"]))
+    out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=tuple(grid)), v)
+                     for k, v in computed.items()})
+    out.attrs["width"] = int(width)
     return out
 
 
@@ -3072,9 +3075,10 @@ def _resolved(net: Op, inputs, coef: dict, corr_inf, layers):
     return out, (rows, bound, least)
 
 
-def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
+def _gradient_corrections(ds, net, inputs, width, lost, shape, forward_held=True) -> dict:
     """The gradient's finite-width variables of :func:`extend` (``shape``: theirs; ``lost``:
-    where the forward walk stopped), and their warnings."""
+    where the forward walk stopped), and their warnings (``forward_held``: whether Var log q
+    is the first-order law's own, from small draws, which the weight gradient's spread holds)."""
     N, layers, grid = float(width), ds["layer"].values, sweeps_of(net)
 
     def mean_mode(idx):  # A at the grid point of idx (a layer row first), or None
@@ -3102,13 +3106,18 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
     grad[at], valid[at], var[at] = c[got] / N, np.abs(c[got]) / VALID_FRACTION, v[got] / N
     computed = {"valid_width_grad_q": valid, "var_log_grad_q": var}
     L = len(layers_of(net))
+    every = rows == list(range(L + 1))  # (every draw checked only when every layer is recorded)
     broken = _warn_gradient(c, rows, width, mean_mode, grid)
-    if not _warn_spread(v[::-1], rows[::-1], width, "grad_q", L, grid) \
-            and not broken:  # (every draw checked only when every layer is recorded)
-        _warn_rare_nets(v, rows, width, "grad_q", grid, checked=rows == list(range(L + 1)))
+    held = not _warn_spread(v[::-1], rows[::-1], width, "grad_q", L, grid) and not broken
+    if held:
+        _warn_rare_nets(v, rows, width, "grad_q", grid, checked=every)
     computed["grad_q_rel_correction"] = grad
-    computed["weight_grad_q_rel_correction"], computed["var_log_weight_grad_q"] = \
-        _weight_gradient_correction(net, weights, rows, layers, N, shape, why)
+    computed.update(_weight_gradient_correction(net, weights, rows, layers, N, shape, why))
+    # (a broken gradient's warning covers the weights' too; their spread holds the gradient's
+    # and the forward stream's, so it is the law's own prediction where both of those are)
+    if not broken and not _warn_gradient(weights[0], rows, width, mean_mode, grid,
+                                         "weight_grad_q") and held and forward_held:
+        _warn_rare_nets(weights[3], rows, width, "weight_grad_q", grid, checked=every)
     typical = typical_log_grad_q(net, inputs, width)
     if typical is None and any(isinstance(op, BatchNorm) for op in net.walk()):
         warn(f"typical_log_grad_q is NaN: {COVERS}", FiniteWidthWarning)
@@ -3117,10 +3126,11 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape) -> dict:
     return computed
 
 
-def _weight_gradient_correction(net: Op, weights, rows, layers, N: float, shape, why):
-    """(weight_grad_q_rel_correction, var_log_weight_grad_q) (``shape`` each) at the recorded
-    ``layers``: c/N and v/N of ``weights``, the weight rows of :func:`gradient_coefficient`
-    (computed at ``rows``), warned where NaN for a reason other than the gradient's (``why``)."""
+def _weight_gradient_correction(net: Op, weights, rows, layers, N: float, shape, why) -> dict:
+    """weight_grad_q_rel_correction, var_log_weight_grad_q and valid_width_weight_grad_q
+    (``shape`` each) at the recorded ``layers``: c/N, v/N and |c| / 10 % of ``weights``, the
+    weight rows of :func:`gradient_coefficient` (computed at ``rows``), warned where NaN for a
+    reason other than the gradient's (``why``)."""
     c, _, lost, v = weights
     if lost and lost != why:
         blocks = layers_of(net)
@@ -3130,8 +3140,10 @@ def _weight_gradient_correction(net: Op, weights, rows, layers, N: float, shape,
              FiniteWidthWarning)
     at = [list(layers).index(l) for l in rows if l in layers]
     got = [rows.index(l) for l in rows if l in layers]
-    out = np.full(shape, np.nan), np.full(shape, np.nan)
-    out[0][at], out[1][at] = c[got] / N, v[got] / N
+    out = {name: np.full(shape, np.nan) for name in (
+        "weight_grad_q_rel_correction", "var_log_weight_grad_q", "valid_width_weight_grad_q")}
+    for x, value in zip(out.values(), (c / N, v / N, np.abs(c) / VALID_FRACTION)):
+        x[at] = value[got]
     return out
 
 
@@ -3157,11 +3169,11 @@ def _point_text(point: dict) -> str:
     return ", ".join(f"{k} = {v:.10g}" for k, v in point.items())
 
 
-def _warn_gradient(c, rows, width, mean_mode, grid):
+def _warn_gradient(c, rows, width, mean_mode, grid, name="grad_q"):
     """Warn when a gradient's first-order correction c/N (c: per layer of ``rows``, then the
     sweeps of ``grid``) is as large as its leading term; ``mean_mode(idx)``: the closed-form A
-    of a mean-carrying stream's coupling at the grid point of the index idx of c, or None.
-    Whether it warned."""
+    of a mean-carrying stream's coupling at the grid point of the index idx of c, or None;
+    ``name``: grad_q, or weight_grad_q (block l's weights). Whether it warned."""
     size = np.where(np.isnan(c), -np.inf, np.abs(c))
     if not size.size or size.max() < width:
         return False
@@ -3170,7 +3182,9 @@ def _warn_gradient(c, rows, width, mean_mode, grid):
     A = mean_mode(idx)
     why = ("" if A is None else " The stream carries a mean that couples the backward through "
            f"the forward weights (that mode alone, in closed form: A = {float(np.max(A)):.4g}).")
-    what = "the input gradient grad_q_0" if l == 0 else f"the gradient grad_q_{l} at layer {l}"
+    what = ("the input gradient grad_q_0" if (name, l) == ("grad_q", 0) else
+            f"the gradient grad_q_{l} at layer {l}" if name == "grad_q" else
+            f"the weight gradient weight_grad_q_{l} of block {l}")
     warn(
         f"width {width}{_at(grid, [size], idx)}: the first-order correction to "
         f"{what} reaches "
