@@ -12,6 +12,12 @@ E log q_L = log q_L,inf - kappa L / (2N), Var log q_L = kappa L / N. For two inp
 correlation's per-layer bias and variance follow the same way (linear: Olkin-Pratt,
 -c (1 - c^2) / (2N) and (1 - c^2)^2 / N). Checked against sp.theory(width=...)'s
 central-difference engine (sigprop.engines.finite_width.coefficients).
+
+The weight gradient of a linear block x -> W_2 W_1 x (widths N -> rN -> N) on Gaussian inputs,
+from its definition (sigprop.symbolic.finite_width.linear_block_weight_gradient): E W is exact
+and N Var log W = 4 + 2 (sigma_2^4 + r^2 sigma_1^4) / (r (sigma_2^2 + r sigma_1^2)^2), the two
+Denses' terms correlated through the shared input and output cotangent. Checked against the
+engine's tangent walk (sigprop.engines.finite_width.gradient_coefficient, weights=True).
 """
 
 import sys
@@ -33,6 +39,8 @@ TOL = 1e-5  # the engine's central differences: truncation STEP^2 = 1e-6 relativ
 # (polar rule, 1e-12) and mpmath's integral are far below. Errors are |symbolic - engine| /
 # max(|a|, |v|, 1): the corr bias is a small difference of O(v) terms.
 KNOWN = {"relu": 5, "linear": 2}  # kappa: Hanin & Nica (relu), the Wishart chi^2 (linear)
+BLOCKS = [(1.0, 1.0, 1.0, 1.0), (1.0, 1.3, 2.0, 1.2), (0.7, 1.1, 0.5, 0.8)]  # sigma_1, sigma_2,
+# r, q_a of the linear blocks whose weight gradient is checked against the engine
 
 
 def engine_rows(act, s1, inputs):
@@ -111,7 +119,33 @@ def derive(slow=False, quick=False):
                           for s, e in zip(sym, eng) for i in (0, 1) if np.isfinite(e[stat][i]))
                 d.check(f"{act}, sigma_1 = {s1}: {stat} corrections vs the engine "
                         f"({DEPTH} layers)", err, TOL)
+    weight_gradient(d)
     return d
+
+
+def weight_gradient(d):
+    """The linear block's weight gradient: N Var log W in closed form, E W exact, against the
+    engine's walk of t = J_2 T_2 h + J_1 T_1 x at the points of BLOCKS."""
+    a, v = F.linear_block_weight_gradient()
+    d.equation("linear_block_weight_var", sympy.Symbol(r"N\,\mathrm{Var}\log W"),
+               4 + sympy.factor(v - 4),
+               "weight_grad_q W of one block x -> W_2 W_1 x (widths N -> rN -> N, r = ratio) "
+               "on Gaussian inputs, its two Denses' terms correlated through x and delta")
+    d.check_true("linear block: E log W = log W_inf - Var log W / 2 (E W exact)",
+                 S.is_zero(a + v / 2), str(a))
+    d.check_true("linear block: N Var log W of one Dense's term alone is 4 + 2 / r",
+                 S.is_zero(v.subs(S.SIGMA_2, 0) - 4 - 2 / S.RATIO), str(v.subs(S.SIGMA_2, 0)))
+    errors = []
+    for s1, s2, r, q0 in BLOCKS:
+        block = sp.Residual(sp.Serial(sp.Dense(s1, ratio=r), sp.Dense(s2, ratio=1 / r)),
+                            beta=0.0)
+        got = fw.gradient_coefficient(sp.Serial(block), sp.Inputs(q=q0, law="gaussian"),
+                                      layers=[1], weights=True)[1]
+        want = float(v.subs({S.SIGMA_1: s1, S.SIGMA_2: s2, S.RATIO: r}))
+        errors += [abs(float(got.var_log_q.ravel()[0]) - want) / want,
+                   abs(float(got.coef.ravel()[0]))]  # (E W exact: the engine's c is 0)
+    d.check(f"linear block: N Var log W and E W vs the engine ({len(BLOCKS)} blocks)",
+            max(errors), TOL)
 
 
 if __name__ == "__main__":

@@ -42,7 +42,7 @@ from sigprop.ops import Act, Dense, Op, Serial
 from sigprop.state.moments import GENERAL, Moments, true_moments
 from sigprop.state.ns import SYMBOLIC
 from sigprop.state.params import Context
-from sigprop.symbolic.symbols import C_AB, Q_A, Q_B
+from sigprop.symbolic.symbols import C_AB, Q_A, Q_B, RATIO, SIGMA_1, SIGMA_2
 from sigprop.symbolic.timeouts import simplify
 
 K_AB = sympy.Symbol("k_ab", real=True)  # the off-diagonal Gram entry c_ab sqrt(q_a q_b)
@@ -231,6 +231,27 @@ def in_log_coordinates(law: LayerLaw):
     y = sympy.Symbol("y", positive=True)
     a1, v1 = statistic(sympy.log(y), (y,), b1, C1)
     return (a, v), tuple(simplify(e.subs(y, law.F[0])) for e in (a1, v1))
+
+
+def linear_block_weight_gradient():
+    """(a, v) of log weight_grad_q for one block x -> W_2 W_1 x (widths N -> rN -> N, r =
+    :data:`~sigprop.symbolic.symbols.RATIO`; weight variances sigma_1^2 / N and sigma_2^2 /
+    (rN)) on Gaussian inputs x ~ N(0, q_a I) with an output cotangent delta ~ N(0, I): E log W =
+    log W_inf + a/N, Var log W = v/N. The model, written from the definition (not from the
+    engine's tangent walk): N^2 W = ||delta||^2 ||W_1 x||^2 + ||W_2^T delta||^2 ||x||^2 = N^2 A C
+    (r sigma_1^2 (1 + e_1) + sigma_2^2 (1 + e_2)), with A = |x|^2 / N, C = |delta|^2 / N, e_1 =
+    |W_1 x|^2 / (r sigma_1^2 N A) - 1 (chi^2_rN / rN - 1 given x), e_2 = |W_2^T delta|^2 /
+    (sigma_2^2 N C) - 1 (given delta): independent, of means q_a, 1, 0, 0 and N Cov diag(2
+    q_a^2, 2, 2 / r, 2 / r). The two Denses' terms share A and C, so their covariance is in v."""
+    A, C, e1, e2 = z = sympy.symbols("A C e_1 e_2", real=True)
+    r, s1, s2 = RATIO, SIGMA_1, SIGMA_2
+    log_w = sympy.log(A * C * (r * s1**2 * (1 + e1) + s2**2 * (1 + e2)))
+    at = {A: Q_A, C: 1, e1: 0, e2: 0}
+    cov = sympy.diag(2 * Q_A**2, 2, 2 / r, 2 / r)
+    X = sympy.Matrix(z)
+    a, v = delta_statistic(sympy.Matrix([log_w]).jacobian(X).subs(at),
+                           sympy.hessian(log_w, X).subs(at), sympy.zeros(4, 1), cov)
+    return simplify(a), simplify(v)
 
 
 def iterate(law: LayerLaw, values: dict, x0, depth: int):
