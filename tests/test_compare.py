@@ -1323,3 +1323,27 @@ def test_stacking_runs_of_unknown_root_seed_does_not_warn():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         stack_widths(runs)
+
+
+def test_a_batchnorm_theory_at_a_width_is_compared_by_its_typical_log_grad_q():
+    """A BatchNorm net's gradient has no 1/N term (grad_q_rel_correction NaN); its theory at
+    width N gives E log grad_q there as ``typical_log_grad_q``, and the BatchNorm warning points
+    to it. ``estimator="logmean"`` at that N compares with it, not with the infinite-width log
+    grad_q (the mean carried by features no practical width holds: z ~ 17 at this net); at
+    another width it is compared with T_inf, and the result says why."""
+    net = sp.presets.prebn(depth=3, act="relu")
+    x = sp.Inputs(q=[1.0, 2.25], corr=0.5, law="gaussian")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", sp.FiniteWidthWarning)
+        th = sp.theory(net, x, width=64)
+        wide = sp.theory(net, x, width=128)
+    mc = sp.simulate(net, x, width=64, seeds=16, root_seed=3)
+    cmp = compare(th, mc, ["grad_q"], estimator="logmean")
+    np.testing.assert_allclose(cmp.grad_q.sel(stat="theory").values,
+                               th.typical_log_grad_q.values, rtol=1e-12)
+    assert float(abs(cmp.grad_q.sel(stat="z")).max()) < 4
+    assert "typical_log_grad_q" in cmp.attrs["typical_grad_q"]
+    other = compare(wide, mc, ["grad_q"], estimator="logmean")
+    np.testing.assert_allclose(other.grad_q.sel(stat="theory").values,
+                               wide.log_grad_q.values, rtol=1e-12)
+    assert "run sp.theory(..., width=64)" in other.attrs["typical_not_used_grad_q"]

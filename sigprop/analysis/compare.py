@@ -31,7 +31,9 @@ its first-order prediction at N, T_inf + a/N (its a/W times W/N; :func:`first_or
 mean, var, branch_q, grad_q and weight_grad_q, on the estimator's scale; not under ``median``,
 whose offset
 from the mean of a log is itself O(1/N), by log X's skewness), and otherwise nothing is
-allowed beyond the standard error; the attrs say which. With several widths such a theory's a
+allowed beyond the standard error; the attrs say which. Where the expansion has no term (a
+BatchNorm's gradient) and the run is at the theory's own width, ``logmean`` compares grad_q
+with the theory's E log grad_q at that width, ``typical_log_grad_q`` (:data:`TYPICAL`). With several widths such a theory's a
 is reported beside the fitted one (stat ``a_theory``, NaN where it has none).
 
 Spreads. A theory at a width predicts the spread across nets (``var_log_q``, ``var_corr``,
@@ -125,6 +127,8 @@ FIRST_ORDER = {  # the variables of sp.theory(..., width=N) each compared variab
     "weight_grad_q": ("weight_grad_q_rel_correction", "var_log_weight_grad_q"),
     "corr": ("corr_correction",), "mean": ("mean_correction",),
     "var": ("var_rel_correction", "var_log_var")}
+TYPICAL = {"grad_q": "typical_log_grad_q"}  # E log X at the theory's width N itself (BatchNorm
+# nets, where the 1/N expansion has no term): the logmean estimator's value there, at N only
 SPREADS = {  # a spread of sp.theory(..., width=N): the variable X it is Var X or Var log X of
     "var_log_q": ("q", True), "var_corr": ("corr", False), "var_mean": ("mean", False),
     "var_log_var": ("var", True), "var_log_branch_q": ("branch_q", True),
@@ -575,6 +579,9 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     comparable.
     ``variables`` may also name spreads of a theory at a width (:data:`SPREADS`: var_log_q,
     var_corr, ...), compared with the run's variance across seeds (:func:`_compare_spreads`).
+    A BatchNorm net's theory at the run's width compares grad_q under ``estimator="logmean"``
+    with its ``typical_log_grad_q`` (E log grad_q at that width), where the 1/N expansion has
+    no term.
     """
     for role, ds in (("theory", theory), ("mc", mc)):
         if not isinstance(ds, xr.Dataset):
@@ -645,6 +652,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                           f", or a spread of a theory at a width ({tuple(SPREADS)})"
                           + (f" (skipped: {skipped})" if skipped else ""))
     terms = [v for name in names for v in FIRST_ORDER.get(name, ()) if v in theory]
+    terms += [v for name in names if TYPICAL.get(name) in theory
+              for v in (TYPICAL[name], schema.LOG_NAME[name]) if v in theory and v not in terms]
     mc_width = one_width(mc)
     if "width" in mc.coords and "width" not in mc.dims:  # (a stack cut to one width: read)
         mc = mc.drop_vars("width")
@@ -667,6 +676,15 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         samples = mc[name] if est_name == "mean" else _log(mc[name]) if log is None else log
         zeros = xr.zeros_like(est, bool) if est_name == "mean" else _zero_seeds(samples)
         term = first_order(th, name, est_name, mc_width or 1)
+        if _typical_used(th, name, est_name, mc_width):
+            attrs[f"typical_{name}"] = (
+                f"E log {name} at N = {mc_width} is the theory's {TYPICAL[name]} where its 1/N "
+                "expansion has no term (a BatchNorm)")
+        elif _typical_elsewhere(th, name, est_name, mc_width):
+            attrs[f"typical_not_used_{name}"] = (
+                f"{TYPICAL[name]} is E log {name} at the theory's width "
+                f"{theory.attrs['width']} itself, not a 1/N term to carry to the run's width "
+                f"{mc_width}: compared with T_inf; run sp.theory(..., width={mc_width})")
         if term is not None and name in BACKWARD_VARIABLES and independent:
             term = None  # (the theory's term is the exact weights' coupling, which it drops)
             attrs[f"first_order_missing_{name}"] = (
@@ -1026,7 +1044,31 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
         term = term - theory[needs[1]] / 2
     elif name in ("q", "branch_q", "var", "grad_q", "weight_grad_q") and est_name == "mean":
         term = theory[name] * term
-    return term * (float(W) / width)
+    term = term * (float(W) / width)
+    if est_name == "logmean" and TYPICAL.get(name) in theory and int(W) == int(width):
+        # where the expansion has no term (a BatchNorm), E log X at N itself: typical_log_grad_q
+        log = theory[schema.LOG_NAME[name]] if schema.LOG_NAME[name] in theory \
+            else _log(theory[name])
+        term = term.where(term.notnull(), theory[TYPICAL[name]] - log)
+    return term
+
+
+def _typical_used(theory: xr.Dataset, name: str, est_name: str, width) -> bool:
+    """Whether :func:`first_order` reads the theory's E log X at its own width (``TYPICAL``)
+    at some point: the run is at that width and the expansion has no term there."""
+    W = theory.attrs.get("width")
+    if est_name != "logmean" or W is None or not width or int(W) != int(width) \
+            or TYPICAL.get(name) not in theory or FIRST_ORDER[name][0] not in theory:
+        return False
+    return bool((theory[FIRST_ORDER[name][0]].isnull() & theory[TYPICAL[name]].notnull()).any())
+
+
+def _typical_elsewhere(theory: xr.Dataset, name: str, est_name: str, width) -> bool:
+    """Whether the theory's E log X at its own width (``TYPICAL``) has values that
+    :func:`first_order` leaves out because the run is at another width."""
+    W = theory.attrs.get("width")
+    return (est_name == "logmean" and W is not None and bool(width) and int(W) != int(width)
+            and TYPICAL.get(name) in theory and bool(theory[TYPICAL[name]].notnull().any()))
 
 
 def first_order_of(theory: xr.Dataset, name: str, f, width: int):
@@ -1487,6 +1529,8 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
             console.print(f"[red]{key.removeprefix('not_comparable_')}[/]: {why}")
         if key.startswith("skipped_"):
             console.print(f"[yellow]{key.removeprefix('skipped_')} not compared[/]: {why}")
+        if key.startswith("typical_"):  # (each names its variable)
+            console.print(why)
     if "left_out" in cmp.attrs:
         console.print(f"[yellow]{cmp.attrs['left_out']}[/]")
     console.print("flag: DISAGREE when the rate of |z| > threshold exceeds the nominal "

@@ -3732,6 +3732,7 @@ def warn_unreachable(bns, B, width=None, grid=None, typical=lambda: False, share
             f"width ~{need:.3g}. Compare "
             "typical values (medians, E log) at practical widths, not the mean: "
             + ("sp.theory(net, inputs, width=N) gives E log grad_q as typical_log_grad_q."
+               " (sp.compare(theory, mc, estimator='logmean') compares it at that N)"
                if typical() else "by Monte Carlo (sp.simulate); typical_log_grad_q does not "
                f"cover this net ({COVERS})."),
             FiniteWidthWarning)
