@@ -220,3 +220,15 @@ def test_fuzzed_cli_arguments_never_give_a_traceback(good, tmp_path, args):
         assert result.exit_code in (0, 1, 2), result.output
         assert result.exception is None or isinstance(result.exception, SystemExit), \
             (args, repr(result.exception))
+
+
+def test_a_swapped_compare_says_pass_the_theory_first():
+    """sp.compare(mc, theory), the arguments swapped, said that the second (the theory) had no
+    seed dim, as though the run were the wrong one; it says to pass the theory first."""
+    net, x = sp.presets.preln(2), sp.Inputs(q=1.0, n=1)
+    th, mc = sp.theory(net, x), sp.simulate(net, x, width=8, seeds=2)
+    with pytest.raises(sp.ConfigError, match="pass theory first") as err:
+        sp.compare(mc, th)
+    assert err.value.field == "theory dims"
+    with pytest.raises(sp.ConfigError, match="with a 'seed' dim"):
+        sp.compare(th, th)

@@ -587,10 +587,10 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         if not isinstance(ds, xr.Dataset):
             raise ConfigError(role, type(ds).__name__, "an xarray.Dataset (sp.theory, "
                               "sp.simulate or sp.load)")
+    if "seed" in theory.dims:  # (first: a swapped pair is told so, not that mc has no seed)
+        raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
     if "seed" not in mc.dims:
         raise ConfigError("mc dims", tuple(mc.dims), "a Monte Carlo dataset with a 'seed' dim")
-    if "seed" in theory.dims:
-        raise ConfigError("theory dims", tuple(theory.dims), "no 'seed' dim (pass theory first)")
     check_role(theory, "theory")
     check_role(mc, "mc")
     if estimator not in ESTIMATORS:
