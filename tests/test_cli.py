@@ -189,6 +189,15 @@ def test_derive_and_bench_commands_exist():
         assert r.exit_code == 0, (cmd, r.output)
 
 
+def test_the_theory_command_is_not_listed_as_infinite_width_only():
+    """`sigprop --help` listed `theory` as "Infinite-width theory of every case", though its
+    --width N adds the finite-width corrections and spreads."""
+    listing = " ".join(invoke("--help").output.split())
+    assert "Infinite-width theory" not in listing and "--width N" in listing, listing
+    r = invoke("theory", "--help")
+    assert "--width" in r.output and "spreads" in " ".join(r.output.split()), r.output
+
+
 def test_cli_starts_without_heavy_modules():
     """`sigprop --help`/`--version` must start fast: importing the CLI (and so sigprop's
     __init__, which the console script imports first) loads none of the heavy libraries."""

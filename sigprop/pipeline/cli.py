@@ -93,9 +93,10 @@ def theory(sim: SimPath, output: Output, profile: Profile = "quick",
            backward: Annotated[bool, typer.Option(
                "--backward/--forward-only", help="--forward-only: the forward pass alone, no "
                "gradient variables (sp.theory(..., backward=False))")] = True):
-    """Infinite-width theory of every case of a sim -> one Dataset (kind=theory).
+    """Theory of every case of a sim -> one Dataset (kind=theory); --width N adds its 1/N terms.
 
-    Finite-width warnings (sigprop.errors.FiniteWidthWarning) are printed as yellow lines."""
+    Infinite width, or with --width N also the first-order corrections and the spreads across
+    nets at N (sp.theory(..., width=N)). Finite-width warnings (sigprop.errors.FiniteWidthWarning) are printed as yellow lines."""
     from sigprop.data import check_output, unsupported_of
     from sigprop.engines.theory import check_engine
     from sigprop.pipeline.config import Sim
