@@ -554,3 +554,21 @@ def test_monte_carlo_points_and_seeds_lost_to_nan_are_named():
         warnings.simplefilter("always")  # both, no point lost)
         sp.plot(th, sp.simulate(net, x0, 64, 8), var="weight_grad_q")
     assert not [w for w in said if "Monte Carlo:" in str(w.message)]
+
+
+def test_a_long_default_ylabel_is_wrapped_inside_the_figure():
+    """The default y label, '<long name> (<var>)', ran past the figure's top and bottom for 22
+    variables of a theory at a width (weight_grad_q_rel_correction's 681 px on a 405 px
+    figure); it is wrapped to the panel. A label the caller gives is left as given."""
+    th = sp.theory(sp.presets.preln(2), sp.Inputs(q=1.0, n=1), width=64)
+    for var in ("weight_grad_q_rel_correction", "var_log_weight_grad_q", "weight_grad_q"):
+        fig = sp.plot(th, var=var)
+        fig.canvas.draw()
+        label = fig.axes[0].yaxis.label
+        box = label.get_window_extent(fig.canvas.get_renderer())
+        assert 0 <= box.y0 and box.y1 <= fig.bbox.height, (var, box, fig.bbox)
+        assert " ".join(label.get_text().split()).endswith(f"({var})")
+        plt.close(fig)
+    fig = sp.plot(th, var="weight_grad_q", ylabel="a label of my own, as long as it may be")
+    assert fig.axes[0].get_ylabel() == "a label of my own, as long as it may be"
+    plt.close(fig)

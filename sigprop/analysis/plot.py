@@ -12,6 +12,7 @@ is another dim, the widest Monte Carlo ``width``.
 
 from __future__ import annotations
 
+import textwrap
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
@@ -530,11 +531,30 @@ def _style_axes(axes, var, x, xscale, yscale, sharey, das, style) -> None:
         panel.set_xlabel(style["xlabel"] or ("layer $\\ell$" if x == "layer" else x))
         spec = panel.get_subplotspec()  # a grid of panels made here: labels on its left side
         if style["given_ax"] or spec is None or spec.is_first_col():
-            panel.set_ylabel(style["ylabel"] or f"{long_name} ({var})")
+            if style["ylabel"]:
+                panel.set_ylabel(style["ylabel"])
+            else:
+                _fit_ylabel(panel, f"{long_name} ({var})")
     if log_y and sharey:  # the limits of every panel's data, not the last panel's
         lims = np.array([panel.get_ylim() for panel in axes])
         for panel in axes:
             panel.set_ylim(lims[:, 0].min(), lims[:, 1].max())
+
+
+def _fit_ylabel(panel, text: str, room: float = 0.85) -> None:
+    """``text`` as the panel's y label, wrapped into lines that fit ``room`` of the panel's
+    height (a long default label, as 'first-order relative correction to E weight_grad_q
+    (weight_grad_q_rel_correction)', ran past the figure's top and bottom)."""
+    label = panel.set_ylabel(text)
+    try:
+        renderer = panel.figure.canvas.get_renderer()
+    except AttributeError:  # (a canvas that cannot measure text: left as it is)
+        return
+    height = panel.get_position().height * panel.figure.bbox.height * room
+    long = label.get_window_extent(renderer).height
+    if long > height > 0:
+        chars = max(12, int(len(text) * height / long))
+        panel.set_ylabel("\n".join(textwrap.wrap(text, chars)))
 
 
 def _legend(where, axes, mc, fixed, estimators, ncol: int, theory: str) -> None:
