@@ -1444,10 +1444,12 @@ def test_batchnorm_warning_is_at_the_width_asked_for():
     # a bad width is refused before the warning quotes it (a ZeroDivisionError, a TypeError,
     # or a warning of 'a net of width -1' before the error)
     for bad in (0, -1, 1.5, True, "64"):
-        with warnings.catch_warnings():
-            warnings.simplefilter("error")
-            with pytest.raises(ConfigError, match="width"):
-                sp.theory(bn_net(2), PAIR, width=bad)
+        for inputs in (PAIR, GAUSSIAN_PAIR):  # (Gaussian inputs need no room: width=True, were
+            # it taken as an integer, would run at width 1; fixed ones are refused below B + 1)
+            with warnings.catch_warnings():
+                warnings.simplefilter("error")
+                with pytest.raises(ConfigError, match="width"):
+                    sp.theory(bn_net(2), inputs, width=bad)
 
 
 def test_batchnorm_warning_weighs_each_batchnorm_by_its_share_of_the_gradient():
@@ -1570,11 +1572,97 @@ def test_batchnorm_reach_is_monotone_in_eps_and_width():
                                rtol=1e-9)  # (two quadratures, each to ~1e-12)
 
 
+def test_batchnorm_warning_quotes_the_missed_share_and_the_width_by_hand():
+    """One Dense(1) -> BatchNorm(eps) -> relu at B = 2 (inputs q = 1, corr = 0.5): the
+    BatchNorm's input Gram is the inputs', batch variance v = lam x / 2 with x ~ chi^2_1 and
+    lam = (S11 + S22) / 2 - S12 = 1/2. A net of N features misses the part of E[1/(v + eps)]
+    carried below x's 1/N quantile, and reaches it within 10 % (one BatchNorm, share 1) at the n
+    where that part is 10 %: both by quadrature in x (apart from the engine's, in log v), to
+    ~1e-9, against the 3 digits the warning prints. It warns at widths below that n only."""
+    lam, eps, law = 0.5, 1e-5, stats.chi2(1)
+
+    def part(lo, hi):
+        return integrate.quad(lambda x: law.pdf(x) / (lam * x / 2 + eps), lo, hi,
+                              points=[2 * eps / lam] if lo < 2 * eps / lam < hi < 1 else None,
+                              limit=500, epsabs=0, epsrel=1e-12)[0]
+
+    total = part(0, 1) + part(1, np.inf)
+
+    def missed(n):
+        return part(0, law.ppf(1 / n)) / total
+
+    need = math.exp(optimize.brentq(lambda z: missed(math.exp(z)) - 0.1, 0.0, 50.0, xtol=1e-12))
+    net = sp.Repeat(sp.Serial(sp.Dense(1.0), sp.BatchNorm(eps=eps), sp.Act("relu")), 1)
+
+    def said(width):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            sp.theory(net, GAUSSIAN_PAIR, width=width)
+        return [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+
+    assert 256 < need < 4096
+    warned, = said(256)
+    assert f"a net of width 256 misses {100 * missed(256):.3g} % of it per BatchNorm" in warned
+    assert f"within 10 % over 1 BatchNorm needs width ~{need:.3g}." in warned
+    assert len(said(int(need) - 5)) == 1 and said(int(need) + 5) == []  # (warned up to need)
+
+
+def test_batchnorm_reach_far_in_the_tail_is_its_closed_form():
+    """B = 2, eps' = 2 eps / lam -> 0: with x ~ chi^2_1 (v = lam x / 2), E[1/(x + eps')] is
+    pi / sqrt(eps') to O(1) and the part below x's quantile X ~ eps' is (2 / sqrt(eps'))
+    arctan(sqrt(X / eps')) (1 + O(X)) (the chi^2_1 density x^(-1/2) e^(-x/2) / sqrt(2 pi) with
+    e^(-x/2) = 1 - O(X)): a net misses 10 % where X = eps' tan^2(pi / 20), so it needs width
+    n = 1 / F(X), F the chi^2_1 cdf, to relative O(sqrt(eps')) (<= 2e-9 here; allowed 1e-6).
+    Its quadrature in log v started 80 e-folds below the batch variance's scale whatever eps:
+    at eps / lam = 1e-30 the reach came out 1.2 % low, and 2.7e17 at any eps / lam below ~1e-40
+    (the part of E[1/s^2] below that start, all of it near eps, was left out): 4e30 at 1e-60,
+    and past e^200 (inf) at 1e-200."""
+    S, lam = np.array([[1.0, 0.5], [0.5, 1.0]]), 0.5
+    for eps in (1e-18, 1e-30, 1e-60, 1e-80):
+        X = 2 * eps / lam * math.tan(math.pi / 20) ** 2
+        np.testing.assert_allclose(fw.batchnorm_reach(S, eps, 2, 1)[0],
+                                   1 / stats.chi2(1).cdf(X), rtol=1e-6)
+    assert fw.batchnorm_reach(S, 1e-200, 2, 1)[0] == math.inf  # (n ~ 1e100 > e^200)
+
+
 def test_first_order_breakdown_warns():
     """At N below the coefficient A the correction exceeds the leading term: a warning with A."""
     with pytest.warns(fw.FiniteWidthWarning, match=r"coefficient A = [\d.]+"):
         sp.theory(presets.plain(8, "tanh", shape="dense_act"),  # (Gaussian: at width 2)
                   sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian"), width=2)
+
+
+def test_a_breakdown_warning_quotes_its_worst_point_and_the_width_of_10_percent():
+    """The breakdown warnings quote the largest coefficient (not another layer's), the ratio it
+    gives at N and the width where the correction is 10 % of the leading term (N = 10 A). A
+    linear net's corr: E corr_l = rho - l rho (1 - rho^2) / (2N) (Olkin & Pratt, per layer), so
+    A = l rho (1 - rho^2) / 2 / max(|rho|, 0.1) = 0.375 l at rho = 0.5, largest at the top: A =
+    6 at L = 16, N = 4 (1.5 x; 10 % at N = 60; the engine's coefficient is this to 1e-5). The
+    gradient's: a LayerNorm below Post-LN lowers the input gradient's coefficient (8 against 8.5
+    at layer 1), so the worst is grad_q_1, which the warning names with the dataset's c there."""
+    rho, L, N = 0.5, 16, 4
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = sp.theory(presets.plain(L, "linear", shape="dense_act"),
+                       sp.Inputs(q=1.0, corr=rho, n=2), width=N)
+    np.testing.assert_allclose(ds.valid_width_corr.values[:, 0, 1],
+                               10 * np.arange(L + 1) * rho * (1 - rho**2) / 2 / rho,
+                               rtol=1e-5, atol=1e-8)
+    corr, = [str(w.message) for w in rec if "correction to corr" in str(w.message)]
+    assert (f"width {N}: the first-order correction to corr reaches 1.5 x its infinite-width "
+            "value (or 0.1 where |corr| is smaller) (coefficient A = 6); the 1/N expansion holds "
+            "only for N >> A (10 % at N = 60)") in corr
+    net, N = sp.Serial(sp.LayerNorm(), presets.postln(8)), 8
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = sp.theory(net, PAIR, width=N)
+    c = N * np.abs(ds.grad_q_rel_correction.values).max(axis=-1)  # per layer
+    worst = int(np.argmax(c))
+    assert worst == 1 and c[1] > c[0] + 0.4  # (8.5 against 8)
+    grad, = [str(w.message) for w in rec if "correction to the gradient" in str(w.message)]
+    assert (f"width {N}: the first-order correction to the gradient grad_q_1 at layer 1 reaches "
+            f"{c[1] / N:.3g} x its infinite-width value (coefficient c = {c[1]:.4g}); the 1/N "
+            f"expansion holds only for N >> c (10 % at N = {10 * c[1]:.4g}).") in grad
 
 
 def test_a_correlation_crossing_zero_warns_only_where_its_correction_is_large():
@@ -1634,7 +1722,8 @@ def test_a_draw_of_order_one_spread_warns():
     # the gradient's top draw, |delta|^2 over N / 64 features: v = 2 / (1/64) = 128 at layer 3
     # (it was never checked), the forward's Dense of ratio 1/64 likewise
     with pytest.warns(fw.FiniteWidthWarning, match=r"width 64: one draw adds 2 to Var log "
-                      "grad_q .*layer 3: v = 128"):
+                      r"grad_q .*layer 3: v = 128, Var = v / N\), so grad_q varies by a factor "
+                      r"of about 4\.11 from net"):  # (e^sd, sd = sqrt(2): 4.113)
         sp.theory(sp.Serial(sp.Dense(1.0), sp.Act("relu"), sp.Dense(1.0, ratio=1 / 64)), one,
                   width=64)
     # the gradient's: tanh at q = 1000 gates its features to a few, ~2.8 added by one layer
@@ -1959,6 +2048,24 @@ def test_mean_mode_note_at_the_warned_grid_point():
     other = sp.ops.at_point(net, {"w": 2.0**0.5})
     assert f"{fw.mean_mode_coefficient(other, sp.theory(other, sp.Inputs(q=1.0)))[0]:.4g}" \
         not in said
+
+
+def test_mean_mode_note_is_the_worst_inputs_at_any_recorded_layers():
+    """The note quotes the closed-form A of the input whose correction it quotes (two inputs of
+    means 0.2 and 0.8: the second's c and A are the larger), and is the same with only layer 0
+    recorded (the closed form needs every layer's laws: the theory runs again for them)."""
+    net = presets.resnet(8, "relu", alpha=1.0, shape="dense_act")
+    x = sp.Inputs(q=[1.0, 1.0], corr=0.5, mean=[0.2, 0.8])
+    A = fw.mean_mode_coefficient(net, sp.theory(net, x))
+    assert A[1] > 1.1 * A[0]
+    for layers in (None, [0]):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            ds = sp.theory(net, x, width=32, layers=layers)
+        c = 32 * ds.grad_q_rel_correction.sel(layer=0).values
+        assert c[1] > c[0]
+        said, = [str(r.message) for r in rec if "carries a mean" in str(r.message)]
+        assert f"(coefficient c = {c[1]:.4g})" in said and f"A = {A[1]:.4g})" in said, said
 
 
 def test_mean_mode_only_where_the_stream_carries_a_mean():
@@ -2763,8 +2870,11 @@ def test_gradient_where_the_stream_is_narrower_than_the_input():
 
 def test_gradient_warning_where_the_correction_is_the_leading_term():
     """Post-LN, depth 32: c ~ 38, so at N = 16 the input gradient's expansion has broken down."""
-    with pytest.warns(fw.FiniteWidthWarning, match=r"input gradient grad_q_0.*c = [\d.]+"):
-        sp.theory(presets.postln(32), PAIR, width=16)
+    with pytest.warns(fw.FiniteWidthWarning, match=r"input gradient grad_q_0.*c = [\d.]+") as rec:
+        ds = sp.theory(presets.postln(32), PAIR, width=16)
+    # its spread, Var log grad_q = 10 > 1, is no prediction where the expansion broke: not said
+    assert float(ds.var_log_grad_q.max()) > 1
+    assert not [r for r in rec if "Var log grad_q across nets" in str(r.message)]
     # a stream with a mean: c = 37 >= N = 32 > A = 28.7 (the mean mode's closed form alone)
     with pytest.warns(fw.FiniteWidthWarning, match=r"c = 37\.\d.*A = 28\.\d"):
         sp.theory(presets.resnet(8, "relu", alpha=1.0, shape="dense_act"), sp.Inputs(q=1.0),
@@ -2783,6 +2893,30 @@ def test_tangent_at_any_scale():
     np.testing.assert_allclose(post[1], post[0], rtol=1e-6)
 
 
+def test_a_gradient_lost_at_points_the_forward_walk_holds_is_said():
+    """Pre-BN at B = 2 over eps = 1e-5 and 1: the forward walk holds at eps = 1e-5 (BatchNorm's
+    map of the realised Gram) and stops at eps = 1 (eps / v past BN_MAP_RATIO); the gradient's
+    walks have no BatchNorm rule at either point. The forward warning names its one point, so
+    the gradient's NaN at the other is said too (once: the weight gradient's, NaN for the same
+    reason, is not said again); and var_rel_correction, NaN with the walk, is not blamed on a
+    stream its mean carries."""
+    net = presets.prebn(2, eps=sp.sweep("eps", [1e-5, 1.0]))
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = sp.theory(net, GAUSSIAN_PAIR, width=64)
+    said = [str(r.message) for r in rec]
+    assert np.isfinite(ds.var_rel_correction.sel(eps=1e-5).values).all()
+    assert np.isnan(ds.var_rel_correction.sel(eps=1.0, layer=2).values).all()
+    assert np.isnan(ds.grad_q_rel_correction.values).all()
+    assert any("the first reason at 1 of 2 grid points: eps = 1)" in m for m in said)
+    assert any("no finite-width rule for BatchNorm here" in m
+               and "the gradient's correction is NaN at layers [0, 1, 2]" in m for m in said)
+    assert not [m for m in said if "var_rel_correction is NaN" in m]
+    # the weight gradient's walks stop at the same BatchNorm: NaN, not warned of twice
+    assert np.isnan(ds.weight_grad_q_rel_correction.sel(layer=[1, 2]).values).all()
+    assert not [m for m in said if "weight gradient's correction" in m]
+
+
 def test_tangent_with_swept_norm_parameters_and_zero_weights():
     """A swept LayerNorm eps or gain, or RMSNorm eps, gives per point the values of separate
     runs (was a broadcasting error); zero weights (sigma_w = 0: J t = 0) give NaN with a
@@ -2797,8 +2931,10 @@ def test_tangent_with_swept_norm_parameters_and_zero_weights():
                                sp.LayerNorm(gain=sp.sweep("gain", [0.5, 2.0]))), 2)
     assert np.all(np.isfinite(fw.gradient_coefficient(gain, PAIR)[0]))
     zero = sp.Serial(sp.Dense(0.0, 0.5), sp.Act("relu"), sp.Dense(1.0))
-    with pytest.warns(fw.FiniteWidthWarning, match="Dense.*zero weights"):
+    with pytest.warns(fw.FiniteWidthWarning, match="Dense.*zero weights") as rec:
         ds = sp.theory(zero, sp.Inputs(q=1.0), width=64)
+    # (the weight gradient, NaN for the same reason, is not warned of again)
+    assert len([r for r in rec if "zero weights" in str(r.message)]) == 1
     assert np.isnan(ds.grad_q_rel_correction.values[0]).all()
 
 
@@ -2835,6 +2971,34 @@ def test_a_mean_over_nets_carried_by_rare_nets_warns():
     assert f"reaches {float(spread.max()):.3g} at layer {top}" in w
     ds, said = run(4096)
     assert float(ds.var_log_q.max()) < 0.1 and not [m for m in said if "across nets" in m]
+
+
+def test_a_mean_over_nets_carried_by_rare_nets_warns_from_a_spread_of_one():
+    """A linear net of fixed input: each Dense multiplies q by an independent chi^2_N / N, so
+    Var log q_L = 2 L / N and E log q_L - log q_L,inf = -L / N at first order (log's -Var / 2);
+    the gradient at the input is |delta_L|^2 / N times L such factors: Var log grad_q_0 = 2 (L +
+    1) / N. L = 8: q's spread is 16 / 15 = 1.07 > 1 at N = 15 (warned, with e^(Var / 2) = 1.71
+    and S ~ (e^Var - 1) / 0.01 = 191, the typical net's log q -8/15 below), 16 / 17 = 0.94 at
+    N = 17 (silent); the gradient's 18 / 17 = 1.06 at N = 17 (warned), 18 / 19 at N = 19."""
+    net = sp.Repeat(sp.Serial(sp.Dense(1.0), sp.Act("linear")), 8)
+
+    def said(width):
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            sp.theory(net, sp.Inputs(q=1.0, n=1), width=width)
+        return ([str(w.message) for w in rec if "Var log q across nets" in str(w.message)],
+                [str(w.message) for w in rec if "Var log grad_q across nets" in str(w.message)])
+
+    (q,), _ = said(15)
+    var = 16 / 15
+    assert (f"width 15: Var log q across nets reaches {var:.3g} at layer 8 (above 1; the "
+            "first-order law's own prediction, from many small draws)") in q
+    assert f"its mean over nets {math.exp(var / 2):.3g} x its median" in q
+    assert f"within 10 % only for S ~ {math.expm1(var) / 0.01:.3g}." in q
+    assert f"plus log_q_correction = {-8 / 15:.3g}." in q
+    q, grad = said(17)
+    assert q == [] and len(grad) == 1 and f"reaches {18 / 17:.3g} at layer 0" in grad[0]
+    assert said(19) == ([], [])
 
 
 def test_a_broken_expansion_is_not_called_a_prediction():
@@ -3099,7 +3263,16 @@ def test_batchnorm_warning_points_at_typical_log_grad_q_only_where_it_is_compute
         assert ("gives E log grad_q as typical_log_grad_q." in said[0]) == covered
         assert ("by Monte Carlo (sp.simulate); typical_log_grad_q does not cover this net"
                 in said[0]) != covered
-    # covered at one grid point only (a Dense ratio of 2 splits the run): Monte Carlo
+    # covered, but with no number at the input (a gain beyond float64 at layer 1): Monte Carlo
+    with warnings.catch_warnings(record=True) as rec:
+        warnings.simplefilter("always")
+        ds = sp.theory(presets.prebn(2, alpha=1e150), GAUSSIAN_PAIR, width=64)
+    said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
+    assert np.isnan(ds.typical_log_grad_q.sel(layer=0).values).all()
+    assert np.isfinite(ds.typical_log_grad_q.sel(layer=2).values).all()
+    assert "by Monte Carlo (sp.simulate)" in said[0]
+    # covered at one grid point only (a Dense ratio of 2 splits the run): Monte Carlo, and the
+    # NaN of that point is said
     net = sp.Serial(sp.Dense(2**0.5, ratio=sp.sweep("r", [2.0, 1.0])), sp.BatchNorm(),
                     sp.Act("relu"), sp.Dense(2**0.5), sp.BatchNorm(), sp.Act("relu"))
     with warnings.catch_warnings(record=True) as rec:
@@ -3107,7 +3280,10 @@ def test_batchnorm_warning_points_at_typical_log_grad_q_only_where_it_is_compute
         ds = sp.theory(net, x0, width=256)
     said = [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
     assert np.isnan(ds.typical_log_grad_q.sel(r=2.0, layer=0).values).all()
+    assert np.isfinite(ds.typical_log_grad_q.sel(r=1.0, layer=[0, 3, 6]).values).all()
     assert "by Monte Carlo (sp.simulate)" in said[0]
+    assert any(str(w.message).startswith("typical_log_grad_q is NaN at r = 2: it covers")
+               for w in rec)
 
 
 def test_batchnorm_warning_survives_a_rerun_the_memory_check_refuses(monkeypatch):
@@ -3145,6 +3321,25 @@ def test_batchnorm_warning_is_the_same_for_trees_of_the_same_law():
         said += [str(w.message) for w in rec if "BatchNorm at batch" in str(w.message)]
     assert len(said) == 3 and said[1] == said[0] and said[2] == said[0]
     assert re.search(r"over 6 BatchNorms \((\S+) counted", said[0])[1] != "6"  # (weighed)
+
+
+def test_batchnorm_share_where_the_gradient_is_zero_or_undefined():
+    """A BatchNorm's share of grad_q_(l-1) in the branch of x -> beta x + alpha F(x), 1 -
+    beta^2 grad_q_l / grad_q_(l-1): 0 where grad_q_(l-1) = 0 (nothing to miss), 1 where the
+    ratio is undefined (inf / inf: counted whole, the safe side of the 10 % shared), and with
+    no Dataset 1; per grid point, the largest over the inputs."""
+    import xarray as xr
+
+    inf = math.inf
+    ds = xr.Dataset({"log_grad_q": (("layer", "input"), [[inf, -inf, math.log(4.0)],
+                                                        [inf, -inf, math.log(1.0)]])},
+                    coords={"layer": [0, 1]})
+    one = ds.isel(input=[0])
+    assert fw._gradient_share((1, 2.0), one) == 1.0  # (inf / inf)
+    assert fw._gradient_share((1, 2.0), ds.isel(input=[1])) == 0.0  # (grad_q_0 = 0)
+    assert fw._gradient_share((1, 2.0), ds.isel(input=[1, 2])) == 1 - 2.0 / 4  # (the largest)
+    assert fw._gradient_share((1, None), ds.isel(input=[1])) == 0.0
+    assert fw._gradient_share((1, 2.0), None) == 1.0
 
 
 def test_batchnorm_shares_only_where_the_whole_count_warns(monkeypatch):

@@ -188,6 +188,26 @@ def test_a_batchnorm_of_huge_eps_is_a_fixed_linear_map_in_the_typical_gradient(N
     np.testing.assert_allclose(typical, exact, rtol=1e-6)
 
 
+def test_a_run_of_uniform_weights_is_not_covered():
+    """The pre-activation block's Dense term is E log of sigma_w^2 chi^2_N / N, the law of
+    |W^T v|^2 / |v|^2 for Gaussian weights only: for uniform ones it differs (at N = 1, E log
+    W^2 = log 3 - 2 = -0.90 for W uniform of unit variance against digamma(1/2) + log 2 = -1.27),
+    so such a run is outside what typical_log_grad_q covers: None, and NaN in sp.theory, said."""
+    assert abs((math.log(3) - 2) - (digamma(0.5) + math.log(2))) > 0.3
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=4, law="gaussian")
+    for init, covered in (("normal", True), ("uniform", False)):
+        net = sp.Repeat(sp.Serial(sp.Dense(sigma_w=1.3, init=init), sp.BatchNorm(eps=1e8),
+                                  sp.Act("linear")), 1)
+        with warnings.catch_warnings(record=True) as rec:
+            warnings.simplefilter("always")
+            typical = fw.typical_log_grad_q(net, x0, 1)
+            ds = sp.theory(net, x0, width=1)
+        assert (typical is not None) == covered
+        assert np.isfinite(ds.typical_log_grad_q.values).all() == covered
+        assert any("typical_log_grad_q is NaN: it covers" in str(w.message)
+                   and "Gaussian weights" in str(w.message) for w in rec) != covered
+
+
 def test_typical_over_a_sweep_is_each_points_own():
     """A swept net (the warning for BatchNorm at small batch points users to this variable) gets
     at each grid point the value of the net built at that point (it was NaN everywhere)."""

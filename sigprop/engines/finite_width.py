@@ -3442,8 +3442,8 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
 
 
 COVERS = ("it covers nets made (through any Serial and Repeat) of Pre-BN blocks x -> beta x + "
-          "alpha F(BN x), F starting with a Dense, Dense -> BatchNorm -> Act runs of a degree-1 "
-          "activation (linear only at B = 4), Scales, and x -> beta x + 0 F(x); B = 2 to 4 "
+          "alpha F(BN x), F starting with a Dense, Dense -> BatchNorm -> Act runs (the Dense of "
+          "Gaussian weights and ratio 1) of a degree-1 activation (linear only at B = 4), Scales, and x -> beta x + 0 F(x); B = 2 to 4 "
           "inputs")
 
 
@@ -3582,11 +3582,25 @@ def batchnorm_reach(S, eps, B, layers, N=PRACTICAL_WIDTH):
         return 1.0, 0.0
     law = stats.chi2(k, scale=1.0 / B)
 
+    # the integrand in z = log v is ~ e^(z k / 2) / max(v, eps) below v's scale (1 / B): from 80
+    # e-folds below the smaller of that scale and eps, what is left out is e^(-40 k) of it (from
+    # below 1 / B alone it missed the part near eps where eps is far smaller: the reach 1 % low
+    # at eps = 1e-30, and 2.7e17 at any eps below ~1e-40); taken in logs, as v = e^z underflows
+    log_eps = math.log(eps) if eps > 0 else -math.inf
+    lo = min(math.log(1.0 / B), log_eps if eps > 0 else math.inf) - 80.0  # (eps = 0: as eps
+    # -> 0, E[1/v] is infinite at B <= 3; the integral from there is what it was)
+    # log of v's density (chi^2_k / B) times v, the Jacobian of z
+    const = math.log(B) + (k / 2 - 1) * math.log(B) - (k / 2) * math.log(2) - math.lgamma(k / 2)
+
+    def integrand(z):  # (log(v + eps) as max + log1p(e^-|gap|): math, not numpy, per node)
+        top = max(z, log_eps)
+        log_s = top + math.log1p(math.exp(min(z, log_eps) - top))
+        return math.exp(const + (k / 2) * z - math.exp(z) * B / 2 - log_s)
+
     def part(p):  # E[1/(v + eps); v below its p-quantile], over z = log v (density ~ v^(k/2-1))
-        lo, hi = math.log(1.0 / B) - 80.0, math.log(law.ppf(min(p, 1 - 1e-15)))
-        cut = [math.log(eps)] if eps > 0 and lo < math.log(eps) < hi else None
-        return integrate.quad(lambda z: law.pdf(math.exp(z)) * math.exp(z) / (math.exp(z) + eps),
-                              lo, hi, limit=400, points=cut)[0]
+        hi = math.log(law.ppf(min(p, 1 - 1e-15)))
+        cut = [log_eps] if lo < log_eps < hi else None
+        return integrate.quad(integrand, lo, hi, limit=400, points=cut)[0]
 
     total = part(1.0)
     target = VALID_FRACTION / layers if layers > 0 else math.inf
