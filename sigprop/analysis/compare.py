@@ -33,8 +33,9 @@ whose offset
 from the mean of a log is itself O(1/N), by log X's skewness), and otherwise nothing is
 allowed beyond the standard error; the attrs say which. Where the expansion has no term (a
 BatchNorm's gradient) and the run is at the theory's own width, ``logmean`` compares grad_q
-with the theory's E log grad_q at that width, ``typical_log_grad_q`` (:data:`TYPICAL`). With several widths such a theory's a
-is reported beside the fitted one (stat ``a_theory``, NaN where it has none).
+with the theory's E log grad_q at that width, ``typical_log_grad_q`` (:data:`TYPICAL`). With
+several widths such a theory's a is reported beside the fitted one (stat ``a_theory``, NaN
+where it has none).
 
 Spreads. A theory at a width predicts the spread across nets (``var_log_q``, ``var_corr``,
 ...: :data:`SPREADS`); named in ``variables``, each is compared with the variance across the

@@ -3443,8 +3443,8 @@ def _block_gain(blk: Op, s: Moments, g, ctx: Context, width):
 
 COVERS = ("it covers nets made (through any Serial and Repeat) of Pre-BN blocks x -> beta x + "
           "alpha F(BN x), F starting with a Dense, Dense -> BatchNorm -> Act runs (the Dense of "
-          "Gaussian weights and ratio 1) of a degree-1 activation (linear only at B = 4), Scales, and x -> beta x + 0 F(x); B = 2 to 4 "
-          "inputs")
+          "Gaussian weights and ratio 1) of a degree-1 activation (linear only at B = 4), "
+          "Scales, and x -> beta x + 0 F(x); B = 2 to 4 inputs")
 
 
 class _Unresolved(Exception):
