@@ -86,6 +86,13 @@ def calls(m, quick: bool):
                     f"{'forward + backward' if backward else 'forward'}"] = (
                     lambda net=net, b=backward: m.theory(net, x2, layers=[0, 1000], engine="jax",
                                                          backward=b))
+        net = m.presets.preln(1000, act="relu", sigma_w1=grid)  # (the top layer alone recorded:
+        out[f"theory (jax) preln relu, depth 1000, {len(grid.values)} points, layers [1000], "
+            "forward + backward"] = (  # the backward runs its last block only)
+            lambda net=net: m.theory(net, x2, layers=[1000], engine="jax"))
+    top = m.presets.preln(300, act="relu", sigma_w1=m.sweep("sigma_w1", grid.values[::10]))
+    out[f"theory preln relu, depth 300, {len(grid.values[::10])} points, layers [150, 300], "
+        "forward + backward"] = lambda net=top: m.theory(net, x2, layers=[150, 300])
     few = m.sweep("sigma_w1", np.linspace(1.0, 1.6, 10))
     zero = m.sweep("sigma_w1", [0.0, *np.linspace(1.0, 1.6, 15)])  # a stream of 0 at one point
     for preset, act, L, s1 in (("plain", "relu", 100, None), ("preln", "tanh", 16, None),

@@ -2,8 +2,8 @@
 
 Each row runs the same net both ways, interleaved, and keeps the minimum of ``--repeats`` runs:
 
-* sigprop: ``sp.theory(net, inputs, layers=[L])``, forward and backward (the backward gives
-  grad_q), B = 2 inputs (q = 1, 2; corr 0.5), a grid given as one ``sp.sweep`` of sigma_w1;
+* sigprop: ``sp.theory(net, inputs, layers=[0, L])``, forward and backward (the backward gives
+  grad_q at every layer down to the input), B = 2 inputs (q = 1, 2; corr 0.5), a grid given as one ``sp.sweep`` of sigma_w1;
 * neural-tangents: ``jit(vmap(kernel_fn))`` over ``stax.repeat(block, L)``, nngp and ntk, float64,
   compile excluded; vmap over sigma_w1 (one point: ``jit(kernel_fn)``). neural-tangents needs
   Gaussian inputs to a residual sum, so its net starts with a Dense(W_std=1) (the same nngp).
@@ -81,8 +81,10 @@ def sigprop_call(m, row: Row, engine: str = "numpy", backward: bool = True):
 
     def run():
         flag = {} if backward else {"backward": False}  # (a baseline may predate the flag)
-        th = m.theory(net, x0, layers=[row.depth], engine=engine, **flag)
-        return th.log_q.isel(layer=0).transpose(..., "input").values.reshape(-1, 2)
+        # (with the input recorded too: the backward pulls back every layer, as it did before
+        # it stopped at the lowest recorded one; layer L alone pulls back its last block only)
+        th = m.theory(net, x0, layers=[0, row.depth], engine=engine, **flag)
+        return th.log_q.isel(layer=-1).transpose(..., "input").values.reshape(-1, 2)
 
     return run
 

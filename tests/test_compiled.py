@@ -527,6 +527,48 @@ def test_host_laws_run_once_per_layer(monkeypatch):
     assert counts == [4 * 6, 4 * 6]
 
 
+def test_the_backward_stops_at_the_lowest_recorded_layer(monkeypatch):
+    """Below the lowest recorded layer l the backward computes nothing recorded (grad_q at l
+    needs blocks l + 1 .., the weight gradient at l block l): neither engine pulls back there.
+    Counted by the tanh gradient kernel's quadrature, one call per tanh pulled back (two per
+    block) beside the forward's two per block: layers [4, 6] of 6 blocks pull back 3; it was 6.
+    Checkpointed (blocks 1 and 2 unrolled, then chunks of blocks 3-4 and 5-6), the chunk that
+    holds the lowest block needed is recomputed and pulled back whole, the chunks below
+    neither: layers [5, 6], forward 12, blocks 5-6 recomputed 4 and pulled back 4 (it was 32,
+    every chunk). The values are those of the full run, the weight gradient's width
+    normalisation (its log(n_0 / n_L)) included, with the blocks below taken by their ratios
+    (a swept ratio)."""
+    calls = []
+    quad = gaussian.kernel_quad
+    monkeypatch.setattr(gaussian, "kernel_quad",
+                        lambda f, q1, *a, **k: calls.append(np.size(q1) > 0) or quad(f, q1, *a, **k))
+    ratio = sp.sweep("r", [0.5, 2.0])
+    net = Repeat(Serial(Dense(1.3, ratio=ratio), Act("tanh"), Dense(1.1, ratio=1.0),
+                        Act("tanh"), Dense(1.0, ratio=1.0)), 6)
+
+    def counted(engine, layers):
+        sp.theory(net, X2, engine=engine, layers=layers)  # (a first call traces)
+        calls.clear()
+        ds = sp.theory(net, X2, engine=engine, layers=layers)
+        return ds, sum(calls)
+
+    full = sp.theory(net, X2)
+    for layers, pulled in (([4, 6], 3), ([6], 1), ([0, 6], 6), ([1, 5], 6)):
+        for engine in ("numpy", "jax"):
+            ds, count = counted(engine, layers)
+            assert count == 2 * 6 + 2 * pulled, (engine, layers, count)
+            for name in ("log_grad_q", "log_weight_grad_q", "log_q"):
+                np.testing.assert_allclose(ds[name], full[name].sel(layer=layers), rtol=0,
+                                           atol=1e-12, err_msg=f"{engine} {layers} {name}")
+    monkeypatch.setattr(compiled, "TAPE_BYTES", 0)  # chunks of 2 blocks (isqrt(6))
+    for layers, count in (([5, 6], 12 + 4 + 4), ([4, 6], 12 + 8 + 8), ([0, 6], 32)):
+        ds, counts = counted("jax", layers)
+        assert counts == count, (layers, counts)
+        for name in ("log_grad_q", "log_weight_grad_q"):
+            np.testing.assert_allclose(ds[name], full[name].sel(layer=layers), rtol=0,
+                                       atol=1e-12, err_msg=f"{layers} {name}")
+
+
 def test_batchnorm_limits_and_host_errors():
     """A BatchNorm output handed to the next layer is refused (its law holds the batch
     covariance and the next Act's relu gate, which the engine does not carry between layers;

@@ -13,8 +13,10 @@ branch outputs into a small buffer it carries, a row per recorded copy; the copi
 recorded ones run in a loop of their own, which builds no record (layer-long outputs of every
 copy's record cost a third of the time at 10^4 points, and building a record each copy, even
 one overwritten, 15 % of the forward); ``backward=False`` stops there. Backward, a reverse scan
-pulls the cotangent back from each layer's input state (the block's internal states recomputed
-inside its backward law, or, for a block with host laws below, taped by the forward loops:
+pulls the cotangent back, down to the lowest recorded layer (the copies below it are left out
+of the scan; checkpointed, the chunks below the one that holds it), from each layer's input
+state (the block's internal states recomputed inside its backward law, or, for a block with
+host laws below, taped by the forward loops:
 :func:`_pack`) and reports the weight gradients to the same sink
 (:class:`~sigprop.engines.theory.WeightGrads`), only where they are recorded: a copy whose
 output and input layers are both unrecorded takes a ``lax.cond`` branch without the sink (its
@@ -99,6 +101,8 @@ from sigprop.engines.theory import (
     _log_diag,
     _recorded,
     dataset,
+    log_ratio,
+    lowest_block,
     memory_estimate,
     theory,
     variables,
@@ -573,7 +577,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
     names = list(grid) + [s.name for s in sorted({s for s in sweeps if isinstance(s, _Lifted)},
                                                  key=lambda s: s.index)]
     branches: list[bool] = []  # per layer, filled while tracing (static)
-    wanted = set(kept)
+    wanted, lowest, blocks = set(kept), lowest_block(kept), layers_of(net)
 
     def state(cls, K, m, ls, **extra):
         """A state of the fixed shapes (P, B, B), (P, B) and dtype (a scan's carry keeps them)."""
@@ -656,7 +660,9 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
         def run(blk, name, law, x, first, n):
             """Forward over n copies of ``blk`` (layers first .. first + n - 1) from ``x``: the
             end state, the records at the recorded layers, finite per layer, and the backward
-            over the same copies (a function of the carried cotangent)."""
+            over the same copies from the one that makes layer ``lowest`` on (a function of the
+            carried cotangent: the carry; the rows; the lowest layer whose block it ran, or
+            None if none)."""
             skeleton: list = []  # the tape's structure, the same for every copy (static)
             internal = _host_laws(blk)
 
@@ -756,15 +762,27 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                     reverse=True)
                 return carry, (lg[:gcount], wg[:wcount], okb)
             q = 0 if chunk is None else n // chunk
+            k = min(max(lowest - first, 0), n)  # the copies below k: no recorded row needs them
+
+            def finite_below(okb, below):  # (copies not pulled back are finite)
+                return jnp.concatenate([jnp.ones(below, bool), okb])
+
+            if k == n:  # (every copy below: not pulled back)
+                def skipped(carry):
+                    none = jnp.zeros((0, P, B), f64)
+                    return carry, (none, none, jnp.ones(n, bool)), None
+
             if q < 2:  # the full tape: every copy's input state kept
                 y, rec, ins, leaves, ok = forward_scan(x, _slots(outs, n), len(outs), backward)
                 ins = (ins, leaves, jnp.asarray(recorded))
 
                 def back(carry):
-                    return backward_scan(carry, ins, _slots(grads, n), len(grads),
-                                         _slots(outs, n), len(outs))
+                    carry, (lg, wg, okb) = backward_scan(
+                        carry, jax.tree_util.tree_map(lambda a: a[k:], ins),
+                        _slots(grads, n)[k:], len(grads), _slots(outs, n)[k:], len(outs))
+                    return carry, (lg, wg, finite_below(okb, k)), first + k
 
-                return y, rec, ok, back
+                return y, rec, ok, skipped if k == n else back
             # checkpointed: the input state of each chunk; a chunk's states recomputed backward
             slots, m, keep, tail = _split(outs, chunk, q, n)
 
@@ -788,21 +806,33 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                 return backward_scan(carry, (states, leaves, kept_), gs, gm, ws, m)
 
             def back(carry):
+                kt, kc = max(k - q * chunk, 0), min(k // chunk, q)  # (in the tail; chunks)
                 tail_rows = None
                 if ins is not None:  # the last copies first
-                    carry, tail_rows = backward_scan(carry, ins, gtail, len(grads) - len(gkeep),
-                                                     tail, len(outs) - len(keep))
-                carry, (lg, wg, okb) = jax.lax.scan(
-                    chunk_backward, carry, (starts, jnp.asarray(gslots), jnp.asarray(slots),
-                                            jnp.asarray(recorded[:q * chunk].reshape(q, chunk))),
-                    reverse=True)
-                got = (lg.reshape((-1, P, B))[gkeep], wg.reshape((-1, P, B))[keep],
-                       okb.reshape(-1))
+                    carry, (lg, wg, okb) = backward_scan(
+                        carry, jax.tree_util.tree_map(lambda a: a[kt:], ins), gtail[kt:],
+                        len(grads) - len(gkeep), tail[kt:], len(outs) - len(keep))
+                    tail_rows = (lg, wg, finite_below(okb, kt))
+                if kc == q:  # (every chunk below: only the tail pulled back)
+                    none = jnp.zeros((0, P, B), f64)
+                    got = (none, none, jnp.ones(q * chunk, bool))
+                    stop = first + q * chunk + kt
+                else:  # (a chunk that holds copy k is pulled back whole)
+                    carry, (lg, wg, okb) = jax.lax.scan(
+                        chunk_backward, carry,
+                        (jax.tree_util.tree_map(lambda a: a[kc:], starts),
+                         jnp.asarray(gslots[kc:]), jnp.asarray(slots[kc:]),
+                         jnp.asarray(recorded[:q * chunk].reshape(q, chunk)[kc:])),
+                        reverse=True)
+                    got = (lg.reshape((-1, P, B))[gkeep - kc * gm],
+                           wg.reshape((-1, P, B))[keep - kc * m],
+                           finite_below(okb.reshape(-1), kc * chunk))
+                    stop = first + kc * chunk
                 if tail_rows is not None:
                     got = tuple(jnp.concatenate(pair) for pair in zip(got, tail_rows))
-                return carry, got
+                return carry, got, stop
 
-            return y, rec, ok, back
+            return y, rec, ok, skipped if k == n else back
 
         start = state(Moments, K0, m0, ls0)
         x = (start.K, start.m, start.ls)
@@ -845,14 +875,17 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
             return out
         g0 = state(Cotangent, jnp.eye(B), jnp.zeros(B), jnp.zeros(B))
         carry = ((g0.K, g0.m, g0.ls), jnp.zeros(P, f64), _log_diag(g0, ns))
-        back = []
+        back, stop = [], L + 1
         for step_back in reversed(backs):
-            carry, got = step_back(carry)
+            carry, got, ran = step_back(carry)
             back.insert(0, got)
+            stop = stop if ran is None else ran
         grad, wgrad, okb = (jnp.concatenate([r[i] for r in back]) for i in range(3))
         if L in wanted:  # layer L: G = I
             grad = jnp.concatenate([grad, jnp.zeros((1, P, B), f64)])
-        return {**out, "grad": grad, "wgrad": wgrad, "log_width": carry[1], "okb": okb}
+        # log(n_0 / n_L): the blocks below the lowest one pulled back by their ratios
+        log_width = carry[1] - log_ratio(blocks[:stop - 1], ctx)
+        return {**out, "grad": grad, "wgrad": wgrad, "log_width": log_width, "okb": okb}
 
     return jax.jit(program), branches
 

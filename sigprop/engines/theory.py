@@ -22,7 +22,7 @@ from sigprop import schema
 from sigprop.engines import memory
 from sigprop.engines.dataset import build
 from sigprop.errors import ConfigError, OverflowInTheory
-from sigprop.ops import Op, Residual, layers_of, sweeps_of
+from sigprop.ops import Op, Residual, Serial, layers_of, sweeps_of
 from sigprop.ops.edges import warn_knife_edge
 from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
@@ -106,8 +106,10 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     it; a reason that holds at some grid points only (a stream of zeros, an activation's bend
     far below its input's scale, float64's range) leaves the other points their values.
 
-    ``layers``: the layer indices to record (default all). Each block's forward law runs once
-    when every layer's intermediate states fit in ``TAPE_BUDGET`` (measured on layer 1); beyond
+    ``layers``: the layer indices to record (default all); the backward runs down to the
+    lowest recorded one only (below it nothing recorded depends on it). Each block's forward
+    law runs once when every layer's intermediate states fit in ``TAPE_BUDGET`` (measured on
+    layer 1); beyond
     it the backward keeps a checkpoint every ~sqrt(L) layers and recomputes each segment once, so
     memory is O((sqrt(L) + recorded) x grid x B^2). The recorded quantities are derived from the
     kept states once, for all recorded layers together. A run whose estimate
@@ -160,8 +162,11 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     grad_rows = {L: _log_diag(g)} if L in record else {}
     sink, wgrad_rows = WeightGrads(), {}
+    lowest = lowest_block(record)
     for start in _progress(sorted(checkpoints, reverse=True), progress, "theory backward"):
         end = min(start + every, L)
+        if end < lowest:
+            break
         states = [checkpoints[start]]  # the inputs of layers start + 1 .. end
         for l in range(start + 1, end + 1):
             if l not in tapes:
@@ -169,7 +174,7 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
                 out = step(states[l - 1 - start], l, tapes[l])[0]
                 if l < end:
                     states.append(out)
-        for l in range(end, start, -1):
+        for l in range(end, max(start, lowest - 1), -1):
             where = ctx.block(f"layer {l} {type(blocks[l - 1]).__name__} (backward)", tapes.pop(l),
                               sink.at(l in record))
             g = to_unit_diagonal(blocks[l - 1].theory_backward(states[l - 1 - start], g, where))
@@ -178,8 +183,10 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
                 wgrad_rows[l] = sink.take(shape + (B,))
             if l - 1 in record:
                 grad_rows[l - 1] = _log_diag(g)
-    # relative to the input's width N = n_0: sink.log_width is now log(n_0 / n_L)
-    wgrad_rows = {l: v - 2 * sink.log_width[..., None] for l, v in wgrad_rows.items()}
+    # relative to the input's width N = n_0: log(n_0 / n_L), the blocks below the backward's
+    # lowest one by their ratios
+    log_width = sink.log_width - log_ratio(blocks[:lowest - 1], ctx)
+    wgrad_rows = {l: v - 2 * log_width[..., None] for l, v in wgrad_rows.items()}
     if 0 in record:
         wgrad_rows[0] = np.full(shape + (B,), np.nan)  # the input: no weights
 
@@ -241,6 +248,19 @@ def memory_estimate(L: int, recorded: int, grid: int, B: int) -> int:
     state = B * B + 2 * B
     per_layer = 2 * state + 2 * B + 2 * (B * B + 10 * B)
     return 8 * grid * (recorded * per_layer + 2 * (math.isqrt(L) + 1) * state) + 8 * L
+
+
+def lowest_block(record) -> int:
+    """The lowest block whose backward the recorded layers need: block l's gives the weight
+    gradient at layer l and, pulled through, grad_q at layer l - 1. Below it the backward
+    computes nothing recorded and is not run."""
+    return max(min(record), 1)
+
+
+def log_ratio(blocks, ctx: Context):
+    """log(n_out / n_in) of ``blocks`` one after the other, over the sweep grid of ``ctx`` (in
+    its namespace)."""
+    return ctx.ns.log(Serial(*blocks).width_ratio(ctx.p)) if blocks else np.zeros(())
 
 
 def _recorded(layers, L) -> set[int]:
