@@ -163,10 +163,9 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     grad_rows = {L: _log_diag(g)} if L in record else {}
     sink, wgrad_rows = WeightGrads(), {}
     lowest = lowest_block(record)
-    for start in _progress(sorted(checkpoints, reverse=True), progress, "theory backward"):
+    needed = sorted((c for c in checkpoints if min(c + every, L) >= lowest), reverse=True)
+    for start in _progress(needed, progress, "theory backward"):
         end = min(start + every, L)
-        if end < lowest:
-            break
         states = [checkpoints[start]]  # the inputs of layers start + 1 .. end
         for l in range(start + 1, end + 1):
             if l not in tapes:
