@@ -11,9 +11,11 @@ issue 16) at B = 2, 3, 4 and four widths, the predicted E log G_0 (``typical_log
 layer 0) against the Monte Carlo mean of log G_0 (input 0) and its standard error, the Monte
 Carlo median, and the infinite-width log E G_0; the offset (MC - predicted) fitted per B as
 c + a/N; (``--part batchnorm-two``) Pre-BN's forward statistics at a batch of two, where
-BatchNorm is a map of the realised Gram; (``--part batchnorm-two-exact``) the same net's N Var
-log q against its exact law as eps -> 0 (:func:`sigprop.testing.norm_branch_chain`): the
-prediction, the fit over widths, and the Monte Carlo at each width.
+BatchNorm is a map of the realised Gram; (``--part batchnorm-wide``) the same statistics
+measured at B = 3 and 4, where the theory has no first-order rule (its NaN and its warning
+shown), beside B = 2's prediction and measurement; (``--part batchnorm-two-exact``) the same
+net's N Var log q against its exact law as eps -> 0 (:func:`sigprop.testing.norm_branch_chain`):
+the prediction, the fit over widths, and the Monte Carlo at each width.
 
 Its third (``--part backward``), the input gradient's 1/N coefficient: predicted by the walk of
 a forward tangent against the Monte Carlo slope with exact weights, and the slope under
@@ -224,6 +226,149 @@ def batchnorm_two(seeds=4000, out="benchmarks/RESULTS.md"):
     return _write("Finite width: Pre-BN at a batch of two, predicted vs fitted", out,
                   [intro, "", *rows])
 
+
+BN_WIDE_BATCHES = (3, 4)
+# the theory's variable for each statistic of ``measure``: N x it is the statistic's prediction
+BN_WIDE_THEORY = {"slope of E log q": "log_q_correction", "slope of E corr": "corr_correction",
+                  "N Var log q": "var_log_q", "N Var corr": "var_corr",
+                  "slope of E var / var_inf": "var_rel_correction",
+                  "N Var log var": "var_log_var",
+                  "slope of E log branch_q": "log_branch_q_correction",
+                  "N Var log branch_q": "var_log_branch_q"}
+
+
+def _bn_theory(inputs):
+    """N x each :data:`BN_WIDE_THEORY` variable of ``sp.theory(prebn, inputs, width=N)`` at
+    each layer of ``BN_TWO_LAYERS`` (input 0; pair 0, 1 for corr), per N of ``WIDTHS``
+    ({layer: {statistic: [value per N]}}), and the first lines of the FiniteWidthWarnings the
+    calls gave that say the theory has no rule."""
+    values = {layer: {k: [] for k in BN_WIDE_THEORY} for layer in BN_TWO_LAYERS}
+    said = []
+    for N in WIDTHS:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always", FiniteWidthWarning)
+            th = sp.theory(presets.prebn(DEPTH), inputs, width=N).isel(input=0)
+        for w in caught:
+            line = str(w.message).splitlines()[0]
+            if issubclass(w.category, FiniteWidthWarning) and "no finite-width rule" in line \
+                    and line not in said:
+                said.append(line)
+        for layer in BN_TWO_LAYERS:
+            for stat, var in BN_WIDE_THEORY.items():
+                v = th[var].isel(layer=layer)
+                values[layer][stat].append(N * float(v.isel(input_b=1) if "input_b" in v.dims
+                                                     else v))
+    return values, said
+
+
+def _no_rule(values) -> str:
+    """'no rule (NaN)' where the theory's values are all NaN, else their range as read."""
+    v = np.asarray(values)
+    if np.all(np.isnan(v)):
+        return "no rule (NaN)"
+    return f"{np.nanmin(v):.4g}" if np.allclose(v, v[0]) else f"{v.min():.4g} to {v.max():.4g}"
+
+
+def batchnorm_wide(seeds=4000, out="benchmarks/RESULTS.md"):
+    """Pre-BN at batches of three and four, where ``sp.theory(net, inputs, width=N)`` has no
+    first-order rule for BatchNorm: the statistics of :func:`batchnorm_two` measured at layers
+    ``BN_TWO_LAYERS`` (root seed 20240 + 1000 B + N), the theory's NaN and its warning beside
+    them, and for reference B = 2's prediction (read from ``sp.theory`` at B = 2) and its
+    Monte Carlo at the same seeds. Returns its markdown."""
+    batches = (2, *BN_WIDE_BATCHES)
+    inputs = {B: sp.Inputs(q=1.0, corr=0.5, n=B, law="gaussian") for B in batches}
+    theory_at, said = {}, {}
+    for B in batches:
+        theory_at[B], said[B] = _bn_theory(inputs[B])
+    rows = ["| layer | statistic | " + " | ".join(f"B = {B} predicted | B = {B} fitted ± SE"
+                                                 for B in BN_WIDE_BATCHES)
+            + " | B = 2's prediction (reference) | B = 2 fitted ± SE | "
+            + " | ".join(f"B = {B}: z from B = 2's prediction" for B in BN_WIDE_BATCHES) + " |",
+            "|---" * (4 + 3 * len(BN_WIDE_BATCHES)) + "|"]
+    found = {}
+    for layer in BN_TWO_LAYERS:
+        fitted = {}
+        for B in batches:
+            with warnings.catch_warnings():  # (its NaN predictions: read from sp.theory above)
+                warnings.simplefilter("ignore", FiniteWidthWarning)
+                fitted[B] = {stat: (fit, se) for stat, _, fit, se in measure(
+                    presets.prebn(DEPTH), inputs[B], WIDTHS, seeds, layer=layer,
+                    root_seed=20240 + 1000 * B)}
+        for stat in fitted[2]:
+            ref = theory_at[2][layer][stat]
+            if not np.allclose(ref, ref[0], rtol=1e-6, atol=1e-9):
+                raise AssertionError(f"B = 2's N x {BN_WIDE_THEORY[stat]} varies over the "
+                                     f"widths: {ref}")
+            ref = ref[0]
+            row = f"| {layer} | {stat} | "
+            for B in BN_WIDE_BATCHES:
+                fit, se = fitted[B][stat]
+                row += f"{_no_rule(theory_at[B][layer][stat])} | {fit:.4g} ± {se:.2g} | "
+            fit2, se2 = fitted[2][stat]
+            row += f"{ref:.4g} | {fit2:.4g} ± {se2:.2g} | " + " | ".join(
+                f"{(fitted[B][stat][0] - ref) / fitted[B][stat][1]:+.2f}"
+                for B in BN_WIDE_BATCHES) + " |"
+            rows.append(row)
+            print(row, flush=True)
+            found[layer, stat] = {B: fitted[B][stat] for B in batches} | {"ref": ref}
+    warned = [f"- B = {B}: \"{line}\"" for B in BN_WIDE_BATCHES for line in said[B]]
+    for B in BN_WIDE_BATCHES:
+        if not said[B]:
+            warned.append(f"- B = {B}: (no FiniteWidthWarning saying there is no rule)")
+    print(*warned, sep="\n", flush=True)
+    intro = (f"`benchmarks/finite_width_agreement.py --part batchnorm-wide`: `presets.prebn"
+             f"({DEPTH})` (eps = 1e-5), Gaussian inputs q = 1, corr = 0.5, B = "
+             f"{', '.join(map(str, BN_WIDE_BATCHES))}, widths {WIDTHS}, {seeds} seeds per width "
+             "(root seed 20240 + 1000 B + width), input 0 (pair 0, 1 for corr); statistics and "
+             "fits as in the first-order table above (`sigprop.testing.measure`). Predicted: N "
+             "times the matching variable of `sp.theory(net, inputs, width=N)` at each width "
+             "(`log_q_correction`, `corr_correction`, `var_log_q`, `var_corr`, "
+             "`var_rel_correction`, `var_log_var`, `log_branch_q_correction`, "
+             "`var_log_branch_q`); at B = 3 and 4 the theory has no first-order rule for "
+             "BatchNorm and gives NaN (no rule). For reference, not a prediction for B = 3 "
+             "or 4: B = 2's prediction of the same statistic at the same layer (`sp.theory` on "
+             "the same inputs at B = 2, where BatchNorm is a map of the realised Gram), the "
+             "Monte Carlo at B = 2 with the same seeds, and z = (fitted at B - B = 2's "
+             "prediction) / SE at B.")
+    said_intro = "The theory's FiniteWidthWarning at each B (first line):"
+    return _write("Finite width: Pre-BN at B = 3 and 4, measured (no first-order rule)", out,
+                  [intro, "", *rows, "", said_intro, "", *warned, "", _bn_wide_note(found)])
+
+
+def _bn_wide_note(found) -> str:
+    """What the measurement shows, its numbers read from ``found``: each spread at B = 3, 4 as a
+    ratio to B = 2's prediction per layer, the largest |z| of the slopes from B = 2's, and the
+    slopes of E log q and E log branch_q against -N Var / 2 of the same B."""
+    def ratios(stat, B):
+        return ", ".join(f"{found[l, stat][B][0] / found[l, stat]['ref']:.2f}"
+                         for l in BN_TWO_LAYERS)
+
+    spreads = "; ".join(
+        f"{stat}: " + ", ".join(f"B = {B} {ratios(stat, B)}" for B in BN_WIDE_BATCHES)
+        + " (B = 2 measured " + ratios(stat, 2) + ")"
+        for stat in ("N Var log q", "N Var corr", "N Var log branch_q"))
+    slopes = [s for (_, s) in found if s.startswith("slope")]
+    z = {B: max(abs(found[k][B][0] - found[k]["ref"]) / found[k][B][1]
+                for k in found if k[1] in slopes) for B in BN_WIDE_BATCHES}
+
+    def half(mean, spread, B):  # z of a slope against -(its spread) / 2, SEs as independent
+        return max(abs((found[l, mean][B][0] + found[l, spread][B][0] / 2)
+                       / math.hypot(found[l, mean][B][1], found[l, spread][B][1] / 2))
+                   for l in BN_TWO_LAYERS)
+
+    pairs = (("slope of E log q", "N Var log q"),
+             ("slope of E log branch_q", "N Var log branch_q"))
+    return (f"Measured over B = 2's prediction at layers {', '.join(map(str, BN_TWO_LAYERS))}: "
+            f"{spreads}. The 1/N slopes of the means ({', '.join(dict.fromkeys(slopes))}) lie "
+            "within " + " and ".join(f"{z[B]:.1f} SE (B = {B})" for B in BN_WIDE_BATCHES)
+            + " of B = 2's prediction; the slopes of E log q and E log branch_q lie within "
+            + " and ".join(f"{max(half(m, v, B) for m, v in pairs):.1f} SE (B = {B})"
+                           for B in BN_WIDE_BATCHES)
+            + " of -N Var / 2 measured at the same B (SEs combined as independent), as B = 2's "
+            "rule has them (E q and E branch_q without a 1/N term). So B = 2's law does not "
+            "carry over to B = 3, 4: the spreads are above B = 2's prediction, more so at B = 4 "
+            "and deeper in the net, and N Var log q does not fall with depth as B = 2's does; "
+            "the means' slopes follow the larger spreads.")
 
 CHAIN_WIDTHS = [64, 128, 256, 512, 1024, 2048, 4096]
 CHAIN_FITS = [[64, 128, 256, 512], [128, 256, 512, 1024], [256, 512, 1024, 2048],
@@ -819,7 +964,7 @@ def weight_spread(seeds=4000, out="benchmarks/RESULTS.md"):
 
 def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
     """Every section (``part`` "all"), or one: "first-order", "typical", "batchnorm-two",
-    "batchnorm-two-exact" (the Monte Carlo at 32-64x ``seeds``), "backward",
+    "batchnorm-wide", "batchnorm-two-exact" (the Monte Carlo at 32-64x ``seeds``), "backward",
     "affine", "spread", "layers", "preactivation", "uniform", "norm-affine" (8x ``seeds``
     each), "after-norm", "norm-start", "uniform-mlp", "torch-mlp" (4x each; torch needed),
     "torch-preln" (torch needed), "exact", "weight-grad" (2x) or "weight-spread"."""
@@ -829,6 +974,8 @@ def main(seeds=4000, out="benchmarks/RESULTS.md", part="all"):
         typical(seeds, out)
     if part in ("all", "batchnorm-two"):
         batchnorm_two(seeds, out)
+    if part in ("all", "batchnorm-wide"):
+        batchnorm_wide(seeds, out)
     if part in ("all", "batchnorm-two-exact"):
         batchnorm_two_exact(seeds, out=out)
     if part in ("all", "backward"):
@@ -868,7 +1015,7 @@ if __name__ == "__main__":
     p.add_argument("--seeds", type=int, default=4000)
     p.add_argument("--out", default="benchmarks/RESULTS.md")
     p.add_argument("--part", choices=["all", "first-order", "typical", "batchnorm-two",
-                                       "batchnorm-two-exact",
+                                       "batchnorm-wide", "batchnorm-two-exact",
                                        "backward", "affine",
                                        "spread", "layers", "preactivation", "uniform",
                                        "norm-affine", "after-norm", "norm-start",
