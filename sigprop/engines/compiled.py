@@ -772,14 +772,21 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                     none = jnp.zeros((0, P, B), f64)
                     return carry, (none, none, jnp.ones(n, bool)), None
 
-            if q < 2:  # the full tape: every copy's input state kept
-                y, rec, ins, leaves, ok = forward_scan(x, _slots(outs, n), len(outs), backward)
-                ins = (ins, leaves, jnp.asarray(recorded))
+            if q < 2:  # the full tape: the input state of every copy the backward pulls back
+                taped = k if backward else n  # (the copies below: a loop without the tape,
+                ok_below = None  # and no record, which no layer below ``lowest`` has)
+                if 0 < taped < n:
+                    x, _, _, _, ok_below = forward_scan(x, _slots(outs, n)[:taped], 0, False)
+                y, rec, ins, leaves, ok = forward_scan(
+                    x, _slots(outs, n)[taped % n:], len(outs), backward and taped < n)
+                if ok_below is not None:
+                    ok = jnp.concatenate([ok_below, ok])
+                ins = (ins, leaves, jnp.asarray(recorded[k:]))
 
                 def back(carry):
                     carry, (lg, wg, okb) = backward_scan(
-                        carry, jax.tree_util.tree_map(lambda a: a[k:], ins),
-                        _slots(grads, n)[k:], len(grads), _slots(outs, n)[k:], len(outs))
+                        carry, ins, _slots(grads, n)[k:], len(grads), _slots(outs, n)[k:],
+                        len(outs))
                     return carry, (lg, wg, finite_below(okb, k)), first + k
 
                 return y, rec, ok, skipped if k == n else back
