@@ -143,16 +143,17 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     s = inputs.moments()
     rows = {0: (s, None)} if 0 in record else {}
     checkpoints, tapes, every = {0: s}, {}, 1 if backward else L + 1  # forward only: no tapes
+    lowest = lowest_block(record)  # (the backward's; the blocks below keep no tape)
     for l in _progress(range(1, L + 1), progress, "theory forward"):
         tape: dict | None = {} if every == 1 else None
         s, f = step(s, l, tape)
-        if backward and l == 1 < L and _nbytes([tape, s]) * L > TAPE_BUDGET:  # L = 1: keep it
-            every, tape = max(1, math.isqrt(L)), None
-        if tape is not None:
+        if backward and l == 1 < L and _nbytes([tape, s]) * (L + 1 - lowest) > TAPE_BUDGET:
+            every, tape = max(1, math.isqrt(L)), None  # (L = 1: kept)
+        if tape is not None and l >= lowest:
             tapes[l] = tape
         if l in record:
             rows[l] = (s, f)
-        if l % every == 0:
+        if l % every == 0 and l + every >= lowest:
             checkpoints[l] = s
     kept = sorted(record)
     if not backward:
@@ -162,7 +163,6 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     g = Cotangent(K=np.eye(B), m=np.zeros(B), ls=np.zeros(B))
     grad_rows = {L: _log_diag(g)} if L in record else {}
     sink, wgrad_rows = WeightGrads(), {}
-    lowest = lowest_block(record)
     needed = sorted((c for c in checkpoints if min(c + every, L) >= lowest), reverse=True)
     for start in _progress(needed, progress, "theory backward"):
         end = min(start + every, L)
