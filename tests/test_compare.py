@@ -1347,3 +1347,11 @@ def test_a_batchnorm_theory_at_a_width_is_compared_by_its_typical_log_grad_q():
     np.testing.assert_allclose(other.grad_q.sel(stat="theory").values,
                                wide.log_grad_q.values, rtol=1e-12)
     assert "run sp.theory(..., width=64)" in other.attrs["typical_not_used_grad_q"]
+    # fresh backward weights drop the weights' 1/N coupling, not the batch's E log at N: still
+    # the typical value (it was T_inf, z ~ -11, while the attrs said typical)
+    fresh = sp.simulate(net, x, width=64, seeds=16, root_seed=3, sampler="independent")
+    ind = compare(th, fresh, ["grad_q"], estimator="logmean")
+    np.testing.assert_allclose(ind.grad_q.sel(stat="theory").values,
+                               th.typical_log_grad_q.values, rtol=1e-12)
+    assert "typical_log_grad_q kept" in ind.attrs["first_order_missing_grad_q"]
+    assert float(abs(ind.grad_q.sel(stat="z")).max()) < 4

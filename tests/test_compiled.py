@@ -537,7 +537,7 @@ def test_the_backward_stops_at_the_lowest_recorded_layer(monkeypatch):
     neither: layers [5, 6], forward 12, blocks 5-6 recomputed 4 and pulled back 4 (it was 32,
     every chunk). The values are those of the full run, the weight gradient's width
     normalisation (its log(n_0 / n_L)) included, with the blocks below taken by their ratios
-    (a swept ratio)."""
+    (a swept ratio; a sum of logs past float64's range)."""
     calls = []
     quad = gaussian.kernel_quad
     monkeypatch.setattr(gaussian, "kernel_quad",
@@ -560,6 +560,12 @@ def test_the_backward_stops_at_the_lowest_recorded_layer(monkeypatch):
             for name in ("log_grad_q", "log_weight_grad_q", "log_q"):
                 np.testing.assert_allclose(ds[name], full[name].sel(layer=layers), rtol=0,
                                            atol=1e-12, err_msg=f"{engine} {layers} {name}")
+    # the blocks below by a sum of logs: n_L / n_0 = 2^1100 leaves float64 (it gave inf)
+    deep = Repeat(Serial(Dense(1.0, ratio=2.0), Act("relu")), 1100)
+    want = sp.theory(deep, X2).log_weight_grad_q.sel(layer=[1100])
+    for engine in ("numpy", "jax"):
+        np.testing.assert_allclose(sp.theory(deep, X2, layers=[1100], engine=engine)
+                                   .log_weight_grad_q, want, rtol=1e-12, err_msg=engine)
     monkeypatch.setattr(compiled, "TAPE_BYTES", 0)  # chunks of 2 blocks (isqrt(6))
     for layers, count in (([5, 6], 12 + 4 + 4), ([4, 6], 12 + 8 + 8), ([0, 6], 32)):
         ds, counts = counted("jax", layers)

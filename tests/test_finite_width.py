@@ -3032,6 +3032,13 @@ def test_a_broken_expansion_is_not_called_a_prediction():
     saturated = said(sp.Repeat(sp.Serial(sp.Dense(10.0), sp.Act("tanh")), 3), 16)
     assert any("one draw adds" in m and "to Var log grad_q" in m for m in saturated)
     assert not [m for m in saturated if "Var log q" in m or "Var log weight_grad_q" in m]
+    # a narrow residual branch (1 feature in 16): one draw adds 1.28 to Var log branch_q, whose
+    # features the weight gradient reads; Var log weight_grad_q (1.2) is no small-draws law
+    narrow = said(sp.Serial(sp.Dense(1.0), sp.Repeat(sp.Residual(sp.Serial(
+        sp.Dense(1.0, ratio=1 / 16), sp.Act("relu"), sp.Dense(1.0, ratio=16)), alpha=0.1), 4)),
+        64)
+    assert any("one draw adds" in m and "to Var log branch_q" in m for m in narrow)
+    assert not [m for m in narrow if "Var log weight_grad_q" in m]
 
 
 def test_a_weight_gradients_correction_as_large_as_its_value_warns():

@@ -586,3 +586,7 @@ def test_a_batchnorm_theorys_log_grad_q_is_drawn_at_its_typical_value():
     np.testing.assert_allclose(fig.axes[0].get_lines()[0].get_ydata(),
                                th.typical_log_grad_q.sel(input=0).values, rtol=1e-12)
     plt.close(fig)
+    # beside Monte Carlo at several widths (the width a DataArray: int() of it raised)
+    runs = stack_widths([sp.simulate(sp.presets.prebn(3, act="relu"), inputs, width=w, seeds=4)
+                         for w in (32, 64)])
+    plt.close(sp.plot(th, runs, var="log_grad_q", hue="width"))

@@ -687,10 +687,15 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                 f"{theory.attrs['width']} itself, not a 1/N term to carry to the run's width "
                 f"{mc_width}: compared with T_inf; run sp.theory(..., width={mc_width})")
         if term is not None and name in BACKWARD_VARIABLES and independent:
-            term = None  # (the theory's term is the exact weights' coupling, which it drops)
+            # (the theory's 1/N term is the exact weights' coupling, which the run drops; a
+            # BatchNorm's E log at N is the batch's, which it keeps: the typical value stays)
+            typical = _typical_used(th, name, est_name, mc_width)
+            term = term.where(th[FIRST_ORDER[name][0]].isnull()) if typical else None
             attrs[f"first_order_missing_{name}"] = (
                 "the run drew fresh backward weights (sampler='independent'), whose O(1/N) term "
-                "is not the theory's (that of the net's own weights): compared with T_inf")
+                "is not the theory's (that of the net's own weights): compared with T_inf"
+                + (f" where it has one ({TYPICAL[name]} kept: the batch's, not the weights')"
+                   if typical else ""))
         if term is not None and mc_width:
             ref = ref + term.fillna(0.0)
             missing = int((term.isnull() & th[name].notnull()).sum())  # (no rule; not no value)
@@ -1046,11 +1051,13 @@ def first_order(theory: xr.Dataset, name: str, est_name: str, width: int):
     elif name in ("q", "branch_q", "var", "grad_q", "weight_grad_q") and est_name == "mean":
         term = theory[name] * term
     term = term * (float(W) / width)
-    if est_name == "logmean" and TYPICAL.get(name) in theory and int(W) == int(width):
-        # where the expansion has no term (a BatchNorm), E log X at N itself: typical_log_grad_q
+    if est_name == "logmean" and TYPICAL.get(name) in theory:
+        # where the expansion has no term (a BatchNorm), E log X at N itself: typical_log_grad_q,
+        # at the theory's own width only (``width``: a number, or a DataArray of several)
+        other = np.logical_not(width == int(W))
         log = theory[schema.LOG_NAME[name]] if schema.LOG_NAME[name] in theory \
             else _log(theory[name])
-        term = term.where(term.notnull(), theory[TYPICAL[name]] - log)
+        term = term.where(term.notnull() | other, theory[TYPICAL[name]] - log)
     return term
 
 
@@ -1059,7 +1066,7 @@ def _typical_used(theory: xr.Dataset, name: str, est_name: str, width) -> bool:
     at some point: the run is at that width and the expansion has no term there."""
     W = theory.attrs.get("width")
     if est_name != "logmean" or W is None or not width or int(W) != int(width) \
-            or TYPICAL.get(name) not in theory or FIRST_ORDER[name][0] not in theory:
+            or TYPICAL.get(name) not in theory or any(v not in theory for v in FIRST_ORDER[name]):
         return False
     return bool((theory[FIRST_ORDER[name][0]].isnull() & theory[TYPICAL[name]].notnull()).any())
 

@@ -832,8 +832,8 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                          jnp.asarray(recorded[:q * chunk].reshape(q, chunk)[kc:])),
                         reverse=True)
                     got = (lg.reshape((-1, P, B))[gkeep - kc * gm],
-                           wg.reshape((-1, P, B))[keep - kc * m],
-                           finite_below(okb.reshape(-1), kc * chunk))
+                           wg.reshape((-1, P, B))[keep - kc * m],  # (its copies below k not
+                           finite_below(okb.reshape(-1)[k - kc * chunk:], k))  # checked)
                     stop = first + kc * chunk
                 if tail_rows is not None:
                     got = tuple(jnp.concatenate(pair) for pair in zip(got, tail_rows))

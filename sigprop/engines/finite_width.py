@@ -3028,7 +3028,8 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
             _warn_rare_nets(v, rows, width, name, grid, coef[f"log_{name}"])
     if backward:
         computed.update(_gradient_corrections(ds, net, inputs, width, lost,
-                                              computed["var_log_q"].shape, held["q"]))
+                                              computed["var_log_q"].shape,
+                                              held["q"] and held["branch_q"]))
     out = ds.assign({k: (schema.FINITE_WIDTH_VARIABLES[k].dims_with(grid=tuple(grid)), v)
                      for k, v in computed.items()})
     out.attrs["width"] = int(width)
@@ -3078,7 +3079,8 @@ def _resolved(net: Op, inputs, coef: dict, corr_inf, layers):
 def _gradient_corrections(ds, net, inputs, width, lost, shape, forward_held=True) -> dict:
     """The gradient's finite-width variables of :func:`extend` (``shape``: theirs; ``lost``:
     where the forward walk stopped), and their warnings (``forward_held``: whether Var log q
-    is the first-order law's own, from small draws, which the weight gradient's spread holds)."""
+    and Var log branch_q are the first-order law's own, from small draws: the weight gradient's
+    spread holds theirs)."""
     N, layers, grid = float(width), ds["layer"].values, sweeps_of(net)
 
     def mean_mode(idx):  # A at the grid point of idx (a layer row first), or None
@@ -3115,7 +3117,7 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape, forward_held=True
     computed.update(_weight_gradient_correction(net, weights, rows, layers, N, shape, why))
     # (a broken gradient's warning covers the weights' too; their spread holds the gradient's
     # and the forward stream's, so it is the law's own prediction where both of those are)
-    if not broken and not _warn_gradient(weights[0], rows, width, mean_mode, grid,
+    if not broken and not _warn_gradient(weights[0], rows, width, lambda idx: None, grid,
                                          "weight_grad_q") and held and forward_held:
         _warn_rare_nets(weights[3], rows, width, "weight_grad_q", grid, checked=every)
     typical = typical_log_grad_q(net, inputs, width)

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import itertools
 import math
 
 import numpy as np
@@ -22,7 +23,7 @@ from sigprop import schema
 from sigprop.engines import memory
 from sigprop.engines.dataset import build
 from sigprop.errors import ConfigError, OverflowInTheory
-from sigprop.ops import Op, Residual, Serial, layers_of, sweeps_of
+from sigprop.ops import Op, Residual, layers_of, sweeps_of
 from sigprop.ops.edges import warn_knife_edge
 from sigprop.provenance import make_attrs
 from sigprop.state.inputs import Inputs
@@ -258,8 +259,10 @@ def lowest_block(record) -> int:
 
 def log_ratio(blocks, ctx: Context):
     """log(n_out / n_in) of ``blocks`` one after the other, over the sweep grid of ``ctx`` (in
-    its namespace)."""
-    return ctx.ns.log(Serial(*blocks).width_ratio(ctx.p)) if blocks else np.zeros(())
+    its namespace): a sum of logs, n log r per run of n copies of one block (a product of
+    ratios over 10^3 blocks leaves float64)."""
+    return sum((len(list(run)) * ctx.ns.log(blk.width_ratio(ctx.p))
+                for blk, run in itertools.groupby(blocks)), np.zeros(()))
 
 
 def _recorded(layers, L) -> set[int]:
