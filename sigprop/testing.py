@@ -197,8 +197,23 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     fitted as V + c/N; :func:`sample_variance`), the 1/N slope of E var / var_inf (var = q -
     mean^2) and, where the layer has a residual branch, of E log branch_q (both as E log
     q's) and the leading coefficient of Var log branch_q."""
+    return measure_layers(net, inputs, widths, seeds, [layer], root_seed)[layer]
+
+
+def measure_layers(net: Op, inputs, widths, seeds: int, layers, root_seed: int = 0) -> dict:
+    """{layer: the rows of :func:`measure` at that layer} for each of ``layers``, from one
+    Monte Carlo run per width (every layer is recorded by each)."""
     coef = finite_width.coefficients(net, inputs)[0]
-    inf = theory(net, inputs).isel(layer=layer, input=0)
+    full = theory(net, inputs)
+    mcs = [simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
+                    root_seed=root_seed + int(N)) for N in widths]
+    return {layer: _measured(coef, full.isel(layer=layer, input=0), mcs, inputs, widths, seeds,
+                             layer) for layer in layers}
+
+
+def _measured(coef, inf, mcs, inputs, widths, seeds: int, layer: int):
+    """The rows of :func:`measure` at ``layer`` from the runs ``mcs`` (one per width), the
+    first-order coefficients ``coef`` and the infinite-width theory ``inf`` at that layer."""
     pick = {"log_q": lambda ds: ds.log_q.values[:, layer, 0],
             "corr": lambda ds: ds.corr.values[:, layer, 0, 1],
             "var": lambda ds: ds["var"].values[:, layer, 0] / float(inf["var"]),
@@ -209,9 +224,7 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
             and (k != "log_branch_q" or np.isfinite(inf["log_branch_q"]))]
     est = {k: [] for k in ("log_q", "corr", "spread", "spread_corr", "var", "spread_var",
                            "log_branch_q", "spread_branch")}
-    for N in widths:
-        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
-                      root_seed=root_seed + int(N))
+    for N, mc in zip(widths, mcs):
         for k in read:
             x = pick[k](mc)
             est[k].append((x.mean(), x.std(ddof=1) / math.sqrt(seeds)))

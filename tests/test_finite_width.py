@@ -31,6 +31,7 @@ from sigprop.testing import (
     measure_gradient,
     measure_gradient_layers,
     measure_gradient_spread,
+    measure_layers,
     measure_mean_mode,
     measure_uniform_term,
     mutate,
@@ -1203,8 +1204,8 @@ def test_batchnorm_of_two_against_monte_carlo():
     correction: each halved spread (N Var, SE ~4 %) and each sign-flipped slope of E log q, E var
     and E log branch_q (SE ~0.5 against slopes -1 to -3.5) is more than 3 SE from the fit; E
     corr's slope (0.1 at layer 1, 0.008 at layer 4) is below its SE (0.27)."""
-    for layer in (1, -1):
-        rows = measure(presets.prebn(4), GAUSSIAN_PAIR, WIDTHS, 1000, layer=layer, root_seed=7)
+    for layer, rows in measure_layers(presets.prebn(4), GAUSSIAN_PAIR, WIDTHS, 1000, (1, -1),
+                                      root_seed=7).items():
         _check(rows)
         for name, predicted, fitted, se in rows:
             if name.startswith("N Var"):
