@@ -61,6 +61,7 @@ from sigprop.testing import (
     measure_gradient,
     measure_gradient_layers,
     measure_gradient_spread,
+    measure_layers,
     measure_mean_mode,
     measure_uniform_term,
     measure_weight_gradient,
@@ -212,11 +213,12 @@ def batchnorm_two(seeds=4000, out="benchmarks/RESULTS.md"):
     theory against Monte Carlo at layers ``BN_TWO_LAYERS``; returns its markdown."""
     inputs = sp.Inputs(q=1.0, corr=0.5, n=2, law="gaussian")
     rows = ["| layer | statistic | predicted | fitted ± SE | z |", "|---|---|---|---|---|"]
+    with warnings.catch_warnings():  # (the gradient's NaN: not read here)
+        warnings.simplefilter("ignore", FiniteWidthWarning)
+        found = measure_layers(presets.prebn(DEPTH), inputs, WIDTHS, seeds, BN_TWO_LAYERS,
+                               root_seed=2024)
     for layer in BN_TWO_LAYERS:
-        with warnings.catch_warnings():  # (the gradient's NaN: not read here)
-            warnings.simplefilter("ignore", FiniteWidthWarning)
-            rows += _z_rows(layer, measure(presets.prebn(DEPTH), inputs, WIDTHS, seeds,
-                                           layer=layer, root_seed=2024))
+        rows += _z_rows(layer, found[layer])
     intro = (f"`benchmarks/finite_width_agreement.py --part batchnorm-two`: `presets.prebn"
              f"({DEPTH})` (eps = 1e-5), Gaussian inputs q = 1, corr = 0.5, B = 2, widths "
              f"{WIDTHS}, {seeds} seeds per width (root seed 2024 + width), input 0 (pair 0, 1 for "
@@ -285,15 +287,16 @@ def batchnorm_wide(seeds=4000, out="benchmarks/RESULTS.md"):
             + " | B = 2's prediction (reference) | B = 2 fitted ± SE | "
             + " | ".join(f"B = {B}: z from B = 2's prediction" for B in BN_WIDE_BATCHES) + " |",
             "|---" * (4 + 3 * len(BN_WIDE_BATCHES)) + "|"]
+    measured = {}
+    for B in batches:
+        with warnings.catch_warnings():  # (its NaN predictions: read from sp.theory above)
+            warnings.simplefilter("ignore", FiniteWidthWarning)
+            measured[B] = measure_layers(presets.prebn(DEPTH), inputs[B], WIDTHS, seeds,
+                                         BN_TWO_LAYERS, root_seed=20240 + 1000 * B)
     found = {}
     for layer in BN_TWO_LAYERS:
-        fitted = {}
-        for B in batches:
-            with warnings.catch_warnings():  # (its NaN predictions: read from sp.theory above)
-                warnings.simplefilter("ignore", FiniteWidthWarning)
-                fitted[B] = {stat: (fit, se) for stat, _, fit, se in measure(
-                    presets.prebn(DEPTH), inputs[B], WIDTHS, seeds, layer=layer,
-                    root_seed=20240 + 1000 * B)}
+        fitted = {B: {stat: (fit, se) for stat, _, fit, se in measured[B][layer]}
+                  for B in batches}
         for stat in fitted[2]:
             ref = theory_at[2][layer][stat]
             if not np.allclose(ref, ref[0], rtol=1e-6, atol=1e-9):
@@ -337,8 +340,9 @@ def batchnorm_wide(seeds=4000, out="benchmarks/RESULTS.md"):
 
 def _bn_wide_note(found) -> str:
     """What the measurement shows, its numbers read from ``found``: each spread at B = 3, 4 as a
-    ratio to B = 2's prediction per layer, the largest |z| of the slopes from B = 2's, and the
-    slopes of E log q and E log branch_q against -N Var / 2 of the same B."""
+    ratio to B = 2's prediction per layer, the largest |z| of the slopes from B = 2's, the
+    slopes of E log q and E log branch_q against -N Var / 2 of the same B, how many spreads lie
+    more than 3 SE above B = 2's prediction, and N Var log q at the first and last layer."""
     def ratios(stat, B):
         return ", ".join(f"{found[l, stat][B][0] / found[l, stat]['ref']:.2f}"
                          for l in BN_TWO_LAYERS)
@@ -358,6 +362,12 @@ def _bn_wide_note(found) -> str:
 
     pairs = (("slope of E log q", "N Var log q"),
              ("slope of E log branch_q", "N Var log branch_q"))
+    spread_keys = [k for k in found if k[1].startswith("N Var")]
+
+    def above(B):  # spreads more than 3 SE above B = 2's prediction
+        return sum((found[k][B][0] - found[k]["ref"]) / found[k][B][1] > 3 for k in spread_keys)
+
+    q, first, last = "N Var log q", BN_TWO_LAYERS[0], BN_TWO_LAYERS[-1]
     return (f"Measured over B = 2's prediction at layers {', '.join(map(str, BN_TWO_LAYERS))}: "
             f"{spreads}. The 1/N slopes of the means ({', '.join(dict.fromkeys(slopes))}) lie "
             "within " + " and ".join(f"{z[B]:.1f} SE (B = {B})" for B in BN_WIDE_BATCHES)
@@ -365,10 +375,14 @@ def _bn_wide_note(found) -> str:
             + " and ".join(f"{max(half(m, v, B) for m, v in pairs):.1f} SE (B = {B})"
                            for B in BN_WIDE_BATCHES)
             + " of -N Var / 2 measured at the same B (SEs combined as independent), as B = 2's "
-            "rule has them (E q and E branch_q without a 1/N term). So B = 2's law does not "
-            "carry over to B = 3, 4: the spreads are above B = 2's prediction, more so at B = 4 "
-            "and deeper in the net, and N Var log q does not fall with depth as B = 2's does; "
-            "the means' slopes follow the larger spreads.")
+            "rule has them (E q and E branch_q without a 1/N term). Spreads more than 3 SE "
+            "above B = 2's prediction: " + ", ".join(
+                f"{above(B)} of {len(spread_keys)} at B = {B}" for B in BN_WIDE_BATCHES)
+            + f". N Var log q from layer {first} to {last}: B = 2's prediction "
+            f"{found[first, q]['ref']:.3g} to {found[last, q]['ref']:.3g}; measured "
+            + ", ".join(f"B = {B} {found[first, q][B][0]:.3g} to {found[last, q][B][0]:.3g}"
+                        for B in BN_WIDE_BATCHES) + ".")
+
 
 CHAIN_WIDTHS = [64, 128, 256, 512, 1024, 2048, 4096]
 CHAIN_FITS = [[64, 128, 256, 512], [128, 256, 512, 1024], [256, 512, 1024, 2048],
