@@ -71,7 +71,10 @@ a p-value over a confidence bound on its own sigma (:func:`lognormal_lower_p`; t
 supremum over all sigma, sigma -> inf, is far out at few seeds), and the rate of |z| > k against
 its supremum over sigma (:func:`lognormal_rate`). Under ``lognormal`` at one width each
 variable carries the stat ``log_sd``, the seeds' sd of log X per point, which that bound reads
-(a comparison with such a variable gives every variable the stat, NaN where it has none).
+(a comparison with such a variable gives every variable the stat, NaN where it has none). Its
+signed test sums the points' estimates, with Cox's variance of the sum from the seeds'
+covariance across points (:func:`lognormal_signed`): points that move as one give exactly one
+point's z, read by the same law at a bound on the sum's own sd (attr ``signed_log_sd``).
 
 Where the theory is exact at any width. For ``E q``: in a net of Dense, ReLU / linear
 activations and residual sums with zero-mean weights, E[q' | x] is a linear function of q
@@ -742,19 +745,22 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         out[name] = out[name].transpose("stat", ...)
         n_heavy, n_zeros = int(heavy.sum()), int(zeros.sum())
         counted = _counted(z)
+        with np.errstate(divide="ignore"):
+            weight = xr.where(unit > 0, 1 / unit, 0.0)
+        signed, signed_seeds, signed_sd, mde, shape_p, shape_k = (math.nan, 0, math.nan,
+                                                                  math.nan, math.nan, 0)
         if len(widths) < 2 and est_name in T_ESTIMATORS:  # (a stack's T_inf is not per seed)
-            with np.errstate(divide="ignore"):
-                weight = xr.where(unit > 0, 1 / unit, 0.0)
             signed, signed_seeds = signed_t(samples, ref, weight, counted, rtol)
             mde = signed_mde(samples, ref, weight, counted)
             shape_p, shape_k = shape_test(samples, ref, weight, counted, rtol)
-        else:
-            signed, signed_seeds, mde, shape_p, shape_k = math.nan, 0, math.nan, math.nan, 0
+        elif len(widths) < 2 and est_name == "lognormal":
+            signed, signed_seeds, signed_sd = lognormal_signed(samples, ref, weight, counted, rtol)
+            mde = lognormal_signed_mde(samples, ref, weight, counted)
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
                            "not_comparable": n_heavy + n_zeros,
                            "effective_points": effective_points(samples, counted),
                            "signed_t": signed, "signed_seeds": signed_seeds,
-                           "signed_mde": mde,
+                           "signed_mde": mde, "signed_log_sd": signed_sd,
                            "shape_p": shape_p, "shape_degree": shape_k}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
         if n_heavy:
@@ -845,6 +851,93 @@ def signed_mde(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
         return math.nan
     return float(_noncentrality(len(u) - 1, level, power) * u.std(ddof=1)
                  / (math.sqrt(len(u)) * n))
+
+
+def lognormal_signed(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
+                     counted: xr.DataArray, floor: float = 0.0) -> tuple[float, int, float]:
+    """(z, S', sigma_eff) of the ``lognormal`` estimator's signed test: the counted points'
+    weighted deviations m_i - T_i together, m_i = ybar_i + s_i^2 / 2 (y = log X, over the S'
+    seeds finite at every counted point), z = sum_i w_i (m_i - T_i) / SE with Cox's variance of
+    the sum, SE^2 = w^T S w / S' + sum_ij w_i w_j S_ij^2 / (2 (S' - 1)) (S the seeds' covariance
+    of y across points: ybar and the s_ij are independent for normal y, Cov(s_i^2, s_j^2) = 2
+    S_ij^2 / (S' - 1)), from S' x S' products: with D the centred seeds, w^T S w = |D w|^2 /
+    (S' - 1) and sum w w S^2 = |D diag(w) D^T|_F^2 / (S' - 1)^2. One point: that point's z.
+    Points moving as one (y_i = mu_i + a_i e): z is exactly one point's z at sd sigma_eff =
+    (sum w a^2 / sum w a) sd(e), whose law :func:`lognormal_tails` gives; sigma_eff^2 = sum w w
+    S^2 / w^T S w estimates it in general, and :func:`summary` reads z's lower tail at a
+    confidence bound on it (:func:`lognormal_lower_p`), its upper tail against Student t's
+    (the upper tail's sup over sigma). Points that do not move as one average the s^2 terms'
+    skew away: their z comes nearer normal (benchmarks/RESULTS.md, "the lognormal estimator's
+    signed test"). ``floor``: as :func:`signed_t`'s. NaN with fewer than 3 seeds or no
+    spread."""
+    dev, se, S, n, sigma = _lognormal_sum(samples, ref, weight, counted)
+    if not se > 0:
+        return math.nan, S, math.nan
+    return math.copysign(max(abs(dev) - floor * n, 0.0), dev) / se, S, sigma
+
+
+def lognormal_signed_mde(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
+                         counted: xr.DataArray, level: float = FAMILY_LEVEL,
+                         power: float = 0.8) -> float:
+    """:func:`signed_mde` for :func:`lognormal_signed`: (c + z_power) SE / n, c the larger of
+    its two critical values (:func:`lognormal_signed_crits`), z_power the normal quantile of
+    ``power`` (z's law near the alternative taken as a shifted normal)."""
+    _, se, S, n, sigma = _lognormal_sum(samples, ref, weight, counted)
+    if not se > 0:
+        return math.nan
+    return (max(lognormal_signed_crits(S, sigma, level)) + float(stats.norm.ppf(power))) * se / n
+
+
+def _lognormal_sum(samples, ref, weight, counted):
+    """(sum_i w_i (m_i - T_i), its SE, S', n, sigma_eff) of :func:`lognormal_signed`; SE NaN
+    with fewer than 3 seeds or no counted point."""
+    if "width" in samples.dims:
+        samples = samples.squeeze("width", drop=True)
+    y, T, w, keep = (v.transpose("seed", ...).values.reshape(samples.sizes["seed"], -1)
+                     for v in xr.broadcast(samples, ref, weight, counted))
+    keep = keep[0].astype(bool)
+    y, T, w = y[:, keep], T[0, keep], w[0, keep]
+    y = y[np.isfinite(y).all(axis=1)]
+    S, n = y.shape
+    if S < 3 or n == 0:
+        return math.nan, math.nan, S, n, math.nan
+    D = y - y.mean(axis=0)
+    m = y.mean(axis=0) + (D**2).sum(axis=0) / (2 * (S - 1))
+    a = D @ w
+    linear = float(a @ a) / (S - 1)  # w^T S w
+    square = float(np.sum(((D * w) @ D.T) ** 2)) / (S - 1) ** 2  # sum_ij w_i w_j S_ij^2
+    with np.errstate(divide="ignore", invalid="ignore"):
+        sigma = math.sqrt(square / linear) if linear > 0 else math.nan
+    return float(w @ (m - T)), math.sqrt(linear / S + square / (2 * (S - 1))), S, n, sigma
+
+
+def lognormal_signed_flag(z: float, seeds: int, sigma: float,
+                          level: float = FAMILY_LEVEL) -> bool:
+    """Whether :func:`lognormal_signed`'s z passes its two-sided ``level``: above Student t's
+    upper level / 2 quantile, or below minus it with :func:`lognormal_lower_p` (at the bound
+    on ``sigma``, gamma = LOWER_GAMMA level / 2) under level / 2. NaN: False."""
+    alpha = level / 2
+    upper = float(stats.t.isf(alpha, max(seeds - 1, 1)))
+    return bool(z > upper or (z < -upper and lognormal_lower_p(z, seeds, sigma,
+                                                                 LOWER_GAMMA * alpha) < alpha))
+
+
+def lognormal_signed_crits(seeds: int, sigma: float, level: float = FAMILY_LEVEL):
+    """(upper, lower) critical |z| of :func:`lognormal_signed` at two-sided ``level``: Student
+    t's upper level / 2 quantile (the upper tail's sup over sigma), and the c at which
+    :func:`lognormal_lower_p` of -c, at the bound on ``sigma`` with gamma = LOWER_GAMMA level /
+    2, is level / 2."""
+    alpha = level / 2
+    upper = float(stats.t.isf(alpha, max(seeds - 1, 1)))
+
+    def excess(c):
+        return lognormal_lower_p(-c, seeds, sigma, LOWER_GAMMA * alpha) - alpha
+
+    hi = 2 * upper
+    while excess(hi) > 0:  # (the lower tail's sup, sigma -> inf, is finite: it ends)
+        hi *= 2
+    return upper, (optimize.brentq(excess, upper, hi, xtol=1e-6) if excess(upper) > 0
+                   else upper)
 
 
 @functools.lru_cache(maxsize=256)
@@ -1408,7 +1501,9 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
     sup over all sigma, sigma -> inf, needs -5.77; without the stat, that sup), or when the
     signed test's t (``signed_t``
     in the variable's attrs, :func:`signed_t`: the points' deviations of one sign together; one
-    width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators), or when the
+    width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators; under
+    ``lognormal`` its z, :func:`lognormal_signed`, by that law: :func:`lognormal_signed_flag`),
+    or when the
     shape test's p (``shape_p``, :func:`shape_test`: a deviation that changes with depth) is
     below ``FAMILY_LEVEL`` (``level``: these three tests' level, FAMILY_LEVEL unless given;
     a gate over many variables divides it among them); NOT
@@ -1462,7 +1557,11 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
         else:
             beyond = False
         signed, dof = float(da.attrs.get("signed_t", np.nan)), da.attrs.get("signed_seeds", 0) - 1
-        together = dof >= 1 and abs(signed) > stats.t.isf(level / 2, dof)
+        if lognormal:  # (its own law: t's upper tail, the lower at a bound on its sd)
+            together = dof >= 2 and lognormal_signed_flag(
+                signed, dof + 1, float(da.attrs.get("signed_log_sd", np.nan)), level)
+        else:
+            together = dof >= 1 and abs(signed) > stats.t.isf(level / 2, dof)
         shape_p = float(da.attrs.get("shape_p", np.nan))
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
                      "effective_points": effective, "exact": exact, "max_z": top, "where": loc,
