@@ -7,8 +7,8 @@ periln with random parameters), inputs q = [1, 1.7], corr = 0.4 (a third of them
 [0.3, -0.2]). For each net the coefficients that ``sp.theory(net, inputs, width=N)`` predicts
 (times N) are compared with Monte Carlo at ``--widths`` (``--seeds`` seeds each, every width its
 own root seed, ``sigprop.state.rng.width_root_seed``; default 64, 128, 256), fitted over 1/N as
-``sigprop.testing.measure`` and ``measure_gradient_layers`` do (``fit_inverse_width``,
-``sample_variance``): at the last layer and a middle one, inputs 0 and 1, the 1/N slopes of
+``sigprop.testing.measure`` and ``measure_gradient_layers`` do (the fit of
+``width_coefficient``): at the last layer and a middle one, inputs 0 and 1, the 1/N slopes of
 E log q and E corr and the leading coefficients of N Var log q and N Var corr; at layer 0 the
 input gradient's c (E G_0 / G_0,inf - 1 = b + a/N) and N Var log grad_q_0; at the last and
 the middle layer, where its block has a Dense, the weight gradient's c and N Var log
@@ -40,7 +40,6 @@ from scipy import stats
 
 import sigprop as sp
 from sigprop import presets
-from sigprop.analysis.compare import fit_inverse_width
 from sigprop.errors import ConfigError, FiniteWidthWarning, UnsupportedComposition
 from sigprop.ops import (
     Act,
@@ -55,7 +54,7 @@ from sigprop.ops import (
     layers_of,
 )
 from sigprop.state.rng import width_root_seed
-from sigprop.testing import sample_variance
+from sigprop.testing import width_coefficient, width_estimate
 
 ACTS = ("relu", "tanh", "erf", "gelu", "linear")
 PRESETS = ("preln", "postln", "resnet", "plain", "periln")
@@ -213,26 +212,22 @@ def predict(net, inputs, width=256):
 def measure(net, inputs, widths, seeds, root, pred, layers, g_inf):
     """Rows {stat, predicted, fitted, se, z} for the finite predictions ``pred``: one
     simulation per width (root seed ``width_root_seed(root, N)``), fitted over the widths as
-    ``sigprop.testing.measure`` does (slopes: a of c + a/N on the per-width means; N Var: c of
-    V + c/N on N s^2 with the SE from the 4th moment)."""
+    ``sigprop.testing.measure`` does (:func:`sigprop.testing.width_estimate` and
+    ``width_coefficient``: slopes a of c + a/N on the per-width means; N Var: V of V + c/N on N
+    s^2, its SE from the 4th moment)."""
     est = {k: [] for k, v in pred.items() if math.isfinite(v)}
     for N in widths:
         mc = sp.simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy",
                          dtype="float64", root_seed=width_root_seed(root, int(N)))
         for k, found in est.items():
-            x = _sample(mc, k, layers, g_inf)
-            if k.startswith("N Var"):
-                v, se = sample_variance(x)
-                found.append((N * v, N * se))
-            else:
-                found.append((x.mean(), x.std(ddof=1) / math.sqrt(seeds)))
+            found.append(width_estimate(_sample(mc, k, layers, g_inf), N,
+                                        spread=k.startswith("N Var")))
     rows = []
     for k, pairs in est.items():
         vals, ses = map(np.asarray, zip(*pairs))
         if not (np.all(np.isfinite(vals)) and np.all(ses > 0)):
             continue  # (deterministic in the Monte Carlo: no SE)
-        c, se_c, a, se_a = fit_inverse_width(widths, vals, ses)
-        fit, se = (c, se_c) if k.startswith("N Var") else (a, se_a)
+        fit, se = width_coefficient(widths, pairs, spread=k.startswith("N Var"))
         if max(abs(pred[k]), abs(fit), se) < NEGLIGIBLE:
             continue
         rows.append({"stat": k, "predicted": pred[k], "fitted": fit, "se": se,

@@ -226,12 +226,11 @@ def _measured(coef, inf, mcs, inputs, widths, seeds: int, layer: int):
                            "log_branch_q", "spread_branch")}
     for N, mc in zip(widths, mcs):
         for k in read:
-            x = pick[k](mc)
-            est[k].append((x.mean(), x.std(ddof=1) / math.sqrt(seeds)))
+            est[k].append(width_estimate(pick[k](mc), N))
         for k, of in spread_of.items():
             if of in read and (of != "var" or float(inf["var"]) > 0):  # (else no log var)
-                v, se = sample_variance(np.log(pick[of](mc)) if of == "var" else pick[of](mc))
-                est[k].append((N * v, N * se))
+                x = np.log(pick[of](mc)) if of == "var" else pick[of](mc)
+                est[k].append(width_estimate(x, N, spread=True))
     rows = []
     predicted = {"log_q": coef["log_q"][layer][..., 0], "spread": coef["var_log_q"][layer][..., 0],
                  "var": coef["var"][layer][..., 0],
@@ -244,14 +243,31 @@ def _measured(coef, inf, mcs, inputs, widths, seeds: int, layer: int):
     for k, pairs in est.items():
         if not pairs:
             continue
-        c, se_c, a, se_a = fit_inverse_width(widths, *zip(*pairs))
-        fitted, se = (c, se_c) if k in spread_of else (a, se_a)
+        fitted, se = width_coefficient(widths, pairs, spread=k in spread_of)
         name = {"log_q": "slope of E log q", "corr": "slope of E corr", "spread": "N Var log q",
                 "spread_corr": "N Var corr", "var": "slope of E var / var_inf",
                 "spread_var": "N Var log var", "log_branch_q": "slope of E log branch_q",
                 "spread_branch": "N Var log branch_q"}[k]
         rows.append((name, float(predicted[k]), float(fitted), float(se)))
     return rows
+
+
+def width_estimate(x, width: int, spread: bool = False) -> tuple[float, float]:
+    """(estimate, se) at one width of the per-seed sample ``x``: its mean and the mean's se,
+    or (``spread``) N s^2 and its se (:func:`sample_variance`)."""
+    if spread:
+        v, se = sample_variance(x)
+        return width * v, width * se
+    x = np.asarray(x, dtype=float)
+    return float(x.mean()), float(x.std(ddof=1) / math.sqrt(len(x)))
+
+
+def width_coefficient(widths, estimates, spread: bool = False) -> tuple[float, float]:
+    """(coefficient, se) over the widths from :func:`width_estimate`'s rows: the slope a of E x
+    = c + a/N, or (``spread``) the leading V of N Var x = V + c/N
+    (:func:`~sigprop.analysis.compare.fit_inverse_width`)."""
+    c, se_c, a, se_a = fit_inverse_width(widths, *zip(*estimates))
+    return (float(c), float(se_c)) if spread else (float(a), float(se_a))
 
 
 def sample_variance(x) -> tuple[float, float]:
