@@ -861,10 +861,16 @@ def lognormal_signed(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataAr
     the sum, SE^2 = w^T S w / S' + sum_ij w_i w_j S_ij^2 / (2 (S' - 1)) (S the seeds' covariance
     of y across points: ybar and the s_ij are independent for normal y, Cov(s_i^2, s_j^2) = 2
     S_ij^2 / (S' - 1)), from S' x S' products: with D the centred seeds, w^T S w = |D w|^2 /
-    (S' - 1) and sum w w S^2 = |D diag(w) D^T|_F^2 / (S' - 1)^2. One point: that point's z.
+    (S' - 1) and sum w w S^2 = |D diag(w) D^T|_F^2 / (S' - 1)^2. The sample's S_ij^2 is biased
+    up by S_ii S_jj / (S' - 1) at every pair (at n independent points the sum's square term
+    ~n / (S' - 1) times its value, z shrunk toward 0): the sum taken is (S' - 1) / (S' - 2)
+    (sum w w S^2 - (sum w_i S_ii)^2 / (S' - 1)), >= 0, the plug-in's for one point and for
+    points moving as one (S_ij^2 = S_ii S_jj), and at independent points as biased as one
+    point's s^4. One point: that point's z.
     Points moving as one (y_i = mu_i + a_i e): z is exactly one point's z at sd sigma_eff =
-    (sum w a^2 / sum w a) sd(e), whose law :func:`lognormal_tails` gives; sigma_eff^2 = sum w w
-    S^2 / w^T S w estimates it in general, and :func:`summary` reads z's lower tail at a
+    (sum w a^2 / sum w a) sd(e), whose law :func:`lognormal_tails` gives (w > 0: with weights
+    of mixed sign sum w a^2 < 0 swaps z's tails); sigma_eff^2, that square sum over w^T S w,
+    estimates it in general, and :func:`summary` reads z's lower tail at a
     confidence bound on it (:func:`lognormal_lower_p`), its upper tail against Student t's
     (the upper tail's sup over sigma). Points that do not move as one average the s^2 terms'
     skew away: their z comes nearer normal (benchmarks/RESULTS.md, "the lognormal estimator's
@@ -905,7 +911,10 @@ def _lognormal_sum(samples, ref, weight, counted):
     m = y.mean(axis=0) + (D**2).sum(axis=0) / (2 * (S - 1))
     a = D @ w
     linear = float(a @ a) / (S - 1)  # w^T S w
-    square = float(np.sum(((D * w) @ D.T) ** 2)) / (S - 1) ** 2  # sum_ij w_i w_j S_ij^2
+    nu, M = S - 1, (D * w) @ D.T  # D diag(w) D^T: sum w w S^2 = |M|^2 / nu^2, sum w S_ii = tr M / nu
+    # sum_ij w_i w_j S_ij^2 less the pairs' bias S_ii S_jj / nu, scaled to equal it for one
+    # point and for points moving as one (S_ij^2 = S_ii S_jj); >= 0 as rank M <= nu
+    square = max(float(np.sum(M**2)) - float(np.trace(M)) ** 2 / nu, 0.0) / ((nu - 1) * nu)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = math.sqrt(square / linear) if linear > 0 else math.nan
     return float(w @ (m - T)), math.sqrt(linear / S + square / (2 * (S - 1))), S, n, sigma
