@@ -208,8 +208,7 @@ def test_the_agreement_step_fails_on_a_disagreement_no_sim_declares(project):
     256, S = 32, past the lognormal law's upper quantile, Student t's ~4.6 at the step's
     level), and so is the same error upward (z ~ -9: each point's lower-tail p over its sd of
     log q's upper bound; the law's heavy lower tail, its supremum over every sd, let it pass),
-    declared they pass, and the true theory passes. (q's lognormal estimator has no signed
-    test: 10 % at N = 64 went unseen, z ~ 1.)"""
+    declared they pass, and the true theory passes."""
     import json
 
     import numpy as np
