@@ -1,4 +1,4 @@
-"""Benchmark: the ``lognormal`` estimator's signed test, its false alarms and its power.
+"""Benchmark: the ``lognormal`` estimator's signed and shape tests, false alarms and power.
 
 Calibration: normal log samples y (S seeds x n points) whose true log E X is known, drawn in
 shapes that stress the test's law: one point (the point's own z), points moving as one (a
@@ -6,7 +6,9 @@ single factor: z is then exactly one point's z at sigma_eff), AR(1) chains over 
 (rho 0.9 and 0.5, sd rising with the layer from sigma / 5 to sigma) and independent points.
 For each seed count and sd, the rate at which :func:`lognormal_signed_flag` fires on the true
 theory (nominal ``FAMILY_LEVEL``, two-sided), beside the rate at which z read as Student t
-would (the law the mean's test uses), with binomial standard errors. Power: ``synthetic``
+would (the law the mean's test uses), and the rate of the shape test
+(``lognormal_shape``, p from :func:`lognormal_shape_p` below the level; the layers are the
+points' order), with binomial standard errors. Power: ``synthetic``
 lognormal Monte Carlo of a Pre-LN gelu theory (independent points) with every point's log E X
 shifted by d per-point standard errors; the share of runs ``summary`` flags DISAGREE with the
 signed test and without it (its attrs blanked). Run:
@@ -20,14 +22,16 @@ import math
 import warnings
 
 import numpy as np
-import xarray as xr
 from scipy import stats
 
 import sigprop as sp
 from sigprop.analysis.compare import (
     FAMILY_LEVEL,
+    _lognormal_parts,
+    _lognormal_z,
+    _shape_components,
     compare,
-    lognormal_signed,
+    lognormal_shape_p,
     lognormal_signed_flag,
     summary,
     synthetic,
@@ -59,25 +63,28 @@ def draw(rng, shape: str, seeds: int, sigma: float):
 
 def calibration(runs: int, seeds_list, sigmas):
     rng = np.random.default_rng(20261207)
-    print("| shape | seeds | sd of log X | flagged (lognormal law) | flagged (z as Student t) |")
-    print("|---|---|---|---|---|")
+    print("| shape | seeds | sd of log X | flagged (lognormal law) | flagged (z as Student t) |"
+          " shape test flagged |")
+    print("|---|---|---|---|---|---|")
     nominal = FAMILY_LEVEL
     for shape in SHAPES:
         for seeds in seeds_list:
             crit = float(stats.t.isf(nominal / 2, seeds - 1))
             for sigma in sigmas:
-                own = student = 0
+                own = student = trend = 0
                 for _ in range(runs):
                     y, truth = draw(rng, shape, seeds, sigma)
-                    da = xr.DataArray(y, dims=("seed", "layer"))
-                    ref = xr.DataArray(truth, dims="layer")
-                    z, S, sd = lognormal_signed(da, ref, xr.ones_like(ref),
-                                                xr.ones_like(ref, dtype=bool))
+                    w, layer = np.ones(y.shape[1]), np.arange(y.shape[1])
+                    # (the arrays lognormal_signed and lognormal_shape reduce their DataArrays
+                    # to: tests/test_compare_lognormal_law.py checks the two agree)
+                    z, S, sd = _lognormal_z(_lognormal_parts(y, truth, w))
                     own += lognormal_signed_flag(z, S, sd)
                     student += abs(z) > crit
+                    zs, sds = _shape_components(y, truth, w, layer)
+                    trend += bool(zs) and lognormal_shape_p(zs, sds, S) < nominal
                 se = math.sqrt(nominal * (1 - nominal) / runs)
                 print(f"| {shape} | {seeds} | {sigma:g} | {own / runs:.4f} | "
-                      f"{student / runs:.4f} |", flush=True)
+                      f"{student / runs:.4f} | {trend / runs:.4f} |", flush=True)
     print(f"\nnominal {nominal:.4f}; binomial se of a rate at it over {runs} runs: {se:.4f}")
 
 

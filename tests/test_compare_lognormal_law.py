@@ -506,3 +506,85 @@ def test_the_signed_sums_variance_is_not_inflated_by_independent_points():
     assert 0.8 < np.mean(se2) / variance < 1.2, np.mean(se2) / variance
     assert 0.8 < np.median(sig) / sigma < 1.2, np.median(sig)
     assert 0.8 < np.std(z) < 1.2, np.std(z)
+
+
+def test_the_shape_components_of_a_dataarray_and_of_its_arrays_agree():
+    """lognormal_shape reduces its DataArrays to rows (seeds finite at every counted point) and
+    the points' layers; the benchmark calls _shape_components on arrays: the same z_j and
+    sigma_j, in any dim order and with an uncounted point and a NaN seed left out. A uniform
+    shift of the theory moves no z_j (P_j orthogonal to a constant over the counted points).
+    Catches: the components not made orthogonal to the offset, layers misread."""
+    from sigprop.analysis.compare import _shape_components, lognormal_shape
+
+    rng = np.random.default_rng(8)
+    S, L = 12, 6
+    y = rng.standard_normal((S, L, 2)) * np.linspace(0.3, 1.0, L)[:, None]
+    truth = rng.standard_normal((L, 2)) * 0.1
+    da = xr.DataArray(y, dims=("seed", "layer", "input"), coords={"layer": np.arange(L)})
+    da[3, 2, 1] = np.nan  # (a seed lost at one counted point)
+    ref = xr.DataArray(truth, dims=("layer", "input"), coords={"layer": np.arange(L)})
+    counted = xr.ones_like(ref, dtype=bool)
+    counted[0, 0] = False
+    zs, sds, seeds = lognormal_shape(da, ref, xr.ones_like(ref), counted)
+    assert seeds == S - 1 and len(zs) == 3
+    keep = counted.values.ravel()
+    rows = np.delete(y.reshape(S, -1), 3, axis=0)[:, keep]
+    layer = np.repeat(np.arange(L), 2)[keep]
+    z2, s2 = _shape_components(rows, truth.ravel()[keep], np.ones(keep.sum()), layer)
+    np.testing.assert_allclose(zs, z2, rtol=1e-12)
+    np.testing.assert_allclose(sds, s2, rtol=1e-12)
+    zt, _, _ = lognormal_shape(da.transpose("input", "seed", "layer"), ref + 0.0, xr.ones_like(ref),
+                               counted)
+    np.testing.assert_allclose(zs, zt, rtol=1e-12)
+    shifted, _, _ = lognormal_shape(da, ref + 0.7, xr.ones_like(ref), counted)
+    np.testing.assert_allclose(zs, shifted, rtol=1e-9, atol=1e-12)
+
+
+def test_the_shape_tests_null_rate_is_within_its_level():
+    """300 runs of 50 points moving as one, sd of log X rising to 3, 16 seeds: the shape test
+    at FAMILY_LEVEL fires in at most its level + 4 binomial sd (each |z_j| by the lower
+    tail's law at its sigma_j's bound, Bonferroni over the 3 components). Read by Student t's
+    quantile instead, its components pass that bound (they are one point's z at sigma_j, up to
+    sign). Catches: the tails read as t's, no Bonferroni over the components."""
+    from sigprop.analysis.compare import _shape_components, lognormal_shape_p
+
+    rng = np.random.default_rng(9)
+    runs, S = 300, 16
+    a = np.linspace(0.2, 1.0, 50) * 3.0
+    layer = np.arange(50)
+    own = student = 0
+    crit = stats.t.isf(FAMILY_LEVEL / 6, S - 1)  # (each of 3 components, two-sided)
+    for _ in range(runs):
+        y = np.outer(rng.standard_normal(S), a) + rng.standard_normal((S, 50)) * 0.05
+        zs, sds = _shape_components(y, (a**2 + 0.05**2) / 2, np.ones(50), layer)
+        own += lognormal_shape_p(zs, sds, S) < FAMILY_LEVEL
+        student += max(abs(z) for z in zs) > crit
+    bound = FAMILY_LEVEL + 4 * math.sqrt(FAMILY_LEVEL * (1 - FAMILY_LEVEL) / runs)
+    assert own / runs <= bound, own
+    assert student / runs > bound, student
+
+
+def test_a_tilt_over_depth_is_found_by_the_shape_test():
+    """32 seeds, sd of log X 0.3, 32 points of q (16 layers above the inputs, 2 inputs): the
+    theory's log E X tilted linearly from -2 to +2 per-point se from the lowest to the
+    highest layer (no offset in sum: the signed test sees ~0; each point's z ~2 at most,
+    short of the max test) is flagged DISAGREE through the shape test alone (its p below the
+    level, above its floor 2 k gamma = LOWER_GAMMA FAMILY_LEVEL; blanked, ok); the true
+    theory passes. Catches: summary not reading the lognormal shape test."""
+    theory = sp.theory(sp.presets.resnet(depth=16, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.3))
+    S, sigma = 32, 0.3
+    se = math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
+    wrong = theory.copy(deep=True)
+    tilt = xr.where(wrong["layer"] > 0, (wrong["layer"] - 8.5) / 7.5, 0.0)
+    wrong["log_q"] = wrong["log_q"] + 2 * se * tilt
+    wrong["q"] = np.exp(wrong["log_q"])
+    mc = synthetic(theory, seeds=S, noise=sigma, root_seed=13)
+    cmp = compare(wrong, mc, variables=["q"], estimator="lognormal")
+    row = summary(cmp)[0]
+    assert row["flag"] == "DISAGREE" and abs(row["signed_t"]) < 2, row
+    assert LOWER_GAMMA * FAMILY_LEVEL <= row["shape_p"] < FAMILY_LEVEL / 2, row
+    cmp["q"].attrs.pop("shape_z")
+    cmp["q"].attrs["shape_p"] = math.nan
+    assert summary(cmp)[0]["flag"] == "ok"
+    right = summary(compare(theory, mc, variables=["q"], estimator="lognormal"))[0]
+    assert right["flag"] == "ok" and right["shape_p"] > 0.01, right

@@ -74,7 +74,9 @@ variable carries the stat ``log_sd``, the seeds' sd of log X per point, which th
 (a comparison with such a variable gives every variable the stat, NaN where it has none). Its
 signed test sums the points' estimates, with Cox's variance of the sum from the seeds'
 covariance across points (:func:`lognormal_signed`): points that move as one give exactly one
-point's z, read by the same law at a bound on the sum's own sd (attr ``signed_log_sd``).
+point's z, read by the same law at a bound on the sum's own sd (attr ``signed_log_sd``). Its
+shape test (:func:`lognormal_shape`) reads the shape test's Legendre-weighted sums so, each by
+the heavier (lower) tail, Bonferroni over them (attrs ``shape_z``, ``shape_log_sd``).
 
 Where the theory is exact at any width. For ``E q``: in a net of Dense, ReLU / linear
 activations and residual sums with zero-mean weights, E[q' | x] is a linear function of q
@@ -757,11 +759,16 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             parts = _lognormal_sum(samples, ref, weight, counted)
             signed, signed_seeds, signed_sd = _lognormal_z(parts, rtol)
             mde = lognormal_signed_mde(parts)
+            shape_z, shape_sd, _ = lognormal_shape(samples, ref, weight, counted, rtol)
+            shape_k = len(shape_z)
+            shape_p = lognormal_shape_p(shape_z, shape_sd, signed_seeds)
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
                            "not_comparable": n_heavy + n_zeros,
                            "effective_points": effective_points(samples, counted),
                            "signed_t": signed, "signed_seeds": signed_seeds,
                            "signed_mde": mde, "signed_log_sd": signed_sd,
+                           **({"shape_z": shape_z, "shape_log_sd": shape_sd}
+                              if est_name == "lognormal" and shape_k else {}),
                            "shape_p": shape_p, "shape_degree": shape_k}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
         if n_heavy:
@@ -902,17 +909,30 @@ def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8)
 
 def _lognormal_sum(samples, ref, weight, counted):
     """(sum_i w_i (m_i - T_i), its SE, S', n, sigma_eff) of :func:`lognormal_signed`; SE NaN
-    with fewer than 3 seeds or no counted point. The theory, weights and mask are broadcast
-    against one seed's points only (not copied per seed)."""
+    with fewer than 3 seeds or no counted point."""
+    y, T, w, _ = _lognormal_rows(samples, ref, weight, counted)
+    return _lognormal_parts(y, T, w)
+
+
+def _lognormal_rows(samples, ref, weight, counted):
+    """(y, T, w, layer): the samples at the counted points (a column each; the rows: the seeds
+    finite at every one), and their theory, weight and layer. The theory, weights and mask are
+    broadcast against one seed's points only (not copied per seed)."""
     if "width" in samples.dims:
         samples = samples.squeeze("width", drop=True)
     first, T, w, keep = xr.broadcast(samples.isel(seed=0, drop=True), ref, weight, counted)
     dims = first.dims
     keep = keep.transpose(*dims).values.ravel().astype(bool)
+    layer = (first["layer"].broadcast_like(first).transpose(*dims).values.ravel()[keep]
+             if "layer" in first.dims else None)
     T, w = (v.transpose(*dims).values.ravel()[keep] for v in (T, w))
     y = samples.broadcast_like(first).transpose("seed", *dims).values
     y = y.reshape(len(y), -1)[:, keep]
-    y = y[np.isfinite(y).all(axis=1)]
+    return y[np.isfinite(y).all(axis=1)], T, w, layer
+
+
+def _lognormal_parts(y, T, w):
+    """:func:`_lognormal_sum` of the rows ``y`` (seeds x points), theory T and weights w."""
     S, n = y.shape
     if S < 3 or n == 0:
         return math.nan, math.nan, S, n, math.nan
@@ -922,11 +942,59 @@ def _lognormal_sum(samples, ref, weight, counted):
     linear = float(a @ a) / (S - 1)  # w^T S w
     nu, M = S - 1, (D * w) @ D.T  # D diag(w) D^T: sum w w S^2 = |M|^2 / nu^2, sum w S_ii = tr M / nu
     # sum_ij w_i w_j S_ij^2 less the pairs' bias S_ii S_jj / nu, scaled to equal it for one
-    # point and for points moving as one (S_ij^2 = S_ii S_jj); >= 0 as rank M <= nu
+    # point and for points moving as one (S_ij^2 = S_ii S_jj); >= 0 (Cauchy-Schwarz over M's
+    # at most nu nonzero eigenvalues)
     square = max(float(np.sum(M**2)) - float(np.trace(M)) ** 2 / nu, 0.0) / ((nu - 1) * nu)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = math.sqrt(square / linear) if linear > 0 else math.nan
     return float(w @ (m - T)), math.sqrt(linear / S + square / (2 * (S - 1))), S, n, sigma
+
+
+def lognormal_shape(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
+                    counted: xr.DataArray, floor: float = 0.0) -> tuple[list, list, int]:
+    """(z_j, sigma_j, S') for j = 1..k of the ``lognormal`` estimator's shape test: the
+    signed test's z (:func:`lognormal_signed`) of the points weighted by w_i P_j(t_i), P_j the
+    Legendre polynomials of :func:`shape_test` (made orthogonal to a uniform offset over the
+    counted points, so that the signed test's deviation moves none of them), each with its
+    own sigma_eff. Points moving as one give each z_j exactly one point's z at sigma_eff, up to
+    its sign: with weights of both signs sum w P_j a^2 may be negative, which swaps the tails,
+    so :func:`lognormal_shape_p` reads each |z_j| by the heavier, lower tail. ``floor``: each
+    |sum| less floor sum_i |w_i P_j(t_i)|. Empty where there is no layer dim, fewer than 2
+    counted layers or 3 seeds."""
+    y, T, w, layer = _lognormal_rows(samples, ref, weight, counted)
+    return (*_shape_components(y, T, w, layer, floor), len(y))
+
+
+def _shape_components(y, T, w, layer, floor: float = 0.0) -> tuple[list, list]:
+    """:func:`lognormal_shape`'s (z_j, sigma_j) from the rows of :func:`_lognormal_rows`."""
+    if layer is None or len(y) < 3:
+        return [], []
+    used, per_layer = np.unique(layer, return_counts=True)
+    k = min(SHAPE_DEGREE, len(used) - 1, len(y) - 2)
+    if k < 1:
+        return [], []
+    t = 2 * (used - used.min()) / (used.max() - used.min()) - 1
+    P = np.stack([np.polynomial.legendre.Legendre.basis(j)(t) for j in range(k + 1)])
+    P = _orthogonal(P, per_layer)[1:][:, np.searchsorted(used, layer)]  # (k, points)
+    zs, sigmas = [], []
+    for Pj in P:
+        dev, se, _, _, sigma = _lognormal_parts(y, T, w * Pj)
+        zs.append(math.copysign(max(abs(dev) - floor * float(np.abs(w * Pj).sum()), 0.0), dev)
+                  / se if se > 0 else math.nan)
+        sigmas.append(sigma)
+    return zs, sigmas
+
+
+def lognormal_shape_p(zs, sigmas, seeds: int, level: float = FAMILY_LEVEL) -> float:
+    """The p of :func:`lognormal_shape`'s k components together: min(1, k min_j 2 p_j), p_j
+    the lower tail's p of -|z_j| (:func:`lognormal_lower_p`, at the bound on sigma_j, gamma =
+    LOWER_GAMMA level / (2 k)): each tail of z_j is below the lower tail at sigma's bound (the
+    upper stays below Student t's, which the lower never falls under), and Bonferroni over the
+    components. NaN where there is none."""
+    k = len(zs)
+    ps = [2 * lognormal_lower_p(-abs(z), seeds, s, LOWER_GAMMA * level / (2 * k))
+          for z, s in zip(zs, sigmas) if np.isfinite(z)]
+    return min(1.0, k * min(ps)) if ps else math.nan
 
 
 def lognormal_signed_flag(z: float, seeds: int, sigma: float,
@@ -1486,6 +1554,8 @@ def lognormal_lower_p(z: float, seeds: int, log_sd: float,
     if gamma <= 0 or math.isnan(log_sd):
         return lognormal_tails(c, int(seeds), math.inf)[1]
     sigma_up = float(log_sd) * math.sqrt(n / float(stats.chi2.ppf(gamma, n)))
+    if sigma_up > LOG_SD_GRID[-1]:  # (the sigma -> inf law past it, the larger: quad's
+        sigma_up = math.inf  # integrand has a step of width ~1 / sigma there)
     return lognormal_tails(c, int(seeds), sigma_up)[1] + gamma
 
 
@@ -1522,7 +1592,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
     width) passes t's two-sided quantile at ``FAMILY_LEVEL`` (same estimators; under
     ``lognormal`` its z, :func:`lognormal_signed`, by that law: :func:`lognormal_signed_flag`),
     or when the
-    shape test's p (``shape_p``, :func:`shape_test`: a deviation that changes with depth) is
+    shape test's p (``shape_p``, :func:`shape_test`: a deviation that changes with depth; under
+    ``lognormal`` :func:`lognormal_shape_p` at this level) is
     below ``FAMILY_LEVEL`` (``level``: these three tests' level, FAMILY_LEVEL unless given;
     a gate over many variables divides it among them); NOT
     COMPARABLE when some points have no finite z (infinite variance, no theory value, dead
@@ -1581,6 +1652,10 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
         else:
             together = dof >= 1 and abs(signed) > stats.t.isf(level / 2, dof)
         shape_p = float(da.attrs.get("shape_p", np.nan))
+        if lognormal and "shape_z" in da.attrs:  # (its gamma is a share of this level)
+            shape_p = lognormal_shape_p(list(np.atleast_1d(da.attrs["shape_z"])),
+                                        list(np.atleast_1d(da.attrs["shape_log_sd"])),
+                                        dof + 1, level)
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
                      "effective_points": effective, "exact": exact, "max_z": top, "where": loc,
                      "signed_t": signed, "mde": float(da.attrs.get("signed_mde", np.nan)),
