@@ -155,6 +155,8 @@ FAMILY_LEVEL = 0.0027  # summary's max |z|, signed and shape tests: the two-side
 # each
 SHAPE_DEGREE = 3  # the shape test's Legendre polynomials of the layer: degrees 1 .. 3
 MAX_CONDITION = 1e12  # the shape test's covariance past this condition number: no test (NaN)
+CANCELLED = 1e-9  # a lognormal shape component whose SE is below this share of its points' own
+# (summed as if independent) is round-off, left out (:func:`lognormal_shape`)
 # estimators whose z is Student t for normal samples (the premise of the max |z| test at t's
 # quantile, and of the signed and shape tests); lognormal's has its own law (read against t's
 # quantile its max |z| passed the level in 1.7-5 % of null runs, not 0.27 %: the lower tail,
@@ -977,10 +979,16 @@ def _shape_components(y, T, w, layer, floor: float = 0.0) -> tuple[list, list]:
     P = np.stack([np.polynomial.legendre.Legendre.basis(j)(t) for j in range(k + 1)])
     P = _orthogonal(P, per_layer)[1:][:, np.searchsorted(used, layer)]  # (k, points)
     zs, sigmas = [], []
+    v = np.var(y, axis=0, ddof=1)
+    own = v / len(y) + v**2 / (2 * (len(y) - 1))  # (each point's Cox variance)
     for Pj in P:
         dev, se, _, _, sigma = _lognormal_parts(y, T, w * Pj)
+        # (a component blind to every direction the seeds move in, as P_2 and P_3 are to
+        # points moving as one with a linear sd: its SE is round-off; left out)
+        if not se > CANCELLED * math.sqrt(float(((w * Pj) ** 2) @ own)):
+            continue
         zs.append(math.copysign(max(abs(dev) - floor * float(np.abs(w * Pj).sum()), 0.0), dev)
-                  / se if se > 0 else math.nan)
+                  / se)
         sigmas.append(sigma)
     return zs, sigmas
 
