@@ -918,8 +918,10 @@ def _lognormal_sum(samples, ref, weight, counted):
 
 def _lognormal_rows(samples, ref, weight, counted):
     """(y, T, w, layer): the samples at the counted points (a column each; the rows: the seeds
-    finite at every one), and their theory, weight and layer. The theory, weights and mask are
-    broadcast against one seed's points only (not copied per seed)."""
+    finite at every one), and their theory, weight and layer, in float64 (float32 samples'
+    sums in float32 leave a shape component blind to the seeds a round-off SE past
+    CANCELLED). The theory, weights and mask are broadcast against one seed's points only
+    (not copied per seed)."""
     if "width" in samples.dims:
         samples = samples.squeeze("width", drop=True)
     first, T, w, keep = xr.broadcast(samples.isel(seed=0, drop=True), ref, weight, counted)
@@ -927,9 +929,9 @@ def _lognormal_rows(samples, ref, weight, counted):
     keep = keep.transpose(*dims).values.ravel().astype(bool)
     layer = (first["layer"].broadcast_like(first).transpose(*dims).values.ravel()[keep]
              if "layer" in first.dims else None)
-    T, w = (v.transpose(*dims).values.ravel()[keep] for v in (T, w))
+    T, w = (v.transpose(*dims).values.ravel()[keep].astype(np.float64) for v in (T, w))
     y = samples.broadcast_like(first).transpose("seed", *dims).values
-    y = y.reshape(len(y), -1)[:, keep]
+    y = y.reshape(len(y), -1)[:, keep].astype(np.float64)
     return y[np.isfinite(y).all(axis=1)], T, w, layer
 
 
