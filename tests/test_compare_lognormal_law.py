@@ -629,3 +629,31 @@ def test_float32_samples_give_the_blind_shape_component_no_false_alarms():
         zs, sds, seeds = lognormal_shape(da, ref, xr.ones_like(ref), mask)
         flagged += lognormal_shape_p(zs, sds, seeds) < FAMILY_LEVEL
     assert flagged <= 1, flagged
+
+
+def test_summary_reads_the_lognormal_shape_components_at_its_own_level_and_seeds():
+    """summary recomputes the shape p from the attrs shape_z and shape_log_sd at its own level
+    (a gate over many variables passes a share of FAMILY_LEVEL: the gamma of each sigma bound
+    is a share of that level) and the signed test's S' (the rows both tests used), also after
+    a netCDF round trip (one component comes back a scalar). Catches: summary reading them
+    at FAMILY_LEVEL whatever its level, or at S' - 1 seeds."""
+    from sigprop.analysis.compare import lognormal_shape_p
+
+    theory = sp.theory(sp.presets.resnet(depth=6, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.3))
+    mc = synthetic(theory, seeds=8, noise=1.0, root_seed=3)
+    cmp = compare(theory, mc, variables=["q"], estimator="lognormal")
+    attrs = cmp["q"].attrs
+    zs, sds, seeds = list(attrs["shape_z"]), list(attrs["shape_log_sd"]), attrs["signed_seeds"]
+    zs[0] = -6.0  # (a p between the levels' floors: each level's gamma shows)
+    cmp["q"].attrs["shape_z"] = zs
+    for level in (FAMILY_LEVEL, FAMILY_LEVEL / 10):
+        want = lognormal_shape_p(zs, sds, seeds, level)
+        assert summary(cmp, level=level)[0]["shape_p"] == pytest.approx(want, rel=1e-9)
+    assert lognormal_shape_p(zs, sds, seeds, FAMILY_LEVEL / 10) != pytest.approx(
+        lognormal_shape_p(zs, sds, seeds), rel=1e-3)
+    one = cmp.copy()
+    one["q"].attrs = {**attrs, "shape_z": zs[:1], "shape_log_sd": sds[:1]}
+    back = xr.Dataset.from_dict(one.to_dict())  # (a list of one: netCDF's scalar)
+    back["q"].attrs["shape_z"], back["q"].attrs["shape_log_sd"] = zs[0], sds[0]
+    assert summary(back)[0]["shape_p"] == pytest.approx(
+        lognormal_shape_p(zs[:1], sds[:1], seeds), rel=1e-9)
