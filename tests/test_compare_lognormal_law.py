@@ -657,3 +657,30 @@ def test_summary_reads_the_lognormal_shape_components_at_its_own_level_and_seeds
     back["q"].attrs["shape_z"], back["q"].attrs["shape_log_sd"] = zs[0], sds[0]
     assert summary(back)[0]["shape_p"] == pytest.approx(
         lognormal_shape_p(zs[:1], sds[:1], seeds), rel=1e-9)
+
+
+def test_the_shape_p_is_the_documented_bonferroni_of_each_components_lower_tail():
+    """lognormal_shape_p from its definition, recomputed here: sigma_up = s sqrt(n / q_gamma)
+    (q_gamma chi^2_n's lower gamma quantile, gamma = LOWER_GAMMA level / (2 k)), p_j = 2
+    (P_{sigma_up}(z' < -|z_j|) + gamma) by lognormal_tails, p = min(1, k min_j p_j); on one
+    factor plus a little noise (three components), at FAMILY_LEVEL and a tenth of it.
+    Catches: the point estimate of sigma in place of its bound, one tail, gamma left out or
+    not shared among the components."""
+    from sigprop.analysis.compare import _shape_components, lognormal_shape_p
+
+    rng = np.random.default_rng(12)
+    S, a = 16, np.linspace(0.2, 1.0, 20)
+    y = np.outer(rng.standard_normal(S), a) + 0.1 * rng.standard_normal((S, 20))
+    truth = (a**2 + 0.01) / 2 + 0.6 * np.linspace(-1, 1, 20)  # (a tilt: p below 1)
+    zs, sds = _shape_components(y, truth, np.ones(20), np.arange(20))
+    k, n = len(zs), S - 1
+    assert k == 3
+    for level in (FAMILY_LEVEL, FAMILY_LEVEL / 10):
+        gamma = LOWER_GAMMA * level / (2 * k)
+        ps = []
+        for z, s in zip(zs, sds):
+            up = s * math.sqrt(n / stats.chi2.ppf(gamma, n))
+            ps.append(2 * (lognormal_tails(abs(z), S, up)[1] + gamma))
+        expected = min(1.0, k * min(ps))
+        assert expected < 1
+        assert lognormal_shape_p(zs, sds, S, level) == pytest.approx(expected, rel=1e-9)
