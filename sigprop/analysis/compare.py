@@ -758,10 +758,11 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
             mde = signed_mde(samples, ref, weight, counted)
             shape_p, shape_k = shape_test(samples, ref, weight, counted, rtol)
         elif len(widths) < 2 and est_name == "lognormal":
-            parts = _lognormal_sum(samples, ref, weight, counted)
+            y, T, w, layer = _lognormal_rows(samples, ref, weight, counted)  # (once: both
+            parts = _lognormal_parts(y, T, w)  # tests read these rows)
             signed, signed_seeds, signed_sd = _lognormal_z(parts, rtol)
             mde = lognormal_signed_mde(parts)
-            shape_z, shape_sd, _ = lognormal_shape(samples, ref, weight, counted, rtol)
+            shape_z, shape_sd = _shape_components(y, T, w, layer, rtol)
             shape_k = len(shape_z)
             shape_p = lognormal_shape_p(shape_z, shape_sd, signed_seeds)
         out[name].attrs = {"estimator": est_name, "scale": "linear" if est_name == "mean" else "log",
@@ -886,11 +887,12 @@ def lognormal_signed(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataAr
     skew away: their z comes nearer normal (benchmarks/RESULTS.md, "the lognormal estimator's
     signed test"). ``floor``: as :func:`signed_t`'s. NaN with fewer than 3 seeds or no
     spread."""
-    return _lognormal_z(_lognormal_sum(samples, ref, weight, counted), floor)
+    y, T, w, _ = _lognormal_rows(samples, ref, weight, counted)
+    return _lognormal_z(_lognormal_parts(y, T, w), floor)
 
 
 def _lognormal_z(parts, floor: float = 0.0) -> tuple[float, int, float]:
-    """:func:`lognormal_signed`'s (z, S', sigma_eff) from :func:`_lognormal_sum`'s parts."""
+    """:func:`lognormal_signed`'s (z, S', sigma_eff) from :func:`_lognormal_parts`."""
     dev, se, S, n, sigma = parts
     if not se > 0:
         return math.nan, S, math.nan
@@ -898,7 +900,7 @@ def _lognormal_z(parts, floor: float = 0.0) -> tuple[float, int, float]:
 
 
 def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8) -> float:
-    """:func:`signed_mde` for :func:`lognormal_signed`, from :func:`_lognormal_sum`'s parts:
+    """:func:`signed_mde` for :func:`lognormal_signed`, from :func:`_lognormal_parts`:
     (c + z_power) SE / n, c the larger of its two critical values
     (:func:`lognormal_signed_crits`), z_power the normal quantile of ``power``: z's law near
     the alternative taken as a shifted normal, which overstates the power on the lower side
@@ -907,13 +909,6 @@ def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8)
     if not se > 0:
         return math.nan
     return (max(lognormal_signed_crits(S, sigma, level)) + float(stats.norm.ppf(power))) * se / n
-
-
-def _lognormal_sum(samples, ref, weight, counted):
-    """(sum_i w_i (m_i - T_i), its SE, S', n, sigma_eff) of :func:`lognormal_signed`; SE NaN
-    with fewer than 3 seeds or no counted point."""
-    y, T, w, _ = _lognormal_rows(samples, ref, weight, counted)
-    return _lognormal_parts(y, T, w)
 
 
 def _lognormal_rows(samples, ref, weight, counted):
@@ -936,7 +931,9 @@ def _lognormal_rows(samples, ref, weight, counted):
 
 
 def _lognormal_parts(y, T, w):
-    """:func:`_lognormal_sum` of the rows ``y`` (seeds x points), theory T and weights w."""
+    """(sum_i w_i (m_i - T_i), its SE, S', n, sigma_eff) of :func:`lognormal_signed` from the
+    rows ``y`` (seeds x points), theory T and weights w; SE NaN with fewer than 3 seeds or no
+    counted point."""
     S, n = y.shape
     if S < 3 or n == 0:
         return math.nan, math.nan, S, n, math.nan
