@@ -283,27 +283,9 @@ def measure_gradient_layers(net: Op, inputs, widths, seeds: int, root_seed: int 
     one simulation per width (independent root seeds ``root_seed + N``): c against the mean
     over seeds of G_l / G_l,inf - 1 at each width, with its standard error, fitted as b + a/N;
     v against N Var log G_l fitted as V + c'/N (the SE of a sample variance from its fourth
-    moment, :func:`sample_variance`) (:func:`~sigprop.analysis.compare.fit_inverse_width`).
+    moment, :func:`sample_variance`) (:func:`width_estimate`, :func:`width_coefficient`).
     Returns per layer of ``layers``, sorted, (c, a, se of a, v, V, se of V)."""
-    layers = sorted({int(l) for l in layers})
-    pred = finite_width.gradient_coefficient(net, inputs, layers=layers)
-    g_inf = np.exp(theory(net, inputs, layers=layers)["log_grad_q"].values[:, 0])
-    mean, var = [], []  # per width: (value, se) per layer
-    for N in widths:
-        mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
-                      sampler=sampler, root_seed=root_seed + int(N))
-        log_g = mc["log_grad_q"].sel(layer=layers).values[..., 0]  # (seed, layer)
-        r = np.exp(log_g) / g_inf - 1
-        mean.append((r.mean(0), r.std(0, ddof=1) / math.sqrt(seeds)))
-        v, se = spread(xr.DataArray(log_g, dims=("seed", "layer")))
-        var.append((N * v.values, N * se.values))
-    out = []
-    for k in range(len(layers)):
-        _, _, a, se_a = fit_inverse_width(widths, [m[0][k] for m in mean], [m[1][k] for m in mean])
-        V, se_V, _, _ = fit_inverse_width(widths, [m[0][k] for m in var], [m[1][k] for m in var])
-        out.append((float(pred.coef[k].flat[0]), a, se_a, float(pred.var_log_q[k].flat[0]), V,
-                    se_V))
-    return out
+    return _measure_backward(net, inputs, widths, seeds, root_seed, layers, sampler, False)
 
 
 def with_dense(net: Op, **fields) -> Op:
@@ -398,32 +380,32 @@ def measure_mean_mode(net: Op, inputs, widths, seeds: int, root_seed: int = 0):
 
 def measure_weight_gradient(net: Op, inputs, widths, seeds: int, root_seed: int = 0,
                             layers=(1,)):
-    """Monte Carlo of weight_grad_q's first-order coefficient c and leading variance v at each
-    of ``layers`` (:func:`~sigprop.engines.finite_width.gradient_coefficient` with ``weights``,
-    input 0), from one simulation per width (independent root seeds ``root_seed + N``), as
-    :func:`measure_gradient_layers` does for grad_q: c against the mean over seeds of W_l /
-    W_l,inf - 1 fitted as b + a/N, v against N Var log W_l fitted as V + c'/N
-    (:func:`~sigprop.analysis.compare.fit_inverse_width`). Returns per layer of ``layers``,
-    sorted, (c, a, se of a, v, V, se of V)."""
+    """:func:`measure_gradient_layers` for weight_grad_q (W_l in place of G_l; the prediction
+    :func:`~sigprop.engines.finite_width.gradient_coefficient` with ``weights``). Returns per
+    layer of ``layers``, sorted, (c, a, se of a, v, V, se of V)."""
+    return _measure_backward(net, inputs, widths, seeds, root_seed, layers, "conditional", True)
+
+
+def _measure_backward(net: Op, inputs, widths, seeds: int, root_seed: int, layers, sampler: str,
+                      weights: bool):
+    """The rows of :func:`measure_gradient_layers` (``weights``: of
+    :func:`measure_weight_gradient`)."""
     layers = sorted({int(l) for l in layers})
-    pred = finite_width.gradient_coefficient(net, inputs, layers=layers, weights=True)[1]
-    w_inf = np.exp(theory(net, inputs, layers=layers)["log_weight_grad_q"].values[:, 0])
-    mean, var = [], []  # per width: (value, se) per layer
+    name = "log_weight_grad_q" if weights else "log_grad_q"
+    pred = finite_width.gradient_coefficient(net, inputs, layers=layers, weights=weights)
+    pred = pred[1] if weights else pred
+    at_inf = np.exp(theory(net, inputs, layers=layers)[name].values[:, 0])
+    mean, var = [], []  # per layer: (value, se) per width
     for N in widths:
         mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
-                      root_seed=root_seed + int(N))
-        log_w = mc["log_weight_grad_q"].sel(layer=layers).values[..., 0]  # (seed, layer)
-        r = np.exp(log_w) / w_inf - 1
-        mean.append((r.mean(0), r.std(0, ddof=1) / math.sqrt(seeds)))
-        v, se = spread(xr.DataArray(log_w, dims=("seed", "layer")))
-        var.append((N * v.values, N * se.values))
-    out = []
-    for k in range(len(layers)):
-        _, _, a, se_a = fit_inverse_width(widths, [m[0][k] for m in mean], [m[1][k] for m in mean])
-        V, se_V, _, _ = fit_inverse_width(widths, [m[0][k] for m in var], [m[1][k] for m in var])
-        out.append((float(pred.coef[k].flat[0]), a, se_a, float(pred.var_log_q[k].flat[0]), V,
-                    se_V))
-    return out
+                      sampler=sampler, root_seed=root_seed + int(N))
+        log_x = mc[name].sel(layer=layers).values[..., 0]  # (seed, layer)
+        mean.append([width_estimate(r, N) for r in (np.exp(log_x) / at_inf - 1).T])
+        var.append([width_estimate(x, N, spread=True) for x in log_x.T])
+    return [(float(pred.coef[k].flat[0]), *width_coefficient(widths, [m[k] for m in mean]),
+             float(pred.var_log_q[k].flat[0]),
+             *width_coefficient(widths, [v[k] for v in var], spread=True))
+            for k in range(len(layers))]
 
 
 def norm_branch_chain(depth: int, width: int, samples: int, rng, gaussian: bool = True):
