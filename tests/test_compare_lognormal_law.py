@@ -606,6 +606,39 @@ def test_a_shape_component_blind_to_the_seeds_is_left_out():
     assert lognormal_shape_p(zs, sds, 32) > 0.01
 
 
+def test_a_deviation_where_the_seeds_do_not_spread_is_flagged():
+    """The blind component of test_a_shape_component_blind_to_the_seeds_is_left_out: a theory
+    that differs from the truth along it (a cubic in the layer, 1e-3 at the ends in log X,
+    ~1/5 of the lowest point's se and ~1/20 of the top one's) cannot be explained by any
+    spread of these seeds: that component's z is infinite, p 0, and compare's verdict
+    DISAGREE through the shape test alone (blanked: ok). Within the rounding floor (1e-3 a
+    point here) it is left out again. Catches: a blind component dropped whatever its
+    deviation; its infinite z dropped by lognormal_shape_p."""
+    from sigprop.analysis.compare import _shape_components, lognormal_shape_p
+
+    rng = np.random.default_rng(10)
+    a = np.linspace(0.02, 0.1, 50)
+    y = np.outer(rng.standard_normal(32), a)
+    t = np.linspace(-1, 1, 50)
+    cubic = 1e-3 * (5 * t**3 - 3 * t) / 2  # (P_3: orthogonal to a, a^2 and an offset)
+    zs, sds = _shape_components(y, a**2 / 2 + cubic, np.ones(50), np.arange(50))
+    assert len(zs) == 3 and math.isinf(zs[-1]) and np.isnan(sds[-1]), zs
+    assert lognormal_shape_p(zs, sds, 32) == 0.0
+    within, _ = _shape_components(y, a**2 / 2 + cubic, np.ones(50), np.arange(50), 1e-3)
+    assert len(within) == 2, within
+    layer = {"layer": np.arange(50)}
+    mc = xr.DataArray(np.exp(y), dims=("seed", "layer"), coords=layer).to_dataset(name="q")
+    theory = xr.Dataset({"q": xr.DataArray(np.exp(a**2 / 2 + cubic), dims="layer",
+                                           coords=layer)})
+    mc["log_q"], theory["log_q"] = np.log(mc["q"]), np.log(theory["q"])
+    cmp = compare(theory, mc, variables=["q"], estimator="lognormal")
+    row = summary(cmp)[0]
+    assert row["flag"] == "DISAGREE" and row["shape_p"] == 0.0, row
+    cmp["q"].attrs.pop("shape_z")
+    cmp["q"].attrs["shape_p"] = math.nan
+    assert summary(cmp)[0]["flag"] == "ok"
+
+
 def test_float32_samples_give_the_blind_shape_component_no_false_alarms():
     """The blind component of test_a_shape_component_blind_to_the_seeds_is_left_out, on
     samples stored as float32 (a user's dataset, a float32 file) about log X ~ 5: summed in

@@ -156,7 +156,7 @@ FAMILY_LEVEL = 0.0027  # summary's max |z|, signed and shape tests: the two-side
 SHAPE_DEGREE = 3  # the shape test's Legendre polynomials of the layer: degrees 1 .. 3
 MAX_CONDITION = 1e12  # the shape test's covariance past this condition number: no test (NaN)
 CANCELLED = 1e-9  # a lognormal shape component whose SE is below this share of its points' own
-# (summed as if independent) is round-off, left out (:func:`lognormal_shape`)
+# (summed as if independent) is round-off: blind to the seeds (:func:`lognormal_shape`)
 # estimators whose z is Student t for normal samples (the premise of the max |z| test at t's
 # quantile, and of the signed and shape tests); lognormal's has its own law (read against t's
 # quantile its max |z| passed the level in 1.7-5 % of null runs, not 0.27 %: the lower tail,
@@ -960,8 +960,10 @@ def lognormal_shape(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArr
     own sigma_eff. Points moving as one give each z_j exactly one point's z at sigma_eff, up to
     its sign: with weights of both signs sum w P_j a^2 may be negative, which swaps the tails,
     so :func:`lognormal_shape_p` reads each |z_j| by the heavier, lower tail. ``floor``: each
-    |sum| less floor sum_i |w_i P_j(t_i)|. Empty where there is no layer dim, fewer than 2
-    counted layers or 3 seeds."""
+    |sum| less floor sum_i |w_i P_j(t_i)|. A component blind to the seeds (its SE below
+    :data:`CANCELLED` of its points' own: round-off) is left out, unless its sum passes its
+    floor by more than its round-off: z_j is then infinite (no spread of the seeds explains
+    it; p 0). Empty where there is no layer dim, fewer than 2 counted layers or 3 seeds."""
     y, T, w, layer = _lognormal_rows(samples, ref, weight, counted)
     return (*_shape_components(y, T, w, layer, floor), len(y))
 
@@ -980,14 +982,20 @@ def _shape_components(y, T, w, layer, floor: float = 0.0) -> tuple[list, list]:
     zs, sigmas = [], []
     v = np.var(y, axis=0, ddof=1)
     own = v / len(y) + v**2 / (2 * (len(y) - 1))  # (each point's Cox variance)
+    size = np.abs(y.mean(axis=0)) + np.abs(T)
     for Pj in P:
-        dev, se, _, _, sigma = _lognormal_parts(y, T, w * Pj)
-        # (a component blind to every direction the seeds move in, as P_2 and P_3 are to
-        # points moving as one with a linear sd: its SE is round-off; left out)
-        if not se > CANCELLED * math.sqrt(float(((w * Pj) ** 2) @ own)):
+        wP = w * Pj
+        dev, se, _, _, sigma = _lognormal_parts(y, T, wP)
+        beyond = max(abs(dev) - floor * float(np.abs(wP).sum()), 0.0)
+        # a component blind to every direction the seeds move in (as P_2 and P_3 are to points
+        # moving as one with a linear sd) has a round-off SE: no spread can explain a deviation
+        # there past its floor and its own round-off (z infinite); within them, left out
+        if not se > CANCELLED * math.sqrt(float((wP**2) @ own)):
+            if beyond > CANCELLED * float(np.abs(wP) @ size):
+                zs.append(math.copysign(math.inf, dev))
+                sigmas.append(math.nan)
             continue
-        zs.append(math.copysign(max(abs(dev) - floor * float(np.abs(w * Pj).sum()), 0.0), dev)
-                  / se)
+        zs.append(math.copysign(beyond, dev) / se)
         sigmas.append(sigma)
     return zs, sigmas
 
@@ -997,8 +1005,10 @@ def lognormal_shape_p(zs, sigmas, seeds: int, level: float = FAMILY_LEVEL) -> fl
     the lower tail's p of -|z_j| (:func:`lognormal_lower_p`, at the bound on sigma_j, gamma =
     LOWER_GAMMA level / (2 k)): each tail of z_j is below the lower tail at sigma's bound (the
     upper stays below Student t's, which the lower never falls under), and Bonferroni over the
-    components. NaN where there is none."""
+    components; 0 where one is infinite. NaN where there is none."""
     k = len(zs)
+    if any(math.isinf(z) for z in zs):  # (a deviation where the seeds do not spread)
+        return 0.0
     ps = [2 * lognormal_lower_p(-abs(z), seeds, s, LOWER_GAMMA * level / (2 * k))
           for z, s in zip(zs, sigmas) if np.isfinite(z)]
     return min(1.0, k * min(ps)) if ps else math.nan
