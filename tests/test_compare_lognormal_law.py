@@ -717,3 +717,25 @@ def test_the_shape_p_is_the_documented_bonferroni_of_each_components_lower_tail(
         expected = min(1.0, k * min(ps))
         assert expected < 1
         assert lognormal_shape_p(zs, sds, S, level) == pytest.approx(expected, rel=1e-9)
+
+
+@pytest.mark.parametrize("estimator", ["lognormal", "logmean"])
+def test_a_uniform_offset_where_no_seed_differs_is_flagged_by_the_signed_test(estimator):
+    """A review's case: 12 layers whose 8 seeds are all the same, a theory off by a uniform
+    2.5 rtol in log X (each point's z = 2.5: the rounding floor as its only scale, short of
+    the point tests; the shape test sees no offset). No spread of the seeds explains it: the
+    signed test's z is infinite and the verdict DISAGREE; an offset of half the floor is no
+    deviation (the points are exact, none counted). Catches: the signed test NaN where the seeds
+    do not spread (the verdict was ok), under either estimator."""
+    layer = {"layer": np.arange(1, 13)}
+    y = np.linspace(0.1, 1.2, 12)
+    mc = xr.DataArray(np.exp(np.tile(y, (8, 1))), dims=("seed", "layer"),
+                      coords=layer).to_dataset(name="q")
+    mc["log_q"] = np.log(mc["q"])
+    for offset, flag in ((2.5e-5, "DISAGREE"), (0.5e-5, "ok")):
+        theory = xr.Dataset({"log_q": xr.DataArray(y + offset, dims="layer", coords=layer)})
+        theory["q"] = np.exp(theory["log_q"])
+        row = summary(compare(theory, mc, variables=["q"], estimator=estimator))[0]
+        assert row["flag"] == flag, row
+        assert (math.isinf(row["signed_t"]) and row["max_z"] < 3 if flag == "DISAGREE"
+                else row["points"] == 0), row

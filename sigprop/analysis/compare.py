@@ -96,6 +96,7 @@ import itertools
 import json
 import math
 import numbers
+from typing import NamedTuple
 
 import numpy as np
 import xarray as xr
@@ -157,6 +158,8 @@ SHAPE_DEGREE = 3  # the shape test's Legendre polynomials of the layer: degrees 
 MAX_CONDITION = 1e12  # the shape test's covariance past this condition number: no test (NaN)
 CANCELLED = 1e-9  # a lognormal shape component whose SE is below this share of its points' own
 # (summed as if independent) is round-off: blind to the seeds (:func:`lognormal_shape`)
+ROUNDOFF = 1e-12  # a lognormal sum's round-off allowance relative to sum_i |w_i| (|ybar_i| + |T_i|)
+# (float64 sums of ~1e3 terms: ~1e-13); an SE below it is round-off too
 # estimators whose z is Student t for normal samples (the premise of the max |z| test at t's
 # quantile, and of the signed and shape tests); lognormal's has its own law (read against t's
 # quantile its max |z| passed the level in 1.7-5 % of null runs, not 0.27 %: the lower tail,
@@ -839,13 +842,16 @@ def signed_t(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
     by (rtol, as z allows it), taken off |mean u| first, so that a bias within rounding is no
     deviation. It finds a deviation of one sign spread over points that a max or a rate of |z|
     misses (a theory a few % off over correlated layers, each ~2 se); with one point and no
-    floor it is that point's t."""
+    floor it is that point's t. Every seed's sum the same (no spread): infinite past the floor
+    (no spread explains it), NaN within."""
     u = _seed_sums(samples, ref, weight, counted)[:, 0]
     if len(u) < 3 or not counted.any():
         return math.nan, len(u)
     sd, m = u.std(ddof=1), u.mean()
     m = math.copysign(max(abs(m) - floor * int(counted.sum()), 0.0), m)
-    return (float(m / (sd / math.sqrt(len(u)))) if sd > 0 else math.nan), len(u)
+    if not sd > 0:
+        return (math.copysign(math.inf, m) if m else math.nan), len(u)
+    return float(m / (sd / math.sqrt(len(u)))), len(u)
 
 
 def signed_mde(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
@@ -885,18 +891,24 @@ def lognormal_signed(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataAr
     confidence bound on it (:func:`lognormal_lower_p`), its upper tail against Student t's
     (the upper tail's sup over sigma). Points that do not move as one average the s^2 terms'
     skew away: their z comes nearer normal (benchmarks/RESULTS.md, "the lognormal estimator's
-    signed test"). ``floor``: as :func:`signed_t`'s. NaN with fewer than 3 seeds or no
-    spread."""
+    signed test"). ``floor``: as :func:`signed_t`'s. NaN with fewer than 3 seeds; with no
+    spread along w, infinite past the floor and round-off, NaN within (:func:`_lognormal_z`)."""
     y, T, w, _ = _lognormal_rows(samples, ref, weight, counted)
     return _lognormal_z(_lognormal_parts(y, T, w), floor)
 
 
 def _lognormal_z(parts, floor: float = 0.0) -> tuple[float, int, float]:
-    """:func:`lognormal_signed`'s (z, S', sigma_eff) from :func:`_lognormal_parts`."""
-    dev, se, S, n, sigma = parts
-    if not se > 0:
-        return math.nan, S, math.nan
-    return math.copysign(max(abs(dev) - floor * n, 0.0), dev) / se, S, sigma
+    """:func:`lognormal_signed`'s (z, S', sigma_eff) from :func:`_lognormal_parts`: |sum| less
+    ``floor`` sum_i |w_i|, over SE. Where the seeds do not spread along the weights (SE
+    round-off: ``blind``), no spread explains a deviation: z is infinite where |sum| passes
+    that floor and its round-off, NaN (left out) within them."""
+    beyond = max(abs(parts.dev) - floor * parts.size, 0.0)
+    if math.isnan(parts.se):
+        return math.nan, parts.seeds, math.nan
+    if parts.blind:
+        z = math.copysign(math.inf, parts.dev) if beyond > parts.roundoff else math.nan
+        return z, parts.seeds, math.nan
+    return math.copysign(beyond, parts.dev) / parts.se, parts.seeds, parts.sigma
 
 
 def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8) -> float:
@@ -905,10 +917,10 @@ def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8)
     (:func:`lognormal_signed_crits`), z_power the normal quantile of ``power``: z's law near
     the alternative taken as a shifted normal, which overstates the power on the lower side
     (one point at this error, the theory too high: 0.61-0.76 at 8-32 seeds, not 0.8)."""
-    _, se, S, n, sigma = parts
-    if not se > 0:
+    if parts.blind or math.isnan(parts.se):
         return math.nan
-    return (max(lognormal_signed_crits(S, sigma, level)) + float(stats.norm.ppf(power))) * se / n
+    return ((max(lognormal_signed_crits(parts.seeds, parts.sigma, level))
+             + float(stats.norm.ppf(power))) * parts.se / parts.n)
 
 
 def _lognormal_rows(samples, ref, weight, counted):
@@ -930,15 +942,34 @@ def _lognormal_rows(samples, ref, weight, counted):
     return y[np.isfinite(y).all(axis=1)], T, w, layer
 
 
-def _lognormal_parts(y, T, w):
-    """(sum_i w_i (m_i - T_i), its SE, S', n, sigma_eff) of :func:`lognormal_signed` from the
-    rows ``y`` (seeds x points), theory T and weights w; SE NaN with fewer than 3 seeds or no
-    counted point."""
+class _Parts(NamedTuple):
+    """:func:`_lognormal_parts`: the sum, its SE (NaN with fewer than 3 seeds or no point),
+    S', n, sigma_eff; sum_i |w_i|; whether the SE is round-off (below :data:`CANCELLED` of the
+    points' own Cox SEs summed as if independent, or below the sum's round-off allowance: the
+    seeds do not spread along w); that allowance, :data:`ROUNDOFF` sum_i |w_i| (|ybar_i| +
+    |T_i|)."""
+
+    dev: float
+    se: float
+    seeds: int
+    n: int
+    sigma: float
+    size: float
+    blind: bool
+    roundoff: float
+
+
+def _lognormal_parts(y, T, w) -> _Parts:
+    """The sum sum_i w_i (m_i - T_i) of :func:`lognormal_signed` and what its tests read
+    (:class:`_Parts`), from the rows ``y`` (seeds x points), theory T and weights w."""
     S, n = y.shape
+    size = float(np.abs(w).sum())
     if S < 3 or n == 0:
-        return math.nan, math.nan, S, n, math.nan
-    D = y - y.mean(axis=0)
-    m = y.mean(axis=0) + (D**2).sum(axis=0) / (2 * (S - 1))
+        return _Parts(math.nan, math.nan, S, n, math.nan, size, False, math.nan)
+    ybar = y.mean(axis=0)
+    D = y - ybar
+    v = (D**2).sum(axis=0) / (S - 1)
+    m = ybar + v / 2
     a = D @ w
     linear = float(a @ a) / (S - 1)  # w^T S w
     nu, M = S - 1, (D * w) @ D.T  # D diag(w) D^T: sum w w S^2 = |M|^2 / nu^2, sum w S_ii = tr M / nu
@@ -948,7 +979,11 @@ def _lognormal_parts(y, T, w):
     square = max(float(np.sum(M**2)) - float(np.trace(M)) ** 2 / nu, 0.0) / ((nu - 1) * nu)
     with np.errstate(divide="ignore", invalid="ignore"):
         sigma = math.sqrt(square / linear) if linear > 0 else math.nan
-    return float(w @ (m - T)), math.sqrt(linear / S + square / (2 * (S - 1))), S, n, sigma
+    se = math.sqrt(linear / S + square / (2 * (S - 1)))
+    own = float((w**2) @ (v / S + v**2 / (2 * (S - 1))))  # (each point's Cox variance)
+    roundoff = ROUNDOFF * float(np.abs(w) @ (np.abs(ybar) + np.abs(T)))
+    return _Parts(float(w @ (m - T)), se, S, n, sigma, size,
+                  not se > max(CANCELLED * math.sqrt(own), roundoff), roundoff)
 
 
 def lognormal_shape(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
@@ -960,10 +995,9 @@ def lognormal_shape(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArr
     own sigma_eff. Points moving as one give each z_j exactly one point's z at sigma_eff, up to
     its sign: with weights of both signs sum w P_j a^2 may be negative, which swaps the tails,
     so :func:`lognormal_shape_p` reads each |z_j| by the heavier, lower tail. ``floor``: each
-    |sum| less floor sum_i |w_i P_j(t_i)|. A component blind to the seeds (its SE below
-    :data:`CANCELLED` of its points' own: round-off) is left out, unless its sum passes its
-    floor by more than its round-off: z_j is then infinite (no spread of the seeds explains
-    it; p 0). Empty where there is no layer dim, fewer than 2 counted layers or 3 seeds."""
+    |sum| less floor sum_i |w_i P_j(t_i)|. A component blind to the seeds (its SE round-off:
+    :class:`_Parts`) is left out, unless its sum passes its floor by more than its round-off:
+    z_j is then infinite (no spread of the seeds explains it; p 0). Empty where there is no layer dim, fewer than 2 counted layers or 3 seeds."""
     y, T, w, layer = _lognormal_rows(samples, ref, weight, counted)
     return (*_shape_components(y, T, w, layer, floor), len(y))
 
@@ -980,23 +1014,12 @@ def _shape_components(y, T, w, layer, floor: float = 0.0) -> tuple[list, list]:
     P = np.stack([np.polynomial.legendre.Legendre.basis(j)(t) for j in range(k + 1)])
     P = _orthogonal(P, per_layer)[1:][:, np.searchsorted(used, layer)]  # (k, points)
     zs, sigmas = [], []
-    v = np.var(y, axis=0, ddof=1)
-    own = v / len(y) + v**2 / (2 * (len(y) - 1))  # (each point's Cox variance)
-    size = np.abs(y.mean(axis=0)) + np.abs(T)
-    for Pj in P:
-        wP = w * Pj
-        dev, se, _, _, sigma = _lognormal_parts(y, T, wP)
-        beyond = max(abs(dev) - floor * float(np.abs(wP).sum()), 0.0)
-        # a component blind to every direction the seeds move in (as P_2 and P_3 are to points
-        # moving as one with a linear sd) has a round-off SE: no spread can explain a deviation
-        # there past its floor and its own round-off (z infinite); within them, left out
-        if not se > CANCELLED * math.sqrt(float((wP**2) @ own)):
-            if beyond > CANCELLED * float(np.abs(wP) @ size):
-                zs.append(math.copysign(math.inf, dev))
-                sigmas.append(math.nan)
-            continue
-        zs.append(math.copysign(beyond, dev) / se)
-        sigmas.append(sigma)
+    for Pj in P:  # (a component blind to the seeds, as P_2 and P_3 are to points moving as
+        # one with a linear sd: its z infinite past its floor and round-off, else left out)
+        z, _, sigma = _lognormal_z(_lognormal_parts(y, T, w * Pj), floor)
+        if not math.isnan(z):
+            zs.append(z)
+            sigmas.append(sigma)
     return zs, sigmas
 
 
