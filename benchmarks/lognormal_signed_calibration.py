@@ -11,7 +11,9 @@ would (the law the mean's test uses), and the rate of the shape test
 points' order), with binomial standard errors. Power: ``synthetic``
 lognormal Monte Carlo of a Pre-LN gelu theory (independent points) with every point's log E X
 shifted by d per-point standard errors; the share of runs ``summary`` flags DISAGREE with the
-signed test and without it (its attrs blanked). Run:
+signed test and without it (its attrs blanked). The MDE: one point at a known sd, the theory
+off by the test's reported MDE (:func:`lognormal_signed_mde` at that sd and Cox's SE) either
+way; the share of runs flagged, 0.8 asked. Run:
 ``python benchmarks/lognormal_signed_calibration.py [--runs 4000] [--seeds 8 16 32 128]``.
 """
 
@@ -29,10 +31,12 @@ from sigprop.analysis.compare import (
     FAMILY_LEVEL,
     _lognormal_parts,
     _lognormal_z,
+    _Parts,
     _shape_components,
     compare,
     lognormal_shape_p,
     lognormal_signed_flag,
+    lognormal_signed_mde,
     summary,
     synthetic,
 )
@@ -115,6 +119,23 @@ def power(runs: int, seeds: int, sigmas, shifts):
                   f"{np.mean(zs):.2f} | |", flush=True)
 
 
+def mde_power(runs: int, cells=((8, 1.0), (16, 1.0), (32, 0.3), (32, 3.0), (128, 1.0))):
+    rng = np.random.default_rng(11)
+    print("\n| seeds | sd of log X | MDE / SE | flagged, theory too low | too high |")
+    print("|---|---|---|---|---|")
+    for seeds, sigma in cells:
+        se = math.sqrt(sigma**2 / seeds + sigma**4 / (2 * (seeds - 1)))  # (Cox's, one point)
+        mde = lognormal_signed_mde(_Parts(0.0, se, seeds, 1, sigma, 1.0, False, 0.0))
+        found = []
+        for sign in (1, -1):  # (+1: the theory below the truth)
+            theory = np.array([sigma**2 / 2 - sign * mde])
+            found.append(np.mean([lognormal_signed_flag(*_lognormal_z(_lognormal_parts(
+                sigma * rng.standard_normal((seeds, 1)), theory, np.ones(1))))
+                for _ in range(runs)]))
+        print(f"| {seeds} | {sigma:g} | {mde / se:.2f} | {found[0]:.3f} | {found[1]:.3f} |",
+              flush=True)
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--runs", type=int, default=4000, help="runs per calibration cell")
@@ -123,9 +144,11 @@ def main():
     ap.add_argument("--power-runs", type=int, default=100)
     ap.add_argument("--power-seeds", type=int, default=32)
     ap.add_argument("--shifts", type=float, nargs="+", default=[0.0, 0.5, 1.0])
+    ap.add_argument("--mde-runs", type=int, default=2000, help="runs per MDE cell and direction")
     a = ap.parse_args()
     calibration(a.runs, a.seeds, a.sigmas)
     power(a.power_runs, a.power_seeds, [0.3, 1.0], a.shifts)
+    mde_power(a.mde_runs)
 
 
 if __name__ == "__main__":

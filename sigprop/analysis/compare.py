@@ -912,15 +912,28 @@ def _lognormal_z(parts, floor: float = 0.0) -> tuple[float, int, float]:
 
 
 def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8) -> float:
-    """:func:`signed_mde` for :func:`lognormal_signed`, from :func:`_lognormal_parts`:
-    (c + z_power) SE / n, c the larger of its two critical values
-    (:func:`lognormal_signed_crits`), z_power the normal quantile of ``power``: z's law near
-    the alternative taken as a shifted normal, which overstates the power on the lower side
-    (one point at this error, the theory too high: 0.61-0.76 at 8-32 seeds, not 0.8)."""
-    if parts.blind or math.isnan(parts.se):
+    """:func:`signed_mde` for :func:`lognormal_signed`, from :func:`_lognormal_parts`: rho SE /
+    n, rho the shift (in SEs) at which the signed test's z, by its one-factor law at sigma_eff
+    (:func:`lognormal_tails`), passes its critical values (:func:`lognormal_signed_crits`) with
+    probability ``power``; the larger rho of the two directions (the theory too low, too high:
+    the law's tails differ), to 1 %. Each direction counts its own tail alone (the other adds
+    less than level / 2 to the power: rho is at most that much high)."""
+    if parts.blind or math.isnan(parts.se) or math.isnan(parts.sigma):
         return math.nan
-    return ((max(lognormal_signed_crits(parts.seeds, parts.sigma, level))
-             + float(stats.norm.ppf(power))) * parts.se / parts.n)
+    S, sigma = parts.seeds, parts.sigma
+    up, low = lognormal_signed_crits(S, sigma, level)
+
+    def short(rho, sign):  # (its tail's power at a shift of sign rho SEs, less ``power``)
+        tails = lognormal_tails(up if sign > 0 else low, S, sigma, sign * rho, sides=(sign,))
+        return tails[0 if sign > 0 else 1] - power
+
+    rhos = []
+    for sign in (1, -1):
+        hi = 2.0
+        while short(hi, sign) < 0:  # (the power rises to 1 with |rho|)
+            hi *= 2
+        rhos.append(optimize.brentq(short, 0.0, hi, args=(sign,), rtol=1e-2))
+    return max(rhos) * parts.se / parts.n
 
 
 def _lognormal_rows(samples, ref, weight, counted):
@@ -1505,49 +1518,62 @@ def nominal_rate(k: float, seeds: int) -> float:
 
 
 @functools.lru_cache(maxsize=4096)
-def lognormal_tails(c: float, seeds: int, sigma: float) -> tuple[float, float]:
+def lognormal_tails(c: float, seeds: int, sigma: float, shift: float = 0.0,
+                    sides: tuple = (1, -1)) -> tuple[float, float]:
     """(P(z > c), P(z < -c)), c >= 0, for the ``lognormal`` estimator's z on S = ``seeds``
     normal samples y of sd ``sigma`` against the true log E X = mu + sigma^2 / 2 (no rounding
-    floor: it only shrinks |z|). ybar ~ N(mu, sigma^2 / S) and s^2 = sigma^2 w, w = V / n, V ~
-    chi^2_n, n = S - 1, are independent, so with Z standard normal and D(w) = sqrt(w / S +
-    sigma^2 w^2 / (2n)), z = (Z / sqrt(S) + sigma (w - 1) / 2) / D(w), and
+    floor: it only shrinks |z|), or against a theory below it by ``shift`` times Cox's SE,
+    sqrt(sigma^2 / S + sigma^4 / (2n)) (the alternative of a power; d = shift SE / sigma).
+    ybar ~ N(mu, sigma^2 / S) and s^2 = sigma^2 w, w = V / n, V ~ chi^2_n, n = S - 1, are
+    independent, so with Z standard normal and D(w) = sqrt(w / S + sigma^2 w^2 / (2n)), z = (Z
+    / sqrt(S) + sigma (w - 1) / 2 + d) / D(w), and
 
-        P(z > c)  = E_V Phi(-sqrt(S) (c D(w) - sigma (w - 1) / 2)),
-        P(z < -c) = E_V Phi(-sqrt(S) (c D(w) + sigma (w - 1) / 2)),
+        P(z > c)  = E_V Phi(-sqrt(S) (c D(w) - sigma (w - 1) / 2 - d)),
+        P(z < -c) = E_V Phi(-sqrt(S) (c D(w) + sigma (w - 1) / 2 + d)),
 
     each one integral over V (``quad``, relative tolerance 1e-10, V's chi^2 mass beyond its
     1e-20 quantiles left out; breakpoints where Phi's argument is 0, the roots of (sigma^2 / 4
-    - c^2 sigma^2 / (2n)) w^2 - (sigma^2 / 2 + c^2 / S) w + sigma^2 / 4, and around them at
-    multiples of the argument's slope: at large sigma a step of width ~ 1 / (sigma sqrt(S)) in
-    w). The limits, exactly: sigma = 0, Student t with n dof (z -> Z / sqrt(w)); sigma = inf,
-    z -> sqrt(n/2) (1 - n / V), so P(z < -c) = F(n / (1 + c sqrt(2/n))) and P(z > c) = 1 -
-    F(n / (1 - c sqrt(2/n))) for c < sqrt(n/2), else 0 (F: chi^2_n's cdf)."""
+    - c^2 sigma^2 / (2n)) w^2 - (sigma^2 / 2 + c^2 / S - sigma d) w + sigma^2 / 4 - sigma d +
+    d^2, and around them at multiples of the argument's slope: at large sigma a step of width
+    ~ 1 / (sigma sqrt(S)) in w). The limits, exactly: sigma = 0, Student t with n dof (z -> (Z
+    + shift) / sqrt(w): noncentral); sigma = inf (no shift), z -> sqrt(n/2) (1 - n / V), so
+    P(z < -c) = F(n / (1 + c sqrt(2/n))) and P(z > c) = 1 - F(n / (1 - c sqrt(2/n))) for c <
+    sqrt(n/2), else 0 (F: chi^2_n's cdf). ``sides``: the tails integrated (+1 the upper, -1
+    the lower); the other NaN."""
     from scipy import integrate, special
 
     n = max(seeds - 1, 1)
     if sigma == 0:
+        if shift:
+            return float(stats.nct.sf(c, n, shift)), float(stats.nct.cdf(-c, n, shift))
         p = float(stats.t.sf(c, n))
         return p, p
     r = math.sqrt(n / 2)
     if sigma == math.inf:
+        if shift:
+            raise ValueError("lognormal_tails: a shift needs a finite sigma")
         return (float(stats.chi2.sf(n / (1 - c / r), n)) if c < r else 0.0,
                 float(stats.chi2.cdf(n / (1 + c / r), n)))
     root_s, power = math.sqrt(seeds), n / 2 - 1
     log_norm = float(special.gammaln(n / 2)) + n / 2 * math.log(2)  # chi^2_n's density's
+    d = shift * math.sqrt(1 / seeds + sigma**2 / (2 * n))  # (shift SE / sigma)
 
     def argument(v, sign):  # Phi's argument at V = v: sign +1 the upper tail, -1 the lower
         w = v / n
         return root_s * (c * math.sqrt(w / seeds + sigma**2 * w**2 / (2 * n))
-                         - sign * sigma * (w - 1) / 2)
+                         - sign * (sigma * (w - 1) / 2 + d))
 
     lo, hi = float(stats.chi2.ppf(1e-20, n)), float(stats.chi2.isf(1e-20, n))
     base = [float(q) for q in stats.chi2.ppf([1e-12, 1e-8, 1e-5, 1e-3, 0.1, 0.5, 0.9], n)]
     a2 = sigma**2 * (0.25 - c**2 / (2 * n))
-    a1, a0 = -(sigma**2 / 2 + c**2 / seeds), sigma**2 / 4
+    a1, a0 = -(sigma**2 / 2 + c**2 / seeds) + sigma * d, sigma**2 / 4 - sigma * d + d**2
     roots = np.roots([a2, a1, a0]) if a2 != 0 else np.array([-a0 / a1])
     steps = [n * float(w.real) for w in roots if abs(w.imag) < 1e-12 and w.real > 0]
     tails = []
     for sign in (1, -1):
+        if sign not in sides:
+            tails.append(math.nan)
+            continue
         points = list(base)
         for v0 in steps:
             h = 1e-6 * v0
