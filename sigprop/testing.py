@@ -395,7 +395,7 @@ def _measure_backward(net: Op, inputs, widths, seeds: int, root_seed: int, layer
     pred = finite_width.gradient_coefficient(net, inputs, layers=layers, weights=weights)
     pred = pred[1] if weights else pred
     at_inf = np.exp(theory(net, inputs, layers=layers)[name].values[:, 0])
-    mean, var = [], []  # per layer: (value, se) per width
+    mean, var = [], []  # per width: (value, se) per layer
     for N in widths:
         mc = simulate(net, inputs, width=int(N), seeds=seeds, backend="numpy", dtype="float64",
                       sampler=sampler, root_seed=root_seed + int(N))

@@ -795,3 +795,25 @@ def test_the_lognormal_mde_is_the_shift_its_law_finds_with_the_power_asked():
     se = math.sqrt(tiny**2 / 16 + tiny**4 / 30)
     rho0 = lognormal_signed_mde(_Parts(0.0, se, 16, 1, tiny, 1.0, False, 0.0)) / se
     assert rho0 == pytest.approx(_noncentrality(15, FAMILY_LEVEL, 0.8), rel=0.02)
+
+
+def test_the_mde_and_the_shifted_law_at_the_edges_of_sigma():
+    """sigma_eff infinite or past sqrt(float max) (points whose sum nearly cancels: sigma_eff =
+    sqrt(square / linear) unbounded) gives the sigma -> inf law's MDE, not a ValueError or an
+    OverflowError from compare; sigma exactly 0 (the noncentral-t branch, which the integral at
+    sigma 1e-9 must meet: its shift's sign) and the t estimators' signed test with no spread and
+    a sum within its floor (NaN, not infinite: opposite deviations cancel)."""
+    from sigprop.analysis.compare import _Parts, lognormal_signed_mde, signed_t
+
+    far = lognormal_signed_mde(_Parts(0.0, 1.0, 8, 1, 1e100, 1.0, False, 0.0))
+    for sigma in (1e200, math.inf):
+        assert lognormal_signed_mde(_Parts(0.0, 1.0, 8, 1, sigma, 1.0, False, 0.0)) == (
+            pytest.approx(far, rel=1e-6))
+    for c, S, rho in ((2.5, 8, 1.5), (4.0, 16, -3.0), (19.2, 3, 30.0)):
+        assert lognormal_tails(c, S, 0.0, rho) == pytest.approx(
+            lognormal_tails(c, S, 1e-9, rho), rel=1e-6, abs=1e-12)
+    dims, ones = ("seed", "layer"), xr.DataArray(np.ones(2), dims="layer")
+    samples = xr.DataArray(np.tile([1.0, -1.0], (8, 1)), dims=dims)
+    counted = xr.DataArray([True, True], dims="layer")
+    assert math.isnan(signed_t(samples, 0 * ones, ones, counted, 0.1)[0])
+    assert signed_t(samples + 0.5, 0 * ones, ones, counted, 0.1)[0] == math.inf

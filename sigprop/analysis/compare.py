@@ -922,9 +922,11 @@ def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8)
         return math.nan
     S, sigma = parts.seeds, parts.sigma
     up, low = lognormal_signed_crits(S, sigma, level)
+    law = min(sigma, 1e6)  # (the shifted law needs a finite sigma, sigma^2 below overflow; at
+    # 1e6 it is the sigma -> inf law's to ~1e-9 in rho)
 
     def short(rho, sign):  # (its tail's power at a shift of sign rho SEs, less ``power``)
-        tails = lognormal_tails(up if sign > 0 else low, S, sigma, sign * rho, sides=(sign,))
+        tails = lognormal_tails(up if sign > 0 else low, S, law, sign * rho, sides=(sign,))
         return tails[0 if sign > 0 else 1] - power
 
     rhos = []
@@ -1539,7 +1541,7 @@ def lognormal_tails(c: float, seeds: int, sigma: float, shift: float = 0.0,
     + shift) / sqrt(w): noncentral); sigma = inf (no shift), z -> sqrt(n/2) (1 - n / V), so
     P(z < -c) = F(n / (1 + c sqrt(2/n))) and P(z > c) = 1 - F(n / (1 - c sqrt(2/n))) for c <
     sqrt(n/2), else 0 (F: chi^2_n's cdf). ``sides``: the tails integrated (+1 the upper, -1
-    the lower); the other NaN."""
+    the lower); the other NaN (both given at sigma = 0 and inf)."""
     from scipy import integrate, special
 
     n = max(seeds - 1, 1)
