@@ -934,7 +934,8 @@ def test_rich_table_prints_a_row_a_line_in_80_columns(theory, capsys):
         line = [s.split() for s in lines if s.split()[:1] == [r["variable"]]]
         assert len(line) == 1 and line[0][1] == r["flag"].split()[0], (r, out)
         assert line[0][-1] == f"{r['rate']:.4f}", out
-    assert rows[0]["flag"] == "DISAGREE" and f"q: max |z| at {rows[0]['where']}" in out
+    assert rows[0]["flag"] == "DISAGREE" and rows[0]["by"] and (
+        f"q: DISAGREE by {', '.join(rows[0]['by'])}; max |z| at {rows[0]['where']}" in out)
 
 
 def test_calibration_on_real_monte_carlo():

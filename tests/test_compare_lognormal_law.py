@@ -817,3 +817,40 @@ def test_the_mde_and_the_shifted_law_at_the_edges_of_sigma():
     counted = xr.DataArray([True, True], dims="layer")
     assert math.isnan(signed_t(samples, 0 * ones, ones, counted, 0.1)[0])
     assert signed_t(samples + 0.5, 0 * ones, ones, counted, 0.1)[0] == math.inf
+
+
+def test_a_disagreement_names_the_tests_that_fired():
+    """summary's ``by`` lists the tests behind a DISAGREE, and print_table says it (a review:
+    a row flagged by the signed test alone was explained as "max |z| at layer=4", a point
+    whose |z| was 2.5). Here: the uniform offset where no seed differs (the sum t alone), and
+    a tilt over depth (the shape test alone); a correct theory fires none. Catches: ``by``
+    not matching the flag's tests."""
+    import io
+
+    from rich.console import Console
+
+    from sigprop.analysis.compare import print_table
+
+    layer = {"layer": np.arange(1, 13)}
+    y = np.linspace(0.1, 1.2, 12)
+    mc = xr.DataArray(np.exp(np.tile(y, (8, 1))), dims=("seed", "layer"),
+                      coords=layer).to_dataset(name="q")
+    mc["log_q"] = np.log(mc["q"])
+    theory = xr.Dataset({"log_q": xr.DataArray(y + 2.5e-5, dims="layer", coords=layer)})
+    theory["q"] = np.exp(theory["log_q"])
+    cmp = compare(theory, mc, variables=["q"], estimator="logmean")
+    assert summary(cmp)[0]["by"] == ["sum t"]
+    out = io.StringIO()
+    print_table(cmp, console=Console(file=out, width=100))
+    assert "DISAGREE by sum t; max |z| at layer=" in out.getvalue()
+    theory = sp.theory(sp.presets.resnet(depth=16, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.3))
+    S, sigma = 32, 0.3
+    se = math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
+    wrong = theory.copy(deep=True)
+    wrong["log_q"] = wrong["log_q"] + 2 * se * xr.where(wrong["layer"] > 0,
+                                                        (wrong["layer"] - 8.5) / 7.5, 0.0)
+    wrong["q"] = np.exp(wrong["log_q"])
+    mc = synthetic(theory, seeds=S, noise=sigma, root_seed=13)
+    assert summary(compare(wrong, mc, variables=["q"], estimator="lognormal"))[0]["by"] == [
+        "shape"]
+    assert summary(compare(theory, mc, variables=["q"], estimator="lognormal"))[0]["by"] == []

@@ -1665,7 +1665,8 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
     below ``FAMILY_LEVEL`` (``level``: these three tests' level, FAMILY_LEVEL unless given;
     a gate over many variables divides it among them); NOT
     COMPARABLE when some points have no finite z (infinite variance, no theory value, dead
-    nets under a log estimator).
+    nets under a log estimator). ``by``: the tests that fired ("rate", "max |z|", "sum t",
+    "shape"; empty unless DISAGREE).
     A point that neither dataset has (NaN in both: an arch's part of a per-arch sweep grid it
     was not run on, weight_grad_q at layer 0) is not a point, nor is one of z exactly 0 (the
     Monte Carlo equal to the theory to rounding, with no spread: the inputs at layer 0, corr's
@@ -1693,7 +1694,7 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
                          "effective_points": 0.0, "exact": exact, "max_z": float("nan"), "where": "",
                          "signed_t": float("nan"), "mde": float("nan"), "shape_p": float("nan"),
                          "rate": float("nan"), "nominal": nominal,
-                         "not_comparable": lost,
+                         "not_comparable": lost, "by": [],
                          "flag": f"NOT COMPARABLE ({lost} points)" if lost else
                          "ok" if exact else "no data"})
             continue
@@ -1724,13 +1725,14 @@ def summary(cmp: xr.Dataset, threshold: float = 3.0, level: float = FAMILY_LEVEL
             shape_p = lognormal_shape_p(list(np.atleast_1d(da.attrs["shape_z"])),
                                         list(np.atleast_1d(da.attrs["shape_log_sd"])),
                                         dof + 1, level)
+        by = [test for test, fired in (("rate", rate > bound), ("max |z|", beyond),
+                                       ("sum t", together), ("shape", shape_p < level)) if fired]
         rows.append({"variable": name, "estimator": da.attrs["estimator"], "points": n,
                      "effective_points": effective, "exact": exact, "max_z": top, "where": loc,
                      "signed_t": signed, "mde": float(da.attrs.get("signed_mde", np.nan)),
                      "shape_p": shape_p, "rate": rate, "nominal": nominal,
-                     "not_comparable": lost,
-                     "flag": "DISAGREE" if (rate > bound or beyond or together
-                                            or shape_p < level) else
+                     "not_comparable": lost, "by": by,
+                     "flag": "DISAGREE" if by else
                      f"NOT COMPARABLE ({lost} points)" if lost else "ok"})
     return rows
 
@@ -1785,7 +1787,9 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
     console.print(table)
     for r in rows:
         if r["flag"] != "ok" and r["where"]:
-            console.print(f"[red]{r['variable']}[/]: max |z| at {r['where']}"
+            console.print(f"[red]{r['variable']}[/]: "
+                          + (f"DISAGREE by {', '.join(r['by'])}; " if r["by"] else "")
+                          + f"max |z| at {r['where']}"
                           + (f"; shape over depth p = {r['shape_p']:.2g}"
                              if r["shape_p"] < FAMILY_LEVEL else ""))
     exact = ", ".join(f"{r['variable']} {r['exact']}" for r in rows if r["exact"])
