@@ -1012,7 +1012,8 @@ def lognormal_shape(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArr
     so :func:`lognormal_shape_p` reads each |z_j| by the heavier, lower tail. ``floor``: each
     |sum| less floor sum_i |w_i P_j(t_i)|. A component blind to the seeds (its SE round-off:
     :class:`_Parts`) is left out, unless its sum passes its floor by more than its round-off:
-    z_j is then infinite (no spread of the seeds explains it; p 0). Empty where there is no layer dim, fewer than 2 counted layers or 3 seeds."""
+    z_j is then infinite (no spread of the seeds explains it; p 0). Empty where there is no
+    layer dim, fewer than 2 counted layers or 3 seeds."""
     y, T, w, layer = _lognormal_rows(samples, ref, weight, counted)
     return (*_shape_components(y, T, w, layer, floor), len(y))
 
