@@ -12,7 +12,7 @@ points' order), with binomial standard errors. Power: ``synthetic``
 lognormal Monte Carlo of a Pre-LN gelu theory (independent points) with every point's log E X
 shifted by d per-point standard errors; the share of runs ``summary`` flags DISAGREE with the
 signed test and without it (its attrs blanked). The MDE: one point at a known sd, the theory
-off by the test's reported MDE (:func:`lognormal_signed_mde` at that sd and Cox's SE) either
+off by the test's reported MDE (:func:`lognormal_mde_shift` at that sd, times Cox's SE) either
 way; the share of runs flagged, 0.8 asked. Run:
 ``python benchmarks/lognormal_signed_calibration.py [--runs 4000] [--seeds 8 16 32 128]``.
 """
@@ -31,12 +31,11 @@ from sigprop.analysis.compare import (
     FAMILY_LEVEL,
     _lognormal_parts,
     _lognormal_z,
-    _Parts,
     _shape_components,
     compare,
+    lognormal_mde_shift,
     lognormal_shape_p,
     lognormal_signed_flag,
-    lognormal_signed_mde,
     summary,
     synthetic,
 )
@@ -63,6 +62,11 @@ def draw(rng, shape: str, seeds: int, sigma: float):
         sd = np.full(20, sigma)
         y = rng.standard_normal((seeds, 20)) * sd
     return y, sd**2 / 2
+
+
+def cox_se(seeds: int, sigma: float) -> float:
+    """Cox's SE of one point's ybar + s^2 / 2 (``seeds`` normal samples of sd ``sigma``)."""
+    return math.sqrt(sigma**2 / seeds + sigma**4 / (2 * (seeds - 1)))
 
 
 def calibration(runs: int, seeds_list, sigmas):
@@ -100,7 +104,7 @@ def power(runs: int, seeds: int, sigmas, shifts):
           f" signed z (mean) | seeds {seeds} |")
     print("|---|---|---|---|---|---|")
     for sigma in sigmas:
-        se = math.sqrt(sigma**2 / seeds + sigma**4 / (2 * (seeds - 1)))  # (Cox's, one point)
+        se = cox_se(seeds, sigma)
         for d in shifts:
             wrong = theory.copy(deep=True)
             above = wrong["layer"] > 0
@@ -124,8 +128,8 @@ def mde_power(runs: int, cells=((8, 1.0), (16, 1.0), (32, 0.3), (32, 3.0), (128,
     print("\n| seeds | sd of log X | MDE / SE | flagged, theory too low | too high |")
     print("|---|---|---|---|---|")
     for seeds, sigma in cells:
-        se = math.sqrt(sigma**2 / seeds + sigma**4 / (2 * (seeds - 1)))  # (Cox's, one point)
-        mde = lognormal_signed_mde(_Parts(0.0, se, seeds, 1, sigma, 1.0, False, 0.0))
+        se = cox_se(seeds, sigma)
+        mde = lognormal_mde_shift(seeds, sigma) * se
         found = []
         for sign in (1, -1):  # (+1: the theory below the truth)
             theory = np.array([sigma**2 / 2 - sign * mde])

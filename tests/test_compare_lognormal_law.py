@@ -55,6 +55,35 @@ def _z(S, sigma, reps, rng):
     return ((est - sigma**2 / 2) / se).values
 
 
+def _cox_se(S, sigma):
+    """Cox's SE of one point's ybar + s^2 / 2 (S normal samples of sd sigma)."""
+    return math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
+
+
+def _identical_seeds(offset):
+    """(theory, Monte Carlo): 12 layers of q whose 8 seeds are all the same, the theory's log q
+    off by ``offset`` at every layer."""
+    layer = {"layer": np.arange(1, 13)}
+    y = np.linspace(0.1, 1.2, 12)
+    mc = xr.DataArray(np.exp(np.tile(y, (8, 1))), dims=("seed", "layer"),
+                      coords=layer).to_dataset(name="q")
+    mc["log_q"] = np.log(mc["q"])
+    theory = xr.Dataset({"log_q": xr.DataArray(y + offset, dims="layer", coords=layer)})
+    theory["q"] = np.exp(theory["log_q"])
+    return theory, mc
+
+
+def _tilted_resnet(S=32, sigma=0.3):
+    """(theory, the theory tilted linearly over depth from -2 to +2 per-point se, synthetic
+    lognormal Monte Carlo of the theory): relu resnet, depth 16, 2 inputs."""
+    theory = sp.theory(sp.presets.resnet(depth=16, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.3))
+    wrong = theory.copy(deep=True)
+    tilt = xr.where(wrong["layer"] > 0, (wrong["layer"] - 8.5) / 7.5, 0.0)
+    wrong["log_q"] = wrong["log_q"] + 2 * _cox_se(S, sigma) * tilt
+    wrong["q"] = np.exp(wrong["log_q"])
+    return theory, wrong, synthetic(theory, seeds=S, noise=sigma, root_seed=13)
+
+
 @pytest.mark.parametrize("S", [16, 32])
 def test_tails_match_simulated_normal_samples(S):
     """P(z > c) and P(z < -c) from the law against 100 000 simulated samples at sigma = 0.3, 1,
@@ -462,7 +491,7 @@ def test_a_shift_of_every_point_by_one_se_is_found_by_the_signed_test(theory):
     the 8 points is ~sqrt(8) larger and summary flags DISAGREE through it alone (its attrs
     blanked: ok); the true theory: ok. Catches: summary not reading the lognormal signed test."""
     S, sigma = 32, 0.3
-    se = math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
+    se = _cox_se(S, sigma)
     wrong = theory.copy(deep=True)
     wrong["log_q"] = wrong["log_q"] - 1.5 * se * (wrong["layer"] > 0)
     wrong["q"] = np.exp(wrong["log_q"])
@@ -571,14 +600,7 @@ def test_a_tilt_over_depth_is_found_by_the_shape_test():
     short of the max test) is flagged DISAGREE through the shape test alone (its p below the
     level, above its floor 2 k gamma = LOWER_GAMMA FAMILY_LEVEL; blanked, ok); the true
     theory passes. Catches: summary not reading the lognormal shape test."""
-    theory = sp.theory(sp.presets.resnet(depth=16, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.3))
-    S, sigma = 32, 0.3
-    se = math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
-    wrong = theory.copy(deep=True)
-    tilt = xr.where(wrong["layer"] > 0, (wrong["layer"] - 8.5) / 7.5, 0.0)
-    wrong["log_q"] = wrong["log_q"] + 2 * se * tilt
-    wrong["q"] = np.exp(wrong["log_q"])
-    mc = synthetic(theory, seeds=S, noise=sigma, root_seed=13)
+    theory, wrong, mc = _tilted_resnet()
     cmp = compare(wrong, mc, variables=["q"], estimator="lognormal")
     row = summary(cmp)[0]
     assert row["flag"] == "DISAGREE" and abs(row["signed_t"]) < 2, row
@@ -727,14 +749,8 @@ def test_a_uniform_offset_where_no_seed_differs_is_flagged_by_the_signed_test(es
     signed test's z is infinite and the verdict DISAGREE; an offset of half the floor is no
     deviation (the points are exact, none counted). Catches: the signed test NaN where the seeds
     do not spread (the verdict was ok), under either estimator."""
-    layer = {"layer": np.arange(1, 13)}
-    y = np.linspace(0.1, 1.2, 12)
-    mc = xr.DataArray(np.exp(np.tile(y, (8, 1))), dims=("seed", "layer"),
-                      coords=layer).to_dataset(name="q")
-    mc["log_q"] = np.log(mc["q"])
     for offset, flag in ((2.5e-5, "DISAGREE"), (0.5e-5, "ok")):
-        theory = xr.Dataset({"log_q": xr.DataArray(y + offset, dims="layer", coords=layer)})
-        theory["q"] = np.exp(theory["log_q"])
+        theory, mc = _identical_seeds(offset)
         row = summary(compare(theory, mc, variables=["q"], estimator=estimator))[0]
         assert row["flag"] == flag, row
         assert (math.isinf(row["signed_t"]) and row["max_z"] < 3 if flag == "DISAGREE"
@@ -749,7 +765,7 @@ def test_shifted_tails_meet_the_trapezoid_rule_simulation_and_noncentral_t():
     sqrt(w)). Catches: the shift's sign, or its scale (d = rho SE / sigma)."""
     for S in (8, 32):
         for sigma in (0.3, 1.0, 3.0):
-            se = math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
+            se = _cox_se(S, sigma)
             for rho in (-3.0, -1.0, 1.0, 3.0):
                 got = lognormal_tails(2.5, S, sigma, rho)
                 want = _grid_tails(2.5, S, sigma, shift=rho * se)
@@ -757,7 +773,7 @@ def test_shifted_tails_meet_the_trapezoid_rule_simulation_and_noncentral_t():
             assert lognormal_tails(2.5, S, sigma, 0.0) == lognormal_tails(2.5, S, sigma)
     rng = np.random.default_rng(21)
     S, sigma, rho, reps = 8, 3.0, -2.5, 200_000
-    se = math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
+    se = _cox_se(S, sigma)
     y = sigma * rng.standard_normal((reps, S))
     s2 = y.var(axis=1, ddof=1)
     z = (y.mean(axis=1) + s2 / 2 - (sigma**2 / 2 - rho * se)) / np.sqrt(
@@ -772,28 +788,25 @@ def test_shifted_tails_meet_the_trapezoid_rule_simulation_and_noncentral_t():
 
 
 def test_the_lognormal_mde_is_the_shift_its_law_finds_with_the_power_asked():
-    """lognormal_signed_mde: rho SE / n, rho the larger of the two directions' shifts at which
-    the law's tail past its critical value is 0.8. At S = 8, sigma = 3 (the lower tail the
+    """lognormal_mde_shift (lognormal_signed_mde's rho, which it multiplies by SE / n): the
+    larger of the two directions' shifts at which the law's tail past its critical value is
+    0.8. At S = 8, sigma = 3 (the lower tail the
     heavier) the power of the theory too high at rho is 0.8 to 1 % and too low at least 0.8;
     at sigma -> 0 rho is the t estimators' (noncentral t, _noncentrality) to 2 %. Measured
     against simulation in benchmarks/RESULTS.md. Catches: the smaller direction taken; the
     shift's sign crossed with the tail."""
     from sigprop.analysis.compare import (
         _noncentrality,
-        _Parts,
+        lognormal_mde_shift,
         lognormal_signed_crits,
-        lognormal_signed_mde,
     )
 
     S, sigma = 8, 3.0
-    se = math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
-    rho = lognormal_signed_mde(_Parts(0.0, se, S, 1, sigma, 1.0, False, 0.0)) / se
+    rho = lognormal_mde_shift(S, sigma)
     up, low = lognormal_signed_crits(S, sigma)
     assert lognormal_tails(low, S, sigma, -rho)[1] == pytest.approx(0.8, abs=0.01)
     assert lognormal_tails(up, S, sigma, rho)[0] >= 0.8
-    tiny = 1e-7
-    se = math.sqrt(tiny**2 / 16 + tiny**4 / 30)
-    rho0 = lognormal_signed_mde(_Parts(0.0, se, 16, 1, tiny, 1.0, False, 0.0)) / se
+    rho0 = lognormal_mde_shift(16, 1e-7)
     assert rho0 == pytest.approx(_noncentrality(15, FAMILY_LEVEL, 0.8), rel=0.02)
 
 
@@ -806,7 +819,7 @@ def test_the_mde_and_the_shifted_law_at_the_edges_of_sigma():
     from sigprop.analysis.compare import _Parts, lognormal_signed_mde, signed_t
 
     far = lognormal_signed_mde(_Parts(0.0, 1.0, 8, 1, 1e100, 1.0, False, 0.0))
-    for sigma in (1e200, math.inf):
+    for sigma in (1e200, math.inf):  # (through compare's own path, the parts)
         assert lognormal_signed_mde(_Parts(0.0, 1.0, 8, 1, sigma, 1.0, False, 0.0)) == (
             pytest.approx(far, rel=1e-6))
     for c, S, rho in ((2.5, 8, 1.5), (4.0, 16, -3.0), (19.2, 3, 30.0)):
@@ -831,26 +844,12 @@ def test_a_disagreement_names_the_tests_that_fired():
 
     from sigprop.analysis.compare import print_table
 
-    layer = {"layer": np.arange(1, 13)}
-    y = np.linspace(0.1, 1.2, 12)
-    mc = xr.DataArray(np.exp(np.tile(y, (8, 1))), dims=("seed", "layer"),
-                      coords=layer).to_dataset(name="q")
-    mc["log_q"] = np.log(mc["q"])
-    theory = xr.Dataset({"log_q": xr.DataArray(y + 2.5e-5, dims="layer", coords=layer)})
-    theory["q"] = np.exp(theory["log_q"])
-    cmp = compare(theory, mc, variables=["q"], estimator="logmean")
+    cmp = compare(*_identical_seeds(2.5e-5), variables=["q"], estimator="logmean")
     assert summary(cmp)[0]["by"] == ["sum t"]
     out = io.StringIO()
     print_table(cmp, console=Console(file=out, width=100))
     assert "DISAGREE by sum t; max |z| at layer=" in out.getvalue()
-    theory = sp.theory(sp.presets.resnet(depth=16, act="relu"), sp.Inputs(q=[1.0, 2.0], corr=0.3))
-    S, sigma = 32, 0.3
-    se = math.sqrt(sigma**2 / S + sigma**4 / (2 * (S - 1)))
-    wrong = theory.copy(deep=True)
-    wrong["log_q"] = wrong["log_q"] + 2 * se * xr.where(wrong["layer"] > 0,
-                                                        (wrong["layer"] - 8.5) / 7.5, 0.0)
-    wrong["q"] = np.exp(wrong["log_q"])
-    mc = synthetic(theory, seeds=S, noise=sigma, root_seed=13)
+    theory, wrong, mc = _tilted_resnet()
     assert summary(compare(wrong, mc, variables=["q"], estimator="lognormal"))[0]["by"] == [
         "shape"]
     assert summary(compare(theory, mc, variables=["q"], estimator="lognormal"))[0]["by"] == []

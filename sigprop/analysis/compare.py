@@ -913,20 +913,26 @@ def _lognormal_z(parts, floor: float = 0.0) -> tuple[float, int, float]:
 
 def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8) -> float:
     """:func:`signed_mde` for :func:`lognormal_signed`, from :func:`_lognormal_parts`: rho SE /
-    n, rho the shift (in SEs) at which the signed test's z, by its one-factor law at sigma_eff
-    (:func:`lognormal_tails`), passes its critical values (:func:`lognormal_signed_crits`) with
-    probability ``power``; the larger rho of the two directions (the theory too low, too high:
-    the law's tails differ), to 1 %. Each direction counts its own tail alone (the other adds
-    less than level / 2 to the power: rho is at most that much high)."""
+    n, rho :func:`lognormal_mde_shift` at S' and sigma_eff."""
     if parts.blind or math.isnan(parts.se) or math.isnan(parts.sigma):
         return math.nan
-    S, sigma = parts.seeds, parts.sigma
-    up, low = lognormal_signed_crits(S, sigma, level)
+    return lognormal_mde_shift(parts.seeds, parts.sigma, level, power) * parts.se / parts.n
+
+
+def lognormal_mde_shift(seeds: int, sigma: float, level: float = FAMILY_LEVEL,
+                        power: float = 0.8) -> float:
+    """rho, the shift (in Cox SEs) at which the signed test's z, by its one-factor law at sd
+    ``sigma`` (:func:`lognormal_tails`), passes its critical values
+    (:func:`lognormal_signed_crits`) with probability ``power``; the larger rho of the two
+    directions (the theory too low, too high: the law's tails differ), to 1 %. Each direction
+    counts its own tail alone (the other adds less than level / 2 to the power: rho is at most
+    that much high)."""
+    up, low = lognormal_signed_crits(seeds, sigma, level)
     law = min(sigma, 1e6)  # (the shifted law needs a finite sigma, sigma^2 below overflow; at
     # 1e6 it is the sigma -> inf law's to ~1e-9 in rho)
 
     def short(rho, sign):  # (its tail's power at a shift of sign rho SEs, less ``power``)
-        tails = lognormal_tails(up if sign > 0 else low, S, law, sign * rho, sides=(sign,))
+        tails = lognormal_tails(up if sign > 0 else low, seeds, law, sign * rho, sides=(sign,))
         return tails[0 if sign > 0 else 1] - power
 
     rhos = []
@@ -935,7 +941,7 @@ def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8)
         while short(hi, sign) < 0:  # (the power rises to 1 with |rho|)
             hi *= 2
         rhos.append(optimize.brentq(short, 0.0, hi, args=(sign,), rtol=1e-2))
-    return max(rhos) * parts.se / parts.n
+    return max(rhos)
 
 
 def _lognormal_rows(samples, ref, weight, counted):
