@@ -11,9 +11,10 @@ script says so and exits with status 0. Run: ``python benchmarks/compiled_speed.
 ``--host``: the nets whose laws the compiled program calls back to the host for (quadrature
 activations, BatchNorm), depth 100 (Pre-BN on Gaussian inputs).
 ``--forward-only``: ``backward=False``, both engines.
-``--ops``: instead, the traced operations (jaxpr equations) of one layer of each net, forward
-and backward scan body, grouped by the law that emits them (the innermost op method on the
-call stack; the engine's own steps by name).
+``--ops``: instead, the traced operations (jaxpr equations) of one layer of each net, grouped
+by the law that emits them (the innermost op method on the call stack; the engine's own steps
+by name): the forward loop's body alone (``backward=False``) and with the backward's gains (a
+net without BatchNorm, whose backward rides the forward), or the reverse scan's body (one with).
 """
 
 from __future__ import annotations
@@ -92,7 +93,8 @@ def _law(frames) -> str:
 
 
 def ops_per_layer(row: Row) -> dict:
-    """{'forward'|'backward': Counter(law -> equations)} of the scan bodies over the copies."""
+    """{'forward'|'forward with gains'|'backward'...: Counter(law -> equations)} of the loop
+    bodies over the copies."""
     import jax
 
     from sigprop.engines import compiled
@@ -101,36 +103,38 @@ def ops_per_layer(row: Row) -> dict:
     law = "gaussian" if row.preset == "prebn" else "fixed"  # BatchNorm needs Gaussian inputs
     net, x0 = net_of(row), sp.Inputs(q=list(Q0), corr=CORR0, law=law)
     s0, grid, blocks = x0.moments(), sweeps_of(net), layers_of(net)
-    with compiled._x64(jax):
-        prog, _ = compiled._trace(net, compiled._runs(blocks), len(blocks), grid, s0.law, x0.n,
-                                  (0, row.depth), row.points, None)
-        values = tuple(np.asarray(s.values) for s in grid.values())
-        jaxpr = jax.make_jaxpr(prog)(values, s0.K, s0.m, s0.ls).jaxpr
     found: dict = {}
+    gains = compiled._diagonal(net)
 
-    def walk(j, into):
+    def walk(j, into, forward):
         for e in j.eqns:
             subs = [getattr(v, "jaxpr", v) for v in e.params.values() if hasattr(v, "jaxpr")]
             if e.primitive.name == "cond" and into is not None:  # a copy's backward: the
                 # recorded branch (true, the last) as the layer's count, the other apart
-                walk(e.params["branches"][-1].jaxpr, into)
+                walk(e.params["branches"][-1].jaxpr, into, forward)
                 walk(e.params["branches"][0].jaxpr,
-                     found.setdefault("backward, not recorded", collections.Counter()))
+                     found.setdefault("backward, not recorded", collections.Counter()), forward)
             elif e.primitive.name == "while" and into is None:  # a forward loop over copies
                 # without a record: the last one counts, the settled run's (the first copy,
                 # unrolled, has a loop of its own; the recorded copies' body is apart, uncounted)
-                found["forward"] = collections.Counter()
-                walk(e.params["body_jaxpr"].jaxpr, found["forward"])
+                found[forward] = collections.Counter()
+                walk(e.params["body_jaxpr"].jaxpr, found[forward], forward)
             elif e.primitive.name == "scan" and e.params["reverse"] and e.params["length"] > 1:
-                walk(subs[0], found.setdefault("backward", collections.Counter()))
+                walk(subs[0], found.setdefault("backward", collections.Counter()), forward)
             elif subs:
                 for sub in subs:
-                    walk(sub, into)
+                    walk(sub, into, forward)
             elif into is not None:
                 tb = e.source_info.traceback
                 into[_law(tb.frames if tb else ())] += 1
 
-    walk(jaxpr, None)
+    for backward in (False, True):
+        with compiled._x64(jax):
+            prog, _ = compiled._trace(net, compiled._runs(blocks), len(blocks), grid, s0.law,
+                                      x0.n, (0, row.depth), row.points, None, backward)
+            values = tuple(np.asarray(s.values) for s in grid.values())
+            jaxpr = jax.make_jaxpr(prog)(values, s0.K, s0.m, s0.ls).jaxpr
+        walk(jaxpr, None, "forward with gains" if backward and gains else "forward")
     return found
 
 

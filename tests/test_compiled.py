@@ -309,6 +309,24 @@ def test_an_inner_cotangent_out_of_range_reruns_the_log_scaled_program(monkeypat
     assert ran == ["true", "true", "log-scaled"]
 
 
+
+def test_a_gain_out_of_range_reruns_the_log_scaled_program(monkeypatch):
+    """A net without BatchNorm has its backward's gains summed along the forward, each copy's
+    pull-back of a unit cotangent checked by its gain alone where no op's gain escapes its
+    forward states' bounds (no bias): a LayerNorm of an input of q 2e-3 then a Scale of 30
+    keeps every forward state within TRUE_RANGE narrowed to (1e-3, 1e3) (2e-3, 1, 900), while
+    the block's gain is 900 / 2e-3 = 4.5e5. Left unchecked, the true-units program's numbers
+    would stand; checked, the log-scaled program reruns and agrees."""
+    monkeypatch.setattr(compiled, "TRUE_RANGE", (1e-3, 1e3))
+    monkeypatch.setattr(compiled, "BOUND_MARGIN", 1.0)
+    ran = _units(monkeypatch)
+    net, small = Repeat(Serial(LayerNorm(), Scale(30.0)), 2), sp.Inputs(q=[2e-3, 3e-3], corr=0.5)
+    assert compiled._diagonal(net) and not compiled._unbounded_gains(net)
+    agree(net, small, backward=False)
+    assert ran == ["true"]
+    agree(net, small)
+    assert ran == ["true", "true", "log-scaled"]
+
 BOUNDED = [Dense(1.3), Dense(sp.sweep("w", [0.2, 3.0]), sigma_b=sp.sweep("b", [0.0, 0.7])),
            Scale(-0.3), Scale(sp.sweep("c", [1e-3, 2.0])), Act("relu"), Act("linear"),
            Act("erf"), Act("leaky_relu(0.2)"), Act("leaky_relu(1.5)"), Act("gelu"), Act("silu")]
@@ -529,10 +547,11 @@ def test_host_laws_run_once_per_layer(monkeypatch):
 
 def test_the_backward_stops_at_the_lowest_recorded_layer(monkeypatch):
     """Below the lowest recorded layer l the backward computes nothing recorded (grad_q at l
-    needs blocks l + 1 .., the weight gradient at l block l): neither engine pulls back there.
-    Counted by the tanh gradient kernel's quadrature, one call per tanh pulled back (two per
-    block) beside the forward's two per block: layers [4, 6] of 6 blocks pull back 3; it was 6.
-    Checkpointed (blocks 1 and 2 unrolled, then chunks of blocks 3-4 and 5-6), the chunk that
+    needs blocks l + 1 .., the weight gradient at l block l): neither engine pulls back there
+    (the compiled one's gains, summed by the forward, start there). Counted by the tanh gradient
+    kernel's quadrature, one call per tanh pulled back (two per block) beside the forward's two
+    per block: layers [4, 6] of 6 blocks pull back 3; it was 6. The reverse scan (a net with
+    BatchNorm's) checkpointed (blocks 1 and 2 unrolled, then chunks of blocks 3-4 and 5-6), the chunk that
     holds the lowest block needed is recomputed and pulled back whole, the chunks below
     neither: layers [5, 6], forward 12, blocks 5-6 recomputed 4 and pulled back 4 (it was 32,
     every chunk). The values are those of the full run, the weight gradient's width
@@ -566,7 +585,8 @@ def test_the_backward_stops_at_the_lowest_recorded_layer(monkeypatch):
     for engine in ("numpy", "jax"):
         np.testing.assert_allclose(sp.theory(deep, X2, layers=[1100], engine=engine)
                                    .log_weight_grad_q, want, rtol=1e-12, err_msg=engine)
-    monkeypatch.setattr(compiled, "TAPE_BYTES", 0)  # chunks of 2 blocks (isqrt(6))
+    monkeypatch.setattr(compiled, "TAPE_BYTES", 0)  # chunks of 2 blocks (isqrt(6)), in the
+    monkeypatch.setattr(compiled, "_diagonal", lambda net: False)  # reverse scan (BatchNorm's)
     for layers, count in (([5, 6], 12 + 4 + 4), ([4, 6], 12 + 8 + 8), ([0, 6], 32)):
         ds, counts = counted("jax", layers)
         assert counts == count, (layers, counts)
@@ -666,8 +686,9 @@ def test_tolerance_sees_a_perturbed_law(monkeypatch):
 
 def test_forward_only(monkeypatch):
     """backward=False: the numpy engine's forward-only Dataset (to TOL), from a compiled
-    program of its own; past TAPE_BYTES nothing is checkpointed (there is no backward to
-    checkpoint for), while the full run's program is."""
+    program of its own; past TAPE_BYTES nothing is checkpointed where no reverse scan runs
+    (no backward; a backward whose gains ride the forward), while a reverse scan (a net with
+    BatchNorm's) is."""
     monkeypatch.setattr(compiled, "_CACHE", OrderedDict())
     net = sp.presets.preln(6, act="erf", alpha=sp.sweep("alpha", [0.2, 1.0]))
     _, b = agree(net, X3, backward=False, layers=[0, 2, 6])
@@ -675,9 +696,15 @@ def test_forward_only(monkeypatch):
     monkeypatch.setattr(compiled, "TAPE_BYTES", 0)
     agree(net, X3, backward=False)
     agree(net, X3)
-    chunks = {key[-2]: key[-3] for key in compiled._CACHE if key[3] == tuple(range(7))}  # 0..L
-    assert chunks[False] is None and chunks[True] is not None  # (key: ..., chunk, backward,
-    # unscaled)
+
+    def chunks():  # (key: ..., chunk, backward, unscaled; layers 0..L recorded)
+        return {key[-2]: key[-3] for key in compiled._CACHE if key[3] == tuple(range(7))}
+
+    assert chunks() == {False: None, True: None}
+    monkeypatch.setattr(compiled, "_CACHE", OrderedDict())
+    monkeypatch.setattr(compiled, "_diagonal", lambda net: False)
+    agree(net, X3)
+    assert chunks()[True] is not None
 
 
 def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):
@@ -702,7 +729,8 @@ def test_checkpointed_tape_recomputes_each_chunk(monkeypatch):
 def test_ops_benchmark_counts_each_direction():
     """``benchmarks/compiled_speed.py --ops`` traces the engine's own program (it calls
     ``compiled._trace``, a private function whose signature the engine may change): every row
-    of its table counts some equations, forward and backward, for both nets."""
+    of its table counts some equations, for both nets: the forward alone, and more with the
+    backward's gains (neither net has a BatchNorm, so the gains ride the forward)."""
     import subprocess
     from pathlib import Path
 
@@ -713,7 +741,8 @@ def test_ops_benchmark_counts_each_direction():
     rows = [line.split("|")[1:-1] for line in run.stdout.splitlines()[2:]]
     got = {(net.strip(), direction.strip()): int(n) for net, direction, n, _ in rows}
     for net in ("resnet relu", "preln erf"):
-        assert got[(net, "forward")] > 0 and got[(net, "backward")] > got[(net, "forward")]
+        assert got[(net, "forward")] > 0
+        assert got[(net, "forward with gains")] > got[(net, "forward")]
 
 
 def test_xla_ops_benchmark_runs_and_the_kernels_ops_keep_their_bits():

@@ -12,7 +12,16 @@ writes the recorded layers' states and
 branch outputs into a small buffer it carries, a row per recorded copy; the copies between two
 recorded ones run in a loop of their own, which builds no record (layer-long outputs of every
 copy's record cost a third of the time at 10^4 points, and building a record each copy, even
-one overwritten, 15 % of the forward); ``backward=False`` stops there. Backward, a reverse scan
+one overwritten, 15 % of the forward); ``backward=False`` stops there.
+
+Backward, for a net without BatchNorm (:func:`_diagonal`), no reverse pass: from G_L = I the
+cotangent stays diagonal, each copy multiplying input a's entry by a gain g_a of a's forward
+state, so each copy's forward also pulls a unit cotangent back from its output (its backward
+law, whose recomputed forward states XLA shares with the forward's) and the carry sums the log
+gains S_l (and the log width ratios) from the lowest recorded layer on; log G_l = S_L - S_l, and
+a weight gradient recorded at a unit cotangent moves by the same sum (measured: 2.8x faster
+than the reverse scan at depth 2000 x 10^4 points, and no tape to keep). A net with BatchNorm,
+whose batch statistics couple the inputs' cotangents, takes the reverse scan: it
 pulls the cotangent back, down to the lowest recorded layer (the copies below it are left out
 of the scan; checkpointed, the chunks below the one that holds it), from each layer's input
 state (the block's internal states recomputed inside its backward law, or, for a block with
@@ -41,7 +50,9 @@ within :data:`TRUE_RANGE`, forward and backward; where one leaves it (a relu res
 doubles per block; an inner op scales by 1e-300: its q flushed to 0 while the layer's output
 looks fine) the run is made again by the log-scaled program, which is the net's from then on
 (``_SCALED``). Backward, the cotangents are checked (the forward states a backward law
-recomputes were covered by the forward). Forward, a check costs more than its comparisons:
+recomputes were covered by the forward); where the gains ride the forward, each copy's gain,
+and the cotangents inside only where an op's gain escapes its forward states' bounds
+(:func:`_unbounded_gains`). Forward, a check costs more than its comparisons:
 XLA computes the diagonals of states its fusions never build apart (checking every op output
 cost a third of Pre-LN erf's forward). So only what cannot be bounded is checked
 (:class:`_Guard`): the layer's input is checked within :data:`TRUE_RANGE` narrowed by
@@ -124,6 +135,7 @@ from sigprop.ops import (
     layers_of,
     sweeps_of,
 )
+from sigprop.ops.base import is_zero
 from sigprop.ops.edges import one_value
 from sigprop.state.inputs import Inputs
 from sigprop.state.moments import (
@@ -190,8 +202,9 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     kept = sorted(_recorded(layers, L))
     P = math.prod(shape)
     taped = max((_taped_states(blk) for blk, _, _ in runs), default=0)
-    chunk = _chunk(L, P, B, taped)  # decided on the whole grid: the shards' tapes add up
-    tape = _tape_bytes(L, P, B, chunk, taped) if backward else 0
+    reverse = backward and not _diagonal(net)  # (a reverse scan, and its tape)
+    chunk = _chunk(L, P, B, taped) if reverse else None  # (on the whole grid: the shards'
+    tape = _tape_bytes(L, P, B, chunk, taped) if reverse else 0  # tapes add up)
     if tape:  # (without it, the estimate _check_args passed)
         memory.check(memory_estimate(L, len(kept), P, B) + tape,
                      f"the compiled theory of {L} layers x {P} grid points x B = {B} inputs",
@@ -203,8 +216,7 @@ def theory_compiled(net: Op, inputs: Inputs, *, layers=None, width=None, backwar
     size = -(-P // k)
     points = [np.concatenate([p, np.repeat(p[-1:], k * size - P)]) for p in points]  # padded
     key = (net, s0.law, B, backward)  # (what decides whether a state leaves the range)
-    program_key = (template, s0.law, B, tuple(kept), size, chunk if backward else None,
-                   backward)
+    program_key = (template, s0.law, B, tuple(kept), size, chunk, backward)
     K0 = inputs.gram
     np.fill_diagonal(K0, inputs.q)
     true = (K0, np.asarray(inputs.mean, dtype=float), 0 * s0.ls)  # the user's own numbers
@@ -475,6 +487,32 @@ class _Guard:
         self.checked = [t for t in self.checked if t is not out]
 
 
+def _diagonal(net: Op) -> bool:
+    """Whether the net's backward keeps the cotangent diagonal and multiplies each input's
+    entry by a gain of that input's forward state alone: every op acts on each input alone
+    (all but BatchNorm, whose batch statistics couple them), and the backward laws are linear
+    in the cotangent. From G_L = I, then, G_l = diag(prod over layers k > l of g_k), so the
+    forward scan sums each copy's log g (the pull-back of a unit cotangent from its output)
+    and the backward needs no reverse pass (module docstring)."""
+    return not any(isinstance(op, BatchNorm) for op in net.walk())
+
+
+def _unbounded_gains(blk: Op) -> bool:
+    """Whether an op of ``blk`` has a backward gain that its forward states do not bound
+    from below: a Dense with a bias (sigma_w^2, however small, while the bias carries its
+    output) or a FeatureAffine with a shift. Every other op's gain is within a ratio of
+    checked forward states (a bias-free Dense's sigma_w^2 and a Scale's c^2 are its output's
+    q over its input's; a norm's gain^2 / q_in; an activation's E phi'^2, bounded at any q in
+    range), so a product of them stays normal float64 where they are."""
+    def shifts(op):
+        return not all(is_zero(v) for v in (op.shift, op.shift_sq, op.gain_shift)
+                       if v is not None)
+
+    return any(isinstance(op, Dense) and not (is_zero(op.sigma_b)
+                                              and is_zero(op.sigma_b_fan_in))
+               or isinstance(op, FeatureAffine) and shifts(op) for op in blk.walk())
+
+
 def _host_laws(blk: Op) -> bool:
     """Whether a law of ``blk`` runs on the host (``ns.host``: a quadrature activation or a
     BatchNorm). Such a block's internal states are taped by the forward scan rather than
@@ -578,6 +616,39 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                                                  key=lambda s: s.index)]
     branches: list[bool] = []  # per layer, filled while tracing (static)
     wanted, lowest, blocks = set(kept), lowest_block(kept), layers_of(net)
+    gains = backward and _diagonal(net)
+
+    def gain_in_range(g):
+        """Whether a copy's gains ``g`` (:func:`with_gain`'s) are within :data:`TRUE_RANGE`;
+        log-scaled, whether their logs are finite. The cotangents inside the copy's pull-back
+        are checked only in a block with :func:`_unbounded_gains` (the checks cost a quarter of
+        the call at 10^4 points): elsewhere each op's gain is bounded by its forward states,
+        which the forward checked or bounded."""
+        return (g >= TRUE_RANGE[0]) & (g <= TRUE_RANGE[1]) if unscaled else jnp.isfinite(g)
+
+    def no_gains():
+        """The carry's sum of log gains and of log width ratios where it starts: (M, E, LW)."""
+        return (jnp.full((P, B), 1.0 if unscaled else 0.0, f64), jnp.zeros((P, B), f64),
+                jnp.zeros(P, f64))
+
+    def with_gain(M, E, g):
+        """The sum of log gains (M, E) with a copy's: in true units its gains g multiply M, and
+        the binary exponent moves to E (frexp: no log per copy, which took a sixth of the
+        call at 10^4 points); log-scaled, g is the log gain, added to M (E stays 0)."""
+        if not unscaled:
+            return M + g, E
+        M, e = jnp.frexp(M * g)
+        return M, E + e
+
+    def log_gains(M, E):
+        """The sum of log gains that (M, E) hold."""
+        return (jnp.log(M) if unscaled else M) + E * np.log(2.0)
+
+    def unit_cotangent():
+        """G = I at a copy's output (K, m, ls), from which :func:`_diagonal` nets' backward
+        laws give the copy's gains."""
+        return (jnp.broadcast_to(jnp.eye(B), (P, B, B)).astype(f64), jnp.zeros((P, B), f64),
+                jnp.zeros((P, B), f64))
 
     def state(cls, K, m, ls, **extra):
         """A state of the fixed shapes (P, B, B), (P, B) and dtype (a scan's carry keeps them)."""
@@ -585,20 +656,22 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                    m=jnp.broadcast_to(m, (P, B)).astype(f64),
                    ls=jnp.broadcast_to(ls, (P, B)).astype(f64), **extra)
 
-    def finite(s, guard=None):
+    def finite(s, guard=None, reduce=True):
         """Whether ``s`` is finite; in true units, and every diagonal entry of ``s`` and of the
         states ``guard`` checks (:class:`_Guard`) within range (forward: :func:`_checked_range`,
         the checked inner states at log scale 0; backward: :data:`TRUE_RANGE`), all in one
         reduction (the output's range in a reduction of its own measured ~3 ns per point-layer
-        more on Pre-LN erf)."""
+        more on Pre-LN erf); without ``reduce``, per entry of K, for a reduction of the
+        caller's."""
         if not unscaled:
-            return jnp.all(jnp.isfinite(s.K)) & jnp.all(jnp.isfinite(s.ls))
+            ok = jnp.isfinite(s.K) & jnp.isfinite(s.ls)[..., None]
+            return jnp.all(ok) if reduce else ok
         bounds = _checked_range() if guard.forward else None
         ok = jnp.where(np.eye(B, dtype=bool), _within(s.K, bounds), jnp.isfinite(s.K))
         for t in guard.checked:
             inside = _within(ns.xp.diagonal(t.K), bounds)
             ok = ok & (inside & (t.ls == 0) if guard.forward else inside)[..., None]
-        return jnp.all(ok)
+        return jnp.all(ok) if reduce else ok
 
     def as_carried(s):
         """The state a law returned, as the next layer takes it: unit diagonal (log scale in
@@ -620,7 +693,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
         ctx = Context(ns, ("point",), params={id(s): (s, values[names.index(s.name)])
                                               for s in sweeps})
 
-        def forward(blk, name, law, x, tape=None):
+        def forward(blk, name, law, x, tape=None, reduce=True):
             """The layer's output (K, m, ls) from its input ``x``; its record (the same, the
             branch's K and ls, finite); the output's law; whether it has a branch. The block's
             internal states go to ``tape`` (a dict) when one is given."""
@@ -637,25 +710,26 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                                           jnp.broadcast_to(f.ls, (P, B))))
             out = state(Moments, out.K, out.m, out.ls, law=out.law)
             y = (out.K, out.m, out.ls)
-            return y, (*y, fK, fls, finite(out, guard)), out.law, f is not None
+            return y, (*y, fK, fls, finite(out, guard, reduce)), out.law, f is not None
 
-        def pull_back(blk, name, law, x, tape, g, lw, log_g, recording=True):
+        def pull_back(blk, name, law, x, tape, g, lw, log_g, recording=True, checked=True):
             """The cotangent at the layer's input from ``g`` at its output (``log_g``: its
             log diagonal, the previous step's record), the log width after it, and its record
-            (log gradient diagonal, weight gradients (NaN unless ``recording``), finite); the
-            block's internal states from ``tape`` (its forward's), or recomputed (None)."""
+            (log gradient diagonal, weight gradients (NaN unless ``recording``), finite; None
+            unless ``checked``); the block's internal states from ``tape`` (its forward's), or
+            recomputed (None)."""
             sink = WeightGrads(ns).at(recording)
             sink.log_width = lw
             g = Cotangent(*taken(g))
             sink.known[id(g.K), id(g.ls)] = log_g  # a Dense at the block's output reads it
-            guard = _Guard() if unscaled else None
+            guard = _Guard() if unscaled and checked else None
             g = blk.theory_backward(Moments(*taken(x), law=law), g,
                                     ctx.block(name + " (backward)", tape, sink, guard))
             g = as_carried(g)
             g = state(Cotangent, g.K, g.m, g.ls)
             log_g = _log_diag(g, ns)
             return ((g.K, g.m, g.ls), jnp.broadcast_to(sink.log_width, (P,)).astype(f64),
-                    log_g, (log_g, sink.take((P, B)), finite(g, guard)))
+                    log_g, (log_g, sink.take((P, B)), finite(g, guard) if checked else None))
 
         def run(blk, name, law, x, first, n):
             """Forward over n copies of ``blk`` (layers first .. first + n - 1) from ``x``: the
@@ -665,17 +739,45 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
             None if none)."""
             skeleton: list = []  # the tape's structure, the same for every copy (static)
             internal = _host_laws(blk)
+            inner = gains and unscaled and _unbounded_gains(blk)  # (its pull-back checked)
 
-            @jax.jit  # (traced once: eval_shape and the loops below reuse its jaxpr, which XLA
-            # inlines; a Pre-LN block's forward law was traced 7 times per program, now 3)
-            def one(c, _):
-                tape = {} if internal else None
-                y, rec, _, _ = forward(blk, name, law, c, tape)
-                leaves, rebuild = _pack(tape)
-                skeleton[:] = [rebuild]
-                return y, (c, leaves, rec)
+            def stepper(recording, pulled=True):
+                """One copy forward from the carry ``c``: (its output, (c, its tape, its
+                record)). With ``gains``, the carry also holds the sums of log gains (M, E:
+                :func:`with_gain`) and of log width ratios (LW) from layer ``lowest`` on, and
+                the copy's backward law pulls the unit cotangent back from its output (unless
+                not ``pulled``: a copy below that layer): its gains join (M, E), its width
+                ratio LW, its record gains the sum S of log gains, LW and the weight gradients
+                at a unit cotangent (NaN unless ``recording``), and its finite flag the
+                gains'."""
+                @jax.jit  # (traced once: eval_shape and the loops below reuse its jaxpr, which
+                # XLA inlines; a Pre-LN block's forward law was traced 7 times per program, 3 now)
+                def one(c, _):
+                    tape = {} if internal else None
+                    pull = gains and pulled
+                    y, rec, _, _ = forward(blk, name, law, c[:3], tape, reduce=not pull)
+                    if not gains:
+                        leaves, rebuild = _pack(tape)
+                        skeleton[:] = [rebuild]
+                        return y, (c, leaves, rec)
+                    if not pull:
+                        return (*y, *c[3:]), (c, [], rec[:5] + (log_gains(*c[3:5]), c[5], jnp.full(
+                            (P, B), np.nan, f64), rec[5]))
+                    (gK, _, _), lw, log_gain, (_, wg, okb) = pull_back(
+                        blk, name, law, c[:3], tape, unit_cotangent(), jnp.zeros(P, f64),
+                        jnp.zeros((P, B), f64), recording, checked=inner)
+                    g = jnp.diagonal(gK, axis1=-2, axis2=-1) if unscaled else log_gain
+                    M, E = with_gain(*c[3:5], g)
+                    LW = c[5] + lw
+                    ok = jnp.all(rec[5] & gain_in_range(g)[..., None])
+                    ok = ok & okb if inner else ok
+                    return (*y, M, E, LW), (c, [], rec[:5] + (log_gains(M, E), LW, wg, ok))
+                return one
 
-            def forward_scan(c, slots, count, tape=True):
+            one = stepper(True)
+            one_plain = stepper(False) if gains else one  # (copies between recorded ones)
+
+            def forward_scan(c, slots, count, tape=True, steps=(one, one_plain)):
                 """``one`` over the copies of ``slots`` from ``c``: the end state; the records
                 of the ``count`` kept copies (those with slots[i] < count, exactly ``count``:
                 :func:`_split`; copy i's to row slots[i] of a carried buffer); per copy finite
@@ -683,6 +785,8 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                 run in a loop without the record (module docstring: the branch's state, which
                 the laws otherwise fuse away, is then never built)."""
                 shapes = ((B, B), (B,), (B,), (B, B), (B,))  # K, m, ls; the branch's K, ls
+                if gains:  # S, LW, the weight gradients at a unit cotangent
+                    shapes += ((B,), (), (B,))
                 ends = np.cumsum([math.prod(shape) for shape in shapes])
                 slots = jnp.asarray(slots)
                 n_copies = slots.shape[0]
@@ -692,18 +796,18 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                     lambda a: jnp.zeros((n_copies,) + a.shape, a.dtype), saved),
                     jnp.zeros(n_copies, bool))
 
-                def copy(i, c, taken):  # copy i: its output, record; its input, tape, finite
-                    def tape_write(a, v):  # (named: the --ops benchmark counts by name)
-                        return a.at[i].set(v)
+                def copy(i, c, taken, step=steps[0]):  # copy i: its output, record; its input,
+                    def tape_write(a, v):  # tape, finite (named: the --ops benchmark counts
+                        return a.at[i].set(v)  # by name)
 
-                    y, (x, leaves, rec) = one(c, None)
+                    y, (x, leaves, rec) = step(c, None)
                     saved, ok = taken
                     if tape:
                         saved = jax.tree_util.tree_map(tape_write, saved, (x, leaves))
-                    return y, rec, (saved, ok.at[i].set(rec[5]))
+                    return y, rec, (saved, ok.at[i].set(rec[-1]))
 
                 def plain(i, carry):
-                    y, _, taken = copy(i, *carry)
+                    y, _, taken = copy(i, *carry, step=steps[1])
                     return y, taken
 
                 def row(carry, j):  # the copies before kept copy j, then j and its record
@@ -711,7 +815,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                     if count < n_copies:  # (every copy kept: no loop, whose entry costs)
                         c, taken = jax.lax.fori_loop(i, j, plain, (c, taken))
                     c, rec, taken = copy(j, c, taken)
-                    line = jnp.concatenate([r.reshape(P, -1) for r in rec[:5]], axis=1)
+                    line = jnp.concatenate([r.reshape(P, -1) for r in rec[:-1]], axis=1)
                     return (c, taken, buf.at[slots[j]].set(line), j + 1), None
 
                 buf, i = jnp.zeros((count, P, ends[-1]), f64), jnp.zeros((), kept.dtype)
@@ -726,6 +830,15 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                 return c, rec, ins, leaves, ok
 
             outs = [l - first for l in range(first, first + n) if l in wanted]  # and weights
+            k = min(max(lowest - first, 0), n)  # the copies below k: no recorded row needs them
+            if gains:  # (the backward done by the forward: no tape, no reverse scan)
+                slots, ok_below = _slots(outs, n), []
+                if k:
+                    below = stepper(False, pulled=False)
+                    x, _, _, _, ok_below = forward_scan(x, slots[:k], 0, False, (below, below))
+                    ok_below = [ok_below]
+                y, rec, _, _, ok = forward_scan(x, slots[k:], len(outs), tape=False)
+                return y, rec, jnp.concatenate(ok_below + [ok]), None
             grads = [s - first + 1 for s in range(first - 1, first + n - 1) if s in wanted]
             recorded = np.isin(np.arange(n), outs + grads)  # copies whose backward is kept
             light = not recorded.all()
@@ -762,7 +875,6 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                     reverse=True)
                 return carry, (lg[:gcount], wg[:wcount], okb)
             q = 0 if chunk is None else n // chunk
-            k = min(max(lowest - first, 0), n)  # the copies below k: no recorded row needs them
 
             def finite_below(okb, below):  # (copies not pulled back are finite)
                 return jnp.concatenate([jnp.ones(below, bool), okb])
@@ -843,6 +955,8 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
 
         start = state(Moments, K0, m0, ls0)
         x = (start.K, start.m, start.ls)
+        if gains:
+            x += no_gains()
         law, recs, oks, backs = law0, [], [], []
         branches.clear()  # a retrace (new grid size) fills it again
         for blk, first, n in runs:
@@ -856,7 +970,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                         f"net > {name}: the stream's law has not settled after {MAX_UNROLLED} "
                         "copies of the block (a scan needs it fixed); use engine='numpy'")
                 else:  # one copy (traced here for its law and branch; the values: by run)
-                    _, _, out_law, branch = forward(blk, name, law, x)
+                    _, _, out_law, branch = forward(blk, name, law, x[:3])
                     count = 1
                 y, rec, ok, back = run(blk, name, law, x, first + done, count)
                 recs.append(rec)
@@ -877,9 +991,17 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
         head = [(start.K[None], start.m[None], start.ls[None])] if 0 in wanted else []
         K, m, ls = (jnp.concatenate([r[i] for r in head + recs]) for i in range(3))
         fK, fls = (jnp.concatenate([r[i] for r in recs]) for i in (3, 4))
-        out = {"K": K, "m": m, "ls": ls, "fK": fK, "fls": fls, "ok": jnp.concatenate(oks)}
+        ok = jnp.concatenate(oks)
+        out = {"K": K, "m": m, "ls": ls, "fK": fK, "fls": fls, "ok": ok}
         if not backward:
             return out
+        if gains:  # each layer's log gradient from the log gains above it (G_L = I)
+            S_L, LW_L = log_gains(x[3], x[4]), x[5]
+            S, LW, wg = (jnp.concatenate([r[i] for r in recs]) for i in (5, 6, 7))
+            above, width_above = S_L - S, (LW_L - LW)[..., None]  # (layers >= 1 recorded)
+            grad = jnp.concatenate(([S_L[None]] if 0 in wanted else []) + [above])
+            return {**out, "grad": grad, "wgrad": wg + above + 2 * width_above,  # (the
+                    "log_width": LW_L - log_ratio(blocks[:lowest - 1], ctx)}  # blocks below)
         g0 = state(Cotangent, jnp.eye(B), jnp.zeros(B), jnp.zeros(B))
         carry = ((g0.K, g0.m, g0.ls), jnp.zeros(P, f64), _log_diag(g0, ns))
         back, stop = [], L + 1
@@ -938,7 +1060,8 @@ def _check_finite(out, net, blocks, inputs, backward):
     them). The numpy engine, rerun on the net (it stops at its first overflow), names the op
     where it overflows too; where it does not, the compiled engine's own limits are named (a
     traced law takes no true scale below :data:`TRACED_LS_MIN`: XLA flushes subnormals to zero)."""
-    for key, direction, pick in (("ok", "forward", min), ("okb", "backward", max)):
+    forward = "forward" if "okb" in out or not backward else "forward (or a block's gain)"
+    for key, direction, pick in (("ok", forward, min), ("okb", "backward", max)):
         if key not in out:  # forward only
             continue
         bad = np.flatnonzero(~np.asarray(out[key]))  # per layer: finite at every point
