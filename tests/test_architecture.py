@@ -16,6 +16,9 @@ import sigprop as sp
 from sigprop import symbolic as S
 from sigprop.errors import UnsupportedComposition
 from sigprop.ops import Op, op_from_dict
+from sigprop.state.moments import Cotangent
+from sigprop.state.ns import NUMERIC
+from sigprop.state.params import Context
 from sigprop.testing import example
 
 PACKAGE = Path(sp.__file__).resolve().parent
@@ -134,3 +137,24 @@ def test_registered_op_has_every_face(name):
     else:
         with pytest.raises(UnsupportedComposition, match="no closed-form symbolic law"):
             S.block_map(net, 1, simplify=False)
+
+
+@pytest.mark.parametrize("name", OPS)
+def test_an_op_couples_the_inputs_exactly_when_it_says_so(name):
+    """``Op.couples_inputs``: where no op of a net couples its inputs, the compiled engine
+    takes the backward as a gain per input, summed along the forward (``compiled._diagonal``).
+    An op that says it does not pulls a diagonal cotangent back to a diagonal one whose entry
+    for input 0 does not move with input 1's (G = diag(1, 2), then diag(1, 7), at a Dense's
+    output over two Gaussian inputs); BatchNorm, which says it does, mixes them."""
+    op, ctx = example(Op.REGISTRY[name]), Context(NUMERIC, ())
+    s = sp.Dense().theory_forward(
+        sp.Inputs(q=[1.0, 1.5], corr=0.3, law="gaussian").moments(), ctx)
+    got = []
+    for d in (2.0, 7.0):
+        g = op.theory_backward(s, Cotangent(K=np.diag([1.0, d]), m=np.zeros(2),
+                                            ls=np.zeros(2)), ctx)
+        got.append(g.K * np.outer(np.exp(g.ls), np.exp(g.ls)))
+    scale = max(abs(got[0][0, 0]), 1e-300)
+    apart = all(abs(G[0, 1]) <= 1e-13 * scale for G in got) and \
+        abs(got[1][0, 0] - got[0][0, 0]) <= 1e-13 * scale
+    assert apart != type(op).couples_inputs, (name, got)

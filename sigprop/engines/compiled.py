@@ -14,13 +14,14 @@ recorded ones run in a loop of their own, which builds no record (layer-long out
 copy's record cost a third of the time at 10^4 points, and building a record each copy, even
 one overwritten, 15 % of the forward); ``backward=False`` stops there.
 
-Backward, for a net without BatchNorm (:func:`_diagonal`), no reverse pass: from G_L = I the
+Backward, for a net whose ops act on each input alone (all but BatchNorm:
+:func:`_diagonal`), no reverse pass: from G_L = I the
 cotangent stays diagonal, each copy multiplying input a's entry by a gain g_a of a's forward
 state, so each copy's forward also pulls a unit cotangent back from its output (its backward
 law, whose recomputed forward states XLA shares with the forward's) and the carry sums the log
 gains S_l (and the log width ratios) from the lowest recorded layer on; log G_l = S_L - S_l, and
-a weight gradient recorded at a unit cotangent moves by the same sum (measured: 2.8x faster
-than the reverse scan at depth 2000 x 10^4 points, and no tape to keep). A net with BatchNorm,
+a weight gradient recorded at a unit cotangent moves by the same sum (no tape to keep; 1.8-3.3x
+faster than the reverse scan at 10^4 points: ``benchmarks/RESULTS.md``). A net with BatchNorm,
 whose batch statistics couple the inputs' cotangents, takes the reverse scan: it
 pulls the cotangent back, down to the lowest recorded layer (the copies below it are left out
 of the scan; checkpointed, the chunks below the one that holds it), from each layer's input
@@ -489,12 +490,12 @@ class _Guard:
 
 def _diagonal(net: Op) -> bool:
     """Whether the net's backward keeps the cotangent diagonal and multiplies each input's
-    entry by a gain of that input's forward state alone: every op acts on each input alone
-    (all but BatchNorm, whose batch statistics couple them), and the backward laws are linear
+    entry by a gain of that input's forward state alone: no op couples the inputs
+    (``Op.couples_inputs``: BatchNorm's batch statistics do), and the backward laws are linear
     in the cotangent. From G_L = I, then, G_l = diag(prod over layers k > l of g_k), so the
     forward scan sums each copy's log g (the pull-back of a unit cotangent from its output)
     and the backward needs no reverse pass (module docstring)."""
-    return not any(isinstance(op, BatchNorm) for op in net.walk())
+    return not any(op.couples_inputs for op in net.walk())
 
 
 def _unbounded_gains(blk: Op) -> bool:

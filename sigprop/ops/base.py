@@ -129,6 +129,10 @@ class Op:
 
     # -- preconditions ---------------------------------------------------------------------
     symbolic_law: ClassVar[bool] = True  # whether the law is written over the sympy namespace too
+    # whether an input's output or cotangent depends on the other inputs' (BatchNorm's batch
+    # statistics); where no op of a net does, its backward keeps a diagonal cotangent diagonal,
+    # which the compiled engine's backward relies on (compiled._diagonal)
+    couples_inputs: ClassVar[bool] = False
 
     def requires(self, s: Moments) -> str | None:
         """Why this op's law cannot take a stream in state ``s``; None when it can."""

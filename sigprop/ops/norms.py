@@ -126,6 +126,7 @@ class BatchNorm(Op):
 
     eps: Any = 1e-5
     symbolic_law: ClassVar[bool] = False
+    couples_inputs: ClassVar[bool] = True
 
     def __post_init__(self):
         object.__setattr__(self, "eps", check("BatchNorm.eps", self.eps, *NONNEG))
