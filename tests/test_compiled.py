@@ -327,6 +327,30 @@ def test_a_gain_out_of_range_reruns_the_log_scaled_program(monkeypatch):
     agree(net, small)
     assert ran == ["true", "true", "log-scaled"]
 
+
+def test_gains_above_a_huge_one_are_not_rounded_by_it():
+    """A review: the gains were one running sum from the lowest layer, and log G_l its last
+    value less its value at l, so after a block of gain 1e6000 (20 Scales of 1e300, log gain
+    2.8e4) every later gain was rounded to the ulp of 2.8e4; over 300 layers log grad_q at
+    layer 1 was off by ~3e-10 (against the numpy engine's reverse pass, 1e-15). Each recorded
+    layer now closes a segment of the sum, and log G_l adds the segments above l from the top."""
+    net = Serial(Repeat(Serial(*[Scale(1e300)] * 20), 1),
+                 Repeat(Serial(Dense(math.sqrt(2) * (1 + 1e-9)), Act("relu")), 300))
+    agree(net, X2)
+    agree(net, X2, layers=[0, 1, 150, 301])
+
+
+def test_a_gain_of_zero_gives_the_gradients_below_it_minus_infinity():
+    """A review: a Dense of sigma_w 0 (its bias carries the forward), a Scale of 0 at one grid
+    point, or a residual x - x pulls the gradient back to exactly 0: log grad_q is -inf below
+    it in the numpy engine, where the gains on the forward raised OverflowInTheory (a log gain
+    of -inf taken for one out of range; and S_L - S_l would give -inf - (-inf) = NaN)."""
+    for net in (Serial(Dense(1.0), Act("relu"), Dense(0.0, sigma_b=1.0), Act("relu"), Dense(1.0)),
+                Serial(Dense(1.0), Scale(sp.sweep("c", [0.0, 2.0])), Dense(1.0, sigma_b=1.0)),
+                Serial(Dense(1.0), Residual(Scale(1.0), alpha=-1.0, beta=1.0), Dense(1.0, 1.0))):
+        a, _ = agree(net, X2)
+        assert np.isneginf(a.log_grad_q.sel(layer=0)).any()
+
 BOUNDED = [Dense(1.3), Dense(sp.sweep("w", [0.2, 3.0]), sigma_b=sp.sweep("b", [0.0, 0.7])),
            Scale(-0.3), Scale(sp.sweep("c", [1e-3, 2.0])), Act("relu"), Act("linear"),
            Act("erf"), Act("leaky_relu(0.2)"), Act("leaky_relu(1.5)"), Act("gelu"), Act("silu")]
@@ -906,3 +930,96 @@ def test_a_lifted_numbers_sweep_spans_its_own_octave_and_0_and_1_stay():
     assert ends == {1.5: (1.0, 2.0), 0.5: (0.5, 1.0), -0.3: (-0.25, -0.5)}
     dense, _, residual = template.layers
     assert dense.sigma_b == 0.0 and residual.beta == 1.0
+
+
+def _random_net(rng: np.random.Generator):
+    """A random composition of the ops the gains-on-the-forward backward takes (no BatchNorm):
+    Dense (bias, top-level ratio), Scale (negative), FeatureAffine (varying gain, shift), every
+    closed-form activation (tanh now and then: the host quadrature), LayerNorm / RMSNorm (gain,
+    eps), Residual (alpha, beta negative or 0, nested, a branch without a Dense), Repeat of a
+    Serial; a sweep sometimes."""
+    acts = ["relu", "erf", "leaky_relu(0.2)", "gelu", "linear", "leaky_relu(1.5)"]
+    swept = [False]
+
+    def num(*choices):
+        return float(rng.choice(choices))
+
+    def sweep_or(value, name):
+        if not swept[0] and rng.random() < 0.15:
+            swept[0] = True
+            return sp.sweep(name, [value, 1.3 * value])
+        return value
+
+    def unit(depth, top):
+        kind = rng.integers(0, 7 if depth < 2 else 5)
+        if kind == 0:  # Dense, Act: a Gaussian stream into the activation
+            act = "tanh" if rng.random() < 0.1 else str(rng.choice(acts))
+            return Serial(Dense(sweep_or(num(0.6, 1.0, 1.4, 2.0), "w"),
+                                num(0.0, 0.0, 0.3, 1.0),
+                                ratio=num(1.0, 0.5, 2.0) if top else 1.0), Act(act))
+        if kind == 1:
+            return Scale(num(-0.7, 1.3, -2.0, 0.25))
+        if kind == 2:
+            g, b = num(0.8, -1.2), num(0.0, 0.3)
+            return FeatureAffine(gain=g, gain_sq=2.0, shift=b, shift_sq=0.2, gain_shift=g * b + 0.05)
+        if kind == 3:
+            return LayerNorm(eps=num(1e-5, 0.3), gain=num(1.0, 0.5, -1.7))
+        if kind == 4:
+            return RMSNorm(eps=num(1e-5, 0.5))
+        if kind == 5:  # a branch without a Dense: one acting on each input linearly
+            return Residual(Serial(LayerNorm(gain=num(1.0, 0.4)), Scale(num(0.6, -1.1))),
+                            alpha=num(1.0, -0.5), beta=num(1.0, 0.7))
+        alpha, beta = num(1.0, 0.5, -0.7, 0.0), num(1.0, -0.6, 1.2)
+        start = [Dense(1.0), Serial(LayerNorm(), Dense(1.2)), Serial(RMSNorm(), Dense(0.9, 0.2))]
+        branch = [start[rng.integers(3)]] + [unit(depth + 1, False)
+                                             for _ in range(rng.integers(0, 3))]
+        return Residual(Serial(*branch), alpha=sweep_or(alpha, "alpha") if alpha else alpha,
+                        beta=beta)
+
+    blocks = []
+    for _ in range(rng.integers(1, 4)):
+        if rng.random() < 0.5:
+            blocks.append(Repeat(Serial(*[unit(0, False) for _ in range(rng.integers(1, 3))]),
+                                 int(rng.integers(1, 5))))
+        else:
+            blocks.append(unit(0, True))
+    if rng.random() < 0.5:  # a change of width above the layers below (log width ratios)
+        blocks.append(Serial(Dense(1.1, ratio=num(0.5, 2.0)), Act(str(rng.choice(acts)))))
+    return Serial(*blocks)
+
+
+def _random_inputs(rng):
+    """B = 1..3 inputs: a random centred Gram plus, half the time, a mean (else Gaussian or
+    fixed centred inputs)."""
+    B = int(rng.integers(1, 4))
+    A = rng.normal(size=(B, B + 1))
+    centred = rng.random() < 0.5
+    m = np.zeros(B) if centred else rng.uniform(-0.8, 0.8, size=B)
+    K = A @ A.T / (B + 1) + np.outer(m, m)
+    q = np.diag(K).copy()
+    corr = np.clip(K / np.sqrt(np.outer(q, q)), -1, 1)
+    np.fill_diagonal(corr, 1.0)
+    return sp.Inputs(q=list(q), corr=corr.tolist(), mean=0.0 if centred else list(m),
+                     law="gaussian" if centred and rng.random() < 0.5 else "fixed")
+
+
+def test_random_compositions_without_batchnorm_agree_with_the_numpy_engine():
+    """A composition fuzz of the backward whose gains ride the forward (no BatchNorm): random
+    nets, inputs (B = 1..3, a mean), sweeps and recorded layers, the compiled engine against
+    the numpy one; a net the numpy engine refuses or overflows on is refused by both."""
+    rng = np.random.default_rng(20240611)
+    compared = 0
+    for _ in range(14):
+        net, inputs = _random_net(rng), _random_inputs(rng)
+        L = len(sp.ops.layers_of(net))
+        pick = rng.integers(0, 5)
+        layers = (None, None, [0], [L], sorted({int(l) for l in rng.integers(0, L + 1, size=2)}))[pick]
+        try:
+            sp.theory(net, inputs, layers=layers)
+        except (UnsupportedComposition, OverflowInTheory, ConfigError) as e:
+            with pytest.raises(type(e)):
+                sp.theory(net, inputs, layers=layers, engine="jax")
+            continue
+        agree(net, inputs, layers=layers)
+        compared += 1
+    assert compared >= 10

@@ -19,8 +19,10 @@ Backward, for a net whose ops act on each input alone (all but BatchNorm:
 cotangent stays diagonal, each copy multiplying input a's entry by a gain g_a of a's forward
 state, so each copy's forward also pulls a unit cotangent back from its output (its backward
 law, whose recomputed forward states XLA shares with the forward's) and the carry sums the log
-gains S_l (and the log width ratios) from the lowest recorded layer on; log G_l = S_L - S_l, and
-a weight gradient recorded at a unit cotangent moves by the same sum (no tape to keep; 1.8-3.3x
+gains (and the log width ratios) from the lowest recorded layer on, in segments that each
+recorded layer closes (a gain of 1e300 below then rounds none of the small ones above it);
+log G_l is the sum of the segments above l, added from the top down, and a weight gradient
+recorded at a unit cotangent moves by the same sum (no tape to keep; 1.8-3.3x
 faster than the reverse scan at 10^4 points: ``benchmarks/RESULTS.md``). A net with BatchNorm,
 whose batch statistics couple the inputs' cotangents, takes the reverse scan: it
 pulls the cotangent back, down to the lowest recorded layer (the copies below it are left out
@@ -621,11 +623,13 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
 
     def gain_in_range(g):
         """Whether a copy's gains ``g`` (:func:`with_gain`'s) are within :data:`TRUE_RANGE`;
-        log-scaled, whether their logs are finite. The cotangents inside the copy's pull-back
+        log-scaled, whether their logs are finite or -inf. The cotangents inside the copy's pull-back
         are checked only in a block with :func:`_unbounded_gains` (the checks cost a quarter of
         the call at 10^4 points): elsewhere each op's gain is bounded by its forward states,
         which the forward checked or bounded."""
-        return (g >= TRUE_RANGE[0]) & (g <= TRUE_RANGE[1]) if unscaled else jnp.isfinite(g)
+        if unscaled:
+            return (g >= TRUE_RANGE[0]) & (g <= TRUE_RANGE[1])
+        return ~jnp.isnan(g) & (g < jnp.inf)  # (-inf: a gain of 0, exact)
 
     def no_gains():
         """The carry's sum of log gains and of log width ratios where it starts: (M, E, LW)."""
@@ -748,12 +752,13 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
             def stepper(recording, pulled=True):
                 """One copy forward from the carry ``c``: (its output, (c, its tape, its
                 record)). With ``gains``, the carry also holds the sums of log gains (M, E:
-                :func:`with_gain`) and of log width ratios (LW) from layer ``lowest`` on, and
-                the copy's backward law pulls the unit cotangent back from its output (unless
-                not ``pulled``: a copy below that layer): its gains join (M, E), its width
-                ratio LW, its record gains the sum S of log gains, LW and the weight gradients
-                at a unit cotangent (NaN unless ``recording``), and its finite flag the
-                gains'."""
+                :func:`with_gain`) and of log width ratios (LW) since the last recorded copy
+                (from layer ``lowest`` on), and the copy's backward law pulls the unit
+                cotangent back from its output (unless not ``pulled``: a copy below that
+                layer): its gains join (M, E), its width ratio LW, its record gains the sums
+                (its segment's), and the weight gradients at a unit cotangent (NaN unless
+                ``recording``: a recorded copy, whose record closes the segment and whose
+                carry starts the next), and its finite flag the gains'."""
                 @jax.jit  # (traced once: eval_shape and the loops below reuse its jaxpr, which
                 # XLA inlines; a Pre-LN block's forward law was traced 7 times per program, 3 now)
                 def one(c, _):
@@ -775,7 +780,9 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                     LW = c[5] + lw
                     ok = jnp.all(rec[5] & gain_in_range(g)[..., None])
                     ok = ok & okb if inner else ok
-                    return (*y, M, E, LW), (c, [], rec[:5] + (log_gains(M, E), LW, wg, ok))
+                    segment = (log_gains(M, E), LW)  # (a recorded copy closes its segment)
+                    carry = no_gains() if recording else (M, E, LW)
+                    return (*y, *carry), (c, [], rec[:5] + segment + (wg, ok))
                 return one
 
             one = stepper(True)
@@ -789,7 +796,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                 run in a loop without the record (module docstring: the branch's state, which
                 the laws otherwise fuse away, is then never built)."""
                 shapes = ((B, B), (B,), (B,), (B, B), (B,))  # K, m, ls; the branch's K, ls
-                if gains:  # S, LW, the weight gradients at a unit cotangent
+                if gains:  # a segment's log gains and widths; unit weight gradients
                     shapes += ((B,), (), (B,))
                 ends = np.cumsum([math.prod(shape) for shape in shapes])
                 slots = jnp.asarray(slots)
@@ -995,17 +1002,24 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
         head = [(start.K[None], start.m[None], start.ls[None])] if 0 in wanted else []
         K, m, ls = (jnp.concatenate([r[i] for r in head + recs]) for i in range(3))
         fK, fls = (jnp.concatenate([r[i] for r in recs]) for i in (3, 4))
-        ok = jnp.concatenate(oks)
-        out = {"K": K, "m": m, "ls": ls, "fK": fK, "fls": fls, "ok": ok}
+        out = {"K": K, "m": m, "ls": ls, "fK": fK, "fls": fls, "ok": jnp.concatenate(oks)}
         if not backward:
             return out
-        if gains:  # each layer's log gradient from the log gains above it (G_L = I)
-            S_L, LW_L = log_gains(x[3], x[4]), x[5]
+        if gains:  # each layer's log gradient: the segments above it, summed from the top
             S, LW, wg = (jnp.concatenate([r[i] for r in recs]) for i in (5, 6, 7))
-            above, width_above = S_L - S, (LW_L - LW)[..., None]  # (layers >= 1 recorded)
-            grad = jnp.concatenate(([S_L[None]] if 0 in wanted else []) + [above])
-            return {**out, "grad": grad, "wgrad": wg + above + 2 * width_above,  # (the
-                    "log_width": LW_L - log_ratio(blocks[:lowest - 1], ctx)}  # blocks below)
+            tails = log_gains(x[3], x[4]), x[5]  # (the copies above the last recorded layer)
+
+            def above(seg, tail):  # per recorded layer >= 1; all of them (layer 0's)
+                if not len(seg):
+                    return seg, tail
+                rows = jnp.cumsum(jnp.concatenate([seg[1:], tail[None]])[::-1], axis=0)[::-1]
+                return rows, seg[0] + rows[0]
+
+            (gain, all_gains), (width, all_widths) = above(S, tails[0]), above(LW, tails[1])
+            grad = jnp.concatenate(([all_gains[None]] if 0 in wanted else []) + [gain])
+            below = log_ratio(blocks[:lowest - 1], ctx)  # (the blocks not pulled back)
+            return {**out, "grad": grad, "wgrad": wg + gain + 2 * width[..., None],
+                    "log_width": all_widths - below}
         g0 = state(Cotangent, jnp.eye(B), jnp.zeros(B), jnp.zeros(B))
         carry = ((g0.K, g0.m, g0.ls), jnp.zeros(P, f64), _log_diag(g0, ns))
         back, stop = [], L + 1
