@@ -156,9 +156,10 @@ def test_available_memory_sees_the_cgroup_limit(tmp_path, monkeypatch):
 
 
 def test_compiled_tape_over_the_limit_is_refused(one_gib, monkeypatch):
-    """The compiled engine keeps every layer's input state for its backward (the tape): a run
-    whose records fit but whose tape does not is refused before tracing; the forward pass
-    alone (no tape) runs."""
+    """The compiled engine's reverse scan (a net with BatchNorm's) keeps every layer's input
+    state for its backward (the tape): a run whose records fit but whose tape does not is
+    refused before tracing; the forward pass alone (no tape) runs, and so does the backward
+    of a net whose gains ride the forward (no tape either)."""
     pytest.importorskip("jax")
     from sigprop.engines import compiled
 
@@ -167,6 +168,9 @@ def test_compiled_tape_over_the_limit_is_refused(one_gib, monkeypatch):
     tape = compiled._tape_bytes(64, 50, 2, compiled._chunk(64, 50, 2))
     assert tape > records  # (the limit between them is the tape's alone)
     monkeypatch.setenv(memory.FRACTION_ENV, repr((records + tape / 2) / GIB))
+    assert compiled._diagonal(net)
+    assert sp.theory(net, x0, layers=[0, 64], engine="jax").sizes["layer"] == 2
+    monkeypatch.setattr(compiled, "_diagonal", lambda net: False)
     with pytest.raises(sp.ConfigError, match=r"the compiled theory of 64 layers x 50 grid "
                                              r"points x B = 2 inputs"):
         sp.theory(net, x0, layers=[0, 64], engine="jax")
