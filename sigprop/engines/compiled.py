@@ -661,22 +661,20 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                    m=jnp.broadcast_to(m, (P, B)).astype(f64),
                    ls=jnp.broadcast_to(ls, (P, B)).astype(f64), **extra)
 
-    def finite(s, guard=None, reduce=True):
+    def finite(s, guard=None):
         """Whether ``s`` is finite; in true units, and every diagonal entry of ``s`` and of the
         states ``guard`` checks (:class:`_Guard`) within range (forward: :func:`_checked_range`,
         the checked inner states at log scale 0; backward: :data:`TRUE_RANGE`), all in one
         reduction (the output's range in a reduction of its own measured ~3 ns per point-layer
-        more on Pre-LN erf); without ``reduce``, per entry of K, for a reduction of the
-        caller's."""
+        more on Pre-LN erf)."""
         if not unscaled:
-            ok = jnp.isfinite(s.K) & jnp.isfinite(s.ls)[..., None]
-            return jnp.all(ok) if reduce else ok
+            return jnp.all(jnp.isfinite(s.K)) & jnp.all(jnp.isfinite(s.ls))
         bounds = _checked_range() if guard.forward else None
         ok = jnp.where(np.eye(B, dtype=bool), _within(s.K, bounds), jnp.isfinite(s.K))
         for t in guard.checked:
             inside = _within(ns.xp.diagonal(t.K), bounds)
             ok = ok & (inside & (t.ls == 0) if guard.forward else inside)[..., None]
-        return jnp.all(ok) if reduce else ok
+        return jnp.all(ok)
 
     def as_carried(s):
         """The state a law returned, as the next layer takes it: unit diagonal (log scale in
@@ -698,7 +696,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
         ctx = Context(ns, ("point",), params={id(s): (s, values[names.index(s.name)])
                                               for s in sweeps})
 
-        def forward(blk, name, law, x, tape=None, reduce=True):
+        def forward(blk, name, law, x, tape=None):
             """The layer's output (K, m, ls) from its input ``x``; its record (the same, the
             branch's K and ls, finite); the output's law; whether it has a branch. The block's
             internal states go to ``tape`` (a dict) when one is given."""
@@ -715,7 +713,7 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                                           jnp.broadcast_to(f.ls, (P, B))))
             out = state(Moments, out.K, out.m, out.ls, law=out.law)
             y = (out.K, out.m, out.ls)
-            return y, (*y, fK, fls, finite(out, guard, reduce)), out.law, f is not None
+            return y, (*y, fK, fls, finite(out, guard)), out.law, f is not None
 
         def pull_back(blk, name, law, x, tape, g, lw, log_g, recording=True, checked=True):
             """The cotangent at the layer's input from ``g`` at its output (``log_g``: its
@@ -732,10 +730,10 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
             guard = _Guard() if unscaled and checked else None
             g = blk.theory_backward(Moments(*taken(x), law=law), g,
                                     ctx.block(name + " (backward)", tape, sink, guard))
-            log_g = None if checked else _log_diag(g, ns)
+            uncarried = None if checked else _log_diag(g, ns)
             g = as_carried(g)
             g = state(Cotangent, g.K, g.m, g.ls)
-            log_g = _log_diag(g, ns) if checked else jnp.broadcast_to(log_g, (P, B))
+            log_g = _log_diag(g, ns) if checked else jnp.broadcast_to(uncarried, (P, B))
             return ((g.K, g.m, g.ls), jnp.broadcast_to(sink.log_width, (P,)).astype(f64),
                     log_g, (log_g, sink.take((P, B)), finite(g, guard) if checked else None))
 
@@ -763,22 +761,20 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
                 # XLA inlines; a Pre-LN block's forward law was traced 7 times per program, 3 now)
                 def one(c, _):
                     tape = {} if internal else None
-                    pull = gains and pulled
-                    y, rec, _, _ = forward(blk, name, law, c[:3], tape, reduce=not pull)
+                    y, rec, _, _ = forward(blk, name, law, c[:3], tape)
                     if not gains:
                         leaves, rebuild = _pack(tape)
                         skeleton[:] = [rebuild]
                         return y, (c, leaves, rec)
-                    if not pull:
-                        return (*y, *c[3:]), (c, [], rec[:5] + (log_gains(*c[3:5]), c[5], jnp.full(
-                            (P, B), np.nan, f64), rec[5]))
+                    if not pulled:  # (no record is kept below: its finite flag alone)
+                        return (*y, *c[3:]), (c, [], rec)
                     (gK, _, _), lw, log_gain, (_, wg, okb) = pull_back(
                         blk, name, law, c[:3], tape, unit_cotangent(), jnp.zeros(P, f64),
                         jnp.zeros((P, B), f64), recording, checked=inner)
                     g = jnp.diagonal(gK, axis1=-2, axis2=-1) if unscaled else log_gain
                     M, E = with_gain(*c[3:5], g)
                     LW = c[5] + lw
-                    ok = jnp.all(rec[5] & gain_in_range(g)[..., None])
+                    ok = rec[5] & jnp.all(gain_in_range(g))
                     ok = ok & okb if inner else ok
                     segment = (log_gains(M, E), LW)  # (a recorded copy closes its segment)
                     carry = no_gains() if recording else (M, E, LW)
