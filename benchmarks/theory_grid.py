@@ -1,7 +1,7 @@
 """Benchmark: ``sp.theory`` at depth 10^4 over a 100 x 100 grid of (sigma_w1, alpha), B = 2.
 
 Forward and backward of a Pre-LN ReLU net; every 100th layer recorded (the numpy engine keeps
-sqrt(L) checkpoints; the compiled one, past its tape budget, chunks of ~sqrt(L) layers).
+sqrt(L) checkpoints; the compiled one keeps no states: its backward's gains ride the forward).
 Prints wall time and peak RSS per engine; ``--engine both`` runs the numpy and the compiled
 (jax) engines in one process (jax twice: the first call includes tracing and compiling) and
 prints their ratio and largest difference. Run: ``python benchmarks/theory_grid.py``.

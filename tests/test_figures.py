@@ -888,14 +888,16 @@ def test_finite_width_correction_numbers_read_each_fit_against_its_own_target(mo
     row = {"label": "Mean ReLU", "a": 0.5, "V": 2.0, "A": 29.0, "c": 37.0,
            "a_fit": 0.55, "a_se": 0.01, "V_fit": 2.5, "V_se": 0.5,
            "A_fit": 37.0, "A_se": 1.0, "A_fresh": 3.1, "A_fresh_se": 1.0,
-           "widths": np.array([64.0, 128.0, 512.0]), "seeds": 1000}
+           "widths": np.array([64.0, 128.0, 512.0]), "seeds": 1000, "alpha": 0.25}
     monkeypatch.setattr(fwc, "summary", lambda data, fresh=False: [row])
+    monkeypatch.setattr(fwc, "per_layer_variances", lambda: {"FWReluKappa": 5.0})
     data = SimpleNamespace(theory=xr.Dataset(coords={"layer": np.arange(9)}))
     assert fwc.numbers(data) == {
         "FWCDepth": 8, "FWCMeanReluSlope": 0.5, "FWCMeanReluVar": 2.0,
         "FWCMeanReluSlopeFit": 0.55, "FWCMeanReluSlopeSE": 0.01,
         "FWCMeanReluVarFit": 2.5, "FWCMeanReluVarSE": 0.5,
-        "FWCMeanA": 29.0, "FWCMeanC": 37.0, "FWCMeanAFit": 37.0, "FWCMeanASE": 1.0,
+        "FWCMeanA": 29.0, "FWCMeanC": 37.0, "FWCMeanAlpha": 0.25, "FWCMeanAFit": 37.0,
+        "FWCMeanASE": 1.0,
         "FWCMeanCVerdict": "lies within 3 standard errors of the tangent walk's $c$ ($z = 0$)",
         "FWCMeanAVerdict": "departs from the closed form's $A$ at this stream ($z = 8$)",
         "FWCMeanAFresh": 3.1, "FWCMeanAFreshSE": 1.0,
@@ -903,7 +905,21 @@ def test_finite_width_correction_numbers_read_each_fit_against_its_own_target(mo
         "FWCMeanCause": "the gap is the correlation between the forward and backward weights, "
                         "which gradient independence drops",
         "FWCWidthMin": 64, "FWCWidthMax": 512, "FWCSeeds": 1000,
-        "FWCFitVerdict": "departs from its prediction at Mean ReLU's slope ($z = 5$)"}
+        "FWCFitVerdict": "departs from its prediction at Mean ReLU's slope ($z = 5$)",
+        "FWReluKappa": 5.0}
+
+
+def test_the_per_layer_variances_the_prose_quotes_are_the_known_ones():
+    """N Var log q of one ReLU layer on an exact input: after a Dense, E phi^4 / (E phi^2)^2 - 1
+    = (3/2) / (1/2)^2 - 1 = 5 (Hanin & Nica); after an RMS norm of a Dense's features, q is the
+    share S of the squared norm on the K positive ones, S | K ~ Beta(K/2, (N - K)/2), so
+    Var S = Var(K/N) + E Var(S | K) = 1/(4N) + 1/(2N) and Var log q = Var S / (E S)^2 = 3/N
+    (eps = 1e-5 moves it by O(eps)). Tolerance 1e-5 relative: the walk's central differences
+    (derivations/finite_width_corrections.py's TOL)."""
+    from sigprop.figures import finite_width_correction as fwc
+
+    assert fwc.per_layer_variances() == pytest.approx(
+        {"FWReluKappa": 5.0, "FWRmsReluKappa": 3.0}, rel=1e-5)
 
 
 def test_tex_number_prints_three_significant_digits_and_keeps_integers_and_words():

@@ -154,6 +154,7 @@ NORMAL_KURTOSIS = 3.0  # the floor of a spread's sample kurtosis (:func:`_spread
 TAIL_Z = 1.645  # one-sided 95 %: variance called infinite when alpha_hat (1 + z/sqrt(k)) < 2
 FAMILY_LEVEL = 0.0027  # summary's max |z|, signed and shape tests: the two-sided 3-sigma level,
 # each
+MDE_POWER = 0.8  # the MDE: the smallest error the signed test finds with this probability
 SHAPE_DEGREE = 3  # the shape test's Legendre polynomials of the layer: degrees 1 .. 3
 MAX_CONDITION = 1e12  # the shape test's covariance past this condition number: no test (NaN)
 CANCELLED = 1e-9  # a lognormal shape component whose SE is below this share of its points' own
@@ -855,7 +856,8 @@ def signed_t(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
 
 
 def signed_mde(samples: xr.DataArray, ref: xr.DataArray, weight: xr.DataArray,
-               counted: xr.DataArray, level: float = FAMILY_LEVEL, power: float = 0.8) -> float:
+               counted: xr.DataArray, level: float = FAMILY_LEVEL,
+               power: float = MDE_POWER) -> float:
     """The smallest error common to the n counted points, in units of 1 / w (relative to the
     theory on the linear scale, absolute on the log scale), that :func:`signed_t` finds at
     ``level`` with probability ``power``: lambda sd(u) / (sqrt(S') n), lambda the noncentrality
@@ -911,7 +913,7 @@ def _lognormal_z(parts, floor: float = 0.0) -> tuple[float, int, float]:
     return math.copysign(beyond, parts.dev) / parts.se, parts.seeds, parts.sigma
 
 
-def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8) -> float:
+def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = MDE_POWER) -> float:
     """:func:`signed_mde` for :func:`lognormal_signed`, from :func:`_lognormal_parts`: rho SE /
     n, rho :func:`lognormal_mde_shift` at S' and sigma_eff."""
     if parts.blind or math.isnan(parts.se) or math.isnan(parts.sigma):
@@ -920,7 +922,7 @@ def lognormal_signed_mde(parts, level: float = FAMILY_LEVEL, power: float = 0.8)
 
 
 def lognormal_mde_shift(seeds: int, sigma: float, level: float = FAMILY_LEVEL,
-                        power: float = 0.8) -> float:
+                        power: float = MDE_POWER) -> float:
     """rho, the shift (in Cox SEs) at which the signed test's z, by its one-factor law at sd
     ``sigma`` (:func:`lognormal_tails`), passes its critical values
     (:func:`lognormal_signed_crits`) with probability ``power``; the larger rho of the two

@@ -6,10 +6,10 @@ The same laws as :mod:`sigprop.engines.theory`, not a copy of them: each block's
 ``lax.fori_loop``) over the consecutive copies of that block (the blocks of a ``Repeat`` are
 one op, so one trace). The sweep grid is flattened to one dim of P points, which the laws
 broadcast over as they do over the numpy engine's grid dims (``vmap`` instead measured no
-faster). Forward, the engine keeps every layer's input state (log-scaled: unit diagonal, scale
-in ``ls``, :func:`~sigprop.state.moments.to_unit_diagonal`; in true units: ``ls`` 0, below), and
-writes the recorded layers' states and
-branch outputs into a small buffer it carries, a row per recorded copy; the copies between two
+faster). Forward, the engine hands each layer's output state to the next (log-scaled: unit
+diagonal, scale in ``ls``, :func:`~sigprop.state.moments.to_unit_diagonal`; in true units:
+``ls`` 0, below; kept for every layer only as the reverse scan's tape, below), and writes the
+recorded layers' states and branch outputs into a small buffer it carries, a row per recorded copy; the copies between two
 recorded ones run in a loop of their own, which builds no record (layer-long outputs of every
 copy's record cost a third of the time at 10^4 points, and building a record each copy, even
 one overwritten, 15 % of the forward); ``backward=False`` stops there.
@@ -23,7 +23,8 @@ gains (and the log width ratios) from the lowest recorded layer on, in segments 
 recorded layer closes (a gain of 1e300 below then rounds none of the small ones above it);
 log G_l is the sum of the segments above l, added from the top down, and a weight gradient
 recorded at a unit cotangent moves by the same sum (no tape to keep; 1.8-3.3x
-faster than the reverse scan at 10^4 points: ``benchmarks/RESULTS.md``). A net with BatchNorm,
+faster than the reverse scan at 10^4 points, measured before the segments:
+``benchmarks/RESULTS.md``). A net with BatchNorm,
 whose batch statistics couple the inputs' cotangents, takes the reverse scan: it
 pulls the cotangent back, down to the lowest recorded layer (the copies below it are left out
 of the scan; checkpointed, the chunks below the one that holds it), from each layer's input

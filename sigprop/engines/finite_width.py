@@ -24,8 +24,9 @@ scaled units of the infinite-width state. Two kinds of steps move (b, C):
 Statistics s(theta) of the final state follow by the same delta step: E s = s + (grad s . b +
 1/2 H_s:C)/N, Var s = grad s C grad s^T / N (var = q - mean^2 among them, so E var holds the
 realised mean's variance; and, where a residual branch closes, its output's q: branch_q). For
-a plain ReLU net this gives Var log q_L = 5 L / N to leading order (Hanin & Nica): Sigma_qq /
-q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5.
+a net of Dense -> ReLU layers this gives Var log q_L = 5 L / N to leading order (Hanin & Nica):
+Sigma_qq / q^2 = E[phi^4]/E[phi^2]^2 - 1 = 5 (a Dense -> ReLU -> Dense block adds the second
+Dense's Wishart 2: 7 per block).
 
 Scope: the feature law's 4th moments are a 2-D polar quadrature (exact in the radius for
 degree-1 activations, to round-off in the angle; ~1e-12 for the others up to q = 30, and at

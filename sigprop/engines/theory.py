@@ -108,10 +108,12 @@ def theory(net: Op, inputs: Inputs, *, layers=None, progress: bool = False,
     far below its input's scale, float64's range) leaves the other points their values.
 
     ``layers``: the layer indices to record (default all); the backward runs down to the
-    lowest recorded one only (below it nothing recorded depends on it). Each block's forward
-    law runs once when every layer's intermediate states fit in ``TAPE_BUDGET`` (measured on
-    layer 1); beyond it the backward keeps a checkpoint every ~sqrt(L) layers and recomputes
-    each segment once, so memory is O((sqrt(L) + recorded) x grid x B^2). The recorded quantities are derived from the
+    lowest recorded one only (below it nothing recorded depends on it). The numpy engine runs
+    each block's forward law once when every layer's intermediate states fit in
+    ``TAPE_BUDGET`` (measured on layer 1); beyond it the backward keeps a checkpoint every
+    ~sqrt(L) layers and recomputes each segment once, so memory is O((sqrt(L) + recorded) x
+    grid x B^2). (``engine="jax"``: :mod:`sigprop.engines.compiled`; without BatchNorm it keeps
+    no states for the backward.) The recorded quantities are derived from the
     kept states once, for all recorded layers together. A run whose estimate
     (:func:`memory_estimate`) exceeds ``SIGPROP_MEMORY_FRACTION`` of the available memory is
     refused before it starts (:mod:`sigprop.engines.memory`).

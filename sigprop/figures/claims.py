@@ -129,6 +129,11 @@ def _factor_word(log_ratio: float, L: int) -> str:
     return "exactly 1" if abs(log_ratio) < 1e-9 else f"{np.exp(log_ratio / L):.6g}"
 
 
+def _factor_text(log_ratio: float, L: int) -> str:
+    """:func:`_factor_word` as the prose reads it ("exactly one")."""
+    return _factor_word(log_ratio, L).replace("exactly 1", "exactly one")
+
+
 def _vanishing_verdict(g_none, g_least) -> str:
     """The unnormalised stack's log G_0/G_L (None: not run) and the least of the LayerNorm
     archs': a cure needs a vanishing gradient without LayerNorm and none with it."""
@@ -535,7 +540,7 @@ def _placement_words(th, pre, post, L) -> dict[str, str]:
     held = [str(a) for a in th["arch"].values if str(a) != post and str(a).startswith("DeepNorm")
             and abs(_last(th, str(a), "var", input=0) / v_post - 1) <= RELATION_RTOL]
     return {"PreLNGradRelation": relation,
-            "PostLNReluFactorText": _factor_word(g_post, L).replace("exactly 1", "exactly one"),
+            "PostLNReluFactorText": _factor_text(g_post, L),
             "PlacementHeldVarText": latex_escape(" and ".join(["Post-LN", *held]))
             + (" hold" if held else " holds")}
 
@@ -557,7 +562,9 @@ def numbers(data: dict) -> dict[str, float]:
         if dn is not None:
             c = th["corr"].sel(arch=dn, input=0, input_b=1)
             out.update(DeepNormCorrStart=float(c.isel(layer=0)),
-                       DeepNormCorrDrift=float(c.isel(layer=-1) - c.isel(layer=0)))
+                       DeepNormCorrDrift=float(c.isel(layer=-1) - c.isel(layer=0)),
+                       DeepNormQL=float(np.exp(_last(th, dn, "log_q", input=0))),
+                       DeepNormFactorText=_factor_text(_growth(th, dn), L))
         if (chi := postln_tanh_chi(_th(data, "phase"))) is not None:
             out.update(PostLNTanhChi=chi, PostLNTanhChiL=chi ** L)
     if (th := _th(data, "phase")) is not None and (rng := _post_chi_range(th)) is not None:
@@ -584,6 +591,9 @@ def numbers(data: dict) -> dict[str, float]:
         out.update(NormsDepth=int(th["layer"][-1]),
                    PreBNClosedMaxDev=max(abs(r["prebn_closed"] - r["prebn_engine"]) for r in tab))
     out.update(batchnorm_typical())
+    from sigprop.analysis.compare import FAMILY_LEVEL, MDE_POWER
+
+    out.update(AgreementLevel=FAMILY_LEVEL, AgreementPower=MDE_POWER)  # (the tests' settings)
     return out
 
 

@@ -24,6 +24,7 @@ from matplotlib.ticker import FormatStrFormatter, LogLocator, NullFormatter
 from sigprop.analysis import plots
 from sigprop.analysis.plots import latex_escape
 from sigprop.figures import nets as figure_nets
+from sigprop.ops import Residual
 
 SIM = "finite_width_correction"
 CAUSE_TESTS = 3  # _cause's comparisons (own fit vs 0, vs the fresh one, fresh vs 0): the level's share
@@ -88,6 +89,8 @@ def summary(data: plots.FigureData, fresh: bool = False) -> list[dict]:
         row = {"label": label, "a": float(coef["log_q"][-1, 0]),
                "V": float(coef["var_log_q"][-1, 0]), "A": None if A is None else float(A[0]),
                "c": float(c.flat[0])}
+        if A is not None:  # (the stream's branch scale, which the prose names)
+            row["alpha"] = float(next(op.alpha for op in net.walk() if isinstance(op, Residual)))
         mc = plots.pick(data.mc, arch=label) if data.mc is not None else None
         if mc is None or "width" not in mc.dims or int(mc["layer"][-1]) != L:
             rows.append(row)
@@ -215,7 +218,7 @@ def numbers(data: plots.FigureData) -> dict[str, float | int]:
             if k in r:
                 out[f"FWC{s}{name}"] = float(r[k])
         if r["A"] is not None and "FWCMeanA" not in out:
-            out.update(FWCMeanA=r["A"], FWCMeanC=r["c"])
+            out.update(FWCMeanA=r["A"], FWCMeanC=r["c"], FWCMeanAlpha=r["alpha"])
             if "A_fit" in r:
                 out.update(FWCMeanAFit=r["A_fit"], FWCMeanASE=r["A_se"])
                 for key, value, target in (("C", r["c"], "the tangent walk's $c$"),
@@ -234,4 +237,20 @@ def numbers(data: plots.FigureData) -> dict[str, float | int]:
                            FWCSeeds=int(r["seeds"]))
     if fits:
         out["FWCFitVerdict"] = agreement_words(fits, "its prediction", "for every net")
-    return out
+    return {**out, **per_layer_variances()}
+
+
+def per_layer_variances() -> dict[str, float]:
+    """N Var log q at the output of one ReLU layer on an input of exact q, from
+    :func:`~sigprop.engines.finite_width.coefficients`: after a Dense (``FWReluKappa``,
+    E phi^4 / (E phi^2)^2 - 1, Hanin & Nica's per-layer term) and after an RMSNorm of a Dense's
+    features (``FWRmsReluKappa``: the norm's scale taken from the same features)."""
+    from sigprop import presets
+    from sigprop.engines.finite_width import coefficients
+    from sigprop.ops import Act, Dense, RMSNorm, Serial
+    from sigprop.state.inputs import Inputs
+
+    relu = presets.plain(1, "relu", shape="dense_act")
+    normed = Serial(Dense(presets.first_gain("relu")), RMSNorm(), Act("relu"))
+    return {name: float(coefficients(net, Inputs(q=1.0))[0]["var_log_q"][-1, 0])
+            for name, net in (("FWReluKappa", relu), ("FWRmsReluKappa", normed))}
