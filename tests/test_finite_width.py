@@ -3142,6 +3142,35 @@ def test_a_tiny_direction_steps_without_numpy_warnings():
     np.testing.assert_allclose(ds.var_log_grad_q.values, 2 / 64, rtol=1e-9)
 
 
+def test_a_stream_past_float64_is_told_where_it_passes_with_no_numpy_warning():
+    """A hostile review's nets (Scales of 1e200 on one input). A zero-mean stream's mean is 0 at
+    any scale, so mean_correction is exactly 0 where its true scale passes float64 (was 0 inf =
+    NaN, unsaid). Where a stream's features pass float64, the warning names the op they pass
+    it at and the first NaN layer (was the Dense before it, or the layer above where it is
+    drawn), and says so where a branch's law overflowed (was "a singular Gram", at B = 1);
+    numpy's RuntimeWarnings stay inside."""
+    x = sp.Inputs(q=1.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # (no FiniteWidthWarning here either)
+        ds = sp.theory(sp.Serial(sp.Scale(1e200), sp.Scale(1e200), sp.LayerNorm(),
+                                 sp.Dense(1.0)), x, width=64, backward=False)
+    assert (ds.mean_correction.values == 0).all() and (ds.var_mean.values[:3] == 0).all()
+    cases = [(sp.Serial(sp.Dense(1.0), sp.Scale(1e200), sp.Dense(1.0)), 2,
+              r"layer 2 Scale: the stream reaches log q = 921"),
+             (sp.Serial(sp.Dense(1.0), sp.Act("relu"), sp.Scale(1e200), sp.Scale(1.0)), 3,
+              r"layer 3: the stream leaves float64"),
+             (sp.Residual(sp.Serial(sp.LayerNorm(), sp.Dense(1.0), sp.Act("relu"), sp.Dense(1.0),
+                                    sp.Scale(1e200))), 1, r"layer 1: the stream leaves float64")]
+    for net, first, said in cases:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", RuntimeWarning)
+            with pytest.warns(fw.FiniteWidthWarning, match=said):
+                ds = sp.theory(net, x, width=64)
+        for name in ("log_q_correction", "mean_correction", "var_mean"):
+            values = ds[name].values.ravel()
+            assert np.isfinite(values[:first]).all() and np.isnan(values[first:]).all(), name
+
+
 def test_past_float64_in_true_units_is_nan_with_a_warning():
     """The feature law and the tangent's laws take true units: where the stream passes float64
     (sigma_w = 1e30 per layer, log q ~ 825 at layer 6) the corrections are NaN with a warning

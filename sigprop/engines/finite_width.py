@@ -656,11 +656,12 @@ class _Walk:
         self.ctx, self.frames, self.widths, self.tangent = ctx, [s0], [1.0], tangent
         self.t_ls = 0.0  # a tangent walk: t's log scale where it starts
         self.stop_when_lost = tangent  # no laws past a lost op (a walk kept for its frames: on)
-        D = flatten(self.frames, self.frames).shape[-1]
+        D = _frame_start(1, s0.K.shape[-1])  # (one frame's K and m)
         lead = _lead(self.frames)
         self.b, self.C = np.zeros(lead + (D,)), np.zeros(lead + (D, D))
         self.chain = [] if fresh else None
         self.chain_ctx = ctx  # where the chain's Dense is (the messages of its draw name it)
+        self.chain_end = ctx  # where its last op is (the scale its features reach is told there)
         self.norm_ctx = ctx  # and its norm
         self.fan_in = 1.0  # the chain's Dense's input width (a multiple of N)
         # per frame: the 3rd and 4th joint cumulants of its features (true units; None:
@@ -713,7 +714,8 @@ class _Walk:
         ``top``: fn is fr[:-1] + [law(fr[-1])], a map of the top frame alone (the adjoint
         differentiates it along fewer coordinates, :func:`_coordinates`)."""
         ref_in = self.frames
-        ref_out = fn(ref_in)
+        with np.errstate(over="ignore", invalid="ignore"):  # (past float64: checked below)
+            ref_out = fn(ref_in)
         if self.lost:
             self.frames = ref_out
             return
@@ -724,9 +726,10 @@ class _Walk:
             M_of, k, fixed = kurtosis
             kurtosis = M_of, k, flat if fixed is None else _flat(fixed, ref_in, ref_out)
         b, C = self.b, self.C
-        _, self.b, self.C = delta_step(flat, x0, np.broadcast_to(b, x0.shape),
-                                       np.broadcast_to(C, x0.shape + x0.shape[-1:]), ref_in,
-                                       linear)
+        with np.errstate(over="ignore", invalid="ignore"):  # (checked below)
+            _, self.b, self.C = delta_step(flat, x0, np.broadcast_to(b, x0.shape),
+                                           np.broadcast_to(C, x0.shape + x0.shape[-1:]),
+                                           ref_in, linear)
         if self.tape is not None:
             self.tape.append((flat, x0, kurtosis, linear,
                               _coordinates(len(ref_in), ref_in[0].K.shape[-1], top)))
@@ -737,9 +740,10 @@ class _Walk:
         self.frames = ref_out
         if not (np.all(np.isfinite(self.b)) and np.all(np.isfinite(self.C))):
             where = f"layer {self.block[0]}" if self.block else "the inputs"
-            self.lose(f"{where}: a law evaluated at the central differences' steps left "
-                      "float64 (its state near the edge of the valid moments, a singular "
-                      "Gram): no finite-width expansion resolved there", pointwise=True)
+            if not any(self._beyond_float64(f, where) for f in ref_out):  # (else: said there)
+                self.lose(f"{where}: a law evaluated at the central differences' steps left "
+                          "float64 (its state near the edge of the valid moments, a singular "
+                          "Gram): no finite-width expansion resolved there", pointwise=True)
 
     def rescale_tangent(self):
         """A pair walk's tangent brought back to x's scale: J t and c J t have one law up to the
@@ -805,12 +809,12 @@ class _Walk:
             self._map(chain[-1], self.norm_ctx)
             return
         base = self.frames
-        if self._beyond_float64(base[-1], ctx):
-            return
+        if self._beyond_float64(base[-1], (ctx if chain else self.chain_end).path):  # (no
+            return  # chain: base holds the law of features a block's end left to draw)
         dense = bool(chain) and isinstance(chain[0], Dense)
         with np.errstate(over="ignore", invalid="ignore"):  # (checked at once)
             gauss = self.law(chain[0], base[-1], ctx) if dense else base[-1]
-        if self._beyond_float64(gauss, ctx):
+        if self._beyond_float64(gauss, ctx.path):
             return
         zero = np.diagonal(gauss.K, axis1=-2, axis2=-1) <= 0
         if self.after_norm:  # (t's placeholder is no tangent: x's alone)
@@ -851,7 +855,8 @@ class _Walk:
         kurtosis = self._uniform_weights(chain, base, ctx)
         self._push_draw(lambda s, extra=None: chain_law(chain, s, ctx, extra=extra), chain, ctx,
                         kurtosis)
-        if self.lost or self._beyond_float64(self.frames[-1], ctx):  # (the features' scale)
+        if self.lost or self._beyond_float64(self.frames[-1], self.chain_end.path):  # (the
+            # features' scale, past the chain's last op)
             return
         top = self.frames[-1]
         u, w = gaussian_rule(Ku, bend, _degree(elementwise, ctx))
@@ -942,7 +947,7 @@ class _Walk:
         self.after_norm = self.after_dense = False  # (t, drawn with the norm's output, is a
         self.after_weights = None  # tangent from here on)
         for f in (u, y):
-            if self._beyond_float64(f, self.norm_ctx, fourth=True):
+            if self._beyond_float64(f, self.norm_ctx.path, fourth=True):
                 break
         if self.tangent:  # the pair (x, J t): the norm's Jacobian on t (or t starting after
             def norm_input(s, extra=None):  # it: ``after``), then (f, f' J t)
@@ -968,7 +973,7 @@ class _Walk:
         with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
             kurtosis = self._uniform_weights(chain, self.frames, ctx, held)
             self._push_draw(law, chain, ctx, kurtosis)
-        if self.lost or self._beyond_float64(self.frames[-1], ctx):
+        if self.lost or self._beyond_float64(self.frames[-1], self.chain_end.path):
             return
         got = post_norm_noise(linear, norm, post, gauss, np.exp(-self.frames[-1].ls),
                               self.tangent, ctx, *self._enclosing(), after=after)
@@ -1061,12 +1066,12 @@ class _Walk:
 
         return M_of, -0.4 / np.asarray(self.fan_in), fixed
 
-    def _beyond_float64(self, s: Moments, ctx: Context, fourth=False) -> bool:
+    def _beyond_float64(self, s: Moments, where: str, fourth=False) -> bool:
         """Lose the walk (True) where ``s`` is past float64 in true units, which the feature
         law and the tangent's laws need, or below ``TRUE_LS_MIN`` (a walk already lost goes
-        on: its frames serve); the true log scale is ls + log K_aa / 2 (a law may leave its
-        scale in K: a Dense's), NaN where a law overflowed. ``fourth``: its 4th moments are
-        taken in true units (:func:`post_norm_noise`)."""
+        on: its frames serve), the reason told at ``where``; the true log scale is ls + log
+        K_aa / 2 (a law may leave its scale in K: a Dense's), NaN where a law overflowed.
+        ``fourth``: its 4th moments are taken in true units (:func:`post_norm_noise`)."""
         if self.lost:
             return False
         # tracked cumulants take the 4th moments, ~q^2, in true units: half the range
@@ -1079,12 +1084,11 @@ class _Walk:
             return False
         over = true[~(true <= top)]
         over = over[~np.isnan(over)]
-        reach = (f"log q = {2 * float(over.max()):.4g}" if over.size
-                 else f"log q = {2 * float(true[under].min()):.4g}" if under.any()
-                 else "past float64")
-        self.lose(f"{ctx.path}: the stream reaches {reach}, beyond float64 (or too near its "
-                  "smallest normal number) in the true units its finite-width law needs",
-                  pointwise=True)
+        reach = (f"reaches log q = {2 * float(over.max()):.4g}, beyond float64" if over.size
+                 else f"reaches log q = {2 * float(true[under].min()):.4g}, beyond float64"
+                 if under.any() else "leaves float64 (a law overflowed on its way)")
+        self.lose(f"{where}: the stream {reach} (or comes too near its smallest normal "
+                  "number) in the true units its finite-width law needs", pointwise=True)
         return True
 
     def law(self, op: Op, s: Moments, ctx: Context, extra=None) -> Moments:
@@ -1143,6 +1147,7 @@ class _Walk:
             if self.weights_at is not None:
                 self._start_at_weights(op, ctx)
             self.chain, self.chain_ctx, self.fan_in = [op], ctx, self.widths[-1]
+            self.chain_end = ctx
             self.cross_unknown = self.cross_unknown[:-1] + [False]  # (its draw: X decoupled)
             ratio = np.asarray(ctx.p(op.ratio))
             self.widths[-1] = self.widths[-1] * ratio
@@ -1153,10 +1158,11 @@ class _Walk:
         elif (isinstance(op, (Act, Scale)) or isinstance(op, FeatureAffine) and not second) \
                 and self.chain is not None:
             self.chain.append(op)
+            self.chain_end = ctx
         elif _is_norm(op) and not self.lost and (self.chain == []
                                                  or self._gaussian_chain(dense=True)):
             self.chain.append(op)  # (its features' statistics: drawn with the ops after it)
-            self.norm_ctx = ctx
+            self.norm_ctx = self.chain_end = ctx
         elif isinstance(op, (LayerNorm, RMSNorm, Scale)) or affine:
             self.settle()
             self._map(op, ctx)
@@ -1361,8 +1367,8 @@ class _Walk:
             self.lose(f"{ctx.path}: the LayerNorm's input features have no spread (q = "
                       "mean^2 to float64's precision): its output is 0, with no "
                       "finite-width expansion", pointwise=True)
-        if self.tangent and (self._beyond_float64(self.frames[-1], ctx) or  # (in and out:
-                self._beyond_float64(op.theory_forward(self.frames[-1], ctx), ctx)):  # a gain)
+        if self.tangent and (self._beyond_float64(self.frames[-1], ctx.path) or  # (in and
+                self._beyond_float64(op.theory_forward(self.frames[-1], ctx), ctx.path)):  # out)
             return
         if self.track and not self.lost:
             self._transform_cumulants(_linear_part(op, self.frames[-1], ctx, self.tangent))
@@ -1530,7 +1536,8 @@ def _unit_chain(chain, s, ctx, extra=None):
     state ~q until the next rescale (never, in a residual branch), where the central
     differences' step is round-off (log q's correction -1e15 at q = 1e12)."""
     out = _apply(chain, s, ctx, extra)
-    return _scaled(out, *_true(out))
+    with np.errstate(over="ignore", invalid="ignore"):  # (past float64: inf or NaN, which the
+        return _scaled(out, *_true(out))  # walk's checks lose, naming where)
 
 
 def _bend(ops, ctx):
@@ -2693,7 +2700,7 @@ def _tangent_walk(walk: _Walk) -> _Walk:
     pair = f.replace(K=np.stack([np.stack([K, zero], -1), np.stack([zero, one], -1)], -2),
                      m=np.stack([m, zero], -1), ls=np.stack([ls, ls], -1))
     out = _Walk(pair, walk.ctx, fresh=fresh, tangent=True, cumulants=walk.track)
-    out.t_ls, out.lost, out.chain_ctx = ls, seen.lost, seen.chain_ctx
+    out.t_ls, out.lost, out.chain_ctx, out.chain_end = ls, seen.lost, seen.chain_ctx, seen.chain_end
     if after or after_dense:  # (t's log scale at the start)
         out.t_ls = sum((np.log(f) for f in factors), np.zeros(lead))
     b, C = np.zeros(lead + (6,)), np.zeros(lead + (6, 6))  # [K_xx, K_xt, K_tx, K_tt, m_x, m_t]
@@ -2753,7 +2760,8 @@ def _cross_gram(frames, i, j):
 def _stats(x, s: Moments):
     """[log q (B), q / q_inf (B), corr (B^2), mean (B), var / var_inf (B)] of a top-level state
     vector (var = q - mean^2; var / var_inf taken as 0 where var_inf = 0, a stream whose features
-    are all equal, and NaN where var_inf is below VAR_RESOLVED of q_inf: round-off)."""
+    are all equal, and NaN where var_inf is below VAR_RESOLVED of q_inf: round-off); the mean
+    in the state's scaled units (:func:`_true_mean`: its coefficients in true units)."""
     B = s.K.shape[-1]
     K = x[..., :B * B].reshape(x.shape[:-1] + (B, B))
     m = x[..., B * B:B * B + B]
@@ -2764,7 +2772,22 @@ def _stats(x, s: Moments):
                        var_inf.shape)), where=var_inf > 0)
     spread = np.where((var_inf > 0) & (var_inf < VAR_RESOLVED * s.diag), np.nan, spread)
     return np.concatenate([2 * s.ls + np.log(d), d / s.diag, corr.reshape(x.shape[:-1] + (B * B,)),
-                           m * np.exp(s.ls), spread], axis=-1)
+                           m, spread], axis=-1)
+
+
+def _true_mean(a, v, s: Moments):
+    """The coefficients a and v of :func:`_stats` with the mean's in true units: times e^ls and
+    e^{2 ls} (a linear statistic of the scaled state); 0 where they are 0 (a zero-mean stream's
+    mean at any scale), and +-inf where the scale passes float64, as the dataset's linear
+    variables do (:func:`sigprop.schema.complete`)."""
+    B = s.K.shape[-1]
+    at = slice(2 * B + B * B, 3 * B + B * B)
+    a, v = a.copy(), v.copy()
+    with np.errstate(over="ignore", invalid="ignore"):  # (0 inf: NaN, not taken)
+        e = np.exp(s.ls)
+        for x, scale in ((a, e), (v, e * e)):
+            x[..., at] = np.where(x[..., at] == 0, 0.0, x[..., at] * scale)
+    return a, v
 
 
 def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True):
@@ -2822,16 +2845,16 @@ def _coefficient_rows(net: Op, s0: Moments, gaussian: bool, ctx: Context, split:
     None where ``split`` and a reason of some grid points only stopped the walk (its rest is
     not needed: the caller walks the grid's parts)."""
     walk = _Walk(s0, ctx, fresh=gaussian, cumulants=_tracks_cumulants(net))
-    rows, blocks, first = [], layers_of(net), None  # first: a reason of some points only
+    rows, blocks, first = [], layers_of(net), None  # first: the reason of the first NaN row
     grid = sweeps_of(net)
     for l, block in enumerate([None, *blocks]):
         if block is not None:
             walk.layer(l, block)
         seen = walk.settled()
-        if seen.lost and seen.lost.pointwise and grid:
-            if split:
-                return None, seen.lost
-            first = first or seen.lost  # (a settled copy's: the walk may go on past it)
+        if seen.lost and seen.lost.pointwise and grid and split:
+            return None, seen.lost
+        first = first or seen.lost  # (a settled copy's, which the walk may go on past: where
+        # its draw lost it, not a later op's)
         if l < len(blocks) and _opens_settled(blocks[l]):
             walk = seen  # (the next block would draw these same features first)
         s = seen.frames[0]
@@ -2845,10 +2868,8 @@ def _coefficient_rows(net: Op, s0: Moments, gaussian: bool, ctx: Context, split:
         b = np.broadcast_to(seen.b[..., :D], lead + (D,))
         C = np.broadcast_to(seen.C[..., :D, :D], lead + (D, D))
         _, a, V = delta_step(lambda x, s=s: _stats(x, s), x0, b, C, [s])
-        rows.append((a, np.diagonal(V, axis1=-2, axis2=-1), seen.branch))
-    # the top's (a loss in the last block's chain is seen settling it), unless a reason of some
-    # points only came first: its caller then splits the grid
-    return rows, first or seen.lost
+        rows.append((*_true_mean(a, np.diagonal(V, axis1=-2, axis2=-1), s), seen.branch))
+    return rows, first  # (a loss in the last block's chain is seen settling it)
 
 
 def _opens_settled(op: Op) -> bool:
