@@ -1084,11 +1084,13 @@ class _Walk:
             return False
         over = true[~(true <= top)]
         over = over[~np.isnan(over)]
-        reach = (f"reaches log q = {2 * float(over.max()):.4g}, beyond float64" if over.size
-                 else f"reaches log q = {2 * float(true[under].min()):.4g}, beyond float64"
-                 if under.any() else "leaves float64 (a law overflowed on its way)")
-        self.lose(f"{where}: the stream {reach} (or comes too near its smallest normal "
-                  "number) in the true units its finite-width law needs", pointwise=True)
+        reach = (2 * float(over.max()) if over.size else 2 * float(true[under].min())
+                 if under.any() else None)
+        self.lose(f"{where}: the stream " + ("leaves float64 (a law overflowed on its way)"
+                                             if reach is None else
+                                             f"reaches log q = {reach:.4g}, beyond float64 (or "
+                                             "too near its smallest normal number)")
+                  + " in the true units its finite-width law needs", pointwise=True)
         return True
 
     def law(self, op: Op, s: Moments, ctx: Context, extra=None) -> Moments:
