@@ -619,6 +619,29 @@ def test_simulate_torch_refuses_bad_arguments_by_name():
         simulate_torch(model, inputs, seeds=1, init=3)
 
 
+def test_simulate_torch_refuses_what_simulate_refuses():
+    """A hostile review's calls, each given back as sp.simulate gives it: a model narrower than
+    B + 1 (its inputs came out wrong: q = 0, or corr 1, unsaid), a float32 net past its range
+    (inf and NaN in log_q, unsaid), a BatchNorm over one input (torch's own ValueError), and
+    a numpy dtype (accepted, then a TypeError in the provenance: recorded by name now)."""
+    inputs = sp.Inputs(q=[1.0, 2.0], corr=0.5)
+    with pytest.raises(sp.ConfigError, match=r"width=2 is invalid: allowed >= 3"):
+        simulate_torch(nn.Sequential(nn.Linear(2, 16), nn.ReLU()), inputs, seeds=1)
+    mlp = nn.Sequential(nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 16))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RuntimeWarning)
+        with pytest.raises(sp.MonteCarloOverflow, match="forward pass"):
+            simulate_torch(mlp, sp.Inputs(q=1e80), seeds=1, dtype="float32")
+    with pytest.raises(sp.ConfigError, match="batch size B .* >= 2 for BatchNorm"):
+        simulate_torch(nn.Sequential(nn.Linear(16, 16), nn.BatchNorm1d(16)), sp.Inputs(q=1.0),
+                       seeds=1)
+    ds = simulate_torch(mlp, inputs, seeds=1, dtype=np.dtype("float32"))
+    assert ds.attrs["dtype"] == "float32"
+    np.testing.assert_allclose(np.exp(ds.log_q.isel(layer=0, seed=0).values), [1.0, 2.0],
+                               rtol=1e-6)  # (sp.simulate's exact inputs, rounded to float32:
+    # 16 squares of relative error 6e-8 each)
+
+
 @pytest.mark.parametrize("make", [lambda: nn.Linear(16, 16), lambda: nn.LayerNorm(16),
                                   lambda: nn.BatchNorm1d(16).eval()])
 def test_a_single_layer_is_read_as_it_is_inside_sequential(make):

@@ -94,8 +94,7 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     width, seeds, root_seed = check_width(width, inputs), check_int("seeds", seeds, 1), \
         check_int("root_seed", root_seed, 0, 2**64 - 1)
     first_seed = check_first_seed(first_seed, seeds)
-    if dtype not in DTYPES:
-        raise ConfigError("dtype", dtype, f"one of {DTYPES}")
+    dtype = check_dtype(dtype)
     smp = _sampler(sampler)
     if seed_chunk is not None:
         seed_chunk = check_int("seed_chunk", seed_chunk, 1)
@@ -159,7 +158,7 @@ def _run_chunk(blocks, inputs, width, env, tick, k):
                 ckpt[l] = x
             tick()
         fwd = signal_stats(*(xp.stack(v) for v in zip(*fwd)))
-        _raise_nonfinite(fwd[0], "forward", blocks)
+        raise_nonfinite(fwd[0], "forward", blocks)
 
         g = to_unit_rms(Sig(env.normal(COTANGENT, (inputs.n, x.x.shape[-1])), xp.zeros_like(x.ls)))
         grads, wgrads = [_mean_sq(g)], []
@@ -180,13 +179,13 @@ def _run_chunk(blocks, inputs, width, env, tick, k):
                               else None)  # log of the sum over the block's Dense; None: none
                 tick()
         log_grad_q = _log_q(*(xp.stack(v) for v in zip(*grads[::-1])))
-        _raise_nonfinite(log_grad_q, "backward", blocks)
+        raise_nonfinite(log_grad_q, "backward", blocks)
         # schema weight_grad_q: N^-2 sum_D ||g_D||^2 ||x_D||^2, N the input's width; NaN at layer
         # 0 (the input) and for a block without Dense: no weights there
         rows = [None] + wgrads[::-1]
         log_wgrad = xp.stack([xp.full_like(g.ls, -np.inf) if w is None else w for w in rows]) \
             - 2 * math.log(width)
-        _raise_nonfinite(log_wgrad, "backward", blocks)
+        raise_nonfinite(log_wgrad, "backward", blocks)
         for l in [l for l, w in enumerate(rows) if w is None]:
             log_wgrad[l] = np.nan
 
@@ -265,7 +264,7 @@ def signal_stats(G, m, ls):
     return 2 * ls + xp.log(d), mean, log_var, corr
 
 
-def _raise_nonfinite(v, direction, blocks):
+def raise_nonfinite(v, direction, blocks):
     """Raise at the first layer (in the pass's own order) whose log statistic is NaN or +inf."""
     v = v if isinstance(v, np.ndarray) else v.get()
     bad = np.isnan(v) | (v == np.inf)  # -inf is log 0: a signal that is exactly zero (dead relu)
@@ -304,6 +303,18 @@ def check_int(field, value, lo, hi=None) -> int:
     if not ok:
         raise ConfigError(field, value, f"an integer >= {lo}" + ("" if hi is None else f" and <= {hi}"))
     return int(value)
+
+
+def check_dtype(dtype) -> str:
+    """``dtype`` as one of :data:`DTYPES` by name (a numpy dtype or scalar type of one too:
+    ``np.dtype("float32") in DTYPES`` is True, and its object then failed outside sigprop)."""
+    try:
+        name = dtype if isinstance(dtype, str) or dtype is None else np.dtype(dtype).name
+    except TypeError:
+        name = None
+    if name not in DTYPES:
+        raise ConfigError("dtype", dtype, f"one of {DTYPES}")
+    return name
 
 
 def check_first_seed(first_seed, seeds: int) -> int:
@@ -378,11 +389,13 @@ def memory_per_seed(blocks, B: int, width: int, itemsize: int, sampler, k=None) 
     L = len(blocks)
     k = k or math.ceil(math.sqrt(L))
     widest, weight = width, 0
-    n = width
-    for blk in dict.fromkeys(blocks):  # a repeated block is traced once
-        n_out, w, wt = blk.mc_widths(n)
+    n, seen = width, {}
+    for blk in blocks:  # (each block at the width it meets: a Dense of ratio 2 repeated
+        key = (id(blk), n)  # doubles it each time; a block at a width it met before, once)
+        if key not in seen:
+            seen[key] = blk.mc_widths(n)
+        n, w, wt = seen[key]
         widest, weight = max(widest, w), max(weight, wt)
-        n = n_out
     act = itemsize * B * widest * stored_signals(L, 2 * max(blk.mc_ops() for blk in blocks), k)
     # the explicit sampler, and a uniform Dense under any sampler, keeps each W of a recomputed
     # segment (k blocks) for its VJP

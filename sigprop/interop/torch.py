@@ -524,14 +524,19 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
     meets (a Linear's ``in_features``, a norm's size); any other value is refused.
     """
     torch = _torch()
-    from sigprop.engines.montecarlo import check_first_seed, check_int
+    from sigprop.engines.montecarlo import (
+        check_dtype,
+        check_first_seed,
+        check_int,
+        check_room,
+        raise_nonfinite,
+    )
 
     seeds, root_seed = check_int("seeds", seeds, 1), check_int("root_seed", root_seed, 0, 2**63)
     first_seed = check_first_seed(first_seed, seeds)
     if not isinstance(inputs, Inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
-    if dtype not in ("float32", "float64"):
-        raise ConfigError("dtype", dtype, "'float32' or 'float64'")
+    dtype = check_dtype(dtype)
     if not isinstance(module, torch.nn.Module):
         raise ConfigError("module", type(module).__name__, "a torch.nn.Module")
     if net is not None and not isinstance(net, Op):
@@ -564,6 +569,9 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
     if n is None:
         raise ConfigError("width", None, "the module's input width (it could not be read from "
                           "the first module the input meets)")
+    check_room(n, inputs)  # (below B + 1 the inputs came out wrong, unsaid)
+    if any(isinstance(op, BatchNorm) for op in net.walk()):
+        BatchNorm.check_batch(inputs.n)  # (torch's own error on one input, in train mode)
     gm = _trace(torch, model)
     with torch.random.fork_rng(devices=[]):
         _check_shapes(torch, gm, torch.zeros(2, n, dtype=getattr(torch, dtype)), plan.width,
@@ -571,10 +579,16 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
     nodes = {node.name: node for node in gm.graph.nodes}
     out_node = next(nd for nd in gm.graph.nodes if nd.op == "output").args[0]
     stats = []
-    for s in range(first_seed, first_seed + seeds):
-        stats.append(_one_seed(torch, model, gm, nodes, out_node, plan, inputs, n, s, root_seed,
-                               init, getattr(torch, dtype)))
+    with np.errstate(over="ignore", divide="ignore", invalid="ignore"):  # (log 0 of a dead
+        for s in range(first_seed, first_seed + seeds):  # unit; past the range: raised below)
+            stats.append(_one_seed(torch, model, gm, nodes, out_node, plan, inputs, n, s,
+                                   root_seed, init, getattr(torch, dtype)))
     data = {k: np.stack([st[k] for st in stats]) for k in stats[0]}
+    node = np.array([True] + [name is not None for name in plan.nodes])[:, None, None]
+    for key, direction in (("log_q", "forward"), ("log_grad_q", "backward")):  # (a layer
+        # with no node of its own is NaN by design)
+        raise_nonfinite(np.where(node, np.moveaxis(data[key], 0, 1), 0.0), direction,
+                        layers_of(net))
     config = {"net": net.to_dict(), "inputs": inputs.to_dict(), "width": n, "seeds": seeds,
               "root_seed": root_seed, "dtype": dtype, "sampler": "torch"}
     attrs = make_attrs("montecarlo", config, "torch", root_seed=root_seed, width=n, dtype=dtype,
@@ -672,8 +686,7 @@ def _one_seed(torch, model, gm, nodes, out_node, plan, inputs, n, seed, root_see
             f = interp.env[nodes[bname]].detach().double().numpy()
             bq.append((f * f).mean(-1))
     G, m = np.stack(G), np.stack(m)
-    with np.errstate(divide="ignore", invalid="ignore"):
-        log_q, mean, log_var, corr = signal_stats(G, m, np.zeros_like(m))
-        return {"log_q": log_q, "mean": mean, "log_var": log_var, "corr": corr,
-                "log_grad_q": np.log(np.stack(gq)), "log_branch_q": np.log(np.stack(bq)),
-                "log_weight_grad_q": np.full_like(m, np.nan)}  # not measured here (schema)
+    log_q, mean, log_var, corr = signal_stats(G, m, np.zeros_like(m))
+    return {"log_q": log_q, "mean": mean, "log_var": log_var, "corr": corr,
+            "log_grad_q": np.log(np.stack(gq)), "log_branch_q": np.log(np.stack(bq)),
+            "log_weight_grad_q": np.full_like(m, np.nan)}  # not measured here (schema)

@@ -138,10 +138,15 @@ class BatchNorm(Op):
             "Gaussian features: put it right after a Dense (or first, on "
             "Inputs(law='gaussian')).")
 
-    def _cov(self, s, ctx):
-        if s.K.shape[-1] < 2:
-            raise ConfigError("batch size B (number of inputs)", s.K.shape[-1],
+    @staticmethod
+    def check_batch(B: int) -> None:
+        """Refuse a batch of fewer than two inputs, over which no feature is normalised."""
+        if B < 2:
+            raise ConfigError("batch size B (number of inputs)", B,
                               ">= 2 for BatchNorm (it normalises each feature over the batch)")
+
+    def _cov(self, s, ctx):
+        self.check_batch(s.K.shape[-1])
         return true_moments(s, ctx.path, ctx.ns)[0]
 
     def forward_law(self, s, ctx, record=None):
@@ -179,9 +184,7 @@ class BatchNorm(Op):
         e^(-2t) is far from 1): y = e^(t - t') P u / s', s'^2 = |P u|^2 e^(2(t - t')) / B +
         eps e^(-2t'), so y is O(1) with its scale t - t' in ls (at q = 1e-300 it underflowed)."""
         xp, B = env.xp, x.x.shape[-2]
-        if B < 2:
-            raise ConfigError("batch size B (number of inputs)", B,
-                              ">= 2 for BatchNorm (it normalises each feature over the batch)")
+        self.check_batch(B)
         top = x.ls.max(axis=-1, keepdims=True)
         lt, lc = lift(top, self.eps, NUMERIC)
         u = mc.times(x.x, xp.exp(x.ls - top))
