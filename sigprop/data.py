@@ -201,6 +201,11 @@ def save(ds: xr.Dataset, path) -> Path:
     if slashed:  # (zarr dropped such a variable, so its checksum failed on load; netCDF refused)
         raise ConfigError("variable names", slashed, "names without '/' (a path separator in "
                           "netCDF and zarr)")
+    loose = [str(k) for k, v in ds.variables.items()
+             if v.dtype == object and not all(isinstance(x, str) for x in np.ravel(v.values))]
+    if loose:  # (a None came back as a string, and failed the checksum)
+        raise ConfigError("variables of object dtype", loose, "strings only (what netCDF and "
+                          "zarr give back as they were)")
     attr_sets = [("dataset", ds.attrs), *((k, v.attrs) for k, v in ds.variables.items())]
     nul = [f"{where}: {k}" for where, attrs in attr_sets
            for k, v in attrs.items() if _has_nul(k) or _has_nul(v)]
@@ -225,13 +230,15 @@ def _has_nul(v) -> bool:
 
 
 def _netcdf_attr(v) -> bool:
-    """Whether netCDF holds the attribute value ``v``: a string, a number (not a bool), or a
-    list of strings or of numbers."""
+    """Whether netCDF gives the attribute value ``v`` back as it was: a string, a real number
+    of a native dtype (not a bool; not an int past 64 bits, which h5py refused), or a list of
+    strings or of such numbers (bytes came back as a string, and failed the checksum)."""
     if isinstance(v, (list, tuple, np.ndarray)):
         items = np.ravel(np.asarray(v, dtype=object))
-        return all(isinstance(x, (str, bytes)) for x in items) or all(
-            _netcdf_attr(x) and not isinstance(x, (str, bytes)) for x in items)
-    return isinstance(v, (str, bytes, numbers.Number)) and not isinstance(v, (bool, np.bool_))
+        return all(isinstance(x, str) for x in items) or all(
+            _netcdf_attr(x) and not isinstance(x, str) for x in items)
+    return isinstance(v, str) or (isinstance(v, numbers.Real) and not isinstance(v, (
+        bool, np.bool_)) and np.asarray(v).dtype != object)
 
 
 def write(ds: xr.Dataset, path: Path) -> Path:

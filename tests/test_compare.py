@@ -516,6 +516,23 @@ def test_refuses_different_architecture_depth_or_inputs():
                                         backend="numpy")])
 
 
+def test_widths_stack_only_runs_of_one_law_of_the_weights():
+    """A hostile review stacked a conditional run with an independent one (gradient
+    independence, another 1/N term): the sampler attr was dropped as a conflict and compare
+    fitted the mixture as the net's own. Refused now; the conditional and explicit samplers
+    draw the same law (the net's own weights) and stack."""
+    x0, net = sp.Inputs(q=[1.0, 2.0], corr=0.5), sp.presets.resnet(3)
+    own = sp.simulate(net, x0, width=16, seeds=4, root_seed=1, backend="numpy")
+    for sampler, ok in (("explicit", True), ("independent", False)):
+        other = sp.simulate(net, x0, width=32, seeds=4, root_seed=9, sampler=sampler,
+                            backend="numpy")
+        if ok:
+            assert stack_widths([own, other]).sizes["width"] == 2
+        else:
+            with pytest.raises(sp.ConfigError, match=r"samplers=\['conditional', 'independent'"):
+                stack_widths([own, other])
+
+
 def test_a_log_companion_is_refused_by_name_with_the_estimator_that_compares_it():
     """log_q asked by name was compared as a plain variable, against the infinite-width log q
     even at a width; compare takes q with estimator='logmean' for E log q, and says so."""
@@ -1021,7 +1038,7 @@ def test_what_a_hostile_review_found_is_refused_by_name():
                             (3, "a name or a list")):
         with pytest.raises(sp.ConfigError, match=said):
             compare(th, mc, variables=variables)
-    for rtol in (float("nan"), -1.0, "x", None):
+    for rtol in (float("nan"), -1.0, "x", None, True):  # (True was taken as 1)
         with pytest.raises(sp.ConfigError, match="rtol"):
             compare(th, mc, variables=["q"], rtol=rtol)
     with pytest.raises(sp.ConfigError, match="theory attrs width"):

@@ -219,11 +219,12 @@ def test_temporaries_of_dead_writers_are_stale_and_live_ones_are_not(tmp_path):
 
 
 @pytest.mark.parametrize("where", ["dataset", "q"])
-@pytest.mark.parametrize("value", [True, {"a": 1}, None, ["a", 1.5]])
+@pytest.mark.parametrize("value", [True, {"a": 1}, None, ["a", 1.5], b"abc", 2**70, [1, 2**70]])
 def test_an_attribute_netcdf_cannot_hold_is_refused_by_name(theory_ds, tmp_path, where, value):
     """A bool, a dict, None or a mixed list among the attributes failed deep in h5netcdf or
-    xarray's writer (a second review's find); it is refused by name, before anything is
-    written, and a list of strings or of numbers is written as before."""
+    xarray's writer (a second review's find), an int past 64 bits in h5py, and bytes came back
+    as a string, so load called the file corrupted (a third's); each is refused by name,
+    before anything is written, and a list of strings or of numbers is written as before."""
     ds = theory_ds.copy()
     (ds.attrs if where == "dataset" else ds[where].attrs)["note"] = value
     with pytest.raises(sp.ConfigError, match=f"attrs of {where}.*note"):
@@ -232,6 +233,19 @@ def test_an_attribute_netcdf_cannot_hold_is_refused_by_name(theory_ds, tmp_path,
     for ok in (["a", "b"], [1, 2.5], "text", 3):
         (ds.attrs if where == "dataset" else ds[where].attrs)["note"] = ok
         sp.load(sp.save(ds, tmp_path / "x.nc"))
+
+
+@pytest.mark.parametrize("suffix", [".nc", ".zarr"])
+def test_a_variable_of_objects_other_than_strings_is_refused(theory_ds, tmp_path, suffix):
+    """A None among a variable's strings came back as a string, and load called the file
+    corrupted (a hostile review); refused by name, and a variable of strings round-trips."""
+    ds = theory_ds.copy()
+    ds["label"] = ("layer", np.array(["a", None] + ["c"] * (ds.sizes["layer"] - 2), dtype=object))
+    with pytest.raises(sp.ConfigError, match=r"variables of object dtype=\['label'\]"):
+        sp.save(ds, tmp_path / f"x{suffix}")
+    ds["label"] = ("layer", np.array(["a"] * ds.sizes["layer"], dtype=object))
+    assert list(sp.load(sp.save(ds, tmp_path / f"y{suffix}"))["label"].values) == list(
+        ds["label"].values)
 
 
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])

@@ -316,6 +316,12 @@ def test_draws_into_a_given_axes(th):
     ({"sel": {"width": 1}}, ["sel", "['input']"]),
     ({"estimator": "max"}, ["lognormal", "median"]),
     ({"yscale": "symlog"}, ["linear", "log"]),
+    # a hostile review's (numpy's, xarray's or matplotlib's own errors before)
+    ({"sel": 3}, ["sel=3", "a mapping"]),
+    ({"x": None}, ["x=None", "the name of a dim"]),
+    ({"ax": 3}, ["ax='int'", "Axes"]),
+    ({"yscale": {"value": "log", "nope": 1}}, ["keywords that scale takes", "nope"]),
+    ({"transform": lambda a: a.isel(layer=0)}, ["keeps its input's shape"]),
 ])
 def test_bad_arguments_name_what_is_allowed(th, kwargs, names):
     with pytest.raises(sp.ConfigError) as err:
@@ -333,6 +339,10 @@ def test_bad_datasets_are_config_errors(th, mc):
         sp.plot(None)
     with pytest.raises(sp.ConfigError, match="arch"):  # two archs, hue taken by input
         sp.plot(th, var="q", hue="input")
+    with pytest.raises(sp.ConfigError, match=r"mc dims=\{'seed': 0\}"):  # (IndexErrors before)
+        sp.plot(th["Pre-LN"], mc["Pre-LN"].isel(seed=[]))
+    with pytest.raises(sp.ConfigError, match=r"theory dims=\{'layer': 0\}"):
+        sp.plot(th["Pre-LN"].isel(layer=[]))
 
 
 def test_an_infinite_transform_is_reported_as_the_transforms(th, mc):

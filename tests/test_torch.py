@@ -338,6 +338,15 @@ class Unsupported(nn.Module):
         return self.soft(self.fc(x) * self.sig(self.gate(x)))
 
 
+class DivideBy(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc, self.c = nn.Linear(8, 8), c
+
+    def forward(self, x):
+        return self.fc(x) / self.c
+
+
 class Projection(nn.Module):
     def __init__(self, d):
         super().__init__()
@@ -358,6 +367,11 @@ REFUSED = {  # model -> (where it is refused, what the message names)
         lambda: nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8), nn.GELU(), nn.Linear(8, 8)),
         "theory", ["directly after BatchNorm"]),
     "3-D tensors (tokens)": (lambda: nn.Sequential(nn.Linear(8, 8)), "shape", ["(B, n)"]),
+    "a division by 0": (lambda: DivideBy(0.0), "from_torch", ["a division by 0"]),  # (was
+    # Python's ZeroDivisionError)
+    "an example input of no floats": (lambda: nn.Sequential(nn.Linear(8, 8)), "example",
+                                      ["example_input='str'", "tensor of floats"]),  # (torch's
+    # TypeError)
 }
 
 
@@ -367,6 +381,8 @@ def test_refused_with_the_reason(case):
     with pytest.raises((UnsupportedComposition, sp.ConfigError)) as err:
         if where == "shape":
             from_torch(make(), torch.zeros(2, 3, 8))
+        elif where == "example":
+            from_torch(make(), "abc")
         else:
             net = from_torch(make(), torch.zeros(8, 8))
             sp.theory(net, G8 if where == "theory" else X2)

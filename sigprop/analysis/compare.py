@@ -326,6 +326,12 @@ def stack_widths(datasets) -> xr.Dataset:
     if min(widths) < 1 or len(set(widths)) != len(widths):
         raise ConfigError("widths", widths, "distinct widths, one recorded in each dataset (its "
                           "width attr or a width coordinate of one value)")
+    laws = [_weights_law(ds) for ds in datasets]
+    if len(set(laws)) > 1:
+        raise ConfigError("the runs' samplers", [ds.attrs.get("sampler") for ds in datasets],
+                          "one law of the weights at every width: the net's own (conditional, "
+                          "explicit, a torch model) or one other sampler's, not mixed (a fit "
+                          "over the widths would mix their 1/N terms)")
     roots = [_drawn_root(ds, w) for ds, w in zip(datasets, widths)]
     if None not in roots and len(set(roots)) < len(roots):
         warn(f"the runs at widths {widths} share root seeds ({roots}): the same seeds at two "
@@ -348,6 +354,16 @@ def stack_widths(datasets) -> xr.Dataset:
             k: v[0] if k in ("net", "inputs") or v.count(v[0]) == len(v) else v
             for k, v in merged.items()})
     return out.assign_attrs(width=json.dumps(widths))
+
+
+def _weights_law(ds: xr.Dataset) -> str | None:
+    """The law of the weights a run drew: "exact" for the net's own (a sampler whose ``exact``
+    is set, and a torch model's), else its sampler's name (None where unrecorded)."""
+    from sigprop.engines.samplers import SAMPLERS
+
+    name = ds.attrs.get("sampler")
+    exact = SAMPLERS[name].exact if name in SAMPLERS else name == "torch"
+    return "exact" if exact else name
 
 
 def _drawn_root(ds: xr.Dataset, width: int) -> int | None:
@@ -607,7 +623,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     check_role(mc, "mc")
     if estimator not in ESTIMATORS:
         raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
-    if not isinstance(rtol, numbers.Real) or not 0 <= rtol < math.inf:
+    if not isinstance(rtol, numbers.Real) or isinstance(rtol, bool) or not 0 <= rtol < math.inf:
         raise ConfigError("rtol", rtol, "a finite number >= 0 (the relative rounding floor)")
     W = theory.attrs.get("width")
     if W is not None and (not isinstance(W, (int, np.integer)) or W < 1):
@@ -1370,9 +1386,9 @@ def elementwise(f, field: str):
         except TypeError as err:
             raise ConfigError(field, f, "a function that works elementwise on arrays "
                               f"(np.log, not math.log): {err}") from None
-        if isinstance(out, xr.DataArray):
-            return out
-        if np.shape(out) != da.shape:
+        if isinstance(out, xr.DataArray) and dict(out.sizes) == dict(da.sizes):
+            return out.transpose(*da.dims)
+        if isinstance(out, xr.DataArray) or np.shape(out) != da.shape:
             raise ConfigError(field, f, f"a function that keeps its input's shape "
                               f"{da.shape} (it gave {np.shape(out)})")
         return da.copy(data=np.asarray(out, dtype=float))

@@ -20,6 +20,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import xarray as xr
+from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
@@ -101,6 +102,13 @@ def plot(theory, mc=None, var: str = "q", x: str = "layer", hue: str | None = No
     th, mc = _dataset(theory, "theory", seed=False), _dataset(mc, "mc", seed=True)
     if th is None and mc is None:
         raise ConfigError("theory, mc", (None, None), "at least one dataset")
+    for role, dim in (("x", x), ("hue", hue), ("col", col), ("row", row)):
+        if not (isinstance(dim, str) or dim is None and role != "x"):
+            raise ConfigError(role, dim, "the name of a dim" + ("" if role == "x" else " or None"))
+    if sel is not None and not isinstance(sel, Mapping):
+        raise ConfigError("sel", sel, "a mapping {dim: label}")
+    if ax is not None and not isinstance(ax, Axes):
+        raise ConfigError("ax", type(ax).__name__, "a matplotlib Axes")
     _check_choice("estimator", estimator, ESTIMATORS)
     xscale, yscale = _check_scale("xscale", xscale), _check_scale("yscale", yscale)
     if transform is not None and not callable(transform):
@@ -329,6 +337,9 @@ def _dataset(ds, role: str, seed: bool) -> xr.Dataset | None:
         want = "a Monte Carlo dataset (with a 'seed' dim)" if seed else \
             "a theory dataset (no 'seed' dim; Monte Carlo goes in mc=)"
         raise ConfigError(f"{role} dims", tuple(ds.dims), want)
+    empty = [d for d in ds.dims if ds.sizes[d] == 0]
+    if empty:  # (an IndexError deep in the drawing)
+        raise ConfigError(f"{role} dims", {d: 0 for d in empty}, "at least one label each")
     check_role(ds, role)
     return ds
 
@@ -384,6 +395,10 @@ def _check_scale(field: str, value) -> str | dict:
         if value.get("value") not in get_scale_names():
             raise ConfigError(f"{field}['value']", value.get("value"),
                               f"one of {get_scale_names()} (matplotlib's scales)")
+        try:  # (its keywords: matplotlib's TypeError when the panel is drawn)
+            Figure().add_subplot().set_xscale(**value)
+        except (TypeError, ValueError) as err:
+            raise ConfigError(field, dict(value), f"keywords that scale takes ({err})") from None
         return dict(value)
     _check_choice(field, value, schema.AXIS_SCALES)
     return value

@@ -138,7 +138,13 @@ def _convert(module, weights: str, example_input=None) -> _Plan:
     gm = _trace(torch, module)
     x = None
     if example_input is not None:
-        x = torch.as_tensor(example_input)
+        try:
+            x = torch.as_tensor(example_input)
+        except (TypeError, ValueError, RuntimeError):
+            x = None
+        if x is None or not x.is_floating_point():
+            raise ConfigError("example_input", type(example_input).__name__,
+                              "a (B, n) array or tensor of floats: B inputs of n features")
         if x.ndim != 2:
             raise ConfigError("example_input shape", tuple(x.shape),
                               "(B, n): B inputs of n features")
@@ -321,6 +327,8 @@ class _Converter:
         if not _is_tensor(a) or _is_tensor(b):
             raise _Refused("a product of two signals (a gate): no sigprop op")
         if isinstance(b, (int, float)):
+            if divide and b == 0:  # (x / 0 is inf or NaN at every feature: no Scale)
+                raise _Refused("a division by 0: no sigprop op")
             return ("scale", 1 / b if divide else float(b), a)
         if _is_param(b):
             p = self._param(b)
