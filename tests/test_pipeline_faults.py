@@ -80,7 +80,8 @@ def scripts(tmp_path, monkeypatch):
 
 def run(project, **kw):
     opts = {"only": ("finite_width",), "derive": False, "cache": Cache(project / "c"),
-            "console": Console(width=200, record=True)}
+            "console": Console(width=1000, record=True)}  # (a message on one line, whatever
+    # the tmp path's length: a longer user name or pytest-xdist's worker folder split one)
     r = rep.Run(**{**opts, **kw})
     rows = {name: status for name, status, _ in rep.reproduce(r)}
     return rows, r.console.export_text(), r
