@@ -178,6 +178,8 @@ MAX_CORRELATED = 4096  # points (spread evenly) whose correlations give effectiv
 MIN_TAIL_SEEDS = 32
 # config entries that may differ between datasets of one experiment
 RUN_KEYS = ("width", "seeds", "root_seed", "dtype", "sampler")
+EXACT_SAMPLERS = ("conditional", "explicit", "torch")  # runs of the net's own weights (a torch
+# model's too); "independent" draws fresh backward weights (gradient independence)
 MAX_JOINED_POINTS = 1000  # a run joined along sweeps of more points than this: not checked
 
 
@@ -357,13 +359,10 @@ def stack_widths(datasets) -> xr.Dataset:
 
 
 def _weights_law(ds: xr.Dataset) -> str | None:
-    """The law of the weights a run drew: "exact" for the net's own (a sampler whose ``exact``
-    is set, and a torch model's), else its sampler's name (None where unrecorded)."""
-    from sigprop.engines.samplers import SAMPLERS
-
+    """The law of the weights a run drew: "exact" for the net's own (:data:`EXACT_SAMPLERS`),
+    else its sampler's name (None where unrecorded)."""
     name = ds.attrs.get("sampler")
-    exact = SAMPLERS[name].exact if name in SAMPLERS else name == "torch"
-    return "exact" if exact else name
+    return "exact" if name in EXACT_SAMPLERS else name
 
 
 def _drawn_root(ds: xr.Dataset, width: int) -> int | None:

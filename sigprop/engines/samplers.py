@@ -43,7 +43,6 @@ class Explicit:
     ``BOX_MULLER_MIN`` the draw is :func:`sigprop.state.rng.box_muller32`."""
 
     name = "explicit"
-    exact = True  # (the law of the net's own weights)
 
     def forward(self, x, std: float, n_out: int, env):
         z = env.normal(FORWARD, (n_out, x.shape[-1]))
@@ -57,7 +56,6 @@ class Conditional:
     """Exact Gaussian-conditioning sampler (module docstring): no n_in x n_out draw."""
 
     name = "conditional"
-    exact = True  # (the law of the net's own weights)
 
     def forward(self, x, std: float, n_out: int, env):
         z = env.normal(FORWARD, (x.shape[-2], n_out))
@@ -89,7 +87,6 @@ class Independent(Conditional):
     forward-backward weight correlation from the rest."""
 
     name = "independent"
-    exact = False  # (not the law of the net's own weights)
 
     def vjp(self, res, d, std: float, env):
         return self.fresh(d, res[0].shape[-1], std, env)
