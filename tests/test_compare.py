@@ -567,10 +567,23 @@ def test_prefix_compares_a_shallower_run_on_its_layers_without_gradients():
     cmp = compare(th, mc, prefix=True)
     assert "grad_q" not in cmp and "depends on the depth" in cmp.attrs["skipped_grad_q"]
     assert cmp.sizes["layer"] == 4 and "first 3 of 8" in cmp.attrs["experiment"]
+    # the nets' depths, not the layers cut (a review read "theory has 3 blocks, Monte Carlo 3")
+    cut = compare(th.sel(layer=slice(0, 3)), mc, prefix=True)
+    assert cut.attrs["skipped_grad_q"].endswith("theory has 8 blocks, Monte Carlo 3")
     scaled = sp.simulate(sp.presets.resnet(3, alpha="1/sqrt(L)"), x0, width=16, seeds=4,
                          backend="numpy")  # alpha = 1/sqrt(3): not the first blocks of th
     with pytest.raises(sp.ConfigError, match="architecture differs at block 1"):
         compare(th, scaled, prefix=True)
+
+
+def test_a_run_of_fewer_than_two_seeds_is_refused_as_such():
+    """No standard error from one seed; from none, a review read 'variables=None ... present
+    in both datasets' (every variable was dropped as not measured)."""
+    x0, net = sp.Inputs(q=1.0, corr=0.5, n=2), sp.presets.resnet(3, alpha=0.5)
+    mc = sp.simulate(net, x0, width=16, seeds=4, backend="numpy")
+    for seeds in ([], [0]):
+        with pytest.raises(sp.ConfigError, match=f"Monte Carlo seeds={len(seeds)} is invalid"):
+            compare(sp.theory(net, x0), mc.isel(seed=seeds))
 
 
 def test_a_forward_only_theory_says_why_its_gradients_are_not_compared():

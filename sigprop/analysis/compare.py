@@ -183,6 +183,12 @@ EXACT_SAMPLERS = ("conditional", "explicit", "torch")  # runs of the net's own w
 MAX_JOINED_POINTS = 1000  # a run joined along sweeps of more points than this: not checked
 
 
+def check_seeds(fewest: int) -> None:
+    """Refuse fewer than two seeds behind a point: no standard error."""
+    if fewest < 2:
+        raise ConfigError("Monte Carlo seeds", fewest, ">= 2 to estimate a standard error")
+
+
 def estimate(x: xr.DataArray, estimator: str, dim="seed",
              log: xr.DataArray | None = None) -> tuple[xr.DataArray, xr.DataArray]:
     """(estimate, standard error) of one variable over ``dim`` (NaN entries, e.g. the padding of
@@ -190,9 +196,7 @@ def estimate(x: xr.DataArray, estimator: str, dim="seed",
     samples' log companion, finite where x overflowed float64) when given, else log x."""
     y = x if estimator == "mean" else _log(x) if log is None else log
     S = y.notnull().sum(dim)  # (the seeds of the samples read: x's NaN where its log is not)
-    fewest = int(S.where(S > 0).min().fillna(x.sizes[dim]))  # all-NaN entries: no data there
-    if fewest < 2:
-        raise ConfigError("Monte Carlo seeds", fewest, ">= 2 to estimate a standard error")
+    check_seeds(int(S.where(S > 0).min().fillna(x.sizes[dim])))  # (all-NaN entries: no data)
     if estimator == "mean":
         return x.mean(dim), x.std(dim, ddof=1) / np.sqrt(S)
     with np.errstate(invalid="ignore"):  # (log 0 = -inf: NaN, which :func:`_zero_seeds` names)
@@ -547,17 +551,22 @@ def spread_samples(mc: xr.Dataset, name: str) -> xr.DataArray:
     return _log(mc[source]) if SPREADS[name][1] and source == SPREADS[name][0] else mc[source]
 
 
-def _depths_differ(theory: xr.Dataset, mc: xr.Dataset) -> bool:
-    """Whether the nets differ in depth (prefix=True: a shallower run), by their configs where
-    both say (a layer cut, theory.isel(layer=[2, 3]), is no depth: it was taken for one): their
-    nets, or a sim's profile depth and the run's mc_depth; else by their layer dims."""
+def _depths(theory: xr.Dataset, mc: xr.Dataset) -> tuple:
+    """The nets' depths (prefix=True: a shallower run), by their configs where both say (a
+    layer cut, theory.isel(layer=[2, 3]), is no depth: it was taken for one): their nets, or
+    a sim's profile depth and the run's mc_depth; else by their layer dims."""
     configs = [_config(theory) or {}, _config(mc) or {}]
     if all(c.get("net") for c in configs):
-        return len(layers_of(op_from_dict(configs[0]["net"]))) != \
-            len(layers_of(op_from_dict(configs[1]["net"])))
+        return tuple(len(layers_of(op_from_dict(c["net"]))) for c in configs)
     if all("arch" in c for c in configs):
-        return _sim_depth(configs[0]) != _sim_depth(configs[1], run=True)
-    return theory.sizes.get("layer") != mc.sizes.get("layer")
+        return _sim_depth(configs[0]), _sim_depth(configs[1], run=True)
+    return theory.sizes.get("layer", 0) - 1, mc.sizes.get("layer", 0) - 1
+
+
+def _depths_differ(theory: xr.Dataset, mc: xr.Dataset) -> bool:
+    """Whether the nets differ in depth (:func:`_depths`)."""
+    depth, mc_depth = _depths(theory, mc)
+    return depth != mc_depth
 
 
 def _sim_depth(cfg: dict, run: bool = False):
@@ -620,6 +629,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
         raise ConfigError("mc dims", tuple(mc.dims), "a Monte Carlo dataset with a 'seed' dim")
     check_role(theory, "theory")
     check_role(mc, "mc")
+    check_seeds(mc.sizes.get("seed", 0))  # (none: every variable was then "not measured")
     if estimator not in ESTIMATORS:
         raise ConfigError("estimator", estimator, f"one of {ESTIMATORS}")
     if not isinstance(rtol, numbers.Real) or isinstance(rtol, bool) or not 0 <= rtol < math.inf:
@@ -671,9 +681,8 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     if _depths_differ(theory, mc):
         for name in [n for n in names if n in BACKWARD_VARIABLES]:
             names.remove(name)
-            skipped[name] = (f"the gradient at layer l depends on the depth above l: theory has "
-                             f"{theory.sizes.get('layer', 0) - 1} blocks, Monte Carlo "
-                             f"{mc.sizes.get('layer', 0) - 1}")
+            skipped[name] = ("the gradient at layer l depends on the depth above l: theory "
+                             "has {} blocks, Monte Carlo {}".format(*_depths(theory, mc)))
     if not names:
         raise ConfigError("variables", variables, f"some of {VARIABLES} present in both datasets"
                           f", or a spread of a theory at a width ({tuple(SPREADS)})"
