@@ -678,11 +678,12 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     for name in [n for n in names if bool(mc[n].isnull().all())]:
         names.remove(name)  # (from_torch's weight_grad_q: not measured)
         skipped[name] = "the Monte Carlo dataset has no value of it (not measured)"
-    if _depths_differ(theory, mc):
+    depth, mc_depth = _depths(theory, mc)  # (each rebuilds the two nets from their configs)
+    if depth != mc_depth:
         for name in [n for n in names if n in BACKWARD_VARIABLES]:
             names.remove(name)
-            skipped[name] = ("the gradient at layer l depends on the depth above l: theory "
-                             "has {} blocks, Monte Carlo {}".format(*_depths(theory, mc)))
+            skipped[name] = (f"the gradient at layer l depends on the depth above l: theory "
+                             f"has {depth} blocks, Monte Carlo {mc_depth}")
     if not names:
         raise ConfigError("variables", variables, f"some of {VARIABLES} present in both datasets"
                           f", or a spread of a theory at a width ({tuple(SPREADS)})"
