@@ -613,6 +613,24 @@ def test_stack_widths_extrapolates_real_monte_carlo():
     assert np.isfinite(cmp["q"].sel(stat="a").isel(layer=-1)).all()
 
 
+def test_a_nan_inside_a_seed_is_refused_not_left_out():
+    """A stack's missing seeds are NaN throughout and are left out; one NaN edited into a seed
+    that holds finite values elsewhere (log_q at seed 1, layer 2) is refused by name, in the
+    means' comparison and the spreads' alike, where it was left out without a word."""
+    net, x0 = sp.presets.resnet(2, act="tanh"), sp.Inputs(q=1.0, corr=0.5, n=2)
+    mcs = [sp.simulate(net, x0, width=w, seeds=s, backend="numpy", root_seed=w)
+           for w, s in ((16, 6), (32, 4))]
+    th, mc = sp.theory(net, x0), stack_widths(mcs)
+    assert np.isnan(mc["log_q"].sel(width=32, seed=5)).all()  # (padding: compared below)
+    compare(th, mc)
+    for v in ("q", "log_q"):
+        mc[v][{"width": 0, "seed": 1, "layer": 2, "input": 0}] = np.nan
+    with pytest.raises(sp.ConfigError, match=r"mc log_q.*seed 1, layer 2.*1 such samples"):
+        compare(th, mc)
+    with pytest.raises(sp.ConfigError, match="mc log_q"):
+        compare(sp.theory(net, x0, width=16), mc.sel(width=[16]), variables=["var_log_q"])
+
+
 def test_tail_index_finds_infinite_variance():
     """Hill's index on 256-seed samples: Cauchy (alpha = 1) is flagged in most samples (0.90
     measured), Gaussian (all moments) never, Pareto 3 (finite variance) in 0.015 %."""

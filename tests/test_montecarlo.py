@@ -153,6 +153,7 @@ def test_gaussian_inputs_have_the_prescribed_law():
     ({"width": 1}, "width"), ({"width": 2.5}, "width"), ({"seeds": 0}, "seeds"),
     ({"backend": "tpu"}, "backend"), ({"sampler": "magic"}, "sampler"),
     ({"dtype": "float16"}, "dtype"), ({"root_seed": -1}, "root_seed"),
+    ({"root_seed": 2**64}, "root_seed"),
     ({"seed_chunk": 0}, "seed_chunk"), ({"width": 2}, "width"),  # 2 inputs need width >= 3
 ])
 def test_bad_arguments_raise_config_error(kwargs, field):

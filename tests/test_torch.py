@@ -441,7 +441,8 @@ def test_the_recorded_net_is_the_one_simulated_not_the_current_weights():
     with torch.no_grad():
         for p in model.parameters():
             p.mul_(3.0)
-    ds = simulate_torch(model, sp.Inputs(q=1.0, corr=0.5, n=2), seeds=2, root_seed=2**63)
+    ds = simulate_torch(model, sp.Inputs(q=1.0, corr=0.5, n=2), seeds=2,
+                        root_seed=2**64 - 1)  # (the largest, as sp.simulate's)
     net = op_from_dict(config_of(ds)["net"])
     dense = [op for op in net.walk() if isinstance(op, sp.Dense)]
     assert len(dense) == 2
@@ -464,6 +465,8 @@ def test_the_readmes_compare_of_a_model_runs_with_its_net_and_is_refused_without
         sp.compare(th, simulate_torch(model, inputs, seeds=2))
     with pytest.raises(sp.ConfigError, match="first_seed"):  # (a bare OverflowError before)
         simulate_torch(model, inputs, seeds=1, first_seed=2**63)
+    with pytest.raises(sp.ConfigError, match="root_seed.*<= 18446744073709551615"):  # (as
+        simulate_torch(model, inputs, seeds=1, root_seed=2**64)  # sp.simulate's bound)
 
 
 def test_layer_map_names_the_torch_code_of_each_layer():

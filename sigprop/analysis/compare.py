@@ -189,6 +189,23 @@ def check_seeds(fewest: int) -> None:
         raise ConfigError("Monte Carlo seeds", fewest, ">= 2 to estimate a standard error")
 
 
+def check_no_gaps(mc: xr.Dataset, names) -> None:
+    """Refuse a NaN sample inside a seed that holds finite values elsewhere, where other seeds
+    hold a value: ``sp.simulate`` writes none (its NaNs are structural, at every seed: layer 0's
+    branch_q), and a stack's missing seeds are NaN throughout, so such a NaN is an edited or
+    corrupted run, which the estimates would otherwise leave out without a word."""
+    for name in names:
+        gap = mc[name].isnull()
+        inner = [d for d in gap.dims if d not in ("seed", "width")]
+        bad = gap & ~gap.all("seed") & ~gap.all(inner)
+        if bool(bad.any()):
+            at = {d: bad[d].values[i] for d, i in zip(bad.dims, np.argwhere(bad.values)[0])}
+            raise ConfigError(f"mc {name}", f"NaN at {', '.join(f'{d} {v}' for d, v in at.items())}"
+                              f" ({int(bad.sum())} such samples)", "no NaN within a seed that "
+                              "holds finite values, where other seeds hold one (an edited or "
+                              "corrupted run: sp.simulate writes none)")
+
+
 def estimate(x: xr.DataArray, estimator: str, dim="seed",
              log: xr.DataArray | None = None) -> tuple[xr.DataArray, xr.DataArray]:
     """(estimate, standard error) of one variable over ``dim`` (NaN entries, e.g. the padding of
@@ -481,6 +498,7 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                              if forward and backward else ""))
     if "width" in mc.coords and "width" not in mc.dims:
         mc = mc.drop_vars("width")
+    check_no_gaps(mc, dict.fromkeys(sources.values()))
     th, mc, left_out = _align(theory[names], mc[list(dict.fromkeys(sources.values()))])
     valued = [n for n in names if bool(th[n].notnull().any())]
     if not valued:  # (it said 'seeds=0': a net with no branch has no branch_q in its run)
@@ -697,6 +715,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     units = ["q"] if "mean" in names and "q" in theory and "q" not in names + terms else []
     logs = {n: schema.LOG_NAME[n] for n in names  # log q where q overflows: from log_q
             if schema.LOG_NAME.get(n) in theory and schema.LOG_NAME.get(n) in mc}
+    check_no_gaps(mc, [logs.get(n, n) for n in names])
     th, mc, left_out = _align(theory[names + terms + units + list(logs.values())],
                     mc[names + list(logs.values())])
     widths = [int(w) for w in mc["width"].values] if "width" in mc.dims else []

@@ -73,6 +73,7 @@ BACKENDS = ("auto", "numpy", "cupy")
 DTYPES = ("float32", "float64")
 SAMPLER_NAMES = ("auto",) + tuple(SAMPLERS)
 MEMORY_BUDGET = 2**30  # bytes per chunk of seeds when seed_chunk is not given
+MAX_ROOT_SEED = 2**64 - 1  # root seeds are 64-bit (Philox keys: rng.seed_keys)
 
 
 def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "auto",
@@ -92,7 +93,7 @@ def simulate(net: Op, inputs: Inputs, width: int, seeds: int, backend: str = "au
     """
     _check_net(net, inputs)
     width, seeds, root_seed = check_width(width, inputs), check_int("seeds", seeds, 1), \
-        check_int("root_seed", root_seed, 0, 2**64 - 1)
+        check_int("root_seed", root_seed, 0, MAX_ROOT_SEED)
     first_seed = check_first_seed(first_seed, seeds)
     dtype = check_dtype(dtype)
     smp = _sampler(sampler)

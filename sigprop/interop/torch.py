@@ -533,6 +533,7 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
     """
     torch = _torch()
     from sigprop.engines.montecarlo import (
+        MAX_ROOT_SEED,
         check_dtype,
         check_first_seed,
         check_int,
@@ -540,7 +541,8 @@ def simulate_torch(module, inputs: Inputs, seeds: int, *, init=None, weights: st
         raise_nonfinite,
     )
 
-    seeds, root_seed = check_int("seeds", seeds, 1), check_int("root_seed", root_seed, 0, 2**63)
+    seeds, root_seed = check_int("seeds", seeds, 1), check_int("root_seed", root_seed, 0,
+                                                                          MAX_ROOT_SEED)
     first_seed = check_first_seed(first_seed, seeds)
     if not isinstance(inputs, Inputs):
         raise ConfigError("inputs", type(inputs).__name__, "sp.Inputs(q=..., corr=..., mean=...)")
