@@ -190,19 +190,20 @@ def check_seeds(fewest: int) -> None:
 
 
 def check_no_gaps(mc: xr.Dataset, names) -> None:
-    """Refuse a NaN sample inside a seed that holds finite values elsewhere, where other seeds
-    hold a value: ``sp.simulate`` writes none (its NaNs are structural, at every seed: layer 0's
-    branch_q), and a stack's missing seeds are NaN throughout, so such a NaN is an edited or
-    corrupted run, which the estimates would otherwise leave out without a word."""
+    """Refuse a NaN sample inside a seed that holds values elsewhere in its run, where other
+    seeds hold one: ``sp.simulate`` writes none (its NaNs are at every seed: layer 0's
+    branch_q), and a stack's or a join's missing seeds are NaN throughout a run (every layer
+    and input of a width or sweep point), so such a NaN is an edited or corrupted run, which
+    the estimates would otherwise leave out without a word."""
     for name in names:
         gap = mc[name].isnull()
-        inner = [d for d in gap.dims if d not in ("seed", "width")]
-        bad = gap & ~gap.all("seed") & ~gap.all(inner)
+        run = [d for d in gap.dims if d in ("layer", "input", "input_b")]  # (one run's
+        bad = gap & ~gap.all("seed") & ~gap.all(run)  # samples; width, sweeps: other runs)
         if bool(bad.any()):
             at = {d: bad[d].values[i] for d, i in zip(bad.dims, np.argwhere(bad.values)[0])}
             raise ConfigError(f"mc {name}", f"NaN at {', '.join(f'{d} {v}' for d, v in at.items())}"
                               f" ({int(bad.sum())} such samples)", "no NaN within a seed that "
-                              "holds finite values, where other seeds hold one (an edited or "
+                              "holds values, where other seeds hold one (an edited or "
                               "corrupted run: sp.simulate writes none)")
 
 
