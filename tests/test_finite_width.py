@@ -16,6 +16,7 @@ import importlib.util
 import math
 import re
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -3484,3 +3485,22 @@ def test_progress_counts_the_blocks_the_walks_pass(monkeypatch):
     with fw.walks_shown(True):  # the bar itself, off a terminal
         sp.theory(net, PAIR, width=256, layers=[L])
     assert fw._TICK.get() is None
+
+
+def test_the_stream_row_model_of_the_benchmark_gives_its_hand_derived_first_layer():
+    """``benchmarks/stream_row_law.py`` (the model of an activation on the residual stream that
+    RESULTS.md checks against Monte Carlo; it calls ``fw.gaussian_rule``, whose signature the
+    engine may change) at layer 1 of x + alpha W relu(x), one Gaussian input of q0 = 1,
+    g = alpha^2 sigma_w^2 = 1/2: delta q_1 = nu_1(x^2) + g nu_0(relu^2), with N Var nu_1(x^2) =
+    2 q_1^2, N Cov(x_1^2, relu(x_0)^2) = Cov(x_0^2, relu(x_0)^2) = E x^4 1{x>0} - q0^2 / 2 = q0^2,
+    N Var relu(x_0)^2 = 3/2 - 1/4 = 5/4, q_1 = 5/4: N Var log q_1 = (2 (25/16) + 2 g + g^2 5/4)
+    / (25/16) = 2.84; E q_1 = q0 + g E Phi_0 exactly (no bias), so N (E log q_1 - log q_1) =
+    -2.84 / 2. The quadrature is ~1e-12 on degree-1 features (``gaussian_rule``)."""
+    path = Path(__file__).parents[1] / "benchmarks" / "stream_row_law.py"
+    spec = importlib.util.spec_from_file_location("stream_row_law", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    got = bench.predicted(presets.resnet(2, alpha=0.5, shape="act_dense"), "relu", 2)
+    assert got["var"][1] == pytest.approx(2.84, rel=1e-9)
+    assert got["slope"][1] == pytest.approx(-1.42, rel=1e-9)
+    assert got["var"][0] == pytest.approx(2.0, rel=1e-9)  # (Gaussian rows: 2 q0^2 / q0^2)
