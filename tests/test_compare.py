@@ -614,21 +614,32 @@ def test_stack_widths_extrapolates_real_monte_carlo():
 
 
 def test_a_nan_inside_a_seed_is_refused_not_left_out():
-    """A stack's missing seeds are NaN throughout and are left out; one NaN edited into a seed
-    that holds finite values elsewhere (log_q at seed 1, layer 2) is refused by name, in the
-    means' comparison and the spreads' alike, where it was left out without a word."""
+    """A stack's missing seeds are NaN throughout their width's run and are left out; a NaN
+    edited in where other seeds hold a value (seed 1, layer 2) is refused by name, in q itself
+    (read by the mean) and in log_q, in the means' comparison and the spreads' alike, where it
+    was left out without a word; so is a whole seed of NaN in a single run, which has no
+    padding. A NaN at a layer not compared (the theory cut to layers 0, 1) is not read."""
     net, x0 = sp.presets.resnet(2, act="tanh"), sp.Inputs(q=1.0, corr=0.5, n=2)
     mcs = [sp.simulate(net, x0, width=w, seeds=s, backend="numpy", root_seed=w)
-           for w, s in ((16, 6), (32, 4))]
+           for w, s in ((16, 17), (32, 4))]  # (17: a spread needs 16)
     th, mc = sp.theory(net, x0), stack_widths(mcs)
-    assert np.isnan(mc["log_q"].sel(width=32, seed=5)).all()  # (padding: compared below)
+    assert np.isnan(mc["log_q"].sel(width=32, seed=16)).all()  # (padding: compared below)
     compare(th, mc)
-    for v in ("q", "log_q"):
-        mc[v][{"width": 0, "seed": 1, "layer": 2, "input": 0}] = np.nan
-    with pytest.raises(sp.ConfigError, match=r"mc log_q.*seed 1, layer 2.*1 such samples"):
+    at = {"width": 0, "seed": 1, "layer": 2, "input": 0}
+    mc["q"][at] = np.nan
+    with pytest.raises(sp.ConfigError, match=r"mc q.*seed 1, layer 2.*1 such samples"):
+        compare(th, mc, variables=["q"], estimator="mean")
+    mc["log_q"][at] = np.nan
+    with pytest.raises(sp.ConfigError, match=r"mc (log_)?q.*drop_sel"):
         compare(th, mc)
     with pytest.raises(sp.ConfigError, match="mc log_q"):
         compare(sp.theory(net, x0, width=16), mc.sel(width=[16]), variables=["var_log_q"])
+    assert "q" in compare(th.isel(layer=[0, 1]), mc)
+    one = mcs[0].copy(deep=True)
+    for v in one.data_vars:
+        one[v][{"seed": 3}] = np.nan
+    with pytest.raises(sp.ConfigError, match="seed 3"):
+        compare(th, one)
 
 
 def test_tail_index_finds_infinite_variance():

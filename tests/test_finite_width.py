@@ -2318,8 +2318,8 @@ def test_gradient_after_a_dense_whose_features_are_drawn():
     np.testing.assert_allclose(zero.var_log_q[..., 0], rest.var_log_q[..., 0], rtol=2e-6)
     lost = fw.gradient_coefficient(sp.Serial(sp.Dense(1.2, 0.1, init="uniform"), sp.Residual(
         sp.Serial(sp.Act("tanh"), sp.Dense(1.0)))), PAIR, layers=[1]).lost  # (lost whatever
-    assert "no finite-width rule for Act here (its input features are no fresh draw" in lost \
-        and "starts on" not in lost  # the start)
+    assert "no finite-width rule for Act here (its input's statistics are settled: a residual " \
+        "branch and its skip both read the stream" in lost and "starts on" not in lost  # start)
     for op in (sp.Scale(2.0), sp.FeatureAffine(gain=1.3)):
         g = fw.gradient_coefficient(sp.Serial(sp.Dense(1.5, 0.3), op, *tail), PAIR,
                                     layers=[1, 2])

@@ -190,21 +190,24 @@ def check_seeds(fewest: int) -> None:
 
 
 def check_no_gaps(mc: xr.Dataset, names) -> None:
-    """Refuse a NaN sample inside a seed that holds values elsewhere in its run, where other
-    seeds hold one: ``sp.simulate`` writes none (its NaNs are at every seed: layer 0's
-    branch_q), and a stack's or a join's missing seeds are NaN throughout a run (every layer
-    and input of a width or sweep point), so such a NaN is an edited or corrupted run, which
-    the estimates would otherwise leave out without a word."""
+    """Refuse a NaN sample where other seeds hold a value, unless its seed is missing from that
+    run (NaN at every layer and input of a width or sweep point: a stack's or a join's unequal
+    seed counts). ``sp.simulate`` writes no other NaN (its own are at every seed: layer 0's
+    branch_q), so such a NaN is an edited or corrupted run, which the estimates would otherwise
+    leave out without a word."""
     for name in names:
         gap = mc[name].isnull()
-        run = [d for d in gap.dims if d in ("layer", "input", "input_b")]  # (one run's
-        bad = gap & ~gap.all("seed") & ~gap.all(run)  # samples; width, sweeps: other runs)
+        run = [d for d in gap.dims if d in ("layer", "input", "input_b")]  # one run's samples
+        bad = gap & ~gap.all("seed")
+        if any(d not in run + ["seed"] for d in gap.dims):  # (width, sweeps: several runs)
+            bad = bad & ~gap.all(run)  # (a seed absent from a run)
         if bool(bad.any()):
             at = {d: bad[d].values[i] for d, i in zip(bad.dims, np.argwhere(bad.values)[0])}
             raise ConfigError(f"mc {name}", f"NaN at {', '.join(f'{d} {v}' for d, v in at.items())}"
-                              f" ({int(bad.sum())} such samples)", "no NaN within a seed that "
-                              "holds values, where other seeds hold one (an edited or "
-                              "corrupted run: sp.simulate writes none)")
+                              f" ({int(bad.sum())} such samples)", "no NaN where other seeds "
+                              "hold a value, but in a seed missing from its whole run (an edited "
+                              "or corrupted run: sp.simulate writes none; drop its seeds with "
+                              "mc.drop_sel(seed=[...]) or rerun it)")
 
 
 def estimate(x: xr.DataArray, estimator: str, dim="seed",
@@ -499,8 +502,8 @@ def _compare_spreads(theory: xr.Dataset, mc: xr.Dataset, names, rtol: float) -> 
                              if forward and backward else ""))
     if "width" in mc.coords and "width" not in mc.dims:
         mc = mc.drop_vars("width")
-    check_no_gaps(mc, dict.fromkeys(sources.values()))
     th, mc, left_out = _align(theory[names], mc[list(dict.fromkeys(sources.values()))])
+    check_no_gaps(mc, mc.data_vars)  # (the points compared, as read)
     valued = [n for n in names if bool(th[n].notnull().any())]
     if not valued:  # (it said 'seeds=0': a net with no branch has no branch_q in its run)
         raise ConfigError("variables", names, "spreads the theory has a value of; here "
@@ -716,9 +719,9 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     units = ["q"] if "mean" in names and "q" in theory and "q" not in names + terms else []
     logs = {n: schema.LOG_NAME[n] for n in names  # log q where q overflows: from log_q
             if schema.LOG_NAME.get(n) in theory and schema.LOG_NAME.get(n) in mc}
-    check_no_gaps(mc, [logs.get(n, n) for n in names])
     th, mc, left_out = _align(theory[names + terms + units + list(logs.values())],
                     mc[names + list(logs.values())])
+    check_no_gaps(mc, mc.data_vars)  # (the points compared, as read: x and its log)
     widths = [int(w) for w in mc["width"].values] if "width" in mc.dims else []
     independent = mc.attrs.get("sampler") == "independent"
     out, attrs, corrected = {}, {}, []

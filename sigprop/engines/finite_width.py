@@ -1189,12 +1189,12 @@ class _Walk:
         else:  # an Act on a settled stream, other ops
             self.settle()
             self._without_rule(op, ctx, f"{ctx.path}: no finite-width rule for "
-                               f"{type(op).__name__} here" + self.start_note + (
-                                   " (its input features are no fresh draw given the "
-                                   "realised state, as a Dense's output is, but a residual "
-                                   "sum's, a norm's or a BatchNorm's: the fluctuation of their "
-                                   "law beyond their Gram has no rule)"
-                                   if isinstance(op, Act) else ""))
+                               f"{type(op).__name__} here" + (self.start_note or (
+                                   " (its input's statistics are settled: a residual branch "
+                                   "and its skip both read the stream, or a norm, BatchNorm or "
+                                   "FeatureAffine of a settled stream made it; an activation "
+                                   "has a rule only in the chain of a Dense's fresh features)"
+                                   if isinstance(op, Act) else "")))
 
     def _batchnorm(self, op: BatchNorm, ctx: Context):
         """A BatchNorm on the settled top frame, recorded for :func:`warn_batchnorm` (its
