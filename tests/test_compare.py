@@ -642,6 +642,20 @@ def test_a_nan_inside_a_seed_is_refused_not_left_out():
         compare(th, one)
 
 
+def test_points_no_seed_measured_are_named():
+    """A layer whose q no seed holds (NaN at every seed, as from_torch leaves a layer with no
+    node of its own) while the theory has a value: its z is NaN, which the attrs now say (2
+    points: the layer's two inputs) and the table prints, beside the summary's flag."""
+    net, x0 = sp.presets.resnet(3, act="tanh"), sp.Inputs(q=1.0, corr=0.5, n=2)
+    mc, th = sp.simulate(net, x0, width=16, seeds=6, backend="numpy"), sp.theory(net, x0)
+    assert not any(k.startswith("unmeasured_") for k in compare(th, mc).attrs)
+    for v in ("q", "log_q"):
+        mc[v][{"layer": 2}] = np.nan
+    cmp = compare(th, mc)
+    assert cmp.attrs["unmeasured_q"].startswith("2 points where the theory has a value")
+    assert [k for k in cmp.attrs if k.startswith("unmeasured_")] == ["unmeasured_q"]
+
+
 def test_tail_index_finds_infinite_variance():
     """Hill's index on 256-seed samples: Cauchy (alpha = 1) is flagged in most samples (0.90
     measured), Gaussian (all moments) never, Pareto 3 (finite variance) in 0.015 %."""

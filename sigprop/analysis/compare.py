@@ -826,6 +826,11 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
                               if est_name == "lognormal" and shape_k else {}),
                            "shape_p": shape_p, "shape_degree": shape_k}
         attrs[f"estimator_{name}"] = f"{est_name}: {DESCRIPTION[est_name]}"
+        unmeasured = int((z.isnull() & ref.notnull() & ~(heavy | zeros)).sum())
+        if unmeasured:  # (from_torch's layers with no node of their own: NaN at every seed)
+            attrs[f"unmeasured_{name}"] = (f"{unmeasured} points where the theory has a value "
+                                           "and the run has none (NaN at every seed): z = NaN, "
+                                           "not counted")
         if n_heavy:
             attrs[f"not_comparable_{name}"] = (
                 f"{n_heavy} points whose per-seed sample has tail index < 2 (infinite variance): "
@@ -1858,6 +1863,8 @@ def print_table(cmp: xr.Dataset, threshold: float = 3.0, console=None) -> list[d
             console.print(f"[red]{key.removeprefix('not_comparable_')}[/]: {why}")
         if key.startswith("skipped_"):
             console.print(f"[yellow]{key.removeprefix('skipped_')} not compared[/]: {why}")
+        if key.startswith("unmeasured_"):
+            console.print(f"[yellow]{key.removeprefix('unmeasured_')}[/]: {why}")
         if key.startswith("typical_"):  # (each names its variable)
             console.print(why)
     if "left_out" in cmp.attrs:
