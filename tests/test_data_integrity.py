@@ -235,6 +235,17 @@ def test_an_attribute_netcdf_cannot_hold_is_refused_by_name(theory_ds, tmp_path,
         sp.load(sp.save(ds, tmp_path / "x.nc"))
 
 
+@pytest.mark.parametrize("where", ["dataset", "q"])
+def test_a_list_of_bytes_attribute_is_refused_as_bytes_alone_are(theory_ds, tmp_path, where):
+    """Bytes come back from netCDF as a string (load then calls the file corrupted); a list of
+    them is refused by name too, not only a single value, before anything is written."""
+    ds = theory_ds.copy()
+    (ds.attrs if where == "dataset" else ds[where].attrs)["note"] = [b"ab", b"cd"]
+    with pytest.raises(sp.ConfigError, match=f"attrs of {where}.*note"):
+        sp.save(ds, tmp_path / "x.nc")
+    assert not (tmp_path / "x.nc").exists()
+
+
 @pytest.mark.parametrize("suffix", [".nc", ".zarr"])
 def test_a_variable_of_objects_other_than_strings_is_refused(theory_ds, tmp_path, suffix):
     """A None among a variable's strings came back as a string, and load called the file

@@ -162,6 +162,18 @@ def test_bad_arguments_raise_config_error(kwargs, field):
         sp.simulate(**args)
 
 
+def test_a_dtype_is_read_by_its_name_and_anything_else_is_refused():
+    """A numpy dtype or scalar type of float32/float64 is recorded by its name; None (which
+    np.dtype reads as float64) and what numpy cannot read as a dtype at all (3, np.dtype's
+    TypeError) are refused by name, as 'float16' is."""
+    for dtype, name in ((np.float32, "float32"), (np.dtype("float64"), "float64")):
+        ds = sp.simulate(SMALL, X0, width=16, seeds=2, dtype=dtype, backend="numpy")
+        assert ds.attrs["dtype"] == name
+    for dtype in (None, 3, np.float16):
+        with pytest.raises(sp.ConfigError, match="dtype=.* is invalid: allowed one of"):
+            sp.simulate(SMALL, X0, width=16, seeds=2, dtype=dtype, backend="numpy")
+
+
 def test_non_integer_widths_and_sweeps_are_refused():
     ffn = sp.Repeat(sp.Residual(sp.presets.branch("relu", ratio=1.5)), 2)
     with pytest.raises(sp.ConfigError, match="ratio"):

@@ -28,7 +28,7 @@ from sigprop.analysis.compare import stack_widths
 from sigprop.data import config_of
 from sigprop.errors import UnsupportedComposition
 from sigprop.interop.torch import from_torch, simulate_torch
-from sigprop.ops import Dense, FeatureAffine
+from sigprop.ops import Dense, FeatureAffine, layers_of
 from sigprop.ops.base import op_from_dict
 from sigprop.testing import gaussian_weights
 
@@ -659,6 +659,86 @@ def test_simulate_torch_refuses_what_simulate_refuses():
     np.testing.assert_allclose(np.exp(ds.log_q.isel(layer=0, seed=0).values), [1.0, 2.0],
                                rtol=1e-6)  # (sp.simulate's exact inputs, rounded to float32:
     # 16 squares of relative error 6e-8 each)
+
+
+def test_a_torch_run_stacks_with_a_simulate_run_of_its_net():
+    """simulate_torch draws the model's own weights (re-initialised per seed), the law the
+    conditional sampler draws for its net: the two runs, at widths 16 and 32, stack as runs of
+    one law of the weights; an independent-sampler run of the same net does not."""
+    model = nn.Sequential(nn.Linear(16, 16, bias=False), nn.ReLU(), nn.Linear(16, 16, bias=False))
+    x0 = sp.Inputs(q=1.0, corr=0.5, n=2)
+    own = simulate_torch(model, x0, seeds=4, root_seed=1)
+    net = op_from_dict(config_of(own)["net"])
+    wide = sp.simulate(net, x0, width=32, seeds=4, root_seed=2, backend="numpy")
+    assert stack_widths([own, wide])["width"].values.tolist() == [16, 32]
+    fresh = sp.simulate(net, x0, width=32, seeds=4, root_seed=2, sampler="independent",
+                        backend="numpy")
+    with pytest.raises(sp.ConfigError, match=r"samplers=\['torch', 'independent'\]"):
+        stack_widths([own, fresh])
+
+
+def test_an_example_input_of_integers_is_refused_by_name():
+    """An example input of ints (a tensor or an array) is no (B, n) array of floats: refused
+    by name, as a string is, rather than run through the module."""
+    model = nn.Sequential(nn.Linear(8, 8))
+    for example in (torch.zeros(4, 8, dtype=torch.long), np.zeros((4, 8), dtype=int)):
+        with pytest.raises(sp.ConfigError, match="example_input.*tensor of floats"):
+            from_torch(model, example)
+
+
+class MultiplyBy(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.fc, self.c = nn.Linear(8, 8), c
+
+    def forward(self, x):
+        return self.fc(x) * self.c
+
+
+def test_a_multiplication_by_0_is_a_scale_of_0_where_a_division_by_0_is_refused():
+    """x * 0 is a Scale of 0 (the signal is exactly 0: q = 0 at once); only x / 0, inf or NaN
+    at every feature, has no sigprop op."""
+    net = from_torch(MultiplyBy(0.0), torch.zeros(8, 8))
+    scales = [op for op in net.walk() if isinstance(op, sp.Scale)]
+    assert len(scales) == 1 and scales[0].c == 0
+    q = sp.theory(net, X2)["q"].isel(layer=-1).values
+    assert (q == 0).all()
+
+
+def test_simulate_torch_raises_where_the_gradients_alone_leave_float32():
+    """Two bias-free Linears with weights ~1e20 on inputs of q = 1e-60: the forward stays in
+    float32 (|x| ~ 1e-30, 1e-10, 1e10) but the gradient at the inputs is ~1e40, past float32's
+    3.4e38; raised as the backward pass's overflow (was inf in log_grad_q, unsaid), and in
+    float64 the same run is finite."""
+    def big(model):
+        with torch.no_grad():
+            for lin in model:
+                lin.weight.mul_(1e20)
+
+    mlp = nn.Sequential(nn.Linear(16, 16, bias=False), nn.Linear(16, 16, bias=False))
+    with pytest.raises(sp.MonteCarloOverflow, match="backward pass"):
+        simulate_torch(mlp, sp.Inputs(q=1e-60), seeds=1, init=big, dtype="float32")
+    ds = simulate_torch(mlp, sp.Inputs(q=1e-60), seeds=1, init=big, dtype="float64")
+    assert np.isfinite(ds.log_grad_q.values).all() and np.isfinite(ds.log_q.values).all()
+
+
+def test_a_layer_with_no_torch_node_of_its_own_is_nan_not_an_overflow():
+    """A LayerNorm whose weight is not one number is LayerNorm + FeatureAffine: two layers of
+    one torch node, so the LayerNorm's own layer has no value (NaN by design, per the
+    docstring). That NaN is no overflow: the run is not refused, and every other layer is
+    finite."""
+    def spread_gain(model):
+        with torch.no_grad():
+            model[1].weight.copy_(torch.linspace(0.5, 1.5, 16))
+
+    model = nn.Sequential(nn.Linear(16, 16), nn.LayerNorm(16), nn.ReLU())
+    ds = simulate_torch(model, X2, seeds=2, init=spread_gain)
+    kinds = [type(op).__name__ for op in layers_of(op_from_dict(config_of(ds)["net"]))]
+    assert kinds == ["Dense", "LayerNorm", "FeatureAffine", "Act"]
+    for name in ("log_q", "log_grad_q"):
+        nan = np.isnan(ds[name]).all(["seed", "input"]).values
+        assert nan.tolist() == [False, False, True, False, False], name
+        assert np.isfinite(ds[name].isel(layer=[0, 1, 3, 4])).all()
 
 
 @pytest.mark.parametrize("make", [lambda: nn.Linear(16, 16), lambda: nn.LayerNorm(16),
