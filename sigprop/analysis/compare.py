@@ -197,7 +197,7 @@ def check_no_gaps(mc: xr.Dataset, names) -> None:
     leave out without a word."""
     for name in names:
         gap = mc[name].isnull()
-        run = [d for d in gap.dims if d in ("layer", "input", "input_b")]  # one run's samples
+        run = [d for d in gap.dims if d in schema.PER_PAIR]  # one run's samples
         bad = gap & ~gap.all("seed")
         if any(d not in run + ["seed"] for d in gap.dims):  # (width, sweeps: several runs)
             bad = bad & ~gap.all(run)  # (a seed absent from a run)
@@ -585,12 +585,6 @@ def _depths(theory: xr.Dataset, mc: xr.Dataset) -> tuple:
     return theory.sizes.get("layer", 0) - 1, mc.sizes.get("layer", 0) - 1
 
 
-def _depths_differ(theory: xr.Dataset, mc: xr.Dataset) -> bool:
-    """Whether the nets differ in depth (:func:`_depths`)."""
-    depth, mc_depth = _depths(theory, mc)
-    return depth != mc_depth
-
-
 def _sim_depth(cfg: dict, run: bool = False):
     """A sim config's profile depth L (``run``: its Monte Carlo's, mc_depth where set)."""
     profile = cfg.get("profiles", {}).get(cfg.get("profile"), {})
@@ -668,7 +662,7 @@ def compare(theory: xr.Dataset, mc: xr.Dataset, variables=None, estimator: str =
     if spreads:
         skipped = {}
         for name in [n for n in spreads if n in BACKWARD_SPREADS]:
-            if _depths_differ(theory, mc):  # (prefix=True: as grad_q)
+            if len(set(_depths(theory, mc))) > 1:  # (prefix=True: as grad_q)
                 spreads.remove(name)
                 skipped[name] = ("the gradient at layer l depends on the depth above l: "
                                  "theory and Monte Carlo differ in depth")

@@ -10,9 +10,10 @@ faster). Forward, the engine hands each layer's output state to the next (log-sc
 diagonal, scale in ``ls``, :func:`~sigprop.state.moments.to_unit_diagonal`; in true units:
 ``ls`` 0, below; kept for every layer only as the reverse scan's tape, below), and writes the
 recorded layers' states and branch outputs into a small buffer it carries, a row per recorded
-copy; the copies between two recorded ones run in a loop of their own, which builds no record (layer-long outputs of every
-copy's record cost a third of the time at 10^4 points, and building a record each copy, even
-one overwritten, 15 % of the forward); ``backward=False`` stops there.
+copy; the copies between two recorded ones run in a loop of their own, which builds no record
+(layer-long outputs of every copy's record cost a third of the time at 10^4 points, and
+building a record each copy, even one overwritten, 15 % of the forward); ``backward=False``
+stops there.
 
 Backward, for a net whose ops act on each input alone (all but BatchNorm:
 :func:`_diagonal`), no reverse pass: from G_L = I the
@@ -625,9 +626,9 @@ def _trace(net, runs, L, grid, law0, B, kept, P, chunk, backward=True, unscaled=
     def gain_in_range(g):
         """Whether a copy's gains ``g`` (:func:`with_gain`'s) are within :data:`TRUE_RANGE`;
         log-scaled, whether their logs are finite or -inf. The cotangents inside the copy's
-        pull-back are checked only in a block with :func:`_unbounded_gains` (the checks cost a quarter of
-        the call at 10^4 points): elsewhere each op's gain is bounded by its forward states,
-        which the forward checked or bounded."""
+        pull-back are checked only in a block with :func:`_unbounded_gains` (the checks cost a
+        quarter of the call at 10^4 points): elsewhere each op's gain is bounded by its forward
+        states, which the forward checked or bounded."""
         if unscaled:
             return (g >= TRUE_RANGE[0]) & (g <= TRUE_RANGE[1])
         return ~jnp.isnan(g) & (g < jnp.inf)  # (-inf: a gain of 0, exact)
