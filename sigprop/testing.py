@@ -195,7 +195,7 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     E log q and E corr (fitted as c + a/N over the widths; estimates: the mean over seeds and its
     standard error), the leading coefficients of Var log q, Var corr and Var log var (N Var
     fitted as V + c/N; :func:`sample_variance`), the 1/N slope of E var / var_inf (var = q -
-    mean^2) and, where the layer has a residual branch, of E log branch_q (both as E log
+    mean^2), of E mean and the leading coefficient of Var mean (the stream's feature mean) and, where the layer has a residual branch, of E log branch_q (both as E log
     q's) and the leading coefficient of Var log branch_q."""
     return measure_layers(net, inputs, widths, seeds, [layer], root_seed)[layer]
 
@@ -217,13 +217,16 @@ def _measured(coef, inf, mcs, inputs, widths, seeds: int, layer: int):
     pick = {"log_q": lambda ds: ds.log_q.values[:, layer, 0],
             "corr": lambda ds: ds.corr.values[:, layer, 0, 1],
             "var": lambda ds: ds["var"].values[:, layer, 0] / float(inf["var"]),
+            "mean": lambda ds: ds["mean"].values[:, layer, 0],
             "log_branch_q": lambda ds: ds.log_branch_q.values[:, layer, 0]}
     spread_of = {"spread": "log_q", "spread_corr": "corr", "spread_var": "var",
-                 "spread_branch": "log_branch_q"}
+                 "spread_branch": "log_branch_q", "spread_mean": "mean"}
     read = [k for k in pick if (k != "corr" or inputs.n > 1)
-            and (k != "log_branch_q" or np.isfinite(inf["log_branch_q"]))]
+            and (k != "log_branch_q" or np.isfinite(inf["log_branch_q"]))
+            and (k != "mean" or coef["var_mean"][layer][..., 0] > 0)]  # (a mean held at 0 by
+    # a norm: its Monte Carlo spread is round-off, ~1e-31, with no standard error to speak of)
     est = {k: [] for k in ("log_q", "corr", "spread", "spread_corr", "var", "spread_var",
-                           "log_branch_q", "spread_branch")}
+                           "log_branch_q", "spread_branch", "mean", "spread_mean")}
     for N, mc in zip(widths, mcs):
         for k in read:
             est[k].append(width_estimate(pick[k](mc), N))
@@ -236,7 +239,9 @@ def _measured(coef, inf, mcs, inputs, widths, seeds: int, layer: int):
                  "var": coef["var"][layer][..., 0],
                  "spread_var": coef["var_log_var"][layer][..., 0],
                  "log_branch_q": coef["log_branch_q"][layer][..., 0],
-                 "spread_branch": coef["var_log_branch_q"][layer][..., 0]}
+                 "spread_branch": coef["var_log_branch_q"][layer][..., 0],
+                 "mean": coef["mean"][layer][..., 0],
+                 "spread_mean": coef["var_mean"][layer][..., 0]}
     if inputs.n > 1:
         predicted["corr"] = coef["corr"][layer][..., 0, 1]
         predicted["spread_corr"] = coef["var_corr"][layer][..., 0, 1]
@@ -247,7 +252,8 @@ def _measured(coef, inf, mcs, inputs, widths, seeds: int, layer: int):
         name = {"log_q": "slope of E log q", "corr": "slope of E corr", "spread": "N Var log q",
                 "spread_corr": "N Var corr", "var": "slope of E var / var_inf",
                 "spread_var": "N Var log var", "log_branch_q": "slope of E log branch_q",
-                "spread_branch": "N Var log branch_q"}[k]
+                "spread_branch": "N Var log branch_q", "mean": "slope of E mean",
+                "spread_mean": "N Var mean"}[k]
         rows.append((name, float(predicted[k]), float(fitted), float(se)))
     return rows
 

@@ -62,6 +62,13 @@ out where eps / v <= BN_MAP_RATIO, lost elsewhere); its cross moments with the e
 residual stream have no first-order law, so a residual sum or branch that reads them before a
 Dense loses the walk (:meth:`_Walk._batchnorm`: Pre-BN's branch, BN -> Dense -> ..., is
 covered).
+An activation on the residual stream itself (x + alpha (W phi(x) + b), the pre-activation
+ResNet) has no rule in the walk: the stream's features are no fresh draw given its realised
+Gram. A net made only of such blocks, on Gaussian inputs, takes the stream-row model instead
+(:func:`stream_rows`): given the past, each feature's row is a Gaussian trajectory across the
+layers, so each input's q, mean, var and branch_q follow from 2-D integrals over pairs of
+layers (checked against Monte Carlo in benchmarks/stream_row_law.py); a pair's corr would need
+4-D ones and is NaN, as is the gradient.
 Ops with no fluctuation rule here (BatchNorm over B > 2 inputs, and in the gradient's walks at
 any B; an activation on any other stream that is not fresh; a varying FeatureAffine on a
 branch's copy of a non-Gaussian stream or on features of unknown cumulants; uniform weights
@@ -633,16 +640,18 @@ class Lost(str):
     points it holds at, in :func:`~sigprop.ops.grid_points` order (None: not known per point,
     one walk served the grid); ``below``: a tangent walk's reason that holds only for tangents
     started below where it was met (a tangent of 0 there), not for the layers that joined its
-    walk above that point (:func:`_close`)."""
+    walk above that point (:func:`_close`); ``partial``: only the statistics the message names
+    are NaN, at every layer (the others hold)."""
 
     pointwise: bool
     points: frozenset | None
     below: bool
+    partial: bool
 
     def __new__(cls, why: str, pointwise: bool = False, points: frozenset | None = None,
-                below: bool = False):
+                below: bool = False, partial: bool = False):
         self = super().__new__(cls, why)
-        self.pointwise, self.points, self.below = pointwise, points, below
+        self.pointwise, self.points, self.below, self.partial = pointwise, points, below, partial
         return self
 
 
@@ -2807,7 +2816,16 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     reason (or None) why they are NaN from some layer on. B > 2:
     from the walks of the B(B-1)/2 pairs (:func:`_by_pairs`). ``split``: where the one walk of
     the grid stops for a reason of some points only, walk its parts (:func:`each_point`);
-    False: that walk's numbers (NaN at every point from there)."""
+    False: that walk's numbers (NaN at every point from there). A net of activations on the
+    residual stream (:func:`_stream_blocks`) on Gaussian inputs: the stream-row model instead
+    (:func:`_stream_coefficients`), whose reason is ``partial``."""
+    stream = None  # (why the stream-row model that covers the net gave no numbers)
+    if inputs.law == "gaussian" and _stream_blocks(at_point(net, grid_points(sweeps_of(net))[0])):
+        try:
+            return _stream_coefficients(net, inputs), (Lost(STREAM_LOST, partial=True)
+                                                       if inputs.n > 1 else None)
+        except _Unresolved as e:
+            stream = e
     if inputs.n > 2:  # (its walks: pairs of a larger batch, :data:`_PAIRED`)
         token = _PAIRED.set(True)
         try:
@@ -2819,6 +2837,8 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     rows, why = _coefficient_rows(net, inputs.moments(), inputs.law == "gaussian", ctx, split)
     if rows is None:
         return each_point(net, lambda part: coefficients(part, inputs, split=False))
+    if stream:
+        why = Lost(f"{why}; {stream}")
     return _statistics(rows, inputs.n, tuple(len(v.values) for v in grid.values())), why
 
 
@@ -2997,7 +3017,7 @@ def extend(ds: xr.Dataset, net: Op, inputs, width, backward: bool = True) -> xr.
     check_feature_counts(net, width)
     coef, lost = coefficients(net, inputs)
     if lost:
-        warn(f"{lost}: finite-width corrections are NaN from there on"
+        warn(lost if lost.partial else f"{lost}: finite-width corrections are NaN from there on"
              + (", and the gradient's at every layer below it" if backward else ""),
              FiniteWidthWarning)
     N = float(width)
@@ -3081,7 +3101,7 @@ def _resolved(net: Op, inputs, coef: dict, corr_inf, layers):
     off)."""
     off = ~np.eye(inputs.n, dtype=bool)
     gap = (1 - np.abs(corr_inf))[..., off]
-    if not np.any(gap < NEAR_SINGULAR):
+    if not np.any(gap < NEAR_SINGULAR) or np.all(np.isnan(coef["corr"][..., off])):
         return coef, None
     token = _STEP_FACTOR.set(CHECK_STEP)
     try:
@@ -3126,7 +3146,7 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape, forward_held=True
     rows = sorted({0, *(int(l) for l in layers)})  # the input (its warning), every recorded one
     grads, weights = gradient_coefficient(net, inputs, layers=rows, weights=True)
     c, _, why, v = grads
-    if why and (not lost or lost.points != why.points):  # (where the forward walk stops,
+    if why and (not lost or lost.partial or lost.points != why.points):  # (where the forward walk stops,
         # this one does too: warned above, unless the two stop at different grid points)
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
         warn(f"{why}: the gradient's correction is NaN at layers {nan}",
@@ -3479,7 +3499,8 @@ COVERS = ("it covers nets made (through any Serial and Repeat) of Pre-BN blocks 
 
 
 class _Unresolved(Exception):
-    """Why a supported stack's typical gradient is NaN at a grid point."""
+    """Why a model that covers a net gives no value: a supported stack's typical gradient at a
+    grid point, or the stream-row model past its budget."""
 
 
 def typical_log_grad_q(net: Op, inputs, width, where="") -> np.ndarray | None:
@@ -3582,6 +3603,152 @@ def _leaves(op: Op) -> list[Op]:
     are their own (Serials and Repeats opened, however nested; a Residual kept whole)."""
     parts = op.blocks()
     return [op] if parts[0] is op else [leaf for part in parts for leaf in _leaves(part)]
+
+
+# -- an activation on the residual stream: each feature's row a Gaussian trajectory -------------
+STREAM_MAX_NODES = 5e7  # the model's 2-D rules over every pair of layers, (L + 1)(L + 2) / 2
+# of them, at most this many nodes in all (~0.4 us each: ~20 s; 192 nodes a pair for relu, depth
+# ~720; ~15000 for a smooth activation, depth ~80)
+STREAM_PAIRS = 256  # pairs of layers per batch of 2-D rules (memory: pairs x nodes x 5 columns)
+STREAM_LOST = ("corr_correction and var_corr are NaN: on a stream x + alpha (W phi(x) + b), each "
+               "input's statistics follow its features' rows (the stream-row model), but a "
+               "pair's rows need 4-D integrals, which this engine does not take")
+
+
+def _stream_blocks(net: Op):
+    """(activation, [(alpha^2, sigma_w^2, sigma_b^2)] per block) when every block is x + alpha
+    (W phi(x) + b), the branch Serial(Act, Dense) of one phi, Gaussian weights, ratio 1, beta =
+    1, alpha and sigma_w not 0 (numbers: a swept net is taken at one grid point): given the
+    past, the branch's rows are i.i.d. N(0, sigma_w^2 Phi + sigma_b^2), Phi the realised mean of
+    phi(x)^2 over the features; else None."""
+    out, acts = [], set()
+    for blk in layers_of(net):
+        br = blk.branch if isinstance(blk, Residual) else None
+        kids = br.layers if isinstance(br, Serial) else ()
+        if not (len(kids) == 2 and isinstance(kids[0], Act) and isinstance(kids[1], Dense)
+                and blk.beta == 1.0 and kids[1].init == "normal" and kids[1].ratio == 1.0
+                and kids[1].sigma_b_fan_in == 0.0
+                and not is_zero(blk.alpha) and not is_zero(kids[1].sigma_w)):
+            return None
+        acts.add(kids[0].name)
+        out.append((blk.alpha**2, kids[1].sigma_w**2, kids[1].sigma_b**2))
+    return (get_activation(acts.pop()), out) if len(acts) == 1 else None
+
+
+def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
+    """N times the first-order moments of x_l = x_{l-1} + alpha (W_l phi(x_{l-1}) + b_l), l =
+    1..L, from Gaussian input features N(0, q0) (``blocks``: those of :func:`_stream_blocks`;
+    g = alpha^2 sigma_w^2, c = alpha^2 sigma_b^2); arrays over l = 0..L: "q", "Phi" (E phi^2 at q), "bias_q" = N E
+    delta q, "var_q" = N Var delta q, "bias_Phi", "var_Phi".
+
+    Given the past, each feature's row is a Gaussian trajectory x_{l,i} = x_{0,i} + sum_{k<=l}
+    s_k z_{k,i}, so to first order each realised average is (a) nu_l(f) = mean_i f(xbar_{l,i})
+    - E f, the trajectories' noise at the infinite-width s_k, jointly Gaussian across layers
+    with N Cov(nu_a(f), nu_b(h)) = Cov(f(u_a), h(u_b)), (u_a, u_b) ~ N(0, [[q_a, q_a], [q_a,
+    q_b]]) (a <= b), plus (b) the feedback of the realised s_k^2 (Stein: d E f(x_l) / d s_k^2 =
+    d E f / d q): delta Phi_l = nu_l(phi^2) + D_l S_l, delta q_l = nu_l(x^2) + S_l, S_l =
+    sum_{k<=l} g_k delta Phi_{k-1}, D = d E phi^2 / d q. E delta Phi_l to second order: D_l E S_l
+    + Cov(S_l, nu_l(g)) + D2_l Var(S_l) / 2, g = (phi^2)'' / 2, D2 = d^2 E phi^2 / d q^2; E
+    delta q_l = E S_l. Checked against Monte Carlo in benchmarks/stream_row_law.py (``drop``:
+    one part left out, to show what that comparison rejects: "layers", the noise taken as
+    independent across layers; "D", the feedback on Phi; "mean", E delta q)."""
+    a2, w2, b2 = (np.array([0.0, *x]) for x in zip(*blocks))  # (index l: block l; 0 unused)
+    g, c = a2 * w2, a2 * b2
+    n, h = len(g), 1e-4
+
+    def e2(q):  # E phi(u)^2, u ~ N(0, q)
+        q = np.asarray(q, dtype=float)
+        return act.kernel(q, q, np.ones_like(q))
+
+    q = np.empty(n)
+    q[0] = q0
+    for l in range(1, n):
+        q[l] = q[l - 1] + g[l] * e2(q[l - 1]) + c[l]
+    bend, degree = _bend([Act(act.name)], None), _degree([Act(act.name)], None)
+    a, b = np.triu_indices(n) if drop != "layers" else (np.arange(n),) * 2
+    widest = gaussian_rule(np.array([[q[0], q[0]], [q[0], q.max()]]), bend, degree)[1].size
+    if len(a) * widest > STREAM_MAX_NODES:
+        raise _Unresolved(f"the stream-row model that covers this net takes its {len(a)} pairs "
+                          f"of layers' 2-D rules of {widest} nodes up to "
+                          f"{STREAM_MAX_NODES:.0e} nodes in all")
+    Phi = e2(q)
+    up, down = e2(q * (1 + h)), e2(q * (1 - h))
+    D, D2 = (up - down) / (2 * h * q), (up - 2 * Phi + down) / (h * q) ** 2
+    C = np.zeros((2 * n, 2 * n))  # N Cov of (nu_l(phi^2), nu_l(x^2)) over layers l
+    G = np.zeros((n, n))  # G[a, b] = N Cov(nu_a(phi^2), nu_b(g)), a <= b
+    for lo in range(0, len(a), STREAM_PAIRS):
+        i, j = a[lo:lo + STREAM_PAIRS], b[lo:lo + STREAM_PAIRS]
+        K = np.stack([np.stack([q[i], q[i]], -1), np.stack([q[i], q[j]], -1)], -2)
+        u, w = gaussian_rule(K, bend, degree)  # (P, nodes, 2), (P, nodes)
+        du = 1e-5 * np.maximum(1.0, np.abs(u[..., 1]))
+        second = act.grad(u[..., 1]) ** 2 + act.fn(u[..., 1]) * (
+            act.grad(u[..., 1] + du) - act.grad(u[..., 1] - du)) / (2 * du)
+        y = np.stack([act.fn(u[..., 0]) ** 2, act.fn(u[..., 1]) ** 2, u[..., 0] ** 2,
+                      u[..., 1] ** 2, second], -1)
+        d = y - np.einsum("pn,pnk->pk", w, y)[:, None]
+        cov = np.einsum("pn,pnk,pnm->pkm", w, d, d)
+        for (r, s), (x, z) in (((0, 1), (i, j)), ((2, 3), (n + i, n + j)),
+                               ((0, 3), (i, n + j))):  # (x^2 never meets a later phi^2)
+            C[x, z] = C[z, x] = cov[:, r, s]
+        G[i, j] = cov[:, 0, 4]
+    dPhi = np.zeros((n, 2 * n))  # rows: each delta as a combination of the nu's
+    S = np.zeros((n, 2 * n))
+    for l in range(n):
+        if l:
+            S[l] = S[l - 1] + g[l] * dPhi[l - 1]
+        dPhi[l, l] = 1.0
+        dPhi[l] += (drop != "D") * D[l] * S[l]
+    dq = S + np.eye(n, 2 * n, k=n)
+    cov_Phi = dPhi @ C @ dPhi.T
+    # Var S_l without the feedback: only its terms' own variances (their cross terms are it)
+    var_S = (np.einsum("li,ij,lj->l", S, C, S) if drop != "D" else
+             np.concatenate([[0.0], np.cumsum(g[1:] ** 2 * np.diag(cov_Phi)[:-1])]))
+    bias_Phi = np.zeros(n)
+    for l in range(1, n):
+        mean_S = np.dot(g[1:l + 1], bias_Phi[:l])
+        bias_Phi[l] = D[l] * mean_S + S[l, :n] @ G[:, l] + D2[l] * var_S[l] / 2
+    bias_q = np.concatenate([[0.0], np.cumsum(g[1:] * bias_Phi[:-1])])
+    return {"q": q, "Phi": Phi, "bias_q": (drop != "mean") * bias_q,
+            "var_q": np.einsum("li,ij,lj->l", dq, C, dq), "bias_Phi": bias_Phi,
+            "var_Phi": np.diag(cov_Phi)}
+
+
+def _stream_coefficients(net: Op, inputs) -> dict:
+    """:func:`coefficients` of a net of :func:`_stream_blocks` on Gaussian inputs, per input
+    and grid point by :func:`stream_rows`: E and Var of log q and q; mean: E 0, N Var = q_l (the
+    rows' mean); var = q - mean^2: E var / var_inf - 1 = (a_q - 1) / N, N Var log var = N Var
+    log q; the branch W phi(x) + b (its rows given the past: s^2 chi^2_N / N, s^2 = sigma_w^2
+    Phi + sigma_b^2): a of branch_q / branch_q_inf = r E delta Phi / Phi, v of its log = r^2 Var
+    delta Phi / Phi^2 + 2, r = sigma_w^2 Phi / s^2 (NaN at layer 0); corr's off-diagonal NaN
+    (:data:`STREAM_LOST`)."""
+    grid = sweeps_of(net)
+    parts = []
+    for point in grid_points(grid):
+        covered = _stream_blocks(at_point(net, point))
+        if covered is None:
+            raise _Unresolved(f"the stream-row model does not cover the net at "
+                              f"{_point_text(point)} (alpha or sigma_w 0 there)")
+        act, blocks = covered
+        w2, b2 = (np.array(x) for x in list(zip(*blocks))[1:])
+        rows = {q0: stream_rows(act, q0, blocks) for q0 in set(inputs.q)}
+        by_input = []
+        for q0 in inputs.q:
+            r = rows[q0]
+            q, Phi = r["q"], r["Phi"]
+            a_q, v_q = r["bias_q"] / q, r["var_q"] / q**2
+            share = w2 * Phi[:-1] / (w2 * Phi[:-1] + b2)
+            a_b = np.concatenate([[np.nan], share * r["bias_Phi"][:-1] / Phi[:-1]])
+            v_b = np.concatenate([[np.nan], share**2 * r["var_Phi"][:-1] / Phi[:-1] ** 2 + 2])
+            by_input.append({"log_q": a_q - v_q / 2, "q": a_q, "mean": 0 * q, "var": a_q - 1,
+                             "var_log_q": v_q, "var_mean": q, "var_log_var": v_q,
+                             "log_branch_q": a_b - v_b / 2, "branch_q": a_b,
+                             "var_log_branch_q": v_b})
+        point_rows = {k: np.stack([x[k] for x in by_input], -1) for k in by_input[0]}
+        off = np.where(np.eye(inputs.n, dtype=bool), 0.0, np.nan)
+        point_rows["corr"] = point_rows["var_corr"] = np.broadcast_to(
+            off, (len(point_rows["q"]),) + off.shape)
+        parts.append(point_rows)
+    return {k: _over_grid([p[k] for p in parts], grid) for k in parts[0]}
 
 
 # -- expectations carried by rare events -----------------------------------------------------
