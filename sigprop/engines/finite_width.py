@@ -1293,7 +1293,9 @@ class _Walk:
         goes on, the op's infinite-width law carries its frames."""
         self.lose(why, pointwise=pointwise)
         if not self.stop_when_lost:
-            self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
+            with np.errstate(over="ignore", invalid="ignore"):  # (a lost walk's true units
+                # may leave float64's range; its numbers are NaN)
+                self.frames = self.frames[:-1] + [op.theory_forward(self.frames[-1], ctx)]
 
     def _unread_cross(self, ctx: Context, what: str):
         """Lose the walk where ``what`` would read the top frame's placeholder cross moments
@@ -3609,6 +3611,7 @@ def _leaves(op: Op) -> list[Op]:
 STREAM_MAX_NODES = 5e7  # the model's 2-D rules over every pair of layers, (L + 1)(L + 2) / 2
 # of them, at most this many nodes in all (~0.4 us each: ~20 s; 192 nodes a pair for relu, depth
 # ~720; ~15000 for a smooth activation, depth ~80)
+STREAM_MAX_Q = 1e300  # its nodes' phi(u)^2 and u^2 reach ~81 q (radius 9 sd) in float64
 STREAM_PAIRS = 256  # pairs of layers per batch of 2-D rules (memory: pairs x nodes x 5 columns)
 STREAM_LOST = ("corr_correction and var_corr are NaN: on a stream x + alpha (W phi(x) + b), each "
                "input's statistics follow its features' rows (the stream-row model), but a "
@@ -3636,10 +3639,11 @@ def _stream_blocks(net: Op):
 
 
 def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
-    """N times the first-order moments of x_l = x_{l-1} + alpha (W_l phi(x_{l-1}) + b_l), l =
-    1..L, from Gaussian input features N(0, q0) (``blocks``: those of :func:`_stream_blocks`;
-    g = alpha^2 sigma_w^2, c = alpha^2 sigma_b^2); arrays over l = 0..L: "q", "Phi" (E phi^2 at q), "bias_q" = N E
-    delta q, "var_q" = N Var delta q, "bias_Phi", "var_Phi".
+    """The first-order moments of x_l = x_{l-1} + alpha (W_l phi(x_{l-1}) + b_l), l = 1..L,
+    from Gaussian input features N(0, q0) (``blocks``: those of :func:`_stream_blocks`; g =
+    alpha^2 sigma_w^2, c = alpha^2 sigma_b^2), relative to their infinite-width values; arrays
+    over l = 0..L: "q", "Phi" (E phi^2 at q), "q_bias" = N E delta q / q, "q_var" = N Var delta q
+    / q^2, "Phi_bias", "Phi_var" (the same of Phi, the realised mean of phi^2).
 
     Given the past, each feature's row is a Gaussian trajectory x_{l,i} = x_{0,i} + sum_{k<=l}
     s_k z_{k,i}, so to first order each realised average is (a) nu_l(f) = mean_i f(xbar_{l,i})
@@ -3648,10 +3652,12 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     q_b]]) (a <= b), plus (b) the feedback of the realised s_k^2 (Stein: d E f(x_l) / d s_k^2 =
     d E f / d q): delta Phi_l = nu_l(phi^2) + D_l S_l, delta q_l = nu_l(x^2) + S_l, S_l =
     sum_{k<=l} g_k delta Phi_{k-1}, D = d E phi^2 / d q. E delta Phi_l to second order: D_l E S_l
-    + Cov(S_l, nu_l(g)) + D2_l Var(S_l) / 2, g = (phi^2)'' / 2, D2 = d^2 E phi^2 / d q^2; E
-    delta q_l = E S_l. Checked against Monte Carlo in benchmarks/stream_row_law.py (``drop``:
-    one part left out, to show what that comparison rejects: "layers", the noise taken as
-    independent across layers; "D", the feedback on Phi; "mean", E delta q)."""
+    + Cov(S_l, nu_l(h)) + D2_l Var(S_l) / 2, h = (phi^2)'' / 2, D2 = d^2 E phi^2 / d q^2; E
+    delta q_l = E S_l. Carried in relative units (each nu over its mean, S_l over q_l; D and D2
+    as the log-derivatives D q / Phi and D2 q^2 / Phi), so that a stream whose q grows to 1e300
+    stays in float64's range. Checked against Monte Carlo in benchmarks/stream_row_law.py
+    (``drop``: one part left out, to show what that comparison rejects: "layers", the noise
+    taken as independent across layers; "D", the feedback on Phi; "mean", E delta q)."""
     a2, w2, b2 = (np.array([0.0, *x]) for x in zip(*blocks))  # (index l: block l; 0 unused)
     g, c = a2 * w2, a2 * b2
     n, h = len(g), 1e-4
@@ -3662,8 +3668,12 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
 
     q = np.empty(n)
     q[0] = q0
-    for l in range(1, n):
-        q[l] = q[l - 1] + g[l] * e2(q[l - 1]) + c[l]
+    for l in range(n):
+        if l:
+            q[l] = q[l - 1] + g[l] * e2(q[l - 1]) + c[l]
+        if not q[l] * (1 + h) <= STREAM_MAX_Q:
+            raise _Unresolved(f"the stream-row model that covers this net takes q up to "
+                              f"{STREAM_MAX_Q:.0e} (float64's range), which layer {l}'s passes")
     bend, degree = _bend([Act(act.name)], None), _degree([Act(act.name)], None)
     a, b = np.triu_indices(n) if drop != "layers" else (np.arange(n),) * 2
     widest = gaussian_rule(np.array([[q[0], q[0]], [q[0], q.max()]]), bend, degree)[1].size
@@ -3673,9 +3683,11 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
                           f"{STREAM_MAX_NODES:.0e} nodes in all")
     Phi = e2(q)
     up, down = e2(q * (1 + h)), e2(q * (1 - h))
-    D, D2 = (up - down) / (2 * h * q), (up - 2 * Phi + down) / (h * q) ** 2
-    C = np.zeros((2 * n, 2 * n))  # N Cov of (nu_l(phi^2), nu_l(x^2)) over layers l
-    G = np.zeros((n, n))  # G[a, b] = N Cov(nu_a(phi^2), nu_b(g)), a <= b
+    D = (up - down) / (2 * h * q)
+    slope, curve = D * q / Phi, (up - 2 * Phi + down) / (h * h * Phi)  # (log-derivatives)
+    D = np.where(D != 0, D, 1.0)  # (the unit of h's noise)
+    C = np.zeros((2 * n, 2 * n))  # N Cov of (nu_l(phi^2) / Phi_l, nu_l(x^2) / q_l) over layers l
+    G = np.zeros((n, n))  # G[a, b] = N Cov(nu_a(phi^2) / Phi_a, nu_b(h) / D_b), a <= b
     for lo in range(0, len(a), STREAM_PAIRS):
         i, j = a[lo:lo + STREAM_PAIRS], b[lo:lo + STREAM_PAIRS]
         K = np.stack([np.stack([q[i], q[i]], -1), np.stack([q[i], q[j]], -1)], -2)
@@ -3683,34 +3695,38 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
         du = 1e-5 * np.maximum(1.0, np.abs(u[..., 1]))
         second = act.grad(u[..., 1]) ** 2 + act.fn(u[..., 1]) * (
             act.grad(u[..., 1] + du) - act.grad(u[..., 1] - du)) / (2 * du)
-        y = np.stack([act.fn(u[..., 0]) ** 2, act.fn(u[..., 1]) ** 2, u[..., 0] ** 2,
-                      u[..., 1] ** 2, second], -1)
+        y = np.stack([act.fn(u[..., 0]) ** 2 / Phi[i, None], act.fn(u[..., 1]) ** 2 / Phi[j, None],
+                      u[..., 0] ** 2 / q[i, None], u[..., 1] ** 2 / q[j, None],
+                      second / D[j, None]], -1)
         d = y - np.einsum("pn,pnk->pk", w, y)[:, None]
         cov = np.einsum("pn,pnk,pnm->pkm", w, d, d)
         for (r, s), (x, z) in (((0, 1), (i, j)), ((2, 3), (n + i, n + j)),
                                ((0, 3), (i, n + j))):  # (x^2 never meets a later phi^2)
             C[x, z] = C[z, x] = cov[:, r, s]
         G[i, j] = cov[:, 0, 4]
-    dPhi = np.zeros((n, 2 * n))  # rows: each delta as a combination of the nu's
-    S = np.zeros((n, 2 * n))
+    dPhi = np.zeros((n, 2 * n))  # rows: each delta Phi_l / Phi_l as a combination of the nu's
+    S = np.zeros((n, 2 * n))  # S_l / q_l
     for l in range(n):
         if l:
-            S[l] = S[l - 1] + g[l] * dPhi[l - 1]
+            S[l] = (q[l - 1] * S[l - 1] + g[l] * Phi[l - 1] * dPhi[l - 1]) / q[l]
         dPhi[l, l] = 1.0
-        dPhi[l] += (drop != "D") * D[l] * S[l]
+        dPhi[l] += (drop != "D") * slope[l] * S[l]
     dq = S + np.eye(n, 2 * n, k=n)
-    cov_Phi = dPhi @ C @ dPhi.T
-    # Var S_l without the feedback: only its terms' own variances (their cross terms are it)
-    var_S = (np.einsum("li,ij,lj->l", S, C, S) if drop != "D" else
-             np.concatenate([[0.0], np.cumsum(g[1:] ** 2 * np.diag(cov_Phi)[:-1])]))
-    bias_Phi = np.zeros(n)
+    var_Phi = np.einsum("li,ij,lj->l", dPhi, C, dPhi)
+    if drop != "D":
+        var_S = np.einsum("li,ij,lj->l", S, C, S)
+    else:  # without the feedback: only its terms' own variances (their cross terms are it)
+        var_S = np.zeros(n)
+        for l in range(1, n):
+            var_S[l] = (q[l - 1] ** 2 * var_S[l - 1] + (g[l] * Phi[l - 1]) ** 2
+                        * var_Phi[l - 1]) / q[l] ** 2
+    bias_Phi, mean_S = np.zeros(n), np.zeros(n)  # N E delta Phi / Phi, N E S / q
     for l in range(1, n):
-        mean_S = np.dot(g[1:l + 1], bias_Phi[:l])
-        bias_Phi[l] = D[l] * mean_S + S[l, :n] @ G[:, l] + D2[l] * var_S[l] / 2
-    bias_q = np.concatenate([[0.0], np.cumsum(g[1:] * bias_Phi[:-1])])
-    return {"q": q, "Phi": Phi, "bias_q": (drop != "mean") * bias_q,
-            "var_q": np.einsum("li,ij,lj->l", dq, C, dq), "bias_Phi": bias_Phi,
-            "var_Phi": np.diag(cov_Phi)}
+        mean_S[l] = (q[l - 1] * mean_S[l - 1] + g[l] * Phi[l - 1] * bias_Phi[l - 1]) / q[l]
+        bias_Phi[l] = slope[l] * (mean_S[l] + S[l, :n] @ G[:, l]) + curve[l] * var_S[l] / 2
+    return {"q": q, "Phi": Phi, "q_bias": (drop != "mean") * mean_S,
+            "q_var": np.einsum("li,ij,lj->l", dq, C, dq), "Phi_bias": bias_Phi,
+            "Phi_var": var_Phi}
 
 
 def _stream_coefficients(net: Op, inputs) -> dict:
@@ -3734,11 +3750,10 @@ def _stream_coefficients(net: Op, inputs) -> dict:
         by_input = []
         for q0 in inputs.q:
             r = rows[q0]
-            q, Phi = r["q"], r["Phi"]
-            a_q, v_q = r["bias_q"] / q, r["var_q"] / q**2
-            share = w2 * Phi[:-1] / (w2 * Phi[:-1] + b2)
-            a_b = np.concatenate([[np.nan], share * r["bias_Phi"][:-1] / Phi[:-1]])
-            v_b = np.concatenate([[np.nan], share**2 * r["var_Phi"][:-1] / Phi[:-1] ** 2 + 2])
+            q, a_q, v_q = r["q"], r["q_bias"], r["q_var"]
+            share = w2 * r["Phi"][:-1] / (w2 * r["Phi"][:-1] + b2)
+            a_b = np.concatenate([[np.nan], share * r["Phi_bias"][:-1]])
+            v_b = np.concatenate([[np.nan], share**2 * r["Phi_var"][:-1] + 2])
             by_input.append({"log_q": a_q - v_q / 2, "q": a_q, "mean": 0 * q, "var": a_q - 1,
                              "var_log_q": v_q, "var_mean": q, "var_log_var": v_q,
                              "log_branch_q": a_b - v_b / 2, "branch_q": a_b,
