@@ -236,7 +236,8 @@ BN_WIDE_THEORY = {"slope of E log q": "log_q_correction", "slope of E corr": "co
                   "slope of E var / var_inf": "var_rel_correction",
                   "N Var log var": "var_log_var",
                   "slope of E log branch_q": "log_branch_q_correction",
-                  "N Var log branch_q": "var_log_branch_q"}
+                  "N Var log branch_q": "var_log_branch_q",
+                  "slope of E mean": "mean_correction", "N Var mean": "var_mean"}
 
 
 def _bn_theory(inputs):

@@ -223,7 +223,7 @@ def _measured(coef, inf, mcs, inputs, widths, seeds: int, layer: int):
                  "spread_branch": "log_branch_q", "spread_mean": "mean"}
     read = [k for k in pick if (k != "corr" or inputs.n > 1)
             and (k != "log_branch_q" or np.isfinite(inf["log_branch_q"]))
-            and (k != "mean" or coef["var_mean"][layer][..., 0] > 0)]  # (a mean held at 0 by
+            and (k != "mean" or coef["var_mean"][layer][..., 0] != 0)]  # (a mean held at 0 by
     # a norm: its Monte Carlo spread is round-off, ~1e-31, with no standard error to speak of)
     est = {k: [] for k in ("log_q", "corr", "spread", "spread_corr", "var", "spread_var",
                            "log_branch_q", "spread_branch", "mean", "spread_mean")}

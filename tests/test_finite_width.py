@@ -3501,7 +3501,9 @@ def test_the_stream_row_model_gives_its_hand_derived_layers():
     5/4: N Var log q_1 = (2 (25/16) + 2 g + g^2 5/4) / (25/16) = 2.84; E q_1 = q0 + g E Phi_0
     exactly (no bias), so N (E log q_1 - log q_1) = -2.84 / 2. The branch W relu(x_0): rows
     N(0, sigma_w^2 Phi_0) given x_0, so N Var log branch_q_1 = Var relu^2 / Phi_0^2 + 2 = 5 + 2,
-    its mean exact. The quadrature is ~1e-12 on degree-1 features (``gaussian_rule``)."""
+    its mean exact. The quadrature is ~1e-12 on degree-1 features (``gaussian_rule``). Layers 2
+    and 3 (each block its own alpha at 3) and a bias: by orthant moments, below; there the
+    engine's h = (relu^2)'' / 2 is a central difference across relu's kink (2e-8 relative)."""
     N = 256
     with pytest.warns(fw.FiniteWidthWarning, match="gradient"):
         ds = sp.theory(stream_net(2), sp.Inputs(q=1.0, n=1, law="gaussian"), width=N)
@@ -3526,13 +3528,23 @@ def test_the_stream_row_model_gives_its_hand_derived_layers():
 
     bias_Phi1 = G(0, 1) / 2  # (g S_1 = g nu_0(relu^2))
     assert ds.q_rel_correction.values[2, 0] * N == pytest.approx(bias_Phi1 / 2 / q[2], rel=1e-6)
-    # layer 3: N E delta Phi_2 = D g N E delta Phi_1 + Cov(S_2, nu_2(h)), S_2 = g nu_0 + g (nu_1
-    # + D g nu_0) (D = 1/2: relu's d E phi^2 / dq)
-    bias_Phi2 = bias_Phi1 / 4 + (1 + 1 / 4) * G(0, 2) / 2 + G(1, 2) / 2
+    # layer 3, each block its own g_l = 2 alpha_l^2: N E delta Phi_2 = D g_2 N E delta Phi_1 +
+    # Cov(S_2, nu_2(h)), S_2 = g_1 nu_0 + g_2 (nu_1 + D g_1 nu_0) (D = 1/2: relu's d E phi^2 /
+    # dq), N E delta q_3 = g_2 N E delta Phi_1 + g_3 N E delta Phi_2
+    alphas = (0.5, 0.8, 0.3)
+    g = [2 * a**2 for a in alphas]
+    q = [1.0]
+    for gl in g:
+        q.append(q[-1] * (1 + gl / 2))
+    bias_Phi1 = g[0] * G(0, 1)
+    bias_Phi2 = g[1] * bias_Phi1 / 2 + g[0] * (1 + g[1] / 2) * G(0, 2) + g[1] * G(1, 2)
+    net = sp.Serial(*(sp.Residual(sp.Serial(sp.Act("relu"), sp.Dense(2**0.5)), alpha=a)
+                      for a in alphas))
     with pytest.warns(fw.FiniteWidthWarning, match="gradient"):
-        ds3 = sp.theory(stream_net(3), sp.Inputs(q=1.0, n=1, law="gaussian"), width=N)
+        ds3 = sp.theory(net, sp.Inputs(q=1.0, n=1, law="gaussian"), width=N)
     assert ds3.q_rel_correction.values[3, 0] * N == pytest.approx(
-        (bias_Phi1 + bias_Phi2) / 2 / q[3], rel=1e-6)
+        (g[1] * bias_Phi1 + g[2] * bias_Phi2) / q[3], rel=1e-6)
+    q = [1.0, 1.5]  # (the bias net's)
     # with a bias (sigma_b = 1): s_1^2 = 2 Phi_0 + 1 = 2 = q_1 - q0 over alpha^2, q_1 = 3/2, the
     # weights' share of the branch's rows 1/2: N Var log branch_q_1 = 5 / 4 + 2, and N Var log
     # q_1 = (2 q_1^2 + 2 g + g^2 5/4) / q_1^2 = (4.5 + 1 + 0.3125) / 2.25; at layer 2 the share
@@ -3543,48 +3555,66 @@ def test_the_stream_row_model_gives_its_hand_derived_layers():
                        width=N)
     assert ds.var_log_branch_q.values[1, 0] * N == pytest.approx(3.25, rel=1e-9)
     assert ds.var_log_q.values[1, 0] * N == pytest.approx(5.8125 / 2.25, rel=1e-9)
-    q[1] = 1.5
     assert ds.branch_q_rel_correction.values[2, 0] * N == pytest.approx(
         0.6 * G(0, 1) / 2 / 0.75, rel=1e-6)
 
 
-def test_the_stream_row_model_of_erf_at_layer_2_by_its_own_quadrature():
-    """E q_2 of x + alpha W erf(x) (one Gaussian input, q0 = 0.3, g = alpha^2 sigma_w^2 = 4): the
-    model's N E delta q_2 = g N E delta Phi_1, N E delta Phi_1 = g Cov(erf(u_0)^2, h(u_1)) +
-    D2(q_1) g^2 Var erf(u_0)^2 / 2 (E delta Phi_0 = 0; u_1 = u_0 + s_1 z, s_1^2 = g Phi_0; h =
-    (erf^2)'' / 2 = erf'^2 + erf erf''), here by scipy's quadratures and erf's closed forms
-    (E erf(u)^2 = (2/pi) asin(2q / (1 + 2q)), its derivatives in q), not the engine's polar rules
-    and central differences: it checks both second-order parts of E delta Phi. Tolerance: the
-    engine's d^2 E phi^2 / dq^2 is a central difference, round-off ~1e-16 / (1e-4)^2 = 1e-8
-    relative, and its h a central difference of erf' at step 1e-5 (~1e-10)."""
+def test_the_stream_row_model_of_erf_at_layers_2_and_3_by_its_own_quadrature():
+    """E q_2 and E q_3 of x + alpha W erf(x) (one Gaussian input, q0 = 0.3, g = alpha^2
+    sigma_w^2 = 4), the model's recursion written out: N E delta q_l = g sum_{k<l} N E delta
+    Phi_k, N E delta Phi_1 = g Cov(phi_0, h_1) + D2_1 g^2 Var phi_0 / 2 and N E delta Phi_2 =
+    D_2 g N E delta Phi_1 + Cov(S_2, h_2) + D2_2 Var S_2 / 2, S_2 = g (1 + D_1 g) nu_0 + g nu_1
+    (phi_a = erf(u_a)^2, h_b = (erf^2)''(u_b) / 2 = erf'^2 + erf erf'', u_b = u_a + sqrt(q_b -
+    q_a) z; D, D2: d/dq and d^2/dq^2 of E erf(u)^2 = (2/pi) asin(2q / (1 + 2q))), here by
+    a product rule on (u_a, z) and erf's closed forms, not the engine's polar rules and central
+    differences: it checks both second-order parts of E delta Phi and, at layer 3, Var S_2's
+    cross term. The integrals: a 240-node Gauss-Hermite product rule (120 nodes were 1e-6 off
+    at layer 3: h's Gaussian factor narrows as q grows). Tolerance: the engine's d^2 E phi^2 / dq^2 is a central difference, round-off
+    ~1e-16 / (1e-4)^2 = 1e-8 relative, and its h a central difference of erf' at step 1e-5
+    (~1e-10)."""
     q0, g = 0.3, 4.0
 
-    def d2(q):  # d^2/dq^2 (2/pi) asin(2q / (1 + 2q)) = (4/pi) d/dq [(1 + 2q)^-1 (1 + 4q)^-1/2]
+    def e2(q):
+        return 2 / math.pi * math.asin(2 * q / (1 + 2 * q))
+
+    def d1(q):
+        return 4 / math.pi / ((1 + 2 * q) * math.sqrt(1 + 4 * q))
+
+    def d2(q):  # d/dq (4/pi) (1 + 2q)^-1 (1 + 4q)^-1/2
         return 4 / math.pi * (-2 / ((1 + 2 * q) ** 2 * math.sqrt(1 + 4 * q))
                               - 2 / ((1 + 2 * q) * (1 + 4 * q) ** 1.5))
 
+    def phi(u):
+        return special.erf(u) ** 2
+
     def h(u):
-        d = 2 / math.sqrt(math.pi) * math.exp(-u * u)
+        d = 2 / math.sqrt(math.pi) * np.exp(-u * u)
         return d * d - 2 * u * d * special.erf(u)
 
-    def E(f, q):
-        return integrate.quad(lambda z: f(math.sqrt(q) * z) * stats.norm.pdf(z), -12, 12,
-                              epsabs=1e-13, limit=200)[0]
+    q = [q0]
+    for _ in range(3):
+        q.append(q[-1] + g * e2(q[-1]))
 
-    phi0 = 2 / math.pi * math.asin(2 * q0 / (1 + 2 * q0))
-    q1 = q0 + g * phi0
-    q2 = q1 + g * 2 / math.pi * math.asin(2 * q1 / (1 + 2 * q1))
-    s1 = math.sqrt(g * phi0)
-    joint = integrate.dblquad(lambda z, x: special.erf(math.sqrt(q0) * x) ** 2
-                              * h(math.sqrt(q0) * x + s1 * z) * stats.norm.pdf(x)
-                              * stats.norm.pdf(z), -12, 12, -12, 12, epsabs=1e-12)[0]
-    cov = joint - phi0 * E(h, q1)
-    var0 = E(lambda u: special.erf(u) ** 4, q0) - phi0**2
-    expected = g * (g * cov + d2(q1) * g**2 * var0 / 2) / q2
+    z, w = np.polynomial.hermite_e.hermegauss(240)  # (360 nodes: the same to 1e-13)
+    w = w / w.sum()
+
+    def cov(f, a, k, b):  # Cov(f(u_a), k(u_b)), a <= b, by the product rule on (u_a, z)
+        x = math.sqrt(q[a]) * z[:, None]
+        y = f(x) * k(x + math.sqrt(q[b] - q[a]) * z[None, :])
+        return w @ y @ w - (w @ f(x[:, 0])) * (w @ k(math.sqrt(q[b]) * z))
+
+    C00, C01, C11 = cov(phi, 0, phi, 0), cov(phi, 0, phi, 1), cov(phi, 1, phi, 1)
+    bias1 = g * cov(phi, 0, h, 1) + d2(q[1]) * g**2 * C00 / 2
+    w0 = g * (1 + d1(q[1]) * g)  # (S_2's weight on nu_0; on nu_1: g)
+    var_S2 = w0**2 * C00 + 2 * w0 * g * C01 + g**2 * C11
+    bias2 = (d1(q[2]) * g * bias1 + w0 * cov(phi, 0, h, 2) + g * cov(phi, 1, h, 2)
+             + d2(q[2]) * var_S2 / 2)
     with pytest.warns(fw.FiniteWidthWarning, match="gradient"):
-        ds = sp.theory(stream_net(2, "erf", 2.0, 1.0), sp.Inputs(q=q0, n=1, law="gaussian"),
+        ds = sp.theory(stream_net(3, "erf", 2.0, 1.0), sp.Inputs(q=q0, n=1, law="gaussian"),
                        width=100)
-    assert ds.q_rel_correction.values[2, 0] * 100 == pytest.approx(expected, rel=1e-6)
+    assert ds.q_rel_correction.values[2, 0] * 100 == pytest.approx(g * bias1 / q[2], rel=1e-8)
+    assert ds.q_rel_correction.values[3, 0] * 100 == pytest.approx(
+        g * (bias1 + bias2) / q[3], rel=1e-8)
 
 
 def test_the_stream_row_model_of_a_linear_stream_is_its_exact_law():
@@ -3611,8 +3641,9 @@ def test_the_stream_row_model_of_a_linear_stream_is_its_exact_law():
 def test_the_stream_row_model_names_what_it_leaves_out(monkeypatch):
     """Two inputs: each one's statistics from the model (those of each input alone), corr's
     correction NaN with the model's reason, the gradient's NaN with the walk's; a swept alpha
-    is each point's net; past float64's range or its budget of nodes, the walk's NaN with both
-    reasons, and no numpy RuntimeWarning from the lost walk's overflow."""
+    is each point's net, and a point it does not cover (a zero branch) leaves the others
+    covered; past float64's range or its budget of nodes, the walk's NaN with both reasons,
+    and no numpy RuntimeWarning from the lost walk's overflow."""
     pair = sp.Inputs(q=[1.0, 1.7], corr=0.3, n=2, law="gaussian")
     with pytest.warns(fw.FiniteWidthWarning) as seen:
         ds = sp.theory(stream_net(3, alpha=sp.sweep("alpha", [0.5, 0.8])), pair, width=64)
@@ -3633,7 +3664,14 @@ def test_the_stream_row_model_names_what_it_leaves_out(monkeypatch):
         warnings.simplefilter("always")
         sp.theory(stream_net(440, alpha=2.0), pair, width=64)
     said = [str(w.message) for w in seen]
-    assert len(said) == 1 and "(float64's range), which layer 430's passes" in said[0], said
+    assert len(said) == 1 and "(float64's range), which layer 430's leaves" in said[0], said
+    # sigma_w swept through 0: a branch of bias alone is the model's too (g = 0); with no bias
+    # the branch is zero there, and that point alone is the walk's (NaN past the input)
+    for sigma_b, covered in ((0.3, [True, True]), (0.0, [True, False])):
+        with pytest.warns(fw.FiniteWidthWarning):
+            ds = sp.theory(stream_net(3, sigma_w=sp.sweep("sw", [1.0, 0.0]), sigma_b=sigma_b),
+                           pair, width=64)
+        assert [bool(np.isfinite(ds.var_log_q.values[3, i]).all()) for i in range(2)] == covered
     monkeypatch.setattr(fw, "STREAM_MAX_NODES", 100)
     with pytest.warns(fw.FiniteWidthWarning, match="stream-row model .* up to 1e\\+02 nodes"):
         ds = sp.theory(stream_net(3), pair, width=64)

@@ -2496,7 +2496,8 @@ def _named_points(grid, reasons):
               f"{named(idx)})" for why, idx in where.items()]
     more = f"; {len(listed) - 3} more reasons at other points" if len(listed) > 3 else ""
     return Lost("; ".join(listed[:3]) + more,
-                points=frozenset(i for idx in where.values() for i in idx))
+                points=frozenset(i for idx in where.values() for i in idx),
+                partial=all(getattr(why, "partial", False) for why in reasons.ravel() if why))
 
 
 def _halves(net: Op, compute, walked=False):
@@ -2826,7 +2827,9 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
         try:
             return _stream_coefficients(net, inputs), (Lost(STREAM_LOST, partial=True)
                                                        if inputs.n > 1 else None)
-        except _Unresolved as e:
+        except _Unresolved as e:  # (it may hold at other grid points: walked each alone)
+            if split and len(grid_points(sweeps_of(net))) > 1:
+                return each_point(net, lambda part: coefficients(part, inputs, split=False))
             stream = e
     if inputs.n > 2:  # (its walks: pairs of a larger batch, :data:`_PAIRED`)
         token = _PAIRED.set(True)
@@ -2839,8 +2842,8 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     rows, why = _coefficient_rows(net, inputs.moments(), inputs.law == "gaussian", ctx, split)
     if rows is None:
         return each_point(net, lambda part: coefficients(part, inputs, split=False))
-    if stream:
-        why = Lost(f"{why}; {stream}")
+    if stream and why:
+        why = Lost(f"{why}; {stream}", pointwise=True, points=why.points, below=why.below)
     return _statistics(rows, inputs.n, tuple(len(v.values) for v in grid.values())), why
 
 
@@ -3610,9 +3613,11 @@ def _leaves(op: Op) -> list[Op]:
 # -- an activation on the residual stream: each feature's row a Gaussian trajectory -------------
 STREAM_MAX_NODES = 5e7  # the model's 2-D rules over every pair of layers, (L + 1)(L + 2) / 2
 # of them, at most this many nodes in all (~0.4 us each: ~20 s; 192 nodes a pair for relu, depth
-# ~720; ~15000 for a smooth activation, depth ~80)
-STREAM_MAX_Q = 1e300  # its nodes' phi(u)^2 and u^2 reach ~81 q (radius 9 sd) in float64
-STREAM_PAIRS = 256  # pairs of layers per batch of 2-D rules (memory: pairs x nodes x 5 columns)
+# ~720; 15000 or more for a smooth activation, graded as q grows past its bend: tanh and erf at
+# alpha = 1 to depth ~50, gelu ~30)
+STREAM_MAX_Q = 1e300  # its nodes' phi(u)^2 and u^2 reach ~81 q (radius 9 sd) in float64, and
+# down to 1e-300 they are normal numbers
+STREAM_BATCH_NODES = 1e6  # nodes per batch of 2-D rules (memory: ~20 floats a node, 160 MB)
 STREAM_LOST = ("corr_correction and var_corr are NaN: on a stream x + alpha (W phi(x) + b), each "
                "input's statistics follow its features' rows (the stream-row model), but a "
                "pair's rows need 4-D integrals, which this engine does not take")
@@ -3620,10 +3625,11 @@ STREAM_LOST = ("corr_correction and var_corr are NaN: on a stream x + alpha (W p
 
 def _stream_blocks(net: Op):
     """(activation, [(alpha^2, sigma_w^2, sigma_b^2)] per block) when every block is x + alpha
-    (W phi(x) + b), the branch Serial(Act, Dense) of one phi, Gaussian weights, ratio 1, beta =
-    1, alpha and sigma_w not 0 (numbers: a swept net is taken at one grid point): given the
-    past, the branch's rows are i.i.d. N(0, sigma_w^2 Phi + sigma_b^2), Phi the realised mean of
-    phi(x)^2 over the features; else None."""
+    (W phi(x) + b), the branch Serial(Act, Dense) of one phi, Gaussian weights, ratio 1, no
+    fan-in bias (``sigma_b_fan_in`` 0), beta = 1, and a branch that is not zero (sigma_w or
+    sigma_b not 0) (numbers: a swept net is taken at one grid point): given the past, the
+    branch's rows are i.i.d. N(0, sigma_w^2 Phi + sigma_b^2), Phi the realised mean of phi(x)^2
+    over the features; else None."""
     out, acts = [], set()
     for blk in layers_of(net):
         br = blk.branch if isinstance(blk, Residual) else None
@@ -3631,7 +3637,7 @@ def _stream_blocks(net: Op):
         if not (len(kids) == 2 and isinstance(kids[0], Act) and isinstance(kids[1], Dense)
                 and blk.beta == 1.0 and kids[1].init == "normal" and kids[1].ratio == 1.0
                 and kids[1].sigma_b_fan_in == 0.0
-                and not is_zero(blk.alpha) and not is_zero(kids[1].sigma_w)):
+                and not (is_zero(kids[1].sigma_w) and is_zero(kids[1].sigma_b))):
             return None
         acts.add(kids[0].name)
         out.append((blk.alpha**2, kids[1].sigma_w**2, kids[1].sigma_b**2))
@@ -3671,16 +3677,19 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     for l in range(n):
         if l:
             q[l] = q[l - 1] + g[l] * e2(q[l - 1]) + c[l]
-        if not q[l] * (1 + h) <= STREAM_MAX_Q:
-            raise _Unresolved(f"the stream-row model that covers this net takes q up to "
-                              f"{STREAM_MAX_Q:.0e} (float64's range), which layer {l}'s passes")
+        if not 1 / STREAM_MAX_Q <= q[l] * (1 + h) <= STREAM_MAX_Q:
+            raise _Unresolved(f"the stream-row model that covers this net takes q from "
+                              f"{1 / STREAM_MAX_Q:.0e} to {STREAM_MAX_Q:.0e} (float64's range), "
+                              f"which layer {l}'s leaves")
     bend, degree = _bend([Act(act.name)], None), _degree([Act(act.name)], None)
-    a, b = np.triu_indices(n) if drop != "layers" else (np.arange(n),) * 2
+    pairs = n * (n + 1) // 2 if drop != "layers" else n
     widest = gaussian_rule(np.array([[q[0], q[0]], [q[0], q.max()]]), bend, degree)[1].size
-    if len(a) * widest > STREAM_MAX_NODES:
-        raise _Unresolved(f"the stream-row model that covers this net takes its {len(a)} pairs "
+    if pairs * widest > STREAM_MAX_NODES:
+        raise _Unresolved(f"the stream-row model that covers this net takes its {pairs} pairs "
                           f"of layers' 2-D rules of {widest} nodes up to "
                           f"{STREAM_MAX_NODES:.0e} nodes in all")
+    a, b = np.triu_indices(n) if drop != "layers" else (np.arange(n),) * 2
+    batch = max(1, int(STREAM_BATCH_NODES // widest))
     Phi = e2(q)
     up, down = e2(q * (1 + h)), e2(q * (1 - h))
     D = (up - down) / (2 * h * q)
@@ -3688,8 +3697,8 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     D = np.where(D != 0, D, 1.0)  # (the unit of h's noise)
     C = np.zeros((2 * n, 2 * n))  # N Cov of (nu_l(phi^2) / Phi_l, nu_l(x^2) / q_l) over layers l
     G = np.zeros((n, n))  # G[a, b] = N Cov(nu_a(phi^2) / Phi_a, nu_b(h) / D_b), a <= b
-    for lo in range(0, len(a), STREAM_PAIRS):
-        i, j = a[lo:lo + STREAM_PAIRS], b[lo:lo + STREAM_PAIRS]
+    for lo in range(0, len(a), batch):
+        i, j = a[lo:lo + batch], b[lo:lo + batch]
         K = np.stack([np.stack([q[i], q[i]], -1), np.stack([q[i], q[j]], -1)], -2)
         u, w = gaussian_rule(K, bend, degree)  # (P, nodes, 2), (P, nodes)
         du = 1e-5 * np.maximum(1.0, np.abs(u[..., 1]))
@@ -3743,7 +3752,8 @@ def _stream_coefficients(net: Op, inputs) -> dict:
         covered = _stream_blocks(at_point(net, point))
         if covered is None:
             raise _Unresolved(f"the stream-row model does not cover the net at "
-                              f"{_point_text(point)} (alpha or sigma_w 0 there)")
+                              f"{_point_text(point)} (its branch is zero there: sigma_w = sigma_b "
+                              "= 0)")
         act, blocks = covered
         w2, b2 = (np.array(x) for x in list(zip(*blocks))[1:])
         rows = {q0: stream_rows(act, q0, blocks) for q0 in set(inputs.q)}
