@@ -3151,8 +3151,9 @@ def _gradient_corrections(ds, net, inputs, width, lost, shape, forward_held=True
     rows = sorted({0, *(int(l) for l in layers)})  # the input (its warning), every recorded one
     grads, weights = gradient_coefficient(net, inputs, layers=rows, weights=True)
     c, _, why, v = grads
-    if why and (not lost or lost.partial or lost.points != why.points):  # (where the forward walk stops,
-        # this one does too: warned above, unless the two stop at different grid points)
+    # (where the forward walk stops, this one does too: warned above, unless the two stop at
+    # different grid points, or the forward's reason names statistics of its own)
+    if why and (not lost or lost.partial or lost.points != why.points):
         nan = [l for l, row in zip(rows, c) if np.isnan(row).any()]
         warn(f"{why}: the gradient's correction is NaN at layers {nan}",
              FiniteWidthWarning)
@@ -3505,7 +3506,7 @@ COVERS = ("it covers nets made (through any Serial and Repeat) of Pre-BN blocks 
 
 class _Unresolved(Exception):
     """Why a model that covers a net gives no value: a supported stack's typical gradient at a
-    grid point, or the stream-row model past its budget."""
+    grid point; the stream-row model past its range or budget, or at a point it does not cover."""
 
 
 def typical_log_grad_q(net: Op, inputs, width, where="") -> np.ndarray | None:
