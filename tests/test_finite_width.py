@@ -3502,7 +3502,7 @@ def test_the_stream_row_model_gives_its_hand_derived_layers():
     exactly (no bias), so N (E log q_1 - log q_1) = -2.84 / 2. The branch W relu(x_0): rows
     N(0, sigma_w^2 Phi_0) given x_0, so N Var log branch_q_1 = Var relu^2 / Phi_0^2 + 2 = 5 + 2,
     its mean exact. The quadrature is ~1e-12 on degree-1 features (``gaussian_rule``). Layers 2
-    and 3 (each block its own alpha at 3) and a bias: by orthant moments, below; there the
+    and 3 (each block its own alpha and beta at 3) and a bias: by orthant moments, below; the
     engine's h = (relu^2)'' / 2 is a central difference across relu's kink (2e-8 relative)."""
     N = 256
     with pytest.warns(fw.FiniteWidthWarning, match="gradient"):
@@ -3520,31 +3520,35 @@ def test_the_stream_row_model_gives_its_hand_derived_layers():
     # relu's E phi^2 = q / 2 has no curvature), u_1 = u_0 + s_1 z, corr(u_0, u_1) = r = q_1^-1/2:
     # E u_0^2 1{u_0 > 0, u_1 > 0} = 1/4 + asin(r) / (2 pi) + r sqrt(1 - r^2) / (2 pi) (q0 = 1);
     # q_2 = 25/16 (the step of the relu's kink in h: < 1e-7)
-    q = [1.0, 1.25, 25 / 16, 125 / 64]
+    q, betas = [1.0, 1.25, 25 / 16], (1.0, 1.0)
 
-    def G(a, b):  # Cov(relu(u_a)^2, 1{u_b > 0}), a < b
-        r = math.sqrt(q[a] / q[b])
+    def G(a, b):  # Cov(relu(u_a)^2, 1{u_b > 0}), a < b (the q and betas of the net at hand)
+        r = math.prod(betas[a:b]) * math.sqrt(q[a] / q[b])
         return q[a] * (math.asin(r) + r * math.sqrt(1 - r * r)) / (2 * math.pi)
 
     bias_Phi1 = G(0, 1) / 2  # (g S_1 = g nu_0(relu^2))
     assert ds.q_rel_correction.values[2, 0] * N == pytest.approx(bias_Phi1 / 2 / q[2], rel=1e-6)
-    # layer 3, each block its own g_l = 2 alpha_l^2: N E delta Phi_2 = D g_2 N E delta Phi_1 +
-    # Cov(S_2, nu_2(h)), S_2 = g_1 nu_0 + g_2 (nu_1 + D g_1 nu_0) (D = 1/2: relu's d E phi^2 /
-    # dq), N E delta q_3 = g_2 N E delta Phi_1 + g_3 N E delta Phi_2
-    alphas = (0.5, 0.8, 0.3)
+    # layer 3, each block its own g_l = 2 alpha_l^2 and beta_l (x_l = beta_l x_{l-1} + ...):
+    # S_l = beta_l^2 S_{l-1} + g_l delta Phi_{l-1}, so S_2 = g_1 (beta_2^2 + D g_2) nu_0 + g_2
+    # nu_1 (D = 1/2: relu's d E phi^2 / dq); N E delta Phi_2 = D N E S_2 + Cov(S_2, nu_2(h)),
+    # N E delta q_3 = N E S_3 = beta_3^2 g_2 N E delta Phi_1 + g_3 N E delta Phi_2; corr(u_a,
+    # u_b) = beta_{a+1} ... beta_b sqrt(q_a / q_b)
+    alphas, betas = (0.5, 0.8, 0.3), (0.9, -0.7, 1.3)  # (a flipped skip: corr < 0)
     g = [2 * a**2 for a in alphas]
     q = [1.0]
-    for gl in g:
-        q.append(q[-1] * (1 + gl / 2))
+    for gl, bl in zip(g, betas):
+        q.append(q[-1] * (bl**2 + gl / 2))
     bias_Phi1 = g[0] * G(0, 1)
-    bias_Phi2 = g[1] * bias_Phi1 / 2 + g[0] * (1 + g[1] / 2) * G(0, 2) + g[1] * G(1, 2)
-    net = sp.Serial(*(sp.Residual(sp.Serial(sp.Act("relu"), sp.Dense(2**0.5)), alpha=a)
-                      for a in alphas))
+    bias_Phi2 = (g[1] * bias_Phi1 / 2 + g[0] * (betas[1] ** 2 + g[1] / 2) * G(0, 2)
+                 + g[1] * G(1, 2))
+    net = sp.Serial(*(sp.Residual(sp.Serial(sp.Act("relu"), sp.Dense(2**0.5)), alpha=a, beta=b)
+                      for a, b in zip(alphas, betas)))
     with pytest.warns(fw.FiniteWidthWarning, match="gradient"):
         ds3 = sp.theory(net, sp.Inputs(q=1.0, n=1, law="gaussian"), width=N)
     assert ds3.q_rel_correction.values[3, 0] * N == pytest.approx(
-        (g[1] * bias_Phi1 + g[2] * bias_Phi2) / q[3], rel=1e-6)
-    q = [1.0, 1.5]  # (the bias net's)
+        (betas[2] ** 2 * g[1] * bias_Phi1 + g[2] * bias_Phi2) / q[3], rel=1e-6)
+    q = [1.0, 1.5]  # (the bias net's; beta = 1)
+    betas = (1.0,)
     # with a bias (sigma_b = 1): s_1^2 = 2 Phi_0 + 1 = 2 = q_1 - q0 over alpha^2, q_1 = 3/2, the
     # weights' share of the branch's rows 1/2: N Var log branch_q_1 = 5 / 4 + 2, and N Var log
     # q_1 = (2 q_1^2 + 2 g + g^2 5/4) / q_1^2 = (4.5 + 1 + 0.3125) / 2.25; at layer 2 the share
@@ -3617,22 +3621,25 @@ def test_the_stream_row_model_of_erf_at_layers_2_and_3_by_its_own_quadrature():
         g * (bias1 + bias2) / q[3], rel=1e-8)
 
 
-def test_the_stream_row_model_of_a_linear_stream_is_its_exact_law():
-    """x_l = (I + alpha W_l) x_{l-1} (phi linear, Gaussian input features, q0 = 1.7): given x,
-    q_l / q_{l-1} = 1 + 2 sqrt(g) mean_i(u_i z_i) + g mean_i z_i^2 (u = x / sqrt(q), z i.i.d.
-    N(0, 1), g = alpha^2 sigma_w^2), whose law does not depend on x (mean(u z) ~ N(0, 1/N)
-    exactly, uncorrelated with mean(z^2)): the log increments are i.i.d., E q_l = q_l,inf
-    exactly and N Var log q_l = 2 + l (4 g + 2 g^2) / (1 + g)^2 (2: the input's chi^2_N / N),
-    N (E log q_l - log q_l,inf) = -N Var log q_l / 2, at first order. The model reaches it
+@pytest.mark.parametrize("beta", [1.0, 0.7, -0.6])
+def test_the_stream_row_model_of_a_linear_stream_is_its_exact_law(beta):
+    """x_l = (beta I + alpha W_l) x_{l-1} (phi linear, Gaussian input features, q0 = 1.7): given
+    x, q_l / q_{l-1} = beta^2 + 2 beta sqrt(g) mean_i(u_i z_i) + g mean_i z_i^2 (u = x /
+    sqrt(q), z i.i.d. N(0, 1), g = alpha^2 sigma_w^2), whose law does not depend on x (mean(u z)
+    ~ N(0, 1/N) exactly, uncorrelated with mean(z^2)): the log increments are i.i.d., E q_l =
+    q_l,inf exactly and N Var log q_l = 2 + l (4 beta^2 g + 2 g^2) / (beta^2 + g)^2 (2: the
+    input's chi^2_N / N), N (E log q_l - log q_l,inf) = -N Var log q_l / 2, at first order.
+    The model reaches it
     only through the layers' shared noise and the feedback of each realised Phi = q (D = 1) on
     every later row. Tolerances: the 2-D rules are exact on these degree-2 features to ~1e-12;
     E delta q's d^2 E phi^2 / dq^2 (0 here) is a central difference, its round-off ~1e-16 /
     (1e-4)^2 relative, times Var S_l (< 100): < 1e-5."""
     g, depth = 0.6**2 * 1.3**2, 6
-    net = stream_net(depth, "linear", 0.6, 1.3)
+    net = sp.Repeat(sp.Residual(sp.Serial(sp.Act("linear"), sp.Dense(1.3)), alpha=0.6,
+                                beta=beta), depth)
     with pytest.warns(fw.FiniteWidthWarning, match="gradient"):
         ds = sp.theory(net, sp.Inputs(q=1.7, n=1, law="gaussian"), width=100)
-    exact = 2 + np.arange(depth + 1) * (4 * g + 2 * g**2) / (1 + g) ** 2
+    exact = 2 + np.arange(depth + 1) * (4 * beta**2 * g + 2 * g**2) / (beta**2 + g) ** 2
     np.testing.assert_allclose(ds.var_log_q.values[:, 0] * 100, exact, rtol=1e-10)
     np.testing.assert_allclose(ds.q_rel_correction.values[:, 0] * 100, 0, atol=1e-5)
     np.testing.assert_allclose(ds.log_q_correction.values[:, 0] * 100, -exact / 2, atol=1e-5)
@@ -3679,17 +3686,20 @@ def test_the_stream_row_model_names_what_it_leaves_out(monkeypatch):
 
 
 def test_an_activation_on_the_stream_against_monte_carlo():
-    """The stream-row model (``sp.theory(net, inputs, width=N)`` on x + alpha (W phi(x) + b))
-    against Monte Carlo at four widths, 8000 seeds each, one Gaussian input of q0 = 1.7, layers
-    1 and 4: relu (alpha = 1/2) and tanh with a bias (alpha = 1, sigma_w = 1.2, sigma_b = 0.3).
-    Each statistic within 3 SE of its fit (40 of them; at these fixed seeds |z| <= 1.9; the
-    family-wise 5 % bound of 40 is 3.2). The same data reject a wrong model: every spread halved
-    (SE ~1.5 %: z > 35) and every slope of E log q and E log branch_q halved (z 3.7-8); the
-    trajectories' noise taken as independent across layers (z 9-42: N Var log q); the feedback
-    of the realised Phi on the later rows dropped, at relu's layer 4 (z 19; tanh's is within
-    its SE)."""
+    """The stream-row model (``sp.theory(net, inputs, width=N)`` on beta x + alpha (W phi(x) +
+    b)) against Monte Carlo at four widths, 8000 seeds each, one Gaussian input of q0 = 1.7,
+    layers 1 and 4: relu (alpha = 1/2), tanh with a bias (alpha = 1, sigma_w = 1.2, sigma_b =
+    0.3), and tanh blocks of beta = 1, 0, -0.7, 1.2 (a skip dropped, one flipped). Each
+    statistic within 3 SE of its fit (60 of them; at these fixed seeds |z| <= 1.9; the
+    family-wise 5 % bound of 60 is 3.3). The same data reject a wrong model: every spread
+    halved (SE ~1.5 %: z > 34) and every slope of E log q and E log branch_q halved (z 3.4-8);
+    the trajectories' noise taken as independent across layers (N Var log q: z 9-42); the
+    feedback of the realised Phi on the later rows dropped, at relu's layer 4 (z 19; tanh's is
+    within its SE)."""
     x0 = sp.Inputs(q=1.7, n=1, law="gaussian")
-    for net in (stream_net(4), stream_net(4, "tanh", 1.0, 1.2, 0.3)):
+    betas = sp.Serial(*(sp.Residual(sp.Serial(sp.Act("tanh"), sp.Dense(1.2)), beta=b)
+                        for b in (1.0, 0.0, -0.7, 1.2)))
+    for net in (stream_net(4), stream_net(4, "tanh", 1.0, 1.2, 0.3), betas):
         act, blocks = fw._stream_blocks(net)
         wrong = {d: fw.stream_rows(act, 1.7, blocks, drop=d) for d in ("layers", "D")}
         for layer, rows in measure_layers(net, x0, WIDTHS, 8000, (1, 4), root_seed=3).items():

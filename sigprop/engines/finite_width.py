@@ -62,7 +62,7 @@ out where eps / v <= BN_MAP_RATIO, lost elsewhere); its cross moments with the e
 residual stream have no first-order law, so a residual sum or branch that reads them before a
 Dense loses the walk (:meth:`_Walk._batchnorm`: Pre-BN's branch, BN -> Dense -> ..., is
 covered).
-An activation on the residual stream itself (x + alpha (W phi(x) + b), the pre-activation
+An activation on the residual stream itself (beta x + alpha (W phi(x) + b), the pre-activation
 ResNet) has no rule in the walk: the stream's features are no fresh draw given its realised
 Gram. A net made only of such blocks, on Gaussian inputs, takes the stream-row model instead
 (:func:`stream_rows`): given the past, each feature's row is a Gaussian trajectory across the
@@ -3619,54 +3619,58 @@ STREAM_MAX_NODES = 5e7  # the model's 2-D rules over every pair of layers, (L + 
 STREAM_MAX_Q = 1e300  # its nodes' phi(u)^2 and u^2 reach ~81 q (radius 9 sd) in float64, and
 # down to 1e-300 they are normal numbers
 STREAM_BATCH_NODES = 1e6  # nodes per batch of 2-D rules (memory: ~20 floats a node, 160 MB)
-STREAM_LOST = ("corr_correction and var_corr are NaN: on a stream x + alpha (W phi(x) + b), each "
-               "input's statistics follow its features' rows (the stream-row model), but a "
+STREAM_LOST = ("corr_correction and var_corr are NaN: on a stream beta x + alpha (W phi(x) + b), "
+               "each input's statistics follow its features' rows (the stream-row model), but a "
                "pair's rows need 4-D integrals, which this engine does not take")
 
 
 def _stream_blocks(net: Op):
-    """(activation, [(alpha^2, sigma_w^2, sigma_b^2)] per block) when every block is x + alpha
-    (W phi(x) + b), the branch Serial(Act, Dense) of one phi, Gaussian weights, ratio 1, no
-    fan-in bias (``sigma_b_fan_in`` 0), beta = 1, and a branch that is not zero (sigma_w or
-    sigma_b not 0) (numbers: a swept net is taken at one grid point): given the past, the
-    branch's rows are i.i.d. N(0, sigma_w^2 Phi + sigma_b^2), Phi the realised mean of phi(x)^2
-    over the features; else None."""
+    """(activation, [(alpha^2, sigma_w^2, sigma_b^2, beta)] per block) when every block is beta
+    x + alpha (W phi(x) + b), the branch Serial(Act, Dense) of one phi, Gaussian weights, ratio
+    1, no fan-in bias (``sigma_b_fan_in`` 0), and a branch that is not zero (sigma_w or sigma_b
+    not 0) (numbers: a swept net is taken at one grid point): given the past, the branch's rows
+    are i.i.d. N(0, sigma_w^2 Phi + sigma_b^2), Phi the realised mean of phi(x)^2 over the
+    features; else None."""
     out, acts = [], set()
     for blk in layers_of(net):
         br = blk.branch if isinstance(blk, Residual) else None
         kids = br.layers if isinstance(br, Serial) else ()
         if not (len(kids) == 2 and isinstance(kids[0], Act) and isinstance(kids[1], Dense)
-                and blk.beta == 1.0 and kids[1].init == "normal" and kids[1].ratio == 1.0
+                and kids[1].init == "normal" and kids[1].ratio == 1.0
                 and kids[1].sigma_b_fan_in == 0.0
                 and not (is_zero(kids[1].sigma_w) and is_zero(kids[1].sigma_b))):
             return None
         acts.add(kids[0].name)
-        out.append((blk.alpha**2, kids[1].sigma_w**2, kids[1].sigma_b**2))
+        out.append((blk.alpha**2, kids[1].sigma_w**2, kids[1].sigma_b**2, blk.beta))
     return (get_activation(acts.pop()), out) if len(acts) == 1 else None
 
 
 def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
-    """The first-order moments of x_l = x_{l-1} + alpha (W_l phi(x_{l-1}) + b_l), l = 1..L,
-    from Gaussian input features N(0, q0) (``blocks``: those of :func:`_stream_blocks`; g =
-    alpha^2 sigma_w^2, c = alpha^2 sigma_b^2), relative to their infinite-width values; arrays
+    """The first-order moments of x_l = beta x_{l-1} + alpha (W_l phi(x_{l-1}) + b_l), l =
+    1..L, from Gaussian input features N(0, q0) (``blocks``: those of :func:`_stream_blocks`; g
+    = alpha^2 sigma_w^2, c = alpha^2 sigma_b^2), relative to their infinite-width values; arrays
     over l = 0..L: "q", "Phi" (E phi^2 at q), "q_bias" = N E delta q / q, "q_var" = N Var delta q
     / q^2, "Phi_bias", "Phi_var" (the same of Phi, the realised mean of phi^2).
 
-    Given the past, each feature's row is a Gaussian trajectory x_{l,i} = x_{0,i} + sum_{k<=l}
-    s_k z_{k,i}, so to first order each realised average is (a) nu_l(f) = mean_i f(xbar_{l,i})
-    - E f, the trajectories' noise at the infinite-width s_k, jointly Gaussian across layers
-    with N Cov(nu_a(f), nu_b(h)) = Cov(f(u_a), h(u_b)), (u_a, u_b) ~ N(0, [[q_a, q_a], [q_a,
-    q_b]]) (a <= b), plus (b) the feedback of the realised s_k^2 (Stein: d E f(x_l) / d s_k^2 =
-    d E f / d q): delta Phi_l = nu_l(phi^2) + D_l S_l, delta q_l = nu_l(x^2) + S_l, S_l =
-    sum_{k<=l} g_k delta Phi_{k-1}, D = d E phi^2 / d q. E delta Phi_l to second order: D_l E S_l
+    Given the past, each feature's row is a Gaussian trajectory x_{l,i} = beta^l x_{0,i} +
+    sum_{k<=l} beta^(l-k) s_k z_{k,i} (one beta shown), so to first order each realised average
+    is (a) nu_l(f) = mean_i f(xbar_{l,i}) - E f, the trajectories' noise at the infinite-width
+    s_k, jointly Gaussian across layers with N Cov(nu_a(f), nu_b(h)) = Cov(f(u_a), h(u_b)),
+    (u_a, u_b) ~ N(0, [[q_a, r q_a], [r q_a, q_b]]), r = beta_{a+1} ... beta_b (a <= b), plus (b)
+    the feedback of the realised s_k^2 (Stein: d E f(x_l) / d s_k^2 = beta^(2(l-k)) d E f / d
+    q): delta Phi_l = nu_l(phi^2) + D_l S_l, delta q_l = nu_l(x^2) + S_l, S_l = beta_l^2
+    S_{l-1} + g_l delta Phi_{l-1}, D = d E phi^2 / d q. E delta Phi_l to second order: D_l E S_l
     + Cov(S_l, nu_l(h)) + D2_l Var(S_l) / 2, h = (phi^2)'' / 2, D2 = d^2 E phi^2 / d q^2; E
     delta q_l = E S_l. Carried in relative units (each nu over its mean, S_l over q_l; D and D2
     as the log-derivatives D q / Phi and D2 q^2 / Phi), so that a stream whose q grows to 1e300
     stays in float64's range. Checked against Monte Carlo in benchmarks/stream_row_law.py
     (``drop``: one part left out, to show what that comparison rejects: "layers", the noise
     taken as independent across layers; "D", the feedback on Phi; "mean", E delta q)."""
-    a2, w2, b2 = (np.array([0.0, *x]) for x in zip(*blocks))  # (index l: block l; 0 unused)
-    g, c = a2 * w2, a2 * b2
+    a2, w2, b2, beta = (np.array([0.0, *x]) for x in zip(*blocks))  # (index l: block l)
+    g, c, skip = a2 * w2, a2 * b2, beta**2
+    reach = np.ones((len(g), len(g)))  # reach[a, b] = beta_{a+1} ... beta_b, a < b
+    for l in range(1, len(g)):
+        reach[:l, l] = reach[:l, l - 1] * beta[l]
     n, h = len(g), 1e-4
 
     def e2(q):  # E phi(u)^2, u ~ N(0, q)
@@ -3677,7 +3681,7 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     q[0] = q0
     for l in range(n):
         if l:
-            q[l] = q[l - 1] + g[l] * e2(q[l - 1]) + c[l]
+            q[l] = skip[l] * q[l - 1] + g[l] * e2(q[l - 1]) + c[l]
         if not 1 / STREAM_MAX_Q <= q[l] * (1 + h) <= STREAM_MAX_Q:
             raise _Unresolved(f"the stream-row model that covers this net takes q from "
                               f"{1 / STREAM_MAX_Q:.0e} to {STREAM_MAX_Q:.0e} (float64's range), "
@@ -3700,7 +3704,8 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     G = np.zeros((n, n))  # G[a, b] = N Cov(nu_a(phi^2) / Phi_a, nu_b(h) / D_b), a <= b
     for lo in range(0, len(a), batch):
         i, j = a[lo:lo + batch], b[lo:lo + batch]
-        K = np.stack([np.stack([q[i], q[i]], -1), np.stack([q[i], q[j]], -1)], -2)
+        r = reach[i, j]
+        K = np.stack([np.stack([q[i], r * q[i]], -1), np.stack([r * q[i], q[j]], -1)], -2)
         u, w = gaussian_rule(K, bend, degree)  # (P, nodes, 2), (P, nodes)
         du = 1e-5 * np.maximum(1.0, np.abs(u[..., 1]))
         second = act.grad(u[..., 1]) ** 2 + act.fn(u[..., 1]) * (
@@ -3718,7 +3723,7 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     S = np.zeros((n, 2 * n))  # S_l / q_l
     for l in range(n):
         if l:
-            S[l] = (q[l - 1] * S[l - 1] + g[l] * Phi[l - 1] * dPhi[l - 1]) / q[l]
+            S[l] = (skip[l] * q[l - 1] * S[l - 1] + g[l] * Phi[l - 1] * dPhi[l - 1]) / q[l]
         dPhi[l, l] = 1.0
         dPhi[l] += (drop != "D") * slope[l] * S[l]
     dq = S + np.eye(n, 2 * n, k=n)
@@ -3728,11 +3733,12 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     else:  # without the feedback: only its terms' own variances (their cross terms are it)
         var_S = np.zeros(n)
         for l in range(1, n):
-            var_S[l] = (q[l - 1] ** 2 * var_S[l - 1] + (g[l] * Phi[l - 1]) ** 2
+            var_S[l] = ((skip[l] * q[l - 1]) ** 2 * var_S[l - 1] + (g[l] * Phi[l - 1]) ** 2
                         * var_Phi[l - 1]) / q[l] ** 2
     bias_Phi, mean_S = np.zeros(n), np.zeros(n)  # N E delta Phi / Phi, N E S / q
     for l in range(1, n):
-        mean_S[l] = (q[l - 1] * mean_S[l - 1] + g[l] * Phi[l - 1] * bias_Phi[l - 1]) / q[l]
+        mean_S[l] = (skip[l] * q[l - 1] * mean_S[l - 1] + g[l] * Phi[l - 1]
+                     * bias_Phi[l - 1]) / q[l]
         bias_Phi[l] = slope[l] * (mean_S[l] + S[l, :n] @ G[:, l]) + curve[l] * var_S[l] / 2
     return {"q": q, "Phi": Phi, "q_bias": (drop != "mean") * mean_S,
             "q_var": np.einsum("li,ij,lj->l", dq, C, dq), "Phi_bias": bias_Phi,
@@ -3756,7 +3762,7 @@ def _stream_coefficients(net: Op, inputs) -> dict:
                               f"{_point_text(point)} (its branch is zero there: sigma_w = sigma_b "
                               "= 0)")
         act, blocks = covered
-        w2, b2 = (np.array(x) for x in list(zip(*blocks))[1:])
+        w2, b2 = (np.array(x) for x in list(zip(*blocks))[1:3])
         rows = {q0: stream_rows(act, q0, blocks) for q0 in set(inputs.q)}
         by_input = []
         for q0 in inputs.q:
