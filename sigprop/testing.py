@@ -195,8 +195,9 @@ def measure(net: Op, inputs, widths, seeds: int, layer: int = -1, root_seed: int
     E log q and E corr (fitted as c + a/N over the widths; estimates: the mean over seeds and its
     standard error), the leading coefficients of Var log q, Var corr and Var log var (N Var
     fitted as V + c/N; :func:`sample_variance`), the 1/N slope of E var / var_inf (var = q -
-    mean^2), of E mean and the leading coefficient of Var mean (the stream's feature mean) and, where the layer has a residual branch, of E log branch_q (both as E log
-    q's) and the leading coefficient of Var log branch_q."""
+    mean^2), of E mean and the leading coefficient of Var mean (the stream's feature mean) and,
+    where the layer has a residual branch, of E log branch_q (both as E log q's) and the
+    leading coefficient of Var log branch_q."""
     return measure_layers(net, inputs, widths, seeds, [layer], root_seed)[layer]
 
 

@@ -2822,13 +2822,14 @@ def coefficients(net: Op, inputs, ctx: Context | None = None, split: bool = True
     False: that walk's numbers (NaN at every point from there). A net of activations on the
     residual stream (:func:`_stream_blocks`) on Gaussian inputs: the stream-row model instead
     (:func:`_stream_coefficients`), whose reason is ``partial``."""
-    stream = None  # (why the stream-row model that covers the net gave no numbers)
-    if inputs.law == "gaussian" and _stream_blocks(at_point(net, grid_points(sweeps_of(net))[0])):
+    stream, points = None, grid_points(sweeps_of(net))  # (stream: why the stream-row model
+    # that covers the net gave no numbers)
+    if inputs.law == "gaussian" and _stream_blocks(at_point(net, points[0])):
         try:
             return _stream_coefficients(net, inputs), (Lost(STREAM_LOST, partial=True)
                                                        if inputs.n > 1 else None)
         except _Unresolved as e:  # (it may hold at other grid points: walked each alone)
-            if split and len(grid_points(sweeps_of(net))) > 1:
+            if split and len(points) > 1:
                 return each_point(net, lambda part: coefficients(part, inputs, split=False))
             stream = e
     if inputs.n > 2:  # (its walks: pairs of a larger batch, :data:`_PAIRED`)
@@ -3668,10 +3669,10 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     taken as independent across layers; "D", the feedback on Phi; "mean", E delta q)."""
     a2, w2, b2, beta = (np.array([0.0, *x]) for x in zip(*blocks))  # (index l: block l)
     g, c, skip = a2 * w2, a2 * b2, beta**2
-    reach = np.ones((len(g), len(g)))  # reach[a, b] = beta_{a+1} ... beta_b, a < b
-    for l in range(1, len(g)):
-        reach[:l, l] = reach[:l, l - 1] * beta[l]
     n, h = len(g), 1e-4
+    reach = np.ones((n, n))  # reach[a, b] = beta_{a+1} ... beta_b, a < b
+    for l in range(1, n):
+        reach[:l, l] = reach[:l, l - 1] * beta[l]
 
     def e2(q):  # E phi(u)^2, u ~ N(0, q)
         q = np.asarray(q, dtype=float)
@@ -3699,9 +3700,9 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
     up, down = e2(q * (1 + h)), e2(q * (1 - h))
     D = (up - down) / (2 * h * q)
     slope, curve = D * q / Phi, (up - 2 * Phi + down) / (h * h * Phi)  # (log-derivatives)
-    D = np.where(D != 0, D, 1.0)  # (the unit of h's noise)
+    unit = np.where(D != 0, D, 1.0)  # (of h's noise: E h = D)
     C = np.zeros((2 * n, 2 * n))  # N Cov of (nu_l(phi^2) / Phi_l, nu_l(x^2) / q_l) over layers l
-    G = np.zeros((n, n))  # G[a, b] = N Cov(nu_a(phi^2) / Phi_a, nu_b(h) / D_b), a <= b
+    G = np.zeros((n, n))  # G[a, b] = N Cov(nu_a(phi^2) / Phi_a, nu_b(h) / unit_b), a <= b
     for lo in range(0, len(a), batch):
         i, j = a[lo:lo + batch], b[lo:lo + batch]
         r = reach[i, j]
@@ -3712,7 +3713,7 @@ def stream_rows(act, q0: float, blocks, drop: str | None = None) -> dict:
             act.grad(u[..., 1] + du) - act.grad(u[..., 1] - du)) / (2 * du)
         y = np.stack([act.fn(u[..., 0]) ** 2 / Phi[i, None], act.fn(u[..., 1]) ** 2 / Phi[j, None],
                       u[..., 0] ** 2 / q[i, None], u[..., 1] ** 2 / q[j, None],
-                      second / D[j, None]], -1)
+                      second / unit[j, None]], -1)
         d = y - np.einsum("pn,pnk->pk", w, y)[:, None]
         cov = np.einsum("pn,pnk,pnm->pkm", w, d, d)
         for (r, s), (x, z) in (((0, 1), (i, j)), ((2, 3), (n + i, n + j)),
